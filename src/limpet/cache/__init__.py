@@ -1,0 +1,34 @@
+"""Response cache backends and the tier that composes them.
+
+``RedisCache`` needs the ``redis`` extra; it is imported on first use so that
+``import limpet`` never requires redis.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
+from limpet.cache.memory import MemoryCache
+from limpet.cache.tiered import TieredCache, TierStats
+
+if TYPE_CHECKING:
+    from limpet.cache.redis import RedisCache
+
+__all__ = [
+    "CacheBackend",
+    "CacheEntry",
+    "EntryCodec",
+    "MemoryCache",
+    "RedisCache",
+    "TierStats",
+    "TieredCache",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisCache":
+        from limpet.cache.redis import RedisCache
+
+        return RedisCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

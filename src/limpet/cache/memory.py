@@ -1,0 +1,100 @@
+"""In-process LRU cache bounded by entry count and by bytes, with TTLs."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from limpet.errors import ConfigurationError
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "MemoryCache"]
+
+DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+class MemoryCache:
+    """An LRU of bytes with per-entry TTLs; every operation is O(1).
+
+    The least recently used entries go first when either bound is exceeded; an expired
+    entry goes when it is next read. Values are bytes, so a caller mutating the dict it
+    got back can never change what the next caller reads.
+
+    Args:
+        max_entries: at most this many entries.
+        max_bytes: at most this many bytes of keys and values together.
+        clock: monotonic seconds; inject a fake one in tests.
+
+    Example:
+        >>> client = Client(cache=MemoryCache(max_entries=50_000, max_bytes=512 << 20))
+    """
+
+    __slots__ = ("_bytes", "_clock", "_entries", "max_bytes", "max_entries")
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value in (("max_entries", max_entries), ("max_bytes", max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"MemoryCache.{name}: expected an int >= 1, got {value!r}")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryCache(entries={len(self._entries)}/{self.max_entries}, "
+            f"bytes={self._bytes}/{self.max_bytes})"
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, keys and values."""
+        return self._bytes
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        expires_at, value = item
+        if expires_at <= self._clock():
+            self._discard(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._discard(key)
+        size = len(key) + len(value)
+        if size > self.max_bytes or ttl <= 0:
+            return
+        self._entries[key] = (self._clock() + ttl, value)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            oldest, (_, old_value) = self._entries.popitem(last=False)
+            self._bytes -= len(oldest) + len(old_value)
+
+    async def delete(self, key: str) -> None:
+        self._discard(key)
+
+    async def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    async def aclose(self) -> None:
+        await self.clear()
+
+    def _discard(self, key: str) -> None:
+        item = self._entries.pop(key, None)
+        if item is not None:
+            self._bytes -= len(key) + len(item[1])

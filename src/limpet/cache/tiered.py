@@ -1,0 +1,153 @@
+"""Tiers of cache backends: read in order, back-fill, and absorb every cache fault.
+
+This is the one home of graceful fall-through. Backends raise ``CacheUnavailableError``;
+an entry that does not decode is ``CacheCorruptError``. Here both become a counted miss,
+so a silent miss and a fault are never confused, and a cache never fails a call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
+from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
+
+__all__ = ["TierStats", "TieredCache"]
+
+logger = logging.getLogger("limpet.cache")
+
+
+@dataclass(slots=True)
+class TierStats:
+    """Counters of a ``TieredCache``.
+
+    Attributes:
+        hits: hits per tier, L1 first.
+        misses: lookups no tier answered.
+        errors: backend faults absorbed (each a miss or a lost write, never a failed call).
+        corrupt: entries that did not decode or failed their signature (deleted).
+    """
+
+    hits: list[int] = field(default_factory=list)
+    misses: int = 0
+    errors: int = 0
+    corrupt: int = 0
+
+
+class TieredCache:
+    """Cache tiers, fastest first: ``TieredCache(MemoryCache(), RedisCache.from_url(...))``.
+
+    A read tries each tier in order; a hit in a lower tier back-fills the tiers above it
+    with the entry's remaining TTL. A write goes to every tier. A tier that fails is
+    counted and skipped, and logged once per outage.
+
+    The tiered cache owns its tiers: ``aclose()`` closes them.
+
+    Args:
+        tiers: one or more backends, fastest first.
+        hmac_key: sign entries with HMAC-SHA256; an entry that fails its signature is a miss.
+        clock: wall-clock seconds, to compute remaining TTLs; inject a fake one in tests.
+    """
+
+    __slots__ = ("_clock", "_codec", "_failing", "stats", "tiers")
+
+    def __init__(
+        self,
+        *tiers: CacheBackend,
+        hmac_key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not tiers:
+            raise ConfigurationError("TieredCache: expected at least one tier")
+        for tier in tiers:
+            if not isinstance(tier, CacheBackend):
+                raise ConfigurationError(
+                    f"TieredCache: expected CacheBackend tiers, got {type(tier).__name__}"
+                )
+        self.tiers: tuple[CacheBackend, ...] = tiers
+        self.stats = TierStats(hits=[0] * len(tiers))
+        self._codec = EntryCodec(hmac_key)
+        self._clock = clock
+        self._failing = [False] * len(tiers)
+
+    def __repr__(self) -> str:
+        return f"TieredCache({', '.join(repr(t) for t in self.tiers)})"
+
+    async def get(self, key: str) -> tuple[CacheEntry, int] | None:
+        """The entry and the index of the tier that answered, or None on a miss."""
+        for index, tier in enumerate(self.tiers):
+            try:
+                data = await tier.get(key)
+            except CacheUnavailableError as exc:
+                self._fault(index, exc)
+                continue
+            self._recovered(index)
+            if data is None:
+                continue
+            try:
+                entry = self._codec.decode(data)
+            except CacheCorruptError as exc:
+                self.stats.corrupt += 1
+                logger.warning("limpet cache: corrupt entry in tier %d deleted: %s", index, exc)
+                await self._delete_from(index, key)
+                continue
+            remaining = entry.expires_at - self._clock()
+            if remaining <= 0:
+                continue
+            for upper in range(index):
+                await self._set_in(upper, key, data, remaining)
+            self.stats.hits[index] += 1
+            return entry, index
+        self.stats.misses += 1
+        return None
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        """Store ``entry`` in every tier until its ``expires_at``."""
+        ttl = entry.expires_at - self._clock()
+        if ttl <= 0:
+            return
+        data = self._codec.encode(entry)
+        for index in range(len(self.tiers)):
+            await self._set_in(index, key, data, ttl)
+
+    async def delete(self, key: str) -> None:
+        for index in range(len(self.tiers)):
+            await self._delete_from(index, key)
+
+    async def clear(self) -> None:
+        for index, tier in enumerate(self.tiers):
+            try:
+                await tier.clear()
+            except CacheUnavailableError as exc:
+                self._fault(index, exc)
+
+    async def aclose(self) -> None:
+        """Close every tier (the tiered cache owns them)."""
+        for tier in self.tiers:
+            await tier.aclose()
+
+    async def _set_in(self, index: int, key: str, data: bytes, ttl: float) -> None:
+        try:
+            await self.tiers[index].set(key, data, ttl)
+        except CacheUnavailableError as exc:
+            self._fault(index, exc)
+
+    async def _delete_from(self, index: int, key: str) -> None:
+        try:
+            await self.tiers[index].delete(key)
+        except CacheUnavailableError as exc:
+            self._fault(index, exc)
+
+    def _fault(self, index: int, exc: CacheUnavailableError) -> None:
+        self.stats.errors += 1
+        if not self._failing[index]:
+            self._failing[index] = True
+            logger.warning("limpet cache: tier %d unavailable, falling through: %s", index, exc)
+
+    def _recovered(self, index: int) -> None:
+        if self._failing[index]:
+            self._failing[index] = False
+            logger.info("limpet cache: tier %d is back", index)

@@ -1,0 +1,177 @@
+"""Configuration value objects: frozen, keyword-only, with defaults named as constants."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from limpet.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "CachePolicy",
+    "Endpoint",
+    "RetryConfig",
+    "Timeouts",
+]
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_INITIAL_BACKOFF = 0.5
+DEFAULT_MAX_BACKOFF = 8.0
+DEFAULT_MAX_RETRY_AFTER = 60.0
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_TOTAL_TIMEOUT = 600.0
+DEFAULT_MAX_CONNECTIONS = 100
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place to send requests: a gateway URL with its key, headers and body defaults.
+
+    ``api_key`` and the values of ``headers`` never appear in ``repr`` or in any error.
+
+    Args:
+        name: unique, short; shows up in ``Completion.endpoint`` and stats.
+        base_url: the OpenAI-compatible API root, e.g. ``https://openrouter.ai/api/v1``.
+        api_key: sent as ``Authorization: Bearer ...``.
+        headers: extra headers for every request to this endpoint.
+        extra_body: fields merged into every request body sent here (the caller's fields win),
+            e.g. ``{"provider": {"order": ["anthropic"]}}``. They do not enter the cache key.
+        weight: relative share of traffic for routing; must be > 0.
+
+    Example:
+        >>> Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
+        Endpoint(name='primary', base_url='https://openrouter.ai/api/v1', api_key=***, weight=1.0)
+    """
+
+    name: str
+    base_url: str
+    _: KW_ONLY
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    extra_body: Mapping[str, Any] | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError("Endpoint.name: expected a non-empty str")
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigurationError(
+                f"Endpoint.base_url: expected an http(s) URL, got {self.base_url!r}"
+            )
+        if not (isinstance(self.weight, int | float) and math.isfinite(self.weight)) or (
+            self.weight <= 0
+        ):
+            raise ConfigurationError(
+                f"Endpoint.weight: expected a finite number > 0, got {self.weight!r}"
+            )
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.headers is not None:
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+        if self.extra_body is not None:
+            object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))
+
+    def __repr__(self) -> str:
+        parts = [f"name={self.name!r}", f"base_url={self.base_url!r}"]
+        if self.api_key is not None:
+            parts.append("api_key=***")
+        if self.headers:
+            parts.append(f"headers=<{', '.join(sorted(self.headers))}>")
+        if self.extra_body:
+            parts.append(f"extra_body={dict(self.extra_body)!r}")
+        parts.append(f"weight={self.weight!r}")
+        return f"Endpoint({', '.join(parts)})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never be shown: the key and every header value."""
+        values = [self.api_key] if self.api_key else []
+        values.extend(v for v in (self.headers or {}).values() if len(v) >= 8)
+        return tuple(values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryConfig:
+    """How upstream calls are retried.
+
+    Retried: connection errors, timeouts, 408, 409, 429 and 5xx. A ``Retry-After`` or
+    ``retry-after-ms`` header is honoured up to ``max_retry_after``; otherwise the wait is
+    jittered exponential backoff from ``initial_backoff`` up to ``max_backoff``.
+
+    Args:
+        max_attempts: total attempts including the first; 1 turns retries off.
+    """
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    initial_backoff: float = DEFAULT_INITIAL_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigurationError(
+                f"RetryConfig.max_attempts: expected an int >= 1, got {self.max_attempts!r}"
+            )
+        for name in ("initial_backoff", "max_backoff", "max_retry_after"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
+                raise ConfigurationError(
+                    f"RetryConfig.{name}: expected a finite number >= 0, got {value!r}"
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timeouts:
+    """Timeouts for upstream calls, in seconds; ``total`` covers one attempt.
+
+    LLM calls can take minutes, so ``total`` is generous; lower it for chat front ends.
+    """
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    total: float = DEFAULT_TOTAL_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "total"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0 or not math.isfinite(value):
+                raise ConfigurationError(
+                    f"Timeouts.{name}: expected a finite number > 0, got {value!r}"
+                )
+        if not isinstance(self.max_connections, int) or self.max_connections < 1:
+            raise ConfigurationError(
+                f"Timeouts.max_connections: expected an int >= 1, got {self.max_connections!r}"
+            )
+
+
+DEFAULT_MAX_CACHEABLE_TEMPERATURE = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CachePolicy:
+    """Which requests the response cache may serve and store.
+
+    A request is cacheable when its ``temperature`` is present and at most
+    ``max_temperature``: an absent temperature means the provider's default, which
+    samples. A caller can still assert determinism per call with ``cache="force"``.
+
+    Args:
+        max_temperature: the highest temperature treated as deterministic.
+    """
+
+    max_temperature: float = DEFAULT_MAX_CACHEABLE_TEMPERATURE
+
+    def __post_init__(self) -> None:
+        value = self.max_temperature
+        if not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
+            raise ConfigurationError(
+                f"CachePolicy.max_temperature: expected a finite number >= 0, got {value!r}"
+            )

@@ -1,0 +1,117 @@
+"""Cache keys: canonical request bytes and a cryptographic hash over them.
+
+A key must be equal for equal requests, whatever their dict key order, and differ when
+anything that can change the output differs. A collision would serve someone another
+request's answer, so the hash is blake2b-256, not a fast non-cryptographic one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from limpet.errors import InvalidRequestError
+
+__all__ = [
+    "KEY_SCHEMA_VERSION",
+    "TRANSPORT_ONLY_FIELDS",
+    "KeyExplanation",
+    "canonical_request",
+    "explain_key",
+    "request_key",
+]
+
+#: Bumped whenever the canonical form changes, so old entries can never be misread.
+KEY_SCHEMA_VERSION = 1
+
+#: Fields that change how a response is delivered or attributed, never what it says.
+TRANSPORT_ONLY_FIELDS = frozenset(
+    {"stream", "stream_options", "user", "session_id", "prompt_cache_key", "usage"}
+)
+
+_PERSON = f"limpet/key/v{KEY_SCHEMA_VERSION}".encode()
+
+
+def canonical_request(body: Mapping[str, Any]) -> bytes:
+    """The request as canonical JSON: keys sorted at every depth, transport-only fields out.
+
+    Top-level integral floats are written as ints, so ``temperature=0`` and
+    ``temperature=0.0`` are one request.
+
+    Raises:
+        InvalidRequestError: a value that is not JSON (a set, an object, a non-str dict key).
+    """
+    kept = {
+        name: int(value) if type(value) is float and value.is_integer() else value
+        for name, value in body.items()
+        if name not in TRANSPORT_ONLY_FIELDS
+    }
+    try:
+        return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError("request body", "JSON-serialisable values", str(exc)) from exc
+
+
+def request_key(canonical: bytes, *, namespace: str = "", scope: str = "") -> str:
+    """The cache key: 64 hex digits of blake2b-256 over (schema version, namespace, scope, body).
+
+    Args:
+        canonical: ``canonical_request(body)``.
+        namespace: isolates tenants or key-schema versions of one application.
+        scope: invalidation generations; bumping one changes every key under it.
+    """
+    digest = hashlib.blake2b(digest_size=32, person=_PERSON)
+    for part in (namespace.encode(), scope.encode()):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyExplanation:
+    """What went into a cache key, for debugging surprising hits and misses.
+
+    Attributes:
+        key: the key itself.
+        schema_version: ``KEY_SCHEMA_VERSION``.
+        namespace: the namespace hashed in.
+        scope: the invalidation generations hashed in.
+        fields: the request fields that count, sorted.
+        ignored: the transport-only fields that were present and left out, sorted.
+        canonical: the canonical JSON that was hashed.
+    """
+
+    key: str
+    schema_version: int
+    namespace: str
+    scope: str
+    fields: tuple[str, ...]
+    ignored: tuple[str, ...]
+    canonical: str
+
+
+def explain_key(
+    body: Mapping[str, Any], *, namespace: str = "", scope: str = ""
+) -> KeyExplanation:
+    """Show what goes into the key of a request.
+
+    Example:
+        >>> e = explain_key({"model": "m", "messages": [], "temperature": 0, "user": "u1"})
+        >>> e.fields, e.ignored
+        (('messages', 'model', 'temperature'), ('user',))
+    """
+    canonical = canonical_request(body)
+    return KeyExplanation(
+        key=request_key(canonical, namespace=namespace, scope=scope),
+        schema_version=KEY_SCHEMA_VERSION,
+        namespace=namespace,
+        scope=scope,
+        fields=tuple(sorted(name for name in body if name not in TRANSPORT_ONLY_FIELDS)),
+        ignored=tuple(sorted(name for name in body if name in TRANSPORT_ONLY_FIELDS)),
+        canonical=canonical.decode(),
+    )

@@ -1,0 +1,117 @@
+"""What a call returns: ``Completion`` with its ``Usage``, ``Cost`` and ``CacheStatus``."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CacheStatus", "Completion", "Cost", "Usage"]
+
+
+class CacheStatus(enum.StrEnum):
+    """How a call was served.
+
+    - ``hit``: a cache tier answered; nothing went upstream.
+    - ``miss``: this caller's request went upstream (and was stored when cacheable).
+    - ``coalesced``: this caller shared another caller's upstream request.
+    - ``bypass``: policy or the caller skipped the cache.
+    """
+
+    HIT = "hit"
+    MISS = "miss"
+    COALESCED = "coalesced"
+    BYPASS = "bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call, in buckets that add up.
+
+    ``prompt_tokens`` = ``uncached_tokens`` + ``cached_tokens`` + ``cache_write_tokens``.
+    A response without usage gives ``Usage()``, all zero.
+
+    Attributes:
+        prompt_tokens: every input token, cached or not.
+        completion_tokens: every output token, reasoning included.
+        cached_tokens: input tokens read from the provider's prompt cache.
+        cache_write_tokens: input tokens written to the provider's prompt cache.
+        reasoning_tokens: the part of ``completion_tokens`` spent reasoning.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def uncached_tokens(self) -> int:
+        """Input tokens billed at the full prompt price."""
+        return self.prompt_tokens - self.cached_tokens - self.cache_write_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What a call cost and what limpet saved, in US dollars.
+
+    On a miss, ``usd`` is the gateway's reported cost and ``saved_usd`` what provider
+    prompt-cache reads saved. On a hit or a coalesced call, ``usd`` is 0 and
+    ``saved_usd`` is the original call's cost.
+    """
+
+    usd: float
+    saved_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The result of ``Client.complete``.
+
+    Attributes:
+        raw: the upstream JSON body as received (on a hit: as it was received then).
+        model: the model that answered.
+        usage: token counts of the original upstream call.
+        cost: dollars spent and saved, or None when no price was known.
+        cache: how this call was served.
+        endpoint: name of the endpoint that served the upstream call.
+        key: the cache key, or None when the request was not cacheable.
+    """
+
+    raw: dict[str, Any]
+    model: str
+    usage: Usage
+    cost: Cost | None
+    cache: CacheStatus
+    endpoint: str
+    key: str | None
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The first choice's message."""
+        message: dict[str, Any] = self.raw["choices"][0]["message"]
+        return message
+
+    @property
+    def content(self) -> str | None:
+        """The first choice's message content."""
+        content = self.message.get("content")
+        return content if isinstance(content, str) else None
+
+    @property
+    def finish_reason(self) -> str | None:
+        reason = self.raw["choices"][0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
