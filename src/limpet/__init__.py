@@ -1,10 +1,52 @@
-"""limpet: cheaper, faster LLM calls through OpenAI-compatible gateways."""
+"""limpet: cheaper, faster LLM calls through OpenAI-compatible gateways.
+
+Example:
+    >>> from limpet import Client
+    >>> async with Client() as client:   # OpenRouter, $OPENROUTER_API_KEY, in-memory cache
+    ...     c = await client.complete(model="openai/gpt-5-mini", temperature=0,
+    ...                               messages=[{"role": "user", "content": "hi"}])
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("limpet")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+from limpet._version import __version__
+from limpet.cache import CacheBackend, MemoryCache, TieredCache
+from limpet.client import Client
+from limpet.config import CachePolicy, Endpoint, RetryConfig, Timeouts
+from limpet.keys import KeyExplanation, explain_key
+from limpet.models import CacheStatus, Completion, Cost, Usage
+from limpet.stats import Stats
+
+if TYPE_CHECKING:
+    from limpet.cache.redis import RedisCache
+
+__all__ = [
+    "CacheBackend",
+    "CachePolicy",
+    "CacheStatus",
+    "Client",
+    "Completion",
+    "Cost",
+    "Endpoint",
+    "KeyExplanation",
+    "MemoryCache",
+    "RedisCache",
+    "RetryConfig",
+    "Stats",
+    "TieredCache",
+    "Timeouts",
+    "Usage",
+    "__version__",
+    "explain_key",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisCache needs the optional redis extra; import it only when asked for.
+    if name == "RedisCache":
+        from limpet.cache.redis import RedisCache
+
+        return RedisCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,13 +8,14 @@ mapped here at the boundary, with the original kept as ``__cause__``.
     LimpetError
     ├── InvalidRequestError          bad input, raised before any network call (also ValueError)
     ├── ConfigurationError           bad Client / Endpoint configuration (also ValueError)
+    ├── ClientClosedError            a call on a Client after aclose() (also RuntimeError)
     ├── CacheError                   a cache backend could not serve; never reaches a caller of
     │   ├── CacheUnavailableError    complete(): the cache tier counts it and falls through
     │   └── CacheCorruptError        an entry that does not decode or fails its signature
     └── APIError                     the upstream call failed
         ├── APIConnectionError       could not connect, or the connection dropped
         │   └── APITimeoutError      connect or total timeout
-        ├── APIResponseError         a response that is not a chat completion (bad JSON, wrong shape)
+        ├── APIResponseError         a 2xx that is not a chat completion (bad JSON, wrong shape)
         └── APIStatusError           a non-2xx status; ``status_code``, ``body``, ``request_id``
             ├── BadRequestError            400
             ├── AuthenticationError        401
@@ -46,6 +47,7 @@ __all__ = [
     "CacheCorruptError",
     "CacheError",
     "CacheUnavailableError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "InternalServerError",
@@ -81,6 +83,10 @@ class InvalidRequestError(LimpetError, ValueError):
 
 class ConfigurationError(LimpetError, ValueError):
     """The Client or one of its parts was configured with values that cannot work."""
+
+
+class ClientClosedError(LimpetError, RuntimeError):
+    """The Client was used after ``aclose()``."""
 
 
 class CacheError(LimpetError):

@@ -21,6 +21,7 @@ __all__ = [
     "TRANSPORT_ONLY_FIELDS",
     "KeyExplanation",
     "canonical_request",
+    "conversation_key",
     "explain_key",
     "request_key",
 ]
@@ -95,9 +96,7 @@ class KeyExplanation:
     canonical: str
 
 
-def explain_key(
-    body: Mapping[str, Any], *, namespace: str = "", scope: str = ""
-) -> KeyExplanation:
+def explain_key(body: Mapping[str, Any], *, namespace: str = "", scope: str = "") -> KeyExplanation:
     """Show what goes into the key of a request.
 
     Example:
@@ -115,3 +114,31 @@ def explain_key(
         ignored=tuple(sorted(name for name in body if name in TRANSPORT_ONLY_FIELDS)),
         canonical=canonical.decode(),
     )
+
+
+def conversation_key(body: Mapping[str, Any]) -> str:
+    """A key shared by every turn of one conversation: the model, the first system message
+    and the first non-system message (OpenRouter's notion of a conversation).
+
+    It needs no shared state, so every process derives the same key for a conversation.
+    """
+    messages = body.get("messages")
+    first_system: object = None
+    first_other: object = None
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            if message.get("role") in ("system", "developer"):
+                if first_system is None:
+                    first_system = message.get("content")
+            elif first_other is None:
+                first_other = message.get("content")
+                break
+    try:
+        data = orjson.dumps(
+            [body.get("model"), first_system, first_other], option=orjson.OPT_SORT_KEYS
+        )
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError("messages", "JSON-serialisable content", str(exc)) from exc
+    return hashlib.blake2b(data, digest_size=16, person=b"limpet/conv").hexdigest()

@@ -1,0 +1,374 @@
+"""The Client: validation, policy, keys, cache, single-flight and transport wired together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import orjson
+
+from limpet.cache.base import CacheBackend, CacheEntry
+from limpet.cache.memory import MemoryCache
+from limpet.cache.tiered import TieredCache
+from limpet.coalesce import SingleFlight
+from limpet.config import DEFAULT_BASE_URL, CachePolicy, Endpoint, RetryConfig, Timeouts
+from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
+from limpet.generations import Generations, GenerationStore
+from limpet.keys import canonical_request, conversation_key, request_key
+from limpet.models import CacheStatus, Completion, Cost
+from limpet.policy import CacheDecision, CacheMode, decide
+from limpet.retry import should_retry
+from limpet.routing import hrw_rank
+from limpet.stats import Stats
+from limpet.transport import Transport
+from limpet.usage import parse_usage, reported_cost
+from limpet.validation import validate_request, validate_ttl
+
+__all__ = ["DEFAULT_TTL", "Client"]
+
+logger = logging.getLogger("limpet")
+
+DEFAULT_TTL = 3600.0
+
+BASE_URL_ENV = "LIMPET_BASE_URL"
+API_KEY_ENV = "OPENROUTER_API_KEY"
+
+
+class _DefaultCache:
+    def __repr__(self) -> str:
+        return "MemoryCache()"
+
+
+_DEFAULT_CACHE: Final = _DefaultCache()
+
+# A leader's flight result: the entry, and whether it came from the cache after all.
+_Filled = tuple[CacheEntry, bool]
+
+
+class Client:
+    """Makes chat-completion calls through OpenAI-compatible gateways, cheaper and faster.
+
+    Identical deterministic requests are answered from the response cache; concurrent
+    identical misses share one upstream call; every call reports usage, cost and how it
+    was served. The Client owns the cache and the HTTP session: ``aclose()`` (or leaving
+    ``async with``) closes both, after pending cache writes have landed.
+
+    Args:
+        endpoints: where to send requests. Or use ``base_url``/``api_key`` for one endpoint;
+            with neither, ``$LIMPET_BASE_URL`` (else OpenRouter) and ``$OPENROUTER_API_KEY``.
+        base_url: the one-endpoint shortcut's API root.
+        api_key: the one-endpoint shortcut's key.
+        cache: a backend (``MemoryCache()`` by default, ``RedisCache``) or a ``TieredCache``;
+            None turns response caching off.
+        ttl: default seconds an entry lives; ``complete(ttl=...)`` overrides it per call.
+        coalesce: share one upstream call among concurrent identical cacheable misses.
+        auto_cache_control: mark long static prefixes with ``cache_control`` (not yet
+            available: True raises ``ConfigurationError``).
+        policy: which requests are cacheable (by default: temperature == 0).
+        namespace: isolates tenants or key-schema versions sharing one cache.
+        retry: retry attempts and backoff for upstream calls.
+        timeouts: connect and total timeouts, connection pool size.
+        app_url: sent as ``HTTP-Referer`` (OpenRouter attribution); never part of the key.
+        app_title: sent as ``X-Title`` (OpenRouter attribution); never part of the key.
+
+    Example:
+        >>> async with Client(api_key="sk-or-...") as client:
+        ...     c = await client.complete(
+        ...         model="anthropic/claude-sonnet-4.6",
+        ...         messages=[{"role": "user", "content": "hi"}],
+        ...         temperature=0,
+        ...     )
+        ...     print(c.content, c.cache, c.cost)
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoints: Sequence[Endpoint] | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        cache: CacheBackend | TieredCache | _DefaultCache | None = _DEFAULT_CACHE,
+        ttl: float = DEFAULT_TTL,
+        coalesce: bool = True,
+        auto_cache_control: bool = False,
+        policy: CachePolicy | None = None,
+        namespace: str = "",
+        retry: RetryConfig | None = None,
+        timeouts: Timeouts | None = None,
+        app_url: str | None = None,
+        app_title: str | None = None,
+    ) -> None:
+        if auto_cache_control:
+            raise ConfigurationError("auto_cache_control: not available in this version yet")
+        self._endpoints = _resolve_endpoints(endpoints, base_url, api_key)
+        self._cache = _resolve_cache(cache)
+        try:
+            self._ttl = validate_ttl(ttl) or DEFAULT_TTL
+        except InvalidRequestError as exc:
+            raise ConfigurationError(f"Client.{exc}") from None
+        if not isinstance(namespace, str):
+            raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
+        self._namespace = namespace
+        self._policy = policy or CachePolicy()
+        self._flight: SingleFlight[_Filled] | None = SingleFlight() if coalesce else None
+        store = _generation_store(self._cache)
+        self._generations = Generations(store)
+        headers = {}
+        if app_url:
+            headers["HTTP-Referer"] = app_url
+        if app_title:
+            headers["X-Title"] = app_title
+        self._transport = Transport(
+            timeouts=timeouts or Timeouts(), retry=retry or RetryConfig(), headers=headers
+        )
+        self.stats = Stats()
+        if self._cache is not None:
+            self.stats.cache = self._cache.stats
+        self._closed = False
+
+    def __repr__(self) -> str:
+        names = ", ".join(e.name for e in self._endpoints)
+        return (
+            f"Client(endpoints=[{names}], cache={self._cache!r}, ttl={self._ttl:g}, "
+            f"coalesce={self._flight is not None}, namespace={self._namespace!r})"
+        )
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._endpoints
+
+    @property
+    def cache(self) -> TieredCache | None:
+        """The response cache, or None when caching is off."""
+        return self._cache
+
+    async def complete(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        cache: CacheMode | None = None,
+        ttl: float | None = None,
+        **params: Any,
+    ) -> Completion:
+        """One chat completion, from the cache when it may be.
+
+        Args:
+            model: e.g. ``"anthropic/claude-sonnet-4.6"``.
+            messages: the chat, OpenAI format.
+            cache: None (policy decides), ``"bypass"``, ``"refresh"`` or ``"force"``.
+            ttl: seconds this answer may be served from the cache; the Client's by default.
+            **params: any other body field (temperature, max_tokens, tools, provider, ...).
+
+        Returns:
+            The completion; ``.cache`` says how it was served.
+
+        Raises:
+            InvalidRequestError: bad input, before any network call.
+            APIError: the upstream call failed (``APIStatusError``, ``APIConnectionError``,
+                ``APITimeoutError``, ``APIResponseError``). Never a cache fault.
+        """
+        if self._closed:
+            raise ClientClosedError("Client is closed")
+        body = {"model": model, "messages": messages, **params}
+        if body.get("stream"):
+            raise InvalidRequestError("stream", "absent or False in complete()", True)
+        validate_request(body)
+        entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
+        decision = decide(body, cache, self._policy)
+        try:
+            completion = await self._complete(body, decision, entry_ttl)
+        except APIError:
+            self.stats.errors += 1
+            raise
+        self.stats.record(completion)
+        return completion
+
+    async def invalidate(self, model: str | None = None) -> None:
+        """Stop serving cached answers for ``model``, or for every model when None.
+
+        A generation bump, not a scan: old entries are never read again and expire by TTL.
+        With a Redis tier, other processes follow within about a second.
+        """
+        if model is not None and (not isinstance(model, str) or not model):
+            raise InvalidRequestError("model", "a non-empty str or None", model)
+        await self._generations.bump(model)
+
+    async def forget(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> str:
+        """Delete the cached answer of one request from every tier; returns its key."""
+        body = {"model": model, "messages": messages, **params}
+        validate_request(body)
+        key = await self._key(body)
+        if self._cache is not None:
+            await self._cache.delete(key)
+        return key
+
+    async def aclose(self) -> None:
+        """Land pending cache writes, then close the cache and the HTTP session. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._generations.aclose()
+        try:
+            if self._cache is not None:
+                await self._cache.aclose()
+        finally:
+            await self._transport.aclose()
+
+    async def _key(self, body: dict[str, Any]) -> str:
+        return request_key(
+            canonical_request(body),
+            namespace=self._namespace,
+            scope=await self._generations.scope(body["model"]),
+        )
+
+    async def _complete(
+        self, body: dict[str, Any], decision: CacheDecision, ttl: float
+    ) -> Completion:
+        cache, flight = self._cache, self._flight
+        use_cache = cache is not None and decision.uses_cache
+        use_flight = flight is not None and decision.coalesce
+        if not (use_cache or use_flight):
+            entry = await self._upstream(body, ttl)
+            return _completion(entry, CacheStatus.BYPASS, None)
+        key = await self._key(body)
+        if use_cache and decision.read and cache is not None:
+            found = await cache.get(key)
+            if found is not None:
+                return _completion(found[0], CacheStatus.HIT, key)
+        if use_flight and flight is not None:
+            (entry, from_cache), led = await flight.do(
+                key, lambda: self._fill(key, body, decision, ttl)
+            )
+            if from_cache:
+                return _completion(entry, CacheStatus.HIT, key, copy=not led)
+            if not led:
+                return _completion(entry, CacheStatus.COALESCED, key, copy=True)
+        else:
+            entry, _ = await self._fill(key, body, decision, ttl)
+        status = CacheStatus.MISS if use_cache else CacheStatus.BYPASS
+        return _completion(entry, status, key)
+
+    async def _fill(
+        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
+    ) -> _Filled:
+        cache = self._cache
+        if cache is not None and decision.read and self._flight is not None:
+            # Another flight for this key may have landed while we were missing.
+            found = await cache.get(key)
+            if found is not None:
+                return found[0], True
+        entry = await self._upstream(body, ttl)
+        if cache is not None and decision.write and _storable(entry):
+            await cache.set(key, entry)
+        return entry, False
+
+    async def _upstream(self, body: dict[str, Any], ttl: float) -> CacheEntry:
+        ranked = hrw_rank(conversation_key(body), self._endpoints)
+        for index, endpoint in enumerate(ranked):
+            self.stats.upstream_calls += 1
+            try:
+                response = await self._transport.chat(endpoint, body)
+            except APIError as exc:
+                if index + 1 == len(ranked) or not should_retry(exc):
+                    raise
+                logger.warning(
+                    "limpet: endpoint %r failed (%s); trying %r",
+                    endpoint.name,
+                    exc,
+                    ranked[index + 1].name,
+                )
+                continue
+            now = time.time()
+            usage = response.body.get("usage")
+            return CacheEntry(
+                body=response.body,
+                usage=parse_usage(usage),
+                cost_usd=reported_cost(usage),
+                endpoint=response.endpoint,
+                created_at=now,
+                expires_at=now + ttl,
+            )
+        raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+
+def _completion(
+    entry: CacheEntry, status: CacheStatus, key: str | None, *, copy: bool = False
+) -> Completion:
+    body = orjson.loads(orjson.dumps(entry.body)) if copy else entry.body
+    if status is CacheStatus.HIT or status is CacheStatus.COALESCED:
+        cost: Cost | None = Cost(usd=0.0, saved_usd=entry.cost_usd or 0.0)
+    else:
+        cost = None if entry.cost_usd is None else Cost(usd=entry.cost_usd)
+    model = body.get("model")
+    return Completion(
+        raw=body,
+        model=model if isinstance(model, str) else "",
+        usage=entry.usage,
+        cost=cost,
+        cache=status,
+        endpoint=entry.endpoint,
+        key=key,
+    )
+
+
+def _storable(entry: CacheEntry) -> bool:
+    """A failed generation reported inside a 200 is never cached."""
+    return bool(entry.body["choices"][0].get("finish_reason") != "error")
+
+
+def _resolve_endpoints(
+    endpoints: Sequence[Endpoint] | None, base_url: str | None, api_key: str | None
+) -> tuple[Endpoint, ...]:
+    if endpoints is not None:
+        if base_url is not None or api_key is not None:
+            raise ConfigurationError(
+                "Client: give either endpoints= or the base_url=/api_key= shortcut, not both"
+            )
+        resolved = tuple(endpoints)
+        if not resolved or not all(isinstance(e, Endpoint) for e in resolved):
+            raise ConfigurationError("Client.endpoints: expected a non-empty list of Endpoint")
+        names = [e.name for e in resolved]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"Client.endpoints: names must be unique, got {names}")
+        return resolved
+    return (
+        Endpoint(
+            "default",
+            base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+            api_key=api_key or os.environ.get(API_KEY_ENV) or None,
+        ),
+    )
+
+
+def _resolve_cache(cache: object) -> TieredCache | None:
+    if cache is None:
+        return None
+    if isinstance(cache, _DefaultCache):
+        return TieredCache(MemoryCache())
+    if isinstance(cache, TieredCache):
+        return cache
+    if isinstance(cache, CacheBackend):
+        return TieredCache(cache)
+    raise ConfigurationError(
+        f"Client.cache: expected a CacheBackend, a TieredCache or None, got {type(cache).__name__}"
+    )
+
+
+def _generation_store(cache: TieredCache | None) -> GenerationStore | None:
+    """The shared tier that keeps generations (the lowest one that can), if any."""
+    if cache is None:
+        return None
+    for tier in reversed(cache.tiers):
+        if isinstance(tier, GenerationStore):
+            return tier
+    return None

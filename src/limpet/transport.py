@@ -1,0 +1,236 @@
+"""HTTP to OpenAI-compatible endpoints: one aiohttp session, retries, error mapping.
+
+aiohttp's and tenacity's exceptions stop here; callers see only ``limpet.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from limpet._version import __version__
+from limpet.config import Endpoint, RetryConfig, Timeouts
+from limpet.errors import (
+    APIConnectionError,
+    APIResponseError,
+    APITimeoutError,
+    status_error,
+)
+from limpet.retry import backoff_delay, parse_retry_after, should_retry
+
+__all__ = ["BODY_EXCERPT_CHARS", "Transport", "UpstreamResponse"]
+
+logger = logging.getLogger("limpet.transport")
+
+#: How much of an error body is kept on the exception.
+BODY_EXCERPT_CHARS = 500
+
+_SCRUB_WINDOW = 64 * 1024
+_REQUEST_ID_HEADERS = ("x-generation-id", "x-request-id", "request-id")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """A chat completion as received.
+
+    Attributes:
+        body: the parsed JSON body, checked to be a chat completion.
+        endpoint: name of the endpoint that answered.
+        attempts: how many attempts it took.
+    """
+
+    body: dict[str, Any]
+    endpoint: str
+    attempts: int
+
+
+class Transport:
+    """Posts chat completions with retries; owns one ``aiohttp.ClientSession``.
+
+    The session is created on first use, inside the running event loop.
+
+    Args:
+        timeouts: connect and total timeouts per attempt, and the connection pool size.
+        retry: attempts and backoff.
+        headers: sent with every request (attribution headers such as ``HTTP-Referer``);
+            an endpoint's own headers win.
+    """
+
+    __slots__ = ("_headers", "_retry", "_session", "_timeouts")
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts,
+        retry: RetryConfig,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._timeouts = timeouts
+        self._retry = retry
+        self._headers = {"User-Agent": f"limpet/{__version__}", **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def chat(self, endpoint: Endpoint, body: Mapping[str, Any]) -> UpstreamResponse:
+        """POST ``body`` to ``{endpoint.base_url}/chat/completions``, retrying what may pass.
+
+        Raises:
+            APIStatusError: a non-2xx answer (after retries, when retryable).
+            APIConnectionError: no answer (``APITimeoutError`` when it was a timeout).
+            APIResponseError: a 2xx answer that is not a chat completion.
+        """
+        payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(should_retry),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                data = await self._post(endpoint, "/chat/completions", payload)
+        # reraise=True: reaching here means the last attempt returned.
+        return UpstreamResponse(
+            body=data, endpoint=endpoint.name, attempts=retrying.statistics["attempt_number"]
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP session. Idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        return backoff_delay(state.attempt_number, self._retry, retry_after)
+
+    def _session_for_loop(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._timeouts.max_connections, enable_cleanup_closed=True
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=self._timeouts.total, sock_connect=self._timeouts.connect
+                ),
+                headers=self._headers,
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def _post(self, endpoint: Endpoint, path: str, payload: bytes) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json", **(endpoint.headers or {})}
+        if endpoint.api_key:
+            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        url = endpoint.base_url + path
+        try:
+            async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
+                raw = await resp.read()
+                status, response_headers = resp.status, resp.headers
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                f"no answer from endpoint {endpoint.name!r} within the timeout",
+                endpoint=endpoint.name,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise APIConnectionError(
+                f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
+                endpoint=endpoint.name,
+            ) from exc
+        return _parse(endpoint, status, response_headers, raw)
+
+
+def _parse(
+    endpoint: Endpoint, status: int, headers: Mapping[str, str], raw: bytes
+) -> dict[str, Any]:
+    excerpt = _excerpt(raw, endpoint.secrets)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if 200 <= status < 300 and isinstance(body, dict) and "error" in body and "choices" not in body:
+        # OpenRouter can report a failure inside a 200; its error code is an HTTP status.
+        code = body["error"].get("code") if isinstance(body["error"], dict) else None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+    if not 200 <= status < 300:
+        error_cls = status_error(status)
+        raise error_cls(
+            _scrub(_error_message(body, excerpt), endpoint.secrets),
+            status_code=status,
+            body=excerpt,
+            request_id=_request_id(headers, body),
+            retry_after=parse_retry_after(headers),
+            endpoint=endpoint.name,
+        )
+    if body is None:
+        raise APIResponseError(
+            "response is not JSON", status_code=status, body=excerpt, endpoint=endpoint.name
+        )
+    if not _is_chat_completion(body):
+        raise APIResponseError(
+            "response is not a chat completion (no choices[0].message)",
+            status_code=status,
+            body=excerpt,
+            endpoint=endpoint.name,
+        )
+    result: dict[str, Any] = body
+    return result
+
+
+def _is_chat_completion(body: object) -> bool:
+    if not isinstance(body, dict):
+        return False
+    choices = body.get("choices")
+    return (
+        isinstance(choices, list)
+        and bool(choices)
+        and isinstance(choices[0], dict)
+        and isinstance(choices[0].get("message"), dict)
+    )
+
+
+def _error_message(body: object, excerpt: str) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:BODY_EXCERPT_CHARS]
+        if isinstance(error, str):
+            return error[:BODY_EXCERPT_CHARS]
+    return excerpt or "(empty body)"
+
+
+def _request_id(headers: Mapping[str, str], body: object) -> str | None:
+    for name in _REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    if isinstance(body, dict) and isinstance(body.get("id"), str):
+        return str(body["id"])
+    return None
+
+
+def _excerpt(raw: bytes, secrets: tuple[str, ...]) -> str:
+    # Scrub before cutting, so a secret straddling the cut cannot leak in part.
+    text = raw[:_SCRUB_WINDOW].decode("utf-8", errors="replace")
+    return _scrub(text, secrets)[:BODY_EXCERPT_CHARS]
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    logger.info(
+        "limpet: attempt %d failed (%s); retrying in %.2fs", state.attempt_number, exc, wait
+    )

@@ -1,0 +1,158 @@
+"""SingleFlight: one call per key; cancellation and errors handled per waiter."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from limpet.coalesce import SingleFlight
+
+
+class Upstream:
+    """A call that blocks until released, counting how often it started."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.cancelled = 0
+
+    async def __call__(self, value: str = "answer") -> str:
+        self.calls += 1
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return value
+
+
+async def test_concurrent_callers_of_one_key_share_one_call() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    tasks = [asyncio.create_task(flight.do("k", upstream)) for _ in range(1000)]
+    await upstream.started.wait()
+    upstream.release.set()
+    results = await asyncio.gather(*tasks)
+    assert upstream.calls == 1
+    assert [r for r, _ in results] == ["answer"] * 1000
+    assert sum(led for _, led in results) == 1
+    assert len(flight) == 0
+
+
+async def test_different_keys_fly_separately() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    upstream.release.set()
+    results = await asyncio.gather(
+        *(flight.do(f"k{i % 50}", lambda i=i: upstream(f"v{i % 50}")) for i in range(1000))
+    )
+    assert upstream.calls == 50
+    assert {r for r, _ in results} == {f"v{i}" for i in range(50)}
+
+
+async def test_cancelling_some_waiters_leaves_the_others_their_result() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    tasks = [asyncio.create_task(flight.do("k", upstream)) for _ in range(100)]
+    await upstream.started.wait()
+    for task in tasks[:10]:  # the leader among them
+        task.cancel()
+    await asyncio.gather(*tasks[:10], return_exceptions=True)
+    upstream.release.set()
+    results = await asyncio.gather(*tasks[10:])
+    assert [r for r, _ in results] == ["answer"] * 90
+    assert upstream.calls == 1
+    assert upstream.cancelled == 0
+
+
+async def test_when_every_waiter_is_gone_the_call_is_cancelled_and_forgotten() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    tasks = [asyncio.create_task(flight.do("k", upstream)) for _ in range(3)]
+    await upstream.started.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(flight) == 0
+    fresh = asyncio.create_task(flight.do("k", upstream))
+    upstream.release.set()
+    assert await fresh == ("answer", True)
+    assert upstream.cancelled == 1
+    assert upstream.calls == 2
+
+
+async def test_orphans_may_finish_when_configured() -> None:
+    flight: SingleFlight[str] = SingleFlight(cancel_orphans=False)
+    upstream = Upstream()
+    done = asyncio.Event()
+
+    async def fill_cache() -> str:
+        value = await upstream()
+        done.set()
+        return value
+
+    task = asyncio.create_task(flight.do("k", fill_cache))
+    await upstream.started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    upstream.release.set()
+    await done.wait()
+    assert upstream.cancelled == 0
+
+
+async def test_an_error_reaches_every_waiter_and_is_not_remembered() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    release = asyncio.Event()
+    started = asyncio.Event()
+    calls = 0
+
+    async def failing() -> str:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        raise RuntimeError("upstream said no")
+
+    tasks = [asyncio.create_task(flight.do("k", failing)) for _ in range(20)]
+    # The call's task is scheduled after all 20 callers have run once, so all have joined.
+    await started.wait()
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert calls == 1
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+    async def fine() -> str:
+        return "ok"
+
+    assert await flight.do("k", fine) == ("ok", True)
+
+
+async def test_an_orphaned_failure_is_not_reported_as_unretrieved() -> None:
+    loop = asyncio.get_running_loop()
+    reports: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+    flight: SingleFlight[str] = SingleFlight(cancel_orphans=False)
+    calls: list[asyncio.Future[str]] = [loop.create_future()]
+    joined = asyncio.Event()
+
+    def start() -> asyncio.Future[str]:
+        joined.set()
+        return calls[0]
+
+    task = asyncio.create_task(flight.do("k", start))
+    await joined.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    calls[0].set_exception(RuntimeError("nobody is listening"))
+    # Done-callbacks run in the order they were added, so the flight's has run by now.
+    await asyncio.wait(calls)
+    assert len(flight) == 0
+    calls.clear()  # an unretrieved exception is reported when its future is collected
+    gc.collect()
+    loop.set_exception_handler(None)
+    assert reports == []
