@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 
 import pytest
@@ -48,7 +49,7 @@ async def test_different_keys_fly_separately() -> None:
     upstream = Upstream()
     upstream.release.set()
     results = await asyncio.gather(
-        *(flight.do(f"k{i % 50}", lambda i=i: upstream(f"v{i % 50}")) for i in range(1000))
+        *(flight.do(f"k{i % 50}", functools.partial(upstream, f"v{i % 50}")) for i in range(1000))
     )
     assert upstream.calls == 50
     assert {r for r, _ in results} == {f"v{i}" for i in range(50)}
