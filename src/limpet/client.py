@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -180,13 +181,24 @@ class Client:
         if self._closed:
             raise ClientClosedError("Client is closed")
         body = {"model": model, "messages": messages, **params}
-        if body.get("stream"):
+        if params and params.get("stream"):
             raise InvalidRequestError("stream", "absent or False in complete()", True)
         validate_request(body)
         entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
         decision = decide(body, cache, self._policy)
+        store = self._cache
+        key = None
+        if decision.uses_cache or (decision.coalesce and self._flight is not None):
+            key = await self._key(body)
+            # The hit path, kept flat: it runs far more often than anything else here.
+            if store is not None and decision.read:
+                found = await store.get(key)
+                if found is not None:
+                    completion = _completion(found[0], CacheStatus.HIT, key)
+                    self.stats.record(completion)
+                    return completion
         try:
-            completion = await self._complete(body, decision, entry_ttl)
+            completion = await self._complete(body, decision, entry_ttl, key)
         except APIError:
             self.stats.errors += 1
             raise
@@ -225,27 +237,19 @@ class Client:
             await self._transport.aclose()
 
     async def _key(self, body: dict[str, Any]) -> str:
-        return request_key(
-            canonical_request(body),
-            namespace=self._namespace,
-            scope=await self._generations.scope(body["model"]),
-        )
+        model = body["model"]
+        scope = self._generations.scope_now(model) or await self._generations.scope(model)
+        return request_key(canonical_request(body), namespace=self._namespace, scope=scope)
 
     async def _complete(
-        self, body: dict[str, Any], decision: CacheDecision, ttl: float
+        self, body: dict[str, Any], decision: CacheDecision, ttl: float, key: str | None
     ) -> Completion:
-        cache, flight = self._cache, self._flight
-        use_cache = cache is not None and decision.uses_cache
-        use_flight = flight is not None and decision.coalesce
-        if not (use_cache or use_flight):
+        """Everything after a cache miss (or without a cache lookup)."""
+        flight = self._flight
+        if key is None:
             entry = await self._upstream(body, ttl)
             return _completion(entry, CacheStatus.BYPASS, None)
-        key = await self._key(body)
-        if use_cache and decision.read and cache is not None:
-            found = await cache.get(key)
-            if found is not None:
-                return _completion(found[0], CacheStatus.HIT, key)
-        if use_flight and flight is not None:
+        if flight is not None and decision.coalesce:
             (entry, from_cache), led = await flight.do(
                 key, lambda: self._fill(key, body, decision, ttl)
             )
@@ -255,7 +259,7 @@ class Client:
                 return _completion(entry, CacheStatus.COALESCED, key, copy=True)
         else:
             entry, _ = await self._fill(key, body, decision, ttl)
-        status = CacheStatus.MISS if use_cache else CacheStatus.BYPASS
+        status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
         return _completion(entry, status, key)
 
     async def _fill(
@@ -305,6 +309,7 @@ def _completion(
     entry: CacheEntry, status: CacheStatus, key: str | None, *, copy: bool = False
 ) -> Completion:
     body = orjson.loads(orjson.dumps(entry.body)) if copy else entry.body
+    usage = replace(entry.usage) if copy else entry.usage
     if status is CacheStatus.HIT or status is CacheStatus.COALESCED:
         cost: Cost | None = Cost(usd=0.0, saved_usd=entry.cost_usd or 0.0)
     else:
@@ -313,7 +318,7 @@ def _completion(
     return Completion(
         raw=body,
         model=model if isinstance(model, str) else "",
-        usage=entry.usage,
+        usage=usage,
         cost=cost,
         cache=status,
         endpoint=entry.endpoint,

@@ -61,21 +61,28 @@ class Generations:
         self._refreshing: asyncio.Task[None] | None = None
         self.refresh_interval = refresh_interval
 
+    def scope_now(self, model: str) -> str | None:
+        """The key scope for a request to ``model``, or None when ``scope()`` must first
+        read the model's generation from the store. Schedules a background refresh when
+        one is due, so the cache-hit path never waits on the store."""
+        values = self._values
+        if self._store is not None:
+            if model not in values:
+                return None
+            if self._clock() >= self._due:
+                self._schedule_refresh()
+        return f"{values.get(GLOBAL, 0)}.{values.get(model, 0)}"
+
     async def scope(self, model: str) -> str:
         """The key scope for a request to ``model``.
 
         The first request for a model in this process reads its generation from the store
-        (one round trip, once), so it can never read entries invalidated elsewhere; after
-        that, refreshes run in the background.
+        (one round trip, once), so it can never read entries invalidated elsewhere.
         """
-        values = self._values
-        if self._store is not None:
-            if model not in values:
-                values[model] = 0
-                await self.refresh()
-            elif self._clock() >= self._due:
-                self._schedule_refresh()
-        return f"{values.get(GLOBAL, 0)}.{values.get(model, 0)}"
+        if self._store is not None and model not in self._values:
+            self._values[model] = 0
+            await self.refresh()
+        return f"{self._values.get(GLOBAL, 0)}.{self._values.get(model, 0)}"
 
     async def bump(self, model: str | None = None) -> None:
         """Invalidate ``model``'s entries, or every entry when ``model`` is None."""

@@ -16,6 +16,10 @@ __all__ = ["ROLES", "validate_request", "validate_ttl"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _ROLES_TEXT = "one of " + ", ".join(sorted(ROLES))
+_RANGES = (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0))
+_COUNTS = ("max_tokens", "max_completion_tokens", "n")
+# Exact types: bool is an int subclass, and True is no temperature.
+_NUMBER_TYPES = (int, float)
 
 
 def validate_request(body: Mapping[str, Any]) -> None:
@@ -24,18 +28,25 @@ def validate_request(body: Mapping[str, Any]) -> None:
     Raises:
         InvalidRequestError: naming the first offending field and what was expected.
     """
+    # The common case runs on every call, hits included: one pass, no helper calls.
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
+    if type(model) is not str or not model.strip():
         raise InvalidRequestError("model", "a non-empty str", model)
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if type(messages) is not list or not messages:
         raise InvalidRequestError("messages", "a non-empty list of message dicts", messages)
+    for message in messages:
+        if type(message) is not dict or message.get("role") not in ROLES:
+            break
+        content = message.get("content")
+        if type(content) is not str and type(content) is not list:
+            break
+    else:
+        _check_parameters(body)
+        return
     for index, message in enumerate(messages):
         _check_message(index, message)
-    _check_number(body, "temperature", 0.0, 2.0)
-    _check_number(body, "top_p", 0.0, 1.0)
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        _check_positive_int(body, name)
+    _check_parameters(body)
 
 
 def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
@@ -63,17 +74,12 @@ def _check_message(index: int, message: object) -> None:
     )
 
 
-def _check_number(body: Mapping[str, Any], name: str, low: float, high: float) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidRequestError(name, f"a number from {low:g} to {high:g}", value)
-
-
-def _check_positive_int(body: Mapping[str, Any], name: str) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError(name, "an int >= 1", value)
+def _check_parameters(body: Mapping[str, Any]) -> None:
+    for name, low, high in _RANGES:
+        value = body.get(name)
+        if value is not None and (type(value) not in _NUMBER_TYPES or not low <= value <= high):
+            raise InvalidRequestError(name, f"a number from {low:g} to {high:g}", value)
+    for name in _COUNTS:
+        value = body.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise InvalidRequestError(name, "an int >= 1", value)

@@ -34,7 +34,16 @@ def test_unknown_cost_round_trips_as_none() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"garbage", b"LP\x09\x00{}", b"LP\x01\x00{not json", b"LP\x01\x00{}", b"LP\x01\x00[]"],
+    [
+        b"",
+        b"garbage",
+        b"LP\x09\x00{}",
+        b"LP\x01\x00{}",
+        b"LP\x01\x00" + bytes(70),
+        b"LP\x01\x00" + bytes(66) + b"\x00\x00{not json",
+        b"LP\x01\x00" + bytes(66) + b"\x00\x00[]",
+        b"LP\x01\x00" + bytes(66) + b"\x05\x00ab",
+    ],
 )
 def test_garbage_is_corrupt(data: bytes) -> None:
     with pytest.raises(CacheCorruptError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import struct
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,11 +24,13 @@ __all__ = ["ENTRY_FORMAT", "CacheBackend", "CacheEntry", "EntryCodec"]
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
 ENTRY_FORMAT = 1
 
-_MAGIC = b"LP"
-_UNSIGNED = 0
-_SIGNED = 1
+_UNSIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 0))
+_SIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 1))
+_HEADER_SIZE = len(_UNSIGNED_HEADER)
 _MAC_SIZE = 32
-_HEADER_SIZE = len(_MAGIC) + 2
+# prompt, completion, cached, cache-write, reasoning tokens; cost (NaN: unknown);
+# created_at, expires_at; endpoint name length.
+_META = struct.Struct("<5Q3dH")
 
 
 @runtime_checkable
@@ -54,7 +58,7 @@ class CacheBackend(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CacheEntry:
     """A stored completion.
 
@@ -78,9 +82,11 @@ class CacheEntry:
 class EntryCodec:
     """Encodes entries to bytes and back, optionally signed with HMAC-SHA256.
 
-    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], JSON payload. With a key,
-    an unsigned entry or a bad MAC is corrupt; without one, a signed entry is still read
-    (its MAC is not checked).
+    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC over the rest], a fixed
+    binary header (usage counts, cost, times, endpoint length), the endpoint name, then
+    the body's JSON. The metadata is binary so that a hit parses JSON only once, for the
+    body it must return anyway. With a key, an unsigned entry or a bad MAC is corrupt;
+    without one, a signed entry is still read (its MAC is not checked).
     """
 
     __slots__ = ("_hmac_key",)
@@ -90,61 +96,60 @@ class EntryCodec:
 
     def encode(self, entry: CacheEntry) -> bytes:
         u = entry.usage
-        payload = orjson.dumps(
-            {
-                "b": entry.body,
-                "u": [
-                    u.prompt_tokens,
-                    u.completion_tokens,
-                    u.cached_tokens,
-                    u.cache_write_tokens,
-                    u.reasoning_tokens,
-                ],
-                "c": entry.cost_usd,
-                "e": entry.endpoint,
-                "t": entry.created_at,
-                "x": entry.expires_at,
-            }
+        name = entry.endpoint.encode()
+        payload = (
+            _META.pack(
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.reasoning_tokens,
+                math.nan if entry.cost_usd is None else entry.cost_usd,
+                entry.created_at,
+                entry.expires_at,
+                len(name),
+            )
+            + name
+            + orjson.dumps(entry.body)
         )
         if self._hmac_key is None:
-            return _MAGIC + bytes((ENTRY_FORMAT, _UNSIGNED)) + payload
+            return _UNSIGNED_HEADER + payload
         mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
-        return _MAGIC + bytes((ENTRY_FORMAT, _SIGNED)) + mac + payload
+        return _SIGNED_HEADER + mac + payload
 
     def decode(self, data: bytes) -> CacheEntry:
         """Raises:
         CacheCorruptError: wrong magic or format, a bad signature, or a malformed payload.
         """
-        if len(data) < _HEADER_SIZE or data[:2] != _MAGIC or data[2] != ENTRY_FORMAT:
-            raise CacheCorruptError("not a limpet entry of this format")
-        signed = data[3] == _SIGNED
-        payload = data[_HEADER_SIZE + _MAC_SIZE :] if signed else data[_HEADER_SIZE:]
-        if self._hmac_key is not None:
-            if not signed:
+        header = data[:_HEADER_SIZE]
+        if header == _UNSIGNED_HEADER:
+            if self._hmac_key is not None:
                 raise CacheCorruptError("entry is not signed")
-            mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
-            if not hmac.compare_digest(mac, data[_HEADER_SIZE : _HEADER_SIZE + _MAC_SIZE]):
-                raise CacheCorruptError("entry signature does not match")
+            start = _HEADER_SIZE
+        elif header == _SIGNED_HEADER:
+            start = _HEADER_SIZE + _MAC_SIZE
+            if self._hmac_key is not None:
+                mac = hmac.new(self._hmac_key, data[start:], hashlib.sha256).digest()
+                if not hmac.compare_digest(mac, data[_HEADER_SIZE:start]):
+                    raise CacheCorruptError("entry signature does not match")
+        else:
+            raise CacheCorruptError("not a limpet entry of this format")
         try:
-            fields = orjson.loads(payload)
-            prompt, completion, cached, written, reasoning = fields["u"]
-            cost = fields["c"]
-            entry = CacheEntry(
-                body=fields["b"],
-                usage=Usage(
-                    prompt_tokens=int(prompt),
-                    completion_tokens=int(completion),
-                    cached_tokens=int(cached),
-                    cache_write_tokens=int(written),
-                    reasoning_tokens=int(reasoning),
-                ),
-                cost_usd=None if cost is None else float(cost),
-                endpoint=str(fields["e"]),
-                created_at=float(fields["t"]),
-                expires_at=float(fields["x"]),
+            (prompt, completion, cached, written, reasoning, cost, created, expires, size) = (
+                _META.unpack_from(data, start)
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            name_at = start + _META.size
+            endpoint = data[name_at : name_at + size].decode()
+            body = orjson.loads(memoryview(data)[name_at + size :])
+        except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
-        if not isinstance(entry.body, dict):
+        if type(body) is not dict:
             raise CacheCorruptError("entry body is not an object")
-        return entry
+        return CacheEntry(
+            body,
+            Usage(prompt, completion, cached, written, reasoning),
+            None if cost != cost else cost,
+            endpoint,
+            created,
+            expires,
+        )

@@ -1,0 +1,233 @@
+"""``FakeEndpoint``: the state of one fake provider instance behind a ``FakeGateway``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from limpet.testing.faults import (
+    DelayFault,
+    DropConnectionFault,
+    Fault,
+    MalformedBodyFault,
+    StatusFault,
+    StreamErrorFault,
+    WrongShapeFault,
+)
+from limpet.testing.provider_cache import NoPromptCache, PromptCacheModel, PromptCacheResult
+
+__all__ = ["FakeEndpoint"]
+
+
+class FakeEndpoint:
+    """One endpoint of a ``FakeGateway``: counters, availability, latency and queued faults.
+
+    A chat request to the endpoint goes through these steps, and stops at the first that
+    answers: count it in ``calls``; 401 without the gateway's API key; 503 while the
+    endpoint is down; 400 for a body that is not JSON (otherwise it is appended to
+    ``requests``) or not a valid chat request; the next queued fault, if any; then, after
+    ``latency`` seconds, the completion, counted in ``completions``. So a fault is used
+    up only by a request that would otherwise have succeeded. Status faults and dropped
+    connections strike at once; the other faults wait ``latency`` like an answer.
+
+    Example:
+        >>> ep = FakeEndpoint("a")
+        >>> ep.fail(429, times=2, retry_after=1)   # the next two requests get 429
+        >>> ep.latency = 0.05                        # then answers take 50 ms
+
+    Attributes:
+        name: the endpoint's name, its URL prefix and the ``provider`` of its answers.
+        latency: seconds every answer waits before it is sent; settable.
+        up: False after ``take_down()``; requests then get 503.
+        calls: chat requests received, failed or not.
+        completions: chat completions answered in full.
+        model_listings: ``GET /models`` requests received.
+        requests: the JSON bodies received, in order (not those that were not JSON).
+        last_headers: the HTTP headers of the last chat request received (Authorization
+            blanked), matched without regard to case, or None.
+        prompt_cache: decides cache reads and writes reported in ``usage``.
+    """
+
+    __slots__ = (
+        "_call_waiters",
+        "_calls",
+        "_faults",
+        "completions",
+        "last_headers",
+        "latency",
+        "model_listings",
+        "name",
+        "prompt_cache",
+        "requests",
+        "up",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        latency: float = 0.0,
+        prompt_cache: PromptCacheModel | None = None,
+    ) -> None:
+        self.name = name
+        self.latency = latency
+        self.prompt_cache: PromptCacheModel = prompt_cache or NoPromptCache()
+        self.up = True
+        self._calls = 0
+        self._call_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.completions = 0
+        self.model_listings = 0
+        self.requests: list[dict[str, Any]] = []
+        self.last_headers: Mapping[str, str] | None = None
+        self._faults: deque[Fault] = deque()
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else "down"
+        return (
+            f"FakeEndpoint({self.name!r}, {state}, calls={self.calls}, "
+            f"completions={self.completions}, pending_faults={len(self._faults)})"
+        )
+
+    @property
+    def calls(self) -> int:
+        """Chat requests received, failed or not."""
+        return self._calls
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        self._calls = value
+        waiting = []
+        for target, future in self._call_waiters:
+            if value >= target:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((target, future))
+        self._call_waiters = waiting
+
+    async def wait_for_calls(self, count: int) -> None:
+        """Return once this endpoint has received ``count`` chat requests.
+
+        Lets a test act at a known point (say, once the leader's request is upstream)
+        without sleeping.
+        """
+        if self._calls >= count:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._call_waiters.append((count, future))
+        await future
+
+    @property
+    def pending_faults(self) -> tuple[Fault, ...]:
+        """The faults still queued, next first."""
+        return tuple(self._faults)
+
+    @property
+    def last_request(self) -> dict[str, Any] | None:
+        """The last JSON body received, or None."""
+        return self.requests[-1] if self.requests else None
+
+    def fail(
+        self,
+        status: int,
+        times: int = 1,
+        *,
+        retry_after: float | None = None,
+        retry_after_ms: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer the next ``times`` requests with ``status`` and an OpenRouter error body.
+
+        Args:
+            status: an HTTP error status, 400 to 599.
+            times: how many requests get it.
+            retry_after: seconds to send in a ``Retry-After`` header.
+            retry_after_ms: milliseconds to send in a ``retry-after-ms`` header.
+            message: the error message; a gateway-like default when None.
+
+        Raises:
+            ValueError: a status outside 400-599, or ``times`` < 1.
+        """
+        fault = StatusFault(status, message, retry_after, retry_after_ms)
+        self._queue(fault, times)
+
+    def delay(self, seconds: float, times: int = 1) -> None:
+        """Answer the next ``times`` requests ``seconds`` late, to trip client timeouts."""
+        self._queue(DelayFault(seconds), times)
+
+    def drop_connection(self, times: int = 1, *, after_chunks: int | None = None) -> None:
+        """Close the connection of the next ``times`` requests without an answer.
+
+        Args:
+            times: how many requests get it.
+            after_chunks: for stream requests, drop after this many content chunks.
+        """
+        self._queue(DropConnectionFault(after_chunks), times)
+
+    def malformed(self, times: int = 1) -> None:
+        """Answer the next ``times`` requests 200 with a body that is not JSON."""
+        self._queue(MalformedBodyFault(), times)
+
+    def wrong_shape(self, times: int = 1) -> None:
+        """Answer the next ``times`` requests 200 with JSON that is not a chat completion."""
+        self._queue(WrongShapeFault(), times)
+
+    def stream_error(
+        self,
+        after_chunks: int = 2,
+        times: int = 1,
+        *,
+        status: int = 502,
+        message: str = "Provider disconnected unexpectedly",
+    ) -> None:
+        """Fail the next ``times`` streams with a mid-stream error chunk after ``after_chunks``.
+
+        A plain (non-stream) request that meets this fault gets ``status`` as an error
+        response instead.
+        """
+        self._queue(StreamErrorFault(after_chunks, status, message), times)
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault."""
+        self._faults.clear()
+
+    def take_down(self) -> None:
+        """Answer every chat request with 503 until ``bring_up()``."""
+        self.up = False
+
+    def bring_up(self) -> None:
+        """Answer chat requests again."""
+        self.up = True
+
+    def reset(self) -> None:
+        """Zero the counters, forget requests, faults and the prompt cache, and bring it up.
+
+        ``latency`` is configuration, not state, and is kept.
+        """
+        self.calls = 0
+        self.completions = 0
+        self.model_listings = 0
+        self.requests.clear()
+        self.last_headers = None
+        self._faults.clear()
+        self.prompt_cache.reset()
+        self.up = True
+
+    def latency_for(self, cache: PromptCacheResult, prompt_tokens: int) -> float:
+        """Seconds to wait before answering a request that met the prompt cache so.
+
+        Real providers answer a cached prefix faster; a prompt-cache simulation makes this
+        depend on ``cache``. For now every answer waits ``latency``.
+        """
+        return self.latency
+
+    def take_fault(self) -> Fault | None:
+        """Remove and return the next queued fault; the gateway calls this once per request."""
+        return self._faults.popleft() if self._faults else None
+
+    def _queue(self, fault: Fault, times: int) -> None:
+        if times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        self._faults.extend([fault] * times)

@@ -1,0 +1,115 @@
+"""Faults a ``FakeEndpoint`` can be told to inject, one per request, first in first out.
+
+Each is a small frozen value; ``FakeEndpoint.fail()`` and friends queue them and the
+gateway consumes one per chat request that passes auth, availability and validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+__all__ = [
+    "DelayFault",
+    "DropConnectionFault",
+    "Fault",
+    "MalformedBodyFault",
+    "StatusFault",
+    "StreamErrorFault",
+    "WrongShapeFault",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFault:
+    """Answer with an error status and an OpenRouter error body.
+
+    Attributes:
+        status: the HTTP status, 400 to 599.
+        message: the error message; a gateway-like default per status when None.
+        retry_after: seconds for a ``Retry-After`` header, when set.
+        retry_after_ms: milliseconds for a ``retry-after-ms`` header, when set.
+    """
+
+    status: int
+    message: str | None = None
+    retry_after: float | None = None
+    retry_after_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {self.status}")
+
+
+@dataclass(frozen=True, slots=True)
+class DelayFault:
+    """Answer normally, but only after ``seconds`` more than the endpoint's latency."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if not self.seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {self.seconds}")
+
+
+@dataclass(frozen=True, slots=True)
+class DropConnectionFault:
+    """Close the TCP connection without an answer.
+
+    Attributes:
+        after_chunks: for a stream request, drop after this many content chunks instead of
+            before the response; a plain request is always dropped before any byte.
+    """
+
+    after_chunks: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.after_chunks is not None and self.after_chunks < 0:
+            raise ValueError(f"after_chunks must be >= 0, got {self.after_chunks}")
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedBodyFault:
+    """Answer 200 ``application/json`` with a truncated, non-JSON body.
+
+    A stream request gets a well-formed event stream whose first data line is not JSON.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class WrongShapeFault:
+    """Answer 200 with valid JSON that is not a chat completion (``{"hello": "world"}``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamErrorFault:
+    """Fail a stream mid-way, as OpenRouter does: HTTP 200, then an error chunk.
+
+    After ``after_chunks`` content chunks comes a chunk with ``error`` and
+    ``finish_reason: "error"``, and the stream ends without ``[DONE]``. A plain request
+    gets the status as an ordinary error response, since nothing was sent yet.
+
+    Attributes:
+        after_chunks: content chunks sent before the error.
+        status: the ``error.code`` in the chunk.
+        message: the ``error.message`` in the chunk.
+    """
+
+    after_chunks: int = 2
+    status: int = 502
+    message: str = "Provider disconnected unexpectedly"
+
+    def __post_init__(self) -> None:
+        if self.after_chunks < 0:
+            raise ValueError(f"after_chunks must be >= 0, got {self.after_chunks}")
+
+
+Fault: TypeAlias = (
+    StatusFault
+    | DelayFault
+    | DropConnectionFault
+    | MalformedBodyFault
+    | WrongShapeFault
+    | StreamErrorFault
+)
+"""Any fault a ``FakeEndpoint`` can queue."""

@@ -1,0 +1,170 @@
+"""The aiohttp responses a ``FakeGateway`` sends: JSON bodies, errors, event streams, faults."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from limpet.testing.endpoint import FakeEndpoint
+from limpet.testing.faults import (
+    DropConnectionFault,
+    MalformedBodyFault,
+    StatusFault,
+    StreamErrorFault,
+    WrongShapeFault,
+)
+from limpet.testing.wire import SSE_DONE, SSE_PROCESSING, Answer, error_body, sse_event
+
+__all__ = [
+    "MALFORMED_BODY",
+    "WRONG_SHAPE_BODY",
+    "bad_body",
+    "drop_connection",
+    "error_bodies",
+    "error_response",
+    "json_response",
+    "send_stream",
+    "status_fault_response",
+]
+
+#: What a ``malformed()`` fault sends: the start of a completion, cut off.
+MALFORMED_BODY = b'{"choices": ['
+#: What a ``wrong_shape()`` fault sends: valid JSON, but not a chat completion.
+WRONG_SHAPE_BODY = b'{"hello": "world"}'
+
+
+@web.middleware
+async def error_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer aiohttp's own errors (no such route, wrong method) in OpenRouter's JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+
+
+def json_response(
+    status: int,
+    body: Mapping[str, Any] | bytes,
+    *,
+    generation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """A JSON response with a fresh ``x-request-id``; ``body`` as bytes is sent as is."""
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    response = web.Response(status=status, body=payload, content_type="application/json")
+    response.headers["x-request-id"] = _request_id()
+    if generation_id is not None:
+        response.headers["X-Generation-Id"] = generation_id
+    response.headers.update(headers or {})
+    return response
+
+
+def error_response(
+    status: int, message: str | None = None, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """An OpenRouter error response."""
+    return json_response(status, error_body(status, message), headers=headers)
+
+
+def status_fault_response(fault: StatusFault) -> web.Response:
+    """The error a ``StatusFault`` asks for, with its retry headers."""
+    headers: dict[str, str] = {}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = _number(fault.retry_after)
+    if fault.retry_after_ms is not None:
+        headers["retry-after-ms"] = _number(fault.retry_after_ms)
+    return error_response(fault.status, fault.message, headers=headers)
+
+
+def drop_connection(request: web.Request) -> web.Response:
+    """Close the request's connection; the returned response is never sent."""
+    # aiohttp then fails to write it, takes that as a client that went away, and stays quiet.
+    _close_connection(request)
+    return web.Response()
+
+
+async def bad_body(
+    request: web.Request, fault: MalformedBodyFault | WrongShapeFault, *, stream: bool
+) -> web.StreamResponse:
+    """A 200 whose body, or whose stream's data line, is not a chat completion."""
+    payload = MALFORMED_BODY if isinstance(fault, MalformedBodyFault) else WRONG_SHAPE_BODY
+    if not stream:
+        return json_response(200, payload)
+    response = _event_stream(generation_id=None)
+    with contextlib.suppress(ConnectionResetError):
+        await response.prepare(request)
+        await response.write(SSE_PROCESSING + b"data: " + payload + b"\n\n" + SSE_DONE)
+        await response.write_eof()
+    return response
+
+
+async def send_stream(
+    request: web.Request,
+    endpoint: FakeEndpoint,
+    answer: Answer,
+    fault: StreamErrorFault | DropConnectionFault | None,
+) -> web.StreamResponse:
+    """Send ``answer`` as an OpenRouter event stream, cut short by ``fault`` if given.
+
+    Counts the completion in ``endpoint.completions`` when the stream is sent in full.
+    """
+    chunks = answer.stream()
+    cut = None
+    if fault is not None:
+        # After the role chunk and `after_chunks` content chunks, or just before the finish
+        # chunk when the reply has fewer; the finish and usage chunks are the last two.
+        cut = 1 + min(fault.after_chunks or 0, len(chunks) - 3)
+    response = _event_stream(generation_id=answer.id)
+    try:
+        await response.prepare(request)
+        await response.write(SSE_PROCESSING)
+        for index, chunk in enumerate(chunks):
+            if index == cut:
+                if isinstance(fault, StreamErrorFault):
+                    await response.write(sse_event(answer.error_chunk(fault.status, fault.message)))
+                    await response.write_eof()
+                else:
+                    _close_connection(request)
+                return response
+            if index == len(chunks) - 1:
+                # Counted before the last bytes leave, so a client that has read the whole
+                # stream always sees the count.
+                endpoint.completions += 1
+            await response.write(sse_event(chunk))
+        await response.write(SSE_DONE)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client hung up mid-stream; nobody is left to tell
+    return response
+
+
+def _event_stream(*, generation_id: str | None) -> web.StreamResponse:
+    response = web.StreamResponse(status=200)
+    response.content_type = "text/event-stream"
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["x-request-id"] = _request_id()
+    if generation_id is not None:
+        response.headers["X-Generation-Id"] = generation_id
+    return response
+
+
+def _close_connection(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+def _request_id() -> str:
+    return f"req-{secrets.token_hex(12)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -1,0 +1,442 @@
+"""Client.complete against the real FakeGateway over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from limpet import CacheStatus, Client, Endpoint, MemoryCache, RetryConfig, Timeouts
+from limpet.errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    InternalServerError,
+    InvalidRequestError,
+    RateLimitError,
+)
+from limpet.testing import FakeGateway
+
+KEY = "sk-or-v1-0123456789abcdef-secret"
+MODEL = "anthropic/claude-sonnet-4.6"
+FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
+
+
+def ask(text: str = "What is a limpet?", **params: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+        **params,
+    }
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a", "b"), api_key=KEY) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def client(gateway: FakeGateway) -> AsyncIterator[Client]:
+    async with Client(
+        endpoints=[Endpoint("a", gateway.base_url("a"), api_key=KEY)], retry=FAST_RETRY
+    ) as c:
+        yield c
+
+
+async def test_a_repeated_call_is_a_hit_with_no_upstream_call(
+    client: Client, gateway: FakeGateway
+) -> None:
+    first = await client.complete(**ask())
+    second = await client.complete(**ask())
+    assert (first.cache, second.cache) == (CacheStatus.MISS, CacheStatus.HIT)
+    assert gateway.endpoint("a").calls == 1
+    assert second.content == first.content and first.content
+    assert second.raw == first.raw
+    assert second.usage == first.usage
+    assert second.key == first.key is not None
+    assert second.endpoint == "a"
+    assert first.cost is not None and first.cost.usd > 0
+    assert second.cost is not None
+    assert (second.cost.usd, second.cost.saved_usd) == (0.0, first.cost.usd)
+    stats = client.stats
+    assert (stats.hits, stats.misses, stats.upstream_calls) == (1, 1, 1)
+    assert stats.saved_usd == pytest.approx(first.cost.usd)
+    assert stats.hit_rate == 0.5
+
+
+async def test_mutating_a_returned_body_never_changes_the_cache(client: Client) -> None:
+    first = await client.complete(**ask())
+    first.raw["choices"][0]["message"]["content"] = "tampered"
+    second = await client.complete(**ask())
+    assert second.content != "tampered"
+
+
+async def test_sampled_requests_are_never_cached(client: Client, gateway: FakeGateway) -> None:
+    for _ in range(3):
+        c = await client.complete(**ask(temperature=0.7))
+        assert c.cache is CacheStatus.BYPASS
+        assert c.key is None
+    no_temperature = {k: v for k, v in ask().items() if k != "temperature"}
+    assert (await client.complete(**no_temperature)).cache is CacheStatus.BYPASS
+    assert gateway.endpoint("a").calls == 4
+    assert client.stats.bypassed == 4
+
+
+async def test_bypass_refresh_and_force(client: Client, gateway: FakeGateway) -> None:
+    calls = gateway.endpoint("a")
+    await client.complete(**ask())
+    assert (await client.complete(**ask(), cache="bypass")).cache is CacheStatus.BYPASS
+    assert calls.calls == 2
+    refreshed = await client.complete(**ask(), cache="refresh")
+    assert refreshed.cache is CacheStatus.MISS
+    assert calls.calls == 3
+    assert (await client.complete(**ask())).raw == refreshed.raw  # refresh stored its answer
+    assert calls.calls == 3
+    forced = [await client.complete(**ask(temperature=0.9), cache="force") for _ in range(2)]
+    assert [f.cache for f in forced] == [CacheStatus.MISS, CacheStatus.HIT]
+    assert calls.calls == 4
+
+
+async def test_per_call_ttl_expires_the_entry(gateway: FakeGateway) -> None:
+    clock = [0.0]
+    cache = MemoryCache(clock=lambda: clock[0])
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
+    async with Client(endpoints=[endpoint], cache=cache) as client:
+        await client.complete(**ask(), ttl=5)
+        clock[0] = 4.0
+        assert (await client.complete(**ask())).cache is CacheStatus.HIT
+        clock[0] = 5.0
+        assert (await client.complete(**ask())).cache is CacheStatus.MISS
+    assert gateway.endpoint("a").calls == 2
+
+
+async def test_429_with_retry_after_then_success_takes_two_attempts(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").fail(429, retry_after=0.01)
+    c = await client.complete(**ask())
+    assert c.content
+    assert gateway.endpoint("a").calls == 2
+    assert client.stats.upstream_calls == 1
+
+
+async def test_400_is_raised_once_typed_with_its_status(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").fail(400, message="bad tool schema")
+    with pytest.raises(BadRequestError) as info:
+        await client.complete(**ask())
+    assert info.value.status_code == 400
+    assert "bad tool schema" in str(info.value)
+    assert info.value.endpoint == "a"
+    assert gateway.endpoint("a").calls == 1
+    assert client.stats.errors == 1
+
+
+async def test_5xx_is_retried_up_to_the_limit(client: Client, gateway: FakeGateway) -> None:
+    gateway.endpoint("a").fail(502, times=5)
+    with pytest.raises(InternalServerError) as info:
+        await client.complete(**ask())
+    assert info.value.status_code == 502
+    assert gateway.endpoint("a").calls == FAST_RETRY.max_attempts
+    gateway.endpoint("a").clear_faults()
+    assert (await client.complete(**ask())).cache is CacheStatus.MISS  # errors are not cached
+
+
+async def test_a_rate_limit_that_outlasts_the_retries_is_a_rate_limit_error(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").fail(429, times=3, retry_after=0)
+    with pytest.raises(RateLimitError) as info:
+        await client.complete(**ask())
+    assert info.value.retry_after == 0.0
+
+
+async def test_malformed_and_wrong_shape_bodies_are_response_errors(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").malformed()
+    with pytest.raises(APIResponseError, match="not JSON") as info:
+        await client.complete(**ask())
+    assert info.value.status_code == 200
+    gateway.endpoint("a").wrong_shape()
+    with pytest.raises(APIResponseError, match="not a chat completion"):
+        await client.complete(**ask())
+    assert gateway.endpoint("a").calls == 2  # neither is retried
+
+
+async def test_a_dropped_connection_is_retried_then_a_connection_error(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").drop_connection(times=1)
+    assert (await client.complete(**ask("once"))).content
+    gateway.endpoint("a").drop_connection(times=3)
+    with pytest.raises(APIConnectionError):
+        await client.complete(**ask("thrice"))
+
+
+async def test_a_slow_upstream_is_a_timeout_error(gateway: FakeGateway) -> None:
+    gateway.endpoint("a").delay(5.0)
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
+    async with Client(
+        endpoints=[endpoint], retry=RetryConfig(max_attempts=1), timeouts=Timeouts(total=0.2)
+    ) as client:
+        with pytest.raises(APITimeoutError):
+            await client.complete(**ask())
+
+
+async def test_a_wrong_key_is_an_authentication_error_that_does_not_show_the_key(
+    gateway: FakeGateway,
+) -> None:
+    wrong = "sk-or-v1-wrong-key-that-must-not-leak"
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=wrong)
+    async with Client(endpoints=[endpoint]) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.complete(**ask())
+    assert wrong not in str(info.value) and wrong not in repr(info.value)
+
+
+async def test_the_api_key_appears_in_no_error_and_no_repr(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    errors: list[BaseException] = []
+    arrangements: list[Callable[[], None]] = [
+        lambda: ep.fail(400, message=f"your key {KEY} is odd"),
+        lambda: ep.fail(503, times=3),
+        ep.malformed,
+        ep.wrong_shape,
+        lambda: ep.drop_connection(times=3),
+    ]
+    for arrange in arrangements:
+        arrange()
+        with pytest.raises(APIError) as info:
+            await client.complete(**ask())
+        errors.append(info.value)
+    for error in errors:
+        for text in (str(error), repr(error), str(error.__cause__), repr(error.__cause__)):
+            assert KEY not in text
+    assert KEY not in repr(client)
+    assert KEY not in repr(client.endpoints)
+    assert KEY not in str(client.stats)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"model": ""}, "model"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"temperature": 3}, "temperature"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"cache": "always"}, "cache"),
+        ({"ttl": -5}, "ttl"),
+        ({"stream": True}, "stream"),
+        ({"metadata": {"when": object()}}, "request body"),
+    ],
+)
+async def test_bad_input_raises_before_any_upstream_call(
+    client: Client, gateway: FakeGateway, override: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        await client.complete(**{**ask(), **override})
+    assert info.value.field == field
+    assert gateway.total_calls == 0
+
+
+async def test_concurrent_identical_misses_make_one_upstream_call(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").latency = 0.05
+    results = await asyncio.gather(*(client.complete(**ask()) for _ in range(1000)))
+    assert gateway.endpoint("a").calls == 1
+    assert len({r.content for r in results}) == 1
+    statuses = [r.cache for r in results]
+    assert statuses.count(CacheStatus.MISS) == 1
+    assert statuses.count(CacheStatus.COALESCED) == 999
+    assert all(r.cost is not None and r.cost.usd == 0 for r in results if r.cache != "miss")
+    assert client.stats.coalesced == 999
+
+
+async def test_fifty_keys_times_twenty_callers_make_fifty_calls(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").latency = 0.02
+    results = await asyncio.gather(
+        *(client.complete(**ask(f"question {i % 50}")) for i in range(1000))
+    )
+    assert gateway.endpoint("a").calls == 50
+    assert len({r.content for r in results}) == 50
+
+
+async def test_cancelling_ten_of_a_hundred_waiters(client: Client, gateway: FakeGateway) -> None:
+    gateway.endpoint("a").latency = 0.2
+    tasks = [asyncio.create_task(client.complete(**ask())) for _ in range(100)]
+    await gateway.endpoint("a").wait_for_calls(1)  # the leader's request is upstream
+    for task in tasks[:10]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(r, asyncio.CancelledError) for r in results) == 10
+    assert len({r.content for r in results[10:] if not isinstance(r, BaseException)}) == 1
+    assert gateway.endpoint("a").calls == 1
+
+
+async def test_a_leader_error_reaches_every_waiter_and_is_not_cached(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.latency = 0.05
+    ep.fail(400, message="no")
+    results = await asyncio.gather(
+        *(client.complete(**ask()) for _ in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(r, BadRequestError) for r in results)
+    assert ep.calls == 1
+    assert (await client.complete(**ask())).cache is CacheStatus.MISS
+    assert ep.calls == 2
+
+
+async def test_coalescing_off_sends_every_miss(gateway: FakeGateway) -> None:
+    gateway.endpoint("a").latency = 0.02
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
+    async with Client(endpoints=[endpoint], coalesce=False) as client:
+        await asyncio.gather(*(client.complete(**ask()) for _ in range(20)))
+    assert gateway.endpoint("a").calls == 20
+
+
+async def test_no_cache_still_coalesces(gateway: FakeGateway) -> None:
+    gateway.endpoint("a").latency = 0.02
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
+    async with Client(endpoints=[endpoint], cache=None) as client:
+        results = await asyncio.gather(*(client.complete(**ask()) for _ in range(20)))
+        assert (await client.complete(**ask())).cache is CacheStatus.BYPASS
+    assert gateway.endpoint("a").calls == 2
+    assert sorted(r.cache.value for r in results).count("coalesced") == 19
+
+
+async def test_failover_to_the_next_endpoint(gateway: FakeGateway) -> None:
+    endpoints = [Endpoint(n, gateway.base_url(n), api_key=KEY) for n in ("a", "b")]
+    async with Client(endpoints=endpoints, retry=RetryConfig(max_attempts=1)) as client:
+        first = await client.complete(**ask())
+        other = "b" if first.endpoint == "a" else "a"
+        gateway.endpoint(first.endpoint).take_down()
+        # Same conversation (so the same first choice), another request.
+        moved = await client.complete(**ask(max_tokens=99))
+    assert moved.endpoint == other
+    assert gateway.endpoint(first.endpoint).calls == 2
+    assert gateway.endpoint(other).calls == 1
+    assert client.stats.upstream_calls == 3
+
+
+async def test_invalidate_by_model_and_globally(client: Client, gateway: FakeGateway) -> None:
+    other_model = "openai/gpt-5-mini"
+    await client.complete(**ask())
+    await client.complete(**{**ask(), "model": other_model})
+    await client.invalidate(model=MODEL)
+    assert (await client.complete(**ask())).cache is CacheStatus.MISS
+    assert (await client.complete(**{**ask(), "model": other_model})).cache is CacheStatus.HIT
+    await client.invalidate()
+    assert (await client.complete(**{**ask(), "model": other_model})).cache is CacheStatus.MISS
+    assert gateway.endpoint("a").calls == 4
+
+
+async def test_forget_deletes_one_request(client: Client, gateway: FakeGateway) -> None:
+    await client.complete(**ask("one"))
+    await client.complete(**ask("two"))
+    key = await client.forget(**ask("one"))
+    assert (await client.complete(**ask("one"))).cache is CacheStatus.MISS
+    assert (await client.complete(**ask("two"))).cache is CacheStatus.HIT
+    assert (await client.complete(**ask("one"))).key == key
+
+
+async def test_namespaces_share_nothing(gateway: FakeGateway) -> None:
+    cache = MemoryCache()
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
+    tenant_a = Client(endpoints=[endpoint], cache=cache, namespace="tenant-a")
+    tenant_b = Client(endpoints=[endpoint], cache=cache, namespace="tenant-b")
+    assert (await tenant_a.complete(**ask())).cache is CacheStatus.MISS
+    assert (await tenant_b.complete(**ask())).cache is CacheStatus.MISS
+    assert (await tenant_a.complete(**ask())).cache is CacheStatus.HIT
+    await tenant_a.aclose()
+    await tenant_b.aclose()
+
+
+async def test_attribution_headers_are_sent_and_stay_out_of_the_key(
+    gateway: FakeGateway,
+) -> None:
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
+    async with (
+        Client(
+            endpoints=[endpoint], app_url="https://example.test", app_title="Example"
+        ) as attributed,
+        Client(endpoints=[endpoint]) as plain,
+    ):
+        a = await attributed.complete(**ask())
+        headers = gateway.endpoint("a").last_headers
+        b = await plain.complete(**ask())
+    assert a.key == b.key
+    assert headers is not None
+    assert headers.get("HTTP-Referer") == "https://example.test"
+    assert headers.get("X-Title") == "Example"
+
+
+async def test_endpoint_extra_body_is_sent_but_not_keyed(gateway: FakeGateway) -> None:
+    pinned = Endpoint(
+        "a",
+        gateway.base_url("a"),
+        api_key=KEY,
+        extra_body={"provider": {"order": ["anthropic"], "allow_fallbacks": False}},
+    )
+    async with Client(endpoints=[pinned]) as client:
+        c = await client.complete(**ask())
+    sent = gateway.endpoint("a").last_request
+    assert sent is not None and sent["provider"]["order"] == ["anthropic"]
+    assert c.key is not None
+
+
+async def test_environment_defaults(monkeypatch: pytest.MonkeyPatch, gateway: FakeGateway) -> None:
+    monkeypatch.setenv("LIMPET_BASE_URL", gateway.base_url("a"))
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    async with Client() as client:
+        assert (await client.complete(**ask())).content
+        assert KEY not in repr(client)
+    monkeypatch.delenv("LIMPET_BASE_URL")
+    assert Client().endpoints[0].base_url == "https://openrouter.ai/api/v1"
+
+
+async def test_a_closed_client_refuses_calls_and_closing_twice_is_fine(client: Client) -> None:
+    await client.aclose()
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await client.complete(**ask())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"endpoints": [], "cache": None},
+        {"endpoints": [Endpoint("a", "http://x"), Endpoint("a", "http://y")]},
+        {"endpoints": [Endpoint("a", "http://x")], "base_url": "http://y"},
+        {"cache": "memory"},
+        {"ttl": 0},
+        {"auto_cache_control": True},
+    ],
+)
+def test_bad_configuration(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        Client(**kwargs)
+
+
+def test_status_errors_are_typed() -> None:
+    assert issubclass(RateLimitError, APIStatusError)
+    assert RateLimitError.status == 429

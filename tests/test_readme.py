@@ -1,0 +1,30 @@
+"""The README opens with the two commands, and CI runs exactly the README's test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _test_command_in_ci() -> str:
+    match = re.search(r'^TEST_COMMAND="(.+)"$', (ROOT / ".ci" / "run").read_text(), re.M)
+    assert match, ".ci/run must define TEST_COMMAND"
+    return match.group(1)
+
+
+def _code_blocks(text: str) -> list[str]:
+    return [block.strip() for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = _code_blocks(readme)
+    assert _test_command_in_ci() in blocks[:2]
+
+
+def test_the_readme_starts_with_the_demo_then_the_tests() -> None:
+    blocks = _code_blocks((ROOT / "README.md").read_text())
+    assert "limpet demo" in blocks[0]
+    assert "pytest" in blocks[1]
