@@ -314,10 +314,9 @@ def _completion(
         cost: Cost | None = Cost(usd=0.0, saved_usd=entry.cost_usd or 0.0)
     else:
         cost = None if entry.cost_usd is None else Cost(usd=entry.cost_usd)
-    model = body.get("model")
     return Completion(
         raw=body,
-        model=model if isinstance(model, str) else "",
+        model=body.get("model") or "",
         usage=usage,
         cost=cost,
         cache=status,

@@ -9,6 +9,7 @@ one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,11 +49,16 @@ def canonical_request(body: Mapping[str, Any]) -> bytes:
     Raises:
         InvalidRequestError: a value that is not JSON (a set, an object, a non-str dict key).
     """
-    kept = {
-        name: int(value) if type(value) is float and value.is_integer() else value
-        for name, value in body.items()
-        if name not in TRANSPORT_ONLY_FIELDS
-    }
+    kept: Mapping[str, Any] = body
+    for name, value in body.items():
+        # Copy only when something must be dropped or normalised: usually nothing must.
+        if name in TRANSPORT_ONLY_FIELDS or type(value) is float:
+            kept = {
+                name: int(value) if type(value) is float and value.is_integer() else value
+                for name, value in body.items()
+                if name not in TRANSPORT_ONLY_FIELDS
+            }
+            break
     try:
         return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
@@ -67,10 +73,15 @@ def request_key(canonical: bytes, *, namespace: str = "", scope: str = "") -> st
         namespace: isolates tenants or key-schema versions of one application.
         scope: invalidation generations; bumping one changes every key under it.
     """
+    return hashlib.sha256(_key_header(namespace, scope) + canonical).hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_header(namespace: str, scope: str) -> bytes:
+    # Length prefixes keep ("ab", "") and ("a", "b") apart. Few distinct pairs exist at a
+    # time (a namespace, a generation per model), so they are built once, not per call.
     ns, sc = namespace.encode(), scope.encode()
-    # Length prefixes keep ("ab", "") and ("a", "b") apart; one update keeps the hot path short.
-    header = b"%s%d:%s%d:%s" % (_KEY_PREFIX, len(ns), ns, len(sc), sc)
-    return hashlib.sha256(header + canonical).hexdigest()
+    return b"%s%d:%s%d:%s" % (_KEY_PREFIX, len(ns), ns, len(sc), sc)
 
 
 @dataclass(frozen=True, slots=True)

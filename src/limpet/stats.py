@@ -60,7 +60,10 @@ class Stats:
         status = completion.cache
         if status is CacheStatus.HIT:
             self.hits += 1
-        elif status is CacheStatus.COALESCED:
+            if completion.cost is not None:
+                self.saved_usd += completion.cost.saved_usd
+            return
+        if status is CacheStatus.COALESCED:
             self.coalesced += 1
         elif status is CacheStatus.MISS:
             self.misses += 1

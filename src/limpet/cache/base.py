@@ -140,7 +140,7 @@ class EntryCodec:
             )
             name_at = start + _META.size
             endpoint = data[name_at : name_at + size].decode()
-            body = orjson.loads(memoryview(data)[name_at + size :])
+            body = orjson.loads(data[name_at + size :])
         except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
         if type(body) is not dict:

@@ -84,7 +84,8 @@ class TieredCache:
             except CacheUnavailableError as exc:
                 self._fault(index, exc)
                 continue
-            self._recovered(index)
+            if self._failing[index]:
+                self._recovered(index)
             if data is None:
                 continue
             try:
@@ -148,6 +149,5 @@ class TieredCache:
             logger.warning("limpet cache: tier %d unavailable, falling through: %s", index, exc)
 
     def _recovered(self, index: int) -> None:
-        if self._failing[index]:
-            self._failing[index] = False
-            logger.info("limpet cache: tier %d is back", index)
+        self._failing[index] = False
+        logger.info("limpet cache: tier %d is back", index)
