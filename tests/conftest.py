@@ -1,1 +1,88 @@
-"""Shared fixtures."""
+"""Shared fixtures.
+
+Redis tests run against a real ``redis-server``, never a fake:
+
+- ``redis_url``: the shared server at ``LIMPET_REDIS_URL`` (default
+  ``redis://127.0.0.1:6379/0``), with ``redis_prefix`` giving each test its own keys.
+- ``redis_server`` / ``redis_server_factory``: private server processes a test may kill
+  and restart.
+
+With no Redis available these tests are skipped, unless ``LIMPET_REQUIRE_REDIS=1`` (as in
+CI), where a missing Redis is a failure rather than a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlparse
+
+import pytest
+import redis
+
+from tests.redis_servers import REDIS_SERVER_BINARY, RedisServer, redis_answers
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _redis_required() -> bool:
+    return os.environ.get("LIMPET_REQUIRE_REDIS", "") == "1"
+
+
+def _unavailable(reason: str) -> None:
+    if _redis_required():
+        pytest.fail(f"{reason}, and LIMPET_REQUIRE_REDIS=1 forbids skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def _shared_redis_url() -> str:
+    url = os.environ.get("LIMPET_REDIS_URL", DEFAULT_REDIS_URL)
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+    if not redis_answers(host, port):
+        # Only host and port: the URL may hold a password.
+        _unavailable(f"no Redis answers PING at {host}:{port} (set LIMPET_REDIS_URL)")
+    return url
+
+
+@pytest.fixture
+def redis_url(_shared_redis_url: str) -> str:
+    """The URL of the shared Redis; use it with ``redis_prefix``, since tests share it."""
+    return _shared_redis_url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; every key under it is deleted afterwards."""
+    prefix = f"limpet-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.unlink(*keys)
+
+
+@pytest.fixture
+def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
+    """Start private redis-server processes: ``factory("--maxmemory", "1mb")``; all are
+    stopped at teardown."""
+    if REDIS_SERVER_BINARY is None:
+        _unavailable("redis-server is not installed")
+    servers: list[RedisServer] = []
+
+    def start(*extra_args: str) -> RedisServer:
+        server = RedisServer(extra_args)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A private redis-server for this test alone, to kill and restart at will."""
+    return redis_server_factory()

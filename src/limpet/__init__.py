@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from limpet._version import __version__
 from limpet.cache import CacheBackend, MemoryCache, TieredCache
 from limpet.client import Client
-from limpet.config import CachePolicy, Endpoint, RetryConfig, Timeouts
+from limpet.config import CachePolicy, Endpoint, FlightConfig, RetryConfig, Timeouts
 from limpet.keys import KeyExplanation, explain_key
 from limpet.models import CacheStatus, Completion, Cost, Usage
 from limpet.stats import Stats
@@ -30,6 +30,7 @@ __all__ = [
     "Completion",
     "Cost",
     "Endpoint",
+    "FlightConfig",
     "KeyExplanation",
     "MemoryCache",
     "RedisCache",

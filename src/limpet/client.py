@@ -14,8 +14,15 @@ import orjson
 from limpet.cache.base import CacheBackend, CacheEntry
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
-from limpet.coalesce import SingleFlight
-from limpet.config import DEFAULT_BASE_URL, CachePolicy, Endpoint, RetryConfig, Timeouts
+from limpet.coalesce import FlightStore, RedisFlight, SingleFlight
+from limpet.config import (
+    DEFAULT_BASE_URL,
+    CachePolicy,
+    Endpoint,
+    FlightConfig,
+    RetryConfig,
+    Timeouts,
+)
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.generations import Generations, GenerationStore
 from limpet.keys import canonical_request, conversation_key, request_key
@@ -45,8 +52,9 @@ class _DefaultCache:
 
 _DEFAULT_CACHE: Final = _DefaultCache()
 
-# A leader's flight result: the entry, and whether it came from the cache after all.
-_Filled = tuple[CacheEntry, bool]
+# A flight's result: the entry, and how it was found when not by this flight's own
+# upstream call (HIT: in the cache after all; COALESCED: another process's call).
+_Filled = tuple[CacheEntry, CacheStatus | None]
 
 
 class Client:
@@ -65,7 +73,9 @@ class Client:
         cache: a backend (``MemoryCache()`` by default, ``RedisCache``) or a ``TieredCache``;
             None turns response caching off.
         ttl: default seconds an entry lives; ``complete(ttl=...)`` overrides it per call.
-        coalesce: share one upstream call among concurrent identical cacheable misses.
+        coalesce: share one upstream call among concurrent identical cacheable misses, in
+            this process and, when the cache has a Redis tier, across processes.
+        flight: leases and timeouts of cross-process coalescing.
         auto_cache_control: mark long static prefixes with ``cache_control`` (not yet
             available: True raises ``ConfigurationError``).
         policy: which requests are cacheable (by default: temperature == 0).
@@ -94,6 +104,7 @@ class Client:
         cache: CacheBackend | TieredCache | _DefaultCache | None = _DEFAULT_CACHE,
         ttl: float = DEFAULT_TTL,
         coalesce: bool = True,
+        flight: FlightConfig | None = None,
         auto_cache_control: bool = False,
         policy: CachePolicy | None = None,
         namespace: str = "",
@@ -115,8 +126,11 @@ class Client:
         self._namespace = namespace
         self._policy = policy or CachePolicy()
         self._flight: SingleFlight[_Filled] | None = SingleFlight() if coalesce else None
-        store = _generation_store(self._cache)
-        self._generations = Generations(store)
+        self._generations = Generations(_generation_store(self._cache))
+        flight_store = _flight_store(self._cache) if coalesce else None
+        self._shared_flight: RedisFlight[_Filled] | None = (
+            None if flight_store is None else RedisFlight(flight_store, flight)
+        )
         headers = {}
         if app_url:
             headers["HTTP-Referer"] = app_url
@@ -250,11 +264,11 @@ class Client:
             entry = await self._upstream(body, ttl)
             return _completion(entry, CacheStatus.BYPASS, None)
         if flight is not None and decision.coalesce:
-            (entry, from_cache), led = await flight.do(
+            (entry, source), led = await flight.do(
                 key, lambda: self._fill(key, body, decision, ttl)
             )
-            if from_cache:
-                return _completion(entry, CacheStatus.HIT, key, copy=not led)
+            if source is not None:
+                return _completion(entry, source, key, copy=not led)
             if not led:
                 return _completion(entry, CacheStatus.COALESCED, key, copy=True)
         else:
@@ -265,16 +279,38 @@ class Client:
     async def _fill(
         self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
     ) -> _Filled:
+        """This process's one call for ``key``: a last look in the cache, then, when
+        another process shares the cache, a cross-process flight, else upstream."""
         cache = self._cache
         if cache is not None and decision.read and self._flight is not None:
             # Another flight for this key may have landed while we were missing.
             found = await cache.get(key)
             if found is not None:
-                return found[0], True
+                return found[0], CacheStatus.HIT
+        shared = self._shared_flight
+        if shared is None or cache is None or not decision.coalesce:
+            return await self._call_and_store(key, body, decision, ttl), None
+
+        async def lead() -> tuple[_Filled, bytes | None, float]:
+            entry = await self._upstream(body, ttl)
+            stored = await cache.set(key, entry) if _storable(entry) else None
+            data, entry_ttl = stored if stored is not None else (None, 0.0)
+            return (entry, None), data, entry_ttl
+
+        async def read() -> _Filled | None:
+            found = await cache.get(key)
+            return None if found is None else (found[0], CacheStatus.COALESCED)
+
+        filled, _ = await shared.do(key, lead, read)
+        return filled
+
+    async def _call_and_store(
+        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
+    ) -> CacheEntry:
         entry = await self._upstream(body, ttl)
-        if cache is not None and decision.write and _storable(entry):
-            await cache.set(key, entry)
-        return entry, False
+        if self._cache is not None and decision.write and _storable(entry):
+            await self._cache.set(key, entry)
+        return entry
 
     async def _upstream(self, body: dict[str, Any], ttl: float) -> CacheEntry:
         ranked = hrw_rank(conversation_key(body), self._endpoints)
@@ -369,10 +405,17 @@ def _resolve_cache(cache: object) -> TieredCache | None:
 
 
 def _generation_store(cache: TieredCache | None) -> GenerationStore | None:
-    """The shared tier that keeps generations (the lowest one that can), if any."""
-    if cache is None:
-        return None
-    for tier in reversed(cache.tiers):
+    """The lowest tier that keeps generations (the one processes share), if any."""
+    for tier in reversed(cache.tiers if cache is not None else ()):
         if isinstance(tier, GenerationStore):
             return tier
+    return None
+
+
+def _flight_store(cache: TieredCache | None) -> FlightStore | None:
+    """Leases and notices of the lowest tier that offers them (a Redis tier), if any."""
+    for tier in reversed(cache.tiers if cache is not None else ()):
+        store = getattr(tier, "flight_store", None)
+        if isinstance(store, FlightStore):
+            return store
     return None

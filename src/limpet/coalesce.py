@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["SingleFlight"]
+from limpet.config import FlightConfig
+from limpet.errors import APIStatusError, CacheUnavailableError
+from limpet.retry import should_retry
+
+__all__ = [
+    "FlightNotice",
+    "FlightOutcome",
+    "FlightStore",
+    "FlightWatch",
+    "RedisFlight",
+    "SingleFlight",
+]
+
+logger = logging.getLogger("limpet.coalesce")
 
 T = TypeVar("T")
 
@@ -86,3 +104,178 @@ class SingleFlight(Generic[T]):
     def _forget(self, key: str, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+
+
+class FlightOutcome(enum.Enum):
+    """What a leader told its followers when it finished."""
+
+    STORED = "stored"  # the entry is in the shared cache
+    FAILED = "failed"  # a final error; followers raise it too
+    ABANDONED = "abandoned"  # no entry and no final error: one follower should take over
+
+
+@dataclass(frozen=True, slots=True)
+class FlightNotice:
+    outcome: FlightOutcome
+    error: APIStatusError | None = None
+
+
+class FlightWatch(Protocol):
+    """A registration for one key's completion notice, made before re-checking the cache."""
+
+    async def next(self) -> FlightNotice:
+        """The next notice for the key; callers bound the wait with ``asyncio.timeout``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FlightStore(Protocol):
+    """Shared leases and completion notices; every method may raise
+    ``CacheUnavailableError``, and then flights fall back to this process alone."""
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool: ...
+
+    async def renew(self, key: str, token: str, lease: float) -> bool: ...
+
+    async def held(self, key: str) -> bool: ...
+
+    async def release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        """Atomically: store ``entry`` (if any) for ``ttl``, drop the lease if ``token``
+        still holds it, and publish ``notice``."""
+        ...
+
+    async def watch(self, key: str) -> FlightWatch: ...
+
+
+R = TypeVar("R")
+
+
+class RedisFlight(Generic[R]):
+    """Single-flight across processes: one leader per key among every process sharing
+    the store; the others wait for its entry.
+
+    A caller first takes the key's lease (``SET NX PX`` with a random token). The leader
+    renews it every ``lease / 3`` while its call runs, then stores the entry, drops the
+    lease and publishes completion in one atomic step. A follower registers for the
+    notice first, then re-checks the cache (so a completion between the two cannot be
+    missed), then waits, checking every ``poll`` seconds whether the lease still exists:
+    a lease that vanished without an entry means the leader died, and the follower takes
+    over. A follower that waited ``follow_timeout`` calls upstream itself: correctness
+    over savings. With the store unreachable, calls go upstream from each process.
+
+    Use it behind ``SingleFlight``, so that one caller per process takes part.
+
+    Args:
+        store: the shared leases and notices (``RedisCache`` provides them).
+        config: lease, poll and follower timeout.
+    """
+
+    __slots__ = ("config", "store")
+
+    def __init__(self, store: FlightStore, config: FlightConfig | None = None) -> None:
+        self.store = store
+        self.config = config or FlightConfig()
+
+    async def do(
+        self,
+        key: str,
+        lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
+        read: Callable[[], Awaitable[R | None]],
+    ) -> tuple[R, bool]:
+        """The result for ``key``: from this process's ``lead()`` or another's entry.
+
+        Args:
+            lead: the upstream call; returns the result, the entry bytes to share (None:
+                nothing to share) and their TTL.
+            read: reads the key's entry from the shared cache.
+
+        Returns:
+            The result, and True when this process led.
+        """
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self.config.follow_timeout
+        while True:
+            try:
+                if await self.store.acquire(key, token, self.config.lease):
+                    return await self._lead(key, token, lead), True
+                found = await self._follow(key, read, deadline)
+            except CacheUnavailableError:
+                result, _, _ = await lead()
+                return result, True
+            if found is not None:
+                return found, False
+            if time.monotonic() >= deadline:
+                result, _, _ = await lead()
+                return result, True
+
+    async def _follow(
+        self, key: str, read: Callable[[], Awaitable[R | None]], deadline: float
+    ) -> R | None:
+        """The entry once the leader stores it, or None when the lease is gone without one
+        (or the wait timed out) and this process should try to lead."""
+        watch = await self.store.watch(key)
+        try:
+            while True:
+                found = await read()
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                notice: FlightNotice | None = None
+                try:
+                    async with asyncio.timeout(min(self.config.poll, remaining)):
+                        notice = await watch.next()
+                except TimeoutError:
+                    pass
+                if notice is not None and notice.error is not None:
+                    raise notice.error
+                stored = notice is not None and notice.outcome is FlightOutcome.STORED
+                if not stored and not await self.store.held(key):
+                    # One last look: the leader may have stored it just now.
+                    return await read()
+        finally:
+            watch.close()
+
+    async def _lead(
+        self,
+        key: str,
+        token: str,
+        lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
+    ) -> R:
+        renewing = asyncio.get_running_loop().create_task(self._renew(key, token))
+        notice = FlightNotice(FlightOutcome.ABANDONED)
+        entry: bytes | None = None
+        ttl = 0.0
+        try:
+            result, entry, ttl = await lead()
+            if entry is not None:
+                notice = FlightNotice(FlightOutcome.STORED)
+            return result
+        except APIStatusError as exc:
+            if not should_retry(exc):
+                notice = FlightNotice(FlightOutcome.FAILED, exc)
+            raise
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+            try:
+                await self.store.release(key, token, notice, entry, ttl)
+            except CacheUnavailableError as exc:
+                # Followers find the lease expired and take over; nothing is lost.
+                logger.warning("limpet: could not release the flight for %s: %s", key, exc)
+
+    async def _renew(self, key: str, token: str) -> None:
+        """Keep the lease alive while the leader's call runs (LLM calls take minutes)."""
+        while True:
+            await asyncio.sleep(self.config.lease / 3)
+            try:
+                if not await self.store.renew(key, token, self.config.lease):
+                    logger.warning("limpet: flight lease for %s was lost while leading", key)
+                    return
+            except CacheUnavailableError:
+                continue

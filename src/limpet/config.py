@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "CachePolicy",
     "Endpoint",
+    "FlightConfig",
     "RetryConfig",
     "Timeouts",
 ]
@@ -175,3 +176,38 @@ class CachePolicy:
             raise ConfigurationError(
                 f"CachePolicy.max_temperature: expected a finite number >= 0, got {value!r}"
             )
+
+
+DEFAULT_FLIGHT_LEASE = 10.0
+DEFAULT_FLIGHT_POLL = 0.25
+DEFAULT_FLIGHT_FOLLOW_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlightConfig:
+    """Cross-process single-flight (on when the cache has a Redis tier).
+
+    Args:
+        lease: seconds a leader's lease lasts without renewal; it is renewed every third
+            of that while the upstream call runs, and a dead leader's followers take over
+            within about ``lease + poll``.
+        poll: seconds between a follower's checks when no completion notice arrives.
+        follow_timeout: seconds a follower waits for another process before calling
+            upstream itself (correctness over savings).
+    """
+
+    lease: float = DEFAULT_FLIGHT_LEASE
+    poll: float = DEFAULT_FLIGHT_POLL
+    follow_timeout: float = DEFAULT_FLIGHT_FOLLOW_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for name in ("lease", "poll", "follow_timeout"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (0 < value < math.inf)
+            ):
+                raise ConfigurationError(
+                    f"FlightConfig.{name}: expected a finite number of seconds > 0, got {value!r}"
+                )

@@ -141,6 +141,7 @@ class APIStatusError(APIError):
     """The upstream answered with a non-2xx status.
 
     Attributes:
+        message: the upstream's own error message.
         status_code: the HTTP status.
         body: a short excerpt of the response body (secrets scrubbed).
         request_id: the gateway's request or generation id, when it sent one.
@@ -159,6 +160,7 @@ class APIStatusError(APIError):
         retry_after: float | None = None,
         endpoint: str | None = None,
     ) -> None:
+        self.message = message
         self.status_code = status_code
         self.body = body
         self.request_id = request_id

@@ -105,14 +105,20 @@ class TieredCache:
         self.stats.misses += 1
         return None
 
-    async def set(self, key: str, entry: CacheEntry) -> None:
-        """Store ``entry`` in every tier until its ``expires_at``."""
+    async def set(self, key: str, entry: CacheEntry) -> tuple[bytes, float] | None:
+        """Store ``entry`` in every tier until its ``expires_at``.
+
+        Returns:
+            The encoded entry and its TTL (for a cross-process flight to share), or None
+            when it had already expired.
+        """
         ttl = entry.expires_at - self._clock()
         if ttl <= 0:
-            return
+            return None
         data = self._codec.encode(entry)
         for index in range(len(self.tiers)):
             await self._set_in(index, key, data, ttl)
+        return data, ttl
 
     async def delete(self, key: str) -> None:
         for index in range(len(self.tiers)):

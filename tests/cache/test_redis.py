@@ -1,0 +1,242 @@
+"""RedisCache beyond the shared contract: keys, TTLs, generations, the write queue,
+ownership, configuration and reprs. Against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+import redis.utils
+
+from limpet.cache.redis import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
+from limpet.errors import CacheUnavailableError, ConfigurationError
+from tests.redis_servers import RedisProxy, free_port
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client, to look at what the cache wrote."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def cache(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisCache]:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        yield cache
+
+
+def test_construction_needs_no_event_loop_and_no_server() -> None:
+    cache = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    assert cache.breaker_state == "closed"
+    assert cache.read_timeout == DEFAULT_READ_TIMEOUT
+    assert cache.write_timeout == DEFAULT_WRITE_TIMEOUT
+    asyncio.run(cache.aclose())
+
+
+@pytest.mark.redis
+async def test_construction_does_not_connect(redis_url: str, redis_prefix: str) -> None:
+    async with RedisProxy.for_url(redis_url) as proxy:
+        cache = RedisCache(url=proxy.url, prefix=redis_prefix)
+        await asyncio.sleep(0)  # give a connection attempt every chance to show up
+        assert proxy.accepted == 0
+        assert await cache.get("k") is None
+        assert proxy.accepted == 1
+        await cache.aclose()
+
+
+def test_hiredis_parses_replies() -> None:
+    assert redis.utils.HIREDIS_AVAILABLE
+
+
+@pytest.mark.redis
+async def test_keys_carry_the_prefix_and_a_native_ttl(
+    cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    await cache.set("k", b"v", 30)
+    await cache.flush()
+    assert await raw.get(redis_prefix + "k") == b"v"
+    assert await raw.get("k") is None
+    assert 29_000 < await raw.pttl(redis_prefix + "k") <= 30_000
+
+
+@pytest.mark.redis
+async def test_sub_millisecond_ttl_still_stores(
+    cache: RedisCache, raw: redis.asyncio.Redis
+) -> None:
+    await cache.set("k", b"v", 10)
+    await cache.flush()
+    await cache.set("k", b"v", 0.0001)
+    await cache.flush()
+    # PX is rounded up, never down to 0 (which Redis would reject).
+    assert cache.failed_writes == 0
+
+
+@pytest.mark.redis
+async def test_an_infinite_ttl_sets_no_expiry(
+    cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    await cache.set("k", b"v", float("inf"))
+    await cache.flush()
+    assert await raw.pttl(redis_prefix + "k") == -1
+
+
+@pytest.mark.redis
+async def test_clear_removes_only_its_own_keys(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    # Glob characters in the prefix must match literally, not as a pattern.
+    mine = redis_prefix + "a*[b]?:"
+    lookalike = redis_prefix + "aXbY:"
+    await raw.set(lookalike + "k", b"theirs")
+    await raw.set(redis_prefix + "other", b"theirs")
+    async with RedisCache.from_url(redis_url, prefix=mine) as cache:
+        for i in range(2500):  # more than one SCAN step
+            await raw.set(f"{mine}k{i}", b"v", px=60_000)
+        await cache.bump_generation("model")
+        await cache.clear()
+        assert await raw.get(lookalike + "k") == b"theirs"
+        assert await raw.get(redis_prefix + "other") == b"theirs"
+        assert [k async for k in raw.scan_iter(match=mine.replace("*", "\\*") + "k*")] == []
+        # Generations survive: resetting them could revive entries held elsewhere.
+        assert await cache.generations(["model"]) == [1]
+
+
+@pytest.mark.redis
+async def test_generations(cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str) -> None:
+    assert await cache.generations([]) == []
+    assert await cache.generations(["*", "a", "b"]) == [0, 0, 0]
+    assert await cache.bump_generation("a") == 1
+    assert await cache.bump_generation("a") == 2
+    assert await cache.bump_generation("*") == 1
+    assert await cache.generations(["*", "a", "b"]) == [1, 2, 0]
+    assert await raw.get(redis_prefix + "gen:a") == b"2"
+    assert await raw.ttl(redis_prefix + "gen:a") == -1  # counters never expire
+
+
+@pytest.mark.redis
+async def test_a_garbage_generation_is_unavailable(
+    cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    await raw.set(redis_prefix + "gen:a", b"not a number")
+    with pytest.raises(CacheUnavailableError, match="not an integer"):
+        await cache.generations(["a"])
+    with pytest.raises(CacheUnavailableError, match="refused"):
+        await cache.bump_generation("a")
+    assert cache.breaker_state == "closed"
+
+
+@pytest.mark.redis
+async def test_an_error_reply_does_not_open_the_breaker(
+    cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    await raw.rpush(redis_prefix + "k", b"a list, not a string")
+    for _ in range(10):
+        with pytest.raises(CacheUnavailableError, match="WRONGTYPE") as info:
+            await cache.get("k")
+        assert isinstance(info.value.__cause__, redis.exceptions.ResponseError)
+    assert cache.breaker_state == "closed"
+    assert cache.breaker.opens == 0
+
+
+@pytest.mark.redis
+async def test_set_returns_before_the_write_lands(
+    cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    await cache.set("k", b"v", 60)
+    # Nothing has yielded to the writer yet: the value is queued, not sent.
+    assert cache.pending_writes == 1
+    await cache.flush()
+    assert cache.pending_writes == 0
+    assert await raw.get(redis_prefix + "k") == b"v"
+
+
+@pytest.mark.redis
+async def test_writes_beyond_the_bound_are_dropped_and_counted(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix, max_pending_writes=5) as cache:
+        # No await yields to the writer in between, so the queue only grows.
+        for i in range(20):
+            await cache.set(f"k{i}", b"v", 60)
+        await cache.set("k0", b"newer", 60)  # replaces a queued write: not a new one
+        assert cache.pending_writes == 5
+        assert cache.dropped_writes == 15
+        await cache.flush()
+        assert await cache.get("k0") == b"newer"
+        assert [await cache.get(f"k{i}") for i in range(1, 5)] == [b"v"] * 4
+        assert await cache.get("k5") is None
+        assert cache.failed_writes == 0
+
+
+@pytest.mark.redis
+async def test_aclose_leaves_a_lent_client_open(redis_url: str, redis_prefix: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        cache = RedisCache(client=client, prefix=redis_prefix)
+        await cache.set("k", b"v", 60)
+        await cache.aclose()
+        # The pending write was flushed, and the client still works.
+        assert await client.get(redis_prefix + "k") == b"v"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_operations_after_aclose_are_unavailable(cache: RedisCache) -> None:
+    await cache.aclose()
+    with pytest.raises(CacheUnavailableError, match="closed"):
+        await cache.get("k")
+    with pytest.raises(CacheUnavailableError, match="closed"):
+        await cache.set("k", b"v", 60)
+    with pytest.raises(CacheUnavailableError, match="closed"):
+        await cache.bump_generation("a")
+
+
+def test_repr_shows_the_server_and_never_the_password() -> None:
+    cache = RedisCache.from_url("redis://alice:s3cret-pw@10.1.2.3:6380/4", prefix="app:")
+    text = repr(cache)
+    assert "10.1.2.3:6380/4" in text
+    assert "app:" in text
+    assert "s3cret" not in text
+    assert "alice" not in text
+    asyncio.run(cache.aclose())
+
+
+async def test_errors_never_show_the_password() -> None:
+    port = free_port()
+    async with RedisCache.from_url(f"redis://alice:s3cret-pw@127.0.0.1:{port}/0") as cache:
+        with pytest.raises(CacheUnavailableError) as info:
+            await cache.get("k")
+    assert "s3cret" not in str(info.value)
+    assert f"127.0.0.1:{port}" in str(info.value)
+
+
+def test_a_lent_client_must_return_bytes() -> None:
+    client = redis.asyncio.Redis(decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decodes"):
+        RedisCache(client=client)
+    asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "exactly one"),
+        ({"url": "redis://localhost", "client": "x"}, "exactly one"),
+        ({"client": object()}, "redis.asyncio.Redis"),
+        ({"url": "http://localhost"}, "url"),
+        ({"url": "redis://localhost", "prefix": ""}, "prefix"),
+        ({"url": "redis://localhost", "read_timeout": 0}, "read_timeout"),
+        ({"url": "redis://localhost", "write_timeout": -1.0}, "write_timeout"),
+        ({"url": "redis://localhost", "close_timeout": True}, "close_timeout"),
+        ({"url": "redis://localhost", "max_pending_writes": 0}, "max_pending_writes"),
+        ({"url": "redis://localhost", "max_connections": 2.5}, "max_connections"),
+    ],
+)
+def test_rejects_bad_configuration(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        RedisCache(**kwargs)  # type: ignore[arg-type]

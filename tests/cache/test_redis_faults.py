@@ -1,0 +1,422 @@
+"""Redis down, dying, slow, full or holding garbage: a cache fault is never a failed call.
+
+RedisCache alone raises ``CacheUnavailableError`` and nothing else; through
+``TieredCache`` every fault is a counted miss. Circuit breakers get a fake clock, so a
+cool-down passes when the test says so; nothing here sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+
+import pytest
+import redis.asyncio
+import redis.exceptions
+
+from limpet.cache.base import CacheEntry, EntryCodec
+from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.memory import MemoryCache
+from limpet.cache.redis import RedisCache
+from limpet.cache.tiered import TieredCache
+from limpet.errors import CacheUnavailableError
+from limpet.models import Usage
+from tests.redis_servers import RedisProxy, RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+COOLDOWN = 2.0
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def entry(i: int, *, now: float | None = None, ttl: float = 600.0) -> CacheEntry:
+    created = time.time() if now is None else now
+    return CacheEntry(
+        body={"id": f"gen-{i}", "choices": [{"message": {"content": f"answer {i}"}}]},
+        usage=Usage(prompt_tokens=10, completion_tokens=i),
+        cost_usd=0.001,
+        endpoint="a",
+        created_at=created,
+        expires_at=created + ttl,
+    )
+
+
+def state(cache: RedisCache) -> str:
+    # Through a function: mypy would otherwise narrow the property after one assert.
+    return cache.breaker_state
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold=3, cooldown=COOLDOWN, clock=clock)
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def unavailable(operation: Callable[[], object]) -> CacheUnavailableError:
+    """Run ``operation`` and return the ``CacheUnavailableError`` it must raise."""
+    try:
+        result = operation()
+        if asyncio.iscoroutine(result):
+            await result
+    except CacheUnavailableError as exc:
+        return exc
+    raise AssertionError("expected CacheUnavailableError")
+
+
+# -- Redis down from the start ---------------------------------------------------------
+
+
+async def test_dead_port_alone_every_operation_is_unavailable(breaker: CircuitBreaker) -> None:
+    async with RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", breaker=breaker) as rc:
+        exc = await unavailable(lambda: rc.get("k"))
+        assert isinstance(exc.__cause__, redis.exceptions.ConnectionError | OSError)
+        # set() queues and returns; its failure is counted, not raised.
+        await rc.set("k", b"v", 60)
+        await rc.flush()
+        assert rc.failed_writes == 1
+        await unavailable(lambda: rc.delete("k"))
+        assert state(rc) == "open"
+        for op in (
+            lambda: rc.get("k"),
+            lambda: rc.set("k", b"v", 60),
+            lambda: rc.delete("k"),
+            lambda: rc.clear(),
+            lambda: rc.generations(["a"]),
+            lambda: rc.bump_generation("a"),
+        ):
+            exc = await unavailable(op)
+            assert "circuit breaker open" in str(exc)
+        assert rc.pending_writes == 0
+
+
+async def test_dead_port_through_tiers_every_get_is_a_miss(breaker: CircuitBreaker) -> None:
+    rc = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", breaker=breaker)
+    tiered = TieredCache(MemoryCache(), rc)
+    try:
+        for i in range(100):
+            assert await tiered.get(f"never-set-{i}") is None
+            await tiered.set(f"k{i}", entry(i))
+        assert tiered.stats.misses == 100
+        assert tiered.stats.errors >= 100
+        assert tiered.stats.hits == [0, 0]
+        # L1 still serves what this process wrote.
+        hit = await tiered.get("k7")
+        assert hit is not None and hit[1] == 0
+    finally:
+        await tiered.aclose()
+
+
+async def test_an_open_breaker_keeps_off_the_network(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    # The proxy accepts connections and drops them (its target refuses): it counts every
+    # attempt the cache makes to reach Redis.
+    async with (
+        RedisProxy(free_port()) as proxy,
+        RedisCache(url=proxy.url, breaker=breaker) as rc,
+    ):
+        for _ in range(3):
+            await unavailable(lambda: rc.get("k"))
+        assert state(rc) == "open"
+        attempts = proxy.accepted
+        assert attempts >= 3
+
+        for i in range(200):
+            await unavailable(lambda: rc.get("k"))
+            await unavailable(partial(rc.set, f"k{i}", b"v", 60))
+            await unavailable(lambda: rc.delete("k"))
+            await unavailable(lambda: rc.generations(["*", "m"]))
+            await unavailable(lambda: rc.bump_generation("m"))
+        assert proxy.accepted == attempts
+        assert breaker.rejected >= 800
+
+        # After the cool-down exactly one probe goes out; it fails and re-opens.
+        clock.advance(COOLDOWN)
+        assert state(rc) == "half_open"
+        await unavailable(lambda: rc.get("k"))
+        assert proxy.accepted == attempts + 1
+        assert state(rc) == "open"
+        assert breaker.opens == 1
+
+
+# -- Redis dies mid-run, and comes back ------------------------------------------------
+
+
+async def test_redis_killed_mid_run_then_restarted(
+    redis_server: RedisServer, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    rc = RedisCache(url=redis_server.url, breaker=breaker)
+    # A tiny L1, so that most reads fall through to Redis.
+    tiered = TieredCache(MemoryCache(max_entries=4), rc)
+    try:
+        hits_before_kill = 0
+        for i in range(500):
+            if i == 250:
+                hits_before_kill = tiered.stats.hits[1]
+                redis_server.kill()
+            await tiered.set(f"k{i}", entry(i))
+            if i % 10 == 0:
+                await rc.flush()
+            await tiered.get(f"k{max(i - 20, 0)}")
+        assert hits_before_kill > 100
+        assert tiered.stats.hits[1] == hits_before_kill  # nothing from a dead Redis
+        assert tiered.stats.errors > 200
+        assert state(rc) == "open"
+        assert breaker.opens == 1
+
+        redis_server.restart()  # same port, empty
+        # Still open: the cool-down has not passed, so nobody has noticed yet.
+        assert await tiered.get("k0") is None
+        assert state(rc) == "open"
+        clock.advance(COOLDOWN)
+        assert await tiered.get("k0") is None  # the probe: a plain miss, Redis is back
+        assert state(rc) == "closed"
+
+        for i in range(1000, 1020):
+            await tiered.set(f"k{i}", entry(i))
+        await rc.flush()
+        hits = tiered.stats.hits[1]
+        for i in range(1000, 1016):
+            found = await tiered.get(f"k{i}")
+            assert found is not None and found[1] == 1
+        assert tiered.stats.hits[1] == hits + 16
+    finally:
+        await tiered.aclose()
+
+
+# -- Redis slow ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["delay", "stall"])
+async def test_slow_redis_times_out_opens_the_breaker_and_calls_still_return(
+    mode: str,
+    redis_url: str,
+    redis_prefix: str,
+    raw: redis.asyncio.Redis,
+    breaker: CircuitBreaker,
+    clock: FakeClock,
+) -> None:
+    codec = EntryCodec()
+    for i in range(10):
+        await raw.set(f"{redis_prefix}k{i}", codec.encode(entry(i)), px=60_000)
+    async with RedisProxy.for_url(redis_url) as proxy:
+        rc = RedisCache(url=proxy.url, prefix=redis_prefix, breaker=breaker)
+        tiered = TieredCache(MemoryCache(), rc)
+        try:
+            found = await tiered.get("k0")
+            assert found is not None and found[1] == 1
+
+            if mode == "delay":
+                proxy.delay = 0.5  # ten times the read timeout
+            else:
+                proxy.stall()
+            started = time.monotonic()
+            for i in range(1, 10):
+                assert await tiered.get(f"k{i}") is None
+                await tiered.set(f"new{i}", entry(i))
+            elapsed = time.monotonic() - started
+            assert state(rc) == "open"
+            assert tiered.stats.errors >= 9
+            # Three read timeouts of 50 ms opened the breaker; after that every call
+            # returned at once (without it, 9 reads would take 450 ms or more).
+            assert elapsed < 0.4, elapsed
+            err = await unavailable(lambda: rc.get("k1"))
+            assert "circuit breaker open" in str(err)
+
+            proxy.delay = 0.0
+            proxy.resume()
+            clock.advance(COOLDOWN)
+            found = await tiered.get("k5")
+            assert found is not None and found[1] == 1
+            assert state(rc) == "closed"
+        finally:
+            await tiered.aclose()
+
+
+async def test_a_caller_cancelling_is_not_a_redis_failure(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker
+) -> None:
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache(url=proxy.url, prefix=redis_prefix, breaker=breaker) as rc,
+    ):
+        assert await rc.get("k") is None  # connected
+        proxy.stall()
+        for _ in range(5):
+            with pytest.raises(TimeoutError):
+                # Gives up well inside the 50 ms read timeout: a cancellation.
+                await asyncio.wait_for(rc.get("k"), 0.01)
+        assert state(rc) == "closed"
+        proxy.resume()
+        assert await rc.get("k") is None
+
+
+async def test_writes_never_wait_for_a_stalled_redis(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker
+) -> None:
+    async with RedisProxy.for_url(redis_url) as proxy:
+        rc = RedisCache(url=proxy.url, prefix=redis_prefix, breaker=breaker)
+        try:
+            proxy.stall()
+            started = time.monotonic()
+            for i in range(100):
+                await rc.set(f"k{i}", b"v", 60)
+            assert time.monotonic() - started < 0.05
+            assert rc.pending_writes == 100
+            # Queued values are answered locally, without Redis.
+            assert await rc.get("k42") == b"v"
+            await rc.flush()
+            assert rc.failed_writes == 100  # two batches, each timed out
+            assert rc.pending_writes == 0
+        finally:
+            await rc.aclose()
+
+
+# -- Redis full ------------------------------------------------------------------------
+
+
+async def test_full_redis_fails_writes_and_still_serves_reads(
+    redis_server_factory: Callable[..., RedisServer], breaker: CircuitBreaker
+) -> None:
+    server = redis_server_factory("--maxmemory", "1mb", "--maxmemory-policy", "noeviction")
+    rc = RedisCache(url=server.url, breaker=breaker)
+    tiered = TieredCache(MemoryCache(max_entries=1), rc)
+    filler = redis.asyncio.Redis.from_url(server.url)
+    try:
+        await tiered.set("before", entry(0))
+        await rc.flush()
+        assert rc.failed_writes == 0
+        # Big values first, then small ones to use up what the big ones left.
+        for size in (8192, 64):
+            for i in range(20_000):
+                try:
+                    await filler.set(f"filler:{size}:{i}", b"x" * size)
+                except redis.exceptions.OutOfMemoryError:
+                    break
+            else:
+                pytest.fail("Redis never filled up")
+
+        for i in range(20):
+            await tiered.set(f"after{i}", entry(i))
+        await rc.flush()
+        assert rc.failed_writes == 20
+        assert state(rc) == "closed"  # Redis answered: full is not down
+
+        found = await tiered.get("before")  # evicted from the one-entry L1
+        assert found is not None and found[1] == 1
+        assert await tiered.get("after3") is None  # its write was refused
+    finally:
+        await filler.aclose()
+        await tiered.aclose()
+
+
+# -- Redis holds something that is not ours --------------------------------------------
+
+
+async def test_garbage_under_a_key_is_a_corrupt_miss_and_is_deleted(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    await raw.set(redis_prefix + "k", b"\xff\x00 definitely not an entry", px=60_000)
+    tiered = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+    try:
+        assert await tiered.get("k") is None
+        assert tiered.stats.corrupt == 1
+        assert tiered.stats.misses == 1
+        assert await raw.exists(redis_prefix + "k") == 0
+    finally:
+        await tiered.aclose()
+
+
+async def test_an_entry_signed_with_another_key_is_a_corrupt_miss(
+    redis_url: str, redis_prefix: str
+) -> None:
+    writer = TieredCache(
+        MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix), hmac_key=b"a"
+    )
+    await writer.set("k", entry(1))
+    await writer.set("k2", entry(2))
+    await writer.aclose()  # flushes the writes
+
+    stranger = TieredCache(
+        MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix), hmac_key=b"b"
+    )
+    friend = TieredCache(
+        MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix), hmac_key=b"a"
+    )
+    try:
+        assert await stranger.get("k") is None
+        assert stranger.stats.corrupt == 1
+        found = await friend.get("k2")
+        assert found is not None and found[0].body["id"] == "gen-2"
+    finally:
+        await stranger.aclose()
+        await friend.aclose()
+
+
+# -- Tiers working together ------------------------------------------------------------
+
+
+async def test_an_l2_hit_back_fills_l1_with_the_remaining_ttl(
+    redis_url: str, redis_prefix: str
+) -> None:
+    wall = FakeClock(now=1_700_000_000.0)
+    monotonic = FakeClock()
+    writer = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    await writer.set("k", EntryCodec().encode(entry(1, now=wall.now, ttl=100)), 100)
+    await writer.aclose()
+
+    wall.advance(40)  # 60 s of the entry's life are left
+    tiered = TieredCache(
+        MemoryCache(clock=monotonic),
+        RedisCache.from_url(redis_url, prefix=redis_prefix),
+        clock=wall,
+    )
+    try:
+        found = await tiered.get("k")
+        assert found is not None and found[1] == 1
+        monotonic.advance(59.9)
+        found = await tiered.get("k")
+        assert found is not None and found[1] == 0  # from L1 now
+        monotonic.advance(0.2)
+        found = await tiered.get("k")
+        assert found is not None and found[1] == 1  # L1's copy expired with the entry
+        assert tiered.stats.hits == [1, 2]
+    finally:
+        await tiered.aclose()
+
+
+async def test_aclose_flushes_background_writes(redis_url: str, redis_prefix: str) -> None:
+    tiered = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+    for i in range(200):
+        await tiered.set(f"k{i}", entry(i))
+    await tiered.aclose()
+
+    codec = EntryCodec()
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as fresh:
+        for i in range(200):
+            data = await fresh.get(f"k{i}")
+            assert data is not None, i
+            assert codec.decode(data).body["id"] == f"gen-{i}"
