@@ -139,6 +139,7 @@ class Client:
         self._transport = Transport(
             timeouts=timeouts or Timeouts(), retry=retry or RetryConfig(), headers=headers
         )
+        self._local_tiers = self._cache.local_tiers if self._cache is not None else 0
         self.stats = Stats()
         if self._cache is not None:
             self.stats.cache = self._cache.stats
@@ -204,9 +205,13 @@ class Client:
         key = None
         if decision.uses_cache or (decision.coalesce and self._flight is not None):
             key = await self._key(body)
-            # The hit path, kept flat: it runs far more often than anything else here.
             if store is not None and decision.read:
-                found = await store.get(key)
+                # The hit path: in-process tiers first, no I/O, nothing shared.
+                local = self._local_tiers
+                found = await store.get(key, stop=local) if local else None
+                if found is None and not (decision.coalesce and self._flight is not None):
+                    found = await store.get(key, start=local)
+                # (With coalescing, the shared tiers are read once per key inside the flight.)
                 if found is not None:
                     completion = _completion(found[0], CacheStatus.HIT, key)
                     self.stats.record(completion)
@@ -272,18 +277,18 @@ class Client:
             if not led:
                 return _completion(entry, CacheStatus.COALESCED, key, copy=True)
         else:
-            entry, _ = await self._fill(key, body, decision, ttl)
+            entry = await self._call_and_store(key, body, decision, ttl)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
         return _completion(entry, status, key)
 
     async def _fill(
         self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
     ) -> _Filled:
-        """This process's one call for ``key``: a last look in the cache, then, when
-        another process shares the cache, a cross-process flight, else upstream."""
+        """This process's one call for ``key``: a look in every tier (another flight may
+        have just landed), then, when another process shares the cache, a cross-process
+        flight, else upstream."""
         cache = self._cache
-        if cache is not None and decision.read and self._flight is not None:
-            # Another flight for this key may have landed while we were missing.
+        if cache is not None and decision.read:
             found = await cache.get(key)
             if found is not None:
                 return found[0], CacheStatus.HIT

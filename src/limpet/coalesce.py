@@ -154,6 +154,17 @@ class FlightStore(Protocol):
 R = TypeVar("R")
 
 
+class _NoNotices:
+    """A watch that never hears anything, so a follower relies on its polling."""
+
+    async def next(self) -> FlightNotice:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable: the future above is never resolved")
+
+    def close(self) -> None:
+        pass
+
+
 class RedisFlight(Generic[R]):
     """Single-flight across processes: one leader per key among every process sharing
     the store; the others wait for its entry.
@@ -217,7 +228,10 @@ class RedisFlight(Generic[R]):
     ) -> R | None:
         """The entry once the leader stores it, or None when the lease is gone without one
         (or the wait timed out) and this process should try to lead."""
-        watch = await self.store.watch(key)
+        try:
+            watch: FlightWatch = await self.store.watch(key)
+        except CacheUnavailableError:
+            watch = _NoNotices()  # no notices to be had (say, a cluster): poll alone
         try:
             while True:
                 found = await read()

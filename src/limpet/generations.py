@@ -45,7 +45,15 @@ class Generations:
         clock: monotonic seconds.
     """
 
-    __slots__ = ("_clock", "_due", "_refreshing", "_store", "_values", "refresh_interval")
+    __slots__ = (
+        "_clock",
+        "_due",
+        "_loading",
+        "_refreshing",
+        "_store",
+        "_values",
+        "refresh_interval",
+    )
 
     def __init__(
         self,
@@ -59,6 +67,7 @@ class Generations:
         self._clock = clock
         self._due = 0.0
         self._refreshing: asyncio.Task[None] | None = None
+        self._loading: dict[str, asyncio.Future[None]] = {}
         self.refresh_interval = refresh_interval
 
     def scope_now(self, model: str) -> str | None:
@@ -80,9 +89,20 @@ class Generations:
         (one round trip, once), so it can never read entries invalidated elsewhere.
         """
         if self._store is not None and model not in self._values:
-            self._values[model] = 0
-            await self.refresh()
+            # Concurrent first requests share one read, and none uses a guess meanwhile.
+            loading = self._loading.get(model)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load(model))
+                self._loading[model] = loading
+            await asyncio.shield(loading)
         return f"{self._values.get(GLOBAL, 0)}.{self._values.get(model, 0)}"
+
+    async def _load(self, model: str) -> None:
+        try:
+            await self.refresh(also=model)
+        finally:
+            self._values.setdefault(model, 0)
+            del self._loading[model]
 
     async def bump(self, model: str | None = None) -> None:
         """Invalidate ``model``'s entries, or every entry when ``model`` is None."""
@@ -97,12 +117,12 @@ class Generations:
                 logger.warning("limpet: invalidation of %r is local only: %s", name, exc)
         self._values[name] = value
 
-    async def refresh(self) -> None:
-        """Read every known generation from the store now."""
+    async def refresh(self, also: str | None = None) -> None:
+        """Read every known generation (and ``also``) from the store now."""
         if self._store is None:
             return
         self._due = self._clock() + self.refresh_interval
-        names = sorted({GLOBAL, *self._values})
+        names = sorted({GLOBAL, *self._values, *([also] if also else [])})
         try:
             values = await self._store.generations(names)
         except CacheUnavailableError:

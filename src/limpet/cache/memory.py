@@ -32,6 +32,9 @@ class MemoryCache:
 
     __slots__ = ("_bytes", "_clock", "_entries", "max_bytes", "max_entries")
 
+    #: Answers in-process without I/O: the Client reads it before coalescing a miss.
+    local = True
+
     def __init__(
         self,
         *,

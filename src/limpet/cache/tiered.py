@@ -76,9 +76,27 @@ class TieredCache:
     def __repr__(self) -> str:
         return f"TieredCache({', '.join(repr(t) for t in self.tiers)})"
 
-    async def get(self, key: str) -> tuple[CacheEntry, int] | None:
-        """The entry and the index of the tier that answered, or None on a miss."""
-        for index, tier in enumerate(self.tiers):
+    @property
+    def local_tiers(self) -> int:
+        """How many leading tiers answer in-process, without I/O (``MemoryCache``)."""
+        count = 0
+        for tier in self.tiers:
+            if not getattr(tier, "local", False):
+                break
+            count += 1
+        return count
+
+    async def get(
+        self, key: str, *, start: int = 0, stop: int | None = None
+    ) -> tuple[CacheEntry, int] | None:
+        """The entry and the index of the tier that answered, or None on a miss.
+
+        Args:
+            start, stop: read only ``tiers[start:stop]``; a hit still back-fills every
+                tier above the one that answered.
+        """
+        for index in range(start, len(self.tiers) if stop is None else stop):
+            tier = self.tiers[index]
             try:
                 data = await tier.get(key)
             except CacheUnavailableError as exc:
@@ -102,7 +120,8 @@ class TieredCache:
                 await self._set_in(upper, key, data, remaining)
             self.stats.hits[index] += 1
             return entry, index
-        self.stats.misses += 1
+        if stop is None or stop >= len(self.tiers):
+            self.stats.misses += 1
         return None
 
     async def set(self, key: str, entry: CacheEntry) -> tuple[bytes, float] | None:

@@ -1,0 +1,199 @@
+"""Single-flight across processes on a real Redis: counts at the FakeGateway, never times.
+
+Two Clients in one process share nothing but Redis (each has its own SingleFlight), so
+they exercise the cross-process protocol cheaply; the storm and SIGKILL tests use real
+OS processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from limpet import (
+    CacheStatus,
+    Client,
+    Endpoint,
+    FlightConfig,
+    MemoryCache,
+    RedisCache,
+    RetryConfig,
+    TieredCache,
+)
+from limpet.errors import BadRequestError
+from limpet.testing import FakeGateway
+from limpet.testing.storm import run_storm, start_workers
+from tests.redis_servers import free_port
+
+pytestmark = pytest.mark.redis
+
+MODEL = "anthropic/claude-sonnet-4.6"
+FAST = FlightConfig(lease=0.3, poll=0.05)
+
+
+def ask(text: str = "One flight for all") -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",), latency=0.3) as gw:
+        yield gw
+
+
+def make_client(
+    gateway: FakeGateway,
+    redis_url: str,
+    prefix: str,
+    flight: FlightConfig = FAST,
+    **kwargs: Any,
+) -> Client:
+    cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=prefix))
+    return Client(
+        endpoints=[Endpoint("a", gateway.base_url("a"))],
+        cache=cache,
+        flight=flight,
+        retry=RetryConfig(max_attempts=1),
+        **kwargs,
+    )
+
+
+async def test_two_clients_sharing_redis_make_one_call(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with (
+        make_client(gateway, redis_url, redis_prefix) as a,
+        make_client(gateway, redis_url, redis_prefix) as b,
+    ):
+        results = await asyncio.gather(
+            *(client.complete(**ask()) for client in (a, b) for _ in range(20))
+        )
+    assert gateway.endpoint("a").calls == 1
+    assert len({r.content for r in results}) == 1
+    statuses = [r.cache for r in results]
+    assert statuses.count(CacheStatus.MISS) == 1
+    assert statuses.count(CacheStatus.COALESCED) == 39
+
+
+async def test_a_call_lasting_three_leases_is_still_one_call(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    gateway.endpoint("a").latency = 1.0  # more than three 0.3 s leases: renewal must hold
+    async with (
+        make_client(gateway, redis_url, redis_prefix) as a,
+        make_client(gateway, redis_url, redis_prefix) as b,
+    ):
+        results = await asyncio.gather(a.complete(**ask()), b.complete(**ask()))
+    assert gateway.endpoint("a").calls == 1
+    assert sorted(r.cache.value for r in results) == ["coalesced", "miss"]
+
+
+async def test_a_final_error_reaches_the_other_process_and_is_not_cached(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    gateway.endpoint("a").fail(400, message="schema rejected")
+    async with (
+        make_client(gateway, redis_url, redis_prefix) as a,
+        make_client(gateway, redis_url, redis_prefix) as b,
+    ):
+        results = await asyncio.gather(
+            a.complete(**ask()), b.complete(**ask()), return_exceptions=True
+        )
+        assert all(isinstance(r, BadRequestError) for r in results), results
+        assert all("schema rejected" in str(r) for r in results)
+        assert gateway.endpoint("a").calls == 1
+        assert (await b.complete(**ask())).cache is CacheStatus.MISS
+    assert gateway.endpoint("a").calls == 2
+
+
+async def test_a_leader_that_walks_away_hands_over_to_a_follower(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with (
+        make_client(gateway, redis_url, redis_prefix) as a,
+        make_client(gateway, redis_url, redis_prefix) as b,
+    ):
+        leader = asyncio.create_task(a.complete(**ask()))
+        await gateway.endpoint("a").wait_for_calls(1)
+        follower = asyncio.create_task(b.complete(**ask()))
+        leader.cancel()  # its only caller is gone, so the flight is abandoned
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        result = await follower
+    assert result.cache is CacheStatus.COALESCED or result.cache is CacheStatus.MISS
+    assert result.content
+    assert gateway.endpoint("a").calls == 2
+
+
+async def test_with_redis_down_each_process_makes_its_own_call(gateway: FakeGateway) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    async with (
+        make_client(gateway, dead, "limpet-dead:") as a,
+        make_client(gateway, dead, "limpet-dead:") as b,
+    ):
+        results = await asyncio.gather(
+            *(client.complete(**ask()) for client in (a, b) for _ in range(10))
+        )
+    assert gateway.endpoint("a").calls == 2
+    assert len({r.content for r in results}) == 1
+
+
+async def test_sampled_requests_are_never_coalesced(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    gateway.endpoint("a").latency = 0.05
+    async with make_client(gateway, redis_url, redis_prefix) as a:
+        await asyncio.gather(*(a.complete(**{**ask(), "temperature": 0.8}) for _ in range(5)))
+    assert gateway.endpoint("a").calls == 5
+
+
+async def test_four_processes_of_a_hundred_callers_make_one_call(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    reports = await run_storm(
+        4,
+        base_url=gateway.base_url("a"),
+        redis_url=redis_url,
+        callers=100,
+        prefix=redis_prefix,
+        lease=FAST.lease,
+        poll=FAST.poll,
+    )
+    assert gateway.endpoint("a").calls == 1
+    assert [r.errors for r in reports] == [[], [], [], []]
+    assert sum(sum(r.statuses.values()) for r in reports) == 400
+    assert sum(r.statuses.get("miss", 0) for r in reports) == 1
+
+
+async def test_a_sigkilled_leader_process_is_replaced_by_a_follower(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.latency = 0.0
+    ep.delay(60.0)  # the first call hangs until its process dies
+    workers = await start_workers(
+        3,
+        base_url=gateway.base_url("a"),
+        redis_url=redis_url,
+        callers=20,
+        prefix=redis_prefix,
+        lease=0.5,
+        poll=0.05,
+    )
+    for worker in workers:
+        worker.release()
+    await ep.wait_for_calls(1)
+    assert ep.last_headers is not None
+    leader_name = ep.last_headers["X-Title"]
+    leader = next(w for w in workers if w.name == leader_name)
+    leader.process.send_signal(signal.SIGKILL)
+    await leader.process.wait()
+    survivors = [w for w in workers if w is not leader]
+    reports = await asyncio.gather(*(w.report() for w in survivors))
+    assert [r.errors for r in reports] == [[], []]
+    assert [sum(r.statuses.values()) for r in reports] == [20, 20]
+    assert ep.calls == 2
