@@ -157,3 +157,60 @@ async def test_an_orphaned_failure_is_not_reported_as_unretrieved() -> None:
     gc.collect()
     loop.set_exception_handler(None)
     assert reports == []
+
+
+class Flaky(Exception):
+    pass
+
+
+async def test_a_retryable_failure_promotes_one_waiter_once() -> None:
+    flight: SingleFlight[str] = SingleFlight(retry_if=lambda exc: isinstance(exc, Flaky))
+    started = asyncio.Event()
+    release = asyncio.Event()
+    calls = 0
+
+    async def flaky_then_fine() -> str:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        if calls == 1:
+            raise Flaky("upstream hiccup")
+        return "second try"
+
+    tasks = [asyncio.create_task(flight.do("k", flaky_then_fine)) for _ in range(10)]
+    await started.wait()
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert calls == 2
+    assert isinstance(results[0], Flaky)  # the first call's leader gets its own error
+    followers = [r for r in results[1:] if not isinstance(r, BaseException)]
+    assert [value for value, _ in followers] == ["second try"] * 9
+    assert sum(led for _, led in followers) == 1
+
+
+async def test_promotion_is_bounded_and_final_errors_are_not_retried() -> None:
+    flight: SingleFlight[str] = SingleFlight(retry_if=lambda exc: isinstance(exc, Flaky))
+    started = asyncio.Event()
+    release = asyncio.Event()
+    calls = 0
+
+    async def always(error: Exception) -> str:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        raise error
+
+    for error, expected_calls in ((Flaky("again"), 2), (ValueError("final"), 1)):
+        calls = 0
+        started.clear()
+        release.clear()
+        tasks = [
+            asyncio.create_task(flight.do("k", functools.partial(always, error))) for _ in range(10)
+        ]
+        await started.wait()
+        release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert calls == expected_calls
+        assert all(isinstance(r, type(error)) for r in results)

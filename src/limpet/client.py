@@ -125,7 +125,9 @@ class Client:
             raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
         self._namespace = namespace
         self._policy = policy or CachePolicy()
-        self._flight: SingleFlight[_Filled] | None = SingleFlight() if coalesce else None
+        self._flight: SingleFlight[_Filled] | None = (
+            SingleFlight(retry_if=should_retry) if coalesce else None
+        )
         self._generations = Generations(_generation_store(self._cache))
         flight_store = _flight_store(self._cache) if coalesce else None
         self._shared_flight: RedisFlight[_Filled] | None = (

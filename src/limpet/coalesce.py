@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from limpet.config import FlightConfig
@@ -47,20 +48,35 @@ class SingleFlight(Generic[T]):
     the flight is forgotten first (so a newcomer starts a fresh call rather than joining
     a dying one) and then, with ``cancel_orphans``, the call is cancelled.
 
+    A failure that ``retry_if`` accepts (a retryable one) may promote one waiter to try
+    once more: every waiter of the failed call may start a new one, and the first to do
+    so leads it while the others join it. Each waiter does this at most ``promotions``
+    times; the leader of the failed call gets its error.
+
     Args:
         cancel_orphans: cancel a call nobody waits for any more; False lets it finish
             (and fill the cache) in the background.
+        retry_if: which failures a waiter may retry; None: none.
+        promotions: how often one waiter may retry.
 
     Example:
         >>> flight: SingleFlight[bytes] = SingleFlight()
         >>> body, led = await flight.do(key, lambda: fetch(key))
     """
 
-    __slots__ = ("_flights", "cancel_orphans")
+    __slots__ = ("_flights", "cancel_orphans", "promotions", "retry_if")
 
-    def __init__(self, *, cancel_orphans: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        cancel_orphans: bool = True,
+        retry_if: Callable[[BaseException], bool] | None = None,
+        promotions: int = 1,
+    ) -> None:
         self._flights: dict[str, _Flight[T]] = {}
         self.cancel_orphans = cancel_orphans
+        self.retry_if = retry_if
+        self.promotions = promotions
 
     def __len__(self) -> int:
         """Keys in flight."""
@@ -72,27 +88,37 @@ class SingleFlight(Generic[T]):
         Returns:
             The result, and True for the caller whose ``call`` ran (the leader).
         """
-        flight = self._flights.get(key)
-        leader = flight is None
-        if flight is None:
-            flight = _Flight(asyncio.ensure_future(call()))
-            self._flights[key] = flight
-            flight.task.add_done_callback(lambda task: self._land(key, flight, task))
-        flight.waiters += 1
-        try:
-            result = await asyncio.shield(flight.task)
-        except asyncio.CancelledError:
+        promotions = self.promotions if self.retry_if is not None else 0
+        while True:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = _Flight(asyncio.ensure_future(call()))
+                self._flights[key] = flight
+                # Added first, so it runs before any waiter wakes: a promoted waiter
+                # never finds the failed flight still registered.
+                flight.task.add_done_callback(partial(self._land, key, flight))
+            flight.waiters += 1
+            try:
+                result = await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                flight.waiters -= 1
+                if flight.waiters == 0 and not flight.task.done():
+                    self._forget(key, flight)
+                    if self.cancel_orphans:
+                        flight.task.cancel()
+                raise
+            except Exception as exc:
+                flight.waiters -= 1
+                if leader or promotions <= 0 or not (self.retry_if and self.retry_if(exc)):
+                    raise
+                promotions -= 1
+                continue
+            except BaseException:
+                flight.waiters -= 1
+                raise
             flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
-                self._forget(key, flight)
-                if self.cancel_orphans:
-                    flight.task.cancel()
-            raise
-        except BaseException:
-            flight.waiters -= 1
-            raise
-        flight.waiters -= 1
-        return result, leader
+            return result, leader
 
     def _land(self, key: str, flight: _Flight[T], task: asyncio.Future[T]) -> None:
         self._forget(key, flight)

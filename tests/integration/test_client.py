@@ -306,6 +306,22 @@ async def test_a_leader_error_reaches_every_waiter_and_is_not_cached(
     assert ep.calls == 2
 
 
+async def test_a_leader_that_exhausts_its_retries_promotes_one_waiter(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.latency = 0.05
+    ep.fail(503, times=FAST_RETRY.max_attempts)
+    results = await asyncio.gather(
+        *(client.complete(**ask()) for _ in range(20)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1 and isinstance(errors[0], InternalServerError)
+    answers = [r for r in results if not isinstance(r, BaseException)]
+    assert len(answers) == 19 and len({a.content for a in answers}) == 1
+    assert ep.calls == FAST_RETRY.max_attempts + 1
+
+
 async def test_coalescing_off_sends_every_miss(gateway: FakeGateway) -> None:
     gateway.endpoint("a").latency = 0.02
     endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
