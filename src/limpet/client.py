@@ -206,7 +206,9 @@ class Client:
         store = self._cache
         key = None
         if decision.uses_cache or (decision.coalesce and self._flight is not None):
-            key = await self._key(body)
+            generations = self._generations
+            scope = generations.scope_now(model) or await generations.scope(model)
+            key = request_key(canonical_request(body), namespace=self._namespace, scope=scope)
             if store is not None and decision.read:
                 # The hit path: in-process tiers first, no I/O, nothing shared.
                 local = self._local_tiers
@@ -354,18 +356,11 @@ def _completion(
     body = orjson.loads(orjson.dumps(entry.body)) if copy else entry.body
     usage = replace(entry.usage) if copy else entry.usage
     if status is CacheStatus.HIT or status is CacheStatus.COALESCED:
-        cost: Cost | None = Cost(usd=0.0, saved_usd=entry.cost_usd or 0.0)
+        cost: Cost | None = Cost(0.0, entry.cost_usd or 0.0)
     else:
-        cost = None if entry.cost_usd is None else Cost(usd=entry.cost_usd)
-    return Completion(
-        raw=body,
-        model=body.get("model") or "",
-        usage=usage,
-        cost=cost,
-        cache=status,
-        endpoint=entry.endpoint,
-        key=key,
-    )
+        cost = None if entry.cost_usd is None else Cost(entry.cost_usd)
+    # Positional: this runs on every hit, and keywords cost a little more.
+    return Completion(body, body.get("model") or "", usage, cost, status, entry.endpoint, key)
 
 
 def _storable(entry: CacheEntry) -> bool:

@@ -121,12 +121,11 @@ class EntryCodec:
         """Raises:
         CacheCorruptError: wrong magic or format, a bad signature, or a malformed payload.
         """
-        header = data[:_HEADER_SIZE]
-        if header == _UNSIGNED_HEADER:
+        if data.startswith(_UNSIGNED_HEADER):
             if self._hmac_key is not None:
                 raise CacheCorruptError("entry is not signed")
             start = _HEADER_SIZE
-        elif header == _SIGNED_HEADER:
+        elif data.startswith(_SIGNED_HEADER):
             start = _HEADER_SIZE + _MAC_SIZE
             if self._hmac_key is not None:
                 mac = hmac.new(self._hmac_key, data[start:], hashlib.sha256).digest()

@@ -95,14 +95,14 @@ class TieredCache:
             start, stop: read only ``tiers[start:stop]``; a hit still back-fills every
                 tier above the one that answered.
         """
-        for index in range(start, len(self.tiers) if stop is None else stop):
-            tier = self.tiers[index]
+        tiers, failing = self.tiers, self._failing
+        for index in range(start, len(tiers) if stop is None else stop):
             try:
-                data = await tier.get(key)
+                data = await tiers[index].get(key)
             except CacheUnavailableError as exc:
                 self._fault(index, exc)
                 continue
-            if self._failing[index]:
+            if failing[index]:
                 self._recovered(index)
             if data is None:
                 continue
@@ -113,11 +113,14 @@ class TieredCache:
                 logger.warning("limpet cache: corrupt entry in tier %d deleted: %s", index, exc)
                 await self._delete_from(index, key)
                 continue
-            remaining = entry.expires_at - self._clock()
-            if remaining <= 0:
-                continue
-            for upper in range(index):
-                await self._set_in(upper, key, data, remaining)
+            # Tier 0 expires its own entries; a lower tier's are checked (clock skew) and
+            # back-filled upwards with what is left of their TTL.
+            if index:
+                remaining = entry.expires_at - self._clock()
+                if remaining <= 0:
+                    continue
+                for upper in range(index):
+                    await self._set_in(upper, key, data, remaining)
             self.stats.hits[index] += 1
             return entry, index
         if stop is None or stop >= len(self.tiers):
