@@ -24,6 +24,21 @@ def test_round_trip(key: bytes | None) -> None:
     assert codec.decode(codec.encode(ENTRY)) == ENTRY
 
 
+def test_a_streamed_entry_keeps_its_chunking_as_bytes() -> None:
+    codec = EntryCodec(b"k")
+    streamed = CacheEntry(
+        body=ENTRY.body,
+        usage=ENTRY.usage,
+        cost_usd=None,
+        endpoint="a",
+        created_at=1,
+        expires_at=2,
+        stream=b'[{"delta":{"content":"h\xc3\xa9"}}]',
+    )
+    assert codec.decode(codec.encode(streamed)) == streamed
+    assert codec.decode(codec.encode(ENTRY)).stream is None
+
+
 def test_unknown_cost_round_trips_as_none() -> None:
     codec = EntryCodec()
     unknown = CacheEntry(
@@ -40,9 +55,9 @@ def test_unknown_cost_round_trips_as_none() -> None:
         b"LP\x09\x00{}",
         b"LP\x01\x00{}",
         b"LP\x01\x00" + bytes(70),
-        b"LP\x01\x00" + bytes(66) + b"\x00\x00{not json",
-        b"LP\x01\x00" + bytes(66) + b"\x00\x00[]",
-        b"LP\x01\x00" + bytes(66) + b"\x05\x00ab",
+        b"LP\x01\x00" + bytes(66) + b"\x00\x00\x09\x00\x00\x00{not json",
+        b"LP\x01\x00" + bytes(66) + b"\x00\x00\x02\x00\x00\x00[]",
+        b"LP\x01\x00" + bytes(66) + b"\x05\x00\x02\x00\x00\x00ab",
     ],
 )
 def test_garbage_is_corrupt(data: bytes) -> None:

@@ -29,8 +29,9 @@ _SIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 1))
 _HEADER_SIZE = len(_UNSIGNED_HEADER)
 _MAC_SIZE = 32
 # prompt, completion, cached, cache-write, reasoning tokens; cost (NaN: unknown);
-# created_at, expires_at; endpoint name length.
-_META = struct.Struct("<5Q3dH")
+# created_at, expires_at; endpoint name length; body length. Then the endpoint name, the
+# body's JSON and, for a streamed answer, its chunking's JSON.
+_META = struct.Struct("<5Q3dHI")
 
 
 @runtime_checkable
@@ -69,6 +70,9 @@ class CacheEntry:
         endpoint: name of the endpoint that served it.
         created_at: wall-clock time of the upstream answer (unix seconds).
         expires_at: wall-clock time after which the entry is stale (unix seconds).
+        stream: for an answer that was streamed, the JSON of how it was chunked (see
+            ``limpet.streaming``), so a replay repeats the live stream's deltas; kept as
+            bytes and parsed only when replayed, so a plain hit never pays for it.
     """
 
     body: dict[str, Any]
@@ -77,14 +81,15 @@ class CacheEntry:
     endpoint: str
     created_at: float
     expires_at: float
+    stream: bytes | None = None
 
 
 class EntryCodec:
     """Encodes entries to bytes and back, optionally signed with HMAC-SHA256.
 
     Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC over the rest], a fixed
-    binary header (usage counts, cost, times, endpoint length), the endpoint name, then
-    the body's JSON. The metadata is binary so that a hit parses JSON only once, for the
+    binary header (usage counts, cost, times, lengths), the endpoint name, the body's
+    JSON, then the stream's chunking when there is one. The metadata is binary so that a hit parses JSON only once, for the
     body it must return anyway. With a key, an unsigned entry or a bad MAC is corrupt;
     without one, a signed entry is still read (its MAC is not checked).
     """
@@ -97,6 +102,7 @@ class EntryCodec:
     def encode(self, entry: CacheEntry) -> bytes:
         u = entry.usage
         name = entry.endpoint.encode()
+        body = orjson.dumps(entry.body)
         payload = (
             _META.pack(
                 u.prompt_tokens,
@@ -108,9 +114,11 @@ class EntryCodec:
                 entry.created_at,
                 entry.expires_at,
                 len(name),
+                len(body),
             )
             + name
-            + orjson.dumps(entry.body)
+            + body
+            + (entry.stream or b"")
         )
         if self._hmac_key is None:
             return _UNSIGNED_HEADER + payload
@@ -134,12 +142,22 @@ class EntryCodec:
         else:
             raise CacheCorruptError("not a limpet entry of this format")
         try:
-            (prompt, completion, cached, written, reasoning, cost, created, expires, size) = (
-                _META.unpack_from(data, start)
-            )
-            name_at = start + _META.size
-            endpoint = data[name_at : name_at + size].decode()
-            body = orjson.loads(data[name_at + size :])
+            (
+                prompt,
+                completion,
+                cached,
+                written,
+                reasoning,
+                cost,
+                created,
+                expires,
+                size,
+                length,
+            ) = _META.unpack_from(data, start)
+            body_at = start + _META.size + size
+            stream_at = body_at + length
+            endpoint = data[body_at - size : body_at].decode()
+            body = orjson.loads(data[body_at:stream_at])
         except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
         if type(body) is not dict:
@@ -151,4 +169,5 @@ class EntryCodec:
             endpoint,
             created,
             expires,
+            data[stream_at:] if len(data) > stream_at else None,
         )
