@@ -81,5 +81,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="a small, fast run")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.rounds = 2_000, 3
     asyncio.run(main(args.n, args.rounds))

@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Final
-
-import orjson
 
 from limpet.cache.base import CacheBackend, CacheEntry
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.coalesce import FlightStore, RedisFlight, SingleFlight
+from limpet.completions import completion_of, storable
 from limpet.config import (
     DEFAULT_BASE_URL,
     CachePolicy,
@@ -26,11 +24,12 @@ from limpet.config import (
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.generations import Generations, GenerationStore
 from limpet.keys import canonical_request, conversation_key, request_key
-from limpet.models import CacheStatus, Completion, Cost
+from limpet.models import CacheStatus, Completion
 from limpet.policy import CacheDecision, CacheMode, decide
 from limpet.retry import should_retry
 from limpet.routing import hrw_rank
 from limpet.stats import Stats
+from limpet.stream import CompletionStream, StreamFlights
 from limpet.transport import Transport
 from limpet.usage import parse_usage, reported_cost
 from limpet.validation import validate_request, validate_ttl
@@ -143,6 +142,13 @@ class Client:
         )
         self._local_tiers = self._cache.local_tiers if self._cache is not None else 0
         self.stats = Stats()
+        self._streams = StreamFlights(
+            cache=self._cache,
+            transport=self._transport,
+            shared=None if flight_store is None else RedisFlight(flight_store, flight),
+            rank=self._ranked,
+            stats=self.stats,
+        )
         if self._cache is not None:
             self.stats.cache = self._cache.stats
         self._closed = False
@@ -217,7 +223,7 @@ class Client:
                     found = await store.get(key, start=local)
                 # (With coalescing, the shared tiers are read once per key inside the flight.)
                 if found is not None:
-                    completion = _completion(found[0], CacheStatus.HIT, key)
+                    completion = completion_of(found[0], CacheStatus.HIT, key)
                     self.stats.record(completion)
                     return completion
         try:
@@ -227,6 +233,49 @@ class Client:
             raise
         self.stats.record(completion)
         return completion
+
+    def stream(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        cache: CacheMode | None = None,
+        ttl: float | None = None,
+        **params: Any,
+    ) -> CompletionStream:
+        """One chat completion as a stream of chunks, from the cache when it may be.
+
+        A plain method: the request is validated now, and sent when the first chunk is
+        asked for. A cached answer is replayed as chunks shaped like a live stream;
+        concurrent identical streams share one upstream stream; ``stream()`` and
+        ``complete()`` of one request share one cache entry.
+
+        Args:
+            model, messages, cache, ttl, **params: as ``complete()``.
+
+        Returns:
+            A ``CompletionStream``: ``async for chunk in it`` (``chunk.content`` is the text
+            delta), or ``async with`` it to stop early; ``.completion`` after the end.
+
+        Raises:
+            InvalidRequestError: bad input, at once.
+            APIError: while iterating (``APIStreamError`` for a failure mid-stream).
+        """
+        if self._closed:
+            raise ClientClosedError("Client is closed")
+        params.pop("stream", None)
+        body = {"model": model, "messages": messages, **params}
+        validate_request(body)
+        entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
+        decision = decide(body, cache, self._policy)
+
+        async def chunks(sink: CompletionStream) -> AsyncGenerator[dict[str, Any], None]:
+            keyed = self._cache is not None and decision.uses_cache
+            key = await self._key(body) if keyed or decision.coalesce else None
+            async for chunk in self._streams.chunks(body, decision, entry_ttl, key, sink):
+                yield chunk
+
+        return CompletionStream(chunks)
 
     async def invalidate(self, model: str | None = None) -> None:
         """Stop serving cached answers for ``model``, or for every model when None.
@@ -271,19 +320,19 @@ class Client:
         flight = self._flight
         if key is None:
             entry = await self._upstream(body, ttl)
-            return _completion(entry, CacheStatus.BYPASS, None)
+            return completion_of(entry, CacheStatus.BYPASS, None)
         if flight is not None and decision.coalesce:
             (entry, source), led = await flight.do(
                 key, lambda: self._fill(key, body, decision, ttl)
             )
             if source is not None:
-                return _completion(entry, source, key, copy=not led)
+                return completion_of(entry, source, key, copy=not led)
             if not led:
-                return _completion(entry, CacheStatus.COALESCED, key, copy=True)
+                return completion_of(entry, CacheStatus.COALESCED, key, copy=True)
         else:
             entry = await self._call_and_store(key, body, decision, ttl)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
-        return _completion(entry, status, key)
+        return completion_of(entry, status, key)
 
     async def _fill(
         self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
@@ -302,7 +351,7 @@ class Client:
 
         async def lead() -> tuple[_Filled, bytes | None, float]:
             entry = await self._upstream(body, ttl)
-            stored = await cache.set(key, entry) if _storable(entry) else None
+            stored = await cache.set(key, entry) if storable(entry) else None
             data, entry_ttl = stored if stored is not None else (None, 0.0)
             return (entry, None), data, entry_ttl
 
@@ -317,12 +366,16 @@ class Client:
         self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
     ) -> CacheEntry:
         entry = await self._upstream(body, ttl)
-        if self._cache is not None and decision.write and _storable(entry):
+        if self._cache is not None and decision.write and storable(entry):
             await self._cache.set(key, entry)
         return entry
 
+    def _ranked(self, body: dict[str, Any]) -> list[Endpoint]:
+        """Endpoints in the order this request should try them."""
+        return hrw_rank(conversation_key(body), self._endpoints)
+
     async def _upstream(self, body: dict[str, Any], ttl: float) -> CacheEntry:
-        ranked = hrw_rank(conversation_key(body), self._endpoints)
+        ranked = self._ranked(body)
         for index, endpoint in enumerate(ranked):
             self.stats.upstream_calls += 1
             try:
@@ -348,24 +401,6 @@ class Client:
                 expires_at=now + ttl,
             )
         raise AssertionError("unreachable: the last endpoint's failure is raised")
-
-
-def _completion(
-    entry: CacheEntry, status: CacheStatus, key: str | None, *, copy: bool = False
-) -> Completion:
-    body = orjson.loads(orjson.dumps(entry.body)) if copy else entry.body
-    usage = replace(entry.usage) if copy else entry.usage
-    if status is CacheStatus.HIT or status is CacheStatus.COALESCED:
-        cost: Cost | None = Cost(0.0, entry.cost_usd or 0.0)
-    else:
-        cost = None if entry.cost_usd is None else Cost(entry.cost_usd)
-    # Positional: this runs on every hit, and keywords cost a little more.
-    return Completion(body, body.get("model") or "", usage, cost, status, entry.endpoint, key)
-
-
-def _storable(entry: CacheEntry) -> bool:
-    """A failed generation reported inside a 200 is never cached."""
-    return bool(entry.body["choices"][0].get("finish_reason") != "error")
 
 
 def _resolve_endpoints(

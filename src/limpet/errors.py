@@ -16,6 +16,7 @@ mapped here at the boundary, with the original kept as ``__cause__``.
         ├── APIConnectionError       could not connect, or the connection dropped
         │   └── APITimeoutError      connect or total timeout
         ├── APIResponseError         a 2xx that is not a chat completion (bad JSON, wrong shape)
+        ├── APIStreamError           a stream that failed part-way (OpenRouter's error chunk)
         └── APIStatusError           a non-2xx status; ``status_code``, ``body``, ``request_id``
             ├── BadRequestError            400
             ├── AuthenticationError        401
@@ -41,6 +42,7 @@ __all__ = [
     "APIError",
     "APIResponseError",
     "APIStatusError",
+    "APIStreamError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
@@ -135,6 +137,22 @@ class APIResponseError(APIError):
         self.status_code = status_code
         self.body = body
         super().__init__(f"{message} (status {status_code}, body {body!r})", endpoint=endpoint)
+
+
+class APIStreamError(APIError):
+    """A stream that failed after it started: OpenRouter reports it in an HTTP 200 stream
+    as a chunk with ``error`` and ``finish_reason: "error"``.
+
+    Attributes:
+        status_code: the error's code (an HTTP status), when the chunk gave one.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, endpoint: str | None = None
+    ) -> None:
+        self.status_code = status_code
+        code = f" ({status_code})" if status_code is not None else ""
+        super().__init__(f"stream failed{code}: {message}", endpoint=endpoint)
 
 
 class APIStatusError(APIError):

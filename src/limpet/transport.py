@@ -6,7 +6,7 @@ aiohttp's and tenacity's exceptions stop here; callers see only ``limpet.errors`
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,8 @@ from limpet.errors import (
     status_error,
 )
 from limpet.retry import backoff_delay, parse_retry_after, should_retry
+from limpet.sse import SSEDecoder
+from limpet.streaming import stream_error
 
 __all__ = ["BODY_EXCERPT_CHARS", "Transport", "UpstreamResponse"]
 
@@ -85,13 +87,7 @@ class Transport:
             APIResponseError: a 2xx answer that is not a chat completion.
         """
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception(should_retry),
-            before_sleep=_log_retry,
-            reraise=True,
-        )
+        retrying = self._retrying()
         async for attempt in retrying:
             with attempt:
                 data = await self._post(endpoint, "/chat/completions", payload)
@@ -100,11 +96,68 @@ class Transport:
             body=data, endpoint=endpoint.name, attempts=retrying.statistics["attempt_number"]
         )
 
+    async def stream(
+        self, endpoint: Endpoint, body: Mapping[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """POST ``body`` with ``stream: true`` and yield each chunk as it arrives.
+
+        Opening the stream is retried like ``chat``; once chunks flow, a failure is final
+        (a retry would repeat what the caller already has).
+
+        Raises:
+            APIStatusError, APIConnectionError, APITimeoutError: as ``chat``, before or
+                (connection) after the first chunk.
+            APIStreamError: the upstream reported a failure inside the stream.
+            APIResponseError: a chunk that is not JSON.
+        """
+        payload = orjson.dumps({**(endpoint.extra_body or {}), **body, "stream": True})
+        response: aiohttp.ClientResponse | None = None
+        async for attempt in self._retrying():
+            with attempt:
+                response = await self._open_stream(endpoint, payload)
+        assert response is not None
+        decoder = SSEDecoder()
+        try:
+            async for piece in response.content.iter_any():
+                for data in decoder.feed(piece):
+                    if data == "[DONE]":
+                        return
+                    yield _stream_chunk(endpoint, data)
+            for data in decoder.close():
+                if data == "[DONE]":
+                    return
+                yield _stream_chunk(endpoint, data)
+            raise APIConnectionError(
+                f"stream from endpoint {endpoint.name!r} ended before [DONE]",
+                endpoint=endpoint.name,
+            )
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                f"stream from endpoint {endpoint.name!r} stalled past the timeout",
+                endpoint=endpoint.name,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise APIConnectionError(
+                f"stream from endpoint {endpoint.name!r} broke: {type(exc).__name__}",
+                endpoint=endpoint.name,
+            ) from exc
+        finally:
+            response.release()
+
     async def aclose(self) -> None:
         """Close the HTTP session. Idempotent."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._retry.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(should_retry),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -125,10 +178,44 @@ class Transport:
             )
         return self._session
 
+    async def _open_stream(self, endpoint: Endpoint, payload: bytes) -> aiohttp.ClientResponse:
+        """The response of a stream request once its status says chunks will follow."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.total
+        )
+        try:
+            response = await self._session_for_loop().post(
+                endpoint.base_url + "/chat/completions",
+                data=payload,
+                headers={**_request_headers(endpoint), "Accept": "text/event-stream"},
+                timeout=timeout,
+            )
+            if response.status == 200 and response.content_type == "text/event-stream":
+                return response
+            try:
+                raw = await response.read()
+            finally:
+                response.release()
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                f"no answer from endpoint {endpoint.name!r} within the timeout",
+                endpoint=endpoint.name,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise APIConnectionError(
+                f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
+                endpoint=endpoint.name,
+            ) from exc
+        _parse(endpoint, response.status, response.headers, raw)  # raises for an error
+        raise APIResponseError(
+            "a stream was asked for but the answer is not an event stream",
+            status_code=response.status,
+            body=_excerpt(raw, endpoint.secrets),
+            endpoint=endpoint.name,
+        )
+
     async def _post(self, endpoint: Endpoint, path: str, payload: bytes) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", **(endpoint.headers or {})}
-        if endpoint.api_key:
-            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        headers = _request_headers(endpoint)
         url = endpoint.base_url + path
         try:
             async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
@@ -145,6 +232,31 @@ class Transport:
                 endpoint=endpoint.name,
             ) from exc
         return _parse(endpoint, status, response_headers, raw)
+
+
+def _request_headers(endpoint: Endpoint) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", **(endpoint.headers or {})}
+    if endpoint.api_key:
+        headers["Authorization"] = f"Bearer {endpoint.api_key}"
+    return headers
+
+
+def _stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise APIResponseError(
+            "a stream chunk is not a JSON object",
+            status_code=200,
+            body=_scrub(data[:BODY_EXCERPT_CHARS], endpoint.secrets),
+            endpoint=endpoint.name,
+        )
+    error = stream_error(chunk, endpoint.name)
+    if error is not None:
+        raise error
+    return chunk
 
 
 def _parse(

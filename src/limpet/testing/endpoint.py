@@ -54,6 +54,7 @@ class FakeEndpoint:
         "_call_waiters",
         "_calls",
         "_faults",
+        "_stream_gate",
         "completions",
         "last_headers",
         "latency",
@@ -61,6 +62,7 @@ class FakeEndpoint:
         "name",
         "prompt_cache",
         "requests",
+        "stream_pause_after",
         "up",
     )
 
@@ -77,6 +79,8 @@ class FakeEndpoint:
         self.up = True
         self._calls = 0
         self._call_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.stream_pause_after: int | None = None
+        self._stream_gate = asyncio.Event()
         self.completions = 0
         self.model_listings = 0
         self.requests: list[dict[str, Any]] = []
@@ -106,6 +110,21 @@ class FakeEndpoint:
             else:
                 waiting.append((target, future))
         self._call_waiters = waiting
+
+    def pause_stream(self, after_chunks: int) -> None:
+        """Hold every stream after ``after_chunks`` chunks until ``resume_stream()``, so a
+        test can act while a stream is part-way through."""
+        self.stream_pause_after = after_chunks
+        self._stream_gate.clear()
+
+    def resume_stream(self) -> None:
+        self.stream_pause_after = None
+        self._stream_gate.set()
+
+    async def stream_gate(self, index: int) -> None:
+        """Wait here before chunk ``index`` while a pause holds it."""
+        if self.stream_pause_after is not None and index == self.stream_pause_after:
+            await self._stream_gate.wait()
 
     async def wait_for_calls(self, count: int) -> None:
         """Return once this endpoint has received ``count`` chat requests.

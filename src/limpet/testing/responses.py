@@ -127,6 +127,7 @@ async def send_stream(
         await response.prepare(request)
         await response.write(SSE_PROCESSING)
         for index, chunk in enumerate(chunks):
+            await endpoint.stream_gate(index)
             if index == cut:
                 if isinstance(fault, StreamErrorFault):
                     await response.write(sse_event(answer.error_chunk(fault.status, fault.message)))

@@ -1,0 +1,255 @@
+"""``CompletionStream``: what ``Client.stream()`` returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+from limpet.broadcast import Broadcast
+from limpet.cache.base import CacheEntry
+from limpet.cache.tiered import TieredCache
+from limpet.coalesce import RedisFlight
+from limpet.completions import completion_of, storable
+from limpet.config import Endpoint
+from limpet.errors import APIError
+from limpet.models import CacheStatus, Completion
+from limpet.policy import CacheDecision
+from limpet.retry import should_retry
+from limpet.stats import Stats
+from limpet.streaming import StreamAssembler, StreamChunk, replay_chunks
+from limpet.transport import Transport
+from limpet.usage import parse_usage, reported_cost
+
+__all__ = ["CompletionStream", "StreamFlights"]
+
+
+class CompletionStream:
+    """The chunks of one streamed completion; ``async for`` it, or ``async with`` it to
+    stop early. Nothing is sent until the first chunk is asked for.
+
+    After the last chunk, ``completion`` holds the assembled ``Completion`` with usage,
+    cost and cache status. Stopping early (``aclose()``, leaving ``async with``, or
+    ``break`` followed by ``aclose()``) releases the stream; other callers sharing the same
+    upstream stream are not affected.
+
+    Example:
+        >>> async with client.stream(model=m, messages=msgs, temperature=0) as stream:
+        ...     async for chunk in stream:
+        ...         print(chunk.content or "", end="")
+        >>> stream.completion.usage
+    """
+
+    __slots__ = ("_chunks", "_open", "completion")
+
+    def __init__(
+        self,
+        open_chunks: Callable[[CompletionStream], AsyncGenerator[dict[str, Any], None]],
+    ) -> None:
+        self._open = open_chunks
+        self._chunks: AsyncGenerator[dict[str, Any], None] | None = None
+        self.completion: Completion | None = None
+
+    def __aiter__(self) -> CompletionStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._chunks is None:
+            self._chunks = self._open(self)
+        return StreamChunk(await self._chunks.__anext__())
+
+    async def aclose(self) -> None:
+        """Stop reading; idempotent."""
+        if self._chunks is not None:
+            await self._chunks.aclose()
+
+    async def __aenter__(self) -> CompletionStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class StreamFlights:
+    """Streams through the cache: a hit is replayed; concurrent identical misses share one
+    upstream stream, each reader getting every chunk from the first, then the live tail.
+
+    The upstream stream is read by a task of its own, so it goes on while any reader
+    remains, whoever started it; it is cancelled when the last reader leaves. The
+    assembled answer is stored only when the stream ends cleanly; a failure reaches
+    every reader and stores nothing.
+    """
+
+    __slots__ = ("_cache", "_flights", "_rank", "_shared", "_stats", "_transport")
+
+    def __init__(
+        self,
+        *,
+        cache: TieredCache | None,
+        transport: Transport,
+        shared: RedisFlight[CacheEntry] | None,
+        rank: Callable[[dict[str, Any]], Sequence[Endpoint]],
+        stats: Stats,
+    ) -> None:
+        self._cache = cache
+        self._transport = transport
+        self._shared = shared
+        self._rank = rank
+        self._stats = stats
+        self._flights: dict[str, _StreamFlight] = {}
+
+    async def chunks(
+        self,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        key: str | None,
+        sink: CompletionStream,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The chunks for one reader; sets ``sink.completion`` after the last one."""
+        cache = self._cache
+        if key is not None and cache is not None and decision.read:
+            found = await cache.get(key)
+            if found is not None:
+                entry = found[0]
+                for chunk in replay_chunks(entry.body, entry.stream):
+                    yield chunk
+                self._finish(sink, completion_of(entry, CacheStatus.HIT, key))
+                return
+        flight = self._flights.get(key) if key is not None and decision.coalesce else None
+        led = flight is None
+        if flight is None:
+            flight = _StreamFlight()
+            flight.task = asyncio.get_running_loop().create_task(
+                self._produce(flight, body, decision, ttl, key)
+            )
+            if key is not None and decision.coalesce:
+                self._flights[key] = flight
+                flight.task.add_done_callback(partial(self._land, key, flight))
+        flight.readers += 1
+        try:
+            async for chunk in flight.broadcast.items():
+                yield chunk
+        except APIError:
+            self._stats.errors += 1
+            raise
+        finally:
+            flight.readers -= 1
+            if flight.readers == 0 and not flight.task.done():
+                if key is not None:
+                    self._land(key, flight)
+                flight.task.cancel()
+        result = flight.broadcast.result
+        assert result is not None
+        entry, status = result
+        if status is None:
+            if not led:
+                status = CacheStatus.COALESCED
+            elif key is not None and cache is not None and decision.uses_cache:
+                status = CacheStatus.MISS
+            else:
+                status = CacheStatus.BYPASS
+        self._finish(sink, completion_of(entry, status, key, copy=not led))
+
+    def _finish(self, sink: CompletionStream, completion: Completion) -> None:
+        sink.completion = completion
+        self._stats.record(completion)
+
+    def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+    async def _produce(
+        self,
+        flight: _StreamFlight,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        key: str | None,
+    ) -> None:
+        broadcast = flight.broadcast
+        cache = self._cache
+        try:
+
+            async def lead() -> tuple[CacheEntry, bytes | None, float]:
+                entry = await self._stream_upstream(body, ttl, broadcast)
+                stored = None
+                if cache is not None and key is not None and decision.write and storable(entry):
+                    stored = await cache.set(key, entry)
+                data, entry_ttl = stored if stored is not None else (None, 0.0)
+                return entry, data, entry_ttl
+
+            shared = self._shared
+            if shared is not None and cache is not None and key is not None and decision.coalesce:
+
+                async def read() -> CacheEntry | None:
+                    found = await cache.get(key)
+                    return None if found is None else found[0]
+
+                entry, led = await shared.do(key, lead, read)
+                if not led:  # another process streamed it: replay its entry
+                    for chunk in replay_chunks(entry.body, entry.stream):
+                        broadcast.push(chunk)
+                    broadcast.finish((entry, CacheStatus.COALESCED))
+                    return
+            else:
+                entry, _, _ = await lead()
+            broadcast.finish((entry, None))
+        except asyncio.CancelledError:
+            broadcast.fail(asyncio.CancelledError())
+            raise
+        except BaseException as exc:
+            broadcast.fail(exc)
+
+    async def _stream_upstream(
+        self, body: dict[str, Any], ttl: float, broadcast: Broadcast[dict[str, Any], Any]
+    ) -> CacheEntry:
+        """Stream from the first endpoint that opens (failing over before the first chunk),
+        pushing chunks as they come; returns the assembled entry."""
+        ranked = self._rank(body)
+        assembler = StreamAssembler()
+        for index, endpoint in enumerate(ranked):
+            self._stats.upstream_calls += 1
+            chunks = self._transport.stream(endpoint, body)
+            try:
+                async for chunk in chunks:
+                    assembler.add(chunk)
+                    broadcast.push(chunk)
+            except APIError as exc:
+                if assembler.chunks or index + 1 == len(ranked) or not should_retry(exc):
+                    raise
+                continue
+            finally:
+                await chunks.aclose()
+            now = time.time()
+            completion = assembler.completion()
+            usage = completion.get("usage")
+            return CacheEntry(
+                completion,
+                parse_usage(usage),
+                reported_cost(usage),
+                endpoint.name,
+                now,
+                now + ttl,
+                assembler.chunking(),
+            )
+        raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+
+class _StreamFlight:
+    __slots__ = ("broadcast", "readers", "task")
+
+    def __init__(self) -> None:
+        self.broadcast: Broadcast[dict[str, Any], tuple[CacheEntry, CacheStatus | None]] = (
+            Broadcast()
+        )
+        self.readers = 0
+        self.task: asyncio.Task[None]

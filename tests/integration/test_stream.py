@@ -1,0 +1,254 @@
+"""Client.stream against the FakeGateway: replay, fan-out, failures. Counts, never times."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from limpet import (
+    CacheStatus,
+    Client,
+    Endpoint,
+    FlightConfig,
+    MemoryCache,
+    RedisCache,
+    RetryConfig,
+    TieredCache,
+)
+from limpet.errors import APIConnectionError, APIStreamError, InvalidRequestError
+from limpet.stream import CompletionStream
+from limpet.streaming import StreamChunk
+from limpet.testing import FakeGateway
+
+MODEL = "anthropic/claude-sonnet-4.6"
+
+
+def ask(text: str = "Tell me about tide pools", **params: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+        **params,
+    }
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",)) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def client(gateway: FakeGateway) -> AsyncIterator[Client]:
+    endpoint = Endpoint("a", gateway.base_url("a"))
+    async with Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1)) as c:
+        yield c
+
+
+async def collect(stream: CompletionStream) -> list[StreamChunk]:
+    return [chunk async for chunk in stream]
+
+
+def text(chunks: list[StreamChunk]) -> str:
+    return "".join(chunk.content or "" for chunk in chunks)
+
+
+async def test_a_replayed_stream_repeats_the_live_one(client: Client, gateway: FakeGateway) -> None:
+    live_stream = client.stream(**ask())
+    live = await collect(live_stream)
+    replay_stream = client.stream(**ask())
+    replayed = await collect(replay_stream)
+    assert gateway.endpoint("a").calls == 1
+    assert text(live) and text(replayed) == text(live)
+    assert [c.delta for c in replayed] == [c.delta for c in live]
+    assert [c.raw for c in replayed] == [c.raw for c in live]
+    assert live_stream.completion is not None and replay_stream.completion is not None
+    assert live_stream.completion.cache is CacheStatus.MISS
+    assert replay_stream.completion.cache is CacheStatus.HIT
+    assert live_stream.completion.content == text(live)
+    assert live_stream.completion.usage.completion_tokens > 0
+    assert live_stream.completion.cost is not None and live_stream.completion.cost.usd > 0
+
+
+async def test_stream_then_complete_is_one_upstream_call(
+    client: Client, gateway: FakeGateway
+) -> None:
+    streamed = text(await collect(client.stream(**ask())))
+    completed = await client.complete(**ask())
+    assert completed.cache is CacheStatus.HIT
+    assert completed.content == streamed
+    assert gateway.endpoint("a").calls == 1
+
+
+async def test_complete_then_stream_replays_the_completion(
+    client: Client, gateway: FakeGateway
+) -> None:
+    completed = await client.complete(**ask())
+    stream = client.stream(**ask())
+    chunks = await collect(stream)
+    assert text(chunks) == completed.content
+    assert chunks[0].delta.get("role") == "assistant"
+    assert chunks[-2].finish_reason == completed.finish_reason
+    assert chunks[-1].raw["usage"] == completed.raw["usage"]
+    assert stream.completion is not None and stream.completion.cache is CacheStatus.HIT
+    assert gateway.endpoint("a").calls == 1
+
+
+async def test_streamed_and_complete_usage_agree(client: Client, gateway: FakeGateway) -> None:
+    stream = client.stream(**ask("usage check"))
+    await collect(stream)
+    completed = await client.complete(**ask("usage check"), cache="bypass")
+    assert stream.completion is not None
+    assert stream.completion.usage == completed.usage
+    assert stream.completion.cost == completed.cost
+
+
+async def test_a_hundred_identical_streams_share_one_upstream_stream(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=2)
+    streams = [client.stream(**ask()) for _ in range(100)]
+    tasks = [asyncio.create_task(collect(s)) for s in streams]
+    await ep.wait_for_calls(1)
+    ep.resume_stream()
+    results = await asyncio.gather(*tasks)
+    assert ep.calls == 1
+    assert all([c.raw for c in r] == [c.raw for c in results[0]] for r in results)
+    statuses = [s.completion.cache for s in streams if s.completion is not None]
+    assert statuses.count(CacheStatus.MISS) == 1
+    assert statuses.count(CacheStatus.COALESCED) == 99
+    assert client.stats.coalesced == 99
+
+
+async def test_a_late_joiner_gets_the_chunks_so_far_then_the_tail(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=4)
+    first = client.stream(**ask())
+    seen = [await anext(first) for _ in range(4)]  # the stream is now held upstream
+    late = asyncio.create_task(collect(client.stream(**ask())))
+    ep.resume_stream()
+    rest = await collect(first)
+    assert [c.raw for c in await late] == [c.raw for c in seen + rest]
+    assert ep.calls == 1
+
+
+async def test_cancelling_a_follower_never_stops_the_others(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=2)
+    tasks = [asyncio.create_task(collect(client.stream(**ask()))) for _ in range(5)]
+    await ep.wait_for_calls(1)
+    tasks[3].cancel()
+    ep.resume_stream()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[3], asyncio.CancelledError)
+    finished = [r for r in results if isinstance(r, list)]
+    assert len(finished) == 4 and len({text(r) for r in finished}) == 1
+
+
+async def test_a_leader_that_stops_reading_does_not_stop_the_followers(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=2)
+    leader = client.stream(**ask())
+    await anext(leader)
+    follower = asyncio.create_task(collect(client.stream(**ask())))
+    await leader.aclose()
+    ep.resume_stream()
+    chunks = await follower
+    assert text(chunks)
+    assert ep.calls == 1
+    assert (await client.complete(**ask())).cache is CacheStatus.HIT  # stored in full
+
+
+async def test_when_every_reader_leaves_the_upstream_stream_is_dropped_and_not_cached(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=2)
+    async with client.stream(**ask()) as stream:
+        await anext(stream)
+    ep.resume_stream()
+    assert stream.completion is None
+    assert (await client.complete(**ask())).cache is CacheStatus.MISS
+    assert ep.calls == 2
+
+
+@pytest.mark.parametrize("fault", ["stream_error", "drop_connection"])
+async def test_a_failure_mid_stream_reaches_every_reader_and_nothing_is_cached(
+    client: Client, gateway: FakeGateway, fault: str
+) -> None:
+    ep = gateway.endpoint("a")
+    if fault == "stream_error":
+        ep.stream_error(after_chunks=2)
+        expected: type[Exception] = APIStreamError
+    else:
+        ep.drop_connection(after_chunks=2)
+        expected = APIConnectionError
+    ep.pause_stream(after_chunks=1)
+    tasks = [asyncio.create_task(collect(client.stream(**ask()))) for _ in range(10)]
+    await ep.wait_for_calls(1)
+    ep.resume_stream()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, expected) for r in results), results
+    assert ep.calls == 1
+    again = client.stream(**ask())
+    await collect(again)
+    assert again.completion is not None and again.completion.cache is CacheStatus.MISS
+    assert ep.calls == 2
+
+
+async def test_sampled_streams_are_neither_cached_nor_shared(
+    client: Client, gateway: FakeGateway
+) -> None:
+    streams = [client.stream(**ask(temperature=0.9)) for _ in range(3)]
+    await asyncio.gather(*(collect(s) for s in streams))
+    assert gateway.endpoint("a").calls == 3
+    assert {s.completion.cache for s in streams if s.completion} == {CacheStatus.BYPASS}
+
+
+async def test_bad_input_raises_when_stream_is_called(client: Client, gateway: FakeGateway) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        client.stream(**ask(), max_tokens=0)
+    assert info.value.field == "max_tokens"
+    assert gateway.total_calls == 0
+
+
+async def test_nothing_is_sent_until_the_first_chunk_is_asked_for(
+    client: Client, gateway: FakeGateway
+) -> None:
+    client.stream(**ask())
+    await client.complete(**ask("something else"))
+    assert gateway.endpoint("a").calls == 1
+
+
+@pytest.mark.redis
+async def test_streams_in_two_processes_share_one_upstream_call(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.latency = 0.2
+
+    def make() -> Client:
+        cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+        return Client(
+            endpoints=[Endpoint("a", gateway.base_url("a"))],
+            cache=cache,
+            flight=FlightConfig(lease=0.5, poll=0.05),
+        )
+
+    async with make() as a, make() as b:
+        sa, sb = a.stream(**ask()), b.stream(**ask())
+        ta, tb = await asyncio.gather(collect(sa), collect(sb))
+    assert ep.calls == 1
+    assert text(ta) == text(tb)
+    assert sa.completion is not None and sb.completion is not None
+    assert sorted([sa.completion.cache.value, sb.completion.cache.value]) == ["coalesced", "miss"]
