@@ -89,9 +89,10 @@ class EntryCodec:
 
     Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC over the rest], a fixed
     binary header (usage counts, cost, times, lengths), the endpoint name, the body's
-    JSON, then the stream's chunking when there is one. The metadata is binary so that a hit parses JSON only once, for the
-    body it must return anyway. With a key, an unsigned entry or a bad MAC is corrupt;
-    without one, a signed entry is still read (its MAC is not checked).
+    JSON, then the stream's chunking when there is one. The metadata is binary so that a
+    hit parses JSON only once, for the body it must return anyway. With a key, an unsigned
+    entry or a bad MAC is corrupt; without one, a signed entry is still read (its MAC is
+    not checked).
     """
 
     __slots__ = ("_hmac_key",)
