@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 
-from benchmarks._common import Figure, emit
+from benchmarks._common import Figure, Plot, Series, emit
 from limpet import Client, Endpoint
 from limpet.testing import FakeGateway
 from limpet.testing.storm import STORM_MESSAGES, STORM_MODEL, WorkerReport, run_storm
@@ -123,8 +123,24 @@ async def main(callers: int, processes: int, per_process: int, redis_url: str) -
                 baseline_name="coalescing off",
             ),
         ],
+        plot=Plot(
+            kind="bar",
+            title="Upstream calls under a cold-start storm",
+            ylabel="upstream calls (log)",
+            yscale="log",
+            series={
+                "limpet": Series(x=one_process_and_fleet(processes), y=[one_calls, multi_calls]),
+                "coalescing off": Series(
+                    x=one_process_and_fleet(processes), y=[off_calls, multi_off_calls]
+                ),
+            },
+        ),
         upstream_latency_s=UPSTREAM_LATENCY,
     )
+
+
+def one_process_and_fleet(processes: int) -> list[str]:
+    return ["one process", f"{processes} processes + Redis"]
 
 
 if __name__ == "__main__":
