@@ -127,7 +127,7 @@ class Client:
         self._flight: SingleFlight[_Filled] | None = (
             SingleFlight(retry_if=should_retry) if coalesce else None
         )
-        self._generations = Generations(_generation_store(self._cache))
+        self._generations = Generations(_generation_store(self._cache), namespace=namespace)
         flight_store = _flight_store(self._cache) if coalesce else None
         self._shared_flight: RedisFlight[_Filled] | None = (
             None if flight_store is None else RedisFlight(flight_store, flight)

@@ -1,6 +1,8 @@
 """Invalidation without SCAN: generation counters hashed into every cache key.
 
-``invalidate(model=m)`` bumps m's generation and ``invalidate()`` the global one; every
+Three generations go into every key: one for everything in the cache, one for the
+client's namespace, and one for the namespace's model. ``invalidate(model=m)`` bumps the
+third, ``invalidate()`` the second and ``limpet flush`` (no namespace) the first; every
 key made afterwards differs, so old entries are never read again and age out by TTL.
 With a shared store (Redis), generations are read into the process and refreshed in the
 background at most every ``refresh_interval`` seconds, so a cache hit stays one GET and
@@ -17,14 +19,16 @@ from typing import Protocol, runtime_checkable
 
 from limpet.errors import CacheUnavailableError
 
-__all__ = ["DEFAULT_REFRESH_INTERVAL", "GLOBAL", "GenerationStore", "Generations"]
+__all__ = ["DEFAULT_REFRESH_INTERVAL", "EVERYTHING", "GenerationStore", "Generations"]
 
 logger = logging.getLogger("limpet.cache")
 
 DEFAULT_REFRESH_INTERVAL = 1.0
 
-#: The name of the generation that covers every model.
-GLOBAL = "*"
+#: The generation that covers every namespace and model.
+EVERYTHING = "*"
+# Between a namespace and a model in a generation's name; no namespace or model has it.
+_SEPARATOR = "\x1f"
 
 
 @runtime_checkable
@@ -41,14 +45,18 @@ class Generations:
 
     Args:
         store: the shared counters, or None for a process-local cache.
+        namespace: the client's namespace; its generations are its own.
         refresh_interval: seconds between background refreshes from the store.
         clock: monotonic seconds.
     """
 
     __slots__ = (
+        "_all",
         "_clock",
         "_due",
         "_loading",
+        "_names",
+        "_namespace",
         "_refreshing",
         "_store",
         "_values",
@@ -59,10 +67,14 @@ class Generations:
         self,
         store: GenerationStore | None = None,
         *,
+        namespace: str = "",
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._namespace = namespace
+        self._all = namespace + _SEPARATOR + EVERYTHING
+        self._names: dict[str, str] = {}
         self._values: dict[str, int] = {}
         self._clock = clock
         self._due = 0.0
@@ -75,12 +87,13 @@ class Generations:
         read the model's generation from the store. Schedules a background refresh when
         one is due, so the cache-hit path never waits on the store."""
         values = self._values
+        name = self._names.get(model) or self._name(model)
         if self._store is not None:
-            if model not in values:
+            if name not in values:
                 return None
             if self._clock() >= self._due:
                 self._schedule_refresh()
-        return f"{values.get(GLOBAL, 0)}.{values.get(model, 0)}"
+        return f"{values.get(EVERYTHING, 0)}.{values.get(self._all, 0)}.{values.get(name, 0)}"
 
     async def scope(self, model: str) -> str:
         """The key scope for a request to ``model``.
@@ -88,25 +101,30 @@ class Generations:
         The first request for a model in this process reads its generation from the store
         (one round trip, once), so it can never read entries invalidated elsewhere.
         """
-        if self._store is not None and model not in self._values:
+        name = self._name(model)
+        if self._store is not None and name not in self._values:
             # Concurrent first requests share one read, and none uses a guess meanwhile.
-            loading = self._loading.get(model)
+            loading = self._loading.get(name)
             if loading is None:
-                loading = asyncio.ensure_future(self._load(model))
-                self._loading[model] = loading
+                loading = asyncio.ensure_future(self._load(name))
+                self._loading[name] = loading
             await asyncio.shield(loading)
-        return f"{self._values.get(GLOBAL, 0)}.{self._values.get(model, 0)}"
+        return self.scope_now(model) or "0.0.0"
 
-    async def _load(self, model: str) -> None:
+    async def _load(self, name: str) -> None:
         try:
-            await self.refresh(also=model)
+            await self.refresh(also=name)
         finally:
-            self._values.setdefault(model, 0)
-            del self._loading[model]
+            self._values.setdefault(name, 0)
+            del self._loading[name]
 
-    async def bump(self, model: str | None = None) -> None:
-        """Invalidate ``model``'s entries, or every entry when ``model`` is None."""
-        name = GLOBAL if model is None else model
+    async def bump(self, model: str | None = None, *, everything: bool = False) -> None:
+        """Invalidate ``model``'s entries in this namespace, every entry in this namespace
+        when ``model`` is None, or every entry of every namespace with ``everything``."""
+        if everything:
+            name = EVERYTHING
+        else:
+            name = self._all if model is None else self._name(model)
         value = self._values.get(name, 0) + 1
         if self._store is not None:
             try:
@@ -122,7 +140,7 @@ class Generations:
         if self._store is None:
             return
         self._due = self._clock() + self.refresh_interval
-        names = sorted({GLOBAL, *self._values, *([also] if also else [])})
+        names = sorted({EVERYTHING, self._all, *self._values, *([also] if also else [])})
         try:
             values = await self._store.generations(names)
         except CacheUnavailableError:
@@ -131,6 +149,12 @@ class Generations:
             # Never go back: a local bump the store missed must stay in force.
             if value > self._values.get(name, 0):
                 self._values[name] = value
+
+    def _name(self, model: str) -> str:
+        name = self._names.get(model)
+        if name is None:
+            name = self._names[model] = self._namespace + _SEPARATOR + model
+        return name
 
     async def aclose(self) -> None:
         task, self._refreshing = self._refreshing, None

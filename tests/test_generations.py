@@ -1,0 +1,90 @@
+"""Invalidation generations: per model, per namespace, everything; shared through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from limpet.cache.redis import RedisCache
+from limpet.generations import Generations
+from tests.fakes import FakeClock
+
+
+async def test_local_bumps_change_exactly_what_they_cover() -> None:
+    gens = Generations(namespace="tenant")
+    a, b = gens.scope_now("a"), gens.scope_now("b")
+    await gens.bump("a")
+    assert gens.scope_now("a") != a
+    assert gens.scope_now("b") == b
+    before = (gens.scope_now("a"), gens.scope_now("b"))
+    await gens.bump()
+    assert gens.scope_now("a") != before[0] and gens.scope_now("b") != before[1]
+
+
+class CountingStore:
+    """A real RedisCache whose generation reads are counted."""
+
+    def __init__(self, cache: RedisCache) -> None:
+        self.cache = cache
+        self.reads = 0
+
+    async def generations(self, names: Sequence[str]) -> list[int]:
+        self.reads += 1
+        return await self.cache.generations(names)
+
+    async def bump_generation(self, name: str) -> int:
+        return await self.cache.bump_generation(name)
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[CountingStore]:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        yield CountingStore(cache)
+
+
+@pytest.mark.redis
+async def test_an_invalidation_reaches_another_process_within_the_refresh_interval(
+    store: CountingStore,
+) -> None:
+    clock = FakeClock()
+    here = Generations(store, refresh_interval=1.0, clock=clock)
+    there = Generations(store, refresh_interval=1.0, clock=clock)
+    before = await there.scope("m")
+    await here.bump("m")
+    assert there.scope_now("m") == before  # not due yet: no read, old scope
+    clock.advance(1.0)
+    assert there.scope_now("m") == before  # due: a refresh starts in the background
+    await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()})
+    assert there.scope_now("m") == await here.scope("m") != before
+    await there.aclose()
+
+
+@pytest.mark.redis
+async def test_a_first_request_reads_the_shared_generation_before_using_it(
+    store: CountingStore,
+) -> None:
+    await Generations(store).bump("m")
+    fresh = Generations(store)
+    assert fresh.scope_now("m") is None
+    scopes = await asyncio.gather(*(fresh.scope("m") for _ in range(50)))
+    assert len(set(scopes)) == 1
+    assert scopes[0] == await Generations(store).scope("m")
+    assert store.reads == 2  # one shared read for the 50 callers, one for the other instance
+
+
+@pytest.mark.redis
+async def test_namespaces_invalidate_alone_and_everything_covers_all(
+    store: CountingStore,
+) -> None:
+    x, y = Generations(store, namespace="x"), Generations(store, namespace="y")
+    x0, y0 = await x.scope("m"), await y.scope("m")
+    await x.bump()
+    await y.refresh()
+    await x.refresh()
+    assert (await x.scope("m")) != x0
+    assert (await y.scope("m")) == y0
+    await x.bump(everything=True)
+    await y.refresh()
+    assert (await y.scope("m")) != y0
