@@ -18,6 +18,9 @@ from limpet.config import CachePolicy, Endpoint, FlightConfig, RetryConfig, Time
 from limpet.keys import KeyExplanation, explain_key
 from limpet.models import CacheStatus, Completion, Cost, Usage
 from limpet.stats import Stats
+from limpet.stream import CompletionStream
+from limpet.streaming import StreamChunk
+from limpet.warm import WarmReport
 
 if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
@@ -28,6 +31,7 @@ __all__ = [
     "CacheStatus",
     "Client",
     "Completion",
+    "CompletionStream",
     "Cost",
     "Endpoint",
     "FlightConfig",
@@ -36,9 +40,11 @@ __all__ = [
     "RedisCache",
     "RetryConfig",
     "Stats",
+    "StreamChunk",
     "TieredCache",
     "Timeouts",
     "Usage",
+    "WarmReport",
     "__version__",
     "explain_key",
 ]

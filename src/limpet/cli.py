@@ -1,13 +1,29 @@
-"""The ``limpet`` command: ``limpet demo`` (more subcommands come with their features)."""
+"""The ``limpet`` command: ``demo``, ``warm``, ``flush``.
+
+Secrets never go on the command line (process lists show it): the API key comes from
+``$OPENROUTER_API_KEY``, and a Redis password from the URL in ``$LIMPET_REDIS_URL``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
+
+from limpet.errors import CacheUnavailableError, InvalidRequestError
+from limpet.generations import generation_name
+from limpet.models import Completion
+from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
+
+if TYPE_CHECKING:
+    from limpet.cache.redis import RedisCache
 
 __all__ = ["main"]
 
@@ -18,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command in ("warm", "flush") and not args.redis:
+        parser.error(f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) is required")
+    if args.command == "warm":
+        return asyncio.run(_warm(args))
+    if args.command == "flush":
+        return asyncio.run(_flush(args))
     parser.print_help()
     return 2
 
@@ -35,7 +57,36 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--burst", type=_positive_int, default=64, help="identical cold requests")
     demo.add_argument("--latency", type=float, default=0.08, help="fake upstream seconds")
     demo.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    warm = commands.add_parser(
+        "warm", help="fill the shared cache from a JSONL file of complete() arguments"
+    )
+    warm.add_argument("file", type=Path, help="one JSON object of complete() arguments a line")
+    _redis_options(warm)
+    warm.add_argument(
+        "--base-url",
+        default=None,
+        help="gateway API root (default: $LIMPET_BASE_URL, else OpenRouter)",
+    )
+    warm.add_argument("--concurrency", type=_positive_int, default=DEFAULT_WARM_CONCURRENCY)
+    warm.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    flush = commands.add_parser(
+        "flush", help="invalidate cached answers fleet-wide (a generation bump, not a scan)"
+    )
+    _redis_options(flush)
+    flush.add_argument("--model", default=None, help="only this model's answers")
     return parser
+
+
+def _redis_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--redis", default=os.environ.get("LIMPET_REDIS_URL"), help="default: $LIMPET_REDIS_URL"
+    )
+    command.add_argument(
+        "--prefix", default=None, help="the RedisCache key prefix (default: limpet:)"
+    )
+    command.add_argument("--namespace", default=None, help="the Client namespace (default: none)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -58,6 +109,73 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         print(render(plain, limpet, args.concurrency))
     return 0
+
+
+async def _warm(args: argparse.Namespace) -> int:
+    from limpet import Client, MemoryCache, RedisCache, TieredCache
+
+    cache = TieredCache(MemoryCache(), RedisCache.from_url(args.redis, prefix=args.prefix))
+    async with Client(
+        base_url=args.base_url, cache=cache, namespace=args.namespace or ""
+    ) as client:
+
+        async def complete_line(line: int, text: bytes) -> Completion:
+            try:
+                request = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequestError(f"line {line}", "a JSON object", str(exc)) from None
+            if not isinstance(request, dict):
+                raise InvalidRequestError(f"line {line}", "a JSON object", request)
+            return await client.complete(**request)
+
+        def show(report: WarmReport) -> None:
+            sys.stderr.write(
+                f"\rwarming: {report.done} done, {report.warmed} warmed, "
+                f"{report.skipped} skipped, {report.failed} failed"
+            )
+            sys.stderr.flush()
+
+        with args.file.open("rb") as lines:
+            requests = (
+                {"line": number, "text": text}
+                for number, text in enumerate(lines, start=1)
+                if text.strip()
+            )
+            report = await warm(
+                complete_line, requests, concurrency=args.concurrency, progress=show
+            )
+        sys.stderr.write("\n")
+    if args.json:
+        sys.stdout.write(orjson.dumps(asdict(report)).decode() + "\n")
+    else:
+        print(
+            f"warmed {report.warmed}, skipped {report.skipped} (cached), "
+            f"uncacheable {report.uncacheable}, failed {report.failed}"
+        )
+        for error in report.errors[:20]:
+            print(f"  {error}")
+    return 1 if report.failed else 0
+
+
+async def _flush(args: argparse.Namespace) -> int:
+    name = generation_name(args.namespace, args.model)
+    async with _redis_cache(args) as cache:
+        try:
+            generation = await cache.bump_generation(name)
+        except CacheUnavailableError as exc:
+            print(f"limpet flush: {exc}", file=sys.stderr)
+            return 1
+    what = f"model {args.model!r}" if args.model else "every model"
+    where = f"namespace {args.namespace!r}" if args.namespace is not None else "every namespace"
+    print(f"flushed {what} in {where} (generation {generation})")
+    return 0
+
+
+def _redis_cache(args: argparse.Namespace) -> RedisCache:
+    # Imported here: the redis extra is needed for these commands only, not for the demo.
+    from limpet.cache.redis import DEFAULT_PREFIX, RedisCache
+
+    return RedisCache.from_url(args.redis, prefix=args.prefix or DEFAULT_PREFIX)
 
 
 def _positive_int(text: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from limpet.cache.base import CacheBackend, CacheEntry
@@ -33,6 +33,7 @@ from limpet.stream import CompletionStream, StreamFlights
 from limpet.transport import Transport
 from limpet.usage import parse_usage, reported_cost
 from limpet.validation import validate_request, validate_ttl
+from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
 
 __all__ = ["DEFAULT_TTL", "Client"]
 
@@ -276,6 +277,25 @@ class Client:
                 yield chunk
 
         return CompletionStream(chunks)
+
+    async def warm(
+        self,
+        requests: Iterable[Mapping[str, Any]],
+        *,
+        concurrency: int = DEFAULT_WARM_CONCURRENCY,
+        progress: Callable[[WarmReport], None] | None = None,
+    ) -> WarmReport:
+        """Fill the cache from ``requests`` (each the keyword arguments of ``complete()``),
+        ``concurrency`` at a time; cached ones are skipped, failures counted, not raised.
+
+        Example:
+            >>> report = await client.warm(
+            ...     ({"model": m, "messages": [q], "temperature": 0} for q in faq),
+            ...     concurrency=16,
+            ... )
+            >>> report.warmed, report.skipped, report.failed
+        """
+        return await warm(self.complete, requests, concurrency=concurrency, progress=progress)
 
     async def invalidate(self, model: str | None = None) -> None:
         """Stop serving cached answers for ``model``, or for every model when None.

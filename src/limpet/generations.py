@@ -19,7 +19,13 @@ from typing import Protocol, runtime_checkable
 
 from limpet.errors import CacheUnavailableError
 
-__all__ = ["DEFAULT_REFRESH_INTERVAL", "EVERYTHING", "GenerationStore", "Generations"]
+__all__ = [
+    "DEFAULT_REFRESH_INTERVAL",
+    "EVERYTHING",
+    "GenerationStore",
+    "Generations",
+    "generation_name",
+]
 
 logger = logging.getLogger("limpet.cache")
 
@@ -29,6 +35,14 @@ DEFAULT_REFRESH_INTERVAL = 1.0
 EVERYTHING = "*"
 # Between a namespace and a model in a generation's name; no namespace or model has it.
 _SEPARATOR = "\x1f"
+
+
+def generation_name(namespace: str | None, model: str | None) -> str:
+    """The stored name of a generation: a model's in a namespace, a namespace's (model
+    None), or everything's (both None)."""
+    if namespace is None and model is None:
+        return EVERYTHING
+    return (namespace or "") + _SEPARATOR + (EVERYTHING if model is None else model)
 
 
 @runtime_checkable
@@ -73,7 +87,7 @@ class Generations:
     ) -> None:
         self._store = store
         self._namespace = namespace
-        self._all = namespace + _SEPARATOR + EVERYTHING
+        self._all = generation_name(namespace, None)
         self._names: dict[str, str] = {}
         self._values: dict[str, int] = {}
         self._clock = clock
@@ -118,13 +132,10 @@ class Generations:
             self._values.setdefault(name, 0)
             del self._loading[name]
 
-    async def bump(self, model: str | None = None, *, everything: bool = False) -> None:
-        """Invalidate ``model``'s entries in this namespace, every entry in this namespace
-        when ``model`` is None, or every entry of every namespace with ``everything``."""
-        if everything:
-            name = EVERYTHING
-        else:
-            name = self._all if model is None else self._name(model)
+    async def bump(self, model: str | None = None) -> None:
+        """Invalidate ``model``'s entries in this namespace, or every entry in this
+        namespace when ``model`` is None (``limpet flush`` reaches every namespace)."""
+        name = self._all if model is None else self._name(model)
         value = self._values.get(name, 0) + 1
         if self._store is not None:
             try:
@@ -153,7 +164,7 @@ class Generations:
     def _name(self, model: str) -> str:
         name = self._names.get(model)
         if name is None:
-            name = self._names[model] = self._namespace + _SEPARATOR + model
+            name = self._names[model] = generation_name(self._namespace, model)
         return name
 
     async def aclose(self) -> None:

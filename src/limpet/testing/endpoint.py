@@ -43,6 +43,8 @@ class FakeEndpoint:
         up: False after ``take_down()``; requests then get 503.
         calls: chat requests received, failed or not.
         completions: chat completions answered in full.
+        in_flight: chat requests being answered right now.
+        max_in_flight: the most chat requests answered at once since the last reset.
         model_listings: ``GET /models`` requests received.
         requests: the JSON bodies received, in order (not those that were not JSON).
         last_headers: the HTTP headers of the last chat request received (Authorization
@@ -56,8 +58,10 @@ class FakeEndpoint:
         "_faults",
         "_stream_gate",
         "completions",
+        "in_flight",
         "last_headers",
         "latency",
+        "max_in_flight",
         "model_listings",
         "name",
         "prompt_cache",
@@ -80,6 +84,8 @@ class FakeEndpoint:
         self._calls = 0
         self._call_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.stream_pause_after: int | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._stream_gate = asyncio.Event()
         self.completions = 0
         self.model_listings = 0
@@ -228,6 +234,7 @@ class FakeEndpoint:
         self.calls = 0
         self.completions = 0
         self.model_listings = 0
+        self.max_in_flight = self.in_flight
         self.requests.clear()
         self.last_headers = None
         self._faults.clear()

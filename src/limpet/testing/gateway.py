@@ -240,6 +240,16 @@ class FakeGateway:
         endpoint = self._endpoints.get(request.match_info["endpoint"])
         if endpoint is None:
             return _unknown_endpoint(request)
+        endpoint.in_flight += 1
+        endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+        try:
+            return await self._serve_chat(request, endpoint)
+        finally:
+            endpoint.in_flight -= 1
+
+    async def _serve_chat(
+        self, request: web.Request, endpoint: FakeEndpoint
+    ) -> web.StreamResponse:
         endpoint.calls += 1
         headers = request.headers.copy()
         if "Authorization" in headers:

@@ -1,0 +1,136 @@
+"""Warm-up and the ``limpet`` command, run as subprocesses against Redis and a FakeGateway."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
+from limpet.testing import FakeGateway
+from tests.redis_servers import free_port
+
+MODEL = "openai/gpt-5-mini"
+
+
+def ask(text: str, **params: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+        **params,
+    }
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",)) as gw:
+        yield gw
+
+
+async def limpet(*args: str) -> tuple[int, str, str]:
+    """Run ``python -m limpet ARGS`` without blocking the event loop the gateway runs on."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "limpet",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_warm_skips_what_is_cached_and_respects_its_concurrency(
+    gateway: FakeGateway,
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.latency = 0.05
+    requests = [ask(f"question {i}") for i in range(20)]
+    extra = [ask("sampled", temperature=0.8), {"model": MODEL, "messages": []}]
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
+        first = await client.warm(requests + extra, concurrency=3)
+        assert (first.warmed, first.skipped, first.uncacheable, first.failed) == (20, 0, 1, 1)
+        assert first.errors[0].startswith("InvalidRequestError: messages")
+        assert ep.max_in_flight == 3
+        calls = ep.calls
+        again = await client.warm(iter(requests), concurrency=5)
+        assert (again.warmed, again.skipped) == (0, 20)
+        assert ep.calls == calls
+        assert (await client.complete(**requests[7])).cache is CacheStatus.HIT
+
+
+@pytest.mark.redis
+async def test_limpet_warm_then_flush_from_the_command_line(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    lines = [orjson.dumps(ask(f"faq {i}")) for i in range(3)]
+    lines += [lines[0], b"", b"{not json"]
+    file = tmp_path / "requests.jsonl"
+    file.write_bytes(b"\n".join(lines) + b"\n")
+    common = ["--redis", redis_url, "--prefix", redis_prefix]
+    base = ["--base-url", gateway.base_url("a")]
+
+    code, out, err = await limpet("warm", str(file), *common, *base, "--concurrency", "1", "--json")
+    report = orjson.loads(out)
+    assert (report["warmed"], report["skipped"], report["failed"]) == (3, 1, 1)
+    assert "line 6" in report["errors"][0]
+    assert code == 1  # a failed line is an error for a script
+    assert "warming: 5 done" in err
+    assert gateway.endpoint("a").calls == 3
+
+    def fresh_client() -> Client:
+        cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+        return Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache)
+
+    async with fresh_client() as client:
+        assert (await client.complete(**ask("faq 1"))).cache is CacheStatus.HIT
+
+    code, out, _ = await limpet("flush", *common, "--model", MODEL, "--namespace", "")
+    assert code == 0
+    assert f"flushed model '{MODEL}' in namespace ''" in out
+    async with fresh_client() as client:
+        assert (await client.complete(**ask("faq 1"))).cache is CacheStatus.MISS
+        assert (await client.complete(**ask("faq 2"))).cache is CacheStatus.MISS
+
+
+async def test_limpet_flush_fails_loudly_when_redis_is_down() -> None:
+    code, _, err = await limpet("flush", "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert code == 1
+    assert "limpet flush:" in err
+
+
+async def test_warm_and_flush_need_a_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIMPET_REDIS_URL", raising=False)
+    code, _, err = await limpet("flush")
+    assert code == 2
+    assert "--redis URL" in err
+
+
+async def test_limpet_demo_prints_its_table_as_json() -> None:
+    code, out, _ = await limpet(
+        "demo",
+        "--requests",
+        "60",
+        "--burst",
+        "10",
+        "--concurrency",
+        "8",
+        "--latency",
+        "0.01",
+        "--json",
+    )
+    assert code == 0
+    result = orjson.loads(out)
+    plain, cached = result["without_limpet"], result["with_limpet"]
+    assert plain["upstream_calls"] == 60
+    assert cached["upstream_calls"] < plain["upstream_calls"]
+    assert cached["statuses"]["miss"] == cached["upstream_calls"]
+    assert cached["saved_usd"] > 0
