@@ -22,6 +22,7 @@ from limpet.config import (
     Timeouts,
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
+from limpet.events import EventHook, emit_event, event_of
 from limpet.generations import Generations, GenerationStore
 from limpet.keys import canonical_request, conversation_key, request_key
 from limpet.models import CacheStatus, Completion
@@ -84,6 +85,9 @@ class Client:
         timeouts: connect and total timeouts, connection pool size.
         app_url: sent as ``HTTP-Referer`` (OpenRouter attribution); never part of the key.
         app_title: sent as ``X-Title`` (OpenRouter attribution); never part of the key.
+        on_event: called with a ``CallEvent`` after every call (or a list of such hooks):
+            ``limpet.metrics.PrometheusMetrics()``, ``limpet.tracing.OpenTelemetrySpans()``
+            or your own; a hook that raises is logged and ignored.
 
     Example:
         >>> async with Client(api_key="sk-or-...") as client:
@@ -112,6 +116,7 @@ class Client:
         timeouts: Timeouts | None = None,
         app_url: str | None = None,
         app_title: str | None = None,
+        on_event: EventHook | Sequence[EventHook] | None = None,
     ) -> None:
         if auto_cache_control:
             raise ConfigurationError("auto_cache_control: not available in this version yet")
@@ -152,6 +157,9 @@ class Client:
         )
         if self._cache is not None:
             self.stats.cache = self._cache.stats
+        self._hooks: tuple[EventHook, ...] = (
+            () if on_event is None else (on_event,) if callable(on_event) else tuple(on_event)
+        )
         self._closed = False
 
     def __repr__(self) -> str:
@@ -204,6 +212,7 @@ class Client:
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
+        started = time.perf_counter()
         body = {"model": model, "messages": messages, **params}
         if params and params.get("stream"):
             raise InvalidRequestError("stream", "absent or False in complete()", True)
@@ -226,13 +235,19 @@ class Client:
                 if found is not None:
                     completion = completion_of(found[0], CacheStatus.HIT, key)
                     self.stats.record(completion)
+                    if self._hooks:
+                        self._emit(model, completion, started)
                     return completion
         try:
             completion = await self._complete(body, decision, entry_ttl, key)
-        except APIError:
+        except APIError as exc:
             self.stats.errors += 1
+            if self._hooks:
+                self._emit(model, None, started, error=exc)
             raise
         self.stats.record(completion)
+        if self._hooks:
+            self._emit(model, completion, started)
         return completion
 
     def stream(
@@ -271,10 +286,18 @@ class Client:
         decision = decide(body, cache, self._policy)
 
         async def chunks(sink: CompletionStream) -> AsyncGenerator[dict[str, Any], None]:
+            started = time.perf_counter()
             keyed = self._cache is not None and decision.uses_cache
             key = await self._key(body) if keyed or decision.coalesce else None
-            async for chunk in self._streams.chunks(body, decision, entry_ttl, key, sink):
-                yield chunk
+            try:
+                async for chunk in self._streams.chunks(body, decision, entry_ttl, key, sink):
+                    yield chunk
+            except APIError as exc:
+                if self._hooks:
+                    self._emit(model, None, started, stream=True, error=exc)
+                raise
+            if self._hooks and sink.completion is not None:
+                self._emit(model, sink.completion, started, stream=True)
 
         return CompletionStream(chunks)
 
@@ -389,6 +412,18 @@ class Client:
         if self._cache is not None and decision.write and storable(entry):
             await self._cache.set(key, entry)
         return entry
+
+    def _emit(
+        self,
+        model: str,
+        completion: Completion | None,
+        started: float,
+        *,
+        stream: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        seconds = time.perf_counter() - started
+        emit_event(self._hooks, event_of(model, completion, seconds, stream=stream, error=error))
 
     def _ranked(self, body: dict[str, Any]) -> list[Endpoint]:
         """Endpoints in the order this request should try them."""

@@ -1,0 +1,81 @@
+"""One event per finished call, for metrics, traces and logs: ``Client(on_event=...)``.
+
+Nothing here runs unless a hook is given. A hook that raises is logged and ignored: an
+observer must never fail the call it observes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from limpet.models import CacheStatus, Completion, Usage
+
+__all__ = ["CallEvent", "EventHook", "emit_event", "event_of"]
+
+logger = logging.getLogger("limpet.events")
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """What one ``complete()`` or ``stream()`` call did.
+
+    Attributes:
+        model: the model asked for.
+        cache: how the call was served, or None when it failed.
+        endpoint: the endpoint that served the upstream call, when known.
+        usage: tokens of the upstream call (zero when the call failed).
+        cost_usd: dollars this call spent (0 on a hit or a coalesced call).
+        saved_usd: dollars this call saved.
+        seconds: wall time of the call (of the whole stream, for a stream).
+        stream: True for ``stream()``.
+        error: the exception's type name when the call failed.
+    """
+
+    model: str
+    cache: CacheStatus | None
+    endpoint: str | None
+    usage: Usage
+    cost_usd: float
+    saved_usd: float
+    seconds: float
+    stream: bool = False
+    error: str | None = None
+
+
+EventHook = Callable[[CallEvent], None]
+
+
+def event_of(
+    model: str,
+    completion: Completion | None,
+    seconds: float,
+    *,
+    stream: bool = False,
+    error: BaseException | None = None,
+) -> CallEvent:
+    if completion is None:
+        return CallEvent(
+            model, None, None, Usage(), 0.0, 0.0, seconds, stream, type(error).__name__
+        )
+    cost = completion.cost
+    billed = completion.cache in (CacheStatus.MISS, CacheStatus.BYPASS)
+    return CallEvent(
+        model,
+        completion.cache,
+        completion.endpoint,
+        completion.usage if billed else Usage(),
+        cost.usd if cost else 0.0,
+        cost.saved_usd if cost else 0.0,
+        seconds,
+        stream,
+    )
+
+
+def emit_event(hooks: Sequence[EventHook], event: CallEvent) -> None:
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:
+            logger.exception("limpet: on_event hook %r raised; ignored", hook)

@@ -1,0 +1,119 @@
+"""on_event hooks, and the Prometheus and OpenTelemetry sinks built on them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry
+
+from limpet import CacheStatus, Client, Endpoint, RetryConfig
+from limpet.errors import BadRequestError
+from limpet.events import CallEvent
+from limpet.metrics import PrometheusMetrics
+from limpet.testing import FakeGateway
+from limpet.tracing import OpenTelemetrySpans
+
+MODEL = "anthropic/claude-sonnet-4.6"
+
+
+def ask(text: str = "hello", **params: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+        **params,
+    }
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",)) as gw:
+        yield gw
+
+
+def client_for(gateway: FakeGateway, **kwargs: Any) -> Client:
+    endpoint = Endpoint("a", gateway.base_url("a"))
+    return Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1), **kwargs)
+
+
+async def test_every_call_makes_one_event_and_a_broken_hook_never_fails_a_call(
+    gateway: FakeGateway,
+) -> None:
+    events: list[CallEvent] = []
+
+    def broken(event: CallEvent) -> None:
+        raise RuntimeError("observer bug")
+
+    async with client_for(gateway, on_event=[broken, events.append]) as client:
+        miss = await client.complete(**ask())
+        await client.complete(**ask())
+        await client.complete(**ask(temperature=0.5))
+        async for _ in client.stream(**ask("streamed")):
+            pass
+        gateway.endpoint("a").fail(400)
+        with pytest.raises(BadRequestError):
+            await client.complete(**ask("rejected"))
+    assert [e.cache for e in events] == [
+        CacheStatus.MISS,
+        CacheStatus.HIT,
+        CacheStatus.BYPASS,
+        CacheStatus.MISS,
+        None,
+    ]
+    assert [e.stream for e in events] == [False, False, False, True, False]
+    assert events[0].usage == miss.usage and events[0].endpoint == "a"
+    assert miss.cost is not None
+    assert events[0].cost_usd == miss.cost.usd > 0
+    assert (events[1].cost_usd, events[1].saved_usd) == (0.0, miss.cost.usd)
+    assert events[1].usage.prompt_tokens == 0  # a hit bills nothing
+    assert events[4].error == "BadRequestError"
+    assert all(e.seconds >= 0 for e in events)
+
+
+async def test_prometheus_metrics(gateway: FakeGateway) -> None:
+    registry = CollectorRegistry()
+    async with client_for(gateway, on_event=PrometheusMetrics(registry)) as client:
+        miss = await client.complete(**ask())
+        await client.complete(**ask())
+        gateway.endpoint("a").fail(400)
+        with pytest.raises(BadRequestError):
+            await client.complete(**ask("rejected"))
+    sample = registry.get_sample_value
+    assert sample("limpet_calls_total", {"model": MODEL, "cache": "miss", "endpoint": "a"}) == 1
+    assert sample("limpet_calls_total", {"model": MODEL, "cache": "hit", "endpoint": "a"}) == 1
+    assert sample("limpet_errors_total", {"model": MODEL, "error": "BadRequestError"}) == 1
+    tokens = sample("limpet_tokens_total", {"model": MODEL, "kind": "prompt"})
+    assert tokens == miss.usage.prompt_tokens
+    assert miss.cost is not None
+    assert sample("limpet_saved_usd_total", {"model": MODEL}) == pytest.approx(miss.cost.usd)
+    assert sample("limpet_call_seconds_count", {"cache": "hit"}) == 1
+
+
+async def test_opentelemetry_spans(gateway: FakeGateway) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans = OpenTelemetrySpans(provider.get_tracer("test"))
+    async with client_for(gateway, on_event=spans) as client:
+        await client.complete(**ask())
+        await client.complete(**ask())
+        gateway.endpoint("a").fail(400)
+        with pytest.raises(BadRequestError):
+            await client.complete(**ask("rejected"))
+    finished = exporter.get_finished_spans()
+    assert [s.name for s in finished] == ["limpet.complete"] * 3
+    attributes = [dict(s.attributes or {}) for s in finished]
+    assert [a["limpet.cache"] for a in attributes] == ["miss", "hit", "error"]
+    assert attributes[0]["gen_ai.request.model"] == MODEL
+    assert isinstance(attributes[0]["gen_ai.usage.input_tokens"], int)
+    assert attributes[0]["gen_ai.usage.input_tokens"] > 0
+    assert finished[2].status.status_code is StatusCode.ERROR
+    assert all(s.start_time is not None and s.end_time is not None for s in finished)
+    assert all((s.end_time or 0) >= (s.start_time or 0) for s in finished)
+    provider.shutdown()
