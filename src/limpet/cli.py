@@ -1,4 +1,4 @@
-"""The ``limpet`` command: ``demo``, ``warm``, ``flush``.
+"""The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``bench``.
 
 Secrets never go on the command line (process lists show it): the API key comes from
 ``$OPENROUTER_API_KEY``, and a Redis password from the URL in ``$LIMPET_REDIS_URL``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -34,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command in ("warm", "flush") and not args.redis:
         parser.error(f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) is required")
     if args.command == "warm":
@@ -76,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _redis_options(flush)
     flush.add_argument("--model", default=None, help="only this model's answers")
+
+    bench = commands.add_parser(
+        "bench", help="run benchmarks/ (in a limpet source checkout) and write their results"
+    )
+    bench.add_argument("names", nargs="*", help="only these benchmarks")
+    bench.add_argument("--quick", action="store_true", help="small, fast runs")
+    bench.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     return parser
 
 
@@ -169,6 +179,15 @@ async def _flush(args: argparse.Namespace) -> int:
     where = f"namespace {args.namespace!r}" if args.namespace is not None else "every namespace"
     print(f"flushed {what} in {where} (generation {generation})")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if not Path("benchmarks", "run.py").is_file():
+        print("limpet bench: run it from a limpet source checkout", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "benchmarks.run", *args.names]
+    command += ["--quick"] * args.quick + ["--no-readme"] * args.no_readme
+    return subprocess.call(command)
 
 
 def _redis_cache(args: argparse.Namespace) -> RedisCache:

@@ -134,3 +134,13 @@ async def test_limpet_demo_prints_its_table_as_json() -> None:
     assert cached["upstream_calls"] < plain["upstream_calls"]
     assert cached["statuses"]["miss"] == cached["upstream_calls"]
     assert cached["saved_usd"] > 0
+
+
+async def test_limpet_bench_needs_a_source_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2] / "src"))
+    code, _, err = await limpet("bench")
+    assert code == 2
+    assert "source checkout" in err
