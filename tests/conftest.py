@@ -6,6 +6,8 @@ Redis tests run against a real ``redis-server``, never a fake:
   ``redis://127.0.0.1:6379/0``), with ``redis_prefix`` giving each test its own keys.
 - ``redis_server`` / ``redis_server_factory``: private server processes a test may kill
   and restart.
+- ``redis_cluster``: a three-node Redis Cluster on loopback, started once per session
+  (the ``cluster`` marker), with ``cluster_prefix`` giving each test its own keys.
 
 With no Redis available these tests are skipped, unless ``LIMPET_REQUIRE_REDIS=1`` (as in
 CI), where a missing Redis is a failure rather than a silent skip.
@@ -21,6 +23,7 @@ from urllib.parse import urlparse
 import pytest
 import redis
 
+from tests.cluster_servers import REDIS_CLI_BINARY, RedisClusterServers
 from tests.redis_servers import REDIS_SERVER_BINARY, RedisServer, redis_answers
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -86,3 +89,32 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
 def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
     """A private redis-server for this test alone, to kill and restart at will."""
     return redis_server_factory()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-node Redis Cluster (no replicas) on loopback, shared by the session: use it
+    with ``cluster_prefix``. Never kill its nodes; start a cluster of your own for that."""
+    if REDIS_SERVER_BINARY is None or REDIS_CLI_BINARY is None:
+        _unavailable("redis-server and redis-cli are needed for a Redis Cluster")
+    try:
+        cluster = RedisClusterServers().start()
+    except RuntimeError as exc:
+        _unavailable(f"the Redis Cluster did not start: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_prefix(redis_cluster: RedisClusterServers) -> Iterator[str]:
+    """A key prefix no other test uses on ``redis_cluster``; every key under it, on every
+    node, is deleted afterwards."""
+    prefix = f"limpet-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    for client in redis_cluster.clients():
+        with client:
+            keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys:  # one by one: the keys of one node span many slots
+                    pipe.unlink(key)
+                pipe.execute()

@@ -25,14 +25,21 @@ from limpet.errors import APIError, ClientClosedError, ConfigurationError, Inval
 from limpet.events import EventHook, emit_event, event_of
 from limpet.generations import Generations, GenerationStore
 from limpet.keys import canonical_request, conversation_key, request_key
-from limpet.models import CacheStatus, Completion
+from limpet.models import CacheStatus, Completion, Cost
 from limpet.policy import CacheDecision, CacheMode, decide
+from limpet.pricing import PriceTable, completion_cost, prompt_cache_savings
+from limpet.prompt_cache import (
+    DEFAULT_CACHE_CONTROL,
+    CacheControlConfig,
+    breakpoint_ttl,
+    inject_cache_control,
+)
 from limpet.retry import should_retry
 from limpet.routing import hrw_rank
 from limpet.stats import Stats
 from limpet.stream import CompletionStream, StreamFlights
 from limpet.transport import Transport
-from limpet.usage import parse_usage, reported_cost
+from limpet.usage import parse_usage, reported_cost, with_write_ttl
 from limpet.validation import validate_request, validate_ttl
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
 
@@ -77,8 +84,13 @@ class Client:
         coalesce: share one upstream call among concurrent identical cacheable misses, in
             this process and, when the cache has a Redis tier, across processes.
         flight: leases and timeouts of cross-process coalescing.
-        auto_cache_control: mark long static prefixes with ``cache_control`` (not yet
-            available: True raises ``ConfigurationError``).
+        auto_cache_control: mark long static prefixes with ``cache_control`` for models that
+            cache only up to a breakpoint (``anthropic/*``, Gemini through OpenRouter): True
+            for the defaults, or a ``CacheControlConfig`` (TTL, a rolling breakpoint on the
+            last user turn, the capability table). Only what is sent is marked: the cache
+            key, routing and ``Completion`` are those of the caller's request.
+        prices: per-model prices for ``Completion.cost``; by default the first endpoint's
+            ``/models``, fetched once on the first upstream call, then genai-prices.
         policy: which requests are cacheable (by default: temperature == 0).
         namespace: isolates tenants or key-schema versions sharing one cache.
         retry: retry attempts and backoff for upstream calls.
@@ -109,7 +121,8 @@ class Client:
         ttl: float = DEFAULT_TTL,
         coalesce: bool = True,
         flight: FlightConfig | None = None,
-        auto_cache_control: bool = False,
+        auto_cache_control: bool | CacheControlConfig = False,
+        prices: PriceTable | None = None,
         policy: CachePolicy | None = None,
         namespace: str = "",
         retry: RetryConfig | None = None,
@@ -118,8 +131,7 @@ class Client:
         app_title: str | None = None,
         on_event: EventHook | Sequence[EventHook] | None = None,
     ) -> None:
-        if auto_cache_control:
-            raise ConfigurationError("auto_cache_control: not available in this version yet")
+        self._cache_control = _resolve_cache_control(auto_cache_control)
         self._endpoints = _resolve_endpoints(endpoints, base_url, api_key)
         self._cache = _resolve_cache(cache)
         try:
@@ -146,6 +158,9 @@ class Client:
         self._transport = Transport(
             timeouts=timeouts or Timeouts(), retry=retry or RetryConfig(), headers=headers
         )
+        if prices is not None and not isinstance(prices, PriceTable):
+            raise ConfigurationError("Client.prices: expected a PriceTable or None")
+        self._prices = prices if prices is not None else PriceTable(self._fetch_models)
         self._local_tiers = self._cache.local_tiers if self._cache is not None else 0
         self.stats = Stats()
         self._streams = StreamFlights(
@@ -153,6 +168,9 @@ class Client:
             transport=self._transport,
             shared=None if flight_store is None else RedisFlight(flight_store, flight),
             rank=self._ranked,
+            outgoing=self._outgoing,
+            entry=self._entry,
+            priced=self._priced,
             stats=self.stats,
         )
         if self._cache is not None:
@@ -178,6 +196,11 @@ class Client:
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self._endpoints
+
+    @property
+    def prices(self) -> PriceTable:
+        """The per-model prices ``Completion.cost`` is computed from."""
+        return self._prices
 
     @property
     def cache(self) -> TieredCache | None:
@@ -351,6 +374,9 @@ class Client:
         finally:
             await self._transport.aclose()
 
+    async def _fetch_models(self) -> object:
+        return await self._transport.get_json(self._endpoints[0], "/models")
+
     async def _key(self, body: dict[str, Any]) -> str:
         model = body["model"]
         scope = self._generations.scope_now(model) or await self._generations.scope(model)
@@ -363,7 +389,7 @@ class Client:
         flight = self._flight
         if key is None:
             entry = await self._upstream(body, ttl)
-            return completion_of(entry, CacheStatus.BYPASS, None)
+            return self._priced(completion_of(entry, CacheStatus.BYPASS, None), body)
         if flight is not None and decision.coalesce:
             (entry, source), led = await flight.do(
                 key, lambda: self._fill(key, body, decision, ttl)
@@ -375,7 +401,16 @@ class Client:
         else:
             entry = await self._call_and_store(key, body, decision, ttl)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
-        return completion_of(entry, status, key)
+        return self._priced(completion_of(entry, status, key), body)
+
+    def _priced(self, completion: Completion, body: dict[str, Any]) -> Completion:
+        """The cost of this caller's own upstream call: dollars spent (kept in the entry)
+        and what the provider's prompt cache saved, less write premiums."""
+        prices = self._prices.get(completion.model or body["model"], body["model"])
+        if completion.cost is not None and prices is not None:
+            saved = prompt_cache_savings(completion.usage, prices)
+            completion.cost = Cost(completion.cost.usd, saved)
+        return completion
 
     async def _fill(
         self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
@@ -429,12 +464,40 @@ class Client:
         """Endpoints in the order this request should try them."""
         return hrw_rank(conversation_key(body), self._endpoints)
 
+    def _outgoing(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What is sent upstream. The key and the route are the caller's request's; only
+        what is sent is marked with ``cache_control``."""
+        if self._cache_control is None:
+            return body
+        return inject_cache_control(body, self._cache_control)
+
+    async def _entry(
+        self,
+        answer: dict[str, Any],
+        endpoint: str,
+        body: dict[str, Any],
+        sent: dict[str, Any],
+        ttl: float,
+        stream: bytes | None = None,
+    ) -> CacheEntry:
+        """The cache entry of an upstream answer: its usage and what it cost."""
+        raw_usage = answer.get("usage")
+        # OpenRouter reports one total of cache writes; their TTL is the marks'.
+        usage = with_write_ttl(parse_usage(raw_usage), breakpoint_ttl(sent))
+        prices = await self._prices.prices(answer.get("model") or body["model"], body["model"])
+        cost = completion_cost(usage, prices, reported_cost(raw_usage))
+        now = time.time()
+        return CacheEntry(
+            answer, usage, None if cost is None else cost.usd, endpoint, now, now + ttl, stream
+        )
+
     async def _upstream(self, body: dict[str, Any], ttl: float) -> CacheEntry:
         ranked = self._ranked(body)
+        sent = self._outgoing(body)
         for index, endpoint in enumerate(ranked):
             self.stats.upstream_calls += 1
             try:
-                response = await self._transport.chat(endpoint, body)
+                response = await self._transport.chat(endpoint, sent)
             except APIError as exc:
                 if index + 1 == len(ranked) or not should_retry(exc):
                     raise
@@ -445,17 +508,20 @@ class Client:
                     ranked[index + 1].name,
                 )
                 continue
-            now = time.time()
-            usage = response.body.get("usage")
-            return CacheEntry(
-                body=response.body,
-                usage=parse_usage(usage),
-                cost_usd=reported_cost(usage),
-                endpoint=response.endpoint,
-                created_at=now,
-                expires_at=now + ttl,
-            )
+            return await self._entry(response.body, response.endpoint, body, sent, ttl)
         raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+
+def _resolve_cache_control(value: object) -> CacheControlConfig | None:
+    if value is True:
+        return DEFAULT_CACHE_CONTROL
+    if value is False or value is None:
+        return None
+    if isinstance(value, CacheControlConfig):
+        return value
+    raise ConfigurationError(
+        f"Client.auto_cache_control: expected a bool or a CacheControlConfig, got {value!r}"
+    )
 
 
 def _resolve_endpoints(

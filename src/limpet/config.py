@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from limpet.errors import ConfigurationError
 
@@ -16,6 +16,7 @@ __all__ = [
     "Endpoint",
     "FlightConfig",
     "RetryConfig",
+    "RoutingConfig",
     "Timeouts",
 ]
 
@@ -90,6 +91,57 @@ class Endpoint:
             parts.append(f"extra_body={dict(self.extra_body)!r}")
         parts.append(f"weight={self.weight!r}")
         return f"Endpoint({', '.join(parts)})"
+
+    @classmethod
+    def openrouter(
+        cls,
+        provider: str | Sequence[str],
+        *,
+        api_key: str | None = None,
+        name: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        allow_fallbacks: bool = False,
+        weight: float = 1.0,
+    ) -> Endpoint:
+        """An endpoint that pins one OpenRouter provider (or an ordered list of them).
+
+        Each such endpoint stands for one provider's prompt cache, so sticky routing over
+        several of them keeps a prefix where it is cached. OpenRouter turns its own
+        stickiness off when ``provider.order`` is set, which is why limpet routes itself.
+
+        Args:
+            provider: a provider slug such as ``"anthropic"``, or several, tried in order.
+            name: the endpoint's name; the slugs joined by ``+`` by default.
+            allow_fallbacks: let OpenRouter fall back to providers outside ``provider``.
+            extra_body: more body defaults; its own ``provider`` fields are kept, with
+                ``order`` and ``allow_fallbacks`` set from the arguments above.
+
+        Example:
+            >>> Endpoint.openrouter("anthropic", api_key="sk-or-...").extra_body["provider"]
+            {'order': ['anthropic'], 'allow_fallbacks': False}
+        """
+        order = [provider] if isinstance(provider, str) else list(provider)
+        if not order or not all(isinstance(slug, str) and slug for slug in order):
+            raise ConfigurationError(
+                f"Endpoint.openrouter: expected provider slugs, got {provider!r}"
+            )
+        body = dict(extra_body or {})
+        routing = body.get("provider")
+        body["provider"] = {
+            **(dict(routing) if isinstance(routing, Mapping) else {}),
+            "order": order,
+            "allow_fallbacks": allow_fallbacks,
+        }
+        return cls(
+            name if name is not None else "+".join(order),
+            base_url,
+            api_key=api_key,
+            headers=headers,
+            extra_body=body,
+            weight=weight,
+        )
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -211,3 +263,99 @@ class FlightConfig:
                 raise ConfigurationError(
                     f"FlightConfig.{name}: expected a finite number of seconds > 0, got {value!r}"
                 )
+
+
+# Chosen by hit rate in benchmarks/sticky.py: the tightest bounds within one point of the
+# unbounded hit rate (a floor of 4 or less spills ordinary bursts; e below ~0.8 spills a
+# tenant taking 30% of traffic, and every spill is a cache write at 12.5x a read's price).
+DEFAULT_MAX_OVERLOAD = 1.0
+DEFAULT_LOAD_FLOOR = 8
+DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_COOLDOWN = 30.0
+DEFAULT_MAX_COOLDOWN = 300.0
+DEFAULT_AFFINITY_TTL = 300.0
+DEFAULT_AFFINITY_TTL_1H = 3600.0
+DEFAULT_AFFINITY_SIZE = 100_000
+DEFAULT_PROMPT_CACHE_KEY_MODELS = ("openai/",)
+
+#: How requests without any ``cache_control`` breakpoint are routed.
+UnmarkedRouting = Literal["conversation", "spread"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingConfig:
+    """How ``StickyRouter`` picks an endpoint for each upstream call.
+
+    Args:
+        max_overload: bounded load's slack ``e``: an endpoint takes a request while its
+            in-flight count is under ``max(load_floor, ceil((1 + e) * mean))``, the mean
+            being over healthy endpoints, weighted. Every spill is a prompt-cache miss, so
+            the default lets an endpoint carry twice its share before one.
+        load_floor: in-flight requests an endpoint always takes, so an ordinary burst
+            never spills (a spill repeats every burst when arrival order varies).
+        unmarked: requests with no breakpoint: ``"conversation"`` routes by the first
+            system plus first non-system message (as OpenRouter does; right for providers
+            that cache prefixes automatically); ``"spread"`` sends each to the least
+            loaded endpoint.
+        failure_threshold: consecutive failures (connection errors, timeouts, 429, 5xx)
+            that eject an endpoint; a single error never moves a key.
+        cooldown: seconds an ejected endpoint waits before one half-open probe; a failed
+            probe doubles it, up to ``max_cooldown``. A longer ``Retry-After`` wins.
+        affinity_ttl: seconds a prefix stays pinned to the endpoint that served it, after
+            its last use: the provider's cache TTL (Anthropic's default is 5 minutes).
+        affinity_ttl_1h: the same for prefixes marked ``"ttl": "1h"``.
+        affinity_size: prefixes the in-process affinity map holds (least recently used
+            go first).
+        prompt_cache_key: derive OpenAI's ``prompt_cache_key`` from the routing key for
+            models named by ``prompt_cache_key_models`` (never part of the cache key).
+        prompt_cache_key_models: model name prefixes that take ``prompt_cache_key``.
+    """
+
+    max_overload: float = DEFAULT_MAX_OVERLOAD
+    load_floor: int = DEFAULT_LOAD_FLOOR
+    unmarked: UnmarkedRouting = "conversation"
+    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
+    cooldown: float = DEFAULT_COOLDOWN
+    max_cooldown: float = DEFAULT_MAX_COOLDOWN
+    affinity_ttl: float = DEFAULT_AFFINITY_TTL
+    affinity_ttl_1h: float = DEFAULT_AFFINITY_TTL_1H
+    affinity_size: int = DEFAULT_AFFINITY_SIZE
+    prompt_cache_key: bool = False
+    prompt_cache_key_models: tuple[str, ...] = DEFAULT_PROMPT_CACHE_KEY_MODELS
+
+    def __post_init__(self) -> None:
+        for name in ("max_overload", "cooldown", "max_cooldown", "affinity_ttl", "affinity_ttl_1h"):
+            value = getattr(self, name)
+            positive = name != "max_overload"
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (positive and value == 0)
+            ):
+                bound = "> 0" if positive else ">= 0"
+                raise ConfigurationError(
+                    f"RoutingConfig.{name}: expected a finite number {bound}, got {value!r}"
+                )
+        for name in ("load_floor", "failure_threshold", "affinity_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(
+                    f"RoutingConfig.{name}: expected an int >= 1, got {value!r}"
+                )
+        if self.unmarked not in ("conversation", "spread"):
+            raise ConfigurationError(
+                "RoutingConfig.unmarked: expected 'conversation' or 'spread', "
+                f"got {self.unmarked!r}"
+            )
+        if self.max_cooldown < self.cooldown:
+            raise ConfigurationError(
+                f"RoutingConfig.max_cooldown: expected >= cooldown ({self.cooldown!r}), "
+                f"got {self.max_cooldown!r}"
+            )
+        models = self.prompt_cache_key_models
+        if not isinstance(models, tuple) or not all(isinstance(m, str) for m in models):
+            raise ConfigurationError(
+                f"RoutingConfig.prompt_cache_key_models: expected a tuple of str, got {models!r}"
+            )

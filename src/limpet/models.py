@@ -31,17 +31,21 @@ class CacheStatus(enum.StrEnum):
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts of one call, in buckets that add up.
+    """Token counts of one call, in buckets that add up, whatever the provider's dialect.
 
-    ``prompt_tokens`` = ``uncached_tokens`` + ``cached_tokens`` + ``cache_write_tokens``.
-    A response without usage gives ``Usage()``, all zero.
+    ``prompt_tokens`` = ``uncached_tokens`` + ``cached_tokens`` + ``cache_write_tokens``,
+    and ``cache_write_tokens`` = ``cache_write_5m_tokens`` + ``cache_write_1h_tokens``.
+    A response without usage gives ``Usage()``, all zero. ``limpet.usage`` builds one from
+    every provider's dialect.
 
     Attributes:
         prompt_tokens: every input token, cached or not.
         completion_tokens: every output token, reasoning included.
         cached_tokens: input tokens read from the provider's prompt cache.
-        cache_write_tokens: input tokens written to the provider's prompt cache.
+        cache_write_tokens: input tokens written to the provider's prompt cache, any TTL.
         reasoning_tokens: the part of ``completion_tokens`` spent reasoning.
+        cache_write_1h_tokens: the part of ``cache_write_tokens`` written with a 1 h TTL
+            (Anthropic's ``ttl: "1h"``), priced above the default 5 min writes.
     """
 
     prompt_tokens: int = 0
@@ -49,6 +53,7 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def uncached_tokens(self) -> int:
@@ -56,16 +61,22 @@ class Usage:
         return self.prompt_tokens - self.cached_tokens - self.cache_write_tokens
 
     @property
+    def cache_write_5m_tokens(self) -> int:
+        """Cache writes with the default (5 min) TTL."""
+        return self.cache_write_tokens - self.cache_write_1h_tokens
+
+    @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            cached_tokens=self.cached_tokens + other.cached_tokens,
-            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
-            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
         )
 
 

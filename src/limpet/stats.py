@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from limpet.cache.tiered import TierStats
 from limpet.models import CacheStatus, Completion
 
+if TYPE_CHECKING:
+    from limpet.cache.tiered import TieredCache
+
 __all__ = ["Stats"]
+
+# Worst first: the state ``Stats.breaker_state`` reports when tiers disagree.
+_BREAKER_SEVERITY = ("open", "half_open", "closed")
+
+
+@runtime_checkable
+class _GuardedTier(Protocol):
+    """A tier behind a circuit breaker that writes in the background (``RedisCache``)."""
+
+    @property
+    def breaker_state(self) -> str: ...
+
+    @property
+    def failed_writes(self) -> int: ...
+
+    @property
+    def dropped_writes(self) -> int: ...
 
 
 @dataclass(slots=True)
 class Stats:
     """Live counters of a Client; read them any time, ``as_dict()`` for a snapshot.
+
+    The counters are plain fields, bumped on every call; the cache's figures
+    (``l1_hits``, ``l2_hits``, ``cache_errors``, ``corrupt``, ``breaker_state``, ...) are
+    properties read from the cache when asked, so the hit path pays nothing for them.
 
     Attributes:
         hits: calls a cache tier answered.
@@ -27,6 +51,10 @@ class Stats:
         cost_usd: dollars spent upstream, where the gateway reported a cost.
         saved_usd: dollars not spent thanks to hits, coalescing and provider prompt caching.
         cache: the response cache's own counters (hits per tier, errors, corrupt entries).
+
+    Example:
+        >>> client.stats.l2_hits, client.stats.breaker_state
+        (120, 'closed')
     """
 
     hits: int = 0
@@ -42,6 +70,61 @@ class Stats:
     cost_usd: float = 0.0
     saved_usd: float = 0.0
     cache: TierStats = field(default_factory=TierStats)
+    # What attach() learnt of the cache: how many leading tiers are in-process, and the
+    # tiers behind a breaker.
+    _local_tiers: int = field(default=1, init=False, repr=False, compare=False)
+    _guarded: tuple[_GuardedTier, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def attach(self, cache: TieredCache) -> None:
+        """Report on ``cache``: its counters become ``cache``, and its tiers give the
+        L1/L2 split and the breaker states. The Client calls this with its cache."""
+        self.cache = cache.stats
+        self._local_tiers = cache.local_tiers
+        self._guarded = tuple(t for t in cache.tiers if isinstance(t, _GuardedTier))
+
+    @property
+    def l1_hits(self) -> int:
+        """Hits answered in-process (the leading ``MemoryCache`` tiers)."""
+        return sum(self.cache.hits[: self._local_tiers])
+
+    @property
+    def l2_hits(self) -> int:
+        """Hits answered by a shared tier (Redis)."""
+        return sum(self.cache.hits[self._local_tiers :])
+
+    @property
+    def cache_errors(self) -> int:
+        """Cache faults absorbed: each a miss or a lost write, never a failed call."""
+        return self.cache.errors
+
+    @property
+    def corrupt(self) -> int:
+        """Entries that did not decode or failed their signature: each a miss, deleted."""
+        return self.cache.corrupt
+
+    @property
+    def breaker_states(self) -> tuple[str, ...]:
+        """The circuit breaker state of each tier that has one (Redis), fastest first."""
+        return tuple(tier.breaker_state for tier in self._guarded)
+
+    @property
+    def breaker_state(self) -> str | None:
+        """``"closed"``, ``"half_open"`` or ``"open"``: the worst of ``breaker_states``;
+        None when no tier has a breaker."""
+        states = self.breaker_states
+        if not states:
+            return None
+        return min(states, key=_BREAKER_SEVERITY.index)
+
+    @property
+    def failed_cache_writes(self) -> int:
+        """Background cache writes that did not land (Redis down, slow, full)."""
+        return sum(tier.failed_writes for tier in self._guarded)
+
+    @property
+    def dropped_cache_writes(self) -> int:
+        """Background cache writes never attempted (the queue was full)."""
+        return sum(tier.dropped_writes for tier in self._guarded)
 
     @property
     def requests(self) -> int:
@@ -97,6 +180,12 @@ class Stats:
             "cost_usd": self.cost_usd,
             "saved_usd": self.saved_usd,
             "cache_hits_by_tier": list(self.cache.hits),
+            "l1_hits": self.l1_hits,
+            "l2_hits": self.l2_hits,
             "cache_errors": self.cache.errors,
             "cache_corrupt": self.cache.corrupt,
+            "failed_cache_writes": self.failed_cache_writes,
+            "dropped_cache_writes": self.dropped_cache_writes,
+            "breaker_state": self.breaker_state,
+            "breaker_states": list(self.breaker_states),
         }

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from limpet.broadcast import Broadcast
 from limpet.cache.base import CacheEntry
@@ -22,7 +21,6 @@ from limpet.retry import should_retry
 from limpet.stats import Stats
 from limpet.streaming import StreamAssembler, StreamChunk, replay_chunks
 from limpet.transport import Transport
-from limpet.usage import parse_usage, reported_cost
 
 __all__ = ["CompletionStream", "StreamFlights"]
 
@@ -88,7 +86,17 @@ class StreamFlights:
     every reader and stores nothing.
     """
 
-    __slots__ = ("_cache", "_flights", "_rank", "_shared", "_stats", "_transport")
+    __slots__ = (
+        "_cache",
+        "_entry",
+        "_flights",
+        "_outgoing",
+        "_priced",
+        "_rank",
+        "_shared",
+        "_stats",
+        "_transport",
+    )
 
     def __init__(
         self,
@@ -97,12 +105,18 @@ class StreamFlights:
         transport: Transport,
         shared: RedisFlight[CacheEntry] | None,
         rank: Callable[[dict[str, Any]], Sequence[Endpoint]],
+        outgoing: Callable[[dict[str, Any]], dict[str, Any]],
+        entry: MakeEntry,
+        priced: Callable[[Completion, dict[str, Any]], Completion],
         stats: Stats,
     ) -> None:
         self._cache = cache
         self._transport = transport
         self._shared = shared
         self._rank = rank
+        self._outgoing = outgoing
+        self._entry = entry
+        self._priced = priced
         self._stats = stats
         self._flights: dict[str, _StreamFlight] = {}
 
@@ -157,7 +171,10 @@ class StreamFlights:
                 status = CacheStatus.MISS
             else:
                 status = CacheStatus.BYPASS
-        self._finish(sink, completion_of(entry, status, key, copy=not led))
+        completion = completion_of(entry, status, key, copy=not led)
+        if led and status in (CacheStatus.MISS, CacheStatus.BYPASS):
+            completion = self._priced(completion, body)
+        self._finish(sink, completion)
 
     def _finish(self, sink: CompletionStream, completion: Completion) -> None:
         sink.completion = completion
@@ -215,10 +232,11 @@ class StreamFlights:
         """Stream from the first endpoint that opens (failing over before the first chunk),
         pushing chunks as they come; returns the assembled entry."""
         ranked = self._rank(body)
+        sent = self._outgoing(body)
         assembler = StreamAssembler()
         for index, endpoint in enumerate(ranked):
             self._stats.upstream_calls += 1
-            chunks = self._transport.stream(endpoint, body)
+            chunks = self._transport.stream(endpoint, sent)
             try:
                 async for chunk in chunks:
                     assembler.add(chunk)
@@ -229,19 +247,24 @@ class StreamFlights:
                 continue
             finally:
                 await chunks.aclose()
-            now = time.time()
-            completion = assembler.completion()
-            usage = completion.get("usage")
-            return CacheEntry(
-                completion,
-                parse_usage(usage),
-                reported_cost(usage),
-                endpoint.name,
-                now,
-                now + ttl,
-                assembler.chunking(),
+            return await self._entry(
+                assembler.completion(), endpoint.name, body, sent, ttl, assembler.chunking()
             )
         raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+
+class MakeEntry(Protocol):
+    """Builds the cache entry of an upstream answer (usage, cost); the Client's."""
+
+    def __call__(
+        self,
+        answer: dict[str, Any],
+        endpoint: str,
+        body: dict[str, Any],
+        sent: dict[str, Any],
+        ttl: float,
+        stream: bytes | None = None,
+    ) -> Awaitable[CacheEntry]: ...
 
 
 class _StreamFlight:

@@ -144,6 +144,51 @@ class Transport:
         finally:
             response.release()
 
+    async def get_json(self, endpoint: Endpoint, path: str) -> object:
+        """GET ``{endpoint.base_url}{path}`` once, without retries, and return its JSON
+        (for listings such as ``/models``).
+
+        Raises:
+            APIStatusError: a non-2xx answer.
+            APIConnectionError: no answer (``APITimeoutError`` when it was a timeout).
+            APIResponseError: a 2xx answer that is not JSON.
+        """
+        try:
+            async with self._session_for_loop().get(
+                endpoint.base_url + path, headers=_request_headers(endpoint)
+            ) as response:
+                raw = await response.read()
+                status, headers = response.status, response.headers
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                f"no answer from endpoint {endpoint.name!r} within the timeout",
+                endpoint=endpoint.name,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise APIConnectionError(
+                f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
+                endpoint=endpoint.name,
+            ) from exc
+        excerpt = _excerpt(raw, endpoint.secrets)
+        try:
+            body: object = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not 200 <= status < 300:
+            raise status_error(status)(
+                _scrub(_error_message(body, excerpt), endpoint.secrets),
+                status_code=status,
+                body=excerpt,
+                request_id=_request_id(headers, body),
+                retry_after=parse_retry_after(headers),
+                endpoint=endpoint.name,
+            )
+        if body is None:
+            raise APIResponseError(
+                "response is not JSON", status_code=status, body=excerpt, endpoint=endpoint.name
+            )
+        return body
+
     async def aclose(self) -> None:
         """Close the HTTP session. Idempotent."""
         session, self._session = self._session, None

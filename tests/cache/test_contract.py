@@ -1,7 +1,8 @@
 """The contract every cache backend keeps, run against each of them.
 
 A new backend joins by adding a parameter to the ``backend`` fixture. Redis runs against a
-real server (the ``redis`` marker), under a key prefix of its own.
+real server (the ``redis`` marker) and a real three-node cluster (the ``cluster`` marker),
+under a key prefix of its own.
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ class Harness:
     elapse: Callable[[float], None] = lambda seconds: None
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.cluster),
+    ]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
@@ -52,9 +59,20 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(memory, elapse=elapse)
         await memory.aclose()
     else:
-        url: str = request.getfixturevalue("redis_url")
-        prefix: str = request.getfixturevalue("redis_prefix")
-        redis = RedisCache.from_url(url, prefix=prefix)
+        if request.param == "cluster":
+            # The first operation discovers the cluster's topology: let a busy CI machine
+            # take its time, this suite is not about speed.
+            redis = RedisCache.from_url(
+                request.getfixturevalue("redis_cluster").url,
+                prefix=request.getfixturevalue("cluster_prefix"),
+                cluster=True,
+                read_timeout=1.0,
+                write_timeout=1.0,
+            )
+        else:
+            url: str = request.getfixturevalue("redis_url")
+            prefix: str = request.getfixturevalue("redis_prefix")
+            redis = RedisCache.from_url(url, prefix=prefix)
         yield Harness(redis, settle=redis.flush)
         await redis.aclose()
         await redis.aclose()  # idempotent

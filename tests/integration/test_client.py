@@ -445,7 +445,8 @@ async def test_a_closed_client_refuses_calls_and_closing_twice_is_fine(client: C
         {"endpoints": [Endpoint("a", "http://x")], "base_url": "http://y"},
         {"cache": "memory"},
         {"ttl": 0},
-        {"auto_cache_control": True},
+        {"auto_cache_control": "yes"},
+        {"prices": {}},
     ],
 )
 def test_bad_configuration(kwargs: dict[str, Any]) -> None:

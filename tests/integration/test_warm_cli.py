@@ -16,6 +16,7 @@ from limpet.testing import FakeGateway
 from tests.redis_servers import free_port
 
 MODEL = "openai/gpt-5-mini"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def ask(text: str, **params: Any) -> dict[str, Any]:
@@ -140,7 +141,7 @@ async def test_limpet_bench_needs_a_source_checkout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2] / "src"))
+    monkeypatch.setenv("PYTHONPATH", SRC)
     code, _, err = await limpet("bench")
     assert code == 2
     assert "source checkout" in err

@@ -22,16 +22,17 @@ from limpet.models import Usage
 __all__ = ["ENTRY_FORMAT", "CacheBackend", "CacheEntry", "EntryCodec"]
 
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
-ENTRY_FORMAT = 1
+#: 2: usage gained ``cache_write_1h_tokens``.
+ENTRY_FORMAT = 2
 
 _UNSIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 0))
 _SIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 1))
 _HEADER_SIZE = len(_UNSIGNED_HEADER)
 _MAC_SIZE = 32
-# prompt, completion, cached, cache-write, reasoning tokens; cost (NaN: unknown);
+# prompt, completion, cached, cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown);
 # created_at, expires_at; endpoint name length; body length. Then the endpoint name, the
 # body's JSON and, for a streamed answer, its chunking's JSON.
-_META = struct.Struct("<5Q3dHI")
+_META = struct.Struct("<6Q3dHI")
 
 
 @runtime_checkable
@@ -111,6 +112,7 @@ class EntryCodec:
                 u.cached_tokens,
                 u.cache_write_tokens,
                 u.reasoning_tokens,
+                u.cache_write_1h_tokens,
                 math.nan if entry.cost_usd is None else entry.cost_usd,
                 entry.created_at,
                 entry.expires_at,
@@ -149,6 +151,7 @@ class EntryCodec:
                 cached,
                 written,
                 reasoning,
+                written_1h,
                 cost,
                 created,
                 expires,
@@ -165,7 +168,7 @@ class EntryCodec:
             raise CacheCorruptError("entry body is not an object")
         return CacheEntry(
             body,
-            Usage(prompt, completion, cached, written, reasoning),
+            Usage(prompt, completion, cached, written, reasoning, written_1h),
             None if cost != cost else cost,
             endpoint,
             created,

@@ -4,7 +4,12 @@ A cache must never make a call slower than having no cache, so every operation h
 bounded: reads by ``read_timeout`` (50 ms), writes by ``write_timeout`` (100 ms), and a
 circuit breaker stops calling a Redis that keeps failing, so an outage costs three
 timeouts, not one per call. Writes never wait at all: ``set()`` queues the value and a
-single background writer sends queued values in pipelined batches.
+background writer sends it (``redis_writes.WriteQueue``).
+
+The same cache runs on one server or on a Redis Cluster. On a cluster every key carries
+a hash tag, so that each operation stays on one slot: an entry and its flight lease
+(which one Lua script touches) share the cache key as their tag, and every generation
+counter shares the tag ``{gen}`` (read together in one MGET).
 
 Every failure leaves as ``CacheUnavailableError`` (with the redis-py or OS error as its
 ``__cause__``); falling through to another tier is ``TieredCache``'s job, not this one's.
@@ -13,24 +18,24 @@ Every failure leaves as ``CacheUnavailableError`` (with the redis-py or OS error
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import MaxConnectionsError, RedisClusterException
 
 from limpet.cache.breaker import BreakerState, CircuitBreaker
 from limpet.cache.redis_flight import RedisFlightStore
+from limpet.cache.redis_writes import RedisClient, WriteQueue, redis_replied
 from limpet.errors import CacheUnavailableError, ConfigurationError
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PENDING_WRITES",
@@ -38,9 +43,8 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_WRITE_TIMEOUT",
     "RedisCache",
+    "RedisClient",
 ]
-
-logger = logging.getLogger("limpet.cache")
 
 DEFAULT_PREFIX = "limpet:"
 DEFAULT_READ_TIMEOUT = 0.050
@@ -49,15 +53,13 @@ DEFAULT_MAX_PENDING_WRITES = 1_000
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_CLOSE_TIMEOUT = 5.0
 
-# Enough to amortise a round trip, small enough that one batch fits in a write timeout.
-_WRITE_BATCH = 64
+#: URL schemes that mean a Redis Cluster: ``redis+cluster://host:port`` is a seed node.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
 # SCAN hint for clear(): large enough to be quick, small enough to keep each step short.
 _SCAN_COUNT = 1_000
-_GENERATION_NAMESPACE = "gen:"
 
 _T = TypeVar("_T")
-# A queued write: the value (None deletes the key) and its monotonic expiry time.
-_Write = tuple[bytes | None, float]
 
 
 class RedisCache:
@@ -76,22 +78,34 @@ class RedisCache:
     While the circuit breaker is open every operation raises ``CacheUnavailableError``
     at once, without touching the network; after its cool-down one operation probes.
 
+    **Redis Cluster**: ``RedisCache.from_url("redis+cluster://node:6379")`` (or
+    ``cluster=True`` with a ``redis://`` URL, or a ``redis.asyncio.cluster.RedisCluster``
+    as ``client``). The URL names one seed node; the client finds the others. Keys carry
+    hash tags (``prefix{key}``, ``prefix lock:{key}``, ``prefix{gen}:name``), so the
+    same ``prefix`` lays keys out differently on a cluster than on one server. One
+    breaker covers the whole cluster, and ``max_connections`` is per node: a call that
+    finds every connection to its node busy is a miss at once, not a wait.
+
     Ownership: a cache built from a URL owns its connection pool and ``aclose()`` closes
     it. A ``client`` you pass in is lent: ``aclose()`` flushes pending writes but leaves
     the client open for you to close. Such a client keeps its own socket timeouts and
     retry policy; the per-operation timeouts here apply all the same.
 
     Args:
-        url: ``redis://[[user]:[password]@]host:6379/0``, ``rediss://...`` or
-            ``unix:///path.sock?db=0``; query-string options reach redis-py's pool.
-        client: a ``redis.asyncio.Redis`` to use instead of a URL (not closed by us).
-            It must not decode responses.
+        url: ``redis://[[user]:[password]@]host:6379/0``, ``rediss://...``,
+            ``unix:///path.sock?db=0``, or for a cluster ``redis+cluster://host:6379`` /
+            ``rediss+cluster://...``; query-string options reach redis-py's pool.
+        client: a ``redis.asyncio.Redis`` or ``RedisCluster`` to use instead of a URL (not
+            closed by us). It must not decode responses.
+        cluster: treat ``url`` as a seed node of a Redis Cluster (implied by a
+            ``+cluster`` scheme or a ``RedisCluster`` client).
         prefix: prepended to every key this cache writes; must not be empty.
         read_timeout: seconds a read (GET, MGET) may take, connecting included.
         write_timeout: seconds a write (a batch of SETs, DEL, INCR, a SCAN step) may take.
         max_pending_writes: queued writes beyond which new writes are dropped.
-        max_connections: size of the connection pool built from ``url``; a call that finds
-            every connection busy waits for one within its own timeout.
+        max_connections: size of the connection pool built from ``url`` (per node on a
+            cluster); on one server a call that finds every connection busy waits for
+            one within its own timeout.
         close_timeout: seconds ``aclose()`` waits for pending writes before dropping them.
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
 
@@ -102,24 +116,22 @@ class RedisCache:
     Example:
         >>> cache = TieredCache(MemoryCache(), RedisCache.from_url("redis://cache:6379/0"))
         >>> client = Client(cache=cache)
+        >>> shared = RedisCache.from_url("redis+cluster://cache-0.internal:6379")
     """
 
     __slots__ = (
         "_client",
         "_closed",
-        "_dropped_writes",
-        "_failed_writes",
         "_flights",
-        "_inflight",
+        "_generation_prefix",
         "_owns_client",
-        "_pending",
+        "_tag_close",
+        "_tag_open",
         "_where",
-        "_write_failing",
-        "_writer",
-        "_writing",
+        "_writes",
         "breaker",
         "close_timeout",
-        "max_pending_writes",
+        "cluster",
         "prefix",
         "read_timeout",
         "write_timeout",
@@ -129,7 +141,8 @@ class RedisCache:
         self,
         *,
         url: str | None = None,
-        client: Redis | None = None,
+        client: RedisClient | None = None,
+        cluster: bool = False,
         prefix: str = DEFAULT_PREFIX,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
@@ -156,48 +169,56 @@ class RedisCache:
         ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigurationError(f"RedisCache.{name}: expected an int >= 1, got {count!r}")
+        if not isinstance(cluster, bool):
+            raise ConfigurationError(f"RedisCache.cluster: expected a bool, got {cluster!r}")
         if (url is None) == (client is None):
             raise ConfigurationError("RedisCache: pass exactly one of url= or client=")
 
         if client is not None:
-            if not isinstance(client, Redis):
+            if not isinstance(client, Redis | RedisCluster):
                 raise ConfigurationError(
-                    "RedisCache.client: expected a redis.asyncio.Redis, "
+                    "RedisCache.client: expected a redis.asyncio.Redis or RedisCluster, "
                     f"got {type(client).__name__}"
                 )
-            if client.connection_pool.connection_kwargs.get("decode_responses"):
+            if client.get_encoder().decode_responses:
                 raise ConfigurationError(
                     "RedisCache.client: the client decodes responses; the cache stores bytes"
+                )
+            if cluster and not isinstance(client, RedisCluster):
+                raise ConfigurationError(
+                    "RedisCache.cluster: the client is a plain Redis, not a RedisCluster"
                 )
             self._owns_client = False
         else:
             assert url is not None
             client = _client_from_url(
                 url,
-                socket_timeout=max(read_timeout, write_timeout),
+                cluster=cluster,
+                connect_timeout=max(read_timeout, write_timeout),
                 max_connections=max_connections,
             )
             self._owns_client = True
-        self._client: Redis = client
+        self._client: RedisClient = client
         self._where = _describe_server(client)
 
+        #: Whether this cache talks to a Redis Cluster (and tags its keys for one).
+        self.cluster = isinstance(client, RedisCluster)
         self.prefix = prefix
+        # Entry key: prefix + open + key + close; the hash tag is the cache key itself.
+        self._tag_open, self._tag_close = ("{", "}") if self.cluster else ("", "")
+        self._generation_prefix = prefix + ("{gen}:" if self.cluster else "gen:")
         self.read_timeout = float(read_timeout)
         self.write_timeout = float(write_timeout)
-        self.max_pending_writes = max_pending_writes
         self.close_timeout = float(close_timeout)
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._closed = False
-        self._dropped_writes = 0
-        self._failed_writes = 0
-        self._write_failing = False
-        # Writes waiting for the writer, oldest first, keyed by the full Redis key so a
-        # newer value for a key replaces an older one that was never sent.
-        self._pending: OrderedDict[str, _Write] = OrderedDict()
-        # The batch the writer is sending now, and an event set when it is done.
-        self._writing: dict[str, _Write] = {}
-        self._inflight: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writes = WriteQueue(
+            client,
+            self.breaker,
+            timeout=self.write_timeout,
+            max_pending=max_pending_writes,
+            where=self._where,
+        )
         self._flights: RedisFlightStore | None = None
 
     @classmethod
@@ -205,6 +226,7 @@ class RedisCache:
         cls,
         url: str,
         *,
+        cluster: bool = False,
         prefix: str = DEFAULT_PREFIX,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
@@ -217,9 +239,11 @@ class RedisCache:
 
         Example:
             >>> cache = RedisCache.from_url("redis://localhost:6379/0", prefix="myapp:")
+            >>> shared = RedisCache.from_url("redis+cluster://10.0.0.5:6379")
         """
         return cls(
             url=url,
+            cluster=cluster,
             prefix=prefix,
             read_timeout=read_timeout,
             write_timeout=write_timeout,
@@ -242,11 +266,13 @@ class RedisCache:
         await self.aclose()
 
     @property
-    def redis(self) -> Redis:
-        """The ``redis.asyncio`` client, for limpet's other uses of the same Redis.
+    def redis(self) -> RedisClient:
+        """The ``redis.asyncio`` client (a ``RedisCluster`` on a cluster), for limpet's
+        other uses of the same Redis.
 
-        Call it through ``run()`` so the breaker and timeouts apply; it is closed with the
-        cache when the cache owns it.
+        Call it through ``run()`` so the breaker and timeouts apply, and name keys with
+        ``redis_key()`` and ``lock_key()`` so they land on the right slot; it is closed
+        with the cache when the cache owns it.
         """
         return self._client
 
@@ -259,8 +285,19 @@ class RedisCache:
         return self._flights
 
     def redis_key(self, key: str) -> str:
-        """The Redis key under which this cache stores ``key`` (``prefix + key``)."""
-        return self.prefix + key
+        """The Redis key under which this cache stores ``key``: ``prefix + key``, or on a
+        cluster ``prefix + "{" + key + "}"``."""
+        return self.prefix + self._tag_open + key + self._tag_close
+
+    def lock_key(self, key: str) -> str:
+        """The Redis key of ``key``'s single-flight lease: ``prefix + "lock:" + key``, or
+        on a cluster ``prefix + "lock:{" + key + "}"``, in the same slot as its entry."""
+        return self.prefix + "lock:" + self._tag_open + key + self._tag_close
+
+    def generation_key(self, name: str) -> str:
+        """The Redis key of generation ``name``: ``prefix + "gen:" + name``, or on a
+        cluster ``prefix + "{gen}:" + name`` (every generation in one slot)."""
+        return self._generation_prefix + name
 
     @property
     def breaker_state(self) -> BreakerState:
@@ -270,17 +307,17 @@ class RedisCache:
     @property
     def pending_writes(self) -> int:
         """Writes queued or being sent."""
-        return len(self._pending) + len(self._writing)
+        return len(self._writes)
 
     @property
     def dropped_writes(self) -> int:
         """Writes never attempted: the queue was full, or ``aclose()`` ran out of time."""
-        return self._dropped_writes
+        return self._writes.dropped
 
     @property
     def failed_writes(self) -> int:
         """Writes attempted that did not land: Redis refused them, was down, or too slow."""
-        return self._failed_writes
+        return self._writes.failed
 
     async def get(self, key: str) -> bytes | None:
         """The value under ``key``, or None.
@@ -288,13 +325,13 @@ class RedisCache:
         Raises:
             CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
         """
-        full = self.prefix + key
-        queued = self._pending.get(full) or self._writing.get(full)
+        full = self.prefix + self._tag_open + key + self._tag_close
+        queued = self._writes.queued(full)
         if queued is not None:
             # Not written yet, but this process already knows the answer.
             value, expires_at = queued
             return value if expires_at > time.monotonic() else None
-        data = await self.run("GET", self.read_timeout, lambda: self._client.get(full))
+        data = await self.run("GET", self.read_timeout, partial(self._client.get, full))
         if data is not None and not isinstance(data, bytes):
             raise CacheUnavailableError(f"redis GET returned {type(data).__name__}, not bytes")
         return data
@@ -311,18 +348,7 @@ class RedisCache:
         self._check_open()
         if self.breaker.state == "open":
             raise CacheUnavailableError(f"redis SET skipped: circuit breaker open ({self._where})")
-        full = self.prefix + key
-        pending = self._pending
-        if full not in pending and len(pending) >= self.max_pending_writes:
-            self._dropped_writes += 1
-            return
-        expires_at = time.monotonic() + ttl
-        pending[full] = (value if ttl > 0 else None, expires_at)
-        pending.move_to_end(full)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(
-                self._drain(), name="limpet-redis-writer"
-            )
+        self._writes.put(self.redis_key(key), value, ttl)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``, and any write of it still queued.
@@ -331,16 +357,14 @@ class RedisCache:
             CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
         """
         self._check_open()
-        full = self.prefix + key
-        self._pending.pop(full, None)
-        if full in self._writing:
-            # Else the batch in flight could land after the DEL and revive the key.
-            await self._await_inflight()
-        await self.run("DEL", self.write_timeout, lambda: self._client.delete(full))
+        full = self.redis_key(key)
+        # Else a write in flight could land after the DEL and revive the key.
+        await self._writes.discard(full)
+        await self.run("DEL", self.write_timeout, partial(self._client.delete, full))
 
     async def clear(self) -> None:
-        """Remove every key under ``prefix`` (SCAN + UNLINK: an admin operation, not for
-        the hot path), and every queued write.
+        """Remove every key under ``prefix`` (SCAN + UNLINK, on every primary of a
+        cluster: an admin operation, not for the hot path), and every queued write.
 
         Generation counters are kept: resetting one to 0 could make an entry that another
         process still holds under an old generation valid again.
@@ -349,22 +373,22 @@ class RedisCache:
             CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
         """
         self._check_open()
-        self._pending.clear()
-        await self._await_inflight()
+        await self._writes.discard_all()
         pattern = _glob_escape(self.prefix) + "*"
-        keep = (self.prefix + _GENERATION_NAMESPACE).encode()
-        cursor = 0
-        while True:
-            cursor, keys = await self.run(
-                "SCAN",
-                self.write_timeout,
-                partial(self._client.scan, cursor, match=pattern, count=_SCAN_COUNT),
-            )
-            doomed = [k for k in keys if not _as_bytes(k).startswith(keep)]
-            if doomed:
-                await self.run("UNLINK", self.write_timeout, partial(self._client.unlink, *doomed))
-            if cursor == 0:
-                return
+        keep = self._generation_prefix.encode()
+        for node in await self._primaries():
+            cursor = 0
+            while True:
+                cursor, keys = await self.run(
+                    "SCAN", self.write_timeout, partial(self._scan, node, cursor, pattern)
+                )
+                doomed = [k for k in keys if not _as_bytes(k).startswith(keep)]
+                if doomed:
+                    await self.run(
+                        "UNLINK", self.write_timeout, partial(self._client.unlink, *doomed)
+                    )
+                if cursor == 0:
+                    break
 
     async def generations(self, names: Sequence[str]) -> list[int]:
         """The current generation of each name (0 when never bumped), in one MGET.
@@ -376,8 +400,8 @@ class RedisCache:
         if not names:
             return []
         self._check_open()
-        keys = [self.prefix + _GENERATION_NAMESPACE + name for name in names]
-        values = await self.run("MGET", self.read_timeout, lambda: self._client.mget(keys))
+        keys = [self._generation_prefix + name for name in names]
+        values = await self.run("MGET", self.read_timeout, partial(self._client.mget, keys))
         result = []
         for name, value in zip(names, values, strict=True):
             try:
@@ -398,14 +422,13 @@ class RedisCache:
             CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
         """
         self._check_open()
-        key = self.prefix + _GENERATION_NAMESPACE + name
-        return await self.run("INCR", self.write_timeout, lambda: self._client.incr(key))
+        key = self._generation_prefix + name
+        result: int = await self.run("INCR", self.write_timeout, partial(self._client.incr, key))
+        return result
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent (or has failed)."""
-        while (writer := self._writer) is not None and not writer.done():
-            # Shielded: a caller that gives up waiting must not cancel everyone's writes.
-            await asyncio.shield(writer)
+        await self._writes.flush()
 
     async def aclose(self) -> None:
         """Send pending writes (for at most ``close_timeout``), then close the connection
@@ -415,22 +438,8 @@ class RedisCache:
             return
         self._closed = True
         try:
-            async with asyncio.timeout(self.close_timeout):
-                await self.flush()
-        except TimeoutError:
-            logger.warning(
-                "limpet cache: %d writes to redis at %s dropped on close after %.1f s",
-                self.pending_writes,
-                self._where,
-                self.close_timeout,
-            )
+            await self._writes.close(self.close_timeout)
         finally:
-            writer, self._writer = self._writer, None
-            if writer is not None and not writer.done():
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
-            self._dropped_writes += len(self._pending)
-            self._pending.clear()
             flights, self._flights = self._flights, None
             if flights is not None:
                 await flights.aclose()
@@ -462,143 +471,111 @@ class RedisCache:
                 out or failed, or Redis answered with an error (which does not count
                 against the breaker: Redis is up).
         """
-        self._check_open()
-        if not self.breaker.allow():
+        if self._closed:
+            raise CacheUnavailableError(f"RedisCache for {self._where} is closed")
+        breaker = self.breaker
+        if not breaker.allow():
             raise CacheUnavailableError(
                 f"redis {command} skipped: circuit breaker open ({self._where})"
             )
-        epoch = self.breaker.epoch
+        epoch = breaker.epoch
         try:
             async with asyncio.timeout(budget):
                 result = await call()
-        except ResponseError as exc:
-            # Redis answered (OOM, WRONGTYPE, ...): it is up, so this must not open the
-            # breaker and turn a refused write into an outage for reads too.
-            self.breaker.record_success(epoch)
-            raise CacheUnavailableError(f"redis {command} refused ({self._where}): {exc}") from exc
         except TimeoutError as exc:
-            self.breaker.record_failure(epoch)
+            breaker.record_failure(epoch)
             raise CacheUnavailableError(
                 f"redis {command} timed out after {budget * 1000:.0f} ms ({self._where})"
             ) from exc
+        except MaxConnectionsError as exc:
+            # A cluster node's pool is full: this process is busy, Redis is not down.
+            breaker.release(epoch)
+            raise CacheUnavailableError(
+                f"redis {command}: no free connection ({self._where})"
+            ) from exc
         except Exception as exc:
+            if redis_replied(exc):
+                # Redis answered (OOM, WRONGTYPE, ...): it is up, so this must not open
+                # the breaker and turn a refused write into an outage for reads too.
+                breaker.record_success(epoch)
+                raise CacheUnavailableError(
+                    f"redis {command} refused ({self._where}): {exc}"
+                ) from exc
             # RedisError and OSError mostly, but redis-py can surface other errors when a
             # connection is torn down mid-command; only CacheUnavailableError may leave.
-            self.breaker.record_failure(epoch)
+            breaker.record_failure(epoch)
             raise CacheUnavailableError(f"redis {command} failed ({self._where}): {exc}") from exc
         except BaseException:
             # Cancelled by our caller: says nothing about Redis.
-            self.breaker.release(epoch)
+            breaker.release(epoch)
             raise
-        self.breaker.record_success(epoch)
+        breaker.record_success(epoch)
         return result
 
     def _check_open(self) -> None:
         if self._closed:
             raise CacheUnavailableError(f"RedisCache for {self._where} is closed")
 
-    async def _await_inflight(self) -> None:
-        done = self._inflight
-        if done is None:
-            return
-        try:
-            # The batch is bounded by write_timeout; waiting on it is too.
-            async with asyncio.timeout(self.write_timeout * 2):
-                await done.wait()
-        except TimeoutError as exc:
-            raise CacheUnavailableError(
-                f"redis write in flight did not finish ({self._where})"
-            ) from exc
+    async def _primaries(self) -> list[ClusterNode | None]:
+        """Where ``clear()`` scans: every primary of a cluster, or the one server (None)."""
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return [None]
+        # The node map is known only once the client has asked the cluster for it.
+        await self.run("CLUSTER SLOTS", self.write_timeout, client.initialize)
+        return list(client.get_primaries())
 
-    async def _drain(self) -> None:
-        """The background writer: send queued writes in batches until none are left."""
-        pending = self._pending
-        while pending:
-            batch = [pending.popitem(last=False) for _ in range(min(len(pending), _WRITE_BATCH))]
-            self._writing = dict(batch)
-            self._inflight = done = asyncio.Event()
-            try:
-                await self._write_batch(batch)
-            finally:
-                self._writing = {}
-                self._inflight = None
-                done.set()
-
-    async def _write_batch(self, batch: list[tuple[str, _Write]]) -> None:
-        if not self.breaker.allow():
-            self._failed_writes += len(batch)
-            return
-        epoch = self.breaker.epoch
-        now = time.monotonic()
-        try:
-            async with asyncio.timeout(self.write_timeout):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for key, (value, expires_at) in batch:
-                        if value is None or expires_at <= now:
-                            pipe.delete(key)
-                        elif expires_at == math.inf:
-                            pipe.set(key, value)
-                        else:
-                            # Redis-native TTL: the entry cannot outlive its TTL even if no
-                            # process ever reads it again. Rounded up: PX 0 is an error.
-                            pipe.set(key, value, px=math.ceil((expires_at - now) * 1000))
-                    results = await pipe.execute(raise_on_error=False)
-        except asyncio.CancelledError:
-            self.breaker.release(epoch)
-            raise
-        except Exception as exc:
-            self.breaker.record_failure(epoch)
-            self._failed_writes += len(batch)
-            self._write_fault(len(batch), exc)
-            return
-        # Redis answered, even if it refused some commands (OOM): it is up.
-        self.breaker.record_success(epoch)
-        refused = [r for r in results if isinstance(r, Exception)]
-        if refused:
-            self._failed_writes += len(refused)
-            self._write_fault(len(refused), refused[0])
-        elif self._write_failing:
-            self._write_failing = False
-            logger.info("limpet cache: writes to redis at %s resumed", self._where)
-
-    def _write_fault(self, count: int, exc: BaseException) -> None:
-        # No caller sees a background write fail, so this is the one place it is told.
-        if not self._write_failing:
-            self._write_failing = True
-            reason = (
-                "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+    async def _scan(
+        self, node: ClusterNode | None, cursor: int, pattern: str
+    ) -> tuple[int, list[Any]]:
+        client = self._client
+        if node is None or not isinstance(client, RedisCluster):
+            assert isinstance(client, Redis)
+            step: tuple[int, list[Any]] = await client.scan(
+                cursor, match=pattern, count=_SCAN_COUNT
             )
-            logger.warning(
-                "limpet cache: %d writes to redis at %s failed (logged once per outage): %s",
-                count,
-                self._where,
-                reason,
-            )
+            return step
+        # A cluster client answers a SCAN with a cursor per node it asked.
+        reply: Any = await client.scan(cursor, match=pattern, count=_SCAN_COUNT, target_nodes=node)
+        cursors, keys = reply
+        return int(cursors[node.name]), list(keys)
 
 
-def _client_from_url(url: str, *, socket_timeout: float, max_connections: int) -> Redis:
+def _client_from_url(
+    url: str, *, cluster: bool, connect_timeout: float, max_connections: int
+) -> RedisClient:
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in CLUSTER_SCHEMES:
+        url = CLUSTER_SCHEMES[scheme.lower()] + "://" + rest
+        cluster = True
+    options: dict[str, Any] = {
+        # Bounds the awaits redis-py makes outside an operation (closing a connection).
+        "socket_connect_timeout": connect_timeout,
+        # No socket_timeout: every command already runs under an asyncio timeout here,
+        # and with one redis-py wraps each send in asyncio.wait_for, which on Python 3.11
+        # can swallow a cancellation that races the send (CPython gh-86296): a cancelled
+        # task would carry on, and whoever awaits it would wait forever.
+        "socket_timeout": None,
+        # No retries: a retry cannot fit in a 50 ms budget, and recovery is the breaker's.
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": max_connections,
+    }
     try:
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            # The caller's own timeout bounds the wait for a free connection.
-            timeout=None,
-            # Socket timeouts are a second line behind the per-operation asyncio timeouts,
-            # for the awaits redis-py makes outside an operation (closing, health checks).
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            # No retries: a retry cannot fit in a 50 ms budget, and recovery is the
-            # breaker's job.
-            retry=Retry(NoBackoff(), 0),
-        )
-    except (ValueError, TypeError) as exc:
+        if cluster:
+            return RedisCluster.from_url(url, **options)
+        # The caller's own timeout bounds the wait for a free connection.
+        pool = BlockingConnectionPool.from_url(url, timeout=None, **options)
+    except (ValueError, TypeError, RedisClusterException) as exc:
         # redis-py's messages quote the scheme or option, never the URL's password.
         raise ConfigurationError(f"RedisCache.url: {exc}") from exc
     return Redis.from_pool(pool)
 
 
-def _describe_server(client: Redis) -> str:
-    """``host:port/db`` or ``unix:path/db``; never credentials."""
+def _describe_server(client: RedisClient) -> str:
+    """``host:port/db``, ``unix:path/db`` or ``cluster:host:port``; never credentials."""
+    if isinstance(client, RedisCluster):
+        seeds = client.nodes_manager.startup_nodes
+        return "cluster:" + (next(iter(seeds)) if seeds else "?")
     kwargs = client.connection_pool.connection_kwargs
     db = kwargs.get("db", 0)
     path = kwargs.get("path")

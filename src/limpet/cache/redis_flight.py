@@ -84,7 +84,8 @@ class RedisFlightStore:
         self._subscribing: asyncio.Lock | None = None
 
     def _lock_key(self, key: str) -> str:
-        return self._cache.redis_key("lock:" + key)
+        # In the entry's slot on a cluster: the release script touches both.
+        return self._cache.lock_key(key)
 
     async def acquire(self, key: str, token: str, lease: float) -> bool:
         cache, lock = self._cache, self._lock_key(key)

@@ -16,7 +16,12 @@ from limpet.testing.faults import (
     StreamErrorFault,
     WrongShapeFault,
 )
-from limpet.testing.provider_cache import NoPromptCache, PromptCacheModel, PromptCacheResult
+from limpet.testing.provider_cache import (
+    NoPromptCache,
+    PromptCacheModel,
+    PromptCacheResult,
+    cached_latency,
+)
 
 __all__ = ["FakeEndpoint"]
 
@@ -244,10 +249,10 @@ class FakeEndpoint:
     def latency_for(self, cache: PromptCacheResult, prompt_tokens: int) -> float:
         """Seconds to wait before answering a request that met the prompt cache so.
 
-        Real providers answer a cached prefix faster; a prompt-cache simulation makes this
-        depend on ``cache``. For now every answer waits ``latency``.
+        Real providers answer a cached prefix faster: ``latency``, less up to 80% of it in
+        proportion to the prompt read from the cache (``cached_latency``).
         """
-        return self.latency
+        return cached_latency(self.latency, cache, prompt_tokens)
 
     def take_fault(self) -> Fault | None:
         """Remove and return the next queued fault; the gateway calls this once per request."""

@@ -31,6 +31,7 @@ from limpet.testing.faults import (
     StreamErrorFault,
     WrongShapeFault,
 )
+from limpet.testing.native import add_native_routes
 from limpet.testing.provider_cache import PromptCacheModel
 from limpet.testing.responses import (
     bad_body,
@@ -79,6 +80,7 @@ class FakeGateway:
         models: the ``/models`` catalogue and price table; ``DEFAULT_MODELS`` when None.
             Models missing from it are still answered, priced at ``UNKNOWN_MODEL_PRICE``.
         prompt_cache: makes each endpoint's prompt-cache model; none caches by default.
+            Pass ``ProviderPromptCache`` for the providers' own rules, one cache each.
         clock: Unix time, for ``created`` and prompt-cache TTLs; inject one to control it.
 
     Attributes:
@@ -156,6 +158,7 @@ class FakeGateway:
         app = web.Application(middlewares=[error_bodies], client_max_size=_MAX_BODY_BYTES)
         app.router.add_post("/{endpoint}/v1/chat/completions", self._chat)
         app.router.add_get("/{endpoint}/v1/models", self._list_models)
+        add_native_routes(app, self)  # Anthropic Messages, Gemini cachedContents
         # handler_cancellation: a client that hangs up stops the work, as with a real server.
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE
@@ -247,9 +250,7 @@ class FakeGateway:
         finally:
             endpoint.in_flight -= 1
 
-    async def _serve_chat(
-        self, request: web.Request, endpoint: FakeEndpoint
-    ) -> web.StreamResponse:
+    async def _serve_chat(self, request: web.Request, endpoint: FakeEndpoint) -> web.StreamResponse:
         endpoint.calls += 1
         headers = request.headers.copy()
         if "Authorization" in headers:

@@ -1,0 +1,129 @@
+"""Passive endpoint health: eject an endpoint after consecutive failures, probe it back. Pure.
+
+No health checks are sent: the calls themselves are the signal. An endpoint is
+
+- ``healthy``: routed to; each failure adds one to a count that any success resets;
+- ``ejected``: after ``failure_threshold`` consecutive failures, for a cool-down (or the
+  server's ``Retry-After``, when longer); its keys go to the next endpoint of their own
+  ranking, the same one in every process;
+- ``half_open``: after the cool-down, one call at a time is let through as a probe: a
+  success makes it healthy (its keys come back), a failure ejects it again for twice the
+  cool-down, up to a maximum.
+
+A single error never ejects, so it never moves a key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from limpet.errors import APIConnectionError, APIError, APIResponseError, APIStatusError
+
+__all__ = ["EndpointHealth", "HealthState", "is_endpoint_fault", "retry_after_of"]
+
+HealthState = Literal["healthy", "ejected", "half_open"]
+
+#: Statuses that say the endpoint (its key, credits or provider) is at fault, not the
+#: request: rate limits, timeouts, auth and billing trouble, and every 5xx.
+_ENDPOINT_STATUSES = frozenset({401, 402, 403, 408, 409, 429})
+
+
+def is_endpoint_fault(exc: BaseException) -> bool:
+    """True for failures that count against an endpoint's health.
+
+    Connection errors, timeouts, 429, 5xx and the like do; a bad request (400, 404, 422)
+    says nothing about the endpoint, nor does a cancelled call.
+    """
+    if isinstance(exc, APIStatusError):
+        return exc.status_code in _ENDPOINT_STATUSES or exc.status_code >= 500
+    return isinstance(exc, APIConnectionError | APIResponseError)
+
+
+class EndpointHealth:
+    """The health of one endpoint, driven by call outcomes and a clock the caller passes.
+
+    Example:
+        >>> health = EndpointHealth(failure_threshold=2, cooldown=30.0, max_cooldown=300.0)
+        >>> health.failed(now=0.0), health.failed(now=1.0)
+        (False, True)
+        >>> health.state(now=2.0), health.state(now=31.0)
+        ('ejected', 'half_open')
+    """
+
+    __slots__ = (
+        "_base_cooldown",
+        "_max_cooldown",
+        "cooldown",
+        "ejected_until",
+        "ejections",
+        "failure_threshold",
+        "failures",
+        "probing",
+    )
+
+    def __init__(self, *, failure_threshold: int, cooldown: float, max_cooldown: float) -> None:
+        self.failure_threshold = failure_threshold
+        self._base_cooldown = cooldown
+        self._max_cooldown = max_cooldown
+        self.cooldown = cooldown
+        self.failures = 0
+        # 0.0 while healthy; else when the cool-down ends (half-open from then on).
+        self.ejected_until = 0.0
+        self.probing = False
+        self.ejections = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"EndpointHealth(failures={self.failures}, ejected_until={self.ejected_until:g}, "
+            f"probing={self.probing})"
+        )
+
+    def state(self, now: float) -> HealthState:
+        if not self.ejected_until:
+            return "healthy"
+        return "ejected" if now < self.ejected_until else "half_open"
+
+    def available(self, now: float) -> bool:
+        """True when a call may be routed here now: healthy, or half-open with no probe
+        in flight."""
+        if not self.ejected_until:
+            return True
+        return now >= self.ejected_until and not self.probing
+
+    def begin(self, now: float) -> bool:
+        """A call starts; returns True when it is the half-open probe."""
+        if self.ejected_until and now >= self.ejected_until and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def succeeded(self) -> bool:
+        """A call succeeded; returns True when that brought the endpoint back."""
+        recovered = bool(self.ejected_until)
+        self.failures = 0
+        self.ejected_until = 0.0
+        self.probing = False
+        self.cooldown = self._base_cooldown
+        return recovered
+
+    def failed(self, now: float, retry_after: float | None = None) -> bool:
+        """A call failed at the endpoint's fault; returns True when that ejected it."""
+        self.failures += 1
+        probe, self.probing = self.probing, False
+        if probe:
+            self.cooldown = min(self.cooldown * 2, self._max_cooldown)
+        elif self.ejected_until or self.failures < self.failure_threshold:
+            # Already ejected (a last-resort call failed too), or not yet enough failures.
+            return False
+        self.ejected_until = now + max(self.cooldown, retry_after or 0.0)
+        self.ejections += 1
+        return True
+
+    def released(self) -> None:
+        """A call ended without a verdict (cancelled, or the request's own fault)."""
+        self.probing = False
+
+
+def retry_after_of(exc: APIError) -> float | None:
+    """The wait an error asked for, if any."""
+    return exc.retry_after if isinstance(exc, APIStatusError) else None

@@ -1,0 +1,123 @@
+"""Client(auto_cache_control=True) and Completion.cost against the FakeGateway's provider
+prompt-cache simulation."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from limpet import CacheStatus, Client, Endpoint
+from limpet.pricing import ModelPrices, PriceTable, cost_usd, prompt_cache_savings
+from limpet.prompt_cache import CacheControlConfig
+from limpet.testing import FakeGateway
+from limpet.testing.provider_cache import ProviderPromptCache
+
+MODEL = "anthropic/claude-sonnet-4.6"
+MANUAL = "Limpets cling to rocks with a muscular foot. " * 120
+
+
+def ask(question: str) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "temperature": 0,
+        "max_tokens": 64,
+        "messages": [
+            {"role": "system", "content": MANUAL},
+            {"role": "user", "content": question},
+        ],
+    }
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",), prompt_cache=ProviderPromptCache) as gw:
+        yield gw
+
+
+def client_for(gateway: FakeGateway, **kwargs: Any) -> Client:
+    return Client(endpoints=[Endpoint("a", gateway.base_url("a"))], **kwargs)
+
+
+async def test_marked_prefixes_are_read_from_the_provider_cache(gateway: FakeGateway) -> None:
+    first_body, second_body = ask("What holds a limpet on?"), ask("What do limpets eat?")
+    before = copy.deepcopy(first_body)
+    async with client_for(gateway, auto_cache_control=True) as client:
+        first = await client.complete(**first_body)
+        second = await client.complete(**second_body)
+        again = await client.complete(**second_body)
+    assert first_body == before  # the caller's request is never marked
+    sent = gateway.endpoint("a").requests[0]
+    assert sent["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert first.usage.cache_write_tokens > 1024 and first.usage.cached_tokens == 0
+    assert second.usage.cached_tokens == first.usage.cache_write_tokens
+    assert first.cost is not None and second.cost is not None and again.cost is not None
+    # A write costs a premium; a read saves 90% of the prefix's input price.
+    assert first.cost.saved_usd == pytest.approx(-first.usage.cache_write_tokens * 0.75e-6)
+    assert second.cost.saved_usd == pytest.approx(second.usage.cached_tokens * 2.7e-6)
+    assert again.cache is CacheStatus.HIT
+    assert (again.cost.usd, again.cost.saved_usd) == (0.0, second.cost.usd)
+    stats = client.stats
+    assert stats.cost_usd == pytest.approx(first.cost.usd + second.cost.usd)
+    assert stats.saved_usd == pytest.approx(
+        first.cost.saved_usd + second.cost.saved_usd + second.cost.usd
+    )
+    assert gateway.endpoint("a").model_listings == 1  # prices fetched once
+
+
+async def test_the_key_does_not_depend_on_injection(gateway: FakeGateway) -> None:
+    async with client_for(gateway, auto_cache_control=True) as marked:
+        key = (await marked.complete(**ask("q"))).key
+    async with client_for(gateway) as plain:
+        assert (await plain.complete(**ask("q"))).key == key
+    assert "cache_control" not in str(gateway.endpoint("a").requests[-1])
+
+
+async def test_a_ttl_and_prices_can_be_configured(gateway: FakeGateway) -> None:
+    prices = PriceTable(
+        overrides={MODEL: ModelPrices.per_million(prompt=3, completion=15, cache_write_1h=6)}
+    )
+    config = CacheControlConfig(ttl="1h")
+    async with client_for(gateway, auto_cache_control=config, prices=prices) as client:
+        c = await client.complete(**ask("q"))
+    mark = gateway.endpoint("a").requests[0]["messages"][0]["content"][0]["cache_control"]
+    assert mark == {"type": "ephemeral", "ttl": "1h"}
+    assert c.cost is not None
+    # OpenRouter reports one write total: every mark asked for 1 h, so every write is 1 h.
+    assert c.usage.cache_write_1h_tokens == c.usage.cache_write_tokens > 1024
+    assert c.cost.saved_usd == pytest.approx(-c.usage.cache_write_tokens * 3e-6)
+    assert gateway.endpoint("a").model_listings == 0
+
+
+async def test_without_injection_nothing_is_cached_for_anthropic(gateway: FakeGateway) -> None:
+    async with client_for(gateway) as client:
+        for q in ("one", "two"):
+            c = await client.complete(**ask(q))
+            assert c.usage.cached_tokens == c.usage.cache_write_tokens == 0
+            assert c.cost is not None and c.cost.saved_usd == 0.0
+            prices = client.prices.get(MODEL)
+            assert prices is not None
+            assert c.cost.usd == pytest.approx(cost_usd(c.usage, prices), abs=1e-12)
+            assert prompt_cache_savings(c.usage, prices) == 0.0
+
+
+async def test_streams_are_marked_and_priced_like_completions(gateway: FakeGateway) -> None:
+    async with client_for(gateway, auto_cache_control=True) as client:
+        first = client.stream(**ask("What holds a limpet on?"))
+        async for _ in first:
+            pass
+        second = client.stream(**ask("What do limpets eat?"))
+        async for _ in second:
+            pass
+    sent = gateway.endpoint("a").requests[0]
+    assert sent["stream"] is True
+    assert sent["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert first.completion is not None and second.completion is not None
+    assert first.completion.usage.cache_write_tokens > 1024
+    assert second.completion.usage.cached_tokens == first.completion.usage.cache_write_tokens
+    assert second.completion.cost is not None
+    assert second.completion.cost.saved_usd == pytest.approx(
+        second.completion.usage.cached_tokens * 2.7e-6
+    )

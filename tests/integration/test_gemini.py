@@ -1,0 +1,204 @@
+"""Gemini cachedContents against the FakeGateway over loopback: lifecycle and storage cost."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from limpet.errors import (
+    APIConnectionError,
+    AuthenticationError,
+    BadRequestError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from limpet.gemini import (
+    AiohttpCall,
+    CachedContents,
+    StorageLedger,
+    native_model,
+    with_cached_content,
+)
+from limpet.testing import FakeGateway
+from limpet.usage import response_usage
+
+KEY = "sk-or-v1-gemini-test-key"
+FLASH = "google/gemini-2.5-flash"
+T0 = 1_800_000_000.0
+MANUAL = "Chapter one: how limpets hold on to rocks. " * 120  # 5,160 chars: 1,290 tokens
+MANUAL_TOKENS = 1290
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def gateway(clock: Clock) -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",), api_key=KEY, clock=clock) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def caches(gateway: FakeGateway, session: aiohttp.ClientSession, clock: Clock) -> CachedContents:
+    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
+    return CachedContents(http, gateway.url + "/a", clock=clock)
+
+
+async def test_lifecycle_create_get_list_update_delete(
+    caches: CachedContents, clock: Clock
+) -> None:
+    created = await caches.create(
+        model=FLASH, system_instruction=MANUAL, ttl=600, display_name="manual"
+    )
+    assert created.name.startswith("cachedContents/")
+    assert created.model == "models/gemini-2.5-flash"
+    assert created.total_tokens == MANUAL_TOKENS
+    assert created.display_name == "manual"
+    assert created.create_time == T0 and created.expire_time == T0 + 600
+
+    got = await caches.get(created.name)
+    assert (got.name, got.total_tokens, got.expire_time) == (created.name, MANUAL_TOKENS, T0 + 600)
+    assert [c.name for c in await caches.list()] == [created.name]
+
+    clock.now = T0 + 300
+    updated = await caches.update(created.name.removeprefix("cachedContents/"), ttl=3600)
+    assert updated.expire_time == T0 + 300 + 3600
+    assert updated.update_time == T0 + 300
+
+    await caches.delete(created.name)
+    with pytest.raises(NotFoundError) as info:
+        await caches.get(created.name)
+    assert info.value.status_code == 404
+    assert await caches.list() == []
+
+
+async def test_a_cache_expires_by_its_ttl(caches: CachedContents, clock: Clock) -> None:
+    created = await caches.create(model=FLASH, contents=[_user(MANUAL)], ttl=60)
+    clock.now = T0 + 59.5
+    await caches.get(created.name)
+    clock.now = T0 + 60
+    with pytest.raises(NotFoundError):
+        await caches.get(created.name)
+    assert await caches.list() == []
+
+
+async def test_list_follows_pages(caches: CachedContents) -> None:
+    names = {(await caches.create(model=FLASH, system_instruction=MANUAL)).name for _ in range(5)}
+    listed = await caches.list(page_size=2)
+    assert {c.name for c in listed} == names and len(listed) == 5
+
+
+async def test_storage_cost_enters_the_ledger(
+    gateway: FakeGateway, session: aiohttp.ClientSession, clock: Clock
+) -> None:
+    ledger = StorageLedger()
+    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
+    caches = CachedContents(http, gateway.url + "/a", ledger=ledger, clock=clock)
+    created = await caches.create(model=FLASH, system_instruction=MANUAL, ttl=3600)
+    assert caches.storage_price(created.model) == 1.0  # $1 per million tokens per hour
+    per_hour = MANUAL_TOKENS * 1.0 / 1e6
+    clock.now = T0 + 1800
+    assert ledger.cost_usd(clock.now) == pytest.approx(per_hour / 2, abs=1e-12)
+    await caches.update(created.name, ttl=7200)  # now lives until T0 + 9000
+    clock.now = T0 + 5400
+    assert ledger.cost_usd(clock.now) == pytest.approx(per_hour * 1.5, abs=1e-12)
+    await caches.delete(created.name)
+    clock.now = T0 + 100_000
+    assert ledger.cost_usd(clock.now) == pytest.approx(per_hour * 1.5, abs=1e-12)
+    # An untouched cache stops costing at its expiry.
+    clock.now = T0
+    second = await caches.create(model=FLASH, system_instruction=MANUAL, ttl=600)
+    assert ledger.entries[second.name].end == T0 + 600
+    assert ledger.cost_usd(T0 + 100_000) == pytest.approx(per_hour * (1.5 + 1 / 6), abs=1e-12)
+
+
+async def test_a_request_that_references_the_cache_reads_it(
+    caches: CachedContents, gateway: FakeGateway, session: aiohttp.ClientSession
+) -> None:
+    created = await caches.create(model=FLASH, system_instruction=MANUAL)
+    body = with_cached_content(
+        {"contents": [_user("Why do limpets hold on?")]}, created.name, native=True
+    )
+    url = gateway.url + "/a/google/v1beta/models/gemini-2.5-flash:generateContent"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with session.post(url, json=body, headers=headers) as response:
+        assert response.status == 200
+        reply = await response.json()
+    usage = response_usage(reply)
+    # promptTokenCount includes the cached tokens: read once, not twice.
+    assert usage.cached_tokens == MANUAL_TOKENS
+    assert usage.prompt_tokens == reply["usageMetadata"]["promptTokenCount"]
+    assert 0 < usage.uncached_tokens < 20
+    async with session.post(
+        url, json=with_cached_content(body, "cachedContents/gone", native=True), headers=headers
+    ) as response:
+        assert response.status == 404
+
+
+async def test_too_small_a_cache_is_refused(caches: CachedContents) -> None:
+    with pytest.raises(BadRequestError, match="too small"):
+        await caches.create(model=FLASH, system_instruction="short")
+
+
+async def test_a_wrong_key_is_refused(gateway: FakeGateway, session: aiohttp.ClientSession) -> None:
+    http = AiohttpCall(session, headers={"Authorization": "Bearer wrong"})
+    with pytest.raises(AuthenticationError):
+        await CachedContents(http, gateway.url + "/a").list()
+
+
+async def test_no_answer_is_a_connection_error(session: aiohttp.ClientSession) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    caches = CachedContents(AiohttpCall(session), f"http://127.0.0.1:{port}")
+    with pytest.raises(APIConnectionError):
+        await caches.list()
+
+
+async def test_names_are_checked_before_any_request(caches: CachedContents) -> None:
+    for bad in ("", "cachedContents/", "../models", "cachedContents/a/b"):
+        with pytest.raises(InvalidRequestError):
+            await caches.get(bad)
+    with pytest.raises(InvalidRequestError):
+        await caches.create(model=FLASH, system_instruction=MANUAL, ttl=0)
+
+
+def test_references_and_model_names() -> None:
+    body: dict[str, Any] = {
+        "model": "gemini-2.5-flash",
+        "extra_body": {"google": {"thinking_config": {}}},
+    }
+    ref = with_cached_content(body, "abc")
+    assert ref["extra_body"] == {
+        "google": {"thinking_config": {}, "cached_content": "cachedContents/abc"}
+    }
+    assert "cached_content" not in body["extra_body"]["google"]
+    assert with_cached_content({}, "cachedContents/abc", native=True) == {
+        "cachedContent": "cachedContents/abc"
+    }
+    assert native_model(FLASH) == native_model("gemini-2.5-flash") == "models/gemini-2.5-flash"
+    assert native_model("models/gemini-2.5-pro") == "models/gemini-2.5-pro"
+
+
+def _user(text: str) -> dict[str, object]:
+    return {"role": "user", "parts": [{"text": text}]}

@@ -1,0 +1,402 @@
+"""Prices and the cost ledger: hand-computed dollars, the PriceTable's sources and refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import pytest
+
+from limpet.errors import APIConnectionError, ConfigurationError
+from limpet.models import Cost, Usage
+from limpet.pricing import (
+    ModelPrices,
+    PriceTable,
+    completion_cost,
+    cost_usd,
+    prompt_cache_savings,
+    storage_cost_usd,
+)
+from limpet.prompt_cache import inject_cache_control
+from limpet.testing import FakeGateway
+from limpet.testing.provider_cache import ProviderPromptCache
+from limpet.usage import normalize_usage, reported_cost
+
+SONNET = ModelPrices.per_million(
+    prompt=3, completion=15, cache_read=0.3, cache_write=3.75, cache_write_1h=6
+)
+FLASH = ModelPrices.per_million(prompt=0.3, completion=2.5, cache_read=0.075)
+DEEPSEEK = ModelPrices.per_million(prompt=0.28, completion=0.42, cache_read=0.028)
+GPT5_MINI = ModelPrices.per_million(prompt=0.25, completion=2, cache_read=0.025)
+GROK = ModelPrices.per_million(prompt=3, completion=15, cache_read=0.75)
+
+# usage payload, prices, dollars spent, dollars prompt caching saved (all by hand).
+COST_TABLE: list[tuple[str, dict[str, Any], ModelPrices, float, float]] = [
+    (
+        # 200 x $3 + 1,500 x $0.30 + 300 x $3.75 + 50 x $15, per million.
+        # Saved: 1,500 x ($3 - $0.30) - 300 x ($3.75 - $3).
+        "openrouter reads and writes",
+        {
+            "prompt_tokens": 2000,
+            "completion_tokens": 50,
+            "prompt_tokens_details": {"cached_tokens": 1500, "cache_write_tokens": 300},
+        },
+        SONNET,
+        0.002925,
+        0.003825,
+    ),
+    (
+        # 21 x $3 + 188,086 x $3.75 + 393 x $15: each write billed once, as a write.
+        # Saved: -188,086 x $0.75 (a first call only pays the write premium).
+        "anthropic write",
+        {
+            "input_tokens": 21,
+            "cache_creation_input_tokens": 188086,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 393,
+        },
+        SONNET,
+        0.7112805,
+        -0.1410645,
+    ),
+    (
+        # 100 x $3 + 1,000 x $3.75 + 4,000 x $6 + 10,000 x $0.30 + 200 x $15.
+        # Saved: 10,000 x $2.70 - 1,000 x $0.75 - 4,000 x $3.
+        "anthropic 5m and 1h writes",
+        {
+            "input_tokens": 100,
+            "cache_creation_input_tokens": 5000,
+            "cache_read_input_tokens": 10000,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 1000,
+                "ephemeral_1h_input_tokens": 4000,
+            },
+            "output_tokens": 200,
+        },
+        SONNET,
+        0.03405,
+        0.01425,
+    ),
+    (
+        # 2,000 x $0.30 + 8,000 x $0.075 + (500 + 300 thinking) x $2.50.
+        # Saved: 8,000 x $0.225.
+        "gemini native",
+        {
+            "promptTokenCount": 10000,
+            "cachedContentTokenCount": 8000,
+            "candidatesTokenCount": 500,
+            "thoughtsTokenCount": 300,
+            "totalTokenCount": 10800,
+        },
+        FLASH,
+        0.0032,
+        0.0018,
+    ),
+    (
+        # 176 x $0.28 + 1,024 x $0.028 + 50 x $0.42. Saved: 1,024 x $0.252.
+        "deepseek",
+        {
+            "prompt_tokens": 1200,
+            "completion_tokens": 50,
+            "prompt_cache_hit_tokens": 1024,
+            "prompt_cache_miss_tokens": 176,
+        },
+        DEEPSEEK,
+        0.000098952,
+        0.000258048,
+    ),
+    (
+        # 952 x $0.25 + 2,048 x $0.025 + 100 x $2 (reasoning inside). Saved: 2,048 x $0.225.
+        "openai",
+        {
+            "prompt_tokens": 3000,
+            "completion_tokens": 100,
+            "prompt_tokens_details": {"cached_tokens": 2048},
+            "completion_tokens_details": {"reasoning_tokens": 64},
+        },
+        GPT5_MINI,
+        0.0004892,
+        0.0004608,
+    ),
+    (
+        # 32 x $3 + (9 + 200 reasoning reported beside it) x $15.
+        "xai",
+        {
+            "prompt_tokens": 32,
+            "completion_tokens": 9,
+            "total_tokens": 241,
+            "completion_tokens_details": {"reasoning_tokens": 200},
+        },
+        GROK,
+        0.003231,
+        0.0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("payload", "prices", "usd", "saved"),
+    [row[1:] for row in COST_TABLE],
+    ids=[row[0] for row in COST_TABLE],
+)
+def test_cost_table(payload: dict[str, Any], prices: ModelPrices, usd: float, saved: float) -> None:
+    usage = normalize_usage(payload)
+    assert cost_usd(usage, prices) == pytest.approx(usd, abs=1e-9, rel=0)
+    assert prompt_cache_savings(usage, prices) == pytest.approx(saved, abs=1e-9, rel=0)
+    cost = completion_cost(usage, prices)
+    assert cost is not None
+    assert (cost.usd, cost.saved_usd) == (
+        cost_usd(usage, prices),
+        prompt_cache_savings(usage, prices),
+    )
+
+
+def test_anthropic_writes_are_not_billed_twice() -> None:
+    # Regression: the double-billing peers computed (input + creation) at the prompt price
+    # plus creation at the write price.
+    usage = normalize_usage(COST_TABLE[1][1])
+    double = (21 + 188086) * 3e-6 + 188086 * 3.75e-6 + 393 * 15e-6
+    assert cost_usd(usage, SONNET) == pytest.approx(0.7112805, abs=1e-9)
+    assert abs(cost_usd(usage, SONNET) - double) > 0.5
+
+
+def test_openrouter_cache_writes_are_priced_as_writes() -> None:
+    # Regression: ignoring cache_write_tokens prices writes at the prompt price.
+    usage = normalize_usage(COST_TABLE[0][1])
+    ignored = 500 * 3e-6 + 1500 * 0.3e-6 + 50 * 15e-6
+    assert cost_usd(usage, SONNET) - ignored == pytest.approx(300 * 0.75e-6, abs=1e-12)
+
+
+def test_the_gateways_reported_cost_wins_and_prices_give_the_savings() -> None:
+    usage = Usage(prompt_tokens=1000, completion_tokens=10, cached_tokens=800)
+    assert completion_cost(usage, SONNET, reported=0.5) == Cost(0.5, 800 * 2.7e-6)
+    assert completion_cost(usage, None, reported=0.5) == Cost(0.5, 0.0)
+    assert completion_cost(usage, None) is None
+
+
+def test_a_request_fee_and_missing_cache_prices() -> None:
+    prices = ModelPrices.per_million(prompt=1, completion=2, request=0.001)
+    usage = Usage(
+        prompt_tokens=1000, completion_tokens=100, cached_tokens=400, cache_write_tokens=100
+    )
+    # Unlisted cache prices are charged at the prompt price: no saving, no premium.
+    assert cost_usd(usage, prices) == pytest.approx(0.001 + 1000e-6 + 200e-6, abs=1e-12)
+    assert prompt_cache_savings(usage, prices) == 0.0
+
+
+def test_storage_cost() -> None:
+    # 100,000 tokens for 2 h at $1 per million tokens per hour; 30 minutes of 4,096 at $4.50.
+    assert storage_cost_usd(100_000, 7200, 1.0) == pytest.approx(0.2, abs=1e-12)
+    assert storage_cost_usd(4096, 1800, 4.5) == pytest.approx(0.009216, abs=1e-12)
+    assert storage_cost_usd(100, -5, 1.0) == 0.0
+
+
+def test_openrouter_pricing_strings() -> None:
+    prices = ModelPrices.from_openrouter(
+        {
+            "prompt": "0.000003",
+            "completion": "0.000015",
+            "request": "0",
+            "input_cache_read": "0.0000003",
+            "input_cache_write": "0.00000375",
+            "input_cache_write_1h": "0.000006",
+            "internal_reasoning": "0",
+        }
+    )
+    assert prices is not None
+    assert (prices.prompt, prices.cache_read, prices.cache_write_1h) == (
+        Decimal("0.000003"),
+        Decimal("0.0000003"),
+        Decimal("0.000006"),
+    )
+    assert prices.source == "gateway"
+    assert ModelPrices.from_openrouter({"prompt": "-1", "completion": "-1"}) is None
+    assert ModelPrices.from_openrouter({"prompt": "abc", "completion": "0"}) is None
+    assert ModelPrices.from_openrouter(None) is None
+    odd = ModelPrices.from_openrouter({"prompt": "1", "completion": "2", "input_cache_read": "?"})
+    assert odd is not None and odd.cache_read is None
+
+
+def test_unlisted_cache_prices_come_from_the_capability_table() -> None:
+    listing = {
+        "data": [
+            {
+                "id": "anthropic/claude-sonnet-4.6",
+                "pricing": {"prompt": "0.000003", "completion": "0"},
+            },
+            {"id": "acme/model", "pricing": {"prompt": "0.000001", "completion": "0"}},
+        ]
+    }
+    table = PriceTable(fallback=False)
+    assert table.add_listing(listing) == 2
+    sonnet = table.get("anthropic/claude-sonnet-4.6")
+    assert sonnet is not None
+    assert (sonnet.read_price, sonnet.write_price, sonnet.write_1h_price) == (
+        Decimal("0.0000003"),
+        Decimal("0.00000375"),
+        Decimal("0.000006"),
+    )
+    acme = table.get("acme/model")
+    assert acme is not None and acme.read_price == acme.prompt
+
+
+def test_sources_in_order_overrides_listing_fallback() -> None:
+    table = PriceTable(
+        overrides={"openai/gpt-5-mini": ModelPrices.per_million(prompt=9, completion=9)}
+    )
+    table.add_listing(
+        {"data": [{"id": "openai/gpt-5-mini", "pricing": {"prompt": "1", "completion": "1"}}]}
+    )
+    mini = table.get("openai/gpt-5-mini:nitro")
+    assert mini is not None and mini.prompt == Decimal("0.000009")
+    table.add_listing({"data": [{"id": "x/listed", "pricing": {"prompt": "1", "completion": "1"}}]})
+    listed = table.get("x/listed:floor")
+    assert listed is not None and listed.source == "gateway"
+    fallback = table.get("anthropic/claude-sonnet-4.6")
+    assert fallback is not None and fallback.source == "genai-prices"
+    assert (fallback.prompt, fallback.completion, fallback.cache_write_1h) == (
+        Decimal("0.000003"),
+        Decimal("0.000015"),
+        Decimal("0.000006"),
+    )
+    assert table.get("acme/no-such-model") is None
+    assert PriceTable(fallback=False).get("anthropic/claude-sonnet-4.6") is None
+    with pytest.raises(ConfigurationError):
+        table.override("", SONNET)
+    with pytest.raises(ConfigurationError):
+        ModelPrices.per_million(prompt="three", completion=1)
+
+
+async def test_the_listing_is_fetched_once_by_concurrent_callers() -> None:
+    fetches = 0
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def fetch() -> object:
+        nonlocal fetches
+        fetches += 1
+        started.set()
+        await release.wait()
+        return {"data": [{"id": "m/1", "pricing": {"prompt": "0.000001", "completion": "0"}}]}
+
+    table = PriceTable(fetch, fallback=False)
+    tasks = [asyncio.create_task(table.prices("m/1")) for _ in range(5)]
+    await started.wait()
+    release.set()
+    found = await asyncio.gather(*tasks)
+    assert fetches == 1
+    assert all(p is not None and p.prompt == Decimal("0.000001") for p in found)
+    await table.load()
+    assert fetches == 1 and table.loaded
+
+
+async def test_a_failed_fetch_falls_back_then_retries_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    fetches = 0
+
+    async def fetch() -> object:
+        nonlocal fetches
+        fetches += 1
+        if fetches < 3:
+            raise APIConnectionError("gateway unreachable")
+        return {
+            "data": [
+                {"id": "anthropic/claude-sonnet-4.6", "pricing": {"prompt": "1", "completion": "2"}}
+            ]
+        }
+
+    table = PriceTable(fetch, retry_after=60, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="limpet.pricing"):
+        first = await table.prices("anthropic/claude-sonnet-4.6")
+        await table.prices("anthropic/claude-sonnet-4.6")
+    assert first is not None and first.source == "genai-prices"
+    assert (fetches, table.loaded) == (1, False)
+    assert len(caplog.records) == 1 and "gateway unreachable" in caplog.text
+    now[0] = 61.0
+    await table.load()
+    now[0] = 122.0
+    listed = await table.prices("anthropic/claude-sonnet-4.6")
+    assert (fetches, table.loaded) == (3, True)
+    assert listed is not None and listed.source == "gateway" and listed.prompt == 1
+    assert len(caplog.records) == 1  # logged once per outage
+    assert "loaded" in repr(table)
+
+
+async def test_a_listing_that_prices_nothing_counts_as_a_failure() -> None:
+    fetches = 0
+
+    async def fetch() -> object:
+        nonlocal fetches
+        fetches += 1
+        return {"error": {"code": 500}}
+
+    table = PriceTable(fetch, retry_after=0)
+    await table.load()
+    await table.load()
+    assert (fetches, table.loaded) == (2, False)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",), prompt_cache=ProviderPromptCache) as gw:
+        yield gw
+
+
+async def test_prices_from_the_gateway_reproduce_its_reported_cost(gateway: FakeGateway) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def fetch() -> object:
+            async with session.get(gateway.base_url("a") + "/models") as response:
+                return await response.json()
+
+        table = PriceTable(fetch, fallback=False)
+        model = "anthropic/claude-sonnet-4.6"
+        prices = await table.prices(model)
+        assert prices is not None and prices.source == "gateway"
+        assert (prices.prompt, prices.write_1h_price) == (Decimal("0.000003"), Decimal("0.000006"))
+        assert gateway.endpoint("a").model_listings == 1
+        system = "The manual, chapter one. " * 400
+        costs: list[tuple[float, Usage]] = []
+        for question in ("What is a limpet?", "Where do limpets live?"):
+            body = inject_cache_control(
+                {
+                    "model": model,
+                    "temperature": 0,
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": question},
+                    ],
+                }
+            )
+            url = gateway.base_url("a") + "/chat/completions"
+            async with session.post(url, json=body) as response:
+                usage = (await response.json())["usage"]
+            normalised = normalize_usage(usage)
+            reported = reported_cost(usage)
+            assert reported is not None
+            assert cost_usd(normalised, prices) == pytest.approx(reported, abs=1e-12)
+            costs.append((reported, normalised))
+    (_, wrote), (_, read) = costs
+    assert wrote.cache_write_tokens > 2000 and read.cached_tokens == wrote.cache_write_tokens
+    assert prompt_cache_savings(read, prices) > 0 > prompt_cache_savings(wrote, prices)
+
+
+def test_other_names_of_the_model_are_tried_listing_first() -> None:
+    table = PriceTable()
+    table.add_listing(
+        {
+            "data": [
+                {"id": "anthropic/claude-sonnet-4.6", "pricing": {"prompt": "1", "completion": "1"}}
+            ]
+        }
+    )
+    # The response names a dated slug the listing lacks; the requested slug is listed.
+    found = table.get("anthropic/claude-sonnet-4-6-20260101", "anthropic/claude-sonnet-4.6")
+    assert found is not None and found.source == "gateway"
+    assert table.get("acme/x", "openai/gpt-5-mini") is not None
+    assert table.get("acme/x", "acme/y") is None
