@@ -1,4 +1,4 @@
-"""The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``bench``.
+"""The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``stats``, ``bench``.
 
 Secrets never go on the command line (process lists show it): the API key comes from
 ``$OPENROUTER_API_KEY``, and a Redis password from the URL in ``$LIMPET_REDIS_URL``.
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,12 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
-    if args.command in ("warm", "flush") and not args.redis:
+    if args.command in ("warm", "flush", "stats") and not args.redis:
         parser.error(f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) is required")
     if args.command == "warm":
         return asyncio.run(_warm(args))
     if args.command == "flush":
         return asyncio.run(_flush(args))
+    if args.command == "stats":
+        return asyncio.run(_stats(args))
     parser.print_help()
     return 2
 
@@ -79,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _redis_options(flush)
     flush.add_argument("--model", default=None, help="only this model's answers")
+
+    stats = commands.add_parser(
+        "stats", help="the whole fleet's calls, hit rate and dollars, per model, from Redis"
+    )
+    _redis_options(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     bench = commands.add_parser(
         "bench", help="run benchmarks/ (in a limpet source checkout) and write their results"
@@ -179,6 +187,49 @@ async def _flush(args: argparse.Namespace) -> int:
     where = f"namespace {args.namespace!r}" if args.namespace is not None else "every namespace"
     print(f"flushed {what} in {where} (generation {generation})")
     return 0
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    from limpet.fleet import read_fleet_stats
+
+    async with _redis_cache(args) as cache:
+        try:
+            rows = await read_fleet_stats(cache)
+        except CacheUnavailableError as exc:
+            print(f"limpet stats: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
+        return 0
+    print(_stats_table(rows))
+    return 0
+
+
+def _stats_table(rows: dict[str, dict[str, Any]]) -> str:
+    header = ("model", "requests", "hit rate", "hits", "coalesced", "misses", "spent", "saved")
+    lines = [
+        (
+            model,
+            f"{row['requests']:,}",
+            f"{row['hit_rate']:.1%}",
+            f"{row['hits']:,}",
+            f"{row['coalesced']:,}",
+            f"{row['misses']:,}",
+            f"${row['cost_usd']:.4f}",
+            f"${row['saved_usd']:.4f}",
+        )
+        for model, row in rows.items()
+    ]
+    if not lines:
+        return "no calls counted yet"
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=False)]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if index == 0 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *lines]
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from limpet.cache.base import CacheBackend, CacheEntry
 from limpet.cache.memory import MemoryCache
@@ -23,6 +23,7 @@ from limpet.config import (
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.events import EventHook, emit_event, event_of
+from limpet.fleet import FleetCounters
 from limpet.generations import Generations, GenerationStore
 from limpet.keys import canonical_request, conversation_key, request_key
 from limpet.models import CacheStatus, Completion, Cost
@@ -42,6 +43,9 @@ from limpet.transport import Transport
 from limpet.usage import parse_usage, reported_cost, with_write_ttl
 from limpet.validation import validate_request, validate_ttl
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
+
+if TYPE_CHECKING:
+    from limpet.cache.redis import RedisCache
 
 __all__ = ["DEFAULT_TTL", "Client"]
 
@@ -100,6 +104,8 @@ class Client:
         on_event: called with a ``CallEvent`` after every call (or a list of such hooks):
             ``limpet.metrics.PrometheusMetrics()``, ``limpet.tracing.OpenTelemetrySpans()``
             or your own; a hook that raises is logged and ignored.
+        fleet_stats: with a Redis tier, also count calls per model in Redis (batched in
+            the background) for ``limpet stats``.
 
     Example:
         >>> async with Client(api_key="sk-or-...") as client:
@@ -130,6 +136,7 @@ class Client:
         app_url: str | None = None,
         app_title: str | None = None,
         on_event: EventHook | Sequence[EventHook] | None = None,
+        fleet_stats: bool = True,
     ) -> None:
         self._cache_control = _resolve_cache_control(auto_cache_control)
         self._endpoints = _resolve_endpoints(endpoints, base_url, api_key)
@@ -175,6 +182,8 @@ class Client:
         )
         if self._cache is not None:
             self.stats.cache = self._cache.stats
+        redis_tier = _redis_tier(self._cache) if fleet_stats else None
+        self._fleet = None if redis_tier is None else FleetCounters(redis_tier)
         self._hooks: tuple[EventHook, ...] = (
             () if on_event is None else (on_event,) if callable(on_event) else tuple(on_event)
         )
@@ -257,20 +266,14 @@ class Client:
                 # (With coalescing, the shared tiers are read once per key inside the flight.)
                 if found is not None:
                     completion = completion_of(found[0], CacheStatus.HIT, key)
-                    self.stats.record(completion)
-                    if self._hooks:
-                        self._emit(model, completion, started)
+                    self._finished(model, completion, started)
                     return completion
         try:
             completion = await self._complete(body, decision, entry_ttl, key)
         except APIError as exc:
-            self.stats.errors += 1
-            if self._hooks:
-                self._emit(model, None, started, error=exc)
+            self._failed(model, exc, started)
             raise
-        self.stats.record(completion)
-        if self._hooks:
-            self._emit(model, completion, started)
+        self._finished(model, completion, started)
         return completion
 
     def stream(
@@ -316,11 +319,10 @@ class Client:
                 async for chunk in self._streams.chunks(body, decision, entry_ttl, key, sink):
                     yield chunk
             except APIError as exc:
-                if self._hooks:
-                    self._emit(model, None, started, stream=True, error=exc)
+                self._failed(model, exc, started, stream=True)
                 raise
-            if self._hooks and sink.completion is not None:
-                self._emit(model, sink.completion, started, stream=True)
+            if sink.completion is not None:
+                self._finished(model, sink.completion, started, stream=True)
 
         return CompletionStream(chunks)
 
@@ -368,6 +370,8 @@ class Client:
             return
         self._closed = True
         await self._generations.aclose()
+        if self._fleet is not None:
+            await self._fleet.aclose()
         try:
             if self._cache is not None:
                 await self._cache.aclose()
@@ -448,17 +452,26 @@ class Client:
             await self._cache.set(key, entry)
         return entry
 
-    def _emit(
-        self,
-        model: str,
-        completion: Completion | None,
-        started: float,
-        *,
-        stream: bool = False,
-        error: BaseException | None = None,
+    def _finished(
+        self, model: str, completion: Completion, started: float, *, stream: bool = False
     ) -> None:
-        seconds = time.perf_counter() - started
-        emit_event(self._hooks, event_of(model, completion, seconds, stream=stream, error=error))
+        """Count a call that returned: stats, fleet counters, event hooks."""
+        self.stats.record(completion)
+        if self._fleet is not None:
+            self._fleet.record(model, completion)
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            emit_event(self._hooks, event_of(model, completion, seconds, stream=stream))
+
+    def _failed(
+        self, model: str, error: BaseException, started: float, *, stream: bool = False
+    ) -> None:
+        self.stats.errors += 1
+        if self._fleet is not None:
+            self._fleet.record_error(model)
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            emit_event(self._hooks, event_of(model, None, seconds, stream=stream, error=error))
 
     def _ranked(self, body: dict[str, Any]) -> list[Endpoint]:
         """Endpoints in the order this request should try them."""
@@ -566,6 +579,18 @@ def _generation_store(cache: TieredCache | None) -> GenerationStore | None:
     """The lowest tier that keeps generations (the one processes share), if any."""
     for tier in reversed(cache.tiers if cache is not None else ()):
         if isinstance(tier, GenerationStore):
+            return tier
+    return None
+
+
+def _redis_tier(cache: TieredCache | None) -> RedisCache | None:
+    """The lowest Redis tier, if any (imported lazily: redis is an optional extra)."""
+    if cache is None or not any(type(t).__name__ == "RedisCache" for t in cache.tiers):
+        return None
+    from limpet.cache.redis import RedisCache
+
+    for tier in reversed(cache.tiers):
+        if isinstance(tier, RedisCache):
             return tier
     return None
 

@@ -128,7 +128,8 @@ class StreamFlights:
         key: str | None,
         sink: CompletionStream,
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """The chunks for one reader; sets ``sink.completion`` after the last one."""
+        """The chunks for one reader; sets ``sink.completion`` after the last one (the
+        Client counts it)."""
         cache = self._cache
         if key is not None and cache is not None and decision.read:
             found = await cache.get(key)
@@ -136,7 +137,7 @@ class StreamFlights:
                 entry = found[0]
                 for chunk in replay_chunks(entry.body, entry.stream):
                     yield chunk
-                self._finish(sink, completion_of(entry, CacheStatus.HIT, key))
+                sink.completion = completion_of(entry, CacheStatus.HIT, key)
                 return
         flight = self._flights.get(key) if key is not None and decision.coalesce else None
         led = flight is None
@@ -152,9 +153,6 @@ class StreamFlights:
         try:
             async for chunk in flight.broadcast.items():
                 yield chunk
-        except APIError:
-            self._stats.errors += 1
-            raise
         finally:
             flight.readers -= 1
             if flight.readers == 0 and not flight.task.done():
@@ -174,11 +172,7 @@ class StreamFlights:
         completion = completion_of(entry, status, key, copy=not led)
         if led and status in (CacheStatus.MISS, CacheStatus.BYPASS):
             completion = self._priced(completion, body)
-        self._finish(sink, completion)
-
-    def _finish(self, sink: CompletionStream, completion: Completion) -> None:
         sink.completion = completion
-        self._stats.record(completion)
 
     def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
         if self._flights.get(key) is flight:

@@ -145,3 +145,30 @@ async def test_limpet_bench_needs_a_source_checkout(
     code, _, err = await limpet("bench")
     assert code == 2
     assert "source checkout" in err
+
+
+@pytest.mark.redis
+async def test_fleet_counters_from_two_clients_add_up_and_limpet_stats_shows_them(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    def shared_client() -> Client:
+        cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+        return Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache)
+
+    spent = 0.0
+    async with shared_client() as a, shared_client() as b:
+        for client in (a, b):
+            for question in ("one", "two", "one"):
+                completion = await client.complete(**ask(question))
+                spent += completion.cost.usd if completion.cost else 0.0
+    # a: miss, miss, hit. b: its memory is cold, but Redis has both: hit, hit, hit.
+    code, out, _ = await limpet("stats", "--redis", redis_url, "--prefix", redis_prefix, "--json")
+    assert code == 0
+    row = orjson.loads(out)[MODEL]
+    assert (row["requests"], row["hits"], row["misses"]) == (6, 4, 2)
+    assert row["hit_rate"] == pytest.approx(4 / 6)
+    assert row["cost_usd"] == pytest.approx(spent)
+    assert row["saved_usd"] > 0
+    code, table, _ = await limpet("stats", "--redis", redis_url, "--prefix", redis_prefix)
+    assert code == 0
+    assert MODEL in table and "66.7%" in table
