@@ -37,6 +37,7 @@ class DemoResult:
     upstream_calls: int
     statuses: dict[str, int]
     latencies_ms: list[float]
+    latencies_by_status: dict[str, list[float]]
     prompt_tokens: int
     cost_usd: float
     saved_usd: float
@@ -111,13 +112,16 @@ async def _run(
 ) -> DemoResult:
     completions: list[Completion] = []
     latencies: list[float] = []
+    by_status: dict[str, list[float]] = {status.value: [] for status in CacheStatus}
 
     async def ask(client: Client, messages: list[dict[str, Any]]) -> None:
         started = time.perf_counter()
         completion = await client.complete(
             model=MODEL, messages=messages, temperature=0, max_tokens=200
         )
-        latencies.append((time.perf_counter() - started) * 1000)
+        elapsed = (time.perf_counter() - started) * 1000
+        latencies.append(elapsed)
+        by_status[completion.cache.value].append(elapsed)
         completions.append(completion)
 
     async def worker(client: Client, queue: asyncio.Queue[list[dict[str, Any]]]) -> None:
@@ -143,6 +147,7 @@ async def _run(
         upstream_calls=gateway.total_calls,
         statuses=statuses,
         latencies_ms=latencies,
+        latencies_by_status=by_status,
         prompt_tokens=sum(
             c.usage.prompt_tokens
             for c in completions
