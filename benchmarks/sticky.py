@@ -3,19 +3,21 @@ routed sticky (``StickyRouter``), round-robin and at random, beside the ideal (o
 that sees everything): provider prompt-cache hit rate (read tokens / cacheable tokens),
 dollars from the gateway's own ``usage.cost``, and p50 latency. Then rendezvous hashing
 alone: keys moved when one of n endpoints goes, and max/mean keys per endpoint, for n from
-2 to 30. Last, the sweep of bounded load's ``max_overload`` and ``load_floor`` under a hot
-tenant, which chose their defaults by hit rate, not balance alone.
+2 to 30. Last, the sweeps that chose bounded load's ``load_floor`` (on the workload, busier)
+and ``max_overload`` (under a tenant asking 30% of all questions) by hit rate, not balance
+alone: each default is the tightest bound within one point of the unbounded hit rate.
 
 The workload: 40 tenants, each with its own ~6k-token document marked with
 ``cache_control`` after a shared, marked ~1.2k-token system prompt; 10 questions each,
-interleaved and 16 in flight at a time. Each tenant asks every 3.5 minutes (+/- 30 s, from
+interleaved, up to 16 in flight. Each tenant asks every 3.5 minutes (+/- 30 s, from
 a random phase): inside Anthropic's 5-minute TTL on the one endpoint that holds its
 document, but outside it on any one of four endpoints taking a quarter of its questions,
 which is the situation the issue describes (round-robin: most calls pay full price plus
 the write premium). ``by_tenant_period_s`` in the details shows how the saving changes
 when tenants ask faster or slower, the ideal's alongside. Time is simulated: the gateway's
-and the router's clocks follow the arrivals, so cache TTLs act as they would over the 35
-minutes the workload stands for, in well under a second of real time.
+and the router's clocks follow the arrivals, and each request meets the provider's cache
+at its own arrival time, so cache TTLs act as they would over the 35 minutes the workload
+stands for, in about a second of real time.
 
 Targets: sticky >= 0.95x the ideal hit rate; sticky cost <= 0.35x round-robin's; keys
 moved on removal within 1/n +/- 10%; max/mean keys per endpoint <= 1.05 for 2-30
@@ -49,13 +51,17 @@ from limpet.usage import parse_usage, reported_cost
 MODEL = "anthropic/claude-sonnet-4.6"
 API_KEY = "sk-bench"
 CC = {"type": "ephemeral"}
-LATENCY = 0.05  # seconds for an uncached prompt; a cached one takes a fifth of it
+# Seconds for an uncached prompt (a cached one takes a fifth of it). Simulated time runs
+# about a thousand times faster than real time here, so 5 ms stands for a few seconds:
+# one tenant's questions, minutes apart, never overlap in flight, as with real calls.
+LATENCY = 0.005
 TENANT_PERIOD = 210.0  # simulated seconds between one tenant's questions
 JITTER = 30.0  # +/- seconds around each
 PERIODS = (30.0, 60.0, 120.0, 210.0, 300.0, 600.0)  # the sensitivity sweep
 WORKERS = 16
 HOT_WORKERS = 64  # enough in flight (16 per endpoint) for e, not the floor, to bind
 HOT_LATENCY = 0.4  # slower answers, so that the hot runs really keep that many in flight
+BUSY_LATENCY = 0.05  # for the floor sweep: ~14 of the 16 in flight, in bursts
 HOT_SHARE = 0.3
 EXTREME_SHARE = 0.7  # one prefix taking most of the traffic: the bound's real job
 # Each sweep picks the tightest bound whose hit rate is within this of no bound at all.
@@ -389,7 +395,7 @@ def hashing(keys: int) -> dict[str, Any]:
 
 
 async def main(quick: bool) -> None:
-    tenants, questions = (20, 6) if quick else (40, 10)
+    tenants, questions = (20, 10) if quick else (40, 10)
     bodies = workload(tenants, questions)
     hot = workload(tenants, questions, hot_share=HOT_SHARE, seed=2)
     clock = SimClock()
@@ -411,7 +417,10 @@ async def main(quick: bool) -> None:
         chosen = await run("sticky", gateway, clock, sticky(clock), bodies)
         robin = await run("round-robin", gateway, clock, RoundRobinRouter, bodies)
         drawn = await run("random", gateway, clock, RandomRouter, bodies)
-        # The floor binds at low load: sweep it on the ordinary workload, e out of play.
+        # The floor binds at low load: sweep it on the ordinary workload, e out of play,
+        # with slower answers so that ordinary bursts pile up on an endpoint.
+        for endpoint in gateway.endpoints.values():
+            endpoint.latency = BUSY_LATENCY
         floors: dict[float, Outcome] = {
             floor: await run(
                 f"floor={floor}",
@@ -546,13 +555,15 @@ async def main(quick: bool) -> None:
             baseline_name="no load bound",
         ),
         Figure(
-            figure=f"hot prefix ({EXTREME_SHARE:.0%} of traffic): p95 max/mean in-flight",
+            # Bounded load caps each placement at 1 + e (= 2) times the mean; calls that
+            # finish elsewhere afterwards can lift the ratio a little, so no pass/fail here
+            # (tests/test_routing.py checks the cap itself).
+            figure=f"hot prefix ({EXTREME_SHARE:.0%} of traffic): p95 max/mean in-flight "
+            f"(cap at placement: 1 + e = {1 + RoutingConfig().max_overload:g})",
             unit="x",
             limpet=extreme_default.load,
             baseline=extreme_unbounded.load,
             baseline_name="no load bound",
-            target=f"<= 1 + e = {1 + RoutingConfig().max_overload:g}",
-            met=extreme_default.load <= 1 + RoutingConfig().max_overload,
         ),
         Figure(
             figure=f"hot prefix ({EXTREME_SHARE:.0%} of traffic): hit rate",
@@ -597,7 +608,8 @@ async def main(quick: bool) -> None:
             "rule": "the tightest bound whose hit rate is within "
             f"{HIT_RATE_TOLERANCE:.0%} of no bound at all",
             "floor": {
-                "workload": f"the workload above, e = 0, {WORKERS} in flight",
+                "workload": f"the workload above, e = 0, answers in {BUSY_LATENCY * 1000:g} ms "
+                f"so that up to {WORKERS} are in flight",
                 "chosen": chosen_floor,
                 "no_bound": floors.pop(UNBOUNDED).row(),
                 "grid": {str(floor): o.row() for floor, o in floors.items()},

@@ -304,7 +304,7 @@ def test_a_hot_prefix_keeps_max_over_mean_in_flight_within_1_plus_e() -> None:
         loads = [s.in_flight for s in r.status().values()]
         assert sum(loads) == 400
         assert max(loads) / (400 / 4) <= 1 + e
-        assert {route.reason for route in routes} == {"hash", "spill"}
+        assert {route.reason for route in routes} == {"hash", "spill", "affinity"}
         assert r.stats.spilled > 0
     assert all(s.in_flight == 0 for s in r.status().values())
 
@@ -552,6 +552,12 @@ def test_a_key_that_keeps_writing_and_never_reading_shows_in_stats() -> None:
     assert r.stats.cached_tokens == 12_000
     assert r.stats.cache_write_tokens == 16_000
     assert r.stats.as_dict()["write_only_keys"] == 1
+    spread = router(unmarked="spread")
+    unmarked = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    for _ in range(4):
+        serve(spread, unmarked, Usage(prompt_tokens=5000, cache_write_tokens=4000))
+    assert spread.stats.key_feedback() == []  # no key to blame
+    assert spread.stats.cache_write_tokens == 16_000
 
 
 def test_configuration_is_validated() -> None:
@@ -702,3 +708,17 @@ async def test_a_store_fault_routes_locally_and_is_counted(store: DictStore) -> 
     assert r.store is store
     r.use_store(None)
     assert r.store is None
+
+
+def test_a_spill_routed_outside_an_event_loop_is_written_at_the_next_flush(
+    store: DictStore,
+) -> None:
+    r = StickyRouter(endpoints(), config=RoutingConfig(load_floor=4, max_overload=0.0), store=store)
+    hot = rag(document("hot"), "q")
+    body = same_home(r, hot)
+    with ExitStack() as stack:
+        hold(r, [hot] * 4, stack)
+        moved = r.select(body)  # no event loop here
+    assert moved.reason == "spill" and store.data == {}
+    asyncio.run(r.aclose())
+    assert set(store.data.values()) == {moved.endpoints[0].name}

@@ -109,6 +109,7 @@ class AffinityMap:
         *,
         mirrored: bool = False,
         hashed: bool = False,
+        move: bool = True,
     ) -> bool:
         """Record ``link`` on ``endpoint`` until ``now + ttl``.
 
@@ -117,6 +118,8 @@ class AffinityMap:
             hashed: ``endpoint`` is the one the link's key hashes to, which every process
                 finds by itself: the store needs to hear of it only when it replaces
                 another endpoint there.
+            move: replace a live entry naming another endpoint; when False such an entry
+                is left alone (a call routed before the prefix moved must not move it back).
 
         Returns:
             True when the shared store should be told: the entry moved, or it is new or a
@@ -125,6 +128,8 @@ class AffinityMap:
         old = self._entries.get(link)
         live = old is not None and old[1] > now
         moved = live and old is not None and old[0] != endpoint
+        if moved and not move:
+            return False
         stale = not live or (old is not None and now - old[2] >= ttl * _MIRROR_REFRESH)
         tell = not mirrored and (moved or (stale and not hashed))
         mirrored_at = now if mirrored or tell or old is None else old[2]
@@ -262,15 +267,20 @@ class AffinityMirror:
         return found
 
     def remember(self, link: str, endpoint: str, ttl: float) -> None:
-        """Queue a write; it leaves with the next batch."""
+        """Queue a write; it leaves with the next batch (outside an event loop: with the
+        next write made inside one, or at ``flush()``)."""
         self._pending[link] = (endpoint, ttl)
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(
-                self._drain(), name="limpet-affinity-writer"
-            )
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._writer = loop.create_task(self._drain(), name="limpet-affinity-writer")
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent or has failed."""
+        if self._pending and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
         while (writer := self._writer) is not None and not writer.done():
             # Shielded: a caller that gives up waiting must not cancel others' writes.
             await asyncio.shield(writer)

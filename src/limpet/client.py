@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from limpet.affinity import affinity_store_for
 from limpet.cache.base import CacheBackend, CacheEntry
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
@@ -25,7 +26,7 @@ from limpet.errors import APIError, ClientClosedError, ConfigurationError, Inval
 from limpet.events import EventHook, emit_event, event_of
 from limpet.fleet import FleetCounters
 from limpet.generations import Generations, GenerationStore
-from limpet.keys import canonical_request, conversation_key, request_key
+from limpet.keys import canonical_request, request_key
 from limpet.models import CacheStatus, Completion, Cost
 from limpet.policy import CacheDecision, CacheMode, decide
 from limpet.pricing import PriceTable, completion_cost, prompt_cache_savings
@@ -36,7 +37,7 @@ from limpet.prompt_cache import (
     inject_cache_control,
 )
 from limpet.retry import should_retry
-from limpet.routing import hrw_rank
+from limpet.routing import Router, StickyRouter
 from limpet.stats import Stats
 from limpet.stream import CompletionStream, StreamFlights
 from limpet.transport import Transport
@@ -104,6 +105,10 @@ class Client:
         on_event: called with a ``CallEvent`` after every call (or a list of such hooks):
             ``limpet.metrics.PrometheusMetrics()``, ``limpet.tracing.OpenTelemetrySpans()``
             or your own; a hook that raises is logged and ignored.
+        router: chooses the endpoint of each upstream call, and holds the endpoints (give
+            it instead of ``endpoints=``); by default a ``StickyRouter`` over ``endpoints``.
+            Its affinity map is shared through the cache's Redis tier, if any. The Client
+            closes it.
         fleet_stats: with a Redis tier, also count calls per model in Redis (batched in
             the background) for ``limpet stats``.
 
@@ -137,10 +142,16 @@ class Client:
         app_title: str | None = None,
         on_event: EventHook | Sequence[EventHook] | None = None,
         fleet_stats: bool = True,
+        router: Router | None = None,
     ) -> None:
         self._cache_control = _resolve_cache_control(auto_cache_control)
-        self._endpoints = _resolve_endpoints(endpoints, base_url, api_key)
+        self._router = _resolve_router(router, endpoints, base_url, api_key)
+        self._endpoints = self._router.endpoints
         self._cache = _resolve_cache(cache)
+        if isinstance(self._router, StickyRouter) and self._router.store is None:
+            # Share the affinity map through the Redis tier, when there is one.
+            tiers = self._cache.tiers if self._cache is not None else ()
+            self._router.use_store(affinity_store_for(tiers))
         try:
             self._ttl = validate_ttl(ttl) or DEFAULT_TTL
         except InvalidRequestError as exc:
@@ -174,7 +185,7 @@ class Client:
             cache=self._cache,
             transport=self._transport,
             shared=None if flight_store is None else RedisFlight(flight_store, flight),
-            rank=self._ranked,
+            router=self._router,
             outgoing=self._outgoing,
             entry=self._entry,
             priced=self._priced,
@@ -210,6 +221,11 @@ class Client:
     def prices(self) -> PriceTable:
         """The per-model prices ``Completion.cost`` is computed from."""
         return self._prices
+
+    @property
+    def router(self) -> Router:
+        """Chooses the endpoints of each upstream call (a ``StickyRouter`` by default)."""
+        return self._router
 
     @property
     def cache(self) -> TieredCache | None:
@@ -370,6 +386,8 @@ class Client:
             return
         self._closed = True
         await self._generations.aclose()
+        # Before the cache: the router's last affinity writes go to its Redis.
+        await self._router.aclose()
         if self._fleet is not None:
             await self._fleet.aclose()
         try:
@@ -473,13 +491,9 @@ class Client:
             seconds = time.perf_counter() - started
             emit_event(self._hooks, event_of(model, None, seconds, stream=stream, error=error))
 
-    def _ranked(self, body: dict[str, Any]) -> list[Endpoint]:
-        """Endpoints in the order this request should try them."""
-        return hrw_rank(conversation_key(body), self._endpoints)
-
     def _outgoing(self, body: dict[str, Any]) -> dict[str, Any]:
-        """What is sent upstream. The key and the route are the caller's request's; only
-        what is sent is marked with ``cache_control``."""
+        """What is sent upstream, marked with ``cache_control``. The key is the caller's
+        request's; the route is what is sent, since the marks decide what is cached."""
         if self._cache_control is None:
             return body
         return inject_cache_control(body, self._cache_control)
@@ -505,12 +519,17 @@ class Client:
         )
 
     async def _upstream(self, body: dict[str, Any], ttl: float) -> CacheEntry:
-        ranked = self._ranked(body)
         sent = self._outgoing(body)
+        # Routed by what the provider sees (injected breakpoints too). No await between
+        # route() and the first attempt: the router counts the call in flight from there.
+        route = await self._router.route(sent)
+        ranked = route.endpoints
         for index, endpoint in enumerate(ranked):
             self.stats.upstream_calls += 1
             try:
-                response = await self._transport.chat(endpoint, sent)
+                with route.attempt(endpoint) as attempt:
+                    response = await self._transport.chat(endpoint, route.body)
+                    attempt.served(parse_usage(response.body.get("usage")))
             except APIError as exc:
                 if index + 1 == len(ranked) or not should_retry(exc):
                     raise
@@ -521,7 +540,7 @@ class Client:
                     ranked[index + 1].name,
                 )
                 continue
-            return await self._entry(response.body, response.endpoint, body, sent, ttl)
+            return await self._entry(response.body, response.endpoint, body, route.body, ttl)
         raise AssertionError("unreachable: the last endpoint's failure is raised")
 
 
@@ -535,6 +554,26 @@ def _resolve_cache_control(value: object) -> CacheControlConfig | None:
     raise ConfigurationError(
         f"Client.auto_cache_control: expected a bool or a CacheControlConfig, got {value!r}"
     )
+
+
+def _resolve_router(
+    router: Router | None,
+    endpoints: Sequence[Endpoint] | None,
+    base_url: str | None,
+    api_key: str | None,
+) -> Router:
+    if router is None:
+        return StickyRouter(_resolve_endpoints(endpoints, base_url, api_key))
+    if not isinstance(router, Router):
+        raise ConfigurationError(
+            f"Client.router: expected a Router such as StickyRouter, got {type(router).__name__}"
+        )
+    if endpoints is not None or base_url is not None or api_key is not None:
+        raise ConfigurationError(
+            "Client: the router holds the endpoints; give router= without endpoints=, "
+            "base_url= or api_key="
+        )
+    return router
 
 
 def _resolve_endpoints(

@@ -33,9 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
 from limpet.affinity import AffinityMap, AffinityMirror, AffinityStore
 from limpet.config import Endpoint, RoutingConfig, UnmarkedRouting
@@ -43,6 +41,7 @@ from limpet.errors import APIError, ConfigurationError
 from limpet.health import EndpointHealth, is_endpoint_fault, retry_after_of
 from limpet.keys import PrefixChain, PrefixLink, prefix_chain
 from limpet.models import Usage
+from limpet.route import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
 from limpet.routing_stats import EndpointStatus, RouterStats
 
 __all__ = [
@@ -63,9 +62,6 @@ _SCALE = float(1 << 64)
 # Affinity lookups per request: the deepest links below the routing key, then the key.
 _MAX_LOOKUPS = 16
 
-#: Why a route's first endpoint was chosen: the affinity map; the key's HRW ranking;
-#: bounded load moved it down the ranking; its first choice is ejected; no key at all.
-RouteReason = Literal["affinity", "hash", "spill", "failover", "spread"]
 _RECORDED: frozenset[RouteReason] = frozenset({"affinity", "hash", "spill"})
 
 
@@ -84,23 +80,6 @@ def _score(routing_key: str, endpoint: Endpoint) -> float:
     digest = hashlib.blake2b(f"{endpoint.name}\x00{routing_key}".encode(), digest_size=8).digest()
     unit = (int.from_bytes(digest, "big") + 0.5) / _SCALE
     return -endpoint.weight / math.log(unit)
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingKey:
-    """What a request is routed by.
-
-    Attributes:
-        kind: ``"breakpoint"`` (a breakpoint's prefix), ``"conversation"`` (the first
-            system plus first non-system message) or ``"spread"`` (nothing: least loaded).
-        key: the HRW key; None when spread.
-        depth: the chain depth of the link that stands for the key: the affinity map is
-            read and written from there down, never above. None when there is none.
-    """
-
-    kind: Literal["breakpoint", "conversation", "spread"]
-    key: str | None
-    depth: int | None
 
 
 def routing_key(chain: PrefixChain, unmarked: UnmarkedRouting = "conversation") -> RoutingKey:
@@ -129,115 +108,6 @@ def routing_key(chain: PrefixChain, unmarked: UnmarkedRouting = "conversation") 
     if candidates:
         return RoutingKey("breakpoint", candidates[-1].hash, candidates[-1].depth)
     return RoutingKey("conversation", chain.conversation, first_turn)
-
-
-class AttemptObserver(Protocol):
-    """What a router learns from the calls it routed."""
-
-    def attempt_started(self, attempt: Attempt) -> None: ...
-
-    def attempt_served(self, attempt: Attempt, usage: Usage | None) -> None: ...
-
-    def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None: ...
-
-
-class Route:
-    """One request's routing: the body to send and the endpoints to try, in order.
-
-    Attributes:
-        body: the request body to send (``prompt_cache_key`` may have been added).
-        endpoints: the first choice, then the failover order.
-        reason: why the first endpoint was chosen.
-        key: what the request was routed by, or None for routers that do not say.
-        chain: the request's prefix chain, or None.
-    """
-
-    __slots__ = ("_observer", "body", "chain", "endpoints", "key", "reason")
-
-    def __init__(
-        self,
-        body: Mapping[str, Any],
-        endpoints: Sequence[Endpoint],
-        observer: AttemptObserver,
-        *,
-        reason: RouteReason = "hash",
-        key: RoutingKey | None = None,
-        chain: PrefixChain | None = None,
-    ) -> None:
-        self.body = body
-        self.endpoints = tuple(endpoints)
-        self.reason: RouteReason = reason
-        self.key = key
-        self.chain = chain
-        self._observer = observer
-
-    def __repr__(self) -> str:
-        names = [e.name for e in self.endpoints]
-        return f"Route({names}, reason={self.reason!r}, key={self.key!r})"
-
-    def attempt(self, endpoint: Endpoint) -> Attempt:
-        """A context manager around one call to ``endpoint``: counts it in flight, and
-        reports its outcome (an exception leaving the block is a failure)."""
-        return Attempt(self, endpoint, self._observer)
-
-
-class Attempt:
-    """One call of a route to one endpoint; see ``Route.attempt``.
-
-    Call ``served(usage)`` inside the block when the call succeeded; leaving the block
-    without an exception counts as success too, without usage.
-
-    Attributes:
-        route: the route this call belongs to.
-        endpoint: where it goes.
-        probe: True when this call is an ejected endpoint's half-open probe.
-    """
-
-    __slots__ = ("_observer", "_served", "endpoint", "probe", "route")
-
-    def __init__(self, route: Route, endpoint: Endpoint, observer: AttemptObserver) -> None:
-        self.route = route
-        self.endpoint = endpoint
-        self.probe = False
-        self._observer = observer
-        self._served = False
-
-    @property
-    def first(self) -> bool:
-        """True when this call goes to the route's first choice."""
-        return self.endpoint is self.route.endpoints[0]
-
-    def __enter__(self) -> Attempt:
-        self._observer.attempt_started(self)
-        return self
-
-    def served(self, usage: Usage | None = None) -> None:
-        """The call succeeded; ``usage`` tells how it met the provider's prompt cache."""
-        if not self._served:
-            self._served = True
-            self._observer.attempt_served(self, usage)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.served()
-        self._observer.attempt_ended(self, exc)
-
-
-@runtime_checkable
-class Router(Protocol):
-    """Chooses the endpoints of each upstream call; the Client's seam for routing."""
-
-    @property
-    def endpoints(self) -> tuple[Endpoint, ...]: ...
-
-    async def route(self, body: Mapping[str, Any]) -> Route: ...
-
-    async def aclose(self) -> None: ...
 
 
 class StickyRouter:
@@ -406,6 +276,9 @@ class StickyRouter:
             if chosen:
                 ranked.insert(0, ranked.pop(chosen))
                 reason = "spill"
+                # Pinned now, not when the call returns: calls for the prefix that arrive
+                # meanwhile follow it instead of finding its old endpoint still full.
+                self._record(chain, key, ranked[0], move=True)
             order = ranked + [e for e in preferred if e not in ranked]
         self._stats.counted(reason)
         return Route(
@@ -466,7 +339,9 @@ class StickyRouter:
         deeper = [link.hash for link in reversed(chain.links[depth + 1 :]) if _looked_up(link, key)]
         return [*deeper[: _MAX_LOOKUPS - 1], chain.links[depth].hash]
 
-    def _record(self, chain: PrefixChain, key: RoutingKey, endpoint: Endpoint) -> None:
+    def _record(
+        self, chain: PrefixChain, key: RoutingKey, endpoint: Endpoint, *, move: bool
+    ) -> None:
         """Remember where the request's prefixes are cached now."""
         depth = key.depth
         if depth is None:
@@ -476,7 +351,7 @@ class StickyRouter:
         links = [chain.links[depth], *(link for link in deeper if _recorded(link, key))]
         hashed = key.key is not None and hrw_rank(key.key, self._endpoints)[0] is endpoint
         for link in links:
-            tell = self._affinity.put(link.hash, endpoint.name, ttl, now, hashed=hashed)
+            tell = self._affinity.put(link.hash, endpoint.name, ttl, now, hashed=hashed, move=move)
             if tell and mirror is not None:
                 mirror.remember(link.hash, endpoint.name, ttl)
 
@@ -518,9 +393,12 @@ class StickyRouter:
         # A call that failed over is not remembered: failover follows each key's own
         # ranking, the same in every process, and keys return when their endpoint does.
         if attempt.first and route.reason in _RECORDED:
-            self._record(chain, key, endpoint)
+            # A success refreshes the pin but never re-points it (a spill did that when it
+            # was routed): a call routed before a move and finishing after it must not
+            # move the prefix back.
+            self._record(chain, key, endpoint, move=False)
         if usage is not None:
-            self._stats.feedback(key.key or "", endpoint.name, usage)
+            self._stats.feedback(key.key, endpoint.name, usage)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name

@@ -112,10 +112,13 @@ class RouterStats:
         else:
             self.spread += 1
 
-    def feedback(self, key: str, endpoint: str, usage: Usage) -> None:
-        """Record how one served call met the provider's cache."""
+    def feedback(self, key: str | None, endpoint: str, usage: Usage) -> None:
+        """Record how one served call met the provider's cache (``key`` None: a call
+        routed without a key, counted in the totals only)."""
         self.cached_tokens += usage.cached_tokens
         self.cache_write_tokens += usage.cache_write_tokens
+        if key is None:
+            return
         entries = self._feedback
         entry = entries.get((key, endpoint))
         if entry is None:

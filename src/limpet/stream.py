@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any, Protocol
@@ -13,14 +13,15 @@ from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.coalesce import RedisFlight
 from limpet.completions import completion_of, storable
-from limpet.config import Endpoint
 from limpet.errors import APIError
 from limpet.models import CacheStatus, Completion
 from limpet.policy import CacheDecision
 from limpet.retry import should_retry
+from limpet.routing import Router
 from limpet.stats import Stats
 from limpet.streaming import StreamAssembler, StreamChunk, replay_chunks
 from limpet.transport import Transport
+from limpet.usage import parse_usage
 
 __all__ = ["CompletionStream", "StreamFlights"]
 
@@ -92,7 +93,7 @@ class StreamFlights:
         "_flights",
         "_outgoing",
         "_priced",
-        "_rank",
+        "_router",
         "_shared",
         "_stats",
         "_transport",
@@ -104,7 +105,7 @@ class StreamFlights:
         cache: TieredCache | None,
         transport: Transport,
         shared: RedisFlight[CacheEntry] | None,
-        rank: Callable[[dict[str, Any]], Sequence[Endpoint]],
+        router: Router,
         outgoing: Callable[[dict[str, Any]], dict[str, Any]],
         entry: MakeEntry,
         priced: Callable[[Completion, dict[str, Any]], Completion],
@@ -113,7 +114,7 @@ class StreamFlights:
         self._cache = cache
         self._transport = transport
         self._shared = shared
-        self._rank = rank
+        self._router = router
         self._outgoing = outgoing
         self._entry = entry
         self._priced = priced
@@ -225,16 +226,19 @@ class StreamFlights:
     ) -> CacheEntry:
         """Stream from the first endpoint that opens (failing over before the first chunk),
         pushing chunks as they come; returns the assembled entry."""
-        ranked = self._rank(body)
         sent = self._outgoing(body)
+        route = await self._router.route(sent)
+        ranked = route.endpoints
         assembler = StreamAssembler()
         for index, endpoint in enumerate(ranked):
             self._stats.upstream_calls += 1
-            chunks = self._transport.stream(endpoint, sent)
+            chunks = self._transport.stream(endpoint, route.body)
             try:
-                async for chunk in chunks:
-                    assembler.add(chunk)
-                    broadcast.push(chunk)
+                with route.attempt(endpoint) as attempt:
+                    async for chunk in chunks:
+                        assembler.add(chunk)
+                        broadcast.push(chunk)
+                    attempt.served(parse_usage(assembler.completion().get("usage")))
             except APIError as exc:
                 if assembler.chunks or index + 1 == len(ranked) or not should_retry(exc):
                     raise
@@ -242,7 +246,7 @@ class StreamFlights:
             finally:
                 await chunks.aclose()
             return await self._entry(
-                assembler.completion(), endpoint.name, body, sent, ttl, assembler.chunking()
+                assembler.completion(), endpoint.name, body, route.body, ttl, assembler.chunking()
             )
         raise AssertionError("unreachable: the last endpoint's failure is raised")
 
