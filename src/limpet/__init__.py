@@ -14,9 +14,18 @@ from typing import TYPE_CHECKING, Any
 from limpet._version import __version__
 from limpet.cache import CacheBackend, MemoryCache, TieredCache
 from limpet.client import Client
-from limpet.config import CachePolicy, Endpoint, FlightConfig, RetryConfig, Timeouts
+from limpet.config import (
+    CachePolicy,
+    Endpoint,
+    FlightConfig,
+    RetryConfig,
+    RoutingConfig,
+    Timeouts,
+)
 from limpet.keys import KeyExplanation, explain_key
 from limpet.models import CacheStatus, Completion, Cost, Usage
+from limpet.prompt_cache import CacheControlConfig
+from limpet.routing import Router, StickyRouter
 from limpet.stats import Stats
 from limpet.stream import CompletionStream
 from limpet.streaming import StreamChunk
@@ -27,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CacheBackend",
+    "CacheControlConfig",
     "CachePolicy",
     "CacheStatus",
     "Client",
@@ -39,7 +49,10 @@ __all__ = [
     "MemoryCache",
     "RedisCache",
     "RetryConfig",
+    "Router",
+    "RoutingConfig",
     "Stats",
+    "StickyRouter",
     "StreamChunk",
     "TieredCache",
     "Timeouts",

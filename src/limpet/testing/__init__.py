@@ -13,7 +13,12 @@ from limpet.testing.catalog import DEFAULT_MODELS, UNKNOWN_MODEL_PRICE, FakeMode
 from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import Fault
 from limpet.testing.gateway import FakeGateway
-from limpet.testing.provider_cache import NoPromptCache, PromptCacheModel, PromptCacheResult
+from limpet.testing.provider_cache import (
+    NoPromptCache,
+    PromptCacheModel,
+    PromptCacheResult,
+    ProviderPromptCache,
+)
 from limpet.testing.tokens import count_message_tokens, count_prompt_tokens, count_tokens
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "NoPromptCache",
     "PromptCacheModel",
     "PromptCacheResult",
+    "ProviderPromptCache",
     "count_message_tokens",
     "count_prompt_tokens",
     "count_tokens",
