@@ -91,16 +91,30 @@ def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServe
     return redis_server_factory()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    """A three-node Redis Cluster (no replicas) on loopback, shared by the session: use it
-    with ``cluster_prefix``. Never kill its nodes; start a cluster of your own for that."""
+def _start_cluster() -> RedisClusterServers:
     if REDIS_SERVER_BINARY is None or REDIS_CLI_BINARY is None:
         _unavailable("redis-server and redis-cli are needed for a Redis Cluster")
     try:
-        cluster = RedisClusterServers().start()
+        return RedisClusterServers().start()
     except RuntimeError as exc:
         _unavailable(f"the Redis Cluster did not start: {exc}")
+        raise  # unreachable: _unavailable skips or fails
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-node Redis Cluster (no replicas) on loopback, shared by the session: use it
+    with ``cluster_prefix``. Never kill its nodes; use ``private_redis_cluster`` for that."""
+    cluster = _start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def private_redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-node Redis Cluster for this test alone, whose nodes it may kill (about two
+    seconds to start: use sparingly)."""
+    cluster = _start_cluster()
     yield cluster
     cluster.stop()
 

@@ -192,7 +192,7 @@ class Client:
             stats=self.stats,
         )
         if self._cache is not None:
-            self.stats.cache = self._cache.stats
+            self.stats.attach(self._cache)
         redis_tier = _redis_tier(self._cache) if fleet_stats else None
         self._fleet = None if redis_tier is None else FleetCounters(redis_tier)
         self._hooks: tuple[EventHook, ...] = (

@@ -132,6 +132,10 @@ class SingleFlight(Generic[T]):
             del self._flights[key]
 
 
+#: Seconds the leader waits for its renewal task to stop before releasing the lease.
+_RENEWAL_STOP_TIMEOUT = 1.0
+
+
 class FlightOutcome(enum.Enum):
     """What a leader told its followers when it finished."""
 
@@ -302,7 +306,9 @@ class RedisFlight(Generic[R]):
             raise
         finally:
             renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
+            # Bounded: a Redis client whose socket timeout wraps sends in wait_for can
+            # swallow a cancellation on Python 3.11; the lease must be released anyway.
+            await asyncio.wait({renewing}, timeout=_RENEWAL_STOP_TIMEOUT)
             try:
                 await self.store.release(key, token, notice, entry, ttl)
             except CacheUnavailableError as exc:

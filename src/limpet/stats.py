@@ -31,6 +31,24 @@ class _GuardedTier(Protocol):
     def dropped_writes(self) -> int: ...
 
 
+class _Tiers:
+    """What ``Stats.attach`` learnt of the cache: how many leading tiers answer
+    in-process, and the tiers behind a breaker. Live objects, so it is shared rather than
+    copied when the stats are (``copy.deepcopy``, ``dataclasses.asdict``)."""
+
+    __slots__ = ("guarded", "local")
+
+    def __init__(self, local: int = 1, guarded: tuple[_GuardedTier, ...] = ()) -> None:
+        self.local = local
+        self.guarded = guarded
+
+    def __copy__(self) -> _Tiers:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _Tiers:
+        return self
+
+
 @dataclass(slots=True)
 class Stats:
     """Live counters of a Client; read them any time, ``as_dict()`` for a snapshot.
@@ -70,27 +88,24 @@ class Stats:
     cost_usd: float = 0.0
     saved_usd: float = 0.0
     cache: TierStats = field(default_factory=TierStats)
-    # What attach() learnt of the cache: how many leading tiers are in-process, and the
-    # tiers behind a breaker.
-    _local_tiers: int = field(default=1, init=False, repr=False, compare=False)
-    _guarded: tuple[_GuardedTier, ...] = field(default=(), init=False, repr=False, compare=False)
+    _tiers: _Tiers = field(default_factory=_Tiers, init=False, repr=False, compare=False)
 
     def attach(self, cache: TieredCache) -> None:
         """Report on ``cache``: its counters become ``cache``, and its tiers give the
         L1/L2 split and the breaker states. The Client calls this with its cache."""
         self.cache = cache.stats
-        self._local_tiers = cache.local_tiers
-        self._guarded = tuple(t for t in cache.tiers if isinstance(t, _GuardedTier))
+        guarded = tuple(t for t in cache.tiers if isinstance(t, _GuardedTier))
+        self._tiers = _Tiers(cache.local_tiers, guarded)
 
     @property
     def l1_hits(self) -> int:
         """Hits answered in-process (the leading ``MemoryCache`` tiers)."""
-        return sum(self.cache.hits[: self._local_tiers])
+        return sum(self.cache.hits[: self._tiers.local])
 
     @property
     def l2_hits(self) -> int:
         """Hits answered by a shared tier (Redis)."""
-        return sum(self.cache.hits[self._local_tiers :])
+        return sum(self.cache.hits[self._tiers.local :])
 
     @property
     def cache_errors(self) -> int:
@@ -105,7 +120,7 @@ class Stats:
     @property
     def breaker_states(self) -> tuple[str, ...]:
         """The circuit breaker state of each tier that has one (Redis), fastest first."""
-        return tuple(tier.breaker_state for tier in self._guarded)
+        return tuple(tier.breaker_state for tier in self._tiers.guarded)
 
     @property
     def breaker_state(self) -> str | None:
@@ -119,12 +134,12 @@ class Stats:
     @property
     def failed_cache_writes(self) -> int:
         """Background cache writes that did not land (Redis down, slow, full)."""
-        return sum(tier.failed_writes for tier in self._guarded)
+        return sum(tier.failed_writes for tier in self._tiers.guarded)
 
     @property
     def dropped_cache_writes(self) -> int:
         """Background cache writes never attempted (the queue was full)."""
-        return sum(tier.dropped_writes for tier in self._guarded)
+        return sum(tier.dropped_writes for tier in self._tiers.guarded)
 
     @property
     def requests(self) -> int:

@@ -74,8 +74,6 @@ def make_client(
         namespace=namespace,
     )
     assert client.cache is not None
-    # TODO(client.py): drop once Client.__init__ calls stats.attach(cache) itself.
-    client.stats.attach(client.cache)
     return client
 
 

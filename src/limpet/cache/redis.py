@@ -203,6 +203,12 @@ class RedisCache:
 
         #: Whether this cache talks to a Redis Cluster (and tags its keys for one).
         self.cluster = isinstance(client, RedisCluster)
+        if self.cluster and ("{" in prefix or "}" in prefix):
+            # A brace in the prefix would move the hash tag off the cache key, and an entry
+            # and its lease (touched by one script) could land on different slots.
+            raise ConfigurationError(
+                f"RedisCache.prefix: no braces on a cluster (keys are hash-tagged), got {prefix!r}"
+            )
         self.prefix = prefix
         # Entry key: prefix + open + key + close; the hash tag is the cache key itself.
         self._tag_open, self._tag_close = ("{", "}") if self.cluster else ("", "")
@@ -444,8 +450,14 @@ class RedisCache:
             if flights is not None:
                 await flights.aclose()
             if self._owns_client:
+                client = self._client
                 try:
-                    await self._client.aclose()
+                    await client.aclose()
+                    if isinstance(client, RedisCluster):
+                        # redis-py's aclose() closes nothing while a topology refresh is
+                        # pending (after a node failed): close every node's connections.
+                        await client.nodes_manager.aclose()
+                        await client.nodes_manager.aclose("startup_nodes")
                 except Exception as exc:
                     raise CacheUnavailableError(
                         f"closing the connection pool to {self._where} failed: {exc}"
