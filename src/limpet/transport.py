@@ -5,8 +5,9 @@ aiohttp's and tenacity's exceptions stop here; callers see only ``limpet.errors`
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,22 +154,12 @@ class Transport:
             APIConnectionError: no answer (``APITimeoutError`` when it was a timeout).
             APIResponseError: a 2xx answer that is not JSON.
         """
-        try:
+        with _mapped_errors(endpoint):
             async with self._session_for_loop().get(
                 endpoint.base_url + path, headers=_request_headers(endpoint)
             ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                f"no answer from endpoint {endpoint.name!r} within the timeout",
-                endpoint=endpoint.name,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
-                endpoint=endpoint.name,
-            ) from exc
         excerpt = _excerpt(raw, endpoint.secrets)
         try:
             body: object = orjson.loads(raw)
@@ -228,7 +219,7 @@ class Transport:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.total
         )
-        try:
+        with _mapped_errors(endpoint):
             response = await self._session_for_loop().post(
                 endpoint.base_url + "/chat/completions",
                 data=payload,
@@ -241,16 +232,6 @@ class Transport:
                 raw = await response.read()
             finally:
                 response.release()
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                f"no answer from endpoint {endpoint.name!r} within the timeout",
-                endpoint=endpoint.name,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
-                endpoint=endpoint.name,
-            ) from exc
         _parse(endpoint, response.status, response.headers, raw)  # raises for an error
         raise APIResponseError(
             "a stream was asked for but the answer is not an event stream",
@@ -262,21 +243,28 @@ class Transport:
     async def _post(self, endpoint: Endpoint, path: str, payload: bytes) -> dict[str, Any]:
         headers = _request_headers(endpoint)
         url = endpoint.base_url + path
-        try:
+        with _mapped_errors(endpoint):
             async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                f"no answer from endpoint {endpoint.name!r} within the timeout",
-                endpoint=endpoint.name,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
-                endpoint=endpoint.name,
-            ) from exc
         return _parse(endpoint, status, response_headers, raw)
+
+
+@contextlib.contextmanager
+def _mapped_errors(endpoint: Endpoint) -> Iterator[None]:
+    """aiohttp's and the OS's failures, as limpet's: the one place they are mapped."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise APITimeoutError(
+            f"no answer from endpoint {endpoint.name!r} within the timeout",
+            endpoint=endpoint.name,
+        ) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise APIConnectionError(
+            f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
+            endpoint=endpoint.name,
+        ) from exc
 
 
 def _request_headers(endpoint: Endpoint) -> dict[str, str]:
