@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import itertools
 import random
 import statistics
@@ -39,14 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks._common import Figure, Plot, Series, emit
-from limpet import Client, Endpoint, RetryConfig, Timeouts
+from limpet import Client, Endpoint, RetryConfig
 from limpet.config import RoutingConfig
 from limpet.models import Usage
 from limpet.routing import Attempt, Route, Router, StickyRouter, hrw_rank
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import PromptCacheResult, ProviderPromptCache
-from limpet.transport import Transport
-from limpet.usage import parse_usage, reported_cost
 
 MODEL = "anthropic/claude-sonnet-4.6"
 API_KEY = "sk-bench"
@@ -72,9 +69,6 @@ SYSTEM = "You answer questions about the tenant's document, citing it. " * 80
 E_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 FLOOR_GRID = (1, 2, 4, 8, 16, 32)
 REMOVAL_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 30)
-# The Client takes router= once it is wired in; until then the benchmark drives the
-# router and the transport itself, exactly as the Client's upstream loop does.
-CLIENT_TAKES_ROUTER = "router" in inspect.signature(Client).parameters
 
 
 # --- Baselines: routers that ignore the prefix ---------------------------------------------
@@ -258,25 +252,6 @@ class CountingCache(ProviderPromptCache):
 Send = Callable[[dict[str, Any]], Awaitable[tuple[Usage, float]]]
 
 
-def via_router(router: Router, transport: Transport) -> Send:
-    """The Client's upstream loop, written out: route, then try endpoints in order."""
-
-    async def send(body: dict[str, Any]) -> tuple[Usage, float]:
-        route = await router.route(body)
-        for endpoint in route.endpoints:
-            try:
-                with route.attempt(endpoint) as attempt:
-                    response = await transport.chat(endpoint, route.body)
-                    usage = response.body.get("usage")
-                    attempt.served(parse_usage(usage))
-            except Exception:
-                continue
-            return parse_usage(usage), reported_cost(usage) or 0.0
-        raise RuntimeError("every endpoint failed")
-
-    return send
-
-
 def via_client(client: Client) -> Send:
     async def send(body: dict[str, Any]) -> tuple[Usage, float]:
         completion = await client.complete(**body)
@@ -298,14 +273,8 @@ async def run(
     endpoints = [Endpoint(n, gateway.base_url(n), api_key=API_KEY) for n in gateway.endpoints]
     router = make_router(endpoints)
     retry = RetryConfig(max_attempts=1)
-    transport = Transport(timeouts=Timeouts(), retry=retry)
-    client: Client | None = None
-    if CLIENT_TAKES_ROUTER:
-        # The one line that changes once Client(router=...) exists:
-        client = Client(router=router, cache=None, coalesce=False, retry=retry)  # type: ignore[call-arg,unused-ignore]
-        send = via_client(client)
-    else:
-        send = via_router(router, transport)
+    client = Client(router=router, cache=None, coalesce=False, retry=retry)
+    send = via_client(client)
     queue = iter(enumerate(arrivals))
     # Each run starts a day after the last, so no cache entry survives from one to the next.
     clock.now += 86_400.0
@@ -332,11 +301,7 @@ async def run(
     try:
         await asyncio.gather(*(worker() for _ in range(workers)))
     finally:
-        if client is not None:
-            await client.aclose()
-        else:
-            await router.aclose()
-        await transport.aclose()
+        await client.aclose()  # closes the router too
     cached = sum(s.cached for s in samples)
     cacheable = cached + sum(s.written for s in samples)
     spills = router.stats.spilled if isinstance(router, StickyRouter) else 0
@@ -590,7 +555,7 @@ async def main(quick: bool) -> None:
                 ),
             },
         ),
-        driver="Client(router=...)" if CLIENT_TAKES_ROUTER else "router + transport",
+        driver="Client(router=...)",
         workload={
             "tenants": tenants,
             "questions_per_tenant": questions,

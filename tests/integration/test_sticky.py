@@ -5,14 +5,12 @@ Two kinds of tests:
 
 - Router-level (run now): ``routed`` below is the upstream loop the Client runs, written
   out (route, try endpoints in order, report each attempt), over a real ``Transport``.
-- Client-level (``needs_client_router``): the same behaviours through
-  ``Client(router=StickyRouter(...))``, skipped until the Client takes ``router=``.
+- Client-level: the same behaviours through ``Client(router=StickyRouter(...))``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,11 +37,6 @@ CC = {"type": "ephemeral"}
 NAMES = ("a", "b", "c", "d")
 SYSTEM = "You answer from the tenant's handbook, citing sections. " * 40
 ONCE = RetryConfig(max_attempts=1)
-
-CLIENT_TAKES_ROUTER = "router" in inspect.signature(Client).parameters
-needs_client_router = pytest.mark.skipif(
-    not CLIENT_TAKES_ROUTER, reason="needs Client(router=...), not wired into client.py yet"
-)
 
 
 class Clock:
@@ -246,16 +239,15 @@ def sticky_client(
     gateway: FakeGateway, router: StickyRouter | None = None, **kwargs: Any
 ) -> Client:
     router = router or StickyRouter(endpoints(gateway))
-    return Client(router=router, retry=ONCE, **kwargs)  # type: ignore[call-arg,unused-ignore]
+    return Client(router=router, retry=ONCE, **kwargs)
 
 
 def client_router(client: Client) -> StickyRouter:
-    router = client.router  # type: ignore[attr-defined,unused-ignore]
+    router = client.router
     assert isinstance(router, StickyRouter)
     return router
 
 
-@needs_client_router
 async def test_client_same_prefix_from_fresh_clients_lands_on_one_endpoint(
     gateway: FakeGateway,
 ) -> None:
@@ -268,7 +260,6 @@ async def test_client_same_prefix_from_fresh_clients_lands_on_one_endpoint(
     assert [read for _, read in served] == [False, True, True]
 
 
-@needs_client_router
 async def test_client_rolling_chat_stays_on_one_endpoint_and_reads_its_history(
     gateway: FakeGateway,
 ) -> None:
@@ -289,14 +280,12 @@ async def test_client_rolling_chat_stays_on_one_endpoint_and_reads_its_history(
     assert reads[1] > 1000
 
 
-@needs_client_router
 async def test_client_rag_spreads_by_document(gateway: FakeGateway) -> None:
     async with sticky_client(gateway, cache=None) as client:
         homes = {(await client.complete(**rag(f"tenant {i}", "q"))).endpoint for i in range(24)}
     assert len(homes) >= 3
 
 
-@needs_client_router
 async def test_client_failover_ejects_and_keys_return_after_the_cooldown(
     gateway: FakeGateway,
 ) -> None:
@@ -318,7 +307,6 @@ async def test_client_failover_ejects_and_keys_return_after_the_cooldown(
         assert (await client.complete(**rag("failing", "back?"))).endpoint == home
 
 
-@needs_client_router
 async def test_client_a_single_error_fails_over_once_without_repinning(
     gateway: FakeGateway,
 ) -> None:
@@ -331,7 +319,6 @@ async def test_client_a_single_error_fails_over_once_without_repinning(
         assert client_router(client).stats.retried_elsewhere == 1
 
 
-@needs_client_router
 async def test_client_derives_prompt_cache_key_outside_the_cache_key(
     gateway: FakeGateway,
 ) -> None:
@@ -349,7 +336,6 @@ async def test_client_derives_prompt_cache_key_outside_the_cache_key(
     assert first.key == second.key
 
 
-@needs_client_router
 async def test_client_mirrors_affinity_to_its_redis_tier_and_others_follow(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:
