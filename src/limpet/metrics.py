@@ -27,41 +27,15 @@ class PrometheusMetrics:
         self, registry: CollectorRegistry | None = None, *, namespace: str = "limpet"
     ) -> None:
         registry = REGISTRY if registry is None else registry
-        self.calls = Counter(
-            "calls",
-            "Calls by how they were served",
-            ["model", "cache", "endpoint"],
-            namespace=namespace,
-            registry=registry,
-        )
-        self.errors = Counter(
-            "errors",
-            "Calls that failed",
-            ["model", "error"],
-            namespace=namespace,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "tokens",
-            "Tokens billed upstream",
-            ["model", "kind"],
-            namespace=namespace,
-            registry=registry,
-        )
-        self.cost = Counter(
-            "cost_usd",
-            "Dollars spent upstream",
-            ["model"],
-            namespace=namespace,
-            registry=registry,
-        )
-        self.saved = Counter(
-            "saved_usd",
-            "Dollars saved by caching and coalescing",
-            ["model"],
-            namespace=namespace,
-            registry=registry,
-        )
+
+        def counter(name: str, documentation: str, *labels: str) -> Counter:
+            return Counter(name, documentation, labels, namespace=namespace, registry=registry)
+
+        self.calls = counter("calls", "Calls by how they were served", "model", "cache", "endpoint")
+        self.errors = counter("errors", "Calls that failed", "model", "error")
+        self.tokens = counter("tokens", "Tokens billed upstream", "model", "kind")
+        self.cost = counter("cost_usd", "Dollars spent upstream", "model")
+        self.saved = counter("saved_usd", "Dollars saved by caching and coalescing", "model")
         self.seconds = Histogram(
             "call_seconds",
             "Call latency",
