@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from limpet.errors import APIConnectionError, ConfigurationError
+from limpet.errors import APIConnectionError, ConfigurationError, NotFoundError
 from limpet.models import Cost, Usage
 from limpet.pricing import (
     ModelPrices,
@@ -325,6 +325,26 @@ async def test_a_failed_fetch_falls_back_then_retries_later(
     assert listed is not None and listed.source == "gateway" and listed.prompt == 1
     assert len(caplog.records) == 1  # logged once per outage
     assert "loaded" in repr(table)
+
+
+async def test_a_gateway_without_models_is_normal_logged_once_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fetches = 0
+
+    async def fetch() -> object:
+        nonlocal fetches
+        fetches += 1
+        raise NotFoundError("no such route", status_code=404)
+
+    table = PriceTable(fetch, retry_after=0)
+    with caplog.at_level(logging.DEBUG, logger="limpet.pricing"):
+        for _ in range(3):
+            found = await table.prices("anthropic/claude-sonnet-4.6")
+            assert found is not None and found.source == "genai-prices"
+    assert fetches == 3
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "no /models" in caplog.text
 
 
 async def test_a_listing_that_prices_nothing_counts_as_a_failure() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from limpet._extras import import_extra
 from limpet._version import __version__
 from limpet.cache import CacheBackend, MemoryCache, TieredCache
 from limpet.client import Client
@@ -24,6 +25,7 @@ from limpet.config import (
 )
 from limpet.keys import KeyExplanation, explain_key
 from limpet.models import CacheStatus, Completion, Cost, Usage
+from limpet.pricing import ModelPrices, PriceTable
 from limpet.prompt_cache import CacheControlConfig
 from limpet.routing import Router, StickyRouter
 from limpet.stats import Stats
@@ -47,6 +49,8 @@ __all__ = [
     "FlightConfig",
     "KeyExplanation",
     "MemoryCache",
+    "ModelPrices",
+    "PriceTable",
     "RedisCache",
     "RetryConfig",
     "Router",
@@ -66,7 +70,5 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # RedisCache needs the optional redis extra; import it only when asked for.
     if name == "RedisCache":
-        from limpet.cache.redis import RedisCache
-
-        return RedisCache
+        return import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

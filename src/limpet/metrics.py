@@ -7,11 +7,62 @@ Example:
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+import weakref
+from dataclasses import dataclass
 
+from limpet._extras import require_extra
 from limpet.events import CallEvent
 
+with require_extra("PrometheusMetrics", "prometheus", "prometheus_client"):
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
 __all__ = ["PrometheusMetrics"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Collectors:
+    calls: Counter
+    errors: Counter
+    tokens: Counter
+    cost: Counter
+    saved: Counter
+    seconds: Histogram
+
+
+# A registry refuses a second collector of the same name, so every PrometheusMetrics of
+# one (registry, namespace) shares one set: a second Client's hook counts into the same
+# series instead of raising DuplicateTimeseries.
+_REGISTERED: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Collectors]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _collectors(registry: CollectorRegistry, namespace: str) -> _Collectors:
+    by_namespace = _REGISTERED.setdefault(registry, {})
+    found = by_namespace.get(namespace)
+    if found is not None:
+        return found
+
+    def counter(name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, namespace=namespace, registry=registry)
+
+    made = _Collectors(
+        calls=counter("calls", "Calls by how they were served", "model", "cache", "endpoint"),
+        errors=counter("errors", "Calls that failed", "model", "error"),
+        tokens=counter("tokens", "Tokens billed upstream", "model", "kind"),
+        cost=counter("cost_usd", "Dollars spent upstream", "model"),
+        saved=counter("saved_usd", "Dollars saved by caching and coalescing", "model"),
+        seconds=Histogram(
+            "call_seconds",
+            "Call latency",
+            ["cache"],
+            namespace=namespace,
+            registry=registry,
+            buckets=(0.0001, 0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        ),
+    )
+    by_namespace[namespace] = made
+    return made
 
 
 class PrometheusMetrics:
@@ -21,29 +72,21 @@ class PrometheusMetrics:
     ``limpet_errors_total{model,error}``, ``limpet_tokens_total{model,kind}`` (prompt,
     completion, cached, cache_write), ``limpet_cost_usd_total{model}``,
     ``limpet_saved_usd_total{model}`` and ``limpet_call_seconds{cache}``.
+
+    Any number of instances may share a registry and namespace (one per Client, say):
+    they count into the same series.
     """
 
     def __init__(
         self, registry: CollectorRegistry | None = None, *, namespace: str = "limpet"
     ) -> None:
-        registry = REGISTRY if registry is None else registry
-
-        def counter(name: str, documentation: str, *labels: str) -> Counter:
-            return Counter(name, documentation, labels, namespace=namespace, registry=registry)
-
-        self.calls = counter("calls", "Calls by how they were served", "model", "cache", "endpoint")
-        self.errors = counter("errors", "Calls that failed", "model", "error")
-        self.tokens = counter("tokens", "Tokens billed upstream", "model", "kind")
-        self.cost = counter("cost_usd", "Dollars spent upstream", "model")
-        self.saved = counter("saved_usd", "Dollars saved by caching and coalescing", "model")
-        self.seconds = Histogram(
-            "call_seconds",
-            "Call latency",
-            ["cache"],
-            namespace=namespace,
-            registry=registry,
-            buckets=(0.0001, 0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-        )
+        collectors = _collectors(REGISTRY if registry is None else registry, namespace)
+        self.calls = collectors.calls
+        self.errors = collectors.errors
+        self.tokens = collectors.tokens
+        self.cost = collectors.cost
+        self.saved = collectors.saved
+        self.seconds = collectors.seconds
 
     def __call__(self, event: CallEvent) -> None:
         model = event.model

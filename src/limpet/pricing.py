@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from limpet.errors import ConfigurationError
+from limpet.errors import ConfigurationError, NotFoundError
 from limpet.models import Cost, Usage
 from limpet.prompt_cache import DEFAULT_CAPABILITIES, CacheCapability, CapabilityTable
 
@@ -349,19 +349,25 @@ class PriceTable:
                 return  # another caller fetched (or failed) while this one waited
             try:
                 count = self.add_listing(await self._fetch())
+            except NotFoundError:
+                # Many gateways (and relays) have no /models: normal, not an outage.
+                self._failed("the gateway has no /models listing", logging.INFO)
+                return
             except Exception as exc:  # a price fetch must never fail a completion
                 self._failed(f"{type(exc).__name__}: {exc}")
                 return
             if not count:
-                self._failed("the listing priced no model")
+                self._failed("the listing priced no model", logging.INFO)
                 return
             self._loaded = True
             self._failed_at = None
             logger.debug("limpet: %d model prices from the gateway", count)
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, level: int = logging.WARNING) -> None:
         if self._failed_at is None:  # once per outage, not once per retry
-            logger.warning("limpet: could not fetch model prices (%s); using fallback prices", why)
+            logger.log(
+                level, "limpet: no model prices from the gateway (%s); using genai-prices", why
+            )
         self._failed_at = self.clock()
 
     async def prices(self, model: str, *also: str) -> ModelPrices | None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import time
 
-from opentelemetry import trace
-
+from limpet._extras import require_extra
 from limpet.events import CallEvent
+
+with require_extra("OpenTelemetrySpans", "otel", "opentelemetry"):
+    from opentelemetry import trace
 
 __all__ = ["OpenTelemetrySpans"]
 

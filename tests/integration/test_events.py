@@ -95,6 +95,22 @@ async def test_prometheus_metrics(gateway: FakeGateway) -> None:
     assert sample("limpet_call_seconds_count", {"cache": "hit"}) == 1
 
 
+async def test_two_prometheus_hooks_share_one_registry(gateway: FakeGateway) -> None:
+    registry = CollectorRegistry()
+    first, second = PrometheusMetrics(registry), PrometheusMetrics(registry)
+    assert first.calls is second.calls
+    async with (
+        client_for(gateway, on_event=first) as a,
+        client_for(gateway, on_event=second, namespace="b") as b,
+    ):
+        await a.complete(**ask())
+        await b.complete(**ask())
+    sample = registry.get_sample_value
+    assert sample("limpet_calls_total", {"model": MODEL, "cache": "miss", "endpoint": "a"}) == 2
+    other = PrometheusMetrics(registry, namespace="other")
+    assert other.calls is not first.calls
+
+
 async def test_opentelemetry_spans(gateway: FakeGateway) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
