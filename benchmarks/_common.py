@@ -24,11 +24,13 @@ A benchmark is a script ``benchmarks/NAME.py`` run as ``python -m benchmarks.NAM
 
 from __future__ import annotations
 
+import contextlib
 import math
+import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
 
@@ -255,3 +257,23 @@ def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what}: expected a number, got {value!r}")
     return float(value)
+
+
+@contextlib.asynccontextmanager
+async def scratch_redis_prefix(url: str, name: str) -> AsyncIterator[str]:
+    """A Redis key prefix of one benchmark run; every key under it (entries, leases,
+    generations, fleet counters: some have no TTL) is deleted when the block ends, so a
+    benchmark leaves nothing behind in a shared Redis."""
+    import redis.asyncio  # the benchmarks run with the dev extras
+
+    prefix = f"limpet-bench-{name}:{secrets.token_hex(6)}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+            if keys:
+                await client.unlink(*keys)
+        finally:
+            await client.aclose()

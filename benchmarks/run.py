@@ -1,6 +1,6 @@
 """Run the benchmarks one after another and write what they measured.
 
-    python -m benchmarks.run [NAME ...] [--quick] [--no-readme] [--timeout SECONDS]
+    python -m benchmarks.run [NAME ...] [--quick] [--update-readme] [--timeout SECONDS]
 
 Every ``benchmarks/NAME.py`` that is not private (``_*.py``) is run as
 ``python -m benchmarks.NAME`` in its own process, one at a time so that none perturbs
@@ -10,7 +10,7 @@ another's timings, with ``--quick`` passed through when given. The runner writes
   the machine it ran on;
 * ``benchmarks/results/RESULTS.md``: the table of figures, with the plots embedded;
 * ``benchmarks/results/NAME.png`` for each benchmark that emitted a plot;
-* and, unless ``--no-readme``, the same table between the ``results`` markers in
+* and, with ``--update-readme``, the same table between the ``results`` markers in
   ``README.md``.
 
 A script that exits non-zero, times out or prints something other than one JSON object
@@ -410,13 +410,17 @@ def _log(message: str) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (all)")
     parser.add_argument("--quick", action="store_true", help="pass --quick: small, fast runs")
-    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="also replace the results table in README.md (off by default)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -424,11 +428,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help=f"per script (default {DEFAULT_TIMEOUT:g})",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command = command_line()
+    args = command.parse_args(argv)
     try:
         names = select(discover(), args.names)
     except ValueError as exc:
-        parser.error(str(exc))
+        command.error(str(exc))
 
     machine = machine_info(quick=args.quick)
     outcomes: list[Outcome] = []
@@ -444,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     drawn = write_results(outcomes, machine, RESULTS_DIR)
     _log(f"wrote {(RESULTS_DIR / 'RESULTS.md').relative_to(ROOT)}")
-    if not args.no_readme:
+    if args.update_readme:
         update_readme(drawn, machine)
         _log(f"updated {README.relative_to(ROOT)}")
     return 0 if all(o.ok for o in outcomes) else 1

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import time
 
-from benchmarks._common import Figure, Plot, Series, emit
+from benchmarks._common import Figure, Plot, Series, emit, scratch_redis_prefix
 from limpet import Client, Endpoint
 from limpet.testing import FakeGateway
 from limpet.testing.storm import STORM_MESSAGES, STORM_MODEL, WorkerReport, run_storm
@@ -40,16 +39,17 @@ async def across(
     gateway: FakeGateway, redis_url: str, processes: int, callers: int, coalesce: bool
 ) -> tuple[int, float, list[WorkerReport]]:
     gateway.reset()
-    started = time.perf_counter()
-    reports = await run_storm(
-        processes,
-        base_url=gateway.base_url("a"),
-        redis_url=redis_url,
-        callers=callers,
-        prefix=f"limpet-bench-{secrets.token_hex(4)}:",
-        coalesce=coalesce,
-    )
-    wall = time.perf_counter() - started
+    async with scratch_redis_prefix(redis_url, "storm") as prefix:
+        started = time.perf_counter()
+        reports = await run_storm(
+            processes,
+            base_url=gateway.base_url("a"),
+            redis_url=redis_url,
+            callers=callers,
+            prefix=prefix,
+            coalesce=coalesce,
+        )
+        wall = time.perf_counter() - started
     errors = [e for r in reports for e in r.errors]
     if errors:
         raise RuntimeError(f"storm workers saw errors: {errors[:5]}")

@@ -18,6 +18,7 @@ from benchmarks.run import (
     Machine,
     Outcome,
     ReadmeMarkersError,
+    command_line,
     discover,
     parse_output,
     render_results_md,
@@ -301,3 +302,8 @@ def test_draw_plot_writes_a_png(tmp_path: Path, kind: str) -> None:
     plot = Plot.from_json({**STORM_PLOT.to_json(), "kind": kind, "yscale": "log"})
     draw_plot(plot, tmp_path / "storm.png")
     assert (tmp_path / "storm.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_readme_is_rewritten_only_when_asked() -> None:
+    assert command_line().parse_args([]).update_readme is False
+    assert command_line().parse_args(["--update-readme"]).update_readme is True

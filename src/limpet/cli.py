@@ -93,7 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("names", nargs="*", help="only these benchmarks")
     bench.add_argument("--quick", action="store_true", help="small, fast runs")
-    bench.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    bench.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="also replace the results table in README.md (off by default)",
+    )
     return parser
 
 
@@ -237,7 +241,7 @@ def _bench(args: argparse.Namespace) -> int:
         print("limpet bench: run it from a limpet source checkout", file=sys.stderr)
         return 2
     command = [sys.executable, "-m", "benchmarks.run", *args.names]
-    command += ["--quick"] * args.quick + ["--no-readme"] * args.no_readme
+    command += ["--quick"] * args.quick + ["--update-readme"] * args.update_readme
     return subprocess.call(command)
 
 
