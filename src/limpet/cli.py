@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from limpet._version import __version__
 from limpet.errors import CacheUnavailableError, InvalidRequestError
 from limpet.generations import generation_name
 from limpet.models import Completion
@@ -53,12 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="limpet", description="Cheaper, faster LLM calls through OpenAI-compatible gateways."
     )
+    parser.add_argument("--version", action="version", version=f"limpet {__version__}")
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser(
         "demo", help="run a realistic workload against the built-in fake gateway"
     )
-    demo.add_argument("--requests", type=_positive_int, default=400)
-    demo.add_argument("--concurrency", type=_positive_int, default=32)
+    demo.add_argument(
+        "--requests", type=_positive_int, default=400, help="calls in the workload (400)"
+    )
+    demo.add_argument(
+        "--concurrency", type=_positive_int, default=32, help="calls in flight at once (32)"
+    )
     demo.add_argument("--burst", type=_positive_int, default=64, help="identical cold requests")
     demo.add_argument("--latency", type=float, default=0.08, help="fake upstream seconds")
     demo.add_argument("--json", action="store_true", help="print JSON instead of a table")

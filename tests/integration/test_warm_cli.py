@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
+from limpet import __version__ as limpet_version
 from limpet.testing import FakeGateway
 from tests.redis_servers import free_port
 
@@ -135,6 +136,14 @@ async def test_limpet_demo_prints_its_table_as_json() -> None:
     assert cached["upstream_calls"] < plain["upstream_calls"]
     assert cached["statuses"]["miss"] == cached["upstream_calls"]
     assert cached["saved_usd"] > 0
+
+
+async def test_limpet_version_and_demo_help() -> None:
+    code, out, _ = await limpet("--version")
+    assert (code, out.strip()) == (0, f"limpet {limpet_version}")
+    code, out, _ = await limpet("demo", "--help")
+    assert code == 0
+    assert "calls in the workload" in out and "calls in flight at once" in out
 
 
 async def test_limpet_bench_needs_a_source_checkout(
