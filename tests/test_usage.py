@@ -38,8 +38,18 @@ def test_openrouter_usage_with_cache_reads_and_writes() -> None:
     "payload",
     [None, {}, "usage", [], {"prompt_tokens": None}, {"prompt_tokens": "12"}],
 )
-def test_missing_or_odd_usage_is_all_zero(payload: Any) -> None:
-    assert parse_usage(payload) == Usage()
+def test_missing_or_odd_usage_is_all_zero_and_not_reported(payload: Any) -> None:
+    usage = parse_usage(payload)
+    assert usage == Usage(reported=False)
+    assert not usage.reported
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"prompt_tokens": 0, "completion_tokens": 0}, {"completion_tokens": 3}, {"cost": 0.25}],
+)
+def test_a_usage_with_any_number_is_reported(payload: Any) -> None:
+    assert parse_usage(payload).reported
 
 
 def test_inconsistent_numbers_are_clamped_so_buckets_still_add_up() -> None:

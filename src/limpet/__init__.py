@@ -22,6 +22,7 @@ from limpet.config import (
     RoutingConfig,
     Timeouts,
 )
+from limpet.errors import APIGenerationError
 from limpet.keys import KeyExplanation, explain_key
 from limpet.models import CacheStatus, Completion, Cost, Usage
 from limpet.prompt_cache import CacheControlConfig
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
 
 __all__ = [
+    "APIGenerationError",
     "CacheBackend",
     "CacheControlConfig",
     "CachePolicy",
