@@ -91,8 +91,9 @@ REDACTED = "***"
 # Bytes of a body scrubbed for an excerpt: enough for any error, bounded for a huge one.
 _SCRUB_WINDOW = 64 * 1024
 # ``Bearer <token>`` anywhere, whatever the token: an upstream may echo a key we never had
-# (a proxy's, or a wrong one the caller passed in a header).
-_BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]+")
+# (a proxy's, or a wrong one the caller passed in a header). The token runs to whitespace
+# or a character that closes a quoted or bracketed value around it.
+_BEARER = re.compile(r"""(?i)\b(bearer)(\s+)[^\s"'`,;<>()\[\]{}\\]+""")
 # Header values shorter than this are not taken for secrets: scrubbing "gzip" or "en" out
 # of every message would garble it and hide nothing.
 _MIN_SECRET_CHARS = 8
