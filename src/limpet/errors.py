@@ -328,7 +328,7 @@ def scrub_error(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExceptio
     """Scrub ``exc`` in place (its ``args`` and every text attribute) and return it."""
     secrets = tuple(secrets)
     exc.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in exc.args)
-    for name, value in vars(exc).items():
+    for name, value in list(vars(exc).items()):
         if isinstance(value, str):
             setattr(exc, name, scrub(value, secrets))
     return exc
