@@ -50,3 +50,17 @@ def test_cache_status_is_a_str_enum() -> None:
 
 def test_version_comes_from_metadata() -> None:
     assert limpet.__version__.count(".") >= 2
+
+
+def test_every_exception_is_exported() -> None:
+    import limpet.errors
+
+    exceptions = {
+        name
+        for name, value in vars(limpet.errors).items()
+        if isinstance(value, type)
+        and issubclass(value, Exception)
+        and value.__module__ == "limpet.errors"
+    }
+    assert exceptions <= set(limpet.__all__)
+    assert "LimpetError" in exceptions

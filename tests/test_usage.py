@@ -1,12 +1,18 @@
-"""Usage in the OpenAI/OpenRouter dialect: buckets that add up, never an error."""
+"""Usage in the OpenAI/OpenRouter dialect: buckets that add up, never an error; and usage
+never reported is a cost unknown (None), never $0, on every path."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from limpet.models import Usage
+from limpet.cache.base import CacheEntry
+from limpet.completions import completion_of
+from limpet.models import CacheStatus, Completion, Cost, Usage
+from limpet.pricing import ModelPrices, completion_cost
+from limpet.stats import Stats
 from limpet.usage import parse_usage, reported_cost
 
 
@@ -38,8 +44,18 @@ def test_openrouter_usage_with_cache_reads_and_writes() -> None:
     "payload",
     [None, {}, "usage", [], {"prompt_tokens": None}, {"prompt_tokens": "12"}],
 )
-def test_missing_or_odd_usage_is_all_zero(payload: Any) -> None:
-    assert parse_usage(payload) == Usage()
+def test_missing_or_odd_usage_is_all_zero_and_not_reported(payload: Any) -> None:
+    usage = parse_usage(payload)
+    assert usage == Usage(reported=False)
+    assert not usage.reported
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"prompt_tokens": 0, "completion_tokens": 0}, {"completion_tokens": 3}, {"cost": 0.25}],
+)
+def test_a_usage_with_any_number_is_reported(payload: Any) -> None:
+    assert parse_usage(payload).reported
 
 
 def test_inconsistent_numbers_are_clamped_so_buckets_still_add_up() -> None:
@@ -70,3 +86,62 @@ def test_reported_cost() -> None:
 def test_usages_add() -> None:
     a = Usage(prompt_tokens=10, completion_tokens=2, cached_tokens=4)
     assert a + a == Usage(prompt_tokens=20, completion_tokens=4, cached_tokens=8)
+
+
+def test_an_unreported_usage_taints_a_sum() -> None:
+    known = Usage(prompt_tokens=10)
+    assert (known + known).reported
+    assert not (known + Usage(reported=False)).reported
+    assert (known + Usage(reported=False)).prompt_tokens == 10
+
+
+PRICES = ModelPrices(prompt=Decimal("0.000003"), completion=Decimal("0.000015"))
+
+
+def test_no_usage_is_no_cost_even_with_prices() -> None:
+    # Pricing its zeros would claim $0; the cost is unknown.
+    assert completion_cost(parse_usage(None), PRICES) is None
+    assert completion_cost(parse_usage({}), PRICES, reported_cost({})) is None
+    priced = completion_cost(parse_usage({"prompt_tokens": 1000}), PRICES)
+    assert priced == Cost(0.003, 0.0)
+
+
+def entry(body: dict[str, Any], usage: Usage, cost_usd: float | None) -> CacheEntry:
+    return CacheEntry(body, usage, cost_usd, "a", 0.0, 60.0)
+
+
+ANSWER = {"model": "m", "choices": [{"index": 0, "message": {"role": "assistant"}}]}
+
+
+@pytest.mark.parametrize("status", list(CacheStatus))
+def test_an_entry_of_unknown_cost_is_served_with_no_cost(status: CacheStatus) -> None:
+    # The codec keeps counts, not the flag: a decoded usage reads as reported.
+    served = completion_of(entry(ANSWER, Usage(), None), status, "k")
+    assert served.cost is None
+    assert not served.usage.reported
+
+
+def test_an_unpriced_entry_with_usage_keeps_its_usage_reported() -> None:
+    body = {**ANSWER, "usage": {"prompt_tokens": 7}}
+    served = completion_of(entry(body, Usage(prompt_tokens=7), None), CacheStatus.HIT, "k")
+    assert served.cost is None and served.usage.reported
+
+
+def test_a_hit_of_a_priced_entry_cost_nothing_and_saved_its_cost() -> None:
+    body = {**ANSWER, "usage": {"prompt_tokens": 7}}
+    priced = entry(body, Usage(prompt_tokens=7), 0.25)
+    assert completion_of(priced, CacheStatus.HIT, "k").cost == Cost(0.0, 0.25)
+    assert completion_of(priced, CacheStatus.MISS, "k").cost == Cost(0.25)
+
+
+def test_stats_count_calls_of_unknown_cost_as_unpriced() -> None:
+    stats = Stats()
+    for status, cost in [
+        (CacheStatus.MISS, None),
+        (CacheStatus.HIT, None),
+        (CacheStatus.MISS, Cost(0.5, 0.1)),
+        (CacheStatus.HIT, Cost(0.0, 0.5)),
+    ]:
+        stats.record(Completion(ANSWER, "m", Usage(), cost, status, "a", "k"))
+    assert (stats.unpriced, stats.misses, stats.hits) == (2, 2, 2)
+    assert (stats.cost_usd, stats.saved_usd) == (0.5, 0.6)

@@ -184,8 +184,8 @@ def test_openai_reasoning_stays_inside_completion_tokens() -> None:
             {"type": "response.completed", "response": {"usage": RESPONSES}},
             Usage(2000, 300, 1024, 0, 100),
         ),
-        ({"choices": [], "usage": None}, Usage()),
-        ("not a body", Usage()),
+        ({"choices": [], "usage": None}, Usage(reported=False)),
+        ("not a body", Usage(reported=False)),
     ],
 )
 def test_usage_of_whole_responses(body: object, expected: Usage) -> None:
@@ -258,7 +258,7 @@ def test_a_streamed_gemini_answer_reports_the_same_usage() -> None:
     for chunk in chunks:
         acc.feed(chunk)
     assert acc.usage == normalize_usage(GEMINI)
-    assert StreamUsage().usage == Usage()
+    assert StreamUsage().usage == Usage(reported=False)
     assert StreamUsage().raw is None
 
 

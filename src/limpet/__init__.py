@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from limpet._extras import import_extra
+from limpet._extras import import_extra as _import_extra
 from limpet._version import __version__
 from limpet.cache import CacheBackend, MemoryCache, TieredCache
 from limpet.client import Client
@@ -22,6 +22,32 @@ from limpet.config import (
     RetryConfig,
     RoutingConfig,
     Timeouts,
+)
+from limpet.errors import (
+    APIConnectionError,
+    APIError,
+    APIGenerationError,
+    APIResponseError,
+    APIStatusError,
+    APIStreamError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    CacheCorruptError,
+    CacheError,
+    CacheUnavailableError,
+    ClientClosedError,
+    ConfigurationError,
+    ConflictError,
+    InternalServerError,
+    InvalidRequestError,
+    LimpetError,
+    NotFoundError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTimeoutError,
+    UnprocessableEntityError,
 )
 from limpet.keys import KeyExplanation, explain_key
 from limpet.models import CacheStatus, Completion, Cost, Usage
@@ -37,21 +63,44 @@ if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
 
 __all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIGenerationError",
+    "APIResponseError",
+    "APIStatusError",
+    "APIStreamError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
     "CacheBackend",
     "CacheControlConfig",
+    "CacheCorruptError",
+    "CacheError",
     "CachePolicy",
     "CacheStatus",
+    "CacheUnavailableError",
     "Client",
+    "ClientClosedError",
     "Completion",
     "CompletionStream",
+    "ConfigurationError",
+    "ConflictError",
     "Cost",
     "Endpoint",
     "FlightConfig",
+    "InternalServerError",
+    "InvalidRequestError",
     "KeyExplanation",
+    "LimpetError",
     "MemoryCache",
     "ModelPrices",
+    "NotFoundError",
+    "PaymentRequiredError",
+    "PermissionDeniedError",
     "PriceTable",
+    "RateLimitError",
     "RedisCache",
+    "RequestTimeoutError",
     "RetryConfig",
     "Router",
     "RoutingConfig",
@@ -60,6 +109,7 @@ __all__ = [
     "StreamChunk",
     "TieredCache",
     "Timeouts",
+    "UnprocessableEntityError",
     "Usage",
     "WarmReport",
     "__version__",
@@ -70,5 +120,5 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # RedisCache needs the optional redis extra; import it only when asked for.
     if name == "RedisCache":
-        return import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
+        return _import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,9 @@ mapped here at the boundary, with the original kept as ``__cause__``.
         ├── APIConnectionError       could not connect, or the connection dropped
         │   └── APITimeoutError      connect or total timeout
         ├── APIResponseError         a 2xx that is not a chat completion (bad JSON, wrong shape)
-        ├── APIStreamError           a stream that failed part-way (OpenRouter's error chunk)
+        ├── APIGenerationError       a 200 whose generation failed part-way (``finish_reason:
+        │   │                        "error"``); ``status_code`` is the error's code; retried
+        │   └── APIStreamError       the same reported by a stream's error chunk
         └── APIStatusError           a non-2xx status; ``status_code``, ``body``, ``request_id``
             ├── BadRequestError            400
             ├── AuthenticationError        401
@@ -29,17 +31,28 @@ mapped here at the boundary, with the original kept as ``__cause__``.
             ├── RateLimitError             429
             └── InternalServerError        5xx
 
-Messages never contain API keys: transport scrubs them from body excerpts before an
-error is built, and no error keeps the request's headers.
+Messages never contain API keys. Every upstream call runs inside ``upstream_errors``,
+the one boundary: it maps aiohttp's and the OS's failures to ``APIConnectionError`` and
+``APITimeoutError``, and passes every ``APIError`` leaving it through ``scrub``, which
+replaces the endpoint's secrets and any ``Bearer <token>`` in its message, its ``args`` and
+its text attributes (``body``, ``message``, ``request_id``...), whatever the upstream
+echoed back. Excerpts are scrubbed before they are cut (``excerpt``), so a secret that
+straddles the cut cannot leak in part. No error keeps the request's headers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
+
+import aiohttp
 
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIGenerationError",
     "APIResponseError",
     "APIStatusError",
     "APIStreamError",
@@ -61,8 +74,29 @@ __all__ = [
     "RateLimitError",
     "RequestTimeoutError",
     "UnprocessableEntityError",
+    "excerpt",
+    "header_secrets",
+    "scrub",
+    "scrub_error",
     "status_error",
+    "upstream_errors",
 ]
+
+#: How much of an error body is kept on the exception.
+BODY_EXCERPT_CHARS = 500
+
+#: What a secret is replaced with.
+REDACTED = "***"
+
+# Bytes of a body scrubbed for an excerpt: enough for any error, bounded for a huge one.
+_SCRUB_WINDOW = 64 * 1024
+# ``Bearer <token>`` anywhere, whatever the token: an upstream may echo a key we never had
+# (a proxy's, or a wrong one the caller passed in a header). The token runs to whitespace
+# or a character that closes a quoted or bracketed value around it.
+_BEARER = re.compile(r"""(?i)\b(bearer)(\s+)[^\s"'`,;<>()\[\]{}\\]+""")
+# Header values shorter than this are not taken for secrets: scrubbing "gzip" or "en" out
+# of every message would garble it and hide nothing.
+_MIN_SECRET_CHARS = 8
 
 
 class LimpetError(Exception):
@@ -139,7 +173,29 @@ class APIResponseError(APIError):
         super().__init__(f"{message} (status {status_code}, body {body!r})", endpoint=endpoint)
 
 
-class APIStreamError(APIError):
+class APIGenerationError(APIError):
+    """A generation that failed after it started, reported inside an HTTP 200: OpenRouter
+    answers ``finish_reason: "error"`` (with an ``error`` object) when the provider fails
+    mid-generation. Never cached. Retried like a status error with its code (a provider
+    failure, usually a 5xx or none, may pass on another attempt or endpoint).
+
+    Attributes:
+        message: the upstream's own error message.
+        status_code: the error's code (an HTTP status), when it gave one.
+    """
+
+    _what: ClassVar[str] = "generation failed"
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, endpoint: str | None = None
+    ) -> None:
+        self.message = message
+        self.status_code = status_code
+        code = f" ({status_code})" if status_code is not None else ""
+        super().__init__(f"{self._what}{code}: {message}", endpoint=endpoint)
+
+
+class APIStreamError(APIGenerationError):
     """A stream that failed after it started: OpenRouter reports it in an HTTP 200 stream
     as a chunk with ``error`` and ``finish_reason: "error"``.
 
@@ -147,12 +203,7 @@ class APIStreamError(APIError):
         status_code: the error's code (an HTTP status), when the chunk gave one.
     """
 
-    def __init__(
-        self, message: str, *, status_code: int | None = None, endpoint: str | None = None
-    ) -> None:
-        self.status_code = status_code
-        code = f" ({status_code})" if status_code is not None else ""
-        super().__init__(f"stream failed{code}: {message}", endpoint=endpoint)
+    _what: ClassVar[str] = "stream failed"
 
 
 class APIStatusError(APIError):
@@ -250,6 +301,86 @@ def status_error(status_code: int) -> type[APIStatusError]:
     if status_code >= 500:
         return InternalServerError
     return _BY_STATUS.get(status_code, APIStatusError)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every secret, and every ``Bearer <token>``, replaced by ``***``.
+
+    Example:
+        >>> scrub("bad key sk-1234567890 (Authorization: Bearer sk-other)", ["sk-1234567890"])
+        'bad key *** (Authorization: Bearer ***)'
+    """
+    # Longest first, so a secret that contains another is replaced whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return _BEARER.sub(rf"\1\2{REDACTED}", text)
+
+
+def excerpt(raw: bytes, secrets: Iterable[str] = (), limit: int = BODY_EXCERPT_CHARS) -> str:
+    """The first ``limit`` characters of a body, scrubbed before they are cut, so a secret
+    straddling the cut cannot leak in part."""
+    text = raw[:_SCRUB_WINDOW].decode("utf-8", errors="replace")
+    return scrub(text, secrets)[:limit]
+
+
+def scrub_error(exc: BaseException, secrets: Iterable[str] = ()) -> BaseException:
+    """Scrub ``exc`` in place (its ``args`` and every text attribute) and return it."""
+    secrets = tuple(secrets)
+    exc.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in exc.args)
+    for name, value in list(vars(exc).items()):
+        if isinstance(value, str):
+            setattr(exc, name, scrub(value, secrets))
+    return exc
+
+
+def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The strings in request headers that must never be shown: every value of 8 or more
+    characters, and the credential of a ``<scheme> <credential>`` value (``Bearer sk-...``),
+    which an upstream may echo without its scheme."""
+    found: list[str] = []
+    for value in headers.values():
+        if len(value) >= _MIN_SECRET_CHARS:
+            found.append(value)
+        scheme, _, credential = value.partition(" ")
+        if scheme and len(credential) >= _MIN_SECRET_CHARS:
+            found.append(credential)
+    return tuple(found)
+
+
+@contextlib.contextmanager
+def upstream_errors(
+    endpoint: str, secrets: Iterable[str] = (), *, stream: bool = False
+) -> Iterator[None]:
+    """The one boundary between the network and a caller.
+
+    aiohttp's and the OS's failures leave it as ``APITimeoutError`` or
+    ``APIConnectionError`` (the original as ``__cause__``); every ``APIError`` leaves it
+    scrubbed of ``secrets`` (``scrub_error``). Run every upstream call, and the parsing of
+    what it answered, inside it, before anything logs or retries the error.
+
+    Args:
+        endpoint: names the endpoint in messages and on the error.
+        secrets: what must never be shown (``Endpoint.secrets``, ``header_secrets``).
+        stream: the failure broke a stream that had started (worded so).
+    """
+    try:
+        yield
+    except APIError as exc:
+        scrub_error(exc, secrets)
+        raise
+    except TimeoutError as exc:
+        what = "stalled past the timeout" if stream else "gave no answer within the timeout"
+        raise APITimeoutError(_where(endpoint, stream) + what, endpoint=endpoint) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        what = "broke" if stream else "failed"
+        raise APIConnectionError(
+            f"{_where(endpoint, stream)}{what}: {type(exc).__name__}", endpoint=endpoint
+        ) from exc
+
+
+def _where(endpoint: str, stream: bool) -> str:
+    return f"{'stream from' if stream else 'connection to'} endpoint {endpoint!r} "
 
 
 def _describe(value: object) -> str:

@@ -39,12 +39,15 @@ import aiohttp
 import orjson
 
 from limpet.errors import (
-    APIConnectionError,
+    BODY_EXCERPT_CHARS,
     APIResponseError,
-    APITimeoutError,
     ConfigurationError,
     InvalidRequestError,
+    excerpt,
+    header_secrets,
+    scrub,
     status_error,
+    upstream_errors,
 )
 from limpet.pricing import storage_cost_usd
 from limpet.prompt_cache import DEFAULT_CAPABILITIES, CapabilityTable
@@ -65,7 +68,6 @@ __all__ = [
 #: Where a gateway proxies Gemini's native API, relative to its base URL.
 DEFAULT_CACHED_CONTENTS_PATH = "/google/v1beta/cachedContents"
 
-_EXCERPT_CHARS = 500
 _MAX_PAGES = 1000
 _NAME_PREFIX = "cachedContents/"
 _ID = re.compile(r"[A-Za-z0-9_.-]+")
@@ -90,7 +92,8 @@ class HTTPReply:
 
 class HTTPCall(Protocol):
     """Sends one HTTP request with an optional JSON body; raises only ``limpet.errors``
-    (``APIConnectionError``, ``APITimeoutError``) when no answer arrives."""
+    (``APIConnectionError``, ``APITimeoutError``) when no answer arrives. What it returns
+    is already scrubbed of its credentials: errors are built from it as it is."""
 
     async def __call__(
         self,
@@ -105,6 +108,9 @@ class HTTPCall(Protocol):
 class AiohttpCall:
     """An ``HTTPCall`` over an ``aiohttp.ClientSession`` it borrows and never closes.
 
+    Its credentials (the values of ``headers``) are scrubbed from every reply (body, text,
+    request id) and error, whatever the server echoes back.
+
     Args:
         session: the session to send through.
         headers: sent with every request: ``{"Authorization": "Bearer ..."}`` for a
@@ -112,7 +118,7 @@ class AiohttpCall:
         name: names the service in error messages.
     """
 
-    __slots__ = ("_headers", "_name", "_session")
+    __slots__ = ("_headers", "_name", "_secrets", "_session")
 
     def __init__(
         self,
@@ -123,6 +129,7 @@ class AiohttpCall:
     ) -> None:
         self._session = session
         self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._secrets = header_secrets(headers or {})
         self._name = name
 
     def __repr__(self) -> str:
@@ -137,26 +144,21 @@ class AiohttpCall:
         params: Mapping[str, str] | None = None,
     ) -> HTTPReply:
         data = None if json is None else orjson.dumps(json)
-        try:
+        with upstream_errors(self._name, self._secrets):
             async with self._session.request(
                 method, url, data=data, params=params, headers=self._headers
             ) as response:
                 raw = await response.read()
                 status = response.status
                 request_id = response.headers.get("x-request-id")
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                f"no answer from {self._name} in time", endpoint=self._name
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                f"connection to {self._name} failed: {type(exc).__name__}", endpoint=self._name
-            ) from exc
         try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
+            # Parsed after scrubbing: a secret inside a JSON string leaves it valid JSON.
+            body = orjson.loads(scrub(raw.decode(), self._secrets)) if raw else None
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
             body = None
-        text = raw[:_EXCERPT_CHARS].decode(errors="replace")
+        text = excerpt(raw, self._secrets)
+        if request_id is not None:
+            request_id = scrub(request_id, self._secrets)
         return HTTPReply(status, body, text, request_id)
 
 
@@ -191,7 +193,7 @@ class CachedContent:
         """
         if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
             raise APIResponseError(
-                "not a cachedContent", status_code=200, body=repr(data)[:_EXCERPT_CHARS]
+                "not a cachedContent", status_code=200, body=repr(data)[:BODY_EXCERPT_CHARS]
             )
         usage = data.get("usageMetadata")
         tokens = usage.get("totalTokenCount") if isinstance(usage, Mapping) else None

@@ -35,8 +35,9 @@ class Usage:
 
     ``prompt_tokens`` = ``uncached_tokens`` + ``cached_tokens`` + ``cache_write_tokens``,
     and ``cache_write_tokens`` = ``cache_write_5m_tokens`` + ``cache_write_1h_tokens``.
-    A response without usage gives ``Usage()``, all zero. ``limpet.usage`` builds one from
-    every provider's dialect.
+    A response without usage gives zeros with ``reported`` False: its counts, and so its
+    cost, are unknown, not nothing. ``limpet.usage`` builds one from every provider's
+    dialect.
 
     Attributes:
         prompt_tokens: every input token, cached or not.
@@ -46,6 +47,8 @@ class Usage:
         reasoning_tokens: the part of ``completion_tokens`` spent reasoning.
         cache_write_1h_tokens: the part of ``cache_write_tokens`` written with a 1 h TTL
             (Anthropic's ``ttl: "1h"``), priced above the default 5 min writes.
+        reported: False when the response carried no usage: the zeros stand for unknown
+            counts, and ``Completion.cost`` is None.
     """
 
     prompt_tokens: int = 0
@@ -54,6 +57,7 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    reported: bool = True
 
     @property
     def uncached_tokens(self) -> int:
@@ -70,6 +74,8 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
+        """The sum of two calls' usage; not ``reported`` when either was not (the sum
+        is then a lower bound)."""
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
@@ -77,6 +83,7 @@ class Usage:
             self.cache_write_tokens + other.cache_write_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
             self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.reported and other.reported,
         )
 
 
@@ -86,7 +93,8 @@ class Cost:
 
     On a miss, ``usd`` is the gateway's reported cost and ``saved_usd`` what provider
     prompt-cache reads saved. On a hit or a coalesced call, ``usd`` is 0 and
-    ``saved_usd`` is the original call's cost.
+    ``saved_usd`` is the original call's cost. ``Completion.cost`` is None, never a
+    ``Cost`` of zeros, when the cost is unknown.
     """
 
     usd: float
@@ -101,7 +109,9 @@ class Completion:
         raw: the upstream JSON body as received (on a hit: as it was received then).
         model: the model that answered.
         usage: token counts of the original upstream call.
-        cost: dollars spent and saved, or None when no price was known.
+        cost: dollars spent and saved, or None when unknown: the response reported no
+            usage (``usage.reported`` is False), or no price was known for the model; on a
+            hit or coalesced call, None when the original call's cost was unknown.
         cache: how this call was served.
         endpoint: name of the endpoint that served the upstream call.
         key: the cache key, or None when the request was not cacheable.

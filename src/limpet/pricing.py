@@ -223,8 +223,12 @@ def completion_cost(
             wins over the computed cost, since it is what was charged.
 
     Returns:
-        ``Cost(usd, saved_usd)``, or None when neither a reported cost nor prices exist.
+        ``Cost(usd, saved_usd)``, or None when the cost is unknown: the response reported
+        no usage (``usage.reported`` is False: pricing its zeros would claim $0), or
+        neither a reported cost nor prices exist.
     """
+    if not usage.reported:
+        return None
     if prices is None:
         return None if reported is None else Cost(reported, 0.0)
     usd = cost_usd(usage, prices) if reported is None else reported

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 
 from limpet.config import RetryConfig
-from limpet.errors import APIConnectionError, APIStatusError
+from limpet.errors import APIConnectionError, APIGenerationError, APIStatusError
 
 __all__ = ["RETRYABLE_STATUSES", "backoff_delay", "parse_retry_after", "should_retry"]
 
@@ -19,9 +19,13 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 def should_retry(exc: BaseException) -> bool:
     """True for failures another attempt may fix: connection errors, timeouts,
-    408, 409, 429 and 5xx. Other 4xx and malformed 200s are final."""
-    if isinstance(exc, APIStatusError):
-        return exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
+    408, 409, 429 and 5xx, and generations that failed part-way with one of those codes
+    or none (a provider that broke mid-answer). Other 4xx and malformed 200s are final.
+
+    Whether a stream that already sent chunks may be retried is its caller's decision."""
+    if isinstance(exc, APIStatusError | APIGenerationError):
+        code = exc.status_code
+        return code is None or code in RETRYABLE_STATUSES or code >= 500
     return isinstance(exc, APIConnectionError)
 
 

@@ -66,8 +66,11 @@ class Stats:
         errors: calls that raised an upstream error.
         prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens: tokens
             billed by upstream calls (hits and coalesced calls bill none).
-        cost_usd: dollars spent upstream, where the gateway reported a cost.
+        cost_usd: dollars spent upstream, where the cost was known.
         saved_usd: dollars not spent thanks to hits, coalescing and provider prompt caching.
+        unpriced: calls whose cost is unknown (``Completion.cost`` is None: no usage
+            reported, or no price for the model; hits of such a call too). ``cost_usd``
+            and ``saved_usd`` leave them out, so they are lower bounds while this is > 0.
         cache: the response cache's own counters (hits per tier, errors, corrupt entries).
 
     Example:
@@ -87,6 +90,7 @@ class Stats:
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
     saved_usd: float = 0.0
+    unpriced: int = 0
     cache: TierStats = field(default_factory=TierStats)
     _tiers: _Tiers = field(default_factory=_Tiers, init=False, repr=False, compare=False)
 
@@ -156,6 +160,8 @@ class Stats:
 
     def record(self, completion: Completion) -> None:
         status = completion.cache
+        if completion.cost is None:
+            self.unpriced += 1
         if status is CacheStatus.HIT:
             self.hits += 1
             if completion.cost is not None:
@@ -194,6 +200,7 @@ class Stats:
             "cache_write_tokens": self.cache_write_tokens,
             "cost_usd": self.cost_usd,
             "saved_usd": self.saved_usd,
+            "unpriced": self.unpriced,
             "cache_hits_by_tier": list(self.cache.hits),
             "l1_hits": self.l1_hits,
             "l2_hits": self.l2_hits,

@@ -1,13 +1,14 @@
 """HTTP to OpenAI-compatible endpoints: one aiohttp session, retries, error mapping.
 
-aiohttp's and tenacity's exceptions stop here; callers see only ``limpet.errors``.
+aiohttp's and tenacity's exceptions stop here; callers see only ``limpet.errors``. Every
+request, and the parsing of its answer, runs inside ``limpet.errors.upstream_errors``, so
+an error is mapped and scrubbed of the endpoint's secrets before a retry logs it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,15 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from limpet._version import __version__
 from limpet.config import Endpoint, RetryConfig, Timeouts
 from limpet.errors import (
+    BODY_EXCERPT_CHARS,
     APIConnectionError,
+    APIGenerationError,
     APIResponseError,
-    APITimeoutError,
+    APIStatusError,
+    excerpt,
+    scrub,
     status_error,
+    upstream_errors,
 )
 from limpet.retry import backoff_delay, parse_retry_after, should_retry
 from limpet.sse import SSEDecoder
@@ -31,10 +37,6 @@ __all__ = ["BODY_EXCERPT_CHARS", "Transport", "UpstreamResponse"]
 
 logger = logging.getLogger("limpet.transport")
 
-#: How much of an error body is kept on the exception.
-BODY_EXCERPT_CHARS = 500
-
-_SCRUB_WINDOW = 64 * 1024
 _REQUEST_ID_HEADERS = ("x-generation-id", "x-request-id", "request-id")
 
 
@@ -86,6 +88,8 @@ class Transport:
             APIStatusError: a non-2xx answer (after retries, when retryable).
             APIConnectionError: no answer (``APITimeoutError`` when it was a timeout).
             APIResponseError: a 2xx answer that is not a chat completion.
+            APIGenerationError: a 200 whose generation failed (``finish_reason: "error"``),
+                after retries.
         """
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
         retrying = self._retrying()
@@ -119,29 +123,20 @@ class Transport:
         assert response is not None
         decoder = SSEDecoder()
         try:
-            async for piece in response.content.iter_any():
-                for data in decoder.feed(piece):
+            with upstream_errors(endpoint.name, endpoint.secrets, stream=True):
+                async for piece in response.content.iter_any():
+                    for data in decoder.feed(piece):
+                        if data == "[DONE]":
+                            return
+                        yield _stream_chunk(endpoint, data)
+                for data in decoder.close():
                     if data == "[DONE]":
                         return
                     yield _stream_chunk(endpoint, data)
-            for data in decoder.close():
-                if data == "[DONE]":
-                    return
-                yield _stream_chunk(endpoint, data)
-            raise APIConnectionError(
-                f"stream from endpoint {endpoint.name!r} ended before [DONE]",
-                endpoint=endpoint.name,
-            )
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                f"stream from endpoint {endpoint.name!r} stalled past the timeout",
-                endpoint=endpoint.name,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                f"stream from endpoint {endpoint.name!r} broke: {type(exc).__name__}",
-                endpoint=endpoint.name,
-            ) from exc
+                raise APIConnectionError(
+                    f"stream from endpoint {endpoint.name!r} ended before [DONE]",
+                    endpoint=endpoint.name,
+                )
         finally:
             response.release()
 
@@ -154,31 +149,21 @@ class Transport:
             APIConnectionError: no answer (``APITimeoutError`` when it was a timeout).
             APIResponseError: a 2xx answer that is not JSON.
         """
-        with _mapped_errors(endpoint):
+        with upstream_errors(endpoint.name, endpoint.secrets):
             async with self._session_for_loop().get(
                 endpoint.base_url + path, headers=_request_headers(endpoint)
             ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
-        excerpt = _excerpt(raw, endpoint.secrets)
-        try:
-            body: object = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        if not 200 <= status < 300:
-            raise status_error(status)(
-                _scrub(_error_message(body, excerpt), endpoint.secrets),
-                status_code=status,
-                body=excerpt,
-                request_id=_request_id(headers, body),
-                retry_after=parse_retry_after(headers),
-                endpoint=endpoint.name,
-            )
-        if body is None:
-            raise APIResponseError(
-                "response is not JSON", status_code=status, body=excerpt, endpoint=endpoint.name
-            )
-        return body
+            text = excerpt(raw, endpoint.secrets)
+            body = _json(raw)
+            if not 200 <= status < 300:
+                raise _status_error(endpoint, status, headers, body, text)
+            if body is None:
+                raise APIResponseError(
+                    "response is not JSON", status_code=status, body=text, endpoint=endpoint.name
+                )
+            return body
 
     async def aclose(self) -> None:
         """Close the HTTP session. Idempotent."""
@@ -219,7 +204,7 @@ class Transport:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.total
         )
-        with _mapped_errors(endpoint):
+        with upstream_errors(endpoint.name, endpoint.secrets):
             response = await self._session_for_loop().post(
                 endpoint.base_url + "/chat/completions",
                 data=payload,
@@ -232,39 +217,22 @@ class Transport:
                 raw = await response.read()
             finally:
                 response.release()
-        _parse(endpoint, response.status, response.headers, raw)  # raises for an error
-        raise APIResponseError(
-            "a stream was asked for but the answer is not an event stream",
-            status_code=response.status,
-            body=_excerpt(raw, endpoint.secrets),
-            endpoint=endpoint.name,
-        )
+            _parse(endpoint, response.status, response.headers, raw)  # raises for an error
+            raise APIResponseError(
+                "a stream was asked for but the answer is not an event stream",
+                status_code=response.status,
+                body=excerpt(raw, endpoint.secrets),
+                endpoint=endpoint.name,
+            )
 
     async def _post(self, endpoint: Endpoint, path: str, payload: bytes) -> dict[str, Any]:
         headers = _request_headers(endpoint)
         url = endpoint.base_url + path
-        with _mapped_errors(endpoint):
+        with upstream_errors(endpoint.name, endpoint.secrets):
             async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
-        return _parse(endpoint, status, response_headers, raw)
-
-
-@contextlib.contextmanager
-def _mapped_errors(endpoint: Endpoint) -> Iterator[None]:
-    """aiohttp's and the OS's failures, as limpet's: the one place they are mapped."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise APITimeoutError(
-            f"no answer from endpoint {endpoint.name!r} within the timeout",
-            endpoint=endpoint.name,
-        ) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise APIConnectionError(
-            f"connection to endpoint {endpoint.name!r} failed: {type(exc).__name__}",
-            endpoint=endpoint.name,
-        ) from exc
+            return _parse(endpoint, status, response_headers, raw)
 
 
 def _request_headers(endpoint: Endpoint) -> dict[str, str]:
@@ -283,7 +251,7 @@ def _stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
         raise APIResponseError(
             "a stream chunk is not a JSON object",
             status_code=200,
-            body=_scrub(data[:BODY_EXCERPT_CHARS], endpoint.secrets),
+            body=excerpt(data.encode(), endpoint.secrets),
             endpoint=endpoint.name,
         )
     error = stream_error(chunk, endpoint.name)
@@ -295,38 +263,61 @@ def _stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
 def _parse(
     endpoint: Endpoint, status: int, headers: Mapping[str, str], raw: bytes
 ) -> dict[str, Any]:
-    excerpt = _excerpt(raw, endpoint.secrets)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
+    """The chat completion a response carries; raises the error it reports instead."""
+    text = excerpt(raw, endpoint.secrets)
+    body = _json(raw)
     if 200 <= status < 300 and isinstance(body, dict) and "error" in body and "choices" not in body:
         # OpenRouter can report a failure inside a 200; its error code is an HTTP status.
-        code = body["error"].get("code") if isinstance(body["error"], dict) else None
-        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+        code = _error_code(body["error"])
+        status = code if code is not None and 400 <= code < 600 else 502
     if not 200 <= status < 300:
-        error_cls = status_error(status)
-        raise error_cls(
-            _scrub(_error_message(body, excerpt), endpoint.secrets),
-            status_code=status,
-            body=excerpt,
-            request_id=_request_id(headers, body),
-            retry_after=parse_retry_after(headers),
-            endpoint=endpoint.name,
-        )
+        raise _status_error(endpoint, status, headers, body, text)
     if body is None:
         raise APIResponseError(
-            "response is not JSON", status_code=status, body=excerpt, endpoint=endpoint.name
+            "response is not JSON", status_code=status, body=text, endpoint=endpoint.name
         )
     if not _is_chat_completion(body):
         raise APIResponseError(
             "response is not a chat completion (no choices[0].message)",
             status_code=status,
-            body=excerpt,
+            body=text,
             endpoint=endpoint.name,
         )
+    failed = _failed_generation(body, endpoint)
+    if failed is not None:
+        raise failed
     result: dict[str, Any] = body
     return result
+
+
+def _status_error(
+    endpoint: Endpoint, status: int, headers: Mapping[str, str], body: object, text: str
+) -> APIStatusError:
+    return status_error(status)(
+        _error_message(body, endpoint.secrets) or text or "(empty body)",
+        status_code=status,
+        body=text,
+        request_id=_request_id(headers, body),
+        retry_after=parse_retry_after(headers),
+        endpoint=endpoint.name,
+    )
+
+
+def _failed_generation(body: Mapping[str, Any], endpoint: Endpoint) -> APIGenerationError | None:
+    """The failure a 200 reports with ``finish_reason: "error"`` on a choice, or None.
+
+    OpenRouter puts the error on the choice (``choices[i].error``) or beside the choices;
+    either way the answer is not whole, so none of it is returned or cached.
+    """
+    for choice in body["choices"]:
+        if isinstance(choice, dict) and choice.get("finish_reason") == "error":
+            error = choice.get("error") or body.get("error")
+            return APIGenerationError(
+                _error_message({"error": error}, endpoint.secrets) or "the generation failed",
+                status_code=_error_code(error),
+                endpoint=endpoint.name,
+            )
+    return None
 
 
 def _is_chat_completion(body: object) -> bool:
@@ -341,14 +332,27 @@ def _is_chat_completion(body: object) -> bool:
     )
 
 
-def _error_message(body: object, excerpt: str) -> str:
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:BODY_EXCERPT_CHARS]
-        if isinstance(error, str):
-            return error[:BODY_EXCERPT_CHARS]
-    return excerpt or "(empty body)"
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error_message(body: object, secrets: Iterable[str]) -> str | None:
+    """The message of an OpenRouter error body (``{"error": {"message"}}`` or
+    ``{"error": "..."}``), scrubbed before it is cut; None when it has none."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    if not isinstance(error, str) or not error:
+        return None
+    return scrub(error, secrets)[:BODY_EXCERPT_CHARS]
+
+
+def _error_code(error: object) -> int | None:
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def _request_id(headers: Mapping[str, str], body: object) -> str | None:
@@ -359,18 +363,6 @@ def _request_id(headers: Mapping[str, str], body: object) -> str | None:
     if isinstance(body, dict) and isinstance(body.get("id"), str):
         return str(body["id"])
     return None
-
-
-def _excerpt(raw: bytes, secrets: tuple[str, ...]) -> str:
-    # Scrub before cutting, so a secret straddling the cut cannot leak in part.
-    text = raw[:_SCRUB_WINDOW].decode("utf-8", errors="replace")
-    return _scrub(text, secrets)[:BODY_EXCERPT_CHARS]
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -45,7 +45,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from limpet.models import Usage
 
@@ -53,6 +53,7 @@ __all__ = [
     "StreamUsage",
     "UsageDialect",
     "detect_dialect",
+    "has_usage",
     "normalize_usage",
     "parse_usage",
     "raw_usage",
@@ -102,21 +103,33 @@ def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
 
 
 def normalize_usage(usage: object, dialect: UsageDialect | str | None = None) -> Usage:
-    """One ``Usage`` from a provider's usage object; anything unusable gives ``Usage()``.
+    """One ``Usage`` from a provider's usage object; an absent (None), empty or unusable
+    one gives zeros with ``reported`` False.
 
     Args:
         usage: the ``usage`` object (``usageMetadata`` for Gemini), not the whole response;
             see ``response_usage`` for that.
         dialect: how to read it; detected from its fields when None.
     """
-    if not isinstance(usage, Mapping):
-        return Usage()
+    if not has_usage(usage):
+        return Usage(reported=False)
     kind = detect_dialect(usage) if dialect is None else UsageDialect(dialect)
     return _READERS[kind](usage)
 
 
+def has_usage(usage: object) -> TypeGuard[Mapping[str, Any]]:
+    """Whether a ``usage`` object reports anything: a mapping with at least one number
+    (a count or a cost) at its top level. An absent (None) or empty one, or one of only
+    nulls (``{"prompt_tokens": null}``, as some providers send), means the counts are
+    unknown, not zero."""
+    return isinstance(usage, Mapping) and any(
+        _dollars(value) is not None for value in usage.values()
+    )
+
+
 def parse_usage(usage: object) -> Usage:
-    """Normalise a ``usage`` object of any dialect (detected); ``Usage()`` when unusable.
+    """Normalise a ``usage`` object of any dialect (detected); zeros with ``reported``
+    False when it is absent or unusable.
 
     Kept for callers of the first version, which read only the OpenAI dialect; the OpenAI
     dialect reads exactly as it did.
@@ -147,7 +160,8 @@ def raw_usage(body: object) -> Mapping[str, Any] | None:
 
 
 def response_usage(body: object, dialect: UsageDialect | str | None = None) -> Usage:
-    """``Usage`` of a whole response body in any dialect; ``Usage()`` when it has none."""
+    """``Usage`` of a whole response body in any dialect; not ``reported`` when it has
+    none."""
     return normalize_usage(raw_usage(body), dialect)
 
 

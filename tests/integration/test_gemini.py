@@ -8,9 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from limpet.errors import (
     APIConnectionError,
+    APIError,
+    APIStatusError,
     AuthenticationError,
     BadRequestError,
     InvalidRequestError,
@@ -202,3 +205,58 @@ def test_references_and_model_names() -> None:
 
 def _user(text: str) -> dict[str, object]:
     return {"role": "user", "parts": [{"text": text}]}
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    """A server that echoes the request's credentials back, in the shape its path names."""
+
+    async def echo(request: web.Request) -> web.Response:
+        sent = request.headers.get("Authorization") or request.headers.get("x-goog-api-key") or ""
+        key = sent.partition(" ")[2] or sent
+        message = f"API key {key} not valid (sent {sent!r})"
+        shape = request.match_info["shape"]
+        if shape == "text":
+            return web.Response(status=500, text=message)
+        if shape == "header":
+            return web.json_response(
+                {"error": {"code": 404, "message": "gone"}},
+                status=404,
+                headers={"x-request-id": key},
+            )
+        if shape == "shape":
+            return web.json_response({"unexpected": message})
+        return web.json_response({"error": {"code": 403, "message": message}}, status=403)
+
+    app = web.Application()
+    app.router.add_route("*", "/{shape}/{id}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("shape", ["json", "text", "header", "shape"])
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": f"Bearer {KEY}"}, {"x-goog-api-key": KEY}],
+    ids=["bearer", "goog"],
+)
+async def test_a_key_the_server_echoes_appears_in_no_error(
+    session: aiohttp.ClientSession, echo_url: str, shape: str, headers: dict[str, str]
+) -> None:
+    caches = CachedContents(AiohttpCall(session, headers=headers), f"{echo_url}/{shape}", path="")
+    with pytest.raises(APIError) as info:
+        await caches.get("cachedContents/abc")
+    error = info.value
+    texts = [str(error), repr(error), *map(str, error.args), *map(str, vars(error).values())]
+    assert all(KEY not in text for text in texts)
+    shown = (
+        error.request_id if isinstance(error, APIStatusError) and shape == "header" else str(error)
+    )
+    assert "***" in (shown or "")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from limpet._extras import import_extra
+from limpet._extras import import_extra as _import_extra
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache, TierStats
@@ -29,5 +29,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "RedisCache":
-        return import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
+        return _import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

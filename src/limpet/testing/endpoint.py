@@ -10,8 +10,12 @@ from typing import Any
 from limpet.testing.faults import (
     DelayFault,
     DropConnectionFault,
+    EchoAuthorizationFault,
+    EchoShape,
     Fault,
+    GenerationErrorFault,
     MalformedBodyFault,
+    NoUsageFault,
     StatusFault,
     StreamErrorFault,
     WrongShapeFault,
@@ -218,6 +222,28 @@ class FakeEndpoint:
         response instead.
         """
         self._queue(StreamErrorFault(after_chunks, status, message), times)
+
+    def generation_error(
+        self,
+        times: int = 1,
+        *,
+        status: int = 502,
+        message: str = "Provider disconnected unexpectedly",
+    ) -> None:
+        """Answer the next ``times`` requests 200 with a generation that failed part-way
+        (``finish_reason: "error"``); a stream gets the error chunk after its first chunk."""
+        self._queue(GenerationErrorFault(status, message), times)
+
+    def omit_usage(self, times: int = 1) -> None:
+        """Answer the next ``times`` requests without usage (no ``usage``, no usage chunk)."""
+        self._queue(NoUsageFault(), times)
+
+    def echo_authorization(
+        self, shape: EchoShape = "json", times: int = 1, *, status: int = 401
+    ) -> None:
+        """Fail the next ``times`` requests with an error that echoes the request's
+        ``Authorization`` header in ``shape`` (see ``EchoAuthorizationFault``)."""
+        self._queue(EchoAuthorizationFault(shape, status), times)
 
     def clear_faults(self) -> None:
         """Drop every queued fault."""

@@ -7,13 +7,17 @@ gateway consumes one per chat request that passes auth, availability and validat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 __all__ = [
     "DelayFault",
     "DropConnectionFault",
+    "EchoAuthorizationFault",
+    "EchoShape",
     "Fault",
+    "GenerationErrorFault",
     "MalformedBodyFault",
+    "NoUsageFault",
     "StatusFault",
     "StreamErrorFault",
     "WrongShapeFault",
@@ -104,6 +108,55 @@ class StreamErrorFault:
             raise ValueError(f"after_chunks must be >= 0, got {self.after_chunks}")
 
 
+@dataclass(frozen=True, slots=True)
+class GenerationErrorFault:
+    """Fail a generation part-way, as OpenRouter does in a plain answer: HTTP 200 whose
+    choice has ``finish_reason: "error"`` and an ``error`` object beside the content so
+    far and the usage. A stream request gets the error chunk right after its first chunk.
+
+    Attributes:
+        status: the ``error.code``.
+        message: the ``error.message``.
+    """
+
+    status: int = 502
+    message: str = "Provider disconnected unexpectedly"
+
+
+@dataclass(frozen=True, slots=True)
+class NoUsageFault:
+    """Answer normally but report no usage: no ``usage`` in a plain answer and no usage
+    chunk in a stream, as some providers and proxies do."""
+
+
+EchoShape: TypeAlias = Literal["json", "text", "header", "sse"]
+"""Where an ``EchoAuthorizationFault`` puts the request's credentials."""
+
+
+@dataclass(frozen=True, slots=True)
+class EchoAuthorizationFault:
+    """Fail with an error that echoes the request's ``Authorization`` header back, its
+    key alone and whole (``Bearer ...``), as a careless upstream does.
+
+    Attributes:
+        shape: ``"json"``, an OpenRouter error body whose message quotes them;
+            ``"text"``, that message as a ``text/plain`` body; ``"header"``, an OpenRouter
+            error whose ``x-request-id`` header is the key (and ``X-Echo-Authorization``
+            the whole header); ``"sse"``, HTTP 200 and an event stream whose error chunk,
+            after one chunk, quotes them (a plain request gets ``"json"``).
+        status: the HTTP status, or the error chunk's ``code``.
+    """
+
+    shape: EchoShape = "json"
+    status: int = 401
+
+    def __post_init__(self) -> None:
+        if self.shape not in ("json", "text", "header", "sse"):
+            raise ValueError(f"shape must be json, text, header or sse, got {self.shape!r}")
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {self.status}")
+
+
 Fault: TypeAlias = (
     StatusFault
     | DelayFault
@@ -111,5 +164,8 @@ Fault: TypeAlias = (
     | MalformedBodyFault
     | WrongShapeFault
     | StreamErrorFault
+    | GenerationErrorFault
+    | NoUsageFault
+    | EchoAuthorizationFault
 )
 """Any fault a ``FakeEndpoint`` can queue."""

@@ -26,7 +26,10 @@ from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import (
     DelayFault,
     DropConnectionFault,
+    EchoAuthorizationFault,
+    GenerationErrorFault,
     MalformedBodyFault,
+    NoUsageFault,
     StatusFault,
     StreamErrorFault,
     WrongShapeFault,
@@ -36,8 +39,10 @@ from limpet.testing.provider_cache import PromptCacheModel
 from limpet.testing.responses import (
     bad_body,
     drop_connection,
+    echo_authorization,
     error_bodies,
     error_response,
+    failed_generation,
     json_response,
     send_stream,
     status_fault_response,
@@ -277,6 +282,8 @@ class FakeGateway:
         stream = body.get("stream") is True
         if isinstance(fault, StatusFault):
             return status_fault_response(fault)
+        if isinstance(fault, EchoAuthorizationFault):
+            return await echo_authorization(request, fault, stream=stream)
         if isinstance(fault, DropConnectionFault) and (not stream or fault.after_chunks is None):
             return drop_connection(request)
         if isinstance(fault, StreamErrorFault) and not stream:
@@ -290,9 +297,17 @@ class FakeGateway:
         await self._pause(latency)
         if stream:
             cut = fault if isinstance(fault, StreamErrorFault | DropConnectionFault) else None
-            return await send_stream(request, endpoint, answer, cut)
+            if isinstance(fault, GenerationErrorFault):
+                cut = StreamErrorFault(0, fault.status, fault.message)
+            usage = not isinstance(fault, NoUsageFault)
+            return await send_stream(request, endpoint, answer, cut, usage=usage)
+        if isinstance(fault, GenerationErrorFault):
+            return json_response(200, failed_generation(answer, fault), generation_id=answer.id)
+        completion = answer.completion()
+        if isinstance(fault, NoUsageFault):
+            del completion["usage"]
         endpoint.completions += 1
-        return json_response(200, answer.completion(), generation_id=answer.id)
+        return json_response(200, completion, generation_id=answer.id)
 
     def _answer(self, endpoint: FakeEndpoint, body: dict[str, Any]) -> tuple[Answer, float]:
         """The reply to a valid request, and how long the endpoint takes to give it."""

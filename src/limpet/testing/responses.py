@@ -14,6 +14,8 @@ from aiohttp.typedefs import Handler
 from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import (
     DropConnectionFault,
+    EchoAuthorizationFault,
+    GenerationErrorFault,
     MalformedBodyFault,
     StatusFault,
     StreamErrorFault,
@@ -26,8 +28,10 @@ __all__ = [
     "WRONG_SHAPE_BODY",
     "bad_body",
     "drop_connection",
+    "echo_authorization",
     "error_bodies",
     "error_response",
+    "failed_generation",
     "json_response",
     "send_stream",
     "status_fault_response",
@@ -106,17 +110,62 @@ async def bad_body(
     return response
 
 
+def failed_generation(answer: Answer, fault: GenerationErrorFault) -> dict[str, Any]:
+    """OpenRouter's 200 for a generation that failed part-way: its choice finishes with
+    ``"error"`` and carries the error, beside half the content and the usage."""
+    body = answer.completion()
+    choice = body["choices"][0]
+    choice["message"]["content"] = answer.content[: len(answer.content) // 2]
+    choice["finish_reason"] = choice["native_finish_reason"] = "error"
+    choice["error"] = error_body(fault.status, fault.message)["error"]
+    return body
+
+
+async def echo_authorization(
+    request: web.Request, fault: EchoAuthorizationFault, *, stream: bool
+) -> web.StreamResponse:
+    """The error an ``EchoAuthorizationFault`` asks for, quoting the request's credentials."""
+    sent = request.headers.get("Authorization", "")
+    key = sent.partition(" ")[2] or sent
+    message = f"Incorrect API key provided: {key}. You sent 'Authorization: {sent}'."
+    if fault.shape == "text":
+        return web.Response(status=fault.status, text=message, content_type="text/plain")
+    if fault.shape == "header":
+        echoed = {"x-request-id": key, "X-Echo-Authorization": sent}
+        return error_response(fault.status, headers=echoed)
+    if fault.shape == "json" or not stream:
+        return error_response(fault.status, message)
+    envelope = {"id": "gen-echo", "object": "chat.completion.chunk", "model": "echo"}
+    opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    failing = {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}
+    response = _event_stream(generation_id=None)
+    with contextlib.suppress(ConnectionResetError):
+        await response.prepare(request)
+        await response.write(
+            SSE_PROCESSING
+            + sse_event({**envelope, "choices": [opening]})
+            + sse_event({**envelope, **error_body(fault.status, message), "choices": [failing]})
+        )
+        await response.write_eof()
+    return response
+
+
 async def send_stream(
     request: web.Request,
     endpoint: FakeEndpoint,
     answer: Answer,
     fault: StreamErrorFault | DropConnectionFault | None,
+    *,
+    usage: bool = True,
 ) -> web.StreamResponse:
-    """Send ``answer`` as an OpenRouter event stream, cut short by ``fault`` if given.
+    """Send ``answer`` as an OpenRouter event stream, cut short by ``fault`` if given,
+    without its usage chunk when ``usage`` is False.
 
     Counts the completion in ``endpoint.completions`` when the stream is sent in full.
     """
     chunks = answer.stream()
+    if not usage:
+        chunks = [chunk for chunk in chunks if "usage" not in chunk]
     cut = None
     if fault is not None:
         # After the role chunk and `after_chunks` content chunks, or just before the finish

@@ -1,0 +1,143 @@
+"""The exception tree, the one scrubber and the one aiohttp→limpet boundary. Pure."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from limpet.errors import (
+    BODY_EXCERPT_CHARS,
+    APIConnectionError,
+    APIError,
+    APIGenerationError,
+    APIResponseError,
+    APIStatusError,
+    APIStreamError,
+    APITimeoutError,
+    InternalServerError,
+    excerpt,
+    header_secrets,
+    scrub,
+    scrub_error,
+    upstream_errors,
+)
+from limpet.retry import should_retry
+
+KEY = "sk-or-v1-0123456789abcdef-secret"
+
+# Text around a secret: anything but the secret's own alphabet's "*", so "***" cannot
+# be mistaken for, or join into, a secret.
+_TEXT = st.text(alphabet=st.characters(blacklist_characters="*"), max_size=80)
+_SECRET = st.text(
+    alphabet=st.characters(whitelist_categories=("L", "N"), whitelist_characters="-_."),
+    min_size=8,
+    max_size=40,
+)
+
+
+@given(before=_TEXT, after=_TEXT, secret=_SECRET, copies=st.integers(1, 3))
+def test_a_secret_never_survives_scrubbing(
+    before: str, after: str, secret: str, copies: int
+) -> None:
+    text = before + (secret + after) * copies
+    assert secret not in scrub(text, [secret])
+
+
+@given(before=_TEXT, token=_SECRET, after=_TEXT)
+def test_a_bearer_token_never_survives_even_when_unknown(
+    before: str, token: str, after: str
+) -> None:
+    scrubbed = scrub(f"{before} Authorization: Bearer {token} {after}", [])
+    assert f"Bearer {token}" not in scrubbed
+    assert "Bearer ***" in scrubbed
+
+
+def test_scrub_replaces_the_longest_secret_whole_and_ignores_empty_ones() -> None:
+    assert scrub(f"key {KEY}!", ["", KEY[:12], KEY]) == "key ***!"
+    assert scrub("bearer abc.def-123 and BEARER x", []) == "bearer *** and BEARER ***"
+    assert scrub("nothing to hide", [KEY]) == "nothing to hide"
+
+
+def test_an_excerpt_is_scrubbed_before_it_is_cut() -> None:
+    # The key straddles the cut: cutting first would leave its head in the excerpt.
+    raw = b"x" * (BODY_EXCERPT_CHARS - 10) + KEY.encode() + b" tail"
+    cut = excerpt(raw, [KEY])
+    assert len(cut) <= BODY_EXCERPT_CHARS
+    assert KEY[:10] not in cut
+    assert cut.endswith("*** tail")
+
+
+def test_header_secrets_take_the_credential_without_its_scheme() -> None:
+    found = header_secrets(
+        {"Authorization": f"Bearer {KEY}", "x-goog-api-key": "AIzaSy-abcdefgh", "Accept": "*/*"}
+    )
+    assert set(found) == {f"Bearer {KEY}", KEY, "AIzaSy-abcdefgh"}
+
+
+def every_text(exc: BaseException) -> list[str]:
+    """Everything an error shows: str, repr, args and its text attributes."""
+    texts = [str(exc), repr(exc), *map(str, exc.args)]
+    texts.extend(str(value) for value in vars(exc).values())
+    return texts
+
+
+def test_scrub_error_reaches_args_message_body_and_request_id() -> None:
+    exc = InternalServerError(
+        f"bad key {KEY}", status_code=500, body=f'{{"key": "{KEY}"}}', request_id=KEY
+    )
+    assert scrub_error(exc, [KEY]) is exc
+    assert all(KEY not in text for text in every_text(exc))
+    assert exc.status_code == 500 and exc.request_id == "***"
+
+
+async def test_upstream_errors_maps_aiohttp_and_os_failures_with_their_cause() -> None:
+    cause = aiohttp.ClientConnectionError("refused")
+    with pytest.raises(APIConnectionError) as info, upstream_errors("a"):
+        raise cause
+    assert info.value.__cause__ is cause and info.value.endpoint == "a"
+    broke = "stream from endpoint 'a' broke"
+    with pytest.raises(APIConnectionError, match=broke), upstream_errors("a", stream=True):
+        raise ConnectionResetError
+    with pytest.raises(APITimeoutError), upstream_errors("a"):
+        raise TimeoutError
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        APIStatusError(f"no {KEY}", status_code=401, body=KEY, request_id=f"Bearer {KEY}"),
+        APIResponseError("not JSON", status_code=200, body=f"Authorization: Bearer {KEY}"),
+        APIStreamError(f"provider said {KEY}", status_code=502),
+        APIGenerationError(f"Bearer {KEY}", status_code=None),
+    ],
+    ids=["status", "response", "stream", "generation"],
+)
+async def test_every_api_error_leaving_the_boundary_is_scrubbed(error: APIError) -> None:
+    with pytest.raises(APIError) as info, upstream_errors("a", [KEY]):
+        raise error
+    assert info.value is error
+    assert all(KEY not in text for text in every_text(error))
+
+
+async def test_other_exceptions_pass_the_boundary_untouched() -> None:
+    with pytest.raises(ValueError, match=KEY), upstream_errors("a", [KEY]):
+        raise ValueError(KEY)
+
+
+def test_a_stream_error_is_a_generation_error() -> None:
+    failed = APIStreamError("Provider disconnected", status_code=502, endpoint="a")
+    assert isinstance(failed, APIGenerationError)
+    assert str(failed) == "stream failed (502): Provider disconnected"
+    generation = APIGenerationError("Provider disconnected")
+    assert str(generation) == "generation failed: Provider disconnected"
+    assert generation.message == "Provider disconnected" and generation.status_code is None
+
+
+@pytest.mark.parametrize(
+    ("code", "retried"), [(None, True), (502, True), (429, True), (400, False), (403, False)]
+)
+def test_a_failed_generation_is_retried_like_its_code(code: int | None, retried: bool) -> None:
+    assert should_retry(APIGenerationError("failed", status_code=code)) is retried
+    assert should_retry(APIStreamError("failed", status_code=code)) is retried
