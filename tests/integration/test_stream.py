@@ -348,8 +348,8 @@ async def test_usage_is_asked_for_without_changing_the_key(
     client: Client, gateway: FakeGateway
 ) -> None:
     await collect(client.stream(**ask(stream_options={"include_usage": False})))
-    assert gateway.endpoint("a").last_request is not None
-    assert gateway.endpoint("a").last_request["stream_options"] == {"include_usage": False}
+    sent = gateway.endpoint("a").last_request
+    assert sent is not None and sent["stream_options"] == {"include_usage": False}
     again = client.stream(**ask())
     await collect(again)
     assert again.completion is not None and again.completion.cache is CacheStatus.HIT
