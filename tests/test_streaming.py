@@ -101,6 +101,8 @@ def test_chunk_accessors() -> None:
     assert StreamChunk(LIVE[1]).reasoning == "think "
     assert StreamChunk(LIVE[7]).finish_reason == "tool_calls"
     assert StreamChunk(LIVE[8]).delta == {}
+    assert (StreamChunk(LIVE[3]).index, StreamChunk(LIVE[8]).index) == (0, None)
+    assert StreamChunk(THREE_CHOICES[4]).index == 1
 
 
 def test_openrouter_mid_stream_error_chunk() -> None:

@@ -31,7 +31,11 @@ class CompletionStream:
     stop early. Nothing is sent until the first chunk is asked for.
 
     After the last chunk, ``completion`` holds the assembled ``Completion`` with usage,
-    cost and cache status. Stopping early (``aclose()``, leaving ``async with``, or
+    cost and cache status: every choice, whole, when the answer is cached or shared. A
+    stream that is neither (``cache="bypass"``, or a sampled request) keeps no
+    copy of what its chunks delivered, so a long answer is never held in memory twice:
+    its ``completion`` has the id, model, usage, cost and each choice's
+    ``finish_reason``, and ``content`` None. Stopping early (``aclose()``, leaving ``async with``, or
     ``break`` followed by ``aclose()``) releases the stream; other callers sharing the same
     upstream stream are not affected.
 

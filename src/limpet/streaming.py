@@ -56,8 +56,18 @@ class StreamChunk:
     raw: dict[str, Any]
 
     @property
+    def index(self) -> int | None:
+        """The index of the choice this chunk carries (with ``n`` > 1, chunks of the
+        choices take turns), or None for a usage-only chunk."""
+        choices = self.raw.get("choices")
+        if choices and isinstance(choices[0], dict):
+            index = choices[0].get("index", 0)
+            return index if isinstance(index, int) else None
+        return None
+
+    @property
     def delta(self) -> dict[str, Any]:
-        """The first choice's delta, or ``{}`` (a usage-only chunk has none)."""
+        """The delta of the chunk's (first) choice, or ``{}`` (a usage-only chunk has none)."""
         choices = self.raw.get("choices")
         if choices and isinstance(choices[0], dict):
             delta = choices[0].get("delta")
