@@ -35,9 +35,11 @@ class CompletionStream:
     stream that is neither (``cache="bypass"``, or a sampled request) keeps no
     copy of what its chunks delivered, so a long answer is never held in memory twice:
     its ``completion`` has the id, model, usage, cost and each choice's
-    ``finish_reason``, and ``content`` None. Stopping early (``aclose()``, leaving ``async with``, or
-    ``break`` followed by ``aclose()``) releases the stream; other callers sharing the same
-    upstream stream are not affected.
+    ``finish_reason``, and ``content`` None.
+
+    Stopping early (``aclose()``, leaving ``async with``, or ``break`` followed by
+    ``aclose()``) releases the stream; other callers sharing the same upstream stream are
+    not affected.
 
     Example:
         >>> async with client.stream(model=m, messages=msgs, temperature=0) as stream:
