@@ -339,7 +339,7 @@ def live_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
     return chunks
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(live_streams())
 def test_assemble_replay_assemble_is_the_identity(chunks: list[dict[str, Any]]) -> None:
     assert_chunks(chunks)
