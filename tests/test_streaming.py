@@ -291,13 +291,25 @@ async def test_a_one_reader_broadcast_holds_only_what_is_unread() -> None:
 # --- the identity, for any valid stream --------------------------------------------------
 
 FINISHES = st.sampled_from(["stop", "length", "tool_calls", "content_filter"])
+OPENINGS = [
+    {"role": "assistant", "content": ""},
+    {"role": "assistant", "content": None},  # OpenAI's, before tool calls
+    {"role": "assistant", "content": "", "refusal": None},
+]
+CITATION = {
+    "type": "url_citation",
+    "url_citation": {"url": "https://e.com", "title": "E", "start_index": 0, "end_index": 1},
+}
 PIECE = st.text(max_size=6)
 
 
 @st.composite
 def choice_parts(draw: st.DrawFn, logprobs: bool) -> list[dict[str, Any]]:
     """One choice's parts of a live stream, in order: opening, deltas, finish."""
-    parts: list[dict[str, Any]] = [{"delta": {"role": "assistant", "content": ""}}]
+    opening = draw(st.sampled_from(OPENINGS))
+    parts: list[dict[str, Any]] = [{"delta": opening}]
+    if logprobs and draw(st.booleans()):  # OpenAI opens with empty logprobs
+        parts[0]["logprobs"] = {"content": [], "refusal": None}
     for field, text in draw(
         st.lists(st.tuples(st.sampled_from(["content", "reasoning", "refusal"]), PIECE))
     ):
@@ -319,6 +331,8 @@ def choice_parts(draw: st.DrawFn, logprobs: bool) -> list[dict[str, Any]]:
     for text in draw(st.lists(PIECE, max_size=2)):
         detail = {"type": "reasoning.text", "text": text, "index": 0}
         parts.append({"delta": {"reasoning_details": [detail]}})
+    if draw(st.booleans()):
+        parts.append({"delta": {"annotations": [CITATION]}})
     parts.append({"delta": {}, "finish_reason": draw(FINISHES), "native_finish_reason": "x"})
     return parts
 
@@ -330,10 +344,12 @@ def live_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
     per_choice = [draw(choice_parts(logprobs)) for _ in range(draw(st.integers(1, 3)))]
     turns = draw(st.permutations([i for i, parts in enumerate(per_choice) for _ in parts]))
     queues = [iter(parts) for parts in per_choice]
+    # With include_usage, OpenAI's chunks carry `usage: null` until the last.
+    envelope = {**ENVELOPE, "usage": None} if draw(st.booleans()) else ENVELOPE
     chunks = []
     for index in turns:
         part = next(queues[index])
-        chunks.append({**ENVELOPE, "choices": [{"index": index, "finish_reason": None, **part}]})
+        chunks.append({**envelope, "choices": [{"index": index, "finish_reason": None, **part}]})
     if draw(st.booleans()):
         chunks.append({**ENVELOPE, "choices": [], "usage": USAGE})
     return chunks

@@ -255,7 +255,10 @@ async def test_streams_in_two_processes_share_one_upstream_call(
         ta, tb = await asyncio.gather(collect(sa), collect(sb))
     assert ep.calls == 1
     assert text(ta) == text(tb)
+    assert_chunks(raws(ta) + raws(tb))
     assert sa.completion is not None and sb.completion is not None
+    assert_chat_completion(sa.completion.raw)
+    assert_chat_completion(sb.completion.raw)
     assert sorted([sa.completion.cache.value, sb.completion.cache.value]) == ["coalesced", "miss"]
 
 
