@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from limpet.broadcast import Broadcast
 from limpet.errors import APIStreamError
-from limpet.streaming import StreamAssembler, StreamChunk, replay_chunks, stream_error
+from limpet.streaming import (
+    REPLAY_PIECE_CHARS,
+    StreamAssembler,
+    StreamChunk,
+    replay_chunks,
+    stream_error,
+    with_stream_usage,
+)
+from tests.openai_shapes import assert_chat_completion, assert_chunks
 
 ENVELOPE = {
     "id": "gen-1",
@@ -20,7 +32,7 @@ def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dic
     return {**ENVELOPE, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
 
 
-USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "cost": 0.001}
+USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "cost": 0.001}
 LIVE = [
     chunk({"role": "assistant", "content": ""}),
     chunk({"reasoning": "think "}),
@@ -89,6 +101,8 @@ def test_chunk_accessors() -> None:
     assert StreamChunk(LIVE[1]).reasoning == "think "
     assert StreamChunk(LIVE[7]).finish_reason == "tool_calls"
     assert StreamChunk(LIVE[8]).delta == {}
+    assert (StreamChunk(LIVE[3]).index, StreamChunk(LIVE[8]).index) == (0, None)
+    assert StreamChunk(THREE_CHOICES[4]).index == 1
 
 
 def test_openrouter_mid_stream_error_chunk() -> None:
@@ -104,3 +118,251 @@ def test_openrouter_mid_stream_error_chunk() -> None:
     assert stream_error(LIVE[3]) is None
     finished_in_error = chunk({}, "error")
     assert isinstance(stream_error(finished_in_error), APIStreamError)
+
+
+# --- every choice, every field -----------------------------------------------------------
+
+
+def choice_chunk(index: int, delta: dict[str, Any], finish: str | None = None, **more: Any) -> Any:
+    return {
+        **ENVELOPE,
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish, **more}],
+    }
+
+
+def token(text: str) -> dict[str, Any]:
+    return {"token": text, "logprob": -0.25, "bytes": list(text.encode()), "top_logprobs": []}
+
+
+THREE_CHOICES = [
+    *(choice_chunk(i, {"role": "assistant", "content": ""}) for i in range(3)),
+    *(choice_chunk(i, {"content": f"answer {i}"}) for i in range(3)),
+    *(choice_chunk(i, {}, "stop" if i else "length") for i in range(3)),
+    {**ENVELOPE, "choices": [], "usage": USAGE},
+]
+
+
+def test_assembly_keeps_every_choice_by_index() -> None:
+    body = assembled(THREE_CHOICES).completion()
+    assert [c["message"]["content"] for c in body["choices"]] == [f"answer {i}" for i in range(3)]
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert [c["finish_reason"] for c in body["choices"]] == ["length", "stop", "stop"]
+    assert body["usage"] == USAGE
+    assert_chat_completion(body)
+
+
+def test_a_never_streamed_answer_replays_every_choice_interleaved() -> None:
+    body = assembled(THREE_CHOICES).completion()
+    replayed = list(replay_chunks(body, None))
+    assert_chunks(replayed)
+    indexes = [c["choices"][0]["index"] for c in replayed if c["choices"]]
+    assert indexes[:6] == [0, 1, 2, 0, 1, 2]
+    assert replayed[-1]["choices"] == [] and replayed[-1]["usage"] == USAGE
+    assert assembled(replayed).completion() == body
+
+
+RICH = [
+    choice_chunk(0, {"role": "assistant", "content": "", "refusal": None}, logprobs=None),
+    choice_chunk(
+        0,
+        {
+            "reasoning": "hmm",
+            "reasoning_details": [
+                {
+                    "type": "reasoning.text",
+                    "text": "hm",
+                    "index": 0,
+                    "format": "anthropic-claude-v1",
+                }
+            ],
+        },
+    ),
+    choice_chunk(0, {"reasoning_details": [{"type": "reasoning.text", "text": "m", "index": 0}]}),
+    choice_chunk(0, {"content": "Hi"}, logprobs={"content": [token("Hi")], "refusal": None}),
+    choice_chunk(0, {"content": " there"}, logprobs={"content": [token(" there")]}),
+    choice_chunk(
+        0,
+        {
+            "annotations": [
+                {
+                    "type": "url_citation",
+                    "url_citation": {
+                        "url": "https://example.com",
+                        "title": "Ex",
+                        "start_index": 0,
+                        "end_index": 2,
+                    },
+                }
+            ]
+        },
+    ),
+    choice_chunk(1, {"role": "assistant", "refusal": "I can"}),
+    choice_chunk(1, {"refusal": "not."}, logprobs={"content": None, "refusal": [token("no")]}),
+    choice_chunk(0, {}, "stop", native_finish_reason="end_turn"),
+    choice_chunk(1, {}, "content_filter", native_finish_reason="refusal"),
+    {**ENVELOPE, "choices": [], "usage": USAGE},
+]
+
+
+def test_logprobs_refusal_reasoning_details_annotations_and_finish_survive() -> None:
+    body = assembled(RICH).completion()
+    first, second = body["choices"]
+    assert first["logprobs"] == {"content": [token("Hi"), token(" there")], "refusal": None}
+    assert first["message"]["reasoning"] == "hmm"
+    assert first["message"]["reasoning_details"] == [
+        {"type": "reasoning.text", "text": "hmm", "index": 0, "format": "anthropic-claude-v1"}
+    ]
+    assert first["message"]["annotations"][0]["url_citation"]["url"] == "https://example.com"
+    assert (first["finish_reason"], first["native_finish_reason"]) == ("stop", "end_turn")
+    assert second["message"] == {"role": "assistant", "content": None, "refusal": "I cannot."}
+    assert second["logprobs"] == {"content": None, "refusal": [token("no")]}
+    assert second["finish_reason"] == "content_filter"
+    assert_chat_completion(body)
+    replayed = list(replay_chunks(body, None))
+    assert_chunks(replayed)
+    assert assembled(replayed).completion() == body
+
+
+def test_a_synthesized_replay_carries_logprobs_with_their_pieces() -> None:
+    text = "x" * (REPLAY_PIECE_CHARS * 3)
+    tokens = [token(text[i : i + 8]) for i in range(0, len(text), 8)]
+    body = {
+        **ENVELOPE,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+                "logprobs": {"content": tokens, "refusal": None},
+            }
+        ],
+    }
+    pieces = [c for c in replay_chunks(body, None) if c["choices"][0]["delta"].get("content")]
+    assert len(pieces) == 3
+    assert all(len(c["choices"][0]["logprobs"]["content"]) == 3 for c in pieces)
+    assert assembled(list(replay_chunks(body, None))).completion()["choices"] == body["choices"]
+
+
+def test_a_usage_only_chunk_is_not_a_choice() -> None:
+    body = assembled([LIVE[0], LIVE[3], {**ENVELOPE, "choices": [], "usage": USAGE}]).completion()
+    assert len(body["choices"]) == 1
+    assert body["usage"] == USAGE
+
+
+def test_usage_is_asked_for_in_what_is_sent_unless_the_caller_said() -> None:
+    body = {"model": "m", "messages": []}
+    assert with_stream_usage(body)["stream_options"] == {"include_usage": True}
+    assert "stream_options" not in body
+    own = {**body, "stream_options": {"include_obfuscation": False}}
+    assert with_stream_usage(own)["stream_options"] == {
+        "include_obfuscation": False,
+        "include_usage": True,
+    }
+    declined = {**body, "stream_options": {"include_usage": False}}
+    assert with_stream_usage(declined) == declined
+
+
+def test_an_assembler_that_keeps_no_body_holds_no_text() -> None:
+    assembler = StreamAssembler(whole=False, chunking=False)
+    for c in LIVE:
+        assembler.add(c)
+    body = assembler.completion()
+    assert assembler.chunking() is None
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": None}
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert body["usage"] == USAGE
+    assert "Hel" not in str(body) and "think" not in str(body)
+
+
+async def test_a_one_reader_broadcast_holds_only_what_is_unread() -> None:
+    broadcast: Broadcast[int, None] = Broadcast(replay=False)
+    reader = broadcast.items()
+    for item in range(3):
+        broadcast.push(item)
+    assert await anext(reader) == 0
+    assert broadcast.items_so_far == [1, 2]
+    assert [await anext(reader), await anext(reader)] == [1, 2]
+    assert broadcast.items_so_far == []
+    broadcast.finish(None)
+    assert [item async for item in reader] == []
+
+
+# --- the identity, for any valid stream --------------------------------------------------
+
+FINISHES = st.sampled_from(["stop", "length", "tool_calls", "content_filter"])
+OPENINGS = [
+    {"role": "assistant", "content": ""},
+    {"role": "assistant", "content": None},  # OpenAI's, before tool calls
+    {"role": "assistant", "content": "", "refusal": None},
+]
+CITATION = {
+    "type": "url_citation",
+    "url_citation": {"url": "https://e.com", "title": "E", "start_index": 0, "end_index": 1},
+}
+PIECE = st.text(max_size=6)
+
+
+@st.composite
+def choice_parts(draw: st.DrawFn, logprobs: bool) -> list[dict[str, Any]]:
+    """One choice's parts of a live stream, in order: opening, deltas, finish."""
+    opening = draw(st.sampled_from(OPENINGS))
+    parts: list[dict[str, Any]] = [{"delta": opening}]
+    if logprobs and draw(st.booleans()):  # OpenAI opens with empty logprobs
+        parts[0]["logprobs"] = {"content": [], "refusal": None}
+    for field, text in draw(
+        st.lists(st.tuples(st.sampled_from(["content", "reasoning", "refusal"]), PIECE))
+    ):
+        part: dict[str, Any] = {"delta": {field: text}}
+        if logprobs and field != "reasoning":
+            part["logprobs"] = {field: [token(text)]}
+        parts.append(part)
+    for index, (call_id, name, arguments) in enumerate(
+        draw(st.lists(st.tuples(st.text(min_size=1), st.text(), st.lists(PIECE)), max_size=3))
+    ):
+        first, *rest = arguments or [""]
+        function = {"name": name, "arguments": first}
+        call = {"index": index, "id": call_id, "type": "function", "function": function}
+        parts.append({"delta": {"tool_calls": [call]}})
+        parts.extend(
+            {"delta": {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}}
+            for piece in rest
+        )
+    for text in draw(st.lists(PIECE, max_size=2)):
+        detail = {"type": "reasoning.text", "text": text, "index": 0}
+        parts.append({"delta": {"reasoning_details": [detail]}})
+    if draw(st.booleans()):
+        parts.append({"delta": {"annotations": [CITATION]}})
+    parts.append({"delta": {}, "finish_reason": draw(FINISHES), "native_finish_reason": "x"})
+    return parts
+
+
+@st.composite
+def live_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A valid chunk sequence: n >= 1 choices interleaved in any order, maybe usage."""
+    logprobs = draw(st.booleans())
+    per_choice = [draw(choice_parts(logprobs)) for _ in range(draw(st.integers(1, 3)))]
+    turns = draw(st.permutations([i for i, parts in enumerate(per_choice) for _ in parts]))
+    queues = [iter(parts) for parts in per_choice]
+    # With include_usage, OpenAI's chunks carry `usage: null` until the last.
+    envelope = {**ENVELOPE, "usage": None} if draw(st.booleans()) else ENVELOPE
+    chunks = []
+    for index in turns:
+        part = next(queues[index])
+        chunks.append({**envelope, "choices": [{"index": index, "finish_reason": None, **part}]})
+    if draw(st.booleans()):
+        chunks.append({**ENVELOPE, "choices": [], "usage": USAGE})
+    return chunks
+
+
+@settings(max_examples=100, deadline=None)
+@given(live_streams())
+def test_assemble_replay_assemble_is_the_identity(chunks: list[dict[str, Any]]) -> None:
+    assert_chunks(chunks)
+    assembler = assembled(chunks)
+    body = assembler.completion()
+    assert_chat_completion(body)
+    assert list(replay_chunks(body, assembler.chunking())) == chunks
+    replayed = list(replay_chunks(body, None))
+    assert_chunks(replayed)
+    assert assembled(replayed).completion() == body

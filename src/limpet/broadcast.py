@@ -20,6 +20,9 @@ class Broadcast(Generic[T, R]):
     producer ends with ``finish(result)`` or ``fail(error)``; every consumer then sees
     the end or the error.
 
+    With ``replay=False`` there is one consumer, and an item is dropped once it has read
+    it: the broadcast then holds only what is not read yet, however long the stream.
+
     Example:
         >>> b: Broadcast[str, int] = Broadcast()
         >>> b.push("a"); b.finish(1)
@@ -27,9 +30,10 @@ class Broadcast(Generic[T, R]):
         (['a'], 1)
     """
 
-    __slots__ = ("_changed", "error", "finished", "items_so_far", "result")
+    __slots__ = ("_changed", "_replay", "error", "finished", "items_so_far", "result")
 
-    def __init__(self) -> None:
+    def __init__(self, *, replay: bool = True) -> None:
+        self._replay = replay
         self.items_so_far: list[T] = []
         self.finished = False
         self.result: R | None = None
@@ -55,8 +59,12 @@ class Broadcast(Generic[T, R]):
         index = 0
         while True:
             if index < len(self.items_so_far):
-                index += 1
-                yield self.items_so_far[index - 1]
+                item = self.items_so_far[index]
+                if self._replay:
+                    index += 1
+                else:  # the only consumer has it now; a slow one holds few, popped in order
+                    del self.items_so_far[0]
+                yield item
                 continue
             if self.finished:
                 if self.error is not None:

@@ -19,7 +19,7 @@ from limpet.policy import CacheDecision
 from limpet.retry import should_retry
 from limpet.routing import Router
 from limpet.stats import Stats
-from limpet.streaming import StreamAssembler, StreamChunk, replay_chunks
+from limpet.streaming import StreamAssembler, StreamChunk, replay_chunks, with_stream_usage
 from limpet.transport import Transport
 from limpet.usage import parse_usage
 
@@ -31,9 +31,15 @@ class CompletionStream:
     stop early. Nothing is sent until the first chunk is asked for.
 
     After the last chunk, ``completion`` holds the assembled ``Completion`` with usage,
-    cost and cache status. Stopping early (``aclose()``, leaving ``async with``, or
-    ``break`` followed by ``aclose()``) releases the stream; other callers sharing the same
-    upstream stream are not affected.
+    cost and cache status: every choice, whole, when the answer is cached or shared. A
+    stream that is neither (``cache="bypass"``, or a sampled request) keeps no
+    copy of what its chunks delivered, so a long answer is never held in memory twice:
+    its ``completion`` has the id, model, usage, cost and each choice's
+    ``finish_reason``, and ``content`` None.
+
+    Stopping early (``aclose()``, leaving ``async with``, or ``break`` followed by
+    ``aclose()``) releases the stream; other callers sharing the same upstream stream are
+    not affected.
 
     Example:
         >>> async with client.stream(model=m, messages=msgs, temperature=0) as stream:
@@ -143,7 +149,7 @@ class StreamFlights:
         flight = self._flights.get(key) if key is not None and decision.coalesce else None
         led = flight is None
         if flight is None:
-            flight = _StreamFlight()
+            flight = _StreamFlight(shared=key is not None and decision.coalesce)
             flight.task = asyncio.get_running_loop().create_task(
                 self._produce(flight, body, decision, ttl, key)
             )
@@ -189,12 +195,17 @@ class StreamFlights:
     ) -> None:
         broadcast = flight.broadcast
         cache = self._cache
+        store = cache is not None and key is not None and decision.write
+        # A copy of the answer is kept only for the cache or for other readers: a stream
+        # that is neither stored nor shared holds no text (``CompletionStream.completion``).
+        whole = store or (key is not None and decision.coalesce)
         try:
 
             async def lead() -> tuple[CacheEntry, bytes | None, float]:
-                entry = await self._stream_upstream(body, ttl, broadcast)
+                assembler = StreamAssembler(whole=whole, chunking=store)
+                entry = await self._stream_upstream(body, ttl, broadcast, assembler)
                 stored = None
-                if cache is not None and key is not None and decision.write and storable(entry):
+                if cache is not None and key is not None and store and storable(entry):
                     stored = await cache.set(key, entry)
                 data, entry_ttl = stored if stored is not None else (None, 0.0)
                 return entry, data, entry_ttl
@@ -222,14 +233,19 @@ class StreamFlights:
             broadcast.fail(exc)
 
     async def _stream_upstream(
-        self, body: dict[str, Any], ttl: float, broadcast: Broadcast[dict[str, Any], Any]
+        self,
+        body: dict[str, Any],
+        ttl: float,
+        broadcast: Broadcast[dict[str, Any], Any],
+        assembler: StreamAssembler,
     ) -> CacheEntry:
         """Stream from the first endpoint that opens (failing over before the first chunk),
         pushing chunks as they come; returns the assembled entry."""
-        sent = self._outgoing(body)
+        # Usage is asked for in what is sent, never in the key: OpenAI-style servers send
+        # none in a stream otherwise, and the call would be recorded as free.
+        sent = with_stream_usage(self._outgoing(body))
         route = await self._router.route(sent)
         ranked = route.endpoints
-        assembler = StreamAssembler()
         for index, endpoint in enumerate(ranked):
             self._stats.upstream_calls += 1
             chunks = self._transport.stream(endpoint, route.body)
@@ -238,7 +254,8 @@ class StreamFlights:
                     async for chunk in chunks:
                         assembler.add(chunk)
                         broadcast.push(chunk)
-                    attempt.served(parse_usage(assembler.completion().get("usage")))
+                    answer = assembler.completion()
+                    attempt.served(parse_usage(answer.get("usage")))
             except APIError as exc:
                 if assembler.chunks or index + 1 == len(ranked) or not should_retry(exc):
                     raise
@@ -246,7 +263,7 @@ class StreamFlights:
             finally:
                 await chunks.aclose()
             return await self._entry(
-                assembler.completion(), endpoint.name, body, route.body, ttl, assembler.chunking()
+                answer, endpoint.name, body, route.body, ttl, assembler.chunking()
             )
         raise AssertionError("unreachable: the last endpoint's failure is raised")
 
@@ -268,9 +285,10 @@ class MakeEntry(Protocol):
 class _StreamFlight:
     __slots__ = ("broadcast", "readers", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool) -> None:
+        # A flight nobody else can join has one reader: it holds only the unread chunks.
         self.broadcast: Broadcast[dict[str, Any], tuple[CacheEntry, CacheStatus | None]] = (
-            Broadcast()
+            Broadcast(replay=shared)
         )
         self.readers = 0
         self.task: asyncio.Task[None]

@@ -24,6 +24,7 @@ from limpet.errors import (
     RateLimitError,
 )
 from limpet.testing import FakeGateway
+from tests.openai_shapes import assert_chat_completion
 
 KEY = "sk-or-v1-0123456789abcdef-secret"
 MODEL = "anthropic/claude-sonnet-4.6"
@@ -457,3 +458,21 @@ def test_bad_configuration(kwargs: dict[str, Any]) -> None:
 def test_status_errors_are_typed() -> None:
     assert issubclass(RateLimitError, APIStatusError)
     assert RateLimitError.status == 429
+
+
+@pytest.mark.parametrize("params", [{}, {"n": 3, "logprobs": True, "top_logprobs": 1}])
+async def test_every_completion_handed_out_is_an_openai_chat_completion(
+    client: Client, gateway: FakeGateway, params: dict[str, Any]
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.latency = 0.05
+    shared = await asyncio.gather(*(client.complete(**ask("shapes", **params)) for _ in range(3)))
+    live = next(c for c in shared if c.cache is CacheStatus.MISS)
+    assert sorted(c.cache.value for c in shared) == ["coalesced", "coalesced", "miss"]
+    hit = await client.complete(**ask("shapes", **params))
+    bypassed = await client.complete(**ask("shapes", **params), cache="bypass")
+    assert (hit.cache, bypassed.cache) == (CacheStatus.HIT, CacheStatus.BYPASS)
+    for completion in (*shared, hit, bypassed):
+        assert_chat_completion(completion.raw)
+        assert completion.raw["choices"] == live.raw["choices"]
+    assert ep.calls == 2

@@ -22,6 +22,7 @@ from limpet.errors import APIConnectionError, APIStreamError, InvalidRequestErro
 from limpet.stream import CompletionStream
 from limpet.streaming import StreamChunk
 from limpet.testing import FakeGateway
+from tests.openai_shapes import assert_chat_completion, assert_chunks
 
 MODEL = "anthropic/claude-sonnet-4.6"
 
@@ -65,7 +66,10 @@ async def test_a_replayed_stream_repeats_the_live_one(client: Client, gateway: F
     assert text(live) and text(replayed) == text(live)
     assert [c.delta for c in replayed] == [c.delta for c in live]
     assert [c.raw for c in replayed] == [c.raw for c in live]
+    assert_chunks([c.raw for c in live])
     assert live_stream.completion is not None and replay_stream.completion is not None
+    assert_chat_completion(live_stream.completion.raw)
+    assert_chat_completion(replay_stream.completion.raw)
     assert live_stream.completion.cache is CacheStatus.MISS
     assert replay_stream.completion.cache is CacheStatus.HIT
     assert live_stream.completion.content == text(live)
@@ -89,6 +93,7 @@ async def test_complete_then_stream_replays_the_completion(
     completed = await client.complete(**ask())
     stream = client.stream(**ask())
     chunks = await collect(stream)
+    assert_chunks([c.raw for c in chunks])
     assert text(chunks) == completed.content
     assert chunks[0].delta.get("role") == "assistant"
     assert chunks[-2].finish_reason == completed.finish_reason
@@ -250,5 +255,149 @@ async def test_streams_in_two_processes_share_one_upstream_call(
         ta, tb = await asyncio.gather(collect(sa), collect(sb))
     assert ep.calls == 1
     assert text(ta) == text(tb)
+    assert_chunks(raws(ta) + raws(tb))
     assert sa.completion is not None and sb.completion is not None
+    assert_chat_completion(sa.completion.raw)
+    assert_chat_completion(sb.completion.raw)
     assert sorted([sa.completion.cache.value, sb.completion.cache.value]) == ["coalesced", "miss"]
+
+
+# --- what a stream serves is what the live call would have -------------------------------
+
+
+def raws(chunks: list[StreamChunk]) -> list[dict[str, Any]]:
+    return [chunk.raw for chunk in chunks]
+
+
+def by_choice(chunks: list[StreamChunk]) -> dict[int, str]:
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.raw["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + (
+                choice["delta"].get("content") or ""
+            )
+    return texts
+
+
+def comparable(raw: dict[str, Any]) -> dict[str, Any]:
+    """What two calls for one request share: everything but the generation's id and time."""
+    return {k: v for k, v in raw.items() if k not in ("id", "created")}
+
+
+async def test_n_choices_are_streamed_cached_and_replayed_whole(
+    client: Client, gateway: FakeGateway
+) -> None:
+    live_stream = client.stream(**ask(n=3))
+    live = await collect(live_stream)
+    assert_chunks(raws(live))
+    assert live_stream.completion is not None
+    assembled = assert_chat_completion(live_stream.completion.raw)
+    assert [c.message.content for c in assembled.choices] == list(by_choice(live).values())
+    assert len(set(by_choice(live).values())) == 3
+    hit = await client.complete(**ask(n=3))
+    assert hit.cache is CacheStatus.HIT
+    fresh = await client.complete(**ask(n=3), cache="bypass")
+    assert comparable(assert_chat_completion(hit.raw).model_dump()) == comparable(
+        assert_chat_completion(fresh.raw).model_dump()
+    )
+    replay_stream = client.stream(**ask(n=3))
+    replayed = await collect(replay_stream)
+    assert raws(replayed) == raws(live)
+    assert gateway.endpoint("a").calls == 2  # the stream, and the bypassed call
+
+
+async def test_a_completed_n_answer_replays_every_choice(
+    client: Client, gateway: FakeGateway
+) -> None:
+    completed = await client.complete(**ask(n=2, logprobs=True))
+    stream = client.stream(**ask(n=2, logprobs=True))
+    chunks = await collect(stream)
+    assert_chunks(raws(chunks))
+    contents = [choice["message"]["content"] for choice in completed.raw["choices"]]
+    assert by_choice(chunks) == dict(enumerate(contents))
+    assert stream.completion is not None and stream.completion.cache is CacheStatus.HIT
+    assert gateway.endpoint("a").calls == 1
+
+
+async def test_logprobs_of_a_stream_are_served_by_a_later_complete(
+    client: Client, gateway: FakeGateway
+) -> None:
+    await collect(client.stream(**ask(logprobs=True, top_logprobs=2)))
+    hit = await client.complete(**ask(logprobs=True, top_logprobs=2))
+    live = await client.complete(**ask(logprobs=True, top_logprobs=2), cache="bypass")
+    assert hit.cache is CacheStatus.HIT
+    assert hit.raw["choices"][0]["logprobs"] is not None
+    assert hit.raw["choices"] == live.raw["choices"]
+    assert_chat_completion(hit.raw)
+
+
+async def test_a_stream_asks_for_usage_and_records_it(client: Client, gateway: FakeGateway) -> None:
+    ep = gateway.endpoint("a")
+    assert not ep.always_stream_usage  # OpenAI's rule: usage only when asked for
+    stream = client.stream(**ask("usage, please"))
+    chunks = await collect(stream)
+    assert ep.last_request is not None
+    assert ep.last_request["stream_options"] == {"include_usage": True}
+    assert chunks[-1].raw["choices"] == [] and chunks[-1].raw["usage"]
+    assert stream.completion is not None
+    assert stream.completion.usage.completion_tokens > 0
+    assert stream.completion.cost is not None and stream.completion.cost.usd > 0
+    hit = await client.complete(**ask("usage, please"))
+    assert hit.cache is CacheStatus.HIT and hit.usage == stream.completion.usage
+    assert client.stats.cost_usd > 0
+
+
+async def test_usage_is_asked_for_without_changing_the_key(
+    client: Client, gateway: FakeGateway
+) -> None:
+    await collect(client.stream(**ask(stream_options={"include_usage": False})))
+    sent = gateway.endpoint("a").last_request
+    assert sent is not None and sent["stream_options"] == {"include_usage": False}
+    again = client.stream(**ask())
+    await collect(again)
+    assert again.completion is not None and again.completion.cache is CacheStatus.HIT
+
+
+async def test_coalesced_streams_of_n_choices_each_get_the_whole(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=3)
+    streams = [client.stream(**ask(n=2, logprobs=True)) for _ in range(3)]
+    tasks = [asyncio.create_task(collect(s)) for s in streams]
+    await ep.wait_for_calls(1)
+    ep.resume_stream()
+    results = await asyncio.gather(*tasks)
+    assert ep.calls == 1
+    assert all(raws(r) == raws(results[0]) for r in results)
+    assert_chunks(raws(results[0]))
+    completions = [s.completion for s in streams if s.completion is not None]
+    assert sorted(c.cache.value for c in completions) == ["coalesced", "coalesced", "miss"]
+    for completion in completions:
+        assert_chat_completion(completion.raw)
+        assert completion.raw["choices"] == completions[0].raw["choices"]
+        assert len(completion.raw["choices"]) == 2
+
+
+async def test_a_bypassed_stream_keeps_usage_and_finish_but_not_the_text(
+    client: Client, gateway: FakeGateway
+) -> None:
+    stream = client.stream(**ask("big answer"), cache="bypass")
+    chunks = await collect(stream)
+    assert text(chunks)
+    completion = stream.completion
+    assert completion is not None and completion.cache is CacheStatus.BYPASS
+    assert completion.content is None  # the chunks delivered it; no copy is kept
+    assert completion.finish_reason == "stop"
+    assert completion.usage.completion_tokens > 0
+    assert completion.cost is not None and completion.cost.usd > 0
+    assert_chat_completion(completion.raw)
+
+
+async def test_an_openrouter_like_endpoint_that_always_sends_usage(
+    client: Client, gateway: FakeGateway
+) -> None:
+    gateway.endpoint("a").always_stream_usage = True
+    stream = client.stream(**ask(stream_options={"include_usage": False}))
+    await collect(stream)
+    assert stream.completion is not None and stream.completion.usage.completion_tokens > 0

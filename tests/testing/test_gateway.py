@@ -26,6 +26,7 @@ from limpet.testing import (
     count_tokens,
 )
 from limpet.testing.content import compose_reply, stream_pieces, truncate_to_tokens
+from tests.openai_shapes import assert_chat_completion, assert_chunks
 
 Json = dict[str, Any]
 
@@ -398,17 +399,22 @@ async def test_models_override(session: aiohttp.ClientSession) -> None:
 # --- streaming ---------------------------------------------------------------------------
 
 
+USAGE_PLEASE = {"include_usage": True}
+
+
 async def test_stream_matches_the_plain_reply(
     gw: FakeGateway, session: aiohttp.ClientSession
 ) -> None:
     plain = (await post(session, gw, chat())).json()
-    reply = await post(session, gw, chat(stream=True))
+    assert_chat_completion(plain)
+    reply = await post(session, gw, chat(stream=True, stream_options=USAGE_PLEASE))
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("text/event-stream")
     all_events = events(reply)
     assert all_events[0] == ": OPENROUTER PROCESSING"
     assert all_events[-1] == "data: [DONE]"
     chunks = data_chunks(reply)
+    assert_chunks(chunks)
     assert {chunk["id"] for chunk in chunks} == {reply.headers["X-Generation-Id"]}
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -426,10 +432,62 @@ async def test_stream_cut_by_max_tokens_matches_too(
     gw: FakeGateway, session: aiohttp.ClientSession
 ) -> None:
     plain = (await post(session, gw, chat(max_tokens=7))).json()
-    chunks = data_chunks(await post(session, gw, chat(max_tokens=7, stream=True)))
+    streamed = chat(max_tokens=7, stream=True, stream_options=USAGE_PLEASE)
+    chunks = data_chunks(await post(session, gw, streamed))
     assert streamed_content(chunks) == plain["choices"][0]["message"]["content"]
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["usage"] == plain["usage"]
+
+
+async def test_a_stream_has_usage_only_when_asked_unless_the_endpoint_always_sends_it(
+    gw: FakeGateway, session: aiohttp.ClientSession
+) -> None:
+    unasked = data_chunks(await post(session, gw, chat(stream=True)))
+    assert all(chunk["choices"] and "usage" not in chunk for chunk in unasked)
+    declined = chat(stream=True, stream_options={"include_usage": False})
+    assert "usage" not in data_chunks(await post(session, gw, declined))[-1]
+    gw.endpoint("a").always_stream_usage = True  # OpenRouter's way
+    always = data_chunks(await post(session, gw, chat(stream=True)))
+    assert always[-1]["choices"] == [] and always[-1]["usage"]["completion_tokens"] > 0
+    assert_chunks([*unasked, *always])
+
+
+async def test_n_choices_differ_and_stream_interleaved(
+    gw: FakeGateway, session: aiohttp.ClientSession
+) -> None:
+    plain = (await post(session, gw, chat(n=3))).json()
+    assert_chat_completion(plain)
+    contents = [choice["message"]["content"] for choice in plain["choices"]]
+    assert [choice["index"] for choice in plain["choices"]] == [0, 1, 2]
+    assert len(set(contents)) == 3
+    assert plain["usage"]["completion_tokens"] == sum(map(count_tokens, contents))
+    chunks = data_chunks(await post(session, gw, chat(n=3, stream=True)))
+    assert_chunks(chunks)
+    assert all(len(chunk["choices"]) == 1 for chunk in chunks)
+    indexes = [chunk["choices"][0]["index"] for chunk in chunks]
+    assert indexes[:6] == [0, 1, 2, 0, 1, 2]  # the openings, then the first pieces
+    for index, content in enumerate(contents):
+        own = [chunk for chunk in chunks if chunk["choices"][0]["index"] == index]
+        assert streamed_content(own) == content
+
+
+async def test_logprobs_come_per_token_whole_and_streamed(
+    gw: FakeGateway, session: aiohttp.ClientSession
+) -> None:
+    body = chat(logprobs=True, top_logprobs=2)
+    choice = (await post(session, gw, body)).json()["choices"][0]
+    tokens = choice["logprobs"]["content"]
+    assert "".join(token["token"] for token in tokens) == choice["message"]["content"]
+    assert all(len(token["top_logprobs"]) == 2 for token in tokens)
+    chunks = data_chunks(await post(session, gw, {**body, "stream": True}))
+    assert_chunks(chunks)
+    for chunk in chunks[1:-1]:
+        logprobs = chunk["choices"][0]["logprobs"]
+        text = "".join(token["token"] for token in logprobs["content"])
+        assert text == chunk["choices"][0]["delta"]["content"]
+    streamed = [t for c in chunks for t in (c["choices"][0]["logprobs"] or {}).get("content", [])]
+    assert streamed == tokens
+    assert (await post(session, gw, chat())).json()["choices"][0]["logprobs"] is None
 
 
 # --- faults ------------------------------------------------------------------------------
@@ -637,6 +695,10 @@ async def test_unknown_endpoint_and_path_are_404_json(
         (orjson.dumps({"model": SONNET, "messages": []}), "messages"),
         (orjson.dumps({**chat(), "max_tokens": 0}), "max_tokens"),
         (orjson.dumps({**chat(), "temperature": "hot"}), "temperature"),
+        (orjson.dumps({**chat(), "n": 0}), "n:"),
+        (orjson.dumps({**chat(), "logprobs": "yes"}), "logprobs"),
+        (orjson.dumps({**chat(), "top_logprobs": 2}), "top_logprobs"),
+        (orjson.dumps({**chat(), "stream_options": "usage"}), "stream_options"),
     ],
 )
 async def test_invalid_requests_are_400(

@@ -25,6 +25,7 @@ __all__ = [
     "compose_reply",
     "content_seed",
     "stream_pieces",
+    "token_groups",
     "truncate_to_tokens",
 ]
 
@@ -110,18 +111,24 @@ def truncate_to_tokens(text: str, max_tokens: int | None) -> tuple[str, bool]:
 
 def stream_pieces(text: str) -> list[str]:
     """Split a reply into stream deltas of one to three words that concatenate back to it."""
+    return ["".join(group) for group in token_groups(text)]
+
+
+def token_groups(text: str) -> list[list[str]]:
+    """A reply's tokens (a word with the whitespace before it), grouped one to three to a
+    stream delta; every token, concatenated, is the reply."""
     words = _PIECE.findall(text)
     tail = text[sum(map(len, words)) :]
-    pieces: list[str] = []
+    groups: list[list[str]] = []
     index = 0
     while index < len(words):
-        size = _WORDS_PER_PIECE[len(pieces) % len(_WORDS_PER_PIECE)]
-        pieces.append("".join(words[index : index + size]))
+        size = _WORDS_PER_PIECE[len(groups) % len(_WORDS_PER_PIECE)]
+        groups.append(words[index : index + size])
         index += size
     if tail:
         # Trailing whitespace belongs to no word; keeping it keeps the concatenation exact.
-        pieces.append(tail)
-    return pieces
+        groups.append([tail])
+    return groups
 
 
 def _is_number(value: object) -> bool:

@@ -59,6 +59,9 @@ class FakeEndpoint:
         last_headers: the HTTP headers of the last chat request received (Authorization
             blanked), matched without regard to case, or None.
         prompt_cache: decides cache reads and writes reported in ``usage``.
+        always_stream_usage: send usage at the end of every stream, as OpenRouter does;
+            False (the default) sends it only when the request's
+            ``stream_options.include_usage`` is true, as OpenAI does. Settable.
     """
 
     __slots__ = (
@@ -66,6 +69,7 @@ class FakeEndpoint:
         "_calls",
         "_faults",
         "_stream_gate",
+        "always_stream_usage",
         "completions",
         "in_flight",
         "last_headers",
@@ -90,6 +94,7 @@ class FakeEndpoint:
         self.latency = latency
         self.prompt_cache: PromptCacheModel = prompt_cache or NoPromptCache()
         self.up = True
+        self.always_stream_usage = False
         self._calls = 0
         self._call_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.stream_pause_after: int | None = None

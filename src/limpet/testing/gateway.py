@@ -48,7 +48,14 @@ from limpet.testing.responses import (
     status_fault_response,
 )
 from limpet.testing.tokens import count_prompt_tokens, count_tokens
-from limpet.testing.wire import Answer, max_completion_tokens, request_problem, usage_body
+from limpet.testing.wire import (
+    Answer,
+    Reply,
+    max_completion_tokens,
+    request_problem,
+    stream_usage_requested,
+    usage_body,
+)
 
 __all__ = ["FakeGateway"]
 
@@ -299,8 +306,9 @@ class FakeGateway:
             cut = fault if isinstance(fault, StreamErrorFault | DropConnectionFault) else None
             if isinstance(fault, GenerationErrorFault):
                 cut = StreamErrorFault(0, fault.status, fault.message)
-            usage = not isinstance(fault, NoUsageFault)
-            return await send_stream(request, endpoint, answer, cut, usage=usage)
+            usage = endpoint.always_stream_usage or stream_usage_requested(body)
+            usage = usage and not isinstance(fault, NoUsageFault)
+            return await send_stream(request, endpoint, answer, cut, include_usage=usage)
         if isinstance(fault, GenerationErrorFault):
             return json_response(200, failed_generation(answer, fault), generation_id=answer.id)
         completion = answer.completion()
@@ -318,10 +326,14 @@ class FakeGateway:
         if cache.total > prompt_tokens:
             raise ValueError(f"{endpoint.prompt_cache!r} reported {cache} of {prompt_tokens}")
         seed = content_seed(body)
-        content, cut = truncate_to_tokens(
-            compose_reply(self._rng(seed)), max_completion_tokens(body)
-        )
-        completion_tokens = count_tokens(content)
+        limit = max_completion_tokens(body)
+        replies = []
+        for index in range(body.get("n") or 1):  # each choice its own draw, as with a model
+            text, cut = truncate_to_tokens(
+                compose_reply(self._rng(None if seed is None else seed + index)), limit
+            )
+            replies.append(Reply(text, "length" if cut else "stop"))
+        completion_tokens = sum(count_tokens(reply.content) for reply in replies)
         price = self._models[model].price if model in self._models else UNKNOWN_MODEL_PRICE
         cost = price.cost(
             uncached=prompt_tokens - cache.total,
@@ -341,9 +353,11 @@ class FakeGateway:
             created=int(now),
             model=model,
             provider=endpoint.name,
-            content=content,
-            finish_reason="length" if cut else "stop",
+            content=replies[0].content,
+            finish_reason=replies[0].finish_reason,
             usage=usage,
+            more=tuple(replies[1:]),
+            logprobs=(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
         )
         return answer, endpoint.latency_for(cache, prompt_tokens)
 

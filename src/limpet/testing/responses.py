@@ -156,21 +156,21 @@ async def send_stream(
     answer: Answer,
     fault: StreamErrorFault | DropConnectionFault | None,
     *,
-    usage: bool = True,
+    include_usage: bool = True,
 ) -> web.StreamResponse:
     """Send ``answer`` as an OpenRouter event stream, cut short by ``fault`` if given,
-    without its usage chunk when ``usage`` is False.
+    with a usage chunk at the end when ``include_usage``.
 
     Counts the completion in ``endpoint.completions`` when the stream is sent in full.
     """
-    chunks = answer.stream()
-    if not usage:
-        chunks = [chunk for chunk in chunks if "usage" not in chunk]
+    chunks = answer.stream(include_usage=include_usage)
     cut = None
     if fault is not None:
-        # After the role chunk and `after_chunks` content chunks, or just before the finish
-        # chunk when the reply has fewer; the finish and usage chunks are the last two.
-        cut = 1 + min(fault.after_chunks or 0, len(chunks) - 3)
+        # After the role chunks and `after_chunks` content chunks, or just before the finish
+        # chunks when the reply has fewer; the finish (and usage) chunks come last.
+        choices = len(answer.replies)
+        deltas = len(chunks) - 2 * choices - (1 if include_usage else 0)
+        cut = choices + min(fault.after_chunks or 0, deltas)
     response = _event_stream(generation_id=answer.id)
     try:
         await response.prepare(request)

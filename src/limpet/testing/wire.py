@@ -9,21 +9,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from itertools import zip_longest
 from typing import Any
 
 import orjson
 
-from limpet.testing.content import stream_pieces
+from limpet.testing.content import token_groups
 from limpet.testing.provider_cache import PromptCacheResult
 
 __all__ = [
     "SSE_DONE",
     "SSE_PROCESSING",
     "Answer",
+    "Reply",
     "error_body",
     "max_completion_tokens",
     "request_problem",
     "sse_event",
+    "stream_usage_requested",
+    "token_logprob",
     "usage_body",
 ]
 
@@ -70,11 +74,39 @@ def request_problem(body: object) -> str | None:
     temperature = body.get("temperature")
     if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
         return "temperature: expected a number from 0 to 2"
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "n"):
         limit = body.get(name)
         if limit is not None and (not _is_int(limit) or limit < 1):
             return f"{name}: expected a positive integer"
+    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+        return "logprobs: expected a boolean"
+    top = body.get("top_logprobs")
+    if top is not None and not (_is_int(top) and 0 <= top <= 20 and body.get("logprobs")):
+        return "top_logprobs: expected an integer from 0 to 20, with logprobs: true"
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return "stream_options: expected an object"
     return None
+
+
+def stream_usage_requested(body: Mapping[str, Any]) -> bool:
+    """Whether a request asks for usage in its stream, as OpenAI requires for sending it."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def token_logprob(token: str, alternatives: int = 0) -> dict[str, Any]:
+    """A made-up but fixed log probability of ``token``, with ``alternatives`` top ones."""
+    logprob = -(sum(token.encode()) % 97) / 32
+
+    def entry(text: str, value: float) -> dict[str, Any]:
+        return {"token": text, "logprob": value, "bytes": list(text.encode())}
+
+    top = [
+        entry(token if rank == 0 else f"{token}~{rank}", logprob - rank)
+        for rank in range(alternatives)
+    ]
+    return {**entry(token, logprob), "top_logprobs": top}
 
 
 def max_completion_tokens(body: Mapping[str, Any]) -> int | None:
@@ -108,6 +140,14 @@ def sse_event(data: Mapping[str, Any]) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """One choice of an answer: its text and why it ended."""
+
+    content: str
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """One generated reply, ready to be sent whole or as a stream.
 
@@ -116,9 +156,11 @@ class Answer:
         created: Unix time of the generation.
         model: the model that was requested.
         provider: the endpoint that answered.
-        content: the reply text.
+        content: the reply text (of the first choice).
         finish_reason: ``"stop"``, or ``"length"`` when cut at the token limit.
         usage: the ``usage`` object, identical whole or streamed.
+        more: the choices after the first, for a request with ``n`` > 1.
+        logprobs: None, or the number of ``top_logprobs`` for a request with ``logprobs``.
     """
 
     id: str
@@ -128,6 +170,13 @@ class Answer:
     content: str
     finish_reason: str
     usage: dict[str, Any]
+    more: tuple[Reply, ...] = ()
+    logprobs: int | None = None
+
+    @property
+    def replies(self) -> tuple[Reply, ...]:
+        """Every choice, in ``index`` order."""
+        return (Reply(self.content, self.finish_reason), *self.more)
 
     def completion(self) -> dict[str, Any]:
         """The ``chat.completion`` body."""
@@ -135,46 +184,75 @@ class Answer:
             **self._envelope("chat.completion"),
             "choices": [
                 {
-                    "index": 0,
-                    "logprobs": None,
-                    "finish_reason": self.finish_reason,
-                    "native_finish_reason": self.finish_reason,
-                    "message": {"role": "assistant", "content": self.content, "refusal": None},
+                    "index": index,
+                    "logprobs": self._logprobs(token_groups(reply.content)),
+                    "finish_reason": reply.finish_reason,
+                    "native_finish_reason": reply.finish_reason,
+                    "message": {"role": "assistant", "content": reply.content, "refusal": None},
                 }
+                for index, reply in enumerate(self.replies)
             ],
             "usage": self.usage,
         }
 
-    def chunk(self, delta: Mapping[str, str], finish_reason: str | None = None) -> dict[str, Any]:
-        """A ``chat.completion.chunk`` carrying one delta."""
+    def chunk(
+        self,
+        delta: Mapping[str, str | None],
+        finish_reason: str | None = None,
+        *,
+        index: int = 0,
+        tokens: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A ``chat.completion.chunk`` carrying one delta of choice ``index`` (and the
+        logprobs of its ``tokens``, when asked for)."""
         return {
             **self._envelope("chat.completion.chunk"),
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "delta": dict(delta),
                     "finish_reason": finish_reason,
                     "native_finish_reason": finish_reason,
-                    "logprobs": None,
+                    "logprobs": self._logprobs([tokens] if tokens else []),
                 }
             ],
         }
 
-    def stream(self) -> list[dict[str, Any]]:
+    def stream(self, *, include_usage: bool = True) -> list[dict[str, Any]]:
         """The whole stream before ``[DONE]``: role, content deltas, finish, then usage.
 
-        The content deltas are a few words each and concatenate to ``content``.
-
-        The chunks around the content carry the role, as OpenRouter's do. OpenRouter always
-        sends usage, in a last chunk with empty ``choices``.
+        The content deltas are a few words each and concatenate to ``content``. With
+        ``n`` > 1 each chunk carries one choice and the choices take turns, as OpenAI's
+        do. The chunks around the content carry the role, as OpenRouter's do. Usage comes
+        in a last chunk with empty ``choices`` when ``include_usage`` (OpenRouter always
+        sends it; OpenAI only when ``stream_options.include_usage`` asks).
         """
-        opening = {"role": "assistant", "content": ""}
-        return [
-            self.chunk(opening),
-            *(self.chunk({"content": piece}) for piece in stream_pieces(self.content)),
-            self.chunk(opening, self.finish_reason),
-            {**self._envelope("chat.completion.chunk"), "choices": [], "usage": self.usage},
+        opening = {"role": "assistant", "content": "", "refusal": None}
+        replies = self.replies
+        per_choice = [
+            [
+                self.chunk({"content": "".join(group)}, index=index, tokens=group)
+                for group in token_groups(reply.content)
+            ]
+            for index, reply in enumerate(replies)
         ]
+        deltas = [chunk for turn in zip_longest(*per_choice) for chunk in turn if chunk]
+        chunks = [
+            *(self.chunk(opening, index=index) for index in range(len(replies))),
+            *deltas,
+            *(self.chunk(opening, r.finish_reason, index=i) for i, r in enumerate(replies)),
+        ]
+        if include_usage:
+            chunks.append(
+                {**self._envelope("chat.completion.chunk"), "choices": [], "usage": self.usage}
+            )
+        return chunks
+
+    def _logprobs(self, groups: list[list[str]]) -> dict[str, Any] | None:
+        if self.logprobs is None:
+            return None
+        tokens = [token_logprob(token, self.logprobs) for group in groups for token in group]
+        return {"content": tokens, "refusal": None}
 
     def error_chunk(self, status: int, message: str) -> dict[str, Any]:
         """OpenRouter's mid-stream failure: an ``error`` and ``finish_reason: "error"``."""
