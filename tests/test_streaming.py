@@ -366,3 +366,24 @@ def test_assemble_replay_assemble_is_the_identity(chunks: list[dict[str, Any]]) 
     replayed = list(replay_chunks(body, None))
     assert_chunks(replayed)
     assert assembled(replayed).completion() == body
+
+
+def test_an_error_in_any_choice_of_a_chunk_is_the_stream_error() -> None:
+    chunk = {
+        "id": "gen-1",
+        "object": "chat.completion.chunk",
+        "choices": [
+            {"index": 0, "delta": {"content": "fine"}, "finish_reason": None},
+            {
+                "index": 1,
+                "delta": {},
+                "finish_reason": "error",
+                "error": {"code": 502, "message": "provider went away"},
+            },
+        ],
+    }
+    error = stream_error(chunk, "a")
+    assert error is not None
+    assert (error.status_code, error.endpoint) == (502, "a")
+    assert "provider went away" in str(error)
+    assert stream_error({**chunk, "choices": chunk["choices"][:1]}) is None

@@ -104,11 +104,18 @@ def stream_error(chunk: Mapping[str, Any], endpoint: str | None = None) -> APISt
     """
     error = chunk.get("error")
     choices = chunk.get("choices")
-    finished_in_error = bool(
-        choices and isinstance(choices[0], dict) and choices[0].get("finish_reason") == "error"
+    failed = next(
+        (
+            choice
+            for choice in (choices if isinstance(choices, list) else ())
+            if isinstance(choice, dict) and choice.get("finish_reason") == "error"
+        ),
+        None,
     )
-    if error is None and not finished_in_error:
+    if error is None and failed is None:
         return None
+    if error is None and failed is not None:
+        error = failed.get("error")  # any choice of an n > 1 stream may be the one that failed
     message = "the upstream stream failed"
     code: int | None = None
     if isinstance(error, dict):
