@@ -325,7 +325,7 @@ class FakeGateway:
             id=f"gen-{int(now)}-{secrets.token_hex(10)}",
             created=int(now),
             model=model,
-            provider=endpoint.name,
+            provider=cache.provider or endpoint.name,
             content=content,
             finish_reason="length" if cut else "stop",
             usage=usage,

@@ -58,11 +58,14 @@ class PromptCacheResult:
         cache_write_tokens: prompt tokens written to the cache, whatever their TTL.
         cache_write_1h_tokens: the part of ``cache_write_tokens`` written with a 1 h TTL,
             priced at ``input_cache_write_1h`` instead of ``input_cache_write``.
+        provider: the provider that served, when the endpoint routes among several
+            (``limpet.testing.openrouter``); None: the endpoint is the provider.
     """
 
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    provider: str | None = None
 
     def __post_init__(self) -> None:
         if min(self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens) < 0:
