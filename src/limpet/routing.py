@@ -36,11 +36,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from limpet.affinity import AffinityMap, AffinityMirror, AffinityStore
+from limpet.cache_minimums import LEARNED_MINIMUMS
 from limpet.config import Endpoint, RoutingConfig, UnmarkedRouting
 from limpet.errors import APIError, ConfigurationError
 from limpet.health import EndpointHealth, is_endpoint_fault, retry_after_of
 from limpet.keys import PrefixChain, PrefixLink, prefix_chain
 from limpet.models import Usage
+from limpet.prompt_cache import DEFAULT_CAPABILITIES, marked_prefix_tokens
 from limpet.route import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
 from limpet.routing_stats import EndpointStatus, RouterStats
 from limpet.sticky_keys import (
@@ -214,6 +216,7 @@ class StickyRouter:
         """Routing decisions, health events and provider-cache feedback so far."""
         if self._mirror is not None:
             self._stats.store_errors = self._mirror.errors
+        self._stats.learned_minimums = LEARNED_MINIMUMS.snapshot()
         return self._stats
 
     def status(self) -> dict[str, EndpointStatus]:
@@ -427,6 +430,7 @@ class StickyRouter:
             self._record(chain, key, endpoint, move=False)
         if usage is not None:
             self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
+            _learn_minimum(route.body, usage)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name
@@ -446,6 +450,18 @@ class StickyRouter:
                 )
         else:
             health.released()
+
+
+def _learn_minimum(body: Mapping[str, Any], usage: Usage) -> None:
+    """Teach ``LEARNED_MINIMUMS`` from one response of a model whose cache writes are
+    billed, hence reported: silence there means the marked prefix could not cache."""
+    capability = DEFAULT_CAPABILITIES.lookup(body.get("model"))
+    if capability is None or capability.kind != "explicit" or capability.write_multiplier <= 1:
+        return
+    tokens = marked_prefix_tokens(body)
+    if tokens is not None:
+        cached = usage.cached_tokens > 0 or usage.cache_write_tokens > 0
+        LEARNED_MINIMUMS.observe(body["model"], tokens, capability.min_tokens, cached=cached)
 
 
 def _recorded(link: PrefixLink, key: RoutingKey) -> bool:

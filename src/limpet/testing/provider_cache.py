@@ -163,6 +163,9 @@ _OPENAI = CacheRules(kind="automatic", step_tokens=128)
 #: (model-name prefix, rules), first match wins; models matching none cache nothing.
 DEFAULT_CACHE_RULES: tuple[tuple[str, CacheRules], ...] = (
     ("anthropic/claude-opus-4.5", CacheRules(kind="explicit", min_tokens=4096)),
+    ("anthropic/claude-opus-4.6", CacheRules(kind="explicit", min_tokens=4096)),
+    ("anthropic/claude-opus-4.7", CacheRules(kind="explicit", min_tokens=4096)),
+    ("anthropic/claude-opus-4.8", CacheRules(kind="explicit", min_tokens=4096)),
     ("anthropic/claude-haiku-4.5", CacheRules(kind="explicit", min_tokens=4096)),
     ("anthropic/claude-3-haiku", CacheRules(kind="explicit", min_tokens=2048)),
     ("anthropic/claude-3.5-haiku", CacheRules(kind="explicit", min_tokens=2048)),
