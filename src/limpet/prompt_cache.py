@@ -13,6 +13,15 @@ Every threshold, TTL, breakpoint limit and price multiplier lives in one
 ``CapabilityTable`` that users can extend or override, never in literals scattered
 through the code: the providers change them every few months.
 
+Sources (as ../shared/PROVIDERS.md gathers them, late 2026; each rule of
+``DEFAULT_CAPABILITIES`` names its own in ``CacheCapability.source``): Anthropic's,
+OpenAI's, Google's, DeepSeek's and xAI's prompt-caching documentation and OpenRouter's
+prompt-caching page for kinds, TTLs and prices; for the Anthropic minimums, OpenRouter's
+page (4,096 for Opus 4.5-4.8; 1,024 for Sonnet 4.6), orq.ai's gateway docs (4,096 for
+Opus 4.5 and 4.6 and Haiku 4.5; 2,048 for Sonnet 4.6: the sources disagree) and
+aihubmix ("raised from 1,024 to 4,096"), read 2026-12. A minimum that proves too low at
+run time is raised by ``limpet.cache_minimums.LEARNED_MINIMUMS``.
+
 Example:
     >>> manual = "Step one: unplug it. " * 400            # about 2,100 tokens
     >>> body = {"model": "anthropic/claude-sonnet-4.6", "temperature": 0, "messages": [
