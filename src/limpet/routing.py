@@ -13,6 +13,12 @@ no coordination. For each upstream call:
 4. Bounded load walks that ranking and takes the first endpoint whose in-flight count is
    under ``max(load_floor, ceil((1 + e) * mean))``.
 5. The rest of the ranking is the failover order; ejected endpoints come last.
+6. The body gets the sticky keys of the routers upstream, derived from the routing key:
+   a ``session_id`` for an OpenRouter endpoint, which routes among providers itself,
+   and, when asked, OpenAI's ``prompt_cache_key`` (see ``limpet.sticky_keys``).
+
+With one endpoint there is no choice to make: the prefix chain is computed only when a
+sticky key needs it.
 
 Every call reports back through ``Route.attempt()``: in-flight counts, health (see
 ``limpet.health``), and the provider-cache reads and writes of each key.
