@@ -53,6 +53,8 @@ def test_session_id_needs_an_unpinned_openrouter_endpoint_and_no_caller_id() -> 
     assert not wants_session_id(free, body(), RoutingConfig(session_id=False))
     header = Endpoint("or", "https://openrouter.ai/api/v1", headers={"X-Session-Id": "s"})
     assert not wants_session_id(header, body(), config)
+    own = Endpoint("or", "https://openrouter.ai/api/v1", extra_body={"session_id": "app"})
+    assert not wants_session_id(own, body(), config)
     sorted_only = Endpoint("or", "https://openrouter.ai/api/v1", extra_body={"provider": {}})
     assert wants_session_id(sorted_only, body(), config)
 

@@ -48,10 +48,13 @@ def session_id_for(routing_key: str) -> str:
 def wants_session_id(endpoint: Endpoint, body: Mapping[str, Any], config: RoutingConfig) -> bool:
     """True when a request to ``endpoint`` should carry a derived ``session_id``: an
     OpenRouter endpoint that leaves the provider to OpenRouter, and a caller who sent
-    none (in the body or the endpoint's ``x-session-id`` header) and pinned none."""
+    none (in the body, the endpoint's ``extra_body`` or its ``x-session-id`` header) and
+    pinned none."""
     if not config.session_id or endpoint.gateway != "openrouter" or endpoint.pinned:
         return False
-    if "session_id" in body or _pins_provider(body):
+    if "session_id" in body or "session_id" in (endpoint.extra_body or {}):
+        return False
+    if _pins_provider(body):
         return False
     headers = endpoint.headers
     return not headers or all(name.lower() != "x-session-id" for name in headers)
