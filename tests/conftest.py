@@ -132,3 +132,13 @@ def cluster_prefix(redis_cluster: RedisClusterServers) -> Iterator[str]:
                 for key in keys:  # one by one: the keys of one node span many slots
                     pipe.unlink(key)
                 pipe.execute()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_learned_minimums() -> Iterator[None]:
+    """Learned prompt-cache minimums are per process: no test sees another's."""
+    from limpet.cache_minimums import LEARNED_MINIMUMS
+
+    LEARNED_MINIMUMS.reset()
+    yield
+    LEARNED_MINIMUMS.reset()

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from limpet.errors import ConfigurationError
 
@@ -15,6 +16,7 @@ __all__ = [
     "CachePolicy",
     "Endpoint",
     "FlightConfig",
+    "Gateway",
     "RetryConfig",
     "RoutingConfig",
     "Timeouts",
@@ -31,6 +33,16 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TOTAL_TIMEOUT = 600.0
 DEFAULT_MAX_CONNECTIONS = 100
 
+#: Gateways that route each request among providers themselves, each keeping its own
+#: prompt cache (see ``Endpoint.gateway``).
+Gateway = Literal["openrouter"]
+GATEWAYS: frozenset[str] = frozenset({"openrouter"})
+
+
+def _is_openrouter_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "openrouter.ai" or host.endswith(".openrouter.ai")
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -46,10 +58,15 @@ class Endpoint:
         extra_body: fields merged into every request body sent here (the caller's fields win),
             e.g. ``{"provider": {"order": ["anthropic"]}}``. They do not enter the cache key.
         weight: relative share of traffic for routing; must be > 0.
+        gateway: which gateway this is, when it routes among providers itself:
+            ``"openrouter"`` (inferred from an ``openrouter.ai`` URL; a fake gateway or a
+            relay in front of OpenRouter says so explicitly), or None. limpet sends an
+            OpenRouter endpoint a ``session_id`` so that OpenRouter keeps a prefix on the
+            provider that cached it (see ``RoutingConfig.session_id``).
 
     Example:
         >>> Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
-        Endpoint(name='primary', base_url='https://openrouter.ai/api/v1', api_key=***, weight=1.0)
+        Endpoint(name='primary', base_url='https://openrouter.ai/api/v1', api_key=***, ...)
     """
 
     name: str
@@ -59,6 +76,7 @@ class Endpoint:
     headers: Mapping[str, str] | None = field(default=None, repr=False)
     extra_body: Mapping[str, Any] | None = None
     weight: float = 1.0
+    gateway: Gateway | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -76,6 +94,13 @@ class Endpoint:
                 f"Endpoint.weight: expected a finite number > 0, got {self.weight!r}"
             )
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.gateway is None and _is_openrouter_url(self.base_url):
+            object.__setattr__(self, "gateway", "openrouter")
+        if self.gateway is not None and self.gateway not in GATEWAYS:
+            raise ConfigurationError(
+                f"Endpoint.gateway: expected one of {sorted(GATEWAYS)} or None, "
+                f"got {self.gateway!r}"
+            )
         if self.headers is not None:
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         if self.extra_body is not None:
@@ -90,6 +115,8 @@ class Endpoint:
         if self.extra_body:
             parts.append(f"extra_body={dict(self.extra_body)!r}")
         parts.append(f"weight={self.weight!r}")
+        if self.gateway is not None:
+            parts.append(f"gateway={self.gateway!r}")
         return f"Endpoint({', '.join(parts)})"
 
     @classmethod
@@ -141,7 +168,15 @@ class Endpoint:
             headers=headers,
             extra_body=body,
             weight=weight,
+            gateway="openrouter",
         )
+
+    @property
+    def pinned(self) -> bool:
+        """True when the body defaults pin OpenRouter providers (``provider.order`` or
+        ``provider.only``): the gateway then has no choice of provider to keep sticky."""
+        routing = (self.extra_body or {}).get("provider")
+        return isinstance(routing, Mapping) and bool(routing.get("order") or routing.get("only"))
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -277,6 +312,9 @@ DEFAULT_AFFINITY_TTL = 300.0
 DEFAULT_AFFINITY_TTL_1H = 3600.0
 DEFAULT_AFFINITY_SIZE = 100_000
 DEFAULT_PROMPT_CACHE_KEY_MODELS = ("openai/",)
+# OpenAI: past about 15 requests a minute for one prefix and key, requests spill to other
+# machines, each a cold miss; a hotter prefix is spread over more keys (PROVIDERS.md).
+DEFAULT_PROMPT_CACHE_KEY_RATE = 15.0
 
 #: How requests without any ``cache_control`` breakpoint are routed.
 UnmarkedRouting = Literal["conversation", "spread"]
@@ -309,6 +347,13 @@ class RoutingConfig:
         prompt_cache_key: derive OpenAI's ``prompt_cache_key`` from the routing key for
             models named by ``prompt_cache_key_models`` (never part of the cache key).
         prompt_cache_key_models: model name prefixes that take ``prompt_cache_key``.
+        prompt_cache_key_rate: requests per minute one key may carry: a prefix measured
+            hotter than that is spread over ``ceil(rate / prompt_cache_key_rate)`` keys,
+            as OpenAI's guidance asks.
+        session_id: send OpenRouter endpoints (``Endpoint.gateway``) that do not pin a
+            provider a ``session_id`` derived from the routing key, so OpenRouter keeps each
+            prefix on the provider that cached it from its first request on. A caller's
+            own ``session_id`` is kept; it never enters the cache key.
     """
 
     max_overload: float = DEFAULT_MAX_OVERLOAD
@@ -322,9 +367,18 @@ class RoutingConfig:
     affinity_size: int = DEFAULT_AFFINITY_SIZE
     prompt_cache_key: bool = False
     prompt_cache_key_models: tuple[str, ...] = DEFAULT_PROMPT_CACHE_KEY_MODELS
+    prompt_cache_key_rate: float = DEFAULT_PROMPT_CACHE_KEY_RATE
+    session_id: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_overload", "cooldown", "max_cooldown", "affinity_ttl", "affinity_ttl_1h"):
+        for name in (
+            "max_overload",
+            "cooldown",
+            "max_cooldown",
+            "affinity_ttl",
+            "affinity_ttl_1h",
+            "prompt_cache_key_rate",
+        ):
             value = getattr(self, name)
             positive = name != "max_overload"
             if (
@@ -353,6 +407,10 @@ class RoutingConfig:
             raise ConfigurationError(
                 f"RoutingConfig.max_cooldown: expected >= cooldown ({self.cooldown!r}), "
                 f"got {self.max_cooldown!r}"
+            )
+        if not isinstance(self.session_id, bool):
+            raise ConfigurationError(
+                f"RoutingConfig.session_id: expected a bool, got {self.session_id!r}"
             )
         models = self.prompt_cache_key_models
         if not isinstance(models, tuple) or not all(isinstance(m, str) for m in models):

@@ -13,6 +13,15 @@ Every threshold, TTL, breakpoint limit and price multiplier lives in one
 ``CapabilityTable`` that users can extend or override, never in literals scattered
 through the code: the providers change them every few months.
 
+Sources (as ../shared/PROVIDERS.md gathers them, late 2026; each rule of
+``DEFAULT_CAPABILITIES`` names its own in ``CacheCapability.source``): Anthropic's,
+OpenAI's, Google's, DeepSeek's and xAI's prompt-caching documentation and OpenRouter's
+prompt-caching page for kinds, TTLs and prices; for the Anthropic minimums, OpenRouter's
+page (4,096 for Opus 4.5-4.8; 1,024 for Sonnet 4.6), orq.ai's gateway docs (4,096 for
+Opus 4.5 and 4.6 and Haiku 4.5; 2,048 for Sonnet 4.6: the sources disagree) and
+aihubmix ("raised from 1,024 to 4,096"), read 2026-12. A minimum that proves too low at
+run time is raised by ``limpet.cache_minimums.LEARNED_MINIMUMS``.
+
 Example:
     >>> manual = "Step one: unplug it. " * 400            # about 2,100 tokens
     >>> body = {"model": "anthropic/claude-sonnet-4.6", "temperature": 0, "messages": [
@@ -36,6 +45,7 @@ from typing import Any, Literal
 
 import orjson
 
+from limpet.cache_minimums import LEARNED_MINIMUMS, LearnedMinimums
 from limpet.errors import ConfigurationError
 
 __all__ = [
@@ -53,6 +63,7 @@ __all__ = [
     "count_breakpoints",
     "estimate_tokens",
     "inject_cache_control",
+    "marked_prefix_tokens",
     "model_slug",
 ]
 
@@ -95,6 +106,8 @@ class CacheCapability:
         write_1h_multiplier: price of a 1 h cache write, or None when there is none.
         storage_usd_per_mtok_hour: explicit-cache storage price, USD per million tokens per
             hour (Gemini ``cachedContents``), or None when storage is free.
+        source: where ``min_tokens`` (and the rest) come from, and when they were read;
+            where sources disagree, what each says. Not compared.
     """
 
     family: str
@@ -108,6 +121,7 @@ class CacheCapability:
     write_multiplier: float = 1.0
     write_1h_multiplier: float | None = None
     storage_usd_per_mtok_hour: float | None = None
+    source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("explicit", "automatic", "none"):
@@ -234,14 +248,40 @@ def model_slug(model: str) -> str:
     return model.lower().partition(":")[0].replace(".", "-")
 
 
+# Sources of the minimums, as PROVIDERS.md ("Caching rules per provider", "Added 2026-12")
+# records them; read 2026-12. Re-check before relying on a number: they move.
+_OPENROUTER_DOCS = "OpenRouter prompt-caching docs (2026-12)"
+_GATEWAY_DOCS = "orq.ai gateway docs; aihubmix ('raised from 1,024 to 4,096') (2026-12)"
+_ANTHROPIC_DOCS = "Anthropic prompt-caching docs via PROVIDERS.md (late 2026)"
+
+
+def _anthropic(min_tokens: int, source: str) -> CacheCapability:
+    return replace(_ANTHROPIC, min_tokens=min_tokens, source=source)
+
+
 #: What limpet knows of each provider (late 2026; see PROVIDERS.md). Specific models first.
+#: Each Anthropic minimum names its source; where published sources disagree, the rule
+#: says so, and the learned correction (``LearnedMinimums``) raises a minimum that proves
+#: too low at run time.
 DEFAULT_CAPABILITIES = CapabilityTable.of(
     [
-        ("anthropic/claude-opus-4-5*", replace(_ANTHROPIC, min_tokens=4096)),
-        ("anthropic/claude-haiku-4-5*", replace(_ANTHROPIC, min_tokens=4096)),
-        ("anthropic/claude-3-haiku*", replace(_ANTHROPIC, min_tokens=2048)),
-        ("anthropic/claude-3-5-haiku*", replace(_ANTHROPIC, min_tokens=2048)),
-        ("anthropic/*", _ANTHROPIC),
+        ("anthropic/claude-opus-4-5*", _anthropic(4096, f"{_GATEWAY_DOCS}; {_OPENROUTER_DOCS}")),
+        ("anthropic/claude-opus-4-6*", _anthropic(4096, f"{_GATEWAY_DOCS}; {_OPENROUTER_DOCS}")),
+        ("anthropic/claude-opus-4-7*", _anthropic(4096, f"{_OPENROUTER_DOCS} (Opus 4.5-4.8)")),
+        ("anthropic/claude-opus-4-8*", _anthropic(4096, f"{_OPENROUTER_DOCS} (Opus 4.5-4.8)")),
+        ("anthropic/claude-haiku-4-5*", _anthropic(4096, _GATEWAY_DOCS)),
+        (
+            "anthropic/claude-sonnet-4-6*",
+            _anthropic(
+                1024,
+                f"{_OPENROUTER_DOCS}: 1,024; sources disagree: orq.ai gateway docs (2026-12) "
+                "give 2,048",
+            ),
+        ),
+        ("anthropic/claude-3-haiku*", _anthropic(2048, _ANTHROPIC_DOCS)),
+        ("anthropic/claude-3-5-haiku*", _anthropic(2048, _ANTHROPIC_DOCS)),
+        # Sonnet 4.5, Opus 4.1, Opus 4, Sonnet 4, Sonnet 3.7, and models not listed above.
+        ("anthropic/*", _anthropic(1024, f"{_ANTHROPIC_DOCS}; {_GATEWAY_DOCS}")),
         ("openai/gpt-4-1", replace(_OPENAI, read_multiplier=0.25)),
         ("openai/gpt-4-1-*", replace(_OPENAI, read_multiplier=0.25)),
         ("openai/gpt-5-[6-9]*", replace(_OPENAI, read_multiplier=0.1, write_multiplier=1.25)),
@@ -268,12 +308,15 @@ class CacheControlConfig:
             minimum, so a multi-turn chat reads its history from the cache next turn.
         chars_per_token: characters per token when estimating a prefix's length.
         capabilities: the capability table; ``DEFAULT_CAPABILITIES`` unless overridden.
+        learned: minimums learned at run time, which raise the table's (this process's
+            ``LEARNED_MINIMUMS`` by default; None: the table alone).
     """
 
     ttl: str = DEFAULT_TTL
     rolling: bool = False
     chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
     capabilities: CapabilityTable = DEFAULT_CAPABILITIES
+    learned: LearnedMinimums | None = LEARNED_MINIMUMS
 
     def __post_init__(self) -> None:
         if not isinstance(self.ttl, str) or not self.ttl:
@@ -285,6 +328,10 @@ class CacheControlConfig:
             )
         if not isinstance(self.capabilities, CapabilityTable):
             raise ConfigurationError("CacheControlConfig.capabilities: expected a CapabilityTable")
+        if self.learned is not None and not isinstance(self.learned, LearnedMinimums):
+            raise ConfigurationError(
+                "CacheControlConfig.learned: expected a LearnedMinimums or None"
+            )
 
 
 DEFAULT_CACHE_CONTROL = CacheControlConfig()
@@ -325,6 +372,9 @@ def inject_cache_control(
         budget = capability.max_breakpoints - existing
     if budget <= 0:
         return body
+    learned = config.learned.minimum(body["model"]) if config.learned is not None else 0
+    if learned > capability.min_tokens:
+        capability = replace(capability, min_tokens=learned)
     marks = _plan(body, messages, capability, config, budget)
     if not marks:
         return body
@@ -370,6 +420,36 @@ def estimate_tokens(value: object, chars_per_token: float = DEFAULT_CHARS_PER_TO
                 chars += len(text) if isinstance(text, str) else _json_chars(part)
         return _MESSAGE_OVERHEAD_TOKENS + math.ceil(chars / chars_per_token)
     return math.ceil(_json_chars(value) / chars_per_token)
+
+
+def marked_prefix_tokens(
+    body: Mapping[str, Any], chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
+) -> int | None:
+    """Approximate tokens up to a request's deepest ``cache_control`` mark in a message
+    (tools, then messages in order, the marked message counted up to its marked block),
+    or None when no message carries one."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    tokens = estimate_tokens(body["tools"], chars_per_token) if body.get("tools") else 0
+    deepest: int | None = None
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        parts = content if isinstance(content, list) else []
+        marked = [i for i, p in enumerate(parts) if isinstance(p, Mapping) and "cache_control" in p]
+        if "cache_control" in message or (marked and marked[-1] == len(parts) - 1):
+            tokens += estimate_tokens(message, chars_per_token)
+            deepest = tokens
+        elif marked:
+            deepest = tokens + estimate_tokens(
+                {**message, "content": parts[: marked[-1] + 1]}, chars_per_token
+            )
+            tokens += estimate_tokens(message, chars_per_token)
+        else:
+            tokens += estimate_tokens(message, chars_per_token)
+    return deepest
 
 
 def _plan(

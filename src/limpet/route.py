@@ -56,10 +56,12 @@ class Route:
     """One request's routing: the body to send and the endpoints to try, in order.
 
     Attributes:
-        body: the request body to send (``prompt_cache_key`` may have been added).
+        body: the request body to send (a ``session_id`` or ``prompt_cache_key`` may have
+            been added; see ``limpet.sticky_keys``).
         endpoints: the first choice, then the failover order.
         reason: why the first endpoint was chosen.
-        key: what the request was routed by, or None for routers that do not say.
+        key: what the request was routed by, or None for routers that do not say (and
+            for a request to one endpoint that needed no key).
         chain: the request's prefix chain, or None.
     """
 

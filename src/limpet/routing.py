@@ -13,6 +13,12 @@ no coordination. For each upstream call:
 4. Bounded load walks that ranking and takes the first endpoint whose in-flight count is
    under ``max(load_floor, ceil((1 + e) * mean))``.
 5. The rest of the ranking is the failover order; ejected endpoints come last.
+6. The body gets the sticky keys of the routers upstream, derived from the routing key:
+   a ``session_id`` for an OpenRouter endpoint, which routes among providers itself,
+   and, when asked, OpenAI's ``prompt_cache_key`` (see ``limpet.sticky_keys``).
+
+With one endpoint there is no choice to make: the prefix chain is computed only when a
+sticky key needs it.
 
 Every call reports back through ``Route.attempt()``: in-flight counts, health (see
 ``limpet.health``), and the provider-cache reads and writes of each key.
@@ -36,13 +42,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from limpet.affinity import AffinityMap, AffinityMirror, AffinityStore
+from limpet.cache_minimums import LEARNED_MINIMUMS
 from limpet.config import Endpoint, RoutingConfig, UnmarkedRouting
 from limpet.errors import APIError, ConfigurationError
 from limpet.health import EndpointHealth, is_endpoint_fault, retry_after_of
 from limpet.keys import PrefixChain, PrefixLink, prefix_chain
 from limpet.models import Usage
+from limpet.prompt_cache import DEFAULT_CAPABILITIES, marked_prefix_tokens
 from limpet.route import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
 from limpet.routing_stats import EndpointStatus, RouterStats
+from limpet.sticky_keys import (
+    PromptCacheKeys,
+    session_id_for,
+    wants_prompt_cache_key,
+    wants_session_id,
+)
 
 __all__ = [
     "Attempt",
@@ -138,6 +152,7 @@ class StickyRouter:
         "_health",
         "_in_flight",
         "_mirror",
+        "_prompt_cache_keys",
         "_spread_turn",
         "_stats",
         "config",
@@ -178,6 +193,7 @@ class StickyRouter:
         self._clock = clock
         self._spread_turn = 0
         self._stats = RouterStats()
+        self._prompt_cache_keys = PromptCacheKeys(self.config.prompt_cache_key_rate)
         if store is not None:
             self.use_store(store)
 
@@ -206,6 +222,7 @@ class StickyRouter:
         """Routing decisions, health events and provider-cache feedback so far."""
         if self._mirror is not None:
             self._stats.store_errors = self._mirror.errors
+        self._stats.learned_minimums = LEARNED_MINIMUMS.snapshot()
         return self._stats
 
     def status(self) -> dict[str, EndpointStatus]:
@@ -226,6 +243,8 @@ class StickyRouter:
         """Route one upstream call; reads the shared affinity map when this process's has
         nothing for the request. Enter the first attempt with no ``await`` in between, so
         the in-flight counts the next request sees include this one."""
+        if self._direct(body):
+            return self._only(body)
         chain = prefix_chain(body)
         key = routing_key(chain, self.config.unmarked)
         mirror = self._mirror
@@ -243,6 +262,8 @@ class StickyRouter:
     def select(self, body: Mapping[str, Any]) -> Route:
         """``route()`` from this process's state alone, without the shared store. Pure
         apart from that state: no I/O, no event loop."""
+        if self._direct(body):
+            return self._only(body)
         chain = prefix_chain(body)
         return self._route(body, chain, routing_key(chain, self.config.unmarked))
 
@@ -254,6 +275,21 @@ class StickyRouter:
     async def aclose(self) -> None:
         """Send queued writes to the shared store (the store itself is lent, not closed)."""
         await self.flush()
+
+    def _direct(self, body: Mapping[str, Any]) -> bool:
+        """True when a request needs no routing key: one endpoint, so no choice to make,
+        and no sticky key to derive for the gateway behind it."""
+        if len(self._endpoints) != 1:
+            return False
+        only = self._endpoints[0]
+        return not (
+            wants_session_id(only, body, self.config) or wants_prompt_cache_key(body, self.config)
+        )
+
+    def _only(self, body: Mapping[str, Any]) -> Route:
+        """The route of a request to the one endpoint, with no prefix chain computed."""
+        self._stats.counted("spread")
+        return Route(body, self._endpoints, self, reason="spread")
 
     def _route(self, body: Mapping[str, Any], chain: PrefixChain, key: RoutingKey) -> Route:
         now = self._clock()
@@ -282,7 +318,7 @@ class StickyRouter:
             order = ranked + [e for e in preferred if e not in ranked]
         self._stats.counted(reason)
         return Route(
-            self._with_prompt_cache_key(body, chain, key),
+            self._with_sticky_keys(body, key, order[0]),
             order,
             self,
             reason=reason,
@@ -360,18 +396,21 @@ class StickyRouter:
             return self.config.affinity_ttl_1h
         return self.config.affinity_ttl
 
-    def _with_prompt_cache_key(
-        self, body: Mapping[str, Any], chain: PrefixChain, key: RoutingKey
+    def _with_sticky_keys(
+        self, body: Mapping[str, Any], key: RoutingKey, first: Endpoint
     ) -> Mapping[str, Any]:
-        config = self.config
-        if (
-            not config.prompt_cache_key
-            or key.key is None
-            or "prompt_cache_key" in body
-            or not chain.model.startswith(config.prompt_cache_key_models)
-        ):
+        """``body`` with the ``session_id`` and ``prompt_cache_key`` that the gateway and
+        provider behind ``first`` route by, where they help (see ``limpet.sticky_keys``).
+        One body goes to every endpoint of the route: a failover to an endpoint that
+        pins its provider carries them too, where OpenRouter ignores them."""
+        if key.key is None:
             return body
-        return {**body, "prompt_cache_key": f"limpet-{key.key[:32]}"}
+        added: dict[str, str] = {}
+        if wants_session_id(first, body, self.config):
+            added["session_id"] = session_id_for(key.key)
+        if wants_prompt_cache_key(body, self.config):
+            added["prompt_cache_key"] = self._prompt_cache_keys.key_for(key.key, self._clock())
+        return {**body, **added} if added else body
 
     # --- AttemptObserver ------------------------------------------------------------------
 
@@ -388,17 +427,16 @@ class StickyRouter:
             self._stats.recoveries += 1
             logger.info("limpet routing: endpoint %r is back", endpoint.name)
         key, chain = route.key, route.chain
-        if key is None or chain is None:
-            return
         # A call that failed over is not remembered: failover follows each key's own
         # ranking, the same in every process, and keys return when their endpoint does.
-        if attempt.first and route.reason in _RECORDED:
+        if key is not None and chain is not None and attempt.first and route.reason in _RECORDED:
             # A success refreshes the pin but never re-points it (a spill did that when it
             # was routed): a call routed before a move and finishing after it must not
             # move the prefix back.
             self._record(chain, key, endpoint, move=False)
         if usage is not None:
-            self._stats.feedback(key.key, endpoint.name, usage)
+            self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
+            _learn_minimum(route.body, usage)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name
@@ -418,6 +456,18 @@ class StickyRouter:
                 )
         else:
             health.released()
+
+
+def _learn_minimum(body: Mapping[str, Any], usage: Usage) -> None:
+    """Teach ``LEARNED_MINIMUMS`` from one response of a model whose cache writes are
+    billed, hence reported: silence there means the marked prefix could not cache."""
+    capability = DEFAULT_CAPABILITIES.lookup(body.get("model"))
+    if capability is None or capability.kind != "explicit" or capability.write_multiplier <= 1:
+        return
+    tokens = marked_prefix_tokens(body)
+    if tokens is not None:
+        cached = usage.cached_tokens > 0 or usage.cache_write_tokens > 0
+        LEARNED_MINIMUMS.observe(body["model"], tokens, capability.min_tokens, cached=cached)
 
 
 def _recorded(link: PrefixLink, key: RoutingKey) -> bool:

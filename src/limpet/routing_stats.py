@@ -78,6 +78,8 @@ class RouterStats:
         store_errors: faults of the shared affinity store (absorbed).
         cached_tokens: prompt tokens read from providers' caches.
         cache_write_tokens: prompt tokens written to them.
+        learned_minimums: prompt-cache minimums this process raised, by model (see
+            ``limpet.cache_minimums``).
     """
 
     routed: int = 0
@@ -93,6 +95,7 @@ class RouterStats:
     store_errors: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    learned_minimums: dict[str, int] = field(default_factory=dict)
     max_feedback_keys: int = DEFAULT_FEEDBACK_KEYS
     _feedback: OrderedDict[tuple[str, str], KeyFeedback] = field(
         default_factory=OrderedDict, repr=False

@@ -13,6 +13,7 @@ from limpet.testing.catalog import DEFAULT_MODELS, UNKNOWN_MODEL_PRICE, FakeMode
 from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import Fault
 from limpet.testing.gateway import FakeGateway
+from limpet.testing.openrouter import OpenRouterProviders
 from limpet.testing.provider_cache import (
     NoPromptCache,
     PromptCacheModel,
@@ -30,6 +31,7 @@ __all__ = [
     "Fault",
     "ModelPrice",
     "NoPromptCache",
+    "OpenRouterProviders",
     "PromptCacheModel",
     "PromptCacheResult",
     "ProviderPromptCache",

@@ -352,7 +352,7 @@ class FakeGateway:
             id=f"gen-{int(now)}-{secrets.token_hex(10)}",
             created=int(now),
             model=model,
-            provider=endpoint.name,
+            provider=cache.provider or endpoint.name,
             content=replies[0].content,
             finish_reason=replies[0].finish_reason,
             usage=usage,

@@ -58,11 +58,14 @@ class PromptCacheResult:
         cache_write_tokens: prompt tokens written to the cache, whatever their TTL.
         cache_write_1h_tokens: the part of ``cache_write_tokens`` written with a 1 h TTL,
             priced at ``input_cache_write_1h`` instead of ``input_cache_write``.
+        provider: the provider that served, when the endpoint routes among several
+            (``limpet.testing.openrouter``); None: the endpoint is the provider.
     """
 
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    provider: str | None = None
 
     def __post_init__(self) -> None:
         if min(self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens) < 0:
@@ -160,6 +163,9 @@ _OPENAI = CacheRules(kind="automatic", step_tokens=128)
 #: (model-name prefix, rules), first match wins; models matching none cache nothing.
 DEFAULT_CACHE_RULES: tuple[tuple[str, CacheRules], ...] = (
     ("anthropic/claude-opus-4.5", CacheRules(kind="explicit", min_tokens=4096)),
+    ("anthropic/claude-opus-4.6", CacheRules(kind="explicit", min_tokens=4096)),
+    ("anthropic/claude-opus-4.7", CacheRules(kind="explicit", min_tokens=4096)),
+    ("anthropic/claude-opus-4.8", CacheRules(kind="explicit", min_tokens=4096)),
     ("anthropic/claude-haiku-4.5", CacheRules(kind="explicit", min_tokens=4096)),
     ("anthropic/claude-3-haiku", CacheRules(kind="explicit", min_tokens=2048)),
     ("anthropic/claude-3.5-haiku", CacheRules(kind="explicit", min_tokens=2048)),

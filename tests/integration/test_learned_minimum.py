@@ -1,0 +1,67 @@
+"""A minimum the capability table gets wrong is learned over loopback: a provider whose
+real minimum for Sonnet 4.6 is 2,048 (orq.ai's figure; the table follows OpenRouter's
+1,024) answers marked ~1,500-token prefixes with neither writes nor reads, and after
+``DEFAULT_LEARN_AFTER`` such answers limpet stops marking them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from limpet import Client, Endpoint, RetryConfig
+from limpet.cache_minimums import DEFAULT_LEARN_AFTER
+from limpet.routing import StickyRouter
+from limpet.testing import FakeGateway
+from limpet.testing.provider_cache import DEFAULT_CACHE_RULES, CacheRules, ProviderPromptCache
+
+MODEL = "anthropic/claude-sonnet-4.6"
+MANUAL = "Limpets cling to rocks with a muscular foot. " * 135  # ~1,500 tokens
+
+
+def strict() -> ProviderPromptCache:
+    rules = [("anthropic/claude-sonnet-4.6", CacheRules(kind="explicit", min_tokens=2048))]
+    return ProviderPromptCache([*rules, *DEFAULT_CACHE_RULES])
+
+
+def ask(question: str, manual: str = MANUAL) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "temperature": 0,
+        "max_tokens": 16,
+        "messages": [
+            {"role": "system", "content": manual},
+            {"role": "user", "content": question},
+        ],
+    }
+
+
+def marked(body: dict[str, Any]) -> bool:
+    content = body["messages"][0]["content"]
+    return isinstance(content, list) and "cache_control" in content[-1]
+
+
+async def test_silent_marked_prefixes_raise_the_minimum_after_the_stated_count() -> None:
+    async with FakeGateway(endpoints=("a",), prompt_cache=strict) as gateway:
+        router = StickyRouter([Endpoint("a", gateway.base_url("a"))])
+        async with Client(
+            router=router, cache=None, auto_cache_control=True, retry=RetryConfig(max_attempts=1)
+        ) as client:
+            for i in range(DEFAULT_LEARN_AFTER + 2):
+                completion = await client.complete(**ask(f"question {i}"))
+                assert completion.usage.cache_write_tokens == 0
+            long_manual = MANUAL * 2  # ~3,000 tokens: above the learned minimum, caches
+            written = await client.complete(**ask("long", long_manual))
+            stats = router.stats
+        sent = gateway.endpoint("a").requests
+    assert [marked(b) for b in sent[:-1]] == [True] * DEFAULT_LEARN_AFTER + [False, False]
+    assert marked(sent[-1]) and written.usage.cache_write_tokens > 2048
+    assert stats.learned_minimums == {MODEL: 2048}
+
+
+async def test_a_prefix_that_caches_teaches_nothing() -> None:
+    async with FakeGateway(endpoints=("a",), prompt_cache=ProviderPromptCache) as gateway:
+        router = StickyRouter([Endpoint("a", gateway.base_url("a"))])
+        async with Client(router=router, cache=None, auto_cache_control=True) as client:
+            for i in range(DEFAULT_LEARN_AFTER + 2):
+                await client.complete(**ask(f"question {i}"))
+            assert router.stats.learned_minimums == {}
+        assert all(marked(b) for b in gateway.endpoint("a").requests)
