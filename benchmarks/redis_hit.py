@@ -76,7 +76,7 @@ async def main(url: str, n: int, rounds: int) -> None:
                 async def floor() -> object:
                     data = await raw.get(redis_key)
                     assert isinstance(data, bytes)
-                    return codec.decode(data)
+                    return codec.decode(first.key, data)
 
                 contenders = {
                     "limpet": hit,

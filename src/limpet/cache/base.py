@@ -19,20 +19,23 @@ import orjson
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
 
-__all__ = ["ENTRY_FORMAT", "CacheBackend", "CacheEntry", "EntryCodec"]
+__all__ = ["ENTRY_FORMAT", "CacheBackend", "CacheEntry", "EntryCodec", "stored_chunks"]
 
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
 #: 2: usage gained ``cache_write_1h_tokens``.
-ENTRY_FORMAT = 2
+#: 3: bound to its key (a key digest, and a MAC over key and value); the stream's length.
+ENTRY_FORMAT = 3
 
 _UNSIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 0))
 _SIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 1))
 _HEADER_SIZE = len(_UNSIGNED_HEADER)
 _MAC_SIZE = 32
+_KEY_DIGEST_SIZE = 16
+_KEY_PERSON = b"limpet/entry-key"
 # prompt, completion, cached, cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown);
-# created_at, expires_at; endpoint name length; body length. Then the endpoint name, the
-# body's JSON and, for a streamed answer, its chunking's JSON.
-_META = struct.Struct("<6Q3dHI")
+# created_at, expires_at; endpoint name, body and stream lengths (0: not streamed). Then
+# the endpoint name, the body's JSON and, for a streamed answer, its chunking's JSON.
+_META = struct.Struct("<6Q3dHII")
 
 
 @runtime_checkable
@@ -86,14 +89,23 @@ class CacheEntry:
 
 
 class EntryCodec:
-    """Encodes entries to bytes and back, optionally signed with HMAC-SHA256.
+    """Encodes entries to bytes and back, bound to their key, optionally signed.
 
-    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC over the rest], a fixed
-    binary header (usage counts, cost, times, lengths), the endpoint name, the body's
-    JSON, then the stream's chunking when there is one. The metadata is binary so that a
-    hit parses JSON only once, for the body it must return anyway. With a key, an unsigned
-    entry or a bad MAC is corrupt; without one, a signed entry is still read (its MAC is
-    not checked).
+    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a 16-byte digest of the
+    key the entry is stored under, a fixed binary header (usage counts, cost, times,
+    lengths), the endpoint name, the body's JSON, then the stream's chunking when there is
+    one. The metadata is binary so that a hit parses JSON only once, for the body it must
+    return anyway.
+
+    An entry is bound to its key: one read under another key (copied or misplaced) is
+    corrupt. With ``hmac_key`` the MAC (HMAC-SHA256) covers the key and every byte after
+    the MAC, so a signed entry cannot be moved or altered; an unsigned entry or a bad MAC
+    is corrupt. Without ``hmac_key``, a signed entry is still read (its MAC is not
+    checked, its key digest is). The key is the logical cache key (``TieredCache``'s),
+    never a backend's storage key, so the same bytes are valid in every tier.
+
+    A decoded entry is well-shaped: its body is an object with a non-empty ``choices``
+    list of objects, each with a ``message`` object; anything else is corrupt.
     """
 
     __slots__ = ("_hmac_key",)
@@ -101,12 +113,15 @@ class EntryCodec:
     def __init__(self, hmac_key: bytes | None = None) -> None:
         self._hmac_key = hmac_key
 
-    def encode(self, entry: CacheEntry) -> bytes:
+    def encode(self, key: str, entry: CacheEntry) -> bytes:
+        """The bytes of ``entry``, to be stored under ``key`` (and only there)."""
         u = entry.usage
         name = entry.endpoint.encode()
         body = orjson.dumps(entry.body)
+        stream = entry.stream or b""
         payload = (
-            _META.pack(
+            _key_digest(key)
+            + _META.pack(
                 u.prompt_tokens,
                 u.completion_tokens,
                 u.cached_tokens,
@@ -118,19 +133,24 @@ class EntryCodec:
                 entry.expires_at,
                 len(name),
                 len(body),
+                len(stream),
             )
             + name
             + body
-            + (entry.stream or b"")
+            + stream
         )
         if self._hmac_key is None:
             return _UNSIGNED_HEADER + payload
-        mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
-        return _SIGNED_HEADER + mac + payload
+        mac = _mac(self._hmac_key, key)
+        mac.update(payload)
+        return _SIGNED_HEADER + mac.digest() + payload
 
-    def decode(self, data: bytes) -> CacheEntry:
-        """Raises:
-        CacheCorruptError: wrong magic or format, a bad signature, or a malformed payload.
+    def decode(self, key: str, data: bytes) -> CacheEntry:
+        """The entry in ``data``, read under ``key``.
+
+        Raises:
+            CacheCorruptError: wrong magic or format, stored under another key, a bad
+                signature, a truncated or malformed payload, or an ill-shaped body.
         """
         if data.startswith(_UNSIGNED_HEADER):
             if self._hmac_key is not None:
@@ -138,12 +158,16 @@ class EntryCodec:
             start = _HEADER_SIZE
         elif data.startswith(_SIGNED_HEADER):
             start = _HEADER_SIZE + _MAC_SIZE
-            if self._hmac_key is not None:
-                mac = hmac.new(self._hmac_key, data[start:], hashlib.sha256).digest()
-                if not hmac.compare_digest(mac, data[_HEADER_SIZE:start]):
-                    raise CacheCorruptError("entry signature does not match")
         else:
             raise CacheCorruptError("not a limpet entry of this format")
+        if data[start : start + _KEY_DIGEST_SIZE] != _key_digest(key):
+            raise CacheCorruptError("entry was stored under another key")
+        if start > _HEADER_SIZE and self._hmac_key is not None:
+            mac = _mac(self._hmac_key, key)
+            mac.update(memoryview(data)[start:])
+            if not hmac.compare_digest(mac.digest(), data[_HEADER_SIZE:start]):
+                raise CacheCorruptError("entry signature does not match")
+        start += _KEY_DIGEST_SIZE
         try:
             (
                 prompt,
@@ -157,15 +181,21 @@ class EntryCodec:
                 expires,
                 size,
                 length,
+                streamed,
             ) = _META.unpack_from(data, start)
             body_at = start + _META.size + size
             stream_at = body_at + length
+            if len(data) != stream_at + streamed:
+                raise CacheCorruptError(
+                    f"entry is {len(data)} bytes, its header says {stream_at + streamed}"
+                )
             endpoint = data[body_at - size : body_at].decode()
             body = orjson.loads(data[body_at:stream_at])
         except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
-        if type(body) is not dict:
-            raise CacheCorruptError("entry body is not an object")
+        _check_body(body)
+        if not (math.isfinite(created) and math.isfinite(expires)):
+            raise CacheCorruptError("entry times are not finite")
         return CacheEntry(
             body,
             Usage(prompt, completion, cached, written, reasoning, written_1h),
@@ -173,5 +203,58 @@ class EntryCodec:
             endpoint,
             created,
             expires,
-            data[stream_at:] if len(data) > stream_at else None,
+            data[stream_at:] if streamed else None,
         )
+
+
+def stored_chunks(chunking: bytes) -> list[dict[str, Any]]:
+    """The chunks of a stored stream (``CacheEntry.stream``), each with its envelope.
+
+    Parsed only to replay it, so a plain hit never pays for it; hence checked here rather
+    than by ``EntryCodec.decode``.
+
+    Raises:
+        CacheCorruptError: the chunking is not JSON, or not ``{"envelope": {...},
+            "chunks": [{...}, ...]}``.
+    """
+    try:
+        stored = orjson.loads(chunking)
+    except orjson.JSONDecodeError as exc:
+        raise CacheCorruptError(f"stored stream is malformed: {exc}") from exc
+    envelope = stored.get("envelope") if type(stored) is dict else None
+    chunks = stored.get("chunks") if type(stored) is dict else None
+    if type(envelope) is not dict or type(chunks) is not list:
+        raise CacheCorruptError("stored stream is not an envelope and a list of chunks")
+    if not all(type(chunk) is dict for chunk in chunks):
+        raise CacheCorruptError("stored stream has a chunk that is not an object")
+    return [{**envelope, **chunk} for chunk in chunks]
+
+
+def _check_body(body: object) -> None:
+    """Raise ``CacheCorruptError`` unless ``body`` is what a hit may be served from: every
+    choice an object with a ``message`` object, the first one's tool calls a list of
+    objects, the model a string. O(choices): a hit has one."""
+    if type(body) is not dict:
+        raise CacheCorruptError("entry body is not an object")
+    choices = body.get("choices")
+    if type(choices) is not list or not choices:
+        raise CacheCorruptError("entry body has no choices")
+    for choice in choices:
+        if type(choice) is not dict or type(choice.get("message")) is not dict:
+            raise CacheCorruptError("entry body has a choice without a message object")
+    calls = choices[0]["message"].get("tool_calls")
+    if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
+        raise CacheCorruptError("entry body's tool calls are not a list of objects")
+    model = body.get("model")
+    if model is not None and type(model) is not str:
+        raise CacheCorruptError("entry body's model is not a string")
+
+
+def _key_digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=_KEY_DIGEST_SIZE, person=_KEY_PERSON).digest()
+
+
+def _mac(hmac_key: bytes, key: str) -> hmac.HMAC:
+    # Length-prefixed, so no key and payload split the same bytes two ways.
+    raw = key.encode()
+    return hmac.new(hmac_key, len(raw).to_bytes(4, "little") + raw, hashlib.sha256)
