@@ -1,7 +1,15 @@
 """The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``stats``, ``bench``.
 
 Secrets never go on the command line (process lists show it): the API key comes from
-``$OPENROUTER_API_KEY``, and a Redis password from the URL in ``$LIMPET_REDIS_URL``.
+``$OPENROUTER_API_KEY`` (or the variable ``--api-key-env`` names), and a Redis password
+from the URL in ``$LIMPET_REDIS_URL``.
+
+Cache scopes: ``warm`` writes the entries of one scope, ``--cache-scope credential`` (the
+default, as for a Client: entries only Clients with the same API key read) or
+``namespace`` (entries every Client of the namespace reads). ``flush`` bumps a
+namespace's generation, which every key of that namespace includes whatever its scope,
+so it needs no API key; ``stats`` counts calls per model across the fleet, holding no
+answers, so neither has a scope to choose.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from limpet.credentials import CACHE_SCOPES
 from limpet.errors import CacheUnavailableError, InvalidRequestError
 from limpet.generations import generation_name
 from limpet.models import Completion
@@ -73,11 +82,25 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="gateway API root (default: $LIMPET_BASE_URL, else OpenRouter)",
     )
+    warm.add_argument(
+        "--cache-scope",
+        choices=CACHE_SCOPES,
+        default="credential",
+        help="whose entries to write: the API key's (default) or the whole namespace's",
+    )
+    warm.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="NAME",
+        help="the environment variable holding the API key (default: $OPENROUTER_API_KEY)",
+    )
     warm.add_argument("--concurrency", type=_positive_int, default=DEFAULT_WARM_CONCURRENCY)
     warm.add_argument("--json", action="store_true", help="print the report as JSON")
 
     flush = commands.add_parser(
-        "flush", help="invalidate cached answers fleet-wide (a generation bump, not a scan)"
+        "flush",
+        help="invalidate cached answers fleet-wide (a generation bump, not a scan), in "
+        "both cache scopes",
     )
     _redis_options(flush)
     flush.add_argument("--model", default=None, help="only this model's answers")
@@ -132,9 +155,19 @@ def _demo(args: argparse.Namespace) -> int:
 async def _warm(args: argparse.Namespace) -> int:
     from limpet import Client, MemoryCache, RedisCache, TieredCache
 
+    api_key = None
+    if args.api_key_env is not None:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            print(f"limpet warm: ${args.api_key_env} is not set", file=sys.stderr)
+            return 2
     cache = TieredCache(MemoryCache(), RedisCache.from_url(args.redis, prefix=args.prefix))
     async with Client(
-        base_url=args.base_url, cache=cache, namespace=args.namespace or ""
+        base_url=args.base_url,
+        api_key=api_key,
+        cache=cache,
+        namespace=args.namespace or "",
+        cache_scope=args.cache_scope,
     ) as client:
 
         async def complete_line(line: int, text: bytes) -> Completion:

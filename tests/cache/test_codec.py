@@ -184,9 +184,7 @@ def test_non_finite_times_are_corrupt() -> None:
 
 
 def test_stored_chunks_merge_the_envelope() -> None:
-    assert stored_chunks(CHUNKING) == [
-        {"id": "gen-1", "choices": [{"delta": {"content": "hé"}}]}
-    ]
+    assert stored_chunks(CHUNKING) == [{"id": "gen-1", "choices": [{"delta": {"content": "hé"}}]}]
 
 
 @pytest.mark.parametrize(
