@@ -197,6 +197,9 @@ def test_stored_chunks_merge_the_envelope() -> None:
         b'{"envelope": [], "chunks": []}',
         b'{"envelope": {}, "chunks": {}}',
         b'{"envelope": {}, "chunks": [1]}',
+        b'{"envelope": {}, "chunks": [{"choices": 5}]}',
+        b'{"envelope": {}, "chunks": [{"choices": [5]}]}',
+        b'{"envelope": {}, "chunks": [{"choices": {"0": {}}}]}',
     ],
 )
 def test_an_ill_shaped_stored_stream_is_corrupt(chunking: bytes) -> None:
