@@ -20,6 +20,9 @@ from limpet.testing import FakeGateway
 
 pytestmark = pytest.mark.redis
 
+# For tests about what is stored, not about Redis's speed: a loaded machine must not turn
+# them into timeout tests.
+PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 MODEL = "openai/gpt-5-mini"
 KEY_A = "sk-or-v1-tenant-a-0123456789"
 KEY_B = "sk-or-v1-tenant-b-9876543210"
@@ -49,7 +52,7 @@ def tenant(
     endpoint = Endpoint("a", gateway.base_url("a"), api_key=api_key, headers=headers)
     return Client(
         endpoints=[endpoint],
-        cache=RedisCache.from_url(redis_url, prefix=redis_prefix),
+        cache=RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT),
         cache_scope=cache_scope,
         namespace=namespace,
     )

@@ -23,6 +23,9 @@ from limpet.streaming import StreamChunk
 from limpet.testing import FakeGateway
 from tests.redis_servers import eventually
 
+# For tests about what is stored, not about Redis's speed: a loaded machine must not turn
+# them into timeout tests.
+PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 MODEL = "openai/gpt-5-mini"
 HMAC_KEY = b"fleet-secret"
 
@@ -53,7 +56,7 @@ def redis_client(
     namespace: str = "",
 ) -> Client:
     """A Client on a Redis tier alone, so that every read reaches what is in Redis."""
-    rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
     return Client(
         endpoints=[Endpoint("a", gateway.base_url("a"))],
         cache=TieredCache(rc, hmac_key=hmac_key),
@@ -251,7 +254,7 @@ async def test_a_follower_whose_leaders_entry_does_not_replay_streams_upstream(
         await tiers(client).delete(key)
         rc = tiers(client).tiers[0]
         assert isinstance(rc, RedisCache)
-        leader = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        leader = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
         try:
             store = leader.flight_store
             assert await store.acquire(key, "leader", 30.0)  # another process leads
