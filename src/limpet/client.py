@@ -175,7 +175,9 @@ class Client:
         self._flight: SingleFlight[_Filled] | None = (
             SingleFlight(retry_if=should_retry) if coalesce else None
         )
-        self._generations = Generations(_generation_store(self._cache), namespace=namespace)
+        self._generations = Generations(
+            _generation_store(self._cache), namespace=namespace, credential=self._credential
+        )
         flight_store = _flight_store(self._cache) if coalesce else None
         self._shared_flight: RedisFlight[_Filled] | None = (
             None if flight_store is None else RedisFlight(flight_store, flight)
@@ -382,7 +384,9 @@ class Client:
         """Stop serving cached answers for ``model``, or for every model when None.
 
         A generation bump, not a scan: old entries are never read again and expire by TTL.
-        With a Redis tier, other processes follow within about a second.
+        With a Redis tier, other processes follow within about a second. It reaches this
+        Client's cache scope: with ``cache_scope="credential"``, only the entries of its
+        credentials; with ``"namespace"``, every entry of the namespace.
         """
         if model is not None and (not isinstance(model, str) or not model):
             raise InvalidRequestError("model", "a non-empty str or None", model)

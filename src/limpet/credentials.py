@@ -27,6 +27,7 @@ __all__ = [
     "CREDENTIAL_SCOPE_LABEL",
     "CacheScope",
     "credential_scope",
+    "key_scope",
 ]
 
 CacheScope = Literal["credential", "namespace"]
@@ -59,10 +60,20 @@ def credential_scope(endpoints: Iterable[Endpoint]) -> str:
         >>> a == b, "sk-1" in a, len(a)
         (True, False, 32)
     """
-    credentials = sorted(set(_credentials(endpoints)))
-    if not credentials:
+    return _scope(_credentials(endpoints))
+
+
+def key_scope(api_key: str | None) -> str:
+    """The credential scope of a Client whose endpoints all send ``api_key`` (and nothing
+    else that is a credential): what ``limpet flush --cache-scope credential`` bumps."""
+    return _scope(["authorization:Bearer " + api_key] if api_key else [])
+
+
+def _scope(credentials: Iterable[str]) -> str:
+    distinct = sorted(set(credentials))
+    if not distinct:
         return ANONYMOUS_SCOPE
-    digest = hmac.new(CREDENTIAL_SCOPE_LABEL, orjson.dumps(credentials), hashlib.sha256)
+    digest = hmac.new(CREDENTIAL_SCOPE_LABEL, orjson.dumps(distinct), hashlib.sha256)
     return digest.hexdigest()[:32]
 
 

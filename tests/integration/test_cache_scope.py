@@ -5,16 +5,19 @@ FakeGateway over loopback; counts of upstream calls, never times."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
 
 from limpet import CacheStatus, Client, Endpoint, RedisCache
-from limpet.credentials import ANONYMOUS_SCOPE, CacheScope, credential_scope
+from limpet.credentials import ANONYMOUS_SCOPE, CacheScope, credential_scope, key_scope
 from limpet.errors import ConfigurationError
 from limpet.testing import FakeGateway
 
@@ -137,7 +140,7 @@ async def test_concurrent_misses_of_different_credentials_do_not_coalesce(
     assert results[0].key == results[2].key != results[1].key == results[3].key
 
 
-async def test_the_key_appears_in_no_key_repr_or_redis_name(
+async def test_the_key_appears_in_no_key_repr_or_redis_name_or_value(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:
     async with tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as a:
@@ -152,10 +155,13 @@ async def test_the_key_appears_in_no_key_repr_or_redis_name(
     finally:
         await raw.aclose()
     assert names
-    for secret in (KEY_A, KEY_A[-10:], digest):
+    for secret in (KEY_A, KEY_A[-10:]):
         assert secret not in text
         assert all(secret.encode() not in name for name in names)
         assert all(secret.encode() not in (value or b"") for value in values)
+    # The digest names the tenant's generation counters; it is in no repr or value.
+    assert digest not in text
+    assert all(digest.encode() not in (value or b"") for value in values)
 
 
 def test_the_credential_scope_is_stable_across_processes_and_never_the_key() -> None:
@@ -181,6 +187,91 @@ def test_the_credential_scope_is_stable_across_processes_and_never_the_key() -> 
     assert credential_scope([plain]) == ANONYMOUS_SCOPE
     keyed = Endpoint("a", "https://x.test/v1", headers={"x-API-key": KEY_A})
     assert credential_scope([keyed]) not in (ANONYMOUS_SCOPE, here)
+
+
+async def test_one_tenants_invalidation_leaves_the_others_entries(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with (
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as a,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_B) as b,
+    ):
+        assert await answer(a) is CacheStatus.MISS
+        assert await answer(b) is CacheStatus.MISS
+        await a.invalidate()
+        assert await answer(b) is CacheStatus.HIT
+        assert await answer(a) is CacheStatus.MISS
+        assert gateway.total_calls == 3
+
+
+async def limpet(*args: str, **env: str) -> tuple[int, str, str]:
+    """Run ``python -m limpet ARGS`` with ``env`` added to this environment."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "limpet",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_command_line_warms_and_flushes_either_scope(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    file = tmp_path / "requests.jsonl"
+    file.write_bytes(orjson.dumps(ask()) + b"\n")
+    common = ["--redis", redis_url, "--prefix", redis_prefix]
+    warm = ["warm", str(file), *common, "--base-url", gateway.base_url("a"), "--json"]
+    secrets = {"TENANT_A_KEY": KEY_A}
+
+    code, out, _ = await limpet(*warm, "--api-key-env", "TENANT_A_KEY", **secrets)
+    assert (code, orjson.loads(out)["warmed"]) == (0, 1)
+    code, out, _ = await limpet(*warm, "--cache-scope", "namespace")
+    assert (code, orjson.loads(out)["warmed"]) == (0, 1)
+    assert gateway.total_calls == 2
+
+    def clients() -> tuple[Client, Client, Client]:
+        return (
+            tenant(gateway, redis_url, redis_prefix, api_key=KEY_A),
+            tenant(gateway, redis_url, redis_prefix, api_key=KEY_B),
+            tenant(gateway, redis_url, redis_prefix, api_key=KEY_B, cache_scope="namespace"),
+        )
+
+    async def statuses() -> list[CacheStatus]:
+        a, b, shared = clients()
+        async with a, b, shared:
+            return [await answer(client) for client in (a, b, shared)]
+
+    miss, hit = CacheStatus.MISS, CacheStatus.HIT
+    assert await statuses() == [hit, miss, hit]  # B's key was never warmed
+    assert gateway.total_calls == 3
+
+    flush = ["flush", *common, "--namespace", "", "--model", MODEL]
+    code, out, _ = await limpet(
+        *flush, "--cache-scope", "credential", "--api-key-env", "TENANT_A_KEY", **secrets
+    )
+    assert code == 0 and "TENANT_A_KEY" in out and KEY_A not in out
+    assert await statuses() == [miss, hit, hit]  # A's entries only
+    assert gateway.total_calls == 4
+
+    code, _, _ = await limpet(*flush)  # the namespace: every credential's and the shared
+    assert code == 0
+    assert await statuses() == [miss, miss, miss]
+    assert gateway.total_calls == 7
+
+    code, _, err = await limpet(*flush, "--cache-scope", "credential", "--api-key-env", "NONE")
+    assert code == 2 and "$NONE is not set" in err
+
+
+def test_the_scope_of_a_lone_key_is_its_clients() -> None:
+    endpoint = Endpoint("a", "https://x.test/v1", api_key=KEY_A)
+    assert key_scope(KEY_A) == credential_scope([endpoint])
+    assert key_scope(None) == ANONYMOUS_SCOPE
 
 
 def test_cache_scope_is_validated() -> None:
