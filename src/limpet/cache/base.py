@@ -23,19 +23,18 @@ __all__ = ["ENTRY_FORMAT", "CacheBackend", "CacheEntry", "EntryCodec", "stored_c
 
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
 #: 2: usage gained ``cache_write_1h_tokens``.
-#: 3: bound to its key (a key digest, and a MAC over key and value); the stream's length.
+#: 3: bound to its key (which it carries, under the MAC); the stream's length.
 ENTRY_FORMAT = 3
 
 _UNSIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 0))
 _SIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 1))
 _HEADER_SIZE = len(_UNSIGNED_HEADER)
 _MAC_SIZE = 32
-_KEY_DIGEST_SIZE = 16
-_KEY_PERSON = b"limpet/entry-key"
 # prompt, completion, cached, cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown);
-# created_at, expires_at; endpoint name, body and stream lengths (0: not streamed). Then
-# the endpoint name, the body's JSON and, for a streamed answer, its chunking's JSON.
-_META = struct.Struct("<6Q3dHII")
+# created_at, expires_at; key, endpoint name, body and stream lengths (stream 0: not
+# streamed). Then the key, the endpoint name, the body's JSON and, for a streamed answer,
+# its chunking's JSON.
+_META = struct.Struct("<6Q3dIHII")
 
 
 @runtime_checkable
@@ -91,18 +90,20 @@ class CacheEntry:
 class EntryCodec:
     """Encodes entries to bytes and back, bound to their key, optionally signed.
 
-    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a 16-byte digest of the
-    key the entry is stored under, a fixed binary header (usage counts, cost, times,
-    lengths), the endpoint name, the body's JSON, then the stream's chunking when there is
-    one. The metadata is binary so that a hit parses JSON only once, for the body it must
-    return anyway.
+    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a fixed binary header
+    (usage counts, cost, times, lengths), the key the entry is stored under, the endpoint
+    name, the body's JSON, then the stream's chunking when there is one. The metadata is
+    binary so that a hit parses JSON only once, for the body it must return anyway.
 
-    An entry is bound to its key: one read under another key (copied or misplaced) is
-    corrupt. With ``hmac_key`` the MAC (HMAC-SHA256) covers the key and every byte after
-    the MAC, so a signed entry cannot be moved or altered; an unsigned entry or a bad MAC
-    is corrupt. Without ``hmac_key``, a signed entry is still read (its MAC is not
-    checked, its key digest is). The key is the logical cache key (``TieredCache``'s),
-    never a backend's storage key, so the same bytes are valid in every tier.
+    An entry is bound to its key: it carries the key (a cache key is itself a SHA-256
+    digest of the request; comparing it is cheaper than hashing it again, and exact), so
+    one read under another key (copied or misplaced) is corrupt. With ``hmac_key`` the MAC
+    (HMAC-SHA256) covers every byte after it, the key included, so a signed entry can be
+    neither moved nor altered; an unsigned entry or a bad MAC is corrupt. Without
+    ``hmac_key``, a signed entry is still read (its MAC is not checked, its key is). The
+    key is the logical cache key (``TieredCache``'s), never a backend's storage key, so
+    the same bytes are valid in every tier. Its length, and every other section's, is in
+    the header: a truncated or padded entry is corrupt.
 
     A decoded entry is well-shaped: its body is an object with a non-empty ``choices``
     list of objects, each with a ``message`` object; anything else is corrupt.
@@ -116,12 +117,12 @@ class EntryCodec:
     def encode(self, key: str, entry: CacheEntry) -> bytes:
         """The bytes of ``entry``, to be stored under ``key`` (and only there)."""
         u = entry.usage
+        bound = key.encode()
         name = entry.endpoint.encode()
         body = orjson.dumps(entry.body)
         stream = entry.stream or b""
         payload = (
-            _key_digest(key)
-            + _META.pack(
+            _META.pack(
                 u.prompt_tokens,
                 u.completion_tokens,
                 u.cached_tokens,
@@ -131,19 +132,20 @@ class EntryCodec:
                 math.nan if entry.cost_usd is None else entry.cost_usd,
                 entry.created_at,
                 entry.expires_at,
+                len(bound),
                 len(name),
                 len(body),
                 len(stream),
             )
+            + bound
             + name
             + body
             + stream
         )
         if self._hmac_key is None:
             return _UNSIGNED_HEADER + payload
-        mac = _mac(self._hmac_key, key)
-        mac.update(payload)
-        return _SIGNED_HEADER + mac.digest() + payload
+        mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
+        return _SIGNED_HEADER + mac + payload
 
     def decode(self, key: str, data: bytes) -> CacheEntry:
         """The entry in ``data``, read under ``key``.
@@ -158,16 +160,12 @@ class EntryCodec:
             start = _HEADER_SIZE
         elif data.startswith(_SIGNED_HEADER):
             start = _HEADER_SIZE + _MAC_SIZE
+            if self._hmac_key is not None:
+                mac = hmac.new(self._hmac_key, memoryview(data)[start:], hashlib.sha256)
+                if not hmac.compare_digest(mac.digest(), data[_HEADER_SIZE:start]):
+                    raise CacheCorruptError("entry signature does not match")
         else:
             raise CacheCorruptError("not a limpet entry of this format")
-        if data[start : start + _KEY_DIGEST_SIZE] != _key_digest(key):
-            raise CacheCorruptError("entry was stored under another key")
-        if start > _HEADER_SIZE and self._hmac_key is not None:
-            mac = _mac(self._hmac_key, key)
-            mac.update(memoryview(data)[start:])
-            if not hmac.compare_digest(mac.digest(), data[_HEADER_SIZE:start]):
-                raise CacheCorruptError("entry signature does not match")
-        start += _KEY_DIGEST_SIZE
         try:
             (
                 prompt,
@@ -179,16 +177,20 @@ class EntryCodec:
                 cost,
                 created,
                 expires,
+                bound,
                 size,
                 length,
                 streamed,
             ) = _META.unpack_from(data, start)
-            body_at = start + _META.size + size
+            key_at = start + _META.size
+            body_at = key_at + bound + size
             stream_at = body_at + length
             if len(data) != stream_at + streamed:
                 raise CacheCorruptError(
                     f"entry is {len(data)} bytes, its header says {stream_at + streamed}"
                 )
+            if data[key_at : key_at + bound] != key.encode():
+                raise CacheCorruptError("entry was stored under another key")
             endpoint = data[body_at - size : body_at].decode()
             body = orjson.loads(data[body_at:stream_at])
         except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
@@ -256,13 +258,3 @@ def _check_body(body: object) -> None:
     model = body.get("model")
     if model is not None and type(model) is not str:
         raise CacheCorruptError("entry body's model is not a string")
-
-
-def _key_digest(key: str) -> bytes:
-    return hashlib.blake2b(key.encode(), digest_size=_KEY_DIGEST_SIZE, person=_KEY_PERSON).digest()
-
-
-def _mac(hmac_key: bytes, key: str) -> hmac.HMAC:
-    # Length-prefixed, so no key and payload split the same bytes two ways.
-    raw = key.encode()
-    return hmac.new(hmac_key, len(raw).to_bytes(4, "little") + raw, hashlib.sha256)
