@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import orjson
 
-from limpet.cache.base import CacheEntry
+from limpet.cache.base import CacheEntry, servable
 from limpet.models import CacheStatus, Completion, Cost
 
 __all__ = ["completion_of", "storable"]
@@ -26,5 +26,7 @@ def completion_of(
 
 
 def storable(entry: CacheEntry) -> bool:
-    """A failed generation reported inside a 200 is never cached."""
-    return bool(entry.body["choices"][0].get("finish_reason") != "error")
+    """A failed generation reported inside a 200 is never cached, nor an answer no hit
+    could be served from (it would only ever read back as corrupt)."""
+    body = entry.body
+    return servable(body) and body["choices"][0].get("finish_reason") != "error"

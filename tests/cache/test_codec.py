@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from limpet.cache.base import ENTRY_FORMAT, CacheEntry, EntryCodec, stored_chunks
+from limpet.cache.base import ENTRY_FORMAT, CacheEntry, EntryCodec, servable, stored_chunks
+from limpet.completions import storable
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
 
@@ -215,3 +216,12 @@ def test_stored_chunks_merge_the_envelope() -> None:
 def test_an_ill_shaped_stored_stream_is_corrupt(chunking: bytes) -> None:
     with pytest.raises(CacheCorruptError, match="stored stream"):
         stored_chunks(chunking)
+
+
+@pytest.mark.parametrize("body", [{"choices": []}, {"choices": [{"message": None}]}, {}])
+def test_what_would_read_back_as_corrupt_is_never_stored(body: dict[str, Any]) -> None:
+    assert not servable(body)
+    assert not storable(with_body(body))
+    assert storable(with_body(ENTRY.body)) and servable(ENTRY.body)
+    failed = {"choices": [{"message": {}, "finish_reason": "error"}]}
+    assert servable(failed) and not storable(with_body(failed))

@@ -19,7 +19,14 @@ import orjson
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
 
-__all__ = ["ENTRY_FORMAT", "CacheBackend", "CacheEntry", "EntryCodec", "stored_chunks"]
+__all__ = [
+    "ENTRY_FORMAT",
+    "CacheBackend",
+    "CacheEntry",
+    "EntryCodec",
+    "servable",
+    "stored_chunks",
+]
 
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
 #: 2: usage gained ``cache_write_1h_tokens``.
@@ -195,7 +202,9 @@ class EntryCodec:
             body = orjson.loads(data[body_at:stream_at])
         except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
-        _check_body(body)
+        problem = _body_problem(body)
+        if problem is not None:
+            raise CacheCorruptError(problem)
         if not (math.isfinite(created) and math.isfinite(expires)):
             raise CacheCorruptError("entry times are not finite")
         return CacheEntry(
@@ -240,21 +249,28 @@ def _chunk_shaped(chunk: dict[str, Any]) -> bool:
     )
 
 
-def _check_body(body: object) -> None:
-    """Raise ``CacheCorruptError`` unless ``body`` is what a hit may be served from: every
-    choice an object with a ``message`` object, the first one's tool calls a list of
-    objects, the model a string. O(choices): a hit has one."""
+def servable(body: object) -> bool:
+    """Whether a hit could be served from ``body``: what decoding an entry checks, and
+    what is worth storing."""
+    return _body_problem(body) is None
+
+
+def _body_problem(body: object) -> str | None:
+    """What makes ``body`` unfit to serve from, or None: every choice must be an object
+    with a ``message`` object, the first one's tool calls a list of objects, the model a
+    string. O(choices): a hit has one."""
     if type(body) is not dict:
-        raise CacheCorruptError("entry body is not an object")
+        return "entry body is not an object"
     choices = body.get("choices")
     if type(choices) is not list or not choices:
-        raise CacheCorruptError("entry body has no choices")
+        return "entry body has no choices"
     for choice in choices:
         if type(choice) is not dict or type(choice.get("message")) is not dict:
-            raise CacheCorruptError("entry body has a choice without a message object")
+            return "entry body has a choice without a message object"
     calls = choices[0]["message"].get("tool_calls")
     if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
-        raise CacheCorruptError("entry body's tool calls are not a list of objects")
+        return "entry body's tool calls are not a list of objects"
     model = body.get("model")
     if model is not None and type(model) is not str:
-        raise CacheCorruptError("entry body's model is not a string")
+        return "entry body's model is not a string"
+    return None
