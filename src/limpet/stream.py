@@ -134,12 +134,14 @@ class StreamFlights:
         cache = self._cache
         if key is not None and cache is not None and decision.read:
             found = await cache.get(key)
-            replay = None if found is None else await _replayable(cache, key, found[0])
-            if found is not None and replay is not None:
-                for chunk in replay:
-                    yield chunk
-                sink.completion = completion_of(found[0], CacheStatus.HIT, key)
-                return
+            if found is not None:
+                entry = found[0]
+                replay = await _replayable(cache, key, entry)
+                if replay is not None:
+                    for chunk in replay:
+                        yield chunk
+                    sink.completion = completion_of(entry, CacheStatus.HIT, key)
+                    return
         flight = self._flights.get(key) if key is not None and decision.coalesce else None
         led = flight is None
         if flight is None:
@@ -207,14 +209,13 @@ class StreamFlights:
                     return None if found is None else found[0]
 
                 entry, led = await shared.do(key, lead, read)
-                # Another process streamed it: replay its entry, unless that is corrupt.
-                replay = None if led else await _replayable(cache, key, entry)
-                if replay is not None:
-                    for chunk in replay:
-                        broadcast.push(chunk)
-                    broadcast.finish((entry, CacheStatus.COALESCED))
-                    return
-                if not led:
+                if not led:  # another process streamed it: replay its entry, unless corrupt
+                    replay = await _replayable(cache, key, entry)
+                    if replay is not None:
+                        for chunk in replay:
+                            broadcast.push(chunk)
+                        broadcast.finish((entry, CacheStatus.COALESCED))
+                        return
                     entry, _, _ = await lead()
             else:
                 entry, _, _ = await lead()
