@@ -95,9 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     warm.add_argument("--json", action="store_true", help="print the report as JSON")
 
     flush = commands.add_parser(
-        "flush",
-        help="invalidate cached answers fleet-wide (a generation bump, not a scan), in "
-        "both cache scopes",
+        "flush", help="invalidate cached answers fleet-wide (a generation bump, not a scan)"
     )
     _redis_options(flush)
     flush.add_argument("--model", default=None, help="only this model's answers")
