@@ -62,7 +62,8 @@ async def main(url: str, n: int, rounds: int) -> None:
                 await cache.flush()
                 assert (await client.complete(**body)).cache is CacheStatus.HIT
                 assert (await plain.complete(**body)).cache is CacheStatus.HIT
-                redis_key = cache.redis_key(first.key)
+                key = first.key
+                redis_key = cache.redis_key(key)
                 stored = await raw.get(redis_key)
                 assert stored is not None
 
@@ -76,7 +77,7 @@ async def main(url: str, n: int, rounds: int) -> None:
                 async def floor() -> object:
                     data = await raw.get(redis_key)
                     assert isinstance(data, bytes)
-                    return codec.decode(data)
+                    return codec.decode(key, data)
 
                 contenders = {
                     "limpet": hit,

@@ -88,3 +88,53 @@ async def test_namespaces_invalidate_alone_and_everything_covers_all(
     await store.bump_generation(generation_name(None, None))  # what `limpet flush` does
     await y.refresh()
     assert (await y.scope("m")) != y0
+
+
+@pytest.mark.redis
+async def test_a_credential_invalidates_alone_and_its_namespace_covers_every_credential(
+    store: CountingStore,
+) -> None:
+    a = Generations(store, namespace="x", credential="a")
+    b = Generations(store, namespace="x", credential="b")
+    shared = Generations(store, namespace="x")
+    elsewhere = Generations(store, namespace="y", credential="a")
+    everyone = (a, b, shared, elsewhere)
+
+    async def scopes() -> list[str]:
+        for gens in everyone:
+            await gens.refresh()
+        return [await gens.scope("m") for gens in everyone]
+
+    start = await scopes()
+    assert start[0] == start[1] != start[2]  # two more generations in a credential's keys
+
+    await a.bump()
+    after_a = await scopes()
+    assert [x != y for x, y in zip(start, after_a, strict=True)] == [True, False, False, False]
+
+    await b.bump("m")
+    after_b = await scopes()
+    assert [x != y for x, y in zip(after_a, after_b, strict=True)] == [False, True, False, False]
+
+    await shared.bump("m")  # the namespace's model generation: every credential in it
+    after_ns = await scopes()
+    assert [x != y for x, y in zip(after_b, after_ns, strict=True)] == [True, True, True, False]
+
+    await store.bump_generation(generation_name("x", None))  # `limpet flush --namespace x`
+    after_flush = await scopes()
+    changed = [x != y for x, y in zip(after_ns, after_flush, strict=True)]
+    assert changed == [True, True, True, False]
+    for gens in everyone:
+        await gens.aclose()
+
+
+def test_a_credential_generation_name_is_apart_from_every_namespace_one() -> None:
+    names = {
+        generation_name(None, None),
+        generation_name("", None),
+        generation_name("", "m"),
+        generation_name("", None, credential="a"),
+        generation_name("", "m", credential="a"),
+        generation_name(None, None, credential="a"),
+    }
+    assert len(names) == 5  # ("", None, "a") and (None, None, "a") are one scope

@@ -176,3 +176,25 @@ def test_conversation_key_follows_the_conversation_not_its_later_turns() -> None
     assert conversation_key(turn_1) == conversation_key(turn_3)
     assert conversation_key(turn_1) != conversation_key(other)
     assert conversation_key(turn_1) != conversation_key({**turn_1, "model": "n"})
+
+
+@given(st.text(max_size=8), st.text(max_size=8), st.text(max_size=8), st.text(max_size=8))
+def test_namespace_credential_and_scope_never_run_into_each_other(
+    ns: str, credential: str, other_ns: str, other_credential: str
+) -> None:
+    body = {"model": "m", "messages": []}
+    same = (ns, credential) == (other_ns, other_credential)
+    a = key_of(body, namespace=ns, credential=credential, scope="0.0.0")
+    b = key_of(body, namespace=other_ns, credential=other_credential, scope="0.0.0")
+    assert (a == b) == same
+    assert key_of(body, namespace=ns + credential) != key_of(
+        body, namespace=ns, credential=credential or "x"
+    )
+
+
+def test_explain_key_shows_the_credential_scope() -> None:
+    body = {"model": "m", "messages": []}
+    explanation = explain_key(body, namespace="ns", credential="c" * 32)
+    assert explanation.credential == "c" * 32
+    assert explanation.key == key_of(body, namespace="ns", credential="c" * 32)
+    assert explanation.key != key_of(body, namespace="ns")

@@ -347,8 +347,8 @@ def test_1h_writes_add_and_survive_the_entry_codec() -> None:
     usage = Usage(100, 5, 10, 60, 2, 40)
     assert usage + usage == Usage(200, 10, 20, 120, 4, 80)
     assert usage.cache_write_5m_tokens == 20
-    entry = CacheEntry({"choices": []}, usage, 0.5, "a", 1.0, 2.0)
-    assert EntryCodec().decode(EntryCodec().encode(entry)).usage == usage
+    entry = CacheEntry({"choices": [{"message": {}}]}, usage, 0.5, "a", 1.0, 2.0)
+    assert EntryCodec().decode("k", EntryCodec().encode("k", entry)).usage == usage
 
 
 def test_writes_are_attributed_to_the_one_ttl_every_mark_asked_for() -> None:

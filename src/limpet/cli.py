@@ -1,7 +1,16 @@
 """The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``stats``, ``bench``.
 
 Secrets never go on the command line (process lists show it): the API key comes from
-``$OPENROUTER_API_KEY``, and a Redis password from the URL in ``$LIMPET_REDIS_URL``.
+``$OPENROUTER_API_KEY`` (or the variable ``--api-key-env`` names), and a Redis password
+from the URL in ``$LIMPET_REDIS_URL``.
+
+Cache scopes (``--cache-scope``): ``warm`` writes the entries of one scope, ``credential``
+(the default, as for a Client: entries only Clients with the same API key read) or
+``namespace`` (the entries every Client of the namespace with ``cache_scope="namespace"``
+reads). ``flush`` bumps the namespace's generation by default, which every key of the
+namespace includes whatever its scope, so it needs no API key; ``--cache-scope
+credential`` flushes only the entries of the key in ``--api-key-env``. ``stats`` counts
+calls per model across the fleet and holds no answers, so it has no scope to choose.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from limpet._version import __version__
+from limpet.credentials import CACHE_SCOPES
 from limpet.errors import CacheUnavailableError, InvalidRequestError
 from limpet.generations import generation_name
 from limpet.models import Completion
@@ -28,6 +38,9 @@ if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
 
 __all__ = ["main"]
+
+#: Where the API key is read from by default (as ``Client`` does).
+API_KEY_ENV = "OPENROUTER_API_KEY"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="gateway API root (default: $LIMPET_BASE_URL, else OpenRouter)",
     )
+    _scope_options(
+        warm,
+        "credential",
+        "whose entries to write: the API key's (default) or the namespace's shared ones",
+    )
     warm.add_argument("--concurrency", type=_positive_int, default=DEFAULT_WARM_CONCURRENCY)
     warm.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -87,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _redis_options(flush)
     flush.add_argument("--model", default=None, help="only this model's answers")
+    _scope_options(
+        flush,
+        "namespace",
+        "whose entries: every entry of the namespace, whatever its scope (default), or "
+        "only the API key's (credential)",
+    )
 
     stats = commands.add_parser(
         "stats", help="the whole fleet's calls, hit rate and dollars, per model, from Redis"
@@ -117,6 +141,31 @@ def _redis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--namespace", default=None, help="the Client namespace (default: none)")
 
 
+def _scope_options(command: argparse.ArgumentParser, default: str, what: str) -> None:
+    command.add_argument("--cache-scope", choices=CACHE_SCOPES, default=default, help=what)
+    command.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="NAME",
+        help=f"the environment variable holding the API key (default: {API_KEY_ENV})",
+    )
+
+
+def _api_key(args: argparse.Namespace, *, required: bool) -> str | None:
+    """The API key from the environment (never the command line), or None when not
+    ``required`` and no variable was named.
+
+    Raises:
+        SystemExit: the named (or, when required, the default) variable is not set.
+    """
+    name = args.api_key_env or API_KEY_ENV
+    key = os.environ.get(name)
+    if not key and (required or args.api_key_env is not None):
+        print(f"limpet {args.command}: ${name} is not set", file=sys.stderr)
+        raise SystemExit(2)
+    return key or None
+
+
 def _demo(args: argparse.Namespace) -> int:
     from limpet.demo import render, run_demo
 
@@ -142,9 +191,14 @@ def _demo(args: argparse.Namespace) -> int:
 async def _warm(args: argparse.Namespace) -> int:
     from limpet import Client, MemoryCache, RedisCache, TieredCache
 
+    api_key = _api_key(args, required=False)
     cache = TieredCache(MemoryCache(), RedisCache.from_url(args.redis, prefix=args.prefix))
     async with Client(
-        base_url=args.base_url, cache=cache, namespace=args.namespace or ""
+        base_url=args.base_url,
+        api_key=api_key,
+        cache=cache,
+        namespace=args.namespace or "",
+        cache_scope=args.cache_scope,
     ) as client:
 
         async def complete_line(line: int, text: bytes) -> Completion:
@@ -186,7 +240,12 @@ async def _warm(args: argparse.Namespace) -> int:
 
 
 async def _flush(args: argparse.Namespace) -> int:
-    name = generation_name(args.namespace, args.model)
+    from limpet.credentials import key_scope
+
+    credential = ""
+    if args.cache_scope == "credential":
+        credential = key_scope(_api_key(args, required=True))
+    name = generation_name(args.namespace, args.model, credential=credential)
     async with _redis_cache(args) as cache:
         try:
             generation = await cache.bump_generation(name)
@@ -195,6 +254,8 @@ async def _flush(args: argparse.Namespace) -> int:
             return 1
     what = f"model {args.model!r}" if args.model else "every model"
     where = f"namespace {args.namespace!r}" if args.namespace is not None else "every namespace"
+    if credential:
+        where = f"namespace {args.namespace or ''!r}, for ${args.api_key_env or API_KEY_ENV}'s key"
     print(f"flushed {what} in {where} (generation {generation})")
     return 0
 

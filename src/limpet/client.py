@@ -22,6 +22,7 @@ from limpet.config import (
     RetryConfig,
     Timeouts,
 )
+from limpet.credentials import CACHE_SCOPES, CacheScope, credential_scope
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.events import EventHook, emit_event, event_of
 from limpet.fleet import FleetCounters
@@ -98,6 +99,10 @@ class Client:
             ``/models``, fetched once on the first upstream call, then genai-prices.
         policy: which requests are cacheable (by default: temperature == 0).
         namespace: isolates tenants or key-schema versions sharing one cache.
+        cache_scope: ``"credential"`` (the default): entries are shared only by Clients
+            with the same credentials (a keyed digest of the endpoints' API keys and
+            credential headers enters every cache key, never the key itself);
+            ``"namespace"``: shared by every Client of the namespace, whatever its key.
         retry: retry attempts and backoff for upstream calls.
         timeouts: connect and total timeouts, connection pool size.
         app_url: sent as ``HTTP-Referer`` (OpenRouter attribution); never part of the key.
@@ -143,6 +148,7 @@ class Client:
         on_event: EventHook | Sequence[EventHook] | None = None,
         fleet_stats: bool = True,
         router: Router | None = None,
+        cache_scope: CacheScope = "credential",
     ) -> None:
         self._cache_control = _resolve_cache_control(auto_cache_control)
         self._router = _resolve_router(router, endpoints, base_url, api_key)
@@ -159,11 +165,19 @@ class Client:
         if not isinstance(namespace, str):
             raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
         self._namespace = namespace
+        if cache_scope not in CACHE_SCOPES:
+            raise ConfigurationError(
+                f"Client.cache_scope: expected 'credential' or 'namespace', got {cache_scope!r}"
+            )
+        # Derived once; only the digest is kept (a router's endpoints are fixed).
+        self._credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
         self._policy = policy or CachePolicy()
         self._flight: SingleFlight[_Filled] | None = (
             SingleFlight(retry_if=should_retry) if coalesce else None
         )
-        self._generations = Generations(_generation_store(self._cache), namespace=namespace)
+        self._generations = Generations(
+            _generation_store(self._cache), namespace=namespace, credential=self._credential
+        )
         flight_store = _flight_store(self._cache) if coalesce else None
         self._shared_flight: RedisFlight[_Filled] | None = (
             None if flight_store is None else RedisFlight(flight_store, flight)
@@ -272,7 +286,12 @@ class Client:
         if decision.uses_cache or (decision.coalesce and self._flight is not None):
             generations = self._generations
             scope = generations.scope_now(model) or await generations.scope(model)
-            key = request_key(canonical_request(body), namespace=self._namespace, scope=scope)
+            key = request_key(
+                canonical_request(body),
+                namespace=self._namespace,
+                scope=scope,
+                credential=self._credential,
+            )
             if store is not None and decision.read:
                 # The hit path: in-process tiers first, no I/O, nothing shared.
                 local = self._local_tiers
@@ -365,7 +384,9 @@ class Client:
         """Stop serving cached answers for ``model``, or for every model when None.
 
         A generation bump, not a scan: old entries are never read again and expire by TTL.
-        With a Redis tier, other processes follow within about a second.
+        With a Redis tier, other processes follow within about a second. It reaches this
+        Client's cache scope: with ``cache_scope="credential"``, only the entries of its
+        credentials; with ``"namespace"``, every entry of the namespace.
         """
         if model is not None and (not isinstance(model, str) or not model):
             raise InvalidRequestError("model", "a non-empty str or None", model)
@@ -402,7 +423,12 @@ class Client:
     async def _key(self, body: dict[str, Any]) -> str:
         model = body["model"]
         scope = self._generations.scope_now(model) or await self._generations.scope(model)
-        return request_key(canonical_request(body), namespace=self._namespace, scope=scope)
+        return request_key(
+            canonical_request(body),
+            namespace=self._namespace,
+            scope=scope,
+            credential=self._credential,
+        )
 
     async def _complete(
         self, body: dict[str, Any], decision: CacheDecision, ttl: float, key: str | None

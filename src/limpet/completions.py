@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import orjson
 
-from limpet.cache.base import CacheEntry
+from limpet.cache.base import CacheEntry, servable
 from limpet.models import CacheStatus, Completion, Cost, Usage
 from limpet.usage import has_usage
 
@@ -37,10 +37,11 @@ def completion_of(
 
 def storable(entry: CacheEntry) -> bool:
     """A failed generation reported inside a 200 is never cached (transport raises
-    ``APIGenerationError`` for one; this guards every other way an entry is made)."""
-    return not any(
-        isinstance(choice, dict) and choice.get("finish_reason") == "error"
-        for choice in entry.body["choices"]
+    ``APIGenerationError`` for one; this guards every other way an entry is made), nor an
+    answer no hit could be served from (it would only ever read back as corrupt)."""
+    body = entry.body
+    return servable(body) and not any(
+        choice.get("finish_reason") == "error" for choice in body["choices"]
     )
 
 

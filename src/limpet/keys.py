@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 #: Bumped whenever the canonical form changes, so old entries can never be misread.
-KEY_SCHEMA_VERSION = 1
+#: 2: the credential scope.
+KEY_SCHEMA_VERSION = 2
 
 #: Fields that change how a response is delivered or attributed, never what it says.
 TRANSPORT_ONLY_FIELDS = frozenset(
@@ -68,23 +69,28 @@ def canonical_request(body: Mapping[str, Any]) -> bytes:
         raise InvalidRequestError("request body", "JSON-serialisable values", str(exc)) from exc
 
 
-def request_key(canonical: bytes, *, namespace: str = "", scope: str = "") -> str:
-    """The cache key: 64 hex digits of SHA-256 over (schema version, namespace, scope, body).
+def request_key(
+    canonical: bytes, *, namespace: str = "", scope: str = "", credential: str = ""
+) -> str:
+    """The cache key: 64 hex digits of SHA-256 over (schema version, namespace, credential
+    scope, generations, body).
 
     Args:
         canonical: ``canonical_request(body)``.
         namespace: isolates tenants or key-schema versions of one application.
         scope: invalidation generations; bumping one changes every key under it.
+        credential: the Client's credential scope (``limpet.credentials``), or "" when
+            entries are shared across credentials (``cache_scope="namespace"``).
     """
-    return hashlib.sha256(_key_header(namespace, scope) + canonical).hexdigest()
+    return hashlib.sha256(_key_header(namespace, scope, credential) + canonical).hexdigest()
 
 
 @functools.lru_cache(maxsize=1024)
-def _key_header(namespace: str, scope: str) -> bytes:
-    # Length prefixes keep ("ab", "") and ("a", "b") apart. Few distinct pairs exist at a
-    # time (a namespace, a generation per model), so they are built once, not per call.
-    ns, sc = namespace.encode(), scope.encode()
-    return b"%s%d:%s%d:%s" % (_KEY_PREFIX, len(ns), ns, len(sc), sc)
+def _key_header(namespace: str, scope: str, credential: str) -> bytes:
+    # Length prefixes keep ("ab", "") and ("a", "b") apart. Few distinct triples exist at
+    # a time (a namespace, a generation per model), so they are built once, not per call.
+    ns, sc, cr = namespace.encode(), scope.encode(), credential.encode()
+    return b"%s%d:%s%d:%s%d:%s" % (_KEY_PREFIX, len(ns), ns, len(cr), cr, len(sc), sc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,7 @@ class KeyExplanation:
         schema_version: ``KEY_SCHEMA_VERSION``.
         namespace: the namespace hashed in.
         scope: the invalidation generations hashed in.
+        credential: the credential scope hashed in ("" when shared across credentials).
         fields: the request fields that count, sorted.
         ignored: the transport-only fields that were present and left out, sorted.
         canonical: the canonical JSON that was hashed.
@@ -108,9 +115,12 @@ class KeyExplanation:
     fields: tuple[str, ...]
     ignored: tuple[str, ...]
     canonical: str
+    credential: str = ""
 
 
-def explain_key(body: Mapping[str, Any], *, namespace: str = "", scope: str = "") -> KeyExplanation:
+def explain_key(
+    body: Mapping[str, Any], *, namespace: str = "", scope: str = "", credential: str = ""
+) -> KeyExplanation:
     """Show what goes into the key of a request.
 
     Example:
@@ -120,13 +130,14 @@ def explain_key(body: Mapping[str, Any], *, namespace: str = "", scope: str = ""
     """
     canonical = canonical_request(body)
     return KeyExplanation(
-        key=request_key(canonical, namespace=namespace, scope=scope),
+        key=request_key(canonical, namespace=namespace, scope=scope, credential=credential),
         schema_version=KEY_SCHEMA_VERSION,
         namespace=namespace,
         scope=scope,
         fields=tuple(sorted(name for name in body if name not in TRANSPORT_ONLY_FIELDS)),
         ignored=tuple(sorted(name for name in body if name in TRANSPORT_ONLY_FIELDS)),
         canonical=canonical.decode(),
+        credential=credential,
     )
 
 

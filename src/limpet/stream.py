@@ -13,7 +13,7 @@ from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.coalesce import RedisFlight
 from limpet.completions import completion_of, storable
-from limpet.errors import APIError
+from limpet.errors import APIError, CacheCorruptError
 from limpet.models import CacheStatus, Completion
 from limpet.policy import CacheDecision
 from limpet.retry import should_retry
@@ -142,10 +142,12 @@ class StreamFlights:
             found = await cache.get(key)
             if found is not None:
                 entry = found[0]
-                for chunk in replay_chunks(entry.body, entry.stream):
-                    yield chunk
-                sink.completion = completion_of(entry, CacheStatus.HIT, key)
-                return
+                replay = await _replayable(cache, key, entry)
+                if replay is not None:
+                    for chunk in replay:
+                        yield chunk
+                    sink.completion = completion_of(entry, CacheStatus.HIT, key)
+                    return
         flight = self._flights.get(key) if key is not None and decision.coalesce else None
         led = flight is None
         if flight is None:
@@ -218,11 +220,14 @@ class StreamFlights:
                     return None if found is None else found[0]
 
                 entry, led = await shared.do(key, lead, read)
-                if not led:  # another process streamed it: replay its entry
-                    for chunk in replay_chunks(entry.body, entry.stream):
-                        broadcast.push(chunk)
-                    broadcast.finish((entry, CacheStatus.COALESCED))
-                    return
+                if not led:  # another process streamed it: replay its entry, unless corrupt
+                    replay = await _replayable(cache, key, entry)
+                    if replay is not None:
+                        for chunk in replay:
+                            broadcast.push(chunk)
+                        broadcast.finish((entry, CacheStatus.COALESCED))
+                        return
+                    entry, _, _ = await lead()
             else:
                 entry, _, _ = await lead()
             broadcast.finish((entry, None))
@@ -266,6 +271,19 @@ class StreamFlights:
                 answer, endpoint.name, body, route.body, ttl, assembler.chunking()
             )
         raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+
+async def _replayable(
+    cache: TieredCache, key: str, entry: CacheEntry
+) -> list[dict[str, Any]] | None:
+    """The chunks that replay ``entry``, or None when its stored stream is corrupt: then
+    it is counted and deleted, and the caller goes upstream. Read whole before the first
+    chunk is sent, so a reader never gets half a replay."""
+    try:
+        return list(replay_chunks(entry.body, entry.stream))
+    except CacheCorruptError as exc:
+        await cache.discard(key, exc)
+        return None
 
 
 class MakeEntry(Protocol):

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from limpet.cache.base import stored_chunks
 from limpet.errors import APIStreamError
 
 __all__ = [
@@ -329,12 +330,14 @@ def _value(field: Any) -> Any:
 
 def replay_chunks(body: Mapping[str, Any], chunking: bytes | None) -> Iterator[dict[str, Any]]:
     """The chunks of a stored answer: the live stream's when ``chunking`` was kept, else
-    chunks shaped like a live stream's, every choice interleaved, then the usage."""
+    chunks shaped like a live stream's, every choice interleaved, then the usage.
+
+    Raises:
+        CacheCorruptError: ``chunking`` does not decode to a stream (checked before the
+            first chunk), so a caller can count it and go upstream instead.
+    """
     if chunking is not None:
-        stored = orjson.loads(chunking)
-        envelope = stored["envelope"]
-        for chunk in stored["chunks"]:
-            yield {**envelope, **chunk}
+        yield from stored_chunks(chunking)
         return
     yield from _synthesize(body)
 

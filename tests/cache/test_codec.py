@@ -1,13 +1,20 @@
-"""The entry codec every backend shares: round trip, versioning, signatures."""
+"""The entry codec every backend shares: round trip, versioning, key binding, signatures,
+and the shape of what it lets through."""
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
+import orjson
 import pytest
 
-from limpet.cache.base import CacheEntry, EntryCodec
+from limpet.cache.base import ENTRY_FORMAT, CacheEntry, EntryCodec, servable, stored_chunks
+from limpet.completions import storable
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
 
+KEY = "k" * 64
 ENTRY = CacheEntry(
     body={"id": "gen-1", "choices": [{"message": {"role": "assistant", "content": "hé ✓"}}]},
     usage=Usage(prompt_tokens=10, completion_tokens=5, cached_tokens=4, cache_write_tokens=2),
@@ -16,72 +23,205 @@ ENTRY = CacheEntry(
     created_at=1_700_000_000.5,
     expires_at=1_700_003_600.5,
 )
+CHUNKING = orjson.dumps(
+    {"envelope": {"id": "gen-1"}, "chunks": [{"choices": [{"delta": {"content": "hé"}}]}]}
+)
+STREAMED = CacheEntry(
+    body=ENTRY.body,
+    usage=ENTRY.usage,
+    cost_usd=None,
+    endpoint="a",
+    created_at=1,
+    expires_at=2,
+    stream=CHUNKING,
+)
 
 
-@pytest.mark.parametrize("key", [None, b"secret"])
-def test_round_trip(key: bytes | None) -> None:
-    codec = EntryCodec(key)
-    assert codec.decode(codec.encode(ENTRY)) == ENTRY
+def with_body(body: Any) -> CacheEntry:
+    return CacheEntry(body, ENTRY.usage, None, "a", 1, 2)
+
+
+@pytest.mark.parametrize("hmac_key", [None, b"secret"])
+def test_round_trip(hmac_key: bytes | None) -> None:
+    codec = EntryCodec(hmac_key)
+    assert codec.decode(KEY, codec.encode(KEY, ENTRY)) == ENTRY
+
+
+def test_the_format_byte_is_the_entry_format() -> None:
+    assert EntryCodec().encode(KEY, ENTRY)[:4] == b"LP" + bytes((ENTRY_FORMAT, 0))
+    assert EntryCodec(b"k").encode(KEY, ENTRY)[:4] == b"LP" + bytes((ENTRY_FORMAT, 1))
 
 
 def test_a_streamed_entry_keeps_its_chunking_as_bytes() -> None:
     codec = EntryCodec(b"k")
-    streamed = CacheEntry(
-        body=ENTRY.body,
-        usage=ENTRY.usage,
-        cost_usd=None,
-        endpoint="a",
-        created_at=1,
-        expires_at=2,
-        stream=b'[{"delta":{"content":"h\xc3\xa9"}}]',
-    )
-    assert codec.decode(codec.encode(streamed)) == streamed
-    assert codec.decode(codec.encode(ENTRY)).stream is None
+    assert codec.decode(KEY, codec.encode(KEY, STREAMED)) == STREAMED
+    assert codec.decode(KEY, codec.encode(KEY, ENTRY)).stream is None
 
 
 def test_unknown_cost_round_trips_as_none() -> None:
     codec = EntryCodec()
-    unknown = CacheEntry(
-        body=ENTRY.body, usage=ENTRY.usage, cost_usd=None, endpoint="a", created_at=1, expires_at=2
-    )
-    assert codec.decode(codec.encode(unknown)).cost_usd is None
+    unknown = with_body(ENTRY.body)
+    assert codec.decode(KEY, codec.encode(KEY, unknown)).cost_usd is None
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
+def test_the_format_before_this_one_is_corrupt() -> None:
+    data = EntryCodec().encode(KEY, ENTRY)
+    older = data[:2] + bytes((ENTRY_FORMAT - 1,)) + data[3:]
+    with pytest.raises(CacheCorruptError, match="format"):
+        EntryCodec().decode(KEY, older)
+
+
+META_SIZE = 6 * 8 + 3 * 8 + 4 + 2 + 4 + 4  # counts, cost and times, four lengths
+
+
+def test_the_layout_is_what_these_tests_assume() -> None:
+    data = EntryCodec().encode(KEY, ENTRY)
+    assert data.index(KEY.encode()) == 4 + META_SIZE
+
+
+def _garbage() -> list[bytes]:
+    header = b"LP" + bytes((ENTRY_FORMAT, 0))
+    key = KEY.encode()
+    meta = struct.Struct("<6Q3dIHII")
+    assert meta.size == META_SIZE
+
+    def meta_for(name: int, body: int, stream: int = 0, bound: int = len(key)) -> bytes:
+        return meta.pack(0, 0, 0, 0, 0, 0, 0.0, 1.0, 2.0, bound, name, body, stream)
+
+    return [
         b"",
         b"garbage",
         b"LP\x09\x00{}",
-        b"LP\x01\x00{}",
-        b"LP\x01\x00" + bytes(70),
-        b"LP\x01\x00" + bytes(66) + b"\x00\x00\x09\x00\x00\x00{not json",
-        b"LP\x01\x00" + bytes(66) + b"\x00\x00\x02\x00\x00\x00[]",
-        b"LP\x01\x00" + bytes(66) + b"\x05\x00\x02\x00\x00\x00ab",
-    ],
-)
+        header + b"{}",
+        header + bytes(meta.size - 1),
+        header + meta_for(0, 0),
+        header + meta_for(0, 9) + key + b"{not json",
+        header + meta_for(0, 2) + key + b"[]",
+        header + meta_for(5, 2) + key + b"ab",
+        header + meta_for(1, 2) + key + b"\xff{}",
+        header + meta_for(0, 2, 10) + key + b"{}",  # a truncated stream
+        header + meta_for(0, 2) + key + b"{}" + b"extra",
+        header + meta_for(0, 2, bound=len(key) - 1) + key + b"{}",  # a shorter key
+    ]
+
+
+@pytest.mark.parametrize("data", _garbage())
 def test_garbage_is_corrupt(data: bytes) -> None:
     with pytest.raises(CacheCorruptError):
-        EntryCodec().decode(data)
+        EntryCodec().decode(KEY, data)
 
 
-def test_signed_entries_fail_under_another_key() -> None:
-    data = EntryCodec(b"a").encode(ENTRY)
+@pytest.mark.parametrize("hmac_key", [None, b"secret"])
+def test_every_truncation_is_corrupt(hmac_key: bytes | None) -> None:
+    codec = EntryCodec(hmac_key)
+    data = codec.encode(KEY, STREAMED)
+    for size in range(len(data)):
+        with pytest.raises(CacheCorruptError):
+            codec.decode(KEY, data[:size])
+
+
+@pytest.mark.parametrize("hmac_key", [None, b"secret"])
+def test_an_entry_read_under_another_key_is_corrupt(hmac_key: bytes | None) -> None:
+    codec = EntryCodec(hmac_key)
+    with pytest.raises(CacheCorruptError, match="another key"):
+        codec.decode("other", codec.encode(KEY, ENTRY))
+
+
+def test_a_signed_entry_whose_key_is_rewritten_fails_its_signature() -> None:
+    codec = EntryCodec(b"a")
+    other = "o" * len(KEY)
+    forged = codec.encode(KEY, ENTRY).replace(KEY.encode(), other.encode())
     with pytest.raises(CacheCorruptError, match="signature"):
-        EntryCodec(b"b").decode(data)
+        codec.decode(other, forged)
+    # Without the HMAC key anyone can write any entry; a moved one is still caught.
+    assert EntryCodec().decode(other, forged) == ENTRY
+
+
+def test_signed_entries_fail_under_another_hmac_key() -> None:
+    data = EntryCodec(b"a").encode(KEY, ENTRY)
+    with pytest.raises(CacheCorruptError, match="signature"):
+        EntryCodec(b"b").decode(KEY, data)
 
 
 def test_tampered_payload_fails_its_signature() -> None:
-    data = bytearray(EntryCodec(b"a").encode(ENTRY))
+    data = bytearray(EntryCodec(b"a").encode(KEY, ENTRY))
     data[-3] ^= 1
     with pytest.raises(CacheCorruptError, match="signature"):
-        EntryCodec(b"a").decode(bytes(data))
+        EntryCodec(b"a").decode(KEY, bytes(data))
 
 
 def test_a_keyed_codec_rejects_unsigned_entries() -> None:
     with pytest.raises(CacheCorruptError, match="not signed"):
-        EntryCodec(b"a").decode(EntryCodec().encode(ENTRY))
+        EntryCodec(b"a").decode(KEY, EntryCodec().encode(KEY, ENTRY))
 
 
-def test_an_unkeyed_codec_still_reads_signed_entries() -> None:
-    assert EntryCodec().decode(EntryCodec(b"a").encode(ENTRY)) == ENTRY
+def test_an_unkeyed_codec_still_reads_signed_entries_but_checks_their_key() -> None:
+    data = EntryCodec(b"a").encode(KEY, ENTRY)
+    assert EntryCodec().decode(KEY, data) == ENTRY
+    with pytest.raises(CacheCorruptError, match="another key"):
+        EntryCodec().decode("other", data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {},
+        {"choices": None},
+        {"choices": []},
+        {"choices": {"message": {}}},
+        {"choices": [1]},
+        {"choices": [{}]},
+        {"choices": [{"message": "hi"}]},
+        {"choices": [{"message": None}]},
+        {"choices": [{"message": {}}, {"text": "x"}]},
+        {"choices": [{"message": {"tool_calls": "call"}}]},
+        {"choices": [{"message": {"tool_calls": [1]}}]},
+        {"choices": [{"message": {}}], "model": 5},
+    ],
+)
+@pytest.mark.parametrize("hmac_key", [None, b"secret"])
+def test_an_ill_shaped_body_is_corrupt_even_when_signed(body: Any, hmac_key: bytes | None) -> None:
+    codec = EntryCodec(hmac_key)
+    with pytest.raises(CacheCorruptError, match="body"):
+        codec.decode(KEY, codec.encode(KEY, with_body(body)))
+
+
+def test_non_finite_times_are_corrupt() -> None:
+    codec = EntryCodec()
+    entry = CacheEntry(ENTRY.body, ENTRY.usage, None, "a", 1, float("nan"))
+    with pytest.raises(CacheCorruptError, match="finite"):
+        codec.decode(KEY, codec.encode(KEY, entry))
+
+
+def test_stored_chunks_merge_the_envelope() -> None:
+    assert stored_chunks(CHUNKING) == [{"id": "gen-1", "choices": [{"delta": {"content": "hé"}}]}]
+
+
+@pytest.mark.parametrize(
+    "chunking",
+    [
+        CHUNKING[:-1],
+        b"",
+        b"[]",
+        b'{"envelope": {}}',
+        b'{"envelope": [], "chunks": []}',
+        b'{"envelope": {}, "chunks": {}}',
+        b'{"envelope": {}, "chunks": [1]}',
+        b'{"envelope": {}, "chunks": [{"choices": 5}]}',
+        b'{"envelope": {}, "chunks": [{"choices": [5]}]}',
+        b'{"envelope": {}, "chunks": [{"choices": {"0": {}}}]}',
+    ],
+)
+def test_an_ill_shaped_stored_stream_is_corrupt(chunking: bytes) -> None:
+    with pytest.raises(CacheCorruptError, match="stored stream"):
+        stored_chunks(chunking)
+
+
+@pytest.mark.parametrize("body", [{"choices": []}, {"choices": [{"message": None}]}, {}])
+def test_what_would_read_back_as_corrupt_is_never_stored(body: dict[str, Any]) -> None:
+    assert not servable(body)
+    assert not storable(with_body(body))
+    assert storable(with_body(ENTRY.body)) and servable(ENTRY.body)
+    failed = {"choices": [{"message": {}, "finish_reason": "error"}]}
+    assert servable(failed) and not storable(with_body(failed))

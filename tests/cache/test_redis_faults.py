@@ -221,7 +221,7 @@ async def test_slow_redis_times_out_opens_the_breaker_and_calls_still_return(
 ) -> None:
     codec = EntryCodec()
     for i in range(10):
-        await raw.set(f"{redis_prefix}k{i}", codec.encode(entry(i)), px=60_000)
+        await raw.set(f"{redis_prefix}k{i}", codec.encode(f"k{i}", entry(i)), px=60_000)
     async with RedisProxy.for_url(redis_url) as proxy:
         rc = RedisCache(url=proxy.url, prefix=redis_prefix, breaker=breaker)
         tiered = TieredCache(MemoryCache(), rc)
@@ -385,7 +385,7 @@ async def test_an_l2_hit_back_fills_l1_with_the_remaining_ttl(
     wall = FakeClock(now=1_700_000_000.0)
     monotonic = FakeClock()
     writer = RedisCache.from_url(redis_url, prefix=redis_prefix)
-    await writer.set("k", EntryCodec().encode(entry(1, now=wall.now, ttl=100)), 100)
+    await writer.set("k", EntryCodec().encode("k", entry(1, now=wall.now, ttl=100)), 100)
     await writer.aclose()
 
     wall.advance(40)  # 60 s of the entry's life are left
@@ -419,4 +419,4 @@ async def test_aclose_flushes_background_writes(redis_url: str, redis_prefix: st
         for i in range(200):
             data = await fresh.get(f"k{i}")
             assert data is not None, i
-            assert codec.decode(data).body["id"] == f"gen-{i}"
+            assert codec.decode(f"k{i}", data).body["id"] == f"gen-{i}"

@@ -79,7 +79,13 @@ def make_client(
 
 def use_generation_clock(client: Client, rc: RedisCache, clock: FakeClock, namespace: str) -> None:
     """Give ``client`` generations that refresh every second of ``clock``."""
-    client._generations = Generations(rc, namespace=namespace, refresh_interval=1.0, clock=clock)
+    client._generations = Generations(
+        rc,
+        namespace=namespace,
+        credential=client._credential,
+        refresh_interval=1.0,
+        clock=clock,
+    )
 
 
 # -- Redis down from the start ---------------------------------------------------------

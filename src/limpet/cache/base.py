@@ -19,20 +19,29 @@ import orjson
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
 
-__all__ = ["ENTRY_FORMAT", "CacheBackend", "CacheEntry", "EntryCodec"]
+__all__ = [
+    "ENTRY_FORMAT",
+    "CacheBackend",
+    "CacheEntry",
+    "EntryCodec",
+    "servable",
+    "stored_chunks",
+]
 
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
 #: 2: usage gained ``cache_write_1h_tokens``.
-ENTRY_FORMAT = 2
+#: 3: bound to its key (which it carries, under the MAC); the stream's length.
+ENTRY_FORMAT = 3
 
 _UNSIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 0))
 _SIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 1))
 _HEADER_SIZE = len(_UNSIGNED_HEADER)
 _MAC_SIZE = 32
 # prompt, completion, cached, cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown);
-# created_at, expires_at; endpoint name length; body length. Then the endpoint name, the
-# body's JSON and, for a streamed answer, its chunking's JSON.
-_META = struct.Struct("<6Q3dHI")
+# created_at, expires_at; key, endpoint name, body and stream lengths (stream 0: not
+# streamed). Then the key, the endpoint name, the body's JSON and, for a streamed answer,
+# its chunking's JSON.
+_META = struct.Struct("<6Q3dIHII")
 
 
 @runtime_checkable
@@ -86,14 +95,25 @@ class CacheEntry:
 
 
 class EntryCodec:
-    """Encodes entries to bytes and back, optionally signed with HMAC-SHA256.
+    """Encodes entries to bytes and back, bound to their key, optionally signed.
 
-    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC over the rest], a fixed
-    binary header (usage counts, cost, times, lengths), the endpoint name, the body's
-    JSON, then the stream's chunking when there is one. The metadata is binary so that a
-    hit parses JSON only once, for the body it must return anyway. With a key, an unsigned
-    entry or a bad MAC is corrupt; without one, a signed entry is still read (its MAC is
-    not checked).
+    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a fixed binary header
+    (usage counts, cost, times, lengths), the key the entry is stored under, the endpoint
+    name, the body's JSON, then the stream's chunking when there is one. The metadata is
+    binary so that a hit parses JSON only once, for the body it must return anyway.
+
+    An entry is bound to its key: it carries the key (a cache key is itself a SHA-256
+    digest of the request; comparing it is cheaper than hashing it again, and exact), so
+    one read under another key (copied or misplaced) is corrupt. With ``hmac_key`` the MAC
+    (HMAC-SHA256) covers every byte after it, the key included, so a signed entry can be
+    neither moved nor altered; an unsigned entry or a bad MAC is corrupt. Without
+    ``hmac_key``, a signed entry is still read (its MAC is not checked, its key is). The
+    key is the logical cache key (``TieredCache``'s), never a backend's storage key, so
+    the same bytes are valid in every tier. Its length, and every other section's, is in
+    the header: a truncated or padded entry is corrupt.
+
+    A decoded entry is well-shaped: its body is an object with a non-empty ``choices``
+    list of objects, each with a ``message`` object; anything else is corrupt.
     """
 
     __slots__ = ("_hmac_key",)
@@ -101,10 +121,13 @@ class EntryCodec:
     def __init__(self, hmac_key: bytes | None = None) -> None:
         self._hmac_key = hmac_key
 
-    def encode(self, entry: CacheEntry) -> bytes:
+    def encode(self, key: str, entry: CacheEntry) -> bytes:
+        """The bytes of ``entry``, to be stored under ``key`` (and only there)."""
         u = entry.usage
+        bound = key.encode()
         name = entry.endpoint.encode()
         body = orjson.dumps(entry.body)
+        stream = entry.stream or b""
         payload = (
             _META.pack(
                 u.prompt_tokens,
@@ -116,21 +139,27 @@ class EntryCodec:
                 math.nan if entry.cost_usd is None else entry.cost_usd,
                 entry.created_at,
                 entry.expires_at,
+                len(bound),
                 len(name),
                 len(body),
+                len(stream),
             )
+            + bound
             + name
             + body
-            + (entry.stream or b"")
+            + stream
         )
         if self._hmac_key is None:
             return _UNSIGNED_HEADER + payload
         mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
         return _SIGNED_HEADER + mac + payload
 
-    def decode(self, data: bytes) -> CacheEntry:
-        """Raises:
-        CacheCorruptError: wrong magic or format, a bad signature, or a malformed payload.
+    def decode(self, key: str, data: bytes) -> CacheEntry:
+        """The entry in ``data``, read under ``key``.
+
+        Raises:
+            CacheCorruptError: wrong magic or format, stored under another key, a bad
+                signature, a truncated or malformed payload, or an ill-shaped body.
         """
         if data.startswith(_UNSIGNED_HEADER):
             if self._hmac_key is not None:
@@ -139,8 +168,8 @@ class EntryCodec:
         elif data.startswith(_SIGNED_HEADER):
             start = _HEADER_SIZE + _MAC_SIZE
             if self._hmac_key is not None:
-                mac = hmac.new(self._hmac_key, data[start:], hashlib.sha256).digest()
-                if not hmac.compare_digest(mac, data[_HEADER_SIZE:start]):
+                mac = hmac.new(self._hmac_key, memoryview(data)[start:], hashlib.sha256)
+                if not hmac.compare_digest(mac.digest(), data[_HEADER_SIZE:start]):
                     raise CacheCorruptError("entry signature does not match")
         else:
             raise CacheCorruptError("not a limpet entry of this format")
@@ -155,17 +184,29 @@ class EntryCodec:
                 cost,
                 created,
                 expires,
+                bound,
                 size,
                 length,
+                streamed,
             ) = _META.unpack_from(data, start)
-            body_at = start + _META.size + size
+            key_at = start + _META.size
+            body_at = key_at + bound + size
             stream_at = body_at + length
+            if len(data) != stream_at + streamed:
+                raise CacheCorruptError(
+                    f"entry is {len(data)} bytes, its header says {stream_at + streamed}"
+                )
+            if data[key_at : key_at + bound] != key.encode():
+                raise CacheCorruptError("entry was stored under another key")
             endpoint = data[body_at - size : body_at].decode()
             body = orjson.loads(data[body_at:stream_at])
         except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
-        if type(body) is not dict:
-            raise CacheCorruptError("entry body is not an object")
+        problem = _body_problem(body)
+        if problem is not None:
+            raise CacheCorruptError(problem)
+        if not (math.isfinite(created) and math.isfinite(expires)):
+            raise CacheCorruptError("entry times are not finite")
         return CacheEntry(
             body,
             Usage(prompt, completion, cached, written, reasoning, written_1h),
@@ -173,5 +214,63 @@ class EntryCodec:
             endpoint,
             created,
             expires,
-            data[stream_at:] if len(data) > stream_at else None,
+            data[stream_at:] if streamed else None,
         )
+
+
+def stored_chunks(chunking: bytes) -> list[dict[str, Any]]:
+    """The chunks of a stored stream (``CacheEntry.stream``), each with its envelope.
+
+    Parsed only to replay it, so a plain hit never pays for it; hence checked here rather
+    than by ``EntryCodec.decode``.
+
+    Raises:
+        CacheCorruptError: the chunking is not JSON, or not ``{"envelope": {...},
+            "chunks": [{...}, ...]}``.
+    """
+    try:
+        stored = orjson.loads(chunking)
+    except orjson.JSONDecodeError as exc:
+        raise CacheCorruptError(f"stored stream is malformed: {exc}") from exc
+    envelope = stored.get("envelope") if type(stored) is dict else None
+    chunks = stored.get("chunks") if type(stored) is dict else None
+    if type(envelope) is not dict or type(chunks) is not list:
+        raise CacheCorruptError("stored stream is not an envelope and a list of chunks")
+    if not all(type(chunk) is dict and _chunk_shaped(chunk) for chunk in chunks):
+        raise CacheCorruptError("stored stream has a chunk that is not a chunk object")
+    return [{**envelope, **chunk} for chunk in chunks]
+
+
+def _chunk_shaped(chunk: dict[str, Any]) -> bool:
+    """A chunk's choices, when it has any, are a list of objects (as every live one's)."""
+    choices = chunk.get("choices")
+    return choices is None or (
+        type(choices) is list and all(type(choice) is dict for choice in choices)
+    )
+
+
+def servable(body: object) -> bool:
+    """Whether a hit could be served from ``body``: what decoding an entry checks, and
+    what is worth storing."""
+    return _body_problem(body) is None
+
+
+def _body_problem(body: object) -> str | None:
+    """What makes ``body`` unfit to serve from, or None: every choice must be an object
+    with a ``message`` object, the first one's tool calls a list of objects, the model a
+    string. O(choices): a hit has one."""
+    if type(body) is not dict:
+        return "entry body is not an object"
+    choices = body.get("choices")
+    if type(choices) is not list or not choices:
+        return "entry body has no choices"
+    for choice in choices:
+        if type(choice) is not dict or type(choice.get("message")) is not dict:
+            return "entry body has a choice without a message object"
+    calls = choices[0]["message"].get("tool_calls")
+    if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
+        return "entry body's tool calls are not a list of objects"
+    model = body.get("model")
+    if model is not None and type(model) is not str:
+        return "entry body's model is not a string"
+    return None

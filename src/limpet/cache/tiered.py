@@ -28,7 +28,8 @@ class TierStats:
         hits: hits per tier, L1 first.
         misses: lookups no tier answered.
         errors: backend faults absorbed (each a miss or a lost write, never a failed call).
-        corrupt: entries that did not decode or failed their signature (deleted).
+        corrupt: entries that did not decode, were stored under another key, failed their
+            signature or were ill-shaped (each deleted, and a miss).
     """
 
     hits: list[int] = field(default_factory=list)
@@ -48,7 +49,8 @@ class TieredCache:
 
     Args:
         tiers: one or more backends, fastest first.
-        hmac_key: sign entries with HMAC-SHA256; an entry that fails its signature is a miss.
+        hmac_key: sign entries with HMAC-SHA256 over their key and value; an entry that
+            fails its signature (altered, or copied to another key) is a miss.
         clock: wall-clock seconds, to compute remaining TTLs; inject a fake one in tests.
     """
 
@@ -107,7 +109,7 @@ class TieredCache:
             if data is None:
                 continue
             try:
-                entry = self._codec.decode(data)
+                entry = self._codec.decode(key, data)
             except CacheCorruptError as exc:
                 self.stats.corrupt += 1
                 logger.warning("limpet cache: corrupt entry in tier %d deleted: %s", index, exc)
@@ -137,10 +139,17 @@ class TieredCache:
         ttl = entry.expires_at - self._clock()
         if ttl <= 0:
             return None
-        data = self._codec.encode(entry)
+        data = self._codec.encode(key, entry)
         for index in range(len(self.tiers)):
             await self._set_in(index, key, data, ttl)
         return data, ttl
+
+    async def discard(self, key: str, error: CacheCorruptError) -> None:
+        """Count ``key``'s entry as corrupt and delete it from every tier: for a fault found
+        only after ``get()`` returned it (a stored stream that does not replay)."""
+        self.stats.corrupt += 1
+        logger.warning("limpet cache: corrupt entry deleted: %s", error)
+        await self.delete(key)
 
     async def delete(self, key: str) -> None:
         for index in range(len(self.tiers)):

@@ -1,0 +1,279 @@
+"""Cache scopes: Clients with different credentials sharing one Redis never read each
+other's answers, unless they share the namespace scope on purpose. Real Redis, the
+FakeGateway over loopback; counts of upstream calls, never times."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio
+
+from limpet import CacheStatus, Client, Endpoint, RedisCache
+from limpet.credentials import ANONYMOUS_SCOPE, CacheScope, credential_scope, key_scope
+from limpet.errors import ConfigurationError
+from limpet.testing import FakeGateway
+
+pytestmark = pytest.mark.redis
+
+# For tests about what is stored, not about Redis's speed: a loaded machine must not turn
+# them into timeout tests.
+PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
+MODEL = "openai/gpt-5-mini"
+KEY_A = "sk-or-v1-tenant-a-0123456789"
+KEY_B = "sk-or-v1-tenant-b-9876543210"
+
+
+def ask(text: str = "What did I tell you in confidence?") -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",)) as gw:
+        yield gw
+
+
+def tenant(
+    gateway: FakeGateway,
+    redis_url: str,
+    redis_prefix: str,
+    *,
+    api_key: str | None = None,
+    headers: dict[str, str] | None = None,
+    cache_scope: CacheScope = "credential",
+    namespace: str = "",
+) -> Client:
+    """A Client with its own connection to the shared Redis, as in another process."""
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=api_key, headers=headers)
+    return Client(
+        endpoints=[endpoint],
+        cache=RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT),
+        cache_scope=cache_scope,
+        namespace=namespace,
+    )
+
+
+async def answer(client: Client, **request: Any) -> CacheStatus:
+    completion = await client.complete(**(request or ask()))
+    cache = client.cache
+    assert cache is not None
+    for tier in cache.tiers:
+        assert isinstance(tier, RedisCache)
+        await tier.flush()  # the write is visible to the next process
+    return completion.cache
+
+
+async def test_different_credentials_never_share_an_answer(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with (
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as a,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_B) as b,
+    ):
+        assert await answer(a) is CacheStatus.MISS
+        assert await answer(b) is CacheStatus.MISS
+        assert gateway.total_calls == 2
+        assert await answer(a) is CacheStatus.HIT
+        assert await answer(b) is CacheStatus.HIT
+        assert gateway.total_calls == 2
+
+
+async def test_the_same_credentials_share_across_processes_and_endpoint_names(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with (
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as a,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as again,
+        # The same key given as the header it is sent as is the same credential.
+        tenant(
+            gateway, redis_url, redis_prefix, headers={"Authorization": f"Bearer {KEY_A}"}
+        ) as by_header,
+    ):
+        assert await answer(a) is CacheStatus.MISS
+        assert await answer(again) is CacheStatus.HIT
+        assert await answer(by_header) is CacheStatus.HIT
+        assert gateway.total_calls == 1
+
+
+async def test_the_namespace_scope_shares_across_credentials_on_purpose(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    shared: CacheScope = "namespace"
+    async with (
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A, cache_scope=shared) as a,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_B, cache_scope=shared) as b,
+        tenant(
+            gateway, redis_url, redis_prefix, api_key=KEY_B, cache_scope=shared, namespace="x"
+        ) as elsewhere,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_B) as scoped,
+    ):
+        assert await answer(a) is CacheStatus.MISS
+        assert await answer(b) is CacheStatus.HIT
+        assert gateway.total_calls == 1
+        # Still per namespace; and a credential-scoped Client never reads shared entries.
+        assert await answer(elsewhere) is CacheStatus.MISS
+        assert await answer(scoped) is CacheStatus.MISS
+        assert gateway.total_calls == 3
+
+
+async def test_concurrent_misses_of_different_credentials_do_not_coalesce(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    gateway.endpoint("a").latency = 0.05
+    async with (
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as a,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_B) as b,
+    ):
+        results = await asyncio.gather(*(client.complete(**ask()) for client in (a, b, a, b)))
+    assert gateway.total_calls == 2
+    assert sorted(r.cache for r in results) == sorted(
+        [CacheStatus.MISS, CacheStatus.MISS, CacheStatus.COALESCED, CacheStatus.COALESCED]
+    )
+    assert results[0].key == results[2].key != results[1].key == results[3].key
+
+
+async def test_the_key_appears_in_no_key_repr_or_redis_name_or_value(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as a:
+        completion = await a.complete(**ask())
+        await a.invalidate(MODEL)
+        text = f"{a!r} {completion!r} {completion.key}"
+    digest = credential_scope([Endpoint("x", "https://x.test/v1", api_key=KEY_A)])
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        names = [name async for name in raw.scan_iter(match=redis_prefix + "*")]
+        values = [await raw.get(name) for name in names if await raw.type(name) == b"string"]
+    finally:
+        await raw.aclose()
+    assert names
+    for secret in (KEY_A, KEY_A[-10:]):
+        assert secret not in text
+        assert all(secret.encode() not in name for name in names)
+        assert all(secret.encode() not in (value or b"") for value in values)
+    # The digest names the tenant's generation counters; it is in no repr or value.
+    assert digest not in text
+    assert all(digest.encode() not in (value or b"") for value in values)
+
+
+def test_the_credential_scope_is_stable_across_processes_and_never_the_key() -> None:
+    script = (
+        "from limpet import Endpoint; from limpet.credentials import credential_scope; "
+        f"print(credential_scope([Endpoint('a', 'https://x.test/v1', api_key={KEY_A!r})]))"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    here = credential_scope(
+        [
+            Endpoint("b", "https://y.test/v1", api_key=KEY_A),
+            Endpoint("c", "https://z.test/v1", api_key=KEY_A),
+        ]
+    )
+    assert here == there
+    assert len(here) == 32 and KEY_A not in here and KEY_A[-8:] not in here
+    assert credential_scope([Endpoint("a", "https://x.test/v1", api_key=KEY_B)]) != here
+    assert credential_scope([Endpoint("a", "https://x.test/v1")]) == ANONYMOUS_SCOPE
+    # Other headers are not credentials; credential headers are, by any capitalisation.
+    plain = Endpoint("a", "https://x.test/v1", headers={"X-Title": "app"})
+    assert credential_scope([plain]) == ANONYMOUS_SCOPE
+    keyed = Endpoint("a", "https://x.test/v1", headers={"x-API-key": KEY_A})
+    assert credential_scope([keyed]) not in (ANONYMOUS_SCOPE, here)
+
+
+async def test_one_tenants_invalidation_leaves_the_others_entries(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with (
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as a,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_B) as b,
+    ):
+        assert await answer(a) is CacheStatus.MISS
+        assert await answer(b) is CacheStatus.MISS
+        await a.invalidate()
+        assert await answer(b) is CacheStatus.HIT
+        assert await answer(a) is CacheStatus.MISS
+        assert gateway.total_calls == 3
+
+
+async def limpet(*args: str, **env: str) -> tuple[int, str, str]:
+    """Run ``python -m limpet ARGS`` with ``env`` added to this environment."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "limpet",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_command_line_warms_and_flushes_either_scope(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    file = tmp_path / "requests.jsonl"
+    file.write_bytes(orjson.dumps(ask()) + b"\n")
+    common = ["--redis", redis_url, "--prefix", redis_prefix]
+    warm = ["warm", str(file), *common, "--base-url", gateway.base_url("a"), "--json"]
+    secrets = {"TENANT_A_KEY": KEY_A}
+
+    code, out, _ = await limpet(*warm, "--api-key-env", "TENANT_A_KEY", **secrets)
+    assert (code, orjson.loads(out)["warmed"]) == (0, 1)
+    code, out, _ = await limpet(*warm, "--cache-scope", "namespace")
+    assert (code, orjson.loads(out)["warmed"]) == (0, 1)
+    assert gateway.total_calls == 2
+
+    def clients() -> tuple[Client, Client, Client]:
+        return (
+            tenant(gateway, redis_url, redis_prefix, api_key=KEY_A),
+            tenant(gateway, redis_url, redis_prefix, api_key=KEY_B),
+            tenant(gateway, redis_url, redis_prefix, api_key=KEY_B, cache_scope="namespace"),
+        )
+
+    async def statuses() -> list[CacheStatus]:
+        a, b, shared = clients()
+        async with a, b, shared:
+            return [await answer(client) for client in (a, b, shared)]
+
+    miss, hit = CacheStatus.MISS, CacheStatus.HIT
+    assert await statuses() == [hit, miss, hit]  # B's key was never warmed
+    assert gateway.total_calls == 3
+
+    flush = ["flush", *common, "--namespace", "", "--model", MODEL]
+    code, out, _ = await limpet(
+        *flush, "--cache-scope", "credential", "--api-key-env", "TENANT_A_KEY", **secrets
+    )
+    assert code == 0 and "TENANT_A_KEY" in out and KEY_A not in out
+    assert await statuses() == [miss, hit, hit]  # A's entries only
+    assert gateway.total_calls == 4
+
+    code, _, _ = await limpet(*flush)  # the namespace: every credential's and the shared
+    assert code == 0
+    assert await statuses() == [miss, miss, miss]
+    assert gateway.total_calls == 7
+
+    code, _, err = await limpet(*flush, "--cache-scope", "credential", "--api-key-env", "NONE")
+    assert code == 2 and "$NONE is not set" in err
+
+
+def test_the_scope_of_a_lone_key_is_its_clients() -> None:
+    endpoint = Endpoint("a", "https://x.test/v1", api_key=KEY_A)
+    assert key_scope(KEY_A) == credential_scope([endpoint])
+    assert key_scope(None) == ANONYMOUS_SCOPE
+
+
+def test_cache_scope_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match="cache_scope"):
+        Client(api_key="sk-x", cache_scope="tenant")  # type: ignore[arg-type]
