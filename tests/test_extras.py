@@ -80,3 +80,16 @@ def test_the_probe_sees_the_extras_here() -> None:
         [sys.executable, "-c", PROBE], check=True, capture_output=True, text=True
     ).stdout
     assert out.count(": imported") == 4
+
+
+def test_the_cli_says_which_extra_a_command_needs(bare_python: Path) -> None:
+    done = subprocess.run(
+        [bare_python, "-m", "limpet", "stats", "--redis", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        "limpet stats: RedisCache needs the redis extra: pip install 'limpet[redis]'"
+    ]

@@ -20,16 +20,22 @@ import asyncio
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
 from limpet._version import __version__
 from limpet.credentials import CACHE_SCOPES
-from limpet.errors import CacheUnavailableError, InvalidRequestError
+from limpet.errors import (
+    CacheUnavailableError,
+    ConfigurationError,
+    InvalidRequestError,
+    LimpetError,
+)
 from limpet.generations import generation_name
 from limpet.models import Completion
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
@@ -43,24 +49,61 @@ __all__ = ["main"]
 API_KEY_ENV = "OPENROUTER_API_KEY"
 
 
+class CommandError(Exception):
+    """A failure a command reports as one line on stderr, with its exit status (1: it
+    failed; 2: it was used wrongly)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``limpet`` console script."""
+    """Entry point of the ``limpet`` console script.
+
+    Every error is one line on stderr, ``limpet COMMAND: what went wrong``, with exit
+    status 2 for a usage error and 1 for a failure; ``--verbose`` adds the traceback.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command in ("warm", "flush", "stats") and not args.redis:
+        parser.error(f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) is required")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        status, message = _explain(exc)
+        if args.verbose:
+            traceback.print_exception(exc)
+        print(f"limpet {args.command}: {message}", file=sys.stderr)
+        return status
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
-    if args.command in ("warm", "flush", "stats") and not args.redis:
-        parser.error(f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) is required")
     if args.command == "warm":
         return asyncio.run(_warm(args))
     if args.command == "flush":
         return asyncio.run(_flush(args))
-    if args.command == "stats":
-        return asyncio.run(_stats(args))
-    parser.print_help()
-    return 2
+    return asyncio.run(_stats(args))
+
+
+def _explain(exc: Exception) -> tuple[int, str]:
+    """The exit status and the one line a failed command prints."""
+    if isinstance(exc, CommandError):
+        return exc.status, str(exc)
+    if isinstance(exc, ConfigurationError | InvalidRequestError):
+        return 2, str(exc)
+    if isinstance(exc, ImportError | LimpetError):
+        return 1, str(exc)  # a missing extra's ImportError already says what to install
+    return 1, f"{type(exc).__name__}: {exc} (--verbose shows the traceback)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,9 +111,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="limpet", description="Cheaper, faster LLM calls through OpenAI-compatible gateways."
     )
     parser.add_argument("--version", action="version", version=f"limpet {__version__}")
+    parser.set_defaults(verbose=False)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser(
-        "demo", help="run a realistic workload against the built-in fake gateway"
+        "demo", help="run a realistic workload against the built-in fake gateway", parents=[common]
     )
     demo.add_argument(
         "--requests", type=_positive_int, default=400, help="calls in the workload (400)"
@@ -83,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     warm = commands.add_parser(
-        "warm", help="fill the shared cache from a JSONL file of complete() arguments"
+        "warm",
+        help="fill the shared cache from a JSONL file of complete() arguments",
+        parents=[common],
     )
     warm.add_argument("file", type=Path, help="one JSON object of complete() arguments a line")
     _redis_options(warm)
@@ -97,11 +145,19 @@ def _parser() -> argparse.ArgumentParser:
         "credential",
         "whose entries to write: the API key's (default) or the namespace's shared ones",
     )
+    warm.add_argument(
+        "--hmac-key-env",
+        default=None,
+        metavar="NAME",
+        help="the environment variable holding the cache's hmac_key, as the service sets it",
+    )
     warm.add_argument("--concurrency", type=_positive_int, default=DEFAULT_WARM_CONCURRENCY)
     warm.add_argument("--json", action="store_true", help="print the report as JSON")
 
     flush = commands.add_parser(
-        "flush", help="invalidate cached answers fleet-wide (a generation bump, not a scan)"
+        "flush",
+        help="invalidate cached answers fleet-wide (a generation bump, not a scan)",
+        parents=[common],
     )
     _redis_options(flush)
     flush.add_argument("--model", default=None, help="only this model's answers")
@@ -113,13 +169,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     stats = commands.add_parser(
-        "stats", help="the whole fleet's calls, hit rate and dollars, per model, from Redis"
+        "stats",
+        help="the whole fleet's calls, hit rate and dollars, per model, from Redis",
+        parents=[common],
     )
     _redis_options(stats)
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     bench = commands.add_parser(
-        "bench", help="run benchmarks/ (in a limpet source checkout) and write their results"
+        "bench",
+        help="run benchmarks/ (in a limpet source checkout) and write their results",
+        parents=[common],
     )
     bench.add_argument("names", nargs="*", help="only these benchmarks")
     bench.add_argument("--quick", action="store_true", help="small, fast runs")
@@ -156,13 +216,12 @@ def _api_key(args: argparse.Namespace, *, required: bool) -> str | None:
     ``required`` and no variable was named.
 
     Raises:
-        SystemExit: the named (or, when required, the default) variable is not set.
+        CommandError: the named (or, when required, the default) variable is not set.
     """
     name = args.api_key_env or API_KEY_ENV
     key = os.environ.get(name)
     if not key and (required or args.api_key_env is not None):
-        print(f"limpet {args.command}: ${name} is not set", file=sys.stderr)
-        raise SystemExit(2)
+        raise CommandError(f"${name} is not set", status=2)
     return key or None
 
 
@@ -189,26 +248,34 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _warm(args: argparse.Namespace) -> int:
-    from limpet import Client, MemoryCache, RedisCache, TieredCache
+    from limpet import Client, MemoryCache, TieredCache
 
-    api_key = _api_key(args, required=False)
-    cache = TieredCache(MemoryCache(), RedisCache.from_url(args.redis, prefix=args.prefix))
+    lines = _open_lines(args.file)  # before anything is paid for
+    shared = _redis_cache(args)
+    cache = TieredCache(MemoryCache(), shared, hmac_key=_hmac_key(args))
+    where = (
+        f"{shared.server} (prefix {shared.prefix!r}, namespace {args.namespace or ''!r}, "
+        f"{args.cache_scope} scope)"
+    )
+    errors: list[str] = []
     async with Client(
         base_url=args.base_url,
-        api_key=api_key,
+        api_key=_api_key(args, required=False),
         cache=cache,
         namespace=args.namespace or "",
         cache_scope=args.cache_scope,
     ) as client:
+        try:
+            await shared.get("warm-probe")  # a Redis that is down would waste every call
+        except CacheUnavailableError as exc:
+            raise CommandError(f"nothing warmed: {exc}") from exc
 
         async def complete_line(line: int, text: bytes) -> Completion:
             try:
-                request = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidRequestError(f"line {line}", "a JSON object", str(exc)) from None
-            if not isinstance(request, dict):
-                raise InvalidRequestError(f"line {line}", "a JSON object", request)
-            return await client.complete(**request)
+                return await client.complete(**_request_of(text))
+            except LimpetError as exc:
+                errors.append(f"line {line}: {exc}")
+                raise
 
         def show(report: WarmReport) -> None:
             sys.stderr.write(
@@ -217,7 +284,7 @@ async def _warm(args: argparse.Namespace) -> int:
             )
             sys.stderr.flush()
 
-        with args.file.open("rb") as lines:
+        with lines:
             requests = (
                 {"line": number, "text": text}
                 for number, text in enumerate(lines, start=1)
@@ -227,16 +294,51 @@ async def _warm(args: argparse.Namespace) -> int:
                 complete_line, requests, concurrency=args.concurrency, progress=show
             )
         sys.stderr.write("\n")
+    # The Client has closed: every write has landed or failed by now.
+    unstored = min(report.warmed, shared.failed_writes + shared.dropped_writes)
     if args.json:
-        sys.stdout.write(orjson.dumps(asdict(report)).decode() + "\n")
+        out = {**asdict(report), "errors": errors, "unstored": unstored, "where": where}
+        sys.stdout.write(orjson.dumps(out).decode() + "\n")
     else:
         print(
-            f"warmed {report.warmed}, skipped {report.skipped} (cached), "
-            f"uncacheable {report.uncacheable}, failed {report.failed}"
+            f"warmed {report.warmed - unstored} into {where}; skipped {report.skipped} "
+            f"(cached), uncacheable {report.uncacheable}, failed {report.failed}"
         )
-        for error in report.errors[:20]:
+        for error in errors[:20]:
             print(f"  {error}")
+    if unstored:
+        raise CommandError(f"{unstored} of {report.warmed} answers could not be stored in Redis")
     return 1 if report.failed else 0
+
+
+def _open_lines(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}", status=2) from exc
+
+
+def _request_of(line: bytes) -> dict[str, Any]:
+    """One JSONL line's ``complete()`` arguments."""
+    try:
+        request = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise LimpetError(f"not valid JSON ({exc})") from None
+    if not isinstance(request, dict):
+        raise LimpetError(
+            f"expected a JSON object of complete() arguments, got {type(request).__name__}"
+        )
+    return request
+
+
+def _hmac_key(args: argparse.Namespace) -> bytes | None:
+    """The HMAC key named by ``--hmac-key-env``, as a service configures it."""
+    if args.hmac_key_env is None:
+        return None
+    key = os.environ.get(args.hmac_key_env)
+    if not key:
+        raise CommandError(f"${args.hmac_key_env} (--hmac-key-env) is not set", status=2)
+    return key.encode()
 
 
 async def _flush(args: argparse.Namespace) -> int:
@@ -313,10 +415,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _redis_cache(args: argparse.Namespace) -> RedisCache:
-    # Imported here: the redis extra is needed for these commands only, not for the demo.
-    from limpet.cache.redis import DEFAULT_PREFIX, RedisCache
+    # Imported here: the redis extra is needed for these commands only, not for the demo
+    # (without it: an ImportError that says what to install).
+    from limpet import RedisCache
 
-    return RedisCache.from_url(args.redis, prefix=args.prefix or DEFAULT_PREFIX)
+    if args.prefix is None:
+        return RedisCache.from_url(args.redis)
+    return RedisCache.from_url(args.redis, prefix=args.prefix)
 
 
 def _positive_int(text: str) -> int:

@@ -283,6 +283,11 @@ class RedisCache:
         return self._client
 
     @property
+    def server(self) -> str:
+        """Where this cache's Redis is (host and port, or the socket), never a password."""
+        return self._where
+
+    @property
     def flight_store(self) -> RedisFlightStore:
         """Leases and completion notices for cross-process single-flight on this Redis
         (closed with the cache)."""
