@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from limpet.affinity import affinity_store_for
 from limpet.cache.base import CacheBackend, CacheEntry
@@ -22,7 +33,13 @@ from limpet.config import (
     RetryConfig,
     Timeouts,
 )
-from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
+from limpet.errors import (
+    APIError,
+    APITimeoutError,
+    ClientClosedError,
+    ConfigurationError,
+    InvalidRequestError,
+)
 from limpet.events import EventHook, emit_event, event_of
 from limpet.fleet import FleetCounters
 from limpet.generations import Generations, GenerationStore
@@ -42,17 +59,33 @@ from limpet.stats import Stats
 from limpet.stream import CompletionStream, StreamFlights
 from limpet.transport import Transport
 from limpet.usage import parse_usage, reported_cost, with_write_ttl
-from limpet.validation import validate_request, validate_ttl
+from limpet.validation import (
+    response_format_param,
+    validate_call_options,
+    validate_request,
+    validate_ttl,
+    with_extra_body,
+)
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
 
 if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
 
-__all__ = ["DEFAULT_TTL", "Client"]
+__all__ = ["DEFAULT_CLOSE_GRACE", "DEFAULT_TTL", "Client"]
 
 logger = logging.getLogger("limpet")
 
 DEFAULT_TTL = 3600.0
+#: Seconds ``aclose()`` lets running calls finish before cancelling them.
+DEFAULT_CLOSE_GRACE = 5.0
+#: Seconds ``aclose()`` waits for cancelled calls to unwind before closing anyway.
+_UNWIND_TIMEOUT = 5.0
+
+# The default of ``model`` and ``messages``: left out, they fail validation, naming the
+# field (InvalidRequestError), rather than the call failing with Python's TypeError.
+_REQUIRED: Any = None
+
+T = TypeVar("T")
 
 BASE_URL_ENV = "LIMPET_BASE_URL"
 API_KEY_ENV = "OPENROUTER_API_KEY"
@@ -111,6 +144,8 @@ class Client:
             closes it.
         fleet_stats: with a Redis tier, also count calls per model in Redis (batched in
             the background) for ``limpet stats``.
+        close_grace: seconds ``aclose()`` lets running calls finish before cancelling
+            them (they raise ``ClientClosedError``).
 
     Example:
         >>> async with Client(api_key="sk-or-...") as client:
@@ -143,6 +178,7 @@ class Client:
         on_event: EventHook | Sequence[EventHook] | None = None,
         fleet_stats: bool = True,
         router: Router | None = None,
+        close_grace: float = DEFAULT_CLOSE_GRACE,
     ) -> None:
         self._cache_control = _resolve_cache_control(auto_cache_control)
         self._router = _resolve_router(router, endpoints, base_url, api_key)
@@ -156,6 +192,13 @@ class Client:
             self._ttl = validate_ttl(ttl) or DEFAULT_TTL
         except InvalidRequestError as exc:
             raise ConfigurationError(f"Client.{exc}") from None
+        if isinstance(close_grace, bool) or not isinstance(close_grace, int | float):
+            raise ConfigurationError(f"Client.close_grace: expected seconds, got {close_grace!r}")
+        if not 0 <= close_grace < math.inf:
+            raise ConfigurationError(
+                f"Client.close_grace: expected a finite number >= 0, got {close_grace!r}"
+            )
+        self._close_grace = float(close_grace)
         if not isinstance(namespace, str):
             raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
         self._namespace = namespace
@@ -199,6 +242,12 @@ class Client:
             () if on_event is None else (on_event,) if callable(on_event) else tuple(on_event)
         )
         self._closed = False
+        # Calls past the hit path, and open streams; the deadline scopes of those awaiting
+        # now (aclose() expires them); an event set whenever either shrinks, while closing.
+        self._active = 0
+        self._scopes: set[asyncio.Timeout] = set()
+        self._settled: asyncio.Event | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(e.name for e in self._endpoints)
@@ -235,20 +284,29 @@ class Client:
     async def complete(
         self,
         *,
-        model: str,
-        messages: list[dict[str, Any]],
+        model: str = _REQUIRED,
+        messages: list[dict[str, Any]] = _REQUIRED,
         cache: CacheMode | None = None,
         ttl: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's per-call deadline)
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> Completion:
         """One chat completion, from the cache when it may be.
 
         Args:
-            model: e.g. ``"anthropic/claude-sonnet-4.6"``.
-            messages: the chat, OpenAI format.
+            model: e.g. ``"anthropic/claude-sonnet-4.6"`` (required).
+            messages: the chat, OpenAI format (required).
             cache: None (policy decides), ``"bypass"``, ``"refresh"`` or ``"force"``.
             ttl: seconds this answer may be served from the cache; the Client's by default.
+            timeout: seconds for the whole call, as the OpenAI SDK's ``timeout=``: waiting
+                for an identical call in flight, every attempt and backoff included.
+            extra_headers: sent with this call's upstream request (not part of the key).
+            extra_body: fields merged into the body (they win), hence into the key.
             **params: any other body field (temperature, max_tokens, tools, provider, ...).
+                ``response_format`` may be a Pydantic model class: it is sent as a strict
+                ``json_schema`` format, as the OpenAI SDK does.
 
         Returns:
             The completion; ``.cache`` says how it was served.
@@ -257,35 +315,40 @@ class Client:
             InvalidRequestError: bad input, before any network call.
             APIError: the upstream call failed (``APIStatusError``, ``APIConnectionError``,
                 ``APITimeoutError``, ``APIResponseError``). Never a cache fault.
+            ClientClosedError: the Client is closed, or was closed during the call.
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
         started = time.perf_counter()
-        body = {"model": model, "messages": messages, **params}
-        if params and params.get("stream"):
+        body = _request_body(model, messages, params, extra_body)
+        if body.get("stream"):
             raise InvalidRequestError("stream", "absent or False in complete()", True)
         validate_request(body)
+        if timeout is not None or extra_headers is not None:
+            timeout = validate_call_options(timeout, extra_headers)
         entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
         decision = decide(body, cache, self._policy)
-        store = self._cache
+        model = body["model"]
         key = None
-        if decision.uses_cache or (decision.coalesce and self._flight is not None):
-            generations = self._generations
-            scope = generations.scope_now(model) or await generations.scope(model)
+        keyed = decision.uses_cache or (decision.coalesce and self._flight is not None)
+        scope = self._generations.scope_now(model) if keyed else None
+        if scope is not None:
             key = request_key(canonical_request(body), namespace=self._namespace, scope=scope)
-            if store is not None and decision.read:
-                # The hit path: in-process tiers first, no I/O, nothing shared.
-                local = self._local_tiers
-                found = await store.get(key, stop=local) if local else None
-                if found is None and not (decision.coalesce and self._flight is not None):
-                    found = await store.get(key, start=local)
-                # (With coalescing, the shared tiers are read once per key inside the flight.)
+            store, local = self._cache, self._local_tiers
+            if store is not None and local and decision.read:
+                # The hit path: in-process tiers, no I/O, nothing shared, nothing awaited
+                # that could yield (so aclose() never finds it half-way).
+                found = await store.get(key, stop=local)
                 if found is not None:
                     completion = completion_of(found[0], CacheStatus.HIT, key)
                     self._finished(model, completion, started)
                     return completion
+        call = _Call(timeout, extra_headers)
         try:
-            completion = await self._complete(body, decision, entry_ttl, key)
+            with self._in_flight():
+                completion = await self._guarded(
+                    call, self._miss(body, decision, entry_ttl, key, keyed, call)
+                )
         except APIError as exc:
             self._failed(model, exc, started)
             raise
@@ -295,10 +358,13 @@ class Client:
     def stream(
         self,
         *,
-        model: str,
-        messages: list[dict[str, Any]],
+        model: str = _REQUIRED,
+        messages: list[dict[str, Any]] = _REQUIRED,
         cache: CacheMode | None = None,
         ttl: float | None = None,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> CompletionStream:
         """One chat completion as a stream of chunks, from the cache when it may be.
@@ -309,7 +375,10 @@ class Client:
         ``complete()`` of one request share one cache entry.
 
         Args:
-            model, messages, cache, ttl, **params: as ``complete()``.
+            model, messages, cache, ttl, extra_headers, extra_body, **params: as
+                ``complete()``.
+            timeout: seconds for the whole stream, from the first chunk asked for to the
+                last; ``APITimeoutError`` when it passes.
 
         Returns:
             A ``CompletionStream``: ``async for chunk in it`` (``chunk.content`` is the text
@@ -317,26 +386,48 @@ class Client:
 
         Raises:
             InvalidRequestError: bad input, at once.
+            ClientClosedError: the Client is closed (at once), or was closed mid-stream.
             APIError: while iterating (``APIStreamError`` for a failure mid-stream).
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
         params.pop("stream", None)
-        body = {"model": model, "messages": messages, **params}
+        body = _request_body(model, messages, params, extra_body)
         validate_request(body)
+        timeout = validate_call_options(timeout, extra_headers)
         entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
         decision = decide(body, cache, self._policy)
+        model = body["model"]
 
         async def chunks(sink: CompletionStream) -> AsyncGenerator[dict[str, Any], None]:
+            if self._closed:
+                raise ClientClosedError("Client is closed")
             started = time.perf_counter()
+            call = _Call(timeout, extra_headers)
             keyed = self._cache is not None and decision.uses_cache
-            key = await self._key(body) if keyed or decision.coalesce else None
-            try:
-                async for chunk in self._streams.chunks(body, decision, entry_ttl, key, sink):
-                    yield chunk
-            except APIError as exc:
-                self._failed(model, exc, started, stream=True)
-                raise
+            with self._in_flight():
+                try:
+                    key = None
+                    if keyed or decision.coalesce:
+                        key = await self._guarded(call, self._key(body))
+                    call.waiting_for = "the next chunk"
+                    streamed = self._streams.chunks(
+                        body, decision, entry_ttl, key, sink, call.headers
+                    )
+                    try:
+                        # Each wait for a chunk under the deadline, never the caller's
+                        # own work between chunks.
+                        while True:
+                            try:
+                                chunk = await self._guarded(call, anext(streamed))
+                            except StopAsyncIteration:
+                                break
+                            yield chunk
+                    finally:
+                        await streamed.aclose()
+                except APIError as exc:
+                    self._failed(model, exc, started, stream=True)
+                    raise
             if sink.completion is not None:
                 self._finished(model, sink.completion, started, stream=True)
 
@@ -358,7 +449,12 @@ class Client:
             ...     concurrency=16,
             ... )
             >>> report.warmed, report.skipped, report.failed
+
+        Raises:
+            ClientClosedError: the Client is closed.
         """
+        if self._closed:
+            raise ClientClosedError("Client is closed")
         return await warm(self.complete, requests, concurrency=concurrency, progress=progress)
 
     async def invalidate(self, model: str | None = None) -> None:
@@ -373,7 +469,7 @@ class Client:
 
     async def forget(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> str:
         """Delete the cached answer of one request from every tier; returns its key."""
-        body = {"model": model, "messages": messages, **params}
+        body = _request_body(model, messages, params, None)
         validate_request(body)
         key = await self._key(body)
         if self._cache is not None:
@@ -381,10 +477,22 @@ class Client:
         return key
 
     async def aclose(self) -> None:
-        """Land pending cache writes, then close the cache and the HTTP session. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop taking calls, let running ones finish, then close what the Client owns.
+
+        New calls raise ``ClientClosedError`` at once. Running calls (and open streams)
+        get ``close_grace`` seconds to finish; those still running are then stopped and
+        raise ``ClientClosedError``. Then pending cache writes land, flight leases are
+        released, and the cache and the HTTP session close. When it returns, nothing of
+        the Client runs. Idempotent; concurrent calls all wait for the one closing.
+        """
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        # Shielded: a caller cancelled while waiting does not leave the Client half-closed.
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        await self._stop_calls()
         await self._generations.aclose()
         # Before the cache: the router's last affinity writes go to its Redis.
         await self._router.aclose()
@@ -396,6 +504,93 @@ class Client:
         finally:
             await self._transport.aclose()
 
+    async def _stop_calls(self) -> None:
+        """Wait up to ``close_grace`` for running calls, then stop the rest and wait
+        until they have unwound (released leases, landed or dropped their writes)."""
+        if not await self._settled_within(self._close_grace, lambda: not self._active):
+            now = asyncio.get_running_loop().time()
+            for scope in list(self._scopes):
+                if not scope.expired():
+                    scope.reschedule(now)
+        await self._streams.aclose()
+        if self._flight is not None:
+            await self._flight.aclose()
+        if not await self._settled_within(_UNWIND_TIMEOUT, lambda: not self._scopes):
+            logger.warning("limpet: %d calls ignored aclose()'s cancellation", len(self._scopes))
+
+    async def _settled_within(self, seconds: float, done: Callable[[], bool]) -> bool:
+        """Whether ``done()`` held within ``seconds``, re-checked as each call ends."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while not done():
+                    self._settled = asyncio.Event()
+                    await self._settled.wait()
+        return done()
+
+    def _settle(self) -> None:
+        if self._settled is not None:
+            self._settled.set()
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count a call past the hit path (or an open stream) until it ends."""
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+            self._settle()
+
+    async def _guarded(self, call: _Call, work: Awaitable[T]) -> T:
+        """``work`` under the call's deadline, in a scope ``aclose()`` can expire.
+
+        Raises:
+            APITimeoutError: the call's ``timeout`` passed; says what it was waiting for.
+            ClientClosedError: ``aclose()`` stopped the call after its grace period.
+        """
+        scope = asyncio.timeout_at(call.deadline)
+        try:
+            async with scope:
+                self._scopes.add(scope)
+                try:
+                    return await work
+                finally:
+                    self._scopes.discard(scope)
+                    self._settle()
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            if call.deadline is None or asyncio.get_running_loop().time() < call.deadline:
+                raise ClientClosedError("Client closed while the call was running") from exc
+            raise APITimeoutError(
+                f"the call's timeout of {call.timeout:g}s passed while it was waiting for "
+                f"{call.waiting_for}"
+            ) from exc
+
+    async def _miss(
+        self,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        key: str | None,
+        keyed: bool,
+        call: _Call,
+    ) -> Completion:
+        """Everything past the hit path: the key when the model's generation had to be
+        read first, the tiers not read yet, then upstream."""
+        store, start = self._cache, self._local_tiers
+        if keyed and key is None:
+            key = await self._key(body)
+            start = 0  # the in-process tiers were not read either
+        if key is not None and store is not None and decision.read:
+            # With coalescing, the shared tiers are read once per key inside the flight.
+            coalescing = decision.coalesce and self._flight is not None
+            stop = self._local_tiers if coalescing else len(store.tiers)
+            found = await store.get(key, start=start, stop=stop) if start < stop else None
+            if found is not None:
+                return completion_of(found[0], CacheStatus.HIT, key)
+        return await self._complete(body, decision, ttl, key, call)
+
     async def _fetch_models(self) -> object:
         return await self._transport.get_json(self._endpoints[0], "/models")
 
@@ -405,23 +600,29 @@ class Client:
         return request_key(canonical_request(body), namespace=self._namespace, scope=scope)
 
     async def _complete(
-        self, body: dict[str, Any], decision: CacheDecision, ttl: float, key: str | None
+        self,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        key: str | None,
+        call: _Call,
     ) -> Completion:
         """Everything after a cache miss (or without a cache lookup)."""
         flight = self._flight
         if key is None:
-            entry = await self._upstream(body, ttl)
+            entry = await self._upstream(body, ttl, call)
             return self._priced(completion_of(entry, CacheStatus.BYPASS, None), body)
         if flight is not None and decision.coalesce:
+            call.waiting_for = "an identical call in flight"
             (entry, source), led = await flight.do(
-                key, lambda: self._fill(key, body, decision, ttl)
+                key, lambda: self._fill(key, body, decision, ttl, call)
             )
             if source is not None:
                 return completion_of(entry, source, key, copy=not led)
             if not led:
                 return completion_of(entry, CacheStatus.COALESCED, key, copy=True)
         else:
-            entry = await self._call_and_store(key, body, decision, ttl)
+            entry = await self._call_and_store(key, body, decision, ttl, call)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
         return self._priced(completion_of(entry, status, key), body)
 
@@ -435,11 +636,12 @@ class Client:
         return completion
 
     async def _fill(
-        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
+        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float, call: _Call
     ) -> _Filled:
         """This process's one call for ``key``: a look in every tier (another flight may
         have just landed), then, when another process shares the cache, a cross-process
-        flight, else upstream."""
+        flight, else upstream. Shared by every caller of ``key``: its leader's headers
+        are sent, and no caller's deadline stops it (each bounds its own wait)."""
         cache = self._cache
         if cache is not None and decision.read:
             found = await cache.get(key)
@@ -447,10 +649,10 @@ class Client:
                 return found[0], CacheStatus.HIT
         shared = self._shared_flight
         if shared is None or cache is None or not decision.coalesce:
-            return await self._call_and_store(key, body, decision, ttl), None
+            return await self._call_and_store(key, body, decision, ttl, call, shared=True), None
 
         async def lead() -> tuple[_Filled, bytes | None, float]:
-            entry = await self._upstream(body, ttl)
+            entry = await self._upstream(body, ttl, call, shared=True)
             stored = await cache.set(key, entry) if storable(entry) else None
             data, entry_ttl = stored if stored is not None else (None, 0.0)
             return (entry, None), data, entry_ttl
@@ -463,9 +665,16 @@ class Client:
         return filled
 
     async def _call_and_store(
-        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
+        self,
+        key: str,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        call: _Call,
+        *,
+        shared: bool = False,
     ) -> CacheEntry:
-        entry = await self._upstream(body, ttl)
+        entry = await self._upstream(body, ttl, call, shared=shared)
         if self._cache is not None and decision.write and storable(entry):
             await self._cache.set(key, entry)
         return entry
@@ -518,8 +727,13 @@ class Client:
             answer, usage, None if cost is None else cost.usd, endpoint, now, now + ttl, stream
         )
 
-    async def _upstream(self, body: dict[str, Any], ttl: float) -> CacheEntry:
+    async def _upstream(
+        self, body: dict[str, Any], ttl: float, call: _Call, *, shared: bool = False
+    ) -> CacheEntry:
+        """The answer of the first endpoint that gives one. ``shared``: the call serves
+        other callers too, so the caller's deadline does not cut its retries short."""
         sent = self._outgoing(body)
+        deadline = None if shared else call.deadline
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
         route = await self._router.route(sent)
@@ -528,7 +742,10 @@ class Client:
             self.stats.upstream_calls += 1
             try:
                 with route.attempt(endpoint) as attempt:
-                    response = await self._transport.chat(endpoint, route.body)
+                    call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
+                    response = await self._transport.chat(
+                        endpoint, route.body, headers=call.headers, deadline=deadline
+                    )
                     attempt.served(parse_usage(response.body.get("usage")))
             except APIError as exc:
                 if index + 1 == len(ranked) or not should_retry(exc):
@@ -542,6 +759,33 @@ class Client:
                 continue
             return await self._entry(response.body, response.endpoint, body, route.body, ttl)
         raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+
+class _Call:
+    """One call's own options (the OpenAI SDK's ``timeout=`` and ``extra_headers=``) and,
+    for a timeout's message, what it is waiting for."""
+
+    __slots__ = ("deadline", "headers", "timeout", "waiting_for")
+
+    def __init__(self, timeout: float | None, headers: Mapping[str, str] | None) -> None:
+        self.timeout = timeout
+        self.headers = headers
+        #: Event-loop time the call must be done by, or None.
+        self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        self.waiting_for = "the cache"
+
+
+def _request_body(
+    model: str, messages: object, params: dict[str, Any], extra_body: object
+) -> dict[str, Any]:
+    """The request body: the caller's fields, then ``extra_body``'s (they win); a Pydantic
+    model class as ``response_format`` becomes the ``json_schema`` format it stands for."""
+    body = {"model": model, "messages": messages, **params}
+    if extra_body is not None:
+        body = with_extra_body(body, extra_body)
+    if "response_format" in body:
+        body["response_format"] = response_format_param(body["response_format"])
+    return body
 
 
 def _resolve_cache_control(value: object) -> CacheControlConfig | None:

@@ -5,6 +5,7 @@ aiohttp's and tenacity's exceptions stop here; callers see only ``limpet.errors`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Iterator, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 
 from limpet._version import __version__
 from limpet.config import Endpoint, RetryConfig, Timeouts
@@ -21,6 +23,7 @@ from limpet.errors import (
     APIConnectionError,
     APIResponseError,
     APITimeoutError,
+    ClientClosedError,
     status_error,
 )
 from limpet.retry import backoff_delay, parse_retry_after, should_retry
@@ -65,7 +68,7 @@ class Transport:
             an endpoint's own headers win.
     """
 
-    __slots__ = ("_headers", "_retry", "_session", "_timeouts")
+    __slots__ = ("_closed", "_headers", "_retry", "_session", "_timeouts")
 
     def __init__(
         self,
@@ -78,9 +81,23 @@ class Transport:
         self._retry = retry
         self._headers = {"User-Agent": f"limpet/{__version__}", **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
-    async def chat(self, endpoint: Endpoint, body: Mapping[str, Any]) -> UpstreamResponse:
+    async def chat(
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
         """POST ``body`` to ``{endpoint.base_url}/chat/completions``, retrying what may pass.
+
+        Args:
+            headers: this call's own headers (the OpenAI SDK's ``extra_headers``); they win.
+            deadline: event-loop time past which no retry is started: a backoff that would
+                end after it gives up at once with the last error. The caller bounds the
+                call itself (``asyncio.timeout``).
 
         Raises:
             APIStatusError: a non-2xx answer (after retries, when retryable).
@@ -88,22 +105,28 @@ class Transport:
             APIResponseError: a 2xx answer that is not a chat completion.
         """
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
-        retrying = self._retrying()
+        retrying = self._retrying(deadline)
         async for attempt in retrying:
             with attempt:
-                data = await self._post(endpoint, "/chat/completions", payload)
+                data = await self._post(endpoint, "/chat/completions", payload, headers)
         # reraise=True: reaching here means the last attempt returned.
         return UpstreamResponse(
             body=data, endpoint=endpoint.name, attempts=retrying.statistics["attempt_number"]
         )
 
     async def stream(
-        self, endpoint: Endpoint, body: Mapping[str, Any]
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST ``body`` with ``stream: true`` and yield each chunk as it arrives.
 
         Opening the stream is retried like ``chat``; once chunks flow, a failure is final
-        (a retry would repeat what the caller already has).
+        (a retry would repeat what the caller already has). ``headers`` and ``deadline``
+        are as ``chat``'s.
 
         Raises:
             APIStatusError, APIConnectionError, APITimeoutError: as ``chat``, before or
@@ -113,9 +136,9 @@ class Transport:
         """
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body, "stream": True})
         response: aiohttp.ClientResponse | None = None
-        async for attempt in self._retrying():
+        async for attempt in self._retrying(deadline):
             with attempt:
-                response = await self._open_stream(endpoint, payload)
+                response = await self._open_stream(endpoint, payload, headers)
         assert response is not None
         decoder = SSEDecoder()
         try:
@@ -181,14 +204,18 @@ class Transport:
         return body
 
     async def aclose(self) -> None:
-        """Close the HTTP session. Idempotent."""
+        """Close the HTTP session; no request is sent after this. Idempotent."""
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, deadline: float | None = None) -> AsyncRetrying:
+        stop: stop_base = stop_after_attempt(self._retry.max_attempts)
+        if deadline is not None:
+            stop = stop | _StopBefore(deadline)
         return AsyncRetrying(
-            stop=stop_after_attempt(self._retry.max_attempts),
+            stop=stop,
             wait=self._wait,
             retry=retry_if_exception(should_retry),
             before_sleep=_log_retry,
@@ -201,6 +228,9 @@ class Transport:
         return backoff_delay(state.attempt_number, self._retry, retry_after)
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # A session opened now would never be closed ("Unclosed client session").
+            raise ClientClosedError("Client is closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -214,7 +244,9 @@ class Transport:
             )
         return self._session
 
-    async def _open_stream(self, endpoint: Endpoint, payload: bytes) -> aiohttp.ClientResponse:
+    async def _open_stream(
+        self, endpoint: Endpoint, payload: bytes, headers: Mapping[str, str] | None
+    ) -> aiohttp.ClientResponse:
         """The response of a stream request once its status says chunks will follow."""
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.total
@@ -223,7 +255,11 @@ class Transport:
             response = await self._session_for_loop().post(
                 endpoint.base_url + "/chat/completions",
                 data=payload,
-                headers={**_request_headers(endpoint), "Accept": "text/event-stream"},
+                headers={
+                    **_request_headers(endpoint),
+                    "Accept": "text/event-stream",
+                    **(headers or {}),
+                },
                 timeout=timeout,
             )
             if response.status == 200 and response.content_type == "text/event-stream":
@@ -240,14 +276,33 @@ class Transport:
             endpoint=endpoint.name,
         )
 
-    async def _post(self, endpoint: Endpoint, path: str, payload: bytes) -> dict[str, Any]:
+    async def _post(
+        self,
+        endpoint: Endpoint,
+        path: str,
+        payload: bytes,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
         headers = _request_headers(endpoint)
+        if extra_headers:
+            headers.update(extra_headers)
         url = endpoint.base_url + path
         with _mapped_errors(endpoint):
             async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
         return _parse(endpoint, status, response_headers, raw)
+
+
+class _StopBefore(stop_base):
+    """Stop retrying when the next backoff would end past ``deadline`` (loop time)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        now = asyncio.get_running_loop().time()
+        return now + retry_state.upcoming_sleep >= self.deadline
 
 
 @contextlib.contextmanager

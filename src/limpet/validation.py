@@ -12,11 +12,29 @@ from typing import Any
 
 from limpet.errors import InvalidRequestError
 
-__all__ = ["ROLES", "validate_request", "validate_ttl"]
+__all__ = [
+    "ROLES",
+    "response_format_param",
+    "validate_call_options",
+    "validate_request",
+    "validate_ttl",
+    "with_extra_body",
+]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _ROLES_TEXT = "one of " + ", ".join(sorted(ROLES))
-_RANGES = (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0))
+_RANGES = (
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("frequency_penalty", -2.0, 2.0),
+    ("presence_penalty", -2.0, 2.0),
+)
+_SHAPED = frozenset({"tools", "tool_choice", "response_format", "logit_bias"})
+_JSON_TEXT = "JSON: a str, a finite number, a bool, None, a list or a dict with str keys"
+_RESPONSE_FORMAT_TEXT = (
+    "a dict such as {'type': 'json_object'}, or a Pydantic model class (sent as a "
+    "strict 'json_schema' format, as the OpenAI SDK does)"
+)
 _COUNTS = ("max_tokens", "max_completion_tokens", "n")
 # Exact types: bool is an int subclass, and True is no temperature.
 _NUMBER_TYPES = (int, float)
@@ -38,8 +56,8 @@ def validate_request(body: Mapping[str, Any]) -> None:
     for message in messages:
         if type(message) is not dict or message.get("role") not in ROLES:
             break
-        content = message.get("content")
-        if type(content) is not str and type(content) is not list:
+        # Anything but {"role", "content": str} takes the long way, which checks it is JSON.
+        if type(message.get("content")) is not str or len(message) != 2:
             break
     else:
         _check_parameters(body)
@@ -58,12 +76,71 @@ def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
     return float(ttl)
 
 
+def validate_call_options(timeout: object, extra_headers: object) -> float | None:
+    """Check the OpenAI SDK's per-call ``timeout`` and ``extra_headers``; returns the
+    timeout in seconds (None: no deadline)."""
+    if extra_headers is not None and (
+        not isinstance(extra_headers, Mapping)
+        or not all(type(k) is str and type(v) is str for k, v in extra_headers.items())
+    ):
+        raise InvalidRequestError("extra_headers", "a dict of str to str, or None", extra_headers)
+    return validate_ttl(timeout, "timeout")
+
+
+def with_extra_body(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
+    """``body`` with the OpenAI SDK's per-call ``extra_body`` fields merged in (they win)."""
+    if not isinstance(extra_body, Mapping) or not all(type(k) is str for k in extra_body):
+        raise InvalidRequestError("extra_body", "a dict with str keys, or None", extra_body)
+    return {**body, **extra_body}
+
+
+def response_format_param(value: object) -> object:
+    """A Pydantic model class as the OpenAI SDK sends it: a strict ``json_schema`` format
+    named after the class. Anything else is returned as is (``validate_request`` judges it).
+
+    Pydantic is not imported: a class with ``model_json_schema()`` is taken for a model.
+    """
+    json_schema = getattr(value, "model_json_schema", None)
+    if isinstance(value, type) and callable(json_schema):
+        schema = strict_json_schema(json_schema())
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": value.__name__, "schema": schema, "strict": True},
+        }
+    return value
+
+
+def strict_json_schema(schema: object) -> Any:
+    """A JSON schema as OpenAI's strict mode wants it (the OpenAI SDK's rules): every
+    object closed (``additionalProperties: false``) with every property required, a lone
+    ``allOf`` inlined, ``default: null`` dropped; at every depth."""
+    if isinstance(schema, list):
+        return [strict_json_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {name: strict_json_schema(value) for name, value in schema.items()}
+    for name in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(name), dict):
+            strict[name] = {k: strict_json_schema(v) for k, v in schema[name].items()}
+    if strict.get("type") == "object":
+        strict.setdefault("additionalProperties", False)
+        strict["required"] = list(strict.get("properties", {}))
+    all_of = strict.get("allOf")
+    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
+        del strict["allOf"]
+        strict.update(all_of[0])
+    if "default" in strict and strict["default"] is None:
+        del strict["default"]
+    return strict
+
+
 def _check_message(index: int, message: object) -> None:
     if not isinstance(message, dict):
         raise InvalidRequestError(f"messages[{index}]", "a dict with 'role' and 'content'", message)
     role = message.get("role")
     if role not in ROLES:
         raise InvalidRequestError(f"messages[{index}].role", _ROLES_TEXT, role)
+    _check_json(message, f"messages[{index}]")
     content = message.get("content")
     if isinstance(content, str | list):
         return
@@ -75,6 +152,19 @@ def _check_message(index: int, message: object) -> None:
 
 
 def _check_parameters(body: Mapping[str, Any]) -> None:
+    for name, value in body.items():
+        kind = type(value)
+        # What nearly every call sends, in one test each; the rest is walked.
+        if kind is str or kind is int or kind is bool or value is None or name == "messages":
+            continue
+        if kind is float:
+            if not math.isfinite(value):
+                raise InvalidRequestError(name, "a finite number", value)
+            continue
+        if name not in _SHAPED:  # those are checked below, their shape before their JSON
+            _check_json(value, name)
+    if not _SHAPED.isdisjoint(body):
+        _check_shaped_fields(body)
     for name, low, high in _RANGES:
         value = body.get(name)
         if value is not None and (type(value) not in _NUMBER_TYPES or not low <= value <= high):
@@ -83,3 +173,60 @@ def _check_parameters(body: Mapping[str, Any]) -> None:
         value = body.get(name)
         if value is not None and (type(value) is not int or value < 1):
             raise InvalidRequestError(name, "an int >= 1", value)
+
+
+def _check_shaped_fields(body: Mapping[str, Any]) -> None:
+    """The fields whose shape gateways reject (or worse, ignore), then their JSON."""
+    tools = body.get("tools")
+    if tools is not None:
+        if type(tools) is not list:
+            raise InvalidRequestError("tools", "a list of tool dicts", tools)
+        for index, tool in enumerate(tools):
+            if type(tool) is not dict or type(tool.get("type")) is not str:
+                raise InvalidRequestError(
+                    f"tools[{index}]",
+                    "a dict such as {'type': 'function', 'function': {...}}",
+                    tool,
+                )
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and type(tool_choice) is not str and type(tool_choice) is not dict:
+        raise InvalidRequestError(
+            "tool_choice", "'none', 'auto', 'required' or a dict naming a tool", tool_choice
+        )
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        type(response_format) is not dict or type(response_format.get("type")) is not str
+    ):
+        raise InvalidRequestError("response_format", _RESPONSE_FORMAT_TEXT, response_format)
+    logit_bias = body.get("logit_bias")
+    if logit_bias is not None and (
+        type(logit_bias) is not dict
+        or not all(type(v) in _NUMBER_TYPES for v in logit_bias.values())
+    ):
+        raise InvalidRequestError("logit_bias", "a dict of token id to a number", logit_bias)
+    for name in _SHAPED:
+        value = body.get(name)
+        if value is not None and type(value) is not str:
+            _check_json(value, name)
+
+
+def _check_json(value: object, path: str) -> None:
+    """Raise naming the first place in ``value`` that JSON cannot hold (orjson would send
+    NaN as null, and raise a bare TypeError for an object)."""
+    if isinstance(value, str | bool | int) or value is None:
+        return
+    if type(value) is float:  # exactly: orjson cannot write float subclasses (numpy's)
+        if not math.isfinite(value):
+            raise InvalidRequestError(path, "a finite number", value)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequestError(path, "a dict with str keys", key)
+            _check_json(item, f"{path}.{key}")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]")
+        return
+    raise InvalidRequestError(path, _JSON_TEXT, value)
