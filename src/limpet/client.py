@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import (
-    AsyncGenerator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from limpet.affinity import affinity_store_for
 from limpet.cache.base import CacheBackend, CacheEntry
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
+from limpet.calls import Call, RunningCalls
 from limpet.coalesce import FlightStore, RedisFlight, SingleFlight
 from limpet.completions import completion_of, storable
 from limpet.config import (
@@ -33,13 +25,7 @@ from limpet.config import (
     RetryConfig,
     Timeouts,
 )
-from limpet.errors import (
-    APIError,
-    APITimeoutError,
-    ClientClosedError,
-    ConfigurationError,
-    InvalidRequestError,
-)
+from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.events import EventHook, emit_event, event_of
 from limpet.fleet import FleetCounters
 from limpet.generations import Generations, GenerationStore
@@ -84,8 +70,6 @@ _UNWIND_TIMEOUT = 5.0
 # The default of ``model`` and ``messages``: left out, they fail validation, naming the
 # field (InvalidRequestError), rather than the call failing with Python's TypeError.
 _REQUIRED: Any = None
-
-T = TypeVar("T")
 
 BASE_URL_ENV = "LIMPET_BASE_URL"
 API_KEY_ENV = "OPENROUTER_API_KEY"
@@ -242,11 +226,7 @@ class Client:
             () if on_event is None else (on_event,) if callable(on_event) else tuple(on_event)
         )
         self._closed = False
-        # Calls past the hit path, and open streams; the deadline scopes of those awaiting
-        # now (aclose() expires them); an event set whenever either shrinks, while closing.
-        self._active = 0
-        self._scopes: set[asyncio.Timeout] = set()
-        self._settled: asyncio.Event | None = None
+        self._calls = RunningCalls()  # past the hit path; aclose() waits for them
         self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -343,10 +323,10 @@ class Client:
                     completion = completion_of(found[0], CacheStatus.HIT, key)
                     self._finished(model, completion, started)
                     return completion
-        call = _Call(timeout, extra_headers)
+        call = Call(timeout, extra_headers)
         try:
-            with self._in_flight():
-                completion = await self._guarded(
+            with self._calls.counted():
+                completion = await self._calls.guarded(
                     call, self._miss(body, decision, entry_ttl, key, keyed, call)
                 )
         except APIError as exc:
@@ -403,13 +383,13 @@ class Client:
             if self._closed:
                 raise ClientClosedError("Client is closed")
             started = time.perf_counter()
-            call = _Call(timeout, extra_headers)
+            call = Call(timeout, extra_headers)
             keyed = self._cache is not None and decision.uses_cache
-            with self._in_flight():
+            with self._calls.counted():
                 try:
                     key = None
                     if keyed or decision.coalesce:
-                        key = await self._guarded(call, self._key(body))
+                        key = await self._calls.guarded(call, self._key(body))
                     call.waiting_for = "the next chunk"
                     streamed = self._streams.chunks(
                         body, decision, entry_ttl, key, sink, call.headers
@@ -419,7 +399,7 @@ class Client:
                         # own work between chunks.
                         while True:
                             try:
-                                chunk = await self._guarded(call, anext(streamed))
+                                chunk = await self._calls.guarded(call, anext(streamed))
                             except StopAsyncIteration:
                                 break
                             yield chunk
@@ -507,65 +487,12 @@ class Client:
     async def _stop_calls(self) -> None:
         """Wait up to ``close_grace`` for running calls, then stop the rest and wait
         until they have unwound (released leases, landed or dropped their writes)."""
-        if not await self._settled_within(self._close_grace, lambda: not self._active):
-            now = asyncio.get_running_loop().time()
-            for scope in list(self._scopes):
-                if not scope.expired():
-                    scope.reschedule(now)
+        await self._calls.stop(self._close_grace)
         await self._streams.aclose()
         if self._flight is not None:
             await self._flight.aclose()
-        if not await self._settled_within(_UNWIND_TIMEOUT, lambda: not self._scopes):
-            logger.warning("limpet: %d calls ignored aclose()'s cancellation", len(self._scopes))
-
-    async def _settled_within(self, seconds: float, done: Callable[[], bool]) -> bool:
-        """Whether ``done()`` held within ``seconds``, re-checked as each call ends."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                while not done():
-                    self._settled = asyncio.Event()
-                    await self._settled.wait()
-        return done()
-
-    def _settle(self) -> None:
-        if self._settled is not None:
-            self._settled.set()
-
-    @contextlib.contextmanager
-    def _in_flight(self) -> Iterator[None]:
-        """Count a call past the hit path (or an open stream) until it ends."""
-        self._active += 1
-        try:
-            yield
-        finally:
-            self._active -= 1
-            self._settle()
-
-    async def _guarded(self, call: _Call, work: Awaitable[T]) -> T:
-        """``work`` under the call's deadline, in a scope ``aclose()`` can expire.
-
-        Raises:
-            APITimeoutError: the call's ``timeout`` passed; says what it was waiting for.
-            ClientClosedError: ``aclose()`` stopped the call after its grace period.
-        """
-        scope = asyncio.timeout_at(call.deadline)
-        try:
-            async with scope:
-                self._scopes.add(scope)
-                try:
-                    return await work
-                finally:
-                    self._scopes.discard(scope)
-                    self._settle()
-        except TimeoutError as exc:
-            if not scope.expired():
-                raise
-            if call.deadline is None or asyncio.get_running_loop().time() < call.deadline:
-                raise ClientClosedError("Client closed while the call was running") from exc
-            raise APITimeoutError(
-                f"the call's timeout of {call.timeout:g}s passed while it was waiting for "
-                f"{call.waiting_for}"
-            ) from exc
+        if not await self._calls.unwound(_UNWIND_TIMEOUT):
+            logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
 
     async def _miss(
         self,
@@ -574,7 +501,7 @@ class Client:
         ttl: float,
         key: str | None,
         keyed: bool,
-        call: _Call,
+        call: Call,
     ) -> Completion:
         """Everything past the hit path: the key when the model's generation had to be
         read first, the tiers not read yet, then upstream."""
@@ -605,7 +532,7 @@ class Client:
         decision: CacheDecision,
         ttl: float,
         key: str | None,
-        call: _Call,
+        call: Call,
     ) -> Completion:
         """Everything after a cache miss (or without a cache lookup)."""
         flight = self._flight
@@ -636,7 +563,7 @@ class Client:
         return completion
 
     async def _fill(
-        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float, call: _Call
+        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float, call: Call
     ) -> _Filled:
         """This process's one call for ``key``: a look in every tier (another flight may
         have just landed), then, when another process shares the cache, a cross-process
@@ -670,7 +597,7 @@ class Client:
         body: dict[str, Any],
         decision: CacheDecision,
         ttl: float,
-        call: _Call,
+        call: Call,
         *,
         shared: bool = False,
     ) -> CacheEntry:
@@ -728,7 +655,7 @@ class Client:
         )
 
     async def _upstream(
-        self, body: dict[str, Any], ttl: float, call: _Call, *, shared: bool = False
+        self, body: dict[str, Any], ttl: float, call: Call, *, shared: bool = False
     ) -> CacheEntry:
         """The answer of the first endpoint that gives one. ``shared``: the call serves
         other callers too, so the caller's deadline does not cut its retries short."""
@@ -759,20 +686,6 @@ class Client:
                 continue
             return await self._entry(response.body, response.endpoint, body, route.body, ttl)
         raise AssertionError("unreachable: the last endpoint's failure is raised")
-
-
-class _Call:
-    """One call's own options (the OpenAI SDK's ``timeout=`` and ``extra_headers=``) and,
-    for a timeout's message, what it is waiting for."""
-
-    __slots__ = ("deadline", "headers", "timeout", "waiting_for")
-
-    def __init__(self, timeout: float | None, headers: Mapping[str, str] | None) -> None:
-        self.timeout = timeout
-        self.headers = headers
-        #: Event-loop time the call must be done by, or None.
-        self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        self.waiting_for = "the cache"
 
 
 def _request_body(

@@ -7,7 +7,7 @@ what a gateway would otherwise reject after a round trip (or worse, accept and b
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from limpet.errors import InvalidRequestError
@@ -23,20 +23,11 @@ __all__ = [
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _ROLES_TEXT = "one of " + ", ".join(sorted(ROLES))
-_RANGES = (
-    ("temperature", 0.0, 2.0),
-    ("top_p", 0.0, 1.0),
-    ("frequency_penalty", -2.0, 2.0),
-    ("presence_penalty", -2.0, 2.0),
-)
-_SHAPED = frozenset({"tools", "tool_choice", "response_format", "logit_bias"})
 _JSON_TEXT = "JSON: a str, a finite number, a bool, None, a list or a dict with str keys"
 _RESPONSE_FORMAT_TEXT = (
     "a dict such as {'type': 'json_object'}, or a Pydantic model class (sent as a "
     "strict 'json_schema' format, as the OpenAI SDK does)"
 )
-_COUNTS = ("max_tokens", "max_completion_tokens", "n")
-# Exact types: bool is an int subclass, and True is no temperature.
 _NUMBER_TYPES = (int, float)
 
 
@@ -152,62 +143,89 @@ def _check_message(index: int, message: object) -> None:
 
 
 def _check_parameters(body: Mapping[str, Any]) -> None:
+    # One pass: a field with a known shape is checked by its own function; any other is
+    # checked to be JSON (orjson would send NaN as null, and fail on an object).
     for name, value in body.items():
+        check = _FIELD_CHECKS.get(name)
+        if check is not None:
+            check(name, value)
+            continue
         kind = type(value)
-        # What nearly every call sends, in one test each; the rest is walked.
-        if kind is str or kind is int or kind is bool or value is None or name == "messages":
+        if kind is str or kind is int or kind is bool or value is None:
             continue
         if kind is float:
             if not math.isfinite(value):
                 raise InvalidRequestError(name, "a finite number", value)
-            continue
-        if name not in _SHAPED:  # those are checked below, their shape before their JSON
+        elif name != "messages":  # checked message by message
             _check_json(value, name)
-    if not _SHAPED.isdisjoint(body):
-        _check_shaped_fields(body)
-    for name, low, high in _RANGES:
-        value = body.get(name)
-        if value is not None and (type(value) not in _NUMBER_TYPES or not low <= value <= high):
+
+
+def _in_range(low: float, high: float) -> Callable[[str, object], None]:
+    def check(name: str, value: object) -> None:
+        # Exact types: bool is an int subclass, and True is no temperature.
+        if value is not None and (
+            type(value) not in _NUMBER_TYPES or not low <= value <= high  # type: ignore[operator]
+        ):
             raise InvalidRequestError(name, f"a number from {low:g} to {high:g}", value)
-    for name in _COUNTS:
-        value = body.get(name)
-        if value is not None and (type(value) is not int or value < 1):
-            raise InvalidRequestError(name, "an int >= 1", value)
+
+    return check
 
 
-def _check_shaped_fields(body: Mapping[str, Any]) -> None:
-    """The fields whose shape gateways reject (or worse, ignore), then their JSON."""
-    tools = body.get("tools")
-    if tools is not None:
-        if type(tools) is not list:
-            raise InvalidRequestError("tools", "a list of tool dicts", tools)
-        for index, tool in enumerate(tools):
-            if type(tool) is not dict or type(tool.get("type")) is not str:
-                raise InvalidRequestError(
-                    f"tools[{index}]",
-                    "a dict such as {'type': 'function', 'function': {...}}",
-                    tool,
-                )
-    tool_choice = body.get("tool_choice")
-    if tool_choice is not None and type(tool_choice) is not str and type(tool_choice) is not dict:
-        raise InvalidRequestError(
-            "tool_choice", "'none', 'auto', 'required' or a dict naming a tool", tool_choice
-        )
-    response_format = body.get("response_format")
-    if response_format is not None and (
-        type(response_format) is not dict or type(response_format.get("type")) is not str
-    ):
-        raise InvalidRequestError("response_format", _RESPONSE_FORMAT_TEXT, response_format)
-    logit_bias = body.get("logit_bias")
-    if logit_bias is not None and (
-        type(logit_bias) is not dict
-        or not all(type(v) in _NUMBER_TYPES for v in logit_bias.values())
-    ):
-        raise InvalidRequestError("logit_bias", "a dict of token id to a number", logit_bias)
-    for name in _SHAPED:
-        value = body.get(name)
-        if value is not None and type(value) is not str:
-            _check_json(value, name)
+def _count(name: str, value: object) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise InvalidRequestError(name, "an int >= 1", value)
+
+
+def _tools(name: str, value: object) -> None:
+    if value is None:
+        return
+    if type(value) is not list:
+        raise InvalidRequestError(name, "a list of tool dicts", value)
+    for index, tool in enumerate(value):
+        if type(tool) is not dict or type(tool.get("type")) is not str:
+            raise InvalidRequestError(
+                f"{name}[{index}]", "a dict such as {'type': 'function', 'function': {...}}", tool
+            )
+    _check_json(value, name)
+
+
+def _tool_choice(name: str, value: object) -> None:
+    if value is None or type(value) is str:
+        return
+    if type(value) is not dict:
+        raise InvalidRequestError(name, "'none', 'auto', 'required' or a dict naming a tool", value)
+    _check_json(value, name)
+
+
+def _response_format(name: str, value: object) -> None:
+    if value is None:
+        return
+    if type(value) is not dict or type(value.get("type")) is not str:
+        raise InvalidRequestError(name, _RESPONSE_FORMAT_TEXT, value)
+    _check_json(value, name)
+
+
+def _logit_bias(name: str, value: object) -> None:
+    if value is None:
+        return
+    if type(value) is not dict or not all(type(v) in _NUMBER_TYPES for v in value.values()):
+        raise InvalidRequestError(name, "a dict of token id to a number", value)
+    _check_json(value, name)
+
+
+_FIELD_CHECKS: dict[str, Callable[[str, object], None]] = {
+    "temperature": _in_range(0.0, 2.0),
+    "top_p": _in_range(0.0, 1.0),
+    "frequency_penalty": _in_range(-2.0, 2.0),
+    "presence_penalty": _in_range(-2.0, 2.0),
+    "max_tokens": _count,
+    "max_completion_tokens": _count,
+    "n": _count,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "response_format": _response_format,
+    "logit_bias": _logit_bias,
+}
 
 
 def _check_json(value: object, path: str) -> None:
