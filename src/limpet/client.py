@@ -488,11 +488,13 @@ class Client:
         """Wait up to ``close_grace`` for running calls, then stop the rest and wait
         until they have unwound (released leases, landed or dropped their writes)."""
         await self._calls.stop(self._close_grace)
+        # The callers first: leaving, they cancel the shared calls no one else waits for.
+        if not await self._calls.unwound(_UNWIND_TIMEOUT):
+            logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
+        # Then what is left (a stream held open but not read), and wait for it all to stop.
         await self._streams.aclose()
         if self._flight is not None:
             await self._flight.aclose()
-        if not await self._calls.unwound(_UNWIND_TIMEOUT):
-            logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
 
     async def _miss(
         self,
@@ -567,8 +569,9 @@ class Client:
     ) -> _Filled:
         """This process's one call for ``key``: a look in every tier (another flight may
         have just landed), then, when another process shares the cache, a cross-process
-        flight, else upstream. Shared by every caller of ``key``: its leader's headers
-        are sent, and no caller's deadline stops it (each bounds its own wait)."""
+        flight, else upstream. Shared by every caller of ``key``: it sends its leader's
+        headers, and its leader's deadline is the one that cuts retries short (a waiter
+        bounds its own wait, and may retry once on a retryable failure)."""
         cache = self._cache
         if cache is not None and decision.read:
             found = await cache.get(key)
@@ -576,10 +579,10 @@ class Client:
                 return found[0], CacheStatus.HIT
         shared = self._shared_flight
         if shared is None or cache is None or not decision.coalesce:
-            return await self._call_and_store(key, body, decision, ttl, call, shared=True), None
+            return await self._call_and_store(key, body, decision, ttl, call), None
 
         async def lead() -> tuple[_Filled, bytes | None, float]:
-            entry = await self._upstream(body, ttl, call, shared=True)
+            entry = await self._upstream(body, ttl, call)
             stored = await cache.set(key, entry) if storable(entry) else None
             data, entry_ttl = stored if stored is not None else (None, 0.0)
             return (entry, None), data, entry_ttl
@@ -598,10 +601,8 @@ class Client:
         decision: CacheDecision,
         ttl: float,
         call: Call,
-        *,
-        shared: bool = False,
     ) -> CacheEntry:
-        entry = await self._upstream(body, ttl, call, shared=shared)
+        entry = await self._upstream(body, ttl, call)
         if self._cache is not None and decision.write and storable(entry):
             await self._cache.set(key, entry)
         return entry
@@ -654,13 +655,10 @@ class Client:
             answer, usage, None if cost is None else cost.usd, endpoint, now, now + ttl, stream
         )
 
-    async def _upstream(
-        self, body: dict[str, Any], ttl: float, call: Call, *, shared: bool = False
-    ) -> CacheEntry:
-        """The answer of the first endpoint that gives one. ``shared``: the call serves
-        other callers too, so the caller's deadline does not cut its retries short."""
+    async def _upstream(self, body: dict[str, Any], ttl: float, call: Call) -> CacheEntry:
+        """The answer of the first endpoint that gives one, with ``call``'s headers; no
+        retry is started that could not end before ``call``'s deadline."""
         sent = self._outgoing(body)
-        deadline = None if shared else call.deadline
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
         route = await self._router.route(sent)
@@ -671,7 +669,7 @@ class Client:
                 with route.attempt(endpoint) as attempt:
                     call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
                     response = await self._transport.chat(
-                        endpoint, route.body, headers=call.headers, deadline=deadline
+                        endpoint, route.body, headers=call.headers, deadline=call.deadline
                     )
                     attempt.served(parse_usage(response.body.get("usage")))
             except APIError as exc:

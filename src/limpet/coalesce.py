@@ -129,9 +129,11 @@ class SingleFlight(Generic[T]):
     async def aclose(self) -> None:
         """Cancel the calls still running and wait until they have unwound (their
         ``finally`` blocks release what they hold)."""
+        # Not the forgotten ones: they were cancelled already, and a second cancellation
+        # would interrupt their clean-up (a lease release, say).
+        for flight in list(self._flights.values()):
+            flight.task.cancel()
         running = list(self._running)
-        for task in running:
-            task.cancel()
         if running:
             await asyncio.wait(running)
 

@@ -188,7 +188,8 @@ class StreamFlights:
         for flight in flights:
             if not flight.broadcast.finished:
                 flight.broadcast.fail(ClientClosedError("Client closed while streaming"))
-            flight.task.cancel()
+            if not flight.task.cancelling():  # once: a second one would cut its clean-up
+                flight.task.cancel()
         if flights:
             await asyncio.wait([flight.task for flight in flights])
 
