@@ -15,6 +15,7 @@ from limpet.errors import InvalidRequestError
 __all__ = [
     "ROLES",
     "response_format_param",
+    "strict_json_schema",
     "validate_call_options",
     "validate_request",
     "validate_ttl",
