@@ -392,7 +392,7 @@ class Client:
                         key = await self._calls.guarded(call, self._key(body))
                     call.waiting_for = "the next chunk"
                     streamed = self._streams.chunks(
-                        body, decision, entry_ttl, key, sink, call.headers
+                        body, decision, entry_ttl, key, sink, call.headers, call.deadline
                     )
                     try:
                         # Each wait for a chunk under the deadline, never the caller's

@@ -131,9 +131,11 @@ class StreamFlights:
         key: str | None,
         sink: CompletionStream,
         headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks for one reader; sets ``sink.completion`` after the last one (the
-        Client counts it). ``headers`` are sent with an upstream stream this reader starts."""
+        Client counts it). An upstream stream this reader starts sends ``headers``, and
+        starts no retry that could not end before ``deadline`` (event-loop time)."""
         cache = self._cache
         if key is not None and cache is not None and decision.read:
             found = await cache.get(key)
@@ -148,7 +150,7 @@ class StreamFlights:
         if flight is None:
             flight = _StreamFlight()
             flight.task = asyncio.get_running_loop().create_task(
-                self._produce(flight, body, decision, ttl, key, headers)
+                self._produce(flight, body, decision, ttl, key, headers, deadline)
             )
             self._running.add(flight)
             flight.task.add_done_callback(partial(self._ended, flight))
@@ -208,13 +210,14 @@ class StreamFlights:
         ttl: float,
         key: str | None,
         headers: Mapping[str, str] | None,
+        deadline: float | None,
     ) -> None:
         broadcast = flight.broadcast
         cache = self._cache
         try:
 
             async def lead() -> tuple[CacheEntry, bytes | None, float]:
-                entry = await self._stream_upstream(body, ttl, broadcast, headers)
+                entry = await self._stream_upstream(body, ttl, broadcast, headers, deadline)
                 stored = None
                 if cache is not None and key is not None and decision.write and storable(entry):
                     stored = await cache.set(key, entry)
@@ -250,6 +253,7 @@ class StreamFlights:
         ttl: float,
         broadcast: Broadcast[dict[str, Any], Any],
         headers: Mapping[str, str] | None,
+        deadline: float | None,
     ) -> CacheEntry:
         """Stream from the first endpoint that opens (failing over before the first chunk),
         pushing chunks as they come; returns the assembled entry."""
@@ -259,7 +263,9 @@ class StreamFlights:
         assembler = StreamAssembler()
         for index, endpoint in enumerate(ranked):
             self._stats.upstream_calls += 1
-            chunks = self._transport.stream(endpoint, route.body, headers=headers)
+            chunks = self._transport.stream(
+                endpoint, route.body, headers=headers, deadline=deadline
+            )
             try:
                 with route.attempt(endpoint) as attempt:
                     async for chunk in chunks:

@@ -260,6 +260,19 @@ async def test_a_backoff_that_would_outlast_the_deadline_is_not_slept(
     assert ep.calls == 1
 
 
+async def test_a_stream_sleeps_no_backoff_that_would_outlast_its_deadline(
+    gateway: FakeGateway,
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.fail(503, times=3)
+    slow_retry = RetryConfig(max_attempts=3, initial_backoff=FOREVER, max_backoff=FOREVER)
+    async with make_client(gateway, retry=slow_retry) as client:
+        with pytest.raises(InternalServerError):
+            async for _ in client.stream(**ask(), timeout=60):
+                pass
+    assert ep.calls == 1
+
+
 async def test_timeout_bounds_a_stream(gateway: FakeGateway) -> None:
     ep = gateway.endpoint("a")
     ep.pause_stream(after_chunks=1)
