@@ -300,7 +300,9 @@ class Client:
         if self._closed:
             raise ClientClosedError("Client is closed")
         started = time.perf_counter()
-        body = _request_body(model, messages, params, extra_body)
+        body = {"model": model, "messages": messages, **params}
+        if extra_body is not None or "response_format" in body:
+            body = _with_extras(body, extra_body)
         if body.get("stream"):
             raise InvalidRequestError("stream", "absent or False in complete()", True)
         validate_request(body)
@@ -372,7 +374,7 @@ class Client:
         if self._closed:
             raise ClientClosedError("Client is closed")
         params.pop("stream", None)
-        body = _request_body(model, messages, params, extra_body)
+        body = _with_extras({"model": model, "messages": messages, **params}, extra_body)
         validate_request(body)
         timeout = validate_call_options(timeout, extra_headers)
         entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
@@ -449,7 +451,7 @@ class Client:
 
     async def forget(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> str:
         """Delete the cached answer of one request from every tier; returns its key."""
-        body = _request_body(model, messages, params, None)
+        body = _with_extras({"model": model, "messages": messages, **params}, None)
         validate_request(body)
         key = await self._key(body)
         if self._cache is not None:
@@ -686,12 +688,9 @@ class Client:
         raise AssertionError("unreachable: the last endpoint's failure is raised")
 
 
-def _request_body(
-    model: str, messages: object, params: dict[str, Any], extra_body: object
-) -> dict[str, Any]:
-    """The request body: the caller's fields, then ``extra_body``'s (they win); a Pydantic
-    model class as ``response_format`` becomes the ``json_schema`` format it stands for."""
-    body = {"model": model, "messages": messages, **params}
+def _with_extras(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
+    """``body`` with ``extra_body``'s fields merged in (they win); a Pydantic model class as
+    ``response_format`` becomes the ``json_schema`` format it stands for."""
     if extra_body is not None:
         body = with_extra_body(body, extra_body)
     if "response_format" in body:
