@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from limpet.errors import InvalidRequestError
-from limpet.validation import validate_request, validate_ttl
+from limpet.validation import (
+    response_format_param,
+    strict_json_schema,
+    validate_request,
+    validate_ttl,
+)
 
 GOOD: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
 
@@ -73,3 +80,132 @@ def test_bad_ttl(ttl: object) -> None:
 def test_good_ttl() -> None:
     assert validate_ttl(None) is None
     assert validate_ttl(5) == 5.0
+
+
+class _NotJSON:
+    pass
+
+
+class _NumpyLikeFloat(float):
+    """A float subclass (as numpy's float64 is): orjson cannot write it."""
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": float("inf")}, "top_p"),
+        ({"frequency_penalty": float("-inf")}, "frequency_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+        ({"logit_bias": {"50256": float("nan")}}, "logit_bias.50256"),
+        ({"logit_bias": {"50256": "a lot"}}, "logit_bias"),
+        ({"provider": {"max_price": {"prompt": float("inf")}}}, "provider.max_price.prompt"),
+        ({"metadata": {"when": object()}}, "metadata.when"),
+        ({"metadata": {1: "x"}}, "metadata"),
+        ({"stop": {"a", "b"}}, "stop"),
+        ({"seed": _NumpyLikeFloat(1.5)}, "seed"),
+        ({"tools": "oops"}, "tools"),
+        ({"tools": ["oops"]}, "tools[0]"),
+        ({"tools": [{"function": {"name": "f"}}]}, "tools[0]"),
+        ({"tools": [{"type": "function", "function": {"x": float("nan")}}]}, "tools[0].function.x"),
+        ({"tool_choice": 3}, "tool_choice"),
+        ({"response_format": _NotJSON}, "response_format"),
+        ({"response_format": _NotJSON()}, "response_format"),
+        ({"response_format": "json"}, "response_format"),
+        ({"response_format": {"schema": {}}}, "response_format"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": _NotJSON()}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x", "name": float("nan")}]},
+            "messages[0].name",
+        ),
+    ],
+)
+def test_bad_values_anywhere_name_their_path(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        validate_request({**GOOD, **override})
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        {"tool_choice": "auto"},
+        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+        {"response_format": {"type": "json_object"}},
+        {"logit_bias": {"50256": -100, "1": 0.5}},
+        {"provider": {"order": ["a", "b"], "max_price": {"prompt": 1.5}}, "top_k": 40},
+        {"frequency_penalty": -2, "presence_penalty": 1.5, "stop": ("a", "b")},
+    ],
+)
+def test_good_shapes_pass(override: dict[str, Any]) -> None:
+    validate_request({**GOOD, **override})
+
+
+def test_a_pydantic_model_class_becomes_the_openai_sdks_json_schema_format() -> None:
+    from typing import Literal
+
+    from openai.lib._parsing._completions import type_to_response_format_param
+    from pydantic import BaseModel
+
+    class Step(BaseModel):
+        explanation: str
+        output: int | None = None
+
+    class Answer(BaseModel):
+        steps: list[Step]
+        final: str
+        kind: Literal["short", "long"] = "short"
+
+    converted = response_format_param(Answer)
+    assert converted == type_to_response_format_param(Answer)
+    assert isinstance(converted, dict) and converted["type"] == "json_schema"
+    assert converted["json_schema"]["name"] == "Answer"
+    validate_request({**GOOD, "response_format": converted})
+    assert response_format_param(Answer(steps=[], final="x")) is not converted  # not a class
+
+
+def test_other_response_formats_are_left_alone() -> None:
+    value = {"type": "json_object"}
+    assert response_format_param(value) is value
+    assert response_format_param(_NotJSON) is _NotJSON
+
+
+_schemas = st.recursive(
+    st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "boolean"])}),
+    lambda inner: st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.just("object"), "properties": st.dictionaries(st.text(), inner)},
+        ),
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}),
+        st.fixed_dictionaries({"anyOf": st.lists(inner, min_size=1, max_size=3)}),
+    ),
+    max_leaves=12,
+)
+
+
+def _objects(schema: Any) -> list[dict[str, Any]]:
+    found = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "object":
+            found.append(schema)
+        for value in schema.values():
+            found.extend(_objects(value))
+    elif isinstance(schema, list):
+        for item in schema:
+            found.extend(_objects(item))
+    return found
+
+
+@given(_schemas)
+def test_a_strict_schema_closes_every_object_and_requires_every_property(schema: Any) -> None:
+    strict = strict_json_schema(schema)
+    for obj in _objects(strict):
+        assert obj["additionalProperties"] is False
+        assert obj["required"] == list(obj.get("properties", {}))
+    assert strict_json_schema(strict) == strict  # idempotent
+    assert len(_objects(strict)) == len(_objects(schema))

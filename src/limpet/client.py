@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
@@ -12,6 +14,7 @@ from limpet.affinity import affinity_store_for
 from limpet.cache.base import CacheBackend, CacheEntry
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
+from limpet.calls import Call, RunningCalls
 from limpet.coalesce import FlightStore, RedisFlight, SingleFlight
 from limpet.completions import completion_of, storable
 from limpet.config import (
@@ -22,7 +25,7 @@ from limpet.config import (
     RetryConfig,
     Timeouts,
 )
-from limpet.credentials import CACHE_SCOPES, CacheScope, credential_scope
+from limpet.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.events import EventHook, emit_event, event_of
 from limpet.fleet import FleetCounters
@@ -43,17 +46,31 @@ from limpet.stats import Stats
 from limpet.stream import CompletionStream, StreamFlights
 from limpet.transport import Transport
 from limpet.usage import parse_usage, reported_cost, with_write_ttl
-from limpet.validation import validate_request, validate_ttl
+from limpet.validation import (
+    response_format_param,
+    validate_call_options,
+    validate_request,
+    validate_ttl,
+    with_extra_body,
+)
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
 
 if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
 
-__all__ = ["DEFAULT_TTL", "Client"]
+__all__ = ["DEFAULT_CLOSE_GRACE", "DEFAULT_TTL", "Client"]
 
 logger = logging.getLogger("limpet")
 
 DEFAULT_TTL = 3600.0
+#: Seconds ``aclose()`` lets running calls finish before cancelling them.
+DEFAULT_CLOSE_GRACE = 5.0
+#: Seconds ``aclose()`` waits for cancelled calls to unwind before closing anyway.
+_UNWIND_TIMEOUT = 5.0
+
+# The default of ``model`` and ``messages``: left out, they fail validation, naming the
+# field (InvalidRequestError), rather than the call failing with Python's TypeError.
+_REQUIRED: Any = None
 
 BASE_URL_ENV = "LIMPET_BASE_URL"
 API_KEY_ENV = "OPENROUTER_API_KEY"
@@ -116,6 +133,8 @@ class Client:
             closes it.
         fleet_stats: with a Redis tier, also count calls per model in Redis (batched in
             the background) for ``limpet stats``.
+        close_grace: seconds ``aclose()`` lets running calls finish before cancelling
+            them (they raise ``ClientClosedError``).
 
     Example:
         >>> async with Client(api_key="sk-or-...") as client:
@@ -149,6 +168,7 @@ class Client:
         fleet_stats: bool = True,
         router: Router | None = None,
         cache_scope: CacheScope = "credential",
+        close_grace: float = DEFAULT_CLOSE_GRACE,
     ) -> None:
         self._cache_control = _resolve_cache_control(auto_cache_control)
         self._router = _resolve_router(router, endpoints, base_url, api_key)
@@ -162,6 +182,13 @@ class Client:
             self._ttl = validate_ttl(ttl) or DEFAULT_TTL
         except InvalidRequestError as exc:
             raise ConfigurationError(f"Client.{exc}") from None
+        if isinstance(close_grace, bool) or not isinstance(close_grace, int | float):
+            raise ConfigurationError(f"Client.close_grace: expected seconds, got {close_grace!r}")
+        if not 0 <= close_grace < math.inf:
+            raise ConfigurationError(
+                f"Client.close_grace: expected a finite number >= 0, got {close_grace!r}"
+            )
+        self._close_grace = float(close_grace)
         if not isinstance(namespace, str):
             raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
         self._namespace = namespace
@@ -213,6 +240,8 @@ class Client:
             () if on_event is None else (on_event,) if callable(on_event) else tuple(on_event)
         )
         self._closed = False
+        self._calls = RunningCalls()  # past the hit path; aclose() waits for them
+        self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(e.name for e in self._endpoints)
@@ -249,20 +278,29 @@ class Client:
     async def complete(
         self,
         *,
-        model: str,
-        messages: list[dict[str, Any]],
+        model: str = _REQUIRED,
+        messages: list[dict[str, Any]] = _REQUIRED,
         cache: CacheMode | None = None,
         ttl: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's per-call deadline)
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> Completion:
         """One chat completion, from the cache when it may be.
 
         Args:
-            model: e.g. ``"anthropic/claude-sonnet-4.6"``.
-            messages: the chat, OpenAI format.
+            model: e.g. ``"anthropic/claude-sonnet-4.6"`` (required).
+            messages: the chat, OpenAI format (required).
             cache: None (policy decides), ``"bypass"``, ``"refresh"`` or ``"force"``.
             ttl: seconds this answer may be served from the cache; the Client's by default.
+            timeout: seconds for the whole call, as the OpenAI SDK's ``timeout=``: waiting
+                for an identical call in flight, every attempt and backoff included.
+            extra_headers: sent with this call's upstream request (not part of the key).
+            extra_body: fields merged into the body (they win), hence into the key.
             **params: any other body field (temperature, max_tokens, tools, provider, ...).
+                ``response_format`` may be a Pydantic model class: it is sent as a strict
+                ``json_schema`` format, as the OpenAI SDK does.
 
         Returns:
             The completion; ``.cache`` says how it was served.
@@ -271,40 +309,49 @@ class Client:
             InvalidRequestError: bad input, before any network call.
             APIError: the upstream call failed (``APIStatusError``, ``APIConnectionError``,
                 ``APITimeoutError``, ``APIResponseError``). Never a cache fault.
+            ClientClosedError: the Client is closed, or was closed during the call.
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
         started = time.perf_counter()
         body = {"model": model, "messages": messages, **params}
-        if params and params.get("stream"):
+        if extra_body is not None or "response_format" in body:
+            body = _with_extras(body, extra_body)
+        if body.get("stream"):
             raise InvalidRequestError("stream", "absent or False in complete()", True)
         validate_request(body)
+        if timeout is not None or extra_headers is not None:
+            timeout = validate_call_options(timeout, extra_headers)
         entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
         decision = decide(body, cache, self._policy)
-        store = self._cache
+        model = body["model"]
         key = None
-        if decision.uses_cache or (decision.coalesce and self._flight is not None):
-            generations = self._generations
-            scope = generations.scope_now(model) or await generations.scope(model)
+        keyed = decision.uses_cache or (decision.coalesce and self._flight is not None)
+        scope = self._generations.scope_now(model) if keyed else None
+        if scope is not None:
             key = request_key(
                 canonical_request(body),
                 namespace=self._namespace,
                 scope=scope,
-                credential=self._credential,
+                credential=self._credential
+                if extra_headers is None
+                else call_scope(self._credential, extra_headers),
             )
-            if store is not None and decision.read:
-                # The hit path: in-process tiers first, no I/O, nothing shared.
-                local = self._local_tiers
-                found = await store.get(key, stop=local) if local else None
-                if found is None and not (decision.coalesce and self._flight is not None):
-                    found = await store.get(key, start=local)
-                # (With coalescing, the shared tiers are read once per key inside the flight.)
+            store, local = self._cache, self._local_tiers
+            if store is not None and local and decision.read:
+                # The hit path: in-process tiers, no I/O, nothing shared, nothing awaited
+                # that could yield (so aclose() never finds it half-way).
+                found = await store.get(key, stop=local)
                 if found is not None:
                     completion = completion_of(found[0], CacheStatus.HIT, key)
                     self._finished(model, completion, started)
                     return completion
+        call = Call(timeout, extra_headers)
         try:
-            completion = await self._complete(body, decision, entry_ttl, key)
+            with self._calls.counted():
+                completion = await self._calls.guarded(
+                    call, self._miss(body, decision, entry_ttl, key, keyed, call)
+                )
         except APIError as exc:
             self._failed(model, exc, started)
             raise
@@ -314,10 +361,13 @@ class Client:
     def stream(
         self,
         *,
-        model: str,
-        messages: list[dict[str, Any]],
+        model: str = _REQUIRED,
+        messages: list[dict[str, Any]] = _REQUIRED,
         cache: CacheMode | None = None,
         ttl: float | None = None,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> CompletionStream:
         """One chat completion as a stream of chunks, from the cache when it may be.
@@ -328,7 +378,10 @@ class Client:
         ``complete()`` of one request share one cache entry.
 
         Args:
-            model, messages, cache, ttl, **params: as ``complete()``.
+            model, messages, cache, ttl, extra_headers, extra_body, **params: as
+                ``complete()``.
+            timeout: seconds for the whole stream, from the first chunk asked for to the
+                last; ``APITimeoutError`` when it passes.
 
         Returns:
             A ``CompletionStream``: ``async for chunk in it`` (``chunk.content`` is the text
@@ -336,26 +389,48 @@ class Client:
 
         Raises:
             InvalidRequestError: bad input, at once.
+            ClientClosedError: the Client is closed (at once), or was closed mid-stream.
             APIError: while iterating (``APIStreamError`` for a failure mid-stream).
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
         params.pop("stream", None)
-        body = {"model": model, "messages": messages, **params}
+        body = _with_extras({"model": model, "messages": messages, **params}, extra_body)
         validate_request(body)
+        timeout = validate_call_options(timeout, extra_headers)
         entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
         decision = decide(body, cache, self._policy)
+        model = body["model"]
 
         async def chunks(sink: CompletionStream) -> AsyncGenerator[dict[str, Any], None]:
+            if self._closed:
+                raise ClientClosedError("Client is closed")
             started = time.perf_counter()
+            call = Call(timeout, extra_headers)
             keyed = self._cache is not None and decision.uses_cache
-            key = await self._key(body) if keyed or decision.coalesce else None
-            try:
-                async for chunk in self._streams.chunks(body, decision, entry_ttl, key, sink):
-                    yield chunk
-            except APIError as exc:
-                self._failed(model, exc, started, stream=True)
-                raise
+            with self._calls.counted():
+                try:
+                    key = None
+                    if keyed or decision.coalesce:
+                        key = await self._calls.guarded(call, self._key(body, call.headers))
+                    call.waiting_for = "the next chunk"
+                    streamed = self._streams.chunks(
+                        body, decision, entry_ttl, key, sink, call.headers, call.deadline
+                    )
+                    try:
+                        # Each wait for a chunk under the deadline, never the caller's
+                        # own work between chunks.
+                        while True:
+                            try:
+                                chunk = await self._calls.guarded(call, anext(streamed))
+                            except StopAsyncIteration:
+                                break
+                            yield chunk
+                    finally:
+                        await streamed.aclose()
+                except APIError as exc:
+                    self._failed(model, exc, started, stream=True)
+                    raise
             if sink.completion is not None:
                 self._finished(model, sink.completion, started, stream=True)
 
@@ -377,7 +452,12 @@ class Client:
             ...     concurrency=16,
             ... )
             >>> report.warmed, report.skipped, report.failed
+
+        Raises:
+            ClientClosedError: the Client is closed.
         """
+        if self._closed:
+            raise ClientClosedError("Client is closed")
         return await warm(self.complete, requests, concurrency=concurrency, progress=progress)
 
     async def invalidate(self, model: str | None = None) -> None:
@@ -394,7 +474,7 @@ class Client:
 
     async def forget(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> str:
         """Delete the cached answer of one request from every tier; returns its key."""
-        body = {"model": model, "messages": messages, **params}
+        body = _with_extras({"model": model, "messages": messages, **params}, None)
         validate_request(body)
         key = await self._key(body)
         if self._cache is not None:
@@ -402,10 +482,22 @@ class Client:
         return key
 
     async def aclose(self) -> None:
-        """Land pending cache writes, then close the cache and the HTTP session. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop taking calls, let running ones finish, then close what the Client owns.
+
+        New calls raise ``ClientClosedError`` at once. Running calls (and open streams)
+        get ``close_grace`` seconds to finish; those still running are then stopped and
+        raise ``ClientClosedError``. Then pending cache writes land, flight leases are
+        released, and the cache and the HTTP session close. When it returns, nothing of
+        the Client runs. Idempotent; concurrent calls all wait for the one closing.
+        """
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        # Shielded: a caller cancelled while waiting does not leave the Client half-closed.
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        await self._stop_calls()
         await self._generations.aclose()
         # Before the cache: the router's last affinity writes go to its Redis.
         await self._router.aclose()
@@ -417,37 +509,80 @@ class Client:
         finally:
             await self._transport.aclose()
 
+    async def _stop_calls(self) -> None:
+        """Wait up to ``close_grace`` for running calls, then stop the rest and wait
+        until they have unwound (released leases, landed or dropped their writes)."""
+        await self._calls.stop(self._close_grace)
+        # The callers first: leaving, they cancel the shared calls no one else waits for.
+        if not await self._calls.unwound(_UNWIND_TIMEOUT):
+            logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
+        # Then what is left (a stream held open but not read), and wait for it all to stop.
+        await self._streams.aclose()
+        if self._flight is not None:
+            await self._flight.aclose()
+
+    async def _miss(
+        self,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        key: str | None,
+        keyed: bool,
+        call: Call,
+    ) -> Completion:
+        """Everything past the hit path: the key when the model's generation had to be
+        read first, the tiers not read yet, then upstream."""
+        store, start = self._cache, self._local_tiers
+        if keyed and key is None:
+            key = await self._key(body, call.headers)
+            start = 0  # the in-process tiers were not read either
+        if key is not None and store is not None and decision.read:
+            # With coalescing, the shared tiers are read once per key inside the flight.
+            coalescing = decision.coalesce and self._flight is not None
+            stop = self._local_tiers if coalescing else len(store.tiers)
+            found = await store.get(key, start=start, stop=stop) if start < stop else None
+            if found is not None:
+                return completion_of(found[0], CacheStatus.HIT, key)
+        return await self._complete(body, decision, ttl, key, call)
+
     async def _fetch_models(self) -> object:
         return await self._transport.get_json(self._endpoints[0], "/models")
 
-    async def _key(self, body: dict[str, Any]) -> str:
+    async def _key(self, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> str:
+        """The cache and flight key of ``body`` sent with a call's own ``headers``."""
         model = body["model"]
         scope = self._generations.scope_now(model) or await self._generations.scope(model)
         return request_key(
             canonical_request(body),
             namespace=self._namespace,
             scope=scope,
-            credential=self._credential,
+            credential=call_scope(self._credential, headers),
         )
 
     async def _complete(
-        self, body: dict[str, Any], decision: CacheDecision, ttl: float, key: str | None
+        self,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        key: str | None,
+        call: Call,
     ) -> Completion:
         """Everything after a cache miss (or without a cache lookup)."""
         flight = self._flight
         if key is None:
-            entry = await self._upstream(body, ttl)
+            entry = await self._upstream(body, ttl, call)
             return self._priced(completion_of(entry, CacheStatus.BYPASS, None), body)
         if flight is not None and decision.coalesce:
+            call.waiting_for = "an identical call in flight"
             (entry, source), led = await flight.do(
-                key, lambda: self._fill(key, body, decision, ttl)
+                key, lambda: self._fill(key, body, decision, ttl, call)
             )
             if source is not None:
                 return completion_of(entry, source, key, copy=not led)
             if not led:
                 return completion_of(entry, CacheStatus.COALESCED, key, copy=True)
         else:
-            entry = await self._call_and_store(key, body, decision, ttl)
+            entry = await self._call_and_store(key, body, decision, ttl, call)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
         return self._priced(completion_of(entry, status, key), body)
 
@@ -461,11 +596,13 @@ class Client:
         return completion
 
     async def _fill(
-        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
+        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float, call: Call
     ) -> _Filled:
         """This process's one call for ``key``: a look in every tier (another flight may
         have just landed), then, when another process shares the cache, a cross-process
-        flight, else upstream."""
+        flight, else upstream. Shared by every caller of ``key``: it sends its leader's
+        headers, and its leader's deadline is the one that cuts retries short (a waiter
+        bounds its own wait, and may retry once on a retryable failure)."""
         cache = self._cache
         if cache is not None and decision.read:
             found = await cache.get(key)
@@ -473,10 +610,10 @@ class Client:
                 return found[0], CacheStatus.HIT
         shared = self._shared_flight
         if shared is None or cache is None or not decision.coalesce:
-            return await self._call_and_store(key, body, decision, ttl), None
+            return await self._call_and_store(key, body, decision, ttl, call), None
 
         async def lead() -> tuple[_Filled, bytes | None, float]:
-            entry = await self._upstream(body, ttl)
+            entry = await self._upstream(body, ttl, call)
             stored = await cache.set(key, entry) if storable(entry) else None
             data, entry_ttl = stored if stored is not None else (None, 0.0)
             return (entry, None), data, entry_ttl
@@ -489,9 +626,14 @@ class Client:
         return filled
 
     async def _call_and_store(
-        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float
+        self,
+        key: str,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        call: Call,
     ) -> CacheEntry:
-        entry = await self._upstream(body, ttl)
+        entry = await self._upstream(body, ttl, call)
         if self._cache is not None and decision.write and storable(entry):
             await self._cache.set(key, entry)
         return entry
@@ -544,7 +686,9 @@ class Client:
             answer, usage, None if cost is None else cost.usd, endpoint, now, now + ttl, stream
         )
 
-    async def _upstream(self, body: dict[str, Any], ttl: float) -> CacheEntry:
+    async def _upstream(self, body: dict[str, Any], ttl: float, call: Call) -> CacheEntry:
+        """The answer of the first endpoint that gives one, with ``call``'s headers; no
+        retry is started that could not end before ``call``'s deadline."""
         sent = self._outgoing(body)
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
@@ -554,7 +698,10 @@ class Client:
             self.stats.upstream_calls += 1
             try:
                 with route.attempt(endpoint) as attempt:
-                    response = await self._transport.chat(endpoint, route.body)
+                    call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
+                    response = await self._transport.chat(
+                        endpoint, route.body, headers=call.headers, deadline=call.deadline
+                    )
                     attempt.served(parse_usage(response.body.get("usage")))
             except APIError as exc:
                 if index + 1 == len(ranked) or not should_retry(exc):
@@ -568,6 +715,16 @@ class Client:
                 continue
             return await self._entry(response.body, response.endpoint, body, route.body, ttl)
         raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+
+def _with_extras(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
+    """``body`` with ``extra_body``'s fields merged in (they win); a Pydantic model class as
+    ``response_format`` becomes the ``json_schema`` format it stands for."""
+    if extra_body is not None:
+        body = with_extra_body(body, extra_body)
+    if "response_format" in body:
+        body["response_format"] = response_format_param(body["response_format"])
+    return body
 
 
 def _resolve_cache_control(value: object) -> CacheControlConfig | None:

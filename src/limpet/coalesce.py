@@ -53,6 +53,9 @@ class SingleFlight(Generic[T]):
     so leads it while the others join it. Each waiter does this at most ``promotions``
     times; the leader of the failed call gets its error.
 
+    A caller bounds its own wait (``asyncio.timeout`` around ``do``): when it expires,
+    that caller leaves and the call goes on for the others.
+
     Args:
         cancel_orphans: cancel a call nobody waits for any more; False lets it finish
             (and fill the cache) in the background.
@@ -64,7 +67,7 @@ class SingleFlight(Generic[T]):
         >>> body, led = await flight.do(key, lambda: fetch(key))
     """
 
-    __slots__ = ("_flights", "cancel_orphans", "promotions", "retry_if")
+    __slots__ = ("_flights", "_running", "cancel_orphans", "promotions", "retry_if")
 
     def __init__(
         self,
@@ -74,6 +77,8 @@ class SingleFlight(Generic[T]):
         promotions: int = 1,
     ) -> None:
         self._flights: dict[str, _Flight[T]] = {}
+        # Every call not yet done, forgotten ones included (a cancelled orphan unwinding).
+        self._running: set[asyncio.Future[T]] = set()
         self.cancel_orphans = cancel_orphans
         self.retry_if = retry_if
         self.promotions = promotions
@@ -95,6 +100,7 @@ class SingleFlight(Generic[T]):
             if flight is None:
                 flight = _Flight(asyncio.ensure_future(call()))
                 self._flights[key] = flight
+                self._running.add(flight.task)
                 # Added first, so it runs before any waiter wakes: a promoted waiter
                 # never finds the failed flight still registered.
                 flight.task.add_done_callback(partial(self._land, key, flight))
@@ -120,7 +126,19 @@ class SingleFlight(Generic[T]):
             flight.waiters -= 1
             return result, leader
 
+    async def aclose(self) -> None:
+        """Cancel the calls still running and wait until they have unwound (their
+        ``finally`` blocks release what they hold)."""
+        # Not the forgotten ones: they were cancelled already, and a second cancellation
+        # would interrupt their clean-up (a lease release, say).
+        for flight in list(self._flights.values()):
+            flight.task.cancel()
+        running = list(self._running)
+        if running:
+            await asyncio.wait(running)
+
     def _land(self, key: str, flight: _Flight[T], task: asyncio.Future[T]) -> None:
+        self._running.discard(task)
         self._forget(key, flight)
         # An orphaned call that failed has no one to tell; mark it seen so asyncio does not
         # log "exception was never retrieved".

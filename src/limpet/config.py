@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from limpet.errors import ConfigurationError
+from limpet.errors import ConfigurationError, header_secrets
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -180,10 +180,10 @@ class Endpoint:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never be shown: the key and every header value."""
-        values = [self.api_key] if self.api_key else []
-        values.extend(v for v in (self.headers or {}).values() if len(v) >= 8)
-        return tuple(values)
+        """Strings that must never be shown: the key, every header value and a header's
+        bare credential (``sk-...`` of ``Bearer sk-...``)."""
+        values = (self.api_key,) if self.api_key else ()
+        return values + header_secrets(self.headers or {})
 
 
 @dataclass(frozen=True, kw_only=True)

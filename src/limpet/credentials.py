@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import orjson
@@ -26,6 +26,7 @@ __all__ = [
     "CREDENTIAL_HEADERS",
     "CREDENTIAL_SCOPE_LABEL",
     "CacheScope",
+    "call_scope",
     "credential_scope",
     "key_scope",
 ]
@@ -67,6 +68,28 @@ def key_scope(api_key: str | None) -> str:
     """The credential scope of a Client whose endpoints all send ``api_key`` (and nothing
     else that is a credential): what ``limpet flush --cache-scope credential`` bumps."""
     return _scope(["authorization:Bearer " + api_key] if api_key else [])
+
+
+def call_scope(scope: str, headers: Mapping[str, str] | None) -> str:
+    """The credential scope of one call: the Client's ``scope``, unless the call sends
+    credential headers of its own (the OpenAI SDK's ``extra_headers={"Authorization":
+    ...}``), which give it a scope of their own: callers with different keys never share
+    an entry or a flight. A namespace-scoped Client's ``""`` stays ``""``.
+
+    Example:
+        >>> call_scope("c0ffee", None), call_scope("", {"Authorization": "Bearer sk-2"})
+        ('c0ffee', '')
+        >>> call_scope("c0ffee", {"Authorization": "Bearer sk-2"}) != "c0ffee"
+        True
+    """
+    if not scope or not headers:
+        return scope
+    own = [
+        name.lower() + ":" + value
+        for name, value in headers.items()
+        if name.lower() in CREDENTIAL_HEADERS and value
+    ]
+    return _scope(["client-scope:" + scope, *own]) if own else scope
 
 
 def _scope(credentials: Iterable[str]) -> str:

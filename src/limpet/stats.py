@@ -122,6 +122,11 @@ class Stats:
         return self.cache.corrupt
 
     @property
+    def oversized(self) -> int:
+        """Answers served but not stored: larger than the cache's ``max_entry_bytes``."""
+        return self.cache.oversized
+
+    @property
     def breaker_states(self) -> tuple[str, ...]:
         """The circuit breaker state of each tier that has one (Redis), fastest first."""
         return tuple(tier.breaker_state for tier in self._tiers.guarded)
@@ -206,6 +211,7 @@ class Stats:
             "l2_hits": self.l2_hits,
             "cache_errors": self.cache.errors,
             "cache_corrupt": self.cache.corrupt,
+            "cache_oversized": self.cache.oversized,
             "failed_cache_writes": self.failed_cache_writes,
             "dropped_cache_writes": self.dropped_cache_writes,
             "breaker_state": self.breaker_state,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from functools import partial
 from types import TracebackType
 from typing import Any, Protocol
@@ -13,7 +13,7 @@ from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.coalesce import RedisFlight
 from limpet.completions import completion_of, storable
-from limpet.errors import APIError, CacheCorruptError
+from limpet.errors import APIError, CacheCorruptError, ClientClosedError
 from limpet.models import CacheStatus, Completion
 from limpet.policy import CacheDecision
 from limpet.retry import should_retry
@@ -100,6 +100,7 @@ class StreamFlights:
         "_outgoing",
         "_priced",
         "_router",
+        "_running",
         "_shared",
         "_stats",
         "_transport",
@@ -126,6 +127,7 @@ class StreamFlights:
         self._priced = priced
         self._stats = stats
         self._flights: dict[str, _StreamFlight] = {}
+        self._running: set[_StreamFlight] = set()
 
     async def chunks(
         self,
@@ -134,9 +136,12 @@ class StreamFlights:
         ttl: float,
         key: str | None,
         sink: CompletionStream,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks for one reader; sets ``sink.completion`` after the last one (the
-        Client counts it)."""
+        Client counts it). An upstream stream this reader starts sends ``headers``, and
+        starts no retry that could not end before ``deadline`` (event-loop time)."""
         cache = self._cache
         if key is not None and cache is not None and decision.read:
             found = await cache.get(key)
@@ -153,8 +158,10 @@ class StreamFlights:
         if flight is None:
             flight = _StreamFlight(shared=key is not None and decision.coalesce)
             flight.task = asyncio.get_running_loop().create_task(
-                self._produce(flight, body, decision, ttl, key)
+                self._produce(flight, body, decision, ttl, key, headers, deadline)
             )
+            self._running.add(flight)
+            flight.task.add_done_callback(partial(self._ended, flight))
             if key is not None and decision.coalesce:
                 self._flights[key] = flight
                 flight.task.add_done_callback(partial(self._land, key, flight))
@@ -183,9 +190,25 @@ class StreamFlights:
             completion = self._priced(completion, body)
         sink.completion = completion
 
+    async def aclose(self) -> None:
+        """Stop every upstream stream still running: its readers get
+        ``ClientClosedError``; returns once the streams have let go (the Client's
+        ``aclose()``, after its grace period)."""
+        flights = list(self._running)
+        for flight in flights:
+            if not flight.broadcast.finished:
+                flight.broadcast.fail(ClientClosedError("Client closed while streaming"))
+            if not flight.task.cancelling():  # once: a second one would cut its clean-up
+                flight.task.cancel()
+        if flights:
+            await asyncio.wait([flight.task for flight in flights])
+
     def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+
+    def _ended(self, flight: _StreamFlight, _task: object) -> None:
+        self._running.discard(flight)
 
     async def _produce(
         self,
@@ -194,6 +217,8 @@ class StreamFlights:
         decision: CacheDecision,
         ttl: float,
         key: str | None,
+        headers: Mapping[str, str] | None,
+        deadline: float | None,
     ) -> None:
         broadcast = flight.broadcast
         cache = self._cache
@@ -205,7 +230,9 @@ class StreamFlights:
 
             async def lead() -> tuple[CacheEntry, bytes | None, float]:
                 assembler = StreamAssembler(whole=whole, chunking=store)
-                entry = await self._stream_upstream(body, ttl, broadcast, assembler)
+                entry = await self._stream_upstream(
+                    body, ttl, broadcast, assembler, headers, deadline
+                )
                 stored = None
                 if cache is not None and key is not None and store and storable(entry):
                     stored = await cache.set(key, entry)
@@ -232,7 +259,8 @@ class StreamFlights:
                 entry, _, _ = await lead()
             broadcast.finish((entry, None))
         except asyncio.CancelledError:
-            broadcast.fail(asyncio.CancelledError())
+            if not broadcast.finished:  # aclose() may have told the readers why already
+                broadcast.fail(asyncio.CancelledError())
             raise
         except BaseException as exc:
             broadcast.fail(exc)
@@ -243,6 +271,8 @@ class StreamFlights:
         ttl: float,
         broadcast: Broadcast[dict[str, Any], Any],
         assembler: StreamAssembler,
+        headers: Mapping[str, str] | None,
+        deadline: float | None,
     ) -> CacheEntry:
         """Stream from the first endpoint that opens (failing over before the first chunk),
         pushing chunks as they come; returns the assembled entry."""
@@ -253,7 +283,9 @@ class StreamFlights:
         ranked = route.endpoints
         for index, endpoint in enumerate(ranked):
             self._stats.upstream_calls += 1
-            chunks = self._transport.stream(endpoint, route.body)
+            chunks = self._transport.stream(
+                endpoint, route.body, headers=headers, deadline=deadline
+            )
             try:
                 with route.attempt(endpoint) as attempt:
                     async for chunk in chunks:

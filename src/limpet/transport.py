@@ -7,14 +7,16 @@ an error is mapped and scrubbed of the endpoint's secrets before a retry logs it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 
 from limpet._version import __version__
 from limpet.config import Endpoint, RetryConfig, Timeouts
@@ -24,6 +26,7 @@ from limpet.errors import (
     APIGenerationError,
     APIResponseError,
     APIStatusError,
+    ClientClosedError,
     excerpt,
     scrub,
     status_error,
@@ -67,7 +70,7 @@ class Transport:
             an endpoint's own headers win.
     """
 
-    __slots__ = ("_headers", "_retry", "_session", "_timeouts")
+    __slots__ = ("_closed", "_headers", "_retry", "_session", "_timeouts")
 
     def __init__(
         self,
@@ -80,9 +83,23 @@ class Transport:
         self._retry = retry
         self._headers = {"User-Agent": f"limpet/{__version__}", **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
-    async def chat(self, endpoint: Endpoint, body: Mapping[str, Any]) -> UpstreamResponse:
+    async def chat(
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
         """POST ``body`` to ``{endpoint.base_url}/chat/completions``, retrying what may pass.
+
+        Args:
+            headers: this call's own headers (the OpenAI SDK's ``extra_headers``); they win.
+            deadline: event-loop time past which no retry is started: a backoff that would
+                end after it gives up at once with the last error. The caller bounds the
+                call itself (``asyncio.timeout``).
 
         Raises:
             APIStatusError: a non-2xx answer (after retries, when retryable).
@@ -91,8 +108,9 @@ class Transport:
             APIGenerationError: a 200 whose generation failed (``finish_reason: "error"``),
                 after retries.
         """
+        endpoint = _as_sent(endpoint, headers)
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
-        retrying = self._retrying()
+        retrying = self._retrying(deadline)
         async for attempt in retrying:
             with attempt:
                 data = await self._post(endpoint, "/chat/completions", payload)
@@ -102,12 +120,18 @@ class Transport:
         )
 
     async def stream(
-        self, endpoint: Endpoint, body: Mapping[str, Any]
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST ``body`` with ``stream: true`` and yield each chunk as it arrives.
 
         Opening the stream is retried like ``chat``; once chunks flow, a failure is final
-        (a retry would repeat what the caller already has).
+        (a retry would repeat what the caller already has). ``headers`` and ``deadline``
+        are as ``chat``'s.
 
         Raises:
             APIStatusError, APIConnectionError, APITimeoutError: as ``chat``, before or
@@ -115,9 +139,10 @@ class Transport:
             APIStreamError: the upstream reported a failure inside the stream.
             APIResponseError: a chunk that is not JSON.
         """
+        endpoint = _as_sent(endpoint, headers)
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body, "stream": True})
         response: aiohttp.ClientResponse | None = None
-        async for attempt in self._retrying():
+        async for attempt in self._retrying(deadline):
             with attempt:
                 response = await self._open_stream(endpoint, payload)
         assert response is not None
@@ -166,14 +191,18 @@ class Transport:
             return body
 
     async def aclose(self) -> None:
-        """Close the HTTP session. Idempotent."""
+        """Close the HTTP session; no request is sent after this. Idempotent."""
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, deadline: float | None = None) -> AsyncRetrying:
+        stop: stop_base = stop_after_attempt(self._retry.max_attempts)
+        if deadline is not None:
+            stop = stop | _StopBefore(deadline)
         return AsyncRetrying(
-            stop=stop_after_attempt(self._retry.max_attempts),
+            stop=stop,
             wait=self._wait,
             retry=retry_if_exception(should_retry),
             before_sleep=_log_retry,
@@ -186,6 +215,9 @@ class Transport:
         return backoff_delay(state.attempt_number, self._retry, retry_after)
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # A session opened now would never be closed ("Unclosed client session").
+            raise ClientClosedError("Client is closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -225,7 +257,12 @@ class Transport:
                 endpoint=endpoint.name,
             )
 
-    async def _post(self, endpoint: Endpoint, path: str, payload: bytes) -> dict[str, Any]:
+    async def _post(
+        self,
+        endpoint: Endpoint,
+        path: str,
+        payload: bytes,
+    ) -> dict[str, Any]:
         headers = _request_headers(endpoint)
         url = endpoint.base_url + path
         with upstream_errors(endpoint.name, endpoint.secrets):
@@ -235,10 +272,30 @@ class Transport:
             return _parse(endpoint, status, response_headers, raw)
 
 
+def _as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:
+    """``endpoint`` with one call's own headers on top of its own (they win), so they
+    are sent, and scrubbed from every error, exactly like the endpoint's."""
+    if not headers:
+        return endpoint
+    return replace(endpoint, headers={**(endpoint.headers or {}), **headers})
+
+
+class _StopBefore(stop_base):
+    """Stop retrying when the next backoff would end past ``deadline`` (loop time)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        now = asyncio.get_running_loop().time()
+        return now + retry_state.upcoming_sleep >= self.deadline
+
+
 def _request_headers(endpoint: Endpoint) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", **(endpoint.headers or {})}
+    headers = {"Content-Type": "application/json"}
     if endpoint.api_key:
         headers["Authorization"] = f"Bearer {endpoint.api_key}"
+    headers.update(endpoint.headers or {})  # a call's own Authorization wins (_as_sent)
     return headers
 
 

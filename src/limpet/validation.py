@@ -7,18 +7,28 @@ what a gateway would otherwise reject after a round trip (or worse, accept and b
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from limpet.errors import InvalidRequestError
 
-__all__ = ["ROLES", "validate_request", "validate_ttl"]
+__all__ = [
+    "ROLES",
+    "response_format_param",
+    "strict_json_schema",
+    "validate_call_options",
+    "validate_request",
+    "validate_ttl",
+    "with_extra_body",
+]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _ROLES_TEXT = "one of " + ", ".join(sorted(ROLES))
-_RANGES = (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0))
-_COUNTS = ("max_tokens", "max_completion_tokens", "n")
-# Exact types: bool is an int subclass, and True is no temperature.
+_JSON_TEXT = "JSON: a str, a finite number, a bool, None, a list or a dict with str keys"
+_RESPONSE_FORMAT_TEXT = (
+    "a dict such as {'type': 'json_object'}, or a Pydantic model class (sent as a "
+    "strict 'json_schema' format, as the OpenAI SDK does)"
+)
 _NUMBER_TYPES = (int, float)
 
 
@@ -38,8 +48,8 @@ def validate_request(body: Mapping[str, Any]) -> None:
     for message in messages:
         if type(message) is not dict or message.get("role") not in ROLES:
             break
-        content = message.get("content")
-        if type(content) is not str and type(content) is not list:
+        # Anything but {"role", "content": str} takes the long way, which checks it is JSON.
+        if type(message.get("content")) is not str or len(message) != 2:
             break
     else:
         _check_parameters(body)
@@ -58,12 +68,71 @@ def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
     return float(ttl)
 
 
+def validate_call_options(timeout: object, extra_headers: object) -> float | None:
+    """Check the OpenAI SDK's per-call ``timeout`` and ``extra_headers``; returns the
+    timeout in seconds (None: no deadline)."""
+    if extra_headers is not None and (
+        not isinstance(extra_headers, Mapping)
+        or not all(type(k) is str and type(v) is str for k, v in extra_headers.items())
+    ):
+        raise InvalidRequestError("extra_headers", "a dict of str to str, or None", extra_headers)
+    return validate_ttl(timeout, "timeout")
+
+
+def with_extra_body(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
+    """``body`` with the OpenAI SDK's per-call ``extra_body`` fields merged in (they win)."""
+    if not isinstance(extra_body, Mapping) or not all(type(k) is str for k in extra_body):
+        raise InvalidRequestError("extra_body", "a dict with str keys, or None", extra_body)
+    return {**body, **extra_body}
+
+
+def response_format_param(value: object) -> object:
+    """A Pydantic model class as the OpenAI SDK sends it: a strict ``json_schema`` format
+    named after the class. Anything else is returned as is (``validate_request`` judges it).
+
+    Pydantic is not imported: a class with ``model_json_schema()`` is taken for a model.
+    """
+    json_schema = getattr(value, "model_json_schema", None)
+    if isinstance(value, type) and callable(json_schema):
+        schema = strict_json_schema(json_schema())
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": value.__name__, "schema": schema, "strict": True},
+        }
+    return value
+
+
+def strict_json_schema(schema: object) -> Any:
+    """A JSON schema as OpenAI's strict mode wants it (the OpenAI SDK's rules): every
+    object closed (``additionalProperties: false``) with every property required, a lone
+    ``allOf`` inlined, ``default: null`` dropped; at every depth."""
+    if isinstance(schema, list):
+        return [strict_json_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {name: strict_json_schema(value) for name, value in schema.items()}
+    for name in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(name), dict):
+            strict[name] = {k: strict_json_schema(v) for k, v in schema[name].items()}
+    if strict.get("type") == "object":
+        strict.setdefault("additionalProperties", False)
+        strict["required"] = list(strict.get("properties", {}))
+    all_of = strict.get("allOf")
+    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
+        del strict["allOf"]
+        strict.update(all_of[0])
+    if "default" in strict and strict["default"] is None:
+        del strict["default"]
+    return strict
+
+
 def _check_message(index: int, message: object) -> None:
     if not isinstance(message, dict):
         raise InvalidRequestError(f"messages[{index}]", "a dict with 'role' and 'content'", message)
     role = message.get("role")
     if role not in ROLES:
         raise InvalidRequestError(f"messages[{index}].role", _ROLES_TEXT, role)
+    _check_json(message, f"messages[{index}]")
     content = message.get("content")
     if isinstance(content, str | list):
         return
@@ -75,11 +144,108 @@ def _check_message(index: int, message: object) -> None:
 
 
 def _check_parameters(body: Mapping[str, Any]) -> None:
-    for name, low, high in _RANGES:
-        value = body.get(name)
-        if value is not None and (type(value) not in _NUMBER_TYPES or not low <= value <= high):
+    # One pass: a field with a known shape is checked by its own function; any other is
+    # checked to be JSON (orjson would send NaN as null, and fail on an object).
+    for name, value in body.items():
+        check = _FIELD_CHECKS.get(name)
+        if check is not None:
+            check(name, value)
+            continue
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or value is None:
+            continue
+        if kind is float:
+            if not math.isfinite(value):
+                raise InvalidRequestError(name, "a finite number", value)
+        elif name != "messages":  # checked message by message
+            _check_json(value, name)
+
+
+def _in_range(low: float, high: float) -> Callable[[str, object], None]:
+    def check(name: str, value: object) -> None:
+        # Exact types: bool is an int subclass, and True is no temperature.
+        if value is not None and (
+            type(value) not in _NUMBER_TYPES or not low <= value <= high  # type: ignore[operator]
+        ):
             raise InvalidRequestError(name, f"a number from {low:g} to {high:g}", value)
-    for name in _COUNTS:
-        value = body.get(name)
-        if value is not None and (type(value) is not int or value < 1):
-            raise InvalidRequestError(name, "an int >= 1", value)
+
+    return check
+
+
+def _count(name: str, value: object) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise InvalidRequestError(name, "an int >= 1", value)
+
+
+def _tools(name: str, value: object) -> None:
+    if value is None:
+        return
+    if type(value) is not list:
+        raise InvalidRequestError(name, "a list of tool dicts", value)
+    for index, tool in enumerate(value):
+        if type(tool) is not dict or type(tool.get("type")) is not str:
+            raise InvalidRequestError(
+                f"{name}[{index}]", "a dict such as {'type': 'function', 'function': {...}}", tool
+            )
+    _check_json(value, name)
+
+
+def _tool_choice(name: str, value: object) -> None:
+    if value is None or type(value) is str:
+        return
+    if type(value) is not dict:
+        raise InvalidRequestError(name, "'none', 'auto', 'required' or a dict naming a tool", value)
+    _check_json(value, name)
+
+
+def _response_format(name: str, value: object) -> None:
+    if value is None:
+        return
+    if type(value) is not dict or type(value.get("type")) is not str:
+        raise InvalidRequestError(name, _RESPONSE_FORMAT_TEXT, value)
+    _check_json(value, name)
+
+
+def _logit_bias(name: str, value: object) -> None:
+    if value is None:
+        return
+    if type(value) is not dict or not all(type(v) in _NUMBER_TYPES for v in value.values()):
+        raise InvalidRequestError(name, "a dict of token id to a number", value)
+    _check_json(value, name)
+
+
+_FIELD_CHECKS: dict[str, Callable[[str, object], None]] = {
+    "temperature": _in_range(0.0, 2.0),
+    "top_p": _in_range(0.0, 1.0),
+    "frequency_penalty": _in_range(-2.0, 2.0),
+    "presence_penalty": _in_range(-2.0, 2.0),
+    "max_tokens": _count,
+    "max_completion_tokens": _count,
+    "n": _count,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "response_format": _response_format,
+    "logit_bias": _logit_bias,
+}
+
+
+def _check_json(value: object, path: str) -> None:
+    """Raise naming the first place in ``value`` that JSON cannot hold (orjson would send
+    NaN as null, and raise a bare TypeError for an object)."""
+    if isinstance(value, str | bool | int) or value is None:
+        return
+    if type(value) is float:  # exactly: orjson cannot write float subclasses (numpy's)
+        if not math.isfinite(value):
+            raise InvalidRequestError(path, "a finite number", value)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequestError(path, "a dict with str keys", key)
+            _check_json(item, f"{path}.{key}")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]")
+        return
+    raise InvalidRequestError(path, _JSON_TEXT, value)

@@ -277,3 +277,36 @@ def test_the_scope_of_a_lone_key_is_its_clients() -> None:
 def test_cache_scope_is_validated() -> None:
     with pytest.raises(ConfigurationError, match="cache_scope"):
         Client(api_key="sk-x", cache_scope="tenant")  # type: ignore[arg-type]
+
+
+async def test_a_per_call_authorization_header_gets_its_own_scope(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    def as_(key: str) -> dict[str, Any]:
+        return {"extra_headers": {"Authorization": f"Bearer {key}"}}
+
+    async with tenant(gateway, redis_url, redis_prefix, api_key=KEY_A) as client:
+        own = await client.complete(**ask())
+        first = await client.complete(**ask(), **as_(KEY_B))
+        again = await client.complete(**ask(), **as_(KEY_B))
+        other = await client.complete(**ask(), **as_("sk-or-v1-tenant-c-5555555555"))
+        stream = client.stream(**ask(), **as_(KEY_B))
+        replayed = [chunk async for chunk in stream]
+    assert [own.cache, first.cache, again.cache, other.cache] == ["miss", "miss", "hit", "miss"]
+    assert len({own.key, first.key, other.key}) == 3 and again.key == first.key
+    assert replayed and stream.completion is not None
+    assert (stream.completion.cache, stream.completion.key) == ("hit", first.key)
+    assert gateway.endpoint("a").calls == 3
+    seen = [r.get("messages") for r in gateway.endpoint("a").requests]
+    assert len(seen) == 3
+
+
+async def test_a_namespace_scoped_client_shares_whatever_key_a_call_sends(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with tenant(
+        gateway, redis_url, redis_prefix, api_key=KEY_A, cache_scope="namespace"
+    ) as client:
+        first = await client.complete(**ask())
+        second = await client.complete(**ask(), extra_headers={"Authorization": f"Bearer {KEY_B}"})
+    assert (first.cache, second.cache, first.key == second.key) == ("miss", "hit", True)

@@ -243,7 +243,7 @@ async def test_the_api_key_appears_in_no_error_and_no_repr(
         ({"cache": "always"}, "cache"),
         ({"ttl": -5}, "ttl"),
         ({"stream": True}, "stream"),
-        ({"metadata": {"when": object()}}, "request body"),
+        ({"metadata": {"when": object()}}, "metadata.when"),
     ],
 )
 async def test_bad_input_raises_before_any_upstream_call(

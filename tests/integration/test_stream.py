@@ -165,10 +165,11 @@ async def test_a_leader_that_stops_reading_does_not_stop_the_followers(
     ep.pause_stream(after_chunks=2)
     leader = client.stream(**ask())
     await anext(leader)
-    follower = asyncio.create_task(collect(client.stream(**ask())))
+    follower = client.stream(**ask())
+    first = await anext(follower)  # it has joined the leader's upstream stream
     await leader.aclose()
     ep.resume_stream()
-    chunks = await follower
+    chunks = [first, *await collect(follower)]
     assert text(chunks)
     assert ep.calls == 1
     assert (await client.complete(**ask())).cache is CacheStatus.HIT  # stored in full

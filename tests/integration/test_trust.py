@@ -257,3 +257,20 @@ async def test_a_key_inside_an_upstream_message_is_scrubbed(
     error = await raised_by(client, stream=stream)
     assert all(KEY not in text for text in every_text(error))
     assert "key ***, header Authorization: Bearer ***" in str(error)
+
+
+@pytest.mark.parametrize("shape", ["json", "text", "header", "sse"])
+async def test_a_key_sent_per_call_in_extra_headers_is_scrubbed_too(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture, shape: EchoShape
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="limpet")
+    gateway.endpoint("a").echo_authorization(shape, times=1, status=401)
+    per_call: dict[str, Any] = {"extra_headers": {"Authorization": f"Bearer {KEY}"}}
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], retry=FAST_RETRY) as c:
+        with pytest.raises(APIError) as info:
+            if shape == "sse":
+                await collect(c.stream(**ask(), **per_call))
+            else:
+                await c.complete(**ask(), **per_call)
+    assert all(KEY not in text for text in every_text(info.value))
+    assert KEY not in caplog.text

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
 
-__all__ = ["TierStats", "TieredCache"]
+__all__ = ["DEFAULT_MAX_ENTRY_BYTES", "TierStats", "TieredCache"]
 
 logger = logging.getLogger("limpet.cache")
+
+#: Encoded entries above this many bytes are served but not stored.
+DEFAULT_MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -30,12 +33,14 @@ class TierStats:
         errors: backend faults absorbed (each a miss or a lost write, never a failed call).
         corrupt: entries that did not decode, were stored under another key, failed their
             signature or were ill-shaped (each deleted, and a miss).
+        oversized: answers not stored for being larger than ``max_entry_bytes``.
     """
 
     hits: list[int] = field(default_factory=list)
     misses: int = 0
     errors: int = 0
     corrupt: int = 0
+    oversized: int = 0
 
 
 class TieredCache:
@@ -52,15 +57,19 @@ class TieredCache:
         hmac_key: sign entries with HMAC-SHA256 over their key and value; an entry that
             fails its signature (altered, or copied to another key) is a miss.
         clock: wall-clock seconds, to compute remaining TTLs; inject a fake one in tests.
+        max_entry_bytes: an encoded entry larger than this is not stored (the answer is
+            still served, and counted in ``stats.oversized``), so one huge answer cannot
+            evict thousands of small ones or stall Redis.
     """
 
-    __slots__ = ("_clock", "_codec", "_failing", "stats", "tiers")
+    __slots__ = ("_clock", "_codec", "_failing", "max_entry_bytes", "stats", "tiers")
 
     def __init__(
         self,
         *tiers: CacheBackend,
         hmac_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     ) -> None:
         if not tiers:
             raise ConfigurationError("TieredCache: expected at least one tier")
@@ -69,6 +78,15 @@ class TieredCache:
                 raise ConfigurationError(
                     f"TieredCache: expected CacheBackend tiers, got {type(tier).__name__}"
                 )
+        if (
+            isinstance(max_entry_bytes, bool)
+            or not isinstance(max_entry_bytes, int)
+            or max_entry_bytes < 1
+        ):
+            raise ConfigurationError(
+                f"TieredCache.max_entry_bytes: expected an int >= 1, got {max_entry_bytes!r}"
+            )
+        self.max_entry_bytes = max_entry_bytes
         self.tiers: tuple[CacheBackend, ...] = tiers
         self.stats = TierStats(hits=[0] * len(tiers))
         self._codec = EntryCodec(hmac_key)
@@ -134,12 +152,20 @@ class TieredCache:
 
         Returns:
             The encoded entry and its TTL (for a cross-process flight to share), or None
-            when it had already expired.
+            when it had already expired or is larger than ``max_entry_bytes``.
         """
         ttl = entry.expires_at - self._clock()
         if ttl <= 0:
             return None
         data = self._codec.encode(key, entry)
+        if len(data) > self.max_entry_bytes:
+            self.stats.oversized += 1
+            logger.info(
+                "limpet cache: an answer of %d bytes was not stored (max_entry_bytes=%d)",
+                len(data),
+                self.max_entry_bytes,
+            )
+            return None
         for index in range(len(self.tiers)):
             await self._set_in(index, key, data, ttl)
         return data, ttl

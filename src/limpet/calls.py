@@ -1,0 +1,121 @@
+"""The running calls of a Client: each one's deadline, and how ``aclose()`` stops them.
+
+A call past the cache-hit path is counted while it runs, and everything it awaits runs
+in an ``asyncio.timeout`` scope: the caller's own deadline (the OpenAI SDK's ``timeout=``)
+or none. ``aclose()`` waits for the count to reach zero for a grace period, then expires
+the scopes still open, so each call raises ``ClientClosedError`` at the point it was
+waiting and unwinds normally (``finally`` blocks release leases, cancel orphaned flights).
+The hit path is neither counted nor scoped: it never yields to the event loop, so
+``aclose()`` can never find it half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TypeVar
+
+from limpet.errors import APITimeoutError, ClientClosedError
+
+__all__ = ["Call", "RunningCalls"]
+
+T = TypeVar("T")
+
+
+class Call:
+    """One call's own options (the OpenAI SDK's ``timeout=`` and ``extra_headers=``) and,
+    for a timeout's message, what it is waiting for.
+
+    Attributes:
+        timeout: seconds the whole call may take, or None.
+        headers: sent with the call's upstream request, or None.
+        deadline: event-loop time the call must be done by, or None.
+        waiting_for: what the call awaits now, in words.
+    """
+
+    __slots__ = ("deadline", "headers", "timeout", "waiting_for")
+
+    def __init__(self, timeout: float | None, headers: Mapping[str, str] | None) -> None:
+        self.timeout = timeout
+        self.headers = headers
+        self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        self.waiting_for = "the cache"
+
+
+class RunningCalls:
+    """Counts running calls and holds the deadline scopes of those awaiting something."""
+
+    __slots__ = ("_active", "_scopes", "_settled")
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._scopes: set[asyncio.Timeout] = set()
+        # Set whenever a call or a scope ends, while someone waits for that.
+        self._settled: asyncio.Event | None = None
+
+    def __len__(self) -> int:
+        """Calls running."""
+        return self._active
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        """Count a call (or an open stream) until it ends."""
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+            self._settle()
+
+    async def guarded(self, call: Call, work: Awaitable[T]) -> T:
+        """``work`` under the call's deadline, in a scope ``stop()`` can expire.
+
+        Raises:
+            APITimeoutError: the call's ``timeout`` passed; says what it was waiting for.
+            ClientClosedError: ``stop()`` stopped the call.
+        """
+        scope = asyncio.timeout_at(call.deadline)
+        try:
+            async with scope:
+                self._scopes.add(scope)
+                try:
+                    return await work
+                finally:
+                    self._scopes.discard(scope)
+                    self._settle()
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            if call.deadline is None or asyncio.get_running_loop().time() < call.deadline:
+                raise ClientClosedError("Client closed while the call was running") from exc
+            raise APITimeoutError(
+                f"the call's timeout of {call.timeout:g}s passed while it was waiting for "
+                f"{call.waiting_for}"
+            ) from exc
+
+    async def stop(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for every call to end, then stop those awaiting
+        something (they raise ``ClientClosedError``)."""
+        if await self._settled_within(grace, lambda: not self._active):
+            return
+        now = asyncio.get_running_loop().time()
+        for scope in list(self._scopes):
+            if not scope.expired():
+                scope.reschedule(now)
+
+    async def unwound(self, seconds: float) -> bool:
+        """Whether, within ``seconds``, no call awaits anything any more."""
+        return await self._settled_within(seconds, lambda: not self._scopes)
+
+    async def _settled_within(self, seconds: float, done: Callable[[], bool]) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while not done():
+                    self._settled = asyncio.Event()
+                    await self._settled.wait()
+        return done()
+
+    def _settle(self) -> None:
+        if self._settled is not None:
+            self._settled.set()

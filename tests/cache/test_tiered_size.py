@@ -1,0 +1,45 @@
+"""``TieredCache(max_entry_bytes=...)``: an entry too large to store is counted, not stored."""
+
+from __future__ import annotations
+
+import pytest
+
+from limpet import MemoryCache, TieredCache
+from limpet.cache.base import CacheEntry
+from limpet.cache.tiered import DEFAULT_MAX_ENTRY_BYTES
+from limpet.errors import ConfigurationError
+from limpet.models import Usage
+
+NOW = 1_000.0
+
+
+def entry(text: str) -> CacheEntry:
+    body = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+    return CacheEntry(body, Usage(), None, "a", NOW, NOW + 60)
+
+
+async def test_an_entry_above_the_limit_is_not_stored_and_is_counted() -> None:
+    memory = MemoryCache()
+    cache = TieredCache(memory, max_entry_bytes=1024, clock=lambda: NOW)
+    assert await cache.set("big", entry("x" * 2048)) is None
+    assert len(memory) == 0
+    assert cache.stats.oversized == 1
+    assert await cache.get("big") is None
+
+
+async def test_an_entry_within_the_limit_is_stored() -> None:
+    cache = TieredCache(MemoryCache(), max_entry_bytes=1024, clock=lambda: NOW)
+    stored = await cache.set("small", entry("x" * 100))
+    assert stored is not None and len(stored[0]) <= 1024
+    assert await cache.get("small") is not None
+    assert cache.stats.oversized == 0
+
+
+def test_the_default_limit_is_a_few_mib() -> None:
+    assert TieredCache(MemoryCache()).max_entry_bytes == DEFAULT_MAX_ENTRY_BYTES == 4 << 20
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, "4MiB", True, None])
+def test_the_limit_is_validated(limit: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"^TieredCache\.max_entry_bytes"):
+        TieredCache(MemoryCache(), max_entry_bytes=limit)  # type: ignore[arg-type]

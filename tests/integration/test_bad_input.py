@@ -1,0 +1,115 @@
+"""Bad input fails with ``InvalidRequestError`` naming the field, before any network call,
+on every path: ``complete``, ``stream`` (at call time), ``warm``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from limpet import CacheStatus, Client, Endpoint
+from limpet.errors import InvalidRequestError
+from limpet.testing import FakeGateway
+
+MODEL = "anthropic/claude-sonnet-4.6"
+MESSAGES = [{"role": "user", "content": "What is a limpet?"}]
+
+
+class NotAModel:
+    pass
+
+
+class Limpet(BaseModel):
+    name: str
+    shell_mm: float
+
+
+BAD: list[tuple[dict[str, Any], str]] = [
+    ({"response_format": NotAModel}, "response_format"),
+    ({"response_format": Limpet(name="x", shell_mm=1.0)}, "response_format"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": float("inf")}, "top_p"),
+    ({"logit_bias": {"1": float("nan")}}, "logit_bias.1"),
+    ({"provider": {"max_price": {"prompt": float("nan")}}}, "provider.max_price.prompt"),
+    ({"tools": "oops"}, "tools"),
+    ({"tool_choice": 1}, "tool_choice"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": object()}]}]},
+        "messages[0].content[0].text",
+    ),
+    ({"model": None}, "model"),
+    ({"messages": None}, "messages"),
+    ({"timeout": "5"}, "timeout"),
+    ({"timeout": -1}, "timeout"),
+    ({"extra_headers": {"X-A": 1}}, "extra_headers"),
+    ({"extra_headers": "X-A: 1"}, "extra_headers"),
+    ({"extra_body": "x"}, "extra_body"),
+    ({"extra_body": {"temperature": float("nan")}}, "temperature"),
+]
+
+
+def request(**override: Any) -> dict[str, Any]:
+    """A good request with ``override``; a None override leaves that field out."""
+    body = {"model": MODEL, "messages": MESSAGES, "temperature": 0, **override}
+    return {name: value for name, value in body.items() if value is not None}
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",)) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def client(gateway: FakeGateway) -> AsyncIterator[Client]:
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("override", "field"), BAD)
+async def test_complete_rejects_it_before_any_request(
+    client: Client, gateway: FakeGateway, override: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        await client.complete(**request(**override))
+    assert info.value.field == field
+    assert gateway.total_calls == 0
+
+
+@pytest.mark.parametrize(("override", "field"), BAD)
+async def test_stream_rejects_it_when_called_not_when_read(
+    client: Client, gateway: FakeGateway, override: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        client.stream(**request(**override))
+    assert info.value.field == field
+    assert gateway.total_calls == 0
+
+
+async def test_warm_counts_each_bad_request_as_failed_naming_the_field(
+    client: Client, gateway: FakeGateway
+) -> None:
+    report = await client.warm([request(**override) for override, _ in BAD])
+    assert report.failed == len(BAD)
+    for error, (_, field) in zip(report.errors, BAD, strict=True):
+        assert error.startswith(f"InvalidRequestError: {field}: expected")
+    assert gateway.total_calls == 0
+
+
+async def test_a_pydantic_model_class_is_sent_as_a_json_schema_format(
+    client: Client, gateway: FakeGateway
+) -> None:
+    from openai.lib._parsing._completions import type_to_response_format_param
+
+    first = await client.complete(**request(response_format=Limpet))
+    sent = gateway.endpoint("a").last_request
+    assert sent is not None
+    assert sent["response_format"] == type_to_response_format_param(Limpet)
+    again = await client.complete(**request(response_format=Limpet))
+    assert (first.cache, again.cache) == (CacheStatus.MISS, CacheStatus.HIT)
+    # The same format spelt out is the same request.
+    spelt = await client.complete(**request(response_format=sent["response_format"]))
+    assert spelt.cache is CacheStatus.HIT
+    assert gateway.total_calls == 1
