@@ -263,16 +263,13 @@ def test_usage_is_asked_for_in_what_is_sent_unless_the_caller_said() -> None:
     assert with_stream_usage(declined) == declined
 
 
-def test_an_assembler_that_keeps_no_body_holds_no_text() -> None:
-    assembler = StreamAssembler(whole=False, chunking=False)
+def test_an_assembler_that_keeps_no_chunking_still_assembles_the_whole_answer() -> None:
+    kept, lean = StreamAssembler(), StreamAssembler(chunking=False)
     for c in LIVE:
-        assembler.add(c)
-    body = assembler.completion()
-    assert assembler.chunking() is None
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": None}
-    assert body["choices"][0]["finish_reason"] == "tool_calls"
-    assert body["usage"] == USAGE
-    assert "Hel" not in str(body) and "think" not in str(body)
+        kept.add(c)
+        lean.add(c)
+    assert lean.chunking() is None and kept.chunking() is not None
+    assert lean.completion() == kept.completion()
 
 
 async def test_a_one_reader_broadcast_holds_only_what_is_unread() -> None:

@@ -31,11 +31,10 @@ class CompletionStream:
     stop early. Nothing is sent until the first chunk is asked for.
 
     After the last chunk, ``completion`` holds the assembled ``Completion`` with usage,
-    cost and cache status: every choice, whole, when the answer is cached or shared. A
-    stream that is neither (``cache="bypass"``, or a sampled request) keeps no
-    copy of what its chunks delivered, so a long answer is never held in memory twice:
-    its ``completion`` has the id, model, usage, cost and each choice's
-    ``finish_reason``, and ``content`` None.
+    cost and cache status, every choice whole. Only what that needs is held while
+    streaming: a stream that is neither stored nor shared (``cache="bypass"``, or a
+    sampled request) keeps neither its raw chunks nor a replay buffer, only the
+    assembled answer.
 
     Stopping early (``aclose()``, leaving ``async with``, or ``break`` followed by
     ``aclose()``) releases the stream; other callers sharing the same upstream stream are
@@ -223,13 +222,11 @@ class StreamFlights:
         broadcast = flight.broadcast
         cache = self._cache
         store = cache is not None and key is not None and decision.write
-        # A copy of the answer is kept only for the cache or for other readers: a stream
-        # that is neither stored nor shared holds no text (``CompletionStream.completion``).
-        whole = store or (key is not None and decision.coalesce)
         try:
 
             async def lead() -> tuple[CacheEntry, bytes | None, float]:
-                assembler = StreamAssembler(whole=whole, chunking=store)
+                # The raw chunks are kept only for the stored entry's replay.
+                assembler = StreamAssembler(chunking=store)
                 entry = await self._stream_upstream(
                     body, ttl, broadcast, assembler, headers, deadline
                 )

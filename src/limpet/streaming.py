@@ -144,23 +144,19 @@ class StreamAssembler:
     """Collects chunks and builds the chat completion they add up to.
 
     Args:
-        whole: keep the choices' deltas (text, tool calls, logprobs, ...). Without it,
-            only what a ``Completion`` reports is kept (the envelope, usage and each
-            choice's ``finish_reason``), so a stream whose answer is neither stored nor
-            shared holds none of its text in memory.
-        chunking: keep how the stream was chunked, for ``chunking()``.
+        chunking: also keep how the stream was chunked, for ``chunking()`` (a stored
+            answer's replay); a stream that is not stored need not hold its chunks.
     """
 
-    __slots__ = ("_choices", "_chunks", "_count", "_envelope", "_top", "_usage", "_whole")
+    __slots__ = ("_choices", "_chunks", "_count", "_envelope", "_top", "_usage")
 
-    def __init__(self, *, whole: bool = True, chunking: bool = True) -> None:
+    def __init__(self, *, chunking: bool = True) -> None:
         self._envelope: dict[str, Any] | None = None
         self._chunks: list[dict[str, Any]] | None = [] if chunking else None
         self._count = 0
         self._top: dict[str, Any] = {}
         self._usage: Any = None
         self._choices: dict[int, _Choice] = {}
-        self._whole = whole
 
     def add(self, chunk: dict[str, Any]) -> None:
         self._count += 1
@@ -174,7 +170,7 @@ class StreamAssembler:
             if key == "choices":
                 for choice in value or ():
                     if isinstance(choice, dict):
-                        self._choice(choice.get("index", 0)).add(choice, whole=self._whole)
+                        self._choice(choice.get("index", 0)).add(choice)
             elif key == "usage":
                 self._usage = value if value is not None else self._usage
             elif value is not None or key not in top:
@@ -220,16 +216,15 @@ class _Choice:
         # Present in every choice of a whole answer, as OpenAI's are.
         self.fields: dict[str, Any] = {"finish_reason": None, "logprobs": None}
 
-    def add(self, choice: Mapping[str, Any], *, whole: bool) -> None:
+    def add(self, choice: Mapping[str, Any]) -> None:
         fields = self.fields
         for key, value in choice.items():
             if key == "delta":
                 if isinstance(value, dict):
                     self.role = value.get("role") or self.role
-                    if whole:
-                        self.message.add(value)
+                    self.message.add(value)
             elif key == "logprobs":
-                if whole and isinstance(value, dict):
+                if isinstance(value, dict):
                     self.logprobs = self.logprobs or _Merged()
                     self.logprobs.add(value)
             elif key != "index" and (value is not None or key not in fields):
