@@ -18,12 +18,12 @@ from limpet.calls import Call, RunningCalls
 from limpet.coalesce import FlightStore, RedisFlight, SingleFlight
 from limpet.completions import completion_of, storable
 from limpet.config import (
-    DEFAULT_BASE_URL,
     CachePolicy,
     Endpoint,
     FlightConfig,
     RetryConfig,
     Timeouts,
+    default_base_url,
 )
 from limpet.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
@@ -72,7 +72,6 @@ _UNWIND_TIMEOUT = 5.0
 # field (InvalidRequestError), rather than the call failing with Python's TypeError.
 _REQUIRED: Any = None
 
-BASE_URL_ENV = "LIMPET_BASE_URL"
 API_KEY_ENV = "OPENROUTER_API_KEY"
 
 
@@ -777,7 +776,7 @@ def _resolve_endpoints(
     return (
         Endpoint(
             "default",
-            base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+            base_url or default_base_url(),
             api_key=api_key or os.environ.get(API_KEY_ENV) or None,
         ),
     )

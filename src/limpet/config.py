@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from types import MappingProxyType
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+#: The environment variable that overrides ``DEFAULT_BASE_URL`` (a relay, a FakeGateway).
+BASE_URL_ENV = "LIMPET_BASE_URL"
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_INITIAL_BACKOFF = 0.5
@@ -126,7 +129,7 @@ class Endpoint:
         *,
         api_key: str | None = None,
         name: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         allow_fallbacks: bool = False,
@@ -141,6 +144,7 @@ class Endpoint:
         Args:
             provider: a provider slug such as ``"anthropic"``, or several, tried in order.
             name: the endpoint's name; the slugs joined by ``+`` by default.
+            base_url: OpenRouter's API root; ``default_base_url()`` when not given.
             allow_fallbacks: let OpenRouter fall back to providers outside ``provider``.
             extra_body: more body defaults; its own ``provider`` fields are kept, with
                 ``order`` and ``allow_fallbacks`` set from the arguments above.
@@ -163,7 +167,7 @@ class Endpoint:
         }
         return cls(
             name if name is not None else "+".join(order),
-            base_url,
+            base_url or default_base_url(),
             api_key=api_key,
             headers=headers,
             extra_body=body,
@@ -184,6 +188,11 @@ class Endpoint:
         bare credential (``sk-...`` of ``Bearer sk-...``)."""
         values = (self.api_key,) if self.api_key else ()
         return values + header_secrets(self.headers or {})
+
+
+def default_base_url() -> str:
+    """``$LIMPET_BASE_URL``, else OpenRouter's API root."""
+    return os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
 
 
 @dataclass(frozen=True, kw_only=True)
