@@ -32,6 +32,7 @@ from limpet.streaming import StreamChunk
 from limpet.warm import WarmReport
 
 if TYPE_CHECKING:
+    from limpet.cache.memcached import MemcachedCache
     from limpet.cache.redis import RedisCache
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Endpoint",
     "FlightConfig",
     "KeyExplanation",
+    "MemcachedCache",
     "MemoryCache",
     "RedisCache",
     "RetryConfig",
@@ -69,4 +71,8 @@ def __getattr__(name: str) -> Any:
         from limpet.cache.redis import RedisCache
 
         return RedisCache
+    if name == "MemcachedCache":
+        from limpet.cache.memcached import MemcachedCache
+
+        return MemcachedCache
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
