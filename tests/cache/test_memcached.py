@@ -45,7 +45,7 @@ def test_url_names_every_server_with_the_default_port() -> None:
     ["redis://a:6379", "a:11211", "memcached://", "memcached://a:0", "memcached://a:x", "m://a"],
 )
 def test_a_bad_url_is_a_configuration_error(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="MemcachedCache.url"):
+    with pytest.raises(ConfigurationError, match=r"MemcachedCache\.url"):
         MemcachedCache.from_url(url)
 
 
@@ -62,14 +62,14 @@ def test_a_bad_url_is_a_configuration_error(url: str) -> None:
     ],
 )
 def test_a_bad_option_is_a_configuration_error_naming_it(option: str, value: object) -> None:
-    with pytest.raises(ConfigurationError, match=f"MemcachedCache.{option}"):
+    with pytest.raises(ConfigurationError, match=rf"MemcachedCache\.{option}"):
         MemcachedCache(url="memcached://a", **{option: value})  # type: ignore[arg-type]
 
 
 def test_exactly_one_of_url_and_client() -> None:
     with pytest.raises(ConfigurationError, match="exactly one"):
         MemcachedCache()
-    with pytest.raises(ConfigurationError, match="emcache.Client"):
+    with pytest.raises(ConfigurationError, match=r"emcache\.Client"):
         MemcachedCache(client=object())  # type: ignore[arg-type]
 
 
