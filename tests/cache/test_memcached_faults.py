@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import emcache
 import pytest
@@ -29,7 +30,7 @@ from tests.redis_servers import free_port
 pytestmark = pytest.mark.memcached
 
 COOLDOWN = 2.0
-PATIENT = {"read_timeout": 1.0, "write_timeout": 1.0}
+PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 
 
 def entry(i: int, *, size: int = 0, ttl: float = 600.0) -> CacheEntry:
@@ -190,14 +191,13 @@ async def test_a_silent_server_times_out_opens_the_breaker_and_calls_return(
 
 
 async def test_writes_never_wait_for_a_silent_server(breaker: CircuitBreaker) -> None:
-    async with SilentServer() as silent:
-        async with MemcachedCache.from_url(silent.url, breaker=breaker) as mc:
-            started = time.monotonic()
-            for i in range(200):
-                await mc.set(f"k{i}", b"v", 60)
-            assert time.monotonic() - started < 0.2
-            await mc.flush()
-            assert mc.failed_writes > 0
+    async with SilentServer() as silent, MemcachedCache.from_url(silent.url, breaker=breaker) as mc:
+        started = time.monotonic()
+        for i in range(200):
+            await mc.set(f"k{i}", b"v", 60)
+        assert time.monotonic() - started < 0.2
+        await mc.flush()
+        assert mc.failed_writes > 0
 
 
 async def test_a_caller_cancelling_is_not_a_memcached_failure(
