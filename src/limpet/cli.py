@@ -2,6 +2,11 @@
 
 Secrets never go on the command line (process lists show it): the API key comes from
 ``$OPENROUTER_API_KEY``, and a Redis password from the URL in ``$LIMPET_REDIS_URL``.
+
+``warm``, ``flush`` and ``stats`` take the shared cache as ``--redis URL`` or
+``--memcached URL`` (``memcached://host:11211[,host:port...]``; it wins when both are
+set). On Memcached, ``stats`` shows the servers' own counters (items, hit rate,
+evictions, memory): the fleet's per-model counters live in Redis only.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from limpet.models import Completion
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
 
 if TYPE_CHECKING:
+    from limpet.cache.memcached import MemcachedCache
     from limpet.cache.redis import RedisCache
 
 __all__ = ["main"]
@@ -37,8 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
-    if args.command in ("warm", "flush", "stats") and not args.redis:
-        parser.error(f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) is required")
+    if args.command in ("warm", "flush", "stats") and not (args.redis or args.memcached):
+        parser.error(
+            f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) or --memcached URL "
+            "(or $LIMPET_MEMCACHED_URL) is required"
+        )
     if args.command == "warm":
         return asyncio.run(_warm(args))
     if args.command == "flush":
@@ -83,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     flush.add_argument("--model", default=None, help="only this model's answers")
 
     stats = commands.add_parser(
-        "stats", help="the whole fleet's calls, hit rate and dollars, per model, from Redis"
+        "stats",
+        help="the whole fleet's calls, hit rate and dollars, per model, from Redis "
+        "(on Memcached: the servers' counters)",
     )
     _redis_options(stats)
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -102,8 +113,12 @@ def _redis_options(command: argparse.ArgumentParser) -> None:
         "--redis", default=os.environ.get("LIMPET_REDIS_URL"), help="default: $LIMPET_REDIS_URL"
     )
     command.add_argument(
-        "--prefix", default=None, help="the RedisCache key prefix (default: limpet:)"
+        "--memcached",
+        default=os.environ.get("LIMPET_MEMCACHED_URL"),
+        help="memcached://host:11211[,host:port...] instead of Redis "
+        "(default: $LIMPET_MEMCACHED_URL)",
     )
+    command.add_argument("--prefix", default=None, help="the cache's key prefix (default: limpet:)")
     command.add_argument("--namespace", default=None, help="the Client namespace (default: none)")
 
 
@@ -130,9 +145,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _warm(args: argparse.Namespace) -> int:
-    from limpet import Client, MemoryCache, RedisCache, TieredCache
+    from limpet import Client, MemoryCache, TieredCache
 
-    cache = TieredCache(MemoryCache(), RedisCache.from_url(args.redis, prefix=args.prefix))
+    cache = TieredCache(MemoryCache(), _shared_cache(args))
     async with Client(
         base_url=args.base_url, cache=cache, namespace=args.namespace or ""
     ) as client:
@@ -177,7 +192,7 @@ async def _warm(args: argparse.Namespace) -> int:
 
 async def _flush(args: argparse.Namespace) -> int:
     name = generation_name(args.namespace, args.model)
-    async with _redis_cache(args) as cache:
+    async with _shared_cache(args) as cache:
         try:
             generation = await cache.bump_generation(name)
         except CacheUnavailableError as exc:
@@ -192,6 +207,8 @@ async def _flush(args: argparse.Namespace) -> int:
 async def _stats(args: argparse.Namespace) -> int:
     from limpet.fleet import read_fleet_stats
 
+    if args.memcached:
+        return await _memcached_stats(args)
     async with _redis_cache(args) as cache:
         try:
             rows = await read_fleet_stats(cache)
@@ -222,6 +239,11 @@ def _stats_table(rows: dict[str, dict[str, Any]]) -> str:
     ]
     if not lines:
         return "no calls counted yet"
+    return _table(header, lines)
+
+
+def _table(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> str:
+    """Columns aligned: the first to the left, the others (numbers) to the right."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=False)]
     return "\n".join(
         "  ".join(
@@ -241,11 +263,50 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+async def _memcached_stats(args: argparse.Namespace) -> int:
+    async with _memcached_cache(args) as cache:
+        try:
+            servers = await cache.server_stats()
+        except CacheUnavailableError as exc:
+            print(f"limpet stats: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(servers).decode() + "\n")
+        return 0
+    header = ("server", "items", "hit rate", "hits", "misses", "evictions", "memory")
+    lines = [
+        (
+            server,
+            f"{row['items']:,}",
+            f"{row['hit_rate']:.1%}",
+            f"{row['hits']:,}",
+            f"{row['misses']:,}",
+            f"{row['evictions']:,}",
+            f"{row['bytes'] / 2**20:.1f} / {row['limit_bytes'] / 2**20:.0f} MiB",
+        )
+        for server, row in servers.items()
+    ]
+    print(_table(header, lines))
+    return 0
+
+
+def _shared_cache(args: argparse.Namespace) -> RedisCache | MemcachedCache:
+    """The shared cache the command names: Memcached when given, else Redis."""
+    return _memcached_cache(args) if args.memcached else _redis_cache(args)
+
+
 def _redis_cache(args: argparse.Namespace) -> RedisCache:
     # Imported here: the redis extra is needed for these commands only, not for the demo.
     from limpet.cache.redis import DEFAULT_PREFIX, RedisCache
 
     return RedisCache.from_url(args.redis, prefix=args.prefix or DEFAULT_PREFIX)
+
+
+def _memcached_cache(args: argparse.Namespace) -> MemcachedCache:
+    # Imported here: the memcached extra is needed for these commands only.
+    from limpet.cache.memcached import DEFAULT_PREFIX, MemcachedCache
+
+    return MemcachedCache.from_url(args.memcached, prefix=args.prefix or DEFAULT_PREFIX)
 
 
 def _positive_int(text: str) -> int:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from limpet import (
@@ -48,6 +51,21 @@ def ask(text: str = "What is a limpet?") -> dict[str, Any]:
 async def gateway() -> AsyncIterator[FakeGateway]:
     async with FakeGateway(endpoints=("a",)) as gw:
         yield gw
+
+
+async def limpet(*args: str) -> tuple[int, str, str]:
+    """Run ``python -m limpet ARGS`` without blocking the gateway's event loop."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "limpet",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 def make_client(gateway: FakeGateway, mc: MemcachedCache, *, l1: int = 1000) -> Client:
@@ -240,3 +258,44 @@ async def test_memcached_killed_among_500_concurrent_calls_fails_none_then_hits_
         for text in fresh[:8]:  # long gone from the 4-entry L1: from Memcached
             assert (await client.complete(**ask(text))).cache is CacheStatus.HIT
         assert client.stats.l2_hits == hits_before + 8
+
+
+async def test_limpet_warm_flush_and_stats_on_memcached(
+    gateway: FakeGateway, memcached_url: str, memcached_prefix: str, tmp_path: Path
+) -> None:
+    file = tmp_path / "requests.jsonl"
+    file.write_bytes(b"\n".join(orjson.dumps(ask(f"faq {i}")) for i in range(3)) + b"\n")
+    common = ["--memcached", memcached_url, "--prefix", memcached_prefix]
+    base = ["--base-url", gateway.base_url("a")]
+
+    code, out, _ = await limpet("warm", str(file), *common, *base, "--json")
+    assert code == 0
+    assert orjson.loads(out)["warmed"] == 3
+
+    def fresh_client() -> Client:
+        mc = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
+        return make_client(gateway, mc)
+
+    async with fresh_client() as client:
+        assert (await client.complete(**ask("faq 1"))).cache is CacheStatus.HIT
+
+    code, out, _ = await limpet("flush", *common, "--model", MODEL, "--namespace", "")
+    assert code == 0, out
+    assert f"flushed model '{MODEL}'" in out
+    async with fresh_client() as client:
+        assert (await client.complete(**ask("faq 1"))).cache is CacheStatus.MISS
+
+    code, out, _ = await limpet("stats", *common, "--json")
+    assert code == 0
+    [server] = orjson.loads(out).values()
+    assert server["items"] >= 3
+    assert server["hits"] >= 1
+    code, out, _ = await limpet("stats", *common)
+    assert code == 0
+    assert "evictions" in out
+
+
+async def test_limpet_flush_fails_loudly_when_memcached_is_down() -> None:
+    code, _, err = await limpet("flush", "--memcached", f"memcached://127.0.0.1:{free_port()}")
+    assert code == 1
+    assert "limpet flush:" in err

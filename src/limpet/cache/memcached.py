@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -41,6 +39,13 @@ from typing import TYPE_CHECKING, TypeVar
 import emcache
 
 from limpet.cache.breaker import BreakerState, CircuitBreaker
+from limpet.cache.memcached_keys import (
+    RELATIVE_TTL_LIMIT,
+    check_prefix,
+    memcached_expiry,
+    parse_memcached_url,
+    safe_key,
+)
 from limpet.cache.memcached_writes import WriteQueue
 from limpet.errors import CacheUnavailableError, ConfigurationError
 
@@ -64,76 +69,8 @@ DEFAULT_MAX_CONNECTIONS = 32
 DEFAULT_CLOSE_TIMEOUT = 5.0
 #: Memcached's default item size limit (``-I 1m``), less room for the key and header.
 DEFAULT_MAX_VALUE_SIZE = 1024 * 1024 - 1024
-#: Memcached reads an expiry above this many seconds (30 days) as a unix timestamp.
-RELATIVE_TTL_LIMIT = 30 * 24 * 3600
-
-_MAX_KEY = 250
-_HASHED = "~"
 
 _T = TypeVar("_T")
-
-
-def parse_memcached_url(url: str) -> list[tuple[str, int]]:
-    """The servers of ``memcached://host[:port][,host2[:port]...]`` (port 11211 by
-    default; ``[v6]:port`` for IPv6).
-
-    Raises:
-        ConfigurationError: another scheme, no server, or a bad port.
-    """
-    scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
-    if not sep or scheme.lower() != "memcached":
-        raise ConfigurationError("MemcachedCache.url: expected memcached://host:11211[,host:port]")
-    servers = []
-    for part in rest.rstrip("/").split(","):
-        host, port = _split_host_port(part.strip())
-        servers.append((host, port))
-    return servers
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    if text.startswith("["):
-        host, _, tail = text[1:].partition("]")
-        port_text = tail[1:] if tail.startswith(":") else ""
-    else:
-        host, _, port_text = text.partition(":")
-    if not host or "@" in host or "/" in host:
-        raise ConfigurationError(f"MemcachedCache.url: bad server {text!r}")
-    try:
-        port = int(port_text) if port_text else 11211
-    except ValueError:
-        port = 0
-    if not 0 < port < 65536:
-        raise ConfigurationError(f"MemcachedCache.url: bad port in server {text!r}")
-    return host, port
-
-
-def memcached_expiry(ttl: float, now: float) -> int:
-    """The ``exptime`` Memcached needs for ``ttl`` seconds from wall-clock ``now``.
-
-    0 never expires (an infinite TTL); a TTL is rounded up to whole seconds (at least 1,
-    since 0 would mean forever); above 30 days it becomes an absolute unix time. A TTL of
-    0 or less is the caller's to handle (the key is deleted instead).
-    """
-    if ttl == math.inf:
-        return 0
-    seconds = max(math.ceil(ttl), 1)
-    if seconds <= RELATIVE_TTL_LIMIT:
-        return seconds
-    return math.ceil(now) + seconds
-
-
-def _safe_key(prefix: str, kind: str, key: str) -> bytes:
-    """The Memcached key for ``key`` of ``kind`` (entry, lease, generation)."""
-    full = prefix + kind + key
-    if (
-        len(full) <= _MAX_KEY
-        and not key.startswith(_HASHED)
-        and full.isascii()
-        and full.isprintable()
-        and " " not in full
-    ):
-        return full.encode()
-    return (prefix + kind + _HASHED + hashlib.sha256(key.encode()).hexdigest()).encode()
 
 
 class MemcachedCache:
@@ -205,7 +142,7 @@ class MemcachedCache:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        _check_prefix(prefix)
+        check_prefix(prefix)
         for name, seconds in (
             ("read_timeout", read_timeout),
             ("write_timeout", write_timeout),
@@ -312,19 +249,19 @@ class MemcachedCache:
 
     def entry_key(self, key: str) -> bytes:
         """The Memcached key of entry ``key``: ``prefix + "e:" + key`` (hashed when unfit)."""
-        return _safe_key(self.prefix, "e:", key)
+        return safe_key(self.prefix, "e:", key)
 
     def lock_key(self, key: str) -> bytes:
         """The Memcached key of ``key``'s single-flight lease."""
-        return _safe_key(self.prefix, "l:", key)
+        return safe_key(self.prefix, "l:", key)
 
     def notice_key(self, key: str) -> bytes:
         """The Memcached key of the last completion notice of ``key``'s flights."""
-        return _safe_key(self.prefix, "n:", key)
+        return safe_key(self.prefix, "n:", key)
 
     def generation_key(self, name: str) -> bytes:
         """The Memcached key of generation counter ``name``."""
-        return _safe_key(self.prefix, "g:", name)
+        return safe_key(self.prefix, "g:", name)
 
     @property
     def breaker_state(self) -> BreakerState:
@@ -357,7 +294,7 @@ class MemcachedCache:
         Raises:
             CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.
         """
-        full = _safe_key(self.prefix, "e:", key)
+        full = safe_key(self.prefix, "e:", key)
         queued = self._writes.queued(full.decode())
         if queued is not None:
             value, expires_at = queued
@@ -458,6 +395,30 @@ class MemcachedCache:
             if value is None:
                 raise CacheUnavailableError(f"memcached generation {name!r} vanished while bumped")
         return self._saw(name, value)
+
+    async def server_stats(self) -> dict[str, dict[str, float]]:
+        """Each server's own counters (``stats``), by ``host:port``: ``items``, ``hits``,
+        ``misses``, ``hit_rate``, ``evictions``, ``bytes`` and ``limit_bytes``. They count
+        every client of the server, not limpet alone (Memcached keeps no per-prefix
+        counts).
+
+        Raises:
+            CacheUnavailableError: a server is down, slow, the breaker is open, or closed.
+        """
+
+        async def read(client: emcache.Client) -> dict[str, dict[str, float]]:
+            nodes = [
+                node
+                for node in client.cluster_managment().nodes()
+                if isinstance(node, emcache.MemcachedHostAddress)
+            ]
+            replies = await asyncio.gather(*(client.stats(node) for node in nodes))
+            return {
+                f"{node.address}:{node.port}": _summary(reply)
+                for node, reply in zip(nodes, replies, strict=True)
+            }
+
+        return await self.run("stats", self.write_timeout, read)
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent (or has failed)."""
@@ -592,19 +553,17 @@ class MemcachedCache:
         return value
 
 
-def _check_prefix(prefix: object) -> None:
-    if (
-        not isinstance(prefix, str)
-        or not prefix
-        or len(prefix) > 100
-        or not prefix.isascii()
-        or not prefix.isprintable()
-        or " " in prefix
-    ):
-        raise ConfigurationError(
-            "MemcachedCache.prefix: expected 1-100 printable ASCII characters without spaces, "
-            f"got {prefix!r}"
-        )
+def _summary(reply: dict[str, str]) -> dict[str, float]:
+    hits, misses = int(reply.get("get_hits", 0)), int(reply.get("get_misses", 0))
+    return {
+        "items": int(reply.get("curr_items", 0)),
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        "evictions": int(reply.get("evictions", 0)),
+        "bytes": int(reply.get("bytes", 0)),
+        "limit_bytes": int(reply.get("limit_maxbytes", 0)),
+    }
 
 
 def _counter(raw: bytes) -> int | None:
