@@ -466,7 +466,9 @@ class MemcachedCache:
         epoch = breaker.epoch
         try:
             async with asyncio.timeout(budget):
-                client = await self._connect(fresh=probing)
+                client = self._client
+                if client is None or probing:
+                    client = await self._connect(fresh=probing)
                 result = await call(client)
         except TimeoutError as exc:
             breaker.record_failure(epoch)
