@@ -18,8 +18,9 @@ are queued and sent in the background, and every failure leaves as
 
 - Keys: Memcached keys are at most 250 bytes of printable ASCII without spaces, so a key
   that is not (and any key starting with ``~``) is stored under the SHA-256 of it.
-- TTLs are whole seconds (rounded up), and a TTL over 30 days is sent as an absolute unix
-  time (Memcached reads larger numbers as timestamps); an infinite TTL never expires.
+- TTLs are whole seconds (rounded up; Memcached's clock ticks in seconds, so an entry may
+  go up to a second early), and a TTL over 30 days is sent as an absolute unix time
+  (Memcached reads larger numbers as timestamps); an infinite TTL never expires.
 - An entry evicted by Memcached's LRU is a miss, not a fault. A value over the item size
   limit (``max_value_size``, 1 MiB by default like Memcached's ``-I``) is served but not
   sent, and counted in ``oversized_writes``.
@@ -77,7 +78,9 @@ class MemcachedCache:
     """A ``CacheBackend`` on Memcached: ``MemcachedCache.from_url("memcached://cache:11211")``.
 
     Several servers (``memcached://a:11211,b:11211``) share the keys by rendezvous
-    hashing, so adding one moves only its share. Construction never touches the network;
+    hashing, so adding one moves only its share; one that stays unreachable (three failed
+    reconnections) leaves the hashing until it is back. One circuit breaker covers them
+    all. Construction never touches the network;
     the first operation connects. Writes are queued and sent in the background exactly as
     ``RedisCache`` does (``pending_writes``, ``dropped_writes``, ``failed_writes``,
     ``flush()``), and an open circuit breaker makes every operation fail at once.
@@ -514,6 +517,9 @@ class MemcachedCache:
                 max_connections=self.max_connections,
                 min_connections=0,
                 connection_timeout=max(self.read_timeout, self.write_timeout),
+                # With several servers, one that stays unreachable leaves the hashing
+                # (its keys go to the others) instead of timing out its share of calls.
+                purge_unhealthy_nodes=len(self._servers) > 1,
             )
             return self._client
 

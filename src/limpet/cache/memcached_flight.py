@@ -20,13 +20,14 @@ Memcached has no scripts and no pub/sub, so each step is built from its atomic c
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import emcache
 import orjson
 
-from limpet.cache.memcached import memcached_expiry
+from limpet.cache.memcached_keys import RELATIVE_TTL_LIMIT, memcached_expiry
 from limpet.coalesce import FlightNotice, FlightOutcome
 from limpet.errors import APIStatusError, status_error
 
@@ -77,7 +78,7 @@ class MemcachedFlightStore:
     """Leases and notices for ``RedisFlight`` on the servers of a ``MemcachedCache``.
 
     Every call goes through the cache's ``run()``: its breaker, timeouts and error
-    mapping. Lease TTLs are whole seconds (rounded up).
+    mapping. Lease TTLs are whole seconds, rounded up, plus one (see ``_lease_exptime``).
     """
 
     __slots__ = ("_cache",)
@@ -87,7 +88,7 @@ class MemcachedFlightStore:
 
     async def acquire(self, key: str, token: str, lease: float) -> bool:
         cache, lock = self._cache, self._cache.lock_key(key)
-        exptime = memcached_expiry(lease, 0.0)
+        exptime = _lease_exptime(lease)
 
         async def add(client: emcache.Client) -> bool:
             try:
@@ -99,8 +100,7 @@ class MemcachedFlightStore:
         return await cache.run("add", cache.write_timeout, add)
 
     async def renew(self, key: str, token: str, lease: float) -> bool:
-        exptime = memcached_expiry(lease, 0.0)
-        return await self._swap_if_held(key, token, "renew", exptime)
+        return await self._swap_if_held(key, token, "renew", _lease_exptime(lease))
 
     async def held(self, key: str) -> bool:
         cache, lock = self._cache, self._cache.lock_key(key)
@@ -162,6 +162,13 @@ class MemcachedFlightStore:
             return True
 
         return await cache.run(command, cache.write_timeout, swap)
+
+
+def _lease_exptime(lease: float) -> int:
+    """A lease's ``exptime``: one second more than asked, since Memcached's clock ticks in
+    whole seconds and an item set just before a tick with an exptime of 1 would expire
+    at the tick, long before its lease."""
+    return min(math.ceil(lease), RELATIVE_TTL_LIMIT - 1) + 1
 
 
 def _encode_notice(token: str, notice: FlightNotice) -> bytes:
