@@ -23,7 +23,7 @@ from limpet.cache.memcached import (
     memcached_expiry,
     parse_memcached_url,
 )
-from limpet.cache.memcached_flight import MemcachedFlightStore
+from limpet.cache.memcached_flight import MemcachedFlightStore, _lease_exptime
 from limpet.coalesce import FlightNotice, FlightOutcome, FlightStore
 from limpet.errors import CacheUnavailableError, ConfigurationError, RateLimitError
 from limpet.generations import GenerationStore
@@ -92,6 +92,14 @@ def test_expiry_is_relative_up_to_30_days_then_absolute(ttl: float, now: float) 
         # An absolute time, never earlier than the TTL asks.
         assert exptime > RELATIVE_TTL_LIMIT
         assert exptime - now >= ttl
+
+
+@given(lease=st.floats(min_value=1e-3, max_value=86400.0))
+def test_a_lease_lives_at_least_as_long_as_asked(lease: float) -> None:
+    # Memcached's clock ticks in whole seconds: an item set just before a tick with an
+    # exptime of n lives a little over n - 1 seconds, so a lease gets one more.
+    assert _lease_exptime(lease) - 1 >= lease
+    assert _lease_exptime(lease) <= lease + 2
 
 
 def test_an_infinite_ttl_never_expires() -> None:
