@@ -19,6 +19,7 @@ import pytest
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.memcached import MemcachedCache, parse_memcached_url
+from limpet.cache.memcached_flight import _PollWatch
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
@@ -78,6 +79,22 @@ async def unavailable(operation: Callable[[], object]) -> CacheUnavailableError:
 
 
 # -- down from the start ----------------------------------------------------------------
+
+
+async def test_a_follower_polling_an_unreachable_memcached_keeps_waiting(
+    breaker: CircuitBreaker,
+) -> None:
+    # A failed poll is no news: the follower's own deadline ends the wait, and then it
+    # asks whether the lease is held (which does raise, and sends it upstream).
+    async with MemcachedCache.from_url(
+        f"memcached://127.0.0.1:{free_port()}", breaker=breaker
+    ) as mc:
+        watch = _PollWatch(mc.flight_store, "k", b"leader")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):  # room for three 100 ms polls to fail
+                await watch.next()
+        assert state(mc) == "open"  # the polls failed, and none escaped
+        await unavailable(lambda: mc.flight_store.held("k"))
 
 
 async def test_down_from_the_start_every_operation_is_unavailable(

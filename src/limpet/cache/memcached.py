@@ -71,6 +71,9 @@ DEFAULT_CLOSE_TIMEOUT = 5.0
 #: Memcached's default item size limit (``-I 1m``), less room for the key and header.
 DEFAULT_MAX_VALUE_SIZE = 1024 * 1024 - 1024
 
+#: Seconds emcache may take to open a connection (in the background; see _connect).
+_CONNECT_TIMEOUT = 2.0
+
 _T = TypeVar("_T")
 
 
@@ -515,8 +518,14 @@ class MemcachedCache:
                 [emcache.MemcachedHostAddress(host, port) for host, port in self._servers],
                 timeout=None,  # every call runs under this cache's own budget
                 max_connections=self.max_connections,
-                min_connections=0,
-                connection_timeout=max(self.read_timeout, self.write_timeout),
+                # One connection kept open: one a timeout closed is replaced at once,
+                # in the background, rather than by the next call within its budget.
+                min_connections=1,
+                # Generous: emcache connects in the background, callers never wait past
+                # their own budget, and a connection abandoned as slow is retried only
+                # after a one-second backoff: a busy machine must not turn a slow
+                # connect into a second of misses.
+                connection_timeout=_CONNECT_TIMEOUT,
                 # With several servers, one that stays unreachable leaves the hashing
                 # (its keys go to the others) instead of timing out its share of calls.
                 purge_unhealthy_nodes=len(self._servers) > 1,

@@ -29,7 +29,7 @@ import orjson
 
 from limpet.cache.memcached_keys import RELATIVE_TTL_LIMIT, memcached_expiry
 from limpet.coalesce import FlightNotice, FlightOutcome
-from limpet.errors import APIStatusError, status_error
+from limpet.errors import APIStatusError, CacheUnavailableError, status_error
 
 if TYPE_CHECKING:
     from limpet.cache.memcached import MemcachedCache
@@ -57,7 +57,12 @@ class _PollWatch:
         lease is gone without one; callers bound the wait with ``asyncio.timeout``."""
         pause = _FIRST_POLL
         while True:
-            raw_notice, holder = await self._store.peek(self._key)
+            try:
+                raw_notice, holder = await self._store.peek(self._key)
+            except CacheUnavailableError:
+                # One slow poll is no news, not a reason to call upstream: try again
+                # (the caller bounds the whole wait, then checks the lease itself).
+                raw_notice, holder = None, self._token
             if raw_notice is not None:
                 token, notice = _decode_notice(raw_notice)
                 if token == self._token:
@@ -78,7 +83,9 @@ class MemcachedFlightStore:
     """Leases and notices for ``RedisFlight`` on the servers of a ``MemcachedCache``.
 
     Every call goes through the cache's ``run()``: its breaker, timeouts and error
-    mapping. Lease TTLs are whole seconds, rounded up, plus one (see ``_lease_exptime``).
+    mapping. All of them get the write budget, reads included: they are on the miss path,
+    where a read timing out would send a follower upstream. Lease TTLs are whole seconds,
+    rounded up, plus one (see ``_lease_exptime``).
     """
 
     __slots__ = ("_cache",)
@@ -104,7 +111,7 @@ class MemcachedFlightStore:
 
     async def held(self, key: str) -> bool:
         cache, lock = self._cache, self._cache.lock_key(key)
-        item = await cache.run("get", cache.read_timeout, lambda c: c.get(lock))
+        item = await cache.run("get", cache.write_timeout, lambda c: c.get(lock))
         return item is not None
 
     async def release(
@@ -140,7 +147,7 @@ class MemcachedFlightStore:
         cache = self._cache
         notice_key, lock = cache.notice_key(key), cache.lock_key(key)
         found: dict[bytes, Any] = await cache.run(
-            "get_many", cache.read_timeout, lambda c: c.get_many([notice_key, lock])
+            "get_many", cache.write_timeout, lambda c: c.get_many([notice_key, lock])
         )
         notice, holder = found.get(notice_key), found.get(lock)
         return (
