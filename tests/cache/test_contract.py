@@ -62,9 +62,12 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(memory, elapse=elapse)
         await memory.aclose()
     elif request.param == "memcached":
+        # Patient: the contract is about what is stored, not about speed on a busy machine.
         memcached = MemcachedCache.from_url(
             request.getfixturevalue("memcached_url"),
             prefix=request.getfixturevalue("memcached_prefix"),
+            read_timeout=1.0,
+            write_timeout=1.0,
         )
         yield Harness(memcached, settle=memcached.flush)
         await memcached.aclose()

@@ -26,7 +26,7 @@ are queued and sent in the background, and every failure leaves as
   sent, and counted in ``oversized_writes``.
 - ``clear()`` is ``flush_all`` on every server: Memcached cannot list keys.
 - Generations (``invalidate()``) are counters created with ``add`` and bumped with
-  ``incr``; see ``generations()`` for what an evicted counter does.
+  ``incr``; see ``memcached_generations`` for what an evicted counter does.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, TypeVar
 import emcache
 
 from limpet.cache.breaker import BreakerState, CircuitBreaker
+from limpet.cache.memcached_generations import GenerationCounters
 from limpet.cache.memcached_keys import (
     RELATIVE_TTL_LIMIT,
     check_prefix,
@@ -117,11 +118,11 @@ class MemcachedCache:
         "_client",
         "_closed",
         "_connecting",
+        "_counters",
         "_flights",
         "_old_clients",
         "_oversized",
         "_owns_client",
-        "_seen",
         "_servers",
         "_where",
         "_writes",
@@ -188,9 +189,7 @@ class MemcachedCache:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._closed = False
         self._oversized = 0
-        # The highest value seen of each generation counter: a counter Memcached evicted
-        # is re-created above it (see generations()).
-        self._seen: dict[str, int] = {}
+        self._counters = GenerationCounters(self)
         self._writes = WriteQueue(
             self._send_write,
             self.breaker,
@@ -356,15 +355,9 @@ class MemcachedCache:
         await self.run("flush_all", self.write_timeout, flush_all)
 
     async def generations(self, names: Sequence[str]) -> list[int]:
-        """The current value of each generation counter.
-
-        A counter that is missing (never bumped, evicted by the LRU, or lost in a restart
-        or ``clear()``) is created with ``add`` at the current wall-clock time in
-        milliseconds, or one above the highest value this process saw, whichever is
-        higher. Counters only grow by ``incr`` of one, so a re-created counter is above
-        every value it had before (short of a thousand invalidations a second), and an
-        eviction can never make entries of an older generation valid again: it costs, at
-        worst, the entries of the current one.
+        """The current value of each generation counter. A missing one (never bumped,
+        evicted, lost in a restart) is created above every value it had, so an eviction
+        never revives invalidated entries (see ``memcached_generations``).
 
         Raises:
             CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.
@@ -372,16 +365,7 @@ class MemcachedCache:
         if not names:
             return []
         self._check_open()
-        keys = [self.generation_key(name) for name in names]
-        found = await self.run("get_many", self.read_timeout, lambda c: c.get_many(keys))
-        result = []
-        for name, key in zip(names, keys, strict=True):
-            item = found.get(key)
-            value = _counter(item.value) if item is not None else None
-            if value is None:
-                value = await self._create_counter(name, key)
-            result.append(self._saw(name, value))
-        return result
+        return await self._counters.read(names)
 
     async def bump_generation(self, name: str) -> int:
         """Add one to generation ``name`` (``incr``; the counter is created if missing).
@@ -393,14 +377,7 @@ class MemcachedCache:
             CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.
         """
         self._check_open()
-        key = self.generation_key(name)
-        value = await self.run("incr", self.write_timeout, lambda c: _incr(c, key))
-        if value is None:
-            await self._create_counter(name, key)
-            value = await self.run("incr", self.write_timeout, lambda c: _incr(c, key))
-            if value is None:
-                raise CacheUnavailableError(f"memcached generation {name!r} vanished while bumped")
-        return self._saw(name, value)
+        return await self._counters.bump(name)
 
     async def server_stats(self) -> dict[str, dict[str, float]]:
         """Each server's own counters (``stats``), by ``host:port``: ``items``, ``hits``,
@@ -552,23 +529,6 @@ class MemcachedCache:
             return exc  # Memcached refused it (too large, out of memory): it is up
         return None
 
-    async def _create_counter(self, name: str, key: bytes) -> int:
-        """Create a missing counter (see ``generations()``); its value, or the one another
-        process created first."""
-        start = max(int(time.time() * 1000), self._seen.get(name, 0) + 1)
-        if await self.run("add", self.write_timeout, lambda c: _add(c, key, b"%d" % start)):
-            return start
-        item = await self.run("get", self.read_timeout, lambda c: c.get(key))
-        value = None if item is None else _counter(item.value)
-        if value is None:
-            raise CacheUnavailableError(f"memcached generation {name!r} is not an integer")
-        return value
-
-    def _saw(self, name: str, value: int) -> int:
-        if value > self._seen.get(name, 0):
-            self._seen[name] = value
-        return value
-
 
 def _summary(reply: dict[str, str]) -> dict[str, float]:
     hits, misses = int(reply.get("get_hits", 0)), int(reply.get("get_misses", 0))
@@ -583,28 +543,6 @@ def _summary(reply: dict[str, str]) -> dict[str, float]:
     }
 
 
-def _counter(raw: bytes) -> int | None:
-    try:
-        return int(raw)
-    except ValueError:
-        return None
-
-
 async def _delete(client: emcache.Client, key: bytes) -> None:
     with contextlib.suppress(emcache.NotFoundCommandError):
         await client.delete(key)
-
-
-async def _add(client: emcache.Client, key: bytes, value: bytes) -> bool:
-    try:
-        await client.add(key, value, exptime=0)
-    except emcache.NotStoredStorageCommandError:
-        return False
-    return True
-
-
-async def _incr(client: emcache.Client, key: bytes) -> int | None:
-    try:
-        return await client.increment(key, 1)
-    except emcache.NotFoundCommandError:
-        return None
