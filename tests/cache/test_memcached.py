@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import emcache
 import pytest
@@ -28,6 +29,9 @@ from limpet.coalesce import FlightNotice, FlightOutcome, FlightStore
 from limpet.errors import CacheUnavailableError, ConfigurationError, RateLimitError
 from limpet.generations import GenerationStore
 from tests.memcached_servers import MemcachedServer
+
+# For tests about what is stored, not about speed: a busy machine must not time them out.
+PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 
 # -- pure parts --------------------------------------------------------------------------
 
@@ -127,9 +131,7 @@ def test_a_hashed_key_cannot_collide_with_a_plain_one() -> None:
 
 @pytest.fixture
 async def cache(memcached_url: str, memcached_prefix: str) -> AsyncIterator[MemcachedCache]:
-    async with MemcachedCache.from_url(
-        memcached_url, prefix=memcached_prefix, read_timeout=1.0, write_timeout=1.0
-    ) as mc:
+    async with MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as mc:
         yield mc
 
 
@@ -155,8 +157,8 @@ async def test_a_ttl_over_30_days_is_stored_not_expired_at_once(
 @pytest.mark.memcached
 async def test_two_caches_share_entries(memcached_url: str, memcached_prefix: str) -> None:
     async with (
-        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix) as one,
-        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix) as two,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as one,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as two,
     ):
         await one.set("k", b"shared", 60)
         await one.flush()
@@ -216,8 +218,8 @@ async def test_an_evicted_generation_comes_back_higher_in_every_process(
     memcached_url: str, memcached_prefix: str, raw: emcache.Client
 ) -> None:
     async with (
-        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix) as one,
-        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix) as fresh,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as one,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as fresh,
     ):
         [old] = await one.generations(["m"])
         bumped = await one.bump_generation("m")
@@ -240,7 +242,9 @@ async def test_an_evicted_generation_comes_back_higher_in_every_process(
 async def test_racing_processes_agree_on_a_new_counter(
     memcached_url: str, memcached_prefix: str
 ) -> None:
-    caches = [MemcachedCache.from_url(memcached_url, prefix=memcached_prefix) for _ in range(5)]
+    caches = [
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) for _ in range(5)
+    ]
     try:
         values = await asyncio.gather(*(c.generations(["m"]) for c in caches))
         assert len({v[0] for v in values}) == 1
@@ -333,7 +337,7 @@ async def test_an_oversized_entry_is_not_shared_and_followers_take_over(
     memcached_url: str, memcached_prefix: str
 ) -> None:
     async with MemcachedCache.from_url(
-        memcached_url, prefix=memcached_prefix, max_value_size=10, read_timeout=1.0
+        memcached_url, prefix=memcached_prefix, max_value_size=10, **PATIENT
     ) as mc:
         store = mc.flight_store
         assert await store.acquire("k", "leader", 5.0)

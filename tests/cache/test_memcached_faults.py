@@ -270,7 +270,9 @@ async def test_an_evicted_generation_never_brings_old_entries_back(
         await mc.bump_generation("m")
         await raw.delete(mc.generation_key("m"))  # evicted by the LRU
         # Another process, which never saw it, re-creates it: never back to ``old``.
-        async with MemcachedCache.from_url(memcached_url, prefix=memcached_prefix) as other:
+        async with MemcachedCache.from_url(
+            memcached_url, prefix=memcached_prefix, **PATIENT
+        ) as other:
             [now] = await other.generations(["m"])
             assert now > old
             assert await other.get(f"entry@{now}") is None
