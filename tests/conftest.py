@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from tests.cluster_servers import REDIS_CLI_BINARY, RedisClusterServers
+from tests.memcached_servers import MEMCACHED_BINARY, MemcachedServer, memcached_answers
 from tests.redis_servers import REDIS_SERVER_BINARY, RedisServer, redis_answers
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -142,3 +143,67 @@ def _fresh_learned_minimums() -> Iterator[None]:
     LEARNED_MINIMUMS.reset()
     yield
     LEARNED_MINIMUMS.reset()
+
+
+# Memcached: a shared server (LIMPET_MEMCACHED_URL, or one started for the session) used
+# with ``memcached_prefix``, and private servers a test may kill. With
+# LIMPET_REQUIRE_MEMCACHED=1 (as in CI) a missing memcached fails instead of skipping.
+
+
+def _memcached_unavailable(reason: str) -> None:
+    if os.environ.get("LIMPET_REQUIRE_MEMCACHED", "") == "1":
+        pytest.fail(f"{reason}, and LIMPET_REQUIRE_MEMCACHED=1 forbids skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def _shared_memcached_url() -> Iterator[str]:
+    url = os.environ.get("LIMPET_MEMCACHED_URL")
+    if url:
+        host, _, port = url.partition("://")[2].split(",")[0].partition(":")
+        if not memcached_answers(host, int(port or 11211)):
+            _memcached_unavailable(f"no memcached answers at {host}:{port} (LIMPET_MEMCACHED_URL)")
+        yield url
+        return
+    if MEMCACHED_BINARY is None:
+        _memcached_unavailable("memcached is not installed and LIMPET_MEMCACHED_URL is unset")
+    server = MemcachedServer().start()
+    yield server.url
+    server.kill()
+
+
+@pytest.fixture
+def memcached_url(_shared_memcached_url: str) -> str:
+    """The URL of the shared memcached; use it with ``memcached_prefix``."""
+    return _shared_memcached_url
+
+
+@pytest.fixture
+def memcached_prefix(memcached_url: str) -> str:
+    """A key prefix no other test uses (Memcached cannot list keys to delete them
+    afterwards; they age out or are evicted)."""
+    return f"limpet-test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def memcached_server_factory() -> Iterator[Callable[..., MemcachedServer]]:
+    """Start private memcached processes: ``factory("-m", "2")``; all are killed at
+    teardown."""
+    if MEMCACHED_BINARY is None:
+        _memcached_unavailable("memcached is not installed")
+    servers: list[MemcachedServer] = []
+
+    def start(*extra_args: str) -> MemcachedServer:
+        server = MemcachedServer(extra_args)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def memcached_server(memcached_server_factory: Callable[..., MemcachedServer]) -> MemcachedServer:
+    """A private memcached for this test alone, to kill and restart at will."""
+    return memcached_server_factory()

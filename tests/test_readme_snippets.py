@@ -3,8 +3,8 @@
 Each block runs in its own interpreter against the FakeGateway over loopback, the way a
 reader would point it at their own gateway: ``LIMPET_BASE_URL`` names the gateway, and
 ``OPENROUTER_API_KEY`` and ``LIMPET_HMAC_KEY`` hold the secrets. The one thing changed in
-a block is its Redis address: ``redis://localhost:6379/0`` becomes a private
-redis-server of this test's, so a reader's example never writes to a shared Redis.
+a block is its cache address: ``redis://localhost:6379/0`` becomes a private
+redis-server of this test's, and ``memcached://localhost:11211`` the tests' memcached.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tests.redis_servers import RedisServer
 README = Path(__file__).resolve().parents[1] / "README.md"
 SRC = str(README.parent / "src")
 REDIS_IN_README = "redis://localhost:6379/0"
+MEMCACHED_IN_README = "memcached://localhost:11211"
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
@@ -50,13 +51,17 @@ def test_the_readme_has_python_blocks_and_each_is_a_whole_program() -> None:
         assert "asyncio.run(" in code or "async def" not in code, f"README.md:{line}"
 
 
-@pytest.mark.redis
 @pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"line {line}" for line, _ in BLOCKS])
 async def test_each_python_block_runs_as_written(
-    line: int, code: str, gateway: FakeGateway, redis_server: RedisServer, tmp_path: Path
+    line: int, code: str, gateway: FakeGateway, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    if REDIS_IN_README in code:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        code = code.replace(REDIS_IN_README, server.url)
+    if MEMCACHED_IN_README in code:
+        code = code.replace(MEMCACHED_IN_README, request.getfixturevalue("memcached_url"))
     script = tmp_path / f"readme_{line}.py"
-    script.write_text(code.replace(REDIS_IN_README, redis_server.url), encoding="utf-8")
+    script.write_text(code, encoding="utf-8")
     env = {
         **os.environ,
         "PYTHONPATH": SRC,

@@ -60,6 +60,7 @@ from limpet.streaming import StreamChunk
 from limpet.warm import WarmReport
 
 if TYPE_CHECKING:
+    from limpet.cache.memcached import MemcachedCache
     from limpet.cache.redis import RedisCache
 
 __all__ = [
@@ -92,6 +93,7 @@ __all__ = [
     "InvalidRequestError",
     "KeyExplanation",
     "LimpetError",
+    "MemcachedCache",
     "MemoryCache",
     "ModelPrices",
     "NotFoundError",
@@ -121,4 +123,6 @@ def __getattr__(name: str) -> Any:
     # RedisCache needs the optional redis extra; import it only when asked for.
     if name == "RedisCache":
         return _import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
+    if name == "MemcachedCache":
+        return _import_extra("limpet.cache.memcached", name, extra="memcached", needs=("emcache",))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

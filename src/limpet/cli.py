@@ -4,6 +4,11 @@ Secrets never go on the command line (process lists show it): the API key comes 
 ``$OPENROUTER_API_KEY`` (or the variable ``--api-key-env`` names), and a Redis password
 from the URL in ``$LIMPET_REDIS_URL``.
 
+``warm``, ``flush`` and ``stats`` take the shared cache as ``--redis URL`` or
+``--memcached URL`` (``memcached://host:11211[,host:port...]``; it wins when both are
+set). On Memcached, ``stats`` shows the servers' own counters (items, hit rate,
+evictions, memory): the fleet's per-model counters live in Redis only.
+
 Cache scopes (``--cache-scope``): ``warm`` writes the entries of one scope, ``credential``
 (the default, as for a Client: entries only Clients with the same API key read) or
 ``namespace`` (the entries every Client of the namespace with ``cache_scope="namespace"``
@@ -41,6 +46,7 @@ from limpet.models import Completion
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
 
 if TYPE_CHECKING:
+    from limpet.cache.memcached import MemcachedCache
     from limpet.cache.redis import RedisCache
 
 __all__ = ["main"]
@@ -69,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("warm", "flush", "stats") and not args.redis:
-        parser.error(f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) is required")
+    if args.command in ("warm", "flush", "stats") and not (args.redis or args.memcached):
+        parser.error(
+            f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) or --memcached URL "
+            "(or $LIMPET_MEMCACHED_URL) is required"
+        )
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -170,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser(
         "stats",
-        help="the whole fleet's calls, hit rate and dollars, per model, from Redis",
+        help="the whole fleet's calls, hit rate and dollars, per model, from Redis "
+        "(on Memcached: the servers' counters)",
         parents=[common],
     )
     _redis_options(stats)
@@ -196,8 +206,12 @@ def _redis_options(command: argparse.ArgumentParser) -> None:
         "--redis", default=os.environ.get("LIMPET_REDIS_URL"), help="default: $LIMPET_REDIS_URL"
     )
     command.add_argument(
-        "--prefix", default=None, help="the RedisCache key prefix (default: limpet:)"
+        "--memcached",
+        default=os.environ.get("LIMPET_MEMCACHED_URL"),
+        help="memcached://host:11211[,host:port...] instead of Redis "
+        "(default: $LIMPET_MEMCACHED_URL)",
     )
+    command.add_argument("--prefix", default=None, help="the cache's key prefix (default: limpet:)")
     command.add_argument("--namespace", default=None, help="the Client namespace (default: none)")
 
 
@@ -251,7 +265,7 @@ async def _warm(args: argparse.Namespace) -> int:
     from limpet import Client, MemoryCache, TieredCache
 
     lines = _open_lines(args.file)  # before anything is paid for
-    shared = _redis_cache(args)
+    shared = _shared_cache(args)
     cache = TieredCache(MemoryCache(), shared, hmac_key=_hmac_key(args))
     where = (
         f"{shared.server} (prefix {shared.prefix!r}, namespace {args.namespace or ''!r}, "
@@ -266,7 +280,7 @@ async def _warm(args: argparse.Namespace) -> int:
         cache_scope=args.cache_scope,
     ) as client:
         try:
-            await shared.get("warm-probe")  # a Redis that is down would waste every call
+            await shared.get("warm-probe")  # a cache that is down would waste every call
         except CacheUnavailableError as exc:
             raise CommandError(f"nothing warmed: {exc}") from exc
 
@@ -307,7 +321,9 @@ async def _warm(args: argparse.Namespace) -> int:
         for error in errors[:20]:
             print(f"  {error}")
     if unstored:
-        raise CommandError(f"{unstored} of {report.warmed} answers could not be stored in Redis")
+        raise CommandError(
+            f"{unstored} of {report.warmed} answers could not be stored in {shared.server}"
+        )
     return 1 if report.failed else 0
 
 
@@ -348,7 +364,7 @@ async def _flush(args: argparse.Namespace) -> int:
     if args.cache_scope == "credential":
         credential = key_scope(_api_key(args, required=True))
     name = generation_name(args.namespace, args.model, credential=credential)
-    async with _redis_cache(args) as cache:
+    async with _shared_cache(args) as cache:
         try:
             generation = await cache.bump_generation(name)
         except CacheUnavailableError as exc:
@@ -365,6 +381,8 @@ async def _flush(args: argparse.Namespace) -> int:
 async def _stats(args: argparse.Namespace) -> int:
     from limpet.fleet import read_fleet_stats
 
+    if args.memcached:
+        return await _memcached_stats(args)
     async with _redis_cache(args) as cache:
         try:
             rows = await read_fleet_stats(cache)
@@ -395,6 +413,11 @@ def _stats_table(rows: dict[str, dict[str, Any]]) -> str:
     ]
     if not lines:
         return "no calls counted yet"
+    return _table(header, lines)
+
+
+def _table(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> str:
+    """Columns aligned: the first to the left, the others (numbers) to the right."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=False)]
     return "\n".join(
         "  ".join(
@@ -414,6 +437,38 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+async def _memcached_stats(args: argparse.Namespace) -> int:
+    async with _memcached_cache(args) as cache:
+        try:
+            servers = await cache.server_stats()
+        except CacheUnavailableError as exc:
+            print(f"limpet stats: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(servers).decode() + "\n")
+        return 0
+    header = ("server", "items", "hit rate", "hits", "misses", "evictions", "memory")
+    lines = [
+        (
+            server,
+            f"{row['items']:,}",
+            f"{row['hit_rate']:.1%}",
+            f"{row['hits']:,}",
+            f"{row['misses']:,}",
+            f"{row['evictions']:,}",
+            f"{row['bytes'] / 2**20:.1f} / {row['limit_bytes'] / 2**20:.0f} MiB",
+        )
+        for server, row in servers.items()
+    ]
+    print(_table(header, lines))
+    return 0
+
+
+def _shared_cache(args: argparse.Namespace) -> RedisCache | MemcachedCache:
+    """The shared cache the command names: Memcached when given, else Redis."""
+    return _memcached_cache(args) if args.memcached else _redis_cache(args)
+
+
 def _redis_cache(args: argparse.Namespace) -> RedisCache:
     # Imported here: the redis extra is needed for these commands only, not for the demo
     # (without it: an ImportError that says what to install).
@@ -422,6 +477,15 @@ def _redis_cache(args: argparse.Namespace) -> RedisCache:
     if args.prefix is None:
         return RedisCache.from_url(args.redis)
     return RedisCache.from_url(args.redis, prefix=args.prefix)
+
+
+def _memcached_cache(args: argparse.Namespace) -> MemcachedCache:
+    # Imported here: the memcached extra is needed for these commands only.
+    from limpet import MemcachedCache
+
+    if args.prefix is None:
+        return MemcachedCache.from_url(args.memcached)
+    return MemcachedCache.from_url(args.memcached, prefix=args.prefix)
 
 
 def _positive_int(text: str) -> int:

@@ -2,7 +2,8 @@
 
 A new backend joins by adding a parameter to the ``backend`` fixture. Redis runs against a
 real server (the ``redis`` marker) and a real three-node cluster (the ``cluster`` marker),
-under a key prefix of its own.
+Memcached against a real memcached (the ``memcached`` marker), each under a key prefix of
+its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from limpet.cache.base import CacheBackend
+from limpet.cache.memcached import MemcachedCache
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis import RedisCache
 from tests.redis_servers import eventually
@@ -46,6 +48,7 @@ class Harness:
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("cluster", marks=pytest.mark.cluster),
+        pytest.param("memcached", marks=pytest.mark.memcached),
     ]
 )
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
@@ -58,6 +61,17 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         memory = MemoryCache(clock=clock)
         yield Harness(memory, elapse=elapse)
         await memory.aclose()
+    elif request.param == "memcached":
+        # Patient: the contract is about what is stored, not about speed on a busy machine.
+        memcached = MemcachedCache.from_url(
+            request.getfixturevalue("memcached_url"),
+            prefix=request.getfixturevalue("memcached_prefix"),
+            read_timeout=1.0,
+            write_timeout=1.0,
+        )
+        yield Harness(memcached, settle=memcached.flush)
+        await memcached.aclose()
+        await memcached.aclose()  # idempotent
     else:
         if request.param == "cluster":
             # The first operation discovers the cluster's topology: let a busy CI machine

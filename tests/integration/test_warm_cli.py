@@ -111,6 +111,7 @@ async def test_limpet_flush_fails_loudly_when_redis_is_down() -> None:
 
 async def test_warm_and_flush_need_a_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LIMPET_REDIS_URL", raising=False)
+    monkeypatch.delenv("LIMPET_MEMCACHED_URL", raising=False)
     code, _, err = await limpet("flush")
     assert code == 2
     assert "--redis URL" in err

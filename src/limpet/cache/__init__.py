@@ -1,7 +1,7 @@
 """Response cache backends and the tier that composes them.
 
-``RedisCache`` needs the ``redis`` extra; it is imported on first use so that
-``import limpet`` never requires redis.
+``RedisCache`` needs the ``redis`` extra and ``MemcachedCache`` the ``memcached`` extra;
+each is imported on first use so that ``import limpet`` requires neither.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache, TierStats
 
 if TYPE_CHECKING:
+    from limpet.cache.memcached import MemcachedCache
     from limpet.cache.redis import RedisCache
 
 __all__ = [
     "CacheBackend",
     "CacheEntry",
     "EntryCodec",
+    "MemcachedCache",
     "MemoryCache",
     "RedisCache",
     "TierStats",
@@ -30,4 +32,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name == "RedisCache":
         return _import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
+    if name == "MemcachedCache":
+        return _import_extra("limpet.cache.memcached", name, extra="memcached", needs=("emcache",))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

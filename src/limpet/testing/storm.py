@@ -1,9 +1,10 @@
 """A cache-miss storm across OS processes, for tests and benchmarks.
 
-Each worker is a process with its own Client (memory tier over a shared Redis tier) that
-fires ``callers`` identical requests at once when told to. ``run_storm`` starts the
-workers, waits until every one is ready, releases them together and collects what each
-saw. Run a worker alone with ``python -m limpet.testing.storm --help``.
+Each worker is a process with its own Client (memory tier over a shared Redis tier, or
+Memcached for a ``memcached://`` URL) that fires ``callers`` identical requests at once
+when told to. ``run_storm`` starts the workers, waits until every one is ready, releases
+them together and collects what each saw. Run a worker alone with
+``python -m limpet.testing.storm --help``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from limpet.cache.base import CacheBackend
 
 __all__ = ["StormWorker", "WorkerReport", "run_storm", "start_workers"]
 
@@ -128,9 +131,9 @@ async def run_storm(count: int, **options: Any) -> list[WorkerReport]:
 
 
 async def _work(args: argparse.Namespace) -> dict[str, Any]:
-    from limpet import Client, Endpoint, FlightConfig, MemoryCache, RedisCache, TieredCache
+    from limpet import Client, Endpoint, FlightConfig, MemoryCache, TieredCache
 
-    cache = TieredCache(MemoryCache(), RedisCache.from_url(args.redis, prefix=args.prefix))
+    cache = TieredCache(MemoryCache(), _shared_tier(args.redis, args.prefix))
     endpoint = Endpoint("a", args.base_url, api_key="sk-storm")
     report: dict[str, Any] = {"statuses": {}, "finished_at": {}, "errors": []}
     async with Client(
@@ -160,11 +163,22 @@ async def _work(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _shared_tier(url: str, prefix: str) -> CacheBackend:
+    """A ``MemcachedCache`` for a ``memcached://`` URL, else a ``RedisCache``."""
+    if url.startswith("memcached://"):
+        from limpet.cache.memcached import MemcachedCache
+
+        return MemcachedCache.from_url(url, prefix=prefix)
+    from limpet.cache.redis import RedisCache
+
+    return RedisCache.from_url(url, prefix=prefix)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m limpet.testing.storm", description=__doc__)
     parser.add_argument("--name", required=True)
     parser.add_argument("--base-url", required=True)
-    parser.add_argument("--redis", required=True)
+    parser.add_argument("--redis", required=True, help="a redis:// or memcached:// URL")
     parser.add_argument("--callers", type=int, required=True)
     parser.add_argument("--prefix", default="limpet:")
     parser.add_argument("--no-coalesce", dest="coalesce", action="store_false")

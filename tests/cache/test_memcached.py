@@ -1,0 +1,355 @@
+"""MemcachedCache beyond the backend contract: URLs, keys, TTLs, generations and leases.
+
+The contract itself (``test_contract.py``) runs on Memcached too; here is what is
+Memcached's own, against a real memcached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import emcache
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import limpet
+from limpet.cache.base import CacheBackend
+from limpet.cache.memcached import (
+    RELATIVE_TTL_LIMIT,
+    MemcachedCache,
+    memcached_expiry,
+    parse_memcached_url,
+)
+from limpet.cache.memcached_flight import MemcachedFlightStore, _lease_exptime
+from limpet.coalesce import FlightNotice, FlightOutcome, FlightStore
+from limpet.errors import CacheUnavailableError, ConfigurationError, RateLimitError
+from limpet.generations import GenerationStore
+from tests.memcached_servers import MemcachedServer
+
+# For tests about what is stored, not about speed: a busy machine must not time them out.
+PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
+
+# -- pure parts --------------------------------------------------------------------------
+
+
+def test_url_names_every_server_with_the_default_port() -> None:
+    assert parse_memcached_url("memcached://a:11211,b,[::1]:11300") == [
+        ("a", 11211),
+        ("b", 11211),
+        ("::1", 11300),
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://a:6379", "a:11211", "memcached://", "memcached://a:0", "memcached://a:x", "m://a"],
+)
+def test_a_bad_url_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"MemcachedCache\.url"):
+        MemcachedCache.from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("prefix", ""),
+        ("prefix", "with space"),
+        ("prefix", "x" * 101),
+        ("read_timeout", 0),
+        ("write_timeout", -1.0),
+        ("max_connections", 0),
+        ("max_value_size", True),
+    ],
+)
+def test_a_bad_option_is_a_configuration_error_naming_it(option: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=rf"MemcachedCache\.{option}"):
+        MemcachedCache(url="memcached://a", **{option: value})  # type: ignore[arg-type]
+
+
+def test_exactly_one_of_url_and_client() -> None:
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        MemcachedCache()
+    with pytest.raises(ConfigurationError, match=r"emcache\.Client"):
+        MemcachedCache(client=object())  # type: ignore[arg-type]
+
+
+def test_it_is_exported_lazily_and_keeps_every_shared_role() -> None:
+    assert limpet.MemcachedCache is MemcachedCache
+    cache = MemcachedCache.from_url("memcached://127.0.0.1:1")
+    assert isinstance(cache, CacheBackend)
+    assert isinstance(cache, GenerationStore)
+    assert isinstance(cache.flight_store, FlightStore)
+    assert "127.0.0.1:1" in repr(cache)
+
+
+@given(ttl=st.floats(min_value=1e-6, max_value=10 * 365 * 86400.0), now=st.floats(0, 2e9))
+def test_expiry_is_relative_up_to_30_days_then_absolute(ttl: float, now: float) -> None:
+    exptime = memcached_expiry(ttl, now)
+    assert exptime >= 1  # 0 would never expire
+    if ttl <= RELATIVE_TTL_LIMIT:
+        assert exptime == max(math.ceil(ttl), 1)
+    else:
+        # An absolute time, never earlier than the TTL asks.
+        assert exptime > RELATIVE_TTL_LIMIT
+        assert exptime - now >= ttl
+
+
+@given(lease=st.floats(min_value=1e-3, max_value=86400.0))
+def test_a_lease_lives_at_least_as_long_as_asked(lease: float) -> None:
+    # Memcached's clock ticks in whole seconds: an item set just before a tick with an
+    # exptime of n lives a little over n - 1 seconds, so a lease gets one more.
+    assert _lease_exptime(lease) - 1 >= lease
+    assert _lease_exptime(lease) <= lease + 2
+
+
+def test_an_infinite_ttl_never_expires() -> None:
+    assert memcached_expiry(math.inf, 1e9) == 0
+
+
+@given(key=st.text(max_size=300))
+def test_every_key_becomes_a_valid_memcached_key(key: str) -> None:
+    cache = MemcachedCache.from_url("memcached://127.0.0.1:1", prefix="p:")
+    for full in (cache.entry_key(key), cache.lock_key(key), cache.generation_key(key)):
+        assert len(full) <= 250
+        assert all(0x21 <= byte <= 0x7E for byte in full)
+    assert len({cache.entry_key(key), cache.lock_key(key), cache.generation_key(key)}) == 3
+
+
+def test_a_hashed_key_cannot_collide_with_a_plain_one() -> None:
+    cache = MemcachedCache.from_url("memcached://127.0.0.1:1", prefix="p:")
+    hashed = cache.entry_key("with space").decode()
+    plain_lookalike = hashed.removeprefix("p:e:")
+    assert cache.entry_key(plain_lookalike) != hashed.encode()
+
+
+# -- against a real memcached -------------------------------------------------------------
+
+
+@pytest.fixture
+async def cache(memcached_url: str, memcached_prefix: str) -> AsyncIterator[MemcachedCache]:
+    async with MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as mc:
+        yield mc
+
+
+@pytest.fixture
+async def raw(memcached_url: str) -> AsyncIterator[emcache.Client]:
+    host, port = parse_memcached_url(memcached_url)[0]
+    client = await emcache.create_client([emcache.MemcachedHostAddress(host, port)])
+    yield client
+    await client.close()
+
+
+@pytest.mark.memcached
+async def test_a_ttl_over_30_days_is_stored_not_expired_at_once(
+    cache: MemcachedCache, raw: emcache.Client
+) -> None:
+    await cache.set("long", b"v", 90 * 86400)
+    await cache.flush()
+    assert cache.failed_writes == 0
+    item = await raw.get(cache.entry_key("long"))
+    assert item is not None and item.value == b"v"
+
+
+@pytest.mark.memcached
+async def test_two_caches_share_entries(memcached_url: str, memcached_prefix: str) -> None:
+    async with (
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as one,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as two,
+    ):
+        await one.set("k", b"shared", 60)
+        await one.flush()
+        assert await two.get("k") == b"shared"
+
+
+@pytest.mark.memcached
+async def test_a_lent_client_is_used_and_left_open(
+    raw: emcache.Client, memcached_prefix: str
+) -> None:
+    cache = MemcachedCache(client=raw, prefix=memcached_prefix, read_timeout=1.0)
+    await cache.set("k", b"v", 60)
+    await cache.aclose()
+    assert not raw.closed
+    item = await raw.get(cache.entry_key("k"))
+    assert item is not None and item.value == b"v"
+
+
+@pytest.mark.memcached
+async def test_several_servers_share_the_keys(
+    memcached_server_factory: Callable[..., MemcachedServer],
+) -> None:
+    servers = [memcached_server_factory(), memcached_server_factory()]
+    url = "memcached://" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    async with MemcachedCache.from_url(url, read_timeout=1.0, write_timeout=1.0) as mc:
+        for i in range(100):
+            await mc.set(f"k{i}", b"%d" % i, 60)
+        await mc.flush()
+        assert mc.failed_writes == 0
+        for i in range(100):
+            assert await mc.get(f"k{i}") == b"%d" % i
+        for server in servers:
+            async with MemcachedCache.from_url(server.url, read_timeout=1.0) as alone:
+                held = [i for i in range(100) if await alone.get(f"k{i}") is not None]
+            assert 10 < len(held) < 90  # each server holds a share, not all or nothing
+
+
+# -- generations ---------------------------------------------------------------------------
+
+
+@pytest.mark.memcached
+async def test_generations_start_somewhere_and_grow_by_one(cache: MemcachedCache) -> None:
+    [first] = await cache.generations(["m"])
+    assert await cache.generations(["m"]) == [first]  # created once, then read
+    assert await cache.bump_generation("m") == first + 1
+    assert await cache.generations(["m", "m"]) == [first + 1, first + 1]
+
+
+@pytest.mark.memcached
+async def test_bumping_a_missing_counter_creates_it(cache: MemcachedCache) -> None:
+    bumped = await cache.bump_generation("never-read")
+    assert await cache.generations(["never-read"]) == [bumped]
+
+
+@pytest.mark.memcached
+async def test_an_evicted_generation_comes_back_higher_in_every_process(
+    memcached_url: str, memcached_prefix: str, raw: emcache.Client
+) -> None:
+    async with (
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as one,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as fresh,
+    ):
+        [old] = await one.generations(["m"])
+        bumped = await one.bump_generation("m")
+        # Pretend the counter far in the future (a thousand invalidations a second for a
+        # long time), then evicted: the process that saw it re-creates it above it.
+        await raw.set(one.generation_key("m"), b"%d" % (bumped + 10**9))
+        [future] = await one.generations(["m"])
+        await raw.delete(one.generation_key("m"))  # evicted
+        [recreated] = await one.generations(["m"])
+        assert recreated > future > bumped > old
+        # A process that never saw it reads the same counter, not one of its own.
+        assert await fresh.generations(["m"]) == [recreated]
+        await raw.delete(one.generation_key("m"))
+        # A process that never saw it re-creates it from the clock: above the old values.
+        [from_clock] = await fresh.generations(["m"])
+        assert from_clock > bumped
+
+
+@pytest.mark.memcached
+async def test_racing_processes_agree_on_a_new_counter(
+    memcached_url: str, memcached_prefix: str
+) -> None:
+    caches = [
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) for _ in range(5)
+    ]
+    try:
+        values = await asyncio.gather(*(c.generations(["m"]) for c in caches))
+        assert len({v[0] for v in values}) == 1
+    finally:
+        for c in caches:
+            await c.aclose()
+
+
+# -- leases ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(cache: MemcachedCache) -> MemcachedFlightStore:
+    return cache.flight_store
+
+
+@pytest.mark.memcached
+async def test_one_lease_per_key_and_only_its_holder_renews_or_drops_it(
+    store: MemcachedFlightStore,
+) -> None:
+    assert await store.acquire("k", "me", 5.0)
+    assert not await store.acquire("k", "you", 5.0)
+    assert await store.held("k")
+    assert await store.renew("k", "me", 5.0)
+    assert not await store.renew("k", "you", 5.0)
+    await store.release("k", "you", FlightNotice(FlightOutcome.ABANDONED), None, 0)
+    assert await store.held("k")  # not yours to drop
+    await store.release("k", "me", FlightNotice(FlightOutcome.ABANDONED), None, 0)
+    assert not await store.held("k")
+    assert not await store.renew("k", "me", 5.0)
+    assert await store.acquire("k", "you", 5.0)
+
+
+@pytest.mark.memcached
+async def test_release_stores_the_entry_then_tells_the_follower(
+    cache: MemcachedCache, store: MemcachedFlightStore
+) -> None:
+    assert await store.acquire("k", "leader", 5.0)
+    watch = await store.watch("k")
+    waiting = asyncio.ensure_future(watch.next())
+    await store.release("k", "leader", FlightNotice(FlightOutcome.STORED), b"entry", 60)
+    notice = await asyncio.wait_for(waiting, 5.0)
+    assert notice.outcome is FlightOutcome.STORED
+    assert await cache.get("k") == b"entry"
+    assert not await store.held("k")
+    watch.close()
+
+
+@pytest.mark.memcached
+async def test_a_final_error_reaches_the_follower(store: MemcachedFlightStore) -> None:
+    assert await store.acquire("k", "leader", 5.0)
+    watch = await store.watch("k")
+    error = RateLimitError("slow down", status_code=429, body="{}", endpoint="a")
+    await store.release("k", "leader", FlightNotice(FlightOutcome.FAILED, error), None, 0)
+    notice = await asyncio.wait_for(watch.next(), 5.0)
+    assert notice.outcome is FlightOutcome.FAILED
+    assert isinstance(notice.error, RateLimitError)
+    assert notice.error.status_code == 429
+
+
+@pytest.mark.memcached
+async def test_a_stale_notice_of_an_earlier_flight_is_not_this_ones(
+    store: MemcachedFlightStore,
+) -> None:
+    error = RateLimitError("old", status_code=429, body="{}", endpoint="a")
+    assert await store.acquire("k", "first", 5.0)
+    await store.release("k", "first", FlightNotice(FlightOutcome.FAILED, error), None, 0)
+    assert await store.acquire("k", "second", 5.0)
+    watch = await store.watch("k")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await watch.next()  # the first flight's notice is not the second's
+    await store.release("k", "second", FlightNotice(FlightOutcome.STORED), b"v", 60)
+    assert (await asyncio.wait_for(watch.next(), 5.0)).outcome is FlightOutcome.STORED
+
+
+@pytest.mark.memcached
+async def test_a_lease_gone_without_a_notice_is_abandoned(
+    cache: MemcachedCache, store: MemcachedFlightStore, raw: emcache.Client
+) -> None:
+    assert await store.acquire("k", "doomed", 5.0)
+    watch = await store.watch("k")
+    await raw.delete(cache.lock_key("k"))  # the leader died and its lease ran out
+    notice = await asyncio.wait_for(watch.next(), 5.0)
+    assert notice.outcome is FlightOutcome.ABANDONED
+
+
+@pytest.mark.memcached
+async def test_an_oversized_entry_is_not_shared_and_followers_take_over(
+    memcached_url: str, memcached_prefix: str
+) -> None:
+    async with MemcachedCache.from_url(
+        memcached_url, prefix=memcached_prefix, max_value_size=10, **PATIENT
+    ) as mc:
+        store = mc.flight_store
+        assert await store.acquire("k", "leader", 5.0)
+        watch = await store.watch("k")
+        await store.release("k", "leader", FlightNotice(FlightOutcome.STORED), b"x" * 11, 60)
+        notice = await asyncio.wait_for(watch.next(), 5.0)
+        assert notice.outcome is FlightOutcome.ABANDONED
+        assert await mc.get("k") is None
+
+
+@pytest.mark.memcached
+async def test_a_closed_cache_is_unavailable(cache: MemcachedCache) -> None:
+    await cache.aclose()
+    with pytest.raises(CacheUnavailableError, match="closed"):
+        await cache.get("k")

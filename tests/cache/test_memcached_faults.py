@@ -1,0 +1,338 @@
+"""Memcached down, dying, silent, full or refusing: a cache fault is never a failed call.
+
+MemcachedCache alone raises ``CacheUnavailableError`` and nothing else; through
+``TieredCache`` every fault is a counted miss, and an LRU eviction is a plain miss, not a
+fault. Real memcached processes; breakers get a fake clock, so a cool-down passes when
+the test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import emcache
+import pytest
+
+from limpet.cache.base import CacheEntry, EntryCodec
+from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.memcached import MemcachedCache, parse_memcached_url
+from limpet.cache.memcached_flight import _PollWatch
+from limpet.cache.memory import MemoryCache
+from limpet.cache.tiered import TieredCache
+from limpet.errors import CacheUnavailableError
+from limpet.models import Usage
+from tests.fakes import FakeClock
+from tests.memcached_servers import MemcachedServer, SilentServer
+from tests.redis_servers import free_port
+
+pytestmark = pytest.mark.memcached
+
+COOLDOWN = 2.0
+PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
+
+
+def entry(i: int, *, size: int = 0, ttl: float = 600.0) -> CacheEntry:
+    created = time.time()
+    return CacheEntry(
+        body={"id": f"gen-{i}", "choices": [{"message": {"content": "x" * size or f"a{i}"}}]},
+        usage=Usage(prompt_tokens=10, completion_tokens=i),
+        cost_usd=0.001,
+        endpoint="a",
+        created_at=created,
+        expires_at=created + ttl,
+    )
+
+
+def state(cache: MemcachedCache) -> str:
+    return cache.breaker_state
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold=3, cooldown=COOLDOWN, clock=clock)
+
+
+@pytest.fixture
+async def raw(memcached_url: str) -> AsyncIterator[emcache.Client]:
+    host, port = parse_memcached_url(memcached_url)[0]
+    client = await emcache.create_client([emcache.MemcachedHostAddress(host, port)])
+    yield client
+    await client.close()
+
+
+async def unavailable(operation: Callable[[], object]) -> CacheUnavailableError:
+    try:
+        result = operation()
+        if asyncio.iscoroutine(result):
+            await result
+    except CacheUnavailableError as exc:
+        return exc
+    raise AssertionError("expected CacheUnavailableError")
+
+
+# -- down from the start ----------------------------------------------------------------
+
+
+async def test_a_follower_polling_an_unreachable_memcached_keeps_waiting(
+    breaker: CircuitBreaker,
+) -> None:
+    # A failed poll is no news: the follower's own deadline ends the wait, and then it
+    # asks whether the lease is held (which does raise, and sends it upstream).
+    async with MemcachedCache.from_url(
+        f"memcached://127.0.0.1:{free_port()}", breaker=breaker
+    ) as mc:
+        watch = _PollWatch(mc.flight_store, "k", b"leader")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):  # room for three 100 ms polls to fail
+                await watch.next()
+        assert state(mc) == "open"  # the polls failed, and none escaped
+        await unavailable(lambda: mc.flight_store.held("k"))
+
+
+async def test_down_from_the_start_every_operation_is_unavailable(
+    breaker: CircuitBreaker,
+) -> None:
+    async with MemcachedCache.from_url(
+        f"memcached://127.0.0.1:{free_port()}", breaker=breaker
+    ) as mc:
+        await unavailable(lambda: mc.get("k"))
+        await mc.set("k", b"v", 60)  # queued; its failure is counted, not raised
+        await mc.flush()
+        assert mc.failed_writes == 1
+        await unavailable(lambda: mc.delete("k"))
+        assert state(mc) == "open"
+        for op in (
+            lambda: mc.get("k"),
+            lambda: mc.set("k", b"v", 60),
+            lambda: mc.delete("k"),
+            lambda: mc.clear(),
+            lambda: mc.generations(["a"]),
+            lambda: mc.bump_generation("a"),
+            lambda: mc.flight_store.acquire("k", "t", 5.0),
+        ):
+            exc = await unavailable(op)
+            assert "circuit breaker open" in str(exc)
+
+
+async def test_down_from_the_start_through_tiers_every_get_is_a_miss(
+    breaker: CircuitBreaker,
+) -> None:
+    mc = MemcachedCache.from_url(f"memcached://127.0.0.1:{free_port()}", breaker=breaker)
+    tiered = TieredCache(MemoryCache(), mc)
+    try:
+        for i in range(100):
+            assert await tiered.get(f"never-set-{i}") is None
+            await tiered.set(f"k{i}", entry(i))
+        assert tiered.stats.misses == 100
+        assert tiered.stats.errors >= 100
+        hit = await tiered.get("k7")  # L1 still serves what this process wrote
+        assert hit is not None and hit[1] == 0
+    finally:
+        await tiered.aclose()
+
+
+# -- killed mid-run, and restarted ----------------------------------------------------------
+
+
+async def test_killed_mid_run_then_restarted(
+    memcached_server: MemcachedServer, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    mc = MemcachedCache.from_url(memcached_server.url, breaker=breaker, **PATIENT)
+    tiered = TieredCache(MemoryCache(max_entries=4), mc)  # most reads reach Memcached
+    try:
+        hits_before_kill = 0
+        for i in range(300):
+            if i == 150:
+                hits_before_kill = tiered.stats.hits[1]
+                memcached_server.kill()
+            await tiered.set(f"k{i}", entry(i))
+            if i % 10 == 0:
+                await mc.flush()
+            await tiered.get(f"k{max(i - 20, 0)}")
+        assert hits_before_kill > 50
+        assert tiered.stats.hits[1] == hits_before_kill
+        assert tiered.stats.errors > 100
+        assert state(mc) == "open"
+        assert breaker.opens == 1
+
+        memcached_server.restart()  # same port, empty
+        assert await tiered.get("k0") is None  # still open: nobody noticed yet
+        assert state(mc) == "open"
+        clock.advance(COOLDOWN)
+        # The probe reconnects at once (a fresh client), not after emcache's backoff.
+        assert await tiered.get("k0") is None
+        assert state(mc) == "closed"
+
+        for i in range(1000, 1020):
+            await tiered.set(f"k{i}", entry(i))
+        await mc.flush()
+        hits = tiered.stats.hits[1]
+        for i in range(1000, 1016):
+            found = await tiered.get(f"k{i}")
+            assert found is not None and found[1] == 1
+        assert tiered.stats.hits[1] == hits + 16
+    finally:
+        await tiered.aclose()
+
+
+# -- a port that accepts and never answers ---------------------------------------------------
+
+
+async def test_a_silent_server_times_out_opens_the_breaker_and_calls_return(
+    breaker: CircuitBreaker,
+) -> None:
+    async with SilentServer() as silent:
+        mc = MemcachedCache.from_url(silent.url, breaker=breaker)
+        tiered = TieredCache(MemoryCache(), mc)
+        try:
+            started = time.monotonic()
+            for i in range(20):
+                assert await tiered.get(f"k{i}") is None
+                await tiered.set(f"k{i}", entry(i))
+            elapsed = time.monotonic() - started
+            assert silent.accepted >= 1
+            assert state(mc) == "open"
+            assert tiered.stats.misses == 20
+            # Three 50 ms timeouts opened the breaker; the other calls returned at once.
+            assert elapsed < 1.0, elapsed
+        finally:
+            await tiered.aclose()
+
+
+async def test_writes_never_wait_for_a_silent_server(breaker: CircuitBreaker) -> None:
+    async with SilentServer() as silent, MemcachedCache.from_url(silent.url, breaker=breaker) as mc:
+        started = time.monotonic()
+        for i in range(200):
+            await mc.set(f"k{i}", b"v", 60)
+        assert time.monotonic() - started < 0.2
+        await mc.flush()
+        assert mc.failed_writes > 0
+
+
+async def test_a_caller_cancelling_is_not_a_memcached_failure(
+    memcached_url: str, memcached_prefix: str, breaker: CircuitBreaker
+) -> None:
+    async with MemcachedCache.from_url(
+        memcached_url, prefix=memcached_prefix, breaker=breaker, **PATIENT
+    ) as mc:
+        for _ in range(10):
+            task = asyncio.ensure_future(mc.get("k"))
+            await asyncio.sleep(0)  # let it start its call, then cancel it
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert state(mc) == "closed"
+        await mc.set("k", b"v", 60)
+        await mc.flush()
+        assert await mc.get("k") == b"v"  # the connections are still in step
+
+
+# -- a full cache evicts: a miss, not a fault -----------------------------------------------
+
+
+async def test_a_full_memcached_evicts_and_an_evicted_entry_is_a_plain_miss(
+    memcached_server_factory: Callable[..., MemcachedServer],
+) -> None:
+    server = memcached_server_factory("-m", "4")  # 4 MiB of items
+    mc = MemcachedCache.from_url(server.url, **PATIENT)
+    tiered = TieredCache(mc)
+    try:
+        for i in range(800):  # about 10 MiB of 12 KiB entries
+            await tiered.set(f"k{i}", entry(i, size=12_000))
+            if i % 50 == 0:
+                await mc.flush()
+        await mc.flush()
+        assert mc.failed_writes == 0  # every write landed; older ones made room
+        found = [i for i in range(800) if await tiered.get(f"k{i}") is not None]
+        assert 0 < len(found) < 800
+        assert 799 in found  # the newest survive
+        assert tiered.stats.errors == 0
+        assert tiered.stats.misses == 800 - len(found)
+        assert state(mc) == "closed"
+    finally:
+        await tiered.aclose()
+
+
+async def test_an_evicted_generation_never_brings_old_entries_back(
+    memcached_url: str, memcached_prefix: str, raw: emcache.Client
+) -> None:
+    async with MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as mc:
+        [old] = await mc.generations(["m"])
+        await mc.set(f"entry@{old}", b"stale", 600)  # keys carry the generation
+        await mc.flush()
+        await mc.bump_generation("m")
+        await raw.delete(mc.generation_key("m"))  # evicted by the LRU
+        # Another process, which never saw it, re-creates it: never back to ``old``.
+        async with MemcachedCache.from_url(
+            memcached_url, prefix=memcached_prefix, **PATIENT
+        ) as other:
+            [now] = await other.generations(["m"])
+            assert now > old
+            assert await other.get(f"entry@{now}") is None
+
+
+# -- values over the item size limit ----------------------------------------------------------
+
+
+async def test_a_value_over_the_size_limit_is_served_not_stored_and_counted(
+    memcached_url: str, memcached_prefix: str
+) -> None:
+    mc = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
+    tiered = TieredCache(MemoryCache(), mc)
+    try:
+        big = entry(1, size=1024 * 1024 + 10)
+        await tiered.set("big", big)
+        await mc.flush()
+        assert mc.oversized_writes == 1
+        assert mc.failed_writes == 0  # never sent
+        assert await mc.get("big") is None
+        hit = await tiered.get("big")
+        assert hit is not None and hit[1] == 0  # L1 serves it
+        assert state(mc) == "closed"
+    finally:
+        await tiered.aclose()
+
+
+async def test_a_server_refusing_a_large_value_is_counted_and_stays_up(
+    memcached_server_factory: Callable[..., MemcachedServer],
+) -> None:
+    server = memcached_server_factory("-I", "1m", "-m", "64")
+    async with MemcachedCache.from_url(server.url, max_value_size=4 * 1024 * 1024, **PATIENT) as mc:
+        await mc.set("big", b"x" * (2 * 1024 * 1024), 60)
+        await mc.set("small", b"y", 60)
+        await mc.flush()
+        assert mc.failed_writes == 1
+        assert state(mc) == "closed"  # Memcached answered: it is up
+        assert await mc.get("big") is None
+        assert await mc.get("small") == b"y"
+
+
+# -- garbage -------------------------------------------------------------------------------------
+
+
+async def test_garbage_under_a_key_is_a_corrupt_miss_and_is_deleted(
+    memcached_url: str, memcached_prefix: str, raw: emcache.Client
+) -> None:
+    async with MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as mc:
+        await raw.set(mc.entry_key("k"), b"not a limpet entry")
+        tiered = TieredCache(mc)
+        assert await tiered.get("k") is None
+        assert tiered.stats.corrupt == 1
+        assert await raw.get(mc.entry_key("k")) is None
+
+
+async def test_an_entry_signed_with_another_key_is_a_corrupt_miss(
+    memcached_url: str, memcached_prefix: str, raw: emcache.Client
+) -> None:
+    async with MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as mc:
+        await raw.set(mc.entry_key("k"), EntryCodec(b"another key").encode("k", entry(1)))
+        tiered = TieredCache(mc, hmac_key=b"our key")
+        assert await tiered.get("k") is None
+        assert tiered.stats.corrupt == 1
