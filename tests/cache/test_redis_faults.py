@@ -11,11 +11,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from typing import Any
 
 import pytest
 import redis.asyncio
 import redis.exceptions
 
+from limpet import CacheStatus, Client, Endpoint
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.memory import MemoryCache
@@ -23,6 +25,7 @@ from limpet.cache.redis import RedisCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
 from limpet.models import Usage
+from limpet.testing import FakeGateway
 from tests.redis_servers import RedisProxy, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -420,3 +423,50 @@ async def test_aclose_flushes_background_writes(redis_url: str, redis_prefix: st
             data = await fresh.get(f"k{i}")
             assert data is not None, i
             assert codec.decode(data).body["id"] == f"gen-{i}"
+
+
+# -- Bursts on a healthy Redis ---------------------------------------------------------
+
+
+def prompt(i: int) -> dict[str, Any]:
+    return {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": f"burst question {i}"}],
+        "temperature": 0,
+    }
+
+
+@pytest.mark.parametrize("callers", [500, 5_000])
+async def test_a_burst_of_shared_tier_hits_is_all_hits_with_the_breaker_closed(
+    redis_url: str, redis_prefix: str, callers: int
+) -> None:
+    # Reads used to be one GET per caller, timed from when the caller asked: a burst
+    # queued on the event loop and the pool, timed out, opened the breaker and went
+    # upstream. Now they are batched and timed by the server.
+    async with FakeGateway(endpoints=("a",)) as gateway:
+        endpoint = Endpoint("a", gateway.base_url("a"))
+        # Setup, not the subject: a cache that waits and never gives up on Redis.
+        warm_cache = RedisCache.from_url(
+            redis_url,
+            prefix=redis_prefix,
+            read_timeout=5.0,
+            write_timeout=5.0,
+            max_pending_writes=callers,
+            breaker=CircuitBreaker(failure_threshold=callers),
+        )
+        async with Client(endpoints=[endpoint], cache=warm_cache, coalesce=False) as warm:
+            for start in range(0, callers, 500):
+                await asyncio.gather(
+                    *(warm.complete(**prompt(i)) for i in range(start, start + 500))
+                )
+            await warm_cache.flush()
+        assert gateway.total_calls == callers
+        assert warm_cache.failed_writes == warm_cache.dropped_writes == 0
+        shared = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        async with Client(endpoints=[endpoint], cache=TieredCache(MemoryCache(), shared)) as c:
+            results = await asyncio.gather(*(c.complete(**prompt(i)) for i in range(callers)))
+            assert [r.cache for r in results].count(CacheStatus.HIT) == callers
+            assert gateway.total_calls == callers  # not one more
+            assert state(shared) == "closed"
+            assert shared.breaker.opens == 0
+            assert 0 < shared._reads.batches < callers
