@@ -216,9 +216,11 @@ async def test_a_flight_lease_and_its_release_on_a_cluster(cache: RedisCache) ->
     key = "sha256:" + "cd" * 32
     assert await store.acquire(key, "token-a", 5.0)
     assert not await store.acquire(key, "token-b", 5.0)
-    assert await store.held(key)
+    assert await store.holder(key) == "token-a:0"
     assert await store.renew(key, "token-a", 5.0)
     assert not await store.renew(key, "token-b", 5.0)
+    assert await store.holder(key) == "token-a:1"  # a renewal shows
+    assert not await store.take_over(key, "token-a:0", "token-c", 5.0)  # stale view
 
     watch = await store.watch(key)
     try:
@@ -230,7 +232,7 @@ async def test_a_flight_lease_and_its_release_on_a_cluster(cache: RedisCache) ->
         watch.close()
     assert notice.outcome is FlightOutcome.STORED
     assert await cache.get(key) == b"entry"
-    assert not await store.held(key)
+    assert await store.holder(key) is None
 
 
 async def test_two_clients_sharing_a_cluster_make_one_upstream_call(
