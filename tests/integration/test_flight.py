@@ -222,3 +222,7 @@ async def test_a_sigkilled_leader_process_is_replaced_by_a_follower(
     assert [r.errors for r in reports] == [[], []]
     assert [sum(r.statuses.values()) for r in reports] == [20, 20]
     assert ep.calls == 2
+    assert sum(r.takeovers for r in reports) == 1
+    # The wait is bounded by the dead lease (0.5 s, checked every 0.05 s), not by
+    # follow_timeout (600 s: 12,000 checks): tens of checks, live leader's time included.
+    assert max(r.lease_checks for r in reports) <= 100
