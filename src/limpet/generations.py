@@ -7,6 +7,12 @@ key made afterwards differs, so old entries are never read again and age out by 
 With a shared store (Redis), generations are read into the process and refreshed in the
 background at most every ``refresh_interval`` seconds, so a cache hit stays one GET and
 another process's invalidation takes effect here within that interval.
+
+Only the ``max_tracked`` most recently used model generations are kept (and refreshed);
+the least recently used is forgotten beyond that. A forgotten model is read from the
+store again, like a model never seen, before its next request uses it, so eviction costs
+a round trip and never a stale generation. A model whose bump reached only this process
+(the store was down) is never forgotten, since the store could not give it back.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from limpet.errors import CacheUnavailableError
 
 __all__ = [
+    "DEFAULT_MAX_TRACKED",
     "DEFAULT_REFRESH_INTERVAL",
     "EVERYTHING",
     "GenerationStore",
@@ -30,6 +38,8 @@ __all__ = [
 logger = logging.getLogger("limpet.cache")
 
 DEFAULT_REFRESH_INTERVAL = 1.0
+#: Model generations tracked at once: one MGET of this many stays far inside a read budget.
+DEFAULT_MAX_TRACKED = 1_000
 
 #: The generation that covers every namespace and model.
 EVERYTHING = "*"
@@ -61,6 +71,7 @@ class Generations:
         store: the shared counters, or None for a process-local cache.
         namespace: the client's namespace; its generations are its own.
         refresh_interval: seconds between background refreshes from the store.
+        max_tracked: model generations kept (least recently used forgotten first).
         clock: monotonic seconds.
     """
 
@@ -71,9 +82,11 @@ class Generations:
         "_loading",
         "_names",
         "_namespace",
+        "_pinned",
         "_refreshing",
         "_store",
         "_values",
+        "max_tracked",
         "refresh_interval",
     )
 
@@ -83,13 +96,18 @@ class Generations:
         *,
         namespace: str = "",
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        max_tracked: int = DEFAULT_MAX_TRACKED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._namespace = namespace
         self._all = generation_name(namespace, None)
         self._names: dict[str, str] = {}
-        self._values: dict[str, int] = {}
+        # Least recently used first; the two scope-wide generations are never evicted.
+        self._values: OrderedDict[str, int] = OrderedDict()
+        # Names bumped here but not in the store: evicting them would lose the bump.
+        self._pinned: set[str] = set()
+        self.max_tracked = max_tracked
         self._clock = clock
         self._due = 0.0
         self._refreshing: asyncio.Task[None] | None = None
@@ -105,6 +123,7 @@ class Generations:
         if self._store is not None:
             if name not in values:
                 return None
+            values.move_to_end(name)
             if self._clock() >= self._due:
                 self._schedule_refresh()
         return f"{values.get(EVERYTHING, 0)}.{values.get(self._all, 0)}.{values.get(name, 0)}"
@@ -112,8 +131,10 @@ class Generations:
     async def scope(self, model: str) -> str:
         """The key scope for a request to ``model``.
 
-        The first request for a model in this process reads its generation from the store
-        (one round trip, once), so it can never read entries invalidated elsewhere.
+        The first request for a model in this process (or the first since it was
+        forgotten) reads its generation from the store (one round trip), so it can never
+        read entries invalidated elsewhere. When that read fails, the scope says so
+        (``?``) and matches no generation's entries; the next request reads again.
         """
         name = self._name(model)
         if self._store is not None and name not in self._values:
@@ -123,13 +144,16 @@ class Generations:
                 loading = asyncio.ensure_future(self._load(name))
                 self._loading[name] = loading
             await asyncio.shield(loading)
-        return self.scope_now(model) or "0.0.0"
+        values = self._values
+        return self.scope_now(model) or f"{values.get(EVERYTHING, 0)}.{values.get(self._all, 0)}.?"
 
     async def _load(self, name: str) -> None:
         try:
-            await self.refresh(also=name)
+            if self._clock() >= self._due:
+                await self.refresh(also=name)  # a refresh was due anyway: one read for both
+            else:
+                await self._read([EVERYTHING, self._all, name])
         finally:
-            self._values.setdefault(name, 0)
             del self._loading[name]
 
     async def bump(self, model: str | None = None) -> None:
@@ -144,26 +168,56 @@ class Generations:
                 # Still invalidate here; other processes catch up when the store is back
                 # only if it is bumped again, so say so.
                 logger.warning("limpet: invalidation of %r is local only: %s", name, exc)
-        self._values[name] = value
+                self._pinned.add(name)
+        self._remember(name, value)
 
     async def refresh(self, also: str | None = None) -> None:
         """Read every known generation (and ``also``) from the store now."""
         if self._store is None:
             return
         self._due = self._clock() + self.refresh_interval
-        names = sorted({EVERYTHING, self._all, *self._values, *([also] if also else [])})
+        await self._read(sorted({EVERYTHING, self._all, *self._values, *([also] if also else [])}))
+
+    async def _read(self, names: list[str]) -> None:
+        """Read ``names`` from the store into this process (a failure reads nothing)."""
+        assert self._store is not None
         try:
             values = await self._store.generations(names)
         except CacheUnavailableError:
             return
+        known = self._values
         for name, value in zip(names, values, strict=True):
-            # Never go back: a local bump the store missed must stay in force.
-            if value > self._values.get(name, 0):
-                self._values[name] = value
+            mine = known.get(name)
+            if mine is None:
+                if name in self._loading or name in (EVERYTHING, self._all):
+                    self._remember(name, value)
+                # Else forgotten while the read was out: it is read again when used.
+            elif value > mine:
+                known[name] = value
+            if name in self._pinned and value >= known.get(name, 0):
+                self._pinned.discard(name)  # the store has caught up with the local bump
+            # Never go back (value < mine): a local bump the store missed stays in force.
+
+    def _remember(self, name: str, value: int) -> None:
+        values = self._values
+        values[name] = max(value, values.get(name, 0))
+        values.move_to_end(name)
+        if len(values) > self.max_tracked + 2:  # the two scope-wide ones do not count
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the least recently used model generation that can be read back."""
+        keep = (EVERYTHING, self._all)
+        for name in self._values:
+            if name not in keep and name not in self._pinned:
+                del self._values[name]
+                return
 
     def _name(self, model: str) -> str:
         name = self._names.get(model)
         if name is None:
+            if len(self._names) >= self.max_tracked * 2:
+                self._names.clear()  # a memo of a pure function: clearing loses nothing
             name = self._names[model] = generation_name(self._namespace, model)
         return name
 
