@@ -633,3 +633,52 @@ async def test_a_leader_whose_breaker_opened_still_releases_its_lease(
         assert await led == ("the answer", True)
         assert await followed == ("the answer", False)  # woken by the release's notice
     assert mine.calls == 0 and follower.takeovers == 0
+
+
+async def test_release_failures_are_logged_once_per_outage(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    patient = CircuitBreaker(failure_threshold=1_000)  # every release is attempted
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix, breaker=patient) as cache,
+    ):
+        flight = RedisFlight[str](cache.flight_store, FlightConfig(lease=30.0))
+
+        async def lead_then_lose_redis() -> tuple[str, bytes | None, float]:
+            proxy.stall()  # the release that follows cannot get through
+            return "answer", b"answer", 60.0
+
+        async def lead() -> tuple[str, bytes | None, float]:
+            return "answer", b"answer", 60.0
+
+        async def nothing() -> str | None:
+            return None
+
+        def logged() -> int:
+            return sum("could not release flights" in r.getMessage() for r in caplog.records)
+
+        for i in range(4):  # one outage, four flights
+            assert await flight.do(f"{KEY}-{i}", lead_then_lose_redis, nothing) == ("answer", True)
+            proxy.resume()
+        assert logged() == 1
+        assert await flight.do(f"{KEY}-ok", lead, nothing) == ("answer", True)  # over
+        assert await flight.do(f"{KEY}-5", lead_then_lose_redis, nothing) == ("answer", True)
+        proxy.resume()
+        assert logged() == 2  # a new outage, a new line
+
+
+async def test_the_read_budget_counts_the_server_not_a_busy_event_loop(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix, breaker=breaker) as rc:
+        await rc.set("k", b"v", 60)
+        await rc.flush()
+        loop = asyncio.get_running_loop()
+        for _ in range(breaker.failure_threshold + 1):
+            read = asyncio.create_task(rc.get("k"))
+            # While the GET is out, the loop is busy elsewhere for four read budgets
+            # (a CPU-bound stretch of other callers): the thing under test, not a wait.
+            loop.call_soon(time.sleep, 4 * rc.read_timeout)
+            assert await read == b"v"
+        assert state(rc) == "closed"
