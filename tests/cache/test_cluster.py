@@ -160,6 +160,10 @@ async def test_entries_spread_over_every_node(
             per_node.append(len(list(client.scan_iter(match=cluster_prefix + "*"))))
     assert sum(per_node) == 300
     assert all(count > 30 for count in per_node), per_node
+    # Concurrent reads are batched across slots and nodes, and each gets its own value.
+    keys = [f"sha256:{i:064x}" for i in range(300)] + ["absent"]
+    assert await asyncio.gather(*(cache.get(k) for k in keys)) == [b"v"] * 300 + [None]
+    assert 0 < cache._reads.batches < 300
 
 
 async def test_entries_carry_a_native_ttl(cache: RedisCache, raw: RedisCluster) -> None:

@@ -682,3 +682,20 @@ async def test_the_read_budget_counts_the_server_not_a_busy_event_loop(
             loop.call_soon(time.sleep, 4 * rc.read_timeout)
             assert await read == b"v"
         assert state(rc) == "closed"
+
+
+async def test_a_reader_that_gives_up_leaves_its_batch_to_the_others(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as rc:
+        for i in range(10):
+            await rc.set(f"k{i}", f"v{i}".encode(), 60)
+        await rc.flush()
+        reads = [asyncio.create_task(rc.get(f"k{i % 10}")) for i in range(200)]
+        await asyncio.sleep(0)  # every read has asked: one alone, the rest queued
+        for read in reads[1::2]:
+            read.cancel()
+        values = await asyncio.gather(*reads[0::2])
+        assert values == [f"v{i % 10}".encode() for i in range(0, 200, 2)]
+        assert all(read.cancelled() for read in reads[1::2])
+        assert state(rc) == "closed"
