@@ -30,6 +30,8 @@ MAX_BATCHES_IN_FLIGHT = 4
 
 # The budget is counted in steps of budget / _STEPS; one loop tick counts at most a step.
 _STEPS = 4
+# A loop that never catches up still ends the wait after this many budgets of wall time.
+_MAX_STRETCH = 20
 
 
 @asynccontextmanager
@@ -39,8 +41,11 @@ async def server_deadline(budget: float) -> AsyncIterator[None]:
 
     The budget is checked every ``budget / 4`` seconds, and each check counts the time
     since the last one, but never more than ``budget / 4``: a check that runs late ran
-    late because the loop was busy, not because Redis was. A healthy loop counts every
-    second; a loop stalled for 200 ms counts 12.5 ms of a 50 ms budget for that stall.
+    late because the loop was busy (or the process was not scheduled), not because
+    Redis was. And the budget runs out only at a check that ran on time, when the loop
+    has just had its chance to read a reply that came in while it was busy. So a healthy
+    loop counts every second, while a loop stalled for 200 ms counts 12.5 ms of a 50 ms
+    budget for that stall. A loop that never catches up gives up after 20 budgets.
 
     Raises:
         TimeoutError: the budget was spent.
@@ -55,9 +60,19 @@ async def server_deadline(budget: float) -> AsyncIterator[None]:
 
 
 class _ServerClock:
-    """The checks behind ``server_deadline``: each counts at most one step."""
+    """The checks behind ``server_deadline``."""
 
-    __slots__ = ("_budget", "_handle", "_last", "_loop", "_spent", "_step", "_timeout")
+    __slots__ = (
+        "_budget",
+        "_due",
+        "_handle",
+        "_last",
+        "_loop",
+        "_spent",
+        "_started",
+        "_step",
+        "_timeout",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, timeout: asyncio.Timeout, budget: float
@@ -67,18 +82,23 @@ class _ServerClock:
         self._budget = budget
         self._step = budget / _STEPS
         self._spent = 0.0
-        self._last = loop.time()
-        self._handle = loop.call_at(self._last + self._step, self._check)
+        self._started = self._last = loop.time()
+        self._due = self._started + self._step
+        self._handle = loop.call_at(self._due, self._check)
 
     def _check(self) -> None:
         now = self._loop.time()
-        self._spent += min(now - self._last, self._step)
+        step = self._step
+        on_time = now - self._due <= step / 2
+        self._spent += min(now - self._last, step)
         self._last = now
         left = self._budget - self._spent
-        if left <= 1e-9:
+        if left <= 1e-9 and (on_time or now - self._started >= self._budget * _MAX_STRETCH):
             self._timeout.reschedule(now)  # expires at once: TimeoutError in the caller
-        else:
-            self._handle = self._loop.call_at(now + min(self._step, left), self._check)
+            return
+        # Spent but late: look again shortly, once the loop has read what came in.
+        self._due = now + (min(step, left) if left > 1e-9 else step / 4)
+        self._handle = self._loop.call_at(self._due, self._check)
 
     def stop(self) -> None:
         self._handle.cancel()
