@@ -15,12 +15,18 @@ taken for a slow Redis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
 
 from limpet.errors import CacheUnavailableError
 
-__all__ = ["MAX_BATCH", "MAX_BATCHES_IN_FLIGHT", "ReadBatcher", "server_deadline"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_BATCHES_IN_FLIGHT",
+    "ReadBatcher",
+    "ServerDeadline",
+    "server_deadline",
+]
 
 #: Keys per MGET: big enough to amortise a round trip, small enough that the reply
 #: (about 2 KB an entry) parses in one or two loop ticks.
@@ -34,10 +40,9 @@ _STEPS = 4
 _MAX_STRETCH = 20
 
 
-@asynccontextmanager
-async def server_deadline(budget: float) -> AsyncIterator[None]:
+def server_deadline(budget: float) -> ServerDeadline:
     """Like ``asyncio.timeout(budget)``, but time the event loop spends elsewhere is not
-    counted against the server.
+    counted against the server: ``async with server_deadline(0.05): await redis.get(k)``.
 
     The budget is checked every ``budget / 4`` seconds, and each check counts the time
     since the last one, but never more than ``budget / 4``: a check that runs late ran
@@ -48,19 +53,13 @@ async def server_deadline(budget: float) -> AsyncIterator[None]:
     budget for that stall. A loop that never catches up gives up after 20 budgets.
 
     Raises:
-        TimeoutError: the budget was spent.
+        TimeoutError: (on leaving the block) the budget was spent.
     """
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(None) as timeout:
-        clock = _ServerClock(loop, timeout, budget)
-        try:
-            yield
-        finally:
-            clock.stop()
+    return ServerDeadline(budget)
 
 
-class _ServerClock:
-    """The checks behind ``server_deadline``."""
+class ServerDeadline:
+    """The context manager ``server_deadline()`` returns; its checks count the budget."""
 
     __slots__ = (
         "_budget",
@@ -74,17 +73,29 @@ class _ServerClock:
         "_timeout",
     )
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, timeout: asyncio.Timeout, budget: float
-    ) -> None:
-        self._loop = loop
-        self._timeout = timeout
+    def __init__(self, budget: float) -> None:
         self._budget = budget
         self._step = budget / _STEPS
         self._spent = 0.0
+        self._timeout = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+        self._loop = loop = asyncio.get_running_loop()
         self._started = self._last = loop.time()
         self._due = self._started + self._step
         self._handle = loop.call_at(self._due, self._check)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        await self._timeout.__aexit__(exc_type, exc, tb)
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -99,9 +110,6 @@ class _ServerClock:
         # Spent but late: look again shortly, once the loop has read what came in.
         self._due = now + (min(step, left) if left > 1e-9 else step / 4)
         self._handle = self._loop.call_at(self._due, self._check)
-
-    def stop(self) -> None:
-        self._handle.cancel()
 
 
 #: Sends one batch: the keys in, their values (None: absent) out, in order.
