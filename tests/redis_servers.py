@@ -174,6 +174,9 @@ class RedisProxy:
     ``proxy.url``. ``delay`` holds every chunk for that many seconds before forwarding it
     (both ways); ``stall()`` stops forwarding until ``resume()``. A target that refuses
     the connection makes the proxy close the client's connection at once.
+    ``stall_replies()`` forwards commands but holds Redis's replies on the connections
+    open at that moment (later ones flow): a command then runs while its caller is still
+    waiting, and ``reply_held`` is set once a reply is held.
 
     Attributes:
         accepted: connections accepted so far.
@@ -188,6 +191,11 @@ class RedisProxy:
         self.delay = 0.0
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._replying = asyncio.Event()
+        self._replying.set()
+        self._held_upto = 0  # replies on connections numbered up to this are held
+        #: Set when a reply is being held by ``stall_replies()``.
+        self.reply_held = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -221,8 +229,16 @@ class RedisProxy:
         """Stop forwarding bytes (they are held, not lost) until ``resume()``."""
         self._flowing.clear()
 
+    def stall_replies(self) -> None:
+        """Hold Redis's replies on the connections open now (commands still go through)
+        until ``resume()``."""
+        self._held_upto = self.accepted
+        self._replying.clear()
+
     def resume(self) -> None:
         self._flowing.set()
+        self._held_upto = 0
+        self._replying.set()
 
     async def aclose(self) -> None:
         server, self._server = self._server, None
@@ -245,11 +261,13 @@ class RedisProxy:
         # task on close would be logged as an error.
         self.accepted += 1
         self._writers.add(writer)
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, self.accepted))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+    ) -> None:
         try:
             try:
                 up_reader, up_writer = await asyncio.open_connection(
@@ -258,17 +276,24 @@ class RedisProxy:
             except OSError:
                 return
             self._writers.add(up_writer)
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(
+                self._pump(reader, up_writer), self._pump(up_reader, writer, number)
+            )
         finally:
             writer.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies_of: int = 0
+    ) -> None:
         try:
             while chunk := await reader.read(65536):
                 if self.delay:
                     # Simulated latency: the thing being tested, not a synchronisation.
                     await asyncio.sleep(self.delay)
                 await self._flowing.wait()
+                if 0 < replies_of <= self._held_upto and not self._replying.is_set():
+                    self.reply_held.set()
+                    await self._replying.wait()
                 writer.write(chunk)
                 await writer.drain()
         except OSError:

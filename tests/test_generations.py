@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from limpet.cache.redis import RedisCache
+from limpet.errors import CacheUnavailableError
 from limpet.generations import Generations, generation_name
 from tests.fakes import FakeClock
 
@@ -138,3 +139,55 @@ def test_a_credential_generation_name_is_apart_from_every_namespace_one() -> Non
         generation_name(None, None, credential="a"),
     }
     assert len(names) == 5  # ("", None, "a") and (None, None, "a") are one scope
+
+
+async def test_tracking_is_bounded_and_a_forgotten_model_is_read_again_before_use(
+    store: CountingStore,
+) -> None:
+    here = Generations(store, max_tracked=3)
+    elsewhere = Generations(store)
+    first = await here.scope("m0")
+    for i in range(1, 50):
+        await here.scope(f"m{i}")
+    assert len(here._values) == 3 + 2  # three models, and the two scope-wide generations
+    await elsewhere.bump("m0")
+    assert here.scope_now("m0") is None  # forgotten: no guess from memory
+    reads = store.reads
+    again = await here.scope("m0")
+    assert store.reads == reads + 1
+    assert again != first and again == await elsewhere.scope("m0")
+
+
+class FlakyStore(CountingStore):
+    """The real store, which the test can make unreachable."""
+
+    down = False
+
+    async def generations(self, names: Sequence[str]) -> list[int]:
+        if self.down:
+            raise CacheUnavailableError("down for the test")
+        return await super().generations(names)
+
+    async def bump_generation(self, name: str) -> int:
+        if self.down:
+            raise CacheUnavailableError("down for the test")
+        return await super().bump_generation(name)
+
+
+@pytest.mark.redis
+async def test_a_local_only_bump_is_never_forgotten_and_a_failed_read_matches_nothing(
+    store: CountingStore,
+) -> None:
+    flaky = FlakyStore(store.cache)
+    gens = Generations(flaky, max_tracked=2)
+    before = await gens.scope("pinned")
+    flaky.down = True
+    await gens.bump("pinned")  # reaches only this process
+    bumped = gens.scope_now("pinned")
+    assert bumped is not None and bumped != before
+    assert (await gens.scope("unread")).endswith(".?")  # a failed read is no guess
+    flaky.down = False
+    for i in range(10):
+        await gens.scope(f"m{i}")
+    assert gens.scope_now("pinned") == bumped  # kept: the store could not give it back
+    assert len(gens._values) <= 2 + 2 + 1

@@ -158,14 +158,21 @@ class FlightOutcome(enum.Enum):
     """What a leader told its followers when it finished."""
 
     STORED = "stored"  # the entry is in the shared cache
-    FAILED = "failed"  # a final error; followers raise it too
+    FAILED = "failed"  # a final error; followers raise it too (when they can verify it)
     ABANDONED = "abandoned"  # no entry and no final error: one follower should take over
 
 
 @dataclass(frozen=True, slots=True)
 class FlightNotice:
+    """A leader's word on how its flight ended.
+
+    ``verified`` says the store vouches that a leader sent it (a signature checked): only
+    then may a follower raise its ``error``. An unverified notice is a hint to look again.
+    """
+
     outcome: FlightOutcome
     error: APIStatusError | None = None
+    verified: bool = False
 
 
 class FlightWatch(Protocol):
@@ -181,19 +188,35 @@ class FlightWatch(Protocol):
 @runtime_checkable
 class FlightStore(Protocol):
     """Shared leases and completion notices; every method may raise
-    ``CacheUnavailableError``, and then flights fall back to this process alone."""
+    ``CacheUnavailableError``, and then flights fall back to this process alone.
 
-    async def acquire(self, key: str, token: str, lease: float) -> bool: ...
+    A lease always expires (``lease`` seconds after it was taken or last renewed), and
+    its value changes at every renewal, so a follower can tell a live leader from a
+    stuck lease by watching ``holder()``.
+    """
 
-    async def renew(self, key: str, token: str, lease: float) -> bool: ...
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Take the lease for ``token`` if nobody holds it."""
+        ...
 
-    async def held(self, key: str) -> bool: ...
+    async def renew(self, key: str, token: str, lease: float) -> bool:
+        """Extend ``token``'s lease (and change its value); False when it is not held."""
+        ...
+
+    async def holder(self, key: str) -> str | None:
+        """The lease's current value (different after every renewal), or None."""
+        ...
+
+    async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
+        """Give the lease to ``token`` if it still holds ``seen`` (one follower wins)."""
+        ...
 
     async def release(
         self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
     ) -> None:
         """Atomically: store ``entry`` (if any) for ``ttl``, drop the lease if ``token``
-        still holds it, and publish ``notice``."""
+        still holds it, and publish ``notice``. Attempted even while the store's breaker
+        is open: a lease left behind stalls every other process."""
         ...
 
     async def watch(self, key: str) -> FlightWatch: ...
@@ -219,12 +242,22 @@ class RedisFlight(Generic[R]):
 
     A caller first takes the key's lease (``SET NX PX`` with a random token). The leader
     renews it every ``lease / 3`` while its call runs, then stores the entry, drops the
-    lease and publishes completion in one atomic step. A follower registers for the
-    notice first, then re-checks the cache (so a completion between the two cannot be
-    missed), then waits, checking every ``poll`` seconds whether the lease still exists:
-    a lease that vanished without an entry means the leader died, and the follower takes
-    over. A follower that waited ``follow_timeout`` calls upstream itself: correctness
-    over savings. With the store unreachable, calls go upstream from each process.
+    lease and publishes completion in one atomic step, on every way out (cancelled
+    included, and even while its breaker is open). A follower registers for the notice
+    first, then re-checks the cache (so a completion between the two cannot be missed),
+    then waits, checking every ``poll`` seconds who holds the lease: a lease that
+    vanished without an entry, or that nobody renewed for a whole ``lease`` (a leader
+    stuck, or a lease some other writer left without a TTL), is taken over by one
+    follower. A follower that waited ``follow_timeout`` calls upstream itself:
+    correctness over savings. With the store unreachable, calls go upstream from each
+    process.
+
+    **Errors across processes.** A follower raises a leader's final error only when the
+    notice is verified (signed with the cache's ``hmac_key``): anyone who can PUBLISH to
+    Redis could otherwise hand it a forged one. Without a key an error notice is a hint:
+    each follower process re-reads the entry, and one at a time (the lease serialises
+    them) takes over and makes the call itself, so a failing request costs one upstream
+    call per process instead of one in all. Set ``hmac_key`` to get the latter safely.
 
     Use it behind ``SingleFlight``, so that one caller per process takes part.
 
@@ -233,11 +266,17 @@ class RedisFlight(Generic[R]):
         config: lease, poll and follower timeout.
     """
 
-    __slots__ = ("config", "store")
+    __slots__ = ("_failing", "config", "lease_checks", "store", "takeovers")
 
     def __init__(self, store: FlightStore, config: FlightConfig | None = None) -> None:
         self.store = store
         self.config = config or FlightConfig()
+        #: Times a follower stopped following and led: the lease vanished, went stale,
+        #: or an unverified error ended the flight it followed.
+        self.takeovers = 0
+        #: Times a follower asked who holds a lease (about one per ``poll`` of waiting).
+        self.lease_checks = 0
+        self._failing: set[str] = set()
 
     async def do(
         self,
@@ -257,49 +296,81 @@ class RedisFlight(Generic[R]):
         """
         token = secrets.token_hex(16)
         deadline = time.monotonic() + self.config.follow_timeout
+        followed = False
         while True:
             try:
-                if await self.store.acquire(key, token, self.config.lease):
+                if await self._acquire(key, token):
+                    if followed:
+                        self.takeovers += 1
                     return await self._lead(key, token, lead), True
-                found = await self._follow(key, read, deadline)
+                followed = True
+                found, leading = await self._follow(key, token, read, deadline)
             except CacheUnavailableError:
                 result, _, _ = await lead()
                 return result, True
+            if leading:
+                self.takeovers += 1
+                return await self._lead(key, token, lead), True
             if found is not None:
                 return found, False
             if time.monotonic() >= deadline:
                 result, _, _ = await lead()
                 return result, True
 
+    async def _acquire(self, key: str, token: str) -> bool:
+        try:
+            return await self.store.acquire(key, token, self.config.lease)
+        except asyncio.CancelledError:
+            # The SET may have landed with only its reply lost: drop what may be ours, or
+            # other processes would wait for a leader that never was.
+            await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
+            raise
+
     async def _follow(
-        self, key: str, read: Callable[[], Awaitable[R | None]], deadline: float
-    ) -> R | None:
-        """The entry once the leader stores it, or None when the lease is gone without one
-        (or the wait timed out) and this process should try to lead."""
+        self, key: str, token: str, read: Callable[[], Awaitable[R | None]], deadline: float
+    ) -> tuple[R | None, bool]:
+        """The entry once the leader stores it; or (None, True) when this follower took
+        the lease over and must lead; or (None, False) when the lease is gone without
+        an entry (or the wait timed out) and this process should try to lead."""
         try:
             watch: FlightWatch = await self.store.watch(key)
         except CacheUnavailableError:
             watch = _NoNotices()  # no notices to be had (say, a cluster): poll alone
+        lease = self.config.lease
+        seen: str | None = None
+        seen_at = 0.0
         try:
+            waited = False
             while True:
                 found = await read()
                 if found is not None:
-                    return found
+                    return found, False
+                if waited:
+                    # No entry: is anyone still working on it?
+                    self.lease_checks += 1
+                    holder = await self.store.holder(key)
+                    if holder is None:
+                        return await read(), False  # one last look, then try to lead
+                    now = time.monotonic()
+                    if holder != seen:
+                        seen, seen_at = holder, now  # taken or renewed: a live leader
+                    elif now - seen_at >= lease and await self.store.take_over(
+                        key, holder, token, lease
+                    ):
+                        return None, True  # neither renewed nor released for a lease
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
+                    return None, False
                 notice: FlightNotice | None = None
                 try:
                     async with asyncio.timeout(min(self.config.poll, remaining)):
                         notice = await watch.next()
                 except TimeoutError:
                     pass
-                if notice is not None and notice.error is not None:
+                waited = True
+                if notice is not None and notice.error is not None and notice.verified:
                     raise notice.error
-                stored = notice is not None and notice.outcome is FlightOutcome.STORED
-                if not stored and not await self.store.held(key):
-                    # One last look: the leader may have stored it just now.
-                    return await read()
+                # Anything else, verified or not, is only a reason to look again.
         finally:
             watch.close()
 
@@ -327,19 +398,39 @@ class RedisFlight(Generic[R]):
             # Bounded: a Redis client whose socket timeout wraps sends in wait_for can
             # swallow a cancellation on Python 3.11; the lease must be released anyway.
             await asyncio.wait({renewing}, timeout=_RENEWAL_STOP_TIMEOUT)
-            try:
-                await self.store.release(key, token, notice, entry, ttl)
-            except CacheUnavailableError as exc:
-                # Followers find the lease expired and take over; nothing is lost.
-                logger.warning("limpet: could not release the flight for %s: %s", key, exc)
+            await self._release(key, token, notice, entry, ttl)
+
+    async def _release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        try:
+            await self.store.release(key, token, notice, entry, ttl)
+        except CacheUnavailableError as exc:
+            # The lease expires by itself, or a follower sees it go stale and takes over.
+            self._fault("release", "could not release flights", exc)
+        else:
+            self._recovered("release")
 
     async def _renew(self, key: str, token: str) -> None:
         """Keep the lease alive while the leader's call runs (LLM calls take minutes)."""
         while True:
             await asyncio.sleep(self.config.lease / 3)
             try:
-                if not await self.store.renew(key, token, self.config.lease):
-                    logger.warning("limpet: flight lease for %s was lost while leading", key)
-                    return
-            except CacheUnavailableError:
+                renewed = await self.store.renew(key, token, self.config.lease)
+            except CacheUnavailableError as exc:
+                self._fault("renew", "could not renew flight leases", exc)
                 continue
+            self._recovered("renew")
+            if not renewed:
+                self._fault("lost", "a flight lease was lost while leading", key)
+                return
+            self._recovered("lost")
+
+    def _fault(self, kind: str, what: str, detail: object) -> None:
+        """Log the first fault of a kind; the rest of the outage is silent."""
+        if kind not in self._failing:
+            self._failing.add(kind)
+            logger.warning("limpet: %s (logged once until it works again): %s", what, detail)
+
+    def _recovered(self, kind: str) -> None:
+        self._failing.discard(kind)

@@ -286,7 +286,7 @@ class FlightConfig:
     Args:
         lease: seconds a leader's lease lasts without renewal; it is renewed every third
             of that while the upstream call runs, and a dead leader's followers take over
-            within about ``lease + poll``.
+            within about ``lease + poll`` (as they do from a lease nobody renews).
         poll: seconds between a follower's checks when no completion notice arrives.
         follow_timeout: seconds a follower waits for another process before calling
             upstream itself (correctness over savings).

@@ -160,6 +160,10 @@ async def test_entries_spread_over_every_node(
             per_node.append(len(list(client.scan_iter(match=cluster_prefix + "*"))))
     assert sum(per_node) == 300
     assert all(count > 30 for count in per_node), per_node
+    # Concurrent reads are batched across slots and nodes, and each gets its own value.
+    keys = [f"sha256:{i:064x}" for i in range(300)] + ["absent"]
+    assert await asyncio.gather(*(cache.get(k) for k in keys)) == [b"v"] * 300 + [None]
+    assert 0 < cache._reads.batches < 300
 
 
 async def test_entries_carry_a_native_ttl(cache: RedisCache, raw: RedisCluster) -> None:
@@ -216,9 +220,11 @@ async def test_a_flight_lease_and_its_release_on_a_cluster(cache: RedisCache) ->
     key = "sha256:" + "cd" * 32
     assert await store.acquire(key, "token-a", 5.0)
     assert not await store.acquire(key, "token-b", 5.0)
-    assert await store.held(key)
+    assert await store.holder(key) == "token-a:0"
     assert await store.renew(key, "token-a", 5.0)
     assert not await store.renew(key, "token-b", 5.0)
+    assert await store.holder(key) == "token-a:1"  # a renewal shows
+    assert not await store.take_over(key, "token-a:0", "token-c", 5.0)  # stale view
 
     watch = await store.watch(key)
     try:
@@ -230,7 +236,7 @@ async def test_a_flight_lease_and_its_release_on_a_cluster(cache: RedisCache) ->
         watch.close()
     assert notice.outcome is FlightOutcome.STORED
     assert await cache.get(key) == b"entry"
-    assert not await store.held(key)
+    assert await store.holder(key) is None
 
 
 async def test_two_clients_sharing_a_cluster_make_one_upstream_call(

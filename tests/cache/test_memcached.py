@@ -267,15 +267,34 @@ async def test_one_lease_per_key_and_only_its_holder_renews_or_drops_it(
 ) -> None:
     assert await store.acquire("k", "me", 5.0)
     assert not await store.acquire("k", "you", 5.0)
-    assert await store.held("k")
+    taken = await store.holder("k")
+    assert taken is not None and taken.startswith("me")
     assert await store.renew("k", "me", 5.0)
+    renewed = await store.holder("k")
+    assert renewed is not None and renewed.startswith("me") and renewed != taken
     assert not await store.renew("k", "you", 5.0)
     await store.release("k", "you", FlightNotice(FlightOutcome.ABANDONED), None, 0)
-    assert await store.held("k")  # not yours to drop
+    assert await store.holder("k") == renewed  # not yours to drop
     await store.release("k", "me", FlightNotice(FlightOutcome.ABANDONED), None, 0)
-    assert not await store.held("k")
+    assert await store.holder("k") is None
     assert not await store.renew("k", "me", 5.0)
     assert await store.acquire("k", "you", 5.0)
+
+
+@pytest.mark.memcached
+async def test_a_lease_nobody_renewed_is_taken_over_by_one_follower(
+    store: MemcachedFlightStore,
+) -> None:
+    assert await store.acquire("k", "stuck", 5.0)
+    seen = await store.holder("k")
+    assert seen is not None
+    wins = [await store.take_over("k", seen, f"follower-{i}", 5.0) for i in range(3)]
+    assert wins == [True, False, False]  # the first swap changed what the others saw
+    now = await store.holder("k")
+    assert now is not None and now.startswith("follower-0")
+    assert not await store.take_over("k", "never-seen", "late", 5.0)
+    assert await store.renew("k", "follower-0", 5.0)
+    assert not await store.renew("k", "stuck", 5.0)  # the old leader lost it
 
 
 @pytest.mark.memcached
@@ -289,7 +308,7 @@ async def test_release_stores_the_entry_then_tells_the_follower(
     notice = await asyncio.wait_for(waiting, 5.0)
     assert notice.outcome is FlightOutcome.STORED
     assert await cache.get("k") == b"entry"
-    assert not await store.held("k")
+    assert await store.holder("k") is None
     watch.close()
 
 

@@ -94,7 +94,7 @@ async def test_a_follower_polling_an_unreachable_memcached_keeps_waiting(
             async with asyncio.timeout(1.0):  # room for three 100 ms polls to fail
                 await watch.next()
         assert state(mc) == "open"  # the polls failed, and none escaped
-        await unavailable(lambda: mc.flight_store.held("k"))
+        await unavailable(lambda: mc.flight_store.holder("k"))
 
 
 async def test_down_from_the_start_every_operation_is_unavailable(

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio
 import redis.utils
 
+from limpet.cache import MemoryCache, TieredCache
 from limpet.cache.redis import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
 from limpet.errors import CacheUnavailableError, ConfigurationError
 from tests.redis_servers import RedisProxy, free_port
@@ -46,6 +47,15 @@ async def test_construction_does_not_connect(redis_url: str, redis_prefix: str) 
         assert await cache.get("k") is None
         assert proxy.accepted == 1
         await cache.aclose()
+
+
+def test_the_tiered_caches_hmac_key_signs_the_redis_tiers_flight_notices() -> None:
+    unkeyed = RedisCache.from_url("redis://127.0.0.1:1/0")
+    own = RedisCache.from_url("redis://127.0.0.1:1/0", hmac_key=b"its own")
+    TieredCache(MemoryCache(), unkeyed, own, hmac_key=b"fleet")
+    assert unkeyed.hmac_key == b"fleet"  # one key for entries and notices
+    assert own.hmac_key == b"its own"  # never overridden
+    assert TieredCache(RedisCache.from_url("redis://127.0.0.1:1/0")).tiers[0].hmac_key is None  # type: ignore[attr-defined]
 
 
 def test_hiredis_parses_replies() -> None:

@@ -11,18 +11,23 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
 import redis.exceptions
 
+from limpet import CacheStatus, Client, Endpoint, FlightConfig
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis import RedisCache
 from limpet.cache.tiered import TieredCache
+from limpet.coalesce import RedisFlight
 from limpet.errors import CacheUnavailableError
 from limpet.models import Usage
+from limpet.testing import FakeGateway
 from tests.redis_servers import RedisProxy, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -420,3 +425,277 @@ async def test_aclose_flushes_background_writes(redis_url: str, redis_prefix: st
             data = await fresh.get(f"k{i}")
             assert data is not None, i
             assert codec.decode(f"k{i}", data).body["id"] == f"gen-{i}"
+
+
+# -- Bursts on a healthy Redis ---------------------------------------------------------
+
+
+def prompt(i: int) -> dict[str, Any]:
+    return {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": f"burst question {i}"}],
+        "temperature": 0,
+    }
+
+
+@pytest.mark.parametrize("callers", [500, 5_000])
+async def test_a_burst_of_shared_tier_hits_is_all_hits_with_the_breaker_closed(
+    redis_url: str, redis_prefix: str, callers: int
+) -> None:
+    # Reads used to be one GET per caller, timed from when the caller asked: a burst
+    # queued on the event loop and the pool, timed out, opened the breaker and went
+    # upstream. Now they are batched and timed by the server.
+    async with FakeGateway(endpoints=("a",)) as gateway:
+        endpoint = Endpoint("a", gateway.base_url("a"))
+        # Setup, not the subject: a cache that waits and never gives up on Redis.
+        warm_cache = RedisCache.from_url(
+            redis_url,
+            prefix=redis_prefix,
+            read_timeout=5.0,
+            write_timeout=5.0,
+            max_pending_writes=callers,
+            breaker=CircuitBreaker(failure_threshold=callers),
+        )
+        async with Client(endpoints=[endpoint], cache=warm_cache, coalesce=False) as warm:
+            for start in range(0, callers, 500):
+                await asyncio.gather(
+                    *(warm.complete(**prompt(i)) for i in range(start, start + 500))
+                )
+            await warm_cache.flush()
+        assert gateway.total_calls == callers
+        assert warm_cache.failed_writes == warm_cache.dropped_writes == 0
+        shared = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        async with Client(endpoints=[endpoint], cache=TieredCache(MemoryCache(), shared)) as c:
+            results = await asyncio.gather(*(c.complete(**prompt(i)) for i in range(callers)))
+            assert [r.cache for r in results].count(CacheStatus.HIT) == callers
+            assert gateway.total_calls == callers  # not one more
+            assert state(shared) == "closed"
+            assert shared.breaker.opens == 0
+            assert 0 < shared._reads.batches < callers
+
+
+# -- Flights: leases left behind, forged notices ----------------------------------------
+
+KEY = "sha256:" + "ab" * 32
+
+
+class Upstream:
+    """A ``lead`` for ``RedisFlight.do`` that counts its calls and can be held open."""
+
+    def __init__(self, cache: RedisCache, answer: str) -> None:
+        self.cache = cache
+        self.answer = answer
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
+        self.go.set()
+
+    async def __call__(self) -> tuple[str, bytes | None, float]:
+        self.calls += 1
+        self.started.set()
+        await self.go.wait()
+        return self.answer, self.answer.encode(), 60.0
+
+
+class Reader:
+    """A ``read`` for ``RedisFlight.do``: the entry under ``KEY``; counts its calls and
+    sets ``reads[n]`` on the n-th (the first comes right after the follower watches)."""
+
+    def __init__(self, cache: RedisCache) -> None:
+        self.cache = cache
+        self.reads = [asyncio.Event() for _ in range(4)]
+        self.count = 0
+
+    async def __call__(self) -> str | None:
+        self.count += 1
+        if self.count < len(self.reads):
+            self.reads[self.count].set()
+        data = await self.cache.get(KEY)
+        return None if data is None else data.decode()
+
+
+SLOW = FlightConfig(lease=30.0, poll=30.0, follow_timeout=60.0)  # only notices wake
+
+
+@pytest.mark.parametrize("hmac_key", [None, b"fleet secret"])
+async def test_a_forged_error_notice_is_never_raised_by_a_follower(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis, hmac_key: bytes | None
+) -> None:
+    async with (
+        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=hmac_key) as leading,
+        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=hmac_key) as following,
+    ):
+        leader, follower = (
+            RedisFlight[str](leading.flight_store, SLOW),
+            RedisFlight[str](following.flight_store, SLOW),
+        )
+        upstream = Upstream(leading, "the real answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(following, "the follower's own call")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.reads[1].wait()  # watching, and found no entry
+        forged = orjson.dumps(
+            {
+                "outcome": "failed",
+                "status": 402,
+                "message": "Your account is suspended. Contact support.",
+                "body": "",
+                "request_id": None,
+                "endpoint": "a",
+            }
+        )
+        # Signed with a guessed key when the cache has one; not signed at all otherwise.
+        signature = b"0" * 64 if hmac_key else b""
+        receivers = await raw.publish(
+            redis_prefix + "flights", KEY.encode() + b"\n" + signature + b"\n" + forged
+        )
+        assert receivers >= 1
+        await reader.reads[2].wait()  # woken by the notice, it looked again, did not raise
+        assert not followed.done()
+        upstream.go.set()
+        assert await led == ("the real answer", True)
+        assert await followed == ("the real answer", False)
+    assert mine.calls == 0 and upstream.calls == 1
+    assert follower.takeovers == 0
+
+
+async def test_a_lease_without_ttl_is_taken_over_after_a_lease_without_renewal(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        lock = cache.lock_key(KEY)
+        await raw.set(lock, b"written by something else, forever")  # no TTL
+        config = FlightConfig(lease=0.3, poll=0.05)  # follow_timeout: the default 600 s
+        flight = RedisFlight[str](cache.flight_store, config)
+        upstream = Upstream(cache, "answer")
+        assert await flight.do(KEY, upstream, Reader(cache)) == ("answer", True)
+        assert upstream.calls == 1
+        assert flight.takeovers == 1
+        # Bounded by the lease it was never renewed for, not by follow_timeout (12,000).
+        assert flight.lease_checks <= 2 * (0.3 / 0.05) + 3
+        assert await raw.exists(lock) == 0  # released: taken over with a TTL, then dropped
+
+
+async def test_a_leader_cancelled_during_acquire_leaves_no_lease(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    lease = FlightConfig(lease=30.0, poll=0.05, follow_timeout=60.0)
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as via_proxy,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as direct,
+    ):
+        await via_proxy.get("warm the pool")
+        proxy.stall_replies()
+        leader = RedisFlight[str](via_proxy.flight_store, lease)
+        unlucky = Upstream(via_proxy, "never asked")
+        task = asyncio.create_task(leader.do(KEY, unlucky, Reader(via_proxy)))
+        await proxy.reply_held.wait()  # SET NX ran in Redis; its caller has not heard
+        assert await raw.exists(direct.lock_key(KEY)) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        proxy.resume()
+        # The release went out before the task ended; a 30 s lease is not left behind.
+        assert await raw.exists(direct.lock_key(KEY)) == 0
+        other = RedisFlight[str](direct.flight_store, lease)
+        upstream = Upstream(direct, "answer")
+        assert await other.do(KEY, upstream, Reader(direct)) == ("answer", True)
+    assert unlucky.calls == 0 and upstream.calls == 1
+    assert other.takeovers == 0 and other.lease_checks == 0
+
+
+async def test_a_leader_whose_breaker_opened_still_releases_its_lease(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker
+) -> None:
+    async with (
+        RedisCache.from_url(redis_url, prefix=redis_prefix, breaker=breaker) as leading,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as following,
+    ):
+        config = FlightConfig(lease=30.0, poll=30.0, follow_timeout=60.0)
+        leader = RedisFlight[str](leading.flight_store, config)
+        follower = RedisFlight[str](following.flight_store, config)
+        upstream = Upstream(leading, "the answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(following, "the follower's own call")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.reads[1].wait()
+        for _ in range(breaker.failure_threshold):  # an outage, as the leader saw it
+            breaker.record_failure()
+        assert state(leading) == "open"
+        upstream.go.set()
+        assert await led == ("the answer", True)
+        assert await followed == ("the answer", False)  # woken by the release's notice
+    assert mine.calls == 0 and follower.takeovers == 0
+
+
+async def test_release_failures_are_logged_once_per_outage(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    patient = CircuitBreaker(failure_threshold=1_000)  # every release is attempted
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix, breaker=patient) as cache,
+    ):
+        flight = RedisFlight[str](cache.flight_store, FlightConfig(lease=30.0))
+
+        async def lead_then_lose_redis() -> tuple[str, bytes | None, float]:
+            proxy.stall()  # the release that follows cannot get through
+            return "answer", b"answer", 60.0
+
+        async def lead() -> tuple[str, bytes | None, float]:
+            return "answer", b"answer", 60.0
+
+        async def nothing() -> str | None:
+            return None
+
+        def logged() -> int:
+            return sum("could not release flights" in r.getMessage() for r in caplog.records)
+
+        for i in range(4):  # one outage, four flights
+            assert await flight.do(f"{KEY}-{i}", lead_then_lose_redis, nothing) == ("answer", True)
+            proxy.resume()
+        assert logged() == 1
+        assert await flight.do(f"{KEY}-ok", lead, nothing) == ("answer", True)  # over
+        assert await flight.do(f"{KEY}-5", lead_then_lose_redis, nothing) == ("answer", True)
+        proxy.resume()
+        assert logged() == 2  # a new outage, a new line
+
+
+async def test_the_read_budget_counts_the_server_not_a_busy_event_loop(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix, breaker=breaker) as rc:
+        await rc.set("k", b"v", 60)
+        await rc.flush()
+        loop = asyncio.get_running_loop()
+        for _ in range(breaker.failure_threshold + 1):
+            read = asyncio.create_task(rc.get("k"))
+            # While the GET is out, the loop is busy elsewhere for four read budgets
+            # (a CPU-bound stretch of other callers): the thing under test, not a wait.
+            loop.call_soon(time.sleep, 4 * rc.read_timeout)
+            assert await read == b"v"
+        assert state(rc) == "closed"
+
+
+async def test_a_reader_that_gives_up_leaves_its_batch_to_the_others(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as rc:
+        for i in range(10):
+            await rc.set(f"k{i}", f"v{i}".encode(), 60)
+        await rc.flush()
+        reads = [asyncio.create_task(rc.get(f"k{i % 10}")) for i in range(200)]
+        await asyncio.sleep(0)  # every read has asked: one alone, the rest queued
+        for read in reads[1::2]:
+            read.cancel()
+        values = await asyncio.gather(*reads[0::2])
+        assert values == [f"v{i % 10}".encode() for i in range(0, 200, 2)]
+        assert all(read.cancelled() for read in reads[1::2])
+        assert state(rc) == "closed"

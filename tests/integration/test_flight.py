@@ -50,9 +50,14 @@ def make_client(
     redis_url: str,
     prefix: str,
     flight: FlightConfig = FAST,
+    hmac_key: bytes | None = None,
     **kwargs: Any,
 ) -> Client:
-    cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=prefix))
+    cache = TieredCache(
+        MemoryCache(),
+        RedisCache.from_url(redis_url, prefix=prefix, hmac_key=hmac_key),
+        hmac_key=hmac_key,
+    )
     return Client(
         endpoints=[Endpoint("a", gateway.base_url("a"))],
         cache=cache,
@@ -92,13 +97,13 @@ async def test_a_call_lasting_three_leases_is_still_one_call(
     assert sorted(r.cache.value for r in results) == ["coalesced", "miss"]
 
 
-async def test_a_final_error_reaches_the_other_process_and_is_not_cached(
+async def test_a_signed_final_error_reaches_the_other_process_and_is_not_cached(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:
-    gateway.endpoint("a").fail(400, message="schema rejected")
+    gateway.endpoint("a").fail(400, times=2, message="schema rejected")
     async with (
-        make_client(gateway, redis_url, redis_prefix) as a,
-        make_client(gateway, redis_url, redis_prefix) as b,
+        make_client(gateway, redis_url, redis_prefix, hmac_key=b"fleet secret") as a,
+        make_client(gateway, redis_url, redis_prefix, hmac_key=b"fleet secret") as b,
     ):
         results = await asyncio.gather(
             a.complete(**ask()), b.complete(**ask()), return_exceptions=True
@@ -106,8 +111,28 @@ async def test_a_final_error_reaches_the_other_process_and_is_not_cached(
         assert all(isinstance(r, BadRequestError) for r in results), results
         assert all("schema rejected" in str(r) for r in results)
         assert gateway.endpoint("a").calls == 1
-        assert (await b.complete(**ask())).cache is CacheStatus.MISS
+        with pytest.raises(BadRequestError):  # not cached: the next call goes upstream
+            await b.complete(**ask())
     assert gateway.endpoint("a").calls == 2
+
+
+async def test_an_unsigned_final_error_is_a_hint_each_process_calls_once_in_turn(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # Without hmac_key anyone able to PUBLISH could forge the notice, so the follower
+    # never raises it: it takes the lease over and asks upstream itself, once.
+    gateway.endpoint("a").fail(400, times=2, message="schema rejected")
+    async with (
+        make_client(gateway, redis_url, redis_prefix) as a,
+        make_client(gateway, redis_url, redis_prefix) as b,
+    ):
+        results = await asyncio.gather(
+            a.complete(**ask()), b.complete(**ask()), return_exceptions=True
+        )
+        flights = [client._shared_flight for client in (a, b)]
+    assert all(isinstance(r, BadRequestError) for r in results), results
+    assert gateway.endpoint("a").calls == 2  # one per process, never concurrent
+    assert sum(f.takeovers for f in flights if f is not None) == 1
 
 
 async def test_a_leader_that_walks_away_hands_over_to_a_follower(
@@ -197,3 +222,7 @@ async def test_a_sigkilled_leader_process_is_replaced_by_a_follower(
     assert [r.errors for r in reports] == [[], []]
     assert [sum(r.statuses.values()) for r in reports] == [20, 20]
     assert ep.calls == 2
+    assert sum(r.takeovers for r in reports) == 1
+    # The wait is bounded by the dead lease (0.5 s, checked every 0.05 s), not by
+    # follow_timeout (600 s: 12,000 checks): tens of checks, live leader's time included.
+    assert max(r.lease_checks for r in reports) <= 100

@@ -428,7 +428,12 @@ class MemcachedCache:
             await asyncio.gather(*self._old_clients, return_exceptions=True)
 
     async def run(
-        self, command: str, budget: float, call: Callable[[emcache.Client], Awaitable[_T]]
+        self,
+        command: str,
+        budget: float,
+        call: Callable[[emcache.Client], Awaitable[_T]],
+        *,
+        gated: bool = True,
     ) -> _T:
         """Run one Memcached call under this cache's breaker, within ``budget`` seconds.
 
@@ -438,6 +443,9 @@ class MemcachedCache:
             command: a name for messages, e.g. ``"get"``.
             budget: seconds the call may take, connecting included.
             call: makes the call with the ``emcache`` client.
+            gated: False lets the call through an open breaker (its verdict still
+                counts): a flight's lease must be renewed and released whatever the
+                breaker thinks.
 
         Raises:
             CacheUnavailableError: the breaker is open, the cache is closed, the call timed
@@ -447,7 +455,7 @@ class MemcachedCache:
         self._check_open()
         breaker = self.breaker
         probing = breaker.state == "half_open"
-        if not breaker.allow():
+        if gated and not breaker.allow():
             raise CacheUnavailableError(
                 f"memcached {command} skipped: circuit breaker open ({self._where})"
             )

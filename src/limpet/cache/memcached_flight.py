@@ -2,10 +2,13 @@
 
 Memcached has no scripts and no pub/sub, so each step is built from its atomic commands:
 
-- acquire: ``add lock token`` with the lease as TTL: one process wins, atomically.
+- acquire: ``add lock token:0`` with the lease as TTL: one process wins, atomically.
 - renew and release: ``gets`` the lease, and if it still holds this token, ``cas`` it (a
-  new TTL to renew; a TTL in the past to drop it), so a leader whose lease expired can
-  never extend or drop a successor's.
+  new TTL and the next ``token:n`` to renew, so followers see a live leader; a TTL in
+  the past to drop it), so a leader whose lease expired can never extend or drop a
+  successor's. Both go through an open breaker: a lease left behind stalls others.
+- take over: ``gets`` the lease, and if it still holds the value a follower saw a whole
+  lease ago (nobody renewed it), ``cas`` it to the follower's token: one follower wins.
 - notices: release first stores the entry, then a notice (the outcome, the leader's
   token, and a final error if there was one) under a key of its own for a few seconds,
   and only then drops the lease; so a follower never sees the lease gone before the
@@ -70,7 +73,7 @@ class _PollWatch:
             if holder is None:
                 return FlightNotice(FlightOutcome.ABANDONED)
             # A new leader took over from a dead one: wait for that one's notice.
-            self._token = holder
+            self._token = _token_of(holder)
             # Polling is how Memcached is watched; the backoff bounds its cost.
             await asyncio.sleep(pause)
             pause = min(pause * 2, _MAX_POLL)
@@ -99,7 +102,7 @@ class MemcachedFlightStore:
 
         async def add(client: emcache.Client) -> bool:
             try:
-                await client.add(lock, token.encode(), exptime=exptime)
+                await client.add(lock, token.encode() + b":0", exptime=exptime)
             except emcache.NotStoredStorageCommandError:
                 return False
             return True
@@ -109,10 +112,26 @@ class MemcachedFlightStore:
     async def renew(self, key: str, token: str, lease: float) -> bool:
         return await self._swap_if_held(key, token, "renew", _lease_exptime(lease))
 
-    async def held(self, key: str) -> bool:
+    async def holder(self, key: str) -> str | None:
         cache, lock = self._cache, self._cache.lock_key(key)
         item = await cache.run("get", cache.write_timeout, lambda c: c.get(lock))
-        return item is not None
+        return None if item is None else bytes(item.value).decode(errors="replace")
+
+    async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
+        cache, lock = self._cache, self._cache.lock_key(key)
+        stale, mine, exptime = seen.encode(), token.encode() + b":0", _lease_exptime(lease)
+
+        async def swap(client: emcache.Client) -> bool:
+            item = await client.gets(lock)
+            if item is None or item.value != stale or item.cas is None:
+                return False
+            try:
+                await client.cas(lock, mine, item.cas, exptime=exptime)
+            except emcache.StorageCommandError:
+                return False  # renewed, released or taken since the gets
+            return True
+
+        return await cache.run("take over", cache.write_timeout, swap)
 
     async def release(
         self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
@@ -122,7 +141,10 @@ class MemcachedFlightStore:
             data, exptime = entry, memcached_expiry(ttl, time.time())
             full = cache.entry_key(key)
             await cache.run(
-                "set", cache.write_timeout, lambda c: c.set(full, data, exptime=exptime)
+                "set",
+                cache.write_timeout,
+                lambda c: c.set(full, data, exptime=exptime),
+                gated=False,
             )
         elif notice.outcome is FlightOutcome.STORED:
             notice = FlightNotice(FlightOutcome.ABANDONED)  # nothing to read: take over
@@ -132,6 +154,7 @@ class MemcachedFlightStore:
             "set",
             cache.write_timeout,
             lambda c: c.set(notice_key, message, exptime=_NOTICE_TTL),
+            gated=False,
         )
         # A TTL in the past: the compare-and-swap deletes the lease if it is still ours.
         await self._swap_if_held(key, token, "release", -1)
@@ -140,7 +163,7 @@ class MemcachedFlightStore:
         """Start waiting for ``key``'s current leader (read now, so a notice it leaves
         from here on is never missed)."""
         _, holder = await self.peek(key)
-        return _PollWatch(self, key, holder)
+        return _PollWatch(self, key, None if holder is None else _token_of(holder))
 
     async def peek(self, key: str) -> tuple[bytes | None, bytes | None]:
         """The raw notice under ``key`` and the token holding its lease, in one read."""
@@ -156,19 +179,28 @@ class MemcachedFlightStore:
         )
 
     async def _swap_if_held(self, key: str, token: str, command: str, exptime: int) -> bool:
+        """``cas`` the lease to the next ``token:n`` with ``exptime`` if ``token`` holds it
+        (an ``exptime`` in the past drops it)."""
         cache, lock, mine = self._cache, self._cache.lock_key(key), token.encode()
 
         async def swap(client: emcache.Client) -> bool:
             item = await client.gets(lock)
-            if item is None or item.value != mine or item.cas is None:
+            if item is None or item.cas is None or _token_of(item.value) != mine:
                 return False
+            renewals = int(bytes(item.value).rpartition(b":")[2] or b"0")
             try:
-                await client.cas(lock, mine, item.cas, exptime=exptime)
+                await client.cas(lock, b"%s:%d" % (mine, renewals + 1), item.cas, exptime=exptime)
             except emcache.StorageCommandError:
                 return False  # changed or expired since the gets: not ours any more
             return True
 
-        return await cache.run(command, cache.write_timeout, swap)
+        return await cache.run(command, cache.write_timeout, swap, gated=False)
+
+
+def _token_of(lease: bytes | str) -> bytes:
+    """The leader's token in a lease's value (``token:n``, n its renewals)."""
+    raw = lease.encode() if isinstance(lease, str) else bytes(lease)
+    return raw.partition(b":")[0]
 
 
 def _lease_exptime(lease: float) -> int:

@@ -17,7 +17,6 @@ Every failure leaves as ``CacheUnavailableError`` (with the redis-py or OS error
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -31,6 +30,7 @@ from redis.exceptions import MaxConnectionsError, RedisClusterException
 
 from limpet.cache.breaker import BreakerState, CircuitBreaker
 from limpet.cache.redis_flight import RedisFlightStore
+from limpet.cache.redis_reads import ReadBatcher, server_deadline
 from limpet.cache.redis_writes import RedisClient, WriteQueue, redis_replied
 from limpet.errors import CacheUnavailableError, ConfigurationError
 
@@ -58,6 +58,9 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # SCAN hint for clear(): large enough to be quick, small enough to keep each step short.
 _SCAN_COUNT = 1_000
+
+# Seconds redis-py may take to open a connection (see where it is used).
+_MIN_CONNECT_TIMEOUT = DEFAULT_CLOSE_TIMEOUT
 
 _T = TypeVar("_T")
 
@@ -108,6 +111,9 @@ class RedisCache:
             one within its own timeout.
         close_timeout: seconds ``aclose()`` waits for pending writes before dropping them.
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
+        hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower trusts
+            an error another process's leader reported; without it an error notice is
+            only a hint (see ``RedisFlight``). Use the ``TieredCache``'s ``hmac_key``.
 
     Raises:
         ConfigurationError: neither or both of ``url`` and ``client``, an unusable URL or
@@ -125,6 +131,7 @@ class RedisCache:
         "_flights",
         "_generation_prefix",
         "_owns_client",
+        "_reads",
         "_tag_close",
         "_tag_open",
         "_where",
@@ -132,6 +139,7 @@ class RedisCache:
         "breaker",
         "close_timeout",
         "cluster",
+        "hmac_key",
         "prefix",
         "read_timeout",
         "write_timeout",
@@ -150,6 +158,7 @@ class RedisCache:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         breaker: CircuitBreaker | None = None,
+        hmac_key: bytes | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             # An empty prefix would make clear() delete every key in the database.
@@ -171,6 +180,8 @@ class RedisCache:
                 raise ConfigurationError(f"RedisCache.{name}: expected an int >= 1, got {count!r}")
         if not isinstance(cluster, bool):
             raise ConfigurationError(f"RedisCache.cluster: expected a bool, got {cluster!r}")
+        if hmac_key is not None and (not isinstance(hmac_key, bytes) or not hmac_key):
+            raise ConfigurationError("RedisCache.hmac_key: expected non-empty bytes or None")
         if (url is None) == (client is None):
             raise ConfigurationError("RedisCache: pass exactly one of url= or client=")
 
@@ -194,7 +205,9 @@ class RedisCache:
             client = _client_from_url(
                 url,
                 cluster=cluster,
-                connect_timeout=max(read_timeout, write_timeout),
+                # Generous: redis-py times a connect by the wall clock, which a busy event
+                # loop runs fast; each command's own budget bounds what Redis may take.
+                connect_timeout=max(read_timeout, write_timeout, _MIN_CONNECT_TIMEOUT),
                 max_connections=max_connections,
             )
             self._owns_client = True
@@ -226,6 +239,9 @@ class RedisCache:
             where=self._where,
         )
         self._flights: RedisFlightStore | None = None
+        #: Signs flight notices (see ``flight_store``); never in reprs or messages.
+        self.hmac_key = hmac_key
+        self._reads = ReadBatcher(self._get_one, self._get_many)
 
     @classmethod
     def from_url(
@@ -240,6 +256,7 @@ class RedisCache:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         breaker: CircuitBreaker | None = None,
+        hmac_key: bytes | None = None,
     ) -> RedisCache:
         """A cache that owns a connection pool to ``url``; see the class for the options.
 
@@ -257,6 +274,7 @@ class RedisCache:
             max_connections=max_connections,
             close_timeout=close_timeout,
             breaker=breaker,
+            hmac_key=hmac_key,
         )
 
     def __repr__(self) -> str:
@@ -342,10 +360,26 @@ class RedisCache:
             # Not written yet, but this process already knows the answer.
             value, expires_at = queued
             return value if expires_at > time.monotonic() else None
-        data = await self.run("GET", self.read_timeout, partial(self._client.get, full))
+        self._check_open()
+        # Batched with the reads of concurrent callers: a burst is a few MGETs, not one
+        # GET (and one pooled connection) per caller.
+        data = await self._reads.get(full)
         if data is not None and not isinstance(data, bytes):
             raise CacheUnavailableError(f"redis GET returned {type(data).__name__}, not bytes")
         return data
+
+    async def _get_one(self, full: str) -> object:
+        return await self.run("GET", self.read_timeout, partial(self._client.get, full))
+
+    async def _get_many(self, keys: Sequence[str]) -> Sequence[object]:
+        client = self._client
+        # On a cluster the keys span slots: redis-py splits them into one pipeline per node.
+        fetch: Callable[[], Awaitable[Sequence[object]]] = (
+            partial(client.mget_nonatomic, keys)
+            if isinstance(client, RedisCluster)
+            else partial(client.mget, keys)
+        )
+        return await self.run("MGET", self.read_timeout, fetch)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Queue ``value`` under ``key`` for ``ttl`` seconds and return without waiting.
@@ -449,6 +483,7 @@ class RedisCache:
             return
         self._closed = True
         try:
+            await self._reads.aclose()
             await self._writes.close(self.close_timeout)
         finally:
             flights, self._flights = self._flights, None
@@ -468,8 +503,16 @@ class RedisCache:
                         f"closing the connection pool to {self._where} failed: {exc}"
                     ) from exc
 
-    async def run(self, command: str, budget: float, call: Callable[[], Awaitable[_T]]) -> _T:
-        """Run one Redis call under this cache's breaker, within ``budget`` seconds.
+    async def run(
+        self,
+        command: str,
+        budget: float,
+        call: Callable[[], Awaitable[_T]],
+        *,
+        gated: bool = True,
+    ) -> _T:
+        """Run one Redis call under this cache's breaker, within ``budget`` seconds of
+        the server's time.
 
         The one boundary to Redis: other parts of limpet that talk to the same Redis (the
         cross-process flight store) go through it, so they share the breaker and the error
@@ -477,8 +520,13 @@ class RedisCache:
 
         Args:
             command: a name for messages, e.g. ``"GET"``.
-            budget: seconds the call may take, connecting included.
+            budget: seconds the call may take, connecting included; time the event loop
+                spends on other work is not counted (``redis_reads.server_deadline``), so
+                a busy process is not taken for a slow Redis.
             call: makes the call, e.g. ``lambda: cache.redis.get(cache.redis_key(key))``.
+            gated: False lets the call through an open breaker (its verdict still
+                counts): for the few calls that must be attempted whatever the breaker
+                says, such as dropping a flight lease.
 
         Returns:
             What ``call`` returned.
@@ -491,13 +539,13 @@ class RedisCache:
         if self._closed:
             raise CacheUnavailableError(f"RedisCache for {self._where} is closed")
         breaker = self.breaker
-        if not breaker.allow():
+        if gated and not breaker.allow():
             raise CacheUnavailableError(
                 f"redis {command} skipped: circuit breaker open ({self._where})"
             )
         epoch = breaker.epoch
         try:
-            async with asyncio.timeout(budget):
+            async with server_deadline(budget):
                 result = await call()
         except TimeoutError as exc:
             breaker.record_failure(epoch)

@@ -1,15 +1,25 @@
 """Leases and completion notices on Redis: the ``FlightStore`` behind ``RedisFlight``.
 
-A lease is ``SET lock token NX PX``; renewing and releasing check the token in Lua, so a
-leader whose lease expired can never drop a successor's. Release stores the entry, drops
-the lease and publishes the notice in one script, so no follower can see the lease gone
-before the entry is there. Notices go out on one channel per prefix; each process keeps a
-single subscription and hands notices to the keys it waits for.
+A lease is ``SET lock token:0 NX PX``: it always has a TTL. Renewing rewrites it as
+``token:n`` (n counting renewals) with a fresh TTL, so followers see a live leader's
+lease change; taking over a stale one and releasing check the value in Lua, so a leader
+whose lease expired can never drop a successor's. Release stores the entry, drops the
+lease and publishes the notice in one script, so no follower can see the lease gone
+before the entry is there. Release and renewal go through an open breaker (each within
+the write budget): a lease left behind stalls every other process.
+
+Notices go out on one channel per prefix; each process keeps a single subscription and
+hands notices to the keys it waits for. A notice is ``key \n signature \n body``. With
+the cache's ``hmac_key`` the signature is HMAC-SHA256 over the channel, key and body,
+and only a notice that carries a valid one is ``verified``; one that does not is reduced
+to a bare hint (nothing in it is believed). Without a key nothing is verified.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from typing import TYPE_CHECKING
 
@@ -27,9 +37,22 @@ __all__ = ["RedisFlightStore"]
 
 logger = logging.getLogger("limpet.coalesce")
 
+# ARGV[1] is the leader's token; the lease holds "token:renewals".
 _RENEW = """
+local held = redis.call('GET', KEYS[1])
+local mine = ARGV[1] .. ':'
+if held and string.sub(held, 1, #mine) == mine then
+  local renewals = (tonumber(string.sub(held, #mine + 1)) or 0) + 1
+  redis.call('SET', KEYS[1], mine .. string.format('%d', renewals), 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
 end
 return 0
 """
@@ -38,7 +61,9 @@ _RELEASE = """
 if ARGV[3] ~= '0' then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+local mine = ARGV[1] .. ':'
+if held and string.sub(held, 1, #mine) == mine then
   redis.call('DEL', KEYS[1])
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -70,13 +95,23 @@ class RedisFlightStore:
     """Leases and notices for ``RedisFlight`` on the Redis of a ``RedisCache``.
 
     It shares the cache's connection pool, circuit breaker and timeouts; its one pub/sub
-    connection is opened on the first ``watch`` and closed with the cache.
+    connection is opened on the first ``watch`` and closed with the cache. Notices are
+    signed with ``hmac_key`` (the cache's by default).
     """
 
-    __slots__ = ("_cache", "_channel", "_pubsub", "_reader", "_subscribing", "_watches")
+    __slots__ = (
+        "_cache",
+        "_channel",
+        "_hmac_key",
+        "_pubsub",
+        "_reader",
+        "_subscribing",
+        "_watches",
+    )
 
-    def __init__(self, cache: RedisCache) -> None:
+    def __init__(self, cache: RedisCache, hmac_key: bytes | None = None) -> None:
         self._cache = cache
+        self._hmac_key = hmac_key if hmac_key is not None else cache.hmac_key
         self._channel = cache.prefix + "flights"
         self._watches: dict[str, set[_Watch]] = {}
         self._pubsub: PubSub | None = None
@@ -89,32 +124,46 @@ class RedisFlightStore:
 
     async def acquire(self, key: str, token: str, lease: float) -> bool:
         cache, lock = self._cache, self._lock_key(key)
-        millis = max(int(lease * 1000), 1)
+        millis = _millis(lease)
         result = await cache.run(
-            "SET NX", cache.write_timeout, lambda: cache.redis.set(lock, token, nx=True, px=millis)
+            "SET NX",
+            cache.write_timeout,
+            lambda: cache.redis.set(lock, token + ":0", nx=True, px=millis),
         )
         return bool(result)
 
     async def renew(self, key: str, token: str, lease: float) -> bool:
         cache, lock = self._cache, self._lock_key(key)
-        millis = str(max(int(lease * 1000), 1))
         result = await cache.run(
             "EVAL renew",
             cache.write_timeout,
-            lambda: cache.redis.eval(_RENEW, 1, lock, token, millis),
+            lambda: cache.redis.eval(_RENEW, 1, lock, token, str(_millis(lease))),
+            gated=False,  # a live leader must keep its lease whatever this breaker thinks
         )
         return bool(result)
 
-    async def held(self, key: str) -> bool:
+    async def holder(self, key: str) -> str | None:
         cache, lock = self._cache, self._lock_key(key)
-        return bool(await cache.run("EXISTS", cache.read_timeout, lambda: cache.redis.exists(lock)))
+        value = await cache.run("GET lease", cache.read_timeout, lambda: cache.redis.get(lock))
+        if value is None:
+            return None
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+    async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
+        cache, lock = self._cache, self._lock_key(key)
+        result = await cache.run(
+            "EVAL take over",
+            cache.write_timeout,
+            lambda: cache.redis.eval(_TAKE_OVER, 1, lock, seen, token + ":0", str(_millis(lease))),
+        )
+        return bool(result)
 
     async def release(
         self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
     ) -> None:
         cache = self._cache
-        millis = str(max(int(ttl * 1000), 1)) if entry is not None and ttl > 0 else "0"
-        message = key.encode() + _SEPARATOR + _encode_notice(notice)
+        millis = str(_millis(ttl)) if entry is not None and ttl > 0 else "0"
+        message = self._message(key, _encode_notice(notice))
         await cache.run(
             "EVAL release",
             cache.write_timeout,
@@ -129,7 +178,18 @@ class RedisFlightStore:
                 self._channel,
                 message,
             ),
+            gated=False,  # a lease left behind would stall every other process
         )
+
+    def _message(self, key: str, body: bytes) -> bytes:
+        raw_key = key.encode()
+        return raw_key + _SEPARATOR + self._signature(raw_key, body) + _SEPARATOR + body
+
+    def _signature(self, raw_key: bytes, body: bytes) -> bytes:
+        if self._hmac_key is None:
+            return b""
+        signed = self._channel.encode() + _SEPARATOR + raw_key + _SEPARATOR + body
+        return hmac.new(self._hmac_key, signed, hashlib.sha256).hexdigest().encode()
 
     async def watch(self, key: str) -> _Watch:
         """Register for ``key``'s notice; returns once the subscription is confirmed, so
@@ -194,16 +254,28 @@ class RedisFlightStore:
     def _dispatch(self, data: object) -> None:
         if not isinstance(data, bytes) or _SEPARATOR not in data:
             return
-        raw_key, _, raw_notice = data.partition(_SEPARATOR)
+        raw_key, _, rest = data.partition(_SEPARATOR)
         watches = self._watches.get(raw_key.decode(errors="replace"))
         if not watches:
             return
-        try:
-            notice = _decode_notice(raw_notice)
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            notice = FlightNotice(FlightOutcome.ABANDONED)
+        notice = self._notice(raw_key, rest)
         for watch in watches:
             watch.deliver(notice)
+
+    def _notice(self, raw_key: bytes, rest: bytes) -> FlightNotice:
+        """What a follower may make of a message: verified only under a valid signature;
+        anything else is at most a hint to look again."""
+        signature, separator, body = rest.partition(_SEPARATOR)
+        verified = self._hmac_key is not None and hmac.compare_digest(
+            signature, self._signature(raw_key, body)
+        )
+        if not separator or (self._hmac_key is not None and not verified):
+            return FlightNotice(FlightOutcome.ABANDONED)  # forged, garbled or foreign
+        try:
+            notice = _decode_notice(body)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            return FlightNotice(FlightOutcome.ABANDONED)
+        return FlightNotice(notice.outcome, notice.error, verified)
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -212,6 +284,11 @@ class RedisFlightStore:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise CacheUnavailableError(f"closing flight notices failed: {exc}") from exc
+
+
+def _millis(seconds: float) -> int:
+    """Milliseconds for PX, at least 1: a lease or entry always has a TTL."""
+    return max(int(seconds * 1000), 1)
 
 
 def _encode_notice(notice: FlightNotice) -> bytes:

@@ -21,6 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, ResponseError
 
 from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.redis_reads import server_deadline
 from limpet.errors import CacheUnavailableError
 
 __all__ = ["RedisClient", "Write", "WriteQueue", "redis_replied"]
@@ -202,20 +203,22 @@ class WriteQueue:
         epoch = breaker.epoch
         now = time.monotonic()
         try:
-            async with asyncio.timeout(self.timeout):
-                # On a cluster the pipeline splits itself by node; every command here
-                # touches one key, so none can cross slots.
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for key, (value, expires_at) in batch:
-                        if value is None or expires_at <= now:
-                            pipe.delete(key)
-                        elif expires_at == math.inf:
-                            pipe.set(key, value)
-                        else:
-                            # Redis-native TTL: the entry cannot outlive its TTL even if no
-                            # process ever reads it again. Rounded up: PX 0 is an error.
-                            pipe.set(key, value, px=math.ceil((expires_at - now) * 1000))
-                    results = await pipe.execute(raise_on_error=False)
+            # On a cluster the pipeline splits itself by node; every command here touches
+            # one key, so none can cross slots.
+            async with (
+                server_deadline(self.timeout),
+                self._client.pipeline(transaction=False) as pipe,
+            ):
+                for key, (value, expires_at) in batch:
+                    if value is None or expires_at <= now:
+                        pipe.delete(key)
+                    elif expires_at == math.inf:
+                        pipe.set(key, value)
+                    else:
+                        # Redis-native TTL: the entry cannot outlive its TTL even if no
+                        # process ever reads it again. Rounded up: PX 0 is an error.
+                        pipe.set(key, value, px=math.ceil((expires_at - now) * 1000))
+                results = await pipe.execute(raise_on_error=False)
         except asyncio.CancelledError:
             breaker.release(epoch)
             raise

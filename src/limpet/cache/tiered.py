@@ -54,7 +54,8 @@ class TieredCache:
 
     Args:
         tiers: one or more backends, fastest first.
-        hmac_key: sign entries with HMAC-SHA256 over their key and value; an entry that
+        hmac_key: sign entries with HMAC-SHA256 over their key and value (and, given to a
+            tier that signs flight notices but has no key of its own, those); an entry that
             fails its signature (altered, or copied to another key) is a miss.
         clock: wall-clock seconds, to compute remaining TTLs; inject a fake one in tests.
         max_entry_bytes: an encoded entry larger than this is not stored (the answer is
@@ -90,6 +91,12 @@ class TieredCache:
         self.tiers: tuple[CacheBackend, ...] = tiers
         self.stats = TierStats(hits=[0] * len(tiers))
         self._codec = EntryCodec(hmac_key)
+        if hmac_key is not None:
+            for tier in tiers:
+                # One key signs entries and a shared tier's flight notices alike, so a
+                # fleet configured with one hmac_key trusts its leaders' final errors.
+                if getattr(tier, "hmac_key", False) is None:
+                    tier.hmac_key = hmac_key  # type: ignore[attr-defined]
         self._clock = clock
         self._failing = [False] * len(tiers)
 

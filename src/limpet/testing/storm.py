@@ -36,12 +36,17 @@ class WorkerReport:
         statuses: how many calls ended in each cache status.
         finished_at: wall-clock times (unix seconds) each call returned, by status.
         errors: error type names of the calls that raised.
+        takeovers: times a follower in this process took over a flight
+            (``RedisFlight.takeovers``).
+        lease_checks: times a follower here asked who holds a lease.
     """
 
     name: str
     statuses: dict[str, int] = field(default_factory=dict)
     finished_at: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    takeovers: int = 0
+    lease_checks: int = 0
 
 
 class StormWorker:
@@ -73,6 +78,8 @@ class StormWorker:
             statuses=fields["statuses"],
             finished_at=fields["finished_at"],
             errors=fields["errors"],
+            takeovers=fields.get("takeovers", 0),
+            lease_checks=fields.get("lease_checks", 0),
         )
 
 
@@ -160,6 +167,10 @@ async def _work(args: argparse.Namespace) -> dict[str, Any]:
             report["finished_at"].setdefault(status, []).append(time.time())
 
         await asyncio.gather(*(call() for _ in range(args.callers)))
+        shared = client._shared_flight
+        if shared is not None:
+            report["takeovers"] = shared.takeovers
+            report["lease_checks"] = shared.lease_checks
     return report
 
 

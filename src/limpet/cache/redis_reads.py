@@ -1,0 +1,233 @@
+"""Reads for ``RedisCache.get``: batched per loop tick, timed by the server they wait on.
+
+Five hundred concurrent lookups used to be five hundred GETs, each on its own pooled
+connection, each timed from the moment its caller asked: the read budget then measured
+the queue for the event loop and the pool rather than Redis, and a healthy Redis under a
+burst opened the breaker. Here every key asked for while a read is in flight waits for
+the next batch, and a batch is one MGET (on a cluster, one pipeline per node), so a burst
+costs a handful of round trips and a handful of connections.
+
+``server_deadline`` is the clock those round trips run on: the budget counts time only
+while the event loop keeps up, so a loop busy with other callers for a while is not
+taken for a slow Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+
+from limpet.errors import CacheUnavailableError
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_BATCHES_IN_FLIGHT",
+    "ReadBatcher",
+    "ServerDeadline",
+    "server_deadline",
+]
+
+#: Keys per MGET: big enough to amortise a round trip, small enough that the reply
+#: (about 2 KB an entry) parses in one or two loop ticks.
+MAX_BATCH = 64
+#: Batches sent at once: bounds the connections a burst takes from the pool.
+MAX_BATCHES_IN_FLIGHT = 4
+
+# The budget is counted in steps of budget / _STEPS; one loop tick counts at most a step.
+_STEPS = 4
+# A loop that never catches up still ends the wait after this many budgets of wall time.
+_MAX_STRETCH = 20
+
+
+def server_deadline(budget: float) -> ServerDeadline:
+    """Like ``asyncio.timeout(budget)``, but time the event loop spends elsewhere is not
+    counted against the server: ``async with server_deadline(0.05): await redis.get(k)``.
+
+    The budget is checked every ``budget / 4`` seconds, and each check counts the time
+    since the last one, but never more than ``budget / 4``: a check that runs late ran
+    late because the loop was busy (or the process was not scheduled), not because
+    Redis was. And the budget runs out only at a check that ran on time, when the loop
+    has just had its chance to read a reply that came in while it was busy. So a healthy
+    loop counts every second, while a loop stalled for 200 ms counts 12.5 ms of a 50 ms
+    budget for that stall. A loop that never catches up gives up after 20 budgets.
+
+    Raises:
+        TimeoutError: (on leaving the block) the budget was spent.
+    """
+    return ServerDeadline(budget)
+
+
+class ServerDeadline:
+    """The context manager ``server_deadline()`` returns; its checks count the budget."""
+
+    __slots__ = (
+        "_budget",
+        "_due",
+        "_handle",
+        "_last",
+        "_loop",
+        "_spent",
+        "_started",
+        "_step",
+        "_timeout",
+    )
+
+    def __init__(self, budget: float) -> None:
+        self._budget = budget
+        self._step = budget / _STEPS
+        self._spent = 0.0
+        self._timeout = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+        self._loop = loop = asyncio.get_running_loop()
+        self._started = self._last = loop.time()
+        self._due = self._started + self._step
+        self._handle = loop.call_at(self._due, self._check)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        await self._timeout.__aexit__(exc_type, exc, tb)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        step = self._step
+        on_time = now - self._due <= step / 2
+        self._spent += min(now - self._last, step)
+        self._last = now
+        left = self._budget - self._spent
+        if left <= 1e-9 and (on_time or now - self._started >= self._budget * _MAX_STRETCH):
+            self._timeout.reschedule(now)  # expires at once: TimeoutError in the caller
+            return
+        # Spent but late: look again shortly, once the loop has read what came in.
+        self._due = now + (min(step, left) if left > 1e-9 else step / 4)
+        self._handle = self._loop.call_at(self._due, self._check)
+
+
+#: Sends one batch: the keys in, their values (None: absent) out, in order.
+FetchMany = Callable[[Sequence[str]], Awaitable[Sequence[object]]]
+#: Sends one key alone.
+FetchOne = Callable[[str], Awaitable[object]]
+
+
+class ReadBatcher:
+    """Coalesces concurrent reads of single keys into batches.
+
+    A read that finds nothing in flight goes alone (a single GET: the uncontended hit
+    pays nothing for batching). A read that arrives while others are in flight queues;
+    queued keys go out ``MAX_BATCH`` at a time in at most ``MAX_BATCHES_IN_FLIGHT``
+    concurrent batches, so they wait for at most one batch each before theirs is sent.
+    A batch that fails fails every read in it, with the same ``CacheUnavailableError``.
+
+    Args:
+        fetch_one: reads one key (through the cache's breaker and budget).
+        fetch_many: reads several keys in one round trip (ditto).
+    """
+
+    __slots__ = (
+        "_fetch_many",
+        "_fetch_one",
+        "_in_flight",
+        "_pending",
+        "_starting",
+        "_tasks",
+        "batches",
+    )
+
+    def __init__(self, fetch_one: FetchOne, fetch_many: FetchMany) -> None:
+        self._fetch_one = fetch_one
+        self._fetch_many = fetch_many
+        # Keys waiting for a batch, each with the futures of the readers that asked.
+        self._pending: dict[str, list[asyncio.Future[object]]] = {}
+        self._in_flight = 0
+        # Batch tasks created that have not yet taken their keys.
+        self._starting = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # asyncio keeps only weak references
+        #: Batches sent (a single read alone is not one), for tests and stats.
+        self.batches = 0
+
+    async def get(self, key: str) -> object:
+        """The value under ``key``, as ``fetch_one``/``fetch_many`` return it.
+
+        Raises:
+            CacheUnavailableError: as the fetch raised it.
+        """
+        if self._in_flight == 0 and not self._pending:
+            self._in_flight += 1
+            try:
+                return await self._fetch_one(key)
+            finally:
+                self._in_flight -= 1
+                self._start_batches()
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, []).append(future)
+        self._start_batches()
+        # A reader that gives up only drops its own future; the batch goes on for others.
+        return await future
+
+    def _start_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        needed = -(-len(self._pending) // MAX_BATCH) - self._starting
+        while needed > 0 and self._in_flight < MAX_BATCHES_IN_FLIGHT:
+            needed -= 1
+            self._in_flight += 1
+            self._starting += 1
+            # A task of its own: it runs from the next tick, so every key asked for in
+            # this tick joins the batch.
+            task = loop.create_task(self._send(), name="limpet-redis-reads")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop the batches in flight; their readers get ``CacheUnavailableError``."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for futures in self._pending.values():
+            _settle(futures, CacheUnavailableError("redis read abandoned: the cache closed"))
+        self._pending.clear()
+
+    async def _send(self) -> None:
+        self._starting -= 1
+        try:
+            pending = self._pending
+            keys = list(pending)[:MAX_BATCH]
+            if not keys:
+                return
+            waiters = [pending.pop(key) for key in keys]
+            self.batches += 1
+            try:
+                values = await self._fetch_many(keys)
+            except CacheUnavailableError as exc:
+                for futures in waiters:
+                    _settle(futures, exc)
+                return
+            except BaseException as exc:
+                # Cancelled (the cache is closing): the readers must not wait forever.
+                failed = CacheUnavailableError(f"redis read abandoned: {type(exc).__name__}")
+                for futures in waiters:
+                    _settle(futures, failed)
+                raise
+            for futures, value in zip(waiters, values, strict=True):
+                for future in futures:
+                    if not future.done():
+                        future.set_result(value)
+        finally:
+            self._in_flight -= 1
+            if self._pending:
+                self._start_batches()
+
+
+def _settle(futures: list[asyncio.Future[object]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
