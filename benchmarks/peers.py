@@ -178,10 +178,6 @@ def skipped_note(missing: Sequence[str]) -> str:
     return f"not measured, not installed: {', '.join(missing)} (install: {INSTALL_HINT})"
 
 
-def is_installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def prompts(tag: str, n: int) -> list[Messages]:
     """``n`` distinct requests: every one a cache miss the first time it is sent."""
     return [
@@ -345,19 +341,18 @@ def figures(results: Mapping[str, PeerResult], callers: int) -> list[Figure]:
         )
     )
     storm_peers = [n for n in ("LiteLLM", "AsyncOpenAI") if n in results] or ["bare aiohttp"]
-    for name in storm_peers:
-        rows.append(
-            Figure(
-                figure=f"upstream calls, {callers:,} identical cold requests at once",
-                unit="calls",
-                limpet=limpet.storm_calls,
-                baseline=results[name].storm_calls,
-                baseline_name=name,
-                target="1",
-                met=limpet.storm_calls == 1,
-            )
+    return rows + [
+        Figure(
+            figure=f"upstream calls, {callers:,} identical cold requests at once",
+            unit="calls",
+            limpet=limpet.storm_calls,
+            baseline=results[name].storm_calls,
+            baseline_name=name,
+            target="1",
+            met=limpet.storm_calls == 1,
         )
-    return rows
+        for name in storm_peers
+    ]
 
 
 def cpu_plot(results: Mapping[str, PeerResult]) -> Plot:
@@ -398,7 +393,7 @@ def summary(result: PeerResult) -> dict[str, Any]:
 
 
 async def main(calls: int, rounds: int, concurrencies: Sequence[int], callers: int) -> None:
-    missing = missing_peers(PEERS, is_installed)
+    missing = missing_peers(PEERS, lambda module: importlib.util.find_spec(module) is not None)
     if missing:
         _log(skipped_note(missing))
     peers = [p for p in PEERS if p.name not in missing]
