@@ -212,6 +212,8 @@ async def child_round(
         warm_up = prompts(f"{tag} warm-up", max(20, calls // 10))
         await run_calls(call, warm_up, concurrencies[0])
         sent += len(warm_up)
+        if peer.cached:  # a first hit can cost imports (LiteLLM's does): not in the figures
+            await run_calls(call, warm_up[-10:], concurrencies[0])
         for concurrency in concurrencies:
             requests = prompts(f"{tag} miss c={concurrency}", calls)
             out["miss"][str(concurrency)] = (await run_calls(call, requests, concurrency)).to_json()
