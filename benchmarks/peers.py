@@ -34,9 +34,10 @@ import orjson
 from benchmarks._common import Figure, Plot, Series, emit
 from limpet.testing import FakeGateway
 
-MODEL = "openai/gpt-4.1-mini"  # what every contender sends upstream
+# What every contender sends upstream; not a gpt-5 model: LiteLLM refuses temperature 0 there.
+MODEL = "openai/gpt-4.1-mini"
 API_KEY = "sk-bench"
-STORM_LATENCY = 0.5  # long enough for every caller of the storm to arrive during the first call
+STORM_LATENCY = 0.5  # the upstream's answer time in the storm, as in benchmarks/storm.py
 HIT_SET = 100  # distinct requests the hit phase cycles over: fits LiteLLM's default 200 entries
 INSTALL_HINT = "pip install -e '.[bench-peers]'"
 
