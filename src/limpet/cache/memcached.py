@@ -48,7 +48,8 @@ from limpet.cache.memcached_keys import (
     parse_memcached_url,
     safe_key,
 )
-from limpet.cache.memcached_writes import WriteQueue
+from limpet.cache.memcached_writes import WRITE_BATCH, concurrent_writes
+from limpet.cache.writes import WriteQueue
 from limpet.errors import CacheUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -191,11 +192,13 @@ class MemcachedCache:
         self._oversized = 0
         self._counters = GenerationCounters(self)
         self._writes = WriteQueue(
-            self._send_write,
+            concurrent_writes(self._send_write),
             self.breaker,
             timeout=self.write_timeout,
             max_pending=max_pending_writes,
             where=self._where,
+            kind="memcached",
+            batch_size=WRITE_BATCH,
         )
         self._flights: MemcachedFlightStore | None = None
 

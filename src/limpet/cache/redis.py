@@ -4,7 +4,7 @@ A cache must never make a call slower than having no cache, so every operation h
 bounded: reads by ``read_timeout`` (50 ms), writes by ``write_timeout`` (100 ms), and a
 circuit breaker stops calling a Redis that keeps failing, so an outage costs three
 timeouts, not one per call. Writes never wait at all: ``set()`` queues the value and a
-background writer sends it (``redis_writes.WriteQueue``).
+background writer sends it (``limpet.cache.writes.WriteQueue``).
 
 The same cache runs on one server or on a Redis Cluster. On a cluster every key carries
 a hash tag, so that each operation stays on one slot: an entry and its flight lease
@@ -31,7 +31,8 @@ from redis.exceptions import MaxConnectionsError, RedisClusterException
 from limpet.cache.breaker import BreakerState, CircuitBreaker
 from limpet.cache.redis_flight import RedisFlightStore
 from limpet.cache.redis_reads import ReadBatcher, server_deadline
-from limpet.cache.redis_writes import RedisClient, WriteQueue, redis_replied
+from limpet.cache.redis_writes import WRITE_BATCH, RedisClient, pipelined_writes, redis_replied
+from limpet.cache.writes import WriteQueue
 from limpet.errors import CacheUnavailableError, ConfigurationError
 
 __all__ = [
@@ -232,11 +233,13 @@ class RedisCache:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._closed = False
         self._writes = WriteQueue(
-            client,
+            pipelined_writes(client),
             self.breaker,
             timeout=self.write_timeout,
             max_pending=max_pending_writes,
             where=self._where,
+            kind="redis",
+            batch_size=WRITE_BATCH,
         )
         self._flights: RedisFlightStore | None = None
         #: Signs flight notices (see ``flight_store``); never in reprs or messages.
