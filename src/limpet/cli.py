@@ -5,9 +5,10 @@ Secrets never go on the command line (process lists show it): the API key comes 
 from the URL in ``$LIMPET_REDIS_URL``.
 
 ``warm``, ``flush`` and ``stats`` take the shared cache as ``--redis URL`` or
-``--memcached URL`` (``memcached://host:11211[,host:port...]``; it wins when both are
-set). On Memcached, ``stats`` shows the servers' own counters (items, hit rate,
-evictions, memory): the fleet's per-model counters live in Redis only.
+``--memcached URL`` (``memcached://host:11211[,host:port...]``), one or the other; with
+neither, ``$LIMPET_REDIS_URL``, else ``$LIMPET_MEMCACHED_URL``. On Memcached, ``stats``
+shows the servers' own counters (items, hit rate, evictions, memory): the fleet's
+per-model counters live in Redis only.
 
 Cache scopes (``--cache-scope``): ``warm`` writes the entries of one scope, ``credential``
 (the default, as for a Client: entries only Clients with the same API key read) or
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("warm", "flush", "stats") and not (args.redis or args.memcached):
+    if args.command in ("warm", "flush", "stats") and not _shared_tier_given(args):
         parser.error(
             f"{args.command}: --redis URL (or $LIMPET_REDIS_URL) or --memcached URL "
             "(or $LIMPET_MEMCACHED_URL) is required"
@@ -90,6 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exception(exc)
         print(f"limpet {args.command}: {message}", file=sys.stderr)
         return status
+
+
+def _shared_tier_given(args: argparse.Namespace) -> bool:
+    """Whether the command names its shared cache: a flag wins; else $LIMPET_REDIS_URL,
+    then $LIMPET_MEMCACHED_URL (so a flag is never overridden by the environment)."""
+    if not (args.redis or args.memcached):
+        args.redis = os.environ.get("LIMPET_REDIS_URL") or None
+        args.memcached = None if args.redis else os.environ.get("LIMPET_MEMCACHED_URL")
+    return bool(args.redis or args.memcached)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -202,14 +212,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _redis_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--redis", default=os.environ.get("LIMPET_REDIS_URL"), help="default: $LIMPET_REDIS_URL"
-    )
-    command.add_argument(
-        "--memcached",
-        default=os.environ.get("LIMPET_MEMCACHED_URL"),
-        help="memcached://host:11211[,host:port...] instead of Redis "
-        "(default: $LIMPET_MEMCACHED_URL)",
+    where = command.add_mutually_exclusive_group()
+    where.add_argument("--redis", default=None, help="redis://host:6379/0")
+    where.add_argument(
+        "--memcached", default=None, help="memcached://host:11211[,host:port...] instead"
     )
     command.add_argument("--prefix", default=None, help="the cache's key prefix (default: limpet:)")
     command.add_argument("--namespace", default=None, help="the Client namespace (default: none)")

@@ -169,3 +169,18 @@ async def test_verbose_adds_the_traceback() -> None:
     assert code == 2
     assert "Traceback (most recent call last)" in err
     assert err.splitlines()[-1].startswith("limpet flush: RedisCache.url:")
+
+
+async def test_a_flag_names_the_shared_tier_whatever_the_environment_says(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIMPET_MEMCACHED_URL", f"memcached://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("LIMPET_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    code, out, err = await limpet("flush", "--redis", redis_server.url)
+    assert (code, err) == (0, "")
+    assert out.startswith("flushed every model in every namespace")
+    code, _, err = await limpet(
+        "flush", "--redis", redis_server.url, "--memcached", "memcached://127.0.0.1:11211"
+    )
+    assert code == 2
+    assert "argument --memcached: not allowed with argument --redis" in err
