@@ -26,11 +26,14 @@ class CallEvent:
         cache: how the call was served, or None when it failed.
         endpoint: the endpoint that served the upstream call, when known.
         usage: tokens of the upstream call (zero when the call failed).
-        cost_usd: dollars this call spent (0 on a hit or a coalesced call).
+        cost_usd: dollars this call spent (0 on a hit or a coalesced call, and 0 when
+            ``priced`` is False).
         saved_usd: dollars this call saved.
         seconds: wall time of the call (of the whole stream, for a stream).
         stream: True for ``stream()``.
         error: the exception's type name when the call failed.
+        priced: False when the call's cost is unknown (no usage, or no price): then
+            ``cost_usd`` and ``saved_usd`` are 0 for want of a figure, not a free call.
     """
 
     model: str
@@ -42,6 +45,7 @@ class CallEvent:
     seconds: float
     stream: bool = False
     error: str | None = None
+    priced: bool = True
 
 
 EventHook = Callable[[CallEvent], None]
@@ -70,6 +74,7 @@ def event_of(
         cost.saved_usd if cost else 0.0,
         seconds,
         stream,
+        priced=cost is not None,
     )
 
 

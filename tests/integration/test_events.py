@@ -133,3 +133,15 @@ async def test_opentelemetry_spans(gateway: FakeGateway) -> None:
     assert all(s.start_time is not None and s.end_time is not None for s in finished)
     assert all((s.end_time or 0) >= (s.start_time or 0) for s in finished)
     provider.shutdown()
+
+
+async def test_an_event_says_when_its_cost_is_unknown(gateway: FakeGateway) -> None:
+    events: list[CallEvent] = []
+    async with client_for(gateway, on_event=events.append) as client:
+        await client.complete(**ask("priced"))
+        gateway.endpoint("a").omit_usage()
+        unknown = await client.complete(**ask("no usage"))
+        await client.complete(**ask("no usage"))  # a hit of it: unknown too
+    assert unknown.cost is None
+    assert [e.priced for e in events] == [True, False, False]
+    assert [e.cost_usd for e in events[1:]] == [0.0, 0.0]
