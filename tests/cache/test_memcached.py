@@ -372,3 +372,30 @@ async def test_a_closed_cache_is_unavailable(cache: MemcachedCache) -> None:
     await cache.aclose()
     with pytest.raises(CacheUnavailableError, match="closed"):
         await cache.get("k")
+
+
+@pytest.mark.memcached
+async def test_a_notice_is_believed_only_with_its_signature(
+    memcached_url: str, memcached_prefix: str
+) -> None:
+    error = RateLimitError("slow down", status_code=429, body="{}", endpoint="a")
+    failed = FlightNotice(FlightOutcome.FAILED, error)
+    async with (
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, hmac_key=b"k1") as one,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, hmac_key=b"k2") as two,
+        MemcachedCache.from_url(memcached_url, prefix=memcached_prefix) as plain,
+    ):
+        for leader in (one, two, plain):
+            assert await leader.flight_store.acquire("k", "leader", 5.0)
+            await leader.flight_store.release("k", "leader", failed, None, 0)
+            raw = await leader.flight_store.peek("k")
+            assert raw[0] is not None
+            token, notice = one.flight_store.decode("k", raw[0])
+            if leader is one:
+                assert (token, notice.verified) == (b"leader", True)
+                assert isinstance(notice.error, RateLimitError)
+                assert notice.error.message == "slow down"
+            else:  # signed with another key, or not at all: no notice
+                assert (token, notice.verified, notice.error) == (None, False, None)
+            token, notice = plain.flight_store.decode("k", raw[0])
+            assert not notice.verified  # a cache without a key verifies nothing

@@ -68,10 +68,12 @@ async def limpet(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-def make_client(gateway: FakeGateway, mc: MemcachedCache, *, l1: int = 1000) -> Client:
+def make_client(
+    gateway: FakeGateway, mc: MemcachedCache, *, l1: int = 1000, hmac_key: bytes | None = None
+) -> Client:
     return Client(
         endpoints=[Endpoint("a", gateway.base_url("a"))],
-        cache=TieredCache(MemoryCache(max_entries=l1), mc),
+        cache=TieredCache(MemoryCache(max_entries=l1), mc, hmac_key=hmac_key),
         flight=FAST,
         retry=RetryConfig(max_attempts=1),
     )
@@ -151,6 +153,27 @@ async def test_a_final_error_is_never_cached_nor_believed_from_an_unsigned_notic
         assert len(errors) == 1 and isinstance(errors[0], BadRequestError), results
         assert gateway.endpoint("a").calls == 2
         assert (await b.complete(**ask())).cache is CacheStatus.HIT  # the answer, not the error
+    assert gateway.endpoint("a").calls == 2
+
+
+async def test_a_signed_final_error_reaches_the_other_client_and_is_not_cached(
+    gateway: FakeGateway, memcached_url: str, memcached_prefix: str
+) -> None:
+    gateway.endpoint("a").latency = 0.3
+    gateway.endpoint("a").fail(400, message="schema rejected")
+    mc_a = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
+    mc_b = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
+    async with (
+        make_client(gateway, mc_a, hmac_key=b"fleet") as a,
+        make_client(gateway, mc_b, hmac_key=b"fleet") as b,
+    ):
+        assert mc_a.hmac_key == b"fleet"  # the TieredCache's key signs notices too
+        results = await asyncio.gather(
+            a.complete(**ask()), b.complete(**ask()), return_exceptions=True
+        )
+        assert all(isinstance(r, BadRequestError) for r in results), results
+        assert gateway.endpoint("a").calls == 1
+        assert (await b.complete(**ask())).cache is CacheStatus.MISS  # never cached
     assert gateway.endpoint("a").calls == 2
 
 

@@ -106,6 +106,9 @@ class MemcachedCache:
         max_value_size: bytes above which a value is not sent (Memcached would refuse it).
         close_timeout: seconds ``aclose()`` waits for pending writes before dropping them.
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
+        hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower
+            trusts a leader's final error; without it a notice's error is never raised
+            (see ``RedisFlight``). A ``TieredCache``'s ``hmac_key`` is used when not given.
 
     Raises:
         ConfigurationError: neither or both of ``url`` and ``client``, an unusable URL,
@@ -129,6 +132,7 @@ class MemcachedCache:
         "_writes",
         "breaker",
         "close_timeout",
+        "hmac_key",
         "max_connections",
         "max_value_size",
         "prefix",
@@ -149,8 +153,11 @@ class MemcachedCache:
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         breaker: CircuitBreaker | None = None,
+        hmac_key: bytes | None = None,
     ) -> None:
         check_prefix(prefix)
+        if hmac_key is not None and (not isinstance(hmac_key, bytes) or not hmac_key):
+            raise ConfigurationError("MemcachedCache.hmac_key: expected non-empty bytes or None")
         for name, seconds in (
             ("read_timeout", read_timeout),
             ("write_timeout", write_timeout),
@@ -188,6 +195,8 @@ class MemcachedCache:
         self.max_connections = max_connections
         self.max_value_size = max_value_size
         self.breaker = breaker if breaker is not None else CircuitBreaker()
+        #: Signs flight notices (see ``flight_store``); never in reprs or messages.
+        self.hmac_key = hmac_key
         self._closed = False
         self._oversized = 0
         self._counters = GenerationCounters(self)
@@ -215,6 +224,7 @@ class MemcachedCache:
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         breaker: CircuitBreaker | None = None,
+        hmac_key: bytes | None = None,
     ) -> MemcachedCache:
         """A cache that owns an ``emcache`` client to the servers of ``url``; see the
         class for the options.
@@ -232,6 +242,7 @@ class MemcachedCache:
             max_value_size=max_value_size,
             close_timeout=close_timeout,
             breaker=breaker,
+            hmac_key=hmac_key,
         )
 
     def __repr__(self) -> str:

@@ -12,7 +12,9 @@ Memcached has no scripts and no pub/sub, so each step is built from its atomic c
 - notices: release first stores the entry, then a notice (the outcome, the leader's
   token, and a final error if there was one) under a key of its own for a few seconds,
   and only then drops the lease; so a follower never sees the lease gone before the
-  entry is there.
+  entry is there. With the cache's ``hmac_key`` a notice is signed over its key and
+  body, and only a verified one can make a follower raise the leader's error; a notice
+  that fails its signature is ignored.
 - watch: a follower polls the notice and the lease in one ``get_many``, with a backoff
   from 5 ms to 100 ms. A notice counts only if it carries the token of the leader the
   follower waits for, so a stale notice of an earlier flight of the key is never read as
@@ -23,6 +25,8 @@ Memcached has no scripts and no pub/sub, so each step is built from its atomic c
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -67,7 +71,7 @@ class _PollWatch:
                 # (the caller bounds the whole wait, then checks the lease itself).
                 raw_notice, holder = None, self._token
             if raw_notice is not None:
-                token, notice = _decode_notice(raw_notice)
+                token, notice = self._store.decode(self._key, raw_notice)
                 if token == self._token:
                     return notice
             if holder is None:
@@ -148,8 +152,8 @@ class MemcachedFlightStore:
             )
         elif notice.outcome is FlightOutcome.STORED:
             notice = FlightNotice(FlightOutcome.ABANDONED)  # nothing to read: take over
-        message = _encode_notice(token, notice)
         notice_key = cache.notice_key(key)
+        message = _sign(cache.hmac_key, notice_key, _encode_notice(token, notice))
         await cache.run(
             "set",
             cache.write_timeout,
@@ -177,6 +181,19 @@ class MemcachedFlightStore:
             None if notice is None else bytes(notice.value),
             None if holder is None else bytes(holder.value),
         )
+
+    def decode(self, key: str, raw: bytes) -> tuple[bytes | None, FlightNotice]:
+        """The leader's token and notice in ``raw``, verified with the cache's
+        ``hmac_key`` when it has one (a notice that fails is no notice: token None)."""
+        hmac_key = self._cache.hmac_key
+        signature, _, body = raw.partition(b"\n")
+        if hmac_key is None:
+            return _decode_notice(body)
+        expected = _sign(hmac_key, self._cache.notice_key(key), body).partition(b"\n")[0]
+        if not hmac.compare_digest(signature, expected):
+            return None, FlightNotice(FlightOutcome.ABANDONED)
+        token, notice = _decode_notice(body)
+        return token, FlightNotice(notice.outcome, notice.error, verified=True)
 
     async def _swap_if_held(self, key: str, token: str, command: str, exptime: int) -> bool:
         """``cas`` the lease to the next ``token:n`` with ``exptime`` if ``token`` holds it
@@ -208,6 +225,15 @@ def _lease_exptime(lease: float) -> int:
     whole seconds and an item set just before a tick with an exptime of 1 would expire
     at the tick, long before its lease."""
     return min(math.ceil(lease), RELATIVE_TTL_LIMIT - 1) + 1
+
+
+def _sign(hmac_key: bytes | None, notice_key: bytes, body: bytes) -> bytes:
+    """``signature \\n body``: HMAC-SHA256 over the notice's key and body, or no signature
+    without a key."""
+    if hmac_key is None:
+        return b"\n" + body
+    mac = hmac.new(hmac_key, notice_key + b"\n" + body, hashlib.sha256).hexdigest()
+    return mac.encode() + b"\n" + body
 
 
 def _encode_notice(token: str, notice: FlightNotice) -> bytes:
