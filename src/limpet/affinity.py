@@ -145,8 +145,9 @@ class AffinityMap:
 
 @runtime_checkable
 class RedisTier(Protocol):
-    """What the affinity store needs of a ``RedisCache``: its client, key prefix, timeouts
-    and ``run()``, so it shares the cache's circuit breaker and error mapping."""
+    """What the affinity store needs of a ``RedisCache``: its client, key prefix, timeouts,
+    ``run()`` and batched ``read_key()``, so it shares the cache's circuit breaker, error
+    mapping and read batches."""
 
     read_timeout: float
     write_timeout: float
@@ -158,15 +159,17 @@ class RedisTier(Protocol):
 
     async def run(self, command: str, budget: float, call: Callable[[], Awaitable[_T]]) -> _T: ...
 
+    async def read_key(self, redis_key: str) -> object: ...
+
 
 class RedisAffinityStore:
     """The affinity map's shared copy, in the Redis of a ``RedisCache``.
 
     One string key per link, ``{cache prefix}affinity:{link}`` -> endpoint name, with a
     Redis-native TTL, so an entry cannot outlive the provider's cache even if no process
-    ever reads it again. Reads are one MGET within the cache's read timeout (one per slot
-    on a cluster); writes one pipeline within its write timeout. The cache is lent, never
-    closed here.
+    ever reads it again. Reads join the cache's own read batches (a burst of routing
+    decisions is a few MGETs, not one per decision, so it cannot exhaust the pool); writes
+    are one pipeline within its write timeout. The cache is lent, never closed here.
 
     Args:
         cache: the Redis tier (a ``RedisCache``).
@@ -187,20 +190,8 @@ class RedisAffinityStore:
         """Raises ``CacheUnavailableError`` when Redis is down, slow or refuses."""
         if not links:
             return []
-        from redis.asyncio.cluster import RedisCluster
-
         cache = self._cache
-        keys = [self._key(link) for link in links]
-        client = cache.redis
-        if isinstance(client, RedisCluster):
-            # On a cluster each link has its own slot: one MGET per slot, in parallel.
-            cluster = client
-            values = await cache.run(
-                "MGET", cache.read_timeout, lambda: cluster.mget_nonatomic(keys)
-            )
-        else:
-            plain = client
-            values = await cache.run("MGET", cache.read_timeout, lambda: plain.mget(keys))
+        values = await asyncio.gather(*(cache.read_key(self._key(link)) for link in links))
         found: list[str | None] = []
         for value in values:
             if isinstance(value, bytes):

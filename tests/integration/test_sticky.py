@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from limpet import Client, Endpoint, MemoryCache, RedisCache, RetryConfig, TieredCache, Timeouts
+from limpet import (
+    Client,
+    Endpoint,
+    MemoryCache,
+    RedisCache,
+    RetryConfig,
+    TieredCache,
+    Timeouts,
+)
 from limpet.affinity import RedisAffinityStore, affinity_store_for
 from limpet.config import RoutingConfig
 from limpet.errors import APIError, CacheUnavailableError
@@ -377,3 +385,19 @@ async def test_client_mirrors_affinity_to_its_redis_tier_and_others_follow(
     async with sticky_client(gateway, cache=tiered()) as b:
         assert (await b.complete(**{**first, "max_tokens": 5})).endpoint == moved.endpoint
         assert (await b.complete(**{**neighbour, "max_tokens": 5})).endpoint == elsewhere
+
+
+@pytest.mark.redis
+async def test_a_burst_of_routing_decisions_shares_the_caches_read_batches(
+    gateway: FakeGateway, redis_cache: RedisCache
+) -> None:
+    # 500 routing decisions at once, each looking its prefix up in the affinity map in
+    # Redis: the lookups join the cache's read batches instead of taking a pooled
+    # connection each (64 of them), so a healthy Redis is never taken for down.
+    router = StickyRouter(endpoints(gateway), store=RedisAffinityStore(redis_cache))
+    routes = await asyncio.gather(*(router.route(rag(f"document {i}", "q")) for i in range(500)))
+    assert len(routes) == 500
+    assert router.stats.store_errors == 0
+    assert redis_cache.breaker.opens == 0 and redis_cache.breaker_state == "closed"
+    assert 0 < redis_cache._reads.batches < 500
+    await router.aclose()

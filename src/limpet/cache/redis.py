@@ -371,6 +371,16 @@ class RedisCache:
             raise CacheUnavailableError(f"redis GET returned {type(data).__name__}, not bytes")
         return data
 
+    async def read_key(self, redis_key: str) -> object:
+        """The value under a full Redis key (``redis_key()``), batched with the reads of
+        concurrent callers, for this cache's other users (the affinity map).
+
+        Raises:
+            CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
+        """
+        self._check_open()
+        return await self._reads.get(redis_key)
+
     async def _get_one(self, full: str) -> object:
         return await self.run("GET", self.read_timeout, partial(self._client.get, full))
 
