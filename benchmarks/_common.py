@@ -260,20 +260,27 @@ def _number(value: object, what: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def scratch_redis_prefix(url: str, name: str) -> AsyncIterator[str]:
-    """A Redis key prefix of one benchmark run; every key under it (entries, leases,
-    generations, fleet counters: some have no TTL) is deleted when the block ends, so a
-    benchmark leaves nothing behind in a shared Redis."""
-    import redis.asyncio  # the benchmarks run with the dev extras
-
+async def scratch_prefix(url: str, name: str) -> AsyncIterator[str]:
+    """A key prefix of one benchmark run in the shared cache at ``url``. On Redis every
+    key under it (entries, leases, generations, fleet counters: some have no TTL) is
+    deleted when the block ends, so a benchmark leaves nothing behind in a shared Redis.
+    Memcached cannot list keys to delete them: entries and leases expire by TTL, and the
+    few generation counters stay until Memcached's LRU evicts them."""
     prefix = f"limpet-bench-{name}:{secrets.token_hex(6)}:"
     try:
         yield prefix
     finally:
-        client = redis.asyncio.Redis.from_url(url)
-        try:
-            keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
-            if keys:
-                await client.unlink(*keys)
-        finally:
-            await client.aclose()
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            await _delete_redis_prefix(url, prefix)
+
+
+async def _delete_redis_prefix(url: str, prefix: str) -> None:
+    import redis.asyncio  # the benchmarks run with the dev extras
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+        if keys:
+            await client.unlink(*keys)
+    finally:
+        await client.aclose()

@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 
-from benchmarks._common import Figure, Plot, Series, emit, scratch_redis_prefix
+from benchmarks._common import Figure, Plot, Series, emit, scratch_prefix
 from limpet import Client, Endpoint
 from limpet.testing import FakeGateway
 from limpet.testing.storm import STORM_MESSAGES, STORM_MODEL, WorkerReport, run_storm
@@ -39,7 +39,7 @@ async def across(
     gateway: FakeGateway, redis_url: str, processes: int, callers: int, coalesce: bool
 ) -> tuple[int, float, list[WorkerReport]]:
     gateway.reset()
-    async with scratch_redis_prefix(redis_url, "storm") as prefix:
+    async with scratch_prefix(redis_url, "storm") as prefix:
         started = time.perf_counter()
         reports = await run_storm(
             processes,
