@@ -1,0 +1,499 @@
+"""``embed()``'s pipeline, per input: validate → keys → lookup → flights → batches → merge.
+
+Every input is its own cache entry (a packed float32 vector, ``limpet.vectors``), so a
+batch with 90 of 100 inputs cached sends the 10 others, and nothing else:
+
+- duplicates inside a call are looked up, sent and stored once;
+- an input another call of this process is already sending is awaited, not re-sent
+  (per-input single-flight: a table of futures, one per input in flight);
+- the inputs this call sends are packed into requests of at most the endpoint's
+  ``embedding_batch_size`` (and, optionally, a token budget), sent concurrently, and
+  merged back by each response item's ``index``, checked to come back exactly once;
+- the sending runs as a task of its own, so a caller that gives up never fails the
+  callers waiting on the same inputs; what came back is stored whoever still waits.
+
+Across processes, inputs are shared through the cache's shared tier (Redis, Memcached):
+an input another process stored is a hit. Two processes missing the same input at the
+same instant may both send it (no cross-process lease per input yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from limpet.cache.tiered import TieredCache
+from limpet.calls import Call
+from limpet.config import Endpoint
+from limpet.errors import (
+    APIError,
+    APIResponseError,
+    ClientClosedError,
+    EmbeddingBatchError,
+    InvalidRequestError,
+)
+from limpet.keys import request_key
+from limpet.models import Cost, Embeddings, Usage
+from limpet.policy import CacheDecision
+from limpet.pricing import PriceTable, completion_cost
+from limpet.retry import should_retry
+from limpet.stats import Stats
+from limpet.transport import Transport
+from limpet.usage import parse_usage, reported_cost
+from limpet.vectors import (
+    VectorCodec,
+    estimate_tokens,
+    item_canonical,
+    merge_by_index,
+    plan_batches,
+    unpack_floats,
+)
+
+__all__ = ["DEFAULT_MAX_INPUTS", "Embedder", "embedding_params", "validate_inputs"]
+
+logger = logging.getLogger("limpet")
+
+#: Inputs one ``embed()`` call may carry; more is an ``InvalidRequestError``.
+DEFAULT_MAX_INPUTS = 100_000
+
+# Fields that say how vectors travel, never what they are: not part of an input's key.
+_WIRE_FIELDS = frozenset({"encoding_format", "user", "stream"})
+
+
+def validate_inputs(input: object, max_inputs: int) -> list[str]:
+    """``input`` as a list of texts.
+
+    Raises:
+        InvalidRequestError: not a str or a list of str, empty, an empty or non-str item
+            (named by its index), or more than ``max_inputs`` items.
+    """
+    if isinstance(input, str):
+        texts = [input]
+    elif isinstance(input, list | tuple):
+        texts = list(input)
+    else:
+        raise InvalidRequestError("input", "a str or a list of str", input)
+    if not texts:
+        raise InvalidRequestError("input", "at least one text", texts)
+    if len(texts) > max_inputs:
+        raise InvalidRequestError(
+            f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(texts)
+        )
+    for index, text in enumerate(texts):
+        if type(text) is not str:
+            raise InvalidRequestError(f"input[{index}]", "a str", text)
+        if not text:
+            raise InvalidRequestError(f"input[{index}]", "a non-empty str", text)
+    return texts
+
+
+def embedding_params(
+    dimensions: object, encoding_format: object, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields that change a vector (in every input's key) and the wire-only ones.
+
+    ``encoding_format`` is wire-only: vectors come back as floats whatever it is, and
+    base64 (the default) is a third of the bytes of JSON floats.
+
+    Raises:
+        InvalidRequestError: ``dimensions`` not an int >= 1, an unknown
+            ``encoding_format``, or ``input``/``model`` given twice.
+    """
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise InvalidRequestError("dimensions", "None or an int >= 1", dimensions)
+    if encoding_format not in (None, "float", "base64"):
+        raise InvalidRequestError("encoding_format", "None, 'float' or 'base64'", encoding_format)
+    keyed = {name: value for name, value in params.items() if name not in _WIRE_FIELDS}
+    if dimensions is not None:
+        keyed["dimensions"] = dimensions
+    wire = {name: value for name, value in params.items() if name in _WIRE_FIELDS}
+    wire.pop("stream", None)
+    wire["encoding_format"] = encoding_format or "base64"
+    return keyed, wire
+
+
+@dataclass(slots=True)
+class _Sent:
+    """What this call's own upstream requests brought back."""
+
+    vectors: dict[str, bytes] = field(default_factory=dict)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    usage: Usage | None = None
+    cost: float | None = 0.0
+    model: str | None = None
+    endpoint: str | None = None
+    raw: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Embedder:
+    """Embeds inputs through the cache, per input; the Client's ``embed()`` delegates here.
+
+    Args:
+        cache: the Client's tiers, or None.
+        transport: sends ``/embeddings`` requests.
+        endpoints: tried in order for each request; the first one's
+            ``embedding_batch_size`` sizes requests.
+        stats: counts embedded inputs (``embedding_hits`` ...) apart from completions.
+        prices: prices embedding models per input token.
+        coalesce: await inputs another call is sending rather than sending them again.
+        max_batch_tokens: an estimated token budget per request (None: no budget).
+        max_inputs: inputs one call may carry.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_coalesce",
+        "_codec",
+        "_endpoints",
+        "_inflight",
+        "_prices",
+        "_stats",
+        "_tasks",
+        "_transport",
+        "max_batch_tokens",
+        "max_inputs",
+    )
+
+    def __init__(
+        self,
+        *,
+        cache: TieredCache | None,
+        transport: Transport,
+        endpoints: Sequence[Endpoint],
+        stats: Stats,
+        prices: PriceTable,
+        coalesce: bool = True,
+        max_batch_tokens: int | None = None,
+        max_inputs: int = DEFAULT_MAX_INPUTS,
+    ) -> None:
+        self._cache = cache
+        self._codec = VectorCodec(cache.hmac_key if cache is not None else None)
+        self._transport = transport
+        self._endpoints = tuple(endpoints)
+        self._stats = stats
+        self._prices = prices
+        self._coalesce = coalesce
+        self.max_batch_tokens = max_batch_tokens
+        self.max_inputs = max_inputs
+        # One future per input being sent by some call of this process: bounded by the
+        # inputs in flight, each removed when its request ends.
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._tasks: set[asyncio.Future[_Sent]] = set()
+
+    def keys(
+        self,
+        model: str,
+        texts: Sequence[str],
+        params: dict[str, Any],
+        *,
+        namespace: str,
+        scope: str,
+        credential: str,
+    ) -> list[str]:
+        """The cache key of each input (a kind tag keeps them apart from completions')."""
+        return [
+            request_key(
+                item_canonical(model, text, params),
+                namespace=namespace,
+                scope=scope,
+                credential=credential,
+            )
+            for text in texts
+        ]
+
+    async def embed(
+        self,
+        model: str,
+        texts: list[str],
+        keys: list[str],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        *,
+        decision: CacheDecision,
+        ttl: float,
+        call: Call,
+    ) -> Embeddings:
+        """The vectors of ``texts`` (keyed by ``keys``), each input sent at most once.
+
+        Raises:
+            EmbeddingBatchError: some inputs failed; the others are cached and given.
+        """
+        first: dict[str, str] = {}  # distinct keys in input order, with their text
+        for key, text in zip(keys, texts, strict=True):
+            first.setdefault(key, text)
+        found = await self._lookup(first, decision)
+        missing = [key for key in first if key not in found]
+        waiting: dict[str, asyncio.Future[bytes]] = {}
+        owned: list[str] = []
+        for key in missing:
+            flight = self._inflight.get(key) if decision.coalesce and self._coalesce else None
+            if flight is not None:
+                waiting[key] = flight
+            else:
+                owned.append(key)
+        sent = _Sent()
+        if owned:
+            items = [(key, first[key]) for key in owned]
+            call.waiting_for = "embeddings from upstream"
+            sending = self._start(model, items, params, wire, decision, ttl, call)
+            sent = await asyncio.shield(sending)
+        if waiting:
+            call.waiting_for = "embeddings another call is sending"
+            await asyncio.wait(waiting.values())
+        return self._result(model, texts, keys, found, sent, waiting, len(owned))
+
+    async def aclose(self) -> None:
+        """Cancel the requests still running and wait until they have unwound."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def _lookup(self, first: dict[str, str], decision: CacheDecision) -> dict[str, bytes]:
+        """The cached vectors among ``first``'s keys: the in-process tiers one by one (no
+        I/O), then the shared tiers for the rest, concurrently."""
+        cache = self._cache
+        found: dict[str, bytes] = {}
+        if cache is None or not decision.read:
+            return found
+        decode, local = self._codec.decode, cache.local_tiers
+        rest = list(first)
+        if local:
+            rest = []
+            for key in first:
+                hit = await cache.get_value(key, decode, stop=local)
+                if hit is None:
+                    rest.append(key)
+                else:
+                    found[key] = hit[0]
+        if rest and local < len(cache.tiers):
+            hits = await asyncio.gather(
+                *(cache.get_value(key, decode, start=local) for key in rest)
+            )
+            for key, hit in zip(rest, hits, strict=True):
+                if hit is not None:
+                    found[key] = hit[0]
+        return found
+
+    def _start(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        call: Call,
+    ) -> asyncio.Future[_Sent]:
+        """Send and store ``items`` as a task of its own, their futures registered in the
+        same step (no await between): another call finds them in flight from here on."""
+        loop = asyncio.get_running_loop()
+        futures = {key: loop.create_future() for key, _ in items}
+        if self._coalesce:
+            self._inflight.update(futures)
+        task = asyncio.ensure_future(
+            self._send_and_store(model, items, params, wire, futures, decision, ttl, call)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _send_and_store(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        futures: dict[str, asyncio.Future[bytes]],
+        decision: CacheDecision,
+        ttl: float,
+        call: Call,
+    ) -> _Sent:
+        sent = await self._send(model, items, params, wire, futures, call)
+        cache = self._cache
+        if cache is not None and decision.write and sent.vectors:
+            expires = time.time() + ttl
+            encode = self._codec.encode
+            await asyncio.gather(
+                *(
+                    cache.set_value(key, encode(key, vector, expires), ttl)
+                    for key, vector in sent.vectors.items()
+                )
+            )
+        return sent
+
+    async def _send(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        futures: dict[str, asyncio.Future[bytes]],
+        call: Call,
+    ) -> _Sent:
+        """Every request for ``items``, concurrently; each future gets its vector or its
+        request's error, and leaves the in-flight table, whatever happens."""
+        budget = self.max_batch_tokens
+        sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
+        batches = plan_batches(sizes, self._endpoints[0].embedding_batch_size, budget)
+        sent = _Sent()
+        try:
+            answers = await asyncio.gather(
+                *(
+                    self._request(model, items[b.start : b.stop], params, wire, call)
+                    for b in batches
+                ),
+                return_exceptions=True,
+            )
+            for batch, answer in zip(batches, answers, strict=True):
+                batch_keys = [key for key, _ in items[batch.start : batch.stop]]
+                if isinstance(answer, BaseException):
+                    if not isinstance(answer, Exception):
+                        raise answer
+                    sent.failed.update(dict.fromkeys(batch_keys, answer))
+                else:
+                    self._account(sent, batch_keys, *answer)
+            await self._price(sent, model)
+        finally:
+            for key, future in futures.items():
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
+                _settle(future, sent.vectors.get(key), sent.failed.get(key))
+        return sent
+
+    async def _request(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        call: Call,
+    ) -> tuple[list[bytes], dict[str, Any], str]:
+        """One request with ``call``'s headers, failing over to the next endpoint on a
+        retryable error; no retry starts that could not end before its deadline."""
+        body = {**params, **wire, "model": model, "input": [text for _, text in items]}
+        for index, endpoint in enumerate(self._endpoints):
+            self._stats.embedding_requests += 1
+            try:
+                response = await self._transport.embeddings(
+                    endpoint, body, headers=call.headers, deadline=call.deadline
+                )
+                try:
+                    vectors = merge_by_index(response.body["data"], len(items))
+                except ValueError as exc:
+                    raise APIResponseError(
+                        f"embeddings response is malformed: {exc}",
+                        status_code=200,
+                        body="",
+                        endpoint=endpoint.name,
+                    ) from None
+            except APIError as exc:
+                if index + 1 == len(self._endpoints) or not should_retry(exc):
+                    raise
+                logger.warning("limpet: endpoint %r failed (%s); trying the next", endpoint, exc)
+                continue
+            return vectors, response.body, response.endpoint
+        raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+    def _account(
+        self, sent: _Sent, keys: list[str], vectors: list[bytes], body: dict[str, Any], name: str
+    ) -> None:
+        sent.vectors.update(zip(keys, vectors, strict=True))
+        sent.raw.append(body)
+        usage = parse_usage(body.get("usage"))
+        sent.usage = usage if sent.usage is None else sent.usage + usage
+        if isinstance(body.get("model"), str):
+            sent.model = body["model"]
+        sent.endpoint = name
+
+    async def _price(self, sent: _Sent, model: str) -> None:
+        """What the requests cost: the gateway's reported cost, else input tokens priced."""
+        if sent.usage is None:
+            return
+        prices = await self._prices.prices(sent.model or model, model)
+        total: float | None = 0.0
+        for body in sent.raw:
+            one = completion_cost(
+                parse_usage(body.get("usage")), prices, reported_cost(body.get("usage"))
+            )
+            total = None if one is None or total is None else total + one.usd
+        sent.cost = total
+
+    def _result(
+        self,
+        model: str,
+        texts: list[str],
+        keys: list[str],
+        found: dict[str, bytes],
+        sent: _Sent,
+        waiting: dict[str, asyncio.Future[bytes]],
+        owned: int,
+    ) -> Embeddings:
+        """The vectors in input order, counted per input; or the error naming the failed."""
+        vectors: list[list[float] | None] = []
+        failed: list[int] = []
+        hits = coalesced = 0
+        cause: BaseException | None = None
+        for position, key in enumerate(keys):
+            packed = found.get(key)
+            if packed is not None:
+                hits += 1
+            else:
+                packed = sent.vectors.get(key)
+                flight = waiting.get(key)
+                error = sent.failed.get(key)
+                if packed is None and flight is not None:
+                    if flight.cancelled():
+                        error = ClientClosedError("Client closed while the call was running")
+                    elif flight.exception() is None:
+                        packed = flight.result()
+                    else:
+                        error = flight.exception()
+                if packed is None:
+                    failed.append(position)
+                    cause = cause or error
+                    vectors.append(None)
+                    continue
+            vectors.append(unpack_floats(packed))
+        coalesced = len(texts) - hits - owned
+        stats = self._stats
+        stats.embedding_hits += hits
+        stats.embedding_misses += owned
+        stats.embedding_coalesced += coalesced
+        if failed:
+            raise EmbeddingBatchError(
+                f"{len(failed)} of {len(texts)} inputs could not be embedded: {cause}",
+                failed=tuple(failed),
+                vectors=vectors,
+                endpoint=getattr(cause, "endpoint", None),
+            ) from cause
+        usage = sent.usage or Usage()
+        cost = None if sent.cost is None else Cost(sent.cost)
+        return Embeddings(
+            [v for v in vectors if v is not None],
+            sent.model or model,
+            usage,
+            cost,
+            hits,
+            owned,
+            coalesced,
+            sent.raw,
+        )
+
+
+def _settle(
+    future: asyncio.Future[bytes], vector: bytes | None, error: BaseException | None
+) -> None:
+    if future.done():
+        return
+    if vector is not None:
+        future.set_result(vector)
+    elif error is None:
+        future.cancel()  # the sending was cancelled (aclose)
+    else:
+        future.set_exception(error)
+        future.exception()  # seen: nobody may be waiting for it
