@@ -54,7 +54,7 @@ from limpet.validation import (
     validate_ttl,
     with_extra_body,
 )
-from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
+from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
 
 if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
@@ -544,8 +544,9 @@ class Client:
         concurrency: int = DEFAULT_WARM_CONCURRENCY,
         progress: Callable[[WarmReport], None] | None = None,
     ) -> WarmReport:
-        """Fill the cache from ``requests`` (each the keyword arguments of ``complete()``),
-        ``concurrency`` at a time; cached ones are skipped, failures counted, not raised.
+        """Fill the cache from ``requests`` (each the keyword arguments of ``complete()``,
+        or of ``embed()`` when it has ``input`` and no ``messages``), ``concurrency`` at a
+        time; cached ones are skipped, failures counted, not raised.
 
         Example:
             >>> report = await client.warm(
@@ -559,7 +560,12 @@ class Client:
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
-        return await warm(self.complete, requests, concurrency=concurrency, progress=progress)
+        return await warm(self._warm_one, requests, concurrency=concurrency, progress=progress)
+
+    async def _warm_one(self, **request: Any) -> Completion | Embeddings:
+        if is_embedding(request):
+            return await self.embed(**request)
+        return await self.complete(**request)
 
     async def invalidate(self, model: str | None = None) -> None:
         """Stop serving cached answers for ``model``, or for every model when None.

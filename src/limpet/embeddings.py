@@ -296,13 +296,13 @@ class Embedder:
         if self._coalesce:
             self._inflight.update(futures)
         task = asyncio.ensure_future(
-            self._send_and_store(model, items, params, wire, futures, decision, ttl, call)
+            self._send(model, items, params, wire, futures, decision, ttl, call)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _send_and_store(
+    async def _send(
         self,
         model: str,
         items: list[tuple[str, str]],
@@ -313,30 +313,9 @@ class Embedder:
         ttl: float,
         call: Call,
     ) -> _Sent:
-        sent = await self._send(model, items, params, wire, futures, call)
-        cache = self._cache
-        if cache is not None and decision.write and sent.vectors:
-            expires = time.time() + ttl
-            encode = self._codec.encode
-            await asyncio.gather(
-                *(
-                    cache.set_value(key, encode(key, vector, expires), ttl)
-                    for key, vector in sent.vectors.items()
-                )
-            )
-        return sent
-
-    async def _send(
-        self,
-        model: str,
-        items: list[tuple[str, str]],
-        params: dict[str, Any],
-        wire: dict[str, Any],
-        futures: dict[str, asyncio.Future[bytes]],
-        call: Call,
-    ) -> _Sent:
-        """Every request for ``items``, concurrently; each future gets its vector or its
-        request's error, and leaves the in-flight table, whatever happens."""
+        """Every request for ``items``, concurrently, and the vectors stored; then each
+        future gets its vector or its request's error and leaves the in-flight table,
+        whatever happened (stored first: an input is always in flight or cached)."""
         budget = self.max_batch_tokens
         sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
         batches = plan_batches(sizes, self._endpoints[0].embedding_batch_size, budget)
@@ -357,6 +336,8 @@ class Embedder:
                     sent.failed.update(dict.fromkeys(batch_keys, answer))
                 else:
                     self._account(sent, batch_keys, *answer)
+            if decision.write:
+                await self._store(sent.vectors, ttl)
             await self._price(sent, model)
         finally:
             for key, future in futures.items():
@@ -364,6 +345,19 @@ class Embedder:
                     del self._inflight[key]
                 _settle(future, sent.vectors.get(key), sent.failed.get(key))
         return sent
+
+    async def _store(self, vectors: dict[str, bytes], ttl: float) -> None:
+        cache = self._cache
+        if cache is None or not vectors:
+            return
+        expires = time.time() + ttl
+        encode = self._codec.encode
+        await asyncio.gather(
+            *(
+                cache.set_value(key, encode(key, vector, expires), ttl)
+                for key, vector in vectors.items()
+            )
+        )
 
     async def _request(
         self,

@@ -96,10 +96,7 @@ def embedding_event(
     if embeddings is None:
         return CallEvent(model, None, None, Usage(), 0.0, 0.0, seconds, error=type(error).__name__)
     e = embeddings
-    cache = (
-        CacheStatus.MISS if e.misses else CacheStatus.COALESCED if e.coalesced else CacheStatus.HIT
-    )
     cost = e.cost.usd if e.cost is not None else 0.0
     return CallEvent(
-        model, cache, None, e.usage, cost, 0.0, seconds, inputs=(e.hits, e.misses, e.coalesced)
+        model, e.cache, None, e.usage, cost, 0.0, seconds, inputs=(e.hits, e.misses, e.coalesced)
     )

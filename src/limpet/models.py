@@ -168,3 +168,11 @@ class Embeddings:
     misses: int
     coalesced: int
     raw_responses: list[dict[str, Any]]
+
+    @property
+    def cache(self) -> CacheStatus:
+        """The call as a whole: ``miss`` when it sent any input upstream, else
+        ``coalesced`` when another caller's request answered any, else ``hit``."""
+        if self.misses:
+            return CacheStatus.MISS
+        return CacheStatus.COALESCED if self.coalesced else CacheStatus.HIT

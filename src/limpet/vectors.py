@@ -26,6 +26,8 @@ from limpet.errors import CacheCorruptError
 __all__ = [
     "VECTOR_FORMAT",
     "VectorCodec",
+    "estimate_tokens",
+    "item_canonical",
     "merge_by_index",
     "pack_floats",
     "plan_batches",
@@ -54,7 +56,10 @@ def pack_floats(values: Sequence[float]) -> bytes:
     Raises:
         ValueError: a value that is not a finite number.
     """
-    packed = array.array("f", values)
+    try:
+        packed = array.array("f", values)
+    except OverflowError as exc:
+        raise ValueError(f"a vector component is out of range: {exc}") from None
     if _BIG_ENDIAN:
         packed.byteswap()
     data = packed.tobytes()

@@ -56,6 +56,7 @@ class FakeEmbeddings:
         shuffle: answer ``data`` in a random order (each item keeps its ``index``), to
             check that clients merge by index.
         supports_base64: False answers lists of floats even when asked for base64.
+        rng: what ``shuffle`` draws from; seed it for a reproducible order.
         requests: every JSON body received, in order.
         inputs: inputs embedded so far, across requests.
     """
@@ -67,7 +68,7 @@ class FakeEmbeddings:
         self.supports_base64 = True
         self.requests: list[dict[str, Any]] = []
         self.inputs = 0
-        self._rng = random.Random(0)
+        self.rng = random.Random(0)
 
     @property
     def calls(self) -> int:
@@ -143,7 +144,7 @@ class FakeEmbeddings:
             )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         if self.shuffle:
-            self._rng.shuffle(data)
+            self.rng.shuffle(data)
         tokens = sum(count_tokens(text) for text in texts)
         return {
             "object": "list",
