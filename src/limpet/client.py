@@ -253,6 +253,7 @@ class Client:
             stats=self.stats,
             prices=self._prices,
             coalesce=coalesce,
+            shared=None if flight_store is None else RedisFlight(flight_store, flight),
             max_inputs=max_embed_inputs,
         )
         self._closed = False

@@ -13,8 +13,8 @@ batch with 90 of 100 inputs cached sends the 10 others, and nothing else:
   callers waiting on the same inputs; what came back is stored whoever still waits.
 
 Across processes, inputs are shared through the cache's shared tier (Redis, Memcached):
-an input another process stored is a hit. Two processes missing the same input at the
-same instant may both send it (no cross-process lease per input yet).
+an input another process stored is a hit; with a tier that offers flight leases (Redis),
+an input another process is sending is awaited too (``limpet.embedding_flight``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from typing import Any
 
 from limpet.cache.tiered import TieredCache
 from limpet.calls import Call
+from limpet.coalesce import RedisFlight
 from limpet.config import Endpoint
+from limpet.embedding_flight import fetch_shared
 from limpet.errors import (
     APIError,
     APIResponseError,
@@ -127,6 +129,7 @@ class _Sent:
     model: str | None = None
     endpoint: str | None = None
     raw: list[dict[str, Any]] = field(default_factory=list)
+    from_others: set[str] = field(default_factory=set)  # sent by another process
 
 
 class Embedder:
@@ -140,6 +143,7 @@ class Embedder:
         stats: counts embedded inputs (``embedding_hits`` ...) apart from completions.
         prices: prices embedding models per input token.
         coalesce: await inputs another call is sending rather than sending them again.
+        shared: per-input leases across processes (the cache's Redis tier), or None.
         max_batch_tokens: an estimated token budget per request (None: no budget).
         max_inputs: inputs one call may carry.
     """
@@ -151,6 +155,7 @@ class Embedder:
         "_endpoints",
         "_inflight",
         "_prices",
+        "_shared",
         "_stats",
         "_tasks",
         "_transport",
@@ -167,6 +172,7 @@ class Embedder:
         stats: Stats,
         prices: PriceTable,
         coalesce: bool = True,
+        shared: RedisFlight[bytes] | None = None,
         max_batch_tokens: int | None = None,
         max_inputs: int = DEFAULT_MAX_INPUTS,
     ) -> None:
@@ -177,6 +183,7 @@ class Embedder:
         self._stats = stats
         self._prices = prices
         self._coalesce = coalesce
+        self._shared = shared
         self.max_batch_tokens = max_batch_tokens
         self.max_inputs = max_inputs
         # One future per input being sent by some call of this process: bounded by the
@@ -316,28 +323,14 @@ class Embedder:
         """Every request for ``items``, concurrently, and the vectors stored; then each
         future gets its vector or its request's error and leaves the in-flight table,
         whatever happened (stored first: an input is always in flight or cached)."""
-        budget = self.max_batch_tokens
-        sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
-        batches = plan_batches(sizes, self._endpoints[0].embedding_batch_size, budget)
         sent = _Sent()
         try:
-            answers = await asyncio.gather(
-                *(
-                    self._request(model, items[b.start : b.stop], params, wire, call)
-                    for b in batches
-                ),
-                return_exceptions=True,
-            )
-            for batch, answer in zip(batches, answers, strict=True):
-                batch_keys = [key for key, _ in items[batch.start : batch.stop]]
-                if isinstance(answer, BaseException):
-                    if not isinstance(answer, Exception):
-                        raise answer
-                    sent.failed.update(dict.fromkeys(batch_keys, answer))
-                else:
-                    self._account(sent, batch_keys, *answer)
-            if decision.write:
-                await self._store(sent.vectors, ttl)
+            if self._shared is not None and decision.coalesce and self._cache is not None:
+                await self._send_shared(self._shared, model, items, params, wire, ttl, call, sent)
+            else:
+                await self._requests(model, items, params, wire, call, sent)
+                if decision.write:
+                    await self._store(sent.vectors, ttl)
             await self._price(sent, model)
         finally:
             for key, future in futures.items():
@@ -345,6 +338,71 @@ class Embedder:
                     del self._inflight[key]
                 _settle(future, sent.vectors.get(key), sent.failed.get(key))
         return sent
+
+    async def _requests(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        call: Call,
+        sent: _Sent,
+    ) -> dict[str, bytes | BaseException]:
+        """``items`` in requests of at most the batch size, concurrently; what came back
+        (each key's vector or its request's error) is added to ``sent`` and returned."""
+        budget = self.max_batch_tokens
+        sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
+        batches = plan_batches(sizes, self._endpoints[0].embedding_batch_size, budget)
+        answers = await asyncio.gather(
+            *(self._request(model, items[b.start : b.stop], params, wire, call) for b in batches),
+            return_exceptions=True,
+        )
+        results: dict[str, bytes | BaseException] = {}
+        for batch, answer in zip(batches, answers, strict=True):
+            batch_keys = [key for key, _ in items[batch.start : batch.stop]]
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer
+                sent.failed.update(dict.fromkeys(batch_keys, answer))
+                results.update(dict.fromkeys(batch_keys, answer))
+            else:
+                self._account(sent, batch_keys, *answer)
+                results.update(zip(batch_keys, answer[0], strict=True))
+        return results
+
+    async def _send_shared(
+        self,
+        shared: RedisFlight[bytes],
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        ttl: float,
+        call: Call,
+        sent: _Sent,
+    ) -> None:
+        """``items`` under cross-process leases (``limpet.embedding_flight``): those another
+        process is sending are read when it stores them, and counted as coalesced."""
+        cache = self._cache
+        assert cache is not None
+        decode, encode, local = self._codec.decode, self._codec.encode, cache.local_tiers
+
+        async def send(batch: list[tuple[str, str]]) -> dict[str, bytes | BaseException]:
+            return await self._requests(model, batch, params, wire, call, sent)
+
+        async def read(key: str) -> bytes | None:
+            found = await cache.get_value(key, decode, start=local)
+            return None if found is None else found[0]
+
+        async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
+            data = encode(key, vector, time.time() + ttl)
+            await cache.set_value(key, data, ttl)
+            return data, ttl
+
+        fetched = await fetch_shared(shared, dict(items), send, read, share)
+        sent.vectors.update(fetched.vectors)
+        sent.failed.update(fetched.failed)
+        sent.from_others = fetched.from_others
 
     async def _store(self, vectors: dict[str, bytes], ttl: float) -> None:
         cache = self._cache
@@ -430,7 +488,7 @@ class Embedder:
         """The vectors in input order, counted per input; or the error naming the failed."""
         vectors: list[list[float] | None] = []
         failed: list[int] = []
-        hits = coalesced = 0
+        hits = 0
         cause: BaseException | None = None
         for position, key in enumerate(keys):
             packed = found.get(key)
@@ -449,14 +507,15 @@ class Embedder:
                         error = flight.exception()
                 if packed is None:
                     failed.append(position)
-                    cause = cause or error
+                    cause = cause or error or ClientClosedError("Client closed during the call")
                     vectors.append(None)
                     continue
             vectors.append(unpack_floats(packed))
-        coalesced = len(texts) - hits - owned
+        misses = owned - len(sent.from_others)  # sent upstream by this call
+        coalesced = len(texts) - hits - misses
         stats = self._stats
         stats.embedding_hits += hits
-        stats.embedding_misses += owned
+        stats.embedding_misses += misses
         stats.embedding_coalesced += coalesced
         if failed:
             raise EmbeddingBatchError(
@@ -473,7 +532,7 @@ class Embedder:
             usage,
             cost,
             hits,
-            owned,
+            misses,
             coalesced,
             sent.raw,
         )

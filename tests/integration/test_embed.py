@@ -305,3 +305,27 @@ async def test_a_second_client_reads_the_vectors_of_the_first_through_redis(
     assert (e.hits, e.misses) == (10, 10)
     assert e.vectors == [fake_vector(MODEL, t) for t in chunks]
     assert gateway.embeddings.inputs == 20
+
+
+@pytest.mark.redis
+async def test_two_processes_embedding_overlapping_batches_send_each_input_once(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    """Two Clients (each its own memory tier and flight table, as two processes have)
+    on one Redis: the inputs they share go upstream once, whoever leads them."""
+    first, second = texts(40), texts(40)[20:] + texts(20, "other")
+    gateway.endpoint("a").delay(0.2)  # the first request is slow: the other call follows it
+
+    def client() -> Client:
+        rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return make_client(gateway, cache=TieredCache(MemoryCache(), rc, hmac_key=b"k" * 32))
+
+    async with client() as one, client() as two:
+        a, b = await asyncio.gather(
+            one.embed(model=MODEL, input=first), two.embed(model=MODEL, input=second)
+        )
+    assert sorted(sent_inputs(gateway)) == sorted(set(first) | set(second))
+    assert a.vectors == [fake_vector(MODEL, t) for t in first]
+    assert b.vectors == [fake_vector(MODEL, t) for t in second]
+    assert a.misses + b.misses == 60
+    assert a.hits + a.coalesced + b.hits + b.coalesced == 20
