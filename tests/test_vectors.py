@@ -9,15 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from limpet.embeddings import embedding_params, validate_inputs
 from limpet.errors import CacheCorruptError, InvalidRequestError
 from limpet.vectors import (
     VectorCodec,
+    embedding_params,
     item_canonical,
     merge_by_index,
     pack_floats,
     plan_batches,
     unpack_floats,
+    validate_inputs,
     vector_bytes,
 )
 

@@ -26,7 +26,7 @@ from limpet.config import (
     default_base_url,
 )
 from limpet.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
-from limpet.embeddings import DEFAULT_MAX_INPUTS, Embedder, embedding_params, validate_inputs
+from limpet.embeddings import Embedder
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.events import EventHook, embedding_event, emit_event, event_of
 from limpet.fleet import FleetCounters
@@ -54,6 +54,7 @@ from limpet.validation import (
     validate_ttl,
     with_extra_body,
 )
+from limpet.vectors import DEFAULT_MAX_INPUTS, embedding_params, validate_inputs
 from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,6 @@ from limpet.errors import (
     APIResponseError,
     ClientClosedError,
     EmbeddingBatchError,
-    InvalidRequestError,
 )
 from limpet.keys import request_key
 from limpet.models import Cost, Embeddings, Usage
@@ -47,6 +46,7 @@ from limpet.stats import Stats
 from limpet.transport import Transport
 from limpet.usage import parse_usage, reported_cost
 from limpet.vectors import (
+    DEFAULT_MAX_INPUTS,
     VectorCodec,
     estimate_tokens,
     item_canonical,
@@ -55,67 +55,9 @@ from limpet.vectors import (
     unpack_floats,
 )
 
-__all__ = ["DEFAULT_MAX_INPUTS", "Embedder", "embedding_params", "validate_inputs"]
+__all__ = ["Embedder"]
 
 logger = logging.getLogger("limpet")
-
-#: Inputs one ``embed()`` call may carry; more is an ``InvalidRequestError``.
-DEFAULT_MAX_INPUTS = 100_000
-
-# Fields that say how vectors travel, never what they are: not part of an input's key.
-_WIRE_FIELDS = frozenset({"encoding_format", "user", "stream"})
-
-
-def validate_inputs(input: object, max_inputs: int) -> list[str]:
-    """``input`` as a list of texts.
-
-    Raises:
-        InvalidRequestError: not a str or a list of str, empty, an empty or non-str item
-            (named by its index), or more than ``max_inputs`` items.
-    """
-    if isinstance(input, str):
-        texts = [input]
-    elif isinstance(input, list | tuple):
-        texts = list(input)
-    else:
-        raise InvalidRequestError("input", "a str or a list of str", input)
-    if not texts:
-        raise InvalidRequestError("input", "at least one text", texts)
-    if len(texts) > max_inputs:
-        raise InvalidRequestError(
-            f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(texts)
-        )
-    for index, text in enumerate(texts):
-        if type(text) is not str:
-            raise InvalidRequestError(f"input[{index}]", "a str", text)
-        if not text:
-            raise InvalidRequestError(f"input[{index}]", "a non-empty str", text)
-    return texts
-
-
-def embedding_params(
-    dimensions: object, encoding_format: object, params: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The fields that change a vector (in every input's key) and the wire-only ones.
-
-    ``encoding_format`` is wire-only: vectors come back as floats whatever it is, and
-    base64 (the default) is a third of the bytes of JSON floats.
-
-    Raises:
-        InvalidRequestError: ``dimensions`` not an int >= 1, an unknown
-            ``encoding_format``, or ``input``/``model`` given twice.
-    """
-    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
-        raise InvalidRequestError("dimensions", "None or an int >= 1", dimensions)
-    if encoding_format not in (None, "float", "base64"):
-        raise InvalidRequestError("encoding_format", "None, 'float' or 'base64'", encoding_format)
-    keyed = {name: value for name, value in params.items() if name not in _WIRE_FIELDS}
-    if dimensions is not None:
-        keyed["dimensions"] = dimensions
-    wire = {name: value for name, value in params.items() if name in _WIRE_FIELDS}
-    wire.pop("stream", None)
-    wire["encoding_format"] = encoding_format or "base64"
-    return keyed, wire
 
 
 @dataclass(slots=True)

@@ -16,22 +16,25 @@ import hmac
 import math
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from limpet.errors import CacheCorruptError
+from limpet.errors import CacheCorruptError, InvalidRequestError
 
 __all__ = [
+    "DEFAULT_MAX_INPUTS",
     "VECTOR_FORMAT",
     "VectorCodec",
+    "embedding_params",
     "estimate_tokens",
     "item_canonical",
     "merge_by_index",
     "pack_floats",
     "plan_batches",
     "unpack_floats",
+    "validate_inputs",
     "vector_bytes",
 ]
 
@@ -152,6 +155,65 @@ def item_canonical(model: str, text: str, params: dict[str, Any]) -> bytes:
     return b"limpet/embedding\x00" + orjson.dumps(
         {**params, "model": model, "input": text}, option=orjson.OPT_SORT_KEYS
     )
+
+
+#: Inputs one ``embed()`` call may carry; more is an ``InvalidRequestError``.
+DEFAULT_MAX_INPUTS = 100_000
+
+# Fields that say how vectors travel, never what they are: not part of an input's key.
+_WIRE_FIELDS = frozenset({"encoding_format", "user", "stream"})
+
+
+def validate_inputs(input: object, max_inputs: int) -> list[str]:
+    """``input`` as a list of texts.
+
+    Raises:
+        InvalidRequestError: not a str or a list of str, empty, an empty or non-str item
+            (named by its index), or more than ``max_inputs`` items.
+    """
+    if isinstance(input, str):
+        texts = [input]
+    elif isinstance(input, list | tuple):
+        texts = list(input)
+    else:
+        raise InvalidRequestError("input", "a str or a list of str", input)
+    if not texts:
+        raise InvalidRequestError("input", "at least one text", texts)
+    if len(texts) > max_inputs:
+        raise InvalidRequestError(
+            f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(texts)
+        )
+    for index, text in enumerate(texts):
+        if type(text) is not str:
+            raise InvalidRequestError(f"input[{index}]", "a str", text)
+        if not text:
+            raise InvalidRequestError(f"input[{index}]", "a non-empty str", text)
+    return texts
+
+
+def embedding_params(
+    dimensions: object, encoding_format: object, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields that change a vector (in every input's key) and the wire-only ones.
+
+    ``encoding_format`` is wire-only: vectors come back as floats whatever it is, and
+    base64 (the default) is a third of the bytes of JSON floats.
+
+    Raises:
+        InvalidRequestError: ``dimensions`` not an int >= 1, an unknown
+            ``encoding_format``, or ``input``/``model`` given twice.
+    """
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise InvalidRequestError("dimensions", "None or an int >= 1", dimensions)
+    if encoding_format not in (None, "float", "base64"):
+        raise InvalidRequestError("encoding_format", "None, 'float' or 'base64'", encoding_format)
+    keyed = {name: value for name, value in params.items() if name not in _WIRE_FIELDS}
+    if dimensions is not None:
+        keyed["dimensions"] = dimensions
+    wire = {name: value for name, value in params.items() if name in _WIRE_FIELDS}
+    wire.pop("stream", None)
+    wire["encoding_format"] = encoding_format or "base64"
+    return keyed, wire
 
 
 class VectorCodec:
