@@ -10,10 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from limpet.errors import CacheCorruptError, InvalidRequestError
+from limpet.keys import request_key, request_keys
 from limpet.vectors import (
     VectorCodec,
     embedding_params,
     item_canonical,
+    item_prefix,
     merge_by_index,
     pack_floats,
     plan_batches,
@@ -153,3 +155,30 @@ def test_the_encoding_is_wire_only_and_dimensions_enter_the_key() -> None:
         embedding_params(0, None, {})
     with pytest.raises(InvalidRequestError, match="encoding_format"):
         embedding_params(None, "hex", {})
+
+
+@given(
+    st.text(max_size=20),
+    st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=10),
+    st.dictionaries(st.sampled_from(["dimensions", "input_type", "a"]), st.integers(), max_size=3),
+    st.text(max_size=5),
+    st.text(max_size=5),
+)
+def test_keys_hashed_from_a_shared_prefix_are_the_keys_of_the_whole_canonical_form(
+    model: str, inputs: list[str], params: dict[str, int], namespace: str, scope: str
+) -> None:
+    keys = request_keys(
+        item_prefix(model, params),
+        [text.encode() for text in inputs],
+        namespace=namespace,
+        scope=scope,
+        credential="c",
+    )
+    whole = [
+        request_key(
+            item_canonical(model, text, params), namespace=namespace, scope=scope, credential="c"
+        )
+        for text in inputs
+    ]
+    assert keys == whole
+    assert len(set(keys)) == len(set(inputs))

@@ -37,7 +37,7 @@ from limpet.errors import (
     ClientClosedError,
     EmbeddingBatchError,
 )
-from limpet.keys import request_key
+from limpet.keys import request_keys
 from limpet.models import Cost, Embeddings, Usage
 from limpet.policy import CacheDecision
 from limpet.pricing import PriceTable, completion_cost
@@ -49,7 +49,7 @@ from limpet.vectors import (
     DEFAULT_MAX_INPUTS,
     VectorCodec,
     estimate_tokens,
-    item_canonical,
+    item_prefix,
     merge_by_index,
     plan_batches,
     unpack_floats,
@@ -143,16 +143,15 @@ class Embedder:
         scope: str,
         credential: str,
     ) -> list[str]:
-        """The cache key of each input (a kind tag keeps them apart from completions')."""
-        return [
-            request_key(
-                item_canonical(model, text, params),
-                namespace=namespace,
-                scope=scope,
-                credential=credential,
-            )
-            for text in texts
-        ]
+        """The cache key of each input: ``request_key(item_canonical(...))``, with the
+        part the inputs share hashed once (a kind tag keeps them apart from completions')."""
+        return request_keys(
+            item_prefix(model, params),
+            [text.encode() for text in texts],
+            namespace=namespace,
+            scope=scope,
+            credential=credential,
+        )
 
     async def embed(
         self,

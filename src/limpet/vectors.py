@@ -30,6 +30,7 @@ __all__ = [
     "embedding_params",
     "estimate_tokens",
     "item_canonical",
+    "item_prefix",
     "merge_by_index",
     "pack_floats",
     "plan_batches",
@@ -73,10 +74,12 @@ def pack_floats(values: Sequence[float]) -> bytes:
 
 def unpack_floats(data: bytes | memoryview) -> list[float]:
     """The floats packed in ``data`` (little-endian float32)."""
+    if not _BIG_ENDIAN:
+        floats: list[float] = memoryview(data).cast("f").tolist()  # type: ignore[assignment]
+        return floats
     unpacked = array.array("f")
     unpacked.frombytes(data)
-    if _BIG_ENDIAN:
-        unpacked.byteswap()
+    unpacked.byteswap()
     return unpacked.tolist()
 
 
@@ -149,12 +152,19 @@ def estimate_tokens(text: str) -> int:
     return len(text.encode()) // 4 + 1
 
 
-def item_canonical(model: str, text: str, params: dict[str, Any]) -> bytes:
-    """What identifies one input's vector: a kind tag (so it can never equal a chat
-    request's canonical JSON), then the model, the text and the output-changing fields."""
-    return b"limpet/embedding\x00" + orjson.dumps(
-        {**params, "model": model, "input": text}, option=orjson.OPT_SORT_KEYS
-    )
+def item_prefix(model: str, params: Mapping[str, Any]) -> bytes:
+    """What every input of one call shares in its canonical form: a kind tag (so it can
+    never equal a chat request's canonical JSON, which starts with ``{``), then the model
+    and the output-changing fields as canonical JSON, then a NUL. The input's UTF-8 text
+    follows (``item_canonical``): JSON escapes every control character, so the NUL ends
+    the shared part unambiguously."""
+    fields = orjson.dumps({**params, "model": model}, option=orjson.OPT_SORT_KEYS)
+    return b"limpet/embedding\x00" + fields + b"\x00"
+
+
+def item_canonical(model: str, text: str, params: Mapping[str, Any]) -> bytes:
+    """What identifies one input's vector: ``item_prefix`` then the text."""
+    return item_prefix(model, params) + text.encode()
 
 
 #: Inputs one ``embed()`` call may carry; more is an ``InvalidRequestError``.
@@ -266,7 +276,8 @@ class VectorCodec:
         vector_at = key_at + bound
         if len(data) != vector_at + floats * _FLOAT32 or not floats:
             raise CacheCorruptError("vector length does not match its header")
-        if data[key_at:vector_at] != key.encode():
+        bound_key = key.encode()
+        if len(bound_key) != bound or not data.startswith(bound_key, key_at):  # in place
             raise CacheCorruptError("vector was stored under another key")
         if not math.isfinite(expires):
             raise CacheCorruptError("vector expiry is not finite")
