@@ -160,7 +160,9 @@ def test_the_encoding_is_wire_only_and_dimensions_enter_the_key() -> None:
 @given(
     st.text(max_size=20),
     st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=10),
-    st.dictionaries(st.sampled_from(["dimensions", "input_type", "a"]), st.integers(), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["dimensions", "input_type", "a"]), st.integers(-(2**31), 2**31), max_size=3
+    ),
     st.text(max_size=5),
     st.text(max_size=5),
 )

@@ -505,32 +505,55 @@ class Client:
         timeout = validate_call_options(timeout, extra_headers)
         entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
         decision = decide({"temperature": 0}, cache, self._policy)  # deterministic
+        credential = call_scope(self._credential, extra_headers)
+        scope = self._generations.scope_now(model)
+        found = None
+        if scope is not None:
+            # The hit path: in-process tiers only, nothing awaited that could yield.
+            keys = self._embedder.keys(
+                model, texts, keyed, namespace=self._namespace, scope=scope, credential=credential
+            )
+            found = await self._embedder.lookup_local(keys, decision)
+            if len(found) == len(set(keys)):
+                return self._embedded(
+                    model, self._embedder.hits(model, texts, keys, found), started
+                )
         call = Call(timeout, extra_headers)
         try:
             with self._calls.counted():
-                scope = self._generations.scope_now(model)
                 if scope is None:
                     scope = await self._calls.guarded(call, self._generations.scope(model))
-                keys = self._embedder.keys(
+                    keys = self._embedder.keys(
+                        model,
+                        texts,
+                        keyed,
+                        namespace=self._namespace,
+                        scope=scope,
+                        credential=credential,
+                    )
+                work = self._embedder.embed(
                     model,
                     texts,
+                    keys,
                     keyed,
-                    namespace=self._namespace,
-                    scope=scope,
-                    credential=call_scope(self._credential, extra_headers),
+                    wire,
+                    decision=decision,
+                    ttl=entry_ttl,
+                    call=call,
+                    found=found,
                 )
-                result = await self._calls.guarded(
-                    call,
-                    self._embedder.embed(
-                        model, texts, keys, keyed, wire, decision=decision, ttl=entry_ttl, call=call
-                    ),
-                )
+                result = await self._calls.guarded(call, work)
         except APIError as exc:
             self.stats.errors += 1
             if self._hooks:
                 seconds = time.perf_counter() - started
                 emit_event(self._hooks, embedding_event(model, None, seconds, error=exc))
             raise
+        return self._embedded(model, result, started)
+
+    def _embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
+        """Count an ``embed()`` call that returned: tokens, dollars, event hooks (the
+        inputs were counted by the embedder)."""
         self.stats.prompt_tokens += result.usage.prompt_tokens
         if result.cost is not None:
             self.stats.cost_usd += result.cost.usd

@@ -164,8 +164,13 @@ class Embedder:
         decision: CacheDecision,
         ttl: float,
         call: Call,
+        found: dict[str, bytes] | None = None,
     ) -> Embeddings:
         """The vectors of ``texts`` (keyed by ``keys``), each input sent at most once.
+
+        Args:
+            found: what ``lookup_local`` found already (the in-process tiers are then
+                not read again).
 
         Raises:
             EmbeddingBatchError: some inputs failed; the others are cached and given.
@@ -173,7 +178,9 @@ class Embedder:
         first: dict[str, str] = {}  # distinct keys in input order, with their text
         for key, text in zip(keys, texts, strict=True):
             first.setdefault(key, text)
-        found = await self._lookup(first, decision)
+        if found is None:
+            found = await self.lookup_local(keys, decision)
+        found.update(await self._lookup_shared([k for k in first if k not in found], decision))
         missing = [key for key in first if key not in found]
         waiting: dict[str, asyncio.Future[bytes]] = {}
         owned: list[str] = []
@@ -201,30 +208,37 @@ class Embedder:
         if self._tasks:
             await asyncio.wait(list(self._tasks))
 
-    async def _lookup(self, first: dict[str, str], decision: CacheDecision) -> dict[str, bytes]:
-        """The cached vectors among ``first``'s keys: the in-process tiers one by one (no
-        I/O), then the shared tiers for the rest, concurrently."""
+    async def lookup_local(self, keys: list[str], decision: CacheDecision) -> dict[str, bytes]:
+        """The vectors the in-process tiers hold among ``keys``: no I/O, nothing awaited
+        that could yield (the hit path)."""
         cache = self._cache
         found: dict[str, bytes] = {}
-        if cache is None or not decision.read:
+        if cache is None or not decision.read or not cache.local_tiers:
             return found
         decode, local = self._codec.decode, cache.local_tiers
-        rest = list(first)
-        if local:
-            rest = []
-            for key in first:
-                hit = await cache.get_value(key, decode, stop=local)
-                if hit is None:
-                    rest.append(key)
-                else:
-                    found[key] = hit[0]
-        if rest and local < len(cache.tiers):
-            hits = await asyncio.gather(
-                *(cache.get_value(key, decode, start=local) for key in rest)
-            )
-            for key, hit in zip(rest, hits, strict=True):
-                if hit is not None:
-                    found[key] = hit[0]
+        for key in dict.fromkeys(keys):
+            hit = await cache.get_value(key, decode, stop=local)
+            if hit is not None:
+                found[key] = hit[0]
+        return found
+
+    def hits(
+        self, model: str, texts: list[str], keys: list[str], found: dict[str, bytes]
+    ) -> Embeddings:
+        """The result of a call whose every input ``found`` holds."""
+        return self._result(model, texts, keys, found, _Sent(), {}, 0)
+
+    async def _lookup_shared(self, rest: list[str], decision: CacheDecision) -> dict[str, bytes]:
+        """The vectors the shared tiers hold among ``rest``, read concurrently."""
+        cache = self._cache
+        found: dict[str, bytes] = {}
+        if cache is None or not decision.read or not rest or cache.local_tiers == len(cache.tiers):
+            return found
+        decode, local = self._codec.decode, cache.local_tiers
+        hits = await asyncio.gather(*(cache.get_value(key, decode, start=local) for key in rest))
+        for key, hit in zip(rest, hits, strict=True):
+            if hit is not None:
+                found[key] = hit[0]
         return found
 
     def _start(

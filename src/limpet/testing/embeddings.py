@@ -57,6 +57,7 @@ class FakeEmbeddings:
             check that clients merge by index.
         supports_base64: False answers lists of floats even when asked for base64.
         rng: what ``shuffle`` draws from; seed it for a reproducible order.
+        latency: seconds each request takes before it is answered.
         requests: every JSON body received, in order.
         inputs: inputs embedded so far, across requests.
     """
@@ -66,6 +67,7 @@ class FakeEmbeddings:
         self.max_batch = 2048
         self.shuffle = False
         self.supports_base64 = True
+        self.latency = 0.0
         self.requests: list[dict[str, Any]] = []
         self.inputs = 0
         self.rng = random.Random(0)
@@ -104,8 +106,7 @@ class FakeEmbeddings:
             return status_fault_response(fault)
         if isinstance(fault, DropConnectionFault):
             return drop_connection(request)
-        if isinstance(fault, DelayFault):
-            await gateway._pause(fault.seconds)
+        await gateway._pause(self.latency + (fault.seconds if isinstance(fault, DelayFault) else 0))
         if isinstance(fault, MalformedBodyFault):
             return json_response(200, b"{not json")
         texts: list[str] = [body["input"]] if isinstance(body["input"], str) else body["input"]
