@@ -68,6 +68,7 @@ async def test_only_the_ten_missing_of_a_hundred_go_upstream_in_one_request(
     assert (e.hits, e.misses, e.coalesced) == (90, 10, 0)
     assert e.vectors == [fake_vector(MODEL, text) for text in chunks]
     assert e.usage.prompt_tokens == 10 * 2  # "chunk NN": 8 characters, 2 tokens
+    assert e.cost is not None and e.cost.usd == pytest.approx(20 * 0.02 / 1e6)  # $0.02/M
     assert client.stats.embedding_hits == 90 and client.stats.embedding_misses == 100
 
 
