@@ -345,8 +345,7 @@ def _request_of(line: bytes) -> dict[str, Any]:
         raise LimpetError(f"not valid JSON ({exc})") from None
     if not isinstance(request, dict):
         raise LimpetError(
-            "expected a JSON object of complete() (or embed()) arguments, "
-            f"got {type(request).__name__}"
+            f"expected a JSON object of complete() arguments, got {type(request).__name__}"
         )
     return request
 

@@ -465,6 +465,7 @@ class Client:
         ttl: float | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's per-call deadline)
         extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> Embeddings:
         """Embed ``input`` (POST ``/embeddings``), one cache entry per input.
@@ -481,7 +482,7 @@ class Client:
                 ``"float"``); ``vectors`` are floats either way.
             cache: None, ``"bypass"``, ``"refresh"`` or ``"force"`` (embeddings are
                 deterministic: cached by default).
-            ttl, timeout, extra_headers: as ``complete()``.
+            ttl, timeout, extra_headers, extra_body: as ``complete()``.
             **params: any other body field; those that can change a vector enter the key.
 
         Returns:
@@ -500,6 +501,8 @@ class Client:
         if not isinstance(model, str) or not model:
             raise InvalidRequestError("model", "a non-empty str", model)
         texts = validate_inputs(input, self._embedder.max_inputs)
+        if extra_body is not None:
+            params = with_extra_body(params, extra_body)
         keyed, wire = embedding_params(dimensions, encoding_format, params)
         canonical_request(keyed)  # every field JSON: InvalidRequestError now, not later
         timeout = validate_call_options(timeout, extra_headers)

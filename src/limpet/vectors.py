@@ -210,8 +210,8 @@ def embedding_params(
     base64 (the default) is a third of the bytes of JSON floats.
 
     Raises:
-        InvalidRequestError: ``dimensions`` not an int >= 1, an unknown
-            ``encoding_format``, or ``input``/``model`` given twice.
+        InvalidRequestError: ``dimensions`` not an int >= 1, or an unknown
+            ``encoding_format``.
     """
     if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
         raise InvalidRequestError("dimensions", "None or an int >= 1", dimensions)

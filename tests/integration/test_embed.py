@@ -330,3 +330,19 @@ async def test_two_processes_embedding_overlapping_batches_send_each_input_once(
     assert b.vectors == [fake_vector(MODEL, t) for t in second]
     assert a.misses + b.misses == 60
     assert a.hits + a.coalesced + b.hits + b.coalesced == 20
+
+
+async def test_other_fields_are_sent_and_enter_the_key(
+    gateway: FakeGateway,
+) -> None:
+    async with make_client(gateway) as client:
+        await client.embed(model=MODEL, input=["a"], input_type="query")
+        await client.embed(model=MODEL, input=["a"], extra_body={"input_type": "passage"})
+        again = await client.embed(
+            model=MODEL, input=["a"], input_type="query", extra_headers={"X-Trace": "t1"}
+        )
+    assert [body.get("input_type") for body in gateway.embeddings.requests] == [
+        "query",
+        "passage",
+    ]
+    assert again.cache is CacheStatus.HIT
