@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from limpet import (
     CacheStatus,
     Client,
+    ClientClosedError,
     EmbeddingBatchError,
     Embeddings,
     Endpoint,
@@ -346,3 +347,40 @@ async def test_other_fields_are_sent_and_enter_the_key(
         "passage",
     ]
     assert again.cache is CacheStatus.HIT
+
+
+async def test_client_warm_takes_embedding_requests(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        report = await client.warm(
+            [{"model": MODEL, "input": ["a", "b"]}, {"model": MODEL, "input": "a"}],
+            concurrency=1,
+        )
+    assert (report.warmed, report.skipped, report.failed) == (1, 1, 0)
+    assert gateway.embeddings.inputs == 2
+
+
+async def test_closing_stops_an_embedding_call_waiting_on_upstream(gateway: FakeGateway) -> None:
+    gateway.endpoint("a").delay(60)  # an upstream that never answers in time
+    client = make_client(gateway, close_grace=0)
+    call = asyncio.ensure_future(client.embed(model=MODEL, input=["a", "b"]))
+    await gateway.embeddings.wait_for_requests(1)
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await call
+
+
+@pytest.mark.redis
+async def test_a_vector_signed_with_another_key_is_a_counted_miss(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    def client(hmac_key: bytes) -> Client:
+        rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return make_client(gateway, cache=TieredCache(MemoryCache(), rc, hmac_key=hmac_key))
+
+    async with client(b"a" * 32) as one:
+        await one.embed(model=MODEL, input=["a", "b"])
+    async with client(b"b" * 32) as two:
+        e = await two.embed(model=MODEL, input=["a", "b"])
+        assert two.cache is not None and two.cache.stats.corrupt == 2
+    assert e.misses == 2 and e.vectors == [fake_vector(MODEL, "a"), fake_vector(MODEL, "b")]
+    assert gateway.embeddings.inputs == 4

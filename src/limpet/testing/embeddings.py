@@ -8,6 +8,7 @@ live on ``FakeGateway.embeddings`` (a ``FakeEmbeddings``); faults are the endpoi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import random
@@ -70,12 +71,21 @@ class FakeEmbeddings:
         self.latency = 0.0
         self.requests: list[dict[str, Any]] = []
         self.inputs = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.rng = random.Random(0)
 
     @property
     def calls(self) -> int:
         """Embedding requests received."""
         return len(self.requests)
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Return once ``count`` requests have been received since the last ``reset``."""
+        if len(self.requests) >= count:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((count, waiter))
+        await waiter
 
     def reset(self) -> None:
         """Forget the requests and the counts."""
@@ -98,6 +108,7 @@ class FakeEmbeddings:
         if not isinstance(body, dict):
             return error_response(400, "Request body is not an object")
         self.requests.append(body)
+        self._wake()
         problem = self._problem(body)
         if problem is not None:
             return error_response(400, problem)
@@ -115,6 +126,13 @@ class FakeEmbeddings:
         if isinstance(fault, WrongShapeFault):
             answer["data"] = answer["data"][:-1]  # an index missing
         return json_response(200, answer)
+
+    def _wake(self) -> None:
+        received = len(self.requests)
+        for count, waiter in self._waiters:
+            if count <= received and not waiter.done():
+                waiter.set_result(None)
+        self._waiters = [(n, w) for n, w in self._waiters if not w.done()]
 
     def _problem(self, body: dict[str, Any]) -> str | None:
         texts = body.get("input")
