@@ -7,9 +7,11 @@ over). The inputs this process leads are not sent one by one: they wait until ev
 of the call has either led or started following, and then go upstream together, in the
 usual batches; an input taken over later goes in a batch of its own moment.
 
-Cost, per input sent: one ``SET NX`` and one release script (which stores the vector and
-drops the lease), both pipelined by concurrency rather than serialised; per input
-followed: a cache read, a subscription registration and a lease check per ``poll``.
+Cost, per input sent: one ``SET NX``, one more read of the shared tier once the lease is
+held (another process may have stored the vector since this call's lookup), and one
+release script (which stores the vector and drops the lease), all concurrent rather than
+serialised; per input followed: a read, a subscription registration and a lease check
+per ``poll`` of waiting.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ async def fetch_shared(
             the flight to publish (None: nothing stored).
     """
     loop = asyncio.get_running_loop()
+    fetched = SharedFetch()
     undecided = set(texts)
     pending: dict[str, asyncio.Future[bytes]] = {}
     sending: set[asyncio.Future[None]] = set()
@@ -87,6 +90,13 @@ async def fetch_shared(
 
     async def one(key: str) -> tuple[bytes, bool]:
         async def lead() -> tuple[bytes, bytes | None, float]:
+            # Once more, lease in hand: another process may have stored it since this
+            # call's lookup (then nothing is sent, and its followers find it).
+            stored = await read(key)
+            if stored is not None:
+                fetched.from_others.add(key)
+                decided(key)
+                return stored, None, 0.0
             future: asyncio.Future[bytes] = loop.create_future()
             pending[key] = future
             decided(key)
@@ -105,7 +115,6 @@ async def fetch_shared(
             decided(key)
 
     keys = list(texts)
-    fetched = SharedFetch()
     try:
         outcomes = await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
     finally:

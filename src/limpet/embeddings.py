@@ -180,8 +180,14 @@ class Embedder:
             first.setdefault(key, text)
         if found is None:
             found = await self.lookup_local(keys, decision)
-        found.update(await self._lookup_shared([k for k in first if k not in found], decision))
-        missing = [key for key in first if key not in found]
+        rest = [key for key in first if key not in found]
+        shared = await self._lookup_shared(rest, decision)
+        found.update(shared)
+        missing = [key for key in rest if key not in shared]
+        if missing and self._read_shared(decision):
+            # The shared read yielded: a call of this process may have stored some since.
+            found.update(await self.lookup_local(missing, decision))
+            missing = [key for key in missing if key not in found]
         waiting: dict[str, asyncio.Future[bytes]] = {}
         owned: list[str] = []
         for key in missing:
@@ -228,11 +234,16 @@ class Embedder:
         """The result of a call whose every input ``found`` holds."""
         return self._result(model, texts, keys, found, _Sent(), {}, 0)
 
+    def _read_shared(self, decision: CacheDecision) -> bool:
+        """Whether a lookup reads tiers outside this process (and so may yield)."""
+        cache = self._cache
+        return cache is not None and decision.read and cache.local_tiers < len(cache.tiers)
+
     async def _lookup_shared(self, rest: list[str], decision: CacheDecision) -> dict[str, bytes]:
         """The vectors the shared tiers hold among ``rest``, read concurrently."""
         cache = self._cache
         found: dict[str, bytes] = {}
-        if cache is None or not decision.read or not rest or cache.local_tiers == len(cache.tiers):
+        if cache is None or not rest or not self._read_shared(decision):
             return found
         decode, local = self._codec.decode, cache.local_tiers
         hits = await asyncio.gather(*(cache.get_value(key, decode, start=local) for key in rest))

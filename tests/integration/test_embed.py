@@ -29,6 +29,8 @@ from limpet import (
     RetryConfig,
     TieredCache,
 )
+from limpet.coalesce import RedisFlight
+from limpet.embedding_flight import fetch_shared
 from limpet.events import CallEvent
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
@@ -384,3 +386,38 @@ async def test_a_vector_signed_with_another_key_is_a_counted_miss(
         assert two.cache is not None and two.cache.stats.corrupt == 2
     assert e.misses == 2 and e.vectors == [fake_vector(MODEL, "a"), fake_vector(MODEL, "b")]
     assert gateway.embeddings.inputs == 4
+
+
+@pytest.mark.redis
+async def test_a_lease_holder_reads_once_more_and_sends_only_what_is_still_missing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Between a call's lookup and its lease, another process may have stored an input:
+    the lease holder reads again and sends only what is still missing, in one batch."""
+    stored = {"k2": b"\x00\x00\x80?"}  # 1.0 as float32, stored by "another process"
+    batches: list[list[str]] = []
+
+    async def send(batch: list[tuple[str, str]]) -> dict[str, bytes | BaseException]:
+        batches.append(sorted(text for _, text in batch))  # in the order the leases came
+        return {key: b"\x00\x00\x00@" for key, _ in batch}  # 2.0
+
+    async def read(key: str) -> bytes | None:
+        return stored.get(key)
+
+    async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
+        return None, 0.0
+
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    try:
+        flight: RedisFlight[bytes] = RedisFlight(rc.flight_store)
+        texts = {"k1": "one", "k2": "two", "k3": "three"}
+        fetched = await fetch_shared(flight, texts, send, read, share)
+    finally:
+        await rc.aclose()
+    assert batches == [["one", "three"]]
+    assert fetched.from_others == {"k2"} and not fetched.failed
+    assert fetched.vectors == {
+        "k1": b"\x00\x00\x00@",
+        "k2": b"\x00\x00\x80?",
+        "k3": b"\x00\x00\x00@",
+    }
