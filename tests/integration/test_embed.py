@@ -24,6 +24,7 @@ from limpet import (
     Embeddings,
     Endpoint,
     InvalidRequestError,
+    MemcachedCache,
     MemoryCache,
     RedisCache,
     RetryConfig,
@@ -421,3 +422,22 @@ async def test_a_lease_holder_reads_once_more_and_sends_only_what_is_still_missi
         "k2": b"\x00\x00\x80?",
         "k3": b"\x00\x00\x00@",
     }
+
+
+@pytest.mark.memcached
+async def test_vectors_are_shared_through_a_memcached_tier(
+    gateway: FakeGateway, memcached_url: str, memcached_prefix: str
+) -> None:
+    def client() -> Client:
+        mc = MemcachedCache.from_url(
+            memcached_url, prefix=memcached_prefix, read_timeout=1.0, write_timeout=1.0
+        )
+        return make_client(gateway, cache=TieredCache(MemoryCache(), mc))
+
+    async with client() as one:
+        await one.embed(model=MODEL, input=texts(10), dimensions=4)
+    async with client() as two:
+        e = await two.embed(model=MODEL, input=texts(12), dimensions=4)
+    assert (e.hits, e.misses) == (10, 2)
+    assert e.vectors == [fake_vector(MODEL, t, 4) for t in texts(12)]
+    assert gateway.embeddings.inputs == 12
