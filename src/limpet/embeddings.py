@@ -1,4 +1,4 @@
-"""``embed()``'s pipeline, per input: validate → keys → lookup → flights → batches → merge.
+"""``embed()``'s pipeline, per input: keys → lookup → flights → batches → merge → store.
 
 Every input is its own cache entry (a packed float32 vector, ``limpet.vectors``), so a
 batch with 90 of 100 inputs cached sends the 10 others, and nothing else:
