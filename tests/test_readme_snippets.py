@@ -80,4 +80,5 @@ async def test_each_python_block_runs_as_written(
     _, err = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode == 0, f"README.md:{line} failed:\n{err.decode()}"
     assert b"Traceback" not in err
-    assert gateway.total_calls >= 1 or "FakeGateway(" in code, f"README.md:{line} sent nothing"
+    sent = gateway.total_calls + gateway.embeddings.calls
+    assert sent >= 1 or "FakeGateway(" in code, f"README.md:{line} sent nothing"

@@ -39,6 +39,7 @@ from limpet.errors import (
     ClientClosedError,
     ConfigurationError,
     ConflictError,
+    EmbeddingBatchError,
     InternalServerError,
     InvalidRequestError,
     LimpetError,
@@ -50,7 +51,7 @@ from limpet.errors import (
     UnprocessableEntityError,
 )
 from limpet.keys import KeyExplanation, explain_key
-from limpet.models import CacheStatus, Completion, Cost, Usage
+from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
 from limpet.pricing import ModelPrices, PriceTable
 from limpet.prompt_cache import CacheControlConfig
 from limpet.routing import Router, StickyRouter
@@ -87,6 +88,8 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "Cost",
+    "EmbeddingBatchError",
+    "Embeddings",
     "Endpoint",
     "FlightConfig",
     "InternalServerError",

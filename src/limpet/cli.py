@@ -43,8 +43,8 @@ from limpet.errors import (
     LimpetError,
 )
 from limpet.generations import generation_name
-from limpet.models import Completion
-from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
+from limpet.models import Completion, Embeddings
+from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
 
 if TYPE_CHECKING:
     from limpet.cache.memcached import MemcachedCache
@@ -290,9 +290,12 @@ async def _warm(args: argparse.Namespace) -> int:
         except CacheUnavailableError as exc:
             raise CommandError(f"nothing warmed: {exc}") from exc
 
-        async def complete_line(line: int, text: bytes) -> Completion:
+        async def complete_line(line: int, text: bytes) -> Completion | Embeddings:
             try:
-                return await client.complete(**_request_of(text))
+                request = _request_of(text)
+                if is_embedding(request):
+                    return await client.embed(**request)
+                return await client.complete(**request)
             except LimpetError as exc:
                 errors.append(f"line {line}: {exc}")
                 raise

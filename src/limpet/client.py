@@ -26,12 +26,13 @@ from limpet.config import (
     default_base_url,
 )
 from limpet.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
+from limpet.embeddings import Embedder
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
-from limpet.events import EventHook, emit_event, event_of
+from limpet.events import EventHook, embedding_event, emit_event, event_of
 from limpet.fleet import FleetCounters
 from limpet.generations import Generations, GenerationStore
 from limpet.keys import canonical_request, request_key
-from limpet.models import CacheStatus, Completion, Cost
+from limpet.models import CacheStatus, Completion, Cost, Embeddings
 from limpet.policy import CacheDecision, CacheMode, decide
 from limpet.pricing import PriceTable, completion_cost, prompt_cache_savings
 from limpet.prompt_cache import (
@@ -53,7 +54,8 @@ from limpet.validation import (
     validate_ttl,
     with_extra_body,
 )
-from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, warm
+from limpet.vectors import DEFAULT_MAX_INPUTS, embedding_params, validate_inputs
+from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
 
 if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
@@ -134,6 +136,8 @@ class Client:
             the background) for ``limpet stats``.
         close_grace: seconds ``aclose()`` lets running calls finish before cancelling
             them (they raise ``ClientClosedError``).
+        max_embed_inputs: inputs one ``embed()`` call may carry (more is an
+            ``InvalidRequestError``).
 
     Example:
         >>> async with Client(api_key="sk-or-...") as client:
@@ -168,6 +172,7 @@ class Client:
         router: Router | None = None,
         cache_scope: CacheScope = "credential",
         close_grace: float = DEFAULT_CLOSE_GRACE,
+        max_embed_inputs: int = DEFAULT_MAX_INPUTS,
     ) -> None:
         self._cache_control = _resolve_cache_control(auto_cache_control)
         self._router = _resolve_router(router, endpoints, base_url, api_key)
@@ -237,6 +242,20 @@ class Client:
         self._fleet = None if redis_tier is None else FleetCounters(redis_tier)
         self._hooks: tuple[EventHook, ...] = (
             () if on_event is None else (on_event,) if callable(on_event) else tuple(on_event)
+        )
+        if isinstance(max_embed_inputs, bool) or not isinstance(max_embed_inputs, int):
+            raise ConfigurationError("Client.max_embed_inputs: expected an int >= 1")
+        if max_embed_inputs < 1:
+            raise ConfigurationError("Client.max_embed_inputs: expected an int >= 1")
+        self._embedder = Embedder(
+            cache=self._cache,
+            transport=self._transport,
+            endpoints=self._endpoints,
+            stats=self.stats,
+            prices=self._prices,
+            coalesce=coalesce,
+            shared=None if flight_store is None else RedisFlight(flight_store, flight),
+            max_inputs=max_embed_inputs,
         )
         self._closed = False
         self._calls = RunningCalls()  # past the hit path; aclose() waits for them
@@ -435,6 +454,117 @@ class Client:
 
         return CompletionStream(chunks)
 
+    async def embed(
+        self,
+        *,
+        model: str = _REQUIRED,
+        input: str | list[str] = _REQUIRED,
+        dimensions: int | None = None,
+        encoding_format: str | None = None,
+        cache: CacheMode | None = None,
+        ttl: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's per-call deadline)
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> Embeddings:
+        """Embed ``input`` (POST ``/embeddings``), one cache entry per input.
+
+        Only inputs no tier holds go upstream, each once: duplicates within the call and
+        inputs another call is already sending are not sent again; the rest are sent in
+        requests of at most ``Endpoint.embedding_batch_size`` inputs, concurrently.
+
+        Args:
+            model: e.g. ``"openai/text-embedding-3-small"`` (required).
+            input: a text or a list of texts (required), each non-empty.
+            dimensions: the vectors' length, for models that can shorten them.
+            encoding_format: how vectors travel (``"base64"``, the default, or
+                ``"float"``); ``vectors`` are floats either way.
+            cache: None, ``"bypass"``, ``"refresh"`` or ``"force"`` (embeddings are
+                deterministic: cached by default).
+            ttl, timeout, extra_headers, extra_body: as ``complete()``.
+            **params: any other body field; those that can change a vector enter the key.
+
+        Returns:
+            ``Embeddings``: ``.vectors`` in input order, with ``.hits``, ``.misses`` and
+            ``.coalesced`` counted per input, ``.usage`` and ``.cost`` of what was sent.
+
+        Raises:
+            InvalidRequestError: bad input (naming the index), before any network call.
+            EmbeddingBatchError: some inputs failed; ``.vectors`` has the others, which are
+                cached, and ``.failed`` their positions.
+            ClientClosedError: the Client is closed, or was closed during the call.
+        """
+        if self._closed:
+            raise ClientClosedError("Client is closed")
+        started = time.perf_counter()
+        if not isinstance(model, str) or not model:
+            raise InvalidRequestError("model", "a non-empty str", model)
+        texts = validate_inputs(input, self._embedder.max_inputs)
+        if extra_body is not None:
+            params = with_extra_body(params, extra_body)
+        keyed, wire = embedding_params(dimensions, encoding_format, params)
+        canonical_request(keyed)  # every field JSON: InvalidRequestError now, not later
+        timeout = validate_call_options(timeout, extra_headers)
+        entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
+        decision = decide({"temperature": 0}, cache, self._policy)  # deterministic
+        credential = call_scope(self._credential, extra_headers)
+        scope = self._generations.scope_now(model)
+        found = None
+        if scope is not None:
+            # The hit path: in-process tiers only, nothing awaited that could yield.
+            keys = self._embedder.keys(
+                model, texts, keyed, namespace=self._namespace, scope=scope, credential=credential
+            )
+            found = await self._embedder.lookup_local(keys, decision)
+            if len(found) == len(set(keys)):
+                return self._embedded(
+                    model, self._embedder.hits(model, texts, keys, found), started
+                )
+        call = Call(timeout, extra_headers)
+        try:
+            with self._calls.counted():
+                if scope is None:
+                    scope = await self._calls.guarded(call, self._generations.scope(model))
+                    keys = self._embedder.keys(
+                        model,
+                        texts,
+                        keyed,
+                        namespace=self._namespace,
+                        scope=scope,
+                        credential=credential,
+                    )
+                work = self._embedder.embed(
+                    model,
+                    texts,
+                    keys,
+                    keyed,
+                    wire,
+                    decision=decision,
+                    ttl=entry_ttl,
+                    call=call,
+                    found=found,
+                )
+                result = await self._calls.guarded(call, work)
+        except APIError as exc:
+            self.stats.errors += 1
+            if self._hooks:
+                seconds = time.perf_counter() - started
+                emit_event(self._hooks, embedding_event(model, None, seconds, error=exc))
+            raise
+        return self._embedded(model, result, started)
+
+    def _embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
+        """Count an ``embed()`` call that returned: tokens, dollars, event hooks (the
+        inputs were counted by the embedder)."""
+        self.stats.prompt_tokens += result.usage.prompt_tokens
+        if result.cost is not None:
+            self.stats.cost_usd += result.cost.usd
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            emit_event(self._hooks, embedding_event(model, result, seconds))
+        return result
+
     async def warm(
         self,
         requests: Iterable[Mapping[str, Any]],
@@ -442,8 +572,9 @@ class Client:
         concurrency: int = DEFAULT_WARM_CONCURRENCY,
         progress: Callable[[WarmReport], None] | None = None,
     ) -> WarmReport:
-        """Fill the cache from ``requests`` (each the keyword arguments of ``complete()``),
-        ``concurrency`` at a time; cached ones are skipped, failures counted, not raised.
+        """Fill the cache from ``requests`` (each the keyword arguments of ``complete()``,
+        or of ``embed()`` when it has ``input`` and no ``messages``), ``concurrency`` at a
+        time; cached ones are skipped, failures counted, not raised.
 
         Example:
             >>> report = await client.warm(
@@ -457,7 +588,12 @@ class Client:
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
-        return await warm(self.complete, requests, concurrency=concurrency, progress=progress)
+        return await warm(self._warm_one, requests, concurrency=concurrency, progress=progress)
+
+    async def _warm_one(self, **request: Any) -> Completion | Embeddings:
+        if is_embedding(request):
+            return await self.embed(**request)
+        return await self.complete(**request)
 
     async def invalidate(self, model: str | None = None) -> None:
         """Stop serving cached answers for ``model``, or for every model when None.
@@ -517,6 +653,7 @@ class Client:
             logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
         # Then what is left (a stream held open but not read), and wait for it all to stop.
         await self._streams.aclose()
+        await self._embedder.aclose()
         if self._flight is not None:
             await self._flight.aclose()
 

@@ -66,6 +66,8 @@ class Endpoint:
             relay in front of OpenRouter says so explicitly), or None. limpet sends an
             OpenRouter endpoint a ``session_id`` so that OpenRouter keeps a prefix on the
             provider that cached it (see ``RoutingConfig.session_id``).
+        embedding_batch_size: at most this many inputs per ``/embeddings`` request;
+            ``embed()`` splits larger sets of misses into concurrent requests.
 
     Example:
         >>> Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
@@ -80,6 +82,7 @@ class Endpoint:
     extra_body: Mapping[str, Any] | None = None
     weight: float = 1.0
     gateway: Gateway | None = None
+    embedding_batch_size: int = 512
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -108,6 +111,11 @@ class Endpoint:
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         if self.extra_body is not None:
             object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))
+        size = self.embedding_batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigurationError(
+                f"Endpoint.embedding_batch_size: expected an int >= 1, got {size!r}"
+            )
 
     def __repr__(self) -> str:
         parts = [f"name={self.name!r}", f"base_url={self.base_url!r}"]

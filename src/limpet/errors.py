@@ -19,6 +19,7 @@ mapped here at the boundary, with the original kept as ``__cause__``.
         ├── APIGenerationError       a 200 whose generation failed part-way (``finish_reason:
         │   │                        "error"``); ``status_code`` is the error's code; retried
         │   └── APIStreamError       the same reported by a stream's error chunk
+        ├── EmbeddingBatchError      some inputs of an ``embed()`` call failed; the rest are cached
         └── APIStatusError           a non-2xx status; ``status_code``, ``body``, ``request_id``
             ├── BadRequestError            400
             ├── AuthenticationError        401
@@ -65,6 +66,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "EmbeddingBatchError",
     "InternalServerError",
     "InvalidRequestError",
     "LimpetError",
@@ -388,3 +390,26 @@ def _describe(value: object) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
+
+
+class EmbeddingBatchError(APIError):
+    """Some inputs of an ``embed()`` call could not be embedded: an upstream sub-batch
+    failed (its error is ``__cause__``). The vectors that were embedded are correct, cached,
+    and given here.
+
+    Attributes:
+        failed: the input positions without a vector, ascending.
+        vectors: one entry per input, in input order: its vector, or None when it failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed: tuple[int, ...],
+        vectors: list[list[float] | None],
+        endpoint: str | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.failed = failed
+        self.vectors = vectors

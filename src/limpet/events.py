@@ -10,9 +10,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from limpet.models import CacheStatus, Completion, Usage
+from limpet.models import CacheStatus, Completion, Embeddings, Usage
 
-__all__ = ["CallEvent", "EventHook", "emit_event", "event_of"]
+__all__ = ["CallEvent", "EventHook", "embedding_event", "emit_event", "event_of"]
 
 logger = logging.getLogger("limpet.events")
 
@@ -34,6 +34,9 @@ class CallEvent:
         error: the exception's type name when the call failed.
         priced: False when the call's cost is unknown (no usage, or no price): then
             ``cost_usd`` and ``saved_usd`` are 0 for want of a figure, not a free call.
+        inputs: for ``embed()``, the inputs counted as (hits, misses, coalesced); None
+            for a completion. ``cache`` is then ``miss`` when any input went upstream,
+            else ``coalesced`` when any was another's, else ``hit``.
     """
 
     model: str
@@ -46,6 +49,7 @@ class CallEvent:
     stream: bool = False
     error: str | None = None
     priced: bool = True
+    inputs: tuple[int, int, int] | None = None
 
 
 EventHook = Callable[[CallEvent], None]
@@ -84,3 +88,20 @@ def emit_event(hooks: Sequence[EventHook], event: CallEvent) -> None:
             hook(event)
         except Exception:
             logger.exception("limpet: on_event hook %r raised; ignored", hook)
+
+
+def embedding_event(
+    model: str,
+    embeddings: Embeddings | None,
+    seconds: float,
+    *,
+    error: BaseException | None = None,
+) -> CallEvent:
+    """The event of one ``embed()`` call, with its inputs' counts."""
+    if embeddings is None:
+        return CallEvent(model, None, None, Usage(), 0.0, 0.0, seconds, error=type(error).__name__)
+    e = embeddings
+    cost = e.cost.usd if e.cost is not None else 0.0
+    return CallEvent(
+        model, e.cache, None, e.usage, cost, 0.0, seconds, inputs=(e.hits, e.misses, e.coalesced)
+    )

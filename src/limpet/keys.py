@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "explain_key",
     "prefix_chain",
     "request_key",
+    "request_keys",
 ]
 
 #: Bumped whenever the canonical form changes, so old entries can never be misread.
@@ -83,6 +84,25 @@ def request_key(
             entries are shared across credentials (``cache_scope="namespace"``).
     """
     return hashlib.sha256(_key_header(namespace, scope, credential) + canonical).hexdigest()
+
+
+def request_keys(
+    prefix: bytes,
+    suffixes: Iterable[bytes],
+    *,
+    namespace: str = "",
+    scope: str = "",
+    credential: str = "",
+) -> list[str]:
+    """``request_key(prefix + suffix, ...)`` of each suffix, hashing what they share once
+    (``embed()``'s inputs share the model and parameters, and differ by their text)."""
+    shared = hashlib.sha256(_key_header(namespace, scope, credential) + prefix)
+    keys = []
+    for suffix in suffixes:
+        one = shared.copy()
+        one.update(suffix)
+        keys.append(one.hexdigest())
+    return keys
 
 
 @functools.lru_cache(maxsize=1024)

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CacheStatus", "Completion", "Cost", "Usage"]
+__all__ = ["CacheStatus", "Completion", "Cost", "Embeddings", "Usage"]
 
 
 class CacheStatus(enum.StrEnum):
@@ -141,3 +141,38 @@ class Completion:
     def finish_reason(self) -> str | None:
         reason = self.raw["choices"][0].get("finish_reason")
         return reason if isinstance(reason, str) else None
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """The result of ``Client.embed``: one vector per input, and how each was found.
+
+    Attributes:
+        vectors: one vector per input, in input order (float32 values, whether it came
+            from upstream or from the cache, so a hit equals the miss that stored it).
+        model: the model asked for (the one that answered, when a request went upstream).
+        usage: tokens of what this call sent upstream (zeros when nothing was sent).
+        cost: dollars this call spent upstream, or None when unknown.
+        hits: inputs a cache tier answered.
+        misses: distinct inputs this call sent upstream.
+        coalesced: inputs answered by another caller's upstream request (another call's,
+            in this process or another) or by an identical input earlier in this batch.
+        raw_responses: the upstream bodies this call received, as received.
+    """
+
+    vectors: list[list[float]]
+    model: str
+    usage: Usage
+    cost: Cost | None
+    hits: int
+    misses: int
+    coalesced: int
+    raw_responses: list[dict[str, Any]]
+
+    @property
+    def cache(self) -> CacheStatus:
+        """The call as a whole: ``miss`` when it sent any input upstream, else
+        ``coalesced`` when another caller's request answered any, else ``hit``."""
+        if self.misses:
+            return CacheStatus.MISS
+        return CacheStatus.COALESCED if self.coalesced else CacheStatus.HIT

@@ -71,6 +71,10 @@ class Stats:
         unpriced: calls whose cost is unknown (``Completion.cost`` is None: no usage
             reported, or no price for the model; hits of such a call too). ``cost_usd``
             and ``saved_usd`` leave them out, so they are lower bounds while this is > 0.
+        embedding_hits, embedding_misses, embedding_coalesced: ``embed()`` inputs, one
+            each (not calls; never in ``hits``/``misses``/``coalesced``): answered by a
+            cache tier, sent upstream by their own call, answered by another's request.
+        embedding_requests: ``/embeddings`` requests sent upstream.
         cache: the response cache's own counters (hits per tier, errors, corrupt entries).
 
     Example:
@@ -91,6 +95,10 @@ class Stats:
     cost_usd: float = 0.0
     saved_usd: float = 0.0
     unpriced: int = 0
+    embedding_hits: int = 0
+    embedding_misses: int = 0
+    embedding_coalesced: int = 0
+    embedding_requests: int = 0
     cache: TierStats = field(default_factory=TierStats)
     _tiers: _Tiers = field(default_factory=_Tiers, init=False, repr=False, compare=False)
 
@@ -206,6 +214,10 @@ class Stats:
             "cost_usd": self.cost_usd,
             "saved_usd": self.saved_usd,
             "unpriced": self.unpriced,
+            "embedding_hits": self.embedding_hits,
+            "embedding_misses": self.embedding_misses,
+            "embedding_coalesced": self.embedding_coalesced,
+            "embedding_requests": self.embedding_requests,
             "cache_hits_by_tier": list(self.cache.hits),
             "l1_hits": self.l1_hits,
             "l2_hits": self.l2_hits,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -115,6 +115,29 @@ class Transport:
             with attempt:
                 data = await self._post(endpoint, "/chat/completions", payload)
         # reraise=True: reaching here means the last attempt returned.
+        return UpstreamResponse(
+            body=data, endpoint=endpoint.name, attempts=retrying.statistics["attempt_number"]
+        )
+
+    async def embeddings(
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
+        """POST ``body`` to ``{endpoint.base_url}/embeddings``, retrying as ``chat`` does.
+
+        Raises:
+            As ``chat``; ``APIResponseError`` for a 2xx without a ``data`` list.
+        """
+        endpoint = _as_sent(endpoint, headers)
+        payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
+        retrying = self._retrying(deadline)
+        async for attempt in retrying:
+            with attempt:
+                data = await self._post(endpoint, "/embeddings", payload, _parse_embeddings)
         return UpstreamResponse(
             body=data, endpoint=endpoint.name, attempts=retrying.statistics["attempt_number"]
         )
@@ -262,6 +285,7 @@ class Transport:
         endpoint: Endpoint,
         path: str,
         payload: bytes,
+        parse: Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         headers = _request_headers(endpoint)
         url = endpoint.base_url + path
@@ -269,7 +293,7 @@ class Transport:
             async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
-            return _parse(endpoint, status, response_headers, raw)
+            return (parse or _parse)(endpoint, status, response_headers, raw)
 
 
 def _as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:
@@ -343,6 +367,28 @@ def _parse(
     failed = _failed_generation(body, endpoint)
     if failed is not None:
         raise failed
+    result: dict[str, Any] = body
+    return result
+
+
+def _parse_embeddings(
+    endpoint: Endpoint, status: int, headers: Mapping[str, str], raw: bytes
+) -> dict[str, Any]:
+    """The embeddings a response carries; raises the error it reports instead."""
+    text = excerpt(raw, endpoint.secrets)
+    body = _json(raw)
+    if 200 <= status < 300 and isinstance(body, dict) and "error" in body and "data" not in body:
+        code = _error_code(body["error"])
+        status = code if code is not None and 400 <= code < 600 else 502
+    if not 200 <= status < 300:
+        raise _status_error(endpoint, status, headers, body, text)
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise APIResponseError(
+            "response is not an embedding list (no data list)",
+            status_code=status,
+            body=text,
+            endpoint=endpoint.name,
+        )
     result: dict[str, Any] = body
     return result
 

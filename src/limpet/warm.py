@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from limpet.errors import LimpetError
-from limpet.models import CacheStatus, Completion
+from limpet.models import CacheStatus, Completion, Embeddings
 
-__all__ = ["DEFAULT_WARM_CONCURRENCY", "WarmReport", "warm"]
+__all__ = ["DEFAULT_WARM_CONCURRENCY", "WarmReport", "is_embedding", "warm"]
 
 DEFAULT_WARM_CONCURRENCY = 8
 
@@ -37,14 +37,22 @@ class WarmReport:
         return self.warmed + self.skipped + self.uncacheable + self.failed
 
 
+def is_embedding(request: Mapping[str, Any]) -> bool:
+    """Whether a warm-up request is an ``embed()`` one: ``input`` and no ``messages``."""
+    return "input" in request and "messages" not in request
+
+
 async def warm(
-    complete: Callable[..., Awaitable[Completion]],
+    complete: Callable[..., Awaitable[Completion | Embeddings]],
     requests: Iterable[Mapping[str, Any]],
     *,
     concurrency: int = DEFAULT_WARM_CONCURRENCY,
     progress: Callable[[WarmReport], None] | None = None,
 ) -> WarmReport:
     """Send each request through ``complete`` with at most ``concurrency`` at once.
+
+    ``complete`` may also embed (see ``is_embedding``): an ``Embeddings`` counts as
+    skipped when every input was cached, else as warmed.
 
     ``requests`` is read lazily, so a large file need not fit in memory. A failure is
     counted and kept, never raised: one bad line does not stop a warm-up.

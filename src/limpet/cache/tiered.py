@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
@@ -18,6 +19,8 @@ from limpet.errors import CacheCorruptError, CacheUnavailableError, Configuratio
 __all__ = ["DEFAULT_MAX_ENTRY_BYTES", "TierStats", "TieredCache"]
 
 logger = logging.getLogger("limpet.cache")
+
+V = TypeVar("V")
 
 #: Encoded entries above this many bytes are served but not stored.
 DEFAULT_MAX_ENTRY_BYTES = 4 * 1024 * 1024
@@ -63,7 +66,15 @@ class TieredCache:
             evict thousands of small ones or stall Redis.
     """
 
-    __slots__ = ("_clock", "_codec", "_failing", "max_entry_bytes", "stats", "tiers")
+    __slots__ = (
+        "_clock",
+        "_codec",
+        "_failing",
+        "_hmac_key",
+        "max_entry_bytes",
+        "stats",
+        "tiers",
+    )
 
     def __init__(
         self,
@@ -91,6 +102,7 @@ class TieredCache:
         self.tiers: tuple[CacheBackend, ...] = tiers
         self.stats = TierStats(hits=[0] * len(tiers))
         self._codec = EntryCodec(hmac_key)
+        self._hmac_key = hmac_key
         if hmac_key is not None:
             for tier in tiers:
                 # One key signs entries and a shared tier's flight notices alike, so a
@@ -122,6 +134,20 @@ class TieredCache:
             start, stop: read only ``tiers[start:stop]``; a hit still back-fills every
                 tier above the one that answered.
         """
+        return await self.get_value(key, self._decode_entry, start=start, stop=stop)
+
+    async def get_value(
+        self,
+        key: str,
+        decode: Callable[[str, bytes], tuple[V, float]],
+        *,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> tuple[V, int] | None:
+        """As ``get``, for a value of another kind (an embedding vector): ``decode(key,
+        data)`` gives the value and its ``expires_at``, and raises ``CacheCorruptError``
+        for bytes not bound to ``key`` (or badly signed), which are then deleted and
+        counted, like a corrupt entry."""
         tiers, failing = self.tiers, self._failing
         for index in range(start, len(tiers) if stop is None else stop):
             try:
@@ -134,7 +160,7 @@ class TieredCache:
             if data is None:
                 continue
             try:
-                entry = self._codec.decode(key, data)
+                value, expires_at = decode(key, data)
             except CacheCorruptError as exc:
                 self.stats.corrupt += 1
                 logger.warning("limpet cache: corrupt entry in tier %d deleted: %s", index, exc)
@@ -143,16 +169,35 @@ class TieredCache:
             # Tier 0 expires its own entries; a lower tier's are checked (clock skew) and
             # back-filled upwards with what is left of their TTL.
             if index:
-                remaining = entry.expires_at - self._clock()
+                remaining = expires_at - self._clock()
                 if remaining <= 0:
                     continue
                 for upper in range(index):
                     await self._set_in(upper, key, data, remaining)
             self.stats.hits[index] += 1
-            return entry, index
+            return value, index
         if stop is None or stop >= len(self.tiers):
             self.stats.misses += 1
         return None
+
+    @property
+    def hmac_key(self) -> bytes | None:
+        """The key entries are signed with, for codecs of other kinds of values."""
+        return self._hmac_key
+
+    async def set_value(self, key: str, data: bytes, ttl: float) -> None:
+        """Store bytes already encoded, bound to ``key`` (and signed with ``hmac_key``) by
+        their own codec, in every tier for ``ttl`` seconds; larger than
+        ``max_entry_bytes``: not stored, counted in ``stats.oversized``."""
+        if len(data) > self.max_entry_bytes:
+            self.stats.oversized += 1
+            return
+        for index in range(len(self.tiers)):
+            await self._set_in(index, key, data, ttl)
+
+    def _decode_entry(self, key: str, data: bytes) -> tuple[CacheEntry, float]:
+        entry = self._codec.decode(key, data)
+        return entry, entry.expires_at
 
     async def set(self, key: str, entry: CacheEntry) -> tuple[bytes, float] | None:
         """Store ``entry`` in every tier until its ``expires_at``.

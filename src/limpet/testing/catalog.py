@@ -157,6 +157,12 @@ DEFAULT_MODELS: tuple[FakeModel, ...] = (
         "DeepSeek: DeepSeek V3",
         163_840,
     ),
+    FakeModel(
+        "openai/text-embedding-3-small",
+        ModelPrice(prompt=0.02, completion=0.0),
+        "OpenAI: Text Embedding 3 Small",
+        8_192,
+    ),
 )
 
 #: How a model missing from the catalogue is priced: $1 in, $2 out per million tokens, no

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from limpet.testing.catalog import DEFAULT_MODELS, UNKNOWN_MODEL_PRICE, FakeModel
 from limpet.testing.content import compose_reply, content_seed, truncate_to_tokens
+from limpet.testing.embeddings import FakeEmbeddings, add_embedding_routes
 from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import (
     DelayFault,
@@ -109,6 +110,7 @@ class FakeGateway:
         "_seed",
         "_url",
         "clock",
+        "embeddings",
     )
 
     def __init__(
@@ -142,6 +144,7 @@ class FakeGateway:
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._closing = asyncio.Event()
+        self.embeddings = FakeEmbeddings(self)  # POST /{name}/v1/embeddings
 
     def __repr__(self) -> str:
         where = self._url or "not started"
@@ -171,6 +174,7 @@ class FakeGateway:
         app.router.add_post("/{endpoint}/v1/chat/completions", self._chat)
         app.router.add_get("/{endpoint}/v1/models", self._list_models)
         add_native_routes(app, self)  # Anthropic Messages, Gemini cachedContents
+        add_embedding_routes(app, self.embeddings)
         # handler_cancellation: a client that hangs up stops the work, as with a real server.
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE

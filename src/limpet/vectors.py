@@ -1,0 +1,284 @@
+"""Embedding vectors as bytes, and the pure steps of a batched embedding call.
+
+Vectors travel and rest as packed little-endian float32, the layout of OpenAI's
+``encoding_format: "base64"``: an upstream's base64 bytes are stored as they come, a list
+of floats is packed once, and every caller (miss, hit or coalesced) gets the same floats,
+rounded to float32. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import binascii
+import hashlib
+import hmac
+import math
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from limpet.errors import CacheCorruptError, InvalidRequestError
+
+__all__ = [
+    "DEFAULT_MAX_INPUTS",
+    "VECTOR_FORMAT",
+    "VectorCodec",
+    "embedding_params",
+    "estimate_tokens",
+    "item_canonical",
+    "item_prefix",
+    "merge_by_index",
+    "pack_floats",
+    "plan_batches",
+    "unpack_floats",
+    "validate_inputs",
+    "vector_bytes",
+]
+
+#: The layout version of a stored vector; another version decodes as corrupt (a miss).
+VECTOR_FORMAT = 1
+
+# "LV", not the completions' "LP": a vector entry never decodes as a completion, nor the
+# reverse, even were it found under the other's key.
+_UNSIGNED_HEADER = b"LV" + bytes((VECTOR_FORMAT, 0))
+_SIGNED_HEADER = b"LV" + bytes((VECTOR_FORMAT, 1))
+_HEADER_SIZE = len(_UNSIGNED_HEADER)
+_MAC_SIZE = 32
+# expires_at (unix seconds), key length, vector length in floats.
+_META = struct.Struct("<dHI")
+_FLOAT32 = 4
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def pack_floats(values: Sequence[float]) -> bytes:
+    """``values`` as packed little-endian float32 (the wire's base64 layout).
+
+    Raises:
+        ValueError: a value that is not a finite number.
+    """
+    try:
+        packed = array.array("f", values)
+    except OverflowError as exc:
+        raise ValueError(f"a vector component is out of range: {exc}") from None
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    data = packed.tobytes()
+    if not all(math.isfinite(v) for v in packed):
+        raise ValueError("a vector component is not a finite number")
+    return data
+
+
+def unpack_floats(data: bytes | memoryview) -> list[float]:
+    """The floats packed in ``data`` (little-endian float32)."""
+    if not _BIG_ENDIAN:
+        floats: list[float] = memoryview(data).cast("f").tolist()  # type: ignore[assignment]
+        return floats
+    unpacked = array.array("f")
+    unpacked.frombytes(data)
+    unpacked.byteswap()
+    return unpacked.tolist()
+
+
+def vector_bytes(embedding: object) -> bytes:
+    """The packed float32 of one upstream ``embedding``: a base64 string (decoded as is)
+    or a list of numbers (packed).
+
+    Raises:
+        ValueError: neither, empty, or not a whole number of float32.
+    """
+    if isinstance(embedding, str):
+        try:
+            data = base64.b64decode(embedding, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"embedding is not base64: {exc}") from None
+    elif isinstance(embedding, list) and all(type(v) is float or type(v) is int for v in embedding):
+        data = pack_floats(embedding)
+    else:
+        raise ValueError("embedding is neither base64 nor a list of numbers")
+    if not data or len(data) % _FLOAT32:
+        raise ValueError(f"embedding of {len(data)} bytes is not a whole float32 vector")
+    return data
+
+
+def merge_by_index(data: object, count: int) -> list[bytes]:
+    """The vectors of an upstream ``data`` list placed by each item's ``index``, which must
+    cover ``0 .. count - 1`` exactly once (never trusting the list's order).
+
+    Raises:
+        ValueError: not a list, an index missing, repeated, out of range or not an int,
+            or an embedding that does not decode.
+    """
+    if not isinstance(data, list):
+        raise ValueError("response has no data list")
+    placed: list[bytes | None] = [None] * count
+    for item in data:
+        index = item.get("index") if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < count:
+            raise ValueError(f"response item has index {index!r}, expected 0..{count - 1}")
+        if placed[index] is not None:
+            raise ValueError(f"response has index {index} twice")
+        placed[index] = vector_bytes(item.get("embedding"))
+    missing = [i for i, vector in enumerate(placed) if vector is None]
+    if missing:
+        raise ValueError(f"response lacks {len(missing)} of {count} indices, first {missing[0]}")
+    return [vector for vector in placed if vector is not None]
+
+
+def plan_batches(
+    tokens: Sequence[int], max_items: int, max_tokens: int | None = None
+) -> list[range]:
+    """Consecutive slices of items, each at most ``max_items`` long and, with
+    ``max_tokens``, at most that many tokens (an item over the budget goes alone)."""
+    batches: list[range] = []
+    start, total = 0, 0
+    for index, size in enumerate(tokens):
+        full = index - start >= max_items
+        over = max_tokens is not None and index > start and total + size > max_tokens
+        if full or over:
+            batches.append(range(start, index))
+            start, total = index, 0
+        total += size
+    if start < len(tokens):
+        batches.append(range(start, len(tokens)))
+    return batches
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap upper-leaning estimate of ``text``'s tokens (about 4 bytes a token)."""
+    return len(text.encode()) // 4 + 1
+
+
+def item_prefix(model: str, params: Mapping[str, Any]) -> bytes:
+    """What every input of one call shares in its canonical form: a kind tag (so it can
+    never equal a chat request's canonical JSON, which starts with ``{``), then the model
+    and the output-changing fields as canonical JSON, then a NUL. The input's UTF-8 text
+    follows (``item_canonical``): JSON escapes every control character, so the NUL ends
+    the shared part unambiguously."""
+    fields = orjson.dumps({**params, "model": model}, option=orjson.OPT_SORT_KEYS)
+    return b"limpet/embedding\x00" + fields + b"\x00"
+
+
+def item_canonical(model: str, text: str, params: Mapping[str, Any]) -> bytes:
+    """What identifies one input's vector: ``item_prefix`` then the text."""
+    return item_prefix(model, params) + text.encode()
+
+
+#: Inputs one ``embed()`` call may carry; more is an ``InvalidRequestError``.
+DEFAULT_MAX_INPUTS = 100_000
+
+# Fields that say how vectors travel, never what they are: not part of an input's key.
+_WIRE_FIELDS = frozenset({"encoding_format", "user", "stream"})
+
+
+def validate_inputs(input: object, max_inputs: int) -> list[str]:
+    """``input`` as a list of texts.
+
+    Raises:
+        InvalidRequestError: not a str or a list of str, empty, an empty or non-str item
+            (named by its index), or more than ``max_inputs`` items.
+    """
+    if isinstance(input, str):
+        texts = [input]
+    elif isinstance(input, list | tuple):
+        texts = list(input)
+    else:
+        raise InvalidRequestError("input", "a str or a list of str", input)
+    if not texts:
+        raise InvalidRequestError("input", "at least one text", texts)
+    if len(texts) > max_inputs:
+        raise InvalidRequestError(
+            f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(texts)
+        )
+    for index, text in enumerate(texts):
+        if type(text) is not str:
+            raise InvalidRequestError(f"input[{index}]", "a str", text)
+        if not text:
+            raise InvalidRequestError(f"input[{index}]", "a non-empty str", text)
+    return texts
+
+
+def embedding_params(
+    dimensions: object, encoding_format: object, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields that change a vector (in every input's key) and the wire-only ones.
+
+    ``encoding_format`` is wire-only: vectors come back as floats whatever it is, and
+    base64 (the default) is a third of the bytes of JSON floats.
+
+    Raises:
+        InvalidRequestError: ``dimensions`` not an int >= 1, or an unknown
+            ``encoding_format``.
+    """
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise InvalidRequestError("dimensions", "None or an int >= 1", dimensions)
+    if encoding_format not in (None, "float", "base64"):
+        raise InvalidRequestError("encoding_format", "None, 'float' or 'base64'", encoding_format)
+    keyed = {name: value for name, value in params.items() if name not in _WIRE_FIELDS}
+    if dimensions is not None:
+        keyed["dimensions"] = dimensions
+    wire = {name: value for name, value in params.items() if name in _WIRE_FIELDS}
+    wire.pop("stream", None)
+    wire["encoding_format"] = encoding_format or "base64"
+    return keyed, wire
+
+
+class VectorCodec:
+    """One stored vector as bytes, bound to its key, optionally signed: the rules of
+    ``EntryCodec`` (``limpet.cache.base``) for a binary value.
+
+    Layout: ``b"LV"``, format byte, signed flag, [32-byte HMAC-SHA256 over the rest],
+    ``expires_at``, the key's and the vector's lengths, the key, then the packed float32.
+    A vector read under another key, unsigned when a key is set, badly signed, truncated
+    or padded is corrupt.
+    """
+
+    __slots__ = ("_hmac_key",)
+
+    def __init__(self, hmac_key: bytes | None = None) -> None:
+        self._hmac_key = hmac_key
+
+    def encode(self, key: str, vector: bytes, expires_at: float) -> bytes:
+        """The bytes of ``vector`` (packed float32), to be stored under ``key`` only."""
+        bound = key.encode()
+        payload = _META.pack(expires_at, len(bound), len(vector) // _FLOAT32) + bound + vector
+        if self._hmac_key is None:
+            return _UNSIGNED_HEADER + payload
+        mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
+        return _SIGNED_HEADER + mac + payload
+
+    def decode(self, key: str, data: bytes) -> tuple[bytes, float]:
+        """The packed vector in ``data`` read under ``key``, and when it expires.
+
+        Raises:
+            CacheCorruptError: as ``EntryCodec.decode``.
+        """
+        if data.startswith(_UNSIGNED_HEADER):
+            if self._hmac_key is not None:
+                raise CacheCorruptError("vector is not signed")
+            start = _HEADER_SIZE
+        elif data.startswith(_SIGNED_HEADER):
+            start = _HEADER_SIZE + _MAC_SIZE
+            if self._hmac_key is not None:
+                mac = hmac.new(self._hmac_key, memoryview(data)[start:], hashlib.sha256)
+                if not hmac.compare_digest(mac.digest(), data[_HEADER_SIZE:start]):
+                    raise CacheCorruptError("vector signature does not match")
+        else:
+            raise CacheCorruptError("not a limpet vector of this format")
+        try:
+            expires, bound, floats = _META.unpack_from(data, start)
+        except struct.error as exc:
+            raise CacheCorruptError(f"vector header is malformed: {exc}") from exc
+        key_at = start + _META.size
+        vector_at = key_at + bound
+        if len(data) != vector_at + floats * _FLOAT32 or not floats:
+            raise CacheCorruptError("vector length does not match its header")
+        bound_key = key.encode()
+        if len(bound_key) != bound or not data.startswith(bound_key, key_at):  # in place
+            raise CacheCorruptError("vector was stored under another key")
+        if not math.isfinite(expires):
+            raise CacheCorruptError("vector expiry is not finite")
+        return data[vector_at:], expires

@@ -1,0 +1,443 @@
+"""Client.embed over loopback: the FakeGateway's /embeddings, a real Redis.
+
+Every test counts what reached the gateway (requests, inputs), never times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from limpet import (
+    CacheStatus,
+    Client,
+    ClientClosedError,
+    EmbeddingBatchError,
+    Embeddings,
+    Endpoint,
+    InvalidRequestError,
+    MemcachedCache,
+    MemoryCache,
+    RedisCache,
+    RetryConfig,
+    TieredCache,
+)
+from limpet.coalesce import RedisFlight
+from limpet.embedding_flight import fetch_shared
+from limpet.events import CallEvent
+from limpet.testing import FakeGateway
+from limpet.testing.embeddings import fake_vector
+
+MODEL = "openai/text-embedding-3-small"
+FAST_RETRY = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",)) as gw:
+        yield gw
+
+
+def make_client(gateway: FakeGateway, *, batch: int = 512, **kwargs: object) -> Client:
+    endpoint = Endpoint("a", gateway.base_url("a"), embedding_batch_size=batch)
+    return Client(endpoints=[endpoint], retry=FAST_RETRY, **kwargs)  # type: ignore[arg-type]
+
+
+def texts(n: int, prefix: str = "chunk") -> list[str]:
+    return [f"{prefix} {i}" for i in range(n)]
+
+
+def sent_inputs(gateway: FakeGateway) -> list[str]:
+    return [text for body in gateway.embeddings.requests for text in body["input"]]
+
+
+async def test_only_the_ten_missing_of_a_hundred_go_upstream_in_one_request(
+    gateway: FakeGateway,
+) -> None:
+    chunks = texts(100)
+    async with make_client(gateway) as client:
+        await client.embed(model=MODEL, input=chunks[:90])
+        gateway.embeddings.reset()
+        e = await client.embed(model=MODEL, input=chunks)
+    assert gateway.embeddings.calls == 1
+    assert sent_inputs(gateway) == chunks[90:]
+    assert (e.hits, e.misses, e.coalesced) == (90, 10, 0)
+    assert e.vectors == [fake_vector(MODEL, text) for text in chunks]
+    assert e.usage.prompt_tokens == 10 * 2  # "chunk NN": 8 characters, 2 tokens
+    assert e.cost is not None and e.cost.usd == pytest.approx(20 * 0.02 / 1e6)  # $0.02/M
+    assert client.stats.embedding_hits == 90 and client.stats.embedding_misses == 100
+
+
+async def test_a_duplicate_inside_a_batch_is_sent_once(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        e = await client.embed(model=MODEL, input=["x", "y", "x"])
+    assert sent_inputs(gateway) == ["x", "y"]
+    assert len(e.vectors) == 3 and e.vectors[0] == e.vectors[2] != e.vectors[1]
+    assert (e.hits, e.misses, e.coalesced) == (0, 2, 1)
+    assert e.cache is CacheStatus.MISS
+
+
+async def test_a_single_string_is_one_input(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        e = await client.embed(model=MODEL, input="hello")
+        again = await client.embed(model=MODEL, input=["hello"])
+    assert e.vectors == again.vectors == [fake_vector(MODEL, "hello")]
+    assert again.cache is CacheStatus.HIT and gateway.embeddings.inputs == 1
+
+
+async def test_two_concurrent_overlapping_batches_send_every_distinct_input_once(
+    gateway: FakeGateway,
+) -> None:
+    first, second = texts(60), texts(60)[30:] + texts(30, "other")
+    async with make_client(gateway) as client:
+        a, b = await asyncio.gather(
+            client.embed(model=MODEL, input=first), client.embed(model=MODEL, input=second)
+        )
+    sent = sent_inputs(gateway)
+    assert sorted(sent) == sorted(set(first) | set(second))
+    assert a.vectors == [fake_vector(MODEL, t) for t in first]
+    assert b.vectors == [fake_vector(MODEL, t) for t in second]
+    assert a.misses + b.misses == 90 and a.coalesced + b.coalesced == 30
+
+
+async def test_other_dimensions_are_other_entries(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        four = await client.embed(model=MODEL, input=["a"], dimensions=4)
+        eight = await client.embed(model=MODEL, input=["a"], dimensions=8)
+        again = await client.embed(model=MODEL, input=["a"], dimensions=4)
+    assert (len(four.vectors[0]), len(eight.vectors[0])) == (4, 8)
+    assert gateway.embeddings.inputs == 2 and again.cache is CacheStatus.HIT
+    assert [body["dimensions"] for body in gateway.embeddings.requests] == [4, 8]
+
+
+async def test_the_encoding_is_not_part_of_the_key_and_floats_are_decoded(
+    gateway: FakeGateway,
+) -> None:
+    gateway.embeddings.supports_base64 = False  # an endpoint that answers floats anyway
+    async with make_client(gateway) as client:
+        floats = await client.embed(model=MODEL, input=["a"], encoding_format="float")
+        default = await client.embed(model=MODEL, input=["a"])
+    assert floats.vectors == default.vectors == [fake_vector(MODEL, "a")]
+    assert default.cache is CacheStatus.HIT
+    assert gateway.embeddings.requests[0]["encoding_format"] == "float"
+
+
+async def test_base64_is_the_default_on_the_wire(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        e = await client.embed(model=MODEL, input=["a"])
+    assert gateway.embeddings.requests[0]["encoding_format"] == "base64"
+    assert isinstance(e.raw_responses[0]["data"][0]["embedding"], str)
+    assert e.vectors == [fake_vector(MODEL, "a")]
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.sampled_from([7, 100, 512]))
+async def test_five_thousand_inputs_split_into_batches_land_in_their_places(
+    gateway: FakeGateway, seed: int, batch: int
+) -> None:
+    gateway.embeddings.reset()
+    gateway.embeddings.shuffle = True
+    gateway.embeddings.rng.seed(seed)
+    gateway.embeddings.max_batch = batch
+    chunks = texts(5000, f"s{seed}")
+    async with make_client(gateway, batch=batch, cache=None) as client:
+        e = await client.embed(model=MODEL, input=chunks, dimensions=3)
+    assert e.vectors == [fake_vector(MODEL, t, 3) for t in chunks]
+    sizes = [len(body["input"]) for body in gateway.embeddings.requests]
+    assert max(sizes) <= batch and sum(sizes) == 5000
+    assert len(sizes) == -(-5000 // batch)
+
+
+async def test_a_failed_sub_batch_fails_the_call_and_the_rest_is_cached(
+    gateway: FakeGateway,
+) -> None:
+    chunks = texts(30)
+    gateway.endpoint("a").fail(400)  # whichever of the three requests comes first
+    async with make_client(gateway, batch=10) as client:
+        with pytest.raises(EmbeddingBatchError) as caught:
+            await client.embed(model=MODEL, input=chunks)
+        error = caught.value
+        assert len(error.failed) == 10 and "10 of 30" in str(error)
+        for position, vector in enumerate(error.vectors):
+            expected = None if position in error.failed else fake_vector(MODEL, chunks[position])
+            assert vector == expected
+        gateway.embeddings.reset()
+        e = await client.embed(model=MODEL, input=chunks)
+    assert sorted(sent_inputs(gateway)) == sorted(chunks[i] for i in error.failed)
+    assert (e.hits, e.misses) == (20, 10)
+    assert client.stats.errors == 1
+
+
+async def test_a_response_missing_an_index_is_an_error_not_a_wrong_vector(
+    gateway: FakeGateway,
+) -> None:
+    gateway.endpoint("a").wrong_shape()
+    async with make_client(gateway) as client:
+        with pytest.raises(EmbeddingBatchError, match="lacks 1 of 3"):
+            await client.embed(model=MODEL, input=["a", "b", "c"])
+        e = await client.embed(model=MODEL, input=["a", "b", "c"])
+    assert e.misses == 3  # nothing of the bad answer was stored
+
+
+async def test_a_waiter_on_another_calls_inputs_shares_its_fate(gateway: FakeGateway) -> None:
+    gateway.endpoint("a").fail(400)  # one of the two requests fails
+    async with make_client(gateway) as client:
+        first, second = await asyncio.gather(
+            client.embed(model=MODEL, input=["a", "b"]),
+            client.embed(model=MODEL, input=["b", "c"]),
+            return_exceptions=True,
+        )
+    assert sorted(sent_inputs(gateway)) == ["a", "b", "c"]  # "b" once, awaited by the second
+    if isinstance(first, EmbeddingBatchError):  # "a" and "b" failed: "b" fails the second
+        assert first.failed == (0, 1)
+        assert isinstance(second, EmbeddingBatchError) and second.failed == (0,)
+        assert second.vectors[1] == fake_vector(MODEL, "c")
+    else:  # "c" failed
+        assert isinstance(first, Embeddings) and first.misses == 2
+        assert isinstance(second, EmbeddingBatchError) and second.failed == (1,)
+
+
+@pytest.mark.parametrize(
+    ("given_input", "field"),
+    [([], "input"), (["a", ""], "input[1]"), (["a", 3], "input[1]"), (None, "input")],
+)
+async def test_bad_input_fails_before_the_network(
+    gateway: FakeGateway, given_input: object, field: str
+) -> None:
+    async with make_client(gateway) as client:
+        with pytest.raises(InvalidRequestError) as caught:
+            await client.embed(model=MODEL, input=given_input)  # type: ignore[arg-type]
+    assert caught.value.field == field and gateway.embeddings.calls == 0
+
+
+async def test_a_batch_over_the_maximum_is_refused(gateway: FakeGateway) -> None:
+    async with make_client(gateway, max_embed_inputs=3) as client:
+        with pytest.raises(InvalidRequestError, match=r"input\[3\]"):
+            await client.embed(model=MODEL, input=texts(4))
+    assert gateway.embeddings.calls == 0
+
+
+async def test_bypass_neither_reads_nor_writes_and_refresh_writes(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        await client.embed(model=MODEL, input=["a"], cache="bypass")
+        refreshed = await client.embed(model=MODEL, input=["a"], cache="refresh")
+        hit = await client.embed(model=MODEL, input=["a"])
+    assert gateway.embeddings.inputs == 2
+    assert refreshed.cache is CacheStatus.MISS and hit.cache is CacheStatus.HIT
+
+
+async def test_an_embedding_entry_is_never_a_completion(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        await client.embed(model=MODEL, input=["hi"])
+        c = await client.complete(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=0
+        )
+    assert c.cache is CacheStatus.MISS and client.stats.cache.corrupt == 0
+
+
+async def test_events_and_invalidation_cover_embeddings(gateway: FakeGateway) -> None:
+    events: list[CallEvent] = []
+    async with make_client(gateway, on_event=events.append) as client:
+        await client.embed(model=MODEL, input=["a", "b"])
+        await client.embed(model=MODEL, input=["a", "b", "c"])
+        await client.invalidate(MODEL)
+        again = await client.embed(model=MODEL, input=["a"])
+    assert [e.inputs for e in events] == [(0, 2, 0), (2, 1, 0), (0, 1, 0)]
+    assert [e.cache for e in events] == [CacheStatus.MISS] * 3
+    assert again.misses == 1 and client.stats.hits == 0
+
+
+@pytest.mark.redis
+async def test_a_second_process_with_the_same_redis_sends_nothing(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    chunks = texts(50)
+    cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+    async with make_client(gateway, cache=cache) as client:
+        first = await client.embed(model=MODEL, input=chunks, dimensions=8)
+    assert first.misses == 50
+    gateway.embeddings.reset()
+    lines = [{"model": MODEL, "input": chunks, "dimensions": 8}]
+    file = tmp_path / "embeddings.jsonl"
+    file.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "limpet",
+        "warm",
+        str(file),
+        "--redis",
+        redis_url,
+        "--prefix",
+        redis_prefix,
+        "--base-url",
+        gateway.base_url("a"),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ},
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert orjson.loads(out)["skipped"] == 1
+    assert gateway.embeddings.inputs == 0
+
+
+@pytest.mark.redis
+async def test_a_second_client_reads_the_vectors_of_the_first_through_redis(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    chunks = texts(20)
+
+    def client() -> Client:
+        rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return make_client(gateway, cache=TieredCache(MemoryCache(), rc, hmac_key=b"k" * 32))
+
+    async with client() as one:
+        await one.embed(model=MODEL, input=chunks[:10])
+    async with client() as two:
+        e: Embeddings = await two.embed(model=MODEL, input=chunks)
+    assert (e.hits, e.misses) == (10, 10)
+    assert e.vectors == [fake_vector(MODEL, t) for t in chunks]
+    assert gateway.embeddings.inputs == 20
+
+
+@pytest.mark.redis
+async def test_two_processes_embedding_overlapping_batches_send_each_input_once(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    """Two Clients (each its own memory tier and flight table, as two processes have)
+    on one Redis: the inputs they share go upstream once, whoever leads them."""
+    first, second = texts(40), texts(40)[20:] + texts(20, "other")
+    gateway.endpoint("a").delay(0.2)  # the first request is slow: the other call follows it
+
+    def client() -> Client:
+        rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return make_client(gateway, cache=TieredCache(MemoryCache(), rc, hmac_key=b"k" * 32))
+
+    async with client() as one, client() as two:
+        a, b = await asyncio.gather(
+            one.embed(model=MODEL, input=first), two.embed(model=MODEL, input=second)
+        )
+    assert sorted(sent_inputs(gateway)) == sorted(set(first) | set(second))
+    assert a.vectors == [fake_vector(MODEL, t) for t in first]
+    assert b.vectors == [fake_vector(MODEL, t) for t in second]
+    assert a.misses + b.misses == 60
+    assert a.hits + a.coalesced + b.hits + b.coalesced == 20
+
+
+async def test_other_fields_are_sent_and_enter_the_key(
+    gateway: FakeGateway,
+) -> None:
+    async with make_client(gateway) as client:
+        await client.embed(model=MODEL, input=["a"], input_type="query")
+        await client.embed(model=MODEL, input=["a"], extra_body={"input_type": "passage"})
+        again = await client.embed(
+            model=MODEL, input=["a"], input_type="query", extra_headers={"X-Trace": "t1"}
+        )
+    assert [body.get("input_type") for body in gateway.embeddings.requests] == [
+        "query",
+        "passage",
+    ]
+    assert again.cache is CacheStatus.HIT
+
+
+async def test_client_warm_takes_embedding_requests(gateway: FakeGateway) -> None:
+    async with make_client(gateway) as client:
+        report = await client.warm(
+            [{"model": MODEL, "input": ["a", "b"]}, {"model": MODEL, "input": "a"}],
+            concurrency=1,
+        )
+    assert (report.warmed, report.skipped, report.failed) == (1, 1, 0)
+    assert gateway.embeddings.inputs == 2
+
+
+async def test_closing_stops_an_embedding_call_waiting_on_upstream(gateway: FakeGateway) -> None:
+    gateway.endpoint("a").delay(60)  # an upstream that never answers in time
+    client = make_client(gateway, close_grace=0)
+    call = asyncio.ensure_future(client.embed(model=MODEL, input=["a", "b"]))
+    await gateway.embeddings.wait_for_requests(1)
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await call
+
+
+@pytest.mark.redis
+async def test_a_vector_signed_with_another_key_is_a_counted_miss(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    def client(hmac_key: bytes) -> Client:
+        rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return make_client(gateway, cache=TieredCache(MemoryCache(), rc, hmac_key=hmac_key))
+
+    async with client(b"a" * 32) as one:
+        await one.embed(model=MODEL, input=["a", "b"])
+    async with client(b"b" * 32) as two:
+        e = await two.embed(model=MODEL, input=["a", "b"])
+        assert two.cache is not None and two.cache.stats.corrupt == 2
+    assert e.misses == 2 and e.vectors == [fake_vector(MODEL, "a"), fake_vector(MODEL, "b")]
+    assert gateway.embeddings.inputs == 4
+
+
+@pytest.mark.redis
+async def test_a_lease_holder_reads_once_more_and_sends_only_what_is_still_missing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Between a call's lookup and its lease, another process may have stored an input:
+    the lease holder reads again and sends only what is still missing, in one batch."""
+    stored = {"k2": b"\x00\x00\x80?"}  # 1.0 as float32, stored by "another process"
+    batches: list[list[str]] = []
+
+    async def send(batch: list[tuple[str, str]]) -> dict[str, bytes | BaseException]:
+        batches.append(sorted(text for _, text in batch))  # in the order the leases came
+        return {key: b"\x00\x00\x00@" for key, _ in batch}  # 2.0
+
+    async def read(key: str) -> bytes | None:
+        return stored.get(key)
+
+    async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
+        return None, 0.0
+
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    try:
+        flight: RedisFlight[bytes] = RedisFlight(rc.flight_store)
+        texts = {"k1": "one", "k2": "two", "k3": "three"}
+        fetched = await fetch_shared(flight, texts, send, read, share)
+    finally:
+        await rc.aclose()
+    assert batches == [["one", "three"]]
+    assert fetched.from_others == {"k2"} and not fetched.failed
+    assert fetched.vectors == {
+        "k1": b"\x00\x00\x00@",
+        "k2": b"\x00\x00\x80?",
+        "k3": b"\x00\x00\x00@",
+    }
+
+
+@pytest.mark.memcached
+async def test_vectors_are_shared_through_a_memcached_tier(
+    gateway: FakeGateway, memcached_url: str, memcached_prefix: str
+) -> None:
+    def client() -> Client:
+        mc = MemcachedCache.from_url(
+            memcached_url, prefix=memcached_prefix, read_timeout=1.0, write_timeout=1.0
+        )
+        return make_client(gateway, cache=TieredCache(MemoryCache(), mc))
+
+    async with client() as one:
+        await one.embed(model=MODEL, input=texts(10), dimensions=4)
+    async with client() as two:
+        e = await two.embed(model=MODEL, input=texts(12), dimensions=4)
+    assert (e.hits, e.misses) == (10, 2)
+    assert e.vectors == [fake_vector(MODEL, t, 4) for t in texts(12)]
+    assert gateway.embeddings.inputs == 12

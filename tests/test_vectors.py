@@ -1,0 +1,186 @@
+"""The pure parts of embeddings: float32 packing, merging by index, batch plans, the codec."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from limpet.errors import CacheCorruptError, InvalidRequestError
+from limpet.keys import request_key, request_keys
+from limpet.vectors import (
+    VectorCodec,
+    embedding_params,
+    item_canonical,
+    item_prefix,
+    merge_by_index,
+    pack_floats,
+    plan_batches,
+    unpack_floats,
+    validate_inputs,
+    vector_bytes,
+)
+
+float32s = st.floats(width=32, allow_nan=False, allow_infinity=False)
+vectors = st.lists(float32s, min_size=1, max_size=64)
+
+
+@given(vectors)
+def test_float32_values_survive_packing_exactly(values: list[float]) -> None:
+    assert unpack_floats(pack_floats(values)) == values
+
+
+@given(vectors)
+def test_base64_and_float_lists_decode_to_the_same_bytes(values: list[float]) -> None:
+    packed = pack_floats(values)
+    assert vector_bytes(base64.b64encode(packed).decode()) == packed
+    assert vector_bytes(values) == packed
+
+
+@pytest.mark.parametrize("bad", ["not base64!", "AAA=", [], ["1"], None, {"a": 1}])
+def test_an_embedding_that_is_not_a_vector_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        vector_bytes(bad)
+
+
+def test_a_non_finite_component_is_refused() -> None:
+    with pytest.raises(ValueError):
+        pack_floats([1.0, float("nan")])
+
+
+@given(st.lists(vectors, min_size=1, max_size=30), st.randoms(use_true_random=False))
+def test_merge_places_every_vector_by_its_index_whatever_the_order(
+    items: list[list[float]], rng: random.Random
+) -> None:
+    data = [{"index": i, "embedding": v} for i, v in enumerate(items)]
+    rng.shuffle(data)
+    merged = merge_by_index(data, len(items))
+    assert [unpack_floats(m) for m in merged] == items
+
+
+@pytest.mark.parametrize(
+    ("indices", "problem"),
+    [([0, 0], "twice"), ([0], "lacks"), ([0, 2], "index 2"), ([0, "1"], "index '1'")],
+)
+def test_merge_checks_every_index_came_back_exactly_once(
+    indices: list[object], problem: str
+) -> None:
+    data = [{"index": i, "embedding": [1.0]} for i in indices]
+    with pytest.raises(ValueError, match=problem):
+        merge_by_index(data, 2)
+
+
+@given(
+    st.lists(st.integers(0, 50), max_size=200),
+    st.integers(1, 20),
+    st.none() | st.integers(1, 100),
+)
+def test_batches_cover_every_item_in_order_within_their_limits(
+    tokens: list[int], max_items: int, max_tokens: int | None
+) -> None:
+    batches = plan_batches(tokens, max_items, max_tokens)
+    assert [i for batch in batches for i in batch] == list(range(len(tokens)))
+    for batch in batches:
+        assert 1 <= len(batch) <= max_items
+        if max_tokens is not None and len(batch) > 1:
+            assert sum(tokens[i] for i in batch) <= max_tokens
+
+
+def test_a_full_batch_plan_uses_as_few_requests_as_the_size_allows() -> None:
+    assert [len(b) for b in plan_batches([0] * 1100, 512)] == [512, 512, 76]
+
+
+@given(vectors, st.text(min_size=1, max_size=40), st.booleans())
+def test_the_codec_round_trips_a_vector_under_its_own_key(
+    values: list[float], key: str, signed: bool
+) -> None:
+    codec = VectorCodec(b"k" * 32 if signed else None)
+    packed = pack_floats(values)
+    vector, expires = codec.decode(key, codec.encode(key, packed, 1234.5))
+    assert (vector, expires) == (packed, 1234.5)
+
+
+def test_a_vector_read_under_another_key_truncated_or_unsigned_is_corrupt() -> None:
+    codec = VectorCodec()
+    data = codec.encode("k1", pack_floats([1.0, 2.0]), 10.0)
+    for key, bad in (("k2", data), ("k1", data[:-1]), ("k1", data + b"\0\0\0\0")):
+        with pytest.raises(CacheCorruptError):
+            codec.decode(key, bad)
+    with pytest.raises(CacheCorruptError, match="not signed"):
+        VectorCodec(b"secret").decode("k1", data)
+    signed = VectorCodec(b"secret").encode("k1", pack_floats([1.0]), 10.0)
+    with pytest.raises(CacheCorruptError, match="signature"):
+        VectorCodec(b"other").decode("k1", signed)
+
+
+def test_a_completion_entry_never_decodes_as_a_vector() -> None:
+    with pytest.raises(CacheCorruptError, match="not a limpet vector"):
+        VectorCodec().decode("k", b"LP\x03\x00" + b"\0" * 64)
+
+
+def test_an_input_key_differs_from_any_chat_requests_canonical_form() -> None:
+    canonical = item_canonical("m", "hi", {"dimensions": 4})
+    assert not canonical.startswith(b"{")
+    assert canonical != item_canonical("m", "hi", {"dimensions": 8})
+    assert item_canonical("m", "hi", {"b": 1, "a": 2}) == item_canonical(
+        "m", "hi", {"a": 2, "b": 1}
+    )
+
+
+@pytest.mark.parametrize(
+    ("given_input", "field"),
+    [
+        ([], "input"),
+        (["a", ""], "input[1]"),
+        (["a", "b", 3], "input[2]"),
+        (b"bytes", "input"),
+        (["a"] * 5, "input[4]"),
+    ],
+)
+def test_bad_input_names_the_index(given_input: object, field: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        validate_inputs(given_input, max_inputs=4)
+    assert caught.value.field == field
+
+
+def test_the_encoding_is_wire_only_and_dimensions_enter_the_key() -> None:
+    keyed, wire = embedding_params(4, "float", {"user": "u", "input_type": "query"})
+    assert keyed == {"dimensions": 4, "input_type": "query"}
+    assert wire == {"encoding_format": "float", "user": "u"}
+    assert embedding_params(None, None, {})[1] == {"encoding_format": "base64"}
+    with pytest.raises(InvalidRequestError, match="dimensions"):
+        embedding_params(0, None, {})
+    with pytest.raises(InvalidRequestError, match="encoding_format"):
+        embedding_params(None, "hex", {})
+
+
+@given(
+    st.text(max_size=20),
+    st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=10),
+    st.dictionaries(
+        st.sampled_from(["dimensions", "input_type", "a"]), st.integers(-(2**31), 2**31), max_size=3
+    ),
+    st.text(max_size=5),
+    st.text(max_size=5),
+)
+def test_keys_hashed_from_a_shared_prefix_are_the_keys_of_the_whole_canonical_form(
+    model: str, inputs: list[str], params: dict[str, int], namespace: str, scope: str
+) -> None:
+    keys = request_keys(
+        item_prefix(model, params),
+        [text.encode() for text in inputs],
+        namespace=namespace,
+        scope=scope,
+        credential="c",
+    )
+    whole = [
+        request_key(
+            item_canonical(model, text, params), namespace=namespace, scope=scope, credential="c"
+        )
+        for text in inputs
+    ]
+    assert keys == whole
+    assert len(set(keys)) == len(set(inputs))
