@@ -14,8 +14,8 @@ from limpet.keys import (
     KEY_SCHEMA_VERSION,
     TRANSPORT_ONLY_FIELDS,
     canonical_request,
-    conversation_key,
     explain_key,
+    prefix_chain,
     request_key,
 )
 
@@ -159,7 +159,11 @@ def test_non_json_values_are_a_clear_error() -> None:
         canonical_request({"model": "m", "messages": [], "metadata": {1, 2}})
 
 
-def test_conversation_key_follows_the_conversation_not_its_later_turns() -> None:
+def conversation(body: dict[str, Any]) -> object:
+    return prefix_chain(body).conversation
+
+
+def test_the_conversation_follows_the_conversation_not_its_later_turns() -> None:
     system = {"role": "system", "content": "You are terse."}
     first = {"role": "user", "content": "Hello"}
     turn_1 = {"model": "m", "messages": [system, first]}
@@ -173,9 +177,9 @@ def test_conversation_key_follows_the_conversation_not_its_later_turns() -> None
         ],
     }
     other = {"model": "m", "messages": [system, {"role": "user", "content": "Bye"}]}
-    assert conversation_key(turn_1) == conversation_key(turn_3)
-    assert conversation_key(turn_1) != conversation_key(other)
-    assert conversation_key(turn_1) != conversation_key({**turn_1, "model": "n"})
+    assert conversation(turn_1) == conversation(turn_3)
+    assert conversation(turn_1) != conversation(other)
+    assert conversation(turn_1) != conversation({**turn_1, "model": "n"})
 
 
 @given(st.text(max_size=8), st.text(max_size=8), st.text(max_size=8), st.text(max_size=8))

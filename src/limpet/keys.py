@@ -26,7 +26,6 @@ __all__ = [
     "PrefixChain",
     "PrefixLink",
     "canonical_request",
-    "conversation_key",
     "explain_key",
     "prefix_chain",
     "request_key",
@@ -159,34 +158,6 @@ def explain_key(
         canonical=canonical.decode(),
         credential=credential,
     )
-
-
-def conversation_key(body: Mapping[str, Any]) -> str:
-    """A key shared by every turn of one conversation: the model, the first system message
-    and the first non-system message (OpenRouter's notion of a conversation).
-
-    It needs no shared state, so every process derives the same key for a conversation.
-    """
-    messages = body.get("messages")
-    first_system: object = None
-    first_other: object = None
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            if message.get("role") in ("system", "developer"):
-                if first_system is None:
-                    first_system = message.get("content")
-            elif first_other is None:
-                first_other = message.get("content")
-                break
-    try:
-        data = orjson.dumps(
-            [body.get("model"), first_system, first_other], option=orjson.OPT_SORT_KEYS
-        )
-    except orjson.JSONEncodeError as exc:
-        raise InvalidRequestError("messages", "JSON-serialisable content", str(exc)) from exc
-    return hashlib.blake2b(data, digest_size=16, person=b"limpet/conv").hexdigest()
 
 
 # --- Prefix chains: what a provider's prompt cache sees, for routing -----------------------
