@@ -1,4 +1,4 @@
-"""The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``stats``, ``bench``.
+"""The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``stats``, ``bench``, ``serve``.
 
 Secrets never go on the command line (process lists show it): the API key comes from
 ``$OPENROUTER_API_KEY`` (or the variable ``--api-key-env`` names), and a Redis password
@@ -107,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "warm":
         return asyncio.run(_warm(args))
     if args.command == "flush":
@@ -207,6 +209,42 @@ def _parser() -> argparse.ArgumentParser:
         "--update-readme",
         action="store_true",
         help="also replace the results table in README.md (off by default)",
+    )
+
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible caching proxy: the callers share one cache and flights",
+        parents=[common],
+    )
+    serve.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an OpenAI-compatible API root to proxy to (repeat for several)",
+    )
+    serve_cache = serve.add_mutually_exclusive_group()
+    serve_cache.add_argument("--redis", default=None, help="a shared tier: redis://host:6379/0")
+    serve_cache.add_argument(
+        "--memcached", default=None, help="a shared tier: memcached://host:11211[,host:port...]"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_positive_int, default=8400, help="the port (8400)")
+    serve.add_argument(
+        "--auto-cache-control",
+        action="store_true",
+        help="mark long static prefixes for providers that cache only up to a breakpoint",
+    )
+    serve.add_argument(
+        "--fake",
+        action="store_true",
+        help="proxy to a fake gateway started in-process: no key, no network",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (30)",
     )
     return parser
 
@@ -441,6 +479,22 @@ def _bench(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "benchmarks.run", *args.names]
     command += ["--quick"] * args.quick + ["--update-readme"] * args.update_readme
     return subprocess.call(command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from limpet.serve import ServeConfig, run
+
+    if not args.upstream and not args.fake:
+        raise CommandError("--upstream URL (or --fake) is required", status=2)
+    config = ServeConfig(
+        upstreams=tuple(args.upstream),
+        redis=args.redis,
+        memcached=args.memcached,
+        auto_cache_control=args.auto_cache_control,
+        fake=args.fake,
+    )
+    run(config, host=args.host, port=args.port, shutdown_grace=args.shutdown_grace)
+    return 0
 
 
 async def _memcached_stats(args: argparse.Namespace) -> int:

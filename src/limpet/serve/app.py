@@ -1,0 +1,302 @@
+"""The proxy: an ``aiohttp.web`` application that answers OpenAI's chat-completions API
+through one ``Client``, so every caller shares its cache and single-flight.
+
+The caller's ``Authorization`` header goes upstream as is and scopes the cache entries
+and flights of its calls: callers with different keys never share an answer. Routes:
+``POST /v1/chat/completions`` (JSON, or server-sent events with ``"stream": true``),
+``GET /v1/models`` (the first upstream's, kept briefly per credential) and
+``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from limpet.cache.base import CacheBackend
+from limpet.cache.memory import MemoryCache
+from limpet.cache.tiered import TieredCache
+from limpet.client import Client
+from limpet.config import Endpoint
+from limpet.errors import ConfigurationError, InvalidRequestError, LimpetError
+from limpet.models import Completion
+from limpet.serve.protocol import (
+    answer_headers,
+    call_options,
+    error_of,
+    openai_error,
+    split_body,
+)
+from limpet.stream import CompletionStream
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MODELS_TTL",
+    "DEFAULT_PORT",
+    "DEFAULT_SHUTDOWN_GRACE",
+    "ServeConfig",
+    "create_app",
+    "endpoints_of",
+    "run",
+]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8400
+#: Seconds ``/v1/models`` answers are kept, per credential.
+DEFAULT_MODELS_TTL: Final = 60.0
+#: Seconds in-flight requests get to finish after SIGTERM or SIGINT.
+DEFAULT_SHUTDOWN_GRACE: Final = 30.0
+# Long contexts make big bodies; aiohttp's default (1 MiB) would refuse many.
+_MAX_BODY_BYTES: Final = 64 * 2**20
+_DONE: Final = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """What ``limpet serve`` proxies to and where it caches.
+
+    Args:
+        upstreams: OpenAI-compatible API roots (``https://openrouter.ai/api/v1``); the
+            Client routes among them. Empty only with ``fake``.
+        redis: a ``redis://`` URL for the shared tier (behind an in-process one), or None.
+        memcached: a ``memcached://`` URL instead of Redis, or None.
+        auto_cache_control: the Client's ``auto_cache_control``.
+        fake: proxy to a ``FakeGateway`` started in-process (no key, no network).
+        models_ttl: seconds a ``/v1/models`` answer is kept, per credential.
+    """
+
+    upstreams: tuple[str, ...] = ()
+    redis: str | None = None
+    memcached: str | None = None
+    auto_cache_control: bool = False
+    fake: bool = False
+    models_ttl: float = DEFAULT_MODELS_TTL
+
+    def __post_init__(self) -> None:
+        if not self.upstreams and not self.fake:
+            raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
+        if self.redis and self.memcached:
+            raise ConfigurationError("ServeConfig: redis or memcached, not both")
+
+
+def endpoints_of(upstreams: Sequence[str]) -> list[Endpoint]:
+    """One keyless ``Endpoint`` per upstream URL, named by its host (and its position,
+    when two share a host): the caller's own ``Authorization`` is what gets sent."""
+    hosts = [urlsplit(url).netloc or url for url in upstreams]
+    return [
+        Endpoint(host if hosts.count(host) == 1 else f"{host}#{index}", url)
+        for index, (host, url) in enumerate(zip(hosts, upstreams, strict=True), start=1)
+    ]
+
+
+def create_app(config: ServeConfig) -> web.Application:
+    """The proxy application; its Client (and, with ``fake``, its gateway) starts with
+    the application and is closed, pending cache writes landed, when it stops."""
+    app = web.Application(client_max_size=_MAX_BODY_BYTES)
+    app[_CONFIG] = config
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+def run(
+    config: ServeConfig,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish
+    within ``shutdown_grace`` seconds, close the Client and return."""
+
+    def announce(_: str) -> None:
+        print(f"limpet serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        shutdown_timeout=shutdown_grace,
+        access_log=None,  # request lines only would say little; keys never go to logs
+        print=announce,
+    )
+
+
+class _ModelListings:
+    """``GET /models`` of the first upstream, kept ``ttl`` seconds per credential (by a
+    digest of it: the header itself is never kept)."""
+
+    __slots__ = ("_clock", "_kept", "_session", "_ttl", "_url")
+
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, ttl: float, clock: Callable[[], float]
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._ttl = ttl
+        self._clock = clock
+        self._kept: dict[str, tuple[float, bytes]] = {}
+
+    async def get(self, authorization: str | None) -> tuple[int, bytes]:
+        """The status and body of the listing this credential may see."""
+        who = hashlib.sha256((authorization or "").encode()).hexdigest()
+        now = self._clock()
+        kept = self._kept.get(who)
+        if kept is not None and kept[0] > now:
+            return 200, kept[1]
+        headers = {"Authorization": authorization} if authorization else {}
+        async with self._session.get(self._url, headers=headers) as response:
+            body = await response.read()
+            if response.status == 200:
+                self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
+                self._kept[who] = (now + self._ttl, body)
+            return response.status, body
+
+
+@dataclass(frozen=True, slots=True)
+class _Proxy:
+    client: Client
+    models: _ModelListings
+
+
+_CONFIG: Final = web.AppKey("config", ServeConfig)
+_PROXY: Final = web.AppKey("proxy", _Proxy)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    config = app[_CONFIG]
+    async with contextlib.AsyncExitStack() as stack:
+        upstreams = config.upstreams
+        if config.fake:
+            from limpet.testing import FakeGateway
+
+            gateway = await stack.enter_async_context(FakeGateway(endpoints=("fake",)))
+            upstreams = (gateway.base_url("fake"),)
+        client = Client(
+            endpoints=endpoints_of(upstreams),
+            cache=_cache(config),
+            auto_cache_control=config.auto_cache_control,
+        )
+        stack.push_async_callback(client.aclose)  # drains pending cache writes
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        models_url = upstreams[0].rstrip("/") + "/models"
+        clock = asyncio.get_running_loop().time
+        app[_PROXY] = _Proxy(client, _ModelListings(session, models_url, config.models_ttl, clock))
+        yield
+
+
+def _cache(config: ServeConfig) -> TieredCache:
+    shared: CacheBackend | None = None
+    if config.redis:
+        from limpet.cache.redis import RedisCache
+
+        shared = RedisCache.from_url(config.redis)
+    elif config.memcached:
+        from limpet.cache.memcached import MemcachedCache
+
+        shared = MemcachedCache.from_url(config.memcached)
+    return TieredCache(MemoryCache()) if shared is None else TieredCache(MemoryCache(), shared)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _models(request: web.Request) -> web.Response:
+    try:
+        status, body = await request.app[_PROXY].models.get(request.headers.get("Authorization"))
+    except (aiohttp.ClientError, TimeoutError):
+        error = openai_error("the upstream's /models could not be fetched", "server_error")
+        return web.Response(status=502, body=orjson.dumps(error), content_type="application/json")
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    client = request.app[_PROXY].client
+    try:
+        fields, reserved = split_body(await _json_object(request))
+        options = call_options(request.headers)
+        streaming = fields.pop("stream", False)
+        if streaming is True:
+            fields.pop("stream_options", None)  # the Client asks for usage itself
+            stream = client.stream(**fields, extra_body=reserved, **options)
+            return await _stream(request, stream)
+        if streaming not in (False, None):
+            raise InvalidRequestError("stream", "true or false", streaming)
+        completion = await client.complete(**fields, extra_body=reserved, **options)
+    except LimpetError as exc:
+        return _error_response(exc)
+    return _json_answer(completion)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("body", "a JSON object", "invalid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body", "a JSON object", body)
+    return body
+
+
+def _json_answer(completion: Completion) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(completion.raw),
+        content_type="application/json",
+        headers=answer_headers(completion),
+    )
+
+
+async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamResponse:
+    """Re-emit the stream's chunks as they come, as server-sent events. What the headers
+    of a JSON answer say (``X-Limpet-Cache``...) is only known at the end of a stream: it
+    comes as an SSE comment before ``[DONE]``, which SSE clients ignore."""
+    async with stream:  # leaving it, this reader lets go; its flight's others go on
+        try:
+            first = await anext(stream, None)
+        except LimpetError as exc:
+            return _error_response(exc)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        try:
+            if first is not None:
+                await response.write(_event(first.raw))
+                async for chunk in stream:
+                    await response.write(_event(chunk.raw))
+            if stream.completion is not None:
+                await response.write(_served_comment(stream.completion))
+            await response.write(_DONE)
+        except LimpetError as exc:
+            await response.write(_event(error_of(exc)[1]))  # as OpenAI reports it mid-stream
+        except ConnectionResetError:
+            return response  # the caller hung up
+        await response.write_eof()
+    return response
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _served_comment(completion: Completion) -> bytes:
+    fields = " ".join(f"{name}={value}" for name, value in answer_headers(completion).items())
+    return f": {fields}\n\n".encode()
+
+
+def _error_response(exc: LimpetError) -> web.Response:
+    status, body = error_of(exc)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
