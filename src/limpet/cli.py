@@ -223,11 +223,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="an OpenAI-compatible API root to proxy to (repeat for several)",
     )
-    serve_cache = serve.add_mutually_exclusive_group()
-    serve_cache.add_argument("--redis", default=None, help="a shared tier: redis://host:6379/0")
-    serve_cache.add_argument(
-        "--memcached", default=None, help="a shared tier: memcached://host:11211[,host:port...]"
-    )
+    _redis_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=_positive_int, default=8400, help="the port (8400)")
     serve.add_argument(
@@ -490,6 +486,8 @@ def _serve(args: argparse.Namespace) -> int:
         upstreams=tuple(args.upstream),
         redis=args.redis,
         memcached=args.memcached,
+        prefix=args.prefix,
+        namespace=args.namespace or "",
         auto_cache_control=args.auto_cache_control,
         fake=args.fake,
     )

@@ -348,3 +348,35 @@ async def test_limpet_serve_fake_answers_with_no_key_and_no_network() -> None:
         assert await proxy.stop() == 0
     assert completion.choices[0].message.content
     assert again.headers["X-Limpet-Cache"] == "hit"
+
+
+@pytest.mark.redis
+async def test_two_proxies_share_the_redis_tier(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    await proxies_share_their_shared_tier(gateway, "--redis", redis_url, "--prefix", redis_prefix)
+
+
+@pytest.mark.memcached
+async def test_two_proxies_share_the_memcached_tier(
+    gateway: FakeGateway, memcached_url: str, memcached_prefix: str
+) -> None:
+    await proxies_share_their_shared_tier(
+        gateway, "--memcached", memcached_url, "--prefix", memcached_prefix
+    )
+
+
+async def proxies_share_their_shared_tier(gateway: FakeGateway, *tier: str) -> None:
+    upstream = ("--upstream", gateway.base_url("a"))
+    first, second = await asyncio.gather(
+        Proxy(*upstream, *tier).start(), Proxy(*upstream, *tier).start()
+    )
+    try:
+        async with first.openai() as a, second.openai() as b:
+            miss = await a.chat.completions.with_raw_response.create(**ask("fleet"))
+            hit = await b.chat.completions.with_raw_response.create(**ask("fleet"))
+    finally:
+        assert await first.stop() == 0
+        assert await second.stop() == 0
+    assert (miss.headers["X-Limpet-Cache"], hit.headers["X-Limpet-Cache"]) == ("miss", "hit")
+    assert gateway.endpoint("a").calls == 1

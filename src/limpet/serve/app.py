@@ -70,6 +70,8 @@ class ServeConfig:
             Client routes among them. Empty only with ``fake``.
         redis: a ``redis://`` URL for the shared tier (behind an in-process one), or None.
         memcached: a ``memcached://`` URL instead of Redis, or None.
+        prefix: the shared tier's key prefix; its default (``limpet:``) when None.
+        namespace: the Client's namespace.
         auto_cache_control: the Client's ``auto_cache_control``.
         fake: proxy to a ``FakeGateway`` started in-process (no key, no network).
         models_ttl: seconds a ``/v1/models`` answer is kept, per credential.
@@ -78,6 +80,8 @@ class ServeConfig:
     upstreams: tuple[str, ...] = ()
     redis: str | None = None
     memcached: str | None = None
+    prefix: str | None = None
+    namespace: str = ""
     auto_cache_control: bool = False
     fake: bool = False
     models_ttl: float = DEFAULT_MODELS_TTL
@@ -187,6 +191,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = Client(
             endpoints=endpoints_of(upstreams),
             cache=_cache(config),
+            namespace=config.namespace,
             auto_cache_control=config.auto_cache_control,
         )
         stack.push_async_callback(client.aclose)  # drains pending cache writes
@@ -200,13 +205,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def _cache(config: ServeConfig) -> TieredCache:
     shared: CacheBackend | None = None
     if config.redis:
-        from limpet.cache.redis import RedisCache
+        from limpet.cache.redis import DEFAULT_PREFIX, RedisCache
 
-        shared = RedisCache.from_url(config.redis)
+        shared = RedisCache.from_url(config.redis, prefix=config.prefix or DEFAULT_PREFIX)
     elif config.memcached:
+        from limpet.cache.memcached import DEFAULT_PREFIX as PREFIX
         from limpet.cache.memcached import MemcachedCache
 
-        shared = MemcachedCache.from_url(config.memcached)
+        shared = MemcachedCache.from_url(config.memcached, prefix=config.prefix or PREFIX)
     return TieredCache(MemoryCache()) if shared is None else TieredCache(MemoryCache(), shared)
 
 
