@@ -20,6 +20,7 @@ from limpet.serve.protocol import (
     BadHeaderError,
     answer_headers,
     call_options,
+    client_key_allowed,
     error_of,
     split_body,
 )
@@ -110,3 +111,12 @@ def test_endpoints_are_named_by_host_and_carry_no_key() -> None:
     names = [endpoint.name for endpoint in endpoints]
     assert names == ["openrouter.ai", "relay:8080#2", "relay:8080#3"]
     assert all(endpoint.api_key is None for endpoint in endpoints)
+
+
+def test_client_keys_are_presented_as_bearer_tokens() -> None:
+    allowed = frozenset({"sk-one", "sk-two"})
+    assert client_key_allowed("Bearer sk-two", allowed)
+    assert client_key_allowed("bearer sk-one", allowed)
+    for refused in (None, "", "Bearer", "Bearer ", "sk-one", "Basic sk-one", "Bearer sk-on"):
+        assert not client_key_allowed(refused, allowed), refused
+    assert not client_key_allowed("Bearer sk-one", frozenset())

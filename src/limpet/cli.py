@@ -237,6 +237,19 @@ def _parser() -> argparse.ArgumentParser:
         help="proxy to a fake gateway started in-process: no key, no network",
     )
     serve.add_argument(
+        "--upstream-key-env",
+        default=None,
+        metavar="NAME",
+        help="send the key in this environment variable upstream, not the callers' own",
+    )
+    serve.add_argument(
+        "--client-keys-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --upstream-key-env: the keys callers must present, one a line",
+    )
+    serve.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -477,12 +490,34 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+#: Where ``serve`` may lend its upstream key to any caller: only this machine reaches it.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
 def _serve(args: argparse.Namespace) -> int:
     from limpet.serve import ServeConfig, run
 
     if not args.upstream and not args.fake:
         raise CommandError("--upstream URL (or --fake) is required", status=2)
+    upstream_key = None
+    if args.upstream_key_env is not None:
+        upstream_key = os.environ.get(args.upstream_key_env)
+        if not upstream_key:
+            raise CommandError(f"${args.upstream_key_env} is not set", status=2)
+    client_keys = frozenset[str]()
+    if args.client_keys_file is not None:
+        if upstream_key is None:
+            raise CommandError("--client-keys-file needs --upstream-key-env", status=2)
+        client_keys = _client_keys(args.client_keys_file)
+    elif upstream_key is not None and args.host not in LOOPBACK_HOSTS:
+        raise CommandError(
+            f"--upstream-key-env on {args.host} would lend the key to anyone who can reach "
+            "it: give --client-keys-file too, or listen on 127.0.0.1",
+            status=2,
+        )
     config = ServeConfig(
+        upstream_key=upstream_key,
+        client_keys=client_keys,
         upstreams=tuple(args.upstream),
         redis=args.redis,
         memcached=args.memcached,
@@ -493,6 +528,19 @@ def _serve(args: argparse.Namespace) -> int:
     )
     run(config, host=args.host, port=args.port, shutdown_grace=args.shutdown_grace)
     return 0
+
+
+def _client_keys(path: Path) -> frozenset[str]:
+    """The keys of a ``--client-keys-file``: one a line; blank lines and ``#`` comments
+    are skipped."""
+    lines = _open_lines(path)
+    with lines:
+        keys = frozenset(
+            key for line in lines if (key := line.decode().strip()) and not key.startswith("#")
+        )
+    if not keys:
+        raise CommandError(f"{path} holds no client key", status=2)
+    return keys
 
 
 async def _memcached_stats(args: argparse.Namespace) -> int:

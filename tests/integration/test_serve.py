@@ -4,9 +4,11 @@ by the ``openai`` package and raw aiohttp."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,8 +37,9 @@ def ask(text: str, **params: Any) -> dict[str, Any]:
 class Proxy:
     """A ``limpet serve`` subprocess on a free loopback port."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = args
+        self.env = None if env is None else {**os.environ, **env}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: asyncio.subprocess.Process | None = None
@@ -53,6 +56,7 @@ class Proxy:
             *self.args,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=self.env,
         )
         await eventually(self._ready, deadline=_READY_DEADLINE, what="limpet serve answering")
         return self
@@ -380,3 +384,60 @@ async def proxies_share_their_shared_tier(gateway: FakeGateway, *tier: str) -> N
         assert await second.stop() == 0
     assert (miss.headers["X-Limpet-Cache"], hit.headers["X-Limpet-Cache"]) == ("miss", "hit")
     assert gateway.endpoint("a").calls == 1
+
+
+async def test_with_its_own_upstream_key_the_proxy_lets_in_only_its_client_keys(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "client-keys"
+    keys.write_text("# the proxy's callers\nsk-client-1\n\nsk-client-2\n")
+    env = {"LIMPET_TEST_UPSTREAM_KEY": "sk-upstream"}
+    async with FakeGateway(endpoints=("a",), api_key="sk-upstream") as gateway:
+        upstream = ("--upstream", gateway.base_url("a"))
+        options = (
+            "--upstream-key-env",
+            "LIMPET_TEST_UPSTREAM_KEY",
+            "--client-keys-file",
+            str(keys),
+        )
+        proxy = await Proxy(*upstream, *options, env=env).start()
+        try:
+            async with (
+                proxy.openai("sk-client-1") as one,
+                proxy.openai("sk-client-2") as two,
+                proxy.openai("sk-upstream") as stranger,
+            ):
+                first = await one.chat.completions.with_raw_response.create(**ask("shared"))
+                second = await two.chat.completions.with_raw_response.create(**ask("shared"))
+                models = [model.id async for model in two.models.list()]
+                with pytest.raises(openai.AuthenticationError):
+                    await stranger.chat.completions.create(**ask("shared"))
+                with pytest.raises(openai.AuthenticationError):
+                    await stranger.models.list()
+        finally:
+            assert await proxy.stop() == 0
+        assert gateway.endpoint("a").calls == 1
+    # One upstream credential: its callers share its entries.
+    assert (first.headers["X-Limpet-Cache"], second.headers["X-Limpet-Cache"]) == ("miss", "hit")
+    assert MODEL in models
+
+
+async def test_an_upstream_key_lent_to_every_caller_is_refused_off_loopback() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "limpet",
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:1/v1",
+        "--upstream-key-env",
+        "LIMPET_TEST_UPSTREAM_KEY",
+        "--host",
+        "0.0.0.0",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LIMPET_TEST_UPSTREAM_KEY": "sk-upstream"},
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert "--client-keys-file" in err.decode()
+    assert "sk-upstream" not in err.decode()

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ from limpet.models import Completion
 from limpet.serve.protocol import (
     answer_headers,
     call_options,
+    client_key_allowed,
     error_of,
     openai_error,
     split_body,
@@ -75,6 +76,10 @@ class ServeConfig:
         auto_cache_control: the Client's ``auto_cache_control``.
         fake: proxy to a ``FakeGateway`` started in-process (no key, no network).
         models_ttl: seconds a ``/v1/models`` answer is kept, per credential.
+        upstream_key: the key the proxy sends upstream itself, instead of each caller's
+            ``Authorization``; its callers then share the cache entries of that key.
+        client_keys: with ``upstream_key``, the keys callers must present as
+            ``Authorization: Bearer <key>`` (none: every caller is let in).
     """
 
     upstreams: tuple[str, ...] = ()
@@ -85,20 +90,24 @@ class ServeConfig:
     auto_cache_control: bool = False
     fake: bool = False
     models_ttl: float = DEFAULT_MODELS_TTL
+    upstream_key: str | None = field(default=None, repr=False)
+    client_keys: frozenset[str] = field(default=frozenset(), repr=False)
 
     def __post_init__(self) -> None:
+        if self.client_keys and not self.upstream_key:
+            raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
         if not self.upstreams and not self.fake:
             raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
         if self.redis and self.memcached:
             raise ConfigurationError("ServeConfig: redis or memcached, not both")
 
 
-def endpoints_of(upstreams: Sequence[str]) -> list[Endpoint]:
-    """One keyless ``Endpoint`` per upstream URL, named by its host (and its position,
-    when two share a host): the caller's own ``Authorization`` is what gets sent."""
+def endpoints_of(upstreams: Sequence[str], api_key: str | None = None) -> list[Endpoint]:
+    """One ``Endpoint`` per upstream URL, named by its host (and its position, when two
+    share a host); keyless by default: the caller's own ``Authorization`` is sent."""
     hosts = [urlsplit(url).netloc or url for url in upstreams]
     return [
-        Endpoint(host if hosts.count(host) == 1 else f"{host}#{index}", url)
+        Endpoint(host if hosts.count(host) == 1 else f"{host}#{index}", url, api_key=api_key)
         for index, (host, url) in enumerate(zip(hosts, upstreams, strict=True), start=1)
     ]
 
@@ -173,6 +182,26 @@ class _ModelListings:
 class _Proxy:
     client: Client
     models: _ModelListings
+    config: ServeConfig
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """A 401 for a caller without one of the client keys, when there are some."""
+        keys = self.config.client_keys
+        if not keys or client_key_allowed(request.headers.get("Authorization"), keys):
+            return None
+        error = openai_error("a valid API key of this proxy is required", "invalid_api_key")
+        return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
+
+    def options(self, request: web.Request) -> dict[str, Any]:
+        """The Client options of ``request``: its own key goes upstream, unless the
+        proxy sends its own."""
+        return call_options(request.headers, forward_authorization=not self.config.upstream_key)
+
+    def authorization(self, request: web.Request) -> str | None:
+        """What ``/models`` is fetched with."""
+        if self.config.upstream_key:
+            return f"Bearer {self.config.upstream_key}"
+        return request.headers.get("Authorization")
 
 
 _CONFIG: Final = web.AppKey("config", ServeConfig)
@@ -189,7 +218,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             gateway = await stack.enter_async_context(FakeGateway(endpoints=("fake",)))
             upstreams = (gateway.base_url("fake"),)
         client = Client(
-            endpoints=endpoints_of(upstreams),
+            endpoints=endpoints_of(upstreams, config.upstream_key),
             cache=_cache(config),
             namespace=config.namespace,
             auto_cache_control=config.auto_cache_control,
@@ -198,7 +227,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         models_url = upstreams[0].rstrip("/") + "/models"
         clock = asyncio.get_running_loop().time
-        app[_PROXY] = _Proxy(client, _ModelListings(session, models_url, config.models_ttl, clock))
+        models = _ModelListings(session, models_url, config.models_ttl, clock)
+        app[_PROXY] = _Proxy(client, models, config)
         yield
 
 
@@ -221,8 +251,12 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _models(request: web.Request) -> web.Response:
+    proxy = request.app[_PROXY]
+    refusal = proxy.refusal(request)
+    if refusal is not None:
+        return refusal
     try:
-        status, body = await request.app[_PROXY].models.get(request.headers.get("Authorization"))
+        status, body = await proxy.models.get(proxy.authorization(request))
     except (aiohttp.ClientError, TimeoutError):
         error = openai_error("the upstream's /models could not be fetched", "server_error")
         return web.Response(status=502, body=orjson.dumps(error), content_type="application/json")
@@ -230,10 +264,14 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
-    client = request.app[_PROXY].client
+    proxy = request.app[_PROXY]
+    refusal = proxy.refusal(request)
+    if refusal is not None:
+        return refusal
+    client = proxy.client
     try:
         fields, reserved = split_body(await _json_object(request))
-        options = call_options(request.headers)
+        options = proxy.options(request)
         streaming = fields.pop("stream", False)
         if streaming is True:
             fields.pop("stream_options", None)  # the Client asks for usage itself

@@ -3,8 +3,9 @@ an answer says about how it was served, and OpenAI's error shape for every failu
 
 from __future__ import annotations
 
+import hmac
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, cast, get_args
 
 from limpet.errors import (
@@ -29,6 +30,7 @@ __all__ = [
     "BadHeaderError",
     "answer_headers",
     "call_options",
+    "client_key_allowed",
     "error_of",
     "openai_error",
     "split_body",
@@ -61,18 +63,21 @@ class BadHeaderError(InvalidRequestError):
     """A control header with a value the proxy does not take."""
 
 
-def call_options(headers: Mapping[str, str]) -> dict[str, Any]:
+def call_options(
+    headers: Mapping[str, str], *, forward_authorization: bool = True
+) -> dict[str, Any]:
     """The ``Client.complete()``/``stream()`` options a request's headers ask for.
 
-    The caller's ``Authorization`` goes upstream as is, which also scopes the cache
-    entries and flights of the call to that credential (``limpet.credentials.call_scope``).
+    With ``forward_authorization``, the caller's ``Authorization`` goes upstream as is,
+    which also scopes the cache entries and flights of the call to that credential
+    (``limpet.credentials.call_scope``); without it, the proxy's own key is sent.
 
     Raises:
         BadHeaderError: ``X-Limpet-Cache-Mode`` or ``X-Limpet-TTL`` has a bad value.
     """
     options: dict[str, Any] = {}
     authorization = headers.get("Authorization")
-    if authorization:
+    if authorization and forward_authorization:
         options["extra_headers"] = {"Authorization": authorization}
     mode = headers.get(CACHE_MODE_HEADER)
     if mode is not None:
@@ -98,6 +103,20 @@ def _ttl(value: str) -> float:
     if not (0 < seconds < math.inf):
         raise BadHeaderError(TTL_HEADER, "a number of seconds > 0", value)
     return seconds
+
+
+def client_key_allowed(authorization: str | None, allowed: Collection[str]) -> bool:
+    """Whether ``Authorization: Bearer <key>`` presents one of the ``allowed`` keys.
+
+    Every key is compared, each in constant time, so the time taken says nothing about
+    which key was close.
+    """
+    scheme, _, given = (authorization or "").partition(" ")
+    presented = given.strip().encode()
+    found = False
+    for key in allowed:
+        found |= hmac.compare_digest(presented, key.encode())
+    return found and scheme.lower() == "bearer" and bool(presented)
 
 
 def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
