@@ -250,6 +250,11 @@ def _parser() -> argparse.ArgumentParser:
         help="with --upstream-key-env: the keys callers must present, one a line",
     )
     serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve GET /metrics for Prometheus (needs the prometheus extra)",
+    )
+    serve.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -525,6 +530,7 @@ def _serve(args: argparse.Namespace) -> int:
         namespace=args.namespace or "",
         auto_cache_control=args.auto_cache_control,
         fake=args.fake,
+        metrics=args.metrics,
     )
     run(config, host=args.host, port=args.port, shutdown_grace=args.shutdown_grace)
     return 0

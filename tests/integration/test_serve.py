@@ -441,3 +441,26 @@ async def test_an_upstream_key_lent_to_every_caller_is_refused_off_loopback() ->
     assert process.returncode == 2
     assert "--client-keys-file" in err.decode()
     assert "sk-upstream" not in err.decode()
+
+
+async def test_metrics_count_the_proxys_calls_and_unknown_routes_answer_in_openais_shape(
+    gateway: FakeGateway,
+) -> None:
+    proxy = await Proxy("--upstream", gateway.base_url("a"), "--metrics").start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"{proxy.url}/v1/chat/completions"
+            for _ in range(3):
+                async with session.post(url, json=ask("counted")) as response:
+                    assert response.status == 200
+            async with session.get(f"{proxy.url}/metrics") as response:
+                metrics = await response.text()
+            async with session.get(f"{proxy.url}/v1/nothing-here") as response:
+                missing = (response.status, await response.json())
+    finally:
+        assert await proxy.stop() == 0
+    hits = [line for line in metrics.splitlines() if line.startswith("limpet_calls_total{")]
+    assert any('cache="hit"' in line and line.endswith(" 2.0") for line in hits), hits
+    assert any('cache="miss"' in line and line.endswith(" 1.0") for line in hits), hits
+    assert missing[0] == 404
+    assert set(missing[1]["error"]) == {"message", "type", "param", "code"}

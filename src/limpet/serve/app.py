@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -38,6 +38,7 @@ from limpet.serve.protocol import (
     openai_error,
     split_body,
 )
+from limpet.serve.upstream import MetricsRegistry, ModelListings
 from limpet.stream import CompletionStream
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "endpoints_of",
     "run",
 ]
+
+logger = logging.getLogger("limpet")
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8400
@@ -80,6 +83,7 @@ class ServeConfig:
             ``Authorization``; its callers then share the cache entries of that key.
         client_keys: with ``upstream_key``, the keys callers must present as
             ``Authorization: Bearer <key>`` (none: every caller is let in).
+        metrics: serve ``GET /metrics`` for Prometheus (the ``prometheus`` extra).
     """
 
     upstreams: tuple[str, ...] = ()
@@ -92,6 +96,7 @@ class ServeConfig:
     models_ttl: float = DEFAULT_MODELS_TTL
     upstream_key: str | None = field(default=None, repr=False)
     client_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.client_keys and not self.upstream_key:
@@ -115,12 +120,14 @@ def endpoints_of(upstreams: Sequence[str], api_key: str | None = None) -> list[E
 def create_app(config: ServeConfig) -> web.Application:
     """The proxy application; its Client (and, with ``fake``, its gateway) starts with
     the application and is closed, pending cache writes landed, when it stops."""
-    app = web.Application(client_max_size=_MAX_BODY_BYTES)
+    app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[_openai_errors])
     app[_CONFIG] = config
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/healthz", _healthz)
+    if config.metrics:
+        app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -147,42 +154,12 @@ def run(
     )
 
 
-class _ModelListings:
-    """``GET /models`` of the first upstream, kept ``ttl`` seconds per credential (by a
-    digest of it: the header itself is never kept)."""
-
-    __slots__ = ("_clock", "_kept", "_session", "_ttl", "_url")
-
-    def __init__(
-        self, session: aiohttp.ClientSession, url: str, ttl: float, clock: Callable[[], float]
-    ) -> None:
-        self._session = session
-        self._url = url
-        self._ttl = ttl
-        self._clock = clock
-        self._kept: dict[str, tuple[float, bytes]] = {}
-
-    async def get(self, authorization: str | None) -> tuple[int, bytes]:
-        """The status and body of the listing this credential may see."""
-        who = hashlib.sha256((authorization or "").encode()).hexdigest()
-        now = self._clock()
-        kept = self._kept.get(who)
-        if kept is not None and kept[0] > now:
-            return 200, kept[1]
-        headers = {"Authorization": authorization} if authorization else {}
-        async with self._session.get(self._url, headers=headers) as response:
-            body = await response.read()
-            if response.status == 200:
-                self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
-                self._kept[who] = (now + self._ttl, body)
-            return response.status, body
-
-
 @dataclass(frozen=True, slots=True)
 class _Proxy:
     client: Client
-    models: _ModelListings
+    models: ModelListings
     config: ServeConfig
+    registry: MetricsRegistry | None
 
     def refusal(self, request: web.Request) -> web.Response | None:
         """A 401 for a caller without one of the client keys, when there are some."""
@@ -217,8 +194,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
             gateway = await stack.enter_async_context(FakeGateway(endpoints=("fake",)))
             upstreams = (gateway.base_url("fake"),)
+        registry = MetricsRegistry() if config.metrics else None
         client = Client(
             endpoints=endpoints_of(upstreams, config.upstream_key),
+            on_event=None if registry is None else registry.hook,
             cache=_cache(config),
             namespace=config.namespace,
             auto_cache_control=config.auto_cache_control,
@@ -227,8 +206,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         models_url = upstreams[0].rstrip("/") + "/models"
         clock = asyncio.get_running_loop().time
-        models = _ModelListings(session, models_url, config.models_ttl, clock)
-        app[_PROXY] = _Proxy(client, models, config)
+        models = ModelListings(session, models_url, config.models_ttl, clock)
+        app[_PROXY] = _Proxy(client, models, config, registry)
         yield
 
 
@@ -248,6 +227,35 @@ def _cache(config: ServeConfig) -> TieredCache:
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[_PROXY].registry
+    assert registry is not None  # the route exists only with metrics
+    body, content_type = registry.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+@web.middleware
+async def _openai_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413...) and the proxy's faults in OpenAI's shape;
+    a fault is logged without the request's headers, which hold the caller's key."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        body = openai_error(exc.reason, kind)
+        return web.Response(
+            status=exc.status, body=orjson.dumps(body), content_type="application/json"
+        )
+    except Exception:
+        logger.exception("limpet serve: %s %s failed", request.method, request.path)
+        status, body = error_of(RuntimeError())
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 async def _models(request: web.Request) -> web.Response:
