@@ -250,6 +250,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --upstream-key-env: the keys callers must present, one a line",
     )
     serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes serving the port (SO_REUSEPORT); share a tier with --redis (1)",
+    )
+    serve.add_argument(
         "--metrics",
         action="store_true",
         help="serve GET /metrics for Prometheus (needs the prometheus extra)",
@@ -532,6 +538,16 @@ def _serve(args: argparse.Namespace) -> int:
         fake=args.fake,
         metrics=args.metrics,
     )
+    if args.workers > 1:
+        from limpet.serve.workers import run_workers
+
+        return run_workers(
+            config,
+            host=args.host,
+            port=args.port,
+            shutdown_grace=args.shutdown_grace,
+            workers=args.workers,
+        )
     run(config, host=args.host, port=args.port, shutdown_grace=args.shutdown_grace)
     return 0
 

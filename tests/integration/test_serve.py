@@ -44,6 +44,7 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: asyncio.subprocess.Process | None = None
         self.terminated = False
+        self.stderr = ""
 
     async def start(self) -> Proxy:
         self.process = await asyncio.create_subprocess_exec(
@@ -93,7 +94,8 @@ class Proxy:
         """SIGTERM (unless sent already); the exit status."""
         assert self.process is not None
         self.terminate()
-        await self.process.communicate()
+        _, err = await self.process.communicate()
+        self.stderr = err.decode()
         assert self.process.returncode is not None
         return self.process.returncode
 
@@ -464,3 +466,33 @@ async def test_metrics_count_the_proxys_calls_and_unknown_routes_answer_in_opena
     assert any('cache="miss"' in line and line.endswith(" 1.0") for line in hits), hits
     assert missing[0] == 404
     assert set(missing[1]["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.redis
+async def test_workers_share_one_port_and_the_redis_tier(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    tier = ("--redis", redis_url, "--prefix", redis_prefix)
+    proxy = await Proxy("--upstream", gateway.base_url("a"), *tier, "--workers", "2").start()
+    statuses = []
+    try:
+        assert proxy.process is not None and proxy.process.stderr is not None
+        announced: list[str] = []
+        while not announced or "2 workers listening" not in announced[-1]:
+            line = await asyncio.wait_for(proxy.process.stderr.readline(), _READY_DEADLINE)
+            assert line, f"limpet serve ended: {announced}"
+            announced.append(line.decode())
+        for _ in range(12):  # a connection each: the kernel spreads them over the workers
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.post(f"{proxy.url}/v1/chat/completions", json=ask("workers")) as response,
+            ):
+                assert_chat_completion(await response.json())
+                statuses.append(response.headers["X-Limpet-Cache"])
+    finally:
+        assert await proxy.stop() == 0
+    assert statuses == ["miss"] + ["hit"] * 11
+    assert gateway.endpoint("a").calls == 1
+    workers = {line.split()[2] for line in announced[:-1] if "listening on" in line}
+    assert len(workers) == 2

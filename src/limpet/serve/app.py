@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,12 +138,19 @@ def run(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    reuse_port: bool = False,
+    on_ready: Callable[[], object] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish
-    within ``shutdown_grace`` seconds, close the Client and return."""
+    within ``shutdown_grace`` seconds, close the Client and return. With ``reuse_port``,
+    other processes may listen on the same port (``SO_REUSEPORT``): the kernel spreads
+    the connections among them. ``on_ready`` is called once the port is listened on."""
 
     def announce(_: str) -> None:
-        print(f"limpet serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        where = f"http://{host}:{port}"
+        print(f"limpet serve: {os.getpid()} listening on {where}", file=sys.stderr, flush=True)
+        if on_ready is not None:
+            on_ready()
 
     web.run_app(
         create_app(config),
@@ -151,6 +159,7 @@ def run(
         shutdown_timeout=shutdown_grace,
         access_log=None,  # request lines only would say little; keys never go to logs
         print=announce,
+        reuse_port=reuse_port or None,
     )
 
 
