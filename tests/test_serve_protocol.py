@@ -11,11 +11,12 @@ from limpet.errors import (
     APIResponseError,
     APITimeoutError,
     ClientClosedError,
+    ConfigurationError,
     InvalidRequestError,
     RateLimitError,
 )
 from limpet.models import CacheStatus, Completion, Cost, Usage
-from limpet.serve.app import endpoints_of
+from limpet.serve.app import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     BadHeaderError,
     answer_headers,
@@ -120,3 +121,27 @@ def test_client_keys_are_presented_as_bearer_tokens() -> None:
     for refused in (None, "", "Bearer", "Bearer ", "sk-one", "Basic sk-one", "Bearer sk-on"):
         assert not client_key_allowed(refused, allowed), refused
     assert not client_key_allowed("Bearer sk-one", frozenset())
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({}, "at least one upstream"),
+        ({"upstreams": ("ftp://gateway/v1",)}, "base_url"),
+        ({"upstreams": ("http://a/v1",), "fake": True}, "not both"),
+        ({"fake": True, "redis": "redis://r", "memcached": "memcached://m"}, "not both"),
+        ({"fake": True, "client_keys": frozenset({"sk-1"})}, "upstream_key"),
+    ],
+)
+def test_a_config_that_cannot_serve_is_refused_at_once(
+    options: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        ServeConfig(**options)  # type: ignore[arg-type]
+
+
+def test_a_configs_repr_shows_no_key() -> None:
+    config = ServeConfig(
+        upstreams=("http://a/v1",), upstream_key="sk-secret", client_keys=frozenset({"sk-c"})
+    )
+    assert "sk-secret" not in repr(config) and "sk-c" not in repr(config)

@@ -4,8 +4,8 @@ through one ``Client``, so every caller shares its cache and single-flight.
 The caller's ``Authorization`` header goes upstream as is and scopes the cache entries
 and flights of its calls: callers with different keys never share an answer. Routes:
 ``POST /v1/chat/completions`` (JSON, or server-sent events with ``"stream": true``),
-``GET /v1/models`` (the first upstream's, kept briefly per credential) and
-``GET /healthz``.
+``GET /v1/models`` (the first upstream's, kept briefly per credential), ``GET /healthz``
+and, when asked for, ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ class ServeConfig:
             raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
         if not self.upstreams and not self.fake:
             raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
+        if self.upstreams and self.fake:
+            raise ConfigurationError("ServeConfig: upstreams or fake, not both")
+        endpoints_of(self.upstreams)  # a bad URL fails now, not once serving
         if self.redis and self.memcached:
             raise ConfigurationError("ServeConfig: redis or memcached, not both")
 
