@@ -496,3 +496,24 @@ async def test_workers_share_one_port_and_the_redis_tier(
     assert gateway.endpoint("a").calls == 1
     workers = {line.split()[2] for line in announced[:-1] if "listening on" in line}
     assert len(workers) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        ((), "--upstream URL (or --fake) is required"),
+        (("--fake", "--upstream", "http://127.0.0.1:1/v1"), "not both"),
+        (("--upstream", "gateway.example/v1"), "base_url"),
+        (("--fake", "--client-keys-file", "keys"), "needs --upstream-key-env"),
+    ],
+)
+async def test_limpet_serve_used_wrongly_says_why_and_exits_2(
+    args: tuple[str, ...], complaint: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "limpet", "serve", *args, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert err.decode().startswith("limpet serve: ")
+    assert complaint in err.decode()
