@@ -517,3 +517,19 @@ async def test_limpet_serve_used_wrongly_says_why_and_exits_2(
     assert process.returncode == 2
     assert err.decode().startswith("limpet serve: ")
     assert complaint in err.decode()
+
+
+async def test_an_upstream_refusing_models_comes_back_without_its_body(
+    gateway: FakeGateway,
+) -> None:
+    proxy = await Proxy("--upstream", f"{gateway.url}/no-such-endpoint/v1").start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{proxy.url}/v1/models") as response,
+        ):
+            refused = (response.status, await response.json())
+    finally:
+        assert await proxy.stop() == 0
+    assert refused[0] == 404
+    assert refused[1]["error"]["message"] == "the upstream's /models answered with status 404"

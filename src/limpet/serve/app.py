@@ -41,6 +41,7 @@ from limpet.serve.protocol import (
 )
 from limpet.serve.upstream import MetricsRegistry, ModelListings
 from limpet.stream import CompletionStream
+from limpet.streaming import StreamChunk
 
 __all__ = [
     "DEFAULT_HOST",
@@ -61,6 +62,8 @@ DEFAULT_PORT: Final = 8400
 DEFAULT_MODELS_TTL: Final = 60.0
 #: Seconds in-flight requests get to finish after SIGTERM or SIGINT.
 DEFAULT_SHUTDOWN_GRACE: Final = 30.0
+# Seconds a ``/v1/models`` request upstream may take.
+_MODELS_TIMEOUT: Final = 30.0
 # Long contexts make big bodies; aiohttp's default (1 MiB) would refuse many.
 _MAX_BODY_BYTES: Final = 64 * 2**20
 _DONE: Final = b"data: [DONE]\n\n"
@@ -215,7 +218,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             auto_cache_control=config.auto_cache_control,
         )
         stack.push_async_callback(client.aclose)  # drains pending cache writes
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        timeout = aiohttp.ClientTimeout(total=_MODELS_TIMEOUT)
+        session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
         models_url = upstreams[0].rstrip("/") + "/models"
         clock = asyncio.get_running_loop().time
         models = ModelListings(session, models_url, config.models_ttl, clock)
@@ -278,9 +282,15 @@ async def _models(request: web.Request) -> web.Response:
     try:
         status, body = await proxy.models.get(proxy.authorization(request))
     except (aiohttp.ClientError, TimeoutError):
-        error = openai_error("the upstream's /models could not be fetched", "server_error")
-        return web.Response(status=502, body=orjson.dumps(error), content_type="application/json")
+        status, body = 502, _json_error("the upstream's /models could not be reached")
+    else:
+        if status != 200:  # not the upstream's body: it may echo the credential it was sent
+            body = _json_error(f"the upstream's /models answered with status {status}")
     return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _json_error(message: str) -> bytes:
+    return orjson.dumps(openai_error(message, "api_error"))
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
@@ -336,20 +346,25 @@ async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamR
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        try:
-            if first is not None:
-                await response.write(_event(first.raw))
-                async for chunk in stream:
-                    await response.write(_event(chunk.raw))
-            if stream.completion is not None:
-                await response.write(_served_comment(stream.completion))
-            await response.write(_DONE)
-        except LimpetError as exc:
-            await response.write(_event(error_of(exc)[1]))  # as OpenAI reports it mid-stream
-        except ConnectionResetError:
-            return response  # the caller hung up
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the caller hung up
+            await _relay(response, first, stream)
     return response
+
+
+async def _relay(
+    response: web.StreamResponse, first: StreamChunk | None, stream: CompletionStream
+) -> None:
+    try:
+        if first is not None:
+            await response.write(_event(first.raw))
+            async for chunk in stream:
+                await response.write(_event(chunk.raw))
+        if stream.completion is not None:
+            await response.write(_served_comment(stream.completion))
+        await response.write(_DONE)
+    except LimpetError as exc:
+        await response.write(_event(error_of(exc)[1]))  # as OpenAI reports it mid-stream
+    await response.write_eof()
 
 
 def _event(data: dict[str, Any]) -> bytes:
