@@ -1,4 +1,4 @@
-"""The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``stats``, ``bench``.
+"""The ``limpet`` command: ``demo``, ``warm``, ``flush``, ``stats``, ``bench``, ``serve``.
 
 Secrets never go on the command line (process lists show it): the API key comes from
 ``$OPENROUTER_API_KEY`` (or the variable ``--api-key-env`` names), and a Redis password
@@ -107,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "warm":
         return asyncio.run(_warm(args))
     if args.command == "flush":
@@ -207,6 +209,62 @@ def _parser() -> argparse.ArgumentParser:
         "--update-readme",
         action="store_true",
         help="also replace the results table in README.md (off by default)",
+    )
+
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible caching proxy: the callers share one cache and flights",
+        parents=[common],
+    )
+    serve.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an OpenAI-compatible API root to proxy to (repeat for several)",
+    )
+    _redis_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_positive_int, default=8400, help="the port (8400)")
+    serve.add_argument(
+        "--auto-cache-control",
+        action="store_true",
+        help="mark long static prefixes for providers that cache only up to a breakpoint",
+    )
+    serve.add_argument(
+        "--fake",
+        action="store_true",
+        help="proxy to a fake gateway started in-process: no key, no network",
+    )
+    serve.add_argument(
+        "--upstream-key-env",
+        default=None,
+        metavar="NAME",
+        help="send the key in this environment variable upstream, not the callers' own",
+    )
+    serve.add_argument(
+        "--client-keys-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --upstream-key-env: the keys callers must present, one a line",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes serving the port (SO_REUSEPORT); share a tier with --redis (1)",
+    )
+    serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve GET /metrics for Prometheus (needs the prometheus extra)",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (30)",
     )
     return parser
 
@@ -444,6 +502,70 @@ def _bench(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "benchmarks.run", *args.names]
     command += ["--quick"] * args.quick + ["--update-readme"] * args.update_readme
     return subprocess.call(command)
+
+
+#: Where ``serve`` may lend its upstream key to any caller: only this machine reaches it.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from limpet.serve import ServeConfig, run
+
+    if not args.upstream and not args.fake:
+        raise CommandError("--upstream URL (or --fake) is required", status=2)
+    upstream_key = None
+    if args.upstream_key_env is not None:
+        upstream_key = os.environ.get(args.upstream_key_env)
+        if not upstream_key:
+            raise CommandError(f"${args.upstream_key_env} is not set", status=2)
+    client_keys = frozenset[str]()
+    if args.client_keys_file is not None:
+        if upstream_key is None:
+            raise CommandError("--client-keys-file needs --upstream-key-env", status=2)
+        client_keys = _client_keys(args.client_keys_file)
+    elif upstream_key is not None and args.host not in LOOPBACK_HOSTS:
+        raise CommandError(
+            f"--upstream-key-env on {args.host} would lend the key to anyone who can reach "
+            "it: give --client-keys-file too, or listen on 127.0.0.1",
+            status=2,
+        )
+    config = ServeConfig(
+        upstream_key=upstream_key,
+        client_keys=client_keys,
+        upstreams=tuple(args.upstream),
+        redis=args.redis,
+        memcached=args.memcached,
+        prefix=args.prefix,
+        namespace=args.namespace or "",
+        auto_cache_control=args.auto_cache_control,
+        fake=args.fake,
+        metrics=args.metrics,
+    )
+    if args.workers > 1:
+        from limpet.serve.workers import run_workers
+
+        return run_workers(
+            config,
+            host=args.host,
+            port=args.port,
+            shutdown_grace=args.shutdown_grace,
+            workers=args.workers,
+        )
+    run(config, host=args.host, port=args.port, shutdown_grace=args.shutdown_grace)
+    return 0
+
+
+def _client_keys(path: Path) -> frozenset[str]:
+    """The keys of a ``--client-keys-file``: one a line; blank lines and ``#`` comments
+    are skipped."""
+    lines = _open_lines(path)
+    with lines:
+        keys = frozenset(
+            key for line in lines if (key := line.decode().strip()) and not key.startswith("#")
+        )
+    if not keys:
+        raise CommandError(f"{path} holds no client key", status=2)
+    return keys
 
 
 async def _memcached_stats(args: argparse.Namespace) -> int:

@@ -1,0 +1,381 @@
+"""The proxy: an ``aiohttp.web`` application that answers OpenAI's chat-completions API
+through one ``Client``, so every caller shares its cache and single-flight.
+
+The caller's ``Authorization`` header goes upstream as is and scopes the cache entries
+and flights of its calls: callers with different keys never share an answer. Routes:
+``POST /v1/chat/completions`` (JSON, or server-sent events with ``"stream": true``),
+``GET /v1/models`` (the first upstream's, kept briefly per credential), ``GET /healthz``
+and, when asked for, ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from limpet.cache.base import CacheBackend
+from limpet.cache.memory import MemoryCache
+from limpet.cache.tiered import TieredCache
+from limpet.client import Client
+from limpet.config import Endpoint
+from limpet.errors import ConfigurationError, InvalidRequestError, LimpetError
+from limpet.models import Completion
+from limpet.serve.protocol import (
+    answer_headers,
+    call_options,
+    client_key_allowed,
+    error_of,
+    openai_error,
+    split_body,
+)
+from limpet.serve.upstream import MetricsRegistry, ModelListings
+from limpet.stream import CompletionStream
+from limpet.streaming import StreamChunk
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MODELS_TTL",
+    "DEFAULT_PORT",
+    "DEFAULT_SHUTDOWN_GRACE",
+    "ServeConfig",
+    "create_app",
+    "endpoints_of",
+    "run",
+]
+
+logger = logging.getLogger("limpet")
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8400
+#: Seconds ``/v1/models`` answers are kept, per credential.
+DEFAULT_MODELS_TTL: Final = 60.0
+#: Seconds in-flight requests get to finish after SIGTERM or SIGINT.
+DEFAULT_SHUTDOWN_GRACE: Final = 30.0
+# Seconds a ``/v1/models`` request upstream may take.
+_MODELS_TIMEOUT: Final = 30.0
+# Long contexts make big bodies; aiohttp's default (1 MiB) would refuse many.
+_MAX_BODY_BYTES: Final = 64 * 2**20
+_DONE: Final = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """What ``limpet serve`` proxies to and where it caches.
+
+    Args:
+        upstreams: OpenAI-compatible API roots (``https://openrouter.ai/api/v1``); the
+            Client routes among them. Empty only with ``fake``.
+        redis: a ``redis://`` URL for the shared tier (behind an in-process one), or None.
+        memcached: a ``memcached://`` URL instead of Redis, or None.
+        prefix: the shared tier's key prefix; its default (``limpet:``) when None.
+        namespace: the Client's namespace.
+        auto_cache_control: the Client's ``auto_cache_control``.
+        fake: proxy to a ``FakeGateway`` started in-process (no key, no network).
+        models_ttl: seconds a ``/v1/models`` answer is kept, per credential.
+        upstream_key: the key the proxy sends upstream itself, instead of each caller's
+            ``Authorization``; its callers then share the cache entries of that key.
+        client_keys: with ``upstream_key``, the keys callers must present as
+            ``Authorization: Bearer <key>`` (none: every caller is let in).
+        metrics: serve ``GET /metrics`` for Prometheus (the ``prometheus`` extra).
+    """
+
+    upstreams: tuple[str, ...] = ()
+    redis: str | None = None
+    memcached: str | None = None
+    prefix: str | None = None
+    namespace: str = ""
+    auto_cache_control: bool = False
+    fake: bool = False
+    models_ttl: float = DEFAULT_MODELS_TTL
+    upstream_key: str | None = field(default=None, repr=False)
+    client_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    metrics: bool = False
+
+    def __post_init__(self) -> None:
+        if self.client_keys and not self.upstream_key:
+            raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
+        if not self.upstreams and not self.fake:
+            raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
+        if self.upstreams and self.fake:
+            raise ConfigurationError("ServeConfig: upstreams or fake, not both")
+        endpoints_of(self.upstreams)  # a bad URL fails now, not once serving
+        if self.redis and self.memcached:
+            raise ConfigurationError("ServeConfig: redis or memcached, not both")
+
+
+def endpoints_of(upstreams: Sequence[str], api_key: str | None = None) -> list[Endpoint]:
+    """One ``Endpoint`` per upstream URL, named by its host (and its position, when two
+    share a host); keyless by default: the caller's own ``Authorization`` is sent."""
+    hosts = [urlsplit(url).netloc or url for url in upstreams]
+    return [
+        Endpoint(host if hosts.count(host) == 1 else f"{host}#{index}", url, api_key=api_key)
+        for index, (host, url) in enumerate(zip(hosts, upstreams, strict=True), start=1)
+    ]
+
+
+def create_app(config: ServeConfig) -> web.Application:
+    """The proxy application; its Client (and, with ``fake``, its gateway) starts with
+    the application and is closed, pending cache writes landed, when it stops."""
+    app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[_openai_errors])
+    app[_CONFIG] = config
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/healthz", _healthz)
+    if config.metrics:
+        app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def run(
+    config: ServeConfig,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    reuse_port: bool = False,
+    on_ready: Callable[[], object] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish
+    within ``shutdown_grace`` seconds, close the Client and return. With ``reuse_port``,
+    other processes may listen on the same port (``SO_REUSEPORT``): the kernel spreads
+    the connections among them. ``on_ready`` is called once the port is listened on."""
+
+    def announce(_: str) -> None:
+        where = f"http://{host}:{port}"
+        print(f"limpet serve: {os.getpid()} listening on {where}", file=sys.stderr, flush=True)
+        if on_ready is not None:
+            on_ready()
+
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        shutdown_timeout=shutdown_grace,
+        access_log=None,  # request lines only would say little; keys never go to logs
+        print=announce,
+        reuse_port=reuse_port or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Proxy:
+    client: Client
+    models: ModelListings
+    config: ServeConfig
+    registry: MetricsRegistry | None
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """A 401 for a caller without one of the client keys, when there are some."""
+        keys = self.config.client_keys
+        if not keys or client_key_allowed(request.headers.get("Authorization"), keys):
+            return None
+        error = openai_error("a valid API key of this proxy is required", "invalid_api_key")
+        return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
+
+    def options(self, request: web.Request) -> dict[str, Any]:
+        """The Client options of ``request``: its own key goes upstream, unless the
+        proxy sends its own."""
+        return call_options(request.headers, forward_authorization=not self.config.upstream_key)
+
+    def authorization(self, request: web.Request) -> str | None:
+        """What ``/models`` is fetched with."""
+        if self.config.upstream_key:
+            return f"Bearer {self.config.upstream_key}"
+        return request.headers.get("Authorization")
+
+
+_CONFIG: Final = web.AppKey("config", ServeConfig)
+_PROXY: Final = web.AppKey("proxy", _Proxy)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    config = app[_CONFIG]
+    async with contextlib.AsyncExitStack() as stack:
+        upstreams = config.upstreams
+        if config.fake:
+            from limpet.testing import FakeGateway
+
+            gateway = await stack.enter_async_context(FakeGateway(endpoints=("fake",)))
+            upstreams = (gateway.base_url("fake"),)
+        registry = MetricsRegistry() if config.metrics else None
+        client = Client(
+            endpoints=endpoints_of(upstreams, config.upstream_key),
+            on_event=None if registry is None else registry.hook,
+            cache=_cache(config),
+            namespace=config.namespace,
+            auto_cache_control=config.auto_cache_control,
+        )
+        stack.push_async_callback(client.aclose)  # drains pending cache writes
+        timeout = aiohttp.ClientTimeout(total=_MODELS_TIMEOUT)
+        session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+        models_url = upstreams[0].rstrip("/") + "/models"
+        clock = asyncio.get_running_loop().time
+        models = ModelListings(session, models_url, config.models_ttl, clock)
+        app[_PROXY] = _Proxy(client, models, config, registry)
+        yield
+
+
+def _cache(config: ServeConfig) -> TieredCache:
+    shared: CacheBackend | None = None
+    if config.redis:
+        from limpet.cache.redis import DEFAULT_PREFIX, RedisCache
+
+        shared = RedisCache.from_url(config.redis, prefix=config.prefix or DEFAULT_PREFIX)
+    elif config.memcached:
+        from limpet.cache.memcached import DEFAULT_PREFIX as PREFIX
+        from limpet.cache.memcached import MemcachedCache
+
+        shared = MemcachedCache.from_url(config.memcached, prefix=config.prefix or PREFIX)
+    return TieredCache(MemoryCache()) if shared is None else TieredCache(MemoryCache(), shared)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[_PROXY].registry
+    assert registry is not None  # the route exists only with metrics
+    body, content_type = registry.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+@web.middleware
+async def _openai_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413...) and the proxy's faults in OpenAI's shape;
+    a fault is logged without the request's headers, which hold the caller's key."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        body = openai_error(exc.reason, kind)
+        return web.Response(
+            status=exc.status, body=orjson.dumps(body), content_type="application/json"
+        )
+    except Exception:
+        logger.exception("limpet serve: %s %s failed", request.method, request.path)
+        status, body = error_of(RuntimeError())
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+async def _models(request: web.Request) -> web.Response:
+    proxy = request.app[_PROXY]
+    refusal = proxy.refusal(request)
+    if refusal is not None:
+        return refusal
+    try:
+        status, body = await proxy.models.get(proxy.authorization(request))
+    except (aiohttp.ClientError, TimeoutError):
+        status, body = 502, _json_error("the upstream's /models could not be reached")
+    else:
+        if status != 200:  # not the upstream's body: it may echo the credential it was sent
+            body = _json_error(f"the upstream's /models answered with status {status}")
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _json_error(message: str) -> bytes:
+    return orjson.dumps(openai_error(message, "api_error"))
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    proxy = request.app[_PROXY]
+    refusal = proxy.refusal(request)
+    if refusal is not None:
+        return refusal
+    client = proxy.client
+    try:
+        fields, reserved = split_body(await _json_object(request))
+        options = proxy.options(request)
+        streaming = fields.pop("stream", False)
+        if streaming is True:
+            fields.pop("stream_options", None)  # the Client asks for usage itself
+            stream = client.stream(**fields, extra_body=reserved, **options)
+            return await _stream(request, stream)
+        if streaming not in (False, None):
+            raise InvalidRequestError("stream", "true or false", streaming)
+        completion = await client.complete(**fields, extra_body=reserved, **options)
+    except LimpetError as exc:
+        return _error_response(exc)
+    return _json_answer(completion)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("body", "a JSON object", "invalid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body", "a JSON object", body)
+    return body
+
+
+def _json_answer(completion: Completion) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(completion.raw),
+        content_type="application/json",
+        headers=answer_headers(completion),
+    )
+
+
+async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamResponse:
+    """Re-emit the stream's chunks as they come, as server-sent events. What the headers
+    of a JSON answer say (``X-Limpet-Cache``...) is only known at the end of a stream: it
+    comes as an SSE comment before ``[DONE]``, which SSE clients ignore."""
+    async with stream:  # leaving it, this reader lets go; its flight's others go on
+        try:
+            first = await anext(stream, None)
+        except LimpetError as exc:
+            return _error_response(exc)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):  # the caller hung up
+            await _relay(response, first, stream)
+    return response
+
+
+async def _relay(
+    response: web.StreamResponse, first: StreamChunk | None, stream: CompletionStream
+) -> None:
+    try:
+        if first is not None:
+            await response.write(_event(first.raw))
+            async for chunk in stream:
+                await response.write(_event(chunk.raw))
+        if stream.completion is not None:
+            await response.write(_served_comment(stream.completion))
+        await response.write(_DONE)
+    except LimpetError as exc:
+        await response.write(_event(error_of(exc)[1]))  # as OpenAI reports it mid-stream
+    await response.write_eof()
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _served_comment(completion: Completion) -> bytes:
+    fields = " ".join(f"{name}={value}" for name, value in answer_headers(completion).items())
+    return f": {fields}\n\n".encode()
+
+
+def _error_response(exc: LimpetError) -> web.Response:
+    status, body = error_of(exc)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

@@ -1,0 +1,164 @@
+"""The proxy's wire rules, without I/O: which control headers a request may carry, what
+an answer says about how it was served, and OpenAI's error shape for every failure."""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Collection, Mapping
+from typing import Any, Final, cast, get_args
+
+from limpet.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    ClientClosedError,
+    InvalidRequestError,
+)
+from limpet.models import Completion
+from limpet.policy import CacheMode
+
+__all__ = [
+    "BODY_RESERVED",
+    "CACHE_HEADER",
+    "CACHE_MODE_HEADER",
+    "COST_HEADER",
+    "ENDPOINT_HEADER",
+    "KEY_HEADER",
+    "TTL_HEADER",
+    "BadHeaderError",
+    "answer_headers",
+    "call_options",
+    "client_key_allowed",
+    "error_of",
+    "openai_error",
+    "split_body",
+]
+
+CACHE_HEADER: Final = "X-Limpet-Cache"
+ENDPOINT_HEADER: Final = "X-Limpet-Endpoint"
+KEY_HEADER: Final = "X-Limpet-Key"
+COST_HEADER: Final = "X-Limpet-Cost-USD"
+CACHE_MODE_HEADER: Final = "X-Limpet-Cache-Mode"
+TTL_HEADER: Final = "X-Limpet-TTL"
+
+#: Body fields whose names are keyword arguments of ``Client.complete()`` with another
+#: meaning: they go upstream through ``extra_body``, so a body can never set a call option.
+BODY_RESERVED: Final = frozenset({"cache", "ttl", "timeout", "extra_headers", "extra_body"})
+
+# OpenAI's error types by status; anything else of 5xx is a server error.
+_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class BadHeaderError(InvalidRequestError):
+    """A control header with a value the proxy does not take."""
+
+
+def call_options(
+    headers: Mapping[str, str], *, forward_authorization: bool = True
+) -> dict[str, Any]:
+    """The ``Client.complete()``/``stream()`` options a request's headers ask for.
+
+    With ``forward_authorization``, the caller's ``Authorization`` goes upstream as is,
+    which also scopes the cache entries and flights of the call to that credential
+    (``limpet.credentials.call_scope``); without it, the proxy's own key is sent.
+
+    Raises:
+        BadHeaderError: ``X-Limpet-Cache-Mode`` or ``X-Limpet-TTL`` has a bad value.
+    """
+    options: dict[str, Any] = {}
+    authorization = headers.get("Authorization")
+    if authorization and forward_authorization:
+        options["extra_headers"] = {"Authorization": authorization}
+    mode = headers.get(CACHE_MODE_HEADER)
+    if mode is not None:
+        options["cache"] = _cache_mode(mode)
+    ttl = headers.get(TTL_HEADER)
+    if ttl is not None:
+        options["ttl"] = _ttl(ttl)
+    return options
+
+
+def _cache_mode(value: str) -> CacheMode:
+    for mode in get_args(CacheMode):
+        if value.strip().lower() == mode:
+            return cast(CacheMode, mode)
+    raise BadHeaderError(CACHE_MODE_HEADER, "bypass, refresh or force", value)
+
+
+def _ttl(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise BadHeaderError(TTL_HEADER, "a number of seconds > 0", value)
+    return seconds
+
+
+def client_key_allowed(authorization: str | None, allowed: Collection[str]) -> bool:
+    """Whether ``Authorization: Bearer <key>`` presents one of the ``allowed`` keys.
+
+    Every key is compared, each in constant time, so the time taken says nothing about
+    which key was close.
+    """
+    scheme, _, given = (authorization or "").partition(" ")
+    presented = given.strip().encode()
+    found = False
+    for key in allowed:
+        found |= hmac.compare_digest(presented, key.encode())
+    return found and scheme.lower() == "bearer" and bool(presented)
+
+
+def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``body`` as ``Client`` keyword arguments: the fields, and the reserved ones apart
+    (to be sent as ``extra_body``: they are body fields like any other, not options)."""
+    fields = {name: value for name, value in body.items() if name not in BODY_RESERVED}
+    reserved = {name: value for name, value in body.items() if name in BODY_RESERVED}
+    return fields, reserved or None
+
+
+def answer_headers(completion: Completion) -> dict[str, str]:
+    """What an answer says about how it was served."""
+    headers = {CACHE_HEADER: completion.cache.value, ENDPOINT_HEADER: completion.endpoint}
+    if completion.key is not None:
+        headers[KEY_HEADER] = completion.key
+    if completion.cost is not None:
+        headers[COST_HEADER] = f"{completion.cost.usd:.10g}"
+    return headers
+
+
+def openai_error(
+    message: str, error_type: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and OpenAI-shaped body of a failed call; limpet's messages never
+    hold a secret (``limpet.errors.scrub``)."""
+    if isinstance(exc, InvalidRequestError):
+        return 400, openai_error(str(exc), "invalid_request_error", param=exc.field)
+    if isinstance(exc, ClientClosedError):
+        return 503, openai_error("the proxy is shutting down", "server_error")
+    if isinstance(exc, APIStatusError):
+        status = exc.status_code
+        kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+        return status, openai_error(exc.message, kind, code=str(status))
+    if isinstance(exc, APITimeoutError):
+        return 504, openai_error(str(exc), "timeout", code="upstream_timeout")
+    if isinstance(exc, APIConnectionError):
+        return 502, openai_error(str(exc), "server_error", code="upstream_unreachable")
+    if isinstance(exc, APIError):
+        return 502, openai_error(str(exc), "server_error", code="bad_upstream_response")
+    return 500, openai_error("internal error of the proxy", "server_error")

@@ -1,0 +1,147 @@
+"""The proxy's wire rules: control headers, answer headers, OpenAI's error shape."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from limpet.errors import (
+    APIConnectionError,
+    APIResponseError,
+    APITimeoutError,
+    ClientClosedError,
+    ConfigurationError,
+    InvalidRequestError,
+    RateLimitError,
+)
+from limpet.models import CacheStatus, Completion, Cost, Usage
+from limpet.serve.app import ServeConfig, endpoints_of
+from limpet.serve.protocol import (
+    BadHeaderError,
+    answer_headers,
+    call_options,
+    client_key_allowed,
+    error_of,
+    split_body,
+)
+
+
+def test_no_headers_ask_for_nothing() -> None:
+    assert call_options({}) == {}
+
+
+def test_the_callers_authorization_is_sent_upstream_as_is() -> None:
+    options = call_options({"Authorization": "Bearer sk-a", "X-Limpet-Cache-Mode": "Force"})
+    assert options == {"extra_headers": {"Authorization": "Bearer sk-a"}, "cache": "force"}
+
+
+@pytest.mark.parametrize("mode", ["bypass", "refresh", "force", " BYPASS "])
+def test_cache_modes(mode: str) -> None:
+    assert call_options({"X-Limpet-Cache-Mode": mode})["cache"] == mode.strip().lower()
+
+
+@pytest.mark.parametrize("mode", ["", "off", "read-only", "bypass,force"])
+def test_other_cache_modes_are_refused_naming_the_header(mode: str) -> None:
+    with pytest.raises(BadHeaderError, match="X-Limpet-Cache-Mode") as refused:
+        call_options({"X-Limpet-Cache-Mode": mode})
+    assert refused.value.field == "X-Limpet-Cache-Mode"
+
+
+@given(st.floats(min_value=1e-6, max_value=1e12))
+def test_any_positive_ttl_is_taken(seconds: float) -> None:
+    assert call_options({"X-Limpet-TTL": repr(seconds)})["ttl"] == seconds
+
+
+@pytest.mark.parametrize("ttl", ["0", "-1", "inf", "nan", "soon", "", "1e999"])
+def test_other_ttls_are_refused(ttl: str) -> None:
+    with pytest.raises(BadHeaderError, match="X-Limpet-TTL"):
+        call_options({"X-Limpet-TTL": ttl})
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["model", "cache", "ttl", "timeout", "n", "extra_body"]), st.integers()
+    )
+)
+def test_a_body_never_sets_a_call_option(body: dict[str, int]) -> None:
+    fields, reserved = split_body(body)
+    assert {**fields, **(reserved or {})} == body
+    assert not {"cache", "ttl", "timeout", "extra_body", "extra_headers"} & set(fields)
+
+
+def completion(cache: CacheStatus, key: str | None, cost: Cost | None) -> Completion:
+    return Completion({}, "m", Usage(), cost, cache, "primary", key)
+
+
+def test_answer_headers_say_how_it_was_served() -> None:
+    headers = answer_headers(completion(CacheStatus.HIT, "k1", Cost(usd=0.00125)))
+    assert headers == {
+        "X-Limpet-Cache": "hit",
+        "X-Limpet-Endpoint": "primary",
+        "X-Limpet-Key": "k1",
+        "X-Limpet-Cost-USD": "0.00125",
+    }
+    bare = answer_headers(completion(CacheStatus.BYPASS, None, None))
+    assert bare == {"X-Limpet-Cache": "bypass", "X-Limpet-Endpoint": "primary"}
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "kind"),
+    [
+        (InvalidRequestError("messages", "a list"), 400, "invalid_request_error"),
+        (RateLimitError("slow down", status_code=429), 429, "rate_limit_error"),
+        (APITimeoutError("too slow"), 504, "timeout"),
+        (APIConnectionError("refused"), 502, "server_error"),
+        (APIResponseError("not JSON", status_code=200, body="<html>"), 502, "server_error"),
+        (ClientClosedError("closed"), 503, "server_error"),
+        (RuntimeError("a bug"), 500, "server_error"),
+    ],
+)
+def test_errors_come_back_in_openais_shape(exc: Exception, status: int, kind: str) -> None:
+    got_status, body = error_of(exc)
+    assert (got_status, body["error"]["type"]) == (status, kind)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert "a bug" not in body["error"]["message"]  # the proxy's own faults stay private
+
+
+def test_endpoints_are_named_by_host_and_carry_no_key() -> None:
+    endpoints = endpoints_of(
+        ["https://openrouter.ai/api/v1", "http://relay:8080/a/v1", "http://relay:8080/b/v1"]
+    )
+    names = [endpoint.name for endpoint in endpoints]
+    assert names == ["openrouter.ai", "relay:8080#2", "relay:8080#3"]
+    assert all(endpoint.api_key is None for endpoint in endpoints)
+
+
+def test_client_keys_are_presented_as_bearer_tokens() -> None:
+    allowed = frozenset({"sk-one", "sk-two"})
+    assert client_key_allowed("Bearer sk-two", allowed)
+    assert client_key_allowed("bearer sk-one", allowed)
+    for refused in (None, "", "Bearer", "Bearer ", "sk-one", "Basic sk-one", "Bearer sk-on"):
+        assert not client_key_allowed(refused, allowed), refused
+    assert not client_key_allowed("Bearer sk-one", frozenset())
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({}, "at least one upstream"),
+        ({"upstreams": ("ftp://gateway/v1",)}, "base_url"),
+        ({"upstreams": ("http://a/v1",), "fake": True}, "not both"),
+        ({"fake": True, "redis": "redis://r", "memcached": "memcached://m"}, "not both"),
+        ({"fake": True, "client_keys": frozenset({"sk-1"})}, "upstream_key"),
+    ],
+)
+def test_a_config_that_cannot_serve_is_refused_at_once(
+    options: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        ServeConfig(**options)  # type: ignore[arg-type]
+
+
+def test_a_configs_repr_shows_no_key() -> None:
+    config = ServeConfig(
+        upstreams=("http://a/v1",), upstream_key="sk-secret", client_keys=frozenset({"sk-c"})
+    )
+    assert "sk-secret" not in repr(config) and "sk-c" not in repr(config)
