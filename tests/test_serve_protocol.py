@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,13 +18,15 @@ from limpet.errors import (
     InvalidRequestError,
     RateLimitError,
 )
-from limpet.models import CacheStatus, Completion, Cost, Usage
+from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
 from limpet.serve.app import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     BadHeaderError,
     answer_headers,
     call_options,
     client_key_allowed,
+    embeddings_body,
+    embeddings_headers,
     error_of,
     split_body,
 )
@@ -145,3 +150,31 @@ def test_a_configs_repr_shows_no_key() -> None:
         upstreams=("http://a/v1",), upstream_key="sk-secret", client_keys=frozenset({"sk-c"})
     )
     assert "sk-secret" not in repr(config) and "sk-c" not in repr(config)
+
+
+@given(
+    vectors=st.lists(
+        st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_embeddings_body_in_base64_decodes_to_the_same_float32_vectors(
+    vectors: list[list[float]],
+) -> None:
+    result = Embeddings(vectors, "m", Usage(5), None, 0, len(vectors), 0, [])
+    as_floats = embeddings_body(result)
+    as_base64 = embeddings_body(result, "base64")
+    assert [d["index"] for d in as_base64["data"]] == list(range(len(vectors)))
+    for plain, packed in zip(as_floats["data"], as_base64["data"], strict=True):
+        raw = base64.b64decode(packed["embedding"])
+        assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == plain["embedding"]
+    assert as_floats["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
+
+
+def test_embeddings_body_names_a_bad_encoding_format() -> None:
+    result = Embeddings([[0.5]], "m", Usage(), None, 1, 0, 0, [])
+    with pytest.raises(InvalidRequestError, match="encoding_format"):
+        embeddings_body(result, "int8")
+    headers = embeddings_headers(result)
+    assert headers == {"X-Limpet-Cache": "hit", "X-Limpet-Inputs": "hits=1 misses=0 coalesced=0"}

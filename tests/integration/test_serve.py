@@ -533,3 +533,55 @@ async def test_an_upstream_refusing_models_comes_back_without_its_body(
         assert await proxy.stop() == 0
     assert refused[0] == 404
     assert refused[1]["error"]["message"] == "the upstream's /models answered with status 404"
+
+
+async def test_embeddings_through_the_proxy_are_cached_per_input(
+    proxy: Proxy, gateway: FakeGateway
+) -> None:
+    from limpet.testing.embeddings import fake_vector
+
+    model = "openai/text-embedding-3-small"
+    async with proxy.openai("sk-test-a") as sdk:  # the SDK asks for base64 and decodes it
+        first = await sdk.embeddings.with_raw_response.create(
+            model=model, input=["limpet", "rock", "limpet"]
+        )
+        second = await sdk.embeddings.with_raw_response.create(model=model, input=["rock"])
+    parsed = first.parse()
+    assert [item.index for item in parsed.data] == [0, 1, 2]
+    assert parsed.data[0].embedding == parsed.data[2].embedding
+    assert first.headers["X-Limpet-Cache"] == "miss"
+    assert first.headers["X-Limpet-Inputs"] == "hits=0 misses=2 coalesced=1"
+    assert second.headers["X-Limpet-Cache"] == "hit"
+    assert second.parse().data[0].embedding == parsed.data[1].embedding
+    assert gateway.embeddings.inputs == 2  # each distinct input sent once
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{proxy.url}/v1/embeddings",
+            json={"model": model, "input": "rock", "encoding_format": "float"},
+            headers={"Authorization": "Bearer sk-test-a"},
+        ) as response,
+    ):
+        body = await response.json()
+    assert response.headers["X-Limpet-Cache"] == "hit"
+    assert body["object"] == "list" and body["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+    expected = fake_vector(model, "rock")
+    assert body["data"][0]["embedding"] == pytest.approx(expected, rel=1e-6)
+    assert gateway.embeddings.inputs == 2
+
+
+async def test_an_embeddings_request_without_input_is_a_400_in_openais_shape(
+    proxy: Proxy, gateway: FakeGateway
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{proxy.url}/v1/embeddings",
+            json={"model": "openai/text-embedding-3-small", "input": []},
+            headers={"Authorization": "Bearer sk-test-a"},
+        ) as response,
+    ):
+        body = await response.json()
+    assert response.status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert gateway.embeddings.inputs == 0

@@ -1,11 +1,12 @@
-"""The proxy: an ``aiohttp.web`` application that answers OpenAI's chat-completions API
-through one ``Client``, so every caller shares its cache and single-flight.
+"""The proxy: an ``aiohttp.web`` application that answers OpenAI's API through one
+``Client``, so every caller shares its cache and single-flight.
 
 The caller's ``Authorization`` header goes upstream as is and scopes the cache entries
 and flights of its calls: callers with different keys never share an answer. Routes:
 ``POST /v1/chat/completions`` (JSON, or server-sent events with ``"stream": true``),
-``GET /v1/models`` (the first upstream's, kept briefly per credential), ``GET /healthz``
-and, when asked for, ``GET /metrics``.
+``POST /v1/embeddings`` (cached, coalesced and batched per input), ``GET /v1/models``
+(the first upstream's, kept briefly per credential), ``GET /healthz`` and, when asked
+for, ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from limpet.serve.protocol import (
     answer_headers,
     call_options,
     client_key_allowed,
+    embeddings_body,
+    embeddings_headers,
     error_of,
     openai_error,
     split_body,
@@ -131,6 +134,7 @@ def create_app(config: ServeConfig) -> web.Application:
     app[_CONFIG] = config
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/healthz", _healthz)
     if config.metrics:
@@ -313,6 +317,25 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     except LimpetError as exc:
         return _error_response(exc)
     return _json_answer(completion)
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    proxy = request.app[_PROXY]
+    refusal = proxy.refusal(request)
+    if refusal is not None:
+        return refusal
+    try:
+        fields, reserved = split_body(await _json_object(request))
+        # How the caller wants its vectors is the proxy's to honour; upstream, the Client
+        # picks the cheaper wire format itself.
+        encoding = fields.pop("encoding_format", None)
+        result = await proxy.client.embed(**fields, extra_body=reserved, **proxy.options(request))
+        body = embeddings_body(result, encoding)
+    except LimpetError as exc:
+        return _error_response(exc)
+    return web.Response(
+        body=orjson.dumps(body), content_type="application/json", headers=embeddings_headers(result)
+    )
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """The proxy's wire rules, without I/O: which control headers a request may carry, what
-an answer says about how it was served, and OpenAI's error shape for every failure."""
+an answer says about how it was served, OpenAI's embeddings answer, and OpenAI's error
+shape for every failure."""
 
 from __future__ import annotations
 
+import base64
 import hmac
 import math
+import struct
 from collections.abc import Collection, Mapping
 from typing import Any, Final, cast, get_args
 
@@ -16,7 +19,7 @@ from limpet.errors import (
     ClientClosedError,
     InvalidRequestError,
 )
-from limpet.models import Completion
+from limpet.models import Completion, Embeddings
 from limpet.policy import CacheMode
 
 __all__ = [
@@ -25,12 +28,15 @@ __all__ = [
     "CACHE_MODE_HEADER",
     "COST_HEADER",
     "ENDPOINT_HEADER",
+    "INPUTS_HEADER",
     "KEY_HEADER",
     "TTL_HEADER",
     "BadHeaderError",
     "answer_headers",
     "call_options",
     "client_key_allowed",
+    "embeddings_body",
+    "embeddings_headers",
     "error_of",
     "openai_error",
     "split_body",
@@ -40,6 +46,8 @@ CACHE_HEADER: Final = "X-Limpet-Cache"
 ENDPOINT_HEADER: Final = "X-Limpet-Endpoint"
 KEY_HEADER: Final = "X-Limpet-Key"
 COST_HEADER: Final = "X-Limpet-Cost-USD"
+#: On an embeddings answer: how many inputs were hits, misses and coalesced.
+INPUTS_HEADER: Final = "X-Limpet-Inputs"
 CACHE_MODE_HEADER: Final = "X-Limpet-Cache-Mode"
 TTL_HEADER: Final = "X-Limpet-TTL"
 
@@ -134,6 +142,49 @@ def answer_headers(completion: Completion) -> dict[str, str]:
         headers[KEY_HEADER] = completion.key
     if completion.cost is not None:
         headers[COST_HEADER] = f"{completion.cost.usd:.10g}"
+    return headers
+
+
+def embeddings_body(result: Embeddings, encoding_format: object = None) -> dict[str, Any]:
+    """OpenAI's embeddings answer for ``result``: ``{"object": "list", "data": [{"object":
+    "embedding", "index", "embedding"}], "model", "usage"}``, each vector a list of floats,
+    or with ``encoding_format="base64"`` (what the OpenAI SDK asks for by default) the
+    base64 of its little-endian float32 bytes.
+
+    Raises:
+        InvalidRequestError: ``encoding_format`` is neither ``"float"`` nor ``"base64"``.
+    """
+    if encoding_format not in (None, "float", "base64"):
+        raise InvalidRequestError("encoding_format", "'float' or 'base64'", encoding_format)
+    data = [
+        {
+            "object": "embedding",
+            "index": index,
+            "embedding": _base64_floats(vector) if encoding_format == "base64" else vector,
+        }
+        for index, vector in enumerate(result.vectors)
+    ]
+    sent = result.usage.prompt_tokens
+    return {
+        "object": "list",
+        "data": data,
+        "model": result.model,
+        "usage": {"prompt_tokens": sent, "total_tokens": sent},
+    }
+
+
+def _base64_floats(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def embeddings_headers(result: Embeddings) -> dict[str, str]:
+    """What an embeddings answer says about how its inputs were served."""
+    headers = {
+        CACHE_HEADER: result.cache.value,
+        INPUTS_HEADER: f"hits={result.hits} misses={result.misses} coalesced={result.coalesced}",
+    }
+    if result.cost is not None:
+        headers[COST_HEADER] = f"{result.cost.usd:.10g}"
     return headers
 
 
