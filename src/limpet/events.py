@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from limpet.models import CacheStatus, Completion, Usage
 
 __all__ = ["CallEvent", "EventHook", "emit_event", "event_of"]
+
+if TYPE_CHECKING:
+    from limpet.admission import AdmissionStats
 
 logger = logging.getLogger("limpet.events")
 
@@ -31,6 +35,8 @@ class CallEvent:
         seconds: wall time of the call (of the whole stream, for a stream).
         stream: True for ``stream()``.
         error: the exception's type name when the call failed.
+        queued_seconds: time the call waited for admission to an endpoint.
+        admission: the admission figures of ``endpoint`` after the call, when it has them.
     """
 
     model: str
@@ -42,6 +48,8 @@ class CallEvent:
     seconds: float
     stream: bool = False
     error: str | None = None
+    queued_seconds: float = 0.0
+    admission: AdmissionStats | None = None
 
 
 EventHook = Callable[[CallEvent], None]
@@ -54,10 +62,20 @@ def event_of(
     *,
     stream: bool = False,
     error: BaseException | None = None,
+    queued: float = 0.0,
 ) -> CallEvent:
     if completion is None:
         return CallEvent(
-            model, None, None, Usage(), 0.0, 0.0, seconds, stream, type(error).__name__
+            model,
+            None,
+            None,
+            Usage(),
+            0.0,
+            0.0,
+            seconds,
+            stream,
+            type(error).__name__,
+            queued,
         )
     cost = completion.cost
     billed = completion.cache in (CacheStatus.MISS, CacheStatus.BYPASS)
@@ -70,6 +88,7 @@ def event_of(
         cost.saved_usd if cost else 0.0,
         seconds,
         stream,
+        queued_seconds=queued,
     )
 
 
