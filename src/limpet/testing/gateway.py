@@ -255,6 +255,10 @@ class FakeGateway:
         endpoint = self._endpoints.get(request.match_info["endpoint"])
         if endpoint is None:
             return _unknown_endpoint(request)
+        refusal = endpoint.refusal(self.clock())
+        if refusal is not None:
+            endpoint.calls += 1
+            return error_response(429, "Rate limit exceeded", headers=refusal)
         endpoint.in_flight += 1
         endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
         try:
