@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from tenacity import RetryCallState
-from tenacity.stop import stop_base
 
 from limpet.admission_rules import AimdLimit, TokenBucket, pause_from_headers
 from limpet.config import AdmissionConfig, Endpoint
@@ -35,7 +33,6 @@ __all__ = [
     "Admission",
     "AdmissionStats",
     "Admissions",
-    "AttemptBudget",
     "Seen",
     "Slot",
     "Ticket",
@@ -349,26 +346,6 @@ class Ticket:
             slot.succeeded(self.headers, self.used_tokens)  # it answered: not overloaded
         else:
             slot.release()
-
-
-class AttemptBudget(stop_base):
-    """Stop after ``attempts`` failures, not counting 429s: with admission, a 429 means
-    "wait for the endpoint's pause", and up to ``rate_limited`` of them are waited out."""
-
-    def __init__(self, attempts: int, rate_limited: int) -> None:
-        self.attempts = attempts
-        self.rate_limited = rate_limited
-        self.failed = 0
-        self.limited = 0
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, APIStatusError) and exc.status_code == 429:
-            self.limited += 1
-            return self.limited >= self.rate_limited
-        self.failed += 1
-        return self.failed >= self.attempts
 
 
 def estimated_tokens(payload: bytes) -> float:

@@ -455,7 +455,6 @@ DEFAULT_MAX_LIMIT = 1000
 DEFAULT_LIMIT_BACKOFF = 0.9
 DEFAULT_PROBE_ROUNDS = 20
 DEFAULT_REPIN_PAUSE = 30.0
-DEFAULT_MAX_RATE_LIMITED = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -478,8 +477,6 @@ class AdmissionConfig:
             slower, so the endpoint's limit is probed rarely.
         repin_pause: a sticky prefix leaves its paused endpoint only when the pause
             lasts longer than this many seconds; new prefixes avoid a paused endpoint.
-        max_rate_limited: 429s one call may meet before it fails (they do not use up
-            ``RetryConfig.max_attempts``: the pause, not the caller, decides when to retry).
     """
 
     initial_limit: int = DEFAULT_INITIAL_LIMIT
@@ -488,10 +485,9 @@ class AdmissionConfig:
     backoff: float = DEFAULT_LIMIT_BACKOFF
     probe_rounds: int = DEFAULT_PROBE_ROUNDS
     repin_pause: float = DEFAULT_REPIN_PAUSE
-    max_rate_limited: int = DEFAULT_MAX_RATE_LIMITED
 
     def __post_init__(self) -> None:
-        for name in ("initial_limit", "min_limit", "max_limit", "probe_rounds", "max_rate_limited"):
+        for name in ("initial_limit", "min_limit", "max_limit", "probe_rounds"):
             value = getattr(self, name)
             if value is None:
                 raise ConfigurationError(f"AdmissionConfig.{name}: expected an int >= 1")

@@ -23,7 +23,6 @@ from limpet._version import __version__
 from limpet.admission import (
     REFUSALS,
     Admissions,
-    AttemptBudget,
     Seen,
     Ticket,
     estimated_tokens,
@@ -267,7 +266,9 @@ class Transport:
         if self._admissions is None:
             return Ticket(None)
         admission = self._admissions.of(endpoint)
-        queued = f"admission to endpoint {endpoint.name!r} (queued; nothing was sent)"
+        queued = (
+            f"admission to endpoint {endpoint.name!r}, queued behind other calls (nothing sent)"
+        )
         if deadline is not None and admission.paused_until >= deadline:
             raise _QueuedTooLong(
                 f"endpoint {endpoint.name!r} is paused by its rate limit past the call's "
@@ -302,9 +303,6 @@ class Transport:
 
     def _retrying(self, deadline: float | None = None) -> AsyncRetrying:
         stop: stop_base = stop_after_attempt(self._retry.max_attempts)
-        if self._admissions is not None:
-            limited = self._admissions.config.max_rate_limited
-            stop = AttemptBudget(self._retry.max_attempts, limited)
         if deadline is not None:
             stop = stop | _StopBefore(deadline)
         return AsyncRetrying(
