@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from limpet.admission_rules import AimdLimit, TokenBucket, pause_from_headers
+from limpet.admission_rules import AimdLimit, TokenBucket, pause_from_headers, remaining_requests
 from limpet.config import AdmissionConfig, Endpoint
 from limpet.errors import APIResponseError, APIStatusError
 
@@ -109,6 +109,7 @@ class Slot:
             return
         admission = self._admission
         admission.limit.succeeded(self._in_flight)
+        admission.probing = False
         admission.steer(200, headers)
         if used_tokens is not None:
             admission.correct_tokens(self._tokens - used_tokens)
@@ -152,6 +153,13 @@ class Admission:
         self.in_flight = 0
         self.epoch = 0
         self.paused_until = -math.inf
+        # After a pause one request goes alone, and the others follow once it is answered
+        # (the door may have reopened by one place only, as a rolling window does).
+        self.probing = False
+        # Requests the endpoint's x-ratelimit-remaining-requests still allows, less
+        # those sent since, until its window resets; None when it says nothing.
+        self._quota: int | None = None
+        self._quota_until = -math.inf
         self.paused_seconds = 0.0
         self.rate_limited = 0
 
@@ -225,9 +233,17 @@ class Admission:
         if until > self.paused_until:
             self.paused_seconds += until - max(now, self.paused_until)
             self.paused_until = until
+        self.probing = True
 
     def steer(self, status: int, headers: Mapping[str, str]) -> None:
-        """Pause as an answer's ``Retry-After`` or ``x-ratelimit-*`` headers ask."""
+        """Pause as an answer's ``Retry-After`` or ``x-ratelimit-*`` headers ask, and
+        send no more than its ``x-ratelimit-remaining-requests`` until the next answer."""
+        quota = remaining_requests(headers)
+        if quota is not None:
+            remaining, reset = quota
+            # The others in flight were sent after this one was counted, or may have been.
+            self._quota = remaining - (self.in_flight - 1)
+            self._quota_until = asyncio.get_running_loop().time() + reset
         seconds = pause_from_headers(status, headers)
         if seconds:
             self.pause(seconds)
@@ -244,8 +260,12 @@ class Admission:
         """Seconds before a request of ``tokens`` may go; ``inf``: until a slot frees."""
         if self.paused_until > now:
             return self.paused_until - now
-        if self.in_flight >= self.allowed:
+        if self.in_flight >= (1 if self.probing else self.allowed):
             return math.inf
+        if self._quota is not None and now >= self._quota_until:
+            self._quota = None  # its window has reset
+        if self._quota is not None and self._quota <= 0 and self.in_flight:
+            return math.inf  # an answer in flight will say what is left
         waits = [0.0]
         if self._rpm is not None:
             waits.append(self._rpm.wait(1, now))
@@ -255,6 +275,8 @@ class Admission:
 
     def _admit(self, tokens: float, now: float) -> Slot:
         self.in_flight += 1
+        if self._quota is not None:
+            self._quota -= 1
         if self._rpm is not None:
             self._rpm.take(1, now)
         if self._tpm is not None:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from limpet.config import AdmissionConfig
 from limpet.retry import parse_retry_after
 
-__all__ = ["AimdLimit", "TokenBucket", "parse_duration", "pause_from_headers"]
+__all__ = [
+    "AimdLimit",
+    "TokenBucket",
+    "parse_duration",
+    "pause_from_headers",
+    "remaining_requests",
+]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -57,6 +63,23 @@ def pause_from_headers(status: int, headers: Mapping[str, str]) -> float | None:
         if seconds is not None:
             pauses.append(seconds)
     return max(pauses) if pauses else None
+
+
+def remaining_requests(headers: Mapping[str, str]) -> tuple[int, float] | None:
+    """What an answer's ``x-ratelimit-remaining-requests`` and ``-reset-requests`` say:
+    requests that may still be sent, and for how many seconds that holds. None when
+    either is absent or unreadable."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    remaining = lowered.get("x-ratelimit-remaining-requests")
+    reset = lowered.get("x-ratelimit-reset-requests")
+    if remaining is None or reset is None:
+        return None
+    seconds = parse_duration(reset)
+    try:
+        count = int(float(remaining))
+    except ValueError:
+        return None
+    return None if seconds is None else (max(count, 0), seconds)
 
 
 @dataclass(slots=True)

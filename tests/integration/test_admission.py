@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig
 from limpet.admission import Admission
 from limpet.errors import APIError, APITimeoutError
+from limpet.metrics import PrometheusMetrics
 from limpet.testing import FakeGateway
 
 MODEL = "openai/gpt-5-mini"
@@ -197,3 +199,42 @@ async def test_events_carry_the_time_queued(gateway: FakeGateway) -> None:
     assert sum(1 for event in events if event.queued_seconds > 0) >= 1
     assert all(event.admission is not None for event in events)
     assert client.stats.as_dict()["endpoints"]["a"]["limit"] == 1
+
+
+async def test_prometheus_gauges_show_each_endpoints_admission(gateway: FakeGateway) -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    async with make_client(gateway, cache=None, cap=2, on_event=metrics) as client:
+        await asyncio.gather(*(client.complete(**ask(f"q {i}")) for i in range(4)))
+    sample = registry.get_sample_value
+    assert sample("limpet_admission_limit", {"endpoint": "a"}) == 2
+    assert sample("limpet_admission_in_flight", {"endpoint": "a"}) == 0
+    assert sample("limpet_admission_queued", {"endpoint": "a"}) == 0
+
+
+async def test_a_requests_window_is_kept_by_its_headers_without_a_429(
+    gateway: FakeGateway,
+) -> None:
+    # 10 requests a second: 30 calls need three windows. The answers' remaining-requests
+    # and reset headers hold every caller back before the door closes.
+    endpoint = gateway.endpoint("a")
+    endpoint.limit(requests=10, per=1.0)
+    async with make_client(gateway, cache=None) as client:
+        assert await failures_of(client, 30) == []
+        assert client.stats.endpoints["a"].paused_seconds > 0
+    assert endpoint.rate_limited == 0
+    assert endpoint.completions == 30
+
+
+async def test_the_gateway_window_answers_429_with_openai_headers(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.limit(requests=2, per=FOREVER)
+    now = gateway.clock()
+    assert endpoint.refusal(now) is None
+    assert endpoint.quota_headers(now)["x-ratelimit-remaining-requests"] == "1"
+    assert endpoint.refusal(now) is None
+    refused = endpoint.refusal(now)
+    assert refused is not None
+    assert refused["x-ratelimit-remaining-requests"] == "0"
+    assert float(refused["retry-after-ms"]) == pytest.approx(FOREVER * 1000, rel=0.01)
+    assert endpoint.rate_limited == 1

@@ -313,9 +313,7 @@ class FakeEndpoint:
             limit = self._in_flight_limit
             wait = self.latency if self._limit_retry_after is None else self._limit_retry_after
         elif self._rpm_limit is not None:
-            window = self._window
-            while window and window[0] <= now - self._rate_window:
-                window.popleft()
+            window = self._pruned(now)
             if len(window) >= self._rpm_limit:
                 wait = window[0] + self._rate_window - now
         if wait is None:
@@ -329,6 +327,20 @@ class FakeEndpoint:
             "x-ratelimit-limit-requests": str(limit or 0),
             "x-ratelimit-remaining-requests": "0",
             "x-ratelimit-reset-requests": f"{wait:.3f}s",
+        }
+
+    def quota_headers(self, now: float) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*-requests`` headers of an answer sent at ``now``, under
+        a ``limit(requests=...)`` window; empty without one."""
+        if self._rpm_limit is None:
+            return {}
+        window = self._pruned(now)
+        remaining = max(self._rpm_limit - len(window), 0)
+        reset = window[0] + self._rate_window - now if window else 0.0
+        return {
+            "x-ratelimit-limit-requests": str(self._rpm_limit),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": f"{max(reset, 0.0):.3f}s",
         }
 
     def clear_faults(self) -> None:
@@ -372,6 +384,13 @@ class FakeEndpoint:
     def take_fault(self) -> Fault | None:
         """Remove and return the next queued fault; the gateway calls this once per request."""
         return self._faults.popleft() if self._faults else None
+
+    def _pruned(self, now: float) -> deque[float]:
+        """The window of accepted requests, those older than ``per`` seconds dropped."""
+        window = self._window
+        while window and window[0] <= now - self._rate_window:
+            window.popleft()
+        return window
 
     def _queue(self, fault: Fault, times: int) -> None:
         if times < 1:

@@ -319,7 +319,8 @@ class FakeGateway:
         if isinstance(fault, NoUsageFault):
             del completion["usage"]
         endpoint.completions += 1
-        return json_response(200, completion, generation_id=answer.id)
+        quota = endpoint.quota_headers(self.clock())
+        return json_response(200, completion, generation_id=answer.id, headers=quota)
 
     def _answer(self, endpoint: FakeEndpoint, body: dict[str, Any]) -> tuple[Answer, float]:
         """The reply to a valid request, and how long the endpoint takes to give it."""
