@@ -108,12 +108,14 @@ class Slot:
         if self._released:
             return
         admission = self._admission
-        admission.limit.succeeded(self._in_flight)
-        admission.probing = False
-        admission.steer(200, headers)
-        if used_tokens is not None:
-            admission.correct_tokens(self._tokens - used_tokens)
-        self.release()
+        try:
+            admission.limit.succeeded(self._in_flight)
+            admission.probing = False
+            admission.steer(200, headers)
+            if used_tokens is not None:
+                admission.correct_tokens(self._tokens - used_tokens)
+        finally:
+            self.release()
 
     def refused(self, status: int, headers: Mapping[str, str]) -> None:
         """The attempt met a 429 or 503: the limit shrinks (once per round of requests
@@ -121,13 +123,15 @@ class Slot:
         if self._released:
             return
         admission = self._admission
-        if status == 429:
-            admission.rate_limited += 1
-        if self._epoch == admission.epoch:
-            admission.limit.refused(self._in_flight)
-            admission.epoch += 1
-        admission.steer(status, headers)
-        self.release()
+        try:
+            if status == 429:
+                admission.rate_limited += 1
+            if self._epoch == admission.epoch:
+                admission.limit.refused(self._in_flight)
+                admission.epoch += 1
+            admission.steer(status, headers)
+        finally:
+            self.release()
 
     def release(self) -> None:
         """Give the place back without a verdict (a connection error, a cancellation)."""
@@ -260,12 +264,15 @@ class Admission:
         """Seconds before a request of ``tokens`` may go; ``inf``: until a slot frees."""
         if self.paused_until > now:
             return self.paused_until - now
-        if self.in_flight >= (1 if self.probing else self.allowed):
-            return math.inf
         if self._quota is not None and now >= self._quota_until:
-            self._quota = None  # its window has reset
+            # Its window has reset, by one place or by all: one request goes alone, and
+            # its answer tells how many may follow.
+            self._quota = None
+            self.probing = True
         if self._quota is not None and self._quota <= 0 and self.in_flight:
             return math.inf  # an answer in flight will say what is left
+        if self.in_flight >= (1 if self.probing else self.allowed):
+            return math.inf
         waits = [0.0]
         if self._rpm is not None:
             waits.append(self._rpm.wait(1, now))

@@ -77,7 +77,7 @@ def remaining_requests(headers: Mapping[str, str]) -> tuple[int, float] | None:
     seconds = parse_duration(reset)
     try:
         count = int(float(remaining))
-    except ValueError:
+    except (ValueError, OverflowError):  # "nan", "inf"
         return None
     return None if seconds is None else (max(count, 0), seconds)
 
