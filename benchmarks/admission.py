@@ -148,7 +148,7 @@ async def run_case(
         ideal = calls * LATENCY / IN_FLIGHT
     else:
         endpoint.limit(requests=RATE, per=RATE_WINDOW)
-        ideal = max(calls - RATE, 0) / RATE * RATE_WINDOW + LATENCY
+        ideal = (calls - 1) // RATE * RATE_WINDOW + LATENCY  # each window's share at once
     texts = iter([f"{contender.name} {case} #{i}: how does a limpet grip?" for i in range(calls)])
     failed = 0
     async with contender.open(gateway.base_url("up")) as call:

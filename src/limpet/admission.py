@@ -328,6 +328,13 @@ class Admissions:
         self._max_pause = max_pause
         self._by_name: dict[str, Admission] = {}
 
+    def __copy__(self) -> Admissions:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Admissions:
+        # Live state (futures, timers): shared, never copied, when ``Stats`` are.
+        return self
+
     def of(self, endpoint: Endpoint) -> Admission:
         found = self._by_name.get(endpoint.name)
         if found is None:

@@ -4,6 +4,7 @@ shared pause, deadlines, cancellation. Counts (429s at the gateway, failures), n
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -199,6 +200,8 @@ async def test_events_carry_the_time_queued(gateway: FakeGateway) -> None:
     assert sum(1 for event in events if event.queued_seconds > 0) >= 1
     assert all(event.admission is not None for event in events)
     assert client.stats.as_dict()["endpoints"]["a"]["limit"] == 1
+    copied = copy.deepcopy(client.stats)  # the live admission is shared, not copied
+    assert copied.endpoints["a"] == client.stats.endpoints["a"]
 
 
 async def test_prometheus_gauges_show_each_endpoints_admission(gateway: FakeGateway) -> None:
@@ -238,3 +241,22 @@ async def test_the_gateway_window_answers_429_with_openai_headers(gateway: FakeG
     assert refused["x-ratelimit-remaining-requests"] == "0"
     assert float(refused["retry-after-ms"]) == pytest.approx(FOREVER * 1000, rel=0.01)
     assert endpoint.rate_limited == 1
+
+
+async def test_waiters_are_admitted_first_come_first_served_and_a_retry_first() -> None:
+    admission = Admission(Endpoint("a", "http://localhost", max_in_flight=1), AdmissionConfig())
+    holder = await admission.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, *, first: bool = False) -> None:
+        slot = await admission.acquire(first=first)
+        order.append(name)
+        slot.release()
+
+    tasks = [asyncio.create_task(wait(f"caller {i}")) for i in range(5)]
+    await until(lambda: admission.stats().queued == 5)
+    tasks.append(asyncio.create_task(wait("a retry", first=True)))
+    await until(lambda: admission.stats().queued == 6)
+    holder.release()
+    await asyncio.gather(*tasks)
+    assert order == ["a retry", *(f"caller {i}" for i in range(5))]
