@@ -58,6 +58,25 @@ async def limpet_client(base_url: str, **options: Any) -> AsyncIterator[Call]:
 
 
 @contextlib.asynccontextmanager
+async def bare_floor(base_url: str) -> AsyncIterator[Call]:
+    """A pooled aiohttp session behind a semaphore of 20: the wall-time floor of this
+    setup (the gateway shares the process), with no retries, caching or parsing."""
+    import aiohttp
+
+    gate = asyncio.Semaphore(IN_FLIGHT)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with aiohttp.ClientSession(base_url.rstrip("/") + "/", headers=headers) as session:
+
+        async def call(text: str) -> object:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+            async with gate, session.post("chat/completions", json=body) as response:
+                response.raise_for_status()
+                return await response.json()
+
+        yield call
+
+
+@contextlib.asynccontextmanager
 async def async_openai(base_url: str) -> AsyncIterator[Call]:
     """The OpenAI SDK as shipped: its default retries (2), honouring ``retry-after-ms``."""
     from openai import AsyncOpenAI
@@ -106,9 +125,11 @@ class Contender:
     name: str
     module: str | None  # the package it needs; None: always there
     open: Callable[[str], contextlib.AbstractAsyncContextManager[Call]]
+    cases: tuple[str, ...] = ("in-flight", "rate")
 
 
 CONTENDERS = (
+    Contender("bare aiohttp, 20 at once", None, bare_floor, ("in-flight",)),
     Contender("limpet learned", None, limpet_client),
     Contender("limpet max_in_flight=20", None, lambda url: limpet_client(url, max_in_flight=20)),
     Contender("limpet admission off", None, lambda url: limpet_client(url, admission=False)),
@@ -174,6 +195,7 @@ def figures_of(rows: Sequence[Row]) -> list[Figure]:
         by[("limpet max_in_flight=20", "in-flight")],
     )
     off = by[("limpet admission off", "in-flight")]
+    floor = by[("bare aiohttp, 20 at once", "in-flight")]
     figures = [
         Figure("in-flight 20: failed calls, limpet learned", "calls", learned.failed,
                off.failed, "admission off", "0", learned.failed == 0),
@@ -182,9 +204,11 @@ def figures_of(rows: Sequence[Row]) -> list[Figure]:
         Figure("in-flight 20: 429s, limpet max_in_flight=20", "calls", capped.rate_limited,
                off.rate_limited, "admission off", "0", capped.rate_limited == 0),
         Figure("in-flight 20: wall vs ideal, limpet learned", "x", learned.slowdown,
-               None, "", "<= 1.15x", learned.slowdown <= 1.15),
+               floor.slowdown, "bare aiohttp at 20 in flight", "<= 1.15x",
+               learned.slowdown <= 1.15),
         Figure("in-flight 20: wall vs ideal, limpet max_in_flight=20", "x", capped.slowdown,
-               None, "", "<= 1.15x", capped.slowdown <= 1.15),
+               floor.slowdown, "bare aiohttp at 20 in flight", "<= 1.15x",
+               capped.slowdown <= 1.15),
     ]  # fmt: skip
     for peer in ("AsyncOpenAI", "LiteLLM"):
         row = by.get((peer, "in-flight"))
@@ -211,7 +235,7 @@ async def main(quick: bool) -> None:
     rows: list[Row] = []
     async with FakeGateway(endpoints=("up",), latency=LATENCY) as gateway:
         for case, n in (("in-flight", calls), ("rate", rate_calls)):
-            for contender in installed:
+            for contender in (c for c in installed if case in c.cases):
                 row = await run_case(gateway, contender, case, n, concurrency)
                 print(row, file=sys.stderr)
                 rows.append(row)
