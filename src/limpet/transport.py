@@ -262,7 +262,6 @@ class Transport:
             APITimeoutError: the deadline passes, or the endpoint's pause outlasts it,
                 before the call is admitted; nothing was sent.
         """
-        answer = f"an answer from endpoint {endpoint.name!r}"
         if self._admissions is None:
             return Ticket(None)
         admission = self._admissions.of(endpoint)
@@ -291,7 +290,7 @@ class Transport:
                 endpoint=endpoint.name,
             ) from None
         if waiting is not None:
-            waiting(answer)
+            waiting(f"an answer from endpoint {endpoint.name!r}")
         return Ticket(slot)
 
     async def aclose(self) -> None:
