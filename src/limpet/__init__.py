@@ -16,6 +16,7 @@ from limpet._version import __version__
 from limpet.cache import CacheBackend, MemoryCache, TieredCache
 from limpet.client import Client
 from limpet.config import (
+    AdmissionConfig,
     CachePolicy,
     Endpoint,
     FlightConfig,
@@ -72,6 +73,7 @@ __all__ = [
     "APIStatusError",
     "APIStreamError",
     "APITimeoutError",
+    "AdmissionConfig",
     "AuthenticationError",
     "BadRequestError",
     "CacheBackend",

@@ -42,6 +42,10 @@ class Call:
         self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         self.waiting_for = "the cache"
 
+    def waiting(self, what: str) -> None:
+        """Note what the call waits for now (for a timeout's message)."""
+        self.waiting_for = what
+
 
 class RunningCalls:
     """Counts running calls and holds the deadline scopes of those awaiting something."""

@@ -8,8 +8,10 @@ import math
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
+from limpet.admission import metered_queueing
 from limpet.affinity import affinity_store_for
 from limpet.cache.base import CacheBackend, CacheEntry
 from limpet.cache.memory import MemoryCache
@@ -18,6 +20,7 @@ from limpet.calls import Call, RunningCalls
 from limpet.coalesce import FlightStore, RedisFlight, SingleFlight
 from limpet.completions import completion_of, storable
 from limpet.config import (
+    AdmissionConfig,
     CachePolicy,
     Endpoint,
     FlightConfig,
@@ -28,7 +31,7 @@ from limpet.config import (
 from limpet.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
 from limpet.embeddings import Embedder
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
-from limpet.events import EventHook, embedding_event, emit_event, event_of
+from limpet.events import CallEvent, EventHook, embedding_event, emit_event, event_of
 from limpet.fleet import FleetCounters
 from limpet.generations import Generations, GenerationStore
 from limpet.keys import canonical_request, request_key
@@ -138,6 +141,10 @@ class Client:
             them (they raise ``ClientClosedError``).
         max_embed_inputs: inputs one ``embed()`` call may carry (more is an
             ``InvalidRequestError``).
+        admission: how upstream requests are admitted to each endpoint: a cap
+            (``Endpoint.max_in_flight``), a limit learned from 429s, one shared pause per
+            ``Retry-After``, first come first served (``AdmissionConfig``); on by default,
+            False or None sends every request at once.
 
     Example:
         >>> async with Client(api_key="sk-or-...") as client:
@@ -173,6 +180,7 @@ class Client:
         cache_scope: CacheScope = "credential",
         close_grace: float = DEFAULT_CLOSE_GRACE,
         max_embed_inputs: int = DEFAULT_MAX_INPUTS,
+        admission: AdmissionConfig | bool | None = True,
     ) -> None:
         self._cache_control = _resolve_cache_control(auto_cache_control)
         self._router = _resolve_router(router, endpoints, base_url, api_key)
@@ -219,7 +227,10 @@ class Client:
         if app_title:
             headers["X-Title"] = app_title
         self._transport = Transport(
-            timeouts=timeouts or Timeouts(), retry=retry or RetryConfig(), headers=headers
+            timeouts=timeouts or Timeouts(),
+            retry=retry or RetryConfig(),
+            headers=headers,
+            admission=_resolve_admission(admission),
         )
         if prices is not None and not isinstance(prices, PriceTable):
             raise ConfigurationError("Client.prices: expected a PriceTable or None")
@@ -238,6 +249,9 @@ class Client:
         )
         if self._cache is not None:
             self.stats.attach(self._cache)
+        self.stats.admissions = self._transport.admissions
+        if isinstance(self._router, StickyRouter):
+            self._router.use_admissions(self._transport.admissions)
         redis_tier = _redis_tier(self._cache) if fleet_stats else None
         self._fleet = None if redis_tier is None else FleetCounters(redis_tier)
         self._hooks: tuple[EventHook, ...] = (
@@ -366,14 +380,14 @@ class Client:
                     return completion
         call = Call(timeout, extra_headers)
         try:
-            with self._calls.counted():
+            with self._calls.counted(), metered_queueing() as queued:
                 completion = await self._calls.guarded(
                     call, self._miss(body, decision, entry_ttl, key, keyed, call)
                 )
         except APIError as exc:
-            self._failed(model, exc, started)
+            self._failed(model, exc, started, queued=sum(queued))
             raise
-        self._finished(model, completion, started)
+        self._finished(model, completion, started, queued=sum(queued))
         return completion
 
     def stream(
@@ -775,7 +789,13 @@ class Client:
         return entry
 
     def _finished(
-        self, model: str, completion: Completion, started: float, *, stream: bool = False
+        self,
+        model: str,
+        completion: Completion,
+        started: float,
+        *,
+        stream: bool = False,
+        queued: float = 0.0,
     ) -> None:
         """Count a call that returned: stats, fleet counters, event hooks."""
         self.stats.record(completion)
@@ -783,17 +803,32 @@ class Client:
             self._fleet.record(model, completion)
         if self._hooks:
             seconds = time.perf_counter() - started
-            emit_event(self._hooks, event_of(model, completion, seconds, stream=stream))
+            event = event_of(model, completion, seconds, stream=stream, queued=queued)
+            emit_event(self._hooks, self._with_admission(event))
 
     def _failed(
-        self, model: str, error: BaseException, started: float, *, stream: bool = False
+        self,
+        model: str,
+        error: BaseException,
+        started: float,
+        *,
+        stream: bool = False,
+        queued: float = 0.0,
     ) -> None:
         self.stats.errors += 1
         if self._fleet is not None:
             self._fleet.record_error(model)
         if self._hooks:
             seconds = time.perf_counter() - started
-            emit_event(self._hooks, event_of(model, None, seconds, stream=stream, error=error))
+            event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
+            emit_event(self._hooks, self._with_admission(event))
+
+    def _with_admission(self, event: CallEvent) -> CallEvent:
+        """``event`` with its endpoint's admission figures, for gauges."""
+        admissions = self._transport.admissions
+        if admissions is None or event.endpoint is None:
+            return event
+        return replace(event, admission=admissions.stats().get(event.endpoint))
 
     def _outgoing(self, body: dict[str, Any]) -> dict[str, Any]:
         """What is sent upstream, marked with ``cache_control``. The key is the caller's
@@ -836,7 +871,11 @@ class Client:
                 with route.attempt(endpoint) as attempt:
                     call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
                     response = await self._transport.chat(
-                        endpoint, route.body, headers=call.headers, deadline=call.deadline
+                        endpoint,
+                        route.body,
+                        headers=call.headers,
+                        deadline=call.deadline,
+                        waiting=call.waiting,
                     )
                     attempt.served(parse_usage(response.body.get("usage")))
             except APIError as exc:
@@ -861,6 +900,18 @@ def _with_extras(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
     if "response_format" in body:
         body["response_format"] = response_format_param(body["response_format"])
     return body
+
+
+def _resolve_admission(value: object) -> AdmissionConfig | None:
+    if value is True:
+        return AdmissionConfig()
+    if value is False or value is None:
+        return None
+    if isinstance(value, AdmissionConfig):
+        return value
+    raise ConfigurationError(
+        f"Client.admission: expected an AdmissionConfig, True, False or None, got {value!r}"
+    )
 
 
 def _resolve_cache_control(value: object) -> CacheControlConfig | None:

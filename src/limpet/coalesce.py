@@ -152,6 +152,8 @@ class SingleFlight(Generic[T]):
 
 #: Seconds the leader waits for its renewal task to stop before releasing the lease.
 _RENEWAL_STOP_TIMEOUT = 1.0
+# Seconds a follower whose leader's lease is gone waits for that leader's notice.
+_LAST_LOOK = 0.05
 
 
 class FlightOutcome(enum.Enum):
@@ -234,6 +236,21 @@ class _NoNotices:
 
     def close(self) -> None:
         pass
+
+
+async def _pending_notice(watch: FlightWatch, within: float) -> FlightNotice | None:
+    """The notice ``watch`` has, or gets ``within`` seconds, else None."""
+    try:
+        async with asyncio.timeout(within):
+            return await watch.next()
+    except TimeoutError:
+        return None
+
+
+def _raise_verified(notice: FlightNotice | None) -> None:
+    """Raise a leader's final error, when a notice the store vouches for carries one."""
+    if notice is not None and notice.error is not None and notice.verified:
+        raise notice.error
 
 
 class RedisFlight(Generic[R]):
@@ -350,6 +367,9 @@ class RedisFlight(Generic[R]):
                     self.lease_checks += 1
                     holder = await self.store.holder(key)
                     if holder is None:
+                        # The leader is gone: its notice may already be there (a polled
+                        # store's, or a message not yet read), with a verified error.
+                        _raise_verified(await _pending_notice(watch, _LAST_LOOK))
                         return await read(), False  # one last look, then try to lead
                     now = time.monotonic()
                     if holder != seen:
@@ -361,15 +381,8 @@ class RedisFlight(Generic[R]):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None, False
-                notice: FlightNotice | None = None
-                try:
-                    async with asyncio.timeout(min(self.config.poll, remaining)):
-                        notice = await watch.next()
-                except TimeoutError:
-                    pass
                 waited = True
-                if notice is not None and notice.error is not None and notice.verified:
-                    raise notice.error
+                _raise_verified(await _pending_notice(watch, min(self.config.poll, remaining)))
                 # Anything else, verified or not, is only a reason to look again.
         finally:
             watch.close()

@@ -14,6 +14,7 @@ from limpet.errors import ConfigurationError, header_secrets
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "AdmissionConfig",
     "CachePolicy",
     "Endpoint",
     "FlightConfig",
@@ -68,6 +69,12 @@ class Endpoint:
             provider that cached it (see ``RoutingConfig.session_id``).
         embedding_batch_size: at most this many inputs per ``/embeddings`` request;
             ``embed()`` splits larger sets of misses into concurrent requests.
+        max_in_flight: the most requests limpet sends here at once; callers beyond it
+            wait their turn, first come first served (see ``AdmissionConfig``). None: no
+            fixed cap, only the limit limpet learns from the endpoint's 429s.
+        rpm: requests per minute to send here at most (a token bucket), or None.
+        tpm: tokens per minute to send here at most, estimated from each request and
+            corrected from its usage, or None.
 
     Example:
         >>> Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
@@ -83,10 +90,15 @@ class Endpoint:
     weight: float = 1.0
     gateway: Gateway | None = None
     embedding_batch_size: int = 512
+    max_in_flight: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError("Endpoint.name: expected a non-empty str")
+        for limit in ("max_in_flight", "rpm", "tpm"):
+            _check_positive_int(f"Endpoint.{limit}", getattr(self, limit))
         if not isinstance(self.base_url, str) or not self.base_url.startswith(
             ("http://", "https://")
         ):
@@ -128,6 +140,11 @@ class Endpoint:
         parts.append(f"weight={self.weight!r}")
         if self.gateway is not None:
             parts.append(f"gateway={self.gateway!r}")
+        parts.extend(
+            f"{limit}={getattr(self, limit)!r}"
+            for limit in ("max_in_flight", "rpm", "tpm")
+            if getattr(self, limit) is not None
+        )
         return f"Endpoint({', '.join(parts)})"
 
     @classmethod
@@ -196,6 +213,11 @@ class Endpoint:
         bare credential (``sk-...`` of ``Bearer sk-...``)."""
         values = (self.api_key,) if self.api_key else ()
         return values + header_secrets(self.headers or {})
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigurationError(f"{name}: expected an int >= 1 or None, got {value!r}")
 
 
 def default_base_url() -> str:
@@ -433,4 +455,62 @@ class RoutingConfig:
         if not isinstance(models, tuple) or not all(isinstance(m, str) for m in models):
             raise ConfigurationError(
                 f"RoutingConfig.prompt_cache_key_models: expected a tuple of str, got {models!r}"
+            )
+
+
+DEFAULT_INITIAL_LIMIT = 8
+DEFAULT_MAX_LIMIT = 1000
+DEFAULT_LIMIT_BACKOFF = 0.9
+DEFAULT_PROBE_ROUNDS = 20
+DEFAULT_REPIN_PAUSE = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionConfig:
+    """How limpet admits requests to each endpoint: ``Client(admission=...)``.
+
+    Every upstream attempt takes a slot of its endpoint while it is on the wire; callers
+    beyond the limit wait, first come first served, with their deadline running. The limit
+    is ``Endpoint.max_in_flight`` where set, and under it one learned from the endpoint
+    (``limpet.admission_rules.AimdLimit``). A 429 or 503 with ``Retry-After`` pauses the
+    endpoint for every caller at once: the retry waits for the pause, not for its own
+    backoff. Cache hits and coalesced callers never take a slot.
+
+    Args:
+        initial_limit: the learned limit before the endpoint has refused anything.
+        min_limit: the learned limit never drops below this.
+        max_limit: nor grows above this.
+        backoff: a refusal cuts the limit to this share of the concurrency it met.
+        probe_rounds: at the last refusal's concurrency, the limit grows this many times
+            slower, so the endpoint's limit is probed rarely.
+        repin_pause: a sticky prefix leaves its paused endpoint only when the pause
+            lasts longer than this many seconds; new prefixes avoid a paused endpoint.
+    """
+
+    initial_limit: int = DEFAULT_INITIAL_LIMIT
+    min_limit: int = 1
+    max_limit: int = DEFAULT_MAX_LIMIT
+    backoff: float = DEFAULT_LIMIT_BACKOFF
+    probe_rounds: int = DEFAULT_PROBE_ROUNDS
+    repin_pause: float = DEFAULT_REPIN_PAUSE
+
+    def __post_init__(self) -> None:
+        for name in ("initial_limit", "min_limit", "max_limit", "probe_rounds"):
+            value = getattr(self, name)
+            if value is None:
+                raise ConfigurationError(f"AdmissionConfig.{name}: expected an int >= 1")
+            _check_positive_int(f"AdmissionConfig.{name}", value)
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ConfigurationError(
+                "AdmissionConfig: expected min_limit <= initial_limit <= max_limit, got "
+                f"{self.min_limit}, {self.initial_limit}, {self.max_limit}"
+            )
+        if not isinstance(self.backoff, int | float) or not 0 < self.backoff < 1:
+            raise ConfigurationError(
+                f"AdmissionConfig.backoff: expected a number in (0, 1), got {self.backoff!r}"
+            )
+        value = self.repin_pause
+        if not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
+            raise ConfigurationError(
+                f"AdmissionConfig.repin_pause: expected a finite number >= 0, got {value!r}"
             )

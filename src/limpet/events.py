@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from limpet.models import CacheStatus, Completion, Embeddings, Usage
 
 __all__ = ["CallEvent", "EventHook", "embedding_event", "emit_event", "event_of"]
+
+if TYPE_CHECKING:
+    from limpet.admission import AdmissionStats
 
 logger = logging.getLogger("limpet.events")
 
@@ -37,6 +41,8 @@ class CallEvent:
         inputs: for ``embed()``, the inputs counted as (hits, misses, coalesced); None
             for a completion. ``cache`` is then ``miss`` when any input went upstream,
             else ``coalesced`` when any was another's, else ``hit``.
+        queued_seconds: time the call waited for admission to an endpoint.
+        admission: the admission figures of ``endpoint`` after the call, when it has them.
     """
 
     model: str
@@ -50,6 +56,8 @@ class CallEvent:
     error: str | None = None
     priced: bool = True
     inputs: tuple[int, int, int] | None = None
+    queued_seconds: float = 0.0
+    admission: AdmissionStats | None = None
 
 
 EventHook = Callable[[CallEvent], None]
@@ -62,10 +70,20 @@ def event_of(
     *,
     stream: bool = False,
     error: BaseException | None = None,
+    queued: float = 0.0,
 ) -> CallEvent:
     if completion is None:
         return CallEvent(
-            model, None, None, Usage(), 0.0, 0.0, seconds, stream, type(error).__name__
+            model,
+            None,
+            None,
+            Usage(),
+            0.0,
+            0.0,
+            seconds,
+            stream,
+            type(error).__name__,
+            queued_seconds=queued,
         )
     cost = completion.cost
     billed = completion.cache in (CacheStatus.MISS, CacheStatus.BYPASS)
@@ -79,6 +97,7 @@ def event_of(
         seconds,
         stream,
         priced=cost is not None,
+        queued_seconds=queued,
     )
 
 

@@ -14,7 +14,7 @@ from limpet._extras import require_extra
 from limpet.events import CallEvent
 
 with require_extra("PrometheusMetrics", "prometheus", "prometheus_client"):
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["PrometheusMetrics"]
 
@@ -27,6 +27,9 @@ class _Collectors:
     cost: Counter
     saved: Counter
     seconds: Histogram
+    limit: Gauge
+    in_flight: Gauge
+    queued: Gauge
 
 
 # A registry refuses a second collector of the same name, so every PrometheusMetrics of
@@ -46,6 +49,9 @@ def _collectors(registry: CollectorRegistry, namespace: str) -> _Collectors:
     def counter(name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, namespace=namespace, registry=registry)
 
+    def gauge(name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, ["endpoint"], namespace=namespace, registry=registry)
+
     made = _Collectors(
         calls=counter("calls", "Calls by how they were served", "model", "cache", "endpoint"),
         errors=counter("errors", "Calls that failed", "model", "error"),
@@ -60,6 +66,9 @@ def _collectors(registry: CollectorRegistry, namespace: str) -> _Collectors:
             registry=registry,
             buckets=(0.0001, 0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         ),
+        limit=gauge("admission_limit", "Requests an endpoint may have in flight now"),
+        in_flight=gauge("admission_in_flight", "Requests on the wire to an endpoint"),
+        queued=gauge("admission_queued", "Calls waiting for admission to an endpoint"),
     )
     by_namespace[namespace] = made
     return made
@@ -71,7 +80,9 @@ class PrometheusMetrics:
     Metrics (with ``namespace="limpet"``): ``limpet_calls_total{model,cache,endpoint}``,
     ``limpet_errors_total{model,error}``, ``limpet_tokens_total{model,kind}`` (prompt,
     completion, cached, cache_write), ``limpet_cost_usd_total{model}``,
-    ``limpet_saved_usd_total{model}`` and ``limpet_call_seconds{cache}``.
+    ``limpet_saved_usd_total{model}`` and ``limpet_call_seconds{cache}``; and, as of
+    each call's end, the gauges ``limpet_admission_limit{endpoint}``,
+    ``limpet_admission_in_flight{endpoint}`` and ``limpet_admission_queued{endpoint}``.
 
     Any number of instances may share a registry and namespace (one per Client, say):
     they count into the same series.
@@ -87,9 +98,17 @@ class PrometheusMetrics:
         self.cost = collectors.cost
         self.saved = collectors.saved
         self.seconds = collectors.seconds
+        self.limit = collectors.limit
+        self.in_flight = collectors.in_flight
+        self.queued = collectors.queued
 
     def __call__(self, event: CallEvent) -> None:
         model = event.model
+        admission = event.admission
+        if admission is not None and event.endpoint is not None:
+            self.limit.labels(event.endpoint).set(admission.limit)
+            self.in_flight.labels(event.endpoint).set(admission.in_flight)
+            self.queued.labels(event.endpoint).set(admission.queued)
         if event.cache is None:
             self.errors.labels(model, event.error or "Error").inc()
             return

@@ -39,7 +39,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from limpet.affinity import AffinityMap, AffinityMirror, AffinityStore
 from limpet.cache_minimums import LEARNED_MINIMUMS
@@ -57,6 +57,9 @@ from limpet.sticky_keys import (
     wants_prompt_cache_key,
     wants_session_id,
 )
+
+if TYPE_CHECKING:
+    from limpet.admission import Admissions
 
 __all__ = [
     "Attempt",
@@ -145,6 +148,7 @@ class StickyRouter:
     """
 
     __slots__ = (
+        "_admissions",
         "_affinity",
         "_by_name",
         "_clock",
@@ -194,6 +198,7 @@ class StickyRouter:
         self._spread_turn = 0
         self._stats = RouterStats()
         self._prompt_cache_keys = PromptCacheKeys(self.config.prompt_cache_key_rate)
+        self._admissions: Admissions | None = None
         if store is not None:
             self.use_store(store)
 
@@ -216,6 +221,12 @@ class StickyRouter:
         if store is not None and not isinstance(store, AffinityStore):
             raise ConfigurationError("StickyRouter.store: expected an AffinityStore")
         self._mirror = None if store is None else AffinityMirror(store)
+
+    def use_admissions(self, admissions: Admissions | None) -> None:
+        """Route around endpoints paused by a rate limit (the Client wires its own): new
+        prefixes prefer an open endpoint; a sticky prefix leaves home only when the pause
+        outlasts ``AdmissionConfig.repin_pause``; a 429 never ejects an endpoint."""
+        self._admissions = admissions
 
     @property
     def stats(self) -> RouterStats:
@@ -297,14 +308,14 @@ class StickyRouter:
         available = [e for e in everyone if self._health[e.name].available(now)] or list(everyone)
         reason: RouteReason
         if key.key is None:
-            ranked = self._by_load(available)
+            ranked = self._open_first(self._by_load(available))
             order, reason = ranked, "spread"
         else:
             preferred = hrw_rank(key.key, everyone)
-            ranked = [e for e in preferred if e in available]
+            ranked = self._open_first([e for e in preferred if e in available])
             reason = "hash" if ranked[0] is preferred[0] else "failover"
             pinned = self._pinned(chain, key, now, available)
-            if pinned is not None:
+            if pinned is not None and not self._long_paused(pinned):
                 ranked.remove(pinned)
                 ranked.insert(0, pinned)
                 reason = "affinity"
@@ -325,6 +336,20 @@ class StickyRouter:
             key=key,
             chain=chain,
         )
+
+    def _open_first(self, ranked: list[Endpoint]) -> list[Endpoint]:
+        """``ranked`` with endpoints paused by a rate limit moved last, in order."""
+        admissions = self._admissions
+        if admissions is None:
+            return ranked
+        paused = [e for e in ranked if admissions.paused_for(e.name) > 0.0]
+        return [e for e in ranked if e not in paused] + paused if paused else ranked
+
+    def _long_paused(self, endpoint: Endpoint) -> bool:
+        admissions = self._admissions
+        if admissions is None:
+            return False
+        return admissions.paused_for(endpoint.name) > admissions.config.repin_pause
 
     def _by_load(self, available: list[Endpoint]) -> list[Endpoint]:
         """Least loaded first (in-flight per unit of weight), ties taken in turn."""
@@ -444,7 +469,8 @@ class StickyRouter:
         if error is None:
             return
         health = self._health[name]
-        if isinstance(error, APIError) and is_endpoint_fault(error):
+        rate_limited = self._admissions is not None and getattr(error, "status_code", 0) == 429
+        if isinstance(error, APIError) and is_endpoint_fault(error) and not rate_limited:
             self._stats.failures += 1
             if health.failed(self._clock(), retry_after_of(error)):
                 self._stats.ejections += 1

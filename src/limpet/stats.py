@@ -9,6 +9,7 @@ from limpet.cache.tiered import TierStats
 from limpet.models import CacheStatus, Completion
 
 if TYPE_CHECKING:
+    from limpet.admission import Admissions, AdmissionStats
     from limpet.cache.tiered import TieredCache
 
 __all__ = ["Stats"]
@@ -76,6 +77,7 @@ class Stats:
             cache tier, sent upstream by their own call, answered by another's request.
         embedding_requests: ``/embeddings`` requests sent upstream.
         cache: the response cache's own counters (hits per tier, errors, corrupt entries).
+        admissions: the Client's upstream admission, read by ``endpoints`` (None: off).
 
     Example:
         >>> client.stats.l2_hits, client.stats.breaker_state
@@ -101,6 +103,7 @@ class Stats:
     embedding_requests: int = 0
     cache: TierStats = field(default_factory=TierStats)
     _tiers: _Tiers = field(default_factory=_Tiers, init=False, repr=False, compare=False)
+    admissions: Admissions | None = field(default=None, repr=False, compare=False)
 
     def attach(self, cache: TieredCache) -> None:
         """Report on ``cache``: its counters become ``cache``, and its tiers give the
@@ -108,6 +111,12 @@ class Stats:
         self.cache = cache.stats
         guarded = tuple(t for t in cache.tiers if isinstance(t, _GuardedTier))
         self._tiers = _Tiers(cache.local_tiers, guarded)
+
+    @property
+    def endpoints(self) -> dict[str, AdmissionStats]:
+        """Per endpoint used so far: its admission limit, requests in flight, callers
+        queued, 429s seen and seconds paused; empty when admission is off."""
+        return {} if self.admissions is None else self.admissions.stats()
 
     @property
     def l1_hits(self) -> int:
@@ -228,4 +237,5 @@ class Stats:
             "dropped_cache_writes": self.dropped_cache_writes,
             "breaker_state": self.breaker_state,
             "breaker_states": list(self.breaker_states),
+            "endpoints": {name: found.as_dict() for name, found in self.endpoints.items()},
         }

@@ -8,8 +8,9 @@ an error is mapped and scrubbed of the endpoint's secrets before a retry logs it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,13 +20,22 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 
 from limpet._version import __version__
-from limpet.config import Endpoint, RetryConfig, Timeouts
+from limpet.admission import (
+    REFUSALS,
+    Admissions,
+    Seen,
+    Ticket,
+    estimated_tokens,
+    total_tokens,
+)
+from limpet.config import AdmissionConfig, Endpoint, RetryConfig, Timeouts
 from limpet.errors import (
     BODY_EXCERPT_CHARS,
     APIConnectionError,
     APIGenerationError,
     APIResponseError,
     APIStatusError,
+    APITimeoutError,
     ClientClosedError,
     excerpt,
     scrub,
@@ -41,6 +51,10 @@ __all__ = ["BODY_EXCERPT_CHARS", "Transport", "UpstreamResponse"]
 logger = logging.getLogger("limpet.transport")
 
 _REQUEST_ID_HEADERS = ("x-generation-id", "x-request-id", "request-id")
+
+
+#: Told what a call waits for now, for a timeout's message (``Call.waiting_for``).
+Waiting = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +82,11 @@ class Transport:
         retry: attempts and backoff.
         headers: sent with every request (attribution headers such as ``HTTP-Referer``);
             an endpoint's own headers win.
+        admission: how attempts are admitted to each endpoint (``limpet.admission``);
+            None sends every attempt at once.
     """
 
-    __slots__ = ("_closed", "_headers", "_retry", "_session", "_timeouts")
+    __slots__ = ("_admissions", "_closed", "_headers", "_retry", "_session", "_timeouts")
 
     def __init__(
         self,
@@ -78,9 +94,13 @@ class Transport:
         timeouts: Timeouts,
         retry: RetryConfig,
         headers: Mapping[str, str] | None = None,
+        admission: AdmissionConfig | None = None,
     ) -> None:
         self._timeouts = timeouts
         self._retry = retry
+        self._admissions = (
+            None if admission is None else Admissions(admission, max_pause=retry.max_retry_after)
+        )
         self._headers = {"User-Agent": f"limpet/{__version__}", **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -92,6 +112,7 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        waiting: Waiting | None = None,
     ) -> UpstreamResponse:
         """POST ``body`` to ``{endpoint.base_url}/chat/completions``, retrying what may pass.
 
@@ -99,7 +120,9 @@ class Transport:
             headers: this call's own headers (the OpenAI SDK's ``extra_headers``); they win.
             deadline: event-loop time past which no retry is started: a backoff that would
                 end after it gives up at once with the last error. The caller bounds the
-                call itself (``asyncio.timeout``).
+                call itself (``asyncio.timeout``). It covers the wait for admission: a call
+                that cannot be admitted before it fails with ``APITimeoutError``, unsent.
+            waiting: told what the call waits for as that changes (admission, an answer).
 
         Raises:
             APIStatusError: a non-2xx answer (after retries, when retryable).
@@ -113,7 +136,10 @@ class Transport:
         retrying = self._retrying(deadline)
         async for attempt in retrying:
             with attempt:
-                data = await self._post(endpoint, "/chat/completions", payload)
+                retry = attempt.retry_state.attempt_number > 1
+                async with self._admitted(endpoint, payload, deadline, waiting, retry) as ticket:
+                    data = await self._post(endpoint, "/chat/completions", payload, saw=ticket.saw)
+                    ticket.used_tokens = total_tokens(data)
         # reraise=True: reaching here means the last attempt returned.
         return UpstreamResponse(
             body=data, endpoint=endpoint.name, attempts=retrying.statistics["attempt_number"]
@@ -127,7 +153,8 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
     ) -> UpstreamResponse:
-        """POST ``body`` to ``{endpoint.base_url}/embeddings``, retrying as ``chat`` does.
+        """POST ``body`` to ``{endpoint.base_url}/embeddings``, admitted and retried as
+        ``chat`` is (the endpoint's cap, learned limit and pause hold for embeddings too).
 
         Raises:
             As ``chat``; ``APIResponseError`` for a 2xx without a ``data`` list.
@@ -137,7 +164,12 @@ class Transport:
         retrying = self._retrying(deadline)
         async for attempt in retrying:
             with attempt:
-                data = await self._post(endpoint, "/embeddings", payload, _parse_embeddings)
+                retry = attempt.retry_state.attempt_number > 1
+                async with self._admitted(endpoint, payload, deadline, None, retry) as ticket:
+                    data = await self._post(
+                        endpoint, "/embeddings", payload, _parse_embeddings, saw=ticket.saw
+                    )
+                    ticket.used_tokens = total_tokens(data)
         return UpstreamResponse(
             body=data, endpoint=endpoint.name, attempts=retrying.statistics["attempt_number"]
         )
@@ -149,12 +181,13 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        waiting: Waiting | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST ``body`` with ``stream: true`` and yield each chunk as it arrives.
 
         Opening the stream is retried like ``chat``; once chunks flow, a failure is final
-        (a retry would repeat what the caller already has). ``headers`` and ``deadline``
-        are as ``chat``'s.
+        (a retry would repeat what the caller already has). ``headers``, ``deadline`` and
+        ``waiting`` are as ``chat``'s; the stream holds its admission slot until it ends.
 
         Raises:
             APIStatusError, APIConnectionError, APITimeoutError: as ``chat``, before or
@@ -165,10 +198,17 @@ class Transport:
         endpoint = _as_sent(endpoint, headers)
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body, "stream": True})
         response: aiohttp.ClientResponse | None = None
+        ticket: Ticket | None = None
         async for attempt in self._retrying(deadline):
             with attempt:
-                response = await self._open_stream(endpoint, payload)
-        assert response is not None
+                retry = attempt.retry_state.attempt_number > 1
+                ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
+                try:
+                    response = await self._open_stream(endpoint, payload, ticket.saw)
+                except BaseException as exc:
+                    ticket.close(exc)
+                    raise
+        assert response is not None and ticket is not None
         decoder = SSEDecoder()
         try:
             with upstream_errors(endpoint.name, endpoint.secrets, stream=True):
@@ -187,6 +227,7 @@ class Transport:
                 )
         finally:
             response.release()
+            ticket.close(None)
 
     async def get_json(self, endpoint: Endpoint, path: str) -> object:
         """GET ``{endpoint.base_url}{path}`` once, without retries, and return its JSON
@@ -213,6 +254,74 @@ class Transport:
                 )
             return body
 
+    @property
+    def admissions(self) -> Admissions | None:
+        """Every endpoint's admission (limits, queues, pauses), or None when it is off."""
+        return self._admissions
+
+    @contextlib.asynccontextmanager
+    async def _admitted(
+        self,
+        endpoint: Endpoint,
+        payload: bytes,
+        deadline: float | None,
+        waiting: Waiting | None,
+        retry: bool,
+    ) -> AsyncIterator[Ticket]:
+        """One attempt's place on the wire, given back with its verdict when it ends."""
+        ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
+        try:
+            yield ticket
+        except BaseException as exc:
+            ticket.close(exc)
+            raise
+        ticket.close(None)
+
+    async def _admit(
+        self,
+        endpoint: Endpoint,
+        payload: bytes,
+        deadline: float | None,
+        waiting: Waiting | None,
+        retry: bool,
+    ) -> Ticket:
+        """Wait (first come, first served; a retry first of all) for a place on the wire.
+
+        Raises:
+            APITimeoutError: the deadline passes, or the endpoint's pause outlasts it,
+                before the call is admitted; nothing was sent.
+        """
+        if self._admissions is None:
+            return Ticket(None)
+        admission = self._admissions.of(endpoint)
+        queued = (
+            f"admission to endpoint {endpoint.name!r}, queued behind other calls (nothing sent)"
+        )
+        if deadline is not None and admission.paused_until >= deadline:
+            raise _QueuedTooLong(
+                f"endpoint {endpoint.name!r} is paused by its rate limit past the call's "
+                "deadline; the call was queued for admission and nothing was sent",
+                endpoint=endpoint.name,
+            )
+        if waiting is not None:
+            waiting(queued)
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with scope:
+                tokens = estimated_tokens(payload) if admission.counts_tokens else 0.0
+                slot = await admission.acquire(tokens, first=retry)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise _QueuedTooLong(
+                f"the call's deadline passed while it was queued for admission to endpoint "
+                f"{endpoint.name!r}; nothing was sent",
+                endpoint=endpoint.name,
+            ) from None
+        if waiting is not None:
+            waiting(f"an answer from endpoint {endpoint.name!r}")
+        return Ticket(slot)
+
     async def aclose(self) -> None:
         """Close the HTTP session; no request is sent after this. Idempotent."""
         self._closed = True
@@ -227,7 +336,7 @@ class Transport:
         return AsyncRetrying(
             stop=stop,
             wait=self._wait,
-            retry=retry_if_exception(should_retry),
+            retry=retry_if_exception(_retryable),
             before_sleep=_log_retry,
             reraise=True,
         )
@@ -235,6 +344,8 @@ class Transport:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
+        if self._admissions is not None and retry_after is not None and _refusal(exc):
+            return 0.0  # the endpoint's shared pause holds the retry, and everyone else
         return backoff_delay(state.attempt_number, self._retry, retry_after)
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
@@ -254,7 +365,9 @@ class Transport:
             )
         return self._session
 
-    async def _open_stream(self, endpoint: Endpoint, payload: bytes) -> aiohttp.ClientResponse:
+    async def _open_stream(
+        self, endpoint: Endpoint, payload: bytes, saw: Seen | None = None
+    ) -> aiohttp.ClientResponse:
         """The response of a stream request once its status says chunks will follow."""
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.total
@@ -266,6 +379,8 @@ class Transport:
                 headers={**_request_headers(endpoint), "Accept": "text/event-stream"},
                 timeout=timeout,
             )
+            if saw is not None:
+                saw(response.status, response.headers)
             if response.status == 200 and response.content_type == "text/event-stream":
                 return response
             try:
@@ -286,6 +401,7 @@ class Transport:
         path: str,
         payload: bytes,
         parse: Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]] | None = None,
+        saw: Seen | None = None,
     ) -> dict[str, Any]:
         headers = _request_headers(endpoint)
         url = endpoint.base_url + path
@@ -293,7 +409,21 @@ class Transport:
             async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
+            if saw is not None:
+                saw(status, response_headers)
             return (parse or _parse)(endpoint, status, response_headers, raw)
+
+
+class _QueuedTooLong(APITimeoutError):
+    """The call could not be admitted before its deadline; final, never retried."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    return should_retry(exc) and not isinstance(exc, _QueuedTooLong)
+
+
+def _refusal(exc: BaseException | None) -> bool:
+    return isinstance(exc, APIStatusError) and exc.status_code in REFUSALS
 
 
 def _as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:

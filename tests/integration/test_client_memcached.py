@@ -159,8 +159,8 @@ async def test_a_final_error_is_never_cached_nor_believed_from_an_unsigned_notic
 async def test_a_signed_final_error_reaches_the_other_client_and_is_not_cached(
     gateway: FakeGateway, memcached_url: str, memcached_prefix: str
 ) -> None:
-    gateway.endpoint("a").latency = 0.3
-    gateway.endpoint("a").fail(400, message="schema rejected")
+    # The failure takes 0.3 s, so the other client is following when it comes.
+    gateway.endpoint("a").fail(400, message="schema rejected", after=0.3)
     mc_a = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
     mc_b = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
     async with (

@@ -92,7 +92,8 @@ async def test_aclose_stops_calls_still_running_after_the_grace_period(
 ) -> None:
     ep = gateway.endpoint("a")
     ep.delay(FOREVER, times=100)
-    client = make_client(gateway, close_grace=0.05)
+    # All 100 on the wire at once: no admission limit holds any back.
+    client = make_client(gateway, close_grace=0.05, admission=False)
     calls = [asyncio.create_task(client.complete(**ask(f"question {i}"))) for i in range(100)]
     await ep.wait_for_calls(100)
     await client.aclose()

@@ -33,12 +33,14 @@ class StatusFault:
         message: the error message; a gateway-like default per status when None.
         retry_after: seconds for a ``Retry-After`` header, when set.
         retry_after_ms: milliseconds for a ``retry-after-ms`` header, when set.
+        after: seconds the gateway takes before it answers (a failure can be slow too).
     """
 
     status: int
     message: str | None = None
     retry_after: float | None = None
     retry_after_ms: float | None = None
+    after: float = 0.0
 
     def __post_init__(self) -> None:
         if not 400 <= self.status <= 599:

@@ -259,6 +259,10 @@ class FakeGateway:
         endpoint = self._endpoints.get(request.match_info["endpoint"])
         if endpoint is None:
             return _unknown_endpoint(request)
+        refusal = endpoint.refusal(self.clock())
+        if refusal is not None:
+            endpoint.calls += 1
+            return error_response(429, "Rate limit exceeded", headers=refusal)
         endpoint.in_flight += 1
         endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
         try:
@@ -292,6 +296,7 @@ class FakeGateway:
         fault = endpoint.take_fault()
         stream = body.get("stream") is True
         if isinstance(fault, StatusFault):
+            await self._pause(fault.after)
             return status_fault_response(fault)
         if isinstance(fault, EchoAuthorizationFault):
             return await echo_authorization(request, fault, stream=stream)
@@ -319,7 +324,8 @@ class FakeGateway:
         if isinstance(fault, NoUsageFault):
             del completion["usage"]
         endpoint.completions += 1
-        return json_response(200, completion, generation_id=answer.id)
+        quota = endpoint.quota_headers(self.clock())
+        return json_response(200, completion, generation_id=answer.id, headers=quota)
 
     def _answer(self, endpoint: FakeEndpoint, body: dict[str, Any]) -> tuple[Answer, float]:
         """The reply to a valid request, and how long the endpoint takes to give it."""

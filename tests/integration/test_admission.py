@@ -1,0 +1,262 @@
+"""Upstream admission against the FakeGateway over loopback: caps, the learned limit, the
+shared pause, deadlines, cancellation. Counts (429s at the gateway, failures), never times."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig
+from limpet.admission import Admission
+from limpet.errors import APIError, APITimeoutError
+from limpet.metrics import PrometheusMetrics
+from limpet.testing import FakeGateway
+
+MODEL = "openai/gpt-5-mini"
+FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
+FOREVER = 600.0
+
+
+def ask(text: str) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway(endpoints=("a",), latency=0.02) as gw:
+        yield gw
+
+
+def make_client(gateway: FakeGateway, **options: Any) -> Client:
+    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=options.pop("cap", None))
+    options.setdefault("retry", FAST_RETRY)
+    return Client(endpoints=[endpoint], **options)
+
+
+async def failures_of(client: Client, count: int) -> list[BaseException]:
+    async def one(index: int) -> BaseException | None:
+        try:
+            await client.complete(**ask(f"question {index}"))
+        except APIError as exc:
+            return exc
+        return None
+
+    outcomes = await asyncio.gather(*(one(i) for i in range(count)))
+    return [exc for exc in outcomes if exc is not None]
+
+
+async def until(condition: Any) -> None:
+    """Yield to the loop until ``condition()`` holds (a state, not a time)."""
+    while not condition():  # noqa: ASYNC110 (the state has no event to wait on)
+        await asyncio.sleep(0)
+
+
+async def test_300_calls_against_20_in_flight_learn_the_limit_without_failing(
+    gateway: FakeGateway,
+) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.limit(in_flight=20)
+    async with make_client(gateway, cache=None) as client:
+        assert await failures_of(client, 300) == []
+        figures = client.stats.endpoints["a"]
+    assert endpoint.completions == 300
+    assert endpoint.rate_limited <= 400
+    assert figures.rate_limited == endpoint.rate_limited
+    assert figures.in_flight == 0
+    assert figures.queued == 0
+
+
+async def test_with_admission_off_the_same_storm_fails_calls(gateway: FakeGateway) -> None:
+    # The baseline the issue measured: every caller retries on its own and runs out.
+    endpoint = gateway.endpoint("a")
+    endpoint.limit(in_flight=20)
+    async with make_client(gateway, cache=None, admission=False) as client:
+        failed = await failures_of(client, 300)
+    assert failed
+    assert endpoint.rate_limited > 400
+
+
+async def test_a_cap_of_20_sends_no_more_than_20_and_meets_no_429(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.limit(in_flight=20)
+    async with make_client(gateway, cache=None, cap=20) as client:
+        assert await failures_of(client, 300) == []
+        assert client.stats.endpoints["a"].limit == 20
+    assert endpoint.rate_limited == 0
+    assert endpoint.max_in_flight == 20
+    assert endpoint.completions == 300
+
+
+async def test_a_retry_after_pauses_every_caller_of_the_endpoint_once(
+    gateway: FakeGateway,
+) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.close_for(2.0, now=gateway.clock())
+    config = AdmissionConfig()
+    async with make_client(gateway, cache=None) as client:
+        assert await failures_of(client, 50) == []
+        figures = client.stats.endpoints["a"]
+    # Only the first round, sent before anyone knew, met the closed door; the other
+    # callers waited out the one pause instead of each spending an attempt on it.
+    assert 1 <= endpoint.rate_limited <= config.initial_limit
+    assert endpoint.calls == 50 + endpoint.rate_limited
+    assert figures.paused_seconds > 0
+
+
+async def test_a_deadline_shorter_than_the_queue_fails_unsent(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.delay(FOREVER)
+    async with make_client(gateway, cache=None, cap=1) as client:
+        holder = asyncio.create_task(client.complete(**ask("the slow one")))
+        await endpoint.wait_for_calls(1)
+        with pytest.raises(APITimeoutError, match="admission to endpoint 'a', queued"):
+            await client.complete(**ask("the impatient one"), timeout=0.05)
+        # Its flight, orphaned, leaves the queue as it unwinds.
+        await until(lambda: client.stats.endpoints["a"].queued == 0)
+        holder.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+        await until(lambda: client.stats.endpoints["a"].in_flight == 0)
+    assert endpoint.calls == 1  # the impatient call was never sent
+
+
+async def test_a_pause_past_the_deadline_fails_at_once_unsent(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.close_for(FOREVER, now=gateway.clock())
+    retry = RetryConfig(max_attempts=3, max_retry_after=FOREVER)
+    async with make_client(gateway, cache=None, retry=retry) as client:
+        with pytest.raises(APITimeoutError):
+            await client.complete(**ask("first"), timeout=5)
+        assert endpoint.calls == 1
+        with pytest.raises(APITimeoutError, match="paused by its rate limit"):
+            await client.complete(**ask("second"), timeout=5)
+    assert endpoint.calls == 1
+
+
+async def test_cancelled_queued_callers_free_their_places(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.delay(FOREVER)
+    async with make_client(gateway, cache=None, cap=1) as client:
+        holder = asyncio.create_task(client.complete(**ask("holder")))
+        await endpoint.wait_for_calls(1)
+        quitters = [asyncio.create_task(client.complete(**ask(f"quit {i}"))) for i in range(5)]
+        stayer = asyncio.create_task(client.complete(**ask("stayer")))
+        await until(lambda: client.stats.endpoints["a"].queued == 6)
+        for task in quitters:
+            task.cancel()
+        await until(lambda: client.stats.endpoints["a"].queued == 1)
+        holder.cancel()
+        completion = await stayer
+        assert completion.endpoint == "a"
+        assert endpoint.calls == 2  # the holder and the stayer; no quitter was sent
+        figures = client.stats.endpoints["a"]
+        assert (figures.in_flight, figures.queued) == (0, 0)
+        await asyncio.gather(holder, *quitters, return_exceptions=True)
+
+
+async def test_a_slot_handed_to_a_cancelled_waiter_passes_on() -> None:
+    admission = Admission(Endpoint("a", "http://localhost", max_in_flight=1), AdmissionConfig())
+    first = await admission.acquire()
+    handed = asyncio.create_task(admission.acquire())
+    next_in_line = asyncio.create_task(admission.acquire())
+    await until(lambda: admission.stats().queued == 2)
+    first.release()  # hands the slot to ``handed``, which is cancelled before it runs
+    handed.cancel()
+    slot = await next_in_line
+    assert handed.cancelled()
+    assert admission.in_flight == 1
+    slot.release()
+    assert admission.in_flight == 0
+
+
+async def test_hits_and_coalesced_callers_never_queue(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    async with make_client(gateway, cap=1) as client:
+        await client.complete(**ask("cached"))
+        endpoint.delay(FOREVER)
+        holder = asyncio.create_task(client.complete(**ask("holder")))
+        await endpoint.wait_for_calls(2)
+        followers = [asyncio.create_task(client.complete(**ask("holder"))) for _ in range(5)]
+        hit = await client.complete(**ask("cached"))
+        assert hit.cache is CacheStatus.HIT
+        figures = client.stats.endpoints["a"]
+        assert (figures.in_flight, figures.queued) == (1, 0)
+        assert endpoint.calls == 2
+        for task in (holder, *followers):
+            task.cancel()
+        await asyncio.gather(holder, *followers, return_exceptions=True)
+
+
+async def test_events_carry_the_time_queued(gateway: FakeGateway) -> None:
+    events: list[Any] = []
+    async with make_client(gateway, cache=None, cap=1, on_event=events.append) as client:
+        await asyncio.gather(*(client.complete(**ask(f"q {i}")) for i in range(3)))
+    assert len(events) == 3
+    assert sum(1 for event in events if event.queued_seconds > 0) >= 1
+    assert all(event.admission is not None for event in events)
+    assert client.stats.as_dict()["endpoints"]["a"]["limit"] == 1
+    copied = copy.deepcopy(client.stats)  # the live admission is shared, not copied
+    assert copied.endpoints["a"] == client.stats.endpoints["a"]
+
+
+async def test_prometheus_gauges_show_each_endpoints_admission(gateway: FakeGateway) -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    async with make_client(gateway, cache=None, cap=2, on_event=metrics) as client:
+        await asyncio.gather(*(client.complete(**ask(f"q {i}")) for i in range(4)))
+    sample = registry.get_sample_value
+    assert sample("limpet_admission_limit", {"endpoint": "a"}) == 2
+    assert sample("limpet_admission_in_flight", {"endpoint": "a"}) == 0
+    assert sample("limpet_admission_queued", {"endpoint": "a"}) == 0
+
+
+async def test_a_requests_window_is_kept_by_its_headers_without_a_429(
+    gateway: FakeGateway,
+) -> None:
+    # 10 requests a second: 30 calls need three windows. The answers' remaining-requests
+    # and reset headers hold every caller back before the door closes.
+    endpoint = gateway.endpoint("a")
+    endpoint.limit(requests=10, per=1.0)
+    async with make_client(gateway, cache=None) as client:
+        assert await failures_of(client, 30) == []
+        assert client.stats.endpoints["a"].paused_seconds > 0
+    assert endpoint.rate_limited == 0
+    assert endpoint.completions == 30
+
+
+async def test_the_gateway_window_answers_429_with_openai_headers(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.limit(requests=2, per=FOREVER)
+    now = gateway.clock()
+    assert endpoint.refusal(now) is None
+    assert endpoint.quota_headers(now)["x-ratelimit-remaining-requests"] == "1"
+    assert endpoint.refusal(now) is None
+    refused = endpoint.refusal(now)
+    assert refused is not None
+    assert refused["x-ratelimit-remaining-requests"] == "0"
+    assert float(refused["retry-after-ms"]) == pytest.approx(FOREVER * 1000, rel=0.01)
+    assert endpoint.rate_limited == 1
+
+
+async def test_waiters_are_admitted_first_come_first_served_and_a_retry_first() -> None:
+    admission = Admission(Endpoint("a", "http://localhost", max_in_flight=1), AdmissionConfig())
+    holder = await admission.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, *, first: bool = False) -> None:
+        slot = await admission.acquire(first=first)
+        order.append(name)
+        slot.release()
+
+    tasks = [asyncio.create_task(wait(f"caller {i}")) for i in range(5)]
+    await until(lambda: admission.stats().queued == 5)
+    tasks.append(asyncio.create_task(wait("a retry", first=True)))
+    await until(lambda: admission.stats().queued == 6)
+    holder.release()
+    await asyncio.gather(*tasks)
+    assert order == ["a retry", *(f"caller {i}" for i in range(5))]

@@ -1,0 +1,130 @@
+"""The pure admission decisions: the learned limit, token buckets, rate-limit headers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from limpet import AdmissionConfig, Endpoint
+from limpet.admission_rules import AimdLimit, TokenBucket, parse_duration, pause_from_headers
+from limpet.errors import ConfigurationError
+
+CONFIG = AdmissionConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5)],
+)
+def test_parse_duration_reads_openai_reset_values(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "1s later", "-3", "inf"])
+def test_parse_duration_refuses_what_it_cannot_read(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+@given(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999))
+def test_parse_duration_adds_up_its_parts(h: int, m: int, s: int, ms: int) -> None:
+    text = f"{h}h{m}m{s}s{ms}ms"
+    assert parse_duration(text) == pytest.approx(h * 3600 + m * 60 + s + ms / 1000)
+
+
+def test_a_429_pauses_for_its_retry_after_and_a_success_does_not() -> None:
+    assert pause_from_headers(429, {"Retry-After": "2"}) == 2.0
+    assert pause_from_headers(503, {"retry-after-ms": "250"}) == 0.25
+    assert pause_from_headers(200, {"Retry-After": "2"}) is None
+    assert pause_from_headers(429, {}) is None
+
+
+def test_an_exhausted_quota_pauses_until_its_reset_even_on_a_success() -> None:
+    headers = {
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1.5s",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "6m0s",
+    }
+    assert pause_from_headers(200, headers) == 360.0
+    left = {"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "1s"}
+    assert pause_from_headers(200, left) is None
+
+
+def test_the_learned_limit_doubles_each_round_until_the_first_refusal() -> None:
+    limit = AimdLimit(CONFIG)
+    assert limit.allowed == CONFIG.initial_limit
+    for _ in range(CONFIG.initial_limit):
+        limit.succeeded(in_flight=limit.allowed)
+    assert limit.allowed == 2 * CONFIG.initial_limit
+
+
+def test_a_refusal_cuts_to_a_share_of_the_concurrency_it_met_and_remembers_it() -> None:
+    limit = AimdLimit(CONFIG, value=30.0)
+    limit.refused(in_flight=21)
+    assert limit.ceiling == 21
+    assert limit.allowed == math.floor(21 * CONFIG.backoff)
+
+
+def test_at_the_ceiling_the_limit_grows_probe_rounds_times_slower() -> None:
+    limit = AimdLimit(CONFIG, value=20.0, ceiling=21)
+    for _ in range(20):  # one round trip's successes
+        limit.succeeded(in_flight=20)
+    assert limit.allowed == 20
+    for _ in range(20 * CONFIG.probe_rounds):
+        limit.succeeded(in_flight=20)
+    assert limit.allowed == 21
+
+
+def test_successes_while_the_limit_is_mostly_unused_teach_nothing() -> None:
+    limit = AimdLimit(CONFIG)
+    for _ in range(100):
+        limit.succeeded(in_flight=1)
+    assert limit.allowed == CONFIG.initial_limit
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 2000)), max_size=200))
+def test_the_learned_limit_stays_within_its_bounds(events: list[tuple[bool, int]]) -> None:
+    config = AdmissionConfig(min_limit=2, max_limit=50)
+    limit = AimdLimit(config)
+    for ok, in_flight in events:
+        if ok:
+            limit.succeeded(in_flight)
+        else:
+            limit.refused(in_flight)
+        assert config.min_limit <= limit.allowed <= config.max_limit
+
+
+def test_a_token_bucket_refills_per_minute_and_lets_a_big_cost_through_when_full() -> None:
+    bucket = TokenBucket(60.0, updated=0.0)
+    assert bucket.wait(60, now=0.0) == 0.0
+    bucket.take(60, now=0.0)
+    assert bucket.wait(1, now=0.0) == pytest.approx(1.0)
+    assert bucket.wait(1, now=1.0) == 0.0
+    bucket.give_back(10, now=1.0)  # an over-estimate corrected
+    assert bucket.wait(11, now=1.0) == 0.0
+    big = TokenBucket(10.0, updated=0.0)
+    assert big.wait(1000, now=0.0) == 0.0  # more than the budget: goes when full
+
+
+@pytest.mark.parametrize("field", ["max_in_flight", "rpm", "tpm"])
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "20"])
+def test_endpoint_limits_must_be_positive_ints(field: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=f"Endpoint.{field}"):
+        Endpoint("a", "http://localhost", **{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"backoff": 1.0}, "backoff"),
+        ({"initial_limit": 0}, "initial_limit"),
+        ({"min_limit": 10, "initial_limit": 5}, "min_limit <= initial_limit"),
+        ({"repin_pause": -1}, "repin_pause"),
+    ],
+)
+def test_admission_config_names_what_is_wrong(options: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        AdmissionConfig(**options)  # type: ignore[arg-type]
