@@ -475,18 +475,7 @@ def _parse(
     endpoint: Endpoint, status: int, headers: Mapping[str, str], raw: bytes
 ) -> dict[str, Any]:
     """The chat completion a response carries; raises the error it reports instead."""
-    text = excerpt(raw, endpoint.secrets)
-    body = _json(raw)
-    if 200 <= status < 300 and isinstance(body, dict) and "error" in body and "choices" not in body:
-        # OpenRouter can report a failure inside a 200; its error code is an HTTP status.
-        code = _error_code(body["error"])
-        status = code if code is not None and 400 <= code < 600 else 502
-    if not 200 <= status < 300:
-        raise _status_error(endpoint, status, headers, body, text)
-    if body is None:
-        raise APIResponseError(
-            "response is not JSON", status_code=status, body=text, endpoint=endpoint.name
-        )
+    body, text = _answer(endpoint, status, headers, raw, "choices")
     if not _is_chat_completion(body):
         raise APIResponseError(
             "response is not a chat completion (no choices[0].message)",
@@ -497,30 +486,44 @@ def _parse(
     failed = _failed_generation(body, endpoint)
     if failed is not None:
         raise failed
-    result: dict[str, Any] = body
-    return result
+    return body
 
 
 def _parse_embeddings(
     endpoint: Endpoint, status: int, headers: Mapping[str, str], raw: bytes
 ) -> dict[str, Any]:
     """The embeddings a response carries; raises the error it reports instead."""
-    text = excerpt(raw, endpoint.secrets)
-    body = _json(raw)
-    if 200 <= status < 300 and isinstance(body, dict) and "error" in body and "data" not in body:
-        code = _error_code(body["error"])
-        status = code if code is not None and 400 <= code < 600 else 502
-    if not 200 <= status < 300:
-        raise _status_error(endpoint, status, headers, body, text)
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+    body, text = _answer(endpoint, status, headers, raw, "data")
+    if not isinstance(body.get("data"), list):
         raise APIResponseError(
             "response is not an embedding list (no data list)",
             status_code=status,
             body=text,
             endpoint=endpoint.name,
         )
-    result: dict[str, Any] = body
-    return result
+    return body
+
+
+def _answer(
+    endpoint: Endpoint, status: int, headers: Mapping[str, str], raw: bytes, field: str
+) -> tuple[dict[str, Any], str]:
+    """A successful response's JSON object and its scrubbed excerpt; raises the error a
+    response reports instead, a status or (OpenRouter) an error inside a 200 without the
+    answer's ``field``."""
+    text = excerpt(raw, endpoint.secrets)
+    body = _json(raw)
+    if 200 <= status < 300 and isinstance(body, dict) and "error" in body and field not in body:
+        # OpenRouter can report a failure inside a 200; its error code is an HTTP status.
+        code = _error_code(body["error"])
+        status = code if code is not None and 400 <= code < 600 else 502
+    if not 200 <= status < 300:
+        raise _status_error(endpoint, status, headers, body, text)
+    if not isinstance(body, dict):
+        what = "not JSON" if body is None else "not a JSON object"
+        raise APIResponseError(
+            f"response is {what}", status_code=status, body=text, endpoint=endpoint.name
+        )
+    return body, text
 
 
 def _status_error(
