@@ -11,8 +11,6 @@ from __future__ import annotations
 import array
 import base64
 import binascii
-import hashlib
-import hmac
 import math
 import struct
 import sys
@@ -21,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from limpet.cache.sealing import Seal
 from limpet.errors import CacheCorruptError, InvalidRequestError
 
 __all__ = [
@@ -42,12 +41,6 @@ __all__ = [
 #: The layout version of a stored vector; another version decodes as corrupt (a miss).
 VECTOR_FORMAT = 1
 
-# "LV", not the completions' "LP": a vector entry never decodes as a completion, nor the
-# reverse, even were it found under the other's key.
-_UNSIGNED_HEADER = b"LV" + bytes((VECTOR_FORMAT, 0))
-_SIGNED_HEADER = b"LV" + bytes((VECTOR_FORMAT, 1))
-_HEADER_SIZE = len(_UNSIGNED_HEADER)
-_MAC_SIZE = 32
 # expires_at (unix seconds), key length, vector length in floats.
 _META = struct.Struct("<dHI")
 _FLOAT32 = 4
@@ -236,19 +229,18 @@ class VectorCodec:
     or padded is corrupt.
     """
 
-    __slots__ = ("_hmac_key",)
+    __slots__ = ("_seal",)
 
     def __init__(self, hmac_key: bytes | None = None) -> None:
-        self._hmac_key = hmac_key
+        # "LV", not the completions' "LP": a vector entry never decodes as a completion,
+        # nor the reverse, even were it found under the other's key.
+        self._seal = Seal(b"LV", VECTOR_FORMAT, hmac_key, "vector")
 
     def encode(self, key: str, vector: bytes, expires_at: float) -> bytes:
         """The bytes of ``vector`` (packed float32), to be stored under ``key`` only."""
         bound = key.encode()
         payload = _META.pack(expires_at, len(bound), len(vector) // _FLOAT32) + bound + vector
-        if self._hmac_key is None:
-            return _UNSIGNED_HEADER + payload
-        mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
-        return _SIGNED_HEADER + mac + payload
+        return self._seal.wrap(payload)
 
     def decode(self, key: str, data: bytes) -> tuple[bytes, float]:
         """The packed vector in ``data`` read under ``key``, and when it expires.
@@ -256,18 +248,7 @@ class VectorCodec:
         Raises:
             CacheCorruptError: as ``EntryCodec.decode``.
         """
-        if data.startswith(_UNSIGNED_HEADER):
-            if self._hmac_key is not None:
-                raise CacheCorruptError("vector is not signed")
-            start = _HEADER_SIZE
-        elif data.startswith(_SIGNED_HEADER):
-            start = _HEADER_SIZE + _MAC_SIZE
-            if self._hmac_key is not None:
-                mac = hmac.new(self._hmac_key, memoryview(data)[start:], hashlib.sha256)
-                if not hmac.compare_digest(mac.digest(), data[_HEADER_SIZE:start]):
-                    raise CacheCorruptError("vector signature does not match")
-        else:
-            raise CacheCorruptError("not a limpet vector of this format")
+        start = self._seal.open(data)
         try:
             expires, bound, floats = _META.unpack_from(data, start)
         except struct.error as exc:

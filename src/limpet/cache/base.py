@@ -7,8 +7,6 @@ falling through to the next tier, or to upstream, is ``TieredCache``'s job alone
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import struct
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from limpet.cache.sealing import Seal
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
 
@@ -33,10 +32,6 @@ __all__ = [
 #: 3: bound to its key (which it carries, under the MAC); the stream's length.
 ENTRY_FORMAT = 3
 
-_UNSIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 0))
-_SIGNED_HEADER = b"LP" + bytes((ENTRY_FORMAT, 1))
-_HEADER_SIZE = len(_UNSIGNED_HEADER)
-_MAC_SIZE = 32
 # prompt, completion, cached, cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown);
 # created_at, expires_at; key, endpoint name, body and stream lengths (stream 0: not
 # streamed). Then the key, the endpoint name, the body's JSON and, for a streamed answer,
@@ -116,10 +111,10 @@ class EntryCodec:
     list of objects, each with a ``message`` object; anything else is corrupt.
     """
 
-    __slots__ = ("_hmac_key",)
+    __slots__ = ("_seal",)
 
     def __init__(self, hmac_key: bytes | None = None) -> None:
-        self._hmac_key = hmac_key
+        self._seal = Seal(b"LP", ENTRY_FORMAT, hmac_key, "entry")
 
     def encode(self, key: str, entry: CacheEntry) -> bytes:
         """The bytes of ``entry``, to be stored under ``key`` (and only there)."""
@@ -149,10 +144,7 @@ class EntryCodec:
             + body
             + stream
         )
-        if self._hmac_key is None:
-            return _UNSIGNED_HEADER + payload
-        mac = hmac.new(self._hmac_key, payload, hashlib.sha256).digest()
-        return _SIGNED_HEADER + mac + payload
+        return self._seal.wrap(payload)
 
     def decode(self, key: str, data: bytes) -> CacheEntry:
         """The entry in ``data``, read under ``key``.
@@ -161,18 +153,7 @@ class EntryCodec:
             CacheCorruptError: wrong magic or format, stored under another key, a bad
                 signature, a truncated or malformed payload, or an ill-shaped body.
         """
-        if data.startswith(_UNSIGNED_HEADER):
-            if self._hmac_key is not None:
-                raise CacheCorruptError("entry is not signed")
-            start = _HEADER_SIZE
-        elif data.startswith(_SIGNED_HEADER):
-            start = _HEADER_SIZE + _MAC_SIZE
-            if self._hmac_key is not None:
-                mac = hmac.new(self._hmac_key, memoryview(data)[start:], hashlib.sha256)
-                if not hmac.compare_digest(mac.digest(), data[_HEADER_SIZE:start]):
-                    raise CacheCorruptError("entry signature does not match")
-        else:
-            raise CacheCorruptError("not a limpet entry of this format")
+        start = self._seal.open(data)
         try:
             (
                 prompt,
