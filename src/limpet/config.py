@@ -77,8 +77,9 @@ class Endpoint:
             corrected from its usage, or None.
 
     Example:
-        >>> Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
-        Endpoint(name='primary', base_url='https://openrouter.ai/api/v1', api_key=***, ...)
+        >>> e = Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
+        >>> "sk-or" in repr(e), e.gateway
+        (False, 'openrouter')
     """
 
     name: str
@@ -98,19 +99,14 @@ class Endpoint:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError("Endpoint.name: expected a non-empty str")
         for limit in ("max_in_flight", "rpm", "tpm"):
-            _check_positive_int(f"Endpoint.{limit}", getattr(self, limit))
+            check_number(f"Endpoint.{limit}", getattr(self, limit), integer=True, optional=True)
         if not isinstance(self.base_url, str) or not self.base_url.startswith(
             ("http://", "https://")
         ):
             raise ConfigurationError(
                 f"Endpoint.base_url: expected an http(s) URL, got {self.base_url!r}"
             )
-        if not (isinstance(self.weight, int | float) and math.isfinite(self.weight)) or (
-            self.weight <= 0
-        ):
-            raise ConfigurationError(
-                f"Endpoint.weight: expected a finite number > 0, got {self.weight!r}"
-            )
+        check_number("Endpoint.weight", self.weight, above=0)
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if self.gateway is None and _is_openrouter_url(self.base_url):
             object.__setattr__(self, "gateway", "openrouter")
@@ -123,11 +119,7 @@ class Endpoint:
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         if self.extra_body is not None:
             object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))
-        size = self.embedding_batch_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigurationError(
-                f"Endpoint.embedding_batch_size: expected an int >= 1, got {size!r}"
-            )
+        check_number("Endpoint.embedding_batch_size", self.embedding_batch_size, integer=True)
 
     def __repr__(self) -> str:
         parts = [f"name={self.name!r}", f"base_url={self.base_url!r}"]
@@ -215,9 +207,42 @@ class Endpoint:
         return values + header_secrets(self.headers or {})
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigurationError(f"{name}: expected an int >= 1 or None, got {value!r}")
+def check_number(
+    where: str,
+    value: object,
+    *,
+    integer: bool = False,
+    above: float | None = None,
+    optional: bool = False,
+) -> None:
+    """The one number check of every config value: an int >= 1 (``integer``), else a
+    finite number >= 0, or > ``above`` when given; a bool is never a number, NaN and the
+    infinities never finite; None passes when ``optional``.
+
+    Raises:
+        ConfigurationError: naming ``where`` and what was expected.
+
+    Example:
+        >>> check_number("RetryConfig.max_attempts", True, integer=True)
+        Traceback (most recent call last):
+        limpet.errors.ConfigurationError: RetryConfig.max_attempts: expected an int >= 1, got True
+    """
+    if optional and value is None:
+        return
+    if integer:
+        expected = "an int >= 1"
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    else:
+        expected = "a finite number >= 0" if above is None else f"a finite number > {above:g}"
+        ok = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value >= 0 if above is None else value > above)
+        )
+    if not ok:
+        suffix = " or None" if optional else ""
+        raise ConfigurationError(f"{where}: expected {expected}{suffix}, got {value!r}")
 
 
 def default_base_url() -> str:
@@ -243,16 +268,9 @@ class RetryConfig:
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigurationError(
-                f"RetryConfig.max_attempts: expected an int >= 1, got {self.max_attempts!r}"
-            )
+        check_number("RetryConfig.max_attempts", self.max_attempts, integer=True)
         for name in ("initial_backoff", "max_backoff", "max_retry_after"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
-                raise ConfigurationError(
-                    f"RetryConfig.{name}: expected a finite number >= 0, got {value!r}"
-                )
+            check_number(f"RetryConfig.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,15 +286,8 @@ class Timeouts:
 
     def __post_init__(self) -> None:
         for name in ("connect", "total"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0 or not math.isfinite(value):
-                raise ConfigurationError(
-                    f"Timeouts.{name}: expected a finite number > 0, got {value!r}"
-                )
-        if not isinstance(self.max_connections, int) or self.max_connections < 1:
-            raise ConfigurationError(
-                f"Timeouts.max_connections: expected an int >= 1, got {self.max_connections!r}"
-            )
+            check_number(f"Timeouts.{name}", getattr(self, name), above=0)
+        check_number("Timeouts.max_connections", self.max_connections, integer=True)
 
 
 DEFAULT_MAX_CACHEABLE_TEMPERATURE = 0.0
@@ -297,11 +308,7 @@ class CachePolicy:
     max_temperature: float = DEFAULT_MAX_CACHEABLE_TEMPERATURE
 
     def __post_init__(self) -> None:
-        value = self.max_temperature
-        if not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
-            raise ConfigurationError(
-                f"CachePolicy.max_temperature: expected a finite number >= 0, got {value!r}"
-            )
+        check_number("CachePolicy.max_temperature", self.max_temperature)
 
 
 DEFAULT_FLIGHT_LEASE = 10.0
@@ -328,15 +335,7 @@ class FlightConfig:
 
     def __post_init__(self) -> None:
         for name in ("lease", "poll", "follow_timeout"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (0 < value < math.inf)
-            ):
-                raise ConfigurationError(
-                    f"FlightConfig.{name}: expected a finite number of seconds > 0, got {value!r}"
-                )
+            check_number(f"FlightConfig.{name}", getattr(self, name), above=0)
 
 
 # Chosen by hit rate in benchmarks/sticky.py: the tightest bounds within one point of the
@@ -418,25 +417,10 @@ class RoutingConfig:
             "affinity_ttl_1h",
             "prompt_cache_key_rate",
         ):
-            value = getattr(self, name)
-            positive = name != "max_overload"
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-                or (positive and value == 0)
-            ):
-                bound = "> 0" if positive else ">= 0"
-                raise ConfigurationError(
-                    f"RoutingConfig.{name}: expected a finite number {bound}, got {value!r}"
-                )
+            above = None if name == "max_overload" else 0
+            check_number(f"RoutingConfig.{name}", getattr(self, name), above=above)
         for name in ("load_floor", "failure_threshold", "affinity_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(
-                    f"RoutingConfig.{name}: expected an int >= 1, got {value!r}"
-                )
+            check_number(f"RoutingConfig.{name}", getattr(self, name), integer=True)
         if self.unmarked not in ("conversation", "spread"):
             raise ConfigurationError(
                 "RoutingConfig.unmarked: expected 'conversation' or 'spread', "
@@ -496,10 +480,7 @@ class AdmissionConfig:
 
     def __post_init__(self) -> None:
         for name in ("initial_limit", "min_limit", "max_limit", "probe_rounds"):
-            value = getattr(self, name)
-            if value is None:
-                raise ConfigurationError(f"AdmissionConfig.{name}: expected an int >= 1")
-            _check_positive_int(f"AdmissionConfig.{name}", value)
+            check_number(f"AdmissionConfig.{name}", getattr(self, name), integer=True)
         if not self.min_limit <= self.initial_limit <= self.max_limit:
             raise ConfigurationError(
                 "AdmissionConfig: expected min_limit <= initial_limit <= max_limit, got "
@@ -509,8 +490,4 @@ class AdmissionConfig:
             raise ConfigurationError(
                 f"AdmissionConfig.backoff: expected a number in (0, 1), got {self.backoff!r}"
             )
-        value = self.repin_pause
-        if not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
-            raise ConfigurationError(
-                f"AdmissionConfig.repin_pause: expected a finite number >= 0, got {value!r}"
-            )
+        check_number("AdmissionConfig.repin_pause", self.repin_pause)
