@@ -699,3 +699,27 @@ async def test_a_reader_that_gives_up_leaves_its_batch_to_the_others(
         assert values == [f"v{i % 10}".encode() for i in range(0, 200, 2)]
         assert all(read.cancelled() for read in reads[1::2])
         assert state(rc) == "closed"
+
+
+async def test_connections_left_dead_by_a_restart_cost_no_command(
+    redis_server: RedisServer, breaker: CircuitBreaker
+) -> None:
+    # The pool keeps connections to the server that was; each one fails the first command
+    # sent on it. Retried once on a fresh connection, no command fails, the breaker stays
+    # closed and no write is lost.
+    async with RedisCache(url=redis_server.url, breaker=breaker) as rc:
+        await asyncio.gather(*(rc.set(f"k{i}", b"v", 60) for i in range(5)))
+        await rc.flush()
+        # Five reads at once hold five pooled connections open, then give them back.
+        await asyncio.gather(*(rc._get_one(rc.redis_key(f"k{i}")) for i in range(5)))
+        redis_server.kill()
+        redis_server.restart()  # same port, empty: every pooled connection is dead
+        for i in range(10):
+            assert await rc.get(f"k{i}") is None  # answered: the restart lost the data
+        rc_writes_before = rc.failed_writes
+        for i in range(5):
+            await rc.set(f"after{i}", b"v", 60)
+            await rc.flush()
+        assert [await rc.get(f"after{i}") for i in range(5)] == [b"v"] * 5
+        assert rc.failed_writes == rc_writes_before
+        assert state(rc) == "closed" and breaker.opens == 0

@@ -634,8 +634,12 @@ def _client_from_url(
         # can swallow a cancellation that races the send (CPython gh-86296): a cancelled
         # task would carry on, and whoever awaits it would wait forever.
         "socket_timeout": None,
-        # No retries: a retry cannot fit in a 50 ms budget, and recovery is the breaker's.
-        "retry": Retry(NoBackoff(), 0),
+        # One immediate retry, on a fresh connection, when a pooled one turns out dead
+        # (Redis restarted, or closed it while idle): without it every stale connection
+        # fails one command after a restart, enough to reopen the breaker. Nothing
+        # longer: the operation's own budget bounds both tries, and a Redis that is down
+        # is the breaker's to handle.
+        "retry": Retry(NoBackoff(), 1),
         "max_connections": max_connections,
     }
     try:
