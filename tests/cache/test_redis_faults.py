@@ -158,13 +158,16 @@ async def test_an_open_breaker_keeps_off_the_network(
         assert proxy.accepted == attempts
         assert breaker.rejected >= 800
 
-        # After the cool-down exactly one probe goes out; it fails and re-opens.
+        # After the cool-down exactly one probe goes out (one command: a connection that
+        # drops is retried once on a fresh one, so two connections at most); it fails
+        # and re-opens.
         clock.advance(COOLDOWN)
         assert state(rc) == "half_open"
         await unavailable(lambda: rc.get("k"))
-        assert proxy.accepted == attempts + 1
+        assert attempts + 1 <= proxy.accepted <= attempts + 2
         assert state(rc) == "open"
         assert breaker.opens == 1
+        assert breaker.rejected >= 800  # and nothing else went out
 
 
 # -- Redis dies mid-run, and comes back ------------------------------------------------
