@@ -362,8 +362,8 @@ class Embedder:
 
         async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
             data = encode(key, vector, time.time() + ttl)
-            await cache.set_value(key, data, ttl)
-            return data, ttl
+            # What the cache would not keep, the flight does not share either.
+            return (data, ttl) if await cache.set_value(key, data, ttl) else (None, 0.0)
 
         fetched = await fetch_shared(shared, dict(items), send, read, share)
         sent.vectors.update(fetched.vectors)
