@@ -26,8 +26,8 @@ from benchmarks._common import Figure, Plot, Series, emit
 from limpet import Client, Endpoint
 from limpet.errors import ConfigurationError
 from limpet.models import Usage
-from limpet.pricing import ModelPrices, cost_usd
-from limpet.prompt_cache import inject_cache_control
+from limpet.providers.pricing import ModelPrices, cost_usd
+from limpet.providers.prompt_cache import inject_cache_control
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
 

@@ -32,8 +32,8 @@ import aiohttp
 
 from benchmarks._common import Figure, Plot, Series, emit, per_call_us
 from limpet import Client, Endpoint
+from limpet.pipeline.vectors import merge_by_index, unpack_floats
 from limpet.testing import FakeGateway
-from limpet.vectors import merge_by_index, unpack_floats
 
 MODEL = "openai/text-embedding-3-small"
 UPSTREAM_LATENCY = 0.02

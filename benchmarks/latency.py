@@ -9,7 +9,7 @@ import asyncio
 import statistics
 
 from benchmarks._common import Figure, Plot, Series, emit
-from limpet.demo import run_demo
+from limpet.cli.demo import run_demo
 
 STATUSES = ("hit", "coalesced", "miss")
 

@@ -21,7 +21,7 @@ from benchmarks.hit_path import request
 from benchmarks.redis_hit import interleaved_us
 from limpet import CacheStatus, Client, Endpoint, MemcachedCache
 from limpet.cache.base import EntryCodec
-from limpet.cache.memcached import parse_memcached_url
+from limpet.cache.memcached.backend import parse_memcached_url
 from limpet.testing import FakeGateway
 
 TARGET_RATIO = 1.3

@@ -41,7 +41,7 @@ from benchmarks.sticky import (
 )
 from limpet import Client, Endpoint, RetryConfig
 from limpet.config import RoutingConfig
-from limpet.routing import StickyRouter
+from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway, OpenRouterProviders
 
 PROVIDERS = ("anthropic", "google-vertex", "amazon-bedrock")

@@ -41,7 +41,7 @@ from benchmarks._common import Figure, Plot, Series, emit
 from limpet import Client, Endpoint, RetryConfig
 from limpet.config import RoutingConfig
 from limpet.models import Usage
-from limpet.routing import Attempt, Route, Router, StickyRouter, hrw_rank
+from limpet.routing.sticky import Attempt, Route, Router, StickyRouter, hrw_rank
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import PromptCacheResult, ProviderPromptCache
 

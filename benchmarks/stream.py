@@ -12,7 +12,7 @@ from typing import Any
 
 from benchmarks._common import Figure, emit
 from limpet import Client, Endpoint
-from limpet.stream import CompletionStream
+from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 
 UPSTREAM_LATENCY = 0.2

@@ -138,7 +138,7 @@ def cluster_prefix(redis_cluster: RedisClusterServers) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _fresh_learned_minimums() -> Iterator[None]:
     """Learned prompt-cache minimums are per process: no test sees another's."""
-    from limpet.cache_minimums import LEARNED_MINIMUMS
+    from limpet.providers.cache_minimums import LEARNED_MINIMUMS
 
     LEARNED_MINIMUMS.reset()
     yield

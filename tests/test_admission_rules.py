@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from limpet import AdmissionConfig, Endpoint
-from limpet.admission_rules import AimdLimit, TokenBucket, parse_duration, pause_from_headers
 from limpet.errors import ConfigurationError
+from limpet.http.admission_rules import AimdLimit, TokenBucket, parse_duration, pause_from_headers
 
 CONFIG = AdmissionConfig()
 

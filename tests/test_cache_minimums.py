@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from limpet.cache_minimums import LearnedMinimums
-from limpet.prompt_cache import (
+from limpet.providers.cache_minimums import LearnedMinimums
+from limpet.providers.prompt_cache import (
     DEFAULT_CAPABILITIES,
     CacheControlConfig,
     inject_cache_control,

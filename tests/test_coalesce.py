@@ -8,7 +8,7 @@ import gc
 
 import pytest
 
-from limpet.coalesce import SingleFlight
+from limpet.flight.coalesce import SingleFlight
 
 
 class Upstream:

@@ -23,7 +23,7 @@ from limpet.errors import (
     scrub_error,
     upstream_errors,
 )
-from limpet.retry import should_retry
+from limpet.http.retry import should_retry
 
 KEY = "sk-or-v1-0123456789abcdef-secret"
 

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from limpet.cache.redis import RedisCache
+from limpet.cache.generations import Generations, generation_name
+from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError
-from limpet.generations import Generations, generation_name
 from tests.fakes import FakeClock
 
 

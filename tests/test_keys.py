@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.errors import InvalidRequestError
-from limpet.keys import (
+from limpet.pipeline.keys import (
     KEY_SCHEMA_VERSION,
     TRANSPORT_ONLY_FIELDS,
     canonical_request,

@@ -8,7 +8,7 @@ import pytest
 
 from limpet.config import CachePolicy
 from limpet.errors import ConfigurationError, InvalidRequestError
-from limpet.policy import CacheDecision, decide, is_cacheable
+from limpet.pipeline.policy import CacheDecision, decide, is_cacheable
 
 BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
 ON = CacheDecision(read=True, write=True, coalesce=True)

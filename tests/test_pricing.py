@@ -13,7 +13,7 @@ import pytest
 
 from limpet.errors import APIConnectionError, ConfigurationError, NotFoundError
 from limpet.models import Cost, Usage
-from limpet.pricing import (
+from limpet.providers.pricing import (
     ModelPrices,
     PriceTable,
     completion_cost,
@@ -21,10 +21,10 @@ from limpet.pricing import (
     prompt_cache_savings,
     storage_cost_usd,
 )
-from limpet.prompt_cache import inject_cache_control
+from limpet.providers.prompt_cache import inject_cache_control
+from limpet.providers.usage import normalize_usage, reported_cost
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
-from limpet.usage import normalize_usage, reported_cost
 
 SONNET = ModelPrices.per_million(
     prompt=3, completion=15, cache_read=0.3, cache_write=3.75, cache_write_1h=6

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from limpet.errors import ConfigurationError
-from limpet.keys import canonical_request
-from limpet.prompt_cache import (
+from limpet.pipeline.keys import canonical_request
+from limpet.providers.prompt_cache import (
     DEFAULT_CAPABILITIES,
     FAMILIES,
     CacheCapability,

@@ -14,7 +14,7 @@ from limpet.errors import (
     APITimeoutError,
     status_error,
 )
-from limpet.retry import backoff_delay, parse_retry_after, should_retry
+from limpet.http.retry import backoff_delay, parse_retry_after, should_retry
 
 
 @pytest.mark.parametrize(

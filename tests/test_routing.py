@@ -27,9 +27,9 @@ from limpet.errors import (
     InternalServerError,
     RateLimitError,
 )
-from limpet.keys import canonical_request, prefix_chain, request_key
 from limpet.models import Usage
-from limpet.routing import Route, Router, StickyRouter, hrw_rank, routing_key
+from limpet.pipeline.keys import canonical_request, prefix_chain, request_key
+from limpet.routing.sticky import Route, Router, StickyRouter, hrw_rank, routing_key
 from limpet.testing.provider_cache import ProviderPromptCache
 from limpet.testing.tokens import count_prompt_tokens
 
@@ -229,7 +229,7 @@ def test_fresh_routers_and_fresh_processes_route_a_cold_prefix_identically() -> 
     script = (
         "import json, sys\n"
         "from limpet.config import Endpoint\n"
-        "from limpet.routing import StickyRouter\n"
+        "from limpet.routing.sticky import StickyRouter\n"
         "eps = [Endpoint(f'e{i}', 'http://gateway.test') for i in range(4)]\n"
         "bodies = json.load(sys.stdin)\n"
         "print(json.dumps([[e.name for e in StickyRouter(eps).select(b).endpoints]"

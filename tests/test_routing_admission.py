@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from limpet import AdmissionConfig
-from limpet.admission import Admissions
 from limpet.errors import RateLimitError
+from limpet.http.admission import Admissions
 from tests.test_routing import document, fail, first, rag, router, serve
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from limpet.sse import SSEDecoder
+from limpet.http.sse import SSEDecoder
 
 STREAM = (
     b": OPENROUTER PROCESSING\n\n"

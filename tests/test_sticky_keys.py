@@ -9,8 +9,8 @@ import pytest
 
 from limpet.config import Endpoint, RoutingConfig
 from limpet.errors import ConfigurationError
-from limpet.routing import StickyRouter
-from limpet.sticky_keys import PromptCacheKeys, session_id_for, wants_session_id
+from limpet.routing.sticky import StickyRouter
+from limpet.routing.sticky_keys import PromptCacheKeys, session_id_for, wants_session_id
 
 OPENAI = "openai/gpt-5-mini"
 ANTHROPIC = "anthropic/claude-sonnet-4.6"

@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limpet.broadcast import Broadcast
 from limpet.errors import APIStreamError
-from limpet.streaming import (
+from limpet.flight.broadcast import Broadcast
+from limpet.http.chunks import (
     REPLAY_PIECE_CHARS,
     StreamAssembler,
     StreamChunk,

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from limpet.cache.base import CacheEntry
-from limpet.completions import completion_of
 from limpet.models import CacheStatus, Completion, Cost, Usage
-from limpet.pricing import ModelPrices, completion_cost
-from limpet.stats import Stats
-from limpet.usage import parse_usage, reported_cost
+from limpet.observe.stats import Stats
+from limpet.pipeline.completions import completion_of
+from limpet.providers.pricing import ModelPrices, completion_cost
+from limpet.providers.usage import parse_usage, reported_cost
 
 
 def test_openrouter_usage_with_cache_reads_and_writes() -> None:

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.models import Usage
-from limpet.testing.wire import Answer
-from limpet.usage import (
+from limpet.providers.usage import (
     StreamUsage,
     UsageDialect,
     detect_dialect,
@@ -27,6 +26,7 @@ from limpet.usage import (
     response_usage,
     with_write_ttl,
 )
+from limpet.testing.wire import Answer
 
 OPENROUTER = {
     "prompt_tokens": 2000,

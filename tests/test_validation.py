@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from limpet.errors import InvalidRequestError
-from limpet.validation import (
+from limpet.pipeline.validation import (
     response_format_param,
     strict_json_schema,
     validate_request,

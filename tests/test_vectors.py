@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from limpet.errors import CacheCorruptError, InvalidRequestError
-from limpet.keys import request_key, request_keys
-from limpet.vectors import (
+from limpet.pipeline.keys import request_key, request_keys
+from limpet.pipeline.vectors import (
     VectorCodec,
     embedding_params,
     item_canonical,

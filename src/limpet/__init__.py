@@ -51,19 +51,19 @@ from limpet.errors import (
     RequestTimeoutError,
     UnprocessableEntityError,
 )
-from limpet.keys import KeyExplanation, explain_key
+from limpet.http.chunks import StreamChunk
 from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
-from limpet.pricing import ModelPrices, PriceTable
-from limpet.prompt_cache import CacheControlConfig
-from limpet.routing import Router, StickyRouter
-from limpet.stats import Stats
-from limpet.stream import CompletionStream
-from limpet.streaming import StreamChunk
-from limpet.warm import WarmReport
+from limpet.observe.stats import Stats
+from limpet.observe.warm import WarmReport
+from limpet.pipeline.keys import KeyExplanation, explain_key
+from limpet.pipeline.stream import CompletionStream
+from limpet.providers.pricing import ModelPrices, PriceTable
+from limpet.providers.prompt_cache import CacheControlConfig
+from limpet.routing.sticky import Router, StickyRouter
 
 if TYPE_CHECKING:
-    from limpet.cache.memcached import MemcachedCache
-    from limpet.cache.redis import RedisCache
+    from limpet.cache.memcached.backend import MemcachedCache
+    from limpet.cache.redis.backend import RedisCache
 
 __all__ = [
     "APIConnectionError",
@@ -127,7 +127,9 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # RedisCache needs the optional redis extra; import it only when asked for.
     if name == "RedisCache":
-        return _import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
+        return _import_extra("limpet.cache.redis.backend", name, extra="redis", needs=("redis",))
     if name == "MemcachedCache":
-        return _import_extra("limpet.cache.memcached", name, extra="memcached", needs=("emcache",))
+        return _import_extra(
+            "limpet.cache.memcached.backend", name, extra="memcached", needs=("emcache",)
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

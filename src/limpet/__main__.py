@@ -1,5 +1,5 @@
 """``python -m limpet``: the same as the ``limpet`` command."""
 
-from limpet.cli import main
+from limpet.cli.main import main
 
 raise SystemExit(main())

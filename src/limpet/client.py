@@ -11,14 +11,10 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequenc
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
-from limpet.admission import metered_queueing
-from limpet.affinity import affinity_store_for
 from limpet.cache.base import CacheBackend, CacheEntry
+from limpet.cache.generations import Generations, GenerationStore
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
-from limpet.calls import Call, RunningCalls
-from limpet.coalesce import FlightStore, RedisFlight, SingleFlight
-from limpet.completions import completion_of, storable
 from limpet.config import (
     AdmissionConfig,
     CachePolicy,
@@ -28,40 +24,44 @@ from limpet.config import (
     Timeouts,
     default_base_url,
 )
-from limpet.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
-from limpet.embeddings import Embedder
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
-from limpet.events import CallEvent, EventHook, embedding_event, emit_event, event_of
-from limpet.fleet import FleetCounters
-from limpet.generations import Generations, GenerationStore
-from limpet.keys import canonical_request, request_key
+from limpet.flight.coalesce import FlightStore, RedisFlight, SingleFlight
+from limpet.http.admission import metered_queueing
+from limpet.http.retry import should_retry
+from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion, Cost, Embeddings
-from limpet.policy import CacheDecision, CacheMode, decide
-from limpet.pricing import PriceTable, completion_cost, prompt_cache_savings
-from limpet.prompt_cache import (
-    DEFAULT_CACHE_CONTROL,
-    CacheControlConfig,
-    breakpoint_ttl,
-    inject_cache_control,
-)
-from limpet.retry import should_retry
-from limpet.routing import Router, StickyRouter
-from limpet.stats import Stats
-from limpet.stream import CompletionStream, StreamFlights
-from limpet.transport import Transport
-from limpet.usage import parse_usage, reported_cost, with_write_ttl
-from limpet.validation import (
+from limpet.observe.events import CallEvent, EventHook, embedding_event, emit_event, event_of
+from limpet.observe.fleet import FleetCounters
+from limpet.observe.stats import Stats
+from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
+from limpet.pipeline.calls import Call, RunningCalls
+from limpet.pipeline.completions import completion_of, storable
+from limpet.pipeline.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
+from limpet.pipeline.embeddings import Embedder
+from limpet.pipeline.keys import canonical_request, request_key
+from limpet.pipeline.policy import CacheDecision, CacheMode, decide
+from limpet.pipeline.stream import CompletionStream, StreamFlights
+from limpet.pipeline.validation import (
     response_format_param,
     validate_call_options,
     validate_request,
     validate_ttl,
     with_extra_body,
 )
-from limpet.vectors import DEFAULT_MAX_INPUTS, embedding_params, validate_inputs
-from limpet.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
+from limpet.pipeline.vectors import DEFAULT_MAX_INPUTS, embedding_params, validate_inputs
+from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
+from limpet.providers.prompt_cache import (
+    DEFAULT_CACHE_CONTROL,
+    CacheControlConfig,
+    breakpoint_ttl,
+    inject_cache_control,
+)
+from limpet.providers.usage import parse_usage, reported_cost, with_write_ttl
+from limpet.routing.affinity import affinity_store_for
+from limpet.routing.sticky import Router, StickyRouter
 
 if TYPE_CHECKING:
-    from limpet.cache.redis import RedisCache
+    from limpet.cache.redis.backend import RedisCache
 
 __all__ = ["DEFAULT_CLOSE_GRACE", "DEFAULT_TTL", "Client"]
 
@@ -996,7 +996,7 @@ def _redis_tier(cache: TieredCache | None) -> RedisCache | None:
     """The lowest Redis tier, if any (imported lazily: redis is an optional extra)."""
     if cache is None or not any(type(t).__name__ == "RedisCache" for t in cache.tiers):
         return None
-    from limpet.cache.redis import RedisCache
+    from limpet.cache.redis.backend import RedisCache
 
     for tier in reversed(cache.tiers):
         if isinstance(tier, RedisCache):

@@ -456,7 +456,7 @@ class AdmissionConfig:
     Every upstream attempt takes a slot of its endpoint while it is on the wire; callers
     beyond the limit wait, first come first served, with their deadline running. The limit
     is ``Endpoint.max_in_flight`` where set, and under it one learned from the endpoint
-    (``limpet.admission_rules.AimdLimit``). A 429 or 503 with ``Retry-After`` pauses the
+    (``limpet.http.admission_rules.AimdLimit``). A 429 or 503 with ``Retry-After`` pauses the
     endpoint for every caller at once: the retry waits for the pause, not for its own
     backoff. Cache hits and coalesced callers never take a slot.
 

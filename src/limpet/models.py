@@ -36,7 +36,7 @@ class Usage:
     ``prompt_tokens`` = ``uncached_tokens`` + ``cached_tokens`` + ``cache_write_tokens``,
     and ``cache_write_tokens`` = ``cache_write_5m_tokens`` + ``cache_write_1h_tokens``.
     A response without usage gives zeros with ``reported`` False: its counts, and so its
-    cost, are unknown, not nothing. ``limpet.usage`` builds one from every provider's
+    cost, are unknown, not nothing. ``limpet.providers.usage`` builds one from every provider's
     dialect.
 
     Attributes:

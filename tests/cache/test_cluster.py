@@ -19,10 +19,10 @@ from redis.crc import key_slot
 
 from limpet import CacheStatus, Client, Endpoint, FlightConfig, MemoryCache, RetryConfig
 from limpet.cache.breaker import CircuitBreaker
-from limpet.cache.redis import RedisCache
+from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
-from limpet.coalesce import FlightNotice, FlightOutcome
 from limpet.errors import CacheUnavailableError, ConfigurationError
+from limpet.flight.coalesce import FlightNotice, FlightOutcome
 from limpet.testing import FakeGateway
 from tests.cluster_servers import RedisClusterServers
 from tests.fakes import FakeClock

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from limpet.cache.base import ENTRY_FORMAT, CacheEntry, EntryCodec, servable, stored_chunks
-from limpet.completions import storable
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
+from limpet.pipeline.completions import storable
 
 KEY = "k" * 64
 ENTRY = CacheEntry(

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import pytest
 
 from limpet.cache.base import CacheBackend
-from limpet.cache.memcached import MemcachedCache
+from limpet.cache.memcached.backend import MemcachedCache
 from limpet.cache.memory import MemoryCache
-from limpet.cache.redis import RedisCache
+from limpet.cache.redis.backend import RedisCache
 from tests.redis_servers import eventually
 
 

@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 
 import limpet
 from limpet.cache.base import CacheBackend
-from limpet.cache.memcached import (
+from limpet.cache.generations import GenerationStore
+from limpet.cache.memcached.backend import (
     RELATIVE_TTL_LIMIT,
     MemcachedCache,
     memcached_expiry,
     parse_memcached_url,
 )
-from limpet.cache.memcached_flight import MemcachedFlightStore, _lease_exptime
-from limpet.coalesce import FlightNotice, FlightOutcome, FlightStore
+from limpet.cache.memcached.leases import MemcachedFlightStore, _lease_exptime
 from limpet.errors import CacheUnavailableError, ConfigurationError, RateLimitError
-from limpet.generations import GenerationStore
+from limpet.flight.coalesce import FlightNotice, FlightOutcome, FlightStore
 from tests.memcached_servers import MemcachedServer
 
 # For tests about what is stored, not about speed: a busy machine must not time them out.

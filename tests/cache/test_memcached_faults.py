@@ -18,8 +18,8 @@ import pytest
 
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.breaker import CircuitBreaker
-from limpet.cache.memcached import MemcachedCache, parse_memcached_url
-from limpet.cache.memcached_flight import _PollWatch
+from limpet.cache.memcached.backend import MemcachedCache, parse_memcached_url
+from limpet.cache.memcached.leases import _PollWatch
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError

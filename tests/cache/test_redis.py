@@ -11,7 +11,7 @@ import redis.asyncio
 import redis.utils
 
 from limpet.cache import MemoryCache, TieredCache
-from limpet.cache.redis import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
+from limpet.cache.redis.backend import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
 from limpet.errors import CacheUnavailableError, ConfigurationError
 from tests.redis_servers import RedisProxy, free_port
 

@@ -22,10 +22,10 @@ from limpet import CacheStatus, Client, Endpoint, FlightConfig
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.memory import MemoryCache
-from limpet.cache.redis import RedisCache
+from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
-from limpet.coalesce import RedisFlight
 from limpet.errors import CacheUnavailableError
+from limpet.flight.coalesce import RedisFlight
 from limpet.models import Usage
 from limpet.testing import FakeGateway
 from tests.redis_servers import RedisProxy, RedisServer, free_port

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig
-from limpet.admission import Admission
 from limpet.errors import APIError, APITimeoutError
-from limpet.metrics import PrometheusMetrics
+from limpet.http.admission import Admission
+from limpet.observe.metrics import PrometheusMetrics
 from limpet.testing import FakeGateway
 
 MODEL = "openai/gpt-5-mini"

@@ -17,8 +17,8 @@ import pytest
 import redis.asyncio
 
 from limpet import CacheStatus, Client, Endpoint, RedisCache
-from limpet.credentials import ANONYMOUS_SCOPE, CacheScope, credential_scope, key_scope
 from limpet.errors import ConfigurationError
+from limpet.pipeline.credentials import ANONYMOUS_SCOPE, CacheScope, credential_scope, key_scope
 from limpet.testing import FakeGateway
 
 pytestmark = pytest.mark.redis
@@ -166,7 +166,7 @@ async def test_the_key_appears_in_no_key_repr_or_redis_name_or_value(
 
 def test_the_credential_scope_is_stable_across_processes_and_never_the_key() -> None:
     script = (
-        "from limpet import Endpoint; from limpet.credentials import credential_scope; "
+        "from limpet import Endpoint; from limpet.pipeline.credentials import credential_scope; "
         f"print(credential_scope([Endpoint('a', 'https://x.test/v1', api_key={KEY_A!r})]))"
     )
     there = subprocess.run(

@@ -27,8 +27,8 @@ from limpet import (
     TieredCache,
 )
 from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.generations import Generations
 from limpet.errors import BadRequestError
-from limpet.generations import Generations
 from limpet.testing import FakeGateway
 from limpet.testing.storm import run_storm, start_workers
 from tests.fakes import FakeClock

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from limpet import CacheStatus, Client, Endpoint
-from limpet.pricing import ModelPrices, PriceTable, cost_usd, prompt_cache_savings
-from limpet.prompt_cache import CacheControlConfig
+from limpet.providers.pricing import ModelPrices, PriceTable, cost_usd, prompt_cache_savings
+from limpet.providers.prompt_cache import CacheControlConfig
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
 

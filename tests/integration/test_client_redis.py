@@ -19,8 +19,8 @@ import redis.exceptions
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, RetryConfig, TieredCache
 from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.generations import Generations
 from limpet.cache.memory import DEFAULT_MAX_ENTRIES
-from limpet.generations import Generations
 from limpet.testing import FakeGateway
 from tests.fakes import FakeClock
 from tests.redis_servers import RedisProxy, RedisServer, eventually, free_port

@@ -16,10 +16,10 @@ import redis.asyncio
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet.cache.base import CacheEntry, EntryCodec
-from limpet.coalesce import FlightNotice, FlightOutcome
+from limpet.flight.coalesce import FlightNotice, FlightOutcome
+from limpet.http.chunks import StreamChunk
 from limpet.models import Usage
-from limpet.stream import CompletionStream
-from limpet.streaming import StreamChunk
+from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from tests.redis_servers import eventually
 

@@ -30,9 +30,9 @@ from limpet import (
     RetryConfig,
     TieredCache,
 )
-from limpet.coalesce import RedisFlight
-from limpet.embedding_flight import fetch_shared
-from limpet.events import CallEvent
+from limpet.flight.coalesce import RedisFlight
+from limpet.flight.embeddings import fetch_shared
+from limpet.observe.events import CallEvent
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
 

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from limpet import CacheStatus, Client, Endpoint, RetryConfig
 from limpet.errors import BadRequestError
-from limpet.events import CallEvent
-from limpet.metrics import PrometheusMetrics
+from limpet.observe.events import CallEvent
+from limpet.observe.metrics import PrometheusMetrics
+from limpet.observe.tracing import OpenTelemetrySpans
 from limpet.testing import FakeGateway
-from limpet.tracing import OpenTelemetrySpans
 
 MODEL = "anthropic/claude-sonnet-4.6"
 

@@ -19,15 +19,15 @@ from limpet.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from limpet.gemini import (
+from limpet.providers.gemini import (
     AiohttpCall,
     CachedContents,
     StorageLedger,
     native_model,
     with_cached_content,
 )
+from limpet.providers.usage import response_usage
 from limpet.testing import FakeGateway
-from limpet.usage import response_usage
 
 KEY = "sk-or-v1-gemini-test-key"
 FLASH = "google/gemini-2.5-flash"

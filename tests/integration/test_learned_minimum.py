@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from limpet import Client, Endpoint, RetryConfig
-from limpet.cache_minimums import DEFAULT_LEARN_AFTER
-from limpet.routing import StickyRouter
+from limpet.providers.cache_minimums import DEFAULT_LEARN_AFTER
+from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import DEFAULT_CACHE_RULES, CacheRules, ProviderPromptCache
 

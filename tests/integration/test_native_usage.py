@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 import pytest
 
+from limpet.providers.usage import StreamUsage, response_usage
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
-from limpet.usage import StreamUsage, response_usage
 
 MODEL = "anthropic/claude-sonnet-4.6"
 MANUAL = "Limpets cling to rocks with a muscular foot. " * 100  # 4,500 chars

@@ -14,8 +14,8 @@ from typing import Any
 
 from limpet import Client, Endpoint, RetryConfig
 from limpet.config import RoutingConfig
-from limpet.keys import canonical_request
-from limpet.routing import StickyRouter
+from limpet.pipeline.keys import canonical_request
+from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 
 MODEL = "anthropic/claude-sonnet-4.6"
@@ -71,7 +71,7 @@ async def test_a_fresh_process_derives_the_same_session_id() -> None:
     script = (
         "import json, sys\n"
         "from limpet import Endpoint\n"
-        "from limpet.routing import StickyRouter\n"
+        "from limpet.routing.sticky import StickyRouter\n"
         "e = Endpoint('or', 'https://openrouter.ai/api/v1')\n"
         "print(StickyRouter([e]).select(json.load(sys.stdin)).body['session_id'])\n"
     )

@@ -27,17 +27,17 @@ from limpet import (
     TieredCache,
     Timeouts,
 )
-from limpet.affinity import RedisAffinityStore, affinity_store_for
 from limpet.config import RoutingConfig
 from limpet.errors import APIError, CacheUnavailableError
-from limpet.keys import prefix_chain
+from limpet.http.retry import should_retry
+from limpet.http.transport import Transport
 from limpet.models import Usage
-from limpet.retry import should_retry
-from limpet.routing import StickyRouter, routing_key
+from limpet.pipeline.keys import prefix_chain
+from limpet.providers.usage import parse_usage
+from limpet.routing.affinity import RedisAffinityStore, affinity_store_for
+from limpet.routing.sticky import StickyRouter, routing_key
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
-from limpet.transport import Transport
-from limpet.usage import parse_usage
 from tests.redis_servers import free_port
 
 MODEL = "anthropic/claude-sonnet-4.6"

@@ -19,8 +19,8 @@ from limpet import (
     TieredCache,
 )
 from limpet.errors import APIConnectionError, APIStreamError, InvalidRequestError
-from limpet.stream import CompletionStream
-from limpet.streaming import StreamChunk
+from limpet.http.chunks import StreamChunk
+from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from tests.openai_shapes import assert_chat_completion, assert_chunks
 

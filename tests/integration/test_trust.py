@@ -13,8 +13,8 @@ import pytest
 
 from limpet import APIGenerationError, CacheStatus, Client, Endpoint, RetryConfig, Usage
 from limpet.errors import APIError, APIStreamError
-from limpet.stream import CompletionStream
-from limpet.streaming import StreamChunk
+from limpet.http.chunks import StreamChunk
+from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from limpet.testing.faults import EchoShape
 

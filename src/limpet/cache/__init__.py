@@ -14,8 +14,8 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache, TierStats
 
 if TYPE_CHECKING:
-    from limpet.cache.memcached import MemcachedCache
-    from limpet.cache.redis import RedisCache
+    from limpet.cache.memcached.backend import MemcachedCache
+    from limpet.cache.redis.backend import RedisCache
 
 __all__ = [
     "CacheBackend",
@@ -31,7 +31,9 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "RedisCache":
-        return _import_extra("limpet.cache.redis", name, extra="redis", needs=("redis",))
+        return _import_extra("limpet.cache.redis.backend", name, extra="redis", needs=("redis",))
     if name == "MemcachedCache":
-        return _import_extra("limpet.cache.memcached", name, extra="memcached", needs=("emcache",))
+        return _import_extra(
+            "limpet.cache.memcached.backend", name, extra="memcached", needs=("emcache",)
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -76,7 +76,7 @@ class CacheEntry:
         created_at: wall-clock time of the upstream answer (unix seconds).
         expires_at: wall-clock time after which the entry is stale (unix seconds).
         stream: for an answer that was streamed, the JSON of how it was chunked (see
-            ``limpet.streaming``), so a replay repeats the live stream's deltas; kept as
+            ``limpet.http.chunks``), so a replay repeats the live stream's deltas; kept as
             bytes and parsed only when replayed, so a plain hit never pays for it.
     """
 

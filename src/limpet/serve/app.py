@@ -31,7 +31,9 @@ from limpet.cache.tiered import TieredCache
 from limpet.client import Client
 from limpet.config import Endpoint
 from limpet.errors import ConfigurationError, InvalidRequestError, LimpetError
+from limpet.http.chunks import StreamChunk
 from limpet.models import Completion
+from limpet.pipeline.stream import CompletionStream
 from limpet.serve.protocol import (
     answer_headers,
     call_options,
@@ -43,8 +45,6 @@ from limpet.serve.protocol import (
     split_body,
 )
 from limpet.serve.upstream import MetricsRegistry, ModelListings
-from limpet.stream import CompletionStream
-from limpet.streaming import StreamChunk
 
 __all__ = [
     "DEFAULT_HOST",
@@ -234,12 +234,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def _cache(config: ServeConfig) -> TieredCache:
     shared: CacheBackend | None = None
     if config.redis:
-        from limpet.cache.redis import DEFAULT_PREFIX, RedisCache
+        from limpet.cache.redis.backend import DEFAULT_PREFIX, RedisCache
 
         shared = RedisCache.from_url(config.redis, prefix=config.prefix or DEFAULT_PREFIX)
     elif config.memcached:
-        from limpet.cache.memcached import DEFAULT_PREFIX as PREFIX
-        from limpet.cache.memcached import MemcachedCache
+        from limpet.cache.memcached.backend import DEFAULT_PREFIX as PREFIX
+        from limpet.cache.memcached.backend import MemcachedCache
 
         shared = MemcachedCache.from_url(config.memcached, prefix=config.prefix or PREFIX)
     return TieredCache(MemoryCache()) if shared is None else TieredCache(MemoryCache(), shared)

@@ -20,7 +20,7 @@ from limpet.errors import (
     InvalidRequestError,
 )
 from limpet.models import Completion, Embeddings
-from limpet.policy import CacheMode
+from limpet.pipeline.policy import CacheMode
 
 __all__ = [
     "BODY_RESERVED",
@@ -78,7 +78,7 @@ def call_options(
 
     With ``forward_authorization``, the caller's ``Authorization`` goes upstream as is,
     which also scopes the cache entries and flights of the call to that credential
-    (``limpet.credentials.call_scope``); without it, the proxy's own key is sent.
+    (``limpet.pipeline.credentials.call_scope``); without it, the proxy's own key is sent.
 
     Raises:
         BadHeaderError: ``X-Limpet-Cache-Mode`` or ``X-Limpet-TTL`` has a bad value.

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import aiohttp
 
 from limpet._extras import require_extra
-from limpet.events import EventHook
+from limpet.observe.events import EventHook
 
 __all__ = ["MetricsRegistry", "ModelListings"]
 

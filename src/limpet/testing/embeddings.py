@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from limpet.pipeline.vectors import pack_floats, unpack_floats
 from limpet.testing.faults import (
     DelayFault,
     DropConnectionFault,
@@ -31,7 +32,6 @@ from limpet.testing.responses import (
     status_fault_response,
 )
 from limpet.testing.tokens import count_tokens
-from limpet.vectors import pack_floats, unpack_floats
 
 if TYPE_CHECKING:
     from limpet.testing.gateway import FakeGateway

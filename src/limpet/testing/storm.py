@@ -177,10 +177,10 @@ async def _work(args: argparse.Namespace) -> dict[str, Any]:
 def _shared_tier(url: str, prefix: str) -> CacheBackend:
     """A ``MemcachedCache`` for a ``memcached://`` URL, else a ``RedisCache``."""
     if url.startswith("memcached://"):
-        from limpet.cache.memcached import MemcachedCache
+        from limpet.cache.memcached.backend import MemcachedCache
 
         return MemcachedCache.from_url(url, prefix=prefix)
-    from limpet.cache.redis import RedisCache
+    from limpet.cache.redis.backend import RedisCache
 
     return RedisCache.from_url(url, prefix=prefix)
 

@@ -1,0 +1,292 @@
+"""Invalidation without SCAN: generation counters hashed into every cache key.
+
+Three generations go into every key: one for everything in the cache, one for the
+client's namespace, and one for the namespace's model. ``invalidate(model=m)`` bumps the
+third, ``invalidate()`` the second and ``limpet flush`` (no namespace) the first; every
+key made afterwards differs, so old entries are never read again and age out by TTL.
+A Client scoped to its credentials (``cache_scope="credential"``) has two more, its
+credentials' own and theirs for the model: its ``invalidate()`` bumps those, so one
+tenant never invalidates another's entries, while a namespace's generations (``limpet
+flush --namespace``) still reach every credential in it.
+
+With a shared store (Redis), generations are read into the process and refreshed in the
+background at most every ``refresh_interval`` seconds, so a cache hit stays one GET and
+another process's invalidation takes effect here within that interval.
+
+Only the ``max_tracked`` most recently used models' generations are kept (and
+refreshed); the least recently used is forgotten beyond that. A forgotten model is read
+from the store again, like a model never seen, before its next request uses it, so
+eviction costs a round trip and never a stale generation. A model whose bump reached
+only this process (the store was down, or there is none) is never forgotten, since no
+store could give it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+from limpet.errors import CacheUnavailableError
+
+__all__ = [
+    "DEFAULT_MAX_TRACKED",
+    "DEFAULT_REFRESH_INTERVAL",
+    "EVERYTHING",
+    "GenerationStore",
+    "Generations",
+    "generation_name",
+]
+
+logger = logging.getLogger("limpet.cache")
+
+DEFAULT_REFRESH_INTERVAL = 1.0
+#: Models tracked at once: one MGET of their generations stays far inside a read budget.
+DEFAULT_MAX_TRACKED = 1_000
+
+#: The generation that covers every namespace and model.
+EVERYTHING = "*"
+# Between a namespace and a model in a generation's name; no namespace or model has it.
+_SEPARATOR = "\x1f"
+# Between a namespace and a credential scope (a hex digest, or "anonymous").
+_CREDENTIAL_SEPARATOR = "\x1e"
+
+
+def generation_name(namespace: str | None, model: str | None, *, credential: str = "") -> str:
+    """The stored name of a generation: a model's in a namespace, a namespace's (model
+    None), or everything's (both None, no credential); with ``credential``, those of one
+    credential scope (``limpet.pipeline.credentials``) in the namespace."""
+    if namespace is None and model is None and not credential:
+        return EVERYTHING
+    owner = (namespace or "") + (_CREDENTIAL_SEPARATOR + credential if credential else "")
+    return owner + _SEPARATOR + (EVERYTHING if model is None else model)
+
+
+@runtime_checkable
+class GenerationStore(Protocol):
+    """Shared generation counters; may raise ``CacheUnavailableError``."""
+
+    async def generations(self, names: Sequence[str]) -> list[int]: ...
+
+    async def bump_generation(self, name: str) -> int: ...
+
+
+class Generations:
+    """The generations this process uses in keys, and how they are bumped and refreshed.
+
+    Args:
+        store: the shared counters, or None for a process-local cache.
+        namespace: the client's namespace; its generations are its own.
+        credential: the client's credential scope, or "" when it shares the namespace's
+            entries (``cache_scope="namespace"``).
+        refresh_interval: seconds between background refreshes from the store.
+        max_tracked: models whose generations are kept (least recently used forgotten
+            first).
+        clock: monotonic seconds.
+    """
+
+    __slots__ = (
+        "_all",
+        "_clock",
+        "_credential",
+        "_due",
+        "_fixed",
+        "_loading",
+        "_models",
+        "_namespace",
+        "_own",
+        "_pinned",
+        "_refreshing",
+        "_scopes",
+        "_store",
+        "_values",
+        "max_tracked",
+        "refresh_interval",
+    )
+
+    def __init__(
+        self,
+        store: GenerationStore | None = None,
+        *,
+        namespace: str = "",
+        credential: str = "",
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        max_tracked: int = DEFAULT_MAX_TRACKED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._credential = credential
+        self._all = generation_name(namespace, None)
+        # What invalidate() bumps: this client's own scope, the namespace's or a credential's.
+        self._own = generation_name(namespace, None, credential=credential)
+        # In every key, hence never forgotten.
+        self._fixed = frozenset((EVERYTHING, self._all, self._own))
+        # Tracked models, least recently used first: the generations in each one's keys
+        # after EVERYTHING, this client's own last.
+        self._models: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # Per tracked model: its key scope, built once while no generation changes.
+        self._scopes: dict[str, str] = {}
+        self._values: dict[str, int] = {}
+        # Bumped here but not in any store: forgetting them would lose the bump.
+        self._pinned: set[str] = set()
+        self.max_tracked = max_tracked
+        self._clock = clock
+        self._due = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self.refresh_interval = refresh_interval
+
+    def scope_now(self, model: str) -> str | None:
+        """The key scope for a request to ``model``, or None when ``scope()`` must first
+        read the model's generations from the store. Schedules a background refresh when
+        one is due, so the cache-hit path never waits on the store."""
+        models = self._models
+        scope = self._scopes.get(model)
+        if scope is not None:
+            models.move_to_end(model)
+        else:
+            names = models.get(model)
+            if names is None:
+                if self._store is not None:
+                    return None
+                names = self._track(model)
+            else:
+                models.move_to_end(model)
+            values = self._values
+            scope = ".".join(str(values.get(name, 0)) for name in (EVERYTHING, *names))
+            self._scopes[model] = scope
+        if self._store is not None and self._clock() >= self._due:
+            self._schedule_refresh()
+        return scope
+
+    async def scope(self, model: str) -> str:
+        """The key scope for a request to ``model``.
+
+        The first request for a model in this process (or the first since it was
+        forgotten) reads its generations from the store (one round trip), so it can
+        never read entries invalidated elsewhere. When that read fails, the scope says so
+        (``?``) and matches no generation's entries; the next request reads again.
+        """
+        if self._store is not None and model not in self._models:
+            # Concurrent first requests share one read, and none uses a guess meanwhile.
+            loading = self._loading.get(model)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load(model))
+                self._loading[model] = loading
+            await asyncio.shield(loading)
+        return self.scope_now(model) or f"{self._values.get(EVERYTHING, 0)}.?"
+
+    async def _load(self, model: str) -> None:
+        names = self._names_of(model)
+        try:
+            read = self._fixed.union(names)
+            if self._clock() >= self._due:  # a refresh was due anyway: one read for both
+                self._due = self._clock() + self.refresh_interval
+                read |= self._values.keys()
+            values = await self._read(read)
+            if values is not None:
+                for name in names:
+                    values.setdefault(name, 0)
+                self._merge(values)
+                self._track(model, names)
+        finally:
+            del self._loading[model]
+
+    async def bump(self, model: str | None = None) -> None:
+        """Invalidate ``model``'s entries in this namespace, or every entry in this
+        namespace when ``model`` is None (``limpet flush`` reaches every namespace); with a
+        credential scope, only that scope's entries."""
+        names = None if model is None else self._names_of(model)
+        name = self._own if names is None else names[-1]
+        value = self._values.get(name, 0) + 1
+        if self._store is None:
+            self._pinned.add(name)
+        else:
+            try:
+                value = max(value, await self._store.bump_generation(name))
+            except CacheUnavailableError as exc:
+                # Still invalidate here; other processes catch up when the store is back
+                # only if it is bumped again, so say so.
+                logger.warning("limpet: invalidation of %r is local only: %s", name, exc)
+                self._pinned.add(name)
+        self._values[name] = max(value, self._values.get(name, 0))
+        self._scopes.clear()
+        if model is not None and (self._store is None or name in self._pinned):
+            self._track(model, names)  # a bump only this process knows is kept with its model
+
+    async def refresh(self) -> None:
+        """Read every generation this process uses from the store now."""
+        if self._store is None:
+            return
+        self._due = self._clock() + self.refresh_interval
+        values = await self._read(self._values.keys() | self._fixed)
+        if values is not None:
+            # A model forgotten while the read was out is read again when it is used.
+            self._merge({n: v for n, v in values.items() if n in self._values or n in self._fixed})
+
+    async def _read(self, names: Iterable[str]) -> dict[str, int] | None:
+        """``names``' values in the store, or None when it cannot say."""
+        assert self._store is not None
+        ordered = sorted(names)
+        try:
+            values = await self._store.generations(ordered)
+        except CacheUnavailableError:
+            return None
+        return dict(zip(ordered, values, strict=True))
+
+    def _merge(self, values: dict[str, int]) -> None:
+        known = self._values
+        for name, value in values.items():
+            mine = known.get(name)
+            # Never go back: a local bump the store missed stays in force.
+            if mine is None or value > mine:
+                known[name] = value
+                self._scopes.clear()
+            if name in self._pinned and value >= known[name]:
+                self._pinned.discard(name)  # the store has caught up with the local bump
+
+    def _names_of(self, model: str) -> tuple[str, ...]:
+        names = self._models.get(model)
+        if names is None:
+            names = (self._all, generation_name(self._namespace, model))
+            if self._credential:
+                names += (
+                    self._own,
+                    generation_name(self._namespace, model, credential=self._credential),
+                )
+        return names
+
+    def _track(self, model: str, names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """Keep ``model``'s generations as the most recently used; forget the least
+        recently used model beyond ``max_tracked`` that no store could give back."""
+        models = self._models
+        names = models.get(model) or names or self._names_of(model)
+        models[model] = names
+        models.move_to_end(model)
+        while len(models) > self.max_tracked:
+            forgettable = next(
+                (m for m, ns in models.items() if not any(n in self._pinned for n in ns)), None
+            )
+            if forgettable is None:
+                break
+            for name in models.pop(forgettable):
+                if name not in self._fixed:
+                    self._values.pop(name, None)
+            self._scopes.pop(forgettable, None)
+        return names
+
+    async def aclose(self) -> None:
+        task, self._refreshing = self._refreshing, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _schedule_refresh(self) -> None:
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        self._due = self._clock() + self.refresh_interval
+        self._refreshing = asyncio.get_running_loop().create_task(self.refresh())

@@ -1,0 +1,103 @@
+"""Generation counters on Memcached, for ``invalidate()`` and ``limpet flush``.
+
+A counter is created with ``add`` and bumped with ``incr``, and Memcached may lose it at
+any time: evicted by the LRU, gone in a restart or a ``flush_all``. Were it simply
+re-created at 0, entries written under its old values would be read again after an
+invalidation: the one thing invalidation must never allow. So a missing counter is
+created at the current wall-clock time in milliseconds, or one above the highest value
+this process saw, whichever is higher. Counters only grow by one per invalidation, so a
+re-created counter is above every value it had (short of a thousand invalidations a
+second, sustained): losing it costs at most the entries of its current generation, and
+never revives an older one. Processes that race to create it agree on one value (``add``
+is atomic; the losers read the winner's).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import emcache
+
+from limpet.errors import CacheUnavailableError
+
+if TYPE_CHECKING:
+    from limpet.cache.memcached.backend import MemcachedCache
+
+__all__ = ["GenerationCounters"]
+
+
+class GenerationCounters:
+    """The generation counters of one ``MemcachedCache`` (through its ``run()``), and
+    the highest value this process saw of each."""
+
+    __slots__ = ("_cache", "_seen")
+
+    def __init__(self, cache: MemcachedCache) -> None:
+        self._cache = cache
+        self._seen: dict[str, int] = {}
+
+    async def read(self, names: Sequence[str]) -> list[int]:
+        """The value of each counter, creating those that are missing."""
+        cache = self._cache
+        keys = [cache.generation_key(name) for name in names]
+        found = await cache.run("get_many", cache.read_timeout, lambda c: c.get_many(keys))
+        result = []
+        for name, key in zip(names, keys, strict=True):
+            item = found.get(key)
+            value = _counter(item.value) if item is not None else None
+            if value is None:
+                value = await self._create(name, key)
+            result.append(self._saw(name, value))
+        return result
+
+    async def bump(self, name: str) -> int:
+        """Add one to counter ``name`` (created first if missing); the new value."""
+        cache, key = self._cache, self._cache.generation_key(name)
+        value = await cache.run("incr", cache.write_timeout, lambda c: _incr(c, key))
+        if value is None:
+            await self._create(name, key)
+            value = await cache.run("incr", cache.write_timeout, lambda c: _incr(c, key))
+            if value is None:
+                raise CacheUnavailableError(f"memcached generation {name!r} vanished while bumped")
+        return self._saw(name, value)
+
+    async def _create(self, name: str, key: bytes) -> int:
+        """Create a missing counter; its value, or the one another process created first."""
+        cache = self._cache
+        start = max(int(time.time() * 1000), self._seen.get(name, 0) + 1)
+        if await cache.run("add", cache.write_timeout, lambda c: _add(c, key, b"%d" % start)):
+            return start
+        item = await cache.run("get", cache.read_timeout, lambda c: c.get(key))
+        value = None if item is None else _counter(item.value)
+        if value is None:
+            raise CacheUnavailableError(f"memcached generation {name!r} is not an integer")
+        return value
+
+    def _saw(self, name: str, value: int) -> int:
+        if value > self._seen.get(name, 0):
+            self._seen[name] = value
+        return value
+
+
+def _counter(raw: bytes) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+async def _add(client: emcache.Client, key: bytes, value: bytes) -> bool:
+    try:
+        await client.add(key, value, exptime=0)
+    except emcache.NotStoredStorageCommandError:
+        return False
+    return True
+
+
+async def _incr(client: emcache.Client, key: bytes) -> int | None:
+    try:
+        return await client.increment(key, 1)
+    except emcache.NotFoundCommandError:
+        return None

@@ -1,0 +1,449 @@
+"""Single-flight: one upstream call per key, however many callers miss at once."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from limpet.config import FlightConfig
+from limpet.errors import APIStatusError, CacheUnavailableError
+from limpet.http.retry import should_retry
+
+__all__ = [
+    "FlightNotice",
+    "FlightOutcome",
+    "FlightStore",
+    "FlightWatch",
+    "RedisFlight",
+    "SingleFlight",
+]
+
+logger = logging.getLogger("limpet.coalesce")
+
+T = TypeVar("T")
+
+
+class _Flight(Generic[T]):
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Future[T]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
+class SingleFlight(Generic[T]):
+    """Runs one call per key at a time; concurrent callers of a key share its result.
+
+    The first caller of a key starts the call as a task of its own; every caller, the
+    first included, awaits it through ``asyncio.shield``, so cancelling one caller never
+    cancels the call the others wait on. An exception reaches every caller and is not
+    remembered: the next call for the key starts afresh. When the last caller is gone,
+    the flight is forgotten first (so a newcomer starts a fresh call rather than joining
+    a dying one) and then, with ``cancel_orphans``, the call is cancelled.
+
+    A failure that ``retry_if`` accepts (a retryable one) may promote one waiter to try
+    once more: every waiter of the failed call may start a new one, and the first to do
+    so leads it while the others join it. Each waiter does this at most ``promotions``
+    times; the leader of the failed call gets its error.
+
+    A caller bounds its own wait (``asyncio.timeout`` around ``do``): when it expires,
+    that caller leaves and the call goes on for the others.
+
+    Args:
+        cancel_orphans: cancel a call nobody waits for any more; False lets it finish
+            (and fill the cache) in the background.
+        retry_if: which failures a waiter may retry; None: none.
+        promotions: how often one waiter may retry.
+
+    Example:
+        >>> flight: SingleFlight[bytes] = SingleFlight()
+        >>> body, led = await flight.do(key, lambda: fetch(key))
+    """
+
+    __slots__ = ("_flights", "_running", "cancel_orphans", "promotions", "retry_if")
+
+    def __init__(
+        self,
+        *,
+        cancel_orphans: bool = True,
+        retry_if: Callable[[BaseException], bool] | None = None,
+        promotions: int = 1,
+    ) -> None:
+        self._flights: dict[str, _Flight[T]] = {}
+        # Every call not yet done, forgotten ones included (a cancelled orphan unwinding).
+        self._running: set[asyncio.Future[T]] = set()
+        self.cancel_orphans = cancel_orphans
+        self.retry_if = retry_if
+        self.promotions = promotions
+
+    def __len__(self) -> int:
+        """Keys in flight."""
+        return len(self._flights)
+
+    async def do(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """The result of ``call()`` for ``key``, shared with concurrent callers.
+
+        Returns:
+            The result, and True for the caller whose ``call`` ran (the leader).
+        """
+        promotions = self.promotions if self.retry_if is not None else 0
+        while True:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = _Flight(asyncio.ensure_future(call()))
+                self._flights[key] = flight
+                self._running.add(flight.task)
+                # Added first, so it runs before any waiter wakes: a promoted waiter
+                # never finds the failed flight still registered.
+                flight.task.add_done_callback(partial(self._land, key, flight))
+            flight.waiters += 1
+            try:
+                result = await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                flight.waiters -= 1
+                if flight.waiters == 0 and not flight.task.done():
+                    self._forget(key, flight)
+                    if self.cancel_orphans:
+                        flight.task.cancel()
+                raise
+            except Exception as exc:
+                flight.waiters -= 1
+                if leader or promotions <= 0 or not (self.retry_if and self.retry_if(exc)):
+                    raise
+                promotions -= 1
+                continue
+            except BaseException:
+                flight.waiters -= 1
+                raise
+            flight.waiters -= 1
+            return result, leader
+
+    async def aclose(self) -> None:
+        """Cancel the calls still running and wait until they have unwound (their
+        ``finally`` blocks release what they hold)."""
+        # Not the forgotten ones: they were cancelled already, and a second cancellation
+        # would interrupt their clean-up (a lease release, say).
+        for flight in list(self._flights.values()):
+            flight.task.cancel()
+        running = list(self._running)
+        if running:
+            await asyncio.wait(running)
+
+    def _land(self, key: str, flight: _Flight[T], task: asyncio.Future[T]) -> None:
+        self._running.discard(task)
+        self._forget(key, flight)
+        # An orphaned call that failed has no one to tell; mark it seen so asyncio does not
+        # log "exception was never retrieved".
+        if not task.cancelled():
+            task.exception()
+
+    def _forget(self, key: str, flight: _Flight[T]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+
+#: Seconds the leader waits for its renewal task to stop before releasing the lease.
+_RENEWAL_STOP_TIMEOUT = 1.0
+# Seconds a follower whose leader's lease is gone waits for that leader's notice.
+_LAST_LOOK = 0.05
+
+
+class FlightOutcome(enum.Enum):
+    """What a leader told its followers when it finished."""
+
+    STORED = "stored"  # the entry is in the shared cache
+    FAILED = "failed"  # a final error; followers raise it too (when they can verify it)
+    ABANDONED = "abandoned"  # no entry and no final error: one follower should take over
+
+
+@dataclass(frozen=True, slots=True)
+class FlightNotice:
+    """A leader's word on how its flight ended.
+
+    ``verified`` says the store vouches that a leader sent it (a signature checked): only
+    then may a follower raise its ``error``. An unverified notice is a hint to look again.
+    """
+
+    outcome: FlightOutcome
+    error: APIStatusError | None = None
+    verified: bool = False
+
+
+class FlightWatch(Protocol):
+    """A registration for one key's completion notice, made before re-checking the cache."""
+
+    async def next(self) -> FlightNotice:
+        """The next notice for the key; callers bound the wait with ``asyncio.timeout``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FlightStore(Protocol):
+    """Shared leases and completion notices; every method may raise
+    ``CacheUnavailableError``, and then flights fall back to this process alone.
+
+    A lease always expires (``lease`` seconds after it was taken or last renewed), and
+    its value changes at every renewal, so a follower can tell a live leader from a
+    stuck lease by watching ``holder()``.
+    """
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Take the lease for ``token`` if nobody holds it."""
+        ...
+
+    async def renew(self, key: str, token: str, lease: float) -> bool:
+        """Extend ``token``'s lease (and change its value); False when it is not held."""
+        ...
+
+    async def holder(self, key: str) -> str | None:
+        """The lease's current value (different after every renewal), or None."""
+        ...
+
+    async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
+        """Give the lease to ``token`` if it still holds ``seen`` (one follower wins)."""
+        ...
+
+    async def release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        """Atomically: store ``entry`` (if any) for ``ttl``, drop the lease if ``token``
+        still holds it, and publish ``notice``. Attempted even while the store's breaker
+        is open: a lease left behind stalls every other process."""
+        ...
+
+    async def watch(self, key: str) -> FlightWatch: ...
+
+
+R = TypeVar("R")
+
+
+class _NoNotices:
+    """A watch that never hears anything, so a follower relies on its polling."""
+
+    async def next(self) -> FlightNotice:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable: the future above is never resolved")
+
+    def close(self) -> None:
+        pass
+
+
+async def _pending_notice(watch: FlightWatch, within: float) -> FlightNotice | None:
+    """The notice ``watch`` has, or gets ``within`` seconds, else None."""
+    try:
+        async with asyncio.timeout(within):
+            return await watch.next()
+    except TimeoutError:
+        return None
+
+
+def _raise_verified(notice: FlightNotice | None) -> None:
+    """Raise a leader's final error, when a notice the store vouches for carries one."""
+    if notice is not None and notice.error is not None and notice.verified:
+        raise notice.error
+
+
+class RedisFlight(Generic[R]):
+    """Single-flight across processes: one leader per key among every process sharing
+    the store; the others wait for its entry.
+
+    A caller first takes the key's lease (``SET NX PX`` with a random token). The leader
+    renews it every ``lease / 3`` while its call runs, then stores the entry, drops the
+    lease and publishes completion in one atomic step, on every way out (cancelled
+    included, and even while its breaker is open). A follower registers for the notice
+    first, then re-checks the cache (so a completion between the two cannot be missed),
+    then waits, checking every ``poll`` seconds who holds the lease: a lease that
+    vanished without an entry, or that nobody renewed for a whole ``lease`` (a leader
+    stuck, or a lease some other writer left without a TTL), is taken over by one
+    follower. A follower that waited ``follow_timeout`` calls upstream itself:
+    correctness over savings. With the store unreachable, calls go upstream from each
+    process.
+
+    **Errors across processes.** A follower raises a leader's final error only when the
+    notice is verified (signed with the cache's ``hmac_key``): anyone who can PUBLISH to
+    Redis could otherwise hand it a forged one. Without a key an error notice is a hint:
+    each follower process re-reads the entry, and one at a time (the lease serialises
+    them) takes over and makes the call itself, so a failing request costs one upstream
+    call per process instead of one in all. Set ``hmac_key`` to get the latter safely.
+
+    Use it behind ``SingleFlight``, so that one caller per process takes part.
+
+    Args:
+        store: the shared leases and notices (``RedisCache`` provides them).
+        config: lease, poll and follower timeout.
+    """
+
+    __slots__ = ("_failing", "config", "lease_checks", "store", "takeovers")
+
+    def __init__(self, store: FlightStore, config: FlightConfig | None = None) -> None:
+        self.store = store
+        self.config = config or FlightConfig()
+        #: Times a follower stopped following and led: the lease vanished, went stale,
+        #: or an unverified error ended the flight it followed.
+        self.takeovers = 0
+        #: Times a follower asked who holds a lease (about one per ``poll`` of waiting).
+        self.lease_checks = 0
+        self._failing: set[str] = set()
+
+    async def do(
+        self,
+        key: str,
+        lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
+        read: Callable[[], Awaitable[R | None]],
+    ) -> tuple[R, bool]:
+        """The result for ``key``: from this process's ``lead()`` or another's entry.
+
+        Args:
+            lead: the upstream call; returns the result, the entry bytes to share (None:
+                nothing to share) and their TTL.
+            read: reads the key's entry from the shared cache.
+
+        Returns:
+            The result, and True when this process led.
+        """
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self.config.follow_timeout
+        followed = False
+        while True:
+            try:
+                if await self._acquire(key, token):
+                    if followed:
+                        self.takeovers += 1
+                    return await self._lead(key, token, lead), True
+                followed = True
+                found, leading = await self._follow(key, token, read, deadline)
+            except CacheUnavailableError:
+                result, _, _ = await lead()
+                return result, True
+            if leading:
+                self.takeovers += 1
+                return await self._lead(key, token, lead), True
+            if found is not None:
+                return found, False
+            if time.monotonic() >= deadline:
+                result, _, _ = await lead()
+                return result, True
+
+    async def _acquire(self, key: str, token: str) -> bool:
+        try:
+            return await self.store.acquire(key, token, self.config.lease)
+        except asyncio.CancelledError:
+            # The SET may have landed with only its reply lost: drop what may be ours, or
+            # other processes would wait for a leader that never was.
+            await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
+            raise
+
+    async def _follow(
+        self, key: str, token: str, read: Callable[[], Awaitable[R | None]], deadline: float
+    ) -> tuple[R | None, bool]:
+        """The entry once the leader stores it; or (None, True) when this follower took
+        the lease over and must lead; or (None, False) when the lease is gone without
+        an entry (or the wait timed out) and this process should try to lead."""
+        try:
+            watch: FlightWatch = await self.store.watch(key)
+        except CacheUnavailableError:
+            watch = _NoNotices()  # no notices to be had (say, a cluster): poll alone
+        lease = self.config.lease
+        seen: str | None = None
+        seen_at = 0.0
+        try:
+            waited = False
+            while True:
+                found = await read()
+                if found is not None:
+                    return found, False
+                if waited:
+                    # No entry: is anyone still working on it?
+                    self.lease_checks += 1
+                    holder = await self.store.holder(key)
+                    if holder is None:
+                        # The leader is gone: its notice may already be there (a polled
+                        # store's, or a message not yet read), with a verified error.
+                        _raise_verified(await _pending_notice(watch, _LAST_LOOK))
+                        return await read(), False  # one last look, then try to lead
+                    now = time.monotonic()
+                    if holder != seen:
+                        seen, seen_at = holder, now  # taken or renewed: a live leader
+                    elif now - seen_at >= lease and await self.store.take_over(
+                        key, holder, token, lease
+                    ):
+                        return None, True  # neither renewed nor released for a lease
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None, False
+                waited = True
+                _raise_verified(await _pending_notice(watch, min(self.config.poll, remaining)))
+                # Anything else, verified or not, is only a reason to look again.
+        finally:
+            watch.close()
+
+    async def _lead(
+        self,
+        key: str,
+        token: str,
+        lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
+    ) -> R:
+        renewing = asyncio.get_running_loop().create_task(self._renew(key, token))
+        notice = FlightNotice(FlightOutcome.ABANDONED)
+        entry: bytes | None = None
+        ttl = 0.0
+        try:
+            result, entry, ttl = await lead()
+            if entry is not None:
+                notice = FlightNotice(FlightOutcome.STORED)
+            return result
+        except APIStatusError as exc:
+            if not should_retry(exc):
+                notice = FlightNotice(FlightOutcome.FAILED, exc)
+            raise
+        finally:
+            renewing.cancel()
+            # Bounded: a Redis client whose socket timeout wraps sends in wait_for can
+            # swallow a cancellation on Python 3.11; the lease must be released anyway.
+            await asyncio.wait({renewing}, timeout=_RENEWAL_STOP_TIMEOUT)
+            await self._release(key, token, notice, entry, ttl)
+
+    async def _release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        try:
+            await self.store.release(key, token, notice, entry, ttl)
+        except CacheUnavailableError as exc:
+            # The lease expires by itself, or a follower sees it go stale and takes over.
+            self._fault("release", "could not release flights", exc)
+        else:
+            self._recovered("release")
+
+    async def _renew(self, key: str, token: str) -> None:
+        """Keep the lease alive while the leader's call runs (LLM calls take minutes)."""
+        while True:
+            await asyncio.sleep(self.config.lease / 3)
+            try:
+                renewed = await self.store.renew(key, token, self.config.lease)
+            except CacheUnavailableError as exc:
+                self._fault("renew", "could not renew flight leases", exc)
+                continue
+            self._recovered("renew")
+            if not renewed:
+                self._fault("lost", "a flight lease was lost while leading", key)
+                return
+            self._recovered("lost")
+
+    def _fault(self, kind: str, what: str, detail: object) -> None:
+        """Log the first fault of a kind; the rest of the outage is silent."""
+        if kind not in self._failing:
+            self._failing.add(kind)
+            logger.warning("limpet: %s (logged once until it works again): %s", what, detail)
+
+    def _recovered(self, kind: str) -> None:
+        self._failing.discard(kind)

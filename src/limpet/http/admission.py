@@ -1,0 +1,412 @@
+"""Upstream admission: per endpoint, a cap on requests in flight, a learned limit, budgets
+per minute and one shared pause, with callers beyond them waiting first come first served.
+
+Every upstream attempt takes a ``Slot`` of its endpoint's ``Admission`` before it is sent
+and gives it back when its answer is in; how the answer went (``Slot.succeeded``,
+``Slot.refused``) steers the limit and the pause. The decisions themselves are pure, in
+``limpet.http.admission_rules``.
+
+Why not ``anyio.CapacityLimiter``: it has a settable size, but a borrower is a task and
+must release from that same task, while a stream's slot is given back wherever its
+generator is closed; and the pause and the per-minute budgets must hold the same FIFO
+line, which one small asyncio primitive does in a few lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from limpet.config import AdmissionConfig, Endpoint
+from limpet.errors import APIResponseError, APIStatusError
+from limpet.http.admission_rules import (
+    AimdLimit,
+    TokenBucket,
+    pause_from_headers,
+    remaining_requests,
+)
+
+__all__ = [
+    "Admission",
+    "AdmissionStats",
+    "Admissions",
+    "Seen",
+    "Slot",
+    "Ticket",
+    "estimated_tokens",
+    "metered_queueing",
+    "total_tokens",
+]
+
+#: Answers that say "not now" rather than "no": they steer admission, never repin.
+REFUSALS = frozenset({429, 503})
+
+# Seconds the current call spent queued for admission; a list, so that tasks the call
+# spawns (a coalescing leader) add to the call's own figure.
+_QUEUED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "limpet_queued", default=None
+)
+
+
+@contextlib.contextmanager
+def metered_queueing() -> Iterator[list[float]]:
+    """Collect, for the duration, the seconds this call waits for admission."""
+    meter: list[float] = []
+    token = _QUEUED.set(meter)
+    try:
+        yield meter
+    finally:
+        _QUEUED.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionStats:
+    """One endpoint's admission, now.
+
+    Attributes:
+        limit: requests that may be in flight now (the cap or the learned limit).
+        cap: ``Endpoint.max_in_flight``, or None.
+        learned: the learned limit, unrounded.
+        in_flight: requests on the wire.
+        queued: callers waiting for a slot.
+        rate_limited: 429 answers received.
+        paused_seconds: seconds the endpoint was paused in all.
+        paused_for: seconds left of the current pause (0.0 when not paused).
+    """
+
+    limit: int
+    cap: int | None
+    learned: float
+    in_flight: int
+    queued: int
+    rate_limited: int
+    paused_seconds: float
+    paused_for: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Slot:
+    """One attempt's place on the wire; give it back with exactly one of ``succeeded``,
+    ``refused`` or ``release`` (the later calls do nothing)."""
+
+    __slots__ = ("_admission", "_epoch", "_in_flight", "_released", "_tokens")
+
+    def __init__(self, admission: Admission, in_flight: int, epoch: int, tokens: float) -> None:
+        self._admission = admission
+        self._in_flight = in_flight
+        self._epoch = epoch
+        self._tokens = tokens
+        self._released = False
+
+    def succeeded(self, headers: Mapping[str, str], used_tokens: int | None = None) -> None:
+        """The attempt was answered: the limit may grow; headers may pause the endpoint."""
+        if self._released:
+            return
+        admission = self._admission
+        try:
+            admission.limit.succeeded(self._in_flight)
+            admission.probing = False
+            admission.steer(200, headers)
+            if used_tokens is not None:
+                admission.correct_tokens(self._tokens - used_tokens)
+        finally:
+            self.release()
+
+    def refused(self, status: int, headers: Mapping[str, str]) -> None:
+        """The attempt met a 429 or 503: the limit shrinks (once per round of requests
+        sent before the refusal), and a ``Retry-After`` pauses the endpoint."""
+        if self._released:
+            return
+        admission = self._admission
+        try:
+            if status == 429:
+                admission.rate_limited += 1
+            if self._epoch == admission.epoch:
+                admission.limit.refused(self._in_flight)
+                admission.epoch += 1
+            admission.steer(status, headers)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give the place back without a verdict (a connection error, a cancellation)."""
+        if not self._released:
+            self._released = True
+            self._admission.released()
+
+
+class Admission:
+    """The admission of one endpoint: its limit, pause, budgets and FIFO line."""
+
+    def __init__(
+        self, endpoint: Endpoint, config: AdmissionConfig, *, max_pause: float = math.inf
+    ) -> None:
+        self.name = endpoint.name
+        self.cap = endpoint.max_in_flight
+        self.limit = AimdLimit(config)
+        self._rpm = TokenBucket(endpoint.rpm) if endpoint.rpm else None
+        self._tpm = TokenBucket(endpoint.tpm) if endpoint.tpm else None
+        self._max_pause = max_pause
+        self._waiters: deque[tuple[asyncio.Future[Slot], float]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self.in_flight = 0
+        self.epoch = 0
+        self.paused_until = -math.inf
+        # After a pause one request goes alone, and the others follow once it is answered
+        # (the door may have reopened by one place only, as a rolling window does).
+        self.probing = False
+        # Requests the endpoint's x-ratelimit-remaining-requests still allows, less
+        # those sent since, until its window resets; None when it says nothing.
+        self._quota: int | None = None
+        self._quota_until = -math.inf
+        self.paused_seconds = 0.0
+        self.rate_limited = 0
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether requests need a token estimate (``Endpoint.tpm`` is set)."""
+        return self._tpm is not None
+
+    @property
+    def allowed(self) -> int:
+        """Requests that may be in flight now."""
+        learned = self.limit.allowed
+        return learned if self.cap is None else min(self.cap, learned)
+
+    def paused_for(self) -> float:
+        """Seconds left of the current pause; 0.0 when open."""
+        return max(self.paused_until - asyncio.get_running_loop().time(), 0.0)
+
+    def stats(self) -> AdmissionStats:
+        return AdmissionStats(
+            limit=self.allowed,
+            cap=self.cap,
+            learned=self.limit.value,
+            in_flight=self.in_flight,
+            queued=len(self._waiters),
+            rate_limited=self.rate_limited,
+            paused_seconds=self.paused_seconds,
+            paused_for=self.paused_for(),
+        )
+
+    async def acquire(self, tokens: float = 0.0, *, first: bool = False) -> Slot:
+        """A place on the wire, once the callers before this one have theirs.
+
+        Args:
+            tokens: the request's estimated tokens, for ``tpm``.
+            first: queue ahead of everyone (a retry, which has waited longest).
+
+        Cancelling the wait frees its place; a slot handed to it in that instant is
+        passed on to the next caller.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not self._waiters and self._wait(tokens, now) == 0.0:
+            return self._admit(tokens, now)
+        future: asyncio.Future[Slot] = loop.create_future()
+        waiter = (future, tokens)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        self._dispatch()
+        try:
+            slot = await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.result().release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                self._dispatch()
+            raise
+        meter = _QUEUED.get()
+        if meter is not None:
+            meter.append(loop.time() - now)
+        return slot
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for ``seconds`` from now (an earlier end is kept if later)."""
+        now = asyncio.get_running_loop().time()
+        until = now + min(seconds, self._max_pause)
+        if until > self.paused_until:
+            self.paused_seconds += until - max(now, self.paused_until)
+            self.paused_until = until
+        self.probing = True
+
+    def steer(self, status: int, headers: Mapping[str, str]) -> None:
+        """Pause as an answer's ``Retry-After`` or ``x-ratelimit-*`` headers ask, and
+        send no more than its ``x-ratelimit-remaining-requests`` until the next answer."""
+        quota = remaining_requests(headers)
+        if quota is not None:
+            remaining, reset = quota
+            # The others in flight were sent after this one was counted, or may have been.
+            self._quota = remaining - (self.in_flight - 1)
+            self._quota_until = asyncio.get_running_loop().time() + reset
+        seconds = pause_from_headers(status, headers)
+        if seconds:
+            self.pause(seconds)
+
+    def correct_tokens(self, over_charged: float) -> None:
+        if self._tpm is not None:
+            self._tpm.give_back(over_charged, asyncio.get_running_loop().time())
+
+    def released(self) -> None:
+        self.in_flight -= 1
+        self._dispatch()
+
+    def _wait(self, tokens: float, now: float) -> float:
+        """Seconds before a request of ``tokens`` may go; ``inf``: until a slot frees."""
+        if self.paused_until > now:
+            return self.paused_until - now
+        if self._quota is not None and now >= self._quota_until:
+            # Its window has reset, by one place or by all: one request goes alone, and
+            # its answer tells how many may follow.
+            self._quota = None
+            self.probing = True
+        if self._quota is not None and self._quota <= 0 and self.in_flight:
+            return math.inf  # an answer in flight will say what is left
+        if self.in_flight >= (1 if self.probing else self.allowed):
+            return math.inf
+        waits = [0.0]
+        if self._rpm is not None:
+            waits.append(self._rpm.wait(1, now))
+        if self._tpm is not None:
+            waits.append(self._tpm.wait(tokens, now))
+        return max(waits)
+
+    def _admit(self, tokens: float, now: float) -> Slot:
+        self.in_flight += 1
+        if self._quota is not None:
+            self._quota -= 1
+        if self._rpm is not None:
+            self._rpm.take(1, now)
+        if self._tpm is not None:
+            self._tpm.take(tokens, now)
+        return Slot(self, self.in_flight, self.epoch, tokens)
+
+    def _dispatch(self) -> None:
+        """Hand slots to the callers at the head of the line while they may go."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._waiters:
+            future, tokens = self._waiters[0]
+            if future.done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            wait = self._wait(tokens, now)
+            if wait > 0.0:
+                if wait < math.inf:
+                    self._wake_at(now + wait)
+                return
+            self._waiters.popleft()
+            future.set_result(self._admit(tokens, now))
+
+    def _wake_at(self, when: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(when, self._woken)
+
+    def _woken(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+
+class Admissions:
+    """Every endpoint's ``Admission``, made on first use; owned by the Transport."""
+
+    def __init__(self, config: AdmissionConfig, *, max_pause: float = math.inf) -> None:
+        self.config = config
+        self._max_pause = max_pause
+        self._by_name: dict[str, Admission] = {}
+
+    def __copy__(self) -> Admissions:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Admissions:
+        # Live state (futures, timers): shared, never copied, when ``Stats`` are.
+        return self
+
+    def of(self, endpoint: Endpoint) -> Admission:
+        found = self._by_name.get(endpoint.name)
+        if found is None:
+            found = Admission(endpoint, self.config, max_pause=self._max_pause)
+            self._by_name[endpoint.name] = found
+        return found
+
+    def paused_for(self, name: str) -> float:
+        """Seconds left of endpoint ``name``'s pause; 0.0 when open or never used."""
+        found = self._by_name.get(name)
+        return 0.0 if found is None else found.paused_for()
+
+    def stats(self) -> dict[str, AdmissionStats]:
+        return {name: admission.stats() for name, admission in self._by_name.items()}
+
+
+Seen = Callable[[int, Mapping[str, str]], None]
+"""Told each answer's status and headers (``Ticket.saw``)."""
+
+
+class Ticket:
+    """One attempt's admission: its slot (None when admission is off) and what the
+    answer said, for the verdict ``close`` gives the slot."""
+
+    __slots__ = ("headers", "slot", "status", "used_tokens")
+
+    def __init__(self, slot: Slot | None) -> None:
+        self.slot = slot
+        self.status: int | None = None
+        self.headers: Mapping[str, str] = {}
+        self.used_tokens: int | None = None
+
+    def saw(self, status: int, headers: Mapping[str, str]) -> None:
+        """Note an answer's status and headers (a ``Seen``)."""
+        self.status, self.headers = status, headers
+
+    def close(self, error: BaseException | None) -> None:
+        """Give the slot back with the verdict of the answer seen, or of ``error``."""
+        slot = self.slot
+        if slot is None:
+            return
+        if self.status in REFUSALS:
+            slot.refused(self.status, self.headers)
+        elif error is None or isinstance(error, APIStatusError | APIResponseError):
+            slot.succeeded(self.headers, self.used_tokens)  # it answered: not overloaded
+        else:
+            slot.release()
+
+
+def estimated_tokens(payload: bytes) -> float:
+    """Tokens a request may use, before it is sent (for ``Endpoint.tpm``): about four
+    bytes of JSON per prompt token, and the completion's cap when it has one."""
+    cap = 0
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                cap = value
+                break
+    return len(payload) / 4 + cap
+
+
+def total_tokens(data: Mapping[str, Any]) -> int | None:
+    usage = data.get("usage")
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else None

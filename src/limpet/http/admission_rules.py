@@ -1,0 +1,169 @@
+"""Admission decisions, pure: the learned concurrency limit, token buckets, and what an
+answer's rate-limit headers say about when to send again.
+
+Nothing here awaits or reads a clock; ``limpet.http.admission`` feeds them the loop's time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from limpet.config import AdmissionConfig
+from limpet.http.retry import parse_retry_after
+
+__all__ = [
+    "AimdLimit",
+    "TokenBucket",
+    "parse_duration",
+    "pause_from_headers",
+    "remaining_requests",
+]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of an ``x-ratelimit-reset-*`` value: OpenAI's ``"6m0s"``, ``"1.5s"``,
+    ``"20ms"``, or a bare number of seconds. None when unreadable."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        return value if math.isfinite(value) and value >= 0 else None
+    if not text or _DURATION_PART.sub("", text):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def pause_from_headers(status: int, headers: Mapping[str, str]) -> float | None:
+    """Seconds every caller of the endpoint should hold off, from one answer's headers.
+
+    A 429 or 503 pauses for its ``Retry-After`` (``retry-after-ms``); any answer whose
+    ``x-ratelimit-remaining-requests`` or ``-tokens`` is 0 pauses until the matching
+    ``x-ratelimit-reset-*``, so the next request does not meet a closed door. None: no pause.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    pauses: list[float] = []
+    if status in (429, 503):
+        retry_after = parse_retry_after(lowered)
+        if retry_after is not None:
+            pauses.append(retry_after)
+    for kind in ("requests", "tokens"):
+        remaining = lowered.get(f"x-ratelimit-remaining-{kind}")
+        reset = lowered.get(f"x-ratelimit-reset-{kind}")
+        if remaining is None or reset is None or remaining.strip() not in ("0", "0.0"):
+            continue
+        seconds = parse_duration(reset)
+        if seconds is not None:
+            pauses.append(seconds)
+    return max(pauses) if pauses else None
+
+
+def remaining_requests(headers: Mapping[str, str]) -> tuple[int, float] | None:
+    """What an answer's ``x-ratelimit-remaining-requests`` and ``-reset-requests`` say:
+    requests that may still be sent, and for how many seconds that holds. None when
+    either is absent or unreadable."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    remaining = lowered.get("x-ratelimit-remaining-requests")
+    reset = lowered.get("x-ratelimit-reset-requests")
+    if remaining is None or reset is None:
+        return None
+    seconds = parse_duration(reset)
+    try:
+        count = int(float(remaining))
+    except (ValueError, OverflowError):  # "nan", "inf"
+        return None
+    return None if seconds is None else (max(count, 0), seconds)
+
+
+@dataclass(slots=True)
+class AimdLimit:
+    """A concurrency limit learned by additive increase, multiplicative decrease.
+
+    It starts at ``config.initial_limit`` and, until the first refusal, grows by one per
+    success (doubling each round trip, as TCP's slow start). A refusal (429, 503) cuts it
+    to ``config.backoff`` times the concurrency the refused request met, and remembers that
+    concurrency as the ceiling. Below the ceiling it grows by about one per round trip;
+    at it, ``config.probe_rounds`` times slower, so the endpoint is probed now and then
+    (its quota may have grown) rather than refused every few round trips. Successes
+    while less than half the limit is in use do not grow it (nothing was learned).
+
+    Attributes:
+        value: the current limit; requests in flight are kept at or below its floor.
+        ceiling: the concurrency of the last refusal, or None before any.
+    """
+
+    config: AdmissionConfig
+    value: float = 0.0
+    ceiling: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.value:
+            self.value = float(self.config.initial_limit)
+
+    @property
+    def allowed(self) -> int:
+        """Requests that may be in flight now."""
+        return max(self.config.min_limit, math.floor(self.value))
+
+    def succeeded(self, in_flight: int) -> None:
+        """A request answered while ``in_flight`` were in flight (itself included)."""
+        if in_flight * 2 < self.value:
+            return
+        if self.ceiling is None:
+            step = 1.0
+        elif self.value + 1 < self.ceiling:
+            step = 1.0 / self.value
+        else:
+            step = 1.0 / (self.value * self.config.probe_rounds)
+        self.value = min(self.value + step, float(self.config.max_limit))
+
+    def refused(self, in_flight: int) -> None:
+        """A request was refused (429, 503) when ``in_flight`` were in flight."""
+        self.ceiling = max(in_flight, self.config.min_limit)
+        cut = min(self.value, float(in_flight)) * self.config.backoff
+        self.value = max(cut, float(self.config.min_limit))
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A budget of ``capacity`` per minute, refilled continuously (``rpm=``, ``tpm=``).
+
+    A cost above what is left waits; a cost above ``capacity`` goes through when the
+    bucket is full, leaving it in debt, so no request waits forever.
+    """
+
+    capacity: float
+    level: float = math.nan
+    updated: float = 0.0
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.level):
+            self.level = self.capacity
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` can be taken; 0.0 when it can be now."""
+        self._refill(now)
+        missing = min(cost, self.capacity) - self.level
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+
+    def take(self, cost: float, now: float) -> None:
+        self._refill(now)
+        self.level -= cost
+
+    def give_back(self, amount: float, now: float) -> None:
+        """Correct an estimate: ``amount`` > 0 was over-charged, < 0 under-charged."""
+        self._refill(now)
+        self.level = min(self.level + amount, self.capacity)
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            rate = self.capacity / 60.0
+            self.level = min(self.capacity, self.level + (now - self.updated) * rate)
+            self.updated = now

@@ -1,0 +1,126 @@
+"""One event per finished call, for metrics, traces and logs: ``Client(on_event=...)``.
+
+Nothing here runs unless a hook is given. A hook that raises is logged and ignored: an
+observer must never fail the call it observes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from limpet.models import CacheStatus, Completion, Embeddings, Usage
+
+__all__ = ["CallEvent", "EventHook", "embedding_event", "emit_event", "event_of"]
+
+if TYPE_CHECKING:
+    from limpet.http.admission import AdmissionStats
+
+logger = logging.getLogger("limpet.events")
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """What one ``complete()`` or ``stream()`` call did.
+
+    Attributes:
+        model: the model asked for.
+        cache: how the call was served, or None when it failed.
+        endpoint: the endpoint that served the upstream call, when known.
+        usage: tokens of the upstream call (zero when the call failed).
+        cost_usd: dollars this call spent (0 on a hit or a coalesced call, and 0 when
+            ``priced`` is False).
+        saved_usd: dollars this call saved.
+        seconds: wall time of the call (of the whole stream, for a stream).
+        stream: True for ``stream()``.
+        error: the exception's type name when the call failed.
+        priced: False when the call's cost is unknown (no usage, or no price): then
+            ``cost_usd`` and ``saved_usd`` are 0 for want of a figure, not a free call.
+        inputs: for ``embed()``, the inputs counted as (hits, misses, coalesced); None
+            for a completion. ``cache`` is then ``miss`` when any input went upstream,
+            else ``coalesced`` when any was another's, else ``hit``.
+        queued_seconds: time the call waited for admission to an endpoint.
+        admission: the admission figures of ``endpoint`` after the call, when it has them.
+    """
+
+    model: str
+    cache: CacheStatus | None
+    endpoint: str | None
+    usage: Usage
+    cost_usd: float
+    saved_usd: float
+    seconds: float
+    stream: bool = False
+    error: str | None = None
+    priced: bool = True
+    inputs: tuple[int, int, int] | None = None
+    queued_seconds: float = 0.0
+    admission: AdmissionStats | None = None
+
+
+EventHook = Callable[[CallEvent], None]
+
+
+def event_of(
+    model: str,
+    completion: Completion | None,
+    seconds: float,
+    *,
+    stream: bool = False,
+    error: BaseException | None = None,
+    queued: float = 0.0,
+) -> CallEvent:
+    if completion is None:
+        return CallEvent(
+            model,
+            None,
+            None,
+            Usage(),
+            0.0,
+            0.0,
+            seconds,
+            stream,
+            type(error).__name__,
+            queued_seconds=queued,
+        )
+    cost = completion.cost
+    billed = completion.cache in (CacheStatus.MISS, CacheStatus.BYPASS)
+    return CallEvent(
+        model,
+        completion.cache,
+        completion.endpoint,
+        completion.usage if billed else Usage(),
+        cost.usd if cost else 0.0,
+        cost.saved_usd if cost else 0.0,
+        seconds,
+        stream,
+        priced=cost is not None,
+        queued_seconds=queued,
+    )
+
+
+def emit_event(hooks: Sequence[EventHook], event: CallEvent) -> None:
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:
+            logger.exception("limpet: on_event hook %r raised; ignored", hook)
+
+
+def embedding_event(
+    model: str,
+    embeddings: Embeddings | None,
+    seconds: float,
+    *,
+    error: BaseException | None = None,
+) -> CallEvent:
+    """The event of one ``embed()`` call, with its inputs' counts."""
+    if embeddings is None:
+        return CallEvent(model, None, None, Usage(), 0.0, 0.0, seconds, error=type(error).__name__)
+    e = embeddings
+    cost = e.cost.usd if e.cost is not None else 0.0
+    return CallEvent(
+        model, e.cache, None, e.usage, cost, 0.0, seconds, inputs=(e.hits, e.misses, e.coalesced)
+    )

@@ -1,0 +1,129 @@
+"""Prometheus metrics from ``CallEvent``s. Needs the ``prometheus`` extra.
+
+Example:
+    >>> from limpet.metrics import PrometheusMetrics
+    >>> client = Client(on_event=PrometheusMetrics())   # registers in the default registry
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+from limpet._extras import require_extra
+from limpet.observe.events import CallEvent
+
+with require_extra("PrometheusMetrics", "prometheus", "prometheus_client"):
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["PrometheusMetrics"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Collectors:
+    calls: Counter
+    errors: Counter
+    tokens: Counter
+    cost: Counter
+    saved: Counter
+    seconds: Histogram
+    limit: Gauge
+    in_flight: Gauge
+    queued: Gauge
+
+
+# A registry refuses a second collector of the same name, so every PrometheusMetrics of
+# one (registry, namespace) shares one set: a second Client's hook counts into the same
+# series instead of raising DuplicateTimeseries.
+_REGISTERED: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Collectors]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _collectors(registry: CollectorRegistry, namespace: str) -> _Collectors:
+    by_namespace = _REGISTERED.setdefault(registry, {})
+    found = by_namespace.get(namespace)
+    if found is not None:
+        return found
+
+    def counter(name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, namespace=namespace, registry=registry)
+
+    def gauge(name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, ["endpoint"], namespace=namespace, registry=registry)
+
+    made = _Collectors(
+        calls=counter("calls", "Calls by how they were served", "model", "cache", "endpoint"),
+        errors=counter("errors", "Calls that failed", "model", "error"),
+        tokens=counter("tokens", "Tokens billed upstream", "model", "kind"),
+        cost=counter("cost_usd", "Dollars spent upstream", "model"),
+        saved=counter("saved_usd", "Dollars saved by caching and coalescing", "model"),
+        seconds=Histogram(
+            "call_seconds",
+            "Call latency",
+            ["cache"],
+            namespace=namespace,
+            registry=registry,
+            buckets=(0.0001, 0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        ),
+        limit=gauge("admission_limit", "Requests an endpoint may have in flight now"),
+        in_flight=gauge("admission_in_flight", "Requests on the wire to an endpoint"),
+        queued=gauge("admission_queued", "Calls waiting for admission to an endpoint"),
+    )
+    by_namespace[namespace] = made
+    return made
+
+
+class PrometheusMetrics:
+    """An ``on_event`` hook that counts calls, tokens and dollars by model and status.
+
+    Metrics (with ``namespace="limpet"``): ``limpet_calls_total{model,cache,endpoint}``,
+    ``limpet_errors_total{model,error}``, ``limpet_tokens_total{model,kind}`` (prompt,
+    completion, cached, cache_write), ``limpet_cost_usd_total{model}``,
+    ``limpet_saved_usd_total{model}`` and ``limpet_call_seconds{cache}``; and, as of
+    each call's end, the gauges ``limpet_admission_limit{endpoint}``,
+    ``limpet_admission_in_flight{endpoint}`` and ``limpet_admission_queued{endpoint}``.
+
+    Any number of instances may share a registry and namespace (one per Client, say):
+    they count into the same series.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, namespace: str = "limpet"
+    ) -> None:
+        collectors = _collectors(REGISTRY if registry is None else registry, namespace)
+        self.calls = collectors.calls
+        self.errors = collectors.errors
+        self.tokens = collectors.tokens
+        self.cost = collectors.cost
+        self.saved = collectors.saved
+        self.seconds = collectors.seconds
+        self.limit = collectors.limit
+        self.in_flight = collectors.in_flight
+        self.queued = collectors.queued
+
+    def __call__(self, event: CallEvent) -> None:
+        model = event.model
+        admission = event.admission
+        if admission is not None and event.endpoint is not None:
+            self.limit.labels(event.endpoint).set(admission.limit)
+            self.in_flight.labels(event.endpoint).set(admission.in_flight)
+            self.queued.labels(event.endpoint).set(admission.queued)
+        if event.cache is None:
+            self.errors.labels(model, event.error or "Error").inc()
+            return
+        self.calls.labels(model, event.cache.value, event.endpoint or "").inc()
+        usage = event.usage
+        for kind, count in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("cached", usage.cached_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ):
+            if count:
+                self.tokens.labels(model, kind).inc(count)
+        if event.cost_usd:
+            self.cost.labels(model).inc(event.cost_usd)
+        if event.saved_usd:
+            self.saved.labels(model).inc(event.saved_usd)
+        self.seconds.labels(event.cache.value).observe(event.seconds)

@@ -1,0 +1,518 @@
+"""``embed()``'s pipeline, per input: keys → lookup → flights → batches → merge → store.
+
+Every input is its own cache entry (a packed float32 vector, ``limpet.pipeline.vectors``), so a
+batch with 90 of 100 inputs cached sends the 10 others, and nothing else:
+
+- duplicates inside a call are looked up, sent and stored once;
+- an input another call of this process is already sending is awaited, not re-sent
+  (per-input single-flight: a table of futures, one per input in flight);
+- the inputs this call sends are packed into requests of at most the endpoint's
+  ``embedding_batch_size`` (and, optionally, a token budget), sent concurrently, and
+  merged back by each response item's ``index``, checked to come back exactly once;
+- the sending runs as a task of its own, so a caller that gives up never fails the
+  callers waiting on the same inputs; what came back is stored whoever still waits.
+
+Across processes, inputs are shared through the cache's shared tier (Redis, Memcached):
+an input another process stored is a hit; with a tier that offers flight leases (Redis),
+an input another process is sending is awaited too (``limpet.flight.embeddings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from limpet.cache.tiered import TieredCache
+from limpet.config import Endpoint
+from limpet.errors import (
+    APIError,
+    APIResponseError,
+    ClientClosedError,
+    EmbeddingBatchError,
+)
+from limpet.flight.coalesce import RedisFlight
+from limpet.flight.embeddings import fetch_shared
+from limpet.http.retry import should_retry
+from limpet.http.transport import Transport
+from limpet.models import Cost, Embeddings, Usage
+from limpet.observe.stats import Stats
+from limpet.pipeline.calls import Call
+from limpet.pipeline.keys import request_keys
+from limpet.pipeline.policy import CacheDecision
+from limpet.pipeline.vectors import (
+    DEFAULT_MAX_INPUTS,
+    VectorCodec,
+    estimate_tokens,
+    item_prefix,
+    merge_by_index,
+    plan_batches,
+    unpack_floats,
+)
+from limpet.providers.pricing import PriceTable, completion_cost
+from limpet.providers.usage import parse_usage, reported_cost
+
+__all__ = ["Embedder"]
+
+logger = logging.getLogger("limpet")
+
+
+@dataclass(slots=True)
+class _Sent:
+    """What this call's own upstream requests brought back."""
+
+    vectors: dict[str, bytes] = field(default_factory=dict)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    usage: Usage | None = None
+    cost: float | None = 0.0
+    model: str | None = None
+    endpoint: str | None = None
+    raw: list[dict[str, Any]] = field(default_factory=list)
+    from_others: set[str] = field(default_factory=set)  # sent by another process
+
+
+class Embedder:
+    """Embeds inputs through the cache, per input; the Client's ``embed()`` delegates here.
+
+    Args:
+        cache: the Client's tiers, or None.
+        transport: sends ``/embeddings`` requests.
+        endpoints: tried in order for each request; the first one's
+            ``embedding_batch_size`` sizes requests.
+        stats: counts embedded inputs (``embedding_hits`` ...) apart from completions.
+        prices: prices embedding models per input token.
+        coalesce: await inputs another call is sending rather than sending them again.
+        shared: per-input leases across processes (the cache's Redis tier), or None.
+        max_batch_tokens: an estimated token budget per request (None: no budget).
+        max_inputs: inputs one call may carry.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_coalesce",
+        "_codec",
+        "_endpoints",
+        "_inflight",
+        "_prices",
+        "_shared",
+        "_stats",
+        "_tasks",
+        "_transport",
+        "max_batch_tokens",
+        "max_inputs",
+    )
+
+    def __init__(
+        self,
+        *,
+        cache: TieredCache | None,
+        transport: Transport,
+        endpoints: Sequence[Endpoint],
+        stats: Stats,
+        prices: PriceTable,
+        coalesce: bool = True,
+        shared: RedisFlight[bytes] | None = None,
+        max_batch_tokens: int | None = None,
+        max_inputs: int = DEFAULT_MAX_INPUTS,
+    ) -> None:
+        self._cache = cache
+        self._codec = VectorCodec(cache.hmac_key if cache is not None else None)
+        self._transport = transport
+        self._endpoints = tuple(endpoints)
+        self._stats = stats
+        self._prices = prices
+        self._coalesce = coalesce
+        self._shared = shared
+        self.max_batch_tokens = max_batch_tokens
+        self.max_inputs = max_inputs
+        # One future per input being sent by some call of this process: bounded by the
+        # inputs in flight, each removed when its request ends.
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._tasks: set[asyncio.Future[_Sent]] = set()
+
+    def keys(
+        self,
+        model: str,
+        texts: Sequence[str],
+        params: dict[str, Any],
+        *,
+        namespace: str,
+        scope: str,
+        credential: str,
+    ) -> list[str]:
+        """The cache key of each input: ``request_key(item_canonical(...))``, with the
+        part the inputs share hashed once (a kind tag keeps them apart from completions')."""
+        return request_keys(
+            item_prefix(model, params),
+            [text.encode() for text in texts],
+            namespace=namespace,
+            scope=scope,
+            credential=credential,
+        )
+
+    async def embed(
+        self,
+        model: str,
+        texts: list[str],
+        keys: list[str],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        *,
+        decision: CacheDecision,
+        ttl: float,
+        call: Call,
+        found: dict[str, bytes] | None = None,
+    ) -> Embeddings:
+        """The vectors of ``texts`` (keyed by ``keys``), each input sent at most once.
+
+        Args:
+            found: what ``lookup_local`` found already (the in-process tiers are then
+                not read again).
+
+        Raises:
+            EmbeddingBatchError: some inputs failed; the others are cached and given.
+        """
+        first: dict[str, str] = {}  # distinct keys in input order, with their text
+        for key, text in zip(keys, texts, strict=True):
+            first.setdefault(key, text)
+        if found is None:
+            found = await self.lookup_local(keys, decision)
+        rest = [key for key in first if key not in found]
+        shared = await self._lookup_shared(rest, decision)
+        found.update(shared)
+        missing = [key for key in rest if key not in shared]
+        if missing and self._read_shared(decision):
+            # The shared read yielded: a call of this process may have stored some since.
+            found.update(await self.lookup_local(missing, decision))
+            missing = [key for key in missing if key not in found]
+        waiting: dict[str, asyncio.Future[bytes]] = {}
+        owned: list[str] = []
+        for key in missing:
+            flight = self._inflight.get(key) if decision.coalesce and self._coalesce else None
+            if flight is not None:
+                waiting[key] = flight
+            else:
+                owned.append(key)
+        sent = _Sent()
+        if owned:
+            items = [(key, first[key]) for key in owned]
+            call.waiting_for = "embeddings from upstream"
+            sending = self._start(model, items, params, wire, decision, ttl, call)
+            sent = await asyncio.shield(sending)
+        if waiting:
+            call.waiting_for = "embeddings another call is sending"
+            await asyncio.wait(waiting.values())
+        return self._result(model, texts, keys, found, sent, waiting, len(owned))
+
+    async def aclose(self) -> None:
+        """Cancel the requests still running and wait until they have unwound."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def lookup_local(self, keys: list[str], decision: CacheDecision) -> dict[str, bytes]:
+        """The vectors the in-process tiers hold among ``keys``: no I/O, nothing awaited
+        that could yield (the hit path)."""
+        cache = self._cache
+        found: dict[str, bytes] = {}
+        if cache is None or not decision.read or not cache.local_tiers:
+            return found
+        decode, local = self._codec.decode, cache.local_tiers
+        for key in dict.fromkeys(keys):
+            hit = await cache.get_value(key, decode, stop=local)
+            if hit is not None:
+                found[key] = hit[0]
+        return found
+
+    def hits(
+        self, model: str, texts: list[str], keys: list[str], found: dict[str, bytes]
+    ) -> Embeddings:
+        """The result of a call whose every input ``found`` holds."""
+        return self._result(model, texts, keys, found, _Sent(), {}, 0)
+
+    def _read_shared(self, decision: CacheDecision) -> bool:
+        """Whether a lookup reads tiers outside this process (and so may yield)."""
+        cache = self._cache
+        return cache is not None and decision.read and cache.local_tiers < len(cache.tiers)
+
+    async def _lookup_shared(self, rest: list[str], decision: CacheDecision) -> dict[str, bytes]:
+        """The vectors the shared tiers hold among ``rest``, read concurrently."""
+        cache = self._cache
+        found: dict[str, bytes] = {}
+        if cache is None or not rest or not self._read_shared(decision):
+            return found
+        decode, local = self._codec.decode, cache.local_tiers
+        hits = await asyncio.gather(*(cache.get_value(key, decode, start=local) for key in rest))
+        for key, hit in zip(rest, hits, strict=True):
+            if hit is not None:
+                found[key] = hit[0]
+        return found
+
+    def _start(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        call: Call,
+    ) -> asyncio.Future[_Sent]:
+        """Send and store ``items`` as a task of its own, their futures registered in the
+        same step (no await between): another call finds them in flight from here on."""
+        loop = asyncio.get_running_loop()
+        futures = {key: loop.create_future() for key, _ in items}
+        if self._coalesce:
+            self._inflight.update(futures)
+        task = asyncio.ensure_future(
+            self._send(model, items, params, wire, futures, decision, ttl, call)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _send(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        futures: dict[str, asyncio.Future[bytes]],
+        decision: CacheDecision,
+        ttl: float,
+        call: Call,
+    ) -> _Sent:
+        """Every request for ``items``, concurrently, and the vectors stored; then each
+        future gets its vector or its request's error and leaves the in-flight table,
+        whatever happened (stored first: an input is always in flight or cached)."""
+        sent = _Sent()
+        try:
+            if self._shared is not None and decision.coalesce and self._cache is not None:
+                await self._send_shared(self._shared, model, items, params, wire, ttl, call, sent)
+            else:
+                await self._requests(model, items, params, wire, call, sent)
+                if decision.write:
+                    await self._store(sent.vectors, ttl)
+            await self._price(sent, model)
+        finally:
+            for key, future in futures.items():
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
+                _settle(future, sent.vectors.get(key), sent.failed.get(key))
+        return sent
+
+    async def _requests(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        call: Call,
+        sent: _Sent,
+    ) -> dict[str, bytes | BaseException]:
+        """``items`` in requests of at most the batch size, concurrently; what came back
+        (each key's vector or its request's error) is added to ``sent`` and returned."""
+        budget = self.max_batch_tokens
+        sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
+        batches = plan_batches(sizes, self._endpoints[0].embedding_batch_size, budget)
+        answers = await asyncio.gather(
+            *(self._request(model, items[b.start : b.stop], params, wire, call) for b in batches),
+            return_exceptions=True,
+        )
+        results: dict[str, bytes | BaseException] = {}
+        for batch, answer in zip(batches, answers, strict=True):
+            batch_keys = [key for key, _ in items[batch.start : batch.stop]]
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer
+                sent.failed.update(dict.fromkeys(batch_keys, answer))
+                results.update(dict.fromkeys(batch_keys, answer))
+            else:
+                self._account(sent, batch_keys, *answer)
+                results.update(zip(batch_keys, answer[0], strict=True))
+        return results
+
+    async def _send_shared(
+        self,
+        shared: RedisFlight[bytes],
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        ttl: float,
+        call: Call,
+        sent: _Sent,
+    ) -> None:
+        """``items`` under cross-process leases (``limpet.flight.embeddings``): those another
+        process is sending are read when it stores them, and counted as coalesced."""
+        cache = self._cache
+        assert cache is not None
+        decode, encode, local = self._codec.decode, self._codec.encode, cache.local_tiers
+
+        async def send(batch: list[tuple[str, str]]) -> dict[str, bytes | BaseException]:
+            return await self._requests(model, batch, params, wire, call, sent)
+
+        async def read(key: str) -> bytes | None:
+            found = await cache.get_value(key, decode, start=local)
+            return None if found is None else found[0]
+
+        async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
+            data = encode(key, vector, time.time() + ttl)
+            # What the cache would not keep, the flight does not share either.
+            return (data, ttl) if await cache.set_value(key, data, ttl) else (None, 0.0)
+
+        fetched = await fetch_shared(shared, dict(items), send, read, share)
+        sent.vectors.update(fetched.vectors)
+        sent.failed.update(fetched.failed)
+        sent.from_others = fetched.from_others
+
+    async def _store(self, vectors: dict[str, bytes], ttl: float) -> None:
+        cache = self._cache
+        if cache is None or not vectors:
+            return
+        expires = time.time() + ttl
+        encode = self._codec.encode
+        await asyncio.gather(
+            *(
+                cache.set_value(key, encode(key, vector, expires), ttl)
+                for key, vector in vectors.items()
+            )
+        )
+
+    async def _request(
+        self,
+        model: str,
+        items: list[tuple[str, str]],
+        params: dict[str, Any],
+        wire: dict[str, Any],
+        call: Call,
+    ) -> tuple[list[bytes], dict[str, Any], str]:
+        """One request with ``call``'s headers, failing over to the next endpoint on a
+        retryable error; no retry starts that could not end before its deadline."""
+        body = {**params, **wire, "model": model, "input": [text for _, text in items]}
+        for index, endpoint in enumerate(self._endpoints):
+            self._stats.embedding_requests += 1
+            try:
+                response = await self._transport.embeddings(
+                    endpoint, body, headers=call.headers, deadline=call.deadline
+                )
+                try:
+                    vectors = merge_by_index(response.body["data"], len(items))
+                except ValueError as exc:
+                    raise APIResponseError(
+                        f"embeddings response is malformed: {exc}",
+                        status_code=200,
+                        body="",
+                        endpoint=endpoint.name,
+                    ) from None
+            except APIError as exc:
+                if index + 1 == len(self._endpoints) or not should_retry(exc):
+                    raise
+                logger.warning("limpet: endpoint %r failed (%s); trying the next", endpoint, exc)
+                continue
+            return vectors, response.body, response.endpoint
+        raise AssertionError("unreachable: the last endpoint's failure is raised")
+
+    def _account(
+        self, sent: _Sent, keys: list[str], vectors: list[bytes], body: dict[str, Any], name: str
+    ) -> None:
+        sent.vectors.update(zip(keys, vectors, strict=True))
+        sent.raw.append(body)
+        usage = parse_usage(body.get("usage"))
+        sent.usage = usage if sent.usage is None else sent.usage + usage
+        if isinstance(body.get("model"), str):
+            sent.model = body["model"]
+        sent.endpoint = name
+
+    async def _price(self, sent: _Sent, model: str) -> None:
+        """What the requests cost: the gateway's reported cost, else input tokens priced."""
+        if sent.usage is None:
+            return
+        prices = await self._prices.prices(sent.model or model, model)
+        total: float | None = 0.0
+        for body in sent.raw:
+            one = completion_cost(
+                parse_usage(body.get("usage")), prices, reported_cost(body.get("usage"))
+            )
+            total = None if one is None or total is None else total + one.usd
+        sent.cost = total
+
+    def _result(
+        self,
+        model: str,
+        texts: list[str],
+        keys: list[str],
+        found: dict[str, bytes],
+        sent: _Sent,
+        waiting: dict[str, asyncio.Future[bytes]],
+        owned: int,
+    ) -> Embeddings:
+        """The vectors in input order, counted per input; or the error naming the failed."""
+        vectors: list[list[float] | None] = []
+        failed: list[int] = []
+        hits = 0
+        cause: BaseException | None = None
+        for position, key in enumerate(keys):
+            packed = found.get(key)
+            if packed is not None:
+                hits += 1
+            else:
+                packed = sent.vectors.get(key)
+                flight = waiting.get(key)
+                error = sent.failed.get(key)
+                if packed is None and flight is not None:
+                    if flight.cancelled():
+                        error = ClientClosedError("Client closed while the call was running")
+                    elif flight.exception() is None:
+                        packed = flight.result()
+                    else:
+                        error = flight.exception()
+                if packed is None:
+                    failed.append(position)
+                    cause = cause or error or ClientClosedError("Client closed during the call")
+                    vectors.append(None)
+                    continue
+            vectors.append(unpack_floats(packed))
+        misses = owned - len(sent.from_others)  # sent upstream by this call
+        coalesced = len(texts) - hits - misses
+        stats = self._stats
+        stats.embedding_hits += hits
+        stats.embedding_misses += misses
+        stats.embedding_coalesced += coalesced
+        if failed:
+            raise EmbeddingBatchError(
+                f"{len(failed)} of {len(texts)} inputs could not be embedded: {cause}",
+                failed=tuple(failed),
+                vectors=vectors,
+                endpoint=getattr(cause, "endpoint", None),
+            ) from cause
+        usage = sent.usage or Usage()
+        cost = None if sent.cost is None else Cost(sent.cost)
+        return Embeddings(
+            [v for v in vectors if v is not None],
+            sent.model or model,
+            usage,
+            cost,
+            hits,
+            misses,
+            coalesced,
+            sent.raw,
+        )
+
+
+def _settle(
+    future: asyncio.Future[bytes], vector: bytes | None, error: BaseException | None
+) -> None:
+    if future.done():
+        return
+    if vector is not None:
+        future.set_result(vector)
+    elif error is None:
+        future.cancel()  # the sending was cancelled (aclose)
+    else:
+        future.set_exception(error)
+        future.exception()  # seen: nobody may be waiting for it

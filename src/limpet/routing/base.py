@@ -1,0 +1,153 @@
+"""One upstream call's routing: the endpoints to try and a report of every attempt.
+
+A ``Router`` turns a request into a ``Route``; the caller tries ``route.endpoints`` in
+order, each inside ``route.attempt(endpoint)``, which tells the router what happened
+(``AttemptObserver``). ``limpet.routing.sticky.StickyRouter`` is the router limpet ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from limpet.config import Endpoint
+from limpet.models import Usage
+
+if TYPE_CHECKING:
+    from limpet.pipeline.keys import PrefixChain
+
+__all__ = ["Attempt", "AttemptObserver", "Route", "RouteReason", "Router", "RoutingKey"]
+
+#: Why a route's first endpoint was chosen: the affinity map; the key's HRW ranking;
+#: bounded load moved it down the ranking; its first choice is ejected; no key at all.
+RouteReason = Literal["affinity", "hash", "spill", "failover", "spread"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingKey:
+    """What a request is routed by.
+
+    Attributes:
+        kind: ``"breakpoint"`` (a breakpoint's prefix), ``"conversation"`` (the first
+            system plus first non-system message) or ``"spread"`` (nothing: least loaded).
+        key: the HRW key; None when spread.
+        depth: the chain depth of the link that stands for the key: the affinity map is
+            read and written from there down, never above. None when there is none.
+    """
+
+    kind: Literal["breakpoint", "conversation", "spread"]
+    key: str | None
+    depth: int | None
+
+
+class AttemptObserver(Protocol):
+    """What a router learns from the calls it routed."""
+
+    def attempt_started(self, attempt: Attempt) -> None: ...
+
+    def attempt_served(self, attempt: Attempt, usage: Usage | None) -> None: ...
+
+    def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None: ...
+
+
+class Route:
+    """One request's routing: the body to send and the endpoints to try, in order.
+
+    Attributes:
+        body: the request body to send (a ``session_id`` or ``prompt_cache_key`` may have
+            been added; see ``limpet.routing.sticky_keys``).
+        endpoints: the first choice, then the failover order.
+        reason: why the first endpoint was chosen.
+        key: what the request was routed by, or None for routers that do not say (and
+            for a request to one endpoint that needed no key).
+        chain: the request's prefix chain, or None.
+    """
+
+    __slots__ = ("_observer", "body", "chain", "endpoints", "key", "reason")
+
+    def __init__(
+        self,
+        body: Mapping[str, Any],
+        endpoints: Sequence[Endpoint],
+        observer: AttemptObserver,
+        *,
+        reason: RouteReason = "hash",
+        key: RoutingKey | None = None,
+        chain: PrefixChain | None = None,
+    ) -> None:
+        self.body: dict[str, Any] = body if isinstance(body, dict) else dict(body)
+        self.endpoints = tuple(endpoints)
+        self.reason: RouteReason = reason
+        self.key = key
+        self.chain = chain
+        self._observer = observer
+
+    def __repr__(self) -> str:
+        names = [e.name for e in self.endpoints]
+        return f"Route({names}, reason={self.reason!r}, key={self.key!r})"
+
+    def attempt(self, endpoint: Endpoint) -> Attempt:
+        """A context manager around one call to ``endpoint``: counts it in flight, and
+        reports its outcome (an exception leaving the block is a failure)."""
+        return Attempt(self, endpoint, self._observer)
+
+
+class Attempt:
+    """One call of a route to one endpoint; see ``Route.attempt``.
+
+    Call ``served(usage)`` inside the block when the call succeeded; leaving the block
+    without an exception counts as success too, without usage.
+
+    Attributes:
+        route: the route this call belongs to.
+        endpoint: where it goes.
+        probe: True when this call is an ejected endpoint's half-open probe.
+    """
+
+    __slots__ = ("_observer", "_served", "endpoint", "probe", "route")
+
+    def __init__(self, route: Route, endpoint: Endpoint, observer: AttemptObserver) -> None:
+        self.route = route
+        self.endpoint = endpoint
+        self.probe = False
+        self._observer = observer
+        self._served = False
+
+    @property
+    def first(self) -> bool:
+        """True when this call goes to the route's first choice."""
+        return self.endpoint is self.route.endpoints[0]
+
+    def __enter__(self) -> Attempt:
+        self._observer.attempt_started(self)
+        return self
+
+    def served(self, usage: Usage | None = None) -> None:
+        """The call succeeded; ``usage`` tells how it met the provider's prompt cache."""
+        if not self._served:
+            self._served = True
+            self._observer.attempt_served(self, usage)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.served()
+        self._observer.attempt_ended(self, exc)
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Chooses the endpoints of each upstream call; the Client's seam for routing."""
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]: ...
+
+    async def route(self, body: Mapping[str, Any]) -> Route: ...
+
+    async def aclose(self) -> None: ...

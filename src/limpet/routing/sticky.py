@@ -1,0 +1,508 @@
+"""Choosing an endpoint: prefix-hash sticky routing with bounded load and passive health.
+
+A provider's prompt cache lives on the instance that saw the prefix, so requests that
+share a cached prefix must go to one endpoint, chosen the same way by every process with
+no coordination. For each upstream call:
+
+1. ``prefix_chain`` hashes the prompt as the provider renders it; ``routing_key`` picks
+   what to route by (see there): a breakpoint's prefix, or the conversation.
+2. The affinity map answers first, deepest link first, but never above that key: a
+   prefix that bounded load moved stays where its cache now lives.
+3. Otherwise rendezvous (HRW) hashing ranks the healthy endpoints for the key, weights
+   respected; removing an endpoint moves only its own keys.
+4. Bounded load walks that ranking and takes the first endpoint whose in-flight count is
+   under ``max(load_floor, ceil((1 + e) * mean))``.
+5. The rest of the ranking is the failover order; ejected endpoints come last.
+6. The body gets the sticky keys of the routers upstream, derived from the routing key:
+   a ``session_id`` for an OpenRouter endpoint, which routes among providers itself,
+   and, when asked, OpenAI's ``prompt_cache_key`` (see ``limpet.routing.sticky_keys``).
+
+With one endpoint there is no choice to make: the prefix chain is computed only when a
+sticky key needs it.
+
+Every call reports back through ``Route.attempt()``: in-flight counts, health (see
+``limpet.routing.health``), and the provider-cache reads and writes of each key.
+
+Usage, as the Client does it::
+
+    route = await router.route(body)        # enter the first attempt with no await between
+    for endpoint in route.endpoints:
+        with route.attempt(endpoint) as attempt:
+            response = await transport.chat(endpoint, route.body)
+            attempt.served(parse_usage(response.body.get("usage")))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from limpet.config import Endpoint, RoutingConfig, UnmarkedRouting
+from limpet.errors import APIError, ConfigurationError
+from limpet.models import Usage
+from limpet.pipeline.keys import PrefixChain, PrefixLink, prefix_chain
+from limpet.providers.cache_minimums import LEARNED_MINIMUMS
+from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, marked_prefix_tokens
+from limpet.routing.affinity import AffinityMap, AffinityMirror, AffinityStore
+from limpet.routing.base import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
+from limpet.routing.health import EndpointHealth, is_endpoint_fault, retry_after_of
+from limpet.routing.stats import EndpointStatus, RouterStats
+from limpet.routing.sticky_keys import (
+    PromptCacheKeys,
+    session_id_for,
+    wants_prompt_cache_key,
+    wants_session_id,
+)
+
+if TYPE_CHECKING:
+    from limpet.http.admission import Admissions
+
+__all__ = [
+    "Attempt",
+    "AttemptObserver",
+    "Route",
+    "RouteReason",
+    "Router",
+    "RoutingKey",
+    "StickyRouter",
+    "hrw_rank",
+    "routing_key",
+]
+
+logger = logging.getLogger("limpet.routing")
+
+_SCALE = float(1 << 64)
+# Affinity lookups per request: the deepest links below the routing key, then the key.
+_MAX_LOOKUPS = 16
+
+_RECORDED: frozenset[RouteReason] = frozenset({"affinity", "hash", "spill"})
+
+
+def hrw_rank(routing_key: str, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+    """Endpoints in the order ``routing_key`` prefers them, weights respected.
+
+    Weighted rendezvous hashing: score = -weight / ln(u), with u uniform in (0, 1) drawn
+    from a hash of (key, endpoint name), so an endpoint of weight 2 takes twice the keys.
+    """
+    if len(endpoints) == 1:
+        return list(endpoints)
+    return sorted(endpoints, key=lambda e: _score(routing_key, e), reverse=True)
+
+
+def _score(routing_key: str, endpoint: Endpoint) -> float:
+    digest = hashlib.blake2b(f"{endpoint.name}\x00{routing_key}".encode(), digest_size=8).digest()
+    unit = (int.from_bytes(digest, "big") + 0.5) / _SCALE
+    return -endpoint.weight / math.log(unit)
+
+
+def routing_key(chain: PrefixChain, unmarked: UnmarkedRouting = "conversation") -> RoutingKey:
+    """Pick what a request routes by, from its prefix chain alone (no shared state).
+
+    - The deepest breakpoint that is not on the final block: a RAG request marking a
+      shared system prompt and its document routes by the document, so documents spread
+      instead of piling onto the system prompt's endpoint.
+    - A breakpoint on the final block (a "rolling" one, moved to each new turn) makes the
+      request a conversation turn. Its history is what must stay together, and a system
+      prompt's breakpoint is shared by every conversation, so only breakpoints inside the
+      first non-system message count (a document the first turn marked); with none, the
+      conversation key, the same for every turn of the conversation.
+    - With no breakpoint at all, ``unmarked`` decides: the conversation key, or spread.
+    """
+    breakpoints = chain.breakpoints
+    first_turn = chain.first_turn
+    if not breakpoints:
+        if unmarked == "spread":
+            return RoutingKey("spread", None, None)
+        return RoutingKey("conversation", chain.conversation, first_turn)
+    candidates = [link for link in breakpoints if not link.final]
+    if chain.trailing_breakpoint and first_turn is not None:
+        turn = chain.links[first_turn].message
+        candidates = [c for c in candidates if c.message == turn and c.depth < first_turn]
+    if candidates:
+        return RoutingKey("breakpoint", candidates[-1].hash, candidates[-1].depth)
+    return RoutingKey("conversation", chain.conversation, first_turn)
+
+
+class StickyRouter:
+    """Prefix-hash sticky routing over endpoints: HRW, bounded load, passive health.
+
+    Its state (in-flight counts, health, affinity map) is this process's; every process
+    still routes a cold prefix the same way. With a ``store`` (the Client wires one when
+    its cache has a Redis tier) the affinity map is shared. Lend it to one Client, which
+    closes it.
+
+    Args:
+        endpoints: where to route; names must be unique.
+        config: tuning; ``RoutingConfig()`` by default.
+        store: where to share the affinity map, if anywhere (lent: not closed here).
+        clock: monotonic seconds, for cool-downs and affinity TTLs; inject one in tests.
+
+    Example:
+        >>> router = StickyRouter([Endpoint.openrouter("anthropic"),
+        ...                        Endpoint.openrouter("amazon-bedrock")])
+        >>> client = Client(router=router)
+    """
+
+    __slots__ = (
+        "_admissions",
+        "_affinity",
+        "_by_name",
+        "_clock",
+        "_endpoints",
+        "_health",
+        "_in_flight",
+        "_mirror",
+        "_prompt_cache_keys",
+        "_spread_turn",
+        "_stats",
+        "config",
+    )
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        config: RoutingConfig | None = None,
+        store: AffinityStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        resolved = tuple(endpoints)
+        if not resolved or not all(isinstance(e, Endpoint) for e in resolved):
+            raise ConfigurationError(
+                "StickyRouter.endpoints: expected a non-empty list of Endpoint"
+            )
+        names = [e.name for e in resolved]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"StickyRouter.endpoints: names must be unique, got {names}")
+        self.config = config if config is not None else RoutingConfig()
+        if not isinstance(self.config, RoutingConfig):
+            raise ConfigurationError("StickyRouter.config: expected a RoutingConfig")
+        self._endpoints = resolved
+        self._by_name = {e.name: e for e in resolved}
+        self._health = {
+            e.name: EndpointHealth(
+                failure_threshold=self.config.failure_threshold,
+                cooldown=self.config.cooldown,
+                max_cooldown=self.config.max_cooldown,
+            )
+            for e in resolved
+        }
+        self._in_flight = dict.fromkeys(names, 0)
+        self._affinity = AffinityMap(self.config.affinity_size)
+        self._mirror: AffinityMirror | None = None
+        self._clock = clock
+        self._spread_turn = 0
+        self._stats = RouterStats()
+        self._prompt_cache_keys = PromptCacheKeys(self.config.prompt_cache_key_rate)
+        self._admissions: Admissions | None = None
+        if store is not None:
+            self.use_store(store)
+
+    def __repr__(self) -> str:
+        names = ", ".join(e.name for e in self._endpoints)
+        store = "" if self._mirror is None else f", store={self._mirror.store!r}"
+        return f"StickyRouter([{names}], affinity={self._affinity!r}{store})"
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._endpoints
+
+    @property
+    def store(self) -> AffinityStore | None:
+        """Where the affinity map is shared, or None."""
+        return None if self._mirror is None else self._mirror.store
+
+    def use_store(self, store: AffinityStore | None) -> None:
+        """Share the affinity map through ``store`` (None: stop sharing)."""
+        if store is not None and not isinstance(store, AffinityStore):
+            raise ConfigurationError("StickyRouter.store: expected an AffinityStore")
+        self._mirror = None if store is None else AffinityMirror(store)
+
+    def use_admissions(self, admissions: Admissions | None) -> None:
+        """Route around endpoints paused by a rate limit (the Client wires its own): new
+        prefixes prefer an open endpoint; a sticky prefix leaves home only when the pause
+        outlasts ``AdmissionConfig.repin_pause``; a 429 never ejects an endpoint."""
+        self._admissions = admissions
+
+    @property
+    def stats(self) -> RouterStats:
+        """Routing decisions, health events and provider-cache feedback so far."""
+        if self._mirror is not None:
+            self._stats.store_errors = self._mirror.errors
+        self._stats.learned_minimums = LEARNED_MINIMUMS.snapshot()
+        return self._stats
+
+    def status(self) -> dict[str, EndpointStatus]:
+        """Each endpoint's health and in-flight count now."""
+        now = self._clock()
+        return {
+            name: EndpointStatus(
+                name=name,
+                state=health.state(now),
+                in_flight=self._in_flight[name],
+                failures=health.failures,
+                ejected_for=max(health.ejected_until - now, 0.0),
+            )
+            for name, health in self._health.items()
+        }
+
+    async def route(self, body: Mapping[str, Any]) -> Route:
+        """Route one upstream call; reads the shared affinity map when this process's has
+        nothing for the request. Enter the first attempt with no ``await`` in between, so
+        the in-flight counts the next request sees include this one."""
+        if self._direct(body):
+            return self._only(body)
+        chain = prefix_chain(body)
+        key = routing_key(chain, self.config.unmarked)
+        mirror = self._mirror
+        if mirror is not None and key.depth is not None:
+            links = self._lookups(chain, key)
+            now = self._clock()
+            if all(self._affinity.get(link, now) is None for link in links):
+                found = await mirror.lookup(links)
+                now, ttl = self._clock(), self._ttl(chain)
+                for link, name in zip(reversed(links), reversed(found), strict=True):
+                    if name is not None and name in self._by_name:
+                        self._affinity.put(link, name, ttl, now, mirrored=True)
+        return self._route(body, chain, key)
+
+    def select(self, body: Mapping[str, Any]) -> Route:
+        """``route()`` from this process's state alone, without the shared store. Pure
+        apart from that state: no I/O, no event loop."""
+        if self._direct(body):
+            return self._only(body)
+        chain = prefix_chain(body)
+        return self._route(body, chain, routing_key(chain, self.config.unmarked))
+
+    async def flush(self) -> None:
+        """Wait until queued writes to the shared store have been sent."""
+        if self._mirror is not None:
+            await self._mirror.flush()
+
+    async def aclose(self) -> None:
+        """Send queued writes to the shared store (the store itself is lent, not closed)."""
+        await self.flush()
+
+    def _direct(self, body: Mapping[str, Any]) -> bool:
+        """True when a request needs no routing key: one endpoint, so no choice to make,
+        and no sticky key to derive for the gateway behind it."""
+        if len(self._endpoints) != 1:
+            return False
+        only = self._endpoints[0]
+        return not (
+            wants_session_id(only, body, self.config) or wants_prompt_cache_key(body, self.config)
+        )
+
+    def _only(self, body: Mapping[str, Any]) -> Route:
+        """The route of a request to the one endpoint, with no prefix chain computed."""
+        self._stats.counted("spread")
+        return Route(body, self._endpoints, self, reason="spread")
+
+    def _route(self, body: Mapping[str, Any], chain: PrefixChain, key: RoutingKey) -> Route:
+        now = self._clock()
+        everyone = self._endpoints
+        available = [e for e in everyone if self._health[e.name].available(now)] or list(everyone)
+        reason: RouteReason
+        if key.key is None:
+            ranked = self._open_first(self._by_load(available))
+            order, reason = ranked, "spread"
+        else:
+            preferred = hrw_rank(key.key, everyone)
+            ranked = self._open_first([e for e in preferred if e in available])
+            reason = "hash" if ranked[0] is preferred[0] else "failover"
+            pinned = self._pinned(chain, key, now, available)
+            if pinned is not None and not self._long_paused(pinned):
+                ranked.remove(pinned)
+                ranked.insert(0, pinned)
+                reason = "affinity"
+            chosen = self._under_bound(ranked, available)
+            if chosen:
+                ranked.insert(0, ranked.pop(chosen))
+                reason = "spill"
+                # Pinned now, not when the call returns: calls for the prefix that arrive
+                # meanwhile follow it instead of finding its old endpoint still full.
+                self._record(chain, key, ranked[0], move=True)
+            order = ranked + [e for e in preferred if e not in ranked]
+        self._stats.counted(reason)
+        return Route(
+            self._with_sticky_keys(body, key, order[0]),
+            order,
+            self,
+            reason=reason,
+            key=key,
+            chain=chain,
+        )
+
+    def _open_first(self, ranked: list[Endpoint]) -> list[Endpoint]:
+        """``ranked`` with endpoints paused by a rate limit moved last, in order."""
+        admissions = self._admissions
+        if admissions is None:
+            return ranked
+        paused = [e for e in ranked if admissions.paused_for(e.name) > 0.0]
+        return [e for e in ranked if e not in paused] + paused if paused else ranked
+
+    def _long_paused(self, endpoint: Endpoint) -> bool:
+        admissions = self._admissions
+        if admissions is None:
+            return False
+        return admissions.paused_for(endpoint.name) > admissions.config.repin_pause
+
+    def _by_load(self, available: list[Endpoint]) -> list[Endpoint]:
+        """Least loaded first (in-flight per unit of weight), ties taken in turn."""
+        self._spread_turn += 1
+        turn, count = self._spread_turn, len(available)
+        return [
+            e
+            for _, e in sorted(
+                enumerate(available),
+                key=lambda pair: (
+                    self._in_flight[pair[1].name] / pair[1].weight,
+                    (pair[0] - turn) % count,
+                ),
+            )
+        ]
+
+    def _under_bound(self, ranked: list[Endpoint], available: list[Endpoint]) -> int:
+        """Index in ``ranked`` of the first endpoint under its bounded-load cap."""
+        in_flight = self._in_flight
+        total = sum(in_flight[e.name] for e in available) + 1  # this request included
+        weight = sum(e.weight for e in available)
+        floor, slack = self.config.load_floor, 1.0 + self.config.max_overload
+        for index, endpoint in enumerate(ranked):
+            # The tiny subtraction keeps float noise (1.25 * 4 * 0.25 = 1.2500000001)
+            # from raising a cap by one.
+            cap = max(floor, math.ceil(slack * total * endpoint.weight / weight - 1e-9))
+            if in_flight[endpoint.name] < cap:
+                return index
+        return 0
+
+    def _pinned(
+        self, chain: PrefixChain, key: RoutingKey, now: float, available: list[Endpoint]
+    ) -> Endpoint | None:
+        """The endpoint the affinity map holds for the deepest link it knows, if available."""
+        if key.depth is None:
+            return None
+        for link in self._lookups(chain, key):
+            name = self._affinity.get(link, now)
+            if name is not None:
+                endpoint = self._by_name.get(name)
+                return endpoint if endpoint in available else None
+        return None
+
+    def _lookups(self, chain: PrefixChain, key: RoutingKey) -> list[str]:
+        """Links to look up, deepest first: those recorded below the key, then the key's."""
+        depth = key.depth
+        assert depth is not None
+        deeper = [link.hash for link in reversed(chain.links[depth + 1 :]) if _looked_up(link, key)]
+        return [*deeper[: _MAX_LOOKUPS - 1], chain.links[depth].hash]
+
+    def _record(
+        self, chain: PrefixChain, key: RoutingKey, endpoint: Endpoint, *, move: bool
+    ) -> None:
+        """Remember where the request's prefixes are cached now."""
+        depth = key.depth
+        if depth is None:
+            return
+        now, ttl, mirror = self._clock(), self._ttl(chain), self._mirror
+        deeper = chain.links[depth + 1 :]
+        links = [chain.links[depth], *(link for link in deeper if _recorded(link, key))]
+        hashed = key.key is not None and hrw_rank(key.key, self._endpoints)[0] is endpoint
+        for link in links:
+            tell = self._affinity.put(link.hash, endpoint.name, ttl, now, hashed=hashed, move=move)
+            if tell and mirror is not None:
+                mirror.remember(link.hash, endpoint.name, ttl)
+
+    def _ttl(self, chain: PrefixChain) -> float:
+        if any(link.ttl == "1h" for link in chain.links):
+            return self.config.affinity_ttl_1h
+        return self.config.affinity_ttl
+
+    def _with_sticky_keys(
+        self, body: Mapping[str, Any], key: RoutingKey, first: Endpoint
+    ) -> Mapping[str, Any]:
+        """``body`` with the ``session_id`` and ``prompt_cache_key`` that the gateway and
+        provider behind ``first`` route by, where they help (see ``limpet.routing.sticky_keys``).
+        One body goes to every endpoint of the route: a failover to an endpoint that
+        pins its provider carries them too, where OpenRouter ignores them."""
+        if key.key is None:
+            return body
+        added: dict[str, str] = {}
+        if wants_session_id(first, body, self.config):
+            added["session_id"] = session_id_for(key.key)
+        if wants_prompt_cache_key(body, self.config):
+            added["prompt_cache_key"] = self._prompt_cache_keys.key_for(key.key, self._clock())
+        return {**body, **added} if added else body
+
+    # --- AttemptObserver ------------------------------------------------------------------
+
+    def attempt_started(self, attempt: Attempt) -> None:
+        name = attempt.endpoint.name
+        self._in_flight[name] += 1
+        attempt.probe = self._health[name].begin(self._clock())
+        if not attempt.first:
+            self._stats.retried_elsewhere += 1
+
+    def attempt_served(self, attempt: Attempt, usage: Usage | None) -> None:
+        endpoint, route = attempt.endpoint, attempt.route
+        if self._health[endpoint.name].succeeded():
+            self._stats.recoveries += 1
+            logger.info("limpet routing: endpoint %r is back", endpoint.name)
+        key, chain = route.key, route.chain
+        # A call that failed over is not remembered: failover follows each key's own
+        # ranking, the same in every process, and keys return when their endpoint does.
+        if key is not None and chain is not None and attempt.first and route.reason in _RECORDED:
+            # A success refreshes the pin but never re-points it (a spill did that when it
+            # was routed): a call routed before a move and finishing after it must not
+            # move the prefix back.
+            self._record(chain, key, endpoint, move=False)
+        if usage is not None:
+            self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
+            _learn_minimum(route.body, usage)
+
+    def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
+        name = attempt.endpoint.name
+        self._in_flight[name] -= 1
+        if error is None:
+            return
+        health = self._health[name]
+        rate_limited = self._admissions is not None and getattr(error, "status_code", 0) == 429
+        if isinstance(error, APIError) and is_endpoint_fault(error) and not rate_limited:
+            self._stats.failures += 1
+            if health.failed(self._clock(), retry_after_of(error)):
+                self._stats.ejections += 1
+                logger.warning(
+                    "limpet routing: endpoint %r ejected for %.0f s after %d failures in a row",
+                    name,
+                    max(health.ejected_until - self._clock(), 0.0),
+                    health.failures,
+                )
+        else:
+            health.released()
+
+
+def _learn_minimum(body: Mapping[str, Any], usage: Usage) -> None:
+    """Teach ``LEARNED_MINIMUMS`` from one response of a model whose cache writes are
+    billed, hence reported: silence there means the marked prefix could not cache."""
+    capability = DEFAULT_CAPABILITIES.lookup(body.get("model"))
+    if capability is None or capability.kind != "explicit" or capability.write_multiplier <= 1:
+        return
+    tokens = marked_prefix_tokens(body)
+    if tokens is not None:
+        cached = usage.cached_tokens > 0 or usage.cache_write_tokens > 0
+        LEARNED_MINIMUMS.observe(body["model"], tokens, capability.min_tokens, cached=cached)
+
+
+def _recorded(link: PrefixLink, key: RoutingKey) -> bool:
+    """Links below the key that the affinity map records: breakpoints; for a
+    conversation also the final link, which the next turn's prompt extends."""
+    return link.breakpoint or (key.kind == "conversation" and link.final)
+
+
+def _looked_up(link: PrefixLink, key: RoutingKey) -> bool:
+    """Links below the key worth looking up: any recorded one, and in a conversation every
+    message boundary, since an earlier turn's final link is one of them now."""
+    return link.breakpoint or (key.kind == "conversation" and link.boundary)
