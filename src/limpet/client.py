@@ -1,19 +1,15 @@
-"""The Client: validation, policy, keys, cache, single-flight and transport wired together."""
+"""The Client: construction and the public methods; each delegates to ``limpet.pipeline``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import os
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from limpet.cache.base import CacheBackend, CacheEntry
+from limpet.cache.base import CacheBackend
 from limpet.cache.generations import Generations, GenerationStore
-from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import (
     AdmissionConfig,
@@ -22,51 +18,59 @@ from limpet.config import (
     FlightConfig,
     RetryConfig,
     Timeouts,
-    default_base_url,
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.flight.coalesce import FlightStore, RedisFlight, SingleFlight
 from limpet.http.admission import metered_queueing
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
-from limpet.models import CacheStatus, Completion, Cost, Embeddings
-from limpet.observe.events import CallEvent, EventHook, embedding_event, emit_event, event_of
+from limpet.models import Completion, Embeddings
+from limpet.observe.events import EventHook
 from limpet.observe.fleet import FleetCounters
+from limpet.observe.recorder import Recorder
 from limpet.observe.stats import Stats
 from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
-from limpet.pipeline.calls import Call, RunningCalls
-from limpet.pipeline.completions import completion_of, storable
-from limpet.pipeline.credentials import CACHE_SCOPES, CacheScope, call_scope, credential_scope
+from limpet.pipeline.account import Accounting
+from limpet.pipeline.calls import RunningCalls
+from limpet.pipeline.chat import ChatPipeline, Filled
+from limpet.pipeline.credentials import CacheScope, credential_scope
+from limpet.pipeline.embed_calls import EmbedCalls
 from limpet.pipeline.embeddings import Embedder
-from limpet.pipeline.keys import canonical_request, request_key
-from limpet.pipeline.policy import CacheDecision, CacheMode, decide
-from limpet.pipeline.stream import CompletionStream, StreamFlights
-from limpet.pipeline.validation import (
-    response_format_param,
-    validate_call_options,
-    validate_request,
-    validate_ttl,
-    with_extra_body,
+from limpet.pipeline.keying import Keying
+from limpet.pipeline.policy import CacheMode
+from limpet.pipeline.request import chat_request, embed_request, with_extras
+from limpet.pipeline.stream import CompletionStream, StreamCalls
+from limpet.pipeline.stream_flights import StreamFlights
+from limpet.pipeline.upstream import Upstream
+from limpet.pipeline.validation import validate_request
+from limpet.pipeline.vectors import DEFAULT_MAX_INPUTS
+from limpet.pipeline.wiring import (
+    DEFAULT_CACHE,
+    DefaultCache,
+    attribution_headers,
+    check_max_embed_inputs,
+    check_scope,
+    resolve_admission,
+    resolve_cache,
+    resolve_cache_control,
+    resolve_close_grace,
+    resolve_router,
+    resolve_ttl,
 )
-from limpet.pipeline.vectors import DEFAULT_MAX_INPUTS, embedding_params, validate_inputs
-from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
-from limpet.providers.prompt_cache import (
-    DEFAULT_CACHE_CONTROL,
-    CacheControlConfig,
-    breakpoint_ttl,
-    inject_cache_control,
-)
-from limpet.providers.usage import parse_usage, reported_cost, with_write_ttl
+from limpet.providers.pricing import PriceTable
+from limpet.providers.prompt_cache import CacheControlConfig, inject_cache_control
 from limpet.routing.affinity import affinity_store_for
-from limpet.routing.sticky import Router, StickyRouter
+from limpet.routing.base import Router
+from limpet.routing.sticky import StickyRouter
 
 if TYPE_CHECKING:
-    from limpet.cache.redis.backend import RedisCache
+    from limpet.cache.redis import RedisCache
 
 __all__ = ["DEFAULT_CLOSE_GRACE", "DEFAULT_TTL", "Client"]
 
 logger = logging.getLogger("limpet")
 
+#: Seconds an entry lives unless ``Client(ttl=...)`` or ``complete(ttl=...)`` says otherwise.
 DEFAULT_TTL = 3600.0
 #: Seconds ``aclose()`` lets running calls finish before cancelling them.
 DEFAULT_CLOSE_GRACE = 5.0
@@ -76,20 +80,6 @@ _UNWIND_TIMEOUT = 5.0
 # The default of ``model`` and ``messages``: left out, they fail validation, naming the
 # field (InvalidRequestError), rather than the call failing with Python's TypeError.
 _REQUIRED: Any = None
-
-API_KEY_ENV = "OPENROUTER_API_KEY"
-
-
-class _DefaultCache:
-    def __repr__(self) -> str:
-        return "MemoryCache()"
-
-
-_DEFAULT_CACHE: Final = _DefaultCache()
-
-# A flight's result: the entry, and how it was found when not by this flight's own
-# upstream call (HIT: in the cache after all; COALESCED: another process's call).
-_Filled = tuple[CacheEntry, CacheStatus | None]
 
 
 class Client:
@@ -162,7 +152,7 @@ class Client:
         endpoints: Sequence[Endpoint] | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
-        cache: CacheBackend | TieredCache | _DefaultCache | None = _DEFAULT_CACHE,
+        cache: CacheBackend | TieredCache | DefaultCache | None = DEFAULT_CACHE,
         ttl: float = DEFAULT_TTL,
         coalesce: bool = True,
         flight: FlightConfig | None = None,
@@ -182,104 +172,102 @@ class Client:
         max_embed_inputs: int = DEFAULT_MAX_INPUTS,
         admission: AdmissionConfig | bool | None = True,
     ) -> None:
-        self._cache_control = _resolve_cache_control(auto_cache_control)
-        self._router = _resolve_router(router, endpoints, base_url, api_key)
+        self._cache_control = resolve_cache_control(auto_cache_control)
+        self._router = resolve_router(router, endpoints, base_url, api_key)
         self._endpoints = self._router.endpoints
-        self._cache = _resolve_cache(cache)
-        if isinstance(self._router, StickyRouter) and self._router.store is None:
-            # Share the affinity map through the Redis tier, when there is one.
-            tiers = self._cache.tiers if self._cache is not None else ()
-            self._router.use_store(affinity_store_for(tiers))
-        try:
-            self._ttl = validate_ttl(ttl) or DEFAULT_TTL
-        except InvalidRequestError as exc:
-            raise ConfigurationError(f"Client.{exc}") from None
-        if isinstance(close_grace, bool) or not isinstance(close_grace, int | float):
-            raise ConfigurationError(f"Client.close_grace: expected seconds, got {close_grace!r}")
-        if not 0 <= close_grace < math.inf:
-            raise ConfigurationError(
-                f"Client.close_grace: expected a finite number >= 0, got {close_grace!r}"
-            )
-        self._close_grace = float(close_grace)
-        if not isinstance(namespace, str):
-            raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
+        self._cache = resolve_cache(cache)
+        self._ttl = resolve_ttl(ttl, DEFAULT_TTL)
+        self._close_grace = resolve_close_grace(close_grace)
+        check_scope(namespace, cache_scope)
+        check_max_embed_inputs(max_embed_inputs)
+        if prices is not None and not isinstance(prices, PriceTable):
+            raise ConfigurationError("Client.prices: expected a PriceTable or None")
         self._namespace = namespace
-        if cache_scope not in CACHE_SCOPES:
-            raise ConfigurationError(
-                f"Client.cache_scope: expected 'credential' or 'namespace', got {cache_scope!r}"
-            )
-        # Derived once; only the digest is kept (a router's endpoints are fixed).
-        self._credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
         self._policy = policy or CachePolicy()
-        self._flight: SingleFlight[_Filled] | None = (
-            SingleFlight(retry_if=should_retry) if coalesce else None
-        )
-        self._generations = Generations(
-            _generation_store(self._cache), namespace=namespace, credential=self._credential
-        )
-        flight_store = _flight_store(self._cache) if coalesce else None
-        self._shared_flight: RedisFlight[_Filled] | None = (
-            None if flight_store is None else RedisFlight(flight_store, flight)
-        )
-        headers = {}
-        if app_url:
-            headers["HTTP-Referer"] = app_url
-        if app_title:
-            headers["X-Title"] = app_title
         self._transport = Transport(
             timeouts=timeouts or Timeouts(),
             retry=retry or RetryConfig(),
-            headers=headers,
-            admission=_resolve_admission(admission),
+            headers=attribution_headers(app_url, app_title),
+            admission=resolve_admission(admission),
         )
-        if prices is not None and not isinstance(prices, PriceTable):
-            raise ConfigurationError("Client.prices: expected a PriceTable or None")
         self._prices = prices if prices is not None else PriceTable(self._fetch_models)
-        self._local_tiers = self._cache.local_tiers if self._cache is not None else 0
         self.stats = Stats()
-        self._streams = StreamFlights(
-            cache=self._cache,
-            transport=self._transport,
-            shared=None if flight_store is None else RedisFlight(flight_store, flight),
-            router=self._router,
-            outgoing=self._outgoing,
-            entry=self._entry,
-            priced=self._priced,
-            stats=self.stats,
-        )
-        if self._cache is not None:
-            self.stats.attach(self._cache)
-        self.stats.admissions = self._transport.admissions
-        if isinstance(self._router, StickyRouter):
-            self._router.use_admissions(self._transport.admissions)
+        hooks = () if on_event is None else (on_event,) if callable(on_event) else on_event
         redis_tier = _redis_tier(self._cache) if fleet_stats else None
-        self._fleet = None if redis_tier is None else FleetCounters(redis_tier)
-        self._hooks: tuple[EventHook, ...] = (
-            () if on_event is None else (on_event,) if callable(on_event) else tuple(on_event)
+        fleet = None if redis_tier is None else FleetCounters(redis_tier)
+        self._recorder = Recorder(self.stats, fleet, tuple(hooks), self._transport.admissions)
+        credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
+        generations = Generations(
+            _generation_store(self._cache), namespace=namespace, credential=credential
         )
-        if isinstance(max_embed_inputs, bool) or not isinstance(max_embed_inputs, int):
-            raise ConfigurationError("Client.max_embed_inputs: expected an int >= 1")
-        if max_embed_inputs < 1:
-            raise ConfigurationError("Client.max_embed_inputs: expected an int >= 1")
-        self._embedder = Embedder(
-            cache=self._cache,
-            transport=self._transport,
+        self._keying = Keying(generations, namespace, credential)
+        self._closed = False
+        self._calls = RunningCalls()  # past the hit path; aclose() waits for them
+        self._closing: asyncio.Future[None] | None = None
+        self._wire(coalesce, flight, max_embed_inputs)
+
+    def _wire(self, coalesce: bool, flight: FlightConfig | None, max_embed_inputs: int) -> None:
+        """The pipeline's stages, shared by ``complete()``, ``stream()`` and ``embed()``."""
+        cache, transport, router = self._cache, self._transport, self._router
+        if isinstance(router, StickyRouter):
+            if router.store is None:  # share the affinity map through the Redis tier
+                router.use_store(affinity_store_for(cache.tiers if cache is not None else ()))
+            router.use_admissions(transport.admissions)
+        if cache is not None:
+            self.stats.attach(cache)
+        self.stats.admissions = transport.admissions
+        leases = _flight_store(cache) if coalesce else None
+
+        def shared() -> Any:
+            return None if leases is None else RedisFlight(leases, flight)
+
+        mark = None if self._cache_control is None else self._marked
+        upstream = Upstream(router, Accounting(self._prices), self.stats, mark)
+        local: SingleFlight[Filled] | None = (
+            SingleFlight(retry_if=should_retry) if coalesce else None
+        )
+        self._chat = ChatPipeline(
+            cache=cache,
+            keying=self._keying,
+            upstream=upstream,
+            transport=transport,
+            flight=local,
+            shared=shared(),
+        )
+        flights = StreamFlights(
+            cache=cache, transport=transport, upstream=upstream, shared=shared(), coalesce=coalesce
+        )
+        self._streams = StreamCalls(
+            flights=flights,
+            calls=self._calls,
+            keying=self._keying,
+            recorder=self._recorder,
+            closed=self._is_closed,
+        )
+        self._stream_flights = flights
+        embedder = Embedder(
+            cache=cache,
+            transport=transport,
             endpoints=self._endpoints,
             stats=self.stats,
             prices=self._prices,
             coalesce=coalesce,
-            shared=None if flight_store is None else RedisFlight(flight_store, flight),
+            shared=shared(),
             max_inputs=max_embed_inputs,
         )
-        self._closed = False
-        self._calls = RunningCalls()  # past the hit path; aclose() waits for them
-        self._closing: asyncio.Future[None] | None = None
+        self._embeds = EmbedCalls(
+            embedder=embedder,
+            keying=self._keying,
+            calls=self._calls,
+            recorder=self._recorder,
+            closed=self._is_closed,
+        )
 
     def __repr__(self) -> str:
         names = ", ".join(e.name for e in self._endpoints)
         return (
             f"Client(endpoints=[{names}], cache={self._cache!r}, ttl={self._ttl:g}, "
-            f"coalesce={self._flight is not None}, namespace={self._namespace!r})"
+            f"coalesce={self._chat.coalescing}, namespace={self._namespace!r})"
         )
 
     async def __aenter__(self) -> Client:
@@ -346,48 +334,29 @@ class Client:
         if self._closed:
             raise ClientClosedError("Client is closed")
         started = time.perf_counter()
-        body = {"model": model, "messages": messages, **params}
-        if extra_body is not None or "response_format" in body:
-            body = _with_extras(body, extra_body)
-        if body.get("stream"):
-            raise InvalidRequestError("stream", "absent or False in complete()", True)
-        validate_request(body)
-        if timeout is not None or extra_headers is not None:
-            timeout = validate_call_options(timeout, extra_headers)
-        entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
-        decision = decide(body, cache, self._policy)
-        model = body["model"]
-        key = None
-        keyed = decision.uses_cache or (decision.coalesce and self._flight is not None)
-        scope = self._generations.scope_now(model) if keyed else None
-        if scope is not None:
-            key = request_key(
-                canonical_request(body),
-                namespace=self._namespace,
-                scope=scope,
-                credential=self._credential
-                if extra_headers is None
-                else call_scope(self._credential, extra_headers),
-            )
-            store, local = self._cache, self._local_tiers
-            if store is not None and local and decision.read:
-                # The hit path: in-process tiers, no I/O, nothing shared, nothing awaited
-                # that could yield (so aclose() never finds it half-way).
-                found = await store.get(key, stop=local)
-                if found is not None:
-                    completion = completion_of(found[0], CacheStatus.HIT, key)
-                    self._finished(model, completion, started)
-                    return completion
-        call = Call(timeout, extra_headers)
+        request = chat_request(
+            {"model": model, "messages": messages, **params},
+            cache=cache,
+            ttl=ttl,
+            default_ttl=self._ttl,
+            policy=self._policy,
+            timeout=timeout,
+            extra_headers=extra_headers,
+            extra_body=extra_body,
+        )
+        completion = await self._chat.hit(request)
+        if completion is not None:
+            self._recorder.finished(request.model, completion, started)
+            return completion
+        call = request.start()
         try:
             with self._calls.counted(), metered_queueing() as queued:
-                completion = await self._calls.guarded(
-                    call, self._miss(body, decision, entry_ttl, key, keyed, call)
-                )
+                work = self._chat.complete(request, call)
+                completion = await self._calls.guarded(call, work)
         except APIError as exc:
-            self._failed(model, exc, started, queued=sum(queued))
+            self._recorder.failed(request.model, exc, started, queued=sum(queued))
             raise
-        self._finished(model, completion, started, queued=sum(queued))
+        self._recorder.finished(request.model, completion, started, queued=sum(queued))
         return completion
 
     def stream(
@@ -427,46 +396,18 @@ class Client:
         if self._closed:
             raise ClientClosedError("Client is closed")
         params.pop("stream", None)
-        body = _with_extras({"model": model, "messages": messages, **params}, extra_body)
-        validate_request(body)
-        timeout = validate_call_options(timeout, extra_headers)
-        entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
-        decision = decide(body, cache, self._policy)
-        model = body["model"]
-
-        async def chunks(sink: CompletionStream) -> AsyncGenerator[dict[str, Any], None]:
-            if self._closed:
-                raise ClientClosedError("Client is closed")
-            started = time.perf_counter()
-            call = Call(timeout, extra_headers)
-            keyed = self._cache is not None and decision.uses_cache
-            with self._calls.counted():
-                try:
-                    key = None
-                    if keyed or decision.coalesce:
-                        key = await self._calls.guarded(call, self._key(body, call.headers))
-                    call.waiting_for = "the next chunk"
-                    streamed = self._streams.chunks(
-                        body, decision, entry_ttl, key, sink, call.headers, call.deadline
-                    )
-                    try:
-                        # Each wait for a chunk under the deadline, never the caller's
-                        # own work between chunks.
-                        while True:
-                            try:
-                                chunk = await self._calls.guarded(call, anext(streamed))
-                            except StopAsyncIteration:
-                                break
-                            yield chunk
-                    finally:
-                        await streamed.aclose()
-                except APIError as exc:
-                    self._failed(model, exc, started, stream=True)
-                    raise
-            if sink.completion is not None:
-                self._finished(model, sink.completion, started, stream=True)
-
-        return CompletionStream(chunks)
+        request = chat_request(
+            {"model": model, "messages": messages, **params},
+            cache=cache,
+            ttl=ttl,
+            default_ttl=self._ttl,
+            policy=self._policy,
+            timeout=timeout,
+            extra_headers=extra_headers,
+            extra_body=extra_body,
+            stream=True,
+        )
+        return self._streams.open(request)
 
     async def embed(
         self,
@@ -511,73 +452,22 @@ class Client:
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
-        started = time.perf_counter()
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError("model", "a non-empty str", model)
-        texts = validate_inputs(input, self._embedder.max_inputs)
-        if extra_body is not None:
-            params = with_extra_body(params, extra_body)
-        keyed, wire = embedding_params(dimensions, encoding_format, params)
-        canonical_request(keyed)  # every field JSON: InvalidRequestError now, not later
-        timeout = validate_call_options(timeout, extra_headers)
-        entry_ttl = self._ttl if ttl is None else validate_ttl(ttl) or self._ttl
-        decision = decide({"temperature": 0}, cache, self._policy)  # deterministic
-        credential = call_scope(self._credential, extra_headers)
-        scope = self._generations.scope_now(model)
-        found = None
-        if scope is not None:
-            # The hit path: in-process tiers only, nothing awaited that could yield.
-            keys = self._embedder.keys(
-                model, texts, keyed, namespace=self._namespace, scope=scope, credential=credential
-            )
-            found = await self._embedder.lookup_local(keys, decision)
-            if len(found) == len(set(keys)):
-                return self._embedded(
-                    model, self._embedder.hits(model, texts, keys, found), started
-                )
-        call = Call(timeout, extra_headers)
-        try:
-            with self._calls.counted():
-                if scope is None:
-                    scope = await self._calls.guarded(call, self._generations.scope(model))
-                    keys = self._embedder.keys(
-                        model,
-                        texts,
-                        keyed,
-                        namespace=self._namespace,
-                        scope=scope,
-                        credential=credential,
-                    )
-                work = self._embedder.embed(
-                    model,
-                    texts,
-                    keys,
-                    keyed,
-                    wire,
-                    decision=decision,
-                    ttl=entry_ttl,
-                    call=call,
-                    found=found,
-                )
-                result = await self._calls.guarded(call, work)
-        except APIError as exc:
-            self.stats.errors += 1
-            if self._hooks:
-                seconds = time.perf_counter() - started
-                emit_event(self._hooks, embedding_event(model, None, seconds, error=exc))
-            raise
-        return self._embedded(model, result, started)
-
-    def _embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
-        """Count an ``embed()`` call that returned: tokens, dollars, event hooks (the
-        inputs were counted by the embedder)."""
-        self.stats.prompt_tokens += result.usage.prompt_tokens
-        if result.cost is not None:
-            self.stats.cost_usd += result.cost.usd
-        if self._hooks:
-            seconds = time.perf_counter() - started
-            emit_event(self._hooks, embedding_event(model, result, seconds))
-        return result
+        request = embed_request(
+            model,
+            input,
+            params,
+            dimensions=dimensions,
+            encoding_format=encoding_format,
+            cache=cache,
+            ttl=ttl,
+            default_ttl=self._ttl,
+            policy=self._policy,
+            max_inputs=self._embeds.embedder.max_inputs,
+            timeout=timeout,
+            extra_headers=extra_headers,
+            extra_body=extra_body,
+        )
+        return await self._embeds.run(request)
 
     async def warm(
         self,
@@ -619,13 +509,13 @@ class Client:
         """
         if model is not None and (not isinstance(model, str) or not model):
             raise InvalidRequestError("model", "a non-empty str or None", model)
-        await self._generations.bump(model)
+        await self._keying.generations.bump(model)
 
     async def forget(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> str:
         """Delete the cached answer of one request from every tier; returns its key."""
-        body = _with_extras({"model": model, "messages": messages, **params}, None)
+        body = with_extras({"model": model, "messages": messages, **params}, None)
         validate_request(body)
-        key = await self._key(body)
+        key = await self._keying.of(body, None)
         if self._cache is not None:
             await self._cache.delete(key)
         return key
@@ -645,13 +535,15 @@ class Client:
         # Shielded: a caller cancelled while waiting does not leave the Client half-closed.
         await asyncio.shield(self._closing)
 
+    def _is_closed(self) -> bool:
+        return self._closed
+
     async def _close(self) -> None:
         await self._stop_calls()
-        await self._generations.aclose()
+        await self._keying.generations.aclose()
         # Before the cache: the router's last affinity writes go to its Redis.
         await self._router.aclose()
-        if self._fleet is not None:
-            await self._fleet.aclose()
+        await self._recorder.aclose()
         try:
             if self._cache is not None:
                 await self._cache.aclose()
@@ -666,322 +558,18 @@ class Client:
         if not await self._calls.unwound(_UNWIND_TIMEOUT):
             logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
         # Then what is left (a stream held open but not read), and wait for it all to stop.
-        await self._streams.aclose()
-        await self._embedder.aclose()
-        if self._flight is not None:
-            await self._flight.aclose()
-
-    async def _miss(
-        self,
-        body: dict[str, Any],
-        decision: CacheDecision,
-        ttl: float,
-        key: str | None,
-        keyed: bool,
-        call: Call,
-    ) -> Completion:
-        """Everything past the hit path: the key when the model's generation had to be
-        read first, the tiers not read yet, then upstream."""
-        store, start = self._cache, self._local_tiers
-        if keyed and key is None:
-            key = await self._key(body, call.headers)
-            start = 0  # the in-process tiers were not read either
-        if key is not None and store is not None and decision.read:
-            # With coalescing, the shared tiers are read once per key inside the flight.
-            coalescing = decision.coalesce and self._flight is not None
-            stop = self._local_tiers if coalescing else len(store.tiers)
-            found = await store.get(key, start=start, stop=stop) if start < stop else None
-            if found is not None:
-                return completion_of(found[0], CacheStatus.HIT, key)
-        return await self._complete(body, decision, ttl, key, call)
+        await self._stream_flights.aclose()
+        await self._embeds.embedder.aclose()
+        await self._chat.aclose()
 
     async def _fetch_models(self) -> object:
         return await self._transport.get_json(self._endpoints[0], "/models")
 
-    async def _key(self, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> str:
-        """The cache and flight key of ``body`` sent with a call's own ``headers``."""
-        model = body["model"]
-        scope = self._generations.scope_now(model) or await self._generations.scope(model)
-        return request_key(
-            canonical_request(body),
-            namespace=self._namespace,
-            scope=scope,
-            credential=call_scope(self._credential, headers),
-        )
-
-    async def _complete(
-        self,
-        body: dict[str, Any],
-        decision: CacheDecision,
-        ttl: float,
-        key: str | None,
-        call: Call,
-    ) -> Completion:
-        """Everything after a cache miss (or without a cache lookup)."""
-        flight = self._flight
-        if key is None:
-            entry = await self._upstream(body, ttl, call)
-            return self._priced(completion_of(entry, CacheStatus.BYPASS, None), body)
-        if flight is not None and decision.coalesce:
-            call.waiting_for = "an identical call in flight"
-            (entry, source), led = await flight.do(
-                key, lambda: self._fill(key, body, decision, ttl, call)
-            )
-            if source is not None:
-                return completion_of(entry, source, key, copy=not led)
-            if not led:
-                return completion_of(entry, CacheStatus.COALESCED, key, copy=True)
-        else:
-            entry = await self._call_and_store(key, body, decision, ttl, call)
-        status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
-        return self._priced(completion_of(entry, status, key), body)
-
-    def _priced(self, completion: Completion, body: dict[str, Any]) -> Completion:
-        """The cost of this caller's own upstream call: dollars spent (kept in the entry)
-        and what the provider's prompt cache saved, less write premiums."""
-        prices = self._prices.get(completion.model or body["model"], body["model"])
-        if completion.cost is not None and prices is not None:
-            saved = prompt_cache_savings(completion.usage, prices)
-            completion.cost = Cost(completion.cost.usd, saved)
-        return completion
-
-    async def _fill(
-        self, key: str, body: dict[str, Any], decision: CacheDecision, ttl: float, call: Call
-    ) -> _Filled:
-        """This process's one call for ``key``: a look in every tier (another flight may
-        have just landed), then, when another process shares the cache, a cross-process
-        flight, else upstream. Shared by every caller of ``key``: it sends its leader's
-        headers, and its leader's deadline is the one that cuts retries short (a waiter
-        bounds its own wait, and may retry once on a retryable failure)."""
-        cache = self._cache
-        if cache is not None and decision.read:
-            found = await cache.get(key)
-            if found is not None:
-                return found[0], CacheStatus.HIT
-        shared = self._shared_flight
-        if shared is None or cache is None or not decision.coalesce:
-            return await self._call_and_store(key, body, decision, ttl, call), None
-
-        async def lead() -> tuple[_Filled, bytes | None, float]:
-            entry = await self._upstream(body, ttl, call)
-            stored = await cache.set(key, entry) if storable(entry) else None
-            data, entry_ttl = stored if stored is not None else (None, 0.0)
-            return (entry, None), data, entry_ttl
-
-        async def read() -> _Filled | None:
-            found = await cache.get(key)
-            return None if found is None else (found[0], CacheStatus.COALESCED)
-
-        filled, _ = await shared.do(key, lead, read)
-        return filled
-
-    async def _call_and_store(
-        self,
-        key: str,
-        body: dict[str, Any],
-        decision: CacheDecision,
-        ttl: float,
-        call: Call,
-    ) -> CacheEntry:
-        entry = await self._upstream(body, ttl, call)
-        if self._cache is not None and decision.write and storable(entry):
-            await self._cache.set(key, entry)
-        return entry
-
-    def _finished(
-        self,
-        model: str,
-        completion: Completion,
-        started: float,
-        *,
-        stream: bool = False,
-        queued: float = 0.0,
-    ) -> None:
-        """Count a call that returned: stats, fleet counters, event hooks."""
-        self.stats.record(completion)
-        if self._fleet is not None:
-            self._fleet.record(model, completion)
-        if self._hooks:
-            seconds = time.perf_counter() - started
-            event = event_of(model, completion, seconds, stream=stream, queued=queued)
-            emit_event(self._hooks, self._with_admission(event))
-
-    def _failed(
-        self,
-        model: str,
-        error: BaseException,
-        started: float,
-        *,
-        stream: bool = False,
-        queued: float = 0.0,
-    ) -> None:
-        self.stats.errors += 1
-        if self._fleet is not None:
-            self._fleet.record_error(model)
-        if self._hooks:
-            seconds = time.perf_counter() - started
-            event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
-            emit_event(self._hooks, self._with_admission(event))
-
-    def _with_admission(self, event: CallEvent) -> CallEvent:
-        """``event`` with its endpoint's admission figures, for gauges."""
-        admissions = self._transport.admissions
-        if admissions is None or event.endpoint is None:
-            return event
-        return replace(event, admission=admissions.stats().get(event.endpoint))
-
-    def _outgoing(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _marked(self, body: dict[str, Any]) -> dict[str, Any]:
         """What is sent upstream, marked with ``cache_control``. The key is the caller's
         request's; the route is what is sent, since the marks decide what is cached."""
-        if self._cache_control is None:
-            return body
+        assert self._cache_control is not None
         return inject_cache_control(body, self._cache_control)
-
-    async def _entry(
-        self,
-        answer: dict[str, Any],
-        endpoint: str,
-        body: dict[str, Any],
-        sent: dict[str, Any],
-        ttl: float,
-        stream: bytes | None = None,
-    ) -> CacheEntry:
-        """The cache entry of an upstream answer: its usage and what it cost."""
-        raw_usage = answer.get("usage")
-        # OpenRouter reports one total of cache writes; their TTL is the marks'.
-        usage = with_write_ttl(parse_usage(raw_usage), breakpoint_ttl(sent))
-        prices = await self._prices.prices(answer.get("model") or body["model"], body["model"])
-        cost = completion_cost(usage, prices, reported_cost(raw_usage))
-        now = time.time()
-        return CacheEntry(
-            answer, usage, None if cost is None else cost.usd, endpoint, now, now + ttl, stream
-        )
-
-    async def _upstream(self, body: dict[str, Any], ttl: float, call: Call) -> CacheEntry:
-        """The answer of the first endpoint that gives one, with ``call``'s headers; no
-        retry is started that could not end before ``call``'s deadline."""
-        sent = self._outgoing(body)
-        # Routed by what the provider sees (injected breakpoints too). No await between
-        # route() and the first attempt: the router counts the call in flight from there.
-        route = await self._router.route(sent)
-        ranked = route.endpoints
-        for index, endpoint in enumerate(ranked):
-            self.stats.upstream_calls += 1
-            try:
-                with route.attempt(endpoint) as attempt:
-                    call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
-                    response = await self._transport.chat(
-                        endpoint,
-                        route.body,
-                        headers=call.headers,
-                        deadline=call.deadline,
-                        waiting=call.waiting,
-                    )
-                    attempt.served(parse_usage(response.body.get("usage")))
-            except APIError as exc:
-                if index + 1 == len(ranked) or not should_retry(exc):
-                    raise
-                logger.warning(
-                    "limpet: endpoint %r failed (%s); trying %r",
-                    endpoint.name,
-                    exc,
-                    ranked[index + 1].name,
-                )
-                continue
-            return await self._entry(response.body, response.endpoint, body, route.body, ttl)
-        raise AssertionError("unreachable: the last endpoint's failure is raised")
-
-
-def _with_extras(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
-    """``body`` with ``extra_body``'s fields merged in (they win); a Pydantic model class as
-    ``response_format`` becomes the ``json_schema`` format it stands for."""
-    if extra_body is not None:
-        body = with_extra_body(body, extra_body)
-    if "response_format" in body:
-        body["response_format"] = response_format_param(body["response_format"])
-    return body
-
-
-def _resolve_admission(value: object) -> AdmissionConfig | None:
-    if value is True:
-        return AdmissionConfig()
-    if value is False or value is None:
-        return None
-    if isinstance(value, AdmissionConfig):
-        return value
-    raise ConfigurationError(
-        f"Client.admission: expected an AdmissionConfig, True, False or None, got {value!r}"
-    )
-
-
-def _resolve_cache_control(value: object) -> CacheControlConfig | None:
-    if value is True:
-        return DEFAULT_CACHE_CONTROL
-    if value is False or value is None:
-        return None
-    if isinstance(value, CacheControlConfig):
-        return value
-    raise ConfigurationError(
-        f"Client.auto_cache_control: expected a bool or a CacheControlConfig, got {value!r}"
-    )
-
-
-def _resolve_router(
-    router: Router | None,
-    endpoints: Sequence[Endpoint] | None,
-    base_url: str | None,
-    api_key: str | None,
-) -> Router:
-    if router is None:
-        return StickyRouter(_resolve_endpoints(endpoints, base_url, api_key))
-    if not isinstance(router, Router):
-        raise ConfigurationError(
-            f"Client.router: expected a Router such as StickyRouter, got {type(router).__name__}"
-        )
-    if endpoints is not None or base_url is not None or api_key is not None:
-        raise ConfigurationError(
-            "Client: the router holds the endpoints; give router= without endpoints=, "
-            "base_url= or api_key="
-        )
-    return router
-
-
-def _resolve_endpoints(
-    endpoints: Sequence[Endpoint] | None, base_url: str | None, api_key: str | None
-) -> tuple[Endpoint, ...]:
-    if endpoints is not None:
-        if base_url is not None or api_key is not None:
-            raise ConfigurationError(
-                "Client: give either endpoints= or the base_url=/api_key= shortcut, not both"
-            )
-        resolved = tuple(endpoints)
-        if not resolved or not all(isinstance(e, Endpoint) for e in resolved):
-            raise ConfigurationError("Client.endpoints: expected a non-empty list of Endpoint")
-        names = [e.name for e in resolved]
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"Client.endpoints: names must be unique, got {names}")
-        return resolved
-    return (
-        Endpoint(
-            "default",
-            base_url or default_base_url(),
-            api_key=api_key or os.environ.get(API_KEY_ENV) or None,
-        ),
-    )
-
-
-def _resolve_cache(cache: object) -> TieredCache | None:
-    if cache is None:
-        return None
-    if isinstance(cache, _DefaultCache):
-        return TieredCache(MemoryCache())
-    if isinstance(cache, TieredCache):
-        return cache
-    if isinstance(cache, CacheBackend):
-        return TieredCache(cache)
-    raise ConfigurationError(
-        f"Client.cache: expected a CacheBackend, a TieredCache or None, got {type(cache).__name__}"
-    )
 
 
 def _generation_store(cache: TieredCache | None) -> GenerationStore | None:

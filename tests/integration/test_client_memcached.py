@@ -102,8 +102,8 @@ async def test_invalidation_reaches_another_client(
     mc_a = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
     mc_b = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
     async with make_client(gateway, mc_a) as a, make_client(gateway, mc_b) as b:
-        b._generations = Generations(
-            mc_b, refresh_interval=1.0, clock=clock, credential=b._credential
+        b._keying.generations = Generations(
+            mc_b, refresh_interval=1.0, clock=clock, credential=b._keying.credential
         )
         old = await a.complete(**ask())
         await mc_a.flush()
@@ -276,10 +276,10 @@ async def test_memcached_killed_among_500_concurrent_calls_fails_none_then_hits_
         # The generation counters went with everything else: read back, they are
         # re-created above their old values (an invalidation of what the restart already
         # removed), so nothing old can ever match again.
-        scope = client._generations.scope_now(MODEL)
-        await client._generations.refresh()
+        scope = client._keying.generations.scope_now(MODEL)
+        await client._keying.generations.refresh()
         assert client.stats.breaker_state == "closed"
-        assert client._generations.scope_now(MODEL) != scope
+        assert client._keying.generations.scope_now(MODEL) != scope
         fresh = [f"after-restart {i}" for i in range(12)]
         for text in fresh:
             assert (await client.complete(**ask(text))).cache is CacheStatus.MISS

@@ -79,10 +79,10 @@ def make_client(
 
 def use_generation_clock(client: Client, rc: RedisCache, clock: FakeClock, namespace: str) -> None:
     """Give ``client`` generations that refresh every second of ``clock``."""
-    client._generations = Generations(
+    client._keying.generations = Generations(
         rc,
         namespace=namespace,
-        credential=client._credential,
+        credential=client._keying.credential,
         refresh_interval=1.0,
         clock=clock,
     )

@@ -129,7 +129,7 @@ async def test_an_unsigned_final_error_is_a_hint_each_process_calls_once_in_turn
         results = await asyncio.gather(
             a.complete(**ask()), b.complete(**ask()), return_exceptions=True
         )
-        flights = [client._shared_flight for client in (a, b)]
+        flights = [client._chat.shared_flight for client in (a, b)]
     assert all(isinstance(r, BadRequestError) for r in results), results
     assert gateway.endpoint("a").calls == 2  # one per process, never concurrent
     assert sum(f.takeovers for f in flights if f is not None) == 1

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncGenerator, Callable
 from functools import partial
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-from limpet.cache.base import CacheEntry
-from limpet.cache.tiered import TieredCache
-from limpet.errors import APIError, CacheCorruptError, ClientClosedError
-from limpet.flight.broadcast import Broadcast
-from limpet.flight.coalesce import RedisFlight
-from limpet.http.chunks import StreamAssembler, StreamChunk, replay_chunks, with_stream_usage
-from limpet.http.retry import should_retry
-from limpet.http.transport import Transport
-from limpet.models import CacheStatus, Completion
-from limpet.observe.stats import Stats
-from limpet.pipeline.completions import completion_of, storable
-from limpet.pipeline.policy import CacheDecision
-from limpet.providers.usage import parse_usage
-from limpet.routing.sticky import Router
+from limpet.errors import APIError, ClientClosedError
+from limpet.http.chunks import StreamChunk
+from limpet.models import Completion
+from limpet.observe.recorder import Recorder
+from limpet.pipeline.calls import RunningCalls
+from limpet.pipeline.keying import Keying
+from limpet.pipeline.request import Request
+from limpet.pipeline.stream_flights import StreamFlights
 
-__all__ = ["CompletionStream", "StreamFlights"]
+__all__ = ["CompletionStream"]
 
 
 class CompletionStream:
@@ -82,260 +76,59 @@ class CompletionStream:
         await self.aclose()
 
 
-class StreamFlights:
-    """Streams through the cache: a hit is replayed; concurrent identical misses share one
-    upstream stream, each reader getting every chunk from the first, then the live tail.
+class StreamCalls:
+    """``stream()``'s pipeline past the request stage: each reader's deadline, the key
+    stage, the stream flights, and the record of how it ended."""
 
-    The upstream stream is read by a task of its own, so it goes on while any reader
-    remains, whoever started it; it is cancelled when the last reader leaves. The
-    assembled answer is stored only when the stream ends cleanly; a failure reaches
-    every reader and stores nothing.
-    """
-
-    __slots__ = (
-        "_cache",
-        "_entry",
-        "_flights",
-        "_outgoing",
-        "_priced",
-        "_router",
-        "_running",
-        "_shared",
-        "_stats",
-        "_transport",
-    )
+    __slots__ = ("_calls", "_closed", "_flights", "_keying", "_recorder")
 
     def __init__(
         self,
         *,
-        cache: TieredCache | None,
-        transport: Transport,
-        shared: RedisFlight[CacheEntry] | None,
-        router: Router,
-        outgoing: Callable[[dict[str, Any]], dict[str, Any]],
-        entry: MakeEntry,
-        priced: Callable[[Completion, dict[str, Any]], Completion],
-        stats: Stats,
+        flights: StreamFlights,
+        calls: RunningCalls,
+        keying: Keying,
+        recorder: Recorder,
+        closed: Callable[[], bool],
     ) -> None:
-        self._cache = cache
-        self._transport = transport
-        self._shared = shared
-        self._router = router
-        self._outgoing = outgoing
-        self._entry = entry
-        self._priced = priced
-        self._stats = stats
-        self._flights: dict[str, _StreamFlight] = {}
-        self._running: set[_StreamFlight] = set()
+        self._flights = flights
+        self._calls = calls
+        self._keying = keying
+        self._recorder = recorder
+        self._closed = closed
 
-    async def chunks(
-        self,
-        body: dict[str, Any],
-        decision: CacheDecision,
-        ttl: float,
-        key: str | None,
-        sink: CompletionStream,
-        headers: Mapping[str, str] | None = None,
-        deadline: float | None = None,
+    def open(self, request: Request) -> CompletionStream:
+        """The stream of ``request``: nothing is sent until its first chunk is asked for."""
+        return CompletionStream(partial(self._chunks, request))
+
+    async def _chunks(
+        self, request: Request, sink: CompletionStream
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """The chunks for one reader; sets ``sink.completion`` after the last one (the
-        Client counts it). An upstream stream this reader starts sends ``headers``, and
-        starts no retry that could not end before ``deadline`` (event-loop time)."""
-        cache = self._cache
-        if key is not None and cache is not None and decision.read:
-            found = await cache.get(key)
-            if found is not None:
-                entry = found[0]
-                replay = await _replayable(cache, key, entry)
-                if replay is not None:
-                    for chunk in replay:
-                        yield chunk
-                    sink.completion = completion_of(entry, CacheStatus.HIT, key)
-                    return
-        flight = self._flights.get(key) if key is not None and decision.coalesce else None
-        led = flight is None
-        if flight is None:
-            flight = _StreamFlight(shared=key is not None and decision.coalesce)
-            flight.task = asyncio.get_running_loop().create_task(
-                self._produce(flight, body, decision, ttl, key, headers, deadline)
-            )
-            self._running.add(flight)
-            flight.task.add_done_callback(partial(self._ended, flight))
-            if key is not None and decision.coalesce:
-                self._flights[key] = flight
-                flight.task.add_done_callback(partial(self._land, key, flight))
-        flight.readers += 1
-        try:
-            async for chunk in flight.broadcast.items():
-                yield chunk
-        finally:
-            flight.readers -= 1
-            if flight.readers == 0 and not flight.task.done():
-                if key is not None:
-                    self._land(key, flight)
-                flight.task.cancel()
-        result = flight.broadcast.result
-        assert result is not None
-        entry, status = result
-        if status is None:
-            if not led:
-                status = CacheStatus.COALESCED
-            elif key is not None and cache is not None and decision.uses_cache:
-                status = CacheStatus.MISS
-            else:
-                status = CacheStatus.BYPASS
-        completion = completion_of(entry, status, key, copy=not led)
-        if led and status in (CacheStatus.MISS, CacheStatus.BYPASS):
-            completion = self._priced(completion, body)
-        sink.completion = completion
-
-    async def aclose(self) -> None:
-        """Stop every upstream stream still running: its readers get
-        ``ClientClosedError``; returns once the streams have let go (the Client's
-        ``aclose()``, after its grace period)."""
-        flights = list(self._running)
-        for flight in flights:
-            if not flight.broadcast.finished:
-                flight.broadcast.fail(ClientClosedError("Client closed while streaming"))
-            if not flight.task.cancelling():  # once: a second one would cut its clean-up
-                flight.task.cancel()
-        if flights:
-            await asyncio.wait([flight.task for flight in flights])
-
-    def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-
-    def _ended(self, flight: _StreamFlight, _task: object) -> None:
-        self._running.discard(flight)
-
-    async def _produce(
-        self,
-        flight: _StreamFlight,
-        body: dict[str, Any],
-        decision: CacheDecision,
-        ttl: float,
-        key: str | None,
-        headers: Mapping[str, str] | None,
-        deadline: float | None,
-    ) -> None:
-        broadcast = flight.broadcast
-        cache = self._cache
-        store = cache is not None and key is not None and decision.write
-        try:
-
-            async def lead() -> tuple[CacheEntry, bytes | None, float]:
-                # The raw chunks are kept only for the stored entry's replay.
-                assembler = StreamAssembler(chunking=store)
-                entry = await self._stream_upstream(
-                    body, ttl, broadcast, assembler, headers, deadline
-                )
-                stored = None
-                if cache is not None and key is not None and store and storable(entry):
-                    stored = await cache.set(key, entry)
-                data, entry_ttl = stored if stored is not None else (None, 0.0)
-                return entry, data, entry_ttl
-
-            shared = self._shared
-            if shared is not None and cache is not None and key is not None and decision.coalesce:
-
-                async def read() -> CacheEntry | None:
-                    found = await cache.get(key)
-                    return None if found is None else found[0]
-
-                entry, led = await shared.do(key, lead, read)
-                if not led:  # another process streamed it: replay its entry, unless corrupt
-                    replay = await _replayable(cache, key, entry)
-                    if replay is not None:
-                        for chunk in replay:
-                            broadcast.push(chunk)
-                        broadcast.finish((entry, CacheStatus.COALESCED))
-                        return
-                    entry, _, _ = await lead()
-            else:
-                entry, _, _ = await lead()
-            broadcast.finish((entry, None))
-        except asyncio.CancelledError:
-            if not broadcast.finished:  # aclose() may have told the readers why already
-                broadcast.fail(asyncio.CancelledError())
-            raise
-        except BaseException as exc:
-            broadcast.fail(exc)
-
-    async def _stream_upstream(
-        self,
-        body: dict[str, Any],
-        ttl: float,
-        broadcast: Broadcast[dict[str, Any], Any],
-        assembler: StreamAssembler,
-        headers: Mapping[str, str] | None,
-        deadline: float | None,
-    ) -> CacheEntry:
-        """Stream from the first endpoint that opens (failing over before the first chunk),
-        pushing chunks as they come; returns the assembled entry."""
-        # Usage is asked for in what is sent, never in the key: OpenAI-style servers send
-        # none in a stream otherwise, and the call would be recorded as free.
-        sent = with_stream_usage(self._outgoing(body))
-        route = await self._router.route(sent)
-        ranked = route.endpoints
-        for index, endpoint in enumerate(ranked):
-            self._stats.upstream_calls += 1
-            chunks = self._transport.stream(
-                endpoint, route.body, headers=headers, deadline=deadline
-            )
+        if self._closed():
+            raise ClientClosedError("Client is closed")
+        started = time.perf_counter()
+        call = request.start()
+        calls = self._calls
+        with calls.counted():
             try:
-                with route.attempt(endpoint) as attempt:
-                    async for chunk in chunks:
-                        assembler.add(chunk)
-                        broadcast.push(chunk)
-                    answer = assembler.completion()
-                    attempt.served(parse_usage(answer.get("usage")))
+                if self._flights.keyed(request):
+                    key = self._keying.of(request.body, request.headers)
+                    request.key = await calls.guarded(call, key)
+                call.waiting_for = "the next chunk"
+                streamed = self._flights.chunks(request, sink, call)
+                try:
+                    # Each wait for a chunk under the deadline, never the caller's own
+                    # work between chunks.
+                    while True:
+                        try:
+                            chunk = await calls.guarded(call, anext(streamed))
+                        except StopAsyncIteration:
+                            break
+                        yield chunk
+                finally:
+                    await streamed.aclose()
             except APIError as exc:
-                if assembler.chunks or index + 1 == len(ranked) or not should_retry(exc):
-                    raise
-                continue
-            finally:
-                await chunks.aclose()
-            return await self._entry(
-                answer, endpoint.name, body, route.body, ttl, assembler.chunking()
-            )
-        raise AssertionError("unreachable: the last endpoint's failure is raised")
-
-
-async def _replayable(
-    cache: TieredCache, key: str, entry: CacheEntry
-) -> list[dict[str, Any]] | None:
-    """The chunks that replay ``entry``, or None when its stored stream is corrupt: then
-    it is counted and deleted, and the caller goes upstream. Read whole before the first
-    chunk is sent, so a reader never gets half a replay."""
-    try:
-        return list(replay_chunks(entry.body, entry.stream))
-    except CacheCorruptError as exc:
-        await cache.discard(key, exc)
-        return None
-
-
-class MakeEntry(Protocol):
-    """Builds the cache entry of an upstream answer (usage, cost); the Client's."""
-
-    def __call__(
-        self,
-        answer: dict[str, Any],
-        endpoint: str,
-        body: dict[str, Any],
-        sent: dict[str, Any],
-        ttl: float,
-        stream: bytes | None = None,
-    ) -> Awaitable[CacheEntry]: ...
-
-
-class _StreamFlight:
-    __slots__ = ("broadcast", "readers", "task")
-
-    def __init__(self, *, shared: bool) -> None:
-        # A flight nobody else can join has one reader: it holds only the unread chunks.
-        self.broadcast: Broadcast[dict[str, Any], tuple[CacheEntry, CacheStatus | None]] = (
-            Broadcast(replay=shared)
-        )
-        self.readers = 0
-        self.task: asyncio.Task[None]
+                self._recorder.failed(request.model, exc, started, stream=True)
+                raise
+        if sink.completion is not None:
+            self._recorder.finished(request.model, sink.completion, started, stream=True)

@@ -167,7 +167,7 @@ async def _work(args: argparse.Namespace) -> dict[str, Any]:
             report["finished_at"].setdefault(status, []).append(time.time())
 
         await asyncio.gather(*(call() for _ in range(args.callers)))
-        shared = client._shared_flight
+        shared = client._chat.shared_flight
         if shared is not None:
             report["takeovers"] = shared.takeovers
             report["lease_checks"] = shared.lease_checks

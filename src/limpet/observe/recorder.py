@@ -1,0 +1,98 @@
+"""What is recorded of every call that ends: stats, fleet counters, event hooks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from limpet.http.admission import Admissions
+from limpet.models import Completion, Embeddings
+from limpet.observe.events import CallEvent, EventHook, embedding_event, emit_event, event_of
+from limpet.observe.fleet import FleetCounters
+from limpet.observe.stats import Stats
+
+
+class Recorder:
+    """Counts each ended call once, in this process's ``Stats``, the fleet's counters
+    (with a Redis tier) and the ``on_event`` hooks (an event carries its endpoint's
+    admission figures, for gauges)."""
+
+    __slots__ = ("_admissions", "_fleet", "_hooks", "stats")
+
+    def __init__(
+        self,
+        stats: Stats,
+        fleet: FleetCounters | None,
+        hooks: Sequence[EventHook],
+        admissions: Admissions | None,
+    ) -> None:
+        self.stats = stats
+        self._fleet = fleet
+        self._hooks = tuple(hooks)
+        self._admissions = admissions
+
+    def finished(
+        self,
+        model: str,
+        completion: Completion,
+        started: float,
+        *,
+        stream: bool = False,
+        queued: float = 0.0,
+    ) -> None:
+        """Count a call that returned (``started``: its ``time.perf_counter()``)."""
+        self.stats.record(completion)
+        if self._fleet is not None:
+            self._fleet.record(model, completion)
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            event = event_of(model, completion, seconds, stream=stream, queued=queued)
+            emit_event(self._hooks, self._with_admission(event))
+
+    def failed(
+        self,
+        model: str,
+        error: BaseException,
+        started: float,
+        *,
+        stream: bool = False,
+        queued: float = 0.0,
+    ) -> None:
+        """Count a call that raised."""
+        self.stats.errors += 1
+        if self._fleet is not None:
+            self._fleet.record_error(model)
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
+            emit_event(self._hooks, self._with_admission(event))
+
+    def embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
+        """Count an ``embed()`` call that returned: tokens, dollars, event hooks (the
+        inputs were counted by the embedder)."""
+        self.stats.prompt_tokens += result.usage.prompt_tokens
+        if result.cost is not None:
+            self.stats.cost_usd += result.cost.usd
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            emit_event(self._hooks, embedding_event(model, result, seconds))
+        return result
+
+    def embed_failed(self, model: str, error: BaseException, started: float) -> None:
+        """Count an ``embed()`` call that raised."""
+        self.stats.errors += 1
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            emit_event(self._hooks, embedding_event(model, None, seconds, error=error))
+
+    async def aclose(self) -> None:
+        """Flush the fleet counters (the Client's ``aclose()``)."""
+        if self._fleet is not None:
+            await self._fleet.aclose()
+
+    def _with_admission(self, event: CallEvent) -> CallEvent:
+        admissions = self._admissions
+        if admissions is None or event.endpoint is None:
+            return event
+        return replace(event, admission=admissions.stats().get(event.endpoint))

@@ -1,0 +1,55 @@
+"""The account stage: an upstream answer's usage and cost, parsed and priced once.
+
+The cache entry keeps what the call cost; the ``Request`` keeps what the provider's
+prompt cache saved on it, for the caller whose call it was.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from limpet.cache.base import CacheEntry
+from limpet.models import Completion, Cost, Usage
+from limpet.pipeline.request import Request
+from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
+from limpet.providers.prompt_cache import breakpoint_ttl
+from limpet.providers.usage import reported_cost, with_write_ttl
+
+
+class Accounting:
+    """Prices upstream answers from one ``PriceTable``."""
+
+    __slots__ = ("prices",)
+
+    def __init__(self, prices: PriceTable) -> None:
+        self.prices = prices
+
+    async def entry(
+        self,
+        request: Request,
+        answer: dict[str, Any],
+        usage: Usage,
+        endpoint: str,
+        sent: dict[str, Any],
+        stream: bytes | None = None,
+    ) -> CacheEntry:
+        """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed), with
+        what it cost; notes on ``request`` what the provider's prompt cache saved."""
+        # OpenRouter reports one total of cache writes; their TTL is the marks'.
+        usage = with_write_ttl(usage, breakpoint_ttl(sent))
+        prices = await self.prices.prices(answer.get("model") or request.model, request.model)
+        cost = completion_cost(usage, prices, reported_cost(answer.get("usage")))
+        if prices is not None:
+            request.saved_usd = prompt_cache_savings(usage, prices)
+        now = time.time()
+        usd = None if cost is None else cost.usd
+        return CacheEntry(answer, usage, usd, endpoint, now, now + request.ttl, stream)
+
+
+def priced(completion: Completion, request: Request) -> Completion:
+    """``completion`` of ``request``'s own upstream call, with what the provider's prompt
+    cache saved on it (less write premiums) beside what it cost."""
+    if completion.cost is not None and request.saved_usd is not None:
+        completion.cost = Cost(completion.cost.usd, request.saved_usd)
+    return completion

@@ -1,0 +1,152 @@
+"""``complete()``'s pipeline past the request stage: key → lookup → flight → upstream →
+account → store → result.
+
+The hit path (in-process tiers, nothing awaited that could yield) is ``hit()``; the rest
+is ``complete()``. A flight is shared by every caller of its key: it sends its leader's
+headers, and its leader's deadline is the one that cuts retries short (a waiter bounds
+its own wait, and may retry once on a retryable failure).
+"""
+
+from __future__ import annotations
+
+from limpet.cache.base import CacheEntry
+from limpet.cache.tiered import TieredCache
+from limpet.flight.coalesce import RedisFlight, SingleFlight
+from limpet.http.transport import Transport
+from limpet.models import CacheStatus, Completion
+from limpet.pipeline.account import priced
+from limpet.pipeline.calls import Call
+from limpet.pipeline.completions import completion_of, storable
+from limpet.pipeline.exchanges import JsonExchange
+from limpet.pipeline.keying import Keying
+from limpet.pipeline.request import Request
+from limpet.pipeline.upstream import Upstream
+
+# A flight's result: the entry, and how it was found when not by this flight's own
+# upstream call (HIT: in the cache after all; COALESCED: another process's call).
+Filled = tuple[CacheEntry, CacheStatus | None]
+
+
+class ChatPipeline:
+    """The stages of one ``complete()`` call, wired for one Client."""
+
+    __slots__ = ("_cache", "_exchange", "_flight", "_local", "_shared", "_upstream", "keying")
+
+    def __init__(
+        self,
+        *,
+        cache: TieredCache | None,
+        keying: Keying,
+        upstream: Upstream,
+        transport: Transport,
+        flight: SingleFlight[Filled] | None,
+        shared: RedisFlight[Filled] | None,
+    ) -> None:
+        self._cache = cache
+        self.keying = keying
+        self._upstream = upstream
+        self._exchange = JsonExchange(transport)
+        self._flight = flight
+        self._shared = shared
+        self._local = cache.local_tiers if cache is not None else 0
+
+    @property
+    def coalescing(self) -> bool:
+        """True when concurrent identical misses share one upstream call."""
+        return self._flight is not None
+
+    @property
+    def shared_flight(self) -> RedisFlight[Filled] | None:
+        """The cross-process flight, when the cache has a tier that offers leases."""
+        return self._shared
+
+    def keyed(self, request: Request) -> bool:
+        """Whether ``request`` needs a key: it may use the cache, or join a flight."""
+        decision = request.decision
+        return decision.uses_cache or (decision.coalesce and self._flight is not None)
+
+    async def hit(self, request: Request) -> Completion | None:
+        """The key stage without I/O and a look in the in-process tiers: the answer when
+        they hold it. Never yields to the event loop (``aclose()`` never finds it half-way)."""
+        if not self.keyed(request):
+            return None
+        key = request.key = self.keying.now(request.body, request.headers)
+        store = self._cache
+        if key is None or store is None or not self._local or not request.decision.read:
+            return None
+        found = await store.get(key, stop=self._local)
+        return None if found is None else completion_of(found[0], CacheStatus.HIT, key)
+
+    async def complete(self, request: Request, call: Call) -> Completion:
+        """Everything past the hit path: the key when the model's generation had to be
+        read first, the tiers not read yet, the flight, upstream, the store."""
+        store, start = self._cache, self._local
+        key = request.key
+        if key is None and self.keyed(request):
+            key = request.key = await self.keying.of(request.body, request.headers)
+            start = 0  # the in-process tiers were not read either
+        decision = request.decision
+        if key is not None and store is not None and decision.read:
+            # With coalescing, the shared tiers are read once per key inside the flight.
+            coalescing = decision.coalesce and self._flight is not None
+            stop = self._local if coalescing else len(store.tiers)
+            found = await store.get(key, start=start, stop=stop) if start < stop else None
+            if found is not None:
+                return completion_of(found[0], CacheStatus.HIT, key)
+        return await self._flown(request, key, call)
+
+    async def _flown(self, request: Request, key: str | None, call: Call) -> Completion:
+        """The flight stage: one upstream call per key among concurrent callers."""
+        flight = self._flight
+        if key is None:
+            entry = await self._upstream.call(request, self._exchange, call)
+            return priced(completion_of(entry, CacheStatus.BYPASS, None), request)
+        if flight is not None and request.decision.coalesce:
+            call.waiting_for = "an identical call in flight"
+            (entry, source), led = await flight.do(key, lambda: self._fill(request, key, call))
+            if source is not None:
+                return completion_of(entry, source, key, copy=not led)
+            if not led:
+                return completion_of(entry, CacheStatus.COALESCED, key, copy=True)
+        else:
+            entry = await self._call_and_store(request, key, call)
+        status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
+        return priced(completion_of(entry, status, key), request)
+
+    async def _fill(self, request: Request, key: str, call: Call) -> Filled:
+        """This process's one call for ``key``: a look in every tier (another flight may
+        have just landed), then, when another process shares the cache, a cross-process
+        flight, else upstream."""
+        cache, decision = self._cache, request.decision
+        if cache is not None and decision.read:
+            found = await cache.get(key)
+            if found is not None:
+                return found[0], CacheStatus.HIT
+        shared = self._shared
+        if shared is None or cache is None or not decision.coalesce:
+            return await self._call_and_store(request, key, call), None
+
+        async def lead() -> tuple[Filled, bytes | None, float]:
+            entry = await self._upstream.call(request, self._exchange, call)
+            stored = await cache.set(key, entry) if storable(entry) else None
+            data, entry_ttl = stored if stored is not None else (None, 0.0)
+            return (entry, None), data, entry_ttl
+
+        async def read() -> Filled | None:
+            found = await cache.get(key)
+            return None if found is None else (found[0], CacheStatus.COALESCED)
+
+        filled, _ = await shared.do(key, lead, read)
+        return filled
+
+    async def _call_and_store(self, request: Request, key: str, call: Call) -> CacheEntry:
+        """Upstream, then the store stage: a storable answer is written to every tier."""
+        entry = await self._upstream.call(request, self._exchange, call)
+        if self._cache is not None and request.decision.write and storable(entry):
+            await self._cache.set(key, entry)
+        return entry
+
+    async def aclose(self) -> None:
+        """Stop the in-process flights still running (``aclose()``, after its grace)."""
+        if self._flight is not None:
+            await self._flight.aclose()

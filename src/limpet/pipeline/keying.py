@@ -1,0 +1,51 @@
+"""The key stage: a request's cache and flight key, in its generation and cache scope.
+
+The key hashes the canonical request with the Client's namespace, the model's current
+generation (``invalidate()`` bumps it) and the credential scope (the call's own
+``Authorization`` header, if it sends one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from limpet.cache.generations import Generations
+from limpet.pipeline.credentials import call_scope
+from limpet.pipeline.keys import canonical_request, request_key
+
+
+class Keying:
+    """Derives keys for one Client: its namespace, credential scope and generations."""
+
+    __slots__ = ("credential", "generations", "namespace")
+
+    def __init__(self, generations: Generations, namespace: str, credential: str) -> None:
+        self.generations = generations
+        self.namespace = namespace
+        self.credential = credential
+
+    def now(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str | None:
+        """The key when the model's generation is known without I/O, else None."""
+        scope = self.generations.scope_now(body["model"])
+        if scope is None:
+            return None
+        return self._key(body, scope, headers)
+
+    async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
+        """The key, reading the model's generation from the shared tier when needed."""
+        model = body["model"]
+        scope = self.generations.scope_now(model) or await self.generations.scope(model)
+        return self._key(body, scope, headers)
+
+    def scope(self, headers: Mapping[str, str] | None) -> str:
+        """The credential scope of a call sending ``headers``."""
+        return self.credential if headers is None else call_scope(self.credential, headers)
+
+    def _key(self, body: Mapping[str, Any], scope: str, headers: Mapping[str, str] | None) -> str:
+        return request_key(
+            canonical_request(body),
+            namespace=self.namespace,
+            scope=scope,
+            credential=self.scope(headers),
+        )

@@ -1,0 +1,184 @@
+"""The request stage: one call's body and options, validated, and its cache decision. Pure.
+
+Every entry point builds a ``Request`` here first, so bad input fails before any network
+call, naming the field; what follows (key, lookup, flight, upstream, account, store)
+reads everything about the call from this one object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from limpet.config import CachePolicy
+from limpet.errors import InvalidRequestError
+from limpet.pipeline.calls import Call
+from limpet.pipeline.keys import canonical_request
+from limpet.pipeline.policy import CacheDecision, decide
+from limpet.pipeline.validation import (
+    response_format_param,
+    validate_call_options,
+    validate_request,
+    validate_ttl,
+    with_extra_body,
+)
+from limpet.pipeline.vectors import embedding_params, validate_inputs
+
+
+class Request:
+    """One chat-completion call as it flows through the pipeline's stages.
+
+    Attributes:
+        body: the caller's request body (the key is its canonical form).
+        model: the model it asks for.
+        decision: what the cache may do with it.
+        ttl: seconds its answer may be served from the cache.
+        timeout: seconds the whole call may take, or None.
+        headers: the call's own upstream headers (``extra_headers``), or None.
+        key: its cache and flight key, once the key stage has run (None: not keyed).
+        call: its deadline scope, once it goes past the hit path.
+        saved_usd: what the provider's prompt cache saved on this call's own upstream
+            answer, once the account stage has priced it (None: unknown).
+    """
+
+    __slots__ = (
+        "body",
+        "call",
+        "decision",
+        "headers",
+        "key",
+        "model",
+        "saved_usd",
+        "timeout",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        body: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.body = body
+        self.model: str = body["model"]
+        self.decision = decision
+        self.ttl = ttl
+        self.timeout = timeout
+        self.headers = headers
+        self.key: str | None = None
+        self.call: Call | None = None
+        self.saved_usd: float | None = None
+
+    def start(self) -> Call:
+        """The call's deadline scope, from now (past the hit path)."""
+        self.call = Call(self.timeout, self.headers)
+        return self.call
+
+
+def chat_request(
+    body: dict[str, Any],
+    *,
+    cache: str | None,
+    ttl: float | None,
+    default_ttl: float,
+    policy: CachePolicy,
+    timeout: float | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+    extra_body: Mapping[str, Any] | None = None,
+    stream: bool = False,
+) -> Request:
+    """The ``Request`` of a ``complete()`` or ``stream()`` call, validated.
+
+    Raises:
+        InvalidRequestError: naming the first offending field and what was expected.
+    """
+    if extra_body is not None or "response_format" in body:
+        body = with_extras(body, extra_body)
+    if not stream and body.get("stream"):
+        raise InvalidRequestError("stream", "absent or False in complete()", True)
+    validate_request(body)
+    if timeout is not None or extra_headers is not None:
+        timeout = validate_call_options(timeout, extra_headers)
+    entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
+    return Request(body, decide(body, cache, policy), entry_ttl, timeout, extra_headers)
+
+
+def with_extras(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
+    """``body`` with ``extra_body``'s fields merged in (they win); a Pydantic model class as
+    ``response_format`` becomes the ``json_schema`` format it stands for."""
+    if extra_body is not None:
+        body = with_extra_body(body, extra_body)
+    if "response_format" in body:
+        body["response_format"] = response_format_param(body["response_format"])
+    return body
+
+
+class EmbedRequest:
+    """One ``embed()`` call as it flows through the pipeline's stages, per input.
+
+    Attributes:
+        model: the embedding model.
+        texts: the inputs, in order.
+        keyed: the body fields that can change a vector (they enter every input's key).
+        wire: the body fields sent as they are.
+        decision, ttl, timeout, headers: as ``Request``'s.
+    """
+
+    __slots__ = ("decision", "headers", "keyed", "model", "texts", "timeout", "ttl", "wire")
+
+    def __init__(
+        self,
+        model: str,
+        texts: list[str],
+        keyed: dict[str, Any],
+        wire: dict[str, Any],
+        decision: CacheDecision,
+        ttl: float,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self.model = model
+        self.texts = texts
+        self.keyed = keyed
+        self.wire = wire
+        self.decision = decision
+        self.ttl = ttl
+        self.timeout = timeout
+        self.headers = headers
+
+
+def embed_request(
+    model: object,
+    input: object,
+    params: dict[str, Any],
+    *,
+    dimensions: int | None,
+    encoding_format: str | None,
+    cache: str | None,
+    ttl: float | None,
+    default_ttl: float,
+    policy: CachePolicy,
+    max_inputs: int,
+    timeout: float | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+    extra_body: Mapping[str, Any] | None = None,
+) -> EmbedRequest:
+    """The ``EmbedRequest`` of an ``embed()`` call, validated (embeddings are
+    deterministic: cacheable whatever the policy's temperature).
+
+    Raises:
+        InvalidRequestError: naming the first offending field (or input index).
+    """
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model", "a non-empty str", model)
+    texts = validate_inputs(input, max_inputs)
+    if extra_body is not None:
+        params = with_extra_body(params, extra_body)
+    keyed, wire = embedding_params(dimensions, encoding_format, params)
+    canonical_request(keyed)  # every field JSON: InvalidRequestError now, not later
+    timeout = validate_call_options(timeout, extra_headers)
+    entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
+    decision = decide({"temperature": 0}, cache, policy)
+    return EmbedRequest(model, texts, keyed, wire, decision, entry_ttl, timeout, extra_headers)

@@ -1,0 +1,228 @@
+"""Streams through the cache: replay, one upstream stream per key shared by its readers,
+the store stage once it ends cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from limpet.cache.base import CacheEntry
+from limpet.cache.tiered import TieredCache
+from limpet.errors import CacheCorruptError, ClientClosedError
+from limpet.flight.broadcast import Broadcast
+from limpet.flight.coalesce import RedisFlight
+from limpet.http.chunks import StreamAssembler, replay_chunks
+from limpet.http.transport import Transport
+from limpet.models import CacheStatus, Completion
+from limpet.pipeline.account import priced
+from limpet.pipeline.calls import Call
+from limpet.pipeline.completions import completion_of, storable
+from limpet.pipeline.exchanges import StreamExchange
+from limpet.pipeline.request import Request
+from limpet.pipeline.upstream import Upstream
+
+if TYPE_CHECKING:
+    from limpet.pipeline.stream import CompletionStream
+
+
+class StreamFlights:
+    """Streams through the cache: a hit is replayed; concurrent identical misses share one
+    upstream stream, each reader getting every chunk from the first, then the live tail.
+
+    The upstream stream is read by a task of its own, so it goes on while any reader
+    remains, whoever started it; it is cancelled when the last reader leaves. The
+    assembled answer is stored only when the stream ends cleanly; a failure reaches
+    every reader and stores nothing. Upstream, it is the same stage as ``complete()``'s,
+    with a ``StreamExchange`` for the wire.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_coalesce",
+        "_flights",
+        "_running",
+        "_shared",
+        "_transport",
+        "_upstream",
+    )
+
+    def __init__(
+        self,
+        *,
+        cache: TieredCache | None,
+        transport: Transport,
+        upstream: Upstream,
+        shared: RedisFlight[CacheEntry] | None,
+        coalesce: bool = True,
+    ) -> None:
+        self._cache = cache
+        self._transport = transport
+        self._upstream = upstream
+        self._shared = shared
+        self._coalesce = coalesce
+        self._flights: dict[str, _StreamFlight] = {}
+        self._running: set[_StreamFlight] = set()
+
+    def keyed(self, request: Request) -> bool:
+        """Whether ``request`` needs a key: it may use the cache, or join a stream."""
+        decision = request.decision
+        return (self._cache is not None and decision.uses_cache) or self._joins(request)
+
+    async def chunks(
+        self, request: Request, sink: CompletionStream, call: Call
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The chunks for one reader; sets ``sink.completion`` after the last one (the
+        Client counts it). An upstream stream this reader starts sends ``call``'s headers,
+        and starts no retry that could not end before its deadline."""
+        cache, key, decision = self._cache, request.key, request.decision
+        if key is not None and cache is not None and decision.read:
+            found = await cache.get(key)
+            if found is not None:
+                entry = found[0]
+                replay = await _replayable(cache, key, entry)
+                if replay is not None:
+                    for chunk in replay:
+                        yield chunk
+                    sink.completion = completion_of(entry, CacheStatus.HIT, key)
+                    return
+        joins = key is not None and self._joins(request)
+        flight = self._flights.get(key) if key is not None and joins else None
+        led = flight is None
+        if flight is None:
+            flight = self._start(request, call, joins)
+        flight.readers += 1
+        try:
+            async for chunk in flight.broadcast.items():
+                yield chunk
+        finally:
+            flight.readers -= 1
+            if flight.readers == 0 and not flight.task.done():
+                if key is not None:
+                    self._land(key, flight)
+                flight.task.cancel()
+        sink.completion = self._completion(request, flight, led)
+
+    async def aclose(self) -> None:
+        """Stop every upstream stream still running: its readers get
+        ``ClientClosedError``; returns once the streams have let go (the Client's
+        ``aclose()``, after its grace period)."""
+        flights = list(self._running)
+        for flight in flights:
+            if not flight.broadcast.finished:
+                flight.broadcast.fail(ClientClosedError("Client closed while streaming"))
+            if not flight.task.cancelling():  # once: a second one would cut its clean-up
+                flight.task.cancel()
+        if flights:
+            await asyncio.wait([flight.task for flight in flights])
+
+    def _joins(self, request: Request) -> bool:
+        return self._coalesce and request.decision.coalesce
+
+    def _start(self, request: Request, call: Call, joins: bool) -> _StreamFlight:
+        flight = _StreamFlight(shared=joins)
+        flight.task = asyncio.get_running_loop().create_task(self._produce(flight, request, call))
+        self._running.add(flight)
+        flight.task.add_done_callback(partial(self._ended, flight))
+        key = request.key
+        if key is not None and joins:
+            self._flights[key] = flight
+            flight.task.add_done_callback(partial(self._land, key, flight))
+        return flight
+
+    def _completion(self, request: Request, flight: _StreamFlight, led: bool) -> Completion:
+        result = flight.broadcast.result
+        assert result is not None
+        entry, status = result
+        key = request.key
+        if status is None:
+            if not led:
+                status = CacheStatus.COALESCED
+            elif key is not None and self._cache is not None and request.decision.uses_cache:
+                status = CacheStatus.MISS
+            else:
+                status = CacheStatus.BYPASS
+        completion = completion_of(entry, status, key, copy=not led)
+        if led and status in (CacheStatus.MISS, CacheStatus.BYPASS):
+            completion = priced(completion, request)
+        return completion
+
+    def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+    def _ended(self, flight: _StreamFlight, _task: object) -> None:
+        self._running.discard(flight)
+
+    async def _produce(self, flight: _StreamFlight, request: Request, call: Call) -> None:
+        broadcast = flight.broadcast
+        try:
+            await self._flow(flight, request, call)
+        except asyncio.CancelledError:
+            if not broadcast.finished:  # aclose() may have told the readers why already
+                broadcast.fail(asyncio.CancelledError())
+            raise
+        except BaseException as exc:
+            broadcast.fail(exc)
+
+    async def _flow(self, flight: _StreamFlight, request: Request, call: Call) -> None:
+        """Upstream (or another process's stream, replayed), then the store stage."""
+        broadcast, cache, key = flight.broadcast, self._cache, request.key
+        store = cache is not None and key is not None and request.decision.write
+
+        async def lead() -> tuple[CacheEntry, bytes | None, float]:
+            # The raw chunks are kept only for the stored entry's replay.
+            exchange = StreamExchange(self._transport, broadcast, StreamAssembler(chunking=store))
+            entry = await self._upstream.call(request, exchange, call)
+            stored = None
+            if cache is not None and key is not None and store and storable(entry):
+                stored = await cache.set(key, entry)
+            data, entry_ttl = stored if stored is not None else (None, 0.0)
+            return entry, data, entry_ttl
+
+        shared = self._shared
+        if shared is None or cache is None or key is None or not self._joins(request):
+            entry, _, _ = await lead()
+            broadcast.finish((entry, None))
+            return
+
+        async def read() -> CacheEntry | None:
+            found = await cache.get(key)
+            return None if found is None else found[0]
+
+        entry, led = await shared.do(key, lead, read)
+        if not led:  # another process streamed it: replay its entry, unless corrupt
+            replay = await _replayable(cache, key, entry)
+            if replay is not None:
+                for chunk in replay:
+                    broadcast.push(chunk)
+                broadcast.finish((entry, CacheStatus.COALESCED))
+                return
+            entry, _, _ = await lead()
+        broadcast.finish((entry, None))
+
+
+async def _replayable(
+    cache: TieredCache, key: str, entry: CacheEntry
+) -> list[dict[str, Any]] | None:
+    """The chunks that replay ``entry``, or None when its stored stream is corrupt: then
+    it is counted and deleted, and the caller goes upstream. Read whole before the first
+    chunk is sent, so a reader never gets half a replay."""
+    try:
+        return list(replay_chunks(entry.body, entry.stream))
+    except CacheCorruptError as exc:
+        await cache.discard(key, exc)
+        return None
+
+
+class _StreamFlight:
+    __slots__ = ("broadcast", "readers", "task")
+
+    def __init__(self, *, shared: bool) -> None:
+        # A flight nobody else can join has one reader: it holds only the unread chunks.
+        self.broadcast: Broadcast[dict[str, Any], tuple[CacheEntry, CacheStatus | None]] = (
+            Broadcast(replay=shared)
+        )
+        self.readers = 0
+        self.task: asyncio.Task[None]

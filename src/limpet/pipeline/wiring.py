@@ -1,0 +1,155 @@
+"""How the Client's arguments become the pipeline's parts: each argument checked (a bad
+one is a ``ConfigurationError`` naming it) and resolved to what the stages use."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Final
+
+from limpet.cache.base import CacheBackend
+from limpet.cache.memory import MemoryCache
+from limpet.cache.tiered import TieredCache
+from limpet.config import AdmissionConfig, Endpoint, default_base_url
+from limpet.errors import ConfigurationError, InvalidRequestError
+from limpet.pipeline.credentials import CACHE_SCOPES
+from limpet.pipeline.validation import validate_ttl
+from limpet.providers.prompt_cache import DEFAULT_CACHE_CONTROL, CacheControlConfig
+from limpet.routing.base import Router
+from limpet.routing.sticky import StickyRouter
+
+API_KEY_ENV = "OPENROUTER_API_KEY"
+
+
+class DefaultCache:
+    """The default of ``Client(cache=...)``: a ``MemoryCache`` of the Client's own."""
+
+    def __repr__(self) -> str:
+        return "MemoryCache()"
+
+
+DEFAULT_CACHE: Final = DefaultCache()
+
+
+def resolve_cache(cache: object) -> TieredCache | None:
+    if cache is None:
+        return None
+    if isinstance(cache, DefaultCache):
+        return TieredCache(MemoryCache())
+    if isinstance(cache, TieredCache):
+        return cache
+    if isinstance(cache, CacheBackend):
+        return TieredCache(cache)
+    raise ConfigurationError(
+        f"Client.cache: expected a CacheBackend, a TieredCache or None, got {type(cache).__name__}"
+    )
+
+
+def resolve_ttl(ttl: object, default: float) -> float:
+    try:
+        return validate_ttl(ttl) or default
+    except InvalidRequestError as exc:
+        raise ConfigurationError(f"Client.{exc}") from None
+
+
+def resolve_close_grace(close_grace: object) -> float:
+    if isinstance(close_grace, bool) or not isinstance(close_grace, int | float):
+        raise ConfigurationError(f"Client.close_grace: expected seconds, got {close_grace!r}")
+    if not 0 <= close_grace < math.inf:
+        raise ConfigurationError(
+            f"Client.close_grace: expected a finite number >= 0, got {close_grace!r}"
+        )
+    return float(close_grace)
+
+
+def check_scope(namespace: object, cache_scope: object) -> None:
+    if not isinstance(namespace, str):
+        raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
+    if cache_scope not in CACHE_SCOPES:
+        raise ConfigurationError(
+            f"Client.cache_scope: expected 'credential' or 'namespace', got {cache_scope!r}"
+        )
+
+
+def check_max_embed_inputs(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError("Client.max_embed_inputs: expected an int >= 1")
+
+
+def attribution_headers(app_url: str | None, app_title: str | None) -> dict[str, str]:
+    """OpenRouter's attribution headers (never part of the key)."""
+    headers = {}
+    if app_url:
+        headers["HTTP-Referer"] = app_url
+    if app_title:
+        headers["X-Title"] = app_title
+    return headers
+
+
+def resolve_admission(value: object) -> AdmissionConfig | None:
+    if value is True:
+        return AdmissionConfig()
+    if value is False or value is None:
+        return None
+    if isinstance(value, AdmissionConfig):
+        return value
+    raise ConfigurationError(
+        f"Client.admission: expected an AdmissionConfig, True, False or None, got {value!r}"
+    )
+
+
+def resolve_cache_control(value: object) -> CacheControlConfig | None:
+    if value is True:
+        return DEFAULT_CACHE_CONTROL
+    if value is False or value is None:
+        return None
+    if isinstance(value, CacheControlConfig):
+        return value
+    raise ConfigurationError(
+        f"Client.auto_cache_control: expected a bool or a CacheControlConfig, got {value!r}"
+    )
+
+
+def resolve_router(
+    router: Router | None,
+    endpoints: Sequence[Endpoint] | None,
+    base_url: str | None,
+    api_key: str | None,
+) -> Router:
+    if router is None:
+        return StickyRouter(resolve_endpoints(endpoints, base_url, api_key))
+    if not isinstance(router, Router):
+        raise ConfigurationError(
+            f"Client.router: expected a Router such as StickyRouter, got {type(router).__name__}"
+        )
+    if endpoints is not None or base_url is not None or api_key is not None:
+        raise ConfigurationError(
+            "Client: the router holds the endpoints; give router= without endpoints=, "
+            "base_url= or api_key="
+        )
+    return router
+
+
+def resolve_endpoints(
+    endpoints: Sequence[Endpoint] | None, base_url: str | None, api_key: str | None
+) -> tuple[Endpoint, ...]:
+    if endpoints is not None:
+        if base_url is not None or api_key is not None:
+            raise ConfigurationError(
+                "Client: give either endpoints= or the base_url=/api_key= shortcut, not both"
+            )
+        resolved = tuple(endpoints)
+        if not resolved or not all(isinstance(e, Endpoint) for e in resolved):
+            raise ConfigurationError("Client.endpoints: expected a non-empty list of Endpoint")
+        names = [e.name for e in resolved]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"Client.endpoints: names must be unique, got {names}")
+        return resolved
+    return (
+        Endpoint(
+            "default",
+            base_url or default_base_url(),
+            api_key=api_key or os.environ.get(API_KEY_ENV) or None,
+        ),
+    )
