@@ -20,9 +20,8 @@ from limpet.config import (
     Timeouts,
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
-from limpet.flight.coalesce import FlightStore, RedisFlight, SingleFlight
+from limpet.flight.coalesce import FlightStore
 from limpet.http.admission import metered_queueing
-from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import Completion, Embeddings
 from limpet.observe.events import EventHook
@@ -30,18 +29,13 @@ from limpet.observe.fleet import FleetCounters
 from limpet.observe.recorder import Recorder
 from limpet.observe.stats import Stats
 from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
-from limpet.pipeline.account import Accounting
 from limpet.pipeline.calls import RunningCalls
-from limpet.pipeline.chat import ChatPipeline, Filled
 from limpet.pipeline.credentials import CacheScope, credential_scope
-from limpet.pipeline.embed_calls import EmbedCalls
-from limpet.pipeline.embeddings import Embedder
 from limpet.pipeline.keying import Keying
+from limpet.pipeline.pipelines import Pipelines
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.request import chat_request, embed_request, with_extras
-from limpet.pipeline.stream import CompletionStream, StreamCalls
-from limpet.pipeline.stream_flights import StreamFlights
-from limpet.pipeline.upstream import Upstream
+from limpet.pipeline.stream import CompletionStream
 from limpet.pipeline.validation import validate_request
 from limpet.pipeline.vectors import DEFAULT_MAX_INPUTS
 from limpet.pipeline.wiring import (
@@ -59,9 +53,7 @@ from limpet.pipeline.wiring import (
 )
 from limpet.providers.pricing import PriceTable
 from limpet.providers.prompt_cache import CacheControlConfig, inject_cache_control
-from limpet.routing.affinity import affinity_store_for
 from limpet.routing.base import Router
-from limpet.routing.sticky import StickyRouter
 
 if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
@@ -204,63 +196,27 @@ class Client:
         self._closed = False
         self._calls = RunningCalls()  # past the hit path; aclose() waits for them
         self._closing: asyncio.Future[None] | None = None
-        self._wire(coalesce, flight, max_embed_inputs)
-
-    def _wire(self, coalesce: bool, flight: FlightConfig | None, max_embed_inputs: int) -> None:
-        """The pipeline's stages, shared by ``complete()``, ``stream()`` and ``embed()``."""
-        cache, transport, router = self._cache, self._transport, self._router
-        if isinstance(router, StickyRouter):
-            if router.store is None:  # share the affinity map through the Redis tier
-                router.use_store(affinity_store_for(cache.tiers if cache is not None else ()))
-            router.use_admissions(transport.admissions)
-        if cache is not None:
-            self.stats.attach(cache)
-        self.stats.admissions = transport.admissions
-        leases = _flight_store(cache) if coalesce else None
-
-        def shared() -> Any:
-            return None if leases is None else RedisFlight(leases, flight)
-
-        mark = None if self._cache_control is None else self._marked
-        upstream = Upstream(router, Accounting(self._prices), self.stats, mark)
-        local: SingleFlight[Filled] | None = (
-            SingleFlight(retry_if=should_retry) if coalesce else None
-        )
-        self._chat = ChatPipeline(
-            cache=cache,
-            keying=self._keying,
-            upstream=upstream,
-            transport=transport,
-            flight=local,
-            shared=shared(),
-        )
-        flights = StreamFlights(
-            cache=cache, transport=transport, upstream=upstream, shared=shared(), coalesce=coalesce
-        )
-        self._streams = StreamCalls(
-            flights=flights,
-            calls=self._calls,
-            keying=self._keying,
-            recorder=self._recorder,
-            closed=self._is_closed,
-        )
-        self._stream_flights = flights
-        embedder = Embedder(
-            cache=cache,
-            transport=transport,
-            endpoints=self._endpoints,
-            stats=self.stats,
+        pipelines = Pipelines(
+            cache=self._cache,
+            router=self._router,
+            transport=self._transport,
             prices=self._prices,
-            coalesce=coalesce,
-            shared=shared(),
-            max_inputs=max_embed_inputs,
-        )
-        self._embeds = EmbedCalls(
-            embedder=embedder,
+            stats=self.stats,
+            recorder=self._recorder,
             keying=self._keying,
             calls=self._calls,
-            recorder=self._recorder,
             closed=self._is_closed,
+            coalesce=coalesce,
+            leases=_flight_store(self._cache) if coalesce else None,
+            flight=flight,
+            mark=None if self._cache_control is None else self._marked,
+            max_embed_inputs=max_embed_inputs,
+        )
+        self._pipelines = pipelines
+        self._chat, self._streams, self._embeds = (
+            pipelines.chat,
+            pipelines.streams,
+            pipelines.embeds,
         )
 
     def __repr__(self) -> str:
@@ -407,7 +363,7 @@ class Client:
             extra_body=extra_body,
             stream=True,
         )
-        return self._streams.open(request)
+        return self._pipelines.streams.open(request)
 
     async def embed(
         self,
@@ -558,9 +514,7 @@ class Client:
         if not await self._calls.unwound(_UNWIND_TIMEOUT):
             logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
         # Then what is left (a stream held open but not read), and wait for it all to stop.
-        await self._stream_flights.aclose()
-        await self._embeds.embedder.aclose()
-        await self._chat.aclose()
+        await self._pipelines.aclose()
 
     async def _fetch_models(self) -> object:
         return await self._transport.get_json(self._endpoints[0], "/models")

@@ -188,6 +188,28 @@ async def test_when_every_reader_leaves_the_upstream_stream_is_dropped_and_not_c
     assert ep.calls == 2
 
 
+async def test_streams_of_a_client_that_does_not_coalesce_each_go_upstream(
+    gateway: FakeGateway,
+) -> None:
+    """coalesce=False means no sharing for streams too, as for complete(): each stream is
+    its own upstream call; the answer is still cached and replayed afterwards."""
+    ep = gateway.endpoint("a")
+    endpoint = Endpoint("a", gateway.base_url("a"))
+    async with Client(endpoints=[endpoint], coalesce=False) as client:
+        ep.pause_stream(after_chunks=1)
+        streams = [client.stream(**ask()) for _ in range(3)]
+        tasks = [asyncio.create_task(collect(s)) for s in streams]
+        await ep.wait_for_calls(3)
+        ep.resume_stream()
+        await asyncio.gather(*tasks)
+        assert ep.calls == 3
+        assert [s.completion.cache for s in streams if s.completion] == [CacheStatus.MISS] * 3
+        replay = client.stream(**ask())
+        await collect(replay)
+        assert replay.completion is not None and replay.completion.cache is CacheStatus.HIT
+        assert ep.calls == 3
+
+
 @pytest.mark.parametrize("fault", ["stream_error", "drop_connection"])
 async def test_a_failure_mid_stream_reaches_every_reader_and_nothing_is_cached(
     client: Client, gateway: FakeGateway, fault: str

@@ -1,0 +1,120 @@
+"""The three pipelines of a Client (``complete()``, ``stream()``, ``embed()``) over stages
+they share: one key stage, one upstream stage with one accountant, one recorder, one set
+of running calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from limpet.cache.tiered import TieredCache
+from limpet.config import FlightConfig
+from limpet.flight.coalesce import FlightStore, RedisFlight, SingleFlight
+from limpet.http.retry import should_retry
+from limpet.http.transport import Transport
+from limpet.observe.recorder import Recorder
+from limpet.observe.stats import Stats
+from limpet.pipeline.account import Accounting
+from limpet.pipeline.calls import RunningCalls
+from limpet.pipeline.chat import ChatPipeline, Filled
+from limpet.pipeline.embed_calls import EmbedCalls
+from limpet.pipeline.embeddings import Embedder
+from limpet.pipeline.keying import Keying
+from limpet.pipeline.stream import StreamCalls
+from limpet.pipeline.stream_flights import StreamFlights
+from limpet.pipeline.upstream import Upstream
+from limpet.providers.pricing import PriceTable
+from limpet.routing.affinity import affinity_store_for
+from limpet.routing.base import Router
+from limpet.routing.sticky import StickyRouter
+
+
+class Pipelines:
+    """``chat``, ``streams`` and ``embeds``, wired for one Client.
+
+    Args:
+        leases: the cross-process flight store of the cache's shared tier, when it has
+            one and coalescing is on.
+        mark: marks what is sent with ``cache_control`` (``auto_cache_control``), or None.
+        closed: tells whether the Client is closed.
+    """
+
+    __slots__ = ("chat", "embeds", "stream_flights", "streams")
+
+    def __init__(
+        self,
+        *,
+        cache: TieredCache | None,
+        router: Router,
+        transport: Transport,
+        prices: PriceTable,
+        stats: Stats,
+        recorder: Recorder,
+        keying: Keying,
+        calls: RunningCalls,
+        closed: Callable[[], bool],
+        coalesce: bool,
+        leases: FlightStore | None,
+        flight: FlightConfig | None,
+        mark: Callable[[dict[str, Any]], dict[str, Any]] | None,
+        max_embed_inputs: int,
+    ) -> None:
+        _wire_router(router, cache, transport)
+        if cache is not None:
+            stats.attach(cache)
+        stats.admissions = transport.admissions
+
+        def shared() -> Any:
+            return None if leases is None else RedisFlight(leases, flight)
+
+        upstream = Upstream(router, Accounting(prices), stats, mark)
+        local: SingleFlight[Filled] | None = (
+            SingleFlight(retry_if=should_retry) if coalesce else None
+        )
+        self.chat = ChatPipeline(
+            cache=cache,
+            keying=keying,
+            upstream=upstream,
+            transport=transport,
+            flight=local,
+            shared=shared(),
+        )
+        self.stream_flights = StreamFlights(
+            cache=cache, transport=transport, upstream=upstream, shared=shared(), coalesce=coalesce
+        )
+        self.streams = StreamCalls(
+            flights=self.stream_flights,
+            calls=calls,
+            keying=keying,
+            recorder=recorder,
+            closed=closed,
+        )
+        embedder = Embedder(
+            cache=cache,
+            transport=transport,
+            endpoints=router.endpoints,
+            stats=stats,
+            prices=prices,
+            coalesce=coalesce,
+            shared=shared(),
+            max_inputs=max_embed_inputs,
+        )
+        self.embeds = EmbedCalls(
+            embedder=embedder, keying=keying, calls=calls, recorder=recorder, closed=closed
+        )
+
+    async def aclose(self) -> None:
+        """Stop what the callers left running (a stream held open but not read, shared
+        calls), and wait for it to stop: the Client's ``aclose()``, after its grace."""
+        await self.stream_flights.aclose()
+        await self.embeds.embedder.aclose()
+        await self.chat.aclose()
+
+
+def _wire_router(router: Router, cache: TieredCache | None, transport: Transport) -> None:
+    """A sticky router shares its affinity map through the Redis tier, when there is one,
+    and ranks by what admission sees."""
+    if isinstance(router, StickyRouter):
+        if router.store is None:
+            router.use_store(affinity_store_for(cache.tiers if cache is not None else ()))
+        router.use_admissions(transport.admissions)
