@@ -11,10 +11,11 @@ from typing import Any
 
 from limpet.cache.base import CacheEntry
 from limpet.models import Completion, Cost, Usage
+from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
 from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
 from limpet.providers.prompt_cache import breakpoint_ttl
-from limpet.providers.usage import reported_cost, with_write_ttl
+from limpet.providers.usage import parse_usage, reported_cost, with_write_ttl
 
 
 class Accounting:
@@ -53,3 +54,29 @@ def priced(completion: Completion, request: Request) -> Completion:
     if completion.cost is not None and request.saved_usd is not None:
         completion.cost = Cost(completion.cost.usd, request.saved_usd)
     return completion
+
+
+def add_batch(
+    sent: Sent, keys: list[str], vectors: list[bytes], body: dict[str, Any], name: str
+) -> None:
+    """Add one embeddings response to what a call's requests brought back."""
+    sent.vectors.update(zip(keys, vectors, strict=True))
+    sent.raw.append(body)
+    usage = parse_usage(body.get("usage"))
+    sent.usages.append(usage)
+    sent.usage = usage if sent.usage is None else sent.usage + usage
+    if isinstance(body.get("model"), str):
+        sent.model = body["model"]
+    sent.endpoint = name
+
+
+async def price_embeddings(prices: PriceTable, sent: Sent, model: str) -> None:
+    """What the requests cost: the gateway's reported cost, else input tokens priced."""
+    if sent.usage is None:
+        return
+    found = await prices.prices(sent.model or model, model)
+    total: float | None = 0.0
+    for body, usage in zip(sent.raw, sent.usages, strict=True):
+        one = completion_cost(usage, found, reported_cost(body.get("usage")))
+        total = None if one is None or total is None else total + one.usd
+    sent.cost = total

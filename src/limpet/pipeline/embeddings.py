@@ -23,26 +23,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from limpet.cache.tiered import TieredCache
 from limpet.config import Endpoint
 from limpet.errors import (
-    APIError,
     APIResponseError,
-    ClientClosedError,
-    EmbeddingBatchError,
 )
 from limpet.flight.coalesce import RedisFlight
 from limpet.flight.embeddings import fetch_shared
-from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
-from limpet.models import Cost, Embeddings, Usage
+from limpet.models import Embeddings
 from limpet.observe.stats import Stats
+from limpet.pipeline.account import add_batch, price_embeddings
 from limpet.pipeline.calls import Call
+from limpet.pipeline.embed_result import Sent, embeddings_result, settle
 from limpet.pipeline.keys import request_keys
 from limpet.pipeline.policy import CacheDecision
+from limpet.pipeline.upstream import first_answer
 from limpet.pipeline.vectors import (
     DEFAULT_MAX_INPUTS,
     VectorCodec,
@@ -50,28 +48,12 @@ from limpet.pipeline.vectors import (
     item_prefix,
     merge_by_index,
     plan_batches,
-    unpack_floats,
 )
-from limpet.providers.pricing import PriceTable, completion_cost
-from limpet.providers.usage import parse_usage, reported_cost
+from limpet.providers.pricing import PriceTable
 
 __all__ = ["Embedder"]
 
 logger = logging.getLogger("limpet")
-
-
-@dataclass(slots=True)
-class _Sent:
-    """What this call's own upstream requests brought back."""
-
-    vectors: dict[str, bytes] = field(default_factory=dict)
-    failed: dict[str, BaseException] = field(default_factory=dict)
-    usage: Usage | None = None
-    cost: float | None = 0.0
-    model: str | None = None
-    endpoint: str | None = None
-    raw: list[dict[str, Any]] = field(default_factory=list)
-    from_others: set[str] = field(default_factory=set)  # sent by another process
 
 
 class Embedder:
@@ -131,7 +113,7 @@ class Embedder:
         # One future per input being sent by some call of this process: bounded by the
         # inputs in flight, each removed when its request ends.
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
-        self._tasks: set[asyncio.Future[_Sent]] = set()
+        self._tasks: set[asyncio.Future[Sent]] = set()
 
     def keys(
         self,
@@ -196,7 +178,7 @@ class Embedder:
                 waiting[key] = flight
             else:
                 owned.append(key)
-        sent = _Sent()
+        sent = Sent()
         if owned:
             items = [(key, first[key]) for key in owned]
             call.waiting_for = "embeddings from upstream"
@@ -205,7 +187,7 @@ class Embedder:
         if waiting:
             call.waiting_for = "embeddings another call is sending"
             await asyncio.wait(waiting.values())
-        return self._result(model, texts, keys, found, sent, waiting, len(owned))
+        return embeddings_result(self._stats, model, texts, keys, found, sent, waiting, len(owned))
 
     async def aclose(self) -> None:
         """Cancel the requests still running and wait until they have unwound."""
@@ -232,7 +214,7 @@ class Embedder:
         self, model: str, texts: list[str], keys: list[str], found: dict[str, bytes]
     ) -> Embeddings:
         """The result of a call whose every input ``found`` holds."""
-        return self._result(model, texts, keys, found, _Sent(), {}, 0)
+        return embeddings_result(self._stats, model, texts, keys, found, Sent(), {}, 0)
 
     def _read_shared(self, decision: CacheDecision) -> bool:
         """Whether a lookup reads tiers outside this process (and so may yield)."""
@@ -261,7 +243,7 @@ class Embedder:
         decision: CacheDecision,
         ttl: float,
         call: Call,
-    ) -> asyncio.Future[_Sent]:
+    ) -> asyncio.Future[Sent]:
         """Send and store ``items`` as a task of its own, their futures registered in the
         same step (no await between): another call finds them in flight from here on."""
         loop = asyncio.get_running_loop()
@@ -285,11 +267,11 @@ class Embedder:
         decision: CacheDecision,
         ttl: float,
         call: Call,
-    ) -> _Sent:
+    ) -> Sent:
         """Every request for ``items``, concurrently, and the vectors stored; then each
         future gets its vector or its request's error and leaves the in-flight table,
         whatever happened (stored first: an input is always in flight or cached)."""
-        sent = _Sent()
+        sent = Sent()
         try:
             if self._shared is not None and decision.coalesce and self._cache is not None:
                 await self._send_shared(self._shared, model, items, params, wire, ttl, call, sent)
@@ -297,12 +279,12 @@ class Embedder:
                 await self._requests(model, items, params, wire, call, sent)
                 if decision.write:
                     await self._store(sent.vectors, ttl)
-            await self._price(sent, model)
+            await price_embeddings(self._prices, sent, model)
         finally:
             for key, future in futures.items():
                 if self._inflight.get(key) is future:
                     del self._inflight[key]
-                _settle(future, sent.vectors.get(key), sent.failed.get(key))
+                settle(future, sent.vectors.get(key), sent.failed.get(key))
         return sent
 
     async def _requests(
@@ -312,7 +294,7 @@ class Embedder:
         params: dict[str, Any],
         wire: dict[str, Any],
         call: Call,
-        sent: _Sent,
+        sent: Sent,
     ) -> dict[str, bytes | BaseException]:
         """``items`` in requests of at most the batch size, concurrently; what came back
         (each key's vector or its request's error) is added to ``sent`` and returned."""
@@ -332,7 +314,7 @@ class Embedder:
                 sent.failed.update(dict.fromkeys(batch_keys, answer))
                 results.update(dict.fromkeys(batch_keys, answer))
             else:
-                self._account(sent, batch_keys, *answer)
+                add_batch(sent, batch_keys, *answer)
                 results.update(zip(batch_keys, answer[0], strict=True))
         return results
 
@@ -345,7 +327,7 @@ class Embedder:
         wire: dict[str, Any],
         ttl: float,
         call: Call,
-        sent: _Sent,
+        sent: Sent,
     ) -> None:
         """``items`` under cross-process leases (``limpet.flight.embeddings``): those another
         process is sending are read when it stores them, and counted as coalesced."""
@@ -394,125 +376,22 @@ class Embedder:
         """One request with ``call``'s headers, failing over to the next endpoint on a
         retryable error; no retry starts that could not end before its deadline."""
         body = {**params, **wire, "model": model, "input": [text for _, text in items]}
-        for index, endpoint in enumerate(self._endpoints):
+
+        async def attempt(endpoint: Endpoint) -> tuple[list[bytes], dict[str, Any], str]:
             self._stats.embedding_requests += 1
-            try:
-                response = await self._transport.embeddings(
-                    endpoint, body, headers=call.headers, deadline=call.deadline
-                )
-                try:
-                    vectors = merge_by_index(response.body["data"], len(items))
-                except ValueError as exc:
-                    raise APIResponseError(
-                        f"embeddings response is malformed: {exc}",
-                        status_code=200,
-                        body="",
-                        endpoint=endpoint.name,
-                    ) from None
-            except APIError as exc:
-                if index + 1 == len(self._endpoints) or not should_retry(exc):
-                    raise
-                logger.warning("limpet: endpoint %r failed (%s); trying the next", endpoint, exc)
-                continue
-            return vectors, response.body, response.endpoint
-        raise AssertionError("unreachable: the last endpoint's failure is raised")
-
-    def _account(
-        self, sent: _Sent, keys: list[str], vectors: list[bytes], body: dict[str, Any], name: str
-    ) -> None:
-        sent.vectors.update(zip(keys, vectors, strict=True))
-        sent.raw.append(body)
-        usage = parse_usage(body.get("usage"))
-        sent.usage = usage if sent.usage is None else sent.usage + usage
-        if isinstance(body.get("model"), str):
-            sent.model = body["model"]
-        sent.endpoint = name
-
-    async def _price(self, sent: _Sent, model: str) -> None:
-        """What the requests cost: the gateway's reported cost, else input tokens priced."""
-        if sent.usage is None:
-            return
-        prices = await self._prices.prices(sent.model or model, model)
-        total: float | None = 0.0
-        for body in sent.raw:
-            one = completion_cost(
-                parse_usage(body.get("usage")), prices, reported_cost(body.get("usage"))
+            response = await self._transport.embeddings(
+                endpoint, body, headers=call.headers, deadline=call.deadline
             )
-            total = None if one is None or total is None else total + one.usd
-        sent.cost = total
+            try:
+                vectors = merge_by_index(response.body["data"], len(items))
+            except ValueError as exc:
+                raise APIResponseError(
+                    f"embeddings response is malformed: {exc}",
+                    status_code=200,
+                    body="",
+                    endpoint=endpoint.name,
+                ) from None
+            return vectors, response.body, response.endpoint
 
-    def _result(
-        self,
-        model: str,
-        texts: list[str],
-        keys: list[str],
-        found: dict[str, bytes],
-        sent: _Sent,
-        waiting: dict[str, asyncio.Future[bytes]],
-        owned: int,
-    ) -> Embeddings:
-        """The vectors in input order, counted per input; or the error naming the failed."""
-        vectors: list[list[float] | None] = []
-        failed: list[int] = []
-        hits = 0
-        cause: BaseException | None = None
-        for position, key in enumerate(keys):
-            packed = found.get(key)
-            if packed is not None:
-                hits += 1
-            else:
-                packed = sent.vectors.get(key)
-                flight = waiting.get(key)
-                error = sent.failed.get(key)
-                if packed is None and flight is not None:
-                    if flight.cancelled():
-                        error = ClientClosedError("Client closed while the call was running")
-                    elif flight.exception() is None:
-                        packed = flight.result()
-                    else:
-                        error = flight.exception()
-                if packed is None:
-                    failed.append(position)
-                    cause = cause or error or ClientClosedError("Client closed during the call")
-                    vectors.append(None)
-                    continue
-            vectors.append(unpack_floats(packed))
-        misses = owned - len(sent.from_others)  # sent upstream by this call
-        coalesced = len(texts) - hits - misses
-        stats = self._stats
-        stats.embedding_hits += hits
-        stats.embedding_misses += misses
-        stats.embedding_coalesced += coalesced
-        if failed:
-            raise EmbeddingBatchError(
-                f"{len(failed)} of {len(texts)} inputs could not be embedded: {cause}",
-                failed=tuple(failed),
-                vectors=vectors,
-                endpoint=getattr(cause, "endpoint", None),
-            ) from cause
-        usage = sent.usage or Usage()
-        cost = None if sent.cost is None else Cost(sent.cost)
-        return Embeddings(
-            [v for v in vectors if v is not None],
-            sent.model or model,
-            usage,
-            cost,
-            hits,
-            misses,
-            coalesced,
-            sent.raw,
-        )
-
-
-def _settle(
-    future: asyncio.Future[bytes], vector: bytes | None, error: BaseException | None
-) -> None:
-    if future.done():
-        return
-    if vector is not None:
-        future.set_result(vector)
-    elif error is None:
-        future.cancel()  # the sending was cancelled (aclose)
-    else:
-        future.set_exception(error)
-        future.exception()  # seen: nobody may be waiting for it
+        _, answer = await first_answer(self._endpoints, attempt)
+        return answer

@@ -10,8 +10,8 @@ the account stage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from limpet.cache.base import CacheEntry
 from limpet.config import Endpoint
@@ -25,6 +25,8 @@ from limpet.pipeline.request import Request
 from limpet.routing.base import Router
 
 logger = logging.getLogger("limpet")
+
+T = TypeVar("T")
 
 
 class Answer:
@@ -81,26 +83,45 @@ class Upstream:
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
         route = await self._router.route(sent)
-        ranked = route.endpoints
-        for index, endpoint in enumerate(ranked):
+
+        async def attempt(endpoint: Endpoint) -> Answer:
             self._stats.upstream_calls += 1
-            try:
-                with route.attempt(endpoint) as attempt:
-                    call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
-                    answer = await exchange.attempt(endpoint, route.body, call)
-                    attempt.served(answer.usage)
-            except APIError as exc:
-                last = index + 1 == len(ranked)
-                if last or exchange.committed or not should_retry(exc):
-                    raise
-                logger.warning(
-                    "limpet: endpoint %r failed (%s); trying %r",
-                    endpoint.name,
-                    exc,
-                    ranked[index + 1].name,
-                )
-                continue
-            return await self._account.entry(
-                request, answer.body, answer.usage, endpoint.name, route.body, answer.stream
+            with route.attempt(endpoint) as attempt:
+                call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
+                answer = await exchange.attempt(endpoint, route.body, call)
+                attempt.served(answer.usage)
+            return answer
+
+        endpoint, answer = await first_answer(route.endpoints, attempt, exchange)
+        return await self._account.entry(
+            request, answer.body, answer.usage, endpoint.name, route.body, answer.stream
+        )
+
+
+class _Committed(Protocol):
+    @property
+    def committed(self) -> bool: ...
+
+
+async def first_answer(
+    ranked: Sequence[Endpoint],
+    attempt: Callable[[Endpoint], Awaitable[T]],
+    exchange: _Committed | None = None,
+) -> tuple[Endpoint, T]:
+    """The endpoint that answered first and its answer: each of ``ranked`` is tried in
+    turn while the failure is retryable and nothing of the answer reached a reader yet
+    (``exchange.committed``). The one failover loop of every upstream request."""
+    for index, endpoint in enumerate(ranked):
+        try:
+            return endpoint, await attempt(endpoint)
+        except APIError as exc:
+            last = index + 1 == len(ranked)
+            if last or (exchange is not None and exchange.committed) or not should_retry(exc):
+                raise
+            logger.warning(
+                "limpet: endpoint %r failed (%s); trying %r",
+                endpoint.name,
+                exc,
+                ranked[index + 1].name,
             )
-        raise AssertionError("unreachable: the last endpoint's failure is raised")
+    raise AssertionError("unreachable: the last endpoint's failure is raised")
