@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from limpet.cache.base import CacheBackend
@@ -164,7 +165,7 @@ class Client:
         max_embed_inputs: int = DEFAULT_MAX_INPUTS,
         admission: AdmissionConfig | bool | None = True,
     ) -> None:
-        self._cache_control = resolve_cache_control(auto_cache_control)
+        control = resolve_cache_control(auto_cache_control)
         self._router = resolve_router(router, endpoints, base_url, api_key)
         self._endpoints = self._router.endpoints
         self._cache = resolve_cache(cache)
@@ -209,7 +210,7 @@ class Client:
             coalesce=coalesce,
             leases=_flight_store(self._cache) if coalesce else None,
             flight=flight,
-            mark=None if self._cache_control is None else self._marked,
+            mark=None if control is None else partial(inject_cache_control, config=control),
             max_embed_inputs=max_embed_inputs,
         )
         self._pipelines = pipelines
@@ -518,12 +519,6 @@ class Client:
 
     async def _fetch_models(self) -> object:
         return await self._transport.get_json(self._endpoints[0], "/models")
-
-    def _marked(self, body: dict[str, Any]) -> dict[str, Any]:
-        """What is sent upstream, marked with ``cache_control``. The key is the caller's
-        request's; the route is what is sent, since the marks decide what is cached."""
-        assert self._cache_control is not None
-        return inject_cache_control(body, self._cache_control)
 
 
 def _generation_store(cache: TieredCache | None) -> GenerationStore | None:
