@@ -45,6 +45,7 @@ from limpet.pipeline.wiring import (
     attribution_headers,
     check_max_embed_inputs,
     check_scope,
+    event_hooks,
     resolve_admission,
     resolve_cache,
     resolve_cache_control,
@@ -185,10 +186,10 @@ class Client:
         )
         self._prices = prices if prices is not None else PriceTable(self._fetch_models)
         self.stats = Stats()
-        hooks = () if on_event is None else (on_event,) if callable(on_event) else on_event
         redis_tier = _redis_tier(self._cache) if fleet_stats else None
         fleet = None if redis_tier is None else FleetCounters(redis_tier)
-        self._recorder = Recorder(self.stats, fleet, tuple(hooks), self._transport.admissions)
+        admissions = self._transport.admissions
+        self._recorder = Recorder(self.stats, fleet, event_hooks(on_event), admissions)
         credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
         generations = Generations(
             _generation_store(self._cache), namespace=namespace, credential=credential
@@ -197,7 +198,19 @@ class Client:
         self._closed = False
         self._calls = RunningCalls()  # past the hit path; aclose() waits for them
         self._closing: asyncio.Future[None] | None = None
-        pipelines = Pipelines(
+        self._pipelines = self._wire(coalesce, flight, control, max_embed_inputs)
+        self._chat, self._embeds = self._pipelines.chat, self._pipelines.embeds
+
+    def _wire(
+        self,
+        coalesce: bool,
+        flight: FlightConfig | None,
+        control: CacheControlConfig | None,
+        max_embed_inputs: int,
+    ) -> Pipelines:
+        """The pipelines of ``complete()``, ``stream()`` and ``embed()``, over the parts
+        ``__init__`` made."""
+        return Pipelines(
             cache=self._cache,
             router=self._router,
             transport=self._transport,
@@ -212,12 +225,6 @@ class Client:
             flight=flight,
             mark=None if control is None else partial(inject_cache_control, config=control),
             max_embed_inputs=max_embed_inputs,
-        )
-        self._pipelines = pipelines
-        self._chat, self._streams, self._embeds = (
-            pipelines.chat,
-            pipelines.streams,
-            pipelines.embeds,
         )
 
     def __repr__(self) -> str:

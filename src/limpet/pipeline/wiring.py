@@ -13,6 +13,7 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import AdmissionConfig, Endpoint, default_base_url
 from limpet.errors import ConfigurationError, InvalidRequestError
+from limpet.observe.events import EventHook
 from limpet.pipeline.credentials import CACHE_SCOPES
 from limpet.pipeline.validation import validate_ttl
 from limpet.providers.prompt_cache import DEFAULT_CACHE_CONTROL, CacheControlConfig
@@ -85,6 +86,13 @@ def attribution_headers(app_url: str | None, app_title: str | None) -> dict[str,
     if app_title:
         headers["X-Title"] = app_title
     return headers
+
+
+def event_hooks(on_event: EventHook | Sequence[EventHook] | None) -> tuple[EventHook, ...]:
+    """``Client(on_event=...)``: one hook, a list of them, or None."""
+    if on_event is None:
+        return ()
+    return (on_event,) if callable(on_event) else tuple(on_event)
 
 
 def resolve_admission(value: object) -> AdmissionConfig | None:
