@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from limpet._checks import check_http_url
 from limpet.errors import ConfigurationError, status_error
 from limpet.providers.gemini.http_call import HTTPCall, HTTPReply
 from limpet.providers.gemini.ledger import StorageLedger
@@ -59,10 +60,7 @@ class CachedContents:
         storage_usd_per_mtok_hour: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"CachedContents.base_url: expected an http(s) URL, got {base_url!r}"
-            )
+        check_http_url("CachedContents.base_url", base_url)
         if not isinstance(path, str) or (path and not path.startswith("/")):
             raise ConfigurationError(f"CachedContents.path: expected a path from '/', got {path!r}")
         self._http = http

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from limpet._checks import check_number
 from limpet.errors import ConfigurationError, NotFoundError
 from limpet.providers.pricing.genai import fallback_prices, fallback_snapshot
 from limpet.providers.pricing.prices import ModelPrices
@@ -82,10 +82,7 @@ class PriceTable:
         retry_after: float = DEFAULT_RETRY_AFTER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not (isinstance(retry_after, int | float) and 0 <= retry_after < math.inf):
-            raise ConfigurationError(
-                f"PriceTable.retry_after: expected seconds >= 0, got {retry_after!r}"
-            )
+        check_number("PriceTable.retry_after", retry_after)
         self._fetch = fetch
         self._overrides: dict[str, ModelPrices] = {}
         for model, prices in (overrides or {}).items():

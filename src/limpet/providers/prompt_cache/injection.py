@@ -10,11 +10,11 @@ system messages) when it is long enough to be cached, as the capability table
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from limpet._checks import check_number
 from limpet.errors import ConfigurationError
 from limpet.providers.cache_minimums import LEARNED_MINIMUMS, LearnedMinimums
 from limpet.providers.prompt_cache.capabilities import (
@@ -65,11 +65,7 @@ class CacheControlConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.ttl, str) or not self.ttl:
             raise ConfigurationError(f"CacheControlConfig.ttl: expected a str, got {self.ttl!r}")
-        cpt = self.chars_per_token
-        if isinstance(cpt, bool) or not isinstance(cpt, int | float) or not 0 < cpt < math.inf:
-            raise ConfigurationError(
-                f"CacheControlConfig.chars_per_token: expected a number > 0, got {cpt!r}"
-            )
+        check_number("CacheControlConfig.chars_per_token", self.chars_per_token, above=0)
         if not isinstance(self.capabilities, CapabilityTable):
             raise ConfigurationError("CacheControlConfig.capabilities: expected a CapabilityTable")
         if self.learned is not None and not isinstance(self.learned, LearnedMinimums):
