@@ -1,5 +1,5 @@
 """``Endpoint``: one place to send requests (a gateway URL, its key, headers and body
-defaults), and the gateways limpet knows by name."""
+defaults); the gateways limpet knows by name; which header values are secrets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from limpet._checks import check_choice, check_http_url, check_name, check_number
-from limpet.errors import ConfigurationError, header_secrets
+from limpet.errors import ConfigurationError
 
 __all__ = [
     "BASE_URL_ENV",
@@ -20,6 +20,7 @@ __all__ = [
     "Endpoint",
     "Gateway",
     "default_base_url",
+    "header_secrets",
 ]
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
@@ -30,6 +31,10 @@ BASE_URL_ENV = "LIMPET_BASE_URL"
 #: prompt cache (see ``Endpoint.gateway``).
 Gateway = Literal["openrouter"]
 GATEWAYS: frozenset[str] = frozenset({"openrouter"})
+
+# Header values shorter than this are not taken for secrets: scrubbing "gzip" or "en" out
+# of every message would garble it and hide nothing.
+_MIN_SECRET_CHARS = 8
 
 
 def _is_openrouter_url(url: str) -> bool:
@@ -189,3 +194,17 @@ class Endpoint:
 def default_base_url() -> str:
     """``$LIMPET_BASE_URL``, else OpenRouter's API root."""
     return os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+
+def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The strings in request headers that must never be shown: every value of 8 or more
+    characters, and the credential of a ``<scheme> <credential>`` value (``Bearer sk-...``),
+    which an upstream may echo without its scheme."""
+    found: list[str] = []
+    for value in headers.values():
+        if len(value) >= _MIN_SECRET_CHARS:
+            found.append(value)
+        scheme, _, credential = value.partition(" ")
+        if scheme and len(credential) >= _MIN_SECRET_CHARS:
+            found.append(credential)
+    return tuple(found)

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import aiohttp
 
 from limpet._extras import require_extra
-from limpet.errors import header_secrets, upstream_errors
+from limpet.endpoint import header_secrets
+from limpet.errors import upstream_errors
 from limpet.observe.events import EventHook
 
 __all__ = ["MetricsRegistry", "ModelListings"]

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from limpet.errors import excerpt, header_secrets, scrub, upstream_errors
+from limpet.endpoint import header_secrets
+from limpet.errors import excerpt, scrub, upstream_errors
 
 __all__ = ["AiohttpCall", "HTTPCall", "HTTPReply"]
 
