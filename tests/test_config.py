@@ -1,16 +1,39 @@
 """Every config value passes one number check: a bool is never a number, NaN and the
-infinities are never finite, and the error names the field and what it expected."""
+infinities are never finite, and the error names the field and what it expected. Text
+values (names, URLs, choices, flags) have one check each, in ``limpet._checks``."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 
-from limpet import AdmissionConfig, CachePolicy, Endpoint, FlightConfig, RetryConfig, Timeouts
+from limpet import (
+    AdmissionConfig,
+    CacheControlConfig,
+    CachePolicy,
+    Endpoint,
+    FlightConfig,
+    PriceTable,
+    RetryConfig,
+    Timeouts,
+)
 from limpet.config import RoutingConfig, check_number
 from limpet.errors import ConfigurationError
+from limpet.gemini import CachedContents, HTTPReply
+
+
+async def _never_called(
+    method: str,
+    url: str,
+    *,
+    json: Mapping[str, Any] | None = None,
+    params: Mapping[str, str] | None = None,
+) -> HTTPReply:
+    raise AssertionError("a refused config sends nothing")
+
 
 BAD_NUMBERS = [True, False, math.nan, math.inf, -math.inf, -1, "1", None]
 
@@ -31,6 +54,11 @@ BAD_NUMBERS = [True, False, math.nan, math.inf, -math.inf, -1, "1", None]
         (
             lambda v: Endpoint("a", "http://x", embedding_batch_size=v),
             "Endpoint.embedding_batch_size",
+        ),
+        (lambda v: PriceTable(retry_after=v), "PriceTable.retry_after"),
+        (
+            lambda v: CacheControlConfig(chars_per_token=v),
+            "CacheControlConfig.chars_per_token",
         ),
     ],
 )
@@ -55,3 +83,35 @@ def test_the_bounds_and_what_passes() -> None:
         check_number("x", 0, integer=True)
     with pytest.raises(ConfigurationError, match=r"^Endpoint.rpm: expected an int >= 1 or None"):
         Endpoint("a", "http://x", rpm=0)
+
+
+@pytest.mark.parametrize(
+    ("build", "complaint"),
+    [
+        (lambda: Endpoint("", "http://x"), "Endpoint.name: expected a non-empty str, got ''"),
+        (
+            lambda: Endpoint("a", "ftp://x"),
+            "Endpoint.base_url: expected an http(s) URL, got 'ftp://x'",
+        ),
+        (
+            lambda: Endpoint("a", "http://x", gateway="litellm"),  # type: ignore[arg-type]
+            "Endpoint.gateway: expected 'openrouter' or None, got 'litellm'",
+        ),
+        (
+            lambda: RoutingConfig(unmarked="sticky"),  # type: ignore[arg-type]
+            "RoutingConfig.unmarked: expected 'conversation' or 'spread', got 'sticky'",
+        ),
+        (
+            lambda: RoutingConfig(session_id=1),  # type: ignore[arg-type]
+            "RoutingConfig.session_id: expected a bool, got 1",
+        ),
+        (
+            lambda: CachedContents(_never_called, "gateway.example"),
+            "CachedContents.base_url: expected an http(s) URL, got 'gateway.example'",
+        ),
+    ],
+)
+def test_text_values_are_checked_the_same_way(build: Callable[[], object], complaint: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        build()
+    assert str(refused.value) == complaint

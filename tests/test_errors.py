@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from limpet.endpoint import header_secrets
 from limpet.errors import (
     BODY_EXCERPT_CHARS,
     APIConnectionError,
@@ -18,7 +19,6 @@ from limpet.errors import (
     APITimeoutError,
     InternalServerError,
     excerpt,
-    header_secrets,
     scrub,
     scrub_error,
     upstream_errors,
@@ -141,3 +141,19 @@ def test_a_stream_error_is_a_generation_error() -> None:
 def test_a_failed_generation_is_retried_like_its_code(code: int | None, retried: bool) -> None:
     assert should_retry(APIGenerationError("failed", status_code=code)) is retried
     assert should_retry(APIStreamError("failed", status_code=code)) is retried
+
+
+def test_the_docstring_draws_every_exception_of_the_tree() -> None:
+    import re
+
+    import limpet.errors
+
+    drawn = set(re.findall(r"\b([A-Z]\w+Error)\b", limpet.errors.__doc__ or ""))
+    defined = {
+        name
+        for name, value in vars(limpet.errors).items()
+        if isinstance(value, type)
+        and issubclass(value, Exception)
+        and value.__module__ == "limpet.errors"
+    }
+    assert defined <= drawn

@@ -19,7 +19,7 @@ from limpet.errors import (
     RateLimitError,
 )
 from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
-from limpet.serve.app import ServeConfig, endpoints_of
+from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     BadHeaderError,
     answer_headers,

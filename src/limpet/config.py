@@ -1,19 +1,22 @@
-"""Configuration value objects: frozen, keyword-only, with defaults named as constants."""
+"""Configuration value objects: frozen, keyword-only, with defaults named as constants.
+
+Their values are checked by ``limpet._checks`` (one number check for all). ``Endpoint``
+(where requests go) has its own module, ``limpet.endpoint``, and is importable from here.
+"""
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field
-from types import MappingProxyType
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Literal
 
-from limpet.errors import ConfigurationError, header_secrets
+from limpet._checks import check_choice, check_flag, check_number
+from limpet.endpoint import DEFAULT_BASE_URL, Endpoint, Gateway, default_base_url
+from limpet.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_EJECTION_COOLDOWN",
+    "DEFAULT_HTTP_POOL_CONNECTIONS",
     "AdmissionConfig",
     "CachePolicy",
     "Endpoint",
@@ -22,11 +25,9 @@ __all__ = [
     "RetryConfig",
     "RoutingConfig",
     "Timeouts",
+    "check_number",
+    "default_base_url",
 ]
-
-DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
-#: The environment variable that overrides ``DEFAULT_BASE_URL`` (a relay, a FakeGateway).
-BASE_URL_ENV = "LIMPET_BASE_URL"
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_INITIAL_BACKOFF = 0.5
@@ -35,219 +36,8 @@ DEFAULT_MAX_RETRY_AFTER = 60.0
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TOTAL_TIMEOUT = 600.0
-DEFAULT_MAX_CONNECTIONS = 100
-
-#: Gateways that route each request among providers themselves, each keeping its own
-#: prompt cache (see ``Endpoint.gateway``).
-Gateway = Literal["openrouter"]
-GATEWAYS: frozenset[str] = frozenset({"openrouter"})
-
-
-def _is_openrouter_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host == "openrouter.ai" or host.endswith(".openrouter.ai")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One place to send requests: a gateway URL with its key, headers and body defaults.
-
-    ``api_key`` and the values of ``headers`` never appear in ``repr`` or in any error.
-
-    Args:
-        name: unique, short; shows up in ``Completion.endpoint`` and stats.
-        base_url: the OpenAI-compatible API root, e.g. ``https://openrouter.ai/api/v1``.
-        api_key: sent as ``Authorization: Bearer ...``.
-        headers: extra headers for every request to this endpoint.
-        extra_body: fields merged into every request body sent here (the caller's fields win),
-            e.g. ``{"provider": {"order": ["anthropic"]}}``. They do not enter the cache key.
-        weight: relative share of traffic for routing; must be > 0.
-        gateway: which gateway this is, when it routes among providers itself:
-            ``"openrouter"`` (inferred from an ``openrouter.ai`` URL; a fake gateway or a
-            relay in front of OpenRouter says so explicitly), or None. limpet sends an
-            OpenRouter endpoint a ``session_id`` so that OpenRouter keeps a prefix on the
-            provider that cached it (see ``RoutingConfig.session_id``).
-        embedding_batch_size: at most this many inputs per ``/embeddings`` request;
-            ``embed()`` splits larger sets of misses into concurrent requests.
-        max_in_flight: the most requests limpet sends here at once; callers beyond it
-            wait their turn, first come first served (see ``AdmissionConfig``). None: no
-            fixed cap, only the limit limpet learns from the endpoint's 429s.
-        rpm: requests per minute to send here at most (a token bucket), or None.
-        tpm: tokens per minute to send here at most, estimated from each request and
-            corrected from its usage, or None.
-
-    Example:
-        >>> e = Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
-        >>> "sk-or" in repr(e), e.gateway
-        (False, 'openrouter')
-    """
-
-    name: str
-    base_url: str
-    _: KW_ONLY
-    api_key: str | None = field(default=None, repr=False)
-    headers: Mapping[str, str] | None = field(default=None, repr=False)
-    extra_body: Mapping[str, Any] | None = None
-    weight: float = 1.0
-    gateway: Gateway | None = None
-    embedding_batch_size: int = 512
-    max_in_flight: int | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigurationError("Endpoint.name: expected a non-empty str")
-        for limit in ("max_in_flight", "rpm", "tpm"):
-            check_number(f"Endpoint.{limit}", getattr(self, limit), integer=True, optional=True)
-        if not isinstance(self.base_url, str) or not self.base_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ConfigurationError(
-                f"Endpoint.base_url: expected an http(s) URL, got {self.base_url!r}"
-            )
-        check_number("Endpoint.weight", self.weight, above=0)
-        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
-        if self.gateway is None and _is_openrouter_url(self.base_url):
-            object.__setattr__(self, "gateway", "openrouter")
-        if self.gateway is not None and self.gateway not in GATEWAYS:
-            raise ConfigurationError(
-                f"Endpoint.gateway: expected one of {sorted(GATEWAYS)} or None, "
-                f"got {self.gateway!r}"
-            )
-        if self.headers is not None:
-            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
-        if self.extra_body is not None:
-            object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))
-        check_number("Endpoint.embedding_batch_size", self.embedding_batch_size, integer=True)
-
-    def __repr__(self) -> str:
-        parts = [f"name={self.name!r}", f"base_url={self.base_url!r}"]
-        if self.api_key is not None:
-            parts.append("api_key=***")
-        if self.headers:
-            parts.append(f"headers=<{', '.join(sorted(self.headers))}>")
-        if self.extra_body:
-            parts.append(f"extra_body={dict(self.extra_body)!r}")
-        parts.append(f"weight={self.weight!r}")
-        if self.gateway is not None:
-            parts.append(f"gateway={self.gateway!r}")
-        parts.extend(
-            f"{limit}={getattr(self, limit)!r}"
-            for limit in ("max_in_flight", "rpm", "tpm")
-            if getattr(self, limit) is not None
-        )
-        return f"Endpoint({', '.join(parts)})"
-
-    @classmethod
-    def openrouter(
-        cls,
-        provider: str | Sequence[str],
-        *,
-        api_key: str | None = None,
-        name: str | None = None,
-        base_url: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        allow_fallbacks: bool = False,
-        weight: float = 1.0,
-    ) -> Endpoint:
-        """An endpoint that pins one OpenRouter provider (or an ordered list of them).
-
-        Each such endpoint stands for one provider's prompt cache, so sticky routing over
-        several of them keeps a prefix where it is cached. OpenRouter turns its own
-        stickiness off when ``provider.order`` is set, which is why limpet routes itself.
-
-        Args:
-            provider: a provider slug such as ``"anthropic"``, or several, tried in order.
-            name: the endpoint's name; the slugs joined by ``+`` by default.
-            base_url: OpenRouter's API root; ``default_base_url()`` when not given.
-            allow_fallbacks: let OpenRouter fall back to providers outside ``provider``.
-            extra_body: more body defaults; its own ``provider`` fields are kept, with
-                ``order`` and ``allow_fallbacks`` set from the arguments above.
-
-        Example:
-            >>> Endpoint.openrouter("anthropic", api_key="sk-or-...").extra_body["provider"]
-            {'order': ['anthropic'], 'allow_fallbacks': False}
-        """
-        order = [provider] if isinstance(provider, str) else list(provider)
-        if not order or not all(isinstance(slug, str) and slug for slug in order):
-            raise ConfigurationError(
-                f"Endpoint.openrouter: expected provider slugs, got {provider!r}"
-            )
-        body = dict(extra_body or {})
-        routing = body.get("provider")
-        body["provider"] = {
-            **(dict(routing) if isinstance(routing, Mapping) else {}),
-            "order": order,
-            "allow_fallbacks": allow_fallbacks,
-        }
-        return cls(
-            name if name is not None else "+".join(order),
-            base_url or default_base_url(),
-            api_key=api_key,
-            headers=headers,
-            extra_body=body,
-            weight=weight,
-            gateway="openrouter",
-        )
-
-    @property
-    def pinned(self) -> bool:
-        """True when the body defaults pin OpenRouter providers (``provider.order`` or
-        ``provider.only``): the gateway then has no choice of provider to keep sticky."""
-        routing = (self.extra_body or {}).get("provider")
-        return isinstance(routing, Mapping) and bool(routing.get("order") or routing.get("only"))
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Strings that must never be shown: the key, every header value and a header's
-        bare credential (``sk-...`` of ``Bearer sk-...``)."""
-        values = (self.api_key,) if self.api_key else ()
-        return values + header_secrets(self.headers or {})
-
-
-def check_number(
-    where: str,
-    value: object,
-    *,
-    integer: bool = False,
-    above: float | None = None,
-    optional: bool = False,
-) -> None:
-    """The one number check of every config value: an int >= 1 (``integer``), else a
-    finite number >= 0, or > ``above`` when given; a bool is never a number, NaN and the
-    infinities never finite; None passes when ``optional``.
-
-    Raises:
-        ConfigurationError: naming ``where`` and what was expected.
-
-    Example:
-        >>> check_number("RetryConfig.max_attempts", True, integer=True)
-        Traceback (most recent call last):
-        limpet.errors.ConfigurationError: RetryConfig.max_attempts: expected an int >= 1, got True
-    """
-    if optional and value is None:
-        return
-    if integer:
-        expected = "an int >= 1"
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    else:
-        expected = "a finite number >= 0" if above is None else f"a finite number > {above:g}"
-        ok = (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and (value >= 0 if above is None else value > above)
-        )
-    if not ok:
-        suffix = " or None" if optional else ""
-        raise ConfigurationError(f"{where}: expected {expected}{suffix}, got {value!r}")
-
-
-def default_base_url() -> str:
-    """``$LIMPET_BASE_URL``, else OpenRouter's API root."""
-    return os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+#: Connections the HTTP session keeps open to all endpoints together (``Timeouts``).
+DEFAULT_HTTP_POOL_CONNECTIONS = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,7 +72,7 @@ class Timeouts:
 
     connect: float = DEFAULT_CONNECT_TIMEOUT
     total: float = DEFAULT_TOTAL_TIMEOUT
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections: int = DEFAULT_HTTP_POOL_CONNECTIONS
 
     def __post_init__(self) -> None:
         for name in ("connect", "total"):
@@ -344,8 +134,10 @@ class FlightConfig:
 DEFAULT_MAX_OVERLOAD = 1.0
 DEFAULT_LOAD_FLOOR = 8
 DEFAULT_FAILURE_THRESHOLD = 3
-DEFAULT_COOLDOWN = 30.0
-DEFAULT_MAX_COOLDOWN = 300.0
+#: Seconds an ejected endpoint waits before its half-open probe (``RoutingConfig.cooldown``),
+#: and the most that doubling after failed probes makes of it.
+DEFAULT_EJECTION_COOLDOWN = 30.0
+DEFAULT_MAX_EJECTION_COOLDOWN = 300.0
 DEFAULT_AFFINITY_TTL = 300.0
 DEFAULT_AFFINITY_TTL_1H = 3600.0
 DEFAULT_AFFINITY_SIZE = 100_000
@@ -398,8 +190,8 @@ class RoutingConfig:
     load_floor: int = DEFAULT_LOAD_FLOOR
     unmarked: UnmarkedRouting = "conversation"
     failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
-    cooldown: float = DEFAULT_COOLDOWN
-    max_cooldown: float = DEFAULT_MAX_COOLDOWN
+    cooldown: float = DEFAULT_EJECTION_COOLDOWN
+    max_cooldown: float = DEFAULT_MAX_EJECTION_COOLDOWN
     affinity_ttl: float = DEFAULT_AFFINITY_TTL
     affinity_ttl_1h: float = DEFAULT_AFFINITY_TTL_1H
     affinity_size: int = DEFAULT_AFFINITY_SIZE
@@ -421,20 +213,13 @@ class RoutingConfig:
             check_number(f"RoutingConfig.{name}", getattr(self, name), above=above)
         for name in ("load_floor", "failure_threshold", "affinity_size"):
             check_number(f"RoutingConfig.{name}", getattr(self, name), integer=True)
-        if self.unmarked not in ("conversation", "spread"):
-            raise ConfigurationError(
-                "RoutingConfig.unmarked: expected 'conversation' or 'spread', "
-                f"got {self.unmarked!r}"
-            )
+        check_choice("RoutingConfig.unmarked", self.unmarked, ("conversation", "spread"))
         if self.max_cooldown < self.cooldown:
             raise ConfigurationError(
                 f"RoutingConfig.max_cooldown: expected >= cooldown ({self.cooldown!r}), "
                 f"got {self.max_cooldown!r}"
             )
-        if not isinstance(self.session_id, bool):
-            raise ConfigurationError(
-                f"RoutingConfig.session_id: expected a bool, got {self.session_id!r}"
-            )
+        check_flag("RoutingConfig.session_id", self.session_id)
         models = self.prompt_cache_key_models
         if not isinstance(models, tuple) or not all(isinstance(m, str) for m in models):
             raise ConfigurationError(

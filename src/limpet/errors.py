@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
 import aiohttp
@@ -77,7 +77,6 @@ __all__ = [
     "RequestTimeoutError",
     "UnprocessableEntityError",
     "excerpt",
-    "header_secrets",
     "scrub",
     "scrub_error",
     "status_error",
@@ -96,9 +95,6 @@ _SCRUB_WINDOW = 64 * 1024
 # (a proxy's, or a wrong one the caller passed in a header). The token runs to whitespace
 # or a character that closes a quoted or bracketed value around it.
 _BEARER = re.compile(r"""(?i)\b(bearer)(\s+)[^\s"'`,;<>()\[\]{}\\]+""")
-# Header values shorter than this are not taken for secrets: scrubbing "gzip" or "en" out
-# of every message would garble it and hide nothing.
-_MIN_SECRET_CHARS = 8
 
 
 class LimpetError(Exception):
@@ -336,20 +332,6 @@ def scrub_error(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExceptio
     return exc
 
 
-def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """The strings in request headers that must never be shown: every value of 8 or more
-    characters, and the credential of a ``<scheme> <credential>`` value (``Bearer sk-...``),
-    which an upstream may echo without its scheme."""
-    found: list[str] = []
-    for value in headers.values():
-        if len(value) >= _MIN_SECRET_CHARS:
-            found.append(value)
-        scheme, _, credential = value.partition(" ")
-        if scheme and len(credential) >= _MIN_SECRET_CHARS:
-            found.append(credential)
-    return tuple(found)
-
-
 @contextlib.contextmanager
 def upstream_errors(
     endpoint: str, secrets: Iterable[str] = (), *, stream: bool = False
@@ -363,7 +345,8 @@ def upstream_errors(
 
     Args:
         endpoint: names the endpoint in messages and on the error.
-        secrets: what must never be shown (``Endpoint.secrets``, ``header_secrets``).
+        secrets: what must never be shown (``Endpoint.secrets``,
+            ``limpet.endpoint.header_secrets``).
         stream: the failure broke a stream that had started (worded so).
     """
     try:

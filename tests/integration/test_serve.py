@@ -535,6 +535,21 @@ async def test_an_upstream_refusing_models_comes_back_without_its_body(
     assert refused[1]["error"]["message"] == "the upstream's /models answered with status 404"
 
 
+async def test_an_unreachable_upstream_for_models_is_a_502() -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    proxy = await Proxy("--upstream", dead).start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{proxy.url}/v1/models") as response,
+        ):
+            refused = (response.status, await response.json())
+    finally:
+        assert await proxy.stop() == 0
+    assert refused[0] == 502
+    assert refused[1]["error"]["message"] == "the upstream's /models could not be reached"
+
+
 async def test_embeddings_through_the_proxy_are_cached_per_input(
     proxy: Proxy, gateway: FakeGateway
 ) -> None:

@@ -16,10 +16,9 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -29,11 +28,11 @@ from limpet.cache.base import CacheBackend
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.client import Client
-from limpet.config import Endpoint
-from limpet.errors import ConfigurationError, InvalidRequestError, LimpetError
+from limpet.errors import APIConnectionError, InvalidRequestError, LimpetError
 from limpet.http.chunks import StreamChunk
 from limpet.models import Completion
 from limpet.pipeline.stream import CompletionStream
+from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     answer_headers,
     call_options,
@@ -48,12 +47,9 @@ from limpet.serve.upstream import MetricsRegistry, ModelListings
 
 __all__ = [
     "DEFAULT_HOST",
-    "DEFAULT_MODELS_TTL",
     "DEFAULT_PORT",
     "DEFAULT_SHUTDOWN_GRACE",
-    "ServeConfig",
     "create_app",
-    "endpoints_of",
     "run",
 ]
 
@@ -61,8 +57,6 @@ logger = logging.getLogger("limpet")
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8400
-#: Seconds ``/v1/models`` answers are kept, per credential.
-DEFAULT_MODELS_TTL: Final = 60.0
 #: Seconds in-flight requests get to finish after SIGTERM or SIGINT.
 DEFAULT_SHUTDOWN_GRACE: Final = 30.0
 # Seconds a ``/v1/models`` request upstream may take.
@@ -70,61 +64,6 @@ _MODELS_TIMEOUT: Final = 30.0
 # Long contexts make big bodies; aiohttp's default (1 MiB) would refuse many.
 _MAX_BODY_BYTES: Final = 64 * 2**20
 _DONE: Final = b"data: [DONE]\n\n"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeConfig:
-    """What ``limpet serve`` proxies to and where it caches.
-
-    Args:
-        upstreams: OpenAI-compatible API roots (``https://openrouter.ai/api/v1``); the
-            Client routes among them. Empty only with ``fake``.
-        redis: a ``redis://`` URL for the shared tier (behind an in-process one), or None.
-        memcached: a ``memcached://`` URL instead of Redis, or None.
-        prefix: the shared tier's key prefix; its default (``limpet:``) when None.
-        namespace: the Client's namespace.
-        auto_cache_control: the Client's ``auto_cache_control``.
-        fake: proxy to a ``FakeGateway`` started in-process (no key, no network).
-        models_ttl: seconds a ``/v1/models`` answer is kept, per credential.
-        upstream_key: the key the proxy sends upstream itself, instead of each caller's
-            ``Authorization``; its callers then share the cache entries of that key.
-        client_keys: with ``upstream_key``, the keys callers must present as
-            ``Authorization: Bearer <key>`` (none: every caller is let in).
-        metrics: serve ``GET /metrics`` for Prometheus (the ``prometheus`` extra).
-    """
-
-    upstreams: tuple[str, ...] = ()
-    redis: str | None = None
-    memcached: str | None = None
-    prefix: str | None = None
-    namespace: str = ""
-    auto_cache_control: bool = False
-    fake: bool = False
-    models_ttl: float = DEFAULT_MODELS_TTL
-    upstream_key: str | None = field(default=None, repr=False)
-    client_keys: frozenset[str] = field(default=frozenset(), repr=False)
-    metrics: bool = False
-
-    def __post_init__(self) -> None:
-        if self.client_keys and not self.upstream_key:
-            raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
-        if not self.upstreams and not self.fake:
-            raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
-        if self.upstreams and self.fake:
-            raise ConfigurationError("ServeConfig: upstreams or fake, not both")
-        endpoints_of(self.upstreams)  # a bad URL fails now, not once serving
-        if self.redis and self.memcached:
-            raise ConfigurationError("ServeConfig: redis or memcached, not both")
-
-
-def endpoints_of(upstreams: Sequence[str], api_key: str | None = None) -> list[Endpoint]:
-    """One ``Endpoint`` per upstream URL, named by its host (and its position, when two
-    share a host); keyless by default: the caller's own ``Authorization`` is sent."""
-    hosts = [urlsplit(url).netloc or url for url in upstreams]
-    return [
-        Endpoint(host if hosts.count(host) == 1 else f"{host}#{index}", url, api_key=api_key)
-        for index, (host, url) in enumerate(zip(hosts, upstreams, strict=True), start=1)
-    ]
 
 
 def create_app(config: ServeConfig) -> web.Application:
@@ -285,7 +224,7 @@ async def _models(request: web.Request) -> web.Response:
         return refusal
     try:
         status, body = await proxy.models.get(proxy.authorization(request))
-    except (aiohttp.ClientError, TimeoutError):
+    except APIConnectionError:
         status, body = 502, _json_error("the upstream's /models could not be reached")
     else:
         if status != 200:  # not the upstream's body: it may echo the credential it was sent

@@ -9,6 +9,8 @@ from collections.abc import Callable
 import aiohttp
 
 from limpet._extras import require_extra
+from limpet.endpoint import header_secrets
+from limpet.errors import upstream_errors
 from limpet.observe.events import EventHook
 
 __all__ = ["MetricsRegistry", "ModelListings"]
@@ -31,19 +33,26 @@ class ModelListings:
         self._kept: dict[str, tuple[float, bytes]] = {}
 
     async def get(self, authorization: str | None) -> tuple[int, bytes]:
-        """The status and body of the listing this credential may see."""
+        """The status and body of the listing this credential may see.
+
+        Raises:
+            APIConnectionError: the upstream could not be reached (``APITimeoutError``: not
+                in time); limpet's one boundary (``upstream_errors``) maps aiohttp's errors.
+        """
         who = hashlib.sha256((authorization or "").encode()).hexdigest()
         now = self._clock()
         kept = self._kept.get(who)
         if kept is not None and kept[0] > now:
             return 200, kept[1]
         headers = {"Authorization": authorization} if authorization else {}
-        async with self._session.get(self._url, headers=headers) as response:
-            body = await response.read()
-            if response.status == 200:
-                self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
-                self._kept[who] = (now + self._ttl, body)
-            return response.status, body
+        with upstream_errors("models", header_secrets(headers)):
+            async with self._session.get(self._url, headers=headers) as response:
+                body = await response.read()
+                status = response.status
+        if status == 200:
+            self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
+            self._kept[who] = (now + self._ttl, body)
+        return status, body
 
 
 class MetricsRegistry:

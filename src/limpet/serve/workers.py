@@ -12,7 +12,8 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
-from limpet.serve.app import ServeConfig, run
+from limpet.serve.app import run
+from limpet.serve.config import ServeConfig
 
 __all__ = ["run_workers"]
 

@@ -1,0 +1,104 @@
+"""The checks of configuration values: one for numbers, and the few kinds of text a
+config takes (a name, an http(s) URL, one of a set of choices, a flag). Pure.
+
+Every config object (``limpet.config``) and every class that takes tuning values checks
+them here, so they all refuse the same things the same way: a bool is never a number,
+NaN and the infinities never finite, and the error names the field and what it expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from limpet.errors import ConfigurationError
+
+__all__ = ["check_choice", "check_flag", "check_http_url", "check_name", "check_number"]
+
+
+def check_number(
+    where: str,
+    value: object,
+    *,
+    integer: bool = False,
+    above: float | None = None,
+    optional: bool = False,
+) -> None:
+    """The one number check of every config value: an int >= 1 (``integer``), else a
+    finite number >= 0, or > ``above`` when given; a bool is never a number, NaN and the
+    infinities never finite; None passes when ``optional``.
+
+    Raises:
+        ConfigurationError: naming ``where`` and what was expected.
+
+    Example:
+        >>> check_number("RetryConfig.max_attempts", True, integer=True)
+        Traceback (most recent call last):
+        limpet.errors.ConfigurationError: RetryConfig.max_attempts: expected an int >= 1, got True
+    """
+    if optional and value is None:
+        return
+    if integer:
+        expected = "an int >= 1"
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    else:
+        expected = "a finite number >= 0" if above is None else f"a finite number > {above:g}"
+        ok = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value >= 0 if above is None else value > above)
+        )
+    if not ok:
+        suffix = " or None" if optional else ""
+        raise ConfigurationError(f"{where}: expected {expected}{suffix}, got {value!r}")
+
+
+def check_name(where: str, value: object) -> None:
+    """A non-empty str.
+
+    Raises:
+        ConfigurationError: naming ``where``.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{where}: expected a non-empty str, got {value!r}")
+
+
+def check_http_url(where: str, value: object) -> None:
+    """A str starting ``http://`` or ``https://``.
+
+    Raises:
+        ConfigurationError: naming ``where``.
+    """
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{where}: expected an http(s) URL, got {value!r}")
+
+
+def check_choice(
+    where: str, value: object, choices: Iterable[str], *, optional: bool = False
+) -> None:
+    """One of ``choices``, named in the order given (or None, when ``optional``).
+
+    Raises:
+        ConfigurationError: naming ``where`` and the choices.
+
+    Example:
+        >>> check_choice("Config.mode", "fast", ("on", "off"))
+        Traceback (most recent call last):
+        limpet.errors.ConfigurationError: Config.mode: expected 'on' or 'off', got 'fast'
+    """
+    allowed = list(choices)
+    if (optional and value is None) or value in allowed:
+        return
+    expected = " or ".join(repr(choice) for choice in [*allowed, *([None] if optional else [])])
+    raise ConfigurationError(f"{where}: expected {expected}, got {value!r}")
+
+
+def check_flag(where: str, value: object) -> None:
+    """A bool (not merely something truthy).
+
+    Raises:
+        ConfigurationError: naming ``where``.
+    """
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{where}: expected a bool, got {value!r}")

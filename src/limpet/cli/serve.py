@@ -1,0 +1,87 @@
+"""``limpet serve``: check what the proxy is asked to do (keys from the environment,
+never the command line), then run it in one process or several."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from limpet.cli.arguments import CommandError, open_lines
+
+__all__ = ["LOOPBACK_HOSTS", "run_serve"]
+
+#: Where ``serve`` may lend its upstream key to any caller: only this machine reaches it.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT.
+
+    Raises:
+        CommandError: the options cannot work together, or a key is missing.
+    """
+    from limpet.serve import ServeConfig, run
+
+    if not args.upstream and not args.fake:
+        raise CommandError("--upstream URL (or --fake) is required", status=2)
+    upstream_key, client_keys = _keys(args)
+    config = ServeConfig(
+        upstream_key=upstream_key,
+        client_keys=client_keys,
+        upstreams=tuple(args.upstream),
+        redis=args.redis,
+        memcached=args.memcached,
+        prefix=args.prefix,
+        namespace=args.namespace or "",
+        auto_cache_control=args.auto_cache_control,
+        fake=args.fake,
+        metrics=args.metrics,
+    )
+    if args.workers > 1:
+        from limpet.serve.workers import run_workers
+
+        return run_workers(
+            config,
+            host=args.host,
+            port=args.port,
+            shutdown_grace=args.shutdown_grace,
+            workers=args.workers,
+        )
+    run(config, host=args.host, port=args.port, shutdown_grace=args.shutdown_grace)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> tuple[str | None, frozenset[str]]:
+    """The key the proxy sends upstream itself (or None: each caller's own), and the keys
+    its callers must present; an upstream key is lent to anyone only on loopback."""
+    upstream_key = None
+    if args.upstream_key_env is not None:
+        upstream_key = os.environ.get(args.upstream_key_env)
+        if not upstream_key:
+            raise CommandError(f"${args.upstream_key_env} is not set", status=2)
+    client_keys = frozenset[str]()
+    if args.client_keys_file is not None:
+        if upstream_key is None:
+            raise CommandError("--client-keys-file needs --upstream-key-env", status=2)
+        client_keys = _client_keys(args.client_keys_file)
+    elif upstream_key is not None and args.host not in LOOPBACK_HOSTS:
+        raise CommandError(
+            f"--upstream-key-env on {args.host} would lend the key to anyone who can reach "
+            "it: give --client-keys-file too, or listen on 127.0.0.1",
+            status=2,
+        )
+    return upstream_key, client_keys
+
+
+def _client_keys(path: Path) -> frozenset[str]:
+    """The keys of a ``--client-keys-file``: one a line; blank lines and ``#`` comments
+    are skipped."""
+    lines = open_lines(path)
+    with lines:
+        keys = frozenset(
+            key for line in lines if (key := line.decode().strip()) and not key.startswith("#")
+        )
+    if not keys:
+        raise CommandError(f"{path} holds no client key", status=2)
+    return keys

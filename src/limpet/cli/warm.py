@@ -1,0 +1,130 @@
+"""``limpet warm``: fill the shared cache from a JSONL file of ``complete()`` (or
+``embed()``) arguments, through a Client, and report what was stored."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from limpet.cli.arguments import CommandError, api_key, open_lines, shared_cache
+from limpet.errors import CacheUnavailableError, LimpetError
+from limpet.models import Completion, Embeddings
+from limpet.observe.warm import WarmReport, is_embedding, warm
+
+if TYPE_CHECKING:
+    from limpet import Client
+
+__all__ = ["run_warm"]
+
+
+async def run_warm(args: argparse.Namespace) -> int:
+    """Warm the cache ``args`` name; exit status 1 when a line failed.
+
+    Raises:
+        CommandError: the file cannot be read, the cache is down, or answers were not stored.
+    """
+    from limpet import Client, MemoryCache, TieredCache
+
+    lines = open_lines(args.file)  # before anything is paid for
+    shared = shared_cache(args)
+    cache = TieredCache(MemoryCache(), shared, hmac_key=_hmac_key(args))
+    where = (
+        f"{shared.server} (prefix {shared.prefix!r}, namespace {args.namespace or ''!r}, "
+        f"{args.cache_scope} scope)"
+    )
+    errors: list[str] = []
+    async with Client(
+        base_url=args.base_url,
+        api_key=api_key(args, required=False),
+        cache=cache,
+        namespace=args.namespace or "",
+        cache_scope=args.cache_scope,
+    ) as client:
+        try:
+            await shared.get("warm-probe")  # a cache that is down would waste every call
+        except CacheUnavailableError as exc:
+            raise CommandError(f"nothing warmed: {exc}") from exc
+        with lines:
+            report = await _warm_lines(client, lines, args.concurrency, errors)
+        sys.stderr.write("\n")
+    # The Client has closed: every write has landed or failed by now.
+    unstored = min(report.warmed, shared.failed_writes + shared.dropped_writes)
+    _print_report(report, errors, unstored, where, as_json=args.json)
+    if unstored:
+        raise CommandError(
+            f"{unstored} of {report.warmed} answers could not be stored in {shared.server}"
+        )
+    return 1 if report.failed else 0
+
+
+async def _warm_lines(
+    client: Client, lines: Iterable[bytes], concurrency: int, errors: list[str]
+) -> WarmReport:
+    """Send every non-blank line's call; a failed line's error goes to ``errors``."""
+
+    async def complete_line(line: int, text: bytes) -> Completion | Embeddings:
+        try:
+            request = _request_of(text)
+            if is_embedding(request):
+                return await client.embed(**request)
+            return await client.complete(**request)
+        except LimpetError as exc:
+            errors.append(f"line {line}: {exc}")
+            raise
+
+    requests = (
+        {"line": number, "text": text} for number, text in enumerate(lines, start=1) if text.strip()
+    )
+    return await warm(complete_line, requests, concurrency=concurrency, progress=_show)
+
+
+def _show(report: WarmReport) -> None:
+    sys.stderr.write(
+        f"\rwarming: {report.done} done, {report.warmed} warmed, "
+        f"{report.skipped} skipped, {report.failed} failed"
+    )
+    sys.stderr.flush()
+
+
+def _print_report(
+    report: WarmReport, errors: list[str], unstored: int, where: str, *, as_json: bool
+) -> None:
+    if as_json:
+        out = {**asdict(report), "errors": errors, "unstored": unstored, "where": where}
+        sys.stdout.write(orjson.dumps(out).decode() + "\n")
+        return
+    print(
+        f"warmed {report.warmed - unstored} into {where}; skipped {report.skipped} "
+        f"(cached), uncacheable {report.uncacheable}, failed {report.failed}"
+    )
+    for error in errors[:20]:
+        print(f"  {error}")
+
+
+def _request_of(line: bytes) -> dict[str, Any]:
+    """One JSONL line's ``complete()`` arguments."""
+    try:
+        request = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise LimpetError(f"not valid JSON ({exc})") from None
+    if not isinstance(request, dict):
+        raise LimpetError(
+            f"expected a JSON object of complete() arguments, got {type(request).__name__}"
+        )
+    return request
+
+
+def _hmac_key(args: argparse.Namespace) -> bytes | None:
+    """The HMAC key named by ``--hmac-key-env``, as a service configures it."""
+    if args.hmac_key_env is None:
+        return None
+    key = os.environ.get(args.hmac_key_env)
+    if not key:
+        raise CommandError(f"${args.hmac_key_env} (--hmac-key-env) is not set", status=2)
+    return key.encode()

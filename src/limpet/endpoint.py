@@ -1,0 +1,210 @@
+"""``Endpoint``: one place to send requests (a gateway URL, its key, headers and body
+defaults); the gateways limpet knows by name; which header values are secrets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from limpet._checks import check_choice, check_http_url, check_name, check_number
+from limpet.errors import ConfigurationError
+
+__all__ = [
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "GATEWAYS",
+    "Endpoint",
+    "Gateway",
+    "default_base_url",
+    "header_secrets",
+]
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+#: The environment variable that overrides ``DEFAULT_BASE_URL`` (a relay, a FakeGateway).
+BASE_URL_ENV = "LIMPET_BASE_URL"
+
+#: Gateways that route each request among providers themselves, each keeping its own
+#: prompt cache (see ``Endpoint.gateway``).
+Gateway = Literal["openrouter"]
+GATEWAYS: frozenset[str] = frozenset({"openrouter"})
+
+# Header values shorter than this are not taken for secrets: scrubbing "gzip" or "en" out
+# of every message would garble it and hide nothing.
+_MIN_SECRET_CHARS = 8
+
+
+def _is_openrouter_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "openrouter.ai" or host.endswith(".openrouter.ai")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place to send requests: a gateway URL with its key, headers and body defaults.
+
+    ``api_key`` and the values of ``headers`` never appear in ``repr`` or in any error.
+
+    Args:
+        name: unique, short; shows up in ``Completion.endpoint`` and stats.
+        base_url: the OpenAI-compatible API root, e.g. ``https://openrouter.ai/api/v1``.
+        api_key: sent as ``Authorization: Bearer ...``.
+        headers: extra headers for every request to this endpoint.
+        extra_body: fields merged into every request body sent here (the caller's fields win),
+            e.g. ``{"provider": {"order": ["anthropic"]}}``. They do not enter the cache key.
+        weight: relative share of traffic for routing; must be > 0.
+        gateway: which gateway this is, when it routes among providers itself:
+            ``"openrouter"`` (inferred from an ``openrouter.ai`` URL; a fake gateway or a
+            relay in front of OpenRouter says so explicitly), or None. limpet sends an
+            OpenRouter endpoint a ``session_id`` so that OpenRouter keeps a prefix on the
+            provider that cached it (see ``RoutingConfig.session_id``).
+        embedding_batch_size: at most this many inputs per ``/embeddings`` request;
+            ``embed()`` splits larger sets of misses into concurrent requests.
+        max_in_flight: the most requests limpet sends here at once; callers beyond it
+            wait their turn, first come first served (see ``AdmissionConfig``). None: no
+            fixed cap, only the limit limpet learns from the endpoint's 429s.
+        rpm: requests per minute to send here at most (a token bucket), or None.
+        tpm: tokens per minute to send here at most, estimated from each request and
+            corrected from its usage, or None.
+
+    Example:
+        >>> e = Endpoint("primary", "https://openrouter.ai/api/v1", api_key="sk-or-...")
+        >>> "sk-or" in repr(e), e.gateway
+        (False, 'openrouter')
+    """
+
+    name: str
+    base_url: str
+    _: KW_ONLY
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    extra_body: Mapping[str, Any] | None = None
+    weight: float = 1.0
+    gateway: Gateway | None = None
+    embedding_batch_size: int = 512
+    max_in_flight: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def __post_init__(self) -> None:
+        check_name("Endpoint.name", self.name)
+        for limit in ("max_in_flight", "rpm", "tpm"):
+            check_number(f"Endpoint.{limit}", getattr(self, limit), integer=True, optional=True)
+        check_http_url("Endpoint.base_url", self.base_url)
+        check_number("Endpoint.weight", self.weight, above=0)
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.gateway is None and _is_openrouter_url(self.base_url):
+            object.__setattr__(self, "gateway", "openrouter")
+        check_choice("Endpoint.gateway", self.gateway, sorted(GATEWAYS), optional=True)
+        if self.headers is not None:
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+        if self.extra_body is not None:
+            object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))
+        check_number("Endpoint.embedding_batch_size", self.embedding_batch_size, integer=True)
+
+    def __repr__(self) -> str:
+        parts = [f"name={self.name!r}", f"base_url={self.base_url!r}"]
+        if self.api_key is not None:
+            parts.append("api_key=***")
+        if self.headers:
+            parts.append(f"headers=<{', '.join(sorted(self.headers))}>")
+        if self.extra_body:
+            parts.append(f"extra_body={dict(self.extra_body)!r}")
+        parts.append(f"weight={self.weight!r}")
+        if self.gateway is not None:
+            parts.append(f"gateway={self.gateway!r}")
+        parts.extend(
+            f"{limit}={getattr(self, limit)!r}"
+            for limit in ("max_in_flight", "rpm", "tpm")
+            if getattr(self, limit) is not None
+        )
+        return f"Endpoint({', '.join(parts)})"
+
+    @classmethod
+    def openrouter(
+        cls,
+        provider: str | Sequence[str],
+        *,
+        api_key: str | None = None,
+        name: str | None = None,
+        base_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        allow_fallbacks: bool = False,
+        weight: float = 1.0,
+    ) -> Endpoint:
+        """An endpoint that pins one OpenRouter provider (or an ordered list of them).
+
+        Each such endpoint stands for one provider's prompt cache, so sticky routing over
+        several of them keeps a prefix where it is cached. OpenRouter turns its own
+        stickiness off when ``provider.order`` is set, which is why limpet routes itself.
+
+        Args:
+            provider: a provider slug such as ``"anthropic"``, or several, tried in order.
+            name: the endpoint's name; the slugs joined by ``+`` by default.
+            base_url: OpenRouter's API root; ``default_base_url()`` when not given.
+            allow_fallbacks: let OpenRouter fall back to providers outside ``provider``.
+            extra_body: more body defaults; its own ``provider`` fields are kept, with
+                ``order`` and ``allow_fallbacks`` set from the arguments above.
+
+        Example:
+            >>> Endpoint.openrouter("anthropic", api_key="sk-or-...").extra_body["provider"]
+            {'order': ['anthropic'], 'allow_fallbacks': False}
+        """
+        order = [provider] if isinstance(provider, str) else list(provider)
+        if not order or not all(isinstance(slug, str) and slug for slug in order):
+            raise ConfigurationError(
+                f"Endpoint.openrouter: expected provider slugs, got {provider!r}"
+            )
+        body = dict(extra_body or {})
+        routing = body.get("provider")
+        body["provider"] = {
+            **(dict(routing) if isinstance(routing, Mapping) else {}),
+            "order": order,
+            "allow_fallbacks": allow_fallbacks,
+        }
+        return cls(
+            name if name is not None else "+".join(order),
+            base_url or default_base_url(),
+            api_key=api_key,
+            headers=headers,
+            extra_body=body,
+            weight=weight,
+            gateway="openrouter",
+        )
+
+    @property
+    def pinned(self) -> bool:
+        """True when the body defaults pin OpenRouter providers (``provider.order`` or
+        ``provider.only``): the gateway then has no choice of provider to keep sticky."""
+        routing = (self.extra_body or {}).get("provider")
+        return isinstance(routing, Mapping) and bool(routing.get("order") or routing.get("only"))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never be shown: the key, every header value and a header's
+        bare credential (``sk-...`` of ``Bearer sk-...``)."""
+        values = (self.api_key,) if self.api_key else ()
+        return values + header_secrets(self.headers or {})
+
+
+def default_base_url() -> str:
+    """``$LIMPET_BASE_URL``, else OpenRouter's API root."""
+    return os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+
+def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The strings in request headers that must never be shown: every value of 8 or more
+    characters, and the credential of a ``<scheme> <credential>`` value (``Bearer sk-...``),
+    which an upstream may echo without its scheme."""
+    found: list[str] = []
+    for value in headers.values():
+        if len(value) >= _MIN_SECRET_CHARS:
+            found.append(value)
+        scheme, _, credential = value.partition(" ")
+        if scheme and len(credential) >= _MIN_SECRET_CHARS:
+            found.append(credential)
+    return tuple(found)

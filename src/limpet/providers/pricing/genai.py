@@ -1,0 +1,67 @@
+"""Fallback prices: the ones bundled with the ``genai-prices`` package (when installed),
+for models the gateway does not list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from limpet.providers.pricing.prices import MILLION, ModelPrices
+
+__all__ = ["fallback_prices", "fallback_snapshot"]
+
+_ZERO = Decimal(0)
+_THOUSAND = Decimal(1_000)
+
+
+def fallback_snapshot() -> Any:
+    """genai-prices' bundled data, or None when the package is not installed."""
+    try:
+        from genai_prices import data_snapshot
+    except ImportError:
+        return None
+    return data_snapshot.get_snapshot()
+
+
+def fallback_prices(model: str) -> ModelPrices | None:
+    """``model``'s prices from genai-prices: the provider's own entry (``anthropic`` for
+    ``anthropic/...``), else its OpenRouter entry. None when it knows neither."""
+    snapshot = fallback_snapshot()
+    if snapshot is None or not isinstance(model, str):
+        return None
+    slug = model.lower().partition(":")[0]
+    provider, _, name = slug.rpartition("/")
+    attempts: list[tuple[str, str | None]] = [(name, provider or None), (slug, "openrouter")]
+    now = datetime.now(tz=UTC)
+    for ref, provider_id in attempts:
+        try:
+            _, info = snapshot.find_provider_model(ref, None, provider_id, None)
+            found = _from_genai(info.get_prices(now))
+        except Exception:  # third-party data: any failure there just means "unknown"
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _from_genai(price: Any) -> ModelPrices | None:
+    def per_token(attr: str) -> Decimal | None:
+        value = getattr(price, attr, None)
+        # Context tiers (above 200k tokens, say) are not modelled: the base price applies.
+        value = getattr(value, "base", value)
+        return value / MILLION if isinstance(value, Decimal) and value.is_finite() else None
+
+    prompt, completion = per_token("input_mtok"), per_token("output_mtok")
+    if prompt is None or completion is None:
+        return None
+    requests = getattr(price, "requests_kcount", None)
+    return ModelPrices(
+        prompt=prompt,
+        completion=completion,
+        cache_read=per_token("cache_read_mtok"),
+        cache_write=per_token("cache_write_mtok"),
+        cache_write_1h=per_token("cache_write_1h_mtok"),
+        request=requests / _THOUSAND if isinstance(requests, Decimal) else _ZERO,
+        source="genai-prices",
+    )

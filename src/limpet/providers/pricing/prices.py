@@ -1,0 +1,157 @@
+"""What one model costs: ``ModelPrices``, exact ``Decimal`` USD per token. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+
+from limpet.errors import ConfigurationError
+from limpet.providers.prompt_cache import CacheCapability
+
+__all__ = ["MILLION", "ModelPrices", "to_decimal"]
+
+#: Tokens in the million that prices are quoted per.
+MILLION = Decimal(1_000_000)
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelPrices:
+    """What one model costs, in USD per token (``request``: USD per request).
+
+    A cache price left as None is charged at the prompt price (a 1 h write: at the 5 min
+    write price); ``PriceTable`` fills them from the capability table's multipliers first.
+
+    Attributes:
+        prompt: uncached input tokens.
+        completion: output tokens, reasoning included.
+        cache_read: input tokens read from the provider's prompt cache.
+        cache_write: input tokens written to the prompt cache with the default (5 min) TTL.
+        cache_write_1h: input tokens written with a 1 h TTL.
+        request: a flat fee per request.
+        source: where the prices came from: ``"gateway"``, ``"genai-prices"`` or
+            ``"override"``.
+    """
+
+    prompt: Decimal
+    completion: Decimal
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+    request: Decimal = _ZERO
+    source: str = "override"
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "completion", "cache_read", "cache_write", "cache_write_1h"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, Decimal) and value.is_finite()):
+                raise ConfigurationError(f"ModelPrices.{name}: expected a finite Decimal")
+            if value is not None and value < 0:
+                raise ConfigurationError(f"ModelPrices.{name}: expected a price >= 0")
+
+    @classmethod
+    def per_million(
+        cls,
+        *,
+        prompt: float | str | Decimal,
+        completion: float | str | Decimal,
+        cache_read: float | str | Decimal | None = None,
+        cache_write: float | str | Decimal | None = None,
+        cache_write_1h: float | str | Decimal | None = None,
+        request: float | str | Decimal = 0,
+        source: str = "override",
+    ) -> ModelPrices:
+        """Prices as people quote them: USD per million tokens (``request``: per request).
+
+        Example:
+            >>> ModelPrices.per_million(prompt=3, completion=15).prompt
+            Decimal('0.000003')
+        """
+
+        def per_token(mtok: float | str | Decimal | None) -> Decimal | None:
+            return None if mtok is None else to_decimal(mtok) / MILLION
+
+        return cls(
+            prompt=to_decimal(prompt) / MILLION,
+            completion=to_decimal(completion) / MILLION,
+            cache_read=per_token(cache_read),
+            cache_write=per_token(cache_write),
+            cache_write_1h=per_token(cache_write_1h),
+            request=to_decimal(request),
+            source=source,
+        )
+
+    @classmethod
+    def from_openrouter(cls, pricing: object, *, source: str = "gateway") -> ModelPrices | None:
+        """Prices from an OpenRouter ``/models`` ``pricing`` object, or None when it has no
+        usable prompt and completion price (OpenRouter lists ``"-1"`` for variable ones)."""
+        if not isinstance(pricing, Mapping):
+            return None
+        prompt = _listed(pricing.get("prompt"))
+        completion = _listed(pricing.get("completion"))
+        if prompt is None or completion is None:
+            return None
+        return cls(
+            prompt=prompt,
+            completion=completion,
+            cache_read=_listed(pricing.get("input_cache_read")),
+            cache_write=_listed(pricing.get("input_cache_write")),
+            cache_write_1h=_listed(pricing.get("input_cache_write_1h")),
+            request=_listed(pricing.get("request")) or _ZERO,
+            source=source,
+        )
+
+    def completed(self, capability: CacheCapability | None) -> ModelPrices:
+        """These prices with unlisted cache prices derived from ``capability``'s
+        multipliers of the prompt price; unchanged without a capability."""
+        if capability is None:
+            return self
+        prompt = self.prompt
+        read = self.cache_read
+        write = self.cache_write
+        write_1h = self.cache_write_1h
+        if read is None:
+            read = prompt * to_decimal(capability.read_multiplier)
+        if write is None:
+            write = prompt * to_decimal(capability.write_multiplier)
+        if write_1h is None and capability.write_1h_multiplier is not None:
+            write_1h = prompt * to_decimal(capability.write_1h_multiplier)
+        return replace(self, cache_read=read, cache_write=write, cache_write_1h=write_1h)
+
+    @property
+    def read_price(self) -> Decimal:
+        """USD per cache-read token as charged."""
+        return self.prompt if self.cache_read is None else self.cache_read
+
+    @property
+    def write_price(self) -> Decimal:
+        """USD per 5 min cache-write token as charged."""
+        return self.prompt if self.cache_write is None else self.cache_write
+
+    @property
+    def write_1h_price(self) -> Decimal:
+        """USD per 1 h cache-write token as charged."""
+        return self.write_price if self.cache_write_1h is None else self.cache_write_1h
+
+
+def _listed(value: object) -> Decimal | None:
+    """A listed price: a decimal string (or number) >= 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    try:
+        price = to_decimal(value)
+    except ConfigurationError:
+        return None
+    return price if price.is_finite() and price >= 0 else None
+
+
+def to_decimal(value: float | str | Decimal) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    try:
+        # repr() is the shortest decimal that round-trips: 0.3 stays 0.3, not 0.2999...
+        return Decimal(repr(value) if isinstance(value, float) else value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ConfigurationError(f"expected a price, got {value!r}") from None

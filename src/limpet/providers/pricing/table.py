@@ -1,0 +1,205 @@
+"""``PriceTable``: per-model prices from user overrides, the gateway's ``/models`` listing
+(read once, lazily) and the ``genai-prices`` fallback, in that order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from limpet._checks import check_number
+from limpet.errors import ConfigurationError, NotFoundError
+from limpet.providers.pricing.genai import fallback_prices, fallback_snapshot
+from limpet.providers.pricing.prices import ModelPrices
+from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, CapabilityTable
+
+__all__ = ["DEFAULT_RETRY_AFTER", "ModelsFetch", "PriceTable"]
+
+logger = logging.getLogger("limpet.pricing")
+
+#: Seconds after a failed ``/models`` fetch before the next call tries again.
+DEFAULT_RETRY_AFTER = 300.0
+
+#: Fetches the gateway's ``/models`` listing and returns its parsed JSON. Supplied by the
+#: Client so the fetch shares its HTTP session; may raise anything (a failure only means
+#: fallback prices for a while).
+ModelsFetch = Callable[[], Awaitable[object]]
+
+
+class PriceTable:
+    """Per-model prices: user overrides, then the gateway's ``/models``, then genai-prices.
+
+    The listing is fetched on the first ``load()`` (``prices()`` calls it), once; callers
+    that arrive during the fetch wait for it. A failed fetch is logged once and retried
+    ``retry_after`` seconds later; until then the fallback answers. Never raises for a
+    missing price: ``get`` returns None.
+
+    Args:
+        fetch: returns the parsed JSON of the gateway's ``GET /models``; None: no gateway
+            prices (overrides and fallback only).
+        overrides: model id → prices that win over every other source.
+        fallback: use the prices bundled with ``genai-prices`` (when installed) for models
+            the gateway does not list.
+        capabilities: derives unlisted cache prices from family multipliers.
+        retry_after: seconds before a failed fetch is tried again.
+        clock: monotonic seconds, for ``retry_after``.
+
+    Example:
+        >>> async def fetch() -> object:       # the gateway's GET /models, parsed
+        ...     return {"data": [{"id": "anthropic/claude-sonnet-4.6",
+        ...              "pricing": {"prompt": "0.000003", "completion": "0.000015"}}]}
+        >>> table = PriceTable(fetch, overrides={
+        ...     "my/fine-tune": ModelPrices.per_million(prompt=1, completion=2)})
+        >>> prices = asyncio.run(table.prices("anthropic/claude-sonnet-4.6"))  # or await it
+        >>> prices.source, prices.prompt, prices.cache_read   # read: the family's 0.1 x prompt
+        ('gateway', Decimal('0.000003'), Decimal('3E-7'))
+        >>> table.get("my/fine-tune:nitro").completion       # get(): what is known now, no I/O
+        Decimal('0.000002')
+    """
+
+    __slots__ = (
+        "_capabilities",
+        "_failed_at",
+        "_fallback",
+        "_fallback_memo",
+        "_fetch",
+        "_listed",
+        "_loaded",
+        "_lock",
+        "_overrides",
+        "_retry_after",
+        "clock",
+    )
+
+    def __init__(
+        self,
+        fetch: ModelsFetch | None = None,
+        *,
+        overrides: Mapping[str, ModelPrices] | None = None,
+        fallback: bool = True,
+        capabilities: CapabilityTable = DEFAULT_CAPABILITIES,
+        retry_after: float = DEFAULT_RETRY_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        check_number("PriceTable.retry_after", retry_after)
+        self._fetch = fetch
+        self._overrides: dict[str, ModelPrices] = {}
+        for model, prices in (overrides or {}).items():
+            self.override(model, prices)
+        self._fallback = fallback
+        self._capabilities = capabilities
+        self._retry_after = retry_after
+        self.clock = clock
+        self._listed: dict[str, ModelPrices] = {}
+        self._fallback_memo: dict[str, ModelPrices | None] = {}
+        self._loaded = fetch is None
+        self._failed_at: float | None = None
+        self._lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._loaded else "not loaded"
+        return (
+            f"PriceTable({state}, listed={len(self._listed)}, overrides={len(self._overrides)}, "
+            f"fallback={self._fallback})"
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the gateway's listing has been read (always True without a fetch)."""
+        return self._loaded
+
+    def override(self, model: str, prices: ModelPrices) -> None:
+        """Price ``model`` at ``prices`` from now on, whatever the gateway lists."""
+        if not isinstance(model, str) or not model or not isinstance(prices, ModelPrices):
+            raise ConfigurationError("PriceTable.override: expected a model id and ModelPrices")
+        self._overrides[model] = prices
+
+    def add_listing(self, listing: object) -> int:
+        """Read an OpenRouter ``/models`` body (``{"data": [{"id", "pricing"}, ...]}``);
+        returns how many models it priced. Unusable items are skipped."""
+        data = listing.get("data") if isinstance(listing, Mapping) else None
+        count = 0
+        for item in data if isinstance(data, list) else ():
+            if not isinstance(item, Mapping) or not isinstance(item.get("id"), str):
+                continue
+            prices = ModelPrices.from_openrouter(item.get("pricing"))
+            if prices is not None:
+                self._listed[item["id"]] = prices
+                count += 1
+        return count
+
+    async def load(self) -> None:
+        """Fetch the gateway's listing if it has not been read yet. Never raises."""
+        if self._loaded or self._fetch is None or self._backing_off():
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._loaded or self._backing_off():
+                return  # another caller fetched (or failed) while this one waited
+            try:
+                count = self.add_listing(await self._fetch())
+            except NotFoundError:
+                # Many gateways (and relays) have no /models: normal, not an outage.
+                self._failed("the gateway has no /models listing", logging.INFO)
+                return
+            except Exception as exc:  # a price fetch must never fail a completion
+                self._failed(f"{type(exc).__name__}: {exc}")
+                return
+            if not count:
+                self._failed("the listing priced no model", logging.INFO)
+                return
+            self._loaded = True
+            self._failed_at = None
+            logger.debug("limpet: %d model prices from the gateway", count)
+
+    def _failed(self, why: str, level: int = logging.WARNING) -> None:
+        if self._failed_at is None:  # once per outage, not once per retry
+            logger.log(
+                level, "limpet: no model prices from the gateway (%s); using genai-prices", why
+            )
+        self._failed_at = self.clock()
+
+    async def prices(self, model: str, *also: str) -> ModelPrices | None:
+        """``get(model, *also)`` after ``load()``; the fallback's first use is prepared off
+        the event loop (importing its data takes a fraction of a second)."""
+        await self.load()
+        names = (model, *also)
+        unknown = not any(self._known(name) for name in names)
+        if self._fallback and unknown and any(n not in self._fallback_memo for n in names):
+            await asyncio.to_thread(fallback_snapshot)
+        return self.get(model, *also)
+
+    def get(self, model: str, *also: str) -> ModelPrices | None:
+        """Prices of ``model`` from what is known now (no I/O), or None.
+
+        Each name is tried as given, then without its OpenRouter variant (``:nitro``...).
+        ``also`` names the same model otherwise (the slug requested, when ``model`` is the
+        one the response names): every name is looked for in the overrides and the
+        listing before any in the fallback.
+        """
+        names = (model, *also)
+        found = next(filter(None, map(self._known, names)), None)
+        if found is None and self._fallback:
+            for name in names:
+                if name not in self._fallback_memo:
+                    self._fallback_memo[name] = fallback_prices(name)
+                found = self._fallback_memo[name]
+                if found is not None:
+                    break
+        if found is None:
+            return None
+        return found.completed(self._capabilities.lookup(model))
+
+    def _known(self, model: str) -> ModelPrices | None:
+        base = model.partition(":")[0]
+        for source in (self._overrides, self._listed):
+            found = source.get(model) or source.get(base)
+            if found is not None:
+                return found
+        return None
+
+    def _backing_off(self) -> bool:
+        failed = self._failed_at
+        return failed is not None and self.clock() - failed < self._retry_after

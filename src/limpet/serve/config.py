@@ -1,0 +1,72 @@
+"""What ``limpet serve`` is configured with: ``ServeConfig``, and the endpoints its
+upstream URLs make."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlsplit
+
+from limpet.config import Endpoint
+from limpet.errors import ConfigurationError
+
+__all__ = ["DEFAULT_MODELS_TTL", "ServeConfig", "endpoints_of"]
+
+#: Seconds ``/v1/models`` answers are kept, per credential.
+DEFAULT_MODELS_TTL: Final = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """What ``limpet serve`` proxies to and where it caches.
+
+    Args:
+        upstreams: OpenAI-compatible API roots (``https://openrouter.ai/api/v1``); the
+            Client routes among them. Empty only with ``fake``.
+        redis: a ``redis://`` URL for the shared tier (behind an in-process one), or None.
+        memcached: a ``memcached://`` URL instead of Redis, or None.
+        prefix: the shared tier's key prefix; its default (``limpet:``) when None.
+        namespace: the Client's namespace.
+        auto_cache_control: the Client's ``auto_cache_control``.
+        fake: proxy to a ``FakeGateway`` started in-process (no key, no network).
+        models_ttl: seconds a ``/v1/models`` answer is kept, per credential.
+        upstream_key: the key the proxy sends upstream itself, instead of each caller's
+            ``Authorization``; its callers then share the cache entries of that key.
+        client_keys: with ``upstream_key``, the keys callers must present as
+            ``Authorization: Bearer <key>`` (none: every caller is let in).
+        metrics: serve ``GET /metrics`` for Prometheus (the ``prometheus`` extra).
+    """
+
+    upstreams: tuple[str, ...] = ()
+    redis: str | None = None
+    memcached: str | None = None
+    prefix: str | None = None
+    namespace: str = ""
+    auto_cache_control: bool = False
+    fake: bool = False
+    models_ttl: float = DEFAULT_MODELS_TTL
+    upstream_key: str | None = field(default=None, repr=False)
+    client_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    metrics: bool = False
+
+    def __post_init__(self) -> None:
+        if self.client_keys and not self.upstream_key:
+            raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
+        if not self.upstreams and not self.fake:
+            raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
+        if self.upstreams and self.fake:
+            raise ConfigurationError("ServeConfig: upstreams or fake, not both")
+        endpoints_of(self.upstreams)  # a bad URL fails now, not once serving
+        if self.redis and self.memcached:
+            raise ConfigurationError("ServeConfig: redis or memcached, not both")
+
+
+def endpoints_of(upstreams: Sequence[str], api_key: str | None = None) -> list[Endpoint]:
+    """One ``Endpoint`` per upstream URL, named by its host (and its position, when two
+    share a host); keyless by default: the caller's own ``Authorization`` is sent."""
+    hosts = [urlsplit(url).netloc or url for url in upstreams]
+    return [
+        Endpoint(host if hosts.count(host) == 1 else f"{host}#{index}", url, api_key=api_key)
+        for index, (host, url) in enumerate(zip(hosts, upstreams, strict=True), start=1)
+    ]
