@@ -1,16 +1,14 @@
 """The Redis backend: bytes under prefixed keys with Redis-native TTLs, on ``redis.asyncio``.
 
-Every operation is bounded (reads by ``read_timeout``, 50 ms; writes by ``write_timeout``,
-100 ms), behind a circuit breaker, and writes are queued and sent in the background: what
-every remote tier does, in ``limpet.cache.remote``. Connecting is ``connection``'s.
+Bounded operations (reads 50 ms, writes 100 ms), the circuit breaker, background writes
+and the mapping of every failure to ``CacheUnavailableError`` are what every remote tier
+does (``limpet.cache.remote``). Connecting is ``connection``'s, ``clear()``'s SCAN is
+``scan``'s, and the generation counters are ``generations``'.
 
 The same cache runs on one server or on a Redis Cluster. On a cluster every key carries
 a hash tag, so that each operation stays on one slot: an entry and its flight lease
 (which one Lua script touches) share the cache key as their tag, and every generation
 counter shares the tag ``{gen}`` (read together in one MGET).
-
-Every failure leaves as ``CacheUnavailableError`` (with the redis-py or OS error as its
-``__cause__``); falling through to another tier is ``TieredCache``'s job, not this one's.
 """
 
 from __future__ import annotations
