@@ -144,8 +144,8 @@ class RemoteCache:
     While the circuit breaker is open every operation raises ``CacheUnavailableError``
     at once, without touching the network; after its cool-down one operation probes.
 
-    Subclasses set ``_kind`` (for messages: ``"redis"``) and build their client, then call
-    ``_start()`` from their ``__init__``; they override ``_deadline`` and ``_verdict``.
+    Subclasses set ``_kind`` (for messages: ``"redis"``), build their client and call
+    ``super().__init__()``; they override ``_deadline`` and ``_verdict``.
     """
 
     __slots__ = (
@@ -163,7 +163,7 @@ class RemoteCache:
     #: The backend's name in messages and task names.
     _kind: ClassVar[str]
 
-    def _start(
+    def __init__(
         self,
         settings: RemoteSettings,
         *,
@@ -172,7 +172,15 @@ class RemoteCache:
         batch_size: int,
         breaker: CircuitBreaker | None,
     ) -> None:
-        """Take the settings, and start the breaker and the write queue."""
+        """Take the checked settings, and start the breaker and the write queue.
+
+        Args:
+            settings: from ``remote_settings()``.
+            where: the server(s), for messages (never credentials).
+            send: sends a batch of writes the backend's way.
+            batch_size: writes sent in one batch at most.
+            breaker: the caller's breaker, or None for a new one.
+        """
         self.prefix = settings.prefix
         self.read_timeout = settings.read_timeout
         self.write_timeout = settings.write_timeout

@@ -157,7 +157,7 @@ class MemcachedCache(RemoteCache):
         self._connector = MemcachedConnector(url, client, max_connections=max_connections)
         self.max_value_size = max_value_size
         self._oversized = 0
-        self._start(
+        super().__init__(
             settings,
             where=self._connector.where,
             send=concurrent_writes(self._send_write),

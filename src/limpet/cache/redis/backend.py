@@ -169,7 +169,7 @@ class RedisCache(RemoteCache):
         # Entry key: prefix + open + key + close; the hash tag is the cache key itself.
         self._tag_open, self._tag_close = ("{", "}") if self.cluster else ("", "")
         self._generation_prefix = prefix + ("{gen}:" if self.cluster else "gen:")
-        self._start(
+        super().__init__(
             settings,
             where=describe_server(client),
             send=pipelined_writes(client),
