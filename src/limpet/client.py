@@ -530,28 +530,14 @@ class Client:
 
 def _generation_store(cache: TieredCache | None) -> GenerationStore | None:
     """The lowest tier that keeps generations (the one processes share), if any."""
-    for tier in reversed(cache.tiers if cache is not None else ()):
-        if isinstance(tier, GenerationStore):
-            return tier
-    return None
+    return None if cache is None else cache.generation_store
 
 
 def _redis_tier(cache: TieredCache | None) -> RedisCache | None:
-    """The lowest Redis tier, if any (imported lazily: redis is an optional extra)."""
-    if cache is None or not any(type(t).__name__ == "RedisCache" for t in cache.tiers):
-        return None
-    from limpet.cache.redis.backend import RedisCache
-
-    for tier in reversed(cache.tiers):
-        if isinstance(tier, RedisCache):
-            return tier
-    return None
+    """The lowest Redis tier, if any."""
+    return None if cache is None else cache.redis_tier
 
 
 def _flight_store(cache: TieredCache | None) -> FlightStore | None:
-    """Leases and notices of the lowest tier that offers them (a Redis tier), if any."""
-    for tier in reversed(cache.tiers if cache is not None else ()):
-        store = getattr(tier, "flight_store", None)
-        if isinstance(store, FlightStore):
-            return store
-    return None
+    """Leases and notices of the lowest tier that offers them, if any."""
+    return None if cache is None else cache.flight_store

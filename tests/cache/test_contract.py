@@ -3,7 +3,7 @@
 A new backend joins by adding a parameter to the ``backend`` fixture. Redis runs against a
 real server (the ``redis`` marker) and a real three-node cluster (the ``cluster`` marker),
 Memcached against a real memcached (the ``memcached`` marker), each under a key prefix of
-its own.
+its own; ``UserCache`` is what an application might write, declaring no capabilities.
 """
 
 from __future__ import annotations
@@ -14,10 +14,19 @@ from dataclasses import dataclass
 import pytest
 
 from limpet.cache.base import CacheBackend
+from limpet.cache.capabilities import UNDECLARED, TierCapabilities, capabilities_of
+from limpet.cache.generations import GenerationStore
 from limpet.cache.memcached.backend import MemcachedCache
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
+from limpet.flight.coalesce import FlightStore
+from limpet.routing.affinity import RedisTier
 from tests.redis_servers import eventually
+
+_SHARED = TierCapabilities(shared=True, generations=True, leases=True, breaker=True)
+_REDIS = TierCapabilities(
+    shared=True, generations=True, leases=True, pubsub=True, breaker=True, redis=True
+)
 
 
 class FakeClock:
@@ -41,26 +50,60 @@ class Harness:
     settle: Callable[[], Awaitable[None]] = _nothing
     #: Let this many seconds pass (a fake clock moves; a real one is left alone).
     elapse: Callable[[float], None] = lambda seconds: None
+    #: What the backend says it can do.
+    capabilities: TierCapabilities = UNDECLARED
+
+
+class UserCache:
+    """A backend as an application might write one: the five methods, nothing declared."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._items: dict[str, tuple[float, bytes]] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        expires_at, value = self._items.get(key, (0.0, b""))
+        return value if expires_at > self._clock() else None
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._items.pop(key, None)
+        if ttl > 0:
+            self._items[key] = (self._clock() + ttl, value)
+
+    async def delete(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    async def clear(self) -> None:
+        self._items.clear()
+
+    async def aclose(self) -> None:
+        self._items.clear()
 
 
 @pytest.fixture(
     params=[
         "memory",
+        "user",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("cluster", marks=pytest.mark.cluster),
         pytest.param("memcached", marks=pytest.mark.memcached),
     ]
 )
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    if request.param == "memory":
+    if request.param in ("memory", "user"):
         clock = FakeClock()
 
         def elapse(seconds: float) -> None:
             clock.now += seconds
 
-        memory = MemoryCache(clock=clock)
-        yield Harness(memory, elapse=elapse)
-        await memory.aclose()
+        if request.param == "memory":
+            memory = MemoryCache(clock=clock)
+            yield Harness(memory, elapse=elapse, capabilities=TierCapabilities(local=True))
+            await memory.aclose()
+        else:
+            user = UserCache(clock)
+            yield Harness(user, elapse=elapse)
+            await user.aclose()
     elif request.param == "memcached":
         # Patient: the contract is about what is stored, not about speed on a busy machine.
         memcached = MemcachedCache.from_url(
@@ -69,7 +112,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
             read_timeout=1.0,
             write_timeout=1.0,
         )
-        yield Harness(memcached, settle=memcached.flush)
+        yield Harness(memcached, settle=memcached.flush, capabilities=_SHARED)
         await memcached.aclose()
         await memcached.aclose()  # idempotent
     else:
@@ -87,13 +130,32 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
             url: str = request.getfixturevalue("redis_url")
             prefix: str = request.getfixturevalue("redis_prefix")
             redis = RedisCache.from_url(url, prefix=prefix)
-        yield Harness(redis, settle=redis.flush)
+        yield Harness(redis, settle=redis.flush, capabilities=_REDIS)
         await redis.aclose()
         await redis.aclose()  # idempotent
 
 
 async def test_is_a_cache_backend(backend: Harness) -> None:
     assert isinstance(backend.backend, CacheBackend)
+
+
+async def test_reports_its_capabilities(backend: Harness) -> None:
+    assert capabilities_of(backend.backend) == backend.capabilities
+
+
+async def test_keeps_what_its_capabilities_promise(backend: Harness) -> None:
+    cache: object = backend.backend
+    can = capabilities_of(cache)
+    assert isinstance(cache, GenerationStore) == can.generations
+    assert isinstance(getattr(cache, "flight_store", None), FlightStore) == can.leases
+    if can.leases:
+        assert getattr(cache, "hmac_key", b"absent") is None  # TieredCache may give it one
+    assert all(
+        hasattr(cache, name) == can.breaker
+        for name in ("breaker_state", "failed_writes", "dropped_writes")
+    )
+    assert isinstance(cache, RedisTier) == can.redis
+    assert not (can.local and can.shared)
 
 
 async def test_get_of_a_missing_key_is_none(backend: Harness) -> None:

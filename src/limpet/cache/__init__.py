@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from limpet._extras import import_extra as _import_extra
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
+from limpet.cache.capabilities import TierCapabilities
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache, TierStats
 
@@ -24,6 +25,7 @@ __all__ = [
     "MemcachedCache",
     "MemoryCache",
     "RedisCache",
+    "TierCapabilities",
     "TierStats",
     "TieredCache",
 ]

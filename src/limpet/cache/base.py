@@ -41,7 +41,14 @@ _META = struct.Struct("<6Q3dIHII")
 
 @runtime_checkable
 class CacheBackend(Protocol):
-    """Bytes under string keys, with a TTL. Every method may raise ``CacheUnavailableError``."""
+    """Bytes under string keys, with a TTL. Every method may raise ``CacheUnavailableError``.
+
+    A backend may also say what else it can do with a ``capabilities`` class attribute, a
+    ``limpet.cache.capabilities.TierCapabilities`` (local? shared? generations? leases?
+    ...); one that says nothing is a plain tier (``capabilities.UNDECLARED``). It is not
+    a member of this protocol, so that a backend written before it still is one; read it
+    with ``capabilities_of()``, or ask ``TieredCache``.
+    """
 
     async def get(self, key: str) -> bytes | None:
         """The value under ``key``, or None when absent or expired."""

@@ -15,10 +15,16 @@ from typing import Literal, TypeAlias
 
 from limpet.errors import ConfigurationError
 
-__all__ = ["DEFAULT_COOLDOWN", "DEFAULT_FAILURE_THRESHOLD", "BreakerState", "CircuitBreaker"]
+__all__ = [
+    "DEFAULT_BREAKER_COOLDOWN",
+    "DEFAULT_FAILURE_THRESHOLD",
+    "BreakerState",
+    "CircuitBreaker",
+]
 
 DEFAULT_FAILURE_THRESHOLD = 3
-DEFAULT_COOLDOWN = 2.0
+#: Seconds an open breaker refuses calls before it lets a probe through.
+DEFAULT_BREAKER_COOLDOWN = 2.0
 
 BreakerState: TypeAlias = Literal["closed", "open", "half_open"]
 
@@ -77,7 +83,7 @@ class CircuitBreaker:
         self,
         *,
         failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
-        cooldown: float = DEFAULT_COOLDOWN,
+        cooldown: float = DEFAULT_BREAKER_COOLDOWN,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if (

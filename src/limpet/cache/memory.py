@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import ClassVar
 
+from limpet.cache.capabilities import TierCapabilities
 from limpet.errors import ConfigurationError
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "MemoryCache"]
@@ -33,7 +35,7 @@ class MemoryCache:
     __slots__ = ("_bytes", "_clock", "_entries", "max_bytes", "max_entries")
 
     #: Answers in-process without I/O: the Client reads it before coalescing a miss.
-    local = True
+    capabilities: ClassVar[TierCapabilities] = TierCapabilities(local=True)
 
     def __init__(
         self,

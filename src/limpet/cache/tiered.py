@@ -11,10 +11,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
+from limpet.cache.capabilities import (
+    Capability,
+    GuardedTier,
+    LeaseTier,
+    TierCapabilities,
+    capabilities_of,
+    lowest_with,
+)
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
+
+if TYPE_CHECKING:
+    from limpet.cache.generations import GenerationStore
+    from limpet.cache.redis.backend import RedisCache
+    from limpet.flight.coalesce import FlightStore
 
 __all__ = ["DEFAULT_MAX_ENTRY_BYTES", "TierStats", "TieredCache"]
 
@@ -53,7 +66,10 @@ class TieredCache:
     with the entry's remaining TTL. A write goes to every tier. A tier that fails is
     counted and skipped, and logged once per outage.
 
-    The tiered cache owns its tiers: ``aclose()`` closes them.
+    The tiered cache owns its tiers: ``aclose()`` closes them. What each tier can do is
+    read once from its ``capabilities`` (``limpet.cache.capabilities``), and asked of the
+    tiered cache: ``local_tiers``, ``generation_store``, ``flight_store``, ``redis_tier``,
+    ``guarded_tiers``, or ``lowest_with(capability)``.
 
     Args:
         tiers: one or more backends, fastest first.
@@ -71,6 +87,8 @@ class TieredCache:
         "_codec",
         "_failing",
         "_hmac_key",
+        "capabilities",
+        "local_tiers",
         "max_entry_bytes",
         "stats",
         "tiers",
@@ -103,27 +121,52 @@ class TieredCache:
         self.stats = TierStats(hits=[0] * len(tiers))
         self._codec = EntryCodec(hmac_key)
         self._hmac_key = hmac_key
+        #: What each tier can do, in tier order.
+        self.capabilities: tuple[TierCapabilities, ...] = tuple(map(capabilities_of, tiers))
+        #: How many leading tiers answer in-process, without I/O (``MemoryCache``).
+        self.local_tiers = _leading_local(self.capabilities)
         if hmac_key is not None:
-            for tier in tiers:
+            for tier, can in zip(tiers, self.capabilities, strict=True):
                 # One key signs entries and a shared tier's flight notices alike, so a
                 # fleet configured with one hmac_key trusts its leaders' final errors.
-                if getattr(tier, "hmac_key", False) is None:
-                    tier.hmac_key = hmac_key  # type: ignore[attr-defined]
+                if can.leases and cast(LeaseTier, tier).hmac_key is None:
+                    cast(LeaseTier, tier).hmac_key = hmac_key
         self._clock = clock
         self._failing = [False] * len(tiers)
 
     def __repr__(self) -> str:
         return f"TieredCache({', '.join(repr(t) for t in self.tiers)})"
 
+    def lowest_with(self, capability: Capability) -> CacheBackend | None:
+        """The lowest tier (the one processes share) that has ``capability``, or None."""
+        return lowest_with(self.tiers, capability)
+
     @property
-    def local_tiers(self) -> int:
-        """How many leading tiers answer in-process, without I/O (``MemoryCache``)."""
-        count = 0
-        for tier in self.tiers:
-            if not getattr(tier, "local", False):
-                break
-            count += 1
-        return count
+    def generation_store(self) -> GenerationStore | None:
+        """The lowest tier that keeps generations (the one processes share), if any."""
+        return cast("GenerationStore | None", self.lowest_with("generations"))
+
+    @property
+    def flight_store(self) -> FlightStore | None:
+        """Leases and notices of the lowest tier that offers them, if any (built by the
+        tier on first use, and closed with it)."""
+        tier = cast("LeaseTier | None", self.lowest_with("leases"))
+        return None if tier is None else tier.flight_store
+
+    @property
+    def redis_tier(self) -> RedisCache | None:
+        """The lowest tier that lends its Redis to limpet's other shared state (affinity
+        map, fleet counters), if any."""
+        return cast("RedisCache | None", self.lowest_with("redis"))
+
+    @property
+    def guarded_tiers(self) -> tuple[GuardedTier, ...]:
+        """The tiers behind a circuit breaker, in tier order."""
+        return tuple(
+            cast(GuardedTier, tier)
+            for tier, can in zip(self.tiers, self.capabilities, strict=True)
+            if can.breaker
+        )
 
     def get(
         self, key: str, *, start: int = 0, stop: int | None = None
@@ -265,3 +308,14 @@ class TieredCache:
     def _recovered(self, index: int) -> None:
         self._failing[index] = False
         logger.info("limpet cache: tier %d is back", index)
+
+
+def _leading_local(capabilities: tuple[TierCapabilities, ...]) -> int:
+    """How many of the first tiers are local: a local tier below a remote one does not
+    count (it is read after a round trip anyway)."""
+    count = 0
+    for can in capabilities:
+        if not can.local:
+            break
+        count += 1
+    return count

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from limpet.cache.tiered import TierStats
 from limpet.models import CacheStatus, Completion
 
 if TYPE_CHECKING:
+    from limpet.cache.capabilities import GuardedTier
     from limpet.cache.tiered import TieredCache
     from limpet.http.admission import Admissions, AdmissionStats
 
@@ -18,20 +19,6 @@ __all__ = ["Stats"]
 _BREAKER_SEVERITY = ("open", "half_open", "closed")
 
 
-@runtime_checkable
-class _GuardedTier(Protocol):
-    """A tier behind a circuit breaker that writes in the background (``RedisCache``)."""
-
-    @property
-    def breaker_state(self) -> str: ...
-
-    @property
-    def failed_writes(self) -> int: ...
-
-    @property
-    def dropped_writes(self) -> int: ...
-
-
 class _Tiers:
     """What ``Stats.attach`` learnt of the cache: how many leading tiers answer
     in-process, and the tiers behind a breaker. Live objects, so it is shared rather than
@@ -39,7 +26,7 @@ class _Tiers:
 
     __slots__ = ("guarded", "local")
 
-    def __init__(self, local: int = 1, guarded: tuple[_GuardedTier, ...] = ()) -> None:
+    def __init__(self, local: int = 1, guarded: tuple[GuardedTier, ...] = ()) -> None:
         self.local = local
         self.guarded = guarded
 
@@ -109,8 +96,7 @@ class Stats:
         """Report on ``cache``: its counters become ``cache``, and its tiers give the
         L1/L2 split and the breaker states. The Client calls this with its cache."""
         self.cache = cache.stats
-        guarded = tuple(t for t in cache.tiers if isinstance(t, _GuardedTier))
-        self._tiers = _Tiers(cache.local_tiers, guarded)
+        self._tiers = _Tiers(cache.local_tiers, cache.guarded_tiers)
 
     @property
     def endpoints(self) -> dict[str, AdmissionStats]:

@@ -20,8 +20,9 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast, runtime_checkable
 
+from limpet.cache.capabilities import lowest_with
 from limpet.errors import CacheUnavailableError
 
 if TYPE_CHECKING:
@@ -217,11 +218,10 @@ class RedisAffinityStore:
 
 
 def affinity_store_for(tiers: Sequence[object]) -> AffinityStore | None:
-    """A ``RedisAffinityStore`` on the lowest Redis tier (the one processes share), if any."""
-    for tier in reversed(tiers):
-        if isinstance(tier, RedisTier):
-            return RedisAffinityStore(tier)
-    return None
+    """A ``RedisAffinityStore`` on the lowest tier that lends its Redis (the one processes
+    share; ``TierCapabilities.redis``), if any."""
+    tier = lowest_with(tiers, "redis")
+    return None if tier is None else RedisAffinityStore(cast(RedisTier, tier))
 
 
 class AffinityMirror:

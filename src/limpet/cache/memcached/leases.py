@@ -35,7 +35,8 @@ import emcache
 import orjson
 
 from limpet.cache.memcached.keys import RELATIVE_TTL_LIMIT, memcached_expiry
-from limpet.errors import APIStatusError, CacheUnavailableError, status_error
+from limpet.cache.notices import error_fields, error_from_fields
+from limpet.errors import CacheUnavailableError
 from limpet.flight.coalesce import FlightNotice, FlightOutcome
 
 if TYPE_CHECKING:
@@ -238,15 +239,8 @@ def _sign(hmac_key: bytes | None, notice_key: bytes, body: bytes) -> bytes:
 
 def _encode_notice(token: str, notice: FlightNotice) -> bytes:
     fields: dict[str, Any] = {"token": token, "outcome": notice.outcome.value}
-    error = notice.error
-    if error is not None:
-        fields |= {
-            "status": error.status_code,
-            "message": error.message,
-            "body": error.body,
-            "request_id": error.request_id,
-            "endpoint": error.endpoint,
-        }
+    if notice.error is not None:
+        fields |= error_fields(notice.error)
     return orjson.dumps(fields)
 
 
@@ -259,14 +253,7 @@ def _decode_notice(raw: bytes) -> tuple[bytes | None, FlightNotice]:
         outcome = FlightOutcome(fields["outcome"])
         if "status" not in fields:
             return token, FlightNotice(outcome)
-        status = int(fields["status"])
-        error: APIStatusError = status_error(status)(
-            str(fields["message"]),
-            status_code=status,
-            body=str(fields.get("body") or ""),
-            request_id=fields.get("request_id"),
-            endpoint=fields.get("endpoint"),
-        )
+        error = error_from_fields(fields)
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return None, FlightNotice(FlightOutcome.ABANDONED)
     return token, FlightNotice(outcome, error)

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from limpet.errors import APIStatusError, CacheUnavailableError, status_error
+from limpet.cache.notices import error_fields, error_from_fields
+from limpet.errors import CacheUnavailableError
 from limpet.flight.coalesce import FlightNotice, FlightOutcome
 
 if TYPE_CHECKING:
@@ -294,29 +295,11 @@ def _millis(seconds: float) -> int:
 def _encode_notice(notice: FlightNotice) -> bytes:
     if notice.error is None:
         return notice.outcome.value.encode()
-    error = notice.error
-    return orjson.dumps(
-        {
-            "outcome": notice.outcome.value,
-            "status": error.status_code,
-            "message": error.message,
-            "body": error.body,
-            "request_id": error.request_id,
-            "endpoint": error.endpoint,
-        }
-    )
+    return orjson.dumps({"outcome": notice.outcome.value, **error_fields(notice.error)})
 
 
 def _decode_notice(raw: bytes) -> FlightNotice:
     if not raw.startswith(b"{"):
         return FlightNotice(FlightOutcome(raw.decode()))
     fields = orjson.loads(raw)
-    status = int(fields["status"])
-    error: APIStatusError = status_error(status)(
-        str(fields["message"]),
-        status_code=status,
-        body=str(fields.get("body") or ""),
-        request_id=fields.get("request_id"),
-        endpoint=fields.get("endpoint"),
-    )
-    return FlightNotice(FlightOutcome(fields["outcome"]), error)
+    return FlightNotice(FlightOutcome(fields["outcome"]), error_from_fields(fields))

@@ -1,0 +1,328 @@
+"""What the remote tiers (``RedisCache``, ``MemcachedCache``) share: their settings and
+the checks on them, the circuit breaker around every call, and the write queue.
+
+A cache must never make a call slower than having no cache, so every remote operation is
+bounded: reads by ``read_timeout``, writes by ``write_timeout``, and a circuit breaker
+stops calling a server that keeps failing, so an outage costs a few timeouts, not one per
+call. Writes never wait at all: ``set()`` queues the value and a background writer sends
+it (``limpet.cache.writes.WriteQueue``). Every failure leaves as
+``CacheUnavailableError`` with the client's error as its ``__cause__``.
+
+``RemoteCache`` is that behaviour once; a backend adds how it talks to its server: how a
+call is timed (``_deadline``), what an error says about the server (``_verdict``), and
+how a batch of writes goes out (the ``SendBatch`` it gives the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import ClassVar, Self, TypeVar
+
+from limpet.cache.breaker import BreakerState, CircuitBreaker
+from limpet.cache.writes import SendBatch, WriteQueue
+from limpet.config import check_number
+from limpet.errors import CacheUnavailableError, ConfigurationError
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_PENDING_WRITES",
+    "DEFAULT_PREFIX",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_WRITE_TIMEOUT",
+    "RemoteCache",
+    "RemoteSettings",
+    "Verdict",
+    "check_source",
+    "remote_settings",
+]
+
+DEFAULT_PREFIX = "limpet:"
+DEFAULT_READ_TIMEOUT = 0.050
+DEFAULT_WRITE_TIMEOUT = 0.100
+DEFAULT_MAX_PENDING_WRITES = 1_000
+DEFAULT_CLOSE_TIMEOUT = 5.0
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteSettings:
+    """The checked options every remote tier takes (see ``RedisCache`` for each)."""
+
+    prefix: str
+    read_timeout: float
+    write_timeout: float
+    close_timeout: float
+    max_pending_writes: int
+    max_connections: int
+    hmac_key: bytes | None
+
+
+def remote_settings(
+    owner: str,
+    *,
+    prefix: str,
+    read_timeout: float,
+    write_timeout: float,
+    close_timeout: float,
+    max_pending_writes: int,
+    max_connections: int,
+    hmac_key: bytes | None,
+) -> RemoteSettings:
+    """The settings of a remote tier named ``owner``, checked; the prefix is the
+    backend's to check (each server has its own rules for keys).
+
+    Raises:
+        ConfigurationError: an option out of range, naming ``owner.option``.
+
+    Example:
+        >>> remote_settings("RedisCache", prefix="app:", read_timeout=0, write_timeout=0.1,
+        ...     close_timeout=5, max_pending_writes=10, max_connections=8, hmac_key=None)
+        Traceback (most recent call last):
+        limpet.errors.ConfigurationError: RedisCache.read_timeout: expected a finite number > 0, got 0
+    """  # noqa: E501
+    for name, seconds in (
+        ("read_timeout", read_timeout),
+        ("write_timeout", write_timeout),
+        ("close_timeout", close_timeout),
+    ):
+        check_number(f"{owner}.{name}", seconds, above=0)
+    for name, count in (
+        ("max_pending_writes", max_pending_writes),
+        ("max_connections", max_connections),
+    ):
+        check_number(f"{owner}.{name}", count, integer=True)
+    if hmac_key is not None and (not isinstance(hmac_key, bytes) or not hmac_key):
+        raise ConfigurationError(f"{owner}.hmac_key: expected non-empty bytes or None")
+    return RemoteSettings(
+        prefix=prefix,
+        read_timeout=float(read_timeout),
+        write_timeout=float(write_timeout),
+        close_timeout=float(close_timeout),
+        max_pending_writes=max_pending_writes,
+        max_connections=max_connections,
+        hmac_key=hmac_key,
+    )
+
+
+def check_source(owner: str, url: object, client: object) -> None:
+    """A remote tier is built from a URL or lent a client, never both or neither.
+
+    Raises:
+        ConfigurationError: neither or both given.
+    """
+    if (url is None) == (client is None):
+        raise ConfigurationError(f"{owner}: pass exactly one of url= or client=")
+
+
+class Verdict(enum.Enum):
+    """What a failed call says about the server, hence what the breaker is told."""
+
+    #: The server is down, unreachable or broken: a failure for the breaker.
+    DOWN = "down"
+    #: The server answered with an error (out of memory, too large): it is up.
+    REFUSED = "refused"
+    #: This process has no free connection: says nothing about the server.
+    BUSY = "busy"
+
+
+class RemoteCache:
+    """The shared half of a remote tier: breaker, write queue, lifecycle and counters.
+
+    Writes are queued and sent by a background task: ``set()`` returns at once, a value
+    queued but not yet written is already visible to ``get()`` in this process, at most
+    ``max_pending_writes`` values wait (beyond that new writes are dropped and counted in
+    ``dropped_writes``), and ``flush()`` waits until the queue is empty. Writes the
+    server refused or that could not be sent are counted in ``failed_writes`` and logged
+    once per outage; they never raise, since no caller is waiting for them.
+
+    While the circuit breaker is open every operation raises ``CacheUnavailableError``
+    at once, without touching the network; after its cool-down one operation probes.
+
+    Subclasses set ``_kind`` (for messages: ``"redis"``), build their client and call
+    ``super().__init__()``; they override ``_deadline`` and ``_verdict``.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_where",
+        "_writes",
+        "breaker",
+        "close_timeout",
+        "hmac_key",
+        "prefix",
+        "read_timeout",
+        "write_timeout",
+    )
+
+    #: The backend's name in messages and task names.
+    _kind: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: RemoteSettings,
+        *,
+        where: str,
+        send: SendBatch,
+        batch_size: int,
+        breaker: CircuitBreaker | None,
+    ) -> None:
+        """Take the checked settings, and start the breaker and the write queue.
+
+        Args:
+            settings: from ``remote_settings()``.
+            where: the server(s), for messages (never credentials).
+            send: sends a batch of writes the backend's way.
+            batch_size: writes sent in one batch at most.
+            breaker: the caller's breaker, or None for a new one.
+        """
+        self.prefix = settings.prefix
+        self.read_timeout = settings.read_timeout
+        self.write_timeout = settings.write_timeout
+        self.close_timeout = settings.close_timeout
+        #: Signs flight notices (see ``flight_store``); never in reprs or messages.
+        self.hmac_key = settings.hmac_key
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self._where = where
+        self._closed = False
+        self._writes = WriteQueue(
+            send,
+            self.breaker,
+            timeout=self.write_timeout,
+            max_pending=settings.max_pending_writes,
+            where=where,
+            kind=self._kind,
+            batch_size=batch_size,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self._where}, prefix={self.prefix!r}, "
+            f"breaker={self.breaker.state!r}, pending_writes={self.pending_writes})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Send pending writes, then release connections. Idempotent."""
+        raise NotImplementedError
+
+    @property
+    def server(self) -> str:
+        """Where this cache's server is (host and port, or the socket), never a credential."""
+        return self._where
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        """The circuit breaker's state: ``"closed"``, ``"open"`` or ``"half_open"``."""
+        return self.breaker.state
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued or being sent."""
+        return len(self._writes)
+
+    @property
+    def dropped_writes(self) -> int:
+        """Writes never attempted: the queue was full, or ``aclose()`` ran out of time."""
+        return self._writes.dropped
+
+    @property
+    def failed_writes(self) -> int:
+        """Writes attempted that did not land: refused, or the server down or too slow."""
+        return self._writes.failed
+
+    async def flush(self) -> None:
+        """Wait until every queued write has been sent (or has failed)."""
+        await self._writes.flush()
+
+    def _queued(self, full: str) -> tuple[bool, bytes | None]:
+        """Whether a write of the full key ``full`` is queued, and what it stores: this
+        process already knows the answer, though the server has not seen it yet."""
+        queued = self._writes.queued(full)
+        if queued is None:
+            return False, None
+        value, expires_at = queued
+        return True, value if expires_at > time.monotonic() else None
+
+    def _check_writable(self) -> None:
+        """No write is queued while the breaker is open (nor once the cache is closed).
+
+        Raises:
+            CacheUnavailableError: the breaker is open, or the cache closed.
+        """
+        self._check_open()
+        if self.breaker.state == "open":
+            raise CacheUnavailableError(
+                f"{self._kind} SET skipped: circuit breaker open ({self._where})"
+            )
+
+    async def _close_writes(self) -> bool:
+        """Mark the cache closed and send pending writes for at most ``close_timeout``.
+        False when it was closed already."""
+        if self._closed:
+            return False
+        self._closed = True
+        await self._writes.close(self.close_timeout)
+        return True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheUnavailableError(f"{type(self).__name__} for {self._where} is closed")
+
+    def _deadline(self, budget: float) -> AbstractAsyncContextManager[object]:
+        """Bounds one call to ``budget`` seconds."""
+        return asyncio.timeout(budget)
+
+    def _verdict(self, exc: Exception) -> Verdict:
+        """What ``exc``, raised by a call, says about the server."""
+        return Verdict.DOWN
+
+    async def _guarded(
+        self, command: str, budget: float, call: Callable[[], Awaitable[_T]], *, gated: bool
+    ) -> _T:
+        """Run ``call`` under the breaker within ``budget``: the one boundary to the
+        server (see the backends' ``run()``), where every error becomes
+        ``CacheUnavailableError``."""
+        self._check_open()
+        breaker, kind, where = self.breaker, self._kind, self._where
+        if gated and not breaker.allow():
+            raise CacheUnavailableError(f"{kind} {command} skipped: circuit breaker open ({where})")
+        epoch = breaker.epoch
+        try:
+            async with self._deadline(budget):
+                result = await call()
+        except TimeoutError as exc:
+            breaker.record_failure(epoch)
+            raise CacheUnavailableError(
+                f"{kind} {command} timed out after {budget * 1000:.0f} ms ({where})"
+            ) from exc
+        except Exception as exc:
+            verdict = self._verdict(exc)
+            if verdict is Verdict.BUSY:
+                breaker.release(epoch)
+                raise CacheUnavailableError(
+                    f"{kind} {command}: no free connection ({where})"
+                ) from exc
+            if verdict is Verdict.REFUSED:
+                # The server answered: this must not open the breaker and turn a refused
+                # write into an outage for reads too.
+                breaker.record_success(epoch)
+                raise CacheUnavailableError(f"{kind} {command} refused ({where}): {exc}") from exc
+            breaker.record_failure(epoch)
+            raise CacheUnavailableError(f"{kind} {command} failed ({where}): {exc}") from exc
+        except BaseException:
+            # Cancelled by our caller: says nothing about the server.
+            breaker.release(epoch)
+            raise
+        breaker.record_success(epoch)
+        return result
