@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+import zlib
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -17,6 +17,7 @@ import orjson
 from limpet.cache.sealing import Seal
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
+from limpet.providers.usage import has_usage
 
 __all__ = [
     "ENTRY_FORMAT",
@@ -30,13 +31,19 @@ __all__ = [
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
 #: 2: usage gained ``cache_write_1h_tokens``.
 #: 3: bound to its key (which it carries, under the MAC); the stream's length.
-ENTRY_FORMAT = 3
+#: 4: a CRC-32 of the payload, the model and flags in the header: the body is decoded
+#:    only when read.
+ENTRY_FORMAT = 4
 
-# prompt, completion, cached, cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown);
-# created_at, expires_at; key, endpoint name, body and stream lengths (stream 0: not
-# streamed). Then the key, the endpoint name, the body's JSON and, for a streamed answer,
-# its chunking's JSON.
-_META = struct.Struct("<6Q3dIHII")
+# CRC-32 of everything after it. Then prompt, completion, cached, cache-write, reasoning,
+# 1 h cache-write tokens; cost (NaN: unknown); created_at, expires_at; key, endpoint name,
+# body, stream (0: not streamed) and model lengths; flags. Then the key, the endpoint
+# name, the model, the body's JSON and, for a streamed answer, its chunking's JSON.
+_CRC = struct.Struct("<I")
+_META = struct.Struct("<6Q3dIHIIHB")
+# Flags: the usage counts were reported; the body carried a usage object; the body was
+# servable when encoded (an entry that is not reads back as corrupt).
+_REPORTED, _BODY_USAGE, _SERVABLE = 1, 2, 4
 
 
 @runtime_checkable
@@ -64,12 +71,16 @@ class CacheBackend(Protocol):
         ...
 
 
-@dataclass(slots=True)
 class CacheEntry:
     """A stored completion.
 
+    Its body is shared by every reader of the entry (coalesced callers, a hit's
+    ``Completion``), so nobody may change it: a ``Completion`` copies it for its caller
+    (``limpet.models.shared_completion``). A decoded entry keeps the body's JSON and
+    parses it on first use of ``body``.
+
     Attributes:
-        body: the upstream JSON body as received.
+        body: the upstream JSON body as received (read only).
         usage: its normalised usage.
         cost_usd: what the original call cost, or None when unknown.
         endpoint: name of the endpoint that served it.
@@ -78,24 +89,146 @@ class CacheEntry:
         stream: for an answer that was streamed, the JSON of how it was chunked (see
             ``limpet.http.chunks``), so a replay repeats the live stream's deltas; kept as
             bytes and parsed only when replayed, so a plain hit never pays for it.
+        model: the body's ``model``, or "" when it has none.
     """
 
-    body: dict[str, Any]
-    usage: Usage
-    cost_usd: float | None
-    endpoint: str
-    created_at: float
-    expires_at: float
-    stream: bytes | None = None
+    __slots__ = (
+        "_body",
+        "_body_usage",
+        "_json",
+        "cost_usd",
+        "created_at",
+        "endpoint",
+        "expires_at",
+        "model",
+        "stream",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        body: dict[str, Any],
+        usage: Usage,
+        cost_usd: float | None,
+        endpoint: str,
+        created_at: float,
+        expires_at: float,
+        stream: bytes | None = None,
+    ) -> None:
+        self._body: dict[str, Any] | None = body
+        self._json: bytes | memoryview | None = None
+        self._body_usage: bool | None = None
+        self.usage = usage
+        self.cost_usd = cost_usd
+        self.endpoint = endpoint
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self.stream = stream
+        model = body.get("model") if type(body) is dict else None
+        self.model = model if type(model) is str else ""
+
+    @classmethod
+    def of_json(
+        cls,
+        body: bytes | memoryview,
+        model: str,
+        body_usage: bool,
+        usage: Usage,
+        cost_usd: float | None,
+        endpoint: str,
+        created_at: float,
+        expires_at: float,
+        stream: bytes | None = None,
+    ) -> CacheEntry:
+        """An entry whose body is the JSON ``body``, parsed on first use of ``body``."""
+        entry = cls.__new__(cls)
+        entry._body, entry._json, entry._body_usage = None, body, body_usage
+        entry.usage, entry.cost_usd, entry.endpoint = usage, cost_usd, endpoint
+        entry.created_at, entry.expires_at, entry.stream = created_at, expires_at, stream
+        entry.model = model
+        return entry
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The body, parsed once for every reader (read only).
+
+        Raises:
+            CacheCorruptError: the stored JSON does not parse to a servable body (only an
+                entry forged with a valid checksum and no signature can get this far).
+        """
+        body = self._body
+        if body is None:
+            body = self._body = _parsed_body(self._json or b"")
+        return body
+
+    @property
+    def body_json(self) -> bytes:
+        """The body's JSON, as stored (encoded once)."""
+        if self._json is None:
+            self._json = orjson.dumps(self._body)
+        return bytes(self._json)
+
+    @property
+    def servable(self) -> bool:
+        """Whether a hit could be served from the body (a decoded one was, when stored)."""
+        return self._body is None or servable(self._body)
+
+    @property
+    def body_has_usage(self) -> bool:
+        """Whether the body carried a usage object that reports anything."""
+        if self._body_usage is None:
+            body = self.body
+            self._body_usage = type(body) is dict and has_usage(body.get("usage"))
+        return self._body_usage
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheEntry):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        body = "<not parsed>" if self._body is None else repr(self._body)
+        return (
+            f"CacheEntry(body={body}, usage={self.usage!r}, cost_usd={self.cost_usd!r}, "
+            f"endpoint={self.endpoint!r}, created_at={self.created_at!r}, "
+            f"expires_at={self.expires_at!r}, stream={self.stream!r})"
+        )
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.body,
+            self.usage,
+            self.cost_usd,
+            self.endpoint,
+            self.created_at,
+            self.expires_at,
+            self.stream,
+        )
+
+
+def _parsed_body(data: bytes | memoryview) -> dict[str, Any]:
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CacheCorruptError(f"entry body is malformed: {exc}") from exc
+    problem = _body_problem(body)
+    if problem is not None:
+        raise CacheCorruptError(problem)
+    result: dict[str, Any] = body
+    return result
 
 
 class EntryCodec:
     """Encodes entries to bytes and back, bound to their key, optionally signed.
 
-    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a fixed binary header
-    (usage counts, cost, times, lengths), the key the entry is stored under, the endpoint
-    name, the body's JSON, then the stream's chunking when there is one. The metadata is
-    binary so that a hit parses JSON only once, for the body it must return anyway.
+    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a CRC-32 of the rest, a
+    fixed binary header (usage counts, cost, times, lengths, flags), the key the entry is
+    stored under, the endpoint name, the model, the body's JSON, then the stream's
+    chunking when there is one. The metadata is binary and the body is parsed only when
+    something reads it, so a hit parses no JSON at all until its ``raw`` is touched; the
+    checksum stands in for the parse as the check that the bytes are whole.
 
     An entry is bound to its key: it carries the key (a cache key is itself a SHA-256
     digest of the request; comparing it is cheaper than hashing it again, and exact), so
@@ -108,7 +241,8 @@ class EntryCodec:
     the header: a truncated or padded entry is corrupt.
 
     A decoded entry is well-shaped: its body is an object with a non-empty ``choices``
-    list of objects, each with a ``message`` object; anything else is corrupt.
+    list of objects, each with a ``message`` object; anything else is corrupt (the encoder
+    records the check in the header; the body is checked again when parsed).
     """
 
     __slots__ = ("_seal",)
@@ -121,57 +255,55 @@ class EntryCodec:
         u = entry.usage
         bound = key.encode()
         name = entry.endpoint.encode()
-        body = orjson.dumps(entry.body)
+        model = entry.model.encode()
+        body = entry.body_json
         stream = entry.stream or b""
-        payload = (
-            _META.pack(
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cached_tokens,
-                u.cache_write_tokens,
-                u.reasoning_tokens,
-                u.cache_write_1h_tokens,
-                math.nan if entry.cost_usd is None else entry.cost_usd,
-                entry.created_at,
-                entry.expires_at,
-                len(bound),
-                len(name),
-                len(body),
-                len(stream),
-            )
-            + bound
-            + name
-            + body
-            + stream
+        flags = (
+            (_REPORTED if u.reported else 0)
+            | (_BODY_USAGE if entry.body_has_usage else 0)
+            | (_SERVABLE if entry.servable else 0)
         )
-        return self._seal.wrap(payload)
+        meta = _META.pack(
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+            u.cache_write_1h_tokens,
+            math.nan if entry.cost_usd is None else entry.cost_usd,
+            entry.created_at,
+            entry.expires_at,
+            len(bound),
+            len(name),
+            len(body),
+            len(stream),
+            len(model),
+            flags,
+        )
+        payload = b"".join((meta, bound, name, model, body, stream))
+        return self._seal.wrap(_CRC.pack(zlib.crc32(payload)) + payload)
 
     def decode(self, key: str, data: bytes) -> CacheEntry:
-        """The entry in ``data``, read under ``key``.
+        """The entry in ``data``, read under ``key``. Its body is parsed on first use:
+        the checksum (and, with ``hmac_key``, the MAC) vouch for the bytes, and the
+        encoder recorded whether the body was servable.
 
         Raises:
-            CacheCorruptError: wrong magic or format, stored under another key, a bad
-                signature, a truncated or malformed payload, or an ill-shaped body.
+            CacheCorruptError: wrong magic or format, a bad checksum or signature, stored
+                under another key, a truncated or malformed payload, or an ill-shaped body.
         """
         start = self._seal.open(data)
         try:
-            (
-                prompt,
-                completion,
-                cached,
-                written,
-                reasoning,
-                written_1h,
-                cost,
-                created,
-                expires,
-                bound,
-                size,
-                length,
-                streamed,
-            ) = _META.unpack_from(data, start)
+            (crc,) = _CRC.unpack_from(data, start)
+            start += _CRC.size
+            if zlib.crc32(memoryview(data)[start:]) != crc:
+                raise CacheCorruptError("entry checksum does not match")
+            meta = _META.unpack_from(data, start)
+            (prompt, completion, cached, written, reasoning, written_1h) = meta[:6]
+            cost, created, expires, bound, size, length, streamed, named, flags = meta[6:]
             key_at = start + _META.size
-            body_at = key_at + bound + size
+            model_at = key_at + bound + size
+            body_at = model_at + named
             stream_at = body_at + length
             if len(data) != stream_at + streamed:
                 raise CacheCorruptError(
@@ -179,18 +311,27 @@ class EntryCodec:
                 )
             if data[key_at : key_at + bound] != key.encode():
                 raise CacheCorruptError("entry was stored under another key")
-            endpoint = data[body_at - size : body_at].decode()
-            body = orjson.loads(data[body_at:stream_at])
-        except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            endpoint = data[key_at + bound : model_at].decode()
+            model = data[model_at:body_at].decode()
+        except (struct.error, UnicodeDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
-        problem = _body_problem(body)
-        if problem is not None:
-            raise CacheCorruptError(problem)
+        if not flags & _SERVABLE:
+            raise CacheCorruptError("entry body is not servable")
         if not (math.isfinite(created) and math.isfinite(expires)):
             raise CacheCorruptError("entry times are not finite")
-        return CacheEntry(
-            body,
-            Usage(prompt, completion, cached, written, reasoning, written_1h),
+        return CacheEntry.of_json(
+            memoryview(data)[body_at:stream_at],
+            model,
+            bool(flags & _BODY_USAGE),
+            Usage(
+                prompt,
+                completion,
+                cached,
+                written,
+                reasoning,
+                written_1h,
+                bool(flags & _REPORTED),
+            ),
             None if cost != cost else cost,
             endpoint,
             created,
