@@ -145,3 +145,24 @@ async def test_coalesced_callers_share_one_answer_and_cannot_change_each_others(
                 completion.raw["tampered"] = True
             hit = await client.complete(**ask)
             assert hit.cache is CacheStatus.HIT and hit.raw == expected
+
+
+def test_rereading_the_same_bytes_shares_the_parse_but_not_the_usage() -> None:
+    codec = EntryCodec()
+    data = codec.encode(KEY, entry_of({"model": "m", "choices": [{"message": {"content": "a"}}]}))
+    first, second = codec.decode(KEY, data), codec.decode(KEY, data)
+    assert first == second and first.usage is not second.usage
+    assert first.body is second.body  # parsed once, read only
+    first.usage.prompt_tokens = 99
+    assert codec.decode(KEY, data).usage.prompt_tokens == 3
+
+
+def test_other_bytes_under_a_remembered_key_are_checked_afresh() -> None:
+    codec = EntryCodec()
+    data = codec.encode(KEY, entry_of({"choices": [{"message": {"content": "a"}}]}))
+    codec.decode(KEY, data)
+    flipped = data[:-3] + bytes((data[-3] ^ 1,)) + data[-2:]
+    with pytest.raises(CacheCorruptError, match="checksum"):
+        codec.decode(KEY, flipped)
+    with pytest.raises(CacheCorruptError, match="another key"):
+        codec.decode("other", data)

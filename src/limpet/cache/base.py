@@ -14,10 +14,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from limpet.cache.entry import CacheEntry, servable
 from limpet.cache.sealing import Seal
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
-from limpet.providers.usage import has_usage
 
 __all__ = [
     "ENTRY_FORMAT",
@@ -41,6 +41,11 @@ ENTRY_FORMAT = 4
 # name, the model, the body's JSON and, for a streamed answer, its chunking's JSON.
 _CRC = struct.Struct("<I")
 _META = struct.Struct("<6Q3dIHIIHB")
+_CRC_SIZE = _CRC.size
+# Bounds of a codec's memo of its last reads: entries, and bytes it keeps alive.
+_MEMO_MAX_ENTRIES = 1024
+_MEMO_MAX_BYTES = 32 * 1024 * 1024
+_HEADER = struct.Struct("<I6Q3dIHIIHB")  # both, read in one go
 # Flags: the usage counts were reported; the body carried a usage object; the body was
 # servable when encoded (an entry that is not reads back as corrupt).
 _REPORTED, _BODY_USAGE, _SERVABLE = 1, 2, 4
@@ -71,155 +76,6 @@ class CacheBackend(Protocol):
         ...
 
 
-class CacheEntry:
-    """A stored completion.
-
-    Its body is shared by every reader of the entry (coalesced callers, a hit's
-    ``Completion``), so nobody may change it: a ``Completion`` copies it for its caller
-    (``limpet.models.shared_completion``). A decoded entry keeps the body's JSON and
-    parses it on first use of ``body``.
-
-    Attributes:
-        body: the upstream JSON body as received (read only).
-        usage: its normalised usage.
-        cost_usd: what the original call cost, or None when unknown.
-        endpoint: name of the endpoint that served it.
-        created_at: wall-clock time of the upstream answer (unix seconds).
-        expires_at: wall-clock time after which the entry is stale (unix seconds).
-        stream: for an answer that was streamed, the JSON of how it was chunked (see
-            ``limpet.http.chunks``), so a replay repeats the live stream's deltas; kept as
-            bytes and parsed only when replayed, so a plain hit never pays for it.
-        model: the body's ``model``, or "" when it has none.
-    """
-
-    __slots__ = (
-        "_body",
-        "_body_usage",
-        "_json",
-        "cost_usd",
-        "created_at",
-        "endpoint",
-        "expires_at",
-        "model",
-        "stream",
-        "usage",
-    )
-
-    def __init__(
-        self,
-        body: dict[str, Any],
-        usage: Usage,
-        cost_usd: float | None,
-        endpoint: str,
-        created_at: float,
-        expires_at: float,
-        stream: bytes | None = None,
-    ) -> None:
-        self._body: dict[str, Any] | None = body
-        self._json: bytes | memoryview | None = None
-        self._body_usage: bool | None = None
-        self.usage = usage
-        self.cost_usd = cost_usd
-        self.endpoint = endpoint
-        self.created_at = created_at
-        self.expires_at = expires_at
-        self.stream = stream
-        model = body.get("model") if type(body) is dict else None
-        self.model = model if type(model) is str else ""
-
-    @classmethod
-    def of_json(
-        cls,
-        body: bytes | memoryview,
-        model: str,
-        body_usage: bool,
-        usage: Usage,
-        cost_usd: float | None,
-        endpoint: str,
-        created_at: float,
-        expires_at: float,
-        stream: bytes | None = None,
-    ) -> CacheEntry:
-        """An entry whose body is the JSON ``body``, parsed on first use of ``body``."""
-        entry = cls.__new__(cls)
-        entry._body, entry._json, entry._body_usage = None, body, body_usage
-        entry.usage, entry.cost_usd, entry.endpoint = usage, cost_usd, endpoint
-        entry.created_at, entry.expires_at, entry.stream = created_at, expires_at, stream
-        entry.model = model
-        return entry
-
-    @property
-    def body(self) -> dict[str, Any]:
-        """The body, parsed once for every reader (read only).
-
-        Raises:
-            CacheCorruptError: the stored JSON does not parse to a servable body (only an
-                entry forged with a valid checksum and no signature can get this far).
-        """
-        body = self._body
-        if body is None:
-            body = self._body = _parsed_body(self._json or b"")
-        return body
-
-    @property
-    def body_json(self) -> bytes:
-        """The body's JSON, as stored (encoded once)."""
-        if self._json is None:
-            self._json = orjson.dumps(self._body)
-        return bytes(self._json)
-
-    @property
-    def servable(self) -> bool:
-        """Whether a hit could be served from the body (a decoded one was, when stored)."""
-        return self._body is None or servable(self._body)
-
-    @property
-    def body_has_usage(self) -> bool:
-        """Whether the body carried a usage object that reports anything."""
-        if self._body_usage is None:
-            body = self.body
-            self._body_usage = type(body) is dict and has_usage(body.get("usage"))
-        return self._body_usage
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CacheEntry):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __repr__(self) -> str:
-        body = "<not parsed>" if self._body is None else repr(self._body)
-        return (
-            f"CacheEntry(body={body}, usage={self.usage!r}, cost_usd={self.cost_usd!r}, "
-            f"endpoint={self.endpoint!r}, created_at={self.created_at!r}, "
-            f"expires_at={self.expires_at!r}, stream={self.stream!r})"
-        )
-
-    def _fields(self) -> tuple[Any, ...]:
-        return (
-            self.body,
-            self.usage,
-            self.cost_usd,
-            self.endpoint,
-            self.created_at,
-            self.expires_at,
-            self.stream,
-        )
-
-
-def _parsed_body(data: bytes | memoryview) -> dict[str, Any]:
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise CacheCorruptError(f"entry body is malformed: {exc}") from exc
-    problem = _body_problem(body)
-    if problem is not None:
-        raise CacheCorruptError(problem)
-    result: dict[str, Any] = body
-    return result
-
-
 class EntryCodec:
     """Encodes entries to bytes and back, bound to their key, optionally signed.
 
@@ -245,10 +101,15 @@ class EntryCodec:
     records the check in the header; the body is checked again when parsed).
     """
 
-    __slots__ = ("_seal",)
+    __slots__ = ("_memo", "_memo_bytes", "_seal")
 
     def __init__(self, hmac_key: bytes | None = None) -> None:
         self._seal = Seal(b"LP", ENTRY_FORMAT, hmac_key, "entry")
+        # The last reads, by key: the very bytes object read and what it decoded to. An
+        # in-process tier hands back the same object on every hit, so a hot entry is
+        # checked and decoded once, and its body parsed at most once for every hit.
+        self._memo: dict[str, tuple[bytes, CacheEntry]] = {}
+        self._memo_bytes = 0
 
     def encode(self, key: str, entry: CacheEntry) -> bytes:
         """The bytes of ``entry``, to be stored under ``key`` (and only there)."""
@@ -284,8 +145,34 @@ class EntryCodec:
         return self._seal.wrap(_CRC.pack(zlib.crc32(payload)) + payload)
 
     def decode(self, key: str, data: bytes) -> CacheEntry:
-        """The entry in ``data``, read under ``key``. Its body is parsed on first use:
-        the checksum (and, with ``hmac_key``, the MAC) vouch for the bytes, and the
+        """The entry in ``data``, read under ``key``: each call gets its own entry (its
+        own ``usage``), sharing the read-only body of earlier reads of the same bytes.
+
+        Raises:
+            CacheCorruptError: as ``decode_new``.
+        """
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] is data:
+            return memo[1].reread()
+        entry = self.decode_new(key, data)
+        self._remember(key, data, entry)
+        return entry.reread()
+
+    def _remember(self, key: str, data: bytes, entry: CacheEntry) -> None:
+        memo = self._memo
+        old = memo.pop(key, None)
+        if old is not None:
+            self._memo_bytes -= len(old[0])
+        if len(data) > _MEMO_MAX_BYTES // 4:
+            return
+        memo[key] = (data, entry)
+        self._memo_bytes += len(data)
+        while len(memo) > _MEMO_MAX_ENTRIES or self._memo_bytes > _MEMO_MAX_BYTES:
+            self._memo_bytes -= len(memo.pop(next(iter(memo)))[0])
+
+    def decode_new(self, key: str, data: bytes) -> CacheEntry:
+        """The entry in ``data``, read under ``key``, decoded afresh. Its body is parsed on
+        first use: the checksum (and, with ``hmac_key``, the MAC) vouch for the bytes, and the
         encoder recorded whether the body was servable.
 
         Raises:
@@ -293,15 +180,14 @@ class EntryCodec:
                 under another key, a truncated or malformed payload, or an ill-shaped body.
         """
         start = self._seal.open(data)
+        view = memoryview(data)
         try:
-            (crc,) = _CRC.unpack_from(data, start)
-            start += _CRC.size
-            if zlib.crc32(memoryview(data)[start:]) != crc:
+            (crc, *counts, cost, created, expires, bound, size, length, streamed, named, flags) = (
+                _HEADER.unpack_from(data, start)
+            )
+            if zlib.crc32(view[start + _CRC_SIZE :]) != crc:
                 raise CacheCorruptError("entry checksum does not match")
-            meta = _META.unpack_from(data, start)
-            (prompt, completion, cached, written, reasoning, written_1h) = meta[:6]
-            cost, created, expires, bound, size, length, streamed, named, flags = meta[6:]
-            key_at = start + _META.size
+            key_at = start + _HEADER.size
             model_at = key_at + bound + size
             body_at = model_at + named
             stream_at = body_at + length
@@ -312,15 +198,16 @@ class EntryCodec:
             if data[key_at : key_at + bound] != key.encode():
                 raise CacheCorruptError("entry was stored under another key")
             endpoint = data[key_at + bound : model_at].decode()
-            model = data[model_at:body_at].decode()
+            model = data[model_at:body_at].decode() if named else ""
         except (struct.error, UnicodeDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
         if not flags & _SERVABLE:
             raise CacheCorruptError("entry body is not servable")
         if not (math.isfinite(created) and math.isfinite(expires)):
             raise CacheCorruptError("entry times are not finite")
+        prompt, completion, cached, written, reasoning, written_1h = counts
         return CacheEntry.of_json(
-            memoryview(data)[body_at:stream_at],
+            view[body_at:stream_at],
             model,
             bool(flags & _BODY_USAGE),
             Usage(
@@ -369,30 +256,3 @@ def _chunk_shaped(chunk: dict[str, Any]) -> bool:
     return choices is None or (
         type(choices) is list and all(type(choice) is dict for choice in choices)
     )
-
-
-def servable(body: object) -> bool:
-    """Whether a hit could be served from ``body``: what decoding an entry checks, and
-    what is worth storing."""
-    return _body_problem(body) is None
-
-
-def _body_problem(body: object) -> str | None:
-    """What makes ``body`` unfit to serve from, or None: every choice must be an object
-    with a ``message`` object, the first one's tool calls a list of objects, the model a
-    string. O(choices): a hit has one."""
-    if type(body) is not dict:
-        return "entry body is not an object"
-    choices = body.get("choices")
-    if type(choices) is not list or not choices:
-        return "entry body has no choices"
-    for choice in choices:
-        if type(choice) is not dict or type(choice.get("message")) is not dict:
-            return "entry body has a choice without a message object"
-    calls = choices[0]["message"].get("tool_calls")
-    if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
-        return "entry body's tool calls are not a list of objects"
-    model = body.get("model")
-    if model is not None and type(model) is not str:
-        return "entry body's model is not a string"
-    return None
