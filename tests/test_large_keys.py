@@ -11,9 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from limpet.errors import InvalidRequestError
-from limpet.pipeline import large_keys
-from limpet.pipeline.keys import canonical_request, request_key
-from limpet.pipeline.large_keys import canonical_pieces, is_large, request_key_async
+from limpet.pipeline import keys
+from limpet.pipeline.keys import (
+    canonical_pieces,
+    canonical_request,
+    is_large,
+    request_key,
+    request_key_async,
+)
 
 scalars = (
     st.none()
@@ -80,7 +85,7 @@ async def test_a_large_request_lets_the_loop_run_while_it_is_hashed() -> None:
     task = asyncio.create_task(ticker())
     await asyncio.sleep(0)
     before = ticks
-    await request_key_async(big_request(1, 4 * large_keys.YIELD_EVERY))
+    await request_key_async(big_request(1, 4 * keys.YIELD_EVERY))
     done = True
     await task
     assert ticks - before >= 3
