@@ -179,9 +179,9 @@ LARGE_REQUEST_BYTES = 256 * 1024
 #: Messages above which a request is keyed piece by piece, whatever their size.
 LARGE_MESSAGE_COUNT = 512
 #: Largest subtree (estimated bytes) or string slice written by one ``orjson.dumps``.
-PIECE_BYTES = 64 * 1024
+PIECE_BYTES = 16 * 1024
 #: Bytes hashed between two yields to the event loop.
-YIELD_EVERY = 256 * 1024
+YIELD_EVERY = 32 * 1024
 
 _SORT = orjson.OPT_SORT_KEYS
 
@@ -251,10 +251,15 @@ def _pieces(value: Any, piece: int) -> Iterator[bytes]:
 def _container_pieces(value: dict[Any, Any] | list[Any], piece: int) -> Iterator[bytes]:
     if type(value) is list:
         yield b"["
-        for index, item in enumerate(value):
-            if index:
+        first = True
+        for group in _groups(value, piece):
+            if not first:
                 yield b","
-            yield from _pieces(item, piece)
+            first = False
+            if type(group) is list:  # small neighbours, written together
+                yield orjson.dumps(group, option=_SORT)[1:-1]
+            else:
+                yield from _pieces(group[0], piece)
         yield b"]"
         return
     assert isinstance(value, dict)
@@ -265,6 +270,28 @@ def _container_pieces(value: dict[Any, Any] | list[Any], piece: int) -> Iterator
         yield (b",%s:" if index else b"%s:") % orjson.dumps(name)
         yield from _pieces(value[name], piece)
     yield b"}"
+
+
+def _groups(items: list[Any], piece: int) -> Iterator[list[Any] | tuple[Any]]:
+    """``items`` in runs of small neighbours (a list, about ``piece`` bytes at most) and
+    large items alone (a 1-tuple), in order."""
+    run: list[Any] = []
+    size = 0
+    for item in items:
+        rough = _rough_size(item, piece)
+        if rough >= piece:
+            if run:
+                yield run
+                run, size = [], 0
+            yield (item,)
+            continue
+        if size + rough > piece and run:
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += rough
+    if run:
+        yield run
 
 
 def _rough_size(value: Any, limit: int) -> int:
