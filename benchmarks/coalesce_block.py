@@ -60,7 +60,7 @@ async def upstream(body: bytes) -> tuple[web.AppRunner, str]:
 async def main(callers: int, size: int) -> None:
     big = answer(size)
     runner, url = await upstream(orjson.dumps(big))
-    request = {
+    request: dict[str, Any] = {
         "model": "openai/gpt-4.1-mini",
         "messages": [{"role": "user", "content": "Tell me everything about limpets."}],
         "temperature": 0,
