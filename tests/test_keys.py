@@ -15,9 +15,9 @@ from limpet.pipeline.keys import (
     TRANSPORT_ONLY_FIELDS,
     canonical_request,
     explain_key,
-    prefix_chain,
     request_key,
 )
+from limpet.routing.prefix import prefix_chain
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
 json_values = st.recursive(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from limpet.errors import InvalidRequestError
-from limpet.pipeline.keys import prefix_chain
+from limpet.routing.prefix import prefix_chain
 
 MODEL = "anthropic/claude-sonnet-4.6"
 CC = {"type": "ephemeral"}

@@ -28,7 +28,8 @@ from limpet.errors import (
     RateLimitError,
 )
 from limpet.models import Usage
-from limpet.pipeline.keys import canonical_request, prefix_chain, request_key
+from limpet.pipeline.keys import canonical_request, request_key
+from limpet.routing.prefix import prefix_chain
 from limpet.routing.sticky import Route, Router, StickyRouter, hrw_rank, routing_key
 from limpet.testing.provider_cache import ProviderPromptCache
 from limpet.testing.tokens import count_prompt_tokens

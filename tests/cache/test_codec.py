@@ -4,6 +4,7 @@ and the shape of what it lets through."""
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any
 
 import orjson
@@ -71,37 +72,46 @@ def test_the_format_before_this_one_is_corrupt() -> None:
         EntryCodec().decode(KEY, older)
 
 
-META_SIZE = 6 * 8 + 3 * 8 + 4 + 2 + 4 + 4  # counts, cost and times, four lengths
+# counts, cost and times, five lengths, flags
+META_SIZE = 6 * 8 + 3 * 8 + 4 + 2 + 4 + 4 + 2 + 1
+SERVABLE = 4
 
 
 def test_the_layout_is_what_these_tests_assume() -> None:
     data = EntryCodec().encode(KEY, ENTRY)
-    assert data.index(KEY.encode()) == 4 + META_SIZE
+    assert data.index(KEY.encode()) == 4 + 4 + META_SIZE
+    assert int.from_bytes(data[4:8], "little") == zlib.crc32(data[8:])
 
 
 def _garbage() -> list[bytes]:
+    """Entries with a good checksum (or none) that are wrong in one way each."""
     header = b"LP" + bytes((ENTRY_FORMAT, 0))
     key = KEY.encode()
-    meta = struct.Struct("<6Q3dIHII")
+    meta = struct.Struct("<6Q3dIHIIHB")
     assert meta.size == META_SIZE
 
-    def meta_for(name: int, body: int, stream: int = 0, bound: int = len(key)) -> bytes:
-        return meta.pack(0, 0, 0, 0, 0, 0, 0.0, 1.0, 2.0, bound, name, body, stream)
+    def meta_for(
+        name: int, body: int, stream: int = 0, bound: int = len(key), flags: int = SERVABLE
+    ) -> bytes:
+        return meta.pack(0, 0, 0, 0, 0, 0, 0.0, 1.0, 2.0, bound, name, body, stream, 0, flags)
+
+    def summed(payload: bytes) -> bytes:
+        return header + struct.pack("<I", zlib.crc32(payload)) + payload
 
     return [
         b"",
         b"garbage",
         b"LP\x09\x00{}",
         header + b"{}",
-        header + bytes(meta.size - 1),
-        header + meta_for(0, 0),
-        header + meta_for(0, 9) + key + b"{not json",
-        header + meta_for(0, 2) + key + b"[]",
-        header + meta_for(5, 2) + key + b"ab",
-        header + meta_for(1, 2) + key + b"\xff{}",
-        header + meta_for(0, 2, 10) + key + b"{}",  # a truncated stream
-        header + meta_for(0, 2) + key + b"{}" + b"extra",
-        header + meta_for(0, 2, bound=len(key) - 1) + key + b"{}",  # a shorter key
+        summed(bytes(meta.size - 1)),
+        summed(meta_for(0, 0)),
+        header + b"\x00\x00\x00\x00" + meta_for(0, 2) + key + b"{}",  # a bad checksum
+        summed(meta_for(0, 2, flags=0) + key + b"{}"),  # not servable when stored
+        summed(meta_for(5, 2) + key + b"ab"),
+        summed(meta_for(1, 2) + key + b"\xff{}"),
+        summed(meta_for(0, 2, 10) + key + b"{}"),  # a truncated stream
+        summed(meta_for(0, 2) + key + b"{}" + b"extra"),
+        summed(meta_for(0, 2, bound=len(key) - 1) + key + b"{}"),  # a shorter key
     ]
 
 
@@ -133,8 +143,13 @@ def test_a_signed_entry_whose_key_is_rewritten_fails_its_signature() -> None:
     forged = codec.encode(KEY, ENTRY).replace(KEY.encode(), other.encode())
     with pytest.raises(CacheCorruptError, match="signature"):
         codec.decode(other, forged)
-    # Without the HMAC key anyone can write any entry; a moved one is still caught.
-    assert EntryCodec().decode(other, forged) == ENTRY
+    # Without the HMAC key anyone can write any entry (checksum included); a moved one
+    # is still caught.
+    payload = forged[4 + 32 + 4 :]
+    resummed = forged[: 4 + 32] + zlib.crc32(payload).to_bytes(4, "little") + payload
+    assert EntryCodec().decode(other, resummed) == ENTRY
+    with pytest.raises(CacheCorruptError, match="checksum"):
+        EntryCodec().decode(other, forged)
 
 
 def test_signed_entries_fail_under_another_hmac_key() -> None:

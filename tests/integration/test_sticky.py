@@ -32,9 +32,9 @@ from limpet.errors import APIError, CacheUnavailableError
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import Usage
-from limpet.pipeline.keys import prefix_chain
 from limpet.providers.usage import parse_usage
 from limpet.routing.affinity import RedisAffinityStore, affinity_store_for
+from limpet.routing.prefix import prefix_chain
 from limpet.routing.sticky import StickyRouter, routing_key
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache

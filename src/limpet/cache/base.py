@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+import zlib
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from limpet.cache.entry import CacheEntry, servable
 from limpet.cache.sealing import Seal
 from limpet.errors import CacheCorruptError
 from limpet.models import Usage
@@ -30,13 +31,24 @@ __all__ = [
 #: The entry layout version; an entry of another version decodes as corrupt (a miss).
 #: 2: usage gained ``cache_write_1h_tokens``.
 #: 3: bound to its key (which it carries, under the MAC); the stream's length.
-ENTRY_FORMAT = 3
+#: 4: a CRC-32 of the payload, the model and flags in the header: the body is decoded
+#:    only when read.
+ENTRY_FORMAT = 4
 
-# prompt, completion, cached, cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown);
-# created_at, expires_at; key, endpoint name, body and stream lengths (stream 0: not
-# streamed). Then the key, the endpoint name, the body's JSON and, for a streamed answer,
-# its chunking's JSON.
-_META = struct.Struct("<6Q3dIHII")
+# CRC-32 of everything after it. Then prompt, completion, cached, cache-write, reasoning,
+# 1 h cache-write tokens; cost (NaN: unknown); created_at, expires_at; key, endpoint name,
+# body, stream (0: not streamed) and model lengths; flags. Then the key, the endpoint
+# name, the model, the body's JSON and, for a streamed answer, its chunking's JSON.
+_CRC = struct.Struct("<I")
+_META = struct.Struct("<6Q3dIHIIHB")
+_CRC_SIZE = _CRC.size
+# Bounds of a codec's memo of its last reads: entries, and bytes it keeps alive.
+_MEMO_MAX_ENTRIES = 1024
+_MEMO_MAX_BYTES = 32 * 1024 * 1024
+_HEADER = struct.Struct("<I6Q3dIHIIHB")  # both, read in one go
+# Flags: the usage counts were reported; the body carried a usage object; the body was
+# servable when encoded (an entry that is not reads back as corrupt).
+_REPORTED, _BODY_USAGE, _SERVABLE = 1, 2, 4
 
 
 @runtime_checkable
@@ -71,38 +83,15 @@ class CacheBackend(Protocol):
         ...
 
 
-@dataclass(slots=True)
-class CacheEntry:
-    """A stored completion.
-
-    Attributes:
-        body: the upstream JSON body as received.
-        usage: its normalised usage.
-        cost_usd: what the original call cost, or None when unknown.
-        endpoint: name of the endpoint that served it.
-        created_at: wall-clock time of the upstream answer (unix seconds).
-        expires_at: wall-clock time after which the entry is stale (unix seconds).
-        stream: for an answer that was streamed, the JSON of how it was chunked (see
-            ``limpet.http.chunks``), so a replay repeats the live stream's deltas; kept as
-            bytes and parsed only when replayed, so a plain hit never pays for it.
-    """
-
-    body: dict[str, Any]
-    usage: Usage
-    cost_usd: float | None
-    endpoint: str
-    created_at: float
-    expires_at: float
-    stream: bytes | None = None
-
-
 class EntryCodec:
     """Encodes entries to bytes and back, bound to their key, optionally signed.
 
-    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a fixed binary header
-    (usage counts, cost, times, lengths), the key the entry is stored under, the endpoint
-    name, the body's JSON, then the stream's chunking when there is one. The metadata is
-    binary so that a hit parses JSON only once, for the body it must return anyway.
+    Layout: ``b"LP"``, format byte, signed flag, [32-byte MAC], a CRC-32 of the rest, a
+    fixed binary header (usage counts, cost, times, lengths, flags), the key the entry is
+    stored under, the endpoint name, the model, the body's JSON, then the stream's
+    chunking when there is one. The metadata is binary and the body is parsed only when
+    something reads it, so a hit parses no JSON at all until its ``raw`` is touched; the
+    checksum stands in for the parse as the check that the bytes are whole.
 
     An entry is bound to its key: it carries the key (a cache key is itself a SHA-256
     digest of the request; comparing it is cheaper than hashing it again, and exact), so
@@ -115,70 +104,99 @@ class EntryCodec:
     the header: a truncated or padded entry is corrupt.
 
     A decoded entry is well-shaped: its body is an object with a non-empty ``choices``
-    list of objects, each with a ``message`` object; anything else is corrupt.
+    list of objects, each with a ``message`` object; anything else is corrupt (the encoder
+    records the check in the header; the body is checked again when parsed).
     """
 
-    __slots__ = ("_seal",)
+    __slots__ = ("_memo", "_memo_bytes", "_seal")
 
     def __init__(self, hmac_key: bytes | None = None) -> None:
         self._seal = Seal(b"LP", ENTRY_FORMAT, hmac_key, "entry")
+        # The last reads, by key: the very bytes object read and what it decoded to. An
+        # in-process tier hands back the same object on every hit, so a hot entry is
+        # checked and decoded once, and its body parsed at most once for every hit.
+        self._memo: dict[str, tuple[bytes, CacheEntry]] = {}
+        self._memo_bytes = 0
 
     def encode(self, key: str, entry: CacheEntry) -> bytes:
         """The bytes of ``entry``, to be stored under ``key`` (and only there)."""
         u = entry.usage
         bound = key.encode()
         name = entry.endpoint.encode()
-        body = orjson.dumps(entry.body)
+        model = entry.model.encode()
+        body = entry.body_json
         stream = entry.stream or b""
-        payload = (
-            _META.pack(
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cached_tokens,
-                u.cache_write_tokens,
-                u.reasoning_tokens,
-                u.cache_write_1h_tokens,
-                math.nan if entry.cost_usd is None else entry.cost_usd,
-                entry.created_at,
-                entry.expires_at,
-                len(bound),
-                len(name),
-                len(body),
-                len(stream),
-            )
-            + bound
-            + name
-            + body
-            + stream
+        flags = (
+            (_REPORTED if u.reported else 0)
+            | (_BODY_USAGE if entry.body_has_usage else 0)
+            | (_SERVABLE if entry.servable else 0)
         )
-        return self._seal.wrap(payload)
+        meta = _META.pack(
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+            u.cache_write_1h_tokens,
+            math.nan if entry.cost_usd is None else entry.cost_usd,
+            entry.created_at,
+            entry.expires_at,
+            len(bound),
+            len(name),
+            len(body),
+            len(stream),
+            len(model),
+            flags,
+        )
+        payload = b"".join((meta, bound, name, model, body, stream))
+        return self._seal.wrap(_CRC.pack(zlib.crc32(payload)) + payload)
 
     def decode(self, key: str, data: bytes) -> CacheEntry:
-        """The entry in ``data``, read under ``key``.
+        """The entry in ``data``, read under ``key``: each call gets its own entry (its
+        own ``usage``), sharing the read-only body of earlier reads of the same bytes.
 
         Raises:
-            CacheCorruptError: wrong magic or format, stored under another key, a bad
-                signature, a truncated or malformed payload, or an ill-shaped body.
+            CacheCorruptError: as ``decode_new``.
+        """
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] is data:
+            return memo[1].reread()
+        entry = self.decode_new(key, data)
+        self._remember(key, data, entry)
+        return entry.reread()
+
+    def _remember(self, key: str, data: bytes, entry: CacheEntry) -> None:
+        memo = self._memo
+        old = memo.pop(key, None)
+        if old is not None:
+            self._memo_bytes -= len(old[0])
+        if len(data) > _MEMO_MAX_BYTES // 4:
+            return
+        memo[key] = (data, entry)
+        self._memo_bytes += len(data)
+        while len(memo) > _MEMO_MAX_ENTRIES or self._memo_bytes > _MEMO_MAX_BYTES:
+            self._memo_bytes -= len(memo.pop(next(iter(memo)))[0])
+
+    def decode_new(self, key: str, data: bytes) -> CacheEntry:
+        """The entry in ``data``, read under ``key``, decoded afresh. Its body is parsed on
+        first use: the checksum (and, with ``hmac_key``, the MAC) vouch for the bytes, and the
+        encoder recorded whether the body was servable.
+
+        Raises:
+            CacheCorruptError: wrong magic or format, a bad checksum or signature, stored
+                under another key, a truncated or malformed payload, or an ill-shaped body.
         """
         start = self._seal.open(data)
+        view = memoryview(data)
         try:
-            (
-                prompt,
-                completion,
-                cached,
-                written,
-                reasoning,
-                written_1h,
-                cost,
-                created,
-                expires,
-                bound,
-                size,
-                length,
-                streamed,
-            ) = _META.unpack_from(data, start)
-            key_at = start + _META.size
-            body_at = key_at + bound + size
+            (crc, *counts, cost, created, expires, bound, size, length, streamed, named, flags) = (
+                _HEADER.unpack_from(data, start)
+            )
+            if zlib.crc32(view[start + _CRC_SIZE :]) != crc:
+                raise CacheCorruptError("entry checksum does not match")
+            key_at = start + _HEADER.size
+            model_at = key_at + bound + size
+            body_at = model_at + named
             stream_at = body_at + length
             if len(data) != stream_at + streamed:
                 raise CacheCorruptError(
@@ -186,18 +204,28 @@ class EntryCodec:
                 )
             if data[key_at : key_at + bound] != key.encode():
                 raise CacheCorruptError("entry was stored under another key")
-            endpoint = data[body_at - size : body_at].decode()
-            body = orjson.loads(data[body_at:stream_at])
-        except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            endpoint = data[key_at + bound : model_at].decode()
+            model = data[model_at:body_at].decode() if named else ""
+        except (struct.error, UnicodeDecodeError) as exc:
             raise CacheCorruptError(f"entry payload is malformed: {exc}") from exc
-        problem = _body_problem(body)
-        if problem is not None:
-            raise CacheCorruptError(problem)
+        if not flags & _SERVABLE:
+            raise CacheCorruptError("entry body is not servable")
         if not (math.isfinite(created) and math.isfinite(expires)):
             raise CacheCorruptError("entry times are not finite")
-        return CacheEntry(
-            body,
-            Usage(prompt, completion, cached, written, reasoning, written_1h),
+        prompt, completion, cached, written, reasoning, written_1h = counts
+        return CacheEntry.of_json(
+            view[body_at:stream_at],
+            model,
+            bool(flags & _BODY_USAGE),
+            Usage(
+                prompt,
+                completion,
+                cached,
+                written,
+                reasoning,
+                written_1h,
+                bool(flags & _REPORTED),
+            ),
             None if cost != cost else cost,
             endpoint,
             created,
@@ -235,30 +263,3 @@ def _chunk_shaped(chunk: dict[str, Any]) -> bool:
     return choices is None or (
         type(choices) is list and all(type(choice) is dict for choice in choices)
     )
-
-
-def servable(body: object) -> bool:
-    """Whether a hit could be served from ``body``: what decoding an entry checks, and
-    what is worth storing."""
-    return _body_problem(body) is None
-
-
-def _body_problem(body: object) -> str | None:
-    """What makes ``body`` unfit to serve from, or None: every choice must be an object
-    with a ``message`` object, the first one's tool calls a list of objects, the model a
-    string. O(choices): a hit has one."""
-    if type(body) is not dict:
-        return "entry body is not an object"
-    choices = body.get("choices")
-    if type(choices) is not list or not choices:
-        return "entry body has no choices"
-    for choice in choices:
-        if type(choice) is not dict or type(choice.get("message")) is not dict:
-            return "entry body has a choice without a message object"
-    calls = choices[0]["message"].get("tool_calls")
-    if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
-        return "entry body's tool calls are not a list of objects"
-    model = body.get("model")
-    if model is not None and type(model) is not str:
-        return "entry body's model is not a string"
-    return None

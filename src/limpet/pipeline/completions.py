@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import orjson
-
 from limpet.cache.base import CacheEntry, servable
-from limpet.models import CacheStatus, Completion, Cost, Usage
-from limpet.providers.usage import has_usage
+from limpet.models import CacheStatus, Completion, Cost, Usage, shared_completion
 
 __all__ = ["completion_of", "storable"]
 
@@ -18,21 +15,24 @@ def completion_of(
 ) -> Completion:
     """The ``Completion`` of ``entry`` served as ``status``.
 
+    Every caller of one entry (the leader and coalesced waiters alike) shares its one
+    decoded body and gets its own copy of it (``raw``, ``message``) when it first touches
+    it, so none can change what another reads; ``copy`` also gives the caller its own
+    ``usage`` (a waiter's; the leader's is the entry's).
+
     A hit or coalesced call cost nothing and saved the original call's cost; when that
     cost is unknown (``entry.cost_usd`` is None), so is this call's: ``cost`` is None,
     never a ``Cost`` of zeros.
     """
-    body = orjson.loads(orjson.dumps(entry.body)) if copy else entry.body
     usage = replace(entry.usage) if copy else entry.usage
     if entry.cost_usd is None:
         cost: Cost | None = None
-        usage = _as_reported(usage, body.get("usage"))
+        usage = _as_reported(usage, entry)
     elif status is CacheStatus.HIT or status is CacheStatus.COALESCED:
         cost = Cost(0.0, entry.cost_usd)
     else:
         cost = Cost(entry.cost_usd)
-    # Positional: this runs on every hit, and keywords cost a little more.
-    return Completion(body, body.get("model") or "", usage, cost, status, entry.endpoint, key)
+    return shared_completion(entry, entry.model, usage, cost, status, entry.endpoint, key)
 
 
 def storable(entry: CacheEntry) -> bool:
@@ -45,10 +45,9 @@ def storable(entry: CacheEntry) -> bool:
     )
 
 
-def _as_reported(usage: Usage, raw: object) -> Usage:
-    """``usage`` marked unreported when the body it came from had none. The entry codec
-    keeps counts, not that flag; the body kept beside them tells. Only an entry of unknown
-    cost needs the look: a reported usage with a price always has a cost."""
-    if usage.reported and not has_usage(raw):
+def _as_reported(usage: Usage, entry: CacheEntry) -> Usage:
+    """``usage`` marked unreported when the body it came from had none. Only an entry of
+    unknown cost needs the look: a reported usage with a price always has a cost."""
+    if usage.reported and not entry.body_has_usage:
         return replace(usage, reported=False)
     return usage

@@ -9,9 +9,10 @@ one.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +22,15 @@ from limpet.errors import InvalidRequestError
 
 __all__ = [
     "KEY_SCHEMA_VERSION",
+    "LARGE_REQUEST_BYTES",
     "TRANSPORT_ONLY_FIELDS",
     "KeyExplanation",
-    "PrefixChain",
-    "PrefixLink",
+    "canonical_pieces",
     "canonical_request",
     "explain_key",
-    "prefix_chain",
+    "key_header",
     "request_key",
+    "request_key_async",
     "request_keys",
 ]
 
@@ -82,7 +84,7 @@ def request_key(
         credential: the Client's credential scope (``limpet.pipeline.credentials``), or "" when
             entries are shared across credentials (``cache_scope="namespace"``).
     """
-    return hashlib.sha256(_key_header(namespace, scope, credential) + canonical).hexdigest()
+    return hashlib.sha256(key_header(namespace, scope, credential) + canonical).hexdigest()
 
 
 def request_keys(
@@ -95,7 +97,7 @@ def request_keys(
 ) -> list[str]:
     """``request_key(prefix + suffix, ...)`` of each suffix, hashing what they share once
     (``embed()``'s inputs share the model and parameters, and differ by their text)."""
-    shared = hashlib.sha256(_key_header(namespace, scope, credential) + prefix)
+    shared = hashlib.sha256(key_header(namespace, scope, credential) + prefix)
     keys = []
     for suffix in suffixes:
         one = shared.copy()
@@ -105,7 +107,9 @@ def request_keys(
 
 
 @functools.lru_cache(maxsize=1024)
-def _key_header(namespace: str, scope: str, credential: str) -> bytes:
+def key_header(namespace: str, scope: str, credential: str) -> bytes:
+    """What every key hashes ahead of the canonical request: the schema version, the
+    namespace, the credential scope and the generations, each length-prefixed."""
     # Length prefixes keep ("ab", "") and ("a", "b") apart. Few distinct triples exist at
     # a time (a namespace, a generation per model), so they are built once, not per call.
     ns, sc, cr = namespace.encode(), scope.encode(), credential.encode()
@@ -160,253 +164,152 @@ def explain_key(
     )
 
 
-# --- Prefix chains: what a provider's prompt cache sees, for routing -----------------------
+# --- Large requests: keyed without blocking the event loop ---------------------------
+# ``canonical_request`` is one ``orjson.dumps`` call: C code that holds the GIL from start
+# to end, so a 10 MB request (or 10,000 messages) blocks the loop for tens of
+# milliseconds, and a worker thread would not help (it would hold the same GIL). Here a
+# large request is written piece by piece instead, each piece a short ``orjson.dumps`` of
+# a small subtree or a slice of a long string (JSON escapes a string character by
+# character, so its slices' escapes join into the whole one's), and hashed as it goes,
+# yielding to the loop between pieces. The bytes hashed are exactly
+# ``canonical_request``'s, so the key is the one ``request_key`` gives.
 
-#: Roles rendered into the system section (Anthropic's ``system``), ahead of the messages.
-_SYSTEM_ROLES = frozenset({"system", "developer"})
-#: Message fields that are not rendered into the prompt as such, or are handled apart.
-_UNRENDERED_FIELDS = frozenset({"role", "content", "cache_control"})
-_CHAIN_PERSON = b"limpet/prefix"
+#: A request estimated above this many bytes of JSON is keyed piece by piece.
+LARGE_REQUEST_BYTES = 256 * 1024
+#: Messages above which a request is keyed piece by piece, whatever their size.
+LARGE_MESSAGE_COUNT = 512
+#: Largest subtree (estimated bytes) or string slice written by one ``orjson.dumps``.
+PIECE_BYTES = 16 * 1024
+#: Bytes hashed between two yields to the event loop.
+YIELD_EVERY = 32 * 1024
 
-
-@dataclass(frozen=True, slots=True)
-class PrefixLink:
-    """One point of a request's prefix chain.
-
-    Attributes:
-        hash: 32 hex digits over the model and everything rendered up to this point, so
-            two requests share a link exactly when a provider would see the same prefix.
-        depth: this link's index in ``PrefixChain.links``.
-        message: the rendered message this link lies in (tools: -1; then system messages,
-            then the others, in order).
-        breakpoint: a ``cache_control`` marker ends here.
-        ttl: that marker's ``ttl`` (``"5m"``, ``"1h"``), or None.
-        boundary: a message (or the tools section) ends here.
-        final: nothing of the prompt follows this link.
-    """
-
-    hash: str
-    depth: int
-    message: int
-    breakpoint: bool = False
-    ttl: str | None = None
-    boundary: bool = False
-    final: bool = False
+_SORT = orjson.OPT_SORT_KEYS
 
 
-@dataclass(frozen=True, slots=True)
-class PrefixChain:
-    """A request's prompt as a provider renders it, hashed at every point a cache can end.
-
-    Attributes:
-        model: the requested model (every hash includes it: caches are per model).
-        links: one per breakpoint and per message boundary, shallowest first.
-        conversation: a key shared by every turn of a conversation: the model, the first
-            system message and the first non-system message, rendered (so a string and a
-            single text block agree, and ``cache_control`` markers do not count).
-        first_turn: depth of the link that closes the first non-system message, or None.
-    """
-
-    model: str
-    links: tuple[PrefixLink, ...]
-    conversation: str
-    first_turn: int | None
-
-    @property
-    def breakpoints(self) -> tuple[PrefixLink, ...]:
-        """The links where a ``cache_control`` marker ends, shallowest first."""
-        return tuple(link for link in self.links if link.breakpoint)
-
-    @property
-    def trailing_breakpoint(self) -> bool:
-        """True when the final block carries a marker: a "rolling" breakpoint, which a
-        caller moves to the newest turn of a conversation."""
-        return bool(self.links) and self.links[-1].breakpoint
-
-
-def prefix_chain(body: Mapping[str, Any]) -> PrefixChain:
-    """Hash a request's prompt in provider render order: tools, system, then messages.
-
-    A link closes every ``cache_control`` breakpoint and every message. Content is hashed
-    the way a provider renders it: string content equals one text block holding it, and
-    ``cache_control`` markers are not content, so a caller who keeps history as strings
-    and marks only the newest turn still shares every earlier link. A top-level
-    ``cache_control`` (OpenRouter's automatic caching) marks the final block.
-
-    Pure, and tolerant: parts that are not dicts are hashed as they are.
+async def request_key_async(
+    body: Mapping[str, Any], *, namespace: str = "", scope: str = "", credential: str = ""
+) -> str:
+    """``request_key(canonical_request(body), ...)``, yielding to the event loop while
+    it hashes a large request, so no caller waits long for a large one to be keyed.
 
     Raises:
         InvalidRequestError: a value that is not JSON.
-
-    Example:
-        >>> a = prefix_chain({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        >>> b = prefix_chain({"model": "m", "messages": [{"role": "user", "content": [
-        ...     {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]})
-        >>> a.links[-1].hash == b.links[-1].hash, b.trailing_breakpoint
-        (True, True)
     """
-    model = body.get("model")
-    model_name = model if isinstance(model, str) else ""
-    builder = _ChainBuilder(model_name)
-    tools = body.get("tools")
-    if isinstance(tools, list) and tools:
-        for tool in tools:
-            marker = _marker(tool)
-            builder.add(["tool", _unmarked(tool)], -1)
-            if marker is not None:
-                builder.mark(marker)
-        builder.close_message()
-    messages = body.get("messages")
-    rendered = _render_order(messages if isinstance(messages, list) else [])
-    first_turn: int | None = None
-    for index, message in enumerate(rendered):
-        builder.add_message(message, index)
-        if first_turn is None and not _is_system(message):
-            first_turn = len(builder.links) - 1
-    top = body.get("cache_control")
-    if isinstance(top, Mapping) and builder.links:
-        builder.mark(top)
-    links = builder.finish()
-    return PrefixChain(
-        model=model_name,
-        links=links,
-        conversation=_conversation(model_name, rendered),
-        first_turn=first_turn,
-    )
-
-
-class _ChainBuilder:
-    """Accumulates the running hash and the links of one chain."""
-
-    __slots__ = ("_digest", "_message", "_pending", "links", "model")
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self._digest = hashlib.blake2b(
-            _dumps(["limpet/prefix/v1", model]), digest_size=16, person=_CHAIN_PERSON
-        ).digest()
-        self.links: list[dict[str, Any]] = []
-        # A link at the current point not yet closed: more flags may land on it.
-        self._pending: dict[str, Any] | None = None
-        self._message = -1
-
-    def add(self, element: object, message: int) -> None:
-        self._digest = hashlib.blake2b(
-            self._digest + _dumps(element), digest_size=16, person=_CHAIN_PERSON
-        ).digest()
-        self._pending = None
-        self._message = message
-
-    def _link(self) -> dict[str, Any]:
-        if self._pending is None:
-            self._pending = {"hash": self._digest.hex(), "message": self._message}
-            self.links.append(self._pending)
-        return self._pending
-
-    def mark(self, marker: Mapping[str, Any]) -> None:
-        link = self._link()
-        link["breakpoint"] = True
-        ttl = marker.get("ttl")
-        # Of two markers on one point, the longer TTL is the one a provider keeps longest.
-        if isinstance(ttl, str) and (link.get("ttl") is None or ttl == "1h"):
-            link["ttl"] = ttl
-
-    def close_message(self) -> None:
-        self._link()["boundary"] = True
-
-    def add_message(self, message: object, index: int) -> None:
-        if not isinstance(message, Mapping):
-            self.add(["message", message], index)
-            self.close_message()
-            return
-        header = {k: v for k, v in message.items() if k not in _UNRENDERED_FIELDS}
-        self.add(["message", message.get("role"), header], index)
-        for block in _blocks(message.get("content")):
-            marker = _marker(block)
-            self.add(["block", _unmarked(block)], index)
-            if marker is not None:
-                self.mark(marker)
-        whole = message.get("cache_control")
-        if isinstance(whole, Mapping):
-            self.mark(whole)
-        self.close_message()
-
-    def finish(self) -> tuple[PrefixLink, ...]:
-        last = len(self.links) - 1
-        return tuple(
-            PrefixLink(
-                hash=link["hash"],
-                depth=depth,
-                message=link["message"],
-                breakpoint=link.get("breakpoint", False),
-                ttl=link.get("ttl"),
-                boundary=link.get("boundary", False),
-                final=depth == last,
-            )
-            for depth, link in enumerate(self.links)
+    if not is_large(body):
+        return request_key(
+            canonical_request(body), namespace=namespace, scope=scope, credential=credential
         )
+    digest = hashlib.sha256(key_header(namespace, scope, credential))
+    since = 0
+    for piece in canonical_pieces(body):
+        digest.update(piece)
+        since += len(piece)
+        if since >= YIELD_EVERY:
+            since = 0
+            await asyncio.sleep(0)
+    return digest.hexdigest()
 
 
-def _render_order(messages: list[Any]) -> list[Any]:
-    """System messages first (a provider's ``system`` section), then the rest, in order."""
-    system = [m for m in messages if _is_system(m)]
-    if not system:
-        return messages
-    return system + [m for m in messages if not _is_system(m)]
+def is_large(body: Mapping[str, Any]) -> bool:
+    """Whether ``body`` is worth keying piece by piece (a cheap, bounded estimate)."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > LARGE_MESSAGE_COUNT:
+        return True
+    return _rough_size(body, LARGE_REQUEST_BYTES) >= LARGE_REQUEST_BYTES
 
 
-def _is_system(message: object) -> bool:
-    return isinstance(message, Mapping) and message.get("role") in _SYSTEM_ROLES
+def canonical_pieces(body: Mapping[str, Any], piece: int = PIECE_BYTES) -> Iterator[bytes]:
+    """``canonical_request(body)`` in pieces: ``b"".join(...)`` equals it.
 
-
-def _blocks(content: object) -> list[object]:
-    """Content as the blocks a provider renders: a string is one text block."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list):
-        return content
-    return [content]
-
-
-def _marker(part: object) -> Mapping[str, Any] | None:
-    if isinstance(part, Mapping):
-        marker = part.get("cache_control")
-        if isinstance(marker, Mapping):
-            return marker
-    return None
-
-
-def _unmarked(part: object) -> object:
-    if isinstance(part, Mapping) and "cache_control" in part:
-        return {k: v for k, v in part.items() if k != "cache_control"}
-    return part
-
-
-def _rendered_message(message: object) -> object:
-    if not isinstance(message, Mapping):
-        return message
-    header = {k: v for k, v in message.items() if k not in _UNRENDERED_FIELDS}
-    return [message.get("role"), header, [_unmarked(b) for b in _blocks(message.get("content"))]]
-
-
-def _conversation(model: str, rendered: list[Any]) -> str:
-    first_system = next((m for m in rendered if _is_system(m)), None)
-    first_other = next((m for m in rendered if not _is_system(m)), None)
-    data = _dumps(
-        [
-            "limpet/conversation/v1",
-            model,
-            None if first_system is None else _rendered_message(first_system),
-            None if first_other is None else _rendered_message(first_other),
-        ]
-    )
-    return hashlib.blake2b(data, digest_size=16, person=b"limpet/conv").hexdigest()
-
-
-def _dumps(value: object) -> bytes:
+    Raises:
+        InvalidRequestError: a value that is not JSON.
+    """
+    kept = {
+        name: int(value) if type(value) is float and value.is_integer() else value
+        for name, value in body.items()
+        if name not in TRANSPORT_ONLY_FIELDS
+    }
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError as exc:
-        raise InvalidRequestError("messages", "JSON-serialisable content", str(exc)) from exc
+        yield from _pieces(kept, piece)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidRequestError("request body", "JSON-serialisable values", str(exc)) from exc
+
+
+def _pieces(value: Any, piece: int) -> Iterator[bytes]:
+    kind = type(value)
+    if kind is str and len(value) > piece:
+        yield b'"'
+        for at in range(0, len(value), piece):
+            yield orjson.dumps(value[at : at + piece])[1:-1]
+        yield b'"'
+    elif (kind is dict or kind is list) and _rough_size(value, piece) >= piece:
+        yield from _container_pieces(value, piece)
+    else:
+        yield orjson.dumps(value, option=_SORT)
+
+
+def _container_pieces(value: dict[Any, Any] | list[Any], piece: int) -> Iterator[bytes]:
+    if type(value) is list:
+        yield b"["
+        first = True
+        for group in _groups(value, piece):
+            if not first:
+                yield b","
+            first = False
+            if type(group) is list:  # small neighbours, written together
+                yield orjson.dumps(group, option=_SORT)[1:-1]
+            else:
+                yield from _pieces(group[0], piece)
+        yield b"]"
+        return
+    assert isinstance(value, dict)
+    # orjson's own order (and its errors for keys that are not strings).
+    order = orjson.loads(orjson.dumps(dict.fromkeys(value, 0), option=_SORT))
+    yield b"{"
+    for index, name in enumerate(order):
+        yield (b",%s:" if index else b"%s:") % orjson.dumps(name)
+        yield from _pieces(value[name], piece)
+    yield b"}"
+
+
+def _groups(items: list[Any], piece: int) -> Iterator[list[Any] | tuple[Any]]:
+    """``items`` in runs of small neighbours (a list, about ``piece`` bytes at most) and
+    large items alone (a 1-tuple), in order."""
+    run: list[Any] = []
+    size = 0
+    for item in items:
+        rough = _rough_size(item, piece)
+        if rough >= piece:
+            if run:
+                yield run
+                run, size = [], 0
+            yield (item,)
+            continue
+        if size + rough > piece and run:
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += rough
+    if run:
+        yield run
+
+
+def _rough_size(value: Any, limit: int) -> int:
+    """About how many bytes of JSON ``value`` makes; stops counting at ``limit``."""
+    total = 0
+    stack = [value]
+    while stack and total < limit:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            total += len(item) + 2
+        elif kind is dict:
+            total += 2 + 4 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif kind is list:
+            total += 2 + len(item)
+            stack.extend(item)
+        else:
+            total += 8
+    return total

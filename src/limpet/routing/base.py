@@ -16,7 +16,7 @@ from limpet.config import Endpoint
 from limpet.models import Usage
 
 if TYPE_CHECKING:
-    from limpet.pipeline.keys import PrefixChain
+    from limpet.routing.prefix import PrefixChain
 
 __all__ = ["Attempt", "AttemptObserver", "Route", "RouteReason", "Router", "RoutingKey"]
 

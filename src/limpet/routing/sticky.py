@@ -34,22 +34,30 @@ Usage, as the Client does it::
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from limpet.config import Endpoint, RoutingConfig, UnmarkedRouting
+from limpet.config import Endpoint, RoutingConfig
 from limpet.errors import APIError, ConfigurationError
 from limpet.models import Usage
-from limpet.pipeline.keys import PrefixChain, PrefixLink, prefix_chain
 from limpet.providers.cache_minimums import LEARNED_MINIMUMS
-from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, marked_prefix_tokens
 from limpet.routing.affinity import AffinityMap, AffinityMirror, AffinityStore
 from limpet.routing.base import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
+from limpet.routing.feedback import learn_minimum
 from limpet.routing.health import EndpointHealth, is_endpoint_fault, retry_after_of
+from limpet.routing.prefix import PrefixChain, prefix_chain
+from limpet.routing.ranking import (
+    by_load,
+    hrw_rank,
+    long_paused,
+    looked_up,
+    open_first,
+    recorded,
+    routing_key,
+    under_bound,
+)
 from limpet.routing.stats import EndpointStatus, RouterStats
 from limpet.routing.sticky_keys import (
     PromptCacheKeys,
@@ -75,56 +83,10 @@ __all__ = [
 
 logger = logging.getLogger("limpet.routing")
 
-_SCALE = float(1 << 64)
 # Affinity lookups per request: the deepest links below the routing key, then the key.
 _MAX_LOOKUPS = 16
 
 _RECORDED: frozenset[RouteReason] = frozenset({"affinity", "hash", "spill"})
-
-
-def hrw_rank(routing_key: str, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-    """Endpoints in the order ``routing_key`` prefers them, weights respected.
-
-    Weighted rendezvous hashing: score = -weight / ln(u), with u uniform in (0, 1) drawn
-    from a hash of (key, endpoint name), so an endpoint of weight 2 takes twice the keys.
-    """
-    if len(endpoints) == 1:
-        return list(endpoints)
-    return sorted(endpoints, key=lambda e: _score(routing_key, e), reverse=True)
-
-
-def _score(routing_key: str, endpoint: Endpoint) -> float:
-    digest = hashlib.blake2b(f"{endpoint.name}\x00{routing_key}".encode(), digest_size=8).digest()
-    unit = (int.from_bytes(digest, "big") + 0.5) / _SCALE
-    return -endpoint.weight / math.log(unit)
-
-
-def routing_key(chain: PrefixChain, unmarked: UnmarkedRouting = "conversation") -> RoutingKey:
-    """Pick what a request routes by, from its prefix chain alone (no shared state).
-
-    - The deepest breakpoint that is not on the final block: a RAG request marking a
-      shared system prompt and its document routes by the document, so documents spread
-      instead of piling onto the system prompt's endpoint.
-    - A breakpoint on the final block (a "rolling" one, moved to each new turn) makes the
-      request a conversation turn. Its history is what must stay together, and a system
-      prompt's breakpoint is shared by every conversation, so only breakpoints inside the
-      first non-system message count (a document the first turn marked); with none, the
-      conversation key, the same for every turn of the conversation.
-    - With no breakpoint at all, ``unmarked`` decides: the conversation key, or spread.
-    """
-    breakpoints = chain.breakpoints
-    first_turn = chain.first_turn
-    if not breakpoints:
-        if unmarked == "spread":
-            return RoutingKey("spread", None, None)
-        return RoutingKey("conversation", chain.conversation, first_turn)
-    candidates = [link for link in breakpoints if not link.final]
-    if chain.trailing_breakpoint and first_turn is not None:
-        turn = chain.links[first_turn].message
-        candidates = [c for c in candidates if c.message == turn and c.depth < first_turn]
-    if candidates:
-        return RoutingKey("breakpoint", candidates[-1].hash, candidates[-1].depth)
-    return RoutingKey("conversation", chain.conversation, first_turn)
 
 
 class StickyRouter:
@@ -308,18 +270,21 @@ class StickyRouter:
         available = [e for e in everyone if self._health[e.name].available(now)] or list(everyone)
         reason: RouteReason
         if key.key is None:
-            ranked = self._open_first(self._by_load(available))
+            self._spread_turn += 1
+            ranked = open_first(
+                by_load(available, self._in_flight, self._spread_turn), self._admissions
+            )
             order, reason = ranked, "spread"
         else:
             preferred = hrw_rank(key.key, everyone)
-            ranked = self._open_first([e for e in preferred if e in available])
+            ranked = open_first([e for e in preferred if e in available], self._admissions)
             reason = "hash" if ranked[0] is preferred[0] else "failover"
             pinned = self._pinned(chain, key, now, available)
-            if pinned is not None and not self._long_paused(pinned):
+            if pinned is not None and not long_paused(pinned, self._admissions):
                 ranked.remove(pinned)
                 ranked.insert(0, pinned)
                 reason = "affinity"
-            chosen = self._under_bound(ranked, available)
+            chosen = under_bound(ranked, available, self._in_flight, self.config)
             if chosen:
                 ranked.insert(0, ranked.pop(chosen))
                 reason = "spill"
@@ -336,49 +301,6 @@ class StickyRouter:
             key=key,
             chain=chain,
         )
-
-    def _open_first(self, ranked: list[Endpoint]) -> list[Endpoint]:
-        """``ranked`` with endpoints paused by a rate limit moved last, in order."""
-        admissions = self._admissions
-        if admissions is None:
-            return ranked
-        paused = [e for e in ranked if admissions.paused_for(e.name) > 0.0]
-        return [e for e in ranked if e not in paused] + paused if paused else ranked
-
-    def _long_paused(self, endpoint: Endpoint) -> bool:
-        admissions = self._admissions
-        if admissions is None:
-            return False
-        return admissions.paused_for(endpoint.name) > admissions.config.repin_pause
-
-    def _by_load(self, available: list[Endpoint]) -> list[Endpoint]:
-        """Least loaded first (in-flight per unit of weight), ties taken in turn."""
-        self._spread_turn += 1
-        turn, count = self._spread_turn, len(available)
-        return [
-            e
-            for _, e in sorted(
-                enumerate(available),
-                key=lambda pair: (
-                    self._in_flight[pair[1].name] / pair[1].weight,
-                    (pair[0] - turn) % count,
-                ),
-            )
-        ]
-
-    def _under_bound(self, ranked: list[Endpoint], available: list[Endpoint]) -> int:
-        """Index in ``ranked`` of the first endpoint under its bounded-load cap."""
-        in_flight = self._in_flight
-        total = sum(in_flight[e.name] for e in available) + 1  # this request included
-        weight = sum(e.weight for e in available)
-        floor, slack = self.config.load_floor, 1.0 + self.config.max_overload
-        for index, endpoint in enumerate(ranked):
-            # The tiny subtraction keeps float noise (1.25 * 4 * 0.25 = 1.2500000001)
-            # from raising a cap by one.
-            cap = max(floor, math.ceil(slack * total * endpoint.weight / weight - 1e-9))
-            if in_flight[endpoint.name] < cap:
-                return index
-        return 0
 
     def _pinned(
         self, chain: PrefixChain, key: RoutingKey, now: float, available: list[Endpoint]
@@ -397,7 +319,7 @@ class StickyRouter:
         """Links to look up, deepest first: those recorded below the key, then the key's."""
         depth = key.depth
         assert depth is not None
-        deeper = [link.hash for link in reversed(chain.links[depth + 1 :]) if _looked_up(link, key)]
+        deeper = [link.hash for link in reversed(chain.links[depth + 1 :]) if looked_up(link, key)]
         return [*deeper[: _MAX_LOOKUPS - 1], chain.links[depth].hash]
 
     def _record(
@@ -409,7 +331,7 @@ class StickyRouter:
             return
         now, ttl, mirror = self._clock(), self._ttl(chain), self._mirror
         deeper = chain.links[depth + 1 :]
-        links = [chain.links[depth], *(link for link in deeper if _recorded(link, key))]
+        links = [chain.links[depth], *(link for link in deeper if recorded(link, key))]
         hashed = key.key is not None and hrw_rank(key.key, self._endpoints)[0] is endpoint
         for link in links:
             tell = self._affinity.put(link.hash, endpoint.name, ttl, now, hashed=hashed, move=move)
@@ -461,7 +383,7 @@ class StickyRouter:
             self._record(chain, key, endpoint, move=False)
         if usage is not None:
             self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
-            _learn_minimum(route.body, usage)
+            learn_minimum(route.body, usage)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name
@@ -482,27 +404,3 @@ class StickyRouter:
                 )
         else:
             health.released()
-
-
-def _learn_minimum(body: Mapping[str, Any], usage: Usage) -> None:
-    """Teach ``LEARNED_MINIMUMS`` from one response of a model whose cache writes are
-    billed, hence reported: silence there means the marked prefix could not cache."""
-    capability = DEFAULT_CAPABILITIES.lookup(body.get("model"))
-    if capability is None or capability.kind != "explicit" or capability.write_multiplier <= 1:
-        return
-    tokens = marked_prefix_tokens(body)
-    if tokens is not None:
-        cached = usage.cached_tokens > 0 or usage.cache_write_tokens > 0
-        LEARNED_MINIMUMS.observe(body["model"], tokens, capability.min_tokens, cached=cached)
-
-
-def _recorded(link: PrefixLink, key: RoutingKey) -> bool:
-    """Links below the key that the affinity map records: breakpoints; for a
-    conversation also the final link, which the next turn's prompt extends."""
-    return link.breakpoint or (key.kind == "conversation" and link.final)
-
-
-def _looked_up(link: PrefixLink, key: RoutingKey) -> bool:
-    """Links below the key worth looking up: any recorded one, and in a conversation every
-    message boundary, since an earlier turn's final link is one of them now."""
-    return link.breakpoint or (key.kind == "conversation" and link.boundary)

@@ -59,29 +59,40 @@ def server_deadline(budget: float) -> ServerDeadline:
 
 
 class ServerDeadline:
-    """The context manager ``server_deadline()`` returns; its checks count the budget."""
+    """The context manager ``server_deadline()`` returns; its checks count the budget.
+
+    One timer is the whole mechanism: each check re-arms it, and the check that finds
+    the budget spent cancels the task, which leaves the block as ``TimeoutError`` (as
+    ``asyncio.timeout`` does, whose bookkeeping of cancellations this follows).
+    """
 
     __slots__ = (
         "_budget",
+        "_cancelling",
         "_due",
+        "_expired",
         "_handle",
         "_last",
         "_loop",
         "_spent",
         "_started",
         "_step",
-        "_timeout",
+        "_task",
     )
 
     def __init__(self, budget: float) -> None:
         self._budget = budget
         self._step = budget / _STEPS
         self._spent = 0.0
-        self._timeout = asyncio.timeout(None)
+        self._expired = False
         self._handle: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> None:
-        await self._timeout.__aenter__()
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("server_deadline() must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
         self._loop = loop = asyncio.get_running_loop()
         self._started = self._last = loop.time()
         self._due = self._started + self._step
@@ -95,7 +106,13 @@ class ServerDeadline:
     ) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        await self._timeout.__aexit__(exc_type, exc, tb)
+            self._handle = None
+        if (
+            self._expired
+            and exc_type is asyncio.CancelledError
+            and self._task.uncancel() <= self._cancelling
+        ):
+            raise TimeoutError from exc
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -105,7 +122,9 @@ class ServerDeadline:
         self._last = now
         left = self._budget - self._spent
         if left <= 1e-9 and (on_time or now - self._started >= self._budget * _MAX_STRETCH):
-            self._timeout.reschedule(now)  # expires at once: TimeoutError in the caller
+            self._handle = None
+            self._expired = True
+            self._task.cancel()  # TimeoutError in the caller, on leaving the block
             return
         # Spent but late: look again shortly, once the loop has read what came in.
         self._due = now + (min(step, left) if left > 1e-9 else step / 4)

@@ -1,0 +1,225 @@
+"""A stored completion: ``CacheEntry``, whose body every reader shares and nobody changes,
+parsed from its JSON only when first read; and what makes a body fit to serve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from limpet.errors import CacheCorruptError
+from limpet.models import Usage
+from limpet.providers.usage import has_usage
+
+__all__ = ["CacheEntry", "servable"]
+
+
+class CacheEntry:
+    """A stored completion.
+
+    Its body is shared by every reader of the entry (coalesced callers, a hit's
+    ``Completion``), so nobody may change it: a ``Completion`` copies it for its caller
+    (``limpet.models.shared_completion``). A decoded entry keeps the body's JSON and
+    parses it on first use of ``body``.
+
+    Attributes:
+        body: the upstream JSON body as received (read only).
+        usage: its normalised usage.
+        cost_usd: what the original call cost, or None when unknown.
+        endpoint: name of the endpoint that served it.
+        created_at: wall-clock time of the upstream answer (unix seconds).
+        expires_at: wall-clock time after which the entry is stale (unix seconds).
+        stream: for an answer that was streamed, the JSON of how it was chunked (see
+            ``limpet.http.chunks``), so a replay repeats the live stream's deltas; kept as
+            bytes and parsed only when replayed, so a plain hit never pays for it.
+        model: the body's ``model``, or "" when it has none.
+    """
+
+    __slots__ = (
+        "_answer",
+        "_body_usage",
+        "cost_usd",
+        "created_at",
+        "endpoint",
+        "expires_at",
+        "model",
+        "stream",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        body: dict[str, Any],
+        usage: Usage,
+        cost_usd: float | None,
+        endpoint: str,
+        created_at: float,
+        expires_at: float,
+        stream: bytes | None = None,
+    ) -> None:
+        self._answer = _Answer(body, None)
+        self._body_usage: bool | None = None
+        self.usage = usage
+        self.cost_usd = cost_usd
+        self.endpoint = endpoint
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self.stream = stream
+        model = body.get("model") if type(body) is dict else None
+        self.model = model if type(model) is str else ""
+
+    @classmethod
+    def of_json(
+        cls,
+        body: bytes | memoryview,
+        model: str,
+        body_usage: bool,
+        usage: Usage,
+        cost_usd: float | None,
+        endpoint: str,
+        created_at: float,
+        expires_at: float,
+        stream: bytes | None = None,
+    ) -> CacheEntry:
+        """An entry whose body is the JSON ``body``, parsed on first use of ``body``."""
+        entry = cls.__new__(cls)
+        entry._answer, entry._body_usage = _Answer(None, body), body_usage
+        entry.usage, entry.cost_usd, entry.endpoint = usage, cost_usd, endpoint
+        entry.created_at, entry.expires_at, entry.stream = created_at, expires_at, stream
+        entry.model = model
+        return entry
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The body, parsed once for every reader (read only).
+
+        Raises:
+            CacheCorruptError: the stored JSON does not parse to a servable body (only an
+                entry forged with a valid checksum and no signature can get this far).
+        """
+        answer = self._answer
+        body = answer.parsed
+        if body is None:
+            body = answer.parsed = _parsed_body(answer.json or b"")
+        return body
+
+    @property
+    def body_json(self) -> bytes:
+        """The body's JSON, as stored (encoded once)."""
+        answer = self._answer
+        if answer.json is None:
+            answer.json = orjson.dumps(answer.parsed)
+        return bytes(answer.json)
+
+    @property
+    def servable(self) -> bool:
+        """Whether a hit could be served from the body (a decoded one was, when stored)."""
+        parsed = self._answer.parsed
+        return parsed is None or servable(parsed)
+
+    @property
+    def body_has_usage(self) -> bool:
+        """Whether the body carried a usage object that reports anything."""
+        if self._body_usage is None:
+            body = self.body
+            self._body_usage = type(body) is dict and has_usage(body.get("usage"))
+        return self._body_usage
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheEntry):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        parsed = self._answer.parsed
+        body = "<not parsed>" if parsed is None else repr(parsed)
+        return (
+            f"CacheEntry(body={body}, usage={self.usage!r}, cost_usd={self.cost_usd!r}, "
+            f"endpoint={self.endpoint!r}, created_at={self.created_at!r}, "
+            f"expires_at={self.expires_at!r}, stream={self.stream!r})"
+        )
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.body,
+            self.usage,
+            self.cost_usd,
+            self.endpoint,
+            self.created_at,
+            self.expires_at,
+            self.stream,
+        )
+
+    def reread(self) -> CacheEntry:
+        """Another reader's entry: the same answer (parsed at most once for both), its
+        own ``usage``."""
+        u = self.usage
+        entry = CacheEntry.__new__(CacheEntry)
+        entry._answer, entry._body_usage = self._answer, self._body_usage
+        entry.usage = Usage(
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+            u.cache_write_1h_tokens,
+            u.reported,
+        )
+        entry.cost_usd, entry.endpoint, entry.model = self.cost_usd, self.endpoint, self.model
+        entry.created_at, entry.expires_at, entry.stream = (
+            self.created_at,
+            self.expires_at,
+            self.stream,
+        )
+        return entry
+
+
+class _Answer:
+    """An entry's body, as JSON or parsed or both; shared by the entries of one read."""
+
+    __slots__ = ("json", "parsed")
+
+    def __init__(self, parsed: dict[str, Any] | None, json: bytes | memoryview | None) -> None:
+        self.parsed = parsed
+        self.json = json
+
+
+def _parsed_body(data: bytes | memoryview) -> dict[str, Any]:
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CacheCorruptError(f"entry body is malformed: {exc}") from exc
+    problem = _body_problem(body)
+    if problem is not None:
+        raise CacheCorruptError(problem)
+    result: dict[str, Any] = body
+    return result
+
+
+def servable(body: object) -> bool:
+    """Whether a hit could be served from ``body``: what decoding an entry checks, and
+    what is worth storing."""
+    return _body_problem(body) is None
+
+
+def _body_problem(body: object) -> str | None:
+    """What makes ``body`` unfit to serve from, or None: every choice must be an object
+    with a ``message`` object, the first one's tool calls a list of objects, the model a
+    string. O(choices): a hit has one."""
+    if type(body) is not dict:
+        return "entry body is not an object"
+    choices = body.get("choices")
+    if type(choices) is not list or not choices:
+        return "entry body has no choices"
+    for choice in choices:
+        if type(choice) is not dict or type(choice.get("message")) is not dict:
+            return "entry body has a choice without a message object"
+    calls = choices[0]["message"].get("tool_calls")
+    if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
+        return "entry body's tool calls are not a list of objects"
+    model = body.get("model")
+    if model is not None and type(model) is not str:
+        return "entry body's model is not a string"
+    return None

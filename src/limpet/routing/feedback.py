@@ -1,0 +1,24 @@
+"""What routing learns from a served response about providers' prompt caches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from limpet.models import Usage
+from limpet.providers.cache_minimums import LEARNED_MINIMUMS
+from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, marked_prefix_tokens
+
+__all__ = ["learn_minimum"]
+
+
+def learn_minimum(body: Mapping[str, Any], usage: Usage) -> None:
+    """Teach ``LEARNED_MINIMUMS`` from one response of a model whose cache writes are
+    billed, hence reported: silence there means the marked prefix could not cache."""
+    capability = DEFAULT_CAPABILITIES.lookup(body.get("model"))
+    if capability is None or capability.kind != "explicit" or capability.write_multiplier <= 1:
+        return
+    tokens = marked_prefix_tokens(body)
+    if tokens is not None:
+        cached = usage.cached_tokens > 0 or usage.cache_write_tokens > 0
+        LEARNED_MINIMUMS.observe(body["model"], tokens, capability.min_tokens, cached=cached)
