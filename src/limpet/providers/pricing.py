@@ -263,9 +263,19 @@ class PriceTable:
         clock: monotonic seconds, for ``retry_after``.
 
     Example:
-        >>> table = PriceTable(fetch, overrides={
+        >>> import asyncio
+        >>> async def fetch() -> object:  # the parsed JSON of the gateway's GET /models
+        ...     return {"data": [{"id": "anthropic/claude-sonnet-4.6",
+        ...                       "pricing": {"prompt": "0.000003", "completion": "0.000015"}}]}
+        >>> table = PriceTable(fetch, fallback=False, overrides={
         ...     "my/fine-tune": ModelPrices.per_million(prompt=1, completion=2)})
-        >>> prices = await table.prices("anthropic/claude-sonnet-4.6")
+        >>> prices = asyncio.run(table.prices("anthropic/claude-sonnet-4.6"))
+        >>> prices.prompt, prices.completion
+        (Decimal('0.000003'), Decimal('0.000015'))
+        >>> table.get("my/fine-tune").completion
+        Decimal('0.000002')
+        >>> table.get("nobody/knows") is None
+        True
     """
 
     __slots__ = (
