@@ -17,15 +17,8 @@ from limpet.cache.base import CacheBackend
 from limpet.cache.memcached.backend import MemcachedCache
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
+from tests.fakes import FakeClock
 from tests.redis_servers import eventually
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _nothing() -> None:
