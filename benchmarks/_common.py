@@ -1,4 +1,4 @@
-"""What every benchmark shares: the JSON it prints, its plot, its units, timing helpers.
+"""What every benchmark prints: the JSON of its figures and plot, and how units read.
 
 A benchmark is a script ``benchmarks/NAME.py`` run as ``python -m benchmarks.NAME``. It
 
@@ -20,17 +20,16 @@ A benchmark is a script ``benchmarks/NAME.py`` run as ``python -m benchmarks.NAM
         kind="line", title="Upstream calls in a storm", xlabel="callers", ylabel="calls",
         series={"limpet": Series(x=[1, 10, 100], y=[1, 1, 1]),
                 "no coalescing": Series(x=[1, 10, 100], y=[1, 10, 100])}))
+
+How a benchmark runs (command line, endpoint, clocks, timers, scratch keys) is
+:mod:`benchmarks._harness`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import secrets
-import statistics
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
 
@@ -192,17 +191,6 @@ def emit(
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-async def per_call_us(call: Callable[[], Awaitable[object]], n: int, rounds: int) -> float:
-    """Median over ``rounds`` of the mean microseconds per call of ``n`` sequential calls."""
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(n):
-            await call()
-        samples.append((time.perf_counter() - started) / n * 1e6)
-    return statistics.median(samples)
-
-
 def format_number(value: float) -> str:
     """About three significant figures, thousands separated, never an exponent."""
     magnitude = abs(value)
@@ -257,30 +245,3 @@ def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what}: expected a number, got {value!r}")
     return float(value)
-
-
-@contextlib.asynccontextmanager
-async def scratch_prefix(url: str, name: str) -> AsyncIterator[str]:
-    """A key prefix of one benchmark run in the shared cache at ``url``. On Redis every
-    key under it (entries, leases, generations, fleet counters: some have no TTL) is
-    deleted when the block ends, so a benchmark leaves nothing behind in a shared Redis.
-    Memcached cannot list keys to delete them: entries and leases expire by TTL, and the
-    few generation counters stay until Memcached's LRU evicts them."""
-    prefix = f"limpet-bench-{name}:{secrets.token_hex(6)}:"
-    try:
-        yield prefix
-    finally:
-        if url.startswith(("redis://", "rediss://", "unix://")):
-            await _delete_redis_prefix(url, prefix)
-
-
-async def _delete_redis_prefix(url: str, prefix: str) -> None:
-    import redis.asyncio  # the benchmarks run with the dev extras
-
-    client = redis.asyncio.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
-        if keys:
-            await client.unlink(*keys)
-    finally:
-        await client.aclose()

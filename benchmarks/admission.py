@@ -18,7 +18,6 @@ Targets (in-flight case): limpet learned, 0 failed calls and <= 2% of calls answ
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.util
@@ -30,10 +29,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks._common import Figure, emit
+from benchmarks._harness import API_KEY, command_line
 from limpet.testing import FakeGateway
 
 MODEL = "openai/gpt-4.1-mini"
-API_KEY = "sk-bench"
 IN_FLIGHT = 20
 LATENCY = 0.1  # seconds per answer: the ideal is calls x LATENCY / IN_FLIGHT
 RATE, RATE_WINDOW = 100, 10.0  # 600 requests a minute, over 10 s windows
@@ -252,6 +251,5 @@ async def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer calls, for a fast run")
+    parser = command_line(__doc__, quick_help="fewer calls, for a fast run")
     asyncio.run(main(parser.parse_args().quick))

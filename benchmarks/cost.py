@@ -16,14 +16,14 @@ Target: >= 80% less input cost on the cached part (the system prompt) after the 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from benchmarks._common import Figure, Plot, Series, emit
-from limpet import Client, Endpoint
+from benchmarks._harness import SimClock, command_line, endpoint_of
+from limpet import Client
 from limpet.errors import ConfigurationError
 from limpet.models import Usage
 from limpet.providers.pricing import ModelPrices, cost_usd
@@ -57,20 +57,12 @@ class Run:
     first_of_tenant: list[bool] = field(default_factory=list)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def run(*, auto: bool, tenants: int, questions: int) -> tuple[Run, str]:
     """Every question of every tenant, interleaved, through a fresh gateway and Client."""
-    clock = Clock()
+    clock = SimClock()
     result = Run()
     async with FakeGateway(endpoints=("a",), prompt_cache=ProviderPromptCache, clock=clock) as gw:
-        endpoint = Endpoint("a", gw.base_url("a"), api_key="sk-bench")
+        endpoint = endpoint_of(gw)
         try:
             client = Client(endpoints=[endpoint], cache=None, auto_cache_control=auto)
             injection = "client" if auto else "off"
@@ -110,13 +102,60 @@ def prefix_input_usd(usage: Usage, prefix_tokens: int, prices: ModelPrices) -> f
     return float(total)
 
 
-async def main(tenants: int, questions: int) -> None:
-    baseline, _ = await run(auto=False, tenants=tenants, questions=questions)
-    limpet, injection = await run(auto=True, tenants=tenants, questions=questions)
+@dataclass(frozen=True, slots=True)
+class Saving:
+    """Input dollars on the cached part (after each tenant's first call, and on all calls)
+    and total dollars, with ``auto_cache_control`` (``limpet``) and without (``baseline``)."""
+
+    limpet_later: float
+    baseline_later: float
+    limpet_all: float
+    baseline_all: float
+    limpet_total: float
+    baseline_total: float
+    later_calls: int
+
+    @property
+    def reduction_later(self) -> float:
+        return 1 - self.limpet_later / self.baseline_later
+
+    @property
+    def reduction_all(self) -> float:
+        return 1 - self.limpet_all / self.baseline_all
+
+
+def saving(limpet: Run, baseline: Run, prefix: dict[int, int], prices: ModelPrices) -> Saving:
+    """What the cached part cost each run; ``prefix`` gives each tenant's prefix tokens."""
+    tenants = len(prefix)
+    later = [i for i, first in enumerate(limpet.first_of_tenant) if not first]
+    firsts = [i for i, first in enumerate(limpet.first_of_tenant) if first]
+
+    def part(runs: Run, calls: list[int]) -> float:
+        return sum(prefix_input_usd(runs.usages[i], prefix[i % tenants], prices) for i in calls)
+
+    return Saving(
+        limpet_later=part(limpet, later),
+        baseline_later=part(baseline, later),
+        limpet_all=part(limpet, later + firsts),
+        baseline_all=part(baseline, later + firsts),
+        limpet_total=sum(limpet.reported_usd),
+        baseline_total=sum(baseline.reported_usd),
+        later_calls=len(later),
+    )
+
+
+async def listed_prices() -> ModelPrices:
     async with FakeGateway(endpoints=("a",)) as gw:
         listing = gw.models[MODEL].listing()["pricing"]
     prices = ModelPrices.from_openrouter(listing)
     assert prices is not None
+    return prices
+
+
+async def main(tenants: int, questions: int) -> None:
+    baseline, _ = await run(auto=False, tenants=tenants, questions=questions)
+    limpet, injection = await run(auto=True, tenants=tenants, questions=questions)
+    prices = await listed_prices()
     for usage, reported in zip(limpet.usages, limpet.reported_usd, strict=True):
         # The ledger's arithmetic agrees with what the gateway charged, call by call.
         assert abs(cost_usd(usage, prices) - reported) < 1e-9
@@ -124,66 +163,12 @@ async def main(tenants: int, questions: int) -> None:
     # for every question of that tenant.
     prefix = {i % tenants: u.cache_write_tokens for i, u in enumerate(limpet.usages[:tenants])}
     assert all(tokens > 2000 for tokens in prefix.values()), prefix
-    later = [i for i, first in enumerate(limpet.first_of_tenant) if not first]
-    firsts = [i for i, first in enumerate(limpet.first_of_tenant) if first]
-
-    def part(runs: Run, calls: list[int]) -> float:
-        return sum(prefix_input_usd(runs.usages[i], prefix[i % tenants], prices) for i in calls)
-
-    limpet_later, baseline_later = part(limpet, later), part(baseline, later)
-    limpet_all, baseline_all = part(limpet, later + firsts), part(baseline, later + firsts)
-    reduction_later = 1 - limpet_later / baseline_later
-    reduction_all = 1 - limpet_all / baseline_all
-    limpet_total, baseline_total = sum(limpet.reported_usd), sum(baseline.reported_usd)
+    s = saving(limpet, baseline, prefix, prices)
     calls = tenants * questions
     emit(
         "cost",
-        [
-            Figure(
-                figure=f"input $ on the cached system prompts, calls after each tenant's first "
-                f"({len(later)} calls)",
-                unit="$",
-                limpet=limpet_later,
-                baseline=baseline_later,
-                baseline_name="no cache_control",
-                target=">= 80% less",
-                met=reduction_later >= TARGET_REDUCTION,
-            ),
-            Figure(
-                figure="input cost saved on the cached part after the first call",
-                unit="%",
-                limpet=100 * reduction_later,
-                target=">= 80%",
-                met=reduction_later >= TARGET_REDUCTION,
-            ),
-            Figure(
-                figure="input cost saved on the cached part, first-call write premiums included",
-                unit="%",
-                limpet=100 * reduction_all,
-            ),
-            Figure(
-                figure=f"total $ for {calls} calls ({tenants} tenants x {questions} questions)",
-                unit="$",
-                limpet=limpet_total,
-                baseline=baseline_total,
-                baseline_name="no cache_control",
-            ),
-        ],
-        plot=Plot(
-            kind="bar",
-            title=f"Dollars for {calls} calls to {MODEL}",
-            ylabel="US dollars",
-            series={
-                "auto_cache_control": Series(
-                    x=["cached part, later calls", "cached part, all calls", "total"],
-                    y=[limpet_later, limpet_all, limpet_total],
-                ),
-                "no cache_control": Series(
-                    x=["cached part, later calls", "cached part, all calls", "total"],
-                    y=[baseline_later, baseline_all, baseline_total],
-                ),
-            },
-        ),
+        figures(s, calls, tenants, questions),
+        plot=plot(s, calls),
         model=MODEL,
         tenants=tenants,
         questions_per_tenant=questions,
@@ -208,10 +193,57 @@ async def main(tenants: int, questions: int) -> None:
     )
 
 
+def figures(s: Saving, calls: int, tenants: int, questions: int) -> list[Figure]:
+    return [
+        Figure(
+            figure=f"input $ on the cached system prompts, calls after each tenant's first "
+            f"({s.later_calls} calls)",
+            unit="$",
+            limpet=s.limpet_later,
+            baseline=s.baseline_later,
+            baseline_name="no cache_control",
+            target=">= 80% less",
+            met=s.reduction_later >= TARGET_REDUCTION,
+        ),
+        Figure(
+            figure="input cost saved on the cached part after the first call",
+            unit="%",
+            limpet=100 * s.reduction_later,
+            target=">= 80%",
+            met=s.reduction_later >= TARGET_REDUCTION,
+        ),
+        Figure(
+            figure="input cost saved on the cached part, first-call write premiums included",
+            unit="%",
+            limpet=100 * s.reduction_all,
+        ),
+        Figure(
+            figure=f"total $ for {calls} calls ({tenants} tenants x {questions} questions)",
+            unit="$",
+            limpet=s.limpet_total,
+            baseline=s.baseline_total,
+            baseline_name="no cache_control",
+        ),
+    ]
+
+
+def plot(s: Saving, calls: int) -> Plot:
+    parts = ["cached part, later calls", "cached part, all calls", "total"]
+    return Plot(
+        kind="bar",
+        title=f"Dollars for {calls} calls to {MODEL}",
+        ylabel="US dollars",
+        series={
+            "auto_cache_control": Series(x=parts, y=[s.limpet_later, s.limpet_all, s.limpet_total]),
+            "no cache_control": Series(
+                x=parts, y=[s.baseline_later, s.baseline_all, s.baseline_total]
+            ),
+        },
+    )
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    args = parser.parse_args()
+    args = command_line(__doc__).parse_args()
     if args.quick:
         asyncio.run(main(tenants=2, questions=5))
     else:

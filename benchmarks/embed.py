@@ -18,7 +18,6 @@ limpet's own work; turning 1,536 floats into Python floats is reported beside it
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import random
@@ -30,8 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks._common import Figure, Plot, Series, emit, per_call_us
-from limpet import Client, Endpoint
+from benchmarks._common import Figure, Plot, Series, emit
+from benchmarks._harness import command_line, endpoint_of, per_call_us
+from limpet import Client
 from limpet.pipeline.vectors import merge_by_index, unpack_floats
 from limpet.testing import FakeGateway
 
@@ -160,8 +160,7 @@ def per_batch_split(upstream: Upstream) -> tuple[Any, str]:
 async def measure(gateway: FakeGateway, load: Workload) -> dict[str, Any]:
     base_url = gateway.base_url("a")
     figures: dict[str, Any] = {}
-    endpoint = Endpoint("a", base_url, api_key="sk-bench")
-    async with Client(endpoints=[endpoint]) as client:
+    async with Client(endpoints=[endpoint_of(gateway)]) as client:
         # Warmed up as a running service is: connections open, prices loaded.
         await client.embed(model=MODEL, input="warm-up")
         gateway.embeddings.reset()
@@ -195,103 +194,131 @@ async def measure(gateway: FakeGateway, load: Workload) -> dict[str, Any]:
     return figures
 
 
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """Upstream inputs, and wall seconds of the ingest and of the queries, of one way."""
+
+    inputs: int
+    ingest_s: float
+    queries_s: float
+
+    @property
+    def wall_s(self) -> float:
+        return self.ingest_s + self.queries_s
+
+
+def contender(measured: tuple[int, tuple[float, float], int]) -> Contender:
+    inputs, (ingest_s, queries_s), _ = measured
+    return Contender(inputs, ingest_s, queries_s)
+
+
 async def main(chunks: int, queries: int) -> None:
     load = workload(chunks, queries)
     async with FakeGateway(endpoints=("a",)) as gateway:
         gateway.embeddings.latency = UPSTREAM_LATENCY
         f = await measure(gateway, load)
-    (ours, (ours_in, ours_q), ours_calls), (none, (none_in, none_q), _) = f["limpet"], f["none"]
-    split, (split_in, split_q), _ = f["split"]
-    ours_wall, none_wall, split_wall = ours_in + ours_q, none_in + none_q, split_in + split_q
+    ours, none, split = contender(f["limpet"]), contender(f["none"]), contender(f["split"])
     name = f["split_name"]
     print(f"embed: baseline is {name}", file=sys.stderr)
     what = f"{chunks:,} chunks + {queries:,} queries"
     emit(
         "embed",
         [
-            Figure(
-                figure=f"upstream inputs, RAG ingest ({what}; {load.distinct:,} distinct)",
-                unit="inputs",
-                limpet=ours,
-                baseline=none,
-                baseline_name="no cache",
-                target=f"= distinct ({load.distinct:,})",
-                met=ours == load.distinct,
-            ),
-            Figure(
-                figure="upstream inputs vs the per-batch split, 50 overlapping batches in flight",
-                unit="inputs",
-                limpet=ours,
-                baseline=split,
-                baseline_name=name,
-                target=">= 2x fewer",
-                met=split >= 2 * ours,
-            ),
-            Figure(
-                figure=f"wall time, RAG ingest ({what})",
-                unit="s",
-                limpet=ours_wall,
-                baseline=none_wall,
-                baseline_name="no cache",
-            ),
-            Figure(
-                figure="wall time vs the per-batch split",
-                unit="s",
-                limpet=ours_wall,
-                baseline=split_wall,
-                baseline_name=name,
-            ),
-            Figure(
-                figure="wall time of the ingest alone (overlapping batches)",
-                unit="s",
-                limpet=ours_in,
-                baseline=split_in,
-                baseline_name=name,
-            ),
-            Figure(
-                figure="wall time of the queries alone (single-text calls)",
-                unit="s",
-                limpet=ours_q,
-                baseline=split_q,
-                baseline_name=name,
-            ),
-            Figure(
-                figure="full-hit batch of 100, per input (16 floats)",
-                unit="us",
-                limpet=f["hit_us"],
-                target="<= 5 us",
-                met=f["hit_us"] <= 5,
-            ),
-            Figure(
-                figure="full-hit batch of 100, per input (1,536 floats)",
-                unit="us",
-                limpet=f["hit_us_1536"],
-            ),
+            *figures(ours, none, split, name, what, load),
+            *hit_figures(f["hit_us"], f["hit_us_1536"]),
         ],
         plot=Plot(
             kind="bar",
             title="Upstream inputs of a RAG ingest with overlapping batches",
             ylabel="inputs sent upstream",
             series={
-                "limpet": Series(x=["inputs"], y=[ours]),
-                name: Series(x=["inputs"], y=[split]),
-                "no cache": Series(x=["inputs"], y=[none]),
+                "limpet": Series(x=["inputs"], y=[ours.inputs]),
+                name: Series(x=["inputs"], y=[split.inputs]),
+                "no cache": Series(x=["inputs"], y=[none.inputs]),
             },
         ),
         baseline=name,
         distinct_inputs=load.distinct,
         total_inputs=load.inputs,
-        limpet_requests=ours_calls,
-        no_cache_ingest_s=none_in,
-        no_cache_queries_s=none_q,
+        limpet_requests=f["limpet"][2],
+        no_cache_ingest_s=none.ingest_s,
+        no_cache_queries_s=none.queries_s,
         upstream_latency_s=UPSTREAM_LATENCY,
     )
 
 
+def figures(
+    ours: Contender, none: Contender, split: Contender, name: str, what: str, load: Workload
+) -> list[Figure]:
+    return [
+        Figure(
+            figure=f"upstream inputs, RAG ingest ({what}; {load.distinct:,} distinct)",
+            unit="inputs",
+            limpet=ours.inputs,
+            baseline=none.inputs,
+            baseline_name="no cache",
+            target=f"= distinct ({load.distinct:,})",
+            met=ours.inputs == load.distinct,
+        ),
+        Figure(
+            figure="upstream inputs vs the per-batch split, 50 overlapping batches in flight",
+            unit="inputs",
+            limpet=ours.inputs,
+            baseline=split.inputs,
+            baseline_name=name,
+            target=">= 2x fewer",
+            met=split.inputs >= 2 * ours.inputs,
+        ),
+        Figure(
+            figure=f"wall time, RAG ingest ({what})",
+            unit="s",
+            limpet=ours.wall_s,
+            baseline=none.wall_s,
+            baseline_name="no cache",
+        ),
+        Figure(
+            figure="wall time vs the per-batch split",
+            unit="s",
+            limpet=ours.wall_s,
+            baseline=split.wall_s,
+            baseline_name=name,
+        ),
+        Figure(
+            figure="wall time of the ingest alone (overlapping batches)",
+            unit="s",
+            limpet=ours.ingest_s,
+            baseline=split.ingest_s,
+            baseline_name=name,
+        ),
+        Figure(
+            figure="wall time of the queries alone (single-text calls)",
+            unit="s",
+            limpet=ours.queries_s,
+            baseline=split.queries_s,
+            baseline_name=name,
+        ),
+    ]
+
+
+def hit_figures(hit_us: float, hit_us_1536: float) -> list[Figure]:
+    return [
+        Figure(
+            figure="full-hit batch of 100, per input (16 floats)",
+            unit="us",
+            limpet=hit_us,
+            target="<= 5 us",
+            met=hit_us <= 5,
+        ),
+        Figure(
+            figure="full-hit batch of 100, per input (1,536 floats)",
+            unit="us",
+            limpet=hit_us_1536,
+        ),
+    ]
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    args = parser.parse_args()
+    args = command_line(__doc__).parse_args()
     if args.quick:
         asyncio.run(main(chunks=2_000, queries=500))
     else:

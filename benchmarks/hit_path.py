@@ -6,15 +6,15 @@ Targets: <= 25 us per hit and <= 3x the floor.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 from typing import Any
 
 import orjson
 
-from benchmarks._common import Figure, emit, per_call_us
-from limpet import CacheStatus, Client, Endpoint
+from benchmarks._common import Figure, emit
+from benchmarks._harness import command_line, endpoint_of, per_call_us
+from limpet import CacheStatus, Client
 from limpet.testing import FakeGateway
 
 SYSTEM = "You answer questions about marine biology, briefly and accurately. " * 28
@@ -37,8 +37,8 @@ def request() -> dict[str, Any]:
 async def main(n: int, rounds: int) -> None:
     body = request()
     async with FakeGateway(endpoints=("a",)) as gateway:
-        endpoint = Endpoint("a", gateway.base_url("a"), api_key="sk-bench")
-        async with Client(endpoints=[endpoint]) as client:
+        client = Client(endpoints=[endpoint_of(gateway)])
+        async with client:
             assert (await client.complete(**body)).cache is CacheStatus.MISS
             assert (await client.complete(**body)).cache is CacheStatus.HIT
 
@@ -78,10 +78,9 @@ async def main(n: int, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_line(__doc__)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
     args = parser.parse_args()
     if args.quick:
         args.n, args.rounds = 2_000, 3

@@ -4,19 +4,14 @@ of concurrent tasks) against the FakeGateway, limpet beside the same workload wi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 
 from benchmarks._common import Figure, Plot, Series, emit
+from benchmarks._harness import command_line, percentile
 from limpet.cli.demo import run_demo
 
 STATUSES = ("hit", "coalesced", "miss")
-
-
-def p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def main(requests: int, latency: float) -> None:
@@ -32,7 +27,7 @@ async def main(requests: int, latency: float) -> None:
             Figure(
                 figure="p50 latency, cache hits (demo workload)",
                 unit="ms",
-                limpet=p(by_status["hit"], 50),
+                limpet=percentile(by_status["hit"], 0.50),
                 baseline=plain.percentile(50),
                 baseline_name="every call upstream",
             ),
@@ -63,7 +58,7 @@ async def main(requests: int, latency: float) -> None:
                 ),
                 "p99": Series(
                     x=[*by_status, "without limpet"],
-                    y=[p(v, 99) for v in by_status.values()] + [plain.percentile(99)],
+                    y=[percentile(v, 0.99) for v in by_status.values()] + [plain.percentile(99)],
                 ),
             },
         ),
@@ -73,7 +68,5 @@ async def main(requests: int, latency: float) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    args = parser.parse_args()
+    args = command_line(__doc__).parse_args()
     asyncio.run(main(120 if args.quick else 600, 0.08))

@@ -9,10 +9,10 @@ Targets: 1 upstream call for 8 processes x 125 callers; followers within 150 ms 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 from benchmarks._common import Figure, emit
+from benchmarks._harness import command_line
 from benchmarks._memcached import memcached_url
 from benchmarks.storm import UPSTREAM_LATENCY, across, follower_lag_p99_ms
 from limpet.testing import FakeGateway
@@ -57,10 +57,7 @@ async def main(url: str, processes: int, per_process: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    parser.add_argument("--memcached", default=None, help="default: $LIMPET_MEMCACHED_URL")
-    args = parser.parse_args()
+    args = command_line(__doc__, memcached=True).parse_args()
     with memcached_url(args.memcached) as url:
         if args.quick:
             asyncio.run(main(url, 2, 25))

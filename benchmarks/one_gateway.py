@@ -15,27 +15,29 @@ Three runs side by side, on the same arrivals:
 
 Figures: provider-cache hit rate (read tokens / cacheable tokens) and dollars from the
 gateway's own ``usage.cost``. Target: ``on`` >= 0.95x the ideal hit rate. Time is
-simulated as in ``benchmarks/sticky.py`` (whose workload, clock and counting cache this
-reuses): TTLs act as they would over the 35 minutes the workload stands for.
+simulated as in ``benchmarks/sticky.py``, whose workload, clock and counting cache this
+shares (``benchmarks/_rag.py``): TTLs act as they would over the 35 minutes the workload
+stands for.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from benchmarks._common import Figure, Plot, Series, emit
-from benchmarks.sticky import (
-    API_KEY,
+from benchmarks._harness import API_KEY, command_line
+from benchmarks._rag import (
     LATENCY,
     TENANT_PERIOD,
     WORKERS,
     Arrival,
+    ArrivalClock,
     CountingCache,
-    SimClock,
+    hit_rate,
+    replay,
     via_client,
     workload,
 )
@@ -65,7 +67,7 @@ class Outcome:
 
 async def run(
     name: str,
-    clock: SimClock,
+    clock: ArrivalClock,
     providers: Sequence[str],
     arrivals: Sequence[Arrival],
     *,
@@ -86,72 +88,29 @@ async def run(
         client = Client(
             router=router, cache=None, coalesce=False, retry=RetryConfig(max_attempts=1)
         )
-        send = via_client(client)
-        queue = iter(enumerate(arrivals))
-        clock.now += 86_400.0  # a day apart: nothing cached survives from another run
-        clock.accounted = 0
-        start = clock.now
-        cached = written = 0
-        cost = 0.0
-
-        async def worker() -> None:
-            nonlocal cached, written, cost
-            for index, (at, body) in queue:
-                await clock.turn(index)
-                clock.now = start + at
-                usage, dollars = await send(body)
-                cached += usage.cached_tokens
-                written += usage.cache_write_tokens
-                cost += dollars
-
         try:
-            await asyncio.gather(*(worker() for _ in range(WORKERS)))
+            samples = await replay(clock, arrivals, via_client(client))
         finally:
             await client.aclose()
         model = gateway.endpoint("openrouter").prompt_cache
         assert isinstance(model, OpenRouterProviders)
         served = dict(model.served)
-    return Outcome(name, cached / (cached + written) if cached + written else 0.0, cost, served)
+    return Outcome(name, hit_rate(samples), sum(s.cost for s in samples), served)
 
 
 async def main(quick: bool) -> None:
     tenants, questions = (20, 10) if quick else (40, 10)
     arrivals = workload(tenants, questions)
-    clock = SimClock()
+    clock = ArrivalClock()
     on = await run("session_id on", clock, PROVIDERS, arrivals, session_id=True)
     off = await run("session_id off", clock, PROVIDERS, arrivals, session_id=False)
     ideal = await run("ideal", clock, PROVIDERS[:1], arrivals, session_id=True)
     share = on.hit_rate / ideal.hit_rate if ideal.hit_rate else 0.0
     outcomes = (on, off, ideal)
     labels = [o.name for o in outcomes]
-    figures = [
-        Figure(
-            figure="provider-cache hit rate, RAG through one OpenRouter endpoint (3 providers)",
-            unit="%",
-            limpet=on.hit_rate * 100,
-            baseline=ideal.hit_rate * 100,
-            baseline_name="ideal: one provider sees everything",
-            target=f">= {TARGET_SHARE}x ideal",
-            met=share >= TARGET_SHARE,
-        ),
-        Figure(
-            figure="provider-cache hit rate through one gateway, session_id off",
-            unit="%",
-            limpet=on.hit_rate * 100,
-            baseline=off.hit_rate * 100,
-            baseline_name="session_id off",
-        ),
-        Figure(
-            figure="cost of the RAG workload through one gateway",
-            unit="$",
-            limpet=on.cost,
-            baseline=off.cost,
-            baseline_name="session_id off",
-        ),
-    ]
     emit(
         "one_gateway",
-        figures,
+        figures(on, off, ideal),
         plot=Plot(
             kind="bar",
             title="Multi-tenant RAG through one OpenRouter endpoint, 3 providers",
@@ -181,8 +140,35 @@ async def main(quick: bool) -> None:
     )
 
 
+def figures(on: Outcome, off: Outcome, ideal: Outcome) -> list[Figure]:
+    share = on.hit_rate / ideal.hit_rate if ideal.hit_rate else 0.0
+    return [
+        Figure(
+            figure="provider-cache hit rate, RAG through one OpenRouter endpoint (3 providers)",
+            unit="%",
+            limpet=on.hit_rate * 100,
+            baseline=ideal.hit_rate * 100,
+            baseline_name="ideal: one provider sees everything",
+            target=f">= {TARGET_SHARE}x ideal",
+            met=share >= TARGET_SHARE,
+        ),
+        Figure(
+            figure="provider-cache hit rate through one gateway, session_id off",
+            unit="%",
+            limpet=on.hit_rate * 100,
+            baseline=off.hit_rate * 100,
+            baseline_name="session_id off",
+        ),
+        Figure(
+            figure="cost of the RAG workload through one gateway",
+            unit="$",
+            limpet=on.cost,
+            baseline=off.cost,
+            baseline_name="session_id off",
+        ),
+    ]
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    args = parser.parse_args()
+    args = command_line(__doc__, quick_help="a smaller, faster run").parse_args()
     asyncio.run(main(args.quick))

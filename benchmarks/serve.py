@@ -11,7 +11,6 @@ Target: p50 hit <= 1 ms end to end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.util
 import random
@@ -24,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks._common import Figure, emit
+from benchmarks._harness import command_line
 from limpet.testing import FakeGateway
 
 MODEL = "openai/gpt-5-mini"
@@ -162,10 +162,9 @@ async def main(n: int, burst: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_line(__doc__)
     parser.add_argument("--n", type=int, default=5_000, help="sequential hits timed")
     parser.add_argument("--burst", type=int, default=20_000, help="calls at concurrency 100")
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
     args = parser.parse_args()
     if args.quick:
         args.n, args.burst = 500, 2_000

@@ -7,13 +7,13 @@ callers; followers complete within 50 ms (p99) of the leader.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import time
+from dataclasses import dataclass
 
-from benchmarks._common import Figure, Plot, Series, emit, scratch_prefix
-from limpet import Client, Endpoint
+from benchmarks._common import Figure, Plot, Series, emit
+from benchmarks._harness import command_line, endpoint_of, scratch_prefix
+from limpet import Client
 from limpet.testing import FakeGateway
 from limpet.testing.storm import STORM_MESSAGES, STORM_MODEL, WorkerReport, run_storm
 
@@ -22,8 +22,7 @@ UPSTREAM_LATENCY = 0.5
 
 async def in_process(gateway: FakeGateway, callers: int, coalesce: bool) -> tuple[int, float]:
     gateway.reset()
-    endpoint = Endpoint("a", gateway.base_url("a"), api_key="sk-bench")
-    async with Client(endpoints=[endpoint], coalesce=coalesce) as client:
+    async with Client(endpoints=[endpoint_of(gateway)], coalesce=coalesce) as client:
         started = time.perf_counter()
         await asyncio.gather(
             *(
@@ -69,73 +68,101 @@ def follower_lag_p99_ms(reports: list[WorkerReport]) -> float:
     return lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Storms:
+    """Upstream calls and wall seconds of each storm, coalescing on and off."""
+
+    callers: int
+    processes: int
+    per_process: int
+    one: tuple[int, float]
+    one_off: tuple[int, float]
+    fleet: tuple[int, float]
+    fleet_off: tuple[int, float]
+    lag_ms: float
+
+
 async def main(callers: int, processes: int, per_process: int, redis_url: str) -> None:
     async with FakeGateway(endpoints=("a",), latency=UPSTREAM_LATENCY) as gateway:
-        one_calls, one_wall = await in_process(gateway, callers, coalesce=True)
-        off_calls, off_wall = await in_process(gateway, callers, coalesce=False)
+        one = await in_process(gateway, callers, coalesce=True)
+        one_off = await in_process(gateway, callers, coalesce=False)
         multi_calls, multi_wall, reports = await across(
             gateway, redis_url, processes, per_process, coalesce=True
         )
         multi_off_calls, multi_off_wall, _ = await across(
             gateway, redis_url, processes, per_process, coalesce=False
         )
-    lag = follower_lag_p99_ms(reports)
-    emit(
-        "storm",
-        [
-            Figure(
-                figure=f"upstream calls, {callers} identical cold requests, one process",
-                unit="calls",
-                limpet=one_calls,
-                baseline=off_calls,
-                baseline_name="coalescing off",
-                target="1",
-                met=one_calls == 1,
-            ),
-            Figure(
-                figure=f"upstream calls, {processes} processes x {per_process} callers, Redis",
-                unit="calls",
-                limpet=multi_calls,
-                baseline=multi_off_calls,
-                baseline_name="coalescing off",
-                target="1",
-                met=multi_calls == 1,
-            ),
-            Figure(
-                figure="follower completion after the leader's, p99 (across processes)",
-                unit="ms",
-                limpet=lag,
-                target="<= 50 ms",
-                met=lag <= 50,
-            ),
-            Figure(
-                figure=f"wall time, {processes} processes x {per_process} callers",
-                unit="s",
-                limpet=multi_wall,
-                baseline=multi_off_wall,
-                baseline_name="coalescing off",
-            ),
-            Figure(
-                figure=f"wall time, {callers} callers, one process",
-                unit="s",
-                limpet=one_wall,
-                baseline=off_wall,
-                baseline_name="coalescing off",
-            ),
-        ],
-        plot=Plot(
-            kind="bar",
-            title="Upstream calls under a cold-start storm",
-            ylabel="upstream calls (log)",
-            yscale="log",
-            series={
-                "limpet": Series(x=one_process_and_fleet(processes), y=[one_calls, multi_calls]),
-                "coalescing off": Series(
-                    x=one_process_and_fleet(processes), y=[off_calls, multi_off_calls]
-                ),
-            },
+    storms = Storms(
+        callers,
+        processes,
+        per_process,
+        one,
+        one_off,
+        (multi_calls, multi_wall),
+        (multi_off_calls, multi_off_wall),
+        follower_lag_p99_ms(reports),
+    )
+    emit("storm", figures(storms), plot=plot(storms), upstream_latency_s=UPSTREAM_LATENCY)
+
+
+def figures(s: Storms) -> list[Figure]:
+    (one_calls, one_wall), (off_calls, off_wall) = s.one, s.one_off
+    (multi_calls, multi_wall), (multi_off_calls, multi_off_wall) = s.fleet, s.fleet_off
+    fleet = f"{s.processes} processes x {s.per_process} callers"
+    return [
+        Figure(
+            figure=f"upstream calls, {s.callers} identical cold requests, one process",
+            unit="calls",
+            limpet=one_calls,
+            baseline=off_calls,
+            baseline_name="coalescing off",
+            target="1",
+            met=one_calls == 1,
         ),
-        upstream_latency_s=UPSTREAM_LATENCY,
+        Figure(
+            figure=f"upstream calls, {fleet}, Redis",
+            unit="calls",
+            limpet=multi_calls,
+            baseline=multi_off_calls,
+            baseline_name="coalescing off",
+            target="1",
+            met=multi_calls == 1,
+        ),
+        Figure(
+            figure="follower completion after the leader's, p99 (across processes)",
+            unit="ms",
+            limpet=s.lag_ms,
+            target="<= 50 ms",
+            met=s.lag_ms <= 50,
+        ),
+        Figure(
+            figure=f"wall time, {fleet}",
+            unit="s",
+            limpet=multi_wall,
+            baseline=multi_off_wall,
+            baseline_name="coalescing off",
+        ),
+        Figure(
+            figure=f"wall time, {s.callers} callers, one process",
+            unit="s",
+            limpet=one_wall,
+            baseline=off_wall,
+            baseline_name="coalescing off",
+        ),
+    ]
+
+
+def plot(s: Storms) -> Plot:
+    where = one_process_and_fleet(s.processes)
+    return Plot(
+        kind="bar",
+        title="Upstream calls under a cold-start storm",
+        ylabel="upstream calls (log)",
+        yscale="log",
+        series={
+            "limpet": Series(x=where, y=[s.one[0], s.fleet[0]]),
+            "coalescing off": Series(x=where, y=[s.one_off[0], s.fleet_off[0]]),
+        },
     )
 
 
@@ -144,12 +171,7 @@ def one_process_and_fleet(processes: int) -> list[str]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    parser.add_argument(
-        "--redis", default=os.environ.get("LIMPET_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    args = parser.parse_args()
+    args = command_line(__doc__, redis=True).parse_args()
     if args.quick:
         asyncio.run(main(100, 2, 25, args.redis))
     else:

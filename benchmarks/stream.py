@@ -4,16 +4,16 @@ replay throughput of a cached stream in chunks per second, in one run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import time
 from typing import Any
 
 from benchmarks._common import Figure, emit
+from benchmarks._harness import command_line
 from limpet import Client, Endpoint
 from limpet.pipeline.stream import CompletionStream
-from limpet.testing import FakeGateway
+from limpet.testing import FakeEndpoint, FakeGateway
 
 UPSTREAM_LATENCY = 0.2
 REQUEST: dict[str, Any] = {
@@ -33,42 +33,53 @@ async def first_chunk_after(stream: CompletionStream, started: float) -> float:
     return elapsed
 
 
+async def with_followers(client: Client, followers: int) -> tuple[float, list[float]]:
+    """The leader's time to first chunk, and each follower's, all arriving together."""
+    started = time.perf_counter()
+    leader = asyncio.create_task(first_chunk_after(client.stream(**REQUEST), started))
+    joined = [
+        asyncio.create_task(first_chunk_after(client.stream(**REQUEST), started))
+        for _ in range(followers)
+    ]
+    return await leader, list(await asyncio.gather(*joined))
+
+
+async def late_joiner(client: Client, ep: FakeEndpoint) -> float:
+    """Time to first chunk of a follower joining while the upstream stream is held
+    half-way."""
+    await client.invalidate()
+    ep.pause_stream(after_chunks=5)
+    early = client.stream(**REQUEST)
+    for _ in range(5):
+        await anext(early)
+    late_started = time.perf_counter()
+    late = asyncio.create_task(first_chunk_after(client.stream(**REQUEST), late_started))
+    ep.resume_stream()
+    async for _ in early:
+        pass
+    return await late
+
+
+async def replays_of(client: Client, replays: int) -> tuple[int, float]:
+    """Chunks read, and chunks per second, replaying a cached stream in full again and
+    again."""
+    chunks = 0
+    replay_started = time.perf_counter()
+    for _ in range(replays):
+        async for _ in client.stream(**REQUEST):
+            chunks += 1
+    return chunks, chunks / (time.perf_counter() - replay_started)
+
+
 async def main(followers: int, replays: int) -> None:
     async with FakeGateway(endpoints=("a",), latency=UPSTREAM_LATENCY) as gateway:
         ep = gateway.endpoint("a")
         async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
-            # Followers that arrive with the leader.
-            started = time.perf_counter()
-            leader = asyncio.create_task(first_chunk_after(client.stream(**REQUEST), started))
-            joined = [
-                asyncio.create_task(first_chunk_after(client.stream(**REQUEST), started))
-                for _ in range(followers)
-            ]
-            leader_ttfc = await leader
-            follower_ttfc = await asyncio.gather(*joined)
+            leader_ttfc, follower_ttfc = await with_followers(client, followers)
             assert ep.calls == 1
-
-            # A late joiner: the upstream stream is held half-way while it joins.
-            await client.invalidate()
-            ep.pause_stream(after_chunks=5)
-            early = client.stream(**REQUEST)
-            for _ in range(5):
-                await anext(early)
-            late_started = time.perf_counter()
-            late = asyncio.create_task(first_chunk_after(client.stream(**REQUEST), late_started))
-            ep.resume_stream()
-            async for _ in early:
-                pass
-            late_ttfc = await late
+            late_ttfc = await late_joiner(client, ep)
             assert ep.calls == 2
-
-            # Replay throughput: a cached stream, read in full, again and again.
-            chunks = 0
-            replay_started = time.perf_counter()
-            for _ in range(replays):
-                async for _ in client.stream(**REQUEST):
-                    chunks += 1
-            replay_rate = chunks / (time.perf_counter() - replay_started)
+            chunks, replay_rate = await replays_of(client, replays)
             assert ep.calls == 2
     follower_p50 = statistics.median(follower_ttfc)
     emit(
@@ -102,7 +113,5 @@ async def main(followers: int, replays: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    args = parser.parse_args()
+    args = command_line(__doc__).parse_args()
     asyncio.run(main(followers=20 if args.quick else 100, replays=50 if args.quick else 500))

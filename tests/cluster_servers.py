@@ -32,10 +32,11 @@ class RedisClusterServers:
     """Three cluster-enabled ``redis-server`` processes on free loopback ports, joined into
     one cluster that covers all 16384 slots.
 
-    Example:
-        >>> cluster = RedisClusterServers().start()
-        >>> RedisCache.from_url(cluster.url, cluster=True)
-        >>> cluster.stop()
+    Example (illustrative: it starts processes)::
+
+        cluster = RedisClusterServers().start()
+        RedisCache.from_url(cluster.url, cluster=True)
+        cluster.stop()
     """
 
     def __init__(self) -> None:

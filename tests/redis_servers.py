@@ -75,10 +75,11 @@ class RedisServer:
         extra_args: more command-line options, e.g. ``["--maxmemory", "1mb"]``.
         binary: the redis-server executable.
 
-    Example:
-        >>> server = RedisServer().start()
-        >>> server.kill(); server.restart()
-        >>> server.stop()
+    Example (illustrative: it starts a process)::
+
+        server = RedisServer().start()
+        server.kill(); server.restart()
+        server.stop()
     """
 
     def __init__(

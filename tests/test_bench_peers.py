@@ -8,19 +8,17 @@ import math
 
 import pytest
 from benchmarks._common import Plot
-from benchmarks.peers import (
+from benchmarks._peer_clients import (
     INSTALL_HINT,
     PEERS,
     Measurement,
-    PeerResult,
     child_round,
     child_storm,
-    cpu_plot,
-    figures,
     median_cpu_us,
     missing_peers,
     skipped_note,
 )
+from benchmarks.peers import PeerResult, cpu_plot, figures
 from benchmarks.run import discover
 
 from limpet.testing import FakeGateway

@@ -12,22 +12,19 @@ from pathlib import Path
 import orjson
 import pytest
 from benchmarks._common import Figure, Plot, Series, emit, format_number, format_value
-from benchmarks.run import (
+from benchmarks._report import (
     END_MARKER,
     START_MARKER,
     Machine,
     Outcome,
     ReadmeMarkersError,
-    command_line,
-    discover,
-    parse_output,
     render_results_md,
     render_section,
     render_table,
     results_json,
-    select,
     splice_readme,
 )
+from benchmarks.run import command_line, discover, parse_output, select
 
 MACHINE = Machine(
     date=dt.datetime(2025, 11, 22, 3, 40, tzinfo=dt.UTC),
@@ -297,7 +294,7 @@ def test_select_keeps_the_order_asked_for_and_rejects_unknown_names() -> None:
 @pytest.mark.parametrize("kind", ["bar", "line"])
 def test_draw_plot_writes_a_png(tmp_path: Path, kind: str) -> None:
     pytest.importorskip("matplotlib")
-    from benchmarks.run import draw_plot
+    from benchmarks._report import draw_plot
 
     plot = Plot.from_json({**STORM_PLOT.to_json(), "kind": kind, "yscale": "log"})
     draw_plot(plot, tmp_path / "storm.png")

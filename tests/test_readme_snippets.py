@@ -39,7 +39,8 @@ BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
+async def readme_gateway() -> AsyncIterator[FakeGateway]:
+    """The gateway a README block calls at ``LIMPET_BASE_URL``: one endpoint, "readme"."""
     async with FakeGateway(endpoints=("readme",)) as gw:
         yield gw
 
@@ -53,7 +54,11 @@ def test_the_readme_has_python_blocks_and_each_is_a_whole_program() -> None:
 
 @pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"line {line}" for line, _ in BLOCKS])
 async def test_each_python_block_runs_as_written(
-    line: int, code: str, gateway: FakeGateway, tmp_path: Path, request: pytest.FixtureRequest
+    line: int,
+    code: str,
+    readme_gateway: FakeGateway,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     if REDIS_IN_README in code:
         server: RedisServer = request.getfixturevalue("redis_server")
@@ -65,7 +70,7 @@ async def test_each_python_block_runs_as_written(
     env = {
         **os.environ,
         "PYTHONPATH": SRC,
-        "LIMPET_BASE_URL": gateway.base_url("readme"),
+        "LIMPET_BASE_URL": readme_gateway.base_url("readme"),
         "OPENROUTER_API_KEY": "sk-or-v1-readme-example",
         "LIMPET_HMAC_KEY": "readme-example-hmac-key",
     }
@@ -80,5 +85,5 @@ async def test_each_python_block_runs_as_written(
     _, err = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode == 0, f"README.md:{line} failed:\n{err.decode()}"
     assert b"Traceback" not in err
-    sent = gateway.total_calls + gateway.embeddings.calls
+    sent = readme_gateway.total_calls + readme_gateway.embeddings.calls
     assert sent >= 1 or "FakeGateway(" in code, f"README.md:{line} sent nothing"

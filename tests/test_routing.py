@@ -33,18 +33,11 @@ from limpet.routing.prefix import prefix_chain
 from limpet.routing.sticky import Route, Router, StickyRouter, hrw_rank, routing_key
 from limpet.testing.provider_cache import ProviderPromptCache
 from limpet.testing.tokens import count_prompt_tokens
+from tests.fakes import FakeClock
 
 MODEL = "anthropic/claude-sonnet-4.6"
 CC = {"type": "ephemeral"}
 SYSTEM = "You answer from the document, briefly. " * 120  # ~1,200 tokens: cacheable alone
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def endpoints(n: int = 4, weights: Sequence[float] | None = None) -> list[Endpoint]:
@@ -52,8 +45,8 @@ def endpoints(n: int = 4, weights: Sequence[float] | None = None) -> list[Endpoi
     return [Endpoint(f"e{i}", "http://gateway.test", weight=weights[i]) for i in range(n)]
 
 
-def router(n: int = 4, clock: Clock | None = None, **config: Any) -> StickyRouter:
-    return StickyRouter(endpoints(n), config=RoutingConfig(**config), clock=clock or Clock())
+def router(n: int = 4, clock: FakeClock | None = None, **config: Any) -> StickyRouter:
+    return StickyRouter(endpoints(n), config=RoutingConfig(**config), clock=clock or FakeClock())
 
 
 def text(value: str, mark: bool = False) -> dict[str, Any]:
@@ -127,7 +120,7 @@ def test_a_thousand_random_prefixes_spread_evenly_over_four_endpoints() -> None:
 
 
 def test_removing_an_endpoint_moves_only_its_keys() -> None:
-    four, three = router(4), StickyRouter(endpoints(4)[:3], clock=Clock())
+    four, three = router(4), StickyRouter(endpoints(4)[:3], clock=FakeClock())
     moved = 0
     for i in range(1000):
         body = rag(f"doc {i}", "q")
@@ -331,7 +324,7 @@ def test_a_burst_under_the_floor_never_spills() -> None:
 
 
 def test_a_spilled_prefix_stays_where_its_cache_now_lives() -> None:
-    clock = Clock()
+    clock = FakeClock()
     r = router(clock=clock, load_floor=4, max_overload=0.0)
     hot = rag(document("hot"), "q")
     home = first(r, hot)
@@ -371,7 +364,7 @@ def test_affinity_is_never_read_above_the_routing_key() -> None:
 
 
 def test_a_1h_breakpoint_pins_for_an_hour() -> None:
-    clock = Clock()
+    clock = FakeClock()
     r = router(clock=clock, load_floor=4, max_overload=0.0)
     hot = rag(document("hot"), "q")
     body = same_home(r, hot, ttl="1h")
@@ -404,7 +397,7 @@ def keys_by_endpoint(r: StickyRouter, count: int = 400) -> dict[str, list[dict[s
 
 
 def test_a_failing_endpoint_is_ejected_and_its_keys_move_each_to_one_other_endpoint() -> None:
-    clock = Clock()
+    clock = FakeClock()
     r = router(clock=clock, failure_threshold=3, cooldown=30.0)
     keys = keys_by_endpoint(r)
     doomed = keys["e0"]
@@ -429,7 +422,7 @@ def test_a_failing_endpoint_is_ejected_and_its_keys_move_each_to_one_other_endpo
 
 
 def test_keys_return_after_the_cooldown_through_one_probe() -> None:
-    clock = Clock()
+    clock = FakeClock()
     r = router(clock=clock, failure_threshold=2, cooldown=30.0)
     doomed = keys_by_endpoint(r)["e0"]
     fail(r, doomed[0])
@@ -452,7 +445,7 @@ def test_keys_return_after_the_cooldown_through_one_probe() -> None:
 
 
 def test_a_failed_probe_ejects_again_for_twice_as_long() -> None:
-    clock = Clock()
+    clock = FakeClock()
     r = router(clock=clock, failure_threshold=1, cooldown=10.0, max_cooldown=15.0)
     body = keys_by_endpoint(r)["e0"][0]
     fail(r, body)
@@ -464,7 +457,7 @@ def test_a_failed_probe_ejects_again_for_twice_as_long() -> None:
 
 
 def test_retry_after_longer_than_the_cooldown_is_honoured() -> None:
-    clock = Clock()
+    clock = FakeClock()
     r = router(clock=clock, failure_threshold=1, cooldown=10.0)
     body = keys_by_endpoint(r)["e0"][0]
     fail(r, body, RateLimitError("slow down", status_code=429, retry_after=120.0))
@@ -495,7 +488,7 @@ def test_a_single_error_never_repins() -> None:
 
 
 def test_request_errors_and_cancellation_say_nothing_about_the_endpoint() -> None:
-    clock = Clock()
+    clock = FakeClock()
     r = router(clock=clock, failure_threshold=1, cooldown=10.0)
     body = keys_by_endpoint(r)["e0"][0]
     fail(r, body, BadRequestError("bad tool schema", status_code=400))

@@ -11,18 +11,11 @@ from limpet.config import Endpoint, RoutingConfig
 from limpet.errors import ConfigurationError
 from limpet.routing.sticky import StickyRouter
 from limpet.routing.sticky_keys import PromptCacheKeys, session_id_for, wants_session_id
+from tests.fakes import FakeClock
 
 OPENAI = "openai/gpt-5-mini"
 ANTHROPIC = "anthropic/claude-sonnet-4.6"
 KEY = "0123456789abcdef" * 2
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 6_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def body(model: str = OPENAI, prompt: str = "a long shared prompt") -> dict[str, Any]:
@@ -87,7 +80,7 @@ def test_a_hot_prefix_is_spread_over_one_key_per_fifteen_requests_a_minute() -> 
 
 
 def test_the_router_derives_a_spread_prompt_cache_key_for_openai_models_only() -> None:
-    clock = Clock()
+    clock = FakeClock(6_000.0)
     router = StickyRouter(
         [Endpoint("a", "http://gateway.test")],
         config=RoutingConfig(prompt_cache_key=True),

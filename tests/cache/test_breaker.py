@@ -6,17 +6,7 @@ import pytest
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.errors import ConfigurationError
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 def state(breaker: CircuitBreaker) -> str:

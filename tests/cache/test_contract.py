@@ -21,20 +21,13 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
 from limpet.flight.coalesce import FlightStore
 from limpet.routing.affinity import RedisTier
+from tests.fakes import FakeClock
 from tests.redis_servers import eventually
 
 _SHARED = TierCapabilities(shared=True, generations=True, leases=True, breaker=True)
 _REDIS = TierCapabilities(
     shared=True, generations=True, leases=True, pubsub=True, breaker=True, redis=True
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _nothing() -> None:

@@ -28,22 +28,12 @@ from limpet.errors import CacheUnavailableError
 from limpet.flight.coalesce import RedisFlight
 from limpet.models import Usage
 from limpet.testing import FakeGateway
+from tests.fakes import FakeClock
 from tests.redis_servers import RedisProxy, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
 COOLDOWN = 2.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def entry(i: int, *, now: float | None = None, ttl: float = 600.0) -> CacheEntry:
@@ -390,7 +380,7 @@ async def test_an_entry_signed_with_another_key_is_a_corrupt_miss(
 async def test_an_l2_hit_back_fills_l1_with_the_remaining_ttl(
     redis_url: str, redis_prefix: str
 ) -> None:
-    wall = FakeClock(now=1_700_000_000.0)
+    wall = FakeClock(1_700_000_000.0)
     monotonic = FakeClock()
     writer = RedisCache.from_url(redis_url, prefix=redis_prefix)
     await writer.set("k", EntryCodec().encode("k", entry(1, now=wall.now, ttl=100)), 100)

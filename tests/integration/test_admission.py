@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,20 +15,12 @@ from limpet.errors import APIError, APITimeoutError
 from limpet.http.admission import Admission
 from limpet.observe.metrics import PrometheusMetrics
 from limpet.testing import FakeGateway
+from tests.integration.chat import ask
 
-MODEL = "openai/gpt-5-mini"
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
 FOREVER = 600.0
 
-
-def ask(text: str) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",), latency=0.02) as gw:
-        yield gw
+pytestmark = pytest.mark.gateway(latency=0.02)
 
 
 def make_client(gateway: FakeGateway, **options: Any) -> Client:

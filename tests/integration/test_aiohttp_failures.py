@@ -20,6 +20,7 @@ from yarl import URL
 
 from limpet import Client, RetryConfig
 from limpet.errors import APIConnectionError, APIError, APITimeoutError
+from tests.integration.chat import ask
 
 BASE_URL = "https://gateway.invalid/api/v1"
 CHAT_URL = f"{BASE_URL}/chat/completions"
@@ -75,14 +76,6 @@ def client() -> Client:
     )
 
 
-def ask(text: str = "hello") -> dict[str, object]:
-    return {
-        "model": "openai/gpt-5-mini",
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-    }
-
-
 def attempts(upstream: aioresponses) -> int:
     return len(upstream.requests.get(("POST", URL(CHAT_URL)), []))
 
@@ -94,14 +87,14 @@ async def test_each_failure_maps_to_its_error_after_every_attempt(
     upstream.post(CHAT_URL, exception=failure, repeat=True)
     async with client() as limpet:
         with pytest.raises(expected) as raised:
-            await limpet.complete(**ask())  # type: ignore[arg-type]
+            await limpet.complete(**ask())
         assert type(raised.value) is expected
         assert raised.value.endpoint == "default"
         assert isinstance(raised.value.__cause__, type(failure))
         assert SECRET not in str(raised.value) and SECRET not in repr(raised.value)
         assert attempts(upstream) == ATTEMPTS  # retried as a connection failure
         with pytest.raises(expected):  # nothing was cached: the next call goes upstream
-            await limpet.complete(**ask())  # type: ignore[arg-type]
+            await limpet.complete(**ask())
         assert attempts(upstream) == 2 * ATTEMPTS
         assert limpet.stats.errors == 2
 
@@ -112,7 +105,7 @@ async def test_each_failure_reaches_a_stream_reader_as_its_error(
 ) -> None:
     upstream.post(CHAT_URL, exception=failure, repeat=True)
     async with client() as limpet:
-        stream = limpet.stream(**ask())  # type: ignore[arg-type]
+        stream = limpet.stream(**ask())
         with pytest.raises(expected):
             async for _ in stream:
                 pass

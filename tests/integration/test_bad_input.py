@@ -12,9 +12,7 @@ from pydantic import BaseModel
 from limpet import CacheStatus, Client, Endpoint
 from limpet.errors import InvalidRequestError
 from limpet.testing import FakeGateway
-
-MODEL = "anthropic/claude-sonnet-4.6"
-MESSAGES = [{"role": "user", "content": "What is a limpet?"}]
+from tests.integration.chat import ask
 
 
 class NotAModel:
@@ -52,14 +50,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
 
 def request(**override: Any) -> dict[str, Any]:
     """A good request with ``override``; a None override leaves that field out."""
-    body = {"model": MODEL, "messages": MESSAGES, "temperature": 0, **override}
-    return {name: value for name, value in body.items() if value is not None}
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
+    return {name: value for name, value in ask(**override).items() if value is not None}
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,15 @@ from limpet import CacheStatus, Client, Endpoint, RedisCache
 from limpet.errors import ConfigurationError
 from limpet.pipeline.credentials import ANONYMOUS_SCOPE, CacheScope, credential_scope, key_scope
 from limpet.testing import FakeGateway
+from tests.integration.chat import MODEL, ask
 
 pytestmark = pytest.mark.redis
 
 # For tests about what is stored, not about Redis's speed: a loaded machine must not turn
 # them into timeout tests.
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
-MODEL = "openai/gpt-5-mini"
 KEY_A = "sk-or-v1-tenant-a-0123456789"
 KEY_B = "sk-or-v1-tenant-b-9876543210"
-
-
-def ask(text: str = "What did I tell you in confidence?") -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 def tenant(

@@ -8,7 +8,6 @@ redis-server processes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,13 @@ import pytest
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet.testing import FakeGateway
-from tests.integration.test_warm_cli import ask, limpet
+from tests.integration.chat import ask
+from tests.integration.test_warm_cli import limpet
 from tests.redis_servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
 HMAC_ENV = "LIMPET_TEST_WARM_HMAC"
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 def jsonl(tmp_path: Path, *requests: dict[str, Any] | bytes) -> Path:

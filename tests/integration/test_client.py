@@ -24,26 +24,13 @@ from limpet.errors import (
     RateLimitError,
 )
 from limpet.testing import FakeGateway
+from tests.integration.chat import MODEL, ask
 from tests.openai_shapes import assert_chat_completion
 
 KEY = "sk-or-v1-0123456789abcdef-secret"
-MODEL = "anthropic/claude-sonnet-4.6"
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
 
-
-def ask(text: str = "What is a limpet?", **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        **params,
-    }
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a", "b"), api_key=KEY) as gw:
-        yield gw
+pytestmark = pytest.mark.gateway(endpoints=("a", "b"), api_key=KEY)
 
 
 @pytest.fixture

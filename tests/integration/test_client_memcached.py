@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +31,15 @@ from limpet.errors import BadRequestError
 from limpet.testing import FakeGateway
 from limpet.testing.storm import run_storm, start_workers
 from tests.fakes import FakeClock
+from tests.integration.chat import MODEL, ask
 from tests.memcached_servers import MemcachedServer
 from tests.redis_servers import eventually, free_port
 
 pytestmark = pytest.mark.memcached
 
-MODEL = "anthropic/claude-sonnet-4.6"
 COOLDOWN = 2.0
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 FAST = FlightConfig(lease=1.0, poll=0.05)
-
-
-def ask(text: str = "What is a limpet?") -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 async def limpet(*args: str) -> tuple[int, str, str]:

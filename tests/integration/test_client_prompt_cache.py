@@ -4,7 +4,6 @@ prompt-cache simulation."""
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,27 +13,16 @@ from limpet.providers.pricing import ModelPrices, PriceTable, cost_usd, prompt_c
 from limpet.providers.prompt_cache import CacheControlConfig
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
+from tests.integration.chat import MODEL, ask
 
-MODEL = "anthropic/claude-sonnet-4.6"
 MANUAL = "Limpets cling to rocks with a muscular foot. " * 120
 
-
-def ask(question: str) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "temperature": 0,
-        "max_tokens": 64,
-        "messages": [
-            {"role": "system", "content": MANUAL},
-            {"role": "user", "content": question},
-        ],
-    }
+pytestmark = pytest.mark.gateway(prompt_cache=ProviderPromptCache)
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",), prompt_cache=ProviderPromptCache) as gw:
-        yield gw
+def ask_the_manual(question: str) -> dict[str, Any]:
+    """A question after the long system prompt the provider caches."""
+    return ask(question, system=MANUAL, max_tokens=64)
 
 
 def client_for(gateway: FakeGateway, **kwargs: Any) -> Client:
@@ -42,7 +30,10 @@ def client_for(gateway: FakeGateway, **kwargs: Any) -> Client:
 
 
 async def test_marked_prefixes_are_read_from_the_provider_cache(gateway: FakeGateway) -> None:
-    first_body, second_body = ask("What holds a limpet on?"), ask("What do limpets eat?")
+    first_body, second_body = (
+        ask_the_manual("What holds a limpet on?"),
+        ask_the_manual("What do limpets eat?"),
+    )
     before = copy.deepcopy(first_body)
     async with client_for(gateway, auto_cache_control=True) as client:
         first = await client.complete(**first_body)
@@ -69,9 +60,9 @@ async def test_marked_prefixes_are_read_from_the_provider_cache(gateway: FakeGat
 
 async def test_the_key_does_not_depend_on_injection(gateway: FakeGateway) -> None:
     async with client_for(gateway, auto_cache_control=True) as marked:
-        key = (await marked.complete(**ask("q"))).key
+        key = (await marked.complete(**ask_the_manual("q"))).key
     async with client_for(gateway) as plain:
-        assert (await plain.complete(**ask("q"))).key == key
+        assert (await plain.complete(**ask_the_manual("q"))).key == key
     assert "cache_control" not in str(gateway.endpoint("a").requests[-1])
 
 
@@ -81,7 +72,7 @@ async def test_a_ttl_and_prices_can_be_configured(gateway: FakeGateway) -> None:
     )
     config = CacheControlConfig(ttl="1h")
     async with client_for(gateway, auto_cache_control=config, prices=prices) as client:
-        c = await client.complete(**ask("q"))
+        c = await client.complete(**ask_the_manual("q"))
     mark = gateway.endpoint("a").requests[0]["messages"][0]["content"][0]["cache_control"]
     assert mark == {"type": "ephemeral", "ttl": "1h"}
     assert c.cost is not None
@@ -94,7 +85,7 @@ async def test_a_ttl_and_prices_can_be_configured(gateway: FakeGateway) -> None:
 async def test_without_injection_nothing_is_cached_for_anthropic(gateway: FakeGateway) -> None:
     async with client_for(gateway) as client:
         for q in ("one", "two"):
-            c = await client.complete(**ask(q))
+            c = await client.complete(**ask_the_manual(q))
             assert c.usage.cached_tokens == c.usage.cache_write_tokens == 0
             assert c.cost is not None and c.cost.saved_usd == 0.0
             prices = client.prices.get(MODEL)
@@ -105,10 +96,10 @@ async def test_without_injection_nothing_is_cached_for_anthropic(gateway: FakeGa
 
 async def test_streams_are_marked_and_priced_like_completions(gateway: FakeGateway) -> None:
     async with client_for(gateway, auto_cache_control=True) as client:
-        first = client.stream(**ask("What holds a limpet on?"))
+        first = client.stream(**ask_the_manual("What holds a limpet on?"))
         async for _ in first:
             pass
-        second = client.stream(**ask("What do limpets eat?"))
+        second = client.stream(**ask_the_manual("What do limpets eat?"))
         async for _ in second:
             pass
     sent = gateway.endpoint("a").requests[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,27 +23,17 @@ from limpet.cache.generations import Generations
 from limpet.cache.memory import DEFAULT_MAX_ENTRIES
 from limpet.testing import FakeGateway
 from tests.fakes import FakeClock
+from tests.integration.chat import MODEL, ask
 from tests.redis_servers import RedisProxy, RedisServer, eventually, free_port
 
 pytestmark = pytest.mark.redis
 
-MODEL = "anthropic/claude-sonnet-4.6"
 OTHER_MODEL = "openai/gpt-5"
 COOLDOWN = 2.0
 # For tests about what a healthy (or dead, or full) Redis means, not about its speed: a
 # loaded CI machine must not turn them into timeout tests. Slowness has its own test.
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 FAST_RETRY = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
-
-
-def ask(text: str = "What is a limpet?", model: str = MODEL) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0}
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 @pytest.fixture
@@ -108,7 +98,7 @@ async def test_redis_down_from_the_start_every_call_succeeds_and_none_waits_on_r
             texts = [f"q{i % 40}" for i in range(200)]  # repeats and new ones, concurrent
             results = await asyncio.gather(*(client.complete(**ask(t)) for t in texts))
             await client.invalidate(model=MODEL)
-            results += [await client.complete(**ask(t, OTHER_MODEL)) for t in texts[:20]]
+            results += [await client.complete(**ask(t, model=OTHER_MODEL)) for t in texts[:20]]
 
             assert all(r.content for r in results)
             assert proxy.accepted == attempts  # nothing tried to reach Redis

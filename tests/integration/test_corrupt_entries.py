@@ -21,23 +21,13 @@ from limpet.http.chunks import StreamChunk
 from limpet.models import Usage
 from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
+from tests.integration.chat import MODEL, ask
 from tests.redis_servers import eventually
 
 # For tests about what is stored, not about Redis's speed: a loaded machine must not turn
 # them into timeout tests.
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
-MODEL = "openai/gpt-5-mini"
 HMAC_KEY = b"fleet-secret"
-
-
-def ask(text: str = "Where do limpets live?") -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -38,12 +37,6 @@ from limpet.testing.embeddings import fake_vector
 
 MODEL = "openai/text-embedding-3-small"
 FAST_RETRY = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 def make_client(gateway: FakeGateway, *, batch: int = 512, **kwargs: object) -> Client:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,23 +17,7 @@ from limpet.observe.events import CallEvent
 from limpet.observe.metrics import PrometheusMetrics
 from limpet.observe.tracing import OpenTelemetrySpans
 from limpet.testing import FakeGateway
-
-MODEL = "anthropic/claude-sonnet-4.6"
-
-
-def ask(text: str = "hello", **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        **params,
-    }
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
+from tests.integration.chat import MODEL, ask
 
 
 def client_for(gateway: FakeGateway, **kwargs: Any) -> Client:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,22 +26,12 @@ from limpet import (
 from limpet.errors import BadRequestError
 from limpet.testing import FakeGateway
 from limpet.testing.storm import run_storm, start_workers
+from tests.integration.chat import ask
 from tests.redis_servers import free_port
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.gateway(latency=0.3)]
 
-MODEL = "anthropic/claude-sonnet-4.6"
 FAST = FlightConfig(lease=0.3, poll=0.05)
-
-
-def ask(text: str = "One flight for all") -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",), latency=0.3) as gw:
-        yield gw
 
 
 def make_client(

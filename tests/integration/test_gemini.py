@@ -28,6 +28,7 @@ from limpet.providers.gemini import (
 )
 from limpet.providers.usage import response_usage
 from limpet.testing import FakeGateway
+from tests.fakes import FakeClock
 
 KEY = "sk-or-v1-gemini-test-key"
 FLASH = "google/gemini-2.5-flash"
@@ -36,21 +37,14 @@ MANUAL = "Chapter one: how limpets hold on to rocks. " * 120  # 5,160 chars: 1,2
 MANUAL_TOKENS = 1290
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def gateway(clock: Clock) -> AsyncIterator[FakeGateway]:
+async def clocked_gateway(clock: FakeClock) -> AsyncIterator[FakeGateway]:
+    """The gateway on this test's ``clock``, by which its cachedContents expire."""
     async with FakeGateway(endpoints=("a",), api_key=KEY, clock=clock) as gw:
         yield gw
 
@@ -62,13 +56,15 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def caches(gateway: FakeGateway, session: aiohttp.ClientSession, clock: Clock) -> CachedContents:
+def caches(
+    clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
+) -> CachedContents:
     http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
-    return CachedContents(http, gateway.url + "/a", clock=clock)
+    return CachedContents(http, clocked_gateway.url + "/a", clock=clock)
 
 
 async def test_lifecycle_create_get_list_update_delete(
-    caches: CachedContents, clock: Clock
+    caches: CachedContents, clock: FakeClock
 ) -> None:
     created = await caches.create(
         model=FLASH, system_instruction=MANUAL, ttl=600, display_name="manual"
@@ -95,7 +91,7 @@ async def test_lifecycle_create_get_list_update_delete(
     assert await caches.list() == []
 
 
-async def test_a_cache_expires_by_its_ttl(caches: CachedContents, clock: Clock) -> None:
+async def test_a_cache_expires_by_its_ttl(caches: CachedContents, clock: FakeClock) -> None:
     created = await caches.create(model=FLASH, contents=[_user(MANUAL)], ttl=60)
     clock.now = T0 + 59.5
     await caches.get(created.name)
@@ -112,11 +108,11 @@ async def test_list_follows_pages(caches: CachedContents) -> None:
 
 
 async def test_storage_cost_enters_the_ledger(
-    gateway: FakeGateway, session: aiohttp.ClientSession, clock: Clock
+    clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
     ledger = StorageLedger()
     http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
-    caches = CachedContents(http, gateway.url + "/a", ledger=ledger, clock=clock)
+    caches = CachedContents(http, clocked_gateway.url + "/a", ledger=ledger, clock=clock)
     created = await caches.create(model=FLASH, system_instruction=MANUAL, ttl=3600)
     assert caches.storage_price(created.model) == 1.0  # $1 per million tokens per hour
     per_hour = MANUAL_TOKENS * 1.0 / 1e6
@@ -136,13 +132,13 @@ async def test_storage_cost_enters_the_ledger(
 
 
 async def test_a_request_that_references_the_cache_reads_it(
-    caches: CachedContents, gateway: FakeGateway, session: aiohttp.ClientSession
+    caches: CachedContents, clocked_gateway: FakeGateway, session: aiohttp.ClientSession
 ) -> None:
     created = await caches.create(model=FLASH, system_instruction=MANUAL)
     body = with_cached_content(
         {"contents": [_user("Why do limpets hold on?")]}, created.name, native=True
     )
-    url = gateway.url + "/a/google/v1beta/models/gemini-2.5-flash:generateContent"
+    url = clocked_gateway.url + "/a/google/v1beta/models/gemini-2.5-flash:generateContent"
     headers = {"Authorization": f"Bearer {KEY}"}
     async with session.post(url, json=body, headers=headers) as response:
         assert response.status == 200
@@ -163,10 +159,12 @@ async def test_too_small_a_cache_is_refused(caches: CachedContents) -> None:
         await caches.create(model=FLASH, system_instruction="short")
 
 
-async def test_a_wrong_key_is_refused(gateway: FakeGateway, session: aiohttp.ClientSession) -> None:
+async def test_a_wrong_key_is_refused(
+    clocked_gateway: FakeGateway, session: aiohttp.ClientSession
+) -> None:
     http = AiohttpCall(session, headers={"Authorization": "Bearer wrong"})
     with pytest.raises(AuthenticationError):
-        await CachedContents(http, gateway.url + "/a").list()
+        await CachedContents(http, clocked_gateway.url + "/a").list()
 
 
 async def test_no_answer_is_a_connection_error(session: aiohttp.ClientSession) -> None:

@@ -12,8 +12,8 @@ from limpet.providers.cache_minimums import DEFAULT_LEARN_AFTER
 from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import DEFAULT_CACHE_RULES, CacheRules, ProviderPromptCache
+from tests.integration.chat import MODEL, ask
 
-MODEL = "anthropic/claude-sonnet-4.6"
 MANUAL = "Limpets cling to rocks with a muscular foot. " * 135  # ~1,500 tokens
 
 
@@ -22,16 +22,9 @@ def strict() -> ProviderPromptCache:
     return ProviderPromptCache([*rules, *DEFAULT_CACHE_RULES])
 
 
-def ask(question: str, manual: str = MANUAL) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "temperature": 0,
-        "max_tokens": 16,
-        "messages": [
-            {"role": "system", "content": manual},
-            {"role": "user", "content": question},
-        ],
-    }
+def ask_the_manual(question: str, manual: str = MANUAL) -> dict[str, Any]:
+    """A question after ``manual``, a system prompt long enough to cache."""
+    return ask(question, system=manual, max_tokens=16)
 
 
 def marked(body: dict[str, Any]) -> bool:
@@ -46,10 +39,10 @@ async def test_silent_marked_prefixes_raise_the_minimum_after_the_stated_count()
             router=router, cache=None, auto_cache_control=True, retry=RetryConfig(max_attempts=1)
         ) as client:
             for i in range(DEFAULT_LEARN_AFTER + 2):
-                completion = await client.complete(**ask(f"question {i}"))
+                completion = await client.complete(**ask_the_manual(f"question {i}"))
                 assert completion.usage.cache_write_tokens == 0
             long_manual = MANUAL * 2  # ~3,000 tokens: above the learned minimum, caches
-            written = await client.complete(**ask("long", long_manual))
+            written = await client.complete(**ask_the_manual("long", long_manual))
             stats = router.stats
         sent = gateway.endpoint("a").requests
     assert [marked(b) for b in sent[:-1]] == [True] * DEFAULT_LEARN_AFTER + [False, False]
@@ -62,6 +55,6 @@ async def test_a_prefix_that_caches_teaches_nothing() -> None:
         router = StickyRouter([Endpoint("a", gateway.base_url("a"))])
         async with Client(router=router, cache=None, auto_cache_control=True) as client:
             for i in range(DEFAULT_LEARN_AFTER + 2):
-                await client.complete(**ask(f"question {i}"))
+                await client.complete(**ask_the_manual(f"question {i}"))
             assert router.stats.learned_minimums == {}
         assert all(marked(b) for b in gateway.endpoint("a").requests)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,13 @@ from limpet.errors import (
     LimpetError,
 )
 from limpet.testing import FakeGateway
+from tests.integration.chat import ask
 
-MODEL = "anthropic/claude-sonnet-4.6"
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
 # Far longer than any test runs: a delayed answer that comes only if nothing stops the wait.
 FOREVER = 600.0
 _LIMPET_SOURCES = Path(limpet.__file__).parent
 _GATEWAY_SOURCES = _LIMPET_SOURCES / "testing"
-
-
-def ask(text: str = "What is a limpet?", **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        **params,
-    }
 
 
 def limpet_tasks() -> list[asyncio.Task[Any]]:
@@ -54,12 +44,6 @@ def limpet_tasks() -> list[asyncio.Task[Any]]:
         ):
             found.append(task)
     return found
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 def make_client(gateway: FakeGateway, **options: Any) -> Client:

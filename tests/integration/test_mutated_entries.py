@@ -5,7 +5,7 @@ Redis, signed and unsigned; a signed entry that was changed at all is never a hi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,18 +15,14 @@ from hypothesis import strategies as st
 
 from limpet import CacheStatus, Client, Completion, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet.testing import FakeGateway
+from tests.integration.chat import ask
 
 # For tests about what is stored, not about Redis's speed: a loaded machine must not turn
 # them into timeout tests.
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
-MODEL = "openai/gpt-5-mini"
 HMAC_KEY = b"fleet-secret"
 
 Mutation = Callable[[bytes, bytes], bytes]
-
-
-def ask(text: str = "How long do limpets live?") -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0}
 
 
 @st.composite
@@ -50,12 +46,6 @@ def mutations(draw: st.DrawFn) -> Mutation:
         return data[:i] + other[i:]
 
     return mutate
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 def check(completion: Completion | None) -> Completion:

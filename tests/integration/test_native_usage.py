@@ -17,6 +17,8 @@ from limpet.testing.provider_cache import ProviderPromptCache
 MODEL = "anthropic/claude-sonnet-4.6"
 MANUAL = "Limpets cling to rocks with a muscular foot. " * 100  # 4,500 chars
 
+pytestmark = pytest.mark.gateway(endpoints=("a", "b"), prompt_cache=ProviderPromptCache)
+
 
 def messages_body(question: str, **extra: Any) -> dict[str, Any]:
     return {
@@ -27,12 +29,6 @@ def messages_body(question: str, **extra: Any) -> dict[str, Any]:
         "messages": [{"role": "user", "content": question}],
         **extra,
     }
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a", "b"), prompt_cache=ProviderPromptCache) as gw:
-        yield gw
 
 
 @pytest.fixture

@@ -18,20 +18,11 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from limpet.testing import FakeGateway
+from tests.integration.chat import MODEL, ask
 from tests.openai_shapes import assert_chat_completion, assert_chunks
 from tests.redis_servers import eventually, free_port
 
-MODEL = "openai/gpt-5-mini"
 _READY_DEADLINE = 30.0
-
-
-def ask(text: str, **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        **params,
-    }
 
 
 class Proxy:
@@ -98,12 +89,6 @@ class Proxy:
         self.stderr = err.decode()
         assert self.process.returncode is not None
         return self.process.returncode
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 @pytest.fixture

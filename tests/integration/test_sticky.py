@@ -38,6 +38,7 @@ from limpet.routing.prefix import prefix_chain
 from limpet.routing.sticky import StickyRouter, routing_key
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
+from tests.fakes import FakeClock
 from tests.redis_servers import free_port
 
 MODEL = "anthropic/claude-sonnet-4.6"
@@ -46,13 +47,7 @@ NAMES = ("a", "b", "c", "d")
 SYSTEM = "You answer from the tenant's handbook, citing sections. " * 40
 ONCE = RetryConfig(max_attempts=1)
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+pytestmark = pytest.mark.gateway(endpoints=NAMES, prompt_cache=ProviderPromptCache)
 
 
 def text(value: str, mark: bool = False) -> dict[str, Any]:
@@ -86,12 +81,6 @@ def chat(history: list[dict[str, Any]], question: str) -> dict[str, Any]:
         "temperature": 0,
         "max_tokens": 20,
     }
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=NAMES, prompt_cache=ProviderPromptCache) as gw:
-        yield gw
 
 
 def endpoints(gateway: FakeGateway) -> list[Endpoint]:
@@ -142,7 +131,7 @@ async def test_one_prefix_from_fresh_routers_lands_on_one_endpoint_and_reads_its
 async def test_a_failing_endpoint_moves_its_keys_and_they_come_back(
     gateway: FakeGateway, transport: Transport
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     config = RoutingConfig(failure_threshold=2, cooldown=30.0)
     router = StickyRouter(endpoints(gateway), config=config, clock=clock)
     bodies = [rag(f"tenant {i}", "q") for i in range(40)]
@@ -297,7 +286,7 @@ async def test_client_rag_spreads_by_document(gateway: FakeGateway) -> None:
 async def test_client_failover_ejects_and_keys_return_after_the_cooldown(
     gateway: FakeGateway,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     config = RoutingConfig(failure_threshold=2, cooldown=30.0)
     router = StickyRouter(endpoints(gateway), config=config, clock=clock)
     async with sticky_client(gateway, router, cache=None) as client:

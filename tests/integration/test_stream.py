@@ -22,24 +22,8 @@ from limpet.errors import APIConnectionError, APIStreamError, InvalidRequestErro
 from limpet.http.chunks import StreamChunk
 from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
+from tests.integration.chat import ask
 from tests.openai_shapes import assert_chat_completion, assert_chunks
-
-MODEL = "anthropic/claude-sonnet-4.6"
-
-
-def ask(text: str = "Tell me about tide pools", **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        **params,
-    }
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 @pytest.fixture

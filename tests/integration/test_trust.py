@@ -17,25 +17,12 @@ from limpet.http.chunks import StreamChunk
 from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from limpet.testing.faults import EchoShape
+from tests.integration.chat import ask
 
 KEY = "sk-or-v1-trust-0123456789abcdef"
-MODEL = "anthropic/claude-sonnet-4.6"
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
 
-
-def ask(text: str = "Where do limpets live?", **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        **params,
-    }
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a", "b"), api_key=KEY) as gw:
-        yield gw
+pytestmark = pytest.mark.gateway(endpoints=("a", "b"), api_key=KEY)
 
 
 @pytest.fixture

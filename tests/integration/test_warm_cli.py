@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -14,25 +12,10 @@ import pytest
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet import __version__ as limpet_version
 from limpet.testing import FakeGateway
+from tests.integration.chat import MODEL, ask
 from tests.redis_servers import free_port
 
-MODEL = "openai/gpt-5-mini"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def ask(text: str, **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        **params,
-    }
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway(endpoints=("a",)) as gw:
-        yield gw
 
 
 async def limpet(*args: str) -> tuple[int, str, str]:

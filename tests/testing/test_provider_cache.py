@@ -18,6 +18,7 @@ from limpet.testing.provider_cache import (
     ProviderPromptCache,
     cached_latency,
 )
+from tests.fakes import FakeClock
 
 SONNET = "anthropic/claude-sonnet-4.6"
 HAIKU = "anthropic/claude-haiku-4.5"
@@ -279,10 +280,11 @@ def test_a_cached_prefix_is_answered_faster() -> None:
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    clock = [1_700_000_000.0]
+async def stopped_clock_gateway() -> AsyncIterator[FakeGateway]:
+    """Endpoints "a" and "b" with prompt caches, on a clock that never moves: no entry
+    expires during the test."""
     async with FakeGateway(
-        endpoints=("a", "b"), prompt_cache=ProviderPromptCache, clock=lambda: clock[0]
+        endpoints=("a", "b"), prompt_cache=ProviderPromptCache, clock=FakeClock(1_700_000_000.0)
     ) as gw:
         yield gw
 
@@ -297,7 +299,10 @@ async def post(gw: FakeGateway, endpoint: str, body: dict[str, Any]) -> dict[str
         return reply
 
 
-async def test_each_endpoint_has_its_own_cache_and_usage_prices_it(gateway: FakeGateway) -> None:
+async def test_each_endpoint_has_its_own_cache_and_usage_prices_it(
+    stopped_clock_gateway: FakeGateway,
+) -> None:
+    gateway = stopped_clock_gateway
     body = rag(3000)
     cold = (await post(gateway, "a", body))["usage"]
     warm = (await post(gateway, "a", {**body, "max_tokens": 7}))["usage"]
