@@ -27,7 +27,7 @@ from limpet.errors import BadRequestError
 from limpet.testing import FakeGateway
 from limpet.testing.storm import run_storm, start_workers
 from tests.integration.chat import ask
-from tests.redis_servers import free_port
+from tests.redis_servers import eventually, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.gateway(latency=0.3)]
 
@@ -89,14 +89,27 @@ async def test_a_call_lasting_three_leases_is_still_one_call(
 async def test_a_signed_final_error_reaches_the_other_process_and_is_not_cached(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:
-    gateway.endpoint("a").fail(400, times=2, message="schema rejected")
+    ep = gateway.endpoint("a")
+    ep.fail(400, times=2, message="schema rejected")
     async with (
         make_client(gateway, redis_url, redis_prefix, hmac_key=b"fleet secret") as a,
         make_client(gateway, redis_url, redis_prefix, hmac_key=b"fleet secret") as b,
     ):
-        results = await asyncio.gather(
-            a.complete(**ask()), b.complete(**ask()), return_exceptions=True
-        )
+        # a's request is held upstream until b follows it: the error must reach b as a
+        # notice (b arriving after a's flight ended would lead a flight of its own).
+        ep.hold_answers()
+        leading = asyncio.create_task(a.complete(**ask()))
+        await ep.wait_for_calls(1)
+        following = asyncio.create_task(b.complete(**ask()))
+        flight = b._chat.shared_flight
+        assert flight is not None
+
+        async def b_follows() -> bool:
+            return flight.lease_checks >= 1
+
+        await eventually(b_follows, what="b following a's flight")
+        ep.release_answers()
+        results = await asyncio.gather(leading, following, return_exceptions=True)
         assert all(isinstance(r, BadRequestError) for r in results), results
         assert all("schema rejected" in str(r) for r in results)
         assert gateway.endpoint("a").calls == 1

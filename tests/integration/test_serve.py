@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from limpet import RedisCache
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
 from tests.openai_shapes import assert_chat_completion, assert_chunks
@@ -453,6 +455,11 @@ async def test_metrics_count_the_proxys_calls_and_unknown_routes_answer_in_opena
     assert set(missing[1]["error"]) == {"message", "type", "param", "code"}
 
 
+async def _stored(url: str, prefix: str, key: str) -> bool:
+    async with RedisCache(url=url, prefix=prefix) as cache:
+        return await cache.get(key) is not None
+
+
 @pytest.mark.redis
 async def test_workers_share_one_port_and_the_redis_tier(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
@@ -467,7 +474,7 @@ async def test_workers_share_one_port_and_the_redis_tier(
             line = await asyncio.wait_for(proxy.process.stderr.readline(), _READY_DEADLINE)
             assert line, f"limpet serve ended: {announced}"
             announced.append(line.decode())
-        for _ in range(12):  # a connection each: the kernel spreads them over the workers
+        for n in range(12):  # a connection each: the kernel spreads them over the workers
             connector = aiohttp.TCPConnector(force_close=True)
             async with (
                 aiohttp.ClientSession(connector=connector) as session,
@@ -475,6 +482,10 @@ async def test_workers_share_one_port_and_the_redis_tier(
             ):
                 assert_chat_completion(await response.json())
                 statuses.append(response.headers["X-Limpet-Cache"])
+                key = response.headers["X-Limpet-Key"]
+            if n == 0:  # written behind the answer: the other worker reads it once it lands
+                stored = partial(_stored, redis_url, redis_prefix, key)
+                await eventually(stored, what="the first answer in Redis")
     finally:
         assert await proxy.stop() == 0
     assert statuses == ["miss"] + ["hit"] * 11

@@ -71,6 +71,7 @@ class FakeEndpoint:
     """
 
     __slots__ = (
+        "_answer_gate",
         "_call_waiters",
         "_calls",
         "_closed_until",
@@ -114,6 +115,8 @@ class FakeEndpoint:
         self.in_flight = 0
         self.max_in_flight = 0
         self._stream_gate = asyncio.Event()
+        self._answer_gate = asyncio.Event()
+        self._answer_gate.set()
         self.completions = 0
         self.model_listings = 0
         self.requests: list[dict[str, Any]] = []
@@ -160,6 +163,19 @@ class FakeEndpoint:
     def resume_stream(self) -> None:
         self.stream_pause_after = None
         self._stream_gate.set()
+
+    def hold_answers(self) -> None:
+        """Hold every chat request, once counted in ``calls``, until ``release_answers()``:
+        a test can act while a request is known to be upstream (say, let another process
+        start following it) however fast the answer would be."""
+        self._answer_gate.clear()
+
+    def release_answers(self) -> None:
+        self._answer_gate.set()
+
+    async def answer_gate(self) -> None:
+        """Wait here while ``hold_answers()`` holds requests."""
+        await self._answer_gate.wait()
 
     async def stream_gate(self, index: int) -> None:
         """Wait here before chunk ``index`` while a pause holds it."""

@@ -272,6 +272,7 @@ class FakeGateway:
 
     async def _serve_chat(self, request: web.Request, endpoint: FakeEndpoint) -> web.StreamResponse:
         endpoint.calls += 1
+        await endpoint.answer_gate()
         headers = request.headers.copy()
         if "Authorization" in headers:
             # Tests print what they compare; a key must not show up in their output.
