@@ -8,6 +8,7 @@ an error is mapped and scrubbed of the endpoint's secrets before a retry logs it
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,6 +46,9 @@ Parse = Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]]
 
 #: Told what a call waits for now, for a timeout's message (``Call.waiting_for``).
 Waiting = Callable[[str], None]
+
+# aiohttp's own limit for bytes it sends in one write (larger: it warns, and blocks).
+_LARGE_PAYLOAD_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +347,7 @@ class Transport:
         with upstream_errors(endpoint.name, endpoint.secrets):
             response = await self._session_for_loop().post(
                 endpoint.base_url + "/chat/completions",
-                data=payload,
+                data=_sendable(payload),
                 headers={**request_headers(endpoint), "Accept": "text/event-stream"},
                 timeout=timeout,
             )
@@ -374,12 +378,20 @@ class Transport:
         headers = request_headers(endpoint)
         url = endpoint.base_url + path
         with upstream_errors(endpoint.name, endpoint.secrets):
-            async with self._session_for_loop().post(url, data=payload, headers=headers) as resp:
+            async with self._session_for_loop().post(
+                url, data=_sendable(payload), headers=headers
+            ) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
             if saw is not None:
                 saw(status, response_headers)
             return parse(endpoint, status, response_headers, raw)
+
+
+def _sendable(payload: bytes) -> bytes | io.BytesIO:
+    """What aiohttp is given to send: a large body as a file it writes in pieces (bytes
+    over its limit would be written in one go, blocking the loop, and warned about)."""
+    return io.BytesIO(payload) if len(payload) > _LARGE_PAYLOAD_BYTES else payload
 
 
 def _as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:

@@ -12,7 +12,12 @@ from typing import Any
 
 from limpet.cache.generations import Generations
 from limpet.pipeline.credentials import call_scope
-from limpet.pipeline.keys import canonical_request, request_key
+from limpet.pipeline.keys import (
+    canonical_request,
+    looks_large,
+    request_key,
+    request_key_async,
+)
 
 
 class Keying:
@@ -26,17 +31,22 @@ class Keying:
         self.credential = credential
 
     def now(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str | None:
-        """The key when the model's generation is known without I/O, else None."""
+        """The key when it can be had without I/O or a long block of the event loop: the
+        model's generation is known and the request is not large. Else None."""
         scope = self.generations.scope_now(body["model"])
-        if scope is None:
+        if scope is None or looks_large(body):
             return None
         return self._key(body, scope, headers)
 
     async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
-        """The key, reading the model's generation from the shared tier when needed."""
+        """The key, reading the model's generation from the shared tier when needed; a
+        large request is hashed piece by piece, yielding to the event loop."""
         model = body["model"]
         scope = self.generations.scope_now(model) or await self.generations.scope(model)
-        return self._key(body, scope, headers)
+        credential = self.scope(headers)
+        return await request_key_async(
+            body, namespace=self.namespace, scope=scope, credential=credential
+        )
 
     def scope(self, headers: Mapping[str, str] | None) -> str:
         """The credential scope of a call sending ``headers``."""

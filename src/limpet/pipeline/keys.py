@@ -210,6 +210,24 @@ async def request_key_async(
     return digest.hexdigest()
 
 
+def looks_large(body: Mapping[str, Any]) -> bool:
+    """Whether ``body`` may be large, cheaply enough for every call, hits included: the
+    messages are counted and their text contents' lengths summed; any other content
+    (parts, tool calls) takes ``is_large``'s fuller estimate."""
+    messages = body.get("messages")
+    if type(messages) is not list:
+        return is_large(body)
+    if len(messages) > LARGE_MESSAGE_COUNT:
+        return True
+    size = 0
+    for message in messages:
+        content = message.get("content") if type(message) is dict else None
+        if type(content) is not str:
+            return is_large(body)
+        size += len(content)
+    return size >= LARGE_REQUEST_BYTES
+
+
 def is_large(body: Mapping[str, Any]) -> bool:
     """Whether ``body`` is worth keying piece by piece (a cheap, bounded estimate)."""
     messages = body.get("messages")
