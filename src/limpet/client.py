@@ -25,7 +25,8 @@ from limpet.config import (
     default_base_url,
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
-from limpet.flight.coalesce import FlightStore, RedisFlight, SingleFlight
+from limpet.flight.local import SingleFlight
+from limpet.flight.shared import FlightStore, RedisFlight
 from limpet.http.admission import metered_queueing
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport

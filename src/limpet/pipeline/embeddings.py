@@ -34,8 +34,8 @@ from limpet.errors import (
     ClientClosedError,
     EmbeddingBatchError,
 )
-from limpet.flight.coalesce import RedisFlight
 from limpet.flight.embeddings import fetch_shared
+from limpet.flight.shared import RedisFlight
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import Cost, Embeddings, Usage

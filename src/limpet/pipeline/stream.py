@@ -12,7 +12,7 @@ from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.errors import APIError, CacheCorruptError, ClientClosedError
 from limpet.flight.broadcast import Broadcast
-from limpet.flight.coalesce import RedisFlight
+from limpet.flight.shared import RedisFlight
 from limpet.http.chunks import StreamAssembler, StreamChunk, replay_chunks, with_stream_usage
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport

@@ -36,7 +36,7 @@ import orjson
 
 from limpet.cache.memcached.keys import RELATIVE_TTL_LIMIT, memcached_expiry
 from limpet.errors import APIStatusError, CacheUnavailableError, status_error
-from limpet.flight.coalesce import FlightNotice, FlightOutcome
+from limpet.flight.shared import FlightNotice, FlightOutcome
 
 if TYPE_CHECKING:
     from limpet.cache.memcached.backend import MemcachedCache

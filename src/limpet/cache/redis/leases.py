@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from limpet.errors import APIStatusError, CacheUnavailableError, status_error
-from limpet.flight.coalesce import FlightNotice, FlightOutcome
+from limpet.flight.shared import FlightNotice, FlightOutcome
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
