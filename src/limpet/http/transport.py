@@ -34,14 +34,9 @@ from limpet.errors import (
     status_error,
     upstream_errors,
 )
-from limpet.http.admission import (
-    REFUSALS,
-    Admissions,
-    Seen,
-    Ticket,
-    estimated_tokens,
-    total_tokens,
-)
+from limpet.http.admission import Admissions
+from limpet.http.admission_rules import estimated_tokens, total_tokens
+from limpet.http.admission_slots import REFUSALS, Seen, Ticket
 from limpet.http.chunks import stream_error
 from limpet.http.retry import backoff_delay, parse_retry_after, should_retry
 from limpet.http.sse import SSEDecoder
