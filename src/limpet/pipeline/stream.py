@@ -13,7 +13,9 @@ from limpet.cache.tiered import TieredCache
 from limpet.errors import APIError, CacheCorruptError, ClientClosedError
 from limpet.flight.broadcast import Broadcast
 from limpet.flight.shared import RedisFlight
-from limpet.http.chunks import StreamAssembler, StreamChunk, replay_chunks, with_stream_usage
+from limpet.http.chunk_assembly import StreamAssembler
+from limpet.http.chunk_replay import replay_chunks
+from limpet.http.chunks import StreamChunk, with_stream_usage
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion
