@@ -1,16 +1,25 @@
-"""The pure admission decisions: the learned limit, token buckets, rate-limit headers."""
+"""The pure admission decisions: the learned limit, token buckets, rate-limit headers,
+token estimates."""
 
 from __future__ import annotations
 
 import math
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from limpet import AdmissionConfig, Endpoint
 from limpet.errors import ConfigurationError
-from limpet.http.admission_rules import AimdLimit, TokenBucket, parse_duration, pause_from_headers
+from limpet.http.admission_rules import (
+    AimdLimit,
+    TokenBucket,
+    estimated_tokens,
+    parse_duration,
+    pause_from_headers,
+    total_tokens,
+)
 
 CONFIG = AdmissionConfig()
 
@@ -128,3 +137,39 @@ def test_endpoint_limits_must_be_positive_ints(field: str, value: object) -> Non
 def test_admission_config_names_what_is_wrong(options: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):
         AdmissionConfig(**options)  # type: ignore[arg-type]
+
+
+_JSON_VALUES = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
+
+
+@given(
+    st.dictionaries(st.text(max_size=10), _JSON_VALUES, max_size=5),
+    st.sampled_from(["max_completion_tokens", "max_tokens"]),
+    st.integers(0, 100_000),
+)
+def test_a_request_is_estimated_at_a_quarter_of_its_bytes_plus_its_completion_cap(
+    body: dict[str, object], name: str, cap: int
+) -> None:
+    body = {k: v for k, v in body.items() if k not in ("max_completion_tokens", "max_tokens")}
+    uncapped = orjson.dumps(body)
+    assert estimated_tokens(uncapped) == len(uncapped) / 4
+    capped = orjson.dumps({**body, name: cap})
+    assert estimated_tokens(capped) == len(capped) / 4 + cap
+
+
+@given(st.binary(max_size=200))
+def test_any_payload_is_estimated_without_raising(payload: bytes) -> None:
+    assert estimated_tokens(payload) >= len(payload) / 4
+
+
+def test_a_bool_is_no_completion_cap() -> None:
+    payload = orjson.dumps({"max_tokens": True})
+    assert estimated_tokens(payload) == len(payload) / 4
+
+
+@given(_JSON_VALUES | st.floats(allow_nan=False))
+def test_only_an_int_total_counts_as_tokens_used(total: object) -> None:
+    counted = total if isinstance(total, int) and not isinstance(total, bool) else None
+    assert total_tokens({"usage": {"total_tokens": total}}) == counted
+    assert total_tokens({"usage": None}) is None
+    assert total_tokens({}) is None

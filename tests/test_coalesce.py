@@ -8,7 +8,7 @@ import gc
 
 import pytest
 
-from limpet.flight.coalesce import SingleFlight
+from limpet.flight.local import SingleFlight
 
 
 class Upstream:

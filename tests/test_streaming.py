@@ -9,14 +9,9 @@ from hypothesis import strategies as st
 
 from limpet.errors import APIStreamError
 from limpet.flight.broadcast import Broadcast
-from limpet.http.chunks import (
-    REPLAY_PIECE_CHARS,
-    StreamAssembler,
-    StreamChunk,
-    replay_chunks,
-    stream_error,
-    with_stream_usage,
-)
+from limpet.http.chunk_assembly import StreamAssembler
+from limpet.http.chunk_replay import REPLAY_PIECE_CHARS, replay_chunks
+from limpet.http.chunks import StreamChunk, stream_error, with_stream_usage
 from tests.openai_shapes import assert_chat_completion, assert_chunks
 
 ENVELOPE = {

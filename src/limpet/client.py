@@ -21,7 +21,7 @@ from limpet.config import (
     Timeouts,
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
-from limpet.flight.coalesce import FlightStore
+from limpet.flight.shared import FlightStore
 from limpet.http.admission import metered_queueing
 from limpet.http.transport import Transport
 from limpet.models import Completion, Embeddings

@@ -25,7 +25,7 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
-from limpet.flight.coalesce import RedisFlight
+from limpet.flight.shared import RedisFlight
 from limpet.models import Usage
 from limpet.testing import FakeGateway
 from tests.fakes import FakeClock

@@ -29,8 +29,8 @@ from limpet import (
     RetryConfig,
     TieredCache,
 )
-from limpet.flight.coalesce import RedisFlight
 from limpet.flight.embeddings import fetch_shared
+from limpet.flight.shared import RedisFlight
 from limpet.observe.events import CallEvent
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector

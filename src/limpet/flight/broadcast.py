@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
-__all__ = ["Broadcast"]
-
 T = TypeVar("T")
 R = TypeVar("R")
 

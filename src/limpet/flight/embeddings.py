@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
-from limpet.flight.coalesce import RedisFlight
-
-__all__ = ["SharedFetch", "fetch_shared"]
+from limpet.flight.shared import RedisFlight
 
 # What one batch of inputs brought back: each key's vector, or the error of its request.
 SendResults = Mapping[str, bytes | BaseException]
@@ -37,6 +35,19 @@ class SharedFetch:
         self.vectors: dict[str, bytes] = {}
         self.from_others: set[str] = set()
         self.failed: dict[str, BaseException] = {}
+
+    def add(self, key: str, outcome: tuple[bytes, bool] | BaseException) -> None:
+        """Note how ``key``'s flight ended: its vector and whether this process led, or
+        its error (anything but an ``Exception`` is raised again)."""
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome
+            self.failed[key] = outcome
+            return
+        vector, led = outcome
+        self.vectors[key] = vector
+        if not led:
+            self.from_others.add(key)
 
 
 async def fetch_shared(
@@ -57,36 +68,8 @@ async def fetch_shared(
         share: stores a vector this process got, and gives its entry bytes and TTL for
             the flight to publish (None: nothing stored).
     """
-    loop = asyncio.get_running_loop()
     fetched = SharedFetch()
-    undecided = set(texts)
-    pending: dict[str, asyncio.Future[bytes]] = {}
-    sending: set[asyncio.Future[None]] = set()
-
-    async def run(batch: dict[str, asyncio.Future[bytes]]) -> None:
-        results: SendResults = {}
-        try:
-            results = await send([(key, texts[key]) for key in batch])
-        finally:
-            for key, future in batch.items():
-                if not future.done():
-                    _settle(future, results.get(key))  # None: cancelled
-
-    def flush() -> None:
-        # Only once every input has led or started following: one set of batches, not
-        # one request per input as the leases come back.
-        if undecided or not pending:
-            return
-        batch = dict(pending)
-        pending.clear()
-        task = asyncio.ensure_future(run(batch))
-        sending.add(task)
-        task.add_done_callback(sending.discard)
-
-    def decided(key: str) -> None:
-        if key in undecided:
-            undecided.discard(key)
-            flush()
+    batches = _Batches(texts, send)
 
     async def one(key: str) -> tuple[bytes, bool]:
         async def lead() -> tuple[bytes, bytes | None, float]:
@@ -95,42 +78,85 @@ async def fetch_shared(
             stored = await read(key)
             if stored is not None:
                 fetched.from_others.add(key)
-                decided(key)
+                batches.decided(key)
                 return stored, None, 0.0
-            future: asyncio.Future[bytes] = loop.create_future()
-            pending[key] = future
-            decided(key)
-            flush()  # a takeover after the first flush goes at once
-            vector = await future
+            vector = await batches.send(key)
             data, ttl = await share(key, vector)
             return vector, data, ttl
 
         async def follow() -> bytes | None:
-            decided(key)
+            batches.decided(key)
             return await read(key)
 
         try:
             return await flight.do(key, lead, follow)
         finally:
-            decided(key)
+            batches.decided(key)
 
     keys = list(texts)
     try:
         outcomes = await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
     finally:
-        for task in list(sending):
-            task.cancel()
+        batches.cancel()
     for key, outcome in zip(keys, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            if not isinstance(outcome, Exception):
-                raise outcome
-            fetched.failed[key] = outcome
-            continue
-        vector, led = outcome
-        fetched.vectors[key] = vector
-        if not led:
-            fetched.from_others.add(key)
+        fetched.add(key, outcome)
     return fetched
+
+
+class _Batches:
+    """The inputs this call leads, held until every input of the call has either led or
+    started following, then sent upstream together: one set of batches, not one request
+    per input as the leases come back."""
+
+    __slots__ = ("_pending", "_send", "_sending", "_texts", "_undecided")
+
+    def __init__(
+        self,
+        texts: Mapping[str, str],
+        send: Callable[[list[tuple[str, str]]], Awaitable[SendResults]],
+    ) -> None:
+        self._texts = texts
+        self._send = send
+        self._undecided = set(texts)
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._sending: set[asyncio.Future[None]] = set()
+
+    def decided(self, key: str) -> None:
+        """``key`` has led or started following (again: a no-op)."""
+        if key in self._undecided:
+            self._undecided.discard(key)
+            self._flush()
+
+    async def send(self, key: str) -> bytes:
+        """``key``'s vector, sent upstream with the others this call leads."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self.decided(key)
+        self._flush()  # a takeover after the first flush goes at once
+        return await future
+
+    def cancel(self) -> None:
+        """Stop the batches still being sent."""
+        for task in list(self._sending):
+            task.cancel()
+
+    def _flush(self) -> None:
+        if self._undecided or not self._pending:
+            return
+        batch = dict(self._pending)
+        self._pending.clear()
+        task = asyncio.ensure_future(self._run(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _run(self, batch: dict[str, asyncio.Future[bytes]]) -> None:
+        results: SendResults = {}
+        try:
+            results = await self._send([(key, self._texts[key]) for key in batch])
+        finally:
+            for key, future in batch.items():
+                if not future.done():
+                    _settle(future, results.get(key))  # None: cancelled
 
 
 def _settle(future: asyncio.Future[bytes], result: bytes | BaseException | None) -> None:

@@ -3,8 +3,8 @@ per minute and one shared pause, with callers beyond them waiting first come fir
 
 Every upstream attempt takes a ``Slot`` of its endpoint's ``Admission`` before it is sent
 and gives it back when its answer is in; how the answer went (``Slot.succeeded``,
-``Slot.refused``) steers the limit and the pause. The decisions themselves are pure, in
-``limpet.http.admission_rules``.
+``Slot.refused``, in ``limpet.http.admission_slots``) steers the limit and the pause.
+The decisions themselves are pure, in ``limpet.http.admission_rules``.
 
 Why not ``anyio.CapacityLimiter``: it has a settable size, but a borrower is a task and
 must release from that same task, while a stream's slot is given back wherever its
@@ -19,35 +19,17 @@ import contextlib
 import contextvars
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import orjson
 
 from limpet.config import AdmissionConfig, Endpoint
-from limpet.errors import APIResponseError, APIStatusError
 from limpet.http.admission_rules import (
     AimdLimit,
     TokenBucket,
     pause_from_headers,
     remaining_requests,
 )
-
-__all__ = [
-    "Admission",
-    "AdmissionStats",
-    "Admissions",
-    "Seen",
-    "Slot",
-    "Ticket",
-    "estimated_tokens",
-    "metered_queueing",
-    "total_tokens",
-]
-
-#: Answers that say "not now" rather than "no": they steer admission, never repin.
-REFUSALS = frozenset({429, 503})
+from limpet.http.admission_slots import Slot
 
 # Seconds the current call spent queued for admission; a list, so that tasks the call
 # spawns (a coalescing leader) add to the call's own figure.
@@ -93,56 +75,6 @@ class AdmissionStats:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-class Slot:
-    """One attempt's place on the wire; give it back with exactly one of ``succeeded``,
-    ``refused`` or ``release`` (the later calls do nothing)."""
-
-    __slots__ = ("_admission", "_epoch", "_in_flight", "_released", "_tokens")
-
-    def __init__(self, admission: Admission, in_flight: int, epoch: int, tokens: float) -> None:
-        self._admission = admission
-        self._in_flight = in_flight
-        self._epoch = epoch
-        self._tokens = tokens
-        self._released = False
-
-    def succeeded(self, headers: Mapping[str, str], used_tokens: int | None = None) -> None:
-        """The attempt was answered: the limit may grow; headers may pause the endpoint."""
-        if self._released:
-            return
-        admission = self._admission
-        try:
-            admission.limit.succeeded(self._in_flight)
-            admission.probing = False
-            admission.steer(200, headers)
-            if used_tokens is not None:
-                admission.correct_tokens(self._tokens - used_tokens)
-        finally:
-            self.release()
-
-    def refused(self, status: int, headers: Mapping[str, str]) -> None:
-        """The attempt met a 429 or 503: the limit shrinks (once per round of requests
-        sent before the refusal), and a ``Retry-After`` pauses the endpoint."""
-        if self._released:
-            return
-        admission = self._admission
-        try:
-            if status == 429:
-                admission.rate_limited += 1
-            if self._epoch == admission.epoch:
-                admission.limit.refused(self._in_flight)
-                admission.epoch += 1
-            admission.steer(status, headers)
-        finally:
-            self.release()
-
-    def release(self) -> None:
-        """Give the place back without a verdict (a connection error, a cancellation)."""
-        if not self._released:
-            self._released = True
-            self._admission.released()
 
 
 class Admission:
@@ -354,59 +286,3 @@ class Admissions:
 
     def stats(self) -> dict[str, AdmissionStats]:
         return {name: admission.stats() for name, admission in self._by_name.items()}
-
-
-Seen = Callable[[int, Mapping[str, str]], None]
-"""Told each answer's status and headers (``Ticket.saw``)."""
-
-
-class Ticket:
-    """One attempt's admission: its slot (None when admission is off) and what the
-    answer said, for the verdict ``close`` gives the slot."""
-
-    __slots__ = ("headers", "slot", "status", "used_tokens")
-
-    def __init__(self, slot: Slot | None) -> None:
-        self.slot = slot
-        self.status: int | None = None
-        self.headers: Mapping[str, str] = {}
-        self.used_tokens: int | None = None
-
-    def saw(self, status: int, headers: Mapping[str, str]) -> None:
-        """Note an answer's status and headers (a ``Seen``)."""
-        self.status, self.headers = status, headers
-
-    def close(self, error: BaseException | None) -> None:
-        """Give the slot back with the verdict of the answer seen, or of ``error``."""
-        slot = self.slot
-        if slot is None:
-            return
-        if self.status in REFUSALS:
-            slot.refused(self.status, self.headers)
-        elif error is None or isinstance(error, APIStatusError | APIResponseError):
-            slot.succeeded(self.headers, self.used_tokens)  # it answered: not overloaded
-        else:
-            slot.release()
-
-
-def estimated_tokens(payload: bytes) -> float:
-    """Tokens a request may use, before it is sent (for ``Endpoint.tpm``): about four
-    bytes of JSON per prompt token, and the completion's cap when it has one."""
-    cap = 0
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict):
-        for name in ("max_completion_tokens", "max_tokens"):
-            value = body.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                cap = value
-                break
-    return len(payload) / 4 + cap
-
-
-def total_tokens(data: Mapping[str, Any]) -> int | None:
-    usage = data.get("usage")
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return total if isinstance(total, int) and not isinstance(total, bool) else None

@@ -1,5 +1,5 @@
-"""Admission decisions, pure: the learned concurrency limit, token buckets, and what an
-answer's rate-limit headers say about when to send again.
+"""Admission decisions, pure: the learned concurrency limit, token buckets, what an
+answer's rate-limit headers say about when to send again, and a request's token estimate.
 
 Nothing here awaits or reads a clock; ``limpet.http.admission`` feeds them the loop's time.
 """
@@ -10,17 +10,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from limpet.config import AdmissionConfig
 from limpet.http.retry import parse_retry_after
-
-__all__ = [
-    "AimdLimit",
-    "TokenBucket",
-    "parse_duration",
-    "pause_from_headers",
-    "remaining_requests",
-]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -167,3 +162,27 @@ class TokenBucket:
             rate = self.capacity / 60.0
             self.level = min(self.capacity, self.level + (now - self.updated) * rate)
             self.updated = now
+
+
+def estimated_tokens(payload: bytes) -> float:
+    """Tokens a request may use, before it is sent (for ``Endpoint.tpm``): about four
+    bytes of JSON per prompt token, and the completion's cap when it has one."""
+    cap = 0
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                cap = value
+                break
+    return len(payload) / 4 + cap
+
+
+def total_tokens(data: Mapping[str, Any]) -> int | None:
+    """The tokens an answer says it used (``usage.total_tokens``), or None."""
+    usage = data.get("usage")
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else None

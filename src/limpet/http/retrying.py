@@ -21,7 +21,7 @@ from tenacity.stop import stop_base
 
 from limpet.config import RetryConfig
 from limpet.errors import APIStatusError, APITimeoutError
-from limpet.http.admission import REFUSALS
+from limpet.http.admission_slots import REFUSALS
 from limpet.http.retry import backoff_delay, should_retry
 
 __all__ = ["QueuedTooLong", "Retrier"]

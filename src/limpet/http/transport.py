@@ -26,7 +26,9 @@ from limpet.errors import (
     excerpt,
     upstream_errors,
 )
-from limpet.http.admission import Admissions, Seen, Ticket, estimated_tokens, total_tokens
+from limpet.http.admission import Admissions
+from limpet.http.admission_rules import estimated_tokens, total_tokens
+from limpet.http.admission_slots import Seen, Ticket
 from limpet.http.responses import (
     parse_chat,
     parse_embeddings,

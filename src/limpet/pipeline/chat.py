@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
-from limpet.flight.coalesce import RedisFlight, SingleFlight
+from limpet.flight.local import SingleFlight
+from limpet.flight.shared import RedisFlight
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion
 from limpet.pipeline.account import priced

@@ -30,8 +30,8 @@ from limpet.config import Endpoint
 from limpet.errors import (
     APIResponseError,
 )
-from limpet.flight.coalesce import RedisFlight
 from limpet.flight.embeddings import fetch_shared
+from limpet.flight.shared import RedisFlight
 from limpet.http.transport import Transport
 from limpet.models import Embeddings
 from limpet.observe.stats import Stats

@@ -7,7 +7,8 @@ from typing import Any
 
 from limpet.config import Endpoint
 from limpet.flight.broadcast import Broadcast
-from limpet.http.chunks import StreamAssembler, with_stream_usage
+from limpet.http.chunk_assembly import StreamAssembler
+from limpet.http.chunks import with_stream_usage
 from limpet.http.transport import Transport
 from limpet.pipeline.calls import Call
 from limpet.pipeline.upstream import Answer

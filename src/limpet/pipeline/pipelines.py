@@ -9,7 +9,8 @@ from typing import Any
 
 from limpet.cache.tiered import TieredCache
 from limpet.config import FlightConfig
-from limpet.flight.coalesce import FlightStore, RedisFlight, SingleFlight
+from limpet.flight.local import SingleFlight
+from limpet.flight.shared import FlightStore, RedisFlight
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.observe.recorder import Recorder

@@ -12,8 +12,9 @@ from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheCorruptError, ClientClosedError
 from limpet.flight.broadcast import Broadcast
-from limpet.flight.coalesce import RedisFlight
-from limpet.http.chunks import StreamAssembler, replay_chunks
+from limpet.flight.shared import RedisFlight
+from limpet.http.chunk_assembly import StreamAssembler
+from limpet.http.chunk_replay import replay_chunks
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion
 from limpet.pipeline.account import priced

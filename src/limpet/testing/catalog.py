@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-__all__ = ["DEFAULT_MODELS", "UNKNOWN_MODEL_PRICE", "FakeModel", "ModelPrice"]
-
 _MILLION = Decimal(1_000_000)
 
 

@@ -18,17 +18,6 @@ import orjson
 
 from limpet.testing.tokens import CHARS_PER_TOKEN
 
-__all__ = [
-    "MAX_REPLY_WORDS",
-    "MIN_REPLY_WORDS",
-    "VOCABULARY",
-    "compose_reply",
-    "content_seed",
-    "stream_pieces",
-    "token_groups",
-    "truncate_to_tokens",
-]
-
 MIN_REPLY_WORDS = 20
 MAX_REPLY_WORDS = 80
 

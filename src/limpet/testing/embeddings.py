@@ -36,8 +36,6 @@ from limpet.testing.tokens import count_tokens
 if TYPE_CHECKING:
     from limpet.testing.gateway import FakeGateway
 
-__all__ = ["DEFAULT_DIMENSIONS", "FakeEmbeddings", "add_embedding_routes", "fake_vector"]
-
 #: Floats per vector when the request gives no ``dimensions``.
 DEFAULT_DIMENSIONS = 16
 

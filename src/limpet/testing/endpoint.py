@@ -28,8 +28,6 @@ from limpet.testing.provider_cache import (
     cached_latency,
 )
 
-__all__ = ["FakeEndpoint"]
-
 
 class FakeEndpoint:
     """One endpoint of a ``FakeGateway``: counters, availability, latency and queued faults.

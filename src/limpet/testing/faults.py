@@ -9,20 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-__all__ = [
-    "DelayFault",
-    "DropConnectionFault",
-    "EchoAuthorizationFault",
-    "EchoShape",
-    "Fault",
-    "GenerationErrorFault",
-    "MalformedBodyFault",
-    "NoUsageFault",
-    "StatusFault",
-    "StreamErrorFault",
-    "WrongShapeFault",
-]
-
 
 @dataclass(frozen=True, slots=True)
 class StatusFault:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hmac
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -21,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from limpet.testing.catalog import DEFAULT_MODELS, UNKNOWN_MODEL_PRICE, FakeModel
-from limpet.testing.content import compose_reply, content_seed, truncate_to_tokens
+from limpet.testing.chat_answer import answer_chat
 from limpet.testing.embeddings import FakeEmbeddings, add_embedding_routes
 from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import (
@@ -48,17 +47,7 @@ from limpet.testing.responses import (
     send_stream,
     status_fault_response,
 )
-from limpet.testing.tokens import count_prompt_tokens, count_tokens
-from limpet.testing.wire import (
-    Answer,
-    Reply,
-    max_completion_tokens,
-    request_problem,
-    stream_usage_requested,
-    usage_body,
-)
-
-__all__ = ["FakeGateway"]
+from limpet.testing.wire import Answer, request_problem, stream_usage_requested
 
 # aiohttp's default of 1 MiB would refuse the long prompts that prefix-cache benchmarks send.
 _MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -330,47 +319,9 @@ class FakeGateway:
 
     def _answer(self, endpoint: FakeEndpoint, body: dict[str, Any]) -> tuple[Answer, float]:
         """The reply to a valid request, and how long the endpoint takes to give it."""
-        model: str = body["model"]
-        prompt_tokens = count_prompt_tokens(body)
-        now = self.clock()
-        cache = endpoint.prompt_cache.account(model, body, prompt_tokens, now=now)
-        if cache.total > prompt_tokens:
-            raise ValueError(f"{endpoint.prompt_cache!r} reported {cache} of {prompt_tokens}")
-        seed = content_seed(body)
-        limit = max_completion_tokens(body)
-        replies = []
-        for index in range(body.get("n") or 1):  # each choice its own draw, as with a model
-            text, cut = truncate_to_tokens(
-                compose_reply(self._rng(None if seed is None else seed + index)), limit
-            )
-            replies.append(Reply(text, "length" if cut else "stop"))
-        completion_tokens = sum(count_tokens(reply.content) for reply in replies)
+        model = body["model"]
         price = self._models[model].price if model in self._models else UNKNOWN_MODEL_PRICE
-        cost = price.cost(
-            uncached=prompt_tokens - cache.total,
-            completion=completion_tokens,
-            cached=cache.cached_tokens,
-            written=cache.cache_write_tokens,
-            written_1h=cache.cache_write_1h_tokens,
-        )
-        usage = usage_body(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cache=cache,
-            cost=cost,
-        )
-        answer = Answer(
-            id=f"gen-{int(now)}-{secrets.token_hex(10)}",
-            created=int(now),
-            model=model,
-            provider=cache.provider or endpoint.name,
-            content=replies[0].content,
-            finish_reason=replies[0].finish_reason,
-            usage=usage,
-            more=tuple(replies[1:]),
-            logprobs=(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
-        )
-        return answer, endpoint.latency_for(cache, prompt_tokens)
+        return answer_chat(endpoint, body, price=price, now=self.clock(), rng=self._rng)
 
     async def _list_models(self, request: web.Request) -> web.StreamResponse:
         endpoint = self._endpoints.get(request.match_info["endpoint"])

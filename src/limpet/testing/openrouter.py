@@ -40,8 +40,6 @@ import orjson
 
 from limpet.testing.provider_cache import PromptCacheModel, PromptCacheResult, ProviderPromptCache
 
-__all__ = ["DEFAULT_PROVIDERS", "DEFAULT_STICKY_TTL", "OpenRouterProviders"]
-
 #: Claude's providers on OpenRouter, equally weighted.
 DEFAULT_PROVIDERS: Mapping[str, float] = {
     "anthropic": 1.0,

@@ -33,17 +33,6 @@ import orjson
 
 from limpet.testing.tokens import MESSAGE_OVERHEAD_TOKENS, count_tokens
 
-__all__ = [
-    "CACHED_LATENCY_SAVING",
-    "DEFAULT_CACHE_RULES",
-    "CacheRules",
-    "NoPromptCache",
-    "PromptCacheModel",
-    "PromptCacheResult",
-    "ProviderPromptCache",
-    "cached_latency",
-]
-
 #: The share of an endpoint's latency a fully cached prompt saves (time to first token
 #: falls by up to ~80% for long cached prefixes).
 CACHED_LATENCY_SAVING = 0.8

@@ -23,20 +23,6 @@ from limpet.testing.faults import (
 )
 from limpet.testing.wire import SSE_DONE, SSE_PROCESSING, Answer, error_body, sse_event
 
-__all__ = [
-    "MALFORMED_BODY",
-    "WRONG_SHAPE_BODY",
-    "bad_body",
-    "drop_connection",
-    "echo_authorization",
-    "error_bodies",
-    "error_response",
-    "failed_generation",
-    "json_response",
-    "send_stream",
-    "status_fault_response",
-]
-
 #: What a ``malformed()`` fault sends: the start of a completion, cut off.
 MALFORMED_BODY = b'{"choices": ['
 #: What a ``wrong_shape()`` fault sends: valid JSON, but not a chat completion.

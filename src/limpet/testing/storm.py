@@ -21,8 +21,6 @@ import orjson
 
 from limpet.cache.base import CacheBackend
 
-__all__ = ["StormWorker", "WorkerReport", "run_storm", "start_workers"]
-
 STORM_MODEL = "anthropic/claude-sonnet-4.6"
 STORM_MESSAGES = [{"role": "user", "content": "Explain single-flight in one paragraph."}]
 

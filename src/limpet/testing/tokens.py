@@ -18,15 +18,6 @@ from typing import Any
 
 import orjson
 
-__all__ = [
-    "CHARS_PER_TOKEN",
-    "MESSAGE_OVERHEAD_TOKENS",
-    "REPLY_PRIMING_TOKENS",
-    "count_message_tokens",
-    "count_prompt_tokens",
-    "count_tokens",
-]
-
 #: Characters per token, the usual approximation for English text.
 CHARS_PER_TOKEN = 4
 

@@ -17,20 +17,6 @@ import orjson
 from limpet.testing.content import token_groups
 from limpet.testing.provider_cache import PromptCacheResult
 
-__all__ = [
-    "SSE_DONE",
-    "SSE_PROCESSING",
-    "Answer",
-    "Reply",
-    "error_body",
-    "max_completion_tokens",
-    "request_problem",
-    "sse_event",
-    "stream_usage_requested",
-    "token_logprob",
-    "usage_body",
-]
-
 #: OpenRouter opens every stream with this comment, to keep proxies from timing it out.
 SSE_PROCESSING = b": OPENROUTER PROCESSING\n\n"
 SSE_DONE = b"data: [DONE]\n\n"

@@ -1,0 +1,100 @@
+"""One upstream attempt's admission: its ``Slot`` on the wire, and the ``Ticket`` that
+gives the slot back with the verdict of the answer (``limpet.http.admission.Admission``
+hands the slots out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from limpet.errors import APIResponseError, APIStatusError
+
+if TYPE_CHECKING:
+    from limpet.http.admission import Admission
+
+#: Answers that say "not now" rather than "no": they steer admission, never repin.
+REFUSALS = frozenset({429, 503})
+
+
+class Slot:
+    """One attempt's place on the wire; give it back with exactly one of ``succeeded``,
+    ``refused`` or ``release`` (the later calls do nothing)."""
+
+    __slots__ = ("_admission", "_epoch", "_in_flight", "_released", "_tokens")
+
+    def __init__(self, admission: Admission, in_flight: int, epoch: int, tokens: float) -> None:
+        self._admission = admission
+        self._in_flight = in_flight
+        self._epoch = epoch
+        self._tokens = tokens
+        self._released = False
+
+    def succeeded(self, headers: Mapping[str, str], used_tokens: int | None = None) -> None:
+        """The attempt was answered: the limit may grow; headers may pause the endpoint."""
+        if self._released:
+            return
+        admission = self._admission
+        try:
+            admission.limit.succeeded(self._in_flight)
+            admission.probing = False
+            admission.steer(200, headers)
+            if used_tokens is not None:
+                admission.correct_tokens(self._tokens - used_tokens)
+        finally:
+            self.release()
+
+    def refused(self, status: int, headers: Mapping[str, str]) -> None:
+        """The attempt met a 429 or 503: the limit shrinks (once per round of requests
+        sent before the refusal), and a ``Retry-After`` pauses the endpoint."""
+        if self._released:
+            return
+        admission = self._admission
+        try:
+            if status == 429:
+                admission.rate_limited += 1
+            if self._epoch == admission.epoch:
+                admission.limit.refused(self._in_flight)
+                admission.epoch += 1
+            admission.steer(status, headers)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give the place back without a verdict (a connection error, a cancellation)."""
+        if not self._released:
+            self._released = True
+            self._admission.released()
+
+
+Seen = Callable[[int, Mapping[str, str]], None]
+"""Told each answer's status and headers (``Ticket.saw``)."""
+
+
+class Ticket:
+    """One attempt's admission: its slot (None when admission is off) and what the
+    answer said, for the verdict ``close`` gives the slot."""
+
+    __slots__ = ("headers", "slot", "status", "used_tokens")
+
+    def __init__(self, slot: Slot | None) -> None:
+        self.slot = slot
+        self.status: int | None = None
+        self.headers: Mapping[str, str] = {}
+        self.used_tokens: int | None = None
+
+    def saw(self, status: int, headers: Mapping[str, str]) -> None:
+        """Note an answer's status and headers (a ``Seen``)."""
+        self.status, self.headers = status, headers
+
+    def close(self, error: BaseException | None) -> None:
+        """Give the slot back with the verdict of the answer seen, or of ``error``."""
+        slot = self.slot
+        if slot is None:
+            return
+        if self.status in REFUSALS:
+            slot.refused(self.status, self.headers)
+        elif error is None or isinstance(error, APIStatusError | APIResponseError):
+            slot.succeeded(self.headers, self.used_tokens)  # it answered: not overloaded
+        else:
+            slot.release()

@@ -1,0 +1,207 @@
+"""Assembly of a stream's chunks into the one chat completion they add up to. Pure.
+
+Assembly keeps every choice (by ``index``) and every field of its deltas: text fields
+(``content``, ``reasoning``, ``refusal``, ...) concatenate, tool calls and
+``reasoning_details`` merge by their ``index``, other lists (``annotations``) extend;
+per choice, ``logprobs`` lists extend and ``finish_reason`` (and any other choice field,
+such as OpenRouter's ``native_finish_reason``) keeps its last value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from limpet.http.chunks import REPLACED_FIELDS
+
+_ENVELOPE_FIELDS = ("id", "object", "created", "model", "provider", "system_fingerprint")
+
+# Lists whose items are the deltas of items of their own, matched by their ``index``.
+_INDEXED = frozenset({"tool_calls", "reasoning_details"})
+
+_MISSING = object()
+
+
+class StreamAssembler:
+    """Collects chunks and builds the chat completion they add up to.
+
+    Args:
+        chunking: also keep how the stream was chunked, for ``chunking()`` (a stored
+            answer's replay); a stream that is not stored need not hold its chunks.
+    """
+
+    __slots__ = ("_choices", "_chunks", "_count", "_envelope", "_top", "_usage")
+
+    def __init__(self, *, chunking: bool = True) -> None:
+        self._envelope: dict[str, Any] | None = None
+        self._chunks: list[dict[str, Any]] | None = [] if chunking else None
+        self._count = 0
+        self._top: dict[str, Any] = {}
+        self._usage: Any = None
+        self._choices: dict[int, _Choice] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self._count += 1
+        if self._envelope is None:
+            self._envelope = {k: chunk[k] for k in _ENVELOPE_FIELDS if k in chunk}
+        if self._chunks is not None:
+            envelope = self._envelope
+            self._chunks.append({k: v for k, v in chunk.items() if envelope.get(k, _MISSING) != v})
+        top = self._top
+        for key, value in chunk.items():
+            if key == "choices":
+                for choice in value or ():
+                    if isinstance(choice, dict):
+                        self._choice(choice.get("index", 0)).add(choice)
+            elif key == "usage":
+                self._usage = value if value is not None else self._usage
+            elif value is not None or key not in top:
+                top[key] = value
+
+    @property
+    def chunks(self) -> int:
+        """How many chunks were added."""
+        return self._count
+
+    def chunking(self) -> bytes | None:
+        """How the stream was chunked, for ``replay_chunks``; None when not kept."""
+        if self._chunks is None:
+            return None
+        return orjson.dumps({"envelope": self._envelope or {}, "chunks": self._chunks})
+
+    def completion(self) -> dict[str, Any]:
+        """The chat completion body these chunks add up to (``object: chat.completion``)."""
+        choices = [self._choices[index].value(index) for index in sorted(self._choices)]
+        body = {**self._top, "object": "chat.completion", "choices": choices}
+        if not choices:  # a stream that ended before any choice: still one (empty) choice
+            body["choices"] = [_Choice().value(0)]
+        if self._usage is not None:
+            body["usage"] = self._usage
+        return body
+
+    def _choice(self, index: int) -> _Choice:
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _Choice()
+        return state
+
+
+class _Choice:
+    """One choice's deltas so far."""
+
+    __slots__ = ("fields", "logprobs", "message", "role")
+
+    def __init__(self) -> None:
+        self.role = "assistant"
+        self.message = _Merged()
+        self.logprobs: _Merged | None = None
+        # Present in every choice of a whole answer, as OpenAI's are.
+        self.fields: dict[str, Any] = {"finish_reason": None, "logprobs": None}
+
+    def add(self, choice: Mapping[str, Any]) -> None:
+        fields = self.fields
+        for key, value in choice.items():
+            if key == "delta":
+                if isinstance(value, dict):
+                    self.role = value.get("role") or self.role
+                    self.message.add(value)
+            elif key == "logprobs":
+                if isinstance(value, dict):
+                    self.logprobs = self.logprobs or _Merged()
+                    self.logprobs.add(value)
+            elif key != "index" and (value is not None or key not in fields):
+                fields[key] = value
+
+    def value(self, index: int) -> dict[str, Any]:
+        message = {"content": None, **self.message.value(), "role": self.role}
+        choice = {"index": index, "message": message, **self.fields}
+        if self.logprobs is not None:
+            choice["logprobs"] = self.logprobs.value()
+        return choice
+
+
+class _Text(list[str]):
+    """The pieces of a text field, joined once at the end (a long answer has many)."""
+
+    __slots__ = ()
+
+
+class _Merged:
+    """An object merged from its deltas: strings concatenate (names and ids replace),
+    dicts merge, lists extend (``_INDEXED`` lists merge items by ``index``); ``None``
+    only fills a field not seen yet."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self) -> None:
+        self._fields: dict[str, Any] = {}
+
+    def add(self, delta: Mapping[str, Any]) -> None:
+        fields = self._fields
+        for key, value in delta.items():
+            current = fields.get(key)
+            if isinstance(value, str) and key not in REPLACED_FIELDS:
+                if isinstance(current, _Text):
+                    current.append(value)
+                else:
+                    fields[key] = _Text([value])
+            elif isinstance(value, dict):
+                if not isinstance(current, _Merged):
+                    current = fields[key] = _Merged()
+                current.add(value)
+            elif isinstance(value, list):
+                if not isinstance(current, _Items):
+                    current = fields[key] = _Items(key)
+                current.extend(value)
+            elif value is not None or key not in fields:
+                fields[key] = value
+
+    def value(self) -> dict[str, Any]:
+        return {key: _value(field) for key, field in self._fields.items()}
+
+
+class _Items:
+    """A list field's items; in an ``_INDEXED`` list, deltas with one ``index`` (and, for
+    ``reasoning_details``, one ``type``) are one item."""
+
+    __slots__ = ("_by_key", "_items", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._items: list[Any] = []
+        self._by_key: dict[object, _Merged] = {}
+
+    def extend(self, values: list[Any]) -> None:
+        for value in values:
+            index = value.get("index") if isinstance(value, dict) else None
+            if self._name not in _INDEXED or not isinstance(index, int):
+                self._items.append(value)
+                continue
+            key = (index, value.get("type")) if self._name == "reasoning_details" else index
+            item = self._by_key.get(key)
+            if item is None:
+                item = self._by_key[key] = _Merged()
+                self._items.append(item)
+            item.add(value)
+
+    def value(self) -> list[Any]:
+        values = [_value(item) for item in self._items]
+        if self._name == "tool_calls":
+            # A whole answer's tool calls carry no stream index; the list order is theirs.
+            values = [
+                {"type": "function", **{k: v for k, v in call.items() if k != "index"}}
+                if isinstance(call, dict)
+                else call
+                for call in values
+            ]
+        return values
+
+
+def _value(field: Any) -> Any:
+    if isinstance(field, _Text):
+        return "".join(field)
+    if isinstance(field, _Merged | _Items):
+        return field.value()
+    return field
