@@ -60,10 +60,7 @@ class Pipelines:
         mark: Callable[[dict[str, Any]], dict[str, Any]] | None,
         max_embed_inputs: int,
     ) -> None:
-        _wire_router(router, cache, transport)
-        if cache is not None:
-            stats.attach(cache)
-        stats.admissions = transport.admissions
+        _wire_shared_parts(router, cache, transport, stats)
 
         def shared() -> Any:
             return None if leases is None else RedisFlight(leases, flight)
@@ -112,9 +109,14 @@ class Pipelines:
         await self.chat.aclose()
 
 
-def _wire_router(router: Router, cache: TieredCache | None, transport: Transport) -> None:
-    """A sticky router shares its affinity map through the Redis tier, when there is one,
-    and ranks by what admission sees."""
+def _wire_shared_parts(
+    router: Router, cache: TieredCache | None, transport: Transport, stats: Stats
+) -> None:
+    """Stats read the tiers' and admission's figures; a sticky router shares its affinity
+    map through the Redis tier, when there is one, and ranks by what admission sees."""
+    if cache is not None:
+        stats.attach(cache)
+    stats.admissions = transport.admissions
     if isinstance(router, StickyRouter):
         if router.store is None:
             router.use_store(affinity_store_for(cache.tiers if cache is not None else ()))
