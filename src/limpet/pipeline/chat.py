@@ -74,7 +74,7 @@ class ChatPipeline:
         never yields to the event loop (``aclose()`` never finds it half-way)."""
         if not self.keyed(request):
             return None
-        key = request.key = self.keying.now(request.body, request.headers)
+        key = request.key = self.keying.now(request.body, request.headers, request.text_chars)
         store = self._cache
         if key is None or store is None or not request.decision.read:
             return None
