@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.errors import InvalidRequestError
+from limpet.pipeline.keys import LARGE_REQUEST_BYTES, looks_large
 from limpet.pipeline.validation import (
     response_format_param,
     strict_json_schema,
@@ -209,3 +210,42 @@ def test_a_strict_schema_closes_every_object_and_requires_every_property(schema:
         assert obj["required"] == list(obj.get("properties", {}))
     assert strict_json_schema(strict) == strict  # idempotent
     assert len(_objects(strict)) == len(_objects(schema))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=st.text(max_size=4),
+    contents=st.lists(
+        st.one_of(st.text(max_size=20), st.none(), st.lists(st.just({"type": "text"}))),
+        min_size=1,
+        max_size=5,
+    ),
+    extra=st.booleans(),
+)
+def test_validation_sums_plain_text_as_looks_large_would(
+    model: str, contents: list[object], extra: bool
+) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": c} for c in contents]
+    if extra:
+        messages[0]["name"] = "n"
+    body = {"model": model, "messages": messages, "temperature": 0}
+    if not model.strip():  # what the one-pass check must still reject
+        with pytest.raises(InvalidRequestError, match="model"):
+            validate_request(body)
+        return
+    try:
+        chars = validate_request(body)
+    except InvalidRequestError:
+        assert any(not isinstance(c, str | list) for c in contents)
+        return
+    plain = not extra and all(isinstance(c, str) for c in contents)
+    assert chars == (sum(len(c) for c in contents if isinstance(c, str)) if plain else -1)
+    assert looks_large(body, chars) == looks_large(body)
+
+
+@pytest.mark.parametrize("size", [LARGE_REQUEST_BYTES - 1, LARGE_REQUEST_BYTES])
+def test_the_sum_validation_returns_tells_a_large_request(size: int) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * size}]}
+    chars = validate_request(body)
+    assert chars == size
+    assert looks_large(body, chars) == looks_large(body) == (size >= LARGE_REQUEST_BYTES)

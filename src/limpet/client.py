@@ -308,7 +308,7 @@ class Client:
             extra_headers=extra_headers,
             extra_body=extra_body,
         )
-        completion = await self._chat.hit(request)
+        completion = self._chat.hit(request)
         if completion is not None:
             self._recorder.finished(request.model, completion, started)
             return completion

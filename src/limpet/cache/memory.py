@@ -68,6 +68,10 @@ class MemoryCache:
         return self._bytes
 
     async def get(self, key: str) -> bytes | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> bytes | None:
+        """``get()`` without a coroutine: ``TieredCache`` reads the hit path's tiers so."""
         item = self._entries.get(key)
         if item is None:
             return None

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast, runtime_checkable
 
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
 from limpet.cache.capabilities import (
@@ -69,7 +69,9 @@ class TieredCache:
     The tiered cache owns its tiers: ``aclose()`` closes them. What each tier can do is
     read once from its ``capabilities`` (``limpet.cache.capabilities``), and asked of the
     tiered cache: ``local_tiers``, ``generation_store``, ``flight_store``, ``redis_tier``,
-    ``guarded_tiers``, or ``lowest_with(capability)``.
+    ``guarded_tiers``, or ``lowest_with(capability)``. A local tier 0 that also offers a
+    synchronous ``get_now(key)`` (``MemoryCache`` does) is read without a coroutine on
+    the hit path (``get_now()``); its ``get_now`` must answer as its ``get`` would.
 
     Args:
         tiers: one or more backends, fastest first.
@@ -87,6 +89,7 @@ class TieredCache:
         "_codec",
         "_failing",
         "_hmac_key",
+        "_read_now",
         "capabilities",
         "local_tiers",
         "max_entry_bytes",
@@ -125,6 +128,10 @@ class TieredCache:
         self.capabilities: tuple[TierCapabilities, ...] = tuple(map(capabilities_of, tiers))
         #: How many leading tiers answer in-process, without I/O (``MemoryCache``).
         self.local_tiers = _leading_local(self.capabilities)
+        # Tier 0's synchronous read, when it is local and has one (``get_now()``).
+        self._read_now = (
+            tiers[0].get_now if self.local_tiers and isinstance(tiers[0], _ReadableNow) else None
+        )
         if hmac_key is not None:
             for tier, can in zip(tiers, self.capabilities, strict=True):
                 # One key signs entries and a shared tier's flight notices alike, so a
@@ -168,8 +175,39 @@ class TieredCache:
             if can.breaker
         )
 
+    @property
+    def readable_now(self) -> bool:
+        """Whether ``get_now()`` reads tier 0: it is local, with a synchronous ``get_now``."""
+        return self._read_now is not None
+
+    def get_now(self, key: str) -> CacheEntry | None:
+        """The entry in tier 0, read without awaiting anything when ``readable_now`` (an
+        in-process tier with a synchronous ``get_now(key)``, as ``MemoryCache``): the hit
+        path's read. A hit is counted as ``get()`` counts it; a miss is not counted (the
+        tiers below are still to be read).
+
+        Raises:
+            CacheCorruptError: tier 0 holds a corrupt entry under ``key``, neither counted
+                nor deleted here: ``get()`` does both (and may await).
+        """
+        read = self._read_now
+        if read is None:
+            return None
+        try:
+            data = read(key)
+        except CacheUnavailableError as exc:
+            self._fault(0, exc)
+            return None
+        if self._failing[0]:
+            self._recovered(0)
+        if data is None:
+            return None
+        entry = self._codec.decode(key, data)  # tier 0 expires its own entries
+        self.stats.hits[0] += 1
+        return entry
+
     def get(
-        self, key: str, *, start: int = 0, stop: int | None = None
+        self, key: str, *, start: int = 0, stop: int | None = None, count_miss: bool = True
     ) -> Awaitable[tuple[CacheEntry, int] | None]:
         """The entry and the index of the tier that answered, or None on a miss (awaited).
 
@@ -179,8 +217,12 @@ class TieredCache:
         Args:
             start, stop: read only ``tiers[start:stop]``; a hit still back-fills every
                 tier above the one that answered.
+            count_miss: count a miss in ``stats.misses`` when the last tier was read (False:
+                the caller reads again, and that read counts it).
         """
-        return self.get_value(key, self._decode_entry, start=start, stop=stop)
+        return self.get_value(
+            key, self._decode_entry, start=start, stop=stop, count_miss=count_miss
+        )
 
     async def get_value(
         self,
@@ -189,6 +231,7 @@ class TieredCache:
         *,
         start: int = 0,
         stop: int | None = None,
+        count_miss: bool = True,
     ) -> tuple[V, int] | None:
         """As ``get``, for a value of another kind (an embedding vector): ``decode(key,
         data)`` gives the value and its ``expires_at``, and raises ``CacheCorruptError``
@@ -222,7 +265,7 @@ class TieredCache:
                     await self._set_in(upper, key, data, remaining)
             self.stats.hits[index] += 1
             return value, index
-        if stop is None or stop >= len(self.tiers):
+        if count_miss and (stop is None or stop >= len(self.tiers)):
             self.stats.misses += 1
         return None
 
@@ -308,6 +351,13 @@ class TieredCache:
     def _recovered(self, index: int) -> None:
         self._failing[index] = False
         logger.info("limpet cache: tier %d is back", index)
+
+
+@runtime_checkable
+class _ReadableNow(Protocol):
+    """An in-process tier that also reads without a coroutine (``MemoryCache``)."""
+
+    def get_now(self, key: str) -> bytes | None: ...
 
 
 def _leading_local(capabilities: tuple[TierCapabilities, ...]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
+from limpet.errors import CacheCorruptError
 from limpet.flight.local import SingleFlight
 from limpet.flight.shared import RedisFlight
 from limpet.http.transport import Transport
@@ -31,7 +32,7 @@ Filled = tuple[CacheEntry, CacheStatus | None]
 class ChatPipeline:
     """The stages of one ``complete()`` call, wired for one Client."""
 
-    __slots__ = ("_cache", "_exchange", "_flight", "_local", "_shared", "_upstream", "keying")
+    __slots__ = ("_cache", "_exchange", "_flight", "_read_now", "_shared", "_upstream", "keying")
 
     def __init__(
         self,
@@ -49,7 +50,8 @@ class ChatPipeline:
         self._exchange = JsonExchange(transport)
         self._flight = flight
         self._shared = shared
-        self._local = cache.local_tiers if cache is not None else 0
+        # Tiers ``hit()`` reads: tier 0 when it reads without awaiting, else none.
+        self._read_now = 1 if cache is not None and cache.readable_now else 0
 
     @property
     def coalescing(self) -> bool:
@@ -66,32 +68,42 @@ class ChatPipeline:
         decision = request.decision
         return decision.uses_cache or (decision.coalesce and self._flight is not None)
 
-    async def hit(self, request: Request) -> Completion | None:
-        """The key stage without I/O and a look in the in-process tiers: the answer when
-        they hold it. Never yields to the event loop (``aclose()`` never finds it half-way)."""
+    def hit(self, request: Request) -> Completion | None:
+        """The key stage without I/O and a look in tier 0 when it reads without awaiting
+        (``TieredCache.get_now``): the answer when it holds it. A plain function, so it
+        never yields to the event loop (``aclose()`` never finds it half-way)."""
         if not self.keyed(request):
             return None
-        key = request.key = self.keying.now(request.body, request.headers)
+        key = request.key = self.keying.now(request.body, request.headers, request.text_chars)
         store = self._cache
-        if key is None or store is None or not self._local or not request.decision.read:
+        if key is None or store is None or not request.decision.read:
             return None
-        found = await store.get(key, stop=self._local)
-        return None if found is None else completion_of(found[0], CacheStatus.HIT, key)
+        try:
+            entry = store.get_now(key)
+        except CacheCorruptError:
+            # ``complete()`` keys the request again and reads from tier 0, which counts
+            # the corrupt entry and deletes it (awaiting the tier).
+            request.key = None
+            return None
+        return None if entry is None else completion_of(entry, CacheStatus.HIT, key)
 
     async def complete(self, request: Request, call: Call) -> Completion:
         """Everything past the hit path: the key when the model's generation had to be
-        read first, the tiers not read yet, the flight, upstream, the store."""
-        store, start = self._cache, self._local
+        read first, the tiers not read yet, the flight, upstream, the store.
+
+        A shared tier is read before the flight: a hit there needs no flight, and a miss
+        enters it, whose first step reads every tier again (another flight may have just
+        landed), so N concurrent identical misses still make one upstream call."""
+        store, start = self._cache, self._read_now
         key = request.key
         if key is None and self.keyed(request):
             key = request.key = await self.keying.of(request.body, request.headers)
-            start = 0  # the in-process tiers were not read either
+            start = 0  # tier 0 was not read either
         decision = request.decision
         if key is not None and store is not None and decision.read:
-            # With coalescing, the shared tiers are read once per key inside the flight.
-            coalescing = decision.coalesce and self._flight is not None
-            stop = self._local if coalescing else len(store.tiers)
-            found = await store.get(key, start=start, stop=stop) if start < stop else None
+            # A miss is counted by the flight's own read, when there is one.
+            flown = decision.coalesce and self._flight is not None
+            found = await store.get(key, start=start, count_miss=not flown)
             if found is not None:
                 return completion_of(found[0], CacheStatus.HIT, key)
         return await self._flown(request, key, call)

@@ -30,13 +30,21 @@ class Keying:
         self.namespace = namespace
         self.credential = credential
 
-    def now(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str | None:
+    def now(
+        self, body: Mapping[str, Any], headers: Mapping[str, str] | None, text_chars: int = -1
+    ) -> str | None:
         """The key when it can be had without I/O or a long block of the event loop: the
-        model's generation is known and the request is not large. Else None."""
+        model's generation is known and the request is not large (``text_chars``: the
+        messages' text length, when known; see ``looks_large``). Else None."""
         scope = self.generations.scope_now(body["model"])
-        if scope is None or looks_large(body):
+        if scope is None or looks_large(body, text_chars):
             return None
-        return self._key(body, scope, headers)
+        return request_key(
+            canonical_request(body),
+            namespace=self.namespace,
+            scope=scope,
+            credential=self.scope(headers),
+        )
 
     async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
         """The key, reading the model's generation from the shared tier when needed; a
@@ -51,11 +59,3 @@ class Keying:
     def scope(self, headers: Mapping[str, str] | None) -> str:
         """The credential scope of a call sending ``headers``."""
         return self.credential if headers is None else call_scope(self.credential, headers)
-
-    def _key(self, body: Mapping[str, Any], scope: str, headers: Mapping[str, str] | None) -> str:
-        return request_key(
-            canonical_request(body),
-            namespace=self.namespace,
-            scope=scope,
-            credential=self.scope(headers),
-        )

@@ -210,15 +210,22 @@ async def request_key_async(
     return digest.hexdigest()
 
 
-def looks_large(body: Mapping[str, Any]) -> bool:
+def looks_large(body: Mapping[str, Any], text_chars: int = -1) -> bool:
     """Whether ``body`` may be large, cheaply enough for every call, hits included: the
     messages are counted and their text contents' lengths summed; any other content
-    (parts, tool calls) takes ``is_large``'s fuller estimate."""
+    (parts, tool calls) takes ``is_large``'s fuller estimate.
+
+    Args:
+        text_chars: that sum when the caller has it already (``validate_request``'s),
+            else -1.
+    """
     messages = body.get("messages")
     if type(messages) is not list:
         return is_large(body)
     if len(messages) > LARGE_MESSAGE_COUNT:
         return True
+    if text_chars >= 0:
+        return text_chars >= LARGE_REQUEST_BYTES
     size = 0
     for message in messages:
         content = message.get("content") if type(message) is dict else None

@@ -39,6 +39,8 @@ class Request:
         call: its deadline scope, once it goes past the hit path.
         saved_usd: what the provider's prompt cache saved on this call's own upstream
             answer, once the account stage has priced it (None: unknown).
+        text_chars: the messages' text length, when validation summed it (else -1), so
+            the key stage need not walk them again to tell a large request.
     """
 
     __slots__ = (
@@ -49,6 +51,7 @@ class Request:
         "key",
         "model",
         "saved_usd",
+        "text_chars",
         "timeout",
         "ttl",
     )
@@ -60,6 +63,7 @@ class Request:
         ttl: float,
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
+        text_chars: int = -1,
     ) -> None:
         self.body = body
         self.model: str = body["model"]
@@ -70,6 +74,7 @@ class Request:
         self.key: str | None = None
         self.call: Call | None = None
         self.saved_usd: float | None = None
+        self.text_chars = text_chars
 
     def start(self) -> Call:
         """The call's deadline scope, from now (past the hit path)."""
@@ -98,11 +103,12 @@ def chat_request(
         body = with_extras(body, extra_body)
     if not stream and body.get("stream"):
         raise InvalidRequestError("stream", "absent or False in complete()", True)
-    validate_request(body)
+    text_chars = validate_request(body)
     if timeout is not None or extra_headers is not None:
         timeout = validate_call_options(timeout, extra_headers)
     entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
-    return Request(body, decide(body, cache, policy), entry_ttl, timeout, extra_headers)
+    decision = decide(body, cache, policy)
+    return Request(body, decision, entry_ttl, timeout, extra_headers, text_chars)
 
 
 def with_extras(body: dict[str, Any], extra_body: object) -> dict[str, Any]:

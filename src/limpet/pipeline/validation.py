@@ -32,31 +32,39 @@ _RESPONSE_FORMAT_TEXT = (
 _NUMBER_TYPES = (int, float)
 
 
-def validate_request(body: Mapping[str, Any]) -> None:
+def validate_request(body: Mapping[str, Any]) -> int:
     """Check a chat-completion request body.
+
+    Returns:
+        The summed length of the messages' contents when every message is a plain
+        ``{"role", "content": str}`` (what ``keys.looks_large`` would sum), else -1.
 
     Raises:
         InvalidRequestError: naming the first offending field and what was expected.
     """
     # The common case runs on every call, hits included: one pass, no helper calls.
     model = body.get("model")
-    if type(model) is not str or not model.strip():
+    if type(model) is not str or not model or model.isspace():
         raise InvalidRequestError("model", "a non-empty str", model)
     messages = body.get("messages")
     if type(messages) is not list or not messages:
         raise InvalidRequestError("messages", "a non-empty list of message dicts", messages)
+    chars = 0
     for message in messages:
-        if type(message) is not dict or message.get("role") not in ROLES:
-            break
         # Anything but {"role", "content": str} takes the long way, which checks it is JSON.
-        if type(message.get("content")) is not str or len(message) != 2:
+        if type(message) is not dict or len(message) != 2 or message.get("role") not in ROLES:
             break
+        content = message.get("content")
+        if type(content) is not str:
+            break
+        chars += len(content)
     else:
         _check_parameters(body)
-        return
+        return chars
     for index, message in enumerate(messages):
         _check_message(index, message)
     _check_parameters(body)
+    return -1
 
 
 def validate_ttl(ttl: object, field: str = "ttl") -> float | None:

@@ -141,7 +141,9 @@ class ReadBatcher:
     """Coalesces concurrent reads of single keys into batches.
 
     A read that finds nothing in flight goes alone (a single GET: the uncontended hit
-    pays nothing for batching). A read that arrives while others are in flight queues;
+    pays nothing for batching); a read of the same key meanwhile shares its answer, so a
+    burst of identical reads is one round trip. Any other read that arrives while others
+    are in flight queues;
     queued keys go out ``MAX_BATCH`` at a time in at most ``MAX_BATCHES_IN_FLIGHT``
     concurrent batches, so they wait for at most one batch each before theirs is sent.
     A batch that fails fails every read in it, with the same ``CacheUnavailableError``.
@@ -152,9 +154,11 @@ class ReadBatcher:
     """
 
     __slots__ = (
+        "_alone",
         "_fetch_many",
         "_fetch_one",
         "_in_flight",
+        "_joined",
         "_pending",
         "_starting",
         "_tasks",
@@ -167,6 +171,9 @@ class ReadBatcher:
         # Keys waiting for a batch, each with the futures of the readers that asked.
         self._pending: dict[str, list[asyncio.Future[object]]] = {}
         self._in_flight = 0
+        # The key read alone now, and the futures of the readers of it that joined it.
+        self._alone: str | None = None
+        self._joined: list[asyncio.Future[object]] = []
         # Batch tasks created that have not yet taken their keys.
         self._starting = 0
         self._tasks: set[asyncio.Task[None]] = set()  # asyncio keeps only weak references
@@ -180,17 +187,39 @@ class ReadBatcher:
             CacheUnavailableError: as the fetch raised it.
         """
         if self._in_flight == 0 and not self._pending:
-            self._in_flight += 1
-            try:
-                return await self._fetch_one(key)
-            finally:
-                self._in_flight -= 1
-                self._start_batches()
+            return await self._read_alone(key)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(key, []).append(future)
-        self._start_batches()
+        if key == self._alone:
+            self._joined.append(future)
+        else:
+            self._pending.setdefault(key, []).append(future)
+            self._start_batches()
         # A reader that gives up only drops its own future; the batch goes on for others.
         return await future
+
+    async def _read_alone(self, key: str) -> object:
+        self._in_flight += 1
+        self._alone = key
+        joined = self._joined = []
+        try:
+            value = await self._fetch_one(key)
+        except CacheUnavailableError as exc:
+            _settle(joined, exc)
+            raise
+        except BaseException:
+            # This reader was cancelled: those that joined it read in the next batch.
+            if joined:
+                self._pending.setdefault(key, []).extend(joined)
+            raise
+        else:
+            for future in joined:
+                if not future.done():
+                    future.set_result(value)
+            return value
+        finally:
+            self._alone = None
+            self._in_flight -= 1
+            self._start_batches()
 
     def _start_batches(self) -> None:
         loop = asyncio.get_running_loop()
