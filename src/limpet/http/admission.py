@@ -27,6 +27,7 @@ from limpet.http.admission_rules import (
     AimdLimit,
     TokenBucket,
     pause_from_headers,
+    rate_limit_headers,
     remaining_requests,
 )
 from limpet.http.admission_slots import Slot
@@ -131,6 +132,14 @@ class Admission:
             paused_for=self.paused_for(),
         )
 
+    def admit_now(self, tokens: float = 0.0) -> Slot | None:
+        """A place on the wire when one is free now and nobody is queued for it (what
+        ``acquire`` would hand out at once, without a coroutine); None otherwise."""
+        if self._waiters:
+            return None
+        now = asyncio.get_running_loop().time()
+        return self._admit(tokens, now) if self._wait(tokens, now) == 0.0 else None
+
     async def acquire(self, tokens: float = 0.0, *, first: bool = False) -> Slot:
         """A place on the wire, once the callers before this one have theirs.
 
@@ -179,6 +188,9 @@ class Admission:
     def steer(self, status: int, headers: Mapping[str, str]) -> None:
         """Pause as an answer's ``Retry-After`` or ``x-ratelimit-*`` headers ask, and
         send no more than its ``x-ratelimit-remaining-requests`` until the next answer."""
+        headers = rate_limit_headers(headers)
+        if not headers:
+            return  # nothing said about limits: the common answer
         quota = remaining_requests(headers)
         if quota is not None:
             remaining, reset = quota
