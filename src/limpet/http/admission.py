@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from limpet.config import AdmissionConfig, Endpoint
@@ -39,15 +39,27 @@ _QUEUED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def metered_queueing() -> Iterator[list[float]]:
-    """Collect, for the duration, the seconds this call waits for admission."""
-    meter: list[float] = []
-    token = _QUEUED.set(meter)
-    try:
-        yield meter
-    finally:
-        _QUEUED.reset(token)
+def metered_queueing() -> QueueingMeter:
+    """Collect, for the duration, the seconds this call waits for admission:
+    ``with metered_queueing() as queued: ...``, then ``sum(queued)``."""
+    return QueueingMeter()
+
+
+class QueueingMeter:
+    """``metered_queueing()``: a class, not a generator, as every call past the hit path
+    enters one."""
+
+    __slots__ = ("_meter", "_token")
+
+    def __init__(self) -> None:
+        self._meter: list[float] = []
+
+    def __enter__(self) -> list[float]:
+        self._token = _QUEUED.set(self._meter)
+        return self._meter
+
+    def __exit__(self, *exc_info: object) -> None:
+        _QUEUED.reset(self._token)
 
 
 @dataclass(frozen=True, slots=True)
