@@ -18,6 +18,8 @@ from limpet.http.admission_rules import (
     estimated_tokens,
     parse_duration,
     pause_from_headers,
+    rate_limit_headers,
+    remaining_requests,
     total_tokens,
 )
 
@@ -173,3 +175,33 @@ def test_only_an_int_total_counts_as_tokens_used(total: object) -> None:
     assert total_tokens({"usage": {"total_tokens": total}}) == counted
     assert total_tokens({"usage": None}) is None
     assert total_tokens({}) is None
+
+
+_HEADER_NAMES = st.sampled_from(
+    [
+        "Retry-After",
+        "retry-after-ms",
+        "X-RateLimit-Remaining-Requests",
+        "x-ratelimit-reset-requests",
+        "X-Ratelimit-Remaining-Tokens",
+        "x-ratelimit-reset-tokens",
+        "Content-Type",
+        "X-Request-ID",
+        "Date",
+    ]
+)
+_HEADER_VALUES = st.sampled_from(["0", "1", "2.5", "20ms", "6m0s", "soon", "application/json"])
+
+
+@given(st.dictionaries(_HEADER_NAMES, _HEADER_VALUES), st.sampled_from([200, 429, 503, 500]))
+def test_the_rate_limit_headers_say_all_the_headers_say(
+    headers: dict[str, str], status: int
+) -> None:
+    """What admission reads from an answer's headers is in their rate-limit subset, and
+    an answer without one says nothing (admission's fast path)."""
+    subset = rate_limit_headers(headers)
+    assert pause_from_headers(status, subset) == pause_from_headers(status, headers)
+    assert remaining_requests(subset) == remaining_requests(headers)
+    if not subset:
+        assert pause_from_headers(status, headers) is None
+        assert remaining_requests(headers) is None

@@ -370,3 +370,16 @@ def test_other_names_of_the_model_are_tried_listing_first() -> None:
     assert found is not None and found.source == "gateway"
     assert table.get("acme/x", "openai/gpt-5-mini") is not None
     assert table.get("acme/x", "acme/y") is None
+
+
+def test_resolved_prices_follow_later_overrides_and_listings() -> None:
+    table = PriceTable(fallback=False)
+    assert table.get("x/model") is None  # resolved (to unknown) and kept
+    table.add_listing({"data": [{"id": "x/model", "pricing": {"prompt": "1", "completion": "2"}}]})
+    listed = table.get("x/model")
+    assert listed is not None and listed.prompt == Decimal(1)
+    assert table.get("x/model") is listed  # kept: one resolution per model, not per call
+    table.override("x/model", ModelPrices.per_million(prompt=5, completion=5))
+    overridden = table.get("x/model")
+    assert overridden is not None and overridden.source == "override"
+    assert asyncio.run(table.prices("x/model")) is overridden

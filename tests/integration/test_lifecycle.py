@@ -290,6 +290,20 @@ async def test_extra_headers_are_sent_and_not_part_of_the_key(gateway: FakeGatew
     assert ep.calls == 2
 
 
+async def test_a_calls_own_headers_never_outlive_it(gateway: FakeGateway) -> None:
+    """The endpoint's request headers are built once and kept; a call's own headers are
+    sent with that call only, before and after calls without any."""
+    ep = gateway.endpoint("a")
+    async with make_client(gateway) as client:
+        await client.complete(**ask("plain"))
+        assert ep.last_headers is not None and "X-Trace" not in ep.last_headers
+        await client.complete(**ask("traced"), extra_headers={"X-Trace": "one"})
+        assert ep.last_headers["X-Trace"] == "one"
+        await client.complete(**ask("plain again"))
+        assert "X-Trace" not in ep.last_headers
+    assert ep.calls == 3
+
+
 async def test_extra_body_is_merged_into_the_body_and_the_key(gateway: FakeGateway) -> None:
     ep = gateway.endpoint("a")
     async with make_client(gateway) as client:

@@ -7,6 +7,7 @@ per process takes part there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Generic, TypeVar
@@ -15,19 +16,23 @@ T = TypeVar("T")
 
 
 class _Flight(Generic[T]):
+    """One call in flight and the futures its callers await (one each, so that cancelling
+    a caller cancels its own future, never the call)."""
+
     __slots__ = ("task", "waiters")
 
     def __init__(self, task: asyncio.Future[T]) -> None:
         self.task = task
-        self.waiters = 0
+        self.waiters: list[asyncio.Future[T]] = []
 
 
 class SingleFlight(Generic[T]):
     """Runs one call per key at a time; concurrent callers of a key share its result.
 
     The first caller of a key starts the call as a task of its own; every caller, the
-    first included, awaits it through ``asyncio.shield``, so cancelling one caller never
-    cancels the call the others wait on. An exception reaches every caller and is not
+    first included, awaits a future of its own that the call's end settles (a lighter
+    ``asyncio.shield``), so cancelling one caller never cancels the call the others wait
+    on. An exception reaches every caller and is not
     remembered: the next call for the key starts afresh. When the last caller is gone,
     the flight is forgotten first (so a newcomer starts a fresh call rather than joining
     a dying one) and then, with ``cancel_orphans``, the call is cancelled.
@@ -85,29 +90,19 @@ class SingleFlight(Generic[T]):
                 flight = _Flight(asyncio.ensure_future(call()))
                 self._flights[key] = flight
                 self._running.add(flight.task)
-                # Added first, so it runs before any waiter wakes: a promoted waiter
-                # never finds the failed flight still registered.
                 flight.task.add_done_callback(partial(self._land, key, flight))
-            flight.waiters += 1
+            waiter: asyncio.Future[T] = flight.task.get_loop().create_future()
+            flight.waiters.append(waiter)
             try:
-                result = await asyncio.shield(flight.task)
+                result = await waiter
             except asyncio.CancelledError:
-                flight.waiters -= 1
-                if flight.waiters == 0 and not flight.task.done():
-                    self._forget(key, flight)
-                    if self.cancel_orphans:
-                        flight.task.cancel()
+                self._left(key, flight, waiter)
                 raise
             except Exception as exc:
-                flight.waiters -= 1
                 if leader or promotions <= 0 or not (self.retry_if and self.retry_if(exc)):
                     raise
                 promotions -= 1
                 continue
-            except BaseException:
-                flight.waiters -= 1
-                raise
-            flight.waiters -= 1
             return result, leader
 
     async def aclose(self) -> None:
@@ -121,13 +116,37 @@ class SingleFlight(Generic[T]):
         if running:
             await asyncio.wait(running)
 
+    def _left(self, key: str, flight: _Flight[T], waiter: asyncio.Future[T]) -> None:
+        """A caller was cancelled: the call is cancelled with its last caller (when
+        ``cancel_orphans``), and forgotten first, so a newcomer starts afresh."""
+        if waiter.done() and not waiter.cancelled():
+            waiter.exception()  # settled as its caller was cancelled: seen, never logged
+        with contextlib.suppress(ValueError):
+            flight.waiters.remove(waiter)
+        if not flight.waiters and not flight.task.done():
+            self._forget(key, flight)
+            if self.cancel_orphans:
+                flight.task.cancel()
+
     def _land(self, key: str, flight: _Flight[T], task: asyncio.Future[T]) -> None:
+        """The call ended: forgotten first (a promoted waiter never finds the failed flight
+        still registered), then every caller's future settled alike."""
         self._running.discard(task)
         self._forget(key, flight)
-        # An orphaned call that failed has no one to tell; mark it seen so asyncio does not
-        # log "exception was never retrieved".
-        if not task.cancelled():
-            task.exception()
+        if task.cancelled():
+            for waiter in flight.waiters:
+                waiter.cancel()
+            return
+        # Retrieved even when no caller is left (an orphan that failed), so asyncio does
+        # not log "exception was never retrieved".
+        error = task.exception()
+        for waiter in flight.waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(task.result())
+            else:
+                waiter.set_exception(error)
 
     def _forget(self, key: str, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:

@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from limpet.config import AdmissionConfig, Endpoint
@@ -27,6 +27,7 @@ from limpet.http.admission_rules import (
     AimdLimit,
     TokenBucket,
     pause_from_headers,
+    rate_limit_headers,
     remaining_requests,
 )
 from limpet.http.admission_slots import Slot
@@ -38,15 +39,27 @@ _QUEUED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def metered_queueing() -> Iterator[list[float]]:
-    """Collect, for the duration, the seconds this call waits for admission."""
-    meter: list[float] = []
-    token = _QUEUED.set(meter)
-    try:
-        yield meter
-    finally:
-        _QUEUED.reset(token)
+def metered_queueing() -> QueueingMeter:
+    """Collect, for the duration, the seconds this call waits for admission:
+    ``with metered_queueing() as queued: ...``, then ``sum(queued)``."""
+    return QueueingMeter()
+
+
+class QueueingMeter:
+    """``metered_queueing()``: a class, not a generator, as every call past the hit path
+    enters one."""
+
+    __slots__ = ("_meter", "_token")
+
+    def __init__(self) -> None:
+        self._meter: list[float] = []
+
+    def __enter__(self) -> list[float]:
+        self._token = _QUEUED.set(self._meter)
+        return self._meter
+
+    def __exit__(self, *exc_info: object) -> None:
+        _QUEUED.reset(self._token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +144,14 @@ class Admission:
             paused_for=self.paused_for(),
         )
 
+    def admit_now(self, tokens: float = 0.0) -> Slot | None:
+        """A place on the wire when one is free now and nobody is queued for it (what
+        ``acquire`` would hand out at once, without a coroutine); None otherwise."""
+        if self._waiters:
+            return None
+        now = asyncio.get_running_loop().time()
+        return self._admit(tokens, now) if self._wait(tokens, now) == 0.0 else None
+
     async def acquire(self, tokens: float = 0.0, *, first: bool = False) -> Slot:
         """A place on the wire, once the callers before this one have theirs.
 
@@ -179,6 +200,9 @@ class Admission:
     def steer(self, status: int, headers: Mapping[str, str]) -> None:
         """Pause as an answer's ``Retry-After`` or ``x-ratelimit-*`` headers ask, and
         send no more than its ``x-ratelimit-remaining-requests`` until the next answer."""
+        headers = rate_limit_headers(headers)
+        if not headers:
+            return  # nothing said about limits: the common answer
         quota = remaining_requests(headers)
         if quota is not None:
             remaining, reset = quota

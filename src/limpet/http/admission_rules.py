@@ -19,6 +19,8 @@ from limpet.http.retry import parse_retry_after
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Every header name that ``pause_from_headers`` and ``remaining_requests`` read starts so.
+_RATE_LIMIT_PREFIXES = ("retry-after", "x-ratelimit-")
 
 
 def parse_duration(text: str) -> float | None:
@@ -58,6 +60,21 @@ def pause_from_headers(status: int, headers: Mapping[str, str]) -> float | None:
         if seconds is not None:
             pauses.append(seconds)
     return max(pauses) if pauses else None
+
+
+def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of an answer that may say something about rate limits (``Retry-After``,
+    ``retry-after-ms``, ``x-ratelimit-*``), names lowered; ``{}`` for most answers.
+
+    Example:
+        >>> rate_limit_headers({"Content-Type": "application/json", "Retry-After": "2"})
+        {'retry-after': '2'}
+    """
+    return {
+        lowered: value
+        for name, value in headers.items()
+        if (lowered := name.lower()).startswith(_RATE_LIMIT_PREFIXES)
+    }
 
 
 def remaining_requests(headers: Mapping[str, str]) -> tuple[int, float] | None:

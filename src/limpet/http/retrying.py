@@ -67,14 +67,25 @@ class Retrier:
         try:
             return await attempt(False), 1
         except Exception as exc:
-            if self._config.max_attempts <= 1 or not retryable(exc):
+            if not self.may_retry(exc):
                 raise
             failed = exc
-        return await self._retried(attempt, failed, deadline)
+        return await self.after(failed, attempt, deadline)
 
-    async def _retried(
-        self, attempt: AttemptFn[T], failed: Exception, deadline: float | None
+    def may_retry(self, exc: BaseException) -> bool:
+        """Whether a first attempt's failure ``exc`` is worth another attempt."""
+        return self._config.max_attempts > 1 and retryable(exc)
+
+    async def after(
+        self, failed: Exception, attempt: AttemptFn[T], deadline: float | None
     ) -> tuple[T, int]:
+        """What ``run`` does once its first attempt failed with ``failed``, which
+        ``may_retry``: retries under tenacity. For a caller that made the first attempt
+        itself (one coroutine less between the request and whoever awaits it).
+
+        Raises:
+            The last attempt's error, when it is final or no retry may follow.
+        """
         retrying = self.retrying(deadline)
         async for step in retrying:
             with step:

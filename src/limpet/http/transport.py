@@ -52,6 +52,9 @@ Waiting = Callable[[str], None]
 # aiohttp's own limit for bytes it sends in one write (larger: it warns, and blocks).
 _LARGE_PAYLOAD_BYTES = 1024 * 1024
 
+# Endpoint names whose request headers are kept (a Client has a handful).
+_MAX_ENDPOINT_HEADERS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
@@ -82,7 +85,15 @@ class Transport:
             None sends every attempt at once.
     """
 
-    __slots__ = ("_admissions", "_closed", "_headers", "_retrier", "_session", "_timeouts")
+    __slots__ = (
+        "_admissions",
+        "_closed",
+        "_endpoint_headers",
+        "_headers",
+        "_retrier",
+        "_session",
+        "_timeouts",
+    )
 
     def __init__(
         self,
@@ -100,6 +111,8 @@ class Transport:
         self._headers = {"User-Agent": f"limpet/{__version__}", **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # Endpoint name → the endpoint last seen under it and its request headers.
+        self._endpoint_headers: dict[str, tuple[Endpoint, dict[str, str]]] = {}
 
     async def chat(
         self,
@@ -128,14 +141,24 @@ class Transport:
                 after retries.
         """
         endpoint = _as_sent(endpoint, headers)
-        payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
+        payload = _payload(endpoint, body)
+        # The first attempt is made here rather than through ``Retrier.run``: one coroutine
+        # less for every resumption of the request to pass through.
+        try:
+            data = await self._send(endpoint, "/chat/completions", payload, deadline, waiting)
+        except Exception as exc:
+            if not self._retrier.may_retry(exc):
+                raise
+            failed = exc
+        else:
+            return UpstreamResponse(body=data, endpoint=endpoint.name, attempts=1)
 
         async def attempt(retry: bool) -> dict[str, Any]:
             return await self._send(
                 endpoint, "/chat/completions", payload, deadline, waiting, retry
             )
 
-        data, attempts = await self._retrier.run(attempt, deadline)
+        data, attempts = await self._retrier.after(failed, attempt, deadline)
         return UpstreamResponse(body=data, endpoint=endpoint.name, attempts=attempts)
 
     async def embeddings(
@@ -153,7 +176,7 @@ class Transport:
             As ``chat``; ``APIResponseError`` for a 2xx without a ``data`` list.
         """
         endpoint = _as_sent(endpoint, headers)
-        payload = orjson.dumps({**(endpoint.extra_body or {}), **body})
+        payload = _payload(endpoint, body)
 
         async def attempt(retry: bool) -> dict[str, Any]:
             return await self._send(
@@ -227,7 +250,7 @@ class Transport:
         """
         with upstream_errors(endpoint.name, endpoint.secrets):
             async with self._session_for_loop().get(
-                endpoint.base_url + path, headers=request_headers(endpoint)
+                endpoint.base_url + path, headers=self._headers_of(endpoint)
             ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
@@ -253,12 +276,14 @@ class Transport:
         payload: bytes,
         deadline: float | None,
         waiting: Waiting | None,
-        retry: bool,
+        retry: bool = False,
         parse: Parse = parse_chat,
     ) -> dict[str, Any]:
         """One attempt: admitted, posted, parsed; its place on the wire is given back
         with its verdict when it ends."""
-        ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
+        ticket = self._admitted_now(endpoint, payload, waiting)
+        if ticket is None:
+            ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
         try:
             data = await self._post(endpoint, path, payload, parse, ticket.saw)
         except BaseException as exc:
@@ -267,6 +292,21 @@ class Transport:
         ticket.used_tokens = total_tokens(data)
         ticket.close(None)
         return data
+
+    def _admitted_now(
+        self, endpoint: Endpoint, payload: bytes, waiting: Waiting | None
+    ) -> Ticket | None:
+        """The ticket of an attempt that may go at once (admission is off, or nobody
+        queues and no limit holds it), without a coroutine; None: ``_admit`` it."""
+        if self._admissions is None:
+            return Ticket(None)
+        admission = self._admissions.of(endpoint)
+        slot = admission.admit_now(estimated_tokens(payload) if admission.counts_tokens else 0.0)
+        if slot is None:
+            return None
+        if waiting is not None:
+            waiting(f"an answer from endpoint {endpoint.name!r}")
+        return Ticket(slot)
 
     async def _admit(
         self,
@@ -322,6 +362,19 @@ class Transport:
         if session is not None:
             await session.close()
 
+    def _headers_of(self, endpoint: Endpoint) -> dict[str, str]:
+        """``request_headers(endpoint)``, built once per endpoint rather than per request
+        (a call with headers of its own is another ``Endpoint``: it builds its own). Read
+        only: aiohttp copies what it is given."""
+        known = self._endpoint_headers.get(endpoint.name)
+        if known is not None and known[0] is endpoint:
+            return known[1]
+        headers = request_headers(endpoint)
+        if len(self._endpoint_headers) >= _MAX_ENDPOINT_HEADERS:
+            self._endpoint_headers.clear()
+        self._endpoint_headers[endpoint.name] = (endpoint, headers)
+        return headers
+
     def _session_for_loop(self) -> aiohttp.ClientSession:
         if self._closed:
             # A session opened now would never be closed ("Unclosed client session").
@@ -350,7 +403,7 @@ class Transport:
             response = await self._session_for_loop().post(
                 endpoint.base_url + "/chat/completions",
                 data=_sendable(payload),
-                headers={**request_headers(endpoint), "Accept": "text/event-stream"},
+                headers={**self._headers_of(endpoint), "Accept": "text/event-stream"},
                 timeout=timeout,
             )
             if saw is not None:
@@ -377,11 +430,10 @@ class Transport:
         parse: Parse = parse_chat,
         saw: Seen | None = None,
     ) -> dict[str, Any]:
-        headers = request_headers(endpoint)
-        url = endpoint.base_url + path
+        headers = self._headers_of(endpoint)
         with upstream_errors(endpoint.name, endpoint.secrets):
             async with self._session_for_loop().post(
-                url, data=_sendable(payload), headers=headers
+                endpoint.base_url + path, data=_sendable(payload), headers=headers
             ) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
@@ -394,6 +446,13 @@ def _sendable(payload: bytes) -> bytes | io.BytesIO:
     """What aiohttp is given to send: a large body as a file it writes in pieces (bytes
     over its limit would be written in one go, blocking the loop, and warned about)."""
     return io.BytesIO(payload) if len(payload) > _LARGE_PAYLOAD_BYTES else payload
+
+
+def _payload(endpoint: Endpoint, body: Mapping[str, Any]) -> bytes:
+    """The JSON sent: ``body`` over the endpoint's ``extra_body`` (the body's fields win)."""
+    if not endpoint.extra_body:
+        return orjson.dumps(body if type(body) is dict else dict(body))
+    return orjson.dumps({**endpoint.extra_body, **body})
 
 
 def _as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:

@@ -37,12 +37,15 @@ class Accounting:
     ) -> CacheEntry:
         """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed), with
         what it cost; notes on ``request`` what the provider's prompt cache saved."""
-        # OpenRouter reports one total of cache writes; their TTL is the marks'.
-        usage = with_write_ttl(usage, breakpoint_ttl(sent))
+        if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
+            # OpenRouter reports one total of cache writes; their TTL is the marks'.
+            usage = with_write_ttl(usage, breakpoint_ttl(sent))
         prices = await self.prices.prices(answer.get("model") or request.model, request.model)
         cost = completion_cost(usage, prices, reported_cost(answer.get("usage")))
-        if prices is not None:
-            request.saved_usd = prompt_cache_savings(usage, prices)
+        if prices is not None:  # a priced call's cost carries its savings already
+            request.saved_usd = (
+                cost.saved_usd if cost is not None else prompt_cache_savings(usage, prices)
+            )
         now = time.time()
         usd = None if cost is None else cost.usd
         return CacheEntry(answer, usage, usd, endpoint, now, now + request.ttl, stream)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from limpet.errors import APITimeoutError, ClientClosedError
@@ -62,15 +62,13 @@ class RunningCalls:
         """Calls running."""
         return self._active
 
-    @contextlib.contextmanager
-    def counted(self) -> Iterator[None]:
-        """Count a call (or an open stream) until it ends."""
-        self._active += 1
-        try:
-            yield
-        finally:
-            self._active -= 1
-            self._settle()
+    def counted(self) -> _Counted:
+        """Count a call (or an open stream) until it ends: ``with calls.counted(): ...``."""
+        return _Counted(self)
+
+    def _ended(self) -> None:
+        self._active -= 1
+        self._settle()
 
     async def guarded(self, call: Call, work: Awaitable[T]) -> T:
         """``work`` under the call's deadline, in a scope ``stop()`` can expire.
@@ -123,3 +121,18 @@ class RunningCalls:
     def _settle(self) -> None:
         if self._settled is not None:
             self._settled.set()
+
+
+class _Counted:
+    """``RunningCalls.counted()``: a class rather than a generator, as every call enters it."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self, calls: RunningCalls) -> None:
+        self._calls = calls
+
+    def __enter__(self) -> None:
+        self._calls._active += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._calls._ended()

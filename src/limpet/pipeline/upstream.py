@@ -92,7 +92,11 @@ class Upstream:
                 attempt.served(answer.usage)
             return answer
 
-        endpoint, answer = await first_answer(route.endpoints, attempt, exchange)
+        ranked = route.endpoints
+        if len(ranked) == 1:  # nowhere to fail over to: one coroutine less per resumption
+            endpoint, answer = ranked[0], await attempt(ranked[0])
+        else:
+            endpoint, answer = await first_answer(ranked, attempt, exchange)
         return await self._account.entry(
             request, answer.body, answer.usage, endpoint.name, route.body, answer.stream
         )

@@ -43,6 +43,8 @@ def cost_usd(usage: Usage, prices: ModelPrices) -> float:
 def prompt_cache_savings(usage: Usage, prices: ModelPrices) -> float:
     """What provider prompt caching saved on one call, in USD: reads x (prompt price - read
     price), less writes x (write price - prompt price). Negative when a call only wrote."""
+    if not usage.cached_tokens and not usage.cache_write_tokens:
+        return 0.0  # most calls: nothing read or written, no Decimal arithmetic to do
     prompt = prices.prompt
     saved = (
         usage.cached_tokens * (prompt - prices.read_price)

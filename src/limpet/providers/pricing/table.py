@@ -21,6 +21,9 @@ logger = logging.getLogger("limpet.pricing")
 #: Seconds after a failed ``/models`` fetch before the next call tries again.
 DEFAULT_RETRY_AFTER = 300.0
 
+# Name tuples whose prices ``get`` keeps resolved (a process prices a few models).
+_MAX_RESOLVED = 1024
+
 #: Fetches the gateway's ``/models`` listing and returns its parsed JSON. Supplied by the
 #: Client so the fetch shares its HTTP session; may raise anything (a failure only means
 #: fallback prices for a while).
@@ -68,6 +71,7 @@ class PriceTable:
         "_loaded",
         "_lock",
         "_overrides",
+        "_resolved",
         "_retry_after",
         "clock",
     )
@@ -85,6 +89,9 @@ class PriceTable:
         check_number("PriceTable.retry_after", retry_after)
         self._fetch = fetch
         self._overrides: dict[str, ModelPrices] = {}
+        # What ``get`` answered, by its names: every call of a model is priced alike until
+        # an override or a listing changes what is known (they forget it all).
+        self._resolved: dict[tuple[str, ...], ModelPrices | None] = {}
         for model, prices in (overrides or {}).items():
             self.override(model, prices)
         self._fallback = fallback
@@ -114,6 +121,7 @@ class PriceTable:
         if not isinstance(model, str) or not model or not isinstance(prices, ModelPrices):
             raise ConfigurationError("PriceTable.override: expected a model id and ModelPrices")
         self._overrides[model] = prices
+        self._resolved.clear()
 
     def add_listing(self, listing: object) -> int:
         """Read an OpenRouter ``/models`` body (``{"data": [{"id", "pricing"}, ...]}``);
@@ -127,6 +135,7 @@ class PriceTable:
             if prices is not None:
                 self._listed[item["id"]] = prices
                 count += 1
+        self._resolved.clear()
         return count
 
     async def load(self) -> None:
@@ -164,8 +173,11 @@ class PriceTable:
     async def prices(self, model: str, *also: str) -> ModelPrices | None:
         """``get(model, *also)`` after ``load()``; the fallback's first use is prepared off
         the event loop (importing its data takes a fraction of a second)."""
-        await self.load()
+        if not self._loaded:
+            await self.load()
         names = (model, *also)
+        if names in self._resolved:
+            return self._resolved[names]
         unknown = not any(self._known(name) for name in names)
         if self._fallback and unknown and any(n not in self._fallback_memo for n in names):
             await asyncio.to_thread(fallback_snapshot)
@@ -180,6 +192,15 @@ class PriceTable:
         listing before any in the fallback.
         """
         names = (model, *also)
+        if names in self._resolved:
+            return self._resolved[names]
+        prices = self._resolve(names)
+        if len(self._resolved) >= _MAX_RESOLVED:
+            self._resolved.clear()
+        self._resolved[names] = prices
+        return prices
+
+    def _resolve(self, names: tuple[str, ...]) -> ModelPrices | None:
         found = next(filter(None, map(self._known, names)), None)
         if found is None and self._fallback:
             for name in names:
@@ -190,7 +211,7 @@ class PriceTable:
                     break
         if found is None:
             return None
-        return found.completed(self._capabilities.lookup(model))
+        return found.completed(self._capabilities.lookup(names[0]))
 
     def _known(self, model: str) -> ModelPrices | None:
         base = model.partition(":")[0]
