@@ -8,9 +8,9 @@ an error is mapped and scrubbed of the endpoint's secrets before a retry logs it
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass, replace
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,6 @@ from limpet._version import __version__
 from limpet.config import AdmissionConfig, Endpoint, RetryConfig, Timeouts
 from limpet.errors import (
     BODY_EXCERPT_CHARS,
-    APIConnectionError,
     APIResponseError,
     ClientClosedError,
     excerpt,
@@ -29,16 +28,16 @@ from limpet.errors import (
 from limpet.http.admission import Admissions
 from limpet.http.admission_rules import estimated_tokens, total_tokens
 from limpet.http.admission_slots import Seen, Ticket
+from limpet.http.outgoing import as_sent, payload_of, sendable
 from limpet.http.responses import (
     parse_chat,
     parse_embeddings,
     parse_json,
     request_headers,
     status_error_of,
-    stream_chunk,
 )
 from limpet.http.retrying import QueuedTooLong, Retrier
-from limpet.http.sse import SSEDecoder
+from limpet.http.stream_events import stream_events
 
 __all__ = ["BODY_EXCERPT_CHARS", "Transport", "UpstreamResponse"]
 
@@ -48,9 +47,6 @@ Parse = Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]]
 
 #: Told what a call waits for now, for a timeout's message (``Call.waiting_for``).
 Waiting = Callable[[str], None]
-
-# aiohttp's own limit for bytes it sends in one write (larger: it warns, and blocks).
-_LARGE_PAYLOAD_BYTES = 1024 * 1024
 
 # Endpoint names whose request headers are kept (a Client has a handful).
 _MAX_ENDPOINT_HEADERS = 256
@@ -140,8 +136,8 @@ class Transport:
             APIGenerationError: a 200 whose generation failed (``finish_reason: "error"``),
                 after retries.
         """
-        endpoint = _as_sent(endpoint, headers)
-        payload = _payload(endpoint, body)
+        endpoint = as_sent(endpoint, headers)
+        payload = payload_of(endpoint, body)
         # The first attempt is made here rather than through ``Retrier.run``: one coroutine
         # less for every resumption of the request to pass through.
         try:
@@ -175,8 +171,8 @@ class Transport:
         Raises:
             As ``chat``; ``APIResponseError`` for a 2xx without a ``data`` list.
         """
-        endpoint = _as_sent(endpoint, headers)
-        payload = _payload(endpoint, body)
+        endpoint = as_sent(endpoint, headers)
+        payload = payload_of(endpoint, body)
 
         async def attempt(retry: bool) -> dict[str, Any]:
             return await self._send(
@@ -207,7 +203,7 @@ class Transport:
             APIStreamError: the upstream reported a failure inside the stream.
             APIResponseError: a chunk that is not JSON.
         """
-        endpoint = _as_sent(endpoint, headers)
+        endpoint = as_sent(endpoint, headers)
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body, "stream": True})
 
         async def attempt(retry: bool) -> tuple[aiohttp.ClientResponse, Ticket]:
@@ -219,22 +215,10 @@ class Transport:
                 raise
 
         (response, ticket), _ = await self._retrier.run(attempt, deadline)
-        decoder = SSEDecoder()
         try:
-            with upstream_errors(endpoint.name, endpoint.secrets, stream=True):
-                async for piece in response.content.iter_any():
-                    for data in decoder.feed(piece):
-                        if data == "[DONE]":
-                            return
-                        yield stream_chunk(endpoint, data)
-                for data in decoder.close():
-                    if data == "[DONE]":
-                        return
-                    yield stream_chunk(endpoint, data)
-                raise APIConnectionError(
-                    f"stream from endpoint {endpoint.name!r} ended before [DONE]",
-                    endpoint=endpoint.name,
-                )
+            async with aclosing(stream_events(response, endpoint)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         finally:
             response.release()
             ticket.close(None)
@@ -402,7 +386,7 @@ class Transport:
         with upstream_errors(endpoint.name, endpoint.secrets):
             response = await self._session_for_loop().post(
                 endpoint.base_url + "/chat/completions",
-                data=_sendable(payload),
+                data=sendable(payload),
                 headers={**self._headers_of(endpoint), "Accept": "text/event-stream"},
                 timeout=timeout,
             )
@@ -433,31 +417,10 @@ class Transport:
         headers = self._headers_of(endpoint)
         with upstream_errors(endpoint.name, endpoint.secrets):
             async with self._session_for_loop().post(
-                endpoint.base_url + path, data=_sendable(payload), headers=headers
+                endpoint.base_url + path, data=sendable(payload), headers=headers
             ) as resp:
                 raw = await resp.read()
                 status, response_headers = resp.status, resp.headers
             if saw is not None:
                 saw(status, response_headers)
             return parse(endpoint, status, response_headers, raw)
-
-
-def _sendable(payload: bytes) -> bytes | io.BytesIO:
-    """What aiohttp is given to send: a large body as a file it writes in pieces (bytes
-    over its limit would be written in one go, blocking the loop, and warned about)."""
-    return io.BytesIO(payload) if len(payload) > _LARGE_PAYLOAD_BYTES else payload
-
-
-def _payload(endpoint: Endpoint, body: Mapping[str, Any]) -> bytes:
-    """The JSON sent: ``body`` over the endpoint's ``extra_body`` (the body's fields win)."""
-    if not endpoint.extra_body:
-        return orjson.dumps(body if type(body) is dict else dict(body))
-    return orjson.dumps({**endpoint.extra_body, **body})
-
-
-def _as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:
-    """``endpoint`` with one call's own headers on top of its own (they win), so they
-    are sent, and scrubbed from every error, exactly like the endpoint's."""
-    if not headers:
-        return endpoint
-    return replace(endpoint, headers={**(endpoint.headers or {}), **headers})
