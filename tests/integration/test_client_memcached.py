@@ -317,3 +317,19 @@ async def test_limpet_flush_fails_loudly_when_memcached_is_down() -> None:
     code, _, err = await limpet("flush", "--memcached", f"memcached://127.0.0.1:{free_port()}")
     assert code == 1
     assert "limpet flush:" in err
+
+
+async def test_a_storm_of_identical_misses_reads_the_shared_tier_a_few_times_not_once_each(
+    gateway: FakeGateway, memcached_url: str, memcached_prefix: str
+) -> None:
+    """One read of a key past tier 0 at a time per process: in a storm the others go
+    straight to the flight. (Each caller reading Memcached first queued 100 GETs ahead of
+    the leader's lease, which then timed out and let other processes lead too.)"""
+    mc = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, **PATIENT)
+    async with make_client(gateway, mc) as client:
+        before = sum(server["misses"] for server in (await mc.server_stats()).values())
+        answers = await asyncio.gather(*(client.complete(**ask()) for _ in range(100)))
+        after = sum(server["misses"] for server in (await mc.server_stats()).values())
+    assert gateway.endpoint("a").calls == 1
+    assert sorted({a.cache.value for a in answers}) == ["coalesced", "miss"]
+    assert after - before <= 10  # the pre-read, the flight's read, the lease's looks

@@ -76,6 +76,10 @@ class SingleFlight(Generic[T]):
         """Keys in flight."""
         return len(self._flights)
 
+    def flying(self, key: str) -> bool:
+        """Whether a call for ``key`` is running (a caller of ``do`` would join it)."""
+        return key in self._flights
+
     async def do(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The result of ``call()`` for ``key``, shared with concurrent callers.
 

@@ -32,7 +32,16 @@ Filled = tuple[CacheEntry, CacheStatus | None]
 class ChatPipeline:
     """The stages of one ``complete()`` call, wired for one Client."""
 
-    __slots__ = ("_cache", "_exchange", "_flight", "_read_now", "_shared", "_upstream", "keying")
+    __slots__ = (
+        "_cache",
+        "_exchange",
+        "_flight",
+        "_read_now",
+        "_reading",
+        "_shared",
+        "_upstream",
+        "keying",
+    )
 
     def __init__(
         self,
@@ -52,6 +61,7 @@ class ChatPipeline:
         self._shared = shared
         # Tiers ``hit()`` reads: tier 0 when it reads without awaiting, else none.
         self._read_now = 1 if cache is not None and cache.readable_now else 0
+        self._reading: set[str] = set()  # keys a caller is reading past tier 0 now
 
     @property
     def coalescing(self) -> bool:
@@ -101,12 +111,30 @@ class ChatPipeline:
             start = 0  # tier 0 was not read either
         decision = request.decision
         if key is not None and store is not None and decision.read:
-            # A miss is counted by the flight's own read, when there is one.
-            flown = decision.coalesce and self._flight is not None
-            found = await store.get(key, start=start, count_miss=not flown)
+            flight = self._flight if decision.coalesce else None
+            if flight is not None and (key in self._reading or flight.flying(key)):
+                # One read of a key at a time per process: in a storm, the others go
+                # straight to the flight, whose read is the one that counts.
+                return await self._flown(request, key, call)
+            found = await self._read(store, key, start, flight is not None)
             if found is not None:
-                return completion_of(found[0], CacheStatus.HIT, key)
+                return completion_of(found, CacheStatus.HIT, key)
         return await self._flown(request, key, call)
+
+    async def _read(
+        self, store: TieredCache, key: str, start: int, flown: bool
+    ) -> CacheEntry | None:
+        """The lookup stage past tier 0. A miss is counted by the flight's own read, when
+        there is one; while it reads, identical callers go to the flight instead."""
+        if not flown:
+            found = await store.get(key, start=start)
+            return None if found is None else found[0]
+        self._reading.add(key)
+        try:
+            found = await store.get(key, start=start, count_miss=False)
+        finally:
+            self._reading.discard(key)
+        return None if found is None else found[0]
 
     async def _flown(self, request: Request, key: str | None, call: Call) -> Completion:
         """The flight stage: one upstream call per key among concurrent callers."""
