@@ -3,17 +3,43 @@ never reported is a cost unknown (None), never $0, on every path."""
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from limpet.cache.base import CacheEntry
 from limpet.models import CacheStatus, Completion, Cost, Usage
 from limpet.observe.stats import Stats
 from limpet.pipeline.completions import completion_of
 from limpet.providers.pricing import ModelPrices, completion_cost
-from limpet.providers.usage import parse_usage, reported_cost
+from limpet.providers.usage import (
+    UsageDialect,
+    _count,
+    _dollars,
+    detect_dialect,
+    parse_usage,
+    reported_cost,
+)
+
+DIALECT_KEYS = [
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "cachedContentTokenCount",
+    "totalTokenCount",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation",
+    "prompt_cache_hit_tokens",
+    "prompt_cache_miss_tokens",
+]
 
 
 def test_openrouter_usage_with_cache_reads_and_writes() -> None:
@@ -145,3 +171,38 @@ def test_stats_count_calls_of_unknown_cost_as_unpriced() -> None:
         stats.record(Completion(ANSWER, "m", Usage(), cost, status, "a", "k"))
     assert (stats.unpriced, stats.misses, stats.hits) == (2, 2, 2)
     assert (stats.cost_usd, stats.saved_usd) == (0.5, 0.6)
+
+
+@given(
+    st.one_of(
+        st.integers(),
+        st.booleans(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.none(),
+        st.text(max_size=3),
+    )
+)
+def test_counts_and_dollars_read_a_value_as_the_general_rule_does(value: object) -> None:
+    """The int fast paths of ``_count`` and ``_dollars`` answer as the general rule."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    finite = number and math.isfinite(value)  # type: ignore[arg-type]
+    assert _count(value) == (max(int(value), 0) if finite else 0)  # type: ignore[call-overload]
+    expected = float(value) if finite and value >= 0 else None  # type: ignore[operator, arg-type]
+    assert _dollars(value) == expected
+
+
+@given(st.dictionaries(st.sampled_from(DIALECT_KEYS), st.integers(0, 10**6), max_size=6))
+def test_the_dialect_is_judged_by_the_fields_present(usage: dict[str, int]) -> None:
+    keys = set(usage)
+    dialect = detect_dialect(usage)
+    if keys & {
+        "promptTokenCount",
+        "candidatesTokenCount",
+        "cachedContentTokenCount",
+        "totalTokenCount",
+    }:
+        assert dialect is UsageDialect.GEMINI
+    elif keys & {"cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"}:
+        assert dialect is UsageDialect.ANTHROPIC
+    elif keys & {"prompt_cache_hit_tokens", "prompt_cache_miss_tokens"}:
+        assert dialect is UsageDialect.DEEPSEEK

@@ -78,9 +78,13 @@ class UsageDialect(enum.StrEnum):
     """Gemini's native ``usageMetadata``."""
 
 
-_GEMINI_KEYS = ("promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount")
-_ANTHROPIC_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
-_DEEPSEEK_KEYS = ("prompt_cache_hit_tokens", "prompt_cache_miss_tokens")
+_GEMINI_KEYS = frozenset(
+    {"promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount", "totalTokenCount"}
+)
+_ANTHROPIC_KEYS = frozenset(
+    {"cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"}
+)
+_DEEPSEEK_KEYS = frozenset({"prompt_cache_hit_tokens", "prompt_cache_miss_tokens"})
 
 
 def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
@@ -89,11 +93,12 @@ def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
     ``{"input_tokens", "output_tokens"}`` alone reads the same in Anthropic's dialect and
     the Responses API's (with no cache fields, both mean the same numbers).
     """
-    if any(key in usage for key in _GEMINI_KEYS) or "totalTokenCount" in usage:
+    # isdisjoint iterates the usage object's keys in C: this runs on every upstream answer.
+    if not _GEMINI_KEYS.isdisjoint(usage):
         return UsageDialect.GEMINI
-    if any(key in usage for key in _ANTHROPIC_KEYS):
+    if not _ANTHROPIC_KEYS.isdisjoint(usage):
         return UsageDialect.ANTHROPIC
-    if any(key in usage for key in _DEEPSEEK_KEYS):
+    if not _DEEPSEEK_KEYS.isdisjoint(usage):
         return UsageDialect.DEEPSEEK
     if "prompt_tokens" not in usage and ("input_tokens" in usage or "output_tokens" in usage):
         if "input_tokens_details" in usage or "output_tokens_details" in usage:
@@ -337,16 +342,22 @@ def _merge(into: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _count(value: object) -> int:
+    if type(value) is int:  # the common case, first (bool is not int by type)
+        return value if value > 0 else 0
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return 0
     return max(int(value), 0)
 
 
 def _dollars(value: object) -> float | None:
+    if type(value) is int:  # the common case, first (bool is not int by type)
+        return float(value) if value >= 0 else None
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf:
         return float(value)
     return None
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
+    if type(value) is dict:  # the common case: no ABC check
+        return value
     return value if isinstance(value, Mapping) else {}
