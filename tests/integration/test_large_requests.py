@@ -23,13 +23,13 @@ async def test_a_large_request_is_keyed_as_a_small_one_would_be(gateway: FakeGat
     async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
         first = await client.complete(**ask(BIG))
         again = await client.complete(**ask(BIG))
-        namespace_key = request_key(
+        expected = request_key(
             canonical_request(ask(BIG)),
             scope=client._keying.generations.scope_now(ask()["model"]) or "",
             credential=client._keying.credential,
         )
     assert (first.cache, again.cache) == (CacheStatus.MISS, CacheStatus.HIT)
-    assert first.key == again.key == namespace_key
+    assert first.key == again.key == expected
     assert gateway.endpoint("a").calls == 1
 
 

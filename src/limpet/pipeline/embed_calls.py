@@ -59,17 +59,7 @@ class EmbedCalls:
                     generations = self._keying.generations
                     scope = await self._calls.guarded(call, generations.scope(model))
                     keys = self._keys(request, scope)
-                work = embedder.embed(
-                    model,
-                    texts,
-                    keys,
-                    request.keyed,
-                    request.wire,
-                    decision=request.decision,
-                    ttl=request.ttl,
-                    call=call,
-                    found=found,
-                )
+                work = embedder.embed(request, keys, call, found)
                 result = await self._calls.guarded(call, work)
         except APIError as exc:
             self._recorder.embed_failed(model, exc, started)

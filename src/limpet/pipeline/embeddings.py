@@ -40,6 +40,7 @@ from limpet.pipeline.calls import Call
 from limpet.pipeline.embed_result import Sent, embeddings_result, settle
 from limpet.pipeline.keys import request_keys
 from limpet.pipeline.policy import CacheDecision
+from limpet.pipeline.request import EmbedRequest
 from limpet.pipeline.upstream import first_answer
 from limpet.pipeline.vectors import (
     DEFAULT_MAX_INPUTS,
@@ -137,18 +138,12 @@ class Embedder:
 
     async def embed(
         self,
-        model: str,
-        texts: list[str],
+        request: EmbedRequest,
         keys: list[str],
-        params: dict[str, Any],
-        wire: dict[str, Any],
-        *,
-        decision: CacheDecision,
-        ttl: float,
         call: Call,
         found: dict[str, bytes] | None = None,
     ) -> Embeddings:
-        """The vectors of ``texts`` (keyed by ``keys``), each input sent at most once.
+        """The vectors of ``request``'s inputs (keyed by ``keys``), each sent at most once.
 
         Args:
             found: what ``lookup_local`` found already (the in-process tiers are then
@@ -157,6 +152,7 @@ class Embedder:
         Raises:
             EmbeddingBatchError: some inputs failed; the others are cached and given.
         """
+        texts, decision = request.texts, request.decision
         first: dict[str, str] = {}  # distinct keys in input order, with their text
         for key, text in zip(keys, texts, strict=True):
             first.setdefault(key, text)
@@ -182,11 +178,12 @@ class Embedder:
         if owned:
             items = [(key, first[key]) for key in owned]
             call.waiting_for = "embeddings from upstream"
-            sending = self._start(model, items, params, wire, decision, ttl, call)
+            sending = self._start(request, items, call)
             sent = await asyncio.shield(sending)
         if waiting:
             call.waiting_for = "embeddings another call is sending"
             await asyncio.wait(waiting.values())
+        model = request.model
         return embeddings_result(self._stats, model, texts, keys, found, sent, waiting, len(owned))
 
     async def aclose(self) -> None:
@@ -235,14 +232,7 @@ class Embedder:
         return found
 
     def _start(
-        self,
-        model: str,
-        items: list[tuple[str, str]],
-        params: dict[str, Any],
-        wire: dict[str, Any],
-        decision: CacheDecision,
-        ttl: float,
-        call: Call,
+        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
     ) -> asyncio.Future[Sent]:
         """Send and store ``items`` as a task of its own, their futures registered in the
         same step (no await between): another call finds them in flight from here on."""
@@ -250,22 +240,16 @@ class Embedder:
         futures = {key: loop.create_future() for key, _ in items}
         if self._coalesce:
             self._inflight.update(futures)
-        task = asyncio.ensure_future(
-            self._send(model, items, params, wire, futures, decision, ttl, call)
-        )
+        task = asyncio.ensure_future(self._send(request, items, futures, call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     async def _send(
         self,
-        model: str,
+        request: EmbedRequest,
         items: list[tuple[str, str]],
-        params: dict[str, Any],
-        wire: dict[str, Any],
         futures: dict[str, asyncio.Future[bytes]],
-        decision: CacheDecision,
-        ttl: float,
         call: Call,
     ) -> Sent:
         """Every request for ``items``, concurrently, and the vectors stored; then each
@@ -273,13 +257,14 @@ class Embedder:
         whatever happened (stored first: an input is always in flight or cached)."""
         sent = Sent()
         try:
+            decision = request.decision
             if self._shared is not None and decision.coalesce and self._cache is not None:
-                await self._send_shared(self._shared, model, items, params, wire, ttl, call, sent)
+                await self._send_shared(self._shared, request, items, call, sent)
             else:
-                await self._requests(model, items, params, wire, call, sent)
+                await self._requests(request, items, call, sent)
                 if decision.write:
-                    await self._store(sent.vectors, ttl)
-            await price_embeddings(self._prices, sent, model)
+                    await self._store(sent.vectors, request.ttl)
+            await price_embeddings(self._prices, sent, request.model)
         finally:
             for key, future in futures.items():
                 if self._inflight.get(key) is future:
@@ -288,13 +273,7 @@ class Embedder:
         return sent
 
     async def _requests(
-        self,
-        model: str,
-        items: list[tuple[str, str]],
-        params: dict[str, Any],
-        wire: dict[str, Any],
-        call: Call,
-        sent: Sent,
+        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call, sent: Sent
     ) -> dict[str, bytes | BaseException]:
         """``items`` in requests of at most the batch size, concurrently; what came back
         (each key's vector or its request's error) is added to ``sent`` and returned."""
@@ -302,7 +281,7 @@ class Embedder:
         sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
         batches = plan_batches(sizes, self._endpoints[0].embedding_batch_size, budget)
         answers = await asyncio.gather(
-            *(self._request(model, items[b.start : b.stop], params, wire, call) for b in batches),
+            *(self._request(request, items[b.start : b.stop], call) for b in batches),
             return_exceptions=True,
         )
         results: dict[str, bytes | BaseException] = {}
@@ -321,11 +300,8 @@ class Embedder:
     async def _send_shared(
         self,
         shared: RedisFlight[bytes],
-        model: str,
+        request: EmbedRequest,
         items: list[tuple[str, str]],
-        params: dict[str, Any],
-        wire: dict[str, Any],
-        ttl: float,
         call: Call,
         sent: Sent,
     ) -> None:
@@ -334,9 +310,10 @@ class Embedder:
         cache = self._cache
         assert cache is not None
         decode, encode, local = self._codec.decode, self._codec.encode, cache.local_tiers
+        ttl = request.ttl
 
         async def send(batch: list[tuple[str, str]]) -> dict[str, bytes | BaseException]:
-            return await self._requests(model, batch, params, wire, call, sent)
+            return await self._requests(request, batch, call, sent)
 
         async def read(key: str) -> bytes | None:
             found = await cache.get_value(key, decode, start=local)
@@ -366,16 +343,12 @@ class Embedder:
         )
 
     async def _request(
-        self,
-        model: str,
-        items: list[tuple[str, str]],
-        params: dict[str, Any],
-        wire: dict[str, Any],
-        call: Call,
+        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
     ) -> tuple[list[bytes], dict[str, Any], str]:
         """One request with ``call``'s headers, failing over to the next endpoint on a
         retryable error; no retry starts that could not end before its deadline."""
-        body = {**params, **wire, "model": model, "input": [text for _, text in items]}
+        texts = [text for _, text in items]
+        body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
 
         async def attempt(endpoint: Endpoint) -> tuple[list[bytes], dict[str, Any], str]:
             self._stats.embedding_requests += 1
