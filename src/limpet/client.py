@@ -22,7 +22,6 @@ from limpet.config import (
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
 from limpet.flight.shared import FlightStore
-from limpet.http.admission import metered_queueing
 from limpet.http.transport import Transport
 from limpet.models import Completion, Embeddings
 from limpet.observe.events import EventHook
@@ -314,13 +313,13 @@ class Client:
             return completion
         call = request.start()
         try:
-            with self._calls.counted(), metered_queueing() as queued:
-                work = self._chat.complete(request, call)
-                completion = await self._calls.guarded(call, work)
+            completion = await self._calls.guarded(
+                call, self._chat.complete(request, call), count=True
+            )
         except APIError as exc:
-            self._recorder.failed(request.model, exc, started, queued=sum(queued))
+            self._recorder.failed(request.model, exc, started, queued=call.queued)
             raise
-        self._recorder.finished(request.model, completion, started, queued=sum(queued))
+        self._recorder.finished(request.model, completion, started, queued=call.queued)
         return completion
 
     def stream(

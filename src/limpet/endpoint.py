@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -183,10 +184,11 @@ class Endpoint:
         routing = (self.extra_body or {}).get("provider")
         return isinstance(routing, Mapping) and bool(routing.get("order") or routing.get("only"))
 
-    @property
+    @cached_property
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never be shown: the key, every header value and a header's
-        bare credential (``sk-...`` of ``Bearer sk-...``)."""
+        bare credential (``sk-...`` of ``Bearer sk-...``). Found once: an Endpoint and
+        its headers never change."""
         values = (self.api_key,) if self.api_key else ()
         return values + header_secrets(self.headers or {})
 

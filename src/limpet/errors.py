@@ -43,9 +43,8 @@ straddles the cut cannot leak in part. No error keeps the request's headers.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import ClassVar
 
 import aiohttp
@@ -332,11 +331,10 @@ def scrub_error(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExceptio
     return exc
 
 
-@contextlib.contextmanager
 def upstream_errors(
     endpoint: str, secrets: Iterable[str] = (), *, stream: bool = False
-) -> Iterator[None]:
-    """The one boundary between the network and a caller.
+) -> UpstreamErrors:
+    """The one boundary between the network and a caller: ``with upstream_errors(...):``.
 
     aiohttp's and the OS's failures leave it as ``APITimeoutError`` or
     ``APIConnectionError`` (the original as ``__cause__``); every ``APIError`` leaves it
@@ -349,19 +347,39 @@ def upstream_errors(
             ``limpet.endpoint.header_secrets``).
         stream: the failure broke a stream that had started (worded so).
     """
-    try:
-        yield
-    except APIError as exc:
-        scrub_error(exc, secrets)
-        raise
-    except TimeoutError as exc:
-        what = "stalled past the timeout" if stream else "gave no answer within the timeout"
-        raise APITimeoutError(_where(endpoint, stream) + what, endpoint=endpoint) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        what = "broke" if stream else "failed"
-        raise APIConnectionError(
-            f"{_where(endpoint, stream)}{what}: {type(exc).__name__}", endpoint=endpoint
-        ) from exc
+    return UpstreamErrors(endpoint, secrets, stream)
+
+
+class UpstreamErrors:
+    """``upstream_errors()``: a class rather than a generator, as every upstream request
+    enters one."""
+
+    __slots__ = ("_endpoint", "_secrets", "_stream")
+
+    def __init__(self, endpoint: str, secrets: Iterable[str], stream: bool) -> None:
+        self._endpoint = endpoint
+        self._secrets = secrets
+        self._stream = stream
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: object
+    ) -> None:
+        if exc is None:
+            return
+        endpoint, stream = self._endpoint, self._stream
+        if isinstance(exc, APIError):
+            scrub_error(exc, self._secrets)
+        elif isinstance(exc, TimeoutError):
+            what = "stalled past the timeout" if stream else "gave no answer within the timeout"
+            raise APITimeoutError(_where(endpoint, stream) + what, endpoint=endpoint) from exc
+        elif isinstance(exc, aiohttp.ClientError | OSError):
+            what = "broke" if stream else "failed"
+            raise APIConnectionError(
+                f"{_where(endpoint, stream)}{what}: {type(exc).__name__}", endpoint=endpoint
+            ) from exc
 
 
 def _where(endpoint: str, stream: bool) -> str:

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, TypeVarTuple, Unpack
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 
 class _Flight(Generic[T]):
@@ -80,8 +81,12 @@ class SingleFlight(Generic[T]):
         """Whether a call for ``key`` is running (a caller of ``do`` would join it)."""
         return key in self._flights
 
-    async def do(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """The result of ``call()`` for ``key``, shared with concurrent callers.
+    async def do(
+        self, key: str, call: Callable[[Unpack[Args]], Awaitable[T]], *args: *Args
+    ) -> tuple[T, bool]:
+        """The result of ``call(*args)`` for ``key``, shared with concurrent callers (the
+        arguments are the leader's; passing them, rather than a closure over them, makes
+        no closure per call).
 
         Returns:
             The result, and True for the caller whose ``call`` ran (the leader).
@@ -91,7 +96,7 @@ class SingleFlight(Generic[T]):
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
-                flight = _Flight(asyncio.ensure_future(call()))
+                flight = _Flight(asyncio.ensure_future(call(*args)))
                 self._flights[key] = flight
                 self._running.add(flight.task)
                 flight.task.add_done_callback(partial(self._land, key, flight))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -31,35 +30,6 @@ from limpet.http.admission_rules import (
     remaining_requests,
 )
 from limpet.http.admission_slots import Slot
-
-# Seconds the current call spent queued for admission; a list, so that tasks the call
-# spawns (a coalescing leader) add to the call's own figure.
-_QUEUED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
-    "limpet_queued", default=None
-)
-
-
-def metered_queueing() -> QueueingMeter:
-    """Collect, for the duration, the seconds this call waits for admission:
-    ``with metered_queueing() as queued: ...``, then ``sum(queued)``."""
-    return QueueingMeter()
-
-
-class QueueingMeter:
-    """``metered_queueing()``: a class, not a generator, as every call past the hit path
-    enters one."""
-
-    __slots__ = ("_meter", "_token")
-
-    def __init__(self) -> None:
-        self._meter: list[float] = []
-
-    def __enter__(self) -> list[float]:
-        self._token = _QUEUED.set(self._meter)
-        return self._meter
-
-    def __exit__(self, *exc_info: object) -> None:
-        _QUEUED.reset(self._token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +153,6 @@ class Admission:
                     self._waiters.remove(waiter)
                 self._dispatch()
             raise
-        meter = _QUEUED.get()
-        if meter is not None:
-            meter.append(loop.time() - now)
         return slot
 
     def pause(self, seconds: float) -> None:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -45,8 +45,13 @@ __all__ = ["BODY_EXCERPT_CHARS", "Transport", "UpstreamResponse"]
 Parse = Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]]
 
 
-#: Told what a call waits for now, for a timeout's message (``Call.waiting_for``).
-Waiting = Callable[[str], None]
+class Waiting(Protocol):
+    """A call the transport keeps informed (``limpet.pipeline.calls.Call``): what it
+    waits for now, for a timeout's message, and the seconds it queued for admission."""
+
+    waiting_for: str
+    queued: float
+
 
 # Endpoint names whose request headers are kept (a Client has a handful).
 _MAX_ENDPOINT_HEADERS = 256
@@ -127,7 +132,8 @@ class Transport:
                 end after it gives up at once with the last error. The caller bounds the
                 call itself (``asyncio.timeout``). It covers the wait for admission: a call
                 that cannot be admitted before it fails with ``APITimeoutError``, unsent.
-            waiting: told what the call waits for as that changes (admission, an answer).
+            waiting: told what the call waits for as that changes (admission, an answer),
+                and how long it queued for admission.
 
         Raises:
             APIStatusError: a non-2xx answer (after retries, when retryable).
@@ -145,9 +151,19 @@ class Transport:
         except Exception as exc:
             if not self._retrier.may_retry(exc):
                 raise
-            failed = exc
-        else:
-            return UpstreamResponse(body=data, endpoint=endpoint.name, attempts=1)
+            return await self._chat_again(exc, endpoint, payload, deadline, waiting)
+        return UpstreamResponse(body=data, endpoint=endpoint.name, attempts=1)
+
+    async def _chat_again(
+        self,
+        failed: Exception,
+        endpoint: Endpoint,
+        payload: bytes,
+        deadline: float | None,
+        waiting: Waiting | None,
+    ) -> UpstreamResponse:
+        """``chat`` past a first attempt that failed retryably: tenacity's retries (apart,
+        so the first attempt makes no closure)."""
 
         async def attempt(retry: bool) -> dict[str, Any]:
             return await self._send(
@@ -265,32 +281,36 @@ class Transport:
     ) -> dict[str, Any]:
         """One attempt: admitted, posted, parsed; its place on the wire is given back
         with its verdict when it ends."""
-        ticket = self._admitted_now(endpoint, payload, waiting)
+        ticket = self._admitted_now(endpoint, payload)
         if ticket is None:
             ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
         try:
-            data = await self._post(endpoint, path, payload, parse, ticket.saw)
+            with upstream_errors(endpoint.name, endpoint.secrets):
+                async with self._session_for_loop().post(
+                    endpoint.base_url + path,
+                    data=sendable(payload),
+                    headers=self._headers_of(endpoint),
+                ) as response:
+                    raw = await response.read()
+                    status, response_headers = response.status, response.headers
+                ticket.saw(status, response_headers)
+                data = parse(endpoint, status, response_headers, raw)
         except BaseException as exc:
             ticket.close(exc)
             raise
-        ticket.used_tokens = total_tokens(data)
-        ticket.close(None)
+        if ticket.slot is not None:
+            ticket.used_tokens = total_tokens(data)
+            ticket.close(None)
         return data
 
-    def _admitted_now(
-        self, endpoint: Endpoint, payload: bytes, waiting: Waiting | None
-    ) -> Ticket | None:
+    def _admitted_now(self, endpoint: Endpoint, payload: bytes) -> Ticket | None:
         """The ticket of an attempt that may go at once (admission is off, or nobody
         queues and no limit holds it), without a coroutine; None: ``_admit`` it."""
         if self._admissions is None:
             return Ticket(None)
         admission = self._admissions.of(endpoint)
         slot = admission.admit_now(estimated_tokens(payload) if admission.counts_tokens else 0.0)
-        if slot is None:
-            return None
-        if waiting is not None:
-            waiting(f"an answer from endpoint {endpoint.name!r}")
-        return Ticket(slot)
+        return None if slot is None else Ticket(slot)
 
     async def _admit(
         self,
@@ -316,9 +336,10 @@ class Transport:
                 endpoint=endpoint.name,
             )
         if waiting is not None:
-            waiting(
+            waiting.waiting_for = (
                 f"admission to endpoint {endpoint.name!r}, queued behind other calls (nothing sent)"
             )
+        queued_at = asyncio.get_running_loop().time()
         tokens = estimated_tokens(payload) if admission.counts_tokens else 0.0
         if deadline is None:  # no scope to open: nothing could expire it
             slot = await admission.acquire(tokens, first=retry)
@@ -336,7 +357,8 @@ class Transport:
                     endpoint=endpoint.name,
                 ) from None
         if waiting is not None:
-            waiting(f"an answer from endpoint {endpoint.name!r}")
+            waiting.queued += asyncio.get_running_loop().time() - queued_at
+            waiting.waiting_for = f"an answer from endpoint {endpoint.name!r}"
         return Ticket(slot)
 
     async def aclose(self) -> None:
@@ -405,22 +427,3 @@ class Transport:
                 body=excerpt(raw, endpoint.secrets),
                 endpoint=endpoint.name,
             )
-
-    async def _post(
-        self,
-        endpoint: Endpoint,
-        path: str,
-        payload: bytes,
-        parse: Parse = parse_chat,
-        saw: Seen | None = None,
-    ) -> dict[str, Any]:
-        headers = self._headers_of(endpoint)
-        with upstream_errors(endpoint.name, endpoint.secrets):
-            async with self._session_for_loop().post(
-                endpoint.base_url + path, data=sendable(payload), headers=headers
-            ) as resp:
-                raw = await resp.read()
-                status, response_headers = resp.status, resp.headers
-            if saw is not None:
-                saw(status, response_headers)
-            return parse(endpoint, status, response_headers, raw)

@@ -24,27 +24,26 @@ T = TypeVar("T")
 
 
 class Call:
-    """One call's own options (the OpenAI SDK's ``timeout=`` and ``extra_headers=``) and,
-    for a timeout's message, what it is waiting for.
+    """One call's own options (the OpenAI SDK's ``timeout=`` and ``extra_headers=``), what
+    it is waiting for (for a timeout's message) and how long it queued for admission (the
+    transport keeps both up to date: a Call is its ``limpet.http.transport.Waiting``).
 
     Attributes:
         timeout: seconds the whole call may take, or None.
         headers: sent with the call's upstream request, or None.
         deadline: event-loop time the call must be done by, or None.
         waiting_for: what the call awaits now, in words.
+        queued: seconds the call's upstream attempts waited for admission.
     """
 
-    __slots__ = ("deadline", "headers", "timeout", "waiting_for")
+    __slots__ = ("deadline", "headers", "queued", "timeout", "waiting_for")
 
     def __init__(self, timeout: float | None, headers: Mapping[str, str] | None) -> None:
         self.timeout = timeout
         self.headers = headers
         self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         self.waiting_for = "the cache"
-
-    def waiting(self, what: str) -> None:
-        """Note what the call waits for now (for a timeout's message)."""
-        self.waiting_for = what
+        self.queued = 0.0
 
 
 class RunningCalls:
@@ -70,14 +69,16 @@ class RunningCalls:
         self._active -= 1
         self._settle()
 
-    async def guarded(self, call: Call, work: Awaitable[T]) -> T:
-        """``work`` under the call's deadline, in a scope ``stop()`` can expire.
+    async def guarded(self, call: Call, work: Awaitable[T], *, count: bool = False) -> T:
+        """``work`` under the call's deadline, in a scope ``stop()`` can expire; with
+        ``count``, a whole call counted while it runs (as ``counted()`` counts a stream).
 
         Raises:
             APITimeoutError: the call's ``timeout`` passed; says what it was waiting for.
             ClientClosedError: ``stop()`` stopped the call.
         """
         scope = asyncio.timeout_at(call.deadline)
+        self._active += count
         try:
             async with scope:
                 self._scopes.add(scope)
@@ -95,6 +96,9 @@ class RunningCalls:
                 f"the call's timeout of {call.timeout:g}s passed while it was waiting for "
                 f"{call.waiting_for}"
             ) from exc
+        finally:
+            if count:
+                self._ended()
 
     async def stop(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for every call to end, then stop those awaiting

@@ -144,7 +144,7 @@ class ChatPipeline:
             return priced(completion_of(entry, CacheStatus.BYPASS, None), request)
         if flight is not None and request.decision.coalesce:
             call.waiting_for = "an identical call in flight"
-            (entry, source), led = await flight.do(key, lambda: self._fill(request, key, call))
+            (entry, source), led = await flight.do(key, self._fill, request, key, call)
             if source is not None:
                 return completion_of(entry, source, key, copy=not led)
             if not led:
@@ -166,6 +166,18 @@ class ChatPipeline:
         shared = self._shared
         if shared is None or cache is None or not decision.coalesce:
             return await self._call_and_store(request, key, call), None
+        return await self._fill_shared(request, key, call, cache, shared)
+
+    async def _fill_shared(
+        self,
+        request: Request,
+        key: str,
+        call: Call,
+        cache: TieredCache,
+        shared: RedisFlight[Filled],
+    ) -> Filled:
+        """``_fill`` through the cross-process flight: one process calls upstream and
+        stores, the others read what it stored."""
 
         async def lead() -> tuple[Filled, bytes | None, float]:
             entry = await self._upstream.call(request, self._exchange, call)

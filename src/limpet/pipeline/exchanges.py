@@ -30,7 +30,7 @@ class JsonExchange:
 
     async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> Answer:
         response = await self._transport.chat(
-            endpoint, body, headers=call.headers, deadline=call.deadline, waiting=call.waiting
+            endpoint, body, headers=call.headers, deadline=call.deadline, waiting=call
         )
         return Answer(response.body, parse_usage(response.body.get("usage")))
 

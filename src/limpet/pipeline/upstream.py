@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from limpet.cache.base import CacheEntry
@@ -22,7 +23,7 @@ from limpet.observe.stats import Stats
 from limpet.pipeline.account import Accounting
 from limpet.pipeline.calls import Call
 from limpet.pipeline.request import Request
-from limpet.routing.base import Router
+from limpet.routing.base import Route, Router
 
 logger = logging.getLogger("limpet")
 
@@ -83,23 +84,27 @@ class Upstream:
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
         route = await self._router.route(sent)
-
-        async def attempt(endpoint: Endpoint) -> Answer:
-            self._stats.upstream_calls += 1
-            with route.attempt(endpoint) as attempt:
-                call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
-                answer = await exchange.attempt(endpoint, route.body, call)
-                attempt.served(answer.usage)
-            return answer
-
         ranked = route.endpoints
         if len(ranked) == 1:  # nowhere to fail over to: one coroutine less per resumption
-            endpoint, answer = ranked[0], await attempt(ranked[0])
+            endpoint = ranked[0]
+            answer = await self._attempt(endpoint, route, exchange, call)
         else:
+            attempt = partial(self._attempt, route=route, exchange=exchange, call=call)
             endpoint, answer = await first_answer(ranked, attempt, exchange)
         return await self._account.entry(
             request, answer.body, answer.usage, endpoint.name, route.body, answer.stream
         )
+
+    async def _attempt(
+        self, endpoint: Endpoint, route: Route, exchange: Exchange, call: Call
+    ) -> Answer:
+        """One endpoint's answer, counted, and fed back to the router."""
+        self._stats.upstream_calls += 1
+        with route.attempt(endpoint) as attempt:
+            call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
+            answer = await exchange.attempt(endpoint, route.body, call)
+            attempt.served(answer.usage)
+        return answer
 
 
 class _Committed(Protocol):
