@@ -95,8 +95,8 @@ async def routed(
     for index, endpoint in enumerate(route.endpoints):
         try:
             with route.attempt(endpoint) as attempt:
-                response = await transport.chat(endpoint, route.body)
-                usage = parse_usage(response.body.get("usage"))
+                answer = await transport.chat(endpoint, route.body)
+                usage = parse_usage(answer.get("usage"))
                 attempt.served(usage)
         except APIError as exc:
             if index + 1 == len(route.endpoints) or not should_retry(exc):

@@ -220,6 +220,8 @@ class Admission:
 
     def _dispatch(self) -> None:
         """Hand slots to the callers at the head of the line while they may go."""
+        if not self._waiters:  # the common case: nobody queues
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._waiters:

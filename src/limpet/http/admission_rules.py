@@ -21,6 +21,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Every header name that ``pause_from_headers`` and ``remaining_requests`` read starts so.
 _RATE_LIMIT_PREFIXES = ("retry-after", "x-ratelimit-")
+_RATE_LIMIT_INITIALS = frozenset("rRxX")
 
 
 def parse_duration(text: str) -> float | None:
@@ -70,11 +71,14 @@ def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
         >>> rate_limit_headers({"Content-Type": "application/json", "Retry-After": "2"})
         {'retry-after': '2'}
     """
-    return {
-        lowered: value
-        for name, value in headers.items()
-        if (lowered := name.lower()).startswith(_RATE_LIMIT_PREFIXES)
-    }
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        # Most names fail on their first letter: lowered only when it is r or x.
+        if name[:1] in _RATE_LIMIT_INITIALS:
+            lowered = name.lower()
+            if lowered.startswith(_RATE_LIMIT_PREFIXES):
+                found[lowered] = value
+    return found
 
 
 def remaining_requests(headers: Mapping[str, str]) -> tuple[int, float] | None:

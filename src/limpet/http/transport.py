@@ -8,9 +8,8 @@ an error is mapped and scrubbed of the endpoint's secrets before a retry logs it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -39,7 +38,7 @@ from limpet.http.responses import (
 from limpet.http.retrying import QueuedTooLong, Retrier
 from limpet.http.stream_events import stream_events
 
-__all__ = ["BODY_EXCERPT_CHARS", "Transport", "UpstreamResponse"]
+__all__ = ["BODY_EXCERPT_CHARS", "Transport"]
 
 #: Parses an answer: endpoint, status, headers, body bytes in; the JSON object out.
 Parse = Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]]
@@ -55,21 +54,6 @@ class Waiting(Protocol):
 
 # Endpoint names whose request headers are kept (a Client has a handful).
 _MAX_ENDPOINT_HEADERS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    """A chat completion as received.
-
-    Attributes:
-        body: the parsed JSON body, checked to be a chat completion.
-        endpoint: name of the endpoint that answered.
-        attempts: how many attempts it took.
-    """
-
-    body: dict[str, Any]
-    endpoint: str
-    attempts: int
 
 
 class Transport:
@@ -115,7 +99,7 @@ class Transport:
         # Endpoint name → the endpoint last seen under it and its request headers.
         self._endpoint_headers: dict[str, tuple[Endpoint, dict[str, str]]] = {}
 
-    async def chat(
+    def chat(
         self,
         endpoint: Endpoint,
         body: Mapping[str, Any],
@@ -123,8 +107,9 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
         waiting: Waiting | None = None,
-    ) -> UpstreamResponse:
-        """POST ``body`` to ``{endpoint.base_url}/chat/completions``, retrying what may pass.
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
+        """POST ``body`` to ``{endpoint.base_url}/chat/completions``, retrying what may
+        pass; awaited, the chat completion's body (checked to be one).
 
         Args:
             headers: this call's own headers (the OpenAI SDK's ``extra_headers``); they win.
@@ -144,59 +129,28 @@ class Transport:
         """
         endpoint = as_sent(endpoint, headers)
         payload = payload_of(endpoint, body)
-        # The first attempt is made here rather than through ``Retrier.run``: one coroutine
-        # less for every resumption of the request to pass through.
-        try:
-            data = await self._send(endpoint, "/chat/completions", payload, deadline, waiting)
-        except Exception as exc:
-            if not self._retrier.may_retry(exc):
-                raise
-            return await self._chat_again(exc, endpoint, payload, deadline, waiting)
-        return UpstreamResponse(body=data, endpoint=endpoint.name, attempts=1)
+        return self._send(endpoint, "/chat/completions", payload, deadline, waiting, first=True)
 
-    async def _chat_again(
-        self,
-        failed: Exception,
-        endpoint: Endpoint,
-        payload: bytes,
-        deadline: float | None,
-        waiting: Waiting | None,
-    ) -> UpstreamResponse:
-        """``chat`` past a first attempt that failed retryably: tenacity's retries (apart,
-        so the first attempt makes no closure)."""
-
-        async def attempt(retry: bool) -> dict[str, Any]:
-            return await self._send(
-                endpoint, "/chat/completions", payload, deadline, waiting, retry
-            )
-
-        data, attempts = await self._retrier.after(failed, attempt, deadline)
-        return UpstreamResponse(body=data, endpoint=endpoint.name, attempts=attempts)
-
-    async def embeddings(
+    def embeddings(
         self,
         endpoint: Endpoint,
         body: Mapping[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
-    ) -> UpstreamResponse:
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
         """POST ``body`` to ``{endpoint.base_url}/embeddings``, admitted and retried as
-        ``chat`` is (the endpoint's cap, learned limit and pause hold for embeddings too).
+        ``chat`` is (the endpoint's cap, learned limit and pause hold for embeddings too);
+        awaited, the answer's body.
 
         Raises:
             As ``chat``; ``APIResponseError`` for a 2xx without a ``data`` list.
         """
         endpoint = as_sent(endpoint, headers)
         payload = payload_of(endpoint, body)
-
-        async def attempt(retry: bool) -> dict[str, Any]:
-            return await self._send(
-                endpoint, "/embeddings", payload, deadline, None, retry, parse_embeddings
-            )
-
-        data, attempts = await self._retrier.run(attempt, deadline)
-        return UpstreamResponse(body=data, endpoint=endpoint.name, attempts=attempts)
+        return self._send(
+            endpoint, "/embeddings", payload, deadline, None, parse=parse_embeddings, first=True
+        )
 
     async def stream(
         self,
@@ -278,29 +232,57 @@ class Transport:
         waiting: Waiting | None,
         retry: bool = False,
         parse: Parse = parse_chat,
+        *,
+        first: bool = False,
     ) -> dict[str, Any]:
         """One attempt: admitted, posted, parsed; its place on the wire is given back
-        with its verdict when it ends."""
-        ticket = self._admitted_now(endpoint, payload)
-        if ticket is None:
-            ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
+        with its verdict when it ends. The ``first`` attempt of a request goes on to the
+        retries (``_again``) when it fails retryably: until then, retrying costs nothing.
+        """
         try:
-            with upstream_errors(endpoint.name, endpoint.secrets):
-                async with self._session_for_loop().post(
-                    endpoint.base_url + path,
-                    data=sendable(payload),
-                    headers=self._headers_of(endpoint),
-                ) as response:
-                    raw = await response.read()
-                    status, response_headers = response.status, response.headers
-                ticket.saw(status, response_headers)
-                data = parse(endpoint, status, response_headers, raw)
-        except BaseException as exc:
-            ticket.close(exc)
-            raise
+            ticket = self._admitted_now(endpoint, payload)
+            if ticket is None:
+                ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
+            try:
+                with upstream_errors(endpoint.name, endpoint.secrets):
+                    async with self._session_for_loop().post(
+                        endpoint.base_url + path,
+                        data=sendable(payload),
+                        headers=self._headers_of(endpoint),
+                    ) as response:
+                        raw = await response.read()
+                        status, response_headers = response.status, response.headers
+                    ticket.saw(status, response_headers)
+                    data = parse(endpoint, status, response_headers, raw)
+            except BaseException as exc:
+                ticket.close(exc)
+                raise
+        except Exception as exc:
+            if not first or not self._retrier.may_retry(exc):
+                raise
+            return await self._again(exc, endpoint, path, payload, deadline, waiting, parse)
         if ticket.slot is not None:
             ticket.used_tokens = total_tokens(data)
             ticket.close(None)
+        return data
+
+    async def _again(
+        self,
+        failed: Exception,
+        endpoint: Endpoint,
+        path: str,
+        payload: bytes,
+        deadline: float | None,
+        waiting: Waiting | None,
+        parse: Parse,
+    ) -> dict[str, Any]:
+        """The retries of a request whose first attempt failed with ``failed``, which may
+        be retried: tenacity's, entered only now."""
+
+        async def attempt(retry: bool) -> dict[str, Any]:
+            return await self._send(endpoint, path, payload, deadline, waiting, retry, parse)
+
+        data, _ = await self._retrier.after(failed, attempt, deadline)
         return data
 
     def _admitted_now(self, endpoint: Endpoint, payload: bytes) -> Ticket | None:

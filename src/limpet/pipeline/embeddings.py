@@ -352,11 +352,11 @@ class Embedder:
 
         async def attempt(endpoint: Endpoint) -> tuple[list[bytes], dict[str, Any], str]:
             self._stats.embedding_requests += 1
-            response = await self._transport.embeddings(
+            answer = await self._transport.embeddings(
                 endpoint, body, headers=call.headers, deadline=call.deadline
             )
             try:
-                vectors = merge_by_index(response.body["data"], len(items))
+                vectors = merge_by_index(answer["data"], len(items))
             except ValueError as exc:
                 raise APIResponseError(
                     f"embeddings response is malformed: {exc}",
@@ -364,7 +364,7 @@ class Embedder:
                     body="",
                     endpoint=endpoint.name,
                 ) from None
-            return vectors, response.body, response.endpoint
+            return vectors, answer, endpoint.name
 
         _, answer = await first_answer(self._endpoints, attempt)
         return answer

@@ -29,10 +29,10 @@ class JsonExchange:
         return sent
 
     async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> Answer:
-        response = await self._transport.chat(
+        answer = await self._transport.chat(
             endpoint, body, headers=call.headers, deadline=call.deadline, waiting=call
         )
-        return Answer(response.body, parse_usage(response.body.get("usage")))
+        return Answer(answer, parse_usage(answer.get("usage")))
 
 
 class StreamExchange:

@@ -127,9 +127,9 @@ def has_usage(usage: object) -> TypeGuard[Mapping[str, Any]]:
     (a count or a cost) at its top level. An absent (None) or empty one, or one of only
     nulls (``{"prompt_tokens": null}``, as some providers send), means the counts are
     unknown, not zero."""
-    return isinstance(usage, Mapping) and any(
-        _dollars(value) is not None for value in usage.values()
-    )
+    if type(usage) is not dict and not isinstance(usage, Mapping):  # dict: no ABC check
+        return False
+    return any(_dollars(value) is not None for value in usage.values())
 
 
 def parse_usage(usage: object) -> Usage:
@@ -228,7 +228,7 @@ def reported_cost(usage: object) -> float | None:
     With BYOK (``is_byok: true``) OpenRouter's ``cost`` is only its fee; the provider bills
     ``cost_details.upstream_inference_cost`` to the user's own key, so the two are added.
     """
-    if not isinstance(usage, Mapping):
+    if type(usage) is not dict and not isinstance(usage, Mapping):  # dict: no ABC check
         return None
     cost = _dollars(usage.get("cost"))
     if cost is None:

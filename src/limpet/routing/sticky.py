@@ -28,8 +28,8 @@ Usage, as the Client does it::
     route = await router.route(body)        # enter the first attempt with no await between
     for endpoint in route.endpoints:
         with route.attempt(endpoint) as attempt:
-            response = await transport.chat(endpoint, route.body)
-            attempt.served(parse_usage(response.body.get("usage")))
+            answer = await transport.chat(endpoint, route.body)
+            attempt.served(parse_usage(answer.get("usage")))
 """
 
 from __future__ import annotations
