@@ -43,8 +43,9 @@ straddles the cut cannot leak in part. No error keeps the request's headers.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
 import aiohttp
@@ -79,6 +80,7 @@ __all__ = [
     "scrub",
     "scrub_error",
     "status_error",
+    "upstream_error",
     "upstream_errors",
 ]
 
@@ -331,15 +333,17 @@ def scrub_error(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExceptio
     return exc
 
 
+@contextlib.contextmanager
 def upstream_errors(
     endpoint: str, secrets: Iterable[str] = (), *, stream: bool = False
-) -> UpstreamErrors:
+) -> Iterator[None]:
     """The one boundary between the network and a caller: ``with upstream_errors(...):``.
 
     aiohttp's and the OS's failures leave it as ``APITimeoutError`` or
     ``APIConnectionError`` (the original as ``__cause__``); every ``APIError`` leaves it
     scrubbed of ``secrets`` (``scrub_error``). Run every upstream call, and the parsing of
-    what it answered, inside it, before anything logs or retries the error.
+    what it answered, inside it, before anything logs or retries the error (or map with
+    ``upstream_error`` in an ``except`` of your own, as the transport's hot path does).
 
     Args:
         endpoint: names the endpoint in messages and on the error.
@@ -347,39 +351,33 @@ def upstream_errors(
             ``limpet.endpoint.header_secrets``).
         stream: the failure broke a stream that had started (worded so).
     """
-    return UpstreamErrors(endpoint, secrets, stream)
+    try:
+        yield
+    except BaseException as exc:
+        mapped = upstream_error(exc, endpoint, secrets, stream=stream)
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
-class UpstreamErrors:
-    """``upstream_errors()``: a class rather than a generator, as every upstream request
-    enters one."""
-
-    __slots__ = ("_endpoint", "_secrets", "_stream")
-
-    def __init__(self, endpoint: str, secrets: Iterable[str], stream: bool) -> None:
-        self._endpoint = endpoint
-        self._secrets = secrets
-        self._stream = stream
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, _: object
-    ) -> None:
-        if exc is None:
-            return
-        endpoint, stream = self._endpoint, self._stream
-        if isinstance(exc, APIError):
-            scrub_error(exc, self._secrets)
-        elif isinstance(exc, TimeoutError):
-            what = "stalled past the timeout" if stream else "gave no answer within the timeout"
-            raise APITimeoutError(_where(endpoint, stream) + what, endpoint=endpoint) from exc
-        elif isinstance(exc, aiohttp.ClientError | OSError):
-            what = "broke" if stream else "failed"
-            raise APIConnectionError(
-                f"{_where(endpoint, stream)}{what}: {type(exc).__name__}", endpoint=endpoint
-            ) from exc
+def upstream_error(
+    exc: BaseException, endpoint: str, secrets: Iterable[str] = (), *, stream: bool = False
+) -> BaseException:
+    """What ``upstream_errors`` lets out for ``exc``: an ``APIError`` scrubbed of
+    ``secrets`` (``exc`` itself), aiohttp's and the OS's failures as ``APITimeoutError``
+    or ``APIConnectionError`` (to be raised ``from exc``), anything else as it is. For a
+    hot path that maps in its own ``except`` rather than entering a context manager."""
+    if isinstance(exc, APIError):
+        return scrub_error(exc, secrets)
+    if isinstance(exc, TimeoutError):
+        what = "stalled past the timeout" if stream else "gave no answer within the timeout"
+        return APITimeoutError(_where(endpoint, stream) + what, endpoint=endpoint)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        what = "broke" if stream else "failed"
+        return APIConnectionError(
+            f"{_where(endpoint, stream)}{what}: {type(exc).__name__}", endpoint=endpoint
+        )
+    return exc
 
 
 def _where(endpoint: str, stream: bool) -> str:

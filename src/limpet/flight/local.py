@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Generic, TypeVar, TypeVarTuple, Unpack
 
 T = TypeVar("T")
@@ -18,13 +18,24 @@ Args = TypeVarTuple("Args")
 
 class _Flight(Generic[T]):
     """One call in flight and the futures its callers await (one each, so that cancelling
-    a caller cancels its own future, never the call)."""
+    a caller cancels its own future, never the call). It is its task's done callback: it
+    lands the call's end on its ``SingleFlight``."""
 
-    __slots__ = ("task", "waiters")
+    __slots__ = ("key", "owner", "task", "waiters")
 
-    def __init__(self, task: asyncio.Future[T]) -> None:
+    def __init__(self, owner: SingleFlight[T], key: str, task: asyncio.Future[T]) -> None:
+        self.owner = owner
+        self.key = key
         self.task = task
         self.waiters: list[asyncio.Future[T]] = []
+
+    def __call__(self, task: asyncio.Future[T]) -> None:
+        self.owner._land(self.key, self, task)
+
+
+# The context the flights' done callbacks run in: they read no context variable, and a
+# callback given none would copy the current context, once per call.
+_LANDING = contextvars.Context()
 
 
 class SingleFlight(Generic[T]):
@@ -96,10 +107,10 @@ class SingleFlight(Generic[T]):
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
-                flight = _Flight(asyncio.ensure_future(call(*args)))
+                flight = _Flight(self, key, asyncio.ensure_future(call(*args)))
                 self._flights[key] = flight
                 self._running.add(flight.task)
-                flight.task.add_done_callback(partial(self._land, key, flight))
+                flight.task.add_done_callback(flight, context=_LANDING)
             waiter: asyncio.Future[T] = flight.task.get_loop().create_future()
             flight.waiters.append(waiter)
             try:

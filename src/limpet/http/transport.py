@@ -22,6 +22,7 @@ from limpet.errors import (
     APIResponseError,
     ClientClosedError,
     excerpt,
+    upstream_error,
     upstream_errors,
 )
 from limpet.http.admission import Admissions
@@ -244,19 +245,22 @@ class Transport:
             if ticket is None:
                 ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
             try:
-                with upstream_errors(endpoint.name, endpoint.secrets):
-                    async with self._session_for_loop().post(
-                        endpoint.base_url + path,
-                        data=sendable(payload),
-                        headers=self._headers_of(endpoint),
-                    ) as response:
-                        raw = await response.read()
-                        status, response_headers = response.status, response.headers
-                    ticket.saw(status, response_headers)
-                    data = parse(endpoint, status, response_headers, raw)
+                async with self._session_for_loop().post(
+                    endpoint.base_url + path,
+                    data=sendable(payload),
+                    headers=self._headers_of(endpoint),
+                ) as response:
+                    raw = await response.read()
+                    status, response_headers = response.status, response.headers
+                ticket.saw(status, response_headers)
+                data = parse(endpoint, status, response_headers, raw)
             except BaseException as exc:
-                ticket.close(exc)
-                raise
+                # ``upstream_errors``, unrolled: no context manager entered per attempt.
+                error = upstream_error(exc, endpoint.name, endpoint.secrets)
+                ticket.close(error)
+                if error is exc:
+                    raise
+                raise error from exc
         except Exception as exc:
             if not first or not self._retrier.may_retry(exc):
                 raise
