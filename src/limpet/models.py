@@ -6,8 +6,8 @@ to build, which shows on the cache-hit path.
 
 A ``Completion`` served from a cache entry, or shared by coalesced callers, reads its
 answer through ``shared_completion``: the answer is decoded once, and each caller's
-``raw`` is its own copy, made when first touched, so no caller can change what another
-reads, and a caller that never looks at ``raw`` pays for no copy.
+``raw`` and ``usage`` are its own copies, made when first touched, so no caller can change
+what another reads, and a caller that never looks at them pays for no copy.
 """
 
 from __future__ import annotations
@@ -166,11 +166,26 @@ class SharedAnswer(Protocol):
     def body(self) -> dict[str, Any]: ...
 
 
-_RAW_SLOT = Completion.__dict__["raw"]  # the dataclass's own storage for ``raw``
+# The dataclass's own storage for ``raw`` and ``usage``.
+_RAW_SLOT = Completion.__dict__["raw"]
+_USAGE_SLOT = Completion.__dict__["usage"]
+
+
+def _usage_copy(usage: Usage) -> Usage:
+    return Usage(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+        usage.cache_write_1h_tokens,
+        usage.reported,
+    )
 
 
 class _SharedCompletion(Completion):
-    """A ``Completion`` whose ``raw`` is copied from a shared answer when first touched.
+    """A ``Completion`` whose ``raw`` and ``usage`` are copied from a shared answer when
+    first touched.
 
     Everything else is a ``Completion``'s: the same fields, equality with any
     ``Completion`` of equal fields, ``dataclasses.replace`` (an equal ``Completion``), and
@@ -180,9 +195,24 @@ class _SharedCompletion(Completion):
     ``Completion``.
     """
 
-    __slots__ = ("_shared",)
+    __slots__ = ("_shared", "_shared_usage")
 
     _shared: SharedAnswer
+    _shared_usage: Usage | None  # None once this caller has its own copy
+
+    @property  # a field read through a property, as ``raw``
+    def usage(self) -> Usage:
+        shared = self._shared_usage
+        if shared is not None:
+            _USAGE_SLOT.__set__(self, _usage_copy(shared))
+            self._shared_usage = None
+        value: Usage = _USAGE_SLOT.__get__(self, Completion)
+        return value
+
+    @usage.setter
+    def usage(self, value: Usage) -> None:
+        _USAGE_SLOT.__set__(self, value)
+        self._shared_usage = None
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -244,11 +274,12 @@ def shared_completion(
 ) -> Completion:
     """A ``Completion`` of ``shared``'s body, copied for this caller only when it touches
     ``raw`` (or ``message``); ``shared.body`` is read, never changed, and not read at all
-    until then (a cache entry decodes it on first use)."""
+    until then (a cache entry decodes it on first use). ``usage`` may be shared too: it is
+    never changed, and copied for this caller when it first touches ``usage``."""
     completion = object.__new__(_SharedCompletion)
     completion._shared = shared
+    completion._shared_usage = usage
     completion.model = model
-    completion.usage = usage
     completion.cost = cost
     completion.cache = cache
     completion.endpoint = endpoint

@@ -101,16 +101,26 @@ def test_a_forged_entry_with_a_good_checksum_fails_when_its_body_is_read() -> No
         _ = entry.body
 
 
-def test_readers_of_one_entry_never_see_each_others_changes() -> None:
+@pytest.mark.parametrize("status", list(CacheStatus))
+def test_readers_of_one_entry_never_see_each_others_changes(status: CacheStatus) -> None:
     entry = entry_of({"model": "m", "choices": [{"message": {"content": "hi", "n": [1]}}]})
-    first, second = (completion_of(entry, CacheStatus.COALESCED, KEY, copy=True) for _ in "ab")
+    first, second = (completion_of(entry, status, KEY) for _ in "ab")
     first.raw["choices"][0]["message"]["n"].append(2)
     first.message["content"] = "changed"
     first.usage.prompt_tokens = 99
+    assert first.usage is not entry.usage and first.usage is first.usage
     assert second.content == "hi" and second.message == {"content": "hi", "n": [1]}
     assert second.usage.prompt_tokens == 3 and entry.usage.prompt_tokens == 3
     assert entry.body["choices"][0]["message"] == {"content": "hi", "n": [1]}
-    assert first.content == "changed"  # its own copy, as on any Completion
+    assert first.content == "changed" and first.usage.prompt_tokens == 99  # its own copies
+
+
+def test_a_usage_set_on_a_shared_completion_is_the_one_it_reads() -> None:
+    entry = entry_of({"model": "m", "choices": [{"message": {"content": "hi"}}]})
+    served = completion_of(entry, CacheStatus.HIT, KEY)
+    mine = Usage(7, 8)
+    served.usage = mine
+    assert served.usage is mine and entry.usage == Usage(3, 4)
 
 
 def test_a_shared_completion_is_a_completion_in_every_way() -> None:
@@ -147,14 +157,33 @@ async def test_coalesced_callers_share_one_answer_and_cannot_change_each_others(
             assert hit.cache is CacheStatus.HIT and hit.raw == expected
 
 
-def test_rereading_the_same_bytes_shares_the_parse_but_not_the_usage() -> None:
+def test_rereading_the_same_bytes_shares_the_entry_but_no_caller_shares_a_usage() -> None:
     codec = EntryCodec()
     data = codec.encode(KEY, entry_of({"model": "m", "choices": [{"message": {"content": "a"}}]}))
     first, second = codec.decode(KEY, data), codec.decode(KEY, data)
-    assert first == second and first.usage is not second.usage
-    assert first.body is second.body  # parsed once, read only
-    first.usage.prompt_tokens = 99
-    assert codec.decode(KEY, data).usage.prompt_tokens == 3
+    assert first is second  # decoded and checked once, read only
+    served = completion_of(first, CacheStatus.HIT, KEY)
+    served.usage.prompt_tokens = 99
+    served.raw["choices"][0]["message"]["content"] = "b"
+    again = completion_of(codec.decode(KEY, data), CacheStatus.HIT, KEY)
+    assert again.usage.prompt_tokens == 3 and again.content == "a"
+    assert again == completion_of(codec.decode_new(KEY, data), CacheStatus.HIT, KEY)
+
+
+@given(bodies, st.sampled_from([None, b"secret"]), st.sampled_from([None, 0.25]))
+def test_a_hit_after_another_caller_changed_its_answer_reads_as_a_fresh_decode(
+    body: dict[str, Any], hmac_key: bytes | None, cost: float | None
+) -> None:
+    codec = EntryCodec(hmac_key)
+    data = codec.encode(KEY, entry_of(orjson.loads(orjson.dumps(body)), cost))
+    first = completion_of(codec.decode(KEY, data), CacheStatus.HIT, KEY)
+    first.raw["choices"][0]["message"]["content"] = "changed"
+    first.raw["choices"].append({"message": {}})
+    first.usage.prompt_tokens += 1
+    first.usage.reported = not first.usage.reported
+    served = completion_of(codec.decode(KEY, data), CacheStatus.HIT, KEY)
+    fresh = completion_of(codec.decode_new(KEY, data), CacheStatus.HIT, KEY)
+    assert served == fresh and served.raw == body and served.usage == fresh.usage
 
 
 def test_other_bytes_under_a_remembered_key_are_checked_afresh() -> None:

@@ -11,7 +11,8 @@ from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheCorruptError, CacheUnavailableError
-from limpet.models import Usage
+from limpet.models import CacheStatus, Usage
+from limpet.pipeline.completions import completion_of
 from tests.fakes import FakeClock
 
 ANSWER = {"model": "m", "choices": [{"message": {"role": "assistant", "content": "hi"}}]}
@@ -82,14 +83,15 @@ async def test_a_miss_now_is_not_counted_the_tiers_below_are_still_to_be_read() 
     assert cache.stats.hits == [1, 1]
 
 
-async def test_each_read_gets_its_own_usage_and_shares_the_body() -> None:
+async def test_reads_share_one_entry_and_each_caller_gets_its_own_usage() -> None:
     cache = TieredCache(MemoryCache())
     await cache.set_value("k", encoded("k"), 60)
     first, second = cache.get_now("k"), cache.get_now("k")
-    assert first is not None and second is not None
-    first.usage.prompt_tokens = 99
-    assert second.usage.prompt_tokens == 3
-    assert first.body is second.body
+    assert first is not None and first is second  # decoded once, read only
+    mine = completion_of(first, CacheStatus.HIT, "k")
+    mine.usage.prompt_tokens = 99
+    assert completion_of(second, CacheStatus.HIT, "k").usage.prompt_tokens == 3
+    assert first.usage.prompt_tokens == 3
 
 
 def test_no_tier_is_read_now_unless_tier_0_is_local_with_a_synchronous_read() -> None:

@@ -152,18 +152,20 @@ class EntryCodec:
         return self._seal.wrap(_CRC.pack(zlib.crc32(payload)) + payload)
 
     def decode(self, key: str, data: bytes) -> CacheEntry:
-        """The entry in ``data``, read under ``key``: each call gets its own entry (its
-        own ``usage``), sharing the read-only body of earlier reads of the same bytes.
+        """The entry in ``data``, read under ``key``: the very entry of an earlier read of
+        the same bytes object, when there was one. Entries are read only (a
+        ``Completion`` copies what its caller may change: ``raw``, ``usage``), so every
+        reader may share one.
 
         Raises:
             CacheCorruptError: as ``decode_new``.
         """
         memo = self._memo.get(key)
         if memo is not None and memo[0] is data:
-            return memo[1].reread()
+            return memo[1]
         entry = self.decode_new(key, data)
         self._remember(key, data, entry)
-        return entry.reread()
+        return entry
 
     def _remember(self, key: str, data: bytes, entry: CacheEntry) -> None:
         memo = self._memo

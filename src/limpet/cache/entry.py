@@ -17,14 +17,14 @@ __all__ = ["CacheEntry", "servable"]
 class CacheEntry:
     """A stored completion.
 
-    Its body is shared by every reader of the entry (coalesced callers, a hit's
-    ``Completion``), so nobody may change it: a ``Completion`` copies it for its caller
-    (``limpet.models.shared_completion``). A decoded entry keeps the body's JSON and
-    parses it on first use of ``body``.
+    An entry is shared by every reader of it (coalesced callers, every hit on the same
+    stored bytes), so nobody may change it, its body or its usage: a ``Completion`` copies
+    them for its caller (``limpet.models.shared_completion``). A decoded entry keeps the
+    body's JSON and parses it on first use of ``body``.
 
     Attributes:
         body: the upstream JSON body as received (read only).
-        usage: its normalised usage.
+        usage: its normalised usage (read only).
         cost_usd: what the original call cost, or None when unknown.
         endpoint: name of the endpoint that served it.
         created_at: wall-clock time of the upstream answer (unix seconds).
@@ -36,8 +36,9 @@ class CacheEntry:
     """
 
     __slots__ = (
-        "_answer",
         "_body_usage",
+        "_json",
+        "_parsed",
         "cost_usd",
         "created_at",
         "endpoint",
@@ -57,7 +58,8 @@ class CacheEntry:
         expires_at: float,
         stream: bytes | None = None,
     ) -> None:
-        self._answer = _Answer(body, None)
+        self._parsed: dict[str, Any] | None = body
+        self._json: bytes | memoryview | None = None
         self._body_usage: bool | None = None
         self.usage = usage
         self.cost_usd = cost_usd
@@ -83,7 +85,7 @@ class CacheEntry:
     ) -> CacheEntry:
         """An entry whose body is the JSON ``body``, parsed on first use of ``body``."""
         entry = cls.__new__(cls)
-        entry._answer, entry._body_usage = _Answer(None, body), body_usage
+        entry._parsed, entry._json, entry._body_usage = None, body, body_usage
         entry.usage, entry.cost_usd, entry.endpoint = usage, cost_usd, endpoint
         entry.created_at, entry.expires_at, entry.stream = created_at, expires_at, stream
         entry.model = model
@@ -97,24 +99,22 @@ class CacheEntry:
             CacheCorruptError: the stored JSON does not parse to a servable body (only an
                 entry forged with a valid checksum and no signature can get this far).
         """
-        answer = self._answer
-        body = answer.parsed
+        body = self._parsed
         if body is None:
-            body = answer.parsed = _parsed_body(answer.json or b"")
+            body = self._parsed = _parsed_body(self._json or b"")
         return body
 
     @property
     def body_json(self) -> bytes:
         """The body's JSON, as stored (encoded once)."""
-        answer = self._answer
-        if answer.json is None:
-            answer.json = orjson.dumps(answer.parsed)
-        return bytes(answer.json)
+        if self._json is None:
+            self._json = orjson.dumps(self._parsed)
+        return bytes(self._json)
 
     @property
     def servable(self) -> bool:
         """Whether a hit could be served from the body (a decoded one was, when stored)."""
-        parsed = self._answer.parsed
+        parsed = self._parsed
         return parsed is None or servable(parsed)
 
     @property
@@ -133,7 +133,7 @@ class CacheEntry:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        parsed = self._answer.parsed
+        parsed = self._parsed
         body = "<not parsed>" if parsed is None else repr(parsed)
         return (
             f"CacheEntry(body={body}, usage={self.usage!r}, cost_usd={self.cost_usd!r}, "
@@ -151,39 +151,6 @@ class CacheEntry:
             self.expires_at,
             self.stream,
         )
-
-    def reread(self) -> CacheEntry:
-        """Another reader's entry: the same answer (parsed at most once for both), its
-        own ``usage``."""
-        u = self.usage
-        entry = CacheEntry.__new__(CacheEntry)
-        entry._answer, entry._body_usage = self._answer, self._body_usage
-        entry.usage = Usage(
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.cache_write_tokens,
-            u.reasoning_tokens,
-            u.cache_write_1h_tokens,
-            u.reported,
-        )
-        entry.cost_usd, entry.endpoint, entry.model = self.cost_usd, self.endpoint, self.model
-        entry.created_at, entry.expires_at, entry.stream = (
-            self.created_at,
-            self.expires_at,
-            self.stream,
-        )
-        return entry
-
-
-class _Answer:
-    """An entry's body, as JSON or parsed or both; shared by the entries of one read."""
-
-    __slots__ = ("json", "parsed")
-
-    def __init__(self, parsed: dict[str, Any] | None, json: bytes | memoryview | None) -> None:
-        self.parsed = parsed
-        self.json = json
 
 
 def _parsed_body(data: bytes | memoryview) -> dict[str, Any]:

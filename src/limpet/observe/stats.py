@@ -167,13 +167,14 @@ class Stats:
         return served / total if total else 0.0
 
     def record(self, completion: Completion) -> None:
-        status = completion.cache
-        if completion.cost is None:
-            self.unpriced += 1
-        if status is CacheStatus.HIT:
+        """Count one call that returned ``completion``."""
+        status, cost = completion.cache, completion.cost
+        if status is CacheStatus.HIT:  # first: the hit path pays for this on every call
             self.hits += 1
-            if completion.cost is not None:
-                self.saved_usd += completion.cost.saved_usd
+            if cost is None:
+                self.unpriced += 1
+            else:
+                self.saved_usd += cost.saved_usd
             return
         if status is CacheStatus.COALESCED:
             self.coalesced += 1
@@ -181,10 +182,12 @@ class Stats:
             self.misses += 1
         else:
             self.bypassed += 1
-        if completion.cost is not None:
-            self.cost_usd += completion.cost.usd
-            self.saved_usd += completion.cost.saved_usd
-        if status in (CacheStatus.MISS, CacheStatus.BYPASS):
+        if cost is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += cost.usd
+            self.saved_usd += cost.saved_usd
+        if status is CacheStatus.MISS or status is CacheStatus.BYPASS:
             usage = completion.usage
             self.prompt_tokens += usage.prompt_tokens
             self.completion_tokens += usage.completion_tokens

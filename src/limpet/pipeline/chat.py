@@ -146,9 +146,9 @@ class ChatPipeline:
             call.waiting_for = "an identical call in flight"
             (entry, source), led = await flight.do(key, self._fill, request, key, call)
             if source is not None:
-                return completion_of(entry, source, key, copy=not led)
+                return completion_of(entry, source, key)
             if not led:
-                return completion_of(entry, CacheStatus.COALESCED, key, copy=True)
+                return completion_of(entry, CacheStatus.COALESCED, key)
         else:
             entry = await self._call_and_store(request, key, call)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS

@@ -10,28 +10,26 @@ from limpet.models import CacheStatus, Completion, Cost, Usage, shared_completio
 __all__ = ["completion_of", "storable"]
 
 
-def completion_of(
-    entry: CacheEntry, status: CacheStatus, key: str | None, *, copy: bool = False
-) -> Completion:
+def completion_of(entry: CacheEntry, status: CacheStatus, key: str | None) -> Completion:
     """The ``Completion`` of ``entry`` served as ``status``.
 
-    Every caller of one entry (the leader and coalesced waiters alike) shares its one
-    decoded body and gets its own copy of it (``raw``, ``message``) when it first touches
-    it, so none can change what another reads; ``copy`` also gives the caller its own
-    ``usage`` (a waiter's; the leader's is the entry's).
+    Every caller of one entry (the leader, coalesced waiters and hits alike) shares its
+    one decoded body and usage, and gets its own copy of each (``raw``, ``message``,
+    ``usage``) when it first touches it, so none can change what another reads.
 
     A hit or coalesced call cost nothing and saved the original call's cost; when that
     cost is unknown (``entry.cost_usd`` is None), so is this call's: ``cost`` is None,
     never a ``Cost`` of zeros.
     """
-    usage = replace(entry.usage) if copy else entry.usage
-    if entry.cost_usd is None:
+    usage = entry.usage
+    cost_usd = entry.cost_usd
+    if cost_usd is None:
         cost: Cost | None = None
         usage = _as_reported(usage, entry)
     elif status is CacheStatus.HIT or status is CacheStatus.COALESCED:
-        cost = Cost(0.0, entry.cost_usd)
+        cost = Cost(0.0, cost_usd)
     else:
-        cost = Cost(entry.cost_usd)
+        cost = Cost(cost_usd)
     return shared_completion(entry, entry.model, usage, cost, status, entry.endpoint, key)
 
 

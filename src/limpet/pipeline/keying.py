@@ -7,6 +7,7 @@ generation (``invalidate()`` bumps it) and the credential scope (the call's own
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +15,8 @@ from limpet.cache.generations import Generations
 from limpet.pipeline.credentials import call_scope
 from limpet.pipeline.keys import (
     canonical_request,
+    key_header,
     looks_large,
-    request_key,
     request_key_async,
 )
 
@@ -39,12 +40,11 @@ class Keying:
         scope = self.generations.scope_now(body["model"])
         if scope is None or looks_large(body, text_chars):
             return None
-        return request_key(
-            canonical_request(body),
-            namespace=self.namespace,
-            scope=scope,
-            credential=self.scope(headers),
-        )
+        credential = self.credential if headers is None else call_scope(self.credential, headers)
+        # ``request_key``, with its header looked up without keyword arguments: a hit
+        # pays for this on every call.
+        header = key_header(self.namespace, scope, credential)
+        return hashlib.sha256(header + canonical_request(body)).hexdigest()
 
     async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
         """The key, reading the model's generation from the shared tier when needed; a

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from limpet.config import CachePolicy
@@ -21,15 +21,16 @@ _MODES = frozenset(get_args(CacheMode))
 
 @dataclass(frozen=True, slots=True)
 class CacheDecision:
-    """What the pipeline may do with one request."""
+    """What the pipeline may do with one request (``uses_cache``: read or write)."""
 
     read: bool
     write: bool
     coalesce: bool
+    # A field, not a property: the hit path asks on every call.
+    uses_cache: bool = field(init=False, compare=False)
 
-    @property
-    def uses_cache(self) -> bool:
-        return self.read or self.write
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uses_cache", self.read or self.write)
 
 
 _DEFAULT_ON = CacheDecision(read=True, write=True, coalesce=True)
@@ -42,7 +43,11 @@ def is_cacheable(body: Mapping[str, Any], policy: CachePolicy) -> bool:
 
     An absent temperature means the provider's default, which samples.
     """
-    temperature = body.get("temperature")
+    temperature: Any = body.get("temperature")
+    kind = type(temperature)
+    if kind is int or kind is float:  # the common case, without isinstance's walk
+        low: bool = temperature <= policy.max_temperature
+        return low
     return (
         isinstance(temperature, int | float)
         and not isinstance(temperature, bool)

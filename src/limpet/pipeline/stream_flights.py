@@ -144,7 +144,7 @@ class StreamFlights:
                 status = CacheStatus.MISS
             else:
                 status = CacheStatus.BYPASS
-        completion = completion_of(entry, status, key, copy=not led)
+        completion = completion_of(entry, status, key)
         if led and status in (CacheStatus.MISS, CacheStatus.BYPASS):
             completion = priced(completion, request)
         return completion

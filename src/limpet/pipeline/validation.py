@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from limpet.errors import InvalidRequestError
 
@@ -152,12 +152,19 @@ def _check_message(index: int, message: object) -> None:
 
 
 def _check_parameters(body: Mapping[str, Any]) -> None:
-    # One pass: a field with a known shape is checked by its own function; any other is
-    # checked to be JSON (orjson would send NaN as null, and fail on an object).
+    # One pass: a field with a known shape is checked by its own rule (a number's range
+    # inline, for it is the common case); any other is checked to be JSON (orjson would
+    # send NaN as null, and fail on an object).
     for name, value in body.items():
         check = _FIELD_CHECKS.get(name)
         if check is not None:
-            check(name, value)
+            if type(check) is not _Range:
+                check(name, value)  # type: ignore[operator]
+            elif value is not None and (
+                # Exact types: bool is an int subclass, and True is no temperature.
+                type(value) not in check.types or not check.low <= value <= check.high
+            ):
+                raise InvalidRequestError(name, check.expected, value)
             continue
         kind = type(value)
         if kind is str or kind is int or kind is bool or value is None:
@@ -169,20 +176,20 @@ def _check_parameters(body: Mapping[str, Any]) -> None:
             _check_json(value, name)
 
 
-def _in_range(low: float, high: float) -> Callable[[str, object], None]:
-    def check(name: str, value: object) -> None:
-        # Exact types: bool is an int subclass, and True is no temperature.
-        if value is not None and (
-            type(value) not in _NUMBER_TYPES or not low <= value <= high  # type: ignore[operator]
-        ):
-            raise InvalidRequestError(name, f"a number from {low:g} to {high:g}", value)
+class _Range(NamedTuple):
+    """A number field's rule: None, or one of ``types`` from ``low`` to ``high``."""
 
-    return check
+    types: tuple[type, ...]
+    low: float
+    high: float
+    expected: str
 
 
-def _count(name: str, value: object) -> None:
-    if value is not None and (type(value) is not int or value < 1):
-        raise InvalidRequestError(name, "an int >= 1", value)
+def _in_range(low: float, high: float) -> _Range:
+    return _Range(_NUMBER_TYPES, low, high, f"a number from {low:g} to {high:g}")
+
+
+_COUNT = _Range((int,), 1, math.inf, "an int >= 1")
 
 
 def _tools(name: str, value: object) -> None:
@@ -222,14 +229,14 @@ def _logit_bias(name: str, value: object) -> None:
     _check_json(value, name)
 
 
-_FIELD_CHECKS: dict[str, Callable[[str, object], None]] = {
+_FIELD_CHECKS: dict[str, Callable[[str, object], None] | _Range] = {
     "temperature": _in_range(0.0, 2.0),
     "top_p": _in_range(0.0, 1.0),
     "frequency_penalty": _in_range(-2.0, 2.0),
     "presence_penalty": _in_range(-2.0, 2.0),
-    "max_tokens": _count,
-    "max_completion_tokens": _count,
-    "n": _count,
+    "max_tokens": _COUNT,
+    "max_completion_tokens": _COUNT,
+    "n": _COUNT,
     "tools": _tools,
     "tool_choice": _tool_choice,
     "response_format": _response_format,
