@@ -359,3 +359,37 @@ def test_writes_are_attributed_to_the_one_ttl_every_mark_asked_for() -> None:
     assert with_write_ttl(usage, None) is usage
     split = normalize_usage(ANTHROPIC)
     assert with_write_ttl(split, "1h") is split  # the dialect said already
+
+
+_USAGE_KEYS = st.sampled_from(
+    [
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "prompt_cache_hit_tokens",
+        "promptTokenCount",
+        "cost",
+        "prompt_tokens_details",
+    ]
+)
+_USAGE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.fixed_dictionaries({}, optional={"cached_tokens": st.integers(-5, 10**6)}),
+)
+
+
+@settings(max_examples=500)
+@given(st.dictionaries(_USAGE_KEYS, _USAGE_VALUES, max_size=6))
+def test_the_openai_fast_path_reads_as_the_dialect_detection_does(usage: dict[str, Any]) -> None:
+    # normalize_usage reads the common OpenAI answer without its general checks: it must
+    # give what those checks give, for any usage object.
+    kind = detect_dialect(usage)
+    assert normalize_usage(usage) == normalize_usage(usage, kind)

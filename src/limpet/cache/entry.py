@@ -39,6 +39,7 @@ class CacheEntry:
         "_body_usage",
         "_json",
         "_parsed",
+        "_servable",
         "cost_usd",
         "created_at",
         "endpoint",
@@ -57,10 +58,15 @@ class CacheEntry:
         created_at: float,
         expires_at: float,
         stream: bytes | None = None,
+        *,
+        body_usage: bool | None = None,
     ) -> None:
         self._parsed: dict[str, Any] | None = body
         self._json: bytes | memoryview | None = None
-        self._body_usage: bool | None = None
+        # Whether the body's usage object reports anything, when its maker knows (the
+        # upstream stage parsed it: ``usage.reported``); found from the body otherwise.
+        self._body_usage = body_usage
+        self._servable: bool | None = None
         self.usage = usage
         self.cost_usd = cost_usd
         self.endpoint = endpoint
@@ -86,6 +92,7 @@ class CacheEntry:
         """An entry whose body is the JSON ``body``, parsed on first use of ``body``."""
         entry = cls.__new__(cls)
         entry._parsed, entry._json, entry._body_usage = None, body, body_usage
+        entry._servable = None
         entry.usage, entry.cost_usd, entry.endpoint = usage, cost_usd, endpoint
         entry.created_at, entry.expires_at, entry.stream = created_at, expires_at, stream
         entry.model = model
@@ -113,9 +120,13 @@ class CacheEntry:
 
     @property
     def servable(self) -> bool:
-        """Whether a hit could be served from the body (a decoded one was, when stored)."""
-        parsed = self._parsed
-        return parsed is None or servable(parsed)
+        """Whether a hit could be served from the body (a decoded one was, when stored);
+        checked once."""
+        known = self._servable
+        if known is None:
+            parsed = self._parsed
+            known = self._servable = parsed is None or servable(parsed)
+        return known
 
     @property
     def body_has_usage(self) -> bool:

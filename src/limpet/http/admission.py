@@ -71,6 +71,8 @@ class Admission:
         self.limit = AimdLimit(config)
         self._rpm = TokenBucket(endpoint.rpm) if endpoint.rpm else None
         self._tpm = TokenBucket(endpoint.tpm) if endpoint.tpm else None
+        #: Whether requests need a token estimate (``Endpoint.tpm`` is set).
+        self.counts_tokens = self._tpm is not None
         self._max_pause = max_pause
         self._waiters: deque[tuple[asyncio.Future[Slot], float]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -86,11 +88,6 @@ class Admission:
         self._quota_until = -math.inf
         self.paused_seconds = 0.0
         self.rate_limited = 0
-
-    @property
-    def counts_tokens(self) -> bool:
-        """Whether requests need a token estimate (``Endpoint.tpm`` is set)."""
-        return self._tpm is not None
 
     @property
     def allowed(self) -> int:

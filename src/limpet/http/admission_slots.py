@@ -1,12 +1,13 @@
-"""One upstream attempt's admission: its ``Slot`` on the wire, and the ``Ticket`` that
-gives the slot back with the verdict of the answer (``limpet.http.admission.Admission``
-hands the slots out).
+"""One upstream attempt's admission: its ``Slot`` on the wire, which notes what the answer
+said and is given back with its verdict (``limpet.http.admission.Admission`` hands the
+slots out); with admission off, every attempt holds ``UNADMITTED``, which notes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
 
 from limpet.errors import APIResponseError, APIStatusError
 
@@ -16,12 +17,27 @@ if TYPE_CHECKING:
 #: Answers that say "not now" rather than "no": they steer admission, never repin.
 REFUSALS = frozenset({429, 503})
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class Ticket(Protocol):
+    """One attempt's admission, as the transport holds it: told the answer's status and
+    headers (``saw``), then closed with the attempt's verdict."""
+
+    def saw(self, status: int, headers: Mapping[str, str]) -> None:
+        """Note an answer's status and headers (a ``Seen``)."""
+        ...
+
+    def close(self, error: BaseException | None, used_tokens: int | None = None) -> None:
+        """The attempt ended, with ``error`` or not (and, answered, the tokens it used)."""
+        ...
+
 
 class Slot:
-    """One attempt's place on the wire; give it back with exactly one of ``succeeded``,
-    ``refused`` or ``release`` (the later calls do nothing)."""
+    """One attempt's place on the wire (a ``Ticket``): give it back with exactly one of
+    ``close``, ``succeeded``, ``refused`` or ``release`` (the later calls do nothing)."""
 
-    __slots__ = ("_admission", "_epoch", "_in_flight", "_released", "_tokens")
+    __slots__ = ("_admission", "_epoch", "_in_flight", "_released", "_tokens", "headers", "status")
 
     def __init__(self, admission: Admission, in_flight: int, epoch: int, tokens: float) -> None:
         self._admission = admission
@@ -29,6 +45,21 @@ class Slot:
         self._epoch = epoch
         self._tokens = tokens
         self._released = False
+        self.status: int | None = None
+        self.headers = _NO_HEADERS
+
+    def saw(self, status: int, headers: Mapping[str, str]) -> None:
+        """Note an answer's status and headers (a ``Seen``), for ``close``."""
+        self.status, self.headers = status, headers
+
+    def close(self, error: BaseException | None, used_tokens: int | None = None) -> None:
+        """Give the slot back with the verdict of the answer seen, or of ``error``."""
+        if self.status in REFUSALS:
+            self.refused(self.status, self.headers)
+        elif error is None or isinstance(error, APIStatusError | APIResponseError):
+            self.succeeded(self.headers, used_tokens)  # it answered: not overloaded
+        else:
+            self.release()
 
     def succeeded(self, headers: Mapping[str, str], used_tokens: int | None = None) -> None:
         """The attempt was answered: the limit may grow; headers may pause the endpoint."""
@@ -71,30 +102,17 @@ Seen = Callable[[int, Mapping[str, str]], None]
 """Told each answer's status and headers (``Ticket.saw``)."""
 
 
-class Ticket:
-    """One attempt's admission: its slot (None when admission is off) and what the
-    answer said, for the verdict ``close`` gives the slot."""
+class _Unadmitted:
+    """The ticket of every attempt while admission is off: nothing to note or give back."""
 
-    __slots__ = ("headers", "slot", "status", "used_tokens")
-
-    def __init__(self, slot: Slot | None) -> None:
-        self.slot = slot
-        self.status: int | None = None
-        self.headers: Mapping[str, str] = {}
-        self.used_tokens: int | None = None
+    __slots__ = ()
 
     def saw(self, status: int, headers: Mapping[str, str]) -> None:
-        """Note an answer's status and headers (a ``Seen``)."""
-        self.status, self.headers = status, headers
+        pass
 
-    def close(self, error: BaseException | None) -> None:
-        """Give the slot back with the verdict of the answer seen, or of ``error``."""
-        slot = self.slot
-        if slot is None:
-            return
-        if self.status in REFUSALS:
-            slot.refused(self.status, self.headers)
-        elif error is None or isinstance(error, APIStatusError | APIResponseError):
-            slot.succeeded(self.headers, self.used_tokens)  # it answered: not overloaded
-        else:
-            slot.release()
+    def close(self, error: BaseException | None, used_tokens: int | None = None) -> None:
+        pass
+
+
+#: The one ticket of attempts made with admission off.
+UNADMITTED: Ticket = _Unadmitted()

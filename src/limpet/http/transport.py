@@ -27,7 +27,7 @@ from limpet.errors import (
 )
 from limpet.http.admission import Admissions
 from limpet.http.admission_rules import estimated_tokens, total_tokens
-from limpet.http.admission_slots import Seen, Ticket
+from limpet.http.admission_slots import UNADMITTED, Seen, Ticket
 from limpet.http.outgoing import as_sent, payload_of, sendable
 from limpet.http.responses import (
     parse_chat,
@@ -265,9 +265,8 @@ class Transport:
             if not first or not self._retrier.may_retry(exc):
                 raise
             return await self._again(exc, endpoint, path, payload, deadline, waiting, parse)
-        if ticket.slot is not None:
-            ticket.used_tokens = total_tokens(data)
-            ticket.close(None)
+        if ticket is not UNADMITTED:
+            ticket.close(None, total_tokens(data))
         return data
 
     async def _again(
@@ -293,10 +292,9 @@ class Transport:
         """The ticket of an attempt that may go at once (admission is off, or nobody
         queues and no limit holds it), without a coroutine; None: ``_admit`` it."""
         if self._admissions is None:
-            return Ticket(None)
+            return UNADMITTED
         admission = self._admissions.of(endpoint)
-        slot = admission.admit_now(estimated_tokens(payload) if admission.counts_tokens else 0.0)
-        return None if slot is None else Ticket(slot)
+        return admission.admit_now(estimated_tokens(payload) if admission.counts_tokens else 0.0)
 
     async def _admit(
         self,
@@ -313,7 +311,7 @@ class Transport:
                 before the call is admitted; nothing was sent.
         """
         if self._admissions is None:
-            return Ticket(None)
+            return UNADMITTED
         admission = self._admissions.of(endpoint)
         if deadline is not None and admission.paused_until >= deadline:
             raise QueuedTooLong(
@@ -345,7 +343,7 @@ class Transport:
         if waiting is not None:
             waiting.queued += asyncio.get_running_loop().time() - queued_at
             waiting.waiting_for = f"an answer from endpoint {endpoint.name!r}"
-        return Ticket(slot)
+        return slot
 
     async def aclose(self) -> None:
         """Close the HTTP session; no request is sent after this. Idempotent."""

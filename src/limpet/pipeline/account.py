@@ -35,8 +35,9 @@ class Accounting:
         sent: dict[str, Any],
         stream: bytes | None = None,
     ) -> CacheEntry:
-        """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed), with
-        what it cost; notes on ``request`` what the provider's prompt cache saved."""
+        """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed from
+        its ``usage`` object), with what it cost; notes on ``request`` what the provider's
+        prompt cache saved."""
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
             # OpenRouter reports one total of cache writes; their TTL is the marks'.
             usage = with_write_ttl(usage, breakpoint_ttl(sent))
@@ -48,7 +49,9 @@ class Accounting:
             )
         now = time.time()
         usd = None if cost is None else cost.usd
-        return CacheEntry(answer, usage, usd, endpoint, now, now + request.ttl, stream)
+        return CacheEntry(
+            answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
+        )
 
 
 def priced(completion: Completion, request: Request) -> Completion:

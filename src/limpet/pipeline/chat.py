@@ -112,9 +112,12 @@ class ChatPipeline:
         decision = request.decision
         if key is not None and store is not None and decision.read:
             flight = self._flight if decision.coalesce else None
-            if flight is not None and (key in self._reading or flight.flying(key)):
-                # One read of a key at a time per process: in a storm, the others go
-                # straight to the flight, whose read is the one that counts.
+            if flight is not None and (
+                start >= len(store.tiers) or key in self._reading or flight.flying(key)
+            ):
+                # Nothing left to read here (the flight reads every tier again), or one
+                # read of a key at a time per process: in a storm, the others go straight
+                # to the flight, whose read is the one that counts.
                 return await self._flown(request, key, call)
             found = await self._read(store, key, start, flight is not None)
             if found is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from limpet.cache.base import CacheEntry, servable
+from limpet.cache.base import CacheEntry
 from limpet.models import CacheStatus, Completion, Cost, Usage, shared_completion
 
 __all__ = ["completion_of", "storable"]
@@ -37,9 +37,8 @@ def storable(entry: CacheEntry) -> bool:
     """A failed generation reported inside a 200 is never cached (transport raises
     ``APIGenerationError`` for one; this guards every other way an entry is made), nor an
     answer no hit could be served from (it would only ever read back as corrupt)."""
-    body = entry.body
-    return servable(body) and not any(
-        choice.get("finish_reason") == "error" for choice in body["choices"]
+    return entry.servable and not any(
+        choice.get("finish_reason") == "error" for choice in entry.body["choices"]
     )
 
 

@@ -85,6 +85,8 @@ _ANTHROPIC_KEYS = frozenset(
     {"cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"}
 )
 _DEEPSEEK_KEYS = frozenset({"prompt_cache_hit_tokens", "prompt_cache_miss_tokens"})
+# A usage object with none of these and a ``prompt_tokens`` is in OpenAI's dialect.
+_NOT_OPENAI_KEYS = _GEMINI_KEYS | _ANTHROPIC_KEYS | _DEEPSEEK_KEYS
 
 
 def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
@@ -116,6 +118,16 @@ def normalize_usage(usage: object, dialect: UsageDialect | str | None = None) ->
             see ``response_usage`` for that.
         dialect: how to read it; detected from its fields when None.
     """
+    if (
+        dialect is None
+        and type(usage) is dict
+        and type(usage.get("prompt_tokens")) is int
+        and usage["prompt_tokens"] >= 0
+        and _NOT_OPENAI_KEYS.isdisjoint(usage)
+    ):
+        # The common answer, OpenAI's dialect with a count (so it reports something),
+        # read without the general checks; ``detect_dialect`` would say the same.
+        return _openai(usage)
     if not has_usage(usage):
         return Usage(reported=False)
     kind = detect_dialect(usage) if dialect is None else UsageDialect(dialect)

@@ -112,6 +112,7 @@ class StickyRouter:
     __slots__ = (
         "_admissions",
         "_affinity",
+        "_always_direct",
         "_by_name",
         "_clock",
         "_endpoints",
@@ -144,6 +145,12 @@ class StickyRouter:
         if not isinstance(self.config, RoutingConfig):
             raise ConfigurationError("StickyRouter.config: expected a RoutingConfig")
         self._endpoints = resolved
+        # One endpoint that never wants a derived session_id or prompt_cache_key: every
+        # request goes straight to it, whatever its body.
+        self._always_direct = len(resolved) == 1 and not (
+            self.config.prompt_cache_key
+            or (self.config.session_id and resolved[0].gateway == "openrouter")
+        )
         self._by_name = {e.name: e for e in resolved}
         self._health = {
             e.name: EndpointHealth(
@@ -252,6 +259,8 @@ class StickyRouter:
     def _direct(self, body: Mapping[str, Any]) -> bool:
         """True when a request needs no routing key: one endpoint, so no choice to make,
         and no sticky key to derive for the gateway behind it."""
+        if self._always_direct:
+            return True
         if len(self._endpoints) != 1:
             return False
         only = self._endpoints[0]
