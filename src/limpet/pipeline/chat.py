@@ -153,7 +153,8 @@ class ChatPipeline:
             if not led:
                 return completion_of(entry, CacheStatus.COALESCED, key)
         else:
-            entry = await self._call_and_store(request, key, call)
+            entry = await self._upstream.call(request, self._exchange, call)
+            await self._store(request, key, entry)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
         return priced(completion_of(entry, status, key), request)
 
@@ -168,7 +169,9 @@ class ChatPipeline:
                 return found[0], CacheStatus.HIT
         shared = self._shared
         if shared is None or cache is None or not decision.coalesce:
-            return await self._call_and_store(request, key, call), None
+            entry = await self._upstream.call(request, self._exchange, call)
+            await self._store(request, key, entry)
+            return entry, None
         return await self._fill_shared(request, key, call, cache, shared)
 
     async def _fill_shared(
@@ -195,12 +198,11 @@ class ChatPipeline:
         filled, _ = await shared.do(key, lead, read)
         return filled
 
-    async def _call_and_store(self, request: Request, key: str, call: Call) -> CacheEntry:
-        """Upstream, then the store stage: a storable answer is written to every tier."""
-        entry = await self._upstream.call(request, self._exchange, call)
+    async def _store(self, request: Request, key: str, entry: CacheEntry) -> None:
+        """The store stage: a storable answer is written to every tier. Apart from the
+        upstream call rather than around it, so that it is no coroutine of the call's."""
         if self._cache is not None and request.decision.write and storable(entry):
             await self._cache.set(key, entry)
-        return entry
 
     async def aclose(self) -> None:
         """Stop the in-process flights still running (``aclose()``, after its grace)."""

@@ -3,6 +3,7 @@ its readers as they arrive."""
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 from limpet.config import Endpoint
@@ -11,8 +12,6 @@ from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunks import with_stream_usage
 from limpet.http.transport import Transport
 from limpet.pipeline.calls import Call
-from limpet.pipeline.upstream import Answer
-from limpet.providers.usage import parse_usage
 
 
 class JsonExchange:
@@ -21,6 +20,7 @@ class JsonExchange:
     __slots__ = ("_transport",)
 
     committed = False
+    chunking = None
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
@@ -28,11 +28,14 @@ class JsonExchange:
     def prepare(self, sent: dict[str, Any]) -> dict[str, Any]:
         return sent
 
-    async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> Answer:
-        answer = await self._transport.chat(
+    def attempt(
+        self, endpoint: Endpoint, body: dict[str, Any], call: Call
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
+        # The transport's own coroutine, not one around it: the upstream stage awaits it
+        # directly.
+        return self._transport.chat(
             endpoint, body, headers=call.headers, deadline=call.deadline, waiting=call
         )
-        return Answer(answer, parse_usage(answer.get("usage")))
 
 
 class StreamExchange:
@@ -55,12 +58,16 @@ class StreamExchange:
     def committed(self) -> bool:
         return self._assembler.chunks > 0
 
+    @property
+    def chunking(self) -> bytes | None:
+        return self._assembler.chunking()
+
     def prepare(self, sent: dict[str, Any]) -> dict[str, Any]:
         # Usage is asked for in what is sent, never in the key: OpenAI-style servers send
         # none in a stream otherwise, and the call would be recorded as free.
         return with_stream_usage(sent)
 
-    async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> Answer:
+    async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> dict[str, Any]:
         assembler, broadcast = self._assembler, self._broadcast
         chunks = self._transport.stream(
             endpoint, body, headers=call.headers, deadline=call.deadline
@@ -71,5 +78,4 @@ class StreamExchange:
                 broadcast.push(chunk)
         finally:
             await chunks.aclose()
-        answer = assembler.completion()
-        return Answer(answer, parse_usage(answer.get("usage")), assembler.chunking())
+        return assembler.completion()

@@ -11,35 +11,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from limpet.cache.base import CacheEntry
 from limpet.config import Endpoint
 from limpet.errors import APIError
 from limpet.http.retry import should_retry
-from limpet.models import Usage
 from limpet.observe.stats import Stats
 from limpet.pipeline.account import Accounting
 from limpet.pipeline.calls import Call
 from limpet.pipeline.request import Request
-from limpet.routing.base import Route, Router
+from limpet.providers.usage import parse_usage
+from limpet.routing.base import Router
 
 logger = logging.getLogger("limpet")
 
 T = TypeVar("T")
-
-
-class Answer:
-    """What one attempt got: the answer's body, its parsed usage, and for a stream, how it
-    was chunked (for replay)."""
-
-    __slots__ = ("body", "stream", "usage")
-
-    def __init__(self, body: dict[str, Any], usage: Usage, stream: bytes | None = None) -> None:
-        self.body = body
-        self.usage = usage
-        self.stream = stream
 
 
 class Exchange(Protocol):
@@ -49,13 +36,20 @@ class Exchange(Protocol):
         """What is sent, from the marked body (a stream asks for usage)."""
         ...
 
-    async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> Answer:
-        """One endpoint's answer (its transport retries included)."""
+    def attempt(
+        self, endpoint: Endpoint, body: dict[str, Any], call: Call
+    ) -> Awaitable[dict[str, Any]]:
+        """One endpoint's answer body (its transport retries included)."""
         ...
 
     @property
     def committed(self) -> bool:
         """True once a reader has something of this answer: no failing over then."""
+        ...
+
+    @property
+    def chunking(self) -> bytes | None:
+        """For a stream, how its answer was chunked (for replay), once it is whole."""
         ...
 
 
@@ -78,38 +72,57 @@ class Upstream:
 
     async def call(self, request: Request, exchange: Exchange, call: Call) -> CacheEntry:
         """The accounted answer of the first endpoint that gives one, sent with ``call``'s
-        headers; no retry is started that could not end before ``call``'s deadline."""
+        headers; no retry is started that could not end before ``call``'s deadline.
+
+        Each ranked endpoint is tried in turn while ``fails_over`` says so. The attempt is
+        made here rather than in a coroutine of its own: every resumption of the request
+        passes through each coroutine between it and the event loop."""
         body = request.body
         sent = exchange.prepare(body if self._mark is None else self._mark(body))
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
         route = await self._router.route(sent)
         ranked = route.endpoints
-        if len(ranked) == 1:  # nowhere to fail over to: one coroutine less per resumption
-            endpoint = ranked[0]
-            answer = await self._attempt(endpoint, route, exchange, call)
-        else:
-            attempt = partial(self._attempt, route=route, exchange=exchange, call=call)
-            endpoint, answer = await first_answer(ranked, attempt, exchange)
+        for index, endpoint in enumerate(ranked):
+            self._stats.upstream_calls += 1
+            try:
+                with route.attempt(endpoint) as attempt:
+                    call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
+                    answer = await exchange.attempt(endpoint, route.body, call)
+                    usage = parse_usage(answer.get("usage"))
+                    attempt.served(usage)
+                break
+            except APIError as exc:
+                if not fails_over(exc, ranked, index, exchange):
+                    raise
         return await self._account.entry(
-            request, answer.body, answer.usage, endpoint.name, route.body, answer.stream
+            request, answer, usage, endpoint.name, route.body, exchange.chunking
         )
-
-    async def _attempt(
-        self, endpoint: Endpoint, route: Route, exchange: Exchange, call: Call
-    ) -> Answer:
-        """One endpoint's answer, counted, and fed back to the router."""
-        self._stats.upstream_calls += 1
-        with route.attempt(endpoint) as attempt:
-            call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
-            answer = await exchange.attempt(endpoint, route.body, call)
-            attempt.served(answer.usage)
-        return answer
 
 
 class _Committed(Protocol):
     @property
     def committed(self) -> bool: ...
+
+
+def fails_over(
+    exc: APIError, ranked: Sequence[Endpoint], index: int, exchange: _Committed | None = None
+) -> bool:
+    """Whether the failure ``exc`` of ``ranked[index]`` moves on to the next endpoint:
+    there is one, the failure is retryable, and nothing of the answer reached a reader
+    yet (``exchange.committed``). Says so in the log when it does. The one failover
+    decision of every upstream request."""
+    if index + 1 == len(ranked) or (exchange is not None and exchange.committed):
+        return False
+    if not should_retry(exc):
+        return False
+    logger.warning(
+        "limpet: endpoint %r failed (%s); trying %r",
+        ranked[index].name,
+        exc,
+        ranked[index + 1].name,
+    )
+    return True
 
 
 async def first_answer(
@@ -118,19 +131,11 @@ async def first_answer(
     exchange: _Committed | None = None,
 ) -> tuple[Endpoint, T]:
     """The endpoint that answered first and its answer: each of ``ranked`` is tried in
-    turn while the failure is retryable and nothing of the answer reached a reader yet
-    (``exchange.committed``). The one failover loop of every upstream request."""
+    turn while ``fails_over`` says so."""
     for index, endpoint in enumerate(ranked):
         try:
             return endpoint, await attempt(endpoint)
         except APIError as exc:
-            last = index + 1 == len(ranked)
-            if last or (exchange is not None and exchange.committed) or not should_retry(exc):
+            if not fails_over(exc, ranked, index, exchange):
                 raise
-            logger.warning(
-                "limpet: endpoint %r failed (%s); trying %r",
-                endpoint.name,
-                exc,
-                ranked[index + 1].name,
-            )
     raise AssertionError("unreachable: the last endpoint's failure is raised")
