@@ -25,8 +25,10 @@ from limpet.pipeline.validation import (
 from limpet.pipeline.vectors import embedding_params, validate_inputs
 
 
-class Request:
-    """One chat-completion call as it flows through the pipeline's stages.
+class Request(Call):
+    """One chat-completion call as it flows through the pipeline's stages: a ``Call``
+    (its deadline, own headers and what it waits for) with its body and what the stages
+    learn of it.
 
     Attributes:
         body: the caller's request body (the key is its canonical form).
@@ -36,7 +38,6 @@ class Request:
         timeout: seconds the whole call may take, or None.
         headers: the call's own upstream headers (``extra_headers``), or None.
         key: its cache and flight key, once the key stage has run (None: not keyed).
-        call: its deadline scope, once it goes past the hit path.
         saved_usd: what the provider's prompt cache saved on this call's own upstream
             answer, once the account stage has priced it (None: unknown).
         text_chars: the messages' text length, when validation summed it (else -1), so
@@ -45,14 +46,11 @@ class Request:
 
     __slots__ = (
         "body",
-        "call",
         "decision",
-        "headers",
         "key",
         "model",
         "saved_usd",
         "text_chars",
-        "timeout",
         "ttl",
     )
 
@@ -65,21 +63,19 @@ class Request:
         headers: Mapping[str, str] | None = None,
         text_chars: int = -1,
     ) -> None:
+        super().__init__(timeout, headers)
         self.body = body
         self.model: str = body["model"]
         self.decision = decision
         self.ttl = ttl
-        self.timeout = timeout
-        self.headers = headers
         self.key: str | None = None
-        self.call: Call | None = None
         self.saved_usd: float | None = None
         self.text_chars = text_chars
 
     def start(self) -> Call:
-        """The call's deadline scope, from now (past the hit path)."""
-        self.call = Call(self.timeout, self.headers)
-        return self.call
+        """The call past the hit path: this request itself (its deadline runs from its
+        making, microseconds before)."""
+        return self
 
 
 def chat_request(
