@@ -83,6 +83,10 @@ class MemoryCache:
         return value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.set_now(key, value, ttl)
+
+    def set_now(self, key: str, value: bytes, ttl: float) -> None:
+        """``set()`` without a coroutine: ``TieredCache`` writes in-process tiers so."""
         self._discard(key)
         size = len(key) + len(value)
         if size > self.max_bytes or ttl <= 0:

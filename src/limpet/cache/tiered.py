@@ -90,6 +90,7 @@ class TieredCache:
         "_failing",
         "_hmac_key",
         "_read_now",
+        "_writes_now",
         "capabilities",
         "local_tiers",
         "max_entry_bytes",
@@ -131,6 +132,11 @@ class TieredCache:
         # Tier 0's synchronous read, when it is local and has one (``get_now()``).
         self._read_now = (
             tiers[0].get_now if self.local_tiers and isinstance(tiers[0], _ReadableNow) else None
+        )
+        # Each tier's synchronous write, when it is local and has one (``set_now()``).
+        self._writes_now = tuple(
+            tier.set_now if can.local and isinstance(tier, _WritableNow) else None
+            for tier, can in zip(tiers, self.capabilities, strict=True)
         )
         if hmac_key is not None:
             for tier, can in zip(tiers, self.capabilities, strict=True):
@@ -286,8 +292,14 @@ class TieredCache:
                 self.max_entry_bytes,
             )
             return False
-        for index in range(len(self.tiers)):
-            await self._set_in(index, key, data, ttl)
+        for index, write_now in enumerate(self._writes_now):
+            if write_now is None:
+                await self._set_in(index, key, data, ttl)
+                continue
+            try:  # an in-process tier, written without a coroutine
+                write_now(key, data, ttl)
+            except CacheUnavailableError as exc:
+                self._fault(index, exc)
         return True
 
     def _decode_entry(self, key: str, data: bytes) -> tuple[CacheEntry, float]:
@@ -358,6 +370,13 @@ class _ReadableNow(Protocol):
     """An in-process tier that also reads without a coroutine (``MemoryCache``)."""
 
     def get_now(self, key: str) -> bytes | None: ...
+
+
+@runtime_checkable
+class _WritableNow(Protocol):
+    """An in-process tier that also writes without a coroutine (``MemoryCache``)."""
+
+    def set_now(self, key: str, value: bytes, ttl: float) -> None: ...
 
 
 def _leading_local(capabilities: tuple[TierCapabilities, ...]) -> int:
