@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from limpet.cache.base import CacheEntry
-from limpet.models import Completion, Cost, Usage
+from limpet.models import Usage
 from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
 from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
@@ -52,14 +52,6 @@ class Accounting:
         return CacheEntry(
             answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
         )
-
-
-def priced(completion: Completion, request: Request) -> Completion:
-    """``completion`` of ``request``'s own upstream call, with what the provider's prompt
-    cache saved on it (less write premiums) beside what it cost."""
-    if completion.cost is not None and request.saved_usd is not None:
-        completion.cost = Cost(completion.cost.usd, request.saved_usd)
-    return completion
 
 
 def add_batch(

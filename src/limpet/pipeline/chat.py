@@ -16,7 +16,6 @@ from limpet.flight.local import SingleFlight
 from limpet.flight.shared import RedisFlight
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion
-from limpet.pipeline.account import priced
 from limpet.pipeline.calls import Call
 from limpet.pipeline.completions import completion_of, storable
 from limpet.pipeline.exchanges import JsonExchange
@@ -144,7 +143,7 @@ class ChatPipeline:
         flight = self._flight
         if key is None:
             entry = await self._upstream.call(request, self._exchange, call)
-            return priced(completion_of(entry, CacheStatus.BYPASS, None), request)
+            return completion_of(entry, CacheStatus.BYPASS, None, request.saved_usd)
         if flight is not None and request.decision.coalesce:
             call.waiting_for = "an identical call in flight"
             (entry, source), led = await flight.do(key, self._fill, request, key, call)
@@ -156,7 +155,7 @@ class ChatPipeline:
             entry = await self._upstream.call(request, self._exchange, call)
             await self._store(request, key, entry)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
-        return priced(completion_of(entry, status, key), request)
+        return completion_of(entry, status, key, request.saved_usd)
 
     async def _fill(self, request: Request, key: str, call: Call) -> Filled:
         """This process's one call for ``key``: a look in every tier (another flight may

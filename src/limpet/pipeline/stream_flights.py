@@ -17,7 +17,6 @@ from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion
-from limpet.pipeline.account import priced
 from limpet.pipeline.calls import Call
 from limpet.pipeline.completions import completion_of, storable
 from limpet.pipeline.exchanges import StreamExchange
@@ -144,10 +143,8 @@ class StreamFlights:
                 status = CacheStatus.MISS
             else:
                 status = CacheStatus.BYPASS
-        completion = completion_of(entry, status, key)
-        if led and status in (CacheStatus.MISS, CacheStatus.BYPASS):
-            completion = priced(completion, request)
-        return completion
+        own = led and status in (CacheStatus.MISS, CacheStatus.BYPASS)
+        return completion_of(entry, status, key, request.saved_usd if own else None)
 
     def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
         if self._flights.get(key) is flight:
