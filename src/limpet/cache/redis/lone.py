@@ -19,7 +19,7 @@ from __future__ import annotations
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["LoneReads"]
+__all__ = ["LoneReads", "packed_get"]
 
 
 class LoneReads:
@@ -70,5 +70,18 @@ class LoneReads:
 
 
 async def _get(connection: AbstractConnection, key: str) -> object:
-    await connection.send_command("GET", key)
+    # Encoded as redis-py would (the URL may choose an encoding), packed by hand.
+    data: bytes = connection.encoder.encode(key)  # type: ignore[no-untyped-call]
+    await connection.send_packed_command(packed_get(data))
     return await connection.read_response()
+
+
+def packed_get(key: bytes) -> bytes:
+    """``GET key`` as Redis reads it (RESP: an array of two bulk strings), built in one
+    step rather than by redis-py's general packer.
+
+    Example:
+        >>> packed_get(b"limpet:k")
+        b'*2\\r\\n$3\\r\\nGET\\r\\n$8\\r\\nlimpet:k\\r\\n'
+    """
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
