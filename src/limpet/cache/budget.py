@@ -70,9 +70,12 @@ class Watchdog:
         return Bounded(self, budget)
 
     def _enter(self, bound: Bounded, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        if self._loop is not loop:
+            # First use, or used from another loop now: what the old one ran is gone.
+            self._loop, self._handle = loop, None
+            self._bounds.clear()
         self._bounds.add(bound)
-        if self._handle is None or self._loop is not loop:
-            self._loop = loop
+        if self._handle is None:
             self._due = now + min(self._step, bound.budget / _STEPS)
             self._handle = loop.call_at(self._due, self._check)
 
