@@ -103,7 +103,8 @@ class RedisCache(RemoteCache):
         max_pending_writes: queued writes beyond which new writes are dropped.
         max_connections: size of the connection pool built from ``url`` (per node on a
             cluster); on one server a call that finds every connection busy waits for
-            one within its own timeout.
+            one within its own timeout, and one connection is kept for the reads sent
+            alone (``limpet.cache.redis.lone``).
         close_timeout: seconds ``aclose()`` waits for pending writes before dropping them.
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
         hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower trusts
