@@ -581,7 +581,8 @@ async def test_a_leader_cancelled_during_acquire_leaves_no_lease(
         RedisCache.from_url(proxy.url, prefix=redis_prefix) as via_proxy,
         RedisCache.from_url(redis_url, prefix=redis_prefix) as direct,
     ):
-        await via_proxy.get("warm the pool")
+        # A pooled connection (a lone GET keeps its own): the SET NX goes out on it.
+        await via_proxy.delete("warm the pool")
         proxy.stall_replies()
         leader = RedisFlight[str](via_proxy.flight_store, lease)
         unlucky = Upstream(via_proxy, "never asked")
@@ -703,8 +704,12 @@ async def test_connections_left_dead_by_a_restart_cost_no_command(
     async with RedisCache(url=redis_server.url, breaker=breaker) as rc:
         await asyncio.gather(*(rc.set(f"k{i}", b"v", 60) for i in range(5)))
         await rc.flush()
-        # Five reads at once hold five pooled connections open, then give them back.
-        await asyncio.gather(*(rc._get_one(rc.redis_key(f"k{i}")) for i in range(5)))
+        # Five reads at once hold five pooled connections open, then give them back; and
+        # one lone read keeps its own connection.
+        await asyncio.gather(
+            *(rc.run("GET", 1.0, partial(rc.redis.get, rc.redis_key(f"k{i}"))) for i in range(5))
+        )
+        assert await rc.get("k0") == b"v"
         redis_server.kill()
         redis_server.restart()  # same port, empty: every pooled connection is dead
         for i in range(10):

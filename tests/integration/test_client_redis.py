@@ -193,7 +193,8 @@ async def test_full_redis_calls_succeed_and_writes_count_as_failed(
     redis_server_factory: Callable[..., RedisServer],
     breaker: CircuitBreaker,
 ) -> None:
-    server = redis_server_factory("--maxmemory", "1mb", "--maxmemory-policy", "noeviction")
+    # Room for the empty server and its few clients (each holds buffers), then filled.
+    server = redis_server_factory("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
     filler = redis.asyncio.Redis.from_url(server.url)
     rc = RedisCache(url=server.url, breaker=breaker, **PATIENT)
     try:

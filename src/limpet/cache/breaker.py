@@ -135,10 +135,9 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """Whether a call may go ahead now; a True in half-open makes the caller the probe."""
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half_open" and not self._probing:
+        if not self._open:
+            return True  # closed
+        if self.state == "half_open" and not self._probing:
             self._probing = True
             return True
         self.rejected += 1
@@ -152,10 +151,9 @@ class CircuitBreaker:
         """
         if epoch is not None and epoch != self._epoch:
             return
-        state = self.state
-        if state == "closed":
+        if not self._open:
             self._failures = 0
-        elif state == "half_open":
+        elif self.state == "half_open":
             self._open = False
             self._probing = False
             self._failures = 0

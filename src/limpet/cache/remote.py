@@ -2,7 +2,8 @@
 the checks on them, the circuit breaker around every call, and the write queue.
 
 A cache must never make a call slower than having no cache, so every remote operation is
-bounded: reads by ``read_timeout``, writes by ``write_timeout``, and a circuit breaker
+bounded, in the server's time (``limpet.cache.budget``): reads by ``read_timeout``,
+writes by ``write_timeout``, and a circuit breaker
 stops calling a server that keeps failing, so an outage costs a few timeouts, not one per
 call. Writes never wait at all: ``set()`` queues the value and a background writer sends
 it (``limpet.cache.writes.WriteQueue``). Every failure leaves as
@@ -15,7 +16,6 @@ how a batch of writes goes out (the ``SendBatch`` it gives the queue).
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar
 
 from limpet.cache.breaker import BreakerState, CircuitBreaker
+from limpet.cache.budget import Watchdog
 from limpet.cache.writes import SendBatch, WriteQueue
 from limpet.config import check_number
 from limpet.errors import CacheUnavailableError, ConfigurationError
@@ -150,6 +151,7 @@ class RemoteCache:
 
     __slots__ = (
         "_closed",
+        "_watchdog",
         "_where",
         "_writes",
         "breaker",
@@ -188,6 +190,8 @@ class RemoteCache:
         #: Signs flight notices (see ``flight_store``); never in reprs or messages.
         self.hmac_key = settings.hmac_key
         self.breaker = breaker if breaker is not None else CircuitBreaker()
+        # Every call's budget, counted in the server's time, by one timer for them all.
+        self._watchdog = Watchdog(min(self.read_timeout, self.write_timeout))
         self._where = where
         self._closed = False
         self._writes = WriteQueue(
@@ -280,8 +284,9 @@ class RemoteCache:
             raise CacheUnavailableError(f"{type(self).__name__} for {self._where} is closed")
 
     def _deadline(self, budget: float) -> AbstractAsyncContextManager[object]:
-        """Bounds one call to ``budget`` seconds."""
-        return asyncio.timeout(budget)
+        """Bounds one call to ``budget`` seconds of the server's time
+        (``limpet.cache.budget``)."""
+        return self._watchdog.bound(budget)
 
     def _verdict(self, exc: Exception) -> Verdict:
         """What ``exc``, raised by a call, says about the server."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import emcache
@@ -246,7 +247,7 @@ class MemcachedCache(RemoteCache):
         queued, value = self._queued(full.decode())
         if queued:
             return value
-        item = await self.run("get", self.read_timeout, lambda c: c.get(full))
+        item = await self.run("get", self.read_timeout, partial(_get_item, key=full))
         return None if item is None else bytes(item.value)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -361,11 +362,17 @@ class MemcachedCache(RemoteCache):
                 breaker: Memcached is up).
         """
         probing = self.breaker.state == "half_open"
+        return await self._guarded(
+            command, budget, partial(self._call_client, call, probing), gated=gated
+        )
 
-        async def call_client() -> _T:
-            return await call(await self._connector.client(probing=probing))
-
-        return await self._guarded(command, budget, call_client, gated=gated)
+    async def _call_client(
+        self, call: Callable[[emcache.Client], Awaitable[_T]], probing: bool
+    ) -> _T:
+        client = None if probing else self._connector.built
+        if client is None:
+            client = await self._connector.client(probing=probing)
+        return await call(client)
 
     def _verdict(self, exc: Exception) -> Verdict:
         # Memcached refused the command (too large, out of memory): it is up.
@@ -385,3 +392,7 @@ class MemcachedCache(RemoteCache):
         except emcache.CommandError as exc:
             return exc  # Memcached refused it (too large, out of memory): it is up
         return None
+
+
+def _get_item(client: emcache.Client, key: bytes) -> Awaitable[emcache.Item | None]:
+    return client.get(key)

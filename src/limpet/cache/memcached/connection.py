@@ -65,6 +65,11 @@ class MemcachedConnector:
         """The servers, ``host:port,...`` (never a credential)."""
         return ",".join(f"{h}:{p}" for h, p in self._servers) or "lent emcache client"
 
+    @property
+    def built(self) -> emcache.Client | None:
+        """The client, when there is one (no await: the read path's)."""
+        return self._client
+
     async def client(self, *, probing: bool) -> emcache.Client:
         """The client; a fresh one when ``probing`` (for the breaker's probe)."""
         client = self._client

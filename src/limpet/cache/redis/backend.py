@@ -14,10 +14,10 @@ counter shares the tag ``{gen}`` (read together in one MGET).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import ClassVar, TypeVar
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MaxConnectionsError
 
@@ -32,7 +32,8 @@ from limpet.cache.redis.connection import (
 )
 from limpet.cache.redis.generations import bump_generation, read_generations
 from limpet.cache.redis.leases import RedisFlightStore
-from limpet.cache.redis.reads import ReadBatcher, server_deadline
+from limpet.cache.redis.lone import LoneReads
+from limpet.cache.redis.reads import ReadBatcher
 from limpet.cache.redis.scan import unlink_prefix
 from limpet.cache.redis.writes import WRITE_BATCH, RedisClient, pipelined_writes, redis_replied
 from limpet.cache.remote import (
@@ -102,7 +103,8 @@ class RedisCache(RemoteCache):
         max_pending_writes: queued writes beyond which new writes are dropped.
         max_connections: size of the connection pool built from ``url`` (per node on a
             cluster); on one server a call that finds every connection busy waits for
-            one within its own timeout.
+            one within its own timeout, and one connection is kept for the reads sent
+            alone (``limpet.cache.redis.lone``).
         close_timeout: seconds ``aclose()`` waits for pending writes before dropping them.
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
         hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower trusts
@@ -123,6 +125,7 @@ class RedisCache(RemoteCache):
         "_client",
         "_flights",
         "_generation_prefix",
+        "_lone",
         "_owns_client",
         "_reads",
         "_tag_close",
@@ -177,6 +180,13 @@ class RedisCache(RemoteCache):
             breaker=breaker,
         )
         self._flights: RedisFlightStore | None = None
+        # A read alone goes on a connection kept for it, when the pool is ours to keep
+        # one from (on a cluster, keys live on several nodes: through the client).
+        self._lone = (
+            LoneReads(client.connection_pool)
+            if self._owns_client and isinstance(client, Redis)
+            else None
+        )
         self._reads = ReadBatcher(self._get_one, self._get_many)
 
     @classmethod
@@ -275,8 +285,9 @@ class RedisCache(RemoteCache):
         self._check_open()
         return await self._reads.get(redis_key)
 
-    async def _get_one(self, full: str) -> object:
-        return await self.run("GET", self.read_timeout, partial(self._client.get, full))
+    def _get_one(self, full: str) -> Awaitable[object]:
+        fetch = self._client.get if self._lone is None else self._lone.get
+        return self._guarded("GET", self.read_timeout, partial(fetch, full), gated=True)
 
     async def _get_many(self, keys: Sequence[str]) -> Sequence[object]:
         client = self._client
@@ -358,6 +369,8 @@ class RedisCache(RemoteCache):
             return
         try:
             await self._reads.aclose()
+            if self._lone is not None:
+                await self._lone.aclose()
             await self._close_writes()
         finally:
             flights, self._flights = self._flights, None
@@ -382,7 +395,7 @@ class RedisCache(RemoteCache):
         Args:
             command: a name for messages, e.g. ``"GET"``.
             budget: seconds the call may take, connecting included; time the event loop
-                spends on other work is not counted (``reads.server_deadline``), so a
+                spends on other work is not counted (``limpet.cache.budget``), so a
                 busy process is not taken for a slow Redis.
             call: makes the call, e.g. ``lambda: cache.redis.get(cache.redis_key(key))``.
             gated: False lets the call through an open breaker (its verdict still
@@ -395,9 +408,6 @@ class RedisCache(RemoteCache):
                 against the breaker: Redis is up).
         """
         return await self._guarded(command, budget, call, gated=gated)
-
-    def _deadline(self, budget: float) -> AbstractAsyncContextManager[object]:
-        return server_deadline(budget)
 
     def _verdict(self, exc: Exception) -> Verdict:
         if isinstance(exc, MaxConnectionsError):

@@ -7,24 +7,23 @@ burst opened the breaker. Here every key asked for while a read is in flight wai
 the next batch, and a batch is one MGET (on a cluster, one pipeline per node), so a burst
 costs a handful of round trips and a handful of connections.
 
-``server_deadline`` is the clock those round trips run on: the budget counts time only
-while the event loop keeps up, so a loop busy with other callers for a while is not
-taken for a slow Redis.
+The round trips run on the server's clock (``limpet.cache.budget``): a budget counts
+time only while the event loop keeps up, so a loop busy with other callers for a while
+is not taken for a slow Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 
+from limpet.cache.budget import server_deadline
 from limpet.errors import CacheUnavailableError
 
 __all__ = [
     "MAX_BATCH",
     "MAX_BATCHES_IN_FLIGHT",
     "ReadBatcher",
-    "ServerDeadline",
     "server_deadline",
 ]
 
@@ -33,102 +32,6 @@ __all__ = [
 MAX_BATCH = 64
 #: Batches sent at once: bounds the connections a burst takes from the pool.
 MAX_BATCHES_IN_FLIGHT = 4
-
-# The budget is counted in steps of budget / _STEPS; one loop tick counts at most a step.
-_STEPS = 4
-# A loop that never catches up still ends the wait after this many budgets of wall time.
-_MAX_STRETCH = 20
-
-
-def server_deadline(budget: float) -> ServerDeadline:
-    """Like ``asyncio.timeout(budget)``, but time the event loop spends elsewhere is not
-    counted against the server: ``async with server_deadline(0.05): await redis.get(k)``.
-
-    The budget is checked every ``budget / 4`` seconds, and each check counts the time
-    since the last one, but never more than ``budget / 4``: a check that runs late ran
-    late because the loop was busy (or the process was not scheduled), not because
-    Redis was. And the budget runs out only at a check that ran on time, when the loop
-    has just had its chance to read a reply that came in while it was busy. So a healthy
-    loop counts every second, while a loop stalled for 200 ms counts 12.5 ms of a 50 ms
-    budget for that stall. A loop that never catches up gives up after 20 budgets.
-
-    Raises:
-        TimeoutError: (on leaving the block) the budget was spent.
-    """
-    return ServerDeadline(budget)
-
-
-class ServerDeadline:
-    """The context manager ``server_deadline()`` returns; its checks count the budget.
-
-    One timer is the whole mechanism: each check re-arms it, and the check that finds
-    the budget spent cancels the task, which leaves the block as ``TimeoutError`` (as
-    ``asyncio.timeout`` does, whose bookkeeping of cancellations this follows).
-    """
-
-    __slots__ = (
-        "_budget",
-        "_cancelling",
-        "_due",
-        "_expired",
-        "_handle",
-        "_last",
-        "_loop",
-        "_spent",
-        "_started",
-        "_step",
-        "_task",
-    )
-
-    def __init__(self, budget: float) -> None:
-        self._budget = budget
-        self._step = budget / _STEPS
-        self._spent = 0.0
-        self._expired = False
-        self._handle: asyncio.TimerHandle | None = None
-
-    async def __aenter__(self) -> None:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("server_deadline() must be used inside a task")
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._loop = loop = asyncio.get_running_loop()
-        self._started = self._last = loop.time()
-        self._due = self._started + self._step
-        self._handle = loop.call_at(self._due, self._check)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if (
-            self._expired
-            and exc_type is asyncio.CancelledError
-            and self._task.uncancel() <= self._cancelling
-        ):
-            raise TimeoutError from exc
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        step = self._step
-        on_time = now - self._due <= step / 2
-        self._spent += min(now - self._last, step)
-        self._last = now
-        left = self._budget - self._spent
-        if left <= 1e-9 and (on_time or now - self._started >= self._budget * _MAX_STRETCH):
-            self._handle = None
-            self._expired = True
-            self._task.cancel()  # TimeoutError in the caller, on leaving the block
-            return
-        # Spent but late: look again shortly, once the loop has read what came in.
-        self._due = now + (min(step, left) if left > 1e-9 else step / 4)
-        self._handle = self._loop.call_at(self._due, self._check)
 
 
 #: Sends one batch: the keys in, their values (None: absent) out, in order.
@@ -186,18 +89,9 @@ class ReadBatcher:
         Raises:
             CacheUnavailableError: as the fetch raised it.
         """
-        if self._in_flight == 0 and not self._pending:
-            return await self._read_alone(key)
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        if key == self._alone:
-            self._joined.append(future)
-        else:
-            self._pending.setdefault(key, []).append(future)
-            self._start_batches()
-        # A reader that gives up only drops its own future; the batch goes on for others.
-        return await future
-
-    async def _read_alone(self, key: str) -> object:
+        if self._in_flight or self._pending:
+            return await self._join(key)
+        # Alone: read here, in the caller's task (no task, no future of its own).
         self._in_flight += 1
         self._alone = key
         joined = self._joined = []
@@ -219,7 +113,19 @@ class ReadBatcher:
         finally:
             self._alone = None
             self._in_flight -= 1
+            if self._pending:
+                self._start_batches()
+
+    async def _join(self, key: str) -> object:
+        """Read ``key`` with the read alone in flight (the same key) or in a batch."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if key == self._alone:
+            self._joined.append(future)
+        else:
+            self._pending.setdefault(key, []).append(future)
             self._start_batches()
+        # A reader that gives up only drops its own future; the batch goes on for others.
+        return await future
 
     def _start_batches(self) -> None:
         loop = asyncio.get_running_loop()
