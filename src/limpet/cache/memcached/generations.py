@@ -4,11 +4,11 @@ A counter is created with ``add`` and bumped with ``incr``, and Memcached may lo
 any time: evicted by the LRU, gone in a restart or a ``flush_all``. Were it simply
 re-created at 0, entries written under its old values would be read again after an
 invalidation: the one thing invalidation must never allow. So a missing counter is
-created at the current wall-clock time in milliseconds, or one above the highest value
+created at the current wall-clock time in microseconds, or one above the highest value
 this process saw, whichever is higher. Counters only grow by one per invalidation, so a
-re-created counter is above every value it had (short of a thousand invalidations a
-second, sustained): losing it costs at most the entries of its current generation, and
-never revives an older one. Processes that race to create it agree on one value (``add``
+re-created counter is above every value it had (short of a million invalidations a
+second, sustained, or one within a microsecond of the counter's creation): losing it
+costs at most the entries of its current generation, and never revives an older one. Processes that race to create it agree on one value (``add``
 is atomic; the losers read the winner's).
 """
 
@@ -66,7 +66,7 @@ class GenerationCounters:
     async def _create(self, name: str, key: bytes) -> int:
         """Create a missing counter; its value, or the one another process created first."""
         cache = self._cache
-        start = max(int(time.time() * 1000), self._seen.get(name, 0) + 1)
+        start = max(time.time_ns() // 1000, self._seen.get(name, 0) + 1)
         if await cache.run("add", cache.write_timeout, lambda c: _add(c, key, b"%d" % start)):
             return start
         item = await cache.run("get", cache.read_timeout, lambda c: c.get(key))
