@@ -90,6 +90,7 @@ class TieredCache:
         "_failing",
         "_hmac_key",
         "_read_now",
+        "_reads_now",
         "_writes_now",
         "capabilities",
         "local_tiers",
@@ -133,7 +134,11 @@ class TieredCache:
         self._read_now = (
             tiers[0].get_now if self.local_tiers and isinstance(tiers[0], _ReadableNow) else None
         )
-        # Each tier's synchronous write, when it is local and has one (``set_now()``).
+        # Each tier's synchronous read and write, when it is local and has them.
+        self._reads_now = tuple(
+            tier.get_now if can.local and isinstance(tier, _ReadableNow) else None
+            for tier, can in zip(tiers, self.capabilities, strict=True)
+        )
         self._writes_now = tuple(
             tier.set_now if can.local and isinstance(tier, _WritableNow) else None
             for tier, can in zip(tiers, self.capabilities, strict=True)
@@ -245,8 +250,9 @@ class TieredCache:
         counted, like a corrupt entry."""
         tiers, failing = self.tiers, self._failing
         for index in range(start, len(tiers) if stop is None else stop):
-            try:
-                data = await tiers[index].get(key)
+            read_now = self._reads_now[index]
+            try:  # an in-process tier is read without a coroutine
+                data = read_now(key) if read_now is not None else await tiers[index].get(key)
             except CacheUnavailableError as exc:
                 self._fault(index, exc)
                 continue

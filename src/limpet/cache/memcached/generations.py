@@ -8,8 +8,9 @@ created at the current wall-clock time in microseconds, or one above the highest
 this process saw, whichever is higher. Counters only grow by one per invalidation, so a
 re-created counter is above every value it had (short of a million invalidations a
 second, sustained, or one within a microsecond of the counter's creation): losing it
-costs at most the entries of its current generation, and never revives an older one. Processes that race to create it agree on one value (``add``
-is atomic; the losers read the winner's).
+costs at most the entries of its current generation, and never revives an older one.
+Processes that race to create it agree on one value (``add`` is atomic; the losers read
+the winner's).
 """
 
 from __future__ import annotations
