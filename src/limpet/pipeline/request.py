@@ -7,6 +7,7 @@ reads everything about the call from this one object.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,7 +64,9 @@ class Request(Call):
         headers: Mapping[str, str] | None = None,
         text_chars: int = -1,
     ) -> None:
-        super().__init__(timeout, headers)
+        # The Call's own fields, all but those ``start()`` sets: a hit never needs them.
+        self.timeout = timeout
+        self.headers = headers
         self.body = body
         self.model: str = body["model"]
         self.decision = decision
@@ -73,8 +76,12 @@ class Request(Call):
         self.text_chars = text_chars
 
     def start(self) -> Call:
-        """The call past the hit path: this request itself (its deadline runs from its
-        making, microseconds before)."""
+        """The call past the hit path: this request itself, its deadline running from
+        now."""
+        timeout = self.timeout
+        self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        self.waiting_for = "the cache"
+        self.queued = 0.0
         return self
 
 
