@@ -358,8 +358,14 @@ async def test_client_mirrors_affinity_to_its_redis_tier_and_others_follow(
     tight = StickyRouter(endpoints(gateway), config=RoutingConfig(load_floor=1, max_overload=0))
     async with sticky_client(gateway, tight, cache=tiered()) as a:
         assert client_router(a).store is not None
-        # Both start at once: bounded load (floor 1, e 0) sends the second elsewhere.
-        at_home, moved = await asyncio.gather(a.complete(**neighbour), a.complete(**first))
+        # The neighbour is upstream at home when the spilled request is routed: bounded
+        # load (floor 1, e 0) sends that one elsewhere.
+        gateway.endpoint(home).hold_answers()
+        neighbour_call = asyncio.ensure_future(a.complete(**neighbour))
+        await gateway.endpoint(home).wait_for_calls(1)
+        moved = await a.complete(**first)
+        gateway.endpoint(home).release_answers()
+        at_home = await neighbour_call
     assert at_home.endpoint == home != moved.endpoint
     raw = redis.asyncio.Redis.from_url(redis_url)
     try:
