@@ -312,10 +312,9 @@ class Client:
             self._recorder.finished(request.model, completion, started)
             return completion
         call = request.start()
+        work = self._chat.complete(request, call)
         try:
-            completion = await self._calls.guarded(
-                call, self._chat.complete(request, call), count=True
-            )
+            completion = await self._calls.guarded(call, work, count=True)
         except APIError as exc:
             self._recorder.failed(request.model, exc, started, queued=call.queued)
             raise
