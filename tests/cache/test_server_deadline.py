@@ -72,7 +72,7 @@ async def test_a_watchdog_keeps_one_timer_however_many_calls_are_in_flight() -> 
         armed.append(when)
         return call_at(when, callback, *args)
 
-    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    loop.call_at = counting_call_at  # type: ignore[assignment]
     try:
         for _ in range(100):  # sequential calls, as hits are
             async with watchdog.bound(0.05):
