@@ -118,25 +118,21 @@ class ChatPipeline:
                 # read of a key at a time per process: in a storm, the others go straight
                 # to the flight, whose read is the one that counts.
                 return await self._flown(request, key, call)
-            found = await self._read(store, key, start, flight is not None)
+            # The lookup stage past tier 0 (here, not in a coroutine of its own: the read
+            # resumes through every coroutine above it). A miss is counted by the flight's
+            # own read, when there is one; while it reads, identical callers go to the
+            # flight instead.
+            if flight is None:
+                found = await store.get(key, start=start)
+            else:
+                self._reading.add(key)
+                try:
+                    found = await store.get(key, start=start, count_miss=False)
+                finally:
+                    self._reading.discard(key)
             if found is not None:
-                return completion_of(found, CacheStatus.HIT, key)
+                return completion_of(found[0], CacheStatus.HIT, key)
         return await self._flown(request, key, call)
-
-    async def _read(
-        self, store: TieredCache, key: str, start: int, flown: bool
-    ) -> CacheEntry | None:
-        """The lookup stage past tier 0. A miss is counted by the flight's own read, when
-        there is one; while it reads, identical callers go to the flight instead."""
-        if not flown:
-            found = await store.get(key, start=start)
-            return None if found is None else found[0]
-        self._reading.add(key)
-        try:
-            found = await store.get(key, start=start, count_miss=False)
-        finally:
-            self._reading.discard(key)
-        return None if found is None else found[0]
 
     async def _flown(self, request: Request, key: str | None, call: Call) -> Completion:
         """The flight stage: one upstream call per key among concurrent callers."""

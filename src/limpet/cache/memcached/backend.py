@@ -30,9 +30,9 @@ writes are queued and sent in the background, and every failure leaves as
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import emcache
 
@@ -336,15 +336,16 @@ class MemcachedCache(RemoteCache):
             self._flights = None
             await self._connector.aclose()
 
-    async def run(
+    def run(
         self,
         command: str,
         budget: float,
         call: Callable[[emcache.Client], Awaitable[_T]],
         *,
         gated: bool = True,
-    ) -> _T:
-        """Run one Memcached call under this cache's breaker, within ``budget`` seconds.
+    ) -> Coroutine[Any, Any, _T]:
+        """Run one Memcached call under this cache's breaker, within ``budget`` seconds
+        (awaited: the boundary's own coroutine, with none around it).
 
         The one boundary to Memcached, shared by the flight store.
 
@@ -362,9 +363,11 @@ class MemcachedCache(RemoteCache):
                 breaker: Memcached is up).
         """
         probing = self.breaker.state == "half_open"
-        return await self._guarded(
-            command, budget, partial(self._call_client, call, probing), gated=gated
+        client = None if probing else self._connector.built
+        work = (
+            partial(self._call_client, call, probing) if client is None else partial(call, client)
         )
+        return self._guarded(command, budget, work, gated=gated)
 
     async def _call_client(
         self, call: Callable[[emcache.Client], Awaitable[_T]], probing: bool
