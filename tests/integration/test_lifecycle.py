@@ -102,6 +102,52 @@ async def test_aclose_stops_coalesced_waiters_and_their_shared_call(gateway: Fak
     assert limpet_tasks() == []
 
 
+async def test_a_call_its_caller_cancels_is_cancelled_and_the_client_goes_on(
+    gateway: FakeGateway,
+) -> None:
+    # A call with no deadline is stopped by cancelling its task: a cancellation of the
+    # caller's own must stay a cancellation (never ClientClosedError), and the Client must
+    # count the call as ended.
+    ep = gateway.endpoint("a")
+    ep.delay(FOREVER, times=1)
+    client = make_client(gateway)
+    call = asyncio.create_task(client.complete(**ask("cancelled")))
+    await ep.wait_for_calls(1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert len(client._calls) == 0
+    answered = await client.complete(**ask("after"))
+    assert answered.cache is CacheStatus.MISS
+    await client.aclose()
+    assert limpet_tasks() == []
+
+
+async def test_aclose_stops_a_call_whose_caller_has_cancelled_it_before(
+    gateway: FakeGateway,
+) -> None:
+    # A caller that cancelled and then caught its cancellation (its task counts it) is
+    # still stopped as closed when aclose() comes.
+    ep = gateway.endpoint("a")
+    ep.delay(FOREVER)
+    client = make_client(gateway, close_grace=0)
+
+    async def shielded_once() -> object:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            task.uncancel()
+        return await client.complete(**ask("late"))
+
+    call = asyncio.create_task(shielded_once())
+    await ep.wait_for_calls(1)
+    await client.aclose()
+    assert isinstance(call.exception(), ClientClosedError)
+
+
 @pytest.mark.redis
 async def test_aclose_releases_the_cross_process_lease_of_a_stopped_leader(
     gateway: FakeGateway, redis_url: str, redis_prefix: str

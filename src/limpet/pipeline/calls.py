@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from limpet.errors import APITimeoutError, ClientClosedError
 
@@ -49,11 +49,17 @@ class Call:
 class RunningCalls:
     """Counts running calls and holds the deadline scopes of those awaiting something."""
 
-    __slots__ = ("_active", "_scopes", "_settled")
+    __slots__ = ("_active", "_scopes", "_settled", "_stopped", "_tasks")
 
     def __init__(self) -> None:
         self._active = 0
         self._scopes: set[asyncio.Timeout] = set()
+        # The tasks of calls with no deadline, each with its ``cancelling()`` count when
+        # it entered: ``stop()`` cancels them itself (an ``asyncio.timeout`` scope with
+        # nothing to time would cost every call its entry and exit), and those it
+        # cancelled.
+        self._tasks: dict[asyncio.Task[Any], int] = {}
+        self._stopped: set[asyncio.Task[Any]] = set()
         # Set whenever a call or a scope ends, while someone waits for that.
         self._settled: asyncio.Event | None = None
 
@@ -77,6 +83,9 @@ class RunningCalls:
             APITimeoutError: the call's ``timeout`` passed; says what it was waiting for.
             ClientClosedError: ``stop()`` stopped the call.
         """
+        task = asyncio.current_task() if call.deadline is None else None
+        if task is not None and task not in self._tasks:
+            return await self._unscoped(task, work, count)
         scope = asyncio.timeout_at(call.deadline)
         self._active += count
         try:
@@ -100,6 +109,29 @@ class RunningCalls:
             if count:
                 self._ended()
 
+    async def _unscoped(self, task: asyncio.Task[Any], work: Awaitable[T], count: bool) -> T:
+        """``guarded`` for a call with no deadline: ``stop()`` cancels its task, and the
+        cancellation leaves as ``ClientClosedError`` (as an expired scope's would)."""
+        entered = task.cancelling()
+        self._tasks[task] = entered
+        self._active += count
+        try:
+            return await work
+        except asyncio.CancelledError as exc:
+            if task in self._stopped:
+                self._stopped.discard(task)
+                if task.uncancel() <= entered:
+                    raise ClientClosedError("Client closed while the call was running") from exc
+            raise
+        finally:
+            if task in self._stopped:  # stopped, but the work ended some other way
+                self._stopped.discard(task)
+                task.uncancel()
+            del self._tasks[task]
+            self._settle()
+            if count:
+                self._ended()
+
     async def stop(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for every call to end, then stop those awaiting
         something (they raise ``ClientClosedError``)."""
@@ -109,10 +141,14 @@ class RunningCalls:
         for scope in list(self._scopes):
             if not scope.expired():
                 scope.reschedule(now)
+        for task in list(self._tasks):
+            if task not in self._stopped:
+                self._stopped.add(task)
+                task.cancel()
 
     async def unwound(self, seconds: float) -> bool:
         """Whether, within ``seconds``, no call awaits anything any more."""
-        return await self._settled_within(seconds, lambda: not self._scopes)
+        return await self._settled_within(seconds, lambda: not self._scopes and not self._tasks)
 
     async def _settled_within(self, seconds: float, done: Callable[[], bool]) -> bool:
         with contextlib.suppress(TimeoutError):
