@@ -344,10 +344,9 @@ class MemcachedCache(RemoteCache):
         *,
         gated: bool = True,
     ) -> Coroutine[Any, Any, _T]:
-        """Run one Memcached call under this cache's breaker, within ``budget`` seconds
-        (awaited: the boundary's own coroutine, with none around it).
-
-        The one boundary to Memcached, shared by the flight store.
+        """Run one Memcached call under this cache's breaker, within ``budget`` seconds:
+        the one boundary to Memcached, shared by the flight store (awaited, it is the
+        boundary's own coroutine, with none around it).
 
         Args:
             command: a name for messages, e.g. ``"get"``.
@@ -363,10 +362,8 @@ class MemcachedCache(RemoteCache):
                 breaker: Memcached is up).
         """
         probing = self.breaker.state == "half_open"
-        client = None if probing else self._connector.built
-        work = (
-            partial(self._call_client, call, probing) if client is None else partial(call, client)
-        )
+        built = None if probing else self._connector.built
+        work = partial(self._call_client, call, probing) if built is None else partial(call, built)
         return self._guarded(command, budget, work, gated=gated)
 
     async def _call_client(
