@@ -54,11 +54,10 @@ class RunningCalls:
     def __init__(self) -> None:
         self._active = 0
         self._scopes: set[asyncio.Timeout] = set()
-        # The tasks of calls with no deadline, each with its ``cancelling()`` count when
-        # it entered: ``stop()`` cancels them itself (an ``asyncio.timeout`` scope with
-        # nothing to time would cost every call its entry and exit), and those it
-        # cancelled.
-        self._tasks: dict[asyncio.Task[Any], int] = {}
+        # The tasks of calls with no deadline: ``stop()`` cancels them itself (an
+        # ``asyncio.timeout`` scope with nothing to time would cost every call its entry
+        # and exit); and those it cancelled.
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped: set[asyncio.Task[Any]] = set()
         # Set whenever a call or a scope ends, while someone waits for that.
         self._settled: asyncio.Event | None = None
@@ -113,7 +112,7 @@ class RunningCalls:
         """``guarded`` for a call with no deadline: ``stop()`` cancels its task, and the
         cancellation leaves as ``ClientClosedError`` (as an expired scope's would)."""
         entered = task.cancelling()
-        self._tasks[task] = entered
+        self._tasks.add(task)
         self._active += count
         try:
             return await work
@@ -127,7 +126,7 @@ class RunningCalls:
             if task in self._stopped:  # stopped, but the work ended some other way
                 self._stopped.discard(task)
                 task.uncancel()
-            del self._tasks[task]
+            self._tasks.discard(task)
             self._settle()
             if count:
                 self._ended()
