@@ -130,15 +130,13 @@ class TieredCache:
         self.capabilities: tuple[TierCapabilities, ...] = tuple(map(capabilities_of, tiers))
         #: How many leading tiers answer in-process, without I/O (``MemoryCache``).
         self.local_tiers = _leading_local(self.capabilities)
-        # Tier 0's synchronous read, when it is local and has one (``get_now()``).
-        self._read_now = (
-            tiers[0].get_now if self.local_tiers and isinstance(tiers[0], _ReadableNow) else None
-        )
         # Each tier's synchronous read and write, when it is local and has them.
         self._reads_now = tuple(
             tier.get_now if can.local and isinstance(tier, _ReadableNow) else None
             for tier, can in zip(tiers, self.capabilities, strict=True)
         )
+        # Tier 0's, the hit path's read (``get_now()``).
+        self._read_now = self._reads_now[0]
         self._writes_now = tuple(
             tier.set_now if can.local and isinstance(tier, _WritableNow) else None
             for tier, can in zip(tiers, self.capabilities, strict=True)

@@ -41,6 +41,11 @@ class Call:
     def __init__(self, timeout: float | None, headers: Mapping[str, str] | None) -> None:
         self.timeout = timeout
         self.headers = headers
+        self.begin()
+
+    def begin(self) -> None:
+        """Start the call's clock: its deadline runs from now; nothing waited for yet."""
+        timeout = self.timeout
         self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         self.waiting_for = "the cache"
         self.queued = 0.0

@@ -7,7 +7,6 @@ reads everything about the call from this one object.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,10 +77,7 @@ class Request(Call):
     def start(self) -> Call:
         """The call past the hit path: this request itself, its deadline running from
         now."""
-        timeout = self.timeout
-        self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        self.waiting_for = "the cache"
-        self.queued = 0.0
+        self.begin()
         return self
 
 
