@@ -71,6 +71,10 @@ def decide(body: Mapping[str, Any], mode: str | None, policy: CachePolicy) -> Ca
         InvalidRequestError: ``mode`` is not None or one of the modes above.
     """
     if mode is None:
+        temperature: Any = body.get("temperature")
+        kind = type(temperature)
+        if kind is int or kind is float:  # ``is_cacheable``'s common case, without its call
+            return _DEFAULT_ON if temperature <= policy.max_temperature else _BYPASS
         return _DEFAULT_ON if is_cacheable(body, policy) else _BYPASS
     if mode not in _MODES:
         raise InvalidRequestError("cache", f"None or one of {sorted(_MODES)}", mode)
