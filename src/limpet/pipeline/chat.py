@@ -81,11 +81,12 @@ class ChatPipeline:
         """The key stage without I/O and a look in tier 0 when it reads without awaiting
         (``TieredCache.get_now``): the answer when it holds it. A plain function, so it
         never yields to the event loop (``aclose()`` never finds it half-way)."""
-        if not self.keyed(request):
+        decision = request.decision  # ``keyed()``, without its call
+        if not (decision.uses_cache or (decision.coalesce and self._flight is not None)):
             return None
         key = request.key = self.keying.now(request.body, request.headers, request.text_chars)
         store = self._cache
-        if key is None or store is None or not request.decision.read:
+        if key is None or store is None or not decision.read:
             return None
         try:
             entry = store.get_now(key)
