@@ -297,15 +297,16 @@ class Client:
         if self._closed:
             raise ClientClosedError("Client is closed")
         started = time.perf_counter()
+        # By position: cache, ttl, default_ttl, policy, timeout, extra_headers, extra_body.
         request = chat_request(
             {"model": model, "messages": messages, **params},
-            cache=cache,
-            ttl=ttl,
-            default_ttl=self._ttl,
-            policy=self._policy,
-            timeout=timeout,
-            extra_headers=extra_headers,
-            extra_body=extra_body,
+            cache,
+            ttl,
+            self._ttl,
+            self._policy,
+            timeout,
+            extra_headers,
+            extra_body,
         )
         completion = self._chat.hit(request)
         if completion is not None:

@@ -7,44 +7,64 @@ generation (``invalidate()`` bumps it) and the credential scope (the call's own
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from limpet.cache.generations import Generations
 from limpet.pipeline.credentials import call_scope
+from limpet.pipeline.key_memo import KeyMemo
 from limpet.pipeline.keys import (
+    LARGE_MESSAGE_COUNT,
+    LARGE_REQUEST_BYTES,
     canonical_request,
     key_header,
     looks_large,
     request_key_async,
 )
 
+# Key headers of the Client's own credential held per scope (a few: a generation per
+# model); past this many, the oldest scopes are likely stale (``invalidate()``).
+_HEADERS_HELD = 64
+
 
 class Keying:
     """Derives keys for one Client: its namespace, credential scope and generations."""
 
-    __slots__ = ("credential", "generations", "namespace")
+    __slots__ = ("_headers", "credential", "generations", "memo", "namespace")
 
     def __init__(self, generations: Generations, namespace: str, credential: str) -> None:
         self.generations = generations
         self.namespace = namespace
         self.credential = credential
+        self.memo = KeyMemo()
+        # ``key_header`` of (namespace, scope, credential) by scope: one dict lookup.
+        self._headers: dict[str, bytes] = {}
 
     def now(
         self, body: Mapping[str, Any], headers: Mapping[str, str] | None, text_chars: int = -1
     ) -> str | None:
         """The key when it can be had without I/O or a long block of the event loop: the
         model's generation is known and the request is not large (``text_chars``: the
-        messages' text length, when known; see ``looks_large``). Else None."""
+        messages' text length, when known; see ``looks_large``). Else None.
+
+        ``request_key``'s, found in the memo when the same bytes were keyed lately."""
         scope = self.generations.scope_now(body["model"])
-        if scope is None or looks_large(body, text_chars):
+        if scope is None:
             return None
-        credential = self.credential if headers is None else call_scope(self.credential, headers)
-        # ``request_key``, with its header looked up without keyword arguments: a hit
-        # pays for this on every call.
-        header = key_header(self.namespace, scope, credential)
-        return hashlib.sha256(header + canonical_request(body)).hexdigest()
+        # ``looks_large``, its call skipped when validation summed a short plain text
+        # (then ``messages`` is a list).
+        small = 0 <= text_chars < LARGE_REQUEST_BYTES and (
+            len(body["messages"]) <= LARGE_MESSAGE_COUNT
+        )
+        if not small and looks_large(body, text_chars):
+            return None
+        if headers is None:
+            header = self._headers.get(scope) or self._own_header(scope)
+        else:
+            header = key_header(self.namespace, scope, call_scope(self.credential, headers))
+        data = header + canonical_request(body)
+        memo = self.memo
+        return memo.get(data) or memo.add(data)
 
     async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
         """The key, reading the model's generation from the shared tier when needed; a
@@ -59,3 +79,11 @@ class Keying:
     def scope(self, headers: Mapping[str, str] | None) -> str:
         """The credential scope of a call sending ``headers``."""
         return self.credential if headers is None else call_scope(self.credential, headers)
+
+    def _own_header(self, scope: str) -> bytes:
+        """``key_header`` of a call with no headers of its own under ``scope``, held."""
+        held = self._headers
+        if len(held) >= _HEADERS_HELD:
+            del held[next(iter(held))]
+        header = held[scope] = key_header(self.namespace, scope, self.credential)
+        return header

@@ -83,7 +83,6 @@ class Request(Call):
 
 def chat_request(
     body: dict[str, Any],
-    *,
     cache: str | None,
     ttl: float | None,
     default_ttl: float,
@@ -93,7 +92,9 @@ def chat_request(
     extra_body: Mapping[str, Any] | None = None,
     stream: bool = False,
 ) -> Request:
-    """The ``Request`` of a ``complete()`` or ``stream()`` call, validated.
+    """The ``Request`` of a ``complete()`` or ``stream()`` call, validated. (Its
+    arguments may be passed by position: ``complete()`` does, for a hit pays for each
+    keyword.)
 
     Raises:
         InvalidRequestError: naming the first offending field and what was expected.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from limpet.errors import InvalidRequestError
 
@@ -156,33 +156,37 @@ def _check_parameters(body: Mapping[str, Any]) -> None:
     # inline, for it is the common case); any other is checked to be JSON (orjson would
     # send NaN as null, and fail on an object).
     for name, value in body.items():
+        kind = type(value)
         check = _FIELD_CHECKS.get(name)
-        if check is not None:
-            if type(check) is not _Range:
-                check(name, value)  # type: ignore[operator]
-            elif value is not None and (
-                # Exact types: bool is an int subclass, and True is no temperature.
-                type(value) not in check.types or not check.low <= value <= check.high
+        if check is None:
+            if kind is str or kind is int or kind is bool or value is None:
+                continue
+            if kind is float:
+                if not math.isfinite(value):
+                    raise InvalidRequestError(name, "a finite number", value)
+            elif name != "messages":  # checked message by message
+                _check_json(value, name)
+        elif type(check) is _Range:
+            # Exact types: bool is an int subclass, and True is no temperature.
+            if value is not None and (
+                kind not in check.types or not check.low <= value <= check.high
             ):
                 raise InvalidRequestError(name, check.expected, value)
-            continue
-        kind = type(value)
-        if kind is str or kind is int or kind is bool or value is None:
-            continue
-        if kind is float:
-            if not math.isfinite(value):
-                raise InvalidRequestError(name, "a finite number", value)
-        elif name != "messages":  # checked message by message
-            _check_json(value, name)
+        else:
+            check(name, value)  # type: ignore[operator]
 
 
-class _Range(NamedTuple):
-    """A number field's rule: None, or one of ``types`` from ``low`` to ``high``."""
+class _Range:
+    """A number field's rule: None, or one of ``types`` from ``low`` to ``high``. (A
+    class with slots, not a named tuple: the hit path reads its fields on every call.)"""
 
-    types: tuple[type, ...]
-    low: float
-    high: float
-    expected: str
+    __slots__ = ("expected", "high", "low", "types")
+
+    def __init__(self, types: tuple[type, ...], low: float, high: float, expected: str):
+        self.types = types
+        self.low = low
+        self.high = high
+        self.expected = expected
 
 
 def _in_range(low: float, high: float) -> _Range:
