@@ -19,7 +19,6 @@ from limpet.providers.pricing import (
     prompt_cache_savings,
     storage_cost_usd,
 )
-from limpet.providers.pricing.table import UNRESOLVED
 from limpet.providers.usage import normalize_usage
 
 SONNET = ModelPrices.per_million(
@@ -384,21 +383,3 @@ def test_resolved_prices_follow_later_overrides_and_listings() -> None:
     overridden = table.get("x/model")
     assert overridden is not None and overridden.source == "override"
     assert asyncio.run(table.prices("x/model")) is overridden
-
-
-async def test_resolved_answers_what_prices_gives_once_it_needs_no_await() -> None:
-    fetched = {"data": [{"id": "x/model", "pricing": {"prompt": "1", "completion": "2"}}]}
-
-    async def fetch() -> object:
-        return fetched
-
-    table = PriceTable(fetch, fallback=False)
-    assert table.resolved("x/model") is UNRESOLVED  # the listing is not read yet
-    priced = await table.prices("x/model")
-    assert priced is not None and table.resolved("x/model") is priced
-    assert table.resolved("x/other") is UNRESOLVED  # never looked up
-    assert await table.prices("x/other") is None
-    assert table.resolved("x/other") is None  # known to be unpriced
-    assert table.resolved("x/model", "x/other") is UNRESOLVED  # another set of names
-    table.override("x/model", ModelPrices.per_million(prompt=5, completion=5))
-    assert table.resolved("x/model") is UNRESOLVED  # an override forgets resolutions

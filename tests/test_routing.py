@@ -716,21 +716,3 @@ def test_a_spill_routed_outside_an_event_loop_is_written_at_the_next_flush(
     assert moved.reason == "spill" and store.data == {}
     asyncio.run(r.aclose())
     assert set(store.data.values()) == {moved.endpoints[0].name}
-
-
-async def test_route_now_routes_as_route_does_unless_the_store_may_be_read(
-    store: DictStore,
-) -> None:
-    body = rag(document("doc"), "q")
-    local = router()
-    routed_now = local.route_now(body)
-    assert routed_now is not None
-    assert [e.name for e in routed_now.endpoints] == [
-        e.name for e in (await router().route(body)).endpoints
-    ]
-    shared = StickyRouter(endpoints(), store=store)
-    assert shared.route_now(body) is None  # route() may read the store: it is awaited
-    assert store.lookups == 0
-    single = StickyRouter(endpoints(1), store=store)
-    only = single.route_now(body)
-    assert only is not None and [e.name for e in only.endpoints] == ["e0"]

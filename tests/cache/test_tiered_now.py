@@ -155,36 +155,3 @@ async def test_get_now_answers_what_get_answers(stored: dict[str, str], asked: l
         if read_now is not None and found is not None:
             assert read_now == found[0] and found[1] == 0
     assert now.stats.hits == later.stats.hits
-
-
-async def test_set_now_stores_as_set_does_in_every_in_process_tier() -> None:
-    clock = FakeClock()
-    now = TieredCache(MemoryCache(clock=clock), MemoryCache(clock=clock), clock=clock)
-    later = TieredCache(MemoryCache(clock=clock), MemoryCache(clock=clock), clock=clock)
-    assert now.writable_now
-    entry = CacheEntry(ANSWER, Usage(3, 2), 0.5, "a", clock() - 1, clock() + 60)
-    now.set_now("k", entry)
-    assert await later.set("k", entry) is not None
-    for mine, theirs in zip(now.tiers, later.tiers, strict=True):
-        assert await mine.get("k") == await theirs.get("k") is not None
-    expired = CacheEntry(ANSWER, Usage(3, 2), 0.5, "a", clock() - 10, clock() - 1)
-    now.set_now("gone", expired)
-    assert await now.tiers[0].get("gone") is None
-
-
-async def test_set_now_counts_an_oversized_entry_and_stores_nothing() -> None:
-    cache = TieredCache(MemoryCache(), max_entry_bytes=64)
-    cache.set_now("k", CacheEntry(ANSWER, Usage(3, 2), 0.5, "a", 0, FAR))
-    assert cache.stats.oversized == 1
-    assert await cache.tiers[0].get("k") is None
-
-
-def test_set_now_refuses_a_cache_with_a_tier_written_by_awaiting() -> None:
-    cache = TieredCache(MemoryCache(), AsyncOnlyLocalTier())
-    assert not cache.writable_now
-    try:
-        cache.set_now("k", CacheEntry(ANSWER, Usage(3, 2), 0.5, "a", 0, FAR))
-    except RuntimeError:
-        pass
-    else:
-        raise AssertionError("set_now() must not skip a tier it cannot write now")

@@ -34,8 +34,6 @@ __all__ = ["DEFAULT_MAX_ENTRY_BYTES", "TierStats", "TieredCache"]
 logger = logging.getLogger("limpet.cache")
 
 V = TypeVar("V")
-# An in-process tier's synchronous write: ``set_now(key, data, ttl)``.
-_Write = Callable[[str, bytes, float], None]
 
 #: Encoded entries above this many bytes are served but not stored.
 DEFAULT_MAX_ENTRY_BYTES = 4 * 1024 * 1024
@@ -290,32 +288,23 @@ class TieredCache:
         """Store bytes already encoded, bound to ``key`` (and signed with ``hmac_key``) by
         their own codec, in every tier for ``ttl`` seconds. Returns False, storing nothing
         (counted in ``stats.oversized``), when they are larger than ``max_entry_bytes``."""
-        if not self._fits(data):
+        if len(data) > self.max_entry_bytes:
+            self.stats.oversized += 1
+            logger.info(
+                "limpet cache: a value of %d bytes was not stored (max_entry_bytes=%d)",
+                len(data),
+                self.max_entry_bytes,
+            )
             return False
         for index, write_now in enumerate(self._writes_now):
             if write_now is None:
                 await self._set_in(index, key, data, ttl)
-            else:
-                self._write_now(index, write_now, key, data, ttl)
+                continue
+            try:  # an in-process tier, written without a coroutine
+                write_now(key, data, ttl)
+            except CacheUnavailableError as exc:
+                self._fault(index, exc)
         return True
-
-    def _fits(self, data: bytes) -> bool:
-        """Whether ``data`` may be stored; counted and logged when it may not."""
-        if len(data) <= self.max_entry_bytes:
-            return True
-        self.stats.oversized += 1
-        logger.info(
-            "limpet cache: a value of %d bytes was not stored (max_entry_bytes=%d)",
-            len(data),
-            self.max_entry_bytes,
-        )
-        return False
-
-    def _write_now(self, index: int, write: _Write, key: str, data: bytes, ttl: float) -> None:
-        try:  # an in-process tier, written without a coroutine
-            write(key, data, ttl)
-        except CacheUnavailableError as exc:
-            self._fault(index, exc)
 
     def _decode_entry(self, key: str, data: bytes) -> tuple[CacheEntry, float]:
         entry = self._codec.decode(key, data)
@@ -328,31 +317,11 @@ class TieredCache:
             The encoded entry and its TTL (for a cross-process flight to share), or None
             when it had already expired or is larger than ``max_entry_bytes``.
         """
-        encoded = self._encoded(key, entry)
-        if encoded is None or not await self.set_value(key, *encoded):
-            return None
-        return encoded
-
-    @property
-    def writable_now(self) -> bool:
-        """Whether ``set_now()`` stores: every tier is in-process, written synchronously."""
-        return None not in self._writes_now
-
-    def set_now(self, key: str, entry: CacheEntry) -> None:
-        """``set()`` without awaiting anything, when ``writable_now`` (else it raises
-        ``RuntimeError``): the flight of a process with only in-process tiers stores so."""
-        if not self.writable_now:
-            raise RuntimeError("set_now(): a tier of this cache is written by awaiting")
-        encoded = self._encoded(key, entry)
-        if encoded is None or not self._fits(encoded[0]):
-            return
-        for index, write_now in enumerate(self._writes_now):
-            self._write_now(index, cast(_Write, write_now), key, *encoded)
-
-    def _encoded(self, key: str, entry: CacheEntry) -> tuple[bytes, float] | None:
-        """``entry`` encoded for ``key``, and its TTL from now; None when it has expired."""
         ttl = entry.expires_at - self._clock()
-        return None if ttl <= 0 else (self._codec.encode(key, entry), ttl)
+        if ttl <= 0:
+            return None
+        data = self._codec.encode(key, entry)
+        return (data, ttl) if await self.set_value(key, data, ttl) else None
 
     async def discard(self, key: str, error: CacheCorruptError) -> None:
         """Count ``key``'s entry as corrupt and delete it from every tier: for a fault found

@@ -13,13 +13,7 @@ from limpet.cache.base import CacheEntry
 from limpet.models import Usage
 from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
-from limpet.providers.pricing import (
-    ModelPrices,
-    PriceTable,
-    completion_cost,
-    prompt_cache_savings,
-)
-from limpet.providers.pricing.table import UNRESOLVED
+from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
 from limpet.providers.prompt_cache import breakpoint_ttl
 from limpet.providers.usage import parse_usage, reported_cost, with_write_ttl
 
@@ -31,22 +25,6 @@ class Accounting:
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
-
-    def entry_now(
-        self,
-        request: Request,
-        answer: dict[str, Any],
-        usage: Usage,
-        endpoint: str,
-        sent: dict[str, Any],
-        stream: bytes | None = None,
-    ) -> CacheEntry | None:
-        """``entry()`` when the model's prices are known without awaiting anything (every
-        call but a model's first), else None."""
-        prices = self.prices.resolved(answer.get("model") or request.model, request.model)
-        if prices is UNRESOLVED:
-            return None
-        return _entry(request, answer, usage, endpoint, sent, stream, prices)
 
     async def entry(
         self,
@@ -60,32 +38,20 @@ class Accounting:
         """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed from
         its ``usage`` object), with what it cost; notes on ``request`` what the provider's
         prompt cache saved."""
+        if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
+            # OpenRouter reports one total of cache writes; their TTL is the marks'.
+            usage = with_write_ttl(usage, breakpoint_ttl(sent))
         prices = await self.prices.prices(answer.get("model") or request.model, request.model)
-        return _entry(request, answer, usage, endpoint, sent, stream, prices)
-
-
-def _entry(
-    request: Request,
-    answer: dict[str, Any],
-    usage: Usage,
-    endpoint: str,
-    sent: dict[str, Any],
-    stream: bytes | None,
-    prices: ModelPrices | None,
-) -> CacheEntry:
-    """``Accounting.entry()`` with the model's ``prices`` in hand."""
-    if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
-        # OpenRouter reports one total of cache writes; their TTL is the marks'.
-        usage = with_write_ttl(usage, breakpoint_ttl(sent))
-    cost = completion_cost(usage, prices, reported_cost(answer.get("usage")))
-    if prices is not None:  # a priced call's cost carries its savings already
-        saved = cost.saved_usd if cost is not None else prompt_cache_savings(usage, prices)
-        request.saved_usd = saved
-    now = time.time()
-    usd = None if cost is None else cost.usd
-    return CacheEntry(
-        answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
-    )
+        cost = completion_cost(usage, prices, reported_cost(answer.get("usage")))
+        if prices is not None:  # a priced call's cost carries its savings already
+            request.saved_usd = (
+                cost.saved_usd if cost is not None else prompt_cache_savings(usage, prices)
+            )
+        now = time.time()
+        usd = None if cost is None else cost.usd
+        return CacheEntry(
+            answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
+        )
 
 
 def add_batch(

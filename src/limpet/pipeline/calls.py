@@ -79,24 +79,17 @@ class RunningCalls:
         self._active -= 1
         self._settle()
 
-    def guarded(self, call: Call, work: Awaitable[T], *, count: bool = False) -> Awaitable[T]:
+    async def guarded(self, call: Call, work: Awaitable[T], *, count: bool = False) -> T:
         """``work`` under the call's deadline, in a scope ``stop()`` can expire; with
         ``count``, a whole call counted while it runs (as ``counted()`` counts a stream).
-        A plain method returning the coroutine that does it: no coroutine layer of its own
-        for every resumption of the call to pass through.
 
-        Raises (when awaited):
+        Raises:
             APITimeoutError: the call's ``timeout`` passed; says what it was waiting for.
             ClientClosedError: ``stop()`` stopped the call.
         """
         task = asyncio.current_task() if call.deadline is None else None
         if task is not None and task not in self._tasks:
-            return self._unscoped(task, work, count)
-        return self._scoped(call, work, count)
-
-    async def _scoped(self, call: Call, work: Awaitable[T], count: bool) -> T:
-        """``guarded`` in an ``asyncio.timeout`` scope: the call's deadline, or none (a
-        call nested in a task already guarded)."""
+            return await self._unscoped(task, work, count)
         scope = asyncio.timeout_at(call.deadline)
         self._active += count
         try:

@@ -9,8 +9,6 @@ its own wait, and may retry once on a retryable failure).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheCorruptError
@@ -40,7 +38,6 @@ class ChatPipeline:
         "_read_now",
         "_reading",
         "_shared",
-        "_stores_now",
         "_upstream",
         "keying",
     )
@@ -64,7 +61,6 @@ class ChatPipeline:
         # Tiers ``hit()`` reads: tier 0 when it reads without awaiting, else none.
         self._read_now = 1 if cache is not None and cache.readable_now else 0
         self._reading: set[str] = set()  # keys a caller is reading past tier 0 now
-        self._stores_now = cache is not None and cache.writable_now
 
     @property
     def coalescing(self) -> bool:
@@ -100,40 +96,13 @@ class ChatPipeline:
             return None
         return None if entry is None else completion_of(entry, CacheStatus.HIT, key)
 
-    def complete(self, request: Request, call: Call) -> Awaitable[Completion]:
+    async def complete(self, request: Request, call: Call) -> Completion:
         """Everything past the hit path: the key when the model's generation had to be
         read first, the tiers not read yet, the flight, upstream, the store.
 
         A shared tier is read before the flight: a hit there needs no flight, and a miss
         enters it, whose first step reads every tier again (another flight may have just
-        landed), so N concurrent identical misses still make one upstream call.
-
-        A plain method: a miss with nothing left to read goes to the flight stage's own
-        coroutine, with no coroutine of this stage above it."""
-        key = request.key
-        if key is None:
-            if not self.keyed(request):
-                return self._flown(request, None, call)
-        elif self._straight_to_flight(request, key, self._read_now):
-            return self._flown(request, key, call)
-        return self._read_then_fly(request, call)
-
-    def _straight_to_flight(self, request: Request, key: str, start: int) -> bool:
-        """Whether a miss read up to tier ``start`` goes to the flight without reading on:
-        nothing is left to read here (the flight reads every tier again), or one read of a
-        key at a time per process (in a storm, the others go straight to the flight, whose
-        read is the one that counts)."""
-        store, decision, flight = self._cache, request.decision, self._flight
-        return (
-            store is not None
-            and flight is not None
-            and decision.read
-            and decision.coalesce
-            and (start >= len(store.tiers) or key in self._reading or flight.flying(key))
-        )
-
-    async def _read_then_fly(self, request: Request, call: Call) -> Completion:
-        """``complete()`` when a tier is still to be read (or the key to be had)."""
+        landed), so N concurrent identical misses still make one upstream call."""
         store, start = self._cache, self._read_now
         key = request.key
         if key is None and self.keyed(request):
@@ -141,9 +110,14 @@ class ChatPipeline:
             start = 0  # tier 0 was not read either
         decision = request.decision
         if key is not None and store is not None and decision.read:
-            if self._straight_to_flight(request, key, start):
-                return await self._flown(request, key, call)
             flight = self._flight if decision.coalesce else None
+            if flight is not None and (
+                start >= len(store.tiers) or key in self._reading or flight.flying(key)
+            ):
+                # Nothing left to read here (the flight reads every tier again), or one
+                # read of a key at a time per process: in a storm, the others go straight
+                # to the flight, whose read is the one that counts.
+                return await self._flown(request, key, call)
             # The lookup stage past tier 0 (here, not in a coroutine of its own: the read
             # resumes through every coroutine above it). A miss is counted by the flight's
             # own read, when there is one; while it reads, identical callers go to the
@@ -175,9 +149,7 @@ class ChatPipeline:
                 return completion_of(entry, CacheStatus.COALESCED, key)
         else:
             entry = await self._upstream.call(request, self._exchange, call)
-            stored = self._store(request, key, entry)
-            if stored is not None:
-                await stored
+            await self._store(request, key, entry)
         status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
         return completion_of(entry, status, key, request.saved_usd)
 
@@ -193,9 +165,7 @@ class ChatPipeline:
         shared = self._shared
         if shared is None or cache is None or not decision.coalesce:
             entry = await self._upstream.call(request, self._exchange, call)
-            stored = self._store(request, key, entry)
-            if stored is not None:
-                await stored
+            await self._store(request, key, entry)
             return entry, None
         return await self._fill_shared(request, key, call, cache, shared)
 
@@ -223,17 +193,11 @@ class ChatPipeline:
         filled, _ = await shared.do(key, lead, read)
         return filled
 
-    def _store(self, request: Request, key: str, entry: CacheEntry) -> Awaitable[object] | None:
+    async def _store(self, request: Request, key: str, entry: CacheEntry) -> None:
         """The store stage: a storable answer is written to every tier. Apart from the
-        upstream call rather than around it, so that it is no coroutine of the call's; and
-        in-process tiers are written at once. Returns what is left to await, if anything."""
-        cache = self._cache
-        if cache is None or not request.decision.write or not storable(entry):
-            return None
-        if self._stores_now:
-            cache.set_now(key, entry)
-            return None
-        return cache.set(key, entry)
+        upstream call rather than around it, so that it is no coroutine of the call's."""
+        if self._cache is not None and request.decision.write and storable(entry):
+            await self._cache.set(key, entry)
 
     async def aclose(self) -> None:
         """Stop the in-process flights still running (``aclose()``, after its grace)."""

@@ -22,7 +22,7 @@ from limpet.pipeline.account import Accounting
 from limpet.pipeline.calls import Call
 from limpet.pipeline.request import Request
 from limpet.providers.usage import parse_usage
-from limpet.routing.base import Router, RoutesNow
+from limpet.routing.base import Router
 
 logger = logging.getLogger("limpet")
 
@@ -56,7 +56,7 @@ class Exchange(Protocol):
 class Upstream:
     """Sends requests upstream through a router, accounting every answer."""
 
-    __slots__ = ("_account", "_mark", "_route_now", "_router", "_stats")
+    __slots__ = ("_account", "_mark", "_router", "_stats")
 
     def __init__(
         self,
@@ -66,7 +66,6 @@ class Upstream:
         mark: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self._router = router
-        self._route_now = router.route_now if isinstance(router, RoutesNow) else None
         self._account = account
         self._stats = stats
         self._mark = mark
@@ -82,12 +81,7 @@ class Upstream:
         sent = exchange.prepare(body if self._mark is None else self._mark(body))
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
-        # Each stage with nothing to await is called without a coroutine of its own: the
-        # flight's objects are born and die in separate steps of the event loop, where
-        # each one counts towards the garbage collector's next pass.
-        route = None if self._route_now is None else self._route_now(sent)
-        if route is None:
-            route = await self._router.route(sent)
+        route = await self._router.route(sent)
         ranked = route.endpoints
         for index in range(len(ranked)):  # a range iterator: no object for the GC to trace
             endpoint = ranked[index]
@@ -102,11 +96,9 @@ class Upstream:
             except APIError as exc:
                 if not fails_over(exc, ranked, index, exchange):
                     raise
-        account, chunking = self._account, exchange.chunking
-        entry = account.entry_now(request, answer, usage, endpoint.name, route.body, chunking)
-        if entry is None:
-            entry = await account.entry(request, answer, usage, endpoint.name, route.body, chunking)
-        return entry
+        return await self._account.entry(
+            request, answer, usage, endpoint.name, route.body, exchange.chunking
+        )
 
 
 class _Committed(Protocol):

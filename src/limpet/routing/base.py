@@ -142,14 +142,6 @@ class Attempt:
 
 
 @runtime_checkable
-class RoutesNow(Protocol):
-    """A router that can often route without awaiting (``StickyRouter``): the upstream
-    stage asks it first, and awaits ``route()`` only when it answers None."""
-
-    def route_now(self, body: Mapping[str, Any]) -> Route | None: ...
-
-
-@runtime_checkable
 class Router(Protocol):
     """Chooses the endpoints of each upstream call; the Client's seam for routing."""
 

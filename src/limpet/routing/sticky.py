@@ -247,11 +247,6 @@ class StickyRouter:
         chain = prefix_chain(body)
         return self._route(body, chain, routing_key(chain, self.config.unmarked))
 
-    def route_now(self, body: Mapping[str, Any]) -> Route | None:
-        """``route()`` when it reads nothing from the shared store (there is none, or one
-        endpoint leaves no choice), so the upstream stage need not await it; else None."""
-        return self.select(body) if self._mirror is None or self._always_direct else None
-
     async def flush(self) -> None:
         """Wait until queued writes to the shared store have been sent."""
         if self._mirror is not None:

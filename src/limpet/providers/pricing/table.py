@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, Literal
 
 from limpet._checks import check_number
 from limpet.errors import ConfigurationError, NotFoundError
@@ -16,7 +14,7 @@ from limpet.providers.pricing.genai import fallback_prices, fallback_snapshot
 from limpet.providers.pricing.prices import ModelPrices
 from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, CapabilityTable
 
-__all__ = ["DEFAULT_RETRY_AFTER", "UNRESOLVED", "ModelsFetch", "PriceTable", "Unresolved"]
+__all__ = ["DEFAULT_RETRY_AFTER", "ModelsFetch", "PriceTable"]
 
 logger = logging.getLogger("limpet.pricing")
 
@@ -25,15 +23,6 @@ DEFAULT_RETRY_AFTER = 300.0
 
 # Name tuples whose prices ``get`` keeps resolved (a process prices a few models).
 _MAX_RESOLVED = 1024
-
-
-class Unresolved(enum.Enum):
-    """``PriceTable.resolved``'s answer for names whose prices are not known yet."""
-
-    UNRESOLVED = enum.auto()
-
-
-UNRESOLVED: Final = Unresolved.UNRESOLVED
 
 #: Fetches the gateway's ``/models`` listing and returns its parsed JSON. Supplied by the
 #: Client so the fetch shares its HTTP session; may raise anything (a failure only means
@@ -193,15 +182,6 @@ class PriceTable:
         if self._fallback and unknown and any(n not in self._fallback_memo for n in names):
             await asyncio.to_thread(fallback_snapshot)
         return self.get(model, *also)
-
-    def resolved(
-        self, model: str, *also: str
-    ) -> ModelPrices | Literal[Unresolved.UNRESOLVED] | None:
-        """What ``prices(model, *also)`` would give, when it would give it without awaiting
-        anything (the listing read, these names looked up before); else ``UNRESOLVED``."""
-        if not self._loaded:
-            return UNRESOLVED
-        return self._resolved.get((model, *also), UNRESOLVED)
 
     def get(self, model: str, *also: str) -> ModelPrices | None:
         """Prices of ``model`` from what is known now (no I/O), or None.
