@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,23 +29,53 @@ Call = Callable[[Messages], Awaitable[object]]
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One phase of one contender: how many calls, and the CPU and wall time they took."""
+    """One phase of one contender: how many calls, the CPU and wall time they took, and
+    the part of that CPU the garbage collector took (its passes, timed by ``gc.callbacks``)."""
 
     calls: int
     cpu_s: float
     wall_s: float
+    gc_s: float = 0.0
 
     @property
     def cpu_us_per_call(self) -> float:
         return self.cpu_s / self.calls * 1e6 if self.calls else 0.0
 
+    @property
+    def gc_us_per_call(self) -> float:
+        return self.gc_s / self.calls * 1e6 if self.calls else 0.0
+
     def to_json(self) -> list[float]:
-        return [self.calls, self.cpu_s, self.wall_s]
+        return [self.calls, self.cpu_s, self.wall_s, self.gc_s]
 
     @classmethod
     def from_json(cls, data: Sequence[float]) -> Measurement:
-        calls, cpu_s, wall_s = data
-        return cls(int(calls), cpu_s, wall_s)
+        calls, cpu_s, wall_s, gc_s = data
+        return cls(int(calls), cpu_s, wall_s, gc_s)
+
+
+class GcTime:
+    """The CPU seconds the garbage collector's passes take while it is installed (a
+    ``gc.callbacks`` entry: ``with GcTime() as passes: ...; passes.seconds``)."""
+
+    __slots__ = ("_started", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: Mapping[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._started
+
+    def __enter__(self) -> GcTime:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self)
 
 
 def median_cpu_us(samples: Sequence[Measurement]) -> float:
@@ -176,9 +207,11 @@ async def run_calls(call: Call, requests: Sequence[Messages], concurrency: int) 
         for messages in pending:
             await call(messages)
 
-    cpu, wall = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(requests)))))
-    return Measurement(len(requests), time.process_time() - cpu, time.perf_counter() - wall)
+    with GcTime() as passes:
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(requests)))))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return Measurement(len(requests), cpu, wall, passes.seconds)
 
 
 async def child_round(

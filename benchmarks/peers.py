@@ -190,6 +190,8 @@ def summary(result: PeerResult) -> dict[str, Any]:
     def phase(samples: Sequence[Measurement]) -> dict[str, Any]:
         return {
             "cpu_us_per_call": median_cpu_us(samples),
+            # Of which the garbage collector's passes (median over rounds).
+            "gc_us_per_call": statistics.median(m.gc_us_per_call for m in samples),
             "wall_s": statistics.median(m.wall_s for m in samples),
             "samples": [m.to_json() for m in samples],
         }

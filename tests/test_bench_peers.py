@@ -4,6 +4,7 @@ against the FakeGateway (counts only, never times)."""
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from benchmarks._common import Plot
 from benchmarks._peer_clients import (
     INSTALL_HINT,
     PEERS,
+    GcTime,
     Measurement,
     child_round,
     child_storm,
@@ -41,8 +43,20 @@ def test_cpu_per_call_is_cpu_seconds_over_calls_in_microseconds() -> None:
 
 
 def test_a_measurement_survives_the_trip_through_a_child_process() -> None:
-    m = Measurement(calls=200, cpu_s=0.0519, wall_s=0.283)
+    m = Measurement(calls=200, cpu_s=0.0519, wall_s=0.283, gc_s=0.002)
     assert Measurement.from_json(m.to_json()) == m
+    assert m.gc_us_per_call == pytest.approx(10)
+
+
+def test_the_collectors_passes_are_timed_while_installed_and_only_then() -> None:
+    with GcTime() as passes:
+        assert passes in gc.callbacks
+        gc.collect()
+    assert passes not in gc.callbacks
+    assert passes.seconds > 0
+    timed = passes.seconds
+    gc.collect()
+    assert passes.seconds == timed
 
 
 def test_the_median_over_rounds_ignores_one_disturbed_round() -> None:
