@@ -67,3 +67,18 @@ def test_a_bumped_generation_changes_the_key_the_memo_gives() -> None:
     scope = keying.generations.scope_now("a/m1")
     assert scope is not None
     assert after == request_key(canonical_request(body), scope=scope)
+
+
+@given(requests, st.lists(st.sampled_from(["sk-a", "sk-b", "sk-c"]), min_size=2, max_size=8))
+def test_callers_with_their_own_keys_never_get_each_others_key_from_the_memo(
+    body: dict[str, Any], callers: list[str]
+) -> None:
+    keying = Keying(Generations(), "tenant-a", "c0ffee")
+    keys: dict[str, str | None] = {}
+    for api_key in callers:  # interleaved, each key asked for again and again
+        sent = {"Authorization": f"Bearer {api_key}"}
+        key = keying.now(body, sent)
+        keys.setdefault(api_key, key)
+        assert key == keys[api_key] == asyncio.run(keying.of(body, sent))
+    assert len(set(keys.values())) == len(keys)  # one key per credential, none shared
+    assert keying.now(body, None) not in keys.values()  # nor with the Client's own
