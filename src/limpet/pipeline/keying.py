@@ -14,8 +14,6 @@ from limpet.cache.generations import Generations
 from limpet.pipeline.credentials import call_scope
 from limpet.pipeline.key_memo import KeyMemo
 from limpet.pipeline.keys import (
-    LARGE_MESSAGE_COUNT,
-    LARGE_REQUEST_BYTES,
     canonical_request,
     key_header,
     looks_large,
@@ -49,14 +47,7 @@ class Keying:
 
         ``request_key``'s, found in the memo when the same bytes were keyed lately."""
         scope = self.generations.scope_now(body["model"])
-        if scope is None:
-            return None
-        # ``looks_large``, its call skipped when validation summed a short plain text
-        # (then ``messages`` is a list).
-        small = 0 <= text_chars < LARGE_REQUEST_BYTES and (
-            len(body["messages"]) <= LARGE_MESSAGE_COUNT
-        )
-        if not small and looks_large(body, text_chars):
+        if scope is None or looks_large(body, text_chars):
             return None
         if headers is None:
             header = self._headers.get(scope) or self._own_header(scope)
