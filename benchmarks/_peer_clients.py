@@ -83,6 +83,12 @@ def median_cpu_us(samples: Sequence[Measurement]) -> float:
     return statistics.median(m.cpu_us_per_call for m in samples)
 
 
+def median_own_cpu_us(samples: Sequence[Measurement]) -> float:
+    """The median over rounds of the CPU microseconds per call that were not the garbage
+    collector's passes."""
+    return statistics.median(m.cpu_us_per_call - m.gc_us_per_call for m in samples)
+
+
 @contextlib.asynccontextmanager
 async def bare_aiohttp(base_url: str) -> AsyncIterator[Call]:
     """The floor: one pooled session, an orjson body in, an orjson decode out."""

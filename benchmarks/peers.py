@@ -39,6 +39,7 @@ from benchmarks._peer_clients import (
     child_round,
     child_storm,
     median_cpu_us,
+    median_own_cpu_us,
     missing_peers,
     skipped_note,
 )
@@ -141,6 +142,19 @@ def figures(results: Mapping[str, PeerResult], callers: int) -> list[Figure]:
                     met=us <= 1.3 * base if floor else None,
                 )
             )
+            if floor:  # how much of the difference is the garbage collector's
+                rows.append(
+                    Figure(
+                        figure=(
+                            "miss path without the garbage collector's passes, "
+                            f"concurrency {concurrency}"
+                        ),
+                        unit="us",
+                        limpet=median_own_cpu_us(samples),
+                        baseline=median_own_cpu_us(results[name].miss[concurrency]),
+                        baseline_name="bare aiohttp session, without them too",
+                    )
+                )
     peer = results.get("LiteLLM")
     rows.append(
         Figure(
