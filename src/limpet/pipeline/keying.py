@@ -20,23 +20,17 @@ from limpet.pipeline.keys import (
     request_key_async,
 )
 
-# Key headers of the Client's own credential held per scope (a few: a generation per
-# model); past this many, the oldest scopes are likely stale (``invalidate()``).
-_HEADERS_HELD = 64
-
 
 class Keying:
     """Derives keys for one Client: its namespace, credential scope and generations."""
 
-    __slots__ = ("_headers", "credential", "generations", "memo", "namespace")
+    __slots__ = ("credential", "generations", "memo", "namespace")
 
     def __init__(self, generations: Generations, namespace: str, credential: str) -> None:
         self.generations = generations
         self.namespace = namespace
         self.credential = credential
         self.memo = KeyMemo()
-        # ``key_header`` of (namespace, scope, credential) by scope: one dict lookup.
-        self._headers: dict[str, bytes] = {}
 
     def now(
         self, body: Mapping[str, Any], headers: Mapping[str, str] | None, text_chars: int = -1
@@ -49,11 +43,9 @@ class Keying:
         scope = self.generations.scope_now(body["model"])
         if scope is None or looks_large(body, text_chars):
             return None
-        if headers is None:
-            header = self._headers.get(scope) or self._own_header(scope)
-        else:
-            header = key_header(self.namespace, scope, call_scope(self.credential, headers))
-        data = header + canonical_request(body)
+        credential = self.credential if headers is None else call_scope(self.credential, headers)
+        # ``key_header`` is cached per (namespace, scope, credential) where it is defined.
+        data = key_header(self.namespace, scope, credential) + canonical_request(body)
         memo = self.memo
         return memo.get(data) or memo.add(data)
 
@@ -70,11 +62,3 @@ class Keying:
     def scope(self, headers: Mapping[str, str] | None) -> str:
         """The credential scope of a call sending ``headers``."""
         return self.credential if headers is None else call_scope(self.credential, headers)
-
-    def _own_header(self, scope: str) -> bytes:
-        """``key_header`` of a call with no headers of its own under ``scope``, held."""
-        held = self._headers
-        if len(held) >= _HEADERS_HELD:
-            del held[next(iter(held))]
-        header = held[scope] = key_header(self.namespace, scope, self.credential)
-        return header
