@@ -39,11 +39,14 @@ class Measurement:
 
     @property
     def cpu_us_per_call(self) -> float:
-        return self.cpu_s / self.calls * 1e6 if self.calls else 0.0
+        return self._us_per_call(self.cpu_s)
 
     @property
     def gc_us_per_call(self) -> float:
-        return self.gc_s / self.calls * 1e6 if self.calls else 0.0
+        return self._us_per_call(self.gc_s)
+
+    def _us_per_call(self, seconds: float) -> float:
+        return seconds / self.calls * 1e6 if self.calls else 0.0
 
     def to_json(self) -> list[float]:
         return [self.calls, self.cpu_s, self.wall_s, self.gc_s]
