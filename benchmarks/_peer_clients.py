@@ -22,6 +22,7 @@ from benchmarks._harness import API_KEY
 MODEL = "openai/gpt-4.1-mini"
 HIT_SET = 100  # distinct requests the hit phase cycles over: fits LiteLLM's default 200 entries
 INSTALL_HINT = "pip install -e '.[bench-peers]'"
+TASK_FLOOR = "bare aiohttp, a task per call"  # the floor, its call in a task of its own
 
 Messages = list[dict[str, str]]
 Call = Callable[[Messages], Awaitable[object]]
@@ -111,6 +112,19 @@ async def bare_aiohttp(base_url: str) -> AsyncIterator[Call]:
 
 
 @contextlib.asynccontextmanager
+async def bare_aiohttp_in_tasks(base_url: str) -> AsyncIterator[Call]:
+    """The floor's call in a task of its own per request: what any single-flight design
+    pays at the least for an upstream call that outlives a cancelled caller (limpet's
+    flight is such a task), so the report can tell that price from limpet's own."""
+    async with bare_aiohttp(base_url) as call:
+
+        async def in_task(messages: Messages) -> object:
+            return await asyncio.ensure_future(call(messages))
+
+        yield in_task
+
+
+@contextlib.asynccontextmanager
 async def limpet_client(base_url: str) -> AsyncIterator[Call]:
     """limpet as shipped: in-memory cache, single-flight, retries."""
     from limpet import Client, Endpoint
@@ -179,6 +193,7 @@ class Peer:
 
 PEERS = (
     Peer("bare aiohttp", None, False, bare_aiohttp),
+    Peer(TASK_FLOOR, None, False, bare_aiohttp_in_tasks),
     Peer("limpet", None, True, limpet_client),
     Peer("AsyncOpenAI", "openai", False, async_openai),
     Peer("LiteLLM", "litellm", True, litellm_cached),

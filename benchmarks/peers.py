@@ -2,10 +2,12 @@
 on the miss path (distinct requests at concurrency 50 and 500), CPU per cache hit, and
 the upstream calls of a cold 1,000-caller storm.
 
-Contenders: a bare pooled aiohttp session (POST and JSON decode: the floor), limpet's
-``Client``, ``openai.AsyncOpenAI`` (no cache) and LiteLLM ``acompletion`` with its
-in-memory cache. The last two are measured when installed (``pip install -e
-'.[bench-peers]'``); otherwise the run says which were skipped.
+Contenders: a bare pooled aiohttp session (POST and JSON decode: the floor), the same
+with each call in a task of its own (the least an upstream call that outlives a cancelled
+caller costs, as limpet's single-flight does), limpet's ``Client``, ``openai.AsyncOpenAI``
+(no cache) and LiteLLM ``acompletion`` with its in-memory cache. The last two are
+measured when installed (``pip install -e '.[bench-peers]'``); otherwise the run says
+which were skipped.
 
 Each contender runs in a process of its own, so one's imports, threads and heap never
 weigh on another's figures, and the FakeGateway upstream runs in this parent process, so
@@ -34,6 +36,7 @@ from benchmarks._peer_clients import (
     HIT_SET,
     MODEL,
     PEERS,
+    TASK_FLOOR,
     Measurement,
     Peer,
     child_round,
@@ -120,13 +123,19 @@ def _log(message: str) -> None:
 # ---------------------------------------------------------------- report
 
 
+_BASELINE_NAMES = {
+    "bare aiohttp": "bare aiohttp session",
+    TASK_FLOOR: "bare aiohttp session, each call in a task of its own",
+}
+
+
 def figures(results: Mapping[str, PeerResult], callers: int) -> list[Figure]:
     """limpet beside the floor (with the target) and beside each peer that was measured."""
     limpet = results["limpet"]
     rows = []
     for concurrency, samples in limpet.miss.items():
         us = median_cpu_us(samples)
-        for name in ("bare aiohttp", "AsyncOpenAI", "LiteLLM"):
+        for name in ("bare aiohttp", TASK_FLOOR, "AsyncOpenAI", "LiteLLM"):
             if name not in results:
                 continue
             floor = name == "bare aiohttp"
@@ -137,7 +146,7 @@ def figures(results: Mapping[str, PeerResult], callers: int) -> list[Figure]:
                     unit="us",
                     limpet=us,
                     baseline=base,
-                    baseline_name="bare aiohttp session" if floor else name,
+                    baseline_name=_BASELINE_NAMES.get(name, name),
                     target="<= 1.3x" if floor else "",
                     met=us <= 1.3 * base if floor else None,
                 )

@@ -12,6 +12,7 @@ from benchmarks._common import Plot
 from benchmarks._peer_clients import (
     INSTALL_HINT,
     PEERS,
+    TASK_FLOOR,
     GcTime,
     Measurement,
     child_round,
@@ -86,6 +87,7 @@ def test_the_floor_and_limpet_are_always_measured() -> None:
 def test_rows_put_limpet_beside_the_floor_with_the_target_and_beside_each_peer() -> None:
     results = {
         "bare aiohttp": result(170, None, 1000, gc_us=10),
+        TASK_FLOOR: result(200, None, 1000),
         "limpet": result(680, 12, 1, gc_us=80),
         "AsyncOpenAI": result(3270, None, 1000),
         "LiteLLM": result(4800, 1200, 1000),
@@ -101,12 +103,16 @@ def test_rows_put_limpet_beside_the_floor_with_the_target_and_beside_each_peer()
     own = rows[1]  # the same, the collector's passes taken out of both
     assert "garbage collector" in own.figure and (own.target, own.met) == ("", None)
     assert own.limpet == pytest.approx(600) and own.baseline == pytest.approx(160)
-    assert [r.baseline_name for r in rows[2:4]] == ["AsyncOpenAI", "LiteLLM"]
-    assert "concurrency 500" in rows[4].figure
-    hit = rows[8]
+    in_tasks = rows[2]  # the floor with the price of a task per call, no target
+    assert "task of its own" in in_tasks.baseline_name
+    assert in_tasks.baseline == pytest.approx(200)
+    assert (in_tasks.target, in_tasks.met) == ("", None)
+    assert [r.baseline_name for r in rows[3:5]] == ["AsyncOpenAI", "LiteLLM"]
+    assert "concurrency 500" in rows[5].figure
+    hit = rows[10]
     assert hit.limpet == pytest.approx(12)
     assert hit.baseline == pytest.approx(1200)
-    storms = rows[9:]
+    storms = rows[11:]
     assert [(r.limpet, r.baseline, r.baseline_name, r.met) for r in storms] == [
         (1, 1000, "LiteLLM", True),
         (1, 1000, "AsyncOpenAI", True),
@@ -155,3 +161,11 @@ async def test_a_limpet_storm_makes_one_upstream_call() -> None:
     async with FakeGateway(endpoints=("a",), latency=0.05) as gateway:
         await child_storm(LIMPET, gateway.base_url("a"), "t", callers=50)
         assert gateway.total_calls == 1
+
+
+async def test_the_floor_in_tasks_sends_every_call_upstream_as_the_floor_does() -> None:
+    in_tasks = next(p for p in PEERS if p.name == TASK_FLOOR)
+    async with FakeGateway(endpoints=("a",)) as gateway:
+        out = await child_round(in_tasks, gateway.base_url("a"), "t", calls=30, concurrencies=(5,))
+        assert out["hit"] is None  # no cache: no hit phase
+        assert gateway.total_calls == out["sent"] == 20 + 30
