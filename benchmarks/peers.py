@@ -266,7 +266,7 @@ def run_child(task: Mapping[str, Any]) -> None:
 if __name__ == "__main__":
     parser = command_line(__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2_000, help="per phase and round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--callers", type=int, default=1_000, help="in the storm")
     parser.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
