@@ -7,10 +7,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from limpet.cache.base import CacheBackend
-from limpet.cache.generations import Generations, GenerationStore
+from limpet.cache.generations import Generations
 from limpet.cache.tiered import TieredCache
 from limpet.config import (
     AdmissionConfig,
@@ -21,7 +21,6 @@ from limpet.config import (
     Timeouts,
 )
 from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
-from limpet.flight.shared import FlightStore
 from limpet.http.transport import Transport
 from limpet.models import Completion, Embeddings
 from limpet.observe.events import EventHook
@@ -45,6 +44,9 @@ from limpet.pipeline.wiring import (
     check_max_embed_inputs,
     check_scope,
     event_hooks,
+    flight_store_of,
+    generation_store_of,
+    redis_tier_of,
     resolve_admission,
     resolve_cache,
     resolve_cache_control,
@@ -55,9 +57,6 @@ from limpet.pipeline.wiring import (
 from limpet.providers.pricing import PriceTable
 from limpet.providers.prompt_cache import CacheControlConfig, inject_cache_control
 from limpet.routing.base import Router
-
-if TYPE_CHECKING:
-    from limpet.cache.redis import RedisCache
 
 __all__ = ["DEFAULT_CLOSE_GRACE", "DEFAULT_TTL", "Client"]
 
@@ -185,13 +184,13 @@ class Client:
         )
         self._prices = prices if prices is not None else PriceTable(self._fetch_models)
         self.stats = Stats()
-        redis_tier = _redis_tier(self._cache) if fleet_stats else None
+        redis_tier = redis_tier_of(self._cache) if fleet_stats else None
         fleet = None if redis_tier is None else FleetCounters(redis_tier)
         admissions = self._transport.admissions
         self._recorder = Recorder(self.stats, fleet, event_hooks(on_event), admissions)
         credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
         generations = Generations(
-            _generation_store(self._cache), namespace=namespace, credential=credential
+            generation_store_of(self._cache), namespace=namespace, credential=credential
         )
         self._keying = Keying(generations, namespace, credential)
         self._closed = False
@@ -220,7 +219,7 @@ class Client:
             calls=self._calls,
             closed=self._is_closed,
             coalesce=coalesce,
-            leases=_flight_store(self._cache) if coalesce else None,
+            leases=flight_store_of(self._cache) if coalesce else None,
             flight=flight,
             mark=None if control is None else partial(inject_cache_control, config=control),
             max_embed_inputs=max_embed_inputs,
@@ -525,18 +524,3 @@ class Client:
 
     async def _fetch_models(self) -> object:
         return await self._transport.get_json(self._endpoints[0], "/models")
-
-
-def _generation_store(cache: TieredCache | None) -> GenerationStore | None:
-    """The lowest tier that keeps generations (the one processes share), if any."""
-    return None if cache is None else cache.generation_store
-
-
-def _redis_tier(cache: TieredCache | None) -> RedisCache | None:
-    """The lowest Redis tier, if any."""
-    return None if cache is None else cache.redis_tier
-
-
-def _flight_store(cache: TieredCache | None) -> FlightStore | None:
-    """Leases and notices of the lowest tier that offers them, if any."""
-    return None if cache is None else cache.flight_store

@@ -7,10 +7,9 @@ an error is mapped and scrubbed of the endpoint's secrets before a retry logs it
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import orjson
@@ -26,8 +25,9 @@ from limpet.errors import (
     upstream_errors,
 )
 from limpet.http.admission import Admissions
-from limpet.http.admission_rules import estimated_tokens, total_tokens
+from limpet.http.admission_rules import total_tokens
 from limpet.http.admission_slots import UNADMITTED, Seen, Ticket
+from limpet.http.admission_wait import Waiting, admit, admitted_now
 from limpet.http.outgoing import as_sent, payload_of, sendable
 from limpet.http.responses import (
     parse_chat,
@@ -36,21 +36,13 @@ from limpet.http.responses import (
     request_headers,
     status_error_of,
 )
-from limpet.http.retrying import QueuedTooLong, Retrier
+from limpet.http.retrying import Retrier
 from limpet.http.stream_events import stream_events
 
 __all__ = ["BODY_EXCERPT_CHARS", "Transport"]
 
 #: Parses an answer: endpoint, status, headers, body bytes in; the JSON object out.
 Parse = Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]]
-
-
-class Waiting(Protocol):
-    """A call the transport keeps informed (``limpet.pipeline.calls.Call``): what it
-    waits for now, for a timeout's message, and the seconds it queued for admission."""
-
-    waiting_for: str
-    queued: float
 
 
 # Endpoint names whose request headers are kept (a Client has a handful).
@@ -178,7 +170,7 @@ class Transport:
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body, "stream": True})
 
         async def attempt(retry: bool) -> tuple[aiohttp.ClientResponse, Ticket]:
-            ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
+            ticket = await admit(self._admissions, endpoint, payload, deadline, waiting, retry)
             try:
                 return await self._open_stream(endpoint, payload, ticket.saw), ticket
             except BaseException as exc:
@@ -241,9 +233,9 @@ class Transport:
         retries (``_again``) when it fails retryably: until then, retrying costs nothing.
         """
         try:
-            ticket = self._admitted_now(endpoint, payload)
+            ticket = admitted_now(self._admissions, endpoint, payload)
             if ticket is None:
-                ticket = await self._admit(endpoint, payload, deadline, waiting, retry)
+                ticket = await admit(self._admissions, endpoint, payload, deadline, waiting, retry)
             try:
                 async with self._session_for_loop().post(
                     endpoint.base_url + path,
@@ -287,63 +279,6 @@ class Transport:
 
         data, _ = await self._retrier.after(failed, attempt, deadline)
         return data
-
-    def _admitted_now(self, endpoint: Endpoint, payload: bytes) -> Ticket | None:
-        """The ticket of an attempt that may go at once (admission is off, or nobody
-        queues and no limit holds it), without a coroutine; None: ``_admit`` it."""
-        if self._admissions is None:
-            return UNADMITTED
-        admission = self._admissions.of(endpoint)
-        return admission.admit_now(estimated_tokens(payload) if admission.counts_tokens else 0.0)
-
-    async def _admit(
-        self,
-        endpoint: Endpoint,
-        payload: bytes,
-        deadline: float | None,
-        waiting: Waiting | None,
-        retry: bool,
-    ) -> Ticket:
-        """Wait (first come, first served; a retry first of all) for a place on the wire.
-
-        Raises:
-            APITimeoutError: the deadline passes, or the endpoint's pause outlasts it,
-                before the call is admitted; nothing was sent.
-        """
-        if self._admissions is None:
-            return UNADMITTED
-        admission = self._admissions.of(endpoint)
-        if deadline is not None and admission.paused_until >= deadline:
-            raise QueuedTooLong(
-                f"endpoint {endpoint.name!r} is paused by its rate limit past the call's "
-                "deadline; the call was queued for admission and nothing was sent",
-                endpoint=endpoint.name,
-            )
-        if waiting is not None:
-            waiting.waiting_for = (
-                f"admission to endpoint {endpoint.name!r}, queued behind other calls (nothing sent)"
-            )
-        queued_at = asyncio.get_running_loop().time()
-        tokens = estimated_tokens(payload) if admission.counts_tokens else 0.0
-        if deadline is None:  # no scope to open: nothing could expire it
-            slot = await admission.acquire(tokens, first=retry)
-        else:
-            scope = asyncio.timeout_at(deadline)
-            try:
-                async with scope:
-                    slot = await admission.acquire(tokens, first=retry)
-            except TimeoutError:
-                if not scope.expired():
-                    raise
-                raise QueuedTooLong(
-                    f"the call's deadline passed while it was queued for admission to "
-                    f"endpoint {endpoint.name!r}; nothing was sent",
-                    endpoint=endpoint.name,
-                ) from None
-        if waiting is not None:
-            waiting.queued += asyncio.get_running_loop().time() - queued_at
-            waiting.waiting_for = f"an answer from endpoint {endpoint.name!r}"
-        return slot
 
     async def aclose(self) -> None:
         """Close the HTTP session; no request is sent after this. Idempotent."""

@@ -26,7 +26,7 @@ T = TypeVar("T")
 class Call:
     """One call's own options (the OpenAI SDK's ``timeout=`` and ``extra_headers=``), what
     it is waiting for (for a timeout's message) and how long it queued for admission (the
-    transport keeps both up to date: a Call is its ``limpet.http.transport.Waiting``).
+    transport keeps both up to date: a Call is its ``limpet.http.admission_wait.Waiting``).
 
     Attributes:
         timeout: seconds the whole call may take, or None.

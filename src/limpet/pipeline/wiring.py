@@ -6,19 +6,24 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from limpet.cache.base import CacheBackend
+from limpet.cache.generations import GenerationStore
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import AdmissionConfig, Endpoint, default_base_url
 from limpet.errors import ConfigurationError, InvalidRequestError
+from limpet.flight.shared import FlightStore
 from limpet.observe.events import EventHook
 from limpet.pipeline.credentials import CACHE_SCOPES
 from limpet.pipeline.validation import validate_ttl
 from limpet.providers.prompt_cache import DEFAULT_CACHE_CONTROL, CacheControlConfig
 from limpet.routing.base import Router
 from limpet.routing.sticky import StickyRouter
+
+if TYPE_CHECKING:
+    from limpet.cache.redis import RedisCache
 
 API_KEY_ENV = "OPENROUTER_API_KEY"
 
@@ -45,6 +50,21 @@ def resolve_cache(cache: object) -> TieredCache | None:
     raise ConfigurationError(
         f"Client.cache: expected a CacheBackend, a TieredCache or None, got {type(cache).__name__}"
     )
+
+
+def generation_store_of(cache: TieredCache | None) -> GenerationStore | None:
+    """The lowest tier that keeps generations (the one processes share), if any."""
+    return None if cache is None else cache.generation_store
+
+
+def redis_tier_of(cache: TieredCache | None) -> RedisCache | None:
+    """The lowest Redis tier, if any."""
+    return None if cache is None else cache.redis_tier
+
+
+def flight_store_of(cache: TieredCache | None) -> FlightStore | None:
+    """Leases and notices of the lowest tier that offers them, if any."""
+    return None if cache is None else cache.flight_store
 
 
 def resolve_ttl(ttl: object, default: float) -> float:

@@ -61,9 +61,9 @@ from limpet.routing.ranking import (
 from limpet.routing.stats import EndpointStatus, RouterStats
 from limpet.routing.sticky_keys import (
     PromptCacheKeys,
-    session_id_for,
     wants_prompt_cache_key,
     wants_session_id,
+    with_sticky_keys,
 )
 
 if TYPE_CHECKING:
@@ -303,7 +303,9 @@ class StickyRouter:
             order = ranked + [e for e in preferred if e not in ranked]
         self._stats.counted(reason)
         return Route(
-            self._with_sticky_keys(body, key, order[0]),
+            with_sticky_keys(
+                body, key, order[0], self.config, self._prompt_cache_keys, self._clock
+            ),
             order,
             self,
             reason=reason,
@@ -351,22 +353,6 @@ class StickyRouter:
         if any(link.ttl == "1h" for link in chain.links):
             return self.config.affinity_ttl_1h
         return self.config.affinity_ttl
-
-    def _with_sticky_keys(
-        self, body: Mapping[str, Any], key: RoutingKey, first: Endpoint
-    ) -> Mapping[str, Any]:
-        """``body`` with the ``session_id`` and ``prompt_cache_key`` that the gateway and
-        provider behind ``first`` route by, where they help (see ``limpet.routing.sticky_keys``).
-        One body goes to every endpoint of the route: a failover to an endpoint that
-        pins its provider carries them too, where OpenRouter ignores them."""
-        if key.key is None:
-            return body
-        added: dict[str, str] = {}
-        if wants_session_id(first, body, self.config):
-            added["session_id"] = session_id_for(key.key)
-        if wants_prompt_cache_key(body, self.config):
-            added["prompt_cache_key"] = self._prompt_cache_keys.key_for(key.key, self._clock())
-        return {**body, **added} if added else body
 
     # --- AttemptObserver ------------------------------------------------------------------
 

@@ -24,12 +24,19 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from limpet.config import Endpoint, RoutingConfig
+from limpet.routing.base import RoutingKey
 
-__all__ = ["PromptCacheKeys", "session_id_for", "wants_prompt_cache_key", "wants_session_id"]
+__all__ = [
+    "PromptCacheKeys",
+    "session_id_for",
+    "wants_prompt_cache_key",
+    "wants_session_id",
+    "with_sticky_keys",
+]
 
 _PREFIX = "limpet-"
 _KEY_CHARS = 32
@@ -142,3 +149,25 @@ class PromptCacheKeys:
             return base
         rate.turn = (rate.turn + 1) % keys
         return base if rate.turn == 0 else f"{base}-{rate.turn}"
+
+
+def with_sticky_keys(
+    body: Mapping[str, Any],
+    key: RoutingKey,
+    first: Endpoint,
+    config: RoutingConfig,
+    prompt_cache_keys: PromptCacheKeys,
+    clock: Callable[[], float],
+) -> Mapping[str, Any]:
+    """``body`` with the ``session_id`` and ``prompt_cache_key`` that the gateway and
+    provider behind ``first`` route by, where they help. One body goes to every endpoint
+    of the route: a failover to an endpoint that pins its provider carries them too, where
+    OpenRouter ignores them."""
+    if key.key is None:
+        return body
+    added: dict[str, str] = {}
+    if wants_session_id(first, body, config):
+        added["session_id"] = session_id_for(key.key)
+    if wants_prompt_cache_key(body, config):
+        added["prompt_cache_key"] = prompt_cache_keys.key_for(key.key, clock())
+    return {**body, **added} if added else body
