@@ -171,6 +171,36 @@ async def test_a_failed_sub_batch_fails_the_call_and_the_rest_is_cached(
     assert client.stats.errors == 1
 
 
+async def test_hits_misses_and_repeats_of_both_each_land_at_their_own_positions(
+    gateway: FakeGateway,
+) -> None:
+    """Cached and new inputs interleaved, each repeated, sent in batches of two answered
+    out of order, one batch failing: every position gets its own input's vector, or is
+    named failed with every repeat of its input."""
+    gateway.embeddings.shuffle = True
+    gateway.embeddings.rng.seed(7)
+    async with make_client(gateway, batch=2) as client:
+        await client.embed(model=MODEL, input=["h1", "h2"])
+        gateway.embeddings.reset()
+        given = ["m1", "h1", "m2", "m1", "h2", "m3", "h1", "m4", "m3", "m2"]
+        e = await client.embed(model=MODEL, input=given)
+        assert e.vectors == [fake_vector(MODEL, text) for text in given]
+        assert (e.hits, e.misses, e.coalesced) == (3, 4, 3)
+        assert sorted(sent_inputs(gateway)) == ["m1", "m2", "m3", "m4"]
+        gateway.embeddings.reset()
+        gateway.endpoint("a").fail(400)  # the first of the three requests
+        again = ["n1", "m1", "n2", "n3", "n1", "n4", "n5", "n3"]
+        with pytest.raises(EmbeddingBatchError) as caught:
+            await client.embed(model=MODEL, input=again)
+    error = caught.value
+    failed_texts = {again[i] for i in error.failed}
+    assert failed_texts in ({"n1", "n2"}, {"n3", "n4"}, {"n5"})  # one whole batch
+    assert error.failed == tuple(i for i, text in enumerate(again) if text in failed_texts)
+    for position, vector in enumerate(error.vectors):
+        if position not in error.failed:
+            assert vector == fake_vector(MODEL, again[position])
+
+
 async def test_a_response_missing_an_index_is_an_error_not_a_wrong_vector(
     gateway: FakeGateway,
 ) -> None:

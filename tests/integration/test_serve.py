@@ -19,6 +19,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from limpet import RedisCache
+from limpet.serve.upstream import ModelListings
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
 from tests.openai_shapes import assert_chat_completion, assert_chunks
@@ -329,6 +330,24 @@ async def test_models_are_passed_through_and_kept_briefly(
     assert MODEL in first
     assert again == first
     assert endpoint.model_listings == listings
+
+
+async def test_listings_are_kept_for_a_bounded_number_of_credentials(
+    gateway: FakeGateway,
+) -> None:
+    """The FakeGateway's ``/models``, like OpenRouter's, answers any key: made-up keys
+    must not grow what the proxy keeps past its cap within one TTL."""
+    endpoint = gateway.endpoint("a")
+    url = gateway.base_url("a") + "/models"
+    async with aiohttp.ClientSession() as session:
+        listings = ModelListings(session, url, ttl=60.0, clock=lambda: 0.0, max_kept=2)
+        for key in ("sk-made-up-1", "sk-made-up-2", "sk-made-up-3"):
+            assert (await listings.get(f"Bearer {key}"))[0] == 200
+        assert endpoint.model_listings == 3
+        await listings.get("Bearer sk-made-up-3")  # among the two kept
+        assert endpoint.model_listings == 3
+        await listings.get("Bearer sk-made-up-1")  # the oldest, made way for the third
+        assert endpoint.model_listings == 4
 
 
 async def test_limpet_serve_fake_answers_with_no_key_and_no_network() -> None:

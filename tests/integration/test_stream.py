@@ -408,3 +408,53 @@ async def test_an_openrouter_like_endpoint_that_always_sends_usage(
     stream = client.stream(**ask(stream_options={"include_usage": False}))
     await collect(stream)
     assert stream.completion is not None and stream.completion.usage.completion_tokens > 0
+
+
+# --- a reader's chunks are its own --------------------------------------------------------
+
+
+def deface(chunk: StreamChunk) -> None:
+    """What a caller may do to a chunk it got: change it in place."""
+    for choice in chunk.raw.get("choices") or ():
+        choice["delta"]["content"] = "DEFACED"
+    if chunk.raw.get("usage"):
+        chunk.raw["usage"]["prompt_tokens"] = -1
+
+
+async def test_a_reader_changing_its_chunks_changes_no_other_readers_nor_the_stored_replay(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=4)
+    leader = client.stream(**ask())
+    for _ in range(3):
+        deface(await anext(leader))
+    late = asyncio.create_task(collect(client.stream(**ask())))  # gets the chunks so far
+    ep.resume_stream()
+    async for chunk in leader:
+        deface(chunk)
+    assert leader.completion is not None
+    whole = leader.completion.content
+    assert whole and "DEFACED" not in whole
+    assert text(await late) == whole
+    replay = client.stream(**ask())
+    replayed = await collect(replay)
+    assert replay.completion is not None and replay.completion.cache is CacheStatus.HIT
+    assert text(replayed) == whole
+    assert replayed[-1].raw["usage"] == leader.completion.raw["usage"]
+    assert ep.calls == 1
+
+
+async def test_a_reader_changing_a_replayed_completion_leaves_the_cached_entry_whole(
+    client: Client, gateway: FakeGateway
+) -> None:
+    completed = await client.complete(**ask(n=2))
+    async for chunk in client.stream(**ask(n=2)):  # replayed from the completion's entry
+        deface(chunk)
+    again = await client.complete(**ask(n=2))
+    assert again.cache is CacheStatus.HIT
+    assert again.raw == completed.raw
+    assert by_choice(await collect(client.stream(**ask(n=2)))) == {
+        choice["index"]: choice["message"]["content"] for choice in completed.raw["choices"]
+    }
+    assert gateway.endpoint("a").calls == 1

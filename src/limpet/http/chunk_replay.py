@@ -10,6 +10,7 @@ from typing import Any
 
 from limpet.cache.base import stored_chunks
 from limpet.http.chunks import REPLACED_FIELDS
+from limpet.models import json_copy
 
 #: Characters of content per synthesized chunk when replaying a never-streamed answer.
 REPLAY_PIECE_CHARS = 24
@@ -29,7 +30,9 @@ def replay_chunks(body: Mapping[str, Any], chunking: bytes | None) -> Iterator[d
     if chunking is not None:
         yield from stored_chunks(chunking)
         return
-    yield from _synthesize(body)
+    # ``body`` is the entry every caller of it shares: the chunks, which the reader may
+    # change, must hold none of its dicts or lists.
+    yield from _synthesize(json_copy(body))
 
 
 def _synthesize(body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

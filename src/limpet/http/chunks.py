@@ -26,7 +26,8 @@ class StreamChunk:
     """One chunk of a streamed completion.
 
     Attributes:
-        raw: the chunk as received (or, on a replay, as it was received then).
+        raw: the chunk as received (or, on a replay, as it was received then); this
+            reader's own, so changing it changes nothing another reader or the cache holds.
     """
 
     raw: dict[str, Any]

@@ -16,7 +16,7 @@ from limpet.flight.shared import RedisFlight
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
 from limpet.http.transport import Transport
-from limpet.models import CacheStatus, Completion
+from limpet.models import CacheStatus, Completion, json_copy
 from limpet.pipeline.calls import Call
 from limpet.pipeline.completions import completion_of, storable
 from limpet.pipeline.exchanges import StreamExchange
@@ -93,9 +93,10 @@ class StreamFlights:
         if flight is None:
             flight = self._start(request, call, joins)
         flight.readers += 1
+        copied = flight.copied
         try:
             async for chunk in flight.broadcast.items():
-                yield chunk
+                yield json_copy(chunk) if copied else chunk
         finally:
             flight.readers -= 1
             if flight.readers == 0 and not flight.task.done():
@@ -120,12 +121,15 @@ class StreamFlights:
     def _joins(self, request: Request) -> bool:
         return self._coalesce and request.decision.coalesce
 
+    def _stores(self, request: Request) -> bool:
+        return self._cache is not None and request.key is not None and request.decision.write
+
     def _start(self, request: Request, call: Call, joins: bool) -> _StreamFlight:
-        flight = _StreamFlight(shared=joins)
+        key = request.key
+        flight = _StreamFlight(shared=joins, copied=joins or self._stores(request))
         flight.task = asyncio.get_running_loop().create_task(self._produce(flight, request, call))
         self._running.add(flight)
         flight.task.add_done_callback(partial(self._ended, flight))
-        key = request.key
         if key is not None and joins:
             self._flights[key] = flight
             flight.task.add_done_callback(partial(self._land, key, flight))
@@ -167,7 +171,7 @@ class StreamFlights:
     async def _flow(self, flight: _StreamFlight, request: Request, call: Call) -> None:
         """Upstream (or another process's stream, replayed), then the store stage."""
         broadcast, cache, key = flight.broadcast, self._cache, request.key
-        store = cache is not None and key is not None and request.decision.write
+        store = self._stores(request)
 
         async def lead() -> tuple[CacheEntry, bytes | None, float]:
             # The raw chunks are kept only for the stored entry's replay.
@@ -215,12 +219,16 @@ async def _replayable(
 
 
 class _StreamFlight:
-    __slots__ = ("broadcast", "readers", "task")
+    __slots__ = ("broadcast", "copied", "readers", "task")
 
-    def __init__(self, *, shared: bool) -> None:
+    def __init__(self, *, shared: bool, copied: bool) -> None:
         # A flight nobody else can join has one reader: it holds only the unread chunks.
         self.broadcast: Broadcast[dict[str, Any], tuple[CacheEntry, CacheStatus | None]] = (
             Broadcast(replay=shared)
         )
+        # Whether each reader gets chunks of its own: when other readers, or the replay
+        # the store keeps, hold the same ones, what one reader does to a chunk it got
+        # must reach none of them (as ``Completion.raw`` is each caller's own).
+        self.copied = copied
         self.readers = 0
         self.task: asyncio.Task[None]

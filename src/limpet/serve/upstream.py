@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Final
 
 import aiohttp
 
@@ -13,23 +14,35 @@ from limpet.endpoint import header_secrets
 from limpet.errors import upstream_errors
 from limpet.observe.events import EventHook
 
-__all__ = ["MetricsRegistry", "ModelListings"]
+__all__ = ["DEFAULT_MAX_LISTINGS", "MetricsRegistry", "ModelListings"]
+
+#: Credentials whose ``/models`` listing is kept at once. A public listing answers any
+#: key, and OpenRouter's is megabytes: without a cap, callers sending made-up keys would
+#: fill the proxy's memory within one ``ttl``.
+DEFAULT_MAX_LISTINGS: Final = 64
 
 
 class ModelListings:
     """``GET /models`` of the first upstream, kept ``ttl`` seconds per credential (by a
-    digest of it: the header itself is never kept). Only a 200 is kept. The session is
-    lent: whoever made it closes it."""
+    digest of it: the header itself is never kept), for at most ``max_kept`` credentials
+    at once (the oldest listing makes way). Only a 200 is kept. The session is lent:
+    whoever made it closes it."""
 
-    __slots__ = ("_clock", "_kept", "_session", "_ttl", "_url")
+    __slots__ = ("_clock", "_kept", "_max_kept", "_session", "_ttl", "_url")
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, ttl: float, clock: Callable[[], float]
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        ttl: float,
+        clock: Callable[[], float],
+        max_kept: int = DEFAULT_MAX_LISTINGS,
     ) -> None:
         self._session = session
         self._url = url
         self._ttl = ttl
         self._clock = clock
+        self._max_kept = max_kept
         self._kept: dict[str, tuple[float, bytes]] = {}
 
     async def get(self, authorization: str | None) -> tuple[int, bytes]:
@@ -50,7 +63,9 @@ class ModelListings:
                 body = await response.read()
                 status = response.status
         if status == 200:
-            self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
+            # Live listings in the order they were fetched: the first is the oldest.
+            live = [(k, v) for k, v in self._kept.items() if v[0] > now and k != who]
+            self._kept = dict(live[max(0, len(live) - self._max_kept + 1) :])
             self._kept[who] = (now + self._ttl, body)
         return status, body
 
