@@ -18,7 +18,12 @@ from limpet import (
     RetryConfig,
     TieredCache,
 )
-from limpet.errors import APIConnectionError, APIStreamError, InvalidRequestError
+from limpet.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APIStreamError,
+    InvalidRequestError,
+)
 from limpet.http.chunks import StreamChunk
 from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
@@ -458,3 +463,22 @@ async def test_a_reader_changing_a_replayed_completion_leaves_the_cached_entry_w
         choice["index"]: choice["message"]["content"] for choice in completed.raw["choices"]
     }
     assert gateway.endpoint("a").calls == 1
+
+
+@pytest.mark.parametrize("fault", ["stream_error", "status"])
+async def test_a_stream_retried_the_moment_it_failed_goes_upstream_again(
+    client: Client, gateway: FakeGateway, fault: str
+) -> None:
+    ep = gateway.endpoint("a")
+    if fault == "stream_error":
+        ep.stream_error(after_chunks=2)
+    else:
+        ep.fail(503)
+    with pytest.raises((APIStreamError, APIStatusError)):
+        await collect(client.stream(**ask()))
+    # Straight on, in the step the failure reached the reader: the failed flight is over,
+    # so the retry is a call of its own, never handed the failure it retries.
+    again = client.stream(**ask())
+    assert text(await collect(again))
+    assert again.completion is not None and again.completion.cache is CacheStatus.MISS
+    assert ep.calls == 2
