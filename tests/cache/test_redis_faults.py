@@ -721,3 +721,21 @@ async def test_connections_left_dead_by_a_restart_cost_no_command(
         assert [await rc.get(f"after{i}") for i in range(5)] == [b"v"] * 5
         assert rc.failed_writes == rc_writes_before
         assert state(rc) == "closed" and breaker.opens == 0
+
+
+async def test_a_lead_that_raises_a_cache_fault_is_not_run_again(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        flight = RedisFlight[str](cache.flight_store, SLOW)
+        calls = 0
+
+        async def lead() -> tuple[str, bytes | None, float]:
+            nonlocal calls
+            calls += 1  # the upstream call ran; then the store inside the lead failed
+            raise CacheUnavailableError("the shared tier went away mid-lead")
+
+        with pytest.raises(CacheUnavailableError):
+            await flight.do(KEY, lead, Reader(cache))
+        assert calls == 1  # not called again as if the lease had failed
+        assert await raw.exists(cache.lock_key(KEY)) == 0  # and the lease was released

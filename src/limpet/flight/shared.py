@@ -188,16 +188,20 @@ class RedisFlight(Generic[R]):
         deadline = time.monotonic() + self.config.follow_timeout
         followed = False
         while True:
+            # Only the lease and the wait fall back to a call of this process's own when
+            # the shared tier fails: a ``lead()`` that raised has run, and must not run twice.
             try:
-                if await self._acquire(key, token):
-                    if followed:
-                        self.takeovers += 1
-                    return await self._lead(key, token, lead), True
-                followed = True
-                found, leading = await self._follow(key, token, read, deadline)
+                acquired = await self._acquire(key, token)
+                if not acquired:
+                    found, leading = await self._follow(key, token, read, deadline)
             except CacheUnavailableError:
                 result, _, _ = await lead()
                 return result, True
+            if acquired:
+                if followed:
+                    self.takeovers += 1
+                return await self._lead(key, token, lead), True
+            followed = True
             if leading:
                 self.takeovers += 1
                 return await self._lead(key, token, lead), True
