@@ -63,6 +63,28 @@ async def test_an_invalidation_reaches_another_process_within_the_refresh_interv
 
 
 @pytest.mark.redis
+async def test_an_idle_process_reads_the_store_before_using_generations_past_their_bound(
+    store: CountingStore,
+) -> None:
+    # Stale-while-refreshing is bounded: a process idle for an hour must not serve its
+    # first request from an hour-old generation, whatever it had cached.
+    clock = FakeClock()
+    here = Generations(store, refresh_interval=1.0, clock=clock)
+    there = Generations(store, refresh_interval=1.0, clock=clock)
+    before = await there.scope("m")
+    await here.bump("m")
+    after = await here.scope("m")
+    clock.advance(2.0)  # twice the interval, with no request to start a refresh
+    reads = store.reads
+    assert there.scope_now("m") is None  # no answer from memory: read first
+    scopes = await asyncio.gather(*(there.scope("m") for _ in range(20)))
+    assert set(scopes) == {after} != {before}
+    assert store.reads == reads + 1  # one read for every waiting caller
+    assert there.scope_now("m") == scopes[0]  # fresh again: the hit path reads nothing
+    await there.aclose()
+
+
+@pytest.mark.redis
 async def test_a_first_request_reads_the_shared_generation_before_using_it(
     store: CountingStore,
 ) -> None:
@@ -165,6 +187,7 @@ class FlakyStore(CountingStore):
 
     async def generations(self, names: Sequence[str]) -> list[int]:
         if self.down:
+            self.reads += 1
             raise CacheUnavailableError("down for the test")
         return await super().generations(names)
 
@@ -191,3 +214,26 @@ async def test_a_local_only_bump_is_never_forgotten_and_a_failed_read_matches_no
         await gens.scope(f"m{i}")
     assert gens.scope_now("pinned") == bumped  # kept: the store could not give it back
     assert len(gens._values) <= 2 + 2 + 1
+
+
+@pytest.mark.redis
+async def test_past_the_bound_an_unreachable_store_costs_one_read_per_interval(
+    store: CountingStore,
+) -> None:
+    flaky = FlakyStore(store.cache)
+    clock = FakeClock()
+    gens = Generations(flaky, refresh_interval=1.0, clock=clock)
+    before = await gens.scope("m")
+    flaky.down = True
+    clock.advance(5.0)
+    reads = flaky.reads
+    assert await gens.scope("m") == before  # nothing newer to be had: what it knows
+    for _ in range(10):
+        assert (gens.scope_now("m") or await gens.scope("m")) == before
+    assert flaky.reads == reads + 1  # the failed read is not retried before it is due
+    clock.advance(1.0)
+    flaky.down = False
+    await Generations(flaky).bump("m")
+    assert gens.scope_now("m") is None
+    assert await gens.scope("m") != before
+    await gens.aclose()

@@ -312,6 +312,24 @@ async def test_invalidation_reaches_another_client_within_the_refresh_interval(
         assert fresh.key != old.key
 
 
+async def test_a_client_idle_past_twice_the_refresh_interval_never_serves_an_invalidated_entry(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, clock: FakeClock
+) -> None:
+    rc_a = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
+    rc_b = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
+    async with make_client(gateway, rc_a) as a, make_client(gateway, rc_b) as b:
+        use_generation_clock(b, rc_b, clock, namespace="")
+        old = await a.complete(**ask())
+        await rc_a.flush()
+        assert (await b.complete(**ask())).cache is CacheStatus.HIT  # now in b's memory tier
+        await a.invalidate(model=MODEL)
+        clock.advance(2.0)  # b made no call meanwhile, so nothing refreshed its generations
+
+        first = await b.complete(**ask())
+        assert (first.cache, first.key != old.key) == (CacheStatus.MISS, True)
+    assert gateway.endpoint("a").calls == 2
+
+
 async def test_namespaces_isolate_tenants_on_one_redis(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:

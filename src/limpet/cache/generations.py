@@ -11,7 +11,10 @@ flush --namespace``) still reach every credential in it.
 
 With a shared store (Redis), generations are read into the process and refreshed in the
 background at most every ``refresh_interval`` seconds, so a cache hit stays one GET and
-another process's invalidation takes effect here within that interval.
+another process's invalidation takes effect here within that interval while requests
+keep coming. Generations read more than twice the interval ago are never used without
+reading them again (a process idle for an hour reads before its next request), so no
+invalidation older than that is ever missed, unless the store cannot be read at all.
 
 Only the ``max_tracked`` most recently used models' generations are kept (and
 refreshed); the least recently used is forgotten beyond that. A forgotten model is read
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -93,7 +97,9 @@ class Generations:
         "_clock",
         "_credential",
         "_due",
+        "_fallback_until",
         "_fixed",
+        "_fresh_until",
         "_loading",
         "_models",
         "_namespace",
@@ -136,14 +142,33 @@ class Generations:
         self.max_tracked = max_tracked
         self._clock = clock
         self._due = 0.0
+        # Until when the values may be used without reading the store first (two intervals
+        # after the last full read began), and until when they may be used anyway because
+        # the last read failed (the next one is due then): a store that cannot be read
+        # costs one read per interval, not one per request.
+        self._fresh_until = -math.inf
+        self._fallback_until = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
         self._loading: dict[str, asyncio.Future[None]] = {}
         self.refresh_interval = refresh_interval
 
     def scope_now(self, model: str) -> str | None:
         """The key scope for a request to ``model``, or None when ``scope()`` must first
-        read the model's generations from the store. Schedules a background refresh when
-        one is due, so the cache-hit path never waits on the store."""
+        read the model's generations from the store (never read, or read too long ago).
+        Schedules a background refresh when one is due, so that, while requests keep
+        coming, the cache-hit path never waits on the store."""
+        scope = self._scope_of(model)
+        if scope is None or self._store is None:
+            return scope
+        now = self._clock()
+        if now >= self._due:
+            self._schedule_refresh()
+        if now >= self._fresh_until and now >= self._fallback_until:
+            return None
+        return scope
+
+    def _scope_of(self, model: str) -> str | None:
+        """The key scope of ``model`` from the values this process holds, however old."""
         models = self._models
         scope = self._scopes.get(model)
         if scope is not None:
@@ -159,8 +184,6 @@ class Generations:
             values = self._values
             scope = ".".join(str(values.get(name, 0)) for name in (EVERYTHING, *names))
             self._scopes[model] = scope
-        if self._store is not None and self._clock() >= self._due:
-            self._schedule_refresh()
         return scope
 
     async def scope(self, model: str) -> str:
@@ -170,6 +193,8 @@ class Generations:
         forgotten) reads its generations from the store (one round trip), so it can
         never read entries invalidated elsewhere. When that read fails, the scope says so
         (``?``) and matches no generation's entries; the next request reads again.
+        Generations read too long ago are read again first (``scope_now``); when that read
+        fails, the ones held are used.
         """
         if self._store is not None and model not in self._models:
             # Concurrent first requests share one read, and none uses a guess meanwhile.
@@ -178,16 +203,26 @@ class Generations:
                 loading = asyncio.ensure_future(self._load(model))
                 self._loading[model] = loading
             await asyncio.shield(loading)
-        return self.scope_now(model) or f"{self._values.get(EVERYTHING, 0)}.?"
+        elif self._store is not None and self.scope_now(model) is None:
+            # Every caller waits for the one refresh scope_now() started; cancelling one
+            # cancels neither the refresh nor the others.
+            refreshing = self._refreshing
+            if refreshing is not None:
+                await asyncio.wait((refreshing,))
+        return self._scope_of(model) or f"{self._values.get(EVERYTHING, 0)}.?"
 
     async def _load(self, model: str) -> None:
         names = self._names_of(model)
         try:
             read = self._fixed.union(names)
-            if self._clock() >= self._due:  # a refresh was due anyway: one read for both
-                self._due = self._clock() + self.refresh_interval
+            started, everything = self._clock(), False
+            if started >= self._due:  # a refresh was due anyway: one read for both
+                self._due = started + self.refresh_interval
                 read |= self._values.keys()
+                everything = True
             values = await self._read(read)
+            if everything:
+                self._read_all(started, values is not None)
             if values is not None:
                 for name in names:
                     values.setdefault(name, 0)
@@ -222,11 +257,20 @@ class Generations:
         """Read every generation this process uses from the store now."""
         if self._store is None:
             return
-        self._due = self._clock() + self.refresh_interval
+        started = self._clock()
+        self._due = started + self.refresh_interval
         values = await self._read(self._values.keys() | self._fixed)
+        self._read_all(started, values is not None)
         if values is not None:
             # A model forgotten while the read was out is read again when it is used.
             self._merge({n: v for n, v in values.items() if n in self._values or n in self._fixed})
+
+    def _read_all(self, started: float, ok: bool) -> None:
+        """A read of every generation held, begun at ``started``, succeeded or failed."""
+        if ok:
+            self._fresh_until = max(self._fresh_until, started + 2 * self.refresh_interval)
+        else:
+            self._fallback_until = self._due
 
     async def _read(self, names: Iterable[str]) -> dict[str, int] | None:
         """``names``' values in the store, or None when it cannot say."""
