@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from limpet.cache.generations import Generations, generation_name
+from limpet.cache.generations import CounterStarts, Generations, generation_name
 from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError
 from tests.fakes import FakeClock
@@ -22,6 +23,17 @@ async def test_local_bumps_change_exactly_what_they_cover() -> None:
     before = (gens.scope_now("a"), gens.scope_now("b"))
     await gens.bump()
     assert gens.scope_now("a") != before[0] and gens.scope_now("b") != before[1]
+
+
+def test_a_lost_counter_starts_above_what_was_seen_and_what_is_seen_is_bounded() -> None:
+    starts = CounterStarts(max_names=2)
+    ahead = time.time_ns() // 1000 + 10**12  # a counter far past the clock
+    assert starts.saw("a", ahead) == ahead
+    assert starts.start("a") == ahead + 1
+    assert time.time_ns() // 1000 <= starts.start("b") < ahead  # from the clock
+    starts.saw("b", 1)
+    starts.saw("c", 1)  # "a" is the least recently seen of three: forgotten
+    assert starts.start("a") < ahead
 
 
 class CountingStore:
@@ -129,7 +141,8 @@ async def test_a_credential_invalidates_alone_and_its_namespace_covers_every_cre
         return [await gens.scope("m") for gens in everyone]
 
     start = await scopes()
-    assert start[0] == start[1] != start[2]  # two more generations in a credential's keys
+    # Two more generations in a credential's keys.
+    assert [s.count(".") for s in start] == [4, 4, 2, 4]
 
     await a.bump()
     after_a = await scopes()

@@ -178,12 +178,12 @@ async def test_entries_carry_a_native_ttl(cache: RedisCache, raw: RedisCluster) 
 
 async def test_generations_on_a_cluster(cache: RedisCache, raw: RedisCluster) -> None:
     names = ["*", MODEL, "openai/gpt-5"]
-    assert await cache.generations(names) == [0, 0, 0]
-    assert await cache.bump_generation(MODEL) == 1
-    assert await cache.bump_generation("*") == 1
-    assert await cache.bump_generation(MODEL) == 2
-    assert await cache.generations(names) == [1, 2, 0]
-    assert await raw.get(cache.generation_key(MODEL)) == b"2"
+    everything, model, other = await cache.generations(names)  # created in one slot
+    assert await cache.bump_generation(MODEL) == model + 1
+    assert await cache.bump_generation("*") == everything + 1
+    assert await cache.bump_generation(MODEL) == model + 2
+    assert await cache.generations(names) == [everything + 1, model + 2, other]
+    assert await raw.get(cache.generation_key(MODEL)) == b"%d" % (model + 2)
 
 
 async def test_clear_reaches_every_primary_and_keeps_generations(
@@ -192,7 +192,7 @@ async def test_clear_reaches_every_primary_and_keeps_generations(
     for i in range(1500):  # more than one SCAN step on some node
         await cache.set(f"k{i}", b"v", 60)
     await cache.flush()
-    await cache.bump_generation(MODEL)
+    bumped = await cache.bump_generation(MODEL)
     # A lookalike prefix: its keys are not ours.
     async with RedisCache.from_url(
         cluster_url(redis_cluster), prefix=cluster_prefix.rstrip(":") + "X:", **PATIENT
@@ -208,7 +208,7 @@ async def test_clear_reaches_every_primary_and_keeps_generations(
         assert sorted(remaining) == sorted(
             [cache.generation_key(MODEL).encode(), other.redis_key("theirs").encode()]
         )
-        assert await cache.generations([MODEL]) == [1]
+        assert await cache.generations([MODEL]) == [bumped]
         await other.clear()
 
 

@@ -106,24 +106,25 @@ async def test_clear_removes_only_its_own_keys(
     async with RedisCache.from_url(redis_url, prefix=mine) as cache:
         for i in range(2500):  # more than one SCAN step
             await raw.set(f"{mine}k{i}", b"v", px=60_000)
-        await cache.bump_generation("model")
+        bumped = await cache.bump_generation("model")
         await cache.clear()
         assert await raw.get(lookalike + "k") == b"theirs"
         assert await raw.get(redis_prefix + "other") == b"theirs"
         assert [k async for k in raw.scan_iter(match=mine.replace("*", "\\*") + "k*")] == []
         # Generations survive: resetting them could revive entries held elsewhere.
-        assert await cache.generations(["model"]) == [1]
+        assert await cache.generations(["model"]) == [bumped]
 
 
 @pytest.mark.redis
 async def test_generations(cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str) -> None:
     assert await cache.generations([]) == []
-    assert await cache.generations(["*", "a", "b"]) == [0, 0, 0]
-    assert await cache.bump_generation("a") == 1
-    assert await cache.bump_generation("a") == 2
-    assert await cache.bump_generation("*") == 1
-    assert await cache.generations(["*", "a", "b"]) == [1, 2, 0]
-    assert await raw.get(redis_prefix + "gen:a") == b"2"
+    everything, a, b = await cache.generations(["*", "a", "b"])  # created, then read
+    assert await cache.generations(["*", "a", "b"]) == [everything, a, b]
+    assert await cache.bump_generation("a") == a + 1
+    assert await cache.bump_generation("a") == a + 2
+    assert await cache.bump_generation("*") == everything + 1
+    assert await cache.generations(["*", "a", "b"]) == [everything + 1, a + 2, b]
+    assert await raw.get(redis_prefix + "gen:a") == b"%d" % (a + 2)
     assert await raw.ttl(redis_prefix + "gen:a") == -1  # counters never expire
 
 

@@ -331,6 +331,28 @@ async def test_full_redis_fails_writes_and_still_serves_reads(
         await tiered.aclose()
 
 
+# -- Generation counters lost (evicted, or a restart without persistence) ---------------
+
+
+async def test_an_evicted_generation_never_brings_old_entries_back(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as rc:
+        [old] = await rc.generations(["m"])
+        await rc.set(f"entry@{old}", b"stale", 600)  # keys carry the generation
+        await rc.flush()
+        bumped = await rc.bump_generation("m")
+        await raw.delete(rc.generation_key("m"))  # evicted (allkeys-lru)
+        # Another process, which never saw it, re-creates it: never back to ``old``.
+        async with RedisCache.from_url(redis_url, prefix=redis_prefix) as other:
+            [now] = await other.generations(["m"])
+            assert now > bumped > old
+            assert await other.get(f"entry@{now}") is None
+            await raw.delete(rc.generation_key("m"))
+            # Bumped while missing: above every value it had, not 1.
+            assert await other.bump_generation("m") > now
+
+
 # -- Redis holds something that is not ours --------------------------------------------
 
 

@@ -330,6 +330,29 @@ async def test_a_client_idle_past_twice_the_refresh_interval_never_serves_an_inv
     assert gateway.endpoint("a").calls == 2
 
 
+async def test_an_invalidation_after_redis_restarts_empty_reaches_a_client_that_outlived_it(
+    gateway: FakeGateway, redis_server: RedisServer, clock: FakeClock
+) -> None:
+    # Restarted without persistence, Redis forgets its generation counters. A Client that
+    # lived through it holds the old values, and its memory tier the answers keyed by
+    # them: counters that start again at 0 would catch up with those values after a few
+    # invalidations, and from then on the Client would miss every new one.
+    rc_a = RedisCache(url=redis_server.url, **PATIENT)
+    async with make_client(gateway, rc_a) as a:
+        use_generation_clock(a, rc_a, clock, namespace="")
+        await a.invalidate(model=MODEL)
+        old = await a.complete(**ask())  # in a's memory tier, keyed by generation 1
+        redis_server.kill()
+        redis_server.restart()  # same port, empty
+        async with make_client(gateway, RedisCache(url=redis_server.url, **PATIENT)) as b:
+            await b.invalidate(model=MODEL)
+        clock.advance(2.0)  # past the refresh bound: a reads the generations again
+
+        after = await a.complete(**ask())
+        assert (after.cache, after.key != old.key) == (CacheStatus.MISS, True)
+    assert gateway.endpoint("a").calls == 2
+
+
 async def test_namespaces_isolate_tenants_on_one_redis(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:

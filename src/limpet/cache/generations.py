@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_TRACKED",
     "DEFAULT_REFRESH_INTERVAL",
     "EVERYTHING",
+    "CounterStarts",
     "GenerationStore",
     "Generations",
     "generation_name",
@@ -67,6 +68,48 @@ def generation_name(namespace: str | None, model: str | None, *, credential: str
         return EVERYTHING
     owner = (namespace or "") + (_CREDENTIAL_SEPARATOR + credential if credential else "")
     return owner + _SEPARATOR + (EVERYTHING if model is None else model)
+
+
+class CounterStarts:
+    """Where a shared store's generation counter starts when it is missing, for the stores
+    that keep them (``RedisCache``, ``MemcachedCache``).
+
+    A store may lose a counter at any time: evicted by an LRU, gone in a restart without
+    persistence or a flush. Were it simply re-created at 0, entries written under its old
+    values would be read again after an invalidation, and a process that kept its old
+    value would miss every invalidation until the new counter passed it: the one thing
+    invalidation must never allow. So a missing counter is created at the current
+    wall-clock time in microseconds, or one above the highest value this process saw,
+    whichever is higher. Counters only grow by one per invalidation, so a re-created
+    counter is above every value it had (short of a million invalidations a second,
+    sustained, or one within a microsecond of the counter's creation): losing it costs at
+    most the entries of its current generation, and never revives an older one.
+    Processes that race to create it must agree on one value (the store creates it only
+    if it is still missing, atomically; the losers read the winner's).
+
+    The highest values seen are kept for the ``max_names`` counters seen last.
+    """
+
+    __slots__ = ("_seen", "max_names")
+
+    def __init__(self, max_names: int = 4 * DEFAULT_MAX_TRACKED) -> None:
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self.max_names = max_names
+
+    def start(self, name: str) -> int:
+        """The value to create missing counter ``name`` at."""
+        return max(time.time_ns() // 1000, self._seen.get(name, 0) + 1)
+
+    def saw(self, name: str, value: int) -> int:
+        """Note that counter ``name`` holds ``value``; returns ``value``."""
+        seen = self._seen
+        if value > seen.get(name, 0):
+            seen[name] = value
+        if name in seen:
+            seen.move_to_end(name)
+            if len(seen) > self.max_names:
+                seen.popitem(last=False)
+        return value
 
 
 @runtime_checkable

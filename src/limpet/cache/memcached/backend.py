@@ -24,7 +24,8 @@ writes are queued and sent in the background, and every failure leaves as
   sent, and counted in ``oversized_writes``.
 - ``clear()`` is ``flush_all`` on every server: Memcached cannot list keys.
 - Generations (``invalidate()``) are counters created with ``add`` and bumped with
-  ``incr``; see ``memcached_generations`` for what an evicted counter does.
+  ``incr``; see ``limpet.cache.generations.CounterStarts`` for what an evicted counter
+  does.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ class MemcachedCache(RemoteCache):
     async def generations(self, names: Sequence[str]) -> list[int]:
         """The current value of each generation counter. A missing one (never bumped,
         evicted, lost in a restart) is created above every value it had, so an eviction
-        never revives invalidated entries (see ``memcached_generations``).
+        never revives invalidated entries (see ``limpet.cache.generations.CounterStarts``).
 
         Raises:
             CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.

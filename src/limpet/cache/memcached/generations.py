@@ -1,26 +1,20 @@
 """Generation counters on Memcached, for ``invalidate()`` and ``limpet flush``.
 
 A counter is created with ``add`` and bumped with ``incr``, and Memcached may lose it at
-any time: evicted by the LRU, gone in a restart or a ``flush_all``. Were it simply
-re-created at 0, entries written under its old values would be read again after an
-invalidation: the one thing invalidation must never allow. So a missing counter is
-created at the current wall-clock time in microseconds, or one above the highest value
-this process saw, whichever is higher. Counters only grow by one per invalidation, so a
-re-created counter is above every value it had (short of a million invalidations a
-second, sustained, or one within a microsecond of the counter's creation): losing it
-costs at most the entries of its current generation, and never revives an older one.
-Processes that race to create it agree on one value (``add`` is atomic; the losers read
-the winner's).
+any time: evicted by the LRU, gone in a restart or a ``flush_all``. A missing counter is
+created above every value it had (``limpet.cache.generations.CounterStarts`` says where
+and why); ``add`` is atomic, so processes that race to create it agree on one value (the
+losers read the winner's).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import emcache
 
+from limpet.cache.generations import CounterStarts
 from limpet.errors import CacheUnavailableError
 
 if TYPE_CHECKING:
@@ -33,11 +27,11 @@ class GenerationCounters:
     """The generation counters of one ``MemcachedCache`` (through its ``run()``), and
     the highest value this process saw of each."""
 
-    __slots__ = ("_cache", "_seen")
+    __slots__ = ("_cache", "_starts")
 
     def __init__(self, cache: MemcachedCache) -> None:
         self._cache = cache
-        self._seen: dict[str, int] = {}
+        self._starts = CounterStarts()
 
     async def read(self, names: Sequence[str]) -> list[int]:
         """The value of each counter, creating those that are missing."""
@@ -50,7 +44,7 @@ class GenerationCounters:
             value = _counter(item.value) if item is not None else None
             if value is None:
                 value = await self._create(name, key)
-            result.append(self._saw(name, value))
+            result.append(self._starts.saw(name, value))
         return result
 
     async def bump(self, name: str) -> int:
@@ -62,23 +56,18 @@ class GenerationCounters:
             value = await cache.run("incr", cache.write_timeout, lambda c: _incr(c, key))
             if value is None:
                 raise CacheUnavailableError(f"memcached generation {name!r} vanished while bumped")
-        return self._saw(name, value)
+        return self._starts.saw(name, value)
 
     async def _create(self, name: str, key: bytes) -> int:
         """Create a missing counter; its value, or the one another process created first."""
         cache = self._cache
-        start = max(time.time_ns() // 1000, self._seen.get(name, 0) + 1)
+        start = self._starts.start(name)
         if await cache.run("add", cache.write_timeout, lambda c: _add(c, key, b"%d" % start)):
             return start
         item = await cache.run("get", cache.read_timeout, lambda c: c.get(key))
         value = None if item is None else _counter(item.value)
         if value is None:
             raise CacheUnavailableError(f"memcached generation {name!r} is not an integer")
-        return value
-
-    def _saw(self, name: str, value: int) -> int:
-        if value > self._seen.get(name, 0):
-            self._seen[name] = value
         return value
 
 

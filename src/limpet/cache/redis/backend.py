@@ -23,6 +23,7 @@ from redis.exceptions import MaxConnectionsError
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
+from limpet.cache.generations import CounterStarts
 from limpet.cache.redis.connection import (
     CLUSTER_SCHEMES,
     check_prefix,
@@ -123,6 +124,7 @@ class RedisCache(RemoteCache):
 
     __slots__ = (
         "_client",
+        "_counter_starts",
         "_flights",
         "_generation_prefix",
         "_lone",
@@ -172,6 +174,7 @@ class RedisCache(RemoteCache):
         # Entry key: prefix + open + key + close; the hash tag is the cache key itself.
         self._tag_open, self._tag_close = ("{", "}") if self.cluster else ("", "")
         self._generation_prefix = prefix + ("{gen}:" if self.cluster else "gen:")
+        self._counter_starts = CounterStarts()
         super().__init__(
             settings,
             where=describe_server(client),
@@ -338,7 +341,9 @@ class RedisCache(RemoteCache):
         await unlink_prefix(self)
 
     async def generations(self, names: Sequence[str]) -> list[int]:
-        """The current generation of each name (0 when never bumped), in one MGET.
+        """The current generation of each name, in one MGET. A missing one (never bumped,
+        evicted, lost in a restart) is created above every value it had, so losing it never
+        revives invalidated entries (``limpet.cache.redis.generations``).
 
         Raises:
             CacheUnavailableError: Redis is down, slow, the breaker is open, closed, or a
@@ -347,10 +352,11 @@ class RedisCache(RemoteCache):
         if not names:
             return []
         self._check_open()
-        return await read_generations(self, names)
+        return await read_generations(self, self._counter_starts, names)
 
     async def bump_generation(self, name: str) -> int:
-        """Add one to ``name``'s generation (INCR; the counter never expires).
+        """Add one to ``name``'s generation (INCR; the counter never expires, and is
+        created first when missing).
 
         Returns:
             The new generation.
@@ -359,7 +365,7 @@ class RedisCache(RemoteCache):
             CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
         """
         self._check_open()
-        return await bump_generation(self, name)
+        return await bump_generation(self, self._counter_starts, name)
 
     async def aclose(self) -> None:
         """Send pending writes (for at most ``close_timeout``), then close the connection

@@ -1,13 +1,21 @@
-"""The generation counters of a ``RedisCache``: plain integers under
-``generation_key(name)``, read together in one MGET and bumped with INCR; they never
-expire (see ``limpet.cache.generations`` for what they are for)."""
+"""The generation counters of a ``RedisCache``: integers under ``generation_key(name)``,
+read together in one MGET and bumped with INCR; they never expire (see
+``limpet.cache.generations`` for what they are for).
+
+Redis may still lose one: evicted under an ``allkeys-*`` policy, or gone in a restart
+without persistence or a FLUSHALL. A missing counter is created above every value it had
+(``limpet.cache.generations.CounterStarts``), never read as 0: processes that kept an old
+value would otherwise miss every invalidation until the counter climbed past it, and
+entries written under its early values would be read again.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from limpet.cache.generations import CounterStarts
 from limpet.errors import CacheUnavailableError
 
 if TYPE_CHECKING:
@@ -15,9 +23,28 @@ if TYPE_CHECKING:
 
 __all__ = ["bump_generation", "read_generations"]
 
+# KEYS: missing counters; ARGV: where each starts. Creates those still missing (another
+# process may have created one meanwhile: its value stands) and returns every value.
+_CREATE = """
+local values = {}
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i], 'NX')
+  values[i] = redis.call('GET', key)
+end
+return values
+"""
+# KEYS[1]: the counter; ARGV[1]: where it starts if it is missing.
+_BUMP = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('INCR', KEYS[1])
+"""
 
-async def read_generations(cache: RedisCache, names: Sequence[str]) -> list[int]:
-    """The current value of each counter (0 when never bumped), in one MGET.
+
+async def read_generations(
+    cache: RedisCache, starts: CounterStarts, names: Sequence[str]
+) -> list[int]:
+    """The current value of each counter, in one MGET; those missing are created first
+    (one more round trip).
 
     Raises:
         CacheUnavailableError: Redis is down, slow, the breaker is open, or a counter
@@ -25,23 +52,42 @@ async def read_generations(cache: RedisCache, names: Sequence[str]) -> list[int]
     """
     keys = [cache.generation_key(name) for name in names]
     values = await cache.run("MGET", cache.read_timeout, partial(cache.redis.mget, keys))
-    result = []
-    for name, value in zip(names, values, strict=True):
-        try:
-            result.append(0 if value is None else int(value))
-        except ValueError as exc:
-            raise CacheUnavailableError(
-                f"redis generation {name!r} is not an integer: {value!r}"
-            ) from exc
-    return result
+    missing = [i for i, value in enumerate(values) if value is None]
+    if missing:
+        args = [*(keys[i] for i in missing), *(str(starts.start(names[i])) for i in missing)]
+        created = await cache.run(
+            "EVAL generations",
+            cache.write_timeout,
+            partial(cache.redis.eval, _CREATE, len(missing), *args),
+        )
+        values = list(values)
+        for i, value in zip(missing, created, strict=True):
+            values[i] = value
+    return [
+        starts.saw(name, _counter(name, value)) for name, value in zip(names, values, strict=True)
+    ]
 
 
-async def bump_generation(cache: RedisCache, name: str) -> int:
-    """Add one to counter ``name``; the new value.
+async def bump_generation(cache: RedisCache, starts: CounterStarts, name: str) -> int:
+    """Add one to counter ``name`` (created first when missing); the new value.
 
     Raises:
-        CacheUnavailableError: Redis is down, slow, or the breaker is open.
+        CacheUnavailableError: Redis is down, slow, the breaker is open, or the counter
+            holds something other than an integer.
     """
     key = cache.generation_key(name)
-    result: int = await cache.run("INCR", cache.write_timeout, partial(cache.redis.incr, key))
-    return result
+    result = await cache.run(
+        "EVAL bump",
+        cache.write_timeout,
+        partial(cache.redis.eval, _BUMP, 1, key, str(starts.start(name))),
+    )
+    return starts.saw(name, _counter(name, result))
+
+
+def _counter(name: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise CacheUnavailableError(
+            f"redis generation {name!r} is not an integer: {value!r}"
+        ) from exc
