@@ -33,9 +33,8 @@ from limpet.pipeline.credentials import CacheScope, credential_scope
 from limpet.pipeline.keying import Keying
 from limpet.pipeline.pipelines import Pipelines
 from limpet.pipeline.policy import CacheMode
-from limpet.pipeline.request import chat_request, embed_request, with_extras
+from limpet.pipeline.request import chat_request, embed_request
 from limpet.pipeline.stream import CompletionStream
-from limpet.pipeline.validation import validate_request
 from limpet.pipeline.vectors import DEFAULT_MAX_INPUTS
 from limpet.pipeline.wiring import (
     DEFAULT_CACHE,
@@ -473,11 +472,39 @@ class Client:
             raise InvalidRequestError("model", "a non-empty str or None", model)
         await self._keying.generations.bump(model)
 
-    async def forget(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> str:
-        """Delete the cached answer of one request from every tier; returns its key."""
-        body = with_extras({"model": model, "messages": messages, **params}, None)
-        validate_request(body)
-        key = await self._keying.of(body, None)
+    async def forget(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        cache: CacheMode | None = None,
+        ttl: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (complete()'s, accepted alike)
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> str:
+        """Delete the cached answer of one request from every tier of this Client;
+        returns its key.
+
+        Takes the keyword arguments of the ``complete()`` or ``stream()`` call whose
+        answer it deletes: ``extra_body`` and ``extra_headers`` (a call's own credentials
+        scope its entries) shape the key as they do there; ``cache``, ``ttl`` and
+        ``timeout`` are checked and otherwise ignored, as they never enter the key.
+        """
+        # By position, as complete() passes them; a stream's arguments are as good.
+        request = chat_request(
+            {"model": model, "messages": messages, **params},
+            cache,
+            ttl,
+            self._ttl,
+            self._policy,
+            timeout,
+            extra_headers,
+            extra_body,
+            True,
+        )
+        key = await self._keying.of(request.body, request.headers)
         if self._cache is not None:
             await self._cache.delete(key)
         return key

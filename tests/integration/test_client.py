@@ -363,6 +363,27 @@ async def test_forget_deletes_one_request(client: Client, gateway: FakeGateway) 
     assert (await client.complete(**ask("one"))).key == key
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"extra_body": {"seed": 7}},
+        {"extra_headers": {"Authorization": f"Bearer {KEY}"}},  # a scope of its own
+        {"ttl": 60.0, "timeout": 30.0, "cache": "force"},  # never in the key
+        {"stream": True},  # a stream()'s arguments name the same entry
+    ],
+    ids=["extra_body", "extra_headers", "call_options", "stream"],
+)
+async def test_forget_takes_the_calls_own_arguments_and_deletes_its_entry(
+    client: Client, options: dict[str, Any]
+) -> None:
+    called = {name: value for name, value in options.items() if name != "stream"}
+    first = await client.complete(**ask(**called))
+    key = await client.forget(**ask(**options))
+    assert key == first.key
+    again = await client.complete(**ask(**called))
+    assert (again.cache, again.key) == (CacheStatus.MISS, key)
+
+
 async def test_namespaces_share_nothing(gateway: FakeGateway) -> None:
     cache = MemoryCache()
     endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
