@@ -239,6 +239,34 @@ async def test_a_caller_hanging_up_mid_stream_leaves_the_others_of_its_flight_wh
     assert endpoint.calls == 1
 
 
+async def test_a_lone_caller_hanging_up_mid_stream_leaves_no_partial_answer_behind(
+    proxy: Proxy, gateway: FakeGateway
+) -> None:
+    # No other reader keeps the stream going: whatever the proxy does with the rest of it
+    # (finish and store it, or drop it), the next identical request gets the whole answer.
+    endpoint = gateway.endpoint("a")
+    endpoint.pause_stream(after_chunks=2)
+    url = f"{proxy.url}/v1/chat/completions"
+    question = ask("a lone stream", max_tokens=64)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={**question, "stream": True}) as response,
+    ):
+        events = read_events(response)
+        assert (await anext(events)) != b"[DONE]"
+        response.close()  # hangs up mid-stream
+    endpoint.resume_stream()
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gateway.base_url('a')}/chat/completions", json=question) as r:
+            whole = orjson.loads(await r.read())["choices"][0]["message"]["content"]
+        for _ in range(2):  # the first may go upstream or find what the stream stored
+            async with session.post(url, json=question) as again:
+                served = orjson.loads(await again.read())["choices"][0]["message"]["content"]
+                assert (again.status, served) == (200, whole)
+        assert again.headers["X-Limpet-Cache"] == "hit"
+
+
 async def test_sigterm_lets_calls_in_flight_finish_then_exits_0(gateway: FakeGateway) -> None:
     proxy = await Proxy("--upstream", gateway.base_url("a")).start()
     endpoint = gateway.endpoint("a")
