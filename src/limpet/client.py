@@ -491,6 +491,9 @@ class Client:
         answer it deletes: ``extra_body`` and ``extra_headers`` (a call's own credentials
         scope its entries) shape the key as they do there; ``cache``, ``ttl`` and
         ``timeout`` are checked and otherwise ignored, as they never enter the key.
+
+        Other processes' in-memory tiers keep their copy until it expires; to stop every
+        process serving a model's answers, ``invalidate(model)``.
         """
         # By position, as complete() passes them; a stream's arguments are as good.
         request = chat_request(
