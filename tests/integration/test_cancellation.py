@@ -233,3 +233,46 @@ async def test_a_follower_stopped_taking_a_stale_lease_over_leaves_no_lease(
     assert await leases(raw, rc) == []
     assert limpet_tasks() == []
     assert unretrieved(caplog) == []
+
+
+@pytest.mark.parametrize("stop", ("cancel", "timeout"))
+async def test_a_leading_caller_stopped_leaves_its_flight_to_the_callers_of_both_processes(
+    gateway: FakeGateway,
+    redis_url: str,
+    redis_prefix: str,
+    raw: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
+    stop: Stop,
+) -> None:
+    # The caller that started a's flight goes while a's other callers and b (following
+    # a's lease) still wait: the flight goes on for them, its notice says the entry is
+    # stored, and b reads it rather than taking over.
+    ep = gateway.endpoint("a")
+    rc = redis_cache(redis_url, redis_prefix)
+    async with (
+        make_client(gateway, rc) as a,
+        make_client(gateway, redis_cache(redis_url, redis_prefix)) as b,
+    ):
+        await a.forget(**ask())
+        ep.hold_answers()
+        leading = start(a, stop)
+        await ep.wait_for_calls(1)
+        others = [asyncio.create_task(a.complete(**ask())) for _ in range(5)]
+        following = asyncio.create_task(b.complete(**ask()))
+        flight = b._chat.shared_flight
+        assert flight is not None
+
+        async def b_follows() -> bool:
+            return flight.lease_checks >= 1
+
+        await eventually(b_follows, what="b following a's flight")
+        await stopped(a, leading, stop)
+        ep.release_answers()
+        answers = await asyncio.gather(*others, following)
+    assert ep.calls == 1
+    assert {answer.cache for answer in answers} == {CacheStatus.COALESCED}
+    assert len({answer.content for answer in answers}) == 1
+    assert flight.takeovers == 0
+    assert await leases(raw, rc) == []
+    assert limpet_tasks() == []
+    assert unretrieved(caplog) == []
