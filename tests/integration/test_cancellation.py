@@ -276,3 +276,42 @@ async def test_a_leading_caller_stopped_leaves_its_flight_to_the_callers_of_both
     assert await leases(raw, rc) == []
     assert limpet_tasks() == []
     assert unretrieved(caplog) == []
+
+
+# -- the write behind to Redis -----------------------------------------------------------
+
+
+async def test_aclose_cutting_a_write_behind_short_counts_it_and_leaves_the_entry_whole(
+    gateway: FakeGateway,
+    redis_url: str,
+    redis_prefix: str,
+    raw: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The answer is written twice: behind (the write queue) and by the flight's release.
+    # The write behind's reply is held past close_timeout, so aclose() cuts it short.
+    ep = gateway.endpoint("a")
+    async with RedisProxy.for_url(redis_url) as proxy:
+        rc = redis_cache(proxy.url, redis_prefix, close_timeout=0.05)
+        client = make_client(gateway, rc)
+        await warm(client, rc)
+        ep.hold_answers()
+        call = asyncio.create_task(client.complete(**ask()))
+        await ep.wait_for_calls(1)
+        proxy.stall_replies()  # on the connections open now; the release takes a new one
+        ep.release_answers()
+        assert (await call).cache is CacheStatus.MISS
+        await proxy.reply_held.wait()
+        assert rc.pending_writes == 1
+        await client.aclose()
+        proxy.resume()
+    assert "1 writes to redis" in caplog.text and "dropped on close" in caplog.text
+    assert rc.pending_writes == 0
+    assert rc.dropped_writes + rc.failed_writes == 1  # the log's count, in the counters
+    assert await leases(raw, rc) == []
+    async with make_client(gateway, redis_cache(redis_url, redis_prefix)) as other:
+        again = await other.complete(**ask())
+    assert again.cache is CacheStatus.HIT and again.content
+    assert ep.calls == 1
+    assert limpet_tasks() == []
+    assert unretrieved(caplog) == []
