@@ -237,7 +237,8 @@ class RemoteCache:
 
     @property
     def dropped_writes(self) -> int:
-        """Writes never attempted: the queue was full, or ``aclose()`` ran out of time."""
+        """Writes given up: the queue was full, or ``aclose()`` ran out of time before
+        they had landed (those it cut short on their way included)."""
         return self._writes.dropped
 
     @property

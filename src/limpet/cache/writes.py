@@ -116,7 +116,7 @@ class WriteQueue:
 
     @property
     def dropped(self) -> int:
-        """Writes never attempted: the queue was full, or it was closed before they went."""
+        """Writes given up: the queue was full, or it was closed before they had landed."""
         return self._dropped
 
     @property
@@ -182,11 +182,13 @@ class WriteQueue:
                 grace,
             )
         finally:
+            # Counted before the writer is stopped: the batch it is sending is cut short
+            # too (the log above counts it), and stopping it forgets that batch.
+            self._dropped += len(self)
             writer, self._writer = self._writer, None
             if writer is not None and not writer.done():
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
-            self._dropped += len(self._pending)
             self._pending.clear()
 
     async def _await_inflight(self) -> None:

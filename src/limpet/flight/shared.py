@@ -220,6 +220,14 @@ class RedisFlight(Generic[R]):
             await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
             raise
 
+    async def _take_over(self, key: str, seen: str, token: str) -> bool:
+        try:
+            return await self.store.take_over(key, seen, token, self.config.lease)
+        except asyncio.CancelledError:
+            # As in ``_acquire``: the lease may be ours with only the reply lost.
+            await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
+            raise
+
     async def _follow(
         self, key: str, token: str, read: Callable[[], Awaitable[R | None]], deadline: float
     ) -> tuple[R | None, bool]:
@@ -251,9 +259,7 @@ class RedisFlight(Generic[R]):
                     now = time.monotonic()
                     if holder != seen:
                         seen, seen_at = holder, now  # taken or renewed: a live leader
-                    elif now - seen_at >= lease and await self.store.take_over(
-                        key, holder, token, lease
-                    ):
+                    elif now - seen_at >= lease and await self._take_over(key, holder, token):
                         return None, True  # neither renewed nor released for a lease
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -285,12 +291,33 @@ class RedisFlight(Generic[R]):
             raise
         finally:
             renewing.cancel()
-            # Bounded: a Redis client whose socket timeout wraps sends in wait_for can
-            # swallow a cancellation on Python 3.11; the lease must be released anyway.
-            await asyncio.wait({renewing}, timeout=_RENEWAL_STOP_TIMEOUT)
-            await self._release(key, token, notice, entry, ttl)
+            try:
+                # Bounded: a Redis client whose socket timeout wraps sends in wait_for can
+                # swallow a cancellation on Python 3.11; the lease must be released anyway.
+                await asyncio.wait({renewing}, timeout=_RENEWAL_STOP_TIMEOUT)
+            finally:
+                await self._release(key, token, notice, entry, ttl)
 
     async def _release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        """Release the lease, running to its end even when this task is cancelled
+        meanwhile (its last caller gone, ``aclose()``): a release cut short before it
+        reached the store would leave the lease to stall every other process for a whole
+        lease, with no notice. The cancellation is raised once it is done; the wait is
+        bounded by the store's write timeout."""
+        releasing = asyncio.ensure_future(self._send_release(key, token, notice, entry, ttl))
+        cancelled: asyncio.CancelledError | None = None
+        while not releasing.done():
+            try:
+                await asyncio.shield(releasing)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+        releasing.result()
+
+    async def _send_release(
         self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
     ) -> None:
         try:
