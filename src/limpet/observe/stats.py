@@ -150,7 +150,8 @@ class Stats:
 
     @property
     def dropped_cache_writes(self) -> int:
-        """Background cache writes never attempted (the queue was full)."""
+        """Background cache writes given up: the queue was full, or ``aclose()`` ran out
+        of time before they had landed."""
         return sum(tier.dropped_writes for tier in self._tiers.guarded)
 
     @property
