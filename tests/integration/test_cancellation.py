@@ -1,6 +1,7 @@
 """A ``complete()`` caller stopped (cancelled, its ``timeout=`` passed, or ``aclose()``)
 at the points it can be suspended, on a Client whose cache has a Redis tier: what is left
-behind (leases, tasks, logs) and what the other callers get.
+behind (leases, tasks, logs) and what the other callers get; and a ``stream()`` reader
+stopped where its flight releases the lease.
 
 Counts at the FakeGateway and in Redis, never times; a ``RedisProxy`` holds Redis's
 replies so that a caller is known to be waiting on one when it is stopped.
@@ -27,6 +28,7 @@ from limpet import (
 )
 from limpet.cache.redis.leases import RedisFlightStore
 from limpet.errors import APITimeoutError, ClientClosedError
+from limpet.http.chunks import StreamChunk
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
 from tests.integration.test_lifecycle import limpet_tasks
@@ -274,6 +276,76 @@ async def test_a_leading_caller_stopped_leaves_its_flight_to_the_callers_of_both
     assert len({answer.content for answer in answers}) == 1
     assert flight.takeovers == 0
     assert await leases(raw, rc) == []
+    assert limpet_tasks() == []
+    assert unretrieved(caplog) == []
+
+
+@pytest.mark.parametrize("stop", ("close", "cancel", "aclose"))
+async def test_a_stream_stopped_after_its_last_chunk_still_releases_its_lease(
+    gateway: FakeGateway,
+    redis_url: str,
+    redis_prefix: str,
+    raw: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
+    stop: Literal["close", "cancel", "aclose"],
+) -> None:
+    # A stream's reader has every chunk before its flight releases the lease: the end of
+    # the stream waits for that release, held here as in the test above. A reader that
+    # stops there (leaving ``async with`` at the last chunk, cancelled, or its Client
+    # closed) is the last, so its flight is cancelled mid-release.
+    ep = gateway.endpoint("a")
+    read: list[StreamChunk] = []
+    last, close = asyncio.Event(), asyncio.Event()
+
+    async def reader(client: Client) -> None:
+        async with client.stream(**ask()) as stream:
+            async for chunk in stream:
+                read.append(chunk)
+                if chunk.index is None:  # usage: the last chunk, only the end comes next
+                    last.set()
+                    if stop == "close":
+                        await close.wait()
+                        break
+
+    async with RedisProxy.for_url(redis_url) as proxy:
+        rc = redis_cache(proxy.url, redis_prefix, max_connections=2)  # the lone read's + 1
+        client = make_client(gateway, rc)
+        key = await warm(client, rc)
+        ep.hold_answers()
+        reading = asyncio.create_task(reader(client))
+        await ep.wait_for_calls(1)
+        assert len(await leases(raw, rc)) == 1
+        proxy.stall_replies()
+        ep.release_answers()
+        await proxy.reply_held.wait()
+        await last.wait()
+        # The write-behind went first; the lease is still there: the release waits.
+        assert await raw.exists(rc.redis_key(key), rc.lock_key(key)) == 2
+        closing = asyncio.create_task(client.aclose() if stop == "aclose" else asyncio.sleep(0))
+        if stop == "close":
+            close.set()
+        elif stop == "cancel":
+            reading.cancel()
+        await asyncio.wait({reading})
+        if stop == "close":
+            assert reading.exception() is None
+        elif stop == "cancel":
+            assert reading.cancelled()
+        else:
+            assert isinstance(reading.exception(), ClientClosedError)
+        proxy.resume()
+        await closing
+        await client.aclose()
+    assert await leases(raw, rc) == []
+    assert ep.calls == 1
+    # Stored, though no reader saw the stream end: the flight's lead stores the answer
+    # (in memory, and behind to Redis) once upstream has sent it all, before the release.
+    async with make_client(gateway, redis_cache(redis_url, redis_prefix)) as other:
+        replay = other.stream(**ask())
+        replayed = [chunk async for chunk in replay]
+    assert replay.completion is not None and replay.completion.cache is CacheStatus.HIT
+    assert [chunk.raw for chunk in replayed] == [chunk.raw for chunk in read]
+    assert ep.calls == 1
     assert limpet_tasks() == []
     assert unretrieved(caplog) == []
 
