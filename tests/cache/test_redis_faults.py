@@ -25,7 +25,7 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
-from limpet.flight.shared import RedisFlight
+from limpet.flight.shared import FlightStore, RedisFlight
 from limpet.models import Usage
 from limpet.testing import FakeGateway
 from tests.fakes import FakeClock
@@ -622,6 +622,55 @@ async def test_a_leader_cancelled_during_acquire_leaves_no_lease(
         assert await other.do(KEY, upstream, Reader(direct)) == ("answer", True)
     assert unlucky.calls == 0 and upstream.calls == 1
     assert other.takeovers == 0 and other.lease_checks == 0
+
+
+class StubbornRenewal(RedisFlight[str]):
+    """A flight whose renewal outlives its first cancellation until ``stop`` is set: its
+    leader is then known to be waiting in ``_lead`` for the renewal to stop."""
+
+    def __init__(self, store: FlightStore, config: FlightConfig) -> None:
+        super().__init__(store, config)
+        self.renewing = asyncio.Event()
+        self.told_to_stop = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.renewals: set[asyncio.Task[Any]] = set()
+
+    async def _renew(self, key: str, token: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.renewals.add(task)
+        self.renewing.set()
+        try:
+            await super()._renew(key, token)
+        except asyncio.CancelledError:
+            self.told_to_stop.set()
+            await self.stop.wait()
+            raise
+
+
+async def test_a_leader_cancelled_while_its_renewal_stops_still_releases_its_lease(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        leader = StubbornRenewal(cache.flight_store, SLOW)
+        upstream = Upstream(cache, "answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(cache)))
+        # Running: a renewal cancelled before its first step would never reach its except.
+        await leader.renewing.wait()
+        upstream.go.set()
+        await leader.told_to_stop.wait()  # upstream answered; the leader waits for renewal
+        assert await raw.exists(cache.lock_key(KEY)) == 1
+        led.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await led
+        # Released before the task ended, though the renewal has not stopped yet; a 30 s
+        # lease is not left behind, and the answer is shared.
+        assert await raw.exists(cache.lock_key(KEY)) == 0
+        assert await Reader(cache)() == "answer"
+        leader.stop.set()
+        await asyncio.wait(leader.renewals)
+    assert upstream.calls == 1
 
 
 async def test_a_leader_whose_breaker_opened_still_releases_its_lease(
