@@ -495,17 +495,17 @@ class Client:
         Other processes' in-memory tiers keep their copy until it expires; to stop every
         process serving a model's answers, ``invalidate(model)``.
         """
-        # By position, as complete() passes them; a stream's arguments are as good.
+        # As stream() builds its request: a stream's arguments are as good as complete()'s.
         request = chat_request(
             {"model": model, "messages": messages, **params},
-            cache,
-            ttl,
-            self._ttl,
-            self._policy,
-            timeout,
-            extra_headers,
-            extra_body,
-            True,
+            cache=cache,
+            ttl=ttl,
+            default_ttl=self._ttl,
+            policy=self._policy,
+            timeout=timeout,
+            extra_headers=extra_headers,
+            extra_body=extra_body,
+            stream=True,
         )
         key = await self._keying.of(request.body, request.headers)
         if self._cache is not None:
