@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +26,7 @@ from limpet.testing.provider_cache import (
     PromptCacheResult,
     cached_latency,
 )
+from limpet.testing.rate_limits import RateLimits
 
 
 class FakeEndpoint:
@@ -65,21 +65,17 @@ class FakeEndpoint:
 
     Rate limits (``limit()``, ``close_for()``) are checked before anything else: a
     request over them is counted in ``calls`` and ``rate_limited`` and answered 429 with
-    ``Retry-After``, ``retry-after-ms`` and OpenAI's ``x-ratelimit-*`` headers.
+    ``Retry-After``, ``retry-after-ms`` and OpenAI's ``x-ratelimit-*`` headers, by the
+    endpoint's ``RateLimits``.
     """
 
     __slots__ = (
         "_answer_gate",
         "_call_waiters",
         "_calls",
-        "_closed_until",
         "_faults",
-        "_in_flight_limit",
-        "_limit_retry_after",
-        "_rate_window",
-        "_rpm_limit",
+        "_rate_limits",
         "_stream_gate",
-        "_window",
         "always_stream_usage",
         "completions",
         "in_flight",
@@ -89,7 +85,6 @@ class FakeEndpoint:
         "model_listings",
         "name",
         "prompt_cache",
-        "rate_limited",
         "requests",
         "stream_pause_after",
         "up",
@@ -120,13 +115,7 @@ class FakeEndpoint:
         self.requests: list[dict[str, Any]] = []
         self.last_headers: Mapping[str, str] | None = None
         self._faults: deque[Fault] = deque()
-        self._in_flight_limit: int | None = None
-        self._rpm_limit: int | None = None
-        self._rate_window = 60.0
-        self._limit_retry_after: float | None = None
-        self._window: deque[float] = deque()
-        self._closed_until = -math.inf
-        self.rate_limited = 0
+        self._rate_limits = RateLimits()
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"
@@ -151,6 +140,15 @@ class FakeEndpoint:
             else:
                 waiting.append((target, future))
         self._call_waiters = waiting
+
+    @property
+    def rate_limited(self) -> int:
+        """429s answered by the limits of ``limit()`` and ``close_for()``."""
+        return self._rate_limits.refused
+
+    @rate_limited.setter
+    def rate_limited(self, value: int) -> None:
+        self._rate_limits.refused = value
 
     def pause_stream(self, after_chunks: int) -> None:
         """Hold every stream after ``after_chunks`` chunks until ``resume_stream()``, so a
@@ -302,62 +300,24 @@ class FakeEndpoint:
                 endpoint's ``latency`` (a slot frees within one answer). A window's
                 refusal says when its oldest request leaves the window.
         """
-        for name, value in (("in_flight", in_flight), ("requests", requests)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value}")
-        if not per > 0:
-            raise ValueError(f"per must be > 0, got {per}")
-        self._in_flight_limit = in_flight
-        self._rpm_limit = requests
-        self._rate_window = per
-        self._limit_retry_after = retry_after
-        self._window.clear()
+        self._rate_limits.limit(
+            in_flight=in_flight, requests=requests, per=per, retry_after=retry_after
+        )
 
     def close_for(self, seconds: float, now: float) -> None:
         """Refuse every request with 429 until ``seconds`` after ``now`` (gateway clock),
         each saying how long is left in ``Retry-After``."""
-        self._closed_until = now + seconds
+        self._rate_limits.close_for(seconds, now)
 
     def refusal(self, now: float) -> dict[str, str] | None:
         """The headers of a 429 for a request arriving at ``now`` (gateway clock), or
         None when the limits let it through (it is then counted in the window)."""
-        wait: float | None = None
-        limit = self._rpm_limit
-        if self._closed_until > now:
-            wait = self._closed_until - now
-        elif self._in_flight_limit is not None and self.in_flight >= self._in_flight_limit:
-            limit = self._in_flight_limit
-            wait = self.latency if self._limit_retry_after is None else self._limit_retry_after
-        elif self._rpm_limit is not None:
-            window = self._pruned(now)
-            if len(window) >= self._rpm_limit:
-                wait = window[0] + self._rate_window - now
-        if wait is None:
-            if self._rpm_limit is not None:
-                self._window.append(now)
-            return None
-        self.rate_limited += 1
-        return {
-            "Retry-After": str(math.ceil(wait)),
-            "retry-after-ms": str(round(wait * 1000)),
-            "x-ratelimit-limit-requests": str(limit or 0),
-            "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": f"{wait:.3f}s",
-        }
+        return self._rate_limits.refusal(now, in_flight=self.in_flight, latency=self.latency)
 
     def quota_headers(self, now: float) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*-requests`` headers of an answer sent at ``now``, under
         a ``limit(requests=...)`` window; empty without one."""
-        if self._rpm_limit is None:
-            return {}
-        window = self._pruned(now)
-        remaining = max(self._rpm_limit - len(window), 0)
-        reset = window[0] + self._rate_window - now if window else 0.0
-        return {
-            "x-ratelimit-limit-requests": str(self._rpm_limit),
-            "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": f"{max(reset, 0.0):.3f}s",
-        }
+        return self._rate_limits.quota_headers(now)
 
     def clear_faults(self) -> None:
         """Drop every queued fault."""
@@ -380,9 +340,7 @@ class FakeEndpoint:
         self.completions = 0
         self.model_listings = 0
         self.max_in_flight = self.in_flight
-        self.rate_limited = 0
-        self._window.clear()
-        self._closed_until = -math.inf
+        self._rate_limits.reset()
         self.requests.clear()
         self.last_headers = None
         self._faults.clear()
@@ -400,13 +358,6 @@ class FakeEndpoint:
     def take_fault(self) -> Fault | None:
         """Remove and return the next queued fault; the gateway calls this once per request."""
         return self._faults.popleft() if self._faults else None
-
-    def _pruned(self, now: float) -> deque[float]:
-        """The window of accepted requests, those older than ``per`` seconds dropped."""
-        window = self._window
-        while window and window[0] <= now - self._rate_window:
-            window.popleft()
-        return window
 
     def _queue(self, fault: Fault, times: int) -> None:
         if times < 1:
