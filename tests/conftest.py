@@ -3,7 +3,8 @@
 Redis tests run against a real ``redis-server``, never a fake:
 
 - ``redis_url``: the shared server at ``LIMPET_REDIS_URL`` (default
-  ``redis://127.0.0.1:6379/0``), with ``redis_prefix`` giving each test its own keys.
+  ``redis://127.0.0.1:6379/0``), with ``redis_prefix`` giving each test its own keys,
+  and ``raw`` a plain client on it, to look behind a cache's back.
 - ``redis_server`` / ``redis_server_factory``: private server processes a test may kill
   and restart.
 - ``redis_cluster``: a three-node Redis Cluster on loopback, started once per session
@@ -11,21 +12,27 @@ Redis tests run against a real ``redis-server``, never a fake:
 
 With no Redis available these tests are skipped, unless ``LIMPET_REQUIRE_REDIS=1`` (as in
 CI), where a missing Redis is a failure rather than a silent skip.
+
+``clock`` is a fake clock, and ``breaker`` a circuit breaker on it that opens after three
+failures and half-opens ``COOLDOWN`` seconds later (tests/redis_servers.py).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlparse
 
 import pytest
 import redis
+import redis.asyncio
 
+from limpet.cache.breaker import CircuitBreaker
 from tests.cluster_servers import REDIS_CLI_BINARY, RedisClusterServers
+from tests.fakes import FakeClock
 from tests.memcached_servers import MEMCACHED_BINARY, MemcachedServer, memcached_answers
-from tests.redis_servers import REDIS_SERVER_BINARY, RedisServer, redis_answers
+from tests.redis_servers import COOLDOWN, REDIS_SERVER_BINARY, RedisServer, redis_answers
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -66,6 +73,26 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:
             client.unlink(*keys)
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client on the shared Redis, to write and read behind a cache's back."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test advances it."""
+    return FakeClock()
+
+
+@pytest.fixture
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    """Opens after three failures; half-opens once ``clock`` has advanced ``COOLDOWN``."""
+    return CircuitBreaker(failure_threshold=3, cooldown=COOLDOWN, clock=clock)
 
 
 @pytest.fixture

@@ -5,6 +5,9 @@ kept on disk, which a test may kill, stop and restart on the same port. ``RedisP
 forwards a port to a Redis and can delay or stall the bytes, to make Redis slow without
 touching the server; it counts the connections it accepts, to prove that an open
 circuit breaker keeps a client off the network.
+
+``COOLDOWN`` is the cool-down of the ``breaker`` fixture (tests/conftest.py), which the
+fault tests advance its fake clock by; ``state`` reads a ``RedisCache``'s breaker state.
 """
 
 from __future__ import annotations
@@ -16,15 +19,21 @@ import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+if TYPE_CHECKING:
+    from limpet.cache.redis.backend import RedisCache
+
 __all__ = [
+    "COOLDOWN",
     "REDIS_SERVER_BINARY",
     "RedisProxy",
     "RedisServer",
     "eventually",
     "free_port",
     "redis_answers",
+    "state",
 ]
 
 #: The redis-server executable, or None when none is installed.
@@ -32,6 +41,14 @@ REDIS_SERVER_BINARY = shutil.which("redis-server")
 
 _START_DEADLINE = 10.0
 _POLL_INTERVAL = 0.01
+
+#: Seconds the ``breaker`` fixture's circuit breaker stays open before it half-opens.
+COOLDOWN = 2.0
+
+
+def state(cache: RedisCache) -> str:
+    # Through a function: mypy would otherwise narrow the property after one assert.
+    return cache.breaker_state
 
 
 async def eventually(

@@ -1,0 +1,286 @@
+"""RedisFlight, the cross-process single-flight, when Redis or its callers misbehave.
+
+A leader cancelled while it acquires its lease or while its renewal stops, or whose
+breaker has opened, still releases the lease; a lease left without a TTL is taken over;
+a forged error notice is never raised by a follower; release failures are logged once per
+outage; and a lead that raised a cache fault is not run again. Each flight has its own
+``RedisCache`` on the shared Redis, so two of them in one process share nothing but
+Redis. The Redis cache tier's own faults are in ``tests/cache/test_redis_faults.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio
+
+from limpet import FlightConfig
+from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.redis.backend import RedisCache
+from limpet.errors import CacheUnavailableError
+from limpet.flight.shared import FlightStore, RedisFlight
+from tests.redis_servers import RedisProxy, state
+
+pytestmark = pytest.mark.redis
+
+KEY = "sha256:" + "ab" * 32
+
+
+class Upstream:
+    """A ``lead`` for ``RedisFlight.do`` that counts its calls and can be held open."""
+
+    def __init__(self, cache: RedisCache, answer: str) -> None:
+        self.cache = cache
+        self.answer = answer
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
+        self.go.set()
+
+    async def __call__(self) -> tuple[str, bytes | None, float]:
+        self.calls += 1
+        self.started.set()
+        await self.go.wait()
+        return self.answer, self.answer.encode(), 60.0
+
+
+class Reader:
+    """A ``read`` for ``RedisFlight.do``: the entry under ``KEY``; counts its calls and
+    sets ``reads[n]`` on the n-th (the first comes right after the follower watches)."""
+
+    def __init__(self, cache: RedisCache) -> None:
+        self.cache = cache
+        self.reads = [asyncio.Event() for _ in range(4)]
+        self.count = 0
+
+    async def __call__(self) -> str | None:
+        self.count += 1
+        if self.count < len(self.reads):
+            self.reads[self.count].set()
+        data = await self.cache.get(KEY)
+        return None if data is None else data.decode()
+
+
+SLOW = FlightConfig(lease=30.0, poll=30.0, follow_timeout=60.0)  # only notices wake
+
+
+@pytest.mark.parametrize("hmac_key", [None, b"fleet secret"])
+async def test_a_forged_error_notice_is_never_raised_by_a_follower(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis, hmac_key: bytes | None
+) -> None:
+    async with (
+        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=hmac_key) as leading,
+        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=hmac_key) as following,
+    ):
+        leader, follower = (
+            RedisFlight[str](leading.flight_store, SLOW),
+            RedisFlight[str](following.flight_store, SLOW),
+        )
+        upstream = Upstream(leading, "the real answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(following, "the follower's own call")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.reads[1].wait()  # watching, and found no entry
+        forged = orjson.dumps(
+            {
+                "outcome": "failed",
+                "status": 402,
+                "message": "Your account is suspended. Contact support.",
+                "body": "",
+                "request_id": None,
+                "endpoint": "a",
+            }
+        )
+        # Signed with a guessed key when the cache has one; not signed at all otherwise.
+        signature = b"0" * 64 if hmac_key else b""
+        receivers = await raw.publish(
+            redis_prefix + "flights", KEY.encode() + b"\n" + signature + b"\n" + forged
+        )
+        assert receivers >= 1
+        await reader.reads[2].wait()  # woken by the notice, it looked again, did not raise
+        assert not followed.done()
+        upstream.go.set()
+        assert await led == ("the real answer", True)
+        assert await followed == ("the real answer", False)
+    assert mine.calls == 0 and upstream.calls == 1
+    assert follower.takeovers == 0
+
+
+async def test_a_lease_without_ttl_is_taken_over_after_a_lease_without_renewal(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        lock = cache.lock_key(KEY)
+        await raw.set(lock, b"written by something else, forever")  # no TTL
+        config = FlightConfig(lease=0.3, poll=0.05)  # follow_timeout: the default 600 s
+        flight = RedisFlight[str](cache.flight_store, config)
+        upstream = Upstream(cache, "answer")
+        assert await flight.do(KEY, upstream, Reader(cache)) == ("answer", True)
+        assert upstream.calls == 1
+        assert flight.takeovers == 1
+        # Bounded by the lease it was never renewed for, not by follow_timeout (12,000).
+        assert flight.lease_checks <= 2 * (0.3 / 0.05) + 3
+        assert await raw.exists(lock) == 0  # released: taken over with a TTL, then dropped
+
+
+async def test_a_leader_cancelled_during_acquire_leaves_no_lease(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    lease = FlightConfig(lease=30.0, poll=0.05, follow_timeout=60.0)
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as via_proxy,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as direct,
+    ):
+        # A pooled connection (a lone GET keeps its own): the SET NX goes out on it.
+        await via_proxy.delete("warm the pool")
+        proxy.stall_replies()
+        leader = RedisFlight[str](via_proxy.flight_store, lease)
+        unlucky = Upstream(via_proxy, "never asked")
+        task = asyncio.create_task(leader.do(KEY, unlucky, Reader(via_proxy)))
+        await proxy.reply_held.wait()  # SET NX ran in Redis; its caller has not heard
+        assert await raw.exists(direct.lock_key(KEY)) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        proxy.resume()
+        # The release went out before the task ended; a 30 s lease is not left behind.
+        assert await raw.exists(direct.lock_key(KEY)) == 0
+        other = RedisFlight[str](direct.flight_store, lease)
+        upstream = Upstream(direct, "answer")
+        assert await other.do(KEY, upstream, Reader(direct)) == ("answer", True)
+    assert unlucky.calls == 0 and upstream.calls == 1
+    assert other.takeovers == 0 and other.lease_checks == 0
+
+
+class StubbornRenewal(RedisFlight[str]):
+    """A flight whose renewal outlives its first cancellation until ``stop`` is set: its
+    leader is then known to be waiting in ``_lead`` for the renewal to stop."""
+
+    def __init__(self, store: FlightStore, config: FlightConfig) -> None:
+        super().__init__(store, config)
+        self.renewing = asyncio.Event()
+        self.told_to_stop = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.renewals: set[asyncio.Task[Any]] = set()
+
+    async def _renew(self, key: str, token: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.renewals.add(task)
+        self.renewing.set()
+        try:
+            await super()._renew(key, token)
+        except asyncio.CancelledError:
+            self.told_to_stop.set()
+            await self.stop.wait()
+            raise
+
+
+async def test_a_leader_cancelled_while_its_renewal_stops_still_releases_its_lease(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        leader = StubbornRenewal(cache.flight_store, SLOW)
+        upstream = Upstream(cache, "answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(cache)))
+        # Running: a renewal cancelled before its first step would never reach its except.
+        await leader.renewing.wait()
+        upstream.go.set()
+        await leader.told_to_stop.wait()  # upstream answered; the leader waits for renewal
+        assert await raw.exists(cache.lock_key(KEY)) == 1
+        led.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await led
+        # Released before the task ended, though the renewal has not stopped yet; a 30 s
+        # lease is not left behind, and the answer is shared.
+        assert await raw.exists(cache.lock_key(KEY)) == 0
+        assert await Reader(cache)() == "answer"
+        leader.stop.set()
+        await asyncio.wait(leader.renewals)
+    assert upstream.calls == 1
+
+
+async def test_a_leader_whose_breaker_opened_still_releases_its_lease(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker
+) -> None:
+    async with (
+        RedisCache.from_url(redis_url, prefix=redis_prefix, breaker=breaker) as leading,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as following,
+    ):
+        config = FlightConfig(lease=30.0, poll=30.0, follow_timeout=60.0)
+        leader = RedisFlight[str](leading.flight_store, config)
+        follower = RedisFlight[str](following.flight_store, config)
+        upstream = Upstream(leading, "the answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(following, "the follower's own call")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.reads[1].wait()
+        for _ in range(breaker.failure_threshold):  # an outage, as the leader saw it
+            breaker.record_failure()
+        assert state(leading) == "open"
+        upstream.go.set()
+        assert await led == ("the answer", True)
+        assert await followed == ("the answer", False)  # woken by the release's notice
+    assert mine.calls == 0 and follower.takeovers == 0
+
+
+async def test_release_failures_are_logged_once_per_outage(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    patient = CircuitBreaker(failure_threshold=1_000)  # every release is attempted
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix, breaker=patient) as cache,
+    ):
+        flight = RedisFlight[str](cache.flight_store, FlightConfig(lease=30.0))
+
+        async def lead_then_lose_redis() -> tuple[str, bytes | None, float]:
+            proxy.stall()  # the release that follows cannot get through
+            return "answer", b"answer", 60.0
+
+        async def lead() -> tuple[str, bytes | None, float]:
+            return "answer", b"answer", 60.0
+
+        async def nothing() -> str | None:
+            return None
+
+        def logged() -> int:
+            return sum("could not release flights" in r.getMessage() for r in caplog.records)
+
+        for i in range(4):  # one outage, four flights
+            assert await flight.do(f"{KEY}-{i}", lead_then_lose_redis, nothing) == ("answer", True)
+            proxy.resume()
+        assert logged() == 1
+        assert await flight.do(f"{KEY}-ok", lead, nothing) == ("answer", True)  # over
+        assert await flight.do(f"{KEY}-5", lead_then_lose_redis, nothing) == ("answer", True)
+        proxy.resume()
+        assert logged() == 2  # a new outage, a new line
+
+
+async def test_a_lead_that_raises_a_cache_fault_is_not_run_again(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
+        flight = RedisFlight[str](cache.flight_store, SLOW)
+        calls = 0
+
+        async def lead() -> tuple[str, bytes | None, float]:
+            nonlocal calls
+            calls += 1  # the upstream call ran; then the store inside the lead failed
+            raise CacheUnavailableError("the shared tier went away mid-lead")
+
+        with pytest.raises(CacheUnavailableError):
+            await flight.do(KEY, lead, Reader(cache))
+        assert calls == 1  # not called again as if the lease had failed
+        assert await raw.exists(cache.lock_key(KEY)) == 0  # and the lease was released
