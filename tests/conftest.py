@@ -14,7 +14,7 @@ With no Redis available these tests are skipped, unless ``LIMPET_REQUIRE_REDIS=1
 CI), where a missing Redis is a failure rather than a silent skip.
 
 ``clock`` is a fake clock, and ``breaker`` a circuit breaker on it that opens after three
-failures and half-opens ``COOLDOWN`` seconds later (tests/redis_servers.py).
+failures and half-opens ``COOLDOWN`` seconds later (tests/fakes.py).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import redis.asyncio
 
 from limpet.cache.breaker import CircuitBreaker
 from tests.cluster_servers import REDIS_CLI_BINARY, RedisClusterServers
-from tests.fakes import FakeClock
+from tests.fakes import COOLDOWN, FakeClock
 from tests.memcached_servers import MEMCACHED_BINARY, MemcachedServer, memcached_answers
-from tests.redis_servers import COOLDOWN, REDIS_SERVER_BINARY, RedisServer, redis_answers
+from tests.redis_servers import REDIS_SERVER_BINARY, RedisServer, redis_answers
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

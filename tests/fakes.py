@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: Seconds the ``breaker`` fixture's circuit breaker (tests/conftest.py) stays open
+#: before it half-opens: the fault tests advance a ``FakeClock`` by it.
+COOLDOWN = 2.0
+
 
 class FakeClock:
     """A clock that moves only when told to."""

@@ -6,8 +6,7 @@ forwards a port to a Redis and can delay or stall the bytes, to make Redis slow 
 touching the server; it counts the connections it accepts, to prove that an open
 circuit breaker keeps a client off the network.
 
-``COOLDOWN`` is the cool-down of the ``breaker`` fixture (tests/conftest.py), which the
-fault tests advance its fake clock by; ``state`` reads a ``RedisCache``'s breaker state.
+``state`` reads a ``RedisCache``'s breaker state.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from limpet.cache.redis.backend import RedisCache
 
 __all__ = [
-    "COOLDOWN",
     "REDIS_SERVER_BINARY",
     "RedisProxy",
     "RedisServer",
@@ -41,9 +39,6 @@ REDIS_SERVER_BINARY = shutil.which("redis-server")
 
 _START_DEADLINE = 10.0
 _POLL_INTERVAL = 0.01
-
-#: Seconds the ``breaker`` fixture's circuit breaker stays open before it half-opens.
-COOLDOWN = 2.0
 
 
 def state(cache: RedisCache) -> str:

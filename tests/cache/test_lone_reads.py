@@ -4,7 +4,6 @@ its own key's value, and a read abandoned half-way never leaves its reply for th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
@@ -16,13 +15,6 @@ from limpet.cache.redis.backend import RedisCache
 from limpet.cache.redis.lone import packed_get
 from limpet.errors import CacheUnavailableError
 from tests.redis_servers import RedisProxy, RedisServer
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_concurrent_readers_each_get_their_own_keys_value(

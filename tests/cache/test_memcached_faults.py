@@ -24,13 +24,12 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
 from limpet.models import Usage
-from tests.fakes import FakeClock
+from tests.fakes import COOLDOWN, FakeClock
 from tests.memcached_servers import MemcachedServer, SilentServer
 from tests.redis_servers import free_port
 
 pytestmark = pytest.mark.memcached
 
-COOLDOWN = 2.0
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 
 
@@ -48,16 +47,6 @@ def entry(i: int, *, size: int = 0, ttl: float = 600.0) -> CacheEntry:
 
 def state(cache: MemcachedCache) -> str:
     return cache.breaker_state
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def breaker(clock: FakeClock) -> CircuitBreaker:
-    return CircuitBreaker(failure_threshold=3, cooldown=COOLDOWN, clock=clock)
 
 
 @pytest.fixture

@@ -17,14 +17,6 @@ from tests.redis_servers import RedisProxy, free_port
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    """A plain client, to look at what the cache wrote."""
-    client = redis.asyncio.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def cache(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisCache]:
     async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
         yield cache

@@ -27,8 +27,8 @@ from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
 from limpet.models import Usage
 from limpet.testing import FakeGateway
-from tests.fakes import FakeClock
-from tests.redis_servers import COOLDOWN, RedisProxy, RedisServer, free_port, state
+from tests.fakes import COOLDOWN, FakeClock
+from tests.redis_servers import RedisProxy, RedisServer, free_port, state
 
 pytestmark = pytest.mark.redis
 

@@ -30,14 +30,13 @@ from limpet.cache.generations import Generations
 from limpet.errors import BadRequestError
 from limpet.testing import FakeGateway
 from limpet.testing.storm import run_storm, start_workers
-from tests.fakes import FakeClock
+from tests.fakes import COOLDOWN, FakeClock
 from tests.integration.chat import MODEL, ask
 from tests.memcached_servers import MemcachedServer
 from tests.redis_servers import eventually, free_port
 
 pytestmark = pytest.mark.memcached
 
-COOLDOWN = 2.0
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 FAST = FlightConfig(lease=1.0, poll=0.05)
 

@@ -22,28 +22,17 @@ from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.generations import Generations
 from limpet.cache.memory import DEFAULT_MAX_ENTRIES
 from limpet.testing import FakeGateway
-from tests.fakes import FakeClock
+from tests.fakes import COOLDOWN, FakeClock
 from tests.integration.chat import MODEL, ask
 from tests.redis_servers import RedisProxy, RedisServer, eventually, free_port
 
 pytestmark = pytest.mark.redis
 
 OTHER_MODEL = "openai/gpt-5"
-COOLDOWN = 2.0
 # For tests about what a healthy (or dead, or full) Redis means, not about its speed: a
 # loaded CI machine must not turn them into timeout tests. Slowness has its own test.
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 FAST_RETRY = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def breaker(clock: FakeClock) -> CircuitBreaker:
-    return CircuitBreaker(failure_threshold=3, cooldown=COOLDOWN, clock=clock)
 
 
 def make_client(
