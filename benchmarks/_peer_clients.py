@@ -87,6 +87,13 @@ def median_cpu_us(samples: Sequence[Measurement]) -> float:
     return statistics.median(m.cpu_us_per_call for m in samples)
 
 
+def median_round_ratio(samples: Sequence[Measurement], bases: Sequence[Measurement]) -> float:
+    """The median over rounds of one contender's CPU per call over another's in the same
+    round: the machine's drift from round to round weighs on both sides of each ratio."""
+    pairs = zip(samples, bases, strict=True)
+    return statistics.median(m.cpu_us_per_call / b.cpu_us_per_call for m, b in pairs)
+
+
 def median_own_cpu_us(samples: Sequence[Measurement]) -> float:
     """The median over rounds of the CPU microseconds per call that were not the garbage
     collector's passes."""

@@ -18,6 +18,7 @@ from benchmarks._peer_clients import (
     child_round,
     child_storm,
     median_cpu_us,
+    median_round_ratio,
     missing_peers,
     skipped_note,
 )
@@ -70,6 +71,21 @@ def test_the_median_over_rounds_ignores_one_disturbed_round() -> None:
     assert median_cpu_us(rounds) == pytest.approx(700)
 
 
+def test_the_ratio_round_by_round_is_not_moved_by_the_machines_drift_between_rounds() -> None:
+    # The machine runs twice as slow in the last round: both contenders' CPU doubles.
+    floor = [Measurement(1000, s, 1.0) for s in (0.10, 0.11, 0.20)]
+    limpet = [Measurement(1000, s, 1.0) for s in (0.12, 0.132, 0.24)]
+    assert median_cpu_us(limpet) / median_cpu_us(floor) == pytest.approx(1.2)
+    assert median_round_ratio(limpet, floor) == pytest.approx(1.2)
+    # One round disturbed on one side only is outvoted, where a median of each side
+    # (taken from different rounds) would not be.
+    limpet = [Measurement(1000, s, 1.0) for s in (0.12, 0.30, 0.24)]
+    assert median_round_ratio(limpet, floor) == pytest.approx(1.2)
+    assert median_cpu_us(limpet) / median_cpu_us(floor) == pytest.approx(24 / 11)
+    with pytest.raises(ValueError):
+        median_round_ratio(limpet, floor[:2])  # rounds that do not pair up
+
+
 def test_peers_without_their_package_are_named_with_how_to_install_them() -> None:
     missing = missing_peers(PEERS, lambda module: module != "litellm")
     assert missing == ["LiteLLM"]
@@ -100,19 +116,22 @@ def test_rows_put_limpet_beside_the_floor_with_the_target_and_beside_each_peer()
         False,
     )
     assert floor.ratio == pytest.approx(4.0)
-    own = rows[1]  # the same, the collector's passes taken out of both
+    paired = rows[1]  # the same, round by round
+    assert "same round" in paired.figure and paired.unit == "x"
+    assert paired.limpet == pytest.approx(4.0) and paired.baseline is None
+    own = rows[2]  # the same, the collector's passes taken out of both
     assert "garbage collector" in own.figure and (own.target, own.met) == ("", None)
     assert own.limpet == pytest.approx(600) and own.baseline == pytest.approx(160)
-    in_tasks = rows[2]  # the floor with the price of a task per call, no target
+    in_tasks = rows[3]  # the floor with the price of a task per call, no target
     assert "task of its own" in in_tasks.baseline_name
     assert in_tasks.baseline == pytest.approx(200)
     assert (in_tasks.target, in_tasks.met) == ("", None)
-    assert [r.baseline_name for r in rows[3:5]] == ["AsyncOpenAI", "LiteLLM"]
-    assert "concurrency 500" in rows[5].figure
-    hit = rows[10]
+    assert [r.baseline_name for r in rows[4:6]] == ["AsyncOpenAI", "LiteLLM"]
+    assert "concurrency 500" in rows[6].figure
+    hit = rows[12]
     assert hit.limpet == pytest.approx(12)
     assert hit.baseline == pytest.approx(1200)
-    storms = rows[11:]
+    storms = rows[13:]
     assert [(r.limpet, r.baseline, r.baseline_name, r.met) for r in storms] == [
         (1, 1000, "LiteLLM", True),
         (1, 1000, "AsyncOpenAI", True),
@@ -124,15 +143,17 @@ def test_without_the_peers_the_rows_still_report_limpet_against_the_floor() -> N
     rows = figures(results, callers=1000)
     assert [r.figure.split(",")[0] for r in rows] == [
         "miss path",
+        "miss path",
         "miss path without the garbage collector's passes",
+        "miss path",
         "miss path",
         "miss path without the garbage collector's passes",
         "cache hit",
         "upstream calls",
     ]
     assert rows[0].met is True  # 200 <= 1.3 x 170
-    assert rows[4].baseline is None
-    assert (rows[5].baseline_name, rows[5].met) == ("bare aiohttp", False)
+    assert rows[6].baseline is None
+    assert (rows[7].baseline_name, rows[7].met) == ("bare aiohttp", False)
 
 
 def test_the_plot_has_a_bar_per_contender_and_a_hit_bar_only_where_there_is_a_cache() -> None:
