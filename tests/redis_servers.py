@@ -189,7 +189,8 @@ class RedisProxy:
     the connection makes the proxy close the client's connection at once.
     ``stall_replies()`` forwards commands but holds Redis's replies on the connections
     open at that moment (later ones flow): a command then runs while its caller is still
-    waiting, and ``reply_held`` is set once a reply is held.
+    waiting, and ``reply_held`` is set once a reply is held; ``drop()`` then closes those
+    connections, and the reply is lost.
 
     Attributes:
         accepted: connections accepted so far.
@@ -252,6 +253,13 @@ class RedisProxy:
         self._flowing.set()
         self._held_upto = 0
         self._replying.set()
+
+    def drop(self) -> None:
+        """Close every connection open now, both ways, forwarding nothing more: a command
+        whose reply is held ran in Redis, and its caller never hears of it (later
+        connections are served as usual)."""
+        for writer in list(self._writers):
+            writer.close()
 
     async def aclose(self) -> None:
         server, self._server = self._server, None

@@ -159,6 +159,35 @@ async def test_a_leader_cancelled_during_acquire_leaves_no_lease(
     assert other.takeovers == 0 and other.lease_checks == 0
 
 
+@pytest.mark.parametrize("taking", ["acquire", "take over"])
+async def test_a_lease_whose_reply_was_lost_is_taken_when_redis_py_sends_it_again(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis, taking: str
+) -> None:
+    # The command ran in Redis, its connection dropped before the reply came back, and
+    # redis-py sent it again on a fresh connection: the lease the first one took is this
+    # token's. Taken as someone else's, its leader would follow itself for a whole lease.
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as cache,
+    ):
+        store, lock = cache.flight_store, cache.lock_key(KEY)
+        if taking == "take over":
+            await raw.set(lock, "gone:0", px=30_000)  # a lease its leader left
+        await cache.delete("warm the pool")  # a pooled connection, open before the stall
+        proxy.stall_replies()
+        taken = asyncio.create_task(
+            store.acquire(KEY, "mine", 30.0)
+            if taking == "acquire"
+            else store.take_over(KEY, "gone:0", "mine", 30.0)
+        )
+        await proxy.reply_held.wait()
+        assert await raw.get(lock) == b"mine:0"  # it ran; its caller has not heard
+        proxy.drop()
+        assert await taken
+        assert await store.holder(KEY) == "mine:0"
+        assert not await store.acquire(KEY, "theirs", 30.0)  # and nobody else's
+
+
 class StubbornRenewal(RedisFlight[str]):
     """A flight whose renewal outlives its first cancellation until ``stop`` is set: its
     leader is then known to be waiting in ``_lead`` for the renewal to stop."""

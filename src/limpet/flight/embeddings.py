@@ -1,13 +1,13 @@
 """Per-input single-flight across processes for ``embed()``, batched.
 
-Each input this process must send takes its own lease (``RedisFlight``, one ``SET NX``
+Each input this process must send takes its own lease (``RedisFlight``, one acquire
 per input, concurrently). An input whose lease another process holds is followed: its
 vector is read from the shared tier when that process stores it (or, if it dies, taken
 over). The inputs this process leads are not sent one by one: they wait until every input
 of the call has either led or started following, and then go upstream together, in the
 usual batches; an input taken over later goes in a batch of its own moment.
 
-Cost, per input sent: one ``SET NX``, one more read of the shared tier once the lease is
+Cost, per input sent: one acquire, one more read of the shared tier once the lease is
 held (another process may have stored the vector since this call's lookup), and one
 release script (which stores the vector and drops the lease), all concurrent rather than
 serialised; per input followed: a read, a subscription registration and a lease check

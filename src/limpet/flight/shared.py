@@ -130,14 +130,14 @@ class RedisFlight(Generic[R]):
     """Single-flight across processes: one leader per key among every process sharing
     the store; the others wait for its entry.
 
-    A caller first takes the key's lease (``SET NX PX`` with a random token). The leader
-    renews it every ``lease / 3`` while its call runs, then stores the entry, drops the
-    lease and publishes completion in one atomic step, on every way out (cancelled
-    included, and even while its breaker is open). A follower registers for the notice
-    first, then re-checks the cache (so a completion between the two cannot be missed),
-    then waits, checking every ``poll`` seconds who holds the lease: a lease that
-    vanished without an entry, or that nobody renewed for a whole ``lease`` (a leader
-    stuck, or a lease some other writer left without a TTL), is taken over by one
+    A caller first takes the key's lease (set if free, with a TTL and a random token).
+    The leader renews it every ``lease / 3`` while its call runs, then stores the entry,
+    drops the lease and publishes completion in one atomic step, on every way out
+    (cancelled included, and even while its breaker is open). A follower registers for
+    the notice first, then re-checks the cache (so a completion between the two cannot
+    be missed), then waits, checking every ``poll`` seconds who holds the lease: a lease
+    that vanished without an entry, or that nobody renewed for a whole ``lease`` (a
+    leader stuck, or a lease some other writer left without a TTL), is taken over by one
     follower. A follower that waited ``follow_timeout`` calls upstream itself:
     correctness over savings. With the store unreachable, calls go upstream from each
     process.
@@ -212,21 +212,32 @@ class RedisFlight(Generic[R]):
                 return result, True
 
     async def _acquire(self, key: str, token: str) -> bool:
-        try:
-            return await self.store.acquire(key, token, self.config.lease)
-        except asyncio.CancelledError:
-            # The SET may have landed with only its reply lost: drop what may be ours, or
-            # other processes would wait for a leader that never was.
-            await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
-            raise
+        return await self._taking(key, token, self.store.acquire(key, token, self.config.lease))
 
     async def _take_over(self, key: str, seen: str, token: str) -> bool:
-        try:
-            return await self.store.take_over(key, seen, token, self.config.lease)
-        except asyncio.CancelledError:
-            # As in ``_acquire``: the lease may be ours with only the reply lost.
+        taking = self.store.take_over(key, seen, token, self.config.lease)
+        return await self._taking(key, token, taking)
+
+    async def _taking(self, key: str, token: str, taking: Awaitable[bool]) -> bool:
+        """Whether ``taking`` (an acquire or a take-over) got ``token`` the lease, run to
+        its end even when this task is cancelled meanwhile. A command cut short may still
+        reach the store after a release sent to undo it (on another connection, which the
+        store may serve first: Memcached's threads do), leaving a lease no leader holds,
+        which every process would wait on. So the store's answer is awaited (bounded by
+        its write timeout); a lease that is, or may be, ours is released; and then the
+        cancellation is raised."""
+        pending = asyncio.ensure_future(taking)
+        cancelled: asyncio.CancelledError | None = None
+        while not pending.done():
+            try:
+                await asyncio.wait({pending})  # unlike a shield, never raises its error
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is None:
+            return pending.result()
+        if pending.cancelled() or pending.exception() is not None or pending.result():
             await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
-            raise
+        raise cancelled
 
     async def _follow(
         self, key: str, token: str, read: Callable[[], Awaitable[R | None]], deadline: float

@@ -1,9 +1,13 @@
 """Leases and completion notices on Redis: the ``FlightStore`` behind ``RedisFlight``.
 
-A lease is ``SET lock token:0 NX PX``: it always has a TTL. Renewing rewrites it as
-``token:n`` (n counting renewals) with a fresh TTL, so followers see a live leader's
-lease change; taking over a stale one and releasing check the value in Lua, so a leader
-whose lease expired can never drop a successor's. Release stores the entry, drops the
+A lease is ``token:0`` set only if the key is free, with a PX: it always has a TTL.
+Renewing rewrites it as ``token:n`` (n counting renewals) with a fresh TTL, so followers
+see a live leader's lease change; taking over a stale one and releasing check the value
+in Lua, so a leader whose lease expired can never drop a successor's. Taking a lease
+(acquiring, taking over) also succeeds when this token holds it already: redis-py sends
+a command again on a fresh connection when the first one dropped, and the first may
+have run with only its reply lost; without that, the leader would find its own lease
+and wait on it as a follower, for a whole lease. Release stores the entry, drops the
 lease and publishes the notice in one script, so no follower can see the lease gone
 before the entry is there. Release and renewal go through an open breaker (each within
 the write budget): a lease left behind stalls every other process.
@@ -50,9 +54,26 @@ end
 return 0
 """
 
+# ARGV[1] is the lease the caller takes ("token:0"): already its own, it is taken.
+_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held == ARGV[1] then
+  return 1
+end
+return 0
+"""
+
 _TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+if held == ARGV[2] then
   return 1
 end
 return 0
@@ -127,9 +148,9 @@ class RedisFlightStore:
         cache, lock = self._cache, self._lock_key(key)
         millis = _millis(lease)
         result = await cache.run(
-            "SET NX",
+            "EVAL acquire",
             cache.write_timeout,
-            lambda: cache.redis.set(lock, token + ":0", nx=True, px=millis),
+            lambda: cache.redis.eval(_ACQUIRE, 1, lock, token + ":0", str(millis)),
         )
         return bool(result)
 

@@ -1,0 +1,111 @@
+"""RedisFlight over an in-memory store whose commands, once sent, land whatever happens
+to their caller, and may land after a later command of the same process (which went out
+on another connection): as Memcached's threads serve one connection's ``add`` after
+another's ``gets``. Found by tests/integration/test_soak.py on Memcached."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+import pytest
+
+from limpet.config import FlightConfig
+from limpet.flight.shared import FlightNotice, RedisFlight
+
+KEY = "k"
+# Short, so a follower takes a lease nobody renews over at once (it polls every 10 ms).
+CONFIG = FlightConfig(lease=0.01, poll=0.01, follow_timeout=60.0)
+
+Taking = Literal["acquire", "take_over"]
+
+
+class LateStore:
+    """One key's lease. The ``late`` command (``acquire`` or ``take_over``) is sent at once
+    but lands only once ``land`` is set, even if its caller was cancelled meanwhile;
+    every other command lands at once."""
+
+    def __init__(self, late: Taking, lease: str | None = None) -> None:
+        self.late = late
+        self.lease = lease
+        self.sent = asyncio.Event()
+        self.land = asyncio.Event()
+        self.landing: asyncio.Task[bool] | None = None
+
+    async def _swap(self, command: Taking, expected: str | None, value: str) -> bool:
+        def apply() -> bool:
+            if self.lease != expected:
+                return False
+            self.lease = value
+            return True
+
+        if command != self.late:
+            return apply()
+
+        async def later() -> bool:
+            await self.land.wait()
+            return apply()
+
+        self.landing = asyncio.create_task(later())  # on the wire: nothing recalls it
+        self.sent.set()
+        return await asyncio.shield(self.landing)
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        return await self._swap("acquire", None, token + ":0")
+
+    async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
+        return await self._swap("take_over", seen, token + ":0")
+
+    async def renew(self, key: str, token: str, lease: float) -> bool:
+        return self.lease is not None and self.lease.startswith(token + ":")
+
+    async def holder(self, key: str) -> str | None:
+        return self.lease
+
+    async def release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        if self.lease is not None and self.lease.startswith(token + ":"):
+            self.lease = None
+
+    async def watch(self, key: str) -> Silent:
+        return Silent()
+
+
+class Silent:
+    """A watch that hears no notice: the follower polls."""
+
+    async def next(self) -> FlightNotice:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        pass
+
+
+async def nothing_stored() -> str | None:
+    return None
+
+
+async def never_called() -> tuple[str, bytes | None, float]:
+    raise AssertionError("the cancelled caller led")
+
+
+@pytest.mark.parametrize("taking", ["acquire", "take_over"])
+async def test_a_flight_cancelled_taking_the_lease_leaves_none_though_its_command_lands_late(
+    taking: Taking,
+) -> None:
+    # For a take-over: a lease its leader left (it is never renewed).
+    store = LateStore(taking, None if taking == "acquire" else "gone:0")
+    flight = RedisFlight[str](store, CONFIG)
+    task = asyncio.create_task(flight.do(KEY, never_called, nothing_stored))
+    await store.sent.wait()
+    task.cancel()
+    for _ in range(10):  # whatever the flight sends to undo it goes out now...
+        await asyncio.sleep(0)
+    store.land.set()  # ...and only then does the command it was cancelled in land
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.landing is not None
+    await store.landing  # landed, after the cancellation
+    assert store.lease is None  # taken, then released: no process waits on it
