@@ -1,7 +1,8 @@
 """RedisFlight, the cross-process single-flight, when Redis or its callers misbehave.
 
 A leader cancelled while it acquires its lease or while its renewal stops, or whose
-breaker has opened, still releases the lease; a lease left without a TTL is taken over;
+breaker has opened, still releases the lease; a lease whose reply was lost is still its
+taker's when redis-py sends the command again; a lease left without a TTL is taken over;
 a forged error notice is never raised by a follower; release failures are logged once per
 outage; and a lead that raised a cache fault is not run again. Each flight has its own
 ``RedisCache`` on the shared Redis, so two of them in one process share nothing but

@@ -98,6 +98,7 @@ class FlightStore(Protocol):
 
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class _NoNotices:
@@ -109,6 +110,23 @@ class _NoNotices:
 
     def close(self) -> None:
         pass
+
+
+async def _to_the_end(
+    work: Awaitable[T],
+) -> tuple[asyncio.Future[T], asyncio.CancelledError | None]:
+    """Run ``work`` to its end even when this task is cancelled meanwhile: its future,
+    done, and the cancellation that came meanwhile, if one did, for the caller to raise
+    once it has acted on the outcome. (A lease command cut short may still reach the
+    store, after whatever was sent to undo it.)"""
+    pending = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not pending.done():
+        try:
+            await asyncio.wait({pending})  # unlike a shield, never raises its error
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    return pending, cancelled
 
 
 async def _pending_notice(watch: FlightWatch, within: float) -> FlightNotice | None:
@@ -226,13 +244,7 @@ class RedisFlight(Generic[R]):
         which every process would wait on. So the store's answer is awaited (bounded by
         its write timeout); a lease that is, or may be, ours is released; and then the
         cancellation is raised."""
-        pending = asyncio.ensure_future(taking)
-        cancelled: asyncio.CancelledError | None = None
-        while not pending.done():
-            try:
-                await asyncio.wait({pending})  # unlike a shield, never raises its error
-            except asyncio.CancelledError as exc:
-                cancelled = exc
+        pending, cancelled = await _to_the_end(taking)
         if cancelled is None:
             return pending.result()
         if pending.cancelled() or pending.exception() is not None or pending.result():
@@ -317,13 +329,7 @@ class RedisFlight(Generic[R]):
         reached the store would leave the lease to stall every other process for a whole
         lease, with no notice. The cancellation is raised once it is done; the wait is
         bounded by the store's write timeout."""
-        releasing = asyncio.ensure_future(self._send_release(key, token, notice, entry, ttl))
-        cancelled: asyncio.CancelledError | None = None
-        while not releasing.done():
-            try:
-                await asyncio.shield(releasing)
-            except asyncio.CancelledError as exc:
-                cancelled = exc
+        releasing, cancelled = await _to_the_end(self._send_release(key, token, notice, entry, ttl))
         if cancelled is not None:
             raise cancelled
         releasing.result()
