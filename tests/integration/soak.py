@@ -22,6 +22,7 @@ from tests.integration.chat import ask
 from tests.integration.soak_adversity import (
     Launch,
     Shared,
+    Stop,
     draw_kills,
     draw_outage,
     play,
@@ -39,7 +40,6 @@ TIMEOUTS = (0.001, 0.005, 0.02, 0.05)  # a ``timeout=`` that may or may not pass
 DELIVERY = frozenset({"stream", "stream_options"})
 
 Kind = Literal["complete", "stream"]
-Stop = Literal["none", "cancel", "timeout"]
 
 
 def fingerprint(body: dict[str, Any]) -> bytes:

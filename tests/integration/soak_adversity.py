@@ -12,7 +12,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -47,6 +47,7 @@ WAVE_DEADLINE = 30.0
 KILL_TURNS = 150  # kills and outages fall within this many turns of a wave's start
 
 SharedTier = RedisCache | MemcachedCache
+Stop = Literal["none", "cancel", "timeout"]  # how a call of a wave ends, as drawn
 
 
 async def turns(count: int) -> None:
@@ -231,6 +232,22 @@ async def memcached_tier(request: pytest.FixtureRequest) -> AsyncIterator[Shared
 
 
 TIERS = {"redis": redis_tier, "memcached": memcached_tier}
+# The ``params`` of a test's shared tier fixture: Redis (whose connections the test
+# kills) or Memcached.
+TIER_PARAMS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("memcached", marks=pytest.mark.memcached),
+]
+
+
+@contextlib.asynccontextmanager
+async def soak_tier(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Shared]:
+    """The shared tier ``request.param`` names, its refused releases recorded."""
+    async with TIERS[request.param](request) as tier:
+        spy_on_releases(tier, monkeypatch)
+        yield tier
 
 
 def make_client(gateway: FakeGateway, tier: SharedTier, endpoint: str = "a") -> Client:

@@ -50,27 +50,21 @@ from tests.integration.soak import (
     fingerprint,
 )
 from tests.integration.soak_adversity import (
-    TIERS,
+    TIER_PARAMS,
     WAVE_DEADLINE,
     Shared,
     make_client,
-    spy_on_releases,
+    soak_tier,
 )
 from tests.integration.test_lifecycle import limpet_tasks
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("memcached", marks=pytest.mark.memcached),
-    ]
-)
+@pytest.fixture(params=TIER_PARAMS)
 async def shared(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Shared]:
     """Both Clients' shared tier: Redis (whose connections the test kills) or Memcached."""
-    async with TIERS[request.param](request) as tier:
-        spy_on_releases(tier, monkeypatch)
+    async with soak_tier(request, monkeypatch) as tier:
         yield tier
 
 
