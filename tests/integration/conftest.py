@@ -7,17 +7,20 @@ needs another gateway says how with the ``gateway`` marker, whose keyword argume
     pytestmark = pytest.mark.gateway(endpoints=("a", "b"), api_key=KEY)
 
 The request the tests send is :func:`tests.integration.chat.ask`; fake clocks are in
-``tests/fakes.py``.
+``tests/fakes.py``. The soaks (``test_soak*.py``) share ``shared``, the shared tier of their
+two Clients (Redis, then Memcached), and ``ticks``, the counter that orders their events.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from limpet.testing import FakeGateway
+from tests.integration.soak_adversity import TIER_PARAMS, Shared, soak_tier
 
 
 @pytest.fixture
@@ -29,3 +32,19 @@ async def gateway(request: pytest.FixtureRequest) -> AsyncIterator[FakeGateway]:
         options.update(marker.kwargs)
     async with FakeGateway(**options) as gw:
         yield gw
+
+
+@pytest.fixture(params=TIER_PARAMS)
+async def shared(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Shared]:
+    """The soaks' shared tier of both Clients: Redis (whose connections they kill) or
+    Memcached, its refused lease releases recorded."""
+    async with soak_tier(request, monkeypatch) as tier:
+        yield tier
+
+
+@pytest.fixture
+def ticks() -> Iterator[int]:
+    """The soaks' event counter: when each call started and each answer was produced."""
+    return itertools.count()

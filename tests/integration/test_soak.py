@@ -30,7 +30,6 @@ adversity, not clocks anything waits on. Breakers run on fake clocks, moved once
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
@@ -50,27 +49,11 @@ from tests.integration.soak import (
     fingerprint,
 )
 from tests.integration.soak_adversity import (
-    TIER_PARAMS,
     WAVE_DEADLINE,
     Shared,
     make_client,
-    soak_tier,
 )
 from tests.integration.test_lifecycle import limpet_tasks
-
-
-@pytest.fixture(params=TIER_PARAMS)
-async def shared(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Shared]:
-    """Both Clients' shared tier: Redis (whose connections the test kills) or Memcached."""
-    async with soak_tier(request, monkeypatch) as tier:
-        yield tier
-
-
-@pytest.fixture
-def ticks() -> Iterator[int]:
-    return itertools.count()
 
 
 @pytest.fixture

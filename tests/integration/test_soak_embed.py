@@ -26,7 +26,6 @@ sleeping.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
@@ -38,11 +37,9 @@ from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
 from limpet.testing.tokens import count_tokens
 from tests.integration.soak_adversity import (
-    TIER_PARAMS,
     WAVE_DEADLINE,
     Shared,
     make_client,
-    soak_tier,
 )
 from tests.integration.soak_embed import (
     DIMENSIONS,
@@ -65,19 +62,6 @@ from tests.integration.soak_embed import (
 from tests.integration.test_lifecycle import limpet_tasks
 
 Served = set[tuple[int, str, int | None]]  # (client, text, dimensions) given a vector
-
-
-@pytest.fixture(params=TIER_PARAMS)
-async def shared(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Shared]:
-    async with soak_tier(request, monkeypatch) as tier:
-        yield tier
-
-
-@pytest.fixture
-def ticks() -> Iterator[int]:
-    return itertools.count()
 
 
 @pytest.fixture
