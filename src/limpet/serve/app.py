@@ -307,8 +307,10 @@ async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamR
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await response.prepare(request)
+        # The caller may have hung up while the first chunk was awaited: then the headers
+        # meet a closing transport, as the chunks would.
         with contextlib.suppress(ConnectionResetError):  # the caller hung up
+            await response.prepare(request)
             await _relay(response, first, stream)
     return response
 

@@ -1,0 +1,66 @@
+"""``limpet serve`` in-process, for what only the server's side can show: a caller who
+hangs up is no fault of the proxy's (found by the proxy soak, ``test_soak_proxy.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+import pytest
+from aiohttp import web
+
+from limpet.serve import ServeConfig, create_app
+from limpet.testing import FakeGateway
+from tests.integration.chat import ask
+
+
+async def test_a_caller_hanging_up_before_its_stream_starts_is_not_logged_as_a_fault(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.hold_answers()
+    app = create_app(ServeConfig(upstreams=(gateway.base_url("a"),)))
+    arrived, handled = asyncio.Event(), asyncio.Event()
+    requests: list[web.BaseRequest] = []
+
+    @web.middleware
+    async def outermost(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        requests.append(request)
+        arrived.set()
+        try:
+            return await handler(request)
+        finally:
+            handled.set()
+
+    app.middlewares.insert(0, outermost)
+    runner = web.AppRunner(app, access_log=None)  # as ``limpet serve`` runs: handlers run on
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        async with asyncio.timeout(10):  # a failure, not a hang, if the proxy wedges
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = orjson.dumps(ask("hanging up", stream=True))
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Length: {len(body)}"
+            )
+            writer.write(head.encode() + b"\r\nContent-Type: application/json\r\n\r\n" + body)
+            await writer.drain()
+            await arrived.wait()  # the proxy waits for the stream's first chunk, held
+            writer.close()
+            await writer.wait_closed()
+            transport = requests[0].transport
+            # Until the proxy has seen the hang-up; its transport has no event to wait on.
+            while transport is not None and not transport.is_closing():  # noqa: ASYNC110
+                await asyncio.sleep(0)
+            endpoint.release_answers()  # the first chunk comes: the proxy starts the stream
+            await handled.wait()
+    finally:
+        endpoint.release_answers()
+        await runner.cleanup()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
