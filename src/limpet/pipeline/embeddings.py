@@ -346,14 +346,18 @@ class Embedder:
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
     ) -> tuple[list[bytes], dict[str, Any], str]:
         """One request with ``call``'s headers, failing over to the next endpoint on a
-        retryable error; no retry starts that could not end before its deadline."""
+        retryable error; no retry starts that could not end before its deadline, unless
+        other calls may be awaiting these inputs: then ``call``'s deadline is its own (its
+        scope ends its wait, as theirs end theirs), and must not fail inputs they await."""
         texts = [text for _, text in items]
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
+        shared = self._coalesce and request.decision.coalesce
+        deadline = None if shared else call.deadline
 
         async def attempt(endpoint: Endpoint) -> tuple[list[bytes], dict[str, Any], str]:
             self._stats.embedding_requests += 1
             answer = await self._transport.embeddings(
-                endpoint, body, headers=call.headers, deadline=call.deadline
+                endpoint, body, headers=call.headers, deadline=deadline
             )
             try:
                 vectors = merge_by_index(answer["data"], len(items))
