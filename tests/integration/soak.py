@@ -23,6 +23,7 @@ from tests.integration.soak_adversity import (
     Launch,
     Shared,
     Stop,
+    Wave,
     draw_kills,
     draw_outage,
     play,
@@ -95,15 +96,7 @@ class Plan:
     timeout: float | None = None  # for "timeout"
 
 
-@dataclass
-class Wave:
-    plans: list[Plan]
-    kills: list[int]  # turns from the wave's start to each kill of the Redis connections
-    faults: list[tuple[str, int]]  # (kind, times) queued at the gateway for this wave
-    outage: tuple[int, int] | None  # (client, turn): its shared tier is down from then on
-
-
-def draw(seed: int) -> list[Wave]:
+def draw(seed: int) -> list[Wave[Plan]]:
     """The whole run, from the seed alone."""
     rng = random.Random(seed)
     count = len(prompts())
@@ -179,7 +172,7 @@ class Run:
         except Exception as exc:  # judged by check_outcome
             outcome.error = exc
 
-    async def wave(self, wave: Wave) -> None:
+    async def wave(self, wave: Wave[Plan]) -> None:
         self.shared.next_wave()
         endpoint = self.gateway.endpoint("a")
         queue_faults(endpoint, wave.faults)

@@ -12,7 +12,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -48,6 +48,19 @@ KILL_TURNS = 150  # kills and outages fall within this many turns of a wave's st
 
 SharedTier = RedisCache | MemcachedCache
 Stop = Literal["none", "cancel", "timeout"]  # how a call of a wave ends, as drawn
+
+
+PlanT = TypeVar("PlanT")
+
+
+@dataclass
+class Wave(Generic[PlanT]):
+    """One wave of a soak: its calls' plans, and the adversity drawn for it."""
+
+    plans: list[PlanT]
+    kills: list[int]  # turns from the wave's start to each kill of the Redis connections
+    faults: list[tuple[str, int]]  # (kind, times) queued at the gateway for this wave
+    outage: tuple[int, int] | None  # (client, turn): its shared tier is down from then on
 
 
 async def turns(count: int) -> None:

@@ -23,6 +23,7 @@ from tests.integration.soak_adversity import (
     Launch,
     Shared,
     Stop,
+    Wave,
     draw_kills,
     draw_outage,
     play,
@@ -155,15 +156,7 @@ class Plan:
     timeout: float | None = None  # for "timeout"
 
 
-@dataclass
-class Wave:
-    plans: list[Plan]
-    kills: list[int]
-    faults: list[tuple[str, int]]  # (kind, times) queued at both endpoints
-    outage: tuple[int, int] | None
-
-
-def draw(seed: int) -> list[Wave]:
+def draw(seed: int) -> list[Wave[Plan]]:
     """The whole run, from the seed alone."""
     rng = random.Random(seed)
     pool = passages()
@@ -236,7 +229,7 @@ class Run:
         except Exception as exc:  # judged by check_outcome
             outcome.error = exc
 
-    async def wave(self, wave: Wave) -> None:
+    async def wave(self, wave: Wave[Plan]) -> None:
         self.shared.next_wave()
         endpoints = [self.gateway.endpoint(name) for name in ENDPOINTS]
         for endpoint in endpoints:

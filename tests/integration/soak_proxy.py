@@ -32,6 +32,7 @@ from tests.integration.soak_adversity import (
     RETRY,
     Launch,
     Shared,
+    Wave,
     draw_kills,
     draw_outage,
     landed,
@@ -219,15 +220,7 @@ class Plan:
     chunks: int = 0  # for "abandon": chunks read before closing the stream
 
 
-@dataclass
-class Wave:
-    plans: list[Plan]
-    kills: list[int]
-    faults: list[tuple[str, int]]  # (kind, times): ``queue_faults``'s, or "echo:<shape>"
-    outage: tuple[int, int] | None
-
-
-def draw(seed: int) -> list[Wave]:
+def draw(seed: int) -> list[Wave[Plan]]:
     """The whole run, from the seed alone."""
     rng = random.Random(seed)
     calls = iter(range(1_000_000))
@@ -345,7 +338,7 @@ class Run:
         except Exception as exc:  # judged by check_outcome
             outcome.error = exc
 
-    async def wave(self, wave: Wave) -> None:
+    async def wave(self, wave: Wave[Plan]) -> None:
         self.shared.next_wave()
         endpoint = self.gateway.endpoint("a")
         for kind, times in wave.faults:
