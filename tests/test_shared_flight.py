@@ -6,11 +6,13 @@ another's ``gets``. Found by tests/integration/test_soak.py on Memcached."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Literal
 
 import pytest
 
 from limpet.config import FlightConfig
+from limpet.errors import CacheRejectedError, CacheUnavailableError, InternalServerError
 from limpet.flight.shared import FlightNotice, RedisFlight
 
 KEY = "k"
@@ -109,3 +111,73 @@ async def test_a_flight_cancelled_taking_the_lease_leaves_none_though_its_comman
     assert store.landing is not None
     await store.landing  # landed, after the cancellation
     assert store.lease is None  # taken, then released: no process waits on it
+
+
+class FaultyStore(LateStore):
+    """A store whose acquire fails: after it landed (``landed``: its reply lost or late,
+    ``CacheUnavailableError``) or without taking effect (``CacheRejectedError``); it counts
+    releases and says when the lease is renewed."""
+
+    def __init__(self, landed: bool, lease: str | None = None) -> None:
+        super().__init__("take_over", lease)  # no late command: acquire is failed here
+        self.landed = landed
+        self.releases = 0
+        self.renewed = asyncio.Event()
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        if not self.landed:
+            raise CacheRejectedError("SET skipped: circuit breaker open")
+        await super().acquire(key, token, lease)
+        raise CacheUnavailableError("EVAL acquire timed out after 100 ms")
+
+    async def renew(self, key: str, token: str, lease: float) -> bool:
+        self.renewed.set()
+        return await super().renew(key, token, lease)
+
+    async def release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        self.releases += 1
+        await super().release(key, token, notice, entry, ttl)
+
+
+async def failing_upstream() -> tuple[str, bytes | None, float]:
+    # Nothing is stored: were the lease left, other processes would have only the lease.
+    raise InternalServerError("upstream failed", status_code=500)
+
+
+async def test_a_lease_that_landed_while_its_acquire_failed_is_released_by_its_lone_leader() -> (
+    None
+):
+    store = FaultyStore(landed=True)
+    flight = RedisFlight[str](store, CONFIG)
+    with pytest.raises(InternalServerError):
+        await flight.do(KEY, failing_upstream, nothing_stored)
+    assert store.releases == 1
+    assert store.lease is None  # no process waits a whole lease on it
+
+
+async def test_a_flight_whose_acquire_was_rejected_sends_no_release() -> None:
+    # The store never took it (an open breaker): a release would only wait on a store
+    # that is down, after every such call's answer.
+    store = FaultyStore(landed=False)
+    flight = RedisFlight[str](store, CONFIG)
+    with pytest.raises(InternalServerError):
+        await flight.do(KEY, failing_upstream, nothing_stored)
+    assert store.releases == 0 and store.lease is None
+
+
+async def test_a_maybe_lease_that_is_another_leaders_is_left_to_it_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FaultyStore(landed=True, lease="other:0")  # the acquire failed: not ours
+
+    async def lead() -> tuple[str, bytes | None, float]:
+        await store.renewed.wait()  # its renewal finds the lease is not its own
+        return "answer", b"answer", 60.0
+
+    flight = RedisFlight[str](store, CONFIG)
+    async with asyncio.timeout(10):  # a failure, not a hang, when nothing renews
+        assert await flight.do(KEY, lead, nothing_stored) == ("answer", True)
+    assert store.lease == "other:0" and store.releases == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -11,6 +11,7 @@ mapped here at the boundary, with the original kept as ``__cause__``.
     ├── ClientClosedError            a call on a Client after aclose() (also RuntimeError)
     ├── CacheError                   a cache backend could not serve; never reaches a caller of
     │   ├── CacheUnavailableError    complete(): the cache tier counts it and falls through
+    │   │   └── CacheRejectedError   the command certainly did not take effect
     │   └── CacheCorruptError        an entry that does not decode or fails its signature
     └── APIError                     the upstream call failed
         ├── APIConnectionError       could not connect, or the connection dropped
@@ -62,6 +63,7 @@ __all__ = [
     "BadRequestError",
     "CacheCorruptError",
     "CacheError",
+    "CacheRejectedError",
     "CacheUnavailableError",
     "ClientClosedError",
     "ConfigurationError",
@@ -129,7 +131,14 @@ class CacheError(LimpetError):
 
 
 class CacheUnavailableError(CacheError):
-    """The backend could not be reached or did not answer in time."""
+    """The backend could not be reached or did not answer in time. The command may still
+    have taken effect (its reply lost or late), unless it is a ``CacheRejectedError``."""
+
+
+class CacheRejectedError(CacheUnavailableError):
+    """The command certainly did not take effect: it was never sent (the circuit breaker
+    is open, the cache is closed, no connection was free) or the server answered it with
+    an error. A single-flight lease whose taking failed so is nobody's to release."""
 
 
 class CacheCorruptError(CacheError):

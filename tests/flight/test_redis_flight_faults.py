@@ -2,7 +2,8 @@
 
 A leader cancelled while it acquires its lease or while its renewal stops, or whose
 breaker has opened, still releases the lease; a lease whose reply was lost is still its
-taker's when redis-py sends the command again; a lease left without a TTL is taken over;
+taker's when redis-py sends the command again, and one whose reply came too late is
+released by the flight that led alone; a lease left without a TTL is taken over;
 a forged error notice is never raised by a follower; release failures are logged once per
 outage; and a lead that raised a cache fault is not run again. Each flight has its own
 ``RedisCache`` on the shared Redis, so two of them in one process share nothing but
@@ -21,7 +22,7 @@ import redis.asyncio
 from limpet import FlightConfig
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.redis.backend import RedisCache
-from limpet.errors import CacheUnavailableError
+from limpet.errors import CacheUnavailableError, InternalServerError
 from limpet.flight.shared import FlightStore, RedisFlight
 from tests.redis_servers import RedisProxy, state
 
@@ -189,6 +190,36 @@ async def test_a_lease_whose_reply_was_lost_is_taken_when_redis_py_sends_it_agai
         assert not await store.acquire(KEY, "theirs", 30.0)  # and nobody else's
 
 
+async def test_a_lease_that_landed_while_its_acquire_timed_out_is_released_by_its_leader(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    # Redis ran the acquire but its reply came too late (a latency spike): the flight
+    # led alone and, its call failing, stored nothing. The lease must not outlive it:
+    # every other process would wait a whole lease on it.
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as late,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as other,
+    ):
+        lock = late.lock_key(KEY)
+        await late.delete("warm the pool")  # a pooled connection, open before the stall
+        proxy.stall_replies()
+        flight = RedisFlight[str](late.flight_store, SLOW)
+
+        async def lead() -> tuple[str, bytes | None, float]:
+            assert await raw.exists(lock) == 1  # the acquire landed; it timed out here
+            proxy.resume()
+            raise InternalServerError("upstream failed", status_code=500)
+
+        with pytest.raises(InternalServerError):
+            await flight.do(KEY, lead, Reader(late))
+        assert await raw.exists(lock) == 0
+        follower = RedisFlight[str](other.flight_store, SLOW)
+        upstream = Upstream(other, "answer")
+        assert await follower.do(KEY, upstream, Reader(other)) == ("answer", True)
+    assert follower.lease_checks == 0 and follower.takeovers == 0  # led at once
+
+
 class StubbornRenewal(RedisFlight[str]):
     """A flight whose renewal outlives its first cancellation until ``stop`` is set: its
     leader is then known to be waiting in ``_lead`` for the renewal to stop."""
@@ -200,13 +231,13 @@ class StubbornRenewal(RedisFlight[str]):
         self.stop = asyncio.Event()
         self.renewals: set[asyncio.Task[Any]] = set()
 
-    async def _renew(self, key: str, token: str) -> None:
+    async def _renew(self, key: str, token: str, held: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.renewals.add(task)
         self.renewing.set()
         try:
-            await super()._renew(key, token)
+            await super()._renew(key, token, held)
         except asyncio.CancelledError:
             self.told_to_stop.set()
             await self.stop.wait()

@@ -27,7 +27,7 @@ from limpet.cache.breaker import BreakerState, CircuitBreaker
 from limpet.cache.budget import Watchdog
 from limpet.cache.writes import SendBatch, WriteQueue
 from limpet.config import check_number
-from limpet.errors import CacheUnavailableError, ConfigurationError
+from limpet.errors import CacheRejectedError, CacheUnavailableError, ConfigurationError
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -267,7 +267,7 @@ class RemoteCache:
         """
         self._check_open()
         if self.breaker.state == "open":
-            raise CacheUnavailableError(
+            raise CacheRejectedError(
                 f"{self._kind} SET skipped: circuit breaker open ({self._where})"
             )
 
@@ -282,7 +282,7 @@ class RemoteCache:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise CacheUnavailableError(f"{type(self).__name__} for {self._where} is closed")
+            raise CacheRejectedError(f"{type(self).__name__} for {self._where} is closed")
 
     def _deadline(self, budget: float) -> AbstractAsyncContextManager[object]:
         """Bounds one call to ``budget`` seconds of the server's time
@@ -298,11 +298,13 @@ class RemoteCache:
     ) -> _T:
         """Run ``call`` under the breaker within ``budget``: the one boundary to the
         server (see the backends' ``run()``), where every error becomes
-        ``CacheUnavailableError``."""
+        ``CacheUnavailableError``: a ``CacheRejectedError`` when the command certainly did
+        not take effect (not sent, or refused by the server), so that a caller can tell a
+        lease that is nobody's from one that may have landed."""
         self._check_open()
         breaker, kind, where = self.breaker, self._kind, self._where
         if gated and not breaker.allow():
-            raise CacheUnavailableError(f"{kind} {command} skipped: circuit breaker open ({where})")
+            raise CacheRejectedError(f"{kind} {command} skipped: circuit breaker open ({where})")
         epoch = breaker.epoch
         try:
             async with self._deadline(budget):
@@ -316,14 +318,12 @@ class RemoteCache:
             verdict = self._verdict(exc)
             if verdict is Verdict.BUSY:
                 breaker.release(epoch)
-                raise CacheUnavailableError(
-                    f"{kind} {command}: no free connection ({where})"
-                ) from exc
+                raise CacheRejectedError(f"{kind} {command}: no free connection ({where})") from exc
             if verdict is Verdict.REFUSED:
                 # The server answered: this must not open the breaker and turn a refused
                 # write into an outage for reads too.
                 breaker.record_success(epoch)
-                raise CacheUnavailableError(f"{kind} {command} refused ({where}): {exc}") from exc
+                raise CacheRejectedError(f"{kind} {command} refused ({where}): {exc}") from exc
             breaker.record_failure(epoch)
             raise CacheUnavailableError(f"{kind} {command} failed ({where}): {exc}") from exc
         except BaseException:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from limpet.config import FlightConfig
-from limpet.errors import APIStatusError, CacheUnavailableError
+from limpet.errors import APIStatusError, CacheRejectedError, CacheUnavailableError
 from limpet.http.retry import should_retry
 
 # The name it has always logged under, so existing log filters keep matching.
@@ -63,7 +63,9 @@ class FlightWatch(Protocol):
 @runtime_checkable
 class FlightStore(Protocol):
     """Shared leases and completion notices; every method may raise
-    ``CacheUnavailableError``, and then flights fall back to this process alone.
+    ``CacheUnavailableError``, and then flights fall back to this process alone (a
+    ``CacheRejectedError`` when the command certainly did not take effect: any other
+    failure to take a lease may have taken it, and the flight releases it when done).
 
     A lease always expires (``lease`` seconds after it was taken or last renewed), and
     its value changes at every renewal, so a follower can tell a live leader from a
@@ -127,6 +129,15 @@ async def _to_the_end(
         except asyncio.CancelledError as exc:
             cancelled = exc
     return pending, cancelled
+
+
+def _maybe_taken(taking: asyncio.Future[bool]) -> bool:
+    """Whether a finished acquire or take-over may have got its taker the lease: it did,
+    or it ended without an answer, unless the store says it never took effect."""
+    if taking.cancelled():
+        return True
+    error = taking.exception()
+    return not isinstance(error, CacheRejectedError) if error is not None else taking.result()
 
 
 async def _pending_notice(watch: FlightWatch, within: float) -> FlightNotice | None:
@@ -212,9 +223,14 @@ class RedisFlight(Generic[R]):
                 acquired = await self._acquire(key, token)
                 if not acquired:
                     found, leading = await self._follow(key, token, read, deadline)
-            except CacheUnavailableError:
-                result, _, _ = await lead()
+            except CacheRejectedError:
+                result, _, _ = await lead()  # nothing of ours reached the store
                 return result, True
+            except CacheUnavailableError:
+                # An acquire or a take-over whose reply was lost or late may have landed:
+                # led as if it had, so that such a lease is released (with its notice),
+                # not left for every other process to wait on for a whole lease.
+                return await self._lead(key, token, lead, held=False), True
             if acquired:
                 if followed:
                     self.takeovers += 1
@@ -247,7 +263,7 @@ class RedisFlight(Generic[R]):
         pending, cancelled = await _to_the_end(taking)
         if cancelled is None:
             return pending.result()
-        if pending.cancelled() or pending.exception() is not None or pending.result():
+        if _maybe_taken(pending):
             await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
         raise cancelled
 
@@ -298,8 +314,13 @@ class RedisFlight(Generic[R]):
         key: str,
         token: str,
         lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
+        *,
+        held: bool = True,
     ) -> R:
-        renewing = asyncio.get_running_loop().create_task(self._renew(key, token))
+        """``lead()`` while renewing the lease, then the release (entry, lease, notice).
+        ``held=False``: the lease is only maybe ``token``'s (its taking failed in a way
+        that may have landed); finding it is not is then no fault."""
+        renewing = asyncio.get_running_loop().create_task(self._renew(key, token, held))
         notice = FlightNotice(FlightOutcome.ABANDONED)
         entry: bytes | None = None
         ttl = 0.0
@@ -345,8 +366,9 @@ class RedisFlight(Generic[R]):
         else:
             self._recovered("release")
 
-    async def _renew(self, key: str, token: str) -> None:
-        """Keep the lease alive while the leader's call runs (LLM calls take minutes)."""
+    async def _renew(self, key: str, token: str, held: bool) -> None:
+        """Keep the lease alive while the leader's call runs (LLM calls take minutes);
+        stop when it is not ``token``'s, a fault only if it was ``held``."""
         while True:
             await asyncio.sleep(self.config.lease / 3)
             try:
@@ -356,8 +378,10 @@ class RedisFlight(Generic[R]):
                 continue
             self._recovered("renew")
             if not renewed:
-                self._fault("lost", "a flight lease was lost while leading", key)
+                if held:
+                    self._fault("lost", "a flight lease was lost while leading", key)
                 return
+            held = True
             self._recovered("lost")
 
     def _fault(self, kind: str, what: str, detail: object) -> None:
