@@ -1,7 +1,9 @@
 """RedisFlight over an in-memory store whose commands, once sent, land whatever happens
 to their caller, and may land after a later command of the same process (which went out
 on another connection): as Memcached's threads serve one connection's ``add`` after
-another's ``gets``. Found by tests/integration/test_soak.py on Memcached."""
+another's ``gets``. Found by tests/integration/test_soak.py on Memcached. And over stores
+whose acquire fails after it landed (its reply late or lost) or without taking effect
+(``CacheRejectedError``): only a lease that may be the flight's own is released."""
 
 from __future__ import annotations
 
@@ -181,3 +183,25 @@ async def test_a_maybe_lease_that_is_another_leaders_is_left_to_it_without_a_war
         assert await flight.do(KEY, lead, nothing_stored) == ("answer", True)
     assert store.lease == "other:0" and store.releases == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class BlindToLeases(FaultyStore):
+    """The lease is another's, and reading who holds it fails."""
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        return await LateStore.acquire(self, key, token, lease)  # answered: no
+
+    async def holder(self, key: str) -> str | None:
+        raise CacheUnavailableError("GET lease timed out after 100 ms")
+
+
+async def test_a_follower_whose_lease_check_failed_leads_alone_and_sends_no_release() -> None:
+    # Its own acquire was answered (no), so no lease of its own can be in the store.
+    store = BlindToLeases(landed=True, lease="other:0")
+    flight = RedisFlight[str](store, CONFIG)
+
+    async def lead() -> tuple[str, bytes | None, float]:
+        return "answer", b"answer", 60.0
+
+    assert await flight.do(KEY, lead, nothing_stored) == ("answer", True)
+    assert store.releases == 0 and store.lease == "other:0"

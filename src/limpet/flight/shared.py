@@ -131,6 +131,10 @@ async def _to_the_end(
     return pending, cancelled
 
 
+class _MaybeTaken(CacheUnavailableError):
+    """Taking a lease failed in a way that may have taken it: its reply was lost or late."""
+
+
 def _maybe_taken(taking: asyncio.Future[bool]) -> bool:
     """Whether a finished acquire or take-over may have got its taker the lease: it did,
     or it ended without an answer, unless the store says it never took effect."""
@@ -223,14 +227,14 @@ class RedisFlight(Generic[R]):
                 acquired = await self._acquire(key, token)
                 if not acquired:
                     found, leading = await self._follow(key, token, read, deadline)
-            except CacheRejectedError:
-                result, _, _ = await lead()  # nothing of ours reached the store
-                return result, True
-            except CacheUnavailableError:
+            except _MaybeTaken:
                 # An acquire or a take-over whose reply was lost or late may have landed:
                 # led as if it had, so that such a lease is released (with its notice),
                 # not left for every other process to wait on for a whole lease.
                 return await self._lead(key, token, lead, held=False), True
+            except CacheUnavailableError:
+                result, _, _ = await lead()  # no lease of ours can be in the store
+                return result, True
             if acquired:
                 if followed:
                     self.takeovers += 1
@@ -259,13 +263,21 @@ class RedisFlight(Generic[R]):
         store may serve first: Memcached's threads do), leaving a lease no leader holds,
         which every process would wait on. So the store's answer is awaited (bounded by
         its write timeout); a lease that is, or may be, ours is released; and then the
-        cancellation is raised."""
+        cancellation is raised.
+
+        Raises:
+            _MaybeTaken: the store failed to answer, and the lease may be ours.
+            CacheUnavailableError: the store failed, and certainly took nothing.
+        """
         pending, cancelled = await _to_the_end(taking)
-        if cancelled is None:
-            return pending.result()
-        if _maybe_taken(pending):
-            await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
-        raise cancelled
+        if cancelled is not None:
+            if _maybe_taken(pending):
+                await self._release(key, token, FlightNotice(FlightOutcome.ABANDONED), None, 0.0)
+            raise cancelled
+        error = None if pending.cancelled() else pending.exception()
+        if isinstance(error, CacheUnavailableError) and not isinstance(error, CacheRejectedError):
+            raise _MaybeTaken(f"{error} (the lease may have been taken)") from error
+        return pending.result()
 
     async def _follow(
         self, key: str, token: str, read: Callable[[], Awaitable[R | None]], deadline: float
