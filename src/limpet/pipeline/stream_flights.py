@@ -32,7 +32,8 @@ class StreamFlights:
     upstream stream, each reader getting every chunk from the first, then the live tail.
 
     The upstream stream is read by a task of its own, so it goes on while any reader
-    remains, whoever started it; it is cancelled when the last reader leaves. The
+    remains, whoever started it; it is cancelled when the last reader leaves, unless a
+    reader of the same key is still looking in the cache (it joins on a miss). The
     assembled answer is stored only when the stream ends cleanly; a failure reaches
     every reader and stores nothing. Upstream, it is the same stage as ``complete()``'s,
     with a ``StreamExchange`` for the wire.
@@ -42,6 +43,7 @@ class StreamFlights:
         "_cache",
         "_coalesce",
         "_flights",
+        "_looking",
         "_running",
         "_shared",
         "_transport",
@@ -64,6 +66,8 @@ class StreamFlights:
         self._coalesce = coalesce
         self._flights: dict[str, _StreamFlight] = {}
         self._running: set[_StreamFlight] = set()
+        # Readers looking in the cache now, by key, that would join its stream on a miss.
+        self._looking: dict[str, int] = {}
 
     def keyed(self, request: Request) -> bool:
         """Whether ``request`` needs a key: it may use the cache, or join a stream."""
@@ -77,17 +81,15 @@ class StreamFlights:
         Client counts it). An upstream stream this reader starts sends ``call``'s headers,
         and starts no retry that could not end before its deadline."""
         cache, key, decision = self._cache, request.key, request.decision
-        if key is not None and cache is not None and decision.read:
-            found = await cache.get(key)
-            if found is not None:
-                entry = found[0]
-                replay = await _replayable(cache, key, entry)
-                if replay is not None:
-                    for chunk in replay:
-                        yield chunk
-                    sink.completion = completion_of(entry, CacheStatus.HIT, key)
-                    return
         joins = key is not None and self._joins(request)
+        if key is not None and cache is not None and decision.read:
+            found = await self._look(cache, key, joins)
+            if found is not None:
+                entry, replay = found
+                for chunk in replay:
+                    yield chunk
+                sink.completion = completion_of(entry, CacheStatus.HIT, key)
+                return
         flight = self._flights.get(key) if key is not None and joins else None
         led = flight is None
         if flight is None:
@@ -99,11 +101,54 @@ class StreamFlights:
                 yield json_copy(chunk) if copied else chunk
         finally:
             flight.readers -= 1
-            if flight.readers == 0 and not flight.task.done():
-                if key is not None:
-                    self._land(key, flight)
-                flight.task.cancel()
+            if flight.readers == 0 and not self._looked_for(key, flight):
+                self._drop(key, flight)
         sink.completion = self._completion(request, flight, led)
+
+    async def _look(
+        self, cache: TieredCache, key: str, joins: bool
+    ) -> tuple[CacheEntry, list[dict[str, Any]]] | None:
+        """The cached entry of ``key`` and its replay, or None. While a reader that would
+        join ``key``'s upstream stream on a miss looks, that stream is kept even if its
+        last reader leaves; it is dropped once nobody reads it nor looks."""
+        if joins:
+            self._looking[key] = self._looking.get(key, 0) + 1
+        try:
+            found = await cache.get(key)
+            replay = None if found is None else await _replayable(cache, key, found[0])
+        except BaseException:
+            if joins:
+                self._looked(key, joining=False)
+            raise
+        if joins:
+            self._looked(key, joining=replay is None)
+        return None if found is None or replay is None else (found[0], replay)
+
+    def _looked(self, key: str, *, joining: bool) -> None:
+        """A reader of ``key`` has looked in the cache: unless it joins ``key``'s upstream
+        stream now, that stream is dropped when nobody reads it nor looks any more."""
+        left = self._looking[key] - 1
+        if left:
+            self._looking[key] = left
+            return
+        del self._looking[key]
+        flight = self._flights.get(key)
+        if not joining and flight is not None and flight.readers == 0:
+            self._drop(key, flight)
+
+    def _looked_for(self, key: str | None, flight: _StreamFlight) -> bool:
+        """Whether a reader of ``key`` is looking in the cache, and would join ``flight``
+        on a miss."""
+        return key is not None and key in self._looking and self._flights.get(key) is flight
+
+    def _drop(self, key: str | None, flight: _StreamFlight) -> None:
+        """Stop an upstream stream nobody reads: forgotten first, so that a newcomer
+        starts afresh rather than joining a dying one."""
+        if flight.task.done():
+            return
+        if key is not None:
+            self._land(key, flight)
+        flight.task.cancel()
 
     async def aclose(self) -> None:
         """Stop every upstream stream still running: its readers get

@@ -39,7 +39,7 @@ import emcache
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
-from limpet.cache.memcached.connection import MemcachedConnector, delete_key
+from limpet.cache.memcached.connection import MemcachedConnector, delete_key, read_to_its_end
 from limpet.cache.memcached.generations import GenerationCounters
 from limpet.cache.memcached.keys import (
     RELATIVE_TTL_LIMIT,
@@ -346,8 +346,8 @@ class MemcachedCache(RemoteCache):
         gated: bool = True,
     ) -> Coroutine[Any, Any, _T]:
         """Run one Memcached call under this cache's breaker, within ``budget`` seconds:
-        the one boundary to Memcached, shared by the flight store (awaited, it is the
-        boundary's own coroutine, with none around it).
+        the one boundary to Memcached, shared by the flight store, in a task of its own
+        that reads its reply even when its caller is cancelled (``read_to_its_end``).
 
         Args:
             command: a name for messages, e.g. ``"get"``.
@@ -365,7 +365,7 @@ class MemcachedCache(RemoteCache):
         probing = self.breaker.state == "half_open"
         built = None if probing else self._connector.built
         work = partial(self._call_client, call, probing) if built is None else partial(call, built)
-        return self._guarded(command, budget, work, gated=gated)
+        return read_to_its_end(self._guarded(command, budget, work, gated=gated))
 
     async def _call_client(
         self, call: Callable[[emcache.Client], Awaitable[_T]], probing: bool

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import emcache
 
@@ -18,7 +20,9 @@ from limpet.cache.memcached.keys import parse_memcached_url
 from limpet.cache.remote import check_source
 from limpet.errors import ConfigurationError
 
-__all__ = ["CONNECT_TIMEOUT", "MemcachedConnector", "delete_key"]
+__all__ = ["CONNECT_TIMEOUT", "MemcachedConnector", "delete_key", "read_to_its_end"]
+
+T = TypeVar("T")
 
 #: Seconds emcache may take to open a connection (in the background; see ``connect``).
 CONNECT_TIMEOUT = 2.0
@@ -125,3 +129,46 @@ async def delete_key(client: emcache.Client, key: bytes) -> None:
     """Delete ``key``; absent is fine."""
     with contextlib.suppress(emcache.NotFoundCommandError):
         await client.delete(key)
+
+
+async def read_to_its_end(command: Coroutine[Any, Any, T]) -> T:
+    """``command``'s result, the command run in a task of its own that its caller's
+    cancellation never reaches: a cancelled caller waits until the command has read its
+    reply (or spent its budget, which the command counts itself), then raises.
+
+    An emcache command cancelled while its reply is on the way closes its connection, and
+    when the reply is read in the same loop turn, emcache's parser resolves a future the
+    cancellation already cancelled: asyncio logs "Fatal error: protocol.data_received()
+    call failed" as an ERROR. Callers are cancelled routinely (a request given up, a
+    follower's poll at its deadline): each would cost a connection, and now and then
+    that error.
+    """
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[T] = loop.create_future()
+    task = loop.create_task(_reading(command, reply))
+    try:
+        return await reply
+    except asyncio.CancelledError:
+        if reply.cancelled():  # its caller's cancellation, not the command's own
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((task,))
+        raise
+
+
+async def _reading(command: Coroutine[Any, Any, T], reply: asyncio.Future[T]) -> None:
+    """``command``, its outcome handed to ``reply`` as it ends (in the same loop turn)
+    unless its caller has left; then it is dropped."""
+    try:
+        result = await command
+    except BaseException as exc:
+        if not reply.done():
+            if isinstance(exc, asyncio.CancelledError):
+                reply.cancel()
+            else:
+                reply.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise
+    else:
+        if not reply.done():
+            reply.set_result(result)
