@@ -83,7 +83,8 @@ async def test_a_follower_polling_an_unreachable_memcached_keeps_waiting(
         with pytest.raises(TimeoutError):
             # Room for three 100 ms polls to fail, and over before emcache's first
             # reconnect (1 s after its first failure): a close that meets a reconnect
-            # may never end on Python 3.11, whose wait_for can swallow its cancellation.
+            # loses its cancellation on Python 3.11 and ends only at ``close_client``'s
+            # nudge, a second later (tests/cache/test_memcached_close.py).
             async with asyncio.timeout(0.7):
                 await watch.next()
         assert state(mc) == "open"  # the polls failed, and none escaped

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import emcache
 
@@ -20,12 +20,21 @@ from limpet.cache.memcached.keys import parse_memcached_url
 from limpet.cache.remote import check_source
 from limpet.errors import ConfigurationError
 
-__all__ = ["CONNECT_TIMEOUT", "MemcachedConnector", "delete_key", "read_to_its_end"]
+__all__ = [
+    "CLOSE_NUDGE",
+    "CONNECT_TIMEOUT",
+    "MemcachedConnector",
+    "close_client",
+    "delete_key",
+    "read_to_its_end",
+]
 
 T = TypeVar("T")
 
 #: Seconds emcache may take to open a connection (in the background; see ``connect``).
 CONNECT_TIMEOUT = 2.0
+#: Seconds between the cancellations ``close_client`` sends a close that has not ended.
+CLOSE_NUDGE = 1.0
 
 
 class MemcachedConnector:
@@ -116,13 +125,40 @@ class MemcachedConnector:
         """Close the client if this connector owns it, and every client it replaced."""
         client, self._client = self._client, None
         if self.owns and client is not None:
-            await client.close()
+            await close_client(client)
         await asyncio.gather(*self._old_clients, return_exceptions=True)
 
     def _retire(self, client: emcache.Client) -> None:
-        task = asyncio.get_running_loop().create_task(client.close())
+        task = asyncio.get_running_loop().create_task(close_client(client))
         self._old_clients.add(task)
         task.add_done_callback(self._old_clients.discard)
+
+
+async def close_client(client: Closable) -> None:
+    """Close ``client``; a close still running after ``CLOSE_NUDGE`` seconds is cancelled
+    again, every ``CLOSE_NUDGE`` seconds, until it ends.
+
+    emcache's close cancels its pool's reconnect task and waits for it; on Python 3.11 a
+    cancellation that meets a failed connect in the same turn is lost in ``wait_for``, and
+    the task goes on retrying a down server, so the close (and ``aclose()``) would wait
+    forever. A cancellation of the close reaches the task again; the pool's close takes
+    it as its own and goes on closing the connections.
+    """
+    closing = asyncio.ensure_future(client.close())
+    try:
+        while not (await asyncio.wait((closing,), timeout=CLOSE_NUDGE))[0]:
+            closing.cancel()
+    except BaseException:
+        closing.cancel()  # our caller's cancellation: the close is given up with it
+        raise
+    if not closing.cancelled():
+        closing.result()
+
+
+class Closable(Protocol):
+    """What ``close_client`` closes: an ``emcache.Client``."""
+
+    async def close(self) -> None: ...
 
 
 async def delete_key(client: emcache.Client, key: bytes) -> None:
