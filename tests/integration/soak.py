@@ -1,7 +1,8 @@
 """The chat soak's parts (``tests/integration/test_soak.py``): the oracle gateway, the
 workload drawn from a seed, and a run of waves. The shared tier both Clients use and what
-the test does to it are ``soak_adversity``'s (the embeddings soak's too); the fixtures,
-the checks and the test are in the test module."""
+the test does to it are ``soak_adversity``'s (the embeddings soak's too), built by
+``soak_tiers`` (Redis, signed Redis, a Redis Cluster, Memcached); the fixtures, the checks
+and the test are in the test module."""
 
 from __future__ import annotations
 

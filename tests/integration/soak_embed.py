@@ -1,6 +1,7 @@
 """The embeddings soak's parts (``tests/integration/test_soak_embed.py``): the spying
 embeddings route, the workload drawn from a seed, and a run of waves. The shared tier and
-what the test does to it are ``soak_adversity``'s, as for the chat soak."""
+what the test does to it are ``soak_adversity``'s (built by ``soak_tiers``), as for the
+chat soak."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A seeded soak of ``embed()``: every vector is its own input's, and nothing is left behind.
 
 The chat soak's adversary (``test_soak.py``, ``soak_adversity``), for a cache kept per
-input. Two Clients (two "processes") share one Redis (or Memcached) tier and call one
+input. Two Clients (two "processes") share one tier (Redis, Redis with an ``hmac_key``, a
+Redis Cluster or Memcached: the params of ``shared``, ``soak_tiers``) and call one
 FakeGateway, client 0 through its endpoint "a" and client 1 through "b", so the gateway
 knows who sent what. A workload drawn from ``random.Random(seed)``: waves of concurrent
 ``embed()`` calls from both Clients, each a batch of one to six texts from a pool of
@@ -19,8 +20,8 @@ size, after it started, for distinct inputs of its own, claimed by no other call
 many inputs as its ``misses``, whose tokens are its ``usage``. Then no lease is left but
 those whose release the shared tier refused, each Client's ``Stats`` count what its
 callers saw, and a last pass of every text at each size is served from the cache by both
-Clients whenever an entry exists. Ordered by turns and by waiting on the calls, never by
-sleeping.
+Clients whenever an entry exists (signed with their key, on the signed tier). Ordered by
+turns and by waiting on the calls, never by sleeping.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
     gateway, embeddings = spy
     keys, followed = spy_on_keys(monkeypatch), spy_on_follows(monkeypatch)
     waves = draw(seed)
-    a, b = (make_client(gateway, cache, ENDPOINTS[n]) for n, cache in enumerate(shared.caches))
+    a, b = (make_client(gateway, shared.tiered(n), ENDPOINTS[n]) for n in (0, 1))
     run = Run(gateway, embeddings, (a, b), shared, ticks)
     claimed: dict[str, int] = {}
     served: Served = set()
@@ -207,7 +208,7 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
         assert min(totals["hits"], totals["misses"], totals["coalesced"]) > 0, totals
         assert any(o.cancel_sent for o in run.outcomes)
         assert any(isinstance(o.error, APITimeoutError) for o in run.outcomes)
-        assert shared.killed > 0 or shared.admin is None or not any(w.kills for w in waves)
+        assert shared.killed > 0 or not shared.admins or not any(w.kills for w in waves)
         assert followed, "no input followed another process's flight"
         # Vectors a Client served though its endpoint never answered them: the other's.
         asked = {
