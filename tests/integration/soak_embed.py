@@ -45,6 +45,8 @@ TIMEOUTS = (0.001, 0.005, 0.02, 0.05)
 ENDPOINTS = ("a", "b")
 
 _asker: ContextVar[str] = ContextVar("asker")
+# The call whose task is running: the keys its Client gives its inputs are noted in it.
+_calling: ContextVar[Outcome | None] = ContextVar("calling", default=None)
 
 
 def passages() -> list[str]:
@@ -105,7 +107,8 @@ class Keys:
 
 
 def spy_on_keys(monkeypatch: pytest.MonkeyPatch) -> Keys:
-    """Record every cache key the Clients give an input."""
+    """Record every cache key the Clients give an input, and the keys of each call's
+    inputs in its ``Outcome``."""
     keys = Keys()
     original = Embedder.keys
 
@@ -113,6 +116,9 @@ def spy_on_keys(monkeypatch: pytest.MonkeyPatch) -> Keys:
         self: Embedder, model: str, texts: Any, params: dict[str, Any], **scope: str
     ) -> list[str]:
         made = original(self, model, texts, params, **scope)
+        calling = _calling.get()
+        if calling is not None:  # in the caller's own task (Run.call)
+            calling.keys = made
         for text, key in zip(texts, made, strict=True):
             if scope["scope"].endswith("?"):
                 keys.guessed.add(key)
@@ -203,6 +209,9 @@ class Outcome:
     started: int = -1  # the run's tick when it started
     result: Embeddings | None = None
     error: Exception | None = None
+    # The cache key of each of its inputs: under the generations read, or under a guessed
+    # scope (while its Client's first read of them fails), where no other call finds them.
+    keys: list[str] = field(default_factory=list)
     cancelled: bool = False  # it ended with CancelledError
     cancel_sent: bool = False  # task.cancel() returned True
 
@@ -220,6 +229,7 @@ class Run:
         plan = outcome.plan
         texts: str | list[str] = plan.texts[0] if plan.single else list(plan.texts)
         outcome.started = next(self.ticks)
+        calling = _calling.set(outcome)
         try:
             outcome.result = await self.clients[plan.client].embed(
                 model=MODEL, input=texts, dimensions=plan.dimensions, timeout=plan.timeout
@@ -229,6 +239,8 @@ class Run:
             raise
         except Exception as exc:  # judged by check_outcome
             outcome.error = exc
+        finally:
+            _calling.reset(calling)
 
     async def wave(self, wave: Wave[Plan]) -> None:
         self.shared.next_wave()

@@ -62,7 +62,8 @@ from tests.integration.soak_embed import (
 )
 from tests.integration.test_lifecycle import limpet_tasks
 
-Served = set[tuple[int, str, int | None]]  # (client, text, dimensions) given a vector
+# (client, text, dimensions, key) given a vector: the key its Client gave that input.
+Served = set[tuple[int, str, int | None, str]]
 
 
 @pytest.fixture
@@ -88,6 +89,7 @@ def check_served(run: Run, outcome: Outcome, claimed: dict[str, int]) -> None:
     sent upstream is what the gateway answered it."""
     result, plan = outcome.result, outcome.plan
     assert result is not None, f"{plan}: ended with no vectors and no error"
+    assert len(outcome.keys) == len(plan.texts), f"{plan}: keyed {outcome.keys}"
     check_vectors(plan, result.vectors)
     assert result.model == MODEL
     assert result.hits + result.misses + result.coalesced == len(plan.texts), (plan, result)
@@ -131,9 +133,9 @@ def check_outcome(run: Run, outcome: Outcome, claimed: dict[str, int], served: S
         assert isinstance(error, APITimeoutError), f"{plan}: raised {error!r}"
     else:
         raise AssertionError(f"{plan}: raised {error!r}") from error
-    for text, vector in zip(plan.texts, given, strict=False):
+    for text, key, vector in zip(plan.texts, outcome.keys, given, strict=False):
         if vector is not None:
-            served.add((plan.client, text, plan.dimensions))
+            served.add((plan.client, text, plan.dimensions, key))
 
 
 def check_stats(run: Run) -> None:
@@ -216,7 +218,7 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
             for p in embeddings.produced.values()
             for text in p.texts
         }
-        crossed = {(c, t, d) for c, t, d in served if (c, t, size(d)) not in asked}
+        crossed = {(c, t, d) for c, t, d, _ in served if (c, t, size(d)) not in asked}
         assert crossed, "no vector went from one Client to the other"
 
         # A last pass of every input through both Clients, once every write behind has
@@ -236,7 +238,9 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
                     await run.call(outcome)
                     check_outcome(run, outcome, claimed, set())
                     assert outcome.result is not None
-                    if stored or (client, text, dimensions) in served:
+                    assert key is None or outcome.keys == [key], outcome.plan
+                    # Given under a guessed scope, it is in no tier under ``key``.
+                    if stored or (client, text, dimensions, key) in served:
                         assert outcome.result.hits == 1, (outcome.plan, stored)
                     vectors += outcome.result.vectors
                 assert vectors[0] == vectors[1], f"{text!r}: the Clients disagree"
