@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -47,6 +48,18 @@ Stop = Literal["none", "cancel", "timeout"]  # how a call of a wave ends, as dra
 
 
 PlanT = TypeVar("PlanT")
+
+
+def seeds(default: tuple[int, ...]) -> tuple[int, ...]:
+    """A soak's seeds: ``default``, or those ``LIMPET_SOAK_SEEDS`` names (``100-139``
+    or ``5,17,31``), to soak longer by hand than CI does."""
+    named = os.environ.get("LIMPET_SOAK_SEEDS", "").strip()
+    if not named:
+        return default
+    first, dash, last = named.partition("-")
+    if dash:
+        return tuple(range(int(first), int(last) + 1))
+    return tuple(int(seed) for seed in named.split(","))
 
 
 @dataclass

@@ -29,10 +29,11 @@ from tests.integration.soak_adversity import (
     draw_outage,
     play,
     queue_faults,
+    seeds,
 )
 
 MODEL = "openai/text-embedding-3-small"
-SEEDS = (5, 17, 31)
+SEEDS = seeds((5, 17, 31))
 POOL = 20  # distinct texts, each embedded at two sizes (``DIMENSIONS``): 40 keys
 DIMENSIONS = (None, 8)
 WAVES = 8

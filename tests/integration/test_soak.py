@@ -28,6 +28,7 @@ signed with the Clients' key).
 Everything is ordered by event-loop turns (``asyncio.sleep(0)``) and by waiting on the
 calls themselves, never by sleeping: the gateway's latency and the tiny timeouts are the
 adversity, not clocks anything waits on. Breakers run on fake clocks, moved once a wave.
+To soak longer than CI does, name other seeds: ``LIMPET_SOAK_SEEDS=100-139`` (both soaks).
 """
 
 from __future__ import annotations
