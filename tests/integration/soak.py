@@ -124,7 +124,7 @@ def draw(seed: int) -> list[Wave[Plan]]:
         kills = draw_kills(rng)
         faults = []
         if wave > 0 and rng.random() < 0.3:
-            kind = rng.choice(("status", "drop", "drop_mid_stream", "stream_error"))
+            kind = rng.choice(("status", "refused", "drop", "drop_mid_stream", "stream_error"))
             faults.append((kind, rng.randrange(1, 4)))
         waves.append(Wave(plans, kills, faults, draw_outage(rng)))
     return waves

@@ -96,6 +96,8 @@ def queue_faults(endpoint: FakeEndpoint, faults: list[tuple[str, int]]) -> None:
     for kind, times in faults:
         if kind == "status":
             endpoint.fail(500, times=times)
+        elif kind == "refused":  # final: a leader's error its followers may be told
+            endpoint.fail(400, times=times)
         elif kind == "drop":
             endpoint.drop_connection(times=times)
         elif kind == "drop_mid_stream":

@@ -193,7 +193,7 @@ def draw(seed: int) -> list[Wave[Plan]]:
         kills = draw_kills(rng)
         faults = []
         if wave > 0 and rng.random() < 0.3:
-            faults.append((rng.choice(("status", "drop")), rng.randrange(1, 4)))
+            faults.append((rng.choice(("status", "refused", "drop")), rng.randrange(1, 4)))
         waves.append(Wave(plans, kills, faults, draw_outage(rng)))
     return waves
 

@@ -1,10 +1,12 @@
 """The shared tiers the soaks run on (``soak_adversity.Shared``), one per param of their
-``shared`` fixture: ``redis`` (one server), ``redis-signed`` (the same, every cache and
-both Clients' ``TieredCache`` with one ``hmac_key``: signed entries and flight notices),
-``redis-cluster`` (the session's three-node Redis Cluster) and ``memcached``. Each gives
-two caches, each behind its own breaker on a fake clock, and the test's own inspector;
-on Redis, an admin connection per server (per node of a cluster) and the client names
-the Clients' connections announce, so that the test kills theirs and no other."""
+``shared`` fixture: ``redis`` (one server); ``redis-signed`` (the same, every cache and
+both Clients' ``TieredCache`` with one ``hmac_key``: signed entries and flight notices, so
+a leader's final error, such as a refused request's, reaches the other process's
+followers verified); ``redis-cluster`` (the session's three-node Redis Cluster); and
+``memcached``. Each gives two caches, each behind its own breaker on a fake clock, and
+the test's own inspector; on Redis, an admin connection per server (per node of a
+cluster) and the client names the Clients' connections announce, so that the test kills
+theirs and no other."""
 
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ waves, so there are hits, misses and waiters coalesced in and across both Client
 under seeded adversity: callers cancelled after a number of event-loop turns, callers
 with a tiny ``timeout=``, every Redis connection of both Clients killed at random turns
 (sometimes twice in a row), one Client's shared tier down for the rest of a wave (its
-breaker opened, as three timeouts in a row would), and upstream faults in some waves.
+breaker opened, as three timeouts in a row would), and upstream faults in some waves
+(5xx, dropped connections, errors mid-stream, and a final 400, a leader's error that its
+followers are told).
 Killed connections mostly go unnoticed (redis-py retries once on a fresh connection, and
 pub/sub subscribes again): the outages are what make the Clients fall through.
 

@@ -10,7 +10,8 @@ near-identical ones, with repeats inside a batch and overlap across calls and Cl
 some at another ``dimensions`` (another key): hits, misses, inputs coalesced in one
 process and followed across processes. Adversity as in the chat soak: cancellations after
 random event-loop turns, tiny ``timeout=``s, the Clients' Redis connections killed, one
-Client's breaker opened mid-wave, upstream faults in some waves.
+Client's breaker opened mid-wave, upstream faults in some waves (5xx, dropped connections,
+a final 400).
 
 The oracle: the fake's vectors are a pure function of (model, text, dimensions)
 (``fake_vector``), so every vector served, whole or in an ``EmbeddingBatchError``, must
