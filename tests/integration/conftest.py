@@ -8,7 +8,8 @@ needs another gateway says how with the ``gateway`` marker, whose keyword argume
 
 The request the tests send is :func:`tests.integration.chat.ask`; fake clocks are in
 ``tests/fakes.py``. The soaks (``test_soak*.py``) share ``shared``, the shared tier of their
-two Clients (Redis, then Memcached), and ``ticks``, the counter that orders their events.
+two Clients (Redis; Redis with an ``hmac_key``; a Redis Cluster; Memcached: see
+``soak_tiers``), and ``ticks``, the counter that orders their events.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 
 from limpet.testing import FakeGateway
-from tests.integration.soak_adversity import TIER_PARAMS, Shared, soak_tier
+from tests.integration.soak_adversity import Shared
+from tests.integration.soak_tiers import TIER_PARAMS, soak_tier
 
 
 @pytest.fixture
@@ -38,8 +40,8 @@ async def gateway(request: pytest.FixtureRequest) -> AsyncIterator[FakeGateway]:
 async def shared(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Shared]:
-    """The soaks' shared tier of both Clients: Redis (whose connections they kill) or
-    Memcached, its refused lease releases recorded."""
+    """The soaks' shared tier of both Clients: Redis, signed Redis or a Redis Cluster
+    (whose connections they kill), or Memcached; its refused lease releases recorded."""
     async with soak_tier(request, monkeypatch) as tier:
         yield tier
 

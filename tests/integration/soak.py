@@ -1,7 +1,8 @@
 """The chat soak's parts (``tests/integration/test_soak.py``): the oracle gateway, the
 workload drawn from a seed, and a run of waves. The shared tier both Clients use and what
-the test does to it are ``soak_adversity``'s (the embeddings soak's too); the fixtures,
-the checks and the test are in the test module."""
+the test does to it are ``soak_adversity``'s (the embeddings soak's too), built by
+``soak_tiers`` (Redis, signed Redis, a Redis Cluster, Memcached); the fixtures, the checks
+and the test are in the test module."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ from tests.integration.soak_adversity import (
     draw_outage,
     play,
     queue_faults,
+    seeds,
 )
 
-SEEDS = (11, 23, 47)
+SEEDS = seeds((11, 23, 47))
 TEXTS = 24  # each asked three ways (see ``prompts``): 72 distinct requests
 WAVES = 8
 CALLS_PER_WAVE = 36
@@ -122,7 +124,7 @@ def draw(seed: int) -> list[Wave[Plan]]:
         kills = draw_kills(rng)
         faults = []
         if wave > 0 and rng.random() < 0.3:
-            kind = rng.choice(("status", "drop", "drop_mid_stream", "stream_error"))
+            kind = rng.choice(("status", "refused", "drop", "drop_mid_stream", "stream_error"))
             faults.append((kind, rng.randrange(1, 4)))
         waves.append(Wave(plans, kills, faults, draw_outage(rng)))
     return waves

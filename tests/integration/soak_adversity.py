@@ -1,21 +1,21 @@
 """What both soaks (``test_soak.py``, ``test_soak_embed.py``) do to two Clients: the
-shared tier they use (Redis or Memcached, each Client behind its own breaker on a fake
-clock), its connections killed and one Client's breaker opened at seeded event-loop turns,
-upstream faults, and the launcher of a wave: calls started a number of turns apart, some
-cancelled a number of turns after they started. Nothing here waits on a clock."""
+shared tier they use (``Shared``: Redis, Redis with an ``hmac_key``, a Redis Cluster or
+Memcached, each Client behind its own breaker on a fake clock; built in ``soak_tiers``),
+its connections killed (on every node of a cluster) and one Client's breaker opened at
+seeded event-loop turns, upstream faults, and the launcher of a wave: calls started a
+number of turns apart, some cancelled a number of turns after they started. Nothing here
+waits on a clock."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
-import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import pytest
 import redis.asyncio
 
 from limpet import (
@@ -28,11 +28,8 @@ from limpet import (
     RetryConfig,
     TieredCache,
 )
-from limpet.cache.breaker import CircuitBreaker
-from limpet.cache.memcached.leases import MemcachedFlightStore
-from limpet.cache.redis.leases import RedisFlightStore
+from limpet.cache.sealing import Seal
 from limpet.errors import CacheUnavailableError
-from limpet.flight.shared import FlightNotice
 from limpet.testing import FakeGateway
 from limpet.testing.endpoint import FakeEndpoint
 from tests.fakes import FakeClock
@@ -51,6 +48,18 @@ Stop = Literal["none", "cancel", "timeout"]  # how a call of a wave ends, as dra
 
 
 PlanT = TypeVar("PlanT")
+
+
+def seeds(default: tuple[int, ...]) -> tuple[int, ...]:
+    """A soak's seeds: ``default``, or those ``LIMPET_SOAK_SEEDS`` names (``100-139``
+    or ``5,17,31``), to soak longer by hand than CI does."""
+    named = os.environ.get("LIMPET_SOAK_SEEDS", "").strip()
+    if not named:
+        return default
+    first, dash, last = named.partition("-")
+    if dash:
+        return tuple(range(int(first), int(last) + 1))
+    return tuple(int(seed) for seed in named.split(","))
 
 
 @dataclass
@@ -87,6 +96,8 @@ def queue_faults(endpoint: FakeEndpoint, faults: list[tuple[str, int]]) -> None:
     for kind, times in faults:
         if kind == "status":
             endpoint.fail(500, times=times)
+        elif kind == "refused":  # final: a leader's error its followers may be told
+            endpoint.fail(400, times=times)
         elif kind == "drop":
             endpoint.drop_connection(times=times)
         elif kind == "drop_mid_stream":
@@ -98,14 +109,6 @@ def queue_faults(endpoint: FakeEndpoint, faults: list[tuple[str, int]]) -> None:
 # -- the shared tier ---------------------------------------------------------------------
 
 
-def named(url: str, name: str) -> str:
-    """``url`` with a ``client_name`` every connection of its pool announces (CLIENT
-    SETNAME), so that only this test's connections are ever killed."""
-    parts = urlsplit(url)
-    query = [*parse_qsl(parts.query), ("client_name", name)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 @dataclass
 class Shared:
     """The shared tier of both Clients, and what the test does to it and asks of it."""
@@ -114,19 +117,23 @@ class Shared:
     clocks: tuple[FakeClock, FakeClock]
     # The test's own view of the tier, never killed, open after the Clients have closed.
     inspector: SharedTier
-    admin: redis.asyncio.Redis | None = None  # Redis only: to kill connections, find leases
+    # Redis only: a plain connection to each server (every node of a cluster), to kill
+    # the Clients' connections and to list leases.
+    admins: tuple[redis.asyncio.Redis, ...] = ()
     names: frozenset[str] = frozenset()  # the client names of the Clients' connections
+    # Both Clients' key (their TieredCache's and shared tier's): entries and notices are
+    # signed with it, and every entry the tier holds must be.
+    hmac_key: bytes | None = None
     killed: int = 0
     refused_releases: set[str] = field(default_factory=set)  # keys whose release failed
 
     async def kill(self) -> None:
-        """Kill every connection of both Clients: by ID, as CLIENT LIST names them, so no
-        other connection (another test's, the admin's own) is touched."""
-        if self.admin is None:
-            return
-        for found in await self.admin.client_list():
-            if found.get("name") in self.names:
-                self.killed += bool(await self.admin.client_kill_filter(_id=found["id"]))
+        """Kill every connection of both Clients, on every server: by ID, as CLIENT LIST
+        names them, so no other connection (another test's, the admins' own) is touched."""
+        for admin in self.admins:
+            for found in await admin.client_list():
+                if found.get("name") in self.names:
+                    self.killed += bool(await admin.client_kill_filter(_id=found["id"]))
 
     async def kill_at(self, kills: list[int]) -> None:
         """Kill at each of ``kills``, counted in turns from now."""
@@ -154,12 +161,17 @@ class Shared:
 
     async def leases(self, keys: set[str]) -> set[str]:
         """The Redis or Memcached keys of the leases held now: every one under the prefix
-        on Redis, those of ``keys`` on Memcached (which cannot list its keys)."""
+        on Redis (on every node of a cluster), those of ``keys`` on Memcached (which
+        cannot list its keys)."""
         cache = self.inspector
         if isinstance(cache, RedisCache):
-            assert self.admin is not None
-            found = [key async for key in self.admin.scan_iter(match=cache.lock_key("*"))]
-            return {key.decode() for key in found}
+            assert self.admins
+            pattern = cache.lock_key("*")
+            return {
+                key.decode()
+                for admin in self.admins
+                async for key in admin.scan_iter(match=pattern, count=1000)
+            }
         store = cache.flight_store
         return {cache.lock_key(key).decode() for key in keys if await store.holder(key)}
 
@@ -173,8 +185,19 @@ class Shared:
         return await self.leases(keys) - self.lease_keys(self.refused_releases)
 
     async def holds(self, key: str) -> bool:
-        """Whether the shared tier holds an entry for ``key``."""
-        return await self.inspector.get(key) is not None
+        """Whether the shared tier holds an entry for ``key``; one there must be signed
+        with both Clients' ``hmac_key``, when they have one (a ``CacheCorruptError`` if
+        not), whatever wrote it (a write behind, a lease's release)."""
+        data = await self.inspector.get(key)
+        if data is not None and self.hmac_key is not None:
+            # The envelope every kind of entry shares: its magic, then its format.
+            Seal(data[:2], data[2], self.hmac_key, "entry").open(data)
+        return data is not None
+
+    def tiered(self, client: int) -> TieredCache:
+        """The cache of Client ``client``: a memory tier of its own above its shared tier,
+        signing entries with the Clients' ``hmac_key``."""
+        return TieredCache(MemoryCache(), self.caches[client], hmac_key=self.hmac_key)
 
     async def recovered(self) -> None:
         """Both breakers closed again and every write behind landed."""
@@ -189,84 +212,11 @@ class Shared:
             await cache.flush()
 
 
-def spy_on_releases(shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Record the keys whose lease release the shared tier refused (each may leave its
-    lease behind, by design: it expires, or a follower takes it over)."""
-    store = RedisFlightStore if isinstance(shared.caches[0], RedisCache) else MemcachedFlightStore
-    release = store.release
-
-    async def recorded(
-        self: Any, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
-    ) -> None:
-        try:
-            await release(self, key, token, notice, entry, ttl)
-        except CacheUnavailableError:
-            shared.refused_releases.add(key)
-            raise
-
-    monkeypatch.setattr(store, "release", recorded)
-
-
-def breaker(clock: FakeClock) -> CircuitBreaker:
-    return CircuitBreaker(failure_threshold=3, cooldown=COOLDOWN, clock=clock)
-
-
-PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
-
-
-@contextlib.asynccontextmanager
-async def redis_tier(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
-    url: str = request.getfixturevalue("redis_url")
-    prefix: str = request.getfixturevalue("redis_prefix")
-    names = [f"limpet-soak-{uuid.uuid4().hex[:12]}-{side}" for side in "ab"]
-    clocks = (FakeClock(), FakeClock())
-    a, b = (
-        RedisCache.from_url(named(url, name), prefix=prefix, breaker=breaker(clock), **PATIENT)
-        for name, clock in zip(names, clocks, strict=True)
-    )
-    async with (
-        RedisCache.from_url(url, prefix=prefix, **PATIENT) as inspector,
-        redis.asyncio.Redis.from_url(url) as admin,
-    ):
-        yield Shared((a, b), clocks, inspector, admin, frozenset(names))
-
-
-@contextlib.asynccontextmanager
-async def memcached_tier(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
-    url: str = request.getfixturevalue("memcached_url")
-    prefix: str = request.getfixturevalue("memcached_prefix")
-    clocks = (FakeClock(), FakeClock())
-    a, b = (
-        MemcachedCache.from_url(url, prefix=prefix, breaker=breaker(clock), **PATIENT)
-        for clock in clocks
-    )
-    async with MemcachedCache.from_url(url, prefix=prefix, **PATIENT) as inspector:
-        yield Shared((a, b), clocks, inspector)
-
-
-TIERS = {"redis": redis_tier, "memcached": memcached_tier}
-# The ``params`` of a test's shared tier fixture: Redis (whose connections the test
-# kills) or Memcached.
-TIER_PARAMS = [
-    pytest.param("redis", marks=pytest.mark.redis),
-    pytest.param("memcached", marks=pytest.mark.memcached),
-]
-
-
-@contextlib.asynccontextmanager
-async def soak_tier(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Shared]:
-    """The shared tier ``request.param`` names, its refused releases recorded."""
-    async with TIERS[request.param](request) as tier:
-        spy_on_releases(tier, monkeypatch)
-        yield tier
-
-
-def make_client(gateway: FakeGateway, tier: SharedTier, endpoint: str = "a") -> Client:
+def make_client(gateway: FakeGateway, cache: TieredCache, endpoint: str = "a") -> Client:
+    """A Client on ``cache`` (``Shared.tiered()``) calling ``endpoint`` of ``gateway``."""
     return Client(
         endpoints=[Endpoint(endpoint, gateway.base_url(endpoint))],
-        cache=TieredCache(MemoryCache(), tier),
+        cache=cache,
         flight=FLIGHT,
         retry=RETRY,
     )

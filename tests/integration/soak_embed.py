@@ -1,6 +1,7 @@
 """The embeddings soak's parts (``tests/integration/test_soak_embed.py``): the spying
 embeddings route, the workload drawn from a seed, and a run of waves. The shared tier and
-what the test does to it are ``soak_adversity``'s, as for the chat soak."""
+what the test does to it are ``soak_adversity``'s (built by ``soak_tiers``), as for the
+chat soak."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from tests.integration.soak_adversity import (
     draw_outage,
     play,
     queue_faults,
+    seeds,
 )
 
 MODEL = "openai/text-embedding-3-small"
-SEEDS = (5, 17, 31)
+SEEDS = seeds((5, 17, 31))
 POOL = 20  # distinct texts, each embedded at two sizes (``DIMENSIONS``): 40 keys
 DIMENSIONS = (None, 8)
 WAVES = 8
@@ -44,6 +46,8 @@ TIMEOUTS = (0.001, 0.005, 0.02, 0.05)
 ENDPOINTS = ("a", "b")
 
 _asker: ContextVar[str] = ContextVar("asker")
+# The call whose task is running: the keys its Client gives its inputs are noted in it.
+_calling: ContextVar[Outcome | None] = ContextVar("calling", default=None)
 
 
 def passages() -> list[str]:
@@ -104,7 +108,8 @@ class Keys:
 
 
 def spy_on_keys(monkeypatch: pytest.MonkeyPatch) -> Keys:
-    """Record every cache key the Clients give an input."""
+    """Record every cache key the Clients give an input, and the keys of each call's
+    inputs in its ``Outcome``."""
     keys = Keys()
     original = Embedder.keys
 
@@ -112,6 +117,9 @@ def spy_on_keys(monkeypatch: pytest.MonkeyPatch) -> Keys:
         self: Embedder, model: str, texts: Any, params: dict[str, Any], **scope: str
     ) -> list[str]:
         made = original(self, model, texts, params, **scope)
+        calling = _calling.get()
+        if calling is not None:  # in the caller's own task (Run.call)
+            calling.keys = made
         for text, key in zip(texts, made, strict=True):
             if scope["scope"].endswith("?"):
                 keys.guessed.add(key)
@@ -185,7 +193,7 @@ def draw(seed: int) -> list[Wave[Plan]]:
         kills = draw_kills(rng)
         faults = []
         if wave > 0 and rng.random() < 0.3:
-            faults.append((rng.choice(("status", "drop")), rng.randrange(1, 4)))
+            faults.append((rng.choice(("status", "refused", "drop")), rng.randrange(1, 4)))
         waves.append(Wave(plans, kills, faults, draw_outage(rng)))
     return waves
 
@@ -202,6 +210,9 @@ class Outcome:
     started: int = -1  # the run's tick when it started
     result: Embeddings | None = None
     error: Exception | None = None
+    # The cache key of each of its inputs: under the generations read, or under a guessed
+    # scope (while its Client's first read of them fails), where no other call finds them.
+    keys: list[str] = field(default_factory=list)
     cancelled: bool = False  # it ended with CancelledError
     cancel_sent: bool = False  # task.cancel() returned True
 
@@ -219,6 +230,7 @@ class Run:
         plan = outcome.plan
         texts: str | list[str] = plan.texts[0] if plan.single else list(plan.texts)
         outcome.started = next(self.ticks)
+        calling = _calling.set(outcome)
         try:
             outcome.result = await self.clients[plan.client].embed(
                 model=MODEL, input=texts, dimensions=plan.dimensions, timeout=plan.timeout
@@ -228,6 +240,8 @@ class Run:
             raise
         except Exception as exc:  # judged by check_outcome
             outcome.error = exc
+        finally:
+            _calling.reset(calling)
 
     async def wave(self, wave: Wave[Plan]) -> None:
         self.shared.next_wave()

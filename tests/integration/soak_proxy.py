@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from limpet import Client, MemoryCache, TieredCache
+from limpet import Client
 from limpet.serve import ServeConfig, create_app
 from limpet.serve import app as serve_app
 from limpet.testing.endpoint import FakeEndpoint
@@ -179,10 +179,10 @@ async def serving(
     runs on when its caller hangs up), the second cancels the handler of a caller who
     hangs up, as an app embedding ``create_app`` may. Stopping them closes their Clients."""
     fleet = Fleet()
-    tiers = iter(shared.caches)
+    tiers = iter(range(len(shared.caches)))
 
     def client(**options: Any) -> Client:
-        options.update(cache=TieredCache(MemoryCache(), next(tiers)), flight=FLIGHT, retry=RETRY)
+        options.update(cache=shared.tiered(next(tiers)), flight=FLIGHT, retry=RETRY)
         fleet.clients.append(Client(**options))
         return fleet.clients[-1]
 

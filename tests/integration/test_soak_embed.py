@@ -1,7 +1,8 @@
 """A seeded soak of ``embed()``: every vector is its own input's, and nothing is left behind.
 
 The chat soak's adversary (``test_soak.py``, ``soak_adversity``), for a cache kept per
-input. Two Clients (two "processes") share one Redis (or Memcached) tier and call one
+input. Two Clients (two "processes") share one tier (Redis, Redis with an ``hmac_key``, a
+Redis Cluster or Memcached: the params of ``shared``, ``soak_tiers``) and call one
 FakeGateway, client 0 through its endpoint "a" and client 1 through "b", so the gateway
 knows who sent what. A workload drawn from ``random.Random(seed)``: waves of concurrent
 ``embed()`` calls from both Clients, each a batch of one to six texts from a pool of
@@ -9,7 +10,8 @@ near-identical ones, with repeats inside a batch and overlap across calls and Cl
 some at another ``dimensions`` (another key): hits, misses, inputs coalesced in one
 process and followed across processes. Adversity as in the chat soak: cancellations after
 random event-loop turns, tiny ``timeout=``s, the Clients' Redis connections killed, one
-Client's breaker opened mid-wave, upstream faults in some waves.
+Client's breaker opened mid-wave, upstream faults in some waves (5xx, dropped connections,
+a final 400).
 
 The oracle: the fake's vectors are a pure function of (model, text, dimensions)
 (``fake_vector``), so every vector served, whole or in an ``EmbeddingBatchError``, must
@@ -19,8 +21,8 @@ size, after it started, for distinct inputs of its own, claimed by no other call
 many inputs as its ``misses``, whose tokens are its ``usage``. Then no lease is left but
 those whose release the shared tier refused, each Client's ``Stats`` count what its
 callers saw, and a last pass of every text at each size is served from the cache by both
-Clients whenever an entry exists. Ordered by turns and by waiting on the calls, never by
-sleeping.
+Clients whenever an entry exists (signed with their key, on the signed tier). Ordered by
+turns and by waiting on the calls, never by sleeping.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ from tests.integration.soak_embed import (
 )
 from tests.integration.test_lifecycle import limpet_tasks
 
-Served = set[tuple[int, str, int | None]]  # (client, text, dimensions) given a vector
+# (client, text, dimensions, key) given a vector: the key its Client gave that input.
+Served = set[tuple[int, str, int | None, str]]
 
 
 @pytest.fixture
@@ -87,6 +90,7 @@ def check_served(run: Run, outcome: Outcome, claimed: dict[str, int]) -> None:
     sent upstream is what the gateway answered it."""
     result, plan = outcome.result, outcome.plan
     assert result is not None, f"{plan}: ended with no vectors and no error"
+    assert len(outcome.keys) == len(plan.texts), f"{plan}: keyed {outcome.keys}"
     check_vectors(plan, result.vectors)
     assert result.model == MODEL
     assert result.hits + result.misses + result.coalesced == len(plan.texts), (plan, result)
@@ -130,9 +134,9 @@ def check_outcome(run: Run, outcome: Outcome, claimed: dict[str, int], served: S
         assert isinstance(error, APITimeoutError), f"{plan}: raised {error!r}"
     else:
         raise AssertionError(f"{plan}: raised {error!r}") from error
-    for text, vector in zip(plan.texts, given, strict=False):
+    for text, key, vector in zip(plan.texts, outcome.keys, given, strict=False):
         if vector is not None:
-            served.add((plan.client, text, plan.dimensions))
+            served.add((plan.client, text, plan.dimensions, key))
 
 
 def check_stats(run: Run) -> None:
@@ -185,7 +189,7 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
     gateway, embeddings = spy
     keys, followed = spy_on_keys(monkeypatch), spy_on_follows(monkeypatch)
     waves = draw(seed)
-    a, b = (make_client(gateway, cache, ENDPOINTS[n]) for n, cache in enumerate(shared.caches))
+    a, b = (make_client(gateway, shared.tiered(n), ENDPOINTS[n]) for n in (0, 1))
     run = Run(gateway, embeddings, (a, b), shared, ticks)
     claimed: dict[str, int] = {}
     served: Served = set()
@@ -207,7 +211,7 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
         assert min(totals["hits"], totals["misses"], totals["coalesced"]) > 0, totals
         assert any(o.cancel_sent for o in run.outcomes)
         assert any(isinstance(o.error, APITimeoutError) for o in run.outcomes)
-        assert shared.killed > 0 or shared.admin is None or not any(w.kills for w in waves)
+        assert shared.killed > 0 or not shared.admins or not any(w.kills for w in waves)
         assert followed, "no input followed another process's flight"
         # Vectors a Client served though its endpoint never answered them: the other's.
         asked = {
@@ -215,7 +219,7 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
             for p in embeddings.produced.values()
             for text in p.texts
         }
-        crossed = {(c, t, d) for c, t, d in served if (c, t, size(d)) not in asked}
+        crossed = {(c, t, d) for c, t, d, _ in served if (c, t, size(d)) not in asked}
         assert crossed, "no vector went from one Client to the other"
 
         # A last pass of every input through both Clients, once every write behind has
@@ -235,7 +239,9 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
                     await run.call(outcome)
                     check_outcome(run, outcome, claimed, set())
                     assert outcome.result is not None
-                    if stored or (client, text, dimensions) in served:
+                    assert key is None or outcome.keys == [key], outcome.plan
+                    # Given under a guessed scope, it is in no tier under ``key``.
+                    if stored or (client, text, dimensions, key) in served:
                         assert outcome.result.hits == 1, (outcome.plan, stored)
                     vectors += outcome.result.vectors
                 assert vectors[0] == vectors[1], f"{text!r}: the Clients disagree"

@@ -38,7 +38,7 @@ import openai
 import pytest
 
 from tests.integration.soak import fingerprint
-from tests.integration.soak_adversity import TIER_PARAMS, WAVE_DEADLINE, Shared
+from tests.integration.soak_adversity import WAVE_DEADLINE, Shared
 from tests.integration.soak_proxy import (
     LATENCY,
     REQUESTS,
@@ -52,6 +52,7 @@ from tests.integration.soak_proxy import (
     draw,
     serving,
 )
+from tests.integration.soak_tiers import tier_params
 from tests.integration.test_lifecycle import limpet_tasks
 
 SERVED = ("hit", "miss", "coalesced")
@@ -133,7 +134,7 @@ def check_no_keys(run: Run) -> None:
             assert key.encode() not in seen, f"call {call}: tenant {tenant}'s key: {seen!r}"
 
 
-@pytest.mark.parametrize("shared", [TIER_PARAMS[0]], indirect=True)
+@pytest.mark.parametrize("shared", tier_params("redis"), indirect=True)
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_proxy_tenants_get_only_their_own_answers_and_nothing_is_left_behind(
     seed: int,

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
-from limpet.errors import CacheCorruptError, ClientClosedError
+from limpet.errors import APIError, CacheCorruptError, ClientClosedError
 from limpet.flight.broadcast import Broadcast
 from limpet.flight.shared import RedisFlight
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
+from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion, json_copy
 from limpet.pipeline.calls import Call
@@ -35,8 +36,10 @@ class StreamFlights:
     remains, whoever started it; it is cancelled when the last reader leaves, unless a
     reader of the same key is still looking in the cache (it joins on a miss). The
     assembled answer is stored only when the stream ends cleanly; a failure reaches
-    every reader and stores nothing. Upstream, it is the same stage as ``complete()``'s,
-    with a ``StreamExchange`` for the wire.
+    every reader and stores nothing (a reader that joined, and had nothing of it yet,
+    may start it again once, as a waiter of ``complete()``'s flight may retry).
+    Upstream, it is the same stage as ``complete()``'s, with a ``StreamExchange`` for the
+    wire.
     """
 
     __slots__ = (
@@ -79,7 +82,10 @@ class StreamFlights:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks for one reader; sets ``sink.completion`` after the last one (the
         Client counts it). An upstream stream this reader starts sends ``call``'s headers,
-        and starts no retry that could not end before its deadline."""
+        and starts no retry that could not end before its deadline. A reader that joined
+        another's stream, and got none of it when it failed retryably (say, queued for
+        admission past its starter's deadline), starts it again, or joins the one another
+        such reader started: once, as a waiter of ``complete()``'s flight may."""
         cache, key, decision = self._cache, request.key, request.decision
         joins = key is not None and self._joins(request)
         if key is not None and cache is not None and decision.read:
@@ -90,19 +96,28 @@ class StreamFlights:
                     yield chunk
                 sink.completion = completion_of(entry, CacheStatus.HIT, key)
                 return
-        flight = self._flights.get(key) if key is not None and joins else None
-        led = flight is None
-        if flight is None:
-            flight = self._start(request, call, joins)
-        flight.readers += 1
-        copied = flight.copied
-        try:
-            async for chunk in flight.broadcast.items():
-                yield json_copy(chunk) if copied else chunk
-        finally:
-            flight.readers -= 1
-            if flight.readers == 0 and not self._looked_for(key, flight):
-                self._drop(key, flight)
+        failed: _StreamFlight | None = None
+        while True:
+            flight = self._flights.get(key) if key is not None and joins else None
+            led = flight is None or flight is failed  # a failed one lands a moment later
+            if led:
+                flight = self._start(request, call, joins)
+            assert flight is not None
+            flight.readers += 1
+            copied, given = flight.copied, False
+            try:
+                async for chunk in flight.broadcast.items():
+                    given = True
+                    yield json_copy(chunk) if copied else chunk
+                break
+            except APIError as exc:
+                if led or given or failed is not None or not should_retry(exc):
+                    raise
+                failed = flight
+            finally:
+                flight.readers -= 1
+                if flight.readers == 0 and not self._looked_for(key, flight):
+                    self._drop(key, flight)
         sink.completion = self._completion(request, flight, led)
 
     async def _look(

@@ -1,0 +1,51 @@
+"""One caller's deadline never fails another caller who set none: an upstream stream its
+readers share carries the deadline of the reader who started it, and a reader who joined
+it tries again once when it fails retryably before giving it anything (as a waiter of
+``complete()``'s flight does). Ordered by counting requests at the gateway, which holds
+answers until the test releases them; the only clock is the hasty caller's timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from limpet import APITimeoutError, CacheStatus, Client, Endpoint, RetryConfig
+from limpet.pipeline.stream import CompletionStream
+from limpet.testing import FakeGateway
+from tests.integration.chat import ask
+
+FAST_RETRY = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
+
+
+async def read(stream: CompletionStream) -> str:
+    return "".join([chunk.content or "" async for chunk in stream])
+
+
+async def test_a_reader_without_deadline_outlives_the_deadline_of_the_stream_it_joined(
+    gateway: FakeGateway,
+) -> None:
+    # One admission slot, taken by a call the gateway holds: the stream's upstream
+    # request queues behind it, and its starter's deadline passes there. The reader who
+    # joined it set none, and must get the answer, not the starter's timeout.
+    upstream = gateway.endpoint("a")
+    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=1)
+    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
+        upstream.hold_answers()
+        blocker = asyncio.ensure_future(client.complete(**ask("Hold the only slot.")))
+        await upstream.wait_for_calls(1)
+        hasty_stream = client.stream(**ask(), timeout=0.05)
+        patient_stream = client.stream(**ask())
+        hasty = asyncio.ensure_future(read(hasty_stream))
+        patient = asyncio.ensure_future(read(patient_stream))
+        with pytest.raises(APITimeoutError):
+            await hasty
+        assert not patient.done() and upstream.calls == 1
+        upstream.release_answers()
+        await blocker
+        answer = await patient
+    assert answer
+    assert patient_stream.completion is not None
+    assert patient_stream.completion.cache is CacheStatus.MISS  # it started it again
+    assert upstream.calls == 2  # the blocker's and the patient's: the hasty's never went
+    assert client.stats.errors == 1  # the hasty reader's timeout, and nothing else
