@@ -214,3 +214,31 @@ async def test_promotion_is_bounded_and_final_errors_are_not_retried() -> None:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert calls == expected_calls
         assert all(isinstance(r, type(error)) for r in results)
+
+
+class Unsent(Flaky):
+    """A failure that never reached upstream (the leader's own deadline while queued)."""
+
+
+async def test_failures_that_free_if_accepts_use_up_no_promotion() -> None:
+    flight: SingleFlight[str] = SingleFlight(
+        retry_if=lambda exc: isinstance(exc, Flaky),
+        free_if=lambda exc: isinstance(exc, Unsent),
+    )
+    release = asyncio.Event()
+    calls = 0
+
+    async def unsent_three_times() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        if calls <= 3:
+            raise Unsent("queued past its leader's deadline")
+        return "sent at last"
+
+    tasks = [asyncio.create_task(flight.do("k", unsent_three_times)) for _ in range(5)]
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert calls == 4  # three leaders' own failures, then the fourth caller's call
+    assert all(isinstance(r, Unsent) for r in results[:3])
+    assert results[3:] == [("sent at last", True), ("sent at last", False)]

@@ -49,3 +49,61 @@ async def test_a_reader_without_deadline_outlives_the_deadline_of_the_stream_it_
     assert patient_stream.completion.cache is CacheStatus.MISS  # it started it again
     assert upstream.calls == 2  # the blocker's and the patient's: the hasty's never went
     assert client.stats.errors == 1  # the hasty reader's timeout, and nothing else
+
+
+async def test_a_caller_without_deadline_outlives_every_hasty_leader_before_it(
+    gateway: FakeGateway,
+) -> None:
+    # Two hasty callers lead the same call one after the other, and each one's deadline
+    # passes while it is queued: nothing was sent, so the caller who set no deadline
+    # tries again each time, however many there were, and gets the answer.
+    upstream = gateway.endpoint("a")
+    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=1)
+    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
+        upstream.hold_answers()
+        blocker = asyncio.ensure_future(client.complete(**ask("Hold the only slot.")))
+        await upstream.wait_for_calls(1)
+        hasty = [
+            asyncio.ensure_future(client.complete(**ask(), timeout=timeout))
+            for timeout in (0.05, 0.15)
+        ]
+        patient = asyncio.ensure_future(client.complete(**ask()))
+        for call in hasty:
+            with pytest.raises(APITimeoutError):
+                await call
+        assert not patient.done() and upstream.calls == 1
+        upstream.release_answers()
+        await blocker
+        answer = await patient
+    assert answer.cache is CacheStatus.MISS  # it led the last try itself
+    assert upstream.calls == 2  # the blocker's and the patient's: the hasty never went
+    assert client.stats.errors == 2  # the hasty callers' timeouts, and nothing else
+
+
+async def test_a_reader_without_deadline_outlives_every_hasty_starter_before_it(
+    gateway: FakeGateway,
+) -> None:
+    upstream = gateway.endpoint("a")
+    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=1)
+    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
+        upstream.hold_answers()
+        blocker = asyncio.ensure_future(client.complete(**ask("Hold the only slot.")))
+        await upstream.wait_for_calls(1)
+        hasty = [
+            asyncio.ensure_future(read(client.stream(**ask(), timeout=timeout)))
+            for timeout in (0.05, 0.15)
+        ]
+        patient_stream = client.stream(**ask())
+        patient = asyncio.ensure_future(read(patient_stream))
+        for call in hasty:
+            with pytest.raises(APITimeoutError):
+                await call
+        assert not patient.done() and upstream.calls == 1
+        upstream.release_answers()
+        await blocker
+        answer = await patient
+    assert answer
+    assert patient_stream.completion is not None
+    assert patient_stream.completion.cache is CacheStatus.MISS
+    assert upstream.calls == 2
+    assert client.stats.errors == 2

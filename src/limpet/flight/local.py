@@ -52,7 +52,9 @@ class SingleFlight(Generic[T]):
     A failure that ``retry_if`` accepts (a retryable one) may promote one waiter to try
     once more: every waiter of the failed call may start a new one, and the first to do
     so leads it while the others join it. Each waiter does this at most ``promotions``
-    times; the leader of the failed call gets its error.
+    times, not counting failures ``free_if`` accepts (the leader's own deadline ended a
+    call that never reached upstream: a waiter that set none must not pay for it); the
+    leader of the failed call gets its error.
 
     A caller bounds its own wait (``asyncio.timeout`` around ``do``): when it expires,
     that caller leaves and the call goes on for the others.
@@ -62,13 +64,14 @@ class SingleFlight(Generic[T]):
             (and fill the cache) in the background.
         retry_if: which failures a waiter may retry; None: none.
         promotions: how often one waiter may retry.
+        free_if: which of those a waiter retries without using up a promotion.
 
     Example:
         >>> flight: SingleFlight[bytes] = SingleFlight()
         >>> body, led = await flight.do(key, lambda: fetch(key))
     """
 
-    __slots__ = ("_flights", "_running", "cancel_orphans", "promotions", "retry_if")
+    __slots__ = ("_flights", "_running", "cancel_orphans", "free_if", "promotions", "retry_if")
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class SingleFlight(Generic[T]):
         cancel_orphans: bool = True,
         retry_if: Callable[[BaseException], bool] | None = None,
         promotions: int = 1,
+        free_if: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self._flights: dict[str, _Flight[T]] = {}
         # Every call not yet done, forgotten ones included (a cancelled orphan unwinding).
@@ -83,6 +87,7 @@ class SingleFlight(Generic[T]):
         self.cancel_orphans = cancel_orphans
         self.retry_if = retry_if
         self.promotions = promotions
+        self.free_if = free_if
 
     def __len__(self) -> int:
         """Keys in flight."""
@@ -119,9 +124,12 @@ class SingleFlight(Generic[T]):
                 self._left(key, flight, waiter)
                 raise
             except Exception as exc:
-                if leader or promotions <= 0 or not (self.retry_if and self.retry_if(exc)):
+                if leader or not (self.retry_if and self.retry_if(exc)):
                     raise
-                promotions -= 1
+                if not (self.free_if and self.free_if(exc)):
+                    if promotions <= 0:
+                        raise
+                    promotions -= 1
                 continue
             return result, leader
 

@@ -24,7 +24,7 @@ from limpet.errors import APIStatusError, APITimeoutError
 from limpet.http.admission_slots import REFUSALS
 from limpet.http.retry import backoff_delay, should_retry
 
-__all__ = ["QueuedTooLong", "Retrier"]
+__all__ = ["QueuedTooLong", "Retrier", "never_sent"]
 
 logger = logging.getLogger("limpet.transport")
 
@@ -36,6 +36,13 @@ AttemptFn = Callable[[bool], Awaitable[T]]
 
 class QueuedTooLong(APITimeoutError):
     """The call could not be admitted before its deadline; final, never retried."""
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` ended a call for its caller's own deadline, while it waited to be
+    sent (``QueuedTooLong``): nothing upstream failed, so a caller who shared the call
+    and set no deadline may try again at no cost."""
+    return isinstance(exc, QueuedTooLong)
 
 
 class Retrier:

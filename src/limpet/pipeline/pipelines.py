@@ -12,6 +12,7 @@ from limpet.config import FlightConfig
 from limpet.flight.local import SingleFlight
 from limpet.flight.shared import FlightStore, RedisFlight
 from limpet.http.retry import should_retry
+from limpet.http.retrying import never_sent
 from limpet.http.transport import Transport
 from limpet.observe.recorder import Recorder
 from limpet.observe.stats import Stats
@@ -67,7 +68,7 @@ class Pipelines:
 
         upstream = Upstream(router, Accounting(prices), stats, mark)
         local: SingleFlight[Filled] | None = (
-            SingleFlight(retry_if=should_retry) if coalesce else None
+            SingleFlight(retry_if=should_retry, free_if=never_sent) if coalesce else None
         )
         self.chat = ChatPipeline(
             cache=cache,

@@ -16,6 +16,7 @@ from limpet.flight.shared import RedisFlight
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
 from limpet.http.retry import should_retry
+from limpet.http.retrying import never_sent
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion, json_copy
 from limpet.pipeline.calls import Call
@@ -111,7 +112,8 @@ class StreamFlights:
                     yield json_copy(chunk) if copied else chunk
                 break
             except APIError as exc:
-                if led or given or failed is not None or not should_retry(exc):
+                again = failed is None or never_sent(exc)  # once, or never sent at all
+                if led or given or not again or not should_retry(exc):
                     raise
                 failed = flight
             finally:
