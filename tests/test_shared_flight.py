@@ -15,7 +15,8 @@ import pytest
 
 from limpet.config import FlightConfig
 from limpet.errors import CacheRejectedError, CacheUnavailableError, InternalServerError
-from limpet.flight.shared import FlightNotice, RedisFlight
+from limpet.flight.shared import RedisFlight
+from limpet.flight.store import FlightNotice
 
 KEY = "k"
 # Short, so a follower takes a lease nobody renews over at once (it polls every 10 ms).

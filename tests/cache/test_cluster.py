@@ -22,7 +22,7 @@ from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError, ConfigurationError
-from limpet.flight.shared import FlightNotice, FlightOutcome
+from limpet.flight.store import FlightNotice, FlightOutcome
 from limpet.testing import FakeGateway
 from tests.cluster_servers import RedisClusterServers
 from tests.fakes import FakeClock

@@ -19,7 +19,7 @@ from limpet.cache.generations import GenerationStore
 from limpet.cache.memcached.backend import MemcachedCache
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
-from limpet.flight.shared import FlightStore
+from limpet.flight.store import FlightStore
 from limpet.routing.affinity import RedisTier
 from tests.fakes import FakeClock
 from tests.redis_servers import eventually

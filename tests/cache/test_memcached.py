@@ -27,7 +27,7 @@ from limpet.cache.memcached.backend import (
 )
 from limpet.cache.memcached.leases import MemcachedFlightStore, _lease_exptime
 from limpet.errors import CacheUnavailableError, ConfigurationError, RateLimitError
-from limpet.flight.shared import FlightNotice, FlightOutcome, FlightStore
+from limpet.flight.store import FlightNotice, FlightOutcome, FlightStore
 from tests.memcached_servers import MemcachedServer
 
 # For tests about what is stored, not about speed: a busy machine must not time them out.

@@ -23,7 +23,8 @@ from limpet import FlightConfig
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError, InternalServerError
-from limpet.flight.shared import FlightStore, RedisFlight
+from limpet.flight.shared import RedisFlight
+from limpet.flight.store import FlightStore
 from tests.redis_servers import RedisProxy, state
 
 pytestmark = pytest.mark.redis

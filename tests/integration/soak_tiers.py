@@ -24,7 +24,7 @@ from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.memcached.leases import MemcachedFlightStore
 from limpet.cache.redis.leases import RedisFlightStore
 from limpet.errors import CacheUnavailableError
-from limpet.flight.shared import FlightNotice
+from limpet.flight.store import FlightNotice
 from tests.cluster_servers import RedisClusterServers
 from tests.fakes import FakeClock
 from tests.integration.soak_adversity import COOLDOWN, Shared

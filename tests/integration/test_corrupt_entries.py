@@ -16,7 +16,7 @@ import redis.asyncio
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet.cache.base import CacheEntry, EntryCodec
-from limpet.flight.shared import FlightNotice, FlightOutcome
+from limpet.flight.store import FlightNotice, FlightOutcome
 from limpet.http.chunks import StreamChunk
 from limpet.models import Usage
 from limpet.pipeline.stream import CompletionStream

@@ -14,7 +14,7 @@ import redis.asyncio
 from limpet.cache.base import ENTRY_FORMAT
 from limpet.cache.sealing import Seal
 from limpet.errors import CacheCorruptError
-from limpet.flight.shared import FlightNotice, FlightOutcome
+from limpet.flight.store import FlightNotice, FlightOutcome
 from tests.integration.soak_adversity import Shared
 from tests.integration.soak_tiers import tier_params
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     from limpet.cache.breaker import BreakerState
-    from limpet.flight.shared import FlightStore
+    from limpet.flight.store import FlightStore
 
 __all__ = [
     "UNDECLARED",

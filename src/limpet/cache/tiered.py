@@ -27,7 +27,7 @@ from limpet.errors import CacheCorruptError, CacheUnavailableError, Configuratio
 if TYPE_CHECKING:
     from limpet.cache.generations import GenerationStore
     from limpet.cache.redis.backend import RedisCache
-    from limpet.flight.shared import FlightStore
+    from limpet.flight.store import FlightStore
 
 __all__ = ["DEFAULT_MAX_ENTRY_BYTES", "TierStats", "TieredCache"]
 

@@ -10,7 +10,8 @@ from typing import Any
 from limpet.cache.tiered import TieredCache
 from limpet.config import FlightConfig
 from limpet.flight.local import SingleFlight
-from limpet.flight.shared import FlightStore, RedisFlight
+from limpet.flight.shared import RedisFlight
+from limpet.flight.store import FlightStore
 from limpet.http.retry import should_retry
 from limpet.http.retrying import never_sent
 from limpet.http.transport import Transport

@@ -14,7 +14,7 @@ from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import AdmissionConfig, Endpoint, default_base_url
 from limpet.errors import ConfigurationError, InvalidRequestError
-from limpet.flight.shared import FlightStore
+from limpet.flight.store import FlightStore
 from limpet.observe.events import EventHook
 from limpet.pipeline.credentials import CACHE_SCOPES
 from limpet.pipeline.validation import validate_ttl

@@ -37,7 +37,7 @@ import orjson
 from limpet.cache.memcached.keys import RELATIVE_TTL_LIMIT, memcached_expiry
 from limpet.cache.notices import error_fields, error_from_fields
 from limpet.errors import CacheUnavailableError
-from limpet.flight.shared import FlightNotice, FlightOutcome
+from limpet.flight.store import FlightNotice, FlightOutcome
 
 if TYPE_CHECKING:
     from limpet.cache.memcached.backend import MemcachedCache

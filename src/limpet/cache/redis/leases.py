@@ -31,7 +31,7 @@ import orjson
 
 from limpet.cache.notices import error_fields, error_from_fields
 from limpet.errors import CacheUnavailableError
-from limpet.flight.shared import FlightNotice, FlightOutcome
+from limpet.flight.store import FlightNotice, FlightOutcome
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
