@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from limpet.cache.redis.backend import RedisCache
@@ -30,6 +30,7 @@ __all__ = [
     "RedisServer",
     "eventually",
     "free_port",
+    "named",
     "redis_answers",
     "state",
 ]
@@ -321,3 +322,12 @@ class RedisProxy:
             pass
         finally:
             writer.close()
+
+
+def named(url: str, name: str) -> str:
+    """``url`` with a ``client_name`` every connection of its pool announces (CLIENT
+    SETNAME; on a cluster, every connection to every node), so that only this test's
+    connections are ever killed."""
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query), ("client_name", name)]
+    return urlunsplit(parts._replace(query=urlencode(query)))

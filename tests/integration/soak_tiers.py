@@ -14,7 +14,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio
@@ -28,20 +27,12 @@ from limpet.flight.store import FlightNotice
 from tests.cluster_servers import RedisClusterServers
 from tests.fakes import FakeClock
 from tests.integration.soak_adversity import COOLDOWN, Shared
+from tests.redis_servers import named
 
 # Generous: these soaks are about what is served, not speed; a loaded machine must not
 # turn a slow reply into an outage nothing drew.
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 HMAC_KEY = b"limpet soak fleet key"
-
-
-def named(url: str, name: str) -> str:
-    """``url`` with a ``client_name`` every connection of its pool announces (CLIENT
-    SETNAME; on a cluster, every connection to every node), so that only this test's
-    connections are ever killed."""
-    parts = urlsplit(url)
-    query = [*parse_qsl(parts.query), ("client_name", name)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def breaker(clock: FakeClock) -> CircuitBreaker:
