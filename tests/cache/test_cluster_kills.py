@@ -6,6 +6,7 @@ for a single server's pipeline."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
@@ -17,48 +18,57 @@ from tests.redis_servers import named
 pytestmark = pytest.mark.cluster
 
 
-async def kill_named(cluster: RedisClusterServers, name: str) -> int:
-    killed = 0
+async def killed(cluster: RedisClusterServers, name: str) -> None:
+    """Every connection named ``name``, on every node, killed while it sits idle."""
+    count = 0
     for port in cluster.ports:
         async with redis.asyncio.Redis(port=port) as admin:
             for found in await admin.client_list():
                 if found.get("name") == name:
-                    killed += bool(await admin.client_kill_filter(_id=found["id"]))
-    return killed
+                    count += bool(await admin.client_kill_filter(_id=found["id"]))
+    assert count >= len(cluster.ports)
+
+
+@pytest.fixture
+def name() -> str:
+    """The name the cache's connections announce, so the test kills them and them only."""
+    return f"limpet-kills-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def cache(
+    redis_cluster: RedisClusterServers, cluster_prefix: str, name: str
+) -> AsyncIterator[RedisCache]:
+    url = named(redis_cluster.url.replace("redis://", "redis+cluster://", 1), name)
+    async with RedisCache.from_url(
+        url, prefix=cluster_prefix, read_timeout=1.0, write_timeout=1.0
+    ) as cache:
+        yield cache
+
+
+KEYS = [f"key-{i}" for i in range(60)]  # on every node
 
 
 async def test_writes_after_every_connection_was_killed_all_land(
-    redis_cluster: RedisClusterServers, cluster_prefix: str
+    redis_cluster: RedisClusterServers, cache: RedisCache, name: str
 ) -> None:
-    name = f"limpet-kills-{uuid.uuid4().hex[:12]}"
-    url = named(redis_cluster.url.replace("redis://", "redis+cluster://", 1), name)
-    keys = [f"key-{i}" for i in range(60)]  # on every node
-    async with RedisCache.from_url(
-        url, prefix=cluster_prefix, read_timeout=1.0, write_timeout=1.0
-    ) as cache:
-        for key in keys:
-            await cache.set(key, b"first", 60)
-        await cache.flush()
-        assert await kill_named(redis_cluster, name) >= len(redis_cluster.ports)
-        for key in keys:
-            await cache.set(key, b"second", 60)
-        await cache.flush()
-        assert cache.failed_writes == 0
-        assert [await cache.get(key) for key in keys] == [b"second"] * len(keys)
+    for key in KEYS:
+        await cache.set(key, b"first", 60)
+    await cache.flush()
+    await killed(redis_cluster, name)
+    for key in KEYS:
+        await cache.set(key, b"second", 60)
+    await cache.flush()
+    assert cache.failed_writes == 0
+    assert [await cache.get(key) for key in KEYS] == [b"second"] * len(KEYS)
 
 
 async def test_reads_after_every_connection_was_killed_are_served(
-    redis_cluster: RedisClusterServers, cluster_prefix: str
+    redis_cluster: RedisClusterServers, cache: RedisCache, name: str
 ) -> None:
-    name = f"limpet-kills-{uuid.uuid4().hex[:12]}"
-    url = named(redis_cluster.url.replace("redis://", "redis+cluster://", 1), name)
-    keys = [f"key-{i}" for i in range(60)]
-    async with RedisCache.from_url(
-        url, prefix=cluster_prefix, read_timeout=1.0, write_timeout=1.0
-    ) as cache:
-        for key in keys:
-            await cache.set(key, b"stored", 60)
-        await cache.flush()
-        assert await kill_named(redis_cluster, name) >= len(redis_cluster.ports)
-        assert [await cache.get(key) for key in keys] == [b"stored"] * len(keys)
-        assert cache.breaker.state == "closed"
+    for key in KEYS:
+        await cache.set(key, b"stored", 60)
+    await cache.flush()
+    await killed(redis_cluster, name)
+    assert [await cache.get(key) for key in KEYS] == [b"stored"] * len(KEYS)
+    assert cache.breaker.state == "closed"
