@@ -1,8 +1,10 @@
 """One caller's deadline never fails another caller who set none: an upstream stream its
 readers share carries the deadline of the reader who started it, and a reader who joined
-it tries again once when it fails retryably before giving it anything (as a waiter of
-``complete()``'s flight does). Ordered by counting requests at the gateway, which holds
-answers until the test releases them; the only clock is the hasty caller's timeout."""
+it tries again when it fails retryably before giving it anything (as a waiter of
+``complete()``'s flight does), as often as a hasty leader's failure sent nothing upstream.
+The only admission slot is held (``held_slot``); ordered by counting requests at the
+gateway, which holds answers until the test releases them; the only clocks are the hasty
+callers' timeouts."""
 
 from __future__ import annotations
 
@@ -10,12 +12,11 @@ import asyncio
 
 import pytest
 
-from limpet import APITimeoutError, CacheStatus, Client, Endpoint, RetryConfig
+from limpet import APITimeoutError, CacheStatus
 from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
-
-FAST_RETRY = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
+from tests.integration.held_slot import held_slot
 
 
 async def read(stream: CompletionStream) -> str:
@@ -28,12 +29,8 @@ async def test_a_reader_without_deadline_outlives_the_deadline_of_the_stream_it_
     # One admission slot, taken by a call the gateway holds: the stream's upstream
     # request queues behind it, and its starter's deadline passes there. The reader who
     # joined it set none, and must get the answer, not the starter's timeout.
-    upstream = gateway.endpoint("a")
-    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=1)
-    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
-        upstream.hold_answers()
-        blocker = asyncio.ensure_future(client.complete(**ask("Hold the only slot.")))
-        await upstream.wait_for_calls(1)
+    async with held_slot(gateway) as slot:
+        client, upstream = slot.client, slot.upstream
         hasty_stream = client.stream(**ask(), timeout=0.05)
         patient_stream = client.stream(**ask())
         hasty = asyncio.ensure_future(read(hasty_stream))
@@ -41,8 +38,7 @@ async def test_a_reader_without_deadline_outlives_the_deadline_of_the_stream_it_
         with pytest.raises(APITimeoutError):
             await hasty
         assert not patient.done() and upstream.calls == 1
-        upstream.release_answers()
-        await blocker
+        await slot.release()
         answer = await patient
     assert answer
     assert patient_stream.completion is not None
@@ -57,12 +53,8 @@ async def test_a_caller_without_deadline_outlives_every_hasty_leader_before_it(
     # Two hasty callers lead the same call one after the other, and each one's deadline
     # passes while it is queued: nothing was sent, so the caller who set no deadline
     # tries again each time, however many there were, and gets the answer.
-    upstream = gateway.endpoint("a")
-    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=1)
-    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
-        upstream.hold_answers()
-        blocker = asyncio.ensure_future(client.complete(**ask("Hold the only slot.")))
-        await upstream.wait_for_calls(1)
+    async with held_slot(gateway) as slot:
+        client, upstream = slot.client, slot.upstream
         hasty = [
             asyncio.ensure_future(client.complete(**ask(), timeout=timeout))
             for timeout in (0.05, 0.15)
@@ -72,8 +64,7 @@ async def test_a_caller_without_deadline_outlives_every_hasty_leader_before_it(
             with pytest.raises(APITimeoutError):
                 await call
         assert not patient.done() and upstream.calls == 1
-        upstream.release_answers()
-        await blocker
+        await slot.release()
         answer = await patient
     assert answer.cache is CacheStatus.MISS  # it led the last try itself
     assert upstream.calls == 2  # the blocker's and the patient's: the hasty never went
@@ -83,12 +74,8 @@ async def test_a_caller_without_deadline_outlives_every_hasty_leader_before_it(
 async def test_a_reader_without_deadline_outlives_every_hasty_starter_before_it(
     gateway: FakeGateway,
 ) -> None:
-    upstream = gateway.endpoint("a")
-    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=1)
-    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
-        upstream.hold_answers()
-        blocker = asyncio.ensure_future(client.complete(**ask("Hold the only slot.")))
-        await upstream.wait_for_calls(1)
+    async with held_slot(gateway) as slot:
+        client, upstream = slot.client, slot.upstream
         hasty = [
             asyncio.ensure_future(read(client.stream(**ask(), timeout=timeout)))
             for timeout in (0.05, 0.15)
@@ -99,8 +86,7 @@ async def test_a_reader_without_deadline_outlives_every_hasty_starter_before_it(
             with pytest.raises(APITimeoutError):
                 await call
         assert not patient.done() and upstream.calls == 1
-        upstream.release_answers()
-        await blocker
+        await slot.release()
         answer = await patient
     assert answer
     assert patient_stream.completion is not None

@@ -35,7 +35,7 @@ from limpet.flight.shared import RedisFlight
 from limpet.observe.events import CallEvent
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
-from tests.integration.chat import ask
+from tests.integration.held_slot import held_slot
 
 MODEL = "openai/text-embedding-3-small"
 FAST_RETRY = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
@@ -474,19 +474,14 @@ async def test_an_input_awaited_by_a_call_without_deadline_outlives_its_senders_
     # One admission slot, taken by a chat call the gateway holds: the embedding request
     # for "x" queues behind it. Its sender's deadline passes meanwhile; the caller that
     # awaits "x" too set none, and must get the vector, not the sender's timeout.
-    upstream = gateway.endpoint("a")
-    endpoint = Endpoint("a", gateway.base_url("a"), max_in_flight=1)
-    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
-        upstream.hold_answers()
-        blocker = asyncio.ensure_future(client.complete(**ask()))
-        await upstream.wait_for_calls(1)
+    async with held_slot(gateway) as slot:
+        client = slot.client
         hasty = asyncio.ensure_future(client.embed(model=MODEL, input=["x"], timeout=0.05))
         patient = asyncio.ensure_future(client.embed(model=MODEL, input=["x"]))
         with pytest.raises(APITimeoutError):
             await hasty
         assert not patient.done() and gateway.embeddings.calls == 0
-        upstream.release_answers()
-        await blocker
+        await slot.release()
         e = await patient
     assert e.vectors == [fake_vector(MODEL, "x")]
     assert (e.hits, e.misses, e.coalesced) == (0, 0, 1)  # it awaited the hasty call's send
