@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limpet.cache.memory import MemoryCache
 from limpet.errors import ConfigurationError
@@ -79,3 +85,60 @@ async def test_delete_and_clear() -> None:
 def test_bounds_are_validated(field: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=f"MemoryCache.{field}"):
         MemoryCache(**{field: value})  # type: ignore[arg-type]
+
+
+# One step of the model test: ("set", key, size, ttl) | ("get", key) | ("delete", key) |
+# ("advance", seconds).
+_steps = st.one_of(
+    st.tuples(
+        st.just("set"),
+        st.sampled_from("abcdef"),
+        st.integers(0, 40),
+        st.sampled_from([-1.0, 0.0, 1.0, 5.0]),
+    ),
+    st.tuples(st.just("get"), st.sampled_from("abcdef")),
+    st.tuples(st.just("delete"), st.sampled_from("abcdef")),
+    st.tuples(st.just("advance"), st.sampled_from([0.5, 1.0, 3.0])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_steps, max_size=60), max_entries=st.integers(1, 4))
+def test_behaves_as_a_plain_lru_with_ttls(steps: list[tuple[Any, ...]], max_entries: int) -> None:
+    """Every read, the entry count and the byte count agree with a plain model (an
+    OrderedDict of key -> (expires_at, value), the least recently used first), whatever
+    sets, reads, deletes and passing time come in what order."""
+    clock = FakeClock()
+    cache = MemoryCache(max_entries=max_entries, max_bytes=64, clock=clock)
+    model: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+    for n, step in enumerate(steps):
+        if step[0] == "set":
+            _, key, size, ttl = step
+            value = bytes([n % 256]) * size
+            cache.set_now(key, value, ttl)
+            model.pop(key, None)
+            if ttl > 0 and len(key) + size <= 64:
+                model[key] = (clock() + ttl, value)
+                while (
+                    len(model) > max_entries
+                    or sum(len(k) + len(v) for k, (_, v) in model.items()) > 64
+                ):
+                    model.popitem(last=False)
+        elif step[0] == "get":
+            key = step[1]
+            item = model.get(key)
+            expected = None
+            if item is not None and item[0] > clock():
+                expected = item[1]
+                model.move_to_end(key)
+            elif item is not None:
+                del model[key]
+            assert cache.get_now(key) == expected
+        elif step[0] == "delete":
+            asyncio.run(cache.delete(step[1]))
+            model.pop(step[1], None)
+        else:
+            clock.advance(step[1])
+        assert len(cache) == len(model)
+        assert cache._expiry.keys() == cache._entries.keys()  # no expiry left behind
+        assert cache.nbytes == sum(len(k) + len(v) for k, (_, v) in model.items())

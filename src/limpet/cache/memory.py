@@ -32,7 +32,7 @@ class MemoryCache:
         >>> client = Client(cache=MemoryCache(max_entries=50_000, max_bytes=512 << 20))
     """
 
-    __slots__ = ("_bytes", "_clock", "_entries", "max_bytes", "max_entries")
+    __slots__ = ("_bytes", "_clock", "_entries", "_expiry", "max_bytes", "max_entries")
 
     #: Answers in-process without I/O: the Client reads it before coalescing a miss.
     capabilities: ClassVar[TierCapabilities] = TierCapabilities(local=True)
@@ -50,7 +50,12 @@ class MemoryCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # Values and their expiry times apart, not a (time, value) tuple per entry: storing
+        # an answer then allocates no object the garbage collector tracks. Every one it
+        # does counts towards its next pass, and a miss stores one answer: at concurrency
+        # 50 the tuple made the collector pass about twice as often (benchmarks/peers).
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._expiry: dict[str, float] = {}
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -72,11 +77,10 @@ class MemoryCache:
 
     def get_now(self, key: str) -> bytes | None:
         """``get()`` without a coroutine: ``TieredCache`` reads the hit path's tiers so."""
-        item = self._entries.get(key)
-        if item is None:
+        value = self._entries.get(key)
+        if value is None:
             return None
-        expires_at, value = item
-        if expires_at <= self._clock():
+        if self._expiry[key] <= self._clock():
             self._discard(key)
             return None
         self._entries.move_to_end(key)
@@ -91,10 +95,12 @@ class MemoryCache:
         size = len(key) + len(value)
         if size > self.max_bytes or ttl <= 0:
             return
-        self._entries[key] = (self._clock() + ttl, value)
+        self._entries[key] = value
+        self._expiry[key] = self._clock() + ttl
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            oldest, (_, old_value) = self._entries.popitem(last=False)
+            oldest, old_value = self._entries.popitem(last=False)
+            del self._expiry[oldest]
             self._bytes -= len(oldest) + len(old_value)
 
     async def delete(self, key: str) -> None:
@@ -102,12 +108,14 @@ class MemoryCache:
 
     async def clear(self) -> None:
         self._entries.clear()
+        self._expiry.clear()
         self._bytes = 0
 
     async def aclose(self) -> None:
         await self.clear()
 
     def _discard(self, key: str) -> None:
-        item = self._entries.pop(key, None)
-        if item is not None:
-            self._bytes -= len(key) + len(item[1])
+        value = self._entries.pop(key, None)
+        if value is not None:
+            del self._expiry[key]
+            self._bytes -= len(key) + len(value)
