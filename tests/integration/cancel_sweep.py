@@ -48,6 +48,13 @@ from tests.integration.soak_adversity import landed
 from tests.integration.test_lifecycle import limpet_tasks
 
 TierName = Literal["memory", "redis", "memcached"]
+# The tier setups, for ``pytest.mark.parametrize("world", TIERS, indirect=True)``.
+TIERS = [
+    pytest.param("memory"),
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("memcached", marks=pytest.mark.memcached),
+]
+SHARED_TIERS = TIERS[1:]
 SharedTier = RedisCache | MemcachedCache
 
 # Leases, follower waits and failure guards far longer than a round takes: only what a

@@ -9,7 +9,9 @@ needs another gateway says how with the ``gateway`` marker, whose keyword argume
 The request the tests send is :func:`tests.integration.chat.ask`; fake clocks are in
 ``tests/fakes.py``. The soaks (``test_soak*.py``) share ``shared``, the shared tier of their
 two Clients (Redis; Redis with an ``hmac_key``; a Redis Cluster; Memcached: see
-``soak_tiers``), and ``ticks``, the counter that orders their events.
+``soak_tiers``), and ``ticks``, the counter that orders their events. The cancellation
+sweep and the one-tick storms share ``world``, a ``Sweep`` on the tier setup the test is
+parametrized with (``cancel_sweep.TIERS``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from typing import Any
 
 import pytest
 
-from limpet.testing import FakeGateway
-from tests.integration.soak_adversity import Shared
-from tests.integration.soak_tiers import TIER_PARAMS, soak_tier
+# Before it is imported: its checks say what they found when they fail.
+pytest.register_assert_rewrite("tests.integration.cancel_sweep")
+
+from limpet.testing import FakeGateway  # noqa: E402
+from tests.integration.cancel_sweep import Sweep, open_sweep  # noqa: E402
+from tests.integration.soak_adversity import Shared  # noqa: E402
+from tests.integration.soak_tiers import TIER_PARAMS, soak_tier  # noqa: E402
 
 
 @pytest.fixture
@@ -50,3 +56,16 @@ async def shared(
 def ticks() -> Iterator[int]:
     """The soaks' event counter: when each call started and each answer was produced."""
     return itertools.count()
+
+
+@pytest.fixture
+async def world(
+    request: pytest.FixtureRequest,
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> AsyncIterator[Sweep]:
+    """The ``Sweep`` of one test, on the tier setup it is parametrized with
+    (``@pytest.mark.parametrize("world", TIERS, indirect=True)``)."""
+    async with open_sweep(request.param, request, gateway, monkeypatch, caplog) as found:
+        yield found

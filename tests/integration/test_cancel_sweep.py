@@ -30,50 +30,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
 
 import pytest
 
-# Before it is imported: its checks say what they found when they fail.
-pytest.register_assert_rewrite("tests.integration.cancel_sweep")
-
-from limpet import CacheStatus, Client, Completion  # noqa: E402
-from limpet.http.chunks import StreamChunk  # noqa: E402
-from limpet.pipeline.stream import CompletionStream  # noqa: E402
-from limpet.testing import FakeGateway  # noqa: E402
-from tests.integration.cancel_sweep import (  # noqa: E402
+from limpet import CacheStatus, Client, Completion
+from limpet.http.chunks import StreamChunk
+from limpet.pipeline.stream import CompletionStream
+from tests.integration.cancel_sweep import (
     EMBED_MODEL,
     LONG,
+    SHARED_TIERS,
+    TIERS,
     Counts,
     Sweep,
     cancel_after,
     ended,
     key_of,
-    open_sweep,
     sweep,
     warm,
 )
-from tests.integration.chat import ask  # noqa: E402
+from tests.integration.chat import ask
 
-TIERS = [
-    pytest.param("memory"),
-    pytest.param("redis", marks=pytest.mark.redis),
-    pytest.param("memcached", marks=pytest.mark.memcached),
-]
-SHARED_TIERS = TIERS[1:]
 # How a reader of a stream another reader started may be served.
 SHARED_STATUSES = {CacheStatus.MISS, CacheStatus.COALESCED, CacheStatus.HIT}
-
-
-@pytest.fixture
-async def world(
-    request: pytest.FixtureRequest,
-    gateway: FakeGateway,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> AsyncIterator[Sweep]:
-    async with open_sweep(request.param, request, gateway, monkeypatch, caplog) as found:
-        yield found
 
 
 async def read(stream: CompletionStream, into: list[StreamChunk]) -> Completion | None:
