@@ -196,6 +196,31 @@ async def test_several_servers_share_the_keys(
             assert 10 < len(held) < 90  # each server holds a share, not all or nothing
 
 
+@pytest.mark.memcached
+@pytest.mark.parametrize("servers", [1, 2])
+async def test_a_burst_of_reads_is_batched_and_each_reader_gets_its_own_keys_value(
+    memcached_server_factory: Callable[..., MemcachedServer], servers: int
+) -> None:
+    # 3,000 readers in one loop turn over 400 keys, 100 of them absent, on one server
+    # and on two: a few multi-key gets, not a get per reader, and every reader gets the
+    # value of its own key (a batch's values are matched to its keys by key, never by
+    # position in the reply), or None.
+    started = [memcached_server_factory() for _ in range(servers)]
+    url = "memcached://" + ",".join(f"127.0.0.1:{s.port}" for s in started)
+    async with MemcachedCache.from_url(url, **PATIENT) as mc:
+        for i in range(300):
+            await mc.set(f"k{i}", b"value of %d" % i, 60)
+        await mc.flush()
+        assert mc.failed_writes == 0
+        keys = [f"k{(7 * n) % 400}" for n in range(3_000)]
+        found = await asyncio.gather(*(mc.get(key) for key in keys))
+        for key, value in zip(keys, found, strict=True):
+            i = int(key[1:])
+            assert value == (b"value of %d" % i if i < 300 else None), key
+        assert 0 < mc._reads.batches < 100
+        assert mc.breaker_state == "closed"
+
+
 # -- generations ---------------------------------------------------------------------------
 
 

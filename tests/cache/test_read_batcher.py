@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from limpet.cache.redis.reads import ReadBatcher
+from limpet.cache.reads import ReadBatcher
 from limpet.errors import CacheUnavailableError
 
 
@@ -43,7 +43,7 @@ async def started(task: asyncio.Task[object], store: Store) -> None:
 
 async def test_reads_of_the_key_read_alone_share_its_one_round_trip() -> None:
     store = Store({"k": b"v"})
-    reads = ReadBatcher(store.fetch_one, store.fetch_many)
+    reads = ReadBatcher(store.fetch_one, store.fetch_many, kind="Redis")
     first = asyncio.ensure_future(reads.get("k"))
     await started(first, store)
     others = [asyncio.ensure_future(reads.get("k")) for _ in range(20)]
@@ -54,7 +54,7 @@ async def test_reads_of_the_key_read_alone_share_its_one_round_trip() -> None:
 
 async def test_reads_of_other_keys_meanwhile_still_go_in_one_batch() -> None:
     store = Store({"k": b"v", "j": b"w"})
-    reads = ReadBatcher(store.fetch_one, store.fetch_many)
+    reads = ReadBatcher(store.fetch_one, store.fetch_many, kind="Redis")
     first = asyncio.ensure_future(reads.get("k"))
     await started(first, store)
     others = [asyncio.ensure_future(reads.get(key)) for key in "jjk"]
@@ -66,7 +66,7 @@ async def test_reads_of_other_keys_meanwhile_still_go_in_one_batch() -> None:
 async def test_a_failed_lone_read_fails_those_that_joined_it_alike() -> None:
     store = Store({"k": b"v"})
     store.fail = CacheUnavailableError("down")
-    reads = ReadBatcher(store.fetch_one, store.fetch_many)
+    reads = ReadBatcher(store.fetch_one, store.fetch_many, kind="Redis")
     first = asyncio.ensure_future(reads.get("k"))
     await started(first, store)
     joined = asyncio.ensure_future(reads.get("k"))
@@ -78,7 +78,7 @@ async def test_a_failed_lone_read_fails_those_that_joined_it_alike() -> None:
 
 async def test_a_cancelled_lone_reader_leaves_those_that_joined_it_to_a_batch() -> None:
     store = Store({"k": b"v"})
-    reads = ReadBatcher(store.fetch_one, store.fetch_many)
+    reads = ReadBatcher(store.fetch_one, store.fetch_many, kind="Redis")
     first = asyncio.ensure_future(reads.get("k"))
     await started(first, store)
     joined = [asyncio.ensure_future(reads.get("k")) for _ in range(3)]

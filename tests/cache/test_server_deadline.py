@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from limpet.cache.budget import Watchdog
-from limpet.cache.redis.reads import server_deadline
+from limpet.cache.budget import Watchdog, server_deadline
 
 
 async def test_a_spent_budget_ends_the_block_with_timeout_error() -> None:

@@ -50,6 +50,7 @@ from limpet.cache.memcached.keys import (
 )
 from limpet.cache.memcached.servers import flush_all_servers, read_server_stats
 from limpet.cache.memcached.writes import WRITE_BATCH, concurrent_writes
+from limpet.cache.reads import ReadBatcher
 from limpet.cache.remote import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_PENDING_WRITES,
@@ -122,7 +123,7 @@ class MemcachedCache(RemoteCache):
         >>> cache = TieredCache(MemoryCache(), MemcachedCache.from_url("memcached://mc:11211"))
     """
 
-    __slots__ = ("_connector", "_counters", "_flights", "_oversized", "max_value_size")
+    __slots__ = ("_connector", "_counters", "_flights", "_oversized", "_reads", "max_value_size")
 
     capabilities: ClassVar[TierCapabilities] = TierCapabilities(
         shared=True, generations=True, leases=True, breaker=True
@@ -168,6 +169,9 @@ class MemcachedCache(RemoteCache):
         )
         self._counters = GenerationCounters(self)
         self._flights: MemcachedFlightStore | None = None
+        # Batched with the reads of concurrent callers: a burst is a few multi-key gets,
+        # not one get (and one pooled connection, one task) per caller.
+        self._reads = ReadBatcher(self._get_one, self._get_many, kind="Memcached")
 
     @classmethod
     def from_url(
@@ -244,12 +248,19 @@ class MemcachedCache(RemoteCache):
         Raises:
             CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.
         """
-        full = safe_key(self.prefix, "e:", key)
-        queued, value = self._queued(full.decode())
+        full = safe_key(self.prefix, "e:", key).decode()
+        queued, value = self._queued(full)
         if queued:
             return value
-        item = await self.run("get", self.read_timeout, partial(_get_item, key=full))
-        return None if item is None else bytes(item.value)
+        self._check_open()
+        return await self._reads.get(full)
+
+    def _get_one(self, full: str) -> Awaitable[bytes | None]:
+        return self.run("get", self.read_timeout, partial(_get_value, key=full.encode()))
+
+    def _get_many(self, keys: Sequence[str]) -> Awaitable[list[bytes | None]]:
+        raw = [key.encode() for key in keys]
+        return self.run("get_many", self.read_timeout, partial(_get_values, keys=raw))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Queue ``value`` under ``key`` for ``ttl`` seconds and return without waiting.
@@ -335,6 +346,7 @@ class MemcachedCache(RemoteCache):
             await self._close_writes()
         finally:
             self._flights = None
+            await self._reads.aclose()
             await self._connector.aclose()
 
     def run(
@@ -395,5 +407,12 @@ class MemcachedCache(RemoteCache):
         return None
 
 
-def _get_item(client: emcache.Client, key: bytes) -> Awaitable[emcache.Item | None]:
-    return client.get(key)
+async def _get_value(client: emcache.Client, key: bytes) -> bytes | None:
+    item = await client.get(key)
+    return None if item is None else bytes(item.value)
+
+
+async def _get_values(client: emcache.Client, keys: list[bytes]) -> list[bytes | None]:
+    """The values of ``keys``, in order (None: absent), in one multi-key get per server."""
+    found = await client.get_many(keys)
+    return [None if (item := found.get(key)) is None else bytes(item.value) for key in keys]

@@ -24,6 +24,7 @@ from redis.exceptions import MaxConnectionsError
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
 from limpet.cache.generations import CounterStarts
+from limpet.cache.reads import ReadBatcher
 from limpet.cache.redis.connection import (
     CLUSTER_SCHEMES,
     check_prefix,
@@ -34,7 +35,6 @@ from limpet.cache.redis.connection import (
 from limpet.cache.redis.generations import bump_generation, read_generations
 from limpet.cache.redis.leases import RedisFlightStore
 from limpet.cache.redis.lone import LoneReads
-from limpet.cache.redis.reads import ReadBatcher
 from limpet.cache.redis.scan import unlink_prefix
 from limpet.cache.redis.writes import WRITE_BATCH, RedisClient, pipelined_writes, redis_replied
 from limpet.cache.remote import (
@@ -190,7 +190,7 @@ class RedisCache(RemoteCache):
             if self._owns_client and isinstance(client, Redis)
             else None
         )
-        self._reads = ReadBatcher(self._get_one, self._get_many)
+        self._reads = ReadBatcher(self._get_one, self._get_many, kind="Redis")
 
     @classmethod
     def from_url(

@@ -11,7 +11,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from limpet.cache.redis.reads import server_deadline
+from limpet.cache.budget import server_deadline
 from limpet.cache.writes import BatchOutcome, SendBatch, Write
 
 __all__ = ["WRITE_BATCH", "RedisClient", "pipelined_writes", "redis_replied"]

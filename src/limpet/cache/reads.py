@@ -1,46 +1,45 @@
-"""Reads for ``RedisCache.get``: batched per loop tick, timed by the server they wait on.
+"""Reads for a remote tier's ``get`` (Redis, Memcached): batched per loop tick, timed by
+the server they wait on.
 
 Five hundred concurrent lookups used to be five hundred GETs, each on its own pooled
 connection, each timed from the moment its caller asked: the read budget then measured
-the queue for the event loop and the pool rather than Redis, and a healthy Redis under a
-burst opened the breaker. Here every key asked for while a read is in flight waits for
-the next batch, and a batch is one MGET (on a cluster, one pipeline per node), so a burst
-costs a handful of round trips and a handful of connections.
+the queue for the event loop and the pool rather than the server, and a healthy server
+under a burst opened the breaker. Here every key asked for while a read is in flight
+waits for the next batch, and a batch is one round trip (Redis: one MGET, on a cluster
+one pipeline per node; Memcached: one multi-key get per server), so a burst costs a
+handful of round trips and a handful of connections.
 
 The round trips run on the server's clock (``limpet.cache.budget``): a budget counts
 time only while the event loop keeps up, so a loop busy with other callers for a while
-is not taken for a slow Redis.
+is not taken for a slow server.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
-from limpet.cache.budget import server_deadline
 from limpet.errors import CacheUnavailableError
 
-__all__ = [
-    "MAX_BATCH",
-    "MAX_BATCHES_IN_FLIGHT",
-    "ReadBatcher",
-    "server_deadline",
-]
+__all__ = ["MAX_BATCH", "MAX_BATCHES_IN_FLIGHT", "ReadBatcher"]
 
-#: Keys per MGET: big enough to amortise a round trip, small enough that the reply
+#: Keys per batch: big enough to amortise a round trip, small enough that the reply
 #: (about 2 KB an entry) parses in one or two loop ticks.
 MAX_BATCH = 64
 #: Batches sent at once: bounds the connections a burst takes from the pool.
 MAX_BATCHES_IN_FLIGHT = 4
 
 
+V = TypeVar("V")
+
 #: Sends one batch: the keys in, their values (None: absent) out, in order.
-FetchMany = Callable[[Sequence[str]], Awaitable[Sequence[object]]]
+FetchMany = Callable[[Sequence[str]], Awaitable[Sequence[V]]]
 #: Sends one key alone.
-FetchOne = Callable[[str], Awaitable[object]]
+FetchOne = Callable[[str], Awaitable[V]]
 
 
-class ReadBatcher:
+class ReadBatcher(Generic[V]):
     """Coalesces concurrent reads of single keys into batches.
 
     A read that finds nothing in flight goes alone (a single GET: the uncontended hit
@@ -54,6 +53,7 @@ class ReadBatcher:
     Args:
         fetch_one: reads one key (through the cache's breaker and budget).
         fetch_many: reads several keys in one round trip (ditto).
+        kind: the server's kind, for messages and task names (``"Redis"``).
     """
 
     __slots__ = (
@@ -62,28 +62,30 @@ class ReadBatcher:
         "_fetch_one",
         "_in_flight",
         "_joined",
+        "_kind",
         "_pending",
         "_starting",
         "_tasks",
         "batches",
     )
 
-    def __init__(self, fetch_one: FetchOne, fetch_many: FetchMany) -> None:
+    def __init__(self, fetch_one: FetchOne[V], fetch_many: FetchMany[V], *, kind: str) -> None:
+        self._kind = kind
         self._fetch_one = fetch_one
         self._fetch_many = fetch_many
         # Keys waiting for a batch, each with the futures of the readers that asked.
-        self._pending: dict[str, list[asyncio.Future[object]]] = {}
+        self._pending: dict[str, list[asyncio.Future[V]]] = {}
         self._in_flight = 0
         # The key read alone now, and the futures of the readers of it that joined it.
         self._alone: str | None = None
-        self._joined: list[asyncio.Future[object]] = []
+        self._joined: list[asyncio.Future[V]] = []
         # Batch tasks created that have not yet taken their keys.
         self._starting = 0
         self._tasks: set[asyncio.Task[None]] = set()  # asyncio keeps only weak references
         #: Batches sent (a single read alone is not one), for tests and stats.
         self.batches = 0
 
-    async def get(self, key: str) -> object:
+    async def get(self, key: str) -> V:
         """The value under ``key``, as ``fetch_one``/``fetch_many`` return it.
 
         Raises:
@@ -116,9 +118,9 @@ class ReadBatcher:
             if self._pending:
                 self._start_batches()
 
-    async def _join(self, key: str) -> object:
+    async def _join(self, key: str) -> V:
         """Read ``key`` with the read alone in flight (the same key) or in a batch."""
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         if key == self._alone:
             self._joined.append(future)
         else:
@@ -136,7 +138,7 @@ class ReadBatcher:
             self._starting += 1
             # A task of its own: it runs from the next tick, so every key asked for in
             # this tick joins the batch.
-            task = loop.create_task(self._send(), name="limpet-redis-reads")
+            task = loop.create_task(self._send(), name=f"limpet-{self._kind.lower()}-reads")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -147,7 +149,9 @@ class ReadBatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for futures in self._pending.values():
-            _settle(futures, CacheUnavailableError("redis read abandoned: the cache closed"))
+            _settle(
+                futures, CacheUnavailableError(f"{self._kind} read abandoned: the cache closed")
+            )
         self._pending.clear()
 
     async def _send(self) -> None:
@@ -167,7 +171,7 @@ class ReadBatcher:
                 return
             except BaseException as exc:
                 # Cancelled (the cache is closing): the readers must not wait forever.
-                failed = CacheUnavailableError(f"redis read abandoned: {type(exc).__name__}")
+                failed = CacheUnavailableError(f"{self._kind} read abandoned: {type(exc).__name__}")
                 for futures in waiters:
                     _settle(futures, failed)
                 raise
@@ -181,7 +185,7 @@ class ReadBatcher:
                 self._start_batches()
 
 
-def _settle(futures: list[asyncio.Future[object]], exc: BaseException) -> None:
+def _settle(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(exc)
