@@ -79,9 +79,11 @@ class RunningCalls:
         self._active -= 1
         self._settle()
 
-    async def guarded(self, call: Call, work: Awaitable[T], *, count: bool = False) -> T:
+    def guarded(self, call: Call, work: Awaitable[T], *, count: bool = False) -> Awaitable[T]:
         """``work`` under the call's deadline, in a scope ``stop()`` can expire; with
         ``count``, a whole call counted while it runs (as ``counted()`` counts a stream).
+        (A plain function handing over the coroutine that does it: no coroutine of its
+        own, one object less alive for every call in flight.)
 
         Raises:
             APITimeoutError: the call's ``timeout`` passed; says what it was waiting for.
@@ -89,7 +91,11 @@ class RunningCalls:
         """
         task = asyncio.current_task() if call.deadline is None else None
         if task is not None and task not in self._tasks:
-            return await self._unscoped(task, work, count)
+            return self._unscoped(task, work, count)
+        return self._scoped(call, work, count)
+
+    async def _scoped(self, call: Call, work: Awaitable[T], count: bool) -> T:
+        """``guarded`` for a call with a deadline (or whose task already runs a call)."""
         scope = asyncio.timeout_at(call.deadline)
         self._active += count
         try:
