@@ -9,6 +9,8 @@ its own wait, and may retry once on a retryable failure).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheCorruptError
@@ -96,42 +98,56 @@ class ChatPipeline:
             return None
         return None if entry is None else completion_of(entry, CacheStatus.HIT, key)
 
-    async def complete(self, request: Request, call: Call) -> Completion:
+    def complete(self, request: Request, call: Call) -> Awaitable[Completion]:
         """Everything past the hit path: the key when the model's generation had to be
         read first, the tiers not read yet, the flight, upstream, the store.
 
         A shared tier is read before the flight: a hit there needs no flight, and a miss
         enters it, whose first step reads every tier again (another flight may have just
-        landed), so N concurrent identical misses still make one upstream call."""
-        store, start = self._cache, self._read_now
+        landed), so N concurrent identical misses still make one upstream call. (A plain
+        function: with nothing left to read here it hands over the flight stage's
+        coroutine, with no coroutine of its own alive for the whole call.)"""
         key = request.key
         if key is None and self.keyed(request):
+            return self._read(request, call, None, 0)  # tier 0 was not read either
+        if self._nothing_to_read(request, key, self._read_now):
+            return self._flown(request, key, call)
+        return self._read(request, call, key, self._read_now)
+
+    def _nothing_to_read(self, request: Request, key: str | None, start: int) -> bool:
+        """Whether ``request`` goes straight to the flight stage: no key or no cache to
+        read, every tier read already (the flight reads them all again), or another
+        caller reading or flying the key now (in a storm, one read of a key at a time per
+        process: the others go to the flight, whose read is the one that counts)."""
+        store, decision = self._cache, request.decision
+        if key is None or store is None or not decision.read:
+            return True
+        flight = self._flight if decision.coalesce else None
+        return flight is not None and (
+            start >= len(store.tiers) or key in self._reading or flight.flying(key)
+        )
+
+    async def _read(self, request: Request, call: Call, key: str | None, start: int) -> Completion:
+        """The key stage when it must await, and the lookup stage past the tiers read,
+        from ``start`` (here, not in a coroutine of its own: the read resumes through
+        every coroutine above it); then the flight stage. A miss is counted by the
+        flight's own read, when there is one; while it reads, identical callers go to
+        the flight instead."""
+        if key is None:
             key = request.key = await self.keying.of(request.body, request.headers)
-            start = 0  # tier 0 was not read either
-        decision = request.decision
-        if key is not None and store is not None and decision.read:
-            flight = self._flight if decision.coalesce else None
-            if flight is not None and (
-                start >= len(store.tiers) or key in self._reading or flight.flying(key)
-            ):
-                # Nothing left to read here (the flight reads every tier again), or one
-                # read of a key at a time per process: in a storm, the others go straight
-                # to the flight, whose read is the one that counts.
-                return await self._flown(request, key, call)
-            # The lookup stage past tier 0 (here, not in a coroutine of its own: the read
-            # resumes through every coroutine above it). A miss is counted by the flight's
-            # own read, when there is one; while it reads, identical callers go to the
-            # flight instead.
-            if flight is None:
-                found = await store.get(key, start=start)
-            else:
-                self._reading.add(key)
-                try:
-                    found = await store.get(key, start=start, count_miss=False)
-                finally:
-                    self._reading.discard(key)
-            if found is not None:
-                return completion_of(found[0], CacheStatus.HIT, key)
+        store = self._cache
+        if key is None or store is None or self._nothing_to_read(request, key, start):
+            return await self._flown(request, key, call)
+        if self._flight is None or not request.decision.coalesce:
+            found = await store.get(key, start=start)
+        else:
+            self._reading.add(key)
+            try:
+                found = await store.get(key, start=start, count_miss=False)
+            finally:
+                self._reading.discard(key)
+        if found is not None:
+            return completion_of(found[0], CacheStatus.HIT, key)
         return await self._flown(request, key, call)
 
     async def _flown(self, request: Request, key: str | None, call: Call) -> Completion:
