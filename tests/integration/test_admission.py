@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig
+from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig, Timeouts
 from limpet.errors import APIError, APITimeoutError
 from limpet.http.admission import Admission
 from limpet.observe.metrics import PrometheusMetrics
@@ -81,6 +81,25 @@ async def test_a_cap_of_20_sends_no_more_than_20_and_meets_no_429(gateway: FakeG
     assert endpoint.rate_limited == 0
     assert endpoint.max_in_flight == 20
     assert endpoint.completions == 300
+
+
+async def test_no_more_requests_go_than_the_connection_pool_holds(gateway: FakeGateway) -> None:
+    # A learned limit of 50 over a pool of 5 connections: the other callers queue here,
+    # first come first served, not inside aiohttp waiting for a connection.
+    config = AdmissionConfig(initial_limit=50)
+    timeouts = Timeouts(max_connections=5)
+    async with make_client(gateway, cache=None, admission=config, timeouts=timeouts) as client:
+        calls = asyncio.gather(*(client.complete(**ask(f"pooled {i}")) for i in range(40)))
+
+        def admitted_or_queued() -> int:
+            figures = client.stats.endpoints.get("a")
+            return 0 if figures is None else figures.in_flight + figures.queued
+
+        await until(lambda: admitted_or_queued() == 40)  # every call has reached admission
+        figures = client.stats.endpoints["a"]
+        assert (figures.limit, figures.in_flight, figures.queued) == (5, 5, 35)
+        await calls
+    assert gateway.endpoint("a").max_in_flight == 5
 
 
 async def test_a_retry_after_pauses_every_caller_of_the_endpoint_once(

@@ -61,13 +61,30 @@ class AdmissionStats:
 
 
 class Admission:
-    """The admission of one endpoint: its limit, pause, budgets and FIFO line."""
+    """The admission of one endpoint: its limit, pause, budgets and FIFO line.
+
+    Args:
+        endpoint: the endpoint (its ``max_in_flight``, ``rpm``, ``tpm``).
+        config: how the limit is learned.
+        max_pause: the longest pause an answer may ask for.
+        pool: the connections the HTTP session may hold (``Timeouts.max_connections``;
+            0: unbounded). No more requests than that are let on the wire: one more would
+            only wait inside aiohttp for a connection, out of this FIFO line, holding the
+            request it built meanwhile (at concurrency 500 most of a Client's calls did),
+            and would count as in flight for the learned limit while it waited.
+    """
 
     def __init__(
-        self, endpoint: Endpoint, config: AdmissionConfig, *, max_pause: float = math.inf
+        self,
+        endpoint: Endpoint,
+        config: AdmissionConfig,
+        *,
+        max_pause: float = math.inf,
+        pool: int = 0,
     ) -> None:
         self.name = endpoint.name
         self.cap = endpoint.max_in_flight
+        self._pool = pool
         self.limit = AimdLimit(config)
         self._rpm = TokenBucket(endpoint.rpm) if endpoint.rpm else None
         self._tpm = TokenBucket(endpoint.tpm) if endpoint.tpm else None
@@ -92,8 +109,10 @@ class Admission:
     @property
     def allowed(self) -> int:
         """Requests that may be in flight now."""
-        learned = self.limit.allowed
-        return learned if self.cap is None else min(self.cap, learned)
+        allowed = self.limit.allowed
+        if self.cap is not None:
+            allowed = min(self.cap, allowed)
+        return min(self._pool, allowed) if self._pool else allowed
 
     def paused_for(self) -> float:
         """Seconds left of the current pause; 0.0 when open."""
@@ -250,9 +269,12 @@ class Admission:
 class Admissions:
     """Every endpoint's ``Admission``, made on first use; owned by the Transport."""
 
-    def __init__(self, config: AdmissionConfig, *, max_pause: float = math.inf) -> None:
+    def __init__(
+        self, config: AdmissionConfig, *, max_pause: float = math.inf, pool: int = 0
+    ) -> None:
         self.config = config
         self._max_pause = max_pause
+        self._pool = pool
         self._by_name: dict[str, Admission] = {}
 
     def __copy__(self) -> Admissions:
@@ -265,7 +287,7 @@ class Admissions:
     def of(self, endpoint: Endpoint) -> Admission:
         found = self._by_name.get(endpoint.name)
         if found is None:
-            found = Admission(endpoint, self.config, max_pause=self._max_pause)
+            found = Admission(endpoint, self.config, max_pause=self._max_pause, pool=self._pool)
             self._by_name[endpoint.name] = found
         return found
 

@@ -83,7 +83,11 @@ class Transport:
     ) -> None:
         self._timeouts = timeouts
         self._admissions = (
-            None if admission is None else Admissions(admission, max_pause=retry.max_retry_after)
+            None
+            if admission is None
+            else Admissions(
+                admission, max_pause=retry.max_retry_after, pool=timeouts.max_connections
+            )
         )
         self._retrier = Retrier(retry, shared_pause=self._admissions is not None)
         self._headers = {"User-Agent": f"limpet/{__version__}", **(headers or {})}
