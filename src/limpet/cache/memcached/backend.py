@@ -328,10 +328,11 @@ class MemcachedCache(RemoteCache):
         return await self.run("stats", self.write_timeout, read_server_stats)
 
     async def aclose(self) -> None:
-        """Send pending writes and let commands still running read their reply, for at
-        most ``close_timeout`` in all; then close the client if this cache owns it, and
-        cancel the commands left (see ``MemcachedConnector.aclose``). Idempotent; later
-        operations raise ``CacheUnavailableError``."""
+        """Send pending writes (for at most ``close_timeout``), give commands still
+        running a write budget more to read their reply (within ``close_timeout`` too),
+        then close the client if this cache owns it and cancel the commands left (see
+        ``MemcachedConnector.aclose``). Idempotent; later operations raise
+        ``CacheUnavailableError``."""
         if self._closed:
             return
         loop = asyncio.get_running_loop()
@@ -340,7 +341,8 @@ class MemcachedCache(RemoteCache):
             await self._close_writes()
         finally:
             self._flights = None
-            await self._connector.aclose(max(deadline - loop.time(), 0.0))
+            grace = min(self.write_timeout, deadline - loop.time())
+            await self._connector.aclose(max(grace, 0.0))
 
     def run(
         self,

@@ -148,12 +148,17 @@ class MemcachedConnector:
         client it replaced.
 
         Commands still running (their callers left) get ``grace`` seconds to read their
-        reply: one may be a lease's release, worth landing. Then the client's connections
-        are closed, and only then are the commands left cancelled. A lent client is
-        never closed here, nor its connections (its owner's commands share them, and
-        emcache never ends a command whose connection closed): its commands left after
-        ``grace`` are cancelled with their connections open, a reply arriving in that
-        very turn logging emcache's error, after a server silent for ``grace`` seconds.
+        reply: one may be a lease's release, worth landing, and a healthy server answers
+        well within a budget, so a command still running after that is stuck on a silent
+        server or a lost connection (emcache never ends a command whose connection
+        closed). Then the client's connections are closed, and only then are the
+        commands left cancelled.
+
+        A lent client is never closed here, nor its connections: its owner's commands
+        share them and would hang on a closed one. Its commands left after ``grace`` are
+        cancelled with their connections open (emcache closes each, with a warning): a
+        reply read in that very turn, after a server silent for ``grace``, would log
+        asyncio's error once; never cancelling them would leave them running for ever.
         """
         self._closed = True
         session, self._session = self._session, None
