@@ -5,9 +5,10 @@ several servers with rendezvous hashing (``aiomcache`` talks to one), is maintai
 asyncio-native, sends values length-prefixed (binary-safe) and has ``add``, ``incr``,
 ``touch`` and ``flush_all``. Its C parser ships as wheels. And it closes a connection
 whose command was cancelled, where ``aiomcache`` returns it to its pool with the reply
-still unread, so the next command on it would read the previous one's answer: with a
-50 ms budget on every read, cancellation is routine here. Its reconnection backoff is
-handled in ``connection``.
+still unread, so the next command on it would read the previous one's answer. limpet
+never cancels a command while its connection is open, though: a budget that runs out
+(50 ms on every read) ends its caller's wait, and the command reads its reply in the
+background (``connection`` says why, and handles emcache's reconnection backoff).
 
 Graceful fall-through is every remote tier's (``limpet.cache.remote``): every operation
 is bounded (``read_timeout``, ``write_timeout``), one circuit breaker covers every server,

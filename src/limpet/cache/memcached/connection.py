@@ -17,7 +17,9 @@ request given up, a follower's poll at its deadline), so each command runs in a 
 its own that neither reaches: its caller stops waiting, the command reads its reply and
 hands its connection back to the pool, in step. A command whose server never answers
 is ended with its client: the client's connections are closed first, so no reply can be
-read any more, and only then is the command cancelled.
+read any more, and only then is the command cancelled. So is one whose connection was
+lost under it: emcache never ends such a command (its future stays pending), so it
+waits for the breaker's probe to replace the client, or for ``aclose()``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Seconds emcache may take to open a connection (in the background; see ``connect``).
+#: Seconds emcache may take to open a connection (in the background; see ``_build``).
 CONNECT_TIMEOUT = 2.0
 #: Seconds between the cancellations ``close_client`` sends a close that has not ended.
 CLOSE_NUDGE = 1.0
@@ -138,11 +140,6 @@ class MemcachedConnector:
             session.running[loop.create_task(_run(call, session, reply))] = reply
         return reply
 
-    async def connect(self, *, fresh: bool) -> emcache.Client:
-        """The client; one this connector owns is built on first use, and rebuilt when
-        ``fresh`` so that reconnecting follows the breaker, not emcache's backoff."""
-        return (await self._connected(fresh=fresh)).client
-
     async def aclose(self, grace: float) -> None:
         """End every command and close the client if this connector owns it, and every
         client it replaced.
@@ -170,6 +167,9 @@ class MemcachedConnector:
         await asyncio.gather(*self._old_clients, return_exceptions=True)
 
     async def _connected(self, *, fresh: bool) -> _Session:
+        """The client and its commands; a client this connector owns is built on first
+        use, and rebuilt when ``fresh`` so that reconnecting follows the breaker, not
+        emcache's backoff."""
         session = self._session
         if session is not None and not (fresh and self.owns):
             return session
