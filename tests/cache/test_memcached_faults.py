@@ -9,6 +9,7 @@ the test says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,9 +17,11 @@ from typing import Any
 
 import emcache
 import pytest
+from emcache.protocol import MemcacheAsciiProtocol
 
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.budget import Bounded
 from limpet.cache.memcached.backend import MemcachedCache, parse_memcached_url
 from limpet.cache.memcached.leases import _PollWatch
 from limpet.cache.memory import MemoryCache
@@ -263,6 +266,231 @@ async def test_a_caller_cancelled_as_its_reply_comes_in_logs_no_error(
         writer.close()
         await writer.wait_closed()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# -- a budget that runs out as the reply comes in ---------------------------------------------
+
+
+class HeldReplies:
+    """A memcached stand-in on loopback that answers only when the test writes the reply:
+    each command line it reads is queued with its connection's writer.
+
+    Attributes:
+        accepted: connections accepted so far.
+        hung_up: connections the client has closed so far.
+        hang_ups: one item per connection the client closed, as the server reads its end.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.hung_up = 0
+        self.commands: asyncio.Queue[tuple[bytes, asyncio.StreamWriter]] = asyncio.Queue()
+        self.hang_ups: asyncio.Queue[None] = asyncio.Queue()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._serving: list[asyncio.Task[Any]] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> HeldReplies:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"memcached://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._serving)  # each reads its end now
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        serving = asyncio.current_task()
+        assert serving is not None
+        self._serving.append(serving)
+        self.accepted += 1
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError):  # a reset is a hang-up too
+            while line := await reader.readline():
+                self.commands.put_nowait((line, writer))
+        self.hung_up += 1
+        self.hang_ups.put_nowait(None)
+
+    async def hang_up_seen(self) -> None:
+        """Returns once the server has read the end of one more connection the client
+        closed."""
+        async with asyncio.timeout(10):  # a hang is a failure, not a wait
+            await self.hang_ups.get()
+
+
+def memcached_tasks() -> list[asyncio.Task[Any]]:
+    """Running tasks whose coroutine is limpet's Memcached tier's."""
+    found = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and "limpet/cache/memcached/" in code.co_filename and not task.done():
+            found.append(task)
+    return found
+
+
+def loud(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_reply_that_comes_as_the_budget_runs_out_is_read_on_the_same_connection(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    breaker: CircuitBreaker,
+    clock: FakeClock,
+) -> None:
+    # The server writes the reply in the very callback where the watchdog finds the
+    # budget spent: the client reads it at its next look at the socket, after the
+    # caller's budget has run out. Cancelled, emcache's command would close its
+    # connection (and, read in the turn of the cancellation, log asyncio's "Fatal error:
+    # protocol.data_received() call failed"); it is not: it reads its reply.
+    held: list[asyncio.StreamWriter] = []
+    count = Bounded.count
+
+    def count_then_reply(self: Bounded, now: float, on_time: bool) -> float | None:
+        left = count(self, now, on_time)
+        if left is None and held:
+            held.pop().write(b"END\r\n")  # a miss, in the socket as the budget runs out
+        return left
+
+    monkeypatch.setattr(Bounded, "count", count_then_reply)
+    async with (
+        HeldReplies() as server,
+        MemcachedCache.from_url(server.url, read_timeout=0.05, breaker=breaker) as mc,
+    ):
+        for _ in range(3):  # the breaker's failure threshold
+            reading = asyncio.create_task(mc.get("k"))
+            line, writer = await server.commands.get()
+            assert line.startswith(b"get ")
+            held.append(writer)
+            with pytest.raises(CacheUnavailableError, match="get timed out after 50 ms"):
+                await reading
+            assert not held, "the reply was written as the budget ran out"
+            # The command goes on after its caller left, and ends with its reply read.
+            running = mc._connector.running
+            assert len(running) == 1
+            await asyncio.wait(running)
+            assert mc._connector.running == []
+            assert server.accepted == 1 and server.hung_up == 0  # one connection, in step
+        assert state(mc) == "open"  # each caller's timeout counted as a failure
+        await unavailable(lambda: mc.get("k"))  # refused at once, not sent
+        assert server.commands.empty()
+
+        clock.advance(COOLDOWN)
+        probing = asyncio.create_task(mc.get("k"))  # on a fresh client (see connection.py)
+        line, writer = await server.commands.get()
+        writer.write(b"END\r\n")
+        assert await probing is None
+        assert state(mc) == "closed"
+        assert server.accepted == 2
+    assert memcached_tasks() == []
+    assert loud(caplog) == []
+
+
+async def test_a_silent_server_leaves_its_command_running_until_the_probe_replaces_the_client(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, clock: FakeClock
+) -> None:
+    # The caller leaves within its budget; the command waits on in the background. The
+    # probe's fresh client retires the old one: its connection is closed first (so no
+    # reply could be read any more), and only then is the command cancelled.
+    events: list[str] = []
+    close = MemcacheAsciiProtocol.close
+
+    def closing(self: MemcacheAsciiProtocol) -> None:
+        if not self.closed():
+            events.append("connection closed")
+        close(self)
+
+    monkeypatch.setattr(MemcacheAsciiProtocol, "close", closing)
+
+    async def get(client: emcache.Client) -> emcache.Item | None:
+        try:
+            return await client.get(b"k")
+        except asyncio.CancelledError:
+            events.append("command cancelled")
+            raise
+
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=COOLDOWN, clock=clock)
+    async with HeldReplies() as server:
+        mc = MemcachedCache.from_url(
+            server.url, read_timeout=0.05, close_timeout=0.2, breaker=breaker
+        )
+        try:
+            started = time.monotonic()
+            await unavailable(lambda: mc.run("get", mc.read_timeout, get))
+            # Within its budget, or the watchdog's bound for a busy loop (20 budgets).
+            assert time.monotonic() - started < 1.0
+            [silent] = mc._connector.running
+            assert not silent.done()
+            assert state(mc) == "open"
+
+            clock.advance(COOLDOWN)
+            probe = asyncio.create_task(mc.run("get", mc.read_timeout, get))
+            await server.commands.get()  # the silent one's
+            await server.commands.get()  # the probe's, on a new connection
+            async with asyncio.timeout(10):  # a hang is a failure, not a wait
+                await asyncio.wait([silent])
+            assert silent.cancelled()
+            assert events == ["connection closed", "command cancelled"]
+            await server.hang_up_seen()
+            assert server.accepted == 2 and server.hung_up == 1
+            with pytest.raises(CacheUnavailableError, match="timed out"):
+                await probe  # the server is silent to the fresh client too
+            assert mc._connector.running != [silent]
+        finally:
+            await mc.aclose()
+        assert memcached_tasks() == []
+        assert mc._connector.running == []
+    assert loud(caplog) == []
+
+
+async def test_aclose_ends_a_command_waiting_on_a_silent_server_within_close_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with HeldReplies() as server:
+        mc = MemcachedCache.from_url(server.url, read_timeout=0.05, close_timeout=0.2)
+        await unavailable(lambda: mc.get("k"))
+        [silent] = mc._connector.running
+        started = time.monotonic()
+        await mc.aclose()
+        elapsed = time.monotonic() - started
+        # It had a write budget to read a reply, then its connection closed, then it ended.
+        assert mc.write_timeout <= elapsed < mc.close_timeout + 1.0, elapsed
+        assert silent.cancelled()
+        await server.hang_up_seen()
+        assert server.hung_up == server.accepted == 1
+        assert memcached_tasks() == []
+    assert loud(caplog) == []
+
+
+async def test_aclose_cancels_a_lent_clients_command_left_after_a_write_budget() -> None:
+    # A lent client is its owner's: limpet neither closes it nor its connections (emcache
+    # never ends a command whose connection closed, so its owner's would hang). Its
+    # command left after a write budget is cancelled; the client goes on serving.
+    async with HeldReplies() as server:
+        host, port = parse_memcached_url(server.url)[0]
+        lent = await emcache.create_client([emcache.MemcachedHostAddress(host, port)], timeout=None)
+        try:
+            mc = MemcachedCache(client=lent, read_timeout=0.05, close_timeout=0.2)
+            await unavailable(lambda: mc.get("k"))
+            [silent] = mc._connector.running
+            started = time.monotonic()
+            await mc.aclose()
+            assert mc.write_timeout <= time.monotonic() - started < mc.close_timeout + 1.0
+            assert silent.cancelled()
+            assert memcached_tasks() == []
+            assert not lent.closed
+            reading = asyncio.create_task(lent.get(b"k"))
+            await server.commands.get()  # the silent one's
+            _, writer = await server.commands.get()
+            writer.write(b"END\r\n")
+            assert await reading is None
+        finally:
+            await lent.close()
 
 
 # -- a full cache evicts: a miss, not a fault -----------------------------------------------

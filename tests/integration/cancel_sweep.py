@@ -102,6 +102,13 @@ async def sweep(play: Callable[[int], Awaitable[bool]]) -> int:
     raise AssertionError(f"the call never finished within {MAX_ROUNDS} turns")
 
 
+async def commands_ended(tier: MemcachedCache) -> None:
+    """Returns once no Memcached command of ``tier`` is running: one whose caller was
+    cancelled goes on until it has read its reply (``MemcachedConnector.running``)."""
+    while running := tier._connector.running:
+        await asyncio.wait(running)
+
+
 def prompt_of(message: dict[str, Any] | Any) -> str:
     return str(message["messages"][-1]["content"])
 
@@ -256,7 +263,8 @@ class Sweep:
 
     async def settle(self) -> None:
         """Wait until every Client's background work of the round has ended: its shared
-        calls (``landed``), then its writes behind."""
+        calls (``landed``), then its writes behind, then the Memcached commands their
+        callers left (each reads its reply to the end: ``commands_ended``)."""
         async with asyncio.timeout(LONG):
             for client in self.clients:
                 await landed(client)
@@ -265,6 +273,8 @@ class Sweep:
                 for tier in client.cache.tiers:
                     if isinstance(tier, RemoteCache):
                         await tier.flush()
+                    if isinstance(tier, MemcachedCache):
+                        await commands_ended(tier)
 
     async def stray_leases(self) -> list[str]:
         """Leases held now: of the keys asked for this round (or, on Redis, any at all)."""

@@ -5,9 +5,10 @@ several servers with rendezvous hashing (``aiomcache`` talks to one), is maintai
 asyncio-native, sends values length-prefixed (binary-safe) and has ``add``, ``incr``,
 ``touch`` and ``flush_all``. Its C parser ships as wheels. And it closes a connection
 whose command was cancelled, where ``aiomcache`` returns it to its pool with the reply
-still unread, so the next command on it would read the previous one's answer: with a
-50 ms budget on every read, cancellation is routine here. Its reconnection backoff is
-handled in ``connection``.
+still unread, so the next command on it would read the previous one's answer. limpet
+never cancels a command while its connection is open, though: a budget that runs out
+(50 ms on every read) ends its caller's wait, and the command reads its reply in the
+background (``connection`` says why, and handles emcache's reconnection backoff).
 
 Graceful fall-through is every remote tier's (``limpet.cache.remote``): every operation
 is bounded (``read_timeout``, ``write_timeout``), one circuit breaker covers every server,
@@ -30,6 +31,7 @@ writes are queued and sent in the background, and every failure leaves as
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
@@ -39,7 +41,7 @@ import emcache
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
-from limpet.cache.memcached.connection import MemcachedConnector, delete_key, read_to_its_end
+from limpet.cache.memcached.connection import MemcachedConnector, delete_key
 from limpet.cache.memcached.generations import GenerationCounters
 from limpet.cache.memcached.keys import (
     RELATIVE_TTL_LIMIT,
@@ -338,16 +340,22 @@ class MemcachedCache(RemoteCache):
         return await self.run("stats", self.write_timeout, read_server_stats)
 
     async def aclose(self) -> None:
-        """Send pending writes (for at most ``close_timeout``), then close the client if
-        this cache owns it. Idempotent; later operations raise ``CacheUnavailableError``."""
+        """Send pending writes (for at most ``close_timeout``), give commands still
+        running a write budget more to read their reply (within ``close_timeout`` too),
+        then close the client if this cache owns it and cancel the commands left (see
+        ``MemcachedConnector.aclose``). Idempotent; later operations raise
+        ``CacheUnavailableError``."""
         if self._closed:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
         try:
             await self._close_writes()
         finally:
             self._flights = None
             await self._reads.aclose()
-            await self._connector.aclose()
+            grace = min(self.write_timeout, deadline - loop.time())
+            await self._connector.aclose(max(grace, 0.0))
 
     def run(
         self,
@@ -358,8 +366,13 @@ class MemcachedCache(RemoteCache):
         gated: bool = True,
     ) -> Coroutine[Any, Any, _T]:
         """Run one Memcached call under this cache's breaker, within ``budget`` seconds:
-        the one boundary to Memcached, shared by the flight store, in a task of its own
-        that reads its reply even when its caller is cancelled (``read_to_its_end``).
+        the one boundary to Memcached, shared by the flight store.
+
+        The budget bounds the caller's wait, not the command: a Memcached command is
+        never cancelled while its connection is open (``limpet.cache.memcached.connection``
+        says why). A caller whose budget runs out, or who is cancelled, leaves at once;
+        the command goes on in its task until it has read its reply, and its connection
+        goes back to the pool in step.
 
         Args:
             command: a name for messages, e.g. ``"get"``.
@@ -375,36 +388,21 @@ class MemcachedCache(RemoteCache):
                 breaker: Memcached is up).
         """
         probing = self.breaker.state == "half_open"
-        built = None if probing else self._connector.built
-        work = partial(self._call_client, call, probing) if built is None else partial(call, built)
-        return read_to_its_end(self._guarded(command, budget, work, gated=gated))
-
-    async def _call_client(
-        self, call: Callable[[emcache.Client], Awaitable[_T]], probing: bool
-    ) -> _T:
-        client = None if probing else self._connector.built
-        if client is None:
-            client = await self._connector.client(probing=probing)
-        return await call(client)
+        start = partial(self._connector.start, call, probing=probing)
+        return self._guarded(command, budget, start, gated=gated)
 
     def _verdict(self, exc: Exception) -> Verdict:
         # Memcached refused the command (too large, out of memory): it is up.
         return Verdict.REFUSED if isinstance(exc, emcache.CommandError) else Verdict.DOWN
 
-    async def _send_write(
+    def _send_write(
         self, key: str, value: bytes | None, expires_at: float
-    ) -> Exception | None:
-        client = await self._connector.connect(fresh=False)
-        ttl = expires_at - time.monotonic()
-        try:
-            if value is None or ttl <= 0:
-                await delete_key(client, key.encode())
-            else:
-                exptime = memcached_expiry(ttl, time.time())
-                await client.set(key.encode(), value, exptime=exptime)
-        except emcache.CommandError as exc:
-            return exc  # Memcached refused it (too large, out of memory): it is up
-        return None
+    ) -> asyncio.Future[Exception | None]:
+        """One queued write, run as every command is: a batch that runs out of time stops
+        waiting for it, and it goes on until its reply is read."""
+        return self._connector.start(
+            partial(_write, key=key.encode(), value=value, expires_at=expires_at), probing=False
+        )
 
 
 async def _get_value(client: emcache.Client, key: bytes) -> bytes | None:
@@ -416,3 +414,19 @@ async def _get_values(client: emcache.Client, keys: list[bytes]) -> list[bytes |
     """The values of ``keys``, in order (None: absent), in one multi-key get per server."""
     found = await client.get_many(keys)
     return [None if (item := found.get(key)) is None else bytes(item.value) for key in keys]
+
+
+async def _write(
+    client: emcache.Client, key: bytes, value: bytes | None, expires_at: float
+) -> Exception | None:
+    """Store ``value`` under ``key`` until ``expires_at`` (monotonic), or delete ``key``
+    (no value, or expired already); None, or Memcached's refusal."""
+    ttl = expires_at - time.monotonic()
+    try:
+        if value is None or ttl <= 0:
+            await delete_key(client, key)
+        else:
+            await client.set(key, value, exptime=memcached_expiry(ttl, time.time()))
+    except emcache.CommandError as exc:
+        return exc  # Memcached refused it (too large, out of memory): it is up
+    return None

@@ -1,17 +1,32 @@
 """How ``MemcachedCache`` reaches its servers: an ``emcache`` client, built on first use
-and rebuilt for each of the breaker's probes, or lent and kept as it is.
+and rebuilt for each of the breaker's probes, or lent and kept as it is; and the commands
+running on it.
 
 emcache reconnects to a server that was down with a backoff of its own (1 s doubling to
 60 s). A client the cache owns is therefore rebuilt whenever the circuit breaker lets a
 probe through, so recovery follows the breaker, not that backoff; the client it replaces
 is closed in the background.
+
+A Memcached command is never cancelled while its connection is open. emcache reads
+replies in ``MemcacheAsciiProtocol.data_received``, whose parser resolves the command's
+future: a command cancelled in the loop turn its reply arrives in leaves the parser
+resolving a cancelled future, and asyncio logs "Fatal error: protocol.data_received()
+call failed" as an ERROR and drops the connection (any cancelled command costs its
+connection, too). Budgets run out and callers are cancelled routinely (a 50 ms read, a
+request given up, a follower's poll at its deadline), so each command runs in a task of
+its own that neither reaches: its caller stops waiting, the command reads its reply and
+hands its connection back to the pool, in step. A command whose server never answers
+is ended with its client: the client's connections are closed first, so no reply can be
+read any more, and only then is the command cancelled. So is one whose connection was
+lost under it: emcache never ends such a command (its future stays pending), so it
+waits for the breaker's probe to replace the client, or for ``aclose()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import emcache
@@ -23,22 +38,27 @@ from limpet.errors import ConfigurationError
 __all__ = [
     "CLOSE_NUDGE",
     "CONNECT_TIMEOUT",
+    "ClientClosedError",
     "MemcachedConnector",
     "close_client",
     "delete_key",
-    "read_to_its_end",
 ]
 
 T = TypeVar("T")
 
-#: Seconds emcache may take to open a connection (in the background; see ``connect``).
+#: Seconds emcache may take to open a connection (in the background; see ``_build``).
 CONNECT_TIMEOUT = 2.0
 #: Seconds between the cancellations ``close_client`` sends a close that has not ended.
 CLOSE_NUDGE = 1.0
 
 
+class ClientClosedError(ConnectionError):
+    """A command's client was closed (the cache closed, or a probe replaced the client)
+    before the command had its reply."""
+
+
 class MemcachedConnector:
-    """The ``emcache`` client of one ``MemcachedCache``.
+    """The ``emcache`` client of one ``MemcachedCache``, and the commands running on it.
 
     Args:
         url: ``memcached://host:11211[,host2:11211...]``, the servers of a client built
@@ -51,7 +71,16 @@ class MemcachedConnector:
             a ``client`` that is not an ``emcache.Client``.
     """
 
-    __slots__ = ("_client", "_connecting", "_old_clients", "_servers", "max_connections", "owns")
+    __slots__ = (
+        "_arriving",
+        "_closed",
+        "_connecting",
+        "_old_clients",
+        "_servers",
+        "_session",
+        "max_connections",
+        "owns",
+    )
 
     def __init__(
         self,
@@ -66,12 +95,14 @@ class MemcachedConnector:
                 f"MemcachedCache.client: expected an emcache.Client, got {type(client).__name__}"
             )
         self._servers = [] if url is None else parse_memcached_url(url)
-        self._client: emcache.Client | None = client
+        self._session = None if client is None else _Session(client)
         #: Whether the client is this connector's to build, rebuild and close.
         self.owns = client is None
         self.max_connections = max_connections
         self._connecting: asyncio.Lock | None = None
         self._old_clients: set[asyncio.Task[None]] = set()
+        self._arriving: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @property
     def where(self) -> str:
@@ -79,59 +110,195 @@ class MemcachedConnector:
         return ",".join(f"{h}:{p}" for h, p in self._servers) or "lent emcache client"
 
     @property
-    def built(self) -> emcache.Client | None:
-        """The client, when there is one (no await: the read path's)."""
-        return self._client
+    def running(self) -> list[asyncio.Task[Any]]:
+        """The commands running now on the client (those of a client it replaced end as
+        that client closes): their callers may have left, and each ends when its reply
+        comes, or with its client."""
+        session = self._session
+        return [] if session is None else list(session.running)
 
-    async def client(self, *, probing: bool) -> emcache.Client:
-        """The client; a fresh one when ``probing`` (for the breaker's probe)."""
-        client = self._client
-        if client is None or probing:
-            return await self.connect(fresh=probing)
-        return client
+    def start(
+        self, call: Callable[[emcache.Client], Awaitable[T]], *, probing: bool
+    ) -> asyncio.Future[T]:
+        """Start ``call`` on the client (a fresh one when ``probing``, for the breaker's
+        probe) in a task of its own, and return the future of its outcome.
 
-    async def connect(self, *, fresh: bool) -> emcache.Client:
-        """The client; one this connector owns is built on first use, and rebuilt when
-        ``fresh`` so that reconnecting follows the breaker, not emcache's backoff."""
-        client = self._client
-        if client is not None and not (fresh and self.owns):
-            return client
+        Cancelling that future (its caller's budget ran out, or its caller was
+        cancelled) does not reach the command, which goes on until it has read its
+        reply. One task per command: the read path's whole cost here.
+        """
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[T] = loop.create_future()
+        session = None if probing else self._session
+        if session is None:
+            # Held until it ends: it connects at once (emcache connects in the
+            # background), then runs as one of the new client's commands.
+            task = loop.create_task(self._connect_then_run(call, probing, reply))
+            self._arriving.add(task)
+            task.add_done_callback(self._arriving.discard)
+        else:
+            session.running[loop.create_task(_run(call, session, reply))] = reply
+        return reply
+
+    async def aclose(self, grace: float) -> None:
+        """End every command and close the client if this connector owns it, and every
+        client it replaced.
+
+        Commands still running (their callers left) get ``grace`` seconds to read their
+        reply: one may be a lease's release, worth landing, and a healthy server answers
+        well within a budget, so a command still running after that is stuck on a silent
+        server or a lost connection (emcache never ends a command whose connection
+        closed). Then the client's connections are closed, and only then are the
+        commands left cancelled.
+
+        A lent client is never closed here, nor its connections: its owner's commands
+        share them and would hang on a closed one. Its commands left after ``grace`` are
+        cancelled with their connections open (emcache closes each, with a warning): a
+        reply read in that very turn, after a server silent for ``grace``, would log
+        asyncio's error once; never cancelling them would leave them running for ever.
+        """
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.ended(grace)
+            if self.owns:
+                await close_client(session.client)
+            await session.stop(close_connections=self.owns)
+        await asyncio.gather(*self._old_clients, return_exceptions=True)
+
+    async def _connected(self, *, fresh: bool) -> _Session:
+        """The client and its commands; a client this connector owns is built on first
+        use, and rebuilt when ``fresh`` so that reconnecting follows the breaker, not
+        emcache's backoff."""
+        session = self._session
+        if session is not None and not (fresh and self.owns):
+            return session
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._client is not None and self._client is not client:
-                return self._client  # another caller just built one
-            if client is not None:
-                self._retire(client)
-            self._client = await emcache.create_client(
-                [emcache.MemcachedHostAddress(host, port) for host, port in self._servers],
-                timeout=None,  # every call runs under the cache's own budget
-                max_connections=self.max_connections,
-                # One connection kept open: one a timeout closed is replaced at once,
-                # in the background, rather than by the next call within its budget.
-                min_connections=1,
-                # Generous: emcache connects in the background, callers never wait past
-                # their own budget, and a connection abandoned as slow is retried only
-                # after a one-second backoff: a busy machine must not turn a slow
-                # connect into a second of misses.
-                connection_timeout=CONNECT_TIMEOUT,
-                # With several servers, one that stays unreachable leaves the hashing
-                # (its keys go to the others) instead of timing out its share of calls.
-                purge_unhealthy_nodes=len(self._servers) > 1,
-            )
-            return self._client
+            if self._closed:
+                raise ClientClosedError(f"memcached client for {self.where} is closed")
+            if self._session is not None and self._session is not session:
+                return self._session  # another caller just built one
+            if session is not None:
+                self._retire(session)
+            self._session = _Session(await self._build())
+            return self._session
 
-    async def aclose(self) -> None:
-        """Close the client if this connector owns it, and every client it replaced."""
-        client, self._client = self._client, None
-        if self.owns and client is not None:
-            await close_client(client)
-        await asyncio.gather(*self._old_clients, return_exceptions=True)
+    async def _build(self) -> emcache.Client:
+        return await emcache.create_client(
+            [emcache.MemcachedHostAddress(host, port) for host, port in self._servers],
+            timeout=None,  # every call runs under the cache's own budget
+            max_connections=self.max_connections,
+            # One connection kept open: one a timeout closed is replaced at once,
+            # in the background, rather than by the next call within its budget.
+            min_connections=1,
+            # Generous: emcache connects in the background, callers never wait past
+            # their own budget, and a connection abandoned as slow is retried only
+            # after a one-second backoff: a busy machine must not turn a slow
+            # connect into a second of misses.
+            connection_timeout=CONNECT_TIMEOUT,
+            # With several servers, one that stays unreachable leaves the hashing
+            # (its keys go to the others) instead of timing out its share of calls.
+            purge_unhealthy_nodes=len(self._servers) > 1,
+        )
 
-    def _retire(self, client: emcache.Client) -> None:
-        task = asyncio.get_running_loop().create_task(close_client(client))
+    async def _connect_then_run(
+        self,
+        call: Callable[[emcache.Client], Awaitable[T]],
+        probing: bool,
+        reply: asyncio.Future[T],
+    ) -> None:
+        """``start`` with no client yet, or for a probe: connect, then run ``call`` as one
+        of the new client's commands."""
+        try:
+            session = await self._connected(fresh=probing)
+        except Exception as exc:
+            _hand_over(reply, exc)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        session.running[task] = reply
+        await _run(call, session, reply)
+
+    def _retire(self, session: _Session) -> None:
+        task = asyncio.get_running_loop().create_task(_close_session(session))
         self._old_clients.add(task)
         task.add_done_callback(self._old_clients.discard)
+
+
+class _Session:
+    """One ``emcache`` client and the commands running on it, each with the future its
+    caller waits on (or left)."""
+
+    __slots__ = ("client", "running")
+
+    def __init__(self, client: emcache.Client) -> None:
+        self.client = client
+        self.running: dict[asyncio.Task[Any], asyncio.Future[Any]] = {}
+
+    async def ended(self, grace: float) -> None:
+        """Wait at most ``grace`` seconds for the commands running to end."""
+        if self.running:
+            await asyncio.wait(list(self.running), timeout=grace)
+
+    async def stop(self, *, close_connections: bool) -> None:
+        """Cancel the commands left, after closing every connection of the client when
+        ``close_connections``; a caller still waiting is told ``ClientClosedError``."""
+        if close_connections:
+            for connection in _connections(self.client):
+                connection.close()
+        running, self.running = self.running, {}
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(list(running))
+        closed = ClientClosedError("memcached client closed before the command had its reply")
+        for reply in running.values():
+            _hand_over(reply, closed)
+
+
+async def _close_session(session: _Session) -> None:
+    """Close a replaced client, then end the commands it had left."""
+    await close_client(session.client)
+    await session.stop(close_connections=True)
+
+
+def _connections(client: emcache.Client) -> Iterator[Any]:
+    """Every connection ``client`` has open, idle or running a command.
+
+    emcache's ``close()`` closes the idle ones alone and offers no way to the others, so
+    this reads its pools (emcache 1.3's ``Cluster.nodes`` and
+    ``ConnectionPool._connections_last_time_used``, which holds each connection from its
+    creation to its close); ``tests/cache/test_memcached_faults.py`` checks it still does.
+    """
+    cluster = getattr(client, "_cluster", None)
+    for node in getattr(cluster, "nodes", ()):
+        pool = getattr(node, "_connection_pool", None)
+        yield from list(getattr(pool, "_connections_last_time_used", ()))
+
+
+async def _run(
+    call: Callable[[emcache.Client], Awaitable[T]], session: _Session, reply: asyncio.Future[T]
+) -> None:
+    """``call`` on the session's client, its outcome handed to ``reply`` as it ends (in
+    the same loop turn) unless its caller has left; then it is dropped."""
+    try:
+        result = await call(session.client)
+    except Exception as exc:
+        _hand_over(reply, exc)
+    else:
+        if not reply.done():
+            reply.set_result(result)
+    finally:
+        task = asyncio.current_task()
+        assert task is not None
+        session.running.pop(task, None)
+
+
+def _hand_over(reply: asyncio.Future[Any], exc: BaseException) -> None:
+    if not reply.done():
+        reply.set_exception(exc)
 
 
 async def close_client(client: Closable) -> None:
@@ -165,46 +332,3 @@ async def delete_key(client: emcache.Client, key: bytes) -> None:
     """Delete ``key``; absent is fine."""
     with contextlib.suppress(emcache.NotFoundCommandError):
         await client.delete(key)
-
-
-async def read_to_its_end(command: Coroutine[Any, Any, T]) -> T:
-    """``command``'s result, the command run in a task of its own that its caller's
-    cancellation never reaches: a cancelled caller waits until the command has read its
-    reply (or spent its budget, which the command counts itself), then raises.
-
-    An emcache command cancelled while its reply is on the way closes its connection, and
-    when the reply is read in the same loop turn, emcache's parser resolves a future the
-    cancellation already cancelled: asyncio logs "Fatal error: protocol.data_received()
-    call failed" as an ERROR. Callers are cancelled routinely (a request given up, a
-    follower's poll at its deadline): each would cost a connection, and now and then
-    that error.
-    """
-    loop = asyncio.get_running_loop()
-    reply: asyncio.Future[T] = loop.create_future()
-    task = loop.create_task(_reading(command, reply))
-    try:
-        return await reply
-    except asyncio.CancelledError:
-        if reply.cancelled():  # its caller's cancellation, not the command's own
-            while not task.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait((task,))
-        raise
-
-
-async def _reading(command: Coroutine[Any, Any, T], reply: asyncio.Future[T]) -> None:
-    """``command``, its outcome handed to ``reply`` as it ends (in the same loop turn)
-    unless its caller has left; then it is dropped."""
-    try:
-        result = await command
-    except BaseException as exc:
-        if not reply.done():
-            if isinstance(exc, asyncio.CancelledError):
-                reply.cancel()
-            else:
-                reply.set_exception(exc)
-        if not isinstance(exc, Exception):
-            raise
-    else:
-        if not reply.done():
-            reply.set_result(result)
