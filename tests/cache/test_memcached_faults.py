@@ -22,6 +22,7 @@ from emcache.protocol import MemcacheAsciiProtocol
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.budget import Bounded
+from limpet.cache.memcached import commands
 from limpet.cache.memcached.backend import MemcachedCache, parse_memcached_url
 from limpet.cache.memcached.leases import _PollWatch
 from limpet.cache.memory import MemoryCache
@@ -397,6 +398,7 @@ async def test_a_silent_server_leaves_its_command_running_until_the_probe_replac
     # The caller leaves within its budget; the command waits on in the background. The
     # probe's fresh client retires the old one: its connection is closed first (so no
     # reply could be read any more), and only then is the command cancelled.
+    monkeypatch.setattr(commands, "STUCK_AFTER", 1_000)  # the probe comes first here
     events: list[str] = []
     close = MemcacheAsciiProtocol.close
 
@@ -446,6 +448,43 @@ async def test_a_silent_server_leaves_its_command_running_until_the_probe_replac
         assert memcached_tasks() == []
         assert mc._connector.running == []
     assert loud(caplog) == []
+
+
+async def test_a_command_whose_connection_was_lost_under_it_ends_and_frees_its_place(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server hangs up on a get without a reply: emcache never ends that command (its
+    # reply's future stays pending), and it holds the pool's one connection place. Its
+    # caller leaves within its budget; a command still running STUCK_AFTER budgets after
+    # it started is cancelled, its place freed: the next command gets a connection.
+    monkeypatch.setattr(commands, "STUCK_AFTER", 4)
+    async with HeldReplies() as server:
+        mc = MemcachedCache.from_url(server.url, read_timeout=0.05, max_connections=1)
+        try:
+            reading = asyncio.create_task(mc.get("k"))
+            line, writer = await server.commands.get()
+            assert line.startswith(b"get ")
+            writer.close()  # no reply, ever
+            await server.hang_up_seen()
+            with pytest.raises(CacheUnavailableError, match="timed out"):
+                await reading
+            [lost] = mc._connector.running
+            async with asyncio.timeout(10):  # a hang is a failure, not a wait
+                await asyncio.wait([lost])
+            assert mc._connector.running == []
+            assert state(mc) == "closed"
+            again = asyncio.create_task(mc.get("k"))
+            line, writer = await server.commands.get()  # on a connection of its own
+            writer.write(b"END\r\n")
+            assert await again is None
+            assert server.accepted == 2
+        finally:
+            await mc.aclose()
+        assert memcached_tasks() == []
+    # emcache's own warnings of the connection the server dropped (lost, then removed
+    # from its pool as the stuck command ends), and nothing else.
+    assert [line for line in loud(caplog) if not line.startswith("emcache.")] == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_aclose_ends_a_command_waiting_on_a_silent_server_within_close_timeout(

@@ -388,7 +388,7 @@ class MemcachedCache(RemoteCache):
                 breaker: Memcached is up).
         """
         probing = self.breaker.state == "half_open"
-        start = partial(self._connector.start, call, probing=probing)
+        start = partial(self._connector.start, call, probing=probing, budget=budget)
         return self._guarded(command, budget, start, gated=gated)
 
     def _verdict(self, exc: Exception) -> Verdict:
@@ -401,7 +401,9 @@ class MemcachedCache(RemoteCache):
         """One queued write, run as every command is: a batch that runs out of time stops
         waiting for it, and it goes on until its reply is read."""
         return self._connector.start(
-            partial(_write, key=key.encode(), value=value, expires_at=expires_at), probing=False
+            partial(_write, key=key.encode(), value=value, expires_at=expires_at),
+            probing=False,
+            budget=self.write_timeout,
         )
 
 

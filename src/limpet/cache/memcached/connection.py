@@ -7,30 +7,20 @@ emcache reconnects to a server that was down with a backoff of its own (1 s doub
 probe through, so recovery follows the breaker, not that backoff; the client it replaces
 is closed in the background.
 
-A Memcached command is never cancelled while its connection is open. emcache reads
-replies in ``MemcacheAsciiProtocol.data_received``, whose parser resolves the command's
-future: a command cancelled in the loop turn its reply arrives in leaves the parser
-resolving a cancelled future, and asyncio logs "Fatal error: protocol.data_received()
-call failed" as an ERROR and drops the connection (any cancelled command costs its
-connection, too). Budgets run out and callers are cancelled routinely (a 50 ms read, a
-request given up, a follower's poll at its deadline), so each command runs in a task of
-its own that neither reaches: its caller stops waiting, the command reads its reply and
-hands its connection back to the pool, in step. A command whose server never answers
-is ended with its client: the client's connections are closed first, so no reply can be
-read any more, and only then is the command cancelled. So is one whose connection was
-lost under it: emcache never ends such a command (its future stays pending), so it
-waits for the breaker's probe to replace the client, or for ``aclose()``.
+The commands themselves run as ``limpet.cache.memcached.commands`` says: never cancelled
+while their connection is open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import emcache
 
+from limpet.cache.memcached.commands import ClientClosedError, Session, hand_over, run_command
 from limpet.cache.memcached.keys import parse_memcached_url
 from limpet.cache.remote import check_source
 from limpet.errors import ConfigurationError
@@ -38,7 +28,6 @@ from limpet.errors import ConfigurationError
 __all__ = [
     "CLOSE_NUDGE",
     "CONNECT_TIMEOUT",
-    "ClientClosedError",
     "MemcachedConnector",
     "close_client",
     "delete_key",
@@ -50,11 +39,6 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 2.0
 #: Seconds between the cancellations ``close_client`` sends a close that has not ended.
 CLOSE_NUDGE = 1.0
-
-
-class ClientClosedError(ConnectionError):
-    """A command's client was closed (the cache closed, or a probe replaced the client)
-    before the command had its reply."""
 
 
 class MemcachedConnector:
@@ -95,7 +79,7 @@ class MemcachedConnector:
                 f"MemcachedCache.client: expected an emcache.Client, got {type(client).__name__}"
             )
         self._servers = [] if url is None else parse_memcached_url(url)
-        self._session = None if client is None else _Session(client)
+        self._session = None if client is None else Session(client)
         #: Whether the client is this connector's to build, rebuild and close.
         self.owns = client is None
         self.max_connections = max_connections
@@ -118,14 +102,15 @@ class MemcachedConnector:
         return [] if session is None else list(session.running)
 
     def start(
-        self, call: Callable[[emcache.Client], Awaitable[T]], *, probing: bool
+        self, call: Callable[[emcache.Client], Awaitable[T]], *, probing: bool, budget: float
     ) -> asyncio.Future[T]:
         """Start ``call`` on the client (a fresh one when ``probing``, for the breaker's
         probe) in a task of its own, and return the future of its outcome.
 
-        Cancelling that future (its caller's budget ran out, or its caller was
+        Cancelling that future (its caller's ``budget`` ran out, or its caller was
         cancelled) does not reach the command, which goes on until it has read its
-        reply. One task per command: the read path's whole cost here.
+        reply, or is taken for stuck (``commands.STUCK_AFTER`` budgets). One task per
+        command: the read path's whole cost here.
         """
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[T] = loop.create_future()
@@ -133,11 +118,11 @@ class MemcachedConnector:
         if session is None:
             # Held until it ends: it connects at once (emcache connects in the
             # background), then runs as one of the new client's commands.
-            task = loop.create_task(self._connect_then_run(call, probing, reply))
+            task = loop.create_task(self._connect_then_run(call, probing, budget, reply))
             self._arriving.add(task)
             task.add_done_callback(self._arriving.discard)
         else:
-            session.running[loop.create_task(_run(call, session, reply))] = reply
+            session.track(loop.create_task(run_command(call, session, reply)), reply, budget)
         return reply
 
     async def aclose(self, grace: float) -> None:
@@ -160,13 +145,13 @@ class MemcachedConnector:
         self._closed = True
         session, self._session = self._session, None
         if session is not None:
-            await session.ended(grace)
+            await session.settled(grace)
             if self.owns:
                 await close_client(session.client)
             await session.stop(close_connections=self.owns)
         await asyncio.gather(*self._old_clients, return_exceptions=True)
 
-    async def _connected(self, *, fresh: bool) -> _Session:
+    async def _connected(self, *, fresh: bool) -> Session:
         """The client and its commands; a client this connector owns is built on first
         use, and rebuilt when ``fresh`` so that reconnecting follows the breaker, not
         emcache's backoff."""
@@ -182,7 +167,7 @@ class MemcachedConnector:
                 return self._session  # another caller just built one
             if session is not None:
                 self._retire(session)
-            self._session = _Session(await self._build())
+            self._session = Session(await self._build())
             return self._session
 
     async def _build(self) -> emcache.Client:
@@ -207,6 +192,7 @@ class MemcachedConnector:
         self,
         call: Callable[[emcache.Client], Awaitable[T]],
         probing: bool,
+        budget: float,
         reply: asyncio.Future[T],
     ) -> None:
         """``start`` with no client yet, or for a probe: connect, then run ``call`` as one
@@ -214,91 +200,23 @@ class MemcachedConnector:
         try:
             session = await self._connected(fresh=probing)
         except Exception as exc:
-            _hand_over(reply, exc)
+            hand_over(reply, exc)
             return
         task = asyncio.current_task()
         assert task is not None
-        session.running[task] = reply
-        await _run(call, session, reply)
+        session.track(task, reply, budget)
+        await run_command(call, session, reply)
 
-    def _retire(self, session: _Session) -> None:
+    def _retire(self, session: Session) -> None:
         task = asyncio.get_running_loop().create_task(_close_session(session))
         self._old_clients.add(task)
         task.add_done_callback(self._old_clients.discard)
 
 
-class _Session:
-    """One ``emcache`` client and the commands running on it, each with the future its
-    caller waits on (or left)."""
-
-    __slots__ = ("client", "running")
-
-    def __init__(self, client: emcache.Client) -> None:
-        self.client = client
-        self.running: dict[asyncio.Task[Any], asyncio.Future[Any]] = {}
-
-    async def ended(self, grace: float) -> None:
-        """Wait at most ``grace`` seconds for the commands running to end."""
-        if self.running:
-            await asyncio.wait(list(self.running), timeout=grace)
-
-    async def stop(self, *, close_connections: bool) -> None:
-        """Cancel the commands left, after closing every connection of the client when
-        ``close_connections``; a caller still waiting is told ``ClientClosedError``."""
-        if close_connections:
-            for connection in _connections(self.client):
-                connection.close()
-        running, self.running = self.running, {}
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(list(running))
-        closed = ClientClosedError("memcached client closed before the command had its reply")
-        for reply in running.values():
-            _hand_over(reply, closed)
-
-
-async def _close_session(session: _Session) -> None:
+async def _close_session(session: Session) -> None:
     """Close a replaced client, then end the commands it had left."""
     await close_client(session.client)
     await session.stop(close_connections=True)
-
-
-def _connections(client: emcache.Client) -> Iterator[Any]:
-    """Every connection ``client`` has open, idle or running a command.
-
-    emcache's ``close()`` closes the idle ones alone and offers no way to the others, so
-    this reads its pools (emcache 1.3's ``Cluster.nodes`` and
-    ``ConnectionPool._connections_last_time_used``, which holds each connection from its
-    creation to its close); ``tests/cache/test_memcached_faults.py`` checks it still does.
-    """
-    cluster = getattr(client, "_cluster", None)
-    for node in getattr(cluster, "nodes", ()):
-        pool = getattr(node, "_connection_pool", None)
-        yield from list(getattr(pool, "_connections_last_time_used", ()))
-
-
-async def _run(
-    call: Callable[[emcache.Client], Awaitable[T]], session: _Session, reply: asyncio.Future[T]
-) -> None:
-    """``call`` on the session's client, its outcome handed to ``reply`` as it ends (in
-    the same loop turn) unless its caller has left; then it is dropped."""
-    try:
-        result = await call(session.client)
-    except Exception as exc:
-        _hand_over(reply, exc)
-    else:
-        if not reply.done():
-            reply.set_result(result)
-    finally:
-        task = asyncio.current_task()
-        assert task is not None
-        session.running.pop(task, None)
-
-
-def _hand_over(reply: asyncio.Future[Any], exc: BaseException) -> None:
-    if not reply.done():
-        reply.set_exception(exc)
 
 
 async def close_client(client: Closable) -> None:
