@@ -32,7 +32,6 @@ writes are queued and sent in the background, and every failure leaves as
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -41,8 +40,9 @@ import emcache
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
-from limpet.cache.memcached.connection import MemcachedConnector, delete_key
+from limpet.cache.memcached.connection import MemcachedConnector
 from limpet.cache.memcached.generations import GenerationCounters
+from limpet.cache.memcached.items import delete_key, get_value, get_values, write_item
 from limpet.cache.memcached.keys import (
     RELATIVE_TTL_LIMIT,
     check_prefix,
@@ -258,11 +258,11 @@ class MemcachedCache(RemoteCache):
         return await self._reads.get(full)
 
     def _get_one(self, full: str) -> Awaitable[bytes | None]:
-        return self.run("get", self.read_timeout, partial(_get_value, key=full.encode()))
+        return self.run("get", self.read_timeout, partial(get_value, key=full.encode()))
 
     def _get_many(self, keys: Sequence[str]) -> Awaitable[list[bytes | None]]:
         raw = [key.encode() for key in keys]
-        return self.run("get_many", self.read_timeout, partial(_get_values, keys=raw))
+        return self.run("get_many", self.read_timeout, partial(get_values, keys=raw))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Queue ``value`` under ``key`` for ``ttl`` seconds and return without waiting.
@@ -401,34 +401,7 @@ class MemcachedCache(RemoteCache):
         """One queued write, run as every command is: a batch that runs out of time stops
         waiting for it, and it goes on until its reply is read."""
         return self._connector.start(
-            partial(_write, key=key.encode(), value=value, expires_at=expires_at),
+            partial(write_item, key=key.encode(), value=value, expires_at=expires_at),
             probing=False,
             budget=self.write_timeout,
         )
-
-
-async def _get_value(client: emcache.Client, key: bytes) -> bytes | None:
-    item = await client.get(key)
-    return None if item is None else bytes(item.value)
-
-
-async def _get_values(client: emcache.Client, keys: list[bytes]) -> list[bytes | None]:
-    """The values of ``keys``, in order (None: absent), in one multi-key get per server."""
-    found = await client.get_many(keys)
-    return [None if (item := found.get(key)) is None else bytes(item.value) for key in keys]
-
-
-async def _write(
-    client: emcache.Client, key: bytes, value: bytes | None, expires_at: float
-) -> Exception | None:
-    """Store ``value`` under ``key`` until ``expires_at`` (monotonic), or delete ``key``
-    (no value, or expired already); None, or Memcached's refusal."""
-    ttl = expires_at - time.monotonic()
-    try:
-        if value is None or ttl <= 0:
-            await delete_key(client, key)
-        else:
-            await client.set(key, value, exptime=memcached_expiry(ttl, time.time()))
-    except emcache.CommandError as exc:
-        return exc  # Memcached refused it (too large, out of memory): it is up
-    return None

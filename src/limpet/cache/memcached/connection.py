@@ -14,7 +14,6 @@ while their connection is open.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -30,7 +29,6 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "MemcachedConnector",
     "close_client",
-    "delete_key",
 ]
 
 T = TypeVar("T")
@@ -244,9 +242,3 @@ class Closable(Protocol):
     """What ``close_client`` closes: an ``emcache.Client``."""
 
     async def close(self) -> None: ...
-
-
-async def delete_key(client: emcache.Client, key: bytes) -> None:
-    """Delete ``key``; absent is fine."""
-    with contextlib.suppress(emcache.NotFoundCommandError):
-        await client.delete(key)
