@@ -53,7 +53,8 @@ class MemoryCache:
         # Values and their expiry times apart, not a (time, value) tuple per entry: storing
         # an answer then allocates no object the garbage collector tracks. Every one it
         # does counts towards its next pass, and a miss stores one answer: at concurrency
-        # 50 the tuple made the collector pass about twice as often (benchmarks/peers).
+        # 50 the tuple made the collector pass about twice as often (36-44 young passes
+        # per 4,000 misses rather than 21-23, measured side by side).
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._expiry: dict[str, float] = {}
         self._bytes = 0
