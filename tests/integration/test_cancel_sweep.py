@@ -47,6 +47,7 @@ from tests.integration.cancel_sweep import (
     ended,
     key_of,
     sweep,
+    sweep_until,
     warm,
 )
 from tests.integration.chat import ask
@@ -188,8 +189,8 @@ async def test_complete_cancelled_on_one_client_of_two(world: Sweep) -> None:
     a, b = world.client(), world.client()
     await warm(world, [a, b])
 
-    async def play(k: int) -> bool:
-        prompt = f"two clients {k}"
+    async def play(n: int, k: int) -> bool:
+        prompt = f"two clients {n}.{k}"
         counts = Counts(world, [a, b])
         leading = asyncio.create_task(a.complete(**ask(prompt)))
         other = asyncio.create_task(b.complete(**ask(prompt)))
@@ -217,8 +218,9 @@ async def test_complete_cancelled_on_one_client_of_two(world: Sweep) -> None:
         counts.check(requests=world.requests(prompt), cancelled=not finished)
         return finished
 
-    world.rounds = await sweep(play)
-    world.reached_all(
+    await sweep_until(
+        world,
+        play,
         "cancelled, the other miss",
         "cancelled, the other coalesced",
         "cancelled, its request upstream, the other's too",
