@@ -101,8 +101,8 @@ async def test_complete_cancelled_alone(world: Sweep) -> None:
     client = world.client()
     await warm(world, [client])
 
-    async def play(k: int) -> bool:
-        prompt = f"alone {k}"
+    async def play(n: int, k: int) -> bool:
+        prompt = f"alone {n}.{k}"
         counts = Counts(world, [client])
         call = asyncio.create_task(client.complete(**ask(prompt)))
         finished = await cancel_after(call, k)
@@ -127,8 +127,9 @@ async def test_complete_cancelled_alone(world: Sweep) -> None:
         counts.check(requests=world.requests(prompt), cancelled=not finished)
         return finished
 
-    world.rounds = await sweep(play)
-    world.reached_all("cancelled, its request upstream", "cancelled, its answer stored")
+    await sweep_until(
+        world, play, "cancelled, its request upstream", "cancelled, its answer stored"
+    )
 
 
 @pytest.mark.parametrize("joins", ["at once", "in flight"])
