@@ -1,5 +1,6 @@
 """ReadBatcher: a burst of reads of one key while it is read alone shares that read; a
-cancelled lone reader leaves those who joined it to the next batch, never hanging."""
+cancelled lone reader leaves those who joined it to the next batch, never hanging; and
+whatever the burst, its timing and who gives up, every reader gets its own key's value."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from limpet.cache.reads import ReadBatcher
+from limpet.cache.reads import MAX_BATCH, MAX_BATCHES_IN_FLIGHT, ReadBatcher
 from limpet.errors import CacheUnavailableError
 
 
@@ -87,3 +90,92 @@ async def test_a_cancelled_lone_reader_leaves_those_that_joined_it_to_a_batch() 
     assert await asyncio.gather(*joined) == [b"v"] * 3
     assert first.cancelled()
     assert store.manys == [["k"]]
+
+
+# -- any burst, any timing -------------------------------------------------------------
+
+
+class TimedStore:
+    """Fetches from a dict after a scripted number of loop turns each, recording how many
+    batches were out at once and what each batch asked for."""
+
+    def __init__(self, values: dict[str, bytes], turns: list[int]) -> None:
+        self.values = values
+        self.turns = turns  # loop turns each fetch takes, in order (cycled)
+        self.fetches = 0
+        self.out = 0
+        self.most_out = 0
+        self.batches: list[list[str]] = []
+
+    async def _wait(self) -> None:
+        turns = self.turns[self.fetches % len(self.turns)]
+        self.fetches += 1
+        for _ in range(turns):
+            await asyncio.sleep(0)
+
+    async def fetch_one(self, key: str) -> bytes | None:
+        await self._wait()
+        return self.values.get(key)
+
+    async def fetch_many(self, keys: Sequence[str]) -> Sequence[bytes | None]:
+        self.batches.append(list(keys))
+        self.out += 1
+        self.most_out = max(self.most_out, self.out)
+        try:
+            await self._wait()
+            return [self.values.get(key) for key in keys]
+        finally:
+            self.out -= 1
+
+
+# A read: its key, the loop turns before it starts, and the turns after which its
+# reader gives up (None: it waits for its value).
+_reads = st.lists(
+    st.tuples(
+        st.integers(0, 99).map("k{}".format), st.integers(0, 3), st.none() | st.integers(0, 4)
+    ),
+    min_size=1,
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(reads=_reads, turns=st.lists(st.integers(0, 3), min_size=1, max_size=5))
+@example(reads=[(f"k{i}", 0, None) for i in range(100)] * 2, turns=[1])  # over a batch
+def test_every_reader_gets_its_own_keys_value_whatever_the_burst(
+    reads: list[tuple[str, int, int | None]], turns: list[int]
+) -> None:
+    # Keys k80 to k99 are absent. Readers come in waves, some give up; each reader that
+    # waits gets exactly its own key's value (a batch's values are matched to its keys),
+    # no batch asks for a key twice or for more than MAX_BATCH keys, no more than
+    # MAX_BATCHES_IN_FLIGHT batches are out at once, and nothing is left running.
+    values = {f"k{i}": b"value of %d" % i for i in range(80)}
+
+    async def burst() -> None:
+        store = TimedStore(values, turns)
+        reads_ = ReadBatcher(store.fetch_one, store.fetch_many, kind="Test")
+
+        async def reader(key: str, delay: int, patience: int | None) -> None:
+            for _ in range(delay):
+                await asyncio.sleep(0)
+            reading = asyncio.ensure_future(reads_.get(key))
+            if patience is not None:
+                for _ in range(patience):
+                    await asyncio.sleep(0)
+                if not reading.done():
+                    reading.cancel()
+            try:
+                found = await reading
+            except asyncio.CancelledError:
+                assert patience is not None
+                return
+            assert found == values.get(key), key
+
+        await asyncio.gather(*(reader(*read) for read in reads))
+        for batch in store.batches:
+            assert len(batch) == len(set(batch)) <= MAX_BATCH
+        assert store.most_out <= MAX_BATCHES_IN_FLIGHT
+        await asyncio.gather(*reads_._tasks)
+        assert not reads_._pending and not reads_._tasks
+
+    asyncio.run(burst())
