@@ -116,22 +116,14 @@ async def test_a_flight_cancelled_taking_the_lease_leaves_none_though_its_comman
     assert store.lease is None  # taken, then released: no process waits on it
 
 
-class FaultyStore(LateStore):
-    """A store whose acquire fails: after it landed (``landed``: its reply lost or late,
-    ``CacheUnavailableError``) or without taking effect (``CacheRejectedError``); it counts
-    releases and says when the lease is renewed."""
+class CountingStore(LateStore):
+    """A store whose commands all land at once; it counts releases and says when the
+    lease is renewed."""
 
-    def __init__(self, landed: bool, lease: str | None = None) -> None:
-        super().__init__("take_over", lease)  # no late command: acquire is failed here
-        self.landed = landed
+    def __init__(self, lease: str | None = None) -> None:
+        super().__init__("take_over", lease)  # no late command
         self.releases = 0
         self.renewed = asyncio.Event()
-
-    async def acquire(self, key: str, token: str, lease: float) -> bool:
-        if not self.landed:
-            raise CacheRejectedError("SET skipped: circuit breaker open")
-        await super().acquire(key, token, lease)
-        raise CacheUnavailableError("EVAL acquire timed out after 100 ms")
 
     async def renew(self, key: str, token: str, lease: float) -> bool:
         self.renewed.set()
@@ -142,6 +134,21 @@ class FaultyStore(LateStore):
     ) -> None:
         self.releases += 1
         await super().release(key, token, notice, entry, ttl)
+
+
+class FaultyStore(CountingStore):
+    """A store whose acquire fails: after it landed (``landed``: its reply lost or late,
+    ``CacheUnavailableError``) or without taking effect (``CacheRejectedError``)."""
+
+    def __init__(self, landed: bool, lease: str | None = None) -> None:
+        super().__init__(lease)
+        self.landed = landed
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        if not self.landed:
+            raise CacheRejectedError("SET skipped: circuit breaker open")
+        await super().acquire(key, token, lease)
+        raise CacheUnavailableError("EVAL acquire timed out after 100 ms")
 
 
 async def failing_upstream() -> tuple[str, bytes | None, float]:
@@ -206,3 +213,27 @@ async def test_a_follower_whose_lease_check_failed_leads_alone_and_sends_no_rele
 
     assert await flight.do(KEY, lead, nothing_stored) == ("answer", True)
     assert store.releases == 0 and store.lease == "other:0"
+
+
+async def test_an_entry_stored_just_before_the_lease_was_taken_is_served_not_fetched_again() -> (
+    None
+):
+    # Another process led, stored the entry and dropped the lease between this caller's
+    # miss and its acquire: the lease is free, and taking it must not mean calling
+    # upstream again. The leader reads the shared tier once more with the lease held,
+    # serves what it finds, and drops the lease.
+    store = CountingStore()
+    flight = RedisFlight[str](store, CONFIG)
+    reads = 0
+
+    async def stored_meanwhile() -> str | None:
+        nonlocal reads
+        reads += 1
+        return "the other process's answer"
+
+    assert await flight.do(KEY, never_called, nothing_stored, recheck=stored_meanwhile) == (
+        "the other process's answer",
+        False,
+    )
+    assert reads == 1
+    assert store.releases == 1 and store.lease is None

@@ -89,6 +89,7 @@ async def fetch_shared(
             return await read(key)
 
         try:
+            # No recheck: lead() looks once more itself, within the call's batching.
             return await flight.do(key, lead, follow)
         finally:
             batches.decided(key)

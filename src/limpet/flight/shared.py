@@ -135,6 +135,8 @@ class RedisFlight(Generic[R]):
         key: str,
         lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
         read: Callable[[], Awaitable[R | None]],
+        *,
+        recheck: Callable[[], Awaitable[R | None]] | None = None,
     ) -> tuple[R, bool]:
         """The result for ``key``: from this process's ``lead()`` or another's entry.
 
@@ -142,6 +144,9 @@ class RedisFlight(Generic[R]):
             lead: the upstream call; returns the result, the entry bytes to share (None:
                 nothing to share) and their TTL.
             read: reads the key's entry from the shared cache.
+            recheck: reads the entry once more, once the lease is taken, before leading
+                (another process may have stored it and dropped its lease since this
+                caller's miss), counting no miss; None when ``lead`` looks itself.
 
         Returns:
             The result, and True when this process led.
@@ -167,6 +172,10 @@ class RedisFlight(Generic[R]):
             if acquired:
                 if followed:
                     self.takeovers += 1
+                if recheck is not None:
+                    stored = await self._stored_meanwhile(key, token, recheck)
+                    if stored is not None:
+                        return stored, False
                 return await self._lead(key, token, lead), True
             followed = True
             if leading:
@@ -177,6 +186,25 @@ class RedisFlight(Generic[R]):
             if time.monotonic() >= deadline:
                 result, _, _ = await lead()
                 return result, True
+
+    async def _stored_meanwhile(
+        self, key: str, token: str, read: Callable[[], Awaitable[R | None]]
+    ) -> R | None:
+        """The entry, when another process stored it between this caller's miss and its
+        taking the lease (that process then dropped its lease, so the lease was free):
+        read once more with the lease held, and the lease dropped again if it was there.
+        Without this look, a storm's late caller would call upstream a second time."""
+        abandoned = FlightNotice(FlightOutcome.ABANDONED)
+        try:
+            found = await read()
+        except CacheUnavailableError:
+            return None  # lead: the lease is ours
+        except BaseException:
+            await self._release(key, token, abandoned, None, 0.0)  # cancelled: not left
+            raise
+        if found is not None:
+            await self._release(key, token, abandoned, None, 0.0)
+        return found
 
     async def _acquire(self, key: str, token: str) -> bool:
         return await self._taking(key, token, self.store.acquire(key, token, self.config.lease))

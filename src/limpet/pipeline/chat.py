@@ -10,6 +10,7 @@ its own wait, and may retry once on a retryable failure).
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from functools import partial
 
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
@@ -202,11 +203,11 @@ class ChatPipeline:
             data, entry_ttl = stored if stored is not None else (None, 0.0)
             return (entry, None), data, entry_ttl
 
-        async def read() -> Filled | None:
-            found = await cache.get(key)
+        async def read(count_miss: bool = True) -> Filled | None:
+            found = await cache.get(key, count_miss=count_miss)
             return None if found is None else (found[0], CacheStatus.COALESCED)
 
-        filled, _ = await shared.do(key, lead, read)
+        filled, _ = await shared.do(key, lead, read, recheck=partial(read, count_miss=False))
         return filled
 
     async def _store(self, request: Request, key: str, entry: CacheEntry) -> None:

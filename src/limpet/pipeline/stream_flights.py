@@ -251,11 +251,11 @@ class StreamFlights:
             broadcast.finish((entry, None))
             return
 
-        async def read() -> CacheEntry | None:
-            found = await cache.get(key)
+        async def read(count_miss: bool = True) -> CacheEntry | None:
+            found = await cache.get(key, count_miss=count_miss)
             return None if found is None else found[0]
 
-        entry, led = await shared.do(key, lead, read)
+        entry, led = await shared.do(key, lead, read, recheck=partial(read, count_miss=False))
         if not led:  # another process streamed it: replay its entry, unless corrupt
             replay = await _replayable(cache, key, entry)
             if replay is not None:
