@@ -167,6 +167,24 @@ async def test_entries_spread_over_every_node(
     assert 0 < cache._reads.batches < 300
 
 
+async def test_a_burst_wider_than_the_pools_waits_for_a_connection_instead_of_failing(
+    redis_cluster: RedisClusterServers, cluster_prefix: str
+) -> None:
+    # redis-py's cluster pools fail a command at once when a node has no free connection;
+    # a burst of 400 lease scripts and reads on pools of 4 per node waits its turn, within
+    # each command's budget: nothing is rejected, nothing falls through.
+    async with RedisCache.from_url(
+        cluster_url(redis_cluster), prefix=cluster_prefix, max_connections=4, **PATIENT
+    ) as cache:
+        store = cache.flight_store
+        taken = await asyncio.gather(
+            *(store.acquire(f"burst {i}", "token", 10.0) for i in range(400)),
+            *(cache.get(f"burst {i}") for i in range(400)),
+        )
+        assert taken == [True] * 400 + [None] * 400
+        assert cache.breaker_state == "closed"
+
+
 async def test_entries_carry_a_native_ttl(cache: RedisCache, raw: RedisCluster) -> None:
     await cache.set("k", b"v", 30)
     await cache.flush()

@@ -44,11 +44,12 @@ from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
 from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.wire import Answer
+from tests.cluster_servers import RedisClusterServers
 from tests.integration.chat import ask
 from tests.integration.soak_adversity import landed
 from tests.integration.test_lifecycle import limpet_tasks
 
-TierName = Literal["memory", "redis", "memcached"]
+TierName = Literal["memory", "redis", "memcached", "redis-cluster"]
 # The tier setups, for ``pytest.mark.parametrize("world", TIERS, indirect=True)``.
 TIERS = [
     pytest.param("memory"),
@@ -56,6 +57,8 @@ TIERS = [
     pytest.param("memcached", marks=pytest.mark.memcached),
 ]
 SHARED_TIERS = TIERS[1:]
+# The same on the session's three-node Redis Cluster too (the storms).
+TIERS_AND_CLUSTER = [*TIERS, pytest.param("redis-cluster", marks=pytest.mark.redis)]
 SharedTier = RedisCache | MemcachedCache
 
 # Leases, follower waits and failure guards far longer than a round takes: only what a
@@ -205,7 +208,7 @@ class Sweep:
     caplog: pytest.LogCaptureFixture
     shared: Callable[[], SharedTier] | None = None  # a new handle on the shared tier
     inspector: SharedTier | None = None  # the test's own handle, to look for leases
-    admin: redis.asyncio.Redis | None = None  # Redis only: to list every lease
+    admins: tuple[redis.asyncio.Redis, ...] = ()  # Redis only (each node): to list leases
     answers: dict[str, list[Answer]] = field(default_factory=lambda: collections.defaultdict(list))
     leased: set[str] = field(default_factory=set)  # keys whose lease was asked for
     clients: list[Client] = field(default_factory=list)
@@ -298,10 +301,10 @@ class Sweep:
             return []
         store = inspector.flight_store
         held = [key for key in sorted(self.leased) if await store.holder(key) is not None]
-        if self.admin is not None:
+        for admin in self.admins:
             assert isinstance(inspector, RedisCache)
             pattern = inspector.lock_key("*")
-            held += [key.decode() async for key in self.admin.scan_iter(match=pattern)]
+            held += [key.decode() async for key in admin.scan_iter(match=pattern)]
         return held
 
     async def stored(self, client: Client, key: str) -> bool:
@@ -385,6 +388,19 @@ def record(sweep: Sweep, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(store, "acquire", acquired)
 
 
+def _shared_tier(tier: TierName, request: pytest.FixtureRequest) -> tuple[str, str, list[str]]:
+    """The URL and prefix of ``tier``'s shared cache, and the Redis servers (each node of
+    a cluster) to list leases on."""
+    if tier == "redis-cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        nodes = [f"redis://127.0.0.1:{port}/0" for port in cluster.ports]
+        url = cluster.url.replace("redis://", "redis+cluster://", 1)
+        return url, request.getfixturevalue("cluster_prefix"), nodes
+    url = request.getfixturevalue(f"{tier}_url")
+    prefix = request.getfixturevalue(f"{tier}_prefix")
+    return url, prefix, [url] if tier == "redis" else []
+
+
 @contextlib.asynccontextmanager
 async def open_sweep(
     tier: TierName,
@@ -397,18 +413,17 @@ async def open_sweep(
     async with contextlib.AsyncExitStack() as stack:
         found = Sweep(gateway, tier, caplog)
         if tier != "memory":
-            url: str = request.getfixturevalue(f"{tier}_url")
-            prefix: str = request.getfixturevalue(f"{tier}_prefix")
-            kind = RedisCache if tier == "redis" else MemcachedCache
+            url, prefix, servers = _shared_tier(tier, request)
+            kind = MemcachedCache if tier == "memcached" else RedisCache
 
             def shared() -> SharedTier:
                 return kind.from_url(url, prefix=prefix, read_timeout=LONG, write_timeout=LONG)
 
             found.shared = shared
             found.inspector = await stack.enter_async_context(shared())
-            if tier == "redis":
-                admin = redis.asyncio.Redis.from_url(url)
-                found.admin = await stack.enter_async_context(admin)
+            for server in servers:
+                admin = redis.asyncio.Redis.from_url(server)
+                found.admins += (await stack.enter_async_context(admin),)
         record(found, monkeypatch)
         try:
             yield found

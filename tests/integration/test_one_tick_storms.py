@@ -23,7 +23,14 @@ import pytest
 
 from limpet import CacheStatus, Client, Completion, Embeddings
 from limpet.http.chunks import StreamChunk
-from tests.integration.cancel_sweep import EMBED_MODEL, LONG, TIERS, Counts, Sweep, warm
+from tests.integration.cancel_sweep import (
+    EMBED_MODEL,
+    LONG,
+    TIERS_AND_CLUSTER,
+    Counts,
+    Sweep,
+    warm,
+)
 from tests.integration.chat import ask
 
 T = TypeVar("T")
@@ -72,7 +79,7 @@ def served(results: list[Completion]) -> collections.Counter[CacheStatus]:
     return collections.Counter(result.cache for result in results)
 
 
-@pytest.mark.parametrize("world", TIERS, indirect=True)
+@pytest.mark.parametrize("world", TIERS_AND_CLUSTER, indirect=True)
 @pytest.mark.parametrize("prompts", [1, 50], ids=["one request", "50 requests"])
 async def test_complete_storm(world: Sweep, prompts: int) -> None:
     clients = await two_clients(world)
@@ -100,7 +107,7 @@ async def test_complete_storm(world: Sweep, prompts: int) -> None:
             assert again.raw["id"] == answer_of[id(client), text]
 
 
-@pytest.mark.parametrize("world", TIERS, indirect=True)
+@pytest.mark.parametrize("world", TIERS_AND_CLUSTER, indirect=True)
 async def test_stream_storm(world: Sweep) -> None:
     clients = await two_clients(world)
     texts = [f"stream storm: {p}" for p in range(20)]
@@ -128,7 +135,7 @@ async def test_stream_storm(world: Sweep) -> None:
             assert [chunk.raw for chunk in replayed] == chunks_of[id(client), text]
 
 
-@pytest.mark.parametrize("world", TIERS, indirect=True)
+@pytest.mark.parametrize("world", TIERS_AND_CLUSTER, indirect=True)
 async def test_embed_storm(world: Sweep) -> None:
     clients = await two_clients(world)
     pool = [f"storm input {n}" for n in range(POOL)]

@@ -13,6 +13,7 @@ counter shares the tag ``{gen}`` (read together in one MGET).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import ClassVar, TypeVar
@@ -130,6 +131,7 @@ class RedisCache(RemoteCache):
         "_lone",
         "_owns_client",
         "_reads",
+        "_slots",
         "_tag_close",
         "_tag_open",
         "cluster",
@@ -175,10 +177,18 @@ class RedisCache(RemoteCache):
         self._tag_open, self._tag_close = ("{", "}") if self.cluster else ("", "")
         self._generation_prefix = prefix + ("{gen}:" if self.cluster else "gen:")
         self._counter_starts = CounterStarts()
+        # redis-py's cluster pools fail a command at once when its node has no free
+        # connection, where a single server's pool waits for one: on a cluster a burst
+        # waits here for one of max_connections places instead (less one, kept for the
+        # flight notices' subscription), within each command's budget, rather than fail
+        # and fall through (a burst of embedding leases did, and sent inputs twice).
+        self._slots = (
+            asyncio.Semaphore(max(settings.max_connections - 1, 1)) if self.cluster else None
+        )
         super().__init__(
             settings,
             where=describe_server(client),
-            send=pipelined_writes(client),
+            send=pipelined_writes(client, self._slots),
             batch_size=WRITE_BATCH,
             breaker=breaker,
         )
@@ -290,7 +300,9 @@ class RedisCache(RemoteCache):
 
     def _get_one(self, full: str) -> Awaitable[object]:
         fetch = self._client.get if self._lone is None else self._lone.get
-        return self._guarded("GET", self.read_timeout, partial(fetch, full), gated=True)
+        return self._guarded(
+            "GET", self.read_timeout, self._placed(partial(fetch, full)), gated=True
+        )
 
     async def _get_many(self, keys: Sequence[str]) -> Sequence[object]:
         client = self._client
@@ -413,7 +425,20 @@ class RedisCache(RemoteCache):
                 out or failed, or Redis answered with an error (which does not count
                 against the breaker: Redis is up).
         """
-        return await self._guarded(command, budget, call, gated=gated)
+        return await self._guarded(command, budget, self._placed(call), gated=gated)
+
+    def _placed(self, call: Callable[[], Awaitable[_T]]) -> Callable[[], Awaitable[_T]]:
+        """``call``, made once one of the cluster's places is free (see ``_slots``); as
+        it is on a single server."""
+        slots = self._slots
+        if slots is None:
+            return call
+
+        async def placed() -> _T:
+            async with slots:
+                return await call()
+
+        return placed
 
     def _verdict(self, exc: Exception) -> Verdict:
         if isinstance(exc, MaxConnectionsError):

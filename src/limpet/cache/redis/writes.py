@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from typing import TypeAlias
@@ -23,8 +25,9 @@ RedisClient: TypeAlias = Redis | RedisCluster
 WRITE_BATCH = 64
 
 
-def pipelined_writes(client: RedisClient) -> SendBatch:
-    """Sends a batch of writes to ``client`` as one pipeline, timed by the server.
+def pipelined_writes(client: RedisClient, slots: asyncio.Semaphore | None = None) -> SendBatch:
+    """Sends a batch of writes to ``client`` as one pipeline, timed by the server, once
+    one of ``slots`` is free (a cluster cache's places, see ``RedisCache``).
 
     On a cluster, the commands that failed for want of a live connection (one a node
     closed while it sat idle: a restart, an idle timeout) are sent once more, on a fresh
@@ -32,7 +35,7 @@ def pipelined_writes(client: RedisClient) -> SendBatch:
     budget."""
 
     async def send(batch: list[tuple[str, Write]], budget: float) -> BatchOutcome:
-        async with server_deadline(budget):
+        async with server_deadline(budget), slots or contextlib.nullcontext():
             results = await _pipelined(client, batch)
             if isinstance(client, RedisCluster):
                 again = [i for i, r in enumerate(results) if _unsent(r)]
