@@ -17,10 +17,12 @@ from aiohttp import web
 
 from limpet import Client, Embeddings
 from limpet.flight.embeddings import SharedFetch
+from limpet.flight.shared import RedisFlight
 from limpet.pipeline.embeddings import Embedder
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import DEFAULT_DIMENSIONS, FakeEmbeddings
 from tests.integration.soak_adversity import (
+    WAVE_DEADLINE,
     Launch,
     Shared,
     Stop,
@@ -79,9 +81,15 @@ class SpyEmbeddings(FakeEmbeddings):
         super().__init__(gateway)
         self.ticks = ticks
         self.produced: dict[str, Produced] = {}  # answer id -> what it answered
+        # Cleared: every request waits, once ``asked`` is set, until it is set again.
+        self.answering = asyncio.Event()
+        self.answering.set()
+        self.asked = asyncio.Event()
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         _asker.set(request.match_info["endpoint"])  # this handler's own task and context
+        self.asked.set()
+        await self.answering.wait()
         return await super().serve(request)
 
     def _answer(self, body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
@@ -129,6 +137,19 @@ def spy_on_keys(monkeypatch: pytest.MonkeyPatch) -> Keys:
 
     monkeypatch.setattr(Embedder, "keys", recorded)
     return keys
+
+
+def spy_on_following(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once a process starts following another's flight (its lease was taken)."""
+    following = asyncio.Event()
+    follow = RedisFlight._follow
+
+    async def recorded(self: RedisFlight[Any], *args: Any, **kwargs: Any) -> Any:
+        following.set()
+        return await follow(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisFlight, "_follow", recorded)
+    return following
 
 
 def spy_on_follows(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -242,6 +263,32 @@ class Run:
             outcome.error = exc
         finally:
             _calling.reset(calling)
+
+    async def followed_across(
+        self, following: asyncio.Event, texts: tuple[str, ...]
+    ) -> tuple[Outcome, Outcome]:
+        """Client 0 embeds ``texts`` while its request is held upstream, then client 1
+        the same once it follows client 0's flight (``spy_on_following``), and the answer
+        is let go: the seeded waves reach a cross-process follow only when the timing
+        allows (on a loaded machine, some seeds never do); this reaches one for certain.
+        """
+        spy = self.spy
+        outcomes = tuple(Outcome(Plan(WAVES, client, texts), faulty=False) for client in (0, 1))
+        self.outcomes += outcomes
+        spy.asked.clear()
+        following.clear()
+        spy.answering.clear()
+        try:
+            async with asyncio.timeout(WAVE_DEADLINE):
+                leading = asyncio.create_task(self.call(outcomes[0]))
+                await spy.asked.wait()  # client 0's request is upstream: its leases taken
+                trailing = asyncio.create_task(self.call(outcomes[1]))
+                await following.wait()
+        finally:
+            spy.answering.set()
+        async with asyncio.timeout(WAVE_DEADLINE):
+            await asyncio.gather(leading, trailing)
+        return outcomes[0], outcomes[1]
 
     async def wave(self, wave: Wave[Plan]) -> None:
         self.shared.next_wave()

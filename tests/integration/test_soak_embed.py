@@ -21,8 +21,10 @@ size, after it started, for distinct inputs of its own, claimed by no other call
 many inputs as its ``misses``, whose tokens are its ``usage``. Then no lease is left but
 those whose release the shared tier refused, each Client's ``Stats`` count what its
 callers saw, and a last pass of every text at each size is served from the cache by both
-Clients whenever an entry exists (signed with their key, on the signed tier). Ordered by
-turns and by waiting on the calls, never by sleeping.
+Clients whenever an entry exists (signed with their key, on the signed tier). Before it,
+one scene the waves reach only when the timing allows: client 1 follows client 0's
+flight across processes (client 0's request held upstream until it does) and is given
+client 0's vectors. Ordered by turns and by waiting on the calls, never by sleeping.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from tests.integration.soak_embed import (
     draw,
     passages,
     size,
+    spy_on_following,
     spy_on_follows,
     spy_on_keys,
 )
@@ -188,6 +191,7 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
 ) -> None:
     gateway, embeddings = spy
     keys, followed = spy_on_keys(monkeypatch), spy_on_follows(monkeypatch)
+    following = spy_on_following(monkeypatch)
     waves = draw(seed)
     a, b = (make_client(gateway, shared.tiered(n), ENDPOINTS[n]) for n in (0, 1))
     run = Run(gateway, embeddings, (a, b), shared, ticks)
@@ -212,7 +216,20 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
         assert any(o.cancel_sent for o in run.outcomes)
         assert any(isinstance(o.error, APITimeoutError) for o in run.outcomes)
         assert shared.killed > 0 or not shared.admins or not any(w.kills for w in waves)
-        assert followed, "no input followed another process's flight"
+
+        async with asyncio.timeout(WAVE_DEADLINE):
+            await shared.recovered()
+        assert [client.stats.breaker_state for client in run.clients] == ["closed", "closed"]
+
+        # One input followed across processes for certain: client 1 is given what client
+        # 0 sent, and sends nothing.
+        scene = tuple(f"soak {seed}, followed across: {n}" for n in range(2))
+        leading, trailing = await run.followed_across(following, scene)
+        for outcome in (leading, trailing):
+            check_outcome(run, outcome, claimed, served)
+        assert leading.result is not None and leading.result.misses == len(scene)
+        assert trailing.result is not None and trailing.result.coalesced == len(scene)
+        assert set(trailing.keys) <= set(followed), "client 1 did not follow client 0"
         # Vectors a Client served though its endpoint never answered them: the other's.
         asked = {
             (ENDPOINTS.index(p.endpoint), text, p.dimensions)
@@ -220,14 +237,11 @@ async def test_soak_every_vector_is_its_inputs_and_nothing_is_left_behind(
             for text in p.texts
         }
         crossed = {(c, t, d) for c, t, d, _ in served if (c, t, size(d)) not in asked}
-        assert crossed, "no vector went from one Client to the other"
+        assert {(1, text, None) for text in scene} <= crossed
 
         # A last pass of every input through both Clients, once every write behind has
         # landed: from the cache whenever an entry exists (a Client's own vectors are in
         # its memory tier), and the same vector from both.
-        async with asyncio.timeout(WAVE_DEADLINE):
-            await shared.recovered()
-        assert [client.stats.breaker_state for client in run.clients] == ["closed", "closed"]
         for text in passages():
             for dimensions in DIMENSIONS:
                 key = one_key(keys).get((text, dimensions))
