@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
+
+from limpet import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,3 +31,12 @@ def test_the_readme_starts_with_the_demo_then_the_tests() -> None:
     blocks = _code_blocks((ROOT / "README.md").read_text())
     assert "limpet demo" in blocks[0]
     assert "pytest" in blocks[1]
+
+
+def test_the_configuration_table_names_every_client_argument_once() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n")[1]
+    table = section.split("\n## ")[0]
+    rows = re.findall(r"^\| `([^`]+)`(?:, `([^`]+)`)? \|", table, re.M)
+    named = [name for row in rows for name in row if name]
+    arguments = [name for name in inspect.signature(Client.__init__).parameters if name != "self"]
+    assert sorted(named) == sorted(arguments)
