@@ -62,7 +62,17 @@ def test_bad_input_names_the_field(override: dict[str, Any], field: str) -> None
         {
             "messages": [
                 {"role": "user", "content": "x"},
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
                 {"role": "tool", "content": "42", "tool_call_id": "1"},
             ]
         },
@@ -216,7 +226,11 @@ def test_a_strict_schema_closes_every_object_and_requires_every_property(schema:
 @given(
     model=st.text(max_size=4),
     contents=st.lists(
-        st.one_of(st.text(max_size=20), st.none(), st.lists(st.just({"type": "text"}))),
+        st.one_of(
+            st.text(max_size=20),
+            st.none(),
+            st.lists(st.just({"type": "text", "text": "x"}), min_size=1),
+        ),
         min_size=1,
         max_size=5,
     ),

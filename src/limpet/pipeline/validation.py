@@ -11,6 +11,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from limpet.errors import InvalidRequestError
+from limpet.pipeline.wire_shapes import (
+    MESSAGE_SHAPES,
+    RESPONSE_FORMAT_SHAPES,
+    TOOL_CALL_SHAPES,
+    TOOL_SHAPES,
+    Shape,
+    check_content,
+    check_shape,
+    check_typed,
+)
 
 __all__ = [
     "ROLES",
@@ -23,6 +33,8 @@ __all__ = [
 ]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# The roles a message of just a role and a str content may have (a tool message needs more).
+_PLAIN_ROLES = ROLES - MESSAGE_SHAPES.keys()
 _ROLES_TEXT = "one of " + ", ".join(sorted(ROLES))
 _JSON_TEXT = "JSON: a str, a finite number, a bool, None, a list or a dict with str keys"
 _RESPONSE_FORMAT_TEXT = (
@@ -30,6 +42,8 @@ _RESPONSE_FORMAT_TEXT = (
     "strict 'json_schema' format, as the OpenAI SDK does)"
 )
 _NUMBER_TYPES = (int, float)
+_TOOL_TEXT = "{'type': 'function', 'function': {'name': ...}}"
+_TOOL_CALL_TEXT = "{'id': ..., 'type': 'function', 'function': {'name': ..., 'arguments': '{...}'}}"
 
 
 def validate_request(body: Mapping[str, Any]) -> int:
@@ -52,7 +66,11 @@ def validate_request(body: Mapping[str, Any]) -> int:
     chars = 0
     for message in messages:
         # Anything but {"role", "content": str} takes the long way, which checks it is JSON.
-        if type(message) is not dict or len(message) != 2 or message.get("role") not in ROLES:
+        if (
+            type(message) is not dict
+            or len(message) != 2
+            or message.get("role") not in _PLAIN_ROLES
+        ):
             break
         content = message.get("content")
         if type(content) is not str:
@@ -140,15 +158,26 @@ def _check_message(index: int, message: object) -> None:
     role = message.get("role")
     if role not in ROLES:
         raise InvalidRequestError(f"messages[{index}].role", _ROLES_TEXT, role)
-    _check_json(message, f"messages[{index}]")
+    path = f"messages[{index}]"
+    _check_json(message, path)
     content = message.get("content")
-    if isinstance(content, str | list):
-        return
-    if content is None and role == "assistant" and message.get("tool_calls"):
-        return
-    raise InvalidRequestError(
-        f"messages[{index}].content", "a str or a list of content parts", content
-    )
+    if isinstance(content, list):
+        check_content(content, f"{path}.content")
+    elif not isinstance(content, str) and not (
+        content is None
+        and role == "assistant"
+        and (message.get("tool_calls") or message.get("function_call"))
+    ):
+        raise InvalidRequestError(f"{path}.content", "a str or a list of content parts", content)
+    name = message.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequestError(f"{path}.name", "a str", name)
+    shape = MESSAGE_SHAPES.get(role)
+    if shape is not None:
+        check_shape(message, shape, path)
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None and role == "assistant":
+        _check_typed_list(tool_calls, f"{path}.tool_calls", TOOL_CALL_SHAPES, _TOOL_CALL_TEXT)
 
 
 def _check_parameters(body: Mapping[str, Any]) -> None:
@@ -199,14 +228,18 @@ _COUNT = _Range((int,), 1, math.inf, "an int >= 1")
 def _tools(name: str, value: object) -> None:
     if value is None:
         return
-    if type(value) is not list:
-        raise InvalidRequestError(name, "a list of tool dicts", value)
-    for index, tool in enumerate(value):
-        if type(tool) is not dict or type(tool.get("type")) is not str:
-            raise InvalidRequestError(
-                f"{name}[{index}]", "a dict such as {'type': 'function', 'function': {...}}", tool
-            )
     _check_json(value, name)
+    _check_typed_list(value, name, TOOL_SHAPES, _TOOL_TEXT)
+
+
+def _check_typed_list(value: object, path: str, shapes: Mapping[str, Shape], expected: str) -> None:
+    """A list of objects, each with a str ``type`` and what ``shapes`` says it carries."""
+    if type(value) is not list:
+        raise InvalidRequestError(path, f"a list of dicts such as {expected}", value)
+    for index, item in enumerate(value):
+        if type(item) is not dict or type(kind := item.get("type")) is not str:
+            raise InvalidRequestError(f"{path}[{index}]", f"a dict such as {expected}", item)
+        check_typed(item, kind, shapes, f"{path}[{index}]")
 
 
 def _tool_choice(name: str, value: object) -> None:
@@ -220,9 +253,10 @@ def _tool_choice(name: str, value: object) -> None:
 def _response_format(name: str, value: object) -> None:
     if value is None:
         return
-    if type(value) is not dict or type(value.get("type")) is not str:
+    if type(value) is not dict or type(kind := value.get("type")) is not str:
         raise InvalidRequestError(name, _RESPONSE_FORMAT_TEXT, value)
     _check_json(value, name)
+    check_typed(value, kind, RESPONSE_FORMAT_SHAPES, name)
 
 
 def _logit_bias(name: str, value: object) -> None:
