@@ -43,6 +43,15 @@ GOOD: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "
         ({"max_tokens": True}, "max_tokens"),
         ({"max_completion_tokens": -3}, "max_completion_tokens"),
         ({"n": 0}, "n"),
+        ({"seed": 1.5}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"stop": 3}, "stop"),
+        ({"stop": ["a", 1]}, "stop"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": -1}, "top_logprobs"),
+        ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
+        ({"user": 42}, "user"),
     ],
 )
 def test_bad_input_names_the_field(override: dict[str, Any], field: str) -> None:
@@ -58,6 +67,8 @@ def test_bad_input_names_the_field(override: dict[str, Any], field: str) -> None
     [
         {},
         {"temperature": 0, "top_p": 1, "max_tokens": 5, "n": 1},
+        {"seed": 7, "stop": "\n", "logprobs": True, "top_logprobs": 5, "user": "u-1"},
+        {"stop": ["a", "b"], "parallel_tool_calls": False, "seed": None, "logprobs": None},
         {"messages": [{"role": "developer", "content": [{"type": "text", "text": "x"}]}]},
         {
             "messages": [

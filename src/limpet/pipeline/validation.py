@@ -259,6 +259,28 @@ def _response_format(name: str, value: object) -> None:
     check_typed(value, kind, RESPONSE_FORMAT_SHAPES, name)
 
 
+def _flag(name: str, value: object) -> None:
+    if value is not None and type(value) is not bool:
+        raise InvalidRequestError(name, "a bool", value)
+
+
+def _int(name: str, value: object) -> None:
+    if value is not None and type(value) is not int:
+        raise InvalidRequestError(name, "an int", value)
+
+
+def _text(name: str, value: object) -> None:
+    if value is not None and type(value) is not str:
+        raise InvalidRequestError(name, "a str", value)
+
+
+def _stop(name: str, value: object) -> None:
+    if value is None or type(value) is str:
+        return
+    if not isinstance(value, list | tuple) or not all(type(s) is str for s in value):
+        raise InvalidRequestError(name, "a str or a list of str", value)
+
+
 def _logit_bias(name: str, value: object) -> None:
     if value is None:
         return
@@ -279,6 +301,12 @@ _FIELD_CHECKS: dict[str, Callable[[str, object], None] | _Range] = {
     "tool_choice": _tool_choice,
     "response_format": _response_format,
     "logit_bias": _logit_bias,
+    "logprobs": _flag,
+    "top_logprobs": _Range((int,), 0, 20, "an int from 0 to 20"),
+    "parallel_tool_calls": _flag,
+    "seed": _int,
+    "stop": _stop,
+    "user": _text,
 }
 
 
