@@ -134,6 +134,7 @@ def test_an_input_key_differs_from_any_chat_requests_canonical_form() -> None:
     ("given_input", "field"),
     [
         ([], "input"),
+        ("", "input"),
         (["a", ""], "input[1]"),
         (["a", "b", 3], "input[2]"),
         (b"bytes", "input"),

@@ -175,6 +175,8 @@ def validate_inputs(input: object, max_inputs: int) -> list[str]:
             (named by its index), or more than ``max_inputs`` items.
     """
     if isinstance(input, str):
+        if not input:
+            raise InvalidRequestError("input", "a non-empty str", input)
         texts = [input]
     elif isinstance(input, list | tuple):
         texts = list(input)
