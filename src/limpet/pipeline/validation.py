@@ -13,13 +13,10 @@ from typing import Any
 from limpet.errors import InvalidRequestError
 from limpet.pipeline.wire_shapes import (
     MESSAGE_SHAPES,
-    RESPONSE_FORMAT_SHAPES,
-    TOOL_CALL_SHAPES,
-    TOOL_SHAPES,
-    Shape,
     check_content,
-    check_shape,
-    check_typed,
+    check_message,
+    check_response_format,
+    check_tools,
 )
 
 __all__ = [
@@ -42,8 +39,6 @@ _RESPONSE_FORMAT_TEXT = (
     "strict 'json_schema' format, as the OpenAI SDK does)"
 )
 _NUMBER_TYPES = (int, float)
-_TOOL_TEXT = "{'type': 'function', 'function': {'name': ...}}"
-_TOOL_CALL_TEXT = "{'id': ..., 'type': 'function', 'function': {'name': ..., 'arguments': '{...}'}}"
 
 
 def validate_request(body: Mapping[str, Any]) -> int:
@@ -172,12 +167,7 @@ def _check_message(index: int, message: object) -> None:
     name = message.get("name")
     if name is not None and not isinstance(name, str):
         raise InvalidRequestError(f"{path}.name", "a str", name)
-    shape = MESSAGE_SHAPES.get(role)
-    if shape is not None:
-        check_shape(message, shape, path)
-    tool_calls = message.get("tool_calls")
-    if tool_calls is not None and role == "assistant":
-        _check_typed_list(tool_calls, f"{path}.tool_calls", TOOL_CALL_SHAPES, _TOOL_CALL_TEXT)
+    check_message(message, role, path)
 
 
 def _check_parameters(body: Mapping[str, Any]) -> None:
@@ -229,17 +219,7 @@ def _tools(name: str, value: object) -> None:
     if value is None:
         return
     _check_json(value, name)
-    _check_typed_list(value, name, TOOL_SHAPES, _TOOL_TEXT)
-
-
-def _check_typed_list(value: object, path: str, shapes: Mapping[str, Shape], expected: str) -> None:
-    """A list of objects, each with a str ``type`` and what ``shapes`` says it carries."""
-    if type(value) is not list:
-        raise InvalidRequestError(path, f"a list of dicts such as {expected}", value)
-    for index, item in enumerate(value):
-        if type(item) is not dict or type(kind := item.get("type")) is not str:
-            raise InvalidRequestError(f"{path}[{index}]", f"a dict such as {expected}", item)
-        check_typed(item, kind, shapes, f"{path}[{index}]")
+    check_tools(value, name)
 
 
 def _tool_choice(name: str, value: object) -> None:
@@ -256,7 +236,7 @@ def _response_format(name: str, value: object) -> None:
     if type(value) is not dict or type(kind := value.get("type")) is not str:
         raise InvalidRequestError(name, _RESPONSE_FORMAT_TEXT, value)
     _check_json(value, name)
-    check_typed(value, kind, RESPONSE_FORMAT_SHAPES, name)
+    check_response_format(value, kind, name)
 
 
 def _flag(name: str, value: object) -> None:
