@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import typing_extensions
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from openai.types.chat import (
     ChatCompletionContentPartImageParam,
     ChatCompletionContentPartInputAudioParam,
@@ -229,3 +231,82 @@ def test_every_shape_is_compared_with_the_openai_package() -> None:
 
 def _as_dicts(shape: Shape) -> dict[str, Any]:
     return {name: v if isinstance(v, type) else _as_dicts(v) for name, v in shape.items()}
+
+
+# -- any request of the wire shapes passes; any one required field taken away is named --
+
+_text = st.text(min_size=1, max_size=8)
+_parts = st.lists(
+    st.one_of(
+        st.builds(lambda t: {"type": "text", "text": t}, _text),
+        st.builds(lambda u: {"type": "image_url", "image_url": {"url": u}}, _text),
+        st.builds(
+            lambda d: {"type": "input_audio", "input_audio": {"data": d, "format": "wav"}}, _text
+        ),
+        st.builds(lambda: {"type": "file", "file": {"file_id": "file-1"}}),  # fresh each time
+    ),
+    min_size=1,
+    max_size=3,
+)
+_call = st.builds(
+    lambda i, n: {"id": i, "type": "function", "function": {"name": n, "arguments": "{}"}},
+    _text,
+    _text,
+)
+_message = st.one_of(
+    st.builds(lambda c: {"role": "user", "content": c}, st.one_of(_text, _parts)),
+    st.builds(lambda c: {"role": "system", "content": c}, _text),
+    st.builds(
+        lambda calls: {"role": "assistant", "content": None, "tool_calls": calls},
+        st.lists(_call, min_size=1, max_size=2),
+    ),
+    st.builds(lambda c, i: {"role": "tool", "content": c, "tool_call_id": i}, _text, _text),
+)
+_requests = st.builds(
+    lambda messages, tools: {"model": "m", "messages": messages, "tools": tools},
+    st.lists(_message, min_size=1, max_size=4),
+    st.lists(st.builds(lambda n: {"type": "function", "function": {"name": n}}, _text)),
+)
+
+
+def _required_places(request_body: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Every (path of an object, the object, a field of it) that a wire shape requires."""
+    shaped: list[tuple[str, dict[str, Any], Shape]] = []
+    for index, message in enumerate(request_body["messages"]):
+        path = f"messages[{index}]"
+        shaped.append((path, message, MESSAGE_SHAPES.get(message["role"], {})))
+        if isinstance(message["content"], list):
+            for at, part in enumerate(message["content"]):
+                shaped.append((f"{path}.content[{at}]", part, CONTENT_PART_SHAPES[part["type"]]))
+        for at, call in enumerate(message.get("tool_calls", ())):
+            shaped.append((f"{path}.tool_calls[{at}]", call, TOOL_CALL_SHAPES[call["type"]]))
+    for index, tool in enumerate(request_body["tools"]):
+        shaped.append((f"tools[{index}]", tool, TOOL_SHAPES[tool["type"]]))
+    return [place for path, value, shape in shaped for place in _shape_places(value, shape, path)]
+
+
+def _shape_places(value: dict[str, Any], shape: Shape, path: str) -> list[tuple[str, Any, str]]:
+    places = []
+    for name, wanted in shape.items():
+        places.append((path, value, name))
+        if not isinstance(wanted, type):
+            places += _shape_places(value[name], wanted, f"{path}.{name}")
+    return places
+
+
+@given(request_body=_requests)
+def test_any_request_of_the_wire_shapes_passes(request_body: dict[str, Any]) -> None:
+    validate_request(request_body)
+
+
+@given(request_body=_requests, data=st.data())
+def test_taking_away_any_required_field_is_refused_naming_it(
+    request_body: dict[str, Any], data: st.DataObject
+) -> None:
+    places = _required_places(request_body)
+    assume(places)
+    path, holder, name = data.draw(st.sampled_from(places))
+    del holder[name]
+    with pytest.raises(InvalidRequestError) as info:
+        validate_request(request_body)
+    assert info.value.field == f"{path}.{name}"
