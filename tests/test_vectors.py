@@ -6,7 +6,7 @@ import base64
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.errors import CacheCorruptError, InvalidRequestError
@@ -114,6 +114,37 @@ def test_a_vector_read_under_another_key_truncated_or_unsigned_is_corrupt() -> N
     signed = VectorCodec(b"secret").encode("k1", pack_floats([1.0]), 10.0)
     with pytest.raises(CacheCorruptError, match="signature"):
         VectorCodec(b"other").decode("k1", signed)
+
+
+@settings(max_examples=300)
+@given(
+    values=st.lists(float32s, min_size=1, max_size=16),
+    others=st.lists(float32s, min_size=1, max_size=16),
+    kind=st.sampled_from(["flip", "splice", "graft"]),
+    at=st.integers(0, 2**16),
+    mask=st.integers(1, 255),
+    noise=st.binary(min_size=1, max_size=8),
+)
+def test_a_changed_unsigned_vector_is_corrupt_never_another_vector(
+    values: list[float], others: list[float], kind: str, at: int, mask: int, noise: bytes
+) -> None:
+    """Bits flipped, bytes overwritten in place, or the tail of another key's vector
+    grafted on: unsigned, the entry still decodes to its own vector or is corrupt."""
+    codec = VectorCodec()
+    data = codec.encode("k1", pack_floats(values), 10.0)
+    other = codec.encode("k2", pack_floats(others), 10.0)
+    i = at % len(data)
+    if kind == "flip":
+        changed = data[:i] + bytes((data[i] ^ mask,)) + data[i + 1 :]
+    elif kind == "splice":  # overwritten in place: the same length
+        changed = (data[:i] + noise + data[i + len(noise) :])[: len(data)]
+    else:
+        changed = data[:i] + other[i:]
+    try:
+        vector, _ = codec.decode("k1", changed)
+    except CacheCorruptError:
+        return
+    assert vector == pack_floats(values)
 
 
 def test_a_completion_entry_never_decodes_as_a_vector() -> None:

@@ -1,7 +1,9 @@
 """Whatever happens to a stored entry's bytes (truncated, bits flipped, spliced, grafted
 onto another entry), ``complete()`` and ``stream()`` give a well-formed completion (a hit)
-or call upstream (a counted corrupt miss), never an exception. In a Memory tier and in
-Redis, signed and unsigned; a signed entry that was changed at all is never a hit."""
+or call upstream (a counted corrupt miss), never an exception; and ``embed()`` gives each
+input its own vector (a hit) or calls upstream for it (a counted corrupt miss), never
+another vector. In a Memory tier, in Redis and in Memcached, signed and unsigned; a signed
+entry that was changed at all is never a hit."""
 
 from __future__ import annotations
 
@@ -9,18 +11,36 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from limpet import CacheStatus, Client, Completion, Endpoint, MemoryCache, RedisCache, TieredCache
+from limpet import (
+    CacheStatus,
+    Client,
+    Completion,
+    Endpoint,
+    MemcachedCache,
+    MemoryCache,
+    RedisCache,
+    TieredCache,
+)
+from limpet.cache.base import CacheBackend
+from limpet.pipeline.embeddings import Embedder
 from limpet.testing import FakeGateway
+from limpet.testing.embeddings import fake_vector
 from tests.integration.chat import ask
 
 # For tests about what is stored, not about Redis's speed: a loaded machine must not turn
 # them into timeout tests.
 PATIENT: dict[str, Any] = {"read_timeout": 1.0, "write_timeout": 1.0}
 HMAC_KEY = b"fleet-secret"
+VECTORS_MODEL = "openai/text-embedding-3-small"
+# The tier the mutated entry is read from, each on its real server.
+WHERE = [
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("memcached", marks=pytest.mark.memcached),
+]
 
 Mutation = Callable[[bytes, bytes], bytes]
 
@@ -60,8 +80,26 @@ def check(completion: Completion | None) -> Completion:
     return completion
 
 
-@pytest.mark.redis
-@pytest.mark.parametrize("where", ["memory", "redis"])
+def tier_of(request: pytest.FixtureRequest, where: str) -> CacheBackend:
+    """A fresh tier of kind ``where`` on its real server, under a prefix of its own."""
+    if where == "memory":
+        return MemoryCache()
+    if where == "redis":
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        return RedisCache.from_url(url, prefix=prefix, **PATIENT)
+    url = request.getfixturevalue("memcached_url")
+    return MemcachedCache.from_url(
+        url, prefix=request.getfixturevalue("memcached_prefix"), **PATIENT
+    )
+
+
+async def landed(tier: CacheBackend) -> None:
+    """Every write of a remote tier sent (they go behind the call)."""
+    if isinstance(tier, RedisCache | MemcachedCache):
+        await tier.flush()
+
+
+@pytest.mark.parametrize("where", WHERE)
 @settings(
     max_examples=60,
     deadline=None,
@@ -70,23 +108,15 @@ def check(completion: Completion | None) -> Completion:
 @given(mutate=mutations(), stream=st.booleans(), signed=st.booleans())
 async def test_a_mutated_entry_is_an_answer_or_an_upstream_call_never_an_error(
     gateway: FakeGateway,
-    redis_url: str,
-    redis_prefix: str,
+    request: pytest.FixtureRequest,
     where: str,
     mutate: Mutation,
     stream: bool,
     signed: bool,
 ) -> None:
-    hmac_key = HMAC_KEY if signed else None
-    rc = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
-    memory = MemoryCache()
-    tier = memory if where == "memory" else rc
-    raw = redis.asyncio.Redis.from_url(redis_url)
-    client = Client(
-        endpoints=[Endpoint("a", gateway.base_url("a"))],
-        cache=TieredCache(tier, hmac_key=hmac_key),
-    )
-    try:
+    tier = tier_of(request, where)
+    cache = TieredCache(tier, hmac_key=HMAC_KEY if signed else None)
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache) as client:
         # A streamed entry (its chunking too) and another to graft from, as stored.
         stored = client.stream(**ask(), cache="refresh")
         chunks = [chunk async for chunk in stored]
@@ -94,15 +124,13 @@ async def test_a_mutated_entry_is_an_answer_or_an_upstream_call_never_an_error(
         assert chunks and stored.completion is not None
         key, other_key = stored.completion.key, other.key
         assert key is not None and other_key is not None
-        await rc.flush()
+        await landed(tier)
         data, other_data = await tier.get(key), await tier.get(other_key)
         assert data is not None and other_data is not None
 
         mutated = mutate(data, other_data)
-        if where == "memory":
-            await memory.set(key, mutated, 60)
-        else:
-            await raw.set(rc.redis_key(key), mutated, px=60_000)
+        await tier.set(key, mutated, 60)
+        await landed(tier)
         calls, corrupt = gateway.total_calls, client.stats.corrupt
 
         if stream:
@@ -121,6 +149,49 @@ async def test_a_mutated_entry_is_an_answer_or_an_upstream_call_never_an_error(
         assert client.stats.corrupt - corrupt == int(missed)
         if signed and mutated != data:
             assert missed
-    finally:
-        await client.aclose()
-        await raw.aclose()
+
+
+@pytest.mark.parametrize("where", WHERE)
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(mutate=mutations(), signed=st.booleans())
+async def test_a_mutated_vector_is_its_inputs_own_or_a_counted_miss_never_another(
+    gateway: FakeGateway,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    mutate: Mutation,
+    signed: bool,
+) -> None:
+    keys: dict[str, str] = {}
+    keyed = Embedder.keys
+
+    def recorded(self: Embedder, model: str, texts: Any, *args: Any, **kwargs: Any) -> Any:
+        made = keyed(self, model, texts, *args, **kwargs)
+        keys.update(zip(texts, made, strict=True))
+        return made
+
+    monkeypatch.setattr(Embedder, "keys", recorded)
+    tier = tier_of(request, where)
+    cache = TieredCache(tier, hmac_key=HMAC_KEY if signed else None)
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache) as client:
+        # Two vectors as stored: one to change, one of the same size to graft from.
+        await client.embed(model=VECTORS_MODEL, input=["a limpet", "a whelk"])
+        await landed(tier)
+        data, other = await tier.get(keys["a limpet"]), await tier.get(keys["a whelk"])
+        assert data is not None and other is not None
+
+        mutated = mutate(data, other)
+        await tier.set(keys["a limpet"], mutated, 60)
+        await landed(tier)
+        sent, corrupt = gateway.embeddings.inputs, client.stats.corrupt
+
+        e = await client.embed(model=VECTORS_MODEL, input=["a limpet"])
+        assert e.vectors == [fake_vector(VECTORS_MODEL, "a limpet")]
+        assert gateway.embeddings.inputs - sent == e.misses
+        assert client.stats.corrupt - corrupt == e.misses
+        if signed and mutated != data:
+            assert e.misses == 1

@@ -14,6 +14,7 @@ import binascii
 import math
 import struct
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,9 +40,12 @@ __all__ = [
 ]
 
 #: The layout version of a stored vector; another version decodes as corrupt (a miss).
-VECTOR_FORMAT = 1
+#: 2: a CRC-32 of the rest.
+VECTOR_FORMAT = 2
 
-# expires_at (unix seconds), key length, vector length in floats.
+# A CRC-32 of what follows it; then expires_at (unix seconds), the key's length and the
+# vector's length in floats.
+_CRC = struct.Struct("<I")
 _META = struct.Struct("<dHI")
 _FLOAT32 = 4
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -226,9 +230,10 @@ class VectorCodec:
     ``EntryCodec`` (``limpet.cache.base``) for a binary value.
 
     Layout: ``b"LV"``, format byte, signed flag, [32-byte HMAC-SHA256 over the rest],
-    ``expires_at``, the key's and the vector's lengths, the key, then the packed float32.
-    A vector read under another key, unsigned when a key is set, badly signed, truncated
-    or padded is corrupt.
+    a CRC-32 of the rest, ``expires_at``, the key's and the vector's lengths, the key, then
+    the packed float32. A vector read under another key, unsigned when a key is set, badly
+    signed, truncated, padded or changed (its checksum) is corrupt: unsigned, a flipped bit
+    or another vector's bytes written over it would otherwise decode as another vector.
     """
 
     __slots__ = ("_seal",)
@@ -241,8 +246,8 @@ class VectorCodec:
     def encode(self, key: str, vector: bytes, expires_at: float) -> bytes:
         """The bytes of ``vector`` (packed float32), to be stored under ``key`` only."""
         bound = key.encode()
-        payload = _META.pack(expires_at, len(bound), len(vector) // _FLOAT32) + bound + vector
-        return self._seal.wrap(payload)
+        rest = _META.pack(expires_at, len(bound), len(vector) // _FLOAT32) + bound + vector
+        return self._seal.wrap(_CRC.pack(zlib.crc32(rest)) + rest)
 
     def decode(self, key: str, data: bytes) -> tuple[bytes, float]:
         """The packed vector in ``data`` read under ``key``, and when it expires.
@@ -251,11 +256,15 @@ class VectorCodec:
             CacheCorruptError: as ``EntryCodec.decode``.
         """
         start = self._seal.open(data)
+        meta_at = start + _CRC.size
         try:
-            expires, bound, floats = _META.unpack_from(data, start)
+            (crc,) = _CRC.unpack_from(data, start)
+            expires, bound, floats = _META.unpack_from(data, meta_at)
         except struct.error as exc:
             raise CacheCorruptError(f"vector header is malformed: {exc}") from exc
-        key_at = start + _META.size
+        if zlib.crc32(memoryview(data)[meta_at:]) != crc:
+            raise CacheCorruptError("vector checksum does not match")
+        key_at = meta_at + _META.size
         vector_at = key_at + bound
         if len(data) != vector_at + floats * _FLOAT32 or not floats:
             raise CacheCorruptError("vector length does not match its header")
