@@ -2,8 +2,8 @@
 onto another entry), ``complete()`` and ``stream()`` give a well-formed completion (a hit)
 or call upstream (a counted corrupt miss), never an exception; and ``embed()`` gives each
 input its own vector (a hit) or calls upstream for it (a counted corrupt miss), never
-another vector. In a Memory tier, in Redis and in Memcached, signed and unsigned; a signed
-entry that was changed at all is never a hit."""
+another vector. In a Memory tier, in Redis, in a Redis Cluster and in Memcached, signed
+and unsigned; a signed entry that was changed at all is never a hit."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from limpet.cache.base import CacheBackend
 from limpet.pipeline.embeddings import Embedder
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
+from tests.cluster_servers import RedisClusterServers
 from tests.integration.chat import ask
 
 # For tests about what is stored, not about Redis's speed: a loaded machine must not turn
@@ -40,6 +41,7 @@ WHERE = [
     "memory",
     pytest.param("redis", marks=pytest.mark.redis),
     pytest.param("memcached", marks=pytest.mark.memcached),
+    pytest.param("redis-cluster", marks=pytest.mark.cluster),
 ]
 
 Mutation = Callable[[bytes, bytes], bytes]
@@ -87,6 +89,10 @@ def tier_of(request: pytest.FixtureRequest, where: str) -> CacheBackend:
     if where == "redis":
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
         return RedisCache.from_url(url, prefix=prefix, **PATIENT)
+    if where == "redis-cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        url = cluster.url.replace("redis://", "redis+cluster://", 1)
+        return RedisCache.from_url(url, prefix=request.getfixturevalue("cluster_prefix"), **PATIENT)
     url = request.getfixturevalue("memcached_url")
     return MemcachedCache.from_url(
         url, prefix=request.getfixturevalue("memcached_prefix"), **PATIENT
