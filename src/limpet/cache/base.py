@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import struct
-import zlib
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -35,17 +34,15 @@ __all__ = [
 #:    only when read.
 ENTRY_FORMAT = 4
 
-# CRC-32 of everything after it. Then prompt, completion, cached, cache-write, reasoning,
-# 1 h cache-write tokens; cost (NaN: unknown); created_at, expires_at; key, endpoint name,
-# body, stream (0: not streamed) and model lengths; flags. Then the key, the endpoint
-# name, the model, the body's JSON and, for a streamed answer, its chunking's JSON.
-_CRC = struct.Struct("<I")
+# (After the envelope's checksum, ``limpet.cache.sealing``:) prompt, completion, cached,
+# cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown); created_at,
+# expires_at; key, endpoint name, body, stream (0: not streamed) and model lengths;
+# flags. Then the key, the endpoint name, the model, the body's JSON and, for a streamed
+# answer, its chunking's JSON.
 _META = struct.Struct("<6Q3dIHIIHB")
-_CRC_SIZE = _CRC.size
 # Bounds of a codec's memo of its last reads: entries, and bytes it keeps alive.
 _MEMO_MAX_ENTRIES = 1024
 _MEMO_MAX_BYTES = 32 * 1024 * 1024
-_HEADER = struct.Struct("<I6Q3dIHIIHB")  # both, read in one go
 # Flags: the usage counts were reported; the body carried a usage object; the body was
 # servable when encoded (an entry that is not reads back as corrupt).
 _REPORTED, _BODY_USAGE, _SERVABLE = 1, 2, 4
@@ -149,7 +146,7 @@ class EntryCodec:
             flags,
         )
         payload = b"".join((meta, bound, name, model, body, stream))
-        return self._seal.wrap(_CRC.pack(zlib.crc32(payload)) + payload)
+        return self._seal.wrap(payload)
 
     def decode(self, key: str, data: bytes) -> CacheEntry:
         """The entry in ``data``, read under ``key``: the very entry of an earlier read of
@@ -191,12 +188,10 @@ class EntryCodec:
         start = self._seal.open(data)
         view = memoryview(data)
         try:
-            (crc, *counts, cost, created, expires, bound, size, length, streamed, named, flags) = (
-                _HEADER.unpack_from(data, start)
+            (*counts, cost, created, expires, bound, size, length, streamed, named, flags) = (
+                _META.unpack_from(data, start)
             )
-            if zlib.crc32(view[start + _CRC_SIZE :]) != crc:
-                raise CacheCorruptError("entry checksum does not match")
-            key_at = start + _HEADER.size
+            key_at = start + _META.size
             model_at = key_at + bound + size
             body_at = model_at + named
             stream_at = body_at + length

@@ -14,7 +14,6 @@ import binascii
 import math
 import struct
 import sys
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,12 +39,11 @@ __all__ = [
 ]
 
 #: The layout version of a stored vector; another version decodes as corrupt (a miss).
-#: 2: a CRC-32 of the rest.
+#: 2: the envelope's CRC-32 of the rest.
 VECTOR_FORMAT = 2
 
-# A CRC-32 of what follows it; then expires_at (unix seconds), the key's length and the
-# vector's length in floats.
-_CRC = struct.Struct("<I")
+# (After the envelope's checksum, ``limpet.cache.sealing``:) expires_at (unix seconds),
+# the key's length and the vector's length in floats.
 _META = struct.Struct("<dHI")
 _FLOAT32 = 4
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -246,8 +244,8 @@ class VectorCodec:
     def encode(self, key: str, vector: bytes, expires_at: float) -> bytes:
         """The bytes of ``vector`` (packed float32), to be stored under ``key`` only."""
         bound = key.encode()
-        rest = _META.pack(expires_at, len(bound), len(vector) // _FLOAT32) + bound + vector
-        return self._seal.wrap(_CRC.pack(zlib.crc32(rest)) + rest)
+        payload = _META.pack(expires_at, len(bound), len(vector) // _FLOAT32) + bound + vector
+        return self._seal.wrap(payload)
 
     def decode(self, key: str, data: bytes) -> tuple[bytes, float]:
         """The packed vector in ``data`` read under ``key``, and when it expires.
@@ -256,15 +254,11 @@ class VectorCodec:
             CacheCorruptError: as ``EntryCodec.decode``.
         """
         start = self._seal.open(data)
-        meta_at = start + _CRC.size
         try:
-            (crc,) = _CRC.unpack_from(data, start)
-            expires, bound, floats = _META.unpack_from(data, meta_at)
+            expires, bound, floats = _META.unpack_from(data, start)
         except struct.error as exc:
             raise CacheCorruptError(f"vector header is malformed: {exc}") from exc
-        if zlib.crc32(memoryview(data)[meta_at:]) != crc:
-            raise CacheCorruptError("vector checksum does not match")
-        key_at = meta_at + _META.size
+        key_at = start + _META.size
         vector_at = key_at + bound
         if len(data) != vector_at + floats * _FLOAT32 or not floats:
             raise CacheCorruptError("vector length does not match its header")
