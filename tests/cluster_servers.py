@@ -76,6 +76,11 @@ class RedisClusterServers:
         """A ``redis://`` URL of one node: a seed from which a cluster client finds the rest."""
         return f"redis://127.0.0.1:{self.nodes[0].port}/0"
 
+    @property
+    def cache_url(self) -> str:
+        """The ``redis+cluster://`` URL ``RedisCache.from_url`` takes for this cluster."""
+        return self.url.replace("redis://", "redis+cluster://", 1)
+
     def start(self) -> RedisClusterServers:
         """Start the nodes, create the cluster, wait for ``cluster_state:ok`` everywhere.
 

@@ -40,16 +40,12 @@ def slot(key: str) -> int:
     return key_slot(key.encode())
 
 
-def cluster_url(cluster: RedisClusterServers) -> str:
-    return cluster.url.replace("redis://", "redis+cluster://", 1)
-
-
 @pytest.fixture
 async def cache(
     redis_cluster: RedisClusterServers, cluster_prefix: str
 ) -> AsyncIterator[RedisCache]:
     async with RedisCache.from_url(
-        cluster_url(redis_cluster), prefix=cluster_prefix, **PATIENT
+        redis_cluster.cache_url, prefix=cluster_prefix, **PATIENT
     ) as cache:
         yield cache
 
@@ -174,7 +170,7 @@ async def test_a_burst_wider_than_the_pools_waits_for_a_connection_instead_of_fa
     # a burst of 400 lease scripts and reads on pools of 4 per node waits its turn, within
     # each command's budget: nothing is rejected, nothing falls through.
     async with RedisCache.from_url(
-        cluster_url(redis_cluster), prefix=cluster_prefix, max_connections=4, **PATIENT
+        redis_cluster.cache_url, prefix=cluster_prefix, max_connections=4, **PATIENT
     ) as cache:
         store = cache.flight_store
         taken = await asyncio.gather(
@@ -214,7 +210,7 @@ async def test_clear_reaches_every_primary_and_keeps_generations(
     bumped = await cache.bump_generation(MODEL)
     # A lookalike prefix: its keys are not ours.
     async with RedisCache.from_url(
-        cluster_url(redis_cluster), prefix=cluster_prefix.rstrip(":") + "X:", **PATIENT
+        redis_cluster.cache_url, prefix=cluster_prefix.rstrip(":") + "X:", **PATIENT
     ) as other:
         await other.set("theirs", b"v", 60)
         await other.flush()
@@ -265,7 +261,7 @@ async def test_two_clients_sharing_a_cluster_make_one_upstream_call(
     def make_client(gateway: FakeGateway) -> Client:
         cache = TieredCache(
             MemoryCache(),
-            RedisCache.from_url(cluster_url(redis_cluster), prefix=cluster_prefix, **PATIENT),
+            RedisCache.from_url(redis_cluster.cache_url, prefix=cluster_prefix, **PATIENT),
         )
         return Client(
             endpoints=[Endpoint("a", gateway.base_url("a"))],
@@ -317,7 +313,7 @@ async def test_a_dead_cluster_is_unavailable_and_opens_the_breaker() -> None:
 
 
 async def test_a_node_dying_fails_no_call(private_redis_cluster: RedisClusterServers) -> None:
-    rc = RedisCache.from_url(cluster_url(private_redis_cluster), **PATIENT)
+    rc = RedisCache.from_url(private_redis_cluster.cache_url, **PATIENT)
     ask: dict[str, Any] = {"model": MODEL, "temperature": 0}
     async with FakeGateway(endpoints=("a",)) as gateway:
         # A tiny L1, so that repeats are read from Redis.

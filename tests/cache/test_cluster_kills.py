@@ -39,7 +39,7 @@ def name() -> str:
 async def cache(
     redis_cluster: RedisClusterServers, cluster_prefix: str, name: str
 ) -> AsyncIterator[RedisCache]:
-    url = named(redis_cluster.url.replace("redis://", "redis+cluster://", 1), name)
+    url = named(redis_cluster.cache_url, name)
     async with RedisCache.from_url(
         url, prefix=cluster_prefix, read_timeout=1.0, write_timeout=1.0
     ) as cache:

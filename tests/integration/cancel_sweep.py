@@ -394,7 +394,7 @@ def _shared_tier(tier: TierName, request: pytest.FixtureRequest) -> tuple[str, s
     if tier == "redis-cluster":
         cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
         nodes = [f"redis://127.0.0.1:{port}/0" for port in cluster.ports]
-        url = cluster.url.replace("redis://", "redis+cluster://", 1)
+        url = cluster.cache_url
         return url, request.getfixturevalue("cluster_prefix"), nodes
     url = request.getfixturevalue(f"{tier}_url")
     prefix = request.getfixturevalue(f"{tier}_prefix")

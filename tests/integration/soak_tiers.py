@@ -76,7 +76,7 @@ def signed_redis_tier(
 def cluster_tier(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Shared]:
     cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
     prefix: str = request.getfixturevalue("cluster_prefix")
-    url = cluster.url.replace("redis://", "redis+cluster://", 1)
+    url = cluster.cache_url
     nodes = [f"redis://127.0.0.1:{port}/0" for port in cluster.ports]
     return redis_shared(url, prefix, nodes)
 

@@ -91,8 +91,8 @@ def tier_of(request: pytest.FixtureRequest, where: str) -> CacheBackend:
         return RedisCache.from_url(url, prefix=prefix, **PATIENT)
     if where == "redis-cluster":
         cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
-        url = cluster.url.replace("redis://", "redis+cluster://", 1)
-        return RedisCache.from_url(url, prefix=request.getfixturevalue("cluster_prefix"), **PATIENT)
+        prefix = request.getfixturevalue("cluster_prefix")
+        return RedisCache.from_url(cluster.cache_url, prefix=prefix, **PATIENT)
     url = request.getfixturevalue("memcached_url")
     return MemcachedCache.from_url(
         url, prefix=request.getfixturevalue("memcached_prefix"), **PATIENT
