@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import array
 import base64
 import random
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -51,7 +53,27 @@ def test_a_non_finite_component_is_refused() -> None:
         pack_floats([1.0, float("nan")])
 
 
-@given(st.lists(vectors, min_size=1, max_size=30), st.randoms(use_true_random=False))
+@given(vectors, st.integers(0, 63), st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+def test_a_non_finite_component_is_refused_in_either_form(
+    values: list[float], at: int, bad: float
+) -> None:
+    values = [*values[:at], bad, *values[at:]]
+    packed = array.array("f", values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    with pytest.raises(ValueError, match="finite"):
+        vector_bytes(base64.b64encode(packed.tobytes()).decode())
+    with pytest.raises(ValueError, match="finite"):
+        vector_bytes(values)
+
+
+def vectors_of_one_length(min_size: int, max_size: int) -> st.SearchStrategy[list[list[float]]]:
+    """Lists of vectors sharing one length, as one upstream answer's are."""
+    same = st.integers(1, 64).map(lambda n: st.lists(float32s, min_size=n, max_size=n))
+    return same.flatmap(lambda vector: st.lists(vector, min_size=min_size, max_size=max_size))
+
+
+@given(vectors_of_one_length(1, 30), st.randoms(use_true_random=False))
 def test_merge_places_every_vector_by_its_index_whatever_the_order(
     items: list[list[float]], rng: random.Random
 ) -> None:
@@ -59,6 +81,20 @@ def test_merge_places_every_vector_by_its_index_whatever_the_order(
     rng.shuffle(data)
     merged = merge_by_index(data, len(items))
     assert [unpack_floats(m) for m in merged] == items
+
+
+@given(st.lists(vectors, min_size=2, max_size=8), st.data())
+def test_merge_refuses_vectors_of_another_length_than_asked_or_than_each_other(
+    items: list[list[float]], data: st.DataObject
+) -> None:
+    wanted = data.draw(st.none() | st.integers(1, 64), label="dimensions")
+    answer = [{"index": i, "embedding": v} for i, v in enumerate(items)]
+    lengths = {len(v) for v in items}
+    if lengths == {wanted} or (wanted is None and len(lengths) == 1):
+        assert [unpack_floats(m) for m in merge_by_index(answer, len(items), wanted)] == items
+    else:
+        with pytest.raises(ValueError, match="components, expected"):
+            merge_by_index(answer, len(items), wanted)
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,20 @@ async def test_a_response_missing_an_index_is_an_error_not_a_wrong_vector(
     assert e.misses == 3  # nothing of the bad answer was stored
 
 
+async def test_vectors_of_other_dimensions_than_asked_are_an_error_never_stored(
+    gateway: FakeGateway,
+) -> None:
+    gateway.embeddings.supports_dimensions = False  # the model ignores `dimensions`
+    async with make_client(gateway) as client:
+        for _ in range(2):
+            with pytest.raises(EmbeddingBatchError, match=r"16 components, expected 8"):
+                await client.embed(model=MODEL, input=["a", "b"], dimensions=8)
+        gateway.embeddings.supports_dimensions = True
+        e = await client.embed(model=MODEL, input=["a", "b"], dimensions=8)
+    assert e.misses == 2 and e.vectors[0] == fake_vector(MODEL, "a", 8)
+    assert gateway.embeddings.calls == 3  # nothing of the wrong answers was stored
+
+
 async def test_a_waiter_on_another_calls_inputs_shares_its_fate(gateway: FakeGateway) -> None:
     gateway.endpoint("a").fail(400)  # one of the two requests fails
     async with make_client(gateway) as client:

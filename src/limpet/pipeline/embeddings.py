@@ -353,6 +353,7 @@ class Embedder:
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
         shared = self._coalesce and request.decision.coalesce
         deadline = None if shared else call.deadline
+        dimensions = request.keyed.get("dimensions")
 
         async def attempt(endpoint: Endpoint) -> tuple[list[bytes], dict[str, Any], str]:
             self._stats.embedding_requests += 1
@@ -360,7 +361,7 @@ class Embedder:
                 endpoint, body, headers=call.headers, deadline=deadline
             )
             try:
-                vectors = merge_by_index(answer["data"], len(items))
+                vectors = merge_by_index(answer["data"], len(items), dimensions)
             except ValueError as exc:
                 raise APIResponseError(
                     f"embeddings response is malformed: {exc}",

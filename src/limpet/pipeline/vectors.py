@@ -14,7 +14,7 @@ import binascii
 import math
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -59,12 +59,17 @@ def pack_floats(values: Sequence[float]) -> bytes:
         packed = array.array("f", values)
     except OverflowError as exc:
         raise ValueError(f"a vector component is out of range: {exc}") from None
+    _check_finite(packed)
     if _BIG_ENDIAN:
         packed.byteswap()
-    data = packed.tobytes()
-    if not all(math.isfinite(v) for v in packed):
+    return packed.tobytes()
+
+
+def _check_finite(values: Iterable[float]) -> None:
+    """Refuse NaN and infinities: the sum of float32 values cannot overflow a float64, so
+    it is finite exactly when every value is (one pass at C speed)."""
+    if not math.isfinite(sum(values)):
         raise ValueError("a vector component is not a finite number")
-    return data
 
 
 def unpack_floats(data: bytes | memoryview) -> list[float]:
@@ -83,7 +88,8 @@ def vector_bytes(embedding: object) -> bytes:
     or a list of numbers (packed).
 
     Raises:
-        ValueError: neither, empty, or not a whole number of float32.
+        ValueError: neither, empty, not a whole number of float32, or a component that is
+            not a finite number (NaN or infinite, in either form).
     """
     if isinstance(embedding, str):
         try:
@@ -96,16 +102,19 @@ def vector_bytes(embedding: object) -> bytes:
         raise ValueError("embedding is neither base64 nor a list of numbers")
     if not data or len(data) % _FLOAT32:
         raise ValueError(f"embedding of {len(data)} bytes is not a whole float32 vector")
+    if isinstance(embedding, str):
+        _check_finite(unpack_floats(data))
     return data
 
 
-def merge_by_index(data: object, count: int) -> list[bytes]:
+def merge_by_index(data: object, count: int, dimensions: object = None) -> list[bytes]:
     """The vectors of an upstream ``data`` list placed by each item's ``index``, which must
-    cover ``0 .. count - 1`` exactly once (never trusting the list's order).
+    cover ``0 .. count - 1`` exactly once (never trusting the list's order), all of one
+    length: ``dimensions`` floats when it is an int (the request's ``dimensions``).
 
     Raises:
         ValueError: not a list, an index missing, repeated, out of range or not an int,
-            or an embedding that does not decode.
+            an embedding that does not decode, or vectors of another length.
     """
     if not isinstance(data, list):
         raise ValueError("response has no data list")
@@ -120,7 +129,25 @@ def merge_by_index(data: object, count: int) -> list[bytes]:
     missing = [i for i, vector in enumerate(placed) if vector is None]
     if missing:
         raise ValueError(f"response lacks {len(missing)} of {count} indices, first {missing[0]}")
-    return [vector for vector in placed if vector is not None]
+    vectors = [vector for vector in placed if vector is not None]
+    _check_lengths(vectors, dimensions)
+    return vectors
+
+
+def _check_lengths(vectors: list[bytes], dimensions: object) -> None:
+    """Every vector of one answer has one length, the one asked for if any: a gateway
+    that ignores ``dimensions`` or cuts a vector short must not be cached under the key."""
+    if type(dimensions) is int:
+        size, source = dimensions * _FLOAT32, f"dimensions={dimensions}"
+    else:
+        size, source = len(vectors[0]) if vectors else 0, "as vector 0"
+    for index, vector in enumerate(vectors):
+        if len(vector) != size:
+            components = len(vector) // _FLOAT32
+            raise ValueError(
+                f"vector {index} has {components} components, expected {size // _FLOAT32} "
+                f"({source})"
+            )
 
 
 def plan_batches(

@@ -55,6 +55,8 @@ class FakeEmbeddings:
         shuffle: answer ``data`` in a random order (each item keeps its ``index``), to
             check that clients merge by index.
         supports_base64: False answers lists of floats even when asked for base64.
+        supports_dimensions: False ignores a request's ``dimensions`` (vectors of the
+            default size), as some models behind a gateway do.
         rng: what ``shuffle`` draws from; seed it for a reproducible order.
         latency: seconds each request takes before it is answered.
         requests: every JSON body received, in order.
@@ -66,6 +68,7 @@ class FakeEmbeddings:
         self.max_batch = 2048
         self.shuffle = False
         self.supports_base64 = True
+        self.supports_dimensions = True
         self.latency = 0.0
         self.requests: list[dict[str, Any]] = []
         self.inputs = 0
@@ -151,7 +154,7 @@ class FakeEmbeddings:
 
     def _answer(self, body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
         model: str = body["model"]
-        dimensions = body.get("dimensions") or DEFAULT_DIMENSIONS
+        dimensions = (self.supports_dimensions and body.get("dimensions")) or DEFAULT_DIMENSIONS
         as_base64 = body.get("encoding_format") == "base64" and self.supports_base64
         data = []
         for index, text in enumerate(texts):
