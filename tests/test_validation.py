@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from limpet.errors import InvalidRequestError
 from limpet.pipeline.keys import LARGE_REQUEST_BYTES, looks_large
 from limpet.pipeline.validation import (
+    MAX_SECONDS,
     response_format_param,
     strict_json_schema,
     validate_request,
@@ -93,7 +94,9 @@ def test_good_input_passes(override: dict[str, Any]) -> None:
     validate_request({**GOOD, **override})
 
 
-@pytest.mark.parametrize("ttl", [0, -1, float("inf"), float("nan"), "60", True])
+@pytest.mark.parametrize(
+    "ttl", [0, -1, float("inf"), float("nan"), "60", True, 1e308, MAX_SECONDS + 1]
+)
 def test_bad_ttl(ttl: object) -> None:
     with pytest.raises(InvalidRequestError, match=r"^ttl: expected"):
         validate_ttl(ttl)
@@ -102,6 +105,7 @@ def test_bad_ttl(ttl: object) -> None:
 def test_good_ttl() -> None:
     assert validate_ttl(None) is None
     assert validate_ttl(5) == 5.0
+    assert validate_ttl(MAX_SECONDS) == MAX_SECONDS
 
 
 class _NotJSON:

@@ -41,6 +41,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"messages": None}, "messages"),
     ({"timeout": "5"}, "timeout"),
     ({"timeout": -1}, "timeout"),
+    ({"timeout": 1e18}, "timeout"),
+    ({"ttl": 1e308}, "ttl"),
     ({"extra_headers": {"X-A": 1}}, "extra_headers"),
     ({"extra_headers": "X-A: 1"}, "extra_headers"),
     ({"extra_body": "x"}, "extra_body"),

@@ -20,6 +20,7 @@ from limpet.pipeline.wire_shapes import (
 )
 
 __all__ = [
+    "MAX_SECONDS",
     "ROLES",
     "response_format_param",
     "strict_json_schema",
@@ -39,6 +40,10 @@ _RESPONSE_FORMAT_TEXT = (
     "strict 'json_schema' format, as the OpenAI SDK does)"
 )
 _NUMBER_TYPES = (int, float)
+
+#: The longest TTL or timeout, in seconds (ten years): every tier can hold its expiry
+#: (Redis's PX in milliseconds, Memcached's unix time), and nothing longer means anything.
+MAX_SECONDS = 10 * 365 * 24 * 3600
 
 
 def validate_request(body: Mapping[str, Any]) -> int:
@@ -81,11 +86,13 @@ def validate_request(body: Mapping[str, Any]) -> int:
 
 
 def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
-    """A TTL in seconds: None, or a finite number > 0."""
+    """A TTL (or timeout) in seconds: None, or a number > 0 and at most ``MAX_SECONDS``."""
     if ttl is None:
         return None
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
-        raise InvalidRequestError(field, "a finite number of seconds > 0, or None", ttl)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_SECONDS:
+        raise InvalidRequestError(
+            field, f"a number of seconds > 0 and at most {MAX_SECONDS} (ten years), or None", ttl
+        )
     return float(ttl)
 
 
