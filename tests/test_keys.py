@@ -13,6 +13,7 @@ from limpet.errors import InvalidRequestError
 from limpet.pipeline.keys import (
     KEY_SCHEMA_VERSION,
     TRANSPORT_ONLY_FIELDS,
+    canonical_pieces,
     canonical_request,
     explain_key,
     request_key,
@@ -154,9 +155,29 @@ def test_explain_key_shows_what_went_in() -> None:
     assert "u-1" not in explanation.canonical
 
 
-def test_non_json_values_are_a_clear_error() -> None:
-    with pytest.raises(InvalidRequestError, match="request body"):
-        canonical_request({"model": "m", "messages": [], "metadata": {1, 2}})
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("metadata", {1, 2}, "metadata"),
+        ("seed", 2**64, "seed"),
+        ("provider", {"order": ["a", -(2**63) - 1]}, r"provider\.order\[1\]"),
+        ("messages", [{"role": "user", "content": "lone \ud800"}], r"messages\[0\]\.content"),
+    ],
+)
+def test_what_json_cannot_carry_is_a_clear_error_naming_its_field(
+    field: str, value: object, named: str
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], field: value}
+    with pytest.raises(InvalidRequestError, match=f"^{named}: expected"):
+        canonical_request(body)
+    with pytest.raises(InvalidRequestError, match=f"^{named}: expected"):
+        b"".join(canonical_pieces(body, piece=4))
+
+
+def test_a_large_integral_float_is_keyed_as_the_float_it_is() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "foo": 1e20}
+    assert b'"foo":1e+20' in canonical_request(body)
+    assert canonical_request({**body, "foo": 256.0}) == canonical_request({**body, "foo": 256})
 
 
 def conversation(body: dict[str, Any]) -> object:

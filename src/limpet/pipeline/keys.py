@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from limpet.errors import InvalidRequestError
+from limpet.pipeline.validation import json_problem
 
 __all__ = [
     "KEY_SCHEMA_VERSION",
@@ -44,6 +45,8 @@ TRANSPORT_ONLY_FIELDS = frozenset(
 )
 
 _KEY_PREFIX = f"limpet/key/v{KEY_SCHEMA_VERSION}\x00".encode()
+# Integral floats below this magnitude are keyed as ints (2**53: every one is exact).
+_EXACT = 2.0**53
 
 
 def canonical_request(body: Mapping[str, Any]) -> bytes:
@@ -59,16 +62,33 @@ def canonical_request(body: Mapping[str, Any]) -> bytes:
     for name, value in body.items():
         # Copy only when something must be dropped or normalised: usually nothing must.
         if name in TRANSPORT_ONLY_FIELDS or type(value) is float:
-            kept = {
-                name: int(value) if type(value) is float and value.is_integer() else value
-                for name, value in body.items()
-                if name not in TRANSPORT_ONLY_FIELDS
-            }
+            kept = _kept(body)
             break
     try:
         return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
-        raise InvalidRequestError("request body", "JSON-serialisable values", str(exc)) from exc
+        raise unserialisable(kept, exc) from exc
+
+
+def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``body`` that enter the key, top-level integral floats as ints
+    (those an int64 holds exactly: ``1e20`` stays a float, as orjson writes no wider int)."""
+    return {
+        name: int(value)
+        if type(value) is float and value.is_integer() and -_EXACT < value < _EXACT
+        else value
+        for name, value in body.items()
+        if name not in TRANSPORT_ONLY_FIELDS
+    }
+
+
+def unserialisable(body: Mapping[str, Any], exc: Exception) -> InvalidRequestError:
+    """The error for a body orjson could not write (``exc``), naming the offending field
+    when validation's full check can tell which (an int wider than 64 bits, a str that is
+    not valid UTF-8)."""
+    return json_problem(body) or InvalidRequestError(
+        "request body", "JSON-serialisable values", str(exc)
+    )
 
 
 def request_key(
@@ -249,15 +269,11 @@ def canonical_pieces(body: Mapping[str, Any], piece: int = PIECE_BYTES) -> Itera
     Raises:
         InvalidRequestError: a value that is not JSON.
     """
-    kept = {
-        name: int(value) if type(value) is float and value.is_integer() else value
-        for name, value in body.items()
-        if name not in TRANSPORT_ONLY_FIELDS
-    }
+    kept = _kept(body)
     try:
         yield from _pieces(kept, piece)
     except (orjson.JSONEncodeError, TypeError) as exc:
-        raise InvalidRequestError("request body", "JSON-serialisable values", str(exc)) from exc
+        raise unserialisable(kept, exc) from exc
 
 
 def _pieces(value: Any, piece: int) -> Iterator[bytes]:

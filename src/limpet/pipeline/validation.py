@@ -22,6 +22,7 @@ from limpet.pipeline.wire_shapes import (
 __all__ = [
     "MAX_SECONDS",
     "ROLES",
+    "json_problem",
     "response_format_param",
     "strict_json_schema",
     "validate_call_options",
@@ -40,6 +41,8 @@ _RESPONSE_FORMAT_TEXT = (
     "strict 'json_schema' format, as the OpenAI SDK does)"
 )
 _NUMBER_TYPES = (int, float)
+# The ints JSON can carry here: orjson writes none wider than 64 bits (signed or not).
+_INT64_LOW, _UINT64_HIGH = -(2**63), 2**64 - 1
 
 #: The longest TTL or timeout, in seconds (ten years): every tier can hold its expiry
 #: (Redis's PX in milliseconds, Memcached's unix time), and nothing longer means anything.
@@ -297,10 +300,25 @@ _FIELD_CHECKS: dict[str, Callable[[str, object], None] | _Range] = {
 }
 
 
-def _check_json(value: object, path: str) -> None:
+def _check_json(value: object, path: str, *, exact: bool = False) -> None:
     """Raise naming the first place in ``value`` that JSON cannot hold (orjson would send
-    NaN as null, and raise a bare TypeError for an object)."""
-    if isinstance(value, str | bool | int) or value is None:
+    NaN as null, and raise a bare TypeError for an object). ``exact`` also checks what
+    only writing it would find, at a cost not paid on every call: an int wider than 64
+    bits, a str that is not valid UTF-8 (a lone surrogate)."""
+    if isinstance(value, str):
+        if exact and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidRequestError(
+                    path, "valid UTF-8 text (no lone surrogate)", value
+                ) from None
+        return
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if exact and not _INT64_LOW <= value <= _UINT64_HIGH:
+            raise InvalidRequestError(path, "an int that fits in 64 bits", value)
         return
     if type(value) is float:  # exactly: orjson cannot write float subclasses (numpy's)
         if not math.isfinite(value):
@@ -310,10 +328,21 @@ def _check_json(value: object, path: str) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidRequestError(path, "a dict with str keys", key)
-            _check_json(item, f"{path}.{key}")
+            _check_json(item, f"{path}.{key}", exact=exact)
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]")
+            _check_json(item, f"{path}[{index}]", exact=exact)
         return
     raise InvalidRequestError(path, _JSON_TEXT, value)
+
+
+def json_problem(body: Mapping[str, Any]) -> InvalidRequestError | None:
+    """Why orjson could not write ``body``, naming the field; None when no field says.
+    (Run after writing it failed: what the checks on every call leave to the writer.)"""
+    for name, value in body.items():
+        try:
+            _check_json(value, name, exact=True)
+        except InvalidRequestError as problem:
+            return problem
+    return None
