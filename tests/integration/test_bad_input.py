@@ -50,6 +50,17 @@ BAD: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+# What only writing the request finds (the checks on every call leave it to the writer),
+# on every path: keyed (temperature 0), sampled (temperature 1) and uncached.
+UNWRITABLE: list[tuple[dict[str, Any], str]] = [
+    ({"seed": 2**64}, "seed"),
+    ({"foo": -(2**70)}, "foo"),
+    ({"provider": {"order": [2**64]}}, "provider.order[0]"),
+    ({"messages": [{"role": "user", "content": "lone \ud800"}]}, "messages[0].content"),
+    ({"user": "\udfff"}, "user"),
+]
+
+
 def request(**override: Any) -> dict[str, Any]:
     """A good request with ``override``; a None override leaves that field out."""
     return {name: value for name, value in ask(**override).items() if value is not None}
@@ -77,6 +88,21 @@ async def test_stream_rejects_it_when_called_not_when_read(
 ) -> None:
     with pytest.raises(InvalidRequestError) as info:
         client.stream(**request(**override))
+    assert info.value.field == field
+    assert gateway.total_calls == 0
+
+
+@pytest.mark.parametrize("path", [{}, {"temperature": 1}, {"cache": "bypass"}])
+@pytest.mark.parametrize(("override", "field"), UNWRITABLE)
+async def test_what_json_cannot_carry_is_refused_naming_it_on_every_path(
+    client: Client,
+    gateway: FakeGateway,
+    override: dict[str, Any],
+    field: str,
+    path: dict[str, Any],
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        await client.complete(**request(**override, **path))
     assert info.value.field == field
     assert gateway.total_calls == 0
 

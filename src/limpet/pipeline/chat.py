@@ -23,6 +23,8 @@ from limpet.pipeline.calls import Call
 from limpet.pipeline.completions import completion_of, storable
 from limpet.pipeline.exchanges import JsonExchange
 from limpet.pipeline.keying import Keying
+from limpet.pipeline.keys import looks_large
+from limpet.pipeline.owned import owned_body, owned_large_body
 from limpet.pipeline.request import Request
 from limpet.pipeline.upstream import Upstream
 
@@ -109,6 +111,9 @@ class ChatPipeline:
         function: with nothing left to read here it hands over the flight stage's
         coroutine, with no coroutine of its own alive for the whole call.)"""
         key = request.key
+        if key is not None or not looks_large(request.body, request.text_chars):
+            # Keyed in this step (``hit()``), or to be keyed from this copy.
+            request.body = owned_body(request.body)
         if key is None and self.keyed(request):
             return self._read(request, call, None, 0)  # tier 0 was not read either
         if self._nothing_to_read(request, key, self._read_now):
@@ -135,6 +140,8 @@ class ChatPipeline:
         flight's own read, when there is one; while it reads, identical callers go to
         the flight instead."""
         if key is None:
+            if looks_large(request.body, request.text_chars):
+                request.body = await owned_large_body(request.body)
             key = request.key = await self.keying.of(request.body, request.headers)
         store = self._cache
         if key is None or store is None or self._nothing_to_read(request, key, start):
