@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from limpet.http.sse import SSEDecoder
+from limpet.http import sse
+from limpet.http.sse import MAX_EVENT_BYTES, EventTooLargeError, SSEDecoder
 
 STREAM = (
     b": OPENROUTER PROCESSING\n\n"
@@ -52,3 +54,61 @@ def test_data_without_a_space_and_utf8_split_mid_character() -> None:
     text = 'data:{"t": "h\u00e9"}\n\n'.encode()
     cut = text.index(b"\xc3") + 1
     assert decode([text[:cut], text[cut:]]) == ['{"t": "h\u00e9"}']
+
+
+# --- one huge event: linear work, bounded memory -----------------------------------------
+
+
+class CountingSearch:
+    """The decoder's line-end search, counting the bytes each search looks at."""
+
+    def __init__(self, pattern: re.Pattern[bytes]) -> None:
+        self.pattern = pattern
+        self.scanned = 0
+
+    def search(self, buffer: bytearray, position: int) -> re.Match[bytes] | None:
+        found = self.pattern.search(buffer, position)
+        self.scanned += (found.end() if found else len(buffer)) - position
+        return found
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_an_event_split_into_many_pieces_is_scanned_once(
+    monkeypatch: pytest.MonkeyPatch, newline: bytes
+) -> None:
+    counting = CountingSearch(sse._LINE_END)
+    monkeypatch.setattr(sse, "_LINE_END", counting)
+    payload = b"A" * (1024 * 1024)
+    event = b"data: " + payload + newline + newline
+    assert decode([event[i : i + 1024] for i in range(0, len(event), 1024)]) == [payload.decode()]
+    # Scanning the held bytes again at every piece would look at ~512 MB here.
+    assert counting.scanned <= 2 * len(event)
+
+
+def test_an_event_over_the_cap_is_an_error_not_a_growing_buffer() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    assert decoder.feed(b"data: " + b"a" * 990 + b"\n\n") == ["a" * 990]  # under it: fine
+    decoder.feed(b"data: " + b"a" * 900)
+    with pytest.raises(EventTooLargeError):
+        decoder.feed(b"a" * 200)  # one line still arriving, past the cap
+
+
+def test_the_cap_counts_every_data_line_of_one_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    for _ in range(4):
+        assert decoder.feed(b"data: " + b"a" * 200 + b"\n") == []
+    with pytest.raises(EventTooLargeError):
+        decoder.feed(b"data: " + b"a" * 300 + b"\n")
+    fresh = SSEDecoder(max_event_bytes=1000)
+    events = [fresh.feed(b"data: " + b"a" * 600 + b"\n\n") for _ in range(5)]
+    assert events == [["a" * 600]] * 5  # each event has a cap of its own
+
+
+def test_the_default_cap_holds_a_large_image_delta() -> None:
+    image = b"data: " + b"A" * (40 * 1024 * 1024) + b"\n\n"  # a 4K PNG's base64, about
+    decoder = SSEDecoder()
+    events = [
+        e for i in range(0, len(image), 1 << 20) for e in decoder.feed(image[i : i + (1 << 20)])
+    ]
+    assert len(events) == 1 and len(events[0]) == 40 * 1024 * 1024
+    assert MAX_EVENT_BYTES > 40 * 1024 * 1024

@@ -4,15 +4,37 @@ Follows the WHATWG event-stream rules that matter to LLM gateways: lines end in 
 or CR; ``:`` starts a comment (OpenRouter's ``: OPENROUTER PROCESSING`` keep-alives);
 several ``data:`` lines form one event joined by newlines; a blank line ends an event;
 ``event:``, ``id:`` and ``retry:`` are ignored.
+
+Work is linear in the bytes fed, however an event is split: the bytes not yet ending a
+line are scanned once, and one event may hold at most ``max_event_bytes``.
 """
 
 from __future__ import annotations
 
-__all__ = ["SSEDecoder"]
+import re
+
+__all__ = ["MAX_EVENT_BYTES", "EventTooLargeError", "SSEDecoder"]
+
+#: The most bytes one event may take (its data so far and the line still arriving).
+#: Far above any legitimate event: the largest are base64 images in one delta (a 4K
+#: PNG is some 30 MB of base64); past it the stream fails rather than hold memory
+#: without bound.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+
+# A line's end: CRLF, CR or LF, whichever comes first.
+_LINE_END = re.compile(rb"\r\n?|\n")
+
+
+class EventTooLargeError(ValueError):
+    """One event of the stream is larger than the decoder's ``max_event_bytes``."""
 
 
 class SSEDecoder:
     """Feed it bytes as they arrive; it returns the data of every event they complete.
+
+    Args:
+        max_event_bytes: the most bytes one event may take; ``feed`` raises
+            ``EventTooLargeError`` past it.
 
     Example:
         >>> decoder = SSEDecoder()
@@ -22,56 +44,74 @@ class SSEDecoder:
         ['{"a": 1}', '[DONE]']
     """
 
-    __slots__ = ("_buffer", "_data")
+    __slots__ = ("_buffer", "_data", "_event_bytes", "_limit", "_scanned")
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._buffer = bytearray()
+        # How far into the buffer no line end was found (a CR at the very end excepted).
+        self._scanned = 0
         self._data: list[str] = []
+        self._event_bytes = 0  # the bytes of the event's data so far
+        self._limit = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[str]:
-        """The data of each event completed by ``chunk``."""
-        self._buffer += chunk
+        """The data of each event completed by ``chunk``.
+
+        Raises:
+            EventTooLargeError: the event being read is past ``max_event_bytes``.
+        """
+        buffer = self._buffer
+        buffer += chunk
         events: list[str] = []
+        start = 0  # where the next line starts
+        position = self._scanned
         while True:
-            line, found = self._next_line()
-            if not found:
-                return events
-            self._line(line, events)
+            end = _LINE_END.search(buffer, position)
+            if end is None:
+                position = len(buffer)
+                break
+            if end.group() == b"\r" and end.end() == len(buffer):
+                position = end.start()  # a CR at the end may be the first half of a CRLF
+                break
+            self._line(buffer[start : end.start()], events)
+            start = position = end.end()
+        del buffer[:start]
+        self._scanned = position - start
+        self._check(len(buffer))
+        return events
 
     def close(self) -> list[str]:
         """At the end of the stream: an event left without its blank line still counts."""
         events: list[str] = []
         if self._buffer:
-            line, self._buffer = self._buffer.rstrip(b"\r"), b""
-            self._line(line, events)
+            self._line(self._buffer.rstrip(b"\r"), events)
+            self._buffer.clear()
+            self._scanned = 0
         if self._data:
             events.append("\n".join(self._data))
             self._data = []
+        self._event_bytes = 0
         return events
 
-    def _next_line(self) -> tuple[bytes, bool]:
-        buffer = self._buffer
-        newline = buffer.find(b"\n")
-        carriage = buffer.find(b"\r")
-        if carriage == -1 or (newline != -1 and newline < carriage):
-            if newline == -1:
-                return b"", False
-            self._buffer = buffer[newline + 1 :]
-            return buffer[:newline], True
-        if carriage == len(buffer) - 1:
-            return b"", False  # a CR at the end may be the first half of a CRLF
-        end = carriage + 2 if buffer[carriage + 1 : carriage + 2] == b"\n" else carriage + 1
-        self._buffer = buffer[end:]
-        return buffer[:carriage], True
-
-    def _line(self, line: bytes, events: list[str]) -> None:
+    def _line(self, line: bytes | bytearray, events: list[str]) -> None:
         if not line:
             if self._data:
                 events.append("\n".join(self._data))
                 self._data = []
+            self._event_bytes = 0
             return
         if line.startswith(b":"):
             return
         name, _, value = line.partition(b":")
         if name == b"data":
-            self._data.append(value.removeprefix(b" ").decode("utf-8", errors="replace"))
+            data = value.removeprefix(b" ")
+            self._event_bytes += len(data)
+            self._check(0)
+            self._data.append(data.decode("utf-8", errors="replace"))
+
+    def _check(self, arriving: int) -> None:
+        """Raise when the event's data so far and the ``arriving`` line are past the cap."""
+        if self._event_bytes + arriving > self._limit:
+            raise EventTooLargeError(
+                f"an event of the stream is over {self._limit} bytes (max_event_bytes)"
+            )

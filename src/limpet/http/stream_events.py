@@ -1,5 +1,6 @@
 """The chunks of an upstream event stream, as they arrive: SSE decoded, ``[DONE]`` ending
-it, failures mapped (an end before ``[DONE]`` is a connection error)."""
+it, failures mapped (an end before ``[DONE]`` is a connection error, an event past the
+decoder's cap a malformed answer)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,28 @@ from typing import Any
 import aiohttp
 
 from limpet.config import Endpoint
-from limpet.errors import APIConnectionError, upstream_errors
+from limpet.errors import APIConnectionError, APIResponseError, upstream_errors
 from limpet.http.responses import stream_chunk
-from limpet.http.sse import SSEDecoder
+from limpet.http.sse import MAX_EVENT_BYTES, EventTooLargeError, SSEDecoder
 
 
 async def stream_events(
-    response: aiohttp.ClientResponse, endpoint: Endpoint
+    response: aiohttp.ClientResponse,
+    endpoint: Endpoint,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Each chunk of ``response``'s stream until ``[DONE]``."""
-    decoder = SSEDecoder()
+    """Each chunk of ``response``'s stream until ``[DONE]``.
+
+    Raises:
+        APIConnectionError: the stream ended before ``[DONE]``.
+        APIResponseError: a chunk is not a JSON object, or an event is over
+            ``max_event_bytes``.
+    """
+    decoder = SSEDecoder(max_event_bytes=max_event_bytes)
     with upstream_errors(endpoint.name, endpoint.secrets, stream=True):
         async for piece in response.content.iter_any():
-            for data in decoder.feed(piece):
+            for data in _decoded(decoder, piece, endpoint):
                 if data == "[DONE]":
                     return
                 yield stream_chunk(endpoint, data)
@@ -33,3 +43,17 @@ async def stream_events(
             f"stream from endpoint {endpoint.name!r} ended before [DONE]",
             endpoint=endpoint.name,
         )
+
+
+def _decoded(decoder: SSEDecoder, piece: bytes, endpoint: Endpoint) -> list[str]:
+    """The events ``piece`` completes; an event past the decoder's cap is a malformed
+    answer, never a reason to hold more memory."""
+    try:
+        return decoder.feed(piece)
+    except EventTooLargeError as exc:
+        raise APIResponseError(
+            f"stream from endpoint {endpoint.name!r}: {exc}",
+            status_code=200,
+            body="",
+            endpoint=endpoint.name,
+        ) from exc

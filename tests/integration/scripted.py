@@ -1,0 +1,75 @@
+"""An upstream that streams exactly the chunks a test scripts, over loopback: for wire
+shapes the FakeGateway does not send (envelope fields on some chunks only, stream-only
+fields, streams that end with ``[DONE]`` before they are whole)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+ENVELOPE = {"id": "gen-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> dict[str, Any]:
+    """A chunk of one choice, with the usual envelope."""
+    return {**ENVELOPE, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+
+def usage_chunk() -> dict[str, Any]:
+    """The usage-only last chunk of a stream that asked for usage."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    return {**ENVELOPE, "choices": [], "usage": usage}
+
+
+class ScriptedUpstream:
+    """Answers every stream request with ``script`` (each item an event's data: a chunk,
+    or raw bytes sent as they are), then ``[DONE]``.
+
+    Attributes:
+        script: what the next stream sends.
+        bodies: the request bodies received, in order.
+    """
+
+    def __init__(self) -> None:
+        self.script: list[dict[str, Any] | bytes] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.url = ""
+
+    @property
+    def calls(self) -> int:
+        """Requests received."""
+        return len(self.bodies)
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.bodies.append(await request.json())
+        response = web.StreamResponse(status=200)
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        for item in self.script:
+            data = item if isinstance(item, bytes) else b"data: " + orjson.dumps(item) + b"\n\n"
+            await response.write(data)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@asynccontextmanager
+async def scripted_upstream() -> AsyncIterator[ScriptedUpstream]:
+    """A ``ScriptedUpstream`` serving ``POST {url}/chat/completions`` on loopback."""
+    upstream = ScriptedUpstream()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", upstream._serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    upstream.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield upstream
+    finally:
+        await runner.cleanup()
