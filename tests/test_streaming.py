@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -379,3 +380,25 @@ def test_an_error_in_any_choice_of_a_chunk_is_the_stream_error() -> None:
     assert (error.status_code, error.endpoint) == (502, "a")
     assert "provider went away" in str(error)
     assert stream_error({**chunk, "choices": chunk["choices"][:1]}) is None
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_a_never_streamed_answer_replays_its_reasoning_before_its_content(field: str) -> None:
+    """OpenRouter's ``reasoning`` and DeepSeek's ``reasoning_content`` come first, as a
+    reasoning model streams them."""
+    body = {
+        **ENVELOPE,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "The answer is 4.", field: "x" * 60},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+    }
+    replayed = list(replay_chunks(body, None))
+    fields = [key for c in replayed for key, v in c["choices"][0]["delta"].items() if v]
+    assert fields == ["role", field, field, field, "content"]
+    assert assembled(replayed).completion()["choices"] == body["choices"]

@@ -15,8 +15,10 @@ from limpet.models import json_copy
 #: Characters of content per synthesized chunk when replaying a never-streamed answer.
 REPLAY_PIECE_CHARS = 24
 
-# Replay order of message fields: what a model streams first comes first.
-_REPLAY_ORDER = {"reasoning": 0, "reasoning_details": 1, "tool_calls": 3}
+# Replay order of message fields: what a model streams first comes first. The reasoning
+# (OpenRouter's ``reasoning``, DeepSeek's ``reasoning_content``, then the details), the
+# answer (``content``, ``refusal``, ...), the tool calls.
+_REPLAY_ORDER = {"reasoning": 0, "reasoning_content": 0, "reasoning_details": 1, "tool_calls": 3}
 
 
 def replay_chunks(body: Mapping[str, Any], chunking: bytes | None) -> Iterator[dict[str, Any]]:
