@@ -17,7 +17,14 @@ import redis.asyncio
 
 from limpet import CacheStatus, Client, Endpoint, RedisCache
 from limpet.errors import ConfigurationError
-from limpet.pipeline.credentials import ANONYMOUS_SCOPE, CacheScope, credential_scope, key_scope
+from limpet.pipeline.credentials import (
+    ANONYMOUS_SCOPE,
+    CacheScope,
+    call_scope,
+    credential_scope,
+    is_credential_header,
+    key_scope,
+)
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
 
@@ -288,6 +295,48 @@ async def test_a_per_call_authorization_header_gets_its_own_scope(
     assert gateway.endpoint("a").calls == 3
     seen = [r.get("messages") for r in gateway.endpoint("a").requests]
     assert len(seen) == 3
+
+
+# The gateways' own credential and account headers (Portkey, Cloudflare AI Gateway,
+# Google, Helicone, OpenAI's organisation and project).
+GATEWAY_CREDENTIALS = [
+    "X-Portkey-Api-Key",
+    "cf-aig-authorization",
+    "x-goog-api-key",
+    "Helicone-Auth",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+]
+
+
+@pytest.mark.parametrize("header", GATEWAY_CREDENTIALS)
+async def test_a_gateways_own_credential_header_separates_tenants(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, header: str
+) -> None:
+    async with (
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A, headers={header: "one"}) as a,
+        tenant(gateway, redis_url, redis_prefix, api_key=KEY_A, headers={header: "two"}) as b,
+    ):
+        assert await answer(a) is CacheStatus.MISS
+        assert await answer(b) is CacheStatus.MISS
+        # Sent per call, the same header gives the call a scope of its own too.
+        assert await answer(a, **ask(), extra_headers={header: "three"}) is CacheStatus.MISS
+        assert await answer(a, **ask(), extra_headers={header: "three"}) is CacheStatus.HIT
+    assert gateway.total_calls == 3
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["HTTP-Referer", "X-Title", "X-Request-Id", "traceparent", "Idempotency-Key", "User-Agent"],
+)
+def test_attribution_and_tracing_headers_are_no_credentials(header: str) -> None:
+    assert not is_credential_header(header)
+    assert call_scope("c0ffee", {header: "per-call value"}) == "c0ffee"
+
+
+@pytest.mark.parametrize("header", [*GATEWAY_CREDENTIALS, "Authorization", "x-api-key", "Cookie"])
+def test_credential_headers_are_told_whatever_their_case(header: str) -> None:
+    assert is_credential_header(header) and is_credential_header(header.upper())
 
 
 async def test_a_namespace_scoped_client_shares_whatever_key_a_call_sends(

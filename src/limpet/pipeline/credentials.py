@@ -11,6 +11,7 @@ purpose.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,7 @@ __all__ = [
     "CacheScope",
     "call_scope",
     "credential_scope",
+    "is_credential_header",
     "key_scope",
 ]
 
@@ -43,8 +45,20 @@ CREDENTIAL_SCOPE_LABEL = b"limpet/cache-scope/credential/v1"
 #: The scope of a Client that sends no credentials at all.
 ANONYMOUS_SCOPE = "anonymous"
 
-#: Endpoint headers that carry credentials (lower case), besides ``api_key``.
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+#: Headers that carry credentials or choose an account (lower case), besides those whose
+#: name says so (``is_credential_header``).
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "openai-organization"}
+)
+
+# Parts of a header name that say it carries a credential or chooses an account: the
+# gateways' own (``x-portkey-api-key``, ``cf-aig-authorization``, ``helicone-auth``,
+# ``x-goog-api-key``, ``openai-project``...). A header wrongly taken for one costs hits (a
+# scope of its own), one wrongly not taken would share answers across tenants.
+_CREDENTIAL_MARKS = ("auth", "key", "token", "secret", "password", "cookie", "project")
+# Names with a mark that are never credentials: one per request would give every call a
+# scope of its own.
+_NOT_CREDENTIALS = frozenset({"idempotency-key"})
 
 
 def credential_scope(endpoints: Iterable[Endpoint]) -> str:
@@ -87,9 +101,24 @@ def call_scope(scope: str, headers: Mapping[str, str] | None) -> str:
     own = [
         name.lower() + ":" + value
         for name, value in headers.items()
-        if name.lower() in CREDENTIAL_HEADERS and value
+        if value and is_credential_header(name)
     ]
     return _scope(["client-scope:" + scope, *own]) if own else scope
+
+
+@functools.lru_cache(maxsize=512)
+def is_credential_header(name: str) -> bool:
+    """Whether a header named ``name`` (any case) carries a credential or chooses an
+    account, so that it enters the credential scope.
+
+    Example:
+        >>> [is_credential_header(n) for n in ("X-Portkey-Api-Key", "HTTP-Referer", "X-Title")]
+        [True, False, False]
+    """
+    name = name.lower()
+    if name in CREDENTIAL_HEADERS:
+        return True
+    return name not in _NOT_CREDENTIALS and any(mark in name for mark in _CREDENTIAL_MARKS)
 
 
 def _scope(credentials: Iterable[str]) -> str:
@@ -106,5 +135,5 @@ def _credentials(endpoints: Iterable[Endpoint]) -> Iterable[str]:
             # As it is sent, so that an Authorization header with the same key agrees.
             yield "authorization:Bearer " + endpoint.api_key
         for name, value in (endpoint.headers or {}).items():
-            if name.lower() in CREDENTIAL_HEADERS and value:
+            if value and is_credential_header(name):
                 yield name.lower() + ":" + value
