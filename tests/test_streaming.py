@@ -402,3 +402,12 @@ def test_a_never_streamed_answer_replays_its_reasoning_before_its_content(field:
     fields = [key for c in replayed for key, v in c["choices"][0]["delta"].items() if v]
     assert fields == ["role", field, field, field, "content"]
     assert assembled(replayed).completion()["choices"] == body["choices"]
+
+
+def test_obfuscation_padding_stays_in_the_chunks_out_of_the_completion() -> None:
+    padded = [{**c, "obfuscation": "x" * (i % 5)} for i, c in enumerate(LIVE)]
+    assembler = assembled(padded)
+    body = assembler.completion()
+    assert "obfuscation" not in body
+    assert body == assembled(LIVE).completion()
+    assert list(replay_chunks(body, assembler.chunking())) == padded

@@ -4,7 +4,8 @@ Assembly keeps every choice (by ``index``) and every field of its deltas: text f
 (``content``, ``reasoning``, ``refusal``, ...) concatenate, tool calls and
 ``reasoning_details`` merge by their ``index``, other lists (``annotations``) extend;
 per choice, ``logprobs`` lists extend and ``finish_reason`` (and any other choice field,
-such as OpenRouter's ``native_finish_reason``) keeps its last value.
+such as OpenRouter's ``native_finish_reason``) keeps its last value. Fields only a stream
+has (OpenAI's ``obfuscation`` padding) stay in the chunks, out of the completion.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import orjson
 from limpet.http.chunks import REPLACED_FIELDS
 
 _ENVELOPE_FIELDS = ("id", "object", "created", "model", "provider", "system_fingerprint")
+
+# Top-level chunk fields that belong to the stream alone: OpenAI pads each chunk with
+# random ``obfuscation`` text (``stream_options.include_obfuscation``).
+_STREAM_ONLY_FIELDS = frozenset({"obfuscation"})
 
 # Lists whose items are the deltas of items of their own, matched by their ``index``.
 _INDEXED = frozenset({"tool_calls", "reasoning_details"})
@@ -57,7 +62,7 @@ class StreamAssembler:
                         self._choice(choice.get("index", 0)).add(choice)
             elif key == "usage":
                 self._usage = value if value is not None else self._usage
-            elif value is not None or key not in top:
+            elif key not in _STREAM_ONLY_FIELDS and (value is not None or key not in top):
                 top[key] = value
 
     @property
