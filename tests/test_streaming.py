@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -411,3 +412,53 @@ def test_obfuscation_padding_stays_in_the_chunks_out_of_the_completion() -> None
     assert "obfuscation" not in body
     assert body == assembled(LIVE).completion()
     assert list(replay_chunks(body, assembler.chunking())) == padded
+
+
+# --- a replay is the live stream, chunk for chunk -----------------------------------------
+
+
+@st.composite
+def varied_envelopes(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A valid stream whose chunks differ in their envelope: any field absent from some
+    chunks, ``system_fingerprint`` on some only (OpenAI's first), padding on any."""
+    chunks = []
+    for live in draw(live_streams()):
+        varied = dict(live)
+        for field in ("id", "object", "created", "model", "provider"):
+            if draw(st.integers(0, 3)) == 0:
+                del varied[field]
+        if draw(st.booleans()):
+            varied["system_fingerprint"] = draw(st.sampled_from(["fp_1", "fp_2"]))
+        if draw(st.booleans()):
+            varied["obfuscation"] = draw(st.text(max_size=4))
+        chunks.append(varied)
+    return chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(varied_envelopes())
+def test_a_kept_chunking_replays_each_chunk_with_exactly_its_own_envelope(
+    chunks: list[dict[str, Any]],
+) -> None:
+    assembler = assembled(chunks)
+    body = assembler.completion()
+    assert list(replay_chunks(body, assembler.chunking())) == chunks
+    assert "obfuscation" not in body
+
+
+def test_a_fingerprint_on_the_first_chunk_only_is_replayed_on_the_first_only() -> None:
+    live = [{**LIVE[0], "system_fingerprint": "fp_1"}, *LIVE[1:]]
+    assembler = assembled(live)
+    replayed = list(replay_chunks(assembler.completion(), assembler.chunking()))
+    assert replayed == live
+    assert [("system_fingerprint" in c) for c in replayed] == [True] + [False] * (len(LIVE) - 1)
+
+
+def test_a_chunking_stored_by_an_earlier_build_replays_as_it_did() -> None:
+    """Before, the envelope was the first chunk's and each chunk kept what differed from
+    it: such entries still decode, each chunk with the envelope's fields."""
+    envelope = {**ENVELOPE, "system_fingerprint": "fp_1"}
+    stored = [{"choices": c["choices"]} for c in LIVE[:-1]] + [{"choices": [], "usage": USAGE}]
+    chunking = orjson.dumps({"envelope": envelope, "chunks": stored})
+    replayed = list(replay_chunks(assembled(LIVE).completion(), chunking))
+    assert replayed == [{**c, "system_fingerprint": "fp_1"} for c in LIVE]

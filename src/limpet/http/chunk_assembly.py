@@ -48,12 +48,12 @@ class StreamAssembler:
         self._choices: dict[int, _Choice] = {}
 
     def add(self, chunk: dict[str, Any]) -> None:
+        """Add the next chunk of the stream (kept as it is, when keeping the chunking:
+        nobody may change it after)."""
         self._count += 1
-        if self._envelope is None:
-            self._envelope = {k: chunk[k] for k in _ENVELOPE_FIELDS if k in chunk}
         if self._chunks is not None:
-            envelope = self._envelope
-            self._chunks.append({k: v for k, v in chunk.items() if envelope.get(k, _MISSING) != v})
+            self._chunks.append(chunk)
+            self._narrow_envelope(chunk)
         top = self._top
         for key, value in chunk.items():
             if key == "choices":
@@ -71,10 +71,18 @@ class StreamAssembler:
         return self._count
 
     def chunking(self) -> bytes | None:
-        """How the stream was chunked, for ``replay_chunks``; None when not kept."""
+        """How the stream was chunked, for ``replay_chunks``; None when not kept.
+
+        The envelope is what every chunk carries alike, so each chunk is stored with
+        only the rest, and ``{**envelope, **chunk}`` gives back each live chunk exactly:
+        a field some chunks lack (OpenAI's ``system_fingerprint`` on the first chunk
+        only) stays in the chunks that had it.
+        """
         if self._chunks is None:
             return None
-        return orjson.dumps({"envelope": self._envelope or {}, "chunks": self._chunks})
+        envelope = self._envelope or {}
+        chunks = [{k: v for k, v in chunk.items() if k not in envelope} for chunk in self._chunks]
+        return orjson.dumps({"envelope": envelope, "chunks": chunks})
 
     def completion(self) -> dict[str, Any]:
         """The chat completion body these chunks add up to (``object: chat.completion``)."""
@@ -85,6 +93,15 @@ class StreamAssembler:
         if self._usage is not None:
             body["usage"] = self._usage
         return body
+
+    def _narrow_envelope(self, chunk: dict[str, Any]) -> None:
+        """Keep in the envelope only the fields every chunk so far has, with one value."""
+        envelope = self._envelope
+        if envelope is None:
+            self._envelope = {k: chunk[k] for k in _ENVELOPE_FIELDS if k in chunk}
+            return
+        for key in [k for k, v in envelope.items() if chunk.get(k, _MISSING) != v]:
+            del envelope[key]
 
     def _choice(self, index: int) -> _Choice:
         state = self._choices.get(index)

@@ -1,11 +1,11 @@
 """Streamed chat completions: the chunk, and what one chunk or request says. Pure.
 
 A stream is stored as the completion it assembles to (so ``stream=True`` and
-``stream=False`` share one cache entry) plus how it was chunked: the first chunk's
-envelope (id, model, created, ...) once, then each chunk's remaining fields. Replaying
-that gives back the live stream's chunks. A completion that was never streamed is
-replayed in chunks shaped like a live stream's. Assembly is in
-``limpet.http.chunk_assembly``, replay in ``limpet.http.chunk_replay``.
+``stream=False`` share one cache entry) plus how it was chunked: the envelope fields
+(id, model, created, ...) every chunk shares once, then each chunk's remaining fields.
+Replaying that gives back the live stream's chunks, each with exactly its own fields. A
+completion that was never streamed is replayed in chunks shaped like a live stream's.
+Assembly is in ``limpet.http.chunk_assembly``, replay in ``limpet.http.chunk_replay``.
 """
 
 from __future__ import annotations
