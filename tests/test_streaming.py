@@ -13,7 +13,13 @@ from limpet.errors import APIStreamError
 from limpet.flight.broadcast import Broadcast
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import REPLAY_PIECE_CHARS, replay_chunks
-from limpet.http.chunks import StreamChunk, stream_error, with_stream_usage
+from limpet.http.chunks import (
+    StreamChunk,
+    stream_error,
+    usage_declined,
+    with_stream_usage,
+    without_usage,
+)
 from tests.openai_shapes import assert_chat_completion, assert_chunks
 
 ENVELOPE = {
@@ -247,7 +253,9 @@ def test_a_usage_only_chunk_is_not_a_choice() -> None:
     assert body["usage"] == USAGE
 
 
-def test_usage_is_asked_for_in_what_is_sent_unless_the_caller_said() -> None:
+def test_usage_is_asked_for_in_what_is_sent_even_when_the_caller_declined() -> None:
+    """The answer is stored for every later caller: a caller who declined usage must not
+    take it from them (it gets none in its own chunks instead)."""
     body = {"model": "m", "messages": []}
     assert with_stream_usage(body)["stream_options"] == {"include_usage": True}
     assert "stream_options" not in body
@@ -256,8 +264,23 @@ def test_usage_is_asked_for_in_what_is_sent_unless_the_caller_said() -> None:
         "include_obfuscation": False,
         "include_usage": True,
     }
-    declined = {**body, "stream_options": {"include_usage": False}}
-    assert with_stream_usage(declined) == declined
+    options = {"include_usage": False, "include_obfuscation": True}
+    assert with_stream_usage({**body, "stream_options": options})["stream_options"] == {
+        "include_obfuscation": True,
+        "include_usage": True,
+    }
+    assert options["include_usage"] is False  # the caller's own is left as it was
+
+
+def test_a_caller_who_declined_usage_gets_its_chunks_without_it() -> None:
+    assert usage_declined({"stream_options": {"include_usage": False}})
+    assert not usage_declined({"stream_options": {"include_usage": True}})
+    assert not usage_declined({"stream_options": {}}) and not usage_declined({})
+    with_nulls = [{**c, "usage": None} for c in LIVE[:-1]] + [LIVE[-1]]
+    shown = [without_usage(c) for c in with_nulls]
+    assert shown == [*LIVE[:-1], None]  # no usage field, and no usage-only chunk
+    assert with_nulls[0]["usage"] is None  # the shared chunk is left as it was
+    assert without_usage(LIVE[3]) is LIVE[3]
 
 
 def test_an_assembler_that_keeps_no_chunking_still_assembles_the_whole_answer() -> None:

@@ -359,15 +359,41 @@ async def test_a_stream_asks_for_usage_and_records_it(client: Client, gateway: F
     assert client.stats.cost_usd > 0
 
 
-async def test_usage_is_asked_for_without_changing_the_key(
+async def test_usage_declined_by_a_caller_is_still_asked_for_and_stored_for_the_others(
     client: Client, gateway: FakeGateway
 ) -> None:
-    await collect(client.stream(**ask(stream_options={"include_usage": False})))
+    declined = client.stream(**ask(stream_options={"include_usage": False}))
+    chunks = await collect(declined)
     sent = gateway.endpoint("a").last_request
-    assert sent is not None and sent["stream_options"] == {"include_usage": False}
+    assert sent is not None and sent["stream_options"] == {"include_usage": True}
+    assert all("usage" not in c.raw for c in chunks)  # not its usage chunk, nor a null
+    assert declined.completion is not None and declined.completion.usage.reported
     again = client.stream(**ask())
-    await collect(again)
+    replayed = await collect(again)
     assert again.completion is not None and again.completion.cache is CacheStatus.HIT
+    assert replayed[-1].raw["choices"] == [] and replayed[-1].raw["usage"]
+    hit = await client.complete(**ask())
+    assert hit.cache is CacheStatus.HIT and hit.raw["usage"] and hit.usage.reported
+    assert hit.cost is not None and hit.cost.saved_usd > 0
+    declined_again = await collect(client.stream(**ask(stream_options={"include_usage": False})))
+    assert [c.raw for c in declined_again] == [c.raw for c in chunks]
+    assert gateway.endpoint("a").calls == 1
+
+
+async def test_readers_of_one_stream_each_get_usage_as_they_asked(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=2)
+    declined = client.stream(**ask(stream_options={"include_usage": False}))
+    first = await anext(declined)  # it leads the upstream stream, now held
+    follower = asyncio.create_task(collect(client.stream(**ask())))
+    ep.resume_stream()
+    led = [first, *await collect(declined)]
+    followed = await follower
+    assert ep.calls == 1
+    assert followed[-1].raw["choices"] == [] and followed[-1].raw["usage"]
+    assert [c.raw for c in led] == [c.raw for c in followed[:-1]]
 
 
 async def test_coalesced_streams_of_n_choices_each_get_the_whole(

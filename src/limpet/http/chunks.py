@@ -103,14 +103,31 @@ def stream_error(chunk: Mapping[str, Any], endpoint: str | None = None) -> APISt
 
 
 def with_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:
-    """``body`` asking for usage in the stream (``stream_options.include_usage``), as
-    OpenAI-style servers send none otherwise; a caller's own ``include_usage`` is kept.
+    """``body`` asking for usage in the stream (``stream_options.include_usage: true``),
+    as OpenAI-style servers send none otherwise, whatever the caller said: the answer is
+    stored for every later caller, who may want it. A caller who declined does not get
+    it (``usage_declined``, ``without_usage``); its other options are kept.
 
     Only what is sent changes: ``stream_options`` never enters the cache key.
     """
     options = body.get("stream_options")
-    if options is None:
-        return {**body, "stream_options": {"include_usage": True}}
-    if isinstance(options, dict) and "include_usage" not in options:
-        return {**body, "stream_options": {**options, "include_usage": True}}
-    return dict(body)
+    kept = options if isinstance(options, dict) else {}
+    return {**body, "stream_options": {**kept, "include_usage": True}}
+
+
+def usage_declined(body: Mapping[str, Any]) -> bool:
+    """Whether the caller of ``body`` declined usage in its stream
+    (``stream_options.include_usage: false``)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is False
+
+
+def without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """``chunk`` as a caller who declined usage gets it, as OpenAI would have streamed it:
+    None for the usage-only chunk (no choices), else without its ``usage`` field (OpenAI
+    sends ``usage: null`` on every other chunk once usage is asked for)."""
+    if "usage" not in chunk:
+        return chunk
+    if not chunk.get("choices") and chunk["usage"] is not None:
+        return None
+    return {key: value for key, value in chunk.items() if key != "usage"}

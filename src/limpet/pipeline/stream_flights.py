@@ -15,6 +15,7 @@ from limpet.flight.broadcast import Broadcast
 from limpet.flight.shared import RedisFlight
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
+from limpet.http.chunks import usage_declined, without_usage
 from limpet.http.retry import should_retry
 from limpet.http.retrying import never_sent
 from limpet.http.transport import Transport
@@ -86,15 +87,20 @@ class StreamFlights:
         and starts no retry that could not end before its deadline. A reader that joined
         another's stream, and got none of it when it failed retryably (say, queued for
         admission past its starter's deadline), starts it again, or joins the one another
-        such reader started: once, as a waiter of ``complete()``'s flight may."""
+        such reader started: once, as a waiter of ``complete()``'s flight may. A reader
+        who declined usage (``stream_options.include_usage: false``) gets none of it in
+        its chunks, though the stream asked for it for the cache and the others."""
         cache, key, decision = self._cache, request.key, request.decision
         joins = key is not None and self._joins(request)
+        declined = usage_declined(request.body)
         if key is not None and cache is not None and decision.read:
             found = await self._look(cache, key, joins)
             if found is not None:
                 entry, replay = found
                 for chunk in replay:
-                    yield chunk
+                    shown = without_usage(chunk) if declined else chunk
+                    if shown is not None:
+                        yield shown
                 sink.completion = completion_of(entry, CacheStatus.HIT, key)
                 return
         failed: _StreamFlight | None = None
@@ -109,7 +115,9 @@ class StreamFlights:
             try:
                 async for chunk in flight.broadcast.items():
                     given = True
-                    yield json_copy(chunk) if copied else chunk
+                    shown = without_usage(chunk) if declined else chunk
+                    if shown is not None:
+                        yield json_copy(shown) if copied else shown
                 break
             except APIError as exc:
                 again = failed is None or never_sent(exc)  # once, or never sent at all
