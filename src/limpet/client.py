@@ -30,7 +30,7 @@ from limpet.observe.stats import Stats
 from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
 from limpet.pipeline.calls import RunningCalls
 from limpet.pipeline.credentials import CacheScope, credential_scope
-from limpet.pipeline.keying import Keying
+from limpet.pipeline.keying import Keying, endpoint_bodies
 from limpet.pipeline.pipelines import Pipelines
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.request import chat_request, embed_request
@@ -191,7 +191,7 @@ class Client:
         generations = Generations(
             generation_store_of(self._cache), namespace=namespace, credential=credential
         )
-        self._keying = Keying(generations, namespace, credential)
+        self._keying = Keying(generations, namespace, credential, endpoint_bodies(self._endpoints))
         self._closed = False
         self._calls = RunningCalls()  # past the hit path; aclose() waits for them
         self._closing: asyncio.Future[None] | None = None

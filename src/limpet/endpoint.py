@@ -55,7 +55,8 @@ class Endpoint:
         api_key: sent as ``Authorization: Bearer ...``.
         headers: extra headers for every request to this endpoint.
         extra_body: fields merged into every request body sent here (the caller's fields win),
-            e.g. ``{"provider": {"order": ["anthropic"]}}``. They do not enter the cache key.
+            e.g. ``{"provider": {"order": ["anthropic"]}}``. Sent, so keyed: a digest of
+            every endpoint's ``extra_body`` enters the Client's cache keys.
         weight: relative share of traffic for routing; must be > 0.
         gateway: which gateway this is, when it routes among providers itself:
             ``"openrouter"`` (inferred from an ``openrouter.ai`` URL; a fake gateway or a

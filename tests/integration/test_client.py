@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from limpet import CacheStatus, Client, Endpoint, MemoryCache, RetryConfig, Timeouts
+from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, RetryConfig, Timeouts
 from limpet.errors import (
     APIConnectionError,
     APIError,
@@ -415,18 +415,30 @@ async def test_attribution_headers_are_sent_and_stay_out_of_the_key(
     assert headers.get("X-Title") == "Example"
 
 
-async def test_endpoint_extra_body_is_sent_but_not_keyed(gateway: FakeGateway) -> None:
-    pinned = Endpoint(
-        "a",
-        gateway.base_url("a"),
-        api_key=KEY,
-        extra_body={"provider": {"order": ["anthropic"], "allow_fallbacks": False}},
-    )
-    async with Client(endpoints=[pinned]) as client:
-        c = await client.complete(**ask())
-    sent = gateway.endpoint("a").last_request
-    assert sent is not None and sent["provider"]["order"] == ["anthropic"]
-    assert c.key is not None
+@pytest.mark.redis
+async def test_endpoint_extra_body_is_sent_and_keyed(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    def client_with(extra_body: dict[str, Any] | None) -> Client:
+        endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY, extra_body=extra_body)
+        shared = RedisCache.from_url(redis_url, prefix=redis_prefix, write_timeout=1.0)
+        return Client(endpoints=[endpoint], cache=shared)
+
+    short = {"max_tokens": 3, "provider": {"order": ["anthropic"]}}
+    async with client_with(short) as a, client_with(None) as b, client_with(dict(short)) as c:
+        first = await a.complete(**ask())
+        sent = gateway.endpoint("a").last_request
+        assert sent is not None and sent["max_tokens"] == 3
+        assert sent["provider"]["order"] == ["anthropic"]
+        for client in (a, b, c):
+            assert client.cache is not None
+            await client.cache.tiers[0].flush()  # type: ignore[attr-defined]
+        plain = await b.complete(**ask())  # never the other endpoint's short answer
+        same = await c.complete(**ask())  # the same endpoint body: the same entry
+    assert first.finish_reason == "length" and plain.finish_reason == "stop"
+    assert (first.cache, plain.cache, same.cache) == ("miss", "miss", "hit")
+    assert first.key == same.key != plain.key
+    assert gateway.total_calls == 2
 
 
 async def test_environment_defaults(monkeypatch: pytest.MonkeyPatch, gateway: FakeGateway) -> None:
