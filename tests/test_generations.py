@@ -230,6 +230,23 @@ async def test_a_local_only_bump_is_never_forgotten_and_a_failed_read_matches_no
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("credential", ["", "c0ffee"])
+async def test_invalidating_everything_while_the_store_is_down_changes_unread_scopes(
+    store: CountingStore, credential: str
+) -> None:
+    flaky = FlakyStore(store.cache)
+    flaky.down = True
+    gens = Generations(flaky, namespace="ns", credential=credential)
+    before = await gens.scope("never-read")
+    assert before.endswith(".?")
+    await gens.bump()  # invalidate(): reaches only this process, but must reach it
+    after = await gens.scope("never-read")
+    assert after.endswith(".?") and after != before
+    await gens.bump()
+    assert await gens.scope("never-read") not in (before, after)
+
+
+@pytest.mark.redis
 async def test_past_the_bound_an_unreachable_store_costs_one_read_per_interval(
     store: CountingStore,
 ) -> None:

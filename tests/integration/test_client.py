@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, RetryConfig, Timeouts
+from limpet import (
+    CacheStatus,
+    Client,
+    Endpoint,
+    MemoryCache,
+    RedisCache,
+    RetryConfig,
+    TieredCache,
+    Timeouts,
+)
 from limpet.errors import (
     APIConnectionError,
     APIError,
@@ -26,6 +35,7 @@ from limpet.errors import (
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
 from tests.openai_shapes import assert_chat_completion
+from tests.redis_servers import free_port
 
 KEY = "sk-or-v1-0123456789abcdef-secret"
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
@@ -438,6 +448,19 @@ async def test_endpoint_extra_body_is_sent_and_keyed(
     assert first.finish_reason == "length" and plain.finish_reason == "stop"
     assert (first.cache, plain.cache, same.cache) == ("miss", "miss", "hit")
     assert first.key == same.key != plain.key
+    assert gateway.total_calls == 2
+
+
+async def test_invalidate_reaches_this_process_while_the_shared_tier_is_down(
+    gateway: FakeGateway,
+) -> None:
+    down = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key=KEY)
+    async with Client(endpoints=[endpoint], cache=TieredCache(MemoryCache(), down)) as client:
+        assert (await client.complete(**ask())).cache is CacheStatus.MISS
+        assert (await client.complete(**ask())).cache is CacheStatus.HIT
+        await client.invalidate()  # logged as local only, and must be that at least
+        assert (await client.complete(**ask())).cache is CacheStatus.MISS
     assert gateway.total_calls == 2
 
 

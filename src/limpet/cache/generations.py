@@ -252,7 +252,16 @@ class Generations:
             refreshing = self._refreshing
             if refreshing is not None:
                 await asyncio.wait((refreshing,))
-        return self._scope_of(model) or f"{self._values.get(EVERYTHING, 0)}.?"
+        return self._scope_of(model) or self._unread_scope()
+
+    def _unread_scope(self) -> str:
+        """The scope of a model whose generations could not be read: the fixed ones held
+        here (a bump this process made while the store was down among them), then ``?``,
+        which no read scope ends with."""
+        values = self._values
+        return (
+            ".".join(str(values.get(name, 0)) for name in (EVERYTHING, self._all, self._own)) + ".?"
+        )
 
     async def _load(self, model: str) -> None:
         names = self._names_of(model)
