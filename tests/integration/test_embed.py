@@ -33,6 +33,7 @@ from limpet import (
 from limpet.flight.embeddings import fetch_shared
 from limpet.flight.shared import RedisFlight
 from limpet.observe.events import CallEvent
+from limpet.pipeline.policy import CacheMode
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
 from tests.integration.held_slot import held_slot
@@ -500,3 +501,45 @@ async def test_an_input_awaited_by_a_call_without_deadline_outlives_its_senders_
     assert e.vectors == [fake_vector(MODEL, "x")]
     assert (e.hits, e.misses, e.coalesced) == (0, 0, 1)  # it awaited the hasty call's send
     assert gateway.embeddings.inputs == 1
+
+
+@pytest.mark.parametrize("mode", ["bypass", "refresh"])
+async def test_a_call_without_deadline_never_awaits_a_bypass_or_refresh_calls_inputs(
+    gateway: FakeGateway, mode: CacheMode
+) -> None:
+    # A bypass or refresh call's requests end at its own deadline, so nobody may await
+    # them: the patient call sends "x" itself, and is not failed by the hasty one's timeout.
+    async with held_slot(gateway) as slot:
+        client = slot.client
+        hasty = asyncio.ensure_future(
+            client.embed(model=MODEL, input=["x"], cache=mode, timeout=0.05)
+        )
+        patient = asyncio.ensure_future(client.embed(model=MODEL, input=["x"]))
+        with pytest.raises(APITimeoutError):
+            await hasty
+        await slot.release()
+        e = await patient
+        again = await client.embed(model=MODEL, input=["x"])
+    assert e.vectors == [fake_vector(MODEL, "x")]
+    assert (e.hits, e.misses, e.coalesced) == (0, 1, 0)
+    assert again.cache is CacheStatus.HIT  # the patient call stored what it sent
+    assert gateway.embeddings.inputs == 1  # the hasty call's request never left its queue
+
+
+@pytest.mark.parametrize("mode", ["bypass", "refresh"])
+async def test_a_normal_call_sends_and_stores_an_input_a_bypass_or_refresh_call_is_sending(
+    gateway: FakeGateway, mode: CacheMode
+) -> None:
+    gateway.endpoint("a").delay(10)  # the bypass or refresh call's request hangs upstream
+    client = make_client(gateway, close_grace=0)
+    other = asyncio.ensure_future(client.embed(model=MODEL, input=["x"], cache=mode))
+    await gateway.embeddings.wait_for_requests(1)
+    e = await client.embed(model=MODEL, input=["x"])
+    again = await client.embed(model=MODEL, input=["x"])
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await other
+    assert e.vectors == [fake_vector(MODEL, "x")]
+    assert (e.misses, e.coalesced) == (1, 0)
+    assert again.cache is CacheStatus.HIT
+    assert gateway.embeddings.calls == 2

@@ -169,7 +169,7 @@ class Embedder:
         waiting: dict[str, asyncio.Future[bytes]] = {}
         owned: list[str] = []
         for key in missing:
-            flight = self._inflight.get(key) if decision.coalesce and self._coalesce else None
+            flight = self._inflight.get(key) if self._shares(decision) else None
             if flight is not None:
                 waiting[key] = flight
             else:
@@ -231,14 +231,22 @@ class Embedder:
                 found[key] = hit[0]
         return found
 
+    def _shares(self, decision: CacheDecision) -> bool:
+        """Whether a call of ``decision`` shares its inputs in flight with other calls of
+        this process: it awaits theirs, and registers its own for them to await."""
+        return self._coalesce and decision.coalesce
+
     def _start(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
     ) -> asyncio.Future[Sent]:
         """Send and store ``items`` as a task of its own, their futures registered in the
-        same step (no await between): another call finds them in flight from here on."""
+        same step (no await between): another call finds them in flight from here on.
+        A call that does not share (``cache="bypass"`` or ``"refresh"``) registers none:
+        its requests end at its own deadline, and a bypass stores nothing, so a call
+        awaiting them could fail by another's deadline, and find its input never cached."""
         loop = asyncio.get_running_loop()
         futures = {key: loop.create_future() for key, _ in items}
-        if self._coalesce:
+        if self._shares(request.decision):
             self._inflight.update(futures)
         task = asyncio.ensure_future(self._send(request, items, futures, call))
         self._tasks.add(task)
@@ -351,8 +359,7 @@ class Embedder:
         scope ends its wait, as theirs end theirs), and must not fail inputs they await."""
         texts = [text for _, text in items]
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
-        shared = self._coalesce and request.decision.coalesce
-        deadline = None if shared else call.deadline
+        deadline = None if self._shares(request.decision) else call.deadline
         dimensions = request.keyed.get("dimensions")
 
         async def attempt(endpoint: Endpoint) -> tuple[list[bytes], dict[str, Any], str]:
