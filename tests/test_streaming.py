@@ -15,6 +15,7 @@ from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import REPLAY_PIECE_CHARS, replay_chunks
 from limpet.http.chunks import (
     StreamChunk,
+    choices_asked,
     stream_error,
     usage_declined,
     with_stream_usage,
@@ -485,3 +486,53 @@ def test_a_chunking_stored_by_an_earlier_build_replays_as_it_did() -> None:
     chunking = orjson.dumps({"envelope": envelope, "chunks": stored})
     replayed = list(replay_chunks(assembled(LIVE).completion(), chunking))
     assert replayed == [{**c, "system_fingerprint": "fp_1"} for c in LIVE]
+
+
+# --- a stream is whole only when every choice asked for finished ---------------------------
+
+
+def test_a_stream_is_whole_when_every_choice_asked_for_has_its_finish() -> None:
+    assert assembled(LIVE).unfinished() == []
+    assert assembled(THREE_CHOICES).unfinished(3) == []
+    assert assembled(RICH).unfinished(2) == []
+
+
+def test_a_stream_cut_before_a_finish_is_not_whole() -> None:
+    no_finish = [c for c in LIVE if StreamChunk(c).finish_reason is None]
+    assert assembled(no_finish).unfinished() == [0]
+    cut_call = LIVE[:6]  # the tool call's arguments cut off, no finish
+    assert assembled(cut_call).unfinished() == [0]
+    second_unfinished = [c for c in THREE_CHOICES if c != choice_chunk(1, {}, "stop")]
+    assert assembled(second_unfinished).unfinished(3) == [1]
+
+
+def test_a_choice_asked_for_and_never_streamed_is_unfinished() -> None:
+    only_first = [c for c in THREE_CHOICES if StreamChunk(c).index in (0, None)]
+    assembler = assembled(only_first)
+    assert assembler.unfinished(1) == []
+    assert assembler.unfinished(3) == [1, 2]
+    assert len(assembler.completion()["choices"]) == 1  # none made up
+
+
+def test_an_empty_finish_reason_is_no_finish() -> None:
+    """Ollama's OpenAI API sends ``finish_reason: ""`` on every chunk before the last."""
+    ollama = [
+        choice_chunk(0, {"role": "assistant", "content": "Hi"}, ""),
+        choice_chunk(0, {"content": " there"}, ""),
+    ]
+    assert assembled(ollama).unfinished() == [0]
+    assert assembled([*ollama, choice_chunk(0, {}, "stop")]).unfinished() == []
+
+
+def test_no_chunk_is_no_choice_and_none_is_made_up() -> None:
+    empty = StreamAssembler()
+    assert (empty.chunks, empty.choices, empty.unfinished()) == (0, 0, [0])
+    assert empty.completion()["choices"] == []
+    usage_only = assembled([{**ENVELOPE, "choices": [], "usage": USAGE}])
+    assert (usage_only.choices, usage_only.completion()["choices"]) == (0, [])
+
+
+def test_the_choices_a_request_asks_for() -> None:
+    assert choices_asked({}) == 1
+    assert choices_asked({"n": 3}) == 3
+    assert choices_asked({"n": None}) == choices_asked({"n": True}) == 1

@@ -25,9 +25,20 @@ def usage_chunk() -> dict[str, Any]:
     return {**ENVELOPE, "choices": [], "usage": usage}
 
 
+def completion(n: int = 1) -> dict[str, Any]:
+    """A whole plain answer of ``n`` choices."""
+    message = {"role": "assistant", "content": "The whole answer."}
+    choices = [
+        {"index": i, "message": message, "finish_reason": "stop", "logprobs": None}
+        for i in range(n)
+    ]
+    return {**ENVELOPE, "object": "chat.completion", "choices": choices}
+
+
 class ScriptedUpstream:
     """Answers every stream request with ``script`` (each item an event's data: a chunk,
-    or raw bytes sent as they are), then ``[DONE]``.
+    or raw bytes sent as they are), then ``[DONE]``; a plain request with a whole answer
+    of the ``n`` choices it asks for.
 
     Attributes:
         script: what the next stream sends.
@@ -45,7 +56,10 @@ class ScriptedUpstream:
         return len(self.bodies)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        self.bodies.append(await request.json())
+        body = await request.json()
+        self.bodies.append(body)
+        if body.get("stream") is not True:
+            return web.json_response(completion(body.get("n") or 1))
         response = web.StreamResponse(status=200)
         response.content_type = "text/event-stream"
         await response.prepare(request)

@@ -20,6 +20,7 @@ from limpet import (
 )
 from limpet.errors import (
     APIConnectionError,
+    APIResponseError,
     APIStatusError,
     APIStreamError,
     InvalidRequestError,
@@ -507,4 +508,81 @@ async def test_a_stream_retried_the_moment_it_failed_goes_upstream_again(
     again = client.stream(**ask())
     assert text(await collect(again))
     assert again.completion is not None and again.completion.cache is CacheStatus.MISS
+    assert ep.calls == 2
+
+
+# --- a stream that ends with [DONE] before it is whole is never stored ---------------------
+
+
+async def test_a_stream_ended_early_reaches_its_readers_as_it_came_and_is_never_stored(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.end_stream_early(after_chunks=2)
+    ep.pause_stream(after_chunks=1)
+    streams = [client.stream(**ask()) for _ in range(3)]
+    tasks = [asyncio.create_task(collect(s)) for s in streams]
+    await ep.wait_for_calls(1)
+    ep.resume_stream()
+    results = await asyncio.gather(*tasks)
+    assert all(raws(r) == raws(results[0]) for r in results)
+    assert text(results[0]) and all(c.finish_reason is None for c in results[0])
+    for stream in streams:
+        assert stream.completion is not None and stream.completion.finish_reason is None
+        assert stream.completion.content == text(results[0])
+    assert ep.calls == 1
+    completed = await client.complete(**ask())  # not a hit of the cut answer
+    assert completed.cache is CacheStatus.MISS and completed.finish_reason == "stop"
+    assert completed.content is not None and len(completed.content) > len(text(results[0]))
+    again = client.stream(**ask())
+    await collect(again)
+    assert again.completion is not None and again.completion.cache is CacheStatus.HIT
+    assert ep.calls == 2
+
+
+async def test_a_stream_of_n_choices_ended_early_is_never_stored(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.end_stream_early(after_chunks=3)
+    stream = client.stream(**ask(n=2))
+    assert by_choice(await collect(stream))
+    assert stream.completion is not None
+    assert [c["finish_reason"] for c in stream.completion.raw["choices"]] == [None, None]
+    assert (await client.complete(**ask(n=2))).cache is CacheStatus.MISS
+    assert ep.calls == 2
+
+
+async def test_a_stream_of_no_chunk_at_all_is_an_error_for_every_reader(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.end_stream_early(after_chunks=None)
+    ep.hold_answers()
+    streams = [client.stream(**ask()) for _ in range(5)]
+    tasks = [asyncio.create_task(collect(s)) for s in streams]
+    await ep.wait_for_calls(1)
+    ep.release_answers()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, APIResponseError) for r in results), results
+    assert all(s.completion is None for s in streams)
+    assert ep.calls == 1
+    assert (await client.complete(**ask())).cache is CacheStatus.MISS
+    assert ep.calls == 2
+
+
+@pytest.mark.redis
+async def test_a_stream_ended_early_is_stored_in_no_tier_for_no_process(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    def make() -> Client:
+        cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+        return Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache)
+
+    ep = gateway.endpoint("a")
+    ep.end_stream_early(after_chunks=2)
+    async with make() as a, make() as b:
+        await collect(a.stream(**ask()))
+        assert (await b.complete(**ask())).cache is CacheStatus.MISS
+        assert (await a.complete(**ask())).cache is CacheStatus.HIT  # b's whole answer
     assert ep.calls == 2

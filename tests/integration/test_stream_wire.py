@@ -27,7 +27,7 @@ async def test_an_event_past_the_cap_is_a_malformed_answer(upstream: ScriptedUps
     endpoint = Endpoint("a", upstream.url)
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{upstream.url}/chat/completions", json={}) as response,
+        session.post(f"{upstream.url}/chat/completions", json={"stream": True}) as response,
     ):
         with pytest.raises(APIResponseError, match="max_event_bytes") as info:
             async for _ in stream_events(response, endpoint, max_event_bytes=1024):
@@ -63,4 +63,77 @@ async def test_a_replay_carries_the_envelope_fields_of_each_live_chunk_alone(
     assert completion.cache is CacheStatus.HIT
     assert replayed == live == upstream.script
     assert "obfuscation" not in hit.raw and hit.content == "Hi"
+    assert upstream.calls == 1
+
+
+# --- whole or never stored ----------------------------------------------------------------
+
+TOOL_CALL = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(
+    ("script", "n"),
+    [
+        (  # n=2, and choice 1 never streamed
+            [
+                chunk({"role": "assistant", "content": ""}),
+                chunk({"content": "Only one"}),
+                chunk({}, "stop"),
+                usage_chunk(),
+            ],
+            2,
+        ),
+        (  # the tool call's arguments cut off, no finish
+            [
+                chunk({"role": "assistant", "content": None}),
+                chunk(
+                    {
+                        "tool_calls": [
+                            {**TOOL_CALL, "function": {"name": "f", "arguments": '{"a": '}}
+                        ]
+                    }
+                ),
+            ],
+            1,
+        ),
+        ([chunk({"role": "assistant", "content": ""}), chunk({"content": "The answer is"})], 1),
+        ([usage_chunk()], 1),  # usage, and no choice at all
+    ],
+    ids=["choice-never-streamed", "tool-call-cut", "no-finish", "no-choice"],
+)
+async def test_a_stream_that_ends_before_it_is_whole_is_never_stored(
+    upstream: ScriptedUpstream, script: list[dict[str, Any]], n: int
+) -> None:
+    upstream.script = list(script)
+    async with open_client(upstream) as client:
+        for _ in range(2):
+            stream = client.stream(**ask(n=n))
+            try:
+                assert [c.raw async for c in stream] == script
+            except APIResponseError:
+                assert not any(c["choices"] for c in script)  # only a stream of no choice
+        assert upstream.calls == 2
+        assert (await client.complete(**ask(n=n))).cache is CacheStatus.MISS
+
+
+async def test_a_stream_of_no_chunk_is_a_malformed_answer(upstream: ScriptedUpstream) -> None:
+    async with open_client(upstream) as client:
+        stream = client.stream(**ask())
+        with pytest.raises(APIResponseError, match="without any choice"):
+            [c async for c in stream]
+        assert stream.completion is None
+
+
+async def test_a_stream_whose_choices_all_finished_is_stored(upstream: ScriptedUpstream) -> None:
+    """Ollama's ``finish_reason: ""`` before its last chunk is no finish, and no bar to
+    storing once the last one says ``stop``."""
+    upstream.script = [
+        chunk({"role": "assistant", "content": "Hi"}, ""),
+        chunk({"content": "!"}, ""),
+        chunk({}, "stop"),
+    ]
+    async with open_client(upstream) as client:
+        live, _ = await collect(client)
+        replayed, completion = await collect(client)
+    assert completion.cache is CacheStatus.HIT and replayed == live
     assert upstream.calls == 1

@@ -84,12 +84,23 @@ class StreamAssembler:
         chunks = [{k: v for k, v in chunk.items() if k not in envelope} for chunk in self._chunks]
         return orjson.dumps({"envelope": envelope, "chunks": chunks})
 
+    @property
+    def choices(self) -> int:
+        """How many choices the chunks carried."""
+        return len(self._choices)
+
+    def unfinished(self, n: int = 1) -> list[int]:
+        """The indexes of the choices ``0..n-1`` that no ``finish_reason`` ended: never
+        streamed, or cut short (a stream may end with ``[DONE]`` before it is whole).
+        A stream is whole only when there are none."""
+        choices = self._choices
+        return [i for i in range(n) if i not in choices or not choices[i].finished]
+
     def completion(self) -> dict[str, Any]:
-        """The chat completion body these chunks add up to (``object: chat.completion``)."""
+        """The chat completion body these chunks add up to (``object: chat.completion``):
+        the choices they carried, none made up (no choice: ``choices`` is empty)."""
         choices = [self._choices[index].value(index) for index in sorted(self._choices)]
         body = {**self._top, "object": "chat.completion", "choices": choices}
-        if not choices:  # a stream that ended before any choice: still one (empty) choice
-            body["choices"] = [_Choice().value(0)]
         if self._usage is not None:
             body["usage"] = self._usage
         return body
@@ -135,6 +146,12 @@ class _Choice:
                     self.logprobs.add(value)
             elif key != "index" and (value is not None or key not in fields):
                 fields[key] = value
+
+    @property
+    def finished(self) -> bool:
+        """Whether a ``finish_reason`` ended the choice (Ollama's ``""`` is none)."""
+        reason = self.fields["finish_reason"]
+        return isinstance(reason, str) and bool(reason)
 
     def value(self, index: int) -> dict[str, Any]:
         message = {"content": None, **self.message.value(), "role": self.role}

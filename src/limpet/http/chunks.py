@@ -102,6 +102,13 @@ def stream_error(chunk: Mapping[str, Any], endpoint: str | None = None) -> APISt
     return APIStreamError(message, status_code=code, endpoint=endpoint)
 
 
+def choices_asked(body: Mapping[str, Any]) -> int:
+    """How many choices ``body`` asks for (``n``, 1 when absent): a stream is whole only
+    when each of them finished."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
 def with_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:
     """``body`` asking for usage in the stream (``stream_options.include_usage: true``),
     as OpenAI-style servers send none otherwise, whatever the caller said: the answer is

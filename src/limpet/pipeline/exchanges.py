@@ -3,15 +3,19 @@ its readers as they arrive."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Coroutine
 from typing import Any
 
 from limpet.config import Endpoint
+from limpet.errors import APIResponseError
 from limpet.flight.broadcast import Broadcast
 from limpet.http.chunk_assembly import StreamAssembler
-from limpet.http.chunks import with_stream_usage
+from limpet.http.chunks import choices_asked, with_stream_usage
 from limpet.http.transport import Transport
 from limpet.pipeline.calls import Call
+
+logger = logging.getLogger("limpet")
 
 
 class JsonExchange:
@@ -40,9 +44,15 @@ class JsonExchange:
 
 class StreamExchange:
     """A stream whose chunks are pushed to ``broadcast`` as they come and assembled into
-    the answer; it may fail over only until the first chunk is out."""
+    the answer; it may fail over only until the first chunk is out.
 
-    __slots__ = ("_assembler", "_broadcast", "_transport")
+    A stream that ends (``[DONE]``) without any choice is a malformed answer
+    (``APIResponseError``). One that ends before each choice asked for has its
+    ``finish_reason`` is served to its readers as it came, but is not ``whole``: it must
+    never be stored.
+    """
+
+    __slots__ = ("_assembler", "_broadcast", "_choices", "_transport")
 
     def __init__(
         self,
@@ -53,6 +63,7 @@ class StreamExchange:
         self._transport = transport
         self._broadcast = broadcast
         self._assembler = assembler
+        self._choices = 1
 
     @property
     def committed(self) -> bool:
@@ -62,7 +73,14 @@ class StreamExchange:
     def chunking(self) -> bytes | None:
         return self._assembler.chunking()
 
+    @property
+    def whole(self) -> bool:
+        """Whether every choice asked for (``n``) ended with a ``finish_reason``: only a
+        whole stream may be stored."""
+        return not self._assembler.unfinished(self._choices)
+
     def prepare(self, sent: dict[str, Any]) -> dict[str, Any]:
+        self._choices = choices_asked(sent)
         # Usage is asked for in what is sent, never in the key: OpenAI-style servers send
         # none in a stream otherwise, and the call would be recorded as free.
         return with_stream_usage(sent)
@@ -78,4 +96,19 @@ class StreamExchange:
                 broadcast.push(chunk)
         finally:
             await chunks.aclose()
+        if not assembler.choices:
+            raise APIResponseError(
+                f"stream from endpoint {endpoint.name!r} ended ([DONE]) without any choice",
+                status_code=200,
+                body="",
+                endpoint=endpoint.name,
+            )
+        unfinished = assembler.unfinished(self._choices)
+        if unfinished:
+            logger.warning(
+                "limpet: the stream from endpoint %r ended ([DONE]) before choices %s had a "
+                "finish_reason; served as it came, never cached",
+                endpoint.name,
+                unfinished,
+            )
         return assembler.completion()

@@ -25,7 +25,10 @@ class CompletionStream:
     stop early. Nothing is sent until the first chunk is asked for.
 
     After the last chunk, ``completion`` holds the assembled ``Completion`` with usage,
-    cost and cache status, every choice whole. Only what that needs is held while
+    cost and cache status, every choice whole. A stream the upstream ended (``[DONE]``)
+    before each choice asked for had its ``finish_reason`` is served as it came (those
+    choices' ``finish_reason`` is None) and never cached; one that carried no choice at
+    all raises ``APIResponseError``. Only what that needs is held while
     streaming: a stream that is neither stored nor shared (``cache="bypass"``, or a
     sampled request) keeps neither its raw chunks nor a replay buffer, only the
     assembled answer.

@@ -37,7 +37,8 @@ class StreamFlights:
     The upstream stream is read by a task of its own, so it goes on while any reader
     remains, whoever started it; it is cancelled when the last reader leaves, unless a
     reader of the same key is still looking in the cache (it joins on a miss). The
-    assembled answer is stored only when the stream ends cleanly; a failure reaches
+    assembled answer is stored only when the stream ends cleanly and whole (every choice
+    asked for finished: ``StreamExchange.whole``); a failure reaches
     every reader and stores nothing (a reader that joined, and had nothing of it yet,
     may start it again once, as a waiter of ``complete()``'s flight may retry).
     Upstream, it is the same stage as ``complete()``'s, with a ``StreamExchange`` for the
@@ -248,7 +249,8 @@ class StreamFlights:
             exchange = StreamExchange(self._transport, broadcast, StreamAssembler(chunking=store))
             entry = await self._upstream.call(request, exchange, call)
             stored = None
-            if cache is not None and key is not None and store and storable(entry):
+            # A stream cut short by an early [DONE] reached its readers, and no further.
+            if cache is not None and key is not None and store and _storable(exchange, entry):
                 stored = await cache.set(key, entry)
             data, entry_ttl = stored if stored is not None else (None, 0.0)
             return entry, data, entry_ttl
@@ -273,6 +275,12 @@ class StreamFlights:
                 return
             entry, _, _ = await lead()
         broadcast.finish((entry, None))
+
+
+def _storable(exchange: StreamExchange, entry: CacheEntry) -> bool:
+    """Whether a stream's answer may be stored: every choice asked for ended with its
+    ``finish_reason`` (``StreamExchange.whole``), and it is fit to serve (``storable``)."""
+    return exchange.whole and storable(entry)
 
 
 async def _replayable(

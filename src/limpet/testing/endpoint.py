@@ -10,6 +10,7 @@ from typing import Any
 from limpet.testing.faults import (
     DelayFault,
     DropConnectionFault,
+    EarlyDoneFault,
     EchoAuthorizationFault,
     EchoShape,
     Fault,
@@ -261,6 +262,12 @@ class FakeEndpoint:
         response instead.
         """
         self._queue(StreamErrorFault(after_chunks, status, message), times)
+
+    def end_stream_early(self, after_chunks: int | None = 2, times: int = 1) -> None:
+        """End the next ``times`` streams with ``[DONE]`` after ``after_chunks`` content
+        chunks, before any choice finished and without usage (None: before any chunk).
+        A plain request that meets this fault is answered whole."""
+        self._queue(EarlyDoneFault(after_chunks), times)
 
     def generation_error(
         self,

@@ -97,6 +97,24 @@ class StreamErrorFault:
 
 
 @dataclass(frozen=True, slots=True)
+class EarlyDoneFault:
+    """End a stream early but "cleanly": ``[DONE]`` after ``after_chunks`` content
+    chunks, without the finish chunks or the usage, as a proxy that lost its upstream
+    mid-answer may. A plain request is answered whole.
+
+    Attributes:
+        after_chunks: content chunks sent (after the role chunks) before ``[DONE]``;
+            None: ``[DONE]`` before any chunk at all.
+    """
+
+    after_chunks: int | None = 2
+
+    def __post_init__(self) -> None:
+        if self.after_chunks is not None and self.after_chunks < 0:
+            raise ValueError(f"after_chunks must be >= 0, got {self.after_chunks}")
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationErrorFault:
     """Fail a generation part-way, as OpenRouter does in a plain answer: HTTP 200 whose
     choice has ``finish_reason: "error"`` and an ``error`` object beside the content so
@@ -152,6 +170,7 @@ Fault: TypeAlias = (
     | MalformedBodyFault
     | WrongShapeFault
     | StreamErrorFault
+    | EarlyDoneFault
     | GenerationErrorFault
     | NoUsageFault
     | EchoAuthorizationFault

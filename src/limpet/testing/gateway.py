@@ -26,6 +26,7 @@ from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import (
     DelayFault,
     DropConnectionFault,
+    EarlyDoneFault,
     EchoAuthorizationFault,
     GenerationErrorFault,
     MalformedBodyFault,
@@ -302,7 +303,11 @@ class FakeGateway:
         answer, latency = self._answer(endpoint, body)
         await self._pause(latency)
         if stream:
-            cut = fault if isinstance(fault, StreamErrorFault | DropConnectionFault) else None
+            cut = (
+                fault
+                if isinstance(fault, StreamErrorFault | DropConnectionFault | EarlyDoneFault)
+                else None
+            )
             if isinstance(fault, GenerationErrorFault):
                 cut = StreamErrorFault(0, fault.status, fault.message)
             usage = endpoint.always_stream_usage or stream_usage_requested(body)

@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.faults import (
     DropConnectionFault,
+    EarlyDoneFault,
     EchoAuthorizationFault,
     GenerationErrorFault,
     MalformedBodyFault,
@@ -140,7 +141,7 @@ async def send_stream(
     request: web.Request,
     endpoint: FakeEndpoint,
     answer: Answer,
-    fault: StreamErrorFault | DropConnectionFault | None,
+    fault: StreamErrorFault | DropConnectionFault | EarlyDoneFault | None,
     *,
     include_usage: bool = True,
 ) -> web.StreamResponse:
@@ -151,7 +152,9 @@ async def send_stream(
     """
     chunks = answer.stream(include_usage=include_usage)
     cut = None
-    if fault is not None:
+    if isinstance(fault, EarlyDoneFault) and fault.after_chunks is None:
+        cut = 0  # [DONE] before any chunk
+    elif fault is not None:
         # After the role chunks and `after_chunks` content chunks, or just before the finish
         # chunks when the reply has fewer; the finish (and usage) chunks come last.
         choices = len(answer.replies)
@@ -166,6 +169,9 @@ async def send_stream(
             if index == cut:
                 if isinstance(fault, StreamErrorFault):
                     await response.write(sse_event(answer.error_chunk(fault.status, fault.message)))
+                    await response.write_eof()
+                elif isinstance(fault, EarlyDoneFault):
+                    await response.write(SSE_DONE)
                     await response.write_eof()
                 else:
                     _close_connection(request)
