@@ -47,6 +47,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"extra_headers": "X-A: 1"}, "extra_headers"),
     ({"extra_body": "x"}, "extra_body"),
     ({"extra_body": {"temperature": float("nan")}}, "temperature"),
+    ({"extra_query": {"api-version": "2024-10-21"}}, "extra_query"),
 ]
 
 
@@ -105,6 +106,25 @@ async def test_what_json_cannot_carry_is_refused_naming_it_on_every_path(
         await client.complete(**request(**override, **path))
     assert info.value.field == field
     assert gateway.total_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"user": object()}, "user"),
+        ({"user": "lone \ud800"}, "user"),
+        ({"input_type": 2**70}, "input_type"),
+        ({"extra_query": {"a": "b"}}, "extra_query"),
+        ({"extra_body": {"user": 7}}, "user"),
+    ],
+)
+async def test_embed_refuses_bad_fields_naming_them_before_any_request(
+    client: Client, gateway: FakeGateway, fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        await client.embed(model="openai/text-embedding-3-small", input=["a"], **fields)
+    assert info.value.field == field
+    assert gateway.embeddings.calls == 0
 
 
 async def test_warm_counts_each_bad_request_as_failed_naming_the_field(

@@ -13,11 +13,11 @@ from typing import Any
 from limpet.config import CachePolicy
 from limpet.errors import InvalidRequestError
 from limpet.pipeline.calls import Call
-from limpet.pipeline.keys import canonical_request
 from limpet.pipeline.policy import CacheDecision, decide
 from limpet.pipeline.validation import (
     response_format_param,
     validate_call_options,
+    validate_fields,
     validate_request,
     validate_ttl,
     with_extra_body,
@@ -182,8 +182,8 @@ def embed_request(
     texts = validate_inputs(input, max_inputs)
     if extra_body is not None:
         params = with_extra_body(params, extra_body)
+    validate_fields(params)  # each field by its rule, and JSON: now, not once sent
     keyed, wire = embedding_params(dimensions, encoding_format, params)
-    canonical_request(keyed)  # every field JSON: InvalidRequestError now, not later
     timeout = validate_call_options(timeout, extra_headers)
     entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
     decision = decide({"temperature": 0}, cache, policy)

@@ -26,6 +26,7 @@ __all__ = [
     "response_format_param",
     "strict_json_schema",
     "validate_call_options",
+    "validate_fields",
     "validate_request",
     "validate_ttl",
     "with_extra_body",
@@ -86,6 +87,20 @@ def validate_request(body: Mapping[str, Any]) -> int:
         _check_message(index, message)
     _check_parameters(body)
     return -1
+
+
+def validate_fields(fields: Mapping[str, Any]) -> None:
+    """Check request fields other than a chat's ``model`` and ``messages`` (an embedding
+    request's, say): each by its own rule when it has one (``user`` a str...), else as
+    JSON, and as what writing it would find.
+
+    Raises:
+        InvalidRequestError: naming the first offending field.
+    """
+    _check_parameters(fields)
+    problem = json_problem(fields)
+    if problem is not None:
+        raise problem
 
 
 def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
@@ -271,6 +286,18 @@ def _stop(name: str, value: object) -> None:
         raise InvalidRequestError(name, "a str or a list of str", value)
 
 
+def _unsupported(name: str, value: object) -> None:
+    if value is not None:
+        raise InvalidRequestError(name, _UNSUPPORTED[name], value)
+
+
+_UNSUPPORTED = {
+    # The OpenAI SDK's per-call query parameters: sent as a body field they would be
+    # refused by a strict upstream and ignored by a lenient one.
+    "extra_query": "nothing: limpet sends no query parameters (put fields in extra_body)",
+}
+
+
 def _logit_bias(name: str, value: object) -> None:
     if value is None:
         return
@@ -297,6 +324,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, object], None] | _Range] = {
     "seed": _int,
     "stop": _stop,
     "user": _text,
+    "extra_query": _unsupported,
 }
 
 
