@@ -51,6 +51,8 @@ from typing import ClassVar
 
 import aiohttp
 
+from limpet.models import Cost, Usage
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -403,11 +405,14 @@ def _describe(value: object) -> str:
 class EmbeddingBatchError(APIError):
     """Some inputs of an ``embed()`` call could not be embedded: an upstream sub-batch
     failed (its error is ``__cause__``). The vectors that were embedded are correct, cached,
-    and given here.
+    and given here, with what the requests that answered cost (``Client.stats`` counts it).
 
     Attributes:
         failed: the input positions without a vector, ascending.
         vectors: one entry per input, in input order: its vector, or None when it failed.
+        usage: tokens of this call's upstream requests that answered, as
+            ``Embeddings.usage`` (zeros when none did).
+        cost: dollars those requests cost, as ``Embeddings.cost`` (None when unknown).
     """
 
     def __init__(
@@ -417,7 +422,11 @@ class EmbeddingBatchError(APIError):
         failed: tuple[int, ...],
         vectors: list[list[float] | None],
         endpoint: str | None = None,
+        usage: Usage | None = None,
+        cost: Cost | None = None,
     ) -> None:
         super().__init__(message, endpoint=endpoint)
         self.failed = failed
         self.vectors = vectors
+        self.usage = Usage() if usage is None else usage
+        self.cost = cost

@@ -174,6 +174,34 @@ async def test_a_failed_sub_batch_fails_the_call_and_the_rest_is_cached(
     assert client.stats.errors == 1
 
 
+async def test_a_partly_failed_call_counts_what_its_answered_requests_cost(
+    gateway: FakeGateway,
+) -> None:
+    """Thirty inputs in three requests, one answered 400: the twenty answered were paid
+    for, so the error, the stats and the event carry their tokens and dollars. A miss is
+    an input sent upstream by its call: the ten of the failed request are misses of the
+    failed call, and again of the call that sends them once more."""
+    chunks = texts(30)
+    events: list[CallEvent] = []
+    gateway.endpoint("a").fail(400)  # whichever of the three requests comes first
+    async with make_client(gateway, batch=10, on_event=events.append) as client:
+        stats = client.stats
+        with pytest.raises(EmbeddingBatchError) as caught:
+            await client.embed(model=MODEL, input=chunks)
+        error, event = caught.value, events[-1]
+        assert error.usage.prompt_tokens == 20 * 2  # "chunk NN": 2 tokens
+        assert error.cost is not None and error.cost.usd == pytest.approx(40 * 0.02 / 1e6)
+        assert stats.prompt_tokens == 40 and stats.cost_usd == pytest.approx(error.cost.usd)
+        assert event.error == "EmbeddingBatchError" and event.usage == error.usage
+        assert event.cost_usd == error.cost.usd and event.priced
+        assert stats.embedding_misses == 30 and stats.errors == 1
+        await client.embed(model=MODEL, input=chunks)
+    assert stats.prompt_tokens == 2 * gateway.embeddings.inputs == 60  # each answer once
+    assert stats.cost_usd == pytest.approx(60 * 0.02 / 1e6)
+    assert stats.embedding_misses == len(sent_inputs(gateway)) == 40
+    assert stats.embedding_requests == gateway.embeddings.calls == 4
+
+
 async def test_hits_misses_and_repeats_of_both_each_land_at_their_own_positions(
     gateway: FakeGateway,
 ) -> None:

@@ -160,7 +160,10 @@ def check_stats(run: Run) -> None:
         assert sum(counted) == sum(seen) + unseen, f"client {index}: {stats}"
         assert all(c >= s for c, s in zip(counted, seen, strict=True)), f"client {index}"
         assert stats.errors == sum(isinstance(o.error, APIError) for o in mine), stats
-        assert stats.prompt_tokens == sum(r.usage.prompt_tokens for r in results), stats
+        # A failed batch's answered requests were paid for too: its error carries them.
+        paid = [r.usage for r in results]
+        paid += [o.error.usage for o in mine if isinstance(o.error, EmbeddingBatchError)]
+        assert stats.prompt_tokens == sum(u.prompt_tokens for u in paid), stats
         assert stats.requests == 0, "embed() calls counted as completions"
         assert stats.corrupt == 0, f"client {index} read an entry not bound to its key"
         # Every answer its endpoint gave was a request it counted.

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from limpet.models import CacheStatus, Completion, Embeddings, Usage
+from limpet.errors import EmbeddingBatchError
+from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
 
 __all__ = ["CallEvent", "EventHook", "embedding_event", "emit_event", "event_of"]
 
@@ -29,9 +30,11 @@ class CallEvent:
         model: the model asked for.
         cache: how the call was served, or None when it failed.
         endpoint: the endpoint that served the upstream call, when known.
-        usage: tokens of the upstream call (zero when the call failed).
+        usage: tokens of the upstream call (zero when the call failed, but for the
+            requests of an ``embed()`` call that answered before ``EmbeddingBatchError``).
         cost_usd: dollars this call spent (0 on a hit or a coalesced call, and 0 when
-            ``priced`` is False).
+            ``priced`` is False; an ``embed()`` call that failed with
+            ``EmbeddingBatchError`` spent what its requests that answered cost).
         saved_usd: dollars this call saved.
         seconds: wall time of the call (of the whole stream, for a stream).
         stream: True for ``stream()``.
@@ -116,11 +119,28 @@ def embedding_event(
     *,
     error: BaseException | None = None,
 ) -> CallEvent:
-    """The event of one ``embed()`` call, with its inputs' counts."""
+    """The event of one ``embed()`` call, with its inputs' counts; a call that failed with
+    ``EmbeddingBatchError`` carries what its requests that answered cost."""
     if embeddings is None:
-        return CallEvent(model, None, None, Usage(), 0.0, 0.0, seconds, error=type(error).__name__)
+        name = type(error).__name__
+        if not isinstance(error, EmbeddingBatchError):
+            return CallEvent(model, None, None, Usage(), 0.0, 0.0, seconds, error=name)
+        usage, cost = error.usage, error.cost
+        return CallEvent(
+            model, None, None, usage, _usd(cost), 0.0, seconds, error=name, priced=cost is not None
+        )
     e = embeddings
-    cost = e.cost.usd if e.cost is not None else 0.0
     return CallEvent(
-        model, e.cache, None, e.usage, cost, 0.0, seconds, inputs=(e.hits, e.misses, e.coalesced)
+        model,
+        e.cache,
+        None,
+        e.usage,
+        _usd(e.cost),
+        0.0,
+        seconds,
+        inputs=(e.hits, e.misses, e.coalesced),
     )
+
+
+def _usd(cost: Cost | None) -> float:
+    return 0.0 if cost is None else cost.usd

@@ -6,8 +6,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from limpet.errors import EmbeddingBatchError
 from limpet.http.admission import Admissions
-from limpet.models import Completion, Embeddings
+from limpet.models import Completion, Cost, Embeddings, Usage
 from limpet.observe.events import CallEvent, EventHook, embedding_event, emit_event, event_of
 from limpet.observe.fleet import FleetCounters
 from limpet.observe.stats import Stats
@@ -71,20 +72,27 @@ class Recorder:
     def embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
         """Count an ``embed()`` call that returned: tokens, dollars, event hooks (the
         inputs were counted by the embedder)."""
-        self.stats.prompt_tokens += result.usage.prompt_tokens
-        if result.cost is not None:
-            self.stats.cost_usd += result.cost.usd
+        self._spent(result.usage, result.cost)
         if self._hooks:
             seconds = time.perf_counter() - started
             emit_event(self._hooks, embedding_event(model, result, seconds))
         return result
 
     def embed_failed(self, model: str, error: BaseException, started: float) -> None:
-        """Count an ``embed()`` call that raised."""
+        """Count an ``embed()`` call that raised: with ``EmbeddingBatchError``, the tokens
+        and dollars of its requests that answered too (paid for, whatever failed beside)."""
         self.stats.errors += 1
+        if isinstance(error, EmbeddingBatchError):
+            self._spent(error.usage, error.cost)
         if self._hooks:
             seconds = time.perf_counter() - started
             emit_event(self._hooks, embedding_event(model, None, seconds, error=error))
+
+    def _spent(self, usage: Usage, cost: Cost | None) -> None:
+        """Add what an ``embed()`` call's upstream requests cost to the stats."""
+        self.stats.prompt_tokens += usage.prompt_tokens
+        if cost is not None:
+            self.stats.cost_usd += cost.usd
 
     async def aclose(self) -> None:
         """Flush the fleet counters (the Client's ``aclose()``)."""

@@ -69,15 +69,17 @@ def embeddings_result(
     stats.embedding_hits += hits
     stats.embedding_misses += misses
     stats.embedding_coalesced += coalesced
+    usage = sent.usage or Usage()
+    cost = None if sent.cost is None else Cost(sent.cost)
     if failed:
         raise EmbeddingBatchError(
             f"{len(failed)} of {len(texts)} inputs could not be embedded: {cause}",
             failed=tuple(failed),
             vectors=vectors,
             endpoint=getattr(cause, "endpoint", None),
+            usage=usage,  # the requests that answered were paid for all the same
+            cost=cost,
         ) from cause
-    usage = sent.usage or Usage()
-    cost = None if sent.cost is None else Cost(sent.cost)
     return Embeddings(
         [v for v in vectors if v is not None],
         sent.model or model,
