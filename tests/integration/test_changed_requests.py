@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
+from limpet import (
+    CacheStatus,
+    Client,
+    Completion,
+    Endpoint,
+    MemoryCache,
+    RedisCache,
+    TieredCache,
+)
 from limpet.pipeline.keys import LARGE_MESSAGE_COUNT
 from limpet.testing import FakeGateway
 from tests.integration.cancel_sweep import MAX_ROUNDS, turns
@@ -44,15 +52,27 @@ async def served(client: Client, messages: list[dict[str, Any]]) -> str | None:
     return (await client.complete(model=MODEL, messages=messages, temperature=0)).content
 
 
+async def streamed(client: Client, request: dict[str, Any]) -> Completion:
+    """``request`` through ``stream()``, read to its end: the completion it assembled."""
+    stream = client.stream(**request)
+    async for _ in stream:
+        pass
+    assert stream.completion is not None
+    return stream.completion
+
+
+@pytest.mark.parametrize("how", ["complete", "stream"])
 async def test_a_message_changed_at_any_turn_is_never_the_answer_to_the_question_asked(
-    client: Client, gateway: FakeGateway
+    client: Client, gateway: FakeGateway, how: str
 ) -> None:
     unsent_when_changed = 0
     for k in range(1, MAX_ROUNDS):
         question, other = f"{k}: what is the capital of France?", f"{k}: a poem about cats?"
         message = {"role": "user", "content": question}
+        request = ask(question) | {"messages": [message]}
         calls = gateway.total_calls
-        call = asyncio.create_task(client.complete(**ask(question) | {"messages": [message]}))
+        asking = client.complete(**request) if how == "complete" else streamed(client, request)
+        call = asyncio.create_task(asking)
         await turns(k)
         finished = call.done()
         unsent_when_changed += gateway.total_calls == calls

@@ -14,6 +14,8 @@ from limpet.models import Completion
 from limpet.observe.recorder import Recorder
 from limpet.pipeline.calls import RunningCalls
 from limpet.pipeline.keying import Keying
+from limpet.pipeline.keys import looks_large
+from limpet.pipeline.owned import owned_body, owned_large_body
 from limpet.pipeline.request import Request
 from limpet.pipeline.stream_flights import StreamFlights
 
@@ -114,6 +116,12 @@ class StreamCalls:
         calls = self._calls
         with calls.counted():
             try:
+                # The request as it is now, a copy of limpet's own: what is keyed is sent.
+                if looks_large(request.body, request.text_chars):
+                    body = owned_large_body(request.body)
+                    request.body = await calls.guarded(call, body)
+                else:
+                    request.body = owned_body(request.body)
                 if self._flights.keyed(request):
                     key = self._keying.of(request.body, request.headers)
                     request.key = await calls.guarded(call, key)
