@@ -325,6 +325,17 @@ async def test_events_and_invalidation_cover_embeddings(gateway: FakeGateway) ->
     assert again.misses == 1 and client.stats.hits == 0
 
 
+async def test_the_event_of_an_embedding_call_of_unknown_cost_is_unpriced(
+    gateway: FakeGateway,
+) -> None:
+    events: list[CallEvent] = []
+    async with make_client(gateway, on_event=events.append) as client:
+        unknown = await client.embed(model="acme/unpriced-embed", input=["a"])
+        known = await client.embed(model=MODEL, input=["a"])
+    assert unknown.cost is None and known.cost is not None
+    assert [(e.priced, e.cost_usd) for e in events] == [(False, 0.0), (True, known.cost.usd)]
+
+
 @pytest.mark.redis
 async def test_a_second_process_with_the_same_redis_sends_nothing(
     gateway: FakeGateway, redis_url: str, redis_prefix: str, tmp_path: Path

@@ -138,6 +138,7 @@ def embedding_event(
         _usd(e.cost),
         0.0,
         seconds,
+        priced=e.cost is not None,
         inputs=(e.hits, e.misses, e.coalesced),
     )
 
