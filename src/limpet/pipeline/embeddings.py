@@ -5,7 +5,8 @@ batch with 90 of 100 inputs cached sends the 10 others, and nothing else:
 
 - duplicates inside a call are looked up, sent and stored once;
 - an input another call of this process is already sending is awaited, not re-sent
-  (per-input single-flight: a table of futures, one per input in flight);
+  (per-input single-flight: a table of futures, one per input in flight), unless either
+  call passes ``cache="bypass"`` or ``"refresh"``: such a call sends its own;
 - the inputs this call sends are packed into requests of at most the endpoint's
   ``embedding_batch_size`` (and, optionally, a token budget), sent concurrently, and
   merged back by each response item's ``index``, checked to come back exactly once;
