@@ -51,9 +51,10 @@ INPUTS_HEADER: Final = "X-Limpet-Inputs"
 CACHE_MODE_HEADER: Final = "X-Limpet-Cache-Mode"
 TTL_HEADER: Final = "X-Limpet-TTL"
 
-#: Body fields whose names are keyword arguments of ``Client.complete()`` with another
-#: meaning: they go upstream through ``extra_body``, so a body can never set a call option.
-BODY_RESERVED: Final = frozenset({"cache", "ttl", "timeout", "extra_headers", "extra_body"})
+#: Body fields whose names are parameters of ``Client.complete()``, ``stream()`` or
+#: ``embed()`` with another meaning (``self`` included: a bound method's own): they go
+#: upstream through ``extra_body``, so a body can never set a call option nor clash with one.
+BODY_RESERVED: Final = frozenset({"self", "cache", "ttl", "timeout", "extra_headers", "extra_body"})
 
 # OpenAI's error types by status; anything else of 5xx is a server error.
 _ERROR_TYPES: Final = {
@@ -74,7 +75,8 @@ class BadHeaderError(InvalidRequestError):
 def call_options(
     headers: Mapping[str, str], *, forward_authorization: bool = True
 ) -> dict[str, Any]:
-    """The ``Client.complete()``/``stream()`` options a request's headers ask for.
+    """The ``Client.complete()``/``stream()``/``embed()`` options a request's headers ask
+    for.
 
     With ``forward_authorization``, the caller's ``Authorization`` goes upstream as is,
     which also scopes the cache entries and flights of the call to that credential

@@ -1,0 +1,122 @@
+"""``limpet serve`` in-process over loopback, its callers the ``openai`` package and raw
+aiohttp: what a caller sends reaches the upstream, what it gets back is what the upstream
+would have sent it (the usage chunk, an error's status and ``Retry-After``), bad input is
+refused before anything is paid for, and one caller's refused key harms no other caller."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from limpet import Client
+from limpet.serve import ServeConfig, create_app
+from limpet.testing import FakeGateway
+from tests.integration.chat import ask
+
+EMBEDDING_MODEL = "openai/text-embedding-3-small"
+KEY = "sk-test-a"
+AUTHORIZATION = {"Authorization": f"Bearer {KEY}"}
+
+
+@contextlib.asynccontextmanager
+async def serving(gateway: FakeGateway, *names: str) -> AsyncIterator[str]:
+    """The proxy, in this process, in front of ``gateway``'s endpoints ``names`` (``"a"``
+    by default); yields its ``/v1`` URL."""
+    upstreams = tuple(gateway.base_url(name) for name in names or ("a",))
+    runner = web.AppRunner(create_app(ServeConfig(upstreams=upstreams)), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(gateway: FakeGateway) -> AsyncIterator[str]:
+    """The ``/v1`` URL of a proxy in front of the gateway's endpoint ``"a"``."""
+    async with serving(gateway) as url:
+        yield url
+
+
+def sdk(base_url: str, *, api_key: str = KEY, **options: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, **{"max_retries": 0, **options})
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, body: object, **headers: str
+) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of a POST with the test's key."""
+    async with session.post(url, json=body, headers={**AUTHORIZATION, **headers}) as response:
+        return response.status, await response.json()
+
+
+class Reader:
+    """One streamed answer read through the proxy: its chunks and its served comment."""
+
+    def __init__(self) -> None:
+        self.chunks: list[dict[str, Any]] = []
+        self.served = ""
+        self.started = asyncio.Event()
+
+    async def read(self, session: aiohttp.ClientSession, url: str, body: object) -> Reader:
+        async with session.post(url, json=body, headers=AUTHORIZATION) as response:
+            assert response.status == 200
+            async for line in response.content:
+                if line.startswith(b"data: {"):
+                    self.chunks.append(orjson.loads(line[len(b"data: ") :]))
+                    self.started.set()
+                elif line.startswith(b": "):
+                    self.served = line.decode().split()[1]  # X-Limpet-Cache=...
+        return self
+
+    @property
+    def usage_chunks(self) -> int:
+        return sum(
+            chunk["choices"] == [] and chunk.get("usage") is not None for chunk in self.chunks
+        )
+
+
+# --- what a caller sends -----------------------------------------------------------------------
+
+
+def call_parameters() -> list[str]:
+    """The parameters of ``Client.complete()``, ``stream()`` and ``embed()`` that are no
+    field of the request body (``self`` included)."""
+    body_fields = {"model", "messages", "input", "dimensions", "encoding_format"}
+    names = {
+        parameter.name
+        for method in (Client.complete, Client.stream, Client.embed)
+        for parameter in inspect.signature(method).parameters.values()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    return sorted(names - body_fields)
+
+
+@pytest.mark.parametrize("name", call_parameters())
+async def test_a_body_field_named_as_a_call_parameter_goes_upstream_as_sent(
+    proxy: str, gateway: FakeGateway, name: str
+) -> None:
+    value: Any = {"field": name}
+    endpoint = gateway.endpoint("a")
+    async with aiohttp.ClientSession() as session:
+        chat = await post(session, f"{proxy}/chat/completions", ask(name, **{name: value}))
+        assert endpoint.last_request is not None
+        chat_sent = endpoint.last_request[name]
+        streamed = ask(f"{name} streamed", stream=True, **{name: value})
+        await Reader().read(session, f"{proxy}/chat/completions", streamed)
+        stream_sent = endpoint.last_request[name]
+        embedded = {"model": EMBEDDING_MODEL, "input": name, name: value}
+        embeddings = await post(session, f"{proxy}/embeddings", embedded)
+    assert (chat[0], embeddings[0]) == (200, 200)
+    assert chat_sent == stream_sent == gateway.embeddings.requests[-1][name] == value
