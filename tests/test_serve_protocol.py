@@ -29,6 +29,7 @@ from limpet.serve.protocol import (
     embeddings_headers,
     error_of,
     split_body,
+    vector_encoding,
 )
 
 
@@ -164,7 +165,7 @@ def test_embeddings_body_in_base64_decodes_to_the_same_float32_vectors(
 ) -> None:
     result = Embeddings(vectors, "m", Usage(5), None, 0, len(vectors), 0, [])
     as_floats = embeddings_body(result)
-    as_base64 = embeddings_body(result, "base64")
+    as_base64 = embeddings_body(result, vector_encoding("base64"))
     assert [d["index"] for d in as_base64["data"]] == list(range(len(vectors)))
     for plain, packed in zip(as_floats["data"], as_base64["data"], strict=True):
         raw = base64.b64decode(packed["embedding"])
@@ -172,9 +173,20 @@ def test_embeddings_body_in_base64_decodes_to_the_same_float32_vectors(
     assert as_floats["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
 
 
-def test_embeddings_body_names_a_bad_encoding_format() -> None:
-    result = Embeddings([[0.5]], "m", Usage(), None, 1, 0, 0, [])
+@pytest.mark.parametrize(
+    ("asked", "encoding"), [(None, "float"), ("float", "float"), ("base64", "base64")]
+)
+def test_the_encoding_format_asked_for_is_taken(asked: str | None, encoding: str) -> None:
+    assert vector_encoding(asked) == encoding
+
+
+@pytest.mark.parametrize("asked", ["int8", "FLOAT", "", 1, ["base64"]])
+def test_another_encoding_format_is_refused_naming_it(asked: object) -> None:
     with pytest.raises(InvalidRequestError, match="encoding_format"):
-        embeddings_body(result, "int8")
+        vector_encoding(asked)
+
+
+def test_embeddings_headers_say_how_the_inputs_were_served() -> None:
+    result = Embeddings([[0.5]], "m", Usage(), None, 1, 0, 0, [])
     headers = embeddings_headers(result)
     assert headers == {"X-Limpet-Cache": "hit", "X-Limpet-Inputs": "hits=1 misses=0 coalesced=0"}

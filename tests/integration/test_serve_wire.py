@@ -120,3 +120,13 @@ async def test_a_body_field_named_as_a_call_parameter_goes_upstream_as_sent(
         embeddings = await post(session, f"{proxy}/embeddings", embedded)
     assert (chat[0], embeddings[0]) == (200, 200)
     assert chat_sent == stream_sent == gateway.embeddings.requests[-1][name] == value
+
+
+async def test_an_unknown_encoding_format_is_refused_before_any_call(
+    proxy: str, gateway: FakeGateway
+) -> None:
+    body = {"model": EMBEDDING_MODEL, "input": "packed", "encoding_format": "int8"}
+    async with aiohttp.ClientSession() as session:
+        status, refused = await post(session, f"{proxy}/embeddings", body)
+    assert (status, refused["error"]["param"]) == (400, "encoding_format")
+    assert gateway.embeddings.calls == 0

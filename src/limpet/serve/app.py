@@ -42,6 +42,7 @@ from limpet.serve.protocol import (
     error_of,
     openai_error,
     split_body,
+    vector_encoding,
 )
 from limpet.serve.upstream import MetricsRegistry, ModelListings
 
@@ -265,10 +266,11 @@ async def _embeddings(request: web.Request) -> web.Response:
         return refusal
     try:
         fields, reserved = split_body(await _json_object(request))
-        # How the caller wants its vectors is the proxy's to honour; upstream, the Client
-        # picks the cheaper wire format itself.
-        encoding = fields.pop("encoding_format", None)
-        result = await proxy.client.embed(**fields, extra_body=reserved, **proxy.options(request))
+        # How the caller wants its vectors is the proxy's to honour (checked before anything
+        # is paid for); upstream, the Client picks the cheaper wire format itself.
+        encoding = vector_encoding(fields.pop("encoding_format", None))
+        options = proxy.options(request)
+        result = await proxy.client.embed(**fields, extra_body=reserved, **options)
         body = embeddings_body(result, encoding)
     except LimpetError as exc:
         return _error_response(exc)

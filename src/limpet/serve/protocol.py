@@ -9,7 +9,7 @@ import hmac
 import math
 import struct
 from collections.abc import Collection, Mapping
-from typing import Any, Final, cast, get_args
+from typing import Any, Final, Literal, cast, get_args
 
 from limpet.errors import (
     APIConnectionError,
@@ -32,6 +32,7 @@ __all__ = [
     "KEY_HEADER",
     "TTL_HEADER",
     "BadHeaderError",
+    "VectorEncoding",
     "answer_headers",
     "call_options",
     "client_key_allowed",
@@ -40,6 +41,7 @@ __all__ = [
     "error_of",
     "openai_error",
     "split_body",
+    "vector_encoding",
 ]
 
 CACHE_HEADER: Final = "X-Limpet-Cache"
@@ -55,6 +57,9 @@ TTL_HEADER: Final = "X-Limpet-TTL"
 #: ``embed()`` with another meaning (``self`` included: a bound method's own): they go
 #: upstream through ``extra_body``, so a body can never set a call option nor clash with one.
 BODY_RESERVED: Final = frozenset({"self", "cache", "ttl", "timeout", "extra_headers", "extra_body"})
+
+#: How ``/v1/embeddings`` answers vectors (OpenAI's ``encoding_format``).
+VectorEncoding = Literal["float", "base64"]
 
 # OpenAI's error types by status; anything else of 5xx is a server error.
 _ERROR_TYPES: Final = {
@@ -137,6 +142,19 @@ def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | N
     return fields, reserved or None
 
 
+def vector_encoding(value: object) -> VectorEncoding:
+    """The ``encoding_format`` an embeddings caller asked for (``"float"`` by default).
+
+    Raises:
+        InvalidRequestError: neither ``"float"`` nor ``"base64"``.
+    """
+    if value is None or value == "float":
+        return "float"
+    if value == "base64":
+        return "base64"
+    raise InvalidRequestError("encoding_format", "'float' or 'base64'", value)
+
+
 def answer_headers(completion: Completion) -> dict[str, str]:
     """What an answer says about how it was served."""
     headers = {CACHE_HEADER: completion.cache.value, ENDPOINT_HEADER: completion.endpoint}
@@ -147,22 +165,17 @@ def answer_headers(completion: Completion) -> dict[str, str]:
     return headers
 
 
-def embeddings_body(result: Embeddings, encoding_format: object = None) -> dict[str, Any]:
+def embeddings_body(result: Embeddings, encoding: VectorEncoding = "float") -> dict[str, Any]:
     """OpenAI's embeddings answer for ``result``: ``{"object": "list", "data": [{"object":
     "embedding", "index", "embedding"}], "model", "usage"}``, each vector a list of floats,
-    or with ``encoding_format="base64"`` (what the OpenAI SDK asks for by default) the
-    base64 of its little-endian float32 bytes.
-
-    Raises:
-        InvalidRequestError: ``encoding_format`` is neither ``"float"`` nor ``"base64"``.
-    """
-    if encoding_format not in (None, "float", "base64"):
-        raise InvalidRequestError("encoding_format", "'float' or 'base64'", encoding_format)
+    or with ``"base64"`` (what the OpenAI SDK asks for by default) the base64 of its
+    little-endian float32 bytes. The caller's ``encoding_format`` is checked before the
+    call, by ``vector_encoding``."""
     data = [
         {
             "object": "embedding",
             "index": index,
-            "embedding": _base64_floats(vector) if encoding_format == "base64" else vector,
+            "embedding": _base64_floats(vector) if encoding == "base64" else vector,
         }
         for index, vector in enumerate(result.vectors)
     ]
