@@ -122,6 +122,20 @@ async def test_a_body_field_named_as_a_call_parameter_goes_upstream_as_sent(
     assert chat_sent == stream_sent == gateway.embeddings.requests[-1][name] == value
 
 
+@pytest.mark.parametrize("ttl", ["1e308", "1e10"])
+async def test_a_ttl_no_tier_can_hold_is_refused_naming_the_header_before_any_call(
+    proxy: str, gateway: FakeGateway, ttl: str
+) -> None:
+    too_long = {"X-Limpet-TTL": ttl}
+    async with aiohttp.ClientSession() as session:
+        chat = await post(session, f"{proxy}/chat/completions", ask("forever"), **too_long)
+        embedding = {"model": EMBEDDING_MODEL, "input": "forever"}
+        embeddings = await post(session, f"{proxy}/embeddings", embedding, **too_long)
+    for status, body in (chat, embeddings):
+        assert (status, body["error"]["param"]) == (400, "X-Limpet-TTL")
+    assert (gateway.endpoint("a").calls, gateway.embeddings.calls) == (0, 0)
+
+
 async def test_an_unknown_encoding_format_is_refused_before_any_call(
     proxy: str, gateway: FakeGateway
 ) -> None:

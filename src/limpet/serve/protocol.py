@@ -21,6 +21,7 @@ from limpet.errors import (
 )
 from limpet.models import Completion, Embeddings
 from limpet.pipeline.policy import CacheMode
+from limpet.pipeline.validation import validate_ttl
 
 __all__ = [
     "BODY_RESERVED",
@@ -111,13 +112,18 @@ def _cache_mode(value: str) -> CacheMode:
 
 
 def _ttl(value: str) -> float:
+    """The header's seconds, held to what ``complete(ttl=)`` takes (one home for the
+    rule: ``validate_ttl``), so a TTL no cache tier can hold is refused before any call."""
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not (0 < seconds < math.inf):
-        raise BadHeaderError(TTL_HEADER, "a number of seconds > 0", value)
-    return seconds
+    try:
+        checked = validate_ttl(seconds, TTL_HEADER)
+    except InvalidRequestError as exc:
+        raise BadHeaderError(TTL_HEADER, exc.expected, value) from None
+    assert checked is not None  # a float is never None
+    return checked
 
 
 def client_key_allowed(authorization: str | None, allowed: Collection[str]) -> bool:
