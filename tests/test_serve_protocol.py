@@ -1,4 +1,5 @@
-"""The proxy's wire rules: control headers, answer headers, OpenAI's error shape."""
+"""The proxy's wire rules: control headers, the usage chunk, answer headers, OpenAI's
+error shape."""
 
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ from limpet.serve.protocol import (
     BadHeaderError,
     answer_headers,
     call_options,
+    chunk_wanted,
     client_key_allowed,
     embeddings_body,
     embeddings_headers,
     error_of,
     split_body,
+    usage_wanted,
     vector_encoding,
 )
 
@@ -76,6 +79,33 @@ def test_a_body_never_sets_a_call_option(body: dict[str, int]) -> None:
     fields, reserved = split_body(body)
     assert {**fields, **(reserved or {})} == body
     assert not {"cache", "ttl", "timeout", "extra_body", "extra_headers"} & set(fields)
+
+
+@pytest.mark.parametrize(
+    ("options", "wanted"),
+    [
+        (None, False),
+        ({}, False),
+        ({"include_usage": False}, False),
+        ({"include_usage": True}, True),
+    ],
+)
+def test_only_a_caller_asking_for_usage_gets_the_usage_chunk(
+    options: dict[str, bool] | None, wanted: bool
+) -> None:
+    usage_only = {"id": "c", "choices": [], "usage": {"prompt_tokens": 3}}
+    content = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    finish = {**content, "usage": {"prompt_tokens": 3}}  # a gateway merging it into the last
+    assert usage_wanted(options) is wanted
+    assert chunk_wanted(usage_only, usage_wanted(options)) is wanted
+    assert chunk_wanted(content, wanted) and chunk_wanted(finish, wanted)
+    assert chunk_wanted({"id": "c", "choices": [], "usage": None}, wanted)
+
+
+@pytest.mark.parametrize("options", ["yes", ["include_usage"], {"include_usage": "true"}])
+def test_bad_stream_options_are_refused_naming_the_field(options: object) -> None:
+    with pytest.raises(InvalidRequestError, match="stream_options"):
+        usage_wanted(options)
 
 
 def completion(cache: CacheStatus, key: str | None, cost: Cost | None) -> Completion:

@@ -139,7 +139,9 @@ async def test_answers_are_what_a_direct_call_gives_field_for_field(
         url = f"{proxy.url}/v1/chat/completions"
         async with session.post(url, json=ask("shapes")) as response:
             assert_chat_completion(await response.json())
-        async with session.post(url, json=ask("a stream", stream=True)) as response:
+        usage = {"include_usage": True}  # as a direct call, usage only when asked for
+        streamed = ask("a stream", stream=True, stream_options=usage)
+        async with session.post(url, json=streamed) as response:
             assert response.headers["Content-Type"] == "text/event-stream"
             events = [data async for data in read_events(response)]
     assert events[-1] == b"[DONE]"

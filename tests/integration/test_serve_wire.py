@@ -21,6 +21,7 @@ from limpet import Client
 from limpet.serve import ServeConfig, create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
+from tests.openai_shapes import assert_chunks
 
 EMBEDDING_MODEL = "openai/text-embedding-3-small"
 KEY = "sk-test-a"
@@ -85,6 +86,80 @@ class Reader:
         return sum(
             chunk["choices"] == [] and chunk.get("usage") is not None for chunk in self.chunks
         )
+
+
+# --- the usage chunk --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [None, {"include_usage": False}, {"include_usage": True}])
+async def test_a_stream_ends_with_a_usage_chunk_only_when_the_caller_asked_as_upstream(
+    proxy: str, gateway: FakeGateway, options: dict[str, bool] | None
+) -> None:
+    asked: dict[str, Any] = {} if options is None else {"stream_options": options}
+
+    async def shapes(client: openai.AsyncOpenAI) -> list[tuple[int, bool]]:
+        stream = await client.chat.completions.create(**ask("usage"), stream=True, **asked)
+        return [(len(chunk.choices), chunk.usage is not None) async for chunk in stream]
+
+    async with sdk(gateway.base_url("a")) as direct, sdk(proxy) as through:
+        upstreams = await shapes(direct)
+        miss = await shapes(through)
+        hit = await shapes(through)
+    wanted = options == {"include_usage": True}
+    assert upstreams[-1] == ((0, True) if wanted else (1, False))
+    for served in (miss, hit):
+        assert served[-1] == upstreams[-1]
+        assert {choices for choices, _ in served[:-1]} == {1}  # `chunk.choices[0]` holds
+    assert gateway.endpoint("a").calls == 2  # the direct call and the miss
+
+
+@pytest.mark.parametrize("leader_asks", [False, True])
+async def test_a_coalesced_follower_gets_the_usage_chunk_only_when_it_asked(
+    proxy: str, gateway: FakeGateway, leader_asks: bool
+) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.pause_stream(after_chunks=2)
+
+    def question(asks: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {"stream_options": {"include_usage": True}} if asks else {}
+        return ask("one flight", stream=True, **options)
+
+    url = f"{proxy}/chat/completions"
+    leader, follower = Reader(), Reader()
+    async with aiohttp.ClientSession() as session:
+        leading = asyncio.create_task(leader.read(session, url, question(leader_asks)))
+        await leader.started.wait()  # its stream is upstream, held part-way
+        following = asyncio.create_task(follower.read(session, url, question(not leader_asks)))
+        await follower.started.wait()  # it joined the stream in flight
+        endpoint.resume_stream()
+        await asyncio.gather(leading, following)
+        late = await Reader().read(session, url, question(leader_asks))
+    assert (leader.served, follower.served) == ("X-Limpet-Cache=miss", "X-Limpet-Cache=coalesced")
+    assert late.served == "X-Limpet-Cache=hit"
+    assert (leader.usage_chunks, follower.usage_chunks) == (leader_asks, not leader_asks)
+    assert late.usage_chunks == leader_asks
+    for reader in (leader, follower, late):
+        assert_chunks(reader.chunks)
+    assert endpoint.calls == 1
+
+
+async def test_the_callers_other_stream_options_go_upstream_and_a_bad_one_is_a_400(
+    proxy: str, gateway: FakeGateway
+) -> None:
+    endpoint = gateway.endpoint("a")
+    options = {"include_usage": False, "include_obfuscation": False}
+    url = f"{proxy}/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        reader = await Reader().read(
+            session, url, ask("options", stream=True, stream_options=options)
+        )
+        assert endpoint.last_request is not None
+        sent = endpoint.last_request["stream_options"]
+        refused = await post(session, url, ask("options", stream=True, stream_options="usage"))
+    assert reader.usage_chunks == 0
+    assert sent == {"include_obfuscation": False, "include_usage": True}  # usage: the Client's
+    assert (refused[0], refused[1]["error"]["param"]) == (400, "stream_options")
+    assert endpoint.calls == 1
 
 
 # --- what a caller sends -----------------------------------------------------------------------

@@ -36,12 +36,14 @@ from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     answer_headers,
     call_options,
+    chunk_wanted,
     client_key_allowed,
     embeddings_body,
     embeddings_headers,
     error_of,
     openai_error,
     split_body,
+    usage_wanted,
     vector_encoding,
 )
 from limpet.serve.upstream import MetricsRegistry, ModelListings
@@ -248,9 +250,10 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         options = proxy.options(request)
         streaming = fields.pop("stream", False)
         if streaming is True:
-            fields.pop("stream_options", None)  # the Client asks for usage itself
+            include_usage = usage_wanted(fields.get("stream_options"))
+            _without_include_usage(fields)  # the Client asks for usage itself
             stream = client.stream(**fields, extra_body=reserved, **options)
-            return await _stream(request, stream)
+            return await _stream(request, stream, include_usage)
         if streaming not in (False, None):
             raise InvalidRequestError("stream", "true or false", streaming)
         completion = await client.complete(**fields, extra_body=reserved, **options)
@@ -279,6 +282,16 @@ async def _embeddings(request: web.Request) -> web.Response:
     )
 
 
+def _without_include_usage(fields: dict[str, Any]) -> None:
+    """Take ``include_usage`` out of the caller's ``stream_options`` in ``fields`` (the
+    proxy honours it itself: ``chunk_wanted``); its other options go upstream."""
+    options = fields.pop("stream_options", None)
+    if options:
+        rest = {name: value for name, value in options.items() if name != "include_usage"}
+        if rest:
+            fields["stream_options"] = rest
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
@@ -297,10 +310,13 @@ def _json_answer(completion: Completion) -> web.Response:
     )
 
 
-async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamResponse:
-    """Re-emit the stream's chunks as they come, as server-sent events. What the headers
-    of a JSON answer say (``X-Limpet-Cache``...) is only known at the end of a stream: it
-    comes as an SSE comment before ``[DONE]``, which SSE clients ignore."""
+async def _stream(
+    request: web.Request, stream: CompletionStream, include_usage: bool
+) -> web.StreamResponse:
+    """Re-emit the stream's chunks as they come, as server-sent events, the usage chunk
+    only when the caller asked for it. What the headers of a JSON answer say
+    (``X-Limpet-Cache``...) is only known at the end of a stream: it comes as an SSE
+    comment before ``[DONE]``, which SSE clients ignore."""
     async with stream:  # leaving it, this reader lets go; its flight's others go on
         try:
             first = await anext(stream, None)
@@ -313,18 +329,23 @@ async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamR
         # meet a closing transport, as the chunks would.
         with contextlib.suppress(ConnectionResetError):  # the caller hung up
             await response.prepare(request)
-            await _relay(response, first, stream)
+            await _relay(response, first, stream, include_usage)
     return response
 
 
 async def _relay(
-    response: web.StreamResponse, first: StreamChunk | None, stream: CompletionStream
+    response: web.StreamResponse,
+    first: StreamChunk | None,
+    stream: CompletionStream,
+    include_usage: bool,
 ) -> None:
     try:
         if first is not None:
-            await response.write(_event(first.raw))
+            if chunk_wanted(first.raw, include_usage):
+                await response.write(_event(first.raw))
             async for chunk in stream:
-                await response.write(_event(chunk.raw))
+                if chunk_wanted(chunk.raw, include_usage):
+                    await response.write(_event(chunk.raw))
         if stream.completion is not None:
             await response.write(_served_comment(stream.completion))
         await response.write(_DONE)

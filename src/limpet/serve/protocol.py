@@ -1,6 +1,6 @@
-"""The proxy's wire rules, without I/O: which control headers a request may carry, what
-an answer says about how it was served, OpenAI's embeddings answer, and OpenAI's error
-shape for every failure."""
+"""The proxy's wire rules, without I/O: which control headers a request may carry, which
+stream chunks its caller asked for, what an answer says about how it was served, OpenAI's
+embeddings answer, and OpenAI's error shape for every failure."""
 
 from __future__ import annotations
 
@@ -36,12 +36,14 @@ __all__ = [
     "VectorEncoding",
     "answer_headers",
     "call_options",
+    "chunk_wanted",
     "client_key_allowed",
     "embeddings_body",
     "embeddings_headers",
     "error_of",
     "openai_error",
     "split_body",
+    "usage_wanted",
     "vector_encoding",
 ]
 
@@ -146,6 +148,33 @@ def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | N
     fields = {name: value for name, value in body.items() if name not in BODY_RESERVED}
     reserved = {name: value for name, value in body.items() if name in BODY_RESERVED}
     return fields, reserved or None
+
+
+def usage_wanted(stream_options: object) -> bool:
+    """Whether a streaming caller asked for the usage chunk (``stream_options:
+    {"include_usage": true}``), as OpenAI sends it only then.
+
+    Raises:
+        InvalidRequestError: ``stream_options`` is not an object, or its
+            ``include_usage`` not a bool.
+    """
+    if stream_options is None:
+        return False
+    if not isinstance(stream_options, dict):
+        raise InvalidRequestError("stream_options", "an object", stream_options)
+    include = stream_options.get("include_usage")
+    if include is not None and not isinstance(include, bool):
+        raise InvalidRequestError("stream_options.include_usage", "true or false", include)
+    return include is True
+
+
+def chunk_wanted(chunk: Mapping[str, Any], include_usage: bool) -> bool:
+    """Whether a streaming caller gets ``chunk``: every chunk, but the usage-only one
+    (``choices: []``) only when it asked for usage. The Client always asks upstream for
+    usage (to account and cache the answer), and a replayed answer ends with it; a caller
+    who did not ask would meet a chunk without choices, which breaks the usual
+    ``chunk.choices[0]`` loop."""
+    return include_usage or chunk.get("choices") != [] or chunk.get("usage") is None
 
 
 def vector_encoding(value: object) -> VectorEncoding:
