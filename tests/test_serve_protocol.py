@@ -14,8 +14,11 @@ from limpet.errors import (
     APIConnectionError,
     APIResponseError,
     APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
     ClientClosedError,
     ConfigurationError,
+    EmbeddingBatchError,
     InvalidRequestError,
     RateLimitError,
 )
@@ -141,6 +144,40 @@ def test_errors_come_back_in_openais_shape(exc: Exception, status: int, kind: st
     assert (got_status, body["error"]["type"]) == (status, kind)
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert "a bug" not in body["error"]["message"]  # the proxy's own faults stay private
+
+
+def _batch_error(failed: tuple[int, ...], inputs: int, cause: Exception | None) -> Exception:
+    vectors: list[list[float] | None] = [
+        None if index in failed else [0.5] for index in range(inputs)
+    ]
+    batch = EmbeddingBatchError(f"{len(failed)} of {inputs}", failed=failed, vectors=vectors)
+    batch.__cause__ = cause
+    return batch
+
+
+def test_an_embeddings_call_whose_inputs_all_failed_is_answered_as_its_cause() -> None:
+    limited = RateLimitError("slow down", status_code=429, retry_after=2.5)
+    for cause in (limited, AuthenticationError("bad key", status_code=401), APITimeoutError("?")):
+        batch = _batch_error((0, 1), 2, cause)
+        assert error_of(batch) == error_of(cause)
+
+
+def test_an_embeddings_call_some_of_whose_inputs_failed_says_how_many() -> None:
+    cause = BadRequestError("input too long", status_code=400)
+    status, body = error_of(_batch_error((1,), 3, cause))
+    assert (status, body["error"]["type"], body["error"]["code"]) == (
+        400,
+        "invalid_request_error",
+        "400",
+    )
+    message = body["error"]["message"]
+    assert message.startswith("1 of 3 inputs could not be embedded (the others are cached")
+    assert message.endswith(": input too long")
+
+
+def test_an_embeddings_batch_error_without_a_cause_is_a_bad_upstream_answer() -> None:
+    status, body = error_of(_batch_error((0,), 1, None))
+    assert (status, body["error"]["code"]) == (502, "bad_upstream_response")
 
 
 def test_endpoints_are_named_by_host_and_carry_no_key() -> None:

@@ -162,6 +162,60 @@ async def test_the_callers_other_stream_options_go_upstream_and_a_bad_one_is_a_4
     assert endpoint.calls == 1
 
 
+# --- errors: embeddings answered as chat, Retry-After ------------------------------------------
+
+
+async def test_an_embeddings_refusal_comes_back_as_the_same_refusal_on_chat(
+    proxy: str, gateway: FakeGateway
+) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.fail(400, times=2, message="model does not support dimensions")
+    async with sdk(proxy, max_retries=2) as client:  # the SDK's default: retries a 5xx
+        with pytest.raises(openai.BadRequestError) as on_embeddings:
+            await client.embeddings.create(model=EMBEDDING_MODEL, input="hello", dimensions=7)
+        with pytest.raises(openai.BadRequestError) as on_chat:
+            await client.chat.completions.create(**ask("hello"))
+    assert on_embeddings.value.body == on_chat.value.body
+    assert on_embeddings.value.body == {
+        "message": "model does not support dimensions",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "400",
+    }
+    assert (gateway.embeddings.calls, endpoint.calls) == (1, 1)  # nobody retried a 400
+
+
+@pytest.mark.gateway(api_key=KEY)
+async def test_a_refused_key_on_embeddings_is_a_401_as_on_chat(
+    proxy: str, gateway: FakeGateway
+) -> None:
+    async with sdk(proxy, api_key="sk-wrong", max_retries=2) as client:
+        with pytest.raises(openai.AuthenticationError) as on_embeddings:
+            await client.embeddings.create(model=EMBEDDING_MODEL, input="hello")
+        with pytest.raises(openai.AuthenticationError) as on_chat:
+            await client.chat.completions.create(**ask("hello"))
+    assert on_embeddings.value.status_code == on_chat.value.status_code == 401
+    assert on_embeddings.value.body["type"] == on_chat.value.body["type"]  # type: ignore[index]
+
+
+async def test_an_embeddings_call_some_of_whose_inputs_failed_is_answered_as_that_failure(
+    proxy: str, gateway: FakeGateway
+) -> None:
+    url = f"{proxy}/embeddings"
+    async with aiohttp.ClientSession() as session:
+        assert (await post(session, url, {"model": EMBEDDING_MODEL, "input": "kept"}))[0] == 200
+        gateway.endpoint("a").fail(400, message="input too long")
+        both = {"model": EMBEDDING_MODEL, "input": ["kept", "refused"]}
+        status, body = await post(session, url, both)
+        async with session.post(url, json=both, headers=AUTHORIZATION) as again:
+            inputs = again.headers["X-Limpet-Inputs"]
+    assert (status, body["error"]["type"]) == (400, "invalid_request_error")
+    assert body["error"]["message"].startswith("1 of 2 inputs could not be embedded")
+    assert body["error"]["message"].endswith("input too long")
+    assert (again.status, inputs) == (200, "hits=1 misses=1 coalesced=0")  # sent only the one
+    assert gateway.embeddings.inputs == 2
+
+
 # --- what a caller sends -----------------------------------------------------------------------
 
 

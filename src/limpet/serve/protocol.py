@@ -17,7 +17,9 @@ from limpet.errors import (
     APIStatusError,
     APITimeoutError,
     ClientClosedError,
+    EmbeddingBatchError,
     InvalidRequestError,
+    LimpetError,
 )
 from limpet.models import Completion, Embeddings
 from limpet.pipeline.policy import CacheMode
@@ -247,7 +249,36 @@ def openai_error(
 
 def error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
     """The HTTP status and OpenAI-shaped body of a failed call; limpet's messages never
-    hold a secret (``limpet.errors.scrub``)."""
+    hold a secret (``limpet.errors.scrub``).
+
+    An embeddings call whose inputs failed (``EmbeddingBatchError``) is answered as the
+    upstream failure behind it would be on chat (its status, type and code), since OpenAI
+    answers an embeddings request whole or not at all: when only some inputs failed, the
+    message says how many, and that the others are cached, so a retry sends only those.
+    """
+    behind = _failure_behind(exc)
+    status, body = _error_of(behind)
+    if isinstance(exc, EmbeddingBatchError) and behind is not exc:
+        failed, inputs = len(exc.failed), len(exc.vectors)
+        if failed < inputs:
+            error = body["error"]
+            error["message"] = (
+                f"{failed} of {inputs} inputs could not be embedded (the others are cached: "
+                f"a retry sends only these): {error['message']}"
+            )
+    return status, body
+
+
+def _failure_behind(exc: Exception) -> Exception:
+    """The failure a call is answered as: an embeddings call's upstream failure (its
+    ``__cause__``) rather than the batch error that reports it."""
+    cause = exc.__cause__
+    if isinstance(exc, EmbeddingBatchError) and isinstance(cause, LimpetError):
+        return cause
+    return exc
+
+
+def _error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, InvalidRequestError):
         return 400, openai_error(str(exc), "invalid_request_error", param=exc.field)
     if isinstance(exc, ClientClosedError):
