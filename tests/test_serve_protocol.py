@@ -1,5 +1,5 @@
-"""The proxy's wire rules: control headers, the usage chunk, answer headers, OpenAI's
-error shape."""
+"""The proxy's wire rules: control headers, forwarded headers, the usage chunk, answer
+headers, OpenAI's error shape."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from limpet.serve.protocol import (
     client_key_allowed,
     embeddings_body,
     embeddings_headers,
+    error_headers,
     error_of,
     split_body,
     usage_wanted,
@@ -71,6 +72,33 @@ def test_other_ttls_are_refused(ttl: str) -> None:
     with pytest.raises(BadHeaderError, match="X-Limpet-TTL") as refused:
         call_options({"X-Limpet-TTL": ttl})
     assert refused.value.field == "X-Limpet-TTL"
+
+
+_ORGANIZATION = {"OpenAI-Organization": "org-1", "OpenAI-Project": "proj-1"}
+_ATTRIBUTION = {"HTTP-Referer": "https://app.example", "X-Title": "My App"}
+
+
+def test_attribution_and_organization_headers_go_upstream_with_the_callers_key() -> None:
+    headers = {
+        "Authorization": "Bearer sk-a",
+        **_ORGANIZATION,
+        **_ATTRIBUTION,
+        "Cookie": "session=1",
+        "Connection": "keep-alive",
+        "X-Title-Extra": "no",
+    }
+    assert call_options(headers)["extra_headers"] == {
+        "Authorization": "Bearer sk-a",
+        **_ORGANIZATION,
+        **_ATTRIBUTION,
+    }
+
+
+def test_with_the_proxys_own_key_only_attribution_goes_upstream() -> None:
+    headers = {"Authorization": "Bearer sk-client", **_ORGANIZATION, **_ATTRIBUTION}
+    options = call_options(headers, forward_authorization=False)
+    assert options["extra_headers"] == _ATTRIBUTION
+    assert call_options(_ORGANIZATION, forward_authorization=False) == {}
 
 
 @given(
@@ -160,6 +188,11 @@ def test_an_embeddings_call_whose_inputs_all_failed_is_answered_as_its_cause() -
     for cause in (limited, AuthenticationError("bad key", status_code=401), APITimeoutError("?")):
         batch = _batch_error((0, 1), 2, cause)
         assert error_of(batch) == error_of(cause)
+        assert error_headers(batch) == error_headers(cause)
+    assert error_headers(_batch_error((0,), 1, limited)) == {
+        "Retry-After": "3",
+        "retry-after-ms": "2500",
+    }
 
 
 def test_an_embeddings_call_some_of_whose_inputs_failed_says_how_many() -> None:
@@ -178,6 +211,24 @@ def test_an_embeddings_call_some_of_whose_inputs_failed_says_how_many() -> None:
 def test_an_embeddings_batch_error_without_a_cause_is_a_bad_upstream_answer() -> None:
     status, body = error_of(_batch_error((0,), 1, None))
     assert (status, body["error"]["code"]) == (502, "bad_upstream_response")
+    assert error_headers(_batch_error((0,), 1, None)) == {}
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "headers"),
+    [
+        (7.0, {"Retry-After": "7", "retry-after-ms": "7000"}),
+        (0.04, {"Retry-After": "1", "retry-after-ms": "40"}),
+        (0.0, {"Retry-After": "0", "retry-after-ms": "0"}),
+        (None, {}),
+    ],
+)
+def test_a_wait_the_upstream_asked_for_is_passed_on(
+    retry_after: float | None, headers: dict[str, str]
+) -> None:
+    error = RateLimitError("slow down", status_code=429, retry_after=retry_after)
+    assert error_headers(error) == headers
+    assert error_headers(APIConnectionError("refused")) == {}
 
 
 def test_endpoints_are_named_by_host_and_carry_no_key() -> None:

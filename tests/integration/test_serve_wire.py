@@ -216,7 +216,37 @@ async def test_an_embeddings_call_some_of_whose_inputs_failed_is_answered_as_tha
     assert gateway.embeddings.inputs == 2
 
 
+@pytest.mark.parametrize("route", ["chat", "stream", "embeddings"])
+async def test_a_rate_limit_comes_back_with_the_upstreams_retry_after(
+    proxy: str, gateway: FakeGateway, route: str
+) -> None:
+    gateway.endpoint("a").fail(429, retry_after_ms=40, times=10)  # after the Client's retries
+    async with sdk(proxy) as client:
+        with pytest.raises(openai.RateLimitError) as limited:
+            if route == "embeddings":
+                await client.embeddings.create(model=EMBEDDING_MODEL, input="slow down")
+            else:
+                await client.chat.completions.create(**ask("slow down"), stream=route == "stream")
+    headers = limited.value.response.headers
+    assert (headers["retry-after-ms"], headers["Retry-After"]) == ("40", "1")  # whole seconds
+
+
 # --- what a caller sends -----------------------------------------------------------------------
+
+
+async def test_attribution_and_organization_headers_reach_the_upstream(
+    proxy: str, gateway: FakeGateway
+) -> None:
+    attribution = {"HTTP-Referer": "https://app.example", "X-Title": "My App"}
+    others = {"X-Unlisted": "not forwarded"}
+    options: dict[str, Any] = {"organization": "org-1", "project": "proj-1"}
+    async with sdk(proxy, default_headers={**attribution, **others}, **options) as client:
+        await client.chat.completions.create(**ask("attributed"))
+    received = gateway.endpoint("a").last_headers
+    assert received is not None
+    assert {name: received.get(name) for name in attribution} == attribution
+    assert (received["OpenAI-Organization"], received["OpenAI-Project"]) == ("org-1", "proj-1")
+    assert "X-Unlisted" not in received
 
 
 def call_parameters() -> list[str]:

@@ -40,6 +40,7 @@ from limpet.serve.protocol import (
     client_key_allowed,
     embeddings_body,
     embeddings_headers,
+    error_headers,
     error_of,
     openai_error,
     split_body,
@@ -365,4 +366,9 @@ def _served_comment(completion: Completion) -> bytes:
 
 def _error_response(exc: LimpetError) -> web.Response:
     status, body = error_of(exc)
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=error_headers(exc),
+    )

@@ -1,6 +1,7 @@
-"""The proxy's wire rules, without I/O: which control headers a request may carry, which
-stream chunks its caller asked for, what an answer says about how it was served, OpenAI's
-embeddings answer, and OpenAI's error shape for every failure."""
+"""The proxy's wire rules, without I/O: which control headers a request may carry and
+which of its headers go upstream, which stream chunks its caller asked for, what an answer
+says about how it was served, OpenAI's embeddings answer, and OpenAI's error shape (and
+``Retry-After``) for every failure."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.validation import validate_ttl
 
 __all__ = [
+    "ATTRIBUTION_HEADERS",
     "BODY_RESERVED",
     "CACHE_HEADER",
     "CACHE_MODE_HEADER",
@@ -33,6 +35,7 @@ __all__ = [
     "ENDPOINT_HEADER",
     "INPUTS_HEADER",
     "KEY_HEADER",
+    "ORGANIZATION_HEADERS",
     "TTL_HEADER",
     "BadHeaderError",
     "VectorEncoding",
@@ -42,6 +45,7 @@ __all__ = [
     "client_key_allowed",
     "embeddings_body",
     "embeddings_headers",
+    "error_headers",
     "error_of",
     "openai_error",
     "split_body",
@@ -62,6 +66,13 @@ TTL_HEADER: Final = "X-Limpet-TTL"
 #: ``embed()`` with another meaning (``self`` included: a bound method's own): they go
 #: upstream through ``extra_body``, so a body can never set a call option nor clash with one.
 BODY_RESERVED: Final = frozenset({"self", "cache", "ttl", "timeout", "extra_headers", "extra_body"})
+
+#: A caller's headers sent upstream with its call, whoever's key goes: OpenRouter's app
+#: attribution. Never part of the cache key.
+ATTRIBUTION_HEADERS: Final = ("HTTP-Referer", "X-Title")
+#: A caller's headers that choose what its key bills (OpenAI's organization and project):
+#: sent upstream only with the caller's own key, never with the proxy's.
+ORGANIZATION_HEADERS: Final = ("OpenAI-Organization", "OpenAI-Project")
 
 #: How ``/v1/embeddings`` answers vectors (OpenAI's ``encoding_format``).
 VectorEncoding = Literal["float", "base64"]
@@ -88,17 +99,18 @@ def call_options(
     """The ``Client.complete()``/``stream()``/``embed()`` options a request's headers ask
     for.
 
-    With ``forward_authorization``, the caller's ``Authorization`` goes upstream as is,
-    which also scopes the cache entries and flights of the call to that credential
-    (``limpet.pipeline.credentials.call_scope``); without it, the proxy's own key is sent.
+    With ``forward_authorization``, the caller's ``Authorization`` and
+    ``ORGANIZATION_HEADERS`` go upstream as they are; its key also scopes the cache entries
+    and flights of the call (``limpet.pipeline.credentials.call_scope``). Without it, the
+    proxy's own key is sent. The ``ATTRIBUTION_HEADERS`` go either way.
 
     Raises:
         BadHeaderError: ``X-Limpet-Cache-Mode`` or ``X-Limpet-TTL`` has a bad value.
     """
     options: dict[str, Any] = {}
-    authorization = headers.get("Authorization")
-    if authorization and forward_authorization:
-        options["extra_headers"] = {"Authorization": authorization}
+    forwarded = _forwarded_headers(headers, forward_authorization)
+    if forwarded:
+        options["extra_headers"] = forwarded
     mode = headers.get(CACHE_MODE_HEADER)
     if mode is not None:
         options["cache"] = _cache_mode(mode)
@@ -106,6 +118,11 @@ def call_options(
     if ttl is not None:
         options["ttl"] = _ttl(ttl)
     return options
+
+
+def _forwarded_headers(headers: Mapping[str, str], with_credentials: bool) -> dict[str, str]:
+    names = ("Authorization", *ORGANIZATION_HEADERS) if with_credentials else ()
+    return {name: value for name in (*names, *ATTRIBUTION_HEADERS) if (value := headers.get(name))}
 
 
 def _cache_mode(value: str) -> CacheMode:
@@ -267,6 +284,17 @@ def error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
                 f"a retry sends only these): {error['message']}"
             )
     return status, body
+
+
+def error_headers(exc: Exception) -> dict[str, str]:
+    """The headers a failed call is answered with: the upstream's ``Retry-After`` (whole
+    seconds, rounded up) and ``retry-after-ms``, when it asked for a wait; the OpenAI SDK
+    honours either when it retries."""
+    behind = _failure_behind(exc)
+    wait = behind.retry_after if isinstance(behind, APIStatusError) else None
+    if wait is None or not 0 <= wait < math.inf:
+        return {}
+    return {"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(round(wait * 1000))}
 
 
 def _failure_behind(exc: Exception) -> Exception:
