@@ -21,14 +21,17 @@ import pytest
 
 from limpet.config import Endpoint, RoutingConfig
 from limpet.errors import (
+    APIConnectionError,
     BadRequestError,
     CacheUnavailableError,
     ConfigurationError,
     InternalServerError,
     RateLimitError,
+    status_error,
 )
 from limpet.models import Usage
 from limpet.pipeline.keys import canonical_request, request_key
+from limpet.routing.health import is_endpoint_fault
 from limpet.routing.prefix import prefix_chain
 from limpet.routing.sticky import Route, Router, StickyRouter, hrw_rank, routing_key
 from limpet.testing.provider_cache import ProviderPromptCache
@@ -500,6 +503,54 @@ def test_request_errors_and_cancellation_say_nothing_about_the_endpoint() -> Non
         raise asyncio.CancelledError
     assert r.status()["e0"].state == "half_open"
     assert first(r, body) == "e0"  # the probe slot is free again
+
+
+def refusal(status: int) -> Exception:
+    return status_error(status)("refused", status_code=status)
+
+
+@pytest.mark.parametrize(
+    ("status", "by_endpoint", "by_caller"),
+    [
+        (400, False, False),
+        (401, True, False),
+        (402, True, False),
+        (403, True, False),
+        (404, False, False),
+        (408, True, True),
+        (409, True, True),
+        (422, False, False),
+        (429, True, False),
+        (500, True, True),
+        (503, True, True),
+    ],
+)
+def test_a_refusal_of_the_callers_own_credentials_is_no_fault_of_the_endpoint(
+    status: int, by_endpoint: bool, by_caller: bool
+) -> None:
+    error = refusal(status)
+    assert is_endpoint_fault(error) is by_endpoint
+    assert is_endpoint_fault(error, callers_credentials=True) is by_caller
+    dropped = APIConnectionError("reset")
+    assert is_endpoint_fault(dropped) and is_endpoint_fault(dropped, callers_credentials=True)
+
+
+def test_calls_with_their_callers_credentials_eject_only_on_the_endpoints_own_faults() -> None:
+    clock = FakeClock()
+    r = StickyRouter(
+        endpoints(),
+        config=RoutingConfig(failure_threshold=2),
+        clock=clock,
+        callers_credentials=True,
+    )
+    body = keys_by_endpoint(r)["e0"][0]
+    for status in (401, 402, 403, 429, 401, 429):  # one caller's key after another's
+        fail(r, body, refusal(status))
+    assert r.status()["e0"].state == "healthy"
+    assert (r.stats.failures, r.stats.ejections) == (0, 0)
+    fail(r, body)
+    fail(r, body)  # two 503s: the endpoint's own
+    assert r.status()["e0"].state == "ejected"
 
 
 def test_when_every_endpoint_is_ejected_all_are_tried_anyway() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -303,3 +304,31 @@ async def test_an_unknown_encoding_format_is_refused_before_any_call(
         status, refused = await post(session, f"{proxy}/embeddings", body)
     assert (status, refused["error"]["param"]) == (400, "encoding_format")
     assert gateway.embeddings.calls == 0
+
+
+# --- one caller's refused key ------------------------------------------------------------------
+
+
+@pytest.mark.gateway(endpoints=("a", "b"), api_key=KEY)
+async def test_callers_with_refused_keys_never_eject_the_upstream_the_others_share(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="limpet")
+    question = ask("a shared upstream")
+    async with serving(gateway, "a", "b") as url, aiohttp.ClientSession() as session:
+
+        async def call(key: str, **headers: str) -> tuple[int, str | None]:
+            sent = {"Authorization": f"Bearer {key}", **headers}
+            async with session.post(f"{url}/chat/completions", json=question, headers=sent) as r:
+                await r.read()
+                return r.status, r.headers.get("X-Limpet-Endpoint")
+
+        before = await call(KEY)
+        refused = [await call(f"sk-wrong-{index}") for index in range(5)]
+        after = await call(KEY, **{"X-Limpet-Cache-Mode": "bypass"})
+    assert before[0] == after[0] == 200
+    assert after[1] == before[1]  # still routed where the question hashes
+    assert refused == [(401, None)] * 5
+    calls = sorted(gateway.endpoint(name).calls for name in ("a", "b"))
+    assert calls == [0, 7]  # every call went to that one upstream, none failed over
+    assert [r.getMessage() for r in caplog.records if "ejected" in r.getMessage()] == []

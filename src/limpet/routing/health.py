@@ -10,7 +10,9 @@ No health checks are sent: the calls themselves are the signal. An endpoint is
   success makes it healthy (its keys come back), a failure ejects it again for twice the
   cool-down, up to a maximum.
 
-A single error never ejects, so it never moves a key.
+A single error never ejects, so it never moves a key. Nor does a refusal of a credential
+that is the caller's own rather than the endpoint's (a proxy forwarding each caller's
+key): one caller's bad key or spent quota says nothing about the endpoint the others use.
 """
 
 from __future__ import annotations
@@ -26,16 +28,30 @@ HealthState = Literal["healthy", "ejected", "half_open"]
 #: Statuses that say the endpoint (its key, credits or provider) is at fault, not the
 #: request: rate limits, timeouts, auth and billing trouble, and every 5xx.
 _ENDPOINT_STATUSES = frozenset({401, 402, 403, 408, 409, 429})
+#: Of those, the refusals of the credential a call was sent with: its key, its credits,
+#: its permissions, its rate limit.
+_CREDENTIAL_STATUSES = frozenset({401, 402, 403, 429})
 
 
-def is_endpoint_fault(exc: BaseException) -> bool:
+def is_endpoint_fault(exc: BaseException, *, callers_credentials: bool = False) -> bool:
     """True for failures that count against an endpoint's health.
 
     Connection errors, timeouts, 429, 5xx and the like do; a bad request (400, 404, 422)
-    says nothing about the endpoint, nor does a cancelled call.
+    says nothing about the endpoint, nor does a cancelled call. With
+    ``callers_credentials`` (the call was sent with its caller's own credentials, not the
+    endpoint's), neither does a refusal of those (401, 402, 403, 429): it is the caller's.
+
+    Example:
+        >>> from limpet.errors import AuthenticationError
+        >>> refused = AuthenticationError("User not found.", status_code=401)
+        >>> is_endpoint_fault(refused), is_endpoint_fault(refused, callers_credentials=True)
+        (True, False)
     """
     if isinstance(exc, APIStatusError):
-        return exc.status_code in _ENDPOINT_STATUSES or exc.status_code >= 500
+        status = exc.status_code
+        if callers_credentials and status in _CREDENTIAL_STATUSES:
+            return False
+        return status in _ENDPOINT_STATUSES or status >= 500
     return isinstance(exc, APIConnectionError | APIResponseError)
 
 

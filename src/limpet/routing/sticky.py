@@ -102,6 +102,10 @@ class StickyRouter:
         config: tuning; ``RoutingConfig()`` by default.
         store: where to share the affinity map, if anywhere (lent: not closed here).
         clock: monotonic seconds, for cool-downs and affinity TTLs; inject one in tests.
+        callers_credentials: True when every call sends its caller's own credentials
+            (``limpet serve`` forwarding each caller's key to keyless endpoints): a refusal
+            of them (401, 402, 403, 429) is that caller's, never counted against an
+            endpoint (``limpet.routing.health.is_endpoint_fault``).
 
     Example:
         >>> router = StickyRouter([Endpoint.openrouter("anthropic"),
@@ -114,6 +118,7 @@ class StickyRouter:
         "_affinity",
         "_always_direct",
         "_by_name",
+        "_callers_credentials",
         "_clock",
         "_endpoints",
         "_health",
@@ -132,6 +137,7 @@ class StickyRouter:
         config: RoutingConfig | None = None,
         store: AffinityStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        callers_credentials: bool = False,
     ) -> None:
         resolved = tuple(endpoints)
         if not resolved or not all(isinstance(e, Endpoint) for e in resolved):
@@ -164,6 +170,7 @@ class StickyRouter:
         self._affinity = AffinityMap(self.config.affinity_size)
         self._mirror: AffinityMirror | None = None
         self._clock = clock
+        self._callers_credentials = callers_credentials
         self._spread_turn = 0
         self._stats = RouterStats()
         self._prompt_cache_keys = PromptCacheKeys(self.config.prompt_cache_key_rate)
@@ -387,7 +394,8 @@ class StickyRouter:
             return
         health = self._health[name]
         rate_limited = self._admissions is not None and getattr(error, "status_code", 0) == 429
-        if isinstance(error, APIError) and is_endpoint_fault(error) and not rate_limited:
+        fault = is_endpoint_fault(error, callers_credentials=self._callers_credentials)
+        if isinstance(error, APIError) and fault and not rate_limited:
             self._stats.failures += 1
             if health.failed(self._clock(), retry_after_of(error)):
                 self._stats.ejections += 1

@@ -32,6 +32,7 @@ from limpet.errors import APIConnectionError, InvalidRequestError, LimpetError
 from limpet.http.chunks import StreamChunk
 from limpet.models import Completion
 from limpet.pipeline.stream import CompletionStream
+from limpet.routing.sticky import StickyRouter
 from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     answer_headers,
@@ -157,8 +158,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             gateway = await stack.enter_async_context(FakeGateway(endpoints=("fake",)))
             upstreams = (gateway.base_url("fake"),)
         registry = MetricsRegistry() if config.metrics else None
+        # Each caller's own key goes upstream unless the proxy sends its own: then a
+        # refusal of it (a bad key, a spent quota) is that caller's, not the upstream's.
+        router = StickyRouter(
+            endpoints_of(upstreams, config.upstream_key),
+            callers_credentials=not config.upstream_key,
+        )
         client = Client(
-            endpoints=endpoints_of(upstreams, config.upstream_key),
+            router=router,
             on_event=None if registry is None else registry.hook,
             cache=_cache(config),
             namespace=config.namespace,
