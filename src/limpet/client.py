@@ -408,7 +408,8 @@ class Client:
         Raises:
             InvalidRequestError: bad input (naming the index), before any network call.
             EmbeddingBatchError: some inputs failed; ``.vectors`` has the others, which are
-                cached, and ``.failed`` their positions.
+                cached, ``.failed`` their positions, ``.usage`` and ``.cost`` what the
+                requests that answered cost.
             ClientClosedError: the Client is closed, or was closed during the call.
         """
         if self._closed:

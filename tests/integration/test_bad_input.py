@@ -127,6 +127,19 @@ async def test_embed_refuses_bad_fields_naming_them_before_any_request(
     assert gateway.embeddings.calls == 0
 
 
+@pytest.mark.parametrize("cached", [True, False])
+async def test_embed_refuses_an_input_json_cannot_carry_naming_its_index(
+    client: Client, gateway: FakeGateway, cached: bool
+) -> None:
+    model = "openai/text-embedding-3-small"
+    if cached:  # the model's generations known: keyed on the hit path
+        await client.embed(model=model, input=["warm"])
+    with pytest.raises(InvalidRequestError) as info:
+        await client.embed(model=model, input=["fine", "lone \ud800 surrogate"])
+    assert info.value.field == "input[1]"
+    assert gateway.embeddings.calls == (1 if cached else 0)
+
+
 async def test_warm_counts_each_bad_request_as_failed_naming_the_field(
     client: Client, gateway: FakeGateway
 ) -> None:

@@ -46,6 +46,7 @@ from limpet.pipeline.upstream import first_answer
 from limpet.pipeline.vectors import (
     DEFAULT_MAX_INPUTS,
     VectorCodec,
+    encoded_inputs,
     estimate_tokens,
     item_prefix,
     merge_by_index,
@@ -131,7 +132,7 @@ class Embedder:
         part the inputs share hashed once (a kind tag keeps them apart from completions')."""
         return request_keys(
             item_prefix(model, params),
-            [text.encode() for text in texts],
+            encoded_inputs(texts),
             namespace=namespace,
             scope=scope,
             credential=credential,

@@ -27,6 +27,7 @@ __all__ = [
     "VECTOR_FORMAT",
     "VectorCodec",
     "embedding_params",
+    "encoded_inputs",
     "estimate_tokens",
     "item_canonical",
     "item_prefix",
@@ -182,6 +183,25 @@ def item_prefix(model: str, params: Mapping[str, Any]) -> bytes:
     the shared part unambiguously."""
     fields = orjson.dumps({**params, "model": model}, option=orjson.OPT_SORT_KEYS)
     return b"limpet/embedding\x00" + fields + b"\x00"
+
+
+def encoded_inputs(texts: Sequence[str]) -> list[bytes]:
+    """Each input's UTF-8 bytes (what its key hashes after ``item_prefix``).
+
+    Raises:
+        InvalidRequestError: an input that is no valid UTF-8 (a lone surrogate), by index.
+    """
+    try:
+        return [text.encode() for text in texts]
+    except UnicodeEncodeError:
+        for index, text in enumerate(texts):
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise InvalidRequestError(
+                    f"input[{index}]", "valid UTF-8 text (no lone surrogate)", text
+                ) from None
+        raise
 
 
 def item_canonical(model: str, text: str, params: Mapping[str, Any]) -> bytes:
