@@ -37,7 +37,6 @@ from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     answer_headers,
     call_options,
-    chunk_wanted,
     client_key_allowed,
     embeddings_body,
     embeddings_headers,
@@ -258,10 +257,14 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         options = proxy.options(request)
         streaming = fields.pop("stream", False)
         if streaming is True:
-            include_usage = usage_wanted(fields.get("stream_options"))
-            _without_include_usage(fields)  # the Client asks for usage itself
+            # As OpenAI streams: the usage chunk only to a caller who asked for it (the
+            # Client asks upstream for usage whatever a caller says, and keeps it from
+            # the chunks of a caller who declined).
+            asked = fields.get("stream_options")
+            include_usage = usage_wanted(asked)  # an object with a bool, or refused
+            fields["stream_options"] = {**(asked or {}), "include_usage": include_usage}
             stream = client.stream(**fields, extra_body=reserved, **options)
-            return await _stream(request, stream, include_usage)
+            return await _stream(request, stream)
         if streaming not in (False, None):
             raise InvalidRequestError("stream", "true or false", streaming)
         completion = await client.complete(**fields, extra_body=reserved, **options)
@@ -290,16 +293,6 @@ async def _embeddings(request: web.Request) -> web.Response:
     )
 
 
-def _without_include_usage(fields: dict[str, Any]) -> None:
-    """Take ``include_usage`` out of the caller's ``stream_options`` in ``fields`` (the
-    proxy honours it itself: ``chunk_wanted``); its other options go upstream."""
-    options = fields.pop("stream_options", None)
-    if options:
-        rest = {name: value for name, value in options.items() if name != "include_usage"}
-        if rest:
-            fields["stream_options"] = rest
-
-
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
@@ -318,13 +311,10 @@ def _json_answer(completion: Completion) -> web.Response:
     )
 
 
-async def _stream(
-    request: web.Request, stream: CompletionStream, include_usage: bool
-) -> web.StreamResponse:
-    """Re-emit the stream's chunks as they come, as server-sent events, the usage chunk
-    only when the caller asked for it. What the headers of a JSON answer say
-    (``X-Limpet-Cache``...) is only known at the end of a stream: it comes as an SSE
-    comment before ``[DONE]``, which SSE clients ignore."""
+async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamResponse:
+    """Re-emit the stream's chunks as they come, as server-sent events. What the headers
+    of a JSON answer say (``X-Limpet-Cache``...) is only known at the end of a stream: it
+    comes as an SSE comment before ``[DONE]``, which SSE clients ignore."""
     async with stream:  # leaving it, this reader lets go; its flight's others go on
         try:
             first = await anext(stream, None)
@@ -337,7 +327,7 @@ async def _stream(
         # meet a closing transport, as the chunks would.
         with contextlib.suppress(ConnectionResetError):  # the caller hung up
             await response.prepare(request)
-            await _relay(response, first, stream, include_usage)
+            await _relay(response, first, stream)
     return response
 
 
@@ -345,15 +335,12 @@ async def _relay(
     response: web.StreamResponse,
     first: StreamChunk | None,
     stream: CompletionStream,
-    include_usage: bool,
 ) -> None:
     try:
         if first is not None:
-            if chunk_wanted(first.raw, include_usage):
-                await response.write(_event(first.raw))
+            await response.write(_event(first.raw))
             async for chunk in stream:
-                if chunk_wanted(chunk.raw, include_usage):
-                    await response.write(_event(chunk.raw))
+                await response.write(_event(chunk.raw))
         if stream.completion is not None:
             await response.write(_served_comment(stream.completion))
         await response.write(_DONE)

@@ -41,7 +41,6 @@ __all__ = [
     "VectorEncoding",
     "answer_headers",
     "call_options",
-    "chunk_wanted",
     "client_key_allowed",
     "embeddings_body",
     "embeddings_headers",
@@ -185,15 +184,6 @@ def usage_wanted(stream_options: object) -> bool:
     if include is not None and not isinstance(include, bool):
         raise InvalidRequestError("stream_options.include_usage", "true or false", include)
     return include is True
-
-
-def chunk_wanted(chunk: Mapping[str, Any], include_usage: bool) -> bool:
-    """Whether a streaming caller gets ``chunk``: every chunk, but the usage-only one
-    (``choices: []``) only when it asked for usage. The Client always asks upstream for
-    usage (to account and cache the answer), and a replayed answer ends with it; a caller
-    who did not ask would meet a chunk without choices, which breaks the usual
-    ``chunk.choices[0]`` loop."""
-    return include_usage or chunk.get("choices") != [] or chunk.get("usage") is None
 
 
 def vector_encoding(value: object) -> VectorEncoding:
