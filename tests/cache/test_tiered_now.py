@@ -155,3 +155,22 @@ async def test_get_now_answers_what_get_answers(stored: dict[str, str], asked: l
         if read_now is not None and found is not None:
             assert read_now == found[0] and found[1] == 0
     assert now.stats.hits == later.stats.hits
+
+
+async def test_an_entry_written_by_a_clock_ahead_fills_tier_0_for_no_longer_than_its_ttl() -> None:
+    clock = FakeClock()
+    below = MemoryCache(clock=clock)  # a shared tier, with the server's own expiry
+
+    def ahead() -> float:
+        return clock() + 3600.0  # the writer's wall clock runs an hour ahead
+
+    writer = TieredCache(below, clock=ahead)
+    entry = CacheEntry(ANSWER, Usage(3, 2), 0.5, "a", ahead(), ahead() + 2.0)
+    assert await writer.set("k", entry) is not None  # for 2 s, by the writer's clock
+    top = MemoryCache(clock=clock)
+    reader = TieredCache(top, below, clock=clock)
+    found = await reader.get("k")
+    assert found is not None and found[1] == 1  # read from below, filled into tier 0
+    clock.advance(2.5)
+    assert await below.get("k") is None
+    assert top.get_now("k") is None  # gone from tier 0 too, not an hour later

@@ -307,8 +307,12 @@ class TieredCache:
         return True
 
     def _decode_entry(self, key: str, data: bytes) -> tuple[CacheEntry, float]:
+        """The entry, and when it expires as this process's clock reads it: never later
+        than its whole TTL from now. Its times are its writer's clock's: one running ahead
+        of this one's would otherwise fill the tiers above for that much longer (an hour
+        ahead, an entry of two seconds was served from tier 0 for an hour)."""
         entry = self._codec.decode(key, data)
-        return entry, entry.expires_at
+        return entry, min(entry.expires_at, self._clock() + entry.expires_at - entry.created_at)
 
     async def set(self, key: str, entry: CacheEntry) -> tuple[bytes, float] | None:
         """Store ``entry`` in every tier until its ``expires_at``.
