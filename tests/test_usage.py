@@ -202,7 +202,14 @@ def test_the_dialect_is_judged_by_the_fields_present(usage: dict[str, int]) -> N
         "totalTokenCount",
     }:
         assert dialect is UsageDialect.GEMINI
-    elif keys & {"cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"}:
+    elif "prompt_tokens" not in keys and keys & {
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cache_creation",
+    }:
         assert dialect is UsageDialect.ANTHROPIC
     elif keys & {"prompt_cache_hit_tokens", "prompt_cache_miss_tokens"}:
         assert dialect is UsageDialect.DEEPSEEK
+    elif "prompt_tokens" in keys:
+        # Anthropic's cache fields beside prompt_tokens (LiteLLM) are still OpenAI's dialect.
+        assert dialect is UsageDialect.OPENAI

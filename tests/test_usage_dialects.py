@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from limpet.cache.base import CacheEntry, EntryCodec
 from limpet.models import Usage
+from limpet.providers.pricing import ModelPrices, completion_cost
 from limpet.providers.usage import (
     StreamUsage,
     UsageDialect,
@@ -159,6 +160,42 @@ def test_gemini_tool_use_prompt_and_missing_candidates() -> None:
 def test_deepseek_without_prompt_tokens_adds_hit_and_miss() -> None:
     usage = normalize_usage({"prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36})
     assert (usage.prompt_tokens, usage.cached_tokens) == (100, 64)
+
+
+# LiteLLM's documented usage: OpenAI's dialect with Anthropic's cache fields added.
+LITELLM = {
+    "prompt_tokens": 2006,
+    "completion_tokens": 300,
+    "total_tokens": 2306,
+    "prompt_tokens_details": {"cached_tokens": 1920},
+    "completion_tokens_details": {"reasoning_tokens": 0},
+    "cache_creation_input_tokens": 0,
+}
+
+
+def test_litellm_usage_is_read_as_openai_and_keeps_every_count() -> None:
+    # Regression: any Anthropic cache field selected Anthropic's reader, which found no
+    # input_tokens nor output_tokens: all zeros, a known $0.
+    assert detect_dialect(LITELLM) is UsageDialect.OPENAI
+    usage = normalize_usage(LITELLM)
+    assert usage == Usage(2006, 300, 1920, 0, 0)
+    prices = ModelPrices.per_million(prompt=3, completion=15, cache_read=0.3, cache_write=3.75)
+    cost = completion_cost(usage, prices)
+    assert cost is not None and cost.usd == pytest.approx((86 * 3 + 1920 * 0.3 + 300 * 15) / 1e6)
+
+
+def test_anthropic_cache_fields_fill_in_what_openai_fields_leave_out() -> None:
+    mixed = {
+        "prompt_tokens": 3000,
+        "completion_tokens": 50,
+        "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 1500,
+        "cache_creation": {"ephemeral_1h_input_tokens": 1500},
+    }
+    assert normalize_usage(mixed) == Usage(3000, 50, 1000, 1500, 0, 1500)
+    # OpenAI's own fields, when present, are the ones read.
+    both = {**mixed, "prompt_tokens_details": {"cached_tokens": 800, "cache_write_tokens": 200}}
+    assert normalize_usage(both) == Usage(3000, 50, 800, 200, 0, 200)
 
 
 def test_openai_reasoning_stays_inside_completion_tokens() -> None:
@@ -341,6 +378,67 @@ def test_buckets_always_add_up_and_are_never_negative(payload: dict[str, Any]) -
     assert usage.uncached_tokens + usage.cached_tokens + usage.cache_write_tokens == (
         usage.prompt_tokens
     )
+
+
+_count_values = st.one_of(st.none(), st.integers(min_value=0, max_value=10**7))
+_mixed_payloads = st.fixed_dictionaries(
+    {
+        "prompt_tokens": st.integers(min_value=0, max_value=10**7),
+        "completion_tokens": st.integers(min_value=0, max_value=10**7),
+    },
+    optional={
+        "prompt_tokens_details": st.fixed_dictionaries(
+            {}, optional={"cached_tokens": _count_values, "cache_write_tokens": _count_values}
+        ),
+        "total_tokens": st.integers(min_value=0, max_value=10**7),
+        "cache_read_input_tokens": _count_values,
+        "cache_creation_input_tokens": _count_values,
+        "cache_creation": st.fixed_dictionaries(
+            {},
+            optional={
+                "ephemeral_5m_input_tokens": _count_values,
+                "ephemeral_1h_input_tokens": _count_values,
+            },
+        ),
+        "input_tokens": _count_values,
+        "output_tokens": _count_values,
+        "input_tokens_details": st.fixed_dictionaries(
+            {}, optional={"cached_tokens": _count_values}
+        ),
+        "cost": st.floats(min_value=0, max_value=10),
+    },
+)
+
+
+def _first_count(*values: object) -> int:
+    return next((v for v in values if isinstance(v, int)), 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mixed_payloads)
+def test_a_mix_of_dialects_keeps_every_reported_count(payload: dict[str, Any]) -> None:
+    # OpenAI's prompt_tokens with any of Anthropic's or the Responses API's fields (as
+    # LiteLLM and other proxies send): the prompt and completion reported are the totals,
+    # cache reads and writes are OpenAI's fields or else Anthropic's, and the buckets
+    # always add up to the prompt.
+    usage = normalize_usage(payload)
+    details = payload.get("prompt_tokens_details", {})
+    prompt = payload["prompt_tokens"]
+    cached = min(
+        prompt, _first_count(details.get("cached_tokens"), payload.get("cache_read_input_tokens"))
+    )
+    written = min(
+        prompt - cached,
+        _first_count(details.get("cache_write_tokens"), payload.get("cache_creation_input_tokens")),
+    )
+    assert usage.reported
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        prompt,
+        payload["completion_tokens"],
+    )
+    assert (usage.cached_tokens, usage.cache_write_tokens) == (cached, written)
+    assert usage.uncached_tokens + usage.cached_tokens + usage.cache_write_tokens == prompt
+    assert min(usage.uncached_tokens, usage.cache_write_5m_tokens) >= 0
 
 
 def test_1h_writes_add_and_survive_the_entry_codec() -> None:

@@ -93,16 +93,20 @@ def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
     """The dialect a usage object is written in, judged by the fields it carries.
 
     ``{"input_tokens", "output_tokens"}`` alone reads the same in Anthropic's dialect and
-    the Responses API's (with no cache fields, both mean the same numbers).
+    the Responses API's (with no cache fields, both mean the same numbers). A
+    ``prompt_tokens`` beside Anthropic's cache fields (LiteLLM's shape) is OpenAI's
+    dialect: Anthropic's own has ``input_tokens`` instead, and reading such a mix as
+    Anthropic's would lose its prompt and completion counts.
     """
     # isdisjoint iterates the usage object's keys in C: this runs on every upstream answer.
     if not _GEMINI_KEYS.isdisjoint(usage):
         return UsageDialect.GEMINI
-    if not _ANTHROPIC_KEYS.isdisjoint(usage):
+    openai_prompt = "prompt_tokens" in usage
+    if not openai_prompt and not _ANTHROPIC_KEYS.isdisjoint(usage):
         return UsageDialect.ANTHROPIC
     if not _DEEPSEEK_KEYS.isdisjoint(usage):
         return UsageDialect.DEEPSEEK
-    if "prompt_tokens" not in usage and ("input_tokens" in usage or "output_tokens" in usage):
+    if not openai_prompt and ("input_tokens" in usage or "output_tokens" in usage):
         if "input_tokens_details" in usage or "output_tokens_details" in usage:
             return UsageDialect.OPENAI_RESPONSES
         return UsageDialect.ANTHROPIC
@@ -261,12 +265,17 @@ def _openai(usage: Mapping[str, Any]) -> Usage:
     if reasoning and total == prompt + completion + reasoning and total != prompt + completion:
         # xAI: reasoning is reported beside completion_tokens, and total_tokens adds it.
         completion += reasoning
+    cached = prompt_details.get("cached_tokens")
+    written = prompt_details.get("cache_write_tokens")
+    # LiteLLM adds Anthropic's cache fields to this dialect; where OpenAI's own are
+    # missing, they are the only account of the cache (and writes cost more than input).
+    if cached is None:
+        cached = usage.get("cache_read_input_tokens")
+    if written is None:
+        written = usage.get("cache_creation_input_tokens")
+    written_1h = _mapping(usage.get("cache_creation")).get("ephemeral_1h_input_tokens")
     return _buckets(
-        prompt,
-        completion,
-        _count(prompt_details.get("cached_tokens")),
-        _count(prompt_details.get("cache_write_tokens")),
-        reasoning,
+        prompt, completion, _count(cached), _count(written), reasoning, _count(written_1h)
     )
 
 

@@ -1,0 +1,104 @@
+"""Answers the FakeGateway never sends, from an upstream on loopback that answers every
+chat request with the body a test sets: usage that mixes dialects or reports only a total,
+a ``model`` that is not a string. Each is priced exactly, or has no cost (None), and none
+fails the call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from limpet import Client
+from tests.integration.chat import ask
+
+MODEL = "anthropic/claude-sonnet-4.6"
+LISTING = {
+    "data": [
+        {
+            "id": MODEL,
+            "pricing": {"prompt": "0.000003", "completion": "0.000015"},
+        }
+    ]
+}
+
+
+@dataclass
+class SetAnswer:
+    """Answers every chat request with ``model`` and ``usage`` (no usage when None)."""
+
+    model: object = MODEL
+    usage: dict[str, Any] | None = None
+    calls: int = 0
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        self.bodies.append(await request.json())
+        answer: dict[str, Any] = {
+            "id": f"gen-{self.calls}",
+            "object": "chat.completion",
+            "created": 1,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "A limpet."},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        if self.usage is not None:
+            answer["usage"] = self.usage
+        return web.json_response(answer)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(LISTING)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[SetAnswer]:
+    answers = SetAnswer()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answers.chat)
+    app.router.add_get("/v1/models", answers.models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    answers.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield answers
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def client(upstream: SetAnswer) -> AsyncIterator[Client]:
+    async with Client(base_url=upstream.url, api_key="k", cache=None) as c:
+        yield c
+
+
+async def test_litellms_mixed_usage_is_priced_from_every_count(
+    client: Client, upstream: SetAnswer
+) -> None:
+    # Regression: Anthropic's cache_creation_input_tokens beside prompt_tokens selected
+    # Anthropic's reader: no prompt, no completion, a known $0.
+    upstream.usage = {
+        "prompt_tokens": 2006,
+        "completion_tokens": 300,
+        "total_tokens": 2306,
+        "prompt_tokens_details": {"cached_tokens": 1920},
+        "cache_creation_input_tokens": 0,
+    }
+    answer = await client.complete(**ask(model=MODEL))
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (2006, 300)
+    assert answer.usage.cached_tokens == 1920
+    assert answer.cost is not None
+    # 86 uncached at $3/M, 1,920 read at the family's 0.1 x, 300 out at $15/M.
+    assert answer.cost.usd == pytest.approx(0.005334)
