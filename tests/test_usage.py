@@ -21,6 +21,7 @@ from limpet.providers.usage import (
     _count,
     _dollars,
     detect_dialect,
+    has_usage,
     parse_usage,
     reported_cost,
 )
@@ -78,10 +79,56 @@ def test_missing_or_odd_usage_is_all_zero_and_not_reported(payload: Any) -> None
 
 @pytest.mark.parametrize(
     "payload",
-    [{"prompt_tokens": 0, "completion_tokens": 0}, {"completion_tokens": 3}, {"cost": 0.25}],
+    [
+        {"total_tokens": 500},
+        {"completion_tokens": 3},
+        {"prompt_tokens": "1500", "completion_tokens": 10},
+        {"prompt_tokens": -5, "completion_tokens": 10},
+        {"prompt_tokens": float("nan"), "completion_tokens": 1},
+        {"prompt_tokens": True, "completion_tokens": 1},
+        {"output_tokens": 42},  # an Anthropic message_delta alone
+        {"candidatesTokenCount": 20, "totalTokenCount": 20},
+        {"prompt_cache_hit_tokens": 64, "completion_tokens": 2},
+        {"cost": "0.5", "total_tokens": 10},
+    ],
+    ids=[
+        "total-only",
+        "completion-only",
+        "string-prompt",
+        "negative-prompt",
+        "nan-prompt",
+        "bool-prompt",
+        "anthropic-output-only",
+        "gemini-no-prompt",
+        "deepseek-hit-only",
+        "string-cost",
+    ],
 )
-def test_a_usage_with_any_number_is_reported(payload: Any) -> None:
+def test_a_usage_without_a_usable_prompt_count_is_a_cost_unknown(payload: Any) -> None:
+    # Regression: any number counted as reported, so these were priced as a known $0
+    # (or only their completion tokens).
+    usage = parse_usage(payload)
+    assert usage == Usage(reported=False)
+    assert not has_usage(payload)
+    assert completion_cost(usage, PRICES, reported_cost(payload)) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"prompt_tokens": 0, "completion_tokens": 0},
+        {"prompt_tokens": 1500.0},
+        {"input_tokens": 0, "output_tokens": 0},
+        {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}},
+        {"promptTokenCount": 10},
+        {"prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 0},
+        {"cost": 0.25},
+        {"cost": 0.25, "total_tokens": 10},
+    ],
+)
+def test_a_usage_with_a_prompt_count_or_a_cost_is_reported(payload: Any) -> None:
     assert parse_usage(payload).reported
+    assert has_usage(payload)
 
 
 def test_inconsistent_numbers_are_clamped_so_buckets_still_add_up() -> None:

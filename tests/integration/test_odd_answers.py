@@ -102,3 +102,19 @@ async def test_litellms_mixed_usage_is_priced_from_every_count(
     assert answer.cost is not None
     # 86 uncached at $3/M, 1,920 read at the family's 0.1 x, 300 out at $15/M.
     assert answer.cost.usd == pytest.approx(0.005334)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"total_tokens": 500}, {"prompt_tokens": "1500", "completion_tokens": 10}],
+    ids=["total-only", "string-prompt"],
+)
+async def test_usage_without_a_usable_prompt_count_is_a_cost_unknown(
+    client: Client, upstream: SetAnswer, usage: dict[str, Any]
+) -> None:
+    # Regression: any number made the usage reported, and its zeros were priced at $0.
+    upstream.usage = usage
+    answer = await client.complete(**ask(model=MODEL))
+    assert not answer.usage.reported
+    assert answer.cost is None
+    assert client.stats.unpriced == 1

@@ -1,4 +1,5 @@
-"""Usage dialects → ``Usage``. Pure, and never raises: a missing or odd field counts as 0.
+"""Usage dialects → ``Usage``. Pure, and never raises: a missing or odd field counts as 0,
+but a usage without a usable prompt count (nor a gateway's cost) is not ``reported``.
 
 Every provider counts the same things differently. What ``prompt`` means is the trap:
 
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeGuard
 
@@ -114,8 +115,8 @@ def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
 
 
 def normalize_usage(usage: object, dialect: UsageDialect | str | None = None) -> Usage:
-    """One ``Usage`` from a provider's usage object; an absent (None), empty or unusable
-    one gives zeros with ``reported`` False.
+    """One ``Usage`` from a provider's usage object; zeros with ``reported`` False when it
+    does not report (see ``has_usage``).
 
     Args:
         usage: the ``usage`` object (``usageMetadata`` for Gemini), not the whole response;
@@ -129,23 +130,34 @@ def normalize_usage(usage: object, dialect: UsageDialect | str | None = None) ->
         and usage["prompt_tokens"] >= 0
         and _NOT_OPENAI_KEYS.isdisjoint(usage)
     ):
-        # The common answer, OpenAI's dialect with a count (so it reports something),
+        # The common answer, OpenAI's dialect with a usable prompt count (so it reports),
         # read without the general checks; ``detect_dialect`` would say the same.
         return _openai(usage)
-    if not has_usage(usage):
+    if type(usage) is not dict and not isinstance(usage, Mapping):  # dict: no ABC check
         return Usage(reported=False)
     kind = detect_dialect(usage) if dialect is None else UsageDialect(dialect)
+    if not _reports(usage, kind):
+        return Usage(reported=False)
     return _READERS[kind](usage)
 
 
-def has_usage(usage: object) -> TypeGuard[Mapping[str, Any]]:
-    """Whether a ``usage`` object reports anything: a mapping with at least one number
-    (a count or a cost) at its top level. An absent (None) or empty one, or one of only
-    nulls (``{"prompt_tokens": null}``, as some providers send), means the counts are
-    unknown, not zero."""
+def has_usage(
+    usage: object, dialect: UsageDialect | str | None = None
+) -> TypeGuard[Mapping[str, Any]]:
+    """Whether a ``usage`` object reports what a call cost: a mapping whose dialect's
+    prompt count is usable (a finite number >= 0), or with the gateway's own ``cost``.
+
+    An absent (None) or empty one, one of only nulls (``{"prompt_tokens": null}``, as some
+    providers send), or one with only a total or a completion count, means the cost is
+    unknown, not zero: pricing its zeros would claim $0.
+
+    Args:
+        usage: the ``usage`` object (``usageMetadata`` for Gemini).
+        dialect: how to read it; detected from its fields when None.
+    """
     if type(usage) is not dict and not isinstance(usage, Mapping):  # dict: no ABC check
         return False
-    return any(_dollars(value) is not None for value in usage.values())
+    return _reports(usage, detect_dialect(usage) if dialect is None else UsageDialect(dialect))
 
 
 def parse_usage(usage: object) -> Usage:
@@ -322,6 +334,36 @@ def _gemini(usage: Mapping[str, Any]) -> Usage:
     thoughts = _count(usage.get("thoughtsTokenCount"))
     completion = _count(usage.get("candidatesTokenCount")) + thoughts
     return _buckets(prompt, completion, _count(usage.get("cachedContentTokenCount")), 0, thoughts)
+
+
+def _prompt_counted(key: str) -> Callable[[Mapping[str, Any]], bool]:
+    def counted(usage: Mapping[str, Any]) -> bool:
+        return _dollars(usage.get(key)) is not None
+
+    return counted
+
+
+def _deepseek_prompt_counted(usage: Mapping[str, Any]) -> bool:
+    return _dollars(usage.get("prompt_tokens")) is not None or (
+        _dollars(usage.get("prompt_cache_hit_tokens")) is not None
+        and _dollars(usage.get("prompt_cache_miss_tokens")) is not None
+    )
+
+
+# Whether a usage object of each dialect has a usable prompt count: without one its
+# cost is unknown (a total alone cannot be priced, input and output differ in price).
+_PROMPT_COUNTED: dict[UsageDialect, Callable[[Mapping[str, Any]], bool]] = {
+    UsageDialect.OPENAI: _prompt_counted("prompt_tokens"),
+    UsageDialect.OPENAI_RESPONSES: _prompt_counted("input_tokens"),
+    UsageDialect.ANTHROPIC: _prompt_counted("input_tokens"),
+    UsageDialect.DEEPSEEK: _deepseek_prompt_counted,
+    UsageDialect.GEMINI: _prompt_counted("promptTokenCount"),
+}
+
+
+def _reports(usage: Mapping[str, Any], dialect: UsageDialect) -> bool:
+    """Whether ``usage``, read in ``dialect``, says what the call cost."""
+    return _PROMPT_COUNTED[dialect](usage) or _dollars(usage.get("cost")) is not None
 
 
 _READERS = {
