@@ -383,3 +383,13 @@ def test_resolved_prices_follow_later_overrides_and_listings() -> None:
     overridden = table.get("x/model")
     assert overridden is not None and overridden.source == "override"
     assert asyncio.run(table.prices("x/model")) is overridden
+
+
+@pytest.mark.parametrize("name", [5, ["m"], {"a": 1}, None, ""])
+def test_a_model_name_that_is_not_a_string_is_ignored(name: Any) -> None:
+    # Regression: an upstream answer's "model" was used as is: 5 raised AttributeError,
+    # a list TypeError (unhashable), failing the call.
+    table = PriceTable(overrides={"x/model": SONNET}, fallback=False)
+    assert table.get(name, "x/model") == SONNET
+    assert asyncio.run(table.prices(name, "x/model")) == SONNET
+    assert table.get(name) is None

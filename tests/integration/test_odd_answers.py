@@ -118,3 +118,17 @@ async def test_usage_without_a_usable_prompt_count_is_a_cost_unknown(
     assert not answer.usage.reported
     assert answer.cost is None
     assert client.stats.unpriced == 1
+
+
+@pytest.mark.parametrize("model", [5, ["m"], {"id": "m"}, ""], ids=["int", "list", "dict", "empty"])
+async def test_an_answer_whose_model_is_not_a_name_is_priced_by_the_requested_one(
+    client: Client, upstream: SetAnswer, model: object
+) -> None:
+    # Regression: the answer's model went to the price table as it was: an int raised
+    # AttributeError, a list or a dict TypeError, out of complete().
+    upstream.model = model
+    upstream.usage = {"prompt_tokens": 1000, "completion_tokens": 100}
+    answer = await client.complete(**ask(model=MODEL))
+    assert answer.cost is not None
+    assert answer.cost.usd == pytest.approx((1000 * 3 + 100 * 15) / 1e6)
+    assert upstream.calls == 1

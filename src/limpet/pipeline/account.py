@@ -41,7 +41,7 @@ class Accounting:
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
             # OpenRouter reports one total of cache writes; their TTL is the marks'.
             usage = with_write_ttl(usage, breakpoint_ttl(sent))
-        prices = await self.prices.prices(answer.get("model") or request.model, request.model)
+        prices = await self.prices.prices(answered_model(answer, request.model), request.model)
         cost = completion_cost(usage, prices, reported_cost(answer.get("usage")))
         if prices is not None:  # a priced call's cost carries its savings already
             request.saved_usd = (
@@ -52,6 +52,14 @@ class Accounting:
         return CacheEntry(
             answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
         )
+
+
+def answered_model(answer: dict[str, Any], requested: str) -> str:
+    """The model ``answer`` says served it, when it names one (a non-empty string); else
+    the one ``requested``. An upstream's ``model`` is whatever it sent: a number or a list
+    there must not fail the call."""
+    model = answer.get("model")
+    return model if type(model) is str and model else requested
 
 
 def add_batch(

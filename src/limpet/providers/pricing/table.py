@@ -175,7 +175,7 @@ class PriceTable:
         the event loop (importing its data takes a fraction of a second)."""
         if not self._loaded:
             await self.load()
-        names = (model, *also)
+        names = _names(model, also)
         if names in self._resolved:
             return self._resolved[names]
         unknown = not any(self._known(name) for name in names)
@@ -189,9 +189,10 @@ class PriceTable:
         Each name is tried as given, then without its OpenRouter variant (``:nitro``...).
         ``also`` names the same model otherwise (the slug requested, when ``model`` is the
         one the response names): every name is looked for in the overrides and the
-        listing before any in the fallback.
+        listing before any in the fallback. A name that is not a non-empty string (an
+        upstream's answer may name its model with anything) is ignored.
         """
-        names = (model, *also)
+        names = _names(model, also)
         if names in self._resolved:
             return self._resolved[names]
         prices = self._resolve(names)
@@ -201,6 +202,8 @@ class PriceTable:
         return prices
 
     def _resolve(self, names: tuple[str, ...]) -> ModelPrices | None:
+        if not names:
+            return None
         found = next(filter(None, map(self._known, names)), None)
         if found is None and self._fallback:
             for name in names:
@@ -224,3 +227,8 @@ class PriceTable:
     def _backing_off(self) -> bool:
         failed = self._failed_at
         return failed is not None and self.clock() - failed < self._retry_after
+
+
+def _names(model: object, also: tuple[object, ...]) -> tuple[str, ...]:
+    """The names to price a model by: those that are non-empty strings, in order."""
+    return tuple(name for name in (model, *also) if isinstance(name, str) and name)
