@@ -385,6 +385,32 @@ def test_resolved_prices_follow_later_overrides_and_listings() -> None:
     assert asyncio.run(table.prices("x/model")) is overridden
 
 
+def test_cache_prices_follow_the_requested_family_when_the_answer_names_another() -> None:
+    # Regression: the family was looked up by the answer's name only; a gateway answering
+    # with the provider's own name (no "anthropic/") left reads priced as uncached input.
+    table = PriceTable(fallback=False)
+    table.add_listing(
+        {
+            "data": [
+                {
+                    "id": "anthropic/claude-sonnet-4.6",
+                    "pricing": {"prompt": "0.000003", "completion": "0.000015"},
+                }
+            ]
+        }
+    )
+    requested = table.get("anthropic/claude-sonnet-4.6")
+    answered = table.get("claude-sonnet-4-6", "anthropic/claude-sonnet-4.6")
+    assert answered is not None and requested is not None
+    assert (answered.cache_read, answered.cache_write) == (
+        Decimal("0.0000003"),
+        Decimal("0.00000375"),
+    )
+    assert answered == requested
+    usage = Usage(prompt_tokens=10000, completion_tokens=100, cached_tokens=9000)
+    assert completion_cost(usage, answered) == completion_cost(usage, requested)
+
+
 @pytest.mark.parametrize("name", [5, ["m"], {"a": 1}, None, ""])
 def test_a_model_name_that_is_not_a_string_is_ignored(name: Any) -> None:
     # Regression: an upstream answer's "model" was used as is: 5 raised AttributeError,

@@ -214,7 +214,9 @@ class PriceTable:
                     break
         if found is None:
             return None
-        return found.completed(self._capabilities.lookup(names[0]))
+        # The answer may name the model as its provider does (``claude-sonnet-4-6``), which
+        # no family rule knows: the requested name's family then prices the cache.
+        return found.completed(next(filter(None, map(self._capabilities.lookup, names)), None))
 
     def _known(self, model: str) -> ModelPrices | None:
         base = model.partition(":")[0]
