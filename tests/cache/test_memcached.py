@@ -264,6 +264,24 @@ async def test_an_evicted_generation_comes_back_higher_in_every_process(
 
 
 @pytest.mark.memcached
+async def test_a_counter_recreated_below_a_value_seen_is_raised_above_it(
+    cache: MemcachedCache, raw: emcache.Client
+) -> None:
+    [held] = await cache.generations(["m"])
+    key = cache.generation_key("m")
+    # Lost, then re-created lower by a process whose clock is behind, and bumped there.
+    await raw.set(key, b"%d" % (held - 60_000_000))
+    [read] = await cache.generations(["m"])
+    assert read == held + 1  # raised above what this process held: an invalidation
+    item = await raw.get(key)
+    assert item is not None and int(item.value) == held + 1
+    await raw.set(key, b"%d" % (held - 60_000_000))
+    assert await cache.bump_generation("m") == held + 2  # above the raised value
+    await raw.set(key, b"%d" % (held + 100))  # another process raised it higher
+    assert await cache.generations(["m"]) == [held + 100]  # never lowered
+
+
+@pytest.mark.memcached
 async def test_racing_processes_agree_on_a_new_counter(
     memcached_url: str, memcached_prefix: str
 ) -> None:

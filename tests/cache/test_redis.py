@@ -121,6 +121,22 @@ async def test_generations(cache: RedisCache, raw: redis.asyncio.Redis, redis_pr
 
 
 @pytest.mark.redis
+async def test_a_counter_recreated_below_a_value_seen_is_raised_above_it(
+    cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    [held] = await cache.generations(["m"])
+    # Lost, then re-created lower by a process whose clock is behind, and bumped there.
+    await raw.set(redis_prefix + "gen:m", held - 60_000_000)
+    [read] = await cache.generations(["m"])
+    assert read == held + 1  # raised above what this process held: an invalidation
+    assert await raw.get(redis_prefix + "gen:m") == b"%d" % (held + 1)
+    await raw.set(redis_prefix + "gen:m", held - 60_000_000)
+    assert await cache.bump_generation("m") == held + 2  # above the raised value
+    await raw.set(redis_prefix + "gen:m", held + 100)  # another process raised it higher
+    assert await cache.generations(["m"]) == [held + 100]  # never lowered
+
+
+@pytest.mark.redis
 async def test_a_garbage_generation_is_unavailable(
     cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
 ) -> None:

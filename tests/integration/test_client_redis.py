@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ import redis.exceptions
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, RetryConfig, TieredCache
 from limpet.cache.breaker import CircuitBreaker
-from limpet.cache.generations import Generations
+from limpet.cache.generations import CounterStarts, Generations
 from limpet.cache.memory import DEFAULT_MAX_ENTRIES
 from limpet.testing import FakeGateway
 from tests.fakes import COOLDOWN, FakeClock
@@ -340,6 +341,31 @@ async def test_an_invalidation_after_redis_restarts_empty_reaches_a_client_that_
         after = await a.complete(**ask())
         assert (after.cache, after.key != old.key) == (CacheStatus.MISS, True)
     assert gateway.endpoint("a").calls == 2
+
+
+async def test_an_invalidation_from_a_clock_behind_after_a_lost_counter_reaches_every_client(
+    gateway: FakeGateway, redis_server: RedisServer, clock: FakeClock
+) -> None:
+    # Redis restarts empty; the next process to use the counter has a wall clock a minute
+    # behind and re-creates it below the value a Client that outlived the restart holds.
+    rc_a = RedisCache(url=redis_server.url, **PATIENT)
+    async with make_client(gateway, rc_a) as a:
+        use_generation_clock(a, rc_a, clock, namespace="")
+        old = await a.complete(**ask())  # in a's memory tier, keyed by the clock's counter
+        redis_server.kill()
+        redis_server.restart()  # same port, empty
+        rc_b = RedisCache(url=redis_server.url, **PATIENT)
+        rc_b._counter_starts = CounterStarts(wall_ns=lambda: time.time_ns() - 60 * 10**9)
+        async with make_client(gateway, rc_b) as b:
+            await b.invalidate(model=MODEL)
+            clock.advance(2.0)  # past the refresh bound: a reads the generations again
+            after = await a.complete(**ask())
+            assert (after.cache, after.key != old.key) == (CacheStatus.MISS, True)
+            await b.invalidate(model=MODEL)  # and every later invalidation reaches a too
+            clock.advance(2.0)
+            again = await a.complete(**ask())
+            assert (again.cache, again.key != after.key) == (CacheStatus.MISS, True)
+    assert gateway.endpoint("a").calls == 3
 
 
 async def test_namespaces_isolate_tenants_on_one_redis(

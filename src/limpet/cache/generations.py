@@ -87,18 +87,35 @@ class CounterStarts:
     Processes that race to create it must agree on one value (the store creates it only
     if it is still missing, atomically; the losers read the winner's).
 
+    The wall clocks of processes differ, though: one whose clock is behind may re-create a
+    lost counter below a value another process holds, which would then miss every
+    invalidation until the counter climbed past it. So a counter found below the highest
+    value this process saw of it (``floor``) was lost and re-created lower: the store
+    raises it to the floor, atomically (never lowers it), and the process takes that as
+    an invalidation (the counter may have been bumped from its new start).
+
     The highest values seen are kept for the ``max_names`` counters seen last.
     """
 
-    __slots__ = ("_seen", "max_names")
+    __slots__ = ("_seen", "_wall_ns", "max_names")
 
-    def __init__(self, max_names: int = 4 * DEFAULT_MAX_TRACKED) -> None:
+    def __init__(
+        self, max_names: int = 4 * DEFAULT_MAX_TRACKED, wall_ns: Callable[[], int] = time.time_ns
+    ) -> None:
         self._seen: OrderedDict[str, int] = OrderedDict()
+        self._wall_ns = wall_ns  # this process's wall clock (another one in tests)
         self.max_names = max_names
 
     def start(self, name: str) -> int:
         """The value to create missing counter ``name`` at."""
-        return max(time.time_ns() // 1000, self._seen.get(name, 0) + 1)
+        return max(self._wall_ns() // 1000, self._seen.get(name, 0) + 1)
+
+    def floor(self, name: str, value: int) -> int | None:
+        """The value counter ``name`` must be raised to when it holds ``value``: one
+        above the highest seen, when ``value`` is below that (it was lost and re-created
+        lower); else None."""
+        seen = self._seen.get(name, 0)
+        return seen + 1 if value < seen else None
 
     def saw(self, name: str, value: int) -> int:
         """Note that counter ``name`` holds ``value``; returns ``value``."""

@@ -44,7 +44,7 @@ class GenerationCounters:
             value = _counter(item.value) if item is not None else None
             if value is None:
                 value = await self._create(name, key)
-            result.append(self._starts.saw(name, value))
+            result.append(await self._at_least_seen(name, key, value))
         return result
 
     async def bump(self, name: str) -> int:
@@ -56,6 +56,20 @@ class GenerationCounters:
             value = await cache.run("incr", cache.write_timeout, lambda c: _incr(c, key))
             if value is None:
                 raise CacheUnavailableError(f"memcached generation {name!r} vanished while bumped")
+        return await self._at_least_seen(name, key, value)
+
+    async def _at_least_seen(self, name: str, key: bytes, value: int) -> int:
+        """``value``, read from counter ``name``, or, when it is below a value this
+        process saw (``CounterStarts.floor``), what it holds once raised above that (an
+        ``incr`` by the difference: atomic, and never below the floor if another process
+        raises or bumps it meanwhile)."""
+        floor = self._starts.floor(name, value)
+        if floor is not None:
+            cache = self._cache
+            raised = await cache.run(
+                "incr", cache.write_timeout, lambda c: _incr(c, key, floor - value)
+            )
+            value = raised if raised is not None else await self._create(name, key)
         return self._starts.saw(name, value)
 
     async def _create(self, name: str, key: bytes) -> int:
@@ -86,8 +100,8 @@ async def _add(client: emcache.Client, key: bytes, value: bytes) -> bool:
     return True
 
 
-async def _incr(client: emcache.Client, key: bytes) -> int | None:
+async def _incr(client: emcache.Client, key: bytes, by: int = 1) -> int | None:
     try:
-        return await client.increment(key, 1)
+        return await client.increment(key, by)
     except emcache.NotFoundCommandError:
         return None

@@ -33,6 +33,15 @@ for i, key in ipairs(KEYS) do
 end
 return values
 """
+# KEYS[1]: a counter found below a value some process held (lost, and re-created lower);
+# ARGV[1]: that value plus one. Raised to it unless already at or above it (never lowered).
+_RAISE = """
+local held = redis.call('GET', KEYS[1])
+if not held or tonumber(held) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('GET', KEYS[1])
+"""
 # KEYS[1]: the counter; ARGV[1]: where it starts if it is missing.
 _BUMP = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
@@ -64,7 +73,8 @@ async def read_generations(
         for i, value in zip(missing, created, strict=True):
             values[i] = value
     return [
-        starts.saw(name, _counter(name, value)) for name, value in zip(names, values, strict=True)
+        await _at_least_seen(cache, starts, name, _counter(name, value))
+        for name, value in zip(names, values, strict=True)
     ]
 
 
@@ -81,7 +91,21 @@ async def bump_generation(cache: RedisCache, starts: CounterStarts, name: str) -
         cache.write_timeout,
         partial(cache.redis.eval, _BUMP, 1, key, str(starts.start(name))),
     )
-    return starts.saw(name, _counter(name, result))
+    return await _at_least_seen(cache, starts, name, _counter(name, result))
+
+
+async def _at_least_seen(cache: RedisCache, starts: CounterStarts, name: str, value: int) -> int:
+    """``value``, read from counter ``name``, or, when it is below a value this process
+    saw (``CounterStarts.floor``), what the counter holds once raised above that."""
+    floor = starts.floor(name, value)
+    if floor is not None:
+        raised = await cache.run(
+            "EVAL raise generation",
+            cache.write_timeout,
+            partial(cache.redis.eval, _RAISE, 1, cache.generation_key(name), str(floor)),
+        )
+        value = _counter(name, raised)
+    return starts.saw(name, value)
 
 
 def _counter(name: str, value: Any) -> int:
