@@ -132,3 +132,20 @@ async def test_an_answer_whose_model_is_not_a_name_is_priced_by_the_requested_on
     assert answer.cost is not None
     assert answer.cost.usd == pytest.approx((1000 * 3 + 100 * 15) / 1e6)
     assert upstream.calls == 1
+
+
+async def test_an_answer_in_the_providers_own_name_has_its_cache_reads_priced_as_reads(
+    client: Client, upstream: SetAnswer
+) -> None:
+    # Regression: the family whose multipliers price unlisted cache reads was looked up by
+    # the answer's name alone; "claude-sonnet-4-6" matches none, so 9,000 cached tokens
+    # were billed at the full prompt price.
+    upstream.model = "claude-sonnet-4-6"
+    upstream.usage = {
+        "prompt_tokens": 10000,
+        "completion_tokens": 100,
+        "prompt_tokens_details": {"cached_tokens": 9000},
+    }
+    answer = await client.complete(**ask(model=MODEL))
+    assert answer.cost is not None
+    assert answer.cost.usd == pytest.approx((1000 * 3 + 9000 * 0.3 + 100 * 15) / 1e6)
