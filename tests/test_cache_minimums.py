@@ -8,13 +8,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from limpet.providers.cache_minimums import LearnedMinimums
+from limpet.models import Usage
+from limpet.providers.cache_minimums import (
+    DEFAULT_LEARN_AFTER,
+    LEARNED_MINIMUMS,
+    LearnedMinimums,
+)
 from limpet.providers.prompt_cache import (
     DEFAULT_CAPABILITIES,
     CacheControlConfig,
     inject_cache_control,
     marked_prefix_tokens,
 )
+from limpet.routing.feedback import learn_minimum
 
 MODEL = "anthropic/claude-sonnet-4.6"
 CC = {"type": "ephemeral"}
@@ -114,3 +120,25 @@ def test_marked_prefix_tokens_count_up_to_the_deepest_mark() -> None:
         marked_prefix_tokens({"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
         is None
     )
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [Usage(reported=False), Usage(0, 0, reported=True)],
+    ids=["no-usage", "response-cache-hit"],
+)
+def test_an_answer_that_counted_no_prompt_teaches_no_minimum(usage: Usage) -> None:
+    # Regression: an answer without usage (or OpenRouter's response-cache hit, usage 0)
+    # read as "the marked prefix did not cache": a few switched marking off for the model.
+    marked = {
+        "model": MODEL,
+        "messages": [{"role": "system", "content": [{"type": "text", "text": "x" * 6000,
+                                                     "cache_control": CC}]}],
+    }  # fmt: skip
+    for _ in range(DEFAULT_LEARN_AFTER + 1):
+        learn_minimum(marked, usage)
+    assert LEARNED_MINIMUMS.snapshot() == {}
+    # The same answers counting a prompt that did not cache do teach it.
+    for _ in range(DEFAULT_LEARN_AFTER):
+        learn_minimum(marked, Usage(1500, 1))
+    assert LEARNED_MINIMUMS.minimum(MODEL) == 2048

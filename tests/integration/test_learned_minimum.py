@@ -58,3 +58,22 @@ async def test_a_prefix_that_caches_teaches_nothing() -> None:
                 await client.complete(**ask_the_manual(f"question {i}"))
             assert router.stats.learned_minimums == {}
         assert all(marked(b) for b in gateway.endpoint("a").requests)
+
+
+async def test_answers_without_usage_teach_nothing_and_marking_goes_on() -> None:
+    # Regression: answers that left usage out read as "the marked prefix did not cache";
+    # DEFAULT_LEARN_AFTER of them switched marking off for the model, process-wide.
+    async with FakeGateway(endpoints=("a",), prompt_cache=ProviderPromptCache) as gateway:
+        router = StickyRouter([Endpoint("a", gateway.base_url("a"))])
+        async with Client(
+            router=router, cache=None, auto_cache_control=True, retry=RetryConfig(max_attempts=1)
+        ) as client:
+            gateway.endpoint("a").omit_usage(times=DEFAULT_LEARN_AFTER + 1)
+            for i in range(DEFAULT_LEARN_AFTER + 1):
+                silent = await client.complete(**ask_the_manual(f"question {i}"))
+                assert not silent.usage.reported
+            after = await client.complete(**ask_the_manual("after"))
+            assert router.stats.learned_minimums == {}
+        sent = gateway.endpoint("a").requests
+    assert all(marked(b) for b in sent)
+    assert after.usage.cached_tokens > 1024

@@ -14,7 +14,15 @@ __all__ = ["learn_minimum"]
 
 def learn_minimum(body: Mapping[str, Any], usage: Usage) -> None:
     """Teach ``LEARNED_MINIMUMS`` from one response of a model whose cache writes are
-    billed, hence reported: silence there means the marked prefix could not cache."""
+    billed, hence reported: silence there means the marked prefix could not cache.
+
+    Only a response that counted its prompt says anything: one without usage (a gateway
+    that leaves it out) or with a prompt of 0 tokens (OpenRouter's response-cache hits)
+    says nothing of the provider's cache, and taking it for silence would switch off
+    marking for the model, process-wide.
+    """
+    if not usage.reported or usage.prompt_tokens == 0:
+        return
     capability = DEFAULT_CAPABILITIES.lookup(body.get("model"))
     if capability is None or capability.kind != "explicit" or capability.write_multiplier <= 1:
         return
