@@ -9,8 +9,10 @@ a command again on a fresh connection when the first one dropped, and the first 
 have run with only its reply lost; without that, the leader would find its own lease
 and wait on it as a follower, for a whole lease. Release stores the entry, drops the
 lease and publishes the notice in one script, so no follower can see the lease gone
-before the entry is there. Release and renewal go through an open breaker (each within
-the write budget): a lease left behind stalls every other process.
+before the entry is there; an entry Redis refuses (full, under ``noeviction``) stops
+neither the lease being dropped nor the notice, which then says ``ABANDONED``. Release
+and renewal go through an open breaker (each within the write budget): a lease left
+behind stalls every other process.
 
 Notices go out on one channel per prefix; each process keeps a single subscription and
 hands notices to the keys it waits for. A notice is ``key \n signature \n body``. With
@@ -79,20 +81,30 @@ end
 return 0
 """
 
+# ARGV[5] is the notice; ARGV[6] the one sent instead when the entry is refused (a full
+# Redis under noeviction answers OOM). pcall: with call, that error would end the script
+# before the lease is dropped and the notice sent, and followers would wait a lease.
 _RELEASE = """
+local notice = ARGV[5]
+local stored = 1
 if ARGV[3] ~= '0' then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  local reply = redis.pcall('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  if type(reply) == 'table' and reply.err then
+    notice = ARGV[6]
+    stored = 0
+  end
 end
 local held = redis.call('GET', KEYS[1])
 local mine = ARGV[1] .. ':'
 if held and string.sub(held, 1, #mine) == mine then
   redis.call('DEL', KEYS[1])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
+redis.call('PUBLISH', ARGV[4], notice)
+return stored
 """
 
 _SEPARATOR = b"\n"
+_ABANDONED = FlightNotice(FlightOutcome.ABANDONED)
 
 
 class _Watch:
@@ -185,7 +197,12 @@ class RedisFlightStore:
     ) -> None:
         cache = self._cache
         millis = str(_millis(ttl)) if entry is not None and ttl > 0 else "0"
+        if millis == "0" and notice.outcome is FlightOutcome.STORED:
+            notice = _ABANDONED  # nothing to read: one follower should take over
         message = self._message(key, _encode_notice(notice))
+        # Sent instead when Redis refuses the entry: followers lead, rather than reading
+        # an entry that is not there and then waiting on a lease.
+        unstored = message if millis == "0" else self._message(key, _encode_notice(_ABANDONED))
         await cache.run(
             "EVAL release",
             cache.write_timeout,
@@ -199,6 +216,7 @@ class RedisFlightStore:
                 millis,
                 self._channel,
                 message,
+                unstored,
             ),
             gated=False,  # a lease left behind would stall every other process
         )

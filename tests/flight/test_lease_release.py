@@ -1,0 +1,112 @@
+"""A lease a process no longer needs never makes another process wait: its release drops
+it and sends the notice even when the shared tier refuses the entry (a full Redis under
+``noeviction``, an item too large for Memcached), and a release that could not get
+through (Redis paused while a lease was maybe taken) is sent again once the tier
+answers. Each flight has its own cache on a private server, so two of them in one
+process share nothing but the server, as two processes would; every lease is 30 s and
+every follower is bounded by a guard far shorter, so finishing within it means it never
+waited on a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio
+import redis.exceptions
+
+from limpet import FlightConfig
+from limpet.cache.memcached.backend import MemcachedCache
+from limpet.cache.redis.backend import RedisCache
+from limpet.flight.shared import RedisFlight
+from tests.redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+KEY = "sha256:" + "cd" * 32
+# Only notices wake a follower: a 30 s lease and poll, far past every guard below.
+SLOW = FlightConfig(lease=30.0, poll=30.0, follow_timeout=60.0)
+GUARD = 10.0
+
+
+class Upstream:
+    """A ``lead`` for ``RedisFlight.do`` that counts its calls and can be held open."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
+        self.go.set()
+
+    async def __call__(self) -> tuple[bytes, bytes | None, float]:
+        self.calls += 1
+        self.started.set()
+        await self.go.wait()
+        return self.answer, self.answer, 60.0
+
+
+class Reader:
+    """A ``read`` for ``RedisFlight.do``; ``looked`` is set once it found nothing (the
+    follower then watches for the notice)."""
+
+    def __init__(self, cache: RedisCache | MemcachedCache) -> None:
+        self.cache = cache
+        self.looked = asyncio.Event()
+
+    async def __call__(self) -> bytes | None:
+        data = await self.cache.get(KEY)
+        if data is None:
+            self.looked.set()
+        return data
+
+
+async def fill(url: str) -> None:
+    """Fill a Redis under ``noeviction`` until it refuses writes."""
+    filler = redis.asyncio.Redis.from_url(url)
+    try:
+        for size in (8192, 64):  # big values first, then small ones for what they left
+            for i in range(20_000):
+                try:
+                    await filler.set(f"filler:{size}:{i}", b"x" * size)
+                except redis.exceptions.OutOfMemoryError:
+                    break
+            else:
+                pytest.fail("Redis never filled up")
+    finally:
+        await filler.aclose()
+
+
+async def test_a_full_redis_refusing_the_entry_still_drops_the_lease_and_wakes_followers(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_server_factory("--maxmemory", "1mb", "--maxmemory-policy", "noeviction")
+    async with (
+        RedisCache.from_url(server.url) as leading,
+        RedisCache.from_url(server.url) as following,
+    ):
+        leader = RedisFlight[bytes](leading.flight_store, SLOW)
+        follower = RedisFlight[bytes](following.flight_store, SLOW)
+        upstream = Upstream(b"the leader's answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(b"the follower's own answer")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.looked.wait()  # following: watching for the notice, no entry yet
+        await fill(server.url)
+        upstream.go.set()
+        assert await led == (b"the leader's answer", True)
+        # Told the entry is not there: it leads at once instead of waiting 30 s.
+        async with asyncio.timeout(GUARD):
+            assert await followed == (b"the follower's own answer", True)
+        raw = redis.asyncio.Redis.from_url(server.url)
+        try:
+            assert await raw.exists(leading.lock_key(KEY)) == 0
+            assert await raw.exists(leading.redis_key(KEY)) == 0  # refused, not stored
+        finally:
+            await raw.aclose()
+    assert upstream.calls == 1 and mine.calls == 1
