@@ -18,12 +18,11 @@ import redis.asyncio
 import redis.exceptions
 
 from limpet import FlightConfig
-from limpet.cache.memcached.backend import MemcachedCache
+from limpet.cache.memcached.backend import DEFAULT_MAX_VALUE_SIZE, MemcachedCache
 from limpet.cache.redis.backend import RedisCache
 from limpet.flight.shared import RedisFlight
+from tests.memcached_servers import MemcachedServer
 from tests.redis_servers import RedisServer
-
-pytestmark = pytest.mark.redis
 
 KEY = "sha256:" + "cd" * 32
 # Only notices wake a follower: a 30 s lease and poll, far past every guard below.
@@ -79,6 +78,7 @@ async def fill(url: str) -> None:
         await filler.aclose()
 
 
+@pytest.mark.redis
 async def test_a_full_redis_refusing_the_entry_still_drops_the_lease_and_wakes_followers(
     redis_server_factory: Callable[..., RedisServer],
 ) -> None:
@@ -109,4 +109,40 @@ async def test_a_full_redis_refusing_the_entry_still_drops_the_lease_and_wakes_f
             assert await raw.exists(leading.redis_key(KEY)) == 0  # refused, not stored
         finally:
             await raw.aclose()
+    assert upstream.calls == 1 and mine.calls == 1
+
+
+@pytest.mark.memcached
+@pytest.mark.parametrize(
+    ("limit", "size"),
+    [
+        (DEFAULT_MAX_VALUE_SIZE, 600_000),  # over the server's -I 512k, under the cache's own limit
+        (512 * 1024, 512 * 1024 - 16),  # under both limits, over the server's with overhead
+    ],
+)
+async def test_a_memcached_refusing_the_entry_still_drops_the_lease_and_wakes_followers(
+    memcached_server_factory: Callable[..., MemcachedServer], limit: int, size: int
+) -> None:
+    server = memcached_server_factory("-I", "512k", "-m", "64")
+    async with (
+        MemcachedCache.from_url(server.url, max_value_size=limit) as leading,
+        MemcachedCache.from_url(server.url, max_value_size=limit) as following,
+    ):
+        assert size <= leading.max_value_size  # sent: the server is what refuses it
+        leader = RedisFlight[bytes](leading.flight_store, SLOW)
+        follower = RedisFlight[bytes](following.flight_store, SLOW)
+        upstream = Upstream(b"x" * size)
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(b"the follower's own answer")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.looked.wait()  # following: polling for the notice, no entry yet
+        upstream.go.set()
+        assert await led == (upstream.answer, True)
+        async with asyncio.timeout(GUARD):
+            assert await followed == (b"the follower's own answer", True)
+        assert await following.flight_store.holder(KEY) is None
+        assert await following.get(KEY) == b"the follower's own answer"
     assert upstream.calls == 1 and mine.calls == 1

@@ -12,9 +12,11 @@ Memcached has no scripts and no pub/sub, so each step is built from its atomic c
 - notices: release first stores the entry, then a notice (the outcome, the leader's
   token, and a final error if there was one) under a key of its own for a few seconds,
   and only then drops the lease; so a follower never sees the lease gone before the
-  entry is there. With the cache's ``hmac_key`` a notice is signed over its key and
-  body, and only a verified one can make a follower raise the leader's error; a notice
-  that fails its signature is ignored.
+  entry is there. An entry the server refuses (too large for its ``-I``) or that fails
+  makes the notice ``ABANDONED``; the notice is written and the lease dropped anyway.
+  With the cache's ``hmac_key`` a notice is signed over its key and body, and only a
+  verified one can make a follower raise the leader's error; a notice that fails its
+  signature is ignored.
 - watch: a follower polls the notice and the lease in one ``get_many``, with a backoff
   from 5 ms to 100 ms. A notice counts only if it carries the token of the leader the
   follower waits for, so a stale notice of an earlier flight of the key is never read as
@@ -25,6 +27,7 @@ Memcached has no scripts and no pub/sub, so each step is built from its atomic c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import math
@@ -142,27 +145,36 @@ class MemcachedFlightStore:
         self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
     ) -> None:
         cache = self._cache
+        stored = False
         if entry is not None and ttl > 0 and len(entry) <= cache.max_value_size:
             data, exptime = entry, memcached_expiry(ttl, time.time())
             full = cache.entry_key(key)
-            await cache.run(
-                "set",
-                cache.write_timeout,
-                lambda c: c.set(full, data, exptime=exptime),
-                gated=False,
-            )
-        elif notice.outcome is FlightOutcome.STORED:
+            # Refused (an item too large for the server's -I, with its overhead) or lost,
+            # the entry is no reason to keep the lease or the notice from followers.
+            with contextlib.suppress(CacheUnavailableError):
+                await cache.run(
+                    "set",
+                    cache.write_timeout,
+                    lambda c: c.set(full, data, exptime=exptime),
+                    gated=False,
+                )
+                stored = True
+        if notice.outcome is FlightOutcome.STORED and not stored:
             notice = FlightNotice(FlightOutcome.ABANDONED)  # nothing to read: take over
         notice_key = cache.notice_key(key)
         message = _sign(cache.hmac_key, notice_key, _encode_notice(token, notice))
-        await cache.run(
-            "set",
-            cache.write_timeout,
-            lambda c: c.set(notice_key, message, exptime=_NOTICE_TTL),
-            gated=False,
-        )
-        # A TTL in the past: the compare-and-swap deletes the lease if it is still ours.
-        await self._swap_if_held(key, token, "release", -1)
+        try:
+            await cache.run(
+                "set",
+                cache.write_timeout,
+                lambda c: c.set(notice_key, message, exptime=_NOTICE_TTL),
+                gated=False,
+            )
+        finally:
+            # Dropped even without its notice: a follower that finds the lease gone
+            # takes over. A TTL in the past: the compare-and-swap deletes the lease if it
+            # is still ours.
+            await self._swap_if_held(key, token, "release", -1)
 
     async def watch(self, key: str) -> _PollWatch:
         """Start waiting for ``key``'s current leader (read now, so a notice it leaves
