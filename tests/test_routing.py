@@ -29,6 +29,7 @@ from limpet.errors import (
     RateLimitError,
     status_error,
 )
+from limpet.http.retrying import QueuedTooLong
 from limpet.models import Usage
 from limpet.pipeline.keys import canonical_request, request_key
 from limpet.routing.health import is_endpoint_fault
@@ -551,6 +552,29 @@ def test_calls_with_their_callers_credentials_eject_only_on_the_endpoints_own_fa
     fail(r, body)
     fail(r, body)  # two 503s: the endpoint's own
     assert r.status()["e0"].state == "ejected"
+
+
+def test_calls_that_time_out_queued_never_count_against_the_endpoint() -> None:
+    # Regression: QueuedTooLong is an APIConnectionError, so calls whose deadline passed
+    # while they waited out the endpoint's 429 pause, never sent, ejected it.
+    clock = FakeClock()
+    r = router(clock=clock, failure_threshold=2, cooldown=10.0)
+    body = keys_by_endpoint(r)["e0"][0]
+    for _ in range(5):
+        assert fail(r, body, QueuedTooLong("paused past the call's deadline")) == "e0"
+    assert r.status()["e0"].state == "healthy"
+    assert (r.stats.failures, r.stats.ejections) == (0, 0)
+    fail(r, body)
+    fail(r, body)  # two 503s: the endpoint's own
+    clock.now += 10
+    # An unsent probe frees its slot: the next call probes the endpoint.
+    assert fail(r, body, QueuedTooLong("paused")) == "e0"
+    assert r.status()["e0"].state == "half_open"
+    probe = r.select(body)
+    with probe.attempt(probe.endpoints[0]) as attempt:
+        assert attempt.probe
+        attempt.served()
+    assert r.status()["e0"].state == "healthy"
 
 
 def test_when_every_endpoint_is_ejected_all_are_tried_anyway() -> None:

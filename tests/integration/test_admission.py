@@ -14,6 +14,7 @@ from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig, 
 from limpet.errors import APIError, APITimeoutError
 from limpet.http.admission import Admission
 from limpet.observe.metrics import PrometheusMetrics
+from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
 
@@ -270,3 +271,23 @@ async def test_waiters_are_admitted_first_come_first_served_and_a_retry_first() 
     holder.release()
     await asyncio.gather(*tasks)
     assert order == ["a retry", *(f"caller {i}" for i in range(5))]
+
+
+async def test_calls_that_fail_unsent_behind_a_pause_never_eject_the_endpoint(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: each call whose deadline passed while it waited out the 429's pause
+    # (QueuedTooLong, nothing sent) counted as the endpoint's failure: a few ejected it,
+    # though a 429 never ejects an endpoint.
+    endpoint = gateway.endpoint("a")
+    router = StickyRouter([Endpoint("a", gateway.base_url("a"))])
+    async with Client(router=router, cache=None, retry=FAST_RETRY) as client:
+        await client.complete(**ask("warm"))
+        endpoint.fail(429, retry_after=FOREVER)
+        for i in range(5):
+            with pytest.raises(APITimeoutError, match="paused by its rate limit"):
+                await client.complete(**ask(f"question {i}"), timeout=5)
+    status, stats = router.status()["a"], router.stats
+    assert (status.state, status.failures) == ("healthy", 0)
+    assert (stats.failures, stats.ejections) == (0, 0)
+    assert endpoint.calls == 2  # the warm call and the one the 429 answered

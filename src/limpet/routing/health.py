@@ -13,15 +13,24 @@ No health checks are sent: the calls themselves are the signal. An endpoint is
 A single error never ejects, so it never moves a key. Nor does a refusal of a credential
 that is the caller's own rather than the endpoint's (a proxy forwarding each caller's
 key): one caller's bad key or spent quota says nothing about the endpoint the others use.
+Nor does a call that was never sent (its deadline passed while it waited out a rate-limit
+pause): the endpoint never saw it.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from limpet.errors import APIConnectionError, APIError, APIResponseError, APIStatusError
+from limpet.http.retrying import never_sent
 
-__all__ = ["EndpointHealth", "HealthState", "is_endpoint_fault", "retry_after_of"]
+__all__ = [
+    "EndpointHealth",
+    "HealthState",
+    "counts_against_endpoint",
+    "is_endpoint_fault",
+    "retry_after_of",
+]
 
 HealthState = Literal["healthy", "ejected", "half_open"]
 
@@ -53,6 +62,34 @@ def is_endpoint_fault(exc: BaseException, *, callers_credentials: bool = False) 
             return False
         return status in _ENDPOINT_STATUSES or status >= 500
     return isinstance(exc, APIConnectionError | APIResponseError)
+
+
+def counts_against_endpoint(
+    error: BaseException, *, rate_limits_paused: bool, callers_credentials: bool = False
+) -> TypeGuard[APIError]:
+    """Whether the error that ended one call to an endpoint counts against its health.
+
+    It does when ``is_endpoint_fault`` says so, except for a call never sent
+    (``limpet.http.retrying.never_sent``: it timed out queued behind the endpoint's
+    rate-limit pause, so the endpoint never saw it), and, when ``rate_limits_paused``
+    (an admission pause honours rate limits), for a 429: the pause is the answer to it.
+
+    Example:
+        >>> from limpet.errors import RateLimitError
+        >>> from limpet.http.retrying import QueuedTooLong
+        >>> limited = RateLimitError("slow down", status_code=429, body="")
+        >>> counts_against_endpoint(limited, rate_limits_paused=False)
+        True
+        >>> counts_against_endpoint(limited, rate_limits_paused=True)
+        False
+        >>> counts_against_endpoint(QueuedTooLong("queued"), rate_limits_paused=False)
+        False
+    """
+    if not isinstance(error, APIError) or never_sent(error):
+        return False
+    if rate_limits_paused and getattr(error, "status_code", 0) == 429:
+        return False
+    return is_endpoint_fault(error, callers_credentials=callers_credentials)
 
 
 class EndpointHealth:

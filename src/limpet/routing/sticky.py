@@ -40,13 +40,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from limpet.config import Endpoint, RoutingConfig
-from limpet.errors import APIError, ConfigurationError
+from limpet.errors import ConfigurationError
 from limpet.models import Usage
 from limpet.providers.cache_minimums import LEARNED_MINIMUMS
 from limpet.routing.affinity import AffinityMap, AffinityMirror, AffinityStore
 from limpet.routing.base import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
 from limpet.routing.feedback import learn_minimum
-from limpet.routing.health import EndpointHealth, is_endpoint_fault, retry_after_of
+from limpet.routing.health import EndpointHealth, counts_against_endpoint, retry_after_of
 from limpet.routing.prefix import PrefixChain, prefix_chain
 from limpet.routing.ranking import (
     by_load,
@@ -393,9 +393,11 @@ class StickyRouter:
         if error is None:
             return
         health = self._health[name]
-        rate_limited = self._admissions is not None and getattr(error, "status_code", 0) == 429
-        fault = is_endpoint_fault(error, callers_credentials=self._callers_credentials)
-        if isinstance(error, APIError) and fault and not rate_limited:
+        if counts_against_endpoint(
+            error,
+            rate_limits_paused=self._admissions is not None,
+            callers_credentials=self._callers_credentials,
+        ):
             self._stats.failures += 1
             if health.failed(self._clock(), retry_after_of(error)):
                 self._stats.ejections += 1
