@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -117,6 +117,52 @@ async def test_a_hundred_identical_streams_share_one_upstream_stream(
     assert statuses.count(CacheStatus.MISS) == 1
     assert statuses.count(CacheStatus.COALESCED) == 99
     assert client.stats.coalesced == 99
+
+
+async def joined(condition: Callable[[], bool], turns: int = 10_000) -> None:
+    """Returns once ``condition`` holds: a second caller has joined the first's flight
+    (how many loop turns its own lookups take varies; the flight's state says)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"the second caller joined no flight within {turns} turns")
+
+
+@pytest.mark.parametrize("first", ["stream", "complete"])
+async def test_a_stream_and_a_complete_of_one_request_make_one_upstream_call(
+    client: Client, gateway: FakeGateway, first: str
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.hold_answers()
+    pipelines = client._pipelines
+    streamed = client.stream(**ask())
+
+    def start(which: str) -> asyncio.Task[Any]:
+        asking = collect(streamed) if which == "stream" else client.complete(**ask())
+        return asyncio.create_task(asking)
+
+    tasks = {first: start(first)}
+    await ep.wait_for_calls(1)
+    second = "complete" if first == "stream" else "stream"
+    tasks[second] = start(second)
+    if first == "stream":  # complete() reads the running stream to its end
+        flights = pipelines.stream_flights._flights
+        await joined(lambda: any(f.readers == 2 for f in flights.values()))
+    else:  # the stream's reader waits for complete()'s answer, then replays it
+        answers = pipelines.chat._flight
+        assert answers is not None
+        await joined(lambda: any(len(f.waiters) == 2 for f in answers._flights.values()))
+    ep.release_answers()
+    chunks, answer = await tasks["stream"], await tasks["complete"]
+    assert ep.calls == 1
+    assert streamed.completion is not None
+    text = "".join(chunk.content or "" for chunk in chunks)
+    assert text == answer.content == streamed.completion.content
+    completions = {"stream": streamed.completion, "complete": answer}
+    assert completions[first].cache is CacheStatus.MISS
+    assert completions[second].cache is CacheStatus.COALESCED
+    assert_chunks([chunk.raw for chunk in chunks])
 
 
 async def test_a_late_joiner_gets_the_chunks_so_far_then_the_tail(

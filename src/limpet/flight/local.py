@@ -133,6 +133,26 @@ class SingleFlight(Generic[T]):
                 continue
             return result, leader
 
+    def join(self, key: str) -> Awaitable[T] | None:
+        """The result of the call running for ``key``, for a caller that would never start
+        one itself (another kind of call for the same key); None when none runs. Awaited
+        as ``do`` awaits it: cancelling it leaves the call to the others, and the last
+        caller's leaving cancels it (``cancel_orphans``). No retry: its failure is the
+        caller's."""
+        flight = self._flights.get(key)
+        if flight is None:
+            return None
+        waiter: asyncio.Future[T] = flight.task.get_loop().create_future()
+        flight.waiters.append(waiter)
+        return self._joined(key, flight, waiter)
+
+    async def _joined(self, key: str, flight: _Flight[T], waiter: asyncio.Future[T]) -> T:
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self._left(key, flight, waiter)
+            raise
+
     async def aclose(self) -> None:
         """Cancel the calls still running and wait until they have unwound (their
         ``finally`` blocks release what they hold)."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
-from limpet.errors import CacheCorruptError
+from limpet.errors import APIError, CacheCorruptError
 from limpet.flight.local import SingleFlight
 from limpet.flight.shared import RedisFlight
+from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion
 from limpet.pipeline.calls import Call
@@ -27,6 +29,9 @@ from limpet.pipeline.keys import looks_large
 from limpet.pipeline.owned import owned_body, owned_large_body
 from limpet.pipeline.request import Request
 from limpet.pipeline.upstream import Upstream
+
+if TYPE_CHECKING:
+    from limpet.pipeline.stream_flights import StreamFlights
 
 # A flight's result: the entry, and how it was found when not by this flight's own
 # upstream call (HIT: in the cache after all; COALESCED: another process's call).
@@ -45,6 +50,7 @@ class ChatPipeline:
         "_shared",
         "_upstream",
         "keying",
+        "streams",
     )
 
     def __init__(
@@ -66,6 +72,9 @@ class ChatPipeline:
         # Tiers ``hit()`` reads: tier 0 when it reads without awaiting, else none.
         self._read_now = 1 if cache is not None and cache.readable_now else 0
         self._reading: set[str] = set()  # keys a caller is reading past tier 0 now
+        #: ``stream()``'s flights, whose running streams a ``complete()`` of the same
+        #: request joins (wired by ``Pipelines``).
+        self.streams: StreamFlights | None = None
 
     @property
     def coalescing(self) -> bool:
@@ -166,6 +175,13 @@ class ChatPipeline:
             return completion_of(entry, CacheStatus.BYPASS, None, request.saved_usd)
         if flight is not None and request.decision.coalesce:
             call.waiting_for = "an identical call in flight"
+            streamed = self.streams.answer_of(key) if self.streams is not None else None
+            if streamed is not None:  # a stream of this request: its answer
+                try:
+                    return completion_of(await streamed, CacheStatus.COALESCED, key)
+                except APIError as exc:
+                    if not should_retry(exc):
+                        raise  # else this call's own flight, as a promoted waiter's
             (entry, source), led = await flight.do(key, self._fill, request, key, call)
             if source is not None:
                 return completion_of(entry, source, key)

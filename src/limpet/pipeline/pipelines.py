@@ -80,8 +80,14 @@ class Pipelines:
             shared=shared(),
         )
         self.stream_flights = StreamFlights(
-            cache=cache, transport=transport, upstream=upstream, shared=shared(), coalesce=coalesce
+            cache=cache,
+            transport=transport,
+            upstream=upstream,
+            shared=shared(),
+            coalesce=coalesce,
+            answers=local,
         )
+        self.chat.streams = self.stream_flights  # one upstream call per request, either way
         self.streams = StreamCalls(
             flights=self.stream_flights,
             calls=calls,

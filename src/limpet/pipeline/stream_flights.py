@@ -4,7 +4,7 @@ the store stage once it ends cleanly."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,7 @@ from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.errors import APIError, CacheCorruptError, ClientClosedError
 from limpet.flight.broadcast import Broadcast
+from limpet.flight.local import SingleFlight
 from limpet.flight.shared import RedisFlight
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
@@ -27,6 +28,7 @@ from limpet.pipeline.request import Request
 from limpet.pipeline.upstream import Upstream
 
 if TYPE_CHECKING:
+    from limpet.pipeline.chat import Filled
     from limpet.pipeline.stream import CompletionStream
 
 
@@ -43,9 +45,15 @@ class StreamFlights:
     may start it again once, as a waiter of ``complete()``'s flight may retry).
     Upstream, it is the same stage as ``complete()``'s, with a ``StreamExchange`` for the
     wire.
+
+    ``complete()`` and ``stream()`` calls of one request share one upstream call too: a
+    stream that would start while ``complete()``'s flight of its key runs (``answers``)
+    waits for that answer and replays it, and a ``complete()`` call joins a running
+    stream of its key (``answer_of``).
     """
 
     __slots__ = (
+        "_answers",
         "_cache",
         "_coalesce",
         "_flights",
@@ -64,8 +72,10 @@ class StreamFlights:
         upstream: Upstream,
         shared: RedisFlight[CacheEntry] | None,
         coalesce: bool = True,
+        answers: SingleFlight[Filled] | None = None,
     ) -> None:
         self._cache = cache
+        self._answers = answers  # complete()'s flights, by key
         self._transport = transport
         self._upstream = upstream
         self._shared = shared
@@ -105,6 +115,18 @@ class StreamFlights:
                 sink.completion = completion_of(entry, CacheStatus.HIT, key)
                 return
         failed: _StreamFlight | None = None
+        answering = self._answering(key) if joins else None
+        if answering is not None:  # complete()'s flight of this request: its answer
+            answered = await _answered(answering)
+            if answered is not None:
+                entry, source = answered
+                for chunk in replay_chunks(entry.body, entry.stream):
+                    shown = without_usage(chunk) if declined else chunk
+                    if shown is not None:
+                        yield json_copy(shown)  # the entry is every waiter's
+                sink.completion = completion_of(entry, source or CacheStatus.COALESCED, key)
+                return
+            # It failed in a way a waiter may retry: this reader streams (or joins) afresh.
         while True:
             flight = self._flights.get(key) if key is not None and joins else None
             led = flight is None or flight is failed  # a failed one lands a moment later
@@ -130,6 +152,37 @@ class StreamFlights:
                 if flight.readers == 0 and not self._looked_for(key, flight):
                     self._drop(key, flight)
         sink.completion = self._completion(request, flight, led)
+
+    def answer_of(self, key: str) -> Awaitable[CacheEntry] | None:
+        """The answer of the upstream stream running for ``key``, for a ``complete()`` call
+        of the same request (a reader of it until it ends, so it keeps the stream going);
+        None when no stream of ``key`` runs that others may join.
+
+        Raises (when awaited):
+            APIError: the stream failed.
+        """
+        flight = self._flights.get(key)
+        return None if flight is None else self._answer(key, flight)
+
+    async def _answer(self, key: str, flight: _StreamFlight) -> CacheEntry:
+        flight.readers += 1
+        try:
+            async for _ in flight.broadcast.items():
+                pass
+        finally:
+            flight.readers -= 1
+            if flight.readers == 0 and not self._looked_for(key, flight):
+                self._drop(key, flight)
+        result = flight.broadcast.result
+        assert result is not None
+        return result[0]
+
+    def _answering(self, key: str | None) -> Awaitable[Filled] | None:
+        """``complete()``'s flight of ``key``, when one runs and no stream of it does."""
+        answers = self._answers
+        if answers is None or key is None or key in self._flights:
+            return None
+        return answers.join(key)
 
     async def _look(
         self, cache: TieredCache, key: str, joins: bool
@@ -275,6 +328,17 @@ class StreamFlights:
                 return
             entry, _, _ = await lead()
         broadcast.finish((entry, None))
+
+
+async def _answered(answering: Awaitable[Filled]) -> Filled | None:
+    """What ``complete()``'s flight answered, or None when it failed in a way a waiter may
+    retry (the stream reader then starts its own)."""
+    try:
+        return await answering
+    except APIError as exc:
+        if should_retry(exc):
+            return None
+        raise
 
 
 def _storable(exchange: StreamExchange, entry: CacheEntry) -> bool:
