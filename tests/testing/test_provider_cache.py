@@ -15,6 +15,7 @@ from limpet.testing.endpoint import FakeEndpoint
 from limpet.testing.provider_cache import (
     CACHED_LATENCY_SAVING,
     CacheRules,
+    PromptCacheRefusal,
     ProviderPromptCache,
     cached_latency,
 )
@@ -177,11 +178,43 @@ def test_a_read_looks_back_at_most_twenty_blocks(cache: Cache) -> None:
     assert cache.send(near).cached_tokens > 1200
 
 
-def test_only_the_first_four_breakpoints_count(cache: Cache) -> None:
-    parts = [block(words(300, str(i)), CC) for i in range(6)]
-    body = request(SONNET, {"role": "user", "content": parts})
-    written = cache.send(body).cache_write_tokens
-    assert 1200 <= written < 1300  # through the fourth breakpoint only
+def test_more_than_four_breakpoints_are_refused(cache: Cache) -> None:
+    # Regression: the fifth breakpoint on was quietly dropped; Anthropic answers 400.
+    parts = [block(words(300, str(i)), CC) for i in range(5)]
+    with pytest.raises(PromptCacheRefusal, match="maximum of 4 blocks"):
+        cache.send(request(SONNET, {"role": "user", "content": parts}))
+    tool = {"type": "function", "function": {"name": "f"}, "cache_control": CC}
+    with pytest.raises(PromptCacheRefusal, match="Found 5"):  # a marked tool counts
+        cache.send(request(SONNET, {"role": "user", "content": parts[:4]}, tools=[tool]))
+    written = cache.send(request(SONNET, {"role": "user", "content": parts[:4]}))
+    assert 1200 <= written.cache_write_tokens < 1300  # through the fourth breakpoint
+
+
+@pytest.mark.parametrize(
+    "first_mark",
+    [CC, {**CC, "ttl": "5m"}],
+    ids=["no-ttl", "5m"],
+)
+def test_a_1h_breakpoint_after_a_5m_one_is_refused(
+    cache: Cache, first_mark: dict[str, Any]
+) -> None:
+    # Regression: accepted; Anthropic answers 400 (order: tools, system, messages).
+    body = request(
+        SONNET,
+        {"role": "system", "content": [block(words(1500), first_mark)]},
+        {"role": "user", "content": [block(words(2000), {**CC, "ttl": "1h"}), block("q")]},
+    )
+    with pytest.raises(PromptCacheRefusal, match="1-hour entries must appear before"):
+        cache.send(body)
+    tool = {"type": "function", "function": {"name": "f"}, "cache_control": first_mark}
+    system_1h = request(
+        SONNET,
+        {"role": "system", "content": [block(words(1500), {**CC, "ttl": "1h"})]},
+        {"role": "user", "content": "q"},
+        tools=[tool],
+    )
+    with pytest.raises(PromptCacheRefusal):  # tools come first
+        cache.send(system_1h)
 
 
 def test_a_top_level_cache_control_marks_the_last_block(cache: Cache) -> None:
@@ -322,3 +355,33 @@ async def test_each_endpoint_has_its_own_cache_and_usage_prices_it(
     gateway.reset()
     reset = (await post(gateway, "a", body))["usage"]
     assert reset["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+async def test_the_gateway_answers_refused_breakpoints_400_as_anthropic_does(
+    stopped_clock_gateway: FakeGateway,
+) -> None:
+    gateway = stopped_clock_gateway
+    five_parts = [block(f"part {i}", CC) for i in range(5)]
+    system_5m = [block(words(1500), CC)]
+    question_1h = [block("q", {**CC, "ttl": "1h"})]
+    refused = [
+        ("maximum of 4 blocks", [], [{"role": "user", "content": five_parts}]),
+        ("1-hour entries", system_5m, [{"role": "user", "content": question_1h}]),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for message, system, turns in refused:
+            chat = request(
+                SONNET, *([{"role": "system", "content": system}] if system else []), *turns
+            )
+            async with session.post(
+                f"{gateway.base_url('a')}/chat/completions", data=orjson.dumps(chat)
+            ) as r:
+                assert r.status == 400
+                assert message in (await r.json())["error"]["message"]
+            native = {"model": SONNET, "max_tokens": 16, "system": system, "messages": turns}
+            async with session.post(
+                f"{gateway.url}/a/anthropic/v1/messages", data=orjson.dumps(native)
+            ) as r:
+                assert r.status == 400
+                assert message in (await r.json())["error"]["message"]
+    assert gateway.endpoint("a").completions == 0

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from limpet.testing.content import compose_reply, stream_pieces, truncate_to_tokens
 from limpet.testing.native_requests import admit, dumps, json_body, reply_rng
+from limpet.testing.provider_cache import PromptCacheRefusal
 from limpet.testing.tokens import count_prompt_tokens, count_tokens
 
 if TYPE_CHECKING:
@@ -52,7 +53,12 @@ class AnthropicMessages:
         chat = _as_chat(body)
         model: str = body["model"]
         prompt_tokens = count_prompt_tokens(chat)
-        cache = endpoint.prompt_cache.account(model, chat, prompt_tokens, now=self._gateway.clock())
+        try:
+            cache = endpoint.prompt_cache.account(
+                model, chat, prompt_tokens, now=self._gateway.clock()
+            )
+        except PromptCacheRefusal as refusal:
+            return anthropic_error(400, str(refusal))
         text, cut = truncate_to_tokens(compose_reply(reply_rng(chat)), body["max_tokens"])
         written = cache.cache_write_tokens
         usage = {

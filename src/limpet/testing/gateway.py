@@ -36,7 +36,7 @@ from limpet.testing.faults import (
     WrongShapeFault,
 )
 from limpet.testing.native import add_native_routes
-from limpet.testing.provider_cache import PromptCacheModel
+from limpet.testing.provider_cache import PromptCacheModel, PromptCacheRefusal
 from limpet.testing.responses import (
     bad_body,
     drop_connection,
@@ -300,7 +300,10 @@ class FakeGateway:
         if isinstance(fault, MalformedBodyFault | WrongShapeFault):
             await self._pause(endpoint.latency)
             return await bad_body(request, fault, stream=stream)
-        answer, latency = self._answer(endpoint, body)
+        try:
+            answer, latency = self._answer(endpoint, body)
+        except PromptCacheRefusal as refusal:
+            return error_response(400, str(refusal))
         await self._pause(latency)
         if stream:
             cut = (

@@ -9,7 +9,9 @@ follows the providers' rules (../shared/PROVIDERS.md), one instance per endpoint
 - explicit (``anthropic/*``): a prefix is cached only up to a ``cache_control``
   breakpoint, when it reaches the model's minimum; a read finds the longest cached
   prefix at a breakpoint or up to 20 blocks before one; entries live 5 minutes (or 1 h
-  with ``"ttl": "1h"``) from their last use;
+  with ``"ttl": "1h"``) from their last use. A request the provider refuses raises
+  ``PromptCacheRefusal`` (the gateway answers 400): more than 4 breakpoints, or a 1 h
+  breakpoint after a 5 min one;
 - automatic (``openai/*``, ``deepseek/*``): every prompt of at least 1,024 tokens is
   cached at each block boundary, and a read counts the shared prefix in 128-token steps;
   writes cost nothing extra and are not reported.
@@ -36,6 +38,12 @@ from limpet.testing.tokens import MESSAGE_OVERHEAD_TOKENS, count_tokens
 #: The share of an endpoint's latency a fully cached prompt saves (time to first token
 #: falls by up to ~80% for long cached prefixes).
 CACHED_LATENCY_SAVING = 0.8
+
+
+class PromptCacheRefusal(ValueError):
+    """The provider refuses the request's ``cache_control`` breakpoints (Anthropic answers
+    400); the message is the provider's. A ``PromptCacheModel`` raises it from
+    ``account``, and the gateway answers the request 400 with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,9 @@ class PromptCacheModel(Protocol):
             body: the request body as received.
             prompt_tokens: the request's prompt tokens; the result must not exceed it.
             now: the gateway clock's current time, for TTLs.
+
+        Raises:
+            PromptCacheRefusal: the provider would refuse the request's breakpoints.
         """
         ...
 
@@ -132,7 +143,9 @@ class CacheRules:
         ttl_1h: seconds for a breakpoint marked ``"ttl": "1h"``.
         lookback_blocks: explicit caches look for a hit this many blocks before each
             breakpoint.
-        max_breakpoints: explicit caches honour this many breakpoints (the first ones).
+        max_breakpoints: explicit caches refuse a request with more breakpoints than
+            this (counting each marked tool, block and message; OpenRouter's automatic
+            one aside).
         long_retention: seconds for ``prompt_cache_retention: "24h"`` (automatic).
     """
 
@@ -230,6 +243,7 @@ class ProviderPromptCache:
     def _explicit(
         self, rules: CacheRules, body: Mapping[str, Any], blocks: list[_Block], now: float
     ) -> PromptCacheResult:
+        refuse_breakpoints(rules, body)
         marks = [i for i, block in enumerate(blocks) if block.marker is not None]
         top = body.get("cache_control")
         if isinstance(top, Mapping) and blocks[-1].marker is None:
@@ -307,6 +321,55 @@ class ProviderPromptCache:
     def _sweep(self, now: float) -> None:
         self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
         self._sweep_at = max(1024, 2 * len(self._entries))
+
+
+def refuse_breakpoints(rules: CacheRules, body: Mapping[str, Any]) -> None:
+    """Refuse, as Anthropic does, a request with more than ``rules.max_breakpoints``
+    breakpoints, or with a 1 h breakpoint after a 5 min one (in the order tools, system,
+    messages; a mark naming no TTL is 5 min).
+
+    Raises:
+        PromptCacheRefusal: with the provider's message.
+    """
+    ttls = _breakpoint_ttls(body)
+    if len(ttls) > rules.max_breakpoints:
+        raise PromptCacheRefusal(
+            f"A maximum of {rules.max_breakpoints} blocks with cache_control may be "
+            f"provided. Found {len(ttls)}."
+        )
+    shorter_before = False
+    for ttl in ttls:
+        if ttl == "1h" and shorter_before:
+            raise PromptCacheRefusal(
+                "cache_control: 1-hour entries must appear before 5-minute entries "
+                "(blocks are processed in the order tools, system, messages)"
+            )
+        shorter_before = shorter_before or ttl != "1h"
+
+
+def _breakpoint_ttls(body: Mapping[str, Any]) -> list[str]:
+    """The TTL name of each breakpoint of a request, in provider order: each marked tool,
+    then each message's marked blocks (and its own mark, which lands on its last block
+    unless that block carries one), system messages first."""
+    marks: list[object] = []
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if _marked(tool):
+            marks.append(tool["cache_control"])
+    messages = [m for m in body.get("messages") or () if isinstance(m, Mapping)]
+    system = [m for m in messages if m.get("role") in ("system", "developer")]
+    for message in system + [m for m in messages if m not in system]:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else []
+        marks.extend(part["cache_control"] for part in parts if _marked(part))
+        if _marked(message) and not (parts and _marked(parts[-1])):
+            marks.append(message["cache_control"])
+    return [_ttl_name(mark) for mark in marks]
+
+
+def _ttl_name(mark: object) -> str:
+    ttl = mark.get("ttl") if isinstance(mark, Mapping) else None
+    return ttl if isinstance(ttl, str) else "5m"
 
 
 def _render(model: str, body: Mapping[str, Any]) -> list[_Block]:
