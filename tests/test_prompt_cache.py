@@ -183,6 +183,64 @@ def test_the_configured_ttl(ttl: str) -> None:
     assert mark == (EPHEMERAL if ttl == "5m" else {"type": "ephemeral", "ttl": "1h"})
 
 
+def _sent_ttls(sent: dict[str, Any]) -> list[str | None]:
+    """The TTL of every mark, in Anthropic's order (tools, then messages)."""
+    marks = [t["cache_control"] for t in sent.get("tools", ()) if "cache_control" in t]
+    for message in sent["messages"]:
+        content = message["content"]
+        parts = content if isinstance(content, list) else []
+        marks.extend(p["cache_control"] for p in parts if "cache_control" in p)
+    return [mark.get("ttl") for mark in marks]
+
+
+def _marked_turn(text: str, ttl: str | None = None) -> dict[str, Any]:
+    mark = EPHEMERAL if ttl is None else {**EPHEMERAL, "ttl": ttl}
+    return {"role": "user", "content": [{"type": "text", "text": text, "cache_control": mark}]}
+
+
+def _accepted_by_the_fake(sent: dict[str, Any]) -> None:
+    ProviderPromptCache().account(SONNET, sent, count_prompt_tokens(sent), now=0.0)
+
+
+TOOL = {"type": "function", "function": {"name": "f", "description": "d"}}
+
+
+@pytest.mark.parametrize("callers_ttl", [None, "5m"])
+def test_a_1h_breakpoint_never_follows_a_5m_one(callers_ttl: str | None) -> None:
+    # Regression: with ttl="1h", the system prompt was marked 1 h after the caller's
+    # 5 min mark on a tool; Anthropic refuses that order with a 400.
+    mark = EPHEMERAL if callers_ttl is None else {**EPHEMERAL, "ttl": callers_ttl}
+    body = chat(tools=[{**TOOL, "cache_control": mark}])
+    sent = inject_cache_control(body, CacheControlConfig(ttl="1h"))
+    assert sent is not body
+    assert _sent_ttls(sent) == [callers_ttl, None]  # the system mark: 5 min
+    _accepted_by_the_fake(sent)
+
+
+def test_a_5m_breakpoint_never_precedes_a_1h_one() -> None:
+    # The caller's later 1 h mark writes the system prompt at 1 h anyway: marking it 1 h
+    # too costs nothing more, where 5 min would be refused.
+    body = chat(LONG, "hi")
+    body["messages"].append(_marked_turn("doc", "1h"))
+    sent = inject_cache_control(body)
+    assert _sent_ttls(sent) == ["1h", "1h"]
+    _accepted_by_the_fake(sent)
+
+
+def test_the_rolling_mark_after_a_callers_5m_mark_asks_for_5m() -> None:
+    body = chat(LONG, "first", "answer", "second")
+    body["messages"][1] = _marked_turn("first")
+    sent = inject_cache_control(body, CacheControlConfig(ttl="1h", rolling=True))
+    assert _sent_ttls(sent) == ["1h", None, None]  # system before it: 1 h; last turn: 5 min
+    _accepted_by_the_fake(sent)
+
+
+def test_callers_marks_out_of_order_get_no_mark_between_them() -> None:
+    body = chat(tools=[{**TOOL, "cache_control": EPHEMERAL}])
+    body["messages"].append(_marked_turn("x", "1h"))
+    assert inject_cache_control(body, CacheControlConfig(ttl="1h")) is body
+
+
 @pytest.mark.parametrize(
     "system",
     [

@@ -112,3 +112,23 @@ async def test_streams_are_marked_and_priced_like_completions(gateway: FakeGatew
     assert second.completion.cost.saved_usd == pytest.approx(
         second.completion.usage.cached_tokens * 2.7e-6
     )
+
+
+async def test_a_1h_ttl_after_the_callers_5m_tool_mark_is_sent_as_the_provider_accepts(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: limpet marked the system prompt 1 h after the caller's 5 min mark on a
+    # tool; Anthropic (and now the fake) answers that order with a 400.
+    tool = {
+        "type": "function",
+        "function": {"name": "lookup", "description": "Looks a limpet up."},
+        "cache_control": {"type": "ephemeral"},
+    }
+    config = CacheControlConfig(ttl="1h")
+    async with client_for(gateway, auto_cache_control=config) as client:
+        first = await client.complete(**ask_the_manual("q"), tools=[tool])
+        second = await client.complete(**ask_the_manual("q2"), tools=[tool])
+    sent = gateway.endpoint("a").requests[0]
+    assert sent["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert first.usage.cache_write_tokens > 1024 and first.usage.cache_write_1h_tokens == 0
+    assert second.usage.cached_tokens == first.usage.cache_write_tokens

@@ -31,6 +31,7 @@ __all__ = [
     "breakpoint_ttl",
     "count_breakpoints",
     "inject_cache_control",
+    "ttl_between",
 ]
 
 #: The TTL an injected ``cache_control`` breakpoint asks the provider for unless
@@ -48,6 +49,8 @@ class CacheControlConfig:
     Args:
         ttl: the TTL breakpoints ask for (``"5m"`` or ``"1h"`` for Anthropic); a TTL the
             model's family does not offer is left out, so the provider's default applies.
+            A breakpoint after one of the caller's 5 min marks asks for 5 min all the
+            same, since Anthropic refuses a 1 h breakpoint after a 5 min one.
         rolling: also mark the last user turn once the conversation up to it reaches the
             minimum, so a multi-turn chat reads its history from the cache next turn.
         chars_per_token: characters per token when estimating a prefix's length.
@@ -88,7 +91,10 @@ def inject_cache_control(
     ``min_tokens``; with ``config.rolling``, also the last user turn. String content
     becomes one text block to carry the mark. Never exceeds the family's breakpoint limit
     counting the caller's own, never marks a block twice, and adds nothing when the caller
-    asked for OpenRouter's automatic caching (a top-level ``cache_control``).
+    asked for OpenRouter's automatic caching (a top-level ``cache_control``). Never puts a
+    longer TTL after a shorter one, which Anthropic refuses: after a caller's 5 min mark
+    (or one naming no TTL), a breakpoint asks for 5 min whatever ``config.ttl`` says
+    (see ``ttl_between``).
 
     Nothing the caller passed is modified: changed messages are copies, and everything
     unchanged is shared with ``body``, so the result must be treated as read-only too.
@@ -115,14 +121,49 @@ def inject_cache_control(
     learned = config.learned.minimum(body["model"]) if config.learned is not None else 0
     if learned > capability.min_tokens:
         capability = replace(capability, min_tokens=learned)
-    marks = _plan(body, messages, capability, config, budget)
-    if not marks:
+    planned = _plan(body, messages, capability, config, budget)
+    if not planned:
         return body
-    mark = _mark_for(capability.ttls, config.ttl)
+    existing_ttls = _mark_ttls_by_message(body)
     sent = list(messages)
-    for index in marks:
-        sent[index] = _marked(sent[index], mark)
-    return {**body, "messages": sent}
+    marked = False
+    for index in planned:
+        ttl = ttl_between(
+            [t for at, t in existing_ttls if at <= index],
+            [t for at, t in existing_ttls if at > index],
+            config.ttl,
+        )
+        if ttl is not None:
+            sent[index] = _marked(sent[index], _mark_for(capability.ttls, ttl))
+            existing_ttls.append((index, ttl))
+            marked = True
+    return {**body, "messages": sent} if marked else body
+
+
+def ttl_between(earlier: list[str], later: list[str], wanted: str) -> str | None:
+    """The TTL a breakpoint can ask for after marks of TTLs ``earlier`` and before marks
+    of TTLs ``later`` (in Anthropic's order: tools, system, messages): ``wanted``, kept
+    between them. Anthropic refuses a request whose longer TTL follows a shorter one
+    ("1-hour entries must appear before 5-minute entries"), so after a 5 min mark (or one
+    naming no TTL) a 1 h breakpoint asks for 5 min, and before a 1 h mark a 5 min one asks
+    for 1 h (which costs nothing more: those tokens were written at 1 h anyway). None when
+    no TTL fits (the caller's own marks are out of order already).
+
+    Example:
+        >>> ttl_between(["5m"], [], "1h"), ttl_between([], ["1h"], "5m")
+        ('5m', '1h')
+        >>> ttl_between(["1h"], ["5m"], "1h"), ttl_between(["5m"], ["1h"], "1h")
+        ('1h', None)
+    """
+    ceiling = min(earlier, key=_seconds, default=None)  # no longer than any before it
+    floor = max(later, key=_seconds, default=None)  # no shorter than any after it
+    if ceiling is not None and floor is not None and _seconds(floor) > _seconds(ceiling):
+        return None
+    if ceiling is not None and _seconds(wanted) > _seconds(ceiling):
+        return ceiling
+    if floor is not None and _seconds(wanted) < _seconds(floor):
+        return floor
+    return wanted
 
 
 def count_breakpoints(body: Mapping[str, Any]) -> int:
@@ -179,29 +220,50 @@ def _plan(
 
 
 def _marks(body: Mapping[str, Any]) -> list[object]:
-    marks: list[object] = []
-    if "cache_control" in body:
-        marks.append(body["cache_control"])
-    messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, Mapping):
-            continue
-        if "cache_control" in message:
-            marks.append(message["cache_control"])
-        content = message.get("content")
-        for part in content if isinstance(content, list) else ():
-            if isinstance(part, Mapping) and "cache_control" in part:
-                marks.append(part["cache_control"])
+    marks: list[object] = [body["cache_control"]] if "cache_control" in body else []
+    return marks + [mark for _, mark in _placed_marks(body)]
+
+
+def _placed_marks(body: Mapping[str, Any]) -> list[tuple[int, object]]:
+    """A request's breakpoints in the provider's order (tools, then messages), each with
+    the index of its message (-1 for a tool's)."""
+    placed: list[tuple[int, object]] = []
     tools = body.get("tools")
     for tool in tools if isinstance(tools, list) else ():
         if isinstance(tool, Mapping) and "cache_control" in tool:
-            marks.append(tool["cache_control"])
-    return marks
+            placed.append((-1, tool["cache_control"]))
+    messages = body.get("messages")
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, Mapping) and "cache_control" in part:
+                placed.append((index, part["cache_control"]))
+        if "cache_control" in message:
+            placed.append((index, message["cache_control"]))
+    return placed
+
+
+def _mark_ttls_by_message(body: Mapping[str, Any]) -> list[tuple[int, str]]:
+    return [(index, _mark_ttl(mark)) for index, mark in _placed_marks(body)]
 
 
 def _mark_ttl(mark: object) -> str:
     ttl = mark.get("ttl") if isinstance(mark, Mapping) else None
     return ttl if isinstance(ttl, str) else DEFAULT_BREAKPOINT_TTL
+
+
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _seconds(ttl: str) -> int:
+    """A TTL such as ``"5m"`` or ``"1h"`` in seconds; one limpet cannot read counts as the
+    default (a provider reads it so, or refuses it whatever the order)."""
+    count, unit = ttl[:-1], ttl[-1:]
+    if count.isdigit() and unit in _UNIT_SECONDS:
+        return int(count) * _UNIT_SECONDS[unit]
+    return _seconds(DEFAULT_BREAKPOINT_TTL)
 
 
 def _markable(message: Mapping[str, Any]) -> bool:
