@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import redis.asyncio
@@ -12,7 +13,7 @@ import redis.utils
 
 from limpet.cache import MemoryCache, TieredCache
 from limpet.cache.redis.backend import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
-from limpet.errors import CacheUnavailableError, ConfigurationError
+from limpet.errors import CacheRejectedError, CacheUnavailableError, ConfigurationError
 from tests.redis_servers import RedisProxy, free_port
 
 
@@ -259,3 +260,43 @@ def test_a_lent_client_must_return_bytes() -> None:
 def test_rejects_bad_configuration(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         RedisCache(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.redis
+async def test_a_burst_queued_for_a_pooled_connection_is_not_taken_for_a_slow_redis(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    """A thousand commands at once on two pooled connections: most wait for one in this
+    process, which is no part of Redis's budget, and none fails."""
+    async with RedisCache.from_url(redis_url, prefix=redis_prefix, max_connections=2) as cache:
+
+        async def one(i: int) -> object:
+            key = cache.redis_key(f"k{i}")
+            return await cache.run("SET", cache.read_timeout, partial(cache.redis.set, key, b"v"))
+
+        answers = await asyncio.gather(*(one(i) for i in range(1_000)), return_exceptions=True)
+        assert [a for a in answers if isinstance(a, BaseException)] == []
+        assert cache.breaker.opens == 0
+    assert len([key async for key in raw.scan_iter(match=redis_prefix + "k*")]) == 1_000
+
+
+@pytest.mark.redis
+async def test_the_wait_for_a_pooled_connection_is_bounded_and_never_blames_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Every connection held by this process: a command waits for one for at most 20
+    budgets, then fails as not sent (``CacheRejectedError``), and the breaker is not told."""
+    async with RedisCache.from_url(
+        redis_url, prefix=redis_prefix, max_connections=1, read_timeout=0.005
+    ) as cache:
+        assert isinstance(cache.redis, redis.asyncio.Redis)
+        pool = cache.redis.connection_pool
+        held = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            for _ in range(cache.breaker.failure_threshold):
+                with pytest.raises(CacheRejectedError, match="no free connection"):
+                    await cache.run("GET", cache.read_timeout, partial(cache.redis.get, "k"))
+        finally:
+            await pool.release(held)
+        assert cache.breaker_state == "closed"
+        assert await cache.run("GET", cache.read_timeout, partial(cache.redis.get, "k")) is None

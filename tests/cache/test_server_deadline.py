@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from limpet.cache.budget import Watchdog, server_deadline
+from limpet.cache.budget import QueueTimeout, Watchdog, connection_held, queueing, server_deadline
 
 
 async def test_a_spent_budget_ends_the_block_with_timeout_error() -> None:
@@ -79,3 +79,54 @@ async def test_a_watchdog_keeps_one_timer_however_many_calls_are_in_flight() -> 
     finally:
         loop.call_at = call_at  # type: ignore[method-assign]
     assert len(armed) == 1
+
+
+async def test_a_wait_in_this_process_is_not_the_servers_time() -> None:
+    """Ten budgets spent waiting for a connection of this process's own: the budget
+    starts once the connection is held."""
+    async with server_deadline(0.01):
+        with queueing():
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # the server answers at once
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_the_budget_counts_from_the_connection_held() -> None:
+    with pytest.raises(TimeoutError) as info:
+        async with server_deadline(0.005):
+            with queueing():
+                connection_held()
+                await asyncio.Event().wait()  # connecting, or a server that never answers
+    assert not isinstance(info.value, QueueTimeout)
+
+
+async def test_a_wait_in_this_process_is_bounded_and_says_so() -> None:
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(QueueTimeout):
+        async with server_deadline(0.005):
+            with queueing():
+                await asyncio.Event().wait()  # no connection ever comes free
+    assert asyncio.get_running_loop().time() - started >= 0.005 * 20
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_queueing_outside_a_budget_does_nothing() -> None:
+    with queueing():
+        await asyncio.sleep(0)
+    connection_held()
+
+
+async def test_a_budget_within_another_of_one_watchdog_leaves_the_outer_one_counted() -> None:
+    watchdog = Watchdog(0.01)
+    with pytest.raises(TimeoutError):
+        async with watchdog.bound(0.01):
+            async with watchdog.bound(10.0):
+                await asyncio.sleep(0)
+            await asyncio.Event().wait()  # the outer budget still ends this
+
+
+async def test_a_wait_in_this_process_pauses_every_budget_of_its_task() -> None:
+    outer, inner = Watchdog(0.01), Watchdog(0.01)
+    async with outer.bound(0.01), inner.bound(0.01):
+        with queueing():
+            await asyncio.sleep(0.1)

@@ -5,9 +5,10 @@ A cache must never make a call slower than having no cache, so every remote oper
 bounded, in the server's time (``limpet.cache.budget``): reads by ``read_timeout``,
 writes by ``write_timeout``, and a circuit breaker
 stops calling a server that keeps failing, so an outage costs a few timeouts, not one per
-call. Writes never wait at all: ``set()`` queues the value and a background writer sends
-it (``limpet.cache.writes.WriteQueue``). Every failure leaves as
-``CacheUnavailableError`` with the client's error as its ``__cause__``.
+call. The wait for one of this process's own pooled connections is not the server's time
+(``limpet.cache.budget.queueing``). Writes never wait at all: ``set()`` queues the value
+and a background writer sends it (``limpet.cache.writes.WriteQueue``). Every failure
+leaves as ``CacheUnavailableError`` with the client's error as its ``__cause__``.
 
 ``RemoteCache`` is that behaviour once; a backend adds how it talks to its server: how a
 call is timed (``_deadline``), what an error says about the server (``_verdict``), and
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar
 
 from limpet.cache.breaker import BreakerState, CircuitBreaker
-from limpet.cache.budget import Watchdog
+from limpet.cache.budget import QueueTimeout, Watchdog
 from limpet.cache.writes import SendBatch, WriteQueue
 from limpet.config import check_number
 from limpet.errors import CacheRejectedError, CacheUnavailableError, ConfigurationError
@@ -309,6 +310,13 @@ class RemoteCache:
         try:
             async with self._deadline(budget):
                 result = await call()
+        except QueueTimeout as exc:
+            # No connection of this process's own came free in time: nothing was sent,
+            # and the server is not to blame.
+            breaker.release(epoch)
+            raise CacheRejectedError(
+                f"{kind} {command}: no free connection in this process ({where})"
+            ) from exc
         except TimeoutError as exc:
             breaker.record_failure(epoch)
             raise CacheUnavailableError(

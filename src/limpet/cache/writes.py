@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from limpet.cache.breaker import CircuitBreaker
+from limpet.cache.budget import QueueTimeout
 from limpet.errors import CacheUnavailableError
 
 __all__ = ["BatchOutcome", "SendBatch", "Write", "WriteQueue"]
@@ -230,6 +231,13 @@ class WriteQueue:
         except asyncio.CancelledError:
             breaker.release(epoch)
             raise
+        except QueueTimeout as exc:
+            # No connection of this process's own came free: nothing was sent, and the
+            # server is not to blame.
+            breaker.release(epoch)
+            self._failed += len(batch)
+            self._fault(len(batch), exc)
+            return
         except Exception as exc:
             breaker.record_failure(epoch)
             self._failed += len(batch)

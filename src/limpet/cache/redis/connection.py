@@ -3,18 +3,25 @@
 The URL becomes a ``redis.asyncio`` client (a blocking pool on one server, a
 ``RedisCluster`` for a ``+cluster`` scheme) with the socket options a bounded cache needs;
 a lent client is checked for what the cache relies on. Neither touches the network.
+
+The blocking pool tells each call's budget (``limpet.cache.budget``) when it waits for a
+free connection: a burst of this process's own calls holding every connection is not a
+slow Redis, so the budget counts from the moment a connection is held.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
+from limpet.cache.budget import connection_held, queueing
 from limpet.cache.redis.writes import RedisClient
 from limpet.cache.remote import RemoteSettings, check_source
 from limpet.errors import CacheUnavailableError, ConfigurationError
@@ -22,6 +29,7 @@ from limpet.errors import CacheUnavailableError, ConfigurationError
 __all__ = [
     "CLUSTER_SCHEMES",
     "MIN_CONNECT_TIMEOUT",
+    "QueuedConnectionPool",
     "check_lent_client",
     "check_prefix",
     "client_from_url",
@@ -37,6 +45,27 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 #: times a connect by the wall clock, which a busy event loop runs fast; each command's
 #: own budget bounds what Redis may take.
 MIN_CONNECT_TIMEOUT = 5.0
+
+
+class QueuedConnectionPool(BlockingConnectionPool):
+    """A blocking pool whose wait for a free connection is no part of a call's budget:
+    the wait is marked ``queueing()``, and ends once the pool hands a connection over to
+    be connected (``connection_held()``), so connecting is the server's time again. The
+    wait keeps a bound (``QueueTimeout``, after 20 budgets), so a call never hangs."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        """A connection, waiting for one to be free if need be (not counted as server time)."""
+        # One free: nothing to wait for (but the pool's lock, held for a moment).
+        free = self.can_get_connection()
+        waiting: AbstractContextManager[None] = nullcontext() if free else queueing()
+        with waiting:
+            connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        return connection
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        """Connect ``connection`` if it is not: counted as server time again."""
+        connection_held()
+        await super().ensure_connection(connection)
 
 
 def check_prefix(prefix: object, *, cluster: bool) -> str:
@@ -140,8 +169,9 @@ def client_from_url(
     try:
         if cluster:
             return RedisCluster.from_url(url, **options)
-        # The caller's own timeout bounds the wait for a free connection.
-        pool = BlockingConnectionPool.from_url(url, timeout=None, **options)
+        # The caller's own budget bounds the wait for a free connection, apart from the
+        # server's time (QueuedConnectionPool).
+        pool = QueuedConnectionPool.from_url(url, timeout=None, **options)
     except (ValueError, TypeError, RedisClusterException) as exc:
         # redis-py's messages quote the scheme or option, never the URL's password.
         raise ConfigurationError(f"RedisCache.url: {exc}") from exc
