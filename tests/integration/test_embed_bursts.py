@@ -11,10 +11,16 @@ inputs sent upstream), never times.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio
 
 from limpet import Client, Endpoint, MemoryCache, RedisCache, RetryConfig, TieredCache
+from limpet.flight import embeddings as flight_embeddings
+from limpet.flight.embeddings import fetch_shared
+from limpet.flight.shared import RedisFlight
+from limpet.flight.store import FlightNotice, FlightStore, FlightWatch
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
 
@@ -66,3 +72,85 @@ async def test_one_call_of_a_thousand_inputs_stores_every_vector_and_leaves_no_l
     assert (again.hits, again.misses) == (BURST, 0)
     assert again.vectors == [fake_vector(MODEL, t) for t in chunks]
     assert gateway.embeddings.inputs == 0
+
+
+class CountingStore:
+    """A ``FlightStore`` that counts the lease scripts (acquire, release) running at once."""
+
+    def __init__(self, store: FlightStore) -> None:
+        self.store = store
+        self.running = 0
+        self.most = 0
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        self._start()
+        try:
+            return await self.store.acquire(key, token, lease)
+        finally:
+            self.running -= 1
+
+    async def release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        self._start()
+        try:
+            await self.store.release(key, token, notice, entry, ttl)
+        finally:
+            self.running -= 1
+
+    async def renew(self, key: str, token: str, lease: float) -> bool:
+        return await self.store.renew(key, token, lease)
+
+    async def holder(self, key: str) -> str | None:
+        return await self.store.holder(key)
+
+    async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
+        return await self.store.take_over(key, seen, token, lease)
+
+    async def watch(self, key: str) -> FlightWatch:
+        return await self.store.watch(key)
+
+    def _start(self) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+
+
+async def test_a_call_runs_a_bounded_number_of_lease_scripts_at_once(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes with overlapping inputs: each runs at most ``MAX_LEASE_SCRIPTS``
+    lease scripts at once, though the inputs it follows wait meanwhile for the other
+    one's, and every input still goes upstream once."""
+    monkeypatch.setattr(flight_embeddings, "MAX_LEASE_SCRIPTS", 4, raising=False)
+    sent: list[str] = []
+
+    def process() -> tuple[RedisCache, CountingStore]:
+        tier = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return tier, CountingStore(tier.flight_store)
+
+    async def fetch(tier: RedisCache, store: CountingStore, keys: range) -> dict[str, bytes]:
+        async def send(batch: list[tuple[str, str]]) -> dict[str, bytes | BaseException]:
+            sent.extend(text for _, text in batch)
+            return {key: text.encode() for key, text in batch}
+
+        async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
+            return vector, 60.0  # the release script stores it for the other process
+
+        inputs = {f"k{i}": f"text {i}" for i in keys}
+        fetched = await fetch_shared(RedisFlight(store), inputs, send, tier.get, share)
+        assert not fetched.failed
+        return fetched.vectors
+
+    (one, one_store), (two, two_store) = process(), process()
+    try:
+        first, second = await asyncio.gather(
+            fetch(one, one_store, range(0, 100)), fetch(two, two_store, range(50, 150))
+        )
+    finally:
+        await one.aclose()
+        await two.aclose()
+    assert first == {f"k{i}": f"text {i}".encode() for i in range(0, 100)}
+    assert second == {f"k{i}": f"text {i}".encode() for i in range(50, 150)}
+    assert sorted(sent) == sorted(f"text {i}" for i in range(150))
+    assert one_store.most <= 4 and two_store.most <= 4
+    assert await keys_under(raw, redis_prefix + "lock:*") == 0

@@ -9,9 +9,17 @@ usual batches; an input taken over later goes in a batch of its own moment.
 
 Cost, per input sent: one acquire, one more read of the shared tier once the lease is
 held (another process may have stored the vector since this call's lookup), and one
-release script (which stores the vector and drops the lease), all concurrent rather than
-serialised; per input followed: a read, a subscription registration and a lease check
-per ``poll`` of waiting.
+release script (which stores the vector and drops the lease); per input followed: a read,
+a subscription registration and a lease check per ``poll`` of waiting.
+
+The lease scripts of one call run ``MAX_LEASE_SCRIPTS`` at a time, not one per input at
+once: a thousand inputs were two thousand scripts queued on the connection pool at once,
+which took every connection of the process (its other calls waited behind them) for no
+gain, since the scripts of one process go no faster than its connections carry them. An
+input holds its place while it takes its lease (and reads once more), gives it up while
+it waits for the call's batches or follows another process, and takes one again to store
+its vector and release its lease; so no input ever waits for a place while holding one
+that another input waits on.
 """
 
 from __future__ import annotations
@@ -20,6 +28,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from limpet.flight.shared import RedisFlight
+
+__all__ = ["MAX_LEASE_SCRIPTS", "SendResults", "SharedFetch", "fetch_shared"]
+
+#: Inputs of one call that take or release their leases at once.
+MAX_LEASE_SCRIPTS = 32
 
 # What one batch of inputs brought back: each key's vector, or the error of its request.
 SendResults = Mapping[str, bytes | BaseException]
@@ -70,9 +83,13 @@ async def fetch_shared(
     """
     fetched = SharedFetch()
     batches = _Batches(texts, send)
+    places = asyncio.Semaphore(MAX_LEASE_SCRIPTS)
 
     async def one(key: str) -> tuple[bytes, bool]:
+        place = _Place(places)
+
         async def lead() -> tuple[bytes, bytes | None, float]:
+            await place.take()  # held from the acquire, or taken again by a take-over
             # Once more, lease in hand: another process may have stored it since this
             # call's lookup (then nothing is sent, and its followers find it).
             stored = await read(key)
@@ -80,18 +97,28 @@ async def fetch_shared(
                 fetched.from_others.add(key)
                 batches.decided(key)
                 return stored, None, 0.0
-            vector = await batches.send(key)
+            place.give_up()  # the batches wait for every input of the call
+            try:
+                vector = await batches.send(key)
+            finally:
+                # For the release script the flight runs next (of a failed input too),
+                # unless cancelled: a cancelled input does not wait for a place.
+                if not _cancelling():
+                    await place.take()
             data, ttl = await share(key, vector)
             return vector, data, ttl
 
         async def follow() -> bytes | None:
+            place.give_up()  # following may take a whole lease
             batches.decided(key)
             return await read(key)
 
+        await place.take()
         try:
             # No recheck: lead() looks once more itself, within the call's batching.
             return await flight.do(key, lead, follow)
         finally:
+            place.give_up()
             batches.decided(key)
 
     keys = list(texts)
@@ -158,6 +185,32 @@ class _Batches:
             for key, future in batch.items():
                 if not future.done():
                     _settle(future, results.get(key))  # None: cancelled
+
+
+class _Place:
+    """One input's place among the call's ``MAX_LEASE_SCRIPTS``: taken and given up as
+    it goes (each a no-op when already so)."""
+
+    __slots__ = ("_held", "_places")
+
+    def __init__(self, places: asyncio.Semaphore) -> None:
+        self._places = places
+        self._held = False
+
+    async def take(self) -> None:
+        if not self._held:
+            await self._places.acquire()
+            self._held = True
+
+    def give_up(self) -> None:
+        if self._held:
+            self._held = False
+            self._places.release()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _settle(future: asyncio.Future[bytes], result: bytes | BaseException | None) -> None:
