@@ -15,7 +15,7 @@ import pytest
 
 from limpet.config import FlightConfig
 from limpet.errors import CacheRejectedError, CacheUnavailableError, InternalServerError
-from limpet.flight.shared import RedisFlight
+from limpet.flight.shared import _MAX_UNRELEASED, RedisFlight
 from limpet.flight.store import FlightNotice
 
 KEY = "k"
@@ -237,3 +237,64 @@ async def test_an_entry_stored_just_before_the_lease_was_taken_is_served_not_fet
     )
     assert reads == 1
     assert store.releases == 1 and store.lease is None
+
+
+class Paused(FaultyStore):
+    """A store that paused as a lease was taken: the acquire lands but its reply is
+    lost, and releases are not answered until ``answering`` is set; ``failing`` is set
+    once three have failed (the flight's own, then two sent again), and ``released`` by
+    the first that gets through."""
+
+    def __init__(self, lease: str | None = None) -> None:
+        super().__init__(landed=True, lease=lease)
+        self.answering = False
+        self.failed = 0
+        self.failing = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def release(
+        self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
+    ) -> None:
+        if not self.answering:
+            self.failed += 1
+            if self.failed >= 3:
+                self.failing.set()
+            raise CacheUnavailableError("EVAL release timed out after 100 ms")
+        await super().release(key, token, notice, entry, ttl)
+        self.released.set()
+
+
+async def answer() -> tuple[str, bytes | None, float]:
+    return "answer", b"answer", 60.0
+
+
+@pytest.mark.parametrize("taken_meanwhile", [False, True])
+async def test_a_release_the_store_did_not_answer_is_sent_again_once_it_answers(
+    taken_meanwhile: bool,
+) -> None:
+    store = Paused()
+    flight = RedisFlight[str](store, CONFIG)
+    try:
+        assert await flight.do(KEY, answer, nothing_stored) == ("answer", True)
+        assert store.lease is not None  # the acquire landed; its release did not
+        assert flight.unreleased == 1
+        async with asyncio.timeout(10):
+            await store.failing.wait()  # sent again while the store does not answer
+            if taken_meanwhile:  # it expired, and another process's leader took it
+                store.lease = "other:0"
+            store.answering = True
+            await store.released.wait()
+        # Dropped, so nobody waits a whole lease on it; but never another leader's.
+        assert store.lease == ("other:0" if taken_meanwhile else None)
+    finally:
+        await flight.aclose()
+
+
+async def test_leases_kept_to_release_again_are_bounded_and_let_go_at_aclose() -> None:
+    store = Paused()
+    flight = RedisFlight[str](store, CONFIG)
+    for i in range(_MAX_UNRELEASED + 10):
+        assert await flight.do(f"{KEY}-{i}", answer, nothing_stored) == ("answer", True)
+    assert flight.unreleased == _MAX_UNRELEASED
+    await flight.aclose()
+    assert flight.unreleased == 0

@@ -11,6 +11,8 @@ waited on a lease.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -23,6 +25,14 @@ from limpet.cache.redis.backend import RedisCache
 from limpet.flight.shared import RedisFlight
 from tests.memcached_servers import MemcachedServer
 from tests.redis_servers import RedisServer
+
+
+def signal_server(server: RedisServer, signum: signal.Signals) -> None:
+    """SIGSTOP or SIGCONT the fixture's own redis-server process."""
+    process = server._process
+    assert process is not None
+    os.kill(process.pid, signum)
+
 
 KEY = "sha256:" + "cd" * 32
 # Only notices wake a follower: a 30 s lease and poll, far past every guard below.
@@ -146,3 +156,43 @@ async def test_a_memcached_refusing_the_entry_still_drops_the_lease_and_wakes_fo
         assert await following.flight_store.holder(KEY) is None
         assert await following.get(KEY) == b"the follower's own answer"
     assert upstream.calls == 1 and mine.calls == 1
+
+
+@pytest.mark.redis
+async def test_a_lease_taken_while_redis_was_paused_is_released_once_it_resumes(
+    redis_server: RedisServer,
+) -> None:
+    # Redis stops (SIGSTOP: a long fork, a slow script, a VM pause) while a flight takes
+    # its lease: the acquire is on the wire, its reply late, so the flight leads alone
+    # and its release, on a fresh connection, cannot get through either. Once Redis
+    # resumes it runs the acquire, and a 30 s lease nobody holds is left behind.
+    async with (
+        RedisCache.from_url(redis_server.url) as pausing,
+        RedisCache.from_url(redis_server.url) as other,
+    ):
+        leader = RedisFlight[bytes](pausing.flight_store, SLOW)
+        upstream = Upstream(b"the answer")
+        raw = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            await pausing.delete("warm the pool")  # so the acquire goes out at once
+            signal_server(redis_server, signal.SIGSTOP)
+            try:
+                assert await leader.do(KEY, upstream, Reader(pausing)) == (b"the answer", True)
+                assert leader.unreleased == 1
+            finally:
+                signal_server(redis_server, signal.SIGCONT)
+            # A round trip on a new connection: Redis has run what it had been sent,
+            # the acquire included.
+            assert await raw.ping()
+            follower = RedisFlight[bytes](other.flight_store, SLOW)
+            mine = Upstream(b"the other process's answer")
+            async with asyncio.timeout(GUARD):
+                found = await follower.do(KEY, mine, Reader(other))
+            # It led at once, or followed until the lease was released again (its notice
+            # woke it); either way it called upstream itself, and waited no lease.
+            assert found == (b"the other process's answer", True)
+            assert mine.calls == 1
+            assert await raw.exists(pausing.lock_key(KEY)) == 0
+        finally:
+            await leader.aclose()
+            await raw.aclose()

@@ -26,6 +26,15 @@ logger = logging.getLogger("limpet.coalesce")
 _RENEWAL_STOP_TIMEOUT = 1.0
 # Seconds a follower whose leader's lease is gone waits for that leader's notice.
 _LAST_LOOK = 0.05
+#: Leases whose release failed, kept to be released again: at most this many (past it,
+#: the oldest is let go; its lease expires by itself).
+_MAX_UNRELEASED = 256
+#: Seconds before the first attempt to release them again, doubling up to the last.
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 1.0
+#: Seconds after its release failed that a lease is let go, the store still unreachable.
+_RETRY_FOR = 600.0
+_ABANDONED = FlightNotice(FlightOutcome.ABANDONED)
 
 
 R = TypeVar("R")
@@ -111,6 +120,13 @@ class RedisFlight(Generic[R]):
     them) takes over and makes the call itself, so a failing request costs one upstream
     call per process instead of one in all. Set ``hmac_key`` to get the latter safely.
 
+    **Releases that fail.** A release the store did not answer (Redis paused, say, while
+    a lease was being taken: the acquire may land when it resumes, after the release
+    was given up on) is sent again in the background, from 50 ms after to once a second,
+    until the store answers, for at most ten minutes and 256 leases; each is checked
+    against its token, so it never drops another leader's lease, and its notice tells
+    followers to look again. ``aclose()`` stops it.
+
     Use it behind ``SingleFlight``, so that one caller per process takes part.
 
     Args:
@@ -118,7 +134,15 @@ class RedisFlight(Generic[R]):
         config: lease, poll and follower timeout.
     """
 
-    __slots__ = ("_failing", "config", "lease_checks", "store", "takeovers")
+    __slots__ = (
+        "_failing",
+        "_releasing",
+        "_unreleased",
+        "config",
+        "lease_checks",
+        "store",
+        "takeovers",
+    )
 
     def __init__(self, store: FlightStore, config: FlightConfig | None = None) -> None:
         self.store = store
@@ -129,6 +153,23 @@ class RedisFlight(Generic[R]):
         #: Times a follower asked who holds a lease (about one per ``poll`` of waiting).
         self.lease_checks = 0
         self._failing: set[str] = set()
+        # (key, token) -> when its release failed, oldest first.
+        self._unreleased: dict[tuple[str, str], float] = {}
+        self._releasing: asyncio.Task[None] | None = None
+
+    @property
+    def unreleased(self) -> int:
+        """Leases whose release failed, waiting to be released again."""
+        return len(self._unreleased)
+
+    async def aclose(self) -> None:
+        """Stop releasing again the leases whose release failed (they expire by
+        themselves). Idempotent."""
+        releasing, self._releasing = self._releasing, None
+        self._unreleased.clear()
+        if releasing is not None:
+            releasing.cancel()
+            await asyncio.gather(releasing, return_exceptions=True)
 
     async def do(
         self,
@@ -330,10 +371,46 @@ class RedisFlight(Generic[R]):
         try:
             await self.store.release(key, token, notice, entry, ttl)
         except CacheUnavailableError as exc:
-            # The lease expires by itself, or a follower sees it go stale and takes over.
             self._fault("release", "could not release flights", exc)
+            self._release_later(key, token)
         else:
             self._recovered("release")
+
+    def _release_later(self, key: str, token: str) -> None:
+        """Send ``token``'s release of ``key`` again once the store answers. Left as it
+        is, the lease would stall every other process for a whole lease: a lease taken by
+        an acquire whose reply was late may land only after its release failed (Redis
+        paused then resumed runs both, the release first or not at all)."""
+        self._unreleased.pop((key, token), None)
+        self._unreleased[key, token] = time.monotonic()
+        while len(self._unreleased) > _MAX_UNRELEASED:
+            del self._unreleased[next(iter(self._unreleased))]
+        loop = asyncio.get_running_loop()
+        releasing = self._releasing
+        if releasing is None or releasing.done() or releasing.get_loop() is not loop:
+            self._releasing = loop.create_task(self._release_again(), name="limpet-flight-releases")
+
+    async def _release_again(self) -> None:
+        """Release the leases in ``_unreleased``, oldest first, until none is left: a
+        round stops at the first the store fails to answer, and the next comes after a
+        pause that doubles. Each release checks its token, so a lease since taken by
+        another leader, or already dropped, is left alone; a notice of ``ABANDONED``
+        sends followers to look again: they read the entry if the first release stored
+        it after all (its reply lost), and otherwise one of them leads."""
+        pause = _RETRY_FIRST
+        while self._unreleased:
+            # A backoff between attempts on a store that does not answer, not a wait.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX)
+            for (key, token), since in list(self._unreleased.items()):
+                if time.monotonic() - since <= _RETRY_FOR:
+                    try:
+                        await self.store.release(key, token, _ABANDONED, None, 0.0)
+                    except CacheRejectedError:
+                        pass  # closed, or refused: sending it again would not help
+                    except CacheUnavailableError:
+                        break  # still unreachable: the whole round waits
+                self._unreleased.pop((key, token), None)
 
     async def _renew(self, key: str, token: str, held: bool) -> None:
         """Keep the lease alive while the leader's call runs (LLM calls take minutes);

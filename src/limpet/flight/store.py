@@ -79,7 +79,10 @@ class FlightStore(Protocol):
     ) -> None:
         """Atomically: store ``entry`` (if any) for ``ttl``, drop the lease if ``token``
         still holds it, and publish ``notice``. Attempted even while the store's breaker
-        is open: a lease left behind stalls every other process."""
+        is open: a lease left behind stalls every other process. One that failed may be
+        sent again later (no entry, ``ABANDONED``), so it must never drop a lease that
+        ``token`` does not hold; an entry the store refuses must not keep the lease from
+        being dropped or the notice from being sent."""
         ...
 
     async def watch(self, key: str) -> FlightWatch: ...
