@@ -74,6 +74,28 @@ async def test_one_call_of_a_thousand_inputs_stores_every_vector_and_leaves_no_l
     assert gateway.embeddings.inputs == 0
 
 
+async def test_a_burst_larger_than_the_write_queue_is_stored_whole_while_redis_is_healthy(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    """Without coalescing every vector goes through the write queue; ten times its bound
+    in one call is fed in pieces it absorbs, and nothing is dropped."""
+    chunks = texts(BURST)
+    tier = RedisCache.from_url(redis_url, prefix=redis_prefix, max_pending_writes=BURST // 10)
+    async with client_on(gateway, tier, coalesce=False) as one:
+        await one.embed(model=MODEL, input=chunks)
+    assert tier.dropped_writes == 0
+    assert tier.failed_writes == 0
+    assert tier.breaker.opens == 0
+    assert await entries_under(raw, redis_prefix) == BURST
+    gateway.embeddings.reset()
+    async with client_on(
+        gateway, RedisCache.from_url(redis_url, prefix=redis_prefix), coalesce=False
+    ) as two:
+        again = await two.embed(model=MODEL, input=chunks)
+    assert (again.hits, again.misses) == (BURST, 0)
+    assert gateway.embeddings.inputs == 0
+
+
 class CountingStore:
     """A ``FlightStore`` that counts the lease scripts (acquire, release) running at once."""
 

@@ -7,8 +7,10 @@ writes by ``write_timeout``, and a circuit breaker
 stops calling a server that keeps failing, so an outage costs a few timeouts, not one per
 call. The wait for one of this process's own pooled connections is not the server's time
 (``limpet.cache.budget.queueing``). Writes never wait at all: ``set()`` queues the value
-and a background writer sends it (``limpet.cache.writes.WriteQueue``). Every failure
-leaves as ``CacheUnavailableError`` with the client's error as its ``__cause__``.
+and a background writer sends it (``limpet.cache.writes.WriteQueue``); a caller with a
+burst to store can wait for room in the queue (``wait_for_write_room()``) rather than
+have it dropped. Every failure leaves as ``CacheUnavailableError`` with the client's error
+as its ``__cause__``.
 
 ``RemoteCache`` is that behaviour once; a backend adds how it talks to its server: how a
 call is timed (``_deadline``), what an error says about the server (``_verdict``), and
@@ -139,7 +141,8 @@ class RemoteCache:
     Writes are queued and sent by a background task: ``set()`` returns at once, a value
     queued but not yet written is already visible to ``get()`` in this process, at most
     ``max_pending_writes`` values wait (beyond that new writes are dropped and counted in
-    ``dropped_writes``), and ``flush()`` waits until the queue is empty. Writes the
+    ``dropped_writes``, unless the caller waited for ``write_room``, which a healthy tier
+    always frees), and ``flush()`` waits until the queue is empty. Writes the
     server refused or that could not be sent are counted in ``failed_writes`` and logged
     once per outage; they never raise, since no caller is waiting for them.
 
@@ -246,6 +249,20 @@ class RemoteCache:
     def failed_writes(self) -> int:
         """Writes attempted that did not land: refused, or the server down or too slow."""
         return self._writes.failed
+
+    @property
+    def write_room(self) -> int | None:
+        """Writes ``set()`` queues now without dropping any; None while no bound is worth
+        waiting for (the breaker is not closed, or the cache is closed): writes beyond
+        ``max_pending_writes`` are then dropped, as the tier is failing anyway."""
+        return self._writes.room
+
+    async def wait_for_write_room(self) -> None:
+        """Wait, while the breaker is closed, until the write queue takes more writes
+        (its writer has sent some); at once otherwise. A caller storing more than the
+        queue holds feeds it in pieces this way, and loses nothing to a healthy tier.
+        Bounded: each batch the writer sends takes at most ``write_timeout``."""
+        await self._writes.wait_for_room()
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent (or has failed)."""

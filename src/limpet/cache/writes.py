@@ -5,7 +5,11 @@ bounded by the write timeout and gated by the cache's circuit breaker; how a bat
 out is the backend's (a Redis pipeline, concurrent Memcached commands). The queue is
 bounded too: beyond ``max_pending`` values new writes are dropped and counted, since a
 cache that buffers without limit while its server is slow would turn an outage into a
-memory leak. No backend package is imported here, so every backend shares this one.
+memory leak. A caller with more to store than the queue holds (one ``embed()`` of
+thousands of inputs) does not have to lose the rest while the server is healthy:
+``wait_for_room()`` waits, while the breaker is closed, until the writer has taken some,
+so a burst is fed in pieces the queue absorbs; only a failing tier drops writes. No backend
+package is imported here, so every backend shares this one.
 """
 
 from __future__ import annotations
@@ -70,12 +74,14 @@ class WriteQueue:
     __slots__ = (
         "_batch_size",
         "_breaker",
+        "_closed",
         "_dropped",
         "_failed",
         "_failing",
         "_inflight",
         "_kind",
         "_pending",
+        "_room_waiters",
         "_send_batch",
         "_where",
         "_writer",
@@ -107,6 +113,10 @@ class WriteQueue:
         self._writing: dict[str, Write] = {}
         self._inflight: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        # Callers of wait_for_room() waiting for the writer to take a batch (or the tier
+        # to fail); ``_closed``: no room is waited for any more.
+        self._room_waiters: list[asyncio.Future[None]] = []
+        self._closed = False
         self._dropped = 0
         self._failed = 0
         self._failing = False
@@ -143,6 +153,28 @@ class WriteQueue:
                 self._drain(), name=f"limpet-{self._kind}-writer"
             )
 
+    @property
+    def room(self) -> int | None:
+        """Writes ``put()`` takes now without dropping any; None when no bound is waited
+        for: the breaker is not closed (the tier is failing, and a write beyond the bound
+        is dropped), or the queue is closed."""
+        if self._closed or self._breaker.state != "closed":
+            return None
+        return max(self.max_pending - len(self._pending), 0)
+
+    async def wait_for_room(self) -> None:
+        """Wait until ``room`` is not 0: the writer has taken a batch off the queue, or
+        the tier is failing, or the queue was closed. Bounded: the writer runs while
+        anything is queued, each batch within the write timeout."""
+        while self.room == 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+
     async def discard(self, key: str) -> None:
         """Forget ``key``'s queued write; if it is being sent, wait until it has landed,
         so that a delete sent next cannot be overtaken by it.
@@ -161,6 +193,7 @@ class WriteQueue:
             CacheUnavailableError: the batch in flight did not finish in time.
         """
         self._pending.clear()
+        self._wake()
         await self._await_inflight()
 
     async def flush(self) -> None:
@@ -171,6 +204,8 @@ class WriteQueue:
 
     async def close(self, grace: float) -> None:
         """Send what is queued for at most ``grace`` seconds, then drop the rest."""
+        self._closed = True
+        self._wake()
         try:
             async with asyncio.timeout(grace):
                 await self.flush()
@@ -213,12 +248,21 @@ class WriteQueue:
             ]
             self._writing = dict(batch)
             self._inflight = done = asyncio.Event()
+            self._wake()  # room for as many as the batch took
             try:
                 await self._send(batch)
             finally:
                 self._writing = {}
                 self._inflight = None
                 done.set()
+                self._wake()  # the breaker may have opened: nobody waits then
+
+    def _wake(self) -> None:
+        """Let the callers of ``wait_for_room()`` look again."""
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _send(self, batch: list[tuple[str, Write]]) -> None:
         breaker = self._breaker

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from limpet.cache.remote import RemoteCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import Endpoint
 from limpet.errors import (
@@ -340,17 +341,25 @@ class Embedder:
         sent.from_others = fetched.from_others
 
     async def _store(self, vectors: dict[str, bytes], ttl: float) -> None:
+        """Store ``vectors`` in every tier. A shared tier queues its writes, and drops
+        those beyond its queue's bound: a call of thousands of inputs is stored in pieces
+        each queue absorbs, waiting for room while its tier is healthy, so that nothing
+        is dropped but by a failing tier. Each piece is stored without yielding, so no
+        other caller takes its room meanwhile."""
         cache = self._cache
         if cache is None or not vectors:
             return
         expires = time.time() + ttl
         encode = self._codec.encode
-        await asyncio.gather(
-            *(
-                cache.set_value(key, encode(key, vector, expires), ttl)
-                for key, vector in vectors.items()
-            )
-        )
+        queues = [tier for tier in cache.tiers if isinstance(tier, RemoteCache)]
+        items = list(vectors.items())
+        stored = 0
+        while stored < len(items):
+            room = await _write_room(queues)
+            piece = items[stored : len(items) if room is None else stored + room]
+            for key, vector in piece:
+                await cache.set_value(key, encode(key, vector, expires), ttl)
+            stored += len(piece)
 
     async def _request(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
@@ -382,3 +391,14 @@ class Embedder:
 
         _, answer = await first_answer(self._endpoints, attempt)
         return answer
+
+
+async def _write_room(queues: Sequence[RemoteCache]) -> int | None:
+    """How many writes every tier of ``queues`` takes now, waiting while one that is
+    healthy has no room (at least one, then); None when none bounds them."""
+    while True:
+        rooms = [queue.write_room for queue in queues]
+        full = next((queue for queue, room in zip(queues, rooms, strict=True) if room == 0), None)
+        if full is None:
+            return min((room for room in rooms if room is not None), default=None)
+        await full.wait_for_write_room()
