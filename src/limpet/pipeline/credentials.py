@@ -42,8 +42,7 @@ CACHE_SCOPES: tuple[CacheScope, ...] = ("credential", "namespace")
 #: digest from any other hash of the same key, so the digest matches nothing else.
 CREDENTIAL_SCOPE_LABEL = b"limpet/cache-scope/credential/v1"
 
-#: The scope of no credentials at all (``key_scope(None)``; a keyless Client's is its
-#: endpoints', see ``credential_scope``).
+#: The scope of a Client that sends no credentials at all.
 ANONYMOUS_SCOPE = "anonymous"
 
 #: Headers that carry credentials or choose an account (lower case), besides those whose
