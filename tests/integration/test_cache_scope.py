@@ -82,22 +82,6 @@ async def test_different_credentials_never_share_an_answer(
         assert gateway.total_calls == 2
 
 
-@pytest.mark.gateway(endpoints=("a", "b"))
-async def test_keyless_clients_of_different_servers_never_share_an_answer(
-    gateway: FakeGateway, redis_url: str, redis_prefix: str
-) -> None:
-    def keyless(server: str) -> Client:
-        endpoint = Endpoint("llm", gateway.base_url(server))  # a self-hosted server, no key
-        cache = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
-        return Client(endpoints=[endpoint], cache=cache)
-
-    async with keyless("a") as a, keyless("b") as b, keyless("a") as a_again:
-        assert await answer(a) is CacheStatus.MISS
-        assert await answer(b) is CacheStatus.MISS  # another server's model, not a's
-        assert await answer(a_again) is CacheStatus.HIT  # the same server shares
-    assert (gateway.endpoint("a").calls, gateway.endpoint("b").calls) == (1, 1)
-
-
 async def test_the_same_credentials_share_across_processes_and_endpoint_names(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:
@@ -193,15 +177,12 @@ def test_the_credential_scope_is_stable_across_processes_and_never_the_key() -> 
     assert here == there
     assert len(here) == 32 and KEY_A not in here and KEY_A[-8:] not in here
     assert credential_scope([Endpoint("a", "https://x.test/v1", api_key=KEY_B)]) != here
-    # Keyless, a Client is scoped by the servers it asks: two never share answers.
-    keyless = credential_scope([Endpoint("a", "https://x.test/v1")])
-    assert keyless == credential_scope([Endpoint("b", "https://x.test/v1")])
-    assert keyless != credential_scope([Endpoint("a", "https://other.test/v1")])
+    assert credential_scope([Endpoint("a", "https://x.test/v1")]) == ANONYMOUS_SCOPE
     # Other headers are not credentials; credential headers are, by any capitalisation.
     plain = Endpoint("a", "https://x.test/v1", headers={"X-Title": "app"})
-    assert credential_scope([plain]) == keyless
+    assert credential_scope([plain]) == ANONYMOUS_SCOPE
     keyed = Endpoint("a", "https://x.test/v1", headers={"x-API-key": KEY_A})
-    assert credential_scope([keyed]) not in (keyless, here)
+    assert credential_scope([keyed]) not in (ANONYMOUS_SCOPE, here)
 
 
 async def test_one_tenants_invalidation_leaves_the_others_entries(

@@ -64,9 +64,7 @@ _NOT_CREDENTIALS = frozenset({"idempotency-key"})
 def credential_scope(endpoints: Iterable[Endpoint]) -> str:
     """The credential scope of a Client with these endpoints: 32 hex digits of
     HMAC-SHA256 under ``CREDENTIAL_SCOPE_LABEL`` over its sorted, distinct credentials
-    (each endpoint's ``api_key`` and credential headers). A Client that sends none is
-    scoped by its endpoints' base URLs instead: two keyless servers (self-hosted, on a
-    private network) serving a model under one name never share answers.
+    (each endpoint's ``api_key`` and credential headers), or ``ANONYMOUS_SCOPE``.
 
     The same credentials give the same scope in every process, whatever the endpoints'
     order or names.
@@ -77,11 +75,7 @@ def credential_scope(endpoints: Iterable[Endpoint]) -> str:
         >>> a == b, "sk-1" in a, len(a)
         (True, False, 32)
     """
-    endpoints = tuple(endpoints)
-    credentials = list(_credentials(endpoints))
-    if not credentials:  # keyless: the servers asked are who answers
-        credentials = ["endpoint:" + endpoint.base_url for endpoint in endpoints]
-    return _scope(credentials)
+    return _scope(_credentials(endpoints))
 
 
 def key_scope(api_key: str | None) -> str:
