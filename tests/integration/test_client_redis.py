@@ -175,6 +175,26 @@ async def test_slow_redis_calls_succeed_and_the_breaker_opens(
             proxy.delay = 0.0
 
 
+async def test_releases_left_to_send_again_stop_with_the_client(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    async with RedisProxy.for_url(redis_url) as proxy:
+        rc = RedisCache(url=proxy.url, prefix=redis_prefix)
+        client = make_client(gateway, rc)
+        async with client:
+            assert (await client.complete(**ask())).content
+            shared = client._pipelines._shared
+            assert len(shared) == 3  # complete()'s, stream()'s and embed()'s flights
+            proxy.delay = 0.5  # ten times the budgets: no release is answered
+            for flight in shared:  # a lease whose release went unanswered, as in a pause
+                flight._release_later("a key", "a token")
+            releasing = [t for t in asyncio.all_tasks() if t.get_name() == "limpet-flight-releases"]
+            assert len(releasing) == 3
+        assert all(task.done() for task in releasing)  # aclose() stopped sending them again
+        assert all(flight.unreleased == 0 for flight in shared)
+        proxy.delay = 0.0
+
+
 # -- Redis full ------------------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ class Pipelines:
         closed: tells whether the Client is closed.
     """
 
-    __slots__ = ("chat", "embeds", "stream_flights", "streams")
+    __slots__ = ("_shared", "chat", "embeds", "stream_flights", "streams")
 
     def __init__(
         self,
@@ -64,8 +64,13 @@ class Pipelines:
     ) -> None:
         _wire_shared_parts(router, cache, transport, stats)
 
+        self._shared: list[RedisFlight[Any]] = []  # each stopped at aclose()
+
         def shared() -> Any:
-            return None if leases is None else RedisFlight(leases, flight)
+            if leases is None:
+                return None
+            self._shared.append(RedisFlight(leases, flight))
+            return self._shared[-1]
 
         upstream = Upstream(router, Accounting(prices), stats, mark)
         local: SingleFlight[Filled] | None = (
@@ -115,6 +120,9 @@ class Pipelines:
         await self.stream_flights.aclose()
         await self.embeds.embedder.aclose()
         await self.chat.aclose()
+        # Then the releases sent again in the background, before the cache closes.
+        for shared in self._shared:
+            await shared.aclose()
 
 
 def _wire_shared_parts(

@@ -102,11 +102,14 @@ class RedisCache(RemoteCache):
         prefix: prepended to every key this cache writes; must not be empty.
         read_timeout: seconds a read (GET, MGET) may take, connecting included.
         write_timeout: seconds a write (a batch of SETs, DEL, INCR, a SCAN step) may take.
-        max_pending_writes: queued writes beyond which new writes are dropped.
+        max_pending_writes: queued writes beyond which ``set()`` drops new writes
+            (``embed()`` waits for room while the tier is healthy: ``wait_for_write_room``).
         max_connections: size of the connection pool built from ``url`` (per node on a
             cluster); on one server a call that finds every connection busy waits for
-            one within its own timeout, and one connection is kept for the reads sent
-            alone (``limpet.cache.redis.lone``).
+            one outside its timeout (the server's time starts once it holds one), for at
+            most twenty timeouts (then a counted miss, "no free connection", the breaker
+            not told), and one connection is kept for the reads sent alone
+            (``limpet.cache.redis.lone``).
         close_timeout: seconds ``aclose()`` waits for pending writes before dropping them.
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
         hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower trusts
