@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+from urllib.parse import quote, quote_plus
+
 import aiohttp
 import pytest
 from hypothesis import given
@@ -21,6 +26,7 @@ from limpet.errors import (
     excerpt,
     scrub,
     scrub_error,
+    secret_forms,
     upstream_errors,
 )
 from limpet.http.retry import should_retry
@@ -52,6 +58,69 @@ def test_a_bearer_token_never_survives_even_when_unknown(
     scrubbed = scrub(f"{before} Authorization: Bearer {token} {after}", [])
     assert f"Bearer {token}" not in scrubbed
     assert "Bearer ***" in scrubbed
+
+
+def encodings(secret: str) -> dict[str, str]:
+    """Every form an upstream was seen to echo a secret in (escaped, encoded, recased)."""
+    forms = {
+        "as is": secret,
+        "upper": secret.upper(),
+        "lower": secret.lower(),
+        "JSON": json.dumps(secret)[1:-1],
+        "JSON with \\/": json.dumps(secret)[1:-1].replace("/", "\\/"),
+        "JSON \\uXXXX each": "".join(f"\\u{ord(char):04X}" for char in secret),
+        "JSON \\u002B": json.dumps(secret)[1:-1].replace("+", "\\u002B"),
+        "percent": quote(secret, safe=""),
+        "percent, lower hex": re.sub("%..", lambda m: m[0].lower(), quote(secret, safe="")),
+        "percent plus": quote_plus(secret),
+    }
+    for name, plain in (("", secret), ("Bearer ", f"Bearer {secret}")):
+        for kind, encode in (("std", base64.b64encode), ("url-safe", base64.urlsafe_b64encode)):
+            encoded = encode(plain.encode()).decode()
+            forms[f"base64 {kind} of {name}secret"] = encoded
+            forms[f"base64 {kind} of {name}secret, unpadded"] = encoded.rstrip("=")
+    return forms
+
+
+# A secret as a key or password may be written: printable ASCII, "/+= %&" included; but
+# not "*", which the redaction itself is made of.
+_PRINTABLE_SECRET = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters="*"),
+    min_size=8,
+    max_size=40,
+)
+
+
+@given(
+    before=_TEXT,
+    after=_TEXT,
+    secret=_PRINTABLE_SECRET,
+    encoding=st.sampled_from(sorted(encodings("x" * 8))),
+)
+def test_no_encoding_of_a_secret_survives_scrubbing(
+    before: str, after: str, secret: str, encoding: str
+) -> None:
+    scrubbed = scrub(before + encodings(secret)[encoding] + after, [secret])
+    left = [
+        name
+        for name, form in encodings(secret).items()
+        if re.search(re.escape(form), scrubbed, re.IGNORECASE)
+    ]
+    assert left == []
+
+
+def test_a_secret_is_scrubbed_however_it_is_echoed() -> None:
+    secret = "sk-or-v1-AB/cd+EFgh1234567890=="
+    for name, form in encodings(secret).items():
+        assert scrub(f"bad key {form}.", [secret]) == "bad key ***.", name
+    partly = secret.replace("/", "\\u002f").replace("+", "%2b")
+    assert scrub(f"key={partly}", [secret]) == "key=***"
+
+
+def test_secret_forms_are_the_base64_of_the_secret_and_its_bearer_header() -> None:
+    forms = secret_forms("sk-a/b+c?")
+    assert "c2stYS9iK2M_" in forms and "c2stYS9iK2M/" in forms
+    assert base64.b64encode(b"Bearer sk-a/b+c?").decode().rstrip("=") in forms
 
 
 def test_scrub_replaces_the_longest_secret_whole_and_ignores_empty_ones() -> None:

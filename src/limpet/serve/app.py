@@ -131,6 +131,11 @@ class _Proxy:
         error = openai_error("a valid API key of this proxy is required", "invalid_api_key")
         return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
 
+    @property
+    def sends_own_key(self) -> bool:
+        """Whether the proxy sends its own key upstream rather than each caller's."""
+        return bool(self.config.upstream_key)
+
     def options(self, request: web.Request) -> dict[str, Any]:
         """The Client options of ``request``: its own key goes upstream, unless the
         proxy sends its own."""
@@ -269,7 +274,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             raise InvalidRequestError("stream", "true or false", streaming)
         completion = await client.complete(**fields, extra_body=reserved, **options)
     except LimpetError as exc:
-        return _error_response(exc)
+        return _error_response(exc, proxy)
     return _json_answer(completion)
 
 
@@ -287,7 +292,7 @@ async def _embeddings(request: web.Request) -> web.Response:
         result = await proxy.client.embed(**fields, extra_body=reserved, **options)
         body = embeddings_body(result, encoding)
     except LimpetError as exc:
-        return _error_response(exc)
+        return _error_response(exc, proxy)
     return web.Response(
         body=orjson.dumps(body), content_type="application/json", headers=embeddings_headers(result)
     )
@@ -315,11 +320,12 @@ async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamR
     """Re-emit the stream's chunks as they come, as server-sent events. What the headers
     of a JSON answer say (``X-Limpet-Cache``...) is only known at the end of a stream: it
     comes as an SSE comment before ``[DONE]``, which SSE clients ignore."""
+    proxy = request.app[_PROXY]
     async with stream:  # leaving it, this reader lets go; its flight's others go on
         try:
             first = await anext(stream, None)
         except LimpetError as exc:
-            return _error_response(exc)
+            return _error_response(exc, proxy)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -327,7 +333,7 @@ async def _stream(request: web.Request, stream: CompletionStream) -> web.StreamR
         # meet a closing transport, as the chunks would.
         with contextlib.suppress(ConnectionResetError):  # the caller hung up
             await response.prepare(request)
-            await _relay(response, first, stream)
+            await _relay(response, first, stream, own_key=proxy.sends_own_key)
     return response
 
 
@@ -335,6 +341,8 @@ async def _relay(
     response: web.StreamResponse,
     first: StreamChunk | None,
     stream: CompletionStream,
+    *,
+    own_key: bool,
 ) -> None:
     try:
         if first is not None:
@@ -345,7 +353,7 @@ async def _relay(
             await response.write(_served_comment(stream.completion))
         await response.write(_DONE)
     except LimpetError as exc:
-        await response.write(_event(error_of(exc)[1]))  # as OpenAI reports it mid-stream
+        await response.write(_event(error_of(exc, own_key=own_key)[1]))  # as OpenAI does
     await response.write_eof()
 
 
@@ -358,8 +366,8 @@ def _served_comment(completion: Completion) -> bytes:
     return f": {fields}\n\n".encode()
 
 
-def _error_response(exc: LimpetError) -> web.Response:
-    status, body = error_of(exc)
+def _error_response(exc: LimpetError, proxy: _Proxy) -> web.Response:
+    status, body = error_of(exc, own_key=proxy.sends_own_key)
     return web.Response(
         status=status,
         body=orjson.dumps(body),

@@ -87,6 +87,9 @@ _ERROR_TYPES: Final = {
     429: "rate_limit_error",
 }
 
+# Upstream statuses that refuse a credential.
+_REFUSALS: Final = frozenset({401, 403})
+
 
 class BadHeaderError(InvalidRequestError):
     """A control header with a value the proxy does not take."""
@@ -254,9 +257,13 @@ def openai_error(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
+def error_of(exc: Exception, *, own_key: bool = False) -> tuple[int, dict[str, Any]]:
     """The HTTP status and OpenAI-shaped body of a failed call; limpet's messages never
     hold a secret (``limpet.errors.scrub``).
+
+    With ``own_key`` (the proxy sends its own key upstream), an upstream 401 or 403 is
+    answered with a message of the proxy's own, never the upstream's text: a refusal may
+    echo the key it refused in a form no scrubber knows, and the key is not the caller's.
 
     An embeddings call whose inputs failed (``EmbeddingBatchError``) is answered as the
     upstream failure behind it would be on chat (its status, type and code), since OpenAI
@@ -265,6 +272,10 @@ def error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
     """
     behind = _failure_behind(exc)
     status, body = _error_of(behind)
+    if own_key and status in _REFUSALS:
+        body["error"]["message"] = (
+            f"the upstream refused the proxy's own credentials (status {status})"
+        )
     if isinstance(exc, EmbeddingBatchError) and behind is not exc:
         failed, inputs = len(exc.failed), len(exc.vectors)
         if failed < inputs:

@@ -1,0 +1,189 @@
+"""Where a key or password once leaked, against real servers on loopback: an upstream that
+echoes the key encoded, a 3xx to another origin (a second server records what it gets),
+the proxy relaying its own key's refusal, ``/metrics`` behind the client keys, and a
+call's headers of the wrong type."""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import openai
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from limpet import Client, Endpoint, RetryConfig
+from limpet.errors import APIError
+from limpet.serve import ServeConfig
+from limpet.serve.app import create_app
+from tests.integration.chat import ask
+from tests.test_errors import encodings
+
+KEY = "sk-or-v1-AB/cd+EFgh1234567890=="
+PROXY_KEY = "ABSKQmVkcm9ja0FQSUtleS/abc+def0123456789=="
+CLIENT_KEY = "sk-client-0123456789"
+FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
+
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """A real HTTP server on loopback that answers every request with ``answer`` and
+    records what it received."""
+
+    answer: Answer
+    received: list[Received] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(Received(request.path_qs, dict(request.headers), body))
+        return await self.answer(request)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[Upstream]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(answer: Answer) -> Upstream:
+        upstream = Upstream(answer)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", upstream.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        upstream.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        return upstream
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def answering(status: int, text: str, content_type: str = "text/plain") -> Answer:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=text, content_type=content_type)
+
+    return answer
+
+
+def every_text(exc: BaseException) -> str:
+    """Everything an error shows, its causes' included, and its traceback."""
+    texts = [traceback.format_exception(exc)]
+    seen: BaseException | None = exc
+    while seen is not None:
+        texts.append([str(seen), repr(seen), *map(str, seen.args)])
+        texts.append([str(value) for value in vars(seen).values()])
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(line for group in texts for line in group)
+
+
+def shown_forms(secret: str, text: str) -> list[str]:
+    """The encodings of ``secret`` (``tests.test_errors.encodings``) found in ``text``."""
+    return [
+        name
+        for name, form in encodings(secret).items()
+        if re.search(re.escape(form), text, re.IGNORECASE)
+    ]
+
+
+# 1. A key echoed encoded is scrubbed everywhere
+
+
+@pytest.mark.parametrize("encoding", sorted(encodings(KEY)))
+@pytest.mark.parametrize(
+    ("status", "template"),
+    [(401, '{{"error": {{"message": "bad key {}"}}}}'), (200, '{{"choices": [], "echo": "{}"}}')],
+    ids=["401", "200 wrong shape"],
+)
+async def test_a_key_echoed_encoded_shows_in_no_error_and_no_log(
+    serve: Callable[[Answer], Awaitable[Upstream]],
+    caplog: pytest.LogCaptureFixture,
+    encoding: str,
+    status: int,
+    template: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    echoed = template.format(encodings(KEY)[encoding])
+    upstream = await serve(answering(status, echoed, "application/json"))
+    endpoint = Endpoint("a", upstream.url + "/v1", api_key=KEY)
+    async with Client(endpoints=[endpoint], cache=None, retry=FAST_RETRY) as client:
+        with pytest.raises(APIError) as raised:
+            await client.complete(**ask())
+    assert shown_forms(KEY, every_text(raised.value)) == []
+    assert shown_forms(KEY, caplog.text) == []
+    assert "***" in str(raised.value)
+
+
+@pytest.fixture
+async def proxied(
+    serve: Callable[[Answer], Awaitable[Upstream]],
+) -> AsyncIterator[Callable[[Answer], Awaitable[openai.AsyncOpenAI]]]:
+    """The proxy with its own upstream key and a client key, in front of an upstream
+    answering as told; an OpenAI client of it presenting the client key."""
+    servers: list[TestServer] = []
+    callers: list[openai.AsyncOpenAI] = []
+
+    async def start(answer: Answer) -> openai.AsyncOpenAI:
+        upstream = await serve(answer)
+        config = ServeConfig(
+            upstreams=(upstream.url + "/v1",),
+            upstream_key=PROXY_KEY,
+            client_keys=frozenset({CLIENT_KEY}),
+        )
+        server = TestServer(create_app(config), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        caller = openai.AsyncOpenAI(
+            base_url=str(server.make_url("/v1")), api_key=CLIENT_KEY, max_retries=0
+        )
+        callers.append(caller)
+        return caller
+
+    yield start
+    for caller in callers:
+        await caller.close()
+    for server in servers:
+        await server.close()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refusal_of_the_proxys_own_key_never_relays_the_upstreams_text(
+    proxied: Callable[[Answer], Awaitable[openai.AsyncOpenAI]], status: int
+) -> None:
+    # Hex: a form no scrubber knows. The proxy must not relay the refusal's text at all.
+    echoed = f"no account for {PROXY_KEY.encode().hex()}"
+    caller = await proxied(answering(status, echoed))
+    with pytest.raises(openai.APIStatusError) as raised:
+        await caller.chat.completions.create(**ask())
+    assert raised.value.status_code == status
+    shown = f"{raised.value} {raised.value.body}"
+    assert PROXY_KEY.encode().hex() not in shown and "no account" not in shown
+    assert "the upstream refused the proxy's own credentials" in shown
+
+
+async def test_the_proxys_own_key_echoed_encoded_in_another_error_is_scrubbed(
+    proxied: Callable[[Answer], Awaitable[openai.AsyncOpenAI]],
+) -> None:
+    echoed = f"upstream GET /auth?key={quote(PROXY_KEY, safe='')} failed"
+    caller = await proxied(answering(502, echoed))
+    with pytest.raises(openai.InternalServerError) as raised:
+        await caller.chat.completions.create(**ask())
+    shown = f"{raised.value} {raised.value.body}"
+    assert shown_forms(PROXY_KEY, shown) == []
+    assert "upstream GET /auth?key=*** failed" in shown
