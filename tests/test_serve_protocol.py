@@ -248,7 +248,8 @@ def test_client_keys_are_presented_as_bearer_tokens() -> None:
     ("options", "complaint"),
     [
         ({}, "at least one upstream"),
-        ({"upstreams": ("ftp://gateway/v1",)}, "base_url"),
+        ({"upstreams": ("ftp://gateway/v1",)}, "ServeConfig.upstreams: expected an http"),
+        ({"upstreams": ("http://me:pw@gateway/v1",)}, "ServeConfig.upstreams: credentials"),
         ({"upstreams": ("http://a/v1",), "fake": True}, "not both"),
         ({"fake": True, "redis": "redis://r", "memcached": "memcached://m"}, "not both"),
         ({"fake": True, "client_keys": frozenset({"sk-1"})}, "upstream_key"),

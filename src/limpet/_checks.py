@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
+from limpet._urls import has_userinfo, redact_url
 from limpet.errors import ConfigurationError
 
 __all__ = ["check_choice", "check_flag", "check_http_url", "check_name", "check_number"]
@@ -64,14 +66,40 @@ def check_name(where: str, value: object) -> None:
         raise ConfigurationError(f"{where}: expected a non-empty str, got {value!r}")
 
 
-def check_http_url(where: str, value: object) -> None:
-    """A str starting ``http://`` or ``https://``.
+#: How a URL's credentials are given instead, as ``check_http_url`` says by default.
+_CREDENTIALS_INSTEAD = "pass them with headers= (an Authorization header) or api_key="
+
+
+def check_http_url(where: str, value: object, *, instead: str = _CREDENTIALS_INSTEAD) -> None:
+    """A str starting ``http://`` or ``https://`` that parses, without credentials in it
+    (``user:password@``): a URL is shown in reprs, metrics and names, its credentials
+    would be too. Messages quote the URL redacted (``limpet._urls.redact_url``), and say
+    how credentials are given ``instead``.
 
     Raises:
         ConfigurationError: naming ``where``.
+
+    Example:
+        >>> try:
+        ...     check_http_url("Endpoint.base_url", "https://me:pw@gw.example/v1")
+        ... except ConfigurationError as exc:
+        ...     print(str(exc).partition(", got ")[2])
+        'https://***@gw.example/v1'
     """
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+    if not isinstance(value, str):
         raise ConfigurationError(f"{where}: expected an http(s) URL, got {value!r}")
+    shown = redact_url(value)
+    if not value.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{where}: expected an http(s) URL, got {shown!r}")
+    if has_userinfo(value):
+        raise ConfigurationError(
+            f"{where}: credentials in the URL (user:password@) are not accepted, {instead}, "
+            f"got {shown!r}"
+        )
+    try:
+        urlsplit(value).port  # noqa: B018 (parsed for its errors: a bad port, an unclosed [)
+    except ValueError as exc:  # urllib's messages never quote the URL
+        raise ConfigurationError(f"{where}: not a valid URL ({exc}), got {shown!r}") from None
 
 
 def check_choice(

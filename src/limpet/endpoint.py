@@ -12,6 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from limpet._checks import check_choice, check_http_url, check_name, check_number
+from limpet._urls import redact_url, url_secrets
 from limpet.errors import ConfigurationError
 
 __all__ = [
@@ -47,11 +48,14 @@ def _is_openrouter_url(url: str) -> bool:
 class Endpoint:
     """One place to send requests: a gateway URL with its key, headers and body defaults.
 
-    ``api_key`` and the values of ``headers`` never appear in ``repr`` or in any error.
+    ``api_key``, the values of ``headers`` and those of the URL's query (``?key=...``)
+    never appear in ``repr`` or in any error. A URL with credentials in it
+    (``https://user:password@...``) is refused: pass them in ``headers``.
 
     Args:
         name: unique, short; shows up in ``Completion.endpoint`` and stats.
-        base_url: the OpenAI-compatible API root, e.g. ``https://openrouter.ai/api/v1``.
+        base_url: the OpenAI-compatible API root, e.g. ``https://openrouter.ai/api/v1``;
+            without ``user:password@`` (a ``ConfigurationError``).
         api_key: sent as ``Authorization: Bearer ...``.
         headers: extra headers for every request to this endpoint.
         extra_body: fields merged into every request body sent here (the caller's fields win),
@@ -108,7 +112,7 @@ class Endpoint:
         check_number("Endpoint.embedding_batch_size", self.embedding_batch_size, integer=True)
 
     def __repr__(self) -> str:
-        parts = [f"name={self.name!r}", f"base_url={self.base_url!r}"]
+        parts = [f"name={self.name!r}", f"base_url={redact_url(self.base_url)!r}"]
         if self.api_key is not None:
             parts.append("api_key=***")
         if self.headers:
@@ -187,11 +191,13 @@ class Endpoint:
 
     @cached_property
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never be shown: the key, every header value and a header's
-        bare credential (``sk-...`` of ``Bearer sk-...``). Found once: an Endpoint and
-        its headers never change."""
+        """Strings that must never be shown: the key, every header value, a header's
+        bare credential (``sk-...`` of ``Bearer sk-...``) and the values of the URL's query
+        (``limpet._urls.url_secrets``). Found once: an Endpoint and its headers never
+        change. ``limpet.errors.scrub`` finds each in the forms an upstream may echo it in.
+        """
         values = (self.api_key,) if self.api_key else ()
-        return values + header_secrets(self.headers or {})
+        return values + header_secrets(self.headers or {}) + url_secrets(self.base_url)
 
 
 def default_base_url() -> str:

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from limpet import Client, Endpoint, RetryConfig
-from limpet.errors import APIError
+from limpet.errors import APIError, APIStatusError
 from limpet.serve import ServeConfig
 from limpet.serve.app import create_app
 from tests.integration.chat import ask
@@ -187,3 +187,21 @@ async def test_the_proxys_own_key_echoed_encoded_in_another_error_is_scrubbed(
     shown = f"{raised.value} {raised.value.body}"
     assert shown_forms(PROXY_KEY, shown) == []
     assert "upstream GET /auth?key=*** failed" in shown
+
+
+# 2. A base URL's query key is scrubbed, never shown (its userinfo: tests/test_urls.py)
+
+
+async def test_a_query_key_of_the_base_url_is_scrubbed_and_not_in_the_repr(
+    serve: Callable[[Answer], Awaitable[Upstream]],
+) -> None:
+    google_key = "AIzaSyA-0123456789abcdef"
+    upstream = await serve(answering(400, f"API key not valid: {quote(google_key)}"))
+    endpoint = Endpoint("a", f"{upstream.url}/v1?key={google_key}")
+    assert google_key not in repr(endpoint) and "key=***" in repr(endpoint)
+    async with Client(endpoints=[endpoint], cache=None) as client:
+        with pytest.raises(APIStatusError) as raised:
+            await client.complete(**ask())
+    assert google_key in upstream.received[0].path  # it was sent
+    assert google_key not in every_text(raised.value)
+    assert "API key not valid: ***" in str(raised.value)

@@ -548,7 +548,8 @@ async def test_workers_share_one_port_and_the_redis_tier(
     [
         ((), "--upstream URL (or --fake) is required"),
         (("--fake", "--upstream", "http://127.0.0.1:1/v1"), "not both"),
-        (("--upstream", "gateway.example/v1"), "base_url"),
+        (("--upstream", "gateway.example/v1"), "ServeConfig.upstreams: expected an http"),
+        (("--upstream", "http://me:S3cret-pw@gw.example/v1"), "credentials in the URL"),
         (("--fake", "--client-keys-file", "keys"), "needs --upstream-key-env"),
     ],
 )
@@ -562,6 +563,7 @@ async def test_limpet_serve_used_wrongly_says_why_and_exits_2(
     assert process.returncode == 2
     assert err.decode().startswith("limpet serve: ")
     assert complaint in err.decode()
+    assert "S3cret" not in err.decode()
 
 
 async def test_an_upstream_refusing_models_comes_back_without_its_body(

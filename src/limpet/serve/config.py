@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import urlsplit
 
+from limpet._checks import check_http_url
+from limpet._urls import host_and_port, redact_url
 from limpet.config import Endpoint
 from limpet.errors import ConfigurationError
 
@@ -16,6 +17,12 @@ __all__ = ["DEFAULT_MODELS_TTL", "ServeConfig", "endpoints_of"]
 #: Seconds ``/v1/models`` answers are kept, per credential.
 DEFAULT_MODELS_TTL: Final = 60.0
 
+# How an upstream's credentials are given instead of in its URL.
+_CREDENTIALS_INSTEAD = (
+    "the proxy sends each caller's Authorization upstream, or its own key "
+    "(upstream_key, --upstream-key-env)"
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
@@ -23,7 +30,8 @@ class ServeConfig:
 
     Args:
         upstreams: OpenAI-compatible API roots (``https://openrouter.ai/api/v1``); the
-            Client routes among them. Empty only with ``fake``.
+            Client routes among them. Empty only with ``fake``. Without credentials in
+            them (``user:password@``): the proxy sends each caller's key, or its own.
         redis: a ``redis://`` URL for the shared tier (behind an in-process one), or None.
         memcached: a ``memcached://`` URL instead of Redis, or None.
         prefix: the shared tier's key prefix; its default (``limpet:``) when None.
@@ -57,15 +65,35 @@ class ServeConfig:
             raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
         if self.upstreams and self.fake:
             raise ConfigurationError("ServeConfig: upstreams or fake, not both")
-        endpoints_of(self.upstreams)  # a bad URL fails now, not once serving
+        for url in self.upstreams:  # a bad URL fails now, not once serving
+            check_http_url("ServeConfig.upstreams", url, instead=_CREDENTIALS_INSTEAD)
         if self.redis and self.memcached:
             raise ConfigurationError("ServeConfig: redis or memcached, not both")
 
+    def __repr__(self) -> str:
+        """Every field, the URLs redacted (``limpet._urls.redact_url``: a Redis URL holds
+        its password), the keys left out."""
+        shown = {
+            "upstreams": tuple(redact_url(url) for url in self.upstreams),
+            "redis": None if self.redis is None else redact_url(self.redis),
+            "memcached": None if self.memcached is None else redact_url(self.memcached),
+            "prefix": self.prefix,
+            "namespace": self.namespace,
+            "auto_cache_control": self.auto_cache_control,
+            "fake": self.fake,
+            "models_ttl": self.models_ttl,
+            "metrics": self.metrics,
+        }
+        fields = ", ".join(f"{name}={value!r}" for name, value in shown.items())
+        return f"ServeConfig({fields})"
+
 
 def endpoints_of(upstreams: Sequence[str], api_key: str | None = None) -> list[Endpoint]:
-    """One ``Endpoint`` per upstream URL, named by its host (and its position, when two
-    share a host); keyless by default: the caller's own ``Authorization`` is sent."""
-    hosts = [urlsplit(url).netloc or url for url in upstreams]
+    """One ``Endpoint`` per upstream URL, named by its ``host[:port]`` (and its position,
+    when two share one); keyless by default: the caller's own ``Authorization`` is sent.
+    The name is shown to callers (``X-Limpet-Endpoint``) and in metrics: never more of
+    the URL than that."""
+    hosts = [host_and_port(url) or url for url in upstreams]
     return [
         Endpoint(host if hosts.count(host) == 1 else f"{host}#{index}", url, api_key=api_key)
         for index, (host, url) in enumerate(zip(hosts, upstreams, strict=True), start=1)
