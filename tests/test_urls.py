@@ -1,5 +1,5 @@
 """URL redaction, its one home (``limpet._urls``), and every message and repr that quotes
-a URL: an Endpoint's, ServeConfig's. Pure."""
+a URL: an Endpoint's, ServeConfig's, the Redis and Memcached URL errors. Pure."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from limpet import Endpoint
+from limpet import Endpoint, RedisCache
 from limpet._urls import host_and_port, redact_url, url_secrets
+from limpet.cache.memcached.keys import parse_memcached_url
 from limpet.errors import ConfigurationError
 from limpet.serve import ServeConfig
 from limpet.serve.config import endpoints_of
@@ -96,3 +97,32 @@ def test_serve_config_repr_redacts_every_url_and_leaves_the_keys_out() -> None:
     assert "redis://***@cache:6379/0" in shown and "?key=***" in shown
     memcached = ServeConfig(fake=True, memcached=f"memcached://u:{PASSWORD}@mc:11211")
     assert PASSWORD not in repr(memcached)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"memcached://user:{PASSWORD}@mc:11211",
+        f"memcached://mc:11211?password={PASSWORD}",
+    ],
+)
+def test_a_memcached_url_error_never_quotes_its_credentials(url: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        parse_memcached_url(url)
+    assert PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # urllib refuses a netloc that changes under NFKC, quoting it whole.
+        f"redis://user:{PASSWORD}\uff03@cache:6379/0",
+        f"rediss+cluster://:{PASSWORD}\u2100@cache:7000/0",
+    ],
+)
+def test_a_redis_url_error_never_quotes_its_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        RedisCache.from_url(url)
+    assert "RedisCache.url" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__

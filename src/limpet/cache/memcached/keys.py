@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+from limpet._urls import has_userinfo, redact_url
 from limpet.errors import ConfigurationError
 
 __all__ = [
@@ -36,27 +37,33 @@ def parse_memcached_url(url: str) -> list[tuple[str, int]]:
     scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
     if not sep or scheme.lower() != "memcached":
         raise ConfigurationError("MemcachedCache.url: expected memcached://host:11211[,host:port]")
+    if has_userinfo(url):
+        raise ConfigurationError(
+            "MemcachedCache.url: credentials in the URL (user:password@) are not supported "
+            f"(memcached's text protocol has none), got {redact_url(url)!r}"
+        )
     servers = []
     for part in rest.rstrip("/").split(","):
-        host, port = _split_host_port(part.strip())
-        servers.append((host, port))
+        servers.append(_split_host_port(part.strip(), url))
     return servers
 
 
-def _split_host_port(text: str) -> tuple[str, int]:
+def _split_host_port(text: str, url: str) -> tuple[str, int]:
+    """``text``'s host and port; an error quotes ``url`` redacted (``redact_url``), since
+    a server's text may hold what followed it (``?password=...``)."""
     if text.startswith("["):
         host, _, tail = text[1:].partition("]")
         port_text = tail[1:] if tail.startswith(":") else ""
     else:
         host, _, port_text = text.partition(":")
     if not host or "@" in host or "/" in host:
-        raise ConfigurationError(f"MemcachedCache.url: bad server {text!r}")
+        raise ConfigurationError(f"MemcachedCache.url: bad server in {redact_url(url)!r}")
     try:
         port = int(port_text) if port_text else 11211
     except ValueError:
         port = 0
     if not 0 < port < 65536:
-        raise ConfigurationError(f"MemcachedCache.url: bad port in server {text!r}")
+        raise ConfigurationError(f"MemcachedCache.url: bad port in {redact_url(url)!r}")
     return host, port
 
 

@@ -21,10 +21,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
+from limpet._urls import url_secrets
 from limpet.cache.budget import connection_held, queueing
 from limpet.cache.redis.writes import RedisClient
 from limpet.cache.remote import RemoteSettings, check_source
-from limpet.errors import CacheUnavailableError, ConfigurationError
+from limpet.errors import CacheUnavailableError, ConfigurationError, scrub
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -173,8 +174,11 @@ def client_from_url(
         # server's time (QueuedConnectionPool).
         pool = QueuedConnectionPool.from_url(url, timeout=None, **options)
     except (ValueError, TypeError, RedisClusterException) as exc:
-        # redis-py's messages quote the scheme or option, never the URL's password.
-        raise ConfigurationError(f"RedisCache.url: {exc}") from exc
+        # redis-py's messages quote the scheme or an option, but urllib's (a netloc that
+        # fails its NFKC check) quote the netloc, password and all: scrubbed of it, and
+        # not chained (a traceback would print the original).
+        message = scrub(str(exc), url_secrets(url))
+        raise ConfigurationError(f"RedisCache.url: {message}") from None
     return Redis.from_pool(pool)
 
 
