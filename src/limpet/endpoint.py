@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from limpet._checks import check_choice, check_http_url, check_name, check_number
 from limpet._urls import redact_url, url_secrets
-from limpet.errors import ConfigurationError
+from limpet.errors import ConfigurationError, headers_shape
 
 __all__ = [
     "BASE_URL_ENV",
@@ -106,6 +106,13 @@ class Endpoint:
             object.__setattr__(self, "gateway", "openrouter")
         check_choice("Endpoint.gateway", self.gateway, sorted(GATEWAYS), optional=True)
         if self.headers is not None:
+            if not isinstance(self.headers, Mapping) or not all(
+                type(name) is str and type(value) is str for name, value in self.headers.items()
+            ):
+                raise ConfigurationError(  # never the values: they hold keys
+                    f"Endpoint.headers: expected a dict of str to str, got "
+                    f"{headers_shape(self.headers)}"
+                )
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         if self.extra_body is not None:
             object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))

@@ -49,7 +49,7 @@ import base64
 import contextlib
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import ClassVar
 
 import aiohttp
@@ -84,6 +84,7 @@ __all__ = [
     "RequestTimeoutError",
     "UnprocessableEntityError",
     "excerpt",
+    "headers_shape",
     "scrub",
     "scrub_error",
     "secret_forms",
@@ -106,6 +107,8 @@ _SCRUB_WINDOW = 64 * 1024
 _BEARER = re.compile(r"""(?i)\b(bearer)(\s+)[^\s"'`,;<>()\[\]{}\\]+""")
 # Characters a JSON encoder may escape with a backslash rather than as ``\uXXXX``.
 _JSON_BACKSLASHED = frozenset('"\\/')
+# Header names an error lists at most.
+_SHOWN_HEADERS = 10
 # Sets of secrets whose pattern is kept: an endpoint's, and a few calls' own headers.
 _MAX_SECRET_PATTERNS = 256
 
@@ -117,14 +120,23 @@ class LimpetError(Exception):
 class InvalidRequestError(LimpetError, ValueError):
     """A request failed validation; raised before any network call.
 
+    Args:
+        got: the offending value, shown by its repr (cut short).
+        described: what the value is, told without its contents, shown instead of ``got``
+            where the value may hold a secret (headers).
+
     Attributes:
         field: the offending field, dotted for nested ones (``messages[2].role``).
     """
 
-    def __init__(self, field: str, expected: str, got: object = None) -> None:
+    def __init__(
+        self, field: str, expected: str, got: object = None, *, described: str | None = None
+    ) -> None:
         self.field = field
         self.expected = expected
-        shown = "" if got is None else f", got {_describe(got)}"
+        if described is None and got is not None:
+            described = _describe(got)
+        shown = "" if described is None else f", got {described}"
         super().__init__(f"{field}: expected {expected}{shown}")
 
 
@@ -473,6 +485,29 @@ def upstream_error(
 
 def _where(endpoint: str, stream: bool) -> str:
     return f"{'stream from' if stream else 'connection to'} endpoint {endpoint!r} "
+
+
+def headers_shape(headers: object) -> str:
+    """What ``headers`` are, without a value: a mapping's names with the type of each
+    value (``dict with Authorization: bytes``), else the type and length alone.
+
+    Example:
+        >>> headers_shape({"Authorization": b"Bearer sk-...", "X-Attempt": 1})
+        'dict with Authorization: bytes, X-Attempt: int'
+        >>> headers_shape([("Authorization", "Bearer sk-...")])
+        'list of 1 item'
+    """
+    if isinstance(headers, Mapping):
+        shown = [
+            f"{name if type(name) is str else type(name).__name__}: {type(value).__name__}"
+            for name, value in list(headers.items())[:_SHOWN_HEADERS]
+        ]
+        more = len(headers) - len(shown)
+        tail = f", and {more} more" if more > 0 else ""
+        return f"{type(headers).__name__} with {', '.join(shown) or 'nothing'}{tail}"
+    size = len(headers) if isinstance(headers, Sized) else None
+    count = "" if size is None else f" of {size} item{'' if size == 1 else 's'}"
+    return f"{type(headers).__name__}{count}"
 
 
 def _describe(value: object) -> str:

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from limpet import Client, Endpoint, RetryConfig
-from limpet.errors import APIError, APIStatusError
+from limpet.errors import APIError, APIStatusError, ConfigurationError, InvalidRequestError
 from limpet.serve import ServeConfig
 from limpet.serve.app import create_app
 from tests.integration.chat import ask
@@ -205,3 +205,31 @@ async def test_a_query_key_of_the_base_url_is_scrubbed_and_not_in_the_repr(
     assert google_key in upstream.received[0].path  # it was sent
     assert google_key not in every_text(raised.value)
     assert "API key not valid: ***" in str(raised.value)
+
+
+# 3. A call's headers of the wrong type are described without their values
+
+
+@pytest.mark.parametrize(
+    ("headers", "described"),
+    [
+        ({"Authorization": f"Bearer {KEY}".encode()}, "dict with Authorization: bytes"),
+        ({"Authorization": f"Bearer {KEY}", "X-Attempt": 1}, "Authorization: str, X-Attempt: int"),
+        ([("Authorization", f"Bearer {KEY}")], "list of 1 item"),
+    ],
+)
+async def test_extra_headers_of_the_wrong_type_are_refused_without_their_values(
+    headers: object, described: str
+) -> None:
+    async with Client(endpoints=[Endpoint("a", "http://127.0.0.1:9/v1")], cache=None) as client:
+        with pytest.raises(InvalidRequestError) as raised:
+            await client.complete(**ask(), extra_headers=headers)  # type: ignore[arg-type]
+    assert KEY not in every_text(raised.value)
+    assert described in str(raised.value)
+
+
+def test_endpoint_headers_of_the_wrong_type_are_refused_without_their_values() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Endpoint("a", "http://127.0.0.1:9/v1", headers={"x-api-key": KEY.encode()})  # type: ignore[dict-item]
+    assert KEY not in every_text(raised.value)
+    assert "Endpoint.headers" in str(raised.value) and "x-api-key: bytes" in str(raised.value)

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from limpet.errors import InvalidRequestError
+from limpet.errors import InvalidRequestError, headers_shape
 from limpet.pipeline.wire_shapes import (
     MESSAGE_SHAPES,
     check_content,
@@ -116,12 +116,22 @@ def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
 
 def validate_call_options(timeout: object, extra_headers: object) -> float | None:
     """Check the OpenAI SDK's per-call ``timeout`` and ``extra_headers``; returns the
-    timeout in seconds (None: no deadline)."""
+    timeout in seconds (None: no deadline).
+
+    Raises:
+        InvalidRequestError: naming the field; headers are described by their names and
+            the types of their values (``headers_shape``), never their values, which
+            hold keys.
+    """
     if extra_headers is not None and (
         not isinstance(extra_headers, Mapping)
         or not all(type(k) is str and type(v) is str for k, v in extra_headers.items())
     ):
-        raise InvalidRequestError("extra_headers", "a dict of str to str, or None", extra_headers)
+        raise InvalidRequestError(
+            "extra_headers",
+            "a dict of str to str, or None",
+            described=headers_shape(extra_headers),
+        )
     return validate_ttl(timeout, "timeout")
 
 
