@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
@@ -233,3 +234,83 @@ def test_endpoint_headers_of_the_wrong_type_are_refused_without_their_values() -
         Endpoint("a", "http://127.0.0.1:9/v1", headers={"x-api-key": KEY.encode()})  # type: ignore[dict-item]
     assert KEY not in every_text(raised.value)
     assert "Endpoint.headers" in str(raised.value) and "x-api-key: bytes" in str(raised.value)
+
+
+# 4. A redirect is never followed
+
+
+@pytest.fixture
+async def redirected(
+    serve: Callable[[Answer], Awaitable[Upstream]],
+) -> tuple[Upstream, Upstream]:
+    """A gateway that answers every request with a 307 to another origin (``localhost``
+    rather than ``127.0.0.1``), and that origin, which answers any chat request."""
+
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "id": "gen-elsewhere",
+                "object": "chat.completion",
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "from elsewhere"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            }
+        )
+
+    elsewhere = await serve(chat)
+    location = elsewhere.url.replace("127.0.0.1", "localhost") + "/collect"
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=307, headers={"Location": location + request.path})
+
+    return await serve(redirect), elsewhere
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_redirect_is_an_error_and_the_other_origin_receives_nothing(
+    redirected: tuple[Upstream, Upstream], stream: bool
+) -> None:
+    gateway, elsewhere = redirected
+    endpoint = Endpoint(
+        "a", gateway.url + "/v1", api_key=KEY, headers={"x-api-key": "sk-ant-secret-0123456789"}
+    )
+    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
+        for _ in range(2):
+            with pytest.raises(APIStatusError) as raised:
+                if stream:
+                    async for _chunk in client.stream(**ask()):
+                        pass
+                else:
+                    await client.complete(**ask())
+            assert raised.value.status_code == 307
+            assert "redirected" in str(raised.value) and "localhost" not in str(raised.value)
+        with pytest.raises(APIStatusError):
+            await client.complete(**ask("embed?"), extra_headers={"api-key": "per-call-secret"})
+    assert elsewhere.received == []
+    # Neither retried nor cached: each call asked the gateway once.
+    assert len(gateway.received) == 3
+
+
+async def test_the_proxys_models_listing_does_not_follow_a_redirect(
+    redirected: tuple[Upstream, Upstream],
+) -> None:
+    gateway, elsewhere = redirected
+    config = ServeConfig(upstreams=(gateway.url + "/v1",), upstream_key=PROXY_KEY)
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(str(server.make_url("/v1/models"))) as response,
+        ):
+            assert response.status == 307
+            assert "localhost" not in await response.text()
+    finally:
+        await server.close()
+    assert elsewhere.received == []

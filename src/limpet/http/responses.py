@@ -132,9 +132,17 @@ def _answer(
 def status_error_of(
     endpoint: Endpoint, status: int, headers: Mapping[str, str], body: object, text: str
 ) -> APIStatusError:
-    """The error of a non-2xx answer; ``text`` is its scrubbed excerpt."""
+    """The error of a non-2xx answer; ``text`` is its scrubbed excerpt. A redirect (3xx,
+    never followed) says so, and never where it pointed."""
+    if 300 <= status < 400:
+        message = (
+            f"the upstream redirected (status {status}); limpet does not follow redirects: "
+            "set the endpoint's base_url to the URL that answers"
+        )
+    else:
+        message = _error_message(body, endpoint.secrets) or text or "(empty body)"
     return status_error(status)(
-        _error_message(body, endpoint.secrets) or text or "(empty body)",
+        message,
         status_code=status,
         body=text,
         request_id=_request_id(headers, body),

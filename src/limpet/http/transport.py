@@ -1,5 +1,9 @@
 """HTTP to OpenAI-compatible endpoints: one aiohttp session, retries, error mapping.
 
+No redirect is followed: aiohttp would re-send the prompt, and every credential header
+but ``Authorization`` (``x-api-key``, ``api-key``...), to wherever a 3xx points, and the
+answer from there would be served and cached. A 3xx is an ``APIStatusError`` instead.
+
 aiohttp's and tenacity's exceptions stop here; callers see only ``limpet.errors``. Every
 request, and the parsing of its answer, runs inside ``limpet.errors.upstream_errors``, so
 an error is mapped and scrubbed of the endpoint's secrets before a retry logs it.
@@ -201,7 +205,9 @@ class Transport:
         """
         with upstream_errors(endpoint.name, endpoint.secrets):
             async with self._session_for_loop().get(
-                endpoint.base_url + path, headers=self._headers_of(endpoint)
+                endpoint.base_url + path,
+                headers=self._headers_of(endpoint),
+                allow_redirects=False,  # a 3xx is an error (``status_error_of``)
             ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
@@ -245,6 +251,7 @@ class Transport:
                     endpoint.base_url + path,
                     data=sendable(payload),
                     headers=self._headers_of(endpoint),
+                    allow_redirects=False,  # a 3xx is an error (``status_error_of``)
                 ) as response:
                     raw = await response.read()
                     status, response_headers = response.status, response.headers
@@ -334,6 +341,7 @@ class Transport:
                 data=sendable(payload),
                 headers={**self._headers_of(endpoint), "Accept": "text/event-stream"},
                 timeout=timeout,
+                allow_redirects=False,  # a 3xx is an error (``status_error_of``)
             )
             if saw is not None:
                 saw(response.status, response.headers)

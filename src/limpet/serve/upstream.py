@@ -59,7 +59,11 @@ class ModelListings:
             return 200, kept[1]
         headers = {"Authorization": authorization} if authorization else {}
         with upstream_errors("models", header_secrets(headers)):
-            async with self._session.get(self._url, headers=headers) as response:
+            # A redirect is not followed (the credential would go wherever it points): its
+            # 3xx is answered as any other status that is not 200, without its body.
+            async with self._session.get(
+                self._url, headers=headers, allow_redirects=False
+            ) as response:
                 body = await response.read()
                 status = response.status
         if status == 200:

@@ -90,7 +90,13 @@ class AiohttpCall:
         data = None if json is None else orjson.dumps(json)
         with upstream_errors(self._name, self._secrets):
             async with self._session.request(
-                method, url, data=data, params=params, headers=self._headers
+                method,
+                url,
+                data=data,
+                params=params,
+                headers=self._headers,
+                # Never followed: the key and the body would go wherever it points.
+                allow_redirects=False,
             ) as response:
                 raw = await response.read()
                 status = response.status
