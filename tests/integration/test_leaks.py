@@ -22,6 +22,7 @@ from limpet import Client, Endpoint, RetryConfig
 from limpet.errors import APIError, APIStatusError, ConfigurationError, InvalidRequestError
 from limpet.serve import ServeConfig
 from limpet.serve.app import create_app
+from limpet.testing import FakeGateway
 from tests.integration.chat import ask
 from tests.test_errors import encodings
 
@@ -314,3 +315,46 @@ async def test_the_proxys_models_listing_does_not_follow_a_redirect(
     finally:
         await server.close()
     assert elsewhere.received == []
+
+
+# 6. /metrics is for the client keys' holders
+
+
+@pytest.mark.parametrize(
+    ("client_keys", "authorization", "status"),
+    [
+        (frozenset({CLIENT_KEY}), None, 401),
+        (frozenset({CLIENT_KEY}), "Bearer sk-someone-else", 401),
+        (frozenset({CLIENT_KEY}), f"Bearer {CLIENT_KEY}", 200),
+        (frozenset(), None, 200),
+    ],
+    ids=["no key", "another key", "a client key", "no client keys"],
+)
+async def test_metrics_answer_only_a_client_key_when_there_are_some(
+    client_keys: frozenset[str], authorization: str | None, status: int
+) -> None:
+    async with FakeGateway(endpoints=("a",)) as gateway:
+        config = ServeConfig(
+            upstreams=(gateway.base_url("a"),),
+            upstream_key="sk-upstream-0123456789",
+            client_keys=client_keys,
+            metrics=True,
+        )
+        server = TestServer(create_app(config), host="127.0.0.1")
+        await server.start_server()
+        headers = {} if authorization is None else {"Authorization": authorization}
+        try:
+            async with (
+                aiohttp.ClientSession(headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as s,
+                s.post(str(server.make_url("/v1/chat/completions")), json=ask()) as call,
+            ):
+                assert call.status == 200
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(str(server.make_url("/metrics")), headers=headers) as response,
+            ):
+                body = await response.text()
+        finally:
+            await server.close()
+    assert response.status == status
+    assert ("limpet_calls_total" in body) is (status == 200)

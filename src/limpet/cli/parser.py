@@ -173,7 +173,10 @@ def _serve_process_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--metrics",
         action="store_true",
-        help="serve GET /metrics for Prometheus (needs the prometheus extra)",
+        help=(
+            "serve GET /metrics for Prometheus (needs the prometheus extra); with "
+            "--client-keys-file, only to a caller presenting a client key"
+        ),
     )
     serve.add_argument(
         "--shutdown-grace",

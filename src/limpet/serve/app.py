@@ -6,7 +6,8 @@ and flights of its calls: callers with different keys never share an answer. Rou
 ``POST /v1/chat/completions`` (JSON, or server-sent events with ``"stream": true``),
 ``POST /v1/embeddings`` (cached, coalesced and batched per input), ``GET /v1/models``
 (the first upstream's, kept briefly per credential), ``GET /healthz`` and, when asked
-for, ``GET /metrics``.
+for, ``GET /metrics``. With client keys, every route but ``/healthz`` answers only a
+caller presenting one (``/metrics`` too: it tells every tenant's calls and spend).
 """
 
 from __future__ import annotations
@@ -204,7 +205,12 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    registry = request.app[_PROXY].registry
+    # Every tenant's models, calls, tokens and dollars: for a client key, as the API is.
+    proxy = request.app[_PROXY]
+    refusal = proxy.refusal(request)
+    if refusal is not None:
+        return refusal
+    registry = proxy.registry
     assert registry is not None  # the route exists only with metrics
     body, content_type = registry.exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
