@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.loopback import served
+
 ENVELOPE = {"id": "gen-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
 
 
@@ -77,13 +79,6 @@ async def scripted_upstream() -> AsyncIterator[ScriptedUpstream]:
     upstream = ScriptedUpstream()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", upstream._serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    upstream.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    async with served(app) as url:
+        upstream.url = url + "/v1"
         yield upstream
-    finally:
-        await runner.cleanup()

@@ -39,6 +39,7 @@ from tests.integration.soak_adversity import (
     play,
     queue_faults,
 )
+from tests.loopback import served
 
 SEEDS = (5, 17, 29)
 TENANTS = 4
@@ -191,13 +192,9 @@ async def serving(
         for cancelling in (False, True):
             app = create_app(ServeConfig(upstreams=(gateway.base_url("a"),)))
             app.middlewares.append(fleet.tracked())
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=cancelling)
-            await runner.setup()  # starts its Client
-            stack.push_async_callback(runner.cleanup)
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            fleet.urls.append(f"http://{host}:{port}/v1")
+            # Its start-up hook starts its Client.
+            serving = served(app, access_log=None, handler_cancellation=cancelling)
+            fleet.urls.append(await stack.enter_async_context(serving) + "/v1")
         yield fleet
 
 

@@ -29,6 +29,7 @@ from limpet.providers.gemini import (
 from limpet.providers.usage import response_usage
 from limpet.testing import FakeGateway
 from tests.fakes import FakeClock
+from tests.loopback import served
 
 KEY = "sk-or-v1-gemini-test-key"
 FLASH = "google/gemini-2.5-flash"
@@ -228,15 +229,8 @@ async def echo_url() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{shape}/{id}", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("shape", ["json", "text", "header", "shape"])

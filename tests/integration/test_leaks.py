@@ -5,6 +5,7 @@ call's headers of the wrong type."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import traceback
@@ -24,6 +25,7 @@ from limpet.serve import ServeConfig
 from limpet.serve.app import create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
+from tests.loopback import served
 from tests.test_errors import encodings
 
 KEY = "sk-or-v1-AB/cd+EFgh1234567890=="
@@ -58,23 +60,16 @@ class Upstream:
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[Upstream]]]:
-    runners: list[web.AppRunner] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(answer: Answer) -> Upstream:
-        upstream = Upstream(answer)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", upstream.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        upstream.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        return upstream
+        async def start(answer: Answer) -> Upstream:
+            upstream = Upstream(answer)
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", upstream.handle)
+            upstream.url = await stack.enter_async_context(served(app))
+            return upstream
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+        yield start
 
 
 def answering(status: int, text: str, content_type: str = "text/plain") -> Answer:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from limpet import Client
 from tests.integration.chat import ask
+from tests.loopback import served
 
 MODEL = "anthropic/claude-sonnet-4.6"
 LISTING = {
@@ -66,16 +67,9 @@ async def upstream() -> AsyncIterator[SetAnswer]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", answers.chat)
     app.router.add_get("/v1/models", answers.models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    answers.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    async with served(app) as url:
+        answers.url = url + "/v1"
         yield answers
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

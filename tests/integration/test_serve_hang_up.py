@@ -14,6 +14,7 @@ from aiohttp import web
 from limpet.serve import ServeConfig, create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
+from tests.loopback import served
 
 
 async def test_a_caller_hanging_up_before_its_stream_starts_is_not_logged_as_a_fault(
@@ -37,30 +38,27 @@ async def test_a_caller_hanging_up_before_its_stream_starts_is_not_logged_as_a_f
             handled.set()
 
     app.middlewares.insert(0, outermost)
-    runner = web.AppRunner(app, access_log=None)  # as ``limpet serve`` runs: handlers run on
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        async with asyncio.timeout(10):  # a failure, not a hang, if the proxy wedges
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            body = orjson.dumps(ask("hanging up", stream=True))
-            head = (
-                f"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Length: {len(body)}"
-            )
-            writer.write(head.encode() + b"\r\nContent-Type: application/json\r\n\r\n" + body)
-            await writer.drain()
-            await arrived.wait()  # the proxy waits for the stream's first chunk, held
-            writer.close()
-            await writer.wait_closed()
-            transport = requests[0].transport
-            # Until the proxy has seen the hang-up; its transport has no event to wait on.
-            while transport is not None and not transport.is_closing():  # noqa: ASYNC110
-                await asyncio.sleep(0)
-            endpoint.release_answers()  # the first chunk comes: the proxy starts the stream
-            await handled.wait()
-    finally:
-        endpoint.release_answers()
-        await runner.cleanup()
+    # As ``limpet serve`` runs: handlers run on after their caller hangs up.
+    async with served(app, access_log=None) as url:
+        try:
+            async with asyncio.timeout(10):  # a failure, not a hang, if the proxy wedges
+                _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":")[-1]))
+                body = orjson.dumps(ask("hanging up", stream=True))
+                head = (
+                    f"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+                    f"Content-Length: {len(body)}"
+                )
+                writer.write(head.encode() + b"\r\nContent-Type: application/json\r\n\r\n" + body)
+                await writer.drain()
+                await arrived.wait()  # the proxy waits for the stream's first chunk, held
+                writer.close()
+                await writer.wait_closed()
+                transport = requests[0].transport
+                # Until the proxy has seen the hang-up; its transport has no event to wait on.
+                while transport is not None and not transport.is_closing():  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+                endpoint.release_answers()  # the first chunk comes: the proxy starts the stream
+                await handled.wait()
+        finally:
+            endpoint.release_answers()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -16,12 +16,12 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from aiohttp import web
 
 from limpet import Client
 from limpet.serve import ServeConfig, create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
+from tests.loopback import served
 from tests.openai_shapes import assert_chunks
 
 EMBEDDING_MODEL = "openai/text-embedding-3-small"
@@ -34,14 +34,8 @@ async def serving(gateway: FakeGateway, *names: str) -> AsyncIterator[str]:
     """The proxy, in this process, in front of ``gateway``'s endpoints ``names`` (``"a"``
     by default); yields its ``/v1`` URL."""
     upstreams = tuple(gateway.base_url(name) for name in names or ("a",))
-    runner = web.AppRunner(create_app(ServeConfig(upstreams=upstreams)), access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+    async with served(create_app(ServeConfig(upstreams=upstreams)), access_log=None) as url:
+        yield url + "/v1"
 
 
 @pytest.fixture
@@ -108,9 +102,9 @@ async def test_a_stream_ends_with_a_usage_chunk_only_when_the_caller_asked_as_up
         hit = await shapes(through)
     wanted = options == {"include_usage": True}
     assert upstreams[-1] == ((0, True) if wanted else (1, False))
-    for served in (miss, hit):
-        assert served[-1] == upstreams[-1]
-        assert {choices for choices, _ in served[:-1]} == {1}  # `chunk.choices[0]` holds
+    for relayed in (miss, hit):
+        assert relayed[-1] == upstreams[-1]
+        assert {choices for choices, _ in relayed[:-1]} == {1}  # `chunk.choices[0]` holds
     assert gateway.endpoint("a").calls == 2  # the direct call and the miss
 
 
