@@ -6,7 +6,8 @@ forwards a port to a Redis and can delay or stall the bytes, to make Redis slow 
 touching the server; it counts the connections it accepts, to prove that an open
 circuit breaker keeps a client off the network.
 
-``state`` reads a ``RedisCache``'s breaker state.
+``state`` reads a ``RedisCache``'s breaker state; ``filled`` fills a server under
+``noeviction`` until it refuses writes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -60,6 +61,30 @@ async def eventually(
         if time.monotonic() > give_up:
             raise AssertionError(f"{what} did not hold within {deadline} s")
         await asyncio.sleep(_POLL_INTERVAL)
+
+
+@contextlib.asynccontextmanager
+async def filled(url: str) -> AsyncIterator[None]:
+    """The Redis at ``url`` (under ``maxmemory-policy noeviction``) filled until it
+    refuses writes (big values first, then small ones for what they left), for the
+    block; the filling connection stays open until it ends, as its buffers hold memory
+    that closing it would free."""
+    import redis.asyncio
+    import redis.exceptions
+
+    filler = redis.asyncio.Redis.from_url(url)
+    try:
+        for size in (8192, 64):
+            for i in range(20_000):
+                try:
+                    await filler.set(f"filler:{size}:{i}", b"x" * size)
+                except redis.exceptions.OutOfMemoryError:
+                    break
+            else:
+                raise AssertionError("Redis never filled up")
+        yield
+    finally:
+        await filler.aclose()
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ from limpet.errors import CacheUnavailableError
 from limpet.models import Usage
 from limpet.testing import FakeGateway
 from tests.fakes import COOLDOWN, FakeClock
-from tests.redis_servers import RedisProxy, RedisServer, free_port, state
+from tests.redis_servers import RedisProxy, RedisServer, filled, free_port, state
 
 pytestmark = pytest.mark.redis
 
@@ -305,32 +305,21 @@ async def test_full_redis_fails_writes_and_still_serves_reads(
     server = redis_server_factory("--maxmemory", "1mb", "--maxmemory-policy", "noeviction")
     rc = RedisCache(url=server.url, breaker=breaker)
     tiered = TieredCache(MemoryCache(max_entries=1), rc)
-    filler = redis.asyncio.Redis.from_url(server.url)
     try:
         await tiered.set("before", entry(0))
         await rc.flush()
         assert rc.failed_writes == 0
-        # Big values first, then small ones to use up what the big ones left.
-        for size in (8192, 64):
-            for i in range(20_000):
-                try:
-                    await filler.set(f"filler:{size}:{i}", b"x" * size)
-                except redis.exceptions.OutOfMemoryError:
-                    break
-            else:
-                pytest.fail("Redis never filled up")
+        async with filled(server.url):
+            for i in range(20):
+                await tiered.set(f"after{i}", entry(i))
+            await rc.flush()
+            assert rc.failed_writes == 20
+            assert state(rc) == "closed"  # Redis answered: full is not down
 
-        for i in range(20):
-            await tiered.set(f"after{i}", entry(i))
-        await rc.flush()
-        assert rc.failed_writes == 20
-        assert state(rc) == "closed"  # Redis answered: full is not down
-
-        found = await tiered.get("before")  # evicted from the one-entry L1
-        assert found is not None and found[1] == 1
-        assert await tiered.get("after3") is None  # its write was refused
+            found = await tiered.get("before")  # evicted from the one-entry L1
+            assert found is not None and found[1] == 1
+            assert await tiered.get("after3") is None  # its write was refused
     finally:
-        await filler.aclose()
         await tiered.aclose()
 
 

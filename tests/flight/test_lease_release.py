@@ -24,7 +24,7 @@ from limpet.cache.memcached.backend import DEFAULT_MAX_VALUE_SIZE, MemcachedCach
 from limpet.cache.redis.backend import RedisCache
 from limpet.flight.shared import RedisFlight
 from tests.memcached_servers import MemcachedServer
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, filled
 
 
 def signal_server(server: RedisServer, signum: signal.Signals) -> None:
@@ -72,22 +72,6 @@ class Reader:
         return data
 
 
-async def fill(url: str) -> None:
-    """Fill a Redis under ``noeviction`` until it refuses writes."""
-    filler = redis.asyncio.Redis.from_url(url)
-    try:
-        for size in (8192, 64):  # big values first, then small ones for what they left
-            for i in range(20_000):
-                try:
-                    await filler.set(f"filler:{size}:{i}", b"x" * size)
-                except redis.exceptions.OutOfMemoryError:
-                    break
-            else:
-                pytest.fail("Redis never filled up")
-    finally:
-        await filler.aclose()
-
-
 @pytest.mark.redis
 async def test_a_full_redis_refusing_the_entry_still_drops_the_lease_and_wakes_followers(
     redis_server_factory: Callable[..., RedisServer],
@@ -107,12 +91,12 @@ async def test_a_full_redis_refusing_the_entry_still_drops_the_lease_and_wakes_f
         reader = Reader(following)
         followed = asyncio.create_task(follower.do(KEY, mine, reader))
         await reader.looked.wait()  # following: watching for the notice, no entry yet
-        await fill(server.url)
-        upstream.go.set()
-        assert await led == (b"the leader's answer", True)
-        # Told the entry is not there: it leads at once instead of waiting 30 s.
-        async with asyncio.timeout(GUARD):
-            assert await followed == (b"the follower's own answer", True)
+        async with filled(server.url):
+            upstream.go.set()
+            assert await led == (b"the leader's answer", True)
+            # Told the entry is not there: it leads at once instead of waiting 30 s.
+            async with asyncio.timeout(GUARD):
+                assert await followed == (b"the follower's own answer", True)
         raw = redis.asyncio.Redis.from_url(server.url)
         try:
             assert await raw.exists(leading.lock_key(KEY)) == 0

@@ -25,7 +25,7 @@ from limpet.cache.memory import DEFAULT_MAX_ENTRIES
 from limpet.testing import FakeGateway
 from tests.fakes import COOLDOWN, FakeClock
 from tests.integration.chat import MODEL, ask
-from tests.redis_servers import RedisProxy, RedisServer, eventually, free_port
+from tests.redis_servers import RedisProxy, RedisServer, eventually, filled, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -205,22 +205,12 @@ async def test_full_redis_calls_succeed_and_writes_count_as_failed(
 ) -> None:
     # Room for the empty server and its few clients (each holds buffers), then filled.
     server = redis_server_factory("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
-    filler = redis.asyncio.Redis.from_url(server.url)
     rc = RedisCache(url=server.url, breaker=breaker, **PATIENT)
-    try:
-        async with make_client(gateway, rc) as client:
-            await client.complete(**ask("before"))
-            await rc.flush()
-            assert client.stats.failed_cache_writes == 0
-            for size in (8192, 64):  # big values, then small ones for what is left
-                for i in range(20_000):
-                    try:
-                        await filler.set(f"filler:{size}:{i}", b"x" * size)
-                    except redis.exceptions.OutOfMemoryError:
-                        break
-                else:
-                    pytest.fail("Redis never filled up")
-
+    async with make_client(gateway, rc) as client:
+        await client.complete(**ask("before"))
+        await rc.flush()
+        assert client.stats.failed_cache_writes == 0
+        async with filled(server.url):
             results = await asyncio.gather(*(client.complete(**ask(f"q{i}")) for i in range(20)))
             assert all(r.cache is CacheStatus.MISS and r.content for r in results)
             await rc.flush()
@@ -230,8 +220,6 @@ async def test_full_redis_calls_succeed_and_writes_count_as_failed(
             assert client.stats.breaker_state == "closed"  # Redis answered: full is not down
             # What this process wrote is still served from L1.
             assert (await client.complete(**ask("q3"))).cache is CacheStatus.HIT
-    finally:
-        await filler.aclose()
 
 
 # -- Redis holds something that is not ours --------------------------------------------
