@@ -26,6 +26,7 @@ from limpet.http.chunks import stream_error
 from limpet.http.retry import parse_retry_after
 
 __all__ = [
+    "malformed_answer",
     "parse_chat",
     "parse_embeddings",
     "parse_json",
@@ -79,6 +80,13 @@ def parse_embeddings(
     return body
 
 
+def malformed_answer(endpoint: Endpoint, message: str, body: str = "") -> APIResponseError:
+    """The error for an answer of ``endpoint`` that came with a 200 but cannot be used
+    (``message`` says why; ``body``, scrubbed, what of it to show): final, never
+    retried on the same endpoint, never stored."""
+    return APIResponseError(message, status_code=200, body=body, endpoint=endpoint.name)
+
+
 def stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
     """One SSE event's chunk; raises the failure it reports, or for one not an object."""
     try:
@@ -86,12 +94,8 @@ def stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         chunk = None
     if not isinstance(chunk, dict):
-        raise APIResponseError(
-            "a stream chunk is not a JSON object",
-            status_code=200,
-            body=excerpt(data.encode(), endpoint.secrets),
-            endpoint=endpoint.name,
-        )
+        body = excerpt(data.encode(), endpoint.secrets)
+        raise malformed_answer(endpoint, "a stream chunk is not a JSON object", body)
     error = stream_error(chunk, endpoint.name)
     if error is not None:
         raise error

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 
 from limpet.config import Endpoint
-from limpet.errors import APIConnectionError, APIResponseError, upstream_errors
-from limpet.http.responses import stream_chunk
+from limpet.errors import APIConnectionError, upstream_errors
+from limpet.http.responses import malformed_answer, stream_chunk
 from limpet.http.sse import MAX_EVENT_BYTES, EventTooLargeError, SSEDecoder
 
 
@@ -51,9 +51,4 @@ def _decoded(decoder: SSEDecoder, piece: bytes, endpoint: Endpoint) -> list[str]
     try:
         return decoder.feed(piece)
     except EventTooLargeError as exc:
-        raise APIResponseError(
-            f"stream from endpoint {endpoint.name!r}: {exc}",
-            status_code=200,
-            body="",
-            endpoint=endpoint.name,
-        ) from exc
+        raise malformed_answer(endpoint, f"stream from endpoint {endpoint.name!r}: {exc}") from exc

@@ -29,11 +29,9 @@ from typing import Any
 from limpet.cache.remote import RemoteCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import Endpoint
-from limpet.errors import (
-    APIResponseError,
-)
 from limpet.flight.embeddings import fetch_shared
 from limpet.flight.shared import RedisFlight
+from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.models import Embeddings
 from limpet.observe.stats import Stats
@@ -381,11 +379,8 @@ class Embedder:
             try:
                 vectors = merge_by_index(answer["data"], len(items), dimensions)
             except ValueError as exc:
-                raise APIResponseError(
-                    f"embeddings response is malformed: {exc}",
-                    status_code=200,
-                    body="",
-                    endpoint=endpoint.name,
+                raise malformed_answer(
+                    endpoint, f"embeddings response is malformed: {exc}"
                 ) from None
             return vectors, answer, endpoint.name
 

@@ -8,10 +8,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 from limpet.config import Endpoint
-from limpet.errors import APIResponseError
 from limpet.flight.broadcast import Broadcast
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunks import choices_asked, with_stream_usage
+from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.pipeline.calls import Call
 
@@ -97,11 +97,9 @@ class StreamExchange:
         finally:
             await chunks.aclose()
         if not assembler.choices:
-            raise APIResponseError(
+            raise malformed_answer(
+                endpoint,
                 f"stream from endpoint {endpoint.name!r} ended ([DONE]) without any choice",
-                status_code=200,
-                body="",
-                endpoint=endpoint.name,
             )
         unfinished = assembler.unfinished(self._choices)
         if unfinished:
