@@ -104,6 +104,13 @@ def test_the_cap_counts_every_data_line_of_one_event() -> None:
     assert events == [["a" * 600]] * 5  # each event has a cap of its own
 
 
+@pytest.mark.parametrize("line", [b"data:\n", b"data: a\n", b"data:\r\n"])
+def test_empty_and_tiny_data_lines_count_against_the_cap(line: bytes) -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    with pytest.raises(EventTooLargeError):
+        decoder.feed(line * 2000)  # each line holds an entry, and joins with a newline
+
+
 def test_the_default_cap_holds_a_large_image_delta() -> None:
     image = b"data: " + b"A" * (40 * 1024 * 1024) + b"\n\n"  # a 4K PNG's base64, about
     decoder = SSEDecoder()

@@ -105,7 +105,8 @@ class SSEDecoder:
         name, _, value = line.partition(b":")
         if name == b"data":
             data = value.removeprefix(b" ")
-            self._event_bytes += len(data)
+            # Each line costs its bytes and the newline joining it: empty lines count too.
+            self._event_bytes += len(data) + 1
             self._check(0)
             self._data.append(data.decode("utf-8", errors="replace"))
 
