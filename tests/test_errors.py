@@ -226,3 +226,16 @@ def test_the_docstring_draws_every_exception_of_the_tree() -> None:
         and value.__module__ == "limpet.errors"
     }
     assert defined <= drawn
+
+
+def test_a_long_secret_is_scrubbed_without_blocking_the_loop_to_build_its_pattern() -> None:
+    # A caller's own 8,000-character header value, forwarded by the proxy, went into a
+    # per-character pattern that took over half a second to compile. Counted in the
+    # pattern's size, not in time: no alternation per character of a long secret.
+    from limpet.errors import _secrets_pattern
+
+    long_secret = "tok-" + "x1/+" * 2000
+    pattern = _secrets_pattern((long_secret,))
+    assert pattern is not None and len(pattern.pattern) < 4 * len(long_secret)
+    text = f"echoed {long_secret} and {long_secret.upper()} back"
+    assert scrub(text, [long_secret]) == "echoed *** and *** back"

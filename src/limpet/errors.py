@@ -373,6 +373,11 @@ def secret_forms(secret: str) -> tuple[str, ...]:
     return tuple(forms)
 
 
+#: Secrets longer than this are found as they are, in any case, and in base64, but not
+#: escaped or percent-encoded character by character (API keys are far shorter).
+_MAX_ENCODED_SECRET = 256
+
+
 @functools.lru_cache(maxsize=_MAX_SECRET_PATTERNS)
 def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     """One case-insensitive pattern for every form of every secret, built once per set of
@@ -384,7 +389,11 @@ def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     starts = {"\\", "%", "+"}
     for secret in sorted(set(secrets), key=len, reverse=True):
         forms = secret_forms(secret)
-        alternatives.append(_encoded_pattern(secret))
+        # Character by character only up to a length: a pattern of a few thousand
+        # alternations takes a noticeable while to compile, and a caller's own long
+        # header value (forwarded by the proxy) would block the loop with it.
+        encoded = len(secret) <= _MAX_ENCODED_SECRET
+        alternatives.append(_encoded_pattern(secret) if encoded else re.escape(secret))
         alternatives.extend(re.escape(form) + "={0,2}" for form in forms)
         starts.update(form[0] for form in (secret, *forms))
     # A look at the first character before the alternatives: most of a body starts
