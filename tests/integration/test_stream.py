@@ -165,6 +165,26 @@ async def test_a_stream_and_a_complete_of_one_request_make_one_upstream_call(
     assert_chunks([chunk.raw for chunk in chunks])
 
 
+async def test_a_complete_that_joined_a_stream_cut_short_gets_a_whole_answer_of_its_own(
+    client: Client, gateway: FakeGateway
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.end_stream_early(after_chunks=2)
+    ep.hold_answers()
+    streamed = client.stream(**ask())
+    streaming = asyncio.create_task(collect(streamed))
+    await ep.wait_for_calls(1)
+    completing = asyncio.create_task(client.complete(**ask()))
+    flights = client._pipelines.stream_flights._flights
+    await joined(lambda: any(f.readers == 2 for f in flights.values()))
+    ep.release_answers()
+    await streaming
+    answer = await completing
+    assert streamed.completion is not None and streamed.completion.finish_reason is None
+    assert answer.finish_reason == "stop" and answer.cache is CacheStatus.MISS
+    assert ep.calls == 2  # the cut stream, then complete()'s own call
+
+
 async def test_a_late_joiner_gets_the_chunks_so_far_then_the_tail(
     client: Client, gateway: FakeGateway
 ) -> None:

@@ -178,10 +178,13 @@ class ChatPipeline:
             streamed = self.streams.answer_of(key) if self.streams is not None else None
             if streamed is not None:  # a stream of this request: its answer
                 try:
-                    return completion_of(await streamed, CacheStatus.COALESCED, key)
+                    answer = await streamed
                 except APIError as exc:
                     if not should_retry(exc):
                         raise  # else this call's own flight, as a promoted waiter's
+                else:
+                    if answer is not None:  # else cut short: this call's own flight
+                        return completion_of(answer, CacheStatus.COALESCED, key)
             (entry, source), led = await flight.do(key, self._fill, request, key, call)
             if source is not None:
                 return completion_of(entry, source, key)

@@ -153,10 +153,11 @@ class StreamFlights:
                     self._drop(key, flight)
         sink.completion = self._completion(request, flight, led)
 
-    def answer_of(self, key: str) -> Awaitable[CacheEntry] | None:
+    def answer_of(self, key: str) -> Awaitable[CacheEntry | None] | None:
         """The answer of the upstream stream running for ``key``, for a ``complete()`` call
         of the same request (a reader of it until it ends, so it keeps the stream going);
-        None when no stream of ``key`` runs that others may join.
+        None when no stream of ``key`` runs that others may join. Awaited, None when the
+        stream ended before it was whole (the call then makes its own).
 
         Raises (when awaited):
             APIError: the stream failed.
@@ -164,18 +165,21 @@ class StreamFlights:
         flight = self._flights.get(key)
         return None if flight is None else self._answer(key, flight)
 
-    async def _answer(self, key: str, flight: _StreamFlight) -> CacheEntry:
+    async def _answer(self, key: str, flight: _StreamFlight) -> CacheEntry | None:
         flight.readers += 1
         try:
-            async for _ in flight.broadcast.items():
-                pass
+            await asyncio.wait((flight.task,))  # its end, not each of its chunks
         finally:
             flight.readers -= 1
             if flight.readers == 0 and not self._looked_for(key, flight):
                 self._drop(key, flight)
-        result = flight.broadcast.result
+        broadcast = flight.broadcast
+        if broadcast.error is not None:
+            raise broadcast.error
+        result = broadcast.result
         assert result is not None
-        return result[0]
+        # A stream cut short is its readers' as it came, not an answer for complete().
+        return result[0] if flight.whole else None
 
     def _answering(self, key: str | None) -> Awaitable[Filled] | None:
         """``complete()``'s flight of ``key``, when one runs and no stream of it does."""
@@ -303,6 +307,7 @@ class StreamFlights:
             entry = await self._upstream.call(request, exchange, call)
             stored = None
             # A stream cut short by an early [DONE] reached its readers, and no further.
+            flight.whole = exchange.whole
             if cache is not None and key is not None and store and _storable(exchange, entry):
                 stored = await cache.set(key, entry)
             data, entry_ttl = stored if stored is not None else (None, 0.0)
@@ -361,7 +366,7 @@ async def _replayable(
 
 
 class _StreamFlight:
-    __slots__ = ("broadcast", "copied", "readers", "task")
+    __slots__ = ("broadcast", "copied", "readers", "task", "whole")
 
     def __init__(self, *, shared: bool, copied: bool) -> None:
         # A flight nobody else can join has one reader: it holds only the unread chunks.
@@ -373,4 +378,5 @@ class _StreamFlight:
         # must reach none of them (as ``Completion.raw`` is each caller's own).
         self.copied = copied
         self.readers = 0
+        self.whole = True  # every choice asked for ended with a finish_reason
         self.task: asyncio.Task[None]
