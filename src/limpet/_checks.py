@@ -88,18 +88,18 @@ def check_http_url(where: str, value: object, *, instead: str = _CREDENTIALS_INS
     """
     if not isinstance(value, str):
         raise ConfigurationError(f"{where}: expected an http(s) URL, got {value!r}")
-    shown = redact_url(value)
+    problem = None
     if not value.startswith(("http://", "https://")):
-        raise ConfigurationError(f"{where}: expected an http(s) URL, got {shown!r}")
-    if has_userinfo(value):
-        raise ConfigurationError(
-            f"{where}: credentials in the URL (user:password@) are not accepted, {instead}, "
-            f"got {shown!r}"
-        )
-    try:
-        urlsplit(value).port  # noqa: B018 (parsed for its errors: a bad port, an unclosed [)
-    except ValueError as exc:  # urllib's messages never quote the URL
-        raise ConfigurationError(f"{where}: not a valid URL ({exc}), got {shown!r}") from None
+        problem = "expected an http(s) URL"
+    elif has_userinfo(value):
+        problem = f"credentials in the URL (user:password@) are not accepted, {instead}"
+    else:
+        try:
+            urlsplit(value).port  # noqa: B018 (parsed for its errors: a bad port, an unclosed [)
+        except ValueError as exc:  # urllib's messages never quote the URL
+            problem = f"not a valid URL ({exc})"
+    if problem is not None:  # the URL shown redacted, worked out only then
+        raise ConfigurationError(f"{where}: {problem}, got {redact_url(value)!r}")
 
 
 def check_choice(

@@ -3,6 +3,7 @@ defaults); the gateways limpet knows by name; which header values are secrets.""
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -195,6 +196,17 @@ class Endpoint:
         ``provider.only``): the gateway then has no choice of provider to keep sticky."""
         routing = (self.extra_body or {}).get("provider")
         return isinstance(routing, Mapping) and bool(routing.get("order") or routing.get("only"))
+
+    def with_headers(self, headers: Mapping[str, str]) -> Endpoint:
+        """This endpoint with ``headers`` on top of its own (they win): what one call sends
+        with its own headers (``extra_headers``), scrubbed from errors like the endpoint's.
+        The endpoint's checks are not run again (it was checked when made; a call's
+        headers are checked by the call's validation): this is on every such call's path.
+        """
+        sent = copy.copy(self)
+        object.__setattr__(sent, "headers", MappingProxyType({**(self.headers or {}), **headers}))
+        sent.__dict__.pop("secrets", None)  # found again, with the call's headers
+        return sent
 
     @cached_property
     def secrets(self) -> tuple[str, ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -32,6 +31,4 @@ def payload_of(endpoint: Endpoint, body: Mapping[str, Any]) -> bytes:
 def as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:
     """``endpoint`` with one call's own headers on top of its own (they win), so they
     are sent, and scrubbed from every error, exactly like the endpoint's."""
-    if not headers:
-        return endpoint
-    return replace(endpoint, headers={**(endpoint.headers or {}), **headers})
+    return endpoint.with_headers(headers) if headers else endpoint
