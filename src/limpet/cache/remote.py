@@ -261,7 +261,8 @@ class RemoteCache:
         """Wait, while the breaker is closed, until the write queue takes more writes
         (its writer has sent some); at once otherwise. A caller storing more than the
         queue holds feeds it in pieces this way, and loses nothing to a healthy tier.
-        Bounded: each batch the writer sends takes at most ``write_timeout``."""
+        Bounded: each batch the writer sends takes at most ``write_timeout`` once it
+        holds a connection, and waits for one at most twenty of them."""
         await self._writes.wait_for_room()
 
     async def flush(self) -> None:

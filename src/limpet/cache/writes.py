@@ -165,7 +165,8 @@ class WriteQueue:
     async def wait_for_room(self) -> None:
         """Wait until ``room`` is not 0: the writer has taken a batch off the queue, or
         the tier is failing, or the queue was closed. Bounded: the writer runs while
-        anything is queued, each batch within the write timeout."""
+        anything is queued, each batch within the write timeout once it holds a
+        connection, and its wait for one within twenty (``limpet.cache.budget``)."""
         while self.room == 0:
             waiter = asyncio.get_running_loop().create_future()
             self._room_waiters.append(waiter)

@@ -410,6 +410,8 @@ class RedisFlight(Generic[R]):
                         pass  # closed, or refused: sending it again would not help
                     except CacheUnavailableError:
                         break  # still unreachable: the whole round waits
+                    except Exception:  # a store's own fault: never the end of the others'
+                        logger.exception("limpet: releasing a flight's lease again failed")
                 self._unreleased.pop((key, token), None)
 
     async def _renew(self, key: str, token: str, held: bool) -> None:

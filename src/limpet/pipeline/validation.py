@@ -376,8 +376,9 @@ def _check_json(value: object, path: str, *, exact: bool = False) -> None:
 
 
 def json_problem(body: Mapping[str, Any]) -> InvalidRequestError | None:
-    """Why orjson could not write ``body``, naming the field; None when no field says.
-    (Run after writing it failed: what the checks on every call leave to the writer.)"""
+    """What orjson could not write in ``body``, naming the field; None when nothing.
+    A full walk: run once writing failed, to name what the checks on every call left to
+    the writer, and on the few fields of an ``embed()`` call (``validate_fields``)."""
     for name, value in body.items():
         try:
             _check_json(value, name, exact=True)

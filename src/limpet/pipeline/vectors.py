@@ -103,8 +103,8 @@ def vector_bytes(embedding: object) -> bytes:
         raise ValueError("embedding is neither base64 nor a list of numbers")
     if not data or len(data) % _FLOAT32:
         raise ValueError(f"embedding of {len(data)} bytes is not a whole float32 vector")
-    if isinstance(embedding, str):
-        _check_finite(unpack_floats(data))
+    if isinstance(embedding, str):  # packed as sent: checked in place, no list built
+        _check_finite(unpack_floats(data) if _BIG_ENDIAN else memoryview(data).cast("f"))
     return data
 
 
