@@ -145,6 +145,8 @@ async def test_a_call_runs_a_bounded_number_of_lease_scripts_at_once(
     one's, and every input still goes upstream once."""
     monkeypatch.setattr(flight_embeddings, "MAX_LEASE_SCRIPTS", 4, raising=False)
     sent: list[str] = []
+    reading: list[str] = []  # the shared tier's reads in flight, leaders' and followers'
+    most_reads = [0]
 
     def process() -> tuple[RedisCache, CountingStore]:
         tier = RedisCache.from_url(redis_url, prefix=redis_prefix)
@@ -158,8 +160,16 @@ async def test_a_call_runs_a_bounded_number_of_lease_scripts_at_once(
         async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
             return vector, 60.0  # the release script stores it for the other process
 
+        async def read(key: str) -> bytes | None:
+            reading.append(key)
+            most_reads[0] = max(most_reads[0], len(reading))
+            try:
+                return await tier.get(key)
+            finally:
+                reading.remove(key)
+
         inputs = {f"k{i}": f"text {i}" for i in keys}
-        fetched = await fetch_shared(RedisFlight(store), inputs, send, tier.get, share)
+        fetched = await fetch_shared(RedisFlight(store), inputs, send, read, share)
         assert not fetched.failed
         return fetched.vectors
 
@@ -175,4 +185,5 @@ async def test_a_call_runs_a_bounded_number_of_lease_scripts_at_once(
     assert second == {f"k{i}": f"text {i}".encode() for i in range(50, 150)}
     assert sorted(sent) == sorted(f"text {i}" for i in range(150))
     assert one_store.most <= 4 and two_store.most <= 4
+    assert most_reads[0] <= 2 * 4  # each process's followers read within its places too
     assert await keys_under(raw, redis_prefix + "lock:*") == 0
