@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from limpet.endpoint import header_secrets
 from limpet.errors import (
-    BODY_EXCERPT_CHARS,
     APIConnectionError,
     APIError,
     APIGenerationError,
@@ -30,6 +29,7 @@ from limpet.errors import (
     upstream_errors,
 )
 from limpet.http.retry import should_retry
+from limpet.scrub import BODY_EXCERPT_CHARS
 
 KEY = "sk-or-v1-0123456789abcdef-secret"
 
@@ -232,7 +232,7 @@ def test_a_long_secret_is_scrubbed_without_blocking_the_loop_to_build_its_patter
     # A caller's own 8,000-character header value, forwarded by the proxy, went into a
     # per-character pattern that took over half a second to compile. Counted in the
     # pattern's size, not in time: no alternation per character of a long secret.
-    from limpet.errors import _secrets_pattern
+    from limpet.scrub import _secrets_pattern
 
     long_secret = "tok-" + "x1/+" * 2000
     pattern = _secrets_pattern((long_secret,))

@@ -14,7 +14,6 @@ import orjson
 
 from limpet.config import Endpoint
 from limpet.errors import (
-    BODY_EXCERPT_CHARS,
     APIGenerationError,
     APIResponseError,
     APIStatusError,
@@ -24,6 +23,7 @@ from limpet.errors import (
 )
 from limpet.http.chunks import stream_error
 from limpet.http.retry import parse_retry_after
+from limpet.scrub import BODY_EXCERPT_CHARS
 
 __all__ = [
     "malformed_answer",

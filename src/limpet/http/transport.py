@@ -21,7 +21,6 @@ import orjson
 from limpet._version import __version__
 from limpet.config import AdmissionConfig, Endpoint, RetryConfig, Timeouts
 from limpet.errors import (
-    BODY_EXCERPT_CHARS,
     APIResponseError,
     ClientClosedError,
     excerpt,
@@ -42,6 +41,7 @@ from limpet.http.responses import (
 )
 from limpet.http.retrying import Retrier
 from limpet.http.stream_events import stream_events
+from limpet.scrub import BODY_EXCERPT_CHARS
 
 __all__ = ["BODY_EXCERPT_CHARS", "Transport"]
 

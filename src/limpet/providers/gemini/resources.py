@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from limpet.errors import BODY_EXCERPT_CHARS, APIResponseError, InvalidRequestError
+from limpet.errors import APIResponseError, InvalidRequestError
+from limpet.scrub import BODY_EXCERPT_CHARS
 
 __all__ = [
     "CachedContent",
