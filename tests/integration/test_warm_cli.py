@@ -86,6 +86,32 @@ async def test_limpet_warm_then_flush_from_the_command_line(
         assert (await client.complete(**ask("faq 2"))).cache is CacheStatus.MISS
 
 
+@pytest.mark.redis
+async def test_flush_of_a_model_without_a_namespace_flushes_the_default_one_and_says_so(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    def client(namespace: str) -> Client:
+        cache = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return Client(
+            endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache, namespace=namespace
+        )
+
+    async def statuses() -> list[CacheStatus]:
+        async with client("") as default, client("ns1") as other:
+            return [(await c.complete(**ask("faq"))).cache for c in (default, other)]
+
+    assert await statuses() == [CacheStatus.MISS, CacheStatus.MISS]
+    assert await statuses() == [CacheStatus.HIT, CacheStatus.HIT]
+
+    code, out, err = await limpet("flush", "--redis", redis_url, "--prefix", redis_prefix,
+                                  "--model", MODEL)  # fmt: skip
+    assert (code, err) == (0, "")
+    assert out.startswith(f"flushed model '{MODEL}' in the default namespace '' (generation ")
+    assert out.rstrip().endswith("; pass --namespace for another")
+    assert "every namespace" not in out
+    assert await statuses() == [CacheStatus.MISS, CacheStatus.HIT]  # ns1's is untouched
+
+
 async def test_limpet_flush_fails_loudly_when_redis_is_down() -> None:
     code, _, err = await limpet("flush", "--redis", f"redis://127.0.0.1:{free_port()}/0")
     assert code == 1

@@ -29,7 +29,11 @@ async def run_flush(args: argparse.Namespace) -> int:
             return 1
     what = f"model {args.model!r}" if args.model else "every model"
     where = f"namespace {args.namespace!r}" if args.namespace is not None else "every namespace"
+    hint = ""
+    if args.model and args.namespace is None:
+        # No generation spans every namespace's model: a model's is one namespace's.
+        where, hint = "the default namespace ''", "; pass --namespace for another"
     if credential:
         where = f"namespace {args.namespace or ''!r}, for ${args.api_key_env or API_KEY_ENV}'s key"
-    print(f"flushed {what} in {where} (generation {generation})")
+    print(f"flushed {what} in {where} (generation {generation}){hint}")
     return 0

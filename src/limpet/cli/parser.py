@@ -82,7 +82,11 @@ def _flush(commands: _Commands, common: argparse.ArgumentParser) -> None:
         parents=[common],
     )
     _cache_options(flush)
-    flush.add_argument("--model", default=None, help="only this model's answers")
+    flush.add_argument(
+        "--model",
+        default=None,
+        help="only this model's answers, in one namespace: --namespace's, else the default ''",
+    )
     _scope_options(
         flush,
         "namespace",
