@@ -119,6 +119,23 @@ async def test_warm_reports_bad_lines_by_number_and_keeps_going(
     assert errors[2].startswith("line 4: messages[0].role: expected one of")
 
 
+async def test_warm_counts_an_answer_too_large_to_store_as_unstored_and_says_why(
+    gateway: FakeGateway, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    huge = {"model": "openai/text-embedding-3-small", "input": "hi", "dimensions": 1_300_000}
+    file = jsonl(tmp_path, ask("small"), huge)
+    code, out, err = await limpet(
+        "warm", str(file), "--redis", redis_server.url, "--base-url", gateway.base_url("a")
+    )
+    assert code == 1
+    assert out.startswith("warmed 1 into ")  # of 2 answered: the embedding was not stored
+    assert err.splitlines()[-1] == (
+        f"limpet warm: 1 of 2 answers could not be stored in 127.0.0.1:{redis_server.port}/0: "
+        "1 larger than max_entry_bytes (4194304)"
+    )
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("args", "status", "line"),
     [

@@ -53,12 +53,25 @@ async def run_warm(args: argparse.Namespace) -> int:
         with lines:
             report = await _warm_lines(client, lines, args.concurrency, errors)
         sys.stderr.write("\n")
-    # The Client has closed: every write has landed or failed by now.
-    unstored = min(report.warmed, shared.failed_writes + shared.dropped_writes)
+    # The Client has closed: every write has landed or failed by now. An answer too large
+    # to store was served (so counted warmed) but never written: it is unstored too.
+    too_large = cache.stats.oversized
+    too_large_for_server = getattr(shared, "oversized_writes", 0)  # Memcached's own limit
+    lost = shared.failed_writes + shared.dropped_writes
+    unstored = min(report.warmed, too_large + too_large_for_server + lost)
     _print_report(report, errors, unstored, where, as_json=args.json)
     if unstored:
+        causes = []
+        if too_large:
+            causes.append(f"{too_large} larger than max_entry_bytes ({cache.max_entry_bytes})")
+        if too_large_for_server:
+            size = getattr(shared, "max_value_size", "?")
+            causes.append(f"{too_large_for_server} larger than max_value_size ({size})")
+        if lost:
+            causes.append(f"{lost} writes failed or dropped")
         raise CommandError(
-            f"{unstored} of {report.warmed} answers could not be stored in {shared.server}"
+            f"{unstored} of {report.warmed} answers could not be stored in {shared.server}: "
+            + ", ".join(causes)
         )
     return 1 if report.failed else 0
 
