@@ -119,6 +119,25 @@ async def test_warm_reports_bad_lines_by_number_and_keeps_going(
     assert errors[2].startswith("line 4: messages[0].role: expected one of")
 
 
+async def test_warm_lists_a_line_of_unknown_arguments_with_its_message(
+    gateway: FakeGateway, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    embedding = {"model": "openai/text-embedding-3-small", "input": "a", "self": 2}
+    file = jsonl(tmp_path, ask("ok"), ask("x", self=1), embedding)
+    args = ["warm", str(file), "--redis", redis_server.url, "--base-url", gateway.base_url("a")]
+    code, out, _ = await limpet(*args, "--json")
+    assert code == 1
+    report = orjson.loads(out)
+    assert report["failed"] == 2
+    errors = sorted(report["errors"])
+    assert len(errors) == 2
+    assert errors[0].startswith("line 2: ") and "'self'" in errors[0]
+    assert errors[1].startswith("line 3: ") and "'self'" in errors[1]
+    code, out, _ = await limpet(*args)  # the table lists them too
+    assert code == 1
+    assert sorted(line.split(":")[0] for line in out.splitlines()[1:]) == ["  line 2", "  line 3"]
+
+
 async def test_warm_counts_an_answer_too_large_to_store_as_unstored_and_says_why(
     gateway: FakeGateway, redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -87,7 +87,7 @@ async def _warm_lines(
             if is_embedding(request):
                 return await client.embed(**request)
             return await client.complete(**request)
-        except LimpetError as exc:
+        except (LimpetError, TypeError) as exc:  # what warm() counts as a failed line
             errors.append(f"line {line}: {exc}")
             raise
 
