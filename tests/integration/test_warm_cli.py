@@ -11,6 +11,7 @@ import pytest
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet import __version__ as limpet_version
+from limpet.cli.parser import build_parser
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
 from tests.redis_servers import free_port
@@ -146,6 +147,21 @@ async def test_limpet_demo_prints_its_table_as_json() -> None:
     assert cached["upstream_calls"] < plain["upstream_calls"]
     assert cached["statuses"]["miss"] == cached["upstream_calls"]
     assert cached["saved_usd"] > 0
+
+
+@pytest.mark.parametrize("latency", ["nan", "inf", "-inf", "-0.5", "soon"])
+def test_demo_latency_must_be_a_finite_number_of_seconds(
+    latency: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:  # parsed in-process: a nan would hang the demo
+        build_parser().parse_args(["demo", f"--latency={latency}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --latency: expected a finite number >= 0, got {latency}" in err
+
+
+def test_demo_latency_of_zero_is_allowed() -> None:
+    assert build_parser().parse_args(["demo", "--latency", "0"]).latency == 0.0
 
 
 async def test_limpet_version_and_demo_help() -> None:

@@ -4,6 +4,7 @@ key, a file, the shared cache), and ``CommandError``, the failure a command repo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -17,6 +18,7 @@ __all__ = [
     "CommandError",
     "api_key",
     "memcached_cache",
+    "non_negative_float",
     "open_lines",
     "positive_int",
     "redis_cache",
@@ -93,4 +95,16 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite float >= 0 (seconds: ``nan`` or ``inf`` would wait
+    forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value

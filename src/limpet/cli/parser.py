@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from limpet._version import __version__
-from limpet.cli.arguments import API_KEY_ENV, positive_int
+from limpet.cli.arguments import API_KEY_ENV, non_negative_float, positive_int
 from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY
 from limpet.pipeline.credentials import CACHE_SCOPES
 
@@ -43,7 +43,9 @@ def _demo(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "--concurrency", type=positive_int, default=32, help="calls in flight at once (32)"
     )
     demo.add_argument("--burst", type=positive_int, default=64, help="identical cold requests")
-    demo.add_argument("--latency", type=float, default=0.08, help="fake upstream seconds")
+    demo.add_argument(
+        "--latency", type=non_negative_float, default=0.08, help="fake upstream seconds (0.08)"
+    )
     demo.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
