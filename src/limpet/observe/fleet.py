@@ -5,6 +5,14 @@ one pipelined batch of ``HINCRBY``/``HINCRBYFLOAT`` every ``flush_interval`` sec
 no call ever waits on Redis for its counters. Deltas that fail to send are kept and sent
 with the next batch; ``aclose()`` sends what is left. ``read_fleet_stats`` is what
 ``limpet stats`` shows.
+
+The caller names the model, so the rows are capped twice (``limpet.observe.model_cap``):
+a process keeps deltas for the first ``MAX_MODELS`` models it sees and counts the rest
+under ``OTHER_MODEL`` (so the deltas kept while Redis is down are at most that many rows
+of ten numbers, however long it stays down); and Redis admits a model to the fleet's set
+only while the set has fewer than ``MAX_MODELS`` others (a script on that one key, so
+every process and every restart shares the one cap), the rest again counting under
+``OTHER_MODEL``. Rows never expire: they are the fleet's running totals.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from limpet.errors import CacheUnavailableError
 from limpet.models import CacheStatus, Completion
+from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL, ModelCap
 
 if TYPE_CHECKING:
     from limpet.cache.redis.backend import RedisCache
@@ -49,6 +58,30 @@ _STATUS_FIELD = {
 }
 
 
+# Which of ARGV[3..] may have rows of their own: the members of KEYS[1], and new ones while
+# it has fewer than ARGV[1] members besides ARGV[2] (the row of the rest), which it then
+# gains. One key, so it runs on a cluster too.
+_ADMIT = """
+local other = ARGV[2]
+local room = tonumber(ARGV[1]) - redis.call('SCARD', KEYS[1])
+    + redis.call('SISMEMBER', KEYS[1], other)
+local admitted = {}
+for i = 3, #ARGV do
+    local model = ARGV[i]
+    if model == other or redis.call('SISMEMBER', KEYS[1], model) == 1 then
+        admitted[#admitted + 1] = 1
+    elseif room > 0 then
+        redis.call('SADD', KEYS[1], model)
+        room = room - 1
+        admitted[#admitted + 1] = 1
+    else
+        admitted[#admitted + 1] = 0
+    end
+end
+return admitted
+"""
+
+
 def _models_key(cache: RedisCache) -> str:
     return cache.redis_key("stats-models")
 
@@ -60,12 +93,15 @@ def _stats_key(cache: RedisCache, model: str) -> str:
 class FleetCounters:
     """Counts calls per model into Redis, batched in the background.
 
+    At most ``MAX_MODELS`` models have rows of their own, in this process and in Redis;
+    the calls of the rest count under ``OTHER_MODEL``.
+
     Args:
         cache: the Redis tier whose connection, breaker and timeouts it shares.
         flush_interval: seconds between batches.
     """
 
-    __slots__ = ("_cache", "_flusher", "_pending", "flush_interval")
+    __slots__ = ("_cache", "_flusher", "_models", "_pending", "flush_interval")
 
     def __init__(
         self, cache: RedisCache, *, flush_interval: float = DEFAULT_FLUSH_INTERVAL
@@ -74,10 +110,11 @@ class FleetCounters:
         self.flush_interval = flush_interval
         self._pending: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._flusher: asyncio.Task[None] | None = None
+        self._models = ModelCap()
 
     def record(self, model: str, completion: Completion) -> None:
         """Count one finished call (no I/O)."""
-        counts = self._pending[model]
+        counts = self._pending[self._models.row(model)]
         counts[_STATUS_FIELD[completion.cache]] += 1
         if completion.cache in (CacheStatus.MISS, CacheStatus.BYPASS):
             usage = completion.usage
@@ -90,7 +127,8 @@ class FleetCounters:
         self._schedule()
 
     def record_error(self, model: str) -> None:
-        self._pending[model]["errors"] += 1
+        """Count one call that raised (no I/O)."""
+        self._pending[self._models.row(model)]["errors"] += 1
         self._schedule()
 
     async def flush(self) -> None:
@@ -101,8 +139,9 @@ class FleetCounters:
         cache = self._cache
 
         async def send() -> None:
+            rows = await _admitted(cache, pending)
             pipe = cache.redis.pipeline(transaction=False)
-            for model, counts in pending.items():
+            for model, counts in rows.items():
                 key = _stats_key(cache, model)
                 pipe.sadd(_models_key(cache), model)
                 for field, value in counts.items():
@@ -115,7 +154,7 @@ class FleetCounters:
         try:
             await cache.run("fleet counters", cache.write_timeout, send)
         except CacheUnavailableError as exc:
-            # Keep them for the next batch: counters are few (per model), so this is bounded.
+            # Keep them for the next batch: at most MAX_MODELS + 1 rows (ModelCap).
             for model, counts in pending.items():
                 for field, value in counts.items():
                     self._pending[model][field] += value
@@ -138,6 +177,23 @@ class FleetCounters:
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.flush_interval)
         await self.flush()
+
+
+async def _admitted(
+    cache: RedisCache, pending: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """``pending`` with the rows of the models Redis has no room for added into
+    ``OTHER_MODEL``'s."""
+    models = list(pending)
+    answer = await cache.redis.eval(
+        _ADMIT, 1, _models_key(cache), str(MAX_MODELS), OTHER_MODEL, *models
+    )
+    rows: dict[str, dict[str, float]] = {}
+    for model, admitted in zip(models, answer, strict=True):
+        row = rows.setdefault(model if admitted else OTHER_MODEL, defaultdict(float))
+        for field, value in pending[model].items():
+            row[field] += value
+    return rows
 
 
 async def read_fleet_stats(cache: RedisCache) -> dict[str, dict[str, Any]]:

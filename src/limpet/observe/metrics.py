@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from limpet._extras import require_extra
 from limpet.observe.events import CallEvent
+from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL, ModelCap
 
 with require_extra("PrometheusMetrics", "prometheus", "prometheus_client"):
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -30,6 +31,9 @@ class _Collectors:
     limit: Gauge
     in_flight: Gauge
     queued: Gauge
+    folded: Counter
+    # The model label's values: a caller names the model, so the series are capped.
+    models: ModelCap
 
 
 # A registry refuses a second collector of the same name, so every PrometheusMetrics of
@@ -69,6 +73,12 @@ def _collectors(registry: CollectorRegistry, namespace: str) -> _Collectors:
         limit=gauge("admission_limit", "Requests an endpoint may have in flight now"),
         in_flight=gauge("admission_in_flight", "Requests on the wire to an endpoint"),
         queued=gauge("admission_queued", "Calls waiting for admission to an endpoint"),
+        folded=counter(
+            "models_folded",
+            f"Calls counted under model={OTHER_MODEL!r}: their model came after the first "
+            f"{MAX_MODELS} distinct ones",
+        ),
+        models=ModelCap(),
     )
     by_namespace[namespace] = made
     return made
@@ -83,6 +93,10 @@ class PrometheusMetrics:
     ``limpet_saved_usd_total{model}`` and ``limpet_call_seconds{cache}``; and, as of
     each call's end, the gauges ``limpet_admission_limit{endpoint}``,
     ``limpet_admission_in_flight{endpoint}`` and ``limpet_admission_queued{endpoint}``.
+
+    The caller names the model, so its label is capped: the first ``MAX_MODELS`` (1,000)
+    distinct models of a registry and namespace get their own series, and every later
+    model's calls count under ``model="other"`` and in ``limpet_models_folded_total``.
 
     Any number of instances may share a registry and namespace (one per Client, say):
     they count into the same series.
@@ -101,9 +115,11 @@ class PrometheusMetrics:
         self.limit = collectors.limit
         self.in_flight = collectors.in_flight
         self.queued = collectors.queued
+        self.folded = collectors.folded
+        self._models = collectors.models
 
     def __call__(self, event: CallEvent) -> None:
-        model = event.model
+        model = self._label(event.model)
         admission = event.admission
         if admission is not None and event.endpoint is not None:
             self.limit.labels(event.endpoint).set(admission.limit)
@@ -127,3 +143,11 @@ class PrometheusMetrics:
         if event.saved_usd:
             self.saved.labels(model).inc(event.saved_usd)
         self.seconds.labels(event.cache.value).observe(event.seconds)
+
+    def _label(self, model: str) -> str:
+        models = self._models
+        folded = models.folded
+        label = models.row(model)
+        if models.folded != folded:
+            self.folded.inc()
+        return label
