@@ -1,6 +1,7 @@
 """Counters kept by model are capped: the caller names the model (through ``limpet serve``,
 any client does), so the Prometheus series, the fleet's deltas in this process and its rows
 in Redis keep the first ``MAX_MODELS`` models and count the rest under ``OTHER_MODEL``.
+And ``embed()`` calls reach the fleet's counters as they reach the Client's ``Stats``.
 
 Real ``redis-server`` (the shared one, each test under its own prefix); nothing sleeps.
 """
@@ -11,12 +12,17 @@ import pytest
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
-from limpet import CacheStatus, RedisCache
+from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, RetryConfig, TieredCache
+from limpet.errors import EmbeddingBatchError
 from limpet.models import Usage
 from limpet.observe.events import CallEvent
 from limpet.observe.fleet import FleetCounters, read_fleet_stats
 from limpet.observe.metrics import PrometheusMetrics
 from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL
+from limpet.testing import FakeGateway
+from tests.integration.chat import ask
+
+EMBEDDING_MODEL = "openai/text-embedding-3-small"
 
 
 def user_model(i: int) -> str:
@@ -127,3 +133,33 @@ async def test_redis_keeps_max_models_rows_across_processes_and_the_rest_add_up_
     assert rows[OTHER_MODEL]["errors"] == 2 * each - MAX_MODELS
     assert sum(row["errors"] for row in rows.values()) == 2 * each
     assert rows[user_model(0)]["errors"] == 1
+
+
+@pytest.mark.redis
+async def test_limpet_stats_counts_embed_calls_as_the_clients_stats_do(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+    client = Client(
+        endpoints=[Endpoint("a", gateway.base_url("a"))],
+        cache=cache,
+        retry=RetryConfig(max_attempts=1),
+    )
+    async with client:
+        for question in ("one", "two", "one"):
+            await client.complete(**ask(question))
+        await client.embed(model=EMBEDDING_MODEL, input=["x", "y", "x"])
+        await client.embed(model=EMBEDDING_MODEL, input=["x", "z"])
+        gateway.endpoint("a").fail(400)
+        with pytest.raises(EmbeddingBatchError):
+            await client.embed(model=EMBEDDING_MODEL, input=["refused"])
+        stats = client.stats
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    rows = await read_fleet_stats(rc)
+    await rc.aclose()
+    assert rows[EMBEDDING_MODEL]["prompt_tokens"] > 0
+    assert rows[EMBEDDING_MODEL]["errors"] == 1
+    assert rows[EMBEDDING_MODEL]["cost_usd"] > 0
+    assert sum(row["prompt_tokens"] for row in rows.values()) == stats.prompt_tokens
+    assert sum(row["errors"] for row in rows.values()) == stats.errors == 1
+    assert sum(row["cost_usd"] for row in rows.values()) == pytest.approx(stats.cost_usd)

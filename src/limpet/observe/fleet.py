@@ -24,7 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from limpet.errors import CacheUnavailableError
-from limpet.models import CacheStatus, Completion
+from limpet.models import CacheStatus, Completion, Cost, Usage
 from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL, ModelCap
 
 if TYPE_CHECKING:
@@ -124,6 +124,15 @@ class FleetCounters:
         if completion.cost is not None:
             counts["cost_usd"] += completion.cost.usd
             counts["saved_usd"] += completion.cost.saved_usd
+        self._schedule()
+
+    def record_spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
+        """Count what an ``embed()`` call's upstream requests cost (no I/O): its tokens
+        and dollars, as the Client's ``Stats`` count them."""
+        counts = self._pending[self._models.row(model)]
+        counts["prompt_tokens"] += usage.prompt_tokens
+        if cost is not None:
+            counts["cost_usd"] += cost.usd
         self._schedule()
 
     def record_error(self, model: str) -> None:

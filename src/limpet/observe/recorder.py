@@ -72,7 +72,7 @@ class Recorder:
     def embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
         """Count an ``embed()`` call that returned: tokens, dollars, event hooks (the
         inputs were counted by the embedder)."""
-        self._spent(result.usage, result.cost)
+        self._spent(model, result.usage, result.cost)
         if self._hooks:
             seconds = time.perf_counter() - started
             emit_event(self._hooks, embedding_event(model, result, seconds))
@@ -82,17 +82,22 @@ class Recorder:
         """Count an ``embed()`` call that raised: with ``EmbeddingBatchError``, the tokens
         and dollars of its requests that answered too (paid for, whatever failed beside)."""
         self.stats.errors += 1
+        if self._fleet is not None:
+            self._fleet.record_error(model)
         if isinstance(error, EmbeddingBatchError):
-            self._spent(error.usage, error.cost)
+            self._spent(model, error.usage, error.cost)
         if self._hooks:
             seconds = time.perf_counter() - started
             emit_event(self._hooks, embedding_event(model, None, seconds, error=error))
 
-    def _spent(self, usage: Usage, cost: Cost | None) -> None:
-        """Add what an ``embed()`` call's upstream requests cost to the stats."""
+    def _spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
+        """Add what an ``embed()`` call's upstream requests cost to the stats and the
+        fleet's counters."""
         self.stats.prompt_tokens += usage.prompt_tokens
         if cost is not None:
             self.stats.cost_usd += cost.usd
+        if self._fleet is not None:
+            self._fleet.record_spent(model, usage, cost)
 
     async def aclose(self) -> None:
         """Flush the fleet counters (the Client's ``aclose()``)."""
