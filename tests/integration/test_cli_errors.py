@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet.testing import FakeGateway
@@ -153,6 +154,38 @@ async def test_warm_counts_an_answer_too_large_to_store_as_unstored_and_says_why
         "1 larger than max_entry_bytes (4194304)"
     )
     assert "Traceback" not in err
+
+
+async def test_stats_leaves_out_an_unreadable_row_naming_its_key_and_prints_the_rest(
+    redis_url: str, redis_prefix: str
+) -> None:
+    models, row = f"{redis_prefix}stats-models", f"{redis_prefix}stats:"
+    client = redis.asyncio.Redis.from_url(redis_url)
+    async with client:
+        await client.sadd(models, "good", "garbled", "negative", "nan", b"\xff\xfe")
+        await client.hset(f"{row}good", mapping={"hits": 3, "misses": 1, "cost_usd": "0.5"})
+        await client.hset(f"{row}garbled", mapping={"hits": "lots", "misses": 1})
+        await client.hset(f"{row}negative", mapping={"hits": -5, "misses": 1})
+        await client.hset(f"{row}nan", mapping={"misses": 1, "cost_usd": "nan"})
+    common = ["stats", "--redis", redis_url, "--prefix", redis_prefix]
+
+    code, out, err = await limpet(*common, "--json")
+    assert code == 1  # a row could not be read
+    rows = orjson.loads(out)
+    assert list(rows) == ["good"]
+    assert (rows["good"]["hits"], rows["good"]["hit_rate"]) == (3, 0.75)
+    assert sorted(err.splitlines()) == [
+        f"limpet stats: a row left out, unreadable: {models}: member b'\\xff\\xfe' is not UTF-8",
+        f"limpet stats: a row left out, unreadable: {row}garbled: field hits is 'lots', "
+        "not a number",
+        f"limpet stats: a row left out, unreadable: {row}nan: field cost_usd is 'nan', "
+        "not a finite number",
+        f"limpet stats: a row left out, unreadable: {row}negative: field hits is '-5', below 0",
+    ]
+    code, table, err = await limpet(*common)
+    assert code == 1
+    assert table.splitlines()[1].split()[:2] == ["good", "4"]
+    assert len(table.splitlines()) == 2 and len(err.splitlines()) == 4
 
 
 @pytest.mark.parametrize(

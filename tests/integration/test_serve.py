@@ -566,6 +566,35 @@ async def test_limpet_serve_used_wrongly_says_why_and_exits_2(
     assert "S3cret" not in err.decode()
 
 
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("--port", "70000"), "argument --port: expected a port, 1 to 65535, got 70000"),
+        (("--port", "0"), "argument --port: expected a port, 1 to 65535, got 0"),
+        (("--host", "999.1.1.1"), "limpet serve: --host 999.1.1.1: not an address, nor a name"),
+        (
+            ("--upstream-key-env", "LIMPET_TEST_UPSTREAM_KEY", "--client-keys-file", "KEYS"),
+            "limpet serve: --client-keys-file KEYS: line 2 is not UTF-8 text",
+        ),
+    ],
+)
+async def test_limpet_serve_given_a_bad_value_names_the_option_and_exits_2(
+    args: tuple[str, ...], complaint: str, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_bytes(b"# the proxy's callers\n\xff\xfesk-client\n")
+    args = tuple(str(keys) if arg == "KEYS" else arg for arg in args)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "limpet", "serve", "--fake", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LIMPET_TEST_UPSTREAM_KEY": "sk-upstream"},
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert (process.returncode, out) == (2, b"")
+    assert complaint.replace("KEYS", str(keys)) in err.decode()
+    assert "Traceback" not in err.decode() and "Error:" not in err.decode()
+
+
 async def test_an_upstream_refusing_models_comes_back_without_its_body(
     gateway: FakeGateway,
 ) -> None:

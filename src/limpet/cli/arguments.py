@@ -20,6 +20,7 @@ __all__ = [
     "memcached_cache",
     "non_negative_float",
     "open_lines",
+    "port_number",
     "positive_int",
     "redis_cache",
     "shared_cache",
@@ -107,4 +108,15 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port, 1 to 65535, got {text}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port, 1 to 65535, got {text}")
     return value

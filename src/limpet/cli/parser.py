@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from limpet._version import __version__
-from limpet.cli.arguments import API_KEY_ENV, non_negative_float, positive_int
+from limpet.cli.arguments import API_KEY_ENV, non_negative_float, port_number, positive_int
 from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY
 from limpet.pipeline.credentials import CACHE_SCOPES
 
@@ -138,7 +138,7 @@ def _serve(commands: _Commands, common: argparse.ArgumentParser) -> None:
     )
     _cache_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=positive_int, default=8400, help="the port (8400)")
+    serve.add_argument("--port", type=port_number, default=8400, help="the port (8400)")
     serve.add_argument(
         "--auto-cache-control",
         action="store_true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from pathlib import Path
 
 from limpet.cli.arguments import CommandError, open_lines
@@ -26,6 +27,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.upstream and not args.fake:
         raise CommandError("--upstream URL (or --fake) is required", status=2)
     upstream_key, client_keys = _keys(args)
+    _check_host(args.host, args.port)
     config = ServeConfig(
         upstream_key=upstream_key,
         client_keys=client_keys,
@@ -77,11 +79,37 @@ def _keys(args: argparse.Namespace) -> tuple[str | None, frozenset[str]]:
 def _client_keys(path: Path) -> frozenset[str]:
     """The keys of a ``--client-keys-file``: one a line; blank lines and ``#`` comments
     are skipped."""
-    lines = open_lines(path)
-    with lines:
-        keys = frozenset(
-            key for line in lines if (key := line.decode().strip()) and not key.startswith("#")
-        )
+    keys: set[str] = set()
+    with open_lines(path) as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                key = line.decode().strip()
+            except UnicodeDecodeError as exc:
+                raise CommandError(
+                    f"--client-keys-file {path}: line {number} is not UTF-8 text "
+                    f"({exc.reason} at byte {exc.start + 1}): expected one key a line",
+                    status=2,
+                ) from None
+            if key and not key.startswith("#"):
+                keys.add(key)
     if not keys:
         raise CommandError(f"{path} holds no client key", status=2)
-    return keys
+    return frozenset(keys)
+
+
+def _check_host(host: str, port: int) -> None:
+    """Fail with a usage error, before anything starts, when ``--host`` names no address:
+    not one, and no name that resolves.
+
+    Raises:
+        CommandError: it does not resolve.
+    """
+    if not host:
+        return  # every interface
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise CommandError(
+            f"--host {host}: not an address, nor a name that resolves ({reason})", status=2
+        ) from None

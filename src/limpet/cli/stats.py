@@ -17,22 +17,27 @@ __all__ = ["run_stats"]
 
 
 async def run_stats(args: argparse.Namespace) -> int:
-    """Print the shared cache's counters; exit status 1 when it cannot be read."""
+    """Print the shared cache's counters; exit status 1 when they cannot be read, or when
+    a model's row could not (the others are printed, and each row left out is named on
+    stderr)."""
     from limpet.observe.fleet import read_fleet_stats
 
     if args.memcached:
         return await _memcached_stats(args)
+    skipped: list[str] = []
     async with redis_cache(args) as cache:
         try:
-            rows = await read_fleet_stats(cache)
+            rows = await read_fleet_stats(cache, skipped=skipped)
         except CacheUnavailableError as exc:
             print(f"limpet stats: {exc}", file=sys.stderr)
             return 1
     if args.json:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")
-        return 0
-    print(_stats_table(rows))
-    return 0
+    else:
+        print(_stats_table(rows))
+    for line in skipped:
+        print(f"limpet stats: a row left out, unreadable: {line}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def _stats_table(rows: dict[str, dict[str, Any]]) -> str:
