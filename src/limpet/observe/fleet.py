@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import defaultdict
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -205,23 +206,63 @@ async def _admitted(
     return rows
 
 
-async def read_fleet_stats(cache: RedisCache) -> dict[str, dict[str, Any]]:
-    """Every model's fleet counters, with ``requests`` and ``hit_rate`` derived."""
+async def read_fleet_stats(
+    cache: RedisCache, *, skipped: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every model's fleet counters, with ``requests`` and ``hit_rate`` derived.
+
+    A row that cannot be read (a model name that is not UTF-8, a counter that is not a
+    number >= 0, a dollar amount that is not finite: written by something else, or
+    damaged) is left out, the others still read; ``skipped`` gets one line per row left
+    out, naming its Redis key and why.
+    """
     redis = cache.redis
-    models = await cache.run(
-        "SMEMBERS", cache.read_timeout, lambda: redis.smembers(_models_key(cache))
-    )
+    models_key = _models_key(cache)
+    models = await cache.run("SMEMBERS", cache.read_timeout, lambda: redis.smembers(models_key))
     result: dict[str, dict[str, Any]] = {}
     for raw in sorted(models):
-        model = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            model = raw.decode() if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            if skipped is not None:
+                skipped.append(f"{models_key}: member {raw!r} is not UTF-8")
+            continue
         key = _stats_key(cache, model)
         fields = await cache.run("HGETALL", cache.read_timeout, partial(redis.hgetall, key))
-        row: dict[str, Any] = {}
-        for name in FLEET_FIELDS:
-            value = fields.get(name.encode(), b"0")
-            row[name] = float(value) if name in _FLOATS else int(value)
-        served = row["hits"] + row["coalesced"]
-        row["requests"] = served + row["misses"] + row["bypassed"]
-        row["hit_rate"] = served / (served + row["misses"]) if served + row["misses"] else 0.0
+        try:
+            row = _fleet_row(fields)
+        except ValueError as exc:
+            if skipped is not None:
+                skipped.append(f"{key}: {exc}")
+            continue
         result[model] = row
     return result
+
+
+def _fleet_row(fields: dict[Any, Any]) -> dict[str, Any]:
+    """One model's counters as stored, with ``requests`` and ``hit_rate`` derived.
+
+    Raises:
+        ValueError: a counter is not an int >= 0, or a dollar amount not finite.
+    """
+    row: dict[str, Any] = {}
+    for name in FLEET_FIELDS:
+        value = fields.get(name.encode(), b"0")
+        try:
+            row[name] = float(value) if name in _FLOATS else int(value)
+        except ValueError:
+            raise ValueError(f"field {name} is {_shown(value)}, not a number") from None
+        if name in _FLOATS and not math.isfinite(row[name]):
+            raise ValueError(f"field {name} is {_shown(value)}, not a finite number")
+        if name not in _FLOATS and row[name] < 0:
+            raise ValueError(f"field {name} is {_shown(value)}, below 0")
+    served = row["hits"] + row["coalesced"]
+    row["requests"] = served + row["misses"] + row["bypassed"]
+    row["hit_rate"] = served / (served + row["misses"]) if served + row["misses"] else 0.0
+    return row
+
+
+def _shown(value: bytes | str) -> str:
+    """A stored value as a message shows it: its first 40 characters, escaped."""
+    text = value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
