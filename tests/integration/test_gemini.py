@@ -22,6 +22,7 @@ from limpet.errors import (
 from limpet.providers.gemini import (
     AiohttpCall,
     CachedContents,
+    HTTPReply,
     StorageLedger,
     native_model,
     with_cached_content,
@@ -130,6 +131,66 @@ async def test_storage_cost_enters_the_ledger(
     second = await caches.create(model=FLASH, system_instruction=MANUAL, ttl=600)
     assert ledger.entries[second.name].end == T0 + 600
     assert ledger.cost_usd(T0 + 100_000) == pytest.approx(per_hour * (1.5 + 1 / 6), abs=1e-12)
+
+
+@pytest.mark.parametrize("op", ["get", "update", "delete"])
+async def test_a_cache_gone_upstream_stops_costing_when_a_call_finds_it_gone(
+    op: str, clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
+    mine = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
+    other = CachedContents(http, clocked_gateway.url + "/a", clock=clock)  # another process
+    created = await mine.create(model=FLASH, system_instruction=MANUAL, ttl=36_000)
+    per_hour = MANUAL_TOKENS * 1.0 / 1e6
+    clock.now = T0 + 3600
+    await other.delete(created.name)  # deleted elsewhere after an hour
+    clock.now = T0 + 7200
+    with pytest.raises(NotFoundError):
+        if op == "update":
+            await mine.update(created.name, ttl=60)
+        else:
+            await getattr(mine, op)(created.name)
+    assert mine.ledger.entries[created.name].end == T0 + 7200  # when this process learnt it
+    assert mine.ledger.cost_usd(T0 + 36_000) == pytest.approx(per_hour * 2, abs=1e-12)
+
+
+async def test_an_expired_cache_found_gone_costs_until_its_expiry(
+    caches: CachedContents, clock: FakeClock
+) -> None:
+    created = await caches.create(model=FLASH, system_instruction=MANUAL, ttl=600)
+    clock.now = T0 + 3600
+    with pytest.raises(NotFoundError):
+        await caches.get(created.name)
+    assert caches.ledger.entries[created.name].end == T0 + 600
+
+
+async def test_a_reply_without_an_expiry_keeps_the_known_one() -> None:
+    body: dict[str, Any] = {
+        "name": "cachedContents/z",
+        "model": "models/gemini-2.5-flash",
+        "createTime": "2027-01-15T08:00:00Z",
+        "expireTime": "2027-01-15T09:00:00Z",
+        "usageMetadata": {"totalTokenCount": 1_000_000},
+    }
+    unknown_expiry = {field: value for field, value in body.items() if field != "expireTime"}
+    replies = [HTTPReply(200, body), HTTPReply(200, unknown_expiry)]
+
+    async def http(
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+    ) -> HTTPReply:
+        return replies.pop(0)
+
+    ledger = StorageLedger()
+    caches = CachedContents(http, "https://gemini.example", ledger=ledger)
+    await caches.create(model=FLASH)
+    end = ledger.entries["cachedContents/z"].end
+    assert end - ledger.entries["cachedContents/z"].start == 3600
+    await caches.get("z")
+    assert ledger.entries["cachedContents/z"].end == end
 
 
 async def test_a_request_that_references_the_cache_reads_it(

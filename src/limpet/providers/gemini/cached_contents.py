@@ -118,25 +118,28 @@ class CachedContents:
         return cache
 
     async def get(self, name: str) -> CachedContent:
-        """The cache named ``name`` (``cachedContents/{id}`` or just the id)."""
-        cache = await self._send("GET", self._item(name))
+        """The cache named ``name`` (``cachedContents/{id}`` or just the id). When it is
+        gone (a 404: deleted elsewhere, or expired), its storage stops accruing now."""
+        cache = await self._send("GET", self._item(name), name=name)
         self._record(cache)
         return cache
 
     async def update(self, name: str, *, ttl: float) -> CachedContent:
-        """Set the cache to expire ``ttl`` seconds from now; its storage cost follows."""
+        """Set the cache to expire ``ttl`` seconds from now; its storage cost follows (and
+        stops now when it is gone: a 404)."""
         url = self._item(name)
         cache = await self._send(
-            "PATCH", url, json={"ttl": duration(ttl)}, params={"updateMask": "ttl"}
+            "PATCH", url, json={"ttl": duration(ttl)}, params={"updateMask": "ttl"}, name=name
         )
         self._record(cache)
         return cache
 
     async def delete(self, name: str) -> None:
-        """Delete the cache; its storage stops accruing now."""
+        """Delete the cache; its storage stops accruing now (also when it is already gone:
+        a 404, still raised)."""
         url = self._item(name)
         reply = await self._http("DELETE", url)
-        self._raise_for(reply)
+        self._raise_for(reply, name=name)
         self.ledger.end(full_name(name), self.clock())
 
     async def list(self, *, page_size: int | None = None) -> builtins.list[CachedContent]:
@@ -177,14 +180,20 @@ class CachedContents:
         *,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> CachedContent:
         reply = await self._http(method, url, json=json, params=params)
-        self._raise_for(reply)
+        self._raise_for(reply, name=name)
         return CachedContent.from_json(reply.body)
 
-    def _raise_for(self, reply: HTTPReply) -> None:
+    def _raise_for(self, reply: HTTPReply, *, name: str | None = None) -> None:
+        """Raise the error of a reply that is not a 2xx; a 404 for cache ``name`` first
+        ends its storage in the ledger at the clock's now (it is gone upstream: deleted
+        elsewhere or expired; an expired one has ended earlier, at its expiry)."""
         if 200 <= reply.status < 300:
             return
+        if reply.status == 404 and name is not None:
+            self.ledger.end(full_name(name), self.clock())
         error = reply.body.get("error") if isinstance(reply.body, Mapping) else None
         message = error.get("message") if isinstance(error, Mapping) else None
         raise status_error(reply.status)(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,13 +48,16 @@ class StorageLedger:
     def record(
         self, name: str, *, tokens: int, usd_per_mtok_hour: float, start: float, end: float
     ) -> None:
-        """Record a cache's storage, or move its end (a TTL update) and token count."""
+        """Record a cache's storage, or move its end (a TTL update) and token count. An
+        ``end`` of ``inf`` (a reply without ``expireTime``: unknown) never replaces one
+        known."""
         entry = self._entries.get(name)
         if entry is None:
             self._entries[name] = StorageEntry(name, tokens, usd_per_mtok_hour, start, end)
         else:
             entry.tokens = tokens or entry.tokens
-            entry.end = end
+            if end != math.inf:
+                entry.end = end
 
     def end(self, name: str, at: float) -> None:
         """A cache was deleted at ``at``: storage stops accruing then."""
