@@ -406,10 +406,11 @@ class RedisFlight(Generic[R]):
                 if time.monotonic() - since <= _RETRY_FOR:
                     try:
                         await self.store.release(key, token, _ABANDONED, None, 0.0)
-                    except CacheRejectedError:
-                        pass  # closed, or refused: sending it again would not help
                     except CacheUnavailableError:
-                        break  # still unreachable: the whole round waits
+                        # Unreachable, or not sent for now (the breaker open after the
+                        # pause, no free connection): the whole round waits. A closed
+                        # cache ends with ``aclose()``, a lease with ``_RETRY_FOR``.
+                        break
                     except Exception:  # a store's own fault: never the end of the others'
                         logger.exception("limpet: releasing a flight's lease again failed")
                 self._unreleased.pop((key, token), None)
