@@ -47,8 +47,9 @@ async def keys_under(raw: redis.asyncio.Redis, pattern: str) -> int:
 
 
 async def entries_under(raw: redis.asyncio.Redis, prefix: str) -> int:
-    """The entries under ``prefix``: neither leases nor generation counters."""
-    others = (prefix + "lock:").encode(), (prefix + "gen:").encode()
+    """The entries under ``prefix``: neither leases, generation counters nor the fleet's
+    counters (``limpet stats``)."""
+    others = tuple((prefix + kind).encode() for kind in ("lock:", "gen:", "stats"))
     keys = [key async for key in raw.scan_iter(match=prefix + "*", count=1000)]
     return sum(1 for key in keys if not key.startswith(others))
 
