@@ -23,6 +23,7 @@ from limpet.errors import (
     APIResponseError,
     APIStatusError,
     APIStreamError,
+    InternalServerError,
     InvalidRequestError,
 )
 from limpet.http.chunks import StreamChunk
@@ -163,6 +164,44 @@ async def test_a_stream_and_a_complete_of_one_request_make_one_upstream_call(
     assert completions[first].cache is CacheStatus.MISS
     assert completions[second].cache is CacheStatus.COALESCED
     assert_chunks([chunk.raw for chunk in chunks])
+
+
+@pytest.mark.parametrize("first", ["stream", "complete"])
+async def test_a_mixed_storm_whose_shared_call_failed_retries_once_for_both_kinds(
+    client: Client, gateway: FakeGateway, first: str
+) -> None:
+    ep = gateway.endpoint("a")
+    ep.fail(500)  # the shared call fails retryably: its waiters may try once more
+    ep.hold_answers()
+    pipelines = client._pipelines
+
+    async def completing() -> CacheStatus:
+        return (await client.complete(**ask())).cache
+
+    async def streaming() -> CacheStatus:
+        stream = client.stream(**ask())
+        await collect(stream)
+        assert stream.completion is not None
+        return stream.completion.cache
+
+    kinds = [completing, streaming] if first == "complete" else [streaming, completing]
+    leader = asyncio.create_task(kinds[0]())
+    await ep.wait_for_calls(1)
+    others = [asyncio.create_task(kind()) for kind in (kinds * 5)[1:]]
+    answers, streams = pipelines.chat._flight, pipelines.stream_flights._flights
+    assert answers is not None
+
+    def all_joined() -> bool:
+        chat = sum(len(f.waiters) for f in answers._flights.values())
+        return chat + sum(f.readers for f in streams.values()) == 10
+
+    await joined(all_joined)
+    ep.release_answers()
+    with pytest.raises(InternalServerError):
+        await leader  # the leader of the failed call gets its error
+    results = await asyncio.gather(*others)
+    assert sorted(results) == sorted([CacheStatus.MISS] + [CacheStatus.COALESCED] * 8)
+    assert ep.calls == 2  # the failed call, then one retry for complete() and stream() alike
 
 
 async def test_a_complete_that_joined_a_stream_cut_short_gets_a_whole_answer_of_its_own(

@@ -205,6 +205,12 @@ class ChatPipeline:
             found = await cache.get(key)
             if found is not None:
                 return found[0], CacheStatus.HIT
+        streams = self.streams
+        streamed = streams.answer_of(key) if streams is not None else None
+        if streamed is not None:  # a stream of it started meanwhile (a retry, say): its answer
+            answer = await streamed
+            if answer is not None:
+                return answer, CacheStatus.COALESCED
         shared = self._shared
         if shared is None or cache is None or not decision.coalesce:
             entry = await self._upstream.call(request, self._exchange, call)

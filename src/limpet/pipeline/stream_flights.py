@@ -116,7 +116,8 @@ class StreamFlights:
                 return
         failed: _StreamFlight | None = None
         answering = self._answering(key) if joins else None
-        if answering is not None:  # complete()'s flight of this request: its answer
+        retried = False
+        while answering is not None:  # complete()'s flight of this request: its answer
             answered = await _answered(answering)
             if answered is not None:
                 entry, source = answered
@@ -126,7 +127,12 @@ class StreamFlights:
                         yield json_copy(shown)  # the entry is every waiter's
                 sink.completion = completion_of(entry, source or CacheStatus.COALESCED, key)
                 return
-            # It failed in a way a waiter may retry: this reader streams (or joins) afresh.
+            # It failed in a way a waiter may retry: a waiter of it may lead a new one
+            # already (this reader joins it, once), else this reader streams afresh.
+            if retried:
+                break
+            retried = True
+            answering = self._answering(key)
         while True:
             flight = self._flights.get(key) if key is not None and joins else None
             led = flight is None or flight is failed  # a failed one lands a moment later
@@ -163,7 +169,9 @@ class StreamFlights:
             APIError: the stream failed.
         """
         flight = self._flights.get(key)
-        return None if flight is None else self._answer(key, flight)
+        if flight is None or flight.task.done():  # one that ended is about to be forgotten
+            return None
+        return self._answer(key, flight)
 
     async def _answer(self, key: str, flight: _StreamFlight) -> CacheEntry | None:
         flight.readers += 1
