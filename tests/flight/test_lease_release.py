@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import redis.asyncio
@@ -72,6 +73,36 @@ class Reader:
         return data
 
 
+@dataclass
+class Held:
+    """Two processes' flights of ``KEY``: the leader's call held upstream (``upstream``,
+    until ``upstream.go`` is set), the other's following it (``mine``, its own call, is
+    made only if it takes over)."""
+
+    led: asyncio.Task[tuple[bytes, bool]]
+    followed: asyncio.Task[tuple[bytes, bool]]
+    upstream: Upstream
+    mine: Upstream
+
+
+async def leader_held_follower_watching(
+    leading: RedisCache | MemcachedCache, following: RedisCache | MemcachedCache, answer: bytes
+) -> Held:
+    """``Held``, once the follower has looked for the entry and found none: from here it
+    waits for the leader's notice."""
+    upstream = Upstream(answer)
+    upstream.go.clear()
+    leader = RedisFlight[bytes](leading.flight_store, SLOW)
+    led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+    await upstream.started.wait()
+    mine = Upstream(b"the follower's own answer")
+    reader = Reader(following)
+    follower = RedisFlight[bytes](following.flight_store, SLOW)
+    followed = asyncio.create_task(follower.do(KEY, mine, reader))
+    await reader.looked.wait()
+    return Held(led, followed, upstream, mine)
+
+
 @pytest.mark.redis
 async def test_a_full_redis_refusing_the_entry_still_drops_the_lease_and_wakes_followers(
     redis_server_factory: Callable[..., RedisServer],
@@ -81,29 +112,20 @@ async def test_a_full_redis_refusing_the_entry_still_drops_the_lease_and_wakes_f
         RedisCache.from_url(server.url) as leading,
         RedisCache.from_url(server.url) as following,
     ):
-        leader = RedisFlight[bytes](leading.flight_store, SLOW)
-        follower = RedisFlight[bytes](following.flight_store, SLOW)
-        upstream = Upstream(b"the leader's answer")
-        upstream.go.clear()
-        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
-        await upstream.started.wait()
-        mine = Upstream(b"the follower's own answer")
-        reader = Reader(following)
-        followed = asyncio.create_task(follower.do(KEY, mine, reader))
-        await reader.looked.wait()  # following: watching for the notice, no entry yet
+        held = await leader_held_follower_watching(leading, following, b"the leader's answer")
         async with filled(server.url):
-            upstream.go.set()
-            assert await led == (b"the leader's answer", True)
+            held.upstream.go.set()
+            assert await held.led == (b"the leader's answer", True)
             # Told the entry is not there: it leads at once instead of waiting 30 s.
             async with asyncio.timeout(GUARD):
-                assert await followed == (b"the follower's own answer", True)
+                assert await held.followed == (b"the follower's own answer", True)
         raw = redis.asyncio.Redis.from_url(server.url)
         try:
             assert await raw.exists(leading.lock_key(KEY)) == 0
             assert await raw.exists(leading.redis_key(KEY)) == 0  # refused, not stored
         finally:
             await raw.aclose()
-    assert upstream.calls == 1 and mine.calls == 1
+    assert held.upstream.calls == 1 and held.mine.calls == 1
 
 
 @pytest.mark.memcached
@@ -123,23 +145,14 @@ async def test_a_memcached_refusing_the_entry_still_drops_the_lease_and_wakes_fo
         MemcachedCache.from_url(server.url, max_value_size=limit) as following,
     ):
         assert size <= leading.max_value_size  # sent: the server is what refuses it
-        leader = RedisFlight[bytes](leading.flight_store, SLOW)
-        follower = RedisFlight[bytes](following.flight_store, SLOW)
-        upstream = Upstream(b"x" * size)
-        upstream.go.clear()
-        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
-        await upstream.started.wait()
-        mine = Upstream(b"the follower's own answer")
-        reader = Reader(following)
-        followed = asyncio.create_task(follower.do(KEY, mine, reader))
-        await reader.looked.wait()  # following: polling for the notice, no entry yet
-        upstream.go.set()
-        assert await led == (upstream.answer, True)
+        held = await leader_held_follower_watching(leading, following, b"x" * size)
+        held.upstream.go.set()
+        assert await held.led == (held.upstream.answer, True)
         async with asyncio.timeout(GUARD):
-            assert await followed == (b"the follower's own answer", True)
+            assert await held.followed == (b"the follower's own answer", True)
         assert await following.flight_store.holder(KEY) is None
         assert await following.get(KEY) == b"the follower's own answer"
-    assert upstream.calls == 1 and mine.calls == 1
+    assert held.upstream.calls == 1 and held.mine.calls == 1
 
 
 @pytest.mark.redis
