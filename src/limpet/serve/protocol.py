@@ -1,5 +1,5 @@
 """The proxy's wire rules, without I/O: which control headers a request may carry and
-which of its headers go upstream, which stream chunks its caller asked for, what an answer
+which of its headers go upstream, whether a streaming caller asked for usage, what an answer
 says about how it was served, OpenAI's embeddings answer, and OpenAI's error shape (and
 ``Retry-After``) for every failure."""
 
