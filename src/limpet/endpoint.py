@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from limpet._checks import check_choice, check_http_url, check_name, check_number
+from limpet._credentials import credential_digest, header_credentials
 from limpet._urls import redact_url, url_secrets
 from limpet.errors import ConfigurationError, headers_shape
 
@@ -95,6 +96,12 @@ class Endpoint:
     max_in_flight: int | None = None
     rpm: int | None = None
     tpm: int | None = None
+    #: A digest of the credentials one call sends of its own (``with_headers``: an
+    #: ``Authorization`` in its ``extra_headers``), never the credentials themselves; None
+    #: for the endpoint itself. Such a call is admitted on its credentials' own limits and
+    #: pause, and a refusal of them never counts against the endpoint's health: one
+    #: caller's key, quota or rate limit says nothing of the endpoint the others use.
+    callers_credentials: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         check_name("Endpoint.name", self.name)
@@ -202,11 +209,40 @@ class Endpoint:
         with its own headers (``extra_headers``), scrubbed from errors like the endpoint's.
         The endpoint's checks are not run again (it was checked when made; a call's
         headers are checked by the call's validation): this is on every such call's path.
+
+        Credentials among ``headers`` that the endpoint does not send itself make them the
+        caller's (``callers_credentials``).
+
+        Example:
+            >>> e = Endpoint("a", "https://x.test/v1", api_key="sk-1")
+            >>> e.with_headers({"X-Title": "demo"}).callers_credentials is None
+            True
+            >>> e.with_headers({"Authorization": "Bearer sk-1"}).callers_credentials is None
+            True
+            >>> len(e.with_headers({"Authorization": "Bearer sk-2"}).callers_credentials)
+            32
         """
         sent = copy.copy(self)
         object.__setattr__(sent, "headers", MappingProxyType({**(self.headers or {}), **headers}))
-        sent.__dict__.pop("secrets", None)  # found again, with the call's headers
+        for found_once in ("secrets", "_credentials"):
+            sent.__dict__.pop(found_once, None)  # found again, with the call's headers
+        own = self.credentials_added_by(headers)
+        if own:
+            object.__setattr__(sent, "callers_credentials", credential_digest(own))
         return sent
+
+    def credentials_added_by(self, headers: Mapping[str, str]) -> list[str]:
+        """The credentials among ``headers`` (a call's own) that this endpoint does not
+        send itself, as ``limpet._credentials.header_credentials`` writes them."""
+        return [found for found in header_credentials(headers) if found not in self._credentials]
+
+    @cached_property
+    def _credentials(self) -> frozenset[str]:
+        """The credentials this endpoint sends, as ``header_credentials`` writes them."""
+        own = header_credentials(self.headers or {})
+        if self.api_key:
+            own.append("authorization:Bearer " + self.api_key)
+        return frozenset(own)
 
     @cached_property
     def secrets(self) -> tuple[str, ...]:

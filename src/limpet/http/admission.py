@@ -31,6 +31,9 @@ from limpet.http.admission_rules import (
 )
 from limpet.http.admission_slots import Slot
 
+#: Admissions of callers' own credentials kept at most (idle ones are forgotten beyond).
+MAX_CALLERS_ADMISSIONS = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionStats:
@@ -58,6 +61,21 @@ class AdmissionStats:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def plus(self, other: AdmissionStats) -> AdmissionStats:
+        """These figures with ``other``'s (the admission of calls that bring credentials
+        of their own) added: requests in flight, callers queued, 429s and seconds paused;
+        the limit, cap and learned limit are kept, and the longer pause left."""
+        return AdmissionStats(
+            limit=self.limit,
+            cap=self.cap,
+            learned=self.learned,
+            in_flight=self.in_flight + other.in_flight,
+            queued=self.queued + other.queued,
+            rate_limited=self.rate_limited + other.rate_limited,
+            paused_seconds=self.paused_seconds + other.paused_seconds,
+            paused_for=max(self.paused_for, other.paused_for),
+        )
 
 
 class Admission:
@@ -117,6 +135,16 @@ class Admission:
     def paused_for(self) -> float:
         """Seconds left of the current pause; 0.0 when open."""
         return max(self.paused_until - asyncio.get_running_loop().time(), 0.0)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight, nobody queued, no pause running: forgetting it loses only
+        what it learned."""
+        return (
+            not self.in_flight
+            and not self._waiters
+            and self.paused_until <= asyncio.get_running_loop().time()
+        )
 
     def stats(self) -> AdmissionStats:
         return AdmissionStats(
@@ -267,7 +295,14 @@ class Admission:
 
 
 class Admissions:
-    """Every endpoint's ``Admission``, made on first use; owned by the Transport."""
+    """Every endpoint's ``Admission``, made on first use; owned by the Transport.
+
+    A call that brings credentials of its own (``Endpoint.callers_credentials``: a proxy
+    forwarding each caller's key, ``extra_headers={"Authorization": ...}``) is admitted by
+    an ``Admission`` of those credentials at that endpoint: a provider's limits are per
+    key, so one caller's 429s and ``Retry-After`` pause that caller's calls, never the
+    others'. Those are forgotten once idle, past ``MAX_CALLERS_ADMISSIONS``.
+    """
 
     def __init__(
         self, config: AdmissionConfig, *, max_pause: float = math.inf, pool: int = 0
@@ -276,6 +311,7 @@ class Admissions:
         self._max_pause = max_pause
         self._pool = pool
         self._by_name: dict[str, Admission] = {}
+        self._callers: dict[tuple[str, str], Admission] = {}
 
     def __copy__(self) -> Admissions:
         return self
@@ -285,10 +321,26 @@ class Admissions:
         return self
 
     def of(self, endpoint: Endpoint) -> Admission:
+        """The admission of a call to ``endpoint`` (as sent, with the call's headers)."""
+        callers = endpoint.callers_credentials
+        if callers is not None:
+            return self._of_callers(endpoint, callers)
         found = self._by_name.get(endpoint.name)
         if found is None:
             found = Admission(endpoint, self.config, max_pause=self._max_pause, pool=self._pool)
             self._by_name[endpoint.name] = found
+        return found
+
+    def _of_callers(self, endpoint: Endpoint, callers: str) -> Admission:
+        key = (endpoint.name, callers)
+        found = self._callers.get(key)
+        if found is None:
+            if len(self._callers) >= MAX_CALLERS_ADMISSIONS:
+                for known, admission in list(self._callers.items()):
+                    if admission.idle:
+                        del self._callers[known]
+            found = Admission(endpoint, self.config, max_pause=self._max_pause, pool=self._pool)
+            self._callers[key] = found
         return found
 
     def paused_for(self, name: str) -> float:
@@ -297,4 +349,10 @@ class Admissions:
         return 0.0 if found is None else found.paused_for()
 
     def stats(self) -> dict[str, AdmissionStats]:
-        return {name: admission.stats() for name, admission in self._by_name.items()}
+        """Each endpoint's figures; those of the calls that brought credentials of their
+        own are added to them (``AdmissionStats.plus``)."""
+        found = {name: admission.stats() for name, admission in self._by_name.items()}
+        for (name, _), admission in self._callers.items():
+            callers = admission.stats()
+            found[name] = found[name].plus(callers) if name in found else callers
+        return found

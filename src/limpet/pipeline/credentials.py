@@ -11,14 +11,17 @@ purpose.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-import orjson
-
+from limpet._credentials import (
+    ANONYMOUS_SCOPE,
+    CREDENTIAL_HEADERS,
+    CREDENTIAL_SCOPE_LABEL,
+    credential_digest,
+    header_credentials,
+    is_credential_header,
+)
 from limpet.config import Endpoint
 
 __all__ = [
@@ -38,28 +41,6 @@ CacheScope = Literal["credential", "namespace"]
 #: The values ``Client(cache_scope=...)`` takes.
 CACHE_SCOPES: tuple[CacheScope, ...] = ("credential", "namespace")
 
-#: The HMAC key a credential digest is derived under. Fixed and public: it separates the
-#: digest from any other hash of the same key, so the digest matches nothing else.
-CREDENTIAL_SCOPE_LABEL = b"limpet/cache-scope/credential/v1"
-
-#: The scope of a Client that sends no credentials at all.
-ANONYMOUS_SCOPE = "anonymous"
-
-#: Headers that carry credentials or choose an account (lower case), besides those whose
-#: name says so (``is_credential_header``).
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "api-key", "openai-organization"}
-)
-
-# Parts of a header name that say it carries a credential or chooses an account: the
-# gateways' own (``x-portkey-api-key``, ``cf-aig-authorization``, ``helicone-auth``,
-# ``x-goog-api-key``, ``openai-project``...). A header wrongly taken for one costs hits (a
-# scope of its own), one wrongly not taken would share answers across tenants.
-_CREDENTIAL_MARKS = ("auth", "key", "token", "secret", "password", "cookie", "project")
-# Names with a mark that are never credentials: one per request would give every call a
-# scope of its own.
-_NOT_CREDENTIALS = frozenset({"idempotency-key"})
-
 
 def credential_scope(endpoints: Iterable[Endpoint]) -> str:
     """The credential scope of a Client with these endpoints: 32 hex digits of
@@ -75,13 +56,13 @@ def credential_scope(endpoints: Iterable[Endpoint]) -> str:
         >>> a == b, "sk-1" in a, len(a)
         (True, False, 32)
     """
-    return _scope(_credentials(endpoints))
+    return credential_digest(_credentials(endpoints))
 
 
 def key_scope(api_key: str | None) -> str:
     """The credential scope of a Client whose endpoints all send ``api_key`` (and nothing
     else that is a credential): what ``limpet flush --cache-scope credential`` bumps."""
-    return _scope(["authorization:Bearer " + api_key] if api_key else [])
+    return credential_digest(["authorization:Bearer " + api_key] if api_key else [])
 
 
 def call_scope(scope: str, headers: Mapping[str, str] | None) -> str:
@@ -98,35 +79,8 @@ def call_scope(scope: str, headers: Mapping[str, str] | None) -> str:
     """
     if not scope or not headers:
         return scope
-    own = [
-        name.lower() + ":" + value
-        for name, value in headers.items()
-        if value and is_credential_header(name)
-    ]
-    return _scope(["client-scope:" + scope, *own]) if own else scope
-
-
-@functools.lru_cache(maxsize=512)
-def is_credential_header(name: str) -> bool:
-    """Whether a header named ``name`` (any case) carries a credential or chooses an
-    account, so that it enters the credential scope.
-
-    Example:
-        >>> [is_credential_header(n) for n in ("X-Portkey-Api-Key", "HTTP-Referer", "X-Title")]
-        [True, False, False]
-    """
-    name = name.lower()
-    if name in CREDENTIAL_HEADERS:
-        return True
-    return name not in _NOT_CREDENTIALS and any(mark in name for mark in _CREDENTIAL_MARKS)
-
-
-def _scope(credentials: Iterable[str]) -> str:
-    distinct = sorted(set(credentials))
-    if not distinct:
-        return ANONYMOUS_SCOPE
-    digest = hmac.new(CREDENTIAL_SCOPE_LABEL, orjson.dumps(distinct), hashlib.sha256)
-    return digest.hexdigest()[:32]
+    own = header_credentials(headers)
+    return credential_digest(["client-scope:" + scope, *own]) if own else scope
 
 
 def _credentials(endpoints: Iterable[Endpoint]) -> Iterable[str]:
@@ -134,6 +88,4 @@ def _credentials(endpoints: Iterable[Endpoint]) -> Iterable[str]:
         if endpoint.api_key:
             # As it is sent, so that an Authorization header with the same key agrees.
             yield "authorization:Bearer " + endpoint.api_key
-        for name, value in (endpoint.headers or {}).items():
-            if value and is_credential_header(name):
-                yield name.lower() + ":" + value
+        yield from header_credentials(endpoint.headers or {})

@@ -83,11 +83,14 @@ class Upstream:
         # route() and the first attempt: the router counts the call in flight from there.
         route = await self._router.route(sent)
         ranked = route.endpoints
+        headers = request.headers
         for index in range(len(ranked)):  # a range iterator: no object for the GC to trace
             endpoint = ranked[index]
             self._stats.upstream_calls += 1
+            # A call sending its caller's own key: a refusal of it is the caller's.
+            own = headers is not None and bool(endpoint.credentials_added_by(headers))
             try:
-                with route.attempt(endpoint) as attempt:
+                with route.attempt(endpoint, callers_credentials=own) as attempt:
                     call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
                     answer = await exchange.attempt(endpoint, route.body, call)
                     usage = parse_usage(answer.get("usage"))

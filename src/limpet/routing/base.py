@@ -88,10 +88,12 @@ class Route:
         names = [e.name for e in self.endpoints]
         return f"Route({names}, reason={self.reason!r}, key={self.key!r})"
 
-    def attempt(self, endpoint: Endpoint) -> Attempt:
+    def attempt(self, endpoint: Endpoint, *, callers_credentials: bool = False) -> Attempt:
         """A context manager around one call to ``endpoint``: counts it in flight, and
-        reports its outcome (an exception leaving the block is a failure)."""
-        return Attempt(self, endpoint, self._observer)
+        reports its outcome (an exception leaving the block is a failure).
+        ``callers_credentials``: the call sends credentials of its own, not the
+        endpoint's (a refusal of them says nothing of the endpoint)."""
+        return Attempt(self, endpoint, self._observer, callers_credentials)
 
 
 class Attempt:
@@ -104,13 +106,22 @@ class Attempt:
         route: the route this call belongs to.
         endpoint: where it goes.
         probe: True when this call is an ejected endpoint's half-open probe.
+        callers_credentials: True when the call sends credentials of its own rather than
+            the endpoint's (``Route.attempt``).
     """
 
-    __slots__ = ("_observer", "_served", "endpoint", "probe", "route")
+    __slots__ = ("_observer", "_served", "callers_credentials", "endpoint", "probe", "route")
 
-    def __init__(self, route: Route, endpoint: Endpoint, observer: AttemptObserver) -> None:
+    def __init__(
+        self,
+        route: Route,
+        endpoint: Endpoint,
+        observer: AttemptObserver,
+        callers_credentials: bool = False,
+    ) -> None:
         self.route = route
         self.endpoint = endpoint
+        self.callers_credentials = callers_credentials
         self.probe = False
         self._observer = observer
         self._served = False

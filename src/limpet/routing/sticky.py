@@ -105,7 +105,8 @@ class StickyRouter:
         callers_credentials: True when every call sends its caller's own credentials
             (``limpet serve`` forwarding each caller's key to keyless endpoints): a refusal
             of them (401, 402, 403, 429) is that caller's, never counted against an
-            endpoint (``limpet.routing.health.is_endpoint_fault``).
+            endpoint (``limpet.routing.health.is_endpoint_fault``). A call that sends
+            credentials of its own (its ``extra_headers``) is taken so either way.
 
     Example:
         >>> router = StickyRouter([Endpoint.openrouter("anthropic"),
@@ -396,7 +397,7 @@ class StickyRouter:
         if counts_against_endpoint(
             error,
             rate_limits_paused=self._admissions is not None,
-            callers_credentials=self._callers_credentials,
+            callers_credentials=self._callers_credentials or attempt.callers_credentials,
         ):
             self._stats.failures += 1
             if health.failed(self._clock(), retry_after_of(error)):

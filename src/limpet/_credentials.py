@@ -1,0 +1,96 @@
+"""Which request headers carry credentials, and digests of credentials. Pure.
+
+One home for both: the cache's credential scopes (``limpet.pipeline.credentials``) and an
+endpoint's view of a call that brings credentials of its own (``Endpoint.with_headers``,
+whose admission and routing health are then the caller's, not the endpoint's) ask the
+same question of a header, and must answer it alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+
+import orjson
+
+__all__ = [
+    "ANONYMOUS_SCOPE",
+    "CREDENTIAL_HEADERS",
+    "CREDENTIAL_SCOPE_LABEL",
+    "credential_digest",
+    "header_credentials",
+    "is_credential_header",
+]
+
+#: Headers that carry credentials or choose an account (lower case), besides those whose
+#: name says so (``is_credential_header``).
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "openai-organization"}
+)
+
+#: The HMAC key a credential digest is derived under. Fixed and public: it separates the
+#: digest from any other hash of the same key, so the digest matches nothing else.
+CREDENTIAL_SCOPE_LABEL = b"limpet/cache-scope/credential/v1"
+
+#: The digest of no credentials at all.
+ANONYMOUS_SCOPE = "anonymous"
+
+# Parts of a header name that say it carries a credential or chooses an account: the
+# gateways' own (``x-portkey-api-key``, ``cf-aig-authorization``, ``helicone-auth``,
+# ``x-goog-api-key``, ``openai-project``...). A header wrongly taken for one costs hits (a
+# scope of its own), one wrongly not taken would share answers across tenants.
+_CREDENTIAL_MARKS = ("auth", "key", "token", "secret", "password", "cookie", "project")
+# Names with a mark that are never credentials: one per request would give every call a
+# scope of its own.
+_NOT_CREDENTIALS = frozenset({"idempotency-key"})
+
+
+@functools.lru_cache(maxsize=512)
+def is_credential_header(name: str) -> bool:
+    """Whether a header named ``name`` (any case) carries a credential or chooses an
+    account.
+
+    Example:
+        >>> [is_credential_header(n) for n in ("X-Portkey-Api-Key", "HTTP-Referer", "X-Title")]
+        [True, False, False]
+    """
+    name = name.lower()
+    if name in CREDENTIAL_HEADERS:
+        return True
+    return name not in _NOT_CREDENTIALS and any(mark in name for mark in _CREDENTIAL_MARKS)
+
+
+def header_credentials(headers: Mapping[str, str]) -> list[str]:
+    """The credentials among ``headers``, each as ``"name:value"`` (the name in lower
+    case); empty values are none.
+
+    Example:
+        >>> header_credentials({"Authorization": "Bearer sk-1", "X-Title": "demo"})
+        ['authorization:Bearer sk-1']
+    """
+    return [
+        name.lower() + ":" + value
+        for name, value in headers.items()
+        if value and is_credential_header(name)
+    ]
+
+
+def credential_digest(credentials: Iterable[str]) -> str:
+    """32 hex digits of HMAC-SHA256 under ``CREDENTIAL_SCOPE_LABEL`` over the sorted,
+    distinct ``credentials``, or ``ANONYMOUS_SCOPE`` for none: never a credential, nor a
+    plain hash of one, whatever their order.
+
+    Example:
+        >>> a = credential_digest(["authorization:Bearer sk-1", "x-api-key:k"])
+        >>> a == credential_digest(["x-api-key:k", "authorization:Bearer sk-1"]), len(a)
+        (True, 32)
+        >>> credential_digest([])
+        'anonymous'
+    """
+    distinct = sorted(set(credentials))
+    if not distinct:
+        return ANONYMOUS_SCOPE
+    digest = hmac.new(CREDENTIAL_SCOPE_LABEL, orjson.dumps(distinct), hashlib.sha256)
+    return digest.hexdigest()[:32]

@@ -1,0 +1,147 @@
+"""Calls that bring their caller's own credentials (``extra_headers={"Authorization":
+...}``, as a multi-tenant service or ``limpet serve`` sends them) through one endpoint: one
+caller's 429 and ``Retry-After``, or refused key, is that caller's alone. Before, it paused
+or ejected the endpoint for every caller. Against the FakeGateway over loopback; counts,
+never times."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from limpet import AdmissionConfig, Client, Endpoint, RetryConfig, RoutingConfig
+from limpet.errors import APIStatusError, APITimeoutError
+from limpet.http.admission import MAX_CALLERS_ADMISSIONS, Admissions
+from limpet.routing.sticky import StickyRouter
+from limpet.testing import FakeGateway
+from tests.integration.chat import ask
+
+FOREVER = 600.0
+# A Retry-After past every call's deadline fails at once, unsent (no wait in a test).
+RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
+# One attempt a call: one fault each.
+ONCE = RetryConfig(max_attempts=1)
+
+
+def key(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer sk-{tenant}"}
+
+
+async def test_one_callers_retry_after_pauses_that_caller_alone(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    client = Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=None, retry=RETRY)
+    async with client:
+        endpoint.fail(429, retry_after=FOREVER)
+        with pytest.raises(APITimeoutError):  # its retry would wait past the deadline
+            await client.complete(**ask("tenant a, first"), extra_headers=key("a"), timeout=5)
+        # That caller's next call waits out its own pause: past its deadline, unsent.
+        with pytest.raises(APITimeoutError, match="paused by its rate limit"):
+            await client.complete(**ask("tenant a, again"), extra_headers=key("a"), timeout=5)
+        # Another caller's key, and the endpoint's own, were never limited.
+        other = await client.complete(**ask("tenant b"), extra_headers=key("b"), timeout=5)
+        own = await client.complete(**ask("no key of its own"), timeout=5)
+        figures = client.stats.endpoints["a"]
+    assert other.content and own.content
+    assert endpoint.calls == 3  # the 429, tenant b's, the plain call
+    assert figures.rate_limited == 1
+    assert figures.paused_for > 0
+
+
+async def test_the_endpoints_own_key_still_pauses_every_caller_without_one(
+    gateway: FakeGateway,
+) -> None:
+    # The contrast: a 429 to the endpoint's own key is the endpoint's limit.
+    endpoint = gateway.endpoint("a")
+    client = Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=None, retry=RETRY)
+    async with client:
+        endpoint.fail(429, retry_after=FOREVER)
+        with pytest.raises(APITimeoutError):
+            await client.complete(**ask("first"), timeout=5)
+        with pytest.raises(APITimeoutError, match="paused by its rate limit"):
+            await client.complete(**ask("second"), timeout=5)
+    assert endpoint.calls == 1
+
+
+async def test_a_key_the_endpoint_sends_itself_is_not_the_callers(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    base = Endpoint("a", gateway.base_url("a"), api_key="sk-shared")
+    async with Client(endpoints=[base], cache=None, retry=RETRY) as client:
+        endpoint.fail(429, retry_after=FOREVER)
+        with pytest.raises(APITimeoutError):
+            await client.complete(**ask("first"), extra_headers=key("shared"), timeout=5)
+        with pytest.raises(APITimeoutError, match="paused by its rate limit"):
+            await client.complete(**ask("second"), timeout=5)
+    assert endpoint.calls == 1
+
+
+@pytest.mark.parametrize("status", [401, 402, 403, 429])
+async def test_a_callers_refused_key_never_counts_against_the_endpoint(
+    gateway: FakeGateway, status: int
+) -> None:
+    endpoint = gateway.endpoint("a")
+    config = RoutingConfig(failure_threshold=2)
+    router = StickyRouter([Endpoint("a", gateway.base_url("a"))], config=config)
+    calls = 4
+    async with Client(router=router, cache=None, retry=ONCE, admission=False) as client:
+        endpoint.fail(status, times=calls)
+        for i in range(calls):
+            with pytest.raises(APIStatusError):
+                await client.complete(**ask(f"bad key {i}"), extra_headers=key("bad"), timeout=5)
+        served = await client.complete(**ask("another caller"), extra_headers=key("good"))
+    status_now, stats = router.status()["a"], router.stats
+    assert (status_now.state, status_now.failures) == ("healthy", 0)
+    assert (stats.failures, stats.ejections) == (0, 0)
+    assert served.endpoint == "a"
+
+
+async def test_the_endpoints_own_key_refused_still_ejects_it(gateway: FakeGateway) -> None:
+    # The contrast: the same refusals of the endpoint's own key are the endpoint's fault.
+    endpoint = gateway.endpoint("a")
+    config = RoutingConfig(failure_threshold=2)
+    router = StickyRouter([Endpoint("a", gateway.base_url("a"))], config=config)
+    async with Client(router=router, cache=None, retry=ONCE, admission=False) as client:
+        endpoint.fail(401, times=2)
+        for i in range(2):
+            with pytest.raises(APIStatusError):
+                await client.complete(**ask(f"refused {i}"), timeout=5)
+    assert router.status()["a"].state == "ejected"
+    assert router.stats.ejections == 1
+
+
+async def test_callers_admissions_are_forgotten_once_idle_and_kept_while_paused() -> None:
+    admissions = Admissions(AdmissionConfig())
+    base = Endpoint("a", "https://gateway.test/v1", api_key="sk-shared")
+    paused = admissions.of(base.with_headers(key("paused")))
+    paused.pause(FOREVER)
+    busy = admissions.of(base.with_headers(key("busy")))
+    slot = busy.admit_now()
+    assert slot is not None
+    for i in range(3 * MAX_CALLERS_ADMISSIONS):
+        admissions.of(base.with_headers(key(f"tenant {i}")))
+    assert len(admissions._callers) <= MAX_CALLERS_ADMISSIONS
+    # The paused caller is still paused, the busy one still counts its request.
+    assert admissions.of(base.with_headers(key("paused"))) is paused
+    assert admissions.of(base.with_headers(key("busy"))) is busy
+    assert admissions.stats()["a"].in_flight == 1
+    # The endpoint's own admission is not a caller's, and never forgotten.
+    own = admissions.of(base)
+    assert own is admissions.of(base.with_headers({"X-Title": "demo"})) is not paused
+    assert own.paused_for() == 0.0
+    slot.release()
+
+
+async def test_callers_figures_add_up_in_the_endpoints_stats(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    endpoint.hold_answers()
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=None) as client:
+        calls = [
+            asyncio.create_task(client.complete(**ask(f"q{i}"), extra_headers=key(str(i % 3))))
+            for i in range(6)
+        ]
+        calls.append(asyncio.create_task(client.complete(**ask("own"))))
+        await endpoint.wait_for_calls(7)
+        assert client.stats.endpoints["a"].in_flight == 7
+        endpoint.release_answers()
+        await asyncio.gather(*calls)
+        assert client.stats.endpoints["a"].in_flight == 0
