@@ -317,6 +317,9 @@ class Client:
         except APIError as exc:
             self._recorder.failed(request.model, exc, started, queued=call.queued)
             raise
+        except (asyncio.CancelledError, ClientClosedError) as exc:
+            self._recorder.cancelled(request.model, exc, started, queued=call.queued)
+            raise
         self._recorder.finished(request.model, completion, started, queued=call.queued)
         return completion
 

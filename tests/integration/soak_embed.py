@@ -64,13 +64,14 @@ def size(dimensions: int | None) -> int:
 @dataclass(frozen=True)
 class Produced:
     """One answer of the embeddings route: for which endpoint, model, size and inputs,
-    at which tick of the run's counter."""
+    at which tick of the run's counter, and the tokens it billed."""
 
     endpoint: str
     model: str
     dimensions: int
     texts: tuple[str, ...]
     tick: int
+    tokens: int
 
 
 class SpyEmbeddings(FakeEmbeddings):
@@ -96,7 +97,10 @@ class SpyEmbeddings(FakeEmbeddings):
         answer = super()._answer(body, texts)
         answer["id"] = f"embeddings-{len(self.produced)}"
         dimensions = size(body.get("dimensions"))
-        made = Produced(_asker.get(), body["model"], dimensions, tuple(texts), next(self.ticks))
+        tokens = answer["usage"]["prompt_tokens"]
+        made = Produced(
+            _asker.get(), body["model"], dimensions, tuple(texts), next(self.ticks), tokens
+        )
         self.produced[answer["id"]] = made
         return answer
 

@@ -160,14 +160,20 @@ def check_stats(run: Run) -> None:
         assert sum(counted) == sum(seen) + unseen, f"client {index}: {stats}"
         assert all(c >= s for c, s in zip(counted, seen, strict=True)), f"client {index}"
         assert stats.errors == sum(isinstance(o.error, APIError) for o in mine), stats
+        ended_cancelled = [o for o in run.outcomes if o.plan.client == index and o.cancelled]
+        assert stats.cancelled <= len(ended_cancelled), stats  # some never started
         # A failed batch's answered requests were paid for too: its error carries them.
         paid = [r.usage for r in results]
         paid += [o.error.usage for o in mine if isinstance(o.error, EmbeddingBatchError)]
-        assert stats.prompt_tokens == sum(u.prompt_tokens for u in paid), stats
+        # And so were those of callers that left: counted as they ended, never more than
+        # its endpoint answered (a request cut at its deadline was answered, not read).
+        answered = [p for p in run.spy.produced.values() if p.endpoint == ENDPOINTS[index]]
+        seen_tokens = sum(u.prompt_tokens for u in paid)
+        answered_tokens = sum(p.tokens for p in answered)
+        assert seen_tokens <= stats.prompt_tokens <= answered_tokens, stats
         assert stats.requests == 0, "embed() calls counted as completions"
         assert stats.corrupt == 0, f"client {index} read an entry not bound to its key"
         # Every answer its endpoint gave was a request it counted.
-        answered = [p for p in run.spy.produced.values() if p.endpoint == ENDPOINTS[index]]
         assert stats.embedding_requests >= len(answered), f"client {index}: {stats}"
 
 

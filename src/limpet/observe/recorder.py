@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from limpet.errors import EmbeddingBatchError
 from limpet.http.admission import Admissions
 from limpet.models import Completion, Cost, Embeddings, Usage
 from limpet.observe.events import CallEvent, EventHook, embedding_event, emit_event, event_of
@@ -69,30 +69,48 @@ class Recorder:
             event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
             emit_event(self._hooks, self._with_admission(event))
 
+    def cancelled(
+        self,
+        model: str,
+        cause: BaseException,
+        started: float,
+        *,
+        stream: bool = False,
+        queued: float = 0.0,
+    ) -> None:
+        """Count a call that ended with neither an answer nor an upstream error (``cause``:
+        its cancellation, or ``ClientClosedError``); its event names the cause's type, a
+        stream closed before its end ``CancelledError``."""
+        self.stats.cancelled += 1
+        if self._hooks:
+            seconds = time.perf_counter() - started
+            error = asyncio.CancelledError() if isinstance(cause, GeneratorExit) else cause
+            event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
+            emit_event(self._hooks, self._with_admission(event))
+
     def embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
-        """Count an ``embed()`` call that returned: tokens, dollars, event hooks (the
-        inputs were counted by the embedder)."""
-        self._spent(model, result.usage, result.cost)
+        """Count an ``embed()`` call that returned, in the event hooks (its inputs were
+        counted by the embedder, and what its requests cost by ``spent``)."""
         if self._hooks:
             seconds = time.perf_counter() - started
             emit_event(self._hooks, embedding_event(model, result, seconds))
         return result
 
     def embed_failed(self, model: str, error: BaseException, started: float) -> None:
-        """Count an ``embed()`` call that raised: with ``EmbeddingBatchError``, the tokens
-        and dollars of its requests that answered too (paid for, whatever failed beside)."""
+        """Count an ``embed()`` call that raised (what its requests that answered cost
+        was counted by ``spent``)."""
         self.stats.errors += 1
         if self._fleet is not None:
             self._fleet.record_error(model)
-        if isinstance(error, EmbeddingBatchError):
-            self._spent(model, error.usage, error.cost)
         if self._hooks:
             seconds = time.perf_counter() - started
             emit_event(self._hooks, embedding_event(model, None, seconds, error=error))
 
-    def _spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
-        """Add what an ``embed()`` call's upstream requests cost to the stats and the
-        fleet's counters."""
+    def spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
+        """Add what ``/embeddings`` requests cost to the stats and the fleet's counters.
+        The embedder's send task calls it as the requests end, whether or not the call
+        that sent them is still there: a caller that timed out leaves them running, paid
+        for all the same."""
         self.stats.prompt_tokens += usage.prompt_tokens
         if cost is not None:
             self.stats.cost_usd += cost.usd

@@ -52,6 +52,11 @@ class Stats:
         bypassed: calls that skipped the cache (policy or ``cache="bypass"``).
         upstream_calls: requests sent upstream (retries of one request count once).
         errors: calls that raised an upstream error.
+        cancelled: calls that ended with neither an answer nor an upstream error: their
+            caller cancelled them (a timeout of its own, a client that hung up, a stream
+            closed before its end), or the Client closed under them. What they sent
+            upstream counts in ``upstream_calls``, and what it cost where it was answered
+            (an ``embed()`` call's requests go on without it).
         prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens: tokens
             billed by upstream calls (hits and coalesced calls bill none).
         cost_usd: dollars spent upstream, where the cost was known.
@@ -77,6 +82,7 @@ class Stats:
     bypassed: int = 0
     upstream_calls: int = 0
     errors: int = 0
+    cancelled: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -205,6 +211,7 @@ class Stats:
             "bypassed": self.bypassed,
             "upstream_calls": self.upstream_calls,
             "errors": self.errors,
+            "cancelled": self.cancelled,
             "hit_rate": self.hit_rate,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

@@ -4,6 +4,7 @@ the record of how the call ended."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -63,6 +64,9 @@ class EmbedCalls:
                 result = await self._calls.guarded(call, work)
         except APIError as exc:
             self._recorder.embed_failed(model, exc, started)
+            raise
+        except (asyncio.CancelledError, ClientClosedError) as exc:
+            self._recorder.cancelled(model, exc, started)
             raise
         return self._recorder.embedded(model, result, started)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from limpet.cache.remote import RemoteCache
@@ -33,7 +33,7 @@ from limpet.flight.embeddings import fetch_shared
 from limpet.flight.shared import RedisFlight
 from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
-from limpet.models import Embeddings
+from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
 from limpet.pipeline.account import add_batch, price_embeddings
 from limpet.pipeline.calls import Call
@@ -53,7 +53,10 @@ from limpet.pipeline.vectors import (
 )
 from limpet.providers.pricing import PriceTable
 
-__all__ = ["Embedder"]
+__all__ = ["Embedder", "Spent"]
+
+#: Told what ``/embeddings`` requests cost: the model asked for, their usage, their dollars.
+Spent = Callable[[str, Usage, Cost | None], None]
 
 logger = logging.getLogger("limpet")
 
@@ -72,6 +75,8 @@ class Embedder:
         shared: per-input leases across processes (the cache's Redis tier), or None.
         max_batch_tokens: an estimated token budget per request (None: no budget).
         max_inputs: inputs one call may carry.
+        spent: told what the requests cost as they end (the model asked for, the usage,
+            the dollars or None when unknown), whether or not their caller is still there.
     """
 
     __slots__ = (
@@ -82,6 +87,7 @@ class Embedder:
         "_inflight",
         "_prices",
         "_shared",
+        "_spent",
         "_stats",
         "_tasks",
         "_transport",
@@ -101,6 +107,7 @@ class Embedder:
         shared: RedisFlight[bytes] | None = None,
         max_batch_tokens: int | None = None,
         max_inputs: int = DEFAULT_MAX_INPUTS,
+        spent: Spent | None = None,
     ) -> None:
         self._cache = cache
         self._codec = VectorCodec(cache.hmac_key if cache is not None else None)
@@ -112,6 +119,7 @@ class Embedder:
         self._shared = shared
         self.max_batch_tokens = max_batch_tokens
         self.max_inputs = max_inputs
+        self._spent = spent
         # One future per input being sent by some call of this process: bounded by the
         # inputs in flight, each removed when its request ends.
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
@@ -274,6 +282,9 @@ class Embedder:
                 if decision.write:
                     await self._store(sent.vectors, request.ttl)
             await price_embeddings(self._prices, sent, request.model)
+            if self._spent is not None and sent.usage is not None:
+                cost = None if sent.cost is None else Cost(sent.cost)
+                self._spent(request.model, sent.usage, cost)
         finally:
             for key, future in futures.items():
                 if self._inflight.get(key) is future:

@@ -109,6 +109,7 @@ class Pipelines:
             coalesce=coalesce,
             shared=shared(),
             max_inputs=max_embed_inputs,
+            spent=recorder.spent,
         )
         self.embeds = EmbedCalls(
             embedder=embedder, keying=keying, calls=calls, recorder=recorder, closed=closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from functools import partial
@@ -140,6 +141,13 @@ class StreamCalls:
                     await streamed.aclose()
             except APIError as exc:
                 self._recorder.failed(request.model, exc, started, stream=True)
+                raise
+            except (asyncio.CancelledError, GeneratorExit, ClientClosedError) as exc:
+                # Cancelled, or closed by its reader: before its end, or once it was whole.
+                if sink.completion is None:
+                    self._recorder.cancelled(request.model, exc, started, stream=True)
+                else:
+                    self._recorder.finished(request.model, sink.completion, started, stream=True)
                 raise
         if sink.completion is not None:
             self._recorder.finished(request.model, sink.completion, started, stream=True)

@@ -1,0 +1,121 @@
+"""Calls that end with neither an answer nor an upstream error are counted: a caller
+cancelled, a stream closed before its end, the Client closed under a call. Before, they
+were counted nowhere (``hits + misses + coalesced + bypassed + errors`` fell short of the
+calls made by exactly those), and what a cancelled ``embed()`` call's requests cost, paid
+all the same, never reached the stats. Against the FakeGateway over loopback; counts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from limpet import Client, Endpoint, RetryConfig
+from limpet.errors import ClientClosedError
+from limpet.observe.events import CallEvent
+from limpet.testing import FakeGateway
+from tests.integration.chat import ask
+from tests.integration.held_slot import held_slot
+
+EMBEDDING_MODEL = "openai/text-embedding-3-small"
+
+
+def client_for(gateway: FakeGateway, **options: Any) -> Client:
+    endpoint = Endpoint("a", gateway.base_url("a"))
+    return Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1), **options)
+
+
+def calls_made(client: Client) -> int:
+    stats = client.stats
+    return stats.requests + stats.errors + stats.cancelled
+
+
+async def test_a_cancelled_complete_is_counted_once_with_its_event(gateway: FakeGateway) -> None:
+    events: list[CallEvent] = []
+    upstream = gateway.endpoint("a")
+    async with client_for(gateway, on_event=events.append) as client:
+        upstream.hold_answers()
+        call = asyncio.ensure_future(client.complete(**ask("left early")))
+        await upstream.wait_for_calls(1)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        upstream.release_answers()
+        await client.complete(**ask("answered"))
+        stats = client.stats
+    assert (stats.cancelled, stats.errors, stats.misses) == (1, 0, 1)
+    assert stats.upstream_calls == 2 and calls_made(client) == 2
+    left = [event for event in events if event.error is not None]
+    assert [(e.error, e.cache, e.stream) for e in left] == [("CancelledError", None, False)]
+    assert stats.as_dict()["cancelled"] == 1
+
+
+async def test_a_call_the_client_closed_under_is_counted_cancelled(gateway: FakeGateway) -> None:
+    events: list[CallEvent] = []
+    upstream = gateway.endpoint("a")
+    client = client_for(gateway, on_event=events.append, close_grace=0.0)
+    upstream.hold_answers()
+    call = asyncio.ensure_future(client.complete(**ask("closed under")))
+    await upstream.wait_for_calls(1)
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await call
+    upstream.release_answers()
+    assert (client.stats.cancelled, client.stats.errors) == (1, 0)
+    assert [event.error for event in events] == ["ClientClosedError"]
+
+
+async def test_a_stream_closed_before_its_end_is_counted_cancelled(gateway: FakeGateway) -> None:
+    events: list[CallEvent] = []
+    async with client_for(gateway, on_event=events.append) as client:
+        async with client.stream(**ask("a long answer, read in part")) as stream:
+            async for _ in stream:
+                break  # the reader has what it wanted
+        async with client.stream(**ask("read whole")) as whole:
+            chunks = [chunk async for chunk in whole]
+        stats = client.stats
+    assert chunks and whole.completion is not None
+    assert (stats.cancelled, stats.misses, stats.errors) == (1, 1, 0)
+    assert [(e.error, e.stream) for e in events if e.cache is None] == [("CancelledError", True)]
+    assert calls_made(client) == 2
+
+
+async def test_a_cancelled_embed_is_counted_and_what_its_requests_cost_too(
+    gateway: FakeGateway,
+) -> None:
+    # Its requests go on without it (another call may await their inputs, and they are
+    # stored): they are paid for, so the stats count what they cost.
+    async with client_for(gateway, cache=None) as reference:
+        paid = await reference.embed(model=EMBEDDING_MODEL, input=["x", "y"])
+    assert paid.usage.prompt_tokens > 0 and paid.cost is not None
+    async with held_slot(gateway) as slot:
+        client = slot.client
+        left = asyncio.ensure_future(client.embed(model=EMBEDDING_MODEL, input=["x", "y"]))
+        while not client.stats.endpoints["a"].queued:  # noqa: ASYNC110 (a state, no event)
+            await asyncio.sleep(0)
+        left.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await left
+        await slot.release()
+        again = await client.embed(model=EMBEDDING_MODEL, input=["x", "y"])
+        chat = slot.blocker.result()
+        stats = client.stats
+    assert (again.misses, again.hits + again.coalesced) == (0, 2)  # the left call's inputs
+    assert gateway.embeddings.calls == 2  # the reference's request and the left call's
+    assert stats.cancelled == 1
+    assert stats.prompt_tokens == chat.usage.prompt_tokens + paid.usage.prompt_tokens
+    assert chat.cost is not None
+    assert stats.cost_usd == pytest.approx(chat.cost.usd + paid.cost.usd)
+
+
+async def test_an_embed_call_counts_what_it_paid_for_once(gateway: FakeGateway) -> None:
+    # The spend is counted where the requests end, no longer again as the call returns.
+    async with client_for(gateway) as client:
+        first = await client.embed(model=EMBEDDING_MODEL, input=["x", "y"])
+        again = await client.embed(model=EMBEDDING_MODEL, input=["x", "y"])
+        stats = client.stats
+    assert first.cost is not None and again.usage.prompt_tokens == 0
+    assert stats.prompt_tokens == first.usage.prompt_tokens
+    assert stats.cost_usd == pytest.approx(first.cost.usd)
+    assert stats.cancelled == 0
