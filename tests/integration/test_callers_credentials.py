@@ -44,8 +44,10 @@ async def test_one_callers_retry_after_pauses_that_caller_alone(gateway: FakeGat
         figures = client.stats.endpoints["a"]
     assert other.content and own.content
     assert endpoint.calls == 3  # the 429, tenant b's, the plain call
-    assert figures.rate_limited == 1
-    assert figures.paused_for > 0
+    # The caller's 429 and pause count in the endpoint's figures; the endpoint itself
+    # is not paused.
+    assert (figures.rate_limited, figures.paused_for) == (1, 0.0)
+    assert figures.paused_seconds > 0
 
 
 async def test_the_endpoints_own_key_still_pauses_every_caller_without_one(
@@ -145,3 +147,24 @@ async def test_callers_figures_add_up_in_the_endpoints_stats(gateway: FakeGatewa
         endpoint.release_answers()
         await asyncio.gather(*calls)
         assert client.stats.endpoints["a"].in_flight == 0
+
+
+async def test_a_burst_of_keys_in_flight_is_kept_and_counted_whole() -> None:
+    # More callers' keys in flight at once than are kept when idle: none is forgotten
+    # (each holds a request), and the endpoint's figures add them all up.
+    admissions = Admissions(AdmissionConfig())
+    base = Endpoint("a", "https://gateway.test/v1")
+    slots = []
+    for i in range(3 * MAX_CALLERS_ADMISSIONS):
+        slot = admissions.of(base.with_headers(key(f"tenant {i}"))).admit_now()
+        assert slot is not None
+        slots.append(slot)
+    assert len(admissions._callers) == 3 * MAX_CALLERS_ADMISSIONS
+    assert admissions.stats()["a"].in_flight == 3 * MAX_CALLERS_ADMISSIONS
+    for slot in slots:
+        slot.release()
+    assert admissions.stats()["a"].in_flight == 0
+    # Idle now: forgotten at the next look, once the map has doubled since the last.
+    for i in range(MAX_CALLERS_ADMISSIONS + 1):
+        admissions.of(base.with_headers(key(f"later {i}")))
+    assert len(admissions._callers) <= MAX_CALLERS_ADMISSIONS

@@ -62,20 +62,34 @@ class AdmissionStats:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
-    def plus(self, other: AdmissionStats) -> AdmissionStats:
-        """These figures with ``other``'s (the admission of calls that bring credentials
-        of their own) added: requests in flight, callers queued, 429s and seconds paused;
-        the limit, cap and learned limit are kept, and the longer pause left."""
+    def plus(self, callers: AdmissionTotals) -> AdmissionStats:
+        """These figures with what the admissions of calls that bring credentials of
+        their own hold added: requests in flight, callers queued, 429s, seconds paused.
+        The limit, cap, learned limit and pause left stay the endpoint's own."""
         return AdmissionStats(
             limit=self.limit,
             cap=self.cap,
             learned=self.learned,
-            in_flight=self.in_flight + other.in_flight,
-            queued=self.queued + other.queued,
-            rate_limited=self.rate_limited + other.rate_limited,
-            paused_seconds=self.paused_seconds + other.paused_seconds,
-            paused_for=max(self.paused_for, other.paused_for),
+            in_flight=self.in_flight + callers.in_flight,
+            queued=self.queued + callers.queued,
+            rate_limited=self.rate_limited + callers.rate_limited,
+            paused_seconds=self.paused_seconds + callers.paused_seconds,
+            paused_for=self.paused_for,
         )
+
+
+class AdmissionTotals:
+    """What the admissions of the calls that bring their own credentials to one endpoint
+    hold together, kept as it changes: the endpoint's figures add it without visiting each
+    (a proxy may serve thousands of keys, and every call's event carries the figures)."""
+
+    __slots__ = ("in_flight", "paused_seconds", "queued", "rate_limited")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.queued = 0
+        self.rate_limited = 0
+        self.paused_seconds = 0.0
 
 
 class Admission:
@@ -90,6 +104,8 @@ class Admission:
             only wait inside aiohttp for a connection, out of this FIFO line, holding the
             request it built meanwhile (at concurrency 500 most of a Client's calls did),
             and would count as in flight for the learned limit while it waited.
+        totals: where a caller's own admission adds what it holds (``AdmissionTotals``);
+            None for an endpoint's own.
     """
 
     def __init__(
@@ -99,8 +115,10 @@ class Admission:
         *,
         max_pause: float = math.inf,
         pool: int = 0,
+        totals: AdmissionTotals | None = None,
     ) -> None:
         self.name = endpoint.name
+        self._totals = totals
         self.cap = endpoint.max_in_flight
         self._pool = pool
         self.limit = AimdLimit(config)
@@ -186,6 +204,7 @@ class Admission:
             self._waiters.appendleft(waiter)
         else:
             self._waiters.append(waiter)
+        self._queued(1)
         self._dispatch()
         try:
             slot = await future
@@ -195,6 +214,7 @@ class Admission:
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+                    self._queued(-1)
                 self._dispatch()
             raise
         return slot
@@ -204,7 +224,10 @@ class Admission:
         now = asyncio.get_running_loop().time()
         until = now + min(seconds, self._max_pause)
         if until > self.paused_until:
-            self.paused_seconds += until - max(now, self.paused_until)
+            paused = until - max(now, self.paused_until)
+            self.paused_seconds += paused
+            if self._totals is not None:
+                self._totals.paused_seconds += paused
             self.paused_until = until
         self.probing = True
 
@@ -230,7 +253,19 @@ class Admission:
 
     def released(self) -> None:
         self.in_flight -= 1
+        if self._totals is not None:
+            self._totals.in_flight -= 1
         self._dispatch()
+
+    def count_rate_limited(self) -> None:
+        """One more 429."""
+        self.rate_limited += 1
+        if self._totals is not None:
+            self._totals.rate_limited += 1
+
+    def _queued(self, change: int) -> None:
+        if self._totals is not None:
+            self._totals.queued += change
 
     def _wait(self, tokens: float, now: float) -> float:
         """Seconds before a request of ``tokens`` may go; ``inf``: until a slot frees."""
@@ -254,6 +289,8 @@ class Admission:
 
     def _admit(self, tokens: float, now: float) -> Slot:
         self.in_flight += 1
+        if self._totals is not None:
+            self._totals.in_flight += 1
         if self._quota is not None:
             self._quota -= 1
         if self._rpm is not None:
@@ -272,6 +309,7 @@ class Admission:
             future, tokens = self._waiters[0]
             if future.done():  # cancelled while waiting
                 self._waiters.popleft()
+                self._queued(-1)
                 continue
             wait = self._wait(tokens, now)
             if wait > 0.0:
@@ -279,6 +317,7 @@ class Admission:
                     self._wake_at(now + wait)
                 return
             self._waiters.popleft()
+            self._queued(-1)
             future.set_result(self._admit(tokens, now))
 
     def _wake_at(self, when: float) -> None:
@@ -301,7 +340,9 @@ class Admissions:
     forwarding each caller's key, ``extra_headers={"Authorization": ...}``) is admitted by
     an ``Admission`` of those credentials at that endpoint: a provider's limits are per
     key, so one caller's 429s and ``Retry-After`` pause that caller's calls, never the
-    others'. Those are forgotten once idle, past ``MAX_CALLERS_ADMISSIONS``.
+    others'. Idle ones are forgotten when more than ``MAX_CALLERS_ADMISSIONS`` are held,
+    or twice as many as were still in use at the last look (a burst of keys in flight
+    costs one look per doubling, not one per call).
     """
 
     def __init__(
@@ -312,6 +353,10 @@ class Admissions:
         self._pool = pool
         self._by_name: dict[str, Admission] = {}
         self._callers: dict[tuple[str, str], Admission] = {}
+        self._totals: dict[str, AdmissionTotals] = {}
+        # The callers' admissions held when idle ones are next looked for: a burst of
+        # more keys than that in flight at once would otherwise look at each per call.
+        self._next_sweep = MAX_CALLERS_ADMISSIONS
 
     def __copy__(self) -> Admissions:
         return self
@@ -332,15 +377,27 @@ class Admissions:
         return found
 
     def _of_callers(self, endpoint: Endpoint, callers: str) -> Admission:
-        key = (endpoint.name, callers)
+        name = endpoint.name
+        key = (name, callers)
         found = self._callers.get(key)
-        if found is None:
-            if len(self._callers) >= MAX_CALLERS_ADMISSIONS:
-                for known, admission in list(self._callers.items()):
-                    if admission.idle:
-                        del self._callers[known]
-            found = Admission(endpoint, self.config, max_pause=self._max_pause, pool=self._pool)
-            self._callers[key] = found
+        if found is not None:
+            return found
+        if len(self._callers) >= self._next_sweep:
+            for known, admission in list(self._callers.items()):
+                if admission.idle:
+                    del self._callers[known]
+            self._next_sweep = max(MAX_CALLERS_ADMISSIONS, 2 * len(self._callers))
+        totals = self._totals.get(name)
+        if totals is None:
+            totals = self._totals[name] = AdmissionTotals()
+            if name not in self._by_name:  # the endpoint's own figures, the callers' added
+                self._by_name[name] = Admission(
+                    endpoint, self.config, max_pause=self._max_pause, pool=self._pool
+                )
+        found = Admission(
+            endpoint, self.config, max_pause=self._max_pause, pool=self._pool, totals=totals
+        )
+        self._callers[key] = found
         return found
 
     def paused_for(self, name: str) -> float:
@@ -352,7 +409,6 @@ class Admissions:
         """Each endpoint's figures; those of the calls that brought credentials of their
         own are added to them (``AdmissionStats.plus``)."""
         found = {name: admission.stats() for name, admission in self._by_name.items()}
-        for (name, _), admission in self._callers.items():
-            callers = admission.stats()
-            found[name] = found[name].plus(callers) if name in found else callers
+        for name, totals in self._totals.items():
+            found[name] = found[name].plus(totals)
         return found

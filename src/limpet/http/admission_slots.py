@@ -83,7 +83,7 @@ class Slot:
         admission = self._admission
         try:
             if status == 429:
-                admission.rate_limited += 1
+                admission.count_rate_limited()
             if self._epoch == admission.epoch:
                 admission.limit.refused(self._in_flight)
                 admission.epoch += 1
