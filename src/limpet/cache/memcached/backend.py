@@ -165,7 +165,7 @@ class MemcachedCache(RemoteCache):
         super().__init__(
             settings,
             where=self._connector.where,
-            send=concurrent_writes(self._send_write),
+            send=concurrent_writes(self._send_write, self._connector.slots),
             batch_size=WRITE_BATCH,
             breaker=breaker,
         )
@@ -388,7 +388,7 @@ class MemcachedCache(RemoteCache):
                 breaker: Memcached is up).
         """
         probing = self.breaker.state == "half_open"
-        start = partial(self._connector.start, call, probing=probing, budget=budget)
+        start = partial(self._connector.run, call, probing=probing, budget=budget)
         return self._guarded(command, budget, start, gated=gated)
 
     def _verdict(self, exc: Exception) -> Verdict:
@@ -398,10 +398,11 @@ class MemcachedCache(RemoteCache):
     def _send_write(
         self, key: str, value: bytes | None, expires_at: float
     ) -> asyncio.Future[Exception | None]:
-        """One queued write, run as every command is: a batch that runs out of time stops
-        waiting for it, and it goes on until its reply is read."""
+        """One queued write, run as every command is, on a place its batch holds: a batch
+        that runs out of time stops waiting for it, and it goes on until its reply is read."""
         return self._connector.start(
             partial(write_item, key=key.encode(), value=value, expires_at=expires_at),
             probing=False,
             budget=self.write_timeout,
+            held=True,
         )

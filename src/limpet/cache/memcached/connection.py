@@ -22,6 +22,7 @@ import emcache
 from limpet.cache.memcached.commands import ClientClosedError, Session, hand_over, run_command
 from limpet.cache.memcached.keys import parse_memcached_url
 from limpet.cache.remote import check_source
+from limpet.cache.slots import ConnectionSlots
 from limpet.errors import ConfigurationError
 
 __all__ = [
@@ -46,7 +47,8 @@ class MemcachedConnector:
         url: ``memcached://host:11211[,host2:11211...]``, the servers of a client built
             here.
         client: an ``emcache.Client`` to use as it is (never rebuilt nor closed here).
-        max_connections: connections per server of a client built here.
+        max_connections: connections per server of a client built here (and of a lent
+            one, as far as ``slots`` know).
 
     Raises:
         ConfigurationError: neither or both of ``url`` and ``client``, an unusable URL, or
@@ -62,6 +64,7 @@ class MemcachedConnector:
         "_session",
         "max_connections",
         "owns",
+        "slots",
     )
 
     def __init__(
@@ -81,6 +84,10 @@ class MemcachedConnector:
         #: Whether the client is this connector's to build, rebuild and close.
         self.owns = client is None
         self.max_connections = max_connections
+        #: A place per connection the client may open: a command holds one from its start
+        #: to its end (``limpet.cache.slots``), so a burst waits for places here, outside
+        #: every budget, rather than inside emcache's pools, where its budget ran out.
+        self.slots = ConnectionSlots(max_connections * max(len(self._servers), 1))
         self._connecting: asyncio.Lock | None = None
         self._old_clients: set[asyncio.Task[None]] = set()
         self._arriving: set[asyncio.Task[None]] = set()
@@ -99,11 +106,34 @@ class MemcachedConnector:
         session = self._session
         return [] if session is None else list(session.running)
 
-    def start(
+    async def run(
         self, call: Callable[[emcache.Client], Awaitable[T]], *, probing: bool, budget: float
+    ) -> T:
+        """``call``'s outcome, once one of ``slots`` is free to start it on (``start``).
+
+        Raises:
+            QueueTimeout: (inside a budget) no place came free within its bound.
+        """
+        slots = self.slots
+        await slots.take()
+        try:
+            reply = self.start(call, probing=probing, budget=budget, held=True)
+        except BaseException:
+            slots.give_back()
+            raise
+        return await reply
+
+    def start(
+        self,
+        call: Callable[[emcache.Client], Awaitable[T]],
+        *,
+        probing: bool,
+        budget: float,
+        held: bool = False,
     ) -> asyncio.Future[T]:
         """Start ``call`` on the client (a fresh one when ``probing``, for the breaker's
-        probe) in a task of its own, and return the future of its outcome.
+        probe) in a task of its own, and return the future of its outcome. ``held``: the
+        caller took one of ``slots`` for it, given back as the task ends.
 
         Cancelling that future (its caller's ``budget`` ran out, or its caller was
         cancelled) does not reach the command, which goes on until it has read its
@@ -120,8 +150,14 @@ class MemcachedConnector:
             self._arriving.add(task)
             task.add_done_callback(self._arriving.discard)
         else:
-            session.track(loop.create_task(run_command(call, session, reply)), reply, budget)
+            task = loop.create_task(run_command(call, session, reply))
+            session.track(task, reply, budget)
+        if held:
+            task.add_done_callback(self._give_back)
         return reply
+
+    def _give_back(self, task: asyncio.Future[Any]) -> None:
+        self.slots.give_back()
 
     async def aclose(self, grace: float) -> None:
         """End every command and close the client if this connector owns it, and every

@@ -1,7 +1,9 @@
 """How ``MemcachedCache``'s write queue (``limpet.cache.writes``) sends a batch.
 
 Memcached has no pipeline in the client, so a batch goes out as concurrent commands over
-the client's connection pool, within one write timeout.
+the client's connection pool, within one write timeout counted in the server's time: the
+batch waits for places for its commands in this process first (``limpet.cache.slots``),
+outside that timeout.
 """
 
 from __future__ import annotations
@@ -10,27 +12,37 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
+from limpet.cache.budget import server_deadline
+from limpet.cache.slots import ConnectionSlots
 from limpet.cache.writes import BatchOutcome, SendBatch, Write
 
 __all__ = ["WRITE_BATCH", "SendOne", "concurrent_writes"]
 
-#: Sends one write (full key, value or None, monotonic expiry); returns None when it
-#: landed, or Memcached's refusal (the server answered: it is up). Raises when the server
-#: could not be reached.
+#: Starts one write (full key, value or None, monotonic expiry) on a place of the slots
+#: already held, given back as the command ends; its outcome is None when it landed, or
+#: Memcached's refusal (the server answered: it is up). Raises when the server could not
+#: be reached.
 SendOne: TypeAlias = Callable[[str, bytes | None, float], Awaitable[Exception | None]]
 
 #: Enough to keep the connection pool busy, small enough to fit in one write timeout.
 WRITE_BATCH = 32
 
 
-def concurrent_writes(send_one: SendOne) -> SendBatch:
-    """Sends a batch of writes as concurrent ``send_one`` calls within the timeout."""
+def concurrent_writes(send_one: SendOne, slots: ConnectionSlots) -> SendBatch:
+    """Sends a batch of writes as concurrent ``send_one`` calls within the timeout, each
+    once it holds one of ``slots``."""
 
     async def send(batch: list[tuple[str, Write]], budget: float) -> BatchOutcome:
-        async with asyncio.timeout(budget):
-            refusals = await asyncio.gather(
-                *(send_one(key, value, expires_at) for key, (value, expires_at) in batch)
-            )
+        async with server_deadline(budget):
+            started: list[Awaitable[Exception | None]] = []
+            for key, (value, expires_at) in batch:
+                await slots.take()
+                try:
+                    started.append(send_one(key, value, expires_at))
+                except BaseException:
+                    slots.give_back()
+                    raise
+            refusals = await asyncio.gather(*started)
         # Memcached answered every command, even if it refused some: it is up.
         return BatchOutcome([r for r in refusals if r is not None])
 

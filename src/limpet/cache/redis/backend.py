@@ -13,7 +13,6 @@ counter shares the tag ``{gen}`` (read together in one MGET).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import ClassVar, TypeVar
@@ -48,6 +47,7 @@ from limpet.cache.remote import (
     Verdict,
     remote_settings,
 )
+from limpet.cache.slots import ConnectionSlots
 from limpet.errors import CacheUnavailableError
 
 __all__ = [
@@ -183,11 +183,10 @@ class RedisCache(RemoteCache):
         # redis-py's cluster pools fail a command at once when its node has no free
         # connection, where a single server's pool waits for one: on a cluster a burst
         # waits here for one of max_connections places instead (less one, kept for the
-        # flight notices' subscription), within each command's budget, rather than fail
-        # and fall through (a burst of embedding leases did, and sent inputs twice).
-        self._slots = (
-            asyncio.Semaphore(max(settings.max_connections - 1, 1)) if self.cluster else None
-        )
+        # flight notices' subscription), outside each command's budget as a single
+        # server's pool wait is (``limpet.cache.slots``), rather than fail and fall
+        # through (a burst of embedding leases did, and sent inputs twice).
+        self._slots = ConnectionSlots(settings.max_connections - 1) if self.cluster else None
         super().__init__(
             settings,
             where=describe_server(client),

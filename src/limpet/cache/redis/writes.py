@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import time
@@ -14,6 +13,7 @@ from redis.exceptions import ClusterDownError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from limpet.cache.budget import server_deadline
+from limpet.cache.slots import ConnectionSlots
 from limpet.cache.writes import BatchOutcome, SendBatch, Write
 
 __all__ = ["WRITE_BATCH", "RedisClient", "pipelined_writes", "redis_replied"]
@@ -25,7 +25,7 @@ RedisClient: TypeAlias = Redis | RedisCluster
 WRITE_BATCH = 64
 
 
-def pipelined_writes(client: RedisClient, slots: asyncio.Semaphore | None = None) -> SendBatch:
+def pipelined_writes(client: RedisClient, slots: ConnectionSlots | None = None) -> SendBatch:
     """Sends a batch of writes to ``client`` as one pipeline, timed by the server, once
     one of ``slots`` is free (a cluster cache's places, see ``RedisCache``).
 
