@@ -82,3 +82,18 @@ async def test_closing_the_queue_lets_its_waiters_go() -> None:
     await waiting
     assert room_of(queue) is None
     assert queue.dropped == BOUND + 2
+
+
+async def test_a_value_that_landed_another_way_leaves_the_queue_uncounted() -> None:
+    # A flight's release stores its entry with the lease: the same write still queued
+    # is a duplicate, and makes room when dropped; one queued since with another value
+    # (a refresh) is kept.
+    sender, breaker = HeldSender(), CircuitBreaker()
+    queue = full_queue(sender, breaker)
+    queue.forget("k0", b"v")
+    queue.forget("k1", b"another value")
+    assert queue.queued("k0") is None and queue.queued("k1") is not None
+    assert (queue.room, queue.dropped) == (1, 0)
+    sender.go.set()
+    await queue.flush()
+    assert sorted(sender.sent) == [f"k{i}" for i in range(1, BOUND)]

@@ -278,6 +278,12 @@ class RemoteCache:
         value, expires_at = queued
         return True, value if expires_at > time.monotonic() else None
 
+    def landed(self, full_key: str, value: bytes) -> None:
+        """``value`` is stored under ``full_key`` (a flight's release wrote it with the
+        lease): the same write still queued is dropped, uncounted. Each cross-process
+        miss was written twice, and a burst of them filled the queue with duplicates."""
+        self._writes.forget(full_key, value)
+
     def _check_writable(self) -> None:
         """No write is queued while the breaker is open (nor once the cache is closed).
 

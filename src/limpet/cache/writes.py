@@ -153,6 +153,15 @@ class WriteQueue:
                 self._drain(), name=f"limpet-{self._kind}-writer"
             )
 
+    def forget(self, key: str, value: bytes) -> None:
+        """``value`` landed under ``key`` another way (a flight's release stored it):
+        its write, if still queued with that very value, is not sent. A write queued
+        since with another value is kept."""
+        pending = self._pending.get(key)
+        if pending is not None and pending[0] == value:
+            del self._pending[key]
+            self._wake()
+
     @property
     def room(self) -> int | None:
         """Writes ``put()`` takes now without dropping any; None when no bound is waited

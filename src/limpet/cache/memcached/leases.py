@@ -159,6 +159,7 @@ class MemcachedFlightStore:
                     gated=False,
                 )
                 stored = True
+                cache.landed(full.decode(), data)
         if notice.outcome is FlightOutcome.STORED and not stored:
             notice = FlightNotice(FlightOutcome.ABANDONED)  # nothing to read: take over
         notice_key = cache.notice_key(key)

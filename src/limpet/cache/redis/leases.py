@@ -203,14 +203,15 @@ class RedisFlightStore:
         # Sent instead when Redis refuses the entry: followers lead, rather than reading
         # an entry that is not there and then waiting on a lease.
         unstored = message if millis == "0" else self._message(key, _encode_notice(_ABANDONED))
-        await cache.run(
+        full = cache.redis_key(key)
+        stored = await cache.run(
             "EVAL release",
             cache.write_timeout,
             lambda: cache.redis.eval(
                 _RELEASE,
                 2,
                 self._lock_key(key),
-                cache.redis_key(key),
+                full,
                 token,
                 entry or b"",
                 millis,
@@ -220,6 +221,8 @@ class RedisFlightStore:
             ),
             gated=False,  # a lease left behind would stall every other process
         )
+        if entry and stored == 1 and millis != "0":
+            cache.landed(full, entry)
 
     def _message(self, key: str, body: bytes) -> bytes:
         raw_key = key.encode()
