@@ -20,9 +20,8 @@ async def test_a_wait_for_a_place_is_no_part_of_the_budget() -> None:
         slots.give_back()
 
     freeing = asyncio.ensure_future(free_later())
-    async with server_deadline(0.01):
-        async with slots:
-            await asyncio.sleep(0)  # the server answers at once
+    async with server_deadline(0.01), slots:
+        await asyncio.sleep(0)  # the server answers at once
     await freeing
     assert slots.held == 0
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

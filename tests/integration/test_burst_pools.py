@@ -17,8 +17,8 @@ import pytest
 from limpet import CacheStatus, Client, Endpoint, MemcachedCache, RedisCache, RetryConfig
 from limpet.cache.tiered import TieredCache
 from limpet.testing import FakeGateway
-from tests.integration.chat import ask
 from tests.cluster_servers import RedisClusterServers
+from tests.integration.chat import ask
 
 BURST = 500
 
