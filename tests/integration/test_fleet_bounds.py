@@ -8,6 +8,8 @@ Real ``redis-server`` (the shared one, each test under its own prefix); nothing 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio
 from prometheus_client import CollectorRegistry
@@ -163,3 +165,27 @@ async def test_limpet_stats_counts_embed_calls_as_the_clients_stats_do(
     assert sum(row["prompt_tokens"] for row in rows.values()) == stats.prompt_tokens
     assert sum(row["errors"] for row in rows.values()) == stats.errors == 1
     assert sum(row["cost_usd"] for row in rows.values()) == pytest.approx(stats.cost_usd)
+
+
+async def test_cancelled_calls_reach_the_fleets_counters(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    cache = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+    upstream = gateway.endpoint("a")
+    client = Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache)
+    async with client:
+        upstream.hold_answers()
+        call = asyncio.ensure_future(client.complete(**ask("left early")))
+        await upstream.wait_for_calls(1)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        upstream.release_answers()
+        await client.complete(**ask("answered"))
+        stats = client.stats
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    rows = await read_fleet_stats(rc)
+    await rc.aclose()
+    row = next(iter(rows.values()))
+    assert (row["cancelled"], row["misses"], row["errors"]) == (1, 1, 0)
+    assert stats.cancelled == 1

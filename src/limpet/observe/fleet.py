@@ -44,6 +44,7 @@ FLEET_FIELDS = (
     "coalesced",
     "bypassed",
     "errors",
+    "cancelled",
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
@@ -138,7 +139,14 @@ class FleetCounters:
 
     def record_error(self, model: str) -> None:
         """Count one call that raised (no I/O)."""
-        self._pending[self._models.row(model)]["errors"] += 1
+        self._count(model, "errors")
+
+    def record_cancelled(self, model: str) -> None:
+        """Count one call that ended with neither an answer nor an error (no I/O)."""
+        self._count(model, "cancelled")
+
+    def _count(self, model: str, field: str) -> None:
+        self._pending[self._models.row(model)][field] += 1
         self._schedule()
 
     async def flush(self) -> None:

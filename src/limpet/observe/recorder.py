@@ -82,6 +82,8 @@ class Recorder:
         its cancellation, or ``ClientClosedError``); its event names the cause's type, a
         stream closed before its end ``CancelledError``."""
         self.stats.cancelled += 1
+        if self._fleet is not None:
+            self._fleet.record_cancelled(model)
         if self._hooks:
             seconds = time.perf_counter() - started
             error = asyncio.CancelledError() if isinstance(cause, GeneratorExit) else cause
