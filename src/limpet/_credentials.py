@@ -19,9 +19,11 @@ __all__ = [
     "ANONYMOUS_SCOPE",
     "CREDENTIAL_HEADERS",
     "CREDENTIAL_SCOPE_LABEL",
+    "KEY_HEADERS",
     "credential_digest",
     "header_credentials",
     "is_credential_header",
+    "sent_keys",
 ]
 
 #: Headers that carry credentials or choose an account (lower case), besides those whose
@@ -29,6 +31,13 @@ __all__ = [
 CREDENTIAL_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "openai-organization"}
 )
+
+#: Headers that carry the key a request is admitted and billed by (lower case): a call
+#: that sends another value in one of these, or in a credential header of its endpoint's
+#: own, is the caller's (``sent_keys``). Narrower than ``is_credential_header`` on purpose:
+#: a header that merely chooses a project beside the endpoint's key, or a per-request
+#: gateway header whose name has "key" in it, leaves the call the endpoint's.
+KEY_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
 
 #: The HMAC key a credential digest is derived under. Fixed and public: it separates the
 #: digest from any other hash of the same key, so the digest matches nothing else.
@@ -75,6 +84,32 @@ def header_credentials(headers: Mapping[str, str]) -> list[str]:
         for name, value in headers.items()
         if value and is_credential_header(name)
     ]
+
+
+def sent_keys(
+    api_key: str | None, headers: Mapping[str, str], names: frozenset[str]
+) -> dict[str, str]:
+    """The keys a request sends, by lower-case header name: ``Authorization: Bearer`` with
+    ``api_key``, then each of ``headers`` named in ``names`` (they win, as on the wire).
+    An authorization's scheme is compared in lower case, its blanks collapsed (RFC 9110).
+
+    Example:
+        >>> sent_keys("sk-1", {"Authorization": "bearer  sk-1", "X-Title": "t"}, KEY_HEADERS)
+        {'authorization': 'bearer sk-1'}
+    """
+    found = {"authorization": "bearer " + api_key} if api_key else {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower not in names:
+            continue
+        if not value:
+            found.pop(lower, None)
+        elif lower.endswith("authorization"):
+            scheme, _, credentials = value.strip().partition(" ")
+            found[lower] = scheme.lower() + " " + " ".join(credentials.split())
+        else:
+            found[lower] = value
+    return found
 
 
 def credential_digest(credentials: Iterable[str]) -> str:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from limpet._checks import check_choice, check_http_url, check_name, check_number
-from limpet._credentials import credential_digest, header_credentials
+from limpet._credentials import KEY_HEADERS, credential_digest, is_credential_header, sent_keys
 from limpet._urls import redact_url, url_secrets
 from limpet.errors import ConfigurationError, headers_shape
 
@@ -96,11 +96,12 @@ class Endpoint:
     max_in_flight: int | None = None
     rpm: int | None = None
     tpm: int | None = None
-    #: A digest of the credentials one call sends of its own (``with_headers``: an
-    #: ``Authorization`` in its ``extra_headers``), never the credentials themselves; None
-    #: for the endpoint itself. Such a call is admitted on its credentials' own limits and
-    #: pause, and a refusal of them never counts against the endpoint's health: one
-    #: caller's key, quota or rate limit says nothing of the endpoint the others use.
+    #: A digest of the key one call sends in place of the endpoint's own (``with_headers``:
+    #: an ``Authorization`` in its ``extra_headers``; see ``callers_key``), never the key
+    #: itself; None for the endpoint itself. Such a call is admitted on its key's own
+    #: learned limit and pause, and a refusal of its key never counts against the
+    #: endpoint's health: one caller's key, quota or rate limit says nothing of the
+    #: endpoint the others use.
     callers_credentials: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
@@ -210,39 +211,55 @@ class Endpoint:
         The endpoint's checks are not run again (it was checked when made; a call's
         headers are checked by the call's validation): this is on every such call's path.
 
-        Credentials among ``headers`` that the endpoint does not send itself make them the
-        caller's (``callers_credentials``).
+        A key sent in place of the endpoint's own makes the call the caller's
+        (``callers_credentials``, see ``callers_key``).
 
         Example:
             >>> e = Endpoint("a", "https://x.test/v1", api_key="sk-1")
             >>> e.with_headers({"X-Title": "demo"}).callers_credentials is None
             True
-            >>> e.with_headers({"Authorization": "Bearer sk-1"}).callers_credentials is None
+            >>> e.with_headers({"Authorization": "bearer sk-1"}).callers_credentials is None
             True
             >>> len(e.with_headers({"Authorization": "Bearer sk-2"}).callers_credentials)
             32
         """
-        sent = copy.copy(self)
-        object.__setattr__(sent, "headers", MappingProxyType({**(self.headers or {}), **headers}))
-        for found_once in ("secrets", "_credentials"):
-            sent.__dict__.pop(found_once, None)  # found again, with the call's headers
-        own = self.credentials_added_by(headers)
-        if own:
-            object.__setattr__(sent, "callers_credentials", credential_digest(own))
+        origin = self._origin
+        merged = {**(self.headers or {}), **headers}
+        sent = copy.copy(origin)
+        object.__setattr__(sent, "headers", MappingProxyType(merged))
+        sent.__dict__.pop("secrets", None)  # found again, with the call's headers
+        sent.__dict__["_copied_from"] = origin
+        object.__setattr__(sent, "callers_credentials", origin._callers_key(merged))
         return sent
 
-    def credentials_added_by(self, headers: Mapping[str, str]) -> list[str]:
-        """The credentials among ``headers`` (a call's own) that this endpoint does not
-        send itself, as ``limpet._credentials.header_credentials`` writes them."""
-        return [found for found in header_credentials(headers) if found not in self._credentials]
+    def callers_key(self, headers: Mapping[str, str]) -> str | None:
+        """A digest of the key a call sending ``headers`` on top of this endpoint's (its
+        ``extra_headers``) sends in place of the endpoint's own, or None when it sends the
+        endpoint's own. The key is what ``limpet._credentials.KEY_HEADERS`` and the
+        endpoint's own credential headers carry (``Authorization`` with ``api_key``)."""
+        return self._origin._callers_key({**(self.headers or {}), **headers})
+
+    def _callers_key(self, merged: Mapping[str, str]) -> str | None:
+        names, own = self._keys
+        sent = sent_keys(self.api_key, merged, names)
+        if sent == own:
+            return None
+        return credential_digest(name + ":" + value for name, value in sent.items())
+
+    @property
+    def _origin(self) -> Endpoint:
+        """The endpoint itself, or the one a call's ``with_headers`` copied."""
+        origin: Endpoint = self.__dict__.get("_copied_from", self)
+        return origin
 
     @cached_property
-    def _credentials(self) -> frozenset[str]:
-        """The credentials this endpoint sends, as ``header_credentials`` writes them."""
-        own = header_credentials(self.headers or {})
-        if self.api_key:
-            own.append("authorization:Bearer " + self.api_key)
-        return frozenset(own)
+    def _keys(self) -> tuple[frozenset[str], dict[str, str]]:
+        """The headers that carry keys here (``KEY_HEADERS`` and this endpoint's own
+        credential headers), and the keys it sends in them."""
+        names = KEY_HEADERS | {
+            name.lower() for name in self.headers or {} if is_credential_header(name)
+        }
+        return names, sent_keys(self.api_key, self.headers or {}, names)
 
     @cached_property
     def secrets(self) -> tuple[str, ...]:

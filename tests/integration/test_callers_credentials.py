@@ -168,3 +168,57 @@ async def test_a_burst_of_keys_in_flight_is_kept_and_counted_whole() -> None:
     for i in range(MAX_CALLERS_ADMISSIONS + 1):
         admissions.of(base.with_headers(key(f"later {i}")))
     assert len(admissions._callers) <= MAX_CALLERS_ADMISSIONS
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"cf-aig-cache-key": "request-2"},  # a gateway's per-request header, no key
+        {"OpenAI-Project": "proj_abc"},  # a project chosen beside the endpoint's key
+        {"authorization": "bearer  sk-shared"},  # the endpoint's own key, written otherwise
+    ],
+)
+async def test_a_call_sending_the_endpoints_own_key_is_held_by_its_pause(
+    gateway: FakeGateway, headers: dict[str, str]
+) -> None:
+    endpoint = gateway.endpoint("a")
+    base = Endpoint("a", gateway.base_url("a"), api_key="sk-shared")
+    async with Client(endpoints=[base], cache=None, retry=RETRY) as client:
+        endpoint.fail(429, retry_after=FOREVER)
+        with pytest.raises(APITimeoutError):
+            await client.complete(**ask("first"), timeout=5)
+        with pytest.raises(APITimeoutError, match="paused by its rate limit"):
+            await client.complete(**ask("second"), extra_headers=headers, timeout=5)
+    assert endpoint.calls == 1
+
+
+async def test_the_endpoints_own_key_refused_with_a_project_beside_it_still_ejects_it(
+    gateway: FakeGateway,
+) -> None:
+    endpoint = gateway.endpoint("a")
+    config = RoutingConfig(failure_threshold=2)
+    revoked = Endpoint("a", gateway.base_url("a"), api_key="sk-revoked")
+    router = StickyRouter([revoked], config=config)
+    async with Client(router=router, cache=None, retry=ONCE, admission=False) as client:
+        endpoint.fail(401, times=2)
+        for i in range(2):
+            with pytest.raises(APIStatusError):
+                await client.complete(
+                    **ask(f"q{i}"), extra_headers={"OpenAI-Project": "proj_abc"}, timeout=5
+                )
+    assert router.status()["a"].state == "ejected"
+
+
+def test_a_copy_of_a_copy_is_judged_by_what_it_sends_whole() -> None:
+    base = Endpoint("a", "https://x.test/v1", api_key="sk-1")
+    tenant = base.with_headers(key("2"))
+    assert tenant.with_headers(key("1")).callers_credentials is None  # the endpoint's key again
+    with_k3 = base.with_headers({"X-Api-Key": "k3"})
+    tenant_with_k3 = tenant.with_headers({"X-Api-Key": "k3"})  # sends sk-2 and k3
+    assert None is not with_k3.callers_credentials != tenant_with_k3.callers_credentials
+    assert tenant_with_k3.callers_credentials != tenant.callers_credentials
+    assert dict(tenant_with_k3.headers or {}) == {**key("2"), "X-Api-Key": "k3"}
+    # An endpoint that sends its key in a header of its own: replacing that is the caller's.
+    portkey = Endpoint("p", "https://x.test/v1", headers={"X-Portkey-Api-Key": "pk-1"})
+    assert portkey.with_headers({"x-portkey-api-key": "pk-1"}).callers_credentials is None
+    assert portkey.with_headers({"X-Portkey-Api-Key": "pk-2"}).callers_credentials is not None

@@ -88,7 +88,7 @@ class Upstream:
             endpoint = ranked[index]
             self._stats.upstream_calls += 1
             # A call sending its caller's own key: a refusal of it is the caller's.
-            own = headers is not None and bool(endpoint.credentials_added_by(headers))
+            own = headers is not None and endpoint.callers_key(headers) is not None
             try:
                 with route.attempt(endpoint, callers_credentials=own) as attempt:
                     call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
