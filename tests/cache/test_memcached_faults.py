@@ -634,3 +634,29 @@ async def test_an_entry_signed_with_another_key_is_a_corrupt_miss(
         tiered = TieredCache(mc, hmac_key=b"our key")
         assert await tiered.get("k") is None
         assert tiered.stats.corrupt == 1
+
+
+async def test_the_breakers_probe_never_waits_for_a_place_the_silent_commands_hold(
+    breaker: CircuitBreaker, clock: FakeClock, memcached_url: str
+) -> None:
+    # Every place held (by commands a silent server never answered, reaped only
+    # STUCK_AFTER budgets later): the probe runs on a fresh client, so it must not wait
+    # for one of their places. It waited, and gave up: "no free connection".
+    async def get(client: emcache.Client) -> emcache.Item | None:
+        return await client.get(b"k")
+
+    mc = MemcachedCache.from_url(memcached_url, read_timeout=0.05, breaker=breaker)
+    try:
+        slots = mc._connector.slots
+        for _ in range(slots.count):
+            await slots.take()
+        for _ in range(3):  # the breaker's failure threshold
+            breaker.record_failure()
+        clock.advance(COOLDOWN)
+        assert state(mc) == "half_open"
+        assert await mc.run("get", mc.read_timeout, get) is None
+        assert state(mc) == "closed"
+        for _ in range(slots.count):
+            slots.give_back()
+    finally:
+        await mc.aclose()

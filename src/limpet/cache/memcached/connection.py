@@ -110,10 +110,14 @@ class MemcachedConnector:
         self, call: Callable[[emcache.Client], Awaitable[T]], *, probing: bool, budget: float
     ) -> T:
         """``call``'s outcome, once one of ``slots`` is free to start it on (``start``).
+        The breaker's probe takes none: it runs on a fresh client, and the places may all
+        be held by the silent commands it exists to clear.
 
         Raises:
             QueueTimeout: (inside a budget) no place came free within its bound.
         """
+        if probing:
+            return await self.start(call, probing=True, budget=budget)
         slots = self.slots
         await slots.take()
         try:
