@@ -119,3 +119,29 @@ async def test_an_embed_call_counts_what_it_paid_for_once(gateway: FakeGateway) 
     assert stats.prompt_tokens == first.usage.prompt_tokens
     assert stats.cost_usd == pytest.approx(first.cost.usd)
     assert stats.cancelled == 0
+
+
+async def test_an_embed_request_answered_before_the_client_closed_is_counted(
+    gateway: FakeGateway,
+) -> None:
+    # Two requests of one input each; one is answered, the other slow when the Client
+    # closes: what the answered one cost was paid, and counted as it came.
+    async with client_for(gateway, cache=None) as reference:
+        one = await reference.embed(model=EMBEDDING_MODEL, input=["x"])
+    endpoint = Endpoint("a", gateway.base_url("a"), embedding_batch_size=1)
+    client = Client(endpoints=[endpoint], cache=None, close_grace=0.0)
+    gateway.endpoint("a").delay(600.0, times=1)  # one of the two requests
+    call = asyncio.ensure_future(client.embed(model=EMBEDDING_MODEL, input=["x", "y"]))
+
+    async def counted() -> None:
+        while not client.stats.prompt_tokens:  # noqa: ASYNC110 (a state, no event)
+            await asyncio.sleep(0)
+
+    async with asyncio.timeout(10):  # a hang is a failure, not a wait
+        await counted()
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await call
+    stats = client.stats
+    assert (stats.prompt_tokens, stats.cancelled) == (one.usage.prompt_tokens, 1)
+    assert one.cost is not None and stats.cost_usd == pytest.approx(one.cost.usd)

@@ -63,26 +63,31 @@ def answered_model(answer: dict[str, Any], requested: str) -> str:
 
 
 def add_batch(
-    sent: Sent, keys: list[str], vectors: list[bytes], body: dict[str, Any], name: str
+    sent: Sent,
+    keys: list[str],
+    vectors: list[bytes],
+    body: dict[str, Any],
+    name: str,
+    usage: Usage,
+    cost: float | None,
 ) -> None:
-    """Add one embeddings response to what a call's requests brought back."""
+    """Add one embeddings response, its usage and dollars (``price_embedding``'s), to what
+    a call's requests brought back."""
     sent.vectors.update(zip(keys, vectors, strict=True))
     sent.raw.append(body)
-    usage = parse_usage(body.get("usage"))
-    sent.usages.append(usage)
     sent.usage = usage if sent.usage is None else sent.usage + usage
+    sent.cost = None if cost is None or sent.cost is None else sent.cost + cost
     if isinstance(body.get("model"), str):
         sent.model = body["model"]
     sent.endpoint = name
 
 
-async def price_embeddings(prices: PriceTable, sent: Sent, model: str) -> None:
-    """What the requests cost: the gateway's reported cost, else input tokens priced."""
-    if sent.usage is None:
-        return
-    found = await prices.prices(sent.model or model, model)
-    total: float | None = 0.0
-    for body, usage in zip(sent.raw, sent.usages, strict=True):
-        one = completion_cost(usage, found, reported_cost(body.get("usage")))
-        total = None if one is None or total is None else total + one.usd
-    sent.cost = total
+async def price_embedding(
+    prices: PriceTable, body: dict[str, Any], model: str
+) -> tuple[Usage, float | None]:
+    """One ``/embeddings`` answer's usage and dollars: the gateway's reported cost, else
+    its input tokens priced; None when unknown."""
+    usage = parse_usage(body.get("usage"))
+    found = await prices.prices(answered_model(body, model), model)
+    cost = completion_cost(usage, found, reported_cost(body.get("usage")))
+    return usage, None if cost is None else cost.usd

@@ -24,7 +24,6 @@ class Sent:
     model: str | None = None
     endpoint: str | None = None
     raw: list[dict[str, Any]] = field(default_factory=list)
-    usages: list[Usage] = field(default_factory=list)  # each of raw's, parsed once
     from_others: set[str] = field(default_factory=set)  # sent by another process
 
 

@@ -35,7 +35,7 @@ from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
-from limpet.pipeline.account import add_batch, price_embeddings
+from limpet.pipeline.account import add_batch, price_embedding
 from limpet.pipeline.calls import Call
 from limpet.pipeline.embed_result import Sent, embeddings_result, settle
 from limpet.pipeline.keys import request_keys
@@ -281,10 +281,6 @@ class Embedder:
                 await self._requests(request, items, call, sent)
                 if decision.write:
                     await self._store(sent.vectors, request.ttl)
-            await price_embeddings(self._prices, sent, request.model)
-            if self._spent is not None and sent.usage is not None:
-                cost = None if sent.cost is None else Cost(sent.cost)
-                self._spent(request.model, sent.usage, cost)
         finally:
             for key, future in futures.items():
                 if self._inflight.get(key) is future:
@@ -372,17 +368,23 @@ class Embedder:
 
     async def _request(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
-    ) -> tuple[list[bytes], dict[str, Any], str]:
+    ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
         """One request with ``call``'s headers, failing over to the next endpoint on a
         retryable error; no retry starts that could not end before its deadline, unless
         other calls may be awaiting these inputs: then ``call``'s deadline is its own (its
-        scope ends its wait, as theirs end theirs), and must not fail inputs they await."""
+        scope ends its wait, as theirs end theirs), and must not fail inputs they await.
+
+        What an answer cost is told to ``spent`` as it comes (the Client may close, or
+        the call's other requests fail, before the rest): the vectors, the answer, the
+        endpoint's name, its usage and dollars."""
         texts = [text for _, text in items]
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
         deadline = None if self._shares(request.decision) else call.deadline
         dimensions = request.keyed.get("dimensions")
 
-        async def attempt(endpoint: Endpoint) -> tuple[list[bytes], dict[str, Any], str]:
+        async def attempt(
+            endpoint: Endpoint,
+        ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
             self._stats.embedding_requests += 1
             answer = await self._transport.embeddings(
                 endpoint, body, headers=call.headers, deadline=deadline
@@ -393,7 +395,10 @@ class Embedder:
                 raise malformed_answer(
                     endpoint, f"embeddings response is malformed: {exc}"
                 ) from None
-            return vectors, answer, endpoint.name
+            usage, cost = await price_embedding(self._prices, answer, request.model)
+            if self._spent is not None:
+                self._spent(request.model, usage, None if cost is None else Cost(cost))
+            return vectors, answer, endpoint.name, usage, cost
 
         _, answer = await first_answer(self._endpoints, attempt)
         return answer
