@@ -222,3 +222,33 @@ def test_a_copy_of_a_copy_is_judged_by_what_it_sends_whole() -> None:
     portkey = Endpoint("p", "https://x.test/v1", headers={"X-Portkey-Api-Key": "pk-1"})
     assert portkey.with_headers({"x-portkey-api-key": "pk-1"}).callers_credentials is None
     assert portkey.with_headers({"X-Portkey-Api-Key": "pk-2"}).callers_credentials is not None
+
+
+@pytest.mark.parametrize("tenants", [1, 10])
+async def test_the_endpoints_cap_holds_for_every_key_together(
+    gateway: FakeGateway, tenants: int
+) -> None:
+    # max_in_flight is the most requests sent to the endpoint at once, whoever's key
+    # they carry; each key keeps its own line, limit and pause within it.
+    upstream = gateway.endpoint("a")
+    upstream.hold_answers()
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key="sk-shared", max_in_flight=2)
+    async with Client(endpoints=[endpoint], cache=None) as client:
+        calls = [
+            asyncio.ensure_future(
+                client.complete(**ask(f"q{i}"), extra_headers=key(f"tenant {i % tenants}"))
+            )
+            for i in range(10)
+        ]
+        calls.append(asyncio.ensure_future(client.complete(**ask("the endpoint's own"))))
+        async with asyncio.timeout(10):  # a hang is a failure, not a wait
+            await upstream.wait_for_calls(2)
+            while client.stats.endpoints["a"].queued < 9:  # noqa: ASYNC110 (a state)
+                await asyncio.sleep(0)
+        assert (upstream.calls, upstream.max_in_flight) == (2, 2)
+        upstream.release_answers()
+        answers = await asyncio.gather(*calls)
+        figures = client.stats.endpoints["a"]
+    assert all(answer.content for answer in answers)
+    assert upstream.calls == 11 and upstream.max_in_flight == 2
+    assert (figures.in_flight, figures.queued) == (0, 0)

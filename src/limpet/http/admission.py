@@ -92,6 +92,40 @@ class AdmissionTotals:
         self.paused_seconds = 0.0
 
 
+class Wire:
+    """The places on the wire to one endpoint (``Endpoint.max_in_flight``, and the HTTP
+    connection pool), held together by its own admission and those of the calls that
+    bring their own keys: each admission keeps its own FIFO line, limit and pause, and
+    one whose next caller waits for one of these places alone waits in line here, the
+    lines taking turns as places come free.
+
+    Args:
+        limit: the places (``math.inf``: no bound).
+    """
+
+    __slots__ = ("_lines", "in_flight", "limit")
+
+    def __init__(self, limit: float = math.inf) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._lines: deque[Admission] = deque()
+
+    def wait(self, admission: Admission) -> None:
+        """``admission``'s next caller waits for a place (once in line, however often
+        asked)."""
+        if not admission.on_wire_line:
+            admission.on_wire_line = True
+            self._lines.append(admission)
+
+    def freed(self) -> None:
+        """Places came free: the lines waiting for one take their turns while any is left."""
+        lines = self._lines
+        while lines and self.in_flight < self.limit:
+            admission = lines.popleft()
+            admission.on_wire_line = False
+            admission.dispatch()
+
+
 class Admission:
     """The admission of one endpoint: its limit, pause, budgets and FIFO line.
 
@@ -106,6 +140,8 @@ class Admission:
             and would count as in flight for the learned limit while it waited.
         totals: where a caller's own admission adds what it holds (``AdmissionTotals``);
             None for an endpoint's own.
+        wire: the endpoint's places on the wire, shared with the other admissions of the
+            same endpoint (one of its own by default: ``max_in_flight`` and ``pool``).
     """
 
     def __init__(
@@ -116,9 +152,13 @@ class Admission:
         max_pause: float = math.inf,
         pool: int = 0,
         totals: AdmissionTotals | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.name = endpoint.name
         self._totals = totals
+        self._wire = wire if wire is not None else Wire(wire_limit(endpoint, pool))
+        #: Whether this admission waits in its wire's line (``Wire.wait``).
+        self.on_wire_line = False
         self.cap = endpoint.max_in_flight
         self._pool = pool
         self.limit = AimdLimit(config)
@@ -255,6 +295,14 @@ class Admission:
         self.in_flight -= 1
         if self._totals is not None:
             self._totals.in_flight -= 1
+        wire = self._wire
+        wire.in_flight -= 1
+        self._dispatch()
+        wire.freed()
+
+    def dispatch(self) -> None:
+        """Hand slots to the callers at the head of the line while they may go (a place
+        on the wire came free)."""
         self._dispatch()
 
     def count_rate_limited(self) -> None:
@@ -280,6 +328,10 @@ class Admission:
             return math.inf  # an answer in flight will say what is left
         if self.in_flight >= (1 if self.probing else self.allowed):
             return math.inf
+        wire = self._wire
+        if wire.in_flight >= wire.limit:  # other keys' calls hold the endpoint's places
+            wire.wait(self)
+            return math.inf
         waits = [0.0]
         if self._rpm is not None:
             waits.append(self._rpm.wait(1, now))
@@ -289,6 +341,7 @@ class Admission:
 
     def _admit(self, tokens: float, now: float) -> Slot:
         self.in_flight += 1
+        self._wire.in_flight += 1
         if self._totals is not None:
             self._totals.in_flight += 1
         if self._quota is not None:
@@ -340,9 +393,11 @@ class Admissions:
     forwarding each caller's key, ``extra_headers={"Authorization": ...}``) is admitted by
     an ``Admission`` of those credentials at that endpoint: a provider's limits are per
     key, so one caller's 429s and ``Retry-After`` pause that caller's calls, never the
-    others'. Idle ones are forgotten when more than ``MAX_CALLERS_ADMISSIONS`` are held,
-    or twice as many as were still in use at the last look (a burst of keys in flight
-    costs one look per doubling, not one per call).
+    others'. The endpoint's ``max_in_flight`` and the connection pool still bound every
+    call to it, whoever's key it carries: the admissions of one endpoint hold its places
+    on the wire together (``Wire``). Idle ones are forgotten when more than
+    ``MAX_CALLERS_ADMISSIONS`` are held, or twice as many as were still in use at the
+    last look (a burst of keys in flight costs one look per doubling, not one per call).
     """
 
     def __init__(
@@ -354,6 +409,7 @@ class Admissions:
         self._by_name: dict[str, Admission] = {}
         self._callers: dict[tuple[str, str], Admission] = {}
         self._totals: dict[str, AdmissionTotals] = {}
+        self._wires: dict[str, Wire] = {}
         # The callers' admissions held when idle ones are next looked for: a burst of
         # more keys than that in flight at once would otherwise look at each per call.
         self._next_sweep = MAX_CALLERS_ADMISSIONS
@@ -372,9 +428,16 @@ class Admissions:
             return self._of_callers(endpoint, callers)
         found = self._by_name.get(endpoint.name)
         if found is None:
-            found = Admission(endpoint, self.config, max_pause=self._max_pause, pool=self._pool)
-            self._by_name[endpoint.name] = found
+            found = self._by_name[endpoint.name] = self._admission(endpoint)
         return found
+
+    def _admission(self, endpoint: Endpoint, totals: AdmissionTotals | None = None) -> Admission:
+        """A new admission of ``endpoint``, holding its places on the wire with the others."""
+        wire = self._wires.get(endpoint.name)
+        if wire is None:
+            wire = self._wires[endpoint.name] = Wire(wire_limit(endpoint, self._pool))
+        config, pause, pool = self.config, self._max_pause, self._pool
+        return Admission(endpoint, config, max_pause=pause, pool=pool, totals=totals, wire=wire)
 
     def _of_callers(self, endpoint: Endpoint, callers: str) -> Admission:
         name = endpoint.name
@@ -391,13 +454,8 @@ class Admissions:
         if totals is None:
             totals = self._totals[name] = AdmissionTotals()
             if name not in self._by_name:  # the endpoint's own figures, the callers' added
-                self._by_name[name] = Admission(
-                    endpoint, self.config, max_pause=self._max_pause, pool=self._pool
-                )
-        found = Admission(
-            endpoint, self.config, max_pause=self._max_pause, pool=self._pool, totals=totals
-        )
-        self._callers[key] = found
+                self._by_name[name] = self._admission(endpoint)
+        found = self._callers[key] = self._admission(endpoint, totals)
         return found
 
     def paused_for(self, name: str) -> float:
@@ -412,3 +470,11 @@ class Admissions:
         for name, totals in self._totals.items():
             found[name] = found[name].plus(totals)
         return found
+
+
+def wire_limit(endpoint: Endpoint, pool: int) -> float:
+    """The places on the wire to ``endpoint``: its ``max_in_flight`` and the connection
+    ``pool`` (0: unbounded), whichever is fewer."""
+    limit = float(pool) if pool else math.inf
+    cap = endpoint.max_in_flight
+    return min(limit, cap) if cap is not None else limit
