@@ -19,9 +19,9 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 
 from limpet.config import AdmissionConfig, Endpoint
+from limpet.http.admission_figures import AdmissionStats, AdmissionTotals
 from limpet.http.admission_rules import (
     AimdLimit,
     TokenBucket,
@@ -30,100 +30,19 @@ from limpet.http.admission_rules import (
     remaining_requests,
 )
 from limpet.http.admission_slots import Slot
+from limpet.http.admission_wire import Wire, wire_limit
+
+__all__ = [
+    "MAX_CALLERS_ADMISSIONS",
+    "Admission",
+    "AdmissionStats",
+    "AdmissionTotals",
+    "Admissions",
+    "Wire",
+]
 
 #: Admissions of callers' own credentials kept at most (idle ones are forgotten beyond).
 MAX_CALLERS_ADMISSIONS = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class AdmissionStats:
-    """One endpoint's admission, now.
-
-    Attributes:
-        limit: requests that may be in flight now (the cap or the learned limit).
-        cap: ``Endpoint.max_in_flight``, or None.
-        learned: the learned limit, unrounded.
-        in_flight: requests on the wire.
-        queued: callers waiting for a slot.
-        rate_limited: 429 answers received.
-        paused_seconds: seconds the endpoint was paused in all.
-        paused_for: seconds left of the current pause (0.0 when not paused).
-    """
-
-    limit: int
-    cap: int | None
-    learned: float
-    in_flight: int
-    queued: int
-    rate_limited: int
-    paused_seconds: float
-    paused_for: float
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    def plus(self, callers: AdmissionTotals) -> AdmissionStats:
-        """These figures with what the admissions of calls that bring credentials of
-        their own hold added: requests in flight, callers queued, 429s, seconds paused.
-        The limit, cap, learned limit and pause left stay the endpoint's own."""
-        return AdmissionStats(
-            limit=self.limit,
-            cap=self.cap,
-            learned=self.learned,
-            in_flight=self.in_flight + callers.in_flight,
-            queued=self.queued + callers.queued,
-            rate_limited=self.rate_limited + callers.rate_limited,
-            paused_seconds=self.paused_seconds + callers.paused_seconds,
-            paused_for=self.paused_for,
-        )
-
-
-class AdmissionTotals:
-    """What the admissions of the calls that bring their own credentials to one endpoint
-    hold together, kept as it changes: the endpoint's figures add it without visiting each
-    (a proxy may serve thousands of keys, and every call's event carries the figures)."""
-
-    __slots__ = ("in_flight", "paused_seconds", "queued", "rate_limited")
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.queued = 0
-        self.rate_limited = 0
-        self.paused_seconds = 0.0
-
-
-class Wire:
-    """The places on the wire to one endpoint (``Endpoint.max_in_flight``, and the HTTP
-    connection pool), held together by its own admission and those of the calls that
-    bring their own keys: each admission keeps its own FIFO line, limit and pause, and
-    one whose next caller waits for one of these places alone waits in line here, the
-    lines taking turns as places come free.
-
-    Args:
-        limit: the places (``math.inf``: no bound).
-    """
-
-    __slots__ = ("_lines", "in_flight", "limit")
-
-    def __init__(self, limit: float = math.inf) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self._lines: deque[Admission] = deque()
-
-    def wait(self, admission: Admission) -> None:
-        """``admission``'s next caller waits for a place (once in line, however often
-        asked)."""
-        if not admission.on_wire_line:
-            admission.on_wire_line = True
-            self._lines.append(admission)
-
-    def freed(self) -> None:
-        """Places came free: the lines waiting for one take their turns while any is left."""
-        lines = self._lines
-        while lines and self.in_flight < self.limit:
-            admission = lines.popleft()
-            admission.on_wire_line = False
-            admission.dispatch()
 
 
 class Admission:
@@ -470,11 +389,3 @@ class Admissions:
         for name, totals in self._totals.items():
             found[name] = found[name].plus(totals)
         return found
-
-
-def wire_limit(endpoint: Endpoint, pool: int) -> float:
-    """The places on the wire to ``endpoint``: its ``max_in_flight`` and the connection
-    ``pool`` (0: unbounded), whichever is fewer."""
-    limit = float(pool) if pool else math.inf
-    cap = endpoint.max_in_flight
-    return min(limit, cap) if cap is not None else limit
