@@ -15,6 +15,7 @@ from limpet import Client, Endpoint, RetryConfig
 from limpet.errors import ClientClosedError
 from limpet.observe.events import CallEvent
 from limpet.testing import FakeGateway
+from tests.integration.cancelling import one_cancelled_one_answered
 from tests.integration.chat import ask
 from tests.integration.held_slot import held_slot
 
@@ -35,14 +36,7 @@ async def test_a_cancelled_complete_is_counted_once_with_its_event(gateway: Fake
     events: list[CallEvent] = []
     upstream = gateway.endpoint("a")
     async with client_for(gateway, on_event=events.append) as client:
-        upstream.hold_answers()
-        call = asyncio.ensure_future(client.complete(**ask("left early")))
-        await upstream.wait_for_calls(1)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        upstream.release_answers()
-        await client.complete(**ask("answered"))
+        await one_cancelled_one_answered(client, upstream)
         stats = client.stats
     assert (stats.cancelled, stats.errors, stats.misses) == (1, 0, 1)
     assert stats.upstream_calls == 2 and calls_made(client) == 2

@@ -8,8 +8,6 @@ Real ``redis-server`` (the shared one, each test under its own prefix); nothing 
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import redis.asyncio
 from prometheus_client import CollectorRegistry
@@ -22,6 +20,7 @@ from limpet.observe.fleet import FleetCounters, read_fleet_stats
 from limpet.observe.metrics import PrometheusMetrics
 from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL
 from limpet.testing import FakeGateway
+from tests.integration.cancelling import one_cancelled_one_answered
 from tests.integration.chat import ask
 
 EMBEDDING_MODEL = "openai/text-embedding-3-small"
@@ -174,14 +173,7 @@ async def test_cancelled_calls_reach_the_fleets_counters(
     upstream = gateway.endpoint("a")
     client = Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache)
     async with client:
-        upstream.hold_answers()
-        call = asyncio.ensure_future(client.complete(**ask("left early")))
-        await upstream.wait_for_calls(1)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        upstream.release_answers()
-        await client.complete(**ask("answered"))
+        await one_cancelled_one_answered(client, upstream)
         stats = client.stats
     rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
     rows = await read_fleet_stats(rc)

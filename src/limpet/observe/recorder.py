@@ -64,10 +64,7 @@ class Recorder:
         self.stats.errors += 1
         if self._fleet is not None:
             self._fleet.record_error(model)
-        if self._hooks:
-            seconds = time.perf_counter() - started
-            event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
-            emit_event(self._hooks, self._with_admission(event))
+        self._ended_without_answer(model, error, started, stream, queued)
 
     def cancelled(
         self,
@@ -84,9 +81,15 @@ class Recorder:
         self.stats.cancelled += 1
         if self._fleet is not None:
             self._fleet.record_cancelled(model)
+        error = asyncio.CancelledError() if isinstance(cause, GeneratorExit) else cause
+        self._ended_without_answer(model, error, started, stream, queued)
+
+    def _ended_without_answer(
+        self, model: str, error: BaseException, started: float, stream: bool, queued: float
+    ) -> None:
+        """The event of a call that ended by ``error``, for the hooks."""
         if self._hooks:
             seconds = time.perf_counter() - started
-            error = asyncio.CancelledError() if isinstance(cause, GeneratorExit) else cause
             event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
             emit_event(self._hooks, self._with_admission(event))
 
