@@ -32,12 +32,12 @@ CREDENTIAL_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "openai-organization"}
 )
 
-#: Headers that carry the key a request is admitted and billed by (lower case): a call
-#: that sends another value in one of these, or in a credential header of its endpoint's
-#: own, is the caller's (``sent_keys``). Narrower than ``is_credential_header`` on purpose:
-#: a header that merely chooses a project beside the endpoint's key, or a per-request
-#: gateway header whose name has "key" in it, leaves the call the endpoint's.
-KEY_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+#: Headers that carry the key a provider admits and bills a request by (lower case; see
+#: ``Endpoint.callers_key``). Narrower than ``is_credential_header`` on purpose: a header
+#: that merely chooses a project beside the endpoint's key, a per-request gateway header
+#: whose name has "key" in it, or a proxy's own ``Proxy-Authorization``, is no key the
+#: provider bills.
+KEY_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 
 #: The HMAC key a credential digest is derived under. Fixed and public: it separates the
 #: digest from any other hash of the same key, so the digest matches nothing else.
@@ -104,7 +104,7 @@ def sent_keys(
             continue
         if not value:
             found.pop(lower, None)
-        elif lower.endswith("authorization"):
+        elif lower == "authorization":
             scheme, _, credentials = value.strip().partition(" ")
             found[lower] = scheme.lower() + " " + " ".join(credentials.split())
         else:

@@ -234,15 +234,18 @@ class Endpoint:
 
     def callers_key(self, headers: Mapping[str, str]) -> str | None:
         """A digest of the key a call sending ``headers`` on top of this endpoint's (its
-        ``extra_headers``) sends in place of the endpoint's own, or None when it sends the
-        endpoint's own. The key is what ``limpet._credentials.KEY_HEADERS`` and the
-        endpoint's own credential headers carry (``Authorization`` with ``api_key``)."""
+        ``extra_headers``) sends in place of the endpoint's own, or None when the endpoint's
+        own key goes out as it is. Keys are what ``limpet._credentials.KEY_HEADERS`` and
+        the endpoint's own credential headers carry (``Authorization`` with ``api_key``):
+        a call replacing or dropping one the endpoint sends is the caller's, and so is one
+        sending any key to an endpoint that sends none; a key header added beside the
+        endpoint's own key is not (the provider still bills the endpoint's)."""
         return self._origin._callers_key({**(self.headers or {}), **headers})
 
     def _callers_key(self, merged: Mapping[str, str]) -> str | None:
         names, own = self._keys
         sent = sent_keys(self.api_key, merged, names)
-        if sent == own:
+        if all(sent.get(name) == value for name, value in own.items()) if own else not sent:
             return None
         return credential_digest(name + ":" + value for name, value in sent.items())
 

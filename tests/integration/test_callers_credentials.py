@@ -176,6 +176,8 @@ async def test_a_burst_of_keys_in_flight_is_kept_and_counted_whole() -> None:
         {"cf-aig-cache-key": "request-2"},  # a gateway's per-request header, no key
         {"OpenAI-Project": "proj_abc"},  # a project chosen beside the endpoint's key
         {"authorization": "bearer  sk-shared"},  # the endpoint's own key, written otherwise
+        {"Proxy-Authorization": "Basic cHJveHk="},  # a proxy's, not the provider's
+        {"X-Api-Key": "sk-other"},  # added beside the endpoint's Authorization, not for it
     ],
 )
 async def test_a_call_sending_the_endpoints_own_key_is_held_by_its_pause(
@@ -213,10 +215,14 @@ def test_a_copy_of_a_copy_is_judged_by_what_it_sends_whole() -> None:
     base = Endpoint("a", "https://x.test/v1", api_key="sk-1")
     tenant = base.with_headers(key("2"))
     assert tenant.with_headers(key("1")).callers_credentials is None  # the endpoint's key again
-    with_k3 = base.with_headers({"X-Api-Key": "k3"})
+    # A key header added beside the endpoint's own key: the endpoint's key is still billed.
+    assert base.with_headers({"X-Api-Key": "k3"}).callers_credentials is None
     tenant_with_k3 = tenant.with_headers({"X-Api-Key": "k3"})  # sends sk-2 and k3
-    assert None is not with_k3.callers_credentials != tenant_with_k3.callers_credentials
-    assert tenant_with_k3.callers_credentials != tenant.callers_credentials
+    assert None is not tenant_with_k3.callers_credentials != tenant.callers_credentials
+    # To an endpoint that sends no key, any key a call sends is the caller's.
+    keyless = Endpoint("k", "https://x.test/v1")
+    assert keyless.with_headers({"X-Api-Key": "k3"}).callers_credentials is not None
+    assert keyless.with_headers({"X-Title": "t"}).callers_credentials is None
     assert dict(tenant_with_k3.headers or {}) == {**key("2"), "X-Api-Key": "k3"}
     # An endpoint that sends its key in a header of its own: replacing that is the caller's.
     portkey = Endpoint("p", "https://x.test/v1", headers={"X-Portkey-Api-Key": "pk-1"})
@@ -252,3 +258,26 @@ async def test_the_endpoints_cap_holds_for_every_key_together(
     assert all(answer.content for answer in answers)
     assert upstream.calls == 11 and upstream.max_in_flight == 2
     assert (figures.in_flight, figures.queued) == (0, 0)
+
+
+async def test_a_key_waiting_for_the_endpoints_places_gets_the_next_one_freed(
+    gateway: FakeGateway,
+) -> None:
+    # The endpoint's own callers keep a line of their own; a place freed went back to it
+    # whenever it had callers queued, and another key's call waited while they had any.
+    upstream = gateway.endpoint("a")
+    upstream.hold_answers()
+    endpoint = Endpoint("a", gateway.base_url("a"), api_key="sk-shared", max_in_flight=2)
+    async with Client(endpoints=[endpoint], cache=None) as client:
+        own = [asyncio.ensure_future(client.complete(**ask(f"own {i}"))) for i in range(6)]
+        async with asyncio.timeout(10):  # a hang is a failure, not a wait
+            await upstream.wait_for_calls(2)
+            tenant = asyncio.ensure_future(
+                client.complete(**ask("tenant"), extra_headers=key("tenant"))
+            )
+            while client.stats.endpoints["a"].queued < 5:  # noqa: ASYNC110 (a state)
+                await asyncio.sleep(0)
+        upstream.release_answers()
+        await asyncio.gather(tenant, *own)
+    sent = [body["messages"][-1]["content"] for body in upstream.requests]
+    assert sent[2] == "tenant", sent  # the first place freed

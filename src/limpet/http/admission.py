@@ -247,9 +247,7 @@ class Admission:
             return math.inf  # an answer in flight will say what is left
         if self.in_flight >= (1 if self.probing else self.allowed):
             return math.inf
-        wire = self._wire
-        if wire.in_flight >= wire.limit:  # other keys' calls hold the endpoint's places
-            wire.wait(self)
+        if self._wire.full_for(self):  # other keys' calls hold the endpoint's places
             return math.inf
         waits = [0.0]
         if self._rpm is not None:

@@ -26,12 +26,23 @@ class Wire:
         limit: the places (``math.inf``: no bound).
     """
 
-    __slots__ = ("_lines", "in_flight", "limit")
+    __slots__ = ("_lines", "in_flight", "limit", "serving")
 
     def __init__(self, limit: float = math.inf) -> None:
         self.limit = limit
         self.in_flight = 0
         self._lines: deque[Admission] = deque()
+        #: The admission whose turn it is (``freed``), or None.
+        self.serving: Admission | None = None
+
+    def full_for(self, admission: Admission) -> bool:
+        """Whether ``admission``'s next caller must wait for a place: none is free, or
+        other lines wait for one and it is not ``admission``'s turn (a place that comes
+        free goes to the lines in turn, never back to whoever released it)."""
+        if self.in_flight >= self.limit or (self._lines and self.serving is not admission):
+            self.wait(admission)
+            return True
+        return False
 
     def wait(self, admission: Admission) -> None:
         """``admission``'s next caller waits for a place (once in line, however often
@@ -46,7 +57,11 @@ class Wire:
         while lines and self.in_flight < self.limit:
             admission = lines.popleft()
             admission.on_wire_line = False
-            admission.dispatch()
+            self.serving = admission
+            try:
+                admission.dispatch()
+            finally:
+                self.serving = None
 
 
 def wire_limit(endpoint: Endpoint, pool: int) -> float:
