@@ -14,6 +14,7 @@ import pytest
 from limpet import Client, Endpoint, RetryConfig
 from limpet.errors import ClientClosedError
 from limpet.observe.events import CallEvent
+from limpet.providers.pricing import PriceTable
 from limpet.testing import FakeGateway
 from tests.integration.cancelling import one_cancelled_one_answered
 from tests.integration.chat import ask
@@ -139,3 +140,33 @@ async def test_an_embed_request_answered_before_the_client_closed_is_counted(
     stats = client.stats
     assert (stats.prompt_tokens, stats.cancelled) == (one.usage.prompt_tokens, 1)
     assert one.cost is not None and stats.cost_usd == pytest.approx(one.cost.usd)
+
+
+async def test_an_embed_answer_being_priced_when_the_client_closes_counts_its_tokens(
+    gateway: FakeGateway,
+) -> None:
+    # The first price lookup fetches the gateway's listing: the Client closes meanwhile.
+    # The answer was paid for: its tokens are counted (its dollars could not be priced).
+    asked = asyncio.Event()
+
+    async def listing_that_never_comes() -> object:
+        asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with client_for(gateway, cache=None) as reference:
+        paid = await reference.embed(model=EMBEDDING_MODEL, input=["x"])
+    client = Client(
+        endpoints=[Endpoint("a", gateway.base_url("a"))],
+        cache=None,
+        prices=PriceTable(listing_that_never_comes),
+        close_grace=0.0,
+    )
+    call = asyncio.ensure_future(client.embed(model=EMBEDDING_MODEL, input=["x"]))
+    async with asyncio.timeout(10):  # a hang is a failure, not a wait
+        await asked.wait()
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await call
+    assert gateway.embeddings.calls == 2  # the reference's, and this one: answered
+    assert (client.stats.prompt_tokens, client.stats.cancelled) == (paid.usage.prompt_tokens, 1)

@@ -15,7 +15,7 @@ from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
 from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
 from limpet.providers.prompt_cache import breakpoint_ttl
-from limpet.providers.usage import parse_usage, reported_cost, with_write_ttl
+from limpet.providers.usage import reported_cost, with_write_ttl
 
 
 class Accounting:
@@ -71,7 +71,7 @@ def add_batch(
     usage: Usage,
     cost: float | None,
 ) -> None:
-    """Add one embeddings response, its usage and dollars (``price_embedding``'s), to what
+    """Add one embeddings response, its usage and dollars (``embedding_cost``'s), to what
     a call's requests brought back."""
     sent.vectors.update(zip(keys, vectors, strict=True))
     sent.raw.append(body)
@@ -82,12 +82,11 @@ def add_batch(
     sent.endpoint = name
 
 
-async def price_embedding(
-    prices: PriceTable, body: dict[str, Any], model: str
-) -> tuple[Usage, float | None]:
-    """One ``/embeddings`` answer's usage and dollars: the gateway's reported cost, else
-    its input tokens priced; None when unknown."""
-    usage = parse_usage(body.get("usage"))
+async def embedding_cost(
+    prices: PriceTable, body: dict[str, Any], usage: Usage, model: str
+) -> float | None:
+    """The dollars of one ``/embeddings`` answer of ``usage``: the gateway's reported
+    cost, else its input tokens priced; None when unknown."""
     found = await prices.prices(answered_model(body, model), model)
     cost = completion_cost(usage, found, reported_cost(body.get("usage")))
-    return usage, None if cost is None else cost.usd
+    return None if cost is None else cost.usd

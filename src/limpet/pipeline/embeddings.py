@@ -35,7 +35,7 @@ from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
-from limpet.pipeline.account import add_batch, price_embedding
+from limpet.pipeline.account import add_batch, embedding_cost
 from limpet.pipeline.calls import Call
 from limpet.pipeline.embed_result import Sent, embeddings_result, settle
 from limpet.pipeline.keys import request_keys
@@ -52,6 +52,7 @@ from limpet.pipeline.vectors import (
     plan_batches,
 )
 from limpet.providers.pricing import PriceTable
+from limpet.providers.usage import parse_usage
 
 __all__ = ["Embedder", "Spent"]
 
@@ -366,6 +367,10 @@ class Embedder:
                 await cache.set_value(key, encode(key, vector, expires), ttl)
             stored += len(piece)
 
+    def _tell_spent(self, model: str, usage: Usage, cost: float | None) -> None:
+        if self._spent is not None:
+            self._spent(model, usage, None if cost is None else Cost(cost))
+
     async def _request(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
     ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
@@ -395,9 +400,13 @@ class Embedder:
                 raise malformed_answer(
                     endpoint, f"embeddings response is malformed: {exc}"
                 ) from None
-            usage, cost = await price_embedding(self._prices, answer, request.model)
-            if self._spent is not None:
-                self._spent(request.model, usage, None if cost is None else Cost(cost))
+            usage = parse_usage(answer.get("usage"))
+            try:  # the first price lookup may fetch the gateway's listing
+                cost = await embedding_cost(self._prices, answer, usage, request.model)
+            except asyncio.CancelledError:  # the Client closed: the tokens at least
+                self._tell_spent(request.model, usage, None)
+                raise
+            self._tell_spent(request.model, usage, cost)
             return vectors, answer, endpoint.name, usage, cost
 
         _, answer = await first_answer(self._endpoints, attempt)
