@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from limpet import Client, Endpoint, RetryConfig
+from limpet import CacheStatus, Client, Endpoint, RetryConfig
 from limpet.errors import ClientClosedError
 from limpet.observe.events import CallEvent
 from limpet.providers.pricing import PriceTable
@@ -170,3 +170,23 @@ async def test_an_embed_answer_being_priced_when_the_client_closes_counts_its_to
         await call
     assert gateway.embeddings.calls == 2  # the reference's, and this one: answered
     assert (client.stats.prompt_tokens, client.stats.cancelled) == (paid.usage.prompt_tokens, 1)
+
+
+async def test_a_stream_closed_past_its_usage_chunk_is_answered_stored_and_counted(
+    gateway: FakeGateway,
+) -> None:
+    # Its reader had everything but [DONE]: the answer is whole, its own and paid for.
+    async with client_for(gateway, cache=None) as reference:
+        async with reference.stream(**ask("whole")) as whole:
+            [_ async for _ in whole]
+        paid = reference.stats.prompt_tokens
+    async with client_for(gateway) as client:
+        async with client.stream(**ask("whole")) as stream:
+            async for chunk in stream:
+                if chunk.raw.get("usage"):
+                    break  # the last chunk: the reader has everything
+        stats = client.stats
+        again = await client.complete(**ask("whole"))
+    assert stream.completion is not None and stream.completion.cache is CacheStatus.MISS
+    assert (stats.cancelled, stats.misses, stats.prompt_tokens) == (0, 1, paid)
+    assert again.cache is CacheStatus.HIT  # stored whole

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from limpet.pipeline.chat import Filled
     from limpet.pipeline.stream import CompletionStream
 
+#: Seconds a reader that closes its stream past the usage chunk (everything but [DONE]
+#: read) waits for the upstream stream's end, so that the answer is stored and counted as
+#: its own, paid for as it was, rather than cut short and counted nowhere.
+TAIL_GRACE = 1.0
+
 
 class StreamFlights:
     """Streams through the cache: a hit is replayed; concurrent identical misses share one
@@ -141,9 +146,10 @@ class StreamFlights:
             assert flight is not None
             flight.readers += 1
             copied, given = flight.copied, False
+            last: dict[str, Any] | None = None
             try:
                 async for chunk in flight.broadcast.items():
-                    given = True
+                    given, last = True, chunk
                     shown = without_usage(chunk) if declined else chunk
                     if shown is not None:
                         yield json_copy(shown) if copied else shown
@@ -153,6 +159,14 @@ class StreamFlights:
                 if led or given or not again or not should_retry(exc):
                     raise
                 failed = flight
+            except GeneratorExit:
+                # Closed by its reader (not cancelled) once the usage chunk came: only
+                # [DONE] is left, so the answer is whole and its reader's; the upstream
+                # ends it (stored, and counted as this reader's) rather than being cut for
+                # want of a reader.
+                if last is not None and last.get("usage") and await _ended_soon(flight):
+                    sink.completion = self._completion(request, flight, led)
+                raise
             finally:
                 flight.readers -= 1
                 if flight.readers == 0 and not self._looked_for(key, flight):
@@ -341,6 +355,19 @@ class StreamFlights:
                 return
             entry, _, _ = await lead()
         broadcast.finish((entry, None))
+
+
+async def _ended_soon(flight: _StreamFlight) -> bool:
+    """Whether ``flight``'s upstream stream ends with an answer within ``TAIL_GRACE``
+    seconds (waited for, never cancelled here); False at once when the reader's own task
+    is being cancelled (it unwinds, and is counted so)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return False
+    if not flight.task.done():
+        await asyncio.wait({flight.task}, timeout=TAIL_GRACE)
+    broadcast = flight.broadcast
+    return broadcast.finished and broadcast.result is not None
 
 
 async def _answered(answering: Awaitable[Filled]) -> Filled | None:
