@@ -38,7 +38,9 @@ class CompletionStream:
 
     Stopping early (``aclose()``, leaving ``async with``, or ``break`` followed by
     ``aclose()``) releases the stream; other callers sharing the same upstream stream are
-    not affected.
+    not affected. Stopping right after the usage chunk (all but ``[DONE]`` read) lets the
+    upstream stream end (for up to a second): ``completion`` is then set, and the answer
+    stored.
 
     Example:
         >>> async with client.stream(model=m, messages=msgs, temperature=0) as stream:
