@@ -112,10 +112,10 @@ class Recorder:
             emit_event(self._hooks, embedding_event(model, None, seconds, error=error))
 
     def spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
-        """Add what ``/embeddings`` requests cost to the stats and the fleet's counters.
-        The embedder's send task calls it as the requests end, whether or not the call
-        that sent them is still there: a caller that timed out leaves them running, paid
-        for all the same."""
+        """Add what one ``/embeddings`` request cost to the stats and the fleet's counters.
+        The embedder calls it as each answer comes, whether or not the call that sent it
+        is still there: a caller that timed out leaves its requests running, paid for all
+        the same."""
         self.stats.prompt_tokens += usage.prompt_tokens
         if cost is not None:
             self.stats.cost_usd += cost.usd

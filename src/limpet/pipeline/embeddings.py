@@ -76,8 +76,9 @@ class Embedder:
         shared: per-input leases across processes (the cache's Redis tier), or None.
         max_batch_tokens: an estimated token budget per request (None: no budget).
         max_inputs: inputs one call may carry.
-        spent: told what the requests cost as they end (the model asked for, the usage,
-            the dollars or None when unknown), whether or not their caller is still there.
+        spent: told what each request cost as its answer comes (the model asked for, the
+            usage, the dollars or None when unknown), whether or not its caller is still
+            there.
     """
 
     __slots__ = (
