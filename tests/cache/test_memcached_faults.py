@@ -352,8 +352,8 @@ async def test_a_reply_that_comes_as_the_budget_runs_out_is_read_on_the_same_con
     held: list[asyncio.StreamWriter] = []
     count = Bounded.count
 
-    def count_then_reply(self: Bounded, now: float, on_time: bool) -> float | None:
-        left = count(self, now, on_time)
+    def count_then_reply(self: Bounded, now: float, on_time: bool, idle: float) -> float | None:
+        left = count(self, now, on_time, idle)
         if left is None and held:
             held.pop().write(b"END\r\n")  # a miss, in the socket as the budget runs out
         return left

@@ -5,6 +5,7 @@ cancellation as it was."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -131,4 +132,26 @@ async def test_a_wait_in_this_process_pauses_every_budget_of_its_task() -> None:
         with queueing():
             await asyncio.sleep(0.1)
         await asyncio.sleep(0)  # the server answers at once
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_loop_busy_with_other_callers_in_short_ticks_is_not_the_servers_time() -> None:
+    """Four budgets of other callers' work in ticks of a millisecond, every check on
+    time, before the "server" answers: the loop was never idle, so none of it counts
+    (counted in wall time, a burst of misses took a healthy Redis Cluster for slow)."""
+    answered = asyncio.Event()
+
+    async def other_callers(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            tick = time.perf_counter() + 0.001
+            while time.perf_counter() < tick:
+                pass  # a caller's CPU work
+            await asyncio.sleep(0)
+        answered.set()
+
+    busy = asyncio.create_task(other_callers(0.08))
+    async with server_deadline(0.02):
+        await answered.wait()
+    await busy
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
