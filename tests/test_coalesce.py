@@ -242,3 +242,55 @@ async def test_failures_that_free_if_accepts_use_up_no_promotion() -> None:
     assert calls == 4  # three leaders' own failures, then the fourth caller's call
     assert all(isinstance(r, Unsent) for r in results[:3])
     assert results[3:] == [("sent at last", True), ("sent at last", False)]
+
+
+async def test_the_result_is_the_leaders_claim_while_it_waits() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    tasks = [asyncio.create_task(flight.do("k", upstream)) for _ in range(5)]
+    await upstream.started.wait()
+    upstream.release.set()
+    results = await asyncio.gather(*tasks)
+    assert [claimed for _, claimed in results] == [True, False, False, False, False]
+
+
+async def test_a_leader_that_left_passes_its_claim_to_the_first_caller_still_waiting() -> None:
+    # Paid for all the same: the answer is one caller's own, never nobody's.
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    tasks = [asyncio.create_task(flight.do("k", upstream)) for _ in range(4)]
+    await upstream.started.wait()
+    tasks[0].cancel()  # the leader
+    tasks[1].cancel()  # and the first to wait after it
+    upstream.release.set()
+    results = await asyncio.gather(*tasks[2:])
+    assert [claimed for _, claimed in results] == [True, False]
+    assert tasks[0].cancelled() and tasks[1].cancelled()
+
+
+async def test_a_claim_given_to_a_caller_cancelled_before_it_resumed_passes_on() -> None:
+    # The result lands on every waiter in one turn; the leader's task is cancelled before
+    # it resumes (a timeout of its own at that very moment): the next caller claims it.
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    tasks = [asyncio.create_task(flight.do("k", upstream)) for _ in range(3)]
+    await upstream.started.wait()
+    # Runs right after the flight lands its result (its done callback came first).
+    flight._flights["k"].task.add_done_callback(lambda _: tasks[0].cancel())
+    upstream.release.set()
+    results = await asyncio.gather(*tasks[1:])
+    assert tasks[0].cancelled()
+    assert [claimed for _, claimed in results] == [True, False]
+
+
+async def test_a_caller_joining_a_flight_its_leader_left_claims_it() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    upstream = Upstream()
+    leader = asyncio.create_task(flight.do("k", upstream))
+    await upstream.started.wait()
+    joined = flight.join("k")
+    assert joined is not None
+    joining = asyncio.ensure_future(joined)  # its place among the waiters is taken now
+    leader.cancel()
+    upstream.release.set()
+    assert await joining == ("answer", True)

@@ -216,6 +216,8 @@ def test_stats_count_calls_of_unknown_cost_as_unpriced() -> None:
         (CacheStatus.HIT, Cost(0.0, 0.5)),
     ]:
         stats.record(Completion(ANSWER, "m", Usage(), cost, status, "a", "k"))
+    stats.spent(Usage(), Cost(0.5))  # a miss's spend is told as its answer comes
+    stats.spent(Usage(), None)
     assert (stats.unpriced, stats.misses, stats.hits) == (2, 2, 2)
     assert (stats.cost_usd, stats.saved_usd) == (0.5, 0.6)
 

@@ -34,7 +34,10 @@ class CacheStatus(enum.StrEnum):
     """How a call was served.
 
     - ``hit``: a cache tier answered; nothing went upstream.
-    - ``miss``: this caller's request went upstream (and was stored when cacheable).
+    - ``miss``: this caller's request went upstream (and was stored when cacheable); or
+      the caller that started it left (cancelled, past its deadline, a stream closed)
+      and this caller, the first still waiting, has its answer as its own: each upstream
+      answer a caller gets is one caller's miss, with what it cost.
     - ``coalesced``: this caller shared another caller's upstream request.
     - ``bypass``: policy or the caller skipped the cache.
     """

@@ -145,6 +145,7 @@ class Tally:
     embedding_misses: int = 0
     embedding_coalesced: int = 0
     embedding_requests: int = 0
+    prompt_tokens: int = 0
 
     @classmethod
     def of(cls, client: Client) -> Tally:
@@ -161,7 +162,10 @@ class Tally:
             self.embedding_hits += result.hits
             self.embedding_misses += result.misses
             self.embedding_coalesced += result.coalesced
+            self.prompt_tokens += result.usage.prompt_tokens
             return
+        if result.cache in (CacheStatus.MISS, CacheStatus.BYPASS):
+            self.prompt_tokens += result.usage.prompt_tokens
         name = {
             CacheStatus.HIT: "hits",
             CacheStatus.MISS: "misses",
@@ -194,6 +198,10 @@ class Counts:
             upstream += moved.upstream_calls
             embedded += moved.embedding_requests
             moved.upstream_calls = moved.embedding_requests = 0
+            # Every answer its callers got as their own was paid for, and counted; so
+            # may be one a caller left with nobody of its Client to take it.
+            assert moved.prompt_tokens >= seen.prompt_tokens
+            moved.prompt_tokens = seen.prompt_tokens = 0
             assert moved == seen
         assert requests <= upstream <= requests + cancelled
         assert embedded == self.gateway.embeddings.calls - self.embedding_requests

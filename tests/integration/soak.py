@@ -61,6 +61,7 @@ class SpyGateway(FakeGateway):
         self.asked: dict[str, bytes] = {}  # answer id -> fingerprint of its request
         self.text: dict[str, str] = {}  # answer id -> its content
         self.produced_at: dict[str, int] = {}
+        self.prompt_tokens: dict[str, int] = {}  # answer id -> its usage's prompt tokens
 
     def _answer(self, endpoint: FakeEndpoint, body: dict[str, Any]) -> tuple[Answer, float]:
         answer, latency = super()._answer(endpoint, body)
@@ -68,6 +69,7 @@ class SpyGateway(FakeGateway):
         self.asked[answer.id] = fingerprint(body)
         self.text[answer.id] = answer.content
         self.produced_at[answer.id] = next(self.ticks)
+        self.prompt_tokens[answer.id] = answer.usage["prompt_tokens"]
         return answer, latency
 
 

@@ -272,7 +272,11 @@ async def test_a_leading_caller_stopped_leaves_its_flight_to_the_callers_of_both
         ep.release_answers()
         answers = await asyncio.gather(*others, following)
     assert ep.calls == 1
-    assert {answer.cache for answer in answers} == {CacheStatus.COALESCED}
+    # The answer a's leading caller left is the first of a's others' own, with what it
+    # cost; the rest of a's callers and b's shared it.
+    assert [answer.cache for answer in answers] == [CacheStatus.MISS] + [CacheStatus.COALESCED] * 5
+    assert answers[0].cost is not None and answers[0].cost.usd > 0
+    assert a.stats.cost_usd == answers[0].cost.usd and a.stats.misses == 1
     assert len({answer.content for answer in answers}) == 1
     assert flight.takeovers == 0
     assert await leases(raw, rc) == []

@@ -83,11 +83,29 @@ def check_served(run: Run, outcome: Outcome, keys: dict[bytes, str]) -> None:
     assert completion.key is not None
     assert keys.setdefault(asked, completion.key) == completion.key, f"{plan}: a second key"
     if completion.cache is CacheStatus.MISS:
-        # Its own upstream request, sent after it started: not anything older.
-        assert gateway.produced_at[answer] > outcome.started, f"{plan}: a MISS not its own"
+        # Its own upstream request, sent after it started, or one that a caller of the same
+        # request on its Client started and left to it (the flight's claim passes on):
+        # not anything older.
+        produced = gateway.produced_at[answer]
+        assert produced > outcome.started or any(
+            left_to(other, outcome, produced) for other in run.outcomes
+        ), f"{plan}: a MISS not its own"
     if plan.kind == "stream":
         assert {chunk.raw.get("id") for chunk in outcome.chunks} == {answer}, plan
         assert "".join(chunk.content or "" for chunk in outcome.chunks) == completion.content
+
+
+def left_to(other: Outcome, outcome: Outcome, produced: int) -> bool:
+    """Whether ``other`` is a call of ``outcome``'s request on its Client that started
+    before the answer produced at ``produced`` and left without it (cancelled, or past its
+    own deadline), so that its flight's answer may be ``outcome``'s claim."""
+    plan, mine = other.plan, outcome.plan
+    return (
+        other is not outcome
+        and (plan.client, plan.prompt) == (mine.client, mine.prompt)
+        and other.started < produced
+        and other.completion is None
+    )
 
 
 def check_outcome(run: Run, outcome: Outcome, keys: dict[bytes, str]) -> None:
@@ -126,7 +144,17 @@ def check_stats(run: Run) -> None:
         )
         assert counted == expected, f"client {index}: {stats}"
         assert stats.requests == sum(served.values())
+        # Every answer a caller claimed was paid for, counted as it came, whoever waited;
+        # no more than the gateway answered (a stream cut short reports no usage).
+        claimed = sum(
+            o.completion.usage.prompt_tokens
+            for o in mine
+            if o.completion is not None and o.completion.cache is CacheStatus.MISS
+        )
+        assert claimed <= stats.prompt_tokens, f"client {index}: {stats}"
         assert stats.corrupt == 0, f"client {index} read an entry not bound to its key"
+    answered = sum(run.gateway.prompt_tokens.values())
+    assert sum(client.stats.prompt_tokens for client in run.clients) <= answered
 
 
 async def check_leases(run: Run, keys: set[str]) -> None:

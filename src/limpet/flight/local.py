@@ -19,15 +19,18 @@ Args = TypeVarTuple("Args")
 class _Flight(Generic[T]):
     """One call in flight and the futures its callers await (one each, so that cancelling
     a caller cancels its own future, never the call). It is its task's done callback: it
-    lands the call's end on its ``SingleFlight``."""
+    lands the call's end on its ``SingleFlight``. Its result's one claim goes to
+    ``claimant``: the first caller still waiting when it landed (the leader, unless it
+    left)."""
 
-    __slots__ = ("key", "owner", "task", "waiters")
+    __slots__ = ("claimant", "key", "owner", "task", "waiters")
 
     def __init__(self, owner: SingleFlight[T], key: str, task: asyncio.Future[T]) -> None:
         self.owner = owner
         self.key = key
         self.task = task
         self.waiters: list[asyncio.Future[T]] = []
+        self.claimant: asyncio.Future[T] | None = None
 
     def __call__(self, task: asyncio.Future[T]) -> None:
         self.owner._land(self.key, self, task)
@@ -66,9 +69,14 @@ class SingleFlight(Generic[T]):
         promotions: how often one waiter may retry.
         free_if: which of those a waiter retries without using up a promotion.
 
+    A result has one claim: the caller it goes to is the one whose call it is, the others
+    shared it. It is the leader's while the leader waits; a leader that left (cancelled,
+    past its deadline) passes it to the first caller still waiting, so an upstream answer
+    paid for is some caller's own whenever a caller gets it.
+
     Example:
         >>> flight: SingleFlight[bytes] = SingleFlight()
-        >>> body, led = await flight.do(key, lambda: fetch(key))
+        >>> body, claimed = await flight.do(key, lambda: fetch(key))
     """
 
     __slots__ = ("_flights", "_running", "cancel_orphans", "free_if", "promotions", "retry_if")
@@ -105,7 +113,9 @@ class SingleFlight(Generic[T]):
         no closure per call).
 
         Returns:
-            The result, and True for the caller whose ``call`` ran (the leader).
+            The result, and True for the caller with its claim: the caller whose
+            ``call`` ran (the leader) or, when the leader left, the first caller still
+            waiting (exactly one caller of a result that reached any).
         """
         promotions = self.promotions if self.retry_if is not None else 0
         while True:
@@ -131,14 +141,14 @@ class SingleFlight(Generic[T]):
                         raise
                     promotions -= 1
                 continue
-            return result, leader
+            return result, waiter is flight.claimant
 
-    def join(self, key: str) -> Awaitable[T] | None:
+    def join(self, key: str) -> Awaitable[tuple[T, bool]] | None:
         """The result of the call running for ``key``, for a caller that would never start
-        one itself (another kind of call for the same key); None when none runs. Awaited
-        as ``do`` awaits it: cancelling it leaves the call to the others, and the last
-        caller's leaving cancels it (``cancel_orphans``). No retry: its failure is the
-        caller's."""
+        one itself (another kind of call for the same key), and whether its claim is this
+        caller's (as ``do`` says); None when none runs. Awaited as ``do`` awaits it:
+        cancelling it leaves the call to the others, and the last caller's leaving cancels
+        it (``cancel_orphans``). No retry: its failure is the caller's."""
         flight = self._flights.get(key)
         if flight is None:
             return None
@@ -146,12 +156,15 @@ class SingleFlight(Generic[T]):
         flight.waiters.append(waiter)
         return self._joined(key, flight, waiter)
 
-    async def _joined(self, key: str, flight: _Flight[T], waiter: asyncio.Future[T]) -> T:
+    async def _joined(
+        self, key: str, flight: _Flight[T], waiter: asyncio.Future[T]
+    ) -> tuple[T, bool]:
         try:
-            return await waiter
+            result = await waiter
         except asyncio.CancelledError:
             self._left(key, flight, waiter)
             raise
+        return result, waiter is flight.claimant
 
     async def aclose(self) -> None:
         """Cancel the calls still running and wait until they have unwound (their
@@ -169,6 +182,10 @@ class SingleFlight(Generic[T]):
         ``cancel_orphans``), and forgotten first, so a newcomer starts afresh."""
         if waiter.done() and not waiter.cancelled():
             waiter.exception()  # settled as its caller was cancelled: seen, never logged
+        if flight.claimant is waiter:
+            # Its result came as its caller was cancelled: the claim goes on to the next
+            # caller given it, which resumes after this one.
+            flight.claimant = _first_given(flight.waiters, after=waiter)
         with contextlib.suppress(ValueError):
             flight.waiters.remove(waiter)
         if not flight.waiters and not flight.task.done():
@@ -188,14 +205,31 @@ class SingleFlight(Generic[T]):
         # Retrieved even when no caller is left (an orphan that failed), so asyncio does
         # not log "exception was never retrieved".
         error = task.exception()
+        if error is None:
+            result = task.result()
+            for waiter in flight.waiters:
+                if not waiter.done():
+                    waiter.set_result(result)
+                    if flight.claimant is None:
+                        flight.claimant = waiter
+            return
         for waiter in flight.waiters:
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(task.result())
-            else:
+            if not waiter.done():
                 waiter.set_exception(error)
 
     def _forget(self, key: str, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+
+
+def _first_given(
+    waiters: list[asyncio.Future[T]], after: asyncio.Future[T]
+) -> asyncio.Future[T] | None:
+    """The first of ``waiters`` after ``after`` that was given a result, or None."""
+    found = False
+    for waiter in waiters:
+        if waiter is after:
+            found = True
+        elif found and waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            return waiter
+    return None

@@ -118,21 +118,18 @@ class FleetCounters:
         """Count one finished call (no I/O)."""
         counts = self._pending[self._models.row(model)]
         counts[_STATUS_FIELD[completion.cache]] += 1
-        if completion.cache in (CacheStatus.MISS, CacheStatus.BYPASS):
-            usage = completion.usage
-            counts["prompt_tokens"] += usage.prompt_tokens
-            counts["completion_tokens"] += usage.completion_tokens
-            counts["cached_tokens"] += usage.cached_tokens
+        # What its upstream answer spent was counted as it came (``record_spent``).
         if completion.cost is not None:
-            counts["cost_usd"] += completion.cost.usd
             counts["saved_usd"] += completion.cost.saved_usd
         self._schedule()
 
     def record_spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
-        """Count what an ``embed()`` call's upstream requests cost (no I/O): its tokens
-        and dollars, as the Client's ``Stats`` count them."""
+        """Count what one upstream answer cost, as it comes (no I/O): its tokens and
+        dollars, as the Client's ``Stats`` count them."""
         counts = self._pending[self._models.row(model)]
         counts["prompt_tokens"] += usage.prompt_tokens
+        counts["completion_tokens"] += usage.completion_tokens
+        counts["cached_tokens"] += usage.cached_tokens
         if cost is not None:
             counts["cost_usd"] += cost.usd
         self._schedule()

@@ -112,13 +112,12 @@ class Recorder:
             emit_event(self._hooks, embedding_event(model, None, seconds, error=error))
 
     def spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
-        """Add what one ``/embeddings`` request cost to the stats and the fleet's counters.
-        The embedder calls it as each answer comes, whether or not the call that sent it
-        is still there: a caller that timed out leaves its requests running, paid for all
-        the same."""
-        self.stats.prompt_tokens += usage.prompt_tokens
-        if cost is not None:
-            self.stats.cost_usd += cost.usd
+        """Add what one upstream answer (a completion, a stream, an ``/embeddings``
+        request) cost to the stats and the fleet's counters. The account stage calls it
+        as each answer comes, whether or not the call that sent it is still there: a
+        caller that left (cancelled, past its deadline, a stream closed) leaves its
+        request to others waiting on it, or to be stored, paid for all the same."""
+        self.stats.spent(usage, cost)
         if self._fleet is not None:
             self._fleet.record_spent(model, usage, cost)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from limpet.cache.tiered import TierStats
-from limpet.models import CacheStatus, Completion
+from limpet.models import CacheStatus, Completion, Cost, Usage
 
 if TYPE_CHECKING:
     from limpet.cache.capabilities import GuardedTier
@@ -47,7 +47,8 @@ class Stats:
 
     Attributes:
         hits: calls a cache tier answered.
-        misses: calls that went upstream for themselves and may be stored.
+        misses: calls that went upstream for themselves and may be stored, or got the
+            answer of a call that did and left (each answer a caller got is one miss).
         coalesced: calls that shared another caller's upstream request.
         bypassed: calls that skipped the cache (policy or ``cache="bypass"``).
         upstream_calls: requests sent upstream (retries of one request count once).
@@ -56,10 +57,11 @@ class Stats:
             caller cancelled them (a timeout of its own, a client that hung up, a stream
             closed before its end), or the Client closed under them. What they sent
             upstream counts in ``upstream_calls``, and what it cost where it was answered
-            (an ``embed()`` call's requests go on without it).
+            (for the callers left waiting on it, or an ``embed()`` call's other inputs).
         prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens: tokens
-            billed by upstream calls (hits and coalesced calls bill none).
-        cost_usd: dollars spent upstream, where the cost was known.
+            billed by upstream calls, counted as each answer came, whoever was still
+            waiting for it (hits and coalesced calls bill none).
+        cost_usd: dollars spent upstream, where the cost was known, counted so too.
         saved_usd: dollars not spent thanks to hits, coalescing and provider prompt caching.
         unpriced: calls whose cost is unknown (``Completion.cost`` is None: no usage
             reported, or no price for the model; hits of such a call too). ``cost_usd``
@@ -189,17 +191,21 @@ class Stats:
             self.misses += 1
         else:
             self.bypassed += 1
+        # What an upstream answer spent (dollars, tokens) was counted as it came
+        # (``spent``), whether or not the call that asked for it was still there.
         if cost is None:
             self.unpriced += 1
         else:
-            self.cost_usd += cost.usd
             self.saved_usd += cost.saved_usd
-        if status is CacheStatus.MISS or status is CacheStatus.BYPASS:
-            usage = completion.usage
-            self.prompt_tokens += usage.prompt_tokens
-            self.completion_tokens += usage.completion_tokens
-            self.cached_tokens += usage.cached_tokens
-            self.cache_write_tokens += usage.cache_write_tokens
+
+    def spent(self, usage: Usage, cost: Cost | None) -> None:
+        """Count what one upstream answer cost, as it comes."""
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.cache_write_tokens += usage.cache_write_tokens
+        if cost is not None:
+            self.cost_usd += cost.usd
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot."""

@@ -1,30 +1,41 @@
 """The account stage: an upstream answer's usage and cost, parsed and priced once.
 
 The cache entry keeps what the call cost; the ``Request`` keeps what the provider's
-prompt cache saved on it, for the caller whose call it was.
+prompt cache saved on it, for the caller whose call it was; and what was spent is told
+as the answer comes (``Spent``), whoever is still waiting for it: a call whose caller
+left (cancelled, past its deadline, a stream closed) while others wait on its flight, or
+that goes on to be stored with nobody waiting, was paid for all the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from limpet.cache.base import CacheEntry
-from limpet.models import Usage
+from limpet.models import Cost, Usage
 from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
 from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
 from limpet.providers.prompt_cache import breakpoint_ttl
 from limpet.providers.usage import reported_cost, with_write_ttl
 
+#: Told what an upstream answer cost as it comes: the model asked for, its usage, its
+#: dollars (None: unpriced).
+Spent = Callable[[str, Usage, Cost | None], None]
+
 
 class Accounting:
-    """Prices upstream answers from one ``PriceTable``."""
+    """Prices upstream answers from one ``PriceTable``, and tells ``spent`` (if given)
+    what each cost."""
 
-    __slots__ = ("prices",)
+    __slots__ = ("prices", "spent")
 
-    def __init__(self, prices: PriceTable) -> None:
+    def __init__(self, prices: PriceTable, spent: Spent | None = None) -> None:
         self.prices = prices
+        self.spent = spent
 
     async def entry(
         self,
@@ -41,8 +52,13 @@ class Accounting:
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
             # OpenRouter reports one total of cache writes; their TTL is the marks'.
             usage = with_write_ttl(usage, breakpoint_ttl(sent))
-        prices = await self.prices.prices(answered_model(answer, request.model), request.model)
+        try:  # the first price lookup may fetch the gateway's listing
+            prices = await self.prices.prices(answered_model(answer, request.model), request.model)
+        except asyncio.CancelledError:  # the Client closed: the tokens at least
+            self._tell(request.model, usage, None)
+            raise
         cost = completion_cost(usage, prices, reported_cost(answer.get("usage")))
+        self._tell(request.model, usage, cost)
         if prices is not None:  # a priced call's cost carries its savings already
             request.saved_usd = (
                 cost.saved_usd if cost is not None else prompt_cache_savings(usage, prices)
@@ -52,6 +68,10 @@ class Accounting:
         return CacheEntry(
             answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
         )
+
+    def _tell(self, model: str, usage: Usage, cost: Cost | None) -> None:
+        if self.spent is not None:
+            self.spent(model, usage, cost)
 
 
 def answered_model(answer: dict[str, Any], requested: str) -> str:

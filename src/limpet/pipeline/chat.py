@@ -184,11 +184,16 @@ class ChatPipeline:
                         raise  # else this call's own flight, as a promoted waiter's
                 else:
                     if answer is not None:  # else cut short: this call's own flight
-                        return completion_of(answer, CacheStatus.COALESCED, key)
-            (entry, source), led = await flight.do(key, self._fill, request, key, call)
+                        entry, claimed = answer
+                        if not claimed:
+                            return completion_of(entry, CacheStatus.COALESCED, key)
+                        return completion_of(entry, CacheStatus.MISS, key)
+            # The claim of the flight's own upstream answer: its leader's, or the first
+            # waiter's when the leader left (``SingleFlight``); the others shared it.
+            (entry, source), claimed = await flight.do(key, self._fill, request, key, call)
             if source is not None:
                 return completion_of(entry, source, key)
-            if not led:
+            if not claimed:
                 return completion_of(entry, CacheStatus.COALESCED, key)
         else:
             entry = await self._upstream.call(request, self._exchange, call)
@@ -210,7 +215,9 @@ class ChatPipeline:
         if streamed is not None:  # a stream of it started meanwhile (a retry, say): its answer
             answer = await streamed
             if answer is not None:
-                return answer, CacheStatus.COALESCED
+                # Its claim, when the stream's reader left it: the flight's own answer.
+                entry, claimed = answer
+                return entry, None if claimed else CacheStatus.COALESCED
         shared = self._shared
         if shared is None or cache is None or not decision.coalesce:
             entry = await self._upstream.call(request, self._exchange, call)

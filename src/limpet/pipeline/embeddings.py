@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from limpet.cache.remote import RemoteCache
@@ -35,7 +35,7 @@ from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
-from limpet.pipeline.account import add_batch, embedding_cost
+from limpet.pipeline.account import Spent, add_batch, embedding_cost
 from limpet.pipeline.calls import Call
 from limpet.pipeline.embed_result import Sent, embeddings_result, settle
 from limpet.pipeline.keys import request_keys
@@ -54,10 +54,7 @@ from limpet.pipeline.vectors import (
 from limpet.providers.pricing import PriceTable
 from limpet.providers.usage import parse_usage
 
-__all__ = ["Embedder", "Spent"]
-
-#: Told what ``/embeddings`` requests cost: the model asked for, their usage, their dollars.
-Spent = Callable[[str, Usage, Cost | None], None]
+__all__ = ["Embedder"]
 
 logger = logging.getLogger("limpet")
 

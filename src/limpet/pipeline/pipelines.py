@@ -72,7 +72,7 @@ class Pipelines:
             self._shared.append(RedisFlight(leases, flight))
             return self._shared[-1]
 
-        upstream = Upstream(router, Accounting(prices), stats, mark)
+        upstream = Upstream(router, Accounting(prices, spent=recorder.spent), stats, mark)
         local: SingleFlight[Filled] | None = (
             SingleFlight(retry_if=should_retry, free_if=never_sent) if coalesce else None
         )

@@ -125,12 +125,14 @@ class StreamFlights:
         while answering is not None:  # complete()'s flight of this request: its answer
             answered = await _answered(answering)
             if answered is not None:
-                entry, source = answered
+                (entry, source), claimed = answered
                 for chunk in replay_chunks(entry.body, entry.stream):
                     shown = without_usage(chunk) if declined else chunk
                     if shown is not None:
                         yield json_copy(shown)  # the entry is every waiter's
-                sink.completion = completion_of(entry, source or CacheStatus.COALESCED, key)
+                if source is None:  # its own upstream answer: shared, or this call's claim
+                    source = CacheStatus.MISS if claimed else CacheStatus.COALESCED
+                sink.completion = completion_of(entry, source, key)
                 return
             # It failed in a way a waiter may retry: a waiter of it may lead a new one
             # already (this reader joins it, once), else this reader streams afresh.
@@ -145,7 +147,7 @@ class StreamFlights:
                 flight = self._start(request, call, joins)
             assert flight is not None
             flight.readers += 1
-            copied, given = flight.copied, False
+            copied, given, ended = flight.copied, False, False
             last: dict[str, Any] | None = None
             try:
                 async for chunk in flight.broadcast.items():
@@ -153,6 +155,7 @@ class StreamFlights:
                     shown = without_usage(chunk) if declined else chunk
                     if shown is not None:
                         yield json_copy(shown) if copied else shown
+                ended = True
                 break
             except APIError as exc:
                 again = failed is None or never_sent(exc)  # once, or never sent at all
@@ -168,16 +171,19 @@ class StreamFlights:
                     sink.completion = self._completion(request, flight, led)
                 raise
             finally:
+                if led and not ended and not flight.claimed:
+                    flight.leader_left = True  # its claim is the next reader's to end
                 flight.readers -= 1
                 if flight.readers == 0 and not self._looked_for(key, flight):
                     self._drop(key, flight)
         sink.completion = self._completion(request, flight, led)
 
-    def answer_of(self, key: str) -> Awaitable[CacheEntry | None] | None:
+    def answer_of(self, key: str) -> Awaitable[tuple[CacheEntry, bool] | None] | None:
         """The answer of the upstream stream running for ``key``, for a ``complete()`` call
-        of the same request (a reader of it until it ends, so it keeps the stream going);
-        None when no stream of ``key`` runs that others may join. Awaited, None when the
-        stream ended before it was whole (the call then makes its own).
+        of the same request (a reader of it until it ends, so it keeps the stream going),
+        and whether its claim is this call's (``_claims``); None when no stream of ``key``
+        runs that others may join. Awaited, None when the stream ended before it was whole
+        (the call then makes its own).
 
         Raises (when awaited):
             APIError: the stream failed.
@@ -187,7 +193,7 @@ class StreamFlights:
             return None
         return self._answer(key, flight)
 
-    async def _answer(self, key: str, flight: _StreamFlight) -> CacheEntry | None:
+    async def _answer(self, key: str, flight: _StreamFlight) -> tuple[CacheEntry, bool] | None:
         flight.readers += 1
         try:
             await asyncio.wait((flight.task,))  # its end, not each of its chunks
@@ -201,9 +207,12 @@ class StreamFlights:
         result = broadcast.result
         assert result is not None
         # A stream cut short is its readers' as it came, not an answer for complete().
-        return result[0] if flight.whole else None
+        if not flight.whole:
+            return None
+        entry, status = result
+        return entry, status is None and self._claims(flight, led=False)
 
-    def _answering(self, key: str | None) -> Awaitable[Filled] | None:
+    def _answering(self, key: str | None) -> Awaitable[tuple[Filled, bool]] | None:
         """``complete()``'s flight of ``key``, when one runs and no stream of it does."""
         answers = self._answers
         if answers is None or key is None or key in self._flights:
@@ -285,20 +294,32 @@ class StreamFlights:
             flight.task.add_done_callback(partial(self._land, key, flight))
         return flight
 
+    def _claims(self, flight: _StreamFlight, *, led: bool) -> bool:
+        """Whether a caller given ``flight``'s own upstream answer takes its one claim: the
+        answer is this caller's own (a miss, with what it cost), not shared. The reader
+        who started the stream claims it; when that reader left before the end, the
+        first other caller to get the answer does, so an answer paid for is some caller's
+        own whenever one gets it."""
+        if flight.claimed or not (led or flight.leader_left):
+            return False
+        flight.claimed = True
+        return True
+
     def _completion(self, request: Request, flight: _StreamFlight, led: bool) -> Completion:
         result = flight.broadcast.result
         assert result is not None
         entry, status = result
         key = request.key
+        own = False
         if status is None:
-            if not led:
+            own = self._claims(flight, led=led)
+            if not own:
                 status = CacheStatus.COALESCED
             elif key is not None and self._cache is not None and request.decision.uses_cache:
                 status = CacheStatus.MISS
             else:
                 status = CacheStatus.BYPASS
-        own = led and status in (CacheStatus.MISS, CacheStatus.BYPASS)
-        return completion_of(entry, status, key, request.saved_usd if own else None)
+        return completion_of(entry, status, key, request.saved_usd if own and led else None)
 
     def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
         if self._flights.get(key) is flight:
@@ -370,7 +391,7 @@ async def _ended_soon(flight: _StreamFlight) -> bool:
     return broadcast.finished and broadcast.result is not None
 
 
-async def _answered(answering: Awaitable[Filled]) -> Filled | None:
+async def _answered(answering: Awaitable[tuple[Filled, bool]]) -> tuple[Filled, bool] | None:
     """What ``complete()``'s flight answered, or None when it failed in a way a waiter may
     retry (the stream reader then starts its own)."""
     try:
@@ -401,7 +422,7 @@ async def _replayable(
 
 
 class _StreamFlight:
-    __slots__ = ("broadcast", "copied", "readers", "task", "whole")
+    __slots__ = ("broadcast", "claimed", "copied", "leader_left", "readers", "task", "whole")
 
     def __init__(self, *, shared: bool, copied: bool) -> None:
         # A flight nobody else can join has one reader: it holds only the unread chunks.
@@ -414,4 +435,8 @@ class _StreamFlight:
         self.copied = copied
         self.readers = 0
         self.whole = True  # every choice asked for ended with a finish_reason
+        # The answer's one claim (see ``StreamFlights._claims``): taken, and whether the
+        # reader who started the stream left before its end.
+        self.claimed = False
+        self.leader_left = False
         self.task: asyncio.Task[None]
