@@ -58,6 +58,26 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[CountingStor
 
 
 @pytest.mark.redis
+async def test_a_calls_own_key_adds_its_generations_to_the_clients(
+    store: CountingStore,
+) -> None:
+    # What ``limpet flush --cache-scope credential`` bumps for a key reaches the calls
+    # that send it; the Client's own invalidation still reaches them; another key's
+    # flush does not.
+    gens = Generations(store, namespace="n", credential="client")
+    plain, a, b = [await gens.scope("m", key) for key in ("", "key-a", "key-b")]
+    assert len({plain, a, b}) == 3
+    await store.bump_generation(generation_name("n", None, credential="key-a"))
+    await gens.refresh()
+    assert (await gens.scope("m"), await gens.scope("m", "key-b")) == (plain, b)
+    assert await gens.scope("m", "key-a") != a
+    before = [await gens.scope("m", key) for key in ("", "key-a", "key-b")]
+    await gens.bump("m")
+    after = [await gens.scope("m", key) for key in ("", "key-a", "key-b")]
+    assert all(x != y for x, y in zip(before, after, strict=True))
+
+
+@pytest.mark.redis
 async def test_an_invalidation_reaches_another_process_within_the_refresh_interval(
     store: CountingStore,
 ) -> None:

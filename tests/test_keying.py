@@ -36,7 +36,8 @@ def test_the_hit_paths_key_is_request_key_and_the_async_key(
     body = {**body, "temperature": temperature, "stream": False}  # normalised, dropped
     keying = Keying(Generations(), namespace, credential)
     key = keying.now(body, sent)
-    scope = keying.generations.scope_now(body["model"])
+    # A call sending a key of its own adds that key's generations to the Client's.
+    scope = keying.generations.scope_now(body["model"], keying.callers(sent))
     assert scope is not None
     expected = request_key(
         canonical_request(body),

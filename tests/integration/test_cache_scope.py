@@ -264,6 +264,49 @@ async def test_the_command_line_warms_and_flushes_either_scope(
     assert code == 2 and "$NONE is not set" in err
 
 
+async def test_a_flush_of_one_key_reaches_the_entries_of_calls_that_send_it(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # A proxy's Client (no key of its own; each caller sends theirs) and one with a key
+    # whose callers send others: a flush of tenant A's key reaches A's entries in both,
+    # and nobody else's. Before, it reached only a Client whose own key was A's: the
+    # proxy kept serving A's answers after A's flush.
+    def as_(key: str) -> dict[str, Any]:
+        return {"extra_headers": {"Authorization": f"Bearer {key}"}}
+
+    def clients() -> tuple[Client, Client]:
+        return (
+            tenant(gateway, redis_url, redis_prefix),
+            tenant(gateway, redis_url, redis_prefix, api_key=KEY_B),
+        )
+
+    async def statuses() -> list[CacheStatus]:
+        proxy, keyed = clients()
+        async with proxy, keyed:
+            return [
+                await answer(proxy, **ask(), **as_(KEY_A)),
+                await answer(proxy, **ask(), **as_(KEY_B)),
+                await answer(keyed, **ask(), **as_(KEY_A)),
+                await answer(keyed, **ask()),
+            ]
+
+    miss, hit = CacheStatus.MISS, CacheStatus.HIT
+    assert await statuses() == [miss, miss, miss, miss]
+    assert await statuses() == [hit, hit, hit, hit]
+    flush = ["flush", "--redis", redis_url, "--prefix", redis_prefix, "--namespace", ""]
+    code, _, _ = await limpet(
+        *flush, "--cache-scope", "credential", "--api-key-env", "TENANT_A_KEY", TENANT_A_KEY=KEY_A
+    )
+    assert code == 0
+    assert await statuses() == [miss, hit, miss, hit]  # A's entries only
+    async with tenant(gateway, redis_url, redis_prefix, api_key=KEY_B) as keyed:
+        # Its own entries, its callers' (whatever key they send), and B's key's wherever
+        # a call sends it: as a flush of B's key would.
+        await keyed.invalidate()
+    assert await statuses() == [hit, miss, miss, miss]
+    assert gateway.total_calls == 9
+
+
 def test_the_scope_of_a_lone_key_is_its_clients() -> None:
     endpoint = Endpoint("a", "https://x.test/v1", api_key=KEY_A)
     assert key_scope(KEY_A) == credential_scope([endpoint])

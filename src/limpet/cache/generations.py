@@ -7,7 +7,10 @@ key made afterwards differs, so old entries are never read again and age out by 
 A Client scoped to its credentials (``cache_scope="credential"``) has two more, its
 credentials' own and theirs for the model: its ``invalidate()`` bumps those, so one
 tenant never invalidates another's entries, while a namespace's generations (``limpet
-flush --namespace``) still reach every credential in it.
+flush --namespace``) still reach every credential in it. A call that sends a key of its
+own (``limpet serve``'s callers, ``extra_headers``) has two more still, its key's own and
+theirs for the model, so ``limpet flush --cache-scope credential`` with that key reaches
+its entries, as it reaches those of a Client sending the key.
 
 With a shared store (Redis), generations are read into the process and refreshed in the
 background at most every ``refresh_interval`` seconds, so a cache hit stays one GET and
@@ -54,6 +57,10 @@ DEFAULT_MAX_TRACKED = 1_000
 
 #: The generation that covers every namespace and model.
 EVERYTHING = "*"
+
+# What the generations are tracked by: a model, and the credential scope of the calls'
+# own key ("" for the client's own).
+_Tracked = tuple[str, str]
 # Between a namespace and a model in a generation's name; no namespace or model has it.
 _SEPARATOR = "\x1f"
 # Between a namespace and a credential scope (a hex digest, or "anonymous").
@@ -191,11 +198,12 @@ class Generations:
         self._own = generation_name(namespace, None, credential=credential)
         # In every key, hence never forgotten.
         self._fixed = frozenset((EVERYTHING, self._all, self._own))
-        # Tracked models, least recently used first: the generations in each one's keys
-        # after EVERYTHING, this client's own last.
-        self._models: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # Tracked models (with a call's own credential scope, or ""), least recently used
+        # first: the generations in each one's keys after EVERYTHING, this client's own
+        # model generation last (for its own, "").
+        self._models: OrderedDict[_Tracked, tuple[str, ...]] = OrderedDict()
         # Per tracked model: its key scope, built once while no generation changes.
-        self._scopes: dict[str, str] = {}
+        self._scopes: dict[_Tracked, str] = {}
         self._values: dict[str, int] = {}
         # Bumped here but not in any store: forgetting them would lose the bump.
         self._pinned: set[str] = set()
@@ -209,15 +217,16 @@ class Generations:
         self._fresh_until = -math.inf
         self._fallback_until = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
-        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._loading: dict[_Tracked, asyncio.Future[None]] = {}
         self.refresh_interval = refresh_interval
 
-    def scope_now(self, model: str) -> str | None:
-        """The key scope for a request to ``model``, or None when ``scope()`` must first
-        read the model's generations from the store (never read, or read too long ago).
+    def scope_now(self, model: str, credential: str = "") -> str | None:
+        """The key scope for a request to ``model`` (from a call whose own key has the
+        credential scope ``credential``, or ""), or None when ``scope()`` must first read
+        the model's generations from the store (never read, or read too long ago).
         Schedules a background refresh when one is due, so that, while requests keep
         coming, the cache-hit path never waits on the store."""
-        scope = self._scope_of(model)
+        scope = self._scope_of((model, credential))
         if scope is None or self._store is None:
             return scope
         now = self._clock()
@@ -227,27 +236,28 @@ class Generations:
             return None
         return scope
 
-    def _scope_of(self, model: str) -> str | None:
-        """The key scope of ``model`` from the values this process holds, however old."""
+    def _scope_of(self, tracked: _Tracked) -> str | None:
+        """The key scope of a tracked model from the values this process holds, however
+        old."""
         models = self._models
-        scope = self._scopes.get(model)
+        scope = self._scopes.get(tracked)
         if scope is not None:
-            models.move_to_end(model)
+            models.move_to_end(tracked)
         else:
-            names = models.get(model)
+            names = models.get(tracked)
             if names is None:
                 if self._store is not None:
                     return None
-                names = self._track(model)
+                names = self._track(tracked)
             else:
-                models.move_to_end(model)
+                models.move_to_end(tracked)
             values = self._values
             scope = ".".join(str(values.get(name, 0)) for name in (EVERYTHING, *names))
-            self._scopes[model] = scope
+            self._scopes[tracked] = scope
         return scope
 
-    async def scope(self, model: str) -> str:
-        """The key scope for a request to ``model``.
+    async def scope(self, model: str, credential: str = "") -> str:
+        """The key scope for a request to ``model`` (``credential``: as ``scope_now``'s).
 
         The first request for a model in this process (or the first since it was
         forgotten) reads its generations from the store (one round trip), so it can
@@ -256,20 +266,21 @@ class Generations:
         Generations read too long ago are read again first (``scope_now``); when that read
         fails, the ones held are used.
         """
-        if self._store is not None and model not in self._models:
+        tracked = (model, credential)
+        if self._store is not None and tracked not in self._models:
             # Concurrent first requests share one read, and none uses a guess meanwhile.
-            loading = self._loading.get(model)
+            loading = self._loading.get(tracked)
             if loading is None:
-                loading = asyncio.ensure_future(self._load(model))
-                self._loading[model] = loading
+                loading = asyncio.ensure_future(self._load(tracked))
+                self._loading[tracked] = loading
             await asyncio.shield(loading)
-        elif self._store is not None and self.scope_now(model) is None:
+        elif self._store is not None and self.scope_now(model, credential) is None:
             # Every caller waits for the one refresh scope_now() started; cancelling one
             # cancels neither the refresh nor the others.
             refreshing = self._refreshing
             if refreshing is not None:
                 await asyncio.wait((refreshing,))
-        return self._scope_of(model) or self._unread_scope()
+        return self._scope_of(tracked) or self._unread_scope()
 
     def _unread_scope(self) -> str:
         """The scope of a model whose generations could not be read: the fixed ones held
@@ -280,8 +291,8 @@ class Generations:
             ".".join(str(values.get(name, 0)) for name in (EVERYTHING, self._all, self._own)) + ".?"
         )
 
-    async def _load(self, model: str) -> None:
-        names = self._names_of(model)
+    async def _load(self, tracked: _Tracked) -> None:
+        names = self._names_of(tracked)
         try:
             read = self._fixed.union(names)
             started, everything = self._clock(), False
@@ -296,15 +307,16 @@ class Generations:
                 for name in names:
                     values.setdefault(name, 0)
                 self._merge(values)
-                self._track(model, names)
+                self._track(tracked, names)
         finally:
-            del self._loading[model]
+            del self._loading[tracked]
 
     async def bump(self, model: str | None = None) -> None:
         """Invalidate ``model``'s entries in this namespace, or every entry in this
         namespace when ``model`` is None (``limpet flush`` reaches every namespace); with a
         credential scope, only that scope's entries."""
-        names = None if model is None else self._names_of(model)
+        tracked = None if model is None else (model, "")
+        names = None if tracked is None else self._names_of(tracked)
         name = self._own if names is None else names[-1]
         value = self._values.get(name, 0) + 1
         if self._store is None:
@@ -319,8 +331,8 @@ class Generations:
                 self._pinned.add(name)
         self._values[name] = max(value, self._values.get(name, 0))
         self._scopes.clear()
-        if model is not None and (self._store is None or name in self._pinned):
-            self._track(model, names)  # a bump only this process knows is kept with its model
+        if tracked is not None and (self._store is None or name in self._pinned):
+            self._track(tracked, names)  # a bump only this process knows is kept with its model
 
     async def refresh(self) -> None:
         """Read every generation this process uses from the store now."""
@@ -362,24 +374,31 @@ class Generations:
             if name in self._pinned and value >= known[name]:
                 self._pinned.discard(name)  # the store has caught up with the local bump
 
-    def _names_of(self, model: str) -> tuple[str, ...]:
-        names = self._models.get(model)
+    def _names_of(self, tracked: _Tracked) -> tuple[str, ...]:
+        names = self._models.get(tracked)
         if names is None:
-            names = (self._all, generation_name(self._namespace, model))
+            model, credential = tracked
+            namespace = self._namespace
+            names = (self._all, generation_name(namespace, model))
+            if credential:  # the call's own key's, before the client's (last: bumped)
+                names += (
+                    generation_name(namespace, None, credential=credential),
+                    generation_name(namespace, model, credential=credential),
+                )
             if self._credential:
                 names += (
                     self._own,
-                    generation_name(self._namespace, model, credential=self._credential),
+                    generation_name(namespace, model, credential=self._credential),
                 )
         return names
 
-    def _track(self, model: str, names: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        """Keep ``model``'s generations as the most recently used; forget the least
-        recently used model beyond ``max_tracked`` that no store could give back."""
+    def _track(self, tracked: _Tracked, names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """Keep a tracked model's generations as the most recently used; forget the least
+        recently used one beyond ``max_tracked`` that no store could give back."""
         models = self._models
-        names = models.get(model) or names or self._names_of(model)
-        models[model] = names
-        models.move_to_end(model)
+        names = models.get(tracked) or names or self._names_of(tracked)
+        models[tracked] = names
+        models.move_to_end(tracked)
         while len(models) > self.max_tracked:
             forgettable = next(
                 (m for m, ns in models.items() if not any(n in self._pinned for n in ns)), None

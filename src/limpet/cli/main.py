@@ -15,7 +15,8 @@ Cache scopes (``--cache-scope``): ``warm`` writes the entries of one scope, ``cr
 ``namespace`` (the entries every Client of the namespace with ``cache_scope="namespace"``
 reads). ``flush`` bumps the namespace's generation by default, which every key of the
 namespace includes whatever its scope, so it needs no API key; ``--cache-scope
-credential`` flushes only the entries of the key in ``--api-key-env``. ``stats`` counts
+credential`` flushes only the entries of the key in ``--api-key-env`` (a Client's that
+sends it, and those of calls sending it of their own, as ``serve``'s callers do). ``stats`` counts
 calls per model across the fleet and holds no answers, so it has no scope to choose.
 """
 

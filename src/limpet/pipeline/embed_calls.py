@@ -43,7 +43,8 @@ class EmbedCalls:
             raise ClientClosedError("Client is closed")
         started = time.perf_counter()
         model, texts, embedder = request.model, request.texts, self.embedder
-        scope = self._keying.generations.scope_now(model)
+        callers = self._keying.callers(request.headers)
+        scope = self._keying.generations.scope_now(model, callers)
         found = None
         keys: list[str] = []
         if scope is not None:
@@ -58,7 +59,7 @@ class EmbedCalls:
             with self._calls.counted():
                 if scope is None:
                     generations = self._keying.generations
-                    scope = await self._calls.guarded(call, generations.scope(model))
+                    scope = await self._calls.guarded(call, generations.scope(model, callers))
                     keys = self._keys(request, scope)
                 work = embedder.embed(request, keys, call, found)
                 result = await self._calls.guarded(call, work)

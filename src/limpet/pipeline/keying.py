@@ -1,7 +1,8 @@
 """The key stage: a request's cache and flight key, in its generation and cache scope.
 
 The key hashes the canonical request with the Client's namespace, the model's current
-generation (``invalidate()`` bumps it), the credential scope (the call's own
+generation (``invalidate()`` bumps it; a call sending its own key adds that key's, which
+``limpet flush --cache-scope credential`` bumps), the credential scope (the call's own
 ``Authorization`` header, if it sends one) and what the Client's endpoints add to every
 body they are sent (``Endpoint.extra_body``: it is sent, so it can change the answer).
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from limpet._credentials import credential_digest, header_credentials
 from limpet.cache.generations import Generations
 from limpet.config import Endpoint
 from limpet.pipeline.credentials import call_scope
@@ -76,7 +78,7 @@ class Keying:
         messages' text length, when known; see ``looks_large``). Else None.
 
         ``request_key``'s, found in the memo when the same bytes were keyed lately."""
-        scope = self.generations.scope_now(body["model"])
+        scope = self.generations.scope_now(body["model"], self.callers(headers))
         if scope is None or looks_large(body, text_chars):
             return None
         credential = self._own if headers is None else self.scope(headers)
@@ -88,12 +90,28 @@ class Keying:
     async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
         """The key, reading the model's generation from the shared tier when needed; a
         large request is hashed piece by piece, yielding to the event loop."""
-        model = body["model"]
-        scope = self.generations.scope_now(model) or await self.generations.scope(model)
+        scope = await self.generation_scope(body["model"], headers)
         credential = self.scope(headers)
         return await request_key_async(
             body, namespace=self.namespace, scope=scope, credential=credential
         )
+
+    async def generation_scope(self, model: str, headers: Mapping[str, str] | None) -> str:
+        """The generations part of the keys of a call to ``model`` sending ``headers``,
+        read from the shared tier when needed."""
+        callers = self.callers(headers)
+        generations = self.generations
+        return generations.scope_now(model, callers) or await generations.scope(model, callers)
+
+    def callers(self, headers: Mapping[str, str] | None) -> str:
+        """The credential scope of the key a call sends of its own, as ``key_scope`` names
+        a Client's that sends it (its generations enter the call's keys, so a flush of
+        that key reaches them); "" when it sends none, or the Client shares entries
+        across credentials (``cache_scope="namespace"``)."""
+        if headers is None or not self.credential:
+            return ""
+        own = header_credentials(headers)
+        return credential_digest(own) if own else ""
 
     def scope(self, headers: Mapping[str, str] | None) -> str:
         """The credential part of the keys of a call sending ``headers``: its credential
