@@ -5,11 +5,13 @@ cancellation as it was."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 import pytest
 
+from limpet.cache import budget
 from limpet.cache.budget import QueueTimeout, Watchdog, connection_held, queueing, server_deadline
 
 
@@ -135,23 +137,58 @@ async def test_a_wait_in_this_process_pauses_every_budget_of_its_task() -> None:
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
+async def busy_in_short_ticks(seconds: float) -> None:
+    """Other callers' CPU work for ``seconds``, in ticks of a millisecond."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        tick = time.perf_counter() + 0.001
+        while time.perf_counter() < tick:
+            pass  # a caller's CPU work
+        await asyncio.sleep(0)
+
+
 async def test_a_loop_busy_with_other_callers_in_short_ticks_is_not_the_servers_time() -> None:
-    """Four budgets of other callers' work in ticks of a millisecond, every check on
-    time, before the "server" answers: the loop was never idle, so none of it counts
-    (counted in wall time, a burst of misses took a healthy Redis Cluster for slow)."""
+    """Two budgets of other callers' work in ticks of a millisecond, every check on time,
+    before the "server" answers: the loop was never idle, so only the least share of it
+    counts, half the budget (counted in wall time, a burst of misses took a healthy Redis
+    Cluster for slow)."""
     answered = asyncio.Event()
 
     async def other_callers(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            tick = time.perf_counter() + 0.001
-            while time.perf_counter() < tick:
-                pass  # a caller's CPU work
-            await asyncio.sleep(0)
+        await busy_in_short_ticks(seconds)
         answered.set()
 
     busy = asyncio.create_task(other_callers(0.08))
-    async with server_deadline(0.02):
+    async with server_deadline(0.04):
         await answered.wait()
     await busy
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_server_that_never_answers_is_found_however_busy_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop that is never idle still counts a quarter of each step: a server that
+    stopped answering ends the call (and the breaker opens), rather than being taken for
+    healthy for as long as other callers keep the loop busy."""
+    monkeypatch.setattr(budget, "thread_busy", asyncio.get_running_loop().time)  # never idle
+
+    async def silent_server() -> None:
+        async with server_deadline(0.02):
+            await asyncio.Event().wait()
+
+    call = asyncio.create_task(silent_server())
+    await asyncio.wait({call}, timeout=30)  # a failure, not a hang
+    assert call.done() and isinstance(call.exception(), TimeoutError)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self"), reason="Linux's schedstat")
+def test_a_forked_child_measures_its_own_thread() -> None:
+    budget.thread_busy()  # the parent's thread opens its schedstat
+    pid = os.fork()
+    if pid == 0:  # the child: its own thread's file, not the parent's
+        budget.thread_busy()
+        fd = budget._thread.schedstat._fd
+        os._exit(0 if os.readlink(f"/proc/self/fd/{fd}").startswith(f"/proc/{os.getpid()}/") else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -9,13 +9,15 @@ not scheduled), not because the server was. And a budget runs out only at a chec
 ran on time, when the loop has just had its chance to read a reply that came in while it
 was busy. A loop that never catches up still gives up after 20 budgets of wall time.
 
-Nor does a loop that is busy but keeps up count as the server's time: each check counts
-only the share of the step the loop's thread spent idle (wall time less the time it ran
+Nor does a loop that is busy but keeps up count wholly as the server's time: each check
+counts the share of the step the loop's thread spent idle (wall time less the time it ran
 or waited for a CPU, ``thread_busy()``), for a loop that was never idle would have read a
-reply had one come, or is still working through those that did. A burst of five hundred
-misses keeps the loop busy in short ticks, every check on time, while one MGET's task
-waits for its turns behind the others; counted in wall time, a healthy Redis Cluster was
-taken for slow.
+reply had one come, or is still working through those that did; but never less than a
+quarter of it, so that a server that stopped answering is still found within four budgets
+of a loop kept busy by other callers (and the breaker opens), not one taken for healthy
+for as long as the loop is busy. A burst of five hundred misses keeps the loop busy in
+short ticks, every check on time, while one MGET's task waits for its turns behind the
+others; counted in wall time, a healthy Redis Cluster was taken for slow.
 
 Nor is the server at work while a call waits for something of this process's own: a free
 connection of a pool that a burst of this process's calls holds. A pool marks that wait
@@ -55,6 +57,8 @@ __all__ = [
 _STEPS = 4
 # A loop that never catches up still ends the wait after this many budgets of wall time.
 _MAX_STRETCH = 20
+# The least share of a step a check counts, however busy the loop was (see above).
+_MIN_IDLE_SHARE = 0.25
 # A wait in this process (for a pooled connection) ends after this many budgets of wall time.
 _MAX_QUEUE = 20
 _EPSILON = 1e-9
@@ -270,16 +274,17 @@ class Watchdog:
 
 def _idle_share(wall: float, busy: float) -> float:
     """The share of ``wall`` seconds the loop's thread spent idle, having been ``busy``
-    (``thread_busy()``) for that many of them (0 to 1)."""
+    (``thread_busy()``) for that many of them, and at least ``_MIN_IDLE_SHARE`` (up to
+    1)."""
     if wall <= 0:
         return 1.0
-    return min(max(1.0 - busy / wall, 0.0), 1.0)
+    return min(max(1.0 - busy / wall, _MIN_IDLE_SHARE), 1.0)
 
 
 def thread_busy() -> float:
-    """Seconds the calling thread has run on a CPU or waited for one, on Linux (its
-    ``schedstat``: a process the machine does not schedule is not waiting on a server
-    either); elsewhere its CPU time."""
+    """Seconds the calling thread has run on a CPU (its CPU time, current when read) or,
+    on Linux, waited for one (its ``schedstat``: a process the machine does not schedule
+    is not waiting on a server either)."""
     schedstat = getattr(_thread, "schedstat", None)
     if schedstat is None:
         schedstat = _thread.schedstat = _Schedstat()
@@ -288,7 +293,9 @@ def thread_busy() -> float:
 
 class _Schedstat:
     """A thread's ``/proc/thread-self/schedstat``, open for as long as the thread lives
-    (a read of the open file costs ~1 us, opening it ~10)."""
+    (a read of the open file costs ~1 us, opening it ~10), for its run-queue wait; its
+    time on a CPU there is updated only at the scheduler's ticks (4 ms at 250 Hz), so that
+    is read from ``time.thread_time()``, which is current."""
 
     __slots__ = ("_fd",)
 
@@ -299,13 +306,13 @@ class _Schedstat:
             self._fd = -1
 
     def busy(self) -> float:
+        ran = time.thread_time()
         if self._fd >= 0:
             try:
-                ran, waited = os.pread(self._fd, 128, 0).split()[:2]
-                return (int(ran) + int(waited)) / 1e9
-            except (OSError, ValueError):
+                return ran + int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
                 pass
-        return time.thread_time()
+        return ran
 
     def __del__(self) -> None:
         if self._fd >= 0:
@@ -313,6 +320,14 @@ class _Schedstat:
 
 
 _thread = threading.local()
+
+
+def _forget_schedstat() -> None:
+    """In a child process just forked: the file open is its parent's thread's."""
+    _thread.schedstat = None
+
+
+os.register_at_fork(after_in_child=_forget_schedstat)
 
 
 class Bounded:
@@ -371,7 +386,7 @@ class Bounded:
         spent = min(now - self._last, step) * idle
         self._last = now
         self._left = left = self._left - spent
-        if left <= _EPSILON and (on_time or now - self._started >= self.budget * _MAX_STRETCH):
+        if (left <= _EPSILON and on_time) or now - self._started >= self.budget * _MAX_STRETCH:
             self._expire(TimeoutError)
             return None
         return left
