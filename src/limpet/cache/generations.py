@@ -58,9 +58,10 @@ DEFAULT_MAX_TRACKED = 1_000
 #: The generation that covers every namespace and model.
 EVERYTHING = "*"
 
-# What the generations are tracked by: a model, and the credential scope of the calls'
-# own key ("" for the client's own).
-_Tracked = tuple[str, str]
+# What the generations are tracked by: a model (for calls that send no key of their own),
+# or a model and the credential scope of the key its calls send (a tuple: no model equals
+# one, and the hit path builds no tuple for a call without a key).
+_Tracked = str | tuple[str, str]
 # Between a namespace and a model in a generation's name; no namespace or model has it.
 _SEPARATOR = "\x1f"
 # Between a namespace and a credential scope (a hex digest, or "anonymous").
@@ -226,7 +227,7 @@ class Generations:
         the model's generations from the store (never read, or read too long ago).
         Schedules a background refresh when one is due, so that, while requests keep
         coming, the cache-hit path never waits on the store."""
-        scope = self._scope_of((model, credential))
+        scope = self._scope_of((model, credential) if credential else model)
         if scope is None or self._store is None:
             return scope
         now = self._clock()
@@ -266,7 +267,7 @@ class Generations:
         Generations read too long ago are read again first (``scope_now``); when that read
         fails, the ones held are used.
         """
-        tracked = (model, credential)
+        tracked: _Tracked = (model, credential) if credential else model
         if self._store is not None and tracked not in self._models:
             # Concurrent first requests share one read, and none uses a guess meanwhile.
             loading = self._loading.get(tracked)
@@ -315,8 +316,7 @@ class Generations:
         """Invalidate ``model``'s entries in this namespace, or every entry in this
         namespace when ``model`` is None (``limpet flush`` reaches every namespace); with a
         credential scope, only that scope's entries."""
-        tracked = None if model is None else (model, "")
-        names = None if tracked is None else self._names_of(tracked)
+        names = None if model is None else self._names_of(model)
         name = self._own if names is None else names[-1]
         value = self._values.get(name, 0) + 1
         if self._store is None:
@@ -331,8 +331,8 @@ class Generations:
                 self._pinned.add(name)
         self._values[name] = max(value, self._values.get(name, 0))
         self._scopes.clear()
-        if tracked is not None and (self._store is None or name in self._pinned):
-            self._track(tracked, names)  # a bump only this process knows is kept with its model
+        if model is not None and (self._store is None or name in self._pinned):
+            self._track(model, names)  # a bump only this process knows is kept with its model
 
     async def refresh(self) -> None:
         """Read every generation this process uses from the store now."""
@@ -377,7 +377,7 @@ class Generations:
     def _names_of(self, tracked: _Tracked) -> tuple[str, ...]:
         names = self._models.get(tracked)
         if names is None:
-            model, credential = tracked
+            model, credential = (tracked, "") if isinstance(tracked, str) else tracked
             namespace = self._namespace
             names = (self._all, generation_name(namespace, model))
             if credential:  # the call's own key's, before the client's (last: bumped)
