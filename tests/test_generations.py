@@ -25,6 +25,37 @@ async def test_local_bumps_change_exactly_what_they_cover() -> None:
     assert gens.scope_now("a") != before[0] and gens.scope_now("b") != before[1]
 
 
+class CountersInMemory:
+    """A generation store in a dict (what ``RedisCache`` keeps in Redis)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    async def generations(self, names: Sequence[str]) -> list[int]:
+        return [self.values.setdefault(name, 1000) for name in names]
+
+    async def bump_generation(self, name: str) -> int:
+        self.values[name] = self.values.get(name, 1000) + 1
+        return self.values[name]
+
+
+async def test_forgetting_a_key_s_calls_to_a_model_keeps_what_the_model_s_others_use() -> None:
+    # (m, key A) shares m's generations with m's own calls: forgetting it (past
+    # max_tracked) forgot their values too, which no refresh read again, so this process
+    # missed every later invalidation of m for good.
+    store, now = CountersInMemory(), [0.0]
+    gens = Generations(store, credential="client", max_tracked=2, clock=lambda: now[0])
+    await gens.scope("m")
+    await gens.scope("m", "key-a")
+    await gens.scope("m")
+    await gens.scope("m2")  # (m, key A) is forgotten
+    before = await gens.scope("m")
+    await store.bump_generation(generation_name("", "m", credential="client"))
+    now[0] += 5
+    await gens.refresh()
+    assert await gens.scope("m") != before
+
+
 def test_a_lost_counter_starts_above_what_was_seen_and_what_is_seen_is_bounded() -> None:
     starts = CounterStarts(max_names=2)
     ahead = time.time_ns() // 1000 + 10**12  # a counter far past the clock

@@ -23,6 +23,8 @@ __all__ = [
     "credential_digest",
     "header_credentials",
     "is_credential_header",
+    "key_credential",
+    "keys_scope",
     "sent_keys",
 ]
 
@@ -110,6 +112,35 @@ def sent_keys(
         else:
             found[lower] = value
     return found
+
+
+def key_credential(key: str) -> str:
+    """An API key as a credential (``"authorization:Bearer " + key``), as the Client that
+    sends it as its ``api_key`` holds it, whatever header a call sends it in."""
+    return "authorization:Bearer " + key
+
+
+def keys_scope(headers: Mapping[str, str]) -> str:
+    """The credential scope of the keys ``headers`` send (``KEY_HEADERS``), each as
+    ``key_credential`` has it, a bearer scheme in any case and blanks collapsed; other
+    credential headers (an organisation, a project) are no key. What a Client sending
+    those keys as its own would have: so ``limpet flush --cache-scope credential`` with a
+    key reaches the calls that send it, however they write it. ``ANONYMOUS_SCOPE`` when
+    they send none.
+
+    Example:
+        >>> keys_scope({"Authorization": "bearer  sk-1", "OpenAI-Project": "p"}) == (
+        ...     credential_digest([key_credential("sk-1")]))
+        True
+    """
+    keys = []
+    for name, value in sent_keys(None, headers, KEY_HEADERS).items():
+        if name != "authorization":
+            keys.append(key_credential(value))
+            continue
+        scheme, _, key = value.partition(" ")
+        keys.append(key_credential(key) if scheme == "bearer" else "authorization:" + value)
+    return credential_digest(keys)
 
 
 def credential_digest(credentials: Iterable[str]) -> str:

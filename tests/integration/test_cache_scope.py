@@ -269,10 +269,16 @@ async def test_a_flush_of_one_key_reaches_the_entries_of_calls_that_send_it(
 ) -> None:
     # A proxy's Client (no key of its own; each caller sends theirs) and one with a key
     # whose callers send others: a flush of tenant A's key reaches A's entries in both,
-    # and nobody else's. Before, it reached only a Client whose own key was A's: the
-    # proxy kept serving A's answers after A's flush.
+    # however a caller writes the key, and nobody else's. Before, it reached only a
+    # Client whose own key was A's: the proxy kept serving A's answers after A's flush.
     def as_(key: str) -> dict[str, Any]:
         return {"extra_headers": {"Authorization": f"Bearer {key}"}}
+
+    # The same key written otherwise, with an organisation: its own entries (another
+    # tenant's, for isolation), still A's key's to flush.
+    written_otherwise = {
+        "extra_headers": {"Authorization": f"bearer   {KEY_A}", "OpenAI-Organization": "org-1"}
+    }
 
     def clients() -> tuple[Client, Client]:
         return (
@@ -288,23 +294,24 @@ async def test_a_flush_of_one_key_reaches_the_entries_of_calls_that_send_it(
                 await answer(proxy, **ask(), **as_(KEY_B)),
                 await answer(keyed, **ask(), **as_(KEY_A)),
                 await answer(keyed, **ask()),
+                await answer(proxy, **ask(), **written_otherwise),
             ]
 
     miss, hit = CacheStatus.MISS, CacheStatus.HIT
-    assert await statuses() == [miss, miss, miss, miss]
-    assert await statuses() == [hit, hit, hit, hit]
+    assert await statuses() == [miss, miss, miss, miss, miss]
+    assert await statuses() == [hit, hit, hit, hit, hit]
     flush = ["flush", "--redis", redis_url, "--prefix", redis_prefix, "--namespace", ""]
     code, _, _ = await limpet(
         *flush, "--cache-scope", "credential", "--api-key-env", "TENANT_A_KEY", TENANT_A_KEY=KEY_A
     )
     assert code == 0
-    assert await statuses() == [miss, hit, miss, hit]  # A's entries only
+    assert await statuses() == [miss, hit, miss, hit, miss]  # A's entries only
     async with tenant(gateway, redis_url, redis_prefix, api_key=KEY_B) as keyed:
         # Its own entries, its callers' (whatever key they send), and B's key's wherever
         # a call sends it: as a flush of B's key would.
         await keyed.invalidate()
-    assert await statuses() == [hit, miss, miss, miss]
-    assert gateway.total_calls == 9
+    assert await statuses() == [hit, miss, miss, miss, hit]
+    assert gateway.total_calls == 11
 
 
 def test_the_scope_of_a_lone_key_is_its_clients() -> None:

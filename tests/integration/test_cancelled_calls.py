@@ -172,6 +172,34 @@ async def test_an_embed_answer_being_priced_when_the_client_closes_counts_its_to
     assert (client.stats.prompt_tokens, client.stats.cancelled) == (paid.usage.prompt_tokens, 1)
 
 
+async def test_a_completion_being_priced_when_its_caller_leaves_counts_what_it_reported(
+    gateway: FakeGateway,
+) -> None:
+    # Its caller is cancelled while the first price lookup fetches the listing: the
+    # answer was paid for, and the gateway said for how much (``usage.cost``), no price
+    # table needed: both its tokens and those dollars are counted.
+    asked = asyncio.Event()
+
+    async def listing_that_never_comes() -> object:
+        asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with client_for(gateway) as reference:
+        paid = await reference.complete(**ask("priced"))
+    assert paid.cost is not None and paid.cost.usd > 0
+    async with client_for(gateway, prices=PriceTable(listing_that_never_comes)) as client:
+        call = asyncio.ensure_future(client.complete(**ask("priced")))
+        async with asyncio.timeout(10):  # a hang is a failure, not a wait
+            await asked.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        stats = client.stats
+        assert (stats.prompt_tokens, stats.cancelled) == (paid.usage.prompt_tokens, 1)
+        assert stats.cost_usd == paid.cost.usd
+
+
 async def test_a_stream_closed_past_its_usage_chunk_is_answered_stored_and_counted(
     gateway: FakeGateway,
 ) -> None:

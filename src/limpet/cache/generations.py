@@ -176,6 +176,7 @@ class Generations:
         "_refreshing",
         "_scopes",
         "_store",
+        "_uses",
         "_values",
         "max_tracked",
         "refresh_interval",
@@ -206,6 +207,10 @@ class Generations:
         # Per tracked model: its key scope, built once while no generation changes.
         self._scopes: dict[_Tracked, str] = {}
         self._values: dict[str, int] = {}
+        # How many tracked models use each generation (a model's are shared by the calls
+        # to it that send a key of their own, and a key's by its calls to every model): a
+        # value is forgotten with the last of them, never while another still uses it.
+        self._uses: dict[str, int] = {}
         # Bumped here but not in any store: forgetting them would lose the bump.
         self._pinned: set[str] = set()
         self.max_tracked = max_tracked
@@ -395,9 +400,13 @@ class Generations:
     def _track(self, tracked: _Tracked, names: tuple[str, ...] | None = None) -> tuple[str, ...]:
         """Keep a tracked model's generations as the most recently used; forget the least
         recently used one beyond ``max_tracked`` that no store could give back."""
-        models = self._models
-        names = models.get(tracked) or names or self._names_of(tracked)
-        models[tracked] = names
+        models, uses = self._models, self._uses
+        held = models.get(tracked)
+        if held is None:
+            held = names or self._names_of(tracked)
+            for name in held:
+                uses[name] = uses.get(name, 0) + 1
+        models[tracked] = held
         models.move_to_end(tracked)
         while len(models) > self.max_tracked:
             forgettable = next(
@@ -406,10 +415,15 @@ class Generations:
             if forgettable is None:
                 break
             for name in models.pop(forgettable):
+                left = uses[name] - 1
+                if left:
+                    uses[name] = left
+                    continue
+                del uses[name]
                 if name not in self._fixed:
                     self._values.pop(name, None)
             self._scopes.pop(forgettable, None)
-        return names
+        return held
 
     async def aclose(self) -> None:
         task, self._refreshing = self._refreshing, None

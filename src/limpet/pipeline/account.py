@@ -52,12 +52,13 @@ class Accounting:
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
             # OpenRouter reports one total of cache writes; their TTL is the marks'.
             usage = with_write_ttl(usage, breakpoint_ttl(sent))
+        reported = reported_cost(answer.get("usage"))
         try:  # the first price lookup may fetch the gateway's listing
             prices = await self.prices.prices(answered_model(answer, request.model), request.model)
-        except asyncio.CancelledError:  # the Client closed: the tokens at least
-            self._tell(request.model, usage, None)
+        except asyncio.CancelledError:  # the Client closed: the tokens, and what it reported
+            self._tell(request.model, usage, completion_cost(usage, None, reported))
             raise
-        cost = completion_cost(usage, prices, reported_cost(answer.get("usage")))
+        cost = completion_cost(usage, prices, reported)
         self._tell(request.model, usage, cost)
         if prices is not None:  # a priced call's cost carries its savings already
             request.saved_usd = (

@@ -21,6 +21,7 @@ from limpet._credentials import (
     credential_digest,
     header_credentials,
     is_credential_header,
+    key_credential,
 )
 from limpet.config import Endpoint
 
@@ -62,7 +63,7 @@ def credential_scope(endpoints: Iterable[Endpoint]) -> str:
 def key_scope(api_key: str | None) -> str:
     """The credential scope of a Client whose endpoints all send ``api_key`` (and nothing
     else that is a credential): what ``limpet flush --cache-scope credential`` bumps."""
-    return credential_digest(["authorization:Bearer " + api_key] if api_key else [])
+    return credential_digest([key_credential(api_key)] if api_key else [])
 
 
 def call_scope(scope: str, headers: Mapping[str, str] | None) -> str:
@@ -87,5 +88,5 @@ def _credentials(endpoints: Iterable[Endpoint]) -> Iterable[str]:
     for endpoint in endpoints:
         if endpoint.api_key:
             # As it is sent, so that an Authorization header with the same key agrees.
-            yield "authorization:Bearer " + endpoint.api_key
+            yield key_credential(endpoint.api_key)
         yield from header_credentials(endpoint.headers or {})

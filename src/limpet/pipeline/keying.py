@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from limpet._credentials import credential_digest, header_credentials
+from limpet._credentials import ANONYMOUS_SCOPE, keys_scope
 from limpet.cache.generations import Generations
 from limpet.config import Endpoint
 from limpet.pipeline.credentials import call_scope
@@ -104,14 +104,15 @@ class Keying:
         return generations.scope_now(model, callers) or await generations.scope(model, callers)
 
     def callers(self, headers: Mapping[str, str] | None) -> str:
-        """The credential scope of the key a call sends of its own, as ``key_scope`` names
-        a Client's that sends it (its generations enter the call's keys, so a flush of
-        that key reaches them); "" when it sends none, or the Client shares entries
-        across credentials (``cache_scope="namespace"``)."""
+        """The credential scope of the keys a call sends of its own, as ``key_scope``
+        names a Client's that sends them (``keys_scope``: its generations enter the
+        call's keys, so a flush of that key reaches them, however the call writes it);
+        "" when it sends none, or the Client shares entries across credentials
+        (``cache_scope="namespace"``)."""
         if headers is None or not self.credential:
             return ""
-        own = header_credentials(headers)
-        return credential_digest(own) if own else ""
+        scope = keys_scope(headers)
+        return "" if scope == ANONYMOUS_SCOPE else scope
 
     def scope(self, headers: Mapping[str, str] | None) -> str:
         """The credential part of the keys of a call sending ``headers``: its credential
