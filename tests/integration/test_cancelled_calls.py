@@ -7,6 +7,7 @@ all the same, never reached the stats. Against the FakeGateway over loopback; co
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,6 +27,18 @@ EMBEDDING_MODEL = "openai/text-embedding-3-small"
 def client_for(gateway: FakeGateway, **options: Any) -> Client:
     endpoint = Endpoint("a", gateway.base_url("a"))
     return Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1), **options)
+
+
+def listing_that_never_comes(asked: asyncio.Event) -> Callable[[], Awaitable[object]]:
+    """A gateway's model listing (``PriceTable``'s source) that sets ``asked`` when it is
+    fetched, and never comes."""
+
+    async def listing() -> object:
+        asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return listing
 
 
 def calls_made(client: Client) -> int:
@@ -148,18 +161,12 @@ async def test_an_embed_answer_being_priced_when_the_client_closes_counts_its_to
     # The first price lookup fetches the gateway's listing: the Client closes meanwhile.
     # The answer was paid for: its tokens are counted (its dollars could not be priced).
     asked = asyncio.Event()
-
-    async def listing_that_never_comes() -> object:
-        asked.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
     async with client_for(gateway, cache=None) as reference:
         paid = await reference.embed(model=EMBEDDING_MODEL, input=["x"])
     client = Client(
         endpoints=[Endpoint("a", gateway.base_url("a"))],
         cache=None,
-        prices=PriceTable(listing_that_never_comes),
+        prices=PriceTable(listing_that_never_comes(asked)),
         close_grace=0.0,
     )
     call = asyncio.ensure_future(client.embed(model=EMBEDDING_MODEL, input=["x"]))
@@ -179,16 +186,10 @@ async def test_a_completion_being_priced_when_its_caller_leaves_counts_what_it_r
     # answer was paid for, and the gateway said for how much (``usage.cost``), no price
     # table needed: both its tokens and those dollars are counted.
     asked = asyncio.Event()
-
-    async def listing_that_never_comes() -> object:
-        asked.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
     async with client_for(gateway) as reference:
         paid = await reference.complete(**ask("priced"))
     assert paid.cost is not None and paid.cost.usd > 0
-    async with client_for(gateway, prices=PriceTable(listing_that_never_comes)) as client:
+    async with client_for(gateway, prices=PriceTable(listing_that_never_comes(asked))) as client:
         call = asyncio.ensure_future(client.complete(**ask("priced")))
         async with asyncio.timeout(10):  # a hang is a failure, not a wait
             await asked.wait()

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from limpet import CacheStatus, Client, Completion, Endpoint, RetryConfig
+from limpet import CacheStatus, Client, Completion, CompletionStream, Endpoint, RetryConfig
 from limpet.errors import APITimeoutError
 from limpet.observe.events import CallEvent
 from limpet.testing import FakeGateway
@@ -59,6 +59,13 @@ async def stream_readers(client: Client, count: int) -> None:
     await eventually(reading, what=f"{count} readers of the stream")
 
 
+async def read_to_end(stream: CompletionStream) -> Completion | None:
+    async with stream:
+        async for _ in stream:
+            pass
+    return stream.completion
+
+
 def paid_once(client: Client, events: list[CallEvent], answer: Completion, shared: int = 0) -> None:
     """``answer`` is its caller's own, and what it cost is counted once: in the stats and
     in exactly one event (its caller's); ``shared`` callers shared it."""
@@ -74,25 +81,35 @@ def paid_once(client: Client, events: list[CallEvent], answer: Completion, share
     assert billed[0].usage.prompt_tokens == answer.usage.prompt_tokens
 
 
-async def test_a_complete_left_by_its_leader_is_its_waiters_own(
-    gateway: FakeGateway, watched: tuple[Client, list[CallEvent]]
+@pytest.mark.parametrize("kind", ["complete", "stream"])
+async def test_a_complete_left_by_its_leader_is_its_first_waiters_own(
+    gateway: FakeGateway, watched: tuple[Client, list[CallEvent]], kind: str
 ) -> None:
+    # The first waiter: another complete() call, or a stream that waits on complete()'s
+    # flight and replays its answer; then a complete() call that shares it.
     client, events = watched
     upstream = gateway.endpoint("a")
     upstream.hold_answers()
     leader = asyncio.ensure_future(client.complete(**ask("left by its leader")))
     await upstream.wait_for_calls(1)
-    waiters = [asyncio.ensure_future(client.complete(**ask("left by its leader"))) for _ in "ab"]
+    first: asyncio.Future[Completion | None] = asyncio.ensure_future(
+        client.complete(**ask("left by its leader"))
+        if kind == "complete"
+        else read_to_end(client.stream(**ask("left by its leader")))
+    )
+    await flight_waiters(client, 2)
+    second = asyncio.ensure_future(client.complete(**ask("left by its leader")))
     await flight_waiters(client, 3)
     leader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leader
     upstream.release_answers()
     async with asyncio.timeout(LONG):
-        first, second = await asyncio.gather(*waiters)
-    assert second.cache is CacheStatus.COALESCED and second.content == first.content
+        answer, shared = await asyncio.gather(first, second)
+    assert answer is not None
+    assert shared.cache is CacheStatus.COALESCED and shared.content == answer.content
     assert client.stats.cancelled == 1
-    paid_once(client, events, first, shared=1)
+    paid_once(client, events, answer, shared=1)
 
 
 async def test_a_complete_past_its_own_deadline_leaves_its_answer_to_a_waiter(
@@ -114,24 +131,23 @@ async def test_a_complete_past_its_own_deadline_leaves_its_answer_to_a_waiter(
     paid_once(client, events, answer)
 
 
+@pytest.mark.parametrize("other", ["stream", "complete"])
 async def test_a_stream_its_starter_closed_is_the_other_readers_own(
-    gateway: FakeGateway, watched: tuple[Client, list[CallEvent]]
+    gateway: FakeGateway, watched: tuple[Client, list[CallEvent]], other: str
 ) -> None:
+    # The other reader: a stream of the same request, or a complete() call that joins
+    # the stream and reads it to its end.
     client, events = watched
     upstream = gateway.endpoint("a")
     upstream.pause_stream(after_chunks=2)
     first = client.stream(**ask("a stream left"))
     await first.__aenter__()
     await anext(first)  # the stream is upstream; the first reader has its first chunk
-    second = client.stream(**ask("a stream left"))
-
-    async def read_all() -> Completion | None:
-        async with second:
-            async for _ in second:
-                pass
-        return second.completion
-
-    reading = asyncio.ensure_future(read_all())
+    reading: asyncio.Future[Completion | None] = asyncio.ensure_future(
+        read_to_end(client.stream(**ask("a stream left")))
+        if other == "stream"
+        else client.complete(**ask("a stream left"))
+    )
     await stream_readers(client, 2)
     await first.aclose()  # before its end: cut for this reader alone
     upstream.resume_stream()
@@ -139,51 +155,4 @@ async def test_a_stream_its_starter_closed_is_the_other_readers_own(
         answer = await reading
     assert answer is not None and first.completion is None
     assert client.stats.cancelled == 1
-    paid_once(client, events, answer)
-
-
-async def test_a_complete_joined_to_a_stream_its_reader_left_is_its_own(
-    gateway: FakeGateway, watched: tuple[Client, list[CallEvent]]
-) -> None:
-    client, events = watched
-    upstream = gateway.endpoint("a")
-    upstream.pause_stream(after_chunks=2)
-    stream = client.stream(**ask("a stream and a complete"))
-    await stream.__aenter__()
-    await anext(stream)
-    joining = asyncio.ensure_future(client.complete(**ask("a stream and a complete")))
-    await stream_readers(client, 2)  # the complete() call reads it to its end
-    await stream.aclose()
-    upstream.resume_stream()
-    async with asyncio.timeout(LONG):
-        answer = await joining
-    assert client.stats.cancelled == 1
-    paid_once(client, events, answer)
-
-
-async def test_a_stream_joined_to_a_complete_its_leader_left_is_its_own(
-    gateway: FakeGateway, watched: tuple[Client, list[CallEvent]]
-) -> None:
-    client, events = watched
-    upstream = gateway.endpoint("a")
-    upstream.hold_answers()
-    leader = asyncio.ensure_future(client.complete(**ask("a complete and a stream")))
-    await upstream.wait_for_calls(1)
-    stream = client.stream(**ask("a complete and a stream"))
-
-    async def read_all() -> Completion | None:
-        async with stream:
-            async for _ in stream:
-                pass
-        return stream.completion
-
-    reading = asyncio.ensure_future(read_all())
-    await flight_waiters(client, 2)  # the stream waits on complete()'s flight
-    leader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await leader
-    upstream.release_answers()
-    async with asyncio.timeout(LONG):
-        answer = await reading
-    assert answer is not None
     paid_once(client, events, answer)
