@@ -155,8 +155,8 @@ class Watchdog:
     __slots__ = (
         "__weakref__",
         "_bounds",
+        "_busy",
         "_checked",
-        "_cpu",
         "_due",
         "_handle",
         "_loop",
@@ -176,10 +176,10 @@ class Watchdog:
         self._queued: dict[Bounded, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
-        # When the last check ran (or the timer was armed), and the loop thread's CPU
-        # time then: what it spent idle since is the share of each step counted.
+        # When the last check ran (or the timer was armed), and ``thread_busy()`` then:
+        # the loop thread's idle share since is the share of each step counted.
         self._checked = 0.0
-        self._cpu = 0.0
+        self._busy = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         _watchdogs.add(self)
 
@@ -218,7 +218,7 @@ class Watchdog:
         if self._bounds.setdefault(bound.task, bound) is not bound:
             self._nested.add(bound)
         if self._handle is None:
-            self._checked, self._cpu = now, thread_busy()
+            self._checked, self._busy = now, thread_busy()
             self._due = now + min(self._step, bound.budget / _STEPS)
             self._handle = loop.call_at(self._due, self._check)
 
@@ -250,10 +250,10 @@ class Watchdog:
         if not bounds:
             self._handle = None
             return
-        now, cpu = loop.time(), thread_busy()
+        now, busy = loop.time(), thread_busy()
         on_time = now - self._due <= self._step / 2
-        idle = _idle_share(now - self._checked, cpu - self._cpu)
-        self._checked, self._cpu = now, cpu
+        idle = _idle_share(now - self._checked, busy - self._busy)
+        self._checked, self._busy = now, busy
         wait = self._step
         for bound in [*bounds.values(), *nested]:
             since = queued.get(bound) if queued else None

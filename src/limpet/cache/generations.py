@@ -62,6 +62,7 @@ EVERYTHING = "*"
 # or a model and the credential scope of the key its calls send (a tuple: no model equals
 # one, and the hit path builds no tuple for a call without a key).
 _Tracked = str | tuple[str, str]
+
 # Between a namespace and a model in a generation's name; no namespace or model has it.
 _SEPARATOR = "\x1f"
 # Between a namespace and a credential scope (a hex digest, or "anonymous").
@@ -200,9 +201,9 @@ class Generations:
         self._own = generation_name(namespace, None, credential=credential)
         # In every key, hence never forgotten.
         self._fixed = frozenset((EVERYTHING, self._all, self._own))
-        # Tracked models (with a call's own credential scope, or ""), least recently used
-        # first: the generations in each one's keys after EVERYTHING, this client's own
-        # model generation last (for its own, "").
+        # Tracked models (alone, or with the credential scope of a key their calls send),
+        # least recently used first: the generations in each one's keys after EVERYTHING,
+        # this client's own model generation last (``bump`` bumps it).
         self._models: OrderedDict[_Tracked, tuple[str, ...]] = OrderedDict()
         # Per tracked model: its key scope, built once while no generation changes.
         self._scopes: dict[_Tracked, str] = {}
