@@ -187,7 +187,7 @@ class ChatPipeline:
                         entry, claimed = answer
                         if not claimed:
                             return completion_of(entry, CacheStatus.COALESCED, key)
-                        return completion_of(entry, CacheStatus.MISS, key)
+                        return completion_of(entry, self._own_status(), key)
             # The claim of the flight's own upstream answer: its leader's, or the first
             # waiter's when the leader left (``SingleFlight``); the others shared it.
             (entry, source), claimed = await flight.do(key, self._fill, request, key, call)
@@ -198,8 +198,11 @@ class ChatPipeline:
         else:
             entry = await self._upstream.call(request, self._exchange, call)
             await self._store(request, key, entry)
-        status = CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
-        return completion_of(entry, status, key, request.saved_usd)
+        return completion_of(entry, self._own_status(), key, request.saved_usd)
+
+    def _own_status(self) -> CacheStatus:
+        """How a keyed call whose own upstream answer it got was served."""
+        return CacheStatus.MISS if self._cache is not None else CacheStatus.BYPASS
 
     async def _fill(self, request: Request, key: str, call: Call) -> Filled:
         """This process's one call for ``key``: a look in every tier (another flight may

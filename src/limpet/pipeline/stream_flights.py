@@ -131,7 +131,7 @@ class StreamFlights:
                     if shown is not None:
                         yield json_copy(shown)  # the entry is every waiter's
                 if source is None:  # its own upstream answer: shared, or this call's claim
-                    source = CacheStatus.MISS if claimed else CacheStatus.COALESCED
+                    source = self._own_status(request) if claimed else CacheStatus.COALESCED
                 sink.completion = completion_of(entry, source, key)
                 return
             # It failed in a way a waiter may retry: a waiter of it may lead a new one
@@ -313,13 +313,14 @@ class StreamFlights:
         own = False
         if status is None:
             own = self._claims(flight, led=led)
-            if not own:
-                status = CacheStatus.COALESCED
-            elif key is not None and self._cache is not None and request.decision.uses_cache:
-                status = CacheStatus.MISS
-            else:
-                status = CacheStatus.BYPASS
+            status = self._own_status(request) if own else CacheStatus.COALESCED
         return completion_of(entry, status, key, request.saved_usd if own and led else None)
+
+    def _own_status(self, request: Request) -> CacheStatus:
+        """How a reader whose own upstream answer it got was served."""
+        if request.key is not None and self._cache is not None and request.decision.uses_cache:
+            return CacheStatus.MISS
+        return CacheStatus.BYPASS
 
     def _land(self, key: str, flight: _StreamFlight, _task: object = None) -> None:
         if self._flights.get(key) is flight:
