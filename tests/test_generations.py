@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limpet.cache.generations import CounterStarts, Generations, generation_name
 from limpet.cache.redis.backend import RedisCache
@@ -54,6 +56,47 @@ async def test_forgetting_a_key_s_calls_to_a_model_keeps_what_the_model_s_others
     now[0] += 5
     await gens.refresh()
     assert await gens.scope("m") != before
+
+
+# One step of a process's life: a call to a model (with a key of its own, or none), or
+# another process bumping a generation of a model or of a key.
+_Step = tuple[str, str, str]
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["call", "bump model", "bump key"]),
+        st.sampled_from(["m1", "m2", "m3"]),
+        st.sampled_from(["", "key-a", "key-b"]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_STEPS, st.integers(1, 4))
+def test_every_tracked_scope_reads_as_a_fresh_process_would_after_a_refresh(
+    steps: list[_Step], max_tracked: int
+) -> None:
+    # Whatever was tracked and forgotten (max_tracked small), once refreshed a process's
+    # scope of any model and key is the one a process that never saw any of it reads:
+    # no invalidation is ever missed, whatever pairs share generations.
+    async def run() -> None:
+        store, now = CountersInMemory(), [0.0]
+        gens = Generations(
+            store, credential="client", max_tracked=max_tracked, clock=lambda: now[0]
+        )
+        for action, model, key in steps:
+            if action == "call":
+                await gens.scope(model, key)
+            elif action == "bump model":
+                await store.bump_generation(generation_name("", model, credential="client"))
+            elif key:
+                await store.bump_generation(generation_name("", None, credential=key))
+            now[0] += 5
+            await gens.refresh()
+            fresh = Generations(store, credential="client", clock=lambda: now[0])
+            assert await gens.scope(model, key) == await fresh.scope(model, key)
+
+    asyncio.run(run())
 
 
 def test_a_lost_counter_starts_above_what_was_seen_and_what_is_seen_is_bounded() -> None:
