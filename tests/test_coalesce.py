@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limpet.flight.local import SingleFlight
 
@@ -294,3 +297,34 @@ async def test_a_caller_joining_a_flight_its_leader_left_claims_it() -> None:
     leader.cancel()
     upstream.release.set()
     assert await joining == ("answer", True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.data())
+def test_exactly_the_first_caller_given_the_result_claims_it(callers: int, data: Any) -> None:
+    # Any callers cancelled before the result lands, and any cancelled in the very turn
+    # it lands (before they resume): of those that return it, exactly the first claims it.
+    before = data.draw(st.sets(st.integers(0, callers - 1)), label="cancelled before")
+    landing = data.draw(st.sets(st.integers(0, callers - 1)), label="cancelled as it lands")
+
+    async def run() -> None:
+        flight: SingleFlight[str] = SingleFlight(cancel_orphans=False)
+        upstream = Upstream()
+        tasks = [asyncio.create_task(flight.do("k", upstream)) for _ in range(callers)]
+        await upstream.started.wait()
+        for index in before:
+            tasks[index].cancel()
+        running = flight._flights["k"].task
+
+        def cancel_landing(_: object) -> None:
+            for index in landing:
+                tasks[index].cancel()
+
+        running.add_done_callback(cancel_landing)  # after the flight's own: as it lands
+        upstream.release.set()
+        await asyncio.wait(tasks)
+        returned = [t.result() for t in tasks if not t.cancelled()]
+        claims = [claimed for _, claimed in returned]
+        assert claims == ([True] + [False] * (len(claims) - 1) if claims else [])
+
+    asyncio.run(run())
