@@ -28,17 +28,25 @@ async def test_local_bumps_change_exactly_what_they_cover() -> None:
 
 
 class CountersInMemory:
-    """A generation store in a dict (what ``RedisCache`` keeps in Redis)."""
+    """A generation store in a dict (what ``RedisCache`` keeps in Redis), that can be
+    ``down``."""
 
     def __init__(self) -> None:
         self.values: dict[str, int] = {}
+        self.down = False
 
     async def generations(self, names: Sequence[str]) -> list[int]:
+        self._answer()
         return [self.values.setdefault(name, 1000) for name in names]
 
     async def bump_generation(self, name: str) -> int:
+        self._answer()
         self.values[name] = self.values.get(name, 1000) + 1
         return self.values[name]
+
+    def _answer(self) -> None:
+        if self.down:
+            raise CacheUnavailableError("the store is down")
 
 
 async def test_forgetting_a_key_s_calls_to_a_model_keeps_what_the_model_s_others_use() -> None:
@@ -97,6 +105,53 @@ def test_every_tracked_scope_reads_as_a_fresh_process_would_after_a_refresh(
             assert await gens.scope(model, key) == await fresh.scope(model, key)
 
     asyncio.run(run())
+
+
+async def test_an_invalidation_made_while_the_store_was_down_reaches_it_once_back() -> None:
+    # Made here while the store was down (from 0: this process had never read the
+    # model), it was undone when the store came back with its older value, and never
+    # reached the other processes (whose next bump landed on the value this process
+    # wrote under meanwhile). Now the next refresh that finds the store sends it.
+    store, now = CountersInMemory(), [0.0]
+    other = Generations(store)
+    before = await other.scope("m")
+    gens = Generations(store, clock=lambda: now[0])
+    store.down = True
+    await gens.bump("m")
+    during = gens.scope_now("m")
+    store.down = False
+    now[0] += 5
+    await gens.refresh()
+    after = await gens.scope("m")
+    assert len({before, during, after}) == 3
+    await other.refresh()
+    assert await other.scope("m") == after  # the fleet has it too
+    await other.bump("m")  # a later invalidation elsewhere reaches here
+    now[0] += 5
+    await gens.refresh()
+    assert await gens.scope("m") == await other.scope("m") != after
+
+
+async def test_a_bump_only_this_process_holds_keeps_other_models_within_max_tracked() -> None:
+    gens = Generations(None, credential="client", max_tracked=10)
+    await gens.bump()  # the client's own generation: in every key, never forgotten anyway
+    for i in range(100):
+        assert gens.scope_now(f"m{i}", f"key-{i % 7}") is not None
+    assert len(gens._models) == 10
+
+
+async def test_a_model_just_read_is_kept_while_the_others_hold_unsent_bumps() -> None:
+    store, now = CountersInMemory(), [0.0]
+    gens = Generations(store, max_tracked=2, clock=lambda: now[0])
+    await gens.scope("a")
+    await gens.scope("b")
+    store.down = True
+    await gens.bump("a")
+    await gens.bump("b")
+    store.down = False
+    for _ in range(3):  # read once, then served from memory: never the unread scope
+        assert not (await gens.scope("c")).endswith("?")
+        assert gens.scope_now("c") is not None
 
 
 def test_a_lost_counter_starts_above_what_was_seen_and_what_is_seen_is_bounded() -> None:

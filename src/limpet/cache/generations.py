@@ -23,8 +23,9 @@ Only the ``max_tracked`` most recently used models' generations are kept (and
 refreshed); the least recently used is forgotten beyond that. A forgotten model is read
 from the store again, like a model never seen, before its next request uses it, so
 eviction costs a round trip and never a stale generation. A model whose bump reached
-only this process (the store was down, or there is none) is never forgotten, since no
-store could give it back.
+only this process (the store was down, or there is none) is not forgotten while no store
+could give it back: a bump made while the store was down is sent to it by the next
+refresh that finds it back, and until then the store's older value is not taken for it.
 """
 
 from __future__ import annotations
@@ -331,9 +332,10 @@ class Generations:
             try:
                 value = max(value, await self._store.bump_generation(name))
             except CacheUnavailableError as exc:
-                # Still invalidate here; other processes catch up when the store is back
-                # only if it is bumped again, so say so.
-                logger.warning("limpet: invalidation of %r is local only: %s", name, exc)
+                # Still invalidate here, and bump the store once it is back (``refresh``).
+                logger.warning(
+                    "limpet: invalidation of %r is local until the store is back: %s", name, exc
+                )
                 self._pinned.add(name)
         self._values[name] = max(value, self._values.get(name, 0))
         self._scopes.clear()
@@ -346,11 +348,27 @@ class Generations:
             return
         started = self._clock()
         self._due = started + self.refresh_interval
+        if self._pinned:
+            await self._send_pinned()
         values = await self._read(self._values.keys() | self._fixed)
         self._read_all(started, values is not None)
         if values is not None:
             # A model forgotten while the read was out is read again when it is used.
             self._merge({n: v for n, v in values.items() if n in self._values or n in self._fixed})
+
+    async def _send_pinned(self) -> None:
+        """Bump in the store what this process bumped while it was down: the invalidation
+        reaches the other processes, and the store's older value never undoes it here
+        (a process that never read the name bumped it from 0)."""
+        assert self._store is not None
+        for name in sorted(self._pinned):
+            try:
+                value = await self._store.bump_generation(name)
+            except CacheUnavailableError:
+                return  # still down: the next refresh sends it
+            self._pinned.discard(name)
+            self._values[name] = max(value, self._values.get(name, 0))
+            self._scopes.clear()
 
     def _read_all(self, started: float, ok: bool) -> None:
         """A read of every generation held, begun at ``started``, succeeded or failed."""
@@ -370,15 +388,14 @@ class Generations:
         return dict(zip(ordered, values, strict=True))
 
     def _merge(self, values: dict[str, int]) -> None:
-        known = self._values
+        known, pinned = self._values, self._pinned
         for name, value in values.items():
+            if name in pinned:
+                continue  # bumped here while the store was down: ours until it is sent
             mine = known.get(name)
-            # Never go back: a local bump the store missed stays in force.
-            if mine is None or value > mine:
+            if mine is None or value > mine:  # never go back
                 known[name] = value
                 self._scopes.clear()
-            if name in self._pinned and value >= known[name]:
-                self._pinned.discard(name)  # the store has caught up with the local bump
 
     def _names_of(self, tracked: _Tracked) -> tuple[str, ...]:
         names = self._models.get(tracked)
@@ -409,9 +426,18 @@ class Generations:
                 uses[name] = uses.get(name, 0) + 1
         models[tracked] = held
         models.move_to_end(tracked)
+        pinned, fixed = self._pinned, self._fixed
         while len(models) > self.max_tracked:
+            # Not the one just tracked, nor one holding a bump the store has not (names in
+            # every key are never forgotten, pinned or not): while those are all there is,
+            # more than max_tracked are kept.
             forgettable = next(
-                (m for m, ns in models.items() if not any(n in self._pinned for n in ns)), None
+                (
+                    m
+                    for m, ns in models.items()
+                    if m != tracked and not any(n in pinned and n not in fixed for n in ns)
+                ),
+                None,
             )
             if forgettable is None:
                 break
@@ -421,7 +447,7 @@ class Generations:
                     uses[name] = left
                     continue
                 del uses[name]
-                if name not in self._fixed:
+                if name not in fixed:
                     self._values.pop(name, None)
             self._scopes.pop(forgettable, None)
         return held
