@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limpet.cache.generations import CounterStarts, Generations, generation_name
+from limpet.cache.counter_starts import CounterStarts
+from limpet.cache.generations import Generations, generation_name
 from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError
 from tests.fakes import FakeClock

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from limpet.cache import budget
+from limpet.cache import budget, loop_idle
 from limpet.cache.budget import QueueTimeout, Watchdog, connection_held, queueing, server_deadline
 
 
@@ -184,11 +184,11 @@ async def test_a_server_that_never_answers_is_found_however_busy_the_loop(
 
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self"), reason="Linux's schedstat")
 def test_a_forked_child_measures_its_own_thread() -> None:
-    budget.thread_busy()  # the parent's thread opens its schedstat
+    loop_idle.thread_busy()  # the parent's thread opens its schedstat
     pid = os.fork()
     if pid == 0:  # the child: its own thread's file, not the parent's
-        budget.thread_busy()
-        fd = budget._thread.schedstat._fd
+        loop_idle.thread_busy()
+        fd = loop_idle._thread.schedstat._fd
         os._exit(0 if os.readlink(f"/proc/self/fd/{fd}").startswith(f"/proc/{os.getpid()}/") else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

@@ -20,7 +20,8 @@ import redis.exceptions
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, RetryConfig, TieredCache
 from limpet.cache.breaker import CircuitBreaker
-from limpet.cache.generations import CounterStarts, Generations
+from limpet.cache.counter_starts import CounterStarts
+from limpet.cache.generations import Generations
 from limpet.cache.memory import DEFAULT_MAX_ENTRIES
 from limpet.testing import FakeGateway
 from tests.fakes import COOLDOWN, FakeClock

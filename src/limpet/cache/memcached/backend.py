@@ -25,7 +25,7 @@ writes are queued and sent in the background, and every failure leaves as
   sent, and counted in ``oversized_writes``.
 - ``clear()`` is ``flush_all`` on every server: Memcached cannot list keys.
 - Generations (``invalidate()``) are counters created with ``add`` and bumped with
-  ``incr``; see ``limpet.cache.generations.CounterStarts`` for what an evicted counter
+  ``incr``; see ``limpet.cache.counter_starts.CounterStarts`` for what an evicted counter
   does.
 """
 
@@ -305,7 +305,7 @@ class MemcachedCache(RemoteCache):
     async def generations(self, names: Sequence[str]) -> list[int]:
         """The current value of each generation counter. A missing one (never bumped,
         evicted, lost in a restart) is created above every value it had, so an eviction
-        never revives invalidated entries (see ``limpet.cache.generations.CounterStarts``).
+        never revives invalidated entries (see ``limpet.cache.counter_starts.CounterStarts``).
 
         Raises:
             CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.

@@ -2,7 +2,7 @@
 
 A counter is created with ``add`` and bumped with ``incr``, and Memcached may lose it at
 any time: evicted by the LRU, gone in a restart or a ``flush_all``. A missing counter is
-created above every value it had (``limpet.cache.generations.CounterStarts`` says where
+created above every value it had (``limpet.cache.counter_starts.CounterStarts`` says where
 and why); ``add`` is atomic, so processes that race to create it agree on one value (the
 losers read the winner's).
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import emcache
 
-from limpet.cache.generations import CounterStarts
+from limpet.cache.counter_starts import CounterStarts
 from limpet.errors import CacheUnavailableError
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from redis.exceptions import MaxConnectionsError
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
-from limpet.cache.generations import CounterStarts
+from limpet.cache.counter_starts import CounterStarts
 from limpet.cache.reads import ReadBatcher
 from limpet.cache.redis.connection import (
     CLUSTER_SCHEMES,

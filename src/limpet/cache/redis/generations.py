@@ -4,7 +4,7 @@ read together in one MGET and bumped with INCR; they never expire (see
 
 Redis may still lose one: evicted under an ``allkeys-*`` policy, or gone in a restart
 without persistence or a FLUSHALL. A missing counter is created above every value it had
-(``limpet.cache.generations.CounterStarts``), never read as 0: processes that kept an old
+(``limpet.cache.counter_starts.CounterStarts``), never read as 0: processes that kept an old
 value would otherwise miss every invalidation until the counter climbed past it, and
 entries written under its early values would be read again.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from limpet.cache.generations import CounterStarts
+from limpet.cache.counter_starts import CounterStarts
 from limpet.errors import CacheUnavailableError
 
 if TYPE_CHECKING:
