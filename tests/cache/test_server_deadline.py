@@ -5,8 +5,10 @@ cancellation as it was."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -192,3 +194,31 @@ def test_a_forked_child_measures_its_own_thread() -> None:
         os._exit(0 if os.readlink(f"/proc/self/fd/{fd}").startswith(f"/proc/{os.getpid()}/") else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_once_the_server_has_failed_each_step_counts_whole_however_busy_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server whose breaker has a failure streak gets no benefit of the doubt from a busy
+    loop: a silent one is found in a quarter of the checks (an outage is found as fast as
+    in an idle loop, and a caller's short timeout is not spent on it)."""
+    monkeypatch.setattr(budget, "thread_busy", asyncio.get_running_loop().time)  # never idle
+    checks: Counter[bool] = Counter()
+    count = budget.Bounded.count
+
+    def counted(self: budget.Bounded, now: float, on_time: bool, idle: float) -> float | None:
+        checks[idle == 1.0] += 1
+        return count(self, now, on_time, idle)
+
+    monkeypatch.setattr(budget.Bounded, "count", counted)
+
+    async def silent_server(watchdog: Watchdog) -> None:
+        async with watchdog.bound(0.02):
+            await asyncio.Event().wait()
+
+    for streak in (True, False):  # the breaker's, as the watchdog asks for it
+        failing = functools.partial(bool, streak)
+        call = asyncio.create_task(silent_server(Watchdog(0.02, failing=failing)))
+        await asyncio.wait({call}, timeout=30)  # a failure, not a hang
+        assert call.done() and isinstance(call.exception(), TimeoutError)
+    assert 0 < checks[True] < checks[False]

@@ -129,6 +129,12 @@ class CircuitBreaker:
         return "half_open"
 
     @property
+    def failing(self) -> bool:
+        """True after a failure not yet followed by a success: a streak under way, or the
+        breaker open or probing."""
+        return self._open or self._failures > 0
+
+    @property
     def epoch(self) -> int:
         """A number that changes each time the breaker opens or closes."""
         return self._epoch

@@ -15,9 +15,12 @@ or waited for a CPU, ``thread_busy()``), for a loop that was never idle would ha
 reply had one come, or is still working through those that did; but never less than a
 quarter of it, so that a server that stopped answering is still found within four budgets
 of a loop kept busy by other callers (and the breaker opens), not one taken for healthy
-for as long as the loop is busy. A burst of five hundred misses keeps the loop busy in
-short ticks, every check on time, while one MGET's task waits for its turns behind the
-others; counted in wall time, a healthy Redis Cluster was taken for slow.
+for as long as the loop is busy. And once the server has failed (``Watchdog(failing=)``:
+its breaker has a failure streak), each step counts whole again, so an outage is found as
+fast as in an idle loop while a healthy server keeps the benefit of the doubt. A burst of
+five hundred misses keeps the loop busy in short ticks, every check on time, while one
+MGET's task waits for its turns behind the others; counted in wall time, a healthy Redis
+Cluster was taken for slow.
 
 Nor is the server at work while a call waits for something of this process's own: a free
 connection of a pool that a burst of this process's calls holds. A pool marks that wait
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -143,6 +147,8 @@ class Watchdog:
 
     Args:
         budget: the smallest budget its calls use (a step is a quarter of it).
+        failing: whether the server has failed lately (its breaker's streak): then each
+            step counts whole, however busy the loop was.
 
     Example:
         >>> watchdog = Watchdog(0.05)
@@ -156,6 +162,7 @@ class Watchdog:
         "_busy",
         "_checked",
         "_due",
+        "_failing",
         "_handle",
         "_loop",
         "_nested",
@@ -163,8 +170,9 @@ class Watchdog:
         "_step",
     )
 
-    def __init__(self, budget: float) -> None:
+    def __init__(self, budget: float, failing: Callable[[], bool] | None = None) -> None:
         self._step = budget / _STEPS
+        self._failing = failing
         # The budget of each task in flight, found by its task when the task waits in
         # this process; a task's second one, within its first, is kept apart.
         self._bounds: dict[asyncio.Task[Any], Bounded] = {}
@@ -250,7 +258,12 @@ class Watchdog:
             return
         now, busy = loop.time(), thread_busy()
         on_time = now - self._due <= self._step / 2
-        idle = _idle_share(now - self._checked, busy - self._busy)
+        failing = self._failing
+        idle = (
+            1.0
+            if failing is not None and failing()
+            else _idle_share(now - self._checked, busy - self._busy)
+        )
         self._checked, self._busy = now, busy
         wait = self._step
         for bound in [*bounds.values(), *nested]:

@@ -194,8 +194,12 @@ class RemoteCache:
         #: Signs flight notices (see ``flight_store``); never in reprs or messages.
         self.hmac_key = settings.hmac_key
         self.breaker = breaker if breaker is not None else CircuitBreaker()
-        # Every call's budget, counted in the server's time, by one timer for them all.
-        self._watchdog = Watchdog(min(self.read_timeout, self.write_timeout))
+        # Every call's budget, counted in the server's time, by one timer for them all
+        # (in wall time while the breaker has a failure streak: the server is suspect).
+        breaker = self.breaker
+        self._watchdog = Watchdog(
+            min(self.read_timeout, self.write_timeout), failing=lambda: breaker.failing
+        )
         self._where = where
         self._closed = False
         self._writes = WriteQueue(
