@@ -90,18 +90,12 @@ class Keying:
     async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
         """The key, reading the model's generation from the shared tier when needed; a
         large request is hashed piece by piece, yielding to the event loop."""
-        scope = await self.generation_scope(body["model"], headers)
+        model, callers, generations = body["model"], self.callers(headers), self.generations
+        scope = generations.scope_now(model, callers) or await generations.scope(model, callers)
         credential = self.scope(headers)
         return await request_key_async(
             body, namespace=self.namespace, scope=scope, credential=credential
         )
-
-    async def generation_scope(self, model: str, headers: Mapping[str, str] | None) -> str:
-        """The generations part of the keys of a call to ``model`` sending ``headers``,
-        read from the shared tier when needed."""
-        callers = self.callers(headers)
-        generations = self.generations
-        return generations.scope_now(model, callers) or await generations.scope(model, callers)
 
     def callers(self, headers: Mapping[str, str] | None) -> str:
         """The credential scope of the keys a call sends of its own, as ``key_scope``
