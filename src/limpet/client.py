@@ -391,7 +391,8 @@ class Client:
 
         Only inputs no tier holds go upstream, each once: duplicates within the call and
         inputs another call is already sending are not sent again; the rest are sent in
-        requests of at most ``Endpoint.embedding_batch_size`` inputs, concurrently.
+        requests of at most ``Endpoint.embedding_batch_size`` inputs (the least of the
+        endpoints', as a request may fail over to any), concurrently.
 
         Args:
             model: e.g. ``"openai/text-embedding-3-small"`` (required).

@@ -70,7 +70,8 @@ class Endpoint:
             OpenRouter endpoint a ``session_id`` so that OpenRouter keeps a prefix on the
             provider that cached it (see ``RoutingConfig.session_id``).
         embedding_batch_size: at most this many inputs per ``/embeddings`` request;
-            ``embed()`` splits larger sets of misses into concurrent requests.
+            ``embed()`` splits larger sets of misses into concurrent requests, each
+            sized for every endpoint it may fail over to (the least of their sizes).
         max_in_flight: the most requests limpet sends here at once; callers beyond it
             wait their turn, first come first served (see ``AdmissionConfig``). None: no
             fixed cap, only the limit limpet learns from the endpoint's 429s.

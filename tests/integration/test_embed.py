@@ -154,6 +154,25 @@ async def test_five_thousand_inputs_split_into_batches_land_in_their_places(
     assert len(sizes) == -(-5000 // batch)
 
 
+@pytest.mark.gateway(endpoints=("a", "b"))
+async def test_a_request_fits_the_endpoint_it_fails_over_to(gateway: FakeGateway) -> None:
+    """The first endpoint takes 512 inputs a request, its backup 4 (and refuses more):
+    a request that fails over to the backup must fit it, or the call fails where it could
+    have been served."""
+    gateway.embeddings.max_batch = 4
+    gateway.endpoint("a").fail(503, times=100)
+    endpoints = [
+        Endpoint("a", gateway.base_url("a"), embedding_batch_size=512),
+        Endpoint("b", gateway.base_url("b"), embedding_batch_size=4),
+    ]
+    chunks = texts(10)
+    async with Client(endpoints=endpoints, retry=RetryConfig(max_attempts=1)) as client:
+        e = await client.embed(model=MODEL, input=chunks)
+    assert e.vectors == [fake_vector(MODEL, text) for text in chunks]
+    # Three requests of at most four inputs, each refused by "a" and answered by "b".
+    assert sorted(len(body["input"]) for body in gateway.embeddings.requests) == [2, 2, 4, 4, 4, 4]
+
+
 async def test_a_failed_sub_batch_fails_the_call_and_the_rest_is_cached(
     gateway: FakeGateway,
 ) -> None:

@@ -65,8 +65,8 @@ class Embedder:
     Args:
         cache: the Client's tiers, or None.
         transport: sends ``/embeddings`` requests.
-        endpoints: tried in order for each request; the first one's
-            ``embedding_batch_size`` sizes requests.
+        endpoints: tried in order for each request; a request is sized for every one
+            of them (the least ``embedding_batch_size``), as any may be sent it.
         stats: counts embedded inputs (``embedding_hits`` ...) apart from completions.
         prices: prices embedding models per input token.
         coalesce: await inputs another call is sending rather than sending them again.
@@ -294,7 +294,9 @@ class Embedder:
         (each key's vector or its request's error) is added to ``sent`` and returned."""
         budget = self.max_batch_tokens
         sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
-        batches = plan_batches(sizes, self._endpoints[0].embedding_batch_size, budget)
+        # Any endpoint may be sent a request when those before it fail: it must fit all.
+        size = min(endpoint.embedding_batch_size for endpoint in self._endpoints)
+        batches = plan_batches(sizes, size, budget)
         answers = await asyncio.gather(
             *(self._request(request, items[b.start : b.stop], call) for b in batches),
             return_exceptions=True,
