@@ -307,6 +307,20 @@ async def test_bad_input_fails_before_the_network(
     assert caught.value.field == field and gateway.embeddings.calls == 0
 
 
+@pytest.mark.parametrize("dimensions", [-3, 0, "8", 2.0, True])
+async def test_dimensions_through_extra_body_are_checked_before_the_network(
+    gateway: FakeGateway, dimensions: object
+) -> None:
+    """``extra_body={"dimensions": ...}`` is keyed and sent as the argument is: it is
+    checked by the argument's rule, before anything is sent."""
+    async with make_client(gateway) as client:
+        with pytest.raises(InvalidRequestError) as caught:
+            await client.embed(model=MODEL, input=["a"], extra_body={"dimensions": dimensions})
+        e = await client.embed(model=MODEL, input=["a"], extra_body={"dimensions": 8})
+    assert caught.value.field == "dimensions" and gateway.embeddings.calls == 1
+    assert e.vectors == [fake_vector(MODEL, "a", 8)]
+
+
 async def test_a_batch_over_the_maximum_is_refused(gateway: FakeGateway) -> None:
     async with make_client(gateway, max_embed_inputs=3) as client:
         with pytest.raises(InvalidRequestError, match=r"input\[3\]"):

@@ -255,10 +255,12 @@ def embedding_params(
 
     Raises:
         InvalidRequestError: ``dimensions`` not an int >= 1, or an unknown
-            ``encoding_format``.
+            ``encoding_format``; a ``dimensions`` among ``params`` (``extra_body``'s)
+            by the same rule, for it is keyed and sent as the argument is.
     """
-    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
-        raise InvalidRequestError("dimensions", "None or an int >= 1", dimensions)
+    for given in (dimensions, params.get("dimensions")):
+        if given is not None and (type(given) is not int or given < 1):
+            raise InvalidRequestError("dimensions", "None or an int >= 1", given)
     if encoding_format not in (None, "float", "base64"):
         raise InvalidRequestError("encoding_format", "None, 'float' or 'base64'", encoding_format)
     keyed = {name: value for name, value in params.items() if name not in _WIRE_FIELDS}
