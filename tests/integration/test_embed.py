@@ -265,11 +265,18 @@ async def test_a_response_missing_an_index_is_an_error_not_a_wrong_vector(
 async def test_vectors_of_other_dimensions_than_asked_are_an_error_never_stored(
     gateway: FakeGateway,
 ) -> None:
+    """Refused, never stored; but each refused answer was paid for: its tokens and
+    dollars are in the error and in the stats, as an answered request's are."""
     gateway.embeddings.supports_dimensions = False  # the model ignores `dimensions`
     async with make_client(gateway) as client:
-        for _ in range(2):
-            with pytest.raises(EmbeddingBatchError, match=r"16 components, expected 8"):
+        for attempt in range(1, 3):
+            with pytest.raises(EmbeddingBatchError, match=r"16 components, expected 8") as caught:
                 await client.embed(model=MODEL, input=["a", "b"], dimensions=8)
+            error = caught.value
+            assert error.usage.prompt_tokens == 2  # one token an input
+            assert error.cost is not None and error.cost.usd == pytest.approx(2 * 0.02 / 1e6)
+            assert client.stats.prompt_tokens == 2 * attempt
+            assert client.stats.cost_usd == pytest.approx(attempt * error.cost.usd)
         gateway.embeddings.supports_dimensions = True
         e = await client.embed(model=MODEL, input=["a", "b"], dimensions=8)
     assert e.misses == 2 and e.vectors[0] == fake_vector(MODEL, "a", 8)

@@ -96,11 +96,17 @@ def add_batch(
     a call's requests brought back."""
     sent.vectors.update(zip(keys, vectors, strict=True))
     sent.raw.append(body)
-    sent.usage = usage if sent.usage is None else sent.usage + usage
-    sent.cost = None if cost is None or sent.cost is None else sent.cost + cost
+    add_spend(sent, usage, cost)
     if isinstance(body.get("model"), str):
         sent.model = body["model"]
     sent.endpoint = name
+
+
+def add_spend(sent: Sent, usage: Usage, cost: float | None) -> None:
+    """Add what one embeddings response cost to what a call's requests cost: every
+    answer's, its vectors used or not (an answer refused as malformed was paid too)."""
+    sent.usage = usage if sent.usage is None else sent.usage + usage
+    sent.cost = None if cost is None or sent.cost is None else sent.cost + cost
 
 
 async def embedding_cost(

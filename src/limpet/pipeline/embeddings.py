@@ -35,7 +35,7 @@ from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
-from limpet.pipeline.account import Spent, add_batch, embedding_cost
+from limpet.pipeline.account import Spent, add_batch, add_spend, embedding_cost
 from limpet.pipeline.calls import Call
 from limpet.pipeline.embed_result import Sent, embeddings_result, settle
 from limpet.pipeline.keys import request_keys
@@ -298,7 +298,7 @@ class Embedder:
         size = min(endpoint.embedding_batch_size for endpoint in self._endpoints)
         batches = plan_batches(sizes, size, budget)
         answers = await asyncio.gather(
-            *(self._request(request, items[b.start : b.stop], call) for b in batches),
+            *(self._request(request, items[b.start : b.stop], call, sent) for b in batches),
             return_exceptions=True,
         )
         results: dict[str, bytes | BaseException] = {}
@@ -372,7 +372,7 @@ class Embedder:
             self._spent(model, usage, None if cost is None else Cost(cost))
 
     async def _request(
-        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
+        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call, sent: Sent
     ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
         """One request with ``call``'s headers, failing over to the next endpoint on a
         retryable error; no retry starts that could not end before its deadline, unless
@@ -381,7 +381,8 @@ class Embedder:
 
         What an answer cost is told to ``spent`` as it comes (the Client may close, or
         the call's other requests fail, before the rest): the vectors, the answer, the
-        endpoint's name, its usage and dollars."""
+        endpoint's name, its usage and dollars. An answer refused as malformed was paid
+        all the same: its cost is told, and added to ``sent``, before it is refused."""
         texts = [text for _, text in items]
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
         deadline = None if self._shares(request.decision) else call.deadline
@@ -394,12 +395,6 @@ class Embedder:
             answer = await self._transport.embeddings(
                 endpoint, body, headers=call.headers, deadline=deadline
             )
-            try:
-                vectors = merge_by_index(answer["data"], len(items), dimensions)
-            except ValueError as exc:
-                raise malformed_answer(
-                    endpoint, f"embeddings response is malformed: {exc}"
-                ) from None
             usage = parse_usage(answer.get("usage"))
             try:  # the first price lookup may fetch the gateway's listing
                 cost = await embedding_cost(self._prices, answer, usage, request.model)
@@ -407,6 +402,13 @@ class Embedder:
                 self._tell_spent(request.model, usage, None)
                 raise
             self._tell_spent(request.model, usage, cost)
+            try:
+                vectors = merge_by_index(answer["data"], len(items), dimensions)
+            except ValueError as exc:
+                add_spend(sent, usage, cost)
+                raise malformed_answer(
+                    endpoint, f"embeddings response is malformed: {exc}"
+                ) from None
             return vectors, answer, endpoint.name, usage, cost
 
         _, answer = await first_answer(self._endpoints, attempt)
