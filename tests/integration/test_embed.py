@@ -365,15 +365,24 @@ async def test_events_and_invalidation_cover_embeddings(gateway: FakeGateway) ->
     assert again.misses == 1 and client.stats.hits == 0
 
 
-async def test_the_event_of_an_embedding_call_of_unknown_cost_is_unpriced(
+async def test_an_embedding_call_of_unknown_cost_is_unpriced_in_its_event_and_the_stats(
     gateway: FakeGateway,
 ) -> None:
+    """``stats.cost_usd`` leaves out what is unknown, so it is a lower bound while
+    ``stats.unpriced`` > 0: an ``embed()`` call of unknown cost must count there, whether
+    it returned or raised."""
     events: list[CallEvent] = []
-    async with make_client(gateway, on_event=events.append) as client:
+    async with make_client(gateway, batch=2, on_event=events.append) as client:
         unknown = await client.embed(model="acme/unpriced-embed", input=["a"])
+        assert client.stats.unpriced == 1
         known = await client.embed(model=MODEL, input=["a"])
+        assert client.stats.unpriced == 1
+        gateway.endpoint("a").fail(400)  # one of two requests is refused
+        with pytest.raises(EmbeddingBatchError) as caught:
+            await client.embed(model="acme/unpriced-embed", input=texts(4))
+        assert caught.value.cost is None and client.stats.unpriced == 2
     assert unknown.cost is None and known.cost is not None
-    assert [(e.priced, e.cost_usd) for e in events] == [(False, 0.0), (True, known.cost.usd)]
+    assert [(e.priced, e.cost_usd) for e in events][:2] == [(False, 0.0), (True, known.cost.usd)]
 
 
 @pytest.mark.redis

@@ -64,8 +64,9 @@ class Stats:
         cost_usd: dollars spent upstream, where the cost was known, counted so too.
         saved_usd: dollars not spent thanks to hits, coalescing and provider prompt caching.
         unpriced: calls whose cost is unknown (``Completion.cost`` is None: no usage
-            reported, or no price for the model; hits of such a call too). ``cost_usd``
-            and ``saved_usd`` leave them out, so they are lower bounds while this is > 0.
+            reported, or no price for the model; hits of such a call too; an ``embed()``
+            call with a request of unknown cost, returned or raised). ``cost_usd`` and
+            ``saved_usd`` leave them out, so they are lower bounds while this is > 0.
         embedding_hits, embedding_misses, embedding_coalesced: ``embed()`` inputs, one
             each (not calls; never in ``hits``/``misses``/``coalesced``): answered by a
             cache tier, sent upstream by their own call, answered by another's request.

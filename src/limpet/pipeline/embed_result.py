@@ -70,6 +70,8 @@ def embeddings_result(
     stats.embedding_coalesced += coalesced
     usage = sent.usage or Usage()
     cost = None if sent.cost is None else Cost(sent.cost)
+    if cost is None:  # returned or raised: ``cost_usd`` leaves out what it paid
+        stats.unpriced += 1
     if failed:
         raise EmbeddingBatchError(
             f"{len(failed)} of {len(texts)} inputs could not be embedded: {cause}",
