@@ -615,6 +615,21 @@ async def test_a_call_without_deadline_never_awaits_a_bypass_or_refresh_calls_in
 
 
 @pytest.mark.parametrize("mode", ["bypass", "refresh"])
+async def test_a_bypass_or_refresh_calls_request_ends_when_its_caller_leaves(
+    gateway: FakeGateway, mode: CacheMode
+) -> None:
+    """Nobody shares a bypass or refresh call's requests: when its deadline passes, its
+    request must not go on upstream, paid for and holding the endpoint's place on the
+    wire, for nobody."""
+    gateway.endpoint("a").delay(30)  # the request hangs upstream
+    async with make_client(gateway, close_grace=0) as client:
+        with pytest.raises(APITimeoutError):
+            await client.embed(model=MODEL, input=["x"], cache=mode, timeout=0.2)
+        assert gateway.embeddings.calls == 1
+        assert client.stats.endpoints["a"].in_flight == 0
+
+
+@pytest.mark.parametrize("mode", ["bypass", "refresh"])
 async def test_a_normal_call_sends_and_stores_an_input_a_bypass_or_refresh_call_is_sending(
     gateway: FakeGateway, mode: CacheMode
 ) -> None:

@@ -187,7 +187,9 @@ class Embedder:
             items = [(key, first[key]) for key in owned]
             call.waiting_for = "embeddings from upstream"
             sending = self._start(request, items, call)
-            sent = await asyncio.shield(sending)
+            # Shared, the requests outlive a caller that leaves (others may await them);
+            # a call that shares nothing takes them with it.
+            sent = await (asyncio.shield(sending) if self._shares(decision) else sending)
         if waiting:
             call.waiting_for = "embeddings another call is sending"
             await asyncio.wait(waiting.values())
@@ -250,8 +252,9 @@ class Embedder:
         """Send and store ``items`` as a task of its own, their futures registered in the
         same step (no await between): another call finds them in flight from here on.
         A call that does not share (``cache="bypass"`` or ``"refresh"``) registers none:
-        its requests end at its own deadline, and a bypass stores nothing, so a call
-        awaiting them could fail by another's deadline, and find its input never cached."""
+        its requests end at its own deadline, and with it when it leaves (nobody else
+        could use them), and a bypass stores nothing, so a call awaiting them could fail
+        by another's deadline, and find its input never cached."""
         loop = asyncio.get_running_loop()
         futures = {key: loop.create_future() for key, _ in items}
         if self._shares(request.decision):
