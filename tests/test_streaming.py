@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limpet.errors import APIStreamError
+from limpet.cache.base import stored_chunks
+from limpet.config import Endpoint
+from limpet.errors import APIResponseError, APIStreamError
 from limpet.flight.broadcast import Broadcast
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import REPLAY_PIECE_CHARS, replay_chunks
@@ -21,6 +23,7 @@ from limpet.http.chunks import (
     with_stream_usage,
     without_usage,
 )
+from limpet.http.responses import stream_chunk
 from tests.openai_shapes import assert_chat_completion, assert_chunks
 
 ENVELOPE = {
@@ -536,3 +539,45 @@ def test_the_choices_a_request_asks_for() -> None:
     assert choices_asked({}) == 1
     assert choices_asked({"n": 3}) == 3
     assert choices_asked({"n": None}) == choices_asked({"n": True}) == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"choices": [null]}',
+        '{"choices": 5}',
+        '{"choices": {"index": 0}}',
+        '{"choices": [{"index": "1", "delta": {}}]}',
+        '{"choices": [{"index": true, "delta": {}}]}',
+        '{"choices": [{"index": 0, "delta": {}}, 3]}',
+    ],
+)
+def test_a_chunk_whose_choices_are_not_objects_with_int_indexes_is_a_malformed_answer(
+    data: str,
+) -> None:
+    """Taken live, such a chunk failed the reader with a raw TypeError, or was stored in a
+    chunking that never replays (every later stream of the request a corrupt miss, paid
+    upstream again): it is refused where it arrives, as a chunk not an object is."""
+    endpoint = Endpoint("a", "http://127.0.0.1:9/v1", api_key="sk-test")
+    with pytest.raises(APIResponseError, match="stream chunk"):
+        stream_chunk(endpoint, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"choices": []}',
+        '{"usage": {"prompt_tokens": 1}}',
+        '{"choices": null}',
+        '{"choices": [{"delta": {"content": "no index: the first"}}]}',
+        '{"choices": [{"index": 1, "delta": {}}, {"index": 0, "delta": {}}]}',
+    ],
+)
+def test_chunks_of_every_live_shape_are_taken_and_replay(data: str) -> None:
+    endpoint = Endpoint("a", "http://127.0.0.1:9/v1", api_key="sk-test")
+    taken = stream_chunk(endpoint, data)
+    assembler = StreamAssembler()
+    assembler.add(taken)
+    chunking = assembler.chunking()
+    assert chunking is not None
+    assert stored_chunks(chunking) == [taken]

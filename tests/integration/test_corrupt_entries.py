@@ -264,6 +264,51 @@ async def test_a_follower_whose_leaders_entry_does_not_replay_streams_upstream(
         assert gateway.total_calls == 2
 
 
+@pytest.mark.redis
+async def test_a_stream_joined_to_a_complete_whose_answer_does_not_replay_streams_upstream(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    """A ``complete()`` follows another process's flight and a ``stream()`` of the same
+    request joins it: the entry the leader stored has a stream that does not replay. The
+    stream must count it corrupt and stream afresh, never fail with the cache's fault."""
+    async with redis_client(gateway, redis_url, redis_prefix) as client:
+        key = await key_of(client, ask())
+        await tiers(client).delete(key)
+        rc = tiers(client).tiers[0]
+        assert isinstance(rc, RedisCache)
+        leader = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
+        try:
+            store = leader.flight_store
+            assert await store.acquire(key, "leader", 30.0)  # another process leads
+            completed = asyncio.create_task(client.complete(**ask()))
+
+            async def following() -> bool:
+                return key in rc.flight_store._watches
+
+            await eventually(following, what="the complete() follows the other process")
+            stream = client.stream(**ask())
+            streamed = asyncio.create_task(collect(stream))
+            flight = client._chat._flight  # complete()'s flights in this process
+            assert flight is not None
+
+            async def joined() -> bool:  # the complete() and the stream wait on it
+                running = flight._flights.get(key)
+                return running is not None and len(running.waiters) == 2
+
+            await eventually(joined, what="the stream joins the complete()'s flight")
+            bad = planted(key, ANSWER, b'{"envelope": {}, "chunks": [{"choices": [null]}]}')
+            await store.release(key, "leader", FlightNotice(FlightOutcome.STORED), bad, 60.0)
+            completion = await completed
+            chunks = await streamed
+        finally:
+            await leader.aclose()
+        assert completion.cache is CacheStatus.COALESCED and completion.content == "planted"
+        assert text(chunks) and text(chunks) != "planted"
+        assert stream.completion is not None and stream.completion.cache is CacheStatus.MISS
+        assert client.stats.corrupt == 1
+        assert gateway.total_calls == 2
+
+
 # -- Entries written by an older limpet ---------------------------------------------------
 
 

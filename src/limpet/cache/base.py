@@ -249,14 +249,17 @@ def stored_chunks(chunking: bytes) -> list[dict[str, Any]]:
     chunks = stored.get("chunks") if type(stored) is dict else None
     if type(envelope) is not dict or type(chunks) is not list:
         raise CacheCorruptError("stored stream is not an envelope and a list of chunks")
-    if not all(type(chunk) is dict and _chunk_shaped(chunk) for chunk in chunks):
+    if not all(type(chunk) is dict and chunk_shaped(chunk) for chunk in chunks):
         raise CacheCorruptError("stored stream has a chunk that is not a chunk object")
     return [{**envelope, **chunk} for chunk in chunks]
 
 
-def _chunk_shaped(chunk: dict[str, Any]) -> bool:
-    """A chunk's choices, when it has any, are a list of objects (as every live one's)."""
+def chunk_shaped(chunk: dict[str, Any]) -> bool:
+    """A chunk's choices, when it has any, are a list of objects, each ``index`` an
+    int: what a live chunk must be to be taken (``limpet.http.responses.stream_chunk``),
+    so a stored stream that is not so was not stored by limpet."""
     choices = chunk.get("choices")
     return choices is None or (
-        type(choices) is list and all(type(choice) is dict for choice in choices)
+        type(choices) is list
+        and all(type(choice) is dict and type(choice.get("index", 0)) is int for choice in choices)
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from limpet.cache.base import chunk_shaped
 from limpet.config import Endpoint
 from limpet.errors import (
     APIGenerationError,
@@ -88,7 +89,9 @@ def malformed_answer(endpoint: Endpoint, message: str, body: str = "") -> APIRes
 
 
 def stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
-    """One SSE event's chunk; raises the failure it reports, or for one not an object."""
+    """One SSE event's chunk; raises the failure it reports, or for one not a chunk
+    object (its choices a list of objects with int indexes: what a stored stream must
+    hold to replay, ``chunk_shaped``)."""
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -99,6 +102,11 @@ def stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
     error = stream_error(chunk, endpoint.name)
     if error is not None:
         raise error
+    if not chunk_shaped(chunk):
+        body = excerpt(data.encode(), endpoint.secrets)
+        raise malformed_answer(
+            endpoint, "a stream chunk's choices are not objects with int indexes", body
+        )
     return chunk
 
 

@@ -126,7 +126,14 @@ class StreamFlights:
             answered = await _answered(answering)
             if answered is not None:
                 (entry, source), claimed = answered
-                for chunk in replay_chunks(entry.body, entry.stream):
+                # An answer read from the cache may hold a stored stream that does not
+                # replay: counted and deleted, and this reader streams afresh.
+                chunks = None
+                if cache is not None and key is not None:
+                    chunks = await _replayable(cache, key, entry)
+                if chunks is None:
+                    break
+                for chunk in chunks:
                     shown = without_usage(chunk) if declined else chunk
                     if shown is not None:
                         yield json_copy(shown)  # the entry is every waiter's
