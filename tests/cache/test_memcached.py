@@ -384,6 +384,27 @@ async def test_a_stale_notice_of_an_earlier_flight_is_not_this_ones(
 
 
 @pytest.mark.memcached
+async def test_a_leaders_notice_is_told_once_then_the_watch_waits_for_the_next_leader(
+    store: MemcachedFlightStore,
+) -> None:
+    """The first leader gives up and another process takes the lease before the follower
+    polls: the first's notice stays readable for seconds. Told again, it ended every wait
+    for the second leader at once, and the follower polled Memcached without a pause for
+    as long as the second one worked."""
+    assert await store.acquire("k", "first", 5.0)
+    watch = await store.watch("k")
+    await store.release("k", "first", FlightNotice(FlightOutcome.ABANDONED), None, 0)
+    assert await store.acquire("k", "second", 5.0)
+    assert (await asyncio.wait_for(watch.next(), 5.0)).outcome is FlightOutcome.ABANDONED
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await watch.next()  # the second leader works on: no news
+    await store.release("k", "second", FlightNotice(FlightOutcome.STORED), b"v", 60)
+    assert (await asyncio.wait_for(watch.next(), 5.0)).outcome is FlightOutcome.STORED
+    watch.close()
+
+
+@pytest.mark.memcached
 async def test_a_lease_gone_without_a_notice_is_abandoned(
     cache: MemcachedCache, store: MemcachedFlightStore, raw: emcache.Client
 ) -> None:

@@ -54,14 +54,18 @@ _MAX_POLL = 0.100
 
 
 class _PollWatch:
-    """Waits for one key's notice by polling (Memcached has no pub/sub)."""
+    """Waits for one key's notice by polling (Memcached has no pub/sub). Each leader's
+    notice is told once: it stays readable for ``_NOTICE_TTL``, long after the next
+    leader took the lease, and told again it would end every wait for that one at once
+    (a follower polling without pause for as long as the next leader works)."""
 
-    __slots__ = ("_key", "_store", "_token")
+    __slots__ = ("_key", "_store", "_told", "_token")
 
     def __init__(self, store: MemcachedFlightStore, key: str, token: bytes | None) -> None:
         self._store = store
         self._key = key
         self._token = token
+        self._told: bytes | None = None  # the token of the notice told last
 
     async def next(self) -> FlightNotice:
         """The notice of the leader this follower waits for, or ``ABANDONED`` once its
@@ -76,7 +80,8 @@ class _PollWatch:
                 raw_notice, holder = None, self._token
             if raw_notice is not None:
                 token, notice = self._store.decode(self._key, raw_notice)
-                if token == self._token:
+                if token == self._token and token != self._told:
+                    self._told = token
                     return notice
             if holder is None:
                 return FlightNotice(FlightOutcome.ABANDONED)
