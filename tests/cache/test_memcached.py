@@ -341,6 +341,20 @@ async def test_a_lease_nobody_renewed_is_taken_over_by_one_follower(
 
 
 @pytest.mark.memcached
+async def test_a_lease_of_any_bytes_is_taken_over(
+    cache: MemcachedCache, store: MemcachedFlightStore, raw: emcache.Client
+) -> None:
+    """A lease another writer left, not UTF-8: read lossily, the takeover's compare-and-
+    swap never matched it, and every follower waited its whole ``follow_timeout``."""
+    await raw.set(cache.lock_key("k"), b"\xff\xfe stray:0", exptime=3600)
+    seen = await store.holder("k")
+    assert seen is not None
+    assert await store.take_over("k", seen, "follower", 5.0)
+    now = await store.holder("k")
+    assert now is not None and now.startswith("follower")
+
+
+@pytest.mark.memcached
 async def test_release_stores_the_entry_then_tells_the_follower(
     cache: MemcachedCache, store: MemcachedFlightStore
 ) -> None:

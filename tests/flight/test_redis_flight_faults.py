@@ -115,12 +115,19 @@ async def test_a_forged_error_notice_is_never_raised_by_a_follower(
     assert follower.takeovers == 0
 
 
+@pytest.mark.parametrize(
+    "stray",
+    [b"written by something else, forever", b"\xff\xfe not UTF-8:0"],
+    ids=["text", "not-utf8"],
+)
 async def test_a_lease_without_ttl_is_taken_over_after_a_lease_without_renewal(
-    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis, stray: bytes
 ) -> None:
+    """Whatever its bytes: a lease read lossily was never matched by the takeover's
+    compare-and-swap, and every follower waited its whole ``follow_timeout``."""
     async with RedisCache.from_url(redis_url, prefix=redis_prefix) as cache:
         lock = cache.lock_key(KEY)
-        await raw.set(lock, b"written by something else, forever")  # no TTL
+        await raw.set(lock, stray)  # no TTL
         config = FlightConfig(lease=0.3, poll=0.05)  # follow_timeout: the default 600 s
         flight = RedisFlight[str](cache.flight_store, config)
         upstream = Upstream(cache, "answer")

@@ -128,11 +128,15 @@ class MemcachedFlightStore:
     async def holder(self, key: str) -> str | None:
         cache, lock = self._cache, self._cache.lock_key(key)
         item = await cache.run("get", cache.write_timeout, lambda c: c.get(lock))
-        return None if item is None else bytes(item.value).decode(errors="replace")
+        # Whatever its bytes (a lease another writer left), read back exactly by
+        # ``take_over``: a lossy decoding would never match them, and nobody could take
+        # it over.
+        return None if item is None else bytes(item.value).decode(errors="surrogateescape")
 
     async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
         cache, lock = self._cache, self._cache.lock_key(key)
-        stale, mine, exptime = seen.encode(), token.encode() + b":0", _lease_exptime(lease)
+        stale = seen.encode(errors="surrogateescape")  # the very bytes ``holder`` read
+        mine, exptime = token.encode() + b":0", _lease_exptime(lease)
 
         async def swap(client: emcache.Client) -> bool:
             item = await client.gets(lock)

@@ -181,14 +181,18 @@ class RedisFlightStore:
         value = await cache.run("GET lease", cache.read_timeout, lambda: cache.redis.get(lock))
         if value is None:
             return None
-        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        # Whatever its bytes (a lease another writer left), read back exactly by
+        # ``take_over``: a lossy decoding would never match them, and nobody could take
+        # it over.
+        return value.decode(errors="surrogateescape") if isinstance(value, bytes) else str(value)
 
     async def take_over(self, key: str, seen: str, token: str, lease: float) -> bool:
         cache, lock = self._cache, self._lock_key(key)
+        stale = seen.encode(errors="surrogateescape")  # the very bytes ``holder`` read
         result = await cache.run(
             "EVAL take over",
             cache.write_timeout,
-            lambda: cache.redis.eval(_TAKE_OVER, 1, lock, seen, token + ":0", str(_millis(lease))),
+            lambda: cache.redis.eval(_TAKE_OVER, 1, lock, stale, token + ":0", str(_millis(lease))),
         )
         return bool(result)
 
