@@ -59,7 +59,7 @@ class _PollWatch:
     leader took the lease, and told again it would end every wait for that one at once
     (a follower polling without pause for as long as the next leader works)."""
 
-    __slots__ = ("_key", "_store", "_told", "_token")
+    __slots__ = ("_key", "_store", "_token", "_told")
 
     def __init__(self, store: MemcachedFlightStore, key: str, token: bytes | None) -> None:
         self._store = store
