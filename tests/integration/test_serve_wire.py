@@ -326,3 +326,39 @@ async def test_callers_with_refused_keys_never_eject_the_upstream_the_others_sha
     calls = sorted(gateway.endpoint(name).calls for name in ("a", "b"))
     assert calls == [0, 7]  # every call went to that one upstream, none failed over
     assert [r.getMessage() for r in caplog.records if "ejected" in r.getMessage()] == []
+
+
+SECRET = "sk-or-v1-SECRETKEY0123456789"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        f"Bearer {SECRET}\r".encode(),  # a key read from a file with CRLF line ends
+        f"Bearer {SECRET}\x00".encode(),
+        f"Bearer {SECRET}".encode() + b"x" * 9000,  # a header over aiohttp's 8,190 bytes
+    ],
+    ids=["stray-cr", "nul", "too-long"],
+)
+async def test_a_request_the_server_cannot_parse_never_puts_its_key_in_the_log(
+    proxy: str, caplog: pytest.LogCaptureFixture, authorization: bytes
+) -> None:
+    """aiohttp logs a request it cannot parse with the offending header line: the key in
+    a malformed ``Authorization`` reached the server's log. It is refused, and logged
+    without its lines."""
+    host, port = proxy.removeprefix("http://").removesuffix("/v1").split(":")
+    body = orjson.dumps(ask())
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: " + authorization + b"\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400"
+    logged = [logging.Formatter().format(record) for record in caplog.records]
+    assert any("refused a malformed HTTP request" in line for line in logged)
+    assert not any(SECRET in line for line in logged)

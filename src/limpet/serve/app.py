@@ -35,6 +35,7 @@ from limpet.models import Completion
 from limpet.pipeline.stream import CompletionStream
 from limpet.routing.sticky import StickyRouter
 from limpet.serve.config import ServeConfig, endpoints_of
+from limpet.serve.logs import quiet_request_lines
 from limpet.serve.protocol import (
     answer_headers,
     call_options,
@@ -74,6 +75,7 @@ _DONE: Final = b"data: [DONE]\n\n"
 def create_app(config: ServeConfig) -> web.Application:
     """The proxy application; its Client (and, with ``fake``, its gateway) starts with
     the application and is closed, pending cache writes landed, when it stops."""
+    quiet_request_lines()  # a request aiohttp cannot parse is logged without its lines
     app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[_openai_errors])
     app[_CONFIG] = config
     app.cleanup_ctx.append(_lifecycle)
