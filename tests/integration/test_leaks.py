@@ -159,7 +159,7 @@ async def proxied(
         await server.close()
 
 
-@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("status", [401, 402, 403, 429])
 async def test_a_refusal_of_the_proxys_own_key_never_relays_the_upstreams_text(
     proxied: Callable[[Answer], Awaitable[openai.AsyncOpenAI]], status: int
 ) -> None:

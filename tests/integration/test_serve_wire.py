@@ -362,3 +362,49 @@ async def test_a_request_the_server_cannot_parse_never_puts_its_key_in_the_log(
     logged = [logging.Formatter().format(record) for record in caplog.records]
     assert any("refused a malformed HTTP request" in line for line in logged)
     assert not any(SECRET in line for line in logged)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (b"POST", b"/v1/chat/completions", orjson.dumps(ask())),
+        (b"POST", b"/v1/embeddings", orjson.dumps({"model": EMBEDDING_MODEL, "input": "w"})),
+        (b"GET", b"/v1/models", b""),
+    ],
+    ids=["chat", "embeddings", "models"],
+)
+@pytest.mark.parametrize("header", [b"Authorization", b"OpenAI-Organization", b"X-Title"])
+async def test_a_header_that_is_not_utf8_is_a_400_naming_it_on_every_route(
+    gateway: FakeGateway,
+    proxy: str,
+    caplog: pytest.LogCaptureFixture,
+    method: bytes,
+    path: bytes,
+    body: bytes,
+    header: bytes,
+) -> None:
+    """A byte that is not UTF-8 in a header the proxy forwards, hashes or compares was an
+    internal error (500) with a traceback in the log; it is the caller's bad request."""
+    host, port = proxy.removeprefix("http://").removesuffix("/v1").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        method
+        + b" "
+        + path
+        + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + header
+        + b": Bearer sk-\xff-"
+        + SECRET.encode()
+        + b"\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400"
+    error = orjson.loads(payload)["error"]
+    assert error["message"].startswith(header.decode()) and error["type"] == "invalid_request_error"
+    assert SECRET.encode() not in answer
+    assert not any(record.levelno >= logging.ERROR for record in caplog.records)
+    assert gateway.total_calls == 0

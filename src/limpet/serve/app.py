@@ -44,6 +44,7 @@ from limpet.serve.protocol import (
     embeddings_headers,
     error_headers,
     error_of,
+    header_problem,
     openai_error,
     split_body,
     usage_wanted,
@@ -223,7 +224,12 @@ async def _openai_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """aiohttp's own errors (404, 405, 413...) and the proxy's faults in OpenAI's shape;
-    a fault is logged without the request's headers, which hold the caller's key."""
+    a fault is logged without the request's headers, which hold the caller's key. A
+    credential header that is not UTF-8 is refused on every route, before any handler."""
+    problem = header_problem(request.headers)
+    if problem is not None:
+        status, body = error_of(problem)
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
     try:
         return await handler(request)
     except web.HTTPException as exc:

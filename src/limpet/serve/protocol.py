@@ -46,6 +46,7 @@ __all__ = [
     "embeddings_headers",
     "error_headers",
     "error_of",
+    "header_problem",
     "openai_error",
     "split_body",
     "usage_wanted",
@@ -87,8 +88,8 @@ _ERROR_TYPES: Final = {
     429: "rate_limit_error",
 }
 
-# Upstream statuses that refuse a credential.
-_REFUSALS: Final = frozenset({401, 403})
+# Upstream statuses that refuse a credential, or the account behind it (payment, rate).
+_REFUSALS: Final = frozenset({401, 402, 403, 429})
 
 
 class BadHeaderError(InvalidRequestError):
@@ -120,6 +121,27 @@ def call_options(
     if ttl is not None:
         options["ttl"] = _ttl(ttl)
     return options
+
+
+def header_problem(headers: Mapping[str, str]) -> BadHeaderError | None:
+    """The error for a request whose credential or attribution header holds bytes that
+    are not UTF-8 (none of them can be sent, hashed for a scope, or compared), or None.
+    The value is never quoted: it may be a key."""
+    for name in ("Authorization", *ORGANIZATION_HEADERS, *ATTRIBUTION_HEADERS):
+        value = headers.get(name)
+        if value is not None and not _utf8(value):
+            return BadHeaderError(name, "UTF-8 text", described="bytes that are not UTF-8")
+    return None
+
+
+def _utf8(value: str) -> bool:
+    """Whether a header value aiohttp decoded came from UTF-8 (its other bytes are kept
+    as lone surrogates)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _forwarded_headers(headers: Mapping[str, str], with_credentials: bool) -> dict[str, str]:
@@ -156,7 +178,7 @@ def client_key_allowed(authorization: str | None, allowed: Collection[str]) -> b
     which key was close.
     """
     scheme, _, given = (authorization or "").partition(" ")
-    presented = given.strip().encode()
+    presented = given.strip().encode(errors="surrogateescape")  # whatever its bytes
     found = False
     for key in allowed:
         found |= hmac.compare_digest(presented, key.encode())
@@ -261,9 +283,11 @@ def error_of(exc: Exception, *, own_key: bool = False) -> tuple[int, dict[str, A
     """The HTTP status and OpenAI-shaped body of a failed call; limpet's messages never
     hold a secret (``limpet.errors.scrub``).
 
-    With ``own_key`` (the proxy sends its own key upstream), an upstream 401 or 403 is
-    answered with a message of the proxy's own, never the upstream's text: a refusal may
-    echo the key it refused in a form no scrubber knows, and the key is not the caller's.
+    With ``own_key`` (the proxy sends its own key upstream), an upstream 401, 402, 403 or
+    429 is answered with a message of the proxy's own, never the upstream's text: a
+    refusal may echo the key it refused in a form no scrubber knows (a masked key, its
+    name, the account's organisation), and the key is not the caller's. The status, and
+    a 429's ``Retry-After``, are the upstream's.
 
     An embeddings call whose inputs failed (``EmbeddingBatchError``) is answered as the
     upstream failure behind it would be on chat (its status, type and code), since OpenAI
