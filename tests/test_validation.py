@@ -53,6 +53,8 @@ GOOD: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "
         ({"top_logprobs": -1}, "top_logprobs"),
         ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
         ({"user": 42}, "user"),
+        ({"messages": [{"role": "function", "content": "42"}]}, "messages[0].name"),
+        ({"messages": [{"role": "function", "name": "f", "content": 42}]}, "messages[0].content"),
     ],
 )
 def test_bad_input_names_the_field(override: dict[str, Any], field: str) -> None:
@@ -86,6 +88,18 @@ def test_bad_input_names_the_field(override: dict[str, Any], field: str) -> None
                     ],
                 },
                 {"role": "tool", "content": "42", "tool_call_id": "1"},
+            ]
+        },
+        {  # the deprecated function-calling turn, still in the OpenAI SDK's types
+            "messages": [
+                {"role": "user", "content": "x"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "function_call": {"name": "f", "arguments": "{}"},
+                },
+                {"role": "function", "name": "f", "content": "42"},
+                {"role": "function", "name": "f", "content": None},
             ]
         },
     ],

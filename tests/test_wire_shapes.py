@@ -16,6 +16,7 @@ from openai.types.chat import (
     ChatCompletionContentPartInputAudioParam,
     ChatCompletionContentPartRefusalParam,
     ChatCompletionContentPartTextParam,
+    ChatCompletionFunctionMessageParam,
     ChatCompletionFunctionToolParam,
     ChatCompletionMessageFunctionToolCallParam,
     ChatCompletionToolMessageParam,
@@ -197,6 +198,7 @@ def _required_shape(typed_dict: Any) -> dict[str, Any]:
     ("shape", "reference"),
     [
         (MESSAGE_SHAPES["tool"], ChatCompletionToolMessageParam),
+        (MESSAGE_SHAPES["function"], ChatCompletionFunctionMessageParam),
         (CONTENT_PART_SHAPES["text"], ChatCompletionContentPartTextParam),
         (CONTENT_PART_SHAPES["image_url"], ChatCompletionContentPartImageParam),
         (CONTENT_PART_SHAPES["input_audio"], ChatCompletionContentPartInputAudioParam),
@@ -214,6 +216,7 @@ def test_each_shape_requires_what_the_openai_package_requires(shape: Shape, refe
 def test_every_shape_is_compared_with_the_openai_package() -> None:
     compared = {
         ("message", "tool"),
+        ("message", "function"),
         *(("part", kind) for kind in ("text", "image_url", "input_audio", "refusal", "file")),
         ("tool call", "function"),
         ("tool", "function"),

@@ -32,7 +32,9 @@ __all__ = [
     "with_extra_body",
 ]
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# "function": the deprecated reply to a ``function_call``, still in the OpenAI SDK's types
+# (``ChatCompletionFunctionMessageParam``) and accepted by the API.
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # The roles a message of just a role and a str content may have (a tool message needs more).
 _PLAIN_ROLES = ROLES - MESSAGE_SHAPES.keys()
 _ROLES_TEXT = "one of " + ", ".join(sorted(ROLES))
@@ -195,8 +197,10 @@ def _check_message(index: int, message: object) -> None:
         check_content(content, f"{path}.content")
     elif not isinstance(content, str) and not (
         content is None
-        and role == "assistant"
-        and (message.get("tool_calls") or message.get("function_call"))
+        and (
+            role == "function"
+            or (role == "assistant" and (message.get("tool_calls") or message.get("function_call")))
+        )
     ):
         raise InvalidRequestError(f"{path}.content", "a str or a list of content parts", content)
     name = message.get("name")

@@ -35,7 +35,7 @@ __all__ = [
 Shape = Mapping[str, Union[type, "Shape"]]
 
 #: Messages, by role: what a role needs besides ``role`` and ``content``.
-MESSAGE_SHAPES: Mapping[str, Shape] = {"tool": {"tool_call_id": str}}
+MESSAGE_SHAPES: Mapping[str, Shape] = {"tool": {"tool_call_id": str}, "function": {"name": str}}
 #: Content parts, by ``type``.
 CONTENT_PART_SHAPES: Mapping[str, Shape] = {
     "text": {"text": str},
