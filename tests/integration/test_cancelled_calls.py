@@ -201,6 +201,32 @@ async def test_a_completion_being_priced_when_its_caller_leaves_counts_what_it_r
         assert stats.cost_usd == paid.cost.usd
 
 
+@pytest.mark.parametrize("n", [1, 2])
+async def test_a_stream_closed_once_every_choice_finished_is_answered_stored_and_counted(
+    gateway: FakeGateway, n: int
+) -> None:
+    """``if chunk.finish_reason: break``: the reader has the whole answer but for the
+    usage chunk limpet itself asked for. The answer was paid for: it must be let end,
+    stored, and counted as the reader's, not cut and paid for again by the next caller."""
+    async with client_for(gateway, cache=None) as reference:
+        async with reference.stream(**ask("finished"), n=n) as whole:
+            [_ async for _ in whole]
+        paid = reference.stats.prompt_tokens
+    async with client_for(gateway) as client:
+        finished: set[int] = set()
+        async with client.stream(**ask("finished"), n=n) as stream:
+            async for chunk in stream:
+                finished.update(c["index"] for c in chunk.raw["choices"] if c["finish_reason"])
+                if len(finished) == n:
+                    break
+        stats = client.stats
+        again = await client.complete(**ask("finished"), n=n)
+    assert stream.completion is not None and stream.completion.cache is CacheStatus.MISS
+    assert (stats.cancelled, stats.misses, stats.prompt_tokens) == (0, 1, paid)
+    assert again.cache is CacheStatus.HIT  # stored whole
+    assert gateway.total_calls == 2  # the reference's, and this one's: never paid again
+
+
 async def test_a_stream_closed_past_its_usage_chunk_is_answered_stored_and_counted(
     gateway: FakeGateway,
 ) -> None:

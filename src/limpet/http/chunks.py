@@ -109,6 +109,16 @@ def choices_asked(body: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
+def finished_choices(chunk: Mapping[str, Any], asked: int) -> set[int]:
+    """The choices among the ``asked`` (indexes ``0..asked-1``) that ``chunk`` finishes:
+    those with a ``finish_reason`` (Ollama's ``""`` is none, as assembly reads it)."""
+    return {
+        index
+        for choice in chunk.get("choices") or ()
+        if choice.get("finish_reason") and 0 <= (index := choice.get("index", 0)) < asked
+    }
+
+
 def with_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:
     """``body`` asking for usage in the stream (``stream_options.include_usage: true``),
     as OpenAI-style servers send none otherwise, whatever the caller said: the answer is

@@ -16,7 +16,7 @@ from limpet.flight.local import SingleFlight
 from limpet.flight.shared import RedisFlight
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
-from limpet.http.chunks import usage_declined, without_usage
+from limpet.http.chunks import choices_asked, finished_choices, usage_declined, without_usage
 from limpet.http.retry import should_retry
 from limpet.http.retrying import never_sent
 from limpet.http.transport import Transport
@@ -109,6 +109,7 @@ class StreamFlights:
         cache, key, decision = self._cache, request.key, request.decision
         joins = key is not None and self._joins(request)
         declined = usage_declined(request.body)
+        asked = choices_asked(request.body)
         if key is not None and cache is not None and decision.read:
             found = await self._look(cache, key, joins)
             if found is not None:
@@ -156,9 +157,12 @@ class StreamFlights:
             flight.readers += 1
             copied, given, ended = flight.copied, False, False
             last: dict[str, Any] | None = None
+            finished: set[int] = set()  # the choices asked for this reader saw finish
             try:
                 async for chunk in flight.broadcast.items():
                     given, last = True, chunk
+                    if len(finished) < asked:
+                        finished |= finished_choices(chunk, asked)
                     shown = without_usage(chunk) if declined else chunk
                     if shown is not None:
                         yield json_copy(shown) if copied else shown
@@ -170,11 +174,13 @@ class StreamFlights:
                     raise
                 failed = flight
             except GeneratorExit:
-                # Closed by its reader (not cancelled) once the usage chunk came: only
-                # [DONE] is left, so the answer is whole and its reader's; the upstream
-                # ends it (stored, and counted as this reader's) rather than being cut for
-                # want of a reader.
-                if last is not None and last.get("usage") and await _ended_soon(flight):
+                # Closed by its reader (not cancelled) once every choice asked for
+                # finished (``if chunk.finish_reason: break``) or the usage chunk came:
+                # at most the usage and [DONE] are left, so the answer is whole, paid for
+                # and its reader's; the upstream ends it (stored, and counted as this
+                # reader's) rather than being cut for want of a reader.
+                done = last is not None and (last.get("usage") or len(finished) == asked)
+                if done and await _ended_soon(flight):
                     sink.completion = self._completion(request, flight, led)
                 raise
             finally:
