@@ -283,22 +283,52 @@ async def test_vectors_of_other_dimensions_than_asked_are_an_error_never_stored(
     assert gateway.embeddings.calls == 3  # nothing of the wrong answers was stored
 
 
-async def test_a_waiter_on_another_calls_inputs_shares_its_fate(gateway: FakeGateway) -> None:
-    gateway.endpoint("a").fail(400)  # one of the two requests fails
+async def test_a_waiter_is_not_failed_by_another_calls_refused_request(
+    gateway: FakeGateway,
+) -> None:
+    """A request is refused whole for one of its inputs (one too long for the model, say):
+    a call awaiting another input of it must not fail for that. It sends that input again
+    in a request of its own; the call whose request it was fails as it did."""
+    gateway.endpoint("a").fail(400)  # one of the two requests is refused
     async with make_client(gateway) as client:
         first, second = await asyncio.gather(
             client.embed(model=MODEL, input=["a", "b"]),
             client.embed(model=MODEL, input=["b", "c"]),
             return_exceptions=True,
         )
-    assert sorted(sent_inputs(gateway)) == ["a", "b", "c"]  # "b" once, awaited by the second
-    if isinstance(first, EmbeddingBatchError):  # "a" and "b" failed: "b" fails the second
-        assert first.failed == (0, 1)
-        assert isinstance(second, EmbeddingBatchError) and second.failed == (0,)
-        assert second.vectors[1] == fake_vector(MODEL, "c")
-    else:  # "c" failed
-        assert isinstance(first, Embeddings) and first.misses == 2
-        assert isinstance(second, EmbeddingBatchError) and second.failed == (1,)
+        if isinstance(first, EmbeddingBatchError):  # "a" and "b" refused: "b" sent again
+            assert first.failed == (0, 1)
+            assert isinstance(second, Embeddings) and second.misses == 2
+            assert second.vectors == [fake_vector(MODEL, t) for t in ("b", "c")]
+            assert sorted(sent_inputs(gateway)) == ["a", "b", "b", "c"]
+        else:  # "c" refused: its own request's, the second call's error
+            assert isinstance(first, Embeddings) and first.misses == 2
+            assert isinstance(second, EmbeddingBatchError) and second.failed == (1,)
+            assert sorted(sent_inputs(gateway)) == ["a", "b", "c"]  # "b" once, awaited
+        assert (await client.embed(model=MODEL, input=["b"])).hits == 1  # stored
+
+
+@pytest.mark.redis
+async def test_a_follower_is_not_failed_by_another_processs_refused_request(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    """Across processes, the same: another process's request for "x" and an input too
+    long is refused (its signed notice says so); this process sends "x" itself."""
+
+    def client() -> Client:
+        rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+        return make_client(gateway, cache=TieredCache(MemoryCache(), rc, hmac_key=b"k" * 32))
+
+    gateway.endpoint("a").fail(400, after=0.5)  # refused, once the other process follows
+    async with client() as one, client() as two:
+        leading = asyncio.ensure_future(one.embed(model=MODEL, input=["x", "too long"]))
+        await gateway.embeddings.wait_for_requests(1)
+        following = await two.embed(model=MODEL, input=["x"])
+        with pytest.raises(EmbeddingBatchError) as refused:
+            await leading
+    assert refused.value.failed == (0, 1)
+    assert following.vectors == [fake_vector(MODEL, "x")] and following.misses == 1
+    assert sent_inputs(gateway) == ["x", "too long", "x"]
 
 
 @pytest.mark.parametrize(

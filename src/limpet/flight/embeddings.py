@@ -40,14 +40,15 @@ SendResults = Mapping[str, bytes | BaseException]
 
 class SharedFetch:
     """What ``fetch_shared`` found: vectors by key, which of them another process sent,
-    and the error of every input that failed."""
+    the error of every input that failed, and which inputs this process sent itself."""
 
-    __slots__ = ("failed", "from_others", "vectors")
+    __slots__ = ("failed", "from_others", "sent_here", "vectors")
 
     def __init__(self) -> None:
         self.vectors: dict[str, bytes] = {}
         self.from_others: set[str] = set()
         self.failed: dict[str, BaseException] = {}
+        self.sent_here: set[str] = set()
 
     def add(self, key: str, outcome: tuple[bytes, bool] | BaseException) -> None:
         """Note how ``key``'s flight ended: its vector and whether this process led, or
@@ -98,6 +99,7 @@ async def fetch_shared(
                 batches.decided(key)
                 return stored, None, 0.0
             place.give_up()  # the batches wait for every input of the call
+            fetched.sent_here.add(key)
             try:
                 vector = await batches.send(key)
             finally:

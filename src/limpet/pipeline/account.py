@@ -102,6 +102,17 @@ def add_batch(
     sent.endpoint = name
 
 
+def merge_sent(into: Sent, more: Sent) -> None:
+    """Add what more requests of the same call brought back to ``into``."""
+    into.vectors.update(more.vectors)
+    into.failed.update(more.failed)
+    into.raw.extend(more.raw)
+    if more.usage is not None:
+        add_spend(into, more.usage, more.cost)
+    into.model = more.model or into.model
+    into.endpoint = more.endpoint or into.endpoint
+
+
 def add_spend(sent: Sent, usage: Usage, cost: float | None) -> None:
     """Add what one embeddings response cost to what a call's requests cost: every
     answer's, its vectors used or not (an answer refused as malformed was paid too)."""

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from limpet.errors import ClientClosedError, EmbeddingBatchError
+from limpet.errors import APIStatusError, ClientClosedError, EmbeddingBatchError
 from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
 from limpet.pipeline.vectors import unpack_floats
@@ -25,6 +25,8 @@ class Sent:
     endpoint: str | None = None
     raw: list[dict[str, Any]] = field(default_factory=list)
     from_others: set[str] = field(default_factory=set)  # sent by another process
+    # Failed in another process's request, beside inputs of other calls.
+    failed_elsewhere: set[str] = field(default_factory=set)
 
 
 def embeddings_result(
@@ -105,3 +107,18 @@ def settle(
     else:
         future.set_exception(error)
         future.exception()  # seen: nobody may be waiting for it
+
+
+#: Statuses a request may get for one of its inputs (one too long for the model, say),
+#: not for the model, the key or the account: another call's inputs may have caused them.
+_INPUT_REFUSALS = frozenset({400, 413, 422})
+
+
+def input_refusal(error: BaseException) -> bool:
+    """Whether ``error`` may have been caused by one input of the request it failed."""
+    return isinstance(error, APIStatusError) and error.status_code in _INPUT_REFUSALS
+
+
+def refused_as_sent(flight: asyncio.Future[bytes]) -> bool:
+    """Whether an awaited input failed with its request's refusal (``input_refusal``)."""
+    return not flight.cancelled() and input_refusal(flight.exception() or ValueError())

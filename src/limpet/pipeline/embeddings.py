@@ -35,9 +35,15 @@ from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
-from limpet.pipeline.account import Spent, add_batch, add_spend, embedding_cost
+from limpet.pipeline.account import Spent, add_batch, add_spend, embedding_cost, merge_sent
 from limpet.pipeline.calls import Call
-from limpet.pipeline.embed_result import Sent, embeddings_result, settle
+from limpet.pipeline.embed_result import (
+    Sent,
+    embeddings_result,
+    input_refusal,
+    refused_as_sent,
+    settle,
+)
 from limpet.pipeline.keys import request_keys
 from limpet.pipeline.policy import CacheDecision
 from limpet.pipeline.request import EmbedRequest
@@ -193,8 +199,31 @@ class Embedder:
         if waiting:
             call.waiting_for = "embeddings another call is sending"
             await asyncio.wait(waiting.values())
+        # Refused in another call's request, perhaps for another call's input (one too
+        # long for the model fails the whole request): sent again, alone with this call's.
+        again = [key for key, flight in waiting.items() if refused_as_sent(flight)]
+        again += [key for key in sent.failed_elsewhere if input_refusal(sent.failed[key])]
+        if again:
+            call.waiting_for = "embeddings from upstream"
+            resent = await self._resend(request, [(key, first[key]) for key in again], call)
+            for key in again:
+                waiting.pop(key, None)
+                sent.failed.pop(key, None)
+            merge_sent(sent, resent)
+            owned.extend(key for key in again if key not in owned)
         model = request.model
         return embeddings_result(self._stats, model, texts, keys, found, sent, waiting, len(owned))
+
+    async def _resend(
+        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
+    ) -> Sent:
+        """``items`` in requests of this call's own, neither shared nor leased (another
+        call's refusal of them was not theirs), stored when the call writes."""
+        sent = Sent()
+        await self._requests(request, items, call, sent)
+        if request.decision.write:
+            await self._store(sent.vectors, request.ttl)
+        return sent
 
     async def aclose(self) -> None:
         """Cancel the requests still running and wait until they have unwound."""
@@ -348,6 +377,7 @@ class Embedder:
         sent.vectors.update(fetched.vectors)
         sent.failed.update(fetched.failed)
         sent.from_others = fetched.from_others
+        sent.failed_elsewhere = set(fetched.failed) - fetched.sent_here
 
     async def _store(self, vectors: dict[str, bytes], ttl: float) -> None:
         """Store ``vectors`` in every tier. A shared tier queues its writes, and drops

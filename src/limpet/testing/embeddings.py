@@ -115,6 +115,7 @@ class FakeEmbeddings:
             return error_response(400, problem)
         fault = endpoint.take_fault()
         if isinstance(fault, StatusFault):
+            await gateway._pause(fault.after)  # a failure can be slow too, as on chat
             return status_fault_response(fault)
         if isinstance(fault, DropConnectionFault):
             return drop_connection(request)
