@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -379,6 +380,8 @@ async def test_a_final_error_reaches_the_follower(store: MemcachedFlightStore) -
     assert notice.outcome is FlightOutcome.FAILED
     assert isinstance(notice.error, RateLimitError)
     assert notice.error.status_code == 429
+    # Dated, so that a follower can tell it from a replay of an earlier flight's.
+    assert notice.sent_at is not None and abs(notice.sent_at - time.time()) < 60
 
 
 @pytest.mark.memcached

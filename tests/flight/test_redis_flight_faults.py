@@ -13,6 +13,7 @@ Redis. The Redis cache tier's own faults are in ``tests/cache/test_redis_faults.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -113,6 +114,50 @@ async def test_a_forged_error_notice_is_never_raised_by_a_follower(
         assert await followed == ("the real answer", False)
     assert mine.calls == 0 and upstream.calls == 1
     assert follower.takeovers == 0
+
+
+async def test_a_replayed_signed_error_notice_is_never_raised_by_a_follower(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    """Someone who can publish copies a signed error notice of an earlier flight of the
+    key: well signed, it is no word of this flight's, and must not fail its followers."""
+    key = b"fleet secret"
+    async with (
+        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=key) as leading,
+        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=key) as following,
+    ):
+        leader, follower = (
+            RedisFlight[str](leading.flight_store, SLOW),
+            RedisFlight[str](following.flight_store, SLOW),
+        )
+        upstream = Upstream(leading, "the real answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(following, "the follower's own call")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.reads[1].wait()  # watching, and found no entry
+        earlier = orjson.dumps(
+            {
+                "outcome": "failed",
+                "status": 402,
+                "message": "Your account is suspended. Contact support.",
+                "body": "",
+                "request_id": None,
+                "endpoint": "a",
+                "sent_at": time.time() - 3600,  # an hour ago, another flight's
+            }
+        )
+        replayed = leading.flight_store._message(KEY, earlier)  # signed as a leader signs
+        assert await raw.publish(redis_prefix + "flights", replayed) >= 1
+        looked = asyncio.ensure_future(reader.reads[2].wait())  # woken, it looks again
+        await asyncio.wait({looked, followed}, return_when=asyncio.FIRST_COMPLETED)
+        assert not followed.done()  # it did not raise the earlier flight's error
+        upstream.go.set()
+        assert await led == ("the real answer", True)
+        assert await followed == ("the real answer", False)
+    assert mine.calls == 0 and upstream.calls == 1
 
 
 @pytest.mark.parametrize(

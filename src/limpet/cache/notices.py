@@ -5,11 +5,13 @@ endpoint)."""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from limpet.errors import APIStatusError, status_error
 
-__all__ = ["error_fields", "error_from_fields"]
+__all__ = ["error_fields", "error_from_fields", "sent_at_of", "sent_now"]
 
 
 def error_fields(error: APIStatusError) -> dict[str, Any]:
@@ -43,3 +45,18 @@ def error_from_fields(fields: dict[str, Any]) -> APIStatusError:
         request_id=fields.get("request_id"),
         endpoint=fields.get("endpoint"),
     )
+
+
+def sent_now() -> dict[str, float]:
+    """The field that dates an error notice (this process's wall clock), signed with it,
+    so a follower can tell it from a replay of an earlier flight's."""
+    return {"sent_at": time.time()}
+
+
+def sent_at_of(fields: dict[str, Any]) -> float | None:
+    """When a notice says it was sent, or None (none said, or not a finite number: a
+    notice of an earlier build, whose error no follower raises)."""
+    sent = fields.get("sent_at")
+    if type(sent) is float or type(sent) is int:
+        return float(sent) if math.isfinite(sent) else None
+    return None

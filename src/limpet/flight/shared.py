@@ -26,6 +26,9 @@ logger = logging.getLogger("limpet.coalesce")
 _RENEWAL_STOP_TIMEOUT = 1.0
 # Seconds a follower whose leader's lease is gone waits for that leader's notice.
 _LAST_LOOK = 0.05
+#: Seconds a leader's wall clock may run behind a follower's: a signed error notice sent
+#: longer before the follower began to follow is taken for a replay, and not raised.
+NOTICE_CLOCK_SKEW = 5.0
 #: Leases whose release failed, kept to be released again: at most this many (past it,
 #: the oldest is let go; its lease expires by itself).
 _MAX_UNRELEASED = 256
@@ -91,9 +94,18 @@ async def _pending_notice(watch: FlightWatch, within: float) -> FlightNotice | N
         return None
 
 
-def _raise_verified(notice: FlightNotice | None) -> None:
-    """Raise a leader's final error, when a notice the store vouches for carries one."""
-    if notice is not None and notice.error is not None and notice.verified:
+def _raise_verified(notice: FlightNotice | None, since: float) -> None:
+    """Raise a leader's final error, when a notice the store vouches for carries one and
+    was sent since the follower began to follow (``since``, by this process's wall
+    clock, give or take ``NOTICE_CLOCK_SKEW``): an older one, however well signed, is a
+    replay of an earlier flight's."""
+    if (
+        notice is not None
+        and notice.error is not None
+        and notice.verified
+        and notice.sent_at is not None
+        and notice.sent_at >= since - NOTICE_CLOCK_SKEW
+    ):
         raise notice.error
 
 
@@ -283,6 +295,7 @@ class RedisFlight(Generic[R]):
         """The entry once the leader stores it; or (None, True) when this follower took
         the lease over and must lead; or (None, False) when the lease is gone without
         an entry (or the wait timed out) and this process should try to lead."""
+        since = time.time()  # a notice sent before this is no word of this flight's
         try:
             watch: FlightWatch = await self.store.watch(key)
         except CacheUnavailableError:
@@ -303,7 +316,7 @@ class RedisFlight(Generic[R]):
                     if holder is None:
                         # The leader is gone: its notice may already be there (a polled
                         # store's, or a message not yet read), with a verified error.
-                        _raise_verified(await _pending_notice(watch, _LAST_LOOK))
+                        _raise_verified(await _pending_notice(watch, _LAST_LOOK), since)
                         return await read(), False  # one last look, then try to lead
                     now = time.monotonic()
                     if holder != seen:
@@ -314,7 +327,9 @@ class RedisFlight(Generic[R]):
                 if remaining <= 0:
                     return None, False
                 waited = True
-                _raise_verified(await _pending_notice(watch, min(self.config.poll, remaining)))
+                _raise_verified(
+                    await _pending_notice(watch, min(self.config.poll, remaining)), since
+                )
                 # Anything else, verified or not, is only a reason to look again.
         finally:
             watch.close()

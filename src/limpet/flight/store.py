@@ -27,13 +27,17 @@ class FlightOutcome(enum.Enum):
 class FlightNotice:
     """A leader's word on how its flight ended.
 
-    ``verified`` says the store vouches that a leader sent it (a signature checked): only
-    then may a follower raise its ``error``. An unverified notice is a hint to look again.
+    ``verified`` says the store vouches that a leader sent it (a signature checked), and
+    ``sent_at`` when (the leader's wall clock, signed with it): only a verified notice
+    sent while the follower followed may make it raise its ``error`` (a signed notice
+    copied from an earlier flight of the key is a replay). Any other notice is a hint to
+    look again.
     """
 
     outcome: FlightOutcome
     error: APIStatusError | None = None
     verified: bool = False
+    sent_at: float | None = None
 
 
 class FlightWatch(Protocol):

@@ -38,7 +38,7 @@ import emcache
 import orjson
 
 from limpet.cache.memcached.keys import RELATIVE_TTL_LIMIT, memcached_expiry
-from limpet.cache.notices import error_fields, error_from_fields
+from limpet.cache.notices import error_fields, error_from_fields, sent_at_of, sent_now
 from limpet.errors import CacheUnavailableError
 from limpet.flight.store import FlightNotice, FlightOutcome
 
@@ -216,7 +216,7 @@ class MemcachedFlightStore:
         if not hmac.compare_digest(signature, expected):
             return None, FlightNotice(FlightOutcome.ABANDONED)
         token, notice = _decode_notice(body)
-        return token, FlightNotice(notice.outcome, notice.error, verified=True)
+        return token, FlightNotice(notice.outcome, notice.error, True, notice.sent_at)
 
     async def _swap_if_held(self, key: str, token: str, command: str, exptime: int) -> bool:
         """``cas`` the lease to the next ``token:n`` with ``exptime`` if ``token`` holds it
@@ -262,7 +262,7 @@ def _sign(hmac_key: bytes | None, notice_key: bytes, body: bytes) -> bytes:
 def _encode_notice(token: str, notice: FlightNotice) -> bytes:
     fields: dict[str, Any] = {"token": token, "outcome": notice.outcome.value}
     if notice.error is not None:
-        fields |= error_fields(notice.error)
+        fields |= error_fields(notice.error) | sent_now()
     return orjson.dumps(fields)
 
 
@@ -278,4 +278,4 @@ def _decode_notice(raw: bytes) -> tuple[bytes | None, FlightNotice]:
         error = error_from_fields(fields)
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return None, FlightNotice(FlightOutcome.ABANDONED)
-    return token, FlightNotice(outcome, error)
+    return token, FlightNotice(outcome, error, sent_at=sent_at_of(fields))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from limpet.cache.notices import error_fields, error_from_fields
+from limpet.cache.notices import error_fields, error_from_fields, sent_at_of, sent_now
 from limpet.errors import CacheUnavailableError
 from limpet.flight.store import FlightNotice, FlightOutcome
 
@@ -322,7 +322,7 @@ class RedisFlightStore:
             notice = _decode_notice(body)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             return FlightNotice(FlightOutcome.ABANDONED)
-        return FlightNotice(notice.outcome, notice.error, verified)
+        return FlightNotice(notice.outcome, notice.error, verified, notice.sent_at)
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -341,11 +341,13 @@ def _millis(seconds: float) -> int:
 def _encode_notice(notice: FlightNotice) -> bytes:
     if notice.error is None:
         return notice.outcome.value.encode()
-    return orjson.dumps({"outcome": notice.outcome.value, **error_fields(notice.error)})
+    fields = {"outcome": notice.outcome.value, **error_fields(notice.error)}
+    return orjson.dumps(fields | sent_now())
 
 
 def _decode_notice(raw: bytes) -> FlightNotice:
     if not raw.startswith(b"{"):
         return FlightNotice(FlightOutcome(raw.decode()))
     fields = orjson.loads(raw)
-    return FlightNotice(FlightOutcome(fields["outcome"]), error_from_fields(fields))
+    outcome, error = FlightOutcome(fields["outcome"]), error_from_fields(fields)
+    return FlightNotice(outcome, error, sent_at=sent_at_of(fields))
