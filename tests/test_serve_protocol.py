@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from limpet.errors import (
     APIConnectionError,
     APIResponseError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -160,6 +161,10 @@ def test_answer_headers_say_how_it_was_served() -> None:
         (APIResponseError("not JSON", status_code=200, body="<html>"), 502, "server_error"),
         (ClientClosedError("closed"), 503, "server_error"),
         (RuntimeError("a bug"), 500, "server_error"),
+        # An upstream's redirect (never followed) is no answer, nor a status to pass on:
+        # relayed, it reached callers as a 302 with no Location.
+        (APIStatusError("moved", status_code=302, body=""), 502, "server_error"),
+        (APIStatusError("moved", status_code=307, body=""), 502, "server_error"),
     ],
 )
 def test_errors_come_back_in_openais_shape(exc: Exception, status: int, kind: str) -> None:

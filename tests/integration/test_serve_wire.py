@@ -408,3 +408,15 @@ async def test_a_header_that_is_not_utf8_is_a_400_naming_it_on_every_route(
     assert SECRET.encode() not in answer
     assert not any(record.levelno >= logging.ERROR for record in caplog.records)
     assert gateway.total_calls == 0
+
+
+async def test_a_method_not_allowed_says_which_are(proxy: str) -> None:
+    """RFC 9110: a 405 carries ``Allow``; the proxy's own error shape kept it out."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(proxy + "/chat/completions") as response,
+    ):
+        body = await response.json()
+        allowed = response.headers.get("Allow")
+    assert response.status == 405 and body["error"]["type"] == "invalid_request_error"
+    assert allowed is not None and "POST" in allowed

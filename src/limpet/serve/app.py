@@ -237,8 +237,12 @@ async def _openai_errors(
             raise
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
         body = openai_error(exc.reason, kind)
+        allow = exc.headers.get("Allow")  # a 405 says what is allowed (RFC 9110)
         return web.Response(
-            status=exc.status, body=orjson.dumps(body), content_type="application/json"
+            status=exc.status,
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers=None if allow is None else {"Allow": allow},
         )
     except Exception:
         logger.exception("limpet serve: %s %s failed", request.method, request.path)

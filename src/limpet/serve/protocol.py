@@ -338,6 +338,9 @@ def _error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
         return 503, openai_error("the proxy is shutting down", "server_error")
     if isinstance(exc, APIStatusError):
         status = exc.status_code
+        if status < 400:  # a redirect (never followed): no answer a caller could use
+            message = f"the upstream answered with status {status}, not an answer"
+            return 502, openai_error(message, "server_error", code="bad_upstream_response")
         kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
         return status, openai_error(exc.message, kind, code=str(status))
     if isinstance(exc, APITimeoutError):
