@@ -380,6 +380,18 @@ async def test_listings_are_kept_for_a_bounded_number_of_credentials(
         assert endpoint.model_listings == 4
 
 
+async def test_concurrent_listings_of_one_credential_are_one_fetch(gateway: FakeGateway) -> None:
+    endpoint = gateway.endpoint("a")
+    url = gateway.base_url("a") + "/models"
+    async with aiohttp.ClientSession() as session:
+        listings = ModelListings(session, url, ttl=60.0, clock=lambda: 0.0)
+        answers = await asyncio.gather(*(listings.get("Bearer sk-one") for _ in range(20)))
+        others = await asyncio.gather(*(listings.get("Bearer sk-two") for _ in range(5)))
+    assert {status for status, _ in answers + others} == {200}
+    assert len({body for _, body in answers}) == 1
+    assert endpoint.model_listings == 2  # one fetch a credential
+
+
 async def test_limpet_serve_fake_answers_with_no_key_and_no_network() -> None:
     proxy = await Proxy("--fake").start()
     try:

@@ -12,6 +12,7 @@ import aiohttp
 from limpet._extras import require_extra
 from limpet.endpoint import header_secrets
 from limpet.errors import upstream_errors
+from limpet.flight.local import SingleFlight
 from limpet.observe.events import EventHook
 
 __all__ = ["DEFAULT_MAX_LISTINGS", "MetricsRegistry", "ModelListings"]
@@ -25,10 +26,10 @@ DEFAULT_MAX_LISTINGS: Final = 64
 class ModelListings:
     """``GET /models`` of the first upstream, kept ``ttl`` seconds per credential (by a
     digest of it: the header itself is never kept), for at most ``max_kept`` credentials
-    at once (the oldest listing makes way). Only a 200 is kept. The session is lent:
-    whoever made it closes it."""
+    at once (the oldest listing makes way). Only a 200 is kept. Concurrent requests of
+    one credential share one fetch. The session is lent: whoever made it closes it."""
 
-    __slots__ = ("_clock", "_kept", "_max_kept", "_session", "_ttl", "_url")
+    __slots__ = ("_clock", "_fetches", "_kept", "_max_kept", "_session", "_ttl", "_url")
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class ModelListings:
         self._clock = clock
         self._max_kept = max_kept
         self._kept: dict[str, tuple[float, bytes]] = {}
+        self._fetches: SingleFlight[tuple[int, bytes]] = SingleFlight()
 
     async def get(self, authorization: str | None) -> tuple[int, bytes]:
         """The status and body of the listing this credential may see.
@@ -53,10 +55,14 @@ class ModelListings:
                 in time); limpet's one boundary (``upstream_errors``) maps aiohttp's errors.
         """
         who = hashlib.sha256((authorization or "").encode()).hexdigest()
-        now = self._clock()
         kept = self._kept.get(who)
-        if kept is not None and kept[0] > now:
+        if kept is not None and kept[0] > self._clock():
             return 200, kept[1]
+        answer, _ = await self._fetches.do(who, self._fetch, authorization, who)
+        return answer
+
+    async def _fetch(self, authorization: str | None, who: str) -> tuple[int, bytes]:
+        """One ``GET /models`` with ``authorization``; a 200 kept for ``who``."""
         headers = {"Authorization": authorization} if authorization else {}
         with upstream_errors("models", header_secrets(headers)):
             # A redirect is not followed (the credential would go wherever it points): its
@@ -67,6 +73,7 @@ class ModelListings:
                 body = await response.read()
                 status = response.status
         if status == 200:
+            now = self._clock()
             # Live listings in the order they were fetched: the first is the oldest.
             live = [(k, v) for k, v in self._kept.items() if v[0] > now and k != who]
             self._kept = dict(live[max(0, len(live) - self._max_kept + 1) :])
