@@ -201,16 +201,18 @@ class Embedder:
             await asyncio.wait(waiting.values())
         # Refused in another call's request, perhaps for another call's input (one too
         # long for the model fails the whole request): sent again, alone with this call's.
-        again = [key for key, flight in waiting.items() if refused_as_sent(flight)]
-        again += [key for key in sent.failed_elsewhere if input_refusal(sent.failed[key])]
+        awaited = [key for key, flight in waiting.items() if refused_as_sent(flight)]
+        elsewhere = [key for key in sent.failed_elsewhere if input_refusal(sent.failed[key])]
+        again = awaited + elsewhere
         if again:
             call.waiting_for = "embeddings from upstream"
             resent = await self._resend(request, [(key, first[key]) for key in again], call)
-            for key in again:
-                waiting.pop(key, None)
-                sent.failed.pop(key, None)
+            for key in awaited:
+                del waiting[key]
+            for key in elsewhere:
+                del sent.failed[key]
             merge_sent(sent, resent)
-            owned.extend(key for key in again if key not in owned)
+            owned.extend(awaited)  # sent by this call now (those from elsewhere were its)
         model = request.model
         return embeddings_result(self._stats, model, texts, keys, found, sent, waiting, len(owned))
 
