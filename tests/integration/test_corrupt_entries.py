@@ -8,6 +8,7 @@ Real Redis (``redis_prefix``) and the FakeGateway over loopback; counts, never t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import redis.asyncio
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet.cache.base import CacheEntry, EntryCodec
+from limpet.cache.redis.leases import RedisFlightStore
 from limpet.flight.store import FlightNotice, FlightOutcome
 from limpet.http.chunks import StreamChunk
 from limpet.models import Usage
@@ -235,30 +237,47 @@ async def test_a_stored_stream_that_does_not_replay_is_a_corrupt_miss(
         assert (await client.complete(**ask())).content == text(chunks)
 
 
+@contextlib.asynccontextmanager
+async def led_elsewhere(
+    client: Client, redis_url: str, redis_prefix: str
+) -> AsyncIterator[tuple[str, RedisFlightStore]]:
+    """Another process leads the flight of ``ask()`` (its lease taken, nothing stored):
+    the key, and that process's flight store, to release the lease with."""
+    key = await key_of(client, ask())
+    await tiers(client).delete(key)
+    leader = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
+    try:
+        store = leader.flight_store
+        assert await store.acquire(key, "leader", 30.0)
+        yield key, store
+    finally:
+        await leader.aclose()
+
+
+async def following(client: Client, key: str, what: str) -> None:
+    """Returns once ``client`` follows the other process's flight of ``key``."""
+    rc = tiers(client).tiers[0]
+    assert isinstance(rc, RedisCache)
+
+    async def watching() -> bool:
+        return key in rc.flight_store._watches
+
+    await eventually(watching, what=what)
+
+
 @pytest.mark.redis
 async def test_a_follower_whose_leaders_entry_does_not_replay_streams_upstream(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:
-    async with redis_client(gateway, redis_url, redis_prefix) as client:
-        key = await key_of(client, ask())
-        await tiers(client).delete(key)
-        rc = tiers(client).tiers[0]
-        assert isinstance(rc, RedisCache)
-        leader = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
-        try:
-            store = leader.flight_store
-            assert await store.acquire(key, "leader", 30.0)  # another process leads
-            follower = asyncio.create_task(collect(client.stream(**ask())))
-
-            async def following() -> bool:
-                return key in rc.flight_store._watches
-
-            await eventually(following, what="the client follows the other process")
-            bad = planted(key, ANSWER, b'{"envelope": {}, "chunks": [{"choices": [')
-            await store.release(key, "leader", FlightNotice(FlightOutcome.STORED), bad, 60.0)
-            chunks = await follower
-        finally:
-            await leader.aclose()
+    async with (
+        redis_client(gateway, redis_url, redis_prefix) as client,
+        led_elsewhere(client, redis_url, redis_prefix) as (key, store),
+    ):
+        follower = asyncio.create_task(collect(client.stream(**ask())))
+        await following(client, key, "the client follows the other process")
+        bad = planted(key, ANSWER, b'{"envelope": {}, "chunks": [{"choices": [')
+        await store.release(key, "leader", FlightNotice(FlightOutcome.STORED), bad, 60.0)
+        chunks = await follower
         assert text(chunks) and text(chunks) != "planted"
         assert client.stats.corrupt == 1
         assert gateway.total_calls == 2
@@ -271,37 +290,26 @@ async def test_a_stream_joined_to_a_complete_whose_answer_does_not_replay_stream
     """A ``complete()`` follows another process's flight and a ``stream()`` of the same
     request joins it: the entry the leader stored has a stream that does not replay. The
     stream must count it corrupt and stream afresh, never fail with the cache's fault."""
-    async with redis_client(gateway, redis_url, redis_prefix) as client:
-        key = await key_of(client, ask())
-        await tiers(client).delete(key)
-        rc = tiers(client).tiers[0]
-        assert isinstance(rc, RedisCache)
-        leader = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
-        try:
-            store = leader.flight_store
-            assert await store.acquire(key, "leader", 30.0)  # another process leads
-            completed = asyncio.create_task(client.complete(**ask()))
+    async with (
+        redis_client(gateway, redis_url, redis_prefix) as client,
+        led_elsewhere(client, redis_url, redis_prefix) as (key, store),
+    ):
+        completed = asyncio.create_task(client.complete(**ask()))
+        await following(client, key, "the complete() follows the other process")
+        stream = client.stream(**ask())
+        streamed = asyncio.create_task(collect(stream))
+        flight = client._chat._flight  # complete()'s flights in this process
+        assert flight is not None
 
-            async def following() -> bool:
-                return key in rc.flight_store._watches
+        async def joined() -> bool:  # the complete() and the stream wait on it
+            running = flight._flights.get(key)
+            return running is not None and len(running.waiters) == 2
 
-            await eventually(following, what="the complete() follows the other process")
-            stream = client.stream(**ask())
-            streamed = asyncio.create_task(collect(stream))
-            flight = client._chat._flight  # complete()'s flights in this process
-            assert flight is not None
-
-            async def joined() -> bool:  # the complete() and the stream wait on it
-                running = flight._flights.get(key)
-                return running is not None and len(running.waiters) == 2
-
-            await eventually(joined, what="the stream joins the complete()'s flight")
-            bad = planted(key, ANSWER, b'{"envelope": {}, "chunks": [{"choices": [null]}]}')
-            await store.release(key, "leader", FlightNotice(FlightOutcome.STORED), bad, 60.0)
-            completion = await completed
-            chunks = await streamed
-        finally:
-            await leader.aclose()
+        await eventually(joined, what="the stream joins the complete()'s flight")
+        bad = planted(key, ANSWER, b'{"envelope": {}, "chunks": [{"choices": [null]}]}')
+        await store.release(key, "leader", FlightNotice(FlightOutcome.STORED), bad, 60.0)
+        completion = await completed
+        chunks = await streamed
         assert completion.cache is CacheStatus.COALESCED and completion.content == "planted"
         assert text(chunks) and text(chunks) != "planted"
         assert stream.completion is not None and stream.completion.cache is CacheStatus.MISS
