@@ -18,6 +18,7 @@ from limpet.http.chunk_replay import REPLAY_PIECE_CHARS, replay_chunks
 from limpet.http.chunks import (
     StreamChunk,
     choices_asked,
+    finished_choices,
     stream_error,
     usage_declined,
     with_stream_usage,
@@ -581,3 +582,15 @@ def test_chunks_of_every_live_shape_are_taken_and_replay(data: str) -> None:
     chunking = assembler.chunking()
     assert chunking is not None
     assert stored_chunks(chunking) == [taken]
+
+
+def test_the_choices_a_chunk_finishes_are_its_asked_ones_with_a_finish_reason() -> None:
+    """Replayed chunks are made from stored bodies, whose choice indexes no live check
+    saw: an index that is not an int is no finished choice (never a ``TypeError``)."""
+    finish = {"delta": {}, "finish_reason": "stop"}
+    choices = [{"index": i, **finish} for i in (0, 1, 2, -1, None, "1", True)]
+    assert finished_choices({"choices": choices}, 2) == {0, 1}
+    ollama = {"index": 0, "delta": {}, "finish_reason": ""}  # no finish
+    assert finished_choices({"choices": [ollama]}, 1) == set()
+    assert finished_choices({"choices": [{"delta": {}, "finish_reason": "length"}]}, 1) == {0}
+    assert finished_choices({"usage": {"prompt_tokens": 1}}, 1) == set()

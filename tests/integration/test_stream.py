@@ -130,9 +130,21 @@ async def joined(condition: Callable[[], bool], turns: int = 10_000) -> None:
     raise AssertionError(f"the second caller joined no flight within {turns} turns")
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
 @pytest.mark.parametrize("first", ["stream", "complete"])
 async def test_a_stream_and_a_complete_of_one_request_make_one_upstream_call(
-    client: Client, gateway: FakeGateway, first: str
+    gateway: FakeGateway, first: str, cached: bool
+) -> None:
+    """With a cache or without one (coalescing is on either way)."""
+    options: dict[str, Any] = {} if cached else {"cache": None}
+    endpoint = Endpoint("a", gateway.base_url("a"))
+    async with Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1), **options) as c:
+        own = CacheStatus.MISS if cached else CacheStatus.BYPASS
+        await _one_upstream_call(c, gateway, first, own)
+
+
+async def _one_upstream_call(
+    client: Client, gateway: FakeGateway, first: str, own: CacheStatus
 ) -> None:
     ep = gateway.endpoint("a")
     ep.hold_answers()
@@ -161,7 +173,7 @@ async def test_a_stream_and_a_complete_of_one_request_make_one_upstream_call(
     text = "".join(chunk.content or "" for chunk in chunks)
     assert text == answer.content == streamed.completion.content
     completions = {"stream": streamed.completion, "complete": answer}
-    assert completions[first].cache is CacheStatus.MISS
+    assert completions[first].cache is own
     assert completions[second].cache is CacheStatus.COALESCED
     assert_chunks([chunk.raw for chunk in chunks])
 

@@ -115,7 +115,9 @@ def finished_choices(chunk: Mapping[str, Any], asked: int) -> set[int]:
     return {
         index
         for choice in chunk.get("choices") or ()
-        if choice.get("finish_reason") and 0 <= (index := choice.get("index", 0)) < asked
+        if choice.get("finish_reason")
+        and type(index := choice.get("index", 0)) is int
+        and 0 <= index < asked
     }
 
 

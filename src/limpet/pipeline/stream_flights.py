@@ -128,9 +128,13 @@ class StreamFlights:
             if answered is not None:
                 (entry, source), claimed = answered
                 # An answer read from the cache may hold a stored stream that does not
-                # replay: counted and deleted, and this reader streams afresh.
-                chunks = None
-                if cache is not None and key is not None:
+                # replay: counted and deleted, and this reader streams afresh. (With no
+                # cache the answer is complete()'s own, never read from one.)
+                if cache is None or key is None:
+                    chunks: list[dict[str, Any]] | None = list(
+                        replay_chunks(entry.body, entry.stream)
+                    )
+                else:
                     chunks = await _replayable(cache, key, entry)
                 if chunks is None:
                     break
