@@ -308,6 +308,24 @@ async def test_a_waiter_is_not_failed_by_another_calls_refused_request(
         assert (await client.embed(model=MODEL, input=["b"])).hits == 1  # stored
 
 
+async def test_the_calls_awaiting_a_refused_input_send_it_again_once(
+    gateway: FakeGateway,
+) -> None:
+    """Three calls await "x" in another call's request, which is refused: one of them
+    sends it again, the other two await that one; it goes upstream twice in all."""
+    gateway.endpoint("a").fail(400, after=0.3)  # the first request, once the others wait
+    async with make_client(gateway) as client:
+        refused = asyncio.ensure_future(client.embed(model=MODEL, input=["x", "too long"]))
+        await gateway.embeddings.wait_for_requests(1)
+        waiting = [asyncio.ensure_future(client.embed(model=MODEL, input=["x"])) for _ in range(3)]
+        answers = await asyncio.gather(*waiting)
+        with pytest.raises(EmbeddingBatchError):
+            await refused
+    assert all(e.vectors == [fake_vector(MODEL, "x")] for e in answers)
+    assert sorted((e.misses, e.coalesced) for e in answers) == [(0, 1), (0, 1), (1, 0)]
+    assert sent_inputs(gateway) == ["x", "too long", "x"]
+
+
 @pytest.mark.redis
 async def test_a_follower_is_not_failed_by_another_processs_refused_request(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
@@ -644,19 +662,35 @@ async def test_a_call_without_deadline_never_awaits_a_bypass_or_refresh_calls_in
     assert gateway.embeddings.inputs == 1  # the hasty call's request never left its queue
 
 
-@pytest.mark.parametrize("mode", ["bypass", "refresh"])
-async def test_a_bypass_or_refresh_calls_request_ends_when_its_caller_leaves(
-    gateway: FakeGateway, mode: CacheMode
-) -> None:
-    """Nobody shares a bypass or refresh call's requests: when its deadline passes, its
-    request must not go on upstream, paid for and holding the endpoint's place on the
-    wire, for nobody."""
+async def test_a_bypass_calls_request_ends_when_its_caller_leaves(gateway: FakeGateway) -> None:
+    """Nobody shares a bypass call's requests, nor is their answer stored: when its
+    deadline passes, its request must not go on upstream, paid for and holding the
+    endpoint's place on the wire, for nobody."""
     gateway.endpoint("a").delay(30)  # the request hangs upstream
     async with make_client(gateway, close_grace=0) as client:
         with pytest.raises(APITimeoutError):
-            await client.embed(model=MODEL, input=["x"], cache=mode, timeout=0.2)
+            await client.embed(model=MODEL, input=["x"], cache="bypass", timeout=0.2)
         assert gateway.embeddings.calls == 1
         assert client.stats.endpoints["a"].in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "coalesce"), [("refresh", True), (None, False)], ids=["refresh", "no-coalescing"]
+)
+async def test_a_request_whose_answer_is_stored_outlives_its_caller(
+    gateway: FakeGateway, mode: CacheMode, coalesce: bool
+) -> None:
+    """A call that shares nothing but stores (``refresh``, a Client without coalescing):
+    its answer is paid for once sent, and stored when it comes, caller there or not."""
+    gateway.endpoint("a").delay(0.5)
+    async with make_client(gateway, coalesce=coalesce) as client:
+        with pytest.raises(APITimeoutError):
+            await client.embed(model=MODEL, input=["x", "y"], cache=mode, timeout=0.1)
+        running = client._embeds.embedder._tasks
+        await asyncio.wait(running)  # the request went on, and stored its answer
+        again = await client.embed(model=MODEL, input=["x", "y"])
+    assert (again.hits, again.misses) == (2, 0)
+    assert gateway.embeddings.calls == 1
 
 
 @pytest.mark.parametrize("mode", ["bypass", "refresh"])

@@ -190,42 +190,49 @@ class Embedder:
                 owned.append(key)
         sent = Sent()
         if owned:
-            items = [(key, first[key]) for key in owned]
             call.waiting_for = "embeddings from upstream"
-            sending = self._start(request, items, call)
-            # Shared, the requests outlive a caller that leaves (others may await them);
-            # a call that shares nothing takes them with it.
-            sent = await (asyncio.shield(sending) if self._shares(decision) else sending)
+            sent = await self._send_owned(request, [(key, first[key]) for key in owned], call)
         if waiting:
             call.waiting_for = "embeddings another call is sending"
             await asyncio.wait(waiting.values())
         # Refused in another call's request, perhaps for another call's input (one too
-        # long for the model fails the whole request): sent again, alone with this call's.
+        # long for the model fails the whole request): sent again by one of the calls
+        # that awaited it, the others (and calls that come meanwhile) awaiting that one.
         awaited = [key for key, flight in waiting.items() if refused_as_sent(flight)]
         elsewhere = [key for key in sent.failed_elsewhere if input_refusal(sent.failed[key])]
-        again = awaited + elsewhere
-        if again:
-            call.waiting_for = "embeddings from upstream"
-            resent = await self._resend(request, [(key, first[key]) for key in again], call)
+        if awaited or elsewhere:
             for key in awaited:
                 del waiting[key]
             for key in elsewhere:
                 del sent.failed[key]
-            merge_sent(sent, resent)
-            owned.extend(awaited)  # sent by this call now (those from elsewhere were its)
+            again = awaited + elsewhere
+            rejoined = {key: self._inflight[key] for key in again if key in self._inflight}
+            mine = [key for key in again if key not in rejoined]
+            if mine:
+                call.waiting_for = "embeddings from upstream"
+                resent = await self._send_owned(request, [(key, first[key]) for key in mine], call)
+                merge_sent(sent, resent)
+            if rejoined:
+                call.waiting_for = "embeddings another call is sending"
+                waiting.update(rejoined)
+                await asyncio.wait(rejoined.values())
+            # Misses: what this call sent (those from elsewhere it had sent already).
+            owned = [key for key in owned if key not in rejoined]
+            owned += [key for key in awaited if key not in rejoined]
         model = request.model
         return embeddings_result(self._stats, model, texts, keys, found, sent, waiting, len(owned))
 
-    async def _resend(
+    async def _send_owned(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
     ) -> Sent:
-        """``items`` in requests of this call's own, neither shared nor leased (another
-        call's refusal of them was not theirs), stored when the call writes."""
-        sent = Sent()
-        await self._requests(request, items, call, sent)
-        if request.decision.write:
-            await self._store(sent.vectors, request.ttl)
-        return sent
+        """Send and store ``items`` (``_start``), for this call and whoever awaits them.
+        Their requests outlive a caller that leaves when others may await them or their
+        answer is stored (paid for, it is worth keeping); a bypass call's go with it
+        (nobody could use them)."""
+        sending = self._start(request, items, call)
+        if self._shares(request.decision) or request.decision.write:
+            return await asyncio.shield(sending)
+        return await sending
 
     async def aclose(self) -> None:
         """Cancel the requests still running and wait until they have unwound."""
@@ -283,9 +290,8 @@ class Embedder:
         """Send and store ``items`` as a task of its own, their futures registered in the
         same step (no await between): another call finds them in flight from here on.
         A call that does not share (``cache="bypass"`` or ``"refresh"``) registers none:
-        its requests end at its own deadline, and with it when it leaves (nobody else
-        could use them), and a bypass stores nothing, so a call awaiting them could fail
-        by another's deadline, and find its input never cached."""
+        its requests end at its own deadline, and a bypass stores nothing, so a call
+        awaiting them could fail by another's deadline, and find its input never cached."""
         loop = asyncio.get_running_loop()
         futures = {key: loop.create_future() for key, _ in items}
         if self._shares(request.decision):
