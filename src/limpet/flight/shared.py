@@ -27,8 +27,10 @@ _RENEWAL_STOP_TIMEOUT = 1.0
 # Seconds a follower whose leader's lease is gone waits for that leader's notice.
 _LAST_LOOK = 0.05
 #: Seconds a leader's wall clock may run behind a follower's: a signed error notice sent
-#: longer before the follower began to follow is taken for a replay, and not raised.
-NOTICE_CLOCK_SKEW = 5.0
+#: longer before the follower began to follow is taken for a replay, and not raised (its
+#: followers then lead, one after another). Generous: hosts' clocks drift apart by far
+#: less, and a replay within it repeats an error that was real moments ago.
+NOTICE_CLOCK_SKEW = 30.0
 #: Leases whose release failed, kept to be released again: at most this many (past it,
 #: the oldest is let go; its lease expires by itself).
 _MAX_UNRELEASED = 256
