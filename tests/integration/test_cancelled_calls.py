@@ -227,6 +227,24 @@ async def test_a_stream_closed_once_every_choice_finished_is_answered_stored_and
     assert gateway.total_calls == 2  # the reference's, and this one's: never paid again
 
 
+async def test_a_replay_closed_once_every_choice_finished_is_a_counted_hit(
+    gateway: FakeGateway,
+) -> None:
+    """The same reader on a cached answer: it had the whole answer, so it is a hit (its
+    savings counted), not a cancelled call."""
+    async with client_for(gateway) as client:
+        async with client.stream(**ask("replayed")) as whole:
+            [_ async for _ in whole]
+        async with client.stream(**ask("replayed")) as stream:
+            async for chunk in stream:
+                if any(c["finish_reason"] for c in chunk.raw["choices"]):
+                    break
+        stats = client.stats
+    assert stream.completion is not None and stream.completion.cache is CacheStatus.HIT
+    assert (stats.cancelled, stats.hits, stats.misses) == (0, 1, 1)
+    assert gateway.total_calls == 1
+
+
 async def test_a_stream_closed_past_its_usage_chunk_is_answered_stored_and_counted(
     gateway: FakeGateway,
 ) -> None:

@@ -121,6 +121,28 @@ def finished_choices(chunk: Mapping[str, Any], asked: int) -> set[int]:
     }
 
 
+class Finishes:
+    """Which of the ``asked`` choices the chunks a reader got so far finished: once
+    ``whole``, the reader has every choice's answer (at most the usage chunk and
+    ``[DONE]`` are left), so a reader that stops there stopped at the end."""
+
+    __slots__ = ("_asked", "_finished")
+
+    def __init__(self, asked: int) -> None:
+        self._asked = asked
+        self._finished: set[int] = set()
+
+    def see(self, chunk: Mapping[str, Any]) -> None:
+        """Note a chunk the reader got."""
+        if len(self._finished) < self._asked:
+            self._finished |= finished_choices(chunk, self._asked)
+
+    @property
+    def whole(self) -> bool:
+        """Whether every choice asked for finished."""
+        return len(self._finished) == self._asked
+
+
 def with_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:
     """``body`` asking for usage in the stream (``stream_options.include_usage: true``),
     as OpenAI-style servers send none otherwise, whatever the caller said: the answer is

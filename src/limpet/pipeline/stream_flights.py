@@ -16,7 +16,7 @@ from limpet.flight.local import SingleFlight
 from limpet.flight.shared import RedisFlight
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
-from limpet.http.chunks import choices_asked, finished_choices, usage_declined, without_usage
+from limpet.http.chunks import Finishes, choices_asked, usage_declined, without_usage
 from limpet.http.retry import should_retry
 from limpet.http.retrying import never_sent
 from limpet.http.transport import Transport
@@ -114,11 +114,19 @@ class StreamFlights:
             found = await self._look(cache, key, joins)
             if found is not None:
                 entry, replay = found
-                for chunk in replay:
-                    shown = without_usage(chunk) if declined else chunk
-                    if shown is not None:
-                        yield shown
-                sink.completion = completion_of(entry, CacheStatus.HIT, key)
+                hit = completion_of(entry, CacheStatus.HIT, key)
+                finishes = Finishes(asked)
+                try:
+                    for chunk in replay:
+                        finishes.see(chunk)
+                        shown = without_usage(chunk) if declined else chunk
+                        if shown is not None:
+                            yield shown
+                except GeneratorExit:
+                    if finishes.whole:  # closed once it had every choice: served whole
+                        sink.completion = hit
+                    raise
+                sink.completion = hit
                 return
         failed: _StreamFlight | None = None
         answering = self._answering(key) if joins else None
@@ -138,13 +146,21 @@ class StreamFlights:
                     chunks = await _replayable(cache, key, entry)
                 if chunks is None:
                     break
-                for chunk in chunks:
-                    shown = without_usage(chunk) if declined else chunk
-                    if shown is not None:
-                        yield json_copy(shown)  # the entry is every waiter's
                 if source is None:  # its own upstream answer: shared, or this call's claim
                     source = self._own_status(request) if claimed else CacheStatus.COALESCED
-                sink.completion = completion_of(entry, source, key)
+                answer = completion_of(entry, source, key)
+                finishes = Finishes(asked)
+                try:
+                    for chunk in chunks:
+                        finishes.see(chunk)
+                        shown = without_usage(chunk) if declined else chunk
+                        if shown is not None:
+                            yield json_copy(shown)  # the entry is every waiter's
+                except GeneratorExit:
+                    if finishes.whole:  # closed once it had every choice: served whole
+                        sink.completion = answer
+                    raise
+                sink.completion = answer
                 return
             # It failed in a way a waiter may retry: a waiter of it may lead a new one
             # already (this reader joins it, once), else this reader streams afresh.
@@ -161,12 +177,11 @@ class StreamFlights:
             flight.readers += 1
             copied, given, ended = flight.copied, False, False
             last: dict[str, Any] | None = None
-            finished: set[int] = set()  # the choices asked for this reader saw finish
+            finishes = Finishes(asked)  # the choices asked for this reader saw finish
             try:
                 async for chunk in flight.broadcast.items():
                     given, last = True, chunk
-                    if len(finished) < asked:
-                        finished |= finished_choices(chunk, asked)
+                    finishes.see(chunk)
                     shown = without_usage(chunk) if declined else chunk
                     if shown is not None:
                         yield json_copy(shown) if copied else shown
@@ -183,7 +198,7 @@ class StreamFlights:
                 # at most the usage and [DONE] are left, so the answer is whole, paid for
                 # and its reader's; the upstream ends it (stored, and counted as this
                 # reader's) rather than being cut for want of a reader.
-                done = last is not None and (last.get("usage") or len(finished) == asked)
+                done = last is not None and (last.get("usage") or finishes.whole)
                 if done and await _ended_soon(flight):
                     sink.completion = self._completion(request, flight, led)
                 raise
