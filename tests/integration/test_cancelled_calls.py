@@ -245,6 +245,32 @@ async def test_a_replay_closed_once_every_choice_finished_is_a_counted_hit(
     assert gateway.total_calls == 1
 
 
+async def test_a_replay_whose_reader_is_cancelled_after_the_finish_counts_cancelled(
+    gateway: FakeGateway,
+) -> None:
+    """Closed by its reader once whole, a replay is a hit; a reader whose task is
+    cancelled is a cancelled call, there as on a live stream."""
+    async with client_for(gateway) as client:
+        async with client.stream(**ask("replayed")) as whole:
+            [_ async for _ in whole]
+        finished = asyncio.Event()
+
+        async def reader() -> None:
+            async with client.stream(**ask("replayed")) as stream:
+                async for chunk in stream:
+                    if any(c["finish_reason"] for c in chunk.raw["choices"]):
+                        finished.set()
+                        await asyncio.Event().wait()  # until cancelled
+
+        task = asyncio.ensure_future(reader())
+        await finished.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stats = client.stats
+    assert (stats.cancelled, stats.hits, stats.misses) == (1, 0, 1)
+
+
 async def test_a_stream_closed_past_its_usage_chunk_is_answered_stored_and_counted(
     gateway: FakeGateway,
 ) -> None:

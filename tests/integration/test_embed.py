@@ -326,6 +326,30 @@ async def test_the_calls_awaiting_a_refused_input_send_it_again_once(
     assert sent_inputs(gateway) == ["x", "too long", "x"]
 
 
+async def test_a_call_that_awaited_a_resend_refused_again_sends_its_input_itself(
+    gateway: FakeGateway,
+) -> None:
+    """X's request of "bad" and "a" is refused; Y, which asked for both, sends them again
+    and is refused again (its own "bad"); Z, which asked for "a" alone and awaited Y's
+    resend, must not fail for Y's input: it sends "a" itself."""
+    gateway.endpoint("a").fail(400, times=2, after=0.3)
+    async with make_client(gateway) as client:
+        x = asyncio.ensure_future(client.embed(model=MODEL, input=["bad", "a"]))
+        await gateway.embeddings.wait_for_requests(1)
+        y = asyncio.ensure_future(client.embed(model=MODEL, input=["bad", "a"]))
+        z = asyncio.ensure_future(client.embed(model=MODEL, input=["a"]))
+        results = await asyncio.gather(x, y, z, return_exceptions=True)
+    assert isinstance(results[0], EmbeddingBatchError)
+    assert isinstance(results[1], EmbeddingBatchError) and results[1].failed == (0, 1)
+    assert isinstance(results[2], Embeddings)
+    assert results[2].vectors == [fake_vector(MODEL, "a")] and results[2].misses == 1
+    assert [body["input"] for body in gateway.embeddings.requests] == [
+        ["bad", "a"],
+        ["bad", "a"],
+        ["a"],
+    ]
+
+
 @pytest.mark.redis
 async def test_a_follower_is_not_failed_by_another_processs_refused_request(
     gateway: FakeGateway, redis_url: str, redis_prefix: str

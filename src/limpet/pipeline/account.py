@@ -103,10 +103,12 @@ def add_batch(
 
 
 def merge_sent(into: Sent, more: Sent) -> None:
-    """Add what more requests of the same call brought back to ``into``."""
+    """Add what more requests of the same call brought back to ``into``, with what of
+    it another process sent (not this call's misses)."""
     into.vectors.update(more.vectors)
     into.failed.update(more.failed)
     into.raw.extend(more.raw)
+    into.from_others |= more.from_others
     if more.usage is not None:
         add_spend(into, more.usage, more.cost)
     into.model = more.model or into.model

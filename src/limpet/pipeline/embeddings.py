@@ -216,6 +216,15 @@ class Embedder:
                 call.waiting_for = "embeddings another call is sending"
                 waiting.update(rejoined)
                 await asyncio.wait(rejoined.values())
+                # That call's request may carry an input of its own that is refused
+                # again: then this call sends its inputs itself, without waiting more.
+                alone = [key for key in rejoined if refused_as_sent(waiting[key])]
+                if alone:
+                    for key in alone:
+                        del waiting[key], rejoined[key]
+                    call.waiting_for = "embeddings from upstream"
+                    items = [(key, first[key]) for key in alone]
+                    merge_sent(sent, await self._send_owned(request, items, call))
             # Misses: what this call sent (those from elsewhere it had sent already).
             owned = [key for key in owned if key not in rejoined]
             owned += [key for key in awaited if key not in rejoined]

@@ -123,7 +123,7 @@ class StreamFlights:
                         if shown is not None:
                             yield shown
                 except GeneratorExit:
-                    if finishes.whole:  # closed once it had every choice: served whole
+                    if _closed_whole(finishes):
                         sink.completion = hit
                     raise
                 sink.completion = hit
@@ -157,7 +157,7 @@ class StreamFlights:
                         if shown is not None:
                             yield json_copy(shown)  # the entry is every waiter's
                 except GeneratorExit:
-                    if finishes.whole:  # closed once it had every choice: served whole
+                    if _closed_whole(finishes):
                         sink.completion = answer
                     raise
                 sink.completion = answer
@@ -409,6 +409,14 @@ class StreamFlights:
                 return
             entry, _, _ = await lead()
         broadcast.finish((entry, None))
+
+
+def _closed_whole(finishes: Finishes) -> bool:
+    """Whether a replay's reader, closing it now, stopped at its end: it had every
+    choice asked for, and it closed the stream (its task is not being cancelled: a
+    cancelled reader is counted cancelled, as on a live stream)."""
+    task = asyncio.current_task()
+    return finishes.whole and not (task is not None and task.cancelling())
 
 
 async def _ended_soon(flight: _StreamFlight) -> bool:
