@@ -326,28 +326,47 @@ async def test_the_calls_awaiting_a_refused_input_send_it_again_once(
     assert sent_inputs(gateway) == ["x", "too long", "x"]
 
 
-async def test_a_call_that_awaited_a_resend_refused_again_sends_its_input_itself(
+async def test_calls_that_awaited_a_resend_refused_again_send_their_input_once(
     gateway: FakeGateway,
 ) -> None:
     """X's request of "bad" and "a" is refused; Y, which asked for both, sends them again
-    and is refused again (its own "bad"); Z, which asked for "a" alone and awaited Y's
-    resend, must not fail for Y's input: it sends "a" itself."""
+    and is refused again (its own "bad"); Z1 and Z2, which asked for "a" alone and
+    awaited Y's resend, must not fail for Y's input: one of them sends "a", the other
+    awaits it."""
     gateway.endpoint("a").fail(400, times=2, after=0.3)
     async with make_client(gateway) as client:
         x = asyncio.ensure_future(client.embed(model=MODEL, input=["bad", "a"]))
         await gateway.embeddings.wait_for_requests(1)
         y = asyncio.ensure_future(client.embed(model=MODEL, input=["bad", "a"]))
-        z = asyncio.ensure_future(client.embed(model=MODEL, input=["a"]))
-        results = await asyncio.gather(x, y, z, return_exceptions=True)
+        zs = [asyncio.ensure_future(client.embed(model=MODEL, input=["a"])) for _ in range(2)]
+        results = await asyncio.gather(x, y, *zs, return_exceptions=True)
     assert isinstance(results[0], EmbeddingBatchError)
     assert isinstance(results[1], EmbeddingBatchError) and results[1].failed == (0, 1)
-    assert isinstance(results[2], Embeddings)
-    assert results[2].vectors == [fake_vector(MODEL, "a")] and results[2].misses == 1
+    z1, z2 = results[2:]
+    assert isinstance(z1, Embeddings) and isinstance(z2, Embeddings)
+    assert z1.vectors == z2.vectors == [fake_vector(MODEL, "a")]
+    assert sorted((z.misses, z.coalesced) for z in (z1, z2)) == [(0, 1), (1, 0)]
     assert [body["input"] for body in gateway.embeddings.requests] == [
         ["bad", "a"],
         ["bad", "a"],
         ["a"],
     ]
+
+
+async def test_identical_calls_refused_for_their_own_input_send_it_a_bounded_number_of_times(
+    gateway: FakeGateway,
+) -> None:
+    """Five calls of "bad" and "a" awaiting a sixth's refused request: the refusal is
+    their own input's too. One sends them again, one more time after that, and the
+    others await those: never a request per call."""
+    gateway.endpoint("a").fail(400, times=10, after=0.2)
+    async with make_client(gateway) as client:
+        first = asyncio.ensure_future(client.embed(model=MODEL, input=["bad", "a"]))
+        await gateway.embeddings.wait_for_requests(1)
+        others = [client.embed(model=MODEL, input=["bad", "a"]) for _ in range(5)]
+        results = await asyncio.gather(first, *others, return_exceptions=True)
+    assert all(isinstance(r, EmbeddingBatchError) and r.failed == (0, 1) for r in results)
+    assert gateway.embeddings.calls == 3
 
 
 @pytest.mark.redis

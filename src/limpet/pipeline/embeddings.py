@@ -206,30 +206,44 @@ class Embedder:
             for key in elsewhere:
                 del sent.failed[key]
             again = awaited + elsewhere
-            rejoined = {key: self._inflight[key] for key in again if key in self._inflight}
-            mine = [key for key in again if key not in rejoined]
-            if mine:
-                call.waiting_for = "embeddings from upstream"
-                resent = await self._send_owned(request, [(key, first[key]) for key in mine], call)
-                merge_sent(sent, resent)
-            if rejoined:
-                call.waiting_for = "embeddings another call is sending"
-                waiting.update(rejoined)
-                await asyncio.wait(rejoined.values())
-                # That call's request may carry an input of its own that is refused
-                # again: then this call sends its inputs itself, without waiting more.
-                alone = [key for key in rejoined if refused_as_sent(waiting[key])]
-                if alone:
-                    for key in alone:
-                        del waiting[key], rejoined[key]
-                    call.waiting_for = "embeddings from upstream"
-                    items = [(key, first[key]) for key in alone]
-                    merge_sent(sent, await self._send_owned(request, items, call))
+            joined = await self._send_or_join(request, again, first, call, sent, waiting)
+            # The request joined may carry an input of its sender's that is refused
+            # again: this call sends its inputs once more, or joins the call that does,
+            # and that answer is final.
+            alone = [key for key in joined if refused_as_sent(waiting[key])]
+            if alone:
+                for key in alone:
+                    del waiting[key]
+                joined -= set(alone)
+                joined |= await self._send_or_join(request, alone, first, call, sent, waiting)
             # Misses: what this call sent (those from elsewhere it had sent already).
-            owned = [key for key in owned if key not in rejoined]
-            owned += [key for key in awaited if key not in rejoined]
+            owned = [key for key in owned if key not in joined]
+            owned += [key for key in awaited if key not in joined]
         model = request.model
         return embeddings_result(self._stats, model, texts, keys, found, sent, waiting, len(owned))
+
+    async def _send_or_join(
+        self,
+        request: EmbedRequest,
+        keys: list[str],
+        first: dict[str, str],
+        call: Call,
+        sent: Sent,
+        waiting: dict[str, asyncio.Future[bytes]],
+    ) -> set[str]:
+        """Send ``keys`` (their texts in ``first``) for this call, what comes back added
+        to ``sent``; but those another call of this process is sending now are awaited
+        instead (added to ``waiting``). Returns the keys awaited so."""
+        joined = {key: self._inflight[key] for key in keys if key in self._inflight}
+        mine = [(key, first[key]) for key in keys if key not in joined]
+        if mine:
+            call.waiting_for = "embeddings from upstream"
+            merge_sent(sent, await self._send_owned(request, mine, call))
+        if joined:
+            call.waiting_for = "embeddings another call is sending"
+            waiting.update(joined)
+            await asyncio.wait(joined.values())
+        return set(joined)
 
     async def _send_owned(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
