@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable
+from contextlib import aclosing
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -115,18 +116,9 @@ class StreamFlights:
             if found is not None:
                 entry, replay = found
                 hit = completion_of(entry, CacheStatus.HIT, key)
-                finishes = Finishes(asked)
-                try:
-                    for chunk in replay:
-                        finishes.see(chunk)
-                        shown = without_usage(chunk) if declined else chunk
-                        if shown is not None:
-                            yield shown
-                except GeneratorExit:
-                    if _closed_whole(finishes):
-                        sink.completion = hit
-                    raise
-                sink.completion = hit
+                async with aclosing(_replayed(replay, asked, declined, sink, hit)) as replaying:
+                    async for chunk in replaying:
+                        yield chunk
                 return
         failed: _StreamFlight | None = None
         answering = self._answering(key) if joins else None
@@ -149,18 +141,10 @@ class StreamFlights:
                 if source is None:  # its own upstream answer: shared, or this call's claim
                     source = self._own_status(request) if claimed else CacheStatus.COALESCED
                 answer = completion_of(entry, source, key)
-                finishes = Finishes(asked)
-                try:
-                    for chunk in chunks:
-                        finishes.see(chunk)
-                        shown = without_usage(chunk) if declined else chunk
-                        if shown is not None:
-                            yield json_copy(shown)  # the entry is every waiter's
-                except GeneratorExit:
-                    if _closed_whole(finishes):
-                        sink.completion = answer
-                    raise
-                sink.completion = answer
+                replayed = _replayed(chunks, asked, declined, sink, answer, copied=True)
+                async with aclosing(replayed) as replaying:
+                    async for chunk in replaying:
+                        yield chunk
                 return
             # It failed in a way a waiter may retry: a waiter of it may lead a new one
             # already (this reader joins it, once), else this reader streams afresh.
@@ -409,6 +393,33 @@ class StreamFlights:
                 return
             entry, _, _ = await lead()
         broadcast.finish((entry, None))
+
+
+async def _replayed(
+    chunks: list[dict[str, Any]],
+    asked: int,
+    declined: bool,
+    sink: CompletionStream,
+    completion: Completion,
+    *,
+    copied: bool = False,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """A replay's chunks for one reader (each a copy of its own when ``copied``: the
+    entry is every waiter's), without usage when it ``declined`` it; ``completion`` is
+    its answer once the replay ends, or once the reader closes it with every choice
+    asked for in hand (``_closed_whole``)."""
+    finishes = Finishes(asked)
+    try:
+        for chunk in chunks:
+            finishes.see(chunk)
+            shown = without_usage(chunk) if declined else chunk
+            if shown is not None:
+                yield json_copy(shown) if copied else shown
+    except GeneratorExit:
+        if _closed_whole(finishes):
+            sink.completion = completion
+        raise
+    sink.completion = completion
 
 
 def _closed_whole(finishes: Finishes) -> bool:
