@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
-from limpet.errors import APIError, CacheCorruptError, ClientClosedError
+from limpet.errors import APIError, ClientClosedError
 from limpet.flight.broadcast import Broadcast
 from limpet.flight.local import SingleFlight
 from limpet.flight.shared import RedisFlight
@@ -26,6 +26,7 @@ from limpet.pipeline.calls import Call
 from limpet.pipeline.completions import completion_of, storable
 from limpet.pipeline.exchanges import StreamExchange
 from limpet.pipeline.request import Request
+from limpet.pipeline.stream_replays import replayable, replayed
 from limpet.pipeline.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class StreamFlights:
             if found is not None:
                 entry, replay = found
                 hit = completion_of(entry, CacheStatus.HIT, key)
-                async with aclosing(_replayed(replay, asked, declined, sink, hit)) as replaying:
+                async with aclosing(replayed(replay, asked, declined, sink, hit)) as replaying:
                     async for chunk in replaying:
                         yield chunk
                 return
@@ -135,14 +136,14 @@ class StreamFlights:
                         replay_chunks(entry.body, entry.stream)
                     )
                 else:
-                    chunks = await _replayable(cache, key, entry)
+                    chunks = await replayable(cache, key, entry)
                 if chunks is None:
                     break
                 if source is None:  # its own upstream answer: shared, or this call's claim
                     source = self._own_status(request) if claimed else CacheStatus.COALESCED
                 answer = completion_of(entry, source, key)
-                replayed = _replayed(chunks, asked, declined, sink, answer, copied=True)
-                async with aclosing(replayed) as replaying:
+                shared = replayed(chunks, asked, declined, sink, answer, copied=True)
+                async with aclosing(shared) as replaying:
                     async for chunk in replaying:
                         yield chunk
                 return
@@ -245,7 +246,7 @@ class StreamFlights:
             self._looking[key] = self._looking.get(key, 0) + 1
         try:
             found = await cache.get(key)
-            replay = None if found is None else await _replayable(cache, key, found[0])
+            replay = None if found is None else await replayable(cache, key, found[0])
         except BaseException:
             if joins:
                 self._looked(key, joining=False)
@@ -385,7 +386,7 @@ class StreamFlights:
 
         entry, led = await shared.do(key, lead, read, recheck=partial(read, count_miss=False))
         if not led:  # another process streamed it: replay its entry, unless corrupt
-            replay = await _replayable(cache, key, entry)
+            replay = await replayable(cache, key, entry)
             if replay is not None:
                 for chunk in replay:
                     broadcast.push(chunk)
@@ -393,41 +394,6 @@ class StreamFlights:
                 return
             entry, _, _ = await lead()
         broadcast.finish((entry, None))
-
-
-async def _replayed(
-    chunks: list[dict[str, Any]],
-    asked: int,
-    declined: bool,
-    sink: CompletionStream,
-    completion: Completion,
-    *,
-    copied: bool = False,
-) -> AsyncGenerator[dict[str, Any], None]:
-    """A replay's chunks for one reader (each a copy of its own when ``copied``: the
-    entry is every waiter's), without usage when it ``declined`` it; ``completion`` is
-    its answer once the replay ends, or once the reader closes it with every choice
-    asked for in hand (``_closed_whole``)."""
-    finishes = Finishes(asked)
-    try:
-        for chunk in chunks:
-            finishes.see(chunk)
-            shown = without_usage(chunk) if declined else chunk
-            if shown is not None:
-                yield json_copy(shown) if copied else shown
-    except GeneratorExit:
-        if _closed_whole(finishes):
-            sink.completion = completion
-        raise
-    sink.completion = completion
-
-
-def _closed_whole(finishes: Finishes) -> bool:
-    """Whether a replay's reader, closing it now, stopped at its end: it had every
-    choice asked for, and it closed the stream (its task is not being cancelled: a
-    cancelled reader is counted cancelled, as on a live stream)."""
-    task = asyncio.current_task()
-    return finishes.whole and not (task is not None and task.cancelling())
 
 
 async def _ended_soon(flight: _StreamFlight) -> bool:
@@ -458,19 +424,6 @@ def _storable(exchange: StreamExchange, entry: CacheEntry) -> bool:
     """Whether a stream's answer may be stored: every choice asked for ended with its
     ``finish_reason`` (``StreamExchange.whole``), and it is fit to serve (``storable``)."""
     return exchange.whole and storable(entry)
-
-
-async def _replayable(
-    cache: TieredCache, key: str, entry: CacheEntry
-) -> list[dict[str, Any]] | None:
-    """The chunks that replay ``entry``, or None when its stored stream is corrupt: then
-    it is counted and deleted, and the caller goes upstream. Read whole before the first
-    chunk is sent, so a reader never gets half a replay."""
-    try:
-        return list(replay_chunks(entry.body, entry.stream))
-    except CacheCorruptError as exc:
-        await cache.discard(key, exc)
-        return None
 
 
 class _StreamFlight:
