@@ -353,6 +353,30 @@ async def test_calls_that_awaited_a_resend_refused_again_send_their_input_once(
     ]
 
 
+async def test_an_input_another_call_sent_again_and_stored_is_not_sent_a_third_time(
+    gateway: FakeGateway,
+) -> None:
+    """Z and W await "a" in X's request, which is refused; Z sends "a" again at once and
+    stores it, while W still awaits "b" in V's slow request. When W comes to "a", it is
+    in the cache: a hit, not one more request."""
+    gateway.endpoint("a").fail(400, after=0.3)  # X's request
+    gateway.endpoint("a").delay(1.0)  # V's request
+    async with make_client(gateway) as client:
+        x = asyncio.ensure_future(client.embed(model=MODEL, input=["bad", "a"]))
+        await gateway.embeddings.wait_for_requests(1)
+        v = asyncio.ensure_future(client.embed(model=MODEL, input=["b"]))
+        await gateway.embeddings.wait_for_requests(2)
+        z = asyncio.ensure_future(client.embed(model=MODEL, input=["a"]))
+        w = asyncio.ensure_future(client.embed(model=MODEL, input=["a", "b"]))
+        results = await asyncio.gather(x, v, z, w, return_exceptions=True)
+    assert isinstance(results[0], EmbeddingBatchError)
+    w_result = results[3]
+    assert isinstance(w_result, Embeddings)
+    assert w_result.vectors == [fake_vector(MODEL, t) for t in ("a", "b")]
+    assert (w_result.hits, w_result.misses, w_result.coalesced) == (1, 0, 1)
+    assert [body["input"] for body in gateway.embeddings.requests] == [["bad", "a"], ["b"], ["a"]]
+
+
 async def test_identical_calls_refused_for_their_own_input_send_it_a_bounded_number_of_times(
     gateway: FakeGateway,
 ) -> None:

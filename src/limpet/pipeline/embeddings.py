@@ -206,19 +206,19 @@ class Embedder:
             for key in elsewhere:
                 del sent.failed[key]
             again = awaited + elsewhere
-            joined = await self._send_or_join(request, again, first, call, sent, waiting)
+            mine = await self._send_or_join(request, again, first, call, sent, waiting, found)
             # The request joined may carry an input of its sender's that is refused
             # again: this call sends its inputs once more, or joins the call that does,
             # and that answer is final.
-            alone = [key for key in joined if refused_as_sent(waiting[key])]
+            alone = [key for key in again if key in waiting and refused_as_sent(waiting[key])]
             if alone:
                 for key in alone:
                     del waiting[key]
-                joined -= set(alone)
-                joined |= await self._send_or_join(request, alone, first, call, sent, waiting)
+                mine |= await self._send_or_join(request, alone, first, call, sent, waiting, found)
             # Misses: what this call sent (those from elsewhere it had sent already).
-            owned = [key for key in owned if key not in joined]
-            owned += [key for key in awaited if key not in joined]
+            resent = set(again)
+            owned = [key for key in owned if key not in resent or key in mine]
+            owned += [key for key in awaited if key in mine]
         model = request.model
         return embeddings_result(self._stats, model, texts, keys, found, sent, waiting, len(owned))
 
@@ -230,12 +230,16 @@ class Embedder:
         call: Call,
         sent: Sent,
         waiting: dict[str, asyncio.Future[bytes]],
+        found: dict[str, bytes],
     ) -> set[str]:
         """Send ``keys`` (their texts in ``first``) for this call, what comes back added
-        to ``sent``; but those another call of this process is sending now are awaited
-        instead (added to ``waiting``). Returns the keys awaited so."""
-        joined = {key: self._inflight[key] for key in keys if key in self._inflight}
-        mine = [(key, first[key]) for key in keys if key not in joined]
+        to ``sent``; but those the in-process tiers hold by now are taken from there
+        (added to ``found``: another call sent them again meanwhile), and those another
+        call of this process is sending now are awaited (added to ``waiting``). Returns
+        the keys this call sent."""
+        found.update(held := await self.lookup_local(keys, request.decision))
+        joined = {k: self._inflight[k] for k in keys if k not in held and k in self._inflight}
+        mine = [(key, first[key]) for key in keys if key not in held and key not in joined]
         if mine:
             call.waiting_for = "embeddings from upstream"
             merge_sent(sent, await self._send_owned(request, mine, call))
@@ -243,7 +247,7 @@ class Embedder:
             call.waiting_for = "embeddings another call is sending"
             waiting.update(joined)
             await asyncio.wait(joined.values())
-        return set(joined)
+        return {key for key, _ in mine}
 
     async def _send_owned(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
