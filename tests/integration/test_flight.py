@@ -8,6 +8,7 @@ OS processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from typing import Any
 
@@ -154,6 +155,39 @@ async def test_a_leader_that_walks_away_hands_over_to_a_follower(
     assert result.cache is CacheStatus.COALESCED or result.cache is CacheStatus.MISS
     assert result.content
     assert gateway.endpoint("a").calls == 2
+
+
+async def test_an_answer_too_large_to_share_sends_every_follower_upstream_at_once(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # Nothing stored, nothing to follow: waiting on, the followers led one after another,
+    # each for as long as the call before it took.
+    def oversized(_: int) -> Client:
+        cache = TieredCache(
+            MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix), max_entry_bytes=64
+        )
+        endpoint = Endpoint("a", gateway.base_url("a"))
+        return Client(endpoints=[endpoint], cache=cache, flight=FAST)
+
+    ep = gateway.endpoint("a")
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(oversized(i)) for i in range(4)]
+        flights = [client._chat.shared_flight for client in clients]
+        ep.hold_answers()  # the leader's answer waits until the three follow it
+        leader = asyncio.create_task(clients[0].complete(**ask()))
+        await ep.wait_for_calls(1)
+        followers = [asyncio.create_task(client.complete(**ask())) for client in clients[1:]]
+
+        async def all_follow() -> bool:
+            return all(f is not None and f.lease_checks >= 1 for f in flights[1:])
+
+        await eventually(all_follow, what="three clients following the leader")
+        ep.release_answers()
+        results = [await leader, *await asyncio.gather(*followers)]
+    assert [r.cache for r in results] == [CacheStatus.MISS] * 4
+    assert ep.calls == 4
+    assert ep.max_in_flight == 3  # the three followers, together
+    assert sum(f.takeovers for f in flights if f is not None) == 0
 
 
 async def test_with_redis_down_each_process_makes_its_own_call(gateway: FakeGateway) -> None:

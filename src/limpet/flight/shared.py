@@ -96,14 +96,30 @@ async def _pending_notice(watch: FlightWatch, within: float) -> FlightNotice | N
         return None
 
 
-def _raise_verified(notice: FlightNotice | None, since: float) -> None:
-    """Raise a leader's final error, when a notice the store vouches for carries one and
-    was sent since the follower began to follow (``since``, by this process's wall
-    clock, give or take ``NOTICE_CLOCK_SKEW``): an older one, however well signed, is a
-    replay of an earlier flight's."""
+class _Unshared(Exception):
+    """The leader's answer is in no store: there is nothing to follow."""
+
+
+def _heed(notice: FlightNotice | None, since: float) -> None:
+    """Act on a leader's notice, if it calls for more than a look at the cache.
+
+    Raises:
+        APIStatusError: the leader's final error, when a notice the store vouches for
+            carries one and was sent since the follower began to follow (``since``, by
+            this process's wall clock, give or take ``NOTICE_CLOCK_SKEW``): an older one,
+            however well signed, is a replay of an earlier flight's.
+        _Unshared: the leader has its answer but stored none (too large, refused by the
+            store, not storable). Following on, the followers would each lead in turn,
+            each waiting for the one before: they call at once instead. Taken on trust:
+            a forged one costs calls that following would have cost in turn, never an
+            answer.
+    """
+    if notice is None:
+        return
+    if notice.outcome is FlightOutcome.UNSHARED:
+        raise _Unshared
     if (
-        notice is not None
-        and notice.error is not None
+        notice.error is not None
         and notice.verified
         and notice.sent_at is not None
         and notice.sent_at >= since - NOTICE_CLOCK_SKEW
@@ -125,7 +141,8 @@ class RedisFlight(Generic[R]):
     leader stuck, or a lease some other writer left without a TTL), is taken over by one
     follower. A follower that waited ``follow_timeout`` calls upstream itself:
     correctness over savings. With the store unreachable, calls go upstream from each
-    process.
+    process. A leader whose answer could not be stored (too large, refused) says so
+    (``UNSHARED``): its followers then call at once, rather than one after another.
 
     **Errors across processes.** A follower raises a leader's final error only when the
     notice is verified (signed with the cache's ``hmac_key``): anyone who can PUBLISH to
@@ -224,6 +241,9 @@ class RedisFlight(Generic[R]):
             except CacheUnavailableError:
                 result, _, _ = await lead()  # no lease of ours can be in the store
                 return result, True
+            except _Unshared:
+                result, _, _ = await lead()  # with no lease: nobody waits for this one
+                return result, True
             if acquired:
                 if followed:
                     self.takeovers += 1
@@ -318,7 +338,7 @@ class RedisFlight(Generic[R]):
                     if holder is None:
                         # The leader is gone: its notice may already be there (a polled
                         # store's, or a message not yet read), with a verified error.
-                        _raise_verified(await _pending_notice(watch, _LAST_LOOK), since)
+                        _heed(await _pending_notice(watch, _LAST_LOOK), since)
                         return await read(), False  # one last look, then try to lead
                     now = time.monotonic()
                     if holder != seen:
@@ -329,9 +349,7 @@ class RedisFlight(Generic[R]):
                 if remaining <= 0:
                     return None, False
                 waited = True
-                _raise_verified(
-                    await _pending_notice(watch, min(self.config.poll, remaining)), since
-                )
+                _heed(await _pending_notice(watch, min(self.config.poll, remaining)), since)
                 # Anything else, verified or not, is only a reason to look again.
         finally:
             watch.close()
@@ -353,8 +371,8 @@ class RedisFlight(Generic[R]):
         ttl = 0.0
         try:
             result, entry, ttl = await lead()
-            if entry is not None:
-                notice = FlightNotice(FlightOutcome.STORED)
+            outcome = FlightOutcome.UNSHARED if entry is None else FlightOutcome.STORED
+            notice = FlightNotice(outcome)
             return result
         except APIStatusError as exc:
             if not should_retry(exc):

@@ -21,6 +21,9 @@ class FlightOutcome(enum.Enum):
     STORED = "stored"  # the entry is in the shared cache
     FAILED = "failed"  # a final error; followers raise it too (when they can verify it)
     ABANDONED = "abandoned"  # no entry and no final error: one follower should take over
+    # The leader has its answer but none to read (too large to store, refused, not
+    # storable): each follower calls at once, rather than each waiting for the one before.
+    UNSHARED = "unshared"
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,7 +170,7 @@ class MemcachedFlightStore:
                 stored = True
                 cache.landed(full.decode(), data)
         if notice.outcome is FlightOutcome.STORED and not stored:
-            notice = FlightNotice(FlightOutcome.ABANDONED)  # nothing to read: take over
+            notice = FlightNotice(FlightOutcome.UNSHARED)  # nothing to read: each calls
         notice_key = cache.notice_key(key)
         message = _sign(cache.hmac_key, notice_key, _encode_notice(token, notice))
         try:

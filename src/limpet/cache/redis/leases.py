@@ -105,6 +105,7 @@ return stored
 
 _SEPARATOR = b"\n"
 _ABANDONED = FlightNotice(FlightOutcome.ABANDONED)
+_UNSHARED = FlightNotice(FlightOutcome.UNSHARED)
 
 
 class _Watch:
@@ -202,11 +203,11 @@ class RedisFlightStore:
         cache = self._cache
         millis = str(_millis(ttl)) if entry is not None and ttl > 0 else "0"
         if millis == "0" and notice.outcome is FlightOutcome.STORED:
-            notice = _ABANDONED  # nothing to read: one follower should take over
+            notice = _UNSHARED  # nothing to read: each follower calls
         message = self._message(key, _encode_notice(notice))
-        # Sent instead when Redis refuses the entry: followers lead, rather than reading
-        # an entry that is not there and then waiting on a lease.
-        unstored = message if millis == "0" else self._message(key, _encode_notice(_ABANDONED))
+        # Sent instead when Redis refuses the entry: followers call, rather than reading
+        # an entry that is not there and then waiting on one another's leases.
+        unstored = message if millis == "0" else self._message(key, _encode_notice(_UNSHARED))
         full = cache.redis_key(key)
         stored = await cache.run(
             "EVAL release",
@@ -317,11 +318,11 @@ class RedisFlightStore:
             signature, self._signature(raw_key, body)
         )
         if not separator or (self._hmac_key is not None and not verified):
-            return FlightNotice(FlightOutcome.ABANDONED)  # forged, garbled or foreign
+            return _ABANDONED  # forged, garbled or foreign
         try:
             notice = _decode_notice(body)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            return FlightNotice(FlightOutcome.ABANDONED)
+            return _ABANDONED
         return FlightNotice(notice.outcome, notice.error, verified, notice.sent_at)
 
     async def _close_pubsub(self) -> None:
