@@ -17,6 +17,7 @@ from limpet.observe.stats import Stats
 from limpet.pipeline.completions import completion_of
 from limpet.providers.pricing import ModelPrices, completion_cost
 from limpet.providers.usage import (
+    MAX_TOKENS,
     UsageDialect,
     _count,
     _dollars,
@@ -262,3 +263,12 @@ def test_the_dialect_is_judged_by_the_fields_present(usage: dict[str, int]) -> N
     elif "prompt_tokens" in keys:
         # Anthropic's cache fields beside prompt_tokens (LiteLLM) are still OpenAI's dialect.
         assert dialect is UsageDialect.OPENAI
+
+
+@pytest.mark.parametrize("field", ["prompt_tokens", "completion_tokens"])
+def test_a_count_past_max_tokens_is_no_count_and_the_usage_does_not_report(field: str) -> None:
+    at_most = {"prompt_tokens": 10, "completion_tokens": 10, field: MAX_TOKENS}
+    assert parse_usage(at_most).reported
+    past = {**at_most, field: MAX_TOKENS + 1}
+    assert parse_usage(past) == Usage(reported=False)
+    assert parse_usage({**at_most, field: 1e20}) == Usage(reported=False)

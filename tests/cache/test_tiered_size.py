@@ -43,3 +43,15 @@ def test_the_default_limit_is_a_few_mib() -> None:
 def test_the_limit_is_validated(limit: object) -> None:
     with pytest.raises(ConfigurationError, match=r"^TieredCache\.max_entry_bytes"):
         TieredCache(MemoryCache(), max_entry_bytes=limit)  # type: ignore[arg-type]
+
+
+async def test_an_entry_that_cannot_be_encoded_is_a_lost_write_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memory = MemoryCache()
+    cache = TieredCache(memory, clock=lambda: NOW)
+    body = {"choices": [{"message": {"role": "assistant", "content": "x"}}]}
+    unencodable = CacheEntry(body, Usage(prompt_tokens=2**64), None, "a", NOW, NOW + 60)
+    assert await cache.set("k", unencodable) is None
+    assert (len(memory), cache.stats.errors) == (0, 1)
+    assert "cannot be encoded" in caplog.text

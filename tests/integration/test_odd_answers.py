@@ -5,6 +5,7 @@ fails the call."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from limpet import Client
+from limpet import CacheStatus, Client
 from tests.integration.chat import ask
 from tests.loopback import served
 
@@ -112,6 +113,31 @@ async def test_usage_without_a_usable_prompt_count_is_a_cost_unknown(
     assert not answer.usage.reported
     assert answer.cost is None
     assert client.stats.unpriced == 1
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 1e20, "completion_tokens": 5},
+        {"prompt_tokens": 10, "completion_tokens": 2e19},
+        {"input_tokens": 2**64 - 1, "cache_read_input_tokens": 5, "output_tokens": 1},
+    ],
+    ids=["float-prompt", "float-completion", "anthropic-u64"],
+)
+async def test_a_count_no_call_could_have_is_a_cost_unknown_and_the_answer_is_cached(
+    upstream: SetAnswer, usage: dict[str, Any]
+) -> None:
+    # Regression: counts past 2**64 failed the paid call, with the cache on, as the entry
+    # was encoded (struct.error), and every caller sharing it.
+    upstream.usage = usage
+    async with Client(base_url=upstream.url, api_key="k") as cached:
+        answers = await asyncio.gather(*(cached.complete(**ask(model=MODEL)) for _ in range(3)))
+        again = await cached.complete(**ask(model=MODEL))
+        assert cached.stats.unpriced == 4  # each call served, the hit too
+    assert [a.usage.reported for a in answers] == [False] * 3
+    assert [a.cost for a in answers] == [None] * 3
+    assert again.cache is CacheStatus.HIT and again.cost is None
+    assert upstream.calls == 1
 
 
 @pytest.mark.parametrize("model", [5, ["m"], {"id": "m"}, ""], ids=["int", "list", "dict", "empty"])

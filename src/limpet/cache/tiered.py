@@ -8,6 +8,7 @@ so a silent miss and a fault are never confused, and a cache never fails a call.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -324,7 +325,14 @@ class TieredCache:
         ttl = entry.expires_at - self._clock()
         if ttl <= 0:
             return None
-        data = self._codec.encode(key, entry)
+        try:
+            data = self._codec.encode(key, entry)
+        except (struct.error, OverflowError, ValueError) as exc:
+            # A value no entry can hold (a count past u64): a lost write, never a failed
+            # call. ``normalize_usage`` reads no such count; this is the last guard.
+            self.stats.errors += 1
+            logger.warning("limpet cache: an answer that cannot be encoded was not stored: %s", exc)
+            return None
         return (data, ttl) if await self.set_value(key, data, ttl) else None
 
     async def discard(self, key: str, error: CacheCorruptError) -> None:

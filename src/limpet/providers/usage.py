@@ -51,6 +51,7 @@ from typing import Any, TypeGuard
 from limpet.models import Usage
 
 __all__ = [
+    "MAX_TOKENS",
     "StreamUsage",
     "UsageDialect",
     "detect_dialect",
@@ -88,6 +89,10 @@ _ANTHROPIC_KEYS = frozenset(
 _DEEPSEEK_KEYS = frozenset({"prompt_cache_hit_tokens", "prompt_cache_miss_tokens"})
 # A usage object with none of these and a ``prompt_tokens`` is in OpenAI's dialect.
 _NOT_OPENAI_KEYS = _GEMINI_KEYS | _ANTHROPIC_KEYS | _DEEPSEEK_KEYS
+#: The largest prompt or completion count read as one (2**53, what a float counts
+#: exactly): past any call's, and within what a stored entry holds (u64). A larger one is
+#: no count at all, and the usage it is in says nothing of the cost.
+MAX_TOKENS = 2**53
 
 
 def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
@@ -378,7 +383,11 @@ _READERS = {
 def _buckets(
     prompt: int, completion: int, cached: int, written: int, reasoning: int, written_1h: int = 0
 ) -> Usage:
-    """A ``Usage`` whose buckets add up, each clamped to what is left of the total."""
+    """A ``Usage`` whose buckets add up, each clamped to what is left of the total; not
+    ``reported`` when the prompt or the completion is no count a call could have (every
+    other bucket is clamped to one of them)."""
+    if prompt > MAX_TOKENS or completion > MAX_TOKENS:
+        return Usage(reported=False)
     cached = min(cached, prompt)
     written = min(written, prompt - cached)
     return Usage(
