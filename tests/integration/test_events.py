@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
-from limpet import CacheStatus, Client, Endpoint, RetryConfig
+from limpet import CacheStatus, Client, Endpoint, RetryConfig, Usage
 from limpet.errors import BadRequestError
 from limpet.observe.events import CallEvent
 from limpet.observe.metrics import PrometheusMetrics
@@ -76,6 +76,20 @@ async def test_prometheus_metrics(gateway: FakeGateway) -> None:
     assert miss.cost is not None
     assert sample("limpet_saved_usd_total", {"model": MODEL}) == pytest.approx(miss.cost.usd)
     assert sample("limpet_call_seconds_count", {"cache": "hit"}) == 1
+
+
+def test_a_prompt_cache_write_premium_is_counted_apart_and_the_call_still_observed() -> None:
+    # A miss that wrote the provider's prompt cache saved less than nothing. Regression:
+    # inc() of a negative raised in the hook, and the call's seconds were never observed.
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    usage = Usage(prompt_tokens=5000, completion_tokens=100, cache_write_tokens=4800)
+    for saved in (-0.0036, 0.002):
+        metrics(CallEvent(MODEL, CacheStatus.MISS, "a", usage, 0.02, saved, 0.5))
+    sample = registry.get_sample_value
+    assert sample("limpet_cache_write_premium_usd_total", {"model": MODEL}) == 0.0036
+    assert sample("limpet_saved_usd_total", {"model": MODEL}) == 0.002
+    assert sample("limpet_call_seconds_count", {"cache": "miss"}) == 2
 
 
 async def test_two_prometheus_hooks_share_one_registry(gateway: FakeGateway) -> None:

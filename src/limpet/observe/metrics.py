@@ -27,6 +27,7 @@ class _Collectors:
     tokens: Counter
     cost: Counter
     saved: Counter
+    premium: Counter
     seconds: Histogram
     limit: Gauge
     in_flight: Gauge
@@ -62,6 +63,11 @@ def _collectors(registry: CollectorRegistry, namespace: str) -> _Collectors:
         tokens=counter("tokens", "Tokens billed upstream", "model", "kind"),
         cost=counter("cost_usd", "Dollars spent upstream", "model"),
         saved=counter("saved_usd", "Dollars saved by caching and coalescing", "model"),
+        premium=counter(
+            "cache_write_premium_usd",
+            "Dollars provider prompt-cache writes cost above plain input (a negative saving)",
+            "model",
+        ),
         seconds=Histogram(
             "call_seconds",
             "Call latency",
@@ -90,7 +96,10 @@ class PrometheusMetrics:
     Metrics (with ``namespace="limpet"``): ``limpet_calls_total{model,cache,endpoint}``,
     ``limpet_errors_total{model,error}``, ``limpet_tokens_total{model,kind}`` (prompt,
     completion, cached, cache_write), ``limpet_cost_usd_total{model}``,
-    ``limpet_saved_usd_total{model}`` and ``limpet_call_seconds{cache}``; and, as of
+    ``limpet_saved_usd_total{model}``, ``limpet_cache_write_premium_usd_total{model}``
+    (what a miss that wrote the provider's prompt cache paid above plain input: its
+    ``saved_usd`` is negative, and a counter only goes up; ``saved_usd_total`` minus it is
+    ``Stats.saved_usd``) and ``limpet_call_seconds{cache}``; and, as of
     each call's end, the gauges ``limpet_admission_limit{endpoint}``,
     ``limpet_admission_in_flight{endpoint}`` and ``limpet_admission_queued{endpoint}``.
 
@@ -111,6 +120,7 @@ class PrometheusMetrics:
         self.tokens = collectors.tokens
         self.cost = collectors.cost
         self.saved = collectors.saved
+        self.premium = collectors.premium
         self.seconds = collectors.seconds
         self.limit = collectors.limit
         self.in_flight = collectors.in_flight
@@ -140,8 +150,11 @@ class PrometheusMetrics:
                 self.tokens.labels(model, kind).inc(count)
         if event.cost_usd:
             self.cost.labels(model).inc(event.cost_usd)
-        if event.saved_usd:
-            self.saved.labels(model).inc(event.saved_usd)
+        saved = event.saved_usd
+        if saved > 0:
+            self.saved.labels(model).inc(saved)
+        elif saved < 0:
+            self.premium.labels(model).inc(-saved)
         self.seconds.labels(event.cache.value).observe(event.seconds)
 
     def _label(self, model: str) -> str:
