@@ -137,6 +137,28 @@ async def test_redis_keeps_max_models_rows_across_processes_and_the_rest_add_up_
 
 
 @pytest.mark.redis
+async def test_an_increment_redis_refuses_is_dropped_and_the_others_count_once(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    # Regression: one HINCRBY past i64 failed the whole batch, which was kept and sent
+    # again at every flush, and Redis applied its other increments every time.
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    fleet = FleetCounters(rc)
+    model = user_model(0)
+    await raw.hset(f"{redis_prefix}stats:{model}", "prompt_tokens", 2**63 - 10)
+    for _ in range(3):
+        fleet.record_spent(model, Usage(prompt_tokens=100, completion_tokens=7), None)
+        fleet.record_error(model)
+        await fleet.flush()
+    rows = await read_fleet_stats(rc)
+    await fleet.aclose()
+    await rc.aclose()
+    assert fleet._pending == {}
+    assert (rows[model]["errors"], rows[model]["completion_tokens"]) == (3, 21)
+    assert rows[model]["prompt_tokens"] == 2**63 - 10
+
+
+@pytest.mark.redis
 async def test_limpet_stats_counts_embed_calls_as_the_clients_stats_do(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:

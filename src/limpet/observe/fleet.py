@@ -119,7 +119,7 @@ class FleetCounters:
         counts = self._pending[self._models.row(model)]
         counts[_STATUS_FIELD[completion.cache]] += 1
         # What its upstream answer spent was counted as it came (``record_spent``).
-        if completion.cost is not None:
+        if completion.cost is not None and math.isfinite(completion.cost.saved_usd):
             counts["saved_usd"] += completion.cost.saved_usd
         self._schedule()
 
@@ -130,7 +130,7 @@ class FleetCounters:
         counts["prompt_tokens"] += usage.prompt_tokens
         counts["completion_tokens"] += usage.completion_tokens
         counts["cached_tokens"] += usage.cached_tokens
-        if cost is not None:
+        if cost is not None and math.isfinite(cost.usd):
             counts["cost_usd"] += cost.usd
         self._schedule()
 
@@ -164,7 +164,17 @@ class FleetCounters:
                         pipe.hincrbyfloat(key, field, value)
                     else:
                         pipe.hincrby(key, field, int(value))
-            await pipe.execute()
+            # Each increment's own answer: one Redis refuses (a field past i64) is dropped,
+            # not kept, for the others were applied, and sent again they would count twice.
+            refused = [
+                r for r in await pipe.execute(raise_on_error=False) if isinstance(r, Exception)
+            ]
+            if refused:
+                logger.warning(
+                    "limpet: Redis refused %d fleet counter increments (dropped): %s",
+                    len(refused),
+                    refused[0],
+                )
 
         try:
             await cache.run("fleet counters", cache.write_timeout, send)
