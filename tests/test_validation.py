@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from limpet.config import CachePolicy
 from limpet.errors import InvalidRequestError
 from limpet.pipeline.keys import LARGE_REQUEST_BYTES, looks_large
+from limpet.pipeline.request import chat_request, embed_request
 from limpet.pipeline.validation import (
     MAX_SECONDS,
     response_format_param,
@@ -292,3 +294,27 @@ def test_the_sum_validation_returns_tells_a_large_request(size: int) -> None:
     chars = validate_request(body)
     assert chars == size
     assert looks_large(body, chars) == looks_large(body) == (size >= LARGE_REQUEST_BYTES)
+
+
+def test_a_call_keeps_its_own_copy_of_its_headers() -> None:
+    # Regression: the request kept the caller's dict, keyed its credential scope at once
+    # and sent it after awaits: a caller reusing the dict for its next call (another
+    # tenant's key) had one key's answer stored under the other's scope.
+    policy = CachePolicy()
+    headers = {"Authorization": "Bearer sk-tenant-a"}
+    chat = chat_request(dict(GOOD), None, None, 60.0, policy, None, headers)
+    embed = embed_request(
+        "m",
+        ["x"],
+        {},
+        dimensions=None,
+        encoding_format=None,
+        cache=None,
+        ttl=None,
+        default_ttl=60.0,
+        policy=policy,
+        max_inputs=8,
+        extra_headers=headers,
+    )
+    headers["Authorization"] = "Bearer sk-tenant-b"
+    assert chat.headers == embed.headers == {"Authorization": "Bearer sk-tenant-a"}

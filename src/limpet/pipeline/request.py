@@ -105,7 +105,7 @@ def chat_request(
         raise InvalidRequestError("stream", "absent or False in complete()", True)
     text_chars = validate_request(body)
     if timeout is not None or extra_headers is not None:
-        timeout = validate_call_options(timeout, extra_headers)
+        timeout, extra_headers = validate_call_options(timeout, extra_headers)
     entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
     decision = decide(body, cache, policy)
     return Request(body, decision, entry_ttl, timeout, extra_headers, text_chars)
@@ -184,7 +184,7 @@ def embed_request(
         params = with_extra_body(params, extra_body)
     validate_fields(params)  # each field by its rule, and JSON: now, not once sent
     keyed, wire = embedding_params(dimensions, encoding_format, params)
-    timeout = validate_call_options(timeout, extra_headers)
+    timeout, extra_headers = validate_call_options(timeout, extra_headers)
     entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
     decision = decide({"temperature": 0}, cache, policy)
     return EmbedRequest(model, texts, keyed, wire, decision, entry_ttl, timeout, extra_headers)

@@ -116,25 +116,32 @@ def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
     return float(ttl)
 
 
-def validate_call_options(timeout: object, extra_headers: object) -> float | None:
+def validate_call_options(
+    timeout: object, extra_headers: object
+) -> tuple[float | None, dict[str, str] | None]:
     """Check the OpenAI SDK's per-call ``timeout`` and ``extra_headers``; returns the
-    timeout in seconds (None: no deadline).
+    timeout in seconds (None: no deadline) and a copy of the headers (None: none). The
+    call keeps the copy: the credential it is keyed under is the one it sends, whatever
+    the caller does with its own dict meanwhile.
 
     Raises:
         InvalidRequestError: naming the field; headers are described by their names and
             the types of their values (``headers_shape``), never their values, which
             hold keys.
     """
-    if extra_headers is not None and (
-        not isinstance(extra_headers, Mapping)
-        or not all(type(k) is str and type(v) is str for k, v in extra_headers.items())
-    ):
-        raise InvalidRequestError(
-            "extra_headers",
-            "a dict of str to str, or None",
-            described=headers_shape(extra_headers),
-        )
-    return validate_ttl(timeout, "timeout")
+    headers = None
+    if extra_headers is not None:
+        if isinstance(extra_headers, Mapping):
+            headers = dict(extra_headers)
+        if headers is None or not all(
+            type(k) is str and type(v) is str for k, v in headers.items()
+        ):
+            raise InvalidRequestError(
+                "extra_headers",
+                "a dict of str to str, or None",
+                described=headers_shape(extra_headers),
+            )
+    return validate_ttl(timeout, "timeout"), headers
 
 
 def with_extra_body(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
