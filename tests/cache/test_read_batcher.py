@@ -179,3 +179,40 @@ def test_every_reader_gets_its_own_keys_value_whatever_the_burst(
         assert not reads_._pending and not reads_._tasks
 
     asyncio.run(burst())
+
+
+async def test_a_read_asked_after_a_forget_is_not_answered_by_the_read_sent_before() -> None:
+    # Regression: a read asked after delete(k) returned joined the lone read of k sent
+    # before the DEL, and got the deleted value.
+    store = Store({"k": b"old"})
+    reads = ReadBatcher(store.fetch_one, store.fetch_many, kind="Redis")
+    before = asyncio.ensure_future(reads.get("k"))
+    await started(before, store)
+    del store.values["k"]  # the delete lands while that read is held
+    reads.forget("k")
+    after = asyncio.ensure_future(reads.get("k"))
+    store.gate.set()
+    await before  # asked before the delete: either answer is right
+    assert await after is None
+    assert store.manys == [["k"]]
+
+
+@pytest.mark.parametrize("answered", [0, 1, 3])
+async def test_a_batch_answered_with_the_wrong_number_of_values_fails_every_reader(
+    answered: int,
+) -> None:
+    # Regression: zip(strict=True) raised in the batch's task, and its readers hung.
+    store = Store({})
+
+    async def fetch_many(keys: Sequence[str]) -> Sequence[object]:
+        return [b"v"] * answered
+
+    reads = ReadBatcher(store.fetch_one, fetch_many, kind="Redis")
+    alone = asyncio.ensure_future(reads.get("held"))
+    await started(alone, store)  # held: the reads of other keys queue for a batch
+    batch = [asyncio.ensure_future(reads.get(key)) for key in ("a", "b")]
+    for read in batch:
+        with pytest.raises(CacheUnavailableError, match=f"answered {answered} values for 2"):
+            await read
+    store.gate.set()
+    assert await alone is None

@@ -122,6 +122,21 @@ async def test_generations(cache: RedisCache, raw: redis.asyncio.Redis, redis_pr
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("reply", [None, [], [b"1"], [b"1", b"2", b"3"]])
+async def test_a_generations_reply_of_the_wrong_shape_is_a_cache_fault(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch, reply: object
+) -> None:
+    # What a proxy in front of Redis may answer. Regression: zip(strict=True) raised
+    # ValueError out of the keying stage, and failed the user's call.
+    async def answer(*keys: object) -> object:
+        return reply
+
+    monkeypatch.setattr(cache.redis, "mget", answer)
+    with pytest.raises(CacheUnavailableError, match="for 2 generation counters"):
+        await cache.generations(["*", "a"])
+
+
+@pytest.mark.redis
 async def test_a_counter_recreated_below_a_value_seen_is_raised_above_it(
     cache: RedisCache, raw: redis.asyncio.Redis, redis_prefix: str
 ) -> None:

@@ -142,6 +142,14 @@ class ReadBatcher(Generic[V]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def forget(self, key: str | None = None) -> None:
+        """From now on, a read of ``key`` (None: of any key) is a round trip of its own:
+        none joins the read of it in flight, sent before whatever the caller just did (a
+        delete, a clear) and so perhaps with the value that is gone. Those that joined
+        already asked before it."""
+        if key is None or key == self._alone:
+            self._alone = None
+
     async def aclose(self) -> None:
         """Stop the batches in flight; their readers get ``CacheUnavailableError``."""
         tasks = list(self._tasks)
@@ -175,6 +183,16 @@ class ReadBatcher(Generic[V]):
                 for futures in waiters:
                     _settle(futures, failed)
                 raise
+            if not isinstance(values, list | tuple) or len(values) != len(keys):
+                # Not a server's answer to these keys (a proxy's, say): no value can be
+                # told from another, and no reader may wait for one.
+                count = len(values) if isinstance(values, list | tuple) else type(values).__name__
+                wrong = CacheUnavailableError(
+                    f"{self._kind} answered {count} values for {len(keys)} keys"
+                )
+                for futures in waiters:
+                    _settle(futures, wrong)
+                return
             for futures, value in zip(waiters, values, strict=True):
                 for future in futures:
                     if not future.done():

@@ -288,7 +288,10 @@ class MemcachedCache(RemoteCache):
         self._check_open()
         full = self.entry_key(key)
         await self._writes.discard(full.decode())
-        await self.run("delete", self.write_timeout, lambda c: delete_key(c, full))
+        try:
+            await self.run("delete", self.write_timeout, lambda c: delete_key(c, full))
+        finally:
+            self._reads.forget(full.decode())  # a read sent before the delete
 
     async def clear(self) -> None:
         """Empty every server (``flush_all``): Memcached cannot list keys, so this removes
@@ -300,7 +303,10 @@ class MemcachedCache(RemoteCache):
         """
         self._check_open()
         await self._writes.discard_all()
-        await self.run("flush_all", self.write_timeout, flush_all_servers)
+        try:
+            await self.run("flush_all", self.write_timeout, flush_all_servers)
+        finally:
+            self._reads.forget()
 
     async def generations(self, names: Sequence[str]) -> list[int]:
         """The current value of each generation counter. A missing one (never bumped,

@@ -338,7 +338,10 @@ class RedisCache(RemoteCache):
         full = self.redis_key(key)
         # Else a write in flight could land after the DEL and revive the key.
         await self._writes.discard(full)
-        await self.run("DEL", self.write_timeout, partial(self._client.delete, full))
+        try:
+            await self.run("DEL", self.write_timeout, partial(self._client.delete, full))
+        finally:
+            self._reads.forget(full)  # a read sent before the delete
 
     async def clear(self) -> None:
         """Remove every key under ``prefix`` (SCAN + UNLINK, on every primary of a
@@ -352,7 +355,10 @@ class RedisCache(RemoteCache):
         """
         self._check_open()
         await self._writes.discard_all()
-        await unlink_prefix(self)
+        try:
+            await unlink_prefix(self)
+        finally:
+            self._reads.forget()
 
     async def generations(self, names: Sequence[str]) -> list[int]:
         """The current generation of each name, in one MGET. A missing one (never bumped,

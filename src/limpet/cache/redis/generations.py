@@ -60,16 +60,20 @@ async def read_generations(
             holds something other than an integer.
     """
     keys = [cache.generation_key(name) for name in names]
-    values = await cache.run("MGET", cache.read_timeout, partial(cache.redis.mget, keys))
+    values = _replies(
+        keys, await cache.run("MGET", cache.read_timeout, partial(cache.redis.mget, keys))
+    )
     missing = [i for i, value in enumerate(values) if value is None]
     if missing:
         args = [*(keys[i] for i in missing), *(str(starts.start(names[i])) for i in missing)]
-        created = await cache.run(
-            "EVAL generations",
-            cache.write_timeout,
-            partial(cache.redis.eval, _CREATE, len(missing), *args),
+        created = _replies(
+            missing,
+            await cache.run(
+                "EVAL generations",
+                cache.write_timeout,
+                partial(cache.redis.eval, _CREATE, len(missing), *args),
+            ),
         )
-        values = list(values)
         for i, value in zip(missing, created, strict=True):
             values[i] = value
     return [
@@ -106,6 +110,20 @@ async def _at_least_seen(cache: RedisCache, starts: CounterStarts, name: str, va
         )
         value = _counter(name, raised)
     return starts.saw(name, value)
+
+
+def _replies(asked: Sequence[object], values: object) -> list[Any]:
+    """``values``, when they are one reply for each of ``asked``.
+
+    Raises:
+        CacheUnavailableError: anything else (no server's answer to these keys: a
+            proxy's, say).
+    """
+    if not isinstance(values, list | tuple) or len(values) != len(asked):
+        raise CacheUnavailableError(
+            f"redis answered {type(values).__name__} for {len(asked)} generation counters"
+        )
+    return list(values)
 
 
 def _counter(name: str, value: Any) -> int:
