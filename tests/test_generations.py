@@ -108,6 +108,27 @@ def test_every_tracked_scope_reads_as_a_fresh_process_would_after_a_refresh(
     asyncio.run(run())
 
 
+async def test_an_unread_scope_is_one_outages_and_no_invalidation_survives_it() -> None:
+    # Regression: the scope of a model whose generations could not be read was the same
+    # in every outage, so an answer stored under it in one was served in the next, after
+    # a flush this process had read in between (and after its own invalidations too).
+    store, now = CountersInMemory(), [0.0]
+    gens = Generations(store, clock=lambda: now[0])
+    store.down = True
+    first = await gens.scope("m")
+    assert await gens.scope("m") == first  # one outage: its hits and its flights hold
+    await gens.bump("m")
+    after_bump = await gens.scope("m")
+    assert after_bump != first
+    store.down = False
+    await Generations(store).bump("m")  # another process flushes the model
+    await gens.refresh()  # read here: the outage is over
+    store.down = True
+    second = await gens.scope("other-model")
+    assert second.partition("?")[2] != after_bump.partition("?")[2]
+    assert await gens.scope("m") not in {first, after_bump}
+
+
 async def test_an_invalidation_made_while_the_store_was_down_reaches_it_once_back() -> None:
     # Made here while the store was down (from 0: this process had never read the
     # model), it was undone when the store came back with its older value, and never
@@ -371,7 +392,7 @@ async def test_a_local_only_bump_is_never_forgotten_and_a_failed_read_matches_no
     await gens.bump("pinned")  # reaches only this process
     bumped = gens.scope_now("pinned")
     assert bumped is not None and bumped != before
-    assert (await gens.scope("unread")).endswith(".?")  # a failed read is no guess
+    assert ".?" in await gens.scope("unread")  # a failed read is no guess
     flaky.down = False
     for i in range(10):
         await gens.scope(f"m{i}")
@@ -388,10 +409,10 @@ async def test_invalidating_everything_while_the_store_is_down_changes_unread_sc
     flaky.down = True
     gens = Generations(flaky, namespace="ns", credential=credential)
     before = await gens.scope("never-read")
-    assert before.endswith(".?")
+    assert ".?" in before
     await gens.bump()  # invalidate(): reaches only this process, but must reach it
     after = await gens.scope("never-read")
-    assert after.endswith(".?") and after != before
+    assert ".?" in after and after != before
     await gens.bump()
     assert await gens.scope("never-read") not in (before, after)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -113,6 +114,7 @@ class Generations:
         "_loading",
         "_models",
         "_namespace",
+        "_outage",
         "_own",
         "_pinned",
         "_refreshing",
@@ -155,6 +157,9 @@ class Generations:
         self._uses: dict[str, int] = {}
         # Bumped here but not in any store: forgetting them would lose the bump.
         self._pinned: set[str] = set()
+        # The mark of the outage unread scopes are in now (None: none drawn since the
+        # last read that succeeded, or the last invalidation).
+        self._outage: str | None = None
         self.max_tracked = max_tracked
         self._clock = clock
         self._due = 0.0
@@ -232,12 +237,18 @@ class Generations:
 
     def _unread_scope(self) -> str:
         """The scope of a model whose generations could not be read: the fixed ones held
-        here (a bump this process made while the store was down among them), then ``?``,
-        which no read scope ends with."""
+        here, then ``?`` and the mark of this outage, which no read scope ends with.
+
+        Its entries are this outage's alone: a mark is drawn when a read fails after one
+        succeeded (or at the first failure), and again at any invalidation, so what was
+        stored under an unread scope is never served after an invalidation, whether this
+        process made it or read it since; nor in a later outage (the model's scope reads
+        the same in each, and the flushes between them would not reach it)."""
+        if self._outage is None:
+            self._outage = secrets.token_hex(8)
         values = self._values
-        return (
-            ".".join(str(values.get(name, 0)) for name in (EVERYTHING, self._all, self._own)) + ".?"
-        )
+        fixed = ".".join(str(values.get(name, 0)) for name in (EVERYTHING, self._all, self._own))
+        return f"{fixed}.?{self._outage}"
 
     async def _load(self, tracked: _Tracked) -> None:
         names = self._names_of(tracked)
@@ -279,6 +290,7 @@ class Generations:
                 self._pinned.add(name)
         self._values[name] = max(value, self._values.get(name, 0))
         self._scopes.clear()
+        self._outage = None  # what an unread scope held before is invalidated too
         if model is not None and (self._store is None or name in self._pinned):
             self._track(model, names)  # a bump only this process knows is kept with its model
 
@@ -325,6 +337,7 @@ class Generations:
             values = await self._store.generations(ordered)
         except CacheUnavailableError:
             return None
+        self._outage = None  # the next failure is another outage
         return dict(zip(ordered, values, strict=True))
 
     def _merge(self, values: dict[str, int]) -> None:
