@@ -12,8 +12,10 @@ import redis.asyncio
 import redis.utils
 
 from limpet.cache import MemoryCache, TieredCache
+from limpet.cache.base import CacheEntry
 from limpet.cache.redis.backend import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
 from limpet.errors import CacheRejectedError, CacheUnavailableError, ConfigurationError
+from limpet.models import Usage
 from tests.redis_servers import RedisProxy, free_port
 
 
@@ -315,3 +317,26 @@ async def test_the_wait_for_a_pooled_connection_is_bounded_and_never_blames_redi
             await pool.release(held)
         assert cache.breaker_state == "closed"
         assert await cache.run("GET", cache.read_timeout, partial(cache.redis.get, "k")) is None
+
+
+@pytest.mark.redis
+async def test_an_entry_redis_still_holds_past_its_expiry_is_no_hit_even_as_tier_0(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Regression: tier 0 was trusted to expire its own entries, as an in-process one
+    # does; a SET that timed out against a paused Redis lands when it resumes with its
+    # whole TTL, and Redis served the entry past its expiry.
+    now = [1_000.0]
+    body = {"choices": [{"message": {"role": "assistant", "content": "old"}}]}
+    entry = CacheEntry(body, Usage(), None, "a", now[0], now[0] + 30.0)
+    redis_tier = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    cache = TieredCache(redis_tier, clock=lambda: now[0])
+    try:
+        assert await cache.set("k", entry) is not None
+        await redis_tier.flush()
+        assert await cache.get("k") is not None
+        now[0] += 60.0  # past the entry's expiry; Redis's own TTL has not run out
+        assert await redis_tier.get("k") is not None
+        assert await cache.get("k") is None
+    finally:
+        await cache.aclose()

@@ -266,9 +266,12 @@ class TieredCache:
                 logger.warning("limpet cache: corrupt entry in tier %d deleted: %s", index, exc)
                 await self._delete_from(index, key)
                 continue
-            # Tier 0 expires its own entries; a lower tier's are checked (clock skew) and
-            # back-filled upwards with what is left of their TTL.
-            if index:
+            # An in-process tier 0 expires its own entries. Any other's are checked: a
+            # server's expiry runs from when it got the write, which may be late (a SET
+            # that timed out against a paused server lands when it resumes, with its whole
+            # TTL), and from its clock (skew); a lower tier's are back-filled upwards with
+            # what is left of their TTL.
+            if index or read_now is None:
                 remaining = expires_at - self._clock()
                 if remaining <= 0:
                     continue
