@@ -53,6 +53,17 @@ def test_the_tiered_caches_hmac_key_signs_the_redis_tiers_flight_notices() -> No
     assert TieredCache(RedisCache.from_url("redis://127.0.0.1:1/0")).tiers[0].hmac_key is None  # type: ignore[attr-defined]
 
 
+def test_a_tiered_cache_given_no_key_signs_entries_with_its_shared_tiers_key() -> None:
+    # Regression: RedisCache(hmac_key=...) signed flight notices alone; under
+    # Client(cache=RedisCache(...)) entries went unsigned, and a forged one was served.
+    keyed = RedisCache.from_url("redis://127.0.0.1:1/0", hmac_key=b"fleet")
+    assert TieredCache(MemoryCache(), keyed).hmac_key == b"fleet"
+    assert TieredCache(keyed, hmac_key=b"given").hmac_key == b"given"
+    other = RedisCache.from_url("redis://127.0.0.1:1/0", hmac_key=b"another")
+    with pytest.raises(ConfigurationError, match="different hmac_keys"):
+        TieredCache(MemoryCache(), keyed, other)
+
+
 def test_hiredis_parses_replies() -> None:
     assert redis.utils.HIREDIS_AVAILABLE
 

@@ -125,10 +125,12 @@ class TieredCache:
         self.max_entry_bytes = max_entry_bytes
         self.tiers: tuple[CacheBackend, ...] = tiers
         self.stats = TierStats(hits=[0] * len(tiers))
-        self._codec = EntryCodec(hmac_key)
-        self._hmac_key = hmac_key
         #: What each tier can do, in tier order.
         self.capabilities: tuple[TierCapabilities, ...] = tuple(map(capabilities_of, tiers))
+        if hmac_key is None:
+            hmac_key = _tiers_key(tiers, self.capabilities)
+        self._codec = EntryCodec(hmac_key)
+        self._hmac_key = hmac_key
         #: How many leading tiers answer in-process, without I/O (``MemoryCache``).
         self.local_tiers = _leading_local(self.capabilities)
         # Each tier's synchronous read and write, when it is local and has them.
@@ -382,6 +384,30 @@ class TieredCache:
     def _recovered(self, index: int) -> None:
         self._failing[index] = False
         logger.info("limpet cache: tier %d is back", index)
+
+
+def _tiers_key(
+    tiers: tuple[CacheBackend, ...], capabilities: tuple[TierCapabilities, ...]
+) -> bytes | None:
+    """The one key the shared tiers were given (``RedisCache(hmac_key=...)``), for a
+    ``TieredCache`` given none: its entries are signed with it, as the tier's notices are.
+    (Unadopted, it signed the notices alone, and entries went unsigned: a forged one was
+    served to a fleet that had set a key.)
+
+    Raises:
+        ConfigurationError: the tiers were given different keys.
+    """
+    keys = {
+        key
+        for tier, can in zip(tiers, capabilities, strict=True)
+        if can.leases and (key := cast(LeaseTier, tier).hmac_key) is not None
+    }
+    if len(keys) > 1:
+        raise ConfigurationError(
+            "TieredCache: its tiers were given different hmac_keys; pass the one that signs "
+            "entries as TieredCache(hmac_key=...)"
+        )
+    return next(iter(keys), None)
 
 
 @runtime_checkable

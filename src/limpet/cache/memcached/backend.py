@@ -115,7 +115,8 @@ class MemcachedCache(RemoteCache):
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
         hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower
             trusts a leader's final error; without it a notice's error is never raised
-            (see ``RedisFlight``). A ``TieredCache``'s ``hmac_key`` is used when not given.
+            (see ``RedisFlight``). A ``TieredCache``'s ``hmac_key`` is used when not given;
+            a ``TieredCache`` given none signs its entries with this one.
 
     Raises:
         ConfigurationError: neither or both of ``url`` and ``client``, an unusable URL,

@@ -114,7 +114,8 @@ class RedisCache(RemoteCache):
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
         hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower trusts
             an error another process's leader reported; without it an error notice is
-            only a hint (see ``RedisFlight``). Use the ``TieredCache``'s ``hmac_key``.
+            only a hint (see ``RedisFlight``). A ``TieredCache`` given no ``hmac_key``
+            signs its entries with this one; one given a key lends it here when unset.
 
     Raises:
         ConfigurationError: neither or both of ``url`` and ``client``, an unusable URL or
