@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from limpet.providers.pricing import (
     prompt_cache_savings,
     storage_cost_usd,
 )
+from limpet.providers.pricing.prices import MAX_PRICE
 from limpet.providers.usage import normalize_usage
 
 SONNET = ModelPrices.per_million(
@@ -214,6 +216,18 @@ def test_openrouter_pricing_strings() -> None:
     assert ModelPrices.from_openrouter(None) is None
     odd = ModelPrices.from_openrouter({"prompt": "1", "completion": "2", "input_cache_read": "?"})
     assert odd is not None and odd.cache_read is None
+
+
+@pytest.mark.parametrize("absurd", ["1e999999", "1e400", "1001"])
+def test_a_listed_price_past_the_bound_is_no_price(absurd: str) -> None:
+    # Regression: "1e999999" overflowed as a paid call was priced, and failed the call.
+    assert ModelPrices.from_openrouter({"prompt": absurd, "completion": "0.00001"}) is None
+    listed = ModelPrices.from_openrouter({"prompt": "1", "completion": "1", "request": absurd})
+    assert listed is not None and listed.request == 0
+    at_bound = ModelPrices.from_openrouter({"prompt": "1000", "completion": "0"})
+    assert at_bound is not None and at_bound.prompt == MAX_PRICE
+    usage = Usage(prompt_tokens=10**15, completion_tokens=10**15)
+    assert math.isfinite(cost_usd(usage, at_bound))
 
 
 def test_unlisted_cache_prices_come_from_the_capability_table() -> None:
@@ -419,3 +433,11 @@ def test_a_model_name_that_is_not_a_string_is_ignored(name: Any) -> None:
     assert table.get(name, "x/model") == SONNET
     assert asyncio.run(table.prices(name, "x/model")) == SONNET
     assert table.get(name) is None
+
+
+@pytest.mark.parametrize("field", ["prompt", "completion", "cache_read", "request"])
+def test_prices_past_the_bound_are_a_configuration_error(field: str) -> None:
+    given: dict[str, Any] = {"prompt": Decimal(1), "completion": Decimal(1)}
+    given[field] = Decimal("9e999999")
+    with pytest.raises(ConfigurationError, match=f"ModelPrices.{field}: expected a price from 0"):
+        ModelPrices(**given)

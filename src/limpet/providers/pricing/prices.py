@@ -9,10 +9,13 @@ from decimal import Decimal, InvalidOperation
 from limpet.errors import ConfigurationError
 from limpet.providers.prompt_cache import CacheCapability
 
-__all__ = ["MILLION", "ModelPrices", "to_decimal"]
+__all__ = ["MAX_PRICE", "MILLION", "ModelPrices", "to_decimal"]
 
 #: Tokens in the million that prices are quoted per.
 MILLION = Decimal(1_000_000)
+#: The highest price of one unit (a token, a request), in USD: far above the dearest
+#: model's, and low enough that no count of tokens priced with it overflows.
+MAX_PRICE = Decimal(1000)
 
 _ZERO = Decimal(0)
 
@@ -44,12 +47,22 @@ class ModelPrices:
     source: str = "override"
 
     def __post_init__(self) -> None:
-        for name in ("prompt", "completion", "cache_read", "cache_write", "cache_write_1h"):
+        for name in (
+            "prompt",
+            "completion",
+            "cache_read",
+            "cache_write",
+            "cache_write_1h",
+            "request",
+        ):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, Decimal) and value.is_finite()):
                 raise ConfigurationError(f"ModelPrices.{name}: expected a finite Decimal")
-            if value is not None and value < 0:
-                raise ConfigurationError(f"ModelPrices.{name}: expected a price >= 0")
+            if value is not None and not 0 <= value <= MAX_PRICE:
+                raise ConfigurationError(
+                    f"ModelPrices.{name}: expected a price from 0 to {MAX_PRICE} USD a unit, "
+                    f"got {value}"
+                )
 
     @classmethod
     def per_million(
@@ -137,14 +150,16 @@ class ModelPrices:
 
 
 def _listed(value: object) -> Decimal | None:
-    """A listed price: a decimal string (or number) >= 0, else None."""
+    """A listed price: a decimal string (or number) from 0 to ``MAX_PRICE``, else
+    None (a gateway's listing is outside data: ``"1e999999"`` overflowed as a paid call
+    was priced, and failed it)."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     try:
         price = to_decimal(value)
     except ConfigurationError:
         return None
-    return price if price.is_finite() and price >= 0 else None
+    return price if price.is_finite() and 0 <= price <= MAX_PRICE else None
 
 
 def to_decimal(value: float | str | Decimal) -> Decimal:
