@@ -133,7 +133,7 @@ def spy_on_keys(monkeypatch: pytest.MonkeyPatch) -> Keys:
         if calling is not None:  # in the caller's own task (Run.call)
             calling.keys = made
         for text, key in zip(texts, made, strict=True):
-            if scope["scope"].endswith("?"):
+            if "?" in scope["scope"]:
                 keys.guessed.add(key)
             else:
                 keys.known.setdefault((text, params.get("dimensions")), set()).add(key)
