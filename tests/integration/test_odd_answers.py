@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from limpet import CacheStatus, Client
+from limpet.providers.pricing import PriceTable
 from tests.integration.chat import ask
 from tests.loopback import served
 
@@ -138,6 +139,35 @@ async def test_a_count_no_call_could_have_is_a_cost_unknown_and_the_answer_is_ca
     assert [a.cost for a in answers] == [None] * 3
     assert again.cache is CacheStatus.HIT and again.cost is None
     assert upstream.calls == 1
+
+
+async def test_an_answer_being_priced_when_its_caller_leaves_is_priced_once_it_can_be(
+    upstream: SetAnswer,
+) -> None:
+    # Regression: with no cost reported, a caller cancelled while the first price lookup
+    # fetched the listing left its paid answer out of cost_usd, and out of unpriced.
+    upstream.usage = {"prompt_tokens": 1000, "completion_tokens": 100}
+    comes, asked = asyncio.Event(), asyncio.Event()
+
+    async def listing() -> object:
+        asked.set()
+        await comes.wait()
+        return LISTING
+
+    prices = PriceTable(listing)
+    async with Client(base_url=upstream.url, api_key="k", prices=prices) as client:
+        call = asyncio.ensure_future(client.complete(**ask(model=MODEL)))
+        async with asyncio.timeout(10):  # a hang is a failure, not a wait
+            await asked.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert (client.stats.cancelled, client.stats.prompt_tokens) == (1, 0)
+        comes.set()
+        again = await client.complete(**ask(model=MODEL))  # priced once the listing came
+        assert again.cost is not None
+        assert client.stats.cost_usd == pytest.approx(2 * again.cost.usd)
+        assert client.stats.unpriced == 0
 
 
 @pytest.mark.parametrize("model", [5, ["m"], {"id": "m"}, ""], ids=["int", "list", "dict", "empty"])

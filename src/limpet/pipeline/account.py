@@ -18,7 +18,7 @@ from limpet.cache.base import CacheEntry
 from limpet.models import Cost, Usage
 from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
-from limpet.providers.pricing import PriceTable, completion_cost, prompt_cache_savings
+from limpet.providers.pricing import ModelPrices, PriceTable, completion_cost, prompt_cache_savings
 from limpet.providers.prompt_cache import breakpoint_ttl
 from limpet.providers.usage import reported_cost, with_write_ttl
 
@@ -29,13 +29,19 @@ Spent = Callable[[str, Usage, Cost | None], None]
 
 class Accounting:
     """Prices upstream answers from one ``PriceTable``, and tells ``spent`` (if given)
-    what each cost."""
+    what each cost.
 
-    __slots__ = ("prices", "spent")
+    An answer whose caller left while its price was looked up (the first lookup fetches
+    the gateway's listing) was paid all the same: a task of its own prices it once the
+    lookup can be made, until ``aclose()``.
+    """
+
+    __slots__ = ("_late", "prices", "spent")
 
     def __init__(self, prices: PriceTable, spent: Spent | None = None) -> None:
         self.prices = prices
         self.spent = spent
+        self._late: set[asyncio.Task[None]] = set()
 
     async def entry(
         self,
@@ -52,14 +58,7 @@ class Accounting:
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
             # OpenRouter reports one total of cache writes; their TTL is the marks'.
             usage = with_write_ttl(usage, breakpoint_ttl(sent))
-        reported = reported_cost(answer.get("usage"))
-        try:  # the first price lookup may fetch the gateway's listing
-            prices = await self.prices.prices(answered_model(answer, request.model), request.model)
-        except asyncio.CancelledError:  # the Client closed: the tokens, and what it reported
-            self._tell(request.model, usage, completion_cost(usage, None, reported))
-            raise
-        cost = completion_cost(usage, prices, reported)
-        self._tell(request.model, usage, cost)
+        prices, cost = await self._priced(request.model, answer, usage)
         if prices is not None:  # a priced call's cost carries its savings already
             request.saved_usd = (
                 cost.saved_usd if cost is not None else prompt_cache_savings(usage, prices)
@@ -69,6 +68,56 @@ class Accounting:
         return CacheEntry(
             answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
         )
+
+    async def embedding(self, model: str, answer: dict[str, Any], usage: Usage) -> float | None:
+        """The dollars of one ``/embeddings`` answer of ``usage`` (None: unknown): the
+        gateway's reported cost, else its input tokens priced."""
+        _, cost = await self._priced(model, answer, usage)
+        return None if cost is None else cost.usd
+
+    async def aclose(self) -> None:
+        """Stop pricing the answers whose callers left (their tokens are told, and what
+        they reported), and wait until it has stopped."""
+        for task in list(self._late):
+            task.cancel()
+        if self._late:
+            await asyncio.wait(list(self._late))
+
+    async def _priced(
+        self, model: str, answer: dict[str, Any], usage: Usage
+    ) -> tuple[ModelPrices | None, Cost | None]:
+        """The prices of ``answer`` (to ``model``) and its cost, told as it comes."""
+        reported = reported_cost(answer.get("usage"))
+        names = (answered_model(answer, model), model)
+        try:  # the first price lookup may fetch the gateway's listing
+            prices = await self.prices.prices(*names)
+        except asyncio.CancelledError:
+            self._price_later(model, usage, names, reported)
+            raise
+        cost = completion_cost(usage, prices, reported)
+        self._tell(model, usage, cost)
+        return prices, cost
+
+    def _price_later(
+        self, model: str, usage: Usage, names: tuple[str, str], reported: float | None
+    ) -> None:
+        """Tell what an answer whose caller left cost: what the gateway reported at once,
+        else once its prices are found, by a task of its own (the caller's is ending),
+        with none if they cannot be (the Client closed: its tokens at least)."""
+        if reported is not None or not usage.reported:
+            self._tell(model, usage, completion_cost(usage, None, reported))
+            return
+
+        async def price() -> None:
+            prices = None
+            try:
+                prices = await self.prices.prices(*names)
+            finally:
+                self._tell(model, usage, completion_cost(usage, prices, reported))
+
+        task = asyncio.get_running_loop().create_task(price(), name="limpet-late-price")
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     def _tell(self, model: str, usage: Usage, cost: Cost | None) -> None:
         if self.spent is not None:
@@ -92,7 +141,7 @@ def add_batch(
     usage: Usage,
     cost: float | None,
 ) -> None:
-    """Add one embeddings response, its usage and dollars (``embedding_cost``'s), to what
+    """Add one embeddings response, its usage and dollars (``Accounting.embedding``'s), to what
     a call's requests brought back."""
     sent.vectors.update(zip(keys, vectors, strict=True))
     sent.raw.append(body)
@@ -120,13 +169,3 @@ def add_spend(sent: Sent, usage: Usage, cost: float | None) -> None:
     answer's, its vectors used or not (an answer refused as malformed was paid too)."""
     sent.usage = usage if sent.usage is None else sent.usage + usage
     sent.cost = None if cost is None or sent.cost is None else sent.cost + cost
-
-
-async def embedding_cost(
-    prices: PriceTable, body: dict[str, Any], usage: Usage, model: str
-) -> float | None:
-    """The dollars of one ``/embeddings`` answer of ``usage``: the gateway's reported
-    cost, else its input tokens priced; None when unknown."""
-    found = await prices.prices(answered_model(body, model), model)
-    cost = completion_cost(usage, found, reported_cost(body.get("usage")))
-    return None if cost is None else cost.usd

@@ -33,9 +33,9 @@ from limpet.flight.embeddings import fetch_shared
 from limpet.flight.shared import RedisFlight
 from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
-from limpet.models import Cost, Embeddings, Usage
+from limpet.models import Embeddings, Usage
 from limpet.observe.stats import Stats
-from limpet.pipeline.account import Spent, add_batch, add_spend, embedding_cost, merge_sent
+from limpet.pipeline.account import Accounting, add_batch, add_spend, merge_sent
 from limpet.pipeline.calls import Call
 from limpet.pipeline.embed_result import (
     Sent,
@@ -57,7 +57,6 @@ from limpet.pipeline.vectors import (
     merge_by_index,
     plan_batches,
 )
-from limpet.providers.pricing import PriceTable
 from limpet.providers.usage import parse_usage
 
 __all__ = ["Embedder"]
@@ -74,25 +73,22 @@ class Embedder:
         endpoints: tried in order for each request; a request is sized for every one
             of them (the least ``embedding_batch_size``), as any may be sent it.
         stats: counts embedded inputs (``embedding_hits`` ...) apart from completions.
-        prices: prices embedding models per input token.
+        accounting: prices each request's answer, and tells what it cost as it comes
+            (whether or not its caller is still there).
         coalesce: await inputs another call is sending rather than sending them again.
         shared: per-input leases across processes (the cache's Redis tier), or None.
         max_batch_tokens: an estimated token budget per request (None: no budget).
         max_inputs: inputs one call may carry.
-        spent: told what each request cost as its answer comes (the model asked for, the
-            usage, the dollars or None when unknown), whether or not its caller is still
-            there.
     """
 
     __slots__ = (
+        "_accounting",
         "_cache",
         "_coalesce",
         "_codec",
         "_endpoints",
         "_inflight",
-        "_prices",
         "_shared",
-        "_spent",
         "_stats",
         "_tasks",
         "_transport",
@@ -107,24 +103,22 @@ class Embedder:
         transport: Transport,
         endpoints: Sequence[Endpoint],
         stats: Stats,
-        prices: PriceTable,
+        accounting: Accounting,
         coalesce: bool = True,
         shared: RedisFlight[bytes] | None = None,
         max_batch_tokens: int | None = None,
         max_inputs: int = DEFAULT_MAX_INPUTS,
-        spent: Spent | None = None,
     ) -> None:
         self._cache = cache
         self._codec = VectorCodec(cache.hmac_key if cache is not None else None)
         self._transport = transport
         self._endpoints = tuple(endpoints)
         self._stats = stats
-        self._prices = prices
+        self._accounting = accounting
         self._coalesce = coalesce
         self._shared = shared
         self.max_batch_tokens = max_batch_tokens
         self.max_inputs = max_inputs
-        self._spent = spent
         # One future per input being sent by some call of this process: bounded by the
         # inputs in flight, each removed when its request ends.
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
@@ -435,10 +429,6 @@ class Embedder:
                 await cache.set_value(key, encode(key, vector, expires), ttl)
             stored += len(piece)
 
-    def _tell_spent(self, model: str, usage: Usage, cost: float | None) -> None:
-        if self._spent is not None:
-            self._spent(model, usage, None if cost is None else Cost(cost))
-
     async def _request(
         self, request: EmbedRequest, items: list[tuple[str, str]], call: Call, sent: Sent
     ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
@@ -464,12 +454,7 @@ class Embedder:
                 endpoint, body, headers=call.headers, deadline=deadline
             )
             usage = parse_usage(answer.get("usage"))
-            try:  # the first price lookup may fetch the gateway's listing
-                cost = await embedding_cost(self._prices, answer, usage, request.model)
-            except asyncio.CancelledError:  # the Client closed: the tokens at least
-                self._tell_spent(request.model, usage, None)
-                raise
-            self._tell_spent(request.model, usage, cost)
+            cost = await self._accounting.embedding(request.model, answer, usage)
             try:
                 vectors = merge_by_index(answer["data"], len(items), dimensions)
             except ValueError as exc:

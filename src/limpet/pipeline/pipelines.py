@@ -42,7 +42,7 @@ class Pipelines:
         closed: tells whether the Client is closed.
     """
 
-    __slots__ = ("_shared", "chat", "embeds", "stream_flights", "streams")
+    __slots__ = ("_accounting", "_shared", "chat", "embeds", "stream_flights", "streams")
 
     def __init__(
         self,
@@ -72,7 +72,8 @@ class Pipelines:
             self._shared.append(RedisFlight(leases, flight))
             return self._shared[-1]
 
-        upstream = Upstream(router, Accounting(prices, spent=recorder.spent), stats, mark)
+        self._accounting = Accounting(prices, spent=recorder.spent)
+        upstream = Upstream(router, self._accounting, stats, mark)
         local: SingleFlight[Filled] | None = (
             SingleFlight(retry_if=should_retry, free_if=never_sent) if coalesce else None
         )
@@ -105,11 +106,10 @@ class Pipelines:
             transport=transport,
             endpoints=router.endpoints,
             stats=stats,
-            prices=prices,
+            accounting=self._accounting,
             coalesce=coalesce,
             shared=shared(),
             max_inputs=max_embed_inputs,
-            spent=recorder.spent,
         )
         self.embeds = EmbedCalls(
             embedder=embedder, keying=keying, calls=calls, recorder=recorder, closed=closed
@@ -121,6 +121,7 @@ class Pipelines:
         await self.stream_flights.aclose()
         await self.embeds.embedder.aclose()
         await self.chat.aclose()
+        await self._accounting.aclose()  # told before the fleet's counters are flushed
         # Then the releases sent again in the background, before the cache closes.
         for shared in self._shared:
             await shared.aclose()
