@@ -24,6 +24,7 @@ __all__ = [
     "header_credentials",
     "is_credential_header",
     "key_credential",
+    "key_credentials",
     "keys_scope",
     "sent_keys",
 ]
@@ -133,14 +134,20 @@ def keys_scope(headers: Mapping[str, str]) -> str:
         ...     credential_digest([key_credential("sk-1")]))
         True
     """
+    return credential_digest(key_credentials(None, headers))
+
+
+def key_credentials(api_key: str | None, headers: Mapping[str, str]) -> list[str]:
+    """The keys a request with ``api_key`` and ``headers`` sends (``sent_keys``), each as
+    ``key_credential`` has it: what ``keys_scope`` digests."""
     keys = []
-    for name, value in sent_keys(None, headers, KEY_HEADERS).items():
+    for name, value in sent_keys(api_key, headers, KEY_HEADERS).items():
         if name != "authorization":
             keys.append(key_credential(value))
             continue
         scheme, _, key = value.partition(" ")
         keys.append(key_credential(key) if scheme == "bearer" else "authorization:" + value)
-    return credential_digest(keys)
+    return keys
 
 
 def credential_digest(credentials: Iterable[str]) -> str:

@@ -29,7 +29,7 @@ from limpet.observe.recorder import Recorder
 from limpet.observe.stats import Stats
 from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
 from limpet.pipeline.calls import RunningCalls
-from limpet.pipeline.credentials import CacheScope, credential_scope
+from limpet.pipeline.credentials import CacheScope, credential_scope, generations_scope
 from limpet.pipeline.keying import Keying, endpoint_bodies
 from limpet.pipeline.pipelines import Pipelines
 from limpet.pipeline.policy import CacheMode
@@ -189,7 +189,9 @@ class Client:
         self._recorder = Recorder(self.stats, fleet, event_hooks(on_event), admissions)
         credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
         generations = Generations(
-            generation_store_of(self._cache), namespace=namespace, credential=credential
+            generation_store_of(self._cache),
+            namespace=namespace,
+            credential=generations_scope(self._endpoints) if credential else "",
         )
         self._keying = Keying(generations, namespace, credential, endpoint_bodies(self._endpoints))
         self._closed = False

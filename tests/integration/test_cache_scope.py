@@ -314,6 +314,38 @@ async def test_a_flush_of_one_key_reaches_the_entries_of_calls_that_send_it(
     assert gateway.total_calls == 11
 
 
+async def test_a_flush_of_one_key_reaches_clients_that_send_it_in_their_endpoints_headers(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # Regression: a Client's generations were named by every credential its endpoints
+    # sent, as written: a key in X-Api-Key, a lower-case bearer, or beside an
+    # organisation, and `limpet flush --cache-scope credential` with it reached nothing.
+    sent_so = [
+        {"headers": {"Authorization": f"bearer {KEY_A}"}},
+        {"headers": {"X-Api-Key": KEY_A}},
+        {"headers": {"api-key": KEY_A}},
+        {"api_key": KEY_A, "headers": {"OpenAI-Organization": "org-1"}},
+        {"api_key": KEY_B},
+    ]
+
+    async def statuses() -> list[CacheStatus]:
+        found = []
+        for how in sent_so:
+            async with tenant(gateway, redis_url, redis_prefix, **how) as client:
+                found.append(await answer(client))
+        return found
+
+    miss, hit = CacheStatus.MISS, CacheStatus.HIT
+    assert await statuses() == [miss] * 5  # each its own entries: the credentials differ
+    assert await statuses() == [hit] * 5
+    flush = ["flush", "--redis", redis_url, "--prefix", redis_prefix, "--namespace", ""]
+    code, _, _ = await limpet(
+        *flush, "--cache-scope", "credential", "--api-key-env", "TENANT_A_KEY", TENANT_A_KEY=KEY_A
+    )
+    assert code == 0
+    assert await statuses() == [miss, miss, miss, miss, hit]
+
+
 def test_the_scope_of_a_lone_key_is_its_clients() -> None:
     endpoint = Endpoint("a", "https://x.test/v1", api_key=KEY_A)
     assert key_scope(KEY_A) == credential_scope([endpoint])

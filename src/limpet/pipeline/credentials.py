@@ -22,6 +22,7 @@ from limpet._credentials import (
     header_credentials,
     is_credential_header,
     key_credential,
+    key_credentials,
 )
 from limpet.config import Endpoint
 
@@ -33,6 +34,7 @@ __all__ = [
     "CacheScope",
     "call_scope",
     "credential_scope",
+    "generations_scope",
     "is_credential_header",
     "key_scope",
 ]
@@ -58,6 +60,24 @@ def credential_scope(endpoints: Iterable[Endpoint]) -> str:
         (True, False, 32)
     """
     return credential_digest(_credentials(endpoints))
+
+
+def generations_scope(endpoints: Iterable[Endpoint]) -> str:
+    """The credential scope a Client's own generations are named by (its ``invalidate()``
+    bumps them): that of the keys its endpoints send, each read as a call's are
+    (``keys_scope``), so that ``limpet flush --cache-scope credential`` with a key reaches
+    every Client sending it, whatever header or spelling carries it and whatever else it
+    sends (an organisation). Its entries stay apart by ``credential_scope``, which counts
+    every credential. ``credential_scope``'s when it sends no key.
+
+    Example:
+        >>> written = Endpoint("a", "https://x.test/v1", headers={"X-Api-Key": "sk-1"})
+        >>> generations_scope([written]) == key_scope("sk-1") != credential_scope([written])
+        True
+    """
+    endpoints = list(endpoints)
+    keys = [key for e in endpoints for key in key_credentials(e.api_key, e.headers or {})]
+    return credential_digest(keys) if keys else credential_scope(endpoints)
 
 
 def key_scope(api_key: str | None) -> str:
