@@ -154,6 +154,22 @@ async def test_an_invalidation_made_while_the_store_was_down_reaches_it_once_bac
     assert await gens.scope("m") == await other.scope("m") != after
 
 
+async def test_invalidating_models_never_used_here_holds_no_value_of_theirs() -> None:
+    # Regression: each such bump kept its value, never tracked so never forgotten, and
+    # every refresh read them all.
+    store = CountersInMemory()
+    gens = Generations(store, max_tracked=10)
+    used = await gens.scope("used")
+    for i in range(300):
+        await gens.bump(f"never-used-{i}")
+    assert len(gens._values) <= 3 + 2  # everything's, the namespace's, its own; "used"'s
+    assert store.values[generation_name("", "never-used-7")] == 1001  # bumped in the store
+    await gens.bump("used")
+    assert await gens.scope("used") != used  # a tracked model's bump is seen at once
+    # Used at last, it is read: its bump is in its key.
+    assert "1001" in (await gens.scope("never-used-7")).split(".")
+
+
 async def test_a_bump_only_this_process_holds_keeps_other_models_within_max_tracked() -> None:
     gens = Generations(None, credential="client", max_tracked=10)
     await gens.bump()  # the client's own generation: in every key, never forgotten anyway

@@ -288,7 +288,10 @@ class Generations:
                     "limpet: invalidation of %r is local until the store is back: %s", name, exc
                 )
                 self._pinned.add(name)
-        self._values[name] = max(value, self._values.get(name, 0))
+        if name in self._pinned or name in self._fixed or name in self._uses:
+            # Else no tracked model uses it: it is read with the model, when one is used
+            # (kept, the values of models never used here grew without bound).
+            self._values[name] = max(value, self._values.get(name, 0))
         self._scopes.clear()
         self._outage = None  # what an unread scope held before is invalidated too
         if model is not None and (self._store is None or name in self._pinned):
