@@ -320,7 +320,7 @@ async def test_a_flush_of_one_key_reaches_clients_that_send_it_in_their_endpoint
     # Regression: a Client's generations were named by every credential its endpoints
     # sent, as written: a key in X-Api-Key, a lower-case bearer, or beside an
     # organisation, and `limpet flush --cache-scope credential` with it reached nothing.
-    sent_so = [
+    sent_so: list[dict[str, Any]] = [
         {"headers": {"Authorization": f"bearer {KEY_A}"}},
         {"headers": {"X-Api-Key": KEY_A}},
         {"headers": {"api-key": KEY_A}},
