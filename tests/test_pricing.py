@@ -386,6 +386,22 @@ def test_other_names_of_the_model_are_tried_listing_first() -> None:
     assert table.get("acme/x", "acme/y") is None
 
 
+def test_a_free_variant_costs_nothing_whatever_is_listed_or_answered() -> None:
+    # Regression: ":free" was stripped like any variant, and priced as the paid model:
+    # a free call reported dollars, and prompt-cache savings it never made.
+    paid = {"prompt": "0.00000055", "completion": "0.00000219"}
+    table = PriceTable()
+    table.add_listing({"data": [{"id": "deepseek/deepseek-r1", "pricing": paid}]})
+    usage = Usage(prompt_tokens=100_000, completion_tokens=10_000, cached_tokens=90_000)
+    for names in (("deepseek/deepseek-r1:free",), ("deepseek/deepseek-r1", "deepseek/r1:free")):
+        free = table.get(*names)
+        assert free is not None and free.source == "free"
+        assert completion_cost(usage, free) == Cost(0.0, 0.0)
+    mine = ModelPrices(prompt=Decimal(1), completion=Decimal(1))
+    table.override("deepseek/deepseek-r1:free", mine)
+    assert table.get("deepseek/deepseek-r1:free") == mine  # an override still wins
+
+
 def test_resolved_prices_follow_later_overrides_and_listings() -> None:
     table = PriceTable(fallback=False)
     assert table.get("x/model") is None  # resolved (to unknown) and kept

@@ -34,8 +34,8 @@ class ModelPrices:
         cache_write: input tokens written to the prompt cache with the default (5 min) TTL.
         cache_write_1h: input tokens written with a 1 h TTL.
         request: a flat fee per request.
-        source: where the prices came from: ``"gateway"``, ``"genai-prices"`` or
-            ``"override"``.
+        source: where the prices came from: ``"gateway"``, ``"genai-prices"``,
+            ``"override"``, or ``"free"`` (an OpenRouter ``:free`` variant).
     """
 
     prompt: Decimal

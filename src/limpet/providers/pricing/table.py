@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from decimal import Decimal
 from collections.abc import Awaitable, Callable, Mapping
 
 from limpet._checks import check_number
@@ -23,6 +24,9 @@ DEFAULT_RETRY_AFTER = 300.0
 
 # Name tuples whose prices ``get`` keeps resolved (a process prices a few models).
 _MAX_RESOLVED = 1024
+# The variant suffix of OpenRouter's free models, and what they cost.
+_FREE = ":free"
+_FREE_PRICES = ModelPrices(prompt=Decimal(0), completion=Decimal(0), source="free")
 
 #: Fetches the gateway's ``/models`` listing and returns its parsed JSON. Supplied by the
 #: Client so the fetch shares its HTTP session; may raise anything (a failure only means
@@ -204,6 +208,11 @@ class PriceTable:
     def _resolve(self, names: tuple[str, ...]) -> ModelPrices | None:
         if not names:
             return None
+        if any(name.endswith(_FREE) for name in names):
+            # OpenRouter's free variant of a model: priced as such (unless overridden),
+            # whatever its listing lacks and whatever name the answer gives its model.
+            found = next(filter(None, map(self._overrides.get, names)), None)
+            return found or _FREE_PRICES
         found = next(filter(None, map(self._known, names)), None)
         if found is None and self._fallback:
             for name in names:
