@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from decimal import Decimal
 from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
 
 from limpet._checks import check_number
 from limpet.errors import ConfigurationError, NotFoundError
