@@ -92,13 +92,14 @@ def _containers(value: Any) -> set[int]:
     return found
 
 
-def test_a_forged_entry_with_a_good_checksum_fails_when_its_body_is_read() -> None:
+def test_an_unsigned_entry_with_a_good_checksum_and_a_bad_body_is_corrupt_as_decoded() -> None:
+    # Regression: its body was parsed on first use, after it was served as a hit: each
+    # caller got a Completion whose .content raised, and the entry was never deleted.
     data = EntryCodec().encode(KEY, entry_of({"choices": [{"message": {"content": "hi!"}}]}))
     payload = data[8:].replace(b'"hi!"', b'"hi!!').replace(b"}}]}", b"}}]}")
     forged = data[:4] + zlib.crc32(payload).to_bytes(4, "little") + payload
-    entry = EntryCodec().decode(KEY, forged)
     with pytest.raises(CacheCorruptError, match="malformed"):
-        _ = entry.body
+        EntryCodec().decode(KEY, forged)
 
 
 @pytest.mark.parametrize("status", list(CacheStatus))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -213,6 +214,32 @@ async def test_an_ill_shaped_entry_is_a_corrupt_miss_on_every_path(
         assert client.stats.corrupt == 1
         assert gateway.total_calls == 2
         assert (await client.complete(**ask())).cache is CacheStatus.HIT
+
+
+@pytest.mark.parametrize("path", ["complete", "stream", "warm"])
+async def test_an_unsigned_entry_whose_checksum_was_forged_over_a_bad_body_is_a_corrupt_miss(
+    gateway: FakeGateway, path: str
+) -> None:
+    # Its header says servable, its checksum is right, its JSON is cut. Regression: it
+    # was a hit whose first use raised CacheCorruptError, for every caller, for ever.
+    memory = MemoryCache()
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=memory) as client:
+        key = await key_of(client, ask())
+        payload = planted(key, ANSWER)[8:].replace(b'"planted"', b'"planted!')
+        forged = planted(key, ANSWER)[:4] + zlib.crc32(payload).to_bytes(4, "little") + payload
+        await memory.set(key, forged, 60)
+        if path == "complete":
+            completion = await client.complete(**ask())
+            assert completion.cache is CacheStatus.MISS and completion.content
+        elif path == "stream":
+            stream = client.stream(**ask())
+            assert text(await collect(stream))
+            assert stream.completion is not None and stream.completion.cache is CacheStatus.MISS
+        else:
+            report = await client.warm([ask()])
+            assert (report.warmed, report.skipped, report.failed) == (1, 0, 0)
+        assert client.stats.corrupt == 1
+        assert (await client.complete(**ask())).content != "planted"
 
 
 @pytest.mark.parametrize(

@@ -105,10 +105,11 @@ class EntryCodec:
     records the check in the header; the body is checked again when parsed).
     """
 
-    __slots__ = ("_memo", "_memo_bytes", "_seal")
+    __slots__ = ("_memo", "_memo_bytes", "_seal", "_signed")
 
     def __init__(self, hmac_key: bytes | None = None) -> None:
         self._seal = Seal(b"LP", ENTRY_FORMAT, hmac_key, "entry")
+        self._signed = hmac_key is not None
         # The last reads, by key: the very bytes object read and what it decoded to. An
         # in-process tier hands back the same object on every hit, so a hot entry is
         # checked and decoded once, and its body parsed at most once for every hit.
@@ -177,9 +178,9 @@ class EntryCodec:
             self._memo_bytes -= len(memo.pop(next(iter(memo)))[0])
 
     def decode_new(self, key: str, data: bytes) -> CacheEntry:
-        """The entry in ``data``, read under ``key``, decoded afresh. Its body is parsed on
-        first use: the checksum (and, with ``hmac_key``, the MAC) vouch for the bytes, and the
-        encoder recorded whether the body was servable.
+        """The entry in ``data``, read under ``key``, decoded afresh. With ``hmac_key``, its
+        body is parsed on first use: the MAC vouches for the bytes, and the encoder
+        recorded whether the body was servable; without, it is parsed and checked now.
 
         Raises:
             CacheCorruptError: wrong magic or format, a bad checksum or signature, stored
@@ -210,7 +211,7 @@ class EntryCodec:
         if not (math.isfinite(created) and math.isfinite(expires)):
             raise CacheCorruptError("entry times are not finite")
         prompt, completion, cached, written, reasoning, written_1h = counts
-        return CacheEntry.of_json(
+        entry = CacheEntry.of_json(
             view[body_at:stream_at],
             model,
             bool(flags & _BODY_USAGE),
@@ -229,6 +230,12 @@ class EntryCodec:
             expires,
             data[stream_at:] if streamed else None,
         )
+        if not self._signed:
+            # Unsigned, the checksum vouches for nothing a writer could not forge: the
+            # body is checked now, so that a malformed one is a corrupt entry (a miss),
+            # never a hit whose first use raises. Signed, it is what limpet stored.
+            entry.check()
+        return entry
 
 
 def stored_chunks(chunking: bytes) -> list[dict[str, Any]]:

@@ -104,7 +104,8 @@ class CacheEntry:
 
         Raises:
             CacheCorruptError: the stored JSON does not parse to a servable body (only an
-                entry forged with a valid checksum and no signature can get this far).
+                entry forged with a valid signature could get this far: one decoded
+                without a key was checked then).
         """
         body = self._parsed
         if body is None:
@@ -117,6 +118,15 @@ class CacheEntry:
         if self._json is None:
             self._json = orjson.dumps(self._parsed)
         return bytes(self._json)
+
+    def check(self) -> None:
+        """Parse the body now, if it was not.
+
+        Raises:
+            CacheCorruptError: as ``body``.
+        """
+        if self._parsed is None:
+            self._parsed = _parsed_body(self._json or b"")
 
     @property
     def servable(self) -> bool:
