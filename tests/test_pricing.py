@@ -457,3 +457,15 @@ def test_prices_past_the_bound_are_a_configuration_error(field: str) -> None:
     given[field] = Decimal("9e999999")
     with pytest.raises(ConfigurationError, match=f"ModelPrices.{field}: expected a price from 0"):
         ModelPrices(**given)
+
+
+async def test_an_embedding_model_genai_prices_by_input_alone_is_priced_for_embeddings() -> None:
+    # Regression: its entry has no output price, so it was no price at all, and embed()'s
+    # cost unknown where neither the gateway's listing nor its answer said.
+    table = PriceTable()
+    model = "openai/text-embedding-3-small"
+    assert table.get(model) is None  # a completion priced at 0 output would under-report
+    found = await table.input_prices(model)
+    assert found is not None and found.source == "genai-prices"
+    assert (found.prompt, found.completion) == (Decimal("0.02") / 1_000_000, Decimal(0))
+    assert await table.input_prices("acme/unknown-embedder") is None

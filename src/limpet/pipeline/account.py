@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from limpet.cache.base import CacheEntry
@@ -25,6 +26,8 @@ from limpet.providers.usage import reported_cost, with_write_ttl
 #: Told what an upstream answer cost as it comes: the model asked for, its usage, its
 #: dollars (None: unpriced).
 Spent = Callable[[str, Usage, Cost | None], None]
+#: Finds a model's prices by its names (``PriceTable.prices`` or ``input_prices``).
+Lookup = Callable[..., Awaitable[ModelPrices | None]]
 
 
 class Accounting:
@@ -72,7 +75,7 @@ class Accounting:
     async def embedding(self, model: str, answer: dict[str, Any], usage: Usage) -> float | None:
         """The dollars of one ``/embeddings`` answer of ``usage`` (None: unknown): the
         gateway's reported cost, else its input tokens priced."""
-        _, cost = await self._priced(model, answer, usage)
+        _, cost = await self._priced(model, answer, usage, self.prices.input_prices)
         return None if cost is None else cost.usd
 
     async def aclose(self) -> None:
@@ -84,22 +87,28 @@ class Accounting:
             await asyncio.wait(list(self._late))
 
     async def _priced(
-        self, model: str, answer: dict[str, Any], usage: Usage
+        self, model: str, answer: dict[str, Any], usage: Usage, lookup: Lookup | None = None
     ) -> tuple[ModelPrices | None, Cost | None]:
-        """The prices of ``answer`` (to ``model``) and its cost, told as it comes."""
+        """The prices of ``answer`` (to ``model``), found by ``lookup`` (the table's
+        ``prices`` by default), and its cost, told as it comes."""
+        lookup = lookup or self.prices.prices
         reported = reported_cost(answer.get("usage"))
         names = (answered_model(answer, model), model)
         try:  # the first price lookup may fetch the gateway's listing
-            prices = await self.prices.prices(*names)
+            prices = await lookup(*names)
         except asyncio.CancelledError:
-            self._price_later(model, usage, names, reported)
+            self._price_later(model, usage, partial(lookup, *names), reported)
             raise
         cost = completion_cost(usage, prices, reported)
         self._tell(model, usage, cost)
         return prices, cost
 
     def _price_later(
-        self, model: str, usage: Usage, names: tuple[str, str], reported: float | None
+        self,
+        model: str,
+        usage: Usage,
+        lookup: Callable[[], Awaitable[ModelPrices | None]],
+        reported: float | None,
     ) -> None:
         """Tell what an answer whose caller left cost: what the gateway reported at once,
         else once its prices are found, by a task of its own (the caller's is ending),
@@ -111,7 +120,7 @@ class Accounting:
         async def price() -> None:
             prices = None
             try:
-                prices = await self.prices.prices(*names)
+                prices = await lookup()
             finally:
                 self._tell(model, usage, completion_cost(usage, prices, reported))
 

@@ -24,9 +24,13 @@ def fallback_snapshot() -> Any:
     return data_snapshot.get_snapshot()
 
 
-def fallback_prices(model: str) -> ModelPrices | None:
+def fallback_prices(model: str, *, input_only: bool = False) -> ModelPrices | None:
     """``model``'s prices from genai-prices: the provider's own entry (``anthropic`` for
-    ``anthropic/...``), else its OpenRouter entry. None when it knows neither."""
+    ``anthropic/...``), else its OpenRouter entry. None when it knows neither.
+
+    ``input_only``: for a model billed by its input alone (an embedding model), whose
+    entry prices no output: its completion price is then 0. (Otherwise an entry without
+    an output price is no price: a completion priced at 0 would under-report.)"""
     snapshot = fallback_snapshot()
     if snapshot is None or not isinstance(model, str):
         return None
@@ -37,7 +41,7 @@ def fallback_prices(model: str) -> ModelPrices | None:
     for ref, provider_id in attempts:
         try:
             _, info = snapshot.find_provider_model(ref, None, provider_id, None)
-            found = _from_genai(info.get_prices(now))
+            found = _from_genai(info.get_prices(now), input_only)
         except Exception:  # third-party data: any failure there just means "unknown"
             continue
         if found is not None:
@@ -45,7 +49,7 @@ def fallback_prices(model: str) -> ModelPrices | None:
     return None
 
 
-def _from_genai(price: Any) -> ModelPrices | None:
+def _from_genai(price: Any, input_only: bool) -> ModelPrices | None:
     def per_token(attr: str) -> Decimal | None:
         value = getattr(price, attr, None)
         # Context tiers (above 200k tokens, say) are not modelled: the base price applies.
@@ -53,6 +57,8 @@ def _from_genai(price: Any) -> ModelPrices | None:
         return value / MILLION if isinstance(value, Decimal) and value.is_finite() else None
 
     prompt, completion = per_token("input_mtok"), per_token("output_mtok")
+    if completion is None and input_only:
+        completion = _ZERO
     if prompt is None or completion is None:
         return None
     requests = getattr(price, "requests_kcount", None)

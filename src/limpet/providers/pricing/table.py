@@ -70,6 +70,7 @@ class PriceTable:
         "_failed_at",
         "_fallback",
         "_fallback_memo",
+        "_input_memo",
         "_fetch",
         "_listed",
         "_loaded",
@@ -104,6 +105,7 @@ class PriceTable:
         self.clock = clock
         self._listed: dict[str, ModelPrices] = {}
         self._fallback_memo: dict[str, ModelPrices | None] = {}
+        self._input_memo: dict[str, ModelPrices | None] = {}  # ``input_prices``' fallback
         self._loaded = fetch is None
         self._failed_at: float | None = None
         self._lock: asyncio.Lock | None = None
@@ -186,6 +188,23 @@ class PriceTable:
         if self._fallback and unknown and any(n not in self._fallback_memo for n in names):
             await asyncio.to_thread(fallback_snapshot)
         return self.get(model, *also)
+
+    async def input_prices(self, model: str, *also: str) -> ModelPrices | None:
+        """``prices(model, *also)``, for a model billed by its input alone (an embedding
+        model): when none are known, genai-prices' entry pricing its input alone is
+        taken, with no price for an output it has none of."""
+        found = await self.prices(model, *also)
+        if found is not None or not self._fallback:
+            return found
+        for name in _names(model, also):
+            if name not in self._input_memo:
+                if len(self._input_memo) >= _MAX_RESOLVED:
+                    self._input_memo.clear()
+                self._input_memo[name] = fallback_prices(name, input_only=True)
+            found = self._input_memo[name]
+            if found is not None:
+                return found
+        return None
 
     def get(self, model: str, *also: str) -> ModelPrices | None:
         """Prices of ``model`` from what is known now (no I/O), or None.
