@@ -10,6 +10,7 @@ import pytest
 from limpet import Client
 from limpet.testing.endpoint import FakeEndpoint
 from tests.integration.chat import ask
+from tests.redis_servers import eventually
 
 
 async def one_cancelled_one_answered(client: Client, upstream: FakeEndpoint) -> None:
@@ -22,3 +23,14 @@ async def one_cancelled_one_answered(client: Client, upstream: FakeEndpoint) -> 
         await call
     upstream.release_answers()
     await client.complete(**ask("answered"))
+
+
+async def flight_waiters(client: Client, count: int) -> None:
+    """Returns once ``count`` callers wait on the one ``complete()`` flight running."""
+    flight = client._chat._flight
+    assert flight is not None
+
+    async def waiting() -> bool:
+        return any(len(one.waiters) == count for one in flight._flights.values())
+
+    await eventually(waiting, what=f"{count} callers waiting on the flight")

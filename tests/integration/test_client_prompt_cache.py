@@ -3,6 +3,7 @@ prompt-cache simulation."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -13,6 +14,7 @@ from limpet.providers.pricing import ModelPrices, PriceTable, cost_usd, prompt_c
 from limpet.providers.prompt_cache import CacheControlConfig
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
+from tests.integration.cancelling import flight_waiters
 from tests.integration.chat import MODEL, ask
 
 MANUAL = "Limpets cling to rocks with a muscular foot. " * 120
@@ -56,6 +58,30 @@ async def test_marked_prefixes_are_read_from_the_provider_cache(gateway: FakeGat
         first.cost.saved_usd + second.cost.saved_usd + second.cost.usd
     )
     assert gateway.endpoint("a").model_listings == 1  # prices fetched once
+
+
+async def test_a_waiter_that_takes_over_a_left_call_gets_its_prompt_cache_savings(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: the savings were noted on the leader's request; the waiter that took
+    # its answer over (a miss, its own) showed saved_usd 0 for the same answer.
+    upstream = gateway.endpoint("a")
+    async with client_for(gateway, auto_cache_control=True) as client:
+        await client.complete(**ask_the_manual("What holds a limpet on?"))  # writes the prefix
+        upstream.hold_answers()
+        body = ask_the_manual("What do limpets eat?")
+        leader = asyncio.ensure_future(client.complete(**body))
+        await upstream.wait_for_calls(2)
+        waiter = asyncio.ensure_future(client.complete(**body))
+        await flight_waiters(client, 2)
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        upstream.release_answers()
+        answer = await waiter
+    assert answer.cache is CacheStatus.MISS and answer.usage.cached_tokens > 1024
+    assert answer.cost is not None
+    assert answer.cost.saved_usd == pytest.approx(answer.usage.cached_tokens * 2.7e-6)
 
 
 async def test_the_key_does_not_depend_on_injection(gateway: FakeGateway) -> None:

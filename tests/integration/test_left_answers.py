@@ -21,6 +21,7 @@ from limpet import CacheStatus, Client, Completion, CompletionStream, Endpoint, 
 from limpet.errors import APITimeoutError
 from limpet.observe.events import CallEvent
 from limpet.testing import FakeGateway
+from tests.integration.cancelling import flight_waiters
 from tests.integration.chat import ask
 from tests.redis_servers import eventually
 
@@ -35,17 +36,6 @@ async def watched(gateway: FakeGateway) -> AsyncIterator[tuple[Client, list[Call
         endpoints=[endpoint], retry=RetryConfig(max_attempts=1), on_event=events.append
     ) as client:
         yield client, events
-
-
-async def flight_waiters(client: Client, count: int) -> None:
-    """Returns once ``count`` callers wait on the one ``complete()`` flight running."""
-    flight = client._chat._flight
-    assert flight is not None
-
-    async def waiting() -> bool:
-        return any(len(one.waiters) == count for one in flight._flights.values())
-
-    await eventually(waiting, what=f"{count} callers waiting on the flight")
 
 
 async def stream_readers(client: Client, count: int) -> None:

@@ -33,6 +33,9 @@ class CacheEntry:
             ``limpet.http.chunks``), so a replay repeats the live stream's deltas; kept as
             bytes and parsed only when replayed, so a plain hit never pays for it.
         model: the body's ``model``, or "" when it has none.
+        saved_usd: what the provider's prompt cache saved on the upstream call that made
+            it, for the caller whose call it was (None: unknown, or read from a tier:
+            it is not stored).
     """
 
     __slots__ = (
@@ -45,6 +48,7 @@ class CacheEntry:
         "endpoint",
         "expires_at",
         "model",
+        "saved_usd",
         "stream",
         "usage",
     )
@@ -75,6 +79,7 @@ class CacheEntry:
         self.stream = stream
         model = body.get("model") if type(body) is dict else None
         self.model = model if type(model) is str else ""
+        self.saved_usd: float | None = None
 
     @classmethod
     def of_json(
@@ -96,6 +101,7 @@ class CacheEntry:
         entry.usage, entry.cost_usd, entry.endpoint = usage, cost_usd, endpoint
         entry.created_at, entry.expires_at, entry.stream = created_at, expires_at, stream
         entry.model = model
+        entry.saved_usd = None
         return entry
 
     @property

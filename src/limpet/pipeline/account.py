@@ -1,7 +1,7 @@
 """The account stage: an upstream answer's usage and cost, parsed and priced once.
 
-The cache entry keeps what the call cost; the ``Request`` keeps what the provider's
-prompt cache saved on it, for the caller whose call it was; and what was spent is told
+The cache entry keeps what the call cost, and what the provider's prompt cache saved on
+it for the caller whose call it was (not stored); and what was spent is told
 as the answer comes (``Spent``), whoever is still waiting for it: a call whose caller
 left (cancelled, past its deadline, a stream closed) while others wait on its flight, or
 that goes on to be stored with nobody waiting, was paid for all the same.
@@ -56,21 +56,22 @@ class Accounting:
         stream: bytes | None = None,
     ) -> CacheEntry:
         """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed from
-        its ``usage`` object), with what it cost; notes on ``request`` what the provider's
-        prompt cache saved."""
+        its ``usage`` object), with what it cost and what the provider's prompt cache
+        saved on it."""
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
             # OpenRouter reports one total of cache writes; their TTL is the marks'.
             usage = with_write_ttl(usage, breakpoint_ttl(sent))
         prices, cost = await self._priced(request.model, answer, usage)
-        if prices is not None:  # a priced call's cost carries its savings already
-            request.saved_usd = (
-                cost.saved_usd if cost is not None else prompt_cache_savings(usage, prices)
-            )
         now = time.time()
         usd = None if cost is None else cost.usd
-        return CacheEntry(
+        entry = CacheEntry(
             answer, usage, usd, endpoint, now, now + request.ttl, stream, body_usage=usage.reported
         )
+        if prices is not None:  # a priced call's cost carries its savings already
+            entry.saved_usd = (
+                cost.saved_usd if cost is not None else prompt_cache_savings(usage, prices)
+            )
+        return entry
 
     async def embedding(self, model: str, answer: dict[str, Any], usage: Usage) -> float | None:
         """The dollars of one ``/embeddings`` answer of ``usage`` (None: unknown): the

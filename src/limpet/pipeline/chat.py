@@ -172,7 +172,7 @@ class ChatPipeline:
         flight = self._flight
         if key is None:
             entry = await self._upstream.call(request, self._exchange, call)
-            return completion_of(entry, CacheStatus.BYPASS, None, request.saved_usd)
+            return completion_of(entry, CacheStatus.BYPASS, None)
         if flight is not None and request.decision.coalesce:
             call.waiting_for = "an identical call in flight"
             streamed = self.streams.answer_of(key) if self.streams is not None else None
@@ -198,7 +198,7 @@ class ChatPipeline:
         else:
             entry = await self._upstream.call(request, self._exchange, call)
             await self._store(request, key, entry)
-        return completion_of(entry, self._own_status(), key, request.saved_usd)
+        return completion_of(entry, self._own_status(), key)
 
     def _own_status(self) -> CacheStatus:
         """How a keyed call whose own upstream answer it got was served."""

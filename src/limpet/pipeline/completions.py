@@ -10,12 +10,11 @@ from limpet.models import CacheStatus, Completion, Cost, Usage, shared_completio
 __all__ = ["completion_of", "storable"]
 
 
-def completion_of(
-    entry: CacheEntry, status: CacheStatus, key: str | None, saved_usd: float | None = None
-) -> Completion:
+def completion_of(entry: CacheEntry, status: CacheStatus, key: str | None) -> Completion:
     """The ``Completion`` of ``entry`` served as ``status``; for the caller whose own
-    upstream call it was (a miss, a bypass), ``saved_usd`` is what the provider's prompt
-    cache saved on it (``Request.saved_usd``), shown beside what it cost.
+    upstream call it was (a miss, a bypass: the leader, or the waiter that took the
+    flight over), what the provider's prompt cache saved on it (``entry.saved_usd``) is
+    shown beside what it cost.
 
     Every caller of one entry (the leader, coalesced waiters and hits alike) shares its
     one decoded body and usage, and gets its own copy of each (``raw``, ``message``,
@@ -33,6 +32,7 @@ def completion_of(
     elif status is CacheStatus.HIT or status is CacheStatus.COALESCED:
         cost = Cost(0.0, cost_usd)
     else:
+        saved_usd = entry.saved_usd
         cost = Cost(cost_usd) if saved_usd is None else Cost(cost_usd, saved_usd)
     return shared_completion(entry, entry.model, usage, cost, status, entry.endpoint, key)
 

@@ -38,8 +38,6 @@ class Request(Call):
         timeout: seconds the whole call may take, or None.
         headers: the call's own upstream headers (``extra_headers``), or None.
         key: its cache and flight key, once the key stage has run (None: not keyed).
-        saved_usd: what the provider's prompt cache saved on this call's own upstream
-            answer, once the account stage has priced it (None: unknown).
         text_chars: the messages' text length, when validation summed it (else -1), so
             the key stage need not walk them again to tell a large request.
     """
@@ -49,7 +47,6 @@ class Request(Call):
         "decision",
         "key",
         "model",
-        "saved_usd",
         "text_chars",
         "ttl",
     )
@@ -71,7 +68,6 @@ class Request(Call):
         self.decision = decision
         self.ttl = ttl
         self.key: str | None = None
-        self.saved_usd: float | None = None
         self.text_chars = text_chars
 
     def start(self) -> Call:

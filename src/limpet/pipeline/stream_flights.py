@@ -327,11 +327,10 @@ class StreamFlights:
         assert result is not None
         entry, status = result
         key = request.key
-        own = False
         if status is None:
             own = self._claims(flight, led=led)
             status = self._own_status(request) if own else CacheStatus.COALESCED
-        return completion_of(entry, status, key, request.saved_usd if own and led else None)
+        return completion_of(entry, status, key)
 
     def _own_status(self, request: Request) -> CacheStatus:
         """How a reader whose own upstream answer it got was served."""
