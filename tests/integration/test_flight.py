@@ -190,6 +190,38 @@ async def test_an_answer_too_large_to_share_sends_every_follower_upstream_at_onc
     assert sum(f.takeovers for f in flights if f is not None) == 0
 
 
+async def test_a_stream_cut_short_is_taken_over_by_one_follower_not_called_by_all(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # Its leader's stream ended early: nothing stored this time, but the next stream is
+    # whole. Regression: told UNSHARED, every follower streamed upstream at once.
+    ep = gateway.endpoint("a")
+    ep.end_stream_early(after_chunks=2, times=1)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(make_client(gateway, redis_url, redis_prefix))
+            for _ in range(4)
+        ]
+        flights = [client._pipelines.stream_flights._shared for client in clients]
+
+        async def read(client: Client) -> str:
+            return "".join([chunk.content or "" async for chunk in client.stream(**ask())])
+
+        ep.hold_answers()
+        leader = asyncio.create_task(read(clients[0]))
+        await ep.wait_for_calls(1)
+        followers = [asyncio.create_task(read(client)) for client in clients[1:]]
+
+        async def all_follow() -> bool:
+            return all(f is not None and f.lease_checks >= 1 for f in flights[1:])
+
+        await eventually(all_follow, what="three clients following the leader")
+        ep.release_answers()
+        cut, *whole = [await leader, *await asyncio.gather(*followers)]
+    assert ep.calls == 2  # the leader's, and the one follower's that took over
+    assert len(set(whole)) == 1 and cut != whole[0]
+
+
 async def test_with_redis_down_each_process_makes_its_own_call(gateway: FakeGateway) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     async with (

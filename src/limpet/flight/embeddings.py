@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
-from limpet.flight.shared import RedisFlight
+from limpet.flight.shared import RedisFlight, Shared
 
 __all__ = ["MAX_LEASE_SCRIPTS", "SendResults", "SharedFetch", "fetch_shared"]
 
@@ -69,7 +69,7 @@ async def fetch_shared(
     texts: Mapping[str, str],
     send: Callable[[list[tuple[str, str]]], Awaitable[SendResults]],
     read: Callable[[str], Awaitable[bytes | None]],
-    share: Callable[[str, bytes], Awaitable[tuple[bytes | None, float]]],
+    share: Callable[[str, bytes], Awaitable[tuple[Shared, float]]],
 ) -> SharedFetch:
     """The vectors of ``texts`` (by key), each sent upstream by one process only.
 
@@ -80,7 +80,7 @@ async def fetch_shared(
             vector or its error.
         read: a key's vector from the shared tier, or None.
         share: stores a vector this process got, and gives its entry bytes and TTL for
-            the flight to publish (None: nothing stored).
+            the flight to publish (``UNSHAREABLE``: the cache keeps none).
     """
     fetched = SharedFetch()
     batches = _Batches(texts, send)
@@ -89,7 +89,7 @@ async def fetch_shared(
     async def one(key: str) -> tuple[bytes, bool]:
         place = _Place(places)
 
-        async def lead() -> tuple[bytes, bytes | None, float]:
+        async def lead() -> tuple[bytes, Shared, float]:
             await place.take()  # held from the acquire, or taken again by a take-over
             # Once more, lease in hand: another process may have stored it since this
             # call's lookup (then nothing is sent, and its followers find it).

@@ -46,6 +46,28 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
+class Unshareable:
+    """What ``lead()`` gives for its entry when no store would keep the answer (larger
+    than the cache takes, refused): its followers then call at once, rather than each
+    take the lease over in turn to be refused alike. (None: nothing stored this time, as
+    of a stream cut short: one follower takes over.)"""
+
+    __slots__ = ()
+
+
+#: The one ``Unshareable``.
+UNSHAREABLE = Unshareable()
+#: What ``lead()`` gives to share: the entry's bytes, ``UNSHAREABLE`` or None.
+Shared = bytes | Unshareable | None
+
+
+def kept(stored: tuple[bytes, float] | None) -> tuple[Shared, float]:
+    """What ``lead()`` gives to share of an answer the cache was given to store: the
+    bytes stored and their TTL, or ``UNSHAREABLE`` when it kept none of it (too large,
+    past its TTL, not encodable: ``TieredCache.set``'s None)."""
+    return (UNSHAREABLE, 0.0) if stored is None else stored
+
+
 class _NoNotices:
     """A watch that never hears anything, so a follower relies on its polling."""
 
@@ -108,11 +130,11 @@ def _heed(notice: FlightNotice | None, since: float) -> None:
             carries one and was sent since the follower began to follow (``since``, by
             this process's wall clock, give or take ``NOTICE_CLOCK_SKEW``): an older one,
             however well signed, is a replay of an earlier flight's.
-        _Unshared: the leader has its answer but stored none (too large, refused by the
-            store, not storable). Following on, the followers would each lead in turn,
-            each waiting for the one before: they call at once instead. Taken on trust:
-            a forged one costs calls that following would have cost in turn, never an
-            answer.
+        _Unshared: the leader has its answer but no store would keep it (too large,
+            refused). Following on, the followers would each lead in turn, each waiting
+            for the one before, to be refused alike: they call at once instead. Taken on
+            trust, as an ``ABANDONED`` notice is: a forged one costs every follower's
+            call, never an answer (as much as one able to publish costs deleting leases).
     """
     if notice is None:
         return
@@ -141,7 +163,7 @@ class RedisFlight(Generic[R]):
     leader stuck, or a lease some other writer left without a TTL), is taken over by one
     follower. A follower that waited ``follow_timeout`` calls upstream itself:
     correctness over savings. With the store unreachable, calls go upstream from each
-    process. A leader whose answer could not be stored (too large, refused) says so
+    process. A leader whose answer no store would keep (too large, refused) says so
     (``UNSHARED``): its followers then call at once, rather than one after another.
 
     **Errors across processes.** A follower raises a leader's final error only when the
@@ -205,7 +227,7 @@ class RedisFlight(Generic[R]):
     async def do(
         self,
         key: str,
-        lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
+        lead: Callable[[], Awaitable[tuple[R, Shared, float]]],
         read: Callable[[], Awaitable[R | None]],
         *,
         recheck: Callable[[], Awaitable[R | None]] | None = None,
@@ -214,7 +236,8 @@ class RedisFlight(Generic[R]):
 
         Args:
             lead: the upstream call; returns the result, the entry bytes to share (None:
-                nothing to share) and their TTL.
+                nothing to share; ``UNSHAREABLE``: nothing any follower could share) and
+                their TTL.
             read: reads the key's entry from the shared cache.
             recheck: reads the entry once more, once the lease is taken, before leading
                 (another process may have stored it and dropped its lease since this
@@ -358,7 +381,7 @@ class RedisFlight(Generic[R]):
         self,
         key: str,
         token: str,
-        lead: Callable[[], Awaitable[tuple[R, bytes | None, float]]],
+        lead: Callable[[], Awaitable[tuple[R, Shared, float]]],
         *,
         held: bool = True,
     ) -> R:
@@ -370,9 +393,11 @@ class RedisFlight(Generic[R]):
         entry: bytes | None = None
         ttl = 0.0
         try:
-            result, entry, ttl = await lead()
-            outcome = FlightOutcome.UNSHARED if entry is None else FlightOutcome.STORED
-            notice = FlightNotice(outcome)
+            result, shared, ttl = await lead()
+            if isinstance(shared, bytes):
+                entry, notice = shared, FlightNotice(FlightOutcome.STORED)
+            elif shared is UNSHAREABLE:
+                notice = FlightNotice(FlightOutcome.UNSHARED)
             return result
         except APIStatusError as exc:
             if not should_retry(exc):

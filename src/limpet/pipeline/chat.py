@@ -17,7 +17,7 @@ from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import TieredCache
 from limpet.errors import APIError, CacheCorruptError
 from limpet.flight.local import SingleFlight
-from limpet.flight.shared import RedisFlight
+from limpet.flight.shared import RedisFlight, Shared, kept
 from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import CacheStatus, Completion
@@ -239,10 +239,11 @@ class ChatPipeline:
         """``_fill`` through the cross-process flight: one process calls upstream and
         stores, the others read what it stored."""
 
-        async def lead() -> tuple[Filled, bytes | None, float]:
+        async def lead() -> tuple[Filled, Shared, float]:
             entry = await self._upstream.call(request, self._exchange, call)
-            stored = await cache.set(key, entry) if storable(entry) else None
-            data, entry_ttl = stored if stored is not None else (None, 0.0)
+            if not storable(entry):  # this answer: the next may be (one follower takes over)
+                return (entry, None), None, 0.0
+            data, entry_ttl = kept(await cache.set(key, entry))
             return (entry, None), data, entry_ttl
 
         async def read(count_miss: bool = True) -> Filled | None:

@@ -30,7 +30,7 @@ from limpet.cache.remote import RemoteCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import Endpoint
 from limpet.flight.embeddings import fetch_shared
-from limpet.flight.shared import RedisFlight
+from limpet.flight.shared import RedisFlight, Shared, kept
 from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.models import Embeddings, Usage
@@ -397,10 +397,10 @@ class Embedder:
             found = await cache.get_value(key, decode, start=local)
             return None if found is None else found[0]
 
-        async def share(key: str, vector: bytes) -> tuple[bytes | None, float]:
+        async def share(key: str, vector: bytes) -> tuple[Shared, float]:
             data = encode(key, vector, time.time() + ttl)
             # What the cache would not keep, the flight does not share either.
-            return (data, ttl) if await cache.set_value(key, data, ttl) else (None, 0.0)
+            return kept((data, ttl) if await cache.set_value(key, data, ttl) else None)
 
         fetched = await fetch_shared(shared, dict(items), send, read, share)
         sent.vectors.update(fetched.vectors)

@@ -14,7 +14,7 @@ from limpet.cache.tiered import TieredCache
 from limpet.errors import APIError, ClientClosedError
 from limpet.flight.broadcast import Broadcast
 from limpet.flight.local import SingleFlight
-from limpet.flight.shared import RedisFlight
+from limpet.flight.shared import RedisFlight, Shared, kept
 from limpet.http.chunk_assembly import StreamAssembler
 from limpet.http.chunk_replay import replay_chunks
 from limpet.http.chunks import Finishes, choices_asked, usage_declined, without_usage
@@ -361,16 +361,15 @@ class StreamFlights:
         broadcast, cache, key = flight.broadcast, self._cache, request.key
         store = self._stores(request)
 
-        async def lead() -> tuple[CacheEntry, bytes | None, float]:
+        async def lead() -> tuple[CacheEntry, Shared, float]:
             # The raw chunks are kept only for the stored entry's replay.
             exchange = StreamExchange(self._transport, broadcast, StreamAssembler(chunking=store))
             entry = await self._upstream.call(request, exchange, call)
-            stored = None
             # A stream cut short by an early [DONE] reached its readers, and no further.
             flight.whole = exchange.whole
-            if cache is not None and key is not None and store and _storable(exchange, entry):
-                stored = await cache.set(key, entry)
-            data, entry_ttl = stored if stored is not None else (None, 0.0)
+            if cache is None or key is None or not store or not _storable(exchange, entry):
+                return entry, None, 0.0  # this stream: the next may be (a follower leads)
+            data, entry_ttl = kept(await cache.set(key, entry))
             return entry, data, entry_ttl
 
         shared = self._shared

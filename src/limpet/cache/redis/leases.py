@@ -203,7 +203,7 @@ class RedisFlightStore:
         cache = self._cache
         millis = str(_millis(ttl)) if entry is not None and ttl > 0 else "0"
         if millis == "0" and notice.outcome is FlightOutcome.STORED:
-            notice = _UNSHARED  # nothing to read: each follower calls
+            notice = _ABANDONED  # past its TTL, nothing to read: one follower takes over
         message = self._message(key, _encode_notice(notice))
         # Sent instead when Redis refuses the entry: followers call, rather than reading
         # an entry that is not there and then waiting on one another's leases.
