@@ -228,6 +228,20 @@ def test_a_listed_price_past_the_bound_is_no_price(absurd: str) -> None:
     assert at_bound is not None and at_bound.prompt == MAX_PRICE
     usage = Usage(prompt_tokens=10**15, completion_tokens=10**15)
     assert math.isfinite(cost_usd(usage, at_bound))
+    # Cache prices derived from one at the bound stay within it (1 h writes cost 2x).
+    table = PriceTable(fallback=False)
+    table.add_listing(
+        {
+            "data": [
+                {
+                    "id": "anthropic/claude-sonnet-4.6",
+                    "pricing": {"prompt": "600", "completion": "1"},
+                }
+            ]
+        }
+    )
+    derived = table.get("anthropic/claude-sonnet-4.6")
+    assert derived is not None and derived.cache_write_1h == MAX_PRICE
 
 
 def test_unlisted_cache_prices_come_from_the_capability_table() -> None:

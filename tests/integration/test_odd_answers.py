@@ -6,6 +6,7 @@ fails the call."""
 from __future__ import annotations
 
 import asyncio
+import decimal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from limpet import CacheStatus, Client
-from limpet.providers.pricing import PriceTable
+from limpet.providers.pricing import ModelPrices, PriceTable
 from tests.integration.chat import ask
 from tests.loopback import served
 
@@ -139,6 +140,21 @@ async def test_a_count_no_call_could_have_is_a_cost_unknown_and_the_answer_is_ca
     assert [a.cost for a in answers] == [None] * 3
     assert again.cache is CacheStatus.HIT and again.cost is None
     assert upstream.calls == 1
+
+
+async def test_prices_no_arithmetic_can_use_make_the_cost_unknown_not_the_call_fail(
+    upstream: SetAnswer, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Overflowing(PriceTable):
+        async def prices(self, model: str, *also: str) -> ModelPrices | None:
+            raise decimal.Overflow("a price past any bound")
+
+    upstream.usage = {"prompt_tokens": 1000, "completion_tokens": 100}
+    async with Client(base_url=upstream.url, api_key="k", prices=Overflowing(None)) as client:
+        answer = await client.complete(**ask(model=MODEL))
+        assert client.stats.unpriced == 1
+    assert answer.content and answer.cost is None
+    assert "could not be priced" in caplog.text
 
 
 async def test_an_answer_being_priced_when_its_caller_leaves_is_priced_once_it_can_be(

@@ -10,18 +10,22 @@ that goes on to be stored with nobody waiting, was paid for all the same.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 from limpet.cache.base import CacheEntry
+from limpet.errors import ConfigurationError
 from limpet.models import Cost, Usage
 from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
 from limpet.providers.pricing import ModelPrices, PriceTable, completion_cost, prompt_cache_savings
 from limpet.providers.prompt_cache import breakpoint_ttl
 from limpet.providers.usage import reported_cost, with_write_ttl
+
+logger = logging.getLogger("limpet")
 
 #: Told what an upstream answer cost as it comes: the model asked for, its usage, its
 #: dollars (None: unpriced).
@@ -100,6 +104,10 @@ class Accounting:
         except asyncio.CancelledError:
             self._price_later(model, usage, partial(lookup, *names), reported)
             raise
+        except (ArithmeticError, ConfigurationError) as exc:
+            # Prices no arithmetic can use: the call was paid, its cost is unknown.
+            logger.warning("limpet: %r could not be priced: %s", model, exc)
+            prices = None
         cost = completion_cost(usage, prices, reported)
         self._tell(model, usage, cost)
         return prices, cost

@@ -122,15 +122,21 @@ class ModelPrices:
         if capability is None:
             return self
         prompt = self.prompt
+
+        def derived(multiplier: float) -> Decimal:
+            # Within the bound every price keeps: a prompt price near it, multiplied,
+            # would otherwise fail the paid call being priced.
+            return min(prompt * to_decimal(multiplier), MAX_PRICE)
+
         read = self.cache_read
         write = self.cache_write
         write_1h = self.cache_write_1h
         if read is None:
-            read = prompt * to_decimal(capability.read_multiplier)
+            read = derived(capability.read_multiplier)
         if write is None:
-            write = prompt * to_decimal(capability.write_multiplier)
+            write = derived(capability.write_multiplier)
         if write_1h is None and capability.write_1h_multiplier is not None:
-            write_1h = prompt * to_decimal(capability.write_1h_multiplier)
+            write_1h = derived(capability.write_1h_multiplier)
         return replace(self, cache_read=read, cache_write=write, cache_write_1h=write_1h)
 
     @property
