@@ -77,3 +77,35 @@ async def test_answers_without_usage_teach_nothing_and_marking_goes_on() -> None
         sent = gateway.endpoint("a").requests
     assert all(marked(b) for b in sent)
     assert after.usage.cached_tokens > 1024
+
+
+async def test_a_callers_own_marks_teach_nothing_for_the_others() -> None:
+    # Regression: one caller (through `limpet serve`, any caller) marked a short system
+    # message after a long user one: the provider renders system messages first, so
+    # nothing cached, and limpet learned that no prefix under ~7,000 tokens caches, for
+    # every Client of the process: the others' prefixes were never marked again.
+    long_question = "x" * 28_000  # ~7,000 tokens
+    own = {
+        **ask(long_question, max_tokens=16),
+        "messages": [
+            {"role": "user", "content": long_question},
+            {
+                "role": "system",
+                "content": [
+                    {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+                ],
+            },
+        ],
+    }
+    async with FakeGateway(endpoints=("a",), prompt_cache=ProviderPromptCache) as gateway:
+        endpoint = Endpoint("a", gateway.base_url("a"))
+        async with Client(router=StickyRouter([endpoint]), cache=None) as caller:
+            for _ in range(DEFAULT_LEARN_AFTER + 2):
+                silent = await caller.complete(**own)
+                assert silent.usage.cache_write_tokens == silent.usage.cached_tokens == 0
+        router = StickyRouter([endpoint])
+        async with Client(router=router, cache=None, auto_cache_control=True) as other:
+            written = await other.complete(**ask_the_manual("another caller's question"))
+            assert router.stats.learned_minimums == {}
+        assert marked(gateway.endpoint("a").requests[-1])
+    assert written.usage.cache_write_tokens > 1024

@@ -21,6 +21,7 @@ from limpet.observe.stats import Stats
 from limpet.pipeline.account import Accounting
 from limpet.pipeline.calls import Call
 from limpet.pipeline.request import Request
+from limpet.providers.prompt_cache import count_breakpoints
 from limpet.providers.usage import parse_usage
 from limpet.routing.base import Router
 
@@ -78,10 +79,15 @@ class Upstream:
         made here rather than in a coroutine of its own: every resumption of the request
         passes through each coroutine between it and the event loop."""
         body = request.body
-        sent = exchange.prepare(body if self._mark is None else self._mark(body))
+        marked = body if self._mark is None else self._mark(body)
+        sent = exchange.prepare(marked)
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
         route = await self._router.route(sent)
+        # A silent answer says a model's cache minimum is higher only of limpet's own
+        # marks: a caller's, placed as it likes (after a long message, say, which the
+        # provider renders after the system ones), would teach it so for every caller.
+        route.learns = marked is not body and not count_breakpoints(body)
         ranked = route.endpoints
         headers = request.headers
         for index in range(len(ranked)):  # a range iterator: no object for the GC to trace

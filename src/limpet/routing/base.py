@@ -63,9 +63,12 @@ class Route:
         key: what the request was routed by, or None for routers that do not say (and
             for a request to one endpoint that needed no key).
         chain: the request's prefix chain, or None.
+        learns: whether a served answer may teach the provider's cache minimum
+            (``limpet.routing.feedback``): only when every mark the body carries is
+            limpet's own (set by the upstream stage).
     """
 
-    __slots__ = ("_observer", "body", "chain", "endpoints", "key", "reason")
+    __slots__ = ("_observer", "body", "chain", "endpoints", "key", "learns", "reason")
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class Route:
         self.reason: RouteReason = reason
         self.key = key
         self.chain = chain
+        self.learns = False
         self._observer = observer
 
     def __repr__(self) -> str:

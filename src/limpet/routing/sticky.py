@@ -386,7 +386,8 @@ class StickyRouter:
             self._record(chain, key, endpoint, move=False)
         if usage is not None:
             self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
-            learn_minimum(route.body, usage)
+            if route.learns:
+                learn_minimum(route.body, usage)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name
