@@ -116,6 +116,29 @@ async def test_a_stream_that_ends_before_it_is_whole_is_never_stored(
         assert (await client.complete(**ask(n=n))).cache is CacheStatus.MISS
 
 
+async def test_a_stream_of_more_choices_than_the_request_asked_is_whole_only_when_all_end(
+    upstream: ScriptedUpstream,
+) -> None:
+    # An endpoint's extra_body asks for n=2, the request for none. Regression: the
+    # stream was whole once choice 0 ended, and choice 1, cut short, was stored and
+    # replayed (and served to complete()) as a hit, here and in every other process.
+    upstream.script = [
+        chunk({"role": "assistant", "content": "Hel"}),
+        chunk({"role": "assistant", "content": "Bon"}, index=1),
+        chunk({"content": "lo"}, "stop"),
+        chunk({"content": "jo"}, index=1),  # never finishes
+    ]
+    endpoint = Endpoint("a", upstream.url, extra_body={"n": 2})
+    async with Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1)) as client:
+        for _ in range(2):
+            stream = client.stream(**ask())
+            assert [c.raw async for c in stream] == upstream.script
+            assert stream.completion is not None
+            assert stream.completion.cache is CacheStatus.MISS
+        assert (await client.complete(**ask())).cache is CacheStatus.MISS
+    assert [body.get("n") for body in upstream.bodies] == [2, 2, 2]
+
+
 async def test_a_stream_of_no_chunk_is_a_malformed_answer(upstream: ScriptedUpstream) -> None:
     async with open_client(upstream) as client:
         stream = client.stream(**ask())

@@ -90,11 +90,14 @@ class StreamAssembler:
         return len(self._choices)
 
     def unfinished(self, n: int = 1) -> list[int]:
-        """The indexes of the choices ``0..n-1`` that no ``finish_reason`` ended: never
-        streamed, or cut short (a stream may end with ``[DONE]`` before it is whole).
-        A stream is whole only when there are none."""
+        """The indexes of the choices ``0..n-1`` that no ``finish_reason`` ended (never
+        streamed, or cut short: a stream may end with ``[DONE]`` before it is whole),
+        and of any other choice the chunks carried that none ended (more were asked for
+        than the request said: an endpoint's ``extra_body``). A stream is whole only
+        when there are none."""
         choices = self._choices
-        return [i for i in range(n) if i not in choices or not choices[i].finished]
+        missing = [i for i in range(n) if i not in choices or not choices[i].finished]
+        return missing + sorted(i for i, c in choices.items() if i >= n and not c.finished)
 
     def completion(self) -> dict[str, Any]:
         """The chat completion body these chunks add up to (``object: chat.completion``):

@@ -87,6 +87,8 @@ class StreamExchange:
 
     async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> dict[str, Any]:
         assembler, broadcast = self._assembler, self._broadcast
+        # As many choices as are sent for: the endpoint's ``extra_body`` may ask for more.
+        self._choices = choices_asked({**(endpoint.extra_body or {}), **body})
         chunks = self._transport.stream(
             endpoint, body, headers=call.headers, deadline=call.deadline
         )
