@@ -139,6 +139,27 @@ async def test_a_stream_of_more_choices_than_the_request_asked_is_whole_only_whe
     assert [body.get("n") for body in upstream.bodies] == [2, 2, 2]
 
 
+async def test_a_reader_closing_early_where_every_chunk_has_usage_leaves_no_answer(
+    upstream: ScriptedUpstream,
+) -> None:
+    # vLLM's continuous usage stats put usage on every chunk. Regression: a reader that
+    # broke after the first chunk was taken for one that had the whole answer: its close
+    # waited for the stream's end, and the answer was counted as its own.
+    usage = usage_chunk()["usage"]
+    upstream.script = [
+        {**chunk({"role": "assistant", "content": "A"}), "usage": usage},
+        {**chunk({"content": "B"}), "usage": usage},
+        {**chunk({"content": "C"}, "stop"), "usage": usage},
+    ]
+    async with open_client(upstream) as client:
+        stream = client.stream(**ask())
+        async with stream:
+            async for _ in stream:
+                break
+        assert stream.completion is None
+        assert (client.stats.cancelled, client.stats.misses) == (1, 0)
+
+
 async def test_a_stream_of_no_chunk_is_a_malformed_answer(upstream: ScriptedUpstream) -> None:
     async with open_client(upstream) as client:
         stream = client.stream(**ask())

@@ -179,11 +179,14 @@ class StreamFlights:
                 failed = flight
             except GeneratorExit:
                 # Closed by its reader (not cancelled) once every choice asked for
-                # finished (``if chunk.finish_reason: break``) or the usage chunk came:
-                # at most the usage and [DONE] are left, so the answer is whole, paid for
-                # and its reader's; the upstream ends it (stored, and counted as this
+                # finished (``if chunk.finish_reason: break``) or the usage chunk came
+                # (one of usage alone: some servers send usage on every chunk): at most
+                # the usage and [DONE] are left, so the answer is whole, paid for and
+                # its reader's; the upstream ends it (stored, and counted as this
                 # reader's) rather than being cut for want of a reader.
-                done = last is not None and (last.get("usage") or finishes.whole)
+                done = last is not None and (
+                    finishes.whole or (bool(last.get("usage")) and not last.get("choices"))
+                )
                 if done and await _ended_soon(flight):
                     sink.completion = self._completion(request, flight, led)
                 raise
