@@ -133,6 +133,25 @@ async def test_storage_cost_enters_the_ledger(
     assert ledger.cost_usd(T0 + 100_000) == pytest.approx(per_hour * (1.5 + 1 / 6), abs=1e-12)
 
 
+async def test_caches_another_created_stay_out_of_this_ledger_when_listed_or_read(
+    clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    # Regression: a second CachedContents (a cleanup job, a dashboard) that only listed
+    # counted the owner's cache in its own ledger, and for ever after the owner deleted it.
+    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
+    owner = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
+    reader = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
+    created = await owner.create(model=FLASH, system_instruction=MANUAL, ttl=600)
+    assert [c.name for c in await reader.list()] == [created.name]
+    await reader.get(created.name)
+    assert reader.ledger.entries == {}
+    clock.now = T0 + 300
+    await owner.delete(created.name)
+    clock.now = T0 + 100_000
+    assert reader.ledger.cost_usd(clock.now) == 0
+    assert owner.ledger.cost_usd(clock.now) == pytest.approx(MANUAL_TOKENS / 1e6 / 12)
+
+
 @pytest.mark.parametrize("op", ["get", "update", "delete"])
 async def test_a_cache_gone_upstream_stops_costing_when_a_call_finds_it_gone(
     op: str, clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock

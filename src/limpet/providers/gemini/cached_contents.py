@@ -114,7 +114,7 @@ class CachedContents:
         if display_name is not None:
             body["displayName"] = display_name
         cache = await self._send("POST", self._url, json=body)
-        self._record(cache)
+        self._record(cache, created=True)
         return cache
 
     async def get(self, name: str) -> CachedContent:
@@ -143,7 +143,8 @@ class CachedContents:
         self.ledger.end(full_name(name), self.clock())
 
     async def list(self, *, page_size: int | None = None) -> builtins.list[CachedContent]:
-        """Every cache the account holds, following ``nextPageToken`` to the end."""
+        """Every cache the account holds, following ``nextPageToken`` to the end (those
+        the ledger holds are brought up to date; no other is added to it)."""
         found: builtins.list[CachedContent] = []
         params: dict[str, str] = {}
         if page_size is not None:
@@ -206,7 +207,13 @@ class CachedContents:
     def _item(self, name: str) -> str:
         return f"{self._url}/{cache_id(name)}"
 
-    def _record(self, cache: CachedContent) -> None:
+    def _record(self, cache: CachedContent, *, created: bool = False) -> None:
+        """Put what ``cache`` stores in the ledger: one this ledger's caches created, or
+        one it holds already (its expiry, moved). Another's, only read here (listed, got),
+        is its creator's to count: counted here too, it was billed twice, and for ever
+        after its creator deleted it."""
+        if not created and cache.name not in self.ledger.entries:
+            return
         price = self.storage_price(cache.model)
         if price is None:
             return
