@@ -98,6 +98,17 @@ async def test_a_callers_session_id_is_kept_and_none_enters_the_cache_key() -> N
     assert canonical_request(mine) == canonical_request(rag("acme", "q1"))
 
 
+async def test_a_callers_own_session_header_gets_no_derived_session_id_beside_it() -> None:
+    # Regression: the router sees no call's own headers, and added a body session_id
+    # that contradicted (and on OpenRouter, overrode) the caller's x-session-id.
+    own = {**rag("acme", "q1"), "extra_headers": {"X-Session-Id": "user-42"}}
+    async with FakeGateway(endpoints=("or",)) as gateway:
+        await sent_bodies(openrouter(gateway), [own, rag("acme", "q1")])
+        first, second = gateway.endpoint("or").requests
+    assert "session_id" not in first
+    assert second["session_id"].startswith("limpet-")
+
+
 async def test_pinned_providers_other_gateways_and_the_switch_get_none() -> None:
     async with FakeGateway(endpoints=("pin", "plain", "off")) as gateway:
         pinned = Endpoint.openrouter("anthropic", name="pin", base_url=gateway.base_url("pin"))

@@ -24,6 +24,7 @@ from limpet.pipeline.request import Request
 from limpet.providers.prompt_cache import count_breakpoints
 from limpet.providers.usage import parse_usage
 from limpet.routing.base import Router
+from limpet.routing.sticky_keys import sends_session_id
 
 logger = logging.getLogger("limpet")
 
@@ -90,6 +91,10 @@ class Upstream:
         route.learns = marked is not body and not count_breakpoints(body)
         ranked = route.endpoints
         headers = request.headers
+        if "session_id" in route.body and "session_id" not in body and sends_session_id(headers):
+            # Derived by the router, which sees no call's own headers: the caller's own
+            # x-session-id stands alone (two would contradict each other).
+            route.body = {k: v for k, v in route.body.items() if k != "session_id"}
         for index in range(len(ranked)):  # a range iterator: no object for the GC to trace
             endpoint = ranked[index]
             self._stats.upstream_calls += 1

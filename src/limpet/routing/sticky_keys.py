@@ -32,6 +32,7 @@ from limpet.routing.base import RoutingKey
 
 __all__ = [
     "PromptCacheKeys",
+    "sends_session_id",
     "session_id_for",
     "wants_prompt_cache_key",
     "wants_session_id",
@@ -63,8 +64,13 @@ def wants_session_id(endpoint: Endpoint, body: Mapping[str, Any], config: Routin
         return False
     if _pins_provider(body):
         return False
-    headers = endpoint.headers
-    return not headers or all(name.lower() != "x-session-id" for name in headers)
+    return not sends_session_id(endpoint.headers)
+
+
+def sends_session_id(headers: Mapping[str, str] | None) -> bool:
+    """Whether ``headers`` carry a session id of their own (``x-session-id``, any case):
+    one derived into the body would contradict it."""
+    return bool(headers) and any(name.lower() == "x-session-id" for name in headers or ())
 
 
 def wants_prompt_cache_key(body: Mapping[str, Any], config: RoutingConfig) -> bool:
