@@ -27,7 +27,13 @@ from limpet.observe.events import EventHook
 from limpet.observe.fleet import FleetCounters
 from limpet.observe.recorder import Recorder
 from limpet.observe.stats import Stats
-from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY, WarmReport, is_embedding, warm
+from limpet.observe.warm import (
+    DEFAULT_WARM_CONCURRENCY,
+    WarmReport,
+    is_embedding,
+    warm,
+    writes_lost,
+)
 from limpet.pipeline.calls import RunningCalls
 from limpet.pipeline.credentials import CacheScope, credential_scope, generations_scope
 from limpet.pipeline.keying import Keying, endpoint_bodies
@@ -460,7 +466,13 @@ class Client:
         """
         if self._closed:
             raise ClientClosedError("Client is closed")
-        return await warm(self._warm_one, requests, concurrency=concurrency, progress=progress)
+        cache = self._cache
+        before = 0 if cache is None else writes_lost(cache)
+        report = await warm(self._warm_one, requests, concurrency=concurrency, progress=progress)
+        if cache is not None:
+            await cache.flush()  # the writes queued have landed, or failed
+            report.settle(writes_lost(cache) - before)
+        return report
 
     async def _warm_one(self, **request: Any) -> Completion | Embeddings:
         if is_embedding(request):

@@ -427,3 +427,19 @@ async def test_stats_split_hits_by_tier_and_show_the_breaker(
         await memory_only.complete(**ask())
         assert memory_only.stats.breaker_state is None
         assert memory_only.stats.as_dict()["failed_cache_writes"] == 0
+
+
+async def test_warm_counts_answers_no_tier_kept_as_unstored_and_lines_given_twice_as_skipped(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: every answer sent upstream counted as warmed ("answered and stored"),
+    # with the shared tier down; and a line given twice counted as warmed twice.
+    dead = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", **PATIENT)
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=dead) as client:
+        report = await client.warm([ask(f"q{i}") for i in range(5)], concurrency=2)
+    assert (report.warmed, report.unstored, report.failed) == (0, 5, 0)
+    assert gateway.total_calls == 5
+    lines = [ask("again"), ask("again"), ask("other")]
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
+        report = await client.warm(lines, concurrency=3)
+    assert (report.warmed, report.skipped, report.unstored) == (2, 1, 0)

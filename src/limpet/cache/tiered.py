@@ -51,6 +51,9 @@ class TierStats:
         corrupt: entries that did not decode, were stored under another key, failed their
             signature or were ill-shaped (each deleted, and a miss).
         oversized: answers not stored for being larger than ``max_entry_bytes``.
+        unwritten: writes a tier refused as they were made (down, its breaker open,
+            closed); each is an error too. (A write a tier queued and then lost is its
+            own ``failed_writes`` or ``dropped_writes``.)
     """
 
     hits: list[int] = field(default_factory=list)
@@ -58,6 +61,7 @@ class TierStats:
     errors: int = 0
     corrupt: int = 0
     oversized: int = 0
+    unwritten: int = 0
 
 
 class TieredCache:
@@ -309,6 +313,7 @@ class TieredCache:
             try:  # an in-process tier, written without a coroutine
                 write_now(key, data, ttl)
             except CacheUnavailableError as exc:
+                self.stats.unwritten += 1
                 self._fault(index, exc)
         return True
 
@@ -367,7 +372,14 @@ class TieredCache:
         try:
             await self.tiers[index].set(key, data, ttl)
         except CacheUnavailableError as exc:
+            self.stats.unwritten += 1
             self._fault(index, exc)
+
+    async def flush(self) -> None:
+        """Wait until the writes each tier queued have been sent (or have failed)."""
+        for tier in self.tiers:
+            if isinstance(tier, _Flushable):
+                await tier.flush()
 
     async def _delete_from(self, index: int, key: str) -> None:
         try:
@@ -408,6 +420,13 @@ def _tiers_key(
             "entries as TieredCache(hmac_key=...)"
         )
     return next(iter(keys), None)
+
+
+@runtime_checkable
+class _Flushable(Protocol):
+    """A tier that queues its writes (``RemoteCache``)."""
+
+    async def flush(self) -> None: ...
 
 
 @runtime_checkable

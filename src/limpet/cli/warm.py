@@ -15,7 +15,7 @@ import orjson
 from limpet.cli.arguments import CommandError, api_key, open_lines, shared_cache
 from limpet.errors import CacheUnavailableError, LimpetError
 from limpet.models import Completion, Embeddings
-from limpet.observe.warm import WarmReport, is_embedding, warm
+from limpet.observe.warm import WarmReport, is_embedding, warm, writes_lost
 
 if TYPE_CHECKING:
     from limpet import Client
@@ -39,6 +39,7 @@ async def run_warm(args: argparse.Namespace) -> int:
         f"{args.cache_scope} scope)"
     )
     errors: list[str] = []
+    lost = writes_lost(cache)
     async with Client(
         base_url=args.base_url,
         api_key=api_key(args, required=False),
@@ -55,23 +56,24 @@ async def run_warm(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     # The Client has closed: every write has landed or failed by now. An answer too large
     # to store was served (so counted warmed) but never written: it is unstored too.
-    too_large = cache.stats.oversized
-    too_large_for_server = getattr(shared, "oversized_writes", 0)  # Memcached's own limit
-    lost = shared.failed_writes + shared.dropped_writes
-    unstored = min(report.warmed, too_large + too_large_for_server + lost)
-    _print_report(report, errors, unstored, where, as_json=args.json)
-    if unstored:
+    report.settle(writes_lost(cache) - lost)
+    _print_report(report, errors, where, as_json=args.json)
+    if report.unstored:
+        too_large = cache.stats.oversized
+        too_large_for_server = getattr(shared, "oversized_writes", 0)  # Memcached's own
+        refused = cache.stats.unwritten + shared.failed_writes + shared.dropped_writes
         causes = []
         if too_large:
             causes.append(f"{too_large} larger than max_entry_bytes ({cache.max_entry_bytes})")
         if too_large_for_server:
             size = getattr(shared, "max_value_size", "?")
             causes.append(f"{too_large_for_server} larger than max_value_size ({size})")
-        if lost:
-            causes.append(f"{lost} writes failed or dropped")
+        if refused:
+            causes.append(f"{refused} writes refused, failed or dropped")
+        answered = report.warmed + report.unstored
         raise CommandError(
-            f"{unstored} of {report.warmed} answers could not be stored in {shared.server}: "
-            + ", ".join(causes)
+            f"{report.unstored} of {answered} answers could not be stored in "
+            f"{shared.server}: " + ", ".join(causes)
         )
     return 1 if report.failed else 0
 
@@ -105,15 +107,13 @@ def _show(report: WarmReport) -> None:
     sys.stderr.flush()
 
 
-def _print_report(
-    report: WarmReport, errors: list[str], unstored: int, where: str, *, as_json: bool
-) -> None:
+def _print_report(report: WarmReport, errors: list[str], where: str, *, as_json: bool) -> None:
     if as_json:
-        out = {**asdict(report), "errors": errors, "unstored": unstored, "where": where}
+        out = {**asdict(report), "errors": errors, "where": where}
         sys.stdout.write(orjson.dumps(out).decode() + "\n")
         return
     print(
-        f"warmed {report.warmed - unstored} into {where}; skipped {report.skipped} "
+        f"warmed {report.warmed} into {where}; skipped {report.skipped} "
         f"(cached), uncacheable {report.uncacheable}, failed {report.failed}"
     )
     for error in errors[:20]:

@@ -7,10 +7,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from limpet.cache.remote import RemoteCache
+from limpet.cache.tiered import TieredCache
 from limpet.errors import LimpetError
 from limpet.models import CacheStatus, Completion, Embeddings
 
-__all__ = ["DEFAULT_WARM_CONCURRENCY", "WarmReport", "is_embedding", "warm"]
+__all__ = ["DEFAULT_WARM_CONCURRENCY", "WarmReport", "is_embedding", "warm", "writes_lost"]
 
 DEFAULT_WARM_CONCURRENCY = 8
 
@@ -21,9 +23,13 @@ class WarmReport:
 
     Attributes:
         warmed: requests answered upstream and stored.
-        skipped: requests already cached.
+        skipped: requests already cached (or answered by another caller's call of the
+            same request: a line given twice).
         uncacheable: requests policy does not cache (sampled); answered, not stored.
         failed: requests that raised; their messages are in ``errors``.
+        unstored: requests answered upstream whose answers were not stored (too large, a
+            tier down or refusing, a write lost), as the cache counted its lost writes
+            over the warm-up (those of other calls meanwhile count too).
     """
 
     warmed: int = 0
@@ -31,10 +37,28 @@ class WarmReport:
     uncacheable: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    unstored: int = 0
 
     @property
     def done(self) -> int:
-        return self.warmed + self.skipped + self.uncacheable + self.failed
+        return self.warmed + self.skipped + self.uncacheable + self.failed + self.unstored
+
+    def settle(self, lost: int) -> None:
+        """Count ``lost`` writes (``writes_lost`` after the warm-up's writes landed, less
+        before) as unstored answers, out of the warmed ones."""
+        self.unstored = min(self.warmed, max(lost, 0))
+        self.warmed -= self.unstored
+
+
+def writes_lost(cache: TieredCache) -> int:
+    """The writes ``cache`` has not kept so far: too large for it or for a tier's server,
+    refused by a tier as they were made, or lost after a tier queued them."""
+    lost = cache.stats.oversized + cache.stats.unwritten
+    for tier in cache.tiers:
+        if isinstance(tier, RemoteCache):
+            lost += tier.failed_writes + tier.dropped_writes
+        lost += getattr(tier, "oversized_writes", 0)  # Memcached's own item limit
+    return lost
 
 
 def is_embedding(request: Mapping[str, Any]) -> bool:
@@ -70,9 +94,12 @@ async def warm(
                 report.failed += 1
                 report.errors.append(f"{type(exc).__name__}: {exc}")
             else:
-                if completion.cache is CacheStatus.HIT:
+                status = completion.cache
+                if status is CacheStatus.HIT or (
+                    status is CacheStatus.COALESCED and isinstance(completion, Completion)
+                ):
                     report.skipped += 1
-                elif completion.cache is CacheStatus.BYPASS:
+                elif status is CacheStatus.BYPASS:
                     report.uncacheable += 1
                 else:
                     report.warmed += 1
