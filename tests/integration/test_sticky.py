@@ -33,7 +33,7 @@ from limpet.http.retry import should_retry
 from limpet.http.transport import Transport
 from limpet.models import Usage
 from limpet.providers.usage import parse_usage
-from limpet.routing.affinity import RedisAffinityStore, affinity_store_for
+from limpet.routing.affinity import RedisAffinityStore, affinity_scope, affinity_store_for
 from limpet.routing.prefix import prefix_chain
 from limpet.routing.sticky import StickyRouter, routing_key
 from limpet.testing import FakeGateway
@@ -339,11 +339,12 @@ async def test_client_mirrors_affinity_to_its_redis_tier_and_others_follow(
     def tiered() -> TieredCache:
         return TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
 
-    def anchor(body: dict[str, Any]) -> str:
+    def anchor(body: dict[str, Any], client: Client) -> str:
         chain = prefix_chain(body)
         depth = routing_key(chain).depth
         assert depth is not None
-        return f"{redis_prefix}affinity:{chain.links[depth].hash}"
+        scope = affinity_scope(client._keying.namespace, client._keying.credential)
+        return f"{redis_prefix}affinity:{scope}{chain.links[depth].hash}"
 
     for endpoint in gateway.endpoints.values():
         endpoint.latency = 0.05
@@ -370,16 +371,21 @@ async def test_client_mirrors_affinity_to_its_redis_tier_and_others_follow(
     raw = redis.asyncio.Redis.from_url(redis_url)
     try:
         # Closing the Client flushed the router's writes: only the exception is there.
-        assert await raw.get(anchor(first)) == moved.endpoint.encode()
-        assert await raw.get(anchor(neighbour)) is None
+        assert await raw.get(anchor(first, a)) == moved.endpoint.encode()
+        assert await raw.get(anchor(neighbour, a)) is None
         # Pin the neighbour elsewhere by hand: a fresh Client follows Redis, not the hash.
         elsewhere = next(name for name in NAMES if name != home)
-        await raw.set(anchor(neighbour), elsewhere, px=60_000)
+        await raw.set(anchor(neighbour, a), elsewhere, px=60_000)
     finally:
         await raw.aclose()
     async with sticky_client(gateway, cache=tiered()) as b:
         assert (await b.complete(**{**first, "max_tokens": 5})).endpoint == moved.endpoint
         assert (await b.complete(**{**neighbour, "max_tokens": 5})).endpoint == elsewhere
+    # Another tenant's Client (another namespace) sharing the Redis follows its own hash:
+    # another's traffic never steers its calls (nor tells it, so, what the other sent).
+    async with sticky_client(gateway, cache=tiered(), namespace="another tenant") as c:
+        assert (await c.complete(**{**first, "max_tokens": 6})).endpoint == home
+        assert (await c.complete(**{**neighbour, "max_tokens": 6})).endpoint == home
 
 
 @pytest.mark.redis

@@ -27,7 +27,7 @@ from limpet.pipeline.stream import StreamCalls
 from limpet.pipeline.stream_flights import StreamFlights
 from limpet.pipeline.upstream import Upstream
 from limpet.providers.pricing import PriceTable
-from limpet.routing.affinity import affinity_store_for
+from limpet.routing.affinity import affinity_scope, affinity_store_for
 from limpet.routing.base import Router
 from limpet.routing.sticky import StickyRouter
 
@@ -62,7 +62,7 @@ class Pipelines:
         mark: Callable[[dict[str, Any]], dict[str, Any]] | None,
         max_embed_inputs: int,
     ) -> None:
-        _wire_shared_parts(router, cache, transport, stats)
+        _wire_shared_parts(router, cache, transport, stats, keying)
 
         self._shared: list[RedisFlight[Any]] = []  # each stopped at aclose()
 
@@ -128,14 +128,20 @@ class Pipelines:
 
 
 def _wire_shared_parts(
-    router: Router, cache: TieredCache | None, transport: Transport, stats: Stats
+    router: Router,
+    cache: TieredCache | None,
+    transport: Transport,
+    stats: Stats,
+    keying: Keying,
 ) -> None:
     """Stats read the tiers' and admission's figures; a sticky router shares its affinity
-    map through the Redis tier, when there is one, and ranks by what admission sees."""
+    map through the Redis tier, when there is one, with the Clients of its scope alone,
+    and ranks by what admission sees."""
     if cache is not None:
         stats.attach(cache)
     stats.admissions = transport.admissions
     if isinstance(router, StickyRouter):
         if router.store is None:
-            router.use_store(affinity_store_for(cache.tiers if cache is not None else ()))
+            scope = affinity_scope(keying.namespace, keying.credential)
+            router.use_store(affinity_store_for(cache.tiers if cache is not None else (), scope))
         router.use_admissions(transport.admissions)

@@ -16,6 +16,7 @@ never raised, and writes leave in the background (``AffinityMirror``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -36,6 +37,7 @@ __all__ = [
     "AffinityStore",
     "RedisAffinityStore",
     "RedisTier",
+    "affinity_scope",
     "affinity_store_for",
 ]
 
@@ -166,26 +168,30 @@ class RedisTier(Protocol):
 class RedisAffinityStore:
     """The affinity map's shared copy, in the Redis of a ``RedisCache``.
 
-    One string key per link, ``{cache prefix}affinity:{link}`` -> endpoint name, with a
-    Redis-native TTL, so an entry cannot outlive the provider's cache even if no process
-    ever reads it again. Reads join the cache's own read batches (a burst of routing
-    decisions is a few MGETs, not one per decision, so it cannot exhaust the pool); writes
-    are one pipeline within its write timeout. The cache is lent, never closed here.
+    One string key per link, ``{cache prefix}affinity:{scope}{link}`` -> endpoint name,
+    with a Redis-native TTL, so an entry cannot outlive the provider's cache even if no
+    process ever reads it again. Reads join the cache's own read batches (a burst of
+    routing decisions is a few MGETs, not one per decision, so it cannot exhaust the
+    pool); writes are one pipeline within its write timeout. The cache is lent, never
+    closed here.
 
     Args:
         cache: the Redis tier (a ``RedisCache``).
+        scope: whose map it is (``affinity_scope``: the Client's namespace and credential
+            scope); "" for one shared by every Client of the Redis.
     """
 
-    __slots__ = ("_cache",)
+    __slots__ = ("_cache", "_scope")
 
-    def __init__(self, cache: RedisTier) -> None:
+    def __init__(self, cache: RedisTier, scope: str = "") -> None:
         self._cache = cache
+        self._scope = scope
 
     def __repr__(self) -> str:
         return f"RedisAffinityStore({self._cache!r})"
 
     def _key(self, link: str) -> str:
-        return self._cache.redis_key(_NAMESPACE + link)
+        return self._cache.redis_key(_NAMESPACE + self._scope + link)
 
     async def lookup(self, links: Sequence[str]) -> list[str | None]:
         """Raises ``CacheUnavailableError`` when Redis is down, slow or refuses."""
@@ -217,11 +223,24 @@ class RedisAffinityStore:
         await cache.run("SET", cache.write_timeout, write)
 
 
-def affinity_store_for(tiers: Sequence[object]) -> AffinityStore | None:
-    """A ``RedisAffinityStore`` on the lowest tier that lends its Redis (the one processes
-    share; ``TierCapabilities.redis``), if any."""
+def affinity_store_for(tiers: Sequence[object], scope: str = "") -> AffinityStore | None:
+    """A ``RedisAffinityStore`` of ``scope`` on the lowest tier that lends its Redis (the
+    one processes share; ``TierCapabilities.redis``), if any."""
     tier = lowest_with(tiers, "redis")
-    return None if tier is None else RedisAffinityStore(cast(RedisTier, tier))
+    return None if tier is None else RedisAffinityStore(cast(RedisTier, tier), scope)
+
+
+def affinity_scope(namespace: str, credential: str) -> str:
+    """The scope of a Client's affinity map in a shared Redis: its namespace and
+    credential scope, digested (16 hex digits and a ``:``). Apart, one tenant's traffic
+    never steers another's calls (nor tells it, by where they go, what the other sent).
+
+    Example:
+        >>> affinity_scope("", "") == affinity_scope("", "") != affinity_scope("b", "")
+        True
+    """
+    digest = hashlib.sha256(f"{namespace}\x00{credential}".encode()).hexdigest()
+    return digest[:16] + ":"
 
 
 class AffinityMirror:
