@@ -228,9 +228,28 @@ class Client:
             coalesce=coalesce,
             leases=flight_store_of(self._cache) if coalesce else None,
             flight=flight,
-            mark=None if control is None else partial(inject_cache_control, config=control),
+            mark=self._mark(control),
             max_embed_inputs=max_embed_inputs,
         )
+
+    def _mark(
+        self, control: CacheControlConfig | None
+    ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """What ``auto_cache_control`` does to each body sent: nothing when an endpoint
+        asks for automatic caching (a top-level ``cache_control`` in its ``extra_body``,
+        merged in as it is sent): its breakpoint and the injected ones together could
+        exceed the provider's four, and the request be refused."""
+        if control is None:
+            return None
+        automatic = [e.name for e in self._endpoints if "cache_control" in (e.extra_body or {})]
+        if automatic:
+            logger.info(
+                "limpet: auto_cache_control marks nothing: endpoint %r asks for automatic "
+                "caching",
+                automatic[0],
+            )
+            return None
+        return partial(inject_cache_control, config=control)
 
     def __repr__(self) -> str:
         names = ", ".join(e.name for e in self._endpoints)

@@ -84,6 +84,26 @@ async def test_a_waiter_that_takes_over_a_left_call_gets_its_prompt_cache_saving
     assert answer.cost.saved_usd == pytest.approx(answer.usage.cached_tokens * 2.7e-6)
 
 
+async def test_an_endpoint_asking_for_automatic_caching_gets_no_injected_breakpoint(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: injection read the body alone; the endpoint's top-level cache_control
+    # (OpenRouter's automatic caching), merged in as it is sent, made a caller's three
+    # marks and the injected one five breakpoints, one more than Anthropic takes.
+    mark = {"type": "ephemeral"}
+    tools = [
+        {"type": "function", "function": {"name": f"t{i}", "parameters": {"type": "object"}},
+         "cache_control": mark}
+        for i in range(3)
+    ]  # fmt: skip
+    automatic = Endpoint("a", gateway.base_url("a"), extra_body={"cache_control": mark})
+    async with Client(endpoints=[automatic], auto_cache_control=True) as client:
+        await client.complete(**ask_the_manual("What holds a limpet on?"), tools=tools)
+    sent = gateway.endpoint("a").requests[-1]
+    assert sent["cache_control"] == mark
+    assert isinstance(sent["messages"][0]["content"], str)  # the manual: not marked
+
+
 async def test_the_key_does_not_depend_on_injection(gateway: FakeGateway) -> None:
     async with client_for(gateway, auto_cache_control=True) as marked:
         key = (await marked.complete(**ask_the_manual("q"))).key
