@@ -407,10 +407,16 @@ def test_a_free_variant_costs_nothing_whatever_is_listed_or_answered() -> None:
     table = PriceTable()
     table.add_listing({"data": [{"id": "deepseek/deepseek-r1", "pricing": paid}]})
     usage = Usage(prompt_tokens=100_000, completion_tokens=10_000, cached_tokens=90_000)
-    for names in (("deepseek/deepseek-r1:free",), ("deepseek/deepseek-r1", "deepseek/r1:free")):
+    for names in (
+        ("deepseek/deepseek-r1:free",),
+        ("deepseek/deepseek-r1", "deepseek/deepseek-r1:free"),
+    ):
         free = table.get(*names)
         assert free is not None and free.source == "free"
         assert completion_cost(usage, free) == Cost(0.0, 0.0)
+    # Another model answering a free request (one of its ``models`` fallbacks) is paid.
+    fallback = table.get("deepseek/deepseek-r1", "meta-llama/llama-3.3-70b-instruct:free")
+    assert fallback is not None and fallback.source == "gateway"
     mine = ModelPrices(prompt=Decimal(1), completion=Decimal(1))
     table.override("deepseek/deepseek-r1:free", mine)
     assert table.get("deepseek/deepseek-r1:free") == mine  # an override still wins

@@ -244,8 +244,7 @@ class Client:
         automatic = [e.name for e in self._endpoints if "cache_control" in (e.extra_body or {})]
         if automatic:
             logger.info(
-                "limpet: auto_cache_control marks nothing: endpoint %r asks for automatic "
-                "caching",
+                "limpet: auto_cache_control marks nothing: endpoint %r asks for automatic caching",
                 automatic[0],
             )
             return None

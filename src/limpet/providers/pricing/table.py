@@ -227,9 +227,9 @@ class PriceTable:
     def _resolve(self, names: tuple[str, ...]) -> ModelPrices | None:
         if not names:
             return None
-        if any(name.endswith(_FREE) for name in names):
-            # OpenRouter's free variant of a model: priced as such (unless overridden),
-            # whatever its listing lacks and whatever name the answer gives its model.
+        if _free(names):
+            # OpenRouter's free variant of a model answered: priced as such (unless
+            # overridden), whatever its listing lacks.
             found = next(filter(None, map(self._overrides.get, names)), None)
             return found or _FREE_PRICES
         found = next(filter(None, map(self._known, names)), None)
@@ -257,6 +257,16 @@ class PriceTable:
     def _backing_off(self) -> bool:
         failed = self._failed_at
         return failed is not None and self.clock() - failed < self._retry_after
+
+
+def _free(names: tuple[str, ...]) -> bool:
+    """Whether the model that answered (the first name) is a free variant: named so, or
+    named as the free variant asked for (``also``), its suffix left out. (Another model
+    answering a free request, one of its ``models`` fallbacks, is paid for.)"""
+    answered = names[0]
+    return answered.endswith(_FREE) or any(
+        name.endswith(_FREE) and name[: -len(_FREE)] == answered for name in names[1:]
+    )
 
 
 def _names(model: object, also: tuple[object, ...]) -> tuple[str, ...]:
