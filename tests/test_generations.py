@@ -170,6 +170,29 @@ async def test_invalidating_models_never_used_here_holds_no_value_of_theirs() ->
     assert "1001" in (await gens.scope("never-used-7")).split(".")
 
 
+async def test_a_bump_made_while_the_models_first_read_is_out_is_kept() -> None:
+    # Regression: the read, sent before the bump, came back with the older value, and
+    # the bump (not kept: the model was not tracked yet) was lost until a refresh.
+    store, out, answers = CountersInMemory(), asyncio.Event(), asyncio.Event()
+    read = store.generations
+
+    async def held(names: Sequence[str]) -> list[int]:
+        values = await read(names)  # as the store had them when the read reached it
+        out.set()
+        await answers.wait()
+        return values
+
+    store.generations = held  # type: ignore[method-assign]
+    gens = Generations(store)
+    first = asyncio.ensure_future(gens.scope("m"))
+    await out.wait()
+    await gens.bump("m")  # invalidate() returns
+    answers.set()
+    store.generations = read  # type: ignore[method-assign]
+    for scope in (await first, await gens.scope("m")):
+        assert "1001" in scope.split(".")  # the bump's value, never the read's older one
+
+
 async def test_a_bump_only_this_process_holds_keeps_other_models_within_max_tracked() -> None:
     gens = Generations(None, credential="client", max_tracked=10)
     await gens.bump()  # the client's own generation: in every key, never forgotten anyway

@@ -288,9 +288,7 @@ class Generations:
                     "limpet: invalidation of %r is local until the store is back: %s", name, exc
                 )
                 self._pinned.add(name)
-        if name in self._pinned or name in self._fixed or name in self._uses:
-            # Else no tracked model uses it: it is read with the model, when one is used
-            # (kept, the values of models never used here grew without bound).
+        if self._held(name):
             self._values[name] = max(value, self._values.get(name, 0))
         self._scopes.clear()
         self._outage = None  # what an unread scope held before is invalidated too
@@ -352,6 +350,19 @@ class Generations:
             if mine is None or value > mine:  # never go back
                 known[name] = value
                 self._scopes.clear()
+
+    def _held(self, name: str) -> bool:
+        """Whether generation ``name``'s value is kept here: fixed, bumped here alone, used
+        by a tracked model, or by one being read now (that read may return the value from
+        before a bump made meanwhile, which the merge must find held). Else it is read
+        with a model that uses it, when one is used (kept, the values of models never
+        used here grew without bound)."""
+        return (
+            name in self._pinned
+            or name in self._fixed
+            or name in self._uses
+            or any(name in self._names_of(tracked) for tracked in self._loading)
+        )
 
     def _names_of(self, tracked: _Tracked) -> tuple[str, ...]:
         names = self._models.get(tracked)
