@@ -152,6 +152,22 @@ async def test_caches_another_created_stay_out_of_this_ledger_when_listed_or_rea
     assert owner.ledger.cost_usd(clock.now) == pytest.approx(MANUAL_TOKENS / 1e6 / 12)
 
 
+async def test_an_update_of_anothers_cache_counts_the_storage_it_bought_and_no_more(
+    clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    # A keep-alive job extends a cache another instance created: the storage it bought
+    # (from the old expiry to the new) is its to count; the owner's ends at the old one.
+    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
+    owner = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
+    keeper = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
+    created = await owner.create(model=FLASH, system_instruction=MANUAL, ttl=600)
+    await keeper.update(created.name, ttl=36_000)
+    per_hour = MANUAL_TOKENS * 1.0 / 1e6
+    later = T0 + 100_000
+    assert owner.ledger.cost_usd(later) == pytest.approx(per_hour / 6)
+    assert keeper.ledger.cost_usd(later) == pytest.approx(per_hour * (10 - 1 / 6))
+
+
 @pytest.mark.parametrize("op", ["get", "update", "delete"])
 async def test_a_cache_gone_upstream_stops_costing_when_a_call_finds_it_gone(
     op: str, clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock

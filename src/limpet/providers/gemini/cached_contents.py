@@ -126,12 +126,21 @@ class CachedContents:
 
     async def update(self, name: str, *, ttl: float) -> CachedContent:
         """Set the cache to expire ``ttl`` seconds from now; its storage cost follows (and
-        stops now when it is gone: a 404)."""
+        stops now when it is gone: a 404). Of a cache this ledger does not hold (another
+        created it), the storage bought counts here: from its expiry before (read first)
+        to its new one, so the two ledgers never count the same hour."""
         url = self._item(name)
+        held = full_name(name) in self.ledger.entries
+        before = None if held else await self._send("GET", url, name=name)
         cache = await self._send(
             "PATCH", url, json={"ttl": duration(ttl)}, params={"updateMask": "ttl"}, name=name
         )
-        self._record(cache)
+        if before is None:
+            self._record(cache)
+        elif before.expire_time is not None and cache.expire_time is not None:
+            start = max(before.expire_time, self.clock())
+            if cache.expire_time > start:
+                self._record(cache, start=start)
         return cache
 
     async def delete(self, name: str) -> None:
@@ -207,18 +216,22 @@ class CachedContents:
     def _item(self, name: str) -> str:
         return f"{self._url}/{cache_id(name)}"
 
-    def _record(self, cache: CachedContent, *, created: bool = False) -> None:
-        """Put what ``cache`` stores in the ledger: one this ledger's caches created, or
-        one it holds already (its expiry, moved). Another's, only read here (listed, got),
-        is its creator's to count: counted here too, it was billed twice, and for ever
-        after its creator deleted it."""
-        if not created and cache.name not in self.ledger.entries:
+    def _record(
+        self, cache: CachedContent, *, created: bool = False, start: float | None = None
+    ) -> None:
+        """Put what ``cache`` stores in the ledger: one this ledger's caches created, one
+        it holds already (its expiry, moved), or the storage it bought from ``start`` (an
+        update of another's). Another's, only read here (listed, got), is its creator's
+        to count: counted here too, it was billed twice, and for ever after its creator
+        deleted it."""
+        if not created and start is None and cache.name not in self.ledger.entries:
             return
         price = self.storage_price(cache.model)
         if price is None:
             return
         now = self.clock()
-        start = cache.create_time if cache.create_time is not None else now
+        if start is None:
+            start = cache.create_time if cache.create_time is not None else now
         end = cache.expire_time if cache.expire_time is not None else math.inf
         self.ledger.record(
             cache.name, tokens=cache.total_tokens, usd_per_mtok_hour=price, start=start, end=end
