@@ -135,6 +135,14 @@ COST_TABLE: list[tuple[str, dict[str, Any], ModelPrices, float, float]] = [
 ]
 
 
+def one_listed(model: str, prompt: str, completion: str) -> PriceTable:
+    """A table with ``model`` alone listed at these prices (per token), and no fallback."""
+    table = PriceTable(fallback=False)
+    pricing = {"prompt": prompt, "completion": completion}
+    table.add_listing({"data": [{"id": model, "pricing": pricing}]})
+    return table
+
+
 @pytest.mark.parametrize(
     ("payload", "prices", "usd", "saved"),
     [row[1:] for row in COST_TABLE],
@@ -229,18 +237,9 @@ def test_a_listed_price_past_the_bound_is_no_price(absurd: str) -> None:
     usage = Usage(prompt_tokens=10**15, completion_tokens=10**15)
     assert math.isfinite(cost_usd(usage, at_bound))
     # Cache prices derived from one at the bound stay within it (1 h writes cost 2x).
-    table = PriceTable(fallback=False)
-    table.add_listing(
-        {
-            "data": [
-                {
-                    "id": "anthropic/claude-sonnet-4.6",
-                    "pricing": {"prompt": "600", "completion": "1"},
-                }
-            ]
-        }
+    derived = one_listed("anthropic/claude-sonnet-4.6", "600", "1").get(
+        "anthropic/claude-sonnet-4.6"
     )
-    derived = table.get("anthropic/claude-sonnet-4.6")
     assert derived is not None and derived.cache_write_1h == MAX_PRICE
 
 
@@ -438,17 +437,7 @@ def test_resolved_prices_follow_later_overrides_and_listings() -> None:
 def test_cache_prices_follow_the_requested_family_when_the_answer_names_another() -> None:
     # Regression: the family was looked up by the answer's name only; a gateway answering
     # with the provider's own name (no "anthropic/") left reads priced as uncached input.
-    table = PriceTable(fallback=False)
-    table.add_listing(
-        {
-            "data": [
-                {
-                    "id": "anthropic/claude-sonnet-4.6",
-                    "pricing": {"prompt": "0.000003", "completion": "0.000015"},
-                }
-            ]
-        }
-    )
+    table = one_listed("anthropic/claude-sonnet-4.6", "0.000003", "0.000015")
     requested = table.get("anthropic/claude-sonnet-4.6")
     answered = table.get("claude-sonnet-4-6", "anthropic/claude-sonnet-4.6")
     assert answered is not None and requested is not None

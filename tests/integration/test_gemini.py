@@ -133,14 +133,20 @@ async def test_storage_cost_enters_the_ledger(
     assert ledger.cost_usd(T0 + 100_000) == pytest.approx(per_hour * (1.5 + 1 / 6), abs=1e-12)
 
 
+def instances(
+    gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
+) -> tuple[CachedContents, CachedContents]:
+    """Two ``CachedContents`` of one account, each with its ledger (two processes)."""
+    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
+    return tuple(CachedContents(http, gateway.url + "/a", clock=clock) for _ in "ab")  # type: ignore[return-value]
+
+
 async def test_caches_another_created_stay_out_of_this_ledger_when_listed_or_read(
     clocked_gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
     # Regression: a second CachedContents (a cleanup job, a dashboard) that only listed
     # counted the owner's cache in its own ledger, and for ever after the owner deleted it.
-    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
-    owner = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
-    reader = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
+    owner, reader = instances(clocked_gateway, session, clock)
     created = await owner.create(model=FLASH, system_instruction=MANUAL, ttl=600)
     assert [c.name for c in await reader.list()] == [created.name]
     await reader.get(created.name)
@@ -157,9 +163,7 @@ async def test_an_update_of_anothers_cache_counts_the_storage_it_bought_and_no_m
 ) -> None:
     # A keep-alive job extends a cache another instance created: the storage it bought
     # (from the old expiry to the new) is its to count; the owner's ends at the old one.
-    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
-    owner = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
-    keeper = CachedContents(http, clocked_gateway.url + "/a", clock=clock)
+    owner, keeper = instances(clocked_gateway, session, clock)
     created = await owner.create(model=FLASH, system_instruction=MANUAL, ttl=600)
     await keeper.update(created.name, ttl=36_000)
     per_hour = MANUAL_TOKENS * 1.0 / 1e6
