@@ -137,8 +137,8 @@ def instances(
     gateway: FakeGateway, session: aiohttp.ClientSession, clock: FakeClock
 ) -> tuple[CachedContents, CachedContents]:
     """Two ``CachedContents`` of one account, each with its ledger (two processes)."""
-    http = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"})
-    return tuple(CachedContents(http, gateway.url + "/a", clock=clock) for _ in "ab")  # type: ignore[return-value]
+    http, url = AiohttpCall(session, headers={"Authorization": f"Bearer {KEY}"}), gateway.url + "/a"
+    return CachedContents(http, url, clock=clock), CachedContents(http, url, clock=clock)
 
 
 async def test_caches_another_created_stay_out_of_this_ledger_when_listed_or_read(
