@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from limpet import Client, Endpoint
 from limpet.errors import (
     APIConnectionError,
     APIError,
@@ -283,6 +284,21 @@ async def test_names_are_checked_before_any_request(caches: CachedContents) -> N
             await caches.get(bad)
     with pytest.raises(InvalidRequestError):
         await caches.create(model=FLASH, system_instruction=MANUAL, ttl=0)
+
+
+async def test_a_client_sends_the_reference_where_geminis_openai_api_reads_it(
+    clocked_gateway: FakeGateway,
+) -> None:
+    # Splatted into complete(), the body's ``extra_body`` field is taken for the call's
+    # option and sent one level up: the recipe gives the reference as that option.
+    endpoint = Endpoint("a", clocked_gateway.base_url("a"), api_key=KEY)
+    messages = [{"role": "user", "content": "hi"}]
+    async with Client(endpoints=[endpoint]) as client:
+        await client.complete(
+            model=FLASH, messages=messages, extra_body=with_cached_content({}, "abc")
+        )
+    sent = clocked_gateway.endpoint("a").requests[-1]
+    assert sent["extra_body"] == {"google": {"cached_content": "cachedContents/abc"}}
 
 
 def test_references_and_model_names() -> None:

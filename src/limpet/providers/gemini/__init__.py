@@ -24,7 +24,8 @@ Example:
     ...     caches = CachedContents(http, "https://gateway.example/api")
     ...     cache = await caches.create(model="google/gemini-2.5-flash", ttl=3600,
     ...                                 system_instruction=LONG_MANUAL)
-    ...     body = with_cached_content(request, cache.name)     # reference it
+    ...     reference = with_cached_content({}, cache.name)     # reference it
+    ...     await client.complete(**request, extra_body=reference)
     ...     await caches.update(cache.name, ttl=7200)             # keep it longer
     ...     await caches.delete(cache.name)                       # stop paying for it
     ...     print(caches.ledger.cost_usd(time.time()))

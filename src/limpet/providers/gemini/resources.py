@@ -88,13 +88,20 @@ def native_model(model: str) -> str:
 def with_cached_content(
     body: Mapping[str, Any], name: str, *, native: bool = False
 ) -> dict[str, Any]:
-    """A copy of ``body`` that references the cache ``name``.
+    """A copy of ``body`` that references the cache ``name``: a request body as sent (to
+    ``limpet serve``, say).
 
     Args:
         body: a request body; it is not modified.
         name: the cache's resource name.
         native: for Gemini's native ``generateContent`` (``cachedContent``); otherwise for
-            its OpenAI-compatible chat API (``extra_body.google.cached_content``).
+            its OpenAI-compatible chat API (a field ``extra_body`` holding
+            ``google.cached_content``).
+
+    ``Client.complete(**body)`` would take that ``extra_body`` field for its own
+    ``extra_body=`` option (the OpenAI SDK's, merged into the body) and send the
+    reference one level up: give the Client the reference as that option instead,
+    ``client.complete(**request, extra_body=with_cached_content({}, name))``.
 
     The reference is part of the request, hence of limpet's cache key: answers that read
     different caches are never confused.
