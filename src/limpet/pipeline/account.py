@@ -130,6 +130,8 @@ class Accounting:
             prices = None
             try:
                 prices = await lookup()
+            except (ArithmeticError, ConfigurationError) as exc:
+                logger.warning("limpet: %r could not be priced: %s", model, exc)
             finally:
                 self._tell(model, usage, completion_cost(usage, prices, reported))
 
