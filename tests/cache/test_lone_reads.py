@@ -93,3 +93,18 @@ async def test_a_killed_redis_opens_the_breaker_and_a_restarted_one_answers_agai
 def test_a_packed_get_is_what_redis_py_sends(key: bytes) -> None:
     connection = redis.asyncio.Connection()
     assert packed_get(key) == b"".join(connection.pack_command("GET", key))
+
+
+@pytest.mark.redis
+async def test_a_pool_of_one_keeps_no_connection_for_lone_reads(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Regression: the lone reads kept the only connection, and every other command waited
+    # 20 budgets for one: each write failed, nothing was ever stored.
+    async with RedisCache.from_url(
+        redis_url, prefix=redis_prefix, max_connections=1, write_timeout=0.5
+    ) as cache:
+        assert await cache.get("k") is None  # a read alone first
+        await cache.set("k", b"v", 60)
+        await cache.flush()
+        assert (cache.failed_writes, await cache.get("k")) == (0, b"v")

@@ -197,10 +197,12 @@ class RedisCache(RemoteCache):
         )
         self._flights: RedisFlightStore | None = None
         # A read alone goes on a connection kept for it, when the pool is ours to keep
-        # one from (on a cluster, keys live on several nodes: through the client).
+        # one from (on a cluster, keys live on several nodes: through the client) and
+        # has another for every other command (kept from a pool of one, it left them
+        # none: each waited 20 budgets, and every write failed).
         self._lone = (
             LoneReads(client.connection_pool)
-            if self._owns_client and isinstance(client, Redis)
+            if self._owns_client and isinstance(client, Redis) and settings.max_connections > 1
             else None
         )
         self._reads = ReadBatcher(self._get_one, self._get_many, kind="Redis")
