@@ -318,3 +318,23 @@ def test_a_call_keeps_its_own_copy_of_its_headers() -> None:
     )
     headers["Authorization"] = "Bearer sk-tenant-b"
     assert chat.headers == embed.headers == {"Authorization": "Bearer sk-tenant-a"}
+
+
+@pytest.mark.parametrize("where", ["field", "message", "tool"])
+def test_json_nested_past_what_can_be_sent_is_a_clear_error_not_a_recursion_error(
+    where: str,
+) -> None:
+    # Regression: a body nested 1,000 deep overflowed the validation walk's stack
+    # (RecursionError out of complete(); a 500 with a traceback from `limpet serve`).
+    deep: object = "x"
+    for _ in range(1_000):
+        deep = [deep]
+    body: dict[str, Any] = {**GOOD}
+    if where == "field":
+        body["metadata"] = {"deep": deep}
+    elif where == "message":
+        body["messages"] = [{"role": "user", "content": "x", "name": "n", "extra": deep}]
+    else:
+        body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": deep}}]
+    with pytest.raises(InvalidRequestError, match="nested at most 254 deep"):
+        validate_request(body)

@@ -20,6 +20,7 @@ from limpet.pipeline.wire_shapes import (
 )
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_SECONDS",
     "ROLES",
     "json_problem",
@@ -47,6 +48,8 @@ _NUMBER_TYPES = (int, float)
 # The ints JSON can carry here: orjson writes none wider than 64 bits (signed or not).
 _INT64_LOW, _UINT64_HIGH = -(2**63), 2**64 - 1
 
+#: The deepest a request's JSON may nest (orjson writes no deeper).
+MAX_JSON_DEPTH = 254
 #: The longest TTL or timeout, in seconds (ten years): every tier can hold its expiry
 #: (Redis's PX in milliseconds, Memcached's unix time), and nothing longer means anything.
 MAX_SECONDS = 10 * 365 * 24 * 3600
@@ -349,11 +352,12 @@ _FIELD_CHECKS: dict[str, Callable[[str, object], None] | _Range] = {
 }
 
 
-def _check_json(value: object, path: str, *, exact: bool = False) -> None:
+def _check_json(value: object, path: str, *, exact: bool = False, depth: int = 1) -> None:
     """Raise naming the first place in ``value`` that JSON cannot hold (orjson would send
-    NaN as null, and raise a bare TypeError for an object). ``exact`` also checks what
-    only writing it would find, at a cost not paid on every call: an int wider than 64
-    bits, a str that is not valid UTF-8 (a lone surrogate)."""
+    NaN as null, and raise a bare TypeError for an object), or that is nested deeper than
+    orjson writes (``MAX_JSON_DEPTH``: deeper still, this walk would overflow the stack).
+    ``exact`` also checks what only writing it would find, at a cost not paid on every
+    call: an int wider than 64 bits, a str that is not valid UTF-8 (a lone surrogate)."""
     if isinstance(value, str):
         if exact and not value.isascii():
             try:
@@ -373,15 +377,19 @@ def _check_json(value: object, path: str, *, exact: bool = False) -> None:
         if not math.isfinite(value):
             raise InvalidRequestError(path, "a finite number", value)
         return
+    if isinstance(value, dict | list | tuple) and depth > MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            path, f"JSON nested at most {MAX_JSON_DEPTH} deep", described="deeper still"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidRequestError(path, "a dict with str keys", key)
-            _check_json(item, f"{path}.{key}", exact=exact)
+            _check_json(item, f"{path}.{key}", exact=exact, depth=depth + 1)
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", exact=exact)
+            _check_json(item, f"{path}[{index}]", exact=exact, depth=depth + 1)
         return
     raise InvalidRequestError(path, _JSON_TEXT, value)
 
