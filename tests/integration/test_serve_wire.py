@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -420,3 +421,21 @@ async def test_a_method_not_allowed_says_which_are(proxy: str) -> None:
         allowed = response.headers.get("Allow")
     assert response.status == 405 and body["error"]["type"] == "invalid_request_error"
     assert allowed is not None and "POST" in allowed
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br, gzip"])
+async def test_a_compressed_body_is_refused_unread(
+    proxy: str, gateway: FakeGateway, encoding: str
+) -> None:
+    # Regression: aiohttp unpacked it whole before any limit applied to what it unpacked
+    # to: 61 KB of gzip was 63 MB of JSON, read, parsed and keyed, from a caller with no
+    # key; four such requests took a worker from 43 MB to 1 GB.
+    body = gzip.compress(orjson.dumps(ask("packed")))
+    headers = {**AUTHORIZATION, "Content-Encoding": encoding, "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy}/chat/completions", data=body, headers=headers) as response,
+    ):
+        status, error = response.status, (await response.json())["error"]
+    assert status == 415 and "Content-Encoding" in error["message"]
+    assert gateway.endpoint("a").calls == 0

@@ -42,6 +42,7 @@ from limpet.serve.protocol import (
     client_key_allowed,
     embeddings_body,
     embeddings_headers,
+    encoding_problem,
     error_headers,
     error_of,
     header_problem,
@@ -230,6 +231,10 @@ async def _openai_errors(
     if problem is not None:
         status, body = error_of(problem)
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    refused = encoding_problem(request.headers)
+    if refused is not None:
+        body = openai_error(refused, "invalid_request_error")
+        return web.Response(status=415, body=orjson.dumps(body), content_type="application/json")
     try:
         return await handler(request)
     except web.HTTPException as exc:

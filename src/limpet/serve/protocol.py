@@ -44,6 +44,7 @@ __all__ = [
     "client_key_allowed",
     "embeddings_body",
     "embeddings_headers",
+    "encoding_problem",
     "error_headers",
     "error_of",
     "header_problem",
@@ -132,6 +133,16 @@ def header_problem(headers: Mapping[str, str]) -> BadHeaderError | None:
         if value is not None and not _utf8(value):
             return BadHeaderError(name, "UTF-8 text", described="bytes that are not UTF-8")
     return None
+
+
+def encoding_problem(headers: Mapping[str, str]) -> str | None:
+    """Why a request's body is refused unread (415), or None: one sent compressed
+    (``Content-Encoding``) would be unpacked whole before any limit applied to what it
+    unpacks to (61 KB of gzip is 63 MB of JSON), whoever sent it, a key or not."""
+    encoding = headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    return f"Content-Encoding {encoding[:40]!r} is not accepted: send the request body as it is"
 
 
 def _utf8(value: str) -> bool:
