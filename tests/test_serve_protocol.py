@@ -34,6 +34,7 @@ from limpet.serve.protocol import (
     embeddings_headers,
     error_headers,
     error_of,
+    from_this_host,
     split_body,
     usage_wanted,
     vector_encoding,
@@ -311,3 +312,26 @@ def test_embeddings_headers_say_how_the_inputs_were_served() -> None:
     result = Embeddings([[0.5]], "m", Usage(), None, 1, 0, 0, [])
     headers = embeddings_headers(result)
     assert headers == {"X-Limpet-Cache": "hit", "X-Limpet-Inputs": "hits=1 misses=0 coalesced=0"}
+
+
+@pytest.mark.parametrize(
+    ("remote", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("192.0.2.2", False),
+        ("10.0.0.7", False),
+        ("fd00::2", False),
+        ("::ffff:203.0.113.5", False),
+        ("", False),
+        (None, False),
+        ("not an address", False),
+    ],
+)
+def test_metrics_without_client_keys_are_for_this_host_alone(
+    remote: str | None, local: bool
+) -> None:
+    # Regression: with callers bringing their own keys, /metrics (every tenant's models,
+    # calls and dollars) was served to anyone who asked.
+    assert from_this_host(remote) is local

@@ -45,6 +45,7 @@ from limpet.serve.protocol import (
     encoding_problem,
     error_headers,
     error_of,
+    from_this_host,
     header_problem,
     openai_error,
     split_body,
@@ -209,11 +210,19 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    # Every tenant's models, calls, tokens and dollars: for a client key, as the API is.
+    # Every tenant's models, calls, tokens and dollars: for a client key, as the API is;
+    # without client keys (callers bring their own), for this host alone (its scraper).
     proxy = request.app[_PROXY]
     refusal = proxy.refusal(request)
     if refusal is not None:
         return refusal
+    if not proxy.config.client_keys and not from_this_host(request.remote):
+        error = openai_error(
+            "/metrics tells every caller's spend: it is served to this host alone, "
+            "unless the proxy has client keys (--client-keys-file)",
+            "permission_error",
+        )
+        return web.Response(status=403, body=orjson.dumps(error), content_type="application/json")
     registry = proxy.registry
     assert registry is not None  # the route exists only with metrics
     body, content_type = registry.exposition()

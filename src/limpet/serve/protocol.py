@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import math
 import struct
 from collections.abc import Collection, Mapping
@@ -47,6 +48,7 @@ __all__ = [
     "encoding_problem",
     "error_headers",
     "error_of",
+    "from_this_host",
     "header_problem",
     "openai_error",
     "split_body",
@@ -143,6 +145,19 @@ def encoding_problem(headers: Mapping[str, str]) -> str | None:
     if encoding in ("", "identity"):
         return None
     return f"Content-Encoding {encoding[:40]!r} is not accepted: send the request body as it is"
+
+
+def from_this_host(remote: str | None) -> bool:
+    """Whether a request's peer address (``request.remote``) is this host's own.
+
+    Example:
+        >>> from_this_host("127.0.0.1"), from_this_host("::1"), from_this_host("10.0.0.7")
+        (True, True, False)
+    """
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
 
 
 def _utf8(value: str) -> bool:
