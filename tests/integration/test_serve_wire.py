@@ -423,15 +423,23 @@ async def test_a_method_not_allowed_says_which_are(proxy: str) -> None:
     assert allowed is not None and "POST" in allowed
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br, gzip"])
+@pytest.mark.parametrize(
+    "encodings",
+    [["gzip"], ["deflate"], ["br, gzip"], ["identity", "gzip"], ["", "gzip"], ["identity, gzip"]],
+)
 async def test_a_compressed_body_is_refused_unread(
-    proxy: str, gateway: FakeGateway, encoding: str
+    proxy: str, gateway: FakeGateway, encodings: list[str]
 ) -> None:
     # Regression: aiohttp unpacked it whole before any limit applied to what it unpacked
     # to: 61 KB of gzip was 63 MB of JSON, read, parsed and keyed, from a caller with no
-    # key; four such requests took a worker from 43 MB to 1 GB.
+    # key; four such requests took a worker from 43 MB to 1 GB. (aiohttp unpacks by the
+    # last Content-Encoding header: every one is read.)
     body = gzip.compress(orjson.dumps(ask("packed")))
-    headers = {**AUTHORIZATION, "Content-Encoding": encoding, "Content-Type": "application/json"}
+    headers = [
+        *AUTHORIZATION.items(),
+        ("Content-Type", "application/json"),
+        *(("Content-Encoding", encoding) for encoding in encodings),
+    ]
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{proxy}/chat/completions", data=body, headers=headers) as response,
@@ -439,3 +447,13 @@ async def test_a_compressed_body_is_refused_unread(
         status, error = response.status, (await response.json())["error"]
     assert status == 415 and "Content-Encoding" in error["message"]
     assert gateway.endpoint("a").calls == 0
+
+
+@pytest.mark.parametrize("encoding", ["identity", "IDENTITY", " identity ", ""])
+async def test_a_body_sent_as_it_is_is_read(proxy: str, encoding: str) -> None:
+    headers = {**AUTHORIZATION, "Content-Encoding": encoding}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy}/chat/completions", json=ask("plain"), headers=headers) as answer,
+    ):
+        assert answer.status == 200

@@ -79,7 +79,13 @@ def create_app(config: ServeConfig) -> web.Application:
     """The proxy application; its Client (and, with ``fake``, its gateway) starts with
     the application and is closed, pending cache writes landed, when it stops."""
     quiet_request_lines()  # a request aiohttp cannot parse is logged without its lines
-    app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[_openai_errors])
+    app = web.Application(
+        client_max_size=_MAX_BODY_BYTES,
+        middlewares=[_openai_errors],
+        # A body is never unpacked: one sent compressed is refused (``encoding_problem``),
+        # and aiohttp would otherwise unpack it as it reads it, a 415 answered or not.
+        handler_args={"auto_decompress": False},
+    )
     app[_CONFIG] = config
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/v1/chat/completions", _chat_completions)

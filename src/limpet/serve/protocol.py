@@ -11,7 +11,7 @@ import ipaddress
 import math
 import struct
 from collections.abc import Collection, Mapping
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, Literal, Protocol, cast, get_args
 
 from limpet.errors import (
     APIConnectionError,
@@ -137,27 +137,43 @@ def header_problem(headers: Mapping[str, str]) -> BadHeaderError | None:
     return None
 
 
-def encoding_problem(headers: Mapping[str, str]) -> str | None:
+class _MultiHeaders(Protocol):
+    """Request headers, each name's every value (aiohttp's ``CIMultiDictProxy``)."""
+
+    def getall(self, key: str, default: Collection[str]) -> Collection[str]: ...
+
+
+def encoding_problem(headers: _MultiHeaders) -> str | None:
     """Why a request's body is refused unread (415), or None: one sent compressed
-    (``Content-Encoding``) would be unpacked whole before any limit applied to what it
-    unpacks to (61 KB of gzip is 63 MB of JSON), whoever sent it, a key or not."""
-    encoding = headers.get("Content-Encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    return f"Content-Encoding {encoding[:40]!r} is not accepted: send the request body as it is"
+    (``Content-Encoding``, in any of its headers or values) is not read, for unpacked it
+    would be whole before any limit applied to what it unpacks to (61 KB of gzip is 63 MB
+    of JSON), whoever sent it, a key or not."""
+    for header in headers.getall("Content-Encoding", ()):
+        for encoding in header.split(","):
+            coding = encoding.strip().lower()
+            if coding not in ("", "identity"):
+                return (
+                    f"Content-Encoding {coding[:40]!r} is not accepted: send the request body "
+                    "as it is"
+                )
+    return None
 
 
 def from_this_host(remote: str | None) -> bool:
     """Whether a request's peer address (``request.remote``) is this host's own.
 
     Example:
-        >>> from_this_host("127.0.0.1"), from_this_host("::1"), from_this_host("10.0.0.7")
-        (True, True, False)
+        >>> from_this_host("127.0.0.1"), from_this_host("::ffff:127.0.0.1"), from_this_host("::1")
+        (True, True, True)
+        >>> from_this_host("10.0.0.7"), from_this_host("::ffff:10.0.0.7"), from_this_host(None)
+        (False, False, False)
     """
     try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
+        address = ipaddress.ip_address(remote or "")
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 def _utf8(value: str) -> bool:
