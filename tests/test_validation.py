@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,9 +14,11 @@ from limpet.errors import InvalidRequestError
 from limpet.pipeline.keys import LARGE_REQUEST_BYTES, looks_large
 from limpet.pipeline.request import chat_request, embed_request
 from limpet.pipeline.validation import (
+    MAX_JSON_DEPTH,
     MAX_SECONDS,
     response_format_param,
     strict_json_schema,
+    validate_fields,
     validate_request,
     validate_ttl,
 )
@@ -338,3 +341,20 @@ def test_json_nested_past_what_can_be_sent_is_a_clear_error_not_a_recursion_erro
         body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": deep}}]
     with pytest.raises(InvalidRequestError, match="nested at most 254 deep"):
         validate_request(body)
+
+
+def test_json_at_the_depth_limit_is_sent_and_one_deeper_is_refused_naming_the_field() -> None:
+    # The limit is the body's own, as orjson counts it: a field's value one level in.
+    def nested(levels: int) -> object:
+        deep: object = "x"
+        for _ in range(levels):
+            deep = [deep]
+        return deep
+
+    at_limit = {**GOOD, "metadata": nested(MAX_JSON_DEPTH - 1)}
+    validate_request(at_limit)
+    orjson.dumps(at_limit)  # what is checked is what can be sent
+    with pytest.raises(InvalidRequestError, match=r"^metadata\[0\]"):
+        validate_request({**GOOD, "metadata": nested(MAX_JSON_DEPTH)})
+    with pytest.raises(InvalidRequestError, match=r"^dimensions_of\[0\]"):
+        validate_fields({"dimensions_of": nested(MAX_JSON_DEPTH)})  # an embed() call's

@@ -48,7 +48,8 @@ _NUMBER_TYPES = (int, float)
 # The ints JSON can carry here: orjson writes none wider than 64 bits (signed or not).
 _INT64_LOW, _UINT64_HIGH = -(2**63), 2**64 - 1
 
-#: The deepest a request's JSON may nest (orjson writes no deeper).
+#: The deepest a request's JSON may nest, the body itself included (orjson writes no
+#: deeper).
 MAX_JSON_DEPTH = 254
 #: The longest TTL or timeout, in seconds (ten years): every tier can hold its expiry
 #: (Redis's PX in milliseconds, Memcached's unix time), and nothing longer means anything.
@@ -201,7 +202,7 @@ def _check_message(index: int, message: object) -> None:
     if role not in ROLES:
         raise InvalidRequestError(f"messages[{index}].role", _ROLES_TEXT, role)
     path = f"messages[{index}]"
-    _check_json(message, path)
+    _check_json(message, path, depth=3)  # in the body, in its messages
     content = message.get("content")
     if isinstance(content, list):
         check_content(content, f"{path}.content")
@@ -352,10 +353,11 @@ _FIELD_CHECKS: dict[str, Callable[[str, object], None] | _Range] = {
 }
 
 
-def _check_json(value: object, path: str, *, exact: bool = False, depth: int = 1) -> None:
+def _check_json(value: object, path: str, *, exact: bool = False, depth: int = 2) -> None:
     """Raise naming the first place in ``value`` that JSON cannot hold (orjson would send
     NaN as null, and raise a bare TypeError for an object), or that is nested deeper than
     orjson writes (``MAX_JSON_DEPTH``: deeper still, this walk would overflow the stack).
+    ``depth``: the depth ``value`` has in the body (a field's: 2; a message's: 3).
     ``exact`` also checks what only writing it would find, at a cost not paid on every
     call: an int wider than 64 bits, a str that is not valid UTF-8 (a lone surrogate)."""
     if isinstance(value, str):
@@ -377,21 +379,29 @@ def _check_json(value: object, path: str, *, exact: bool = False, depth: int = 1
         if not math.isfinite(value):
             raise InvalidRequestError(path, "a finite number", value)
         return
-    if isinstance(value, dict | list | tuple) and depth > MAX_JSON_DEPTH:
-        raise InvalidRequestError(
-            path, f"JSON nested at most {MAX_JSON_DEPTH} deep", described="deeper still"
-        )
     if isinstance(value, dict):
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(path)
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidRequestError(path, "a dict with str keys", key)
             _check_json(item, f"{path}.{key}", exact=exact, depth=depth + 1)
         return
     if isinstance(value, list | tuple):
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(path)
         for index, item in enumerate(value):
             _check_json(item, f"{path}[{index}]", exact=exact, depth=depth + 1)
         return
     raise InvalidRequestError(path, _JSON_TEXT, value)
+
+
+def _too_deep(path: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        path,
+        f"JSON nested at most {MAX_JSON_DEPTH} deep, the request body itself included",
+        described="deeper still",
+    )
 
 
 def json_problem(body: Mapping[str, Any]) -> InvalidRequestError | None:
