@@ -167,6 +167,8 @@ async def test_an_update_of_anothers_cache_counts_the_storage_it_bought_and_no_m
     owner, keeper = instances(clocked_gateway, session, clock)
     created = await owner.create(model=FLASH, system_instruction=MANUAL, ttl=600)
     await keeper.update(created.name, ttl=36_000)
+    await owner.get(created.name)  # reading the time another bought is no buying it
+    assert [c.name for c in await owner.list()] == [created.name]
     per_hour = MANUAL_TOKENS * 1.0 / 1e6
     later = T0 + 100_000
     assert owner.ledger.cost_usd(later) == pytest.approx(per_hour / 6)

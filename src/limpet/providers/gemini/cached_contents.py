@@ -128,7 +128,9 @@ class CachedContents:
         """Set the cache to expire ``ttl`` seconds from now; its storage cost follows (and
         stops now when it is gone: a 404). Of a cache this ledger does not hold (another
         created it), the storage bought counts here: from its expiry before (read first)
-        to its new one, so the two ledgers never count the same hour."""
+        to its new one, so the two ledgers never count the same hour (its creator's reads
+        do not move its own end past the one it bought). Deleted by its creator, it is
+        counted here until a read here finds it gone."""
         url = self._item(name)
         held = full_name(name) in self.ledger.entries
         before = None if held else await self._send("GET", url, name=name)
@@ -136,7 +138,7 @@ class CachedContents:
             "PATCH", url, json={"ttl": duration(ttl)}, params={"updateMask": "ttl"}, name=name
         )
         if before is None:
-            self._record(cache)
+            self._record(cache, bought=True)
         elif before.expire_time is not None and cache.expire_time is not None:
             start = max(before.expire_time, self.clock())
             if cache.expire_time > start:
@@ -217,10 +219,16 @@ class CachedContents:
         return f"{self._url}/{cache_id(name)}"
 
     def _record(
-        self, cache: CachedContent, *, created: bool = False, start: float | None = None
+        self,
+        cache: CachedContent,
+        *,
+        created: bool = False,
+        bought: bool = False,
+        start: float | None = None,
     ) -> None:
         """Put what ``cache`` stores in the ledger: one this ledger's caches created, one
-        it holds already (its expiry, moved), or the storage it bought from ``start`` (an
+        it holds already (its expiry moved later only when ``bought`` here: time another
+        instance bought is that one's to count), or the storage bought from ``start`` (an
         update of another's). Another's, only read here (listed, got), is its creator's
         to count: counted here too, it was billed twice, and for ever after its creator
         deleted it."""
@@ -234,5 +242,10 @@ class CachedContents:
             start = cache.create_time if cache.create_time is not None else now
         end = cache.expire_time if cache.expire_time is not None else math.inf
         self.ledger.record(
-            cache.name, tokens=cache.total_tokens, usd_per_mtok_hour=price, start=start, end=end
+            cache.name,
+            tokens=cache.total_tokens,
+            usd_per_mtok_hour=price,
+            start=start,
+            end=end,
+            extend=created or bought,
         )

@@ -46,17 +46,26 @@ class StorageLedger:
         return self._entries
 
     def record(
-        self, name: str, *, tokens: int, usd_per_mtok_hour: float, start: float, end: float
+        self,
+        name: str,
+        *,
+        tokens: int,
+        usd_per_mtok_hour: float,
+        start: float,
+        end: float,
+        extend: bool = True,
     ) -> None:
         """Record a cache's storage, or move its end (a TTL update) and token count. An
         ``end`` of ``inf`` (a reply without ``expireTime``: unknown) never replaces one
-        known."""
+        known. Without ``extend`` (a cache read, not bought: another instance may have
+        bought the time past this ledger's end, and counts it) the end only comes
+        earlier."""
         entry = self._entries.get(name)
         if entry is None:
             self._entries[name] = StorageEntry(name, tokens, usd_per_mtok_hour, start, end)
         else:
             entry.tokens = tokens or entry.tokens
-            if end != math.inf:
+            if end != math.inf and (extend or end < entry.end):
                 entry.end = end
 
     def end(self, name: str, at: float) -> None:
