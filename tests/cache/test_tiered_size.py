@@ -53,5 +53,5 @@ async def test_an_entry_that_cannot_be_encoded_is_a_lost_write_not_an_error(
     body = {"choices": [{"message": {"role": "assistant", "content": "x"}}]}
     unencodable = CacheEntry(body, Usage(prompt_tokens=2**64), None, "a", NOW, NOW + 60)
     assert await cache.set("k", unencodable) is None
-    assert (len(memory), cache.stats.errors) == (0, 1)
+    assert (len(memory), cache.stats.errors, cache.stats.unwritten) == (0, 1, 1)
     assert "cannot be encoded" in caplog.text

@@ -51,9 +51,10 @@ class TierStats:
         corrupt: entries that did not decode, were stored under another key, failed their
             signature or were ill-shaped (each deleted, and a miss).
         oversized: answers not stored for being larger than ``max_entry_bytes``.
-        unwritten: writes a tier refused as they were made (down, its breaker open,
-            closed); each is an error too. (A write a tier queued and then lost is its
-            own ``failed_writes`` or ``dropped_writes``.)
+        unwritten: writes not made: refused by a tier as they were made (down, its
+            breaker open, closed), or of an answer no entry could hold; each is an error
+            too. (A write a tier queued and then lost is its own ``failed_writes`` or
+            ``dropped_writes``.)
     """
 
     hits: list[int] = field(default_factory=list)
@@ -341,6 +342,7 @@ class TieredCache:
             # A value no entry can hold (a count past u64): a lost write, never a failed
             # call. ``normalize_usage`` reads no such count; this is the last guard.
             self.stats.errors += 1
+            self.stats.unwritten += 1
             logger.warning("limpet cache: an answer that cannot be encoded was not stored: %s", exc)
             return None
         return (data, ttl) if await self.set_value(key, data, ttl) else None
