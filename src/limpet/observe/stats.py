@@ -237,6 +237,7 @@ class Stats:
             "cache_errors": self.cache.errors,
             "cache_corrupt": self.cache.corrupt,
             "cache_oversized": self.cache.oversized,
+            "cache_unwritten": self.cache.unwritten,
             "failed_cache_writes": self.failed_cache_writes,
             "dropped_cache_writes": self.dropped_cache_writes,
             "breaker_state": self.breaker_state,
