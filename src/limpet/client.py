@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 from limpet.cache.base import CacheBackend
@@ -46,6 +45,7 @@ from limpet.pipeline.wiring import (
     DEFAULT_CACHE,
     DefaultCache,
     attribution_headers,
+    cache_control_mark,
     check_max_embed_inputs,
     check_scope,
     event_hooks,
@@ -60,7 +60,7 @@ from limpet.pipeline.wiring import (
     resolve_ttl,
 )
 from limpet.providers.pricing import PriceTable
-from limpet.providers.prompt_cache import CacheControlConfig, inject_cache_control
+from limpet.providers.prompt_cache import CacheControlConfig
 from limpet.routing.base import Router
 
 __all__ = ["DEFAULT_CLOSE_GRACE", "DEFAULT_TTL", "Client"]
@@ -228,27 +228,9 @@ class Client:
             coalesce=coalesce,
             leases=flight_store_of(self._cache) if coalesce else None,
             flight=flight,
-            mark=self._mark(control),
+            mark=cache_control_mark(control, self._endpoints),
             max_embed_inputs=max_embed_inputs,
         )
-
-    def _mark(
-        self, control: CacheControlConfig | None
-    ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
-        """What ``auto_cache_control`` does to each body sent: nothing when an endpoint
-        asks for automatic caching (a top-level ``cache_control`` in its ``extra_body``,
-        merged in as it is sent): its breakpoint and the injected ones together could
-        exceed the provider's four, and the request be refused."""
-        if control is None:
-            return None
-        automatic = [e.name for e in self._endpoints if "cache_control" in (e.extra_body or {})]
-        if automatic:
-            logger.info(
-                "limpet: auto_cache_control marks nothing: endpoint %r asks for automatic caching",
-                automatic[0],
-            )
-            return None
-        return partial(inject_cache_control, config=control)
 
     def __repr__(self) -> str:
         names = ", ".join(e.name for e in self._endpoints)

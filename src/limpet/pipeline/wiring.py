@@ -3,10 +3,12 @@ one is a ``ConfigurationError`` naming it) and resolved to what the stages use."
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 from limpet.cache.base import CacheBackend
 from limpet.cache.generations import GenerationStore
@@ -18,12 +20,18 @@ from limpet.flight.store import FlightStore
 from limpet.observe.events import EventHook
 from limpet.pipeline.credentials import CACHE_SCOPES
 from limpet.pipeline.validation import validate_ttl
-from limpet.providers.prompt_cache import DEFAULT_CACHE_CONTROL, CacheControlConfig
+from limpet.providers.prompt_cache import (
+    DEFAULT_CACHE_CONTROL,
+    CacheControlConfig,
+    inject_cache_control,
+)
 from limpet.routing.base import Router
 from limpet.routing.sticky import StickyRouter
 
 if TYPE_CHECKING:
     from limpet.cache.redis import RedisCache
+
+logger = logging.getLogger("limpet")
 
 API_KEY_ENV = "OPENROUTER_API_KEY"
 
@@ -137,6 +145,25 @@ def resolve_cache_control(value: object) -> CacheControlConfig | None:
     raise ConfigurationError(
         f"Client.auto_cache_control: expected a bool or a CacheControlConfig, got {value!r}"
     )
+
+
+def cache_control_mark(
+    control: CacheControlConfig | None, endpoints: Sequence[Endpoint]
+) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """What ``auto_cache_control`` does to each body sent: nothing when an endpoint asks
+    for automatic caching (a top-level ``cache_control`` in its ``extra_body``, merged in
+    as it is sent): its breakpoint and the injected ones together could exceed the
+    provider's four, and the request be refused."""
+    if control is None:
+        return None
+    automatic = [e.name for e in endpoints if "cache_control" in (e.extra_body or {})]
+    if automatic:
+        logger.info(
+            "limpet: auto_cache_control marks nothing: endpoint %r asks for automatic caching",
+            automatic[0],
+        )
+        return None
+    return partial(inject_cache_control, config=control)
 
 
 def resolve_router(
