@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -173,6 +174,14 @@ async def test_an_update_of_anothers_cache_counts_the_storage_it_bought_and_no_m
     later = T0 + 100_000
     assert owner.ledger.cost_usd(later) == pytest.approx(per_hour / 6)
     assert keeper.ledger.cost_usd(later) == pytest.approx(per_hour * (10 - 1 / 6))
+    # Another keeper's two updates at once: both read the cache as another's, and the
+    # later one bought more.
+    _, other = instances(clocked_gateway, session, clock)
+    await asyncio.gather(
+        other.update(created.name, ttl=50_000), other.update(created.name, ttl=90_000)
+    )
+    upstream = await owner.get(created.name)  # the expiry the last of them set
+    assert other.ledger.entries[created.name].end == upstream.expire_time
 
 
 @pytest.mark.parametrize("op", ["get", "update", "delete"])

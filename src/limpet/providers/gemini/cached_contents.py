@@ -142,7 +142,7 @@ class CachedContents:
         elif before.expire_time is not None and cache.expire_time is not None:
             start = max(before.expire_time, self.clock())
             if cache.expire_time > start:
-                self._record(cache, start=start)
+                self._record(cache, bought=True, start=start)
         return cache
 
     async def delete(self, name: str) -> None:
