@@ -131,8 +131,7 @@ class CacheEntry:
         Raises:
             CacheCorruptError: as ``body``.
         """
-        if self._parsed is None:
-            self._parsed = _parsed_body(self._json or b"")
+        _ = self.body
 
     @property
     def servable(self) -> bool:
