@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, TypeVar, cast, runtime_checkable
+
+from limpet.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from limpet.cache.breaker import BreakerState
@@ -31,11 +33,16 @@ if TYPE_CHECKING:
 __all__ = [
     "UNDECLARED",
     "Capability",
+    "Flushable",
     "GuardedTier",
     "LeaseTier",
+    "ReadableNow",
     "TierCapabilities",
+    "WritableNow",
     "capabilities_of",
+    "leading_local",
     "lowest_with",
+    "shared_hmac_key",
 ]
 
 #: The name of one capability: a field of ``TierCapabilities``.
@@ -123,3 +130,59 @@ class GuardedTier(Protocol):
 
     @property
     def dropped_writes(self) -> int: ...
+
+
+def shared_hmac_key(
+    tiers: Sequence[object], capabilities: Sequence[TierCapabilities]
+) -> bytes | None:
+    """The one key the shared tiers were given (``RedisCache(hmac_key=...)``), for a
+    ``TieredCache`` given none: its entries are signed with it, as the tier's notices are.
+    (Unadopted, it signed the notices alone, and entries went unsigned: a forged one was
+    served to a fleet that had set a key.)
+
+    Raises:
+        ConfigurationError: the tiers were given different keys.
+    """
+    keys = {
+        key
+        for tier, can in zip(tiers, capabilities, strict=True)
+        if can.leases and (key := cast(LeaseTier, tier).hmac_key) is not None
+    }
+    if len(keys) > 1:
+        raise ConfigurationError(
+            "TieredCache: its tiers were given different hmac_keys; pass the one that signs "
+            "entries as TieredCache(hmac_key=...)"
+        )
+    return next(iter(keys), None)
+
+
+@runtime_checkable
+class Flushable(Protocol):
+    """A tier that queues its writes (``RemoteCache``)."""
+
+    async def flush(self) -> None: ...
+
+
+@runtime_checkable
+class ReadableNow(Protocol):
+    """An in-process tier that also reads without a coroutine (``MemoryCache``)."""
+
+    def get_now(self, key: str) -> bytes | None: ...
+
+
+@runtime_checkable
+class WritableNow(Protocol):
+    """An in-process tier that also writes without a coroutine (``MemoryCache``)."""
+
+    def set_now(self, key: str, value: bytes, ttl: float) -> None: ...
+
+
+def leading_local(capabilities: Sequence[TierCapabilities]) -> int:
+    """How many of the first tiers are local: a local tier below a remote one does not
+    count (it is read after a round trip anyway)."""
+    count = 0
+    for can in capabilities:
+        if not can.local:
+            break
+        count += 1
+    return count

@@ -12,16 +12,21 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar, cast, runtime_checkable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
 from limpet.cache.capabilities import (
     Capability,
+    Flushable,
     GuardedTier,
     LeaseTier,
+    ReadableNow,
     TierCapabilities,
+    WritableNow,
     capabilities_of,
+    leading_local,
     lowest_with,
+    shared_hmac_key,
 )
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
 
@@ -133,20 +138,20 @@ class TieredCache:
         #: What each tier can do, in tier order.
         self.capabilities: tuple[TierCapabilities, ...] = tuple(map(capabilities_of, tiers))
         if hmac_key is None:
-            hmac_key = _tiers_key(tiers, self.capabilities)
+            hmac_key = shared_hmac_key(tiers, self.capabilities)
         self._codec = EntryCodec(hmac_key)
         self._hmac_key = hmac_key
         #: How many leading tiers answer in-process, without I/O (``MemoryCache``).
-        self.local_tiers = _leading_local(self.capabilities)
+        self.local_tiers = leading_local(self.capabilities)
         # Each tier's synchronous read and write, when it is local and has them.
         self._reads_now = tuple(
-            tier.get_now if can.local and isinstance(tier, _ReadableNow) else None
+            tier.get_now if can.local and isinstance(tier, ReadableNow) else None
             for tier, can in zip(tiers, self.capabilities, strict=True)
         )
         # Tier 0's, the hit path's read (``get_now()``).
         self._read_now = self._reads_now[0]
         self._writes_now = tuple(
-            tier.set_now if can.local and isinstance(tier, _WritableNow) else None
+            tier.set_now if can.local and isinstance(tier, WritableNow) else None
             for tier, can in zip(tiers, self.capabilities, strict=True)
         )
         if hmac_key is not None:
@@ -380,7 +385,7 @@ class TieredCache:
     async def flush(self) -> None:
         """Wait until the writes each tier queued have been sent (or have failed)."""
         for tier in self.tiers:
-            if isinstance(tier, _Flushable):
+            if isinstance(tier, Flushable):
                 await tier.flush()
 
     async def _delete_from(self, index: int, key: str) -> None:
@@ -398,59 +403,3 @@ class TieredCache:
     def _recovered(self, index: int) -> None:
         self._failing[index] = False
         logger.info("limpet cache: tier %d is back", index)
-
-
-def _tiers_key(
-    tiers: tuple[CacheBackend, ...], capabilities: tuple[TierCapabilities, ...]
-) -> bytes | None:
-    """The one key the shared tiers were given (``RedisCache(hmac_key=...)``), for a
-    ``TieredCache`` given none: its entries are signed with it, as the tier's notices are.
-    (Unadopted, it signed the notices alone, and entries went unsigned: a forged one was
-    served to a fleet that had set a key.)
-
-    Raises:
-        ConfigurationError: the tiers were given different keys.
-    """
-    keys = {
-        key
-        for tier, can in zip(tiers, capabilities, strict=True)
-        if can.leases and (key := cast(LeaseTier, tier).hmac_key) is not None
-    }
-    if len(keys) > 1:
-        raise ConfigurationError(
-            "TieredCache: its tiers were given different hmac_keys; pass the one that signs "
-            "entries as TieredCache(hmac_key=...)"
-        )
-    return next(iter(keys), None)
-
-
-@runtime_checkable
-class _Flushable(Protocol):
-    """A tier that queues its writes (``RemoteCache``)."""
-
-    async def flush(self) -> None: ...
-
-
-@runtime_checkable
-class _ReadableNow(Protocol):
-    """An in-process tier that also reads without a coroutine (``MemoryCache``)."""
-
-    def get_now(self, key: str) -> bytes | None: ...
-
-
-@runtime_checkable
-class _WritableNow(Protocol):
-    """An in-process tier that also writes without a coroutine (``MemoryCache``)."""
-
-    def set_now(self, key: str, value: bytes, ttl: float) -> None: ...
-
-
-def _leading_local(capabilities: tuple[TierCapabilities, ...]) -> int:
-    """How many of the first tiers are local: a local tier below a remote one does not
-    count (it is read after a round trip anyway)."""
-    count = 0
-    for can in capabilities:
-        if not can.local:
-            break
-        count += 1
-    return count
