@@ -297,9 +297,14 @@ async def test_sigterm_lets_calls_in_flight_finish_then_exits_0(gateway: FakeGat
 
     await eventually(refuses, what="limpet serve to stop accepting")
     endpoint.resume_stream()
-    for events in await asyncio.gather(*readers):
-        assert events[-1] == b"[DONE]"
-    assert await proxy.stop() == 0
+    outcomes = await asyncio.gather(*readers, return_exceptions=True)
+    status = await proxy.stop()
+    # Seen once in CI, not reproduced since: a stream cut mid-body; the proxy's own
+    # account of it is what would say why.
+    for outcome in outcomes:
+        assert not isinstance(outcome, BaseException), f"{outcome!r}; {proxy.stderr}"
+        assert outcome[-1] == b"[DONE]", proxy.stderr
+    assert status == 0, proxy.stderr
     assert endpoint.calls == 3
 
 
