@@ -115,3 +115,28 @@ def test_text_values_are_checked_the_same_way(build: Callable[[], object], compl
     with pytest.raises(ConfigurationError) as refused:
         build()
     assert str(refused.value) == complaint
+
+
+def test_an_endpoints_extra_body_is_its_own_copy() -> None:
+    # Regression: a nested dict the caller changed after building the Endpoint was sent
+    # changed, under the key the Client had taken from it as it was: another body's answer.
+    provider = {"order": ["openai"]}
+    endpoint = Endpoint("a", "https://gw.test/v1", extra_body={"provider": provider})
+    provider["order"].append("anthropic")
+    provider["allow_fallbacks"] = True  # type: ignore[assignment]
+    assert endpoint.extra_body == {"provider": {"order": ["openai"]}}
+
+
+@pytest.mark.parametrize(
+    ("extra_body", "said"),
+    [
+        ("oops", "expected a dict of JSON fields, got str"),
+        ({1: "x"}, "expected str field names, got int"),
+        ({"x": math.nan}, "x: expected a finite number"),
+        ({"x": {1, 2}}, "x: expected JSON"),
+        ({"temperature": 9}, "temperature: expected a number from 0 to 2"),
+    ],
+)
+def test_a_bad_extra_body_is_refused_naming_what_is_wrong(extra_body: object, said: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"Endpoint.extra_body: {said}"):
+        Endpoint("a", "https://gw.test/v1", extra_body=extra_body)  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ from limpet.observe.warm import (
 )
 from limpet.pipeline.calls import RunningCalls
 from limpet.pipeline.credentials import CacheScope, credential_scope, generations_scope
-from limpet.pipeline.keying import Keying, endpoint_bodies
+from limpet.pipeline.keying import Keying, endpoints_scope
 from limpet.pipeline.pipelines import Pipelines
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.request import chat_request, embed_request
@@ -199,7 +199,7 @@ class Client:
             namespace=namespace,
             credential=generations_scope(self._endpoints) if credential else "",
         )
-        self._keying = Keying(generations, namespace, credential, endpoint_bodies(self._endpoints))
+        self._keying = Keying(generations, namespace, credential, endpoints_scope(self._endpoints))
         self._closed = False
         self._calls = RunningCalls()  # past the hit path; aclose() waits for them
         self._closing: asyncio.Future[None] | None = None

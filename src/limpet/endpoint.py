@@ -12,10 +12,13 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+import orjson
+
 from limpet._checks import check_choice, check_http_url, check_name, check_number
 from limpet._credentials import KEY_HEADERS, credential_digest, is_credential_header, sent_keys
 from limpet._urls import redact_url, url_secrets
-from limpet.errors import ConfigurationError, headers_shape
+from limpet.errors import ConfigurationError, InvalidRequestError, headers_shape
+from limpet.pipeline.validation import validate_fields
 
 __all__ = [
     "BASE_URL_ENV",
@@ -125,7 +128,7 @@ class Endpoint:
                 )
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         if self.extra_body is not None:
-            object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))
+            object.__setattr__(self, "extra_body", MappingProxyType(_owned(self.extra_body)))
         check_number("Endpoint.embedding_batch_size", self.embedding_batch_size, integer=True)
 
     def __repr__(self) -> str:
@@ -293,3 +296,28 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
         if scheme and len(credential) >= _MIN_SECRET_CHARS:
             found.append(credential)
     return tuple(found)
+
+
+def _owned(extra_body: object) -> dict[str, Any]:
+    """A copy of ``extra_body`` sharing nothing mutable with the caller's: it enters the
+    Client's keys when the Client is built and is sent with each request afterwards, so a
+    nested dict the caller changes in between would send one body under another's key.
+
+    Raises:
+        ConfigurationError: not a dict of JSON fields, naming the first that is not.
+    """
+    if not isinstance(extra_body, Mapping):
+        raise ConfigurationError(
+            f"Endpoint.extra_body: expected a dict of JSON fields, got {type(extra_body).__name__}"
+        )
+    for name in extra_body:
+        if type(name) is not str:
+            raise ConfigurationError(
+                f"Endpoint.extra_body: expected str field names, got {type(name).__name__}"
+            )
+    try:
+        validate_fields(extra_body)
+    except InvalidRequestError as exc:
+        raise ConfigurationError(f"Endpoint.extra_body: {exc}") from None
+    owned: dict[str, Any] = orjson.loads(orjson.dumps(extra_body))
+    return owned

@@ -46,9 +46,11 @@ def tenant(
     headers: dict[str, str] | None = None,
     cache_scope: CacheScope = "credential",
     namespace: str = "",
+    upstream: str = "a",
 ) -> Client:
-    """A Client with its own connection to the shared Redis, as in another process."""
-    endpoint = Endpoint("a", gateway.base_url("a"), api_key=api_key, headers=headers)
+    """A Client with its own connection to the shared Redis, as in another process, on
+    the gateway's endpoint ``upstream``."""
+    endpoint = Endpoint("a", gateway.base_url(upstream), api_key=api_key, headers=headers)
     return Client(
         endpoints=[endpoint],
         cache=RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT),
@@ -118,6 +120,48 @@ async def test_the_namespace_scope_shares_across_credentials_on_purpose(
         assert await answer(elsewhere) is CacheStatus.MISS
         assert await answer(scoped) is CacheStatus.MISS
         assert gateway.total_calls == 3
+
+
+@pytest.mark.gateway(endpoints=("a", "b"))
+@pytest.mark.parametrize("cache_scope", ["credential", "namespace"])
+async def test_clients_on_different_gateways_never_share_an_answer(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, cache_scope: CacheScope
+) -> None:
+    # Regression: the key held no trace of where a request goes, so two self-hosted
+    # servers without keys (the anonymous scope), or one key on two gateways, or fleets
+    # sharing across keys, answered each other's requests.
+    async with (
+        tenant(gateway, redis_url, redis_prefix, cache_scope=cache_scope) as here,
+        tenant(gateway, redis_url, redis_prefix, cache_scope=cache_scope, upstream="b") as there,
+        tenant(gateway, redis_url, redis_prefix, cache_scope=cache_scope) as here_again,
+    ):
+        assert await answer(here) is CacheStatus.MISS
+        assert await answer(there) is CacheStatus.MISS
+        assert await answer(here_again) is CacheStatus.HIT  # one gateway: shared as before
+        assert (gateway.endpoint("a").calls, gateway.endpoint("b").calls) == (1, 1)
+
+
+async def test_endpoint_headers_that_may_change_an_answer_separate_entries(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    beta = {"anthropic-beta": "output-128k-2025-02-19"}
+    shared: CacheScope = "namespace"
+    async with (
+        tenant(gateway, redis_url, redis_prefix, cache_scope=shared) as plain,
+        tenant(gateway, redis_url, redis_prefix, cache_scope=shared, headers=beta) as beta_on,
+        # Credentials are the credential scope's to tell apart, or (here) to share across.
+        tenant(
+            gateway,
+            redis_url,
+            redis_prefix,
+            cache_scope=shared,
+            headers={**beta, "Authorization": f"Bearer {KEY_B}"},
+        ) as beta_keyed,
+    ):
+        assert await answer(plain) is CacheStatus.MISS
+        assert await answer(beta_on) is CacheStatus.MISS
+        assert await answer(beta_keyed) is CacheStatus.HIT
+        assert gateway.total_calls == 2
 
 
 async def test_concurrent_misses_of_different_credentials_do_not_coalesce(

@@ -3,8 +3,8 @@
 The key hashes the canonical request with the Client's namespace, the model's current
 generation (``invalidate()`` bumps it; a call sending its own key adds that key's, which
 ``limpet flush --cache-scope credential`` bumps), the credential scope (the call's own
-``Authorization`` header, if it sends one) and what the Client's endpoints add to every
-body they are sent (``Endpoint.extra_body``: it is sent, so it can change the answer).
+``Authorization`` header, if it sends one) and where and how the Client's endpoints send
+it (``endpoints_scope``: their URLs, headers and body fields, which can change the answer).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from limpet._credentials import ANONYMOUS_SCOPE, keys_scope
+from limpet._credentials import ANONYMOUS_SCOPE, is_credential_header, keys_scope
 from limpet.cache.generations import Generations
 from limpet.config import Endpoint
 from limpet.pipeline.credentials import call_scope
@@ -28,47 +28,58 @@ from limpet.pipeline.keys import (
 )
 
 
-def endpoint_bodies(endpoints: Iterable[Endpoint]) -> str:
-    """What the endpoints add to every body sent (their ``extra_body``), as a digest that
-    enters every key (32 hex digits, with a tag of its own), or "" when none adds anything
-    (keys are then as they were before endpoints' bodies were keyed).
+def endpoints_scope(endpoints: Iterable[Endpoint]) -> str:
+    """Where and how the Client's endpoints send a request, as a digest that enters every
+    key ("+ep:" and 32 hex digits): each endpoint's base URL, its headers other than
+    credentials (the credential scope has those, or shares across them) and the fields it
+    adds to every body (``extra_body``: sent, so they can change the answer). Two Clients
+    on different gateways, or on one with a header that changes the output
+    (``anthropic-beta``), never share an answer; a fleet configured alike shares them all.
 
-    Endpoints of one Client that add different fields are taken as interchangeable, as
-    their routing does: an answer from either is stored under one key.
+    Endpoints of one Client are taken as interchangeable, as their routing does: an answer
+    from either is stored under one key.
 
     Example:
-        >>> plain = endpoint_bodies([Endpoint("a", "https://x.test/v1")])
-        >>> pinned = Endpoint("a", "https://x.test/v1", extra_body={"provider": {"order": ["x"]}})
-        >>> plain, endpoint_bodies([pinned]).startswith("+body:")
-        ('', True)
+        >>> a = endpoints_scope([Endpoint("a", "https://x.test/v1")])
+        >>> b = endpoints_scope([Endpoint("b", "https://y.test/v1")])
+        >>> a.startswith("+ep:"), a == b, a == endpoints_scope([Endpoint("c", "https://x.test/v1/")])
+        (True, False, True)
     """
-    bodies = sorted(
+    described = sorted(
         {
-            orjson.dumps(dict(e.extra_body), option=orjson.OPT_SORT_KEYS)
+            orjson.dumps(
+                [
+                    e.base_url,
+                    sorted(
+                        (name.lower(), value)
+                        for name, value in (e.headers or {}).items()
+                        if not is_credential_header(name)
+                    ),
+                    dict(e.extra_body or {}),
+                ],
+                option=orjson.OPT_SORT_KEYS,
+            )
             for e in endpoints
-            if e.extra_body
         }
     )
-    if not bodies:
-        return ""
-    return "+body:" + hashlib.sha256(b"\x00".join(bodies)).hexdigest()[:32]
+    return "+ep:" + hashlib.sha256(b"\x00".join(described)).hexdigest()[:32]
 
 
 class Keying:
-    """Derives keys for one Client: its namespace, credential scope, endpoints' bodies and
+    """Derives keys for one Client: its namespace, credential scope, endpoints' scope and
     generations."""
 
-    __slots__ = ("_bodies", "_own", "credential", "generations", "memo", "namespace")
+    __slots__ = ("_endpoints", "_own", "credential", "generations", "memo", "namespace")
 
     def __init__(
-        self, generations: Generations, namespace: str, credential: str, bodies: str = ""
+        self, generations: Generations, namespace: str, credential: str, endpoints: str = ""
     ) -> None:
         self.generations = generations
         self.namespace = namespace
         self.credential = credential
         self.memo = KeyMemo()
-        self._bodies = bodies  # ``endpoint_bodies``'s
-        self._own = credential + bodies  # the key scope of a call without headers of its own
+        self._endpoints = endpoints  # ``endpoints_scope``'s
+        self._own = credential + endpoints  # the key scope of a call without headers of its own
 
     def now(
         self, body: Mapping[str, Any], headers: Mapping[str, str] | None, text_chars: int = -1
@@ -110,7 +121,7 @@ class Keying:
 
     def scope(self, headers: Mapping[str, str] | None) -> str:
         """The credential part of the keys of a call sending ``headers``: its credential
-        scope, then the endpoints' bodies' digest (a credential scope never holds a "+")."""
+        scope, then the endpoints' scope (a credential scope never holds a "+")."""
         if headers is None:
             return self._own
-        return call_scope(self.credential, headers) + self._bodies
+        return call_scope(self.credential, headers) + self._endpoints

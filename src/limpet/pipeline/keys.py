@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 
+from limpet.cache.base import ENTRY_FORMAT
 from limpet.errors import InvalidRequestError
 from limpet.pipeline.validation import json_problem
+from limpet.pipeline.vectors import VECTOR_FORMAT
 
 __all__ = [
     "KEY_SCHEMA_VERSION",
@@ -36,15 +38,20 @@ __all__ = [
 ]
 
 #: Bumped whenever the canonical form changes, so old entries can never be misread.
-#: 2: the credential scope.
-KEY_SCHEMA_VERSION = 2
+#: 2: the credential scope. 3: the endpoints' URLs and headers; the stored formats.
+KEY_SCHEMA_VERSION = 3
 
 #: Fields that change how a response is delivered or attributed, never what it says.
 TRANSPORT_ONLY_FIELDS = frozenset(
     {"stream", "stream_options", "user", "session_id", "prompt_cache_key", "usage"}
 )
 
-_KEY_PREFIX = f"limpet/key/v{KEY_SCHEMA_VERSION}\x00".encode()
+# The formats of what is stored under a key are part of it: a build that writes another
+# format (a rolling upgrade) keeps entries of its own, where it would otherwise take the
+# other build's for corrupt and delete them, each build the other's, call after call.
+_KEY_PREFIX = (
+    f"limpet/key/v{KEY_SCHEMA_VERSION}/entry{ENTRY_FORMAT}/vector{VECTOR_FORMAT}\x00".encode()
+)
 # Integral floats below this magnitude are keyed as ints (2**53: every one is exact).
 _EXACT = 2.0**53
 
