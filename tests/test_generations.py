@@ -154,6 +154,23 @@ async def test_an_invalidation_made_while_the_store_was_down_reaches_it_once_bac
     assert await gens.scope("m") == await other.scope("m") != after
 
 
+async def test_an_invalidation_the_store_missed_is_sent_when_the_process_closes() -> None:
+    # Regression: closed before its next refresh, a process took the invalidation it had
+    # made while the store was down with it; the others kept serving what it invalidated.
+    store = CountersInMemory()
+    other = Generations(store)
+    before = await other.scope("m")
+    gens = Generations(store)
+    store.down = True
+    await gens.bump("m")
+    await gens.bump(None)
+    store.down = False
+    await gens.aclose()
+    await other.refresh()
+    assert before != await other.scope("m")
+    assert (store.values[gens._names_of("m")[-1]], store.values[gens._own]) == (1001, 1001)
+
+
 async def test_invalidating_models_never_used_here_holds_no_value_of_theirs() -> None:
     # Regression: each such bump kept its value, never tracked so never forgotten, and
     # every refresh read them all.

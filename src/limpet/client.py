@@ -486,10 +486,16 @@ class Client:
         With a Redis tier, other processes follow within about a second. It reaches this
         Client's cache scope: with ``cache_scope="credential"``, only the entries of its
         credentials; with ``"namespace"``, every entry of the namespace.
+
+        Raises:
+            ClientClosedError: the Client is closed (its cache too: nothing would change).
         """
         if model is not None and (not isinstance(model, str) or not model):
             raise InvalidRequestError("model", "a non-empty str or None", model)
-        await self._keying.generations.bump(model)
+        if self._closed:
+            raise ClientClosedError("Client is closed")
+        with self._calls.counted():  # aclose() waits for it before closing the cache
+            await self._keying.generations.bump(model)
 
     async def forget(
         self,
@@ -513,7 +519,13 @@ class Client:
 
         Other processes' in-memory tiers keep their copy until it expires; to stop every
         process serving a model's answers, ``invalidate(model)``.
+
+        Raises:
+            InvalidRequestError: as ``complete()`` would for these arguments.
+            ClientClosedError: the Client is closed (its cache too: nothing would change).
         """
+        if self._closed:
+            raise ClientClosedError("Client is closed")
         # As stream() builds its request: a stream's arguments are as good as complete()'s.
         request = chat_request(
             {"model": model, "messages": messages, **params},
@@ -526,9 +538,10 @@ class Client:
             extra_body=extra_body,
             stream=True,
         )
-        key = await self._keying.of(request.body, request.headers)
-        if self._cache is not None:
-            await self._cache.delete(key)
+        with self._calls.counted():  # aclose() waits for it before closing the cache
+            key = await self._keying.of(request.body, request.headers)
+            if self._cache is not None:
+                await self._cache.delete(key)
         return key
 
     async def aclose(self) -> None:

@@ -196,6 +196,11 @@ async def test_a_call_after_aclose_raises_client_closed_error(gateway: FakeGatew
         client.stream(**ask())
     with pytest.raises(ClientClosedError):
         await client.warm([ask()])
+    # Regression: these returned as if done, with the cache closed and nothing changed.
+    with pytest.raises(ClientClosedError):
+        await client.invalidate()
+    with pytest.raises(ClientClosedError):
+        await client.forget(**ask())
     assert issubclass(ClientClosedError, LimpetError)
     assert gateway.total_calls == 0
 

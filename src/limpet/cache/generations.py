@@ -420,10 +420,21 @@ class Generations:
         return held
 
     async def aclose(self) -> None:
+        """Stop the background refresh. Invalidations the store missed while it was down
+        get a last try first: closing must not take them away from the other processes,
+        which would go on serving what was invalidated (a warning says when it fails)."""
         task, self._refreshing = self._refreshing, None
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._store is not None and self._pinned:
+            await self._send_pinned()
+            if self._pinned:
+                logger.warning(
+                    "limpet: %d invalidation(s) never reached the store: other processes "
+                    "serve those entries until they expire",
+                    len(self._pinned),
+                )
 
     def _schedule_refresh(self) -> None:
         if self._refreshing is not None and not self._refreshing.done():
