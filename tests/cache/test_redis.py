@@ -14,6 +14,7 @@ import redis.utils
 from limpet.cache import MemoryCache, TieredCache
 from limpet.cache.base import CacheEntry
 from limpet.cache.redis.backend import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
+from limpet.cache.redis.scan import glob_escape
 from limpet.errors import CacheRejectedError, CacheUnavailableError, ConfigurationError
 from limpet.models import Usage
 from tests.redis_servers import RedisProxy, free_port
@@ -111,14 +112,34 @@ async def test_clear_removes_only_its_own_keys(
     await raw.set(redis_prefix + "other", b"theirs")
     async with RedisCache.from_url(redis_url, prefix=mine) as cache:
         for i in range(2500):  # more than one SCAN step
-            await raw.set(f"{mine}k{i}", b"v", px=60_000)
+            await raw.set(f"{mine}{i:064x}", b"v", px=60_000)
         bumped = await cache.bump_generation("model")
         await cache.clear()
         assert await raw.get(lookalike + "k") == b"theirs"
         assert await raw.get(redis_prefix + "other") == b"theirs"
-        assert [k async for k in raw.scan_iter(match=mine.replace("*", "\\*") + "k*")] == []
+        assert [k async for k in raw.scan_iter(match=glob_escape(mine) + "*")] == [
+            (mine + "gen:model").encode()
+        ]
         # Generations survive: resetting them could revive entries held elsewhere.
         assert await cache.generations(["model"]) == [bumped]
+
+
+@pytest.mark.redis
+async def test_clear_leaves_the_keys_of_a_cache_whose_prefix_extends_its_own(
+    redis_url: str, redis_prefix: str, raw: redis.asyncio.Redis
+) -> None:
+    # Regression: the SCAN pattern "limpet:*" took every key of "limpet:tenant-b:" too:
+    # its entries, leases, affinity map and counters.
+    key = "ab" * 32
+    kinds = [key, "lock:" + key, "affinity:x:12", "stats-models", "stats:openai/gpt-4.1"]
+    outer, inner = redis_prefix + "t:", redis_prefix + "t:b:"
+    for prefix in (outer, inner):
+        for kind in kinds:
+            await raw.set(prefix + kind, b"v", px=60_000)
+    async with RedisCache.from_url(redis_url, prefix=outer) as cache:
+        await cache.clear()
+    assert [await raw.exists(outer + kind) for kind in kinds] == [0] * len(kinds)
+    assert [await raw.exists(inner + kind) for kind in kinds] == [1] * len(kinds)
 
 
 @pytest.mark.redis

@@ -3,6 +3,7 @@ primary of a cluster, matching the cache's prefix and nothing else."""
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -14,21 +15,23 @@ from limpet.cache.redis.writes import RedisClient
 if TYPE_CHECKING:
     from limpet.cache.redis.backend import RedisCache
 
-__all__ = ["SCAN_COUNT", "glob_escape", "scan_step", "unlink_prefix"]
+__all__ = ["SCAN_COUNT", "glob_escape", "is_own_key", "scan_step", "unlink_prefix"]
 
 #: SCAN hint: large enough to be quick, small enough to keep each step short.
 SCAN_COUNT = 1_000
 
 
 async def unlink_prefix(cache: RedisCache) -> None:
-    """Remove every key under ``cache.prefix`` but its generation counters, through the
-    cache's ``run()`` (so its breaker and write timeout apply to each step).
+    """Remove every key the cache wrote under ``cache.prefix`` (``is_own_key``) but its
+    generation counters, through the cache's ``run()`` (so its breaker and write timeout
+    apply to each step).
 
     Raises:
         CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
     """
     client = cache.redis
     pattern = glob_escape(cache.prefix) + "*"
+    prefix = cache.prefix.encode()
     keep = cache.generation_key("").encode()
     for node in await _primaries(cache):
         cursor = 0
@@ -36,11 +39,32 @@ async def unlink_prefix(cache: RedisCache) -> None:
             cursor, keys = await cache.run(
                 "SCAN", cache.write_timeout, partial(scan_step, client, node, cursor, pattern)
             )
-            doomed = [k for k in keys if not _as_bytes(k).startswith(keep)]
+            doomed = [
+                key
+                for key in keys
+                if not _as_bytes(key).startswith(keep) and is_own_key(prefix, _as_bytes(key))
+            ]
             if doomed:
                 await cache.run("UNLINK", cache.write_timeout, partial(client.unlink, *doomed))
             if cursor == 0:
                 break
+
+
+# What a cache writes under its prefix: entries (chat and embeddings), their flight leases,
+# the affinity map and the fleet counters; on a cluster, a key's hash tag in braces.
+_OWN_KEY = re.compile(rb"(?:lock:)?\{?[0-9a-f]{64}\}?|affinity:.*|stats-models|stats:.*", re.DOTALL)
+
+
+def is_own_key(prefix: bytes, key: bytes) -> bool:
+    """Whether ``key``, which starts with ``prefix``, is one this cache writes: not one
+    of a cache whose prefix extends this one (``"limpet:"`` and ``"limpet:tenant-b:"``),
+    whose ``clear()`` this is not.
+
+    Example:
+        >>> is_own_key(b"app:", b"app:" + b"ab" * 32), is_own_key(b"app:", b"app:b:" + b"ab" * 32)
+        (True, False)
+    """
+    return _OWN_KEY.fullmatch(key, len(prefix)) is not None
 
 
 async def _primaries(cache: RedisCache) -> list[ClusterNode | None]:
