@@ -16,13 +16,17 @@ from limpet import (
     CachePolicy,
     Endpoint,
     FlightConfig,
+    MemoryCache,
     PriceTable,
+    RedisCache,
     RetryConfig,
+    TieredCache,
     Timeouts,
 )
 from limpet.config import RoutingConfig, check_number
 from limpet.errors import ConfigurationError
 from limpet.gemini import CachedContents, HTTPReply
+from limpet.serve import ServeConfig
 
 
 async def _never_called(
@@ -140,3 +144,21 @@ def test_an_endpoints_extra_body_is_its_own_copy() -> None:
 def test_a_bad_extra_body_is_refused_naming_what_is_wrong(extra_body: object, said: str) -> None:
     with pytest.raises(ConfigurationError, match=f"Endpoint.extra_body: {said}"):
         Endpoint("a", "https://gw.test/v1", extra_body=extra_body)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["a str", b"", memoryview(b"bytes"), 1])
+@pytest.mark.parametrize(
+    ("owner", "make"),
+    [
+        ("TieredCache", lambda key: TieredCache(MemoryCache(), hmac_key=key)),
+        ("RedisCache", lambda key: RedisCache.from_url("redis://127.0.0.1:6379", hmac_key=key)),
+        ("ServeConfig", lambda key: ServeConfig(fake=True, hmac_key=key)),
+    ],
+)
+def test_an_hmac_key_must_be_non_empty_bytes(
+    owner: str, make: Callable[[object], object], key: object
+) -> None:
+    # Regression: TieredCache took any key; a str failed every call after its upstream
+    # call was made, and b"" signed with an empty key.
+    with pytest.raises(ConfigurationError, match=f"{owner}.hmac_key: expected non-empty bytes"):
+        make(key)

@@ -15,7 +15,14 @@ from urllib.parse import urlsplit
 from limpet._urls import has_userinfo, redact_url
 from limpet.errors import ConfigurationError
 
-__all__ = ["check_choice", "check_flag", "check_http_url", "check_name", "check_number"]
+__all__ = [
+    "check_choice",
+    "check_flag",
+    "check_hmac_key",
+    "check_http_url",
+    "check_name",
+    "check_number",
+]
 
 
 def check_number(
@@ -130,3 +137,17 @@ def check_flag(where: str, value: object) -> None:
     """
     if not isinstance(value, bool):
         raise ConfigurationError(f"{where}: expected a bool, got {value!r}")
+
+
+def check_hmac_key(where: str, value: object) -> None:
+    """An HMAC key: non-empty bytes, or None (unsigned). A str is refused rather than
+    encoded: two processes must sign with the same bytes, whatever their locale.
+
+    Raises:
+        ConfigurationError: naming ``where``, never the key.
+    """
+    if value is not None and (not isinstance(value, bytes) or not value):
+        raise ConfigurationError(
+            f"{where}: expected non-empty bytes or None, got {type(value).__name__}"
+            + (" (empty)" if isinstance(value, bytes) else "")
+        )

@@ -425,6 +425,32 @@ async def test_two_proxies_share_the_memcached_tier(
     )
 
 
+@pytest.mark.redis
+async def test_proxies_sign_their_shared_entries_with_the_key_hmac_key_env_names(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # Regression: limpet serve had no way to sign entries; one forged in Redis was served.
+    upstream = ("--upstream", gateway.base_url("a"), "--redis", redis_url)
+    signed = (*upstream, "--prefix", redis_prefix, "--hmac-key-env", "LIMPET_TEST_HMAC")
+    fleet, again, other = await asyncio.gather(
+        Proxy(*signed, env={"LIMPET_TEST_HMAC": "fleet-key"}).start(),
+        Proxy(*signed, env={"LIMPET_TEST_HMAC": "fleet-key"}).start(),
+        Proxy(*signed, env={"LIMPET_TEST_HMAC": "another-key"}).start(),
+    )
+    try:
+        served = []
+        for proxy in (fleet, again, other):
+            async with proxy.openai() as client:
+                answer = await client.chat.completions.with_raw_response.create(**ask("signed"))
+                served.append(answer.headers["X-Limpet-Cache"])
+    finally:
+        statuses = [await proxy.stop() for proxy in (fleet, again, other)]
+    assert statuses == [0, 0, 0]
+    # A key it was not signed with takes the entry for forged: a miss, never served.
+    assert served == ["miss", "hit", "miss"]
+    assert gateway.endpoint("a").calls == 2
+
+
 async def proxies_share_their_shared_tier(gateway: FakeGateway, *tier: str) -> None:
     upstream = ("--upstream", gateway.base_url("a"))
     first, second = await asyncio.gather(

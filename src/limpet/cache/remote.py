@@ -26,6 +26,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar
 
+from limpet._checks import check_hmac_key
 from limpet.cache.breaker import BreakerState, CircuitBreaker
 from limpet.cache.budget import QueueTimeout, Watchdog
 from limpet.cache.writes import SendBatch, WriteQueue
@@ -101,8 +102,7 @@ def remote_settings(
         ("max_connections", max_connections),
     ):
         check_number(f"{owner}.{name}", count, integer=True)
-    if hmac_key is not None and (not isinstance(hmac_key, bytes) or not hmac_key):
-        raise ConfigurationError(f"{owner}.hmac_key: expected non-empty bytes or None")
+    check_hmac_key(f"{owner}.hmac_key", hmac_key)
     return RemoteSettings(
         prefix=prefix,
         read_timeout=float(read_timeout),

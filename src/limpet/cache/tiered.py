@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from limpet._checks import check_hmac_key
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
 from limpet.cache.capabilities import (
     Capability,
@@ -137,6 +138,7 @@ class TieredCache:
         self.stats = TierStats(hits=[0] * len(tiers))
         #: What each tier can do, in tier order.
         self.capabilities: tuple[TierCapabilities, ...] = tuple(map(capabilities_of, tiers))
+        check_hmac_key("TieredCache.hmac_key", hmac_key)
         if hmac_key is None:
             hmac_key = shared_hmac_key(tiers, self.capabilities)
         self._codec = EntryCodec(hmac_key)

@@ -17,6 +17,7 @@ __all__ = [
     "API_KEY_ENV",
     "CommandError",
     "api_key",
+    "hmac_key",
     "memcached_cache",
     "non_negative_float",
     "open_lines",
@@ -120,3 +121,18 @@ def port_number(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port, 1 to 65535, got {text}")
     return value
+
+
+def hmac_key(args: argparse.Namespace) -> bytes | None:
+    """The HMAC key named by ``--hmac-key-env``, as a service configures it (never on
+    the command line: it would show in ``ps``).
+
+    Raises:
+        CommandError: the variable is not set.
+    """
+    if args.hmac_key_env is None:
+        return None
+    key = os.environ.get(args.hmac_key_env)
+    if not key:
+        raise CommandError(f"${args.hmac_key_env} (--hmac-key-env) is not set", status=2)
+    return key.encode()

@@ -67,12 +67,7 @@ def _warm(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "credential",
         "whose entries to write: the API key's (default) or the namespace's shared ones",
     )
-    warm.add_argument(
-        "--hmac-key-env",
-        default=None,
-        metavar="NAME",
-        help="the environment variable holding the cache's hmac_key, as the service sets it",
-    )
+    _hmac_option(warm)
     warm.add_argument("--concurrency", type=positive_int, default=DEFAULT_WARM_CONCURRENCY)
     warm.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -137,6 +132,7 @@ def _serve(commands: _Commands, common: argparse.ArgumentParser) -> None:
         help="an OpenAI-compatible API root to proxy to (repeat for several)",
     )
     _cache_options(serve)
+    _hmac_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8400, help="the port (8400)")
     serve.add_argument(
@@ -189,6 +185,15 @@ def _serve_process_options(serve: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         help="seconds in-flight requests get to finish on SIGTERM/SIGINT (30)",
+    )
+
+
+def _hmac_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--hmac-key-env",
+        default=None,
+        metavar="NAME",
+        help="the environment variable holding the cache's hmac_key, as the service sets it",
     )
 
 

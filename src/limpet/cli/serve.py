@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from limpet.cli.arguments import CommandError, open_lines
+from limpet.cli.arguments import CommandError, hmac_key, open_lines
 
 __all__ = ["LOOPBACK_HOSTS", "run_serve"]
 
@@ -39,6 +39,7 @@ def run_serve(args: argparse.Namespace) -> int:
         auto_cache_control=args.auto_cache_control,
         fake=args.fake,
         metrics=args.metrics,
+        hmac_key=hmac_key(args),
     )
     if args.workers > 1:
         from limpet.serve.workers import run_workers

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from limpet.cli.arguments import CommandError, api_key, open_lines, shared_cache
+from limpet.cli.arguments import CommandError, api_key, hmac_key, open_lines, shared_cache
 from limpet.errors import CacheUnavailableError, LimpetError
 from limpet.models import Completion, Embeddings
 from limpet.observe.warm import WarmReport, is_embedding, warm, writes_lost
@@ -33,7 +32,7 @@ async def run_warm(args: argparse.Namespace) -> int:
 
     lines = open_lines(args.file)  # before anything is paid for
     shared = shared_cache(args)
-    cache = TieredCache(MemoryCache(), shared, hmac_key=_hmac_key(args))
+    cache = TieredCache(MemoryCache(), shared, hmac_key=hmac_key(args))
     where = (
         f"{shared.server} (prefix {shared.prefix!r}, namespace {args.namespace or ''!r}, "
         f"{args.cache_scope} scope)"
@@ -131,13 +130,3 @@ def _request_of(line: bytes) -> dict[str, Any]:
             f"expected a JSON object of complete() arguments, got {type(request).__name__}"
         )
     return request
-
-
-def _hmac_key(args: argparse.Namespace) -> bytes | None:
-    """The HMAC key named by ``--hmac-key-env``, as a service configures it."""
-    if args.hmac_key_env is None:
-        return None
-    key = os.environ.get(args.hmac_key_env)
-    if not key:
-        raise CommandError(f"${args.hmac_key_env} (--hmac-key-env) is not set", status=2)
-    return key.encode()

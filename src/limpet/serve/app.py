@@ -202,12 +202,17 @@ def _cache(config: ServeConfig) -> TieredCache:
     if config.redis:
         from limpet.cache.redis.backend import DEFAULT_PREFIX, RedisCache
 
-        shared = RedisCache.from_url(config.redis, prefix=config.prefix or DEFAULT_PREFIX)
+        shared = RedisCache.from_url(
+            config.redis, prefix=config.prefix or DEFAULT_PREFIX, hmac_key=config.hmac_key
+        )
     elif config.memcached:
         from limpet.cache.memcached.backend import DEFAULT_PREFIX as PREFIX
         from limpet.cache.memcached.backend import MemcachedCache
 
-        shared = MemcachedCache.from_url(config.memcached, prefix=config.prefix or PREFIX)
+        shared = MemcachedCache.from_url(
+            config.memcached, prefix=config.prefix or PREFIX, hmac_key=config.hmac_key
+        )
+    # A TieredCache signs with its shared tier's key (``shared_hmac_key``).
     return TieredCache(MemoryCache()) if shared is None else TieredCache(MemoryCache(), shared)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from limpet._checks import check_http_url
+from limpet._checks import check_hmac_key, check_http_url
 from limpet._urls import host_and_port, redact_url
 from limpet.config import Endpoint
 from limpet.errors import ConfigurationError
@@ -44,6 +44,8 @@ class ServeConfig:
         client_keys: with ``upstream_key``, the keys callers must present as
             ``Authorization: Bearer <key>`` (none: every caller is let in).
         metrics: serve ``GET /metrics`` for Prometheus (the ``prometheus`` extra).
+        hmac_key: signs the shared tier's entries and flight notices (``RedisCache``'s),
+            as every process sharing it must; None: unsigned.
     """
 
     upstreams: tuple[str, ...] = ()
@@ -57,8 +59,10 @@ class ServeConfig:
     upstream_key: str | None = field(default=None, repr=False)
     client_keys: frozenset[str] = field(default=frozenset(), repr=False)
     metrics: bool = False
+    hmac_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        check_hmac_key("ServeConfig.hmac_key", self.hmac_key)
         if self.client_keys and not self.upstream_key:
             raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
         if not self.upstreams and not self.fake:
