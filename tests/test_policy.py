@@ -49,9 +49,11 @@ def test_max_temperature_widens_what_is_cacheable() -> None:
     assert not is_cacheable({**BASE, "temperature": 0.31}, policy)
 
 
-def test_unknown_mode_names_the_field() -> None:
+@pytest.mark.parametrize("mode", ["sometimes", ["bypass"], {"bypass": True}, 0])
+def test_unknown_mode_names_the_field(mode: Any) -> None:
+    # Regression: a list (unhashable) escaped as a bare TypeError.
     with pytest.raises(InvalidRequestError, match=r"^cache: expected None or one of"):
-        decide({**BASE, "temperature": 0}, "sometimes", CachePolicy())
+        decide({**BASE, "temperature": 0}, mode, CachePolicy())
 
 
 def test_bad_policy_is_a_configuration_error() -> None:

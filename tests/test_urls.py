@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from limpet import Endpoint, RedisCache
-from limpet._urls import host_and_port, redact_url, url_secrets
+from limpet._urls import host_and_port, join_url, redact_url, url_secrets
 from limpet.cache.memcached.keys import parse_memcached_url
 from limpet.errors import ConfigurationError
 from limpet.serve import ServeConfig
@@ -73,10 +73,43 @@ def test_credentials_in_a_base_url_are_refused_without_being_shown(
 
 
 def test_other_bad_base_urls_are_a_configuration_error_quoting_them_redacted() -> None:
-    with pytest.raises(ConfigurationError, match=r"got 'ftp://\*\*\*@h'"):
-        Endpoint("a", f"ftp://u:{PASSWORD}@h")
     with pytest.raises(ConfigurationError, match="Port out of range"):
         Endpoint("a", f"http://h:99999/v1?key={PASSWORD}")
+    for url, problem in [
+        (f"http:///v1?key={PASSWORD}", "expected a host name, got 'http:///v1[?]key=\\*\\*\\*'"),
+        ("http://:8080/v1", "expected a host name"),
+        ("http://a..b/v1", "expected a host name"),
+        ("https://gw.example/v1#top", "a fragment is never sent"),
+    ]:
+        with pytest.raises(ConfigurationError, match=f"Endpoint.base_url: {problem}"):
+            Endpoint("a", url)
+
+
+@pytest.mark.parametrize("value", [f"sk-or-v1-{PASSWORD}", f"ftp://u:{PASSWORD}@h"])
+def test_what_is_no_http_url_is_never_quoted(value: str) -> None:
+    # Regression: a key passed where the URL goes (Endpoint("or", KEY)) was quoted whole.
+    with pytest.raises(ConfigurationError) as raised:
+        Endpoint("a", value)
+    assert str(raised.value) == (
+        f"Endpoint.base_url: expected an http(s) URL, got a str of {len(value)} characters"
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("https://gw.example/v1", "https://gw.example/v1/chat/completions"),
+        ("https://gw.example/v1/", "https://gw.example/v1/chat/completions"),
+        (
+            "https://az.example/openai?api-version=1",
+            "https://az.example/openai/chat/completions?api-version=1",
+        ),
+        ("https://gw.example/v1/?key=k&b=2", "https://gw.example/v1/chat/completions?key=k&b=2"),
+    ],
+)
+def test_an_api_path_goes_before_the_base_urls_query(base: str, url: str) -> None:
+    # Regression: appended to the whole URL, the path went into the query.
+    assert join_url(base, "/chat/completions") == url
 
 
 def test_proxy_endpoints_are_named_by_host_and_port_only() -> None:

@@ -94,17 +94,26 @@ def check_http_url(where: str, value: object, *, instead: str = _CREDENTIALS_INS
         'https://***@gw.example/v1'
     """
     if not isinstance(value, str):
-        raise ConfigurationError(f"{where}: expected an http(s) URL, got {value!r}")
-    problem = None
+        raise ConfigurationError(f"{where}: expected an http(s) URL, got {type(value).__name__}")
     if not value.startswith(("http://", "https://")):
-        problem = "expected an http(s) URL"
-    elif has_userinfo(value):
+        # Never quoted: what is passed where a URL goes is often the key meant beside it.
+        raise ConfigurationError(
+            f"{where}: expected an http(s) URL, got a str of {len(value)} characters"
+        )
+    problem = None
+    if has_userinfo(value):
         problem = f"credentials in the URL (user:password@) are not accepted, {instead}"
     else:
         try:
-            urlsplit(value).port  # noqa: B018 (parsed for its errors: a bad port, an unclosed [)
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (parsed for its errors: a bad port, an unclosed [)
         except ValueError as exc:  # urllib's messages never quote the URL
             problem = f"not a valid URL ({exc})"
+        else:
+            if not parts.hostname or ".." in parts.hostname:
+                problem = "expected a host name"
+            elif parts.fragment or value.endswith("#"):
+                problem = "a fragment is never sent"
     if problem is not None:  # the URL shown redacted, worked out only then
         raise ConfigurationError(f"{where}: {problem}, got {redact_url(value)!r}")
 

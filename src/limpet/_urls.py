@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 from urllib.parse import unquote
 
-__all__ = ["has_userinfo", "host_and_port", "redact_url", "url_secrets"]
+__all__ = ["has_userinfo", "host_and_port", "join_url", "redact_url", "url_secrets"]
 
 #: What a credential of a URL is replaced with (as ``limpet.errors.REDACTED``).
 _REDACTED = "***"
@@ -54,6 +54,18 @@ def has_userinfo(url: str) -> bool:
 def host_and_port(url: str) -> str:
     """``host[:port]`` of ``url`` as written, without any userinfo."""
     return _parts(url).host
+
+
+def join_url(base: str, path: str) -> str:
+    """The URL of ``path`` under the API root ``base``: appended to its path, before its
+    query (Azure's ``?api-version=``, a gateway's ``?key=``), which stays the query.
+
+    Example:
+        >>> join_url("https://gw.example/v1/?api-version=2024-10-21", "/chat/completions")
+        'https://gw.example/v1/chat/completions?api-version=2024-10-21'
+    """
+    root, mark, query = base.partition("?")
+    return root.rstrip("/") + path + mark + query
 
 
 def redact_url(url: str) -> str:

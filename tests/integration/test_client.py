@@ -519,3 +519,17 @@ async def test_every_completion_handed_out_is_an_openai_chat_completion(
         assert_chat_completion(completion.raw)
         assert completion.raw["choices"] == live.raw["choices"]
     assert ep.calls == 2
+
+
+async def test_a_base_url_with_a_query_keeps_it_after_each_routes_path(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: "/chat/completions" was appended after the query (Azure's api-version),
+    # so no call reached the API's route.
+    base = gateway.base_url("a") + "?api-version=2024-10-21"
+    async with Client(endpoints=[Endpoint("a", base, api_key=KEY)]) as client:
+        assert (await client.complete(**ask("q"))).cache is CacheStatus.MISS
+        async with client.stream(**ask("s")) as stream:
+            assert [chunk async for chunk in stream]
+        assert (await client.embed(model="openai/text-embedding-3-small", input=["e"])).misses
+    assert gateway.endpoint("a").calls == 2  # chat calls (the embedding one counted above)

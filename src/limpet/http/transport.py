@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from limpet._urls import join_url
 from limpet._version import __version__
 from limpet.config import AdmissionConfig, Endpoint, RetryConfig, Timeouts
 from limpet.errors import (
@@ -205,7 +206,7 @@ class Transport:
         """
         with upstream_errors(endpoint.name, endpoint.secrets):
             async with self._session_for_loop().get(
-                endpoint.base_url + path,
+                join_url(endpoint.base_url, path),
                 headers=self._headers_of(endpoint),
                 allow_redirects=False,  # a 3xx is an error (``status_error_of``)
             ) as response:
@@ -248,7 +249,7 @@ class Transport:
                 ticket = await admit(self._admissions, endpoint, payload, deadline, waiting, retry)
             try:
                 async with self._session_for_loop().post(
-                    endpoint.base_url + path,
+                    join_url(endpoint.base_url, path),
                     data=sendable(payload),
                     headers=self._headers_of(endpoint),
                     allow_redirects=False,  # a 3xx is an error (``status_error_of``)
@@ -337,7 +338,7 @@ class Transport:
         )
         with upstream_errors(endpoint.name, endpoint.secrets):
             response = await self._session_for_loop().post(
-                endpoint.base_url + "/chat/completions",
+                join_url(endpoint.base_url, "/chat/completions"),
                 data=sendable(payload),
                 headers={**self._headers_of(endpoint), "Accept": "text/event-stream"},
                 timeout=timeout,

@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from limpet._urls import join_url
 from limpet.cache.base import CacheBackend
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
@@ -190,7 +191,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(client.aclose)  # drains pending cache writes
         timeout = aiohttp.ClientTimeout(total=_MODELS_TIMEOUT)
         session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
-        models_url = upstreams[0].rstrip("/") + "/models"
+        models_url = join_url(upstreams[0], "/models")
         clock = asyncio.get_running_loop().time
         models = ModelListings(session, models_url, config.models_ttl, clock)
         app[_PROXY] = _Proxy(client, models, config, registry)

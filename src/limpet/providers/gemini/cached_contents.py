@@ -61,6 +61,8 @@ class CachedContents:
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_http_url("CachedContents.base_url", base_url)
+        if "?" in base_url:  # names are appended to the URL, and the URL is shown
+            raise ConfigurationError("CachedContents.base_url: a query is not accepted")
         if not isinstance(path, str) or (path and not path.startswith("/")):
             raise ConfigurationError(f"CachedContents.path: expected a path from '/', got {path!r}")
         self._http = http
