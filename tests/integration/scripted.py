@@ -39,16 +39,18 @@ def completion(n: int = 1) -> dict[str, Any]:
 
 class ScriptedUpstream:
     """Answers every stream request with ``script`` (each item an event's data: a chunk,
-    or raw bytes sent as they are), then ``[DONE]``; a plain request with a whole answer
-    of the ``n`` choices it asks for.
+    or raw bytes sent as they are), then ``[DONE]``; a plain request with ``plain``, or
+    else a whole answer of the ``n`` choices it asks for.
 
     Attributes:
         script: what the next stream sends.
+        plain: what the next plain request is answered, when set.
         bodies: the request bodies received, in order.
     """
 
     def __init__(self) -> None:
         self.script: list[dict[str, Any] | bytes] = []
+        self.plain: dict[str, Any] | None = None
         self.bodies: list[dict[str, Any]] = []
         self.url = ""
 
@@ -61,7 +63,7 @@ class ScriptedUpstream:
         body = await request.json()
         self.bodies.append(body)
         if body.get("stream") is not True:
-            return web.json_response(completion(body.get("n") or 1))
+            return web.json_response(self.plain or completion(body.get("n") or 1))
         response = web.StreamResponse(status=200)
         response.content_type = "text/event-stream"
         await response.prepare(request)

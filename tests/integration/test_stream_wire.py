@@ -13,7 +13,13 @@ from limpet import CacheStatus, Client, Completion, Endpoint, RetryConfig
 from limpet.errors import APIResponseError
 from limpet.http.stream_events import stream_events
 from tests.integration.chat import ask
-from tests.integration.scripted import ScriptedUpstream, chunk, scripted_upstream, usage_chunk
+from tests.integration.scripted import (
+    ScriptedUpstream,
+    chunk,
+    completion,
+    scripted_upstream,
+    usage_chunk,
+)
 
 
 @pytest.fixture
@@ -137,6 +143,53 @@ async def test_a_stream_of_more_choices_than_the_request_asked_is_whole_only_whe
             assert stream.completion.cache is CacheStatus.MISS
         assert (await client.complete(**ask())).cache is CacheStatus.MISS
     assert [body.get("n") for body in upstream.bodies] == [2, 2, 2]
+
+
+def one_choice(finish: str | None = "stop") -> dict[str, Any]:
+    """A plain answer of choice 0 alone (a provider that ignores ``n``)."""
+    answer = completion(1)
+    answer["choices"][0]["finish_reason"] = finish
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "n", "extra_body"),
+    [
+        (one_choice(), 3, None),  # n ignored
+        (one_choice(), None, {"n": 2}),  # the endpoint's n, ignored
+        (one_choice(None), None, None),  # unfinished
+        ({**completion(2), "choices": completion(2)["choices"][1:]}, 2, None),  # 0 missing
+    ],
+)
+async def test_a_plain_answer_missing_a_choice_asked_for_is_served_never_stored(
+    upstream: ScriptedUpstream,
+    answer: dict[str, Any],
+    n: int | None,
+    extra_body: dict[str, Any] | None,
+) -> None:
+    # Regression: the stream of such an answer was never stored, the same answer as JSON
+    # was, and then served to complete() and replayed to stream() readers as whole.
+    upstream.plain = answer
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    endpoint = Endpoint("a", upstream.url, extra_body=extra_body)
+    request = ask() if n is None else ask(n=n)
+    async with Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1)) as client:
+        for _ in range(2):
+            completed = await client.complete(**request)
+            assert (completed.cache, completed.raw) == (CacheStatus.MISS, answer)
+        stream = client.stream(**request)
+        assert [c async for c in stream]
+        assert stream.completion is not None and stream.completion.cache is CacheStatus.MISS
+    assert upstream.calls == 3
+
+
+async def test_a_plain_answer_of_every_choice_asked_for_is_stored(
+    upstream: ScriptedUpstream,
+) -> None:
+    async with open_client(upstream) as client:
+        assert (await client.complete(**ask(n=2))).cache is CacheStatus.MISS
+        assert (await client.complete(**ask(n=2))).cache is CacheStatus.HIT
+    assert upstream.calls == 1
 
 
 async def test_a_reader_closing_early_where_every_chunk_has_usage_leaves_no_answer(

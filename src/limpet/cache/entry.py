@@ -36,6 +36,8 @@ class CacheEntry:
         saved_usd: what the provider's prompt cache saved on the upstream call that made
             it, for the caller whose call it was (None: unknown, or read from a tier:
             it is not stored).
+        partial: the answer lacks a choice asked for or one is unfinished (the upstream
+            stage says so): served to its caller, never stored.
     """
 
     __slots__ = (
@@ -48,6 +50,7 @@ class CacheEntry:
         "endpoint",
         "expires_at",
         "model",
+        "partial",
         "saved_usd",
         "stream",
         "usage",
@@ -80,6 +83,7 @@ class CacheEntry:
         model = body.get("model") if type(body) is dict else None
         self.model = model if type(model) is str else ""
         self.saved_usd: float | None = None
+        self.partial = False
 
     @classmethod
     def of_json(
@@ -102,6 +106,7 @@ class CacheEntry:
         entry.created_at, entry.expires_at, entry.stream = created_at, expires_at, stream
         entry.model = model
         entry.saved_usd = None
+        entry.partial = False
         return entry
 
     @property

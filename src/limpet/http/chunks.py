@@ -109,6 +109,31 @@ def choices_asked(body: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
+def choices_sent(body: Mapping[str, Any], extra_body: Mapping[str, Any] | None) -> int:
+    """``choices_asked`` of what goes upstream: ``body`` over the answering endpoint's
+    ``extra_body`` (which may ask for more choices than the caller did)."""
+    if extra_body is None or "n" in body or "n" not in extra_body:
+        return choices_asked(body)
+    return choices_asked(extra_body)
+
+
+def every_choice_finished(answer: Mapping[str, Any], asked: int) -> bool:
+    """Whether the chat completion ``answer`` holds each of the ``asked`` choices
+    (indexes ``0..asked-1``) and every choice it holds has a ``finish_reason``: only such
+    an answer may be stored, whichever wire it came by (``StreamAssembler.unfinished``
+    says the same of chunks). A provider that ignores ``n`` gives one choice: served to
+    its caller, never to another asking for ``n``."""
+    choices = answer.get("choices")
+    if type(choices) is not list:
+        return False
+    held = set()
+    for choice in choices:
+        if type(choice) is not dict or not choice.get("finish_reason"):
+            return False
+        held.add(choice.get("index", 0))
+    return all(index in held for index in range(asked))
+
+
 def finished_choices(chunk: Mapping[str, Any], asked: int) -> set[int]:
     """The choices among the ``asked`` (indexes ``0..asked-1``) that ``chunk`` finishes:
     those with a ``finish_reason`` (Ollama's ``""`` is none, as assembly reads it)."""

@@ -39,10 +39,13 @@ def completion_of(entry: CacheEntry, status: CacheStatus, key: str | None) -> Co
 
 def storable(entry: CacheEntry) -> bool:
     """A failed generation reported inside a 200 is never cached (transport raises
-    ``APIGenerationError`` for one; this guards every other way an entry is made), nor an
-    answer no hit could be served from (it would only ever read back as corrupt)."""
-    return entry.servable and not any(
-        choice.get("finish_reason") == "error" for choice in entry.body["choices"]
+    ``APIGenerationError`` for one; this guards every other way an entry is made), nor a
+    ``partial`` answer (a choice asked for missing or unfinished), nor an answer no hit
+    could be served from (it would only ever read back as corrupt)."""
+    return (
+        not entry.partial
+        and entry.servable
+        and not any(choice.get("finish_reason") == "error" for choice in entry.body["choices"])
     )
 
 

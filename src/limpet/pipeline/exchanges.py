@@ -10,7 +10,7 @@ from typing import Any
 from limpet.config import Endpoint
 from limpet.flight.broadcast import Broadcast
 from limpet.http.chunk_assembly import StreamAssembler
-from limpet.http.chunks import choices_asked, with_stream_usage
+from limpet.http.chunks import choices_asked, choices_sent, with_stream_usage
 from limpet.http.responses import malformed_answer
 from limpet.http.transport import Transport
 from limpet.pipeline.calls import Call
@@ -88,7 +88,7 @@ class StreamExchange:
     async def attempt(self, endpoint: Endpoint, body: dict[str, Any], call: Call) -> dict[str, Any]:
         assembler, broadcast = self._assembler, self._broadcast
         # As many choices as are sent for: the endpoint's ``extra_body`` may ask for more.
-        self._choices = choices_asked({**(endpoint.extra_body or {}), **body})
+        self._choices = choices_sent(body, endpoint.extra_body)
         chunks = self._transport.stream(
             endpoint, body, headers=call.headers, deadline=call.deadline
         )

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from limpet.cache.base import CacheEntry
 from limpet.config import Endpoint
 from limpet.errors import APIError
+from limpet.http.chunks import choices_sent, every_choice_finished
 from limpet.http.retry import should_retry
 from limpet.observe.stats import Stats
 from limpet.pipeline.account import Accounting
@@ -110,9 +111,13 @@ class Upstream:
             except APIError as exc:
                 if not fails_over(exc, ranked, index, exchange):
                     raise
-        return await self._account.entry(
+        entry = await self._account.entry(
             request, answer, usage, endpoint.name, route.body, exchange.chunking
         )
+        entry.partial = not every_choice_finished(
+            answer, choices_sent(route.body, endpoint.extra_body)
+        )
+        return entry
 
 
 class _Committed(Protocol):
