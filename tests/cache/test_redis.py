@@ -136,10 +136,12 @@ async def test_clear_leaves_the_keys_of_a_cache_whose_prefix_extends_its_own(
     for prefix in (outer, inner):
         for kind in kinds:
             await raw.set(prefix + kind, b"v", px=60_000)
+    await raw.set(outer + "set-by-hand", b"v", px=60_000)
+    await raw.set(inner + "gen:m", b"7")
     async with RedisCache.from_url(redis_url, prefix=outer) as cache:
         await cache.clear()
-    assert [await raw.exists(outer + kind) for kind in kinds] == [0] * len(kinds)
-    assert [await raw.exists(inner + kind) for kind in kinds] == [1] * len(kinds)
+    assert [await raw.exists(outer + kind) for kind in [*kinds, "set-by-hand"]] == [0] * 6
+    assert [await raw.exists(inner + kind) for kind in [*kinds, "gen:m"]] == [1] * 6
 
 
 @pytest.mark.redis

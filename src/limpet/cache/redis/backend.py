@@ -347,9 +347,9 @@ class RedisCache(RemoteCache):
             self._reads.forget(full)  # a read sent before the delete
 
     async def clear(self) -> None:
-        """Remove every key this cache wrote under ``prefix`` (SCAN + UNLINK, on every
-        primary of a cluster: an admin operation, not for the hot path; never the keys of
-        a cache whose prefix extends this one, ``is_own_key``), and every queued write.
+        """Remove every key under ``prefix`` (SCAN + UNLINK, on every primary of a
+        cluster: an admin operation, not for the hot path), but those of a cache whose
+        prefix extends this one (``is_own_key``), and every queued write.
 
         Generation counters are kept: resetting one to 0 could make an entry that another
         process still holds under an old generation valid again.

@@ -22,9 +22,9 @@ SCAN_COUNT = 1_000
 
 
 async def unlink_prefix(cache: RedisCache) -> None:
-    """Remove every key the cache wrote under ``cache.prefix`` (``is_own_key``) but its
-    generation counters, through the cache's ``run()`` (so its breaker and write timeout
-    apply to each step).
+    """Remove every key under ``cache.prefix`` that is the cache's own (``is_own_key``)
+    but its generation counters, through the cache's ``run()`` (so its breaker and write
+    timeout apply to each step).
 
     Raises:
         CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
@@ -52,19 +52,25 @@ async def unlink_prefix(cache: RedisCache) -> None:
 
 # What a cache writes under its prefix: entries (chat and embeddings), their flight leases,
 # the affinity map and the fleet counters; on a cluster, a key's hash tag in braces.
-_OWN_KEY = re.compile(rb"(?:lock:)?\{?[0-9a-f]{64}\}?|affinity:.*|stats-models|stats:.*", re.DOTALL)
+_KINDS = rb"(?:lock:)?\{?[0-9a-f]{64}\}?|affinity:.*|stats-models|stats:.*"
+_OWN = re.compile(_KINDS, re.DOTALL)
+# The same kinds, and generation counters, after more of a prefix: another cache's.
+_EXTENDED = re.compile(rb".+?(?:" + _KINDS + rb"|gen:.*|\{gen\}:.*)", re.DOTALL)
 
 
 def is_own_key(prefix: bytes, key: bytes) -> bool:
-    """Whether ``key``, which starts with ``prefix``, is one this cache writes: not one
-    of a cache whose prefix extends this one (``"limpet:"`` and ``"limpet:tenant-b:"``),
-    whose ``clear()`` this is not.
+    """Whether ``key``, which starts with ``prefix``, is this cache's to remove: one of
+    the kinds it writes, or one no cache writes (set by hand), but never one of those
+    kinds after more of a prefix: that is a cache whose prefix extends this one's
+    (``"limpet:"`` and ``"limpet:tenant-b:"``), whose ``clear()`` this is not.
 
     Example:
-        >>> is_own_key(b"app:", b"app:" + b"ab" * 32), is_own_key(b"app:", b"app:b:" + b"ab" * 32)
-        (True, False)
+        >>> mine, theirs = b"app:" + b"ab" * 32, b"app:b:" + b"ab" * 32
+        >>> is_own_key(b"app:", mine), is_own_key(b"app:", theirs), is_own_key(b"app:", b"app:x")
+        (True, False, True)
     """
-    return _OWN_KEY.fullmatch(key, len(prefix)) is not None
+    start = len(prefix)
+    return _OWN.fullmatch(key, start) is not None or _EXTENDED.fullmatch(key, start) is None
 
 
 async def _primaries(cache: RedisCache) -> list[ClusterNode | None]:
