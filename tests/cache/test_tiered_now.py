@@ -4,6 +4,8 @@ settle without awaiting (a corrupt entry) to ``get()``."""
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +23,7 @@ FAR = 1e10  # an expiry never reached
 
 def encoded(key: str, content: str = "hi") -> bytes:
     body = {"model": "m", "choices": [{"message": {"role": "assistant", "content": content}}]}
-    return EntryCodec().encode(key, CacheEntry(body, Usage(3, 2), 0.5, "a", FAR - 1, FAR))
+    return EntryCodec().encode(key, CacheEntry(body, Usage(3, 2), 0.5, "a", time.time(), FAR))
 
 
 class AsyncOnlyLocalTier:
@@ -169,8 +171,26 @@ async def test_an_entry_written_by_a_clock_ahead_fills_tier_0_for_no_longer_than
     assert await writer.set("k", entry) is not None  # for 2 s, by the writer's clock
     top = MemoryCache(clock=clock)
     reader = TieredCache(top, below, clock=clock)
+    clock.advance(1.5)
     found = await reader.get("k")
-    assert found is not None and found[1] == 1  # read from below, filled into tier 0
-    clock.advance(2.5)
+    assert found is not None and found[1] == 1  # served from below
+    # Regression: filled into tier 0 for a whole TTL from the read, it outlived the
+    # shared tier's copy by as long as the read came after the write.
+    assert top.get_now("k") is None
+    clock.advance(1.0)
     assert await below.get("k") is None
-    assert top.get_now("k") is None  # gone from tier 0 too, not an hour later
+    assert await reader.get("k") is None  # gone from every tier, not an hour later
+
+
+async def test_an_entry_written_by_a_clock_in_step_fills_tier_0_for_what_is_left() -> None:
+    clock = FakeClock()
+    below = MemoryCache(clock=clock)
+    writer = TieredCache(below, clock=clock)
+    assert await writer.set("k", CacheEntry(ANSWER, Usage(3, 2), 0.5, "a", clock(), clock() + 2.0))
+    top = MemoryCache(clock=clock)
+    reader = TieredCache(top, below, clock=clock)
+    clock.advance(1.5)
+    assert await reader.get("k") is not None
+    assert top.get_now("k") is not None  # back-filled for the 0.5 s left
+    clock.advance(0.6)
+    assert top.get_now("k") is None

@@ -251,14 +251,15 @@ class TieredCache:
     async def get_value(
         self,
         key: str,
-        decode: Callable[[str, bytes], tuple[V, float]],
+        decode: Callable[[str, bytes], tuple[V, float | None]],
         *,
         start: int = 0,
         stop: int | None = None,
         count_miss: bool = True,
     ) -> tuple[V, int] | None:
         """As ``get``, for a value of another kind (an embedding vector): ``decode(key,
-        data)`` gives the value and its ``expires_at``, and raises ``CacheCorruptError``
+        data)`` gives the value and its ``expires_at`` (None: of an age unknown here, so
+        served from where it is and back-filled nowhere), and raises ``CacheCorruptError``
         for bytes not bound to ``key`` (or badly signed), which are then deleted and
         counted, like a corrupt entry."""
         tiers, failing = self.tiers, self._failing
@@ -285,7 +286,7 @@ class TieredCache:
             # that timed out against a paused server lands when it resumes, with its whole
             # TTL), and from its clock (skew); a lower tier's are back-filled upwards with
             # what is left of their TTL.
-            if index or read_now is None:
+            if (index or read_now is None) and expires_at is not None:
                 remaining = expires_at - self._clock()
                 if remaining <= 0:
                     continue
@@ -325,13 +326,15 @@ class TieredCache:
                 self._fault(index, exc)
         return True
 
-    def _decode_entry(self, key: str, data: bytes) -> tuple[CacheEntry, float]:
-        """The entry, and when it expires as this process's clock reads it: never later
-        than its whole TTL from now. Its times are its writer's clock's: one running ahead
-        of this one's would otherwise fill the tiers above for that much longer (an hour
-        ahead, an entry of two seconds was served from tier 0 for an hour)."""
+    def _decode_entry(self, key: str, data: bytes) -> tuple[CacheEntry, float | None]:
+        """The entry, and when it expires as this process's clock reads it. Its times are
+        its writer's clock's: one running ahead of this one's would otherwise fill the
+        tiers above for that much longer (an hour ahead, an entry of two seconds was
+        served from tier 0 for an hour). Made "later" than now, it is of an age no clock
+        here can tell, and so is what is left of its TTL: None, served from the tier that
+        holds it (whose server keeps its TTL) and back-filled nowhere."""
         entry = self._codec.decode(key, data)
-        return entry, min(entry.expires_at, self._clock() + entry.expires_at - entry.created_at)
+        return entry, None if entry.created_at > self._clock() else entry.expires_at
 
     async def set(self, key: str, entry: CacheEntry) -> tuple[bytes, float] | None:
         """Store ``entry`` in every tier until its ``expires_at``.
