@@ -213,9 +213,12 @@ class Shared:
 
 
 def make_client(gateway: FakeGateway, cache: TieredCache, endpoint: str = "a") -> Client:
-    """A Client on ``cache`` (``Shared.tiered()``) calling ``endpoint`` of ``gateway``."""
+    """A Client on ``cache`` (``Shared.tiered()``) calling endpoint "a" of ``gateway``, as
+    every process of one fleet does (an endpoint's URL enters the keys), and naming
+    itself ``endpoint`` in its ``X-Title``: what a spy may answer it as."""
     return Client(
-        endpoints=[Endpoint(endpoint, gateway.base_url(endpoint))],
+        endpoints=[Endpoint(endpoint, gateway.base_url("a"))],
+        app_title=endpoint,
         cache=cache,
         flight=FLIGHT,
         retry=RETRY,

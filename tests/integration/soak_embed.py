@@ -88,6 +88,9 @@ class SpyEmbeddings(FakeEmbeddings):
         self.asked = asyncio.Event()
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
+        # Both Clients call endpoint "a" (their keys are one fleet's); each is answered as
+        # the endpoint its X-Title names (``make_client``), so the gateway knows who asked.
+        request.match_info["endpoint"] = request.headers["X-Title"]
         _asker.set(request.match_info["endpoint"])  # this handler's own task and context
         self.asked.set()
         await self.answering.wait()

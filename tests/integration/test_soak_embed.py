@@ -3,8 +3,9 @@
 The chat soak's adversary (``test_soak.py``, ``soak_adversity``), for a cache kept per
 input. Two Clients (two "processes") share one tier (Redis, Redis with an ``hmac_key``, a
 Redis Cluster or Memcached: the params of ``shared``, ``soak_tiers``) and call one
-FakeGateway, client 0 through its endpoint "a" and client 1 through "b", so the gateway
-knows who sent what. A workload drawn from ``random.Random(seed)``: waves of concurrent
+FakeGateway at one URL, as a fleet does, client 0 answered as its endpoint "a" and
+client 1 as "b" (each names itself in its ``X-Title``), so the gateway knows who sent
+what. A workload drawn from ``random.Random(seed)``: waves of concurrent
 ``embed()`` calls from both Clients, each a batch of one to six texts from a pool of
 near-identical ones, with repeats inside a batch and overlap across calls and Clients,
 some at another ``dimensions`` (another key): hits, misses, inputs coalesced in one
