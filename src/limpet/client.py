@@ -282,7 +282,9 @@ class Client:
             model: e.g. ``"anthropic/claude-sonnet-4.6"`` (required).
             messages: the chat, OpenAI format (required).
             cache: None (policy decides), ``"bypass"``, ``"refresh"`` or ``"force"``.
-            ttl: seconds this answer may be served from the cache; the Client's by default.
+            ttl: seconds the answer this call stores may be served from the cache; the
+                Client's by default. A property of the entry written: a hit is served
+                for its own entry's TTL, whatever the reading call's ``ttl``.
             timeout: seconds for the whole call, as the OpenAI SDK's ``timeout=``: waiting
                 for an identical call in flight, every attempt and backoff included.
             extra_headers: sent with this call's upstream request (not part of the key).

@@ -9,7 +9,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from limpet import CacheStatus, Client, Completion, Endpoint, RetryConfig
+from limpet import (
+    CacheStatus,
+    Client,
+    Completion,
+    Endpoint,
+    MemcachedCache,
+    MemoryCache,
+    RetryConfig,
+    TieredCache,
+)
 from limpet.errors import APIResponseError
 from limpet.http.stream_events import stream_events
 from tests.integration.chat import ask
@@ -233,4 +242,56 @@ async def test_a_stream_whose_choices_all_finished_is_stored(upstream: ScriptedU
         live, _ = await collect(client)
         replayed, completion = await collect(client)
     assert completion.cache is CacheStatus.HIT and replayed == live
+    assert upstream.calls == 1
+
+
+def long_stream(tokens: int) -> list[dict[str, Any]]:
+    """A stream of one token a chunk: its chunking is many times its answer."""
+    return [
+        chunk({"role": "assistant", "content": ""}),
+        *(chunk({"content": f"t{i % 10} "}) for i in range(tokens)),
+        chunk({}, "stop"),
+        usage_chunk(),
+    ]
+
+
+async def read_text(stream: Any) -> tuple[str, CacheStatus]:
+    text = "".join(
+        [
+            c.raw["choices"][0]["delta"].get("content") or ""
+            async for c in stream
+            if c.raw["choices"]
+        ]
+    )
+    assert stream.completion is not None
+    return text, stream.completion.cache
+
+
+@pytest.mark.memcached
+async def test_a_long_stream_too_big_with_its_chunking_is_kept_without_it(
+    upstream: ScriptedUpstream, memcached_url: str, memcached_prefix: str
+) -> None:
+    # Regression: 2,000 token-sized deltas make a 6 KB answer and a chunking twenty times
+    # that: the entry went over the tiers' limits and was never stored, streamed again
+    # at full price each time (while the same answer as JSON was stored).
+    upstream.script = [*long_stream(2_000)]
+
+    def client() -> Client:
+        shared = MemcachedCache.from_url(
+            memcached_url, prefix=memcached_prefix, max_value_size=64 * 1024
+        )
+        return Client(
+            endpoints=[Endpoint("a", upstream.url)],
+            cache=TieredCache(MemoryCache(), shared),
+            retry=RetryConfig(max_attempts=1),
+        )
+
+    async with client() as first, client() as other:
+        text, status = await read_text(first.stream(**ask()))
+        assert status is CacheStatus.MISS and len(text) == 6_000
+        assert first.cache is not None
+        await first.cache.flush()
+        assert await read_text(first.stream(**ask())) == (text, CacheStatus.HIT)
+        assert await read_text(other.stream(**ask())) == (text, CacheStatus.HIT)  # Memcached
+        assert (await other.complete(**ask())).content == text
     assert upstream.calls == 1

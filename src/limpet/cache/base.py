@@ -116,14 +116,16 @@ class EntryCodec:
         self._memo: dict[str, tuple[bytes, CacheEntry]] = {}
         self._memo_bytes = 0
 
-    def encode(self, key: str, entry: CacheEntry) -> bytes:
-        """The bytes of ``entry``, to be stored under ``key`` (and only there)."""
+    def encode(self, key: str, entry: CacheEntry, *, chunking: bool = True) -> bytes:
+        """The bytes of ``entry``, to be stored under ``key`` (and only there); without
+        how its stream was chunked when not ``chunking`` (a replay then makes chunks of
+        its body)."""
         u = entry.usage
         bound = key.encode()
         name = entry.endpoint.encode()
         model = entry.model.encode()
         body = entry.body_json
-        stream = entry.stream or b""
+        stream = (entry.stream or b"") if chunking else b""
         flags = (
             (_REPORTED if u.reported else 0)
             | (_BODY_USAGE if entry.body_has_usage else 0)

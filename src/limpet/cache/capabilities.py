@@ -43,6 +43,7 @@ __all__ = [
     "leading_local",
     "lowest_with",
     "shared_hmac_key",
+    "value_room",
 ]
 
 #: The name of one capability: a field of ``TierCapabilities``.
@@ -154,6 +155,13 @@ def shared_hmac_key(
             "entries as TieredCache(hmac_key=...)"
         )
     return next(iter(keys), None)
+
+
+def value_room(tiers: Sequence[object], max_entry_bytes: int) -> int:
+    """The largest value every one of ``tiers`` keeps: ``max_entry_bytes``, or less where
+    a tier refuses more (``MemcachedCache.max_value_size``: its server's item size)."""
+    limits = [getattr(tier, "max_value_size", None) for tier in tiers]
+    return min([max_entry_bytes, *(limit for limit in limits if type(limit) is int)])
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from limpet.cache.capabilities import (
     leading_local,
     lowest_with,
     shared_hmac_key,
+    value_room,
 )
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
 
@@ -103,6 +104,7 @@ class TieredCache:
         "_hmac_key",
         "_read_now",
         "_reads_now",
+        "_room",
         "_writes_now",
         "capabilities",
         "local_tiers",
@@ -134,6 +136,7 @@ class TieredCache:
                 f"TieredCache.max_entry_bytes: expected an int >= 1, got {max_entry_bytes!r}"
             )
         self.max_entry_bytes = max_entry_bytes
+        self._room = value_room(tiers, max_entry_bytes)  # what every tier keeps
         self.tiers: tuple[CacheBackend, ...] = tiers
         self.stats = TierStats(hits=[0] * len(tiers))
         #: What each tier can do, in tier order.
@@ -348,6 +351,11 @@ class TieredCache:
             return None
         try:
             data = self._codec.encode(key, entry)
+            if len(data) > self._room and entry.stream is not None:
+                # A long stream's chunking is many times its answer (a chunk's JSON for
+                # each token): the answer is kept without it, replayed in chunks of its
+                # body, rather than not kept at all.
+                data = self._codec.encode(key, entry, chunking=False)
         except (struct.error, OverflowError, ValueError) as exc:
             # A value no entry can hold (a count past u64): a lost write, never a failed
             # call. ``normalize_usage`` reads no such count; this is the last guard.
