@@ -19,7 +19,7 @@ from limpet.config import (
     RetryConfig,
     Timeouts,
 )
-from limpet.errors import APIError, ClientClosedError, ConfigurationError, InvalidRequestError
+from limpet.errors import APIError, ClientClosedError, ConfigurationError
 from limpet.http.transport import Transport
 from limpet.models import Completion, Embeddings
 from limpet.observe.events import EventHook
@@ -40,6 +40,7 @@ from limpet.pipeline.pipelines import Pipelines
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.request import chat_request, embed_request
 from limpet.pipeline.stream import CompletionStream
+from limpet.pipeline.validation import check_model
 from limpet.pipeline.vectors import DEFAULT_MAX_INPUTS
 from limpet.pipeline.wiring import (
     DEFAULT_CACHE,
@@ -492,8 +493,8 @@ class Client:
         Raises:
             ClientClosedError: the Client is closed (its cache too: nothing would change).
         """
-        if model is not None and (not isinstance(model, str) or not model):
-            raise InvalidRequestError("model", "a non-empty str or None", model)
+        if model is not None:
+            check_model(model)
         if self._closed:
             raise ClientClosedError("Client is closed")
         with self._calls.counted():  # aclose() waits for it before closing the cache

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from limpet import CacheStatus, Client, Endpoint
-from limpet.errors import InvalidRequestError
+from limpet import CacheStatus, Client, Endpoint, RedisCache
+from limpet.errors import ConfigurationError, InvalidRequestError
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
 
@@ -38,6 +38,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
         "messages[0].content[0].text",
     ),
     ({"model": None}, "model"),
+    ({"model": "lone \udcff"}, "model"),
     ({"messages": None}, "messages"),
     ({"timeout": "5"}, "timeout"),
     ({"timeout": -1}, "timeout"),
@@ -125,6 +126,36 @@ async def test_embed_refuses_bad_fields_naming_them_before_any_request(
         await client.embed(model="openai/text-embedding-3-small", input=["a"], **fields)
     assert info.value.field == field
     assert gateway.embeddings.calls == 0
+
+
+@pytest.mark.parametrize("model", [" ", "lone \udcff", 7])
+async def test_embed_refuses_a_model_that_names_none(
+    client: Client, gateway: FakeGateway, model: object
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        await client.embed(model=model, input=["a"])  # type: ignore[arg-type]
+    assert info.value.field == "model"
+    assert gateway.embeddings.calls == 0
+
+
+@pytest.mark.redis
+async def test_invalidating_a_model_that_names_none_is_refused_before_the_store(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # Regression: the name failed to encode in the store's client, which took it for a
+    # fault of Redis's: three such calls opened a healthy Redis's breaker.
+    cache = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=cache) as client:
+        for model in ["lone \udcff"] * 5 + [" "]:
+            with pytest.raises(InvalidRequestError) as info:
+                await client.invalidate(model)
+            assert info.value.field == "model"
+        assert cache.breaker_state == "closed" and client.stats.errors == 0
+
+
+def test_a_namespace_that_is_not_text_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"Client\.namespace: expected a str of text"):
+        Client(base_url="https://gw.example/v1", namespace="tenant \udcff")
 
 
 @pytest.mark.parametrize("cached", [True, False])

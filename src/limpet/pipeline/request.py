@@ -15,6 +15,7 @@ from limpet.errors import InvalidRequestError
 from limpet.pipeline.calls import Call
 from limpet.pipeline.policy import CacheDecision, decide
 from limpet.pipeline.validation import (
+    check_model,
     response_format_param,
     validate_call_options,
     validate_fields,
@@ -173,8 +174,7 @@ def embed_request(
     Raises:
         InvalidRequestError: naming the first offending field (or input index).
     """
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("model", "a non-empty str", model)
+    model = check_model(model)
     texts = validate_inputs(input, max_inputs)
     if extra_body is not None:
         params = with_extra_body(params, extra_body)

@@ -68,8 +68,8 @@ def validate_request(body: Mapping[str, Any]) -> int:
     """
     # The common case runs on every call, hits included: one pass, no helper calls.
     model = body.get("model")
-    if type(model) is not str or not model or model.isspace():
-        raise InvalidRequestError("model", "a non-empty str", model)
+    if type(model) is not str or not model or model.isspace() or not model.isascii():
+        check_model(model)
     messages = body.get("messages")
     if type(messages) is not list or not messages:
         raise InvalidRequestError("messages", "a non-empty list of message dicts", messages)
@@ -93,6 +93,30 @@ def validate_request(body: Mapping[str, Any]) -> int:
         _check_message(index, message)
     _check_parameters(body)
     return -1
+
+
+def check_model(model: object) -> str:
+    """``model``, if it can name a model: a str of text, not blank (a lone surrogate can
+    be neither sent nor stored: taken to a shared store, it failed there as if the store
+    had).
+
+    Raises:
+        InvalidRequestError: naming ``model``.
+    """
+    if type(model) is not str or not model or model.isspace() or not is_text(model):
+        raise InvalidRequestError("model", "a non-empty str of text", model)
+    return model
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is text UTF-8 can carry (no lone surrogate)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_fields(fields: Mapping[str, Any]) -> None:

@@ -19,7 +19,7 @@ from limpet.errors import ConfigurationError, InvalidRequestError
 from limpet.flight.store import FlightStore
 from limpet.observe.events import EventHook
 from limpet.pipeline.credentials import CACHE_SCOPES
-from limpet.pipeline.validation import validate_ttl
+from limpet.pipeline.validation import is_text, validate_ttl
 from limpet.providers.prompt_cache import (
     DEFAULT_CACHE_CONTROL,
     CacheControlConfig,
@@ -93,8 +93,8 @@ def resolve_close_grace(close_grace: object) -> float:
 
 
 def check_scope(namespace: object, cache_scope: object) -> None:
-    if not isinstance(namespace, str):
-        raise ConfigurationError(f"Client.namespace: expected a str, got {namespace!r}")
+    if not isinstance(namespace, str) or not is_text(namespace):
+        raise ConfigurationError(f"Client.namespace: expected a str of text, got {namespace!r}")
     if cache_scope not in CACHE_SCOPES:
         raise ConfigurationError(
             f"Client.cache_scope: expected 'credential' or 'namespace', got {cache_scope!r}"
