@@ -14,6 +14,7 @@ from limpet import (
     AdmissionConfig,
     CacheControlConfig,
     CachePolicy,
+    Client,
     Endpoint,
     FlightConfig,
     MemoryCache,
@@ -95,7 +96,7 @@ def test_the_bounds_and_what_passes() -> None:
         (lambda: Endpoint("", "http://x"), "Endpoint.name: expected a non-empty str, got ''"),
         (
             lambda: Endpoint("a", "ftp://x"),
-            "Endpoint.base_url: expected an http(s) URL, got 'ftp://x'",
+            "Endpoint.base_url: expected an http(s) URL, got a str of 7 characters",
         ),
         (
             lambda: Endpoint("a", "http://x", gateway="litellm"),  # type: ignore[arg-type]
@@ -111,7 +112,7 @@ def test_the_bounds_and_what_passes() -> None:
         ),
         (
             lambda: CachedContents(_never_called, "gateway.example"),
-            "CachedContents.base_url: expected an http(s) URL, got 'gateway.example'",
+            "CachedContents.base_url: expected an http(s) URL, got a str of 15 characters",
         ),
     ],
 )
@@ -162,3 +163,39 @@ def test_an_hmac_key_must_be_non_empty_bytes(
     # call was made, and b"" signed with an empty key.
     with pytest.raises(ConfigurationError, match=f"{owner}.hmac_key: expected non-empty bytes"):
         make(key)
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (
+            lambda: Endpoint("a", "https://gw.test/v1", api_key="sk-from-a-file\n"),
+            "Endpoint.api_key: the value of 'Authorization' holds a control character",
+        ),
+        (
+            lambda: Endpoint("a", "https://gw.test/v1", api_key=123),  # type: ignore[arg-type]
+            "Endpoint.api_key: expected a str, got int",
+        ),
+        (
+            lambda: Endpoint("a", "https://gw.test/v1", headers={"X Api Key:": "k"}),
+            "Endpoint.headers: 'X Api Key:' is not a header name",
+        ),
+        (
+            lambda: Endpoint("a", "https://gw.test/v1", headers={"Host": "elsewhere"}),
+            "Endpoint.headers: 'Host' is written by the HTTP client itself",
+        ),
+        (
+            lambda: Client(base_url="https://gw.test/v1", app_title="line\r\nbreak"),
+            "Client.app_url/app_title: the value of 'X-Title' holds a control character",
+        ),
+    ],
+)
+def test_a_header_that_cannot_be_sent_is_refused_when_configured(
+    make: Callable[[], object], said: str
+) -> None:
+    # Regression: aiohttp refused them at the first call with a bare ValueError, or sent
+    # a bad name; the value is never quoted (it is often a key).
+    with pytest.raises(ConfigurationError) as raised:
+        make()
+    assert str(raised.value).startswith(said)
+    assert "sk-from-a-file" not in str(raised.value)

@@ -1,5 +1,5 @@
 """The checks of configuration values: one for numbers, and the few kinds of text a
-config takes (a name, an http(s) URL, one of a set of choices, a flag). Pure.
+config takes (a name, an http(s) URL, one of a set of choices, a flag, headers). Pure.
 
 Every config object (``limpet.config``) and every class that takes tuning values checks
 them here, so they all refuse the same things the same way: a bool is never a number,
@@ -9,7 +9,8 @@ NaN and the infinities never finite, and the error names the field and what it e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from limpet._urls import has_userinfo, redact_url
@@ -18,10 +19,12 @@ from limpet.errors import ConfigurationError
 __all__ = [
     "check_choice",
     "check_flag",
+    "check_headers",
     "check_hmac_key",
     "check_http_url",
     "check_name",
     "check_number",
+    "header_problem",
 ]
 
 
@@ -160,3 +163,50 @@ def check_hmac_key(where: str, value: object) -> None:
             f"{where}: expected non-empty bytes or None, got {type(value).__name__}"
             + (" (empty)" if isinstance(value, bytes) else "")
         )
+
+
+# A header name is an RFC 9110 token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Control characters end or split a header line (CR, LF) or are refused by servers.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers that frame the message or the connection: the HTTP client writes them itself.
+_FRAMING = frozenset(
+    {"content-length", "transfer-encoding", "host", "connection", "upgrade", "te", "trailer"}
+)
+
+
+def header_problem(name: object, value: object) -> str | None:
+    """What is wrong with one request header, or None; it never quotes the value (it may
+    be a key).
+
+    Example:
+        >>> header_problem("X-Title", "limpet"), header_problem("X Title", "limpet")
+        (None, "'X Title' is not a header name")
+        >>> header_problem("Authorization", "Bearer sk-1\\n")
+        "the value of 'Authorization' holds a control character (a line break?)"
+    """
+    if type(name) is not str or not _TOKEN.fullmatch(name):
+        return f"{name!r} is not a header name"
+    if type(value) is not str:
+        return f"the value of {name!r} is a {type(value).__name__}, not a str"
+    if name.lower() in _FRAMING:
+        return f"{name!r} is written by the HTTP client itself"
+    if _CONTROL.search(value):
+        return f"the value of {name!r} holds a control character (a line break?)"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return f"the value of {name!r} is not text (a lone surrogate)"
+    return None
+
+
+def check_headers(where: str, headers: Mapping[str, object]) -> None:
+    """Every header of ``headers`` (``header_problem``).
+
+    Raises:
+        ConfigurationError: naming ``where`` and the header, never its value.
+    """
+    for name, value in headers.items():
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise ConfigurationError(f"{where}: {problem}")

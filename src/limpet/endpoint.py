@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from limpet._checks import check_choice, check_http_url, check_name, check_number
+from limpet._checks import (
+    check_choice,
+    check_headers,
+    check_http_url,
+    check_name,
+    check_number,
+)
 from limpet._credentials import KEY_HEADERS, credential_digest, is_credential_header, sent_keys
 from limpet._urls import redact_url, url_secrets
 from limpet.errors import ConfigurationError, InvalidRequestError, headers_shape
@@ -126,7 +132,14 @@ class Endpoint:
                     f"Endpoint.headers: expected a dict of str to str, got "
                     f"{headers_shape(self.headers)}"
                 )
+            check_headers("Endpoint.headers", self.headers)
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+        if self.api_key is not None:
+            if type(self.api_key) is not str:
+                raise ConfigurationError(
+                    f"Endpoint.api_key: expected a str, got {type(self.api_key).__name__}"
+                )
+            check_headers("Endpoint.api_key", {"Authorization": self.api_key})
         if self.extra_body is not None:
             object.__setattr__(self, "extra_body", MappingProxyType(_owned(self.extra_body)))
         check_number("Endpoint.embedding_batch_size", self.embedding_batch_size, integer=True)

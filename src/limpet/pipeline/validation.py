@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from limpet._checks import header_problem
 from limpet.errors import InvalidRequestError, headers_shape
 from limpet.pipeline.wire_shapes import (
     MESSAGE_SHAPES,
@@ -169,6 +170,12 @@ def validate_call_options(
                 "a dict of str to str, or None",
                 described=headers_shape(extra_headers),
             )
+        for name, value in headers.items():
+            problem = header_problem(name, value)
+            if problem is not None:
+                raise InvalidRequestError(
+                    "extra_headers", "headers that can be sent", described=problem
+                )
     return validate_ttl(timeout, "timeout"), headers
 
 

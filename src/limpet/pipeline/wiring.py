@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from limpet._checks import check_headers
 from limpet.cache.base import CacheBackend
 from limpet.cache.generations import GenerationStore
 from limpet.cache.memory import MemoryCache
@@ -107,12 +108,17 @@ def check_max_embed_inputs(value: object) -> None:
 
 
 def attribution_headers(app_url: str | None, app_title: str | None) -> dict[str, str]:
-    """OpenRouter's attribution headers (never part of the key)."""
+    """OpenRouter's attribution headers (never part of the key).
+
+    Raises:
+        ConfigurationError: one cannot be sent as a header, naming it.
+    """
     headers = {}
     if app_url:
         headers["HTTP-Referer"] = app_url
     if app_title:
         headers["X-Title"] = app_title
+    check_headers("Client.app_url/app_title", headers)
     return headers
 
 
