@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import traceback
 from urllib.parse import quote, quote_plus
 
 import aiohttp
@@ -171,6 +172,17 @@ async def test_upstream_errors_maps_aiohttp_and_os_failures_with_their_cause() -
         raise ConnectionResetError
     with pytest.raises(APITimeoutError), upstream_errors("a"):
         raise TimeoutError
+
+
+async def test_a_cause_that_would_show_a_secret_is_not_chained() -> None:
+    # Regression: aiohttp quotes the URL, whose query may hold the key (?key=...): every
+    # traceback of the mapped error printed it.
+    cause = aiohttp.InvalidUrlClientError(f"http://gw.example/v1?key={KEY}/chat/completions")
+    with pytest.raises(APIConnectionError) as info, upstream_errors("a", [KEY]):
+        raise cause
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    shown = "".join(traceback.format_exception(info.value))
+    assert KEY not in shown and "InvalidUrlClientError" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,7 @@ __all__ = [
     "scrub",
     "scrub_error",
     "secret_forms",
+    "shown_cause",
     "status_error",
     "upstream_error",
     "upstream_errors",
@@ -339,7 +340,7 @@ def upstream_errors(
         mapped = upstream_error(exc, endpoint, secrets, stream=stream)
         if mapped is exc:
             raise
-        raise mapped from exc
+        raise mapped from shown_cause(exc, secrets)
 
 
 def upstream_error(
@@ -359,6 +360,16 @@ def upstream_error(
         return APIConnectionError(
             f"{_where(endpoint, stream)}{what}: {type(exc).__name__}", endpoint=endpoint
         )
+    return exc
+
+
+def shown_cause(exc: BaseException, secrets: Iterable[str]) -> BaseException | None:
+    """``exc``, to chain as the ``__cause__`` of the error it was mapped to, or None when
+    its text would show a secret: aiohttp quotes the URL, and a base URL's query may hold
+    a key (``?key=...``), which every traceback of the error would print."""
+    secrets = tuple(secrets)
+    if secrets and any(scrub(text, secrets) != text for text in (str(exc), repr(exc))):
+        return None
     return exc
 
 

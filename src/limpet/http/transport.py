@@ -25,6 +25,7 @@ from limpet.errors import (
     APIResponseError,
     ClientClosedError,
     excerpt,
+    shown_cause,
     upstream_error,
     upstream_errors,
 )
@@ -264,7 +265,7 @@ class Transport:
                 ticket.close(error)
                 if error is exc:
                     raise
-                raise error from exc
+                raise error from shown_cause(exc, endpoint.secrets)
         except Exception as exc:
             if not first or not self._retrier.may_retry(exc):
                 raise
