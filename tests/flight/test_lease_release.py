@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio
 import redis.exceptions
 
+import limpet.flight.shared
 from limpet import FlightConfig
 from limpet.cache.memcached.backend import DEFAULT_MAX_VALUE_SIZE, MemcachedCache
 from limpet.cache.redis.backend import RedisCache
@@ -189,6 +190,32 @@ async def test_a_lease_taken_while_redis_was_paused_is_released_once_it_resumes(
             # woke it); either way it called upstream itself, and waited no lease.
             assert found == (b"the other process's answer", True)
             assert mine.calls == 1
+            assert await raw.exists(pausing.lock_key(KEY)) == 0
+        finally:
+            await leader.aclose()
+            await raw.aclose()
+
+
+async def test_a_lease_whose_release_failed_is_released_when_the_flight_closes(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: aclose() forgot the releases queued to be sent again, with the store
+    # back by then: a follower in another process waited the whole lease.
+    monkeypatch.setattr(limpet.flight.shared, "_RETRY_FIRST", 3600.0)  # no try before
+    async with RedisCache.from_url(redis_server.url) as pausing:
+        leader = RedisFlight[bytes](pausing.flight_store, SLOW)
+        raw = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            await pausing.delete("warm the pool")  # so the acquire goes out at once
+            signal_server(redis_server, signal.SIGSTOP)
+            try:
+                assert await leader.do(KEY, Upstream(b"x"), Reader(pausing)) == (b"x", True)
+                assert leader.unreleased == 1
+            finally:
+                signal_server(redis_server, signal.SIGCONT)
+            assert await raw.ping()  # Redis has run what it was sent: the lease is taken
+            assert await raw.exists(pausing.lock_key(KEY)) == 1
+            await leader.aclose()  # before the release's next try
             assert await raw.exists(pausing.lock_key(KEY)) == 0
         finally:
             await leader.aclose()

@@ -216,13 +216,22 @@ class RedisFlight(Generic[R]):
         return len(self._unreleased)
 
     async def aclose(self) -> None:
-        """Stop releasing again the leases whose release failed (they expire by
+        """Stop releasing again the leases whose release failed, after one last try of
+        each: a follower in another process would otherwise wait a whole lease for one a
+        closing process holds still (those the store still refuses expire by
         themselves). Idempotent."""
         releasing, self._releasing = self._releasing, None
-        self._unreleased.clear()
         if releasing is not None:
             releasing.cancel()
             await asyncio.gather(releasing, return_exceptions=True)
+        unreleased, self._unreleased = self._unreleased, {}
+        for key, token in unreleased:
+            try:
+                await self.store.release(key, token, _ABANDONED, None, 0.0)
+            except CacheUnavailableError:
+                return  # still unreachable: the rest expire with their leases
+            except Exception:  # a store's own fault: never the end of the others'
+                logger.exception("limpet: releasing a flight's lease at close failed")
 
     async def do(
         self,
