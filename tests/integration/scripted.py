@@ -4,6 +4,7 @@ fields, streams that end with ``[DONE]`` before they are whole)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,12 +46,14 @@ class ScriptedUpstream:
     Attributes:
         script: what the next stream sends.
         plain: what the next plain request is answered, when set.
+        before_done: when set, streams wait for it before their ``[DONE]``.
         bodies: the request bodies received, in order.
     """
 
     def __init__(self) -> None:
         self.script: list[dict[str, Any] | bytes] = []
         self.plain: dict[str, Any] | None = None
+        self.before_done: asyncio.Event | None = None
         self.bodies: list[dict[str, Any]] = []
         self.url = ""
 
@@ -70,6 +73,8 @@ class ScriptedUpstream:
         for item in self.script:
             data = item if isinstance(item, bytes) else b"data: " + orjson.dumps(item) + b"\n\n"
             await response.write(data)
+        if self.before_done is not None:
+            await self.before_done.wait()
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -3,6 +3,7 @@ loopback: what is served later (replayed, assembled) is what the live stream was
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -294,4 +295,35 @@ async def test_a_long_stream_too_big_with_its_chunking_is_kept_without_it(
         assert await read_text(first.stream(**ask())) == (text, CacheStatus.HIT)
         assert await read_text(other.stream(**ask())) == (text, CacheStatus.HIT)  # Memcached
         assert (await other.complete(**ask())).content == text
+    assert upstream.calls == 1
+
+
+async def test_a_stream_whose_reader_left_with_all_of_the_answer_is_kept_and_paid(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Regression: cancelled after the usage chunk, with only [DONE] to come, the reader
+    # took the upstream stream down with it: neither stored nor accounted, and the next
+    # identical call paid for it again.
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    upstream.before_done = asyncio.Event()
+    usage_seen = asyncio.Event()
+    async with open_client(upstream) as client:
+
+        async def read() -> None:
+            async with client.stream(**ask()) as stream:
+                async for piece in stream:
+                    if piece.raw.get("usage"):
+                        usage_seen.set()
+
+        reader = asyncio.create_task(read())
+        await usage_seen.wait()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        upstream.before_done.set()
+        # Joins the stream as it ends (taking the claim its leader left: a miss) or
+        # reads its entry; either way, no second upstream call.
+        assert (await client.complete(**ask())).content == "Hi"
+        assert client.stats.completion_tokens == 2
+        assert (await client.complete(**ask())).cache is CacheStatus.HIT
     assert upstream.calls == 1

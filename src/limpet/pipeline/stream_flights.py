@@ -184,10 +184,7 @@ class StreamFlights:
                 # the usage and [DONE] are left, so the answer is whole, paid for and
                 # its reader's; the upstream ends it (stored, and counted as this
                 # reader's) rather than being cut for want of a reader.
-                done = last is not None and (
-                    finishes.whole or (bool(last.get("usage")) and not last.get("choices"))
-                )
-                if done and await _ended_soon(flight):
+                if _all_in(last, finishes) and await _ended_soon(flight):
                     sink.completion = self._completion(request, flight, led)
                 raise
             finally:
@@ -195,7 +192,7 @@ class StreamFlights:
                     flight.leader_left = True  # its claim is the next reader's to end
                 flight.readers -= 1
                 if flight.readers == 0 and not self._looked_for(key, flight):
-                    self._drop(key, flight)
+                    self._drop(key, flight, tail=not ended and _all_in(last, finishes))
         sink.completion = self._completion(request, flight, led)
 
     def answer_of(self, key: str) -> Awaitable[tuple[CacheEntry, bool] | None] | None:
@@ -275,10 +272,17 @@ class StreamFlights:
         on a miss."""
         return key is not None and key in self._looking and self._flights.get(key) is flight
 
-    def _drop(self, key: str | None, flight: _StreamFlight) -> None:
+    def _drop(self, key: str | None, flight: _StreamFlight, *, tail: bool = False) -> None:
         """Stop an upstream stream nobody reads: forgotten first, so that a newcomer
-        starts afresh rather than joining a dying one."""
+        starts afresh rather than joining a dying one. One whose answer is all in but
+        its end (``tail``: its last reader left, cancelled say, once every choice
+        finished or the usage came) gets ``TAIL_GRACE`` to end, joinable still: stored
+        and accounted, as what was paid for, rather than cut for want of a reader."""
         if flight.task.done():
+            return
+        if tail:
+            stop = asyncio.get_running_loop().call_later(TAIL_GRACE, flight.task.cancel)
+            flight.task.add_done_callback(lambda _: stop.cancel())
             return
         if key is not None:
             self._land(key, flight)
@@ -395,6 +399,15 @@ class StreamFlights:
                 return
             entry, _, _ = await lead()
         broadcast.finish((entry, None))
+
+
+def _all_in(last: dict[str, Any] | None, finishes: Finishes) -> bool:
+    """Whether a reader whose last chunk was ``last`` saw all of the answer but its end:
+    every choice asked for finished, or the usage chunk came (one of usage alone: some
+    servers send usage on every chunk)."""
+    return last is not None and (
+        finishes.whole or (bool(last.get("usage")) and not last.get("choices"))
+    )
 
 
 async def _ended_soon(flight: _StreamFlight) -> bool:
