@@ -90,6 +90,35 @@ def test_key_is_invariant_under_dict_order_at_any_depth(body: dict[str, Any], se
     assert canonical_request(reordered) == canonical_request(body)
 
 
+def schema_format(properties: list[str]) -> dict[str, Any]:
+    """A structured-output format whose object has ``properties``, in that order."""
+    schema = {"type": "object", "properties": {name: {"type": "string"} for name in properties}}
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+@settings(max_examples=100)
+@given(requests, st.permutations(["reasoning", "answer", "confidence"]), st.integers(0, 2**32))
+def test_the_order_within_schemas_counts_and_nowhere_else(
+    body: dict[str, Any], order: list[str], seed: int
+) -> None:
+    # Regression: keys sorted at every depth made {"reasoning", "answer"} and {"answer",
+    # "reasoning"} one request, though the model writes (so thinks) in schema order.
+    first = ["reasoning", "answer", "confidence"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema_format(order)}}
+    asked = {**body, "response_format": schema_format(order), "tools": [tool]}
+    as_first = {
+        **asked,
+        "response_format": schema_format(first),
+        "tools": [{**tool, "function": {"name": "f", "parameters": schema_format(first)}}],
+    }
+    assert (key_of(asked) == key_of(as_first)) == (order == first)
+    # Every other dict, the fields' own order among them, still counts for nothing.
+    rng = random.Random(seed)
+    reordered = {k: asked[k] for k in rng.sample(list(asked), len(asked))}
+    reordered["messages"] = shuffled(asked["messages"], rng)
+    assert key_of(reordered) == key_of(asked)
+
+
 @settings(max_examples=100)
 @given(requests, st.sampled_from(sorted(OUTPUT_FIELDS)), st.booleans())
 def test_any_output_field_change_changes_the_key(

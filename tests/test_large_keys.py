@@ -35,7 +35,9 @@ values = st.recursive(
     max_leaves=30,
 )
 bodies = st.dictionaries(
-    st.sampled_from(["model", "messages", "temperature", "user", "stream", "tools", "é", "Z"]),
+    st.sampled_from(
+        ["model", "messages", "temperature", "user", "stream", "tools", "response_format", "é"]
+    ),
     values,
 )
 

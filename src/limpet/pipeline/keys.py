@@ -26,6 +26,7 @@ from limpet.pipeline.vectors import VECTOR_FORMAT
 __all__ = [
     "KEY_SCHEMA_VERSION",
     "LARGE_REQUEST_BYTES",
+    "ORDERED_FIELDS",
     "TRANSPORT_ONLY_FIELDS",
     "KeyExplanation",
     "canonical_pieces",
@@ -38,13 +39,20 @@ __all__ = [
 ]
 
 #: Bumped whenever the canonical form changes, so old entries can never be misread.
-#: 2: the credential scope. 3: the endpoints' URLs and headers; the stored formats.
+#: 2: the credential scope. 3: the endpoints' URLs and headers; the stored formats; the
+#: order within ``ORDERED_FIELDS``.
 KEY_SCHEMA_VERSION = 3
 
 #: Fields that change how a response is delivered or attributed, never what it says.
 TRANSPORT_ONLY_FIELDS = frozenset(
     {"stream", "stream_options", "user", "session_id", "prompt_cache_key", "usage"}
 )
+#: Fields keyed in the order they are written, their keys unsorted: the schemas in them
+#: are rendered to the model in that order, and a structured answer's fields are
+#: generated in it (``{"reasoning", "answer"}`` asks for another answer than
+#: ``{"answer", "reasoning"}``).
+ORDERED_FIELDS = frozenset({"response_format", "tools", "functions"})
+_RESHAPED = TRANSPORT_ONLY_FIELDS | ORDERED_FIELDS
 
 # The formats of what is stored under a key are part of it: a build that writes another
 # format (a rolling upgrade) keeps entries of its own, where it would otherwise take the
@@ -54,10 +62,12 @@ _KEY_PREFIX = (
 )
 # Integral floats below this magnitude are keyed as ints (2**53: every one is exact).
 _EXACT = 2.0**53
+_SORT = orjson.OPT_SORT_KEYS
 
 
 def canonical_request(body: Mapping[str, Any]) -> bytes:
-    """The request as canonical JSON: keys sorted at every depth, transport-only fields out.
+    """The request as canonical JSON: keys sorted at every depth but within the fields
+    whose order reaches the model (``ORDERED_FIELDS``), transport-only fields out.
 
     Top-level integral floats are written as ints, so ``temperature=0`` and
     ``temperature=0.0`` are one request.
@@ -65,24 +75,31 @@ def canonical_request(body: Mapping[str, Any]) -> bytes:
     Raises:
         InvalidRequestError: a value that is not JSON (a set, an object, a non-str dict key).
     """
-    kept: Mapping[str, Any] = body
+    kept: Mapping[str, Any] | None = body
     for name, value in body.items():
-        # Copy only when something must be dropped or normalised: usually nothing must.
-        if name in TRANSPORT_ONLY_FIELDS or type(value) is float:
-            kept = _kept(body)
+        # Copy only when something must be dropped or reshaped: usually nothing must.
+        if name in _RESHAPED or type(value) is float:
+            kept = None
             break
     try:
-        return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(_kept(body) if kept is None else kept, option=_SORT)
     except orjson.JSONEncodeError as exc:
-        raise unserialisable(kept, exc) from exc
+        raise unserialisable(body, exc) from exc
 
 
 def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of ``body`` that enter the key, top-level integral floats as ints
-    (those an int64 holds exactly: ``1e20`` stays a float, as orjson writes no wider int)."""
+    """The fields of ``body`` that enter the key: top-level integral floats as ints
+    (those an int64 holds exactly: ``1e20`` stays a float, as orjson writes no wider int),
+    ordered fields as written, in their order.
+
+    Raises:
+        orjson.JSONEncodeError: an ordered field is not JSON.
+    """
     return {
         name: int(value)
         if type(value) is float and value.is_integer() and -_EXACT < value < _EXACT
+        else orjson.Fragment(orjson.dumps(value))
+        if name in ORDERED_FIELDS
         else value
         for name, value in body.items()
         if name not in TRANSPORT_ONLY_FIELDS
@@ -210,8 +227,6 @@ PIECE_BYTES = 16 * 1024
 #: Bytes hashed between two yields to the event loop.
 YIELD_EVERY = 32 * 1024
 
-_SORT = orjson.OPT_SORT_KEYS
-
 
 async def request_key_async(
     body: Mapping[str, Any], *, namespace: str = "", scope: str = "", credential: str = ""
@@ -276,11 +291,10 @@ def canonical_pieces(body: Mapping[str, Any], piece: int = PIECE_BYTES) -> Itera
     Raises:
         InvalidRequestError: a value that is not JSON.
     """
-    kept = _kept(body)
     try:
-        yield from _pieces(kept, piece)
+        yield from _pieces(_kept(body), piece)
     except (orjson.JSONEncodeError, TypeError) as exc:
-        raise unserialisable(kept, exc) from exc
+        raise unserialisable(body, exc) from exc
 
 
 def _pieces(value: Any, piece: int) -> Iterator[bytes]:
