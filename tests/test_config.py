@@ -29,6 +29,8 @@ from limpet.errors import ConfigurationError
 from limpet.gemini import CachedContents, HTTPReply
 from limpet.serve import ServeConfig
 
+URL = "https://gw.test/v1"
+
 
 async def _never_called(
     method: str,
@@ -199,3 +201,35 @@ def test_a_header_that_cannot_be_sent_is_refused_when_configured(
         make()
     assert str(raised.value).startswith(said)
     assert "sk-from-a-file" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"retry": {"max_attempts": 2}}, "Client.retry: expected a RetryConfig"),
+        ({"timeouts": 30}, "Client.timeouts: expected a Timeouts"),
+        ({"policy": {"max_temperature": 1}}, "Client.policy: expected a CachePolicy"),
+        ({"flight": 5}, "Client.flight: expected a FlightConfig"),
+        ({"on_event": 5}, "Client.on_event: expected a callable"),
+        ({"on_event": [print, 5]}, "Client.on_event: expected a callable"),
+        ({"coalesce": "no"}, "Client.coalesce: expected a bool"),
+        ({"fleet_stats": None}, "Client.fleet_stats: expected a bool"),
+        ({"app_url": 5}, "Client.app_url/app_title: the value of 'HTTP-Referer' is a int"),
+    ],
+)
+def test_a_client_option_of_the_wrong_kind_is_refused_naming_it(
+    options: dict[str, Any], said: str
+) -> None:
+    # Regression: an AttributeError or TypeError at the first call, or (coalesce="no")
+    # accepted as meaning the opposite.
+    with pytest.raises(ConfigurationError) as raised:
+        Client(base_url=URL, **options)
+    assert str(raised.value).startswith(said)
+
+
+def test_other_options_of_the_wrong_kind_are_refused_naming_them() -> None:
+    with pytest.raises(ConfigurationError, match=r"^RedisCache\.url: expected a str, got int"):
+        RedisCache.from_url(6379)  # type: ignore[arg-type]
+    said = r"^Endpoint\.openrouter\.allow_fallbacks: expected a bool"
+    with pytest.raises(ConfigurationError, match=said):  # it was sent as the string
+        Endpoint.openrouter("anthropic", allow_fallbacks="no")  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from limpet._checks import check_flag
 from limpet.cache.base import CacheBackend
 from limpet.cache.generations import Generations
 from limpet.cache.tiered import TieredCache
@@ -49,6 +50,7 @@ from limpet.pipeline.wiring import (
     cache_control_mark,
     check_max_embed_inputs,
     check_scope,
+    config_or_default,
     event_hooks,
     flight_store_of,
     generation_store_of,
@@ -178,13 +180,16 @@ class Client:
         self._close_grace = resolve_close_grace(close_grace)
         check_scope(namespace, cache_scope)
         check_max_embed_inputs(max_embed_inputs)
+        check_flag("Client.coalesce", coalesce)
+        check_flag("Client.fleet_stats", fleet_stats)
         if prices is not None and not isinstance(prices, PriceTable):
             raise ConfigurationError("Client.prices: expected a PriceTable or None")
         self._namespace = namespace
-        self._policy = policy or CachePolicy()
+        self._policy = config_or_default("policy", policy, CachePolicy)
+        flight = config_or_default("flight", flight, FlightConfig)
         self._transport = Transport(
-            timeouts=timeouts or Timeouts(),
-            retry=retry or RetryConfig(),
+            timeouts=config_or_default("timeouts", timeouts, Timeouts),
+            retry=config_or_default("retry", retry, RetryConfig),
             headers=attribution_headers(app_url, app_title),
             admission=resolve_admission(admission),
         )

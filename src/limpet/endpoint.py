@@ -16,6 +16,7 @@ import orjson
 
 from limpet._checks import (
     check_choice,
+    check_flag,
     check_headers,
     check_http_url,
     check_name,
@@ -193,6 +194,7 @@ class Endpoint:
             >>> Endpoint.openrouter("anthropic", api_key="sk-or-...").extra_body["provider"]
             {'order': ['anthropic'], 'allow_fallbacks': False}
         """
+        check_flag("Endpoint.openrouter.allow_fallbacks", allow_fallbacks)
         order = [provider] if isinstance(provider, str) else list(provider)
         if not order or not all(isinstance(slug, str) and slug for slug in order):
             raise ConfigurationError(

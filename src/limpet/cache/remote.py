@@ -118,10 +118,12 @@ def check_source(owner: str, url: object, client: object) -> None:
     """A remote tier is built from a URL or lent a client, never both or neither.
 
     Raises:
-        ConfigurationError: neither or both given.
+        ConfigurationError: neither or both given, or a URL that is no str.
     """
     if (url is None) == (client is None):
         raise ConfigurationError(f"{owner}: pass exactly one of url= or client=")
+    if url is not None and not isinstance(url, str):
+        raise ConfigurationError(f"{owner}.url: expected a str, got {type(url).__name__}")
 
 
 class Verdict(enum.Enum):

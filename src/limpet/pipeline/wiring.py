@@ -8,7 +8,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from limpet._checks import check_headers
 from limpet.cache.base import CacheBackend
@@ -45,6 +45,9 @@ class DefaultCache:
 
 
 DEFAULT_CACHE: Final = DefaultCache()
+
+
+T = TypeVar("T")
 
 
 def resolve_cache(cache: object) -> TieredCache | None:
@@ -123,10 +126,37 @@ def attribution_headers(app_url: str | None, app_title: str | None) -> dict[str,
 
 
 def event_hooks(on_event: EventHook | Sequence[EventHook] | None) -> tuple[EventHook, ...]:
-    """``Client(on_event=...)``: one hook, a list of them, or None."""
+    """``Client(on_event=...)``: one hook, a list of them, or None.
+
+    Raises:
+        ConfigurationError: anything else, or a hook that cannot be called.
+    """
     if on_event is None:
         return ()
-    return (on_event,) if callable(on_event) else tuple(on_event)
+    if callable(on_event):
+        return (on_event,)
+    hooks = tuple(on_event) if isinstance(on_event, list | tuple) else None
+    if hooks is None or not all(callable(hook) for hook in hooks):
+        raise ConfigurationError(
+            "Client.on_event: expected a callable, a list of them, or None, got "
+            f"{type(on_event).__name__}"
+        )
+    return hooks
+
+
+def config_or_default(field: str, value: object, kind: type[T]) -> T:
+    """``value`` if it is a ``kind`` (``RetryConfig``...), or a default one for None.
+
+    Raises:
+        ConfigurationError: anything else (a dict of its fields, say), naming the field.
+    """
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ConfigurationError(
+            f"Client.{field}: expected a {kind.__name__} or None, got {type(value).__name__}"
+        )
+    return value
 
 
 def resolve_admission(value: object) -> AdmissionConfig | None:
