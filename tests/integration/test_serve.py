@@ -615,6 +615,8 @@ async def test_limpet_serve_used_wrongly_says_why_and_exits_2(
         (("--port", "70000"), "argument --port: expected a port, 1 to 65535, got 70000"),
         (("--port", "0"), "argument --port: expected a port, 1 to 65535, got 0"),
         (("--host", "999.1.1.1"), "limpet serve: --host 999.1.1.1: not an address, nor a name"),
+        (("--shutdown-grace", "nan"), "argument --shutdown-grace: expected a finite number >= 0"),
+        (("--shutdown-grace", "-5"), "argument --shutdown-grace: expected a finite number >= 0"),
         (
             ("--upstream-key-env", "LIMPET_TEST_UPSTREAM_KEY", "--client-keys-file", "KEYS"),
             "limpet serve: --client-keys-file KEYS: line 2 is not UTF-8 text",

@@ -182,7 +182,7 @@ def _serve_process_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=non_negative_float,
         default=30.0,
         help="seconds in-flight requests get to finish on SIGTERM/SIGINT (30)",
     )
