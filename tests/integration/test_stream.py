@@ -703,3 +703,30 @@ async def test_a_stream_ended_early_is_stored_in_no_tier_for_no_process(
         assert (await b.complete(**ask())).cache is CacheStatus.MISS
         assert (await a.complete(**ask())).cache is CacheStatus.HIT  # b's whole answer
     assert ep.calls == 2
+
+
+async def test_aclose_from_another_task_ends_the_readers_loop(
+    client: Client, gateway: FakeGateway
+) -> None:
+    # Regression: a stop button (aclose() from another task while the reader waits for
+    # a chunk) raised RuntimeError("aclose(): asynchronous generator is already
+    # running"), and the stream ran on to its end.
+    endpoint = gateway.endpoint("a")
+    endpoint.pause_stream(after_chunks=1)
+    stream = client.stream(**ask("stop button"))
+    first = asyncio.Event()
+    read: list[StreamChunk] = []
+
+    async def reader() -> None:
+        async for chunk in stream:
+            read.append(chunk)
+            first.set()
+
+    reading = asyncio.create_task(reader())
+    await first.wait()
+    await stream.aclose()  # the reader waits for its next chunk meanwhile
+    await reading  # its loop ended: no error
+    assert len(read) == 1 and stream.completion is None and not reading.cancelling()
+    await stream.aclose()  # idempotent
+    endpoint.resume_stream()
+    assert (await client.complete(**ask("after"))).content  # the Client goes on

@@ -49,7 +49,7 @@ class CompletionStream:
         >>> stream.completion.usage
     """
 
-    __slots__ = ("_chunks", "_open", "completion")
+    __slots__ = ("_chunks", "_open", "_reader", "_stopped", "completion")
 
     def __init__(
         self,
@@ -58,6 +58,10 @@ class CompletionStream:
         self._open = open_chunks
         self._chunks: AsyncGenerator[dict[str, Any], None] | None = None
         self.completion: Completion | None = None
+        # The task waiting for the next chunk, if any; and, once another task closes the
+        # stream under it, what that task waits on.
+        self._reader: asyncio.Task[Any] | None = None
+        self._stopped: asyncio.Future[None] | None = None
 
     def __aiter__(self) -> CompletionStream:
         return self
@@ -65,10 +69,30 @@ class CompletionStream:
     async def __anext__(self) -> StreamChunk:
         if self._chunks is None:
             self._chunks = self._open(self)
-        return StreamChunk(await self._chunks.__anext__())
+        reader = self._reader = asyncio.current_task()
+        try:
+            return StreamChunk(await self._chunks.__anext__())
+        except asyncio.CancelledError:
+            stopped = self._stopped
+            if stopped is None or reader is None or reader.uncancel():
+                raise  # cancelled by someone else (too): the reader's own to handle
+            raise StopAsyncIteration from None  # closed by another task: the end
+        finally:
+            self._reader = None
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_result(None)
 
     async def aclose(self) -> None:
-        """Stop reading; idempotent."""
+        """Stop reading; idempotent. Called from another task while a reader waits for a
+        chunk (a stop button), the reader's ``async for`` ends there, and this returns
+        once it has let go."""
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            if self._stopped is None:
+                self._stopped = asyncio.get_running_loop().create_future()
+                reader.cancel()  # the wait for the chunk, turned into the end above
+            await asyncio.shield(self._stopped)
+            return
         if self._chunks is not None:
             await self._chunks.aclose()
 
