@@ -281,12 +281,19 @@ class StreamFlights:
         if flight.task.done():
             return
         if tail:
-            stop = asyncio.get_running_loop().call_later(TAIL_GRACE, flight.task.cancel)
+            stop = asyncio.get_running_loop().call_later(TAIL_GRACE, self._cut_tail, flight)
             flight.task.add_done_callback(lambda _: stop.cancel())
             return
         if key is not None:
             self._land(key, flight)
         flight.task.cancel()
+
+    @staticmethod
+    def _cut_tail(flight: _StreamFlight) -> None:
+        """A stream let end (``_drop``'s ``tail``) that has not in ``TAIL_GRACE``: cut,
+        unless a reader joined it meanwhile (it is theirs then, dropped when they go)."""
+        if not flight.readers:
+            flight.task.cancel()
 
     async def aclose(self) -> None:
         """Stop every upstream stream still running: its readers get
