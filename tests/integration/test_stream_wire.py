@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from limpet import (
 )
 from limpet.errors import APIResponseError
 from limpet.http.stream_events import stream_events
+from limpet.pipeline.stream_flights import TAIL_GRACE
 from tests.integration.chat import ask
 from tests.integration.scripted import (
     ScriptedUpstream,
@@ -326,4 +328,47 @@ async def test_a_stream_whose_reader_left_with_all_of_the_answer_is_kept_and_pai
         assert (await client.complete(**ask())).content == "Hi"
         assert client.stats.completion_tokens == 2
         assert (await client.complete(**ask())).cache is CacheStatus.HIT
+    assert upstream.calls == 1
+
+
+async def test_a_stream_let_end_is_not_cut_under_a_reader_that_joined_it(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the grace given a stream whose last reader left with all of the answer
+    # in ran out under a newcomer that had joined it: CancelledError for a caller nobody
+    # cancelled, and the answer paid for was not stored.
+    loop = asyncio.get_running_loop()
+    graces: list[Any] = []
+    later = loop.call_later
+
+    def call_later(delay: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if delay != TAIL_GRACE:
+            return later(delay, callback, *args, **kwargs)
+        graces.append(partial(callback, *args))  # its end comes when the test says
+        return later(3600.0, lambda: None)
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    upstream.before_done = asyncio.Event()
+    usage_seen = asyncio.Event()
+    async with open_client(upstream) as client:
+
+        async def read() -> None:
+            async with client.stream(**ask()) as stream:
+                async for piece in stream:
+                    if piece.raw.get("usage"):
+                        usage_seen.set()
+
+        reader = asyncio.create_task(read())
+        await usage_seen.wait()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        async with client.stream(**ask()) as newcomer:
+            chunks = [await anext(newcomer)]  # joined the stream let end
+            assert len(graces) == 1
+            graces[0]()  # the grace runs out while it reads
+            upstream.before_done.set()
+            chunks += [piece async for piece in newcomer]
+        assert newcomer.completion is not None and newcomer.completion.content == "Hi"
     assert upstream.calls == 1
