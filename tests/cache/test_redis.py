@@ -14,7 +14,7 @@ import redis.utils
 from limpet.cache import MemoryCache, TieredCache
 from limpet.cache.base import CacheEntry
 from limpet.cache.redis.backend import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, RedisCache
-from limpet.cache.redis.scan import glob_escape
+from limpet.cache.redis.scan import glob_escape, is_own_key
 from limpet.errors import CacheRejectedError, CacheUnavailableError, ConfigurationError
 from limpet.models import Usage
 from tests.redis_servers import RedisProxy, free_port
@@ -122,6 +122,28 @@ async def test_clear_removes_only_its_own_keys(
         ]
         # Generations survive: resetting them could revive entries held elsewhere.
         assert await cache.generations(["model"]) == [bumped]
+
+
+@pytest.mark.parametrize(
+    ("rest", "own"),
+    [
+        ("ab" * 32, True),
+        ("{" + "ab" * 32 + "}", True),  # on a cluster, hash-tagged
+        ("lock:{" + "ab" * 32 + "}", True),
+        ("{affinity:scope:link}", True),  # regression: left behind on a cluster
+        ("{stats:openai/gpt-4.1}", True),
+        ("{stats-models}", True),
+        ("set-by-hand", True),
+        ("b:" + "ab" * 32, False),  # a cache at "app:b:"
+        ("b:{affinity:scope:link}", False),
+        ("b:gen:m", False),
+        ("b:{gen}:m", False),
+    ],
+)
+def test_clear_takes_every_key_of_its_own_and_none_of_a_cache_under_it(
+    rest: str, own: bool
+) -> None:
+    assert is_own_key(b"app:", b"app:" + rest.encode()) is own
 
 
 @pytest.mark.redis

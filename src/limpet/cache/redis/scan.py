@@ -52,7 +52,7 @@ async def unlink_prefix(cache: RedisCache) -> None:
 
 # What a cache writes under its prefix: entries (chat and embeddings), their flight leases,
 # the affinity map and the fleet counters; on a cluster, a key's hash tag in braces.
-_KINDS = rb"(?:lock:)?\{?[0-9a-f]{64}\}?|affinity:.*|stats-models|stats:.*"
+_KINDS = rb"(?:lock:)?\{?[0-9a-f]{64}\}?|\{?(?:affinity:.*|stats-models|stats:.*)\}?"
 _OWN = re.compile(_KINDS, re.DOTALL)
 # The same kinds, and generation counters, after more of a prefix: another cache's.
 _EXTENDED = re.compile(rb".+?(?:" + _KINDS + rb"|gen:.*|\{gen\}:.*)", re.DOTALL)
