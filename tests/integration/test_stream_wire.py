@@ -372,3 +372,48 @@ async def test_a_stream_let_end_is_not_cut_under_a_reader_that_joined_it(
             chunks += [piece async for piece in newcomer]
         assert newcomer.completion is not None and newcomer.completion.content == "Hi"
     assert upstream.calls == 1
+
+
+async def test_a_stream_closed_by_another_task_between_chunks_ends_the_readers_loop(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Regression: closed while its reader handled the chunk that finished the answer,
+    # the stream's close waited for its end, and the reader's next step ran into the
+    # closing generator: RuntimeError("anext(): asynchronous generator is already running").
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    upstream.before_done = asyncio.Event()
+    finished, handled = asyncio.Event(), asyncio.Event()
+    async with open_client(upstream) as client:
+        stream = client.stream(**ask())
+
+        async def read() -> int:
+            count = 0
+            async for _ in stream:
+                count += 1
+                if count == 1:
+                    finished.set()
+                    await handled.wait()  # the app busy with the chunk
+            return count
+
+        reader = asyncio.create_task(read())
+        await finished.wait()
+        closer = asyncio.create_task(stream.aclose())  # the stop button
+        await asyncio.sleep(0)  # one turn: the close starts, and waits for the end
+        handled.set()
+        upstream.before_done.set()
+        assert await reader == 1 and await closer is None
+        assert (await client.complete(**ask())).cache is CacheStatus.HIT  # let end, stored
+    assert upstream.calls == 1
+
+
+async def test_a_stream_closed_before_its_first_read_sends_nothing(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Regression: aclose() before the reader's first step did nothing, and the read that
+    # followed opened the upstream stream all the same.
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    async with open_client(upstream) as client:
+        stream = client.stream(**ask())
+        await stream.aclose()
+        assert [piece async for piece in stream] == []
+    assert upstream.calls == 0

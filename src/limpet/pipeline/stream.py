@@ -49,7 +49,7 @@ class CompletionStream:
         >>> stream.completion.usage
     """
 
-    __slots__ = ("_chunks", "_open", "_reader", "_stopped", "completion")
+    __slots__ = ("_chunks", "_closing", "_left", "_open", "_reader", "completion")
 
     def __init__(
         self,
@@ -58,43 +58,56 @@ class CompletionStream:
         self._open = open_chunks
         self._chunks: AsyncGenerator[dict[str, Any], None] | None = None
         self.completion: Completion | None = None
-        # The task waiting for the next chunk, if any; and, once another task closes the
-        # stream under it, what that task waits on.
+        # The task waiting for the next chunk, if any.
         self._reader: asyncio.Task[Any] | None = None
-        self._stopped: asyncio.Future[None] | None = None
+        # Set by the first aclose(), done once it has closed: from then on the stream ends.
+        self._closing: asyncio.Future[None] | None = None
+        # Done once the reader that aclose() stopped from another task has let go.
+        self._left: asyncio.Future[None] | None = None
 
     def __aiter__(self) -> CompletionStream:
         return self
 
     async def __anext__(self) -> StreamChunk:
+        closing = self._closing
+        if closing is not None:  # closed, or being closed by another task: the end
+            await asyncio.shield(closing)
+            raise StopAsyncIteration
         if self._chunks is None:
             self._chunks = self._open(self)
         reader = self._reader = asyncio.current_task()
         try:
             return StreamChunk(await self._chunks.__anext__())
         except asyncio.CancelledError:
-            stopped = self._stopped
-            if stopped is None or reader is None or reader.uncancel():
+            if self._closing is None or reader is None or reader.uncancel():
                 raise  # cancelled by someone else (too): the reader's own to handle
-            raise StopAsyncIteration from None  # closed by another task: the end
+            raise StopAsyncIteration from None  # stopped by aclose() in another task
         finally:
             self._reader = None
-            if self._stopped is not None and not self._stopped.done():
-                self._stopped.set_result(None)
+            left = self._left
+            if left is not None and not left.done():
+                left.set_result(None)
 
     async def aclose(self) -> None:
-        """Stop reading; idempotent. Called from another task while a reader waits for a
-        chunk (a stop button), the reader's ``async for`` ends there, and this returns
-        once it has let go."""
-        reader = self._reader
-        if reader is not None and reader is not asyncio.current_task():
-            if self._stopped is None:
-                self._stopped = asyncio.get_running_loop().create_future()
-                reader.cancel()  # the wait for the chunk, turned into the end above
-            await asyncio.shield(self._stopped)
+        """Stop reading; idempotent. From another task (a stop button): a reader waiting
+        for a chunk ends its ``async for`` there, one between chunks at its next, one not
+        started yet before anything is sent; this returns once the stream has let go."""
+        closing = self._closing
+        if closing is not None:
+            await asyncio.shield(closing)
             return
-        if self._chunks is not None:
-            await self._chunks.aclose()
+        loop = asyncio.get_running_loop()
+        closing = self._closing = loop.create_future()
+        try:
+            reader = self._reader
+            if reader is not None and reader is not asyncio.current_task():
+                left = self._left = loop.create_future()
+                reader.cancel()  # its wait for the chunk, turned into the end above
+                await asyncio.shield(left)
+            if self._chunks is not None:
+                await self._chunks.aclose()
+        finally:
+            closing.set_result(None)
 
     async def __aenter__(self) -> CompletionStream:
         return self
