@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
@@ -59,3 +60,10 @@ def test_unknown_mode_names_the_field(mode: Any) -> None:
 def test_bad_policy_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="max_temperature"):
         CachePolicy(max_temperature=-1)
+
+
+def test_a_mode_may_be_a_str_enum() -> None:
+    class Mode(enum.StrEnum):
+        FORCE = "force"
+
+    assert decide({**BASE, "temperature": 0.7}, Mode.FORCE, CachePolicy()).read

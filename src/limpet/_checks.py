@@ -169,10 +169,8 @@ def check_hmac_key(where: str, value: object) -> None:
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters end or split a header line (CR, LF) or are refused by servers.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# Headers that frame the message or the connection: the HTTP client writes them itself.
-_FRAMING = frozenset(
-    {"content-length", "transfer-encoding", "host", "connection", "upgrade", "te", "trailer"}
-)
+# Headers that frame the message: the HTTP client writes them for the body it sends.
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 def header_problem(name: object, value: object) -> str | None:
@@ -181,12 +179,15 @@ def header_problem(name: object, value: object) -> str | None:
 
     Example:
         >>> header_problem("X-Title", "limpet"), header_problem("X Title", "limpet")
-        (None, "'X Title' is not a header name")
+        (None, 'a header name must be a token, got a str of 7 characters')
         >>> header_problem("Authorization", "Bearer sk-1\\n")
         "the value of 'Authorization' holds a control character (a line break?)"
     """
     if type(name) is not str or not _TOKEN.fullmatch(name):
-        return f"{name!r} is not a header name"
+        # Never quoted either: a header pasted whole ("Authorization: Bearer sk-...")
+        # lands in the name.
+        shown = f"a str of {len(name)} characters" if type(name) is str else type(name).__name__
+        return f"a header name must be a token, got {shown}"
     if type(value) is not str:
         return f"the value of {name!r} is a {type(value).__name__}, not a str"
     if name.lower() in _FRAMING:

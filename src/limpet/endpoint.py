@@ -330,9 +330,21 @@ def _owned(extra_body: object) -> dict[str, Any]:
             raise ConfigurationError(
                 f"Endpoint.extra_body: expected str field names, got {type(name).__name__}"
             )
+    plain = _plain(extra_body)  # another Endpoint's (read-only) extra_body, say
     try:
-        validate_fields(extra_body)
+        validate_fields(plain)
+        owned: dict[str, Any] = orjson.loads(orjson.dumps(plain))
     except InvalidRequestError as exc:
         raise ConfigurationError(f"Endpoint.extra_body: {exc}") from None
-    owned: dict[str, Any] = orjson.loads(orjson.dumps(extra_body))
+    except (orjson.JSONEncodeError, TypeError) as exc:  # a key of a str subclass, nested
+        raise ConfigurationError(f"Endpoint.extra_body: not JSON ({exc})") from None
     return owned
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping a dict and every tuple a list, as JSON has them."""
+    if isinstance(value, Mapping):
+        return {name: _plain(item) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value

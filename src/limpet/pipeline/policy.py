@@ -72,7 +72,7 @@ def decide(body: Mapping[str, Any], mode: str | None, policy: CachePolicy) -> Ca
     """
     if mode is None:
         return _DEFAULT_ON if is_cacheable(body, policy) else _BYPASS
-    if type(mode) is not str or mode not in _MODES:  # a list is no mode, nor hashable
+    if not isinstance(mode, str) or mode not in _MODES:  # a list is no mode, nor hashable
         raise InvalidRequestError("cache", f"None or one of {sorted(_MODES)}", mode)
     if mode == "force":
         return _DEFAULT_ON
