@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from limpet import Endpoint
 from limpet.cache.generations import Generations
-from limpet.pipeline.credentials import call_scope
-from limpet.pipeline.keying import Keying
+from limpet.pipeline.credentials import ANONYMOUS_SCOPE, call_scope, credential_scope
+from limpet.pipeline.keying import Keying, endpoints_scope
 from limpet.pipeline.keys import canonical_request, request_key
 from tests.test_keys import requests
 
@@ -46,3 +48,42 @@ def test_the_hit_paths_key_is_request_key_and_the_async_key(
         credential=call_scope(credential, sent),
     )
     assert key == expected == asyncio.run(keying.of(body, sent))
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("https://gw.example/v1/?api-version=2", "https://GW.example:443/v1?api-version=2"),
+        ("http://[::1]:80/v1", "http://[::1]/v1/"),
+        ("https://gw.example/v1?key=AIzaSy-tenant-a", "https://gw.example/v1?key=AIzaSy-tenant-b"),
+    ],
+)
+def test_one_place_however_spelled_is_one_scope(one: str, other: str) -> None:
+    # Regression: the spelling of a URL, and the key in its query, moved every key.
+    assert endpoints_scope([Endpoint("a", one)]) == endpoints_scope([Endpoint("b", other)])
+
+
+def test_attribution_headers_of_an_endpoint_share_its_scope() -> None:
+    titled = [Endpoint("a", "https://gw.example/v1", headers={"X-Title": "svc-a"})]
+    other = [Endpoint("a", "https://gw.example/v1", headers={"X-Title": "svc-b"})]
+    assert endpoints_scope(titled) == endpoints_scope(other)
+
+
+def test_a_key_in_the_query_is_a_credential() -> None:
+    # A key sent in the URL (now that a query reaches the gateway) scopes entries as one
+    # sent in a header does: two tenants of one gateway share nothing by default.
+    a = credential_scope([Endpoint("a", "https://gw.example/v1?key=AIzaSy-tenant-a")])
+    b = credential_scope([Endpoint("a", "https://gw.example/v1?key=AIzaSy-tenant-b")])
+    plain = credential_scope([Endpoint("a", "https://gw.example/v1?api-version=2")])
+    assert len({a, b, plain}) == 3 and plain == ANONYMOUS_SCOPE
+
+
+def test_the_order_within_an_endpoints_schema_counts() -> None:
+    def schema(*names: str) -> dict[str, Any]:
+        properties = {name: {"type": "string"} for name in names}
+        body = {"name": "x", "schema": {"type": "object", "properties": properties}}
+        return {"response_format": {"type": "json_schema", "json_schema": body}}
+
+    first = Endpoint("a", "https://gw.example/v1", extra_body=schema("reasoning", "answer"))
+    then = Endpoint("a", "https://gw.example/v1", extra_body=schema("answer", "reasoning"))
+    assert endpoints_scope([first]) != endpoints_scope([then])

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -26,7 +27,9 @@ __all__ = [
     "key_credential",
     "key_credentials",
     "keys_scope",
+    "query_credentials",
     "sent_keys",
+    "url_scope",
 ]
 
 #: Headers that carry credentials or choose an account (lower case), besides those whose
@@ -167,3 +170,48 @@ def credential_digest(credentials: Iterable[str]) -> str:
         return ANONYMOUS_SCOPE
     digest = hmac.new(CREDENTIAL_SCOPE_LABEL, orjson.dumps(distinct), hashlib.sha256)
     return digest.hexdigest()[:32]
+
+
+def query_credentials(url: str) -> list[str]:
+    """The credentials in ``url``'s query (``?key=...``), each as ``"query:name=value"``,
+    by the names ``is_credential_header`` takes for credentials.
+
+    Example:
+        >>> query_credentials("https://gw.example/v1?api-version=2&key=AIza-1")
+        ['query:key=AIza-1']
+    """
+    return [
+        f"query:{name}={value}"
+        for name, value in _query_pairs(url)
+        if value and is_credential_header(name)
+    ]
+
+
+def url_scope(url: str) -> str:
+    """Where ``url`` sends a request, as every spelling of it has it: scheme and host in
+    lower case, a default port dropped, the path without trailing slashes, the query's
+    credentials out (the credential scope has them, or shares across them).
+
+    Example:
+        >>> url_scope("HTTPS://GW.example:443/v1/?api-version=2&key=AIza-1")
+        'https://gw.example/v1?api-version=2&key=***'
+    """
+    parts = urlsplit(url)
+    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if port is not None and _DEFAULT_PORTS.get(scheme) != port:
+        host += f":{port}"
+    query = "&".join(
+        f"{name}=***" if is_credential_header(name) else f"{name}={value}"
+        for name, value in _query_pairs(url)
+    )
+    return f"{scheme}://{host}{parts.path.rstrip('/')}" + (f"?{query}" if query else "")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _query_pairs(url: str) -> list[tuple[str, str]]:
+    query = url.partition("?")[2].partition("#")[0]
+    return [(name, value) for name, _, value in (p.partition("=") for p in query.split("&") if p)]

@@ -23,6 +23,7 @@ from limpet._credentials import (
     is_credential_header,
     key_credential,
     key_credentials,
+    query_credentials,
 )
 from limpet.config import Endpoint
 
@@ -48,7 +49,8 @@ CACHE_SCOPES: tuple[CacheScope, ...] = ("credential", "namespace")
 def credential_scope(endpoints: Iterable[Endpoint]) -> str:
     """The credential scope of a Client with these endpoints: 32 hex digits of
     HMAC-SHA256 under ``CREDENTIAL_SCOPE_LABEL`` over its sorted, distinct credentials
-    (each endpoint's ``api_key`` and credential headers), or ``ANONYMOUS_SCOPE``.
+    (each endpoint's ``api_key``, credential headers and its URL's query credentials), or
+    ``ANONYMOUS_SCOPE``.
 
     The same credentials give the same scope in every process, whatever the endpoints'
     order or names.
@@ -110,3 +112,4 @@ def _credentials(endpoints: Iterable[Endpoint]) -> Iterable[str]:
             # As it is sent, so that an Authorization header with the same key agrees.
             yield key_credential(endpoint.api_key)
         yield from header_credentials(endpoint.headers or {})
+        yield from query_credentials(endpoint.base_url)  # ?key=...

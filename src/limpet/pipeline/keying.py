@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from limpet._credentials import ANONYMOUS_SCOPE, is_credential_header, keys_scope
+from limpet._credentials import ANONYMOUS_SCOPE, is_credential_header, keys_scope, url_scope
 from limpet.cache.generations import Generations
 from limpet.config import Endpoint
 from limpet.pipeline.credentials import call_scope
@@ -30,9 +30,10 @@ from limpet.pipeline.keys import (
 
 def endpoints_scope(endpoints: Iterable[Endpoint]) -> str:
     """Where and how the Client's endpoints send a request, as a digest that enters every
-    key ("+ep:" and 32 hex digits): each endpoint's base URL, its headers other than
-    credentials (the credential scope has those, or shares across them) and the fields it
-    adds to every body (``extra_body``: sent, so they can change the answer). Two Clients
+    key ("+ep:" and 32 hex digits): each endpoint's base URL (``url_scope``: however it
+    is spelled), its headers but credentials (the credential scope has those, or shares
+    across them) and attribution, and the fields it adds to every body (``extra_body``:
+    sent, so they can change the answer; keyed as a request's are). Two Clients
     on different gateways, or on one with a header that changes the output
     (``anthropic-beta``), never share an answer; a fleet configured alike shares them all.
 
@@ -47,22 +48,27 @@ def endpoints_scope(endpoints: Iterable[Endpoint]) -> str:
     """
     described = sorted(
         {
-            orjson.dumps(
-                [
-                    e.base_url,
+            b"%s\x00%s\x00%s"
+            % (
+                url_scope(e.base_url).encode(),
+                orjson.dumps(
                     sorted(
                         (name.lower(), value)
                         for name, value in (e.headers or {}).items()
-                        if not is_credential_header(name)
-                    ),
-                    dict(e.extra_body or {}),
-                ],
-                option=orjson.OPT_SORT_KEYS,
+                        if not is_credential_header(name) and name.lower() not in _ATTRIBUTION
+                    )
+                ),
+                canonical_request(e.extra_body or {}),
             )
             for e in endpoints
         }
     )
-    return "+ep:" + hashlib.sha256(b"\x00".join(described)).hexdigest()[:32]
+    return "+ep:" + hashlib.sha256(b"\x01".join(described)).hexdigest()[:32]
+
+
+# OpenRouter's app attribution (``Client(app_url=, app_title=)`` sends them too): who
+# asks, never what is answered.
+_ATTRIBUTION = frozenset({"http-referer", "x-title"})
 
 
 class Keying:
