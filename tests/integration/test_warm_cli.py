@@ -88,6 +88,27 @@ async def test_limpet_warm_then_flush_from_the_command_line(
 
 
 @pytest.mark.redis
+@pytest.mark.gateway(endpoints=("a", "b"))
+async def test_limpet_warm_fills_a_service_of_several_endpoints(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    # Every endpoint's URL enters the keys: warm is given them all, as the service has.
+    file = tmp_path / "requests.jsonl"
+    file.write_bytes(orjson.dumps(ask("faq")) + b"\n")
+    urls = [gateway.base_url("a"), gateway.base_url("b")]
+    code, _, err = await limpet(
+        "warm", str(file), "--redis", redis_url, "--prefix", redis_prefix,
+        "--base-url", urls[0], "--base-url", urls[1],
+    )  # fmt: skip
+    assert code == 0, err
+    shared = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    endpoints = [Endpoint(name, url) for name, url in zip("ab", urls, strict=True)]
+    async with Client(endpoints=endpoints, cache=shared) as service:
+        assert (await service.complete(**ask("faq"))).cache is CacheStatus.HIT
+    assert gateway.total_calls == 1
+
+
+@pytest.mark.redis
 async def test_flush_of_a_model_without_a_namespace_flushes_the_default_one_and_says_so(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:

@@ -59,8 +59,12 @@ def _warm(commands: _Commands, common: argparse.ArgumentParser) -> None:
     _cache_options(warm)
     warm.add_argument(
         "--base-url",
+        action="append",
         default=None,
-        help="gateway API root (default: $LIMPET_BASE_URL, else OpenRouter)",
+        help=(
+            "gateway API root (default: $LIMPET_BASE_URL, else OpenRouter); repeat it as the "
+            "service's endpoints are, for their URLs enter its keys"
+        ),
     )
     _scope_options(
         warm,

@@ -40,8 +40,7 @@ async def run_warm(args: argparse.Namespace) -> int:
     errors: list[str] = []
     lost = writes_lost(cache)
     async with Client(
-        base_url=args.base_url,
-        api_key=api_key(args, required=False),
+        **_upstreams(args.base_url, api_key(args, required=False)),
         cache=cache,
         namespace=args.namespace or "",
         cache_scope=args.cache_scope,
@@ -130,3 +129,13 @@ def _request_of(line: bytes) -> dict[str, Any]:
             f"expected a JSON object of complete() arguments, got {type(request).__name__}"
         )
     return request
+
+
+def _upstreams(urls: list[str] | None, key: str | None) -> dict[str, Any]:
+    """The Client's upstream options for ``--base-url`` given ``urls`` (repeated: one
+    endpoint each, as the service has them: their URLs enter its keys)."""
+    if not urls or len(urls) == 1:
+        return {"base_url": urls[0] if urls else None, "api_key": key}
+    from limpet import Endpoint
+
+    return {"endpoints": [Endpoint(f"e{n}", url, api_key=key) for n, url in enumerate(urls)]}
