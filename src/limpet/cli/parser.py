@@ -147,7 +147,10 @@ def _serve(commands: _Commands, common: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--fake",
         action="store_true",
-        help="proxy to a fake gateway started in-process: no key, no network",
+        help=(
+            "proxy to a fake gateway started in-process: no key, no network (with "
+            "--workers, one each: its URL enters the keys, so they share no entry)"
+        ),
     )
     _serve_key_options(serve)
     _serve_process_options(serve)
