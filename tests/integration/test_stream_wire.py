@@ -418,3 +418,19 @@ async def test_a_stream_closed_before_its_first_read_sends_nothing(
         await stream.aclose()
         assert [piece async for piece in stream] == []
     assert upstream.calls == 0
+
+
+async def test_a_long_stream_over_an_in_process_tiers_bytes_is_kept_without_chunking(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Regression: the room every tier keeps ignored MemoryCache.max_bytes: the entry
+    # with its chunking went over it, was refused without a count, and paid for again.
+    upstream.script = [*long_stream(2_000)]
+    memory = MemoryCache(max_bytes=64 * 1024)
+    async with Client(
+        endpoints=[Endpoint("a", upstream.url)], cache=memory, retry=RetryConfig(max_attempts=1)
+    ) as client:
+        text, status = await read_text(client.stream(**ask()))
+        assert status is CacheStatus.MISS
+        assert await read_text(client.stream(**ask())) == (text, CacheStatus.HIT)
+    assert upstream.calls == 1

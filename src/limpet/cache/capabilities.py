@@ -159,9 +159,21 @@ def shared_hmac_key(
 
 def value_room(tiers: Sequence[object], max_entry_bytes: int) -> int:
     """The largest value every one of ``tiers`` keeps: ``max_entry_bytes``, or less where
-    a tier refuses more (``MemcachedCache.max_value_size``: its server's item size)."""
-    limits = [getattr(tier, "max_value_size", None) for tier in tiers]
-    return min([max_entry_bytes, *(limit for limit in limits if type(limit) is int)])
+    a tier refuses more (``MemcachedCache.max_value_size``: its server's item size;
+    ``MemoryCache.max_bytes``, keys and values together, less a key's room)."""
+    limits = [max_entry_bytes]
+    for tier in tiers:
+        size = getattr(tier, "max_value_size", None)
+        if type(size) is int:
+            limits.append(size)
+        total = getattr(tier, "max_bytes", None)
+        if type(total) is int:
+            limits.append(total - _KEY_ROOM)
+    return min(limits)
+
+
+# What a key takes of an in-process tier's bytes (a digest, and then some).
+_KEY_ROOM = 256
 
 
 @runtime_checkable
