@@ -434,3 +434,25 @@ async def test_a_long_stream_over_an_in_process_tiers_bytes_is_kept_without_chun
         assert status is CacheStatus.MISS
         assert await read_text(client.stream(**ask())) == (text, CacheStatus.HIT)
     assert upstream.calls == 1
+
+
+async def test_choices_a_server_numbers_not_are_told_apart_by_position(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Regression: every choice without an "index" read as choice 0: a whole answer of
+    # n=2 was taken for one missing choice 1 and never stored.
+    answer = completion(2)
+    answer["choices"][1]["message"] = {"role": "assistant", "content": "The other one."}
+    for choice in answer["choices"]:
+        del choice["index"]
+    upstream.plain = answer
+    async with open_client(upstream) as client:
+        assert (await client.complete(**ask(n=2))).cache is CacheStatus.MISS
+        assert (await client.complete(**ask(n=2))).cache is CacheStatus.HIT
+        texts: dict[int, str] = {}
+        async for piece in client.stream(**ask(n=2)):  # replayed: one choice each
+            for choice in piece.raw["choices"]:
+                content = choice["delta"].get("content") or ""
+                texts[choice["index"]] = texts.get(choice["index"], "") + content
+        assert texts == {0: "The whole answer.", 1: "The other one."}
+    assert upstream.calls == 1

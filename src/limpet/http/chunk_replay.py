@@ -43,7 +43,10 @@ def _synthesize(body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     as in a live ``n > 1`` stream; a usage-only chunk (``choices: []``) ends it."""
     envelope = {k: v for k, v in body.items() if k not in ("choices", "usage")}
     envelope["object"] = "chat.completion.chunk"
-    per_choice = [_choice_chunks(choice) for choice in body.get("choices") or ()]
+    per_choice = [
+        _choice_chunks(choice, position)
+        for position, choice in enumerate(body.get("choices") or ())
+    ]
     for round_ in zip_longest(*per_choice):
         for choice in round_:
             if choice is not None:
@@ -52,8 +55,8 @@ def _synthesize(body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield {**envelope, "choices": [], "usage": body["usage"]}
 
 
-def _choice_chunks(choice: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    index = choice.get("index", 0)
+def _choice_chunks(choice: Mapping[str, Any], position: int) -> Iterator[dict[str, Any]]:
+    index = choice.get("index", position)  # a server that numbers none: by position
     message: Mapping[str, Any] = choice.get("message") or {}
     logprobs = choice.get("logprobs")
     tokens = (

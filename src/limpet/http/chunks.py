@@ -127,10 +127,10 @@ def every_choice_finished(answer: Mapping[str, Any], asked: int) -> bool:
     if type(choices) is not list:
         return False
     held = set()
-    for choice in choices:
+    for position, choice in enumerate(choices):
         if type(choice) is not dict or not choice.get("finish_reason"):
             return False
-        held.add(choice.get("index", 0))
+        held.add(choice.get("index", position))  # a server that numbers none: by position
     return all(index in held for index in range(asked))
 
 

@@ -58,7 +58,7 @@ def endpoints_scope(endpoints: Iterable[Endpoint]) -> str:
                         if not is_credential_header(name) and name.lower() not in _ATTRIBUTION
                     )
                 ),
-                canonical_request(e.extra_body or {}),
+                canonical_request(dict(e.extra_body or {})),
             )
             for e in endpoints
         }
