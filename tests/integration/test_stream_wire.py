@@ -300,6 +300,24 @@ async def test_a_long_stream_too_big_with_its_chunking_is_kept_without_it(
     assert upstream.calls == 1
 
 
+async def read_to_the_usage_then_cancel(client: Client) -> None:
+    """A reader of ``ask()``'s stream, cancelled once it has the usage chunk: with every
+    choice finished, only ``[DONE]`` is left to come."""
+    usage_seen = asyncio.Event()
+
+    async def read() -> None:
+        async with client.stream(**ask()) as stream:
+            async for piece in stream:
+                if piece.raw.get("usage"):
+                    usage_seen.set()
+
+    reader = asyncio.create_task(read())
+    await usage_seen.wait()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+
+
 async def test_a_stream_whose_reader_left_with_all_of_the_answer_is_kept_and_paid(
     upstream: ScriptedUpstream,
 ) -> None:
@@ -308,20 +326,8 @@ async def test_a_stream_whose_reader_left_with_all_of_the_answer_is_kept_and_pai
     # identical call paid for it again.
     upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
     upstream.before_done = asyncio.Event()
-    usage_seen = asyncio.Event()
     async with open_client(upstream) as client:
-
-        async def read() -> None:
-            async with client.stream(**ask()) as stream:
-                async for piece in stream:
-                    if piece.raw.get("usage"):
-                        usage_seen.set()
-
-        reader = asyncio.create_task(read())
-        await usage_seen.wait()
-        reader.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reader
+        await read_to_the_usage_then_cancel(client)
         upstream.before_done.set()
         # Joins the stream as it ends (taking the claim its leader left: a miss) or
         # reads its entry; either way, no second upstream call.
@@ -350,20 +356,8 @@ async def test_a_stream_let_end_is_not_cut_under_a_reader_that_joined_it(
     monkeypatch.setattr(loop, "call_later", call_later)
     upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
     upstream.before_done = asyncio.Event()
-    usage_seen = asyncio.Event()
     async with open_client(upstream) as client:
-
-        async def read() -> None:
-            async with client.stream(**ask()) as stream:
-                async for piece in stream:
-                    if piece.raw.get("usage"):
-                        usage_seen.set()
-
-        reader = asyncio.create_task(read())
-        await usage_seen.wait()
-        reader.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reader
+        await read_to_the_usage_then_cancel(client)
         async with client.stream(**ask()) as newcomer:
             chunks = [await anext(newcomer)]  # joined the stream let end
             assert len(graces) == 1
