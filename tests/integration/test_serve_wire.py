@@ -22,6 +22,7 @@ from limpet import Client
 from limpet.serve import ServeConfig, create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
+from tests.integration.scripted import scripted_upstream, usage_chunk
 from tests.loopback import served
 from tests.openai_shapes import assert_chunks
 
@@ -457,3 +458,25 @@ async def test_a_body_sent_as_it_is_is_read(proxy: str, encoding: str) -> None:
         session.post(f"{proxy}/chat/completions", json=ask("plain"), headers=headers) as answer,
     ):
         assert answer.status == 200
+
+
+async def test_a_split_surrogate_pair_reaches_the_openai_sdk_through_the_proxy() -> None:
+    # A chunk holding a lone surrogate (a pair split across two chunks) is relayed as the
+    # upstream wrote it: orjson cannot write it back, and the relay failed mid-stream.
+    envelope = b'"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m"'
+    async with scripted_upstream() as upstream:
+        upstream.script = [
+            b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":'
+            b'"\\ud83d"},"finish_reason":null}]}\n\n' % envelope,
+            b'data: {%s,"choices":[{"index":0,"delta":{"content":"\\ude00"},'
+            b'"finish_reason":"stop"}]}\n\n' % envelope,
+            usage_chunk(),
+        ]
+        config = ServeConfig(upstreams=(upstream.url,))
+        async with (
+            served(create_app(config), access_log=None) as url,
+            sdk(url + "/v1") as client,
+        ):
+            stream = await client.chat.completions.create(**ask(), stream=True)
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "\ud83d\ude00"

@@ -4,6 +4,7 @@ loopback: what is served later (replayed, assembled) is what the live stream was
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -450,3 +451,42 @@ async def test_choices_a_server_numbers_not_are_told_apart_by_position(
                 texts[choice["index"]] = texts.get(choice["index"], "") + content
         assert texts == {0: "The whole answer.", 1: "The other one."}
     assert upstream.calls == 1
+
+
+async def test_an_answer_orjson_refuses_is_served_as_openai_reads_it_never_stored(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Regression: NaN and a lone surrogate, which the openai package reads, failed the
+    # call ("response is not JSON"), and three such answers ejected the endpoint.
+    answer = completion(1)
+    answer["choices"][0]["message"]["content"] = "half \ud83d"
+    answer["choices"][0]["logprobs"] = {"content": [{"token": "x", "logprob": math.nan}]}
+    upstream.plain = answer  # written by the standard library: NaN, and "\ud83d" escaped
+    async with open_client(upstream) as client:
+        for _ in range(4):
+            served = await client.complete(**ask())
+            assert served.cache is CacheStatus.MISS  # served as it came, never stored
+            assert served.content == "half \ud83d"
+            assert math.isnan(served.raw["choices"][0]["logprobs"]["content"][0]["logprob"])
+        assert client.stats.errors == 0
+    assert upstream.calls == 4
+
+
+async def test_a_surrogate_pair_split_across_two_chunks_is_served_never_stored(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Regression: each chunk alone holds a lone surrogate, which orjson refuses: the
+    # stream failed ("a stream chunk is not a JSON object").
+    envelope = b'"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m"'
+    upstream.script = [
+        b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":"\\ud83d"},'
+        b'"finish_reason":null}]}\n\n' % envelope,
+        b'data: {%s,"choices":[{"index":0,"delta":{"content":"\\ude00"},'
+        b'"finish_reason":"stop"}]}\n\n' % envelope,
+        usage_chunk(),
+    ]
+    async with open_client(upstream) as client:
+        for _ in range(2):
+            text, status = await read_text(client.stream(**ask()))
+            assert (text, status) == ("\ud83d\ude00", CacheStatus.MISS)
+    assert upstream.calls == 2

@@ -356,9 +356,10 @@ class TieredCache:
                 # each token): the answer is kept without it, replayed in chunks of its
                 # body, rather than not kept at all.
                 data = self._codec.encode(key, entry, chunking=False)
-        except (struct.error, OverflowError, ValueError) as exc:
-            # A value no entry can hold (a count past u64): a lost write, never a failed
-            # call. ``normalize_usage`` reads no such count; this is the last guard.
+        except (struct.error, OverflowError, ValueError, TypeError) as exc:
+            # A value no entry can hold (a count past u64, a body orjson cannot write): a
+            # lost write, never a failed call. ``normalize_usage`` reads no such count,
+            # and a ``LooseJSON`` answer is never stored; this is the last guard.
             self.stats.errors += 1
             self.stats.unwritten += 1
             logger.warning("limpet cache: an answer that cannot be encoded was not stored: %s", exc)

@@ -7,6 +7,7 @@ made only for an error: a good answer never pays for it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from limpet.http.retry import parse_retry_after
 from limpet.scrub import BODY_EXCERPT_CHARS
 
 __all__ = [
+    "LooseJSON",
     "malformed_answer",
     "parse_chat",
     "parse_embeddings",
@@ -92,10 +94,7 @@ def stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
     """One SSE event's chunk; raises the failure it reports, or for one not a chunk
     object (its choices a list of objects with int indexes: what a stored stream must
     hold to replay, ``chunk_shaped``)."""
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        chunk = None
+    chunk = parse_json(data)
     if not isinstance(chunk, dict):
         body = excerpt(data.encode(), endpoint.secrets)
         raise malformed_answer(endpoint, "a stream chunk is not a JSON object", body)
@@ -110,12 +109,25 @@ def stream_chunk(endpoint: Endpoint, data: str) -> dict[str, Any]:
     return chunk
 
 
-def parse_json(raw: bytes) -> Any:
-    """``raw`` as JSON, or None when it is not JSON."""
+def parse_json(raw: bytes | str) -> Any:
+    """``raw`` as JSON, or None when it is not JSON. What orjson refuses and the OpenAI
+    SDK reads (NaN, Infinity, a lone surrogate: a pair split across two stream chunks)
+    is read by the standard library, an object as a ``LooseJSON``."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
+        pass
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
+    return LooseJSON(value) if type(value) is dict else value
+
+
+class LooseJSON(dict[str, Any]):
+    """A JSON object read as the OpenAI SDK reads it but orjson would not (NaN,
+    Infinity, a lone surrogate): served to its caller as it came, never stored (no entry
+    could hold it unchanged), and never taken for a fault of the endpoint."""
 
 
 def _answer(

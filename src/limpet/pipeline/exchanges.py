@@ -19,12 +19,14 @@ logger = logging.getLogger("limpet")
 
 
 class JsonExchange:
-    """One POST, one JSON answer; any failure may fail over."""
+    """One POST, one JSON answer; any failure may fail over. (Its answer says itself
+    whether it is a ``LooseJSON``.)"""
 
     __slots__ = ("_transport",)
 
     committed = False
     chunking = None
+    loose = False
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
@@ -52,7 +54,7 @@ class StreamExchange:
     never be stored.
     """
 
-    __slots__ = ("_assembler", "_broadcast", "_choices", "_transport")
+    __slots__ = ("_assembler", "_broadcast", "_choices", "_transport", "loose")
 
     def __init__(
         self,
@@ -64,6 +66,8 @@ class StreamExchange:
         self._broadcast = broadcast
         self._assembler = assembler
         self._choices = 1
+        #: Whether a chunk was a ``LooseJSON``: then the answer is served, never stored.
+        self.loose = False
 
     @property
     def committed(self) -> bool:
@@ -71,7 +75,7 @@ class StreamExchange:
 
     @property
     def chunking(self) -> bytes | None:
-        return self._assembler.chunking()
+        return None if self.loose else self._assembler.chunking()
 
     @property
     def whole(self) -> bool:
@@ -94,6 +98,8 @@ class StreamExchange:
         )
         try:
             async for chunk in chunks:
+                if type(chunk) is not dict:  # a LooseJSON
+                    self.loose = True
                 assembler.add(chunk)
                 broadcast.push(chunk)
         finally:

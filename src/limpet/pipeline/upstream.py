@@ -51,6 +51,12 @@ class Exchange(Protocol):
         ...
 
     @property
+    def loose(self) -> bool:
+        """For a stream, whether a chunk was a ``LooseJSON`` (the answer is never stored);
+        a JSON answer is one itself."""
+        ...
+
+    @property
     def chunking(self) -> bytes | None:
         """For a stream, how its answer was chunked (for replay), once it is whole."""
         ...
@@ -105,6 +111,9 @@ class Upstream:
                 with route.attempt(endpoint, callers_credentials=own) as attempt:
                     call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
                     answer = await exchange.attempt(endpoint, route.body, call)
+                    loose = exchange.loose or type(answer) is not dict
+                    if loose:  # a LooseJSON: as the rest of the pipeline reads an answer
+                        answer = dict(answer)
                     usage = parse_usage(answer.get("usage"))
                     attempt.served(usage)
                 break
@@ -114,7 +123,7 @@ class Upstream:
         entry = await self._account.entry(
             request, answer, usage, endpoint.name, route.body, exchange.chunking
         )
-        entry.partial = not every_choice_finished(
+        entry.partial = loose or not every_choice_finished(
             answer, choices_sent(route.body, endpoint.extra_body)
         )
         return entry

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -354,7 +355,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 def _json_answer(completion: Completion) -> web.Response:
     return web.Response(
-        body=orjson.dumps(completion.raw),
+        body=answer_json(completion.raw),
         content_type="application/json",
         headers=answer_headers(completion),
     )
@@ -402,7 +403,17 @@ async def _relay(
 
 
 def _event(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+    return b"data: " + answer_json(data) + b"\n\n"
+
+
+def answer_json(value: object) -> bytes:
+    """An upstream's answer (or chunk) as JSON: as orjson writes it, or, for one it
+    cannot (a lone surrogate, which a ``LooseJSON`` may hold), as the standard library
+    does, escaped as the upstream sent it."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value).encode()
 
 
 def _served_comment(completion: Completion) -> bytes:
