@@ -98,8 +98,9 @@ class StreamExchange:
         )
         try:
             async for chunk in chunks:
-                if type(chunk) is not dict:  # a LooseJSON
-                    self.loose = True
+                if type(chunk) is not dict:  # a LooseJSON: a plain dict from here on,
+                    self.loose = True  # copied for each reader as any chunk is
+                    chunk = dict(chunk)
                 assembler.add(chunk)
                 broadcast.push(chunk)
         finally:
