@@ -490,3 +490,25 @@ async def test_a_surrogate_pair_split_across_two_chunks_is_served_never_stored(
             text, status = await read_text(client.stream(**ask()))
             assert (text, status) == ("\ud83d\ude00", CacheStatus.MISS)
     assert upstream.calls == 2
+
+
+async def test_readers_of_a_loose_stream_each_get_their_own_chunks(
+    upstream: ScriptedUpstream,
+) -> None:
+    envelope = b'"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m"'
+    upstream.script = [
+        b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":"\\ud83d"},'
+        b'"finish_reason":"stop"}]}\n\n' % envelope,
+        usage_chunk(),
+    ]
+    upstream.before_done = asyncio.Event()
+    async with open_client(upstream) as client:
+        first, second = client.stream(**ask()), client.stream(**ask())
+        mine = await anext(first)
+        theirs = await anext(second)  # the same upstream stream, joined
+        mine.raw["choices"][0]["delta"]["content"] = "changed"
+        assert theirs.raw["choices"][0]["delta"]["content"] == "\ud83d"
+        upstream.before_done.set()
+        await first.aclose()
+        await second.aclose()
+    assert upstream.calls == 1
