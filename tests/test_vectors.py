@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from limpet.cache import MemoryCache, TieredCache
 from limpet.errors import CacheCorruptError, InvalidRequestError
 from limpet.pipeline.keys import request_key, request_keys
 from limpet.pipeline.vectors import (
@@ -25,6 +26,7 @@ from limpet.pipeline.vectors import (
     validate_inputs,
     vector_bytes,
 )
+from tests.fakes import FakeClock
 
 float32s = st.floats(width=32, allow_nan=False, allow_infinity=False)
 vectors = st.lists(float32s, min_size=1, max_size=64)
@@ -252,3 +254,21 @@ def test_keys_hashed_from_a_shared_prefix_are_the_keys_of_the_whole_canonical_fo
     ]
     assert keys == whole
     assert len(set(keys)) == len(set(inputs))
+
+
+async def test_a_vector_written_by_a_clock_ahead_is_served_but_back_filled_nowhere() -> None:
+    # Regression: vectors kept no time of writing; a writer's clock an hour ahead made
+    # one back-filled into tier 0 until its (writer's) expiry, past the shared copy's.
+    clock = FakeClock()
+    below, top = MemoryCache(clock=clock), MemoryCache(clock=clock)
+    ahead = VectorCodec(clock=lambda: clock() + 3600.0)
+    data = ahead.encode("k", pack_floats([1.0]), clock() + 3600.0 + 2.0)
+    await below.set("k", data, 2.0)  # the shared tier keeps it for its TTL
+    reader = TieredCache(top, below, clock=clock)
+    found = await reader.get_value("k", VectorCodec(clock=clock).decode)
+    assert found is not None and found[1] == 1  # served from below
+    assert top.get_now("k") is None  # and kept nowhere above
+    in_step = VectorCodec(clock=clock)
+    await below.set("j", in_step.encode("j", pack_floats([1.0]), clock() + 2.0), 2.0)
+    assert await reader.get_value("j", in_step.decode) is not None
+    assert top.get_now("j") is not None  # back-filled for what is left

@@ -14,7 +14,8 @@ import binascii
 import math
 import struct
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -40,12 +41,12 @@ __all__ = [
 ]
 
 #: The layout version of a stored vector; another version decodes as corrupt (a miss).
-#: 2: the envelope's CRC-32 of the rest.
-VECTOR_FORMAT = 2
+#: 2: the envelope's CRC-32 of the rest. 3: when it was written.
+VECTOR_FORMAT = 3
 
-# (After the envelope's checksum, ``limpet.cache.sealing``:) expires_at (unix seconds),
-# the key's length and the vector's length in floats.
-_META = struct.Struct("<dHI")
+# (After the envelope's checksum, ``limpet.cache.sealing``:) created_at and expires_at
+# (unix seconds, the writer's clock), the key's length and the vector's length in floats.
+_META = struct.Struct("<ddHI")
 _FLOAT32 = 4
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -277,34 +278,41 @@ class VectorCodec:
     ``EntryCodec`` (``limpet.cache.base``) for a binary value.
 
     Layout: ``b"LV"``, format byte, signed flag, [32-byte HMAC-SHA256 over the rest],
-    a CRC-32 of the rest, ``expires_at``, the key's and the vector's lengths, the key, then
-    the packed float32. A vector read under another key, unsigned when a key is set, badly
-    signed, truncated, padded or changed (its checksum) is corrupt: unsigned, a flipped bit
-    or another vector's bytes written over it would otherwise decode as another vector.
+    a CRC-32 of the rest, ``created_at``, ``expires_at``, the key's and the vector's
+    lengths, the key, then the packed float32. A vector read under another key, unsigned
+    when a key is set, badly signed, truncated, padded or changed (its checksum) is
+    corrupt: unsigned, a flipped bit or another vector's bytes written over it would
+    otherwise decode as another vector.
     """
 
-    __slots__ = ("_seal",)
+    __slots__ = ("_clock", "_seal")
 
-    def __init__(self, hmac_key: bytes | None = None) -> None:
+    def __init__(
+        self, hmac_key: bytes | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         # "LV", not the completions' "LP": a vector entry never decodes as a completion,
         # nor the reverse, even were it found under the other's key.
         self._seal = Seal(b"LV", VECTOR_FORMAT, hmac_key, "vector")
+        self._clock = clock
 
     def encode(self, key: str, vector: bytes, expires_at: float) -> bytes:
         """The bytes of ``vector`` (packed float32), to be stored under ``key`` only."""
         bound = key.encode()
-        payload = _META.pack(expires_at, len(bound), len(vector) // _FLOAT32) + bound + vector
+        floats = len(vector) // _FLOAT32
+        payload = _META.pack(self._clock(), expires_at, len(bound), floats) + bound + vector
         return self._seal.wrap(payload)
 
-    def decode(self, key: str, data: bytes) -> tuple[bytes, float]:
-        """The packed vector in ``data`` read under ``key``, and when it expires.
+    def decode(self, key: str, data: bytes) -> tuple[bytes, float | None]:
+        """The packed vector in ``data`` read under ``key``, and when it expires: None
+        when it was written "later" than now (by a clock running ahead: its age, hence
+        what is left of its TTL, is unknown here), as ``TieredCache`` reads an entry's.
 
         Raises:
             CacheCorruptError: as ``EntryCodec.decode``.
         """
         start = self._seal.open(data)
         try:
-            expires, bound, floats = _META.unpack_from(data, start)
+            created, expires, bound, floats = _META.unpack_from(data, start)
         except struct.error as exc:
             raise CacheCorruptError(f"vector header is malformed: {exc}") from exc
         key_at = start + _META.size
@@ -314,6 +322,6 @@ class VectorCodec:
         bound_key = key.encode()
         if len(bound_key) != bound or not data.startswith(bound_key, key_at):  # in place
             raise CacheCorruptError("vector was stored under another key")
-        if not math.isfinite(expires):
-            raise CacheCorruptError("vector expiry is not finite")
-        return data[vector_at:], expires
+        if not math.isfinite(expires) or not math.isfinite(created):
+            raise CacheCorruptError("vector times are not finite")
+        return data[vector_at:], None if created > self._clock() else expires
