@@ -56,6 +56,8 @@ def test_the_hit_paths_key_is_request_key_and_the_async_key(
         ("https://gw.example/v1/?api-version=2", "https://GW.example:443/v1?api-version=2"),
         ("http://[::1]:80/v1", "http://[::1]/v1/"),
         ("https://gw.example/v1?key=AIzaSy-tenant-a", "https://gw.example/v1?key=AIzaSy-tenant-b"),
+        ("https://gw.example/v1?a=1&api-version=2", "https://gw.example/v1?api-version=2&a=1"),
+        ("https://gw.example/v1?api-version=2", "https://gw.example/v1?api%2Dversion=2"),
     ],
 )
 def test_one_place_however_spelled_is_one_scope(one: str, other: str) -> None:

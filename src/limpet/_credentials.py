@@ -12,7 +12,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
@@ -213,5 +213,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _query_pairs(url: str) -> list[tuple[str, str]]:
-    query = url.partition("?")[2].partition("#")[0]
-    return [(name, value) for name, _, value in (p.partition("=") for p in query.split("&") if p)]
+    """The query's pairs, decoded and in order (so an order or an encoding of them is
+    one query)."""
+    return sorted(parse_qsl(url.partition("?")[2].partition("#")[0], keep_blank_values=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -730,3 +731,32 @@ async def test_aclose_from_another_task_ends_the_readers_loop(
     await stream.aclose()  # idempotent
     endpoint.resume_stream()
     assert (await client.complete(**ask("after"))).content  # the Client goes on
+
+
+async def test_aclose_from_another_task_ends_the_loop_of_a_reader_cancelled_before(
+    client: Client, gateway: FakeGateway
+) -> None:
+    # Regression: a reader whose task had been cancelled once before (and went on)
+    # was taken for cancelled again: its loop raised CancelledError.
+    endpoint = gateway.endpoint("a")
+    endpoint.pause_stream(after_chunks=1)
+    stream = client.stream(**ask("stop button, twice"))
+    first = asyncio.Event()
+
+    async def reader() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # a cancellation this reader caught and went on from
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        count = 0
+        async for _ in stream:
+            count += 1
+            first.set()
+        return count
+
+    reading = asyncio.create_task(reader())
+    await first.wait()
+    await stream.aclose()
+    assert await reading == 1
+    endpoint.resume_stream()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -301,6 +301,23 @@ async def test_a_long_stream_too_big_with_its_chunking_is_kept_without_it(
     assert upstream.calls == 1
 
 
+def held_graces(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[], object]]:
+    """The ends of the streams' tail graces (``TAIL_GRACE``), held for the test to run
+    when it says, instead of by the clock."""
+    loop = asyncio.get_running_loop()
+    graces: list[Callable[[], object]] = []
+    later = loop.call_later
+
+    def call_later(delay: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if delay != TAIL_GRACE:
+            return later(delay, callback, *args, **kwargs)
+        graces.append(partial(callback, *args))
+        return later(3600.0, lambda: None)
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    return graces
+
+
 async def read_to_the_usage_then_cancel(client: Client) -> None:
     """A reader of ``ask()``'s stream, cancelled once it has the usage chunk: with every
     choice finished, only ``[DONE]`` is left to come."""
@@ -344,17 +361,7 @@ async def test_a_stream_let_end_is_not_cut_under_a_reader_that_joined_it(
     # Regression: the grace given a stream whose last reader left with all of the answer
     # in ran out under a newcomer that had joined it: CancelledError for a caller nobody
     # cancelled, and the answer paid for was not stored.
-    loop = asyncio.get_running_loop()
-    graces: list[Any] = []
-    later = loop.call_later
-
-    def call_later(delay: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        if delay != TAIL_GRACE:
-            return later(delay, callback, *args, **kwargs)
-        graces.append(partial(callback, *args))  # its end comes when the test says
-        return later(3600.0, lambda: None)
-
-    monkeypatch.setattr(loop, "call_later", call_later)
+    graces = held_graces(monkeypatch)
     upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
     upstream.before_done = asyncio.Event()
     async with open_client(upstream) as client:
@@ -512,3 +519,34 @@ async def test_readers_of_a_loose_stream_each_get_their_own_chunks(
         await first.aclose()
         await second.aclose()
     assert upstream.calls == 1
+
+
+async def test_choices_numbered_in_part_are_never_stored(upstream: ScriptedUpstream) -> None:
+    # Regression: numbered by position where unnumbered, [0 "A", - "B", 1 "C"] had two
+    # choices 1: stored, and replayed as {0: "A", 1: "BC"}.
+    answer = completion(3)
+    for choice, text in zip(answer["choices"], "ABC", strict=True):
+        choice["message"] = {"role": "assistant", "content": text}
+    del answer["choices"][1]["index"]
+    answer["choices"][2]["index"] = 1
+    upstream.plain = answer
+    async with open_client(upstream) as client:
+        for _ in range(2):
+            assert (await client.complete(**ask(n=2))).cache is CacheStatus.MISS
+    assert upstream.calls == 2
+
+
+async def test_a_stream_cut_at_the_end_of_its_grace_is_joined_by_no_one(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: cut without being forgotten, a stream whose grace ran out could still
+    # be joined by a complete() of the same request, which got its CancelledError.
+    graces = held_graces(monkeypatch)
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    upstream.before_done = asyncio.Event()
+    async with open_client(upstream) as client:
+        await read_to_the_usage_then_cancel(client)
+        graces[0]()  # the grace runs out with nobody reading: cut
+        upstream.before_done.set()
+        assert (await client.complete(**ask())).content == "The whole answer."  # its own call
+    assert upstream.calls == 2

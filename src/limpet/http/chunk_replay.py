@@ -9,7 +9,7 @@ from itertools import zip_longest
 from typing import Any
 
 from limpet.cache.base import stored_chunks
-from limpet.http.chunks import REPLACED_FIELDS
+from limpet.http.chunks import REPLACED_FIELDS, choice_indexes
 from limpet.models import json_copy
 
 #: Characters of content per synthesized chunk when replaying a never-streamed answer.
@@ -43,9 +43,12 @@ def _synthesize(body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     as in a live ``n > 1`` stream; a usage-only chunk (``choices: []``) ends it."""
     envelope = {k: v for k, v in body.items() if k not in ("choices", "usage")}
     envelope["object"] = "chat.completion.chunk"
+    choices = body.get("choices") or []
+    # By position only where no choice is numbered; such an answer in part is never
+    # stored (``every_choice_finished``), so read as numbered then.
+    indexes = choice_indexes(choices) or [c.get("index", 0) for c in choices]
     per_choice = [
-        _choice_chunks(choice, position)
-        for position, choice in enumerate(body.get("choices") or ())
+        _choice_chunks(choice, index) for index, choice in zip(indexes, choices, strict=True)
     ]
     for round_ in zip_longest(*per_choice):
         for choice in round_:
@@ -55,8 +58,7 @@ def _synthesize(body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield {**envelope, "choices": [], "usage": body["usage"]}
 
 
-def _choice_chunks(choice: Mapping[str, Any], position: int) -> Iterator[dict[str, Any]]:
-    index = choice.get("index", position)  # a server that numbers none: by position
+def _choice_chunks(choice: Mapping[str, Any], index: int) -> Iterator[dict[str, Any]]:
     message: Mapping[str, Any] = choice.get("message") or {}
     logprobs = choice.get("logprobs")
     tokens = (

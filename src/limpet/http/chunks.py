@@ -126,12 +126,23 @@ def every_choice_finished(answer: Mapping[str, Any], asked: int) -> bool:
     choices = answer.get("choices")
     if type(choices) is not list:
         return False
-    held = set()
-    for position, choice in enumerate(choices):
-        if type(choice) is not dict or not choice.get("finish_reason"):
-            return False
-        held.add(choice.get("index", position))  # a server that numbers none: by position
-    return all(index in held for index in range(asked))
+    indexes = choice_indexes(choices)
+    if indexes is None or len(set(indexes)) != len(indexes):
+        return False  # numbered in part, or twice: which choice is which is unknown
+    if not all(type(choice) is dict and choice.get("finish_reason") for choice in choices):
+        return False
+    return all(index in indexes for index in range(asked))
+
+
+def choice_indexes(choices: list[Any]) -> list[Any] | None:
+    """Each choice's ``index``: as numbered, or by position when none is numbered (a
+    server that numbers none); None when only some are (no way to tell them apart)."""
+    numbered = [type(c) is dict and "index" in c for c in choices]
+    if all(numbered):
+        return [choice["index"] for choice in choices]
+    if not any(numbered):
+        return list(range(len(choices)))
+    return None
 
 
 def finished_choices(chunk: Mapping[str, Any], asked: int) -> set[int]:

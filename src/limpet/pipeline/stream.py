@@ -76,10 +76,11 @@ class CompletionStream:
         if self._chunks is None:
             self._chunks = self._open(self)
         reader = self._reader = asyncio.current_task()
+        entered = 0 if reader is None else reader.cancelling()
         try:
             return StreamChunk(await self._chunks.__anext__())
         except asyncio.CancelledError:
-            if self._closing is None or reader is None or reader.uncancel():
+            if self._closing is None or reader is None or reader.uncancel() > entered:
                 raise  # cancelled by someone else (too): the reader's own to handle
             raise StopAsyncIteration from None  # stopped by aclose() in another task
         finally:

@@ -206,7 +206,8 @@ class StreamFlights:
             APIError: the stream failed.
         """
         flight = self._flights.get(key)
-        if flight is None or flight.task.done():  # one that ended is about to be forgotten
+        # One that ended is about to be forgotten, one being cut is no answer.
+        if flight is None or flight.task.done() or flight.task.cancelling():
             return None
         return self._answer(key, flight)
 
@@ -281,19 +282,19 @@ class StreamFlights:
         if flight.task.done():
             return
         if tail:
-            stop = asyncio.get_running_loop().call_later(TAIL_GRACE, self._cut_tail, flight)
+            stop = asyncio.get_running_loop().call_later(TAIL_GRACE, self._cut_tail, key, flight)
             flight.task.add_done_callback(lambda _: stop.cancel())
             return
         if key is not None:
             self._land(key, flight)
         flight.task.cancel()
 
-    @staticmethod
-    def _cut_tail(flight: _StreamFlight) -> None:
-        """A stream let end (``_drop``'s ``tail``) that has not in ``TAIL_GRACE``: cut,
-        unless a reader joined it meanwhile (it is theirs then, dropped when they go)."""
+    def _cut_tail(self, key: str | None, flight: _StreamFlight) -> None:
+        """A stream let end (``_drop``'s ``tail``) that has not in ``TAIL_GRACE``: cut
+        (forgotten first, as ``_drop`` does), unless a reader joined it meanwhile (it is
+        theirs then, dropped when they go)."""
         if not flight.readers:
-            flight.task.cancel()
+            self._drop(key, flight)
 
     async def aclose(self) -> None:
         """Stop every upstream stream still running: its readers get
