@@ -550,3 +550,17 @@ async def test_a_stream_cut_at_the_end_of_its_grace_is_joined_by_no_one(
         upstream.before_done.set()
         assert (await client.complete(**ask())).content == "The whole answer."  # its own call
     assert upstream.calls == 2
+
+
+async def test_a_large_body_orjson_refuses_still_fails_as_not_json(
+    upstream: ScriptedUpstream,
+) -> None:
+    # Read the standard library's way, an 18 MB answer blocked the loop for 0.4 s, only
+    # to fail; past a bound it fails at once, as before.
+    answer = completion(1)
+    answer["choices"][0]["message"]["content"] = "x" * (300 * 1024)
+    answer["choices"][0]["logprobs"] = {"content": [{"token": "x", "logprob": math.nan}]}
+    upstream.plain = answer
+    async with open_client(upstream) as client:
+        with pytest.raises(APIResponseError, match="not JSON"):
+            await client.complete(**ask())
