@@ -22,6 +22,15 @@ def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> d
     return {**ENVELOPE, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
 
 
+def raw_event(delta: bytes, finish: str | None = None) -> bytes:
+    """The SSE event of a chunk of one choice whose ``delta`` is the JSON given, as is
+    (escapes orjson never writes: a lone surrogate)."""
+    reason = b"null" if finish is None else b'"%s"' % finish.encode()
+    envelope = orjson.dumps(ENVELOPE)[1:-1]
+    choice = b'{"index":0,"delta":%s,"finish_reason":%s}' % (delta, reason)
+    return b'data: {%s,"choices":[%s]}\n\n' % (envelope, choice)
+
+
 def usage_chunk() -> dict[str, Any]:
     """The usage-only last chunk of a stream that asked for usage."""
     usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}

@@ -22,7 +22,7 @@ from limpet import Client
 from limpet.serve import ServeConfig, create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
-from tests.integration.scripted import scripted_upstream, usage_chunk
+from tests.integration.scripted import raw_event, scripted_upstream, usage_chunk
 from tests.loopback import served
 from tests.openai_shapes import assert_chunks
 
@@ -463,13 +463,10 @@ async def test_a_body_sent_as_it_is_is_read(proxy: str, encoding: str) -> None:
 async def test_a_split_surrogate_pair_reaches_the_openai_sdk_through_the_proxy() -> None:
     # A chunk holding a lone surrogate (a pair split across two chunks) is relayed as the
     # upstream wrote it: orjson cannot write it back, and the relay failed mid-stream.
-    envelope = b'"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m"'
     async with scripted_upstream() as upstream:
         upstream.script = [
-            b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":'
-            b'"\\ud83d"},"finish_reason":null}]}\n\n' % envelope,
-            b'data: {%s,"choices":[{"index":0,"delta":{"content":"\\ude00"},'
-            b'"finish_reason":"stop"}]}\n\n' % envelope,
+            raw_event(b'{"role":"assistant","content":"\\ud83d"}'),
+            raw_event(b'{"content":"\\ude00"}', "stop"),
             usage_chunk(),
         ]
         config = ServeConfig(upstreams=(upstream.url,))

@@ -4,6 +4,7 @@ loopback: what is served later (replayed, assembled) is what the live stream was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -30,6 +31,7 @@ from tests.integration.scripted import (
     ScriptedUpstream,
     chunk,
     completion,
+    raw_event,
     scripted_upstream,
     usage_chunk,
 )
@@ -318,6 +320,19 @@ def held_graces(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[], object]]:
     return graces
 
 
+@contextlib.asynccontextmanager
+async def left_in_its_tail(
+    upstream: ScriptedUpstream,
+) -> AsyncIterator[tuple[Client, asyncio.Event]]:
+    """A Client whose only reader of a stream left it, cancelled, with every choice
+    finished and the usage in: only ``[DONE]`` to come, once the event is set."""
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    done = upstream.before_done = asyncio.Event()
+    async with open_client(upstream) as client:
+        await read_to_the_usage_then_cancel(client)
+        yield client, done
+
+
 async def read_to_the_usage_then_cancel(client: Client) -> None:
     """A reader of ``ask()``'s stream, cancelled once it has the usage chunk: with every
     choice finished, only ``[DONE]`` is left to come."""
@@ -342,11 +357,8 @@ async def test_a_stream_whose_reader_left_with_all_of_the_answer_is_kept_and_pai
     # Regression: cancelled after the usage chunk, with only [DONE] to come, the reader
     # took the upstream stream down with it: neither stored nor accounted, and the next
     # identical call paid for it again.
-    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
-    upstream.before_done = asyncio.Event()
-    async with open_client(upstream) as client:
-        await read_to_the_usage_then_cancel(client)
-        upstream.before_done.set()
+    async with left_in_its_tail(upstream) as (client, done):
+        done.set()
         # Joins the stream as it ends (taking the claim its leader left: a miss) or
         # reads its entry; either way, no second upstream call.
         assert (await client.complete(**ask())).content == "Hi"
@@ -362,15 +374,12 @@ async def test_a_stream_let_end_is_not_cut_under_a_reader_that_joined_it(
     # in ran out under a newcomer that had joined it: CancelledError for a caller nobody
     # cancelled, and the answer paid for was not stored.
     graces = held_graces(monkeypatch)
-    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
-    upstream.before_done = asyncio.Event()
-    async with open_client(upstream) as client:
-        await read_to_the_usage_then_cancel(client)
+    async with left_in_its_tail(upstream) as (client, done):
         async with client.stream(**ask()) as newcomer:
             chunks = [await anext(newcomer)]  # joined the stream let end
             assert len(graces) == 1
             graces[0]()  # the grace runs out while it reads
-            upstream.before_done.set()
+            done.set()
             chunks += [piece async for piece in newcomer]
         assert newcomer.completion is not None and newcomer.completion.content == "Hi"
     assert upstream.calls == 1
@@ -484,12 +493,9 @@ async def test_a_surrogate_pair_split_across_two_chunks_is_served_never_stored(
 ) -> None:
     # Regression: each chunk alone holds a lone surrogate, which orjson refuses: the
     # stream failed ("a stream chunk is not a JSON object").
-    envelope = b'"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m"'
     upstream.script = [
-        b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":"\\ud83d"},'
-        b'"finish_reason":null}]}\n\n' % envelope,
-        b'data: {%s,"choices":[{"index":0,"delta":{"content":"\\ude00"},'
-        b'"finish_reason":"stop"}]}\n\n' % envelope,
+        raw_event(b'{"role":"assistant","content":"\\ud83d"}'),
+        raw_event(b'{"content":"\\ude00"}', "stop"),
         usage_chunk(),
     ]
     async with open_client(upstream) as client:
@@ -502,10 +508,8 @@ async def test_a_surrogate_pair_split_across_two_chunks_is_served_never_stored(
 async def test_readers_of_a_loose_stream_each_get_their_own_chunks(
     upstream: ScriptedUpstream,
 ) -> None:
-    envelope = b'"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m"'
     upstream.script = [
-        b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":"\\ud83d"},'
-        b'"finish_reason":"stop"}]}\n\n' % envelope,
+        raw_event(b'{"role":"assistant","content":"\\ud83d"}', "stop"),
         usage_chunk(),
     ]
     upstream.before_done = asyncio.Event()
@@ -542,12 +546,9 @@ async def test_a_stream_cut_at_the_end_of_its_grace_is_joined_by_no_one(
     # Regression: cut without being forgotten, a stream whose grace ran out could still
     # be joined by a complete() of the same request, which got its CancelledError.
     graces = held_graces(monkeypatch)
-    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
-    upstream.before_done = asyncio.Event()
-    async with open_client(upstream) as client:
-        await read_to_the_usage_then_cancel(client)
+    async with left_in_its_tail(upstream) as (client, done):
         graces[0]()  # the grace runs out with nobody reading: cut
-        upstream.before_done.set()
+        done.set()
         assert (await client.complete(**ask())).content == "The whole answer."  # its own call
     assert upstream.calls == 2
 
