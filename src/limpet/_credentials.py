@@ -187,6 +187,10 @@ def query_credentials(url: str) -> list[str]:
     ]
 
 
+# The ports a URL without one is sent to: one written out is the same place.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def url_scope(url: str) -> str:
     """Where ``url`` sends a request, as every spelling of it has it: scheme and host in
     lower case, a default port dropped, the path without trailing slashes, the query's
@@ -207,9 +211,6 @@ def url_scope(url: str) -> str:
         for name, value in _query_pairs(url)
     )
     return f"{scheme}://{host}{parts.path.rstrip('/')}" + (f"?{query}" if query else "")
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _query_pairs(url: str) -> list[tuple[str, str]]:
