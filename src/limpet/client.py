@@ -557,7 +557,10 @@ class Client:
 
         New calls raise ``ClientClosedError`` at once. Running calls (and open streams)
         get ``close_grace`` seconds to finish; those still running are then stopped and
-        raise ``ClientClosedError``. Then pending cache writes land, flight leases are
+        raise ``ClientClosedError``. Upstream requests that callers left running (an
+        embedding request its caller's ``timeout`` gave up on, a stream let end after
+        its reader left) get what is left of the grace: paid for, their answers are
+        stored. Then pending cache writes land, flight leases are
         released, and the cache and the HTTP session close. When it returns, nothing of
         the Client runs. Idempotent; concurrent calls all wait for the one closing.
         """
@@ -584,11 +587,15 @@ class Client:
 
     async def _stop_calls(self) -> None:
         """Wait up to ``close_grace`` for running calls, then stop the rest and wait
-        until they have unwound (released leases, landed or dropped their writes)."""
+        until they have unwound (released leases, landed or dropped their writes); what
+        they left running upstream gets the rest of the grace."""
+        clock = asyncio.get_running_loop().time
+        grace_ends = clock() + self._close_grace
         await self._calls.stop(self._close_grace)
         # The callers first: leaving, they cancel the shared calls no one else waits for.
         if not await self._calls.unwound(_UNWIND_TIMEOUT):
             logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)
+        await self._pipelines.settle(grace_ends - clock())
         # Then what is left (a stream held open but not read), and wait for it all to stop.
         await self._pipelines.aclose()
 

@@ -616,6 +616,31 @@ async def test_closing_stops_an_embedding_call_waiting_on_upstream(gateway: Fake
 
 
 @pytest.mark.redis
+async def test_aclose_lets_a_request_its_caller_gave_up_on_land_and_be_stored(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    """A caller whose ``timeout`` passed leaves its request running (paid for, its answer
+    is worth storing): closing the Client right after gives it the rest of the grace, so
+    the next process's call is a hit, not paid again."""
+
+    def client() -> Client:
+        return make_client(gateway, cache=RedisCache.from_url(redis_url, prefix=redis_prefix))
+
+    gateway.endpoint("a").hold_answers()
+    first = client()
+    with pytest.raises(APITimeoutError):
+        await first.embed(model=MODEL, input=["a"], timeout=0.05)
+    closing = asyncio.ensure_future(first.aclose())
+    gateway.endpoint("a").release_answers()
+    await closing
+    async with client() as second:
+        again = await second.embed(model=MODEL, input=["a"])
+    assert (again.hits, again.misses) == (1, 0)
+    assert again.vectors == [fake_vector(MODEL, "a")]
+    assert len(gateway.embeddings.requests) == 1
+
+
+@pytest.mark.redis
 async def test_a_vector_signed_with_another_key_is_a_counted_miss(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:

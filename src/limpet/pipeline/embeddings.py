@@ -255,6 +255,11 @@ class Embedder:
             return await asyncio.shield(sending)
         return await sending
 
+    @property
+    def running(self) -> tuple[asyncio.Future[Sent], ...]:
+        """The requests being sent now, whether or not a caller still awaits them."""
+        return tuple(self._tasks)
+
     async def aclose(self) -> None:
         """Cancel the requests still running and wait until they have unwound."""
         for task in list(self._tasks):

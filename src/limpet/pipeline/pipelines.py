@@ -4,6 +4,7 @@ of running calls."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,18 @@ class Pipelines:
         self.embeds = EmbedCalls(
             embedder=embedder, keying=keying, calls=calls, recorder=recorder, closed=closed
         )
+
+    async def settle(self, seconds: float) -> None:
+        """Give what callers left running upstream up to ``seconds`` to end: an embedding
+        request whose caller's deadline passed, a stream let end after its last reader
+        left. It is paid for, and what it brings is stored (the Client's ``aclose()``,
+        with what is left of its grace)."""
+        running: list[asyncio.Future[Any]] = [
+            *self.embeds.embedder.running,
+            *self.stream_flights.running,
+        ]
+        if running and seconds > 0:
+            await asyncio.wait(running, timeout=seconds)
 
     async def aclose(self) -> None:
         """Stop what the callers left running (a stream held open but not read, shared

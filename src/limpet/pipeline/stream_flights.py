@@ -296,6 +296,11 @@ class StreamFlights:
         if not flight.readers:
             self._drop(key, flight)
 
+    @property
+    def running(self) -> tuple[asyncio.Task[None], ...]:
+        """The upstream streams running now, read or not."""
+        return tuple(flight.task for flight in self._running)
+
     async def aclose(self) -> None:
         """Stop every upstream stream still running: its readers get
         ``ClientClosedError``; returns once the streams have let go (the Client's

@@ -110,6 +110,7 @@ class FakeEmbeddings:
             return error_response(400, "Request body is not an object")
         self.requests.append(body)
         self._wake()
+        await endpoint.answer_gate()
         problem = self._problem(body)
         if problem is not None:
             return error_response(400, problem)

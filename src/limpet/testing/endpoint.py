@@ -162,7 +162,8 @@ class FakeEndpoint:
         self._stream_gate.set()
 
     def hold_answers(self) -> None:
-        """Hold every chat request, once counted in ``calls``, until ``release_answers()``:
+        """Hold every chat request, once counted in ``calls``, and every embedding
+        request, once in ``FakeEmbeddings.requests``, until ``release_answers()``:
         a test can act while a request is known to be upstream (say, let another process
         start following it) however fast the answer would be."""
         self._answer_gate.clear()
