@@ -92,6 +92,10 @@ def test_the_bounds_and_what_passes() -> None:
         check_number("x", 0, integer=True)
     with pytest.raises(ConfigurationError, match=r"^Endpoint.rpm: expected an int >= 1 or None"):
         Endpoint("a", "http://x", rpm=0)
+    budget = r"^Endpoint.embedding_batch_tokens: expected an int >= 1 or None, got 0\.5"
+    with pytest.raises(ConfigurationError, match=budget):
+        Endpoint("a", "http://x", embedding_batch_tokens=0.5)  # type: ignore[arg-type]
+    assert Endpoint("a", "http://x", embedding_batch_tokens=None).embedding_batch_tokens is None
 
 
 @pytest.mark.parametrize(

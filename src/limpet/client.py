@@ -407,8 +407,9 @@ class Client:
 
         Only inputs no tier holds go upstream, each once: duplicates within the call and
         inputs another call is already sending are not sent again; the rest are sent in
-        requests of at most ``Endpoint.embedding_batch_size`` inputs (the least of the
-        endpoints', as a request may fail over to any), concurrently.
+        requests of at most ``Endpoint.embedding_batch_size`` inputs and about
+        ``embedding_batch_tokens`` tokens (the least of the endpoints', as a request may
+        fail over to any), concurrently.
 
         Args:
             model: e.g. ``"openai/text-embedding-3-small"`` (required).

@@ -82,6 +82,11 @@ class Endpoint:
         embedding_batch_size: at most this many inputs per ``/embeddings`` request;
             ``embed()`` splits larger sets of misses into concurrent requests, each
             sized for every endpoint it may fail over to (the least of their sizes).
+        embedding_batch_tokens: at most about this many tokens per ``/embeddings``
+            request (estimated at 4 bytes of UTF-8 a token), so that a batch of long
+            inputs stays under a provider's limit per request (OpenAI's: 300,000 tokens)
+            rather than being refused whole; an input over it goes alone. None: no
+            budget. The least of the endpoints' applies, as for the size.
         max_in_flight: the most requests limpet sends here at once; callers beyond it
             wait their turn, first come first served (see ``AdmissionConfig``). None: no
             fixed cap, only the limit limpet learns from the endpoint's 429s.
@@ -104,6 +109,7 @@ class Endpoint:
     weight: float = 1.0
     gateway: Gateway | None = None
     embedding_batch_size: int = 512
+    embedding_batch_tokens: int | None = 200_000
     max_in_flight: int | None = None
     rpm: int | None = None
     tpm: int | None = None
@@ -144,6 +150,12 @@ class Endpoint:
         if self.extra_body is not None:
             object.__setattr__(self, "extra_body", MappingProxyType(_owned(self.extra_body)))
         check_number("Endpoint.embedding_batch_size", self.embedding_batch_size, integer=True)
+        check_number(
+            "Endpoint.embedding_batch_tokens",
+            self.embedding_batch_tokens,
+            integer=True,
+            optional=True,
+        )
 
     def __repr__(self) -> str:
         parts = [f"name={self.name!r}", f"base_url={redact_url(self.base_url)!r}"]

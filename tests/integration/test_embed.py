@@ -34,6 +34,7 @@ from limpet.flight.embeddings import fetch_shared
 from limpet.flight.shared import RedisFlight
 from limpet.observe.events import CallEvent
 from limpet.pipeline.policy import CacheMode
+from limpet.pipeline.vectors import estimate_tokens
 from limpet.testing import FakeGateway
 from limpet.testing.embeddings import fake_vector
 from tests.integration.held_slot import held_slot
@@ -281,6 +282,46 @@ async def test_vectors_of_other_dimensions_than_asked_are_an_error_never_stored(
         e = await client.embed(model=MODEL, input=["a", "b"], dimensions=8)
     assert e.misses == 2 and e.vectors[0] == fake_vector(MODEL, "a", 8)
     assert gateway.embeddings.calls == 3  # nothing of the wrong answers was stored
+
+
+async def test_dimensions_an_endpoint_sends_are_checked_as_a_calls_are(
+    gateway: FakeGateway,
+) -> None:
+    """``dimensions`` in an endpoint's ``extra_body`` is sent with every request and
+    keyed: an answer of another length is refused, never cached as that length."""
+    gateway.embeddings.supports_dimensions = False  # the model ignores `dimensions`
+    endpoint = Endpoint("a", gateway.base_url("a"), extra_body={"dimensions": 8})
+    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
+        with pytest.raises(EmbeddingBatchError, match=r"16 components, expected 8"):
+            await client.embed(model=MODEL, input=["a"])
+        gateway.embeddings.supports_dimensions = True
+        e = await client.embed(model=MODEL, input=["a"])
+    assert e.misses == 1 and e.vectors == [fake_vector(MODEL, "a", 8)]
+
+
+@pytest.mark.gateway(endpoints=("a", "b"))
+async def test_requests_are_sized_by_an_estimated_token_budget(gateway: FakeGateway) -> None:
+    """Long inputs go in requests of about ``embedding_batch_tokens`` at most (the least of
+    the endpoints'), as well as of ``embedding_batch_size`` inputs: a provider refuses a
+    request over its token limit whole (OpenAI: 300,000)."""
+    long = [f"{i} " + "word " * 480 for i in range(600)]  # ~600 tokens each, estimated
+    endpoints = [
+        Endpoint("a", gateway.base_url("a"), embedding_batch_tokens=300_000),
+        Endpoint("b", gateway.base_url("b")),  # the default budget: 200,000
+    ]
+    async with Client(endpoints=endpoints, retry=FAST_RETRY) as client:
+        e = await client.embed(model=MODEL, input=long)
+    assert e.misses == 600
+    sizes = sorted(len(body["input"]) for body in gateway.embeddings.requests)
+    assert sum(sizes) == 600 and len(sizes) == 2
+    for body in gateway.embeddings.requests:
+        assert sum(estimate_tokens(text) for text in body["input"]) <= 200_000
+    # No budget: the size alone.
+    gateway.embeddings.reset()
+    unbounded = Endpoint("a", gateway.base_url("a"), embedding_batch_tokens=None)
+    async with Client(endpoints=[unbounded], retry=FAST_RETRY) as client:
+        await client.embed(model=MODEL, input=long, cache="bypass")
+    assert sorted(len(body["input"]) for body in gateway.embeddings.requests) == [88, 512]
 
 
 async def test_a_waiter_is_not_failed_by_another_calls_refused_request(

@@ -8,7 +8,7 @@ batch with 90 of 100 inputs cached sends the 10 others, and nothing else:
   (per-input single-flight: a table of futures, one per input in flight), unless either
   call passes ``cache="bypass"`` or ``"refresh"``: such a call sends its own;
 - the inputs this call sends are packed into requests of at most the endpoint's
-  ``embedding_batch_size`` (and, optionally, a token budget), sent concurrently, and
+  ``embedding_batch_size`` and about ``embedding_batch_tokens``, sent concurrently, and
   merged back by each response item's ``index``, checked to come back exactly once;
 - the sending runs as a task of its own, so a caller that gives up never fails the
   callers waiting on the same inputs; what came back is stored whoever still waits.
@@ -51,6 +51,7 @@ from limpet.pipeline.upstream import first_answer
 from limpet.pipeline.vectors import (
     DEFAULT_MAX_INPUTS,
     VectorCodec,
+    dimensions_sent,
     encoded_inputs,
     estimate_tokens,
     item_prefix,
@@ -71,13 +72,13 @@ class Embedder:
         cache: the Client's tiers, or None.
         transport: sends ``/embeddings`` requests.
         endpoints: tried in order for each request; a request is sized for every one
-            of them (the least ``embedding_batch_size``), as any may be sent it.
+            of them (the least ``embedding_batch_size`` and ``embedding_batch_tokens``),
+            as any may be sent it.
         stats: counts embedded inputs (``embedding_hits`` ...) apart from completions.
         accounting: prices each request's answer, and tells what it cost as it comes
             (whether or not its caller is still there).
         coalesce: await inputs another call is sending rather than sending them again.
         shared: per-input leases across processes (the cache's Redis tier), or None.
-        max_batch_tokens: an estimated token budget per request (None: no budget).
         max_inputs: inputs one call may carry.
     """
 
@@ -92,7 +93,6 @@ class Embedder:
         "_stats",
         "_tasks",
         "_transport",
-        "max_batch_tokens",
         "max_inputs",
     )
 
@@ -106,7 +106,6 @@ class Embedder:
         accounting: Accounting,
         coalesce: bool = True,
         shared: RedisFlight[bytes] | None = None,
-        max_batch_tokens: int | None = None,
         max_inputs: int = DEFAULT_MAX_INPUTS,
     ) -> None:
         self._cache = cache
@@ -117,7 +116,6 @@ class Embedder:
         self._accounting = accounting
         self._coalesce = coalesce
         self._shared = shared
-        self.max_batch_tokens = max_batch_tokens
         self.max_inputs = max_inputs
         # One future per input being sent by some call of this process: bounded by the
         # inputs in flight, each removed when its request ends.
@@ -358,10 +356,16 @@ class Embedder:
     ) -> dict[str, bytes | BaseException]:
         """``items`` in requests of at most the batch size, concurrently; what came back
         (each key's vector or its request's error) is added to ``sent`` and returned."""
-        budget = self.max_batch_tokens
-        sizes = [estimate_tokens(text) if budget else 0 for _, text in items]
         # Any endpoint may be sent a request when those before it fail: it must fit all.
-        size = min(endpoint.embedding_batch_size for endpoint in self._endpoints)
+        endpoints = self._endpoints
+        size = min(endpoint.embedding_batch_size for endpoint in endpoints)
+        budget = min(
+            (e.embedding_batch_tokens for e in endpoints if e.embedding_batch_tokens is not None),
+            default=None,
+        )
+        sizes = (
+            [estimate_tokens(text) for _, text in items] if budget is not None else [0] * len(items)
+        )
         batches = plan_batches(sizes, size, budget)
         answers = await asyncio.gather(
             *(self._request(request, items[b.start : b.stop], call, sent) for b in batches),
@@ -461,7 +465,8 @@ class Embedder:
             usage = parse_usage(answer.get("usage"))
             cost = await self._accounting.embedding(request.model, answer, usage)
             try:
-                vectors = merge_by_index(answer["data"], len(items), dimensions)
+                asked = dimensions_sent(dimensions, endpoint.extra_body)
+                vectors = merge_by_index(answer["data"], len(items), asked)
             except ValueError as exc:
                 add_spend(sent, usage, cost)
                 raise malformed_answer(

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_MAX_INPUTS",
     "VECTOR_FORMAT",
     "VectorCodec",
+    "dimensions_sent",
     "embedding_params",
     "encoded_inputs",
     "estimate_tokens",
@@ -150,6 +151,17 @@ def _check_lengths(vectors: list[bytes], dimensions: object) -> None:
                 f"vector {index} has {components} components, expected {size // _FLOAT32} "
                 f"({source})"
             )
+
+
+def dimensions_sent(dimensions: int | None, extra_body: Mapping[str, Any] | None) -> int | None:
+    """The vectors' length a request asks an endpoint for: the call's ``dimensions``, else
+    the one the endpoint's ``extra_body`` sends with every request (the call's wins, as
+    on the wire), when it is an int; None when neither asks."""
+    if dimensions is None and extra_body is not None:
+        sent = extra_body.get("dimensions")
+        if type(sent) is int:
+            return sent
+    return dimensions
 
 
 def plan_batches(
