@@ -113,7 +113,10 @@ class FlightConfig:
     Args:
         lease: seconds a leader's lease lasts without renewal; it is renewed every third
             of that while the upstream call runs, and a dead leader's followers take over
-            within about ``lease + poll`` (as they do from a lease nobody renews).
+            within about ``lease + poll`` (as they do from a lease nobody renews). A
+            follower rides out a store that fails its looks for up to a lease (a stall
+            of a moment is no reason to pay again for the leader's answer), then calls
+            upstream itself.
         poll: seconds between a follower's checks when no completion notice arrives.
         follow_timeout: seconds a follower waits for another process before calling
             upstream itself (correctness over savings).

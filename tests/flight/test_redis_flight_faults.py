@@ -371,3 +371,40 @@ async def test_a_lead_that_raises_a_cache_fault_is_not_run_again(
             await flight.do(KEY, lead, Reader(cache))
         assert calls == 1  # not called again as if the lease had failed
         assert await raw.exists(cache.lock_key(KEY)) == 0  # and the lease was released
+
+
+async def test_a_follower_rides_out_a_stall_of_the_store_without_going_upstream(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A look the store fails while a follower waits (a stall of a moment: a failover, a
+    slow disk) is no news: the follower keeps following the leader's healthy lease. It
+    used to go upstream at once, without a lease, paying again for what the leader was
+    about to store, and with it every follower process of the key."""
+    config = FlightConfig(lease=30.0, poll=0.05, follow_timeout=60.0)
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as leading,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as following,
+    ):
+        leader, follower = (
+            RedisFlight[str](leading.flight_store, config),
+            RedisFlight[str](following.flight_store, config),
+        )
+        upstream = Upstream(leading, "the real answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(following, "the follower's own call")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.reads[1].wait()  # watching, looking for the entry
+        proxy.stall()
+        # Two looks failed (each past its timeout) when a third begins.
+        looked = asyncio.ensure_future(reader.reads[3].wait())
+        await asyncio.wait({looked, followed}, return_when=asyncio.FIRST_COMPLETED)
+        assert not followed.done() and mine.calls == 0
+        proxy.resume()
+        upstream.go.set()
+        assert await led == ("the real answer", True)
+        assert await followed == ("the real answer", False)
+    assert mine.calls == 0 and upstream.calls == 1

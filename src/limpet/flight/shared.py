@@ -357,26 +357,39 @@ class RedisFlight(Generic[R]):
         lease = self.config.lease
         seen: str | None = None
         seen_at = 0.0
+        failing_since: float | None = None  # since when the store fails every look
         try:
             waited = False
             while True:
-                found = await read()
-                if found is not None:
-                    return found, False
-                if waited:
+                try:
+                    found = await read()
+                    if found is not None:
+                        return found, False
                     # No entry: is anyone still working on it?
-                    self.lease_checks += 1
-                    holder = await self.store.holder(key)
-                    if holder is None:
-                        # The leader is gone: its notice may already be there (a polled
-                        # store's, or a message not yet read), with a verified error.
-                        _heed(await _pending_notice(watch, _LAST_LOOK), since)
-                        return await read(), False  # one last look, then try to lead
+                    holder = await self._holder(key) if waited else None
+                except CacheUnavailableError:
+                    # A look the store failed is no news: a stall of a moment would
+                    # otherwise send every follower upstream, paying again for what the
+                    # leader is about to store. Given up on (no lease, as an unreachable
+                    # store is) once the store has failed for a whole lease.
                     now = time.monotonic()
-                    if holder != seen:
-                        seen, seen_at = holder, now  # taken or renewed: a live leader
-                    elif now - seen_at >= lease and await self._take_over(key, holder, token):
-                        return None, True  # neither renewed nor released for a lease
+                    if failing_since is None:
+                        failing_since = now
+                    elif now - failing_since >= lease:
+                        raise
+                else:
+                    failing_since = None
+                    if waited:
+                        if holder is None:
+                            # The leader is gone: its notice may already be there (a
+                            # polled store's, or a message not yet read), verified.
+                            _heed(await _pending_notice(watch, _LAST_LOOK), since)
+                            return await read(), False  # one last look, then try to lead
+                        now = time.monotonic()
+                        if holder != seen:
+                            seen, seen_at = holder, now  # taken or renewed: a live leader
+                        elif now - seen_at >= lease and await self._take_over(key, holder, token):
+                            return None, True  # neither renewed nor released for a lease
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None, False
@@ -385,6 +398,11 @@ class RedisFlight(Generic[R]):
                 # Anything else, verified or not, is only a reason to look again.
         finally:
             watch.close()
+
+    async def _holder(self, key: str) -> str | None:
+        """Who holds ``key``'s lease now (its token), or None when nobody does."""
+        self.lease_checks += 1
+        return await self.store.holder(key)
 
     async def _lead(
         self,
