@@ -17,7 +17,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from limpet import CacheStatus, Client, Completion, CompletionStream, Endpoint, RetryConfig
+from limpet import (
+    CacheStatus,
+    Client,
+    Completion,
+    CompletionStream,
+    Endpoint,
+    PriceTable,
+    RetryConfig,
+)
 from limpet.errors import APITimeoutError
 from limpet.observe.events import CallEvent
 from limpet.testing import FakeGateway
@@ -146,3 +154,42 @@ async def test_a_stream_its_starter_closed_is_the_other_readers_own(
     assert answer is not None and first.completion is None
     assert client.stats.cancelled == 1
     paid_once(client, events, answer)
+
+
+async def test_a_stream_the_upstream_sent_whole_is_stored_when_its_reader_leaves(
+    gateway: FakeGateway,
+) -> None:
+    """Its one reader left (a proxy's caller hung up: the relay lags behind the upstream)
+    after the upstream had sent the whole stream, while it was priced (the first call
+    fetches the gateway's listing): paid for, it is stored, not cut and paid again."""
+    listed, fetching = asyncio.Event(), asyncio.Event()
+
+    async def listing() -> object:
+        fetching.set()
+        await listed.wait()
+        return {"data": []}
+
+    upstream = gateway.endpoint("a")
+    upstream.pause_stream(after_chunks=2)
+    endpoint = Endpoint("a", gateway.base_url("a"))
+    async with Client(endpoints=[endpoint], prices=PriceTable(listing)) as client:
+        flights = client._chat.streams
+        assert flights is not None
+        stream = client.stream(**ask("sent whole"))
+        await stream.__aenter__()
+        await anext(stream)  # one chunk read; the rest comes while nobody reads
+        upstream.resume_stream()
+
+        async def sent_whole() -> bool:
+            return fetching.is_set() and all(
+                flight.exchange is not None and flight.exchange.received
+                for flight in flights._flights.values()
+            )
+
+        await eventually(sent_whole, what="the stream sent whole, being priced")
+        await stream.aclose()
+        listed.set()
+        await asyncio.wait(flights.running)
+        again = await client.complete(**ask("sent whole"))
+    assert again.cache is CacheStatus.HIT
+    assert upstream.calls == 1

@@ -54,7 +54,7 @@ class StreamExchange:
     never be stored.
     """
 
-    __slots__ = ("_assembler", "_broadcast", "_choices", "_transport", "loose")
+    __slots__ = ("_assembler", "_broadcast", "_choices", "_transport", "loose", "received")
 
     def __init__(
         self,
@@ -68,6 +68,8 @@ class StreamExchange:
         self._choices = 1
         #: Whether a chunk was a ``LooseJSON``: then the answer is served, never stored.
         self.loose = False
+        #: Whether the upstream stream was read to its end: all of it is in, paid for.
+        self.received = False
 
     @property
     def committed(self) -> bool:
@@ -103,6 +105,7 @@ class StreamExchange:
                     chunk = dict(chunk)
                 assembler.add(chunk)
                 broadcast.push(chunk)
+            self.received = True
         finally:
             await chunks.aclose()
         if not assembler.choices:

@@ -278,8 +278,11 @@ class StreamFlights:
         starts afresh rather than joining a dying one. One whose answer is all in but
         its end (``tail``: its last reader left, cancelled say, once every choice
         finished or the usage came) gets ``TAIL_GRACE`` to end, joinable still: stored
-        and accounted, as what was paid for, rather than cut for want of a reader."""
-        if flight.task.done():
+        and accounted, as what was paid for, rather than cut for want of a reader. One
+        the upstream has sent whole (its readers lagging behind: a proxy's relay) is
+        left to be accounted and stored."""
+        exchange = flight.exchange
+        if flight.task.done() or (exchange is not None and exchange.received):
             return
         if tail:
             stop = asyncio.get_running_loop().call_later(TAIL_GRACE, self._cut_tail, key, flight)
@@ -384,6 +387,7 @@ class StreamFlights:
         async def lead() -> tuple[CacheEntry, Shared, float]:
             # The raw chunks are kept only for the stored entry's replay.
             exchange = StreamExchange(self._transport, broadcast, StreamAssembler(chunking=store))
+            flight.exchange = exchange
             entry = await self._upstream.call(request, exchange, call)
             # A stream cut short by an early [DONE] reached its readers, and no further.
             flight.whole = exchange.whole
@@ -454,7 +458,16 @@ def _storable(exchange: StreamExchange, entry: CacheEntry) -> bool:
 
 
 class _StreamFlight:
-    __slots__ = ("broadcast", "claimed", "copied", "leader_left", "readers", "task", "whole")
+    __slots__ = (
+        "broadcast",
+        "claimed",
+        "copied",
+        "exchange",
+        "leader_left",
+        "readers",
+        "task",
+        "whole",
+    )
 
     def __init__(self, *, shared: bool, copied: bool) -> None:
         # A flight nobody else can join has one reader: it holds only the unread chunks.
@@ -471,4 +484,5 @@ class _StreamFlight:
         # reader who started the stream left before its end.
         self.claimed = False
         self.leader_left = False
+        self.exchange: StreamExchange | None = None  # the upstream stream, once sent
         self.task: asyncio.Task[None]
