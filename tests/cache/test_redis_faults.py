@@ -515,3 +515,33 @@ async def test_a_reader_that_gives_up_leaves_its_batch_to_the_others(
         assert values == [f"v{i % 10}".encode() for i in range(0, 200, 2)]
         assert all(read.cancelled() for read in reads[1::2])
         assert state(rc) == "closed"
+
+
+async def test_a_redis_some_ms_away_is_not_taken_for_down_at_each_new_connection(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """A 20 ms round trip fits a command's 50 ms budget, but opening a connection (the
+    handshake, then redis-py's setup commands) takes a few round trips more: counted
+    against the command, it cut every command on a new connection short, which closed
+    that connection, so the next connected again; the breaker opened and never closed,
+    and the shared tier was off for good. A connecting call gets an allowance now, the
+    breaker's probe too (but not a call of a failure streak: a slow server is still
+    found at once)."""
+    async with RedisProxy.for_url(redis_url) as proxy:
+        proxy.delay = 0.01  # each way: 20 ms a round trip
+        async with RedisCache(url=proxy.url, prefix=redis_prefix, breaker=breaker) as cache:
+            for _ in range(3):  # the first opens the connection
+                assert await cache.get("k") is None
+            await cache.set("k", b"v", 60)
+            await cache.flush()
+            assert await cache.get("k") == b"v"
+            assert state(cache) == "closed"
+            assert proxy.accepted == 2  # the reads' and a write's: none was cut, none opened again
+            # An outage opens the breaker; its reads were cut, so the probe connects.
+            proxy.stall()
+            while state(cache) == "closed":
+                await unavailable(lambda: cache.get("k"))
+            proxy.resume()
+            clock.advance(COOLDOWN)
+            assert await cache.get("k") == b"v"
+            assert state(cache) == "closed"

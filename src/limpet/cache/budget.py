@@ -29,6 +29,12 @@ nothing meanwhile, so the budget starts once a connection is held. The wait has 
 of its own, 20 budgets of wall time, past which the call ends with ``QueueTimeout``
 (nothing was sent: the server has nothing to answer for).
 
+Nor does opening a connection fit in one command's budget when the server is some
+milliseconds away: the handshake and the client's setup commands are a few round trips
+more. A call that connects (``connecting()``) gets ``CONNECT_BUDGETS`` more budgets, but
+not while the server is failing (a streak: a slow server is found as fast as ever),
+except for the breaker's probe, or a breaker opened by one outage would never close.
+
 One ``Watchdog`` per cache does those checks for every call in flight with one timer,
 re-armed once a step while calls are in flight rather than once per call: arming and
 cancelling a timer for each read cost a hit ~10 us, about as much as the rest of limpet's
@@ -46,10 +52,12 @@ from typing import Any
 from limpet.cache.loop_idle import thread_busy
 
 __all__ = [
+    "CONNECT_BUDGETS",
     "Bounded",
     "QueueTimeout",
     "Queueing",
     "Watchdog",
+    "connecting",
     "connection_held",
     "queueing",
     "server_deadline",
@@ -139,6 +147,25 @@ def connection_held() -> None:
         watchdog.serve(task, now)
 
 
+#: The budgets a call that must first open its connection gets on top of its own: the
+#: handshake and the client's setup commands (HELLO, AUTH, CLIENT SETINFO, SELECT) are
+#: as many round trips again as the command itself.
+CONNECT_BUDGETS = 4
+
+
+def connecting() -> None:
+    """The current task opens a connection before sending its command: each of its
+    budgets gets ``CONNECT_BUDGETS`` more of itself (``Watchdog.connecting``). Else a
+    server some 15 ms away, whose commands fit their budget, would be taken for down at
+    every new connection: the setup spends the budget, the command is cut short, which
+    closes its connection, and the next call connects again (the breaker opens, and
+    never closes)."""
+    task = asyncio.current_task()
+    if task is not None:
+        for watchdog in _watchdogs:
+            watchdog.connecting(task)
+
+
 class Watchdog:
     """Checks the budgets of every call in flight, ``budget / 4`` apart, with one timer.
 
@@ -148,7 +175,9 @@ class Watchdog:
     Args:
         budget: the smallest budget its calls use (a step is a quarter of it).
         failing: whether the server has failed lately (its breaker's streak): then each
-            step counts whole, however busy the loop was.
+            step counts whole, however busy the loop was, and a call that connects gets
+            no allowance for it, so that a slow server is found as fast as ever...
+        probing: ...unless the call is the breaker's probe: whether it is probing now.
 
     Example:
         >>> watchdog = Watchdog(0.05)
@@ -166,13 +195,20 @@ class Watchdog:
         "_handle",
         "_loop",
         "_nested",
+        "_probing",
         "_queued",
         "_step",
     )
 
-    def __init__(self, budget: float, failing: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        budget: float,
+        failing: Callable[[], bool] | None = None,
+        probing: Callable[[], bool] | None = None,
+    ) -> None:
         self._step = budget / _STEPS
         self._failing = failing
+        self._probing = probing
         # The budget of each task in flight, found by its task when the task waits in
         # this process; a task's second one, within its first, is kept apart.
         self._bounds: dict[asyncio.Task[Any], Bounded] = {}
@@ -198,6 +234,15 @@ class Watchdog:
         """``task``'s budgets here wait in this process from ``now``: none is counted."""
         for bound in self._bounds_of(task):
             self._queued.setdefault(bound, now)
+
+    def connecting(self, task: asyncio.Task[Any]) -> None:
+        """``task`` opens a connection: its budgets here get ``CONNECT_BUDGETS`` more of
+        themselves, unless the server is failing and this is no probe."""
+        failing, probing = self._failing, self._probing
+        if failing is not None and failing() and not (probing is not None and probing()):
+            return
+        for bound in self._bounds_of(task):
+            bound.extend(bound.budget * CONNECT_BUDGETS)
 
     def serve(self, task: asyncio.Task[Any] | None, now: float) -> None:
         """``task``'s wait is over at ``now`` (again: a no-op): its budgets here count
@@ -361,6 +406,11 @@ class Bounded:
             return self.budget / _STEPS
         self._expire(QueueTimeout)
         return None
+
+    def extend(self, seconds: float) -> None:
+        """``seconds`` more of the server's time (``connecting()``)."""
+        self._left += seconds
+        self._started += seconds
 
     def restart(self, now: float) -> None:
         """The wait in this process ended at ``now``: the server's time counts from here."""

@@ -200,7 +200,9 @@ class RemoteCache:
         # (in wall time while the breaker has a failure streak: the server is suspect).
         breaker = self.breaker
         self._watchdog = Watchdog(
-            min(self.read_timeout, self.write_timeout), failing=lambda: breaker.failing
+            min(self.read_timeout, self.write_timeout),
+            failing=lambda: breaker.failing,
+            probing=lambda: breaker.state == "half_open",
         )
         self._where = where
         self._closed = False

@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
 from limpet._urls import url_secrets
-from limpet.cache.budget import connection_held, queueing
+from limpet.cache.budget import connecting, connection_held, queueing
 from limpet.cache.redis.writes import RedisClient
 from limpet.cache.remote import RemoteSettings, check_source
 from limpet.errors import CacheUnavailableError, ConfigurationError, scrub
@@ -64,8 +64,11 @@ class QueuedConnectionPool(BlockingConnectionPool):
         return connection
 
     async def ensure_connection(self, connection: AbstractConnection) -> None:
-        """Connect ``connection`` if it is not: counted as server time again."""
+        """Connect ``connection`` if it is not: counted as server time again, with an
+        allowance for the connecting (``connecting()``)."""
         connection_held()
+        if not connection.is_connected:
+            connecting()
         await super().ensure_connection(connection)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from limpet.cache.budget import connecting
+
 __all__ = ["LoneReads", "packed_get"]
 
 
@@ -46,6 +48,8 @@ class LoneReads:
                 a row, Redis's error reply, ...).
         """
         connection = self._connection or await self._connect()
+        if not connection.is_connected:  # closed by a read cut short: connects again
+            connecting()
         try:
             return await _get(connection, key)
         except RedisConnectionError:
@@ -53,6 +57,7 @@ class LoneReads:
                 raise  # closed meanwhile
             # Dead already when taken (a restart): once more, on a fresh connection.
             await connection.disconnect()
+            connecting()
             return await _get(connection, key)
 
     async def _connect(self) -> AbstractConnection:
