@@ -448,6 +448,40 @@ async def test_an_oversized_entry_is_not_shared_and_followers_call_at_once(
         assert await mc.get("k") is None
 
 
+class LostReply(MemcachedCache):
+    """Its next command runs, but its reply is lost (a stall past the command's budget)."""
+
+    lose_next = False
+
+    async def _lost(self, ran: Any) -> Any:
+        result = await ran
+        if self.lose_next:
+            self.lose_next = False
+            raise CacheUnavailableError("memcached set timed out (its reply lost)")
+        return result
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self._lost(super().run(*args, **kwargs))
+
+
+@pytest.mark.memcached
+async def test_an_entry_whose_write_may_have_landed_is_left_to_one_follower(
+    memcached_url: str, memcached_prefix: str
+) -> None:
+    """The entry's write timed out: it may have landed. Not "unshared" (every follower
+    would call upstream at once) but abandoned: one follower takes over, and looks first."""
+    async with LostReply.from_url(memcached_url, prefix=memcached_prefix, **PATIENT) as mc:
+        assert isinstance(mc, LostReply)
+        store = mc.flight_store
+        assert await store.acquire("k", "leader", 5.0)
+        watch = await store.watch("k")
+        mc.lose_next = True  # the entry's write
+        await store.release("k", "leader", FlightNotice(FlightOutcome.STORED), b"entry", 60)
+        notice = await asyncio.wait_for(watch.next(), 5.0)
+        assert notice.outcome is FlightOutcome.ABANDONED
+        assert await mc.get("k") == b"entry"  # it had landed: the follower finds it
+
+
 @pytest.mark.memcached
 async def test_a_closed_cache_is_unavailable(cache: MemcachedCache) -> None:
     await cache.aclose()

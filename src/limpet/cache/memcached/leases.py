@@ -27,7 +27,6 @@ Memcached has no scripts and no pub/sub, so each step is built from its atomic c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import math
@@ -39,7 +38,7 @@ import orjson
 
 from limpet.cache.memcached.keys import RELATIVE_TTL_LIMIT, memcached_expiry
 from limpet.cache.notices import error_fields, error_from_fields, sent_at_of, sent_now
-from limpet.errors import CacheUnavailableError
+from limpet.errors import CacheRejectedError, CacheUnavailableError
 from limpet.flight.store import FlightNotice, FlightOutcome
 
 if TYPE_CHECKING:
@@ -154,13 +153,13 @@ class MemcachedFlightStore:
         self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float
     ) -> None:
         cache = self._cache
-        stored = False
+        stored: bool | None = False  # None: it may have landed
         if entry is not None and ttl > 0 and len(entry) <= cache.max_value_size:
             data, exptime = entry, memcached_expiry(ttl, time.time())
             full = cache.entry_key(key)
             # Refused (an item too large for the server's -I, with its overhead) or lost,
             # the entry is no reason to keep the lease or the notice from followers.
-            with contextlib.suppress(CacheUnavailableError):
+            try:
                 await cache.run(
                     "set",
                     cache.write_timeout,
@@ -169,8 +168,15 @@ class MemcachedFlightStore:
                 )
                 stored = True
                 cache.landed(full.decode(), data)
+            except CacheRejectedError:
+                pass  # certainly not stored
+            except CacheUnavailableError:
+                stored = None  # its reply lost or late
         if notice.outcome is FlightOutcome.STORED and not stored:
-            notice = FlightNotice(FlightOutcome.UNSHARED)  # nothing to read: each calls
+            # Nothing to read: each follower calls at once. Unless the entry may have
+            # landed: then one follower takes over and looks first, as from a leader gone.
+            outcome = FlightOutcome.UNSHARED if stored is False else FlightOutcome.ABANDONED
+            notice = FlightNotice(outcome)
         notice_key = cache.notice_key(key)
         message = _sign(cache.hmac_key, notice_key, _encode_notice(token, notice))
         try:
