@@ -491,8 +491,13 @@ async def test_with_its_own_upstream_key_the_proxy_lets_in_only_its_client_keys(
                 first = await one.chat.completions.with_raw_response.create(**ask("shared"))
                 second = await two.chat.completions.with_raw_response.create(**ask("shared"))
                 models = [model.id async for model in two.models.list()]
-                with pytest.raises(openai.AuthenticationError):
+                with pytest.raises(openai.AuthenticationError) as refused:
                     await stranger.chat.completions.create(**ask("shared"))
+                # As OpenAI's own refusal reads in the SDK.
+                assert (refused.value.type, refused.value.code) == (
+                    "invalid_request_error",
+                    "invalid_api_key",
+                )
                 with pytest.raises(openai.AuthenticationError):
                     await stranger.models.list()
         finally:

@@ -450,6 +450,21 @@ async def test_a_compressed_body_is_refused_unread(
     assert gateway.endpoint("a").calls == 0
 
 
+@pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe", b"[1, 2]"])
+async def test_a_body_that_is_no_json_object_is_a_400_saying_so(
+    proxy: str, gateway: FakeGateway, body: bytes
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy}/chat/completions", data=body, headers=AUTHORIZATION) as response,
+    ):
+        status, error = response.status, (await response.json())["error"]
+    assert status == 400 and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("body: expected a JSON object, got ")
+    assert "'invalid JSON'" not in error["message"]
+    assert gateway.endpoint("a").calls == 0
+
+
 @pytest.mark.parametrize("encoding", ["identity", "IDENTITY", " identity ", ""])
 async def test_a_body_sent_as_it_is_is_read(proxy: str, encoding: str) -> None:
     headers = {**AUTHORIZATION, "Content-Encoding": encoding}

@@ -142,7 +142,12 @@ class _Proxy:
         keys = self.config.client_keys
         if not keys or client_key_allowed(request.headers.get("Authorization"), keys):
             return None
-        error = openai_error("a valid API key of this proxy is required", "invalid_api_key")
+        # As OpenAI answers a wrong key: the type is the kind, the code the reason.
+        error = openai_error(
+            "a valid API key of this proxy is required",
+            "invalid_request_error",
+            code="invalid_api_key",
+        )
         return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
 
     @property
@@ -347,7 +352,9 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise InvalidRequestError("body", "a JSON object", "invalid JSON") from None
+        raise InvalidRequestError(
+            "body", "a JSON object", described="a body that is not JSON"
+        ) from None
     if not isinstance(body, dict):
         raise InvalidRequestError("body", "a JSON object", body)
     return body
