@@ -17,6 +17,8 @@ from limpet.pipeline.keys import request_key, request_keys
 from limpet.pipeline.vectors import (
     VectorCodec,
     embedding_params,
+    encoded_inputs,
+    estimate_tokens,
     item_canonical,
     item_prefix,
     merge_by_index,
@@ -208,12 +210,48 @@ def test_an_input_key_differs_from_any_chat_requests_canonical_form() -> None:
         (["a", "b", 3], "input[2]"),
         (b"bytes", "input"),
         (["a"] * 5, "input[4]"),
+        ([[1, 2], "a"], "input[1]"),  # one kind for all
+        (["a", [1, 2]], "input[1]"),
+        ([[1, 2], []], "input[1]"),
+        ([1, -1], "input[1]"),
+        ([[1, 2], [3, 2**32]], "input[1][1]"),
+        ([[1, True]], "input[0][1]"),
+        ([[1]] * 5, "input[4]"),
     ],
 )
 def test_bad_input_names_the_index(given_input: object, field: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         validate_inputs(given_input, max_inputs=4)
     assert caught.value.field == field
+
+
+def test_inputs_come_as_openai_takes_them_texts_or_token_arrays() -> None:
+    assert validate_inputs("a", max_inputs=4) == ["a"]
+    assert validate_inputs(["a", "b"], max_inputs=4) == ["a", "b"]
+    assert validate_inputs([1, 2, 3], max_inputs=4) == [[1, 2, 3]]  # one token array
+    assert validate_inputs(([1], (2, 3)), max_inputs=4) == [[1], [2, 3]]
+    assert validate_inputs([0, 2**32 - 1] * 3, max_inputs=4) == [[0, 2**32 - 1] * 3]
+
+
+@given(
+    st.lists(st.text(min_size=1, max_size=8), max_size=5),
+    st.lists(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=6), min_size=1, max_size=5),
+)
+def test_a_token_array_never_shares_a_key_with_a_text_or_another_array(
+    texts: list[str], arrays: list[list[int]]
+) -> None:
+    """A token array and the text it may stand for are kept apart (a text's UTF-8 never
+    holds the 0xFF that starts an array's encoding), and arrays by their every id."""
+    encoded = encoded_inputs([*texts, *arrays])
+    distinct = {*texts, *(tuple(array) for array in arrays)}
+    assert len(set(encoded)) == len(distinct)
+    assert all(one.startswith(b"\xff") for one in encoded[len(texts) :])
+    assert encoded_inputs(["[1, 2]", "1,2"]) != encoded_inputs([[1, 2]] * 2)
+
+
+def test_a_token_arrays_tokens_are_estimated_by_its_length() -> None:
+    assert estimate_tokens([5] * 300) == 300
+    assert estimate_tokens("word " * 100) == 126
 
 
 def test_the_encoding_is_wire_only_and_dimensions_enter_the_key() -> None:

@@ -393,7 +393,7 @@ class Client:
         self,
         *,
         model: str = _REQUIRED,
-        input: str | list[str] = _REQUIRED,
+        input: str | list[str] | list[int] | list[list[int]] = _REQUIRED,
         dimensions: int | None = None,
         encoding_format: str | None = None,
         cache: CacheMode | None = None,
@@ -413,7 +413,9 @@ class Client:
 
         Args:
             model: e.g. ``"openai/text-embedding-3-small"`` (required).
-            input: a text or a list of texts (required), each non-empty.
+            input: a text or a list of texts (required), each non-empty; or, as OpenAI
+                takes them, a token array (a list of token ids) or a list of token arrays
+                (each keyed apart from any text).
             dimensions: the vectors' length, for models that can shorten them.
             encoding_format: how vectors travel (``"base64"``, the default, or
                 ``"float"``); ``vectors`` are floats either way.

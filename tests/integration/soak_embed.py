@@ -96,13 +96,18 @@ class SpyEmbeddings(FakeEmbeddings):
         await self.answering.wait()
         return await super().serve(request)
 
-    def _answer(self, body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    def _answer(self, body: dict[str, Any], texts: list[str | list[int]]) -> dict[str, Any]:
         answer = super()._answer(body, texts)
         answer["id"] = f"embeddings-{len(self.produced)}"
         dimensions = size(body.get("dimensions"))
         tokens = answer["usage"]["prompt_tokens"]
         made = Produced(
-            _asker.get(), body["model"], dimensions, tuple(texts), next(self.ticks), tokens
+            _asker.get(),
+            body["model"],
+            dimensions,
+            tuple(str(text) for text in texts),
+            next(self.ticks),
+            tokens,
         )
         self.produced[answer["id"]] = made
         return answer

@@ -284,6 +284,27 @@ async def test_vectors_of_other_dimensions_than_asked_are_an_error_never_stored(
     assert gateway.embeddings.calls == 3  # nothing of the wrong answers was stored
 
 
+async def test_token_arrays_are_embedded_and_cached_each_apart_from_any_text(
+    gateway: FakeGateway,
+) -> None:
+    """Inputs as token arrays, as OpenAI takes them (LangChain's ``OpenAIEmbeddings``
+    sends them by default): sent as they are, each cached per array, never taken for a
+    text (nor a text for them)."""
+    arrays = [[9906, 1917], [15339], [9906, 1917]]
+    async with make_client(gateway) as client:
+        first = await client.embed(model=MODEL, input=arrays)
+        assert first.vectors == [fake_vector(MODEL, array) for array in arrays]
+        assert (first.misses, first.coalesced) == (2, 1)  # the repeated array sent once
+        assert gateway.embeddings.requests[-1]["input"] == [[9906, 1917], [15339]]
+        again = await client.embed(model=MODEL, input=[15339])  # one array, unwrapped
+        assert again.hits == 1 and again.vectors == [fake_vector(MODEL, [15339])]
+        text = await client.embed(model=MODEL, input="15339")  # no array's vector
+        assert text.misses == 1 and text.vectors == [fake_vector(MODEL, "15339")]
+        with pytest.raises(InvalidRequestError, match=r"input\[1\]"):
+            await client.embed(model=MODEL, input=[[1, 2], "mixed"])  # type: ignore[arg-type]
+    assert len(gateway.embeddings.requests) == 2
+
+
 async def test_dimensions_an_endpoint_sends_are_checked_as_a_calls_are(
     gateway: FakeGateway,
 ) -> None:

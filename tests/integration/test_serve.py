@@ -711,6 +711,26 @@ async def test_embeddings_through_the_proxy_are_cached_per_input(
     assert gateway.embeddings.inputs == 2
 
 
+async def test_token_arrays_reach_the_proxy_and_come_back_as_openai_gives_them(
+    proxy: Proxy, gateway: FakeGateway
+) -> None:
+    """LangChain's ``OpenAIEmbeddings`` sends token arrays by default: the proxy takes
+    them as OpenAI does, and caches each array."""
+    from limpet.testing.embeddings import fake_vector
+
+    model = "openai/text-embedding-3-small"
+    async with proxy.openai("sk-test-a") as sdk:
+        many = await sdk.embeddings.create(model=model, input=[[9906, 1917], [15339]])
+        one = await sdk.embeddings.with_raw_response.create(model=model, input=[15339])
+    assert [item.embedding for item in many.data] == [
+        fake_vector(model, [9906, 1917]),
+        fake_vector(model, [15339]),
+    ]
+    assert one.headers["X-Limpet-Cache"] == "hit"
+    assert one.parse().data[0].embedding == many.data[1].embedding
+    assert gateway.embeddings.inputs == 2
+
+
 async def test_an_embeddings_request_without_input_is_a_400_in_openais_shape(
     proxy: Proxy, gateway: FakeGateway
 ) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Generic, TypeVar
 
 from limpet.flight.shared import RedisFlight, Shared
 
@@ -64,10 +65,14 @@ class SharedFetch:
             self.from_others.add(key)
 
 
+# One input, whatever it is (a text, a token array): sent as it is given.
+Input = TypeVar("Input")
+
+
 async def fetch_shared(
     flight: RedisFlight[bytes],
-    texts: Mapping[str, str],
-    send: Callable[[list[tuple[str, str]]], Awaitable[SendResults]],
+    texts: Mapping[str, Input],
+    send: Callable[[list[tuple[str, Input]]], Awaitable[SendResults]],
     read: Callable[[str], Awaitable[bytes | None]],
     share: Callable[[str, bytes], Awaitable[tuple[Shared, float]]],
 ) -> SharedFetch:
@@ -134,7 +139,7 @@ async def fetch_shared(
     return fetched
 
 
-class _Batches:
+class _Batches(Generic[Input]):
     """The inputs this call leads, held until every input of the call has either led or
     started following, then sent upstream together: one set of batches, not one request
     per input as the leases come back."""
@@ -143,8 +148,8 @@ class _Batches:
 
     def __init__(
         self,
-        texts: Mapping[str, str],
-        send: Callable[[list[tuple[str, str]]], Awaitable[SendResults]],
+        texts: Mapping[str, Input],
+        send: Callable[[list[tuple[str, Input]]], Awaitable[SendResults]],
     ) -> None:
         self._texts = texts
         self._send = send

@@ -10,7 +10,7 @@ from typing import Any
 from limpet.errors import APIStatusError, ClientClosedError, EmbeddingBatchError
 from limpet.models import Cost, Embeddings, Usage
 from limpet.observe.stats import Stats
-from limpet.pipeline.vectors import unpack_floats
+from limpet.pipeline.vectors import EmbedInput, unpack_floats
 
 
 @dataclass(slots=True)
@@ -32,7 +32,7 @@ class Sent:
 def embeddings_result(
     stats: Stats,
     model: str,
-    texts: list[str],
+    texts: list[EmbedInput],
     keys: list[str],
     found: dict[str, bytes],
     sent: Sent,

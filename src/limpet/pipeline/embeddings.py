@@ -50,6 +50,7 @@ from limpet.pipeline.request import EmbedRequest
 from limpet.pipeline.upstream import first_answer
 from limpet.pipeline.vectors import (
     DEFAULT_MAX_INPUTS,
+    EmbedInput,
     VectorCodec,
     dimensions_sent,
     encoded_inputs,
@@ -125,7 +126,7 @@ class Embedder:
     def keys(
         self,
         model: str,
-        texts: Sequence[str],
+        texts: Sequence[EmbedInput],
         params: dict[str, Any],
         *,
         namespace: str,
@@ -159,7 +160,7 @@ class Embedder:
             EmbeddingBatchError: some inputs failed; the others are cached and given.
         """
         texts, decision = request.texts, request.decision
-        first: dict[str, str] = {}  # distinct keys in input order, with their text
+        first: dict[str, EmbedInput] = {}  # distinct keys in input order, with their input
         for key, text in zip(keys, texts, strict=True):
             first.setdefault(key, text)
         if found is None:
@@ -218,7 +219,7 @@ class Embedder:
         self,
         request: EmbedRequest,
         keys: list[str],
-        first: dict[str, str],
+        first: dict[str, EmbedInput],
         call: Call,
         sent: Sent,
         waiting: dict[str, asyncio.Future[bytes]],
@@ -242,7 +243,7 @@ class Embedder:
         return {key for key, _ in mine}
 
     async def _send_owned(
-        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
+        self, request: EmbedRequest, items: list[tuple[str, EmbedInput]], call: Call
     ) -> Sent:
         """Send and store ``items`` (``_start``), for this call and whoever awaits them.
         Their requests outlive a caller that leaves when others may await them or their
@@ -280,7 +281,7 @@ class Embedder:
         return found
 
     def hits(
-        self, model: str, texts: list[str], keys: list[str], found: dict[str, bytes]
+        self, model: str, texts: list[EmbedInput], keys: list[str], found: dict[str, bytes]
     ) -> Embeddings:
         """The result of a call whose every input ``found`` holds."""
         return embeddings_result(self._stats, model, texts, keys, found, Sent(), {}, 0)
@@ -309,7 +310,7 @@ class Embedder:
         return self._coalesce and decision.coalesce
 
     def _start(
-        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call
+        self, request: EmbedRequest, items: list[tuple[str, EmbedInput]], call: Call
     ) -> asyncio.Future[Sent]:
         """Send and store ``items`` as a task of its own, their futures registered in the
         same step (no await between): another call finds them in flight from here on.
@@ -328,7 +329,7 @@ class Embedder:
     async def _send(
         self,
         request: EmbedRequest,
-        items: list[tuple[str, str]],
+        items: list[tuple[str, EmbedInput]],
         futures: dict[str, asyncio.Future[bytes]],
         call: Call,
     ) -> Sent:
@@ -352,7 +353,7 @@ class Embedder:
         return sent
 
     async def _requests(
-        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call, sent: Sent
+        self, request: EmbedRequest, items: list[tuple[str, EmbedInput]], call: Call, sent: Sent
     ) -> dict[str, bytes | BaseException]:
         """``items`` in requests of at most the batch size, concurrently; what came back
         (each key's vector or its request's error) is added to ``sent`` and returned."""
@@ -388,7 +389,7 @@ class Embedder:
         self,
         shared: RedisFlight[bytes],
         request: EmbedRequest,
-        items: list[tuple[str, str]],
+        items: list[tuple[str, EmbedInput]],
         call: Call,
         sent: Sent,
     ) -> None:
@@ -399,7 +400,7 @@ class Embedder:
         decode, encode, local = self._codec.decode, self._codec.encode, cache.local_tiers
         ttl = request.ttl
 
-        async def send(batch: list[tuple[str, str]]) -> dict[str, bytes | BaseException]:
+        async def send(batch: list[tuple[str, EmbedInput]]) -> dict[str, bytes | BaseException]:
             return await self._requests(request, batch, call, sent)
 
         async def read(key: str) -> bytes | None:
@@ -439,7 +440,7 @@ class Embedder:
             stored += len(piece)
 
     async def _request(
-        self, request: EmbedRequest, items: list[tuple[str, str]], call: Call, sent: Sent
+        self, request: EmbedRequest, items: list[tuple[str, EmbedInput]], call: Call, sent: Sent
     ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
         """One request with ``call``'s headers, failing over to the next endpoint on a
         retryable error; no retry starts that could not end before its deadline, unless

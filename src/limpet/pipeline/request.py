@@ -23,7 +23,7 @@ from limpet.pipeline.validation import (
     validate_ttl,
     with_extra_body,
 )
-from limpet.pipeline.vectors import embedding_params, validate_inputs
+from limpet.pipeline.vectors import EmbedInput, embedding_params, validate_inputs
 
 
 class Request(Call):
@@ -134,7 +134,7 @@ class EmbedRequest:
     def __init__(
         self,
         model: str,
-        texts: list[str],
+        texts: list[EmbedInput],
         keyed: dict[str, Any],
         wire: dict[str, Any],
         decision: CacheDecision,

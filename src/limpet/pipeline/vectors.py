@@ -23,9 +23,14 @@ import orjson
 from limpet.cache.sealing import Seal
 from limpet.errors import CacheCorruptError, InvalidRequestError
 
+#: One input of ``embed()``: a text, or a token array (token ids).
+EmbedInput = str | list[int]
+
 __all__ = [
     "DEFAULT_MAX_INPUTS",
+    "MAX_TOKEN_ID",
     "VECTOR_FORMAT",
+    "EmbedInput",
     "VectorCodec",
     "dimensions_sent",
     "embedding_params",
@@ -183,33 +188,42 @@ def plan_batches(
     return batches
 
 
-def estimate_tokens(text: str) -> int:
-    """A cheap upper-leaning estimate of ``text``'s tokens (about 4 bytes a token)."""
-    return len(text.encode()) // 4 + 1
+def estimate_tokens(text: EmbedInput) -> int:
+    """A cheap estimate of an input's tokens: about 4 bytes of UTF-8 a token for a text,
+    the count of a token array."""
+    if type(text) is str:
+        return len(text.encode()) // 4 + 1
+    return len(text)
 
 
 def item_prefix(model: str, params: Mapping[str, Any]) -> bytes:
     """What every input of one call shares in its canonical form: a kind tag (so it can
     never equal a chat request's canonical JSON, which starts with ``{``), then the model
-    and the output-changing fields as canonical JSON, then a NUL. The input's UTF-8 text
-    follows (``item_canonical``): JSON escapes every control character, so the NUL ends
-    the shared part unambiguously."""
+    and the output-changing fields as canonical JSON, then a NUL. The input follows
+    (``item_canonical``): JSON escapes every control character, so the NUL ends the shared
+    part unambiguously."""
     fields = orjson.dumps({**params, "model": model}, option=orjson.OPT_SORT_KEYS)
     return b"limpet/embedding\x00" + fields + b"\x00"
 
 
-def encoded_inputs(texts: Sequence[str]) -> list[bytes]:
-    """Each input's UTF-8 bytes (what its key hashes after ``item_prefix``).
+def encoded_inputs(texts: Sequence[EmbedInput]) -> list[bytes]:
+    """What each input's key hashes after ``item_prefix``: a text's UTF-8 bytes; a token
+    array's ids as little-endian uint32 after a 0xFF byte, which no UTF-8 text holds, so
+    a token array and a text never share a key.
 
     Raises:
-        InvalidRequestError: an input that is no valid UTF-8 (a lone surrogate), by index.
+        InvalidRequestError: a text that is no valid UTF-8 (a lone surrogate), by index.
     """
     try:
-        return [text.encode() for text in texts]
+        return [
+            text.encode() if type(text) is str else _TOKENS + struct.pack(f"<{len(text)}I", *text)
+            for text in texts
+        ]
     except UnicodeEncodeError:
         for index, text in enumerate(texts):
             try:
-                text.encode()
+                if type(text) is str:
+                    text.encode()
             except UnicodeEncodeError:
                 raise InvalidRequestError(
                     f"input[{index}]", "valid UTF-8 text (no lone surrogate)", text
@@ -217,9 +231,15 @@ def encoded_inputs(texts: Sequence[str]) -> list[bytes]:
         raise
 
 
-def item_canonical(model: str, text: str, params: Mapping[str, Any]) -> bytes:
-    """What identifies one input's vector: ``item_prefix`` then the text."""
-    return item_prefix(model, params) + text.encode()
+def item_canonical(model: str, text: EmbedInput, params: Mapping[str, Any]) -> bytes:
+    """What identifies one input's vector: ``item_prefix`` then the input
+    (``encoded_inputs``)."""
+    return item_prefix(model, params) + encoded_inputs([text])[0]
+
+
+_TOKENS = b"\xff"  # never in UTF-8: a token array's encoding starts with it
+#: The largest token id an input may hold (ids are keyed as uint32).
+MAX_TOKEN_ID = 2**32 - 1
 
 
 #: Inputs one ``embed()`` call may carry; more is an ``InvalidRequestError``.
@@ -229,33 +249,51 @@ DEFAULT_MAX_INPUTS = 100_000
 _WIRE_FIELDS = frozenset({"encoding_format", "user", "stream"})
 
 
-def validate_inputs(input: object, max_inputs: int) -> list[str]:
-    """``input`` as a list of texts.
+def validate_inputs(input: object, max_inputs: int) -> list[EmbedInput]:
+    """``input`` as a list of inputs, as OpenAI takes them: a text, a list of texts, a
+    token array (a list of token ids) or a list of token arrays (each a list of its
+    own), every one non-empty, all of one kind.
 
     Raises:
-        InvalidRequestError: not a str or a list of str, empty, an empty or non-str item
-            (named by its index), or more than ``max_inputs`` items.
+        InvalidRequestError: none of those, empty, an empty item or one of the other kind
+            (named by its index), a token id not an int from 0 to ``MAX_TOKEN_ID``, or
+            more than ``max_inputs`` items.
     """
     if isinstance(input, str):
         if not input:
             raise InvalidRequestError("input", "a non-empty str", input)
-        texts = [input]
-    elif isinstance(input, list | tuple):
-        texts = list(input)
-    else:
-        raise InvalidRequestError("input", "a str or a list of str", input)
-    if not texts:
-        raise InvalidRequestError("input", "at least one text", texts)
-    if len(texts) > max_inputs:
+        return [input]
+    if not isinstance(input, list | tuple):
+        raise InvalidRequestError("input", _INPUT_TEXT, input)
+    if not input:
+        raise InvalidRequestError("input", "at least one input", input)
+    if type(input[0]) is int:  # one token array
+        return [_token_array("input", input)]
+    if len(input) > max_inputs:
         raise InvalidRequestError(
-            f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(texts)
+            f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(input)
         )
-    for index, text in enumerate(texts):
-        if type(text) is not str:
-            raise InvalidRequestError(f"input[{index}]", "a str", text)
-        if not text:
-            raise InvalidRequestError(f"input[{index}]", "a non-empty str", text)
-    return texts
+    if type(input[0]) is str:
+        for index, text in enumerate(input):
+            if type(text) is not str or not text:
+                raise InvalidRequestError(f"input[{index}]", "a non-empty str, as input[0]", text)
+        return list(input)
+    return [_token_array(f"input[{index}]", tokens) for index, tokens in enumerate(input)]
+
+
+_INPUT_TEXT = "a str, a list of str, a list of token ids (ints) or a list of such lists"
+
+
+def _token_array(where: str, tokens: object) -> list[int]:
+    """``tokens`` as a token array: a non-empty list of ids from 0 to ``MAX_TOKEN_ID``."""
+    if not isinstance(tokens, list | tuple) or not tokens:
+        raise InvalidRequestError(where, "a non-empty list of token ids, as input[0]", tokens)
+    for index, token in enumerate(tokens):
+        if type(token) is not int or not 0 <= token <= MAX_TOKEN_ID:
+            raise InvalidRequestError(
+                f"{where}[{index}]", f"a token id: an int from 0 to {MAX_TOKEN_ID}", token
+            )
+    return list(tokens)
 
 
 def embedding_params(

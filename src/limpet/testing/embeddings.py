@@ -40,9 +40,15 @@ if TYPE_CHECKING:
 DEFAULT_DIMENSIONS = 16
 
 
-def fake_vector(model: str, text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
-    """The vector the fake gateway gives ``text``: float32 values in [-1, 1)."""
-    digest = hashlib.shake_256(f"{model}\x00{dimensions}\x00{text}".encode()).digest(4 * dimensions)
+def fake_vector(
+    model: str, text: str | list[int], dimensions: int = DEFAULT_DIMENSIONS
+) -> list[float]:
+    """The vector the fake gateway gives ``text`` (or a token array): float32 values in
+    [-1, 1)."""
+    shown = text if isinstance(text, str) else "\x01" + ",".join(map(str, text))
+    digest = hashlib.shake_256(f"{model}\x00{dimensions}\x00{shown}".encode()).digest(
+        4 * dimensions
+    )
     raw = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, len(digest), 4)]
     return unpack_floats(pack_floats([n / 2**31 - 1.0 for n in raw]))
 
@@ -123,7 +129,10 @@ class FakeEmbeddings:
         await gateway._pause(self.latency + (fault.seconds if isinstance(fault, DelayFault) else 0))
         if isinstance(fault, MalformedBodyFault):
             return json_response(200, b"{not json")
-        texts: list[str] = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        given = body["input"]
+        texts: list[str | list[int]] = (
+            [given] if isinstance(given, str) or type(given[0]) is int else given
+        )
         self.inputs += len(texts)
         answer = self._answer(body, texts)
         if isinstance(fault, WrongShapeFault):
@@ -145,16 +154,23 @@ class FakeEmbeddings:
             return "model: expected a string"
         if not isinstance(texts, list) or not texts:
             return "input: expected a string or a non-empty list of strings"
+        if all(type(token) is int for token in texts):
+            texts = [texts]  # one token array
         if len(texts) > self.max_batch:
             return f"input: at most {self.max_batch} inputs per request, got {len(texts)}"
-        if not all(isinstance(text, str) and text for text in texts):
-            return "input: every item must be a non-empty string"
+        kind = str if isinstance(texts[0], str) else list
+        if not all(isinstance(text, kind) and text for text in texts):
+            return "input: every item must be a non-empty string, or every one a token array"
+        if kind is list and not all(
+            type(token) is int and token >= 0 for tokens in texts for token in tokens
+        ):
+            return "input: a token array holds token ids (ints >= 0)"
         dimensions = body.get("dimensions")
         if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
             return "dimensions: expected an int >= 1"
         return None
 
-    def _answer(self, body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    def _answer(self, body: dict[str, Any], texts: list[str | list[int]]) -> dict[str, Any]:
         model: str = body["model"]
         dimensions = (self.supports_dimensions and body.get("dimensions")) or DEFAULT_DIMENSIONS
         as_base64 = body.get("encoding_format") == "base64" and self.supports_base64
@@ -167,7 +183,7 @@ class FakeEmbeddings:
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         if self.shuffle:
             self.rng.shuffle(data)
-        tokens = sum(count_tokens(text) for text in texts)
+        tokens = sum(count_tokens(text) if isinstance(text, str) else len(text) for text in texts)
         return {
             "object": "list",
             "data": data,
