@@ -48,9 +48,9 @@ from limpet.serve.protocol import (
     error_headers,
     error_of,
     from_this_host,
-    header_problem,
     openai_error,
     split_body,
+    undecodable_header,
     usage_wanted,
     vector_encoding,
 )
@@ -254,7 +254,7 @@ async def _openai_errors(
     """aiohttp's own errors (404, 405, 413...) and the proxy's faults in OpenAI's shape;
     a fault is logged without the request's headers, which hold the caller's key. A
     credential header that is not UTF-8 is refused on every route, before any handler."""
-    problem = header_problem(request.headers)
+    problem = undecodable_header(request.headers)
     if problem is not None:
         status, body = error_of(problem)
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

@@ -49,9 +49,9 @@ __all__ = [
     "error_headers",
     "error_of",
     "from_this_host",
-    "header_problem",
     "openai_error",
     "split_body",
+    "undecodable_header",
     "usage_wanted",
     "vector_encoding",
 ]
@@ -126,7 +126,7 @@ def call_options(
     return options
 
 
-def header_problem(headers: Mapping[str, str]) -> BadHeaderError | None:
+def undecodable_header(headers: Mapping[str, str]) -> BadHeaderError | None:
     """The error for a request whose credential or attribution header holds bytes that
     are not UTF-8 (none of them can be sent, hashed for a scope, or compared), or None.
     The value is never quoted: it may be a key."""
