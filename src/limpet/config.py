@@ -114,9 +114,9 @@ class FlightConfig:
         lease: seconds a leader's lease lasts without renewal; it is renewed every third
             of that while the upstream call runs, and a dead leader's followers take over
             within about ``lease + poll`` (as they do from a lease nobody renews). A
-            follower rides out a store that fails its looks for up to a lease (a stall
-            of a moment is no reason to pay again for the leader's answer), then calls
-            upstream itself.
+            follower rides out a store that does not answer its looks for up to 3 seconds
+            (a stall of a moment is no reason to pay again for the leader's answer),
+            then calls upstream itself; one that refuses the connection, at once.
         poll: seconds between a follower's checks when no completion notice arrives.
         follow_timeout: seconds a follower waits for another process before calling
             upstream itself (correctness over savings).

@@ -11,7 +11,8 @@ mapped here at the boundary, with the original kept as ``__cause__``.
     ├── ClientClosedError            a call on a Client after aclose() (also RuntimeError)
     ├── CacheError                   a cache backend could not serve; never reaches a caller of
     │   ├── CacheUnavailableError    complete(): the cache tier counts it and falls through
-    │   │   └── CacheRejectedError   the command certainly did not take effect
+    │   │   ├── CacheRejectedError   the command certainly did not take effect
+    │   │   └── CacheTimeoutError    no answer within the command's budget: slow, or gone
     │   └── CacheCorruptError        an entry that does not decode or fails its signature
     └── APIError                     the upstream call failed
         ├── APIConnectionError       could not connect, or the connection dropped
@@ -67,6 +68,7 @@ __all__ = [
     "CacheCorruptError",
     "CacheError",
     "CacheRejectedError",
+    "CacheTimeoutError",
     "CacheUnavailableError",
     "ClientClosedError",
     "ConfigurationError",
@@ -144,6 +146,11 @@ class CacheRejectedError(CacheUnavailableError):
     """The command certainly did not take effect: it was never sent (the circuit breaker
     is open, the cache is closed, no connection was free) or the server answered it with
     an error. A single-flight lease whose taking failed so is nobody's to release."""
+
+
+class CacheTimeoutError(CacheUnavailableError):
+    """The backend did not answer within the command's budget: a stall of a moment, or
+    a server gone quiet (unlike a refused connection, which says it is down)."""
 
 
 class CacheCorruptError(CacheError):

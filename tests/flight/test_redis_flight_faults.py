@@ -26,11 +26,12 @@ from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError, InternalServerError
 from limpet.flight.shared import RedisFlight
 from limpet.flight.store import FlightStore
-from tests.redis_servers import RedisProxy, state
+from tests.redis_servers import RedisProxy, RedisServer, state
 
 pytestmark = pytest.mark.redis
 
 KEY = "sha256:" + "ab" * 32
+LONG = 30.0  # seconds: a failure, not a hang
 
 
 class Upstream:
@@ -408,3 +409,65 @@ async def test_a_follower_rides_out_a_stall_of_the_store_without_going_upstream(
         assert await led == ("the real answer", True)
         assert await followed == ("the real answer", False)
     assert mine.calls == 0 and upstream.calls == 1
+
+
+async def test_a_follower_leads_at_once_when_the_store_refuses_its_connections() -> None:
+    """A store that refuses the connection (killed, restarting) is down, not stalled: the
+    follower calls upstream itself at once, rather than riding it out (which would keep
+    its caller waiting, or fail it at its deadline, for nothing)."""
+    server = RedisServer().start()
+    config = FlightConfig(lease=60.0, poll=0.05, follow_timeout=120.0)
+    try:
+        async with (
+            RedisCache.from_url(server.url, prefix="killed:") as leading,
+            RedisCache.from_url(server.url, prefix="killed:") as following,
+        ):
+            leader, follower = (
+                RedisFlight[str](leading.flight_store, config),
+                RedisFlight[str](following.flight_store, config),
+            )
+            upstream = Upstream(leading, "the leader's answer")
+            upstream.go.clear()
+            led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+            await upstream.started.wait()
+            mine = Upstream(following, "the follower's own call")
+            reader = Reader(following)
+            followed = asyncio.create_task(follower.do(KEY, mine, reader))
+            await reader.reads[1].wait()
+            server.kill()
+            async with asyncio.timeout(LONG):  # a failure, not a hang: a lease is 60 s
+                assert await followed == ("the follower's own call", True)
+            upstream.go.set()
+            assert await led == ("the leader's answer", True)
+    finally:
+        server.stop()
+
+
+async def test_a_follower_rides_out_a_stall_for_a_few_seconds_not_a_lease(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A store that stays silent is given up on after ``RIDE_OUT``, not a whole lease."""
+    config = FlightConfig(lease=60.0, poll=0.05, follow_timeout=120.0)
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as leading,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as following,
+    ):
+        leader, follower = (
+            RedisFlight[str](leading.flight_store, config),
+            RedisFlight[str](following.flight_store, config),
+        )
+        upstream = Upstream(leading, "the leader's answer")
+        upstream.go.clear()
+        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+        await upstream.started.wait()
+        mine = Upstream(following, "the follower's own call")
+        reader = Reader(following)
+        followed = asyncio.create_task(follower.do(KEY, mine, reader))
+        await reader.reads[1].wait()
+        proxy.stall()
+        async with asyncio.timeout(LONG):  # a failure, not a hang: a lease is 60 s
+            assert await followed == ("the follower's own call", True)
+        upstream.go.set()
+        assert await led == ("the leader's answer", True)
+        proxy.resume()

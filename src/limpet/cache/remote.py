@@ -31,7 +31,12 @@ from limpet.cache.breaker import BreakerState, CircuitBreaker
 from limpet.cache.budget import QueueTimeout, Watchdog
 from limpet.cache.writes import SendBatch, WriteQueue
 from limpet.config import check_number
-from limpet.errors import CacheRejectedError, CacheUnavailableError, ConfigurationError
+from limpet.errors import (
+    CacheRejectedError,
+    CacheTimeoutError,
+    CacheUnavailableError,
+    ConfigurationError,
+)
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -351,7 +356,7 @@ class RemoteCache:
             ) from exc
         except TimeoutError as exc:
             breaker.record_failure(epoch)
-            raise CacheUnavailableError(
+            raise CacheTimeoutError(
                 f"{kind} {command} timed out after {budget * 1000:.0f} ms ({where})"
             ) from exc
         except Exception as exc:

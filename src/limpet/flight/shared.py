@@ -15,7 +15,12 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from limpet.config import FlightConfig
-from limpet.errors import APIStatusError, CacheRejectedError, CacheUnavailableError
+from limpet.errors import (
+    APIStatusError,
+    CacheRejectedError,
+    CacheTimeoutError,
+    CacheUnavailableError,
+)
 from limpet.flight.store import FlightNotice, FlightOutcome, FlightStore, FlightWatch
 from limpet.http.retry import should_retry
 
@@ -26,6 +31,11 @@ logger = logging.getLogger("limpet.coalesce")
 _RENEWAL_STOP_TIMEOUT = 1.0
 # Seconds a follower whose leader's lease is gone waits for that leader's notice.
 _LAST_LOOK = 0.05
+#: Seconds a follower rides out a store that does not answer its looks (a stall of a
+#: moment: a failover, a slow disk), or whose breaker those looks opened, before calling
+#: upstream itself; at most a lease. Longer than a breaker's cool-down (2 s), so that its
+#: probe can find the store back.
+RIDE_OUT = 3.0
 #: Seconds a leader's wall clock may run behind a follower's: a signed error notice sent
 #: longer before the follower began to follow is taken for a replay, and not raised (its
 #: followers then lead, one after another). Generous: hosts' clocks drift apart by far
@@ -367,15 +377,17 @@ class RedisFlight(Generic[R]):
                         return found, False
                     # No entry: is anyone still working on it?
                     holder = await self._holder(key) if waited else None
-                except CacheUnavailableError:
-                    # A look the store failed is no news: a stall of a moment would
-                    # otherwise send every follower upstream, paying again for what the
-                    # leader is about to store. Given up on (no lease, as an unreachable
-                    # store is) once the store has failed for a whole lease.
+                except (CacheTimeoutError, CacheRejectedError):
+                    # A look the store did not answer in time (or its breaker refused,
+                    # after such looks) is no news: a stall of a moment would otherwise
+                    # send every follower upstream, paying again for what the leader is
+                    # about to store. Given up on (no lease, as an unreachable store is)
+                    # after ``RIDE_OUT`` seconds; a store that refuses the connection is
+                    # down, and given up on at once.
                     now = time.monotonic()
                     if failing_since is None:
                         failing_since = now
-                    elif now - failing_since >= lease:
+                    elif now - failing_since >= min(lease, RIDE_OUT):
                         raise
                 else:
                     failing_since = None
