@@ -48,7 +48,8 @@ class LoneReads:
                 a row, Redis's error reply, ...).
         """
         connection = self._connection or await self._connect()
-        if not connection.is_connected:  # closed by a read cut short: connects again
+        connects = not connection.is_connected  # closed by a read cut short: connects again
+        if connects:
             connecting()
         try:
             return await _get(connection, key)
@@ -57,7 +58,8 @@ class LoneReads:
                 raise  # closed meanwhile
             # Dead already when taken (a restart): once more, on a fresh connection.
             await connection.disconnect()
-            connecting()
+            if not connects:  # one allowance a read
+                connecting()
             return await _get(connection, key)
 
     async def _connect(self) -> AbstractConnection:
