@@ -266,3 +266,12 @@ def test_an_extra_body_key_that_is_not_a_str_is_a_configuration_error() -> None:
 
     with pytest.raises(ConfigurationError, match=r"^Endpoint\.extra_body: not JSON"):
         Endpoint("a", URL, extra_body={"provider": {Slug.ORDER: ["x"]}})
+
+
+def test_endpoints_that_would_store_vectors_of_two_lengths_under_one_key_are_refused() -> None:
+    """An embedding's key holds no trace of the endpoint that answered: endpoints asking
+    for different ``dimensions`` would have vectors of two lengths served alike."""
+    eight = Endpoint("a", "http://x", extra_body={"dimensions": 8})
+    with pytest.raises(ConfigurationError, match=r"the same 'dimensions'.*\[8, None\]"):
+        Client(endpoints=[eight, Endpoint("b", "http://y")])
+    Client(endpoints=[eight, Endpoint("b", "http://y", extra_body={"dimensions": 8})])

@@ -236,6 +236,14 @@ def resolve_endpoints(
         names = [e.name for e in resolved]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"Client.endpoints: names must be unique, got {names}")
+        # One key holds a vector whichever endpoint answered: vectors of two lengths under
+        # one key would be served alike (a call would get vectors of both).
+        sizes = {(e.extra_body or {}).get("dimensions") for e in resolved}
+        if len(sizes) > 1:
+            raise ConfigurationError(
+                "Client.endpoints: every endpoint's extra_body must ask for the same "
+                f"'dimensions' (or none), got {sorted(sizes, key=repr)}"
+            )
         return resolved
     return (
         Endpoint(
