@@ -88,6 +88,25 @@ class Reader:
 # --- the usage chunk --------------------------------------------------------------------------
 
 
+async def test_a_hit_through_the_proxy_says_it_cost_nothing_in_its_usage_too(
+    proxy: str,
+) -> None:
+    """OpenRouter's ``usage.cost`` is what clients add up: a hit (or a coalesced call)
+    spent nothing, so its body says 0, as ``X-Limpet-Cost-USD`` does (the tokens stay).
+    It repeated the first call's cost: three calls added up to three times the spend."""
+    url = f"{proxy}/chat/completions"
+    streamed = {**ask("streamed"), "stream": True, "stream_options": {"include_usage": True}}
+    async with aiohttp.ClientSession() as session:
+        answers = [(await post(session, url, ask("what it cost")))[1] for _ in range(3)]
+        streams = [await Reader().read(session, url, streamed) for _ in range(2)]
+    costs = [answer["usage"]["cost"] for answer in answers]
+    assert costs[0] > 0 and costs[1:] == [0, 0]
+    assert all(answer["usage"]["prompt_tokens"] > 0 for answer in answers)
+    (miss,), (hit,) = ([c["usage"] for c in r.chunks if c.get("usage")] for r in streams)
+    assert (streams[0].served, streams[1].served) == ("X-Limpet-Cache=miss", "X-Limpet-Cache=hit")
+    assert miss["cost"] > 0 and hit["cost"] == 0 and hit["prompt_tokens"] == miss["prompt_tokens"]
+
+
 @pytest.mark.parametrize("options", [None, {"include_usage": False}, {"include_usage": True}])
 async def test_a_stream_ends_with_a_usage_chunk_only_when_the_caller_asked_as_upstream(
     proxy: str, gateway: FakeGateway, options: dict[str, bool] | None

@@ -40,6 +40,7 @@ from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.logs import quiet_request_lines
 from limpet.serve.protocol import (
     answer_headers,
+    as_served,
     call_options,
     client_key_allowed,
     embeddings_body,
@@ -362,7 +363,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 def _json_answer(completion: Completion) -> web.Response:
     return web.Response(
-        body=answer_json(completion.raw),
+        body=answer_json(as_served(completion.raw, completion)),
         content_type="application/json",
         headers=answer_headers(completion),
     )
@@ -396,17 +397,39 @@ async def _relay(
     *,
     own_key: bool,
 ) -> None:
+    # A chunk with usage is held until the next comes, or the stream ends and how it was
+    # served is known (its cost is then what this caller spent: ``as_served``).
+    held: dict[str, Any] | None = None
     try:
         if first is not None:
-            await response.write(_event(first.raw))
-            async for chunk in stream:
-                await response.write(_event(chunk.raw))
-        if stream.completion is not None:
-            await response.write(_served_comment(stream.completion))
+            chunks = _chained(first, stream)
+            async for chunk in chunks:
+                if held is not None:
+                    await response.write(_event(held))
+                    held = None
+                if chunk.raw.get("usage"):
+                    held = chunk.raw
+                else:
+                    await response.write(_event(chunk.raw))
+        completion = stream.completion
+        if held is not None:
+            await response.write(
+                _event(held if completion is None else as_served(held, completion))
+            )
+        if completion is not None:
+            await response.write(_served_comment(completion))
         await response.write(_DONE)
     except LimpetError as exc:
+        if held is not None:
+            await response.write(_event(held))
         await response.write(_event(error_of(exc, own_key=own_key)[1]))  # as OpenAI does
     await response.write_eof()
+
+
+async def _chained(first: StreamChunk, stream: CompletionStream) -> AsyncIterator[StreamChunk]:
+    yield first
+    async for chunk in stream:
+        yield chunk
 
 
 def _event(data: dict[str, Any]) -> bytes:

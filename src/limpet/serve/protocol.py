@@ -23,7 +23,7 @@ from limpet.errors import (
     InvalidRequestError,
     LimpetError,
 )
-from limpet.models import Completion, Embeddings
+from limpet.models import CacheStatus, Completion, Embeddings
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.validation import validate_ttl
 
@@ -41,6 +41,7 @@ __all__ = [
     "BadHeaderError",
     "VectorEncoding",
     "answer_headers",
+    "as_served",
     "call_options",
     "client_key_allowed",
     "embeddings_body",
@@ -312,6 +313,22 @@ def embeddings_headers(result: Embeddings) -> dict[str, str]:
     if result.cost is not None:
         headers[COST_HEADER] = f"{result.cost.usd:.10g}"
     return headers
+
+
+def as_served(body: dict[str, Any], completion: Completion) -> dict[str, Any]:
+    """An answer's body (or its usage chunk) as ``completion``'s caller is told it: a hit
+    or a coalesced call spent nothing, so the gateway's ``usage.cost`` (OpenRouter's
+    dollars, which clients add up) is 0 in it, as OpenRouter's own response cache reports
+    it; the tokens stay as the call that paid for them used them (``X-Limpet-Cost-USD``
+    says the same: 0). Changes a copy, never ``body``."""
+    usage = body.get("usage")
+    if (
+        (completion.cache is not CacheStatus.HIT and completion.cache is not CacheStatus.COALESCED)
+        or not isinstance(usage, dict)
+        or "cost" not in usage
+    ):
+        return body
+    return {**body, "usage": {**usage, "cost": 0}}
 
 
 def openai_error(
