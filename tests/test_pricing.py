@@ -293,6 +293,31 @@ def test_sources_in_order_overrides_listing_fallback() -> None:
         ModelPrices.per_million(prompt="three", completion=1)
 
 
+@pytest.mark.parametrize(
+    ("answered", "overridden"),
+    [
+        ("openai/gpt-4o-2024-08-06", True),  # its dated snapshot: the override's model
+        ("gpt-4o-2024-08-06", True),  # named as its provider does
+        ("openai/gpt-4o-mini", False),  # another model (a ``models`` fallback)
+    ],
+)
+def test_an_override_wins_over_the_listing_of_its_models_snapshot_answering(
+    answered: str, overridden: bool
+) -> None:
+    """An override wins over every other source for its model: the answer naming the
+    model's dated snapshot, listed at the gateway's price, is still priced by it (it was
+    not: the snapshot's listing won). Another model answering is priced as itself."""
+    table = PriceTable(overrides={"openai/gpt-4o": ModelPrices.per_million(prompt=1, completion=1)})
+    listed = [
+        {"id": name, "pricing": {"prompt": "0.0000025", "completion": "0.00001"}}
+        for name in ("openai/gpt-4o-2024-08-06", "gpt-4o-2024-08-06", "openai/gpt-4o-mini")
+    ]
+    table.add_listing({"data": listed})
+    prices = table.get(answered, "openai/gpt-4o")
+    assert prices is not None
+    assert prices.prompt == (Decimal("0.000001") if overridden else Decimal("0.0000025"))
+
+
 async def test_the_listing_is_fetched_once_by_concurrent_callers() -> None:
     fetches = 0
     started, release = asyncio.Event(), asyncio.Event()

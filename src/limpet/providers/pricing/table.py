@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
@@ -26,6 +27,8 @@ DEFAULT_RETRY_AFTER = 300.0
 _MAX_RESOLVED = 1024
 # The variant suffix of OpenRouter's free models, and what they cost.
 _FREE = ":free"
+# What follows a model's name in its snapshots' names: a date, or a release number.
+_SNAPSHOT = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{3,4}")
 _FREE_PRICES = ModelPrices(prompt=Decimal(0), completion=Decimal(0), source="free")
 
 #: Fetches the gateway's ``/models`` listing and returns its parsed JSON. Supplied by the
@@ -184,7 +187,7 @@ class PriceTable:
         names = _names(model, also)
         if names in self._resolved:
             return self._resolved[names]
-        unknown = not any(self._known(name) for name in names)
+        unknown = not names or self._known(names) is None
         if self._fallback and unknown and any(n not in self._fallback_memo for n in names):
             await asyncio.to_thread(fallback_snapshot)
         return self.get(model, *also)
@@ -232,7 +235,7 @@ class PriceTable:
             # overridden), whatever its listing lacks.
             found = next(filter(None, map(self._overrides.get, names)), None)
             return found or _FREE_PRICES
-        found = next(filter(None, map(self._known, names)), None)
+        found = self._known(names)
         if found is None and self._fallback:
             for name in names:
                 if name not in self._fallback_memo:
@@ -246,17 +249,41 @@ class PriceTable:
         # no family rule knows: the requested name's family then prices the cache.
         return found.completed(next(filter(None, map(self._capabilities.lookup, names)), None))
 
-    def _known(self, model: str) -> ModelPrices | None:
-        base = model.partition(":")[0]
-        for source in (self._overrides, self._listed):
-            found = source.get(model) or source.get(base)
-            if found is not None:
-                return found
+    def _known(self, names: tuple[str, ...]) -> ModelPrices | None:
+        """The override or listing of the first of ``names`` that has one. An override
+        wins over every other source for its model, which includes its dated snapshot
+        answering (``openai/gpt-4o`` asked, ``gpt-4o-2024-08-06`` answered, listed at the
+        gateway's price): the answered name's listing loses to the asked name's override
+        then. Another model answering (a ``models`` fallback) is priced as itself."""
+        answered, asked = names[0], names[1:]
+        snapshot_of = [name for name in asked if _snapshot_of(answered, name)]
+        for name, sources in (
+            (answered, (self._overrides,)),
+            *((name, (self._overrides,)) for name in snapshot_of),
+            (answered, (self._listed,)),
+            *((name, (self._overrides, self._listed)) for name in asked),
+        ):
+            base = name.partition(":")[0]
+            for source in sources:
+                found = source.get(name) or source.get(base)
+                if found is not None:
+                    return found
         return None
 
     def _backing_off(self) -> bool:
         failed = self._failed_at
         return failed is not None and self.clock() - failed < self._retry_after
+
+
+def _snapshot_of(answered: str, asked: str) -> bool:
+    """Whether ``answered`` names a dated snapshot of ``asked`` (``gpt-4o-2024-08-06`` of
+    ``openai/gpt-4o``, ``claude-3-5-sonnet-20241022`` of ``anthropic/claude-3-5-sonnet``),
+    its provider's prefix and OpenRouter's variant left out."""
+    mine = answered.partition(":")[0].rpartition("/")[2]
+    theirs = asked.partition(":")[0].rpartition("/")[2]
+    return (
+        mine.startswith(theirs + "-") and _SNAPSHOT.fullmatch(mine[len(theirs) + 1 :]) is not None
+    )
 
 
 def _free(names: tuple[str, ...]) -> bool:
