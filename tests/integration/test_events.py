@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -76,6 +77,32 @@ async def test_prometheus_metrics(gateway: FakeGateway) -> None:
     assert miss.cost is not None
     assert sample("limpet_saved_usd_total", {"model": MODEL}) == pytest.approx(miss.cost.usd)
     assert sample("limpet_call_seconds_count", {"cache": "hit"}) == 1
+
+
+async def test_prometheus_counts_what_an_answer_no_call_returned_cost(
+    gateway: FakeGateway,
+) -> None:
+    """A stream whose only reader left once the upstream had sent it whole is stored and
+    was paid for, but no call returned it: its dollars and tokens reached ``Stats`` and
+    not Prometheus, which counted only the calls that returned. Both add up now."""
+    registry = CollectorRegistry()
+    upstream = gateway.endpoint("a")
+    upstream.pause_stream(after_chunks=2)
+    async with client_for(gateway, on_event=PrometheusMetrics(registry)) as client:
+        flights = client._chat.streams
+        assert flights is not None
+        stream = client.stream(**ask("left"))
+        await stream.__aenter__()
+        await anext(stream)
+        upstream.resume_stream()
+        await asyncio.wait(flights.running)  # sent whole, accounted, stored
+        await stream.aclose()  # its one reader leaves without it
+        again = await client.complete(**ask("left"))
+    sample = registry.get_sample_value
+    assert again.cache is CacheStatus.HIT and client.stats.cost_usd > 0
+    assert sample("limpet_cost_usd_total", {"model": MODEL}) == pytest.approx(client.stats.cost_usd)
+    tokens = sample("limpet_tokens_total", {"model": MODEL, "kind": "prompt"})
+    assert tokens == client.stats.prompt_tokens
 
 
 def test_a_prompt_cache_write_premium_is_counted_apart_and_the_call_still_observed() -> None:

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 from limpet.errors import EmbeddingBatchError
 from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
 
-__all__ = ["CallEvent", "EventHook", "embedding_event", "emit_event", "event_of"]
+__all__ = [
+    "CallEvent",
+    "EventHook",
+    "SpendHook",
+    "embedding_event",
+    "emit_event",
+    "emit_spent",
+    "event_of",
+    "spend_hooks",
+]
 
 if TYPE_CHECKING:
     from limpet.http.admission import AdmissionStats
@@ -102,6 +111,25 @@ def event_of(
         priced=cost is not None,
         queued_seconds=queued,
     )
+
+
+# A hook's optional ``spent(model, usage, cost)``: what each upstream answer cost, as it
+# comes, whether or not a call returned it (``Recorder.spent``).
+SpendHook = Callable[[str, Usage, Cost | None], None]
+
+
+def spend_hooks(hooks: Sequence[EventHook]) -> tuple[SpendHook, ...]:
+    """The ``spent`` methods of the hooks that have one (``PrometheusMetrics``)."""
+    found = (getattr(hook, "spent", None) for hook in hooks)
+    return tuple(spent for spent in found if callable(spent))
+
+
+def emit_spent(hooks: Sequence[SpendHook], model: str, usage: Usage, cost: Cost | None) -> None:
+    for spent in hooks:
+        try:
+            spent(model, usage, cost)
+        except Exception:
+            logger.exception("limpet: on_event hook %r raised; ignored", spent)
 
 
 def emit_event(hooks: Sequence[EventHook], event: CallEvent) -> None:

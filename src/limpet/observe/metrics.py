@@ -11,6 +11,7 @@ import weakref
 from dataclasses import dataclass
 
 from limpet._extras import require_extra
+from limpet.models import Cost, Usage
 from limpet.observe.events import CallEvent
 from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL, ModelCap
 
@@ -103,6 +104,11 @@ class PrometheusMetrics:
     each call's end, the gauges ``limpet_admission_limit{endpoint}``,
     ``limpet_admission_in_flight{endpoint}`` and ``limpet_admission_queued{endpoint}``.
 
+    Calls, errors, savings and latency come from each call's event; tokens and dollars
+    from ``spent()``, which the Client calls for every upstream answer paid for, whether
+    or not a call returned it (a stream whose caller hung up), so they add up to
+    ``Stats``'.
+
     The caller names the model, so its label is capped: the first ``MAX_MODELS`` (1,000)
     distinct models of a registry and namespace get their own series, and every later
     model's calls count under ``model="other"`` and in ``limpet_models_folded_total``.
@@ -139,7 +145,20 @@ class PrometheusMetrics:
             self.errors.labels(model, event.error or "Error").inc()
             return
         self.calls.labels(model, event.cache.value, event.endpoint or "").inc()
-        usage = event.usage
+        saved = event.saved_usd
+        if saved > 0:
+            self.saved.labels(model).inc(saved)
+        elif saved < 0:
+            self.premium.labels(model).inc(-saved)
+        self.seconds.labels(event.cache.value).observe(event.seconds)
+
+    def spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
+        """Count what one upstream answer cost (tokens and dollars), as it comes: the
+        Client tells every answer paid for, whether or not a call returned it (a stream
+        whose caller hung up, a request left to others), so the counters add up to
+        ``Stats``' rather than to the calls that returned. (Not counted as a call of a
+        folded model: only ``__call__`` counts calls.)"""
+        model = self._models.row(model)
         for kind, count in (
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),
@@ -148,14 +167,8 @@ class PrometheusMetrics:
         ):
             if count:
                 self.tokens.labels(model, kind).inc(count)
-        if event.cost_usd:
-            self.cost.labels(model).inc(event.cost_usd)
-        saved = event.saved_usd
-        if saved > 0:
-            self.saved.labels(model).inc(saved)
-        elif saved < 0:
-            self.premium.labels(model).inc(-saved)
-        self.seconds.labels(event.cache.value).observe(event.seconds)
+        if cost is not None and cost.usd:
+            self.cost.labels(model).inc(cost.usd)
 
     def _label(self, model: str) -> str:
         models = self._models

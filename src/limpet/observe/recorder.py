@@ -9,7 +9,15 @@ from dataclasses import replace
 
 from limpet.http.admission import Admissions
 from limpet.models import Completion, Cost, Embeddings, Usage
-from limpet.observe.events import CallEvent, EventHook, embedding_event, emit_event, event_of
+from limpet.observe.events import (
+    CallEvent,
+    EventHook,
+    embedding_event,
+    emit_event,
+    emit_spent,
+    event_of,
+    spend_hooks,
+)
 from limpet.observe.fleet import FleetCounters
 from limpet.observe.stats import Stats
 
@@ -19,7 +27,7 @@ class Recorder:
     (with a Redis tier) and the ``on_event`` hooks (an event carries its endpoint's
     admission figures, for gauges)."""
 
-    __slots__ = ("_admissions", "_fleet", "_hooks", "stats")
+    __slots__ = ("_admissions", "_fleet", "_hooks", "_spenders", "stats")
 
     def __init__(
         self,
@@ -31,6 +39,7 @@ class Recorder:
         self.stats = stats
         self._fleet = fleet
         self._hooks = tuple(hooks)
+        self._spenders = spend_hooks(self._hooks)
         self._admissions = admissions
 
     def finished(
@@ -116,10 +125,13 @@ class Recorder:
         request) cost to the stats and the fleet's counters. The account stage calls it
         as each answer comes, whether or not the call that sent it is still there: a
         caller that left (cancelled, past its deadline, a stream closed) leaves its
-        request to others waiting on it, or to be stored, paid for all the same."""
+        request to others waiting on it, or to be stored, paid for all the same. Hooks
+        with a ``spent`` method (``PrometheusMetrics``) are told too."""
         self.stats.spent(usage, cost)
         if self._fleet is not None:
             self._fleet.record_spent(model, usage, cost)
+        if self._spenders:
+            emit_spent(self._spenders, model, usage, cost)
 
     async def aclose(self) -> None:
         """Flush the fleet counters (the Client's ``aclose()``)."""
