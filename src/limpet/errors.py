@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sized
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -202,15 +202,23 @@ class APIGenerationError(APIError):
     Attributes:
         message: the upstream's own error message.
         status_code: the error's code (an HTTP status), when it gave one.
+        billed: the failed answer's ``model`` and ``usage``, when it reported usage: it
+            was paid for all the same (the Client counts it as spent); else None.
     """
 
     _what: ClassVar[str] = "generation failed"
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, endpoint: str | None = None
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        endpoint: str | None = None,
+        billed: dict[str, Any] | None = None,
     ) -> None:
         self.message = message
         self.status_code = status_code
+        self.billed = billed
         code = f" ({status_code})" if status_code is not None else ""
         super().__init__(f"{self._what}{code}: {message}", endpoint=endpoint)
 

@@ -126,6 +126,28 @@ async def test_a_failed_generation_is_retried_and_the_retry_answers(
     assert ep.calls == 2
 
 
+async def test_a_failed_generation_that_reported_usage_is_counted_as_spent(
+    client: Client, gateway: FakeGateway
+) -> None:
+    """A 200 whose generation failed part-way, with its usage (and OpenRouter's cost),
+    was billed: it is counted as spent, retried or not, beside the answer that came."""
+    ep = gateway.endpoint("a")
+    ep.generation_error()  # billed, then retried
+    answer = await client.complete(**ask())
+    assert answer.cost is not None and answer.cost.usd > 0
+    # Both answers cost the same (the fake bills the prompt and the whole completion).
+    assert client.stats.cost_usd == pytest.approx(2 * answer.cost.usd)
+    assert client.stats.prompt_tokens == 2 * answer.usage.prompt_tokens
+    before = client.stats.prompt_tokens
+    ep.generation_error(times=FAST_RETRY.max_attempts)  # billed on every try, then raised
+    with pytest.raises(APIGenerationError) as failed:
+        await client.complete(**ask("another"))
+    billed = failed.value.billed
+    assert billed is not None and billed["usage"]["prompt_tokens"] > 0
+    tries = FAST_RETRY.max_attempts
+    assert client.stats.prompt_tokens == before + tries * billed["usage"]["prompt_tokens"]
+
+
 async def test_a_failed_generation_with_a_client_error_code_is_final(
     client: Client, gateway: FakeGateway
 ) -> None:

@@ -191,10 +191,15 @@ def _failed_generation(body: Mapping[str, Any], endpoint: Endpoint) -> APIGenera
     for choice in body["choices"]:
         if isinstance(choice, dict) and choice.get("finish_reason") == "error":
             error = choice.get("error") or body.get("error")
+            usage = body.get("usage")
             return APIGenerationError(
                 _error_message({"error": error}, endpoint.secrets) or "the generation failed",
                 status_code=_error_code(error),
                 endpoint=endpoint.name,
+                # Paid for all the same: what the account stage needs to price it.
+                billed={"model": body.get("model"), "usage": usage}
+                if isinstance(usage, dict)
+                else None,
             )
     return None
 

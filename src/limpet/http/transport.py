@@ -22,6 +22,7 @@ from limpet._urls import join_url
 from limpet._version import __version__
 from limpet.config import AdmissionConfig, Endpoint, RetryConfig, Timeouts
 from limpet.errors import (
+    APIGenerationError,
     APIResponseError,
     ClientClosedError,
     excerpt,
@@ -77,6 +78,7 @@ class Transport:
         "_retrier",
         "_session",
         "_timeouts",
+        "billed",
     )
 
     def __init__(
@@ -101,6 +103,10 @@ class Transport:
         self._closed = False
         # Endpoint name → the endpoint last seen under it and its request headers.
         self._endpoint_headers: dict[str, tuple[Endpoint, dict[str, str]]] = {}
+        #: Told of each attempt refused after it was paid for (a failed generation in a
+        #: 200 that reported usage), with the payload sent and what was billed, whether
+        #: or not a retry follows: the account stage prices it.
+        self.billed: Callable[[bytes, dict[str, Any]], None] | None = None
 
     def chat(
         self,
@@ -263,6 +269,9 @@ class Transport:
                 # ``upstream_errors``, unrolled: no context manager entered per attempt.
                 error = upstream_error(exc, endpoint.name, endpoint.secrets)
                 ticket.close(error)
+                billed = self.billed
+                if billed is not None and isinstance(error, APIGenerationError) and error.billed:
+                    billed(payload, error.billed)
                 if error is exc:
                     raise
                 raise error from shown_cause(exc, endpoint.secrets)

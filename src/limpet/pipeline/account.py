@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import orjson
+
 from limpet.cache.base import CacheEntry
 from limpet.errors import ConfigurationError
 from limpet.models import Cost, Usage
@@ -23,7 +25,7 @@ from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
 from limpet.providers.pricing import ModelPrices, PriceTable, completion_cost, prompt_cache_savings
 from limpet.providers.prompt_cache import breakpoint_ttl
-from limpet.providers.usage import reported_cost, with_write_ttl
+from limpet.providers.usage import parse_usage, reported_cost, with_write_ttl
 
 logger = logging.getLogger("limpet")
 
@@ -111,6 +113,21 @@ class Accounting:
         cost = completion_cost(usage, prices, reported)
         self._tell(model, usage, cost)
         return prices, cost
+
+    def billed(self, payload: bytes, answer: dict[str, Any]) -> None:
+        """Tell what an answer refused after it was paid for cost (a failed generation
+        in a 200 that reported its usage; ``Transport.billed``): ``answer`` holds its
+        ``model`` and ``usage``, ``payload`` the request sent (its model asked for)."""
+        try:
+            requested = orjson.loads(payload).get("model")
+        except (orjson.JSONDecodeError, AttributeError):
+            requested = None
+        model = requested if isinstance(requested, str) and requested else "unknown"
+        names = (answered_model(answer, model), model)
+        usage = answer.get("usage")
+        self._price_later(
+            model, parse_usage(usage), partial(self.prices.prices, *names), reported_cost(usage)
+        )
 
     def _price_later(
         self,

@@ -74,6 +74,7 @@ class Pipelines:
             return self._shared[-1]
 
         self._accounting = Accounting(prices, spent=recorder.spent)
+        transport.billed = self._accounting.billed
         upstream = Upstream(router, self._accounting, stats, mark)
         local: SingleFlight[Filled] | None = (
             SingleFlight(retry_if=should_retry, free_if=never_sent) if coalesce else None
