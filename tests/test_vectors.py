@@ -254,6 +254,13 @@ def test_a_token_arrays_tokens_are_estimated_by_its_length() -> None:
     assert estimate_tokens("word " * 100) == 126
 
 
+def test_text_in_scripts_of_many_bytes_a_character_is_never_underestimated() -> None:
+    """CJK text runs over one token a character (three bytes of UTF-8 each): 4 bytes a
+    token would take 200,000 estimated tokens for ~350,000, over OpenAI's limit."""
+    assert estimate_tokens("漢字" * 500) >= 1000  # a token a character, at least
+    assert estimate_tokens("привет " * 100) >= 600
+
+
 def test_the_encoding_is_wire_only_and_dimensions_enter_the_key() -> None:
     keyed, wire = embedding_params(4, "float", {"user": "u", "input_type": "query"})
     assert keyed == {"dimensions": 4, "input_type": "query"}

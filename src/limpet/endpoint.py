@@ -83,10 +83,11 @@ class Endpoint:
             ``embed()`` splits larger sets of misses into concurrent requests, each
             sized for every endpoint it may fail over to (the least of their sizes).
         embedding_batch_tokens: at most about this many tokens per ``/embeddings``
-            request (estimated at 4 bytes of UTF-8 a token), so that a batch of long
-            inputs stays under a provider's limit per request (OpenAI's: 300,000 tokens)
-            rather than being refused whole; an input over it goes alone. None: no
-            budget. The least of the endpoints' applies, as for the size.
+            request (estimated on the high side from the UTF-8: 4 bytes a token, more
+            for text of several bytes a character; a token array by its count), so that
+            a batch of long inputs stays under a provider's limit per request (OpenAI's:
+            300,000 tokens) rather than being refused whole; an input over it goes
+            alone. None: no budget. The least of the endpoints' applies, as for the size.
         max_in_flight: the most requests limpet sends here at once; callers beyond it
             wait their turn, first come first served (see ``AdmissionConfig``). None: no
             fixed cap, only the limit limpet learns from the endpoint's 429s.

@@ -189,10 +189,13 @@ def plan_batches(
 
 
 def estimate_tokens(text: EmbedInput) -> int:
-    """A cheap estimate of an input's tokens: about 4 bytes of UTF-8 a token for a text,
-    the count of a token array."""
+    """A cheap, upper-leaning estimate of an input's tokens: a text's about 4 bytes of
+    UTF-8 a token, but never fewer than its bytes beyond one a character (CJK text, three
+    bytes a character, runs over one token a character: two a character estimated); a
+    token array's count."""
     if type(text) is str:
-        return len(text.encode()) // 4 + 1
+        size = len(text.encode())
+        return max(size // 4, size - len(text)) + 1
     return len(text)
 
 
