@@ -100,7 +100,9 @@ class RedisCache(RemoteCache):
         cluster: treat ``url`` as a seed node of a Redis Cluster (implied by a
             ``+cluster`` scheme or a ``RedisCluster`` client).
         prefix: prepended to every key this cache writes; must not be empty.
-        read_timeout: seconds a read (GET, MGET) may take, connecting included.
+        read_timeout: seconds a read (GET, MGET) may take; one that opens a connection
+            of a pool built from ``url`` on one server gets four times more for it (not
+            on a lent client or a cluster: set it above a few round trips there).
         write_timeout: seconds a write (a batch of SETs, DEL, INCR, a SCAN step) may take.
         max_pending_writes: queued writes beyond which ``set()`` drops new writes
             (``embed()`` waits for room while the tier is healthy: ``wait_for_write_room``).
