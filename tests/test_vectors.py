@@ -216,6 +216,7 @@ def test_an_input_key_differs_from_any_chat_requests_canonical_form() -> None:
         ([1, -1], "input[1]"),
         ([[1, 2], [3, 2**32]], "input[1][1]"),
         ([[1, True]], "input[0][1]"),
+        ([1.0], "input[0]"),
         ([[1]] * 5, "input[4]"),
     ],
 )

@@ -281,6 +281,8 @@ def validate_inputs(input: object, max_inputs: int) -> list[EmbedInput]:
             if type(text) is not str or not text:
                 raise InvalidRequestError(f"input[{index}]", "a non-empty str, as input[0]", text)
         return list(input)
+    if not isinstance(input[0], list | tuple):
+        raise InvalidRequestError("input[0]", "a str, a token id or a list of token ids", input[0])
     return [_token_array(f"input[{index}]", tokens) for index, tokens in enumerate(input)]
 
 
