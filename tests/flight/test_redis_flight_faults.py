@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -72,6 +73,35 @@ class Reader:
 SLOW = FlightConfig(lease=30.0, poll=30.0, follow_timeout=60.0)  # only notices wake
 
 
+@dataclass
+class Following:
+    """A leader's call held upstream, and a follower in a cache of its own watching it."""
+
+    led: asyncio.Task[tuple[str, bool]]
+    followed: asyncio.Task[tuple[str, bool]]
+    follower: RedisFlight[str]
+    upstream: Upstream
+    mine: Upstream
+    reader: Reader
+
+
+async def following(leading: RedisCache, other: RedisCache, config: FlightConfig) -> Following:
+    """Returns once the follower (on ``other``) watches the leader's flight."""
+    leader, follower = (
+        RedisFlight[str](leading.flight_store, config),
+        RedisFlight[str](other.flight_store, config),
+    )
+    upstream = Upstream(leading, "the leader's answer")
+    upstream.go.clear()
+    led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
+    await upstream.started.wait()
+    mine = Upstream(other, "the follower's own call")
+    reader = Reader(other)
+    followed = asyncio.create_task(follower.do(KEY, mine, reader))
+    await reader.reads[1].wait()  # watching, looking for the entry
+    return Following(led, followed, follower, upstream, mine, reader)
+
+
 @pytest.mark.parametrize(
     ("hmac_key", "notice"),
     [(None, "forged"), (b"fleet secret", "forged"), (b"fleet secret", "replayed")],
@@ -89,20 +119,9 @@ async def test_an_error_notice_no_leader_of_this_flight_sent_is_never_raised_by_
     flight's leader, it must not fail the followers."""
     async with (
         RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=hmac_key) as leading,
-        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=hmac_key) as following,
+        RedisCache.from_url(redis_url, prefix=redis_prefix, hmac_key=hmac_key) as other,
     ):
-        leader, follower = (
-            RedisFlight[str](leading.flight_store, SLOW),
-            RedisFlight[str](following.flight_store, SLOW),
-        )
-        upstream = Upstream(leading, "the real answer")
-        upstream.go.clear()
-        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
-        await upstream.started.wait()
-        mine = Upstream(following, "the follower's own call")
-        reader = Reader(following)
-        followed = asyncio.create_task(follower.do(KEY, mine, reader))
-        await reader.reads[1].wait()  # watching, and found no entry
+        flight = await following(leading, other, SLOW)
         fields = {
             "outcome": "failed",
             "status": 402,
@@ -118,14 +137,14 @@ async def test_an_error_notice_no_leader_of_this_flight_sent_is_never_raised_by_
             signature = b"0" * 64 if hmac_key else b""
             message = KEY.encode() + b"\n" + signature + b"\n" + orjson.dumps(fields)
         assert await raw.publish(redis_prefix + "flights", message) >= 1
-        looked = asyncio.ensure_future(reader.reads[2].wait())  # woken, it looks again
-        await asyncio.wait({looked, followed}, return_when=asyncio.FIRST_COMPLETED)
-        assert not followed.done()  # it did not raise the error
-        upstream.go.set()
-        assert await led == ("the real answer", True)
-        assert await followed == ("the real answer", False)
-    assert mine.calls == 0 and upstream.calls == 1
-    assert follower.takeovers == 0
+        looked = asyncio.ensure_future(flight.reader.reads[2].wait())  # it looks again
+        await asyncio.wait({looked, flight.followed}, return_when=asyncio.FIRST_COMPLETED)
+        assert not flight.followed.done()  # it did not raise the error
+        flight.upstream.go.set()
+        assert await flight.led == ("the leader's answer", True)
+        assert await flight.followed == ("the leader's answer", False)
+    assert flight.mine.calls == 0 and flight.upstream.calls == 1
+    assert flight.follower.takeovers == 0
 
 
 @pytest.mark.parametrize(
@@ -385,30 +404,19 @@ async def test_a_follower_rides_out_a_stall_of_the_store_without_going_upstream(
     async with (
         RedisProxy.for_url(redis_url) as proxy,
         RedisCache.from_url(redis_url, prefix=redis_prefix) as leading,
-        RedisCache.from_url(proxy.url, prefix=redis_prefix) as following,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as other,
     ):
-        leader, follower = (
-            RedisFlight[str](leading.flight_store, config),
-            RedisFlight[str](following.flight_store, config),
-        )
-        upstream = Upstream(leading, "the real answer")
-        upstream.go.clear()
-        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
-        await upstream.started.wait()
-        mine = Upstream(following, "the follower's own call")
-        reader = Reader(following)
-        followed = asyncio.create_task(follower.do(KEY, mine, reader))
-        await reader.reads[1].wait()  # watching, looking for the entry
+        flight = await following(leading, other, config)
         proxy.stall()
         # Two looks failed (each past its timeout) when a third begins.
-        looked = asyncio.ensure_future(reader.reads[3].wait())
-        await asyncio.wait({looked, followed}, return_when=asyncio.FIRST_COMPLETED)
-        assert not followed.done() and mine.calls == 0
+        looked = asyncio.ensure_future(flight.reader.reads[3].wait())
+        await asyncio.wait({looked, flight.followed}, return_when=asyncio.FIRST_COMPLETED)
+        assert not flight.followed.done() and flight.mine.calls == 0
         proxy.resume()
-        upstream.go.set()
-        assert await led == ("the real answer", True)
-        assert await followed == ("the real answer", False)
-    assert mine.calls == 0 and upstream.calls == 1
+        flight.upstream.go.set()
+        assert await flight.led == ("the leader's answer", True)
+        assert await flight.followed == ("the leader's answer", False)
+    assert flight.mine.calls == 0 and flight.upstream.calls == 1
 
 
 async def test_a_follower_leads_at_once_when_the_store_refuses_its_connections() -> None:
@@ -420,25 +428,14 @@ async def test_a_follower_leads_at_once_when_the_store_refuses_its_connections()
     try:
         async with (
             RedisCache.from_url(server.url, prefix="killed:") as leading,
-            RedisCache.from_url(server.url, prefix="killed:") as following,
+            RedisCache.from_url(server.url, prefix="killed:") as other,
         ):
-            leader, follower = (
-                RedisFlight[str](leading.flight_store, config),
-                RedisFlight[str](following.flight_store, config),
-            )
-            upstream = Upstream(leading, "the leader's answer")
-            upstream.go.clear()
-            led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
-            await upstream.started.wait()
-            mine = Upstream(following, "the follower's own call")
-            reader = Reader(following)
-            followed = asyncio.create_task(follower.do(KEY, mine, reader))
-            await reader.reads[1].wait()
+            flight = await following(leading, other, config)
             server.kill()
             async with asyncio.timeout(LONG):  # a failure, not a hang: a lease is 60 s
-                assert await followed == ("the follower's own call", True)
-            upstream.go.set()
-            assert await led == ("the leader's answer", True)
+                assert await flight.followed == ("the follower's own call", True)
+            flight.upstream.go.set()
+            assert await flight.led == ("the leader's answer", True)
     finally:
         server.stop()
 
@@ -451,23 +448,12 @@ async def test_a_follower_rides_out_a_stall_for_a_few_seconds_not_a_lease(
     async with (
         RedisProxy.for_url(redis_url) as proxy,
         RedisCache.from_url(redis_url, prefix=redis_prefix) as leading,
-        RedisCache.from_url(proxy.url, prefix=redis_prefix) as following,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as other,
     ):
-        leader, follower = (
-            RedisFlight[str](leading.flight_store, config),
-            RedisFlight[str](following.flight_store, config),
-        )
-        upstream = Upstream(leading, "the leader's answer")
-        upstream.go.clear()
-        led = asyncio.create_task(leader.do(KEY, upstream, Reader(leading)))
-        await upstream.started.wait()
-        mine = Upstream(following, "the follower's own call")
-        reader = Reader(following)
-        followed = asyncio.create_task(follower.do(KEY, mine, reader))
-        await reader.reads[1].wait()
+        flight = await following(leading, other, config)
         proxy.stall()
         async with asyncio.timeout(LONG):  # a failure, not a hang: a lease is 60 s
-            assert await followed == ("the follower's own call", True)
-        upstream.go.set()
-        assert await led == ("the leader's answer", True)
+            assert await flight.followed == ("the follower's own call", True)
+        flight.upstream.go.set()
+        assert await flight.led == ("the leader's answer", True)
         proxy.resume()
