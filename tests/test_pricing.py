@@ -503,3 +503,38 @@ async def test_an_embedding_model_genai_prices_by_input_alone_is_priced_for_embe
     assert found is not None and found.source == "genai-prices"
     assert (found.prompt, found.completion) == (Decimal("0.02") / 1_000_000, Decimal(0))
     assert await table.input_prices("acme/unknown-embedder") is None
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "expected"),
+    [
+        # 300k x $2.50/M + 1k x $15/M: the whole request at the long-context rates.
+        ("google/gemini-2.5-pro", 300_000, 0.765),
+        ("google/gemini-2.5-pro", 200_000, 0.26),  # at the threshold: 200k x $1.25/M + $10/M
+        ("anthropic/claude-sonnet-4.5", 300_000, 1.8225),  # $6/M and $22.50/M
+    ],
+)
+def test_the_fallback_prices_long_contexts_at_their_own_rates(
+    model: str, prompt: int, expected: float
+) -> None:
+    """genai-prices' context tiers (over 200,000 prompt tokens) were read as their base
+    price: a long Gemini 2.5 Pro call was charged half of what it cost."""
+    prices = PriceTable().get(model)
+    assert prices is not None and prices.long_context is not None
+    cost = completion_cost(Usage(prompt_tokens=prompt, completion_tokens=1_000), prices)
+    assert cost is not None and cost.usd == pytest.approx(expected)
+
+
+def test_long_context_prices_apply_past_their_threshold_cache_included() -> None:
+    long = ModelPrices.per_million(prompt=2, completion=20, cache_read=0.2)
+    prices = ModelPrices.per_million(prompt=1, completion=10, cache_read=0.1)
+    prices = ModelPrices(
+        prompt=prices.prompt, completion=prices.completion, long_context=(1_000, long)
+    )
+    assert prices.at(1_000) is prices and prices.at(1_001) is long
+    # 1,500 prompt tokens, 1,000 of them read from the cache: all at the long rates.
+    usage = Usage(prompt_tokens=1_500, completion_tokens=10, cached_tokens=1_000)
+    assert cost_usd(usage, prices) == pytest.approx((500 * 2 + 1_000 * 0.2 + 10 * 20) / 1e6)
+    assert prompt_cache_savings(usage, prices) == pytest.approx(1_000 * 1.8 / 1e6)
+    with pytest.raises(ConfigurationError, match="long_context"):
+        ModelPrices(prompt=Decimal(0), completion=Decimal(0), long_context=(0, long))

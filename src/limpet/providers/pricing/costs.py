@@ -24,11 +24,13 @@ _HOUR = Decimal(3600)
 
 
 def cost_usd(usage: Usage, prices: ModelPrices) -> float:
-    """What a call with ``usage`` costs at ``prices``, in USD.
+    """What a call with ``usage`` costs at ``prices`` (their long-context rates past
+    their threshold), in USD.
 
     Every input token is billed once, in its own bucket: uncached at the prompt price,
     reads at the read price, writes at the write price of their TTL.
     """
+    prices = prices.at(usage.prompt_tokens)
     total = (
         usage.uncached_tokens * prices.prompt
         + usage.cached_tokens * prices.read_price
@@ -45,6 +47,7 @@ def prompt_cache_savings(usage: Usage, prices: ModelPrices) -> float:
     price), less writes x (write price - prompt price). Negative when a call only wrote."""
     if not usage.cached_tokens and not usage.cache_write_tokens:
         return 0.0  # most calls: nothing read or written, no Decimal arithmetic to do
+    prices = prices.at(usage.prompt_tokens)
     prompt = prices.prompt
     saved = (
         usage.cached_tokens * (prompt - prices.read_price)
@@ -74,6 +77,7 @@ def completion_cost(
         return None
     if prices is None:
         return None if reported is None else Cost(reported, 0.0)
+    prices = prices.at(usage.prompt_tokens)
     usd = cost_usd(usage, prices) if reported is None else reported
     return Cost(usd, prompt_cache_savings(usage, prices))
 

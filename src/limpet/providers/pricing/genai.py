@@ -3,6 +3,7 @@ for models the gateway does not list."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -50,10 +51,28 @@ def fallback_prices(model: str, *, input_only: bool = False) -> ModelPrices | No
 
 
 def _from_genai(price: Any, input_only: bool) -> ModelPrices | None:
+    """genai-prices' ``ModelPrice`` as ``ModelPrices``; a context tier of its input price
+    (Gemini 2.5 Pro above 200,000 tokens) becomes ``long_context``, each price at that
+    tier (a price without tiers: its base)."""
+    base = _at_tier(price, input_only, None)
+    tiers = getattr(getattr(price, "input_mtok", None), "tiers", None)
+    start = getattr(tiers[0], "start", None) if tiers else None
+    if base is None or type(start) is not int or start <= 0:
+        return base
+    long = _at_tier(price, input_only, start)
+    return base if long is None else replace(base, long_context=(start, long))
+
+
+def _at_tier(price: Any, input_only: bool, start: int | None) -> ModelPrices | None:
+    """The prices of ``price`` at its context tier starting at ``start`` (None: base)."""
+
     def per_token(attr: str) -> Decimal | None:
         value = getattr(price, attr, None)
-        # Context tiers (above 200k tokens, say) are not modelled: the base price applies.
-        value = getattr(value, "base", value)
+        tiered = getattr(value, "base", None)
+        if tiered is not None:  # a TieredPrices: the base, or the tier from ``start``
+            tiers = getattr(value, "tiers", None) or ()
+            tier = next((t for t in tiers if getattr(t, "start", None) == start), None)
+            value = tiered if tier is None else tier.price
         return value / MILLION if isinstance(value, Decimal) and value.is_finite() else None
 
     prompt, completion = per_token("input_mtok"), per_token("output_mtok")

@@ -36,6 +36,9 @@ class ModelPrices:
         request: a flat fee per request.
         source: where the prices came from: ``"gateway"``, ``"genai-prices"``,
             ``"override"``, or ``"free"`` (an OpenRouter ``:free`` variant).
+        long_context: ``(tokens, prices)``: a request whose prompt is over ``tokens``
+            (cached tokens included) is priced wholly at ``prices`` (Gemini 2.5 Pro's and
+            Claude's long-context rates above 200,000); None: one rate at every length.
     """
 
     prompt: Decimal
@@ -45,8 +48,20 @@ class ModelPrices:
     cache_write_1h: Decimal | None = None
     request: Decimal = _ZERO
     source: str = "override"
+    long_context: tuple[int, ModelPrices] | None = None
 
     def __post_init__(self) -> None:
+        long = self.long_context
+        if long is not None and not (
+            isinstance(long, tuple)
+            and len(long) == 2
+            and type(long[0]) is int
+            and long[0] > 0
+            and isinstance(long[1], ModelPrices)
+        ):
+            raise ConfigurationError(
+                "ModelPrices.long_context: expected (tokens > 0, ModelPrices) or None"
+            )
         for name in (
             "prompt",
             "completion",
@@ -116,6 +131,14 @@ class ModelPrices:
             source=source,
         )
 
+    def at(self, prompt_tokens: int) -> ModelPrices:
+        """The prices of a request with a prompt of ``prompt_tokens`` (cached included):
+        the long-context ones past their threshold, else these."""
+        long = self.long_context
+        if long is not None and prompt_tokens > long[0]:
+            return long[1]
+        return self
+
     def completed(self, capability: CacheCapability | None) -> ModelPrices:
         """These prices with unlisted cache prices derived from ``capability``'s
         multipliers of the prompt price; unchanged without a capability."""
@@ -137,7 +160,12 @@ class ModelPrices:
             write = derived(capability.write_multiplier)
         if write_1h is None and capability.write_1h_multiplier is not None:
             write_1h = derived(capability.write_1h_multiplier)
-        return replace(self, cache_read=read, cache_write=write, cache_write_1h=write_1h)
+        long = self.long_context
+        if long is not None:
+            long = (long[0], long[1].completed(capability))
+        return replace(
+            self, cache_read=read, cache_write=write, cache_write_1h=write_1h, long_context=long
+        )
 
     @property
     def read_price(self) -> Decimal:
