@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -28,6 +29,7 @@ from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     BadHeaderError,
     answer_headers,
+    as_served,
     call_options,
     client_key_allowed,
     embeddings_body,
@@ -335,3 +337,26 @@ def test_metrics_without_client_keys_are_for_this_host_alone(
     # Regression: with callers bringing their own keys, /metrics (every tenant's models,
     # calls and dollars) was served to anyone who asked.
     assert from_this_host(remote) is local
+
+
+def test_a_hit_says_it_spent_nothing_in_every_dollar_field_of_its_usage() -> None:
+    """OpenRouter's ``usage.cost`` and, for a BYOK key, ``cost_details`` (the provider's
+    own bill, which clients add to it) are 0 for a hit; tokens stay; a miss is as sent."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": 5,
+        "cost": 0.001,
+        "is_byok": True,
+        "cost_details": {"upstream_inference_cost": 0.002, "note": "kept"},
+    }
+    body: dict[str, Any] = {"id": "x", "usage": usage}
+    hit = Completion(body, "m", Usage(), None, CacheStatus.HIT, "a", None)
+    shown = as_served(body, hit)
+    assert shown["usage"] == {
+        "prompt_tokens": 5,
+        "cost": 0,
+        "is_byok": True,
+        "cost_details": {"upstream_inference_cost": 0, "note": "kept"},
+    }
+    assert usage["cost"] == 0.001  # a copy: the entry's body is never changed
+    miss = Completion(body, "m", Usage(), None, CacheStatus.MISS, "a", None)
+    assert as_served(body, miss) is body

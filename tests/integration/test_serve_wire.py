@@ -22,13 +22,14 @@ from limpet import Client
 from limpet.serve import ServeConfig, create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
-from tests.integration.scripted import raw_event, scripted_upstream, usage_chunk
+from tests.integration.scripted import chunk, raw_event, scripted_upstream, usage_chunk
 from tests.loopback import served
 from tests.openai_shapes import assert_chunks
 
 EMBEDDING_MODEL = "openai/text-embedding-3-small"
 KEY = "sk-test-a"
 AUTHORIZATION = {"Authorization": f"Bearer {KEY}"}
+LONG = 30.0  # seconds: a failure, not a hang
 
 
 @contextlib.asynccontextmanager
@@ -492,6 +493,39 @@ async def test_a_body_sent_as_it_is_is_read(proxy: str, encoding: str) -> None:
         session.post(f"{proxy}/chat/completions", json=ask("plain"), headers=headers) as answer,
     ):
         assert answer.status == 200
+
+
+async def test_content_is_never_held_back_when_every_chunk_carries_usage() -> None:
+    """Some servers put usage on every chunk: only the usage-only chunk waits for the end
+    of the stream (where what this caller spent is known); content goes as it comes. The
+    last content chunk waited for the upstream's [DONE], every chunk for the next one."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+    async with scripted_upstream() as upstream:
+        upstream.script = [
+            {**chunk({"role": "assistant", "content": "Hello"}), "usage": usage},
+            {**chunk({"content": " world"}, "stop"), "usage": usage},
+        ]
+        done = upstream.before_done = asyncio.Event()  # [DONE] once both reached the caller
+        config = ServeConfig(upstreams=(upstream.url,))
+        streamed = {**ask(), "stream": True, "stream_options": {"include_usage": True}}
+        seen: list[str] = []
+        async with (
+            served(create_app(config), access_log=None) as url,
+            aiohttp.ClientSession() as session,
+            session.post(
+                url + "/v1/chat/completions", json=streamed, headers=AUTHORIZATION
+            ) as response,
+        ):
+            try:
+                async with asyncio.timeout(LONG):  # a failure, not a hang
+                    async for line in response.content:
+                        if line.startswith(b"data: {") and b'"content"' in line:
+                            seen.append(orjson.loads(line[6:])["choices"][0]["delta"]["content"])
+                            if len(seen) == 2:
+                                done.set()
+            finally:
+                done.set()  # the upstream may end, whatever happened
+    assert seen == ["Hello", " world"]
 
 
 async def test_a_split_surrogate_pair_reaches_the_openai_sdk_through_the_proxy() -> None:

@@ -397,8 +397,9 @@ async def _relay(
     *,
     own_key: bool,
 ) -> None:
-    # A chunk with usage is held until the next comes, or the stream ends and how it was
-    # served is known (its cost is then what this caller spent: ``as_served``).
+    # The usage chunk (usage, no choices: content is never held) waits for the next
+    # chunk, or the stream's end, where how it was served is known (its cost is then
+    # what this caller spent: ``as_served``).
     held: dict[str, Any] | None = None
     try:
         if first is not None:
@@ -407,7 +408,7 @@ async def _relay(
                 if held is not None:
                     await response.write(_event(held))
                     held = None
-                if chunk.raw.get("usage"):
+                if chunk.raw.get("usage") and not chunk.raw.get("choices"):
                     held = chunk.raw
                 else:
                     await response.write(_event(chunk.raw))

@@ -318,17 +318,24 @@ def embeddings_headers(result: Embeddings) -> dict[str, str]:
 def as_served(body: dict[str, Any], completion: Completion) -> dict[str, Any]:
     """An answer's body (or its usage chunk) as ``completion``'s caller is told it: a hit
     or a coalesced call spent nothing, so the gateway's ``usage.cost`` (OpenRouter's
-    dollars, which clients add up) is 0 in it, as OpenRouter's own response cache reports
-    it; the tokens stay as the call that paid for them used them (``X-Limpet-Cost-USD``
-    says the same: 0). Changes a copy, never ``body``."""
+    dollars, which clients add up) is 0 in it, and so are the BYOK ``cost_details``
+    (``upstream_inference_cost``...), as OpenRouter's own response cache reports it; the
+    tokens stay as the call that paid for them used them (``X-Limpet-Cost-USD`` says the
+    same: 0). Changes a copy, never ``body``."""
     usage = body.get("usage")
     if (
-        (completion.cache is not CacheStatus.HIT and completion.cache is not CacheStatus.COALESCED)
-        or not isinstance(usage, dict)
-        or "cost" not in usage
-    ):
+        completion.cache is not CacheStatus.HIT and completion.cache is not CacheStatus.COALESCED
+    ) or not isinstance(usage, dict):
         return body
-    return {**body, "usage": {**usage, "cost": 0}}
+    spent = dict(usage)
+    if "cost" in spent:
+        spent["cost"] = 0
+    details = spent.get("cost_details")
+    if isinstance(details, dict):  # BYOK: the provider's own bill, beside OpenRouter's
+        spent["cost_details"] = {
+            name: 0 if type(value) in (int, float) else value for name, value in details.items()
+        }
+    return {**body, "usage": spent}
 
 
 def openai_error(
