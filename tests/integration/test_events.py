@@ -105,6 +105,24 @@ async def test_prometheus_counts_what_an_answer_no_call_returned_cost(
     assert tokens == client.stats.prompt_tokens
 
 
+async def test_prometheus_behind_a_function_of_yours_counts_what_calls_spent(
+    gateway: FakeGateway,
+) -> None:
+    """Passed on by a wrapper (a filter, a fan-out), the metrics never hear each paid
+    answer: tokens and dollars come from the events of the calls that returned, rather
+    than from nowhere."""
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    async with client_for(gateway, on_event=[lambda event: metrics(event)]) as client:
+        miss = await client.complete(**ask())
+        await client.complete(**ask())
+    assert miss.cost is not None
+    sample = registry.get_sample_value
+    assert sample("limpet_cost_usd_total", {"model": MODEL}) == pytest.approx(miss.cost.usd)
+    prompt = sample("limpet_tokens_total", {"model": MODEL, "kind": "prompt"})
+    assert prompt == miss.usage.prompt_tokens == client.stats.prompt_tokens
+
+
 def test_a_prompt_cache_write_premium_is_counted_apart_and_the_call_still_observed() -> None:
     # A miss that wrote the provider's prompt cache saved less than nothing. Regression:
     # inc() of a negative raised in the hook, and the call's seconds were never observed.

@@ -48,7 +48,7 @@ def test_prometheus_series_stop_at_max_models_and_the_rest_add_up_under_other() 
     for i in range(calls):
         for _ in range(2):  # twice each: a folded model is folded every time
             # What the answer cost, as the Client tells it (counted once, not as a call).
-            metrics.spent(user_model(i), Usage(prompt_tokens=3, completion_tokens=5), None)
+            metrics.limpet_spent(user_model(i), Usage(prompt_tokens=3, completion_tokens=5), None)
             metrics(
                 CallEvent(
                     model=user_model(i),

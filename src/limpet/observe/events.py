@@ -113,14 +113,15 @@ def event_of(
     )
 
 
-# A hook's optional ``spent(model, usage, cost)``: what each upstream answer cost, as it
-# comes, whether or not a call returned it (``Recorder.spent``).
+# A hook's optional ``limpet_spent(model, usage, cost)``: what each upstream answer cost,
+# as it comes, whether or not a call returned it (``Recorder.spent``). Named so that no
+# hook has one by chance.
 SpendHook = Callable[[str, Usage, Cost | None], None]
 
 
 def spend_hooks(hooks: Sequence[EventHook]) -> tuple[SpendHook, ...]:
-    """The ``spent`` methods of the hooks that have one (``PrometheusMetrics``)."""
-    found = (getattr(hook, "spent", None) for hook in hooks)
+    """The ``limpet_spent`` methods of the hooks that have one (``PrometheusMetrics``)."""
+    found = (getattr(hook, "limpet_spent", None) for hook in hooks)
     return tuple(spent for spent in found if callable(spent))
 
 

@@ -105,9 +105,10 @@ class PrometheusMetrics:
     ``limpet_admission_in_flight{endpoint}`` and ``limpet_admission_queued{endpoint}``.
 
     Calls, errors, savings and latency come from each call's event; tokens and dollars
-    from ``spent()``, which the Client calls for every upstream answer paid for, whether
-    or not a call returned it (a stream whose caller hung up), so they add up to
-    ``Stats``'.
+    from ``limpet_spent()``, which a Client given this hook itself calls for every
+    upstream answer paid for, whether or not a call returned it (a stream whose caller
+    hung up), so they add up to ``Stats``'. (Behind a function of yours that passes the
+    events on, they come from the events: what the calls that returned spent.)
 
     The caller names the model, so its label is capped: the first ``MAX_MODELS`` (1,000)
     distinct models of a registry and namespace get their own series, and every later
@@ -133,6 +134,7 @@ class PrometheusMetrics:
         self.queued = collectors.queued
         self.folded = collectors.folded
         self._models = collectors.models
+        self._fed = False  # whether a Client tells it what was spent (``limpet_spent``)
 
     def __call__(self, event: CallEvent) -> None:
         model = self._label(event.model)
@@ -145,6 +147,8 @@ class PrometheusMetrics:
             self.errors.labels(model, event.error or "Error").inc()
             return
         self.calls.labels(model, event.cache.value, event.endpoint or "").inc()
+        if not self._fed:  # behind a wrapper: what returned calls spent, as it can
+            self._count_spent(model, event.usage, event.cost_usd)
         saved = event.saved_usd
         if saved > 0:
             self.saved.labels(model).inc(saved)
@@ -152,13 +156,17 @@ class PrometheusMetrics:
             self.premium.labels(model).inc(-saved)
         self.seconds.labels(event.cache.value).observe(event.seconds)
 
-    def spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
-        """Count what one upstream answer cost (tokens and dollars), as it comes: the
-        Client tells every answer paid for, whether or not a call returned it (a stream
-        whose caller hung up, a request left to others), so the counters add up to
-        ``Stats``' rather than to the calls that returned. (Not counted as a call of a
+    def limpet_spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
+        """Count what one upstream answer cost (tokens and dollars), as it comes: a Client
+        given this hook itself (not a function around it) tells it every answer paid for,
+        whether or not a call returned it (a stream whose caller hung up, a request left
+        to others), so the counters add up to ``Stats``' rather than to the calls that
+        returned; from then on, events no longer count them. (Not counted as a call of a
         folded model: only ``__call__`` counts calls.)"""
-        model = self._models.row(model)
+        self._fed = True
+        self._count_spent(self._models.row(model), usage, 0.0 if cost is None else cost.usd)
+
+    def _count_spent(self, model: str, usage: Usage, usd: float) -> None:
         for kind, count in (
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),
@@ -167,8 +175,8 @@ class PrometheusMetrics:
         ):
             if count:
                 self.tokens.labels(model, kind).inc(count)
-        if cost is not None and cost.usd:
-            self.cost.labels(model).inc(cost.usd)
+        if usd:
+            self.cost.labels(model).inc(usd)
 
     def _label(self, model: str) -> str:
         models = self._models

@@ -126,7 +126,7 @@ class Recorder:
         as each answer comes, whether or not the call that sent it is still there: a
         caller that left (cancelled, past its deadline, a stream closed) leaves its
         request to others waiting on it, or to be stored, paid for all the same. Hooks
-        with a ``spent`` method (``PrometheusMetrics``) are told too."""
+        with a ``limpet_spent`` method (``PrometheusMetrics``) are told too."""
         self.stats.spent(usage, cost)
         if self._fleet is not None:
             self._fleet.record_spent(model, usage, cost)
