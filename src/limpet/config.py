@@ -116,7 +116,8 @@ class FlightConfig:
             within about ``lease + poll`` (as they do from a lease nobody renews). A
             follower rides out a store that does not answer its looks for up to 3 seconds
             (a stall of a moment is no reason to pay again for the leader's answer),
-            then calls upstream itself; one that refuses the connection, at once.
+            then calls upstream itself; a Redis that refuses the connection, at once
+            (Memcached's client cannot tell a refusal: it is ridden out the same).
         poll: seconds between a follower's checks when no completion notice arrives.
         follow_timeout: seconds a follower waits for another process before calling
             upstream itself (correctness over savings).

@@ -24,7 +24,7 @@ from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
-from limpet.errors import CacheUnavailableError
+from limpet.errors import CacheTimeoutError, CacheUnavailableError
 from limpet.models import Usage
 from limpet.testing import FakeGateway
 from tests.fakes import COOLDOWN, FakeClock
@@ -545,3 +545,23 @@ async def test_a_redis_some_ms_away_is_not_taken_for_down_at_each_new_connection
             clock.advance(COOLDOWN)
             assert await cache.get("k") == b"v"
             assert state(cache) == "closed"
+
+
+async def test_a_lent_clients_own_timeout_is_a_timeout_not_an_outage(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A lent client's own socket timeout (redis-py's ``TimeoutError``, no built-in one)
+    says the server was slow, as the cache's budget running out does: a
+    ``CacheTimeoutError``, which a cross-process follower rides out, where an outage
+    (a refused connection) sends it upstream at once."""
+    async with RedisProxy.for_url(redis_url) as proxy:
+        proxy.delay = 0.05
+        lent = redis.asyncio.Redis.from_url(proxy.url, socket_timeout=0.01)
+        cache = RedisCache(client=lent, prefix=redis_prefix, read_timeout=1.0)
+        try:
+            err = await unavailable(lambda: cache.get("k"))
+            assert isinstance(err, CacheTimeoutError)
+            assert isinstance(err.__cause__, redis.exceptions.TimeoutError)
+        finally:
+            await cache.aclose()
+            await lent.aclose()

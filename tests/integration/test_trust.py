@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from limpet import APIGenerationError, CacheStatus, Client, Endpoint, RetryConfig, Usage
 from limpet.errors import APIError, APIStreamError
@@ -18,6 +19,7 @@ from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from limpet.testing.faults import EchoShape
 from tests.integration.chat import ask
+from tests.loopback import served
 
 KEY = "sk-or-v1-trust-0123456789abcdef"
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
@@ -146,6 +148,40 @@ async def test_a_failed_generation_that_reported_usage_is_counted_as_spent(
     assert billed is not None and billed["usage"]["prompt_tokens"] > 0
     tries = FAST_RETRY.max_attempts
     assert client.stats.prompt_tokens == before + tries * billed["usage"]["prompt_tokens"]
+
+
+async def test_a_failed_generation_answering_a_stream_as_json_is_counted_as_spent() -> None:
+    """A stream asked for and a failed generation answered as a plain JSON 200, with its
+    usage: paid for, counted as a plain answer's is (the stream's opening raised before
+    any accounting)."""
+    failed = {
+        "id": "gen-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "half"},
+                "finish_reason": "error",
+                "error": {"code": 400, "message": "flagged mid-answer"},
+            }
+        ],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105, "cost": 0.01},
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(failed)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    async with served(app) as url:
+        endpoint = Endpoint("a", url + "/v1")
+        async with Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1)) as client:
+            with pytest.raises(APIGenerationError, match="flagged"):
+                async with client.stream(**ask()) as stream:
+                    async for _ in stream:
+                        pass
+            assert (client.stats.prompt_tokens, client.stats.cost_usd) == (100, 0.01)
 
 
 async def test_a_failed_generation_with_a_client_error_code_is_final(

@@ -140,6 +140,9 @@ class Verdict(enum.Enum):
     REFUSED = "refused"
     #: This process has no free connection: says nothing about the server.
     BUSY = "busy"
+    #: The server did not answer in time (its client's own timeout): a failure for the
+    #: breaker, raised as ``CacheTimeoutError`` (a stall, or a server gone quiet).
+    SLOW = "slow"
 
 
 class RemoteCache:
@@ -364,6 +367,9 @@ class RemoteCache:
             if verdict is Verdict.BUSY:
                 breaker.release(epoch)
                 raise CacheRejectedError(f"{kind} {command}: no free connection ({where})") from exc
+            if verdict is Verdict.SLOW:
+                breaker.record_failure(epoch)
+                raise CacheTimeoutError(f"{kind} {command} timed out ({where}): {exc}") from exc
             if verdict is Verdict.REFUSED:
                 # The server answered: this must not open the breaker and turn a refused
                 # write into an outage for reads too.

@@ -191,6 +191,7 @@ class Transport:
                 return await self._open_stream(endpoint, payload, ticket.saw), ticket
             except BaseException as exc:
                 ticket.close(exc)
+                self._told_billed(payload, exc)  # a failed generation answered as JSON
                 raise
 
         (response, ticket), _ = await self._retrier.run(attempt, deadline)
@@ -269,9 +270,7 @@ class Transport:
                 # ``upstream_errors``, unrolled: no context manager entered per attempt.
                 error = upstream_error(exc, endpoint.name, endpoint.secrets)
                 ticket.close(error)
-                billed = self.billed
-                if billed is not None and isinstance(error, APIGenerationError) and error.billed:
-                    billed(payload, error.billed)
+                self._told_billed(payload, error)
                 if error is exc:
                     raise
                 raise error from shown_cause(exc, endpoint.secrets)
@@ -338,6 +337,12 @@ class Transport:
                 raise_for_status=False,
             )
         return self._session
+
+    def _told_billed(self, payload: bytes, error: BaseException) -> None:
+        """Tell ``billed`` of an attempt that failed with an answer paid for."""
+        billed = self.billed
+        if billed is not None and isinstance(error, APIGenerationError) and error.billed:
+            billed(payload, error.billed)
 
     async def _open_stream(
         self, endpoint: Endpoint, payload: bytes, saw: Seen | None = None

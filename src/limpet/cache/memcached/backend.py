@@ -40,6 +40,7 @@ import emcache
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
+from limpet.cache.memcached.commands import StuckCommandError
 from limpet.cache.memcached.connection import MemcachedConnector
 from limpet.cache.memcached.generations import GenerationCounters
 from limpet.cache.memcached.items import delete_key, get_value, get_values, write_item
@@ -400,7 +401,9 @@ class MemcachedCache(RemoteCache):
 
     def _verdict(self, exc: Exception) -> Verdict:
         # Memcached refused the command (too large, out of memory): it is up.
-        return Verdict.REFUSED if isinstance(exc, emcache.CommandError) else Verdict.DOWN
+        if isinstance(exc, emcache.CommandError):
+            return Verdict.REFUSED
+        return Verdict.SLOW if isinstance(exc, StuckCommandError) else Verdict.DOWN
 
     def _send_write(
         self, key: str, value: bytes | None, expires_at: float

@@ -20,6 +20,7 @@ from typing import ClassVar, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.capabilities import TierCapabilities
@@ -458,6 +459,8 @@ class RedisCache(RemoteCache):
         if isinstance(exc, MaxConnectionsError):
             # A cluster node's pool is full: this process is busy, Redis is not down.
             return Verdict.BUSY
+        if isinstance(exc, RedisTimeoutError):  # a lent client's own socket timeout
+            return Verdict.SLOW
         # Redis's own error reply (OOM, WRONGTYPE, ...) means it is up. Anything else is
         # RedisError or OSError mostly, but redis-py can surface other errors when a
         # connection is torn down mid-command.
