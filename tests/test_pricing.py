@@ -538,3 +538,13 @@ def test_long_context_prices_apply_past_their_threshold_cache_included() -> None
     assert prompt_cache_savings(usage, prices) == pytest.approx(1_000 * 1.8 / 1e6)
     with pytest.raises(ConfigurationError, match="long_context"):
         ModelPrices(prompt=Decimal(0), completion=Decimal(0), long_context=(0, long))
+
+
+def test_an_override_of_a_dotted_slug_prices_its_dashed_snapshot() -> None:
+    """OpenRouter spells versions with dots, Anthropic's answers with dashes."""
+    one = ModelPrices.per_million(prompt=1, completion=1)
+    table = PriceTable(overrides={"anthropic/claude-3.5-sonnet": one})
+    listing = {"prompt": "0.000003", "completion": "0.000015"}
+    table.add_listing({"data": [{"id": "claude-3-5-sonnet-20241022", "pricing": listing}]})
+    prices = table.get("claude-3-5-sonnet-20241022", "anthropic/claude-3.5-sonnet")
+    assert prices is not None and prices.prompt == Decimal("0.000001")

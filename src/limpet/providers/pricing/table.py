@@ -278,9 +278,10 @@ class PriceTable:
 def _snapshot_of(answered: str, asked: str) -> bool:
     """Whether ``answered`` names a dated snapshot of ``asked`` (``gpt-4o-2024-08-06`` of
     ``openai/gpt-4o``, ``claude-3-5-sonnet-20241022`` of ``anthropic/claude-3-5-sonnet``),
-    its provider's prefix and OpenRouter's variant left out."""
-    mine = answered.partition(":")[0].rpartition("/")[2]
-    theirs = asked.partition(":")[0].rpartition("/")[2]
+    its provider's prefix and OpenRouter's variant left out, dots read as dashes
+    (OpenRouter's ``claude-3.5-sonnet``, Anthropic's ``claude-3-5-sonnet-20241022``)."""
+    mine = answered.partition(":")[0].rpartition("/")[2].replace(".", "-")
+    theirs = asked.partition(":")[0].rpartition("/")[2].replace(".", "-")
     return (
         mine.startswith(theirs + "-") and _SNAPSHOT.fullmatch(mine[len(theirs) + 1 :]) is not None
     )
