@@ -272,6 +272,8 @@ def test_endpoints_that_would_store_vectors_of_two_lengths_under_one_key_are_ref
     """An embedding's key holds no trace of the endpoint that answered: endpoints asking
     for different ``dimensions`` would have vectors of two lengths served alike."""
     eight = Endpoint("a", "http://x", extra_body={"dimensions": 8})
-    with pytest.raises(ConfigurationError, match=r"the same 'dimensions'.*\[8, None\]"):
+    with pytest.raises(ConfigurationError, match=r"the same 'dimensions'.*got 8, null"):
         Client(endpoints=[eight, Endpoint("b", "http://y")])
+    with pytest.raises(ConfigurationError, match=r"got 8, \[8\]"):  # any JSON: no TypeError
+        Client(endpoints=[eight, Endpoint("b", "http://y", extra_body={"dimensions": [8]})])
     Client(endpoints=[eight, Endpoint("b", "http://y", extra_body={"dimensions": 8})])

@@ -271,7 +271,7 @@ def validate_inputs(input: object, max_inputs: int) -> list[EmbedInput]:
     if not input:
         raise InvalidRequestError("input", "at least one input", input)
     if type(input[0]) is int:  # one token array
-        return [_token_array("input", input)]
+        return [_token_array("input", input, False)]
     if len(input) > max_inputs:
         raise InvalidRequestError(
             f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(input)
@@ -283,16 +283,20 @@ def validate_inputs(input: object, max_inputs: int) -> list[EmbedInput]:
         return list(input)
     if not isinstance(input[0], list | tuple):
         raise InvalidRequestError("input[0]", "a str, a token id or a list of token ids", input[0])
-    return [_token_array(f"input[{index}]", tokens) for index, tokens in enumerate(input)]
+    return [
+        _token_array(f"input[{index}]", tokens, index > 0) for index, tokens in enumerate(input)
+    ]
 
 
 _INPUT_TEXT = "a str, a list of str, a list of token ids (ints) or a list of such lists"
 
 
-def _token_array(where: str, tokens: object) -> list[int]:
-    """``tokens`` as a token array: a non-empty list of ids from 0 to ``MAX_TOKEN_ID``."""
+def _token_array(where: str, tokens: object, after_first: bool) -> list[int]:
+    """``tokens`` as a token array: a non-empty list of ids from 0 to ``MAX_TOKEN_ID``
+    (``after_first``: of a list whose first item is one)."""
     if not isinstance(tokens, list | tuple) or not tokens:
-        raise InvalidRequestError(where, "a non-empty list of token ids, as input[0]", tokens)
+        expected = "a non-empty list of token ids" + (", as input[0]" if after_first else "")
+        raise InvalidRequestError(where, expected, tokens)
     for index, token in enumerate(tokens):
         if type(token) is not int or not 0 <= token <= MAX_TOKEN_ID:
             raise InvalidRequestError(

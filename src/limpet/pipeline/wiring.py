@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import orjson
+
 from limpet._checks import check_headers
 from limpet.cache.base import CacheBackend
 from limpet.cache.generations import GenerationStore
@@ -238,11 +240,13 @@ def resolve_endpoints(
             raise ConfigurationError(f"Client.endpoints: names must be unique, got {names}")
         # One key holds a vector whichever endpoint answered: vectors of two lengths under
         # one key would be served alike (a call would get vectors of both).
-        sizes = {(e.extra_body or {}).get("dimensions") for e in resolved}
+        # (As JSON: any value an extra_body may hold, compared as it is sent.)
+        sizes = {orjson.dumps((e.extra_body or {}).get("dimensions")) for e in resolved}
         if len(sizes) > 1:
+            shown = ", ".join(sorted(size.decode() for size in sizes))
             raise ConfigurationError(
                 "Client.endpoints: every endpoint's extra_body must ask for the same "
-                f"'dimensions' (or none), got {sorted(sizes, key=repr)}"
+                f"'dimensions' (or none), got {shown}"
             )
         return resolved
     return (

@@ -47,9 +47,12 @@ class LoneReads:
             redis.exceptions.RedisError: as redis-py raises it (a dead connection twice in
                 a row, Redis's error reply, ...).
         """
-        connection = self._connection or await self._connect()
-        connects = not connection.is_connected  # closed by a read cut short: connects again
-        if connects:
+        connection = self._connection
+        connects = connection is None  # the pool's connecting gives the allowance then
+        if connection is None:
+            connection = await self._connect()
+        elif not connection.is_connected:  # closed by a read cut short: connects again
+            connects = True
             connecting()
         try:
             return await _get(connection, key)
