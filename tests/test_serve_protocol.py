@@ -349,8 +349,7 @@ def test_a_hit_says_it_spent_nothing_in_every_dollar_field_of_its_usage() -> Non
         "cost_details": {"upstream_inference_cost": 0.002, "note": "kept"},
     }
     body: dict[str, Any] = {"id": "x", "usage": usage}
-    hit = Completion(body, "m", Usage(), None, CacheStatus.HIT, "a", None)
-    shown = as_served(body, hit)
+    shown = as_served(body, CacheStatus.HIT)
     assert shown["usage"] == {
         "prompt_tokens": 5,
         "cost": 0,
@@ -358,5 +357,7 @@ def test_a_hit_says_it_spent_nothing_in_every_dollar_field_of_its_usage() -> Non
         "cost_details": {"upstream_inference_cost": 0, "note": "kept"},
     }
     assert usage["cost"] == 0.001  # a copy: the entry's body is never changed
-    miss = Completion(body, "m", Usage(), None, CacheStatus.MISS, "a", None)
-    assert as_served(body, miss) is body
+    assert as_served(body, CacheStatus.MISS) is body
+    assert as_served({"usage": {"prompt_tokens": 5}}, CacheStatus.HIT)["usage"] == {
+        "prompt_tokens": 5
+    }

@@ -528,6 +528,35 @@ async def test_content_is_never_held_back_when_every_chunk_carries_usage() -> No
     assert seen == ["Hello", " world"]
 
 
+async def test_a_streamed_hit_says_it_spent_nothing_wherever_its_usage_comes() -> None:
+    """Usage (and its dollars) on the last content chunk, not a usage-only one: a replayed
+    hit says 0 there too (it is rewritten at once: a replay is known from its first
+    chunk), where it repeated the paid call's cost."""
+    money = {"cost": 0.5, "cost_details": {"upstream_inference_cost": 0.4}, "is_byok": True}
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6, **money}
+    async with scripted_upstream() as upstream:
+        upstream.script = [
+            chunk({"role": "assistant", "content": "Hello"}),
+            {**chunk({}, "stop"), "usage": usage},
+        ]
+        config = ServeConfig(upstreams=(upstream.url,))
+        streamed = {**ask(), "stream": True, "stream_options": {"include_usage": True}}
+        async with (
+            served(create_app(config), access_log=None) as url,
+            aiohttp.ClientSession() as session,
+        ):
+            miss, hit = [
+                await Reader().read(session, url + "/v1/chat/completions", streamed)
+                for _ in range(2)
+            ]
+    (paid,), (shown,) = ([c["usage"] for c in r.chunks if c.get("usage")] for r in (miss, hit))
+    assert (miss.served, hit.served) == ("X-Limpet-Cache=miss", "X-Limpet-Cache=hit")
+    assert paid["cost"] == 0.5 and paid["cost_details"]["upstream_inference_cost"] == 0.4
+    assert shown["cost"] == 0 and shown["cost_details"]["upstream_inference_cost"] == 0
+    assert shown["is_byok"] is True and shown["prompt_tokens"] == 5
+    assert [c["choices"] for c in hit.chunks] == [c["choices"] for c in miss.chunks]
+
+
 async def test_a_split_surrogate_pair_reaches_the_openai_sdk_through_the_proxy() -> None:
     # A chunk holding a lone surrogate (a pair split across two chunks) is relayed as the
     # upstream wrote it: orjson cannot write it back, and the relay failed mid-stream.

@@ -11,7 +11,7 @@ from typing import Any
 
 from limpet.errors import APIError, ClientClosedError
 from limpet.http.chunks import StreamChunk
-from limpet.models import Completion
+from limpet.models import CacheStatus, Completion
 from limpet.observe.recorder import Recorder
 from limpet.pipeline.calls import RunningCalls
 from limpet.pipeline.keying import Keying
@@ -49,7 +49,7 @@ class CompletionStream:
         >>> stream.completion.usage
     """
 
-    __slots__ = ("_chunks", "_closing", "_left", "_open", "_reader", "completion")
+    __slots__ = ("_chunks", "_closing", "_left", "_open", "_reader", "cache", "completion")
 
     def __init__(
         self,
@@ -58,6 +58,10 @@ class CompletionStream:
         self._open = open_chunks
         self._chunks: AsyncGenerator[dict[str, Any], None] | None = None
         self.completion: Completion | None = None
+        #: How the stream is served, when that is known from its first chunk: a replay
+        #: of a cached or shared answer (``hit``, ``coalesced``...); None for a live
+        #: upstream stream, whose status ``completion`` tells at its end.
+        self.cache: CacheStatus | None = None
         # The task waiting for the next chunk, if any.
         self._reader: asyncio.Task[Any] | None = None
         # Set by the first aclose(), done once it has closed: from then on the stream ends.

@@ -35,6 +35,7 @@ async def replayed(
     its answer once the replay ends, or once the reader closes it with every choice
     asked for in hand (``closed_whole``)."""
     finishes = Finishes(asked)
+    sink.cache = completion.cache  # known before the first chunk
     try:
         for chunk in chunks:
             finishes.see(chunk)

@@ -49,6 +49,7 @@ from limpet.serve.protocol import (
     error_headers,
     error_of,
     from_this_host,
+    has_money,
     openai_error,
     split_body,
     undecodable_header,
@@ -363,7 +364,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 def _json_answer(completion: Completion) -> web.Response:
     return web.Response(
-        body=answer_json(as_served(completion.raw, completion)),
+        body=answer_json(as_served(completion.raw, completion.cache)),
         content_type="application/json",
         headers=answer_headers(completion),
     )
@@ -397,26 +398,28 @@ async def _relay(
     *,
     own_key: bool,
 ) -> None:
-    # The usage chunk (usage, no choices: content is never held) waits for the next
-    # chunk, or the stream's end, where how it was served is known (its cost is then
-    # what this caller spent: ``as_served``).
+    # A chunk that says dollars (its usage's ``cost``: the usage chunk) is rewritten for
+    # a caller who spent none (``as_served``): at once when the stream says how it is
+    # served from its first chunk (a replay); else (a live stream, whose status comes
+    # at its end) it waits for the next chunk or the end. Other chunks are never held.
     held: dict[str, Any] | None = None
     try:
         if first is not None:
-            chunks = _chained(first, stream)
-            async for chunk in chunks:
+            async for chunk in _chained(first, stream):
                 if held is not None:
                     await response.write(_event(held))
                     held = None
-                if chunk.raw.get("usage") and not chunk.raw.get("choices"):
-                    held = chunk.raw
+                raw = chunk.raw
+                if not has_money(raw):
+                    await response.write(_event(raw))
+                elif stream.cache is not None:
+                    await response.write(_event(as_served(raw, stream.cache)))
                 else:
-                    await response.write(_event(chunk.raw))
+                    held = raw
         completion = stream.completion
         if held is not None:
-            await response.write(
-                _event(held if completion is None else as_served(held, completion))
-            )
+            shown = held if completion is None else as_served(held, completion.cache)
+            await response.write(_event(shown))
         if completion is not None:
             await response.write(_served_comment(completion))
         await response.write(_DONE)

@@ -50,6 +50,7 @@ __all__ = [
     "error_headers",
     "error_of",
     "from_this_host",
+    "has_money",
     "openai_error",
     "split_body",
     "undecodable_header",
@@ -315,18 +316,19 @@ def embeddings_headers(result: Embeddings) -> dict[str, str]:
     return headers
 
 
-def as_served(body: dict[str, Any], completion: Completion) -> dict[str, Any]:
-    """An answer's body (or its usage chunk) as ``completion``'s caller is told it: a hit
+def as_served(body: dict[str, Any], status: CacheStatus) -> dict[str, Any]:
+    """An answer's body (or a chunk of it) as a caller served ``status`` is told it: a hit
     or a coalesced call spent nothing, so the gateway's ``usage.cost`` (OpenRouter's
     dollars, which clients add up) is 0 in it, and so are the BYOK ``cost_details``
     (``upstream_inference_cost``...), as OpenRouter's own response cache reports it; the
     tokens stay as the call that paid for them used them (``X-Limpet-Cost-USD`` says the
     same: 0). Changes a copy, never ``body``."""
     usage = body.get("usage")
-    if (
-        completion.cache is not CacheStatus.HIT and completion.cache is not CacheStatus.COALESCED
-    ) or not isinstance(usage, dict):
+    if (status is not CacheStatus.HIT and status is not CacheStatus.COALESCED) or not has_money(
+        body
+    ):
         return body
+    assert isinstance(usage, dict)
     spent = dict(usage)
     if "cost" in spent:
         spent["cost"] = 0
@@ -336,6 +338,13 @@ def as_served(body: dict[str, Any], completion: Completion) -> dict[str, Any]:
             name: 0 if type(value) in (int, float) else value for name, value in details.items()
         }
     return {**body, "usage": spent}
+
+
+def has_money(body: dict[str, Any]) -> bool:
+    """Whether a body's (or a chunk's) usage says dollars (``cost``, ``cost_details``),
+    which ``as_served`` rewrites for a caller who spent none."""
+    usage = body.get("usage")
+    return isinstance(usage, dict) and ("cost" in usage or "cost_details" in usage)
 
 
 def openai_error(
