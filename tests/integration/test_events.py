@@ -123,6 +123,28 @@ async def test_prometheus_behind_a_function_of_yours_counts_what_calls_spent(
     assert prompt == miss.usage.prompt_tokens == client.stats.prompt_tokens
 
 
+async def test_one_prometheus_hook_given_directly_and_wrapped_counts_each_once(
+    gateway: FakeGateway,
+) -> None:
+    """One PrometheusMetrics, given to one Client itself and to another behind a wrapper:
+    the first tells it every paid answer, the second's events carry theirs; each is
+    counted once (the wrapped Client's were lost once the other had told it any)."""
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    async with (
+        client_for(gateway, on_event=metrics) as direct,
+        client_for(gateway, on_event=[lambda event: metrics(event), metrics]) as wrapped,
+    ):
+        await direct.complete(**ask("one"))
+        await wrapped.complete(**ask("two"))
+        await wrapped.complete(**ask("three"))
+    spent = direct.stats.cost_usd + wrapped.stats.cost_usd
+    sample = registry.get_sample_value
+    assert sample("limpet_cost_usd_total", {"model": MODEL}) == pytest.approx(spent)
+    prompt = sample("limpet_tokens_total", {"model": MODEL, "kind": "prompt"})
+    assert prompt == direct.stats.prompt_tokens + wrapped.stats.prompt_tokens
+
+
 def test_a_prompt_cache_write_premium_is_counted_apart_and_the_call_still_observed() -> None:
     # A miss that wrote the provider's prompt cache saved less than nothing. Regression:
     # inc() of a negative raised in the hook, and the call's seconds were never observed.

@@ -55,6 +55,9 @@ class CallEvent:
             else ``coalesced`` when any was another's, else ``hit``.
         queued_seconds: time the call waited for admission to an endpoint.
         admission: the admission figures of ``endpoint`` after the call, when it has them.
+        spend_told: the ``id()`` of each hook the Client tells what every paid answer
+            cost (``limpet_spent``): such a hook counted this call's tokens and dollars
+            already, as they came.
     """
 
     model: str
@@ -70,6 +73,7 @@ class CallEvent:
     inputs: tuple[int, int, int] | None = None
     queued_seconds: float = 0.0
     admission: AdmissionStats | None = None
+    spend_told: frozenset[int] = frozenset()
 
 
 EventHook = Callable[[CallEvent], None]
@@ -119,10 +123,11 @@ def event_of(
 SpendHook = Callable[[str, Usage, Cost | None], None]
 
 
-def spend_hooks(hooks: Sequence[EventHook]) -> tuple[SpendHook, ...]:
-    """The ``limpet_spent`` methods of the hooks that have one (``PrometheusMetrics``)."""
-    found = (getattr(hook, "limpet_spent", None) for hook in hooks)
-    return tuple(spent for spent in found if callable(spent))
+def spend_hooks(hooks: Sequence[EventHook]) -> dict[int, SpendHook]:
+    """The ``limpet_spent`` methods of the hooks that have one (``PrometheusMetrics``),
+    by their hook's ``id()`` (a hook given twice is told once)."""
+    found = {id(hook): getattr(hook, "limpet_spent", None) for hook in hooks}
+    return {owner: spent for owner, spent in found.items() if callable(spent)}
 
 
 def emit_spent(hooks: Sequence[SpendHook], model: str, usage: Usage, cost: Cost | None) -> None:

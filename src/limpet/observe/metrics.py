@@ -134,7 +134,6 @@ class PrometheusMetrics:
         self.queued = collectors.queued
         self.folded = collectors.folded
         self._models = collectors.models
-        self._fed = False  # whether a Client tells it what was spent (``limpet_spent``)
 
     def __call__(self, event: CallEvent) -> None:
         model = self._label(event.model)
@@ -143,12 +142,12 @@ class PrometheusMetrics:
             self.limit.labels(event.endpoint).set(admission.limit)
             self.in_flight.labels(event.endpoint).set(admission.in_flight)
             self.queued.labels(event.endpoint).set(admission.queued)
+        if id(self) not in event.spend_told:  # behind a wrapper: what the call spent
+            self._count_spent(model, event.usage, event.cost_usd)
         if event.cache is None:
             self.errors.labels(model, event.error or "Error").inc()
             return
         self.calls.labels(model, event.cache.value, event.endpoint or "").inc()
-        if not self._fed:  # behind a wrapper: what returned calls spent, as it can
-            self._count_spent(model, event.usage, event.cost_usd)
         saved = event.saved_usd
         if saved > 0:
             self.saved.labels(model).inc(saved)
@@ -161,9 +160,8 @@ class PrometheusMetrics:
         given this hook itself (not a function around it) tells it every answer paid for,
         whether or not a call returned it (a stream whose caller hung up, a request left
         to others), so the counters add up to ``Stats``' rather than to the calls that
-        returned; from then on, events no longer count them. (Not counted as a call of a
-        folded model: only ``__call__`` counts calls.)"""
-        self._fed = True
+        returned; that Client's events (``spend_told``) then count none. (Not counted as
+        a call of a folded model: only ``__call__`` counts calls.)"""
         self._count_spent(self._models.row(model), usage, 0.0 if cost is None else cost.usd)
 
     def _count_spent(self, model: str, usage: Usage, usd: float) -> None:

@@ -27,7 +27,7 @@ class Recorder:
     (with a Redis tier) and the ``on_event`` hooks (an event carries its endpoint's
     admission figures, for gauges)."""
 
-    __slots__ = ("_admissions", "_fleet", "_hooks", "_spenders", "stats")
+    __slots__ = ("_admissions", "_fleet", "_hooks", "_spenders", "_told", "stats")
 
     def __init__(
         self,
@@ -39,7 +39,9 @@ class Recorder:
         self.stats = stats
         self._fleet = fleet
         self._hooks = tuple(hooks)
-        self._spenders = spend_hooks(self._hooks)
+        spenders = spend_hooks(self._hooks)
+        self._spenders = tuple(spenders.values())
+        self._told = frozenset(spenders)  # the hooks that need no event to count spend
         self._admissions = admissions
 
     def finished(
@@ -58,7 +60,7 @@ class Recorder:
         if self._hooks:
             seconds = time.perf_counter() - started
             event = event_of(model, completion, seconds, stream=stream, queued=queued)
-            emit_event(self._hooks, self._with_admission(event))
+            self._emit(self._with_admission(event))
 
     def failed(
         self,
@@ -100,14 +102,14 @@ class Recorder:
         if self._hooks:
             seconds = time.perf_counter() - started
             event = event_of(model, None, seconds, stream=stream, error=error, queued=queued)
-            emit_event(self._hooks, self._with_admission(event))
+            self._emit(self._with_admission(event))
 
     def embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
         """Count an ``embed()`` call that returned, in the event hooks (its inputs were
         counted by the embedder, and what its requests cost by ``spent``)."""
         if self._hooks:
             seconds = time.perf_counter() - started
-            emit_event(self._hooks, embedding_event(model, result, seconds))
+            self._emit(embedding_event(model, result, seconds))
         return result
 
     def embed_failed(self, model: str, error: BaseException, started: float) -> None:
@@ -118,7 +120,7 @@ class Recorder:
             self._fleet.record_error(model)
         if self._hooks:
             seconds = time.perf_counter() - started
-            emit_event(self._hooks, embedding_event(model, None, seconds, error=error))
+            self._emit(embedding_event(model, None, seconds, error=error))
 
     def spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
         """Add what one upstream answer (a completion, a stream, an ``/embeddings``
@@ -137,6 +139,11 @@ class Recorder:
         """Flush the fleet counters (the Client's ``aclose()``)."""
         if self._fleet is not None:
             await self._fleet.aclose()
+
+    def _emit(self, event: CallEvent) -> None:
+        if self._told:
+            event = replace(event, spend_told=self._told)
+        emit_event(self._hooks, event)
 
     def _with_admission(self, event: CallEvent) -> CallEvent:
         admissions = self._admissions
