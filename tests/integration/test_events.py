@@ -123,8 +123,9 @@ async def test_prometheus_behind_a_function_of_yours_counts_what_calls_spent(
     assert prompt == miss.usage.prompt_tokens == client.stats.prompt_tokens
 
 
+@pytest.mark.parametrize("also_direct", [False, True])
 async def test_one_prometheus_hook_given_directly_and_wrapped_counts_each_once(
-    gateway: FakeGateway,
+    gateway: FakeGateway, also_direct: bool
 ) -> None:
     """One PrometheusMetrics, given to one Client itself and to another behind a wrapper:
     the first tells it every paid answer, the second's events carry theirs; each is
@@ -133,7 +134,9 @@ async def test_one_prometheus_hook_given_directly_and_wrapped_counts_each_once(
     metrics = PrometheusMetrics(registry)
     async with (
         client_for(gateway, on_event=metrics) as direct,
-        client_for(gateway, on_event=[lambda event: metrics(event), metrics]) as wrapped,
+        client_for(
+            gateway, on_event=[lambda event: metrics(event), *([metrics] * also_direct)]
+        ) as wrapped,
     ):
         await direct.complete(**ask("one"))
         await wrapped.complete(**ask("two"))
