@@ -48,9 +48,9 @@ class LoneReads:
                 a row, Redis's error reply, ...).
         """
         connection = self._connection
-        connects = connection is None  # the pool's connecting gives the allowance then
+        connects = False  # whether this read asked for the allowance (``connecting()``)
         if connection is None:
-            connection = await self._connect()
+            connection = await self._connect()  # the pool gives it, when it connects
         elif not connection.is_connected:  # closed by a read cut short: connects again
             connects = True
             connecting()
