@@ -19,6 +19,7 @@ from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from limpet.testing.faults import EchoShape
 from tests.integration.chat import ask
+from tests.integration.scripted import chunk, scripted_upstream
 from tests.loopback import served
 
 KEY = "sk-or-v1-trust-0123456789abcdef"
@@ -182,6 +183,27 @@ async def test_a_failed_generation_answering_a_stream_as_json_is_counted_as_spen
                     async for _ in stream:
                         pass
             assert (client.stats.prompt_tokens, client.stats.cost_usd) == (100, 0.01)
+
+
+async def test_a_stream_that_fails_with_its_usage_on_the_error_chunk_is_counted() -> None:
+    """OpenRouter's mid-stream failure: an error chunk (``finish_reason: "error"``) that
+    carries the usage billed. Counted as spent, as a failed plain answer is."""
+    usage = {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43, "cost": 0.02}
+    failed = {
+        **chunk({}, "error"),
+        "error": {"code": 502, "message": "provider died"},
+        "usage": usage,
+    }
+    async with scripted_upstream() as upstream:
+        upstream.script = [chunk({"role": "assistant", "content": "Hel"}), failed]
+        endpoint = Endpoint("a", upstream.url)
+        async with Client(endpoints=[endpoint], retry=RetryConfig(max_attempts=1)) as client:
+            with pytest.raises(APIStreamError, match="provider died") as raised:
+                async with client.stream(**ask()) as stream:
+                    async for _ in stream:
+                        pass
+            assert raised.value.billed is not None
+            assert (client.stats.prompt_tokens, client.stats.cost_usd) == (40, 0.02)
 
 
 async def test_a_failed_generation_with_a_client_error_code_is_final(

@@ -99,7 +99,9 @@ def stream_error(chunk: Mapping[str, Any], endpoint: str | None = None) -> APISt
         message = str(error.get("message") or message)
         raw_code = error.get("code")
         code = raw_code if isinstance(raw_code, int) else None
-    return APIStreamError(message, status_code=code, endpoint=endpoint)
+    usage = chunk.get("usage")  # paid for: what the account stage needs to price it
+    billed = {"model": chunk.get("model"), "usage": usage} if isinstance(usage, dict) else None
+    return APIStreamError(message, status_code=code, endpoint=endpoint, billed=billed)
 
 
 def choices_asked(body: Mapping[str, Any]) -> int:

@@ -199,6 +199,9 @@ class Transport:
             async with aclosing(stream_events(response, endpoint)) as chunks:
                 async for chunk in chunks:
                     yield chunk
+        except APIGenerationError as exc:  # an error chunk with its usage: paid for
+            self._told_billed(payload, exc)
+            raise
         finally:
             response.release()
             ticket.close(None)
