@@ -131,6 +131,8 @@ def spend_hooks(hooks: Sequence[EventHook]) -> dict[int, SpendHook]:
 
 
 def emit_spent(hooks: Sequence[SpendHook], model: str, usage: Usage, cost: Cost | None) -> None:
+    """Tell each of ``hooks`` what one upstream answer cost; a hook that raises is logged,
+    never the call's failure (as ``emit_event``)."""
     for spent in hooks:
         try:
             spent(model, usage, cost)
