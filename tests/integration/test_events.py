@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
-from limpet import CacheStatus, Client, Endpoint, RetryConfig, Usage
+from limpet import CacheStatus, Client, Cost, Endpoint, RetryConfig, Usage
 from limpet.errors import BadRequestError
 from limpet.observe.events import CallEvent
 from limpet.observe.metrics import PrometheusMetrics
@@ -146,6 +146,35 @@ async def test_one_prometheus_hook_given_directly_and_wrapped_counts_each_once(
     assert sample("limpet_cost_usd_total", {"model": MODEL}) == pytest.approx(spent)
     prompt = sample("limpet_tokens_total", {"model": MODEL, "kind": "prompt"})
     assert prompt == direct.stats.prompt_tokens + wrapped.stats.prompt_tokens
+
+
+class Forwarding:
+    """A hook that passes everything on to another (a fan-out, a filter, a proxy)."""
+
+    def __init__(self, to: PrometheusMetrics) -> None:
+        self.to = to
+
+    def __call__(self, event: CallEvent) -> None:
+        self.to(event)
+
+    def limpet_spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
+        self.to.limpet_spent(model, usage, cost)
+
+
+async def test_prometheus_behind_a_wrapper_that_passes_spend_on_counts_it_once(
+    gateway: FakeGateway,
+) -> None:
+    """Told every paid answer through a wrapper, the metrics count each once: the events
+    say which Client told them (they were counted twice when the events named the hook
+    told, here the wrapper)."""
+    registry = CollectorRegistry()
+    async with client_for(gateway, on_event=Forwarding(PrometheusMetrics(registry))) as client:
+        await client.complete(**ask())
+        await client.complete(**ask("another"))
+    sample = registry.get_sample_value
+    assert sample("limpet_cost_usd_total", {"model": MODEL}) == pytest.approx(client.stats.cost_usd)
+    prompt = sample("limpet_tokens_total", {"model": MODEL, "kind": "prompt"})
+    assert prompt == client.stats.prompt_tokens
 
 
 def test_a_prompt_cache_write_premium_is_counted_apart_and_the_call_still_observed() -> None:

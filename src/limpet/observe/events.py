@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,11 +19,13 @@ __all__ = [
     "CallEvent",
     "EventHook",
     "SpendHook",
+    "Teller",
     "embedding_event",
     "emit_event",
     "emit_spent",
     "event_of",
     "spend_hooks",
+    "telling",
 ]
 
 if TYPE_CHECKING:
@@ -55,9 +58,9 @@ class CallEvent:
             else ``coalesced`` when any was another's, else ``hit``.
         queued_seconds: time the call waited for admission to an endpoint.
         admission: the admission figures of ``endpoint`` after the call, when it has them.
-        spend_told: the ``id()`` of each hook the Client tells what every paid answer
-            cost (``limpet_spent``): such a hook counted this call's tokens and dollars
-            already, as they came.
+        told_by: the Client that tells its spend hooks (``limpet_spent``) what every
+            paid answer cost, when it has any (``telling()`` names it while it tells): a
+            hook it told counted this call's tokens and dollars already, as they came.
     """
 
     model: str
@@ -73,7 +76,7 @@ class CallEvent:
     inputs: tuple[int, int, int] | None = None
     queued_seconds: float = 0.0
     admission: AdmissionStats | None = None
-    spend_told: frozenset[int] = frozenset()
+    told_by: Teller | None = None
 
 
 EventHook = Callable[[CallEvent], None]
@@ -130,14 +133,37 @@ def spend_hooks(hooks: Sequence[EventHook]) -> dict[int, SpendHook]:
     return {owner: spent for owner, spent in found.items() if callable(spent)}
 
 
-def emit_spent(hooks: Sequence[SpendHook], model: str, usage: Usage, cost: Cost | None) -> None:
-    """Tell each of ``hooks`` what one upstream answer cost; a hook that raises is logged,
-    never the call's failure (as ``emit_event``)."""
-    for spent in hooks:
-        try:
-            spent(model, usage, cost)
-        except Exception:
-            logger.exception("limpet: on_event hook %r raised; ignored", spent)
+class Teller:
+    """Stands for one Client telling its spend hooks what was spent: its events carry it
+    (``CallEvent.told_by``), and ``telling()`` names it while it tells, so a hook (or a
+    hook behind any wrapper passing ``limpet_spent`` on) knows which Clients' events it
+    has counted already."""
+
+    __slots__ = ("__weakref__",)
+
+
+_TELLING: ContextVar[Teller | None] = ContextVar("limpet_telling", default=None)
+
+
+def telling() -> Teller | None:
+    """The Client telling its spend hooks now (inside ``limpet_spent``), or None."""
+    return _TELLING.get()
+
+
+def emit_spent(
+    hooks: Sequence[SpendHook], teller: Teller, model: str, usage: Usage, cost: Cost | None
+) -> None:
+    """Tell each of ``hooks`` what one upstream answer cost, as ``teller``; a hook that
+    raises is logged, never the call's failure (as ``emit_event``)."""
+    reset = _TELLING.set(teller)
+    try:
+        for spent in hooks:
+            try:
+                spent(model, usage, cost)
+            except Exception:
+                logger.exception("limpet: on_event hook %r raised; ignored", spent)
+    finally:
+        _TELLING.reset(reset)
 
 
 def emit_event(hooks: Sequence[EventHook], event: CallEvent) -> None:

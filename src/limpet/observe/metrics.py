@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from limpet._extras import require_extra
 from limpet.models import Cost, Usage
-from limpet.observe.events import CallEvent
+from limpet.observe.events import CallEvent, Teller, telling
 from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL, ModelCap
 
 with require_extra("PrometheusMetrics", "prometheus", "prometheus_client"):
@@ -134,6 +134,9 @@ class PrometheusMetrics:
         self.queued = collectors.queued
         self.folded = collectors.folded
         self._models = collectors.models
+        # The Clients that tell this hook what was spent (whether or not through a
+        # wrapper): their events' spend is counted already.
+        self._told_by: weakref.WeakSet[Teller] = weakref.WeakSet()
 
     def __call__(self, event: CallEvent) -> None:
         model = self._label(event.model)
@@ -142,7 +145,8 @@ class PrometheusMetrics:
             self.limit.labels(event.endpoint).set(admission.limit)
             self.in_flight.labels(event.endpoint).set(admission.in_flight)
             self.queued.labels(event.endpoint).set(admission.queued)
-        if id(self) not in event.spend_told:  # behind a wrapper: what the call spent
+        told = event.told_by
+        if told is None or told not in self._told_by:  # not told by its Client: counted here
             self._count_spent(model, event.usage, event.cost_usd)
         if event.cache is None:
             self.errors.labels(model, event.error or "Error").inc()
@@ -160,8 +164,11 @@ class PrometheusMetrics:
         given this hook itself (not a function around it) tells it every answer paid for,
         whether or not a call returned it (a stream whose caller hung up, a request left
         to others), so the counters add up to ``Stats``' rather than to the calls that
-        returned; that Client's events (``spend_told``) then count none. (Not counted as
-        a call of a folded model: only ``__call__`` counts calls.)"""
+        returned; that Client's events (``told_by``) then count none. (Not counted as a
+        call of a folded model: only ``__call__`` counts calls.)"""
+        teller = telling()
+        if teller is not None:
+            self._told_by.add(teller)
         self._count_spent(self._models.row(model), usage, 0.0 if cost is None else cost.usd)
 
     def _count_spent(self, model: str, usage: Usage, usd: float) -> None:

@@ -12,6 +12,7 @@ from limpet.models import Completion, Cost, Embeddings, Usage
 from limpet.observe.events import (
     CallEvent,
     EventHook,
+    Teller,
     embedding_event,
     emit_event,
     emit_spent,
@@ -27,7 +28,7 @@ class Recorder:
     (with a Redis tier) and the ``on_event`` hooks (an event carries its endpoint's
     admission figures, for gauges)."""
 
-    __slots__ = ("_admissions", "_fleet", "_hooks", "_spenders", "_told", "stats")
+    __slots__ = ("_admissions", "_fleet", "_hooks", "_spenders", "_teller", "stats")
 
     def __init__(
         self,
@@ -41,7 +42,7 @@ class Recorder:
         self._hooks = tuple(hooks)
         spenders = spend_hooks(self._hooks)
         self._spenders = tuple(spenders.values())
-        self._told = frozenset(spenders)  # the hooks that need no event to count spend
+        self._teller = Teller() if spenders else None  # what its events say told them
         self._admissions = admissions
 
     def finished(
@@ -132,8 +133,8 @@ class Recorder:
         self.stats.spent(usage, cost)
         if self._fleet is not None:
             self._fleet.record_spent(model, usage, cost)
-        if self._spenders:
-            emit_spent(self._spenders, model, usage, cost)
+        if self._teller is not None:
+            emit_spent(self._spenders, self._teller, model, usage, cost)
 
     async def aclose(self) -> None:
         """Flush the fleet counters (the Client's ``aclose()``)."""
@@ -141,8 +142,8 @@ class Recorder:
             await self._fleet.aclose()
 
     def _emit(self, event: CallEvent) -> None:
-        if self._told:
-            event = replace(event, spend_told=self._told)
+        if self._teller is not None:
+            event = replace(event, told_by=self._teller)
         emit_event(self._hooks, event)
 
     def _with_admission(self, event: CallEvent) -> CallEvent:
