@@ -105,10 +105,11 @@ class PrometheusMetrics:
     ``limpet_admission_in_flight{endpoint}`` and ``limpet_admission_queued{endpoint}``.
 
     Calls, errors, savings and latency come from each call's event; tokens and dollars
-    from ``limpet_spent()``, which a Client given this hook itself calls for every
-    upstream answer paid for, whether or not a call returned it (a stream whose caller
-    hung up), so they add up to ``Stats``'. (Behind a function of yours that passes the
-    events on, they come from the events: what the calls that returned spent.)
+    from ``limpet_spent()``, which a Client given this hook (or a wrapper passing that
+    method on) calls for every upstream answer paid for, whether or not a call returned
+    it (a stream whose caller hung up), so they add up to ``Stats``'. (Behind a function
+    of yours that passes the events on, they come from the events: what the calls that
+    returned spent.)
 
     The caller names the model, so its label is capped: the first ``MAX_MODELS`` (1,000)
     distinct models of a registry and namespace get their own series, and every later
@@ -161,7 +162,8 @@ class PrometheusMetrics:
 
     def limpet_spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
         """Count what one upstream answer cost (tokens and dollars), as it comes: a Client
-        given this hook itself (not a function around it) tells it every answer paid for,
+        given this hook (itself, or behind a wrapper passing this method on) tells it
+        every answer paid for,
         whether or not a call returned it (a stream whose caller hung up, a request left
         to others), so the counters add up to ``Stats``' rather than to the calls that
         returned; that Client's events (``told_by``) then count none. (Not counted as a
