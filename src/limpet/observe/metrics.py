@@ -163,11 +163,10 @@ class PrometheusMetrics:
     def limpet_spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
         """Count what one upstream answer cost (tokens and dollars), as it comes: a Client
         given this hook (itself, or behind a wrapper passing this method on) tells it
-        every answer paid for,
-        whether or not a call returned it (a stream whose caller hung up, a request left
-        to others), so the counters add up to ``Stats``' rather than to the calls that
-        returned; that Client's events (``told_by``) then count none. (Not counted as a
-        call of a folded model: only ``__call__`` counts calls.)"""
+        every answer paid for, whether or not a call returned it (a stream whose caller
+        hung up, a request left to others), so the counters add up to ``Stats``' rather
+        than to the calls that returned; that Client's events (``told_by``) then count
+        none. (Not counted as a call of a folded model: only ``__call__`` counts calls.)"""
         teller = telling()
         if teller is not None:
             self._told_by.add(teller)
