@@ -532,6 +532,39 @@ async def test_aclose_cancels_a_lent_clients_command_left_after_a_write_budget()
             await lent.close()
 
 
+async def test_a_lent_clients_own_timeout_ends_its_command_and_never_reaches_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # emcache times a command out by cancelling the task it started in. A command of an
+    # owned client (no timeout of its own) starts in its caller's task; one of a lent
+    # client must start in a task of its own, or that cancellation would come, long after
+    # the caller left, to whatever the caller's task was doing by then.
+    async with HeldReplies() as server:
+        host, port = parse_memcached_url(server.url)[0]
+        lent = await emcache.create_client([emcache.MemcachedHostAddress(host, port)], timeout=0.2)
+        try:
+            mc = MemcachedCache(client=lent, read_timeout=0.05)
+            after = asyncio.Event()
+
+            async def caller() -> str:
+                await unavailable(lambda: mc.get("k"))  # its budget ran out
+                await after.wait()  # what the caller does next
+                return "undisturbed"
+
+            calling = asyncio.create_task(caller())
+            await server.commands.get()  # sent, and never answered
+            [command] = mc._connector.running
+            async with asyncio.timeout(10):  # a hang is a failure, not a wait
+                await asyncio.wait([command])  # emcache's own timeout ended it
+            assert not command.cancelled()
+            after.set()
+            assert await calling == "undisturbed"
+            await mc.aclose()
+        finally:
+            await lent.close()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 # -- a full cache evicts: a miss, not a fault -----------------------------------------------
 
 

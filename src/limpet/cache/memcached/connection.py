@@ -8,18 +8,18 @@ probe through, so recovery follows the breaker, not that backoff; the client it 
 is closed in the background.
 
 The commands themselves run as ``limpet.cache.memcached.commands`` says: never cancelled
-while their connection is open.
+while their connection is open, and without a task of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 import emcache
 
-from limpet.cache.memcached.commands import ClientClosedError, Session, hand_over, run_command
+from limpet.cache.memcached.commands import ClientClosedError, Command, Session, hand_over
 from limpet.cache.memcached.keys import parse_memcached_url
 from limpet.cache.remote import check_source
 from limpet.cache.slots import ConnectionSlots
@@ -99,19 +99,26 @@ class MemcachedConnector:
         return ",".join(f"{h}:{p}" for h, p in self._servers) or "lent emcache client"
 
     @property
-    def running(self) -> list[asyncio.Task[Any]]:
-        """The commands running now on the client (those of a client it replaced end as
-        that client closes): their callers may have left, and each ends when its reply
-        comes, or with its client."""
+    def running(self) -> list[asyncio.Future[None]]:
+        """The commands running now on the client, as futures done as each ends (those
+        of a client it replaced end as that client closes): their callers may have left,
+        and each ends when its reply comes, or with its client."""
         session = self._session
-        return [] if session is None else list(session.running)
+        return [] if session is None else [command.ended for command in session.running]
 
     async def run(
-        self, call: Callable[[emcache.Client], Awaitable[T]], *, probing: bool, budget: float
+        self,
+        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
+        *,
+        probing: bool,
+        budget: float,
     ) -> T:
-        """``call``'s outcome, once one of ``slots`` is free to start it on (``start``).
-        The breaker's probe takes none: it runs on a fresh client, and the places may all
-        be held by the silent commands it exists to clear.
+        """``call``'s outcome, once one of ``slots`` is free to start it on. The breaker's
+        probe takes none: it runs on a fresh client, and the places may all be held by
+        the silent commands it exists to clear.
+
+        The command runs as a ``Command`` (in this caller's task while it waits: no task
+        of its own), which a cancellation of this caller never reaches.
 
         Raises:
             QueueTimeout: (inside a budget) no place came free within its bound.
@@ -120,48 +127,64 @@ class MemcachedConnector:
             return await self.start(call, probing=True, budget=budget)
         slots = self.slots
         await slots.take()
+        session = self._session
         try:
-            reply = self.start(call, probing=probing, budget=budget, held=True)
+            if session is None:
+                reply = self.start(call, probing=False, budget=budget, held=True)
+            else:
+                command = self._command(call, session, budget, then=slots.give_back)
         except BaseException:
             slots.give_back()
             raise
-        return await reply
+        return await (reply if session is None else command)
 
     def start(
         self,
-        call: Callable[[emcache.Client], Awaitable[T]],
+        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
         *,
         probing: bool,
         budget: float,
         held: bool = False,
     ) -> asyncio.Future[T]:
         """Start ``call`` on the client (a fresh one when ``probing``, for the breaker's
-        probe) in a task of its own, and return the future of its outcome. ``held``: the
-        caller took one of ``slots`` for it, given back as the task ends.
+        probe, or the first one, connected in a task of its own) and return the future
+        of its outcome. ``held``: the caller took one of ``slots`` for it, given back as
+        the command ends.
 
         Cancelling that future (its caller's ``budget`` ran out, or its caller was
         cancelled) does not reach the command, which goes on until it has read its
-        reply, or is taken for stuck (``commands.STUCK_AFTER`` budgets). One task per
-        command: the read path's whole cost here.
+        reply, or is taken for stuck (``commands.STUCK_AFTER`` budgets).
         """
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[T] = loop.create_future()
+        reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        then = self.slots.give_back if held else None
         session = None if probing else self._session
         if session is None:
             # Held until it ends: it connects at once (emcache connects in the
             # background), then runs as one of the new client's commands.
-            task = loop.create_task(self._connect_then_run(call, probing, budget, reply))
+            task = asyncio.get_running_loop().create_task(
+                self._connect_then_run(call, probing, budget, reply, then)
+            )
             self._arriving.add(task)
             task.add_done_callback(self._arriving.discard)
         else:
-            task = loop.create_task(run_command(call, session, reply))
-            session.track(task, reply, budget)
-        if held:
-            task.add_done_callback(self._give_back)
+            self._command(call, session, budget, reply=reply, then=then)
         return reply
 
-    def _give_back(self, task: asyncio.Future[Any]) -> None:
-        self.slots.give_back()
+    def _command(
+        self,
+        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
+        session: Session,
+        budget: float,
+        *,
+        reply: asyncio.Future[T] | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> Command[T]:
+        """``call`` started on ``session``'s client; in a task of its own on a lent
+        client, which may time its commands out itself (``Command``'s ``own_task``)."""
+        own_task = not self.owns
+        return Command(
+            call(session.client), session, budget, reply=reply, then=then, own_task=own_task
+        )
 
     async def aclose(self, grace: float) -> None:
         """End every command and close the client if this connector owns it, and every
@@ -228,22 +251,25 @@ class MemcachedConnector:
 
     async def _connect_then_run(
         self,
-        call: Callable[[emcache.Client], Awaitable[T]],
+        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
         probing: bool,
         budget: float,
         reply: asyncio.Future[T],
+        then: Callable[[], None] | None,
     ) -> None:
         """``start`` with no client yet, or for a probe: connect, then run ``call`` as one
         of the new client's commands."""
         try:
             session = await self._connected(fresh=probing)
-        except Exception as exc:
-            hand_over(reply, exc)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        session.track(task, reply, budget)
-        await run_command(call, session, reply)
+        except BaseException as exc:
+            if then is not None:
+                then()
+            if isinstance(exc, Exception):
+                hand_over(reply, exc)
+                return
+            hand_over(reply, ClientClosedError("memcached connect was cancelled"))
+            raise
+        self._command(call, session, budget, reply=reply, then=then)
 
     def _retire(self, session: Session) -> None:
         task = asyncio.get_running_loop().create_task(_close_session(session))
