@@ -18,12 +18,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from limpet.cache.budget import QueueTimeout
 from limpet.cache.memcached.commands import (
     ClientClosedError,
     Command,
     Session,
     StuckCommandError,
 )
+from limpet.cache.memcached.writes import concurrent_writes
+from limpet.cache.slots import ConnectionSlots
+from limpet.cache.writes import Write
 
 # The commands here never reach the client: Session only holds it.
 NO_CLIENT = cast(emcache.Client, object())
@@ -210,6 +214,40 @@ async def test_stop_tells_waiting_callers_the_client_closed_and_ends_every_comma
     assert callers[1].cancelled()
     assert [steps.ended for steps in running] == [["cancelled"], ["cancelled"]]
     assert session.running == {}
+
+
+async def test_a_shorter_budget_than_those_running_is_reaped_in_its_own_time() -> None:
+    session = Session(NO_CLIENT)
+    slow, quick = Steps(), Steps()
+    Command(slow.run(), session, budget=60.0)  # stuck after 20 minutes
+    command = Command(quick.run(), session, budget=0.001)  # after 20 ms
+    with pytest.raises(StuckCommandError):
+        async with asyncio.timeout(10):  # a hang is a failure, not a wait
+            await command
+    assert list(session.running) != [command] and len(session.running) == 1
+    await session.stop(close_connections=False)
+
+
+async def test_writes_cut_short_leave_no_reply_unread() -> None:
+    # The batch ran out of time waiting for a place: the writes it started go on, and
+    # a failure of theirs must not be logged as an exception nobody read.
+    loop = asyncio.get_running_loop()
+    slots = ConnectionSlots(1)
+    started: list[asyncio.Future[Exception | None]] = []
+
+    def send_one(
+        key: str, value: bytes | None, expires_at: float
+    ) -> asyncio.Future[Exception | None]:
+        reply: asyncio.Future[Exception | None] = loop.create_future()
+        started.append(reply)
+        return reply
+
+    send = concurrent_writes(send_one, slots)
+    batch: list[tuple[str, Write]] = [("a", (b"1", 0.0)), ("b", (b"2", 0.0))]
+    with pytest.raises(QueueTimeout):
+        await send(batch, 0.001)  # the second write never gets the one place
+    [first] = started
+    assert first.cancelled()  # a Command's outcome is then handed to nobody
 
 
 # Each event, applied to one caller awaiting a command of two waits (as emcache's get:

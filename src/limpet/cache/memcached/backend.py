@@ -369,7 +369,7 @@ class MemcachedCache(RemoteCache):
         self,
         command: str,
         budget: float,
-        call: Callable[[emcache.Client], Coroutine[Any, Any, _T]],
+        call: Callable[[emcache.Client], Awaitable[_T]],
         *,
         gated: bool = True,
     ) -> Coroutine[Any, Any, _T]:

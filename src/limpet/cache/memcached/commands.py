@@ -80,7 +80,10 @@ class Session:
         """Count ``command`` running until it ends (``ended``)."""
         loop = asyncio.get_running_loop()
         due = self.running[command] = loop.time() + STUCK_AFTER * budget
-        if self._reaper is None:
+        reaper = self._reaper
+        if reaper is None or due < reaper.when():  # a shorter budget than those running
+            if reaper is not None:
+                reaper.cancel()
             self._reaper = loop.call_at(due, self._reap)
 
     def ended(self, command: Command[Any]) -> None:
@@ -185,13 +188,20 @@ class Command(Generic[T]):
         self._error: BaseException | None = None
         #: Whether the command has ended.
         self.done = False
-        session.track(self, budget)
         self._task: asyncio.Task[T] | None = None
-        if own_task:
-            self._task = asyncio.get_running_loop().create_task(coro)
-            self._task.add_done_callback(self._task_ended)
-        else:
+        session.track(self, budget)
+        if not own_task:
             self._step()
+            return
+        try:
+            self._task = asyncio.get_running_loop().create_task(coro)
+        except Exception as exc:
+            coro.close()
+            error = exc
+        else:
+            self._task.add_done_callback(self._task_ended)
+            return
+        self._end(None, error)  # ended as made: no caller waits yet
 
     @property
     def ended(self) -> asyncio.Future[None]:

@@ -14,7 +14,7 @@ while their connection is open, and without a task of their own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 import emcache
@@ -99,6 +99,11 @@ class MemcachedConnector:
         return ",".join(f"{h}:{p}" for h, p in self._servers) or "lent emcache client"
 
     @property
+    def closed(self) -> bool:
+        """Whether ``aclose()`` was called."""
+        return self._closed
+
+    @property
     def running(self) -> list[asyncio.Future[None]]:
         """The commands running now on the client, as futures done as each ends (those
         of a client it replaced end as that client closes): their callers may have left,
@@ -108,7 +113,7 @@ class MemcachedConnector:
 
     async def run(
         self,
-        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
+        call: Callable[[emcache.Client], Awaitable[T]],
         *,
         probing: bool,
         budget: float,
@@ -128,19 +133,13 @@ class MemcachedConnector:
         slots = self.slots
         await slots.take()
         session = self._session
-        try:
-            if session is None:
-                reply = self.start(call, probing=False, budget=budget, held=True)
-            else:
-                command = self._command(call, session, budget, then=slots.give_back)
-        except BaseException:
-            slots.give_back()
-            raise
-        return await (reply if session is None else command)
+        if session is None:
+            return await self.start(call, probing=False, budget=budget, held=True)
+        return await self._command(call, session, budget, then=slots.give_back)
 
     def start(
         self,
-        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
+        call: Callable[[emcache.Client], Awaitable[T]],
         *,
         probing: bool,
         budget: float,
@@ -148,8 +147,9 @@ class MemcachedConnector:
     ) -> asyncio.Future[T]:
         """Start ``call`` on the client (a fresh one when ``probing``, for the breaker's
         probe, or the first one, connected in a task of its own) and return the future
-        of its outcome. ``held``: the caller took one of ``slots`` for it, given back as
-        the command ends.
+        of its outcome. ``held``: the caller took one of ``slots`` for it, which is
+        this call's from now on, given back once as the command ends (or could not
+        start).
 
         Cancelling that future (its caller's ``budget`` ran out, or its caller was
         cancelled) does not reach the command, which goes on until it has read its
@@ -161,9 +161,14 @@ class MemcachedConnector:
         if session is None:
             # Held until it ends: it connects at once (emcache connects in the
             # background), then runs as one of the new client's commands.
-            task = asyncio.get_running_loop().create_task(
-                self._connect_then_run(call, probing, budget, reply, then)
-            )
+            try:
+                task = asyncio.get_running_loop().create_task(
+                    self._connect_then_run(call, probing, budget, reply, then)
+                )
+            except BaseException:
+                if then is not None:
+                    then()
+                raise
             self._arriving.add(task)
             task.add_done_callback(self._arriving.discard)
         else:
@@ -172,7 +177,7 @@ class MemcachedConnector:
 
     def _command(
         self,
-        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
+        call: Callable[[emcache.Client], Awaitable[T]],
         session: Session,
         budget: float,
         *,
@@ -180,11 +185,18 @@ class MemcachedConnector:
         then: Callable[[], None] | None = None,
     ) -> Command[T]:
         """``call`` started on ``session``'s client; in a task of its own on a lent
-        client, which may time its commands out itself (``Command``'s ``own_task``)."""
+        client, which may time its commands out itself (``Command``'s ``own_task``).
+        Never raises an ``Exception``: a ``call`` that fails as it is made, or gives an
+        awaitable that is no coroutine, is a command like any other, and ``then`` runs
+        once, as it ends."""
+        try:
+            started = call(session.client)
+        except Exception as exc:
+            coro: Coroutine[Any, Any, T] = _raising(exc)
+        else:
+            coro = started if asyncio.iscoroutine(started) else _awaiting(started)
         own_task = not self.owns
-        return Command(
-            call(session.client), session, budget, reply=reply, then=then, own_task=own_task
-        )
+        return Command(coro, session, budget, reply=reply, then=then, own_task=own_task)
 
     async def aclose(self, grace: float) -> None:
         """End every command and close the client if this connector owns it, and every
@@ -228,7 +240,11 @@ class MemcachedConnector:
                 return self._session  # another caller just built one
             if session is not None:
                 self._retire(session)
-            self._session = Session(await self._build())
+            client = await self._build()
+            if self.closed:  # closed while it connected: nothing else would close it
+                await close_client(client)
+                raise ClientClosedError(f"memcached client for {self.where} is closed")
+            self._session = Session(client)
             return self._session
 
     async def _build(self) -> emcache.Client:
@@ -251,7 +267,7 @@ class MemcachedConnector:
 
     async def _connect_then_run(
         self,
-        call: Callable[[emcache.Client], Coroutine[Any, Any, T]],
+        call: Callable[[emcache.Client], Awaitable[T]],
         probing: bool,
         budget: float,
         reply: asyncio.Future[T],
@@ -275,6 +291,14 @@ class MemcachedConnector:
         task = asyncio.get_running_loop().create_task(_close_session(session))
         self._old_clients.add(task)
         task.add_done_callback(self._old_clients.discard)
+
+
+async def _raising(exc: Exception) -> Any:
+    raise exc
+
+
+async def _awaiting(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 async def _close_session(session: Session) -> None:

@@ -9,7 +9,7 @@ outside that timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeAlias
 
 from limpet.cache.budget import server_deadline
@@ -22,7 +22,7 @@ __all__ = ["WRITE_BATCH", "SendOne", "concurrent_writes"]
 #: already held, given back as the command ends; its outcome is None when it landed, or
 #: Memcached's refusal (the server answered: it is up). Raises when the server could not
 #: be reached.
-SendOne: TypeAlias = Callable[[str, bytes | None, float], Awaitable[Exception | None]]
+SendOne: TypeAlias = Callable[[str, bytes | None, float], asyncio.Future[Exception | None]]
 
 #: Enough to keep the connection pool busy, small enough to fit in one write timeout.
 WRITE_BATCH = 32
@@ -34,15 +34,18 @@ def concurrent_writes(send_one: SendOne, slots: ConnectionSlots) -> SendBatch:
 
     async def send(batch: list[tuple[str, Write]], budget: float) -> BatchOutcome:
         async with server_deadline(budget):
-            started: list[Awaitable[Exception | None]] = []
-            for key, (value, expires_at) in batch:
-                await slots.take()
-                try:
-                    started.append(send_one(key, value, expires_at))
-                except BaseException:
-                    slots.give_back()
-                    raise
-            refusals = await asyncio.gather(*started)
+            started: list[asyncio.Future[Exception | None]] = []
+            try:
+                for key, (value, expires_at) in batch:
+                    await slots.take()
+                    started.append(send_one(key, value, expires_at))  # the place is its
+                refusals = await asyncio.gather(*started)
+            except BaseException:
+                # Out of time, or cancelled, before all were sent: nothing waits for
+                # those that were, whose failures must not be logged as never read.
+                for reply in started:
+                    reply.cancel()
+                raise
         # Memcached answered every command, even if it refused some: it is up.
         return BatchOutcome([r for r in refusals if r is not None])
 
