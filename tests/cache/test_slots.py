@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limpet.cache.budget import QueueTimeout, server_deadline
 from limpet.cache.slots import ConnectionSlots
@@ -48,3 +50,71 @@ async def test_a_free_place_is_taken_without_yielding_and_counted() -> None:
 
 def test_there_is_always_a_place() -> None:
     assert ConnectionSlots(0).count == ConnectionSlots(-3).count == 1
+
+
+def test_take_now_takes_a_free_place_and_never_jumps_the_queue() -> None:
+    async def scenario() -> None:
+        slots = ConnectionSlots(1)
+        assert slots.take_now() and slots.held == 1
+        assert not slots.take_now() and slots.held == 1
+        waiting = asyncio.ensure_future(slots.take())
+        await asyncio.sleep(0)  # it queues
+        slots.give_back()  # handed to the waiter, not freed
+        assert not slots.take_now()
+        await waiting
+        assert slots.held == 1
+        slots.give_back()
+        assert slots.held == 0 and slots.take_now()
+
+    asyncio.run(scenario())
+
+
+# Each event: a new caller asks for a place, the oldest holder gives one back, the
+# oldest caller still waiting is cancelled, or a loop turn passes (the rest happen in
+# one turn until then).
+SLOT_EVENTS = ("ask", "give back", "cancel a waiter", "turn")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3), st.lists(st.sampled_from(SLOT_EVENTS), max_size=30))
+def test_places_go_in_order_are_never_over_held_and_none_is_lost(
+    count: int, events: list[str]
+) -> None:
+    asyncio.run(_slot_run(count, events))
+
+
+async def _slot_run(count: int, events: list[str]) -> None:
+    slots = ConnectionSlots(count)
+    granted: list[int] = []  # callers in the order they got a place
+    asked: list[tuple[int, asyncio.Task[None]]] = []
+    holders: list[int] = []
+
+    async def caller(n: int) -> None:
+        await slots.take()
+        granted.append(n)
+        holders.append(n)
+
+    for event in events:
+        if event == "ask":
+            n = len(asked)
+            asked.append((n, asyncio.ensure_future(caller(n))))
+        elif event == "give back" and holders:
+            holders.pop(0)
+            slots.give_back()
+        elif event == "cancel a waiter":
+            waiting = [task for n, task in asked if n not in granted and not task.done()]
+            if waiting:
+                waiting[0].cancel()  # perhaps handed a place in this very turn
+        elif event == "turn":
+            await asyncio.sleep(0)
+        assert 0 <= slots.held <= count
+        assert len(holders) <= slots.held
+    for _, task in asked:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*(task for _, task in asked), return_exceptions=True)
+    assert granted == sorted(granted)  # first come, first served
+    for _ in holders:
+        slots.give_back()
+    assert slots.held == 0  # every place back: none lost to a cancelled waiter
+    assert slots.take_now()

@@ -14,6 +14,8 @@ counts from the moment a place is held, and the wait keeps a bound of its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from types import TracebackType
 
 from limpet.cache.budget import queueing
@@ -23,34 +25,57 @@ __all__ = ["ConnectionSlots"]
 
 class ConnectionSlots:
     """``count`` places, first come first served; ``async with slots:`` holds one, or
-    ``take()`` and ``give_back()`` when a place outlives its taker (a Memcached command
-    that goes on after its caller left).
+    ``take()`` (``take_now()`` first, for a caller that would rather not make a
+    coroutine for a free place) and ``give_back()`` when a place outlives its taker (a
+    Memcached command that goes on after its caller left).
 
     Args:
         count: how many commands may be on the wire at once (>= 1).
     """
 
-    __slots__ = ("_free", "count", "held")
+    __slots__ = ("_waiting", "count", "held")
 
     def __init__(self, count: int) -> None:
         self.count = max(count, 1)
-        #: Places held now.
+        #: Places held now (one handed to a waiter that has yet to resume included).
         self.held = 0
-        self._free = asyncio.Semaphore(self.count)
+        # Those waiting for a place, in order; only while every place is held.
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self) -> bool:
+        """Hold a place if one is free (and nobody waits for one): True; else False, and
+        nothing is held."""
+        if self.held < self.count and not self._waiting:
+            self.held += 1
+            return True
+        return False
 
     async def take(self) -> None:
         """Hold a place, waiting (in this process: no server time) while none is free."""
-        if self._free.locked():
-            with queueing():
-                await self._free.acquire()
-        else:
-            await self._free.acquire()  # free: taken without yielding
-        self.held += 1
+        if self.take_now():
+            return
+        place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(place)
+        with queueing():
+            try:
+                await place
+            except asyncio.CancelledError:
+                if place.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(place)
+                else:
+                    self.give_back()  # handed one just as it was cancelled: the next's
+                raise
 
     def give_back(self) -> None:
-        """Free a place ``take()`` held."""
+        """Free a place ``take()`` held: handed to the first still waiting, if any."""
+        waiting = self._waiting
+        while waiting:
+            place = waiting.popleft()
+            if not place.done():
+                place.set_result(None)
+                return
         self.held -= 1
-        self._free.release()
 
     async def __aenter__(self) -> None:
         await self.take()

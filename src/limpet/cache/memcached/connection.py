@@ -131,7 +131,8 @@ class MemcachedConnector:
         if probing:
             return await self.start(call, probing=True, budget=budget)
         slots = self.slots
-        await slots.take()
+        if not slots.take_now():
+            await slots.take()
         session = self._session
         if session is None:
             return await self.start(call, probing=False, budget=budget, held=True)
