@@ -80,6 +80,23 @@ async def test_a_command_raising_what_is_no_exception_gives_its_place_back_once(
         await mc.aclose()
 
 
+async def test_a_call_raising_what_is_no_exception_as_it_is_made_gives_its_place_back(
+    memcached_url: str, memcached_prefix: str
+) -> None:
+    def exits_as_made(client: emcache.Client) -> Awaitable[None]:
+        raise SystemExit(3)
+
+    mc = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, max_connections=1)
+    try:
+        await mc.get("warm")
+        with pytest.raises(SystemExit):
+            await mc.run("get", 1.0, exits_as_made)
+        assert mc._connector.slots.held == 0
+        assert await mc.get("k") is None
+    finally:
+        await mc.aclose()
+
+
 async def test_a_client_that_finishes_connecting_after_aclose_is_closed(
     memcached_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -85,13 +85,16 @@ def test_places_go_in_order_are_never_over_held_and_none_is_lost(
 
 async def _slot_run(count: int, events: list[str]) -> None:
     slots = ConnectionSlots(count)
-    granted: list[int] = []  # callers in the order they got a place
+    queued: list[int] = []  # callers that found no free place, in the order they asked
+    granted: list[int] = []  # those of them, in the order they got one
     asked: list[tuple[int, asyncio.Task[None]]] = []
     holders: list[int] = []
 
     async def caller(n: int) -> None:
-        await slots.take()
-        granted.append(n)
+        if not slots.take_now():
+            queued.append(n)
+            await slots.take()
+            granted.append(n)
         holders.append(n)
 
     for event in events:
@@ -102,18 +105,20 @@ async def _slot_run(count: int, events: list[str]) -> None:
             holders.pop(0)
             slots.give_back()
         elif event == "cancel a waiter":
-            waiting = [task for n, task in asked if n not in granted and not task.done()]
+            waiting = [task for n, task in asked if n in queued and not task.done()]
             if waiting:
                 waiting[0].cancel()  # perhaps handed a place in this very turn
         elif event == "turn":
             await asyncio.sleep(0)
         assert 0 <= slots.held <= count
         assert len(holders) <= slots.held
+        still = [queued.index(n) for n, task in asked if n in queued and not task.done()]
+        assert all(queued.index(n) < min(still) for n in granted if still)  # none overtaken
     for _, task in asked:
         if not task.done():
             task.cancel()
     await asyncio.gather(*(task for _, task in asked), return_exceptions=True)
-    assert granted == sorted(granted)  # first come, first served
+    assert granted == [n for n in queued if n in granted]  # first come, first served
     for _ in holders:
         slots.give_back()
     assert slots.held == 0  # every place back: none lost to a cancelled waiter

@@ -189,11 +189,17 @@ class MemcachedConnector:
         client, which may time its commands out itself (``Command``'s ``own_task``).
         Never raises an ``Exception``: a ``call`` that fails as it is made, or gives an
         awaitable that is no coroutine, is a command like any other, and ``then`` runs
-        once, as it ends."""
+        once, as it ends (or here, before what is no ``Exception`` goes on up)."""
         try:
             started = call(session.client)
         except Exception as exc:
             coro: Coroutine[Any, Any, T] = _raising(exc)
+        except BaseException:
+            if then is not None:
+                then()
+            if reply is not None:
+                hand_over(reply, ClientClosedError("memcached command was interrupted"))
+            raise
         else:
             coro = started if asyncio.iscoroutine(started) else _awaiting(started)
         own_task = not self.owns

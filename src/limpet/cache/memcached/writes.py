@@ -19,9 +19,10 @@ from limpet.cache.writes import BatchOutcome, SendBatch, Write
 __all__ = ["WRITE_BATCH", "SendOne", "concurrent_writes"]
 
 #: Starts one write (full key, value or None, monotonic expiry) on a place of the slots
-#: already held, given back as the command ends; its outcome is None when it landed, or
-#: Memcached's refusal (the server answered: it is up). Raises when the server could not
-#: be reached.
+#: already held, which is the write's from this call on (given back once, as it ends);
+#: its outcome is None when it landed, or Memcached's refusal (the server answered: it
+#: is up), and its failure an exception (the server could not be reached). Raises
+#: nothing but what is no ``Exception`` (and has given the place back then).
 SendOne: TypeAlias = Callable[[str, bytes | None, float], asyncio.Future[Exception | None]]
 
 #: Enough to keep the connection pool busy, small enough to fit in one write timeout.
