@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import emcache
 import pytest
@@ -64,33 +64,26 @@ async def test_an_awaitable_that_is_no_coroutine_runs_and_ends(
         await lent.close()
 
 
+async def exits_on_its_first_step(client: emcache.Client) -> None:
+    raise SystemExit(3)
+
+
+def exits_as_made(client: emcache.Client) -> Awaitable[None]:
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("call", [exits_on_its_first_step, exits_as_made])
 async def test_a_command_raising_what_is_no_exception_gives_its_place_back_once(
-    memcached_url: str, memcached_prefix: str
+    memcached_url: str,
+    memcached_prefix: str,
+    call: Callable[[emcache.Client], Awaitable[None]],
 ) -> None:
-    async def exits(client: emcache.Client) -> None:
-        raise SystemExit(3)
-
     mc = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, max_connections=1)
     try:
         await mc.get("warm")
         with pytest.raises(SystemExit):
-            await mc.run("get", 1.0, exits)
-        assert mc._connector.slots.held == 0  # -1: given back twice, two places for one
-    finally:
-        await mc.aclose()
-
-
-async def test_a_call_raising_what_is_no_exception_as_it_is_made_gives_its_place_back(
-    memcached_url: str, memcached_prefix: str
-) -> None:
-    def exits_as_made(client: emcache.Client) -> Awaitable[None]:
-        raise SystemExit(3)
-
-    mc = MemcachedCache.from_url(memcached_url, prefix=memcached_prefix, max_connections=1)
-    try:
-        await mc.get("warm")
-        with pytest.raises(SystemExit):
-            await mc.run("get", 1.0, exits_as_made)
+            await mc.run("get", 1.0, call)
+        # 1: the place lost; -1: given back twice, two places for one.
         assert mc._connector.slots.held == 0
         assert await mc.get("k") is None
     finally:
