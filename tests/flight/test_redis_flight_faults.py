@@ -13,7 +13,9 @@ Redis. The Redis cache tier's own faults are in ``tests/cache/test_redis_faults.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +102,20 @@ async def following(leading: RedisCache, other: RedisCache, config: FlightConfig
     followed = asyncio.create_task(follower.do(KEY, mine, reader))
     await reader.reads[1].wait()  # watching, looking for the entry
     return Following(led, followed, follower, upstream, mine, reader)
+
+
+@contextlib.asynccontextmanager
+async def following_through_a_proxy(
+    redis_url: str, redis_prefix: str, config: FlightConfig
+) -> AsyncIterator[tuple[RedisProxy, Following]]:
+    """``following``, with the follower's cache reaching Redis through a proxy the test
+    can stall (the leader's does not)."""
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(redis_url, prefix=redis_prefix) as leading,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as other,
+    ):
+        yield proxy, await following(leading, other, config)
 
 
 @pytest.mark.parametrize(
@@ -401,12 +417,7 @@ async def test_a_follower_rides_out_a_stall_of_the_store_without_going_upstream(
     used to go upstream at once, without a lease, paying again for what the leader was
     about to store, and with it every follower process of the key."""
     config = FlightConfig(lease=30.0, poll=0.05, follow_timeout=60.0)
-    async with (
-        RedisProxy.for_url(redis_url) as proxy,
-        RedisCache.from_url(redis_url, prefix=redis_prefix) as leading,
-        RedisCache.from_url(proxy.url, prefix=redis_prefix) as other,
-    ):
-        flight = await following(leading, other, config)
+    async with following_through_a_proxy(redis_url, redis_prefix, config) as (proxy, flight):
         proxy.stall()
         # Two looks failed (each past its timeout) when a third begins.
         looked = asyncio.ensure_future(flight.reader.reads[3].wait())
@@ -445,12 +456,7 @@ async def test_a_follower_rides_out_a_stall_for_a_few_seconds_not_a_lease(
 ) -> None:
     """A store that stays silent is given up on after ``RIDE_OUT``, not a whole lease."""
     config = FlightConfig(lease=60.0, poll=0.05, follow_timeout=120.0)
-    async with (
-        RedisProxy.for_url(redis_url) as proxy,
-        RedisCache.from_url(redis_url, prefix=redis_prefix) as leading,
-        RedisCache.from_url(proxy.url, prefix=redis_prefix) as other,
-    ):
-        flight = await following(leading, other, config)
+    async with following_through_a_proxy(redis_url, redis_prefix, config) as (proxy, flight):
         proxy.stall()
         async with asyncio.timeout(LONG):  # a failure, not a hang: a lease is 60 s
             assert await flight.followed == ("the follower's own call", True)
