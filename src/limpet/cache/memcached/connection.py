@@ -156,16 +156,15 @@ class MemcachedConnector:
         cancelled) does not reach the command, which goes on until it has read its
         reply, or is taken for stuck (``commands.STUCK_AFTER`` budgets).
         """
-        reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[T] = loop.create_future()
         then = self.slots.give_back if held else None
         session = None if probing else self._session
         if session is None:
             # Held until it ends: it connects at once (emcache connects in the
             # background), then runs as one of the new client's commands.
             try:
-                task = asyncio.get_running_loop().create_task(
-                    self._connect_then_run(call, probing, budget, reply, then)
-                )
+                task = loop.create_task(self._connect_then_run(call, probing, budget, reply, then))
             except BaseException:
                 if then is not None:
                     then()
