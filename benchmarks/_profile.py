@@ -1,5 +1,7 @@
 """Profiles of the miss and hit paths: cProfile top-15 tables, for the closing note of a
-performance change (``python -m benchmarks._profile [--calls N] [--concurrency C]``).
+performance change (``python -m benchmarks._profile [--calls N] [--concurrency C]``); with
+``--lines``, the Python lines each call executes instead (``benchmarks._lines``), beside a
+bare aiohttp session's request: counted, so the same on any machine.
 
 Not a benchmark (the runner skips ``_`` modules): it prints tables, not figures. The
 FakeGateway runs in a thread of its own, with its own event loop, and cProfile profiles
@@ -17,6 +19,10 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
+import aiohttp
+import orjson
+
+from benchmarks._lines import LineCount
 from limpet import Client, Endpoint
 from limpet.testing import FakeGateway
 
@@ -74,10 +80,49 @@ def table(profile: cProfile.Profile, title: str) -> str:
     return f"## {title}\n{out.getvalue()}"
 
 
-async def main(calls: int, concurrency: int) -> None:
+async def count_lines(client: Client, base_url: str, calls: int, concurrency: int) -> None:
+    """Print the lines per call of limpet's miss and hit paths and of a bare aiohttp
+    session's request (the miss path's floor), each after a warm-up."""
+    headers = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+
+        async def bare(i: int, tag: str = "bare") -> object:
+            body = orjson.dumps({"model": MODEL, "messages": messages(tag, i), "temperature": 0})
+            url = f"{base_url}/chat/completions"
+            async with session.post(url, data=body, headers=headers) as response:
+                response.raise_for_status()
+                return orjson.loads(await response.read())
+
+        async def miss(i: int, tag: str = "lines") -> object:
+            return await client.complete(model=MODEL, messages=messages(tag, i), temperature=0)
+
+        await run_calls(lambda i: bare(i, "bare warm-up"), 200, concurrency)
+        with LineCount() as floor:
+            await run_calls(bare, calls, concurrency)
+        with LineCount() as limpet:
+            await run_calls(miss, calls, concurrency)
+        with LineCount() as hits:
+            await run_calls(lambda i: miss(i % 100), calls, 1)
+    print(f"miss path at concurrency {concurrency}, {calls} calls each")
+    print(f"bare aiohttp session: {floor.per_call(calls):,.0f} Python lines per call\n")
+    print(limpet.table(calls, "limpet miss path", TOP))
+    print(hits.table(calls, "limpet in-memory hit (the floor: no Python line)", TOP))
+
+
+async def main(calls: int, concurrency: int, lines: bool = False) -> None:
     with gateway_thread() as base_url:
         endpoint = Endpoint("a", base_url, api_key="sk-bench")
         async with Client(endpoints=[endpoint]) as client:
+            if lines:
+                await run_calls(
+                    lambda i: client.complete(
+                        model=MODEL, messages=messages("warm-up", i), temperature=0
+                    ),
+                    200,
+                    concurrency,
+                )
+                await count_lines(client, base_url, calls, concurrency)
+                return
 
             async def miss(i: int, tag: str = "miss") -> object:
                 return await client.complete(model=MODEL, messages=messages(tag, i), temperature=0)
@@ -105,5 +150,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--lines", action="store_true", help="count lines, not time")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.concurrency))
+    asyncio.run(main(args.calls, args.concurrency, args.lines))
