@@ -37,6 +37,18 @@ GOOD: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "
         ({"messages": ["hi"]}, "messages[0]"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"content": "x"}]}, "messages[0].role"),
+        # Unhashable roles: a set lookup would raise TypeError rather than name the field.
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": {"r": 1}, "content": "x"}]}, "messages[0].role"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "x"}]},
+                    {"role": ["user"], "content": "x"},
+                ]
+            },
+            "messages[1].role",
+        ),
         ({"messages": [{"role": "user", "content": "x"}, {"role": "user"}]}, "messages[1].content"),
         ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
         ({"temperature": -0.1}, "temperature"),
@@ -289,6 +301,59 @@ def test_validation_sums_plain_text_as_looks_large_would(
     plain = not extra and all(isinstance(c, str) for c in contents)
     assert chars == (sum(len(c) for c in contents if isinstance(c, str)) if plain else -1)
     assert looks_large(body, chars) == looks_large(body)
+
+
+class _Str(str):
+    pass
+
+
+# A message that is not plain (its content is a list): the request takes the long way.
+_NOT_PLAIN = {"role": "user", "content": [{"type": "text", "text": "x"}]}
+_ROLES = st.sampled_from(["user", "system", "assistant", "developer", "tool", "User", "", None])
+_VALUES = st.one_of(
+    st.text(max_size=5),
+    st.text(max_size=5).map(_Str),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.just({"a": 1}),
+    st.just(("user",)),
+)
+
+
+def _verdict(body: dict[str, Any]) -> str:
+    try:
+        validate_request(body)
+    except InvalidRequestError as exc:
+        return f"invalid: {exc.field}"
+    return "ok"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    messages=st.lists(
+        st.builds(
+            lambda role, content, extra: {"role": role, "content": content, **extra},
+            _ROLES | _VALUES,
+            _VALUES,
+            st.dictionaries(st.sampled_from(["name", "x"]), st.none() | st.text(max_size=3)),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    params=st.dictionaries(
+        st.sampled_from(["temperature", "max_tokens", "seed", "logprobs", "x"]), _VALUES, max_size=3
+    ),
+)
+def test_the_one_pass_check_judges_as_the_long_way_does(
+    messages: list[dict[str, Any]], params: dict[str, Any]
+) -> None:
+    """Whatever its messages, a request fails (naming the same field) or passes alike
+    whether the one-pass check of plain messages may take it or the long way must."""
+    quick = _verdict({"model": "m", "messages": messages, **params})
+    assert _verdict({"model": "m", "messages": [*messages, _NOT_PLAIN], **params}) == quick
 
 
 @pytest.mark.parametrize("size", [LARGE_REQUEST_BYTES - 1, LARGE_REQUEST_BYTES])

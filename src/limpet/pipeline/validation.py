@@ -74,20 +74,26 @@ def validate_request(body: Mapping[str, Any]) -> int:
     messages = body.get("messages")
     if type(messages) is not list or not messages:
         raise InvalidRequestError("messages", "a non-empty list of message dicts", messages)
-    chars = 0
-    for message in messages:
-        # Anything but {"role", "content": str} takes the long way, which checks it is JSON.
-        if (
-            type(message) is not dict
-            or len(message) != 2
-            or message.get("role") not in _PLAIN_ROLES
-        ):
-            break
-        content = message.get("content")
-        if type(content) is not str:
-            break
-        chars += len(content)
-    else:
+    chars, total = -1, 0
+    try:
+        for message in messages:
+            # Anything but {"role", "content": str} takes the long way, which checks it
+            # is JSON.
+            if (
+                type(message) is not dict
+                or len(message) != 2
+                or message.get("role") not in _PLAIN_ROLES
+            ):
+                break
+            content = message.get("content")
+            if type(content) is not str:
+                break
+            total += len(content)
+        else:
+            chars = total
+    except TypeError:  # an unhashable role (a list, say): the long way names it
+        pass
+    if chars >= 0:  # every message was plain
         _check_parameters(body)
         return chars
     for index, message in enumerate(messages):
@@ -230,7 +236,7 @@ def _check_message(index: int, message: object) -> None:
     if not isinstance(message, dict):
         raise InvalidRequestError(f"messages[{index}]", "a dict with 'role' and 'content'", message)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # a str first: a list is unhashable
         raise InvalidRequestError(f"messages[{index}].role", _ROLES_TEXT, role)
     path = f"messages[{index}]"
     _check_json(message, path, depth=3)  # in the body, in its messages
