@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.cache.counter_starts import CounterStarts
-from limpet.cache.generations import Generations, generation_name
+from limpet.cache.generations import Generations, LocalGenerations, generation_name
 from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError
 from tests.fakes import FakeClock
@@ -26,6 +26,21 @@ async def test_local_bumps_change_exactly_what_they_cover() -> None:
     before = (gens.scope_now("a"), gens.scope_now("b"))
     await gens.bump()
     assert gens.scope_now("a") != before[0] and gens.scope_now("b") != before[1]
+
+
+async def test_clients_sharing_local_generations_see_each_others_bumps_at_once() -> None:
+    shared = LocalGenerations()
+    one, other = (Generations(local=shared, credential="c", max_tracked=1) for _ in "12")
+    before = one.scope_now("m")
+    assert other.scope_now("m") == before  # one cache, one scope
+    await one.bump("m")
+    assert other.scope_now("m") == one.scope_now("m") != before  # no refresh waited for
+    for model in ("n", "o", "m"):  # ``other`` forgets m's generations, then uses m again
+        other.scope_now(model)
+    assert other.scope_now("m") == one.scope_now("m") != before  # the bump was not lost
+    await other.bump()
+    assert one.scope_now("m") == other.scope_now("m")
+    assert Generations(credential="c").scope_now("m") == before  # not shared: its own
 
 
 class CountersInMemory:

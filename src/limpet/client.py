@@ -54,6 +54,7 @@ from limpet.pipeline.wiring import (
     event_hooks,
     flight_store_of,
     generation_store_of,
+    local_generations_of,
     redis_tier_of,
     resolve_admission,
     resolve_cache,
@@ -202,6 +203,7 @@ class Client:
         credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
         generations = Generations(
             generation_store_of(self._cache),
+            local=local_generations_of(self._cache),
             namespace=namespace,
             credential=generations_scope(self._endpoints) if credential else "",
         )
@@ -494,7 +496,8 @@ class Client:
         """Stop serving cached answers for ``model``, or for every model when None.
 
         A generation bump, not a scan: old entries are never read again and expire by TTL.
-        With a Redis tier, other processes follow within about a second. It reaches this
+        With a Redis tier, other processes follow within about a second; other Clients
+        given the same in-process cache follow at once. It reaches this
         Client's cache scope: with ``cache_scope="credential"``, only the entries of its
         credentials; with ``"namespace"``, every entry of the namespace.
 

@@ -364,6 +364,35 @@ async def test_invalidate_by_model_and_globally(client: Client, gateway: FakeGat
     assert gateway.endpoint("a").calls == 4
 
 
+@pytest.mark.parametrize("tiered", [False, True], ids=["one MemoryCache", "one TieredCache"])
+async def test_clients_sharing_an_in_process_cache_share_its_invalidations(
+    gateway: FakeGateway, tiered: bool
+) -> None:
+    """Two Clients of one in-process cache (no tier keeps generations) count generations
+    together: one's invalidation reaches the other's reads at once, and an answer stored
+    before an invalidation is never served after it, whoever stored it."""
+    memory = MemoryCache()
+    cache: MemoryCache | TieredCache = TieredCache(memory) if tiered else memory
+    endpoints = [Endpoint("a", gateway.base_url("a"), api_key=KEY)]
+    async with (
+        Client(endpoints=endpoints, cache=cache) as a,
+        Client(endpoints=endpoints, cache=cache) as b,
+    ):
+        assert (await b.complete(**ask())).cache is CacheStatus.MISS
+        assert (await a.complete(**ask())).cache is CacheStatus.HIT  # shared on purpose
+        await b.invalidate(MODEL)
+        assert (await a.complete(**ask())).cache is CacheStatus.MISS  # b's reaches a
+        await a.invalidate(MODEL)  # a's own count, after b's
+        stored_before = await a.complete(**ask())
+        assert stored_before.cache is CacheStatus.MISS
+        await b.invalidate(MODEL)  # b, counting alone, would now key as a did above
+        after = await b.complete(**ask())
+        assert after.cache is CacheStatus.MISS
+        assert after.key != stored_before.key
+        assert (await a.complete(**ask())).cache is CacheStatus.HIT  # b's fresh answer
+        assert gateway.endpoint("a").calls == 4
+
+
 async def test_forget_deletes_one_request(client: Client, gateway: FakeGateway) -> None:
     await client.complete(**ask("one"))
     await client.complete(**ask("two"))

@@ -12,6 +12,11 @@ own (``limpet serve``'s callers, ``extra_headers``) has two more still, its key'
 theirs for the model, so ``limpet flush --cache-scope credential`` with that key reaches
 its entries, as it reaches those of a Client sending the key.
 
+With no store (every tier in-process), the generations are kept with the cache
+(``LocalGenerations``): Clients reading one cache's entries use one set of counters, so
+one's ``invalidate()`` reaches the others' reads at once, as a store's would within its
+refresh interval.
+
 With a shared store (Redis), generations are read into the process and refreshed in the
 background at most every ``refresh_interval`` seconds, so a cache hit stays one GET and
 another process's invalidation takes effect here within that interval while requests
@@ -35,6 +40,7 @@ import logging
 import math
 import secrets
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, runtime_checkable
@@ -47,6 +53,7 @@ __all__ = [
     "EVERYTHING",
     "GenerationStore",
     "Generations",
+    "LocalGenerations",
     "generation_name",
 ]
 
@@ -89,11 +96,41 @@ class GenerationStore(Protocol):
     async def bump_generation(self, name: str) -> int: ...
 
 
+class LocalGenerations:
+    """The generation counters of a cache no process shares (no tier keeps generations),
+    for every Client reading its entries.
+
+    Were each Client to count its own from 0, one's ``invalidate()`` would not reach the
+    others' reads, and equal counts from two of them would make equal keys: a Client
+    invalidating after another had would read the entries the other stored in between.
+    """
+
+    __slots__ = ("_sharers", "values")
+
+    def __init__(self) -> None:
+        #: Each generation's value (one never bumped is 0); only ever grows.
+        self.values: dict[str, int] = {}
+        self._sharers: weakref.WeakSet[Generations] = weakref.WeakSet()
+
+    def share(self, generations: Generations) -> None:
+        """Tell ``generations`` of every bump from now on."""
+        self._sharers.add(generations)
+
+    def bump(self, name: str) -> int:
+        """Bump generation ``name`` for every Client sharing these counters; its new value."""
+        value = self.values[name] = self.values.get(name, 0) + 1
+        for sharer in self._sharers:
+            sharer.bumped_elsewhere()
+        return value
+
+
 class Generations:
     """The generations this process uses in keys, and how they are bumped and refreshed.
 
     Args:
         store: the shared counters, or None for a process-local cache.
+        local: with no store, the counters of the Clients sharing this one's cache
+            (``LocalGenerations``); None: its own.
         namespace: the client's namespace; its generations are its own.
         credential: the client's credential scope, or "" when it shares the namespace's
             entries (``cache_scope="namespace"``).
@@ -104,6 +141,7 @@ class Generations:
     """
 
     __slots__ = (
+        "__weakref__",
         "_all",
         "_clock",
         "_credential",
@@ -112,6 +150,7 @@ class Generations:
         "_fixed",
         "_fresh_until",
         "_loading",
+        "_local",
         "_models",
         "_namespace",
         "_outage",
@@ -130,6 +169,7 @@ class Generations:
         self,
         store: GenerationStore | None = None,
         *,
+        local: LocalGenerations | None = None,
         namespace: str = "",
         credential: str = "",
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
@@ -151,6 +191,13 @@ class Generations:
         # Per tracked model: its key scope, built once while no generation changes.
         self._scopes: dict[_Tracked, str] = {}
         self._values: dict[str, int] = {}
+        # With no store: the counters shared with the other Clients of the cache, whose
+        # values are this one's (never forgotten here: another may use them).
+        self._local: LocalGenerations | None = None
+        if store is None:
+            self._local = local if local is not None else LocalGenerations()
+            self._values = self._local.values
+            self._local.share(self)
         # How many tracked models use each generation (a model's are shared by the calls
         # to it that send a key of their own, and a key's by its calls to every model): a
         # value is forgotten with the last of them, never while another still uses it.
@@ -278,6 +325,8 @@ class Generations:
         name = self._own if names is None else names[-1]
         value = self._values.get(name, 0) + 1
         if self._store is None:
+            assert self._local is not None  # made whenever there is no store
+            value = self._local.bump(name)  # and every sharer's scopes are built anew
             self._pinned.add(name)
         else:
             try:
@@ -294,6 +343,11 @@ class Generations:
         self._outage = None  # what an unread scope held before is invalidated too
         if model is not None and (self._store is None or name in self._pinned):
             self._track(model, names)  # a bump only this process knows is kept with its model
+
+    def bumped_elsewhere(self) -> None:
+        """A Client sharing this one's ``LocalGenerations`` bumped one: the key scopes
+        built from the values before are built anew."""
+        self._scopes.clear()
 
     async def refresh(self) -> None:
         """Read every generation this process uses from the store now."""
@@ -414,7 +468,7 @@ class Generations:
                     uses[name] = left
                     continue
                 del uses[name]
-                if name not in fixed:
+                if name not in fixed and self._local is None:  # shared values stay
                     self._values.pop(name, None)
             self._scopes.pop(forgettable, None)
         return held

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from limpet.cache.capabilities import TierCapabilities
+from limpet.cache.generations import LocalGenerations
 from limpet.errors import ConfigurationError
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "MemoryCache"]
@@ -32,7 +33,15 @@ class MemoryCache:
         >>> client = Client(cache=MemoryCache(max_entries=50_000, max_bytes=512 << 20))
     """
 
-    __slots__ = ("_bytes", "_clock", "_entries", "_expiry", "max_bytes", "max_entries")
+    __slots__ = (
+        "_bytes",
+        "_clock",
+        "_entries",
+        "_expiry",
+        "local_generations",
+        "max_bytes",
+        "max_entries",
+    )
 
     #: Answers in-process without I/O: the Client reads it before coalescing a miss.
     capabilities: ClassVar[TierCapabilities] = TierCapabilities(local=True)
@@ -58,6 +67,9 @@ class MemoryCache:
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._expiry: dict[str, float] = {}
         self._bytes = 0
+        #: The generations of the Clients reading these entries, when none of their
+        #: tiers keeps generations: one ``invalidate()`` reaches all of them.
+        self.local_generations = LocalGenerations()
 
     def __len__(self) -> int:
         return len(self._entries)

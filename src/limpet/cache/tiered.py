@@ -30,6 +30,8 @@ from limpet.cache.capabilities import (
     shared_hmac_key,
     value_room,
 )
+from limpet.cache.generations import LocalGenerations
+from limpet.cache.memory import MemoryCache
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -102,6 +104,7 @@ class TieredCache:
         "_codec",
         "_failing",
         "_hmac_key",
+        "_local_generations",
         "_read_now",
         "_reads_now",
         "_room",
@@ -136,6 +139,7 @@ class TieredCache:
                 f"TieredCache.max_entry_bytes: expected an int >= 1, got {max_entry_bytes!r}"
             )
         self.max_entry_bytes = max_entry_bytes
+        self._local_generations: LocalGenerations | None = None  # ``local_generations``
         self._room = value_room(tiers, max_entry_bytes)  # what every tier keeps
         self.tiers: tuple[CacheBackend, ...] = tiers
         self.stats = TierStats(hits=[0] * len(tiers))
@@ -179,6 +183,18 @@ class TieredCache:
     def generation_store(self) -> GenerationStore | None:
         """The lowest tier that keeps generations (the one processes share), if any."""
         return cast("GenerationStore | None", self.lowest_with("generations"))
+
+    @property
+    def local_generations(self) -> LocalGenerations:
+        """The generations of the Clients reading this cache when no tier keeps them
+        (``generation_store`` is None): its lowest tier's own when it has some (a
+        ``MemoryCache`` does, so Clients given one share them), else this cache's."""
+        lowest = self.tiers[-1]
+        if isinstance(lowest, MemoryCache):
+            return lowest.local_generations
+        if self._local_generations is None:
+            self._local_generations = LocalGenerations()
+        return self._local_generations
 
     @property
     def flight_store(self) -> FlightStore | None:

@@ -14,7 +14,7 @@ import orjson
 
 from limpet._checks import check_headers
 from limpet.cache.base import CacheBackend
-from limpet.cache.generations import GenerationStore
+from limpet.cache.generations import GenerationStore, LocalGenerations
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import AdmissionConfig, Endpoint, default_base_url
@@ -69,6 +69,11 @@ def resolve_cache(cache: object) -> TieredCache | None:
 def generation_store_of(cache: TieredCache | None) -> GenerationStore | None:
     """The lowest tier that keeps generations (the one processes share), if any."""
     return None if cache is None else cache.generation_store
+
+
+def local_generations_of(cache: TieredCache | None) -> LocalGenerations | None:
+    """The generations of the Clients sharing ``cache`` when no tier keeps them, if any."""
+    return None if cache is None else cache.local_generations
 
 
 def redis_tier_of(cache: TieredCache | None) -> RedisCache | None:
