@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import traceback
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -214,6 +215,57 @@ async def test_stop_tells_waiting_callers_the_client_closed_and_ends_every_comma
     assert callers[1].cancelled()
     assert [steps.ended for steps in running] == [["cancelled"], ["cancelled"]]
     assert session.running == {}
+
+
+async def _told(command: Command[int], secret: str) -> tuple[BaseException, list[str]]:
+    """What ``command``'s caller is told, and the secrets of the frames in its traceback as
+    it catches it. ``secret`` stands for what a request's frame holds (a prompt, a key),
+    which must stay in its own caller's traceback."""
+    try:
+        await command
+    except ClientClosedError as exc:
+        frames = [frame.f_locals for frame, _ in traceback.walk_tb(exc.__traceback__)]
+        return exc, [f["secret"] for f in frames if "secret" in f]
+    raise AssertionError("the command ended well")
+
+
+async def test_one_error_told_to_many_callers_carries_each_ones_frames_alone() -> None:
+    session = Session(NO_CLIENT)
+    callers = [
+        asyncio.create_task(_told(Command(Steps().run(), session, BUDGET), f"secret {i}"))
+        for i in range(20)
+    ]
+    await turns(1)
+    await session.stop(close_connections=False)  # one ClientClosedError for them all
+    told = await asyncio.gather(*callers)
+    assert [secrets for _, secrets in told] == [[f"secret {i}"] for i in range(20)]
+
+
+class _Stop(BaseException):
+    """A BaseException the loop logs and goes on after (as it would not after a
+    KeyboardInterrupt)."""
+
+
+async def test_a_step_interrupted_tells_its_caller_outside_the_interruption() -> None:
+    loop = asyncio.get_running_loop()
+    logged: list[object] = []
+    loop.set_exception_handler(lambda _, context: logged.append(context.get("exception")))
+    reply: asyncio.Future[None] = loop.create_future()
+
+    async def interrupted() -> int:
+        await reply
+        raise _Stop
+
+    caller = asyncio.create_task(_told(Command(interrupted(), Session(NO_CLIENT), BUDGET), ""))
+    await turns(1)
+    try:
+        reply.set_result(None)  # the next step raises _Stop, out of the loop's callback
+        error, _ = await caller
+    finally:
+        loop.set_exception_handler(None)
+    assert [type(e) for e in logged] == [_Stop]
+    assert "interrupted" in str(error)
+    assert error.__context__ is None  # not chained to the step's interruption
 
 
 async def test_a_shorter_budget_than_those_running_is_reaped_in_its_own_time() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
+from types import TracebackType
 from typing import Generic, TypeVar
 
 __all__ = ["CallerWait"]
@@ -33,6 +34,7 @@ class CallerWait(Generic[T]):
         "_cancelled",
         "_context",
         "_error",
+        "_error_traceback",
         "_loop",
         "_result",
         "_state",
@@ -49,6 +51,7 @@ class CallerWait(Generic[T]):
         self._context: contextvars.Context | None = None
         self._result: T | None = None
         self._error: BaseException | None = None
+        self._error_traceback: TracebackType | None = None
         self._cancelled: str | None = None
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -72,7 +75,9 @@ class CallerWait(Generic[T]):
         if self._state == self._PENDING:
             raise asyncio.InvalidStateError("the command has not ended")
         if self._error is not None:
-            raise self._error
+            # With the traceback it had when told, as a future raises it: one error told to
+            # many callers (a closed client's) must not gather every caller's frames.
+            raise self._error.with_traceback(self._error_traceback)
         return self._result  # type: ignore[return-value]
 
     def cancel(self, msg: str | None = None) -> bool:
@@ -89,6 +94,7 @@ class CallerWait(Generic[T]):
         if self._state != self._PENDING:
             return
         self._state, self._result, self._error = self._FINISHED, result, error
+        self._error_traceback = None if error is None else error.__traceback__
         self._wake(at_once=at_once)
 
     def _wake(self, *, at_once: bool) -> None:

@@ -257,7 +257,8 @@ class Command(Generic[T]):
         except Exception as exc:
             error = exc
         except BaseException:  # SystemExit, KeyboardInterrupt: the loop's to stop
-            self._end(None, ClientClosedError("memcached command was interrupted"))
+            # The caller is told in a turn of its own, not inside this clause.
+            self._end(None, ClientClosedError("memcached command was interrupted"), at_once=False)
             raise
         else:
             self._wait_for(waits_on)
@@ -294,7 +295,7 @@ class Command(Generic[T]):
         else:
             self._end(task.result(), None)
 
-    def _end(self, result: T | None, error: BaseException | None) -> None:
+    def _end(self, result: T | None, error: BaseException | None, *, at_once: bool = True) -> None:
         self.done = True
         self._result, self._error = result, error
         self._session.ended(self)
@@ -304,7 +305,7 @@ class Command(Generic[T]):
             self._mark_ended()
         # A caller waiting is in a task suspended on ``_wait``, and the command steps (or
         # its task ends) in loop callbacks only while it is: waking it here is safe.
-        self._tell(result, error, at_once=True)
+        self._tell(result, error, at_once=at_once)
 
     def _mark_ended(self) -> None:
         assert self._ended is not None
