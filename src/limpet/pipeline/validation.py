@@ -74,7 +74,7 @@ def validate_request(body: Mapping[str, Any]) -> int:
     messages = body.get("messages")
     if type(messages) is not list or not messages:
         raise InvalidRequestError("messages", "a non-empty list of message dicts", messages)
-    chars, total = -1, 0
+    chars = 0
     try:
         for message in messages:
             # Anything but {"role", "content": str} takes the long way, which checks it
@@ -88,14 +88,12 @@ def validate_request(body: Mapping[str, Any]) -> int:
             content = message.get("content")
             if type(content) is not str:
                 break
-            total += len(content)
+            chars += len(content)
         else:
-            chars = total
+            _check_parameters(body)
+            return chars
     except TypeError:  # an unhashable role (a list, say): the long way names it
         pass
-    if chars >= 0:  # every message was plain
-        _check_parameters(body)
-        return chars
     for index, message in enumerate(messages):
         _check_message(index, message)
     _check_parameters(body)
