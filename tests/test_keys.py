@@ -112,6 +112,13 @@ def test_the_order_within_schemas_counts_and_nowhere_else(
         "tools": [{**tool, "function": {"name": "f", "parameters": schema_format(first)}}],
     }
     assert (key_of(asked) == key_of(as_first)) == (order == first)
+    # So within each field a self-hosted server takes a schema in (vLLM's guided_json...).
+    for field in ("functions", "guided_json", "structured_outputs", "json_schema", "grammar"):
+        schema = schema_format(order)["json_schema"]["schema"]
+        other = schema_format(first)["json_schema"]["schema"]
+        assert (key_of({**body, field: schema}) == key_of({**body, field: other})) == (
+            order == first
+        ), field
     # Every other dict, the fields' own order among them, still counts for nothing.
     rng = random.Random(seed)
     reordered = {k: asked[k] for k in rng.sample(list(asked), len(asked))}

@@ -50,8 +50,20 @@ TRANSPORT_ONLY_FIELDS = frozenset(
 #: Fields keyed in the order they are written, their keys unsorted: the schemas in them
 #: are rendered to the model in that order, and a structured answer's fields are
 #: generated in it (``{"reasoning", "answer"}`` asks for another answer than
-#: ``{"answer", "reasoning"}``).
-ORDERED_FIELDS = frozenset({"response_format", "tools", "functions"})
+#: ``{"answer", "reasoning"}``). OpenAI's, and those self-hosted OpenAI-compatible
+#: servers take a schema in: vLLM's ``guided_json`` and ``structured_outputs``,
+#: llama.cpp's ``json_schema``, TGI's ``grammar``.
+ORDERED_FIELDS = frozenset(
+    {
+        "response_format",
+        "tools",
+        "functions",
+        "guided_json",
+        "structured_outputs",
+        "json_schema",
+        "grammar",
+    }
+)
 _RESHAPED = TRANSPORT_ONLY_FIELDS | ORDERED_FIELDS
 
 # The formats of what is stored under a key are part of it: a build that writes another
