@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import base64
+import enum
 import random
 import sys
 
@@ -226,8 +227,15 @@ def test_bad_input_names_the_index(given_input: object, field: str) -> None:
     assert caught.value.field == field
 
 
+class _Doc(enum.StrEnum):
+    HELLO = "hello"
+
+
 def test_inputs_come_as_openai_takes_them_texts_or_token_arrays() -> None:
     assert validate_inputs("a", max_inputs=4) == ["a"]
+    # A str subclass (a StrEnum member, numpy's str_) is its text, of exactly str's type.
+    for inputs in (validate_inputs(_Doc.HELLO, 4), validate_inputs(["a", _Doc.HELLO], 4)):
+        assert inputs[-1] == "hello" and type(inputs[-1]) is str
     assert validate_inputs(["a", "b"], max_inputs=4) == ["a", "b"]
     assert validate_inputs([1, 2, 3], max_inputs=4) == [[1, 2, 3]]  # one token array
     assert validate_inputs(([1], (2, 3)), max_inputs=4) == [[1], [2, 3]]

@@ -6,6 +6,7 @@ Every test counts what reached the gateway (requests, inputs), never times.
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import sys
 from pathlib import Path
@@ -85,6 +86,17 @@ async def test_a_duplicate_inside_a_batch_is_sent_once(gateway: FakeGateway) -> 
 async def test_a_single_string_is_one_input(gateway: FakeGateway) -> None:
     async with make_client(gateway) as client:
         e = await client.embed(model=MODEL, input="hello")
+        again = await client.embed(model=MODEL, input=["hello"])
+    assert e.vectors == again.vectors == [fake_vector(MODEL, "hello")]
+    assert again.cache is CacheStatus.HIT and gateway.embeddings.inputs == 1
+
+
+async def test_a_str_subclass_is_embedded_and_cached_as_its_text(gateway: FakeGateway) -> None:
+    class Doc(enum.StrEnum):
+        HELLO = "hello"
+
+    async with make_client(gateway) as client:
+        e = await client.embed(model=MODEL, input=Doc.HELLO)
         again = await client.embed(model=MODEL, input=["hello"])
     assert e.vectors == again.vectors == [fake_vector(MODEL, "hello")]
     assert again.cache is CacheStatus.HIT and gateway.embeddings.inputs == 1

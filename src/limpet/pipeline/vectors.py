@@ -265,7 +265,7 @@ def validate_inputs(input: object, max_inputs: int) -> list[EmbedInput]:
     if isinstance(input, str):
         if not input:
             raise InvalidRequestError("input", "a non-empty str", input)
-        return [input]
+        return [_text(input)]
     if not isinstance(input, list | tuple):
         raise InvalidRequestError("input", _INPUT_TEXT, input)
     if not input:
@@ -276,11 +276,14 @@ def validate_inputs(input: object, max_inputs: int) -> list[EmbedInput]:
         raise InvalidRequestError(
             f"input[{max_inputs}]", f"at most {max_inputs} inputs per call", len(input)
         )
-    if type(input[0]) is str:
-        for index, text in enumerate(input):
-            if type(text) is not str or not text:
+    if isinstance(input[0], str):
+        texts = list(input)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str) or not text:
                 raise InvalidRequestError(f"input[{index}]", "a non-empty str, as input[0]", text)
-        return list(input)
+            if type(text) is not str:
+                texts[index] = _text(text)
+        return texts
     if not isinstance(input[0], list | tuple):
         raise InvalidRequestError("input[0]", "a str, a token id or a list of token ids", input[0])
     return [
@@ -289,6 +292,13 @@ def validate_inputs(input: object, max_inputs: int) -> list[EmbedInput]:
 
 
 _INPUT_TEXT = "a str, a list of str, a list of token ids (ints) or a list of such lists"
+
+
+def _text(text: str) -> str:
+    """The plain str of ``text``: a str subclass (a ``StrEnum`` member, numpy's ``str_``)
+    is its text, as it is sent; the stages after validation know a text by its exact type
+    (anything else is a token array)."""
+    return text if type(text) is str else str.__str__(text)
 
 
 def _token_array(where: str, tokens: object, after_first: bool) -> list[int]:
