@@ -8,6 +8,8 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai.lib.streaming.chat._completions import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 from limpet.cache.base import stored_chunks
 from limpet.config import Endpoint
@@ -101,6 +103,39 @@ def test_a_never_streamed_answer_replays_as_chunks_that_assemble_back_to_it() ->
     assert again["usage"] == body["usage"]
     text = "".join(StreamChunk(c).content or "" for c in replayed)
     assert text == "Hello"
+
+
+def test_a_never_streamed_answers_tool_calls_replay_numbered_by_their_place() -> None:
+    # Some servers write "index": 0 on every call of a plain answer; kept, it merged the
+    # calls into one for whatever assembled the replay (limpet, or the openai SDK).
+    calls = [
+        {
+            "index": 0,
+            "id": f"call_{name}",
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        for name, arguments in (("f", '{"x":1}'), ("g", '{"y":2}'))
+    ]
+    message = {"role": "assistant", "content": None, "tool_calls": calls}
+    body = {
+        "id": "gen-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+    }
+    replayed = list(replay_chunks(body, None))
+    again = assembled(replayed).completion()["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["arguments"]) for c in again] == [
+        ("call_f", '{"x":1}'),
+        ("call_g", '{"y":2}'),
+    ]
+    state = ChatCompletionStreamState()  # the openai SDK's own assembly of a stream
+    for replayed_chunk in replayed:
+        state.handle_chunk(ChatCompletionChunk.model_validate(replayed_chunk))
+    sdk_calls = state.current_completion_snapshot.choices[0].message.tool_calls or []
+    assert [c.id for c in sdk_calls] == ["call_f", "call_g"]
 
 
 def test_chunk_accessors() -> None:

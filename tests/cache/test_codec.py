@@ -233,7 +233,21 @@ def test_an_ill_shaped_stored_stream_is_corrupt(chunking: bytes) -> None:
         stored_chunks(chunking)
 
 
-@pytest.mark.parametrize("body", [{"choices": []}, {"choices": [{"message": None}]}, {}])
+_ANSWER = {"message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": []},
+        {"choices": [{"message": None}]},
+        {},
+        # Any choice's tool calls, not only the first's: a stream replays every choice.
+        {"choices": [_ANSWER, {"message": {"role": "assistant", "tool_calls": ["oops"]}}]},
+        {"choices": [_ANSWER, {"message": {"role": "assistant", "tool_calls": [None]}}]},
+        {"choices": [_ANSWER, {"message": {"role": "assistant", "tool_calls": {}}}]},
+    ],
+)
 def test_what_would_read_back_as_corrupt_is_never_stored(body: dict[str, Any]) -> None:
     assert not servable(body)
     assert not storable(with_body(body))

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
+from aiohttp import web
 
 from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
 from limpet.cache.base import CacheEntry, EntryCodec
@@ -26,6 +28,7 @@ from limpet.models import Usage
 from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
+from tests.loopback import served
 from tests.redis_servers import eventually
 
 # For tests about what is stored, not about Redis's speed: a loaded machine must not turn
@@ -341,3 +344,61 @@ async def test_an_entry_of_the_previous_format_is_never_served(gateway: FakeGate
         await memory.set(key, data[:2] + bytes((data[2] - 1,)) + data[3:], 60)
         assert (await client.complete(**ask())).content != "planted"
         assert client.stats.corrupt == 1
+
+
+# -- Answers served to their caller but never stored ---------------------------------------
+
+
+async def test_a_stream_joined_to_a_complete_whose_answer_is_not_servable_streams_upstream() -> (
+    None
+):
+    """A ``complete()`` answered with a body no hit could be served from (a choice whose
+    tool calls are not objects: given to its caller as it came, never stored) is not
+    replayed to a ``stream()`` of the same request that joined its flight: the stream
+    goes upstream itself, rather than fail replaying it."""
+    arrived, answer = asyncio.Event(), asyncio.Event()
+    message = {"role": "assistant", "content": None, "tool_calls": [None]}
+    odd = {
+        "id": "gen-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+    envelope = {"id": "gen-2", "object": "chat.completion.chunk", "created": 2, "model": MODEL}
+    streamed_chunks = [
+        {**envelope, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}}]},
+        {**envelope, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+
+    async def upstream(request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            arrived.set()
+            await answer.wait()
+            return web.json_response(odd)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in streamed_chunks:
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", upstream)
+    async with served(app) as url, Client(endpoints=[Endpoint("a", url + "/v1")]) as client:
+        completed = asyncio.create_task(client.complete(**ask()))
+        await arrived.wait()
+        stream = client.stream(**ask())
+        streamed = asyncio.create_task(collect(stream))
+        flight = client._chat._flight
+        assert flight is not None
+
+        async def joined() -> bool:  # the complete() and the stream wait on its flight
+            return any(len(running.waiters) == 2 for running in flight._flights.values())
+
+        await eventually(joined, what="the stream joins the complete()'s flight")
+        answer.set()
+        assert (await completed).raw["choices"][0]["message"]["tool_calls"] == [None]
+        assert text(await streamed) == "ok"
+        assert stream.completion is not None and stream.completion.cache is CacheStatus.MISS

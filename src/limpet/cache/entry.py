@@ -204,8 +204,8 @@ def servable(body: object) -> bool:
 
 def _body_problem(body: object) -> str | None:
     """What makes ``body`` unfit to serve from, or None: every choice must be an object
-    with a ``message`` object, the first one's tool calls a list of objects, the model a
-    string. O(choices): a hit has one."""
+    with a ``message`` object, its tool calls a list of objects (a stream replays each
+    choice's), the model a string. O(choices and their tool calls): a hit has one."""
     if type(body) is not dict:
         return "entry body is not an object"
     choices = body.get("choices")
@@ -214,9 +214,11 @@ def _body_problem(body: object) -> str | None:
     for choice in choices:
         if type(choice) is not dict or type(choice.get("message")) is not dict:
             return "entry body has a choice without a message object"
-    calls = choices[0]["message"].get("tool_calls")
-    if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
-        return "entry body's tool calls are not a list of objects"
+        calls = choice["message"].get("tool_calls")
+        if calls is not None and (
+            type(calls) is not list or any(type(c) is not dict for c in calls)
+        ):
+            return "entry body's tool calls are not a list of objects"
     model = body.get("model")
     if model is not None and type(model) is not str:
         return "entry body's model is not a string"

@@ -84,7 +84,9 @@ def _choice_chunks(choice: Mapping[str, Any], index: int) -> Iterator[dict[str, 
         if isinstance(value, str):
             yield from _text_pieces(index, key, value, tokens.pop(key, None))
         elif key == "tool_calls" and isinstance(value, list):
-            yield from (_piece(index, {key: [{"index": i, **c}]}) for i, c in enumerate(value))
+            # Numbered by place: an index of the call's own (some servers write 0 for
+            # every call of a plain answer) would merge the calls when assembled.
+            yield from (_piece(index, {key: [{**c, "index": i}]}) for i, c in enumerate(value))
         else:
             yield _piece(index, {key: value})
     for key, rest in tokens.items():  # logprobs of a text that is empty or absent

@@ -128,6 +128,8 @@ class StreamFlights:
             answered = await _answered(answering)
             if answered is not None:
                 (entry, source), claimed = answered
+                if not entry.servable:  # served to its caller, never stored: nor replayed
+                    break
                 # An answer read from the cache may hold a stored stream that does not
                 # replay: counted and deleted, and this reader streams afresh. (With no
                 # cache the answer is complete()'s own, never read from one.)
