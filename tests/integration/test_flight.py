@@ -74,6 +74,38 @@ async def test_two_clients_sharing_redis_make_one_call(
     assert statuses.count(CacheStatus.COALESCED) == 39
 
 
+@pytest.mark.parametrize("max_connections", [1, 2])
+async def test_following_a_flight_leaves_a_small_pool_every_connection_it_had(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str, max_connections: int
+) -> None:
+    """Following a flight subscribes to its notices for good: on a connection of the
+    cache's own pool, it left a pool of one none (two: none beside the one kept for
+    lone reads), and every later read and write waited twenty budgets and failed."""
+    small = RedisCache.from_url(redis_url, prefix=redis_prefix, max_connections=max_connections)
+    follower = Client(
+        endpoints=[Endpoint("a", gateway.base_url("a"))], cache=TieredCache(small), flight=FAST
+    )
+    endpoint = gateway.endpoint("a")
+    async with make_client(gateway, redis_url, redis_prefix) as leader, follower:
+        endpoint.hold_answers()
+        led = asyncio.create_task(leader.complete(**ask("followed")))
+        await endpoint.wait_for_calls(1)
+        followed = asyncio.create_task(follower.complete(**ask("followed")))
+
+        async def watching() -> bool:
+            return bool(small.flight_store._watches)
+
+        await eventually(watching, what="the follower watches the leader's flight")
+        endpoint.release_answers()
+        assert (await followed).cache is CacheStatus.COALESCED
+        await led
+        assert (await follower.complete(**ask("after"))).cache is CacheStatus.MISS
+        await small.flush()
+        assert small.failed_writes == 0
+        assert (await follower.complete(**ask("after"))).cache is CacheStatus.HIT
+    assert endpoint.calls == 2
+
+
 async def test_a_call_lasting_three_leases_is_still_one_call(
     gateway: FakeGateway, redis_url: str, redis_prefix: str
 ) -> None:

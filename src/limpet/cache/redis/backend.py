@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import ClassVar, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -112,7 +113,8 @@ class RedisCache(RemoteCache):
             one outside its timeout (the server's time starts once it holds one), for at
             most twenty timeouts (then a counted miss, "no free connection", the breaker
             not told), and one connection is kept for the reads sent alone
-            (``limpet.cache.redis.lone``).
+            (``limpet.cache.redis.lone``). Following a cross-process flight subscribes
+            to its notices on one connection more, outside the pool.
         close_timeout: seconds ``aclose()`` waits for pending writes before dropping them.
         breaker: the circuit breaker; pass one to tune it or to inject a clock.
         hmac_key: signs cross-process flight notices (HMAC-SHA256), so a follower trusts
@@ -254,6 +256,21 @@ class RedisCache(RemoteCache):
         with the cache when the cache owns it.
         """
         return self._client
+
+    def notices_pubsub(self) -> PubSub:
+        """A subscription for the flight notices: where the pool is this cache's, on one
+        server, on a connection of its own outside it (held for the subscription's life,
+        one of the pool's would leave the other commands one fewer; a pool of one, none,
+        and every read and write waited twenty budgets and failed); else the client's (a
+        cluster's keeps a place for it, a lent client's pool is its owner's to size)."""
+        client = self._client
+        if not (self._owns_client and isinstance(client, Redis)):
+            return client.pubsub()
+        pool = client.connection_pool
+        own = ConnectionPool(
+            connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
+        )
+        return PubSub(own)
 
     @property
     def flight_store(self) -> RedisFlightStore:

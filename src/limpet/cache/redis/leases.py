@@ -271,7 +271,7 @@ class RedisFlightStore:
                 return
             await self._close_pubsub()
             cache = self._cache
-            pubsub = cache.redis.pubsub()
+            pubsub = cache.notices_pubsub()
             self._pubsub = pubsub
 
             async def subscribe() -> None:
