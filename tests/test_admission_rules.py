@@ -22,6 +22,7 @@ from limpet.http.admission_rules import (
     remaining_requests,
     total_tokens,
 )
+from limpet.providers.usage import MAX_TOKENS
 
 CONFIG = AdmissionConfig()
 
@@ -169,9 +170,10 @@ def test_a_bool_is_no_completion_cap() -> None:
     assert estimated_tokens(payload) == len(payload) / 4
 
 
-@given(_JSON_VALUES | st.floats(allow_nan=False))
+@given(_JSON_VALUES | st.floats(allow_nan=False) | st.sampled_from([-1, 2**53, 2**53 + 1, 10**309]))
 def test_only_an_int_total_counts_as_tokens_used(total: object) -> None:
-    counted = total if isinstance(total, int) and not isinstance(total, bool) else None
+    # A count no call could have (negative, or past 2**53: wider than a float) is none.
+    counted = total if type(total) is int and 0 <= total <= MAX_TOKENS else None
     assert total_tokens({"usage": {"total_tokens": total}}) == counted
     assert total_tokens({"usage": None}) is None
     assert total_tokens({}) is None

@@ -23,6 +23,7 @@ from limpet.providers.usage import (
     _dollars,
     detect_dialect,
     has_usage,
+    normalize_usage,
     parse_usage,
     reported_cost,
 )
@@ -155,6 +156,26 @@ def test_reported_cost() -> None:
     assert reported_cost({"cost": 0}) == 0.0
     for bad in (None, {}, {"cost": "0.5"}, {"cost": -1}, {"cost": float("inf")}, {"cost": True}):
         assert reported_cost(bad) is None
+
+
+@pytest.mark.parametrize("dialect", [None, *UsageDialect])
+def test_an_int_wider_than_a_float_is_no_amount_in_any_dialect(
+    dialect: UsageDialect | None,
+) -> None:
+    # JSON's ints have no bound (the stdlib's parser reads what orjson refuses): float()
+    # of one raised OverflowError, where usage functions never raise.
+    wide = 10**309
+    assert reported_cost({"cost": wide}) is None
+    assert (
+        reported_cost(
+            {"cost": 5, "is_byok": True, "cost_details": {"upstream_inference_cost": wide}}
+        )
+        == 5.0
+    )
+    for key in ("prompt_tokens", "input_tokens", "promptTokenCount", "prompt_cache_hit_tokens"):
+        payload = {key: wide, "completion_tokens": 1, "prompt_cache_miss_tokens": wide}
+        assert normalize_usage(payload, dialect) == Usage(reported=False)
+        assert not has_usage(payload, dialect)
 
 
 def test_usages_add() -> None:

@@ -142,6 +142,32 @@ async def test_a_count_no_call_could_have_is_a_cost_unknown_and_the_answer_is_ca
     assert upstream.calls == 1
 
 
+_WIDE = 10**309  # valid JSON; past float's range, so read by the stdlib's parser
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, "cost": _WIDE},
+        {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": _WIDE},
+        {"promptTokenCount": _WIDE, "candidatesTokenCount": 1},
+        {"input_tokens": _WIDE, "output_tokens": 1, "cache_read_input_tokens": 0},
+    ],
+    ids=["cost", "total", "gemini-prompt", "anthropic-input"],
+)
+async def test_an_int_wider_than_a_float_in_usage_never_fails_the_paid_call(
+    upstream: SetAnswer, usage: dict[str, Any]
+) -> None:
+    # Regression: float() of it raised OverflowError as the answer was priced (or its
+    # tokens given back to admission), failing the paid call, counted nowhere. (An answer
+    # orjson cannot read, the stdlib's parser reads: served, never stored.)
+    upstream.usage = usage
+    async with Client(base_url=upstream.url, api_key="k") as cached:
+        answers = [await cached.complete(**ask(model=MODEL)) for _ in range(2)]
+        assert (cached.stats.errors, cached.stats.misses) == (0, 2)
+    assert [a.content for a in answers] == ["A limpet."] * 2
+
+
 async def test_prices_no_arithmetic_can_use_make_the_cost_unknown_not_the_call_fail(
     upstream: SetAnswer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,6 +16,7 @@ import orjson
 
 from limpet.config import AdmissionConfig
 from limpet.http.retry import parse_retry_after
+from limpet.providers.usage import MAX_TOKENS
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -203,7 +204,11 @@ def estimated_tokens(payload: bytes) -> float:
 
 
 def total_tokens(data: Mapping[str, Any]) -> int | None:
-    """The tokens an answer says it used (``usage.total_tokens``), or None."""
+    """The tokens an answer says it used (``usage.total_tokens``), or None (also for a
+    count no call could have: subtracted from a float estimate, an int wider than a
+    float raised OverflowError and failed the paid call)."""
     usage = data.get("usage")
     total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return total if isinstance(total, int) and not isinstance(total, bool) else None
+    if type(total) is not int or not 0 <= total <= MAX_TOKENS:
+        return None
+    return total

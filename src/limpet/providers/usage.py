@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeGuard
@@ -93,6 +94,8 @@ _NOT_OPENAI_KEYS = _GEMINI_KEYS | _ANTHROPIC_KEYS | _DEEPSEEK_KEYS
 #: exactly): past any call's, and within what a stored entry holds (u64). A larger one is
 #: no count at all, and the usage it is in says nothing of the cost.
 MAX_TOKENS = 2**53
+# The widest int a float holds (``_dollars``).
+_FLOAT_MAX = int(sys.float_info.max)
 
 
 def detect_dialect(usage: Mapping[str, Any]) -> UsageDialect:
@@ -423,7 +426,10 @@ def _count(value: object) -> int:
 
 def _dollars(value: object) -> float | None:
     if type(value) is int:  # the common case, first (bool is not int by type)
-        return float(value) if value >= 0 else None
+        # JSON's ints have no bound, floats do: a wider one (which orjson refuses and the
+        # stdlib's parser reads) is no amount, rather than an OverflowError failing the
+        # paid call being priced.
+        return float(value) if 0 <= value <= _FLOAT_MAX else None
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf:
         return float(value)
     return None
