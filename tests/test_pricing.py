@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -525,6 +526,27 @@ def test_the_fallback_prices_long_contexts_at_their_own_rates(
     assert cost is not None and cost.usd == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("model", ["qwen/qwen3-coder-flash", "qwen/qwen3.7-flash"])
+@pytest.mark.parametrize(
+    "prompt", [1_000, 32_000, 32_001, 128_000, 128_001, 200_000, 256_000, 256_001, 300_000]
+)
+def test_the_fallback_prices_every_context_tier_as_genai_prices_does(
+    model: str, prompt: int
+) -> None:
+    """Some models have two context tiers or more (32,000 and 128,000 tokens): only the
+    first was kept, so a prompt past the second was priced at the first's rates."""
+    from genai_prices import Usage as Counted
+    from genai_prices import calc_price
+
+    prices = PriceTable().get(model)
+    assert prices is not None and prices.source == "genai-prices"
+    reference = calc_price(
+        Counted(input_tokens=prompt, output_tokens=1_000), model_ref=model, provider_id="openrouter"
+    )
+    usage = Usage(prompt_tokens=prompt, completion_tokens=1_000)
+    assert cost_usd(usage, prices) == pytest.approx(float(reference.total_price))
+
+
 def test_long_context_prices_apply_past_their_threshold_cache_included() -> None:
     long = ModelPrices.per_million(prompt=2, completion=20, cache_read=0.2)
     prices = ModelPrices.per_million(prompt=1, completion=10, cache_read=0.1)
@@ -532,6 +554,14 @@ def test_long_context_prices_apply_past_their_threshold_cache_included() -> None
         prompt=prices.prompt, completion=prices.completion, long_context=(1_000, long)
     )
     assert prices.at(1_000) is prices and prices.at(1_001) is long
+    longer = ModelPrices.per_million(prompt=4, completion=40)
+    tiered = replace(prices, long_context=(1_000, replace(long, long_context=(5_000, longer))))
+    assert [tiered.at(n).prompt for n in (1_000, 1_001, 5_000, 5_001)] == [
+        prices.prompt,
+        long.prompt,
+        long.prompt,
+        longer.prompt,
+    ]
     # 1,500 prompt tokens, 1,000 of them read from the cache: all at the long rates.
     usage = Usage(prompt_tokens=1_500, completion_tokens=10, cached_tokens=1_000)
     assert cost_usd(usage, prices) == pytest.approx((500 * 2 + 1_000 * 0.2 + 10 * 20) / 1e6)

@@ -50,29 +50,52 @@ def fallback_prices(model: str, *, input_only: bool = False) -> ModelPrices | No
     return None
 
 
+# The prices of a genai-prices ``ModelPrice`` that may be tiered by context length.
+_TIERED = (
+    "input_mtok",
+    "output_mtok",
+    "cache_read_mtok",
+    "cache_write_mtok",
+    "cache_write_1h_mtok",
+)
+
+
 def _from_genai(price: Any, input_only: bool) -> ModelPrices | None:
-    """genai-prices' ``ModelPrice`` as ``ModelPrices``; a context tier of its input price
-    (Gemini 2.5 Pro above 200,000 tokens) becomes ``long_context``, each price at that
-    tier (a price without tiers: its base)."""
+    """genai-prices' ``ModelPrice`` as ``ModelPrices``; each context tier of its prices
+    (Gemini 2.5 Pro above 200,000 tokens; some models have two or more) becomes a
+    ``long_context``, the next tier up the long context of the one below, each price at
+    that tier (a price without tiers: its base)."""
     base = _at_tier(price, input_only, None)
-    tiers = getattr(getattr(price, "input_mtok", None), "tiers", None)
-    start = getattr(tiers[0], "start", None) if tiers else None
-    if base is None or type(start) is not int or start <= 0:
-        return base
-    long = _at_tier(price, input_only, start)
-    return base if long is None else replace(base, long_context=(start, long))
+    if base is None:
+        return None
+    starts: set[int] = set()
+    for attr in _TIERED:
+        for tier in getattr(getattr(price, attr, None), "tiers", None) or ():
+            start = getattr(tier, "start", None)
+            if type(start) is int and start > 0:
+                starts.add(start)
+    above: tuple[int, ModelPrices] | None = None
+    for start in sorted(starts, reverse=True):
+        at = _at_tier(price, input_only, start)
+        if at is not None:
+            above = (start, at if above is None else replace(at, long_context=above))
+    return base if above is None else replace(base, long_context=above)
 
 
 def _at_tier(price: Any, input_only: bool, start: int | None) -> ModelPrices | None:
-    """The prices of ``price`` at its context tier starting at ``start`` (None: base)."""
+    """The prices of ``price`` for a prompt past ``start`` tokens: each at its highest
+    tier starting there or below (None: each at its base)."""
 
     def per_token(attr: str) -> Decimal | None:
         value = getattr(price, attr, None)
         tiered = getattr(value, "base", None)
-        if tiered is not None:  # a TieredPrices: the base, or the tier from ``start``
-            tiers = getattr(value, "tiers", None) or ()
-            tier = next((t for t in tiers if getattr(t, "start", None) == start), None)
-            value = tiered if tier is None else tier.price
+        if tiered is not None:  # a TieredPrices: the base, or its highest tier by ``start``
+            reached = [
+                t
+                for t in getattr(value, "tiers", None) or ()
+                if start is not None and type(t.start) is int and t.start <= start
+            ]
+            value = max(reached, key=lambda t: t.start).price if reached else tiered
         return value / MILLION if isinstance(value, Decimal) and value.is_finite() else None
 
     prompt, completion = per_token("input_mtok"), per_token("output_mtok")

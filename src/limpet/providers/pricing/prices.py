@@ -38,7 +38,8 @@ class ModelPrices:
             ``"override"``, or ``"free"`` (an OpenRouter ``:free`` variant).
         long_context: ``(tokens, prices)``: a request whose prompt is over ``tokens``
             (cached tokens included) is priced wholly at ``prices`` (Gemini 2.5 Pro's and
-            Claude's long-context rates above 200,000); None: one rate at every length.
+            Claude's long-context rates above 200,000), which may have a long context of
+            their own, for the next tier up; None: one rate at every length.
     """
 
     prompt: Decimal
@@ -133,11 +134,13 @@ class ModelPrices:
 
     def at(self, prompt_tokens: int) -> ModelPrices:
         """The prices of a request with a prompt of ``prompt_tokens`` (cached included):
-        the long-context ones past their threshold, else these."""
-        long = self.long_context
-        if long is not None and prompt_tokens > long[0]:
-            return long[1]
-        return self
+        those of the highest long-context tier past whose threshold it is, else these."""
+        prices = self
+        long = prices.long_context
+        while long is not None and prompt_tokens > long[0]:
+            prices = long[1]
+            long = prices.long_context
+        return prices
 
     def completed(self, capability: CacheCapability | None) -> ModelPrices:
         """These prices with unlisted cache prices derived from ``capability``'s
