@@ -6,8 +6,9 @@ import asyncio
 import logging
 import math
 from dataclasses import replace
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -18,6 +19,7 @@ from limpet.providers.pricing import (
     PriceTable,
     completion_cost,
     cost_usd,
+    genai,
     prompt_cache_savings,
     storage_cost_usd,
 )
@@ -545,6 +547,41 @@ def test_the_fallback_prices_every_context_tier_as_genai_prices_does(
     )
     usage = Usage(prompt_tokens=prompt, completion_tokens=1_000)
     assert cost_usd(usage, prices) == pytest.approx(float(reference.total_price))
+
+
+def test_the_fallbacks_time_of_day_prices_follow_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """genai-prices prices DeepSeek by time of day (off-peak 16:30-00:30 UTC): the price
+    of the first lookup was kept for the life of the process."""
+    from genai_prices import Usage as Counted
+    from genai_prices import calc_price
+
+    class Clock(datetime):
+        at = datetime(2026, 12, 15, 12, 0, tzinfo=UTC)
+
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Clock:
+            return cast(Clock, cls.at)
+
+    monkeypatch.setattr(genai, "datetime", Clock)
+    table = PriceTable()
+    usage = Usage(prompt_tokens=100_000, completion_tokens=10_000)
+    costs = []
+    for moment in ("12:00", "16:29:59", "16:30", "20:00", "00:29:59", "00:30", "08:00"):
+        day = 16 if moment.startswith("0") else 15
+        Clock.at = datetime.fromisoformat(f"2026-12-{day}T{moment}+00:00")
+        reference = calc_price(
+            Counted(input_tokens=100_000, output_tokens=10_000),
+            model_ref="deepseek-chat",
+            provider_id="deepseek",
+            genai_request_timestamp=Clock.at,
+        )
+        prices = table.get("deepseek/deepseek-chat")
+        assert prices is not None and prices.source == "genai-prices"
+        costs.append(cost_usd(usage, prices))
+        assert costs[-1] == pytest.approx(float(reference.total_price)), moment
+    assert len(set(costs)) == 2  # two prices, each taken in its own hours
 
 
 def test_long_context_prices_apply_past_their_threshold_cache_included() -> None:

@@ -4,13 +4,16 @@ for models the gateway does not list."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 from limpet.providers.pricing.prices import MILLION, ModelPrices
 
-__all__ = ["fallback_prices", "fallback_snapshot"]
+__all__ = ["fallback_now", "fallback_prices", "fallback_quote", "fallback_snapshot"]
+
+#: Fallback prices, and until when they hold (None: for good).
+Quote = tuple[ModelPrices | None, datetime | None]
 
 _ZERO = Decimal(0)
 _THOUSAND = Decimal(1_000)
@@ -25,29 +28,72 @@ def fallback_snapshot() -> Any:
     return data_snapshot.get_snapshot()
 
 
+def fallback_now() -> datetime:
+    """The time genai-prices is asked the prices of (UTC)."""
+    return datetime.now(tz=UTC)
+
+
 def fallback_prices(model: str, *, input_only: bool = False) -> ModelPrices | None:
-    """``model``'s prices from genai-prices: the provider's own entry (``anthropic`` for
-    ``anthropic/...``), else its OpenRouter entry. None when it knows neither.
+    """``model``'s prices from genai-prices now (``fallback_quote``'s)."""
+    return fallback_quote(model, input_only=input_only)[0]
+
+
+def fallback_quote(model: str, *, input_only: bool = False) -> Quote:
+    """``model``'s prices from genai-prices now: the provider's own entry (``anthropic``
+    for ``anthropic/...``), else its OpenRouter entry; None when it knows neither. And
+    until when they hold: the next moment genai-prices prices the model otherwise (a
+    price starting on a date, an off-peak window opening or closing: DeepSeek's), None
+    when never.
 
     ``input_only``: for a model billed by its input alone (an embedding model), whose
     entry prices no output: its completion price is then 0. (Otherwise an entry without
     an output price is no price: a completion priced at 0 would under-report.)"""
     snapshot = fallback_snapshot()
     if snapshot is None or not isinstance(model, str):
-        return None
+        return None, None
     slug = model.lower().partition(":")[0]
     provider, _, name = slug.rpartition("/")
     attempts: list[tuple[str, str | None]] = [(name, provider or None), (slug, "openrouter")]
-    now = datetime.now(tz=UTC)
+    now = fallback_now()
     for ref, provider_id in attempts:
         try:
             _, info = snapshot.find_provider_model(ref, None, provider_id, None)
             found = _from_genai(info.get_prices(now), input_only)
+            until = _next_change(info.prices, now)
         except Exception:  # third-party data: any failure there just means "unknown"
             continue
         if found is not None:
-            return found
-    return None
+            return found, until
+    return None, None
+
+
+def _next_change(prices: Any, now: datetime) -> datetime | None:
+    """The first moment after ``now`` at which one of genai-prices' conditional prices
+    (a list of them: ``prices``) starts or stops applying; None for plain prices."""
+    if not isinstance(prices, list):
+        return None
+    changes: list[datetime] = []
+    for conditional in prices:
+        constraint = getattr(conditional, "constraint", None)
+        start_date = getattr(constraint, "start_date", None)
+        if isinstance(start_date, date):
+            starts = datetime.combine(start_date, time(0), tzinfo=UTC)
+            if starts > now:
+                changes.append(starts)
+        for bound in (
+            getattr(constraint, "start_time", None),
+            getattr(constraint, "end_time", None),
+        ):
+            if isinstance(bound, time):
+                # Naive: UTC, as genai-prices reads it; else its offset taken off.
+                utc = (
+                    bound
+                    if bound.tzinfo is None
+                    else (datetime.combine(date(1970, 1, 1), bound).astimezone(UTC).time())
+                )
+                at = datetime.combine(now.date(), utc.replace(tzinfo=None), tzinfo=UTC)
+                changes.append(at if at > now else at + timedelta(days=1))
+    return min(changes, default=None)
 
 
 # The prices of a genai-prices ``ModelPrice`` that may be tiered by context length.

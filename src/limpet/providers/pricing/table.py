@@ -12,7 +12,12 @@ from decimal import Decimal
 
 from limpet._checks import check_number
 from limpet.errors import ConfigurationError, NotFoundError
-from limpet.providers.pricing.genai import fallback_prices, fallback_snapshot
+from limpet.providers.pricing.genai import (
+    Quote,
+    fallback_now,
+    fallback_quote,
+    fallback_snapshot,
+)
 from limpet.providers.pricing.prices import ModelPrices
 from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, CapabilityTable
 
@@ -107,8 +112,9 @@ class PriceTable:
         self._retry_after = retry_after
         self.clock = clock
         self._listed: dict[str, ModelPrices] = {}
-        self._fallback_memo: dict[str, ModelPrices | None] = {}
-        self._input_memo: dict[str, ModelPrices | None] = {}  # ``input_prices``' fallback
+        # The fallback's prices by name, each until it changes them (``fallback_quote``).
+        self._fallback_memo: dict[str, Quote] = {}
+        self._input_memo: dict[str, Quote] = {}  # ``input_prices``' fallback
         self._loaded = fetch is None
         self._failed_at: float | None = None
         self._lock: asyncio.Lock | None = None
@@ -200,11 +206,9 @@ class PriceTable:
         if found is not None or not self._fallback:
             return found
         for name in _names(model, also):
-            if name not in self._input_memo:
-                if len(self._input_memo) >= _MAX_RESOLVED:
-                    self._input_memo.clear()
-                self._input_memo[name] = fallback_prices(name, input_only=True)
-            found = self._input_memo[name]
+            if len(self._input_memo) >= _MAX_RESOLVED:
+                self._input_memo.clear()
+            found, _ = _quoted(self._input_memo, name, input_only=True)
             if found is not None:
                 return found
         return None
@@ -221,33 +225,34 @@ class PriceTable:
         names = _names(model, also)
         if names in self._resolved:
             return self._resolved[names]
-        prices = self._resolve(names)
-        if len(self._resolved) >= _MAX_RESOLVED:
-            self._resolved.clear()
-        self._resolved[names] = prices
+        prices, lasting = self._resolve(names)
+        if lasting:  # else the fallback's, which change at a time of day or on a date
+            if len(self._resolved) >= _MAX_RESOLVED:
+                self._resolved.clear()
+            self._resolved[names] = prices
         return prices
 
-    def _resolve(self, names: tuple[str, ...]) -> ModelPrices | None:
+    def _resolve(self, names: tuple[str, ...]) -> tuple[ModelPrices | None, bool]:
+        """The prices of ``names``, and whether they hold for good."""
         if not names:
-            return None
+            return None, True
         if _free(names):
             # OpenRouter's free variant of a model answered: priced as such (unless
             # overridden), whatever its listing lacks.
             found = next(filter(None, map(self._overrides.get, names)), None)
-            return found or _FREE_PRICES
-        found = self._known(names)
+            return found or _FREE_PRICES, True
+        found, until = self._known(names), None
         if found is None and self._fallback:
             for name in names:
-                if name not in self._fallback_memo:
-                    self._fallback_memo[name] = fallback_prices(name)
-                found = self._fallback_memo[name]
+                found, until = _quoted(self._fallback_memo, name)
                 if found is not None:
                     break
         if found is None:
-            return None
+            return None, True
         # The answer may name the model as its provider does (``claude-sonnet-4-6``), which
         # no family rule knows: the requested name's family then prices the cache.
-        return found.completed(next(filter(None, map(self._capabilities.lookup, names)), None))
+        capability = next(filter(None, map(self._capabilities.lookup, names)), None)
+        return found.completed(capability), until is None
 
     def _known(self, names: tuple[str, ...]) -> ModelPrices | None:
         """The override or listing of the first of ``names`` that has one. An override
@@ -295,6 +300,15 @@ def _free(names: tuple[str, ...]) -> bool:
     return answered.endswith(_FREE) or any(
         name.endswith(_FREE) and name[: -len(_FREE)] == answered for name in names[1:]
     )
+
+
+def _quoted(memo: dict[str, Quote], name: str, *, input_only: bool = False) -> Quote:
+    """The fallback's prices of ``name`` from ``memo``, asked again once they may have
+    changed (``fallback_quote``'s until)."""
+    quote = memo.get(name)
+    if quote is None or (quote[1] is not None and fallback_now() >= quote[1]):
+        quote = memo[name] = fallback_quote(name, input_only=input_only)
+    return quote
 
 
 def _names(model: object, also: tuple[object, ...]) -> tuple[str, ...]:
