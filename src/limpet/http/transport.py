@@ -338,6 +338,10 @@ class Transport:
                 ),
                 headers=self._headers,
                 raise_for_status=False,
+                # No cookies kept: one caller's (a gateway's session, Cloudflare's) would
+                # go out with the next call, whoever makes it (``limpet serve``'s callers
+                # bring keys of their own).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -198,7 +198,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         )
         stack.push_async_callback(client.aclose)  # drains pending cache writes
         timeout = aiohttp.ClientTimeout(total=_MODELS_TIMEOUT)
-        session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+        session = await stack.enter_async_context(
+            # No cookies kept, as the Client keeps none: every caller's listing is fetched
+            # on its own key, with nothing of another caller's.
+            aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
+        )
         models_url = join_url(upstreams[0], "/models")
         clock = asyncio.get_running_loop().time
         models = ModelListings(session, models_url, config.models_ttl, clock)
