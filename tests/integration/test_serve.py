@@ -16,12 +16,15 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from limpet import RedisCache
+from limpet.serve import ServeConfig, create_app
 from limpet.serve.upstream import ModelListings
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
+from tests.loopback import served
 from tests.openai_shapes import assert_chat_completion, assert_chunks
 from tests.redis_servers import eventually, free_port
 
@@ -367,6 +370,27 @@ async def test_models_are_passed_through_and_kept_briefly(
     assert endpoint.model_listings == listings
 
 
+@pytest.mark.parametrize("status", [201, 204, 301, 308])
+async def test_a_models_status_that_is_no_listing_nor_error_is_a_502(status: int) -> None:
+    """A 2xx other than 200 relayed as is parsed as a page with no data (or failed to
+    parse), a 3xx came without its Location: the upstream answered nothing usable."""
+
+    async def models(request: web.Request) -> web.Response:
+        moved = {"Location": "https://elsewhere.example/v1/models"} if status >= 300 else None
+        return web.Response(status=status, headers=moved)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    async with (
+        served(app) as upstream,
+        served(create_app(ServeConfig(upstreams=(upstream + "/v1",)))) as proxy,
+        openai.AsyncOpenAI(base_url=proxy + "/v1", api_key="sk-a", max_retries=0) as caller,
+    ):
+        with pytest.raises(openai.APIStatusError) as caught:
+            await caller.models.list()
+    assert caught.value.status_code == 502
+
+
 async def test_listings_are_kept_for_a_bounded_number_of_credentials(
     gateway: FakeGateway,
 ) -> None:
@@ -599,6 +623,10 @@ async def test_workers_share_one_port_and_the_redis_tier(
         (("--upstream", "gateway.example/v1"), "ServeConfig.upstreams: expected an http"),
         (("--upstream", "http://me:S3cret-pw@gw.example/v1"), "credentials in the URL"),
         (("--fake", "--client-keys-file", "keys"), "needs --upstream-key-env"),
+        (
+            ("--upstream", "http://gw.example/v1?key=S3cret-k", "--host", "0.0.0.0"),
+            "a key in an --upstream URL on 0.0.0.0 would lend the key to anyone",
+        ),
     ],
 )
 async def test_limpet_serve_used_wrongly_says_why_and_exits_2(

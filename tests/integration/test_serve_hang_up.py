@@ -62,3 +62,38 @@ async def test_a_caller_hanging_up_before_its_stream_starts_is_not_logged_as_a_f
         finally:
             endpoint.release_answers()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
+async def test_a_caller_hanging_up_with_its_body_still_coming_is_not_logged_as_a_fault(
+    gateway: FakeGateway, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(ServeConfig(upstreams=(gateway.base_url("a"),)))
+    arrived, handled = asyncio.Event(), asyncio.Event()
+
+    @web.middleware
+    async def outermost(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        arrived.set()
+        try:
+            return await handler(request)
+        finally:
+            handled.set()
+
+    app.middlewares.insert(0, outermost)
+    async with served(app, access_log=None) as url:
+        async with asyncio.timeout(10):  # a failure, not a hang, if the proxy wedges
+            _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":")[-1]))
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer sk-a\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            writer.write(head.encode() + b'{"model": "m", ')  # 15 of the 1,000 bytes
+            await writer.drain()
+            await arrived.wait()  # the handler reads the body
+            writer.close()  # the caller gives up (a client timeout, a dropped link)
+            await writer.wait_closed()
+            await handled.wait()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert gateway.total_calls == 0

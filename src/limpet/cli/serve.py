@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+from limpet._credentials import query_credentials
 from limpet.cli.arguments import CommandError, hmac_key, open_lines
 
 __all__ = ["LOOPBACK_HOSTS", "run_serve"]
@@ -68,12 +69,18 @@ def _keys(args: argparse.Namespace) -> tuple[str | None, frozenset[str]]:
         if upstream_key is None:
             raise CommandError("--client-keys-file needs --upstream-key-env", status=2)
         client_keys = _client_keys(args.client_keys_file)
-    elif upstream_key is not None and args.host not in LOOPBACK_HOSTS:
-        raise CommandError(
-            f"--upstream-key-env on {args.host} would lend the key to anyone who can reach "
-            "it: give --client-keys-file too, or listen on 127.0.0.1",
-            status=2,
-        )
+    elif args.host not in LOOPBACK_HOSTS:
+        # A key in an upstream's URL (``?key=``) goes upstream with every call, as one
+        # from --upstream-key-env does: lent alike.
+        lent = "--upstream-key-env" if upstream_key is not None else None
+        if lent is None and any(query_credentials(url) for url in args.upstream or ()):
+            lent = "a key in an --upstream URL"
+        if lent is not None:
+            raise CommandError(
+                f"{lent} on {args.host} would lend the key to anyone who can reach it: "
+                "give --client-keys-file and --upstream-key-env, or listen on 127.0.0.1",
+                status=2,
+            )
     return upstream_key, client_keys
 
 

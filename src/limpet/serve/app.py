@@ -282,6 +282,11 @@ async def _openai_errors(
             content_type="application/json",
             headers=None if allow is None else {"Allow": allow},
         )
+    except ConnectionResetError:
+        # The caller hung up with its body still coming: no fault of the proxy's, and no
+        # one left to tell (raised, aiohttp would log it as an error).
+        body = openai_error("the request's body was cut short", "invalid_request_error")
+        return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
     except Exception:
         logger.exception("limpet serve: %s %s failed", request.method, request.path)
         status, body = error_of(RuntimeError())
@@ -300,6 +305,8 @@ async def _models(request: web.Request) -> web.Response:
     else:
         if status != 200:  # not the upstream's body: it may echo the credential it was sent
             body = _json_error(f"the upstream's /models answered with status {status}")
+            if status < 400:  # a 201, 204 or 3xx is no listing, and no error the caller made
+                status = 502
     return web.Response(status=status, body=body, content_type="application/json")
 
 
