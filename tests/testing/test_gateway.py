@@ -696,6 +696,7 @@ async def test_unknown_endpoint_and_path_are_404_json(
         (orjson.dumps({**chat(), "max_tokens": 0}), "max_tokens"),
         (orjson.dumps({**chat(), "temperature": "hot"}), "temperature"),
         (orjson.dumps({**chat(), "n": 0}), "n:"),
+        (orjson.dumps({**chat(), "n": 129}), "n: expected an integer from 1 to 128"),
         (orjson.dumps({**chat(), "logprobs": "yes"}), "logprobs"),
         (orjson.dumps({**chat(), "top_logprobs": 2}), "top_logprobs"),
         (orjson.dumps({**chat(), "stream_options": "usage"}), "stream_options"),

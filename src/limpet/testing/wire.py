@@ -42,6 +42,10 @@ def error_body(status: int, message: str | None = None) -> dict[str, Any]:
     return {"error": {"code": status, "message": message}}
 
 
+#: The most choices one request may ask for (``n``), as OpenAI allows.
+MAX_CHOICES = 128
+
+
 def request_problem(body: object) -> str | None:
     """What is wrong with a chat-completion request body, or None when a gateway takes it."""
     if not isinstance(body, dict):
@@ -60,10 +64,14 @@ def request_problem(body: object) -> str | None:
     temperature = body.get("temperature")
     if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
         return "temperature: expected a number from 0 to 2"
-    for name in ("max_tokens", "max_completion_tokens", "n"):
+    for name in ("max_tokens", "max_completion_tokens"):
         limit = body.get(name)
         if limit is not None and (not _is_int(limit) or limit < 1):
             return f"{name}: expected a positive integer"
+    choices = body.get("n")
+    # OpenAI's bound: each choice is composed in the loop's own turn (--fake serves).
+    if choices is not None and not (_is_int(choices) and 1 <= choices <= MAX_CHOICES):
+        return f"n: expected an integer from 1 to {MAX_CHOICES}"
     if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
         return "logprobs: expected a boolean"
     top = body.get("top_logprobs")
