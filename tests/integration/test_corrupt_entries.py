@@ -28,6 +28,7 @@ from limpet.models import Usage
 from limpet.pipeline.stream import CompletionStream
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
+from tests.integration.scripted import chunk, completion
 from tests.loopback import served
 from tests.redis_servers import eventually
 
@@ -349,28 +350,15 @@ async def test_an_entry_of_the_previous_format_is_never_served(gateway: FakeGate
 # -- Answers served to their caller but never stored ---------------------------------------
 
 
-async def test_a_stream_joined_to_a_complete_whose_answer_is_not_servable_streams_upstream() -> (
-    None
-):
+async def test_a_stream_joined_to_an_unservable_complete_streams_upstream() -> None:
     """A ``complete()`` answered with a body no hit could be served from (a choice whose
     tool calls are not objects: given to its caller as it came, never stored) is not
     replayed to a ``stream()`` of the same request that joined its flight: the stream
     goes upstream itself, rather than fail replaying it."""
     arrived, answer = asyncio.Event(), asyncio.Event()
-    message = {"role": "assistant", "content": None, "tool_calls": [None]}
-    odd = {
-        "id": "gen-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": MODEL,
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-    }
-    envelope = {"id": "gen-2", "object": "chat.completion.chunk", "created": 2, "model": MODEL}
-    streamed_chunks = [
-        {**envelope, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}}]},
-        {**envelope, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-    ]
+    odd = completion()
+    odd["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [None]}
+    streamed_chunks = [chunk({"role": "assistant", "content": "ok"}), chunk({}, "stop")]
 
     async def upstream(request: web.Request) -> web.StreamResponse:
         if not (await request.json()).get("stream"):
@@ -379,8 +367,8 @@ async def test_a_stream_joined_to_a_complete_whose_answer_is_not_servable_stream
             return web.json_response(odd)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for chunk in streamed_chunks:
-            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        for piece in streamed_chunks:
+            await response.write(b"data: " + orjson.dumps(piece) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response
 

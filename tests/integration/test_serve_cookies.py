@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from limpet.serve import ServeConfig, create_app
+from tests.integration.scripted import completion
 from tests.loopback import served
 
 
@@ -34,19 +35,8 @@ class CookieSetter:
         return response
 
     async def chat(self, request: web.Request) -> web.Response:
-        model = (await request.json())["model"]
-        message = {"role": "assistant", "content": "A limpet."}
-        return self._answer(
-            request,
-            {
-                "id": "gen-1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            },
-        )
+        await request.read()
+        return self._answer(request, completion())
 
     async def models(self, request: web.Request) -> web.Response:
         return self._answer(request, {"object": "list", "data": [{"id": "m"}]})

@@ -17,27 +17,35 @@ from tests.integration.chat import ask
 from tests.loopback import served
 
 
+class Watched:
+    """Events an outermost middleware of ``app`` sets as a request reaches it and as its
+    handling ends, and the requests it saw."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.arrived, self.handled = asyncio.Event(), asyncio.Event()
+        self.requests: list[web.BaseRequest] = []
+
+        @web.middleware
+        async def outermost(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            self.requests.append(request)
+            self.arrived.set()
+            try:
+                return await handler(request)
+            finally:
+                self.handled.set()
+
+        app.middlewares.insert(0, outermost)
+
+
 async def test_a_caller_hanging_up_before_its_stream_starts_is_not_logged_as_a_fault(
     gateway: FakeGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     endpoint = gateway.endpoint("a")
     endpoint.hold_answers()
     app = create_app(ServeConfig(upstreams=(gateway.base_url("a"),)))
-    arrived, handled = asyncio.Event(), asyncio.Event()
-    requests: list[web.BaseRequest] = []
-
-    @web.middleware
-    async def outermost(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        requests.append(request)
-        arrived.set()
-        try:
-            return await handler(request)
-        finally:
-            handled.set()
-
-    app.middlewares.insert(0, outermost)
+    watched = Watched(app)
     # As ``limpet serve`` runs: handlers run on after their caller hangs up.
     async with served(app, access_log=None) as url:
         try:
@@ -50,15 +58,15 @@ async def test_a_caller_hanging_up_before_its_stream_starts_is_not_logged_as_a_f
                 )
                 writer.write(head.encode() + b"\r\nContent-Type: application/json\r\n\r\n" + body)
                 await writer.drain()
-                await arrived.wait()  # the proxy waits for the stream's first chunk, held
+                await watched.arrived.wait()  # the proxy waits for the stream's first chunk
                 writer.close()
                 await writer.wait_closed()
-                transport = requests[0].transport
+                transport = watched.requests[0].transport
                 # Until the proxy has seen the hang-up; its transport has no event to wait on.
                 while transport is not None and not transport.is_closing():  # noqa: ASYNC110
                     await asyncio.sleep(0)
                 endpoint.release_answers()  # the first chunk comes: the proxy starts the stream
-                await handled.wait()
+                await watched.handled.wait()
         finally:
             endpoint.release_answers()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -69,19 +77,7 @@ async def test_a_caller_hanging_up_with_its_body_still_coming_is_not_logged_as_a
     gateway: FakeGateway, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(ServeConfig(upstreams=(gateway.base_url("a"),)))
-    arrived, handled = asyncio.Event(), asyncio.Event()
-
-    @web.middleware
-    async def outermost(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        arrived.set()
-        try:
-            return await handler(request)
-        finally:
-            handled.set()
-
-    app.middlewares.insert(0, outermost)
+    watched = Watched(app)
     async with served(app, access_log=None) as url:
         async with asyncio.timeout(10):  # a failure, not a hang, if the proxy wedges
             _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":")[-1]))
@@ -91,9 +87,9 @@ async def test_a_caller_hanging_up_with_its_body_still_coming_is_not_logged_as_a
             )
             writer.write(head.encode() + b'{"model": "m", ')  # 15 of the 1,000 bytes
             await writer.drain()
-            await arrived.wait()  # the handler reads the body
+            await watched.arrived.wait()  # the handler reads the body
             writer.close()  # the caller gives up (a client timeout, a dropped link)
             await writer.wait_closed()
-            await handled.wait()
+            await watched.handled.wait()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert gateway.total_calls == 0
