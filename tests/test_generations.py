@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.cache.counter_starts import CounterStarts
-from limpet.cache.generations import Generations, LocalGenerations, generation_name
+from limpet.cache.generations import (
+    Generations,
+    LocalGenerations,
+    generation_name,
+    local_generations_of,
+)
 from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError
 from tests.fakes import FakeClock
@@ -41,6 +46,25 @@ async def test_clients_sharing_local_generations_see_each_others_bumps_at_once()
     await other.bump()
     assert one.scope_now("m") == other.scope_now("m")
     assert Generations(credential="c").scope_now("m") == before  # not shared: its own
+
+
+class Tier:
+    """Any object a cache is made of: a tier holds its Clients' counters."""
+
+
+async def test_counters_of_two_caches_read_together_become_one_keeping_every_bump() -> None:
+    first, second = Tier(), Tier()  # two caches' tiers, each given to a Client of its own
+    one = Generations(local=local_generations_of([first]), credential="c")
+    other = Generations(local=local_generations_of([second]), credential="c")
+    await other.bump("m")  # in second's counters alone
+    bumped = other.scope_now("m")
+    assert one.scope_now("m") != bumped
+    both = Generations(local=local_generations_of([first, second]), credential="c")
+    # One set now: each Client keys with the higher of each value, and bumps reach all.
+    assert one.scope_now("m") == other.scope_now("m") == both.scope_now("m") == bumped
+    await one.bump("m")
+    assert other.scope_now("m") == both.scope_now("m") == one.scope_now("m") != bumped
+    assert local_generations_of([second]) is local_generations_of([first])
 
 
 class CountersInMemory:

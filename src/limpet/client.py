@@ -497,7 +497,7 @@ class Client:
 
         A generation bump, not a scan: old entries are never read again and expire by TTL.
         With a Redis tier, other processes follow within about a second; other Clients
-        given the same in-process cache follow at once. It reaches this
+        whose in-process caches share a tier with this one's follow at once. It reaches this
         Client's cache scope: with ``cache_scope="credential"``, only the entries of its
         credentials; with ``"namespace"``, every entry of the namespace.
 

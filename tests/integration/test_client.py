@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -18,6 +18,8 @@ from limpet import (
     TieredCache,
     Timeouts,
 )
+from limpet.cache import CacheBackend
+from limpet.cache.capabilities import TierCapabilities
 from limpet.errors import (
     APIConnectionError,
     APIError,
@@ -364,19 +366,67 @@ async def test_invalidate_by_model_and_globally(client: Client, gateway: FakeGat
     assert gateway.endpoint("a").calls == 4
 
 
-@pytest.mark.parametrize("tiered", [False, True], ids=["one MemoryCache", "one TieredCache"])
+class DictTier:
+    """An in-process tier of a user's own making (a dict, no expiry)."""
+
+    capabilities: ClassVar[TierCapabilities] = TierCapabilities(local=True)
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.values[key] = value
+
+    async def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+    async def clear(self) -> None:
+        self.values.clear()
+
+    async def aclose(self) -> None:
+        pass
+
+
+def shared_caches(shape: str) -> tuple[CacheBackend | TieredCache, CacheBackend | TieredCache]:
+    """Two Clients' caches, sharing in-process entries as ``shape`` says."""
+    first, second = MemoryCache(), MemoryCache()
+    if shape == "one MemoryCache":
+        return first, first
+    if shape == "one TieredCache":
+        tiered = TieredCache(first)
+        return tiered, tiered
+    if shape == "a MemoryCache and a TieredCache over it and another":
+        return first, TieredCache(first, second)
+    if shape == "two MemoryCaches in either order":
+        return TieredCache(first, second), TieredCache(second, first)
+    own = DictTier()
+    return own, own
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "one MemoryCache",
+        "one TieredCache",
+        "a MemoryCache and a TieredCache over it and another",
+        "two MemoryCaches in either order",
+        "one tier of the user's own",
+    ],
+)
 async def test_clients_sharing_an_in_process_cache_share_its_invalidations(
-    gateway: FakeGateway, tiered: bool
+    gateway: FakeGateway, shape: str
 ) -> None:
-    """Two Clients of one in-process cache (no tier keeps generations) count generations
-    together: one's invalidation reaches the other's reads at once, and an answer stored
-    before an invalidation is never served after it, whoever stored it."""
-    memory = MemoryCache()
-    cache: MemoryCache | TieredCache = TieredCache(memory) if tiered else memory
+    """Two Clients sharing in-process entries (no tier keeps generations) count
+    generations together: one's invalidation reaches the other's reads at once, and an
+    answer stored before an invalidation is never served after it, whoever stored it."""
+    cache_a, cache_b = shared_caches(shape)
     endpoints = [Endpoint("a", gateway.base_url("a"), api_key=KEY)]
     async with (
-        Client(endpoints=endpoints, cache=cache) as a,
-        Client(endpoints=endpoints, cache=cache) as b,
+        Client(endpoints=endpoints, cache=cache_a) as a,
+        Client(endpoints=endpoints, cache=cache_b) as b,
     ):
         assert (await b.complete(**ask())).cache is CacheStatus.MISS
         assert (await a.complete(**ask())).cache is CacheStatus.HIT  # shared on purpose

@@ -36,6 +36,7 @@ refresh that finds it back, and until then the store's older value is not taken 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -55,6 +56,7 @@ __all__ = [
     "Generations",
     "LocalGenerations",
     "generation_name",
+    "local_generations_of",
 ]
 
 logger = logging.getLogger("limpet.cache")
@@ -105,12 +107,13 @@ class LocalGenerations:
     invalidating after another had would read the entries the other stored in between.
     """
 
-    __slots__ = ("_sharers", "values")
+    __slots__ = ("_into", "_sharers", "values")
 
     def __init__(self) -> None:
         #: Each generation's value (one never bumped is 0); only ever grows.
         self.values: dict[str, int] = {}
         self._sharers: weakref.WeakSet[Generations] = weakref.WeakSet()
+        self._into: LocalGenerations | None = None  # merged into these (``absorb``)
 
     def share(self, generations: Generations) -> None:
         """Tell ``generations`` of every bump from now on."""
@@ -122,6 +125,55 @@ class LocalGenerations:
         for sharer in self._sharers:
             sharer.bumped_elsewhere()
         return value
+
+    def absorb(self, other: LocalGenerations) -> None:
+        """Take ``other``'s Clients and values (the higher of each): a cache was made of
+        tiers that each had counters of their own, and now one Client reads them all."""
+        for name, value in other.values.items():
+            if value > self.values.get(name, 0):
+                self.values[name] = value
+        other._into = self
+        for sharer in list(other._sharers):
+            sharer.count_with(self)
+        other._sharers = weakref.WeakSet()
+        for sharer in self._sharers:
+            sharer.bumped_elsewhere()
+
+    def current(self) -> LocalGenerations:
+        """These counters, or those they were merged into."""
+        found = self
+        while found._into is not None:
+            found = found._into
+        return found
+
+
+# The counters of each cache and tier Clients were given when none keeps generations.
+_HELD: weakref.WeakKeyDictionary[object, LocalGenerations] = weakref.WeakKeyDictionary()
+
+
+def local_generations_of(holders: Iterable[object]) -> LocalGenerations:
+    """The counters of every Client reading any of ``holders`` (a cache and its tiers):
+    those any of them holds already (merged into one when several do), else new ones;
+    from now on every one of ``holders`` holds them. A holder that cannot be referred to
+    weakly (a tier of a class with slots and no ``__weakref__``) holds none."""
+    found: list[LocalGenerations] = []
+    holders = tuple(holders)
+    for holder in holders:
+        try:
+            held = _HELD.get(holder)
+        except TypeError:
+            continue
+        if held is not None:
+            held = held.current()
+            if all(held is not other for other in found):
+                found.append(held)
+    shared = found[0] if found else LocalGenerations()
+    for other in found[1:]:
+        shared.absorb(other)
+    for holder in holders:
+        with contextlib.suppress(TypeError):
+            _HELD[holder] = shared
+    return shared
 
 
 class Generations:
@@ -195,7 +247,7 @@ class Generations:
         # values are this one's (never forgotten here: another may use them).
         self._local: LocalGenerations | None = None
         if store is None:
-            self._local = local if local is not None else LocalGenerations()
+            self._local = local.current() if local is not None else LocalGenerations()
             self._values = self._local.values
             self._local.share(self)
         # How many tracked models use each generation (a model's are shared by the calls
@@ -347,6 +399,13 @@ class Generations:
     def bumped_elsewhere(self) -> None:
         """A Client sharing this one's ``LocalGenerations`` bumped one: the key scopes
         built from the values before are built anew."""
+        self._scopes.clear()
+
+    def count_with(self, local: LocalGenerations) -> None:
+        """Count with ``local`` from now on (the counters this one's were merged into)."""
+        self._local = local
+        self._values = local.values
+        local.share(self)
         self._scopes.clear()
 
     async def refresh(self) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from limpet.cache.capabilities import TierCapabilities
-from limpet.cache.generations import LocalGenerations
 from limpet.errors import ConfigurationError
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "MemoryCache"]
@@ -33,12 +32,14 @@ class MemoryCache:
         >>> client = Client(cache=MemoryCache(max_entries=50_000, max_bytes=512 << 20))
     """
 
+    # ``__weakref__``: the generations of the Clients given one are kept by it, weakly
+    # (``limpet.cache.generations.local_generations_of``).
     __slots__ = (
+        "__weakref__",
         "_bytes",
         "_clock",
         "_entries",
         "_expiry",
-        "local_generations",
         "max_bytes",
         "max_entries",
     )
@@ -67,9 +68,6 @@ class MemoryCache:
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._expiry: dict[str, float] = {}
         self._bytes = 0
-        #: The generations of the Clients reading these entries, when none of their
-        #: tiers keeps generations: one ``invalidate()`` reaches all of them.
-        self.local_generations = LocalGenerations()
 
     def __len__(self) -> int:
         return len(self._entries)

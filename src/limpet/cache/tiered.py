@@ -30,8 +30,7 @@ from limpet.cache.capabilities import (
     shared_hmac_key,
     value_room,
 )
-from limpet.cache.generations import LocalGenerations
-from limpet.cache.memory import MemoryCache
+from limpet.cache.generations import LocalGenerations, local_generations_of
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -100,11 +99,11 @@ class TieredCache:
     """
 
     __slots__ = (
+        "__weakref__",  # it holds its Clients' generations, weakly (``local_generations``)
         "_clock",
         "_codec",
         "_failing",
         "_hmac_key",
-        "_local_generations",
         "_read_now",
         "_reads_now",
         "_room",
@@ -139,7 +138,6 @@ class TieredCache:
                 f"TieredCache.max_entry_bytes: expected an int >= 1, got {max_entry_bytes!r}"
             )
         self.max_entry_bytes = max_entry_bytes
-        self._local_generations: LocalGenerations | None = None  # ``local_generations``
         self._room = value_room(tiers, max_entry_bytes)  # what every tier keeps
         self.tiers: tuple[CacheBackend, ...] = tiers
         self.stats = TierStats(hits=[0] * len(tiers))
@@ -187,14 +185,10 @@ class TieredCache:
     @property
     def local_generations(self) -> LocalGenerations:
         """The generations of the Clients reading this cache when no tier keeps them
-        (``generation_store`` is None): its lowest tier's own when it has some (a
-        ``MemoryCache`` does, so Clients given one share them), else this cache's."""
-        lowest = self.tiers[-1]
-        if isinstance(lowest, MemoryCache):
-            return lowest.local_generations
-        if self._local_generations is None:
-            self._local_generations = LocalGenerations()
-        return self._local_generations
+        (``generation_store`` is None): those of every Client given this cache, or a
+        cache sharing a tier with it, or the tier itself (one ``MemoryCache`` in two
+        caches: one Client's ``invalidate()`` reaches the other's reads)."""
+        return local_generations_of((self, *self.tiers))
 
     @property
     def flight_store(self) -> FlightStore | None:
