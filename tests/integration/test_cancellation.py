@@ -39,8 +39,11 @@ pytestmark = pytest.mark.redis
 # Budgets and leases far longer than any test runs: only what a test does ends a wait.
 LONG = 30.0
 FLIGHT = FlightConfig(lease=LONG, poll=0.05, follow_timeout=LONG)
-# A per-call timeout that passes while a reply is held (held until the test resumes it).
-SHORT = 0.2
+# A per-call timeout that passes while a reply is held (held until the test resumes it):
+# long enough for the call's own steps before it (a Redis read and a lease through the
+# proxy) on a loaded machine; at 0.2 s a full run here saw it pass before the test had
+# looked at the lease.
+SHORT = 1.0
 
 Stop = Literal["cancel", "timeout", "aclose"]
 STOPS: tuple[Stop, ...] = ("cancel", "timeout", "aclose")
