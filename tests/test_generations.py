@@ -11,12 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limpet.cache.counter_starts import CounterStarts
-from limpet.cache.generations import (
-    Generations,
-    LocalGenerations,
-    generation_name,
-    local_generations_of,
-)
+from limpet.cache.generations import Generations, generation_name
+from limpet.cache.local_generations import LocalGenerations, local_generations_of
 from limpet.cache.redis.backend import RedisCache
 from limpet.errors import CacheUnavailableError
 from tests.fakes import FakeClock

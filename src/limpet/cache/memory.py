@@ -33,7 +33,7 @@ class MemoryCache:
     """
 
     # ``__weakref__``: the generations of the Clients given one are kept by it, weakly
-    # (``limpet.cache.generations.local_generations_of``).
+    # (``limpet.cache.local_generations.local_generations_of``).
     __slots__ = (
         "__weakref__",
         "_bytes",

@@ -30,7 +30,7 @@ from limpet.cache.capabilities import (
     shared_hmac_key,
     value_room,
 )
-from limpet.cache.generations import LocalGenerations, local_generations_of
+from limpet.cache.local_generations import LocalGenerations, local_generations_of
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ import orjson
 
 from limpet._checks import check_headers
 from limpet.cache.base import CacheBackend
-from limpet.cache.generations import GenerationStore, LocalGenerations
+from limpet.cache.generations import GenerationStore
+from limpet.cache.local_generations import LocalGenerations
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.config import AdmissionConfig, Endpoint, default_base_url
