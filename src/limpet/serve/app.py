@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -150,7 +150,7 @@ class _Proxy:
             "invalid_request_error",
             code="invalid_api_key",
         )
-        return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
+        return _json_response(401, error)
 
     @property
     def sends_own_key(self) -> bool:
@@ -246,7 +246,7 @@ async def _metrics(request: web.Request) -> web.Response:
             "unless the proxy has client keys (--client-keys-file)",
             "permission_error",
         )
-        return web.Response(status=403, body=orjson.dumps(error), content_type="application/json")
+        return _json_response(403, error)
     registry = proxy.registry
     assert registry is not None  # the route exists only with metrics
     body, content_type = registry.exposition()
@@ -263,11 +263,11 @@ async def _openai_errors(
     problem = undecodable_header(request.headers)
     if problem is not None:
         status, body = error_of(problem)
-        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+        return _json_response(status, body)
     refused = encoding_problem(request.headers)
     if refused is not None:
         body = openai_error(refused, "invalid_request_error")
-        return web.Response(status=415, body=orjson.dumps(body), content_type="application/json")
+        return _json_response(415, body)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -276,21 +276,16 @@ async def _openai_errors(
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
         body = openai_error(exc.reason, kind)
         allow = exc.headers.get("Allow")  # a 405 says what is allowed (RFC 9110)
-        return web.Response(
-            status=exc.status,
-            body=orjson.dumps(body),
-            content_type="application/json",
-            headers=None if allow is None else {"Allow": allow},
-        )
+        return _json_response(exc.status, body, None if allow is None else {"Allow": allow})
     except ConnectionResetError:
         # The caller hung up with its body still coming: no fault of the proxy's, and no
         # one left to tell (raised, aiohttp would log it as an error).
         body = openai_error("the request's body was cut short", "invalid_request_error")
-        return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
+        return _json_response(400, body)
     except Exception:
         logger.exception("limpet serve: %s %s failed", request.method, request.path)
         status, body = error_of(RuntimeError())
-        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+        return _json_response(status, body)
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -308,6 +303,15 @@ async def _models(request: web.Request) -> web.Response:
             if status < 400:  # a 201, 204 or 3xx is no listing, and no error the caller made
                 status = 502
     return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _json_response(
+    status: int, body: object, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON answer of ``status`` (an OpenAI-shaped error, mostly)."""
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 def _json_error(message: str) -> bytes:
