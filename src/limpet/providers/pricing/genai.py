@@ -10,7 +10,7 @@ from typing import Any
 
 from limpet.providers.pricing.prices import MILLION, ModelPrices
 
-__all__ = ["fallback_now", "fallback_prices", "fallback_quote", "fallback_snapshot"]
+__all__ = ["fallback_now", "fallback_quote", "fallback_snapshot"]
 
 #: Fallback prices, and until when they hold (None: for good).
 Quote = tuple[ModelPrices | None, datetime | None]
@@ -31,11 +31,6 @@ def fallback_snapshot() -> Any:
 def fallback_now() -> datetime:
     """The time genai-prices is asked the prices of (UTC)."""
     return datetime.now(tz=UTC)
-
-
-def fallback_prices(model: str, *, input_only: bool = False) -> ModelPrices | None:
-    """``model``'s prices from genai-prices now (``fallback_quote``'s)."""
-    return fallback_quote(model, input_only=input_only)[0]
 
 
 def fallback_quote(model: str, *, input_only: bool = False) -> Quote:

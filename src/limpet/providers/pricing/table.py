@@ -206,8 +206,6 @@ class PriceTable:
         if found is not None or not self._fallback:
             return found
         for name in _names(model, also):
-            if len(self._input_memo) >= _MAX_RESOLVED:
-                self._input_memo.clear()
             found, _ = _quoted(self._input_memo, name, input_only=True)
             if found is not None:
                 return found
@@ -304,9 +302,11 @@ def _free(names: tuple[str, ...]) -> bool:
 
 def _quoted(memo: dict[str, Quote], name: str, *, input_only: bool = False) -> Quote:
     """The fallback's prices of ``name`` from ``memo``, asked again once they may have
-    changed (``fallback_quote``'s until)."""
+    changed (``fallback_quote``'s until); ``memo`` forgets all it holds when full."""
     quote = memo.get(name)
     if quote is None or (quote[1] is not None and fallback_now() >= quote[1]):
+        if len(memo) >= _MAX_RESOLVED:
+            memo.clear()
         quote = memo[name] = fallback_quote(name, input_only=input_only)
     return quote
 
