@@ -30,6 +30,7 @@ from limpet.cache.capabilities import (
     shared_hmac_key,
     value_room,
 )
+from limpet.cache.key_changes import KeyChanges, key_changes_of
 from limpet.cache.local_generations import LocalGenerations, local_generations_of
 from limpet.errors import CacheCorruptError, CacheUnavailableError, ConfigurationError
 
@@ -100,6 +101,7 @@ class TieredCache:
 
     __slots__ = (
         "__weakref__",  # it holds its Clients' generations, weakly (``local_generations``)
+        "_changes",
         "_clock",
         "_codec",
         "_failing",
@@ -169,6 +171,8 @@ class TieredCache:
                     cast(LeaseTier, tier).hmac_key = hmac_key
         self._clock = clock
         self._failing = [False] * len(tiers)
+        # Each tier's recent writes and deletes, made through any cache (``key_changes``).
+        self._changes: tuple[KeyChanges, ...] = tuple(map(key_changes_of, tiers))
 
     def __repr__(self) -> str:
         return f"TieredCache({', '.join(repr(t) for t in self.tiers)})"
@@ -274,8 +278,13 @@ class TieredCache:
         data)`` gives the value and its ``expires_at`` (None: of an age unknown here, so
         served from where it is and back-filled nowhere), and raises ``CacheCorruptError``
         for bytes not bound to ``key`` (or badly signed), which are then deleted and
-        counted, like a corrupt entry."""
-        tiers, failing = self.tiers, self._failing
+        counted, like a corrupt entry.
+
+        A tier above the one that answered is not back-filled when ``key`` was written or
+        deleted there since this read began (``key_changes``): what was read may be what
+        that write replaced."""
+        tiers, failing, changes = self.tiers, self._failing, self._changes
+        noted = [tier_changes.seq for tier_changes in changes]
         for index in range(start, len(tiers) if stop is None else stop):
             read_now = self._reads_now[index]
             try:  # an in-process tier is read without a coroutine
@@ -304,7 +313,8 @@ class TieredCache:
                 if remaining <= 0:
                     continue
                 for upper in range(index):
-                    await self._set_in(upper, key, data, remaining)
+                    if changes[upper].unchanged(key, noted[upper]):
+                        await self._set_in(upper, key, data, remaining)
             self.stats.hits[index] += 1
             return value, index
         if count_miss and (stop is None or stop >= len(self.tiers)):
@@ -328,16 +338,30 @@ class TieredCache:
                 self.max_entry_bytes,
             )
             return False
-        for index, write_now in enumerate(self._writes_now):
-            if write_now is None:
-                await self._set_in(index, key, data, ttl)
-                continue
-            try:  # an in-process tier, written without a coroutine
-                write_now(key, data, ttl)
-            except CacheUnavailableError as exc:
-                self.stats.unwritten += 1
-                self._fault(index, exc)
+        self._begin_change(key)
+        try:
+            for index, write_now in enumerate(self._writes_now):
+                if write_now is None:
+                    await self._set_in(index, key, data, ttl)
+                    continue
+                try:  # an in-process tier, written without a coroutine
+                    write_now(key, data, ttl)
+                except CacheUnavailableError as exc:
+                    self.stats.unwritten += 1
+                    self._fault(index, exc)
+        finally:
+            self._end_change(key)
         return True
+
+    def _begin_change(self, key: str) -> None:
+        """Note a write or delete of ``key`` beginning in every tier: no read back-fills
+        ``key`` from now until it has ended (``_end_change``), nor a read begun before."""
+        for changes in self._changes:
+            changes.begin(key)
+
+    def _end_change(self, key: str) -> None:
+        for changes in self._changes:
+            changes.end(key)
 
     def _decode_entry(self, key: str, data: bytes) -> tuple[CacheEntry, float | None]:
         """The entry, and when it expires as this process's clock reads it. Its times are
@@ -384,15 +408,25 @@ class TieredCache:
         await self.delete(key)
 
     async def delete(self, key: str) -> None:
-        for index in range(len(self.tiers)):
-            await self._delete_from(index, key)
+        self._begin_change(key)
+        try:
+            for index in range(len(self.tiers)):
+                await self._delete_from(index, key)
+        finally:
+            self._end_change(key)
 
     async def clear(self) -> None:
-        for index, tier in enumerate(self.tiers):
-            try:
-                await tier.clear()
-            except CacheUnavailableError as exc:
-                self._fault(index, exc)
+        for changes in self._changes:
+            changes.begin_clear()
+        try:
+            for index, tier in enumerate(self.tiers):
+                try:
+                    await tier.clear()
+                except CacheUnavailableError as exc:
+                    self._fault(index, exc)
+        finally:
+            for changes in self._changes:
+                changes.end_clear()
 
     async def aclose(self) -> None:
         """Close every tier (the tiered cache owns them)."""
