@@ -80,6 +80,31 @@ def test_a_refusal_cuts_to_a_share_of_the_concurrency_it_met_and_remembers_it() 
     assert limit.allowed == math.floor(21 * CONFIG.backoff)
 
 
+def test_a_refusal_met_at_low_use_cuts_the_limit_by_a_share_and_teaches_no_ceiling() -> None:
+    # One 503 met by a lone request: the limit had fallen to 1, bursts went one by one.
+    limit = AimdLimit(CONFIG, value=16.0)
+    limit.refused(in_flight=1)
+    assert limit.ceiling is None
+    assert limit.allowed == math.floor(16 * CONFIG.backoff)
+    for _ in range(limit.allowed):  # a burst's round trip: growing as before any refusal
+        limit.succeeded(in_flight=limit.allowed)
+    assert limit.allowed >= 16
+
+
+def test_refusals_at_low_use_still_back_off_to_the_minimum() -> None:
+    limit = AimdLimit(CONFIG, value=64.0)
+    for _ in range(200):  # an endpoint refusing everything, however little is sent
+        limit.refused(in_flight=1)
+    assert limit.allowed == CONFIG.min_limit
+
+
+@given(st.floats(2.0, 500.0), st.integers(1, 1000))
+def test_a_refusal_never_raises_the_limit(value: float, in_flight: int) -> None:
+    limit = AimdLimit(CONFIG, value=value)
+    limit.refused(in_flight)
+    assert limit.value <= max(value, float(CONFIG.min_limit))
+
+
 def test_at_the_ceiling_the_limit_grows_probe_rounds_times_slower() -> None:
     limit = AimdLimit(CONFIG, value=20.0, ceiling=21)
     for _ in range(20):  # one round trip's successes

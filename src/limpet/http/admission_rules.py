@@ -109,7 +109,11 @@ class AimdLimit:
     concurrency as the ceiling. Below the ceiling it grows by about one per round trip;
     at it, ``config.probe_rounds`` times slower, so the endpoint is probed now and then
     (its quota may have grown) rather than refused every few round trips. Successes
-    while less than half the limit is in use do not grow it (nothing was learned).
+    while less than half the limit is in use do not grow it (nothing was learned); a
+    refusal then cuts the limit by ``config.backoff`` from its own value and teaches no
+    ceiling (it tells of a passing overload or a per-minute quota, not of the
+    concurrency the endpoint takes: one 503 met by a lone request had cut the limit to
+    1, sending the bursts after it one request at a time).
 
     Attributes:
         value: the current limit; requests in flight are kept at or below its floor.
@@ -143,6 +147,9 @@ class AimdLimit:
 
     def refused(self, in_flight: int) -> None:
         """A request was refused (429, 503) when ``in_flight`` were in flight."""
+        if in_flight * 2 < self.value:
+            self.value = max(self.value * self.config.backoff, float(self.config.min_limit))
+            return
         self.ceiling = max(in_flight, self.config.min_limit)
         cut = min(self.value, float(in_flight)) * self.config.backoff
         self.value = max(cut, float(self.config.min_limit))
