@@ -351,6 +351,7 @@ async def test_callers_with_refused_keys_never_eject_the_upstream_the_others_sha
 
 
 SECRET = "sk-or-v1-SECRETKEY0123456789"
+CHAT = b"POST /v1/chat/completions HTTP/1.1\r\n"
 
 
 @pytest.mark.parametrize(
@@ -384,6 +385,50 @@ async def test_a_request_the_server_cannot_parse_never_puts_its_key_in_the_log(
     logged = [logging.Formatter().format(record) for record in caplog.records]
     assert any("refused a malformed HTTP request" in line for line in logged)
     assert not any(SECRET in line for line in logged)
+
+
+@pytest.mark.parametrize(
+    ("head", "wrong"),
+    [
+        (CHAT + b"Authorization: Bearer %s\r", "a header is malformed"),  # CRLF line ends
+        (CHAT + b"Authorization: Bearer %s\x00", "a header is malformed"),
+        (CHAT + b"Authorization: Bearer %s" + b"x" * 9000, "too long"),  # over 8,190 bytes
+        (b"GET /v1/models?key=%s HTTP/1.1 junk", "request line is malformed"),
+        (b"GET /v1/models?key=%s" + b"x" * 9000 + b" HTTP/1.1", "too long"),
+    ],
+    ids=["stray-cr", "nul", "long-header", "bad-request-line", "long-request-line"],
+)
+async def test_a_request_the_server_cannot_parse_is_answered_in_openais_shape_unquoted(
+    proxy: str, gateway: FakeGateway, caplog: pytest.LogCaptureFixture, head: bytes, wrong: str
+) -> None:
+    """aiohttp answered a request it could not parse with a text/plain 400 quoting the
+    offending line, the key in it: it is an OpenAI-shaped error that quotes nothing of
+    the request, and neither does the log."""
+    host, port = proxy.removeprefix("http://").removesuffix("/v1").split(":")
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head % SECRET.encode() + b"\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    await writer.drain()
+    answer = await reader.read()  # to the end: the server closes the connection
+    writer.close()
+    assert SECRET.encode() not in answer
+    head_lines, _, payload = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head_lines.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    error = orjson.loads(payload)["error"]
+    assert status_line.split(" ", 2)[1] == "400"
+    assert headers["Content-Type"].startswith("application/json")
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "malformed_request",
+        None,
+    )
+    assert error["message"].startswith("the request is not valid HTTP: ")
+    assert wrong in error["message"]
+    logged = [logging.Formatter().format(record) for record in caplog.records]
+    assert any("refused a malformed HTTP request" in line for line in logged)
+    assert not any(SECRET in line for line in logged)
+    assert gateway.total_calls == 0
 
 
 @pytest.mark.parametrize(

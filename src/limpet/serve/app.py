@@ -38,6 +38,7 @@ from limpet.pipeline.stream import CompletionStream
 from limpet.routing.sticky import StickyRouter
 from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.logs import quiet_request_lines
+from limpet.serve.malformed import answer_malformed_requests
 from limpet.serve.protocol import (
     answer_headers,
     as_served,
@@ -90,6 +91,7 @@ def create_app(config: ServeConfig) -> web.Application:
         # and aiohttp would otherwise unpack it as it reads it, a 415 answered or not.
         handler_args={"auto_decompress": False},
     )
+    answer_malformed_requests(app)  # in OpenAI's shape, not quoting the request
     app[_CONFIG] = config
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/v1/chat/completions", _chat_completions)
