@@ -4,6 +4,7 @@ headers, OpenAI's error shape."""
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from limpet.cli.parser import build_parser
 from limpet.errors import (
     APIConnectionError,
     APIResponseError,
@@ -25,7 +27,7 @@ from limpet.errors import (
     RateLimitError,
 )
 from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
-from limpet.serve.config import ServeConfig, endpoints_of
+from limpet.serve.config import DEFAULT_BODY_TIMEOUT, ServeConfig, endpoints_of
 from limpet.serve.protocol import (
     BadHeaderError,
     answer_headers,
@@ -268,6 +270,19 @@ def test_a_config_that_cannot_serve_is_refused_at_once(
 ) -> None:
     with pytest.raises(ConfigurationError, match=complaint):
         ServeConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, math.nan, math.inf, True])
+def test_a_body_timeout_that_allows_no_time_or_forever_is_refused(seconds: float) -> None:
+    expected = r"ServeConfig\.body_timeout: expected a finite number > 0"
+    with pytest.raises(ConfigurationError, match=expected):
+        ServeConfig(fake=True, body_timeout=seconds)
+
+
+def test_limpet_serves_body_timeout_is_serveconfigs_by_default() -> None:
+    # The parser keeps its own copy of the default: it does not import the server.
+    args = build_parser().parse_args(["serve", "--fake"])
+    assert args.body_timeout == DEFAULT_BODY_TIMEOUT == ServeConfig(fake=True).body_timeout
 
 
 def test_a_configs_repr_shows_no_key() -> None:

@@ -24,6 +24,7 @@ from limpet.serve import ServeConfig, create_app
 from limpet.serve.upstream import ModelListings
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
+from tests.integration.test_serve_body import answer_to_a_slow_body
 from tests.loopback import served
 from tests.openai_shapes import assert_chat_completion, assert_chunks
 from tests.redis_servers import eventually, free_port
@@ -650,6 +651,8 @@ async def test_limpet_serve_used_wrongly_says_why_and_exits_2(
         (("--host", "999.1.1.1"), "limpet serve: --host 999.1.1.1: not an address, nor a name"),
         (("--shutdown-grace", "nan"), "argument --shutdown-grace: expected a finite number >= 0"),
         (("--shutdown-grace", "-5"), "argument --shutdown-grace: expected a finite number >= 0"),
+        (("--body-timeout", "0"), "argument --body-timeout: expected a finite number > 0"),
+        (("--body-timeout", "inf"), "argument --body-timeout: expected a finite number > 0"),
         (
             ("--upstream-key-env", "LIMPET_TEST_UPSTREAM_KEY", "--client-keys-file", "KEYS"),
             "limpet serve: --client-keys-file KEYS: line 2 is not UTF-8 text",
@@ -671,6 +674,20 @@ async def test_limpet_serve_given_a_bad_value_names_the_option_and_exits_2(
     assert (process.returncode, out) == (2, b"")
     assert complaint.replace("KEYS", str(keys)) in err.decode()
     assert "Traceback" not in err.decode() and "Error:" not in err.decode()
+
+
+async def test_limpet_serve_answers_a_body_slower_than_its_body_timeout_408() -> None:
+    proxy = await Proxy("--fake", "--body-timeout", "0.2").start()
+    try:
+        status, headers, body = await answer_to_a_slow_body(proxy.url, trickle=False)
+    finally:
+        assert await proxy.stop() == 0
+    assert (status, headers["Connection"], body["error"]["code"]) == (
+        408,
+        "close",
+        "request_timeout",
+    )
+    assert "within 0.2 seconds" in body["error"]["message"]
 
 
 async def test_an_upstream_refusing_models_comes_back_without_its_body(

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import TypeAlias
 
 from limpet._version import __version__
-from limpet.cli.arguments import API_KEY_ENV, non_negative_float, port_number, positive_int
+from limpet.cli.arguments import (
+    API_KEY_ENV,
+    non_negative_float,
+    port_number,
+    positive_float,
+    positive_int,
+)
 from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY
 from limpet.pipeline.credentials import CACHE_SCOPES
 
@@ -192,6 +198,16 @@ def _serve_process_options(serve: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         default=30.0,
         help="seconds in-flight requests get to finish on SIGTERM/SIGINT (30)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=positive_float,
+        default=60.0,  # ServeConfig's (not imported: the parser loads no aiohttp)
+        metavar="SECONDS",
+        help=(
+            "seconds a request's body may take to arrive whole; a slower one is answered "
+            "408 and its connection closed (60)"
+        ),
     )
 
 

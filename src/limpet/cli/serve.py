@@ -41,6 +41,7 @@ def run_serve(args: argparse.Namespace) -> int:
         fake=args.fake,
         metrics=args.metrics,
         hmac_key=hmac_key(args),
+        body_timeout=args.body_timeout,
     )
     if args.workers > 1:
         from limpet.serve.workers import run_workers

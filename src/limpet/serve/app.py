@@ -36,6 +36,7 @@ from limpet.http.chunks import StreamChunk
 from limpet.models import Completion
 from limpet.pipeline.stream import CompletionStream
 from limpet.routing.sticky import StickyRouter
+from limpet.serve.body import BodyTimeoutError, json_object
 from limpet.serve.config import ServeConfig, endpoints_of
 from limpet.serve.logs import quiet_request_lines
 from limpet.serve.malformed import answer_malformed_requests
@@ -327,7 +328,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return refusal
     client = proxy.client
     try:
-        fields, reserved = split_body(await _json_object(request))
+        fields, reserved = split_body(await json_object(request, proxy.config.body_timeout))
         options = proxy.options(request)
         streaming = fields.pop("stream", False)
         if streaming is True:
@@ -353,7 +354,7 @@ async def _embeddings(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     try:
-        fields, reserved = split_body(await _json_object(request))
+        fields, reserved = split_body(await json_object(request, proxy.config.body_timeout))
         # How the caller wants its vectors is the proxy's to honour (checked before anything
         # is paid for); upstream, the Client picks the cheaper wire format itself.
         encoding = vector_encoding(fields.pop("encoding_format", None))
@@ -365,18 +366,6 @@ async def _embeddings(request: web.Request) -> web.Response:
     return web.Response(
         body=orjson.dumps(body), content_type="application/json", headers=embeddings_headers(result)
     )
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidRequestError(
-            "body", "a JSON object", described="a body that is not JSON"
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("body", "a JSON object", body)
-    return body
 
 
 def _json_answer(completion: Completion) -> web.Response:
@@ -474,9 +463,14 @@ def _served_comment(completion: Completion) -> bytes:
 
 def _error_response(exc: LimpetError, proxy: _Proxy) -> web.Response:
     status, body = error_of(exc, own_key=proxy.sends_own_key)
-    return web.Response(
+    response = web.Response(
         status=status,
         body=orjson.dumps(body),
         content_type="application/json",
         headers=error_headers(exc),
     )
+    if isinstance(exc, BodyTimeoutError):
+        # Said so (Connection: close): aiohttp serves nothing more on a connection whose
+        # body was left unread, and a caller would otherwise send its next request there.
+        response.force_close()
+    return response

@@ -7,15 +7,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from limpet._checks import check_hmac_key, check_http_url
+from limpet._checks import check_hmac_key, check_http_url, check_number
 from limpet._urls import host_and_port, redact_url
 from limpet.config import Endpoint
 from limpet.errors import ConfigurationError
 
-__all__ = ["DEFAULT_MODELS_TTL", "ServeConfig", "endpoints_of"]
+__all__ = ["DEFAULT_BODY_TIMEOUT", "DEFAULT_MODELS_TTL", "ServeConfig", "endpoints_of"]
 
 #: Seconds ``/v1/models`` answers are kept, per credential.
 DEFAULT_MODELS_TTL: Final = 60.0
+#: Seconds a request's body may take to arrive whole, once its headers have: a caller that
+#: stalls or trickles it is answered 408 then, rather than holding its connection (and the
+#: memory of what it sent) for good. A megabyte of messages takes a second on a slow link.
+DEFAULT_BODY_TIMEOUT: Final = 60.0
 
 # How an upstream's credentials are given instead of in its URL.
 _CREDENTIALS_INSTEAD = (
@@ -46,6 +50,8 @@ class ServeConfig:
         metrics: serve ``GET /metrics`` for Prometheus (the ``prometheus`` extra).
         hmac_key: signs the shared tier's entries and flight notices (``RedisCache``'s),
             as every process sharing it must; None: unsigned.
+        body_timeout: seconds a request's body may take to arrive whole, after its
+            headers; past it the request is answered 408 and its connection closed.
     """
 
     upstreams: tuple[str, ...] = ()
@@ -60,9 +66,11 @@ class ServeConfig:
     client_keys: frozenset[str] = field(default=frozenset(), repr=False)
     metrics: bool = False
     hmac_key: bytes | None = field(default=None, repr=False)
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     def __post_init__(self) -> None:
         check_hmac_key("ServeConfig.hmac_key", self.hmac_key)
+        check_number("ServeConfig.body_timeout", self.body_timeout, above=0)
         if self.client_keys and not self.upstream_key:
             raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
         if not self.upstreams and not self.fake:
@@ -87,6 +95,7 @@ class ServeConfig:
             "fake": self.fake,
             "models_ttl": self.models_ttl,
             "metrics": self.metrics,
+            "body_timeout": self.body_timeout,
         }
         fields = ", ".join(f"{name}={value!r}" for name, value in shown.items())
         return f"ServeConfig({fields})"

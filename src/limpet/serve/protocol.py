@@ -26,6 +26,7 @@ from limpet.errors import (
 from limpet.models import CacheStatus, Completion, Embeddings
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.validation import validate_ttl
+from limpet.serve.body import BodyTimeoutError
 
 __all__ = [
     "ATTRIBUTION_HEADERS",
@@ -411,6 +412,8 @@ def _error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
         return 400, openai_error(str(exc), "invalid_request_error", param=exc.field)
     if isinstance(exc, ClientClosedError):
         return 503, openai_error("the proxy is shutting down", "server_error")
+    if isinstance(exc, BodyTimeoutError):
+        return 408, openai_error(str(exc), "invalid_request_error", code="request_timeout")
     if isinstance(exc, APIStatusError):
         status = exc.status_code
         if status < 400:  # a redirect (never followed): no answer a caller could use
