@@ -1,5 +1,5 @@
 """The proxy's wire rules: control headers, forwarded headers, the usage chunk, answer
-headers, OpenAI's error shape."""
+headers, its configuration."""
 
 from __future__ import annotations
 
@@ -14,17 +14,8 @@ from hypothesis import strategies as st
 
 from limpet.cli.parser import build_parser
 from limpet.errors import (
-    APIConnectionError,
-    APIResponseError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ClientClosedError,
     ConfigurationError,
-    EmbeddingBatchError,
     InvalidRequestError,
-    RateLimitError,
 )
 from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
 from limpet.serve.config import DEFAULT_BODY_TIMEOUT, ServeConfig, endpoints_of
@@ -36,8 +27,6 @@ from limpet.serve.protocol import (
     client_key_allowed,
     embeddings_body,
     embeddings_headers,
-    error_headers,
-    error_of,
     from_this_host,
     split_body,
     usage_wanted,
@@ -154,86 +143,6 @@ def test_answer_headers_say_how_it_was_served() -> None:
     }
     bare = answer_headers(completion(CacheStatus.BYPASS, None, None))
     assert bare == {"X-Limpet-Cache": "bypass", "X-Limpet-Endpoint": "primary"}
-
-
-@pytest.mark.parametrize(
-    ("exc", "status", "kind"),
-    [
-        (InvalidRequestError("messages", "a list"), 400, "invalid_request_error"),
-        (RateLimitError("slow down", status_code=429), 429, "rate_limit_error"),
-        (APITimeoutError("too slow"), 504, "timeout"),
-        (APIConnectionError("refused"), 502, "server_error"),
-        (APIResponseError("not JSON", status_code=200, body="<html>"), 502, "server_error"),
-        (ClientClosedError("closed"), 503, "server_error"),
-        (RuntimeError("a bug"), 500, "server_error"),
-        # An upstream's redirect (never followed) is no answer, nor a status to pass on:
-        # relayed, it reached callers as a 302 with no Location.
-        (APIStatusError("moved", status_code=302, body=""), 502, "server_error"),
-        (APIStatusError("moved", status_code=307, body=""), 502, "server_error"),
-    ],
-)
-def test_errors_come_back_in_openais_shape(exc: Exception, status: int, kind: str) -> None:
-    got_status, body = error_of(exc)
-    assert (got_status, body["error"]["type"]) == (status, kind)
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert "a bug" not in body["error"]["message"]  # the proxy's own faults stay private
-
-
-def _batch_error(failed: tuple[int, ...], inputs: int, cause: Exception | None) -> Exception:
-    vectors: list[list[float] | None] = [
-        None if index in failed else [0.5] for index in range(inputs)
-    ]
-    batch = EmbeddingBatchError(f"{len(failed)} of {inputs}", failed=failed, vectors=vectors)
-    batch.__cause__ = cause
-    return batch
-
-
-def test_an_embeddings_call_whose_inputs_all_failed_is_answered_as_its_cause() -> None:
-    limited = RateLimitError("slow down", status_code=429, retry_after=2.5)
-    for cause in (limited, AuthenticationError("bad key", status_code=401), APITimeoutError("?")):
-        batch = _batch_error((0, 1), 2, cause)
-        assert error_of(batch) == error_of(cause)
-        assert error_headers(batch) == error_headers(cause)
-    assert error_headers(_batch_error((0,), 1, limited)) == {
-        "Retry-After": "3",
-        "retry-after-ms": "2500",
-    }
-
-
-def test_an_embeddings_call_some_of_whose_inputs_failed_says_how_many() -> None:
-    cause = BadRequestError("input too long", status_code=400)
-    status, body = error_of(_batch_error((1,), 3, cause))
-    assert (status, body["error"]["type"], body["error"]["code"]) == (
-        400,
-        "invalid_request_error",
-        "400",
-    )
-    message = body["error"]["message"]
-    assert message.startswith("1 of 3 inputs could not be embedded (the others are cached")
-    assert message.endswith(": input too long")
-
-
-def test_an_embeddings_batch_error_without_a_cause_is_a_bad_upstream_answer() -> None:
-    status, body = error_of(_batch_error((0,), 1, None))
-    assert (status, body["error"]["code"]) == (502, "bad_upstream_response")
-    assert error_headers(_batch_error((0,), 1, None)) == {}
-
-
-@pytest.mark.parametrize(
-    ("retry_after", "headers"),
-    [
-        (7.0, {"Retry-After": "7", "retry-after-ms": "7000"}),
-        (0.04, {"Retry-After": "1", "retry-after-ms": "40"}),
-        (0.0, {"Retry-After": "0", "retry-after-ms": "0"}),
-        (None, {}),
-    ],
-)
-def test_a_wait_the_upstream_asked_for_is_passed_on(
-    retry_after: float | None, headers: dict[str, str]
-) -> None:
-    error = RateLimitError("slow down", status_code=429, retry_after=retry_after)
-    assert error_headers(error) == headers
-    assert error_headers(APIConnectionError("refused")) == {}
 
 
 def test_endpoints_are_named_by_host_and_carry_no_key() -> None:

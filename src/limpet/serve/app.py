@@ -38,6 +38,7 @@ from limpet.pipeline.stream import CompletionStream
 from limpet.routing.sticky import StickyRouter
 from limpet.serve.body import BodyTimeoutError, json_object
 from limpet.serve.config import ServeConfig, endpoints_of
+from limpet.serve.errors import error_headers, error_of, openai_error
 from limpet.serve.logs import quiet_request_lines
 from limpet.serve.malformed import answer_malformed_requests
 from limpet.serve.protocol import (
@@ -48,11 +49,8 @@ from limpet.serve.protocol import (
     embeddings_body,
     embeddings_headers,
     encoding_problem,
-    error_headers,
-    error_of,
     from_this_host,
     has_money,
-    openai_error,
     split_body,
     undecodable_header,
     usage_wanted,

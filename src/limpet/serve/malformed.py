@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, LineTooLong
 
-from limpet.serve.protocol import error_of, openai_error
+from limpet.serve.errors import error_of, openai_error
 
 __all__ = ["answer_malformed_requests"]
 

@@ -1,7 +1,7 @@
 """The proxy's wire rules, without I/O: which control headers a request may carry and
 which of its headers go upstream, whether a streaming caller asked for usage, what an answer
-says about how it was served, OpenAI's embeddings answer, and OpenAI's error shape (and
-``Retry-After``) for every failure."""
+says about how it was served, and OpenAI's embeddings answer. OpenAI's error shape for
+every failure is ``limpet.serve.errors``'s."""
 
 from __future__ import annotations
 
@@ -13,20 +13,10 @@ import struct
 from collections.abc import Collection, Mapping
 from typing import Any, Final, Literal, Protocol, cast, get_args
 
-from limpet.errors import (
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    APITimeoutError,
-    ClientClosedError,
-    EmbeddingBatchError,
-    InvalidRequestError,
-    LimpetError,
-)
+from limpet.errors import InvalidRequestError
 from limpet.models import CacheStatus, Completion, Embeddings
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.validation import validate_ttl
-from limpet.serve.body import BodyTimeoutError
 
 __all__ = [
     "ATTRIBUTION_HEADERS",
@@ -48,11 +38,8 @@ __all__ = [
     "embeddings_body",
     "embeddings_headers",
     "encoding_problem",
-    "error_headers",
-    "error_of",
     "from_this_host",
     "has_money",
-    "openai_error",
     "split_body",
     "undecodable_header",
     "usage_wanted",
@@ -82,20 +69,6 @@ ORGANIZATION_HEADERS: Final = ("OpenAI-Organization", "OpenAI-Project")
 
 #: How ``/v1/embeddings`` answers vectors (OpenAI's ``encoding_format``).
 VectorEncoding = Literal["float", "base64"]
-
-# OpenAI's error types by status; anything else of 5xx is a server error.
-_ERROR_TYPES: Final = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-# Upstream statuses that refuse a credential, or the account behind it (payment, rate).
-_REFUSALS: Final = frozenset({401, 402, 403, 429})
 
 
 class BadHeaderError(InvalidRequestError):
@@ -346,85 +319,3 @@ def has_money(body: dict[str, Any]) -> bool:
     which ``as_served`` rewrites for a caller who spent none."""
     usage = body.get("usage")
     return isinstance(usage, dict) and ("cost" in usage or "cost_details" in usage)
-
-
-def openai_error(
-    message: str, error_type: str, *, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
-def error_of(exc: Exception, *, own_key: bool = False) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and OpenAI-shaped body of a failed call; limpet's messages never
-    hold a secret (``limpet.errors.scrub``).
-
-    With ``own_key`` (the proxy sends its own key upstream), an upstream 401, 402, 403 or
-    429 is answered with a message of the proxy's own, never the upstream's text: a
-    refusal may echo the key it refused in a form no scrubber knows (a masked key, its
-    name, the account's organisation), and the key is not the caller's. The status, and
-    a 429's ``Retry-After``, are the upstream's.
-
-    An embeddings call whose inputs failed (``EmbeddingBatchError``) is answered as the
-    upstream failure behind it would be on chat (its status, type and code), since OpenAI
-    answers an embeddings request whole or not at all: when only some inputs failed, the
-    message says how many, and that the others are cached, so a retry sends only those.
-    """
-    behind = _failure_behind(exc)
-    status, body = _error_of(behind)
-    if own_key and status in _REFUSALS:
-        body["error"]["message"] = (
-            f"the upstream refused the proxy's own credentials (status {status})"
-        )
-    if isinstance(exc, EmbeddingBatchError) and behind is not exc:
-        failed, inputs = len(exc.failed), len(exc.vectors)
-        if failed < inputs:
-            error = body["error"]
-            error["message"] = (
-                f"{failed} of {inputs} inputs could not be embedded (the others are cached: "
-                f"a retry sends only these): {error['message']}"
-            )
-    return status, body
-
-
-def error_headers(exc: Exception) -> dict[str, str]:
-    """The headers a failed call is answered with: the upstream's ``Retry-After`` (whole
-    seconds, rounded up) and ``retry-after-ms``, when it asked for a wait; the OpenAI SDK
-    honours either when it retries."""
-    behind = _failure_behind(exc)
-    wait = behind.retry_after if isinstance(behind, APIStatusError) else None
-    if wait is None or not 0 <= wait < math.inf:
-        return {}
-    return {"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(round(wait * 1000))}
-
-
-def _failure_behind(exc: Exception) -> Exception:
-    """The failure a call is answered as: an embeddings call's upstream failure (its
-    ``__cause__``) rather than the batch error that reports it."""
-    cause = exc.__cause__
-    if isinstance(exc, EmbeddingBatchError) and isinstance(cause, LimpetError):
-        return cause
-    return exc
-
-
-def _error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
-    if isinstance(exc, InvalidRequestError):
-        return 400, openai_error(str(exc), "invalid_request_error", param=exc.field)
-    if isinstance(exc, ClientClosedError):
-        return 503, openai_error("the proxy is shutting down", "server_error")
-    if isinstance(exc, BodyTimeoutError):
-        return 408, openai_error(str(exc), "invalid_request_error", code="request_timeout")
-    if isinstance(exc, APIStatusError):
-        status = exc.status_code
-        if status < 400:  # a redirect (never followed): no answer a caller could use
-            message = f"the upstream answered with status {status}, not an answer"
-            return 502, openai_error(message, "server_error", code="bad_upstream_response")
-        kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
-        return status, openai_error(exc.message, kind, code=str(status))
-    if isinstance(exc, APITimeoutError):
-        return 504, openai_error(str(exc), "timeout", code="upstream_timeout")
-    if isinstance(exc, APIConnectionError):
-        return 502, openai_error(str(exc), "server_error", code="upstream_unreachable")
-    if isinstance(exc, APIError):
-        return 502, openai_error(str(exc), "server_error", code="bad_upstream_response")
-    return 500, openai_error("internal error of the proxy", "server_error")
