@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from limpet.config import Endpoint
 from limpet.endpoint import header_secrets
 from limpet.errors import (
     APIConnectionError,
@@ -29,6 +30,7 @@ from limpet.errors import (
     secret_forms,
     upstream_errors,
 )
+from limpet.http.responses import status_error_of
 from limpet.http.retry import should_retry
 from limpet.scrub import BODY_EXCERPT_CHARS
 
@@ -160,6 +162,30 @@ def test_scrub_error_reaches_args_message_body_and_request_id() -> None:
     assert scrub_error(exc, [KEY]) is exc
     assert all(KEY not in text for text in every_text(exc))
     assert exc.status_code == 500 and exc.request_id == "***"
+
+
+@pytest.mark.parametrize(
+    ("error", "kept"),
+    [
+        (  # OpenAI's
+            {"message": "quota", "type": "insufficient_quota", "param": None, "code": "x_y"},
+            ("x_y", None, "insufficient_quota"),
+        ),
+        ({"message": "too long", "param": "messages", "code": 400}, ("400", "messages", None)),
+        ({"code": True, "param": 7, "type": ""}, (None, None, None)),  # none of them text
+        ({"message": "refused", "code": f"bad {KEY}", "param": KEY}, ("bad ***", "***", None)),
+        ({"code": "c" * (BODY_EXCERPT_CHARS + 5)}, ("c" * BODY_EXCERPT_CHARS, None, None)),
+    ],
+    ids=["openai", "openrouter", "not-text", "secret", "long"],
+)
+def test_an_upstream_error_objects_code_param_and_type_are_kept_as_openai_reads_them(
+    error: dict[str, object], kept: tuple[str | None, str | None, str | None]
+) -> None:
+    """As the OpenAI SDK reads them (a numeric code as its text), scrubbed, and cut as
+    the message is; the proxy relays them."""
+    endpoint = Endpoint(name="a", base_url="https://gw.example/v1", api_key=KEY)
+    exc = status_error_of(endpoint, 429, {}, {"error": error}, "")
+    assert (exc.code, exc.param, exc.type) == kept
 
 
 async def test_upstream_errors_maps_aiohttp_and_os_failures_with_their_cause() -> None:

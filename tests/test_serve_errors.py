@@ -16,6 +16,7 @@ from limpet.errors import (
     EmbeddingBatchError,
     InvalidRequestError,
     RateLimitError,
+    status_error,
 )
 from limpet.serve.errors import error_headers, error_of
 
@@ -98,3 +99,88 @@ def test_a_wait_the_upstream_asked_for_is_passed_on(
     error = RateLimitError("slow down", status_code=429, retry_after=retry_after)
     assert error_headers(error) == headers
     assert error_headers(APIConnectionError("refused")) == {}
+
+
+def test_an_upstream_errors_type_param_and_code_are_relayed_as_it_gave_them() -> None:
+    quota = RateLimitError(
+        "quota", status_code=429, code="insufficient_quota", type="insufficient_quota"
+    )
+    assert error_of(quota) == (
+        429,
+        {
+            "error": {
+                "message": "quota",
+                "type": "insufficient_quota",
+                "param": None,
+                "code": "insufficient_quota",
+            }
+        },
+    )
+    too_long = BadRequestError("too long", status_code=400, param="messages")
+    assert error_of(too_long)[1]["error"] == {  # a type by status, the status as code
+        "message": "too long",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "400",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "relayed"),
+    [
+        (
+            429,
+            {"code": "insufficient_quota", "type": "insufficient_quota"},
+            ("insufficient_quota",) * 2,
+        ),
+        (
+            401,
+            {"code": "invalid_api_key", "param": "key"},
+            ("invalid_api_key", "authentication_error"),
+        ),
+        (402, {"code": "sk-...abcd", "type": "key sk-...abcd"}, ("402", "api_error")),
+        (403, {"code": "org-acme disabled", "type": ""}, ("403", "permission_error")),
+    ],
+)
+def test_a_refusal_of_the_proxys_own_key_relays_identifiers_only_and_never_its_param(
+    status: int, fields: dict[str, str], relayed: tuple[str, str]
+) -> None:
+    refused = status_error(status)(
+        "Incorrect key sk-...abcd",
+        status_code=status,
+        code=fields.get("code"),
+        param=fields.get("param"),
+        type=fields.get("type"),
+    )
+    _, body = error_of(refused, own_key=True)
+    assert body["error"] == {
+        "message": f"the upstream refused the proxy's own credentials (status {status})",
+        "type": relayed[1],
+        "param": None,
+        "code": relayed[0],
+    }
+    # Not a refusal of a key: what the upstream said of the request is the caller's.
+    _, body = error_of(BadRequestError("bad", status_code=400, param="tools"), own_key=True)
+    assert (body["error"]["message"], body["error"]["param"]) == ("bad", "tools")
+
+
+@pytest.mark.parametrize(
+    ("status", "request_id", "own_key", "relayed"),
+    [
+        (429, "req_7f3a9c", False, "req_7f3a9c"),
+        (429, "gen-1700000000-AbC", True, "gen-1700000000-AbC"),
+        (400, "id:sk-...abcd", True, "id:sk-...abcd"),  # no refusal of the proxy's key
+        (401, "id:sk-...abcd", True, None),  # a refusal's: only a token
+        (500, "gen-1\r\nSet-Cookie: a=b", False, None),  # a body's id: no header holds it
+        (500, "", False, None),
+        (500, None, False, None),
+    ],
+)
+def test_the_upstreams_request_id_is_relayed_when_a_header_may_carry_it(
+    status: int, request_id: str | None, own_key: bool, relayed: str | None
+) -> None:
+    error = status_error(status)("failed", status_code=status, request_id=request_id)
+    assert error_headers(error, own_key=own_key).get("x-request-id") == relayed
+    assert error_headers(_batch_error((0,), 1, error), own_key=own_key) == error_headers(
+        error, own_key=own_key
+    )

@@ -22,7 +22,8 @@ mapped here at the boundary, with the original kept as ``__cause__``.
         │   │                        "error"``); ``status_code`` is the error's code; retried
         │   └── APIStreamError       the same reported by a stream's error chunk
         ├── EmbeddingBatchError      some inputs of an ``embed()`` call failed; the rest are cached
-        └── APIStatusError           a non-2xx status; ``status_code``, ``body``, ``request_id``
+        └── APIStatusError           a non-2xx status; ``status_code``, ``body``, ``request_id``,
+            │                        the error object's ``code``, ``param`` and ``type``
             ├── BadRequestError            400
             ├── AuthenticationError        401
             ├── PaymentRequiredError       402
@@ -243,6 +244,11 @@ class APIStatusError(APIError):
         body: a short excerpt of the response body (secrets scrubbed).
         request_id: the gateway's request or generation id, when it sent one.
         retry_after: seconds the upstream asked us to wait, when it said.
+        code: the ``code`` of the upstream's error object (``{"error": {"message",
+            "type", "param", "code"}}``) as text (``"insufficient_quota"``; OpenRouter's
+            numeric codes as ``"429"``), when it gave one; as the OpenAI SDK reads it.
+        param: the request field the upstream's error object names, when it named one.
+        type: the ``type`` of the upstream's error object, when it gave one.
     """
 
     status: ClassVar[int | None] = None
@@ -256,12 +262,18 @@ class APIStatusError(APIError):
         request_id: str | None = None,
         retry_after: float | None = None,
         endpoint: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
     ) -> None:
         self.message = message
         self.status_code = status_code
         self.body = body
         self.request_id = request_id
         self.retry_after = retry_after
+        self.code = code
+        self.param = param
+        self.type = type
         where = f" from endpoint {endpoint!r}" if endpoint else ""
         rid = f" [request {request_id}]" if request_id else ""
         super().__init__(f"HTTP {status_code}{where}: {message}{rid}", endpoint=endpoint)

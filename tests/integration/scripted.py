@@ -98,3 +98,19 @@ async def scripted_upstream() -> AsyncIterator[ScriptedUpstream]:
     async with served(app) as url:
         upstream.url = url + "/v1"
         yield upstream
+
+
+@asynccontextmanager
+async def refusing_upstream(
+    status: int, error: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[str]:
+    """An upstream answering every POST (chat, embeddings, streamed or not) with
+    ``status``, the body ``{"error": error}`` and ``headers``; yields its ``/v1`` URL."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": error}, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/{route:.*}", refuse)
+    async with served(app) as url:
+        yield url + "/v1"

@@ -1,7 +1,7 @@
 """How a flight's final error travels in a completion notice, for every shared tier's
 flight store (Redis, Memcached): the same fields, written and read in one place, so a
 follower rebuilds the error its leader saw (status class, message, body, request id,
-endpoint)."""
+endpoint, and its error object's code, param and type)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def error_fields(error: APIStatusError) -> dict[str, Any]:
         "body": error.body,
         "request_id": error.request_id,
         "endpoint": error.endpoint,
+        "code": error.code,
+        "param": error.param,
+        "type": error.type,
     }
 
 
@@ -44,7 +47,14 @@ def error_from_fields(fields: dict[str, Any]) -> APIStatusError:
         body=str(fields.get("body") or ""),
         request_id=fields.get("request_id"),
         endpoint=fields.get("endpoint"),
+        code=_text(fields.get("code")),  # absent from a notice of an earlier build
+        param=_text(fields.get("param")),
+        type=_text(fields.get("type")),
     )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def sent_now() -> dict[str, float]:

@@ -172,6 +172,8 @@ def status_error_of(
         )
     else:
         message = _error_message(body, endpoint.secrets) or text or "(empty body)"
+    error = body.get("error") if isinstance(body, dict) else None
+    fields = error if isinstance(error, dict) else {}
     return status_error(status)(
         message,
         status_code=status,
@@ -179,6 +181,10 @@ def status_error_of(
         request_id=_request_id(headers, body),
         retry_after=parse_retry_after(headers),
         endpoint=endpoint.name,
+        # As the OpenAI SDK reads them (a numeric code as text), scrubbed before cut.
+        code=_error_field(fields.get("code"), endpoint.secrets, numeric=True),
+        param=_error_field(fields.get("param"), endpoint.secrets),
+        type=_error_field(fields.get("type"), endpoint.secrets),
     )
 
 
@@ -225,6 +231,16 @@ def _error_message(body: object, secrets: Iterable[str]) -> str | None:
     if not isinstance(error, str) or not error:
         return None
     return scrub(error, secrets)[:BODY_EXCERPT_CHARS]
+
+
+def _error_field(value: object, secrets: Iterable[str], *, numeric: bool = False) -> str | None:
+    """A field of an error object (``code``, ``param``, ``type``) as text, scrubbed before
+    it is cut; a number too where ``numeric`` (OpenRouter's codes are HTTP statuses)."""
+    if numeric and type(value) is int:
+        return str(value)
+    if not isinstance(value, str) or not value:
+        return None
+    return scrub(value, secrets)[:BODY_EXCERPT_CHARS]
 
 
 def _error_code(error: object) -> int | None:

@@ -465,7 +465,7 @@ def _error_response(exc: LimpetError, proxy: _Proxy) -> web.Response:
         status=status,
         body=orjson.dumps(body),
         content_type="application/json",
-        headers=error_headers(exc),
+        headers=error_headers(exc, own_key=proxy.sends_own_key),
     )
     if isinstance(exc, BodyTimeoutError):
         # Said so (Connection: close): aiohttp serves nothing more on a connection whose

@@ -1,9 +1,11 @@
 """OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``, for every
-failure the proxy answers (and the ``Retry-After`` an upstream asked for), without I/O."""
+failure the proxy answers, and its headers (the ``Retry-After`` and ``x-request-id`` of an
+upstream's error), without I/O."""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Final
 
 from limpet.errors import (
@@ -34,6 +36,16 @@ _ERROR_TYPES: Final = {
 # Upstream statuses that refuse a credential, or the account behind it (payment, rate).
 _REFUSALS: Final = frozenset({401, 402, 403, 429})
 
+# What of a refusal of the proxy's own key is relayed: a code or type that is an identifier
+# (``insufficient_quota``, ``invalid_api_key``), a request id that is a token of letters,
+# digits, ``_`` and ``-``. A masked key (``sk-...abcd``), a key's name or an organisation
+# in a sentence is none of these; the key itself is scrubbed before (``***``).
+_IDENTIFIER: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
+_ID_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# A request id relayed as a header: visible ASCII, no space (one taken from a body's
+# ``id`` could hold a line break, which no header may).
+_HEADER_TOKEN: Final = re.compile(r"[!-~]{1,256}")
+
 
 def openai_error(
     message: str, error_type: str, *, code: str | None = None, param: str | None = None
@@ -46,11 +58,18 @@ def error_of(exc: Exception, *, own_key: bool = False) -> tuple[int, dict[str, A
     """The HTTP status and OpenAI-shaped body of a failed call; limpet's messages never
     hold a secret (``limpet.errors.scrub``).
 
+    An upstream's error is answered with its status and its error object's ``type``,
+    ``param`` and ``code``, as a direct call would have been (a ``type`` by status, and
+    the status as ``code``, when it gave none).
+
     With ``own_key`` (the proxy sends its own key upstream), an upstream 401, 402, 403 or
     429 is answered with a message of the proxy's own, never the upstream's text: a
     refusal may echo the key it refused in a form no scrubber knows (a masked key, its
-    name, the account's organisation), and the key is not the caller's. The status, and
-    a 429's ``Retry-After``, are the upstream's.
+    name, the account's organisation), and the key is not the caller's. Its status (and a
+    429's ``Retry-After``) is the upstream's, and so are its ``code`` and ``type`` when
+    each is an identifier (``insufficient_quota``, which tells a caller to stop rather
+    than retry): else the status's. Its ``param`` is never relayed: it is no field of the
+    caller's request that the proxy's key was refused for, and it is the upstream's text.
 
     An embeddings call whose inputs failed (``EmbeddingBatchError``) is answered as the
     upstream failure behind it would be on chat (its status, type and code), since OpenAI
@@ -60,9 +79,13 @@ def error_of(exc: Exception, *, own_key: bool = False) -> tuple[int, dict[str, A
     behind = _failure_behind(exc)
     status, body = _error_of(behind)
     if own_key and status in _REFUSALS:
-        body["error"]["message"] = (
-            f"the upstream refused the proxy's own credentials (status {status})"
-        )
+        error = body["error"]
+        error["message"] = f"the upstream refused the proxy's own credentials (status {status})"
+        error["param"] = None
+        if not _matches(_IDENTIFIER, error["code"]):
+            error["code"] = str(status)
+        if not _matches(_IDENTIFIER, error["type"]):
+            error["type"] = _type_of(status)
     if isinstance(exc, EmbeddingBatchError) and behind is not exc:
         failed, inputs = len(exc.failed), len(exc.vectors)
         if failed < inputs:
@@ -74,15 +97,35 @@ def error_of(exc: Exception, *, own_key: bool = False) -> tuple[int, dict[str, A
     return status, body
 
 
-def error_headers(exc: Exception) -> dict[str, str]:
+def error_headers(exc: Exception, *, own_key: bool = False) -> dict[str, str]:
     """The headers a failed call is answered with: the upstream's ``Retry-After`` (whole
-    seconds, rounded up) and ``retry-after-ms``, when it asked for a wait; the OpenAI SDK
-    honours either when it retries."""
+    seconds, rounded up) and ``retry-after-ms``, when it asked for a wait (the OpenAI SDK
+    honours either when it retries), and its request id as ``x-request-id`` (the SDK's
+    ``request_id``), when it sent one; with ``own_key``, a refusal's only when it is a
+    token (``error_of`` says why).
+    """
     behind = _failure_behind(exc)
-    wait = behind.retry_after if isinstance(behind, APIStatusError) else None
-    if wait is None or not 0 <= wait < math.inf:
+    if not isinstance(behind, APIStatusError):
         return {}
-    return {"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(round(wait * 1000))}
+    headers: dict[str, str] = {}
+    wait = behind.retry_after
+    if wait is not None and 0 <= wait < math.inf:
+        headers["Retry-After"] = str(math.ceil(wait))
+        headers["retry-after-ms"] = str(round(wait * 1000))
+    refused = own_key and behind.status_code in _REFUSALS
+    shape = _ID_TOKEN if refused else _HEADER_TOKEN
+    if _matches(shape, behind.request_id):
+        headers["x-request-id"] = str(behind.request_id)
+    return headers
+
+
+def _matches(pattern: re.Pattern[str], value: object) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def _type_of(status: int) -> str:
+    """OpenAI's error type for an upstream status."""
+    return _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
 
 
 def _failure_behind(exc: Exception) -> Exception:
@@ -106,8 +149,10 @@ def _error_of(exc: Exception) -> tuple[int, dict[str, Any]]:
         if status < 400:  # a redirect (never followed): no answer a caller could use
             message = f"the upstream answered with status {status}, not an answer"
             return 502, openai_error(message, "server_error", code="bad_upstream_response")
-        kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
-        return status, openai_error(exc.message, kind, code=str(status))
+        kind = exc.type or _type_of(status)
+        return status, openai_error(
+            exc.message, kind, code=exc.code or str(status), param=exc.param
+        )
     if isinstance(exc, APITimeoutError):
         return 504, openai_error(str(exc), "timeout", code="upstream_timeout")
     if isinstance(exc, APIConnectionError):
