@@ -14,6 +14,8 @@ request is ``limpet.serve.logs``'s.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,6 +26,8 @@ from limpet.serve.errors import error_of, openai_error
 
 __all__ = ["answer_malformed_requests"]
 
+logger = logging.getLogger("limpet.serve")
+
 
 def answer_malformed_requests(app: web.Application) -> None:
     """Make the server ``app`` runs on answer a request it cannot parse (and a fault no
@@ -32,20 +36,37 @@ def answer_malformed_requests(app: web.Application) -> None:
     aiohttp builds an application's server in ``Application._make_handler``, whoever
     runs it (``web.run_app``, an ``AppRunner``): the server it builds is rebuilt here as
     a ``_Server``, with the same handler, request factory and connection options.
+    Those are aiohttp's private names: an aiohttp that has none of them keeps its own
+    server (and its own answer), with a warning, rather than failing to serve.
     """
-    make_server = app._make_handler
+    make_server: Callable[..., web.Server] | None = getattr(app, "_make_handler", None)
+    if make_server is None:
+        _warn_unhooked()
+        return
 
     def make_handler(**options: Any) -> web.Server:
         server = make_server(**options)
+        try:
+            loop, kwargs = server._loop, server._kwargs
+        except AttributeError:
+            _warn_unhooked()
+            return server
         return _Server(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
-            loop=server._loop,
-            **server._kwargs,
+            loop=loop,
+            **kwargs,
         )
 
     app._make_handler = make_handler  # type: ignore[method-assign]
+
+
+def _warn_unhooked() -> None:
+    logger.warning(
+        "limpet serve: this aiohttp cannot be hooked; a request that is not valid HTTP "
+        "gets aiohttp's own 400, which quotes the offending line"
+    )
 
 
 class _Server(web.Server):
