@@ -89,6 +89,31 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_the_conne
     assert gateway.total_calls == 0
 
 
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickled"])
+async def test_a_connection_whose_headers_do_not_arrive_in_time_is_closed(
+    proxy: str, gateway: FakeGateway, trickle: bool
+) -> None:
+    """Headers sent in part and then stalled, or trickled: the connection is closed
+    once the deadline has passed (aiohttp's own bound is an hour), nothing answered."""
+    host, port = proxy.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    dripping: asyncio.Task[None] | None = None
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        if trickle:
+            dripping = asyncio.create_task(_drip(writer))
+        async with asyncio.timeout(LONG):
+            assert await reader.read() == b""  # closed by the proxy
+    finally:
+        if dripping is not None:
+            dripping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await dripping
+        writer.close()
+    assert gateway.total_calls == 0
+
+
 async def test_a_body_that_arrives_in_time_is_served(proxy: str) -> None:
     async with (
         aiohttp.ClientSession() as session,

@@ -205,8 +205,9 @@ def _serve_process_options(serve: argparse.ArgumentParser) -> None:
         default=60.0,  # ServeConfig's (not imported: the parser loads no aiohttp)
         metavar="SECONDS",
         help=(
-            "seconds a request's body may take to arrive whole; a slower one is answered "
-            "408 and its connection closed (60)"
+            "seconds a request's body may take to arrive whole (a slower one is answered "
+            "408 and its connection closed), and a connection may wait for, or take "
+            "sending, a request's headers (60)"
         ),
     )
 

@@ -88,7 +88,10 @@ def create_app(config: ServeConfig) -> web.Application:
         middlewares=[_openai_errors],
         # A body is never unpacked: one sent compressed is refused (``encoding_problem``),
         # and aiohttp would otherwise unpack it as it reads it, a 415 answered or not.
-        handler_args={"auto_decompress": False},
+        # A connection waiting for a request's headers (idle between requests, or sent
+        # them a byte at a time) is closed after ``body_timeout``: aiohttp's own bound on
+        # it is an hour.
+        handler_args={"auto_decompress": False, "keepalive_timeout": config.body_timeout},
     )
     answer_malformed_requests(app)  # in OpenAI's shape, not quoting the request
     app[_CONFIG] = config

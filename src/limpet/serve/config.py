@@ -51,7 +51,9 @@ class ServeConfig:
         hmac_key: signs the shared tier's entries and flight notices (``RedisCache``'s),
             as every process sharing it must; None: unsigned.
         body_timeout: seconds a request's body may take to arrive whole, after its
-            headers; past it the request is answered 408 and its connection closed.
+            headers; past it the request is answered 408 and its connection closed. A
+            connection that sends no whole request line and headers for as long (idle,
+            or sending them a byte at a time) is closed too.
     """
 
     upstreams: tuple[str, ...] = ()
