@@ -7,6 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limpet.errors import ConfigurationError
 from limpet.pipeline.keys import canonical_request
@@ -22,7 +24,7 @@ from limpet.providers.prompt_cache import (
     inject_cache_control,
     model_slug,
 )
-from limpet.testing.provider_cache import ProviderPromptCache
+from limpet.testing.provider_cache import PromptCacheRefusal, ProviderPromptCache
 from limpet.testing.tokens import count_prompt_tokens
 
 SONNET = "anthropic/claude-sonnet-4.6"
@@ -232,6 +234,63 @@ def test_the_rolling_mark_after_a_callers_5m_mark_asks_for_5m() -> None:
     body["messages"][1] = _marked_turn("first")
     sent = inject_cache_control(body, CacheControlConfig(ttl="1h", rolling=True))
     assert _sent_ttls(sent) == ["1h", None, None]  # system before it: 1 h; last turn: 5 min
+    _accepted_by_the_fake(sent)
+
+
+def test_a_trailing_system_messages_5m_mark_counts_as_before_the_turns() -> None:
+    # Regression: TTL order went by list index, but providers render every system
+    # message before the turns: the rolling 1 h mark on the last turn followed the
+    # caller's 5 min mark on a trailing system message, and Anthropic answered 400.
+    body = chat(LONG, "first " * 200, "answer", "second")
+    body["messages"].append(
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "Be brief.", "cache_control": EPHEMERAL}],
+        }
+    )
+    sent = inject_cache_control(body, CacheControlConfig(ttl="1h", rolling=True))
+    assert sent["messages"][0]["content"][0]["cache_control"] == {**EPHEMERAL, "ttl": "1h"}
+    assert sent["messages"][3]["content"][0]["cache_control"] == EPHEMERAL  # 5 min
+    _accepted_by_the_fake(sent)
+
+
+_TTL_MARKS = st.sampled_from(
+    [None, EPHEMERAL, {**EPHEMERAL, "ttl": "5m"}, {**EPHEMERAL, "ttl": "1h"}]
+)
+
+
+@st.composite
+def _marked_chats(draw: st.DrawFn) -> dict[str, Any]:
+    """A long system prompt, then turns and system messages in any order, any of them
+    carrying the caller's mark of any TTL (tools too)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": LONG}]
+    for i in range(draw(st.integers(1, 4))):
+        role = draw(st.sampled_from(["user", "assistant", "system", "developer"]))
+        mark = draw(_TTL_MARKS)
+        block: dict[str, Any] = {"type": "text", "text": f"turn {i} " * 50}
+        messages.append(
+            {"role": role, "content": [block if mark is None else {**block, "cache_control": mark}]}
+        )
+    tools = [
+        {**TOOL, "cache_control": mark} if mark is not None else TOOL
+        for mark in draw(st.lists(_TTL_MARKS, max_size=2))
+    ]
+    return {"model": SONNET, "messages": messages, **({"tools": tools} if tools else {})}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_marked_chats(), st.sampled_from(["5m", "1h"]), st.booleans())
+def test_injection_never_makes_an_accepted_request_refused(
+    body: dict[str, Any], ttl: str, rolling: bool
+) -> None:
+    # The property behind the TTL-order regressions: whatever the caller's marks and
+    # wherever its system messages sit, a request the provider takes is still taken once
+    # limpet has added its breakpoints.
+    try:
+        _accepted_by_the_fake(body)
+    except PromptCacheRefusal:
+        return  # refused before injection: not injection's doing
+    sent = inject_cache_control(body, CacheControlConfig(ttl=ttl, rolling=rolling))
     _accepted_by_the_fake(sent)
 
 

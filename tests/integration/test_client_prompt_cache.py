@@ -178,3 +178,27 @@ async def test_a_1h_ttl_after_the_callers_5m_tool_mark_is_sent_as_the_provider_a
     assert sent["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
     assert first.usage.cache_write_tokens > 1024 and first.usage.cache_write_1h_tokens == 0
     assert second.usage.cached_tokens == first.usage.cache_write_tokens
+
+
+async def test_a_rolling_1h_mark_after_a_trailing_system_5m_mark_is_accepted(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: TTL order went by list index; the provider renders system messages
+    # first, so the rolling 1 h mark on the last turn came after the caller's 5 min mark
+    # on a trailing system message, and the call failed only because injection was on.
+    body = ask_the_manual("How do I reset it?")
+    body["messages"].append(
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+            ],
+        }
+    )
+    config = CacheControlConfig(ttl="1h", rolling=True)
+    async with client_for(gateway, auto_cache_control=config) as client:
+        c = await client.complete(**body)
+    sent = gateway.endpoint("a").requests[-1]["messages"]
+    assert sent[0]["content"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert sent[1]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert c.usage.cache_write_tokens > 1024  # the manual, written

@@ -124,18 +124,22 @@ def inject_cache_control(
     planned = _plan(body, messages, capability, config, budget)
     if not planned:
         return body
-    existing_ttls = _mark_ttls_by_message(body)
+    # TTL order is the provider's render order, not the list's: a system message after
+    # the last user turn is still rendered (and its mark processed) before every turn.
+    positions = _render_positions(messages)
+    existing_ttls = _mark_ttls_by_position(body)
     sent = list(messages)
     marked = False
     for index in planned:
+        position = positions[index]
         ttl = ttl_between(
-            [t for at, t in existing_ttls if at <= index],
-            [t for at, t in existing_ttls if at > index],
+            [t for at, t in existing_ttls if at <= position],
+            [t for at, t in existing_ttls if at > position],
             config.ttl,
         )
         if ttl is not None:
             sent[index] = _marked(sent[index], _mark_for(capability.ttls, ttl))
-            existing_ttls.append((index, ttl))
+            existing_ttls.append((position, ttl))
             marked = True
     return {**body, "messages": sent} if marked else body
 
@@ -196,7 +200,7 @@ def _plan(
     tokens = estimate_tokens(body["tools"], cpt) if body.get("tools") else 0
     system_end = -1
     for index, message in enumerate(messages):
-        if not (isinstance(message, Mapping) and message.get("role") in _SYSTEM_ROLES):
+        if not _is_system(message):
             break
         tokens += estimate_tokens(message, cpt)
         system_end = index
@@ -225,28 +229,46 @@ def _marks(body: Mapping[str, Any]) -> list[object]:
 
 
 def _placed_marks(body: Mapping[str, Any]) -> list[tuple[int, object]]:
-    """A request's breakpoints in the provider's order (tools, then messages), each with
-    the index of its message (-1 for a tool's)."""
+    """A request's breakpoints in the provider's order (tools, system, then the other
+    messages), each with its message's position in that order (-1 for a tool's)."""
     placed: list[tuple[int, object]] = []
     tools = body.get("tools")
     for tool in tools if isinstance(tools, list) else ():
         if isinstance(tool, Mapping) and "cache_control" in tool:
             placed.append((-1, tool["cache_control"]))
     messages = body.get("messages")
-    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+    messages = messages if isinstance(messages, list) else []
+    for index, position in sorted(enumerate(_render_positions(messages)), key=lambda p: p[1]):
+        message = messages[index]
         if not isinstance(message, Mapping):
             continue
         content = message.get("content")
         for part in content if isinstance(content, list) else ():
             if isinstance(part, Mapping) and "cache_control" in part:
-                placed.append((index, part["cache_control"]))
+                placed.append((position, part["cache_control"]))
         if "cache_control" in message:
-            placed.append((index, message["cache_control"]))
+            placed.append((position, message["cache_control"]))
     return placed
 
 
-def _mark_ttls_by_message(body: Mapping[str, Any]) -> list[tuple[int, str]]:
-    return [(index, _mark_ttl(mark)) for index, mark in _placed_marks(body)]
+def _render_positions(messages: list[Any]) -> list[int]:
+    """Each message's position in the order a provider renders them: the system (and
+    developer) messages first, as its ``system`` section, then the rest, each in order.
+    ``limpet.routing.prefix`` renders the same way."""
+    system = [i for i, m in enumerate(messages) if _is_system(m)]
+    rest = [i for i, m in enumerate(messages) if not _is_system(m)]
+    positions = [0] * len(messages)
+    for position, index in enumerate(system + rest):
+        positions[index] = position
+    return positions
+
+
+def _is_system(message: object) -> bool:
+    return isinstance(message, Mapping) and message.get("role") in _SYSTEM_ROLES
+
+
+def _mark_ttls_by_position(body: Mapping[str, Any]) -> list[tuple[int, str]]:
+    return [(position, _mark_ttl(mark)) for position, mark in _placed_marks(body)]
 
 
 def _mark_ttl(mark: object) -> str:
