@@ -294,6 +294,27 @@ def test_injection_never_makes_an_accepted_request_refused(
     _accepted_by_the_fake(sent)
 
 
+@pytest.mark.parametrize("ttl", ["60m", "3600s", "30m", "1H"])
+def test_a_ttl_no_family_offers_is_refused_naming_the_offered_ones(ttl: str) -> None:
+    # Regression: "60m" was taken, ordered as an hour and sent as the 5 min default,
+    # before a caller's 1 h mark: a 400 from Anthropic, and never the hour asked for.
+    with pytest.raises(ConfigurationError, match=r"CacheControlConfig\.ttl: .*'5m', '1h'"):
+        CacheControlConfig(ttl=ttl)
+
+
+def test_a_ttl_only_another_family_offers_is_ordered_as_the_default_it_is_sent_as() -> None:
+    # Regression: the TTL asked for was ordered, the TTL sent (the default, where the
+    # model's family does not offer it) was not: 5 min went out before the caller's 1 h.
+    five_minutes_only = replace(FAMILIES["anthropic"], ttls=("5m",))
+    table = CapabilityTable.of({"anthropic/*": five_minutes_only, "acme/*": FAMILIES["anthropic"]})
+    body = chat(LONG, "hi")
+    body["messages"].append(_marked_turn("doc", "1h"))
+    sent = inject_cache_control(body, CacheControlConfig(ttl="1h", capabilities=table))
+    _accepted_by_the_fake(sent)
+    alone = inject_cache_control(chat(), CacheControlConfig(ttl="1h", capabilities=table))
+    assert alone["messages"][0]["content"][0]["cache_control"] == EPHEMERAL
+
+
 def test_callers_marks_out_of_order_get_no_mark_between_them() -> None:
     body = chat(tools=[{**TOOL, "cache_control": EPHEMERAL}])
     body["messages"].append(_marked_turn("x", "1h"))

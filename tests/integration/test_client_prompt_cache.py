@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from limpet import CacheStatus, Client, Endpoint
 from limpet.providers.pricing import ModelPrices, PriceTable, cost_usd, prompt_cache_savings
-from limpet.providers.prompt_cache import CacheControlConfig
+from limpet.providers.prompt_cache import FAMILIES, CacheControlConfig, CapabilityTable
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import ProviderPromptCache
 from tests.integration.cancelling import flight_waiters
@@ -202,3 +203,22 @@ async def test_a_rolling_1h_mark_after_a_trailing_system_5m_mark_is_accepted(
     assert sent[0]["content"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
     assert sent[1]["content"][0]["cache_control"] == {"type": "ephemeral"}
     assert c.usage.cache_write_tokens > 1024  # the manual, written
+
+
+async def test_a_ttl_the_family_does_not_offer_is_ordered_as_the_ttl_sent(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: a TTL the model's family does not offer was ordered as asked (an hour)
+    # and sent as the provider's default (5 min), ahead of the caller's 1 h mark: a 400.
+    five_minutes_only = replace(FAMILIES["anthropic"], ttls=("5m",))
+    table = CapabilityTable.of({"anthropic/*": five_minutes_only, "acme/*": FAMILIES["anthropic"]})
+    body = ask_the_manual("q")
+    doc = {"type": "text", "text": "A long document. " * 300}
+    body["messages"][1:1] = [
+        {"role": "user", "content": [{**doc, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+        {"role": "assistant", "content": "Read."},
+    ]
+    config = CacheControlConfig(ttl="1h", capabilities=table)
+    async with client_for(gateway, auto_cache_control=config) as client:
+        c = await client.complete(**body)
+    assert c.usage.cache_write_tokens > 1024

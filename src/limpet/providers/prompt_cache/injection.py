@@ -42,15 +42,23 @@ DEFAULT_BREAKPOINT_TTL = "5m"
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
+def _offered_ttls(capabilities: CapabilityTable) -> tuple[str, ...]:
+    """The default TTL and every TTL a family of ``capabilities`` offers, in that order."""
+    offered = [DEFAULT_BREAKPOINT_TTL]
+    offered.extend(ttl for _, capability in capabilities.rules for ttl in capability.ttls)
+    return tuple(dict.fromkeys(offered))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CacheControlConfig:
     """What ``inject_cache_control`` marks, and how.
 
     Args:
-        ttl: the TTL breakpoints ask for (``"5m"`` or ``"1h"`` for Anthropic); a TTL the
-            model's family does not offer is left out, so the provider's default applies.
-            A breakpoint after one of the caller's 5 min marks asks for 5 min all the
-            same, since Anthropic refuses a 1 h breakpoint after a 5 min one.
+        ttl: the TTL breakpoints ask for (``"5m"`` or ``"1h"`` for Anthropic): one some
+            family of ``capabilities`` offers, spelled as it does, or the default. For a
+            model whose family does not offer it, it is left out, so the provider's default
+            applies. A breakpoint after one of the caller's 5 min marks asks for 5 min all
+            the same, since Anthropic refuses a 1 h breakpoint after a 5 min one.
         rolling: also mark the last user turn once the conversation up to it reaches the
             minimum, so a multi-turn chat reads its history from the cache next turn.
         chars_per_token: characters per token when estimating a prefix's length.
@@ -71,6 +79,14 @@ class CacheControlConfig:
         check_number("CacheControlConfig.chars_per_token", self.chars_per_token, above=0)
         if not isinstance(self.capabilities, CapabilityTable):
             raise ConfigurationError("CacheControlConfig.capabilities: expected a CapabilityTable")
+        # Refused rather than sent as the provider's default: "60m" means an hour, and
+        # quietly caching for 5 min instead is a surprise found only on the bill.
+        offered = _offered_ttls(self.capabilities)
+        if self.ttl not in offered:
+            raise ConfigurationError(
+                f"CacheControlConfig.ttl: {self.ttl!r} is not a TTL the capability table "
+                f"offers; expected one of {', '.join(map(repr, offered))}"
+            )
         if self.learned is not None and not isinstance(self.learned, LearnedMinimums):
             raise ConfigurationError(
                 "CacheControlConfig.learned: expected a LearnedMinimums or None"
@@ -128,6 +144,9 @@ def inject_cache_control(
     # the last user turn is still rendered (and its mark processed) before every turn.
     positions = _render_positions(messages)
     existing_ttls = _mark_ttls_by_position(body)
+    # Ordered by the TTL the provider will apply, not the one asked for: a TTL the family
+    # does not offer is sent as its default.
+    wanted = _sent_ttl(capability.ttls, config.ttl)
     sent = list(messages)
     marked = False
     for index in planned:
@@ -135,9 +154,10 @@ def inject_cache_control(
         ttl = ttl_between(
             [t for at, t in existing_ttls if at <= position],
             [t for at, t in existing_ttls if at > position],
-            config.ttl,
+            wanted,
         )
-        if ttl is not None:
+        # A TTL taken from a caller's mark the family does not offer cannot be matched.
+        if ttl is not None and _sent_ttl(capability.ttls, ttl) == ttl:
             sent[index] = _marked(sent[index], _mark_for(capability.ttls, ttl))
             existing_ttls.append((position, ttl))
             marked = True
@@ -315,6 +335,14 @@ def _marked(message: Mapping[str, Any], mark: tuple[tuple[str, str], ...]) -> di
     else:
         blocks = [*content[:-1], {**content[-1], "cache_control": dict(mark)}]
     return {**message, "content": blocks}
+
+
+def _sent_ttl(ttls: tuple[str, ...], ttl: str) -> str:
+    """The TTL a breakpoint asking for ``ttl`` gets from a family offering ``ttls``: ``ttl``
+    when offered, else the provider's default (``_mark_for`` leaves it out)."""
+    if ttl in ttls:
+        return ttl
+    return ttls[0] if ttls else DEFAULT_BREAKPOINT_TTL
 
 
 @functools.lru_cache(maxsize=64)
