@@ -24,6 +24,7 @@ from limpet.providers.prompt_cache import (
     inject_cache_control,
     model_slug,
 )
+from limpet.providers.prompt_cache.injection import ttl_between
 from limpet.testing.provider_cache import PromptCacheRefusal, ProviderPromptCache
 from limpet.testing.tokens import count_prompt_tokens
 
@@ -294,7 +295,7 @@ def test_injection_never_makes_an_accepted_request_refused(
     _accepted_by_the_fake(sent)
 
 
-@pytest.mark.parametrize("ttl", ["60m", "3600s", "30m", "1H"])
+@pytest.mark.parametrize("ttl", ["60m", "3600s", "30m", "1H", "²h", "①h"])
 def test_a_ttl_no_family_offers_is_refused_naming_the_offered_ones(ttl: str) -> None:
     # Regression: "60m" was taken, ordered as an hour and sent as the 5 min default,
     # before a caller's 1 h mark: a 400 from Anthropic, and never the hour asked for.
@@ -313,6 +314,32 @@ def test_a_ttl_only_another_family_offers_is_ordered_as_the_default_it_is_sent_a
     _accepted_by_the_fake(sent)
     alone = inject_cache_control(chat(), CacheControlConfig(ttl="1h", capabilities=table))
     assert alone["messages"][0]["content"][0]["cache_control"] == EPHEMERAL
+
+
+@pytest.mark.parametrize("callers_ttl", ["²m", "①h", "5 m", "m", "soon"])
+def test_a_callers_ttl_limpet_cannot_read_is_left_to_the_provider(callers_ttl: str) -> None:
+    # Regression: "²m" passed str.isdigit() and made int() raise a bare ValueError before
+    # anything was sent. The caller's mark is sent as given; limpet counts it as 5 min.
+    body = chat(LONG, "hi")
+    body["messages"].append(_marked_turn("doc", callers_ttl))
+    sent = inject_cache_control(body, CacheControlConfig(ttl="1h"))
+    assert _sent_ttls(sent) == ["1h", callers_ttl]
+    assert sent["messages"][-1] is body["messages"][-1]
+
+
+_TTL_COUNTS = st.text(
+    st.characters(categories=("Nd", "No")) | st.sampled_from("0123456789"), max_size=3
+)
+_TTLS = st.builds(str.__add__, _TTL_COUNTS, st.sampled_from(["s", "m", "h", "d", ""]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_TTLS, max_size=3), st.lists(_TTLS, max_size=3), _TTLS)
+def test_ttl_between_takes_any_string_and_answers_one_of_its_own(
+    earlier: list[str], later: list[str], wanted: str
+) -> None:
+    ttl = ttl_between(earlier, later, wanted)
+    assert ttl is None or ttl in [*earlier, *later, wanted]
 
 
 def test_callers_marks_out_of_order_get_no_mark_between_them() -> None:

@@ -222,3 +222,19 @@ async def test_a_ttl_the_family_does_not_offer_is_ordered_as_the_ttl_sent(
     async with client_for(gateway, auto_cache_control=config) as client:
         c = await client.complete(**body)
     assert c.usage.cache_write_tokens > 1024
+
+
+async def test_a_callers_ttl_with_a_unicode_digit_is_sent_as_given(gateway: FakeGateway) -> None:
+    # Regression: "²m" passed str.isdigit(), and int() raised a bare ValueError out of
+    # complete() before any request was sent. The caller's mark is its own to send.
+    body = ask_the_manual("q")
+    mark = {"type": "ephemeral", "ttl": "²m"}
+    body["messages"][1] = {
+        "role": "user",
+        "content": [{"type": "text", "text": "q", "cache_control": mark}],
+    }
+    async with client_for(gateway, auto_cache_control=True) as client:
+        await client.complete(**body)
+    sent = gateway.endpoint("a").requests[-1]["messages"]
+    assert sent[0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert sent[1]["content"][0]["cache_control"] == mark

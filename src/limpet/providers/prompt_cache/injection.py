@@ -301,9 +301,11 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 def _seconds(ttl: str) -> int:
     """A TTL such as ``"5m"`` or ``"1h"`` in seconds; one limpet cannot read counts as the
-    default (a provider reads it so, or refuses it whatever the order)."""
+    default (a provider reads it so, or refuses it whatever the order). A caller's mark is
+    the caller's own: a TTL in it limpet cannot read is left for the provider to judge."""
     count, unit = ttl[:-1], ttl[-1:]
-    if count.isdigit() and unit in _UNIT_SECONDS:
+    # ASCII only: str.isdigit() is also true of "²" or "①", which int() refuses.
+    if count.isascii() and count.isdigit() and unit in _UNIT_SECONDS:
         return int(count) * _UNIT_SECONDS[unit]
     return _seconds(DEFAULT_BREAKPOINT_TTL)
 
