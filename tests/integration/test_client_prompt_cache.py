@@ -238,3 +238,31 @@ async def test_a_callers_ttl_with_a_unicode_digit_is_sent_as_given(gateway: Fake
     sent = gateway.endpoint("a").requests[-1]["messages"]
     assert sent[0]["content"][0]["cache_control"] == {"type": "ephemeral"}
     assert sent[1]["content"][0]["cache_control"] == mark
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_endpoints_automatic_1h_caching_is_priced_as_1h_writes(
+    gateway: FakeGateway, stream: bool
+) -> None:
+    # Regression: accounting read the body before the endpoint's extra_body was merged in
+    # (by the transport), so its top-level 1 h cache_control went unseen and the writes
+    # were priced at the 5 min rate: saved_usd (and usd, when the gateway reports none)
+    # wrong, where the same field passed per call was priced right.
+    automatic = {"cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    endpoint = Endpoint("a", gateway.base_url("a"), extra_body=automatic)
+    async with Client(endpoints=[endpoint]) as client:
+        if stream:
+            answer = client.stream(**ask_the_manual("q"))
+            async for _ in answer:
+                pass
+            c = answer.completion
+        else:
+            c = await client.complete(**ask_the_manual("q"))
+        prices = client.prices.get(MODEL)
+    assert gateway.endpoint("a").requests[-1]["cache_control"] == automatic["cache_control"]
+    assert c is not None and c.cost is not None and prices is not None
+    assert c.usage.cache_write_1h_tokens == c.usage.cache_write_tokens > 1024
+    # A 1 h write costs 2x the input price, 3e-6 per token more than an uncached one.
+    assert c.cost.saved_usd == pytest.approx(-c.usage.cache_write_tokens * 3e-6)
+    # Priced by limpet, the usage costs what the gateway charged for it.
+    assert cost_usd(c.usage, prices) == pytest.approx(c.raw["usage"]["cost"])

@@ -21,11 +21,18 @@ def sendable(payload: bytes) -> bytes | io.BytesIO:
     return io.BytesIO(payload) if len(payload) > LARGE_PAYLOAD_BYTES else payload
 
 
-def payload_of(endpoint: Endpoint, body: Mapping[str, Any]) -> bytes:
-    """The JSON sent: ``body`` over the endpoint's ``extra_body`` (the body's fields win)."""
+def body_sent(endpoint: Endpoint, body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What is sent: ``body`` over the endpoint's ``extra_body`` (the body's fields win),
+    or ``body`` itself when the endpoint adds nothing."""
     if not endpoint.extra_body:
-        return orjson.dumps(body if type(body) is dict else dict(body))
-    return orjson.dumps({**endpoint.extra_body, **body})
+        return body
+    return {**endpoint.extra_body, **body}
+
+
+def payload_of(endpoint: Endpoint, body: Mapping[str, Any]) -> bytes:
+    """The JSON sent: ``body_sent(endpoint, body)``."""
+    sent = body_sent(endpoint, body)
+    return orjson.dumps(sent if type(sent) is dict else dict(sent))
 
 
 def as_sent(endpoint: Endpoint, headers: Mapping[str, str] | None) -> Endpoint:

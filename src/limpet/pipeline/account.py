@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -58,7 +58,7 @@ class Accounting:
         answer: dict[str, Any],
         usage: Usage,
         endpoint: str,
-        sent: dict[str, Any],
+        sent: Mapping[str, Any],
         stream: bytes | None = None,
     ) -> CacheEntry:
         """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed from

@@ -17,6 +17,7 @@ from limpet.cache.base import CacheEntry
 from limpet.config import Endpoint
 from limpet.errors import APIError
 from limpet.http.chunks import choices_sent, every_choice_finished
+from limpet.http.outgoing import body_sent
 from limpet.http.retry import should_retry
 from limpet.observe.stats import Stats
 from limpet.pipeline.account import Accounting
@@ -120,8 +121,15 @@ class Upstream:
             except APIError as exc:
                 if not fails_over(exc, ranked, index, exchange):
                     raise
+        # Priced from what was sent: an endpoint's extra_body (a top-level cache_control
+        # asking for 1 h writes, say) is merged in only by the transport.
         entry = await self._account.entry(
-            request, answer, usage, endpoint.name, route.body, exchange.chunking
+            request,
+            answer,
+            usage,
+            endpoint.name,
+            body_sent(endpoint, route.body),
+            exchange.chunking,
         )
         entry.partial = loose or not every_choice_finished(
             answer, choices_sent(route.body, endpoint.extra_body)
