@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 
 from limpet.errors import InvalidRequestError
+from limpet.providers.prompt_cache.render_order import is_system, rendered
 
 __all__ = ["PrefixChain", "PrefixLink", "prefix_chain"]
 
 #: Roles rendered into the system section (Anthropic's ``system``), ahead of the messages.
-_SYSTEM_ROLES = frozenset({"system", "developer"})
 #: Message fields that are not rendered into the prompt as such, or are handled apart.
 _UNRENDERED_FIELDS = frozenset({"role", "content", "cache_control"})
 _CHAIN_PERSON = b"limpet/prefix"
@@ -112,11 +112,11 @@ def prefix_chain(body: Mapping[str, Any]) -> PrefixChain:
                 builder.mark(marker)
         builder.close_message()
     messages = body.get("messages")
-    rendered = _render_order(messages if isinstance(messages, list) else [])
+    in_order = rendered(messages if isinstance(messages, list) else [])
     first_turn: int | None = None
-    for index, message in enumerate(rendered):
+    for index, message in enumerate(in_order):
         builder.add_message(message, index)
-        if first_turn is None and not _is_system(message):
+        if first_turn is None and not is_system(message):
             first_turn = len(builder.links) - 1
     top = body.get("cache_control")
     if isinstance(top, Mapping) and builder.links:
@@ -125,7 +125,7 @@ def prefix_chain(body: Mapping[str, Any]) -> PrefixChain:
     return PrefixChain(
         model=model_name,
         links=links,
-        conversation=_conversation(model_name, rendered),
+        conversation=_conversation(model_name, in_order),
         first_turn=first_turn,
     )
 
@@ -202,18 +202,6 @@ class _ChainBuilder:
         )
 
 
-def _render_order(messages: list[Any]) -> list[Any]:
-    """System messages first (a provider's ``system`` section), then the rest, in order."""
-    system = [m for m in messages if _is_system(m)]
-    if not system:
-        return messages
-    return system + [m for m in messages if not _is_system(m)]
-
-
-def _is_system(message: object) -> bool:
-    return isinstance(message, Mapping) and message.get("role") in _SYSTEM_ROLES
-
-
 def _blocks(content: object) -> list[object]:
     """Content as the blocks a provider renders: a string is one text block."""
     if content is None:
@@ -247,8 +235,8 @@ def _rendered_message(message: object) -> object:
 
 
 def _conversation(model: str, rendered: list[Any]) -> str:
-    first_system = next((m for m in rendered if _is_system(m)), None)
-    first_other = next((m for m in rendered if not _is_system(m)), None)
+    first_system = next((m for m in rendered if is_system(m)), None)
+    first_other = next((m for m in rendered if not is_system(m)), None)
     data = _dumps(
         [
             "limpet/conversation/v1",

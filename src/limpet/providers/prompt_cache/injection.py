@@ -22,6 +22,7 @@ from limpet.providers.prompt_cache.capabilities import (
     CacheCapability,
     CapabilityTable,
 )
+from limpet.providers.prompt_cache.render_order import is_system, render_positions
 from limpet.providers.prompt_cache.tokens import DEFAULT_CHARS_PER_TOKEN, estimate_tokens
 
 __all__ = [
@@ -38,8 +39,6 @@ __all__ = [
 #: configured otherwise (a provider-side prompt-cache TTL, not a limpet entry TTL), and
 #: the TTL a caller's mark that names none stands for.
 DEFAULT_BREAKPOINT_TTL = "5m"
-
-_SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 def _offered_ttls(capabilities: CapabilityTable) -> tuple[str, ...]:
@@ -142,7 +141,7 @@ def inject_cache_control(
         return body
     # TTL order is the provider's render order, not the list's: a system message after
     # the last user turn is still rendered (and its mark processed) before every turn.
-    positions = _render_positions(messages)
+    positions = render_positions(messages)
     existing_ttls = _mark_ttls_by_position(body)
     # Ordered by the TTL the provider will apply, not the one asked for: a TTL the family
     # does not offer is sent as its default.
@@ -220,7 +219,7 @@ def _plan(
     tokens = estimate_tokens(body["tools"], cpt) if body.get("tools") else 0
     system_end = -1
     for index, message in enumerate(messages):
-        if not _is_system(message):
+        if not is_system(message):
             break
         tokens += estimate_tokens(message, cpt)
         system_end = index
@@ -258,7 +257,7 @@ def _placed_marks(body: Mapping[str, Any]) -> list[tuple[int, object]]:
             placed.append((-1, tool["cache_control"]))
     messages = body.get("messages")
     messages = messages if isinstance(messages, list) else []
-    for index, position in sorted(enumerate(_render_positions(messages)), key=lambda p: p[1]):
+    for index, position in sorted(enumerate(render_positions(messages)), key=lambda p: p[1]):
         message = messages[index]
         if not isinstance(message, Mapping):
             continue
@@ -269,22 +268,6 @@ def _placed_marks(body: Mapping[str, Any]) -> list[tuple[int, object]]:
         if "cache_control" in message:
             placed.append((position, message["cache_control"]))
     return placed
-
-
-def _render_positions(messages: list[Any]) -> list[int]:
-    """Each message's position in the order a provider renders them: the system (and
-    developer) messages first, as its ``system`` section, then the rest, each in order.
-    ``limpet.routing.prefix`` renders the same way."""
-    system = [i for i, m in enumerate(messages) if _is_system(m)]
-    rest = [i for i, m in enumerate(messages) if not _is_system(m)]
-    positions = [0] * len(messages)
-    for position, index in enumerate(system + rest):
-        positions[index] = position
-    return positions
-
-
-def _is_system(message: object) -> bool:
-    return isinstance(message, Mapping) and message.get("role") in _SYSTEM_ROLES
 
 
 def _mark_ttls_by_position(body: Mapping[str, Any]) -> list[tuple[int, str]]:
