@@ -4,6 +4,7 @@ headers, its configuration."""
 from __future__ import annotations
 
 import base64
+import inspect
 import math
 import struct
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from limpet import Client
 from limpet.cli.parser import build_parser
 from limpet.errors import (
     ConfigurationError,
@@ -20,11 +22,13 @@ from limpet.errors import (
 from limpet.models import CacheStatus, Completion, Cost, Embeddings, Usage
 from limpet.serve.config import DEFAULT_BODY_TIMEOUT, ServeConfig, endpoints_of
 from limpet.serve.protocol import (
+    BODY_RESERVED,
     BadHeaderError,
     answer_headers,
     as_served,
     call_options,
     client_key_allowed,
+    client_tenant,
     embeddings_body,
     embeddings_headers,
     from_this_host,
@@ -285,3 +289,19 @@ def test_a_hit_says_it_spent_nothing_in_every_dollar_field_of_its_usage() -> Non
     assert as_served({"usage": {"prompt_tokens": 5}}, CacheStatus.HIT)["usage"] == {
         "prompt_tokens": 5
     }
+
+
+def test_every_client_option_that_is_no_body_field_is_reserved() -> None:
+    """A body field named like a ``Client`` option (``tenant``, ``cache``...) goes
+    upstream as a field: no caller can set a call's option through its body."""
+    body_fields = {"model", "messages", "input", "dimensions", "encoding_format", "params"}
+    for method in (Client.complete, Client.stream, Client.embed):
+        named = set(inspect.signature(method).parameters) - body_fields
+        assert named <= BODY_RESERVED, (method.__name__, named - BODY_RESERVED)
+
+
+def test_a_client_keys_tenant_is_a_digest_of_the_key_alone() -> None:
+    tenant = client_tenant("Bearer ck-secret-1")
+    assert "ck-secret-1" not in tenant
+    assert tenant == client_tenant("bearer   ck-secret-1")
+    assert tenant != client_tenant("Bearer ck-secret-2")

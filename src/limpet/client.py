@@ -282,6 +282,7 @@ class Client:
         timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's per-call deadline)
         extra_headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
         **params: Any,
     ) -> Completion:
         """One chat completion, from the cache when it may be.
@@ -297,6 +298,10 @@ class Client:
                 for an identical call in flight, every attempt and backoff included.
             extra_headers: sent with this call's upstream request (not part of the key).
             extra_body: fields merged into the body (they win), hence into the key.
+            tenant: whose answers this call may share: calls of different tenants (or of
+                a tenant and of none) never share a cache entry or an upstream request,
+                whatever credentials they send, so an application serving its own users
+                through one key keeps each user's answers apart. None: the Client's scope.
             **params: any other body field (temperature, max_tokens, tools, provider, ...).
                 ``response_format`` may be a Pydantic model class: it is sent as a strict
                 ``json_schema`` format, as the OpenAI SDK does.
@@ -313,7 +318,8 @@ class Client:
         if self._closed:
             raise ClientClosedError("Client is closed")
         started = time.perf_counter()
-        # By position: cache, ttl, default_ttl, policy, timeout, extra_headers, extra_body.
+        # By position: cache, ttl, default_ttl, policy, timeout, extra_headers, extra_body,
+        # tenant.
         request = chat_request(
             {"model": model, "messages": messages, **params},
             cache,
@@ -323,6 +329,7 @@ class Client:
             timeout,
             extra_headers,
             extra_body,
+            tenant,
         )
         completion = self._chat.hit(request)
         if completion is not None:
@@ -351,6 +358,7 @@ class Client:
         timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
         **params: Any,
     ) -> CompletionStream:
         """One chat completion as a stream of chunks, from the cache when it may be.
@@ -361,7 +369,7 @@ class Client:
         ``complete()`` of one request share one cache entry.
 
         Args:
-            model, messages, cache, ttl, extra_headers, extra_body, **params: as
+            model, messages, cache, ttl, extra_headers, extra_body, tenant, **params: as
                 ``complete()``.
             timeout: seconds for the whole stream, from the first chunk asked for to the
                 last; ``APITimeoutError`` when it passes.
@@ -387,6 +395,7 @@ class Client:
             timeout=timeout,
             extra_headers=extra_headers,
             extra_body=extra_body,
+            tenant=tenant,
             stream=True,
         )
         return self._pipelines.streams.open(request)
@@ -403,6 +412,7 @@ class Client:
         timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's per-call deadline)
         extra_headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
         **params: Any,
     ) -> Embeddings:
         """Embed ``input`` (POST ``/embeddings``), one cache entry per input.
@@ -423,7 +433,7 @@ class Client:
                 ``"float"``); ``vectors`` are floats either way.
             cache: None, ``"bypass"``, ``"refresh"`` or ``"force"`` (embeddings are
                 deterministic: cached by default).
-            ttl, timeout, extra_headers, extra_body: as ``complete()``.
+            ttl, timeout, extra_headers, extra_body, tenant: as ``complete()``.
             **params: any other body field; those that can change a vector enter the key.
 
         Returns:
@@ -453,6 +463,7 @@ class Client:
             timeout=timeout,
             extra_headers=extra_headers,
             extra_body=extra_body,
+            tenant=tenant,
         )
         return await self._embeds.run(request)
 
@@ -521,14 +532,15 @@ class Client:
         timeout: float | None = None,  # noqa: ASYNC109 (complete()'s, accepted alike)
         extra_headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
         **params: Any,
     ) -> str:
         """Delete the cached answer of one request from every tier of this Client;
         returns its key.
 
         Takes the keyword arguments of the ``complete()`` or ``stream()`` call whose
-        answer it deletes: ``extra_body`` and ``extra_headers`` (a call's own credentials
-        scope its entries) shape the key as they do there; ``cache``, ``ttl`` and
+        answer it deletes: ``extra_body``, ``extra_headers`` (a call's own credentials
+        scope its entries) and ``tenant`` shape the key as they do there; ``cache``, ``ttl`` and
         ``timeout`` are checked and otherwise ignored, as they never enter the key.
 
         Other processes' in-memory tiers keep their copy until it expires; to stop every
@@ -550,10 +562,11 @@ class Client:
             timeout=timeout,
             extra_headers=extra_headers,
             extra_body=extra_body,
+            tenant=tenant,
             stream=True,
         )
         with self._calls.counted():  # aclose() waits for it before closing the cache
-            key = await self._keying.of(request.body, request.headers)
+            key = await self._keying.of(request.body, request.headers, request.tenant)
             if self._cache is not None:
                 await self._cache.delete(key)
         return key

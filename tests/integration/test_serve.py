@@ -492,8 +492,9 @@ async def proxies_share_their_shared_tier(gateway: FakeGateway, *tier: str) -> N
     assert gateway.endpoint("a").calls == 1
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own entries", "shared"])
 async def test_with_its_own_upstream_key_the_proxy_lets_in_only_its_client_keys(
-    tmp_path: Path,
+    tmp_path: Path, shared: bool
 ) -> None:
     keys = tmp_path / "client-keys"
     keys.write_text("# the proxy's callers\nsk-client-1\n\nsk-client-2\n")
@@ -505,6 +506,7 @@ async def test_with_its_own_upstream_key_the_proxy_lets_in_only_its_client_keys(
             "LIMPET_TEST_UPSTREAM_KEY",
             "--client-keys-file",
             str(keys),
+            *(("--share-across-client-keys",) if shared else ()),
         )
         proxy = await Proxy(*upstream, *options, env=env).start()
         try:
@@ -515,6 +517,7 @@ async def test_with_its_own_upstream_key_the_proxy_lets_in_only_its_client_keys(
             ):
                 first = await one.chat.completions.with_raw_response.create(**ask("shared"))
                 second = await two.chat.completions.with_raw_response.create(**ask("shared"))
+                again = await one.chat.completions.with_raw_response.create(**ask("shared"))
                 models = [model.id async for model in two.models.list()]
                 with pytest.raises(openai.AuthenticationError) as refused:
                     await stranger.chat.completions.create(**ask("shared"))
@@ -527,10 +530,28 @@ async def test_with_its_own_upstream_key_the_proxy_lets_in_only_its_client_keys(
                     await stranger.models.list()
         finally:
             assert await proxy.stop() == 0
-        assert gateway.endpoint("a").calls == 1
-    # One upstream credential: its callers share its entries.
-    assert (first.headers["X-Limpet-Cache"], second.headers["X-Limpet-Cache"]) == ("miss", "hit")
+        assert gateway.endpoint("a").calls == (1 if shared else 2)
+    # Each client key is a tenant of its own: another's identical prompt is no hit (nor
+    # does it tell one tenant what another asked), unless the proxy shares on purpose.
+    served = [r.headers["X-Limpet-Cache"] for r in (first, second, again)]
+    assert served == (["miss", "hit", "hit"] if shared else ["miss", "miss", "hit"])
     assert MODEL in models
+
+
+async def test_sharing_across_client_keys_needs_client_keys() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "limpet",
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:1/v1",
+        "--share-across-client-keys",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert "--share-across-client-keys needs --client-keys-file" in err.decode()
 
 
 async def test_an_upstream_key_lent_to_every_caller_is_refused_off_loopback() -> None:

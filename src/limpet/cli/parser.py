@@ -174,7 +174,18 @@ def _serve_key_options(serve: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="with --upstream-key-env: the keys callers must present, one a line",
+        help=(
+            "with --upstream-key-env: the keys callers must present, one a line; callers "
+            "presenting different keys never share a cache entry or an upstream request"
+        ),
+    )
+    serve.add_argument(
+        "--share-across-client-keys",
+        action="store_true",
+        help=(
+            "let callers presenting different client keys share cache entries and upstream "
+            "requests (one's identical prompt is another's hit)"
+        ),
     )
 
 

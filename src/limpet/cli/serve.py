@@ -32,6 +32,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         upstream_key=upstream_key,
         client_keys=client_keys,
+        share_across_client_keys=args.share_across_client_keys,
         upstreams=tuple(args.upstream),
         redis=args.redis,
         memcached=args.memcached,
@@ -66,6 +67,8 @@ def _keys(args: argparse.Namespace) -> tuple[str | None, frozenset[str]]:
         if not upstream_key:
             raise CommandError(f"${args.upstream_key_env} is not set", status=2)
     client_keys = frozenset[str]()
+    if args.share_across_client_keys and args.client_keys_file is None:
+        raise CommandError("--share-across-client-keys needs --client-keys-file", status=2)
     if args.client_keys_file is not None:
         if upstream_key is None:
             raise CommandError("--client-keys-file needs --upstream-key-env", status=2)

@@ -97,7 +97,9 @@ class ChatPipeline:
         never yields to the event loop (``aclose()`` never finds it half-way)."""
         if not self.keyed(request):
             return None
-        key = request.key = self.keying.now(request.body, request.headers, request.text_chars)
+        key = request.key = self.keying.now(
+            request.body, request.headers, request.text_chars, request.tenant
+        )
         store = self._cache
         if key is None or store is None or not request.decision.read:
             return None
@@ -151,7 +153,7 @@ class ChatPipeline:
         if key is None:
             if looks_large(request.body, request.text_chars):
                 request.body = await owned_large_body(request.body)
-            key = request.key = await self.keying.of(request.body, request.headers)
+            key = request.key = await self.keying.of(request.body, request.headers, request.tenant)
         store = self._cache
         if key is None or store is None or self._nothing_to_read(request, key, start):
             return await self._flown(request, key, call)

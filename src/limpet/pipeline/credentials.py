@@ -11,6 +11,7 @@ purpose.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -38,6 +39,7 @@ __all__ = [
     "generations_scope",
     "is_credential_header",
     "key_scope",
+    "tenant_scope",
 ]
 
 CacheScope = Literal["credential", "namespace"]
@@ -113,3 +115,19 @@ def _credentials(endpoints: Iterable[Endpoint]) -> Iterable[str]:
             yield key_credential(endpoint.api_key)
         yield from header_credentials(endpoint.headers or {})
         yield from query_credentials(endpoint.base_url)  # ?key=...
+
+
+@functools.lru_cache(maxsize=4096)
+def tenant_scope(scope: str, tenant: str) -> str:
+    """The credential scope of one call of a ``tenant`` (``complete(tenant=...)``): its
+    own, apart from every other tenant's and from calls of none, whatever the credentials
+    (``scope``: the call's ``call_scope``), and under ``cache_scope="namespace"`` too: a
+    tenant is asked for by the call, not read from what it sends.
+
+    Example:
+        >>> tenant_scope("c0ffee", "a") != tenant_scope("c0ffee", "b") != "c0ffee"
+        True
+        >>> tenant_scope("", "a") != tenant_scope("c0ffee", "a")
+        True
+    """
+    return credential_digest(["tenant:" + tenant, "tenant-of:" + scope])

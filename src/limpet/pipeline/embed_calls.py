@@ -79,5 +79,5 @@ class EmbedCalls:
             request.keyed,
             namespace=keying.namespace,
             scope=scope,
-            credential=keying.scope(request.headers),
+            credential=keying.scope(request.headers, request.tenant),
         )

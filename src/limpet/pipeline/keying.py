@@ -18,7 +18,7 @@ import orjson
 from limpet._credentials import ANONYMOUS_SCOPE, is_credential_header, keys_scope, url_scope
 from limpet.cache.generations import Generations
 from limpet.config import Endpoint
-from limpet.pipeline.credentials import call_scope
+from limpet.pipeline.credentials import call_scope, tenant_scope
 from limpet.pipeline.key_memo import KeyMemo
 from limpet.pipeline.keys import (
     canonical_request,
@@ -88,7 +88,11 @@ class Keying:
         self._own = credential + endpoints  # the key scope of a call without headers of its own
 
     def now(
-        self, body: Mapping[str, Any], headers: Mapping[str, str] | None, text_chars: int = -1
+        self,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None,
+        text_chars: int = -1,
+        tenant: str | None = None,
     ) -> str | None:
         """The key when it can be had without I/O or a long block of the event loop: the
         model's generation is known and the request is not large (``text_chars``: the
@@ -98,18 +102,25 @@ class Keying:
         scope = self.generations.scope_now(body["model"], self.callers(headers))
         if scope is None or looks_large(body, text_chars):
             return None
-        credential = self._own if headers is None else self.scope(headers)
+        credential = (
+            self._own if headers is None and tenant is None else self.scope(headers, tenant)
+        )
         # ``key_header`` is cached per (namespace, scope, credential) where it is defined.
         data = key_header(self.namespace, scope, credential) + canonical_request(body)
         memo = self.memo
         return memo.get(data) or memo.add(data)
 
-    async def of(self, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> str:
+    async def of(
+        self,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None,
+        tenant: str | None = None,
+    ) -> str:
         """The key, reading the model's generation from the shared tier when needed; a
         large request is hashed piece by piece, yielding to the event loop."""
         model, callers, generations = body["model"], self.callers(headers), self.generations
         scope = generations.scope_now(model, callers) or await generations.scope(model, callers)
-        credential = self.scope(headers)
+        credential = self.scope(headers, tenant)
         return await request_key_async(
             body, namespace=self.namespace, scope=scope, credential=credential
         )
@@ -125,9 +136,12 @@ class Keying:
         scope = keys_scope(headers)
         return "" if scope == ANONYMOUS_SCOPE else scope
 
-    def scope(self, headers: Mapping[str, str] | None) -> str:
-        """The credential part of the keys of a call sending ``headers``: its credential
-        scope, then the endpoints' scope (a credential scope never holds a "+")."""
+    def scope(self, headers: Mapping[str, str] | None, tenant: str | None = None) -> str:
+        """The credential part of the keys of a call sending ``headers`` (for ``tenant``,
+        when it names one): its credential scope, then the endpoints' scope (a credential
+        scope never holds a "+")."""
+        if tenant is not None:
+            return tenant_scope(call_scope(self.credential, headers), tenant) + self._endpoints
         if headers is None:
             return self._own
         return call_scope(self.credential, headers) + self._endpoints

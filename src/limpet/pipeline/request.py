@@ -20,6 +20,7 @@ from limpet.pipeline.validation import (
     validate_call_options,
     validate_fields,
     validate_request,
+    validate_tenant,
     validate_ttl,
     with_extra_body,
 )
@@ -41,6 +42,7 @@ class Request(Call):
         key: its cache and flight key, once the key stage has run (None: not keyed).
         text_chars: the messages' text length, when validation summed it (else -1), so
             the key stage need not walk them again to tell a large request.
+        tenant: whose entries and flights it shares (``complete(tenant=...)``), or None.
     """
 
     __slots__ = (
@@ -48,6 +50,7 @@ class Request(Call):
         "decision",
         "key",
         "model",
+        "tenant",
         "text_chars",
         "ttl",
     )
@@ -60,6 +63,7 @@ class Request(Call):
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         text_chars: int = -1,
+        tenant: str | None = None,
     ) -> None:
         # The Call's own fields, all but those ``start()`` sets: a hit never needs them.
         self.timeout = timeout
@@ -70,6 +74,7 @@ class Request(Call):
         self.ttl = ttl
         self.key: str | None = None
         self.text_chars = text_chars
+        self.tenant = tenant
 
     def start(self) -> Call:
         """The call past the hit path: this request itself, its deadline running from
@@ -87,6 +92,7 @@ def chat_request(
     timeout: float | None = None,
     extra_headers: Mapping[str, str] | None = None,
     extra_body: Mapping[str, Any] | None = None,
+    tenant: str | None = None,
     stream: bool = False,
 ) -> Request:
     """The ``Request`` of a ``complete()`` or ``stream()`` call, validated. (Its
@@ -104,8 +110,10 @@ def chat_request(
     if timeout is not None or extra_headers is not None:
         timeout, extra_headers = validate_call_options(timeout, extra_headers)
     entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
+    if tenant is not None:
+        validate_tenant(tenant)
     decision = decide(body, cache, policy)
-    return Request(body, decision, entry_ttl, timeout, extra_headers, text_chars)
+    return Request(body, decision, entry_ttl, timeout, extra_headers, text_chars, tenant)
 
 
 def with_extras(body: dict[str, Any], extra_body: object) -> dict[str, Any]:
@@ -126,10 +134,20 @@ class EmbedRequest:
         texts: the inputs, in order.
         keyed: the body fields that can change a vector (they enter every input's key).
         wire: the body fields sent as they are.
-        decision, ttl, timeout, headers: as ``Request``'s.
+        decision, ttl, timeout, headers, tenant: as ``Request``'s.
     """
 
-    __slots__ = ("decision", "headers", "keyed", "model", "texts", "timeout", "ttl", "wire")
+    __slots__ = (
+        "decision",
+        "headers",
+        "keyed",
+        "model",
+        "tenant",
+        "texts",
+        "timeout",
+        "ttl",
+        "wire",
+    )
 
     def __init__(
         self,
@@ -141,6 +159,7 @@ class EmbedRequest:
         ttl: float,
         timeout: float | None,
         headers: Mapping[str, str] | None,
+        tenant: str | None = None,
     ) -> None:
         self.model = model
         self.texts = texts
@@ -150,6 +169,7 @@ class EmbedRequest:
         self.ttl = ttl
         self.timeout = timeout
         self.headers = headers
+        self.tenant = tenant
 
 
 def embed_request(
@@ -167,6 +187,7 @@ def embed_request(
     timeout: float | None = None,
     extra_headers: Mapping[str, str] | None = None,
     extra_body: Mapping[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> EmbedRequest:
     """The ``EmbedRequest`` of an ``embed()`` call, validated (embeddings are
     deterministic: cacheable whatever the policy's temperature).
@@ -182,5 +203,9 @@ def embed_request(
     keyed, wire = embedding_params(dimensions, encoding_format, params)
     timeout, extra_headers = validate_call_options(timeout, extra_headers)
     entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
+    if tenant is not None:
+        validate_tenant(tenant)
     decision = decide({"temperature": 0}, cache, policy)
-    return EmbedRequest(model, texts, keyed, wire, decision, entry_ttl, timeout, extra_headers)
+    return EmbedRequest(
+        model, texts, keyed, wire, decision, entry_ttl, timeout, extra_headers, tenant
+    )

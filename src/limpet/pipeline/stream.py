@@ -168,7 +168,7 @@ class StreamCalls:
                 else:
                     request.body = owned_body(request.body)
                 if self._flights.keyed(request):
-                    key = self._keying.of(request.body, request.headers)
+                    key = self._keying.of(request.body, request.headers, request.tenant)
                     request.key = await calls.guarded(call, key)
                 call.waiting_for = "the next chunk"
                 streamed = self._flights.chunks(request, sink, call)

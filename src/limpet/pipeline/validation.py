@@ -30,6 +30,7 @@ __all__ = [
     "validate_call_options",
     "validate_fields",
     "validate_request",
+    "validate_tenant",
     "validate_ttl",
     "with_extra_body",
 ]
@@ -147,6 +148,17 @@ def validate_ttl(ttl: object, field: str = "ttl") -> float | None:
             field, f"a number of seconds > 0 and at most {MAX_SECONDS} (ten years), or None", ttl
         )
     return float(ttl)
+
+
+def validate_tenant(tenant: object) -> str:
+    """``tenant`` (``complete(tenant=...)``), if it can name one: a non-empty str of text.
+
+    Raises:
+        InvalidRequestError: naming ``tenant``.
+    """
+    if type(tenant) is not str or not tenant or not is_text(tenant):
+        raise InvalidRequestError("tenant", "a non-empty str of text, or None", tenant)
+    return tenant
 
 
 def validate_call_options(

@@ -46,6 +46,7 @@ from limpet.serve.protocol import (
     as_served,
     call_options,
     client_key_allowed,
+    client_tenant,
     embeddings_body,
     embeddings_headers,
     encoding_problem,
@@ -163,8 +164,13 @@ class _Proxy:
 
     def options(self, request: web.Request) -> dict[str, Any]:
         """The Client options of ``request``: its own key goes upstream, unless the
-        proxy sends its own."""
-        return call_options(request.headers, forward_authorization=not self.config.upstream_key)
+        proxy sends its own; then, with client keys, the one it presented names its
+        tenant (``client_tenant``), unless they share."""
+        config = self.config
+        options = call_options(request.headers, forward_authorization=not config.upstream_key)
+        if config.client_keys and not config.share_across_client_keys:
+            options["tenant"] = client_tenant(request.headers.get("Authorization"))
+        return options
 
     def authorization(self, request: web.Request) -> str | None:
         """What ``/models`` is fetched with."""

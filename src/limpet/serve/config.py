@@ -44,9 +44,16 @@ class ServeConfig:
         fake: proxy to a ``FakeGateway`` started in-process (no key, no network).
         models_ttl: seconds a ``/v1/models`` answer is kept, per credential.
         upstream_key: the key the proxy sends upstream itself, instead of each caller's
-            ``Authorization``; its callers then share the cache entries of that key.
+            ``Authorization``.
         client_keys: with ``upstream_key``, the keys callers must present as
-            ``Authorization: Bearer <key>`` (none: every caller is let in).
+            ``Authorization: Bearer <key>`` (none: every caller is let in). Each key is a
+            tenant of its own (``Client.complete(tenant=...)``): callers presenting
+            different keys never share a cache entry or an upstream request, unless
+            ``share_across_client_keys``. Without client keys, every caller of the
+            ``upstream_key`` shares its entries.
+        share_across_client_keys: let callers presenting different client keys share
+            entries and flights (one tenant's identical prompt is then another's hit,
+            and its ``X-Limpet-Cache: hit`` tells it so; any of them can refresh them).
         metrics: serve ``GET /metrics`` for Prometheus (the ``prometheus`` extra).
         hmac_key: signs the shared tier's entries and flight notices (``RedisCache``'s),
             as every process sharing it must; None: unsigned.
@@ -66,6 +73,7 @@ class ServeConfig:
     models_ttl: float = DEFAULT_MODELS_TTL
     upstream_key: str | None = field(default=None, repr=False)
     client_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    share_across_client_keys: bool = False
     metrics: bool = False
     hmac_key: bytes | None = field(default=None, repr=False)
     body_timeout: float = DEFAULT_BODY_TIMEOUT
@@ -75,6 +83,8 @@ class ServeConfig:
         check_number("ServeConfig.body_timeout", self.body_timeout, above=0)
         if self.client_keys and not self.upstream_key:
             raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
+        if self.share_across_client_keys and not self.client_keys:
+            raise ConfigurationError("ServeConfig.share_across_client_keys: only with client_keys")
         if not self.upstreams and not self.fake:
             raise ConfigurationError("ServeConfig.upstreams: at least one upstream URL")
         if self.upstreams and self.fake:
@@ -96,6 +106,7 @@ class ServeConfig:
             "auto_cache_control": self.auto_cache_control,
             "fake": self.fake,
             "models_ttl": self.models_ttl,
+            "share_across_client_keys": self.share_across_client_keys,
             "metrics": self.metrics,
             "body_timeout": self.body_timeout,
         }

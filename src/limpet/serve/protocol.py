@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Protocol, cast, get_args
 
 from limpet.errors import InvalidRequestError
 from limpet.models import CacheStatus, Completion, Embeddings
+from limpet.pipeline.credentials import key_scope
 from limpet.pipeline.policy import CacheMode
 from limpet.pipeline.validation import validate_ttl
 
@@ -35,6 +36,7 @@ __all__ = [
     "as_served",
     "call_options",
     "client_key_allowed",
+    "client_tenant",
     "embeddings_body",
     "embeddings_headers",
     "encoding_problem",
@@ -58,7 +60,9 @@ TTL_HEADER: Final = "X-Limpet-TTL"
 #: Body fields whose names are parameters of ``Client.complete()``, ``stream()`` or
 #: ``embed()`` with another meaning (``self`` included: a bound method's own): they go
 #: upstream through ``extra_body``, so a body can never set a call option nor clash with one.
-BODY_RESERVED: Final = frozenset({"self", "cache", "ttl", "timeout", "extra_headers", "extra_body"})
+BODY_RESERVED: Final = frozenset(
+    {"self", "cache", "ttl", "timeout", "extra_headers", "extra_body", "tenant"}
+)
 
 #: A caller's headers sent upstream with its call, whoever's key goes: OpenRouter's app
 #: attribution. Never part of the cache key.
@@ -201,6 +205,20 @@ def client_key_allowed(authorization: str | None, allowed: Collection[str]) -> b
     for key in allowed:
         found |= hmac.compare_digest(presented, key.encode())
     return found and scheme.lower() == "bearer" and bool(presented)
+
+
+def client_tenant(authorization: str | None) -> str:
+    """The tenant of a caller presenting ``Authorization: Bearer <client key>``: a keyed
+    digest of its key (``key_scope``), never the key itself.
+
+    Example:
+        >>> client_tenant("Bearer ck-1") == client_tenant("bearer  ck-1") != client_tenant(
+        ...     "Bearer ck-2"
+        ... )
+        True
+    """
+    _, _, given = (authorization or "").partition(" ")
+    return "client-key:" + key_scope(given.strip())
 
 
 def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
