@@ -125,3 +125,26 @@ async def test_a_provider_order_in_the_request_gets_no_session_id() -> None:
     async with FakeGateway(endpoints=("or",)) as gateway:
         await sent_bodies(openrouter(gateway), [body])
         assert "session_id" not in gateway.endpoint("or").requests[0]
+
+
+async def test_a_failover_carries_the_session_id_only_to_endpoints_that_route_by_it() -> None:
+    # Regression (adversarial review): the body derived for the first endpoint went to every
+    # endpoint, so a failover from OpenRouter to a plain OpenAI-compatible server sent it a
+    # session_id, which a strict one (OpenAI) refuses with 400; and a failover the other way
+    # reached OpenRouter without one.
+    bodies = [rag(f"tenant{i}", "q") for i in range(12)]
+    async with FakeGateway(endpoints=("or", "plain")) as gateway:
+        endpoints = [openrouter(gateway), Endpoint("plain", gateway.base_url("plain"))]
+        router = StickyRouter(endpoints, config=RoutingConfig(failure_threshold=100))
+        async with Client(router=router, cache=None, retry=ONCE) as client:
+            for failing in ("or", "plain"):
+                gateway.endpoint(failing).fail(502, times=len(bodies))
+                for body in bodies:
+                    await client.complete(**body)
+                gateway.endpoint(failing).clear_faults()
+        to_or, to_plain = (gateway.endpoint(n).requests for n in ("or", "plain"))
+    # Each endpoint was the first choice of some bodies and the failover of the others.
+    assert len(to_or) + len(to_plain) == len(bodies) * 3
+    assert len(to_or) > len(bodies) and len(to_plain) > len(bodies)
+    assert not [r for r in to_plain if "session_id" in r]
+    assert all(r.get("session_id", "").startswith("limpet-") for r in to_or)

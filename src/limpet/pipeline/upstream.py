@@ -99,10 +99,14 @@ class Upstream:
         route.learns = marked is not body and not count_breakpoints(body)
         ranked = route.endpoints
         headers = request.headers
-        if "session_id" in route.body and "session_id" not in body and sends_session_id(headers):
+        derived = route.session_id is not None or (
+            "session_id" in route.body and "session_id" not in body
+        )
+        if derived and sends_session_id(headers):
             # Derived by the router, which sees no call's own headers: the caller's own
             # x-session-id stands alone (two would contradict each other).
             route.body = {k: v for k, v in route.body.items() if k != "session_id"}
+            route.session_id = None
         for index in range(len(ranked)):  # a range iterator: no object for the GC to trace
             endpoint = ranked[index]
             self._stats.upstream_calls += 1
@@ -111,7 +115,8 @@ class Upstream:
             try:
                 with route.attempt(endpoint, callers_credentials=own) as attempt:
                     call.waiting_for = f"an answer from endpoint {endpoint.name!r}"
-                    answer = await exchange.attempt(endpoint, route.body, call)
+                    to_send = route.body_for(endpoint)  # its own sticky keys
+                    answer = await exchange.attempt(endpoint, to_send, call)
                     loose = exchange.loose or type(answer) is not dict
                     if loose:  # a LooseJSON: as the rest of the pipeline reads an answer
                         answer = dict(answer)
@@ -128,11 +133,11 @@ class Upstream:
             answer,
             usage,
             endpoint.name,
-            body_sent(endpoint, route.body),
+            body_sent(endpoint, to_send),
             exchange.chunking,
         )
         entry.partial = loose or not every_choice_finished(
-            answer, choices_sent(route.body, endpoint.extra_body)
+            answer, choices_sent(to_send, endpoint.extra_body)
         )
         return entry
 

@@ -7,7 +7,7 @@ order, each inside ``route.attempt(endpoint)``, which tells the router what happ
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -56,8 +56,9 @@ class Route:
     """One request's routing: the body to send and the endpoints to try, in order.
 
     Attributes:
-        body: the request body to send (a ``session_id`` or ``prompt_cache_key`` may have
-            been added; see ``limpet.routing.sticky_keys``).
+        body: the request body to send to the first endpoint (a ``session_id`` or
+            ``prompt_cache_key`` may have been added; see ``limpet.routing.sticky_keys``);
+            ``body_for`` says what each endpoint is sent.
         endpoints: the first choice, then the failover order.
         reason: why the first endpoint was chosen.
         key: what the request was routed by, or None for routers that do not say (and
@@ -66,9 +67,22 @@ class Route:
         learns: whether a served answer may teach the provider's cache minimum
             (``limpet.routing.feedback``): only when every mark the body carries is
             limpet's own (set by the upstream stage).
+        session_id: the ``session_id`` the router derived, sent only to the endpoints
+            that route by it (``body_for``); None when there is none (set it to None to
+            send it nowhere).
     """
 
-    __slots__ = ("_observer", "body", "chain", "endpoints", "key", "learns", "reason")
+    __slots__ = (
+        "_observer",
+        "_session_takers",
+        "body",
+        "chain",
+        "endpoints",
+        "key",
+        "learns",
+        "reason",
+        "session_id",
+    )
 
     def __init__(
         self,
@@ -79,6 +93,8 @@ class Route:
         reason: RouteReason = "hash",
         key: RoutingKey | None = None,
         chain: PrefixChain | None = None,
+        session_id: str | None = None,
+        session_takers: Collection[str] = (),
     ) -> None:
         self.body: dict[str, Any] = body if isinstance(body, dict) else dict(body)
         self.endpoints = tuple(endpoints)
@@ -86,11 +102,29 @@ class Route:
         self.key = key
         self.chain = chain
         self.learns = False
+        self.session_id = session_id
+        self._session_takers = session_takers
         self._observer = observer
 
     def __repr__(self) -> str:
         names = [e.name for e in self.endpoints]
         return f"Route({names}, reason={self.reason!r}, key={self.key!r})"
+
+    def body_for(self, endpoint: Endpoint) -> dict[str, Any]:
+        """The body to send to ``endpoint``: ``body``, carrying the derived ``session_id``
+        only if ``endpoint`` routes by it. A failover goes to endpoints of other kinds (an
+        OpenRouter one, then a plain OpenAI-compatible one), and a strict server refuses
+        a field it does not know (OpenAI answers 400)."""
+        derived = self.session_id
+        sends = "session_id" in self.body
+        if derived is None:
+            # None derived, or dropped since: a caller's own is sent everywhere, as given.
+            return self.body
+        if (endpoint.name in self._session_takers) == sends:
+            return self.body
+        if sends:
+            return {k: v for k, v in self.body.items() if k != "session_id"}
+        return {**self.body, "session_id": derived}
 
     def attempt(self, endpoint: Endpoint, *, callers_credentials: bool = False) -> Attempt:
         """A context manager around one call to ``endpoint``: counts it in flight, and

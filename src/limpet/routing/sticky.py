@@ -14,8 +14,9 @@ no coordination. For each upstream call:
    under ``max(load_floor, ceil((1 + e) * mean))``.
 5. The rest of the ranking is the failover order; ejected endpoints come last.
 6. The body gets the sticky keys of the routers upstream, derived from the routing key:
-   a ``session_id`` for an OpenRouter endpoint, which routes among providers itself,
-   and, when asked, OpenAI's ``prompt_cache_key`` (see ``limpet.routing.sticky_keys``).
+   a ``session_id`` for each OpenRouter endpoint, which routes among providers itself
+   (only those: ``Route.body_for``), and, when asked, OpenAI's ``prompt_cache_key`` (see
+   ``limpet.routing.sticky_keys``).
 
 With one endpoint there is no choice to make: the prefix chain is computed only when a
 sticky key needs it.
@@ -28,7 +29,7 @@ Usage, as the Client does it::
     route = await router.route(body)        # enter the first attempt with no await between
     for endpoint in route.endpoints:
         with route.attempt(endpoint) as attempt:
-            answer = await transport.chat(endpoint, route.body)
+            answer = await transport.chat(endpoint, route.body_for(endpoint))
             attempt.served(parse_usage(answer.get("usage")))
 """
 
@@ -61,6 +62,7 @@ from limpet.routing.ranking import (
 from limpet.routing.stats import EndpointStatus, RouterStats
 from limpet.routing.sticky_keys import (
     PromptCacheKeys,
+    session_id_for,
     wants_prompt_cache_key,
     wants_session_id,
     with_sticky_keys,
@@ -310,6 +312,13 @@ class StickyRouter:
                 self._record(chain, key, ranked[0], move=True)
             order = ranked + [e for e in preferred if e not in ranked]
         self._stats.counted(reason)
+        # The session_id goes to the endpoints that route by it, whichever attempt reaches
+        # them (Route.body_for): a failover to any other must not carry it.
+        takers = (
+            ()
+            if key.key is None
+            else [e.name for e in order if wants_session_id(e, body, self.config)]
+        )
         return Route(
             with_sticky_keys(
                 body, key, order[0], self.config, self._prompt_cache_keys, self._clock
@@ -319,6 +328,8 @@ class StickyRouter:
             reason=reason,
             key=key,
             chain=chain,
+            session_id=session_id_for(key.key) if takers and key.key is not None else None,
+            session_takers=takers,
         )
 
     def _pinned(

@@ -166,9 +166,10 @@ def with_sticky_keys(
     clock: Callable[[], float],
 ) -> Mapping[str, Any]:
     """``body`` with the ``session_id`` and ``prompt_cache_key`` that the gateway and
-    provider behind ``first`` route by, where they help. One body goes to every endpoint
-    of the route: a failover to an endpoint that pins its provider carries them too, where
-    OpenRouter ignores them."""
+    provider behind ``first`` route by, where they help: the body of a route's first
+    attempt. ``Route.body_for`` gives a failover's endpoint the ``session_id`` only if it
+    routes by it too (a strict OpenAI-compatible server refuses a field it does not know);
+    the ``prompt_cache_key``, asked for by model, goes to every endpoint."""
     if key.key is None:
         return body
     added: dict[str, str] = {}
