@@ -172,7 +172,8 @@ class RoutingConfig:
         failure_threshold: consecutive failures (connection errors, timeouts, 429, 5xx)
             that eject an endpoint; a single error never moves a key.
         cooldown: seconds an ejected endpoint waits before one half-open probe; a failed
-            probe doubles it, up to ``max_cooldown``. A longer ``Retry-After`` wins.
+            probe doubles it, up to ``max_cooldown``. A longer ``Retry-After`` wins, up
+            to ``max_cooldown`` too.
         affinity_ttl: seconds a prefix stays pinned to the endpoint that served it, after
             its last use: the provider's cache TTL (Anthropic's default is 5 minutes).
         affinity_ttl_1h: the same for prefixes marked ``"ttl": "1h"``.

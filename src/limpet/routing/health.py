@@ -4,8 +4,8 @@ No health checks are sent: the calls themselves are the signal. An endpoint is
 
 - ``healthy``: routed to; each failure adds one to a count that any success resets;
 - ``ejected``: after ``failure_threshold`` consecutive failures, for a cool-down (or the
-  server's ``Retry-After``, when longer); its keys go to the next endpoint of their own
-  ranking, the same one in every process;
+  server's ``Retry-After``, when longer, up to the maximum cool-down); its keys go to the
+  next endpoint of their own ranking, the same one in every process;
 - ``half_open``: after the cool-down, one call at a time is let through as a probe: a
   success makes it healthy (its keys come back), a failure ejects it again for twice the
   cool-down, up to a maximum.
@@ -168,7 +168,11 @@ class EndpointHealth:
         elif self.ejected_until or self.failures < self.failure_threshold:
             # Already ejected (a last-resort call failed too), or not yet enough failures.
             return False
-        self.ejected_until = now + max(self.cooldown, retry_after or 0.0)
+        # A server's Retry-After may stretch the cool-down up to max_cooldown, never past
+        # it: that bounds every ejection (a failed probe's doubling too), and a date in
+        # year 9999 would otherwise take the endpoint away for the life of the process.
+        wait = min(retry_after or 0.0, self._max_cooldown)
+        self.ejected_until = now + max(self.cooldown, wait)
         self.ejections += 1
         return True
 

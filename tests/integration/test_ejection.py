@@ -1,0 +1,48 @@
+"""Ejecting an endpoint and bringing it back, driven by real calls over loopback HTTP.
+
+The router's clock is a ``FakeClock``: cool-downs pass when a test moves it, never by
+sleeping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from limpet import Client, Endpoint, RetryConfig
+from limpet.config import RoutingConfig
+from limpet.routing.sticky import StickyRouter
+from limpet.testing import FakeGateway
+from tests.fakes import FakeClock
+from tests.integration.chat import ask
+
+ONCE = RetryConfig(max_attempts=1)
+YEARS = 10**9  # seconds: a Retry-After of some 31 years
+
+
+def router(gateway: FakeGateway, clock: FakeClock, **config: Any) -> StickyRouter:
+    endpoints = [Endpoint(name, gateway.base_url(name)) for name in ("a", "b")]
+    return StickyRouter(endpoints, config=RoutingConfig(**config), clock=clock)
+
+
+def homed_on(r: StickyRouter, name: str, prefix: str = "q", count: int = 1) -> list[dict[str, Any]]:
+    """``count`` requests whose first choice is endpoint ``name``."""
+    found = (ask(f"{prefix}{i}") for i in range(1000))
+    homed = [body for body in found if r.select(body).endpoints[0].name == name]
+    return homed[:count]
+
+
+async def test_a_retry_after_stretches_an_ejection_only_up_to_max_cooldown() -> None:
+    # Regression (adversarial review): a 503's Retry-After became the ejection with no
+    # bound, so a date in year 9999 took the endpoint away for the life of the process.
+    clock = FakeClock()
+    async with FakeGateway() as gateway:
+        r = router(gateway, clock, failure_threshold=1, cooldown=10.0, max_cooldown=60.0)
+        [body] = homed_on(r, "a")
+        gateway.endpoint("a").fail(503, retry_after=YEARS)
+        # No admission control: its own pause for the Retry-After (real time, up to
+        # max_retry_after) would keep "a" away too; this is about the ejection alone.
+        async with Client(router=r, cache=None, retry=ONCE, admission=False) as client:
+            assert (await client.complete(**body)).endpoint == "b"  # failed over
+            assert r.status()["a"].ejected_for == 60.0
+            clock.advance(60.0)
+            assert (await client.complete(**body, seed=1)).endpoint == "a"  # the probe
+        assert r.status()["a"].state == "healthy"
