@@ -46,3 +46,25 @@ async def test_a_retry_after_stretches_an_ejection_only_up_to_max_cooldown() -> 
             clock.advance(60.0)
             assert (await client.complete(**body, seed=1)).endpoint == "a"  # the probe
         assert r.status()["a"].state == "healthy"
+
+
+async def test_a_spread_route_keeps_ejected_endpoints_as_its_last_resort() -> None:
+    # Regression (adversarial review): with unmarked="spread" an ejected endpoint was left
+    # out of the failover order, so when the others failed the call failed, untried on
+    # an endpoint that would have answered (a keyed route tries it last).
+    clock = FakeClock()
+    async with FakeGateway() as gateway:
+        r = router(gateway, clock, unmarked="spread", failure_threshold=1)
+        async with Client(router=r, cache=None, retry=ONCE, admission=False) as client:
+            gateway.endpoint("a").fail(502)
+            for turn in range(4):  # spread takes turns: "a" is first within two calls
+                if r.status()["a"].state != "healthy":
+                    break
+                await client.complete(**ask(f"q{turn}"))
+            assert r.status()["a"].state == "ejected"
+            gateway.endpoint("b").fail(502)  # "a" has recovered, still in its cool-down
+            before = [gateway.endpoint(name).calls for name in ("a", "b")]
+            answer = await client.complete(**ask("one more"))
+        assert answer.endpoint == "a"
+        after = [gateway.endpoint(name).calls for name in ("a", "b")]
+        assert [n - m for n, m in zip(after, before, strict=True)] == [1, 1]  # "b", then "a"

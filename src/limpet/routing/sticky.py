@@ -293,7 +293,9 @@ class StickyRouter:
             ranked = open_first(
                 by_load(available, self._in_flight, self._spread_turn), self._admissions
             )
-            order, reason = ranked, "spread"
+            # Ejected endpoints come last, as in a keyed route: a last resort beats none.
+            order = ranked + [e for e in everyone if e not in ranked]
+            reason = "spread"
         else:
             preferred = hrw_rank(key.key, everyone)
             ranked = open_first([e for e in preferred if e in available], self._admissions)
