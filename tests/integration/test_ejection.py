@@ -5,7 +5,12 @@ sleeping."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+from aiohttp import web
 
 from limpet import Client, Endpoint, RetryConfig
 from limpet.config import RoutingConfig
@@ -13,6 +18,8 @@ from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from tests.fakes import FakeClock
 from tests.integration.chat import ask
+from tests.integration.scripted import completion
+from tests.loopback import served
 
 ONCE = RetryConfig(max_attempts=1)
 YEARS = 10**9  # seconds: a Retry-After of some 31 years
@@ -21,6 +28,31 @@ YEARS = 10**9  # seconds: a Retry-After of some 31 years
 def router(gateway: FakeGateway, clock: FakeClock, **config: Any) -> StickyRouter:
     endpoints = [Endpoint(name, gateway.base_url(name)) for name in ("a", "b")]
     return StickyRouter(endpoints, config=RoutingConfig(**config), clock=clock)
+
+
+class Breaking:
+    """An upstream that answers a request naming ``held`` only once released, after it
+    arrived, and every other with a 502: one call accepted before the endpoint broke."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def serve(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if "held" in await request.text():
+            self.arrived.set()
+            await self.release.wait()
+            return web.json_response(completion())
+        return web.json_response({"error": {"message": "broken", "code": 502}}, status=502)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.serve)
+        async with served(app) as url:
+            yield f"{url}/v1"
 
 
 def homed_on(r: StickyRouter, name: str, prefix: str = "q", count: int = 1) -> list[dict[str, Any]]:
@@ -68,3 +100,26 @@ async def test_a_spread_route_keeps_ejected_endpoints_as_its_last_resort() -> No
         assert answer.endpoint == "a"
         after = [gateway.endpoint(name).calls for name in ("a", "b")]
         assert [n - m for n, m in zip(after, before, strict=True)] == [1, 1]  # "b", then "a"
+
+
+async def test_a_success_begun_before_an_ejection_does_not_end_it() -> None:
+    # Regression (adversarial review): any success brought an ejected endpoint back, so a
+    # slow call the endpoint accepted before it broke ended the ejection when it answered,
+    # with no cool-down and no probe, and the broken endpoint had traffic again.
+    clock, upstream = FakeClock(), Breaking()
+    async with FakeGateway(endpoints=("b",)) as gateway, upstream.running() as url:
+        endpoints = [Endpoint("a", url), Endpoint("b", gateway.base_url("b"))]
+        r = StickyRouter(endpoints, config=RoutingConfig(failure_threshold=1), clock=clock)
+        [held] = homed_on(r, "a", prefix="held ")
+        broken = homed_on(r, "a", count=2)
+        async with Client(router=r, cache=None, retry=ONCE) as client:
+            slow = asyncio.create_task(client.complete(**held))
+            await upstream.arrived.wait()
+            assert (await client.complete(**broken[0])).endpoint == "b"  # "a" failed: ejected
+            assert r.status()["a"].state == "ejected"
+            upstream.release.set()
+            assert (await slow).endpoint == "a"
+            assert r.status()["a"].state == "ejected"
+            calls = upstream.calls
+            assert (await client.complete(**broken[1])).endpoint == "b"
+            assert upstream.calls == calls  # the broken endpoint was left alone

@@ -144,11 +144,22 @@ class Attempt:
         route: the route this call belongs to.
         endpoint: where it goes.
         probe: True when this call is an ejected endpoint's half-open probe.
+        ejections: how many times the endpoint had been ejected when this call started
+            (the router's; ``limpet.routing.health.EndpointHealth.ejections``): a success
+            of a call begun before an ejection never ends it.
         callers_credentials: True when the call sends credentials of its own rather than
             the endpoint's (``Route.attempt``).
     """
 
-    __slots__ = ("_observer", "_served", "callers_credentials", "endpoint", "probe", "route")
+    __slots__ = (
+        "_observer",
+        "_served",
+        "callers_credentials",
+        "ejections",
+        "endpoint",
+        "probe",
+        "route",
+    )
 
     def __init__(
         self,
@@ -161,6 +172,7 @@ class Attempt:
         self.endpoint = endpoint
         self.callers_credentials = callers_credentials
         self.probe = False
+        self.ejections = 0
         self._observer = observer
         self._served = False
 

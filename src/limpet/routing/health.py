@@ -10,6 +10,9 @@ No health checks are sent: the calls themselves are the signal. An endpoint is
   success makes it healthy (its keys come back), a failure ejects it again for twice the
   cool-down, up to a maximum.
 
+A call that began before the endpoint's latest ejection and succeeds after it never
+brings it back: it was accepted before the endpoint broke.
+
 A single error never ejects, so it never moves a key. Nor does a refusal of a credential
 that is the caller's own rather than the endpoint's (a proxy forwarding each caller's
 key): one caller's bad key or spent quota says nothing about the endpoint the others use.
@@ -150,8 +153,16 @@ class EndpointHealth:
             return True
         return False
 
-    def succeeded(self) -> bool:
-        """A call succeeded; returns True when that brought the endpoint back."""
+    def succeeded(self, started: int | None = None) -> bool:
+        """A call succeeded; returns True when that brought the endpoint back.
+
+        ``started`` is ``ejections`` when the call began (None: now). A call begun before
+        the latest ejection says nothing of the endpoint since (it was accepted before
+        the endpoint broke) and changes nothing: only the half-open probe, or a call
+        begun since, brings an ejected endpoint back.
+        """
+        if started is not None and started != self.ejections:
+            return False
         recovered = bool(self.ejected_until)
         self.failures = 0
         self.ejected_until = 0.0

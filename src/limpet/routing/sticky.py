@@ -380,13 +380,15 @@ class StickyRouter:
     def attempt_started(self, attempt: Attempt) -> None:
         name = attempt.endpoint.name
         self._in_flight[name] += 1
-        attempt.probe = self._health[name].begin(self._clock())
+        health = self._health[name]
+        attempt.probe = health.begin(self._clock())
+        attempt.ejections = health.ejections
         if not attempt.first:
             self._stats.retried_elsewhere += 1
 
     def attempt_served(self, attempt: Attempt, usage: Usage | None) -> None:
         endpoint, route = attempt.endpoint, attempt.route
-        if self._health[endpoint.name].succeeded():
+        if self._health[endpoint.name].succeeded(attempt.ejections):
             self._stats.recoveries += 1
             logger.info("limpet routing: endpoint %r is back", endpoint.name)
         key, chain = route.key, route.chain
