@@ -142,3 +142,24 @@ def test_an_answer_that_counted_no_prompt_teaches_no_minimum(usage: Usage) -> No
     for _ in range(DEFAULT_LEARN_AFTER):
         learn_minimum(marked, Usage(1500, 1))
     assert LEARNED_MINIMUMS.minimum(MODEL) == 2048
+
+
+@pytest.mark.parametrize(
+    ("answered", "learns"),
+    [(None, True), (MODEL, True), ("Anthropic/Claude-Sonnet-4.6:nitro", True),
+     ("openai/gpt-4o-mini", False), ("anthropic/claude-sonnet-4.5", False), (42, False)],
+    ids=["unnamed", "same", "variant", "fallback", "sibling", "not-a-name"],
+)  # fmt: skip
+def test_only_the_requested_models_silence_teaches_its_minimum(
+    answered: object, learns: bool
+) -> None:
+    # Regression (adversarial review): an OpenRouter `models` fallback's silence raised the
+    # minimum of the model asked for.
+    marked = {
+        "model": MODEL,
+        "messages": [{"role": "system", "content": [{"type": "text", "text": "x" * 6000,
+                                                     "cache_control": CC}]}],
+    }  # fmt: skip
+    for _ in range(DEFAULT_LEARN_AFTER):
+        learn_minimum(marked, Usage(1500, 1), answered)
+    assert LEARNED_MINIMUMS.snapshot() == ({MODEL: 2048} if learns else {})

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from limpet import Client, Endpoint, RetryConfig
 from limpet.providers.cache_minimums import DEFAULT_LEARN_AFTER
 from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import DEFAULT_CACHE_RULES, CacheRules, ProviderPromptCache
 from tests.integration.chat import MODEL, ask
+from tests.integration.scripted import completion
+from tests.loopback import served
 
 MANUAL = "Limpets cling to rocks with a muscular foot. " * 135  # ~1,500 tokens
 
@@ -109,3 +113,29 @@ async def test_a_callers_own_marks_teach_nothing_for_the_others() -> None:
             assert router.stats.learned_minimums == {}
         assert marked(gateway.endpoint("a").requests[-1])
     assert written.usage.cache_write_tokens > 1024
+
+
+async def test_a_fallback_models_silence_teaches_the_requested_model_nothing() -> None:
+    # Regression (adversarial review): an OpenRouter `models` fallback answered by another
+    # model, which reports no Anthropic cache use, was counted against the model asked
+    # for: a few raised its minimum process-wide and switched its marking off.
+    sent: list[dict[str, Any]] = []
+
+    async def fallback(request: web.Request) -> web.Response:
+        sent.append(await request.json())
+        usage = {"prompt_tokens": 1500, "completion_tokens": 1, "total_tokens": 1501,
+                 "prompt_tokens_details": {"cached_tokens": 0}}  # fmt: skip
+        return web.json_response({**completion(), "model": "openai/gpt-4o-mini", "usage": usage})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fallback)
+    async with served(app) as url:
+        router = StickyRouter([Endpoint("a", f"{url}/v1")])
+        async with Client(
+            router=router, cache=None, auto_cache_control=True, retry=RetryConfig(max_attempts=1)
+        ) as client:
+            for i in range(DEFAULT_LEARN_AFTER + 2):
+                body = {**ask_the_manual(f"question {i}"), "models": [MODEL, "openai/gpt-4o-mini"]}
+                assert (await client.complete(**body)).model == "openai/gpt-4o-mini"
+            assert router.stats.learned_minimums == {}
+    assert all(marked(b) for b in sent)

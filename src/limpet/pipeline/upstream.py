@@ -121,7 +121,7 @@ class Upstream:
                     if loose:  # a LooseJSON: as the rest of the pipeline reads an answer
                         answer = dict(answer)
                     usage = parse_usage(answer.get("usage"))
-                    attempt.served(usage)
+                    attempt.served(usage, answer.get("model"))
                 break
             except APIError as exc:
                 if not fails_over(exc, ranked, index, exchange):

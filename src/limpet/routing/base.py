@@ -149,6 +149,8 @@ class Attempt:
             of a call begun before an ejection never ends it.
         callers_credentials: True when the call sends credentials of its own rather than
             the endpoint's (``Route.attempt``).
+        model: the model that answered, as the answer named it (``served``); None until
+            then, or when it named none.
     """
 
     __slots__ = (
@@ -157,6 +159,7 @@ class Attempt:
         "callers_credentials",
         "ejections",
         "endpoint",
+        "model",
         "probe",
         "route",
     )
@@ -173,6 +176,7 @@ class Attempt:
         self.callers_credentials = callers_credentials
         self.probe = False
         self.ejections = 0
+        self.model: str | None = None
         self._observer = observer
         self._served = False
 
@@ -185,10 +189,13 @@ class Attempt:
         self._observer.attempt_started(self)
         return self
 
-    def served(self, usage: Usage | None = None) -> None:
-        """The call succeeded; ``usage`` tells how it met the provider's prompt cache."""
+    def served(self, usage: Usage | None = None, model: object = None) -> None:
+        """The call succeeded; ``usage`` tells how it met the provider's prompt cache, and
+        ``model`` (the answer's ``model``) which model answered: an OpenRouter ``models``
+        fallback may be another than the one asked for."""
         if not self._served:
             self._served = True
+            self.model = model if isinstance(model, str) else None
             self._observer.attempt_served(self, usage)
 
     def __exit__(

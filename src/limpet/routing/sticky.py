@@ -402,7 +402,7 @@ class StickyRouter:
         if usage is not None:
             self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
             if route.learns:
-                learn_minimum(route.body, usage)
+                learn_minimum(route.body, usage, attempt.model)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name
