@@ -11,7 +11,9 @@ from functools import partial
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from aiohttp import web
 
 from limpet import (
     CacheStatus,
@@ -35,6 +37,7 @@ from tests.integration.scripted import (
     scripted_upstream,
     usage_chunk,
 )
+from tests.loopback import served
 
 
 @pytest.fixture
@@ -565,3 +568,47 @@ async def test_a_large_body_orjson_refuses_still_fails_as_not_json(
     async with open_client(upstream) as client:
         with pytest.raises(APIResponseError, match="not JSON"):
             await client.complete(**ask())
+
+
+@pytest.mark.parametrize("fault", ["error_chunk", "dropped"])
+async def test_a_failure_before_the_first_chunk_is_retried(fault: str) -> None:
+    # Regression (adversarial review): only a stream's opening was retried, so an error
+    # chunk as its first event, or a connection dropped before any, failed stream() at
+    # once, though nothing had reached the reader and complete() would have retried.
+    calls = 0
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        response = web.StreamResponse(status=200)
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        if calls == 1 and fault == "dropped":
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        if calls == 1:
+            error = {"code": 502, "message": "Provider returned error"}
+            failed = {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}
+            script = [{**chunk({}), "error": error, "choices": [failed]}]
+        else:
+            script = [
+                chunk({"role": "assistant", "content": "hel"}),
+                chunk({"content": "lo"}, "stop"),
+            ]
+        for item in [*script, usage_chunk()]:
+            await response.write(b"data: " + orjson.dumps(item) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", serve)
+    retry = RetryConfig(max_attempts=2, initial_backoff=0.001, max_backoff=0.005)
+    async with served(app) as url:
+        endpoint = Endpoint("a", f"{url}/v1")
+        async with Client(endpoints=[endpoint], cache=None, retry=retry) as client:
+            chunks, completion = await collect(client)
+    deltas = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    assert "".join(deltas) == completion.content == "hello"  # the failed attempt's: none
+    assert calls == 2

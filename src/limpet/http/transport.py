@@ -52,6 +52,12 @@ __all__ = ["BODY_EXCERPT_CHARS", "Transport"]
 Parse = Callable[[Endpoint, int, Mapping[str, str], bytes], dict[str, Any]]
 
 
+#: An opened stream, its first chunk read (None: it ended at once): the response, its
+#: admission ticket, the chunks after the first, and the first.
+_OpenStream = tuple[
+    aiohttp.ClientResponse, Ticket, AsyncGenerator[dict[str, Any], None], dict[str, Any] | None
+]
+
 # Endpoint names whose request headers are kept (a Client has a handful).
 _MAX_ENDPOINT_HEADERS = 256
 
@@ -172,9 +178,10 @@ class Transport:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST ``body`` with ``stream: true`` and yield each chunk as it arrives.
 
-        Opening the stream is retried like ``chat``; once chunks flow, a failure is final
-        (a retry would repeat what the caller already has). ``headers``, ``deadline`` and
-        ``waiting`` are as ``chat``'s; the stream holds its admission slot until it ends.
+        Opening the stream, up to its first chunk, is retried like ``chat``; once chunks
+        flow, a failure is final (a retry would repeat what the caller already has).
+        ``headers``, ``deadline`` and ``waiting`` are as ``chat``'s; the stream holds its
+        admission slot until it ends.
 
         Raises:
             APIStatusError, APIConnectionError, APITimeoutError: as ``chat``, before or
@@ -185,20 +192,35 @@ class Transport:
         endpoint = as_sent(endpoint, headers)
         payload = orjson.dumps({**(endpoint.extra_body or {}), **body, "stream": True})
 
-        async def attempt(retry: bool) -> tuple[aiohttp.ClientResponse, Ticket]:
+        async def attempt(retry: bool) -> _OpenStream:
             ticket = await admit(self._admissions, endpoint, payload, deadline, waiting, retry)
             try:
-                return await self._open_stream(endpoint, payload, ticket.saw), ticket
+                response = await self._open_stream(endpoint, payload, ticket.saw)
             except BaseException as exc:
                 ticket.close(exc)
                 self._told_billed(payload, exc)  # a failed generation answered as JSON
                 raise
+            # The first event is read inside the attempt: a failure before it (an error
+            # chunk first, the connection dropped) reached no reader, so it is retried
+            # as the same failure of a JSON answer is.
+            chunks = stream_events(response, endpoint)
+            try:
+                first = await anext(chunks, None)
+            except BaseException as exc:
+                await chunks.aclose()
+                response.release()
+                ticket.close(exc)
+                self._told_billed(payload, exc)  # an error chunk with its usage: paid for
+                raise
+            return response, ticket, chunks, first
 
-        (response, ticket), _ = await self._retrier.run(attempt, deadline)
+        (response, ticket, events, first), _ = await self._retrier.run(attempt, deadline)
         try:
-            async with aclosing(stream_events(response, endpoint)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+            async with aclosing(events) as chunks:
+                if first is not None:
+                    yield first
+                    async for chunk in chunks:
+                        yield chunk
         except APIGenerationError as exc:  # an error chunk with its usage: paid for
             self._told_billed(payload, exc)
             raise
