@@ -460,6 +460,49 @@ def test_a_failed_probe_ejects_again_for_twice_as_long() -> None:
     assert first(r, body) == "e0"
 
 
+def test_another_calls_failure_during_the_probe_neither_doubles_nor_ends_it() -> None:
+    # A last-resort call to the ejected endpoint, begun before the probe, fails while the
+    # probe is out: it was taken for the probe's failure (the cool-down doubled, and a
+    # second probe let through).
+    clock = FakeClock()
+    r = router(clock=clock, failure_threshold=1, cooldown=10.0, max_cooldown=100.0)
+    body = keys_by_endpoint(r)["e0"][0]
+    fail(r, body)
+    last_resort = r.select(body)
+    assert last_resort.endpoints[-1].name == "e0"
+    clock.now += 10
+    probe = r.select(body)
+    with probe.attempt(probe.endpoints[0]) as attempt:
+        assert attempt.probe
+        with (
+            pytest.raises(InternalServerError),
+            last_resort.attempt(last_resort.endpoints[-1]) as other,
+        ):
+            assert not other.probe
+            raise InternalServerError("still down for this one", status_code=502)
+        assert r.status()["e0"].state == "half_open"
+        assert first(r, body) != "e0"  # the probe is still out: no second one
+        attempt.served()
+    assert r.status()["e0"].state == "healthy"
+
+
+def test_another_call_released_during_the_probe_lets_no_second_probe_through() -> None:
+    clock = FakeClock()
+    r = router(clock=clock, failure_threshold=1, cooldown=10.0)
+    body = keys_by_endpoint(r)["e0"][0]
+    fail(r, body)
+    last_resort = r.select(body)
+    clock.now += 10
+    probe = r.select(body)
+    with probe.attempt(probe.endpoints[0]) as attempt:
+        assert attempt.probe
+        with pytest.raises(asyncio.CancelledError), last_resort.attempt(last_resort.endpoints[-1]):
+            raise asyncio.CancelledError
+        assert first(r, body) != "e0"  # still the one probe
+        attempt.served()
+    assert r.status()["e0"].state == "healthy"
+
+
 def test_retry_after_longer_than_the_cooldown_is_honoured() -> None:
     clock = FakeClock()
     r = router(clock=clock, failure_threshold=1, cooldown=10.0)

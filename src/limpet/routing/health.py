@@ -170,11 +170,13 @@ class EndpointHealth:
         self.cooldown = self._base_cooldown
         return recovered
 
-    def failed(self, now: float, retry_after: float | None = None) -> bool:
-        """A call failed at the endpoint's fault; returns True when that ejected it."""
+    def failed(self, now: float, retry_after: float | None = None, *, probe: bool = False) -> bool:
+        """A call failed at the endpoint's fault; returns True when that ejected it.
+        ``probe``: the call was the half-open probe (``begin`` said so); another call's
+        failure meanwhile neither doubles the cool-down nor ends the probe."""
         self.failures += 1
-        probe, self.probing = self.probing, False
         if probe:
+            self.probing = False
             self.cooldown = min(self.cooldown * 2, self._max_cooldown)
         elif self.ejected_until or self.failures < self.failure_threshold:
             # Already ejected (a last-resort call failed too), or not yet enough failures.
@@ -187,9 +189,11 @@ class EndpointHealth:
         self.ejections += 1
         return True
 
-    def released(self) -> None:
-        """A call ended without a verdict (cancelled, or the request's own fault)."""
-        self.probing = False
+    def released(self, *, probe: bool = False) -> None:
+        """A call ended without a verdict (cancelled, or the request's own fault); the
+        probe's (``probe``) lets another call probe."""
+        if probe:
+            self.probing = False
 
 
 def retry_after_of(exc: APIError) -> float | None:

@@ -416,7 +416,7 @@ class StickyRouter:
             callers_credentials=self._callers_credentials or attempt.callers_credentials,
         ):
             self._stats.failures += 1
-            if health.failed(self._clock(), retry_after_of(error)):
+            if health.failed(self._clock(), retry_after_of(error), probe=attempt.probe):
                 self._stats.ejections += 1
                 logger.warning(
                     "limpet routing: endpoint %r ejected for %.0f s after %d failures in a row",
@@ -425,4 +425,4 @@ class StickyRouter:
                     health.failures,
                 )
         else:
-            health.released()
+            health.released(probe=attempt.probe)
