@@ -81,6 +81,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         check_hmac_key("ServeConfig.hmac_key", self.hmac_key)
         check_number("ServeConfig.body_timeout", self.body_timeout, above=0)
+        check_number("ServeConfig.models_ttl", self.models_ttl)
         if self.client_keys and not self.upstream_key:
             raise ConfigurationError("ServeConfig.client_keys: only with an upstream_key")
         if self.share_across_client_keys and not self.client_keys:
