@@ -11,6 +11,8 @@ from decimal import Decimal
 from typing import Any, cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from limpet.errors import APIConnectionError, ConfigurationError, NotFoundError
 from limpet.models import Cost, Usage
@@ -21,6 +23,7 @@ from limpet.providers.pricing import (
     cost_usd,
     genai,
     prompt_cache_savings,
+    split_writes,
     storage_cost_usd,
 )
 from limpet.providers.pricing.prices import MAX_PRICE
@@ -615,3 +618,48 @@ def test_an_override_of_a_dotted_slug_prices_its_dashed_snapshot() -> None:
     table.add_listing({"data": [{"id": "claude-3-5-sonnet-20241022", "pricing": listing}]})
     prices = table.get("claude-3-5-sonnet-20241022", "anthropic/claude-3.5-sonnet")
     assert prices is not None and prices.prompt == Decimal("0.000001")
+
+
+SONNET = ModelPrices(
+    prompt=Decimal("3e-6"),
+    completion=Decimal("15e-6"),
+    cache_read=Decimal("0.3e-6"),
+    cache_write=Decimal("3.75e-6"),
+    cache_write_1h=Decimal("6e-6"),
+)
+
+
+@given(
+    st.integers(1, 200_000),
+    st.integers(0, 200_000),
+    st.integers(0, 100_000),
+    st.integers(0, 100_000),
+    st.data(),
+)
+def test_a_charge_tells_how_many_of_one_total_of_writes_were_1h(
+    writes: int, uncached: int, cached: int, completion: int, data: st.DataObject
+) -> None:
+    hours = data.draw(st.integers(0, writes))
+    usage = Usage(
+        prompt_tokens=writes + uncached + cached,
+        completion_tokens=completion,
+        cached_tokens=cached,
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=hours,
+    )
+    charged = cost_usd(usage, SONNET)  # what the gateway billed, as one total of writes
+    reported = replace(usage, cache_write_1h_tokens=0)
+    assert split_writes(reported, SONNET, charged) == usage
+
+
+@pytest.mark.parametrize("charged", [0.0, -1.0, 1e9])
+def test_a_charge_no_split_explains_is_bounded_by_the_writes(charged: float) -> None:
+    usage = Usage(prompt_tokens=3000, completion_tokens=10, cache_write_tokens=2000)
+    split = split_writes(usage, SONNET, charged).cache_write_1h_tokens
+    assert split == (2000 if charged > 1 else 0)
+
+
+def test_writes_priced_alike_whatever_their_ttl_are_left_as_they_are() -> None:
+    usage = Usage(prompt_tokens=3000, completion_tokens=10, cache_write_tokens=2000)
+    flat = replace(SONNET, cache_write_1h=None)  # a 1 h write at the 5 min price
+    assert split_writes(usage, flat, 1.0) is usage

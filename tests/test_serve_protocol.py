@@ -309,5 +309,5 @@ def test_a_client_keys_tenant_is_a_digest_of_the_key_alone() -> None:
 
 @pytest.mark.parametrize("ttl", [-1.0, math.nan, math.inf, True, "60"])
 def test_a_models_ttl_that_is_no_finite_number_of_seconds_is_refused(ttl: object) -> None:
-    with pytest.raises(ConfigurationError, match="ServeConfig.models_ttl"):
+    with pytest.raises(ConfigurationError, match=r"ServeConfig\.models_ttl"):
         ServeConfig(fake=True, models_ttl=ttl)  # type: ignore[arg-type]

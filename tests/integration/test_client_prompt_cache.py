@@ -266,3 +266,39 @@ async def test_an_endpoints_automatic_1h_caching_is_priced_as_1h_writes(
     assert c.cost.saved_usd == pytest.approx(-c.usage.cache_write_tokens * 3e-6)
     # Priced by limpet, the usage costs what the gateway charged for it.
     assert cost_usd(c.usage, prices) == pytest.approx(c.raw["usage"]["cost"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_writes_of_marks_asking_for_both_ttls_are_priced_as_charged(
+    gateway: FakeGateway, stream: bool
+) -> None:
+    # Regression: the gateway reports one total of writes; of marks asking for 1 h and
+    # 5 min, every write was priced at the 5 min rate (saved_usd, and usd when the
+    # gateway reports no cost, wrong). The charge tells the split.
+    first, second = "Refund policy clause. " * 300, "Shipping policy clause. " * 300
+    marked = [
+        {"type": "text", "text": first, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+        {"type": "text", "text": second, "cache_control": {"type": "ephemeral"}},
+    ]
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "system", "content": marked}, {"role": "user", "content": "hi"}],
+        "temperature": 0,
+        "max_tokens": 20,
+    }
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
+        if stream:
+            answer = client.stream(**request)
+            async for _ in answer:
+                pass
+            c = answer.completion
+        else:
+            c = await client.complete(**request)
+        prices = client.prices.get(MODEL)
+    assert c is not None and c.cost is not None and prices is not None
+    usage = c.usage
+    assert 0 < usage.cache_write_1h_tokens < usage.cache_write_tokens
+    charged = c.raw["usage"]["cost"]
+    assert cost_usd(usage, prices) == pytest.approx(charged)
+    plain = cost_usd(replace(usage, cache_write_tokens=0, cache_write_1h_tokens=0), prices)
+    assert c.cost.saved_usd == pytest.approx(plain - charged)

@@ -23,8 +23,14 @@ from limpet.errors import ConfigurationError
 from limpet.models import Cost, Usage
 from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
-from limpet.providers.pricing import ModelPrices, PriceTable, completion_cost, prompt_cache_savings
-from limpet.providers.prompt_cache import breakpoint_ttl
+from limpet.providers.pricing import (
+    ModelPrices,
+    PriceTable,
+    completion_cost,
+    prompt_cache_savings,
+    split_writes,
+)
+from limpet.providers.prompt_cache import breakpoint_ttls
 from limpet.providers.usage import parse_usage, reported_cost, with_write_ttl
 
 logger = logging.getLogger("limpet")
@@ -64,10 +70,15 @@ class Accounting:
         """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed from
         its ``usage`` object), with what it cost and what the provider's prompt cache
         saved on it."""
+        mixed = False
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
-            # OpenRouter reports one total of cache writes; their TTL is the marks'.
-            usage = with_write_ttl(usage, breakpoint_ttl(sent))
-        prices, cost = await self._priced(request.model, answer, usage)
+            # OpenRouter reports one total of cache writes; their TTL is the marks'. Of
+            # marks asking for both, the gateway's charge tells the split (``_priced``).
+            ttls = breakpoint_ttls(sent)
+            mixed = len(ttls) > 1
+            if len(ttls) == 1:
+                usage = with_write_ttl(usage, next(iter(ttls)))
+        prices, cost, usage = await self._priced(request.model, answer, usage, mixed=mixed)
         now = time.time()
         usd = None if cost is None else cost.usd
         entry = CacheEntry(
@@ -82,7 +93,7 @@ class Accounting:
     async def embedding(self, model: str, answer: dict[str, Any], usage: Usage) -> float | None:
         """The dollars of one ``/embeddings`` answer of ``usage`` (None: unknown): the
         gateway's reported cost, else its input tokens priced."""
-        _, cost = await self._priced(model, answer, usage, self.prices.input_prices)
+        _, cost, _ = await self._priced(model, answer, usage, self.prices.input_prices)
         return None if cost is None else cost.usd
 
     async def aclose(self) -> None:
@@ -94,10 +105,18 @@ class Accounting:
             await asyncio.wait(list(self._late))
 
     async def _priced(
-        self, model: str, answer: dict[str, Any], usage: Usage, lookup: Lookup | None = None
-    ) -> tuple[ModelPrices | None, Cost | None]:
+        self,
+        model: str,
+        answer: dict[str, Any],
+        usage: Usage,
+        lookup: Lookup | None = None,
+        *,
+        mixed: bool = False,
+    ) -> tuple[ModelPrices | None, Cost | None, Usage]:
         """The prices of ``answer`` (to ``model``), found by ``lookup`` (the table's
-        ``prices`` by default), and its cost, told as it comes."""
+        ``prices`` by default), its cost, told as it comes, and its usage: with ``mixed``
+        (one total of cache writes of both TTLs), its writes split as the gateway's
+        charge says, when it reports one (``split_writes``)."""
         lookup = lookup or self.prices.prices
         reported = reported_cost(answer.get("usage"))
         names = (answered_model(answer, model), model)
@@ -110,9 +129,11 @@ class Accounting:
             # Prices no arithmetic can use: the call was paid, its cost is unknown.
             logger.warning("limpet: %r could not be priced: %s", model, exc)
             prices = None
+        if mixed and prices is not None and reported is not None:
+            usage = split_writes(usage, prices, reported)
         cost = completion_cost(usage, prices, reported)
         self._tell(model, usage, cost)
-        return prices, cost
+        return prices, cost, usage
 
     def billed(self, payload: bytes, answer: dict[str, Any]) -> None:
         """Tell what an answer refused after it was paid for cost (a failed generation

@@ -21,6 +21,7 @@ from limpet.providers.pricing.costs import (
     completion_cost,
     cost_usd,
     prompt_cache_savings,
+    split_writes,
     storage_cost_usd,
 )
 from limpet.providers.pricing.prices import ModelPrices
@@ -34,5 +35,6 @@ __all__ = [
     "completion_cost",
     "cost_usd",
     "prompt_cache_savings",
+    "split_writes",
     "storage_cost_usd",
 ]

@@ -13,12 +13,19 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 from limpet.models import Cost, Usage
 from limpet.providers.pricing.prices import MILLION, ModelPrices, to_decimal
 
-__all__ = ["completion_cost", "cost_usd", "prompt_cache_savings", "storage_cost_usd"]
+__all__ = [
+    "completion_cost",
+    "cost_usd",
+    "prompt_cache_savings",
+    "split_writes",
+    "storage_cost_usd",
+]
 
 _HOUR = Decimal(3600)
 
@@ -30,8 +37,11 @@ def cost_usd(usage: Usage, prices: ModelPrices) -> float:
     Every input token is billed once, in its own bucket: uncached at the prompt price,
     reads at the read price, writes at the write price of their TTL.
     """
-    prices = prices.at(usage.prompt_tokens)
-    total = (
+    return float(_cost(usage, prices.at(usage.prompt_tokens)))
+
+
+def _cost(usage: Usage, prices: ModelPrices) -> Decimal:
+    return (
         usage.uncached_tokens * prices.prompt
         + usage.cached_tokens * prices.read_price
         + usage.cache_write_5m_tokens * prices.write_price
@@ -39,7 +49,32 @@ def cost_usd(usage: Usage, prices: ModelPrices) -> float:
         + usage.completion_tokens * prices.completion
         + prices.request
     )
-    return float(total)
+
+
+def split_writes(usage: Usage, prices: ModelPrices, reported: float) -> Usage:
+    """``usage`` with its cache writes of mixed TTLs split between 5 min and 1 h as the
+    gateway's own charge (``reported``) says: OpenRouter reports one total of writes
+    whatever their TTL, and a request whose marks ask for both pays each at its own
+    price. The number of 1 h writes that makes ``cost_usd`` equal the charge, within
+    the writes; ``usage`` itself when the prices tell the two apart by nothing.
+
+    Example:
+        >>> from decimal import Decimal
+        >>> prices = ModelPrices(prompt=Decimal("3e-6"), completion=Decimal("15e-6"),
+        ...     cache_write=Decimal("3.75e-6"), cache_write_1h=Decimal("6e-6"))
+        >>> usage = Usage(prompt_tokens=3000, completion_tokens=10, cache_write_tokens=3000)
+        >>> charged = 1000 * 6e-6 + 2000 * 3.75e-6 + 10 * 15e-6
+        >>> split_writes(usage, prices, charged).cache_write_1h_tokens
+        1000
+    """
+    writes = usage.cache_write_tokens
+    at = prices.at(usage.prompt_tokens)
+    gap = at.write_1h_price - at.write_price
+    if not writes or gap <= 0:
+        return usage
+    all_5m = _cost(replace(usage, cache_write_1h_tokens=0), at)
+    share = int(((to_decimal(reported) - all_5m) / gap).to_integral_value())
+    return replace(usage, cache_write_1h_tokens=min(max(share, 0), writes))
 
 
 def prompt_cache_savings(usage: Usage, prices: ModelPrices) -> float:

@@ -42,6 +42,7 @@ from limpet.providers.prompt_cache.injection import (
     DEFAULT_CACHE_CONTROL,
     CacheControlConfig,
     breakpoint_ttl,
+    breakpoint_ttls,
     count_breakpoints,
     inject_cache_control,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "CacheKind",
     "CapabilityTable",
     "breakpoint_ttl",
+    "breakpoint_ttls",
     "count_breakpoints",
     "estimate_tokens",
     "inject_cache_control",

@@ -203,8 +203,15 @@ def breakpoint_ttl(body: Mapping[str, Any]) -> str | None:
     asked for the same one, that is the TTL of every write (see
     ``limpet.providers.usage.with_write_ttl``).
     """
-    ttls = {_mark_ttl(mark) for mark in _marks(body)}
-    return ttls.pop() if len(ttls) == 1 else None
+    ttls = breakpoint_ttls(body)
+    return next(iter(ttls)) if len(ttls) == 1 else None
+
+
+def breakpoint_ttls(body: Mapping[str, Any]) -> frozenset[str]:
+    """The TTLs the ``cache_control`` marks of a request ask for (``"5m"`` for a mark
+    that names none): more than one, and a total of writes holds some of each (see
+    ``limpet.providers.pricing.split_writes``)."""
+    return frozenset(_mark_ttl(mark) for mark in _marks(body))
 
 
 def _plan(
