@@ -2,8 +2,12 @@
 
 Calls add to in-process deltas (a dict update, no I/O); a background task sends them as
 one pipelined batch of ``HINCRBY``/``HINCRBYFLOAT`` every ``flush_interval`` seconds, so
-no call ever waits on Redis for its counters. Deltas that fail to send are kept and sent
-with the next batch; ``aclose()`` sends what is left. ``read_fleet_stats`` is what
+no call ever waits on Redis for its counters. A batch is applied at most once: deltas that
+certainly did not reach Redis (refused, breaker open, or failed before the increments were
+sent) are kept and sent with the next batch; a batch whose increments were sent but whose
+answer never came (a late reply, a dropped connection) is dropped, for Redis may have
+applied it, and the rows are running totals that a batch counted twice would spoil for
+good. ``aclose()`` sends what is left. ``read_fleet_stats`` is what
 ``limpet stats`` shows.
 
 The caller names the model, so the rows are capped twice (``limpet.observe.model_cap``):
@@ -24,7 +28,7 @@ from collections import defaultdict
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from limpet.errors import CacheUnavailableError
+from limpet.errors import CacheRejectedError, CacheUnavailableError
 from limpet.models import CacheStatus, Completion, Cost, Usage
 from limpet.observe.model_cap import MAX_MODELS, OTHER_MODEL, ModelCap
 
@@ -152,8 +156,10 @@ class FleetCounters:
         if not pending:
             return
         cache = self._cache
+        sent = False  # the increments went out: from here on, Redis may have applied them
 
         async def send() -> None:
+            nonlocal sent
             rows = await _admitted(cache, pending)
             pipe = cache.redis.pipeline(transaction=False)
             for model, counts in rows.items():
@@ -164,6 +170,7 @@ class FleetCounters:
                         pipe.hincrbyfloat(key, field, value)
                     else:
                         pipe.hincrby(key, field, int(value))
+            sent = True
             # Each increment's own answer: one Redis refuses (a field past i64) is dropped,
             # not kept, for the others were applied, and sent again they would count twice.
             refused = [
@@ -179,11 +186,21 @@ class FleetCounters:
         try:
             await cache.run("fleet counters", cache.write_timeout, send)
         except CacheUnavailableError as exc:
-            # Keep them for the next batch: at most MAX_MODELS + 1 rows (ModelCap).
-            for model, counts in pending.items():
-                for field, value in counts.items():
-                    self._pending[model][field] += value
+            if sent and not isinstance(exc, CacheRejectedError):
+                # No way to tell whether they landed: dropping them may lose one batch,
+                # sending them again may count it twice, forever.
+                logger.warning(
+                    "limpet: fleet counters dropped, Redis may have applied them: %s", exc
+                )
+                return
+            self._keep(pending)
             logger.debug("limpet: fleet counters kept for later: %s", exc)
+
+    def _keep(self, pending: dict[str, dict[str, float]]) -> None:
+        """Put ``pending`` back, for the next batch: at most MAX_MODELS + 1 rows (ModelCap)."""
+        for model, counts in pending.items():
+            for field, value in counts.items():
+                self._pending[model][field] += value
 
     async def aclose(self) -> None:
         """Stop the background task and send what is left (best effort)."""
