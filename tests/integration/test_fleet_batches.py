@@ -52,3 +52,25 @@ async def test_a_batch_whose_answer_came_too_late_is_not_sent_again(
         rows = await read_fleet_stats(cache)
     assert fleet._pending == {}
     assert errors_by_model(rows) == {MODEL: 2}
+
+
+@pytest.mark.redis
+async def test_aclose_waits_for_the_batch_on_its_way_to_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Regression: aclose() cancelled the background flush while it waited on Redis, and
+    # the batch it had taken was lost.
+    async with (
+        RedisProxy.for_url(redis_url) as proxy,
+        RedisCache.from_url(proxy.url, prefix=redis_prefix) as cache,
+    ):
+        fleet = FleetCounters(cache, flush_interval=0)
+        await cache.delete("warm the pool")
+        proxy.stall_replies()
+        fleet.record_error(MODEL)  # the background flush starts at once...
+        await proxy.reply_held.wait()  # ...and waits on Redis's answer
+        proxy.resume()  # the answer is on its way; aclose() comes before it is read
+        await fleet.aclose()
+        rows = await read_fleet_stats(cache)
+    assert fleet._pending == {}
+    assert errors_by_model(rows) == {MODEL: 1}

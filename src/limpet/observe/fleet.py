@@ -7,8 +7,8 @@ certainly did not reach Redis (refused, breaker open, or failed before the incre
 sent) are kept and sent with the next batch; a batch whose increments were sent but whose
 answer never came (a late reply, a dropped connection) is dropped, for Redis may have
 applied it, and the rows are running totals that a batch counted twice would spoil for
-good. ``aclose()`` sends what is left. ``read_fleet_stats`` is what
-``limpet stats`` shows.
+good. ``aclose()`` waits for a batch on its way, then sends what is left.
+``read_fleet_stats`` is what ``limpet stats`` shows.
 
 The caller names the model, so the rows are capped twice (``limpet.observe.model_cap``):
 a process keeps deltas for the first ``MAX_MODELS`` models it sees and counts the rest
@@ -22,6 +22,7 @@ every process and every restart shares the one cap), the rest again counting und
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import defaultdict
@@ -107,7 +108,7 @@ class FleetCounters:
         flush_interval: seconds between batches.
     """
 
-    __slots__ = ("_cache", "_flusher", "_models", "_pending", "flush_interval")
+    __slots__ = ("_cache", "_closing", "_flusher", "_models", "_pending", "flush_interval")
 
     def __init__(
         self, cache: RedisCache, *, flush_interval: float = DEFAULT_FLUSH_INTERVAL
@@ -116,6 +117,7 @@ class FleetCounters:
         self.flush_interval = flush_interval
         self._pending: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._models = ModelCap()
 
     def record(self, model: str, completion: Completion) -> None:
@@ -195,6 +197,10 @@ class FleetCounters:
                 return
             self._keep(pending)
             logger.debug("limpet: fleet counters kept for later: %s", exc)
+        except asyncio.CancelledError:
+            if not sent:
+                self._keep(pending)
+            raise
 
     def _keep(self, pending: dict[str, dict[str, float]]) -> None:
         """Put ``pending`` back, for the next batch: at most MAX_MODELS + 1 rows (ModelCap)."""
@@ -203,10 +209,11 @@ class FleetCounters:
                 self._pending[model][field] += value
 
     async def aclose(self) -> None:
-        """Stop the background task and send what is left (best effort)."""
+        """Send what is left (best effort): the batch the background task may be sending
+        is waited for (within its own ``write_timeout``), not cancelled, then the rest."""
+        self._closing.set()  # wakes a background task still waiting out its interval
         flusher, self._flusher = self._flusher, None
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
+        if flusher is not None:
             await asyncio.gather(flusher, return_exceptions=True)
         await self.flush()
 
@@ -217,7 +224,11 @@ class FleetCounters:
             )
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self.flush_interval)
+        # Woken early by aclose(), never cancelled by it: a batch cancelled on its way to
+        # Redis could neither be kept (it may have landed) nor be known to have landed.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.flush_interval):
+                await self._closing.wait()
         await self.flush()
 
 
