@@ -93,3 +93,18 @@ async def test_a_reader_without_deadline_outlives_every_hasty_starter_before_it(
     assert patient_stream.completion.cache is CacheStatus.MISS
     assert upstream.calls == 2
     assert client.stats.errors == 2
+
+
+async def test_a_call_whose_deadline_passed_in_the_queue_sent_no_upstream_call(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: stats.upstream_calls counted the request of a call whose deadline
+    # passed while it was queued for admission, though it was never sent.
+    async with held_slot(gateway) as slot:
+        client, upstream = slot.client, slot.upstream
+        with pytest.raises(APITimeoutError):
+            await client.complete(**ask(), timeout=0.05)
+        await slot.release()
+    assert upstream.calls == 1  # the blocker's
+    assert client.stats.upstream_calls == 1
+    assert client.stats.errors == 1

@@ -22,10 +22,13 @@ __all__ = ["Waiting", "admit", "admitted_now"]
 
 class Waiting(Protocol):
     """A call the transport keeps informed (``limpet.pipeline.calls.Call``): what it
-    waits for now, for a timeout's message, and the seconds it queued for admission."""
+    waits for now, for a timeout's message, the seconds it queued for admission, and
+    whether its request's first attempt is queued still (``unsent``): ended now, it sent
+    nothing."""
 
     waiting_for: str
     queued: float
+    unsent: bool
 
 
 def admitted_now(
@@ -56,6 +59,8 @@ async def admit(
     if admissions is None:
         return UNADMITTED
     admission = admissions.of(endpoint)
+    if waiting is not None and not retry:
+        waiting.unsent = True
     if deadline is not None and admission.paused_until >= deadline:
         raise QueuedTooLong(
             f"endpoint {endpoint.name!r} is paused by its rate limit past the call's "
@@ -84,6 +89,7 @@ async def admit(
                 endpoint=endpoint.name,
             ) from None
     if waiting is not None:
+        waiting.unsent = False
         waiting.queued += asyncio.get_running_loop().time() - queued_at
         waiting.waiting_for = f"an answer from endpoint {endpoint.name!r}"
     return slot

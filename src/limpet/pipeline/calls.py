@@ -34,9 +34,10 @@ class Call:
         deadline: event-loop time the call must be done by, or None.
         waiting_for: what the call awaits now, in words.
         queued: seconds the call's upstream attempts waited for admission.
+        unsent: True while its upstream request's first attempt is queued for admission.
     """
 
-    __slots__ = ("deadline", "headers", "queued", "timeout", "waiting_for")
+    __slots__ = ("deadline", "headers", "queued", "timeout", "unsent", "waiting_for")
 
     def __init__(self, timeout: float | None, headers: Mapping[str, str] | None) -> None:
         self.timeout = timeout
@@ -49,6 +50,7 @@ class Call:
         self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         self.waiting_for = "the cache"
         self.queued = 0.0
+        self.unsent = False
 
 
 class RunningCalls:

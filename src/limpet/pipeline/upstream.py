@@ -126,6 +126,10 @@ class Upstream:
             except APIError as exc:
                 if not fails_over(exc, ranked, index, exchange):
                     raise
+            finally:
+                if call.unsent:  # ended queued for admission (deadline, cancelled): not sent
+                    call.unsent = False
+                    self._stats.upstream_calls -= 1
         # Priced from what was sent: an endpoint's extra_body (a top-level cache_control
         # asking for 1 h writes, say) is merged in only by the transport.
         entry = await self._account.entry(
