@@ -13,7 +13,7 @@ what another reads, and a caller that never looks at them pays for no copy.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -134,6 +134,8 @@ class Completion:
         cache: how this call was served.
         endpoint: name of the endpoint that served the upstream call.
         key: the cache key, or None when the request was not cacheable.
+        tier: for a hit, the index of the cache tier that answered it (0: the fastest,
+            ``TieredCache.tiers`` order); None for any other call.
     """
 
     raw: dict[str, Any]
@@ -143,6 +145,7 @@ class Completion:
     cache: CacheStatus
     endpoint: str
     key: str | None
+    tier: int | None = field(default=None, compare=False)
 
     @property
     def message(self) -> dict[str, Any]:
@@ -263,7 +266,7 @@ class _SharedCompletion(Completion):
         return Completion.__repr__(self).replace(type(self).__qualname__, "Completion", 1)
 
     def __reduce__(self) -> tuple[type[Completion], tuple[Any, ...]]:
-        return Completion, self._fields()
+        return Completion, (*self._fields(), self.tier)
 
 
 def shared_completion(
@@ -274,6 +277,7 @@ def shared_completion(
     cache: CacheStatus,
     endpoint: str,
     key: str | None,
+    tier: int | None = None,
 ) -> Completion:
     """A ``Completion`` of ``shared``'s body, copied for this caller only when it touches
     ``raw`` (or ``message``); ``shared.body`` is read, never changed, and not read at all
@@ -287,6 +291,7 @@ def shared_completion(
     completion.cache = cache
     completion.endpoint = endpoint
     completion.key = key
+    completion.tier = tier
     return completion
 
 

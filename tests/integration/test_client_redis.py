@@ -423,6 +423,26 @@ async def test_stats_split_hits_by_tier_and_show_the_breaker(
         }
         assert (snapshot["breaker_state"], snapshot["breaker_states"]) == ("closed", ["closed"])
 
+
+async def test_a_storm_answered_by_one_redis_read_counts_each_hit_in_redis(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # Regression: one process's identical callers were all answered by one Redis read
+    # (the first caller's, shared through the flight): ten hits, one l2_hit.
+    rc_a = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
+    async with make_client(gateway, rc_a) as a:
+        await a.complete(**ask("stored by another process"))
+    rc_b = RedisCache.from_url(redis_url, prefix=redis_prefix, **PATIENT)
+    async with make_client(gateway, rc_b) as b:
+        await b.complete(**ask("warm"))
+        storm = await asyncio.gather(
+            *(b.complete(**ask("stored by another process")) for _ in range(10))
+        )
+        stats = b.stats
+    assert (stats.hits, stats.l1_hits, stats.l2_hits) == (10, 0, 10)
+    assert [(answer.cache, answer.tier) for answer in storm] == [(CacheStatus.HIT, 1)] * 10
+    assert sum(stats.cache.hits) < 10  # the tiers' own reads: the storm shared them
+
     async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as memory_only:
         await memory_only.complete(**ask())
         assert memory_only.stats.breaker_state is None

@@ -42,11 +42,16 @@ class Stats:
     """Live counters of a Client; read them any time, ``as_dict()`` for a snapshot.
 
     The counters are plain fields, bumped on every call; the cache's figures
-    (``l1_hits``, ``l2_hits``, ``cache_errors``, ``corrupt``, ``breaker_state``, ...) are
-    properties read from the cache when asked, so the hit path pays nothing for them.
+    (``cache_errors``, ``corrupt``, ``breaker_state``, ...) are properties read from the
+    cache when asked, so the hit path pays nothing for them.
 
     Attributes:
         hits: calls a cache tier answered.
+        l1_hits, l2_hits: of ``hits``, those answered in-process (the leading
+            ``MemoryCache`` tiers) and by a shared tier (Redis): each call once, in the
+            tier that answered it (``Completion.tier``), so they add up to ``hits`` even
+            when one read answered a storm of identical calls. ``cache.hits`` counts the
+            tiers' own reads instead (``embed()`` inputs' too).
         misses: calls that went upstream for themselves and may be stored, or got the
             answer of a call that did and left (each answer a caller got is one miss).
         coalesced: calls that shared another caller's upstream request.
@@ -97,6 +102,8 @@ class Stats:
     embedding_misses: int = 0
     embedding_coalesced: int = 0
     embedding_requests: int = 0
+    l1_hits: int = 0
+    l2_hits: int = 0
     cache: TierStats = field(default_factory=TierStats)
     _tiers: _Tiers = field(default_factory=_Tiers, init=False, repr=False, compare=False)
     admissions: Admissions | None = field(default=None, repr=False, compare=False)
@@ -112,16 +119,6 @@ class Stats:
         """Per endpoint used so far: its admission limit, requests in flight, callers
         queued, 429s seen and seconds paused; empty when admission is off."""
         return {} if self.admissions is None else self.admissions.stats()
-
-    @property
-    def l1_hits(self) -> int:
-        """Hits answered in-process (the leading ``MemoryCache`` tiers)."""
-        return sum(self.cache.hits[: self._tiers.local])
-
-    @property
-    def l2_hits(self) -> int:
-        """Hits answered by a shared tier (Redis)."""
-        return sum(self.cache.hits[self._tiers.local :])
 
     @property
     def cache_errors(self) -> int:
@@ -181,6 +178,11 @@ class Stats:
         status, cost = completion.cache, completion.cost
         if status is CacheStatus.HIT:  # first: the hit path pays for this on every call
             self.hits += 1
+            tier = completion.tier
+            if tier is not None and tier < self._tiers.local:
+                self.l1_hits += 1
+            else:
+                self.l2_hits += 1
             if cost is None:
                 self.unpriced += 1
             else:

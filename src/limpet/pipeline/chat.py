@@ -33,9 +33,10 @@ from limpet.pipeline.upstream import Upstream
 if TYPE_CHECKING:
     from limpet.pipeline.stream_flights import StreamFlights
 
-# A flight's result: the entry, and how it was found when not by this flight's own
-# upstream call (HIT: in the cache after all; COALESCED: another process's call).
-Filled = tuple[CacheEntry, CacheStatus | None]
+# A flight's result: the entry, how it was found when not by this flight's own upstream
+# call (HIT: in the cache after all; COALESCED: another process's call), and for a HIT the
+# tier that answered (every caller given it counts its hit there).
+Filled = tuple[CacheEntry, CacheStatus | None, int | None]
 
 
 class ChatPipeline:
@@ -110,7 +111,7 @@ class ChatPipeline:
             # the corrupt entry and deletes it (awaiting the tier).
             request.key = None
             return None
-        return None if entry is None else completion_of(entry, CacheStatus.HIT, key)
+        return None if entry is None else completion_of(entry, CacheStatus.HIT, key, 0)
 
     def complete(self, request: Request, call: Call) -> Awaitable[Completion]:
         """Everything past the hit path: the key when the model's generation had to be
@@ -166,7 +167,7 @@ class ChatPipeline:
             finally:
                 self._reading.discard(key)
         if found is not None:
-            return completion_of(found[0], CacheStatus.HIT, key)
+            return completion_of(found[0], CacheStatus.HIT, key, found[1])
         return await self._flown(request, key, call)
 
     async def _flown(self, request: Request, key: str | None, call: Call) -> Completion:
@@ -192,9 +193,9 @@ class ChatPipeline:
                         return completion_of(entry, self._own_status(), key)
             # The claim of the flight's own upstream answer: its leader's, or the first
             # waiter's when the leader left (``SingleFlight``); the others shared it.
-            (entry, source), claimed = await flight.do(key, self._fill, request, key, call)
+            (entry, source, tier), claimed = await flight.do(key, self._fill, request, key, call)
             if source is not None:
-                return completion_of(entry, source, key)
+                return completion_of(entry, source, key, tier)
             if not claimed:
                 return completion_of(entry, CacheStatus.COALESCED, key)
         else:
@@ -214,7 +215,7 @@ class ChatPipeline:
         if cache is not None and decision.read:
             found = await cache.get(key)
             if found is not None:
-                return found[0], CacheStatus.HIT
+                return found[0], CacheStatus.HIT, found[1]
         streams = self.streams
         streamed = streams.answer_of(key) if streams is not None else None
         if streamed is not None:  # a stream of it started meanwhile (a retry, say): its answer
@@ -222,12 +223,12 @@ class ChatPipeline:
             if answer is not None:
                 # Its claim, when the stream's reader left it: the flight's own answer.
                 entry, claimed = answer
-                return entry, None if claimed else CacheStatus.COALESCED
+                return entry, None if claimed else CacheStatus.COALESCED, None
         shared = self._shared
         if shared is None or cache is None or not decision.coalesce:
             entry = await self._upstream.call(request, self._exchange, call)
             await self._store(request, key, entry)
-            return entry, None
+            return entry, None, None
         return await self._fill_shared(request, key, call, cache, shared)
 
     async def _fill_shared(
@@ -244,13 +245,13 @@ class ChatPipeline:
         async def lead() -> tuple[Filled, Shared, float]:
             entry = await self._upstream.call(request, self._exchange, call)
             if not storable(entry):  # this answer: the next may be (one follower takes over)
-                return (entry, None), None, 0.0
+                return (entry, None, None), None, 0.0
             data, entry_ttl = kept(await cache.set(key, entry))
-            return (entry, None), data, entry_ttl
+            return (entry, None, None), data, entry_ttl
 
         async def read(count_miss: bool = True) -> Filled | None:
             found = await cache.get(key, count_miss=count_miss)
-            return None if found is None else (found[0], CacheStatus.COALESCED)
+            return None if found is None else (found[0], CacheStatus.COALESCED, None)
 
         filled, _ = await shared.do(key, lead, read, recheck=partial(read, count_miss=False))
         return filled

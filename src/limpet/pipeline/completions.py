@@ -10,8 +10,11 @@ from limpet.models import CacheStatus, Completion, Cost, Usage, shared_completio
 __all__ = ["completion_of", "storable"]
 
 
-def completion_of(entry: CacheEntry, status: CacheStatus, key: str | None) -> Completion:
-    """The ``Completion`` of ``entry`` served as ``status``; for the caller whose own
+def completion_of(
+    entry: CacheEntry, status: CacheStatus, key: str | None, tier: int | None = None
+) -> Completion:
+    """The ``Completion`` of ``entry`` served as ``status`` (a hit: by cache tier
+    ``tier``, whoever read it: a storm's callers share one read); for the caller whose own
     upstream call it was (a miss, a bypass: the leader, or the waiter that took the
     flight over), what the provider's prompt cache saved on it (``entry.saved_usd``) is
     shown beside what it cost.
@@ -34,7 +37,7 @@ def completion_of(entry: CacheEntry, status: CacheStatus, key: str | None) -> Co
     else:
         saved_usd = entry.saved_usd
         cost = Cost(cost_usd) if saved_usd is None else Cost(cost_usd, saved_usd)
-    return shared_completion(entry, entry.model, usage, cost, status, entry.endpoint, key)
+    return shared_completion(entry, entry.model, usage, cost, status, entry.endpoint, key, tier)
 
 
 def storable(entry: CacheEntry) -> bool:

@@ -115,8 +115,8 @@ class StreamFlights:
         if key is not None and cache is not None and decision.read:
             found = await self._look(cache, key, joins)
             if found is not None:
-                entry, replay = found
-                hit = completion_of(entry, CacheStatus.HIT, key)
+                entry, replay, tier = found
+                hit = completion_of(entry, CacheStatus.HIT, key, tier)
                 async with aclosing(replayed(replay, asked, declined, sink, hit)) as replaying:
                     async for chunk in replaying:
                         yield chunk
@@ -127,7 +127,7 @@ class StreamFlights:
         while answering is not None:  # complete()'s flight of this request: its answer
             answered = await _answered(answering)
             if answered is not None:
-                (entry, source), claimed = answered
+                (entry, source, hit_tier), claimed = answered
                 if not entry.servable:  # served to its caller, never stored: nor replayed
                     break
                 # An answer read from the cache may hold a stored stream that does not
@@ -143,7 +143,7 @@ class StreamFlights:
                     break
                 if source is None:  # its own upstream answer: shared, or this call's claim
                     source = self._own_status(request) if claimed else CacheStatus.COALESCED
-                answer = completion_of(entry, source, key)
+                answer = completion_of(entry, source, key, hit_tier)
                 shared = replayed(chunks, asked, declined, sink, answer, copied=True)
                 async with aclosing(shared) as replaying:
                     async for chunk in replaying:
@@ -241,10 +241,11 @@ class StreamFlights:
 
     async def _look(
         self, cache: TieredCache, key: str, joins: bool
-    ) -> tuple[CacheEntry, list[dict[str, Any]]] | None:
-        """The cached entry of ``key`` and its replay, or None. While a reader that would
-        join ``key``'s upstream stream on a miss looks, that stream is kept even if its
-        last reader leaves; it is dropped once nobody reads it nor looks."""
+    ) -> tuple[CacheEntry, list[dict[str, Any]], int] | None:
+        """The cached entry of ``key``, its replay and the tier that held it, or None.
+        While a reader that would join ``key``'s upstream stream on a miss looks, that
+        stream is kept even if its last reader leaves; it is dropped once nobody reads it
+        nor looks."""
         if joins:
             self._looking[key] = self._looking.get(key, 0) + 1
         try:
@@ -256,7 +257,7 @@ class StreamFlights:
             raise
         if joins:
             self._looked(key, joining=replay is None)
-        return None if found is None or replay is None else (found[0], replay)
+        return None if found is None or replay is None else (found[0], replay, found[1])
 
     def _looked(self, key: str, *, joining: bool) -> None:
         """A reader of ``key`` has looked in the cache: unless it joins ``key``'s upstream
