@@ -876,3 +876,22 @@ async def test_a_normal_call_sends_and_stores_an_input_a_bypass_or_refresh_call_
     assert (e.misses, e.coalesced) == (1, 0)
     assert again.cache is CacheStatus.HIT
     assert gateway.embeddings.calls == 2
+
+
+async def test_an_input_whose_awaited_request_failed_is_not_counted_coalesced(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: the second call's "p", awaited in the first call's request, which
+    # failed, was counted in embedding_coalesced, though no request answered it.
+    gateway.endpoint("a").fail(500, times=FAST_RETRY.max_attempts)
+    async with make_client(gateway) as client:
+        first, second = await asyncio.gather(
+            client.embed(model=MODEL, input=["p"]),
+            client.embed(model=MODEL, input=["p"]),
+            return_exceptions=True,
+        )
+        stats = client.stats
+    assert isinstance(first, EmbeddingBatchError) and isinstance(second, EmbeddingBatchError)
+    assert (first.failed, second.failed) == ((0,), (0,))
+    assert sent_inputs(gateway) == ["p"] * FAST_RETRY.max_attempts  # one request, retried
+    assert (stats.embedding_hits, stats.embedding_misses, stats.embedding_coalesced) == (0, 1, 0)

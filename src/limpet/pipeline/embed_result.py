@@ -42,6 +42,7 @@ def embeddings_result(
     """The vectors in input order, counted per input; or the error naming the failed."""
     vectors: list[list[float] | None] = []
     failed: list[int] = []
+    failed_misses: set[str] = set()  # failed inputs this call sent itself: misses still
     hits = 0
     cause: BaseException | None = None
     for position, key in enumerate(keys):
@@ -61,12 +62,15 @@ def embeddings_result(
                     error = flight.exception()
             if packed is None:
                 failed.append(position)
+                if flight is None and key not in sent.from_others:
+                    failed_misses.add(key)
                 cause = cause or error or ClientClosedError("Client closed during the call")
                 vectors.append(None)
                 continue
         vectors.append(unpack_floats(packed))
     misses = owned - len(sent.from_others)  # sent upstream by this call
-    coalesced = len(texts) - hits - misses
+    # Answered by another call's request: a failed input was answered by none.
+    coalesced = len(texts) - hits - misses - (len(failed) - len(failed_misses))
     stats.embedding_hits += hits
     stats.embedding_misses += misses
     stats.embedding_coalesced += coalesced
