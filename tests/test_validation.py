@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import enum
+from typing import Any, Literal
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field
 
 from limpet.config import CachePolicy
 from limpet.errors import InvalidRequestError
@@ -204,7 +207,6 @@ def test_good_shapes_pass(override: dict[str, Any]) -> None:
 
 
 def test_a_pydantic_model_class_becomes_the_openai_sdks_json_schema_format() -> None:
-    from typing import Literal
 
     from openai.lib._parsing._completions import type_to_response_format_param
     from pydantic import BaseModel
@@ -423,3 +425,146 @@ def test_json_at_the_depth_limit_is_sent_and_one_deeper_is_refused_naming_the_fi
         validate_request({**GOOD, "metadata": nested(MAX_JSON_DEPTH)})
     with pytest.raises(InvalidRequestError, match=r"^dimensions_of\[0\]"):
         validate_fields({"dimensions_of": nested(MAX_JSON_DEPTH)})  # an embed() call's
+
+
+# Models the OpenAI SDK's strict-schema rules must all be ported for: nested, described
+# (a described nested model is a $ref with siblings), optional, lists, maps, recursive,
+# enums, literals, unions, defaults.
+class _Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class _Inner(BaseModel):
+    x: int
+    note: str | None = None
+
+
+class _Described(BaseModel):
+    inner: _Inner = Field(description="an inner thing")
+    other: _Inner | None = Field(default=None, description="an optional inner")
+    listed: list[_Inner] = Field(default_factory=list, description="inners")
+
+
+class _Node(BaseModel):
+    value: int
+    children: list[_Node] = []
+
+
+class _Tree(BaseModel):
+    root: _Node = Field(description="the root")
+    maybe: _Node | None = Field(default=None, description="another")
+
+
+class _Cat(BaseModel):
+    kind: Literal["cat"]
+    meows: int
+
+
+class _Dog(BaseModel):
+    kind: Literal["dog"]
+    barks: int
+
+
+class _Everything(BaseModel):
+    name: str = Field(description="the name")
+    inner: _Inner
+    items: list[_Inner]
+    colour: _Colour
+    described_colour: _Colour = Field(description="a colour", default=_Colour.RED)
+    maybe: _Inner | None = None
+    pet: _Cat | _Dog
+    tagged: _Cat | _Dog = Field(discriminator="kind")
+    count: int = 3
+    scores: dict[str, int] = {}
+    inners: dict[str, _Inner] = Field(default_factory=dict, description="by name")
+    either: int | str | None
+
+
+@pytest.mark.parametrize(
+    "model", [_Inner, _Described, _Node, _Tree, _Cat, _Everything], ids=lambda m: m.__name__
+)
+def test_a_model_class_is_the_openai_sdks_strict_schema_byte_for_byte(
+    model: type[BaseModel],
+) -> None:
+    from openai.lib._pydantic import to_strict_json_schema
+
+    schema = model.model_json_schema()
+    ours = strict_json_schema(schema)
+    # Bytes, not ==: the order of a schema's keys is sent, and enters the key.
+    assert orjson.dumps(ours) == orjson.dumps(to_strict_json_schema(model))
+    assert schema == model.model_json_schema()  # not changed in place
+    assert strict_json_schema(ours) == ours
+
+
+def _refs(schema: Any) -> list[dict[str, Any]]:
+    found = []
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            found.append(schema)
+        for value in schema.values():
+            found.extend(_refs(value))
+    elif isinstance(schema, list):
+        for item in schema:
+            found.extend(_refs(item))
+    return found
+
+
+_leaves = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["string", "integer", "null"])},
+        optional={"default": st.none()},
+    ),
+    st.fixed_dictionaries(
+        {"$ref": st.sampled_from(["#/$defs/A", "#/$defs/B"])},
+        optional={"description": st.text(max_size=3), "default": st.none()},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("object"), "additionalProperties": _schemas},
+    ),
+)
+_with_refs = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.just("object"), "properties": st.dictionaries(st.text(max_size=3), inner)},
+            optional={"description": st.text(max_size=3)},
+        ),
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}),
+        st.fixed_dictionaries({"anyOf": st.lists(inner, min_size=1, max_size=3)}),
+        st.fixed_dictionaries(
+            {"allOf": st.lists(inner, min_size=1, max_size=2)},
+            optional={"description": st.text(max_size=3)},
+        ),
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_with_refs, a=_schemas, b=_schemas)
+def test_a_strict_schema_follows_the_openai_sdks_rules(body: Any, a: Any, b: Any) -> None:
+    from openai.lib._pydantic import _ensure_strict_json_schema
+
+    # Definitions hold no $ref, so the SDK's own inlining ends.
+    schema = {"$defs": {"A": a, "B": b}, **body}
+    expected = copy.deepcopy(schema)
+    expected = _ensure_strict_json_schema(expected, path=(), root=expected)
+    strict = strict_json_schema(schema)
+    assert orjson.dumps(strict) == orjson.dumps(expected)
+    # Strict mode refuses a $ref with siblings: none is left.
+    assert all(len(ref) == 1 for ref in _refs(strict))
+
+
+class _Loop(BaseModel):
+    next: _Loop = Field(description="never ends")
+
+
+def test_a_described_ref_that_never_ends_names_response_format() -> None:
+    # The SDK would recurse until the stack ran out.
+    with pytest.raises(InvalidRequestError, match=r"^response_format: "):
+        response_format_param(_Loop)
+    for ref in ("#/$defs/Missing", "elsewhere.json#/A", "#/$defs/A/type"):
+        schema = {"$defs": {"A": {"type": "integer"}}, "$ref": ref, "description": "d"}
+        with pytest.raises(InvalidRequestError, match=r"^response_format: "):
+            strict_json_schema(schema)

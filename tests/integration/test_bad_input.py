@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from limpet import CacheStatus, Client, Endpoint, RedisCache
 from limpet.errors import ConfigurationError, InvalidRequestError
@@ -22,6 +22,14 @@ class NotAModel:
 class Limpet(BaseModel):
     name: str
     shell_mm: float
+
+
+class Rock(BaseModel):
+    """Described nested models ($refs with siblings), a recursive one, a map."""
+
+    limpet: Limpet = Field(description="the one on it")
+    neighbours: list[Rock] = []
+    tide: dict[str, int] = {}
 
 
 BAD: list[tuple[dict[str, Any], str]] = [
@@ -185,16 +193,17 @@ async def test_warm_counts_each_bad_request_as_failed_naming_the_field(
     assert gateway.total_calls == 0
 
 
+@pytest.mark.parametrize("model", [Limpet, Rock], ids=lambda m: m.__name__)
 async def test_a_pydantic_model_class_is_sent_as_a_json_schema_format(
-    client: Client, gateway: FakeGateway
+    client: Client, gateway: FakeGateway, model: type[BaseModel]
 ) -> None:
     from openai.lib._parsing._completions import type_to_response_format_param
 
-    first = await client.complete(**request(response_format=Limpet))
+    first = await client.complete(**request(response_format=model))
     sent = gateway.endpoint("a").last_request
     assert sent is not None
-    assert sent["response_format"] == type_to_response_format_param(Limpet)
-    again = await client.complete(**request(response_format=Limpet))
+    assert sent["response_format"] == type_to_response_format_param(model)
+    again = await client.complete(**request(response_format=model))
     assert (first.cache, again.cache) == (CacheStatus.MISS, CacheStatus.HIT)
     # The same format spelt out is the same request.
     spelt = await client.complete(**request(response_format=sent["response_format"]))

@@ -6,6 +6,7 @@ what a gateway would otherwise reject after a round trip (or worse, accept and b
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -219,27 +220,95 @@ def response_format_param(value: object) -> object:
 
 
 def strict_json_schema(schema: object) -> Any:
-    """A JSON schema as OpenAI's strict mode wants it (the OpenAI SDK's rules): every
-    object closed (``additionalProperties: false``) with every property required, a lone
-    ``allOf`` inlined, ``default: null`` dropped; at every depth."""
-    if isinstance(schema, list):
-        return [strict_json_schema(item) for item in schema]
+    """A JSON schema as OpenAI's strict mode wants it, by the OpenAI SDK's rules
+    (``openai.lib._pydantic.to_strict_json_schema``), so that a model class is sent as
+    the SDK sends it, byte for byte: every ``type: object`` closed
+    (``additionalProperties: false``), every ``properties`` all required, a lone ``allOf``
+    inlined, ``default: null`` dropped, and a ``$ref`` with sibling keys (a described
+    nested model: strict mode refuses it) replaced by what it refers to, the siblings
+    winning. Like the SDK, it descends only through ``$defs``, ``definitions``,
+    ``properties``, ``items``, ``anyOf`` and ``allOf``. ``schema`` is not changed; what
+    is not a dict is returned as is.
+
+    Raises:
+        InvalidRequestError: naming ``response_format``, for a ``$ref`` with siblings
+            that does not resolve to a dict in ``schema``, or whose inlining never ends
+            (a model that must hold itself).
+    """
     if not isinstance(schema, dict):
         return schema
-    strict = {name: strict_json_schema(value) for name, value in schema.items()}
-    for name in ("properties", "$defs", "definitions"):
-        if isinstance(schema.get(name), dict):
-            strict[name] = {k: strict_json_schema(v) for k, v in schema[name].items()}
-    if strict.get("type") == "object":
-        strict.setdefault("additionalProperties", False)
-        strict["required"] = list(strict.get("properties", {}))
-    all_of = strict.get("allOf")
-    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
-        del strict["allOf"]
-        strict.update(all_of[0])
-    if "default" in strict and strict["default"] is None:
-        del strict["default"]
-    return strict
+    root = copy.deepcopy(schema)
+    return _strict(root, root, frozenset())
+
+
+def _strict(schema: dict[str, Any], root: dict[str, Any], inlining: frozenset[str]) -> Any:
+    """Make ``schema`` (within ``root``) strict in place, in the SDK's order, for its key
+    order is the wire's and enters the cache key; returns it. ``inlining``: the
+    ``$ref``s being inlined around it, a cycle among which would never end."""
+    for name in ("$defs", "definitions"):
+        defs = schema.get(name)
+        if isinstance(defs, dict):
+            for definition in defs.values():
+                _strict_any(definition, root, inlining)  # in place, as the SDK does
+    if schema.get("type") == "object" and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        # Only with properties: the SDK gives a map (``dict[str, int]``) no "required".
+        schema["required"] = list(properties)
+        schema["properties"] = {
+            name: _strict_any(value, root, inlining) for name, value in properties.items()
+        }
+    items = schema.get("items")
+    if isinstance(items, dict):
+        schema["items"] = _strict(items, root, inlining)
+    any_of = schema.get("anyOf")
+    if isinstance(any_of, list):
+        schema["anyOf"] = [_strict_any(variant, root, inlining) for variant in any_of]
+    all_of = schema.get("allOf")
+    if isinstance(all_of, list):
+        if len(all_of) == 1 and isinstance(all_of[0], dict):
+            schema.update(_strict(all_of[0], root, inlining))
+            del schema["allOf"]
+        else:
+            schema["allOf"] = [_strict_any(entry, root, inlining) for entry in all_of]
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]  # still nullable; the model defaults to None all the same
+    ref = schema.get("$ref")
+    if ref and len(schema) > 1:
+        if type(ref) is not str or ref in inlining:
+            raise InvalidRequestError(
+                "response_format",
+                "a schema whose described $ref can be inlined (no model that holds itself)",
+                ref,
+            )
+        # A copy: the definition stays whole in $defs, and nothing is shared twice.
+        resolved = copy.deepcopy(_resolve_ref(root, ref))
+        schema.update({**resolved, **schema})
+        del schema["$ref"]
+        # What was inlined was made strict in $defs, but not as a whole with its siblings.
+        return _strict(schema, root, inlining | {ref})
+    return schema
+
+
+def _strict_any(schema: object, root: dict[str, Any], inlining: frozenset[str]) -> Any:
+    return _strict(schema, root, inlining) if isinstance(schema, dict) else schema
+
+
+def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The dict ``ref`` (``#/a/b``, a JSON pointer as the SDK reads it) points to in
+    ``root``."""
+    resolved: object = root
+    if ref.startswith("#/"):
+        for part in ref[2:].split("/"):
+            resolved = resolved.get(part) if isinstance(resolved, dict) else None
+    else:
+        resolved = None
+    if not isinstance(resolved, dict):
+        raise InvalidRequestError(
+            "response_format", "a schema whose described $ref points to a dict within it", ref
+        )
+    return resolved
 
 
 def _check_message(index: int, message: object) -> None:
