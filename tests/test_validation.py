@@ -19,6 +19,7 @@ from limpet.pipeline.request import chat_request, embed_request
 from limpet.pipeline.validation import (
     MAX_JSON_DEPTH,
     MAX_SECONDS,
+    json_problem,
     response_format_param,
     strict_json_schema,
     validate_fields,
@@ -568,3 +569,26 @@ def test_a_described_ref_that_never_ends_names_response_format() -> None:
         schema = {"$defs": {"A": {"type": "integer"}}, "$ref": ref, "description": "d"}
         with pytest.raises(InvalidRequestError, match=r"^response_format: "):
             strict_json_schema(schema)
+
+
+_surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+
+
+@given(
+    key=st.builds(lambda a, c, b: a + c + b, st.text(max_size=3), _surrogates, st.text(max_size=3)),
+    nest=st.lists(st.sampled_from(["dict", "list"]), max_size=4),
+)
+def test_a_key_that_is_not_utf8_is_named_where_it_is(key: str, nest: list[str]) -> None:
+    # orjson refuses it as it writes ("str is not valid UTF-8"), naming nothing.
+    value: Any = {key: 1}
+    path = "field"
+    for kind in nest:
+        value = {"k": value} if kind == "dict" else [value]
+    for kind in reversed(nest):
+        path += ".k" if kind == "dict" else "[0]"
+    problem = json_problem({"model": "m", "field": value})
+    assert problem is not None and problem.field == path
+    assert json_problem({"model": "m", key: 1}) is not None
+    with pytest.raises(InvalidRequestError) as caught:
+        validate_fields({"field": value})
+    assert caught.value.field == path

@@ -16,6 +16,7 @@ from limpet.cache import MemoryCache, TieredCache
 from limpet.errors import CacheCorruptError, InvalidRequestError
 from limpet.pipeline.keys import request_key, request_keys
 from limpet.pipeline.vectors import (
+    MAX_DIMENSIONS,
     VectorCodec,
     embedding_params,
     encoded_inputs,
@@ -277,6 +278,20 @@ def test_the_encoding_is_wire_only_and_dimensions_enter_the_key() -> None:
     assert embedding_params(None, None, {})[1] == {"encoding_format": "base64"}
     with pytest.raises(InvalidRequestError, match="dimensions"):
         embedding_params(0, None, {})
+    assert embedding_params(MAX_DIMENSIONS, None, {})[0] == {"dimensions": MAX_DIMENSIONS}
+
+
+@given(st.integers(MAX_DIMENSIONS + 1), st.booleans())
+def test_dimensions_a_stored_vector_cannot_hold_are_refused_naming_them(
+    dimensions: int, through_extra_body: bool
+) -> None:
+    # Beyond 64 bits, orjson raised a bare TypeError when the request was written.
+    with pytest.raises(InvalidRequestError) as caught:
+        if through_extra_body:
+            embedding_params(None, None, {"dimensions": dimensions})
+        else:
+            embedding_params(dimensions, None, {})
+    assert caught.value.field == "dimensions"
     with pytest.raises(InvalidRequestError, match="encoding_format"):
         embedding_params(None, "hex", {})
 

@@ -72,6 +72,11 @@ UNWRITABLE: list[tuple[dict[str, Any], str]] = [
     ({"provider": {"order": [2**64]}}, "provider.order[0]"),
     ({"messages": [{"role": "user", "content": "lone \ud800"}]}, "messages[0].content"),
     ({"user": "\udfff"}, "user"),
+    # A dict's key is written as a str is: a lone surrogate in one is named where it is.
+    ({"metadata": {"\ud800": "x"}}, "metadata"),
+    ({"provider": {"order": [{"\udc00": 1}]}}, "provider.order[0]"),
+    ({"messages": [{"role": "user", "content": "hi", "x": {"\udc00": 1}}]}, "messages[0].x"),
+    ({"extra_body": {"\ud800": 1}}, "request body"),
 ]
 
 
@@ -129,6 +134,12 @@ async def test_what_json_cannot_carry_is_refused_naming_it_on_every_path(
         ({"input_type": 2**70}, "input_type"),
         ({"extra_query": {"a": "b"}}, "extra_query"),
         ({"extra_body": {"user": 7}}, "user"),
+        ({"dimensions": 2**80}, "dimensions"),
+        ({"dimensions": 2**32}, "dimensions"),
+        ({"extra_body": {"dimensions": 2**40}}, "dimensions"),
+        ({"extra_body": {"metadata": {"\ud800": 1}}}, "metadata"),
+        ({"extra_body": {"a": [{"b": {"\udfff": 1}}]}}, "a[0].b"),
+        ({"extra_body": {"\ud800": 1}}, "request body"),
     ],
 )
 async def test_embed_refuses_bad_fields_naming_them_before_any_request(

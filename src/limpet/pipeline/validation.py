@@ -47,6 +47,7 @@ _RESPONSE_FORMAT_TEXT = (
     "a dict such as {'type': 'json_object'}, or a Pydantic model class (sent as a "
     "strict 'json_schema' format, as the OpenAI SDK does)"
 )
+_KEY_TEXT = "a dict whose keys are valid UTF-8 text (no lone surrogate)"
 _NUMBER_TYPES = (int, float)
 # The ints JSON can carry here: orjson writes none wider than 64 bits (signed or not).
 _INT64_LOW, _UINT64_HIGH = -(2**63), 2**64 - 1
@@ -475,7 +476,8 @@ def _check_json(value: object, path: str, *, exact: bool = False, depth: int = 2
     orjson writes (``MAX_JSON_DEPTH``: deeper still, this walk would overflow the stack).
     ``depth``: the depth ``value`` has in the body (a field's: 2; a message's: 3).
     ``exact`` also checks what only writing it would find, at a cost not paid on every
-    call: an int wider than 64 bits, a str that is not valid UTF-8 (a lone surrogate)."""
+    call: an int wider than 64 bits, a str (a value or a dict's key) that is not valid
+    UTF-8 (a lone surrogate)."""
     if isinstance(value, str):
         if exact and not value.isascii():
             try:
@@ -501,6 +503,8 @@ def _check_json(value: object, path: str, *, exact: bool = False, depth: int = 2
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidRequestError(path, "a dict with str keys", key)
+            if exact and not is_text(key):  # a key is written as a str is
+                raise InvalidRequestError(path, _KEY_TEXT, key)
             _check_json(item, f"{path}.{key}", exact=exact, depth=depth + 1)
         return
     if isinstance(value, list | tuple):
@@ -525,6 +529,8 @@ def json_problem(body: Mapping[str, Any]) -> InvalidRequestError | None:
     A full walk: run once writing failed, to name what the checks on every call left to
     the writer, and on the few fields of an ``embed()`` call (``validate_fields``)."""
     for name, value in body.items():
+        if type(name) is str and not is_text(name):
+            return InvalidRequestError("request body", _KEY_TEXT, name)
         try:
             _check_json(value, name, exact=True)
         except InvalidRequestError as problem:

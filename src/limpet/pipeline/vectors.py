@@ -28,6 +28,7 @@ EmbedInput = str | list[int]
 
 __all__ = [
     "DEFAULT_MAX_INPUTS",
+    "MAX_DIMENSIONS",
     "MAX_TOKEN_ID",
     "VECTOR_FORMAT",
     "EmbedInput",
@@ -243,6 +244,10 @@ def item_canonical(model: str, text: EmbedInput, params: Mapping[str, Any]) -> b
 _TOKENS = b"\xff"  # never in UTF-8: a token array's encoding starts with it
 #: The largest token id an input may hold (ids are keyed as uint32).
 MAX_TOKEN_ID = 2**32 - 1
+#: The most ``dimensions`` a call may ask for: a stored vector's length is a uint32
+#: (``_META``), and JSON writes no wider int than 64 bits anyway.
+MAX_DIMENSIONS = 2**32 - 1
+_DIMENSIONS_TEXT = f"None or an int from 1 to {MAX_DIMENSIONS}"
 
 
 #: Inputs one ``embed()`` call may carry; more is an ``InvalidRequestError``.
@@ -324,13 +329,13 @@ def embedding_params(
     base64 (the default) is a third of the bytes of JSON floats.
 
     Raises:
-        InvalidRequestError: ``dimensions`` not an int >= 1, or an unknown
+        InvalidRequestError: ``dimensions`` not an int from 1 to ``MAX_DIMENSIONS``, or an unknown
             ``encoding_format``; a ``dimensions`` among ``params`` (``extra_body``'s)
             by the same rule, for it is keyed and sent as the argument is.
     """
     for given in (dimensions, params.get("dimensions")):
-        if given is not None and (type(given) is not int or given < 1):
-            raise InvalidRequestError("dimensions", "None or an int >= 1", given)
+        if given is not None and (type(given) is not int or not 1 <= given <= MAX_DIMENSIONS):
+            raise InvalidRequestError("dimensions", _DIMENSIONS_TEXT, given)
     if encoding_format not in (None, "float", "base64"):
         raise InvalidRequestError("encoding_format", "None, 'float' or 'base64'", encoding_format)
     keyed = {name: value for name, value in params.items() if name not in _WIRE_FIELDS}
