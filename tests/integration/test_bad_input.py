@@ -140,6 +140,11 @@ async def test_what_json_cannot_carry_is_refused_naming_it_on_every_path(
         ({"extra_body": {"metadata": {"\ud800": 1}}}, "metadata"),
         ({"extra_body": {"a": [{"b": {"\udfff": 1}}]}}, "a[0].b"),
         ({"extra_body": {"\ud800": 1}}, "request body"),
+        # The OpenAI SDK would send these; limpet keys and sends its arguments' own.
+        ({"extra_body": {"model": "openai/text-embedding-3-large"}}, "model"),
+        ({"extra_body": {"input": ["b"]}}, "input"),
+        ({"extra_body": {"encoding_format": "float"}}, "encoding_format"),
+        ({"extra_body": {"encoding_format": None}}, "encoding_format"),
     ],
 )
 async def test_embed_refuses_bad_fields_naming_them_before_any_request(
@@ -149,6 +154,19 @@ async def test_embed_refuses_bad_fields_naming_them_before_any_request(
         await client.embed(model="openai/text-embedding-3-small", input=["a"], **fields)
     assert info.value.field == field
     assert gateway.embeddings.calls == 0
+
+
+async def test_an_embed_calls_arguments_refused_in_extra_body_say_to_pass_them(
+    client: Client, gateway: FakeGateway
+) -> None:
+    with pytest.raises(InvalidRequestError, match=r"pass it as embed\(\)'s model= argument"):
+        await client.embed(model="m", input=["a"], extra_body={"model": "other"})
+    # What may pass through extra_body still does.
+    e = await client.embed(
+        model="openai/text-embedding-3-small", input=["a"], extra_body={"input_type": "query"}
+    )
+    assert len(e.vectors) == 1 and gateway.embeddings.calls == 1
+    assert gateway.embeddings.requests[0]["input_type"] == "query"
 
 
 @pytest.mark.parametrize("model", [" ", "lone \udcff", 7])

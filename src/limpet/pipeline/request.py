@@ -172,6 +172,14 @@ class EmbedRequest:
         self.tenant = tenant
 
 
+# What an embed() call's own arguments say, and its extra_body may not (the OpenAI SDK
+# would send its extra_body's): each input is keyed by model, batched and sent apart, and
+# its vector decoded whatever the encoding, so the body's model, input and
+# encoding_format are limpet's to write. Taken from extra_body, the vectors of one model
+# would be stored under another's keys; refused, nothing is silently dropped.
+_EMBED_ARGUMENTS = ("model", "input", "encoding_format")
+
+
 def embed_request(
     model: object,
     input: object,
@@ -193,12 +201,21 @@ def embed_request(
     deterministic: cacheable whatever the policy's temperature).
 
     Raises:
-        InvalidRequestError: naming the first offending field (or input index).
+        InvalidRequestError: naming the first offending field (or input index); a
+            ``model``, ``input`` or ``encoding_format`` in ``extra_body`` (they are
+            arguments: ``_EMBED_ARGUMENTS``).
     """
     model = check_model(model)
     texts = validate_inputs(input, max_inputs)
     if extra_body is not None:
         params = with_extra_body(params, extra_body)
+    for name in _EMBED_ARGUMENTS:
+        if name in params:
+            raise InvalidRequestError(
+                name,
+                f"no {name!r} in extra_body: pass it as embed()'s {name}= argument",
+                params[name],
+            )
     validate_fields(params)  # each field by its rule, and JSON: now, not once sent
     keyed, wire = embedding_params(dimensions, encoding_format, params)
     timeout, extra_headers = validate_call_options(timeout, extra_headers)
