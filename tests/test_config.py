@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from limpet import (
     AdmissionConfig,
@@ -19,6 +22,7 @@ from limpet import (
     Client,
     Endpoint,
     FlightConfig,
+    MemcachedCache,
     MemoryCache,
     PriceTable,
     RedisCache,
@@ -26,6 +30,7 @@ from limpet import (
     TieredCache,
     Timeouts,
 )
+from limpet.cache.breaker import CircuitBreaker
 from limpet.config import RoutingConfig, check_number
 from limpet.errors import ConfigurationError
 from limpet.gemini import CachedContents, HTTPReply
@@ -102,6 +107,18 @@ def test_the_bounds_and_what_passes() -> None:
     ("build", "complaint"),
     [
         (lambda: Endpoint("", "http://x"), "Endpoint.name: expected a non-empty str, got ''"),
+        # A lone surrogate: never cached (the name fails to encode), or Client() raised a
+        # bare UnicodeEncodeError (the URL).
+        (
+            lambda: Endpoint("a\ud800", "http://x"),
+            "Endpoint.name: expected a non-empty str of valid UTF-8 text (no lone surrogate),"
+            " got 'a\\ud800'",
+        ),
+        (
+            lambda: Endpoint("a", "http://x/v1/\udcff"),
+            "Endpoint.base_url: expected valid UTF-8 text (no lone surrogate),"
+            " got 'http://x/v1/\\udcff'",
+        ),
         (
             lambda: Endpoint("a", "ftp://x"),
             "Endpoint.base_url: expected an http(s) URL, got a str of 7 characters",
@@ -277,3 +294,47 @@ def test_endpoints_that_would_store_vectors_of_two_lengths_under_one_key_are_ref
     with pytest.raises(ConfigurationError, match=r"got 8, \[8\]"):  # any JSON: no TypeError
         Client(endpoints=[eight, Endpoint("b", "http://y", extra_body={"dimensions": [8]})])
     Client(endpoints=[eight, Endpoint("b", "http://y", extra_body={"dimensions": 8})])
+
+
+_not_text = st.builds(
+    lambda head, lone, tail: head + lone + tail,
+    st.text(max_size=5),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.text(max_size=5),
+)
+
+
+@given(_not_text)
+def test_a_name_or_url_that_is_not_text_is_refused_naming_its_field(text: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^Endpoint\.name: "):
+        Endpoint(text, URL)
+    with pytest.raises(ConfigurationError, match=r"^Endpoint\.base_url: "):
+        Endpoint("a", f"{URL}/{text}")
+    with pytest.raises(ConfigurationError, match=r"^(Client|Endpoint)\.base_url: "):
+        Client(base_url=f"{URL}?q={text}", api_key="k")
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda bad: MemoryCache(clock=bad), "MemoryCache.clock"),
+        (lambda bad: TieredCache(MemoryCache(), clock=bad), "TieredCache.clock"),
+        (lambda bad: CircuitBreaker(clock=bad), "CircuitBreaker.clock"),
+        (
+            lambda bad: RedisCache.from_url("redis://127.0.0.1:6379", breaker=bad),
+            "RedisCache.breaker",
+        ),
+        (
+            lambda bad: MemcachedCache.from_url("memcached://127.0.0.1:11211", breaker=bad),
+            "MemcachedCache.breaker",
+        ),
+    ],
+)
+@pytest.mark.parametrize("bad", [5, "time.time", object()])
+def test_a_clock_or_breaker_that_cannot_be_one_is_refused_when_given(
+    build: Callable[[object], object], field: str, bad: object
+) -> None:
+    # Regression: each was taken, and failed the first call that asked it (a bare
+    # TypeError or AttributeError out of complete()).
+    with pytest.raises(ConfigurationError, match=rf"^{re.escape(field)}: expected "):
+        build(bad)

@@ -17,6 +17,7 @@ from limpet._urls import has_userinfo, redact_url
 from limpet.errors import ConfigurationError
 
 __all__ = [
+    "check_callable",
     "check_choice",
     "check_flag",
     "check_headers",
@@ -25,6 +26,7 @@ __all__ = [
     "check_name",
     "check_number",
     "header_problem",
+    "is_text",
 ]
 
 
@@ -66,14 +68,46 @@ def check_number(
         raise ConfigurationError(f"{where}: expected {expected}{suffix}, got {value!r}")
 
 
+def is_text(value: str) -> bool:
+    """Whether ``value`` is text UTF-8 can carry (no lone surrogate)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NOT_TEXT = "valid UTF-8 text (no lone surrogate)"
+
+
 def check_name(where: str, value: object) -> None:
-    """A non-empty str.
+    """A non-empty str of text: a name is sent, logged and keyed, which a lone
+    surrogate fails (an endpoint's answers were never stored).
 
     Raises:
         ConfigurationError: naming ``where``.
     """
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{where}: expected a non-empty str, got {value!r}")
+    if not is_text(value):
+        raise ConfigurationError(f"{where}: expected a non-empty str of {_NOT_TEXT}, got {value!r}")
+
+
+def check_callable(where: str, value: object, expected: str) -> None:
+    """A callable (a clock, say): anything else would fail at its first call, mid-call.
+
+    Raises:
+        ConfigurationError: naming ``where`` and what was ``expected``.
+
+    Example:
+        >>> check_callable("MemoryCache.clock", 5, "a callable returning seconds")
+        Traceback (most recent call last):
+        limpet.errors.ConfigurationError: MemoryCache.clock: expected a callable returning seconds, got int
+    """  # noqa: E501
+    if not callable(value):
+        raise ConfigurationError(f"{where}: expected {expected}, got {type(value).__name__}")
 
 
 #: How a URL's credentials are given instead, as ``check_http_url`` says by default.
@@ -104,7 +138,9 @@ def check_http_url(where: str, value: object, *, instead: str = _CREDENTIALS_INS
             f"{where}: expected an http(s) URL, got a str of {len(value)} characters"
         )
     problem = None
-    if has_userinfo(value):
+    if not is_text(value):  # it would fail to encode once a request is sent to it
+        problem = f"expected {_NOT_TEXT}"
+    elif has_userinfo(value):
         problem = f"credentials in the URL (user:password@) are not accepted, {instead}"
     else:
         try:

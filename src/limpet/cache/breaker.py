@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Literal, TypeAlias
 
+from limpet._checks import check_callable
 from limpet.errors import ConfigurationError
 
 __all__ = [
@@ -98,6 +99,7 @@ class CircuitBreaker:
             raise ConfigurationError(
                 f"CircuitBreaker.cooldown: expected seconds >= 0, got {cooldown!r}"
             )
+        check_callable("CircuitBreaker.clock", clock, "a callable returning monotonic seconds")
         self.failure_threshold = failure_threshold
         self.cooldown = float(cooldown)
         #: Times the breaker went from closed to open: one per outage, not per failed probe.

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import ClassVar
 
+from limpet._checks import check_callable
 from limpet.cache.capabilities import TierCapabilities
 from limpet.errors import ConfigurationError
 
@@ -57,6 +58,7 @@ class MemoryCache:
         for name, value in (("max_entries", max_entries), ("max_bytes", max_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"MemoryCache.{name}: expected an int >= 1, got {value!r}")
+        check_callable("MemoryCache.clock", clock, "a callable returning monotonic seconds")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock

@@ -83,9 +83,11 @@ def remote_settings(
     max_pending_writes: int,
     max_connections: int,
     hmac_key: bytes | None,
+    breaker: CircuitBreaker | None = None,
 ) -> RemoteSettings:
     """The settings of a remote tier named ``owner``, checked; the prefix is the
-    backend's to check (each server has its own rules for keys).
+    backend's to check (each server has its own rules for keys). ``breaker`` is checked
+    only (anything else would fail the first call that asks it).
 
     Raises:
         ConfigurationError: an option out of range, naming ``owner.option``.
@@ -108,6 +110,10 @@ def remote_settings(
     ):
         check_number(f"{owner}.{name}", count, integer=True)
     check_hmac_key(f"{owner}.hmac_key", hmac_key)
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise ConfigurationError(
+            f"{owner}.breaker: expected a CircuitBreaker or None, got {type(breaker).__name__}"
+        )
     return RemoteSettings(
         prefix=prefix,
         read_timeout=float(read_timeout),

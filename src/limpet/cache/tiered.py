@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from limpet._checks import check_hmac_key
+from limpet._checks import check_callable, check_hmac_key
 from limpet.cache.base import CacheBackend, CacheEntry, EntryCodec
 from limpet.cache.capabilities import (
     Capability,
@@ -126,6 +126,7 @@ class TieredCache:
     ) -> None:
         if not tiers:
             raise ConfigurationError("TieredCache: expected at least one tier")
+        check_callable("TieredCache.clock", clock, "a callable returning unix seconds")
         for tier in tiers:
             if not isinstance(tier, CacheBackend):
                 raise ConfigurationError(

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from limpet._checks import header_problem
+from limpet._checks import header_problem, is_text
 from limpet.errors import InvalidRequestError, headers_shape
 from limpet.pipeline.wire_shapes import (
     MESSAGE_SHAPES,
@@ -114,17 +114,6 @@ def check_model(model: object) -> str:
     if type(model) is not str or not model or model.isspace() or not is_text(model):
         raise InvalidRequestError("model", "a non-empty str of text", model)
     return model
-
-
-def is_text(value: str) -> bool:
-    """Whether ``value`` is text UTF-8 can carry (no lone surrogate)."""
-    if value.isascii():
-        return True
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def validate_fields(fields: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
-from limpet._checks import check_headers
+from limpet._checks import check_headers, is_text
 from limpet.cache.base import CacheBackend
 from limpet.cache.generations import GenerationStore
 from limpet.cache.local_generations import LocalGenerations
@@ -23,7 +23,7 @@ from limpet.errors import ConfigurationError, InvalidRequestError
 from limpet.flight.store import FlightStore
 from limpet.observe.events import EventHook
 from limpet.pipeline.credentials import CACHE_SCOPES
-from limpet.pipeline.validation import is_text, validate_ttl
+from limpet.pipeline.validation import validate_ttl
 from limpet.providers.prompt_cache import (
     DEFAULT_CACHE_CONTROL,
     CacheControlConfig,

@@ -159,6 +159,7 @@ class MemcachedCache(RemoteCache):
             max_pending_writes=max_pending_writes,
             max_connections=max_connections,
             hmac_key=hmac_key,
+            breaker=breaker,
         )
         check_number("MemcachedCache.max_value_size", max_value_size, integer=True)
         self._connector = MemcachedConnector(url, client, max_connections=max_connections)

@@ -175,6 +175,7 @@ class RedisCache(RemoteCache):
             max_pending_writes=max_pending_writes,
             max_connections=max_connections,
             hmac_key=hmac_key,
+            breaker=breaker,
         )
         client = redis_client(url, client, cluster=cluster, settings=settings)
         self._owns_client = url is not None
