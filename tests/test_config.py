@@ -165,6 +165,11 @@ def test_an_endpoints_extra_body_is_its_own_copy() -> None:
         ({"x": math.nan}, "x: expected a finite number"),
         ({"x": {1, 2}}, "x: expected JSON"),
         ({"temperature": 9}, "temperature: expected a number from 0 to 2"),
+        # A call streams by calling stream(): from here, every complete() paid for a
+        # stream, then failed it as "not JSON".
+        ({"stream": True}, "stream: expected no 'stream' field"),
+        ({"stream": False}, "stream: expected no 'stream' field"),
+        ({"stream_options": {"include_usage": True}}, "stream_options: expected no"),
     ],
 )
 def test_a_bad_extra_body_is_refused_naming_what_is_wrong(extra_body: object, said: str) -> None:

@@ -326,13 +326,19 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(found)
 
 
+# What each call sets for itself: sent from an endpoint's extra_body, every complete()
+# would pay for a stream it then fails to read as JSON.
+_PER_CALL = ("stream", "stream_options")
+
+
 def _owned(extra_body: object) -> dict[str, Any]:
     """A copy of ``extra_body`` sharing nothing mutable with the caller's: it enters the
     Client's keys when the Client is built and is sent with each request afterwards, so a
     nested dict the caller changes in between would send one body under another's key.
 
     Raises:
-        ConfigurationError: not a dict of JSON fields, naming the first that is not.
+        ConfigurationError: not a dict of JSON fields, naming the first that is not; a
+            field a call sets itself (``_PER_CALL``).
     """
     if not isinstance(extra_body, Mapping):
         raise ConfigurationError(
@@ -342,6 +348,12 @@ def _owned(extra_body: object) -> dict[str, Any]:
         if type(name) is not str:
             raise ConfigurationError(
                 f"Endpoint.extra_body: expected str field names, got {type(name).__name__}"
+            )
+    for name in _PER_CALL:
+        if name in extra_body:
+            raise ConfigurationError(
+                f"Endpoint.extra_body: {name}: expected no {name!r} field (whether a call "
+                f"streams is the call's: stream() or complete()), got {extra_body[name]!r}"
             )
     plain = _plain(extra_body)  # another Endpoint's (read-only) extra_body, say
     try:

@@ -238,3 +238,17 @@ async def test_a_pydantic_model_class_is_sent_as_a_json_schema_format(
     spelt = await client.complete(**request(response_format=sent["response_format"]))
     assert spelt.cache is CacheStatus.HIT
     assert gateway.total_calls == 1
+
+
+@pytest.mark.parametrize("field", ["stream", "stream_options"])
+async def test_an_endpoint_that_would_stream_every_call_is_refused_when_made(
+    gateway: FakeGateway, field: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^Endpoint\.extra_body: {field}: "):
+        Endpoint("a", gateway.base_url("a"), extra_body={field: True})
+    # Each call says whether it streams: both kinds over one endpoint are answered.
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
+        done = await client.complete(**request())
+        chunks = [chunk async for chunk in client.stream(**request(temperature=1))]
+    assert done.content and chunks
+    assert gateway.total_calls == 2
