@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig, Timeouts
@@ -17,9 +18,25 @@ from limpet.observe.metrics import PrometheusMetrics
 from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
+from tests.loopback import served
 
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff=0.001, max_backoff=0.005)
 FOREVER = 600.0
+
+#: A model the upstream lists with prices, and its answer without ``usage.cost``: the
+#: Client prices it from the listing.
+LISTED_MODEL = "test/listed"
+LISTED = {"id": LISTED_MODEL, "pricing": {"prompt": "0.000001", "completion": "0.000002"}}
+UNPRICED_ANSWER = {
+    "id": "gen-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": LISTED_MODEL,
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
 
 pytestmark = pytest.mark.gateway(latency=0.02)
 
@@ -291,3 +308,46 @@ async def test_calls_that_fail_unsent_behind_a_pause_never_eject_the_endpoint(
     assert (status.state, status.failures) == ("healthy", 0)
     assert (stats.failures, stats.ejections) == (0, 0)
     assert endpoint.calls == 2  # the warm call and the one the 429 answered
+
+
+async def test_the_price_listing_fetch_is_admitted_under_the_cap() -> None:
+    # Regression: the price table's ``GET /models`` skipped admission, so under
+    # ``max_in_flight=1`` it went out beside another call's chat request. Each request
+    # here is held at the upstream until a third has arrived (two would be on the wire:
+    # the cap broken) or until one waits in admission (it is kept: the cap holds).
+    seen: list[tuple[str, str, int]] = []
+    in_flight = peak = 0
+    client: Client | None = None
+
+    def someone_queued() -> bool:
+        figures = None if client is None else client.stats.endpoints.get("a")
+        return figures is not None and figures.queued > 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        seen.append((request.method, request.path, in_flight))
+        try:
+            await until(lambda: len(seen) == 3 or someone_queued())
+            if request.method == "GET":
+                return web.json_response({"data": [LISTED]})
+            return web.json_response(UNPRICED_ANSWER)
+        finally:
+            in_flight -= 1
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    async with served(app) as url:
+        endpoint = Endpoint("a", url + "/v1", max_in_flight=1)
+        async with Client(endpoints=[endpoint], cache=None) as client:
+            answers = await asyncio.gather(
+                *(client.complete(**ask(f"question {i}", model=LISTED_MODEL)) for i in range(2))
+            )
+    assert peak == 1
+    assert [(method, in_flight) for method, _, in_flight in seen] == [
+        ("POST", 1),
+        ("POST", 1),
+        ("GET", 1),
+    ]
+    assert all(answer.cost is not None and answer.cost.usd > 0 for answer in answers)

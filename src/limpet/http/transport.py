@@ -232,28 +232,44 @@ class Transport:
         """GET ``{endpoint.base_url}{path}`` once, without retries, and return its JSON
         (for listings such as ``/models``).
 
+        Admitted as every other request is: the endpoint's ``max_in_flight``, its
+        ``rpm``, its learned limit and its pause hold for it too, and what it meets (a
+        429 and its ``Retry-After``) steers the endpoint's other requests.
+
         Raises:
             APIStatusError: a non-2xx answer.
             APIConnectionError: no answer (``APITimeoutError`` when it was a timeout).
             APIResponseError: a 2xx answer that is not JSON.
         """
-        with upstream_errors(endpoint.name, endpoint.secrets):
-            async with self._session_for_loop().get(
-                join_url(endpoint.base_url, path),
-                headers=self._headers_of(endpoint),
-                allow_redirects=False,  # a 3xx is an error (``status_error_of``)
-            ) as response:
-                raw = await response.read()
-                status, headers = response.status, response.headers
-            text = excerpt(raw, endpoint.secrets)
-            body = parse_json(raw)
-            if not 200 <= status < 300:
-                raise status_error_of(endpoint, status, headers, body, text)
-            if body is None:
-                raise APIResponseError(
-                    "response is not JSON", status_code=status, body=text, endpoint=endpoint.name
-                )
-            return body
+        ticket = admitted_now(self._admissions, endpoint, b"")
+        if ticket is None:
+            ticket = await admit(self._admissions, endpoint, b"", None, None, False)
+        try:
+            with upstream_errors(endpoint.name, endpoint.secrets):
+                async with self._session_for_loop().get(
+                    join_url(endpoint.base_url, path),
+                    headers=self._headers_of(endpoint),
+                    allow_redirects=False,  # a 3xx is an error (``status_error_of``)
+                ) as response:
+                    raw = await response.read()
+                    status, headers = response.status, response.headers
+                ticket.saw(status, headers)
+                text = excerpt(raw, endpoint.secrets)
+                body = parse_json(raw)
+                if not 200 <= status < 300:
+                    raise status_error_of(endpoint, status, headers, body, text)
+                if body is None:
+                    raise APIResponseError(
+                        "response is not JSON",
+                        status_code=status,
+                        body=text,
+                        endpoint=endpoint.name,
+                    )
+        except BaseException as exc:
+            ticket.close(exc)  # the error as mapped: an answer, or none
+            raise
+        ticket.close(None)
+        return body
 
     @property
     def admissions(self) -> Admissions | None:
