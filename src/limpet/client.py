@@ -487,6 +487,8 @@ class Client:
 
         Raises:
             ClientClosedError: the Client is closed.
+            InvalidRequestError: ``concurrency`` is not an int >= 1, or ``progress`` is
+                not callable (before any request is read).
         """
         if self._closed:
             raise ClientClosedError("Client is closed")

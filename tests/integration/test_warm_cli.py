@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from limpet import CacheStatus, Client, Endpoint, MemoryCache, RedisCache, TieredCache
+from limpet import (
+    CacheStatus,
+    Client,
+    Endpoint,
+    InvalidRequestError,
+    MemoryCache,
+    RedisCache,
+    TieredCache,
+)
+from limpet import __file__ as limpet_init
 from limpet import __version__ as limpet_version
 from limpet.cli.parser import build_parser
+from limpet.errors import LimpetError
+from limpet.models import Completion, Embeddings
+from limpet.observe.warm import MAX_WARM_CONCURRENCY, warm
 from limpet.testing import FakeGateway
 from tests.integration.chat import MODEL, ask
 from tests.redis_servers import free_port
@@ -51,6 +65,97 @@ async def test_warm_skips_what_is_cached_and_respects_its_concurrency(
         assert (again.warmed, again.skipped) == (0, 20)
         assert ep.calls == calls
         assert (await client.complete(**requests[7])).cache is CacheStatus.HIT
+
+
+async def test_a_warm_up_starts_no_more_workers_than_it_has_requests(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: ``concurrency`` workers were started whatever the number of requests
+    # (a million for one request took ten seconds and a gigabyte). Three requests start
+    # as many of limpet's tasks under a concurrency of 10 000 as under one of 3, but for
+    # one worker started as the last request was drawn, which finds none left (the
+    # gateway's connection handlers, kept alive between rounds, are not counted).
+    package = str(Path(limpet_init).parent)
+    loop = asyncio.get_running_loop()
+    created = 0
+
+    def counting(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **options: Any
+    ) -> asyncio.Task[Any]:
+        nonlocal created
+        created += coro.cr_code.co_filename.startswith(package)  # type: ignore[attr-defined]
+        return asyncio.Task(coro, loop=loop, **options)
+
+    async def tasks_of(client: Client, round_: int, concurrency: int) -> int:
+        nonlocal created
+        created = 0
+        requests = [ask(f"round {round_}, question {i}") for i in range(3)]
+        loop.set_task_factory(counting)  # type: ignore[arg-type]
+        try:
+            report = await client.warm(requests, concurrency=concurrency)
+        finally:
+            loop.set_task_factory(None)
+        assert report.warmed == 3
+        return created
+
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
+        as_many = await tasks_of(client, 1, 3)
+        many_more_allowed = await tasks_of(client, 2, MAX_WARM_CONCURRENCY)
+    assert as_many > 3  # the workers at least
+    assert many_more_allowed == as_many + 1
+
+
+async def test_warm_sends_no_more_than_its_cap_at_once_whatever_concurrency_allows() -> None:
+    total = MAX_WARM_CONCURRENCY + 5
+    in_flight = peak = 0
+    crowded = asyncio.Event()  # no call ends before the cap's worth are in
+
+    async def complete(**request: object) -> Completion | Embeddings:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight == MAX_WARM_CONCURRENCY:
+            crowded.set()
+        await crowded.wait()
+        # One turn of the loop (a yield, not a wait): any call begun in the same turn as
+        # the last of the crowd is counted before it ends.
+        await asyncio.sleep(0)
+        in_flight -= 1
+        raise LimpetError("counted, not raised")
+
+    report = await warm(complete, ({} for _ in range(total)), concurrency=2 * total)
+    assert peak == MAX_WARM_CONCURRENCY
+    assert report.failed == total
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, True, "8", None])
+async def test_warm_refuses_a_bad_concurrency_before_reading_a_request(
+    gateway: FakeGateway, concurrency: object
+) -> None:
+    drawn: list[int] = []
+
+    def requests() -> Iterator[dict[str, Any]]:
+        for i in range(2):
+            drawn.append(i)
+            yield ask(f"never {i}")
+
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
+        with pytest.raises(InvalidRequestError, match=r"^concurrency: expected") as raised:
+            await client.warm(requests(), concurrency=concurrency)  # type: ignore[arg-type]
+    assert raised.value.field == "concurrency"
+    assert drawn == []
+    assert gateway.endpoint("a").calls == 0
+
+
+async def test_warm_refuses_a_progress_it_cannot_call_before_any_request(
+    gateway: FakeGateway,
+) -> None:
+    # Regression: ``progress=5`` raised TypeError once the first request had gone upstream.
+    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))]) as client:
+        with pytest.raises(InvalidRequestError, match=r"^progress: expected") as raised:
+            await client.warm([ask("never")], progress=5)  # type: ignore[arg-type]
+    assert raised.value.field == "progress"
+    assert gateway.endpoint("a").calls == 0
 
 
 @pytest.mark.redis

@@ -14,7 +14,7 @@ from limpet.cli.arguments import (
     positive_float,
     positive_int,
 )
-from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY
+from limpet.observe.warm import DEFAULT_WARM_CONCURRENCY, MAX_WARM_CONCURRENCY
 from limpet.pipeline.credentials import CACHE_SCOPES
 
 __all__ = ["build_parser"]
@@ -78,7 +78,13 @@ def _warm(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "whose entries to write: the API key's (default) or the namespace's shared ones",
     )
     _hmac_option(warm)
-    warm.add_argument("--concurrency", type=positive_int, default=DEFAULT_WARM_CONCURRENCY)
+    warm.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=DEFAULT_WARM_CONCURRENCY,
+        help=f"requests in flight at once ({DEFAULT_WARM_CONCURRENCY}; never more than "
+        f"{MAX_WARM_CONCURRENCY}, nor than the file has lines)",
+    )
     warm.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

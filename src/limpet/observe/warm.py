@@ -9,12 +9,22 @@ from typing import Any
 
 from limpet.cache.remote import RemoteCache
 from limpet.cache.tiered import TieredCache
-from limpet.errors import LimpetError
+from limpet.errors import InvalidRequestError, LimpetError
 from limpet.models import CacheStatus, Completion, Embeddings
 
-__all__ = ["DEFAULT_WARM_CONCURRENCY", "WarmReport", "is_embedding", "warm", "writes_lost"]
+__all__ = [
+    "DEFAULT_WARM_CONCURRENCY",
+    "MAX_WARM_CONCURRENCY",
+    "WarmReport",
+    "is_embedding",
+    "warm",
+    "writes_lost",
+]
 
 DEFAULT_WARM_CONCURRENCY = 8
+#: The most requests a warm-up sends at once, whatever ``concurrency`` allows: past the
+#: connection pool more only queue for admission, each holding its request and a task.
+MAX_WARM_CONCURRENCY = 10_000
 
 
 @dataclass(slots=True)
@@ -78,33 +88,74 @@ async def warm(
     ``complete`` may also embed (see ``is_embedding``): an ``Embeddings`` counts as
     skipped when every input was cached, else as warmed.
 
-    ``requests`` is read lazily, so a large file need not fit in memory. A failure is
-    counted and kept, never raised: one bad line does not stop a warm-up.
+    ``requests`` is read lazily, so a large file need not fit in memory, and no more
+    workers are started than there are requests to send (nor than
+    ``MAX_WARM_CONCURRENCY``). A failure is counted and kept, never raised: one bad line
+    does not stop a warm-up.
+
+    Raises:
+        InvalidRequestError: ``concurrency`` or ``progress`` is not usable (before any
+            request is read).
     """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise LimpetError(f"concurrency: expected an int >= 1, got {concurrency!r}")
+    _check_options(concurrency, progress)
     report = WarmReport()
     pending = iter(requests)
 
+    async def one(request: Mapping[str, Any]) -> None:
+        try:
+            completion = await complete(**request)
+        except (LimpetError, TypeError) as exc:
+            report.failed += 1
+            report.errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            status = completion.cache
+            if status is CacheStatus.HIT or (
+                status is CacheStatus.COALESCED and isinstance(completion, Completion)
+            ):
+                report.skipped += 1
+            elif status is CacheStatus.BYPASS:
+                report.uncacheable += 1
+            else:
+                report.warmed += 1
+        if progress is not None:
+            progress(report)
+
+    # Each worker that draws a request starts the next one (up to ``concurrency``), which
+    # draws its own: a warm-up of a few requests starts a few workers (and one more, which
+    # finds none left), whatever ``concurrency`` allows; requests are still taken in order.
+    limit = min(concurrency, MAX_WARM_CONCURRENCY)
+    started = 0
+    running: set[asyncio.Future[None]] = set()
+
+    def start() -> None:
+        nonlocal started
+        started += 1
+        running.add(asyncio.ensure_future(worker()))
+
     async def worker() -> None:
         for request in pending:
-            try:
-                completion = await complete(**request)
-            except (LimpetError, TypeError) as exc:
-                report.failed += 1
-                report.errors.append(f"{type(exc).__name__}: {exc}")
-            else:
-                status = completion.cache
-                if status is CacheStatus.HIT or (
-                    status is CacheStatus.COALESCED and isinstance(completion, Completion)
-                ):
-                    report.skipped += 1
-                elif status is CacheStatus.BYPASS:
-                    report.uncacheable += 1
-                else:
-                    report.warmed += 1
-            if progress is not None:
-                progress(report)
+            if started < limit:
+                start()
+            await one(request)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    start()
+    try:
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
+            running.difference_update(done)
+            for ended in done:
+                ended.result()  # the first failure (the iterable's, or ``progress``'s)
+    finally:
+        for left in running:  # still running when another failed, or warm() was cancelled
+            left.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
     return report
+
+
+def _check_options(concurrency: object, progress: object) -> None:
+    """Raise ``InvalidRequestError`` naming ``concurrency`` (an int >= 1) or ``progress``
+    (callable or None) when it is not usable."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidRequestError("concurrency", "an int >= 1", concurrency)
+    if progress is not None and not callable(progress):
+        raise InvalidRequestError("progress", "a callable or None", progress)
