@@ -40,3 +40,15 @@ def test_the_configuration_table_names_every_client_argument_once() -> None:
     named = [name for row in rows for name in row if name]
     arguments = [name for name in inspect.signature(Client.__init__).parameters if name != "self"]
     assert sorted(named) == sorted(arguments)
+
+
+def test_the_readme_says_warm_counts_bad_input_rather_than_raising() -> None:
+    # Regression: it said ``warm()`` raised InvalidRequestError for bad input before any
+    # request; it counts each bad request as failed and sends the rest
+    # (``tests/integration/test_bad_input.py``), as its docstring says.
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme.split("Bad input of any kind")[1].split("```")[0]
+    raises, _, after = said.partition("`warm()`")
+    assert "raises `InvalidRequestError` naming the field, before any request" in raises
+    assert "counts each bad one as failed" in after
+    assert "failures counted, not raised" in " ".join((Client.warm.__doc__ or "").split())
