@@ -538,22 +538,6 @@ async def test_with_its_own_upstream_key_the_proxy_lets_in_only_its_client_keys(
     assert MODEL in models
 
 
-async def test_sharing_across_client_keys_needs_client_keys() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "limpet",
-        "serve",
-        "--upstream",
-        "http://127.0.0.1:1/v1",
-        "--share-across-client-keys",
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await process.communicate()
-    assert process.returncode == 2
-    assert "--share-across-client-keys needs --client-keys-file" in err.decode()
-
-
 async def test_an_upstream_key_lent_to_every_caller_is_refused_off_loopback() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -645,6 +629,7 @@ async def test_workers_share_one_port_and_the_redis_tier(
         (("--upstream", "gateway.example/v1"), "ServeConfig.upstreams: expected an http"),
         (("--upstream", "http://me:S3cret-pw@gw.example/v1"), "credentials in the URL"),
         (("--fake", "--client-keys-file", "keys"), "needs --upstream-key-env"),
+        (("--fake", "--share-across-client-keys"), "needs --client-keys-file"),
         (
             ("--upstream", "http://gw.example/v1?key=S3cret-k", "--host", "0.0.0.0"),
             "a key in an --upstream URL on 0.0.0.0 would lend the key to anyone",

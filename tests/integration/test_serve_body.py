@@ -35,30 +35,40 @@ async def proxy(gateway: FakeGateway) -> AsyncIterator[str]:
         yield url
 
 
-async def answer_to_a_slow_body(
-    url: str, *, trickle: bool
-) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """Send a chat request whose body never arrives whole: its headers and a first part,
-    then nothing (or, with ``trickle``, a byte every 10 ms, each read by the proxy as it
-    comes); the status, headers and JSON body of the answer."""
+@contextlib.asynccontextmanager
+async def slow_sender(
+    url: str, first: bytes, *, trickle: bool
+) -> AsyncIterator[asyncio.StreamReader]:
+    """A connection to ``url`` that sends ``first`` and then nothing (or, with
+    ``trickle``, a byte every 10 ms, each read by the proxy as it comes); yields what
+    reads the proxy's side."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     dripping: asyncio.Task[None] | None = None
     try:
-        writer.write(HEAD + b'{"model": ')
+        writer.write(first)
         await writer.drain()
         if trickle:
             dripping = asyncio.create_task(_drip(writer))
         async with asyncio.timeout(LONG):
-            status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-            headers = dict(line.split(": ", 1) for line in lines if line)
-            payload = await reader.readexactly(int(headers["Content-Length"]))
+            yield reader
     finally:
         if dripping is not None:
             dripping.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await dripping
         writer.close()
+
+
+async def answer_to_a_slow_body(
+    url: str, *, trickle: bool
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """Send a chat request whose body never arrives whole (``slow_sender``): the status,
+    headers and JSON body of the answer."""
+    async with slow_sender(url, HEAD + b'{"model": ', trickle=trickle) as reader:
+        status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines if line)
+        payload = await reader.readexactly(int(headers["Content-Length"]))
     return int(status_line.split(" ", 2)[1]), headers, orjson.loads(payload)
 
 
@@ -95,22 +105,9 @@ async def test_a_connection_whose_headers_do_not_arrive_in_time_is_closed(
 ) -> None:
     """Headers sent in part and then stalled, or trickled: the connection is closed
     once the deadline has passed (aiohttp's own bound is an hour), nothing answered."""
-    host, port = proxy.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    dripping: asyncio.Task[None] | None = None
-    try:
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        await writer.drain()
-        if trickle:
-            dripping = asyncio.create_task(_drip(writer))
-        async with asyncio.timeout(LONG):
-            assert await reader.read() == b""  # closed by the proxy
-    finally:
-        if dripping is not None:
-            dripping.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await dripping
-        writer.close()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    async with slow_sender(proxy, head, trickle=trickle) as reader:
+        assert await reader.read() == b""  # closed by the proxy
     assert gateway.total_calls == 0
 
 
