@@ -248,17 +248,21 @@ _schemas = st.recursive(
 )
 
 
-def _objects(schema: Any) -> list[dict[str, Any]]:
+def _dicts(schema: Any) -> list[dict[str, Any]]:
+    """Every dict in ``schema``, at any depth."""
     found = []
     if isinstance(schema, dict):
-        if schema.get("type") == "object":
-            found.append(schema)
+        found.append(schema)
         for value in schema.values():
-            found.extend(_objects(value))
+            found.extend(_dicts(value))
     elif isinstance(schema, list):
         for item in schema:
-            found.extend(_objects(item))
+            found.extend(_dicts(item))
     return found
+
+
+def _objects(schema: Any) -> list[dict[str, Any]]:
+    return [node for node in _dicts(schema) if node.get("type") == "object"]
 
 
 @given(_schemas)
@@ -499,16 +503,7 @@ def test_a_model_class_is_the_openai_sdks_strict_schema_byte_for_byte(
 
 
 def _refs(schema: Any) -> list[dict[str, Any]]:
-    found = []
-    if isinstance(schema, dict):
-        if "$ref" in schema:
-            found.append(schema)
-        for value in schema.values():
-            found.extend(_refs(value))
-    elif isinstance(schema, list):
-        for item in schema:
-            found.extend(_refs(item))
-    return found
+    return [node for node in _dicts(schema) if "$ref" in node]
 
 
 _leaves = st.one_of(
