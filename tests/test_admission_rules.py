@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from limpet import AdmissionConfig, Endpoint
+from limpet import AdmissionConfig, Client, Endpoint
 from limpet.errors import ConfigurationError
 from limpet.http.admission_rules import (
     AimdLimit,
@@ -232,3 +232,16 @@ def test_the_rate_limit_headers_say_all_the_headers_say(
     if not subset:
         assert pause_from_headers(status, headers) is None
         assert remaining_requests(headers) is None
+
+
+@pytest.mark.parametrize("limit", ["max_in_flight", "rpm", "tpm"])
+@pytest.mark.parametrize("off", [False, None])
+def test_an_endpoints_limit_with_admission_off_is_refused_naming_both(
+    limit: str, off: bool | None
+) -> None:
+    """Off, no endpoint limit is kept: a Client that asked for one got none, silently."""
+    endpoint = Endpoint("a", "http://127.0.0.1:1/v1", **{limit: 20})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=rf"Client\.admission: .*'a'.*{limit}"):
+        Client(endpoints=[endpoint], cache=None, admission=off)
+    # Without limits of its own, an endpoint may go unadmitted.
+    Client(endpoints=[Endpoint("a", "http://127.0.0.1:1/v1")], cache=None, admission=off)

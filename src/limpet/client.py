@@ -135,7 +135,8 @@ class Client:
         admission: how upstream requests are admitted to each endpoint: a cap
             (``Endpoint.max_in_flight``), a limit learned from 429s, one shared pause per
             ``Retry-After``, first come first served (``AdmissionConfig``); on by default,
-            False or None sends every request at once.
+            False or None sends every request at once (then no endpoint may set a
+            ``max_in_flight``, ``rpm`` or ``tpm``: none would be kept).
 
     Example:
         >>> async with Client(api_key="sk-or-...") as client:
@@ -192,7 +193,7 @@ class Client:
             timeouts=config_or_default("timeouts", timeouts, Timeouts),
             retry=config_or_default("retry", retry, RetryConfig),
             headers=attribution_headers(app_url, app_title),
-            admission=resolve_admission(admission),
+            admission=resolve_admission(admission, self._endpoints),
         )
         self._prices = prices if prices is not None else PriceTable(self._fetch_models)
         self.stats = Stats()

@@ -167,10 +167,21 @@ def config_or_default(field: str, value: object, kind: type[T]) -> T:
     return value
 
 
-def resolve_admission(value: object) -> AdmissionConfig | None:
+def resolve_admission(value: object, endpoints: Sequence[Endpoint] = ()) -> AdmissionConfig | None:
+    """``Client(admission=)`` as a config, or None (off). Off, no endpoint's own limits
+    (``max_in_flight``, ``rpm``, ``tpm``) could be kept: one that sets any is refused,
+    rather than its limit left unenforced."""
     if value is True:
         return AdmissionConfig()
     if value is False or value is None:
+        for endpoint in endpoints:
+            for limit in ("max_in_flight", "rpm", "tpm"):
+                if getattr(endpoint, limit) is not None:
+                    raise ConfigurationError(
+                        f"Client.admission: {value!r} turns admission off, so endpoint "
+                        f"{endpoint.name!r}'s {limit} would not be kept: leave admission "
+                        f"on, or the endpoint's {limit} out"
+                    )
         return None
     if isinstance(value, AdmissionConfig):
         return value
