@@ -128,4 +128,4 @@ async def test_a_bad_tenant_is_refused_before_any_network_call(
 def test_a_tenant_scope_is_apart_from_every_other_scope() -> None:
     assert tenant_scope("s", "a") != tenant_scope("s", "b")
     assert tenant_scope("s", "a") != tenant_scope("t", "a")
-    assert "a" not in tenant_scope("s", "alice-secret")
+    assert "alice-secret" not in tenant_scope("s", "alice-secret")  # a digest, never the name
