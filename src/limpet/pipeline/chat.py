@@ -26,7 +26,7 @@ from limpet.pipeline.completions import completion_of, storable
 from limpet.pipeline.exchanges import JsonExchange
 from limpet.pipeline.keying import Keying
 from limpet.pipeline.keys import looks_large
-from limpet.pipeline.owned import owned_body, owned_large_body
+from limpet.pipeline.owned import frozen_body, owned_body, owned_large_body, thawed_body
 from limpet.pipeline.request import Request
 from limpet.pipeline.upstream import Upstream
 
@@ -123,14 +123,18 @@ class ChatPipeline:
         function: with nothing left to read here it hands over the flight stage's
         coroutine, with no coroutine of its own alive for the whole call.)"""
         key = request.key
-        if key is not None or not looks_large(request.body, request.text_chars):
-            # Keyed in this step (``hit()``), or to be keyed from this copy.
-            request.body = owned_body(request.body)
-        if key is None and self.keyed(request):
-            return self._read(request, call, None, 0)  # tier 0 was not read either
+        if key is None:  # keyed from this copy (a large one is copied as it is keyed)
+            if not looks_large(request.body, request.text_chars):
+                request.body = owned_body(request.body)
+            if self.keyed(request):
+                return self._read(request, call, None, 0)  # tier 0 was not read either
+            return self._flown(request, None, call)
         if self._nothing_to_read(request, key, self._read_now):
+            request.body = owned_body(request.body)
             return self._flown(request, key, call)
-        return self._read(request, call, key, self._read_now)
+        # Keyed in this step (``hit()``): the copy is taken in this step too, and parsed
+        # only when no tier holds the answer.
+        return self._read(request, call, key, self._read_now, frozen_body(request.body))
 
     def _nothing_to_read(self, request: Request, key: str | None, start: int) -> bool:
         """Whether ``request`` goes straight to the flight stage: no key or no cache to
@@ -145,29 +149,38 @@ class ChatPipeline:
             start >= len(store.tiers) or key in self._reading or flight.flying(key)
         )
 
-    async def _read(self, request: Request, call: Call, key: str | None, start: int) -> Completion:
+    async def _read(
+        self,
+        request: Request,
+        call: Call,
+        key: str | None,
+        start: int,
+        frozen: bytes | None = None,
+    ) -> Completion:
         """The key stage when it must await, and the lookup stage past the tiers read,
         from ``start`` (here, not in a coroutine of its own: the read resumes through
-        every coroutine above it); then the flight stage. A miss is counted by the
-        flight's own read, when there is one; while it reads, identical callers go to
-        the flight instead."""
+        every coroutine above it); then the flight stage, with the body ``frozen`` when
+        its copy was taken as bytes (``frozen_body``). A miss is counted by the flight's
+        own read, when there is one; while it reads, identical callers go to the flight
+        instead."""
         if key is None:
             if looks_large(request.body, request.text_chars):
                 request.body = await owned_large_body(request.body)
             key = request.key = await self.keying.of(request.body, request.headers, request.tenant)
         store = self._cache
-        if key is None or store is None or self._nothing_to_read(request, key, start):
-            return await self._flown(request, key, call)
-        if self._flight is None or not request.decision.coalesce:
-            found = await store.get(key, start=start)
-        else:
-            self._reading.add(key)
-            try:
-                found = await store.get(key, start=start, count_miss=False)
-            finally:
-                self._reading.discard(key)
-        if found is not None:
-            return completion_of(found[0], CacheStatus.HIT, key, found[1])
+        if key is not None and store is not None and not self._nothing_to_read(request, key, start):
+            if self._flight is None or not request.decision.coalesce:
+                found = await store.get(key, start=start)
+            else:
+                self._reading.add(key)
+                try:
+                    found = await store.get(key, start=start, count_miss=False)
+                finally:
+                    self._reading.discard(key)
+            if found is not None:
+                return completion_of(found[0], CacheStatus.HIT, key, found[1])
+        if frozen is not None:
+            request.body = thawed_body(frozen)
         return await self._flown(request, key, call)
 
     async def _flown(self, request: Request, key: str | None, call: Call) -> Completion:

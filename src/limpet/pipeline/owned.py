@@ -21,7 +21,7 @@ import orjson
 
 from limpet.pipeline.keys import unserialisable
 
-__all__ = ["COPY_BATCH", "owned_body", "owned_large_body"]
+__all__ = ["COPY_BATCH", "frozen_body", "owned_body", "owned_large_body", "thawed_body"]
 
 #: Messages copied between two yields to the event loop, for a large request.
 COPY_BATCH = 256
@@ -34,10 +34,26 @@ def owned_body(body: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         InvalidRequestError: a value that is not JSON, naming its field.
     """
+    return thawed_body(frozen_body(body))
+
+
+def frozen_body(body: Mapping[str, Any]) -> bytes:
+    """``body`` as the JSON it will be sent as: ``owned_body``'s copy taken now, whose
+    parse (``thawed_body``) waits until the body is needed (a call that may yet be
+    answered by a shared tier pays for no parse then).
+
+    Raises:
+        InvalidRequestError: a value that is not JSON, naming its field.
+    """
     try:
-        copy: dict[str, Any] = orjson.loads(orjson.dumps(body))
+        return orjson.dumps(body)
     except orjson.JSONEncodeError as exc:
         raise unserialisable(body, exc) from exc
+
+
+def thawed_body(frozen: bytes) -> dict[str, Any]:
+    """The body ``frozen_body`` froze, as a dict of limpet's own."""
+    copy: dict[str, Any] = orjson.loads(frozen)
     return copy
 
 
