@@ -136,11 +136,11 @@ def test_an_answer_that_counted_no_prompt_teaches_no_minimum(usage: Usage) -> No
                                                      "cache_control": CC}]}],
     }  # fmt: skip
     for _ in range(DEFAULT_LEARN_AFTER + 1):
-        learn_minimum(marked, usage)
+        learn_minimum(LEARNED_MINIMUMS, marked, usage)
     assert LEARNED_MINIMUMS.snapshot() == {}
     # The same answers counting a prompt that did not cache do teach it.
     for _ in range(DEFAULT_LEARN_AFTER):
-        learn_minimum(marked, Usage(1500, 1))
+        learn_minimum(LEARNED_MINIMUMS, marked, Usage(1500, 1))
     assert LEARNED_MINIMUMS.minimum(MODEL) == 2048
 
 
@@ -161,5 +161,5 @@ def test_only_the_requested_models_silence_teaches_its_minimum(
                                                      "cache_control": CC}]}],
     }  # fmt: skip
     for _ in range(DEFAULT_LEARN_AFTER):
-        learn_minimum(marked, Usage(1500, 1), answered)
+        learn_minimum(LEARNED_MINIMUMS, marked, Usage(1500, 1), answered)
     assert LEARNED_MINIMUMS.snapshot() == ({MODEL: 2048} if learns else {})

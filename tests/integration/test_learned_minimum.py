@@ -9,8 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
-from limpet import Client, Endpoint, RetryConfig
-from limpet.providers.cache_minimums import DEFAULT_LEARN_AFTER
+from limpet import CacheControlConfig, Client, Endpoint, RetryConfig
+from limpet.providers.cache_minimums import (
+    DEFAULT_LEARN_AFTER,
+    LEARNED_MINIMUMS,
+    LearnedMinimums,
+)
 from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import DEFAULT_CACHE_RULES, CacheRules, ProviderPromptCache
@@ -52,6 +56,51 @@ async def test_silent_marked_prefixes_raise_the_minimum_after_the_stated_count()
     assert [marked(b) for b in sent[:-1]] == [True] * DEFAULT_LEARN_AFTER + [False, False]
     assert marked(sent[-1]) and written.usage.cache_write_tokens > 2048
     assert stats.learned_minimums == {MODEL: 2048}
+
+
+async def test_a_client_with_a_table_of_its_own_learns_into_it_alone() -> None:
+    # Regression: the router taught the process's LEARNED_MINIMUMS whatever table the
+    # Client's CacheControlConfig named: the Client's own table never learned (so it kept
+    # marking prefixes that cannot cache) and every other Client stopped marking them.
+    mine = LearnedMinimums()
+    control = CacheControlConfig(learned=mine)
+    async with FakeGateway(endpoints=("a",), prompt_cache=strict) as gateway:
+        endpoint = Endpoint("a", gateway.base_url("a"))
+        router = StickyRouter([endpoint])
+        async with Client(
+            router=router, cache=None, auto_cache_control=control, retry=RetryConfig(max_attempts=1)
+        ) as client:
+            for i in range(DEFAULT_LEARN_AFTER + 1):
+                silent = await client.complete(**ask_the_manual(f"question {i}"))
+                assert silent.usage.reported and silent.usage.cache_write_tokens == 0
+            assert router.stats.learned_minimums == {MODEL: 2048}
+        async with Client(
+            router=StickyRouter([endpoint]), cache=None, auto_cache_control=True
+        ) as other:
+            await other.complete(**ask_the_manual("another Client's question"))
+        sent = gateway.endpoint("a").requests
+    assert mine.snapshot() == {MODEL: 2048}
+    assert LEARNED_MINIMUMS.snapshot() == {}
+    # The Client stops marking once its table learned; the other Client never stopped.
+    assert [marked(b) for b in sent] == [True] * DEFAULT_LEARN_AFTER + [False, True]
+
+
+async def test_a_client_that_learns_nothing_keeps_marking_and_teaches_no_one() -> None:
+    # Regression: CacheControlConfig(learned=None) learned into LEARNED_MINIMUMS all the
+    # same, switching marking off for every other Client of the process.
+    control = CacheControlConfig(learned=None)
+    async with FakeGateway(endpoints=("a",), prompt_cache=strict) as gateway:
+        router = StickyRouter([Endpoint("a", gateway.base_url("a"))])
+        async with Client(
+            router=router, cache=None, auto_cache_control=control, retry=RetryConfig(max_attempts=1)
+        ) as client:
+            for i in range(DEFAULT_LEARN_AFTER + 2):
+                silent = await client.complete(**ask_the_manual(f"question {i}"))
+                assert silent.usage.reported and silent.usage.cache_write_tokens == 0
+            assert router.stats.learned_minimums == {}
+        sent = gateway.endpoint("a").requests
+    assert LEARNED_MINIMUMS.snapshot() == {}
+    assert all(marked(b) for b in sent)
 
 
 async def test_a_prefix_that_caches_teaches_nothing() -> None:

@@ -27,6 +27,7 @@ from limpet.pipeline.keying import Keying
 from limpet.pipeline.stream import StreamCalls
 from limpet.pipeline.stream_flights import StreamFlights
 from limpet.pipeline.upstream import Upstream
+from limpet.providers.cache_minimums import LearnedMinimums
 from limpet.providers.pricing import PriceTable
 from limpet.routing.affinity import affinity_scope, affinity_store_for
 from limpet.routing.base import Router
@@ -40,6 +41,8 @@ class Pipelines:
         leases: the cross-process flight store of the cache's shared tier, when it has
             one and coalescing is on.
         mark: marks what is sent with ``cache_control`` (``auto_cache_control``), or None.
+        learned: the learned minimums ``mark`` reads, which a sticky router teaches; None
+            when nothing is learned.
         closed: tells whether the Client is closed.
     """
 
@@ -61,9 +64,10 @@ class Pipelines:
         leases: FlightStore | None,
         flight: FlightConfig | None,
         mark: Callable[[dict[str, Any]], dict[str, Any]] | None,
+        learned: LearnedMinimums | None,
         max_embed_inputs: int,
     ) -> None:
-        _wire_shared_parts(router, cache, transport, stats, keying)
+        _wire_shared_parts(router, cache, transport, stats, keying, learned)
 
         self._shared: list[RedisFlight[Any]] = []  # each stopped at aclose()
 
@@ -147,10 +151,12 @@ def _wire_shared_parts(
     transport: Transport,
     stats: Stats,
     keying: Keying,
+    learned: LearnedMinimums | None,
 ) -> None:
     """Stats read the tiers' and admission's figures; a sticky router shares its affinity
     map through the Redis tier, when there is one, with the Clients of its scope alone,
-    and ranks by what admission sees."""
+    ranks by what admission sees, and teaches the learned minimums the Client's marking
+    reads (one table: learning and marking never disagree)."""
     if cache is not None:
         stats.attach(cache)
     stats.admissions = transport.admissions
@@ -159,3 +165,4 @@ def _wire_shared_parts(
             scope = affinity_scope(keying.namespace, keying.credential)
             router.use_store(affinity_store_for(cache.tiers if cache is not None else (), scope))
         router.use_admissions(transport.admissions)
+        router.use_learned_minimums(learned)

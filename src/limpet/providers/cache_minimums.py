@@ -124,6 +124,6 @@ class LearnedMinimums:
             self._cached_at.clear()
 
 
-#: This process's learned minimums: ``StickyRouter`` teaches them, and
-#: ``inject_cache_control`` follows them (``CacheControlConfig.learned``).
+#: This process's learned minimums: the default ``CacheControlConfig.learned``, which
+#: ``inject_cache_control`` follows and the Client's ``StickyRouter`` teaches.
 LEARNED_MINIMUMS = LearnedMinimums()

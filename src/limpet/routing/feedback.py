@@ -6,15 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from limpet.models import Usage
-from limpet.providers.cache_minimums import LEARNED_MINIMUMS
+from limpet.providers.cache_minimums import LearnedMinimums
 from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, marked_prefix_tokens, model_slug
 
 __all__ = ["learn_minimum"]
 
 
-def learn_minimum(body: Mapping[str, Any], usage: Usage, answered: object = None) -> None:
-    """Teach ``LEARNED_MINIMUMS`` from one response of a model whose cache writes are
-    billed, hence reported: silence there means the marked prefix could not cache.
+def learn_minimum(
+    learned: LearnedMinimums, body: Mapping[str, Any], usage: Usage, answered: object = None
+) -> None:
+    """Teach ``learned`` from one response of a model whose cache writes are billed, hence
+    reported: silence there means the marked prefix could not cache. ``learned`` is the
+    table the marks were placed by (the Client's ``CacheControlConfig.learned``), so what
+    one Client learns raises only the minimums its own marking reads.
 
     Only a response that counted its prompt says anything: one without usage (a gateway
     that leaves it out) or with a prompt of 0 tokens (OpenRouter's response-cache hits)
@@ -34,7 +38,7 @@ def learn_minimum(body: Mapping[str, Any], usage: Usage, answered: object = None
     tokens = marked_prefix_tokens(body)
     if tokens is not None:
         cached = usage.cached_tokens > 0 or usage.cache_write_tokens > 0
-        LEARNED_MINIMUMS.observe(model, tokens, capability.min_tokens, cached=cached)
+        learned.observe(model, tokens, capability.min_tokens, cached=cached)
 
 
 def _same_model(requested: str, answered: object) -> bool:

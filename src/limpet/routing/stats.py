@@ -78,7 +78,8 @@ class RouterStats:
         store_errors: faults of the shared affinity store (absorbed).
         cached_tokens: prompt tokens read from providers' caches.
         cache_write_tokens: prompt tokens written to them.
-        learned_minimums: prompt-cache minimums this process raised, by model (see
+        learned_minimums: prompt-cache minimums raised in the table the router teaches
+            (``StickyRouter.use_learned_minimums``), by model (see
             ``limpet.providers.cache_minimums``).
     """
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from limpet.config import Endpoint, RoutingConfig
 from limpet.errors import ConfigurationError
 from limpet.models import Usage
-from limpet.providers.cache_minimums import LEARNED_MINIMUMS
+from limpet.providers.cache_minimums import LEARNED_MINIMUMS, LearnedMinimums
 from limpet.routing.affinity import AffinityMap, AffinityMirror, AffinityStore
 from limpet.routing.base import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
 from limpet.routing.feedback import learn_minimum
@@ -126,6 +126,7 @@ class StickyRouter:
         "_endpoints",
         "_health",
         "_in_flight",
+        "_learned",
         "_mirror",
         "_prompt_cache_keys",
         "_spread_turn",
@@ -178,6 +179,7 @@ class StickyRouter:
         self._stats = RouterStats()
         self._prompt_cache_keys = PromptCacheKeys(self.config.prompt_cache_key_rate)
         self._admissions: Admissions | None = None
+        self._learned: LearnedMinimums | None = LEARNED_MINIMUMS
         if store is not None:
             self.use_store(store)
 
@@ -207,12 +209,20 @@ class StickyRouter:
         outlasts ``AdmissionConfig.repin_pause``; a 429 never ejects an endpoint."""
         self._admissions = admissions
 
+    def use_learned_minimums(self, learned: LearnedMinimums | None) -> None:
+        """Teach ``learned`` what served answers say of providers' cache minimums (the
+        Client wires the table its ``auto_cache_control`` marks by, so what it learns
+        changes only its own marking); None: learn nothing. ``LEARNED_MINIMUMS`` until
+        told otherwise."""
+        self._learned = learned
+
     @property
     def stats(self) -> RouterStats:
         """Routing decisions, health events and provider-cache feedback so far."""
         if self._mirror is not None:
             self._stats.store_errors = self._mirror.errors
-        self._stats.learned_minimums = LEARNED_MINIMUMS.snapshot()
+        learned = self._learned
+        self._stats.learned_minimums = {} if learned is None else learned.snapshot()
         return self._stats
 
     def status(self) -> dict[str, EndpointStatus]:
@@ -401,8 +411,8 @@ class StickyRouter:
             self._record(chain, key, endpoint, move=False)
         if usage is not None:
             self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
-            if route.learns:
-                learn_minimum(route.body, usage, attempt.model)
+            if route.learns and self._learned is not None:
+                learn_minimum(self._learned, route.body, usage, attempt.model)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name

@@ -11,7 +11,8 @@ prompt-caching page for kinds, TTLs and prices; for the Anthropic minimums, Open
 page (4,096 for Opus 4.5-4.8; 1,024 for Sonnet 4.6), orq.ai's gateway docs (4,096 for
 Opus 4.5 and 4.6 and Haiku 4.5; 2,048 for Sonnet 4.6: the sources disagree) and
 aihubmix ("raised from 1,024 to 4,096"), read 2026-12. A minimum that proves too low at
-run time is raised by ``limpet.providers.cache_minimums.LEARNED_MINIMUMS``.
+run time is raised by the learned minimums ``CacheControlConfig.learned`` names
+(``limpet.providers.cache_minimums.LEARNED_MINIMUMS`` by default).
 """
 
 from __future__ import annotations

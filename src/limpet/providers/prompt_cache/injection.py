@@ -63,7 +63,9 @@ class CacheControlConfig:
         chars_per_token: characters per token when estimating a prefix's length.
         capabilities: the capability table; ``DEFAULT_CAPABILITIES`` unless overridden.
         learned: minimums learned at run time, which raise the table's (this process's
-            ``LEARNED_MINIMUMS`` by default; None: the table alone).
+            ``LEARNED_MINIMUMS`` by default; None: the table alone). A Client's router
+            learns into this same table: a ``LearnedMinimums()`` of its own keeps what one
+            Client learns from the others; None learns nothing.
     """
 
     ttl: str = DEFAULT_BREAKPOINT_TTL
