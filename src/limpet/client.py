@@ -238,7 +238,7 @@ class Client:
             leases=flight_store_of(self._cache) if coalesce else None,
             flight=flight,
             mark=cache_control_mark(control, self._endpoints),
-            learned=None if control is None else control.learned,
+            marking=control,
             max_embed_inputs=max_embed_inputs,
         )
 

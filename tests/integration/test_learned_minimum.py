@@ -15,6 +15,7 @@ from limpet.providers.cache_minimums import (
     LEARNED_MINIMUMS,
     LearnedMinimums,
 )
+from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, FAMILIES
 from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
 from limpet.testing.provider_cache import DEFAULT_CACHE_RULES, CacheRules, ProviderPromptCache
@@ -101,6 +102,36 @@ async def test_a_client_that_learns_nothing_keeps_marking_and_teaches_no_one() -
         sent = gateway.endpoint("a").requests
     assert LEARNED_MINIMUMS.snapshot() == {}
     assert all(marked(b) for b in sent)
+
+
+async def test_a_client_learns_by_its_own_capability_table() -> None:
+    # Regression: learning looked models up in the built-in table, not the one the
+    # Client marks by: a model only the Client's table lists was marked on every call
+    # and never learned, however often its provider answered that nothing cached.
+    model = "acme/limpet-large"  # a model the built-in table does not know
+    assert DEFAULT_CAPABILITIES.lookup(model) is None
+    mine = LearnedMinimums()
+    control = CacheControlConfig(
+        capabilities=DEFAULT_CAPABILITIES.with_overrides({model: FAMILIES["anthropic"]}),
+        learned=mine,
+    )
+
+    def provider() -> ProviderPromptCache:
+        return ProviderPromptCache([(model, CacheRules(kind="explicit", min_tokens=2048))])
+
+    async with FakeGateway(endpoints=("a",), prompt_cache=provider) as gateway:
+        router = StickyRouter([Endpoint("a", gateway.base_url("a"))])
+        async with Client(
+            router=router, cache=None, auto_cache_control=control, retry=RetryConfig(max_attempts=1)
+        ) as client:
+            for i in range(DEFAULT_LEARN_AFTER + 2):
+                body = {**ask_the_manual(f"question {i}"), "model": model}
+                silent = await client.complete(**body)
+                assert silent.usage.reported and silent.usage.cache_write_tokens == 0
+        sent = gateway.endpoint("a").requests
+    assert mine.snapshot() == {model: 2048}
+    assert LEARNED_MINIMUMS.snapshot() == {}
+    assert [marked(b) for b in sent] == [True] * DEFAULT_LEARN_AFTER + [False, False]
 
 
 async def test_a_prefix_that_caches_teaches_nothing() -> None:

@@ -27,8 +27,8 @@ from limpet.pipeline.keying import Keying
 from limpet.pipeline.stream import StreamCalls
 from limpet.pipeline.stream_flights import StreamFlights
 from limpet.pipeline.upstream import Upstream
-from limpet.providers.cache_minimums import LearnedMinimums
 from limpet.providers.pricing import PriceTable
+from limpet.providers.prompt_cache import CacheControlConfig
 from limpet.routing.affinity import affinity_scope, affinity_store_for
 from limpet.routing.base import Router
 from limpet.routing.sticky import StickyRouter
@@ -41,8 +41,8 @@ class Pipelines:
         leases: the cross-process flight store of the cache's shared tier, when it has
             one and coalescing is on.
         mark: marks what is sent with ``cache_control`` (``auto_cache_control``), or None.
-        learned: the learned minimums ``mark`` reads, which a sticky router teaches; None
-            when nothing is learned.
+        marking: the ``CacheControlConfig`` ``mark`` marks by, whose learned minimums a
+            sticky router teaches; None when nothing is marked.
         closed: tells whether the Client is closed.
     """
 
@@ -64,10 +64,10 @@ class Pipelines:
         leases: FlightStore | None,
         flight: FlightConfig | None,
         mark: Callable[[dict[str, Any]], dict[str, Any]] | None,
-        learned: LearnedMinimums | None,
+        marking: CacheControlConfig | None,
         max_embed_inputs: int,
     ) -> None:
-        _wire_shared_parts(router, cache, transport, stats, keying, learned)
+        _wire_shared_parts(router, cache, transport, stats, keying, marking)
 
         self._shared: list[RedisFlight[Any]] = []  # each stopped at aclose()
 
@@ -151,12 +151,12 @@ def _wire_shared_parts(
     transport: Transport,
     stats: Stats,
     keying: Keying,
-    learned: LearnedMinimums | None,
+    marking: CacheControlConfig | None,
 ) -> None:
     """Stats read the tiers' and admission's figures; a sticky router shares its affinity
     map through the Redis tier, when there is one, with the Clients of its scope alone,
-    ranks by what admission sees, and teaches the learned minimums the Client's marking
-    reads (one table: learning and marking never disagree)."""
+    ranks by what admission sees, and learns minimums by the Client's own marking (its
+    tables: learning and marking never disagree)."""
     if cache is not None:
         stats.attach(cache)
     stats.admissions = transport.admissions
@@ -165,4 +165,4 @@ def _wire_shared_parts(
             scope = affinity_scope(keying.namespace, keying.credential)
             router.use_store(affinity_store_for(cache.tiers if cache is not None else (), scope))
         router.use_admissions(transport.admissions)
-        router.use_learned_minimums(learned)
+        router.use_marking(marking)

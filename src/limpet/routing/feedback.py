@@ -7,18 +7,28 @@ from typing import Any
 
 from limpet.models import Usage
 from limpet.providers.cache_minimums import LearnedMinimums
-from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, marked_prefix_tokens, model_slug
+from limpet.providers.prompt_cache import (
+    DEFAULT_CAPABILITIES,
+    CapabilityTable,
+    marked_prefix_tokens,
+    model_slug,
+)
 
 __all__ = ["learn_minimum"]
 
 
 def learn_minimum(
-    learned: LearnedMinimums, body: Mapping[str, Any], usage: Usage, answered: object = None
+    learned: LearnedMinimums,
+    body: Mapping[str, Any],
+    usage: Usage,
+    answered: object = None,
+    capabilities: CapabilityTable = DEFAULT_CAPABILITIES,
 ) -> None:
     """Teach ``learned`` from one response of a model whose cache writes are billed, hence
-    reported: silence there means the marked prefix could not cache. ``learned`` is the
-    table the marks were placed by (the Client's ``CacheControlConfig.learned``), so what
-    one Client learns raises only the minimums its own marking reads.
+    reported: silence there means the marked prefix could not cache. ``learned`` and
+    ``capabilities`` are those the marks were placed by (the Client's
+    ``CacheControlConfig``), so what one Client learns raises only the minimums its own
+    marking reads, from the minimum its own table states.
 
     Only a response that counted its prompt says anything: one without usage (a gateway
     that leaves it out) or with a prompt of 0 tokens (OpenRouter's response-cache hits)
@@ -32,7 +42,7 @@ def learn_minimum(
     model = body.get("model")
     if not isinstance(model, str) or not _same_model(model, answered):
         return
-    capability = DEFAULT_CAPABILITIES.lookup(model)
+    capability = capabilities.lookup(model)
     if capability is None or capability.kind != "explicit" or capability.write_multiplier <= 1:
         return
     tokens = marked_prefix_tokens(body)

@@ -79,7 +79,7 @@ class RouterStats:
         cached_tokens: prompt tokens read from providers' caches.
         cache_write_tokens: prompt tokens written to them.
         learned_minimums: prompt-cache minimums raised in the table the router teaches
-            (``StickyRouter.use_learned_minimums``), by model (see
+            (``StickyRouter.use_marking``), by model (see
             ``limpet.providers.cache_minimums``).
     """
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from limpet.config import Endpoint, RoutingConfig
 from limpet.errors import ConfigurationError
 from limpet.models import Usage
-from limpet.providers.cache_minimums import LEARNED_MINIMUMS, LearnedMinimums
+from limpet.providers.prompt_cache import CacheControlConfig
 from limpet.routing.affinity import AffinityMap, AffinityMirror, AffinityStore
 from limpet.routing.base import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
 from limpet.routing.feedback import learn_minimum
@@ -90,6 +90,9 @@ _MAX_LOOKUPS = 16
 
 _RECORDED: frozenset[RouteReason] = frozenset({"affinity", "hash", "spill"})
 
+# What a router not lent to a Client learns by: the default tables.
+_DEFAULT_MARKING = CacheControlConfig()
+
 
 class StickyRouter:
     """Prefix-hash sticky routing over endpoints: HRW, bounded load, passive health.
@@ -126,7 +129,7 @@ class StickyRouter:
         "_endpoints",
         "_health",
         "_in_flight",
-        "_learned",
+        "_marking",
         "_mirror",
         "_prompt_cache_keys",
         "_spread_turn",
@@ -179,7 +182,7 @@ class StickyRouter:
         self._stats = RouterStats()
         self._prompt_cache_keys = PromptCacheKeys(self.config.prompt_cache_key_rate)
         self._admissions: Admissions | None = None
-        self._learned: LearnedMinimums | None = LEARNED_MINIMUMS
+        self._marking: CacheControlConfig | None = _DEFAULT_MARKING
         if store is not None:
             self.use_store(store)
 
@@ -209,19 +212,22 @@ class StickyRouter:
         outlasts ``AdmissionConfig.repin_pause``; a 429 never ejects an endpoint."""
         self._admissions = admissions
 
-    def use_learned_minimums(self, learned: LearnedMinimums | None) -> None:
-        """Teach ``learned`` what served answers say of providers' cache minimums (the
-        Client wires the table its ``auto_cache_control`` marks by, so what it learns
-        changes only its own marking); None: learn nothing. ``LEARNED_MINIMUMS`` until
-        told otherwise."""
-        self._learned = learned
+    def use_marking(self, marking: CacheControlConfig | None) -> None:
+        """Learn what served answers say of providers' cache minimums by ``marking``, the
+        ``CacheControlConfig`` the answers were marked by (the Client wires its
+        ``auto_cache_control``): into its ``learned`` table, from the minimums its
+        ``capabilities`` state, so what a Client learns changes only its own marking;
+        None, or a config that learns nothing: learn nothing. The defaults
+        (``LEARNED_MINIMUMS``, ``DEFAULT_CAPABILITIES``) until told otherwise."""
+        self._marking = marking
 
     @property
     def stats(self) -> RouterStats:
         """Routing decisions, health events and provider-cache feedback so far."""
         if self._mirror is not None:
             self._stats.store_errors = self._mirror.errors
-        learned = self._learned
+        marking = self._marking
+        learned = None if marking is None else marking.learned
         self._stats.learned_minimums = {} if learned is None else learned.snapshot()
         return self._stats
 
@@ -411,8 +417,10 @@ class StickyRouter:
             self._record(chain, key, endpoint, move=False)
         if usage is not None:
             self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
-            if route.learns and self._learned is not None:
-                learn_minimum(self._learned, route.body, usage, attempt.model)
+            marking = self._marking
+            if route.learns and marking is not None and marking.learned is not None:
+                learned, capabilities = marking.learned, marking.capabilities
+                learn_minimum(learned, route.body, usage, attempt.model, capabilities)
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name
