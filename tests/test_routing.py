@@ -620,6 +620,24 @@ def test_calls_that_time_out_queued_never_count_against_the_endpoint() -> None:
     assert r.status()["e0"].state == "healthy"
 
 
+def test_a_request_with_no_prompt_goes_in_the_order_given_ejected_endpoints_last() -> None:
+    # embed()'s requests: nothing to keep together, no provider cache to keep warm, so no
+    # key and no sticky key; but the same health as every other call.
+    body = {"model": "openai/text-embedding-3-small", "input": ["a limpet"]}
+    gateways = [Endpoint("or", "https://openrouter.ai/api/v1"), *endpoints(2)]
+    config = RoutingConfig(failure_threshold=1, prompt_cache_key=True)
+    r = StickyRouter(gateways, config=config, clock=FakeClock())
+    route = r.select(body)
+    assert [e.name for e in route.endpoints] == ["or", "e0", "e1"]
+    assert (route.reason, route.key) == ("spread", None)
+    assert all(route.body_for(e) == body for e in gateways)  # no session_id, no prompt_cache_key
+    fail(r, body)
+    moved = r.select(body)
+    assert [e.name for e in moved.endpoints] == ["e0", "e1", "or"]
+    assert moved.reason == "failover"
+    assert (r.stats.spread, r.stats.failed_over, r.stats.ejections) == (2, 1, 1)
+
+
 def test_when_every_endpoint_is_ejected_all_are_tried_anyway() -> None:
     r = router(failure_threshold=1)
     for name in ("e0", "e1", "e2", "e3"):

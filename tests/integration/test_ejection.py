@@ -1,4 +1,5 @@
-"""Ejecting an endpoint and bringing it back, driven by real calls over loopback HTTP.
+"""Ejecting an endpoint and bringing it back, driven by real calls over loopback HTTP,
+``complete()``'s and ``embed()``'s alike.
 
 The router's clock is a ``FakeClock``: cool-downs pass when a test moves it, never by
 sleeping."""
@@ -10,9 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from aiohttp import web
 
-from limpet import Client, Endpoint, RetryConfig
+from limpet import Client, EmbeddingBatchError, Endpoint, RetryConfig
 from limpet.config import RoutingConfig
 from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
@@ -22,6 +24,7 @@ from tests.integration.scripted import completion
 from tests.loopback import served
 
 ONCE = RetryConfig(max_attempts=1)
+EMBEDDER = "openai/text-embedding-3-small"
 YEARS = 10**9  # seconds: a Retry-After of some 31 years
 
 
@@ -53,6 +56,20 @@ class Breaking:
         app.router.add_post("/v1/chat/completions", self.serve)
         async with served(app) as url:
             yield f"{url}/v1"
+
+
+@asynccontextmanager
+async def apart(
+    clock: FakeClock, *, batch: int = 512, **config: Any
+) -> AsyncIterator[tuple[StickyRouter, FakeGateway, FakeGateway]]:
+    """A router over endpoints "a" and "b", each on a gateway of its own: a gateway's
+    embedding requests are its endpoint's."""
+    async with FakeGateway(endpoints=("a",)) as a, FakeGateway(endpoints=("b",)) as b:
+        endpoints = [
+            Endpoint("a", a.base_url("a"), embedding_batch_size=batch),
+            Endpoint("b", b.base_url("b"), embedding_batch_size=batch),
+        ]
+        yield StickyRouter(endpoints, config=RoutingConfig(**config), clock=clock), a, b
 
 
 def homed_on(r: StickyRouter, name: str, prefix: str = "q", count: int = 1) -> list[dict[str, Any]]:
@@ -123,3 +140,86 @@ async def test_a_success_begun_before_an_ejection_does_not_end_it() -> None:
             calls = upstream.calls
             assert (await client.complete(**broken[1])).endpoint == "b"
             assert upstream.calls == calls  # the broken endpoint was left alone
+
+
+# --- embed() ----------------------------------------------------------------------------------
+
+
+async def test_embed_leaves_an_ejected_endpoint_alone_until_its_probe() -> None:
+    # Regression: embed() tried its endpoints in their given order whatever their health,
+    # so with "a" ejected every embed request went to "a" first (and its retries).
+    clock = FakeClock()
+    async with apart(clock, failure_threshold=1, cooldown=30.0) as (r, a, b):
+        a.endpoint("a").fail(502)  # once: "a" would answer the next request
+        async with Client(router=r, cache=None, retry=ONCE) as client:
+            for i in range(3):
+                await client.embed(model=EMBEDDER, input=f"text {i}")
+            assert (a.embeddings.calls, b.embeddings.calls) == (1, 3)  # failed over once
+            assert r.status()["a"].state == "ejected"
+            clock.advance(30.0)
+            await client.embed(model=EMBEDDER, input="after the cool-down")  # the probe
+        assert (a.embeddings.calls, b.embeddings.calls) == (2, 3)
+        assert r.status()["a"].state == "healthy"
+
+
+async def test_complete_and_embed_share_one_view_of_each_endpoints_health() -> None:
+    clock = FakeClock()
+    async with apart(clock, failure_threshold=2) as (r, a, b):
+        [body] = homed_on(r, "a")
+        a.endpoint("a").fail(502, times=2)
+        async with Client(router=r, cache=None, retry=ONCE) as client:
+            assert (await client.complete(**body)).endpoint == "b"  # "a"'s first failure
+            await client.embed(model=EMBEDDER, input="one")  # its second: ejected
+            assert r.status()["a"].state == "ejected"
+            # "a" would answer now; neither kind of call is sent there in its cool-down.
+            assert (await client.complete(**body, seed=1)).endpoint == "b"
+            await client.embed(model=EMBEDDER, input="two")
+        assert (a.endpoint("a").calls, a.embeddings.calls) == (1, 1)
+        assert (b.endpoint("b").calls, b.embeddings.calls) == (2, 2)
+
+
+async def test_one_embed_request_probes_an_ejected_endpoint_the_others_go_elsewhere() -> None:
+    clock = FakeClock()
+    async with apart(clock, batch=1, failure_threshold=1, cooldown=30.0) as (r, a, b):
+        a.endpoint("a").fail(502)
+        async with Client(router=r, cache=None, retry=ONCE) as client:
+            await client.embed(model=EMBEDDER, input="ejects a")
+            clock.advance(30.0)
+            # Three requests of one input, routed together: the first is the probe.
+            e = await client.embed(model=EMBEDDER, input=["p", "q", "r"])
+        assert e.misses == 3
+        assert (a.embeddings.calls, b.embeddings.calls) == (2, 3)
+        assert r.status()["a"].state == "healthy"
+
+
+async def test_an_embed_refused_or_cancelled_says_nothing_about_the_endpoint() -> None:
+    clock = FakeClock()
+    async with apart(clock, failure_threshold=1) as (r, a, b):
+        a.endpoint("a").fail(400)
+        async with Client(router=r, cache=None, retry=ONCE) as client:
+            with pytest.raises(EmbeddingBatchError):
+                await client.embed(model=EMBEDDER, input="refused")
+            a.endpoint("a").hold_answers()
+            # Bypass: nobody else could await its request, so it ends with its caller.
+            call = asyncio.create_task(client.embed(model=EMBEDDER, input="x", cache="bypass"))
+            await a.embeddings.wait_for_requests(2)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            a.endpoint("a").release_answers()
+            status = r.status()["a"]
+        assert (status.state, status.failures, status.in_flight) == ("healthy", 0, 0)
+        assert b.embeddings.calls == 0  # neither failed over
+
+
+async def test_an_embed_refusal_of_the_callers_own_key_leaves_the_endpoint_in() -> None:
+    clock = FakeClock()
+    async with apart(clock, failure_threshold=1) as (r, a, b):
+        a.endpoint("a").fail(401)
+        tenant = {"Authorization": "Bearer sk-tenant"}  # sent where the endpoint sends none
+        async with Client(router=r, cache=None, retry=ONCE) as client:
+            with pytest.raises(EmbeddingBatchError):
+                await client.embed(model=EMBEDDER, input="refused", extra_headers=tenant)
+            assert r.status()["a"].state == "healthy"  # that caller's key, not "a"'s
+            await client.embed(model=EMBEDDER, input="another caller")
+        assert (a.embeddings.calls, b.embeddings.calls) == (2, 0)

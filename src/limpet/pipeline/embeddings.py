@@ -60,6 +60,7 @@ from limpet.pipeline.vectors import (
     plan_batches,
 )
 from limpet.providers.usage import parse_usage
+from limpet.routing.base import Router
 
 __all__ = ["Embedder"]
 
@@ -72,9 +73,10 @@ class Embedder:
     Args:
         cache: the Client's tiers, or None.
         transport: sends ``/embeddings`` requests.
-        endpoints: tried in order for each request; a request is sized for every one
-            of them (the least ``embedding_batch_size`` and ``embedding_batch_tokens``),
-            as any may be sent it.
+        router: routes each request, and learns how it went: the Client's, so that
+            ``embed()`` and ``complete()`` share one view of each endpoint's health. A
+            request is sized for every one of its endpoints (the least
+            ``embedding_batch_size`` and ``embedding_batch_tokens``), as any may be sent it.
         stats: counts embedded inputs (``embedding_hits`` ...) apart from completions.
         accounting: prices each request's answer, and tells what it cost as it comes
             (whether or not its caller is still there).
@@ -88,8 +90,8 @@ class Embedder:
         "_cache",
         "_coalesce",
         "_codec",
-        "_endpoints",
         "_inflight",
+        "_router",
         "_shared",
         "_stats",
         "_tasks",
@@ -102,7 +104,7 @@ class Embedder:
         *,
         cache: TieredCache | None,
         transport: Transport,
-        endpoints: Sequence[Endpoint],
+        router: Router,
         stats: Stats,
         accounting: Accounting,
         coalesce: bool = True,
@@ -112,7 +114,7 @@ class Embedder:
         self._cache = cache
         self._codec = VectorCodec(cache.hmac_key if cache is not None else None)
         self._transport = transport
-        self._endpoints = tuple(endpoints)
+        self._router = router
         self._stats = stats
         self._accounting = accounting
         self._coalesce = coalesce
@@ -358,7 +360,7 @@ class Embedder:
         """``items`` in requests of at most the batch size, concurrently; what came back
         (each key's vector or its request's error) is added to ``sent`` and returned."""
         # Any endpoint may be sent a request when those before it fail: it must fit all.
-        endpoints = self._endpoints
+        endpoints = self._router.endpoints
         size = min(endpoint.embedding_batch_size for endpoint in endpoints)
         budget = min(
             (e.embedding_batch_tokens for e in endpoints if e.embedding_batch_tokens is not None),
@@ -442,8 +444,9 @@ class Embedder:
     async def _request(
         self, request: EmbedRequest, items: list[tuple[str, EmbedInput]], call: Call, sent: Sent
     ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
-        """One request with ``call``'s headers, failing over to the next endpoint on a
-        retryable error; no retry starts that could not end before its deadline, unless
+        """One request with ``call``'s headers, routed by the Client's router (an ejected
+        endpoint last, each outcome told to its health), failing over to the next endpoint
+        on a retryable error; no retry starts that could not end before its deadline, unless
         other calls may be awaiting these inputs: then ``call``'s deadline is its own (its
         scope ends its wait, as theirs end theirs), and must not fail inputs they await.
 
@@ -455,13 +458,16 @@ class Embedder:
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
         deadline = None if self._shares(request.decision) else call.deadline
         dimensions = request.keyed.get("dimensions")
+        # No await from here to the first attempt: the router counts the request in
+        # flight (and lets it be an ejected endpoint's half-open probe) from route() on.
+        route = await self._router.route(body)
 
         async def attempt(
             endpoint: Endpoint,
         ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
             self._stats.embedding_requests += 1
             answer = await self._transport.embeddings(
-                endpoint, body, headers=call.headers, deadline=deadline
+                endpoint, route.body_for(endpoint), headers=call.headers, deadline=deadline
             )
             usage = parse_usage(answer.get("usage"))
             cost = await self._accounting.embedding(request.model, answer, usage)
@@ -475,7 +481,7 @@ class Embedder:
                 ) from None
             return vectors, answer, endpoint.name, usage, cost
 
-        _, answer = await first_answer(self._endpoints, attempt)
+        _, answer = await first_answer(route, attempt, call.headers)
         return answer
 
 

@@ -110,7 +110,7 @@ class Pipelines:
         embedder = Embedder(
             cache=cache,
             transport=transport,
-            endpoints=router.endpoints,
+            router=router,
             stats=stats,
             accounting=self._accounting,
             coalesce=coalesce,

@@ -10,7 +10,7 @@ the account stage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from limpet.cache.base import CacheEntry
@@ -25,7 +25,7 @@ from limpet.pipeline.calls import Call
 from limpet.pipeline.request import Request
 from limpet.providers.prompt_cache import count_breakpoints
 from limpet.providers.usage import parse_usage
-from limpet.routing.base import Router
+from limpet.routing.base import Route, Router
 from limpet.routing.sticky_keys import sends_session_id
 
 logger = logging.getLogger("limpet")
@@ -172,15 +172,21 @@ def fails_over(
 
 
 async def first_answer(
-    ranked: Sequence[Endpoint],
+    route: Route,
     attempt: Callable[[Endpoint], Awaitable[T]],
+    headers: Mapping[str, str] | None = None,
     exchange: _Committed | None = None,
 ) -> tuple[Endpoint, T]:
-    """The endpoint that answered first and its answer: each of ``ranked`` is tried in
-    turn while ``fails_over`` says so."""
+    """The endpoint that answered first and its answer: each of ``route.endpoints`` is
+    tried in turn while ``fails_over`` says so, inside ``route.attempt``, so the router
+    learns each outcome as it does ``Upstream.call``'s. ``headers``: the call's own; a key
+    among them is the caller's, and a refusal of it is no fault of the endpoint."""
+    ranked = route.endpoints
     for index, endpoint in enumerate(ranked):
+        own = headers is not None and endpoint.callers_key(headers) is not None
         try:
-            return endpoint, await attempt(endpoint)
+            with route.attempt(endpoint, callers_credentials=own):
+                return endpoint, await attempt(endpoint)
         except APIError as exc:
             if not fails_over(exc, ranked, index, exchange):
                 raise

@@ -211,7 +211,10 @@ class Attempt:
 
 @runtime_checkable
 class Router(Protocol):
-    """Chooses the endpoints of each upstream call; the Client's seam for routing."""
+    """Chooses the endpoints of each upstream call; the Client's seam for routing.
+
+    ``embed()``'s requests are routed too: their body has an ``input`` and no
+    ``messages``."""
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]: ...

@@ -69,8 +69,10 @@ class RouterStats:
         by_affinity: routed where the affinity map said the prefix is cached.
         by_hash: routed to their key's first HRW choice.
         spilled: moved down their ranking by bounded load (each a likely cache miss).
-        failed_over: routed past a first choice that is ejected.
-        spread: routed without a key, to the least loaded endpoint.
+        failed_over: routed past a first choice that is ejected (or paused by a rate
+            limit).
+        spread: routed without a key: to the least loaded endpoint, or (a request with
+            no prompt, ``embed()``'s) to the first endpoint given.
         retried_elsewhere: calls to an endpoint after the route's first choice failed.
         failures: calls that failed at an endpoint's fault.
         ejections: endpoints ejected.

@@ -19,7 +19,8 @@ no coordination. For each upstream call:
    ``limpet.routing.sticky_keys``).
 
 With one endpoint there is no choice to make: the prefix chain is computed only when a
-sticky key needs it.
+sticky key needs it. A request with no prompt (``embed()``'s) has no key either: it goes
+to the endpoints in the order given, those ejected or paused by a rate limit last.
 
 Every call reports back through ``Route.attempt()``: in-flight counts, health (see
 ``limpet.routing.health``), and the provider-cache reads and writes of each key.
@@ -250,7 +251,7 @@ class StickyRouter:
         nothing for the request. Enter the first attempt with no ``await`` in between, so
         the in-flight counts the next request sees include this one."""
         if self._direct(body):
-            return self._only(body)
+            return self._unkeyed(body)
         chain = prefix_chain(body)
         key = routing_key(chain, self.config.unmarked)
         mirror = self._mirror
@@ -269,7 +270,7 @@ class StickyRouter:
         """``route()`` from this process's state alone, without the shared store. Pure
         apart from that state: no I/O, no event loop."""
         if self._direct(body):
-            return self._only(body)
+            return self._unkeyed(body)
         chain = prefix_chain(body)
         return self._route(body, chain, routing_key(chain, self.config.unmarked))
 
@@ -283,9 +284,11 @@ class StickyRouter:
         await self.flush()
 
     def _direct(self, body: Mapping[str, Any]) -> bool:
-        """True when a request needs no routing key: one endpoint, so no choice to make,
-        and no sticky key to derive for the gateway behind it."""
-        if self._always_direct:
+        """True when a request needs no routing key: one with no prompt (an embeddings
+        request: no provider cache to keep warm, nothing to keep together), or one
+        endpoint, so no choice to make, and no sticky key to derive for the gateway
+        behind it."""
+        if self._always_direct or "messages" not in body:
             return True
         if len(self._endpoints) != 1:
             return False
@@ -294,10 +297,20 @@ class StickyRouter:
             wants_session_id(only, body, self.config) or wants_prompt_cache_key(body, self.config)
         )
 
-    def _only(self, body: Mapping[str, Any]) -> Route:
-        """The route of a request to the one endpoint, with no prefix chain computed."""
-        self._stats.counted("spread")
-        return Route(body, self._endpoints, self, reason="spread")
+    def _unkeyed(self, body: Mapping[str, Any]) -> Route:
+        """The route of a request that needs no key, with no prefix chain computed and no
+        sticky key added: the endpoints in the order given, as health and rate limits
+        allow (ejected ones last, as in a keyed route: a last resort beats none)."""
+        everyone = self._endpoints
+        if len(everyone) == 1:
+            self._stats.counted("spread")
+            return Route(body, everyone, self, reason="spread")
+        now = self._clock()
+        available = [e for e in everyone if self._health[e.name].available(now)] or list(everyone)
+        ranked = open_first(available, self._admissions)
+        reason: RouteReason = "spread" if ranked[0] is everyone[0] else "failover"
+        self._stats.counted(reason)
+        return Route(body, ranked + [e for e in everyone if e not in ranked], self, reason=reason)
 
     def _route(self, body: Mapping[str, Any], chain: PrefixChain, key: RoutingKey) -> Route:
         now = self._clock()
