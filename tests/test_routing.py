@@ -638,6 +638,25 @@ def test_a_request_with_no_prompt_goes_in_the_order_given_ejected_endpoints_last
     assert (r.stats.spread, r.stats.failed_over, r.stats.ejections) == (2, 1, 1)
 
 
+def test_requests_with_no_prompt_in_flight_never_push_a_prefix_off_its_endpoint() -> None:
+    # A RAG pipeline embeds and asks through one Client: a burst of embed() requests (to
+    # the first endpoint given) counted in the load that bounds prompts pushed the prefixes
+    # pinned there elsewhere, where their provider cache is cold.
+    r = router(max_overload=0.25, load_floor=1)
+    embedding = {"model": "openai/text-embedding-3-small", "input": ["a limpet"]}
+    hot = next(
+        body
+        for body in (rag(document(f"doc {i}"), "q") for i in range(200))
+        if first(r, body) == "e0"
+    )
+    with ExitStack() as stack:
+        hold(r, [embedding] * 50, stack)
+        assert r.status()["e0"].in_flight == 50  # in flight, but not in the bounding load
+        route = r.select(hot)
+        assert (route.endpoints[0].name, route.reason) == ("e0", "hash")
+    assert r.stats.spilled == 0
+
+
 def test_when_every_endpoint_is_ejected_all_are_tried_anyway() -> None:
     r = router(failure_threshold=1)
     for name in ("e0", "e1", "e2", "e3"):

@@ -130,6 +130,7 @@ class StickyRouter:
         "_endpoints",
         "_health",
         "_in_flight",
+        "_in_flight_unprompted",
         "_marking",
         "_mirror",
         "_prompt_cache_keys",
@@ -174,7 +175,11 @@ class StickyRouter:
             )
             for e in resolved
         }
+        # Calls in flight: with a prompt (the load that bounds prompts and spreads them),
+        # and without (embed()'s: a burst of them on the first endpoint given must not push
+        # the prefixes pinned there to endpoints where their provider cache is cold).
         self._in_flight = dict.fromkeys(names, 0)
+        self._in_flight_unprompted = dict.fromkeys(names, 0)
         self._affinity = AffinityMap(self.config.affinity_size)
         self._mirror: AffinityMirror | None = None
         self._clock = clock
@@ -239,7 +244,7 @@ class StickyRouter:
             name: EndpointStatus(
                 name=name,
                 state=health.state(now),
-                in_flight=self._in_flight[name],
+                in_flight=self._in_flight[name] + self._in_flight_unprompted[name],
                 failures=health.failures,
                 ejected_for=max(health.ejected_until - now, 0.0),
             )
@@ -408,7 +413,7 @@ class StickyRouter:
 
     def attempt_started(self, attempt: Attempt) -> None:
         name = attempt.endpoint.name
-        self._in_flight[name] += 1
+        self._load_of(attempt)[name] += 1
         health = self._health[name]
         attempt.probe = health.begin(self._clock())
         attempt.ejections = health.ejections
@@ -435,9 +440,14 @@ class StickyRouter:
                 learned, capabilities = marking.learned, marking.capabilities
                 learn_minimum(learned, route.body, usage, attempt.model, capabilities)
 
+    def _load_of(self, attempt: Attempt) -> dict[str, int]:
+        """The in-flight counts ``attempt`` is one of: those of calls with a prompt, or
+        of those without."""
+        return self._in_flight if "messages" in attempt.route.body else self._in_flight_unprompted
+
     def attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
         name = attempt.endpoint.name
-        self._in_flight[name] -= 1
+        self._load_of(attempt)[name] -= 1
         if error is None:
             return
         health = self._health[name]
