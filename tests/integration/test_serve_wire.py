@@ -22,7 +22,13 @@ from limpet import Client
 from limpet.serve import ServeConfig, create_app
 from limpet.testing import FakeGateway
 from tests.integration.chat import ask
-from tests.integration.scripted import chunk, raw_event, scripted_upstream, usage_chunk
+from tests.integration.scripted import (
+    ENVELOPE,
+    chunk,
+    raw_event,
+    scripted_upstream,
+    usage_chunk,
+)
 from tests.loopback import served
 from tests.openai_shapes import assert_chunks
 
@@ -600,6 +606,60 @@ async def test_a_streamed_hit_says_it_spent_nothing_wherever_its_usage_comes() -
     assert shown["cost"] == 0 and shown["cost_details"]["upstream_inference_cost"] == 0
     assert shown["is_byok"] is True and shown["prompt_tokens"] == 5
     assert [c["choices"] for c in hit.chunks] == [c["choices"] for c in miss.chunks]
+
+
+async def test_a_coalesced_stream_says_it_spent_nothing_on_each_chunk_that_says_dollars() -> None:
+    """Usage with dollars on several chunks of a live stream: a caller who joined another
+    caller's stream spent nothing, and is told 0 on each of them, as a hit is; it was told
+    the upstream's cost on all but the last. Its tokens are the chunks' own, as the
+    ``CompletionStream`` of a coalesced caller gives them; the leader's dollars are left."""
+
+    def paid(tokens: int) -> dict[str, Any]:
+        cost = {"cost": 0.01 * tokens, "cost_details": {"upstream_inference_cost": 0.01}}
+        return {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens, **cost}
+
+    async with scripted_upstream() as upstream:
+        upstream.script = [
+            {**chunk({"role": "assistant", "content": "Hello"}), "usage": paid(1)},
+            {**chunk({"content": " world"}), "usage": paid(2)},
+            {**chunk({}, "stop"), "usage": paid(2)},
+            {**ENVELOPE, "choices": [], "usage": paid(2)},
+        ]
+        done = upstream.before_done = asyncio.Event()  # the stream runs until it is set
+        config = ServeConfig(upstreams=(upstream.url,))
+        streamed = {**ask(), "stream": True, "stream_options": {"include_usage": True}}
+        async with served(create_app(config), access_log=None) as url, sdk(url + "/v1") as client:
+
+            async def read(started: asyncio.Event) -> list[dict[str, Any]]:
+                chunks = []
+                async for got in await client.chat.completions.create(**streamed):
+                    chunks.append(got.model_dump(mode="json", exclude_unset=True))
+                    started.set()
+                return chunks
+
+            try:
+                async with asyncio.timeout(LONG):  # a failure, not a hang
+                    leading, following = asyncio.Event(), asyncio.Event()
+                    leader = asyncio.create_task(read(leading))
+                    await leading.wait()  # its stream is upstream, held before [DONE]
+                    follower = asyncio.create_task(read(following))
+                    await following.wait()  # it joined the stream in flight
+                    done.set()
+                    paying, sharing = await asyncio.gather(leader, follower)
+                    hit = await read(asyncio.Event())
+            finally:
+                done.set()  # the upstream may end, whatever happened
+    assert upstream.calls == 1  # one paid call: the follower's was coalesced, the last a hit
+    miss, coalesced, replayed = (
+        [c["usage"] for c in chunks if c.get("usage")] for chunks in (paying, sharing, hit)
+    )
+    assert [usage["cost"] for usage in miss] == [0.01, 0.02, 0.02, 0.02]
+    assert [usage["cost"] for usage in coalesced] == [0, 0, 0, 0] == [u["cost"] for u in replayed]
+    assert {usage["cost_details"]["upstream_inference_cost"] for usage in coalesced} == {0}
+    assert coalesced == replayed
+    tokens = [{**usage, "cost": 0, "cost_details": {}} for usage in miss]
+    assert [{**usage, "cost_details": {}} for usage in coalesced] == tokens
+    assert [c["choices"] for c in sharing] == [c["choices"] for c in paying]
 
 
 async def test_a_split_surrogate_pair_reaches_the_openai_sdk_through_the_proxy() -> None:

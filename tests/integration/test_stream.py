@@ -251,6 +251,27 @@ async def test_a_late_joiner_gets_the_chunks_so_far_then_the_tail(
     assert ep.calls == 1
 
 
+async def test_a_joiner_is_coalesced_as_the_stream_stands_until_its_leader_leaves(
+    client: Client, gateway: FakeGateway
+) -> None:
+    # What a proxy tells a caller a chunk cost, before the stream's end says how it was
+    # served: a joiner is coalesced while the reader who started the stream reads on;
+    # once that one left, the answer may be the joiner's own, known at the end.
+    ep = gateway.endpoint("a")
+    ep.pause_stream(after_chunks=2)
+    leader = client.stream(**ask())
+    await anext(leader)
+    follower = client.stream(**ask())
+    await anext(follower)  # it has joined the leader's upstream stream
+    assert (leader.coalesced, follower.coalesced) == (False, True)
+    await leader.aclose()
+    ep.resume_stream()
+    await anext(follower)
+    assert follower.coalesced is False
+    await collect(follower)
+    assert follower.completion is not None and follower.completion.cache is CacheStatus.MISS
+
+
 async def test_cancelling_a_follower_never_stops_the_others(
     client: Client, gateway: FakeGateway
 ) -> None:

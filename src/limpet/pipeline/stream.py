@@ -49,7 +49,16 @@ class CompletionStream:
         >>> stream.completion.usage
     """
 
-    __slots__ = ("_chunks", "_closing", "_left", "_open", "_reader", "cache", "completion")
+    __slots__ = (
+        "_chunks",
+        "_closing",
+        "_left",
+        "_open",
+        "_reader",
+        "cache",
+        "coalesced",
+        "completion",
+    )
 
     def __init__(
         self,
@@ -62,6 +71,12 @@ class CompletionStream:
         #: of a cached or shared answer (``hit``, ``coalesced``...); None for a live
         #: upstream stream, whose status ``completion`` tells at its end.
         self.cache: CacheStatus | None = None
+        #: Whether, as the stream stands at its last chunk, this reader is served a live
+        #: upstream stream another caller pays for (one another reader started and still
+        #: reads, or has claimed; another process's): its answer is ``coalesced`` unless
+        #: the reader who started it leaves before the end. ``completion`` says how it
+        #: was served in the end.
+        self.coalesced = False
         # The task waiting for the next chunk, if any.
         self._reader: asyncio.Task[Any] | None = None
         # Set by the first aclose(), done once it has closed: from then on the stream ends.

@@ -168,6 +168,7 @@ class StreamFlights:
             try:
                 async for chunk in flight.broadcast.items():
                     given, last = True, chunk
+                    sink.coalesced = _paid_by_another(flight, led)
                     finishes.see(chunk)
                     shown = without_usage(chunk) if declined else chunk
                     if shown is not None:
@@ -428,6 +429,17 @@ def _all_in(last: dict[str, Any] | None, finishes: Finishes) -> bool:
     return last is not None and (
         finishes.whole or (bool(last.get("usage")) and not last.get("choices"))
     )
+
+
+def _paid_by_another(flight: _StreamFlight, led: bool) -> bool:
+    """Whether a reader of ``flight`` is served, as it stands, an answer another caller
+    pays for: another process's stream, replayed; or one another reader started and still
+    reads, or has claimed (``StreamFlights._claims``). A reader whose starter left may
+    get it as its own: unknown until the end."""
+    result = flight.broadcast.result
+    if result is not None and result[1] is CacheStatus.COALESCED:
+        return True
+    return not led and (flight.claimed or not flight.leader_left)
 
 
 async def _ended_soon(flight: _StreamFlight) -> bool:

@@ -33,7 +33,7 @@ from limpet.cache.tiered import TieredCache
 from limpet.client import Client
 from limpet.errors import APIConnectionError, InvalidRequestError, LimpetError
 from limpet.http.chunks import StreamChunk
-from limpet.models import Completion
+from limpet.models import CacheStatus, Completion
 from limpet.pipeline.stream import CompletionStream
 from limpet.routing.sticky import StickyRouter
 from limpet.serve.body import BodyTimeoutError, json_object
@@ -411,34 +411,32 @@ async def _relay(
     *,
     own_key: bool,
 ) -> None:
-    # A chunk that says dollars (its usage's ``cost``: the usage chunk) is rewritten for
-    # a caller who spent none (``as_served``): at once when the stream says how it is
-    # served from its first chunk (a replay); else (a live stream, whose status comes
-    # at its end) it waits for the next chunk or the end. Other chunks are never held.
+    # A chunk that says dollars (its usage's ``cost``) is told as this caller is served
+    # (``_told``): at once when the stream says how from its first chunk (a replay); else
+    # (a live stream, whose status comes at its end) it waits for the next chunk or the
+    # end, where what it is told is known, or known as it stands (``coalesced``). Other
+    # chunks are never held.
     held: dict[str, Any] | None = None
     try:
         if first is not None:
             async for chunk in _chained(first, stream):
                 if held is not None:
-                    await response.write(_event(held))
+                    await response.write(_event(_told(held, stream)))
                     held = None
                 raw = chunk.raw
-                if not has_money(raw):
-                    await response.write(_event(raw))
-                elif stream.cache is not None:
-                    await response.write(_event(as_served(raw, stream.cache)))
-                else:
+                if has_money(raw) and stream.cache is None:
                     held = raw
+                else:
+                    await response.write(_event(_told(raw, stream)))
         completion = stream.completion
         if held is not None:
-            shown = held if completion is None else as_served(held, completion.cache)
-            await response.write(_event(shown))
+            await response.write(_event(_told(held, stream)))
         if completion is not None:
             await response.write(_served_comment(completion))
         await response.write(_DONE)
     except LimpetError as exc:
         if held is not None:
-            await response.write(_event(held))
+            await response.write(_event(_told(held, stream)))
         await response.write(_event(error_of(exc, own_key=own_key)[1]))  # as OpenAI does
     await response.write_eof()
 
@@ -447,6 +445,17 @@ async def _chained(first: StreamChunk, stream: CompletionStream) -> AsyncIterato
     yield first
     async for chunk in stream:
         yield chunk
+
+
+def _told(chunk: dict[str, Any], stream: CompletionStream) -> dict[str, Any]:
+    """``chunk`` as the caller of ``stream`` is told it (``as_served``): by how the stream
+    was served once it ended, or is from its first chunk (a replay); by how it is served
+    as it stands (a live stream another caller pays for); else as it came."""
+    completion = stream.completion
+    status = completion.cache if completion is not None else stream.cache
+    if status is None and stream.coalesced:
+        status = CacheStatus.COALESCED
+    return chunk if status is None else as_served(chunk, status)
 
 
 def _event(data: dict[str, Any]) -> bytes:
