@@ -24,9 +24,35 @@ EVENTS = ['{"a": 1}', '{"b":\n2}', "[DONE]"]
 
 
 def decode(pieces: list[bytes]) -> list[str]:
+    """The events dispatched, the stream's end included; an event it ends inside is not."""
+    return decode_to_the_end(pieces)[0]
+
+
+def decode_to_the_end(pieces: list[bytes]) -> tuple[list[str], str | None]:
+    """The events dispatched, and the data of the event the stream ended inside."""
     decoder = SSEDecoder()
     events = [event for piece in pieces for event in decoder.feed(piece)]
-    return events + decoder.close()
+    last, unfinished = decoder.close()
+    return events + last, unfinished
+
+
+def whatwg_events(data: bytes) -> list[str]:
+    """WHATWG's event-stream parsing written plainly, for ``data`` lines: whole lines only
+    (a CR at the very end ends its line), a blank line dispatches, and an event the bytes
+    end inside is discarded."""
+    events: list[str] = []
+    lines: list[str] = []
+    for line in data.splitlines(keepends=True):
+        if not line.endswith((b"\n", b"\r")):
+            break  # the last line, never ended
+        text = line.rstrip(b"\r\n")
+        if not text:
+            if lines:
+                events.append("\n".join(lines))
+            lines = []
+        elif text.startswith(b"data:"):
+            lines.append(text[5:].removeprefix(b" ").decode())
+    return events
 
 
 def test_comments_fields_multiline_data_and_done() -> None:
@@ -46,8 +72,45 @@ def test_any_split_of_the_bytes_gives_the_same_events(cuts: list[int], newline: 
     assert decode(pieces) == EVENTS
 
 
-def test_an_event_without_its_blank_line_still_counts_at_the_end() -> None:
-    assert decode([b'data: {"last": true}']) == ['{"last": true}']
+@pytest.mark.parametrize(
+    "tail",
+    [b'data: {"last": tr', b'data: {"last": true}', b'data: {"last": true}\n', b"data: [DONE]\r"],
+)
+def test_an_event_the_stream_ends_inside_is_discarded(tail: bytes) -> None:
+    # Regression: it was dispatched, so a body cut mid-event failed as a chunk that is not
+    # JSON (not retried) where the same cut at an event boundary was a connection error.
+    events, unfinished = decode_to_the_end([b'data: {"a": 1}\n\n' + tail])
+    assert events == ['{"a": 1}']
+    assert unfinished == tail.removeprefix(b"data: ").rstrip(b"\r\n").decode()
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_an_event_whose_blank_line_is_the_last_byte_counts(newline: bytes) -> None:
+    # A CR at the very end cannot wait for an LF any longer: it ends its line.
+    data = b"data: [DONE]" + newline + newline[:1]
+    assert decode_to_the_end([data]) == (["[DONE]"], None)
+
+
+def test_a_stream_ending_at_an_event_boundary_leaves_nothing_unfinished() -> None:
+    assert decode_to_the_end([STREAM]) == (EVENTS, None)
+    assert decode_to_the_end([b": keep-alive\n", b"event: x\n"]) == ([], None)
+
+
+@given(
+    st.integers(0, len(STREAM)),
+    st.lists(st.integers(0, len(STREAM)), max_size=8),
+    st.sampled_from([b"\n", b"\r\n", b"\r"]),
+)
+def test_a_stream_cut_at_any_byte_dispatches_only_its_whole_events(
+    end: int, cuts: list[int], newline: bytes
+) -> None:
+    data = STREAM.replace(b"\n", newline)
+    data = data[: min(end, len(data))]
+    bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    events = decode(pieces)
+    assert events == whatwg_events(data)
+    assert events == EVENTS[: len(events)]
 
 
 def test_data_without_a_space_and_utf8_split_mid_character() -> None:

@@ -56,6 +56,8 @@ class ScriptedUpstream:
         script: what the next stream sends.
         plain: what the next plain request is answered, when set.
         before_done: when set, streams wait for it before their ``[DONE]``.
+        ending: the bytes a stream ends with, as they are (``[DONE]`` and its blank
+            line unless changed: a body can end inside an event).
         bodies: the request bodies received, in order.
     """
 
@@ -63,6 +65,7 @@ class ScriptedUpstream:
         self.script: list[dict[str, Any] | bytes] = []
         self.plain: dict[str, Any] | None = None
         self.before_done: asyncio.Event | None = None
+        self.ending = b"data: [DONE]\n\n"
         self.bodies: list[dict[str, Any]] = []
         self.url = ""
 
@@ -84,7 +87,7 @@ class ScriptedUpstream:
             await response.write(data)
         if self.before_done is not None:
             await self.before_done.wait()
-        await response.write(b"data: [DONE]\n\n")
+        await response.write(self.ending)
         await response.write_eof()
         return response
 

@@ -25,7 +25,7 @@ from limpet import (
     RetryConfig,
     TieredCache,
 )
-from limpet.errors import APIResponseError
+from limpet.errors import APIConnectionError, APIResponseError
 from limpet.http.stream_events import stream_events
 from limpet.pipeline.stream_flights import TAIL_GRACE
 from tests.integration.chat import ask
@@ -570,7 +570,48 @@ async def test_a_large_body_orjson_refuses_still_fails_as_not_json(
             await client.complete(**ask())
 
 
-@pytest.mark.parametrize("fault", ["error_chunk", "dropped"])
+FIRST_EVENT = b"data: " + orjson.dumps(chunk({"role": "assistant", "content": "hel"}))
+
+#: Bodies that end inside an event (no blank line after it), cleanly: no connection error.
+ENDED_INSIDE_AN_EVENT = {
+    "ended_mid_line": FIRST_EVENT[: len(FIRST_EVENT) // 2],
+    "ended_before_the_line_end": FIRST_EVENT,
+    "ended_before_the_blank_line": FIRST_EVENT + b"\n",
+}
+
+
+@pytest.mark.parametrize("ending", ENDED_INSIDE_AN_EVENT.values(), ids=ENDED_INSIDE_AN_EVENT)
+async def test_a_body_ended_inside_an_event_is_a_stream_ended_before_done(
+    upstream: ScriptedUpstream, ending: bytes
+) -> None:
+    # Regression: the event the body ended inside was taken as a chunk, so a cut mid-line
+    # failed as "not a JSON object" (an answer never retried), where the same cut at an
+    # event boundary was a connection error. WHATWG discards such an event.
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"})]
+    upstream.ending = ending
+    async with open_client(upstream) as client:
+        stream = client.stream(**ask())
+        read: list[str | None] = []
+        with pytest.raises(APIConnectionError, match=r"ended before \[DONE\]"):
+            async for piece in stream:
+                read.append(piece.content)
+    assert read == ["Hi"]
+
+
+@pytest.mark.parametrize("ending", [b"data: [DONE]", b"data: [DONE]\n", b"data: [DONE]\r"])
+async def test_a_done_that_lost_its_blank_line_still_ends_a_whole_stream(
+    upstream: ScriptedUpstream, ending: bytes
+) -> None:
+    upstream.script = [chunk({"role": "assistant", "content": "Hi"}, "stop"), usage_chunk()]
+    upstream.ending = ending
+    async with open_client(upstream) as client:
+        _, answer = await collect(client)
+        assert answer.content == "Hi"
+        assert (await client.complete(**ask())).cache is CacheStatus.HIT
+    assert upstream.calls == 1
+
+
+@pytest.mark.parametrize("fault", ["error_chunk", "dropped", *ENDED_INSIDE_AN_EVENT])
 async def test_a_failure_before_the_first_chunk_is_retried(fault: str) -> None:
     # Regression (adversarial review): only a stream's opening was retried, so an error
     # chunk as its first event, or a connection dropped before any, failed stream() at
@@ -586,6 +627,10 @@ async def test_a_failure_before_the_first_chunk_is_retried(fault: str) -> None:
         if calls == 1 and fault == "dropped":
             assert request.transport is not None
             request.transport.close()
+            return response
+        if calls == 1 and fault in ENDED_INSIDE_AN_EVENT:
+            await response.write(ENDED_INSIDE_AN_EVENT[fault])
+            await response.write_eof()
             return response
         if calls == 1:
             error = {"code": 502, "message": "Provider returned error"}

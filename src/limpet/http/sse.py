@@ -2,8 +2,9 @@
 
 Follows the WHATWG event-stream rules that matter to LLM gateways: lines end in CRLF, LF
 or CR; ``:`` starts a comment (OpenRouter's ``: OPENROUTER PROCESSING`` keep-alives);
-several ``data:`` lines form one event joined by newlines; a blank line ends an event;
-``event:``, ``id:`` and ``retry:`` are ignored.
+several ``data:`` lines form one event joined by newlines; a blank line ends an event, and
+an event the stream ends inside (before its blank line) is discarded; ``event:``, ``id:``
+and ``retry:`` are ignored.
 
 Work is linear in the bytes fed, however an event is split: the bytes not yet ending a
 line are scanned once, and one event may hold at most ``max_event_bytes``.
@@ -80,18 +81,29 @@ class SSEDecoder:
         self._check(len(buffer))
         return events
 
-    def close(self) -> list[str]:
-        """At the end of the stream: an event left without its blank line still counts."""
+    def close(self) -> tuple[list[str], str | None]:
+        """At the end of the stream: what its last bytes complete, and what they leave.
+
+        Returns:
+            The data of each event the end completes (a CR at the very end ends its
+            line), and the data of the event the stream ended inside, or None. That event
+            is not dispatched: its blank line never came, so it may be cut anywhere, even
+            mid-line, and WHATWG discards it. It is returned only so that a caller can
+            still recognise a sentinel (``[DONE]``) that lost its blank line.
+        """
+        buffer = self._buffer
         events: list[str] = []
-        if self._buffer:
-            self._line(self._buffer.rstrip(b"\r"), events)
-            self._buffer.clear()
-            self._scanned = 0
-        if self._data:
-            events.append("\n".join(self._data))
-            self._data = []
+        # Never more than one line is left, and a CR could only be its last byte.
+        if buffer.endswith(b"\r"):
+            self._line(buffer[:-1], events)
+        elif buffer:
+            self._line(buffer, events)  # an unterminated line: it never ends the event
+        unfinished = "\n".join(self._data) if self._data else None
+        buffer.clear()
+        self._scanned = 0
+        self._data = []
         self._event_bytes = 0
-        return events
+        return events, unfinished
 
     def _line(self, line: bytes | bytearray, events: list[str]) -> None:
         if not line:

@@ -1,6 +1,6 @@
 """The chunks of an upstream event stream, as they arrive: SSE decoded, ``[DONE]`` ending
-it, failures mapped (an end before ``[DONE]`` is a connection error, an event past the
-decoder's cap a malformed answer)."""
+it, failures mapped (an end before ``[DONE]``, even inside an event, is a connection error;
+an event past the decoder's cap a malformed answer)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ async def stream_events(
     """Each chunk of ``response``'s stream until ``[DONE]``.
 
     Raises:
-        APIConnectionError: the stream ended before ``[DONE]``.
+        APIConnectionError: the stream ended before ``[DONE]`` (an event it ended
+            inside is discarded, never parsed).
         APIResponseError: a chunk is not a JSON object, or an event is over
             ``max_event_bytes``.
     """
@@ -35,10 +36,16 @@ async def stream_events(
                 if data == "[DONE]":
                     return
                 yield stream_chunk(endpoint, data)
-        for data in decoder.close():
+        events, unfinished = decoder.close()
+        for data in events:
             if data == "[DONE]":
                 return
             yield stream_chunk(endpoint, data)
+        # An event the body ended inside may be cut anywhere, so it is no chunk: the stream
+        # ended before [DONE], like a connection cut there. A [DONE] that lost its blank
+        # line can be no part of anything longer: the answer is whole.
+        if unfinished == "[DONE]":
+            return
         raise APIConnectionError(
             f"stream from endpoint {endpoint.name!r} ended before [DONE]",
             endpoint=endpoint.name,
