@@ -52,6 +52,7 @@ class CompletionStream:
     __slots__ = (
         "_chunks",
         "_closing",
+        "_entered",
         "_left",
         "_open",
         "_reader",
@@ -79,6 +80,8 @@ class CompletionStream:
         self.coalesced = False
         # The task waiting for the next chunk, if any.
         self._reader: asyncio.Task[Any] | None = None
+        # How many cancellations the reader's task had pending as it asked for the chunk.
+        self._entered = 0
         # Set by the first aclose(), done once it has closed: from then on the stream ends.
         self._closing: asyncio.Future[None] | None = None
         # Done once the reader that aclose() stopped from another task has let go.
@@ -95,7 +98,7 @@ class CompletionStream:
         if self._chunks is None:
             self._chunks = self._open(self)
         reader = self._reader = asyncio.current_task()
-        entered = 0 if reader is None else reader.cancelling()
+        entered = self._entered = 0 if reader is None else reader.cancelling()
         try:
             return StreamChunk(await self._chunks.__anext__())
         except asyncio.CancelledError:
@@ -108,10 +111,24 @@ class CompletionStream:
             if left is not None and not left.done():
                 left.set_result(None)
 
+    def _stopping(self) -> bool:
+        """Whether the task reading now is being cancelled by ``aclose()`` from another
+        task, and by nothing else: its reader stopped, as by ``aclose()`` in its own task,
+        not a caller cancelled (for the stream's end, which treats the two apart)."""
+        reader = self._reader
+        return (
+            self._left is not None
+            and reader is not None
+            and reader is asyncio.current_task()
+            and reader.cancelling() == self._entered + 1
+        )
+
     async def aclose(self) -> None:
         """Stop reading; idempotent. From another task (a stop button): a reader waiting
         for a chunk ends its ``async for`` there, one between chunks at its next, one not
-        started yet before anything is sent; this returns once the stream has let go."""
+        started yet before anything is sent; this returns once the stream has let go. A
+        reader that had all but ``[DONE]`` lets the upstream stream end first, whichever
+        task stops it: ``completion`` is set, and the answer stored and counted."""
         closing = self._closing
         if closing is not None:
             await asyncio.shield(closing)

@@ -187,7 +187,14 @@ class StreamFlights:
                 # the usage and [DONE] are left, so the answer is whole, paid for and
                 # its reader's; the upstream ends it (stored, and counted as this
                 # reader's) rather than being cut for want of a reader.
-                if _all_in(last, finishes) and await _ended_soon(flight):
+                if _all_in(last, finishes) and not _cancelling() and await _ended_soon(flight):
+                    sink.completion = self._completion(request, flight, led)
+                raise
+            except asyncio.CancelledError:
+                # Stopped as it waited for a chunk by its stream's aclose() from another
+                # task (a stop button), and cancelled by nothing else: its reader closed
+                # it, as above. A caller cancelled unwinds at once, and is counted so.
+                if _all_in(last, finishes) and sink._stopping() and await _ended_soon(flight):
                     sink.completion = self._completion(request, flight, led)
                 raise
             finally:
@@ -442,13 +449,15 @@ def _paid_by_another(flight: _StreamFlight, led: bool) -> bool:
     return not led and (flight.claimed or not flight.leader_left)
 
 
+def _cancelling() -> bool:
+    """Whether the reader's own task is being cancelled (it unwinds, and is counted so)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _ended_soon(flight: _StreamFlight) -> bool:
     """Whether ``flight``'s upstream stream ends with an answer within ``TAIL_GRACE``
-    seconds (waited for, never cancelled here); False at once when the reader's own task
-    is being cancelled (it unwinds, and is counted so)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        return False
+    seconds (waited for, never cancelled here)."""
     if not flight.task.done():
         await asyncio.wait({flight.task}, timeout=TAIL_GRACE)
     broadcast = flight.broadcast
