@@ -145,3 +145,13 @@ class Keying:
         if headers is None:
             return self._own
         return call_scope(self.credential, headers) + self._endpoints
+
+    def own_scope(self, headers: Mapping[str, str] | None, tenant: str | None) -> str | None:
+        """The key scope of a call that has one of its own (``scope()``'s: a tenant, or
+        credentials it sends itself), or None when it is the Client's: what a
+        ``ScopedRouter`` keeps its affinity pins apart by. No digest is made for a call
+        with neither headers nor a tenant."""
+        if headers is None and tenant is None:
+            return None
+        scope = self.scope(headers, tenant)
+        return None if scope == self._own else scope

@@ -79,7 +79,7 @@ class Pipelines:
 
         self._accounting = Accounting(prices, spent=recorder.spent)
         transport.billed = self._accounting.billed
-        upstream = Upstream(router, self._accounting, stats, mark)
+        upstream = Upstream(router, self._accounting, stats, mark, keying)
         local: SingleFlight[Filled] | None = (
             SingleFlight(retry_if=should_retry, free_if=never_sent) if coalesce else None
         )

@@ -1,7 +1,9 @@
 """The upstream stage: route, attempt, fail over. One loop for JSON answers and streams.
 
 What is sent is the caller's body marked with ``cache_control`` (when the Client injects
-breakpoints) and routed by what the provider sees. Each endpoint the route ranks is tried
+breakpoints) and routed by what the provider sees, in the call's key scope when the
+router keeps scopes apart (``ScopedRouter``: a tenant's calls, or a caller's sending its
+own credentials, are steered only by that scope's). Each endpoint the route ranks is tried
 in turn while the failure is retryable; a stream fails over only before its first chunk
 reached a reader. The answer's usage is parsed here, once, for the router's feedback and
 the account stage.
@@ -22,10 +24,11 @@ from limpet.http.retry import should_retry
 from limpet.observe.stats import Stats
 from limpet.pipeline.account import Accounting
 from limpet.pipeline.calls import Call
+from limpet.pipeline.keying import Keying
 from limpet.pipeline.request import Request
 from limpet.providers.prompt_cache import count_breakpoints
 from limpet.providers.usage import parse_usage
-from limpet.routing.base import Route, Router
+from limpet.routing.base import Route, Router, ScopedRouter
 from limpet.routing.sticky_keys import sends_session_id
 
 logger = logging.getLogger("limpet")
@@ -64,9 +67,15 @@ class Exchange(Protocol):
 
 
 class Upstream:
-    """Sends requests upstream through a router, accounting every answer."""
+    """Sends requests upstream through a router, accounting every answer.
 
-    __slots__ = ("_account", "_mark", "_router", "_stats")
+    Args:
+        keying: the Client's, whose ``own_scope`` gives each call's key scope to a
+            ``ScopedRouter``; None, or a router that offers no ``route_scoped``: every
+            call is routed by ``route(body)``.
+    """
+
+    __slots__ = ("_account", "_keying", "_mark", "_route_scoped", "_router", "_stats")
 
     def __init__(
         self,
@@ -74,11 +83,17 @@ class Upstream:
         account: Accounting,
         stats: Stats,
         mark: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        keying: Keying | None = None,
     ) -> None:
         self._router = router
         self._account = account
         self._stats = stats
         self._mark = mark
+        self._keying = keying
+        # Decided once: a custom router keeps the one-argument route(body) it implements.
+        self._route_scoped = (
+            router.route_scoped if keying is not None and isinstance(router, ScopedRouter) else None
+        )
 
     async def call(self, request: Request, exchange: Exchange, call: Call) -> CacheEntry:
         """The accounted answer of the first endpoint that gives one, sent with ``call``'s
@@ -92,13 +107,17 @@ class Upstream:
         sent = exchange.prepare(marked)
         # Routed by what the provider sees (injected breakpoints too). No await between
         # route() and the first attempt: the router counts the call in flight from there.
-        route = await self._router.route(sent)
+        headers = request.headers
+        scoped, keying = self._route_scoped, self._keying
+        if scoped is None or keying is None:
+            route = await self._router.route(sent)
+        else:  # a call of the Client's own scope is routed as route(sent) would route it
+            route = await scoped(sent, keying.own_scope(headers, request.tenant))
         # A silent answer says a model's cache minimum is higher only of limpet's own
         # marks: a caller's, placed as it likes (after a long message, say, which the
         # provider renders after the system ones), would teach it so for every caller.
         route.learns = marked is not body and not count_breakpoints(body)
         ranked = route.endpoints
-        headers = request.headers
         derived = route.session_id is not None or (
             "session_id" in route.body and "session_id" not in body
         )

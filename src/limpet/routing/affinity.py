@@ -11,11 +11,17 @@ protocol) so that other processes follow a moved prefix too. Only the exceptions
 Redis: a prefix where its hash puts it is found by every process without asking. The
 mirror is best effort like every cache here: a Redis fault is counted and logged once,
 never raised, and writes leave in the background (``AffinityMirror``).
+
+Pins are scoped as cache keys are. The shared copy is the Client's alone
+(``affinity_scope``), and within a Client a call with a key scope of its own (a tenant,
+or credentials it sends itself) reads and writes its pins under ``pin_prefix`` of that
+scope: where one caller's prompts moved a prefix never steers, nor tells, another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -39,6 +45,7 @@ __all__ = [
     "RedisTier",
     "affinity_scope",
     "affinity_store_for",
+    "pin_prefix",
 ]
 
 logger = logging.getLogger("limpet.routing")
@@ -234,6 +241,8 @@ def affinity_scope(namespace: str, credential: str) -> str:
     """The scope of a Client's affinity map in a shared Redis: its namespace and
     credential scope, digested (16 hex digits and a ``:``). Apart, one tenant's traffic
     never steers another's calls (nor tells it, by where they go, what the other sent).
+    Within it, the pins of a call with a key scope of its own (a tenant, credentials it
+    sends itself) are apart again, under ``pin_prefix``.
 
     Example:
         >>> affinity_scope("", "") == affinity_scope("", "") != affinity_scope("b", "")
@@ -241,6 +250,20 @@ def affinity_scope(namespace: str, credential: str) -> str:
     """
     digest = hashlib.sha256(f"{namespace}\x00{credential}".encode()).hexdigest()
     return digest[:16] + ":"
+
+
+@functools.lru_cache(maxsize=4096)
+def pin_prefix(scope: str) -> str:
+    """What a call's pins are prefixed with in the affinity map, local and shared, when
+    the call has a key scope of its own (``Keying.own_scope``: a tenant, or credentials
+    it sends itself): its scope, digested (16 hex digits and a ``/``). Calls of the
+    Client's own scope pin bare links, as they always have.
+
+    Example:
+        >>> pin_prefix("a") == pin_prefix("a") != pin_prefix("b"), len(pin_prefix("a"))
+        (True, 17)
+    """
+    return hashlib.sha256(b"limpet/pins\x00" + scope.encode()).hexdigest()[:16] + "/"
 
 
 class AffinityMirror:

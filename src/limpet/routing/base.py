@@ -3,6 +3,11 @@
 A ``Router`` turns a request into a ``Route``; the caller tries ``route.endpoints`` in
 order, each inside ``route.attempt(endpoint)``, which tells the router what happened
 (``AttemptObserver``). ``limpet.routing.sticky.StickyRouter`` is the router limpet ships.
+
+A router that keeps what one caller's calls taught it (an affinity map) apart from
+another's also offers ``ScopedRouter.route_scoped``; the Client's upstream stage calls it,
+with the call's key scope, when the router has it (decided once, when the Client is
+wired). A ``Router`` that offers only ``route(body)`` is called as it always was.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from limpet.models import Usage
 if TYPE_CHECKING:
     from limpet.routing.prefix import PrefixChain
 
-__all__ = ["Attempt", "AttemptObserver", "Route", "RouteReason", "Router", "RoutingKey"]
+__all__ = [
+    "Attempt",
+    "AttemptObserver",
+    "Route",
+    "RouteReason",
+    "Router",
+    "RoutingKey",
+    "ScopedRouter",
+]
 
 #: Why a route's first endpoint was chosen: the affinity map; the key's HRW ranking;
 #: bounded load moved it down the ranking; its first choice is ejected; no key at all.
@@ -70,6 +83,9 @@ class Route:
         session_id: the ``session_id`` the router derived, sent only to the endpoints
             that route by it (``body_for``); None when there is none (set it to None to
             send it nowhere).
+        pin_prefix: what the call's affinity pins are prefixed with
+            (``limpet.routing.affinity.pin_prefix``); "" for a call of the Client's own
+            scope, and for routers that keep no pins.
     """
 
     __slots__ = (
@@ -80,6 +96,7 @@ class Route:
         "endpoints",
         "key",
         "learns",
+        "pin_prefix",
         "reason",
         "session_id",
     )
@@ -95,6 +112,7 @@ class Route:
         chain: PrefixChain | None = None,
         session_id: str | None = None,
         session_takers: Collection[str] = (),
+        pin_prefix: str = "",
     ) -> None:
         self.body: dict[str, Any] = body if isinstance(body, dict) else dict(body)
         self.endpoints = tuple(endpoints)
@@ -103,6 +121,7 @@ class Route:
         self.chain = chain
         self.learns = False
         self.session_id = session_id
+        self.pin_prefix = pin_prefix
         self._session_takers = session_takers
         self._observer = observer
 
@@ -222,3 +241,17 @@ class Router(Protocol):
     async def route(self, body: Mapping[str, Any]) -> Route: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ScopedRouter(Router, Protocol):
+    """A ``Router`` that keeps each key scope's lessons apart: what routing learns from
+    one caller's calls (where bounded load moved a prefix) never steers, nor tells by
+    where it sends them, the calls of a caller of another scope (a tenant, or a caller
+    sending credentials of its own). ``StickyRouter`` is one."""
+
+    async def route_scoped(self, body: Mapping[str, Any], scope: str | None) -> Route:
+        """``route(body)`` for a call of key scope ``scope`` (``Keying.own_scope``: the
+        credential part of its cache key); None for a call of the Client's own scope,
+        routed exactly as ``route(body)`` routes it."""
+        ...

@@ -7,9 +7,14 @@ no coordination. For each upstream call:
 1. ``prefix_chain`` hashes the prompt as the provider renders it; ``routing_key`` picks
    what to route by (see there): a breakpoint's prefix, or the conversation.
 2. The affinity map answers first, deepest link first, but never above that key: a
-   prefix that bounded load moved stays where its cache now lives.
+   prefix that bounded load moved stays where its cache now lives. A call with a key
+   scope of its own (a tenant, or credentials it sends itself: ``route_scoped``) reads
+   and writes only its scope's pins, so no caller's prompts steer another's calls, nor
+   tell it by where they go what was sent (``limpet.routing.affinity.pin_prefix``).
 3. Otherwise rendezvous (HRW) hashing ranks the healthy endpoints for the key, weights
-   respected; removing an endpoint moves only its own keys.
+   respected; removing an endpoint moves only its own keys. The ranking is every
+   scope's: it depends on the prefix alone, which it reveals nothing of, and keeps
+   callers sharing an upstream key on one provider cache.
 4. Bounded load walks that ranking and takes the first endpoint whose in-flight count is
    under ``max(load_floor, ceil((1 + e) * mean))``.
 5. The rest of the ranking is the failover order; ejected endpoints come last.
@@ -45,8 +50,16 @@ from limpet.config import Endpoint, RoutingConfig
 from limpet.errors import ConfigurationError
 from limpet.models import Usage
 from limpet.providers.prompt_cache import CacheControlConfig
-from limpet.routing.affinity import AffinityMap, AffinityMirror, AffinityStore
-from limpet.routing.base import Attempt, AttemptObserver, Route, Router, RouteReason, RoutingKey
+from limpet.routing.affinity import AffinityMap, AffinityMirror, AffinityStore, pin_prefix
+from limpet.routing.base import (
+    Attempt,
+    AttemptObserver,
+    Route,
+    Router,
+    RouteReason,
+    RoutingKey,
+    ScopedRouter,
+)
 from limpet.routing.feedback import learn_minimum
 from limpet.routing.health import EndpointHealth, counts_against_endpoint, retry_after_of
 from limpet.routing.prefix import PrefixChain, prefix_chain
@@ -79,6 +92,7 @@ __all__ = [
     "RouteReason",
     "Router",
     "RoutingKey",
+    "ScopedRouter",
     "StickyRouter",
     "hrw_rank",
     "routing_key",
@@ -255,13 +269,22 @@ class StickyRouter:
         """Route one upstream call; reads the shared affinity map when this process's has
         nothing for the request. Enter the first attempt with no ``await`` in between, so
         the in-flight counts the next request sees include this one."""
+        return await self.route_scoped(body, None)
+
+    async def route_scoped(self, body: Mapping[str, Any], scope: str | None) -> Route:
+        """``route(body)`` for a call of key scope ``scope`` (``ScopedRouter``): the
+        affinity pins it reads and writes, here and in the shared store, are its scope's
+        alone (``pin_prefix``), so where bounded load moved another scope's prefix neither
+        steers it nor tells it what the other sent. None, a call of the Client's own
+        scope: ``route(body)``, pins shared by every Client of that scope."""
         if self._direct(body):
             return self._unkeyed(body)
         chain = prefix_chain(body)
         key = routing_key(chain, self.config.unmarked)
+        pins = "" if scope is None else pin_prefix(scope)
         mirror = self._mirror
         if mirror is not None and key.depth is not None:
-            links = self._lookups(chain, key)
+            links = self._lookups(chain, key, pins)
             now = self._clock()
             if all(self._affinity.get(link, now) is None for link in links):
                 found = await mirror.lookup(links)
@@ -269,15 +292,17 @@ class StickyRouter:
                 for link, name in zip(reversed(links), reversed(found), strict=True):
                     if name is not None and name in self._by_name:
                         self._affinity.put(link, name, ttl, now, mirrored=True)
-        return self._route(body, chain, key)
+        return self._route(body, chain, key, pins)
 
-    def select(self, body: Mapping[str, Any]) -> Route:
-        """``route()`` from this process's state alone, without the shared store. Pure
-        apart from that state: no I/O, no event loop."""
+    def select(self, body: Mapping[str, Any], *, scope: str | None = None) -> Route:
+        """``route()`` (``route_scoped()`` with a ``scope``) from this process's state
+        alone, without the shared store. Pure apart from that state: no I/O, no event
+        loop."""
         if self._direct(body):
             return self._unkeyed(body)
         chain = prefix_chain(body)
-        return self._route(body, chain, routing_key(chain, self.config.unmarked))
+        pins = "" if scope is None else pin_prefix(scope)
+        return self._route(body, chain, routing_key(chain, self.config.unmarked), pins)
 
     async def flush(self) -> None:
         """Wait until queued writes to the shared store have been sent."""
@@ -317,7 +342,9 @@ class StickyRouter:
         self._stats.counted(reason)
         return Route(body, ranked + [e for e in everyone if e not in ranked], self, reason=reason)
 
-    def _route(self, body: Mapping[str, Any], chain: PrefixChain, key: RoutingKey) -> Route:
+    def _route(
+        self, body: Mapping[str, Any], chain: PrefixChain, key: RoutingKey, pins: str
+    ) -> Route:
         now = self._clock()
         everyone = self._endpoints
         available = [e for e in everyone if self._health[e.name].available(now)] or list(everyone)
@@ -334,7 +361,7 @@ class StickyRouter:
             preferred = hrw_rank(key.key, everyone)
             ranked = open_first([e for e in preferred if e in available], self._admissions)
             reason = "hash" if ranked[0] is preferred[0] else "failover"
-            pinned = self._pinned(chain, key, now, available)
+            pinned = self._pinned(chain, key, now, available, pins)
             if pinned is not None and not long_paused(pinned, self._admissions):
                 ranked.remove(pinned)
                 ranked.insert(0, pinned)
@@ -345,7 +372,7 @@ class StickyRouter:
                 reason = "spill"
                 # Pinned now, not when the call returns: calls for the prefix that arrive
                 # meanwhile follow it instead of finding its old endpoint still full.
-                self._record(chain, key, ranked[0], move=True)
+                self._record(chain, key, ranked[0], pins, move=True)
             order = ranked + [e for e in preferred if e not in ranked]
         self._stats.counted(reason)
         # The session_id goes to the endpoints that route by it, whichever attempt reaches
@@ -366,32 +393,43 @@ class StickyRouter:
             chain=chain,
             session_id=session_id_for(key.key) if takers and key.key is not None else None,
             session_takers=takers,
+            pin_prefix=pins,
         )
 
     def _pinned(
-        self, chain: PrefixChain, key: RoutingKey, now: float, available: list[Endpoint]
+        self,
+        chain: PrefixChain,
+        key: RoutingKey,
+        now: float,
+        available: list[Endpoint],
+        pins: str,
     ) -> Endpoint | None:
-        """The endpoint the affinity map holds for the deepest link it knows, if available."""
+        """The endpoint the affinity map holds for the deepest link it knows under
+        ``pins`` (the call's scope's), if available."""
         if key.depth is None:
             return None
-        for link in self._lookups(chain, key):
+        for link in self._lookups(chain, key, pins):
             name = self._affinity.get(link, now)
             if name is not None:
                 endpoint = self._by_name.get(name)
                 return endpoint if endpoint in available else None
         return None
 
-    def _lookups(self, chain: PrefixChain, key: RoutingKey) -> list[str]:
-        """Links to look up, deepest first: those recorded below the key, then the key's."""
+    def _lookups(self, chain: PrefixChain, key: RoutingKey, pins: str) -> list[str]:
+        """Links to look up, deepest first: those recorded below the key, then the key's;
+        each under ``pins``, the call's scope's prefix ("" for the Client's own)."""
         depth = key.depth
         assert depth is not None
-        deeper = [link.hash for link in reversed(chain.links[depth + 1 :]) if looked_up(link, key)]
-        return [*deeper[: _MAX_LOOKUPS - 1], chain.links[depth].hash]
+        deeper = [
+            pins + link.hash for link in reversed(chain.links[depth + 1 :]) if looked_up(link, key)
+        ]
+        return [*deeper[: _MAX_LOOKUPS - 1], pins + chain.links[depth].hash]
 
     def _record(
-        self, chain: PrefixChain, key: RoutingKey, endpoint: Endpoint, *, move: bool
+        self, chain: PrefixChain, key: RoutingKey, endpoint: Endpoint, pins: str, *, move: bool
     ) -> None:
-        """Remember where the request's prefixes are cached now."""
+        """Remember where the request's prefixes are cached now, for calls of its scope
+        (``pins``: its pin prefix, "" for the Client's own)."""
         depth = key.depth
         if depth is None:
             return
@@ -400,9 +438,10 @@ class StickyRouter:
         links = [chain.links[depth], *(link for link in deeper if recorded(link, key))]
         hashed = key.key is not None and hrw_rank(key.key, self._endpoints)[0] is endpoint
         for link in links:
-            tell = self._affinity.put(link.hash, endpoint.name, ttl, now, hashed=hashed, move=move)
+            pinned = pins + link.hash
+            tell = self._affinity.put(pinned, endpoint.name, ttl, now, hashed=hashed, move=move)
             if tell and mirror is not None:
-                mirror.remember(link.hash, endpoint.name, ttl)
+                mirror.remember(pinned, endpoint.name, ttl)
 
     def _ttl(self, chain: PrefixChain) -> float:
         if any(link.ttl == "1h" for link in chain.links):
@@ -432,7 +471,7 @@ class StickyRouter:
             # A success refreshes the pin but never re-points it (a spill did that when it
             # was routed): a call routed before a move and finishing after it must not
             # move the prefix back.
-            self._record(chain, key, endpoint, move=False)
+            self._record(chain, key, endpoint, route.pin_prefix, move=False)
         if usage is not None:
             self._stats.feedback(None if key is None else key.key, endpoint.name, usage)
             marking = self._marking
