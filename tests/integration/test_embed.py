@@ -332,6 +332,22 @@ async def test_dimensions_an_endpoint_sends_are_checked_as_a_calls_are(
     assert e.misses == 1 and e.vectors == [fake_vector(MODEL, "a", 8)]
 
 
+async def test_a_call_that_clears_an_endpoints_dimensions_gets_the_models_own(
+    gateway: FakeGateway,
+) -> None:
+    """A call's ``extra_body={"dimensions": None}`` clears the endpoint's ``dimensions``
+    on the wire (the call's fields win): the model answers its own length, which is what
+    was asked. It was refused as malformed (checked against the endpoint's 8), though
+    paid for."""
+    endpoint = Endpoint("a", gateway.base_url("a"), extra_body={"dimensions": 8})
+    async with Client(endpoints=[endpoint], retry=FAST_RETRY) as client:
+        e = await client.embed(model=MODEL, input=["a"], extra_body={"dimensions": None})
+        again = await client.embed(model=MODEL, input=["a"], extra_body={"dimensions": None})
+    assert gateway.embeddings.requests[0]["dimensions"] is None
+    assert e.vectors == again.vectors == [fake_vector(MODEL, "a")]
+    assert (e.misses, again.hits) == (1, 1)
+
+
 @pytest.mark.gateway(endpoints=("a", "b"))
 async def test_requests_are_sized_by_an_estimated_token_budget(gateway: FakeGateway) -> None:
     """Long inputs go in requests of about ``embedding_batch_tokens`` at most (the least of

@@ -457,7 +457,7 @@ class Embedder:
         texts = [text for _, text in items]
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
         deadline = None if self._shares(request.decision) else call.deadline
-        dimensions = request.keyed.get("dimensions")
+        keyed = request.keyed
         # No await from here to the first attempt: the router counts the request in
         # flight (and lets it be an ejected endpoint's half-open probe) from route() on.
         route = await self._router.route(body)
@@ -472,7 +472,7 @@ class Embedder:
             usage = parse_usage(answer.get("usage"))
             cost = await self._accounting.embedding(request.model, answer, usage)
             try:
-                asked = dimensions_sent(dimensions, endpoint.extra_body)
+                asked = dimensions_sent(keyed, endpoint.extra_body)
                 vectors = merge_by_index(answer["data"], len(items), asked)
             except ValueError as exc:
                 add_spend(sent, usage, cost)

@@ -159,15 +159,13 @@ def _check_lengths(vectors: list[bytes], dimensions: object) -> None:
             )
 
 
-def dimensions_sent(dimensions: int | None, extra_body: Mapping[str, Any] | None) -> int | None:
-    """The vectors' length a request asks an endpoint for: the call's ``dimensions``, else
-    the one the endpoint's ``extra_body`` sends with every request (the call's wins, as
-    on the wire), when it is an int; None when neither asks."""
-    if dimensions is None and extra_body is not None:
-        sent = extra_body.get("dimensions")
-        if type(sent) is int:
-            return sent
-    return dimensions
+def dimensions_sent(keyed: Mapping[str, Any], extra_body: Mapping[str, Any] | None) -> int | None:
+    """The vectors' length a request asks an endpoint for, as the wire says it (the
+    request's fields over the endpoint's ``extra_body``): the request's ``dimensions``
+    when it names one (None: it clears the endpoint's, and asks for no length), else the
+    one the endpoint's ``extra_body`` sends with every request, when it is an int."""
+    sent = keyed["dimensions"] if "dimensions" in keyed else (extra_body or {}).get("dimensions")
+    return sent if type(sent) is int else None
 
 
 def plan_batches(
