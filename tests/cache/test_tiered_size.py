@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from limpet import MemoryCache, TieredCache
+from limpet import MemoryCache, RedisCache, TieredCache
 from limpet.cache.base import CacheEntry
 from limpet.cache.tiered import DEFAULT_MAX_ENTRY_BYTES
 from limpet.errors import ConfigurationError
@@ -55,3 +55,33 @@ async def test_an_entry_that_cannot_be_encoded_is_a_lost_write_not_an_error(
     assert await cache.set("k", unencodable) is None
     assert (len(memory), cache.stats.errors, cache.stats.unwritten) == (0, 1, 1)
     assert "cannot be encoded" in caplog.text
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("replacement", ["oversized", "unencodable"])
+async def test_an_answer_not_stored_leaves_no_older_one_in_its_place(
+    redis_url: str, redis_prefix: str, replacement: str
+) -> None:
+    """A refreshed answer that cannot be stored (too large, or no entry can hold it)
+    removes the one it replaces from every tier, here and for other processes: the next
+    call asks again rather than being served the answer the refresh replaced."""
+    shared = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    other = RedisCache.from_url(redis_url, prefix=redis_prefix)
+    cache = TieredCache(MemoryCache(), shared, max_entry_bytes=1024, clock=lambda: NOW)
+    elsewhere = TieredCache(other, clock=lambda: NOW)  # another process's view
+    try:
+        assert await cache.set("k", entry("old")) is not None
+        await cache.flush()
+        assert await elsewhere.get("k") is not None
+        if replacement == "oversized":
+            new = entry("x" * 2048)
+        else:
+            body = {"choices": [{"message": {"role": "assistant", "content": "new"}}]}
+            new = CacheEntry(body, Usage(prompt_tokens=2**64), None, "a", NOW, NOW + 60)
+        assert await cache.set("k", new) is None
+        await cache.flush()
+        assert await cache.get("k") is None
+        assert await elsewhere.get("k") is None
+    finally:
+        await cache.aclose()
+        await elsewhere.aclose()

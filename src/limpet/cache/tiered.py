@@ -330,7 +330,8 @@ class TieredCache:
     async def set_value(self, key: str, data: bytes, ttl: float) -> bool:
         """Store bytes already encoded, bound to ``key`` (and signed with ``hmac_key``) by
         their own codec, in every tier for ``ttl`` seconds. Returns False, storing nothing
-        (counted in ``stats.oversized``), when they are larger than ``max_entry_bytes``."""
+        (counted in ``stats.oversized``), when they are larger than ``max_entry_bytes``:
+        then whatever ``key`` held is deleted (``_not_stored``)."""
         if len(data) > self.max_entry_bytes:
             self.stats.oversized += 1
             logger.info(
@@ -338,6 +339,7 @@ class TieredCache:
                 len(data),
                 self.max_entry_bytes,
             )
+            await self._not_stored(key)
             return False
         self._begin_change(key)
         try:
@@ -398,8 +400,14 @@ class TieredCache:
             self.stats.errors += 1
             self.stats.unwritten += 1
             logger.warning("limpet cache: an answer that cannot be encoded was not stored: %s", exc)
+            await self._not_stored(key)
             return None
         return (data, ttl) if await self.set_value(key, data, ttl) else None
+
+    async def _not_stored(self, key: str) -> None:
+        """A newer value of ``key`` could not be stored: the one it replaces (a refresh's,
+        say) must not be served in its place, here or in another process."""
+        await self.delete(key)
 
     async def discard(self, key: str, error: CacheCorruptError) -> None:
         """Count ``key``'s entry as corrupt and delete it from every tier: for a fault found
