@@ -424,7 +424,9 @@ async def _relay(
                     await response.write(_event(_told(held, stream)))
                     held = None
                 raw = chunk.raw
-                if has_money(raw) and stream.cache is None:
+                if not has_money(raw):
+                    await response.write(_event(raw))
+                elif stream.cache is None:
                     held = raw
                 else:
                     await response.write(_event(_told(raw, stream)))
