@@ -580,7 +580,10 @@ class Client:
 
         New calls raise ``ClientClosedError`` at once. Running calls (and open streams)
         get ``close_grace`` seconds to finish; those still running are then stopped and
-        raise ``ClientClosedError``. Upstream requests that callers left running (an
+        raise ``ClientClosedError``. A stream its reader left open between chunks and
+        went (its task ended, say after a bare ``break``, or it is the task calling
+        this) gets no grace: it is closed at once, counted cancelled, and a later read
+        raises ``ClientClosedError``. Upstream requests that callers left running (an
         embedding request its caller's ``timeout`` gave up on, a stream let end after
         its reader left) get what is left of the grace: paid for, their answers are
         stored. Then pending cache writes land, flight leases are
@@ -589,15 +592,15 @@ class Client:
         """
         if self._closing is None:
             self._closed = True
-            self._closing = asyncio.ensure_future(self._close())
+            self._closing = asyncio.ensure_future(self._close(asyncio.current_task()))
         # Shielded: a caller cancelled while waiting does not leave the Client half-closed.
         await asyncio.shield(self._closing)
 
     def _is_closed(self) -> bool:
         return self._closed
 
-    async def _close(self) -> None:
-        await self._stop_calls()
+    async def _close(self, closer: asyncio.Task[Any] | None) -> None:
+        await self._stop_calls(closer)
         await self._keying.generations.aclose()
         # Before the cache: the router's last affinity writes go to its Redis.
         await self._router.aclose()
@@ -608,13 +611,18 @@ class Client:
         finally:
             await self._transport.aclose()
 
-    async def _stop_calls(self) -> None:
+    async def _stop_calls(self, closer: asyncio.Task[Any] | None) -> None:
         """Wait up to ``close_grace`` for running calls, then stop the rest and wait
         until they have unwound (released leases, landed or dropped their writes); what
-        they left running upstream gets the rest of the grace."""
+        they left running upstream gets the rest of the grace. Streams whose readers
+        have gone without closing them (``closer``, the task closing the Client, reads
+        none) are closed at once: nothing would end them in the grace."""
         clock = asyncio.get_running_loop().time
         grace_ends = clock() + self._close_grace
+        streams = self._pipelines.streams
+        await streams.close_gone(closer)
         await self._calls.stop(self._close_grace)
+        await streams.close_rest()
         # The callers first: leaving, they cancel the shared calls no one else waits for.
         if not await self._calls.unwound(_UNWIND_TIMEOUT):
             logger.warning("limpet: calls still running %gs after aclose()", _UNWIND_TIMEOUT)

@@ -4,6 +4,7 @@ the store stage once it ends cleanly."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from functools import partial
@@ -160,6 +161,7 @@ class StreamFlights:
             led = flight is None or flight is failed  # a failed one lands a moment later
             if led:
                 flight = self._start(request, call, joins)
+                flight.leader = weakref.ref(sink)
             assert flight is not None
             flight.readers += 1
             copied, given, ended = flight.copied, False, False
@@ -203,6 +205,8 @@ class StreamFlights:
                 flight.readers -= 1
                 if flight.readers == 0 and not self._looked_for(key, flight):
                     self._drop(key, flight, tail=not ended and _all_in(last, finishes))
+        if not led:
+            _left_if_gone(flight)
         sink.completion = self._completion(request, flight, led)
 
     def answer_of(self, key: str) -> Awaitable[tuple[CacheEntry, bool] | None] | None:
@@ -238,6 +242,7 @@ class StreamFlights:
         if not flight.whole:
             return None
         entry, status = result
+        _left_if_gone(flight)
         return entry, status is None and self._claims(flight, led=False)
 
     def _answering(self, key: str | None) -> Awaitable[tuple[Filled, bool]] | None:
@@ -449,6 +454,18 @@ def _paid_by_another(flight: _StreamFlight, led: bool) -> bool:
     return not led and (flight.claimed or not flight.leader_left)
 
 
+def _left_if_gone(flight: _StreamFlight) -> None:
+    """For another caller about to get ``flight``'s answer: a reader who started it and
+    has gone without closing its stream (``CompletionStream._gone``: a bare ``break``,
+    its task since ended) left, and its claim is that caller's. (Only its claim: its
+    stream, which could still be read, is the Client's ``aclose()`` to close.)"""
+    if flight.claimed or flight.leader_left or flight.leader is None:
+        return
+    leader = flight.leader()
+    if leader is not None and leader._gone():
+        flight.leader_left = True
+
+
 def _cancelling() -> bool:
     """Whether the reader's own task is being cancelled (it unwinds, and is counted so)."""
     task = asyncio.current_task()
@@ -487,6 +504,7 @@ class _StreamFlight:
         "claimed",
         "copied",
         "exchange",
+        "leader",
         "leader_left",
         "readers",
         "task",
@@ -508,5 +526,8 @@ class _StreamFlight:
         # reader who started the stream left before its end.
         self.claimed = False
         self.leader_left = False
+        # The stream of the reader who started it, to tell whether it has gone: weakly,
+        # so that one dropped unclosed is still the garbage collector's to close.
+        self.leader: weakref.ref[CompletionStream] | None = None
         self.exchange: StreamExchange | None = None  # the upstream stream, once sent
         self.task: asyncio.Task[None]
