@@ -171,6 +171,8 @@ async def test_aclose_closes_a_stream_whose_reader_breaks_out_during_the_grace(
     reading = asyncio.create_task(read_then_break())
     await read.wait()
     closing = asyncio.create_task(close(client))
+    # aclose() is in its grace, watching the reader's task, which then breaks out.
+    await joined(lambda: bool(client._pipelines.streams._watched))
     go_on.set()
     await reading
     await closing
