@@ -25,10 +25,15 @@ class HeldSender:
         return BatchOutcome()
 
 
+async def no_clear() -> None:
+    raise AssertionError("no clear is owed here")
+
+
 def full_queue(sender: HeldSender, breaker: CircuitBreaker) -> WriteQueue:
     queue = WriteQueue(
         sender,
         breaker,
+        clear=no_clear,
         timeout=0.1,
         max_pending=BOUND,
         where="test",

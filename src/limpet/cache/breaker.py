@@ -131,6 +131,13 @@ class CircuitBreaker:
         return "half_open"
 
     @property
+    def cooling_for(self) -> float:
+        """Seconds left before an open breaker lets a probe through (0 when it would now)."""
+        if not self._open:
+            return 0.0
+        return max(self.cooldown - (self._clock() - self._opened_at), 0.0)
+
+    @property
     def failing(self) -> bool:
         """True after a failure not yet followed by a success: a streak under way, or the
         breaker open or probing."""

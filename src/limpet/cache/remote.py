@@ -29,7 +29,7 @@ from typing import ClassVar, Self, TypeVar
 from limpet._checks import check_hmac_key
 from limpet.cache.breaker import BreakerState, CircuitBreaker
 from limpet.cache.budget import QueueTimeout, Watchdog
-from limpet.cache.writes import SendBatch, WriteQueue
+from limpet.cache.writes import ClearAll, SendBatch, WriteQueue
 from limpet.config import check_number
 from limpet.errors import (
     CacheRejectedError,
@@ -165,6 +165,12 @@ class RemoteCache:
     While the circuit breaker is open every operation raises ``CacheUnavailableError``
     at once, without touching the network; after its cool-down one operation probes.
 
+    A write refused or dropped, a delete not sent (the breaker open, the server failing,
+    a write of the key on its way) and a clear not made leave the key (or the tier) owed
+    a delete (``limpet.cache.owed_deletes``): it reads as a miss here, and the writer
+    deletes it once the tier takes a command again (``pending_deletes``), so a forgotten
+    or refreshed answer is never served again from the tier.
+
     Subclasses set ``_kind`` (for messages: ``"redis"``), build their client and call
     ``super().__init__()``; they override ``_deadline`` and ``_verdict``.
     """
@@ -191,6 +197,7 @@ class RemoteCache:
         *,
         where: str,
         send: SendBatch,
+        clear: ClearAll,
         batch_size: int,
         breaker: CircuitBreaker | None,
     ) -> None:
@@ -200,6 +207,7 @@ class RemoteCache:
             settings: from ``remote_settings()``.
             where: the server(s), for messages (never credentials).
             send: sends a batch of writes the backend's way.
+            clear: clears the tier the backend's way, through ``_guarded`` (a clear owed).
             batch_size: writes sent in one batch at most.
             breaker: the caller's breaker, or None for a new one.
         """
@@ -223,6 +231,7 @@ class RemoteCache:
         self._writes = WriteQueue(
             send,
             self.breaker,
+            clear=clear,
             timeout=self.write_timeout,
             max_pending=settings.max_pending_writes,
             where=where,
@@ -260,6 +269,12 @@ class RemoteCache:
     def pending_writes(self) -> int:
         """Writes queued or being sent."""
         return len(self._writes)
+
+    @property
+    def pending_deletes(self) -> int:
+        """Keys owed a delete the tier could not take yet (read as misses here until it
+        lands); see ``limpet.cache.owed_deletes``."""
+        return self._writes.owed_deletes
 
     @property
     def dropped_writes(self) -> int:
@@ -306,17 +321,53 @@ class RemoteCache:
         miss was written twice, and a burst of them filled the queue with duplicates."""
         self._writes.forget(full_key, value)
 
-    def _check_writable(self) -> None:
-        """No write is queued while the breaker is open (nor once the cache is closed).
+    def _check_writable(self, full: str) -> None:
+        """No write of the full key ``full`` is queued while the breaker is open (nor
+        once the cache is closed); it is owed a delete then, so that its older value does
+        not stay in the new one's place.
 
         Raises:
             CacheUnavailableError: the breaker is open, or the cache closed.
         """
         self._check_open()
         if self.breaker.state == "open":
+            self._writes.owe_delete(full)
             raise CacheRejectedError(
                 f"{self._kind} SET skipped: circuit breaker open ({self._where})"
             )
+
+    async def _delete_now(self, full: str, send: Callable[[], Awaitable[object]]) -> None:
+        """Delete the full key ``full`` with ``send`` (the backend's command, through the
+        breaker), or owe its delete when that cannot be done now: a write of it is on its
+        way (the writer deletes it after that), or ``send`` failed or was refused.
+
+        Raises:
+            CacheUnavailableError: ``send``'s, the key owed a delete.
+        """
+        writes = self._writes
+        if not writes.discard(full):
+            return
+        mark = writes.owed_mark(full)
+        try:
+            await send()
+        except BaseException:
+            writes.owe_delete(full)
+            raise
+        writes.settled(full, mark)
+
+    async def _clear_now(self, send: Callable[[], Awaitable[object]]) -> None:
+        """Drop every queued write and clear the tier with ``send``, or owe the clear
+        when that fails (made once the tier takes commands; empty here until then).
+
+        Raises:
+            CacheUnavailableError: ``send``'s, the clear owed.
+        """
+        self._writes.discard_all()
+        try:
+            await send()
+        except BaseException:
+            self._writes.owe_clear()
+            raise
 
     async def _close_writes(self) -> bool:
         """Mark the cache closed and send pending writes for at most ``close_timeout``.
@@ -388,4 +439,6 @@ class RemoteCache:
             breaker.release(epoch)
             raise
         breaker.record_success(epoch)
+        if self._writes.owing:  # the tier takes commands: the deletes owed to it go
+            self._writes.resume()
         return result

@@ -169,6 +169,7 @@ class MemcachedCache(RemoteCache):
             settings,
             where=self._connector.where,
             send=concurrent_writes(self._send_write, self._connector.slots),
+            clear=self._flush_all,
             batch_size=WRITE_BATCH,
             breaker=breaker,
         )
@@ -271,28 +272,37 @@ class MemcachedCache(RemoteCache):
         """Queue ``value`` under ``key`` for ``ttl`` seconds and return without waiting.
 
         A ``ttl`` of 0 or less removes the key instead; a value over ``max_value_size``
-        is counted in ``oversized_writes`` and any older value of the key removed.
+        is counted in ``oversized_writes`` and any older value of the key removed. A
+        write the queue has no room for, or refused while the breaker is open, leaves the
+        key owed a delete (see ``delete``).
 
         Raises:
             CacheUnavailableError: the breaker is open (no write is queued), or closed.
         """
-        self._check_writable()
+        full = self.entry_key(key).decode()
+        self._check_writable(full)
         if len(value) > self.max_value_size:
             self._oversized += 1
             ttl = 0.0  # a stale older value must not stay in its place
-        self._writes.put(self.entry_key(key).decode(), value, ttl)
+        self._writes.put(full, value, ttl)
 
     async def delete(self, key: str) -> None:
-        """Remove ``key``, and any write of it still queued.
+        """Remove ``key``, and any write of it still queued. A delete that cannot be made
+        now (the breaker open, Memcached failing, a write of the key on its way, which
+        could land after it) is owed: sent once Memcached takes commands, a miss here
+        until then.
 
         Raises:
-            CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.
+            CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed
+                (the delete owed, but when closed).
         """
         self._check_open()
         full = self.entry_key(key)
-        await self._writes.discard(full.decode())
         try:
-            await self.run("delete", self.write_timeout, lambda c: delete_key(c, full))
+            await self._delete_now(
+                full.decode(),
+                partial(self.run, "delete", self.write_timeout, partial(delete_key, key=full)),
+            )
         finally:
             self._reads.forget(full.decode())  # a read sent before the delete
 
@@ -305,11 +315,13 @@ class MemcachedCache(RemoteCache):
             CacheUnavailableError: Memcached is down, slow, the breaker is open, or closed.
         """
         self._check_open()
-        await self._writes.discard_all()
         try:
-            await self.run("flush_all", self.write_timeout, flush_all_servers)
+            await self._clear_now(self._flush_all)
         finally:
             self._reads.forget()
+
+    def _flush_all(self) -> Awaitable[None]:
+        return self.run("flush_all", self.write_timeout, flush_all_servers)
 
     async def generations(self, names: Sequence[str]) -> list[int]:
         """The current value of each generation counter. A missing one (never bumped,

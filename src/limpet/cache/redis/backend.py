@@ -198,6 +198,7 @@ class RedisCache(RemoteCache):
             settings,
             where=describe_server(client),
             send=pipelined_writes(client, self._slots),
+            clear=partial(unlink_prefix, self),
             batch_size=WRITE_BATCH,
             breaker=breaker,
         )
@@ -344,26 +345,32 @@ class RedisCache(RemoteCache):
         """Queue ``value`` under ``key`` for ``ttl`` seconds and return without waiting.
 
         A ``ttl`` of 0 or less removes the key instead. When the queue is full the write
-        is dropped and counted in ``dropped_writes``.
+        is dropped and counted in ``dropped_writes``, and the key owed a delete (as when
+        the breaker is open): its older value must not stay in the new one's place.
 
         Raises:
             CacheUnavailableError: the breaker is open (no write is queued), or closed.
         """
-        self._check_writable()
-        self._writes.put(self.redis_key(key), value, ttl)
+        full = self.redis_key(key)
+        self._check_writable(full)
+        self._writes.put(full, value, ttl)
 
     async def delete(self, key: str) -> None:
-        """Remove ``key``, and any write of it still queued.
+        """Remove ``key``, and any write of it still queued. A delete that cannot be made
+        now (the breaker open, Redis failing, a write of the key on its way, which could
+        land after it) is owed: sent once Redis takes commands, a miss here until then.
 
         Raises:
-            CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
+            CacheUnavailableError: Redis is down, slow, the breaker is open, or closed
+                (the delete owed, but when closed).
         """
         self._check_open()
         full = self.redis_key(key)
-        # Else a write in flight could land after the DEL and revive the key.
-        await self._writes.discard(full)
         try:
-            await self.run("DEL", self.write_timeout, partial(self._client.delete, full))
+            await self._delete_now(
+                full,
+                partial(self.run, "DEL", self.write_timeout, partial(self._client.delete, full)),
+            )
         finally:
             self._reads.forget(full)  # a read sent before the delete
 
@@ -375,13 +382,14 @@ class RedisCache(RemoteCache):
         Generation counters are kept: resetting one to 0 could make an entry that another
         process still holds under an old generation valid again.
 
+        A clear that cannot be made now is owed, as a delete is (see ``delete``).
+
         Raises:
             CacheUnavailableError: Redis is down, slow, the breaker is open, or closed.
         """
         self._check_open()
-        await self._writes.discard_all()
         try:
-            await unlink_prefix(self)
+            await self._clear_now(partial(unlink_prefix, self))
         finally:
             self._reads.forget()
 
