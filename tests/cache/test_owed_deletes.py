@@ -20,6 +20,7 @@ from limpet.cache.memcached.backend import MemcachedCache
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
+from limpet.errors import CacheUnavailableError
 from limpet.models import Usage
 from tests.fakes import COOLDOWN, FakeClock
 from tests.redis_servers import RedisProxy, RedisServer, redis_answers, state
@@ -242,3 +243,26 @@ def test_a_delete_settles_only_what_it_was_sent_for() -> None:
     upto = owed.begin_clear()
     owed.end_clear(upto, landed=False)
     assert owed.clear_owed and owed.covers("b")
+
+
+@pytest.mark.redis
+async def test_a_tier_owing_more_deletes_than_its_queue_holds_is_cleared_once_back(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix, max_pending_writes=1, breaker=breaker)
+    try:
+        await rc.set("kept", b"old", 60)
+        await rc.flush()
+        trip(breaker)
+        for key in ("a", "b"):  # refused: the second is past the bound
+            with pytest.raises(CacheUnavailableError):
+                await rc.set(key, b"new", 60)
+        assert await rc.get("kept") is None  # nothing read from a tier owing a clear
+        clock.advance(COOLDOWN)
+        await rc.generations(["x"])  # the probe: Redis takes commands again
+        await rc.flush()
+        assert not await stored(redis_url, rc.redis_key("kept"))
+        assert await stored(redis_url, rc.generation_key("x"))  # kept, as clear() keeps them
+        assert await rc.get("kept") is None and rc.pending_deletes == 0
+    finally:
+        await rc.aclose()
