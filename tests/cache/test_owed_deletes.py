@@ -23,7 +23,7 @@ from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
 from limpet.models import Usage
 from tests.fakes import COOLDOWN, FakeClock
-from tests.redis_servers import RedisProxy, RedisServer, redis_answers, state
+from tests.redis_servers import RedisServer, redis_answers, state
 
 
 def entry(i: int, *, ttl: float = 600.0) -> CacheEntry:
@@ -152,65 +152,6 @@ async def test_a_delete_racing_a_write_in_flight_is_sent_after_it_lands(
         await tiered.aclose()
 
 
-# -- cache="refresh" whose write the tier cannot take ----------------------------------
-
-
-@pytest.mark.redis
-async def test_a_refresh_refused_by_an_open_breaker_leaves_no_older_answer(
-    redis_url: str, redis_prefix: str, breaker: CircuitBreaker, clock: FakeClock
-) -> None:
-    rc = RedisCache.from_url(redis_url, prefix=redis_prefix, breaker=breaker)
-    tiered = TieredCache(MemoryCache(), rc)
-    other = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
-    try:
-        await tiered.set("k", entry(1))
-        await tiered.flush()
-        trip(breaker)
-        await tiered.set("k", entry(2))  # the refreshed answer: not written to Redis
-        assert tiered.stats.unwritten == 1
-        clock.advance(COOLDOWN)
-        await rc.get("other")
-        await rc.flush()
-        assert await other.get("k") is None  # never the answer the refresh replaced
-        assert rc.pending_deletes == 0
-    finally:
-        await tiered.aclose()
-        await other.aclose()
-
-
-@pytest.mark.redis
-async def test_a_refresh_dropped_from_a_full_write_queue_leaves_no_older_answer(
-    redis_url: str, redis_prefix: str
-) -> None:
-    other = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
-    async with RedisProxy.for_url(redis_url) as proxy:
-        rc = RedisCache(
-            url=proxy.url,
-            prefix=redis_prefix,
-            max_pending_writes=1,
-            read_timeout=5.0,
-            write_timeout=5.0,
-        )
-        tiered = TieredCache(MemoryCache(), rc)
-        try:
-            await tiered.set("k", entry(1))
-            await tiered.flush()
-            proxy.stall()  # Redis slow a moment, well inside the budget
-            await rc.set("a", b"v", 60)
-            await rc.wait_for_write_room()  # "a" is on its way
-            await rc.set("x", b"v", 60)  # the queue is full
-            await tiered.set("k", entry(2))  # the refreshed answer: dropped
-            assert rc.dropped_writes == 1
-            assert await tiered.get("k", start=1) is None  # not the older one either
-            proxy.resume()
-            await rc.flush()
-            assert await other.get("k") is None
-            assert rc.pending_deletes == 0
-        finally:
-            await tiered.aclose()
-            await other.aclose()
-
-
 # -- the bound -------------------------------------------------------------------------
 
 
@@ -254,9 +195,9 @@ async def test_a_tier_owing_more_deletes_than_its_queue_holds_is_cleared_once_ba
         await rc.set("kept", b"old", 60)
         await rc.flush()
         trip(breaker)
-        for key in ("a", "b"):  # refused: the second is past the bound
+        for key in ("a", "b"):  # forgotten: the second is past the bound
             with pytest.raises(CacheUnavailableError):
-                await rc.set(key, b"new", 60)
+                await rc.delete(key)
         assert await rc.get("kept") is None  # nothing read from a tier owing a clear
         clock.advance(COOLDOWN)
         await rc.generations(["x"])  # the probe: Redis takes commands again

@@ -1,18 +1,19 @@
 """The deletes a shared tier owes: keys that must not keep an older value there.
 
-A shared tier that cannot take a write or a delete of a key now (its breaker is open,
-its write queue is full, a write of the key is on its way and would land after a delete
-sent now) must not leave the key's older value to be served: a forgotten answer, or the
-one a ``cache="refresh"`` replaced. The key is owed a delete instead, which the tier's
-writer sends, after anything of the key already sent or queued, as soon as the tier
-takes commands again, and again after each failure (as a bump of a generation made
-while the store was down is sent once it is back, ``limpet.cache.generations``).
+A shared tier that cannot take a delete of a key now (its breaker is open, the server
+failed it, a write of the key is on its way and would land after a delete sent now) must
+not leave the key's value to be served: a forgotten answer. The key is owed a delete
+instead, which the tier's writer sends, after anything of the key already sent or
+queued, as soon as the tier takes commands again, and again after each failure (as a
+bump of a generation made while the store was down is sent once it is back,
+``limpet.cache.generations``).
 
 The keys are bounded, by as many as the write queue holds: an outage must not turn
-into a memory leak. Past that bound the tier owes a clear instead (every key under its
-prefix; on Memcached, every item on its servers), since a delete of a key no longer
-remembered cannot be sent: an outage long and busy enough to need it costs the shared
-tier its contents, never a stale answer. While a key is owed, or a clear, this process
+into a memory leak. Past that bound (more forgotten keys during one outage than the
+write queue holds) the tier owes a clear instead (every key under its prefix; on
+Memcached, every item on its servers, as ``clear()`` does), since a delete of a key no
+longer remembered cannot be sent: such an outage costs the shared tier its contents,
+never a stale answer. While a key is owed, or a clear, this process
 reads it as a miss. Pure bookkeeping: the write queue (``limpet.cache.writes``) sends.
 """
 

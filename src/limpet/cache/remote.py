@@ -165,11 +165,11 @@ class RemoteCache:
     While the circuit breaker is open every operation raises ``CacheUnavailableError``
     at once, without touching the network; after its cool-down one operation probes.
 
-    A write refused or dropped, a delete not sent (the breaker open, the server failing,
-    a write of the key on its way) and a clear not made leave the key (or the tier) owed
-    a delete (``limpet.cache.owed_deletes``): it reads as a miss here, and the writer
-    deletes it once the tier takes a command again (``pending_deletes``), so a forgotten
-    or refreshed answer is never served again from the tier.
+    A delete not sent (the breaker open, the server failing, a write of the key on its
+    way) and a clear not made leave the key (or the tier) owed a delete
+    (``limpet.cache.owed_deletes``): it reads as a miss here, and the writer deletes it
+    once the tier takes a command again (``pending_deletes``), so a forgotten answer is
+    never served again from the tier.
 
     Subclasses set ``_kind`` (for messages: ``"redis"``), build their client and call
     ``super().__init__()``; they override ``_deadline`` and ``_verdict``.
@@ -321,17 +321,14 @@ class RemoteCache:
         miss was written twice, and a burst of them filled the queue with duplicates."""
         self._writes.forget(full_key, value)
 
-    def _check_writable(self, full: str) -> None:
-        """No write of the full key ``full`` is queued while the breaker is open (nor
-        once the cache is closed); it is owed a delete then, so that its older value does
-        not stay in the new one's place.
+    def _check_writable(self) -> None:
+        """No write is queued while the breaker is open (nor once the cache is closed).
 
         Raises:
             CacheUnavailableError: the breaker is open, or the cache closed.
         """
         self._check_open()
         if self.breaker.state == "open":
-            self._writes.owe_delete(full)
             raise CacheRejectedError(
                 f"{self._kind} SET skipped: circuit breaker open ({self._where})"
             )

@@ -11,10 +11,10 @@ thousands of inputs) does not have to lose the rest while the server is healthy:
 so a burst is fed in pieces the queue absorbs; only a failing tier drops writes. No backend
 package is imported here, so every backend shares this one.
 
-A write the tier cannot take now (the queue is full, the breaker open) and a delete it
-cannot send now (the breaker open, a write of the key on its way) leave the key owed a
-delete (``limpet.cache.owed_deletes``): the writer sends it after whatever of the key was
-already sent, once the tier takes commands again (``resume()``), outside ``max_pending``.
+A delete the tier cannot take now (the breaker open, the server failing, a write of the
+key on its way) leaves the key owed a delete (``limpet.cache.owed_deletes``): the writer
+sends it after whatever of the key was already sent, once the tier takes commands again
+(``resume()``), outside ``max_pending``.
 """
 
 from __future__ import annotations
@@ -188,16 +188,14 @@ class WriteQueue:
 
     def put(self, key: str, value: bytes | None, ttl: float) -> None:
         """Queue ``value`` (None: delete) under ``key`` for ``ttl`` seconds; start the
-        writer if it is idle. Dropped and counted when the queue is full, and the key
-        owed a delete then: an older value must not stay in its place. Dropped and counted
-        too while ``key`` is owed a delete: that goes first (a later write stores it)."""
+        writer if it is idle. Dropped and counted when the queue is full, and while
+        ``key`` is owed a delete: that goes first (a later write stores it)."""
         pending = self._pending
         if self._owed.active and self._owed.owes(key):
             self._dropped += 1
             return
         if key not in pending and len(pending) >= self.max_pending:
             self._dropped += 1
-            self.owe_delete(key)
             return
         pending[key] = (value if ttl > 0 else None, time.monotonic() + ttl)
         pending.move_to_end(key)

@@ -272,19 +272,16 @@ class MemcachedCache(RemoteCache):
         """Queue ``value`` under ``key`` for ``ttl`` seconds and return without waiting.
 
         A ``ttl`` of 0 or less removes the key instead; a value over ``max_value_size``
-        is counted in ``oversized_writes`` and any older value of the key removed. A
-        write the queue has no room for, or refused while the breaker is open, leaves the
-        key owed a delete (see ``delete``).
+        is counted in ``oversized_writes`` and any older value of the key removed.
 
         Raises:
             CacheUnavailableError: the breaker is open (no write is queued), or closed.
         """
-        full = self.entry_key(key).decode()
-        self._check_writable(full)
+        self._check_writable()
         if len(value) > self.max_value_size:
             self._oversized += 1
             ttl = 0.0  # a stale older value must not stay in its place
-        self._writes.put(full, value, ttl)
+        self._writes.put(self.entry_key(key).decode(), value, ttl)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``, and any write of it still queued. A delete that cannot be made

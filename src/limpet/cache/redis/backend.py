@@ -345,15 +345,13 @@ class RedisCache(RemoteCache):
         """Queue ``value`` under ``key`` for ``ttl`` seconds and return without waiting.
 
         A ``ttl`` of 0 or less removes the key instead. When the queue is full the write
-        is dropped and counted in ``dropped_writes``, and the key owed a delete (as when
-        the breaker is open): its older value must not stay in the new one's place.
+        is dropped and counted in ``dropped_writes``.
 
         Raises:
             CacheUnavailableError: the breaker is open (no write is queued), or closed.
         """
-        full = self.redis_key(key)
-        self._check_writable(full)
-        self._writes.put(full, value, ttl)
+        self._check_writable()
+        self._writes.put(self.redis_key(key), value, ttl)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``, and any write of it still queued. A delete that cannot be made
