@@ -1,8 +1,8 @@
 """Deletes a shared tier owes (``limpet.cache.owed_deletes``): a forgotten or refreshed
 answer is never served again from Redis or Memcached, whatever the tier could not take
-when it was forgotten or refreshed: a delete or a write while its breaker was open, a
-delete racing a write already on its way, a write its full queue dropped. Real servers;
-breakers on a fake clock."""
+when it was forgotten or refreshed: a delete while its breaker was open, a delete racing
+a write already on its way; a refresh (``TieredCache.set(replacing=True)``) whose write
+the open breaker refused. Real servers; breakers on a fake clock."""
 
 from __future__ import annotations
 
@@ -150,6 +150,32 @@ async def test_a_delete_racing_a_write_in_flight_is_sent_after_it_lands(
         assert rc.pending_deletes == 0
     finally:
         await tiered.aclose()
+
+
+# -- cache="refresh" whose write the tier cannot take ----------------------------------
+
+
+@pytest.mark.redis
+async def test_a_refresh_refused_by_an_open_breaker_leaves_no_older_answer(
+    redis_url: str, redis_prefix: str, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    rc = RedisCache.from_url(redis_url, prefix=redis_prefix, breaker=breaker)
+    tiered = TieredCache(MemoryCache(), rc)
+    other = TieredCache(MemoryCache(), RedisCache.from_url(redis_url, prefix=redis_prefix))
+    try:
+        await tiered.set("k", entry(1))
+        await tiered.flush()
+        trip(breaker)
+        await tiered.set("k", entry(2), replacing=True)  # the refresh: not written
+        assert tiered.stats.unwritten == 1
+        clock.advance(COOLDOWN)
+        await rc.get("other")
+        await rc.flush()
+        assert await other.get("k") is None  # never the answer the refresh replaced
+        assert rc.pending_deletes == 0
+    finally:
+        await tiered.aclose()
+        await other.aclose()
 
 
 # -- the bound -------------------------------------------------------------------------

@@ -376,13 +376,21 @@ class TieredCache:
         entry = self._codec.decode(key, data)
         return entry, None if entry.created_at > self._clock() else entry.expires_at
 
-    async def set(self, key: str, entry: CacheEntry) -> tuple[bytes, float] | None:
-        """Store ``entry`` in every tier until its ``expires_at``.
+    async def set(
+        self, key: str, entry: CacheEntry, *, replacing: bool = False
+    ) -> tuple[bytes, float] | None:
+        """Store ``entry`` in every tier until its ``expires_at``. ``replacing``: it
+        replaces an answer that must not be served any more (``cache="refresh"``), so that
+        answer is deleted first: a tier that cannot take the write now (its breaker open,
+        its queue full) must not keep it, and a delete it cannot take is owed to it
+        (``limpet.cache.owed_deletes``).
 
         Returns:
             The encoded entry and its TTL (for a cross-process flight to share), or None
             when it had already expired or is larger than ``max_entry_bytes``.
         """
+        if replacing:
+            await self.delete(key)
         ttl = entry.expires_at - self._clock()
         if ttl <= 0:
             return None

@@ -254,12 +254,13 @@ class ChatPipeline:
     ) -> Filled:
         """``_fill`` through the cross-process flight: one process calls upstream and
         stores, the others read what it stored."""
+        refreshing = not request.decision.read
 
         async def lead() -> tuple[Filled, Shared, float]:
             entry = await self._upstream.call(request, self._exchange, call)
             if not storable(entry):  # this answer: the next may be (one follower takes over)
                 return (entry, None, None), None, 0.0
-            data, entry_ttl = kept(await cache.set(key, entry))
+            data, entry_ttl = kept(await cache.set(key, entry, replacing=refreshing))
             return (entry, None, None), data, entry_ttl
 
         async def read(count_miss: bool = True) -> Filled | None:
@@ -272,8 +273,10 @@ class ChatPipeline:
     async def _store(self, request: Request, key: str, entry: CacheEntry) -> None:
         """The store stage: a storable answer is written to every tier. Apart from the
         upstream call rather than around it, so that it is no coroutine of the call's."""
-        if self._cache is not None and request.decision.write and storable(entry):
-            await self._cache.set(key, entry)
+        decision = request.decision
+        if self._cache is not None and decision.write and storable(entry):
+            # A refresh (written, not read) replaces what the tiers hold.
+            await self._cache.set(key, entry, replacing=not decision.read)
 
     async def aclose(self) -> None:
         """Stop the in-process flights still running (``aclose()``, after its grace)."""

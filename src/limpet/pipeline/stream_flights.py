@@ -409,7 +409,8 @@ class StreamFlights:
             flight.whole = exchange.whole
             if cache is None or key is None or not store or not _storable(exchange, entry):
                 return entry, None, 0.0  # this stream: the next may be (a follower leads)
-            data, entry_ttl = kept(await cache.set(key, entry))
+            refreshing = not request.decision.read  # it replaces what the tiers hold
+            data, entry_ttl = kept(await cache.set(key, entry, replacing=refreshing))
             return entry, data, entry_ttl
 
         shared = self._shared
