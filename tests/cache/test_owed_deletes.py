@@ -14,28 +14,15 @@ import pytest
 import redis
 import redis.asyncio
 
-from limpet.cache.base import CacheEntry
 from limpet.cache.breaker import CircuitBreaker
 from limpet.cache.memcached.backend import MemcachedCache
 from limpet.cache.memory import MemoryCache
 from limpet.cache.redis.backend import RedisCache
 from limpet.cache.tiered import TieredCache
 from limpet.errors import CacheUnavailableError
-from limpet.models import Usage
+from tests.cache.test_redis_faults import entry
 from tests.fakes import COOLDOWN, FakeClock
 from tests.redis_servers import RedisServer, redis_answers, state
-
-
-def entry(i: int, *, ttl: float = 600.0) -> CacheEntry:
-    created = time.time()
-    return CacheEntry(
-        body={"id": f"gen-{i}", "choices": [{"message": {"content": f"answer {i}"}}]},
-        usage=Usage(prompt_tokens=10, completion_tokens=i),
-        cost_usd=0.001,
-        endpoint="a",
-        created_at=created,
-        expires_at=created + ttl,
-    )
 
 
 def trip(breaker: CircuitBreaker) -> None:
