@@ -202,9 +202,10 @@ class WriteQueue:
         self._start()
 
     def owe_delete(self, key: str) -> None:
-        """The tier cannot take a write or delete of ``key`` now: drop its queued write,
-        and send a delete of it after anything of it already sent, once the tier takes
-        commands (``resume()``). Past the bound a clear is owed instead (logged)."""
+        """The tier cannot take a delete of ``key`` now (refused, failed, or a write of it
+        is on its way): drop its queued write, and send a delete of it after anything of
+        it already sent, once the tier takes commands (``resume()``). Past the bound a
+        clear is owed instead (logged)."""
         self._pending.pop(key, None)
         if not self._owed.owe(key):
             logger.warning(
