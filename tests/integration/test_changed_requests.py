@@ -27,6 +27,8 @@ from limpet.testing import FakeGateway
 from tests.integration.cancel_sweep import MAX_ROUNDS, turns
 from tests.integration.chat import MODEL, ask
 
+EMBED_MODEL = "openai/text-embedding-3-small"
+
 TIERS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
 
@@ -108,6 +110,31 @@ async def test_a_large_conversation_changed_while_it_is_keyed_is_stored_under_it
         assert answered.content in (await truth(client, before), await truth(client, after[:-1]))
         for messages in (before, after[:-1], after):
             assert await served(client, messages) == await truth(client, messages), k
+        if finished:
+            break
+    assert unsent_when_changed >= 2
+
+
+async def test_an_embed_param_changed_at_any_turn_never_stores_vectors_under_another_key(
+    client: Client, gateway: FakeGateway
+) -> None:
+    # A nested field (``provider``) is keyed per input and written to the wire later, in
+    # a send task of its own: it is sent as it was keyed, whatever the caller does to its
+    # dict meanwhile.
+    unsent_when_changed = 0
+    for k in range(1, MAX_ROUNDS):
+        text = f"{k}: a limpet"
+        params: dict[str, Any] = {"provider": {"order": ["azure"]}}
+        calls = gateway.embeddings.calls
+        call = asyncio.create_task(client.embed(model=EMBED_MODEL, input=[text], **params))
+        await turns(k)
+        finished = call.done()
+        unsent_when_changed += gateway.embeddings.calls == calls
+        params["provider"]["order"] = ["openai"]  # the caller reuses its dict
+        await call
+        assert gateway.embeddings.requests[-1]["provider"] == {"order": ["azure"]}, k
+        asked = await client.embed(model=EMBED_MODEL, input=[text], provider={"order": ["openai"]})
+        assert (asked.hits, asked.misses) == (0, 1), k  # never asked for before
         if finished:
             break
     assert unsent_when_changed >= 2

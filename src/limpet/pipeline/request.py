@@ -13,6 +13,7 @@ from typing import Any
 from limpet.config import CachePolicy
 from limpet.errors import InvalidRequestError
 from limpet.pipeline.calls import Call
+from limpet.pipeline.owned import owned_body
 from limpet.pipeline.policy import CacheDecision, decide
 from limpet.pipeline.validation import (
     check_model,
@@ -217,7 +218,9 @@ def embed_request(
                 params[name],
             )
     validate_fields(params)  # each field by its rule, and JSON: now, not once sent
-    keyed, wire = embedding_params(dimensions, encoding_format, params)
+    # A copy of limpet's own (``owned_body``): the inputs are keyed now and sent later,
+    # from a task of their own, and a caller may change its nested dicts meanwhile.
+    keyed, wire = embedding_params(dimensions, encoding_format, owned_body(params))
     timeout, extra_headers = validate_call_options(timeout, extra_headers)
     entry_ttl = default_ttl if ttl is None else validate_ttl(ttl) or default_ttl
     if tenant is not None:
