@@ -327,11 +327,18 @@ class TieredCache:
         """The key entries are signed with, for codecs of other kinds of values."""
         return self._hmac_key
 
-    async def set_value(self, key: str, data: bytes, ttl: float) -> bool:
+    async def set_value(
+        self, key: str, data: bytes, ttl: float, *, replacing: bool = False
+    ) -> bool:
         """Store bytes already encoded, bound to ``key`` (and signed with ``hmac_key``) by
         their own codec, in every tier for ``ttl`` seconds. Returns False, storing nothing
         (counted in ``stats.oversized``), when they are larger than ``max_entry_bytes``:
-        then whatever ``key`` held is deleted (``_not_stored``)."""
+        then whatever ``key`` held is deleted (``_not_stored``).
+
+        ``replacing``: they replace a value that must not be served any more
+        (``cache="refresh"``), so that value is deleted first: a tier that cannot take the
+        write now (its breaker open, its queue full) must not keep it, and a delete it
+        cannot take is owed to it (``limpet.cache.owed_deletes``)."""
         if len(data) > self.max_entry_bytes:
             self.stats.oversized += 1
             logger.info(
@@ -341,6 +348,8 @@ class TieredCache:
             )
             await self._not_stored(key)
             return False
+        if replacing:
+            await self.delete(key)
         self._begin_change(key)
         try:
             for index, write_now in enumerate(self._writes_now):
@@ -380,19 +389,17 @@ class TieredCache:
         self, key: str, entry: CacheEntry, *, replacing: bool = False
     ) -> tuple[bytes, float] | None:
         """Store ``entry`` in every tier until its ``expires_at``. ``replacing``: it
-        replaces an answer that must not be served any more (``cache="refresh"``), so that
-        answer is deleted first: a tier that cannot take the write now (its breaker open,
-        its queue full) must not keep it, and a delete it cannot take is owed to it
-        (``limpet.cache.owed_deletes``).
+        replaces an answer that must not be served any more (``cache="refresh"``), which
+        is deleted first, whether or not ``entry`` is stored (``set_value``).
 
         Returns:
             The encoded entry and its TTL (for a cross-process flight to share), or None
             when it had already expired or is larger than ``max_entry_bytes``.
         """
-        if replacing:
-            await self.delete(key)
         ttl = entry.expires_at - self._clock()
         if ttl <= 0:
+            if replacing:
+                await self._not_stored(key)
             return None
         try:
             data = self._codec.encode(key, entry)
@@ -410,7 +417,8 @@ class TieredCache:
             logger.warning("limpet cache: an answer that cannot be encoded was not stored: %s", exc)
             await self._not_stored(key)
             return None
-        return (data, ttl) if await self.set_value(key, data, ttl) else None
+        stored = await self.set_value(key, data, ttl, replacing=replacing)
+        return (data, ttl) if stored else None
 
     async def _not_stored(self, key: str) -> None:
         """A newer value of ``key`` could not be stored: the one it replaces (a refresh's,

@@ -346,7 +346,8 @@ class Embedder:
             else:
                 await self._requests(request, items, call, sent)
                 if decision.write:
-                    await self._store(sent.vectors, request.ttl)
+                    # A refresh (written, not read) replaces what the tiers hold.
+                    await self._store(sent.vectors, request.ttl, replacing=not decision.read)
         finally:
             for key, future in futures.items():
                 if self._inflight.get(key) is future:
@@ -420,12 +421,15 @@ class Embedder:
         sent.from_others = fetched.from_others
         sent.failed_elsewhere = set(fetched.failed) - fetched.sent_here
 
-    async def _store(self, vectors: dict[str, bytes], ttl: float) -> None:
+    async def _store(
+        self, vectors: dict[str, bytes], ttl: float, *, replacing: bool = False
+    ) -> None:
         """Store ``vectors`` in every tier. A shared tier queues its writes, and drops
         those beyond its queue's bound: a call of thousands of inputs is stored in pieces
         each queue absorbs, waiting for room while its tier is healthy, so that nothing
         is dropped but by a failing tier. Each piece is stored without yielding, so no
-        other caller takes its room meanwhile."""
+        other caller takes its room meanwhile (unless ``replacing``: each vector replaces
+        one that must not be served any more, deleted first, ``TieredCache.set_value``)."""
         cache = self._cache
         if cache is None or not vectors:
             return
@@ -438,7 +442,7 @@ class Embedder:
             room = await _write_room(queues)
             piece = items[stored : len(items) if room is None else stored + room]
             for key, vector in piece:
-                await cache.set_value(key, encode(key, vector, expires), ttl)
+                await cache.set_value(key, encode(key, vector, expires), ttl, replacing=replacing)
             stored += len(piece)
 
     async def _request(
