@@ -17,7 +17,9 @@ from limpet.errors import CacheCorruptError, InvalidRequestError
 from limpet.pipeline.keys import request_key, request_keys
 from limpet.pipeline.vectors import (
     MAX_DIMENSIONS,
+    Vector,
     VectorCodec,
+    cost_shares,
     embedding_params,
     encoded_inputs,
     estimate_tokens,
@@ -135,25 +137,46 @@ def test_a_full_batch_plan_uses_as_few_requests_as_the_size_allows() -> None:
     assert [len(b) for b in plan_batches([0] * 1100, 512)] == [512, 512, 76]
 
 
-@given(vectors, st.text(min_size=1, max_size=40), st.booleans())
-def test_the_codec_round_trips_a_vector_under_its_own_key(
-    values: list[float], key: str, signed: bool
+costs = st.none() | st.floats(min_value=0.0, max_value=1.0)
+
+
+def priced(values: list[float], cost: float | None = 1e-6) -> Vector:
+    return Vector(pack_floats(values), cost)
+
+
+@given(vectors, st.text(min_size=1, max_size=40), st.booleans(), costs)
+def test_the_codec_round_trips_a_vector_and_its_cost_under_its_own_key(
+    values: list[float], key: str, signed: bool, cost: float | None
 ) -> None:
     codec = VectorCodec(b"k" * 32 if signed else None)
-    packed = pack_floats(values)
-    vector, expires = codec.decode(key, codec.encode(key, packed, 1234.5))
-    assert (vector, expires) == (packed, 1234.5)
+    vector = priced(values, cost)
+    assert codec.decode(key, codec.encode(key, vector, 1234.5)) == (vector, 1234.5)
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=64), costs)
+def test_a_requests_cost_is_shared_by_its_inputs_tokens_and_unknown_stays_unknown(
+    tokens: list[int], cost: float | None
+) -> None:
+    shares = cost_shares(tokens, cost)
+    if cost is None:
+        assert shares == [None] * len(tokens)
+        return
+    known = [share for share in shares if share is not None]
+    assert len(known) == len(tokens) and sum(known) == pytest.approx(cost)
+    if sum(tokens):
+        total = sum(tokens)
+        assert known == pytest.approx([cost * size / total for size in tokens])
 
 
 def test_a_vector_read_under_another_key_truncated_or_unsigned_is_corrupt() -> None:
     codec = VectorCodec()
-    data = codec.encode("k1", pack_floats([1.0, 2.0]), 10.0)
+    data = codec.encode("k1", priced([1.0, 2.0]), 10.0)
     for key, bad in (("k2", data), ("k1", data[:-1]), ("k1", data + b"\0\0\0\0")):
         with pytest.raises(CacheCorruptError):
             codec.decode(key, bad)
     with pytest.raises(CacheCorruptError, match="not signed"):
         VectorCodec(b"secret").decode("k1", data)
-    signed = VectorCodec(b"secret").encode("k1", pack_floats([1.0]), 10.0)
+    signed = VectorCodec(b"secret").encode("k1", priced([1.0]), 10.0)
     with pytest.raises(CacheCorruptError, match="signature"):
         VectorCodec(b"other").decode("k1", signed)
 
@@ -173,8 +196,8 @@ def test_a_changed_unsigned_vector_is_corrupt_never_another_vector(
     """Bits flipped, bytes overwritten in place, or the tail of another key's vector
     grafted on: unsigned, the entry still decodes to its own vector or is corrupt."""
     codec = VectorCodec()
-    data = codec.encode("k1", pack_floats(values), 10.0)
-    other = codec.encode("k2", pack_floats(others), 10.0)
+    data = codec.encode("k1", priced(values), 10.0)
+    other = codec.encode("k2", priced(others, 2e-6), 10.0)
     i = at % len(data)
     if kind == "flip":
         changed = data[:i] + bytes((data[i] ^ mask,)) + data[i + 1 :]
@@ -186,7 +209,7 @@ def test_a_changed_unsigned_vector_is_corrupt_never_another_vector(
         vector, _ = codec.decode("k1", changed)
     except CacheCorruptError:
         return
-    assert vector == pack_floats(values)
+    assert vector == priced(values)
 
 
 def test_a_completion_entry_never_decodes_as_a_vector() -> None:
@@ -331,13 +354,13 @@ async def test_a_vector_written_by_a_clock_ahead_is_served_but_back_filled_nowhe
     clock = FakeClock()
     below, top = MemoryCache(clock=clock), MemoryCache(clock=clock)
     ahead = VectorCodec(clock=lambda: clock() + 3600.0)
-    data = ahead.encode("k", pack_floats([1.0]), clock() + 3600.0 + 2.0)
+    data = ahead.encode("k", priced([1.0]), clock() + 3600.0 + 2.0)
     await below.set("k", data, 2.0)  # the shared tier keeps it for its TTL
     reader = TieredCache(top, below, clock=clock)
     found = await reader.get_value("k", VectorCodec(clock=clock).decode)
     assert found is not None and found[1] == 1  # served from below
     assert top.get_now("k") is None  # and kept nowhere above
     in_step = VectorCodec(clock=clock)
-    await below.set("j", in_step.encode("j", pack_floats([1.0]), clock() + 2.0), 2.0)
+    await below.set("j", in_step.encode("j", priced([1.0]), clock() + 2.0), 2.0)
     assert await reader.get_value("j", in_step.decode) is not None
     assert top.get_now("j") is not None  # back-filled for what is left

@@ -327,7 +327,9 @@ class Embeddings:
             from upstream or from the cache, so a hit equals the miss that stored it).
         model: the model asked for (the one that answered, when a request went upstream).
         usage: tokens of what this call sent upstream (zeros when nothing was sent).
-        cost: dollars this call spent upstream, or None when unknown.
+        cost: dollars this call spent upstream (``usd``) and saved (``saved_usd``: what
+            the vectors of its hits and coalesced inputs cost when they were fetched, each
+            its share of its request's cost), or None when either is unknown.
         hits: inputs a cache tier answered.
         misses: distinct inputs this call sent upstream.
         coalesced: inputs answered by another caller's upstream request (another call's,

@@ -170,7 +170,7 @@ def spy_on_follows(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     followed: list[str] = []
     add = SharedFetch.add
 
-    def recorded(self: SharedFetch, key: str, outcome: Any) -> None:
+    def recorded(self: SharedFetch[Any], key: str, outcome: Any) -> None:
         add(self, key, outcome)
         if key in self.from_others:
             followed.append(key)

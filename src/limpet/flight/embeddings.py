@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from limpet.flight.shared import RedisFlight, Shared
 
@@ -35,23 +35,26 @@ __all__ = ["MAX_LEASE_SCRIPTS", "SendResults", "SharedFetch", "fetch_shared"]
 #: Inputs of one call that take or release their leases at once.
 MAX_LEASE_SCRIPTS = 32
 
+# One input's vector, whatever it carries (the packed floats, what they cost).
+V = TypeVar("V")
+
 # What one batch of inputs brought back: each key's vector, or the error of its request.
-SendResults = Mapping[str, bytes | BaseException]
+SendResults = Mapping[str, V | BaseException]
 
 
-class SharedFetch:
+class SharedFetch(Generic[V]):
     """What ``fetch_shared`` found: vectors by key, which of them another process sent,
     the error of every input that failed, and which inputs this process sent itself."""
 
     __slots__ = ("failed", "from_others", "sent_here", "vectors")
 
     def __init__(self) -> None:
-        self.vectors: dict[str, bytes] = {}
+        self.vectors: dict[str, V] = {}
         self.from_others: set[str] = set()
         self.failed: dict[str, BaseException] = {}
         self.sent_here: set[str] = set()
 
-    def add(self, key: str, outcome: tuple[bytes, bool] | BaseException) -> None:
+    def add(self, key: str, outcome: tuple[V, bool] | BaseException) -> None:
         """Note how ``key``'s flight ended: its vector and whether this process led, or
         its error (anything but an ``Exception`` is raised again)."""
         if isinstance(outcome, BaseException):
@@ -70,12 +73,12 @@ Input = TypeVar("Input")
 
 
 async def fetch_shared(
-    flight: RedisFlight[bytes],
+    flight: RedisFlight[V],
     texts: Mapping[str, Input],
-    send: Callable[[list[tuple[str, Input]]], Awaitable[SendResults]],
-    read: Callable[[str], Awaitable[bytes | None]],
-    share: Callable[[str, bytes], Awaitable[tuple[Shared, float]]],
-) -> SharedFetch:
+    send: Callable[[list[tuple[str, Input]]], Awaitable[SendResults[V]]],
+    read: Callable[[str], Awaitable[V | None]],
+    share: Callable[[str, V], Awaitable[tuple[Shared, float]]],
+) -> SharedFetch[V]:
     """The vectors of ``texts`` (by key), each sent upstream by one process only.
 
     Args:
@@ -87,14 +90,14 @@ async def fetch_shared(
         share: stores a vector this process got, and gives its entry bytes and TTL for
             the flight to publish (``UNSHAREABLE``: the cache keeps none).
     """
-    fetched = SharedFetch()
+    fetched: SharedFetch[V] = SharedFetch()
     batches = _Batches(texts, send)
     places = asyncio.Semaphore(MAX_LEASE_SCRIPTS)
 
-    async def one(key: str) -> tuple[bytes, bool]:
+    async def one(key: str) -> tuple[V, bool]:
         place = _Place(places)
 
-        async def lead() -> tuple[bytes, Shared, float]:
+        async def lead() -> tuple[V, Shared, float]:
             await place.take()  # held from the acquire, or taken again by a take-over
             # Once more, lease in hand: another process may have stored it since this
             # call's lookup (then nothing is sent, and its followers find it).
@@ -115,7 +118,7 @@ async def fetch_shared(
             data, ttl = await share(key, vector)
             return vector, data, ttl
 
-        async def follow() -> bytes | None:
+        async def follow() -> V | None:
             place.give_up()  # following may take a whole lease
             batches.decided(key)
             async with places:  # a thousand followers woken by one notice: 32 reads at once
@@ -139,7 +142,7 @@ async def fetch_shared(
     return fetched
 
 
-class _Batches(Generic[Input]):
+class _Batches(Generic[Input, V]):
     """The inputs this call leads, held until every input of the call has either led or
     started following, then sent upstream together: one set of batches, not one request
     per input as the leases come back."""
@@ -149,12 +152,12 @@ class _Batches(Generic[Input]):
     def __init__(
         self,
         texts: Mapping[str, Input],
-        send: Callable[[list[tuple[str, Input]]], Awaitable[SendResults]],
+        send: Callable[[list[tuple[str, Input]]], Awaitable[SendResults[V]]],
     ) -> None:
         self._texts = texts
         self._send = send
         self._undecided = set(texts)
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._pending: dict[str, asyncio.Future[V]] = {}
         self._sending: set[asyncio.Future[None]] = set()
 
     def decided(self, key: str) -> None:
@@ -163,9 +166,9 @@ class _Batches(Generic[Input]):
             self._undecided.discard(key)
             self._flush()
 
-    async def send(self, key: str) -> bytes:
+    async def send(self, key: str) -> V:
         """``key``'s vector, sent upstream with the others this call leads."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         self.decided(key)
         self._flush()  # a takeover after the first flush goes at once
@@ -185,14 +188,14 @@ class _Batches(Generic[Input]):
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _run(self, batch: dict[str, asyncio.Future[bytes]]) -> None:
-        results: SendResults = {}
+    async def _run(self, batch: dict[str, asyncio.Future[V]]) -> None:
+        results: SendResults[V] = {}
         try:
             results = await self._send([(key, self._texts[key]) for key in batch])
         finally:
             for key, future in batch.items():
                 if not future.done():
-                    _settle(future, results.get(key))  # None: cancelled
+                    _settle(future, results.get(key), key in results)  # absent: cancelled
 
 
 class _Place:
@@ -221,11 +224,12 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _settle(future: asyncio.Future[bytes], result: bytes | BaseException | None) -> None:
-    if isinstance(result, bytes):
-        future.set_result(result)
-    elif result is None:
+def _settle(future: asyncio.Future[V], result: V | BaseException | None, came: bool) -> None:
+    """Settle ``future`` by what its batch brought back (``came``: anything at all)."""
+    if not came:
         future.cancel()
-    else:
+    elif isinstance(result, BaseException):
         future.set_exception(result)
         future.exception()  # seen: its flight may have been given up on
+    else:
+        future.set_result(cast(V, result))

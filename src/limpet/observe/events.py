@@ -198,7 +198,7 @@ def embedding_event(
         None,
         e.usage,
         _usd(e.cost),
-        0.0,
+        0.0 if e.cost is None else e.cost.saved_usd,
         seconds,
         priced=e.cost is not None,
         inputs=(e.hits, e.misses, e.coalesced),

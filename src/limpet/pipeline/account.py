@@ -23,6 +23,7 @@ from limpet.errors import ConfigurationError
 from limpet.models import Cost, Usage
 from limpet.pipeline.embed_result import Sent
 from limpet.pipeline.request import Request
+from limpet.pipeline.vectors import Vector
 from limpet.providers.pricing import (
     ModelPrices,
     PriceTable,
@@ -193,7 +194,7 @@ def answered_model(answer: dict[str, Any], requested: str) -> str:
 def add_batch(
     sent: Sent,
     keys: list[str],
-    vectors: list[bytes],
+    vectors: list[Vector],
     body: dict[str, Any],
     name: str,
     usage: Usage,

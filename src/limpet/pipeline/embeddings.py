@@ -51,7 +51,9 @@ from limpet.pipeline.upstream import first_answer
 from limpet.pipeline.vectors import (
     DEFAULT_MAX_INPUTS,
     EmbedInput,
+    Vector,
     VectorCodec,
+    cost_shares,
     dimensions_sent,
     encoded_inputs,
     estimate_tokens,
@@ -108,7 +110,7 @@ class Embedder:
         stats: Stats,
         accounting: Accounting,
         coalesce: bool = True,
-        shared: RedisFlight[bytes] | None = None,
+        shared: RedisFlight[Vector] | None = None,
         max_inputs: int = DEFAULT_MAX_INPUTS,
     ) -> None:
         self._cache = cache
@@ -122,7 +124,7 @@ class Embedder:
         self.max_inputs = max_inputs
         # One future per input being sent by some call of this process: bounded by the
         # inputs in flight, each removed when its request ends.
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._inflight: dict[str, asyncio.Future[Vector]] = {}
         self._tasks: set[asyncio.Future[Sent]] = set()
 
     def keys(
@@ -150,7 +152,7 @@ class Embedder:
         request: EmbedRequest,
         keys: list[str],
         call: Call,
-        found: dict[str, bytes] | None = None,
+        found: dict[str, Vector] | None = None,
     ) -> Embeddings:
         """The vectors of ``request``'s inputs (keyed by ``keys``), each sent at most once.
 
@@ -175,7 +177,7 @@ class Embedder:
             # The shared read yielded: a call of this process may have stored some since.
             found.update(await self.lookup_local(missing, decision))
             missing = [key for key in missing if key not in found]
-        waiting: dict[str, asyncio.Future[bytes]] = {}
+        waiting: dict[str, asyncio.Future[Vector]] = {}
         owned: list[str] = []
         for key in missing:
             flight = self._inflight.get(key) if self._shares(decision) else None
@@ -224,8 +226,8 @@ class Embedder:
         first: dict[str, EmbedInput],
         call: Call,
         sent: Sent,
-        waiting: dict[str, asyncio.Future[bytes]],
-        found: dict[str, bytes],
+        waiting: dict[str, asyncio.Future[Vector]],
+        found: dict[str, Vector],
     ) -> set[str]:
         """Send ``keys`` (their texts in ``first``) for this call, what comes back added
         to ``sent``; but those the in-process tiers hold by now are taken from there
@@ -268,11 +270,11 @@ class Embedder:
         if self._tasks:
             await asyncio.wait(list(self._tasks))
 
-    async def lookup_local(self, keys: list[str], decision: CacheDecision) -> dict[str, bytes]:
+    async def lookup_local(self, keys: list[str], decision: CacheDecision) -> dict[str, Vector]:
         """The vectors the in-process tiers hold among ``keys``: no I/O, nothing awaited
         that could yield (the hit path)."""
         cache = self._cache
-        found: dict[str, bytes] = {}
+        found: dict[str, Vector] = {}
         if cache is None or not decision.read or not cache.local_tiers:
             return found
         decode, local = self._codec.decode, cache.local_tiers
@@ -283,7 +285,7 @@ class Embedder:
         return found
 
     def hits(
-        self, model: str, texts: list[EmbedInput], keys: list[str], found: dict[str, bytes]
+        self, model: str, texts: list[EmbedInput], keys: list[str], found: dict[str, Vector]
     ) -> Embeddings:
         """The result of a call whose every input ``found`` holds."""
         return embeddings_result(self._stats, model, texts, keys, found, Sent(), {}, 0)
@@ -293,10 +295,10 @@ class Embedder:
         cache = self._cache
         return cache is not None and decision.read and cache.local_tiers < len(cache.tiers)
 
-    async def _lookup_shared(self, rest: list[str], decision: CacheDecision) -> dict[str, bytes]:
+    async def _lookup_shared(self, rest: list[str], decision: CacheDecision) -> dict[str, Vector]:
         """The vectors the shared tiers hold among ``rest``, read concurrently."""
         cache = self._cache
-        found: dict[str, bytes] = {}
+        found: dict[str, Vector] = {}
         if cache is None or not rest or not self._read_shared(decision):
             return found
         decode, local = self._codec.decode, cache.local_tiers
@@ -332,7 +334,7 @@ class Embedder:
         self,
         request: EmbedRequest,
         items: list[tuple[str, EmbedInput]],
-        futures: dict[str, asyncio.Future[bytes]],
+        futures: dict[str, asyncio.Future[Vector]],
         call: Call,
     ) -> Sent:
         """Every request for ``items``, concurrently, and the vectors stored; then each
@@ -357,7 +359,7 @@ class Embedder:
 
     async def _requests(
         self, request: EmbedRequest, items: list[tuple[str, EmbedInput]], call: Call, sent: Sent
-    ) -> dict[str, bytes | BaseException]:
+    ) -> dict[str, Vector | BaseException]:
         """``items`` in requests of at most the batch size, concurrently; what came back
         (each key's vector or its request's error) is added to ``sent`` and returned."""
         # Any endpoint may be sent a request when those before it fail: it must fit all.
@@ -375,7 +377,7 @@ class Embedder:
             *(self._request(request, items[b.start : b.stop], call, sent) for b in batches),
             return_exceptions=True,
         )
-        results: dict[str, bytes | BaseException] = {}
+        results: dict[str, Vector | BaseException] = {}
         for batch, answer in zip(batches, answers, strict=True):
             batch_keys = [key for key, _ in items[batch.start : batch.stop]]
             if isinstance(answer, BaseException):
@@ -390,7 +392,7 @@ class Embedder:
 
     async def _send_shared(
         self,
-        shared: RedisFlight[bytes],
+        shared: RedisFlight[Vector],
         request: EmbedRequest,
         items: list[tuple[str, EmbedInput]],
         call: Call,
@@ -403,14 +405,14 @@ class Embedder:
         decode, encode, local = self._codec.decode, self._codec.encode, cache.local_tiers
         ttl = request.ttl
 
-        async def send(batch: list[tuple[str, EmbedInput]]) -> dict[str, bytes | BaseException]:
+        async def send(batch: list[tuple[str, EmbedInput]]) -> dict[str, Vector | BaseException]:
             return await self._requests(request, batch, call, sent)
 
-        async def read(key: str) -> bytes | None:
+        async def read(key: str) -> Vector | None:
             found = await cache.get_value(key, decode, start=local)
             return None if found is None else found[0]
 
-        async def share(key: str, vector: bytes) -> tuple[Shared, float]:
+        async def share(key: str, vector: Vector) -> tuple[Shared, float]:
             data = encode(key, vector, time.time() + ttl)
             # What the cache would not keep, the flight does not share either.
             return kept((data, ttl) if await cache.set_value(key, data, ttl) else None)
@@ -422,7 +424,7 @@ class Embedder:
         sent.failed_elsewhere = set(fetched.failed) - fetched.sent_here
 
     async def _store(
-        self, vectors: dict[str, bytes], ttl: float, *, replacing: bool = False
+        self, vectors: dict[str, Vector], ttl: float, *, replacing: bool = False
     ) -> None:
         """Store ``vectors`` in every tier. A shared tier queues its writes, and drops
         those beyond its queue's bound: a call of thousands of inputs is stored in pieces
@@ -447,7 +449,7 @@ class Embedder:
 
     async def _request(
         self, request: EmbedRequest, items: list[tuple[str, EmbedInput]], call: Call, sent: Sent
-    ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
+    ) -> tuple[list[Vector], dict[str, Any], str, Usage, float | None]:
         """One request with ``call``'s headers, routed by the Client's router (an ejected
         endpoint last, each outcome told to its health), failing over to the next endpoint
         on a retryable error; no retry starts that could not end before its deadline, unless
@@ -455,9 +457,10 @@ class Embedder:
         scope ends its wait, as theirs end theirs), and must not fail inputs they await.
 
         What an answer cost is told to ``spent`` as it comes (the Client may close, or
-        the call's other requests fail, before the rest): the vectors, the answer, the
-        endpoint's name, its usage and dollars. An answer refused as malformed was paid
-        all the same: its cost is told, and added to ``sent``, before it is refused."""
+        the call's other requests fail, before the rest): the vectors, each with its
+        share of those dollars (``cost_shares``), the answer, the endpoint's name, its
+        usage and dollars. An answer refused as malformed was paid all the same: its cost
+        is told, and added to ``sent``, before it is refused."""
         texts = [text for _, text in items]
         body = {**request.keyed, **request.wire, "model": request.model, "input": texts}
         deadline = None if self._shares(request.decision) else call.deadline
@@ -468,7 +471,7 @@ class Embedder:
 
         async def attempt(
             endpoint: Endpoint,
-        ) -> tuple[list[bytes], dict[str, Any], str, Usage, float | None]:
+        ) -> tuple[list[Vector], dict[str, Any], str, Usage, float | None]:
             self._stats.embedding_requests += 1
             answer = await self._transport.embeddings(
                 endpoint, route.body_for(endpoint), headers=call.headers, deadline=deadline
@@ -477,12 +480,14 @@ class Embedder:
             cost = await self._accounting.embedding(request.model, answer, usage)
             try:
                 asked = dimensions_sent(keyed, endpoint.extra_body)
-                vectors = merge_by_index(answer["data"], len(items), asked)
+                packed = merge_by_index(answer["data"], len(items), asked)
             except ValueError as exc:
                 add_spend(sent, usage, cost)
                 raise malformed_answer(
                     endpoint, f"embeddings response is malformed: {exc}"
                 ) from None
+            shares = cost_shares([estimate_tokens(text) for text in texts], cost)
+            vectors = list(map(Vector, packed, shares))
             return vectors, answer, endpoint.name, usage, cost
 
         _, answer = await first_answer(route, attempt, call.headers)

@@ -16,7 +16,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,7 +32,9 @@ __all__ = [
     "MAX_TOKEN_ID",
     "VECTOR_FORMAT",
     "EmbedInput",
+    "Vector",
     "VectorCodec",
+    "cost_shares",
     "dimensions_sent",
     "embedding_params",
     "encoded_inputs",
@@ -48,14 +50,46 @@ __all__ = [
 ]
 
 #: The layout version of a stored vector; another version decodes as corrupt (a miss).
-#: 2: the envelope's CRC-32 of the rest. 3: when it was written.
-VECTOR_FORMAT = 3
+#: 2: the envelope's CRC-32 of the rest. 3: when it was written. 4: what it cost.
+VECTOR_FORMAT = 4
 
 # (After the envelope's checksum, ``limpet.cache.sealing``:) created_at and expires_at
-# (unix seconds, the writer's clock), the key's length and the vector's length in floats.
-_META = struct.Struct("<ddHI")
+# (unix seconds, the writer's clock), what the vector cost (dollars; NaN: unknown), the
+# key's length and the vector's length in floats.
+_META = struct.Struct("<dddHI")
 _FLOAT32 = 4
 _BIG_ENDIAN = sys.byteorder == "big"
+
+
+class Vector(NamedTuple):
+    """One input's vector, and what it cost when it was fetched upstream: what a call it
+    serves from the cache, or coalesced onto the request that fetched it, saved."""
+
+    #: The vector as packed little-endian float32.
+    packed: bytes
+    #: Its share of its request's dollars (``cost_shares``); None when unknown.
+    cost_usd: float | None
+
+
+def cost_shares(tokens: Sequence[int], cost: float | None) -> list[float | None]:
+    """Each input's share of ``cost``, the dollars of the one request that sent them all,
+    by its share of ``tokens`` (each input's, ``estimate_tokens``): the shares add up to
+    ``cost``. An embeddings answer's usage counts the request's tokens, never each
+    input's, so a text's share is of its estimate (a token array's of its exact count).
+    None each when ``cost`` is unknown (or not finite): never a share of $0 claimed.
+
+    Example:
+        >>> cost_shares([1, 3], 4e-6)
+        [1e-06, 3e-06]
+        >>> cost_shares([1, 3], None)
+        [None, None]
+    """
+    total = sum(tokens)
+    if cost is None or not math.isfinite(cost):
+        return [None] * len(tokens)
+    if not total:  # no estimate to weigh by: alike
+        return [cost / len(tokens)] * len(tokens)
+    return [cost * size / total for size in tokens]
 
 
 def pack_floats(values: Sequence[float]) -> bytes:
@@ -350,11 +384,11 @@ class VectorCodec:
     ``EntryCodec`` (``limpet.cache.base``) for a binary value.
 
     Layout: ``b"LV"``, format byte, signed flag, [32-byte HMAC-SHA256 over the rest],
-    a CRC-32 of the rest, ``created_at``, ``expires_at``, the key's and the vector's
-    lengths, the key, then the packed float32. A vector read under another key, unsigned
-    when a key is set, badly signed, truncated, padded or changed (its checksum) is
-    corrupt: unsigned, a flipped bit or another vector's bytes written over it would
-    otherwise decode as another vector.
+    a CRC-32 of the rest, ``created_at``, ``expires_at``, what the vector cost (NaN:
+    unknown), the key's and the vector's lengths, the key, then the packed float32. A
+    vector read under another key, unsigned when a key is set, badly signed, truncated,
+    padded or changed (its checksum) is corrupt: unsigned, a flipped bit or another
+    vector's bytes written over it would otherwise decode as another vector.
     """
 
     __slots__ = ("_clock", "_seal")
@@ -367,15 +401,18 @@ class VectorCodec:
         self._seal = Seal(b"LV", VECTOR_FORMAT, hmac_key, "vector")
         self._clock = clock
 
-    def encode(self, key: str, vector: bytes, expires_at: float) -> bytes:
-        """The bytes of ``vector`` (packed float32), to be stored under ``key`` only."""
+    def encode(self, key: str, vector: Vector, expires_at: float) -> bytes:
+        """The bytes of ``vector``, with what it cost, to be stored under ``key`` only."""
         bound = key.encode()
-        floats = len(vector) // _FLOAT32
-        payload = _META.pack(self._clock(), expires_at, len(bound), floats) + bound + vector
-        return self._seal.wrap(payload)
+        packed, cost = vector
+        floats = len(packed) // _FLOAT32
+        meta = _META.pack(
+            self._clock(), expires_at, math.nan if cost is None else cost, len(bound), floats
+        )
+        return self._seal.wrap(meta + bound + packed)
 
-    def decode(self, key: str, data: bytes) -> tuple[bytes, float | None]:
-        """The packed vector in ``data`` read under ``key``, and when it expires: None
+    def decode(self, key: str, data: bytes) -> tuple[Vector, float | None]:
+        """The vector in ``data`` read under ``key``, and when it expires: None
         when it was written "later" than now (by a clock running ahead: its age, hence
         what is left of its TTL, is unknown here), as ``TieredCache`` reads an entry's.
 
@@ -384,7 +421,7 @@ class VectorCodec:
         """
         start = self._seal.open(data)
         try:
-            created, expires, bound, floats = _META.unpack_from(data, start)
+            created, expires, cost, bound, floats = _META.unpack_from(data, start)
         except struct.error as exc:
             raise CacheCorruptError(f"vector header is malformed: {exc}") from exc
         key_at = start + _META.size
@@ -394,6 +431,7 @@ class VectorCodec:
         bound_key = key.encode()
         if len(bound_key) != bound or not data.startswith(bound_key, key_at):  # in place
             raise CacheCorruptError("vector was stored under another key")
-        if not math.isfinite(expires) or not math.isfinite(created):
-            raise CacheCorruptError("vector times are not finite")
-        return data[vector_at:], None if created > self._clock() else expires
+        if not math.isfinite(expires) or not math.isfinite(created) or math.isinf(cost):
+            raise CacheCorruptError("vector times or cost are not finite")
+        vector = Vector(data[vector_at:], None if math.isnan(cost) else cost)
+        return vector, None if created > self._clock() else expires
