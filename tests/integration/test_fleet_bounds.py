@@ -186,6 +186,9 @@ async def test_limpet_stats_counts_embed_calls_as_the_clients_stats_do(
     assert sum(row["prompt_tokens"] for row in rows.values()) == stats.prompt_tokens
     assert sum(row["errors"] for row in rows.values()) == stats.errors == 1
     assert sum(row["cost_usd"] for row in rows.values()) == pytest.approx(stats.cost_usd)
+    # The second call's "x" was a hit, and the first's second "x" its twin's: both saved.
+    assert rows[EMBEDDING_MODEL]["saved_usd"] > 0
+    assert sum(row["saved_usd"] for row in rows.values()) == pytest.approx(stats.saved_usd)
 
 
 async def test_cancelled_calls_reach_the_fleets_counters(

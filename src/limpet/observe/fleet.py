@@ -125,9 +125,16 @@ class FleetCounters:
         counts = self._pending[self._models.row(model)]
         counts[_STATUS_FIELD[completion.cache]] += 1
         # What its upstream answer spent was counted as it came (``record_spent``).
-        if completion.cost is not None and math.isfinite(completion.cost.saved_usd):
-            counts["saved_usd"] += completion.cost.saved_usd
+        if completion.cost is not None:
+            self.record_saved(model, completion.cost.saved_usd)
         self._schedule()
+
+    def record_saved(self, model: str, saved_usd: float) -> None:
+        """Count what one call saved (no I/O): a completion's, or an ``embed()`` call's
+        hits and coalesced inputs'."""
+        if saved_usd and math.isfinite(saved_usd):
+            self._pending[self._models.row(model)]["saved_usd"] += saved_usd
+            self._schedule()
 
     def record_spent(self, model: str, usage: Usage, cost: Cost | None) -> None:
         """Count what one upstream answer cost, as it comes (no I/O): its tokens and

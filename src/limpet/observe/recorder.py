@@ -107,7 +107,10 @@ class Recorder:
 
     def embedded(self, model: str, result: Embeddings, started: float) -> Embeddings:
         """Count an ``embed()`` call that returned, in the event hooks (its inputs were
-        counted by the embedder, and what its requests cost by ``spent``)."""
+        counted by the embedder, and what its requests cost by ``spent``); what it saved
+        reaches the fleet's counters here, as a completion's does."""
+        if self._fleet is not None and result.cost is not None:
+            self._fleet.record_saved(model, result.cost.saved_usd)
         if self._hooks:
             seconds = time.perf_counter() - started
             self._emit(embedding_event(model, result, seconds))
