@@ -16,6 +16,8 @@ from limpet.pipeline.keying import Keying, endpoints_scope
 from limpet.pipeline.keys import canonical_request, request_key
 from tests.test_keys import requests
 
+URL = "https://gw.example/v1"
+
 headers = st.none() | st.sampled_from(
     [{}, {"X-Request-Id": "r1"}, {"Authorization": "Bearer sk-2"}, {"x-api-key": "k"}]
 )
@@ -89,3 +91,35 @@ def test_the_order_within_an_endpoints_schema_counts() -> None:
     first = Endpoint("a", "https://gw.example/v1", extra_body=schema("reasoning", "answer"))
     then = Endpoint("a", "https://gw.example/v1", extra_body=schema("answer", "reasoning"))
     assert endpoints_scope([first]) != endpoints_scope([then])
+
+
+# -- url_scope: what upstream is sent, however spelled -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        # Regression: the query was decoded and joined again unencoded.
+        ("https://gw.test/v1?deployment=a&region=eu", "https://gw.test/v1?deployment=a%26region%3Deu"),
+        ("https://gw.test/v1?a=1%3D2", "https://gw.test/v1?a%3D1=2"),
+        # Regression: repeated names were sorted by value, though sent in their order.
+        (
+            "https://gw.test/v1?api-version=2024-02-01&api-version=2025-01-01",
+            "https://gw.test/v1?api-version=2025-01-01&api-version=2024-02-01",
+        ),
+    ],
+)
+def test_urls_sending_other_query_parameters_are_other_scopes(one: str, other: str) -> None:
+    assert endpoints_scope([Endpoint("a", one)]) != endpoints_scope([Endpoint("a", other)])
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("https://gw.test/v1?b=1&a=2&a=3", "https://gw.test/v1?a=2&b=1&a=3"),
+        ("https://gw.test/v1?q=a+b", "https://gw.test/v1?q=a%20b"),
+        ("https://gw.test/v1?q=%7Ex", "https://gw.test/v1?q=~x"),
+    ],
+)
+def test_queries_that_send_the_same_parameters_are_one_scope(one: str, other: str) -> None:
+    assert endpoints_scope([Endpoint("a", one)]) == endpoints_scope([Endpoint("a", other)])

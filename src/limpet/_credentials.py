@@ -12,7 +12,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
@@ -194,11 +194,14 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 def url_scope(url: str) -> str:
     """Where ``url`` sends a request, as every spelling of it has it: scheme and host in
     lower case, a default port dropped, the path without trailing slashes, the query's
-    credentials out (the credential scope has them, or shares across them).
+    parameters by name and encoded alike (what upstream reads of them, however written),
+    its credentials out (the credential scope has them, or shares across them).
 
     Example:
         >>> url_scope("HTTPS://GW.example:443/v1/?api-version=2&key=AIza-1")
         'https://gw.example/v1?api-version=2&key=***'
+        >>> url_scope("https://gw.example/v1?deployment=a%26region%3Deu")
+        'https://gw.example/v1?deployment=a%26region%3Deu'
     """
     parts = urlsplit(url)
     scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
@@ -206,14 +209,25 @@ def url_scope(url: str) -> str:
         host = f"[{host}]"
     if port is not None and _DEFAULT_PORTS.get(scheme) != port:
         host += f":{port}"
-    query = "&".join(
-        f"{name}=***" if is_credential_header(name) else f"{name}={value}"
-        for name, value in _query_pairs(url)
+    # Encoded again, so that a "&" or "=" within a name or value stays within it.
+    query = urlencode(
+        [
+            (name, "***" if is_credential_header(name) else value)
+            for name, value in _query_pairs(url)
+        ],
+        safe="*",
     )
     return f"{scheme}://{host}{parts.path.rstrip('/')}" + (f"?{query}" if query else "")
 
 
 def _query_pairs(url: str) -> list[tuple[str, str]]:
-    """The query's pairs, decoded and in order (so an order or an encoding of them is
-    one query)."""
-    return sorted(parse_qsl(url.partition("?")[2].partition("#")[0], keep_blank_values=True))
+    """The query's pairs, decoded, by name (so an order of names or an encoding of them
+    is one query); a name's values keep the order they are sent in, which can count
+    (the last ``api-version`` wins, say).
+
+    Example:
+        >>> _query_pairs("https://gw.example/v1?b=1&a=3&a=2")
+        [('a', '3'), ('a', '2'), ('b', '1')]
+    """
+    pairs = parse_qsl(url.partition("?")[2].partition("#")[0], keep_blank_values=True)
+    return sorted(pairs, key=lambda pair: pair[0])  # stable: a name's values keep their order
