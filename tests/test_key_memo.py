@@ -41,7 +41,7 @@ def test_a_memo_forgets_the_oldest_and_never_holds_a_large_input() -> None:
     assert memo.get(b"x" * 11) is None
 
 
-@given(st.lists(requests, min_size=1, max_size=4), st.sampled_from([None, {"X-Id": "1"}]))
+@given(st.lists(requests, min_size=1, max_size=4), st.sampled_from([None, {"X-Request-Id": "1"}]))
 def test_keys_from_the_memo_are_request_keys(
     bodies: list[dict[str, Any]], sent: dict[str, str] | None
 ) -> None:

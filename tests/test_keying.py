@@ -93,6 +93,96 @@ def test_the_order_within_an_endpoints_schema_counts() -> None:
     assert endpoints_scope([first]) != endpoints_scope([then])
 
 
+# -- a call's own headers, and an endpoint's: one rule for which enter a key ------------
+
+#: Headers that can change an answer, and those that cannot (credentials aside).
+KEYED = {"anthropic-beta": "context-1m-2025-08-07", "X-Provider-Override": "other"}
+UNKEYED = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "vendor=1",
+    "baggage": "user=42",
+    "X-Request-Id": "req-42",
+    "X-Correlation-Id": "corr-42",
+    "Idempotency-Key": "idem-42",
+    "User-Agent": "app/1.0",
+    "X-Session-Id": "user-42",
+    "HTTP-Referer": "https://example.test",
+    "X-Title": "Example",
+}
+
+
+@pytest.mark.parametrize("credential", ["", "c0ffee"])
+@pytest.mark.parametrize(("name", "value"), list(KEYED.items()))
+def test_a_calls_header_that_can_change_the_answer_enters_its_key(
+    credential: str, name: str, value: str
+) -> None:
+    # Regression: only a call's credential headers entered its key, so a call sending
+    # anthropic-beta was served (and shared a flight with) the answer of one without.
+    keying = Keying(Generations(), "", credential, endpoints_scope([Endpoint("a", URL)]))
+    sent = {name: value}
+    assert keying.scope(sent) != keying.scope(None)
+    assert keying.scope(sent) != keying.scope({name: value + "-other"})
+    assert keying.own_scope(sent, None) == keying.scope(sent)
+    body = {"model": "m", "messages": [], "temperature": 0}
+    assert keying.now(body, sent) != keying.now(body, None)
+    assert keying.now(body, sent) == asyncio.run(keying.of(body, sent))
+
+
+@pytest.mark.parametrize("credential", ["", "c0ffee"])
+def test_a_calls_transport_and_attribution_headers_stay_out_of_its_key(credential: str) -> None:
+    keying = Keying(Generations(), "", credential, endpoints_scope([Endpoint("a", URL)]))
+    for name, value in UNKEYED.items():
+        assert keying.scope({name: value}) == keying.scope(None), name
+    assert keying.scope(UNKEYED) == keying.scope(None)
+    assert keying.own_scope(UNKEYED, None) is None
+    assert keying.callers(KEYED) == keying.callers(None) == ""  # generations: credentials only
+
+
+@pytest.mark.parametrize("name", [*KEYED, *UNKEYED, "Authorization", "X-Api-Key"])
+def test_a_header_enters_a_calls_key_when_it_enters_an_endpoints(name: str) -> None:
+    # One rule: a header that moves an Endpoint's scope moves a call's, and no other.
+    def endpoint_moves(value: str) -> bool:
+        sent = [Endpoint("a", URL, headers={name: value})]
+        return endpoints_scope(sent) != endpoints_scope([Endpoint("a", URL)])
+
+    def call_moves(value: str) -> bool:
+        keying = Keying(Generations(), "", "", endpoints_scope([Endpoint("a", URL)]))
+        return keying.scope({name: value}) != keying.scope(None)
+
+    assert endpoint_moves("v1") == call_moves("v1") == (name in KEYED)
+
+
+header_names = st.sampled_from([*KEYED, *UNKEYED, "Authorization", "X-Custom"])
+header_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=8)
+sent_headers = st.dictionaries(header_names, header_values, max_size=6)
+
+
+@given(sent_headers, st.randoms(use_true_random=False), st.sampled_from(["", "c0ffee"]))
+def test_the_case_and_order_of_header_names_never_change_a_key(
+    sent: dict[str, str], rng: Any, credential: str
+) -> None:
+    keying = Keying(Generations(), "", credential, endpoints_scope([Endpoint("a", URL)]))
+    items = list(sent.items())
+    rng.shuffle(items)
+    respelled = {
+        "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in name): value
+        for name, value in items
+    }
+    assert keying.scope(respelled) == keying.scope(sent)
+    assert keying.scope(respelled, "t") == keying.scope(sent, "t")
+
+
+@given(sent_headers, st.sampled_from(list(KEYED)), header_values, header_values)
+def test_another_value_of_a_keyed_header_always_changes_a_key(
+    sent: dict[str, str], name: str, one: str, other: str
+) -> None:
+    keying = Keying(Generations(), "", "c0ffee", endpoints_scope([Endpoint("a", URL)]))
+    sent = {key: value for key, value in sent.items() if key.lower() != name.lower()}
+    if one != other:
+        assert keying.scope({**sent, name: one}) != keying.scope({**sent, name: other})
+        assert keying.scope({**sent, name: one}, "t") != keying.scope({**sent, name: other}, "t")
+
+
 # -- url_scope: what upstream is sent, however spelled -----------------------------------
 
 
@@ -100,7 +190,10 @@ def test_the_order_within_an_endpoints_schema_counts() -> None:
     ("one", "other"),
     [
         # Regression: the query was decoded and joined again unencoded.
-        ("https://gw.test/v1?deployment=a&region=eu", "https://gw.test/v1?deployment=a%26region%3Deu"),
+        (
+            "https://gw.test/v1?deployment=a&region=eu",
+            "https://gw.test/v1?deployment=a%26region%3Deu",
+        ),
         ("https://gw.test/v1?a=1%3D2", "https://gw.test/v1?a%3D1=2"),
         # Regression: repeated names were sorted by value, though sent in their order.
         (

@@ -676,7 +676,7 @@ async def test_other_fields_are_sent_and_enter_the_key(
         await client.embed(model=MODEL, input=["a"], input_type="query")
         await client.embed(model=MODEL, input=["a"], extra_body={"input_type": "passage"})
         again = await client.embed(
-            model=MODEL, input=["a"], input_type="query", extra_headers={"X-Trace": "t1"}
+            model=MODEL, input=["a"], input_type="query", extra_headers={"X-Request-Id": "t1"}
         )
     assert [body.get("input_type") for body in gateway.embeddings.requests] == [
         "query",

@@ -327,18 +327,23 @@ async def test_timeout_bounds_a_stream(gateway: FakeGateway) -> None:
 # -- extra_headers= and extra_body= ------------------------------------------------------
 
 
-async def test_extra_headers_are_sent_and_not_part_of_the_key(gateway: FakeGateway) -> None:
+async def test_extra_headers_are_sent_and_only_those_that_can_change_the_answer_keyed(
+    gateway: FakeGateway,
+) -> None:
     ep = gateway.endpoint("a")
     async with make_client(gateway) as client:
-        first = await client.complete(**ask(), extra_headers={"X-Trace": "one"})
-        assert ep.last_headers is not None and ep.last_headers["X-Trace"] == "one"
+        first = await client.complete(**ask(), extra_headers={"X-Request-Id": "one"})
+        assert ep.last_headers is not None and ep.last_headers["X-Request-Id"] == "one"
         assert ep.last_request is not None and "extra_headers" not in ep.last_request
-        again = await client.complete(**ask(), extra_headers={"X-Trace": "two"})
+        again = await client.complete(**ask(), extra_headers={"X-Request-Id": "two"})
         assert again.cache is CacheStatus.HIT and again.key == first.key
         chunks = [c async for c in client.stream(**ask("s"), extra_headers={"X-Trace": "s"})]
         assert chunks
         assert ep.last_headers["X-Trace"] == "s"
-    assert ep.calls == 2
+        # Not known to be transport-only, so keyed: the same request is sent again.
+        other = await client.complete(**ask(), extra_headers={"X-Trace": "one"})
+        assert other.cache is CacheStatus.MISS and other.key != first.key
+    assert ep.calls == 3
 
 
 async def test_a_calls_own_headers_never_outlive_it(gateway: FakeGateway) -> None:

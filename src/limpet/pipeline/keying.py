@@ -3,12 +3,15 @@
 The key hashes the canonical request with the Client's namespace, the model's current
 generation (``invalidate()`` bumps it; a call sending its own key adds that key's, which
 ``limpet flush --cache-scope credential`` bumps), the credential scope (the call's own
-``Authorization`` header, if it sends one) and where and how the Client's endpoints send
-it (``endpoints_scope``: their URLs, headers and body fields, which can change the answer).
+``Authorization`` header, if it sends one), where and how the Client's endpoints send
+it (``endpoints_scope``: their URLs, headers and body fields, which can change the answer)
+and the call's own headers that can (``headers_scope``). Which headers enter a key, an
+endpoint's or a call's, ``is_keyed_header`` says.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -31,11 +34,12 @@ from limpet.pipeline.keys import (
 def endpoints_scope(endpoints: Iterable[Endpoint]) -> str:
     """Where and how the Client's endpoints send a request, as a digest that enters every
     key ("+ep:" and 32 hex digits): each endpoint's base URL (``url_scope``: however it
-    is spelled), its headers but credentials (the credential scope has those, or shares
-    across them) and attribution, and the fields it adds to every body (``extra_body``:
-    sent, so they can change the answer; keyed as a request's are). Two Clients
-    on different gateways, or on one with a header that changes the output
-    (``anthropic-beta``), never share an answer; a fleet configured alike shares them all.
+    is spelled), its headers that enter a key (``is_keyed_header``: not credentials,
+    which the credential scope has or shares across, attribution nor tracing), and the
+    fields it adds to every body (``extra_body``: sent, so they can change the answer;
+    keyed as a request's are). Two Clients on different gateways, or on one with a header
+    that changes the output (``anthropic-beta``), never share an answer; a fleet
+    configured alike shares them all.
 
     Endpoints of one Client are taken as interchangeable, as their routing does: an answer
     from either is stored under one key.
@@ -51,13 +55,7 @@ def endpoints_scope(endpoints: Iterable[Endpoint]) -> str:
             b"%s\x00%s\x00%s"
             % (
                 url_scope(e.base_url).encode(),
-                orjson.dumps(
-                    sorted(
-                        (name.lower(), value)
-                        for name, value in (e.headers or {}).items()
-                        if not is_credential_header(name) and name.lower() not in _ATTRIBUTION
-                    )
-                ),
+                orjson.dumps(_by_name((e.headers or {}).items())),
                 canonical_request(dict(e.extra_body or {})),
             )
             for e in endpoints
@@ -70,10 +68,76 @@ def endpoints_scope(endpoints: Iterable[Endpoint]) -> str:
 # asks, never what is answered.
 _ATTRIBUTION = frozenset({"http-referer", "x-title"})
 
+#: Headers (lower case) sent with a request that never change its answer and differ from
+#: one request to the next: keyed, they would make every call a miss and split every
+#: flight. W3C trace context, request correlation, an idempotency key (one per request
+#: by definition), the sending library, and OpenRouter's session (the header form of the
+#: body's ``session_id``, itself transport-only).
+TRANSPORT_ONLY_HEADERS = frozenset(
+    {
+        "traceparent",
+        "tracestate",
+        "baggage",
+        "x-request-id",
+        "x-correlation-id",
+        "idempotency-key",
+        "user-agent",
+        "x-session-id",
+    }
+)
+
+_UNKEYED = _ATTRIBUTION | TRANSPORT_ONLY_HEADERS
+
+
+def is_keyed_header(name: str) -> bool:
+    """Whether a header named ``name`` (any case), sent by an endpoint or by a call
+    (``extra_headers``), enters the key as it is sent: every header but credentials (the
+    credential scope has them, or shares across them), attribution (``HTTP-Referer``,
+    ``X-Title``) and ``TRANSPORT_ONLY_HEADERS``. A header that can change an answer
+    (``anthropic-beta``) must, and one not known never to is taken to.
+
+    Example:
+        >>> [is_keyed_header(n) for n in ("anthropic-beta", "Authorization", "traceparent")]
+        [True, False, False]
+    """
+    return name.lower() not in _UNKEYED and not is_credential_header(name)
+
+
+def headers_scope(headers: Mapping[str, str] | None) -> str:
+    """A call's own headers that enter its key (``is_keyed_header``), as a digest that
+    enters it ("+hd:" and 32 hex digits), whatever the case and order of their names;
+    "" when none do, so that a call sending only credentials, attribution or tracing
+    headers keys as one sending none.
+
+    Example:
+        >>> headers_scope({"traceparent": "00-ab-01", "X-Title": "demo"})
+        ''
+        >>> beta_flag = "context-1m-2025-08-07"
+        >>> beta = headers_scope({"anthropic-beta": beta_flag})
+        >>> beta.startswith("+hd:"), beta == headers_scope({"ANTHROPIC-BETA": beta_flag})
+        (True, True)
+    """
+    if not headers:
+        return ""
+    keyed = tuple((name, value) for name, value in headers.items() if is_keyed_header(name))
+    return _headers_digest(keyed) if keyed else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _headers_digest(keyed: tuple[tuple[str, str], ...]) -> str:
+    # Cached, so a call repeating its headers (a hot path's: a beta flag on every call)
+    # is not hashed again; filtered first, so no credential is kept here.
+    return "+hd:" + hashlib.sha256(orjson.dumps(_by_name(keyed))).hexdigest()[:32]
+
+
+def _by_name(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``headers`` that enter a key, as (name in lower case, value as sent), sorted."""
+    return sorted((name.lower(), value) for name, value in headers if is_keyed_header(name))
+
 
 class Keying:
     """Derives keys for one Client: its namespace, credential scope, endpoints' scope and
-    generations."""
+    generations, and each call's own headers' scope."""
 
     __slots__ = ("_endpoints", "_own", "credential", "generations", "memo", "namespace")
 
@@ -138,19 +202,22 @@ class Keying:
 
     def scope(self, headers: Mapping[str, str] | None, tenant: str | None = None) -> str:
         """The credential part of the keys of a call sending ``headers`` (for ``tenant``,
-        when it names one): its credential scope, then the endpoints' scope (a credential
-        scope never holds a "+")."""
-        if tenant is not None:
-            return tenant_scope(call_scope(self.credential, headers), tenant) + self._endpoints
-        if headers is None:
+        when it names one): its credential scope, then the endpoints' scope, then that of
+        the headers it sends that can change the answer (``headers_scope``; a credential
+        scope never holds a "+"). The same headers key alike, whatever the case and order
+        of their names; a call sending none of those keys as one sending none."""
+        if headers is None and tenant is None:
             return self._own
-        return call_scope(self.credential, headers) + self._endpoints
+        credential = call_scope(self.credential, headers)
+        if tenant is not None:
+            credential = tenant_scope(credential, tenant)
+        return credential + self._endpoints + headers_scope(headers)
 
     def own_scope(self, headers: Mapping[str, str] | None, tenant: str | None) -> str | None:
-        """The key scope of a call that has one of its own (``scope()``'s: a tenant, or
-        credentials it sends itself), or None when it is the Client's: what a
-        ``ScopedRouter`` keeps its affinity pins apart by. No digest is made for a call
-        with neither headers nor a tenant."""
+        """The key scope of a call that has one of its own (``scope()``'s: a tenant,
+        credentials it sends itself or headers that enter its key), or None when it is
+        the Client's: what a ``ScopedRouter`` keeps its affinity pins apart by. No digest
+        is made for a call with neither headers nor a tenant."""
         if headers is None and tenant is None:
             return None
         scope = self.scope(headers, tenant)

@@ -255,9 +255,9 @@ def affinity_scope(namespace: str, credential: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def pin_prefix(scope: str) -> str:
     """What a call's pins are prefixed with in the affinity map, local and shared, when
-    the call has a key scope of its own (``Keying.own_scope``: a tenant, or credentials
-    it sends itself): its scope, digested (16 hex digits and a ``/``). Calls of the
-    Client's own scope pin bare links, as they always have.
+    the call has a key scope of its own (``Keying.own_scope``: a tenant, credentials it
+    sends itself or headers that enter its key): its scope, digested (16 hex digits and a
+    ``/``). Calls of the Client's own scope pin bare links, as they always have.
 
     Example:
         >>> pin_prefix("a") == pin_prefix("a") != pin_prefix("b"), len(pin_prefix("a"))
