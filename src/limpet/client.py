@@ -298,7 +298,11 @@ class Client:
                 for its own entry's TTL, whatever the reading call's ``ttl``.
             timeout: seconds for the whole call, as the OpenAI SDK's ``timeout=``: waiting
                 for an identical call in flight, every attempt and backoff included.
-            extra_headers: sent with this call's upstream request (not part of the key).
+            extra_headers: sent with this call's upstream request; they enter the key as
+                an ``Endpoint``'s headers do (``limpet.pipeline.keying.is_keyed_header``),
+                but for credentials, which give the call a scope of its own, attribution
+                and tracing headers (``TRANSPORT_ONLY_HEADERS``: ``traceparent``,
+                ``X-Request-Id``, ...), which never change an answer.
             extra_body: fields merged into the body (they win), hence into the key.
             tenant: whose answers this call may share: calls of different tenants (or of
                 a tenant and of none) never share a cache entry or an upstream request,
@@ -544,8 +548,9 @@ class Client:
 
         Takes the keyword arguments of the ``complete()`` or ``stream()`` call whose
         answer it deletes: ``extra_body``, ``extra_headers`` (a call's own credentials
-        scope its entries) and ``tenant`` shape the key as they do there; ``cache``, ``ttl`` and
-        ``timeout`` are checked and otherwise ignored, as they never enter the key.
+        scope its entries, and headers that can change an answer enter its key) and
+        ``tenant`` shape the key as they do there; ``cache``, ``ttl`` and ``timeout`` are
+        checked and otherwise ignored, as they never enter the key.
 
         Other processes' in-memory tiers keep their copy until it expires; to stop every
         process serving a model's answers, ``invalidate(model)``.

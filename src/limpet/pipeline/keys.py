@@ -181,7 +181,9 @@ class KeyExplanation:
         schema_version: ``KEY_SCHEMA_VERSION``.
         namespace: the namespace hashed in.
         scope: the invalidation generations hashed in.
-        credential: the credential scope hashed in ("" when shared across credentials).
+        credential: the credential scope hashed in ("" when shared across credentials);
+            a Client's keys append its endpoints' scope ("+ep:", ``endpoints_scope``) and
+            a call's own keyed headers' ("+hd:", ``headers_scope``).
         fields: the request fields that count, sorted.
         ignored: the transport-only fields that were present and left out, sorted.
         canonical: the canonical JSON that was hashed.
