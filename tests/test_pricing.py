@@ -448,8 +448,20 @@ def test_a_free_variant_costs_nothing_whatever_is_listed_or_answered() -> None:
     fallback = table.get("deepseek/deepseek-r1", "meta-llama/llama-3.3-70b-instruct:free")
     assert fallback is not None and fallback.source == "gateway"
     mine = ModelPrices(prompt=Decimal(1), completion=Decimal(1))
+    table.override("deepseek/deepseek-r1", mine)
+    # The paid model's override is not the free variant's, however the answer names it.
+    for names in (
+        ("deepseek/deepseek-r1:free",),
+        ("deepseek/deepseek-r1", "deepseek/deepseek-r1:free"),
+    ):
+        assert table.get(*names) == _free_prices(table), names
     table.override("deepseek/deepseek-r1:free", mine)
     assert table.get("deepseek/deepseek-r1:free") == mine  # an override still wins
+    assert table.get("deepseek/deepseek-r1", "deepseek/deepseek-r1:free") == mine
+
+
+def _free_prices(table: PriceTable) -> ModelPrices | None:
+    return table.get("acme/nothing:free")
 
 
 def test_resolved_prices_follow_later_overrides_and_listings() -> None:

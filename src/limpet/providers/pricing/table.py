@@ -235,9 +235,11 @@ class PriceTable:
         if not names:
             return None, True
         if _free(names):
-            # OpenRouter's free variant of a model answered: priced as such (unless
-            # overridden), whatever its listing lacks.
-            found = next(filter(None, map(self._overrides.get, names)), None)
+            # OpenRouter's free variant of a model answered: priced as such (unless its
+            # own name is overridden: the paid model's override is not the free one's,
+            # however the answer names it), whatever its listing lacks.
+            free_names = (name for name in names if name.endswith(_FREE))
+            found = next(filter(None, map(self._overrides.get, free_names)), None)
             return found or _FREE_PRICES, True
         found, until = self._known(names), None
         if found is None and self._fallback:
