@@ -216,3 +216,19 @@ def test_urls_sending_other_query_parameters_are_other_scopes(one: str, other: s
 )
 def test_queries_that_send_the_same_parameters_are_one_scope(one: str, other: str) -> None:
     assert endpoints_scope([Endpoint("a", one)]) == endpoints_scope([Endpoint("a", other)])
+
+
+def test_flight_keys_hold_the_credential_only_where_cache_keys_do_not() -> None:
+    # Namespace scope: one cache key for every credential, one flight key per credential,
+    # a call's own Authorization giving it its own; no key in either.
+    scope = credential_scope([Endpoint("a", URL, api_key="sk-1")])
+    shared = Keying(Generations(), "", "", flights=scope)
+    mine = shared.flight_key("k", None)
+    theirs = shared.flight_key("k", {"Authorization": "Bearer sk-2"})
+    assert mine == shared.flight_key("k", {"traceparent": "00-ab-01"}) == "k@" + scope
+    assert theirs.startswith("k@") and theirs != mine and "sk-2" not in theirs
+    # Credential scope: the key holds the call's credential scope already; the flight
+    # key is the key itself, whatever the call sends.
+    own = Keying(Generations(), "", scope, flights=scope)
+    assert own.flight_key("k", None) == own.flight_key("k", {"Authorization": "Bearer sk-2"})
+    assert own.flight_key("k", None) == "k" and own.flight_scope(None) == ""

@@ -201,14 +201,18 @@ class Client:
         fleet = None if redis_tier is None else FleetCounters(redis_tier)
         admissions = self._transport.admissions
         self._recorder = Recorder(self.stats, fleet, event_hooks(on_event), admissions)
-        credential = credential_scope(self._endpoints) if cache_scope == "credential" else ""
+        # Flights are per credential under either cache scope (``Keying.flight_key``).
+        own_scope = credential_scope(self._endpoints)
+        credential = own_scope if cache_scope == "credential" else ""
         generations = Generations(
             generation_store_of(self._cache),
             local=local_generations_of(self._cache),
             namespace=namespace,
             credential=generations_scope(self._endpoints) if credential else "",
         )
-        self._keying = Keying(generations, namespace, credential, endpoints_scope(self._endpoints))
+        self._keying = Keying(
+            generations, namespace, credential, endpoints_scope(self._endpoints), own_scope
+        )
         self._closed = False
         self._calls = RunningCalls()  # past the hit path; aclose() waits for them
         self._closing: asyncio.Future[None] | None = None

@@ -7,6 +7,10 @@ generation (``invalidate()`` bumps it; a call sending its own key adds that key'
 it (``endpoints_scope``: their URLs, headers and body fields, which can change the answer)
 and the call's own headers that can (``headers_scope``). Which headers enter a key, an
 endpoint's or a call's, ``is_keyed_header`` says.
+
+A flight key is the cache key, and under ``cache_scope="namespace"`` the call's credential
+scope besides (``Keying.flight_key``): entries are shared across credentials, flights are
+not, so that no caller is handed another credential's failure (its 401, 402 or 403).
 """
 
 from __future__ import annotations
@@ -137,12 +141,34 @@ def _by_name(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 class Keying:
     """Derives keys for one Client: its namespace, credential scope, endpoints' scope and
-    generations, and each call's own headers' scope."""
+    generations, and each call's own headers' scope.
 
-    __slots__ = ("_endpoints", "_own", "credential", "generations", "memo", "namespace")
+    Args:
+        credential: the credential scope that enters its cache keys ("" under
+            ``cache_scope="namespace"``).
+        endpoints: ``endpoints_scope``'s.
+        flights: the Client's credential scope whatever its cache scope, which enters the
+            flight keys of a namespace-scoped Client (``flight_key``); "": none does.
+    """
+
+    __slots__ = (
+        "_endpoints",
+        "_flights",
+        "_own",
+        "_own_flight",
+        "credential",
+        "generations",
+        "memo",
+        "namespace",
+    )
 
     def __init__(
-        self, generations: Generations, namespace: str, credential: str, endpoints: str = ""
+        self,
+        generations: Generations,
+        namespace: str,
+        credential: str,
+        endpoints: str = "",
+        flights: str = "",
     ) -> None:
         self.generations = generations
         self.namespace = namespace
@@ -150,6 +176,46 @@ class Keying:
         self.memo = KeyMemo()
         self._endpoints = endpoints  # ``endpoints_scope``'s
         self._own = credential + endpoints  # the key scope of a call without headers of its own
+        # Flight keys hold a credential scope only where cache keys hold none.
+        self._flights = "" if credential else flights
+        self._own_flight = "@" + flights if self._flights else ""
+
+    def flight_key(self, key: str, headers: Mapping[str, str] | None) -> str:
+        """The flight key of a call keyed ``key`` that sends ``headers``: callers of one
+        flight share its upstream call, and so its failure as well as its answer.
+
+        A credential-scoped Client's is ``key`` itself: the credential scope is in it
+        already (the call's own, ``call_scope``), so every caller of a flight sends the
+        same credentials, and its 401 is theirs too. A namespace-scoped Client shares
+        entries across credentials, but not flights: ``key`` with the call's credential
+        scope (``"@"`` and ``call_scope``'s, never a credential itself). A failure that
+        depends on the credential that was sent (401, a key revoked; 402, an account out
+        of credits, which names its account; 403) is then never handed to a caller that
+        sent another, who alone would have succeeded. The cost: concurrent misses of one
+        request under different credentials make one upstream call per credential (the
+        first answer stored serves everyone after).
+
+        Example:
+            >>> from limpet.cache.generations import Generations
+            >>> shared = Keying(Generations(None), "ns", "", flights="c0ffee")
+            >>> shared.flight_key("k", None)
+            'k@c0ffee'
+            >>> own = shared.flight_key("k", {"Authorization": "Bearer sk-2"})
+            >>> own.startswith("k@") and own != "k@c0ffee" and "sk-2" not in own
+            True
+            >>> Keying(Generations(None), "ns", "c0ffee", flights="c0ffee").flight_key("k", None)
+            'k'
+        """
+        return key + self.flight_scope(headers)
+
+    def flight_scope(self, headers: Mapping[str, str] | None) -> str:
+        """What ``flight_key`` adds to the cache key of a call sending ``headers`` ("" for
+        a credential-scoped Client): ``embed()`` adds it to each input's key."""
+        if not self._flights:
+            return ""
+        if headers is None:
+            return self._own_flight
+        return "@" + call_scope(self._flights, headers)
 
     def now(
         self,
