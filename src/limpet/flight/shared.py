@@ -50,6 +50,10 @@ _RETRY_MAX = 1.0
 #: Seconds after its release failed that a lease is let go, the store still unreachable.
 _RETRY_FOR = 600.0
 _ABANDONED = FlightNotice(FlightOutcome.ABANDONED)
+#: Statuses that answer the credentials a call sent rather than the request: a key
+#: revoked or unknown (401), an account out of credits (402, naming the account), a key
+#: not allowed the model (403). Another credential's call of the same request may succeed.
+CREDENTIAL_FAILURES = frozenset({401, 402, 403})
 
 
 R = TypeVar("R")
@@ -190,11 +194,24 @@ class RedisFlight(Generic[R]):
     against its token, so it never drops another leader's lease, and its notice tells
     followers to look again. ``aclose()`` stops it.
 
+    **Errors of a credential.** A lease is per entry, and under
+    ``cache_scope="namespace"`` an entry is shared by callers of different credentials,
+    so a follower may have sent other credentials than its leader. Such a flight
+    (``shared_credentials=True``) never publishes a ``CREDENTIAL_FAILURES`` error (401,
+    402, 403) as final: its notice says ``ABANDONED``, and one follower takes over and
+    calls with its own credentials, as from a leader gone. (Each process of the failing
+    credential then calls once, in turn; an answer stored serves the rest.) In this
+    process the flights in front of this one are per credential already
+    (``Keying.flight_key``). A credential-scoped Client's followers all send the
+    leader's credentials, and get its 401 with no call of their own.
+
     Use it behind ``SingleFlight``, so that one caller per process takes part.
 
     Args:
         store: the shared leases and notices (``RedisCache`` provides them).
         config: lease, poll and follower timeout.
+        shared_credentials: whether the callers of one key may send different
+            credentials (``cache_scope="namespace"``).
     """
 
     __slots__ = (
@@ -203,13 +220,21 @@ class RedisFlight(Generic[R]):
         "_unreleased",
         "config",
         "lease_checks",
+        "shared_credentials",
         "store",
         "takeovers",
     )
 
-    def __init__(self, store: FlightStore, config: FlightConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: FlightStore,
+        config: FlightConfig | None = None,
+        *,
+        shared_credentials: bool = False,
+    ) -> None:
         self.store = store
         self.config = config or FlightConfig()
+        self.shared_credentials = shared_credentials
         #: Times a follower stopped following and led: the lease vanished, went stale,
         #: or an unverified error ended the flight it followed.
         self.takeovers = 0
@@ -439,7 +464,7 @@ class RedisFlight(Generic[R]):
                 notice = FlightNotice(FlightOutcome.UNSHARED)
             return result
         except APIStatusError as exc:
-            if not should_retry(exc):
+            if self._final(exc):
                 notice = FlightNotice(FlightOutcome.FAILED, exc)
             raise
         finally:
@@ -450,6 +475,14 @@ class RedisFlight(Generic[R]):
                 await asyncio.wait({renewing}, timeout=_RENEWAL_STOP_TIMEOUT)
             finally:
                 await self._release(key, token, notice, entry, ttl)
+
+    def _final(self, error: APIStatusError) -> bool:
+        """Whether ``error`` is every follower's too, published as the flight's end: not
+        one a retry may cure, nor one of the leader's credentials that a follower may not
+        share (``shared_credentials``)."""
+        if should_retry(error):
+            return False
+        return not (self.shared_credentials and error.status_code in CREDENTIAL_FAILURES)
 
     async def _release(
         self, key: str, token: str, notice: FlightNotice, entry: bytes | None, ttl: float

@@ -2,9 +2,10 @@
 account → store → result.
 
 The hit path (in-process tiers, nothing awaited that could yield) is ``hit()``; the rest
-is ``complete()``. A flight is shared by every caller of its key: it sends its leader's
-headers, and its leader's deadline is the one that cuts retries short (a waiter bounds
-its own wait, and may retry once on a retryable failure).
+is ``complete()``. A flight is shared by every caller of its flight key (the cache key,
+and under ``cache_scope="namespace"`` the call's credential scope: ``Keying.flight_key``):
+it sends its leader's headers, and its leader's deadline is the one that cuts retries
+short (a waiter bounds its own wait, and may retry once on a retryable failure).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class ChatPipeline:
         key = request.key = self.keying.now(
             request.body, request.headers, request.text_chars, request.tenant
         )
+        if key is not None:
+            request.flight_key = self.keying.flight_key(key, request.headers)
         store = self._cache
         if key is None or store is None or not request.decision.read:
             return None
@@ -109,7 +112,7 @@ class ChatPipeline:
         except CacheCorruptError:
             # ``complete()`` keys the request again and reads from tier 0, which counts
             # the corrupt entry and deletes it (awaiting the tier).
-            request.key = None
+            request.key = request.flight_key = None
             return None
         return None if entry is None else completion_of(entry, CacheStatus.HIT, key, 0)
 
@@ -146,7 +149,9 @@ class ChatPipeline:
             return True
         flight = self._flight if decision.coalesce else None
         return flight is not None and (
-            start >= len(store.tiers) or key in self._reading or flight.flying(key)
+            start >= len(store.tiers)
+            or key in self._reading
+            or flight.flying(request.flight_key or key)
         )
 
     async def _read(
@@ -167,6 +172,7 @@ class ChatPipeline:
             if looks_large(request.body, request.text_chars):
                 request.body = await owned_large_body(request.body)
             key = request.key = await self.keying.of(request.body, request.headers, request.tenant)
+            request.flight_key = self.keying.flight_key(key, request.headers)
         store = self._cache
         if key is not None and store is not None and not self._nothing_to_read(request, key, start):
             if self._flight is None or not request.decision.coalesce:
@@ -191,7 +197,9 @@ class ChatPipeline:
             return completion_of(entry, CacheStatus.BYPASS, None)
         if flight is not None and request.decision.coalesce:
             call.waiting_for = "an identical call in flight"
-            streamed = self.streams.answer_of(key) if self.streams is not None else None
+            flight_key = request.flight_key or key
+            streams = self.streams
+            streamed = streams.answer_of(flight_key) if streams is not None else None
             if streamed is not None:  # a stream of this request: its answer
                 try:
                     answer = await streamed
@@ -206,7 +214,8 @@ class ChatPipeline:
                         return completion_of(entry, self._own_status(), key)
             # The claim of the flight's own upstream answer: its leader's, or the first
             # waiter's when the leader left (``SingleFlight``); the others shared it.
-            (entry, source, tier), claimed = await flight.do(key, self._fill, request, key, call)
+            filling = flight.do(flight_key, self._fill, request, key, call)
+            (entry, source, tier), claimed = await filling
             if source is not None:
                 return completion_of(entry, source, key, tier)
             if not claimed:
@@ -229,8 +238,8 @@ class ChatPipeline:
             found = await cache.get(key)
             if found is not None:
                 return found[0], CacheStatus.HIT, found[1]
-        streams = self.streams
-        streamed = streams.answer_of(key) if streams is not None else None
+        streams, flight_key = self.streams, request.flight_key or key
+        streamed = streams.answer_of(flight_key) if streams is not None else None
         if streamed is not None:  # a stream of it started meanwhile (a retry, say): its answer
             answer = await streamed
             if answer is not None:

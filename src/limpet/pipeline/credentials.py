@@ -6,8 +6,9 @@ answers: an answer can hold what one tenant's prompt put in it. By default
 key and flight key, as gateways scope their caches per key. The digest is keyed (HMAC),
 so it is never the API key, nor a plain hash of it; the key itself is never kept.
 ``cache_scope="namespace"`` shares entries across credentials within a namespace, on
-purpose; not flights, whose callers share a failure too, one that can be their
-credential's own (``Keying.flight_key``).
+purpose; not a failure that is one credential's own (a 401): flights in a process are
+per credential (``Keying.flight_key``), and across processes such a failure is never
+published to followers as final (``RedisFlight``).
 """
 
 from __future__ import annotations

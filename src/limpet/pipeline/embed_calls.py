@@ -73,6 +73,7 @@ class EmbedCalls:
 
     def _keys(self, request: EmbedRequest, scope: str) -> list[str]:
         keying = self._keying
+        request.flight_scope = keying.flight_scope(request.headers)
         return self.embedder.keys(
             request.model,
             request.texts,

@@ -122,8 +122,10 @@ class Embedder:
         self._coalesce = coalesce
         self._shared = shared
         self.max_inputs = max_inputs
-        # One future per input being sent by some call of this process: bounded by the
-        # inputs in flight, each removed when its request ends.
+        # One future per input being sent by some call of this process, by flight key
+        # (its key and the call's ``flight_scope``: under ``cache_scope="namespace"`` a
+        # call never awaits another credential's request, nor gets its 401): bounded by
+        # the inputs in flight, each removed when its request ends.
         self._inflight: dict[str, asyncio.Future[Vector]] = {}
         self._tasks: set[asyncio.Future[Sent]] = set()
 
@@ -179,8 +181,9 @@ class Embedder:
             missing = [key for key in missing if key not in found]
         waiting: dict[str, asyncio.Future[Vector]] = {}
         owned: list[str] = []
+        scope = request.flight_scope
         for key in missing:
-            flight = self._inflight.get(key) if self._shares(decision) else None
+            flight = self._inflight.get(key + scope) if self._shares(decision) else None
             if flight is not None:
                 waiting[key] = flight
             else:
@@ -235,7 +238,8 @@ class Embedder:
         call of this process is sending now are awaited (added to ``waiting``). Returns
         the keys this call sent."""
         found.update(held := await self.lookup_local(keys, request.decision))
-        joined = {k: self._inflight[k] for k in keys if k not in held and k in self._inflight}
+        inflight, scope = self._inflight, request.flight_scope
+        joined = {k: inflight[k + scope] for k in keys if k not in held and k + scope in inflight}
         mine = [(key, first[key]) for key in keys if key not in held and key not in joined]
         if mine:
             call.waiting_for = "embeddings from upstream"
@@ -324,7 +328,8 @@ class Embedder:
         loop = asyncio.get_running_loop()
         futures = {key: loop.create_future() for key, _ in items}
         if self._shares(request.decision):
-            self._inflight.update(futures)
+            scope = request.flight_scope
+            self._inflight.update((key + scope, future) for key, future in futures.items())
         task = asyncio.ensure_future(self._send(request, items, futures, call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -352,8 +357,8 @@ class Embedder:
                     await self._store(sent.vectors, request.ttl, replacing=not decision.read)
         finally:
             for key, future in futures.items():
-                if self._inflight.get(key) is future:
-                    del self._inflight[key]
+                if self._inflight.get(key + request.flight_scope) is future:
+                    del self._inflight[key + request.flight_scope]
                 settle(future, sent.vectors.get(key), sent.failed.get(key))
         return sent
 

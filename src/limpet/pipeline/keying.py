@@ -9,8 +9,10 @@ and the call's own headers that can (``headers_scope``). Which headers enter a k
 endpoint's or a call's, ``is_keyed_header`` says.
 
 A flight key is the cache key, and under ``cache_scope="namespace"`` the call's credential
-scope besides (``Keying.flight_key``): entries are shared across credentials, flights are
-not, so that no caller is handed another credential's failure (its 401, 402 or 403).
+scope besides (``Keying.flight_key``): entries are shared across credentials, this
+process's flights are not, so that no caller is handed another credential's failure (its
+401, 402 or 403). Across processes a lease is per entry, and such a failure is never
+published as final (``RedisFlight``'s ``shared_credentials``).
 """
 
 from __future__ import annotations
@@ -187,13 +189,17 @@ class Keying:
         A credential-scoped Client's is ``key`` itself: the credential scope is in it
         already (the call's own, ``call_scope``), so every caller of a flight sends the
         same credentials, and its 401 is theirs too. A namespace-scoped Client shares
-        entries across credentials, but not flights: ``key`` with the call's credential
-        scope (``"@"`` and ``call_scope``'s, never a credential itself). A failure that
-        depends on the credential that was sent (401, a key revoked; 402, an account out
-        of credits, which names its account; 403) is then never handed to a caller that
+        entries across credentials, but not this process's flights (``SingleFlight``,
+        a stream's, an ``embed()`` input's): ``key`` with the call's credential scope
+        (``"@"`` and ``call_scope``'s, never a credential itself). A failure that depends
+        on the credential that was sent (401, a key revoked; 402, an account out of
+        credits, which names its account; 403) is then never handed to a caller that
         sent another, who alone would have succeeded. The cost: concurrent misses of one
-        request under different credentials make one upstream call per credential (the
-        first answer stored serves everyone after).
+        request under different credentials make one upstream call per credential in a
+        process (the first answer stored serves everyone after). Across processes the
+        lease stays the entry's: its followers read the answer whoever led, and a
+        leader's 401 is not published as final (``RedisFlight``'s
+        ``shared_credentials``), so one of them calls with its own.
 
         Example:
             >>> from limpet.cache.generations import Generations

@@ -74,7 +74,11 @@ class Pipelines:
         def shared() -> Any:
             if leases is None:
                 return None
-            self._shared.append(RedisFlight(leases, flight))
+            # Under cache_scope="namespace" (no credential in the keys) the callers of
+            # one key may send different credentials.
+            self._shared.append(
+                RedisFlight(leases, flight, shared_credentials=not keying.credential)
+            )
             return self._shared[-1]
 
         self._accounting = Accounting(prices, spent=recorder.spent)

@@ -40,7 +40,9 @@ class Request(Call):
         ttl: seconds its answer may be served from the cache.
         timeout: seconds the whole call may take, or None.
         headers: the call's own upstream headers (``extra_headers``), or None.
-        key: its cache and flight key, once the key stage has run (None: not keyed).
+        key: its cache key, once the key stage has run (None: not keyed).
+        flight_key: its flight key, set with ``key`` (``Keying.flight_key``: the cache
+            key, and under ``cache_scope="namespace"`` the call's credential scope).
         text_chars: the messages' text length, when validation summed it (else -1), so
             the key stage need not walk them again to tell a large request.
         tenant: whose entries and flights it shares (``complete(tenant=...)``), or None.
@@ -49,6 +51,7 @@ class Request(Call):
     __slots__ = (
         "body",
         "decision",
+        "flight_key",
         "key",
         "model",
         "tenant",
@@ -74,6 +77,7 @@ class Request(Call):
         self.decision = decision
         self.ttl = ttl
         self.key: str | None = None
+        self.flight_key: str | None = None
         self.text_chars = text_chars
         self.tenant = tenant
 
@@ -136,10 +140,14 @@ class EmbedRequest:
         keyed: the body fields that can change a vector (they enter every input's key).
         wire: the body fields sent as they are.
         decision, ttl, timeout, headers, tenant: as ``Request``'s.
+        flight_scope: what each input's flight key adds to its cache key
+            (``Keying.flight_scope``: under ``cache_scope="namespace"``, the call's
+            credential scope), set with the keys.
     """
 
     __slots__ = (
         "decision",
+        "flight_scope",
         "headers",
         "keyed",
         "model",
@@ -171,6 +179,7 @@ class EmbedRequest:
         self.timeout = timeout
         self.headers = headers
         self.tenant = tenant
+        self.flight_scope = ""
 
 
 # What an embed() call's own arguments say, and its extra_body may not (the OpenAI SDK

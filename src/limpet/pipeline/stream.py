@@ -293,6 +293,7 @@ class StreamCalls:
                     if self._flights.keyed(request):
                         key = self._keying.of(request.body, request.headers, request.tenant)
                         request.key = await calls.guarded(call, key)
+                        request.flight_key = self._keying.flight_key(request.key, request.headers)
                     call.waiting_for = "the next chunk"
                     streamed = self._flights.chunks(request, sink, call)
                     try:

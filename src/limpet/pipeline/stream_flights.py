@@ -110,11 +110,14 @@ class StreamFlights:
         who declined usage (``stream_options.include_usage: false``) gets none of it in
         its chunks, though the stream asked for it for the cache and the others."""
         cache, key, decision = self._cache, request.key, request.decision
+        # Streams are joined by flight key: under ``cache_scope="namespace"`` one per
+        # credential (``Keying.flight_key``), as ``complete()``'s flights are.
+        flight_key = request.flight_key or key
         joins = key is not None and self._joins(request)
         declined = usage_declined(request.body)
         asked = choices_asked(request.body)
         if key is not None and cache is not None and decision.read:
-            found = await self._look(cache, key, joins)
+            found = await self._look(cache, key, flight_key, joins)
             if found is not None:
                 entry, replay, tier = found
                 hit = completion_of(entry, CacheStatus.HIT, key, tier)
@@ -123,7 +126,7 @@ class StreamFlights:
                         yield chunk
                 return
         failed: _StreamFlight | None = None
-        answering = self._answering(key) if joins else None
+        answering = self._answering(flight_key) if joins else None
         retried = False
         while answering is not None:  # complete()'s flight of this request: its answer
             answered = await _answered(answering)
@@ -155,9 +158,9 @@ class StreamFlights:
             if retried:
                 break
             retried = True
-            answering = self._answering(key)
+            answering = self._answering(flight_key)
         while True:
-            flight = self._flights.get(key) if key is not None and joins else None
+            flight = self._flights.get(flight_key) if flight_key is not None and joins else None
             led = flight is None or flight is failed  # a failed one lands a moment later
             if led:
                 flight = self._start(request, call, joins)
@@ -203,14 +206,15 @@ class StreamFlights:
                 if led and not ended and not flight.claimed:
                     flight.leader_left = True  # its claim is the next reader's to end
                 flight.readers -= 1
-                if flight.readers == 0 and not self._looked_for(key, flight):
-                    self._drop(key, flight, tail=not ended and _all_in(last, finishes))
+                if flight.readers == 0 and not self._looked_for(flight_key, flight):
+                    self._drop(flight_key, flight, tail=not ended and _all_in(last, finishes))
         if not led:
             _left_if_gone(flight)
         sink.completion = self._completion(request, flight, led)
 
     def answer_of(self, key: str) -> Awaitable[tuple[CacheEntry, bool] | None] | None:
-        """The answer of the upstream stream running for ``key``, for a ``complete()`` call
+        """The answer of the upstream stream running for flight key ``key``, for a
+        ``complete()`` call
         of the same request (a reader of it until it ends, so it keeps the stream going),
         and whether its claim is this call's (``_claims``); None when no stream of ``key``
         runs that others may join. Awaited, None when the stream ended before it was whole
@@ -253,23 +257,24 @@ class StreamFlights:
         return answers.join(key)
 
     async def _look(
-        self, cache: TieredCache, key: str, joins: bool
+        self, cache: TieredCache, key: str, flight_key: str | None, joins: bool
     ) -> tuple[CacheEntry, list[dict[str, Any]], int] | None:
         """The cached entry of ``key``, its replay and the tier that held it, or None.
-        While a reader that would join ``key``'s upstream stream on a miss looks, that
-        stream is kept even if its last reader leaves; it is dropped once nobody reads it
-        nor looks."""
-        if joins:
-            self._looking[key] = self._looking.get(key, 0) + 1
+        While a reader that would join ``flight_key``'s upstream stream on a miss looks,
+        that stream is kept even if its last reader leaves; it is dropped once nobody
+        reads it nor looks."""
+        looks = flight_key if joins else None
+        if looks is not None:
+            self._looking[looks] = self._looking.get(looks, 0) + 1
         try:
             found = await cache.get(key)
             replay = None if found is None else await replayable(cache, key, found[0])
         except BaseException:
-            if joins:
-                self._looked(key, joining=False)
+            if looks is not None:
+                self._looked(looks, joining=False)
             raise
-        if joins:
-            self._looked(key, joining=replay is None)
+        if looks is not None:
+            self._looked(looks, joining=replay is None)
         return None if found is None or replay is None else (found[0], replay, found[1])
 
     def _looked(self, key: str, *, joining: bool) -> None:
@@ -340,7 +345,7 @@ class StreamFlights:
         return self._cache is not None and request.key is not None and request.decision.write
 
     def _start(self, request: Request, call: Call, joins: bool) -> _StreamFlight:
-        key = request.key
+        key = request.flight_key or request.key
         flight = _StreamFlight(shared=joins, copied=joins or self._stores(request))
         flight.task = asyncio.get_running_loop().create_task(self._produce(flight, request, call))
         self._running.add(flight)
