@@ -326,3 +326,33 @@ async def test_a_sigkilled_leader_process_is_replaced_by_a_follower(
     # The wait is bounded by the dead lease (0.5 s, checked every 0.05 s), not by
     # follow_timeout (600 s: 12,000 checks): tens of checks, live leader's time included.
     assert max(r.lease_checks for r in reports) <= 100
+
+
+async def test_a_follower_with_a_shorter_lease_never_takes_a_live_leaders_over(
+    gateway: FakeGateway, redis_url: str, redis_prefix: str
+) -> None:
+    # A rolling change of FlightConfig.lease: the leader renews every third of its own
+    # 30 s lease; a follower of 0.3 s must judge that lease by 30 s, not by its own.
+    ep = gateway.endpoint("a")
+    slow = FlightConfig(lease=30.0, poll=0.05)
+    async with (
+        make_client(gateway, redis_url, redis_prefix, flight=slow) as leader,
+        make_client(gateway, redis_url, redis_prefix, flight=FAST) as follower,
+    ):
+        ep.hold_answers()
+        leading = asyncio.create_task(leader.complete(**ask()))
+        await ep.wait_for_calls(1)
+        following = asyncio.create_task(follower.complete(**ask()))
+        flight = follower._chat.shared_flight
+        assert flight is not None
+
+        async def followed_past_its_own_lease() -> bool:
+            # 20 looks at least 0.05 s apart: past 0.3 s, its own lease, several times.
+            return flight.lease_checks >= 20 or flight.takeovers > 0
+
+        await eventually(followed_past_its_own_lease, what="the follower following")
+        assert ep.calls == 1 and flight.takeovers == 0
+        ep.release_answers()
+        led, followed = await asyncio.gather(leading, following)
+    assert (led.cache, followed.cache) == (CacheStatus.MISS, CacheStatus.COALESCED)
+    assert ep.calls == 1

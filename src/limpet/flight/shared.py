@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -21,6 +20,7 @@ from limpet.errors import (
     CacheTimeoutError,
     CacheUnavailableError,
 )
+from limpet.flight.lease_tokens import holders_lease, lease_token
 from limpet.flight.store import FlightNotice, FlightOutcome, FlightStore, FlightWatch
 from limpet.http.retry import should_retry
 
@@ -173,9 +173,12 @@ class RedisFlight(Generic[R]):
     (cancelled included, and even while its breaker is open). A follower registers for
     the notice first, then re-checks the cache (so a completion between the two cannot
     be missed), then waits, checking every ``poll`` seconds who holds the lease: a lease
-    that vanished without an entry, or that nobody renewed for a whole ``lease`` (a
-    leader stuck, or a lease some other writer left without a TTL), is taken over by one
-    follower. A follower that waited ``follow_timeout`` calls upstream itself:
+    that vanished without an entry, or that nobody renewed for a whole lease (a leader
+    stuck, or a lease some other writer left without a TTL), is taken over by one
+    follower. The lease is its holder's: its token records the holder's ``lease``
+    (``limpet.flight.lease_tokens``), so that a follower configured with a shorter one
+    never takes a live leader's over; a lease that records none (an older build's) is
+    judged by the follower's own. A follower that waited ``follow_timeout`` calls upstream itself:
     correctness over savings. With the store unreachable, calls go upstream from each
     process. A leader whose answer no store would keep (too large, refused) says so
     (``UNSHARED``): its followers then call at once, rather than one after another.
@@ -290,7 +293,7 @@ class RedisFlight(Generic[R]):
         Returns:
             The result, and True when this process led.
         """
-        token = secrets.token_hex(16)
+        token = lease_token(self.config.lease)
         deadline = time.monotonic() + self.config.follow_timeout
         followed = False
         while True:
@@ -392,6 +395,7 @@ class RedisFlight(Generic[R]):
         lease = self.config.lease
         seen: str | None = None
         seen_at = 0.0
+        stale_after = lease  # the lease of the holder ``seen``
         failing_since: float | None = None  # since when the store fails every look
         try:
             waited = False
@@ -425,7 +429,11 @@ class RedisFlight(Generic[R]):
                         now = time.monotonic()
                         if holder != seen:
                             seen, seen_at = holder, now  # taken or renewed: a live leader
-                        elif now - seen_at >= lease and await self._take_over(key, holder, token):
+                            # Renewed every third of its own lease, not this follower's.
+                            stale_after = holders_lease(holder) or lease
+                        elif now - seen_at >= stale_after and await self._take_over(
+                            key, holder, token
+                        ):
                             return None, True  # neither renewed nor released for a lease
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

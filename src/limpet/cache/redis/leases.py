@@ -2,8 +2,10 @@
 
 A lease is ``token:0`` set only if the key is free, with a PX: it always has a TTL.
 Renewing rewrites it as ``token:n`` (n counting renewals) with a fresh TTL, so followers
-see a live leader's lease change; taking over a stale one and releasing check the value
-in Lua, so a leader whose lease expired can never drop a successor's. Taking a lease
+see a live leader's lease change (the token records how long its holder's lease is, so
+that they wait that long: ``limpet.flight.lease_tokens``); taking over a stale one and
+releasing check the value in Lua, so a leader whose lease expired can never drop a
+successor's. Taking a lease
 (acquiring, taking over) also succeeds when this token holds it already: redis-py sends
 a command again on a fresh connection when the first one dropped, and the first may
 have run with only its reply lost; without that, the leader would find its own lease
