@@ -102,19 +102,20 @@ class ChatPipeline:
         key = request.key = self.keying.now(
             request.body, request.headers, request.text_chars, request.tenant
         )
-        if key is not None:
-            request.flight_key = self.keying.flight_key(key, request.headers)
-        store = self._cache
-        if key is None or store is None or not request.decision.read:
+        if key is None:
             return None
+        store = self._cache
         try:
-            entry = store.get_now(key)
+            entry = store.get_now(key) if store is not None and request.decision.read else None
         except CacheCorruptError:
             # ``complete()`` keys the request again and reads from tier 0, which counts
             # the corrupt entry and deletes it (awaiting the tier).
-            request.key = request.flight_key = None
+            request.key = None
             return None
-        return None if entry is None else completion_of(entry, CacheStatus.HIT, key, 0)
+        if entry is None:  # the flight key is a miss's: a hit pays for none
+            request.flight_key = self.keying.flight_key(key, request.headers)
+            return None
+        return completion_of(entry, CacheStatus.HIT, key, 0)
 
     def complete(self, request: Request, call: Call) -> Awaitable[Completion]:
         """Everything past the hit path: the key when the model's generation had to be
