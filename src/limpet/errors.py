@@ -163,7 +163,12 @@ class APIError(LimpetError):
 
     Attributes:
         endpoint: name of the endpoint that was called, when known.
+        attempts: how many upstream attempts the call made, over every endpoint it
+            tried, its retries included; set where limpet's retries end (the retrier,
+            failover). None: the error never went through them (one attempt, or none).
     """
+
+    attempts: int | None = None
 
     def __init__(self, message: str, *, endpoint: str | None = None) -> None:
         self.endpoint = endpoint

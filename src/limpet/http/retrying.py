@@ -20,11 +20,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 
 from limpet.config import RetryConfig
-from limpet.errors import APIStatusError, APITimeoutError
+from limpet.errors import APIError, APIStatusError, APITimeoutError
 from limpet.http.admission_slots import REFUSALS
 from limpet.http.retry import backoff_delay, should_retry
 
-__all__ = ["QueuedTooLong", "Retrier", "never_sent"]
+__all__ = ["QueuedTooLong", "Retrier", "counted", "never_sent"]
 
 logger = logging.getLogger("limpet.transport")
 
@@ -69,12 +69,14 @@ class Retrier:
                 would end after it gives up at once with the last error.
 
         Raises:
-            The last attempt's error, when it is final or no retry may follow.
+            The last attempt's error, when it is final or no retry may follow, its
+            ``attempts`` counted (``counted``).
         """
         try:
             return await attempt(False), 1
         except Exception as exc:
             if not self.may_retry(exc):
+                counted(exc, 1)
                 raise
             failed = exc
         return await self.after(failed, attempt, deadline)
@@ -91,14 +93,19 @@ class Retrier:
         itself (one coroutine less between the request and whoever awaits it).
 
         Raises:
-            The last attempt's error, when it is final or no retry may follow.
+            The last attempt's error, when it is final or no retry may follow, its
+            ``attempts`` counted (``counted``).
         """
         retrying = self.retrying(deadline)
-        async for step in retrying:
-            with step:
-                if step.retry_state.attempt_number == 1:
-                    raise failed  # the attempt already made: tenacity judges it as its first
-                result = await attempt(True)
+        try:
+            async for step in retrying:
+                with step:
+                    if step.retry_state.attempt_number == 1:
+                        raise failed  # the attempt already made: tenacity judges it first
+                    result = await attempt(True)
+        except Exception as exc:
+            counted(exc, retrying.statistics.get("attempt_number", 1))
+            raise
         # reraise=True: reaching here means the last attempt returned.
         attempts: int = retrying.statistics["attempt_number"]
         return result, attempts
@@ -122,6 +129,14 @@ class Retrier:
         if self._shared_pause and retry_after is not None and _refusal(exc):
             return 0.0  # the endpoint's shared pause holds the retry, and everyone else
         return backoff_delay(state.attempt_number, self._config, retry_after)
+
+
+def counted(exc: BaseException, attempts: int) -> None:
+    """Record on ``exc``, the error a request's retries end with, how many attempts it
+    took (``APIError.attempts``): whoever answers it can tell a failure limpet already
+    retried, or chose not to, from one it made a single attempt at."""
+    if isinstance(exc, APIError):
+        exc.attempts = attempts
 
 
 def retryable(exc: BaseException) -> bool:

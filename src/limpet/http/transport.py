@@ -42,7 +42,7 @@ from limpet.http.responses import (
     request_headers,
     status_error_of,
 )
-from limpet.http.retrying import Retrier
+from limpet.http.retrying import Retrier, counted
 from limpet.http.stream_events import stream_events
 from limpet.scrub import BODY_EXCERPT_CHARS
 
@@ -316,7 +316,10 @@ class Transport:
                     raise
                 raise error from shown_cause(exc, endpoint.secrets)
         except Exception as exc:
-            if not first or not self._retrier.may_retry(exc):
+            if not first:
+                raise  # a retry's failure: ``Retrier.after`` counts the attempts
+            if not self._retrier.may_retry(exc):
+                counted(exc, 1)
                 raise
             return await self._again(exc, endpoint, path, payload, deadline, waiting, parse)
         if ticket is not UNADMITTED:

@@ -126,6 +126,7 @@ class Upstream:
             # x-session-id stands alone (two would contradict each other).
             route.body = {k: v for k, v in route.body.items() if k != "session_id"}
             route.session_id = None
+        tried = 0  # upstream attempts of the endpoints failed over from
         for index in range(len(ranked)):  # a range iterator: no object for the GC to trace
             endpoint = ranked[index]
             self._stats.upstream_calls += 1
@@ -143,6 +144,7 @@ class Upstream:
                     attempt.served(usage, answer.get("model"))
                 break
             except APIError as exc:
+                tried = summed_attempts(exc, tried)
                 if not fails_over(exc, ranked, index, exchange):
                     raise
             finally:
@@ -190,6 +192,14 @@ def fails_over(
     return True
 
 
+def summed_attempts(exc: APIError, tried: int) -> int:
+    """The upstream attempts of a call so far: ``tried`` on the endpoints it failed over
+    from, and those that ended with ``exc`` on this one; recorded on ``exc``
+    (``APIError.attempts``), which is the call's error when it does not fail over."""
+    exc.attempts = tried + (exc.attempts or 1)
+    return exc.attempts
+
+
 async def first_answer(
     route: Route,
     attempt: Callable[[Endpoint], Awaitable[T]],
@@ -201,12 +211,14 @@ async def first_answer(
     learns each outcome as it does ``Upstream.call``'s. ``headers``: the call's own; a key
     among them is the caller's, and a refusal of it is no fault of the endpoint."""
     ranked = route.endpoints
+    tried = 0
     for index, endpoint in enumerate(ranked):
         own = headers is not None and endpoint.callers_key(headers) is not None
         try:
             with route.attempt(endpoint, callers_credentials=own):
                 return endpoint, await attempt(endpoint)
         except APIError as exc:
+            tried = summed_attempts(exc, tried)
             if not fails_over(exc, ranked, index, exchange):
                 raise
     raise AssertionError("unreachable: the last endpoint's failure is raised")
