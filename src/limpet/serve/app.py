@@ -205,6 +205,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             cache=_cache(config),
             namespace=config.namespace,
             auto_cache_control=config.auto_cache_control,
+            retry=config.retry,
         )
         stack.push_async_callback(client.aclose)  # drains pending cache writes
         timeout = aiohttp.ClientTimeout(total=_MODELS_TIMEOUT)

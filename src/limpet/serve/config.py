@@ -9,7 +9,7 @@ from typing import Final
 
 from limpet._checks import check_hmac_key, check_http_url, check_number
 from limpet._urls import host_and_port, redact_url
-from limpet.config import Endpoint
+from limpet.config import Endpoint, RetryConfig
 from limpet.errors import ConfigurationError
 
 __all__ = ["DEFAULT_BODY_TIMEOUT", "DEFAULT_MODELS_TTL", "ServeConfig", "endpoints_of"]
@@ -61,6 +61,10 @@ class ServeConfig:
             headers; past it the request is answered 408 and its connection closed. A
             connection that sends no whole request line and headers for as long (idle,
             or sending them a byte at a time) is closed too.
+        retry: how the Client retries upstream calls; its defaults when None. A failure
+            it retried, or chose not to, is answered ``x-should-retry: false``
+            (``limpet.serve.errors.retry_headers``): an OpenAI SDK in front does not
+            multiply its attempts.
     """
 
     upstreams: tuple[str, ...] = ()
@@ -77,6 +81,7 @@ class ServeConfig:
     metrics: bool = False
     hmac_key: bytes | None = field(default=None, repr=False)
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    retry: RetryConfig | None = None
 
     def __post_init__(self) -> None:
         check_hmac_key("ServeConfig.hmac_key", self.hmac_key)
@@ -110,6 +115,7 @@ class ServeConfig:
             "share_across_client_keys": self.share_across_client_keys,
             "metrics": self.metrics,
             "body_timeout": self.body_timeout,
+            "retry": self.retry,
         }
         fields = ", ".join(f"{name}={value!r}" for name, value in shown.items())
         return f"ServeConfig({fields})"
