@@ -7,6 +7,8 @@ import pytest
 
 from limpet.errors import (
     APIConnectionError,
+    APIError,
+    APIGenerationError,
     APIResponseError,
     APIStatusError,
     APITimeoutError,
@@ -14,11 +16,14 @@ from limpet.errors import (
     BadRequestError,
     ClientClosedError,
     EmbeddingBatchError,
+    InternalServerError,
     InvalidRequestError,
     RateLimitError,
     status_error,
 )
-from limpet.serve.errors import error_headers, error_of
+from limpet.http.retrying import QueuedTooLong
+from limpet.serve.body import BodyTimeoutError
+from limpet.serve.errors import error_headers, error_of, retry_headers
 
 
 @pytest.mark.parametrize(
@@ -184,3 +189,46 @@ def test_the_upstreams_request_id_is_relayed_when_a_header_may_carry_it(
     assert error_headers(_batch_error((0,), 1, error), own_key=own_key) == error_headers(
         error, own_key=own_key
     )
+
+
+def _tried(error: APIError, attempts: int | None) -> APIError:
+    error.attempts = attempts
+    return error
+
+
+SHOULD_NOT = {"x-should-retry": "false"}
+
+
+@pytest.mark.parametrize(
+    ("exc", "max_attempts", "headers"),
+    [
+        # limpet retried until its attempts ran out: the SDK must not multiply them.
+        (_tried(RateLimitError("slow", status_code=429), 3), 3, SHOULD_NOT),
+        (_tried(InternalServerError("down", status_code=503), 3), 3, SHOULD_NOT),
+        (_tried(APIConnectionError("refused"), 3), 3, SHOULD_NOT),
+        (_tried(APIGenerationError("provider broke"), 3), 3, SHOULD_NOT),
+        # limpet stopped after one attempt by its own choice (the deadline, a Retry-After
+        # past it).
+        (_tried(RateLimitError("slow", status_code=429), 1), 3, SHOULD_NOT),
+        # never admitted: its endpoint paused past the deadline.
+        (_tried(QueuedTooLong("paused"), 1), 1, SHOULD_NOT),
+        # one attempt, as its RetryConfig allows: the SDK's to retry.
+        (_tried(RateLimitError("slow", status_code=429), 1), 1, {}),
+        (RateLimitError("slow", status_code=429), 1, {}),
+        # ...but failing over is a retry of limpet's.
+        (_tried(InternalServerError("down", status_code=503), 2), 1, SHOULD_NOT),
+        # failures limpet never retries: the SDK's default stands.
+        (_tried(BadRequestError("bad", status_code=400), 1), 3, {}),
+        (_tried(AuthenticationError("key", status_code=401), 1), 3, {}),
+        (_tried(APIResponseError("not JSON", status_code=200, body=""), 1), 3, {}),
+        (InvalidRequestError("messages", "a list"), 3, {}),
+        (BodyTimeoutError(60.0), 3, {}),
+        (ClientClosedError("closed"), 3, {}),
+        (RuntimeError("a bug"), 3, {}),
+    ],
+)
+def test_a_failure_limpet_retried_tells_the_sdk_not_to(
+    exc: Exception, max_attempts: int, headers: dict[str, str]
+) -> None:
+    assert retry_headers(exc, max_attempts=max_attempts) == headers
+    assert retry_headers(_batch_error((0,), 1, exc), max_attempts=max_attempts) == headers

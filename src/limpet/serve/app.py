@@ -31,6 +31,7 @@ from limpet.cache.base import CacheBackend
 from limpet.cache.memory import MemoryCache
 from limpet.cache.tiered import TieredCache
 from limpet.client import Client
+from limpet.config import RetryConfig
 from limpet.errors import APIConnectionError, InvalidRequestError, LimpetError
 from limpet.http.chunks import StreamChunk
 from limpet.models import CacheStatus, Completion
@@ -38,7 +39,7 @@ from limpet.pipeline.stream import CompletionStream
 from limpet.routing.sticky import StickyRouter
 from limpet.serve.body import BodyTimeoutError, json_object
 from limpet.serve.config import ServeConfig, endpoints_of
-from limpet.serve.errors import error_headers, error_of, openai_error
+from limpet.serve.errors import error_headers, error_of, openai_error, retry_headers
 from limpet.serve.logs import quiet_request_lines
 from limpet.serve.malformed import answer_malformed_requests
 from limpet.serve.protocol import (
@@ -156,6 +157,11 @@ class _Proxy:
             code="invalid_api_key",
         )
         return _json_response(401, error)
+
+    @property
+    def max_attempts(self) -> int:
+        """The upstream attempts the Client makes of a call at most (per endpoint)."""
+        return (self.config.retry or RetryConfig()).max_attempts
 
     @property
     def sends_own_key(self) -> bool:
@@ -486,7 +492,10 @@ def _error_response(exc: LimpetError, proxy: _Proxy) -> web.Response:
         status=status,
         body=orjson.dumps(body),
         content_type="application/json",
-        headers=error_headers(exc, own_key=proxy.sends_own_key),
+        headers={
+            **error_headers(exc, own_key=proxy.sends_own_key),
+            **retry_headers(exc, max_attempts=proxy.max_attempts),
+        },
     )
     if isinstance(exc, BodyTimeoutError):
         # Said so (Connection: close): aiohttp serves nothing more on a connection whose

@@ -1,6 +1,6 @@
 """OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``, for every
 failure the proxy answers, and its headers (the ``Retry-After`` and ``x-request-id`` of an
-upstream's error), without I/O."""
+upstream's error, and whether the OpenAI SDK should retry it), without I/O."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from limpet.errors import (
     InvalidRequestError,
     LimpetError,
 )
+from limpet.http.retry import should_retry
+from limpet.http.retrying import QueuedTooLong
 from limpet.serve.body import BodyTimeoutError
 
-__all__ = ["error_headers", "error_of", "openai_error"]
+__all__ = ["SHOULD_RETRY_HEADER", "error_headers", "error_of", "openai_error", "retry_headers"]
 
 # OpenAI's error types by status; anything else of 5xx is a server error.
 _ERROR_TYPES: Final = {
@@ -117,6 +119,55 @@ def error_headers(exc: Exception, *, own_key: bool = False) -> dict[str, str]:
     if _matches(shape, behind.request_id):
         headers["x-request-id"] = str(behind.request_id)
     return headers
+
+
+#: The OpenAI SDKs' own header: ``false`` and they never retry the answer, whatever its
+#: status (openai-python's ``_should_retry``).
+SHOULD_RETRY_HEADER: Final = "x-should-retry"
+
+
+def retry_headers(exc: Exception, *, max_attempts: int) -> dict[str, str]:
+    """``x-should-retry: false`` when limpet's own retry policy already had its say on the
+    failure a call is answered with, so an OpenAI SDK in front of the proxy does not retry
+    it again: each of its retries would make up to ``max_attempts`` upstream attempts
+    more (three SDK tries of three attempts each: nine, for one request, against an
+    upstream that is rate-limiting it). Else no header, and the SDK's default stands.
+
+    The rule, for ``max_attempts`` the proxy's ``RetryConfig.max_attempts``:
+
+    - the call was never admitted (``QueuedTooLong``: its endpoint paused by a rate limit
+      past its deadline, or the deadline passed while it queued): ``false``. limpet
+      decided; the SDK asking again meets the same pause.
+    - a failure limpet never retries (4xx other than 408, 409 and 429; a malformed
+      answer; a proxy fault; the proxy shutting down): no header. limpet made one
+      attempt, so the SDK's retries, where it makes them, cost one attempt each.
+    - a failure limpet retries (connection errors, timeouts, 408, 409, 429, 5xx, a failed
+      generation): ``false`` when limpet could make more than one attempt (``max_attempts
+      > 1``: it retried until its attempts ran out, or stopped because a retry, or the
+      ``Retry-After`` asked for, would end past the call's deadline) or did (failing over
+      to another endpoint, ``APIError.attempts``); no header when it made one attempt
+      because its ``RetryConfig`` allows only one: the SDK then does the retrying.
+
+    Only an answer's headers can say it: a stream that fails after its first byte ends
+    with an error event, which no SDK retries.
+
+    Example:
+        >>> from limpet.errors import BadRequestError, RateLimitError
+        >>> retry_headers(RateLimitError("slow down", status_code=429), max_attempts=3)
+        {'x-should-retry': 'false'}
+        >>> retry_headers(RateLimitError("slow down", status_code=429), max_attempts=1)
+        {}
+        >>> retry_headers(BadRequestError("no", status_code=400), max_attempts=3)
+        {}
+    """
+    behind = _failure_behind(exc)
+    if isinstance(behind, QueuedTooLong):
+        return {SHOULD_RETRY_HEADER: "false"}
+    if not isinstance(behind, APIError) or not should_retry(behind):
+        return {}
+    if max_attempts > 1 or (behind.attempts or 1) > 1:
+        return {SHOULD_RETRY_HEADER: "false"}
+    return {}
 
 
 def _matches(pattern: re.Pattern[str], value: object) -> bool:
