@@ -68,6 +68,12 @@ class Usage:
             (Anthropic's ``ttl: "1h"``), priced above the default 5 min writes.
         reported: False when the response carried no usage: the zeros stand for unknown
             counts, and ``Completion.cost`` is None.
+        prompt_audio_tokens: the part of ``prompt_tokens`` that is audio, cached or not
+            (priced at the model's audio input price where it has one).
+        cached_audio_tokens: the part of ``cached_tokens`` that is audio, where the
+            provider says (Gemini's ``cacheTokensDetails``); otherwise every cache read
+            counts as text.
+        completion_audio_tokens: the part of ``completion_tokens`` that is audio.
     """
 
     prompt_tokens: int = 0
@@ -77,6 +83,9 @@ class Usage:
     reasoning_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reported: bool = True
+    prompt_audio_tokens: int = 0
+    cached_audio_tokens: int = 0
+    completion_audio_tokens: int = 0
 
     @property
     def uncached_tokens(self) -> int:
@@ -103,6 +112,9 @@ class Usage:
             self.reasoning_tokens + other.reasoning_tokens,
             self.cache_write_1h_tokens + other.cache_write_1h_tokens,
             self.reported and other.reported,
+            self.prompt_audio_tokens + other.prompt_audio_tokens,
+            self.cached_audio_tokens + other.cached_audio_tokens,
+            self.completion_audio_tokens + other.completion_audio_tokens,
         )
 
 
@@ -186,6 +198,9 @@ def _usage_copy(usage: Usage) -> Usage:
         usage.reasoning_tokens,
         usage.cache_write_1h_tokens,
         usage.reported,
+        usage.prompt_audio_tokens,
+        usage.cached_audio_tokens,
+        usage.completion_audio_tokens,
     )
 
 

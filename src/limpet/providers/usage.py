@@ -21,6 +21,11 @@ Gemini native       ``usageMetadata.{promptTokenCount,      ``promptTokenCount``
                     cachedContentTokenCount, ...}``         INCLUDED) + tool-use prompt
 ==================  ======================================  ===================================
 
+Audio is counted inside those totals, and its share said apart where the dialect does:
+OpenAI's ``prompt_tokens_details.audio_tokens`` and ``completion_tokens_details.
+audio_tokens``, Gemini's ``promptTokensDetails``, ``cacheTokensDetails`` and
+``candidatesTokensDetails`` (token counts by modality). It is priced apart from text.
+
 Output: xAI reports ``reasoning_tokens`` beside ``completion_tokens`` rather than inside it
 (its ``total_tokens`` says so), and Gemini's ``candidatesTokenCount`` leaves out
 ``thoughtsTokenCount``; both are folded in, so ``completion_tokens`` is always every output
@@ -280,7 +285,8 @@ def _openai(usage: Mapping[str, Any]) -> Usage:
     prompt = _count(usage.get("prompt_tokens"))
     completion = _count(usage.get("completion_tokens"))
     prompt_details = _mapping(usage.get("prompt_tokens_details"))
-    reasoning = _count(_mapping(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    completion_details = _mapping(usage.get("completion_tokens_details"))
+    reasoning = _count(completion_details.get("reasoning_tokens"))
     total = usage.get("total_tokens")
     if reasoning and total == prompt + completion + reasoning and total != prompt + completion:
         # xAI: reasoning is reported beside completion_tokens, and total_tokens adds it.
@@ -295,7 +301,14 @@ def _openai(usage: Mapping[str, Any]) -> Usage:
         written = usage.get("cache_creation_input_tokens")
     written_1h = _mapping(usage.get("cache_creation")).get("ephemeral_1h_input_tokens")
     return _buckets(
-        prompt, completion, _count(cached), _count(written), reasoning, _count(written_1h)
+        prompt,
+        completion,
+        _count(cached),
+        _count(written),
+        reasoning,
+        _count(written_1h),
+        audio=_count(prompt_details.get("audio_tokens")),
+        completion_audio=_count(completion_details.get("audio_tokens")),
     )
 
 
@@ -341,7 +354,28 @@ def _gemini(usage: Mapping[str, Any]) -> Usage:
     prompt = _count(usage.get("promptTokenCount")) + _count(usage.get("toolUsePromptTokenCount"))
     thoughts = _count(usage.get("thoughtsTokenCount"))
     completion = _count(usage.get("candidatesTokenCount")) + thoughts
-    return _buckets(prompt, completion, _count(usage.get("cachedContentTokenCount")), 0, thoughts)
+    return _buckets(
+        prompt,
+        completion,
+        _count(usage.get("cachedContentTokenCount")),
+        0,
+        thoughts,
+        audio=_modality_count(usage.get("promptTokensDetails"))
+        + _modality_count(usage.get("toolUsePromptTokensDetails")),
+        cached_audio=_modality_count(usage.get("cacheTokensDetails")),
+        completion_audio=_modality_count(usage.get("candidatesTokensDetails")),
+    )
+
+
+def _modality_count(details: object, modality: str = "AUDIO") -> int:
+    """The tokens of ``modality`` in a Gemini list of ``{"modality", "tokenCount"}``."""
+    if type(details) is not list:
+        return 0
+    return sum(
+        _count(part.get("tokenCount"))
+        for part in details
+        if isinstance(part, Mapping) and part.get("modality") == modality
+    )
 
 
 def _prompt_counted(key: str) -> Callable[[Mapping[str, Any]], bool]:
@@ -384,15 +418,26 @@ _READERS = {
 
 
 def _buckets(
-    prompt: int, completion: int, cached: int, written: int, reasoning: int, written_1h: int = 0
+    prompt: int,
+    completion: int,
+    cached: int,
+    written: int,
+    reasoning: int,
+    written_1h: int = 0,
+    *,
+    audio: int = 0,
+    cached_audio: int = 0,
+    completion_audio: int = 0,
 ) -> Usage:
     """A ``Usage`` whose buckets add up, each clamped to what is left of the total; not
     ``reported`` when the prompt or the completion is no count a call could have (every
-    other bucket is clamped to one of them)."""
+    other bucket is clamped to one of them). Audio is a share of its total, cached audio
+    of both the cache reads and the audio."""
     if prompt > MAX_TOKENS or completion > MAX_TOKENS:
         return Usage(reported=False)
     cached = min(cached, prompt)
     written = min(written, prompt - cached)
+    audio = min(audio, prompt)
     return Usage(
         prompt,
         completion,
@@ -400,6 +445,9 @@ def _buckets(
         written,
         min(reasoning, completion),
         min(written_1h, written),
+        prompt_audio_tokens=audio,
+        cached_audio_tokens=min(cached_audio, cached, audio),
+        completion_audio_tokens=min(completion_audio, completion),
     )
 
 
