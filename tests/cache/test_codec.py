@@ -48,6 +48,25 @@ def test_round_trip(hmac_key: bytes | None) -> None:
     assert codec.decode(KEY, codec.encode(KEY, ENTRY)) == ENTRY
 
 
+@pytest.mark.parametrize("hmac_key", [None, b"secret"])
+def test_audio_counts_round_trip(hmac_key: bytes | None) -> None:
+    # Audio is priced apart from text: a hit must report the very counts of its miss.
+    codec = EntryCodec(hmac_key)
+    usage = Usage(
+        prompt_tokens=100,
+        completion_tokens=20,
+        cached_tokens=30,
+        prompt_audio_tokens=90,
+        cached_audio_tokens=25,
+        completion_audio_tokens=15,
+    )
+    audio = CacheEntry(ENTRY.body, usage, 0.5, "a", 1, 2)
+    decoded = codec.decode(KEY, codec.encode(KEY, audio)).usage
+    assert decoded == usage
+    assert (decoded.prompt_audio_tokens, decoded.cached_audio_tokens) == (90, 25)
+    assert decoded.completion_audio_tokens == 15
+
+
 def test_the_format_byte_is_the_entry_format() -> None:
     assert EntryCodec().encode(KEY, ENTRY)[:4] == b"LP" + bytes((ENTRY_FORMAT, 0))
     assert EntryCodec(b"k").encode(KEY, ENTRY)[:4] == b"LP" + bytes((ENTRY_FORMAT, 1))
@@ -73,7 +92,7 @@ def test_the_format_before_this_one_is_corrupt() -> None:
 
 
 # counts, cost and times, five lengths, flags
-META_SIZE = 6 * 8 + 3 * 8 + 4 + 2 + 4 + 4 + 2 + 1
+META_SIZE = 9 * 8 + 3 * 8 + 4 + 2 + 4 + 4 + 2 + 1
 SERVABLE = 4
 
 
@@ -87,13 +106,15 @@ def _garbage() -> list[bytes]:
     """Entries with a good checksum (or none) that are wrong in one way each."""
     header = b"LP" + bytes((ENTRY_FORMAT, 0))
     key = KEY.encode()
-    meta = struct.Struct("<6Q3dIHIIHB")
+    meta = struct.Struct("<9Q3dIHIIHB")
     assert meta.size == META_SIZE
 
     def meta_for(
         name: int, body: int, stream: int = 0, bound: int = len(key), flags: int = SERVABLE
     ) -> bytes:
-        return meta.pack(0, 0, 0, 0, 0, 0, 0.0, 1.0, 2.0, bound, name, body, stream, 0, flags)
+        return meta.pack(
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 1.0, 2.0, bound, name, body, stream, 0, flags
+        )
 
     def summed(payload: bytes) -> bytes:
         return header + struct.pack("<I", zlib.crc32(payload)) + payload

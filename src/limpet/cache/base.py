@@ -32,14 +32,15 @@ __all__ = [
 #: 3: bound to its key (which it carries, under the MAC); the stream's length.
 #: 4: a CRC-32 of the payload, the model and flags in the header: the body is decoded
 #:    only when read.
-ENTRY_FORMAT = 4
+#: 5: usage gained its audio counts (prompt, cached and completion audio tokens).
+ENTRY_FORMAT = 5
 
 # (After the envelope's checksum, ``limpet.cache.sealing``:) prompt, completion, cached,
-# cache-write, reasoning, 1 h cache-write tokens; cost (NaN: unknown); created_at,
-# expires_at; key, endpoint name, body, stream (0: not streamed) and model lengths;
-# flags. Then the key, the endpoint name, the model, the body's JSON and, for a streamed
-# answer, its chunking's JSON.
-_META = struct.Struct("<6Q3dIHIIHB")
+# cache-write, reasoning, 1 h cache-write, audio prompt, cached audio and audio completion
+# tokens; cost (NaN: unknown); created_at, expires_at; key, endpoint name, body, stream
+# (0: not streamed) and model lengths; flags. Then the key, the endpoint name, the model,
+# the body's JSON and, for a streamed answer, its chunking's JSON.
+_META = struct.Struct("<9Q3dIHIIHB")
 # Bounds of a codec's memo of its last reads: entries, and bytes it keeps alive.
 _MEMO_MAX_ENTRIES = 1024
 _MEMO_MAX_BYTES = 32 * 1024 * 1024
@@ -138,6 +139,9 @@ class EntryCodec:
             u.cache_write_tokens,
             u.reasoning_tokens,
             u.cache_write_1h_tokens,
+            u.prompt_audio_tokens,
+            u.cached_audio_tokens,
+            u.completion_audio_tokens,
             math.nan if entry.cost_usd is None else entry.cost_usd,
             entry.created_at,
             entry.expires_at,
@@ -212,7 +216,17 @@ class EntryCodec:
             raise CacheCorruptError("entry body is not servable")
         if not (math.isfinite(created) and math.isfinite(expires)):
             raise CacheCorruptError("entry times are not finite")
-        prompt, completion, cached, written, reasoning, written_1h = counts
+        (
+            prompt,
+            completion,
+            cached,
+            written,
+            reasoning,
+            written_1h,
+            audio,
+            cached_audio,
+            completion_audio,
+        ) = counts
         entry = CacheEntry.of_json(
             view[body_at:stream_at],
             model,
@@ -225,6 +239,9 @@ class EntryCodec:
                 reasoning,
                 written_1h,
                 bool(flags & _REPORTED),
+                audio,
+                cached_audio,
+                completion_audio,
             ),
             None if cost != cost else cost,
             endpoint,
