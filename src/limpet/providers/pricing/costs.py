@@ -35,19 +35,51 @@ def cost_usd(usage: Usage, prices: ModelPrices) -> float:
     their threshold), in USD.
 
     Every input token is billed once, in its own bucket: uncached at the prompt price,
-    reads at the read price, writes at the write price of their TTL.
+    reads at the read price, writes at the write price of their TTL; audio tokens among
+    the uncached and the reads at their audio prices instead (``_audio_premium``), and
+    audio output at the audio output price.
     """
     return float(_cost(usage, prices.at(usage.prompt_tokens)))
 
 
 def _cost(usage: Usage, prices: ModelPrices) -> Decimal:
-    return (
+    cost = (
         usage.uncached_tokens * prices.prompt
         + usage.cached_tokens * prices.read_price
         + usage.cache_write_5m_tokens * prices.write_price
         + usage.cache_write_1h_tokens * prices.write_1h_price
         + usage.completion_tokens * prices.completion
         + prices.request
+    )
+    if usage.prompt_audio_tokens or usage.completion_audio_tokens:
+        cost += _audio_premium(usage, prices)
+    return cost
+
+
+def _audio_split(usage: Usage) -> tuple[int, int]:
+    """The audio tokens among ``usage``'s cache reads, and among its uncached input.
+
+    Audio is a share of ``prompt_tokens``, not tokens beside it. A dialect that does not
+    say how much of the cache reads is audio (OpenAI's) has every read count as text, as
+    genai-prices reads such a usage: the reads stay at the read price, and the audio fills
+    the uncached input, never past it (audio beyond it was written to the cache, and a
+    write is priced as one). Clamped, since a ``Usage`` may be built by hand.
+    """
+    read = max(min(usage.cached_audio_tokens, usage.cached_tokens), 0)
+    uncached = max(min(usage.prompt_audio_tokens - read, usage.uncached_tokens), 0)
+    return read, uncached
+
+
+def _audio_premium(usage: Usage, prices: ModelPrices) -> Decimal:
+    """What ``usage``'s audio tokens cost beyond the same tokens priced as text (negative
+    when audio is the cheaper): each audio token is already counted once, as text, in
+    its bucket, so only the difference is added."""
+    read, uncached = _audio_split(usage)
+    output = max(min(usage.completion_audio_tokens, usage.completion_tokens), 0)
+    return (
+        uncached * (prices.audio_price - prices.prompt)
+        + read * (prices.audio_read_price - prices.read_price)
+        + output * (prices.completion_audio_price - prices.completion)
     )
 
 
@@ -84,8 +116,10 @@ def prompt_cache_savings(usage: Usage, prices: ModelPrices) -> float:
         return 0.0  # most calls: nothing read or written, no Decimal arithmetic to do
     prices = prices.at(usage.prompt_tokens)
     prompt = prices.prompt
+    audio_read = _audio_split(usage)[0]
     saved = (
-        usage.cached_tokens * (prompt - prices.read_price)
+        (usage.cached_tokens - audio_read) * (prompt - prices.read_price)
+        + audio_read * (prices.audio_price - prices.audio_read_price)
         - usage.cache_write_5m_tokens * (prices.write_price - prompt)
         - usage.cache_write_1h_tokens * (prices.write_1h_price - prompt)
     )

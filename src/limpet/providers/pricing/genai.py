@@ -98,6 +98,9 @@ _TIERED = (
     "cache_read_mtok",
     "cache_write_mtok",
     "cache_write_1h_mtok",
+    "input_audio_mtok",
+    "output_audio_mtok",
+    "cache_audio_read_mtok",
 )
 
 
@@ -153,4 +156,7 @@ def _at_tier(price: Any, input_only: bool, start: int | None) -> ModelPrices | N
         cache_write_1h=per_token("cache_write_1h_mtok"),
         request=requests / _THOUSAND if isinstance(requests, Decimal) else _ZERO,
         source="genai-prices",
+        prompt_audio=per_token("input_audio_mtok"),
+        completion_audio=per_token("output_audio_mtok"),
+        cache_read_audio=per_token("cache_audio_read_mtok"),
     )

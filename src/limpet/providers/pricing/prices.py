@@ -26,6 +26,8 @@ class ModelPrices:
 
     A cache price left as None is charged at the prompt price (a 1 h write: at the 5 min
     write price); ``PriceTable`` fills them from the capability table's multipliers first.
+    An audio price left as None is charged as text: audio input at the prompt price,
+    cached audio at the cache-read price, audio output at the completion price.
 
     Attributes:
         prompt: uncached input tokens.
@@ -34,6 +36,10 @@ class ModelPrices:
         cache_write: input tokens written to the prompt cache with the default (5 min) TTL.
         cache_write_1h: input tokens written with a 1 h TTL.
         request: a flat fee per request.
+        prompt_audio: uncached audio input tokens (Gemini 2.5 Flash: $1/M beside $0.30/M
+            for text).
+        completion_audio: audio output tokens.
+        cache_read_audio: audio input tokens read from the provider's prompt cache.
         source: where the prices came from: ``"gateway"``, ``"genai-prices"``,
             ``"override"``, or ``"free"`` (an OpenRouter ``:free`` variant).
         long_context: ``(tokens, prices)``: a request whose prompt is over ``tokens``
@@ -50,6 +56,9 @@ class ModelPrices:
     request: Decimal = _ZERO
     source: str = "override"
     long_context: tuple[int, ModelPrices] | None = None
+    prompt_audio: Decimal | None = None
+    completion_audio: Decimal | None = None
+    cache_read_audio: Decimal | None = None
 
     def __post_init__(self) -> None:
         long = self.long_context
@@ -70,6 +79,9 @@ class ModelPrices:
             "cache_write",
             "cache_write_1h",
             "request",
+            "prompt_audio",
+            "completion_audio",
+            "cache_read_audio",
         ):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, Decimal) and value.is_finite()):
@@ -91,6 +103,9 @@ class ModelPrices:
         cache_write_1h: float | str | Decimal | None = None,
         request: float | str | Decimal = 0,
         source: str = "override",
+        prompt_audio: float | str | Decimal | None = None,
+        completion_audio: float | str | Decimal | None = None,
+        cache_read_audio: float | str | Decimal | None = None,
     ) -> ModelPrices:
         """Prices as people quote them: USD per million tokens (``request``: per request).
 
@@ -110,6 +125,9 @@ class ModelPrices:
             cache_write_1h=per_token(cache_write_1h),
             request=to_decimal(request),
             source=source,
+            prompt_audio=per_token(prompt_audio),
+            completion_audio=per_token(completion_audio),
+            cache_read_audio=per_token(cache_read_audio),
         )
 
     @classmethod
@@ -157,8 +175,12 @@ class ModelPrices:
         read = self.cache_read
         write = self.cache_write
         write_1h = self.cache_write_1h
+        read_audio = self.cache_read_audio
         if read is None:
             read = derived(capability.read_multiplier)
+        if read_audio is None and self.prompt_audio is not None:
+            # The provider's read discount applies to audio as to text (Gemini: 0.25x).
+            read_audio = min(self.prompt_audio * to_decimal(capability.read_multiplier), MAX_PRICE)
         if write is None:
             write = derived(capability.write_multiplier)
         if write_1h is None and capability.write_1h_multiplier is not None:
@@ -167,7 +189,12 @@ class ModelPrices:
         if long is not None:
             long = (long[0], long[1].completed(capability))
         return replace(
-            self, cache_read=read, cache_write=write, cache_write_1h=write_1h, long_context=long
+            self,
+            cache_read=read,
+            cache_write=write,
+            cache_write_1h=write_1h,
+            cache_read_audio=read_audio,
+            long_context=long,
         )
 
     @property
@@ -184,6 +211,21 @@ class ModelPrices:
     def write_1h_price(self) -> Decimal:
         """USD per 1 h cache-write token as charged."""
         return self.write_price if self.cache_write_1h is None else self.cache_write_1h
+
+    @property
+    def audio_price(self) -> Decimal:
+        """USD per uncached audio input token as charged."""
+        return self.prompt if self.prompt_audio is None else self.prompt_audio
+
+    @property
+    def audio_read_price(self) -> Decimal:
+        """USD per cache-read audio input token as charged."""
+        return self.read_price if self.cache_read_audio is None else self.cache_read_audio
+
+    @property
+    def completion_audio_price(self) -> Decimal:
+        """USD per audio output token as charged."""
+        return self.completion if self.completion_audio is None else self.completion_audio
 
 
 def _listed(value: object) -> Decimal | None:
