@@ -21,12 +21,15 @@ from limpet.providers.pricing.genai import (
 from limpet.providers.pricing.prices import ModelPrices
 from limpet.providers.prompt_cache import DEFAULT_CAPABILITIES, CapabilityTable
 
-__all__ = ["DEFAULT_RETRY_AFTER", "ModelsFetch", "PriceTable"]
+__all__ = ["DEFAULT_LOAD_WAIT", "DEFAULT_RETRY_AFTER", "ModelsFetch", "PriceTable"]
 
 logger = logging.getLogger("limpet.pricing")
 
 #: Seconds after a failed ``/models`` fetch before the next call tries again.
 DEFAULT_RETRY_AFTER = 300.0
+#: Seconds ``prices()`` waits at most for the listing being fetched: past them, an answer
+#: is priced from what is known now (genai-prices) while the fetch goes on.
+DEFAULT_LOAD_WAIT = 1.0
 
 # Name tuples whose prices ``get`` keeps resolved (a process prices a few models).
 _MAX_RESOLVED = 1024
@@ -45,10 +48,14 @@ ModelsFetch = Callable[[], Awaitable[object]]
 class PriceTable:
     """Per-model prices: user overrides, then the gateway's ``/models``, then genai-prices.
 
-    The listing is fetched on the first ``load()`` (``prices()`` calls it), once; callers
-    that arrive during the fetch wait for it. A failed fetch is logged once and retried
-    ``retry_after`` seconds later; until then the fallback answers. Never raises for a
-    missing price: ``get`` returns None.
+    The listing is fetched on the first ``load()`` (``prices()`` calls it), once, by a
+    task of the table's own; ``prices()`` waits for it at most ``load_wait`` seconds (and
+    at most its caller's ``wait``), then answers from what is known now (the fallback)
+    while the fetch goes on for later calls: an answer in hand is never held up by a
+    slow or hanging ``/models``, so the first calls' prices may be genai-prices' rather
+    than the gateway's. A failed fetch is logged once and retried ``retry_after`` seconds
+    later; until then the fallback answers. Never raises for a missing price: ``get``
+    returns None.
 
     Args:
         fetch: returns the parsed JSON of the gateway's ``GET /models``; None: no gateway
@@ -58,6 +65,7 @@ class PriceTable:
             the gateway does not list.
         capabilities: derives unlisted cache prices from family multipliers.
         retry_after: seconds before a failed fetch is tried again.
+        load_wait: seconds ``prices()`` waits at most for a fetch under way.
         clock: monotonic seconds, for ``retry_after``.
 
     Example:
@@ -81,11 +89,13 @@ class PriceTable:
         "_fetch",
         "_input_memo",
         "_listed",
+        "_load_wait",
         "_loaded",
-        "_lock",
+        "_loading",
         "_overrides",
         "_resolved",
         "_retry_after",
+        "_told_slow",
         "clock",
     )
 
@@ -97,9 +107,11 @@ class PriceTable:
         fallback: bool = True,
         capabilities: CapabilityTable = DEFAULT_CAPABILITIES,
         retry_after: float = DEFAULT_RETRY_AFTER,
+        load_wait: float = DEFAULT_LOAD_WAIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         check_number("PriceTable.retry_after", retry_after)
+        check_number("PriceTable.load_wait", load_wait)
         self._fetch = fetch
         self._overrides: dict[str, ModelPrices] = {}
         # What ``get`` answered, by its names: every call of a model is priced alike until
@@ -110,6 +122,7 @@ class PriceTable:
         self._fallback = fallback
         self._capabilities = capabilities
         self._retry_after = retry_after
+        self._load_wait = load_wait
         self.clock = clock
         self._listed: dict[str, ModelPrices] = {}
         # The fallback's prices by name, each until it changes them (``fallback_quote``).
@@ -117,7 +130,9 @@ class PriceTable:
         self._input_memo: dict[str, Quote] = {}  # ``input_prices``' fallback
         self._loaded = fetch is None
         self._failed_at: float | None = None
-        self._lock: asyncio.Lock | None = None
+        # The fetch under way (or the last one): waiters give up on it, it goes on.
+        self._loading: asyncio.Task[None] | None = None
+        self._told_slow = False  # that this fetch outlasted a wait: logged once
 
     def __repr__(self) -> str:
         state = "loaded" if self._loaded else "not loaded"
@@ -153,30 +168,63 @@ class PriceTable:
         self._resolved.clear()
         return count
 
-    async def load(self) -> None:
-        """Fetch the gateway's listing if it has not been read yet. Never raises."""
-        if self._loaded or self._fetch is None or self._backing_off():
+    async def load(self, wait: float | None = None) -> bool:
+        """Fetch the gateway's listing if it has not been read yet (nor failed within
+        ``retry_after``), and wait for the fetch at most ``wait`` seconds (None: until it
+        ends). A waiter that gives up (its wait over, or cancelled) leaves the fetch
+        running: the next call finds its prices. Never raises.
+
+        Returns:
+            Whether the listing has been read.
+        """
+        fetch = self._fetch
+        if self._loaded or fetch is None:
+            return self._loaded
+        loading = self._loading
+        loop = asyncio.get_running_loop()
+        if loading is None or loading.done() or loading.get_loop() is not loop:
+            if self._backing_off():
+                return False
+            loading = self._loading = loop.create_task(
+                self._fetch_listing(fetch), name="limpet-prices"
+            )
+            self._told_slow = False
+        if wait is not None and wait <= 0:
+            return self._loaded  # started, for the calls to come
+        await asyncio.wait((loading,), timeout=wait)
+        if not loading.done() and not self._told_slow:  # once per fetch, not per answer
+            self._told_slow = True
+            logger.info(
+                "limpet: the gateway's /models listing did not come in %gs; answers are "
+                "priced from genai-prices until it does",
+                wait,
+            )
+        return self._loaded
+
+    async def aclose(self) -> None:
+        """Stop a fetch under way, and wait until it has stopped (a later ``load()``
+        starts another)."""
+        loading, self._loading = self._loading, None
+        if loading is not None and not loading.done():
+            loading.cancel()
+            await asyncio.wait((loading,))
+
+    async def _fetch_listing(self, fetch: ModelsFetch) -> None:
+        try:
+            count = self.add_listing(await fetch())
+        except NotFoundError:
+            # Many gateways (and relays) have no /models: normal, not an outage.
+            self._failed("the gateway has no /models listing", logging.INFO)
             return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._loaded or self._backing_off():
-                return  # another caller fetched (or failed) while this one waited
-            try:
-                count = self.add_listing(await self._fetch())
-            except NotFoundError:
-                # Many gateways (and relays) have no /models: normal, not an outage.
-                self._failed("the gateway has no /models listing", logging.INFO)
-                return
-            except Exception as exc:  # a price fetch must never fail a completion
-                self._failed(f"{type(exc).__name__}: {exc}")
-                return
-            if not count:
-                self._failed("the listing priced no model", logging.INFO)
-                return
-            self._loaded = True
-            self._failed_at = None
-            logger.debug("limpet: %d model prices from the gateway", count)
+        except Exception as exc:  # a price fetch must never fail a completion
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return
+        if not count:
+            self._failed("the listing priced no model", logging.INFO)
+            return
+        self._loaded = True
+        self._failed_at = None
+        logger.debug("limpet: %d model prices from the gateway", count)
 
     def _failed(self, why: str, level: int = logging.WARNING) -> None:
         if self._failed_at is None:  # once per outage, not once per retry
@@ -185,11 +233,13 @@ class PriceTable:
             )
         self._failed_at = self.clock()
 
-    async def prices(self, model: str, *also: str) -> ModelPrices | None:
-        """``get(model, *also)`` after ``load()``; the fallback's first use is prepared off
-        the event loop (importing its data takes a fraction of a second)."""
+    async def prices(self, model: str, *also: str, wait: float | None = None) -> ModelPrices | None:
+        """``get(model, *also)`` once the listing is read, or once ``wait`` seconds (None,
+        or more than ``load_wait``: ``load_wait``) have passed fetching it: then from what
+        is known now. The fallback's first use is prepared off the event loop (importing
+        its data takes a fraction of a second, once)."""
         if not self._loaded:
-            await self.load()
+            await self.load(self._load_wait if wait is None else min(wait, self._load_wait))
         names = _names(model, also)
         if names in self._resolved:
             return self._resolved[names]
@@ -198,11 +248,13 @@ class PriceTable:
             await asyncio.to_thread(fallback_snapshot)
         return self.get(model, *also)
 
-    async def input_prices(self, model: str, *also: str) -> ModelPrices | None:
-        """``prices(model, *also)``, for a model billed by its input alone (an embedding
-        model): when none are known, genai-prices' entry pricing its input alone is
-        taken, with no price for an output it has none of."""
-        found = await self.prices(model, *also)
+    async def input_prices(
+        self, model: str, *also: str, wait: float | None = None
+    ) -> ModelPrices | None:
+        """``prices(model, *also, wait=wait)``, for a model billed by its input alone (an
+        embedding model): when none are known, genai-prices' entry pricing its input
+        alone is taken, with no price for an output it has none of."""
+        found = await self.prices(model, *also, wait=wait)
         if found is not None or not self._fallback:
             return found
         for name in _names(model, also):
