@@ -196,6 +196,7 @@ class Client:
             admission=resolve_admission(admission, self._endpoints),
         )
         self._prices = prices if prices is not None else PriceTable(self._fetch_models)
+        self._owns_prices = prices is None  # its listing fetch is the Client's to stop
         self.stats = Stats()
         redis_tier = redis_tier_of(self._cache) if fleet_stats else None
         fleet = None if redis_tier is None else FleetCounters(redis_tier)
@@ -614,6 +615,8 @@ class Client:
         # Before the cache: the router's last affinity writes go to its Redis.
         await self._router.aclose()
         await self._recorder.aclose()
+        if self._owns_prices:  # a fetch of the listing under way: before the session
+            await self._prices.aclose()
         try:
             if self._cache is not None:
                 await self._cache.aclose()

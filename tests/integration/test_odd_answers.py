@@ -172,7 +172,9 @@ async def test_prices_no_arithmetic_can_use_make_the_cost_unknown_not_the_call_f
     upstream: SetAnswer, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Overflowing(PriceTable):
-        async def prices(self, model: str, *also: str) -> ModelPrices | None:
+        async def prices(
+            self, model: str, *also: str, wait: float | None = None
+        ) -> ModelPrices | None:
             raise decimal.Overflow("a price past any bound")
 
     upstream.usage = {"prompt_tokens": 1000, "completion_tokens": 100}

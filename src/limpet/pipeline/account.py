@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -39,17 +40,24 @@ logger = logging.getLogger("limpet")
 #: Told what an upstream answer cost as it comes: the model asked for, its usage, its
 #: dollars (None: unpriced).
 Spent = Callable[[str, Usage, Cost | None], None]
-#: Finds a model's prices by its names (``PriceTable.prices`` or ``input_prices``).
+#: Finds a model's prices by its names (``PriceTable.prices`` or ``input_prices``), waiting
+#: for the gateway's listing at most ``wait`` seconds.
 Lookup = Callable[..., Awaitable[ModelPrices | None]]
+
+#: Seconds of a call's time left to what follows its pricing (storing the answer,
+#: returning it): a wait for the price listing ends this long before the deadline.
+AFTER_PRICING = 0.1
 
 
 class Accounting:
     """Prices upstream answers from one ``PriceTable``, and tells ``spent`` (if given)
     what each cost.
 
-    An answer whose caller left while its price was looked up (the first lookup fetches
-    the gateway's listing) was paid all the same: a task of its own prices it once the
-    lookup can be made, until ``aclose()``.
+    An answer in hand is never held up by pricing past ``price_wait``: the first lookup
+    starts the gateway's listing fetch, and waits for it no longer than the call's time
+    allows (nor than the table's ``load_wait``), and not at all when the gateway reported
+    the cost. An answer whose caller left while its price was looked up was paid all the
+    same: a task of its own prices it once the lookup can be made, until ``aclose()``.
     """
 
     __slots__ = ("_late", "prices", "spent")
@@ -67,10 +75,12 @@ class Accounting:
         endpoint: str,
         sent: Mapping[str, Any],
         stream: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> CacheEntry:
         """The cache entry of ``answer`` (whose ``usage`` the upstream stage parsed from
         its ``usage`` object), with what it cost and what the provider's prompt cache
-        saved on it."""
+        saved on it, priced in time for the call's ``deadline`` (event-loop time)."""
         mixed = False
         if usage.cache_write_tokens and not usage.cache_write_1h_tokens:
             # OpenRouter reports one total of cache writes; their TTL is the marks'. Of
@@ -79,7 +89,9 @@ class Accounting:
             mixed = len(ttls) > 1
             if len(ttls) == 1:
                 usage = with_write_ttl(usage, next(iter(ttls)))
-        prices, cost, usage = await self._priced(request.model, answer, usage, mixed=mixed)
+        prices, cost, usage = await self._priced(
+            request.model, answer, usage, deadline=deadline, mixed=mixed
+        )
         now = time.time()
         usd = None if cost is None else cost.usd
         entry = CacheEntry(
@@ -91,10 +103,14 @@ class Accounting:
             )
         return entry
 
-    async def embedding(self, model: str, answer: dict[str, Any], usage: Usage) -> float | None:
+    async def embedding(
+        self, model: str, answer: dict[str, Any], usage: Usage, deadline: float | None = None
+    ) -> float | None:
         """The dollars of one ``/embeddings`` answer of ``usage`` (None: unknown): the
-        gateway's reported cost, else its input tokens priced."""
-        _, cost, _ = await self._priced(model, answer, usage, self.prices.input_prices)
+        gateway's reported cost, else its input tokens priced in time for ``deadline``."""
+        _, cost, _ = await self._priced(
+            model, answer, usage, self.prices.input_prices, deadline=deadline
+        )
         return None if cost is None else cost.usd
 
     async def aclose(self) -> None:
@@ -112,17 +128,19 @@ class Accounting:
         usage: Usage,
         lookup: Lookup | None = None,
         *,
+        deadline: float | None = None,
         mixed: bool = False,
     ) -> tuple[ModelPrices | None, Cost | None, Usage]:
         """The prices of ``answer`` (to ``model``), found by ``lookup`` (the table's
-        ``prices`` by default), its cost, told as it comes, and its usage: with ``mixed``
-        (one total of cache writes of both TTLs), its writes split as the gateway's
-        charge says, when it reports one (``split_writes``)."""
+        ``prices`` by default) within ``price_wait``, its cost, told as it comes, and its
+        usage: with ``mixed`` (one total of cache writes of both TTLs), its writes split
+        as the gateway's charge says, when it reports one (``split_writes``)."""
         lookup = lookup or self.prices.prices
         reported = reported_cost(answer.get("usage"))
         names = (answered_model(answer, model), model)
-        try:  # the first price lookup may fetch the gateway's listing
-            prices = await lookup(*names)
+        wait = price_wait(reported, deadline, asyncio.get_running_loop().time())
+        try:  # the first price lookup starts fetching the gateway's listing
+            prices = await lookup(*names, wait=wait)
         except asyncio.CancelledError:
             self._price_later(model, usage, partial(lookup, *names), reported)
             raise
@@ -181,6 +199,19 @@ class Accounting:
     def _tell(self, model: str, usage: Usage, cost: Cost | None) -> None:
         if self.spent is not None:
             self.spent(model, usage, cost)
+
+
+def price_wait(reported: float | None, deadline: float | None, now: float) -> float:
+    """Seconds an answer's pricing may wait for the gateway's price listing (the table
+    bounds it by its ``load_wait`` too): none when the gateway ``reported`` the cost (its
+    dollars need no price; what the provider's cache saved, and a split of cache writes
+    by TTL, are priced from what is known now), else until ``AFTER_PRICING`` before the
+    call's ``deadline`` (None: no deadline)."""
+    if reported is not None:
+        return 0.0
+    if deadline is None:
+        return math.inf
+    return max(0.0, deadline - now - AFTER_PRICING)
 
 
 def answered_model(answer: dict[str, Any], requested: str) -> str:

@@ -482,7 +482,7 @@ class Embedder:
                 endpoint, route.body_for(endpoint), headers=call.headers, deadline=deadline
             )
             usage = parse_usage(answer.get("usage"))
-            cost = await self._accounting.embedding(request.model, answer, usage)
+            cost = await self._accounting.embedding(request.model, answer, usage, deadline)
             try:
                 asked = dimensions_sent(keyed, endpoint.extra_body)
                 packed = merge_by_index(answer["data"], len(items), asked)

@@ -160,6 +160,7 @@ class Upstream:
             endpoint.name,
             body_sent(endpoint, to_send),
             exchange.chunking,
+            deadline=call.deadline,
         )
         entry.partial = loose or not every_choice_finished(
             answer, choices_sent(to_send, endpoint.extra_body)
