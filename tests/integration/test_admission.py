@@ -11,7 +11,15 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from limpet import AdmissionConfig, CacheStatus, Client, Endpoint, RetryConfig, Timeouts
+from limpet import (
+    AdmissionConfig,
+    CacheStatus,
+    Client,
+    Endpoint,
+    PriceTable,
+    RetryConfig,
+    Timeouts,
+)
 from limpet.errors import APIError, APITimeoutError
 from limpet.http.admission import Admission
 from limpet.observe.metrics import PrometheusMetrics
@@ -169,7 +177,8 @@ async def test_a_pause_past_the_deadline_fails_at_once_unsent(gateway: FakeGatew
 async def test_cancelled_queued_callers_free_their_places(gateway: FakeGateway) -> None:
     endpoint = gateway.endpoint("a")
     endpoint.delay(FOREVER)
-    async with make_client(gateway, cache=None, cap=1) as client:
+    # No listing to fetch: its GET would be held on the wire too, and counted in flight.
+    async with make_client(gateway, cache=None, cap=1, prices=PriceTable(None)) as client:
         holder = asyncio.create_task(client.complete(**ask("holder")))
         await endpoint.wait_for_calls(1)
         quitters = [asyncio.create_task(client.complete(**ask(f"quit {i}"))) for i in range(5)]

@@ -234,7 +234,9 @@ class Transport:
 
         Admitted as every other request is: the endpoint's ``max_in_flight``, its
         ``rpm``, its learned limit and its pause hold for it too, and what it meets (a
-        429 and its ``Retry-After``) steers the endpoint's other requests.
+        429 and its ``Retry-After``) steers the endpoint's other requests. But ahead of
+        the line, as a retry is: one small metadata read (once per Client), it must not
+        wait for every call queued before it (answers in hand wait to be priced by it).
 
         Raises:
             APIStatusError: a non-2xx answer.
@@ -243,7 +245,7 @@ class Transport:
         """
         ticket = admitted_now(self._admissions, endpoint, b"")
         if ticket is None:
-            ticket = await admit(self._admissions, endpoint, b"", None, None, False)
+            ticket = await admit(self._admissions, endpoint, b"", None, None, retry=True)
         try:
             with upstream_errors(endpoint.name, endpoint.secrets):
                 async with self._session_for_loop().get(
