@@ -172,7 +172,9 @@ async def test_a_stream_the_upstream_sent_whole_is_stored_when_its_reader_leaves
     upstream = gateway.endpoint("a")
     upstream.pause_stream(after_chunks=2)
     endpoint = Endpoint("a", gateway.base_url("a"))
-    async with Client(endpoints=[endpoint], prices=PriceTable(listing)) as client:
+    # Priced once the listing comes however long it takes (not past load_wait's default).
+    table = PriceTable(listing, load_wait=600.0)
+    async with Client(endpoints=[endpoint], prices=table) as client:
         flights = client._chat.streams
         assert flights is not None
         stream = client.stream(**ask("sent whole"))
