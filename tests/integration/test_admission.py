@@ -244,7 +244,9 @@ async def test_events_carry_the_time_queued(gateway: FakeGateway) -> None:
 async def test_prometheus_gauges_show_each_endpoints_admission(gateway: FakeGateway) -> None:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry)
-    async with make_client(gateway, cache=None, cap=2, on_event=metrics) as client:
+    # No listing: fetched behind answers that report their cost, it would be in flight.
+    prices = PriceTable(None)
+    async with make_client(gateway, cache=None, cap=2, on_event=metrics, prices=prices) as client:
         await asyncio.gather(*(client.complete(**ask(f"q {i}")) for i in range(4)))
     sample = registry.get_sample_value
     assert sample("limpet_admission_limit", {"endpoint": "a"}) == 2

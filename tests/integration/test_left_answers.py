@@ -191,7 +191,8 @@ async def test_a_stream_the_upstream_sent_whole_is_stored_when_its_reader_leaves
         await eventually(sent_whole, what="the stream sent whole, being priced")
         await stream.aclose()
         listed.set()
-        await asyncio.wait(flights.running)
+        if flights.running:  # a reported cost is priced without the listing
+            await asyncio.wait(flights.running)
         again = await client.complete(**ask("sent whole"))
     assert again.cache is CacheStatus.HIT
     assert upstream.calls == 1
