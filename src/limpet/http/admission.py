@@ -95,7 +95,8 @@ class Admission:
         # (the door may have reopened by one place only, as a rolling window does).
         self.probing = False
         # Requests the endpoint's x-ratelimit-remaining-requests still allows, less
-        # those sent since, until its window resets; None when it says nothing.
+        # those sent since, until its window resets (inf: until the next answer, once
+        # it has); None when it says nothing.
         self._quota: int | None = None
         self._quota_until = -math.inf
         self.paused_seconds = 0.0
@@ -193,6 +194,8 @@ class Admission:
     def steer(self, status: int, headers: Mapping[str, str]) -> None:
         """Pause as an answer's ``Retry-After`` or ``x-ratelimit-*`` headers ask, and
         send no more than its ``x-ratelimit-remaining-requests`` until the next answer."""
+        if self._quota_until == math.inf:
+            self._quota = None  # the one place a reset window promised: answered
         headers = rate_limit_headers(headers)
         if not headers:
             return  # nothing said about limits: the common answer
@@ -239,12 +242,16 @@ class Admission:
         if self.paused_until > now:
             return self.paused_until - now
         if self._quota is not None and now >= self._quota_until:
-            # Its window has reset, by one place or by all: one request goes alone, and
-            # its answer tells how many may follow.
-            self._quota = None
-            self.probing = True
+            # Its window has reset, by one place or by all: one request goes, and the
+            # next answer tells how many may follow. It goes even beside requests still
+            # in flight (a long generation may hold one for minutes): sent before the
+            # reset, they were counted in the window that reset and hold none of its
+            # places, so one more fits whatever they will answer.
+            self._quota, self._quota_until = 1, math.inf
         if self._quota is not None and self._quota <= 0 and self.in_flight:
-            return math.inf  # an answer in flight will say what is left
+            # An answer in flight will say what is left; failing that, the window's reset
+            # (the line is woken then, not left to wait for an answer that may be long).
+            return self._quota_until - now
         if self.in_flight >= (1 if self.probing else self.allowed):
             return math.inf
         if self._wire.full_for(self):  # other keys' calls hold the endpoint's places
