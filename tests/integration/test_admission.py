@@ -20,7 +20,7 @@ from limpet import (
     RetryConfig,
     Timeouts,
 )
-from limpet.errors import APIError, APITimeoutError
+from limpet.errors import APIError, APITimeoutError, RateLimitError
 from limpet.http.admission import Admission
 from limpet.observe.metrics import PrometheusMetrics
 from limpet.routing.sticky import StickyRouter
@@ -166,7 +166,7 @@ async def test_a_pause_past_the_deadline_fails_at_once_unsent(gateway: FakeGatew
     endpoint.close_for(FOREVER, now=gateway.clock())
     retry = RetryConfig(max_attempts=3, max_retry_after=FOREVER)
     async with make_client(gateway, cache=None, retry=retry) as client:
-        with pytest.raises(APITimeoutError):
+        with pytest.raises(RateLimitError):  # sent: the 429 it met, its retry unsent
             await client.complete(**ask("first"), timeout=5)
         assert endpoint.calls == 1
         with pytest.raises(APITimeoutError, match="paused by its rate limit"):
@@ -312,6 +312,8 @@ async def test_calls_that_fail_unsent_behind_a_pause_never_eject_the_endpoint(
     async with Client(router=router, cache=None, retry=FAST_RETRY) as client:
         await client.complete(**ask("warm"))
         endpoint.fail(429, retry_after=FOREVER)
+        with pytest.raises(RateLimitError):  # the one the 429 answered
+            await client.complete(**ask("refused"), timeout=5)
         for i in range(5):
             with pytest.raises(APITimeoutError, match="paused by its rate limit"):
                 await client.complete(**ask(f"question {i}"), timeout=5)

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from limpet import AdmissionConfig, Client, Endpoint, RetryConfig, RoutingConfig
-from limpet.errors import APIStatusError, APITimeoutError
+from limpet.errors import APIStatusError, APITimeoutError, RateLimitError
 from limpet.http.admission import MAX_CALLERS_ADMISSIONS, Admissions
 from limpet.routing.sticky import StickyRouter
 from limpet.testing import FakeGateway
@@ -33,7 +33,7 @@ async def test_one_callers_retry_after_pauses_that_caller_alone(gateway: FakeGat
     client = Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=None, retry=RETRY)
     async with client:
         endpoint.fail(429, retry_after=FOREVER)
-        with pytest.raises(APITimeoutError):  # its retry would wait past the deadline
+        with pytest.raises(RateLimitError):  # its retry would wait past the deadline
             await client.complete(**ask("tenant a, first"), extra_headers=key("a"), timeout=5)
         # That caller's next call waits out its own pause: past its deadline, unsent.
         with pytest.raises(APITimeoutError, match="paused by its rate limit"):
@@ -58,7 +58,7 @@ async def test_the_endpoints_own_key_still_pauses_every_caller_without_one(
     client = Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=None, retry=RETRY)
     async with client:
         endpoint.fail(429, retry_after=FOREVER)
-        with pytest.raises(APITimeoutError):
+        with pytest.raises(RateLimitError):  # sent: the 429 it met, its retry unsent
             await client.complete(**ask("first"), timeout=5)
         with pytest.raises(APITimeoutError, match="paused by its rate limit"):
             await client.complete(**ask("second"), timeout=5)
@@ -70,7 +70,7 @@ async def test_a_key_the_endpoint_sends_itself_is_not_the_callers(gateway: FakeG
     base = Endpoint("a", gateway.base_url("a"), api_key="sk-shared")
     async with Client(endpoints=[base], cache=None, retry=RETRY) as client:
         endpoint.fail(429, retry_after=FOREVER)
-        with pytest.raises(APITimeoutError):
+        with pytest.raises(RateLimitError):  # sent: the 429 it met, its retry unsent
             await client.complete(**ask("first"), extra_headers=key("shared"), timeout=5)
         with pytest.raises(APITimeoutError, match="paused by its rate limit"):
             await client.complete(**ask("second"), timeout=5)
@@ -187,7 +187,7 @@ async def test_a_call_sending_the_endpoints_own_key_is_held_by_its_pause(
     base = Endpoint("a", gateway.base_url("a"), api_key="sk-shared")
     async with Client(endpoints=[base], cache=None, retry=RETRY) as client:
         endpoint.fail(429, retry_after=FOREVER)
-        with pytest.raises(APITimeoutError):
+        with pytest.raises(RateLimitError):  # sent: the 429 it met, its retry unsent
             await client.complete(**ask("first"), timeout=5)
         with pytest.raises(APITimeoutError, match="paused by its rate limit"):
             await client.complete(**ask("second"), extra_headers=headers, timeout=5)

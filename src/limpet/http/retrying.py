@@ -93,22 +93,37 @@ class Retrier:
         itself (one coroutine less between the request and whoever awaits it).
 
         Raises:
-            The last attempt's error, when it is final or no retry may follow, its
-            ``attempts`` counted (``counted``).
+            The last attempt's error, when it is final or no retry may follow; the
+            last error an attempt met upstream, when a retry could not be admitted
+            before ``deadline`` (not ``QueuedTooLong``: something was sent, and what
+            it met is what the caller must see, a 429's ``retry_after`` with it). Its
+            ``attempts`` counted either way (``counted``).
         """
         retrying = self.retrying(deadline)
+        met = failed
         try:
             async for step in retrying:
                 with step:
                     if step.retry_state.attempt_number == 1:
                         raise failed  # the attempt already made: tenacity judges it first
-                    result = await attempt(True)
+                    try:
+                        result = await attempt(True)
+                    except QueuedTooLong:
+                        raise
+                    except Exception as exc:
+                        met = exc
+                        raise
+        except QueuedTooLong:
+            # The retry never left the line: the attempts made are those before it.
+            counted(met, retrying.statistics.get("attempt_number", 2) - 1)
         except Exception as exc:
             counted(exc, retrying.statistics.get("attempt_number", 1))
             raise
-        # reraise=True: reaching here means the last attempt returned.
-        attempts: int = retrying.statistics["attempt_number"]
-        return result, attempts
+        else:
+            # reraise=True: reaching here means the last attempt returned.
+            attempts: int = retrying.statistics["attempt_number"]
+            return result, attempts
+        raise met  # outside the handler: its own context kept, not the unsent retry's
 
     def retrying(self, deadline: float | None = None) -> AsyncRetrying:
         """A fresh tenacity controller with this retrier's stop, wait and logging."""
