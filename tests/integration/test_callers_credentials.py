@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from limpet import AdmissionConfig, Client, Endpoint, RetryConfig, RoutingConfig
+from limpet import AdmissionConfig, Client, Endpoint, PriceTable, RetryConfig, RoutingConfig
 from limpet.errors import APIStatusError, APITimeoutError, RateLimitError
 from limpet.http.admission import MAX_CALLERS_ADMISSIONS, Admissions
 from limpet.routing.sticky import StickyRouter
@@ -136,7 +136,9 @@ async def test_callers_admissions_are_forgotten_once_idle_and_kept_while_paused(
 async def test_callers_figures_add_up_in_the_endpoints_stats(gateway: FakeGateway) -> None:
     endpoint = gateway.endpoint("a")
     endpoint.hold_answers()
-    async with Client(endpoints=[Endpoint("a", gateway.base_url("a"))], cache=None) as client:
+    # No price listing: its fetch, started by the first answer, would be in flight too.
+    endpoints = [Endpoint("a", gateway.base_url("a"))]
+    async with Client(endpoints=endpoints, cache=None, prices=PriceTable(None)) as client:
         calls = [
             asyncio.create_task(client.complete(**ask(f"q{i}"), extra_headers=key(str(i % 3))))
             for i in range(6)
