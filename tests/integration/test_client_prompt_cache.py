@@ -58,7 +58,9 @@ async def test_marked_prefixes_are_read_from_the_provider_cache(gateway: FakeGat
     assert stats.saved_usd == pytest.approx(
         first.cost.saved_usd + second.cost.saved_usd + second.cost.usd
     )
-    assert gateway.endpoint("a").model_listings == 1  # prices fetched once
+    # Prices fetched once at most, not per call (the fetch runs beside the answers: the
+    # gateway reports their cost, so none waits for it).
+    assert gateway.endpoint("a").model_listings <= 1
 
 
 async def test_a_waiter_that_takes_over_a_left_call_gets_its_prompt_cache_savings(
