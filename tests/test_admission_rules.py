@@ -115,6 +115,107 @@ def test_at_the_ceiling_the_limit_grows_probe_rounds_times_slower() -> None:
     assert limit.allowed == 21
 
 
+def _full_rounds(limit: AimdLimit, rounds: int, refused_at: int | None = None) -> int:
+    """Run ``rounds`` round trips with every allowed place in use; a request sent at
+    ``refused_at`` or more in flight is refused (the endpoint's limit). Returns refusals."""
+    refusals = 0
+    for _ in range(rounds):
+        in_flight = limit.allowed
+        if refused_at is not None and in_flight >= refused_at:
+            limit.refused(in_flight)  # one verdict per round, as ``Admission.epoch``
+            refusals += 1
+            continue
+        for _ in range(in_flight):
+            limit.succeeded(in_flight)
+    return refusals
+
+
+def test_a_ceiling_served_without_a_refusal_stops_holding_growth_back() -> None:
+    # The endpoint's limit dropped to 1 for a moment and came back: the ceiling of 2
+    # learned then had held growth at the probe rate for good (2 to 40: ~750 rounds).
+    limit = AimdLimit(CONFIG, value=2.0)
+    limit.refused(in_flight=2)
+    assert (limit.allowed, limit.ceiling) == (1, 2)
+    # Below the ceiling and one past it at the probe rate, then one per round trip.
+    rounds = 3 * CONFIG.probe_rounds + 40
+    _full_rounds(limit, rounds)
+    assert limit.ceiling is None
+    assert limit.allowed >= 38
+
+
+def test_once_the_ceiling_is_outgrown_the_limit_grows_by_one_a_round_trip() -> None:
+    limit = AimdLimit(CONFIG, value=20.0, ceiling=21)
+    _full_rounds(limit, 2 * CONFIG.probe_rounds)  # probed up to the ceiling and past it
+    start = limit.allowed
+    assert 21 <= start <= 23
+    _full_rounds(limit, 10)
+    assert limit.allowed >= start + 9  # additive increase, not the probe rate
+    _full_rounds(limit, 10)
+    assert limit.allowed <= start + 20  # nor slow start: a refusal was learned
+
+
+def test_the_ceiling_ages_only_at_its_own_concurrency() -> None:
+    limit = AimdLimit(CONFIG, value=21.0, ceiling=21)
+    for _ in range(100 * CONFIG.probe_rounds):  # over half in use, but never 21
+        limit.succeeded(in_flight=20)
+    assert (limit.value, limit.ceiling) == (21.0, 21)
+
+
+def test_a_ceiling_confirmed_by_a_fresh_refusal_still_holds() -> None:
+    # The endpoint takes 20 at once: the limit stays at or under 21 and is refused about
+    # once every probe_rounds round trips, not every few.
+    limit = AimdLimit(CONFIG, value=18.0, ceiling=21)
+    rounds = 10 * CONFIG.probe_rounds
+    refusals = _full_rounds(limit, rounds, refused_at=21)
+    assert limit.ceiling == 21
+    assert 1 <= refusals <= rounds // CONFIG.probe_rounds
+    assert limit.allowed <= 21
+
+
+def test_an_outgrown_ceiling_refused_again_is_probed_slowly_again() -> None:
+    limit = AimdLimit(CONFIG, value=2.0)
+    limit.refused(in_flight=2)
+    _full_rounds(limit, 3 * CONFIG.probe_rounds + 40)  # the ceiling of 2 is forgotten
+    assert limit.allowed >= 38
+    _full_rounds(limit, 100, refused_at=40)  # the endpoint's limit is back: 39
+    assert limit.ceiling == 40
+    assert 36 <= limit.allowed <= 40
+
+
+def test_a_low_use_refusal_after_a_forgotten_ceiling_does_not_restart_slow_start() -> None:
+    limit = AimdLimit(CONFIG, value=20.0, ceiling=21)
+    _full_rounds(limit, 2 * CONFIG.probe_rounds + 5)
+    assert limit.ceiling is None
+    limit.refused(in_flight=1)
+    before = limit.allowed
+    _full_rounds(limit, 1)
+    assert limit.allowed <= before + 1
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(1, 200)), max_size=100),
+    st.integers(2, 200),
+    st.integers(0, 300),
+)
+def test_after_a_refusal_the_limit_grows_at_most_one_a_round_trip(
+    events: list[tuple[bool, int]], refused_at: int, successes: int
+) -> None:
+    # Whatever came before, once a ceiling is learned no run of successes grows the
+    # limit faster than additive increase, ceiling forgotten or not, nor below 1.
+    limit = AimdLimit(CONFIG)
+    for ok, in_flight in events:
+        if ok:
+            limit.succeeded(in_flight)
+        else:
+            limit.refused(in_flight)
+    limit.refused(max(refused_at, limit.allowed))
+    for _ in range(successes):
+        before = limit.value
+        limit.succeeded(limit.allowed)
+        assert limit.value <= before + 1.0 / before + 1e-9
+        assert limit.allowed >= CONFIG.min_limit
+
+
 def test_successes_while_the_limit_is_mostly_unused_teach_nothing() -> None:
     limit = AimdLimit(CONFIG)
     for _ in range(100):

@@ -115,18 +115,34 @@ class AimdLimit:
     concurrency the endpoint takes: one 503 met by a lone request had cut the limit to
     1, sending the bursts after it one request at a time).
 
+    A ceiling is evidence that ages. Once the limit lets the ceiling's concurrency in
+    flight, only successes met at that concurrency grow it, still at the probe rate;
+    when they have carried it one past the ceiling (``config.probe_rounds`` round trips
+    at the refused concurrency without a refusal) the ceiling is forgotten and growth
+    goes back to one per round trip. A ceiling learned in a brief drop of the endpoint's
+    limit had held growth at the probe rate for good: from 2 back to 40 took 25 to 60
+    minutes at LLM round trips. A fresh refusal at the ceiling teaches it anew, so an
+    endpoint whose limit holds is still probed only every ``config.probe_rounds`` round
+    trips.
+
     Attributes:
         value: the current limit; requests in flight are kept at or below its floor.
-        ceiling: the concurrency of the last refusal, or None before any.
+        ceiling: the concurrency of the last refusal, or None before any and once the
+            limit has outgrown it.
+        slow_start: growing by one per success (doubling each round trip): True until
+            a refusal teaches a ceiling, and never again after.
     """
 
     config: AdmissionConfig
     value: float = 0.0
     ceiling: int | None = None
+    slow_start: bool = True
 
     def __post_init__(self) -> None:
         if not self.value:
             self.value = float(self.config.initial_limit)
+        if self.ceiling is not None:
+            self.slow_start = False
 
     @property
     def allowed(self) -> int:
@@ -137,8 +153,13 @@ class AimdLimit:
         """A request answered while ``in_flight`` were in flight (itself included)."""
         if in_flight * 2 < self.value:
             return
+        if self.ceiling is not None and self.value >= self.ceiling:
+            if in_flight < self.ceiling:
+                return  # the refused concurrency was not met: the ceiling is untested
+            if self.value >= self.ceiling + 1:
+                self.ceiling = None  # served probe_rounds round trips there: stale
         if self.ceiling is None:
-            step = 1.0
+            step = 1.0 if self.slow_start else 1.0 / self.value
         elif self.value + 1 < self.ceiling:
             step = 1.0 / self.value
         else:
@@ -151,6 +172,7 @@ class AimdLimit:
             self.value = max(self.value * self.config.backoff, float(self.config.min_limit))
             return
         self.ceiling = max(in_flight, self.config.min_limit)
+        self.slow_start = False
         cut = min(self.value, float(in_flight)) * self.config.backoff
         self.value = max(cut, float(self.config.min_limit))
 
