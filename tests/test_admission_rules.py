@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from limpet import AdmissionConfig, Client, Endpoint
 from limpet.errors import ConfigurationError
 from limpet.http.admission_rules import (
+    RESET_SLACK,
     AimdLimit,
     TokenBucket,
     estimated_tokens,
@@ -60,9 +61,24 @@ def test_an_exhausted_quota_pauses_until_its_reset_even_on_a_success() -> None:
         "x-ratelimit-remaining-tokens": "0",
         "x-ratelimit-reset-tokens": "6m0s",
     }
-    assert pause_from_headers(200, headers) == 360.0
+    assert pause_from_headers(200, headers) == 360.0 + RESET_SLACK
     left = {"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "1s"}
     assert pause_from_headers(200, left) is None
+
+
+@pytest.mark.parametrize("stated", ["0.200s", "1s", "120ms", "6m0s"])
+def test_a_window_is_never_taken_for_reset_before_its_rounded_reset_has_passed(
+    stated: str,
+) -> None:
+    # Regression (a rare 429 in a windowed test): the fake gateway states its reset
+    # rounded to the millisecond, and a request sent the instant it passed could beat
+    # the gateway's own window by that rounding.
+    seconds = parse_duration(stated)
+    assert seconds is not None
+    exhausted = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": stated}
+    assert remaining_requests(exhausted) == (0, seconds + RESET_SLACK)
+    paused = pause_from_headers(200, exhausted)
+    assert paused is not None and paused >= seconds + 0.0005  # half a rounded millisecond
 
 
 def test_the_learned_limit_doubles_each_round_until_the_first_refusal() -> None:

@@ -23,6 +23,10 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Every header name that ``pause_from_headers`` and ``remaining_requests`` read starts so.
 _RATE_LIMIT_PREFIXES = ("retry-after", "x-ratelimit-")
 _RATE_LIMIT_INITIALS = frozenset("rRxX")
+#: Seconds added to a stated ``x-ratelimit-reset-*``: a gateway rounds the time it states
+#: (to the millisecond, or coarser), so a request sent the instant a rounded reset passes
+#: can reach the gateway before its window has reset, and meet the 429 the wait was for.
+RESET_SLACK = 0.005
 
 
 def parse_duration(text: str) -> float | None:
@@ -45,7 +49,8 @@ def pause_from_headers(status: int, headers: Mapping[str, str]) -> float | None:
 
     A 429 or 503 pauses for its ``Retry-After`` (``retry-after-ms``); any answer whose
     ``x-ratelimit-remaining-requests`` or ``-tokens`` is 0 pauses until the matching
-    ``x-ratelimit-reset-*``, so the next request does not meet a closed door. None: no pause.
+    ``x-ratelimit-reset-*`` (``RESET_SLACK`` past it), so the next request does not meet a
+    closed door. None: no pause.
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     pauses: list[float] = []
@@ -60,7 +65,7 @@ def pause_from_headers(status: int, headers: Mapping[str, str]) -> float | None:
             continue
         seconds = parse_duration(reset)
         if seconds is not None:
-            pauses.append(seconds)
+            pauses.append(seconds + RESET_SLACK)
     return max(pauses) if pauses else None
 
 
@@ -84,8 +89,8 @@ def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def remaining_requests(headers: Mapping[str, str]) -> tuple[int, float] | None:
     """What an answer's ``x-ratelimit-remaining-requests`` and ``-reset-requests`` say:
-    requests that may still be sent, and for how many seconds that holds. None when
-    either is absent or unreadable."""
+    requests that may still be sent, and for how many seconds that holds (``RESET_SLACK``
+    past the stated reset). None when either is absent or unreadable."""
     lowered = {name.lower(): value for name, value in headers.items()}
     remaining = lowered.get("x-ratelimit-remaining-requests")
     reset = lowered.get("x-ratelimit-reset-requests")
@@ -96,7 +101,7 @@ def remaining_requests(headers: Mapping[str, str]) -> tuple[int, float] | None:
         count = int(float(remaining))
     except (ValueError, OverflowError):  # "nan", "inf"
         return None
-    return None if seconds is None else (max(count, 0), seconds)
+    return None if seconds is None else (max(count, 0), seconds + RESET_SLACK)
 
 
 @dataclass(slots=True)
