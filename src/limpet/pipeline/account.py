@@ -22,7 +22,7 @@ import orjson
 from limpet.cache.base import CacheEntry
 from limpet.errors import ConfigurationError
 from limpet.models import Cost, Usage
-from limpet.pipeline.embed_result import Sent
+from limpet.pipeline.embed_result import Sent, known_sum
 from limpet.pipeline.request import Request
 from limpet.pipeline.vectors import Vector
 from limpet.providers.pricing import (
@@ -258,4 +258,4 @@ def add_spend(sent: Sent, usage: Usage, cost: float | None) -> None:
     """Add what one embeddings response cost to what a call's requests cost: every
     answer's, its vectors used or not (an answer refused as malformed was paid too)."""
     sent.usage = usage if sent.usage is None else sent.usage + usage
-    sent.cost = None if cost is None or sent.cost is None else sent.cost + cost
+    sent.cost = known_sum(sent.cost, cost)

@@ -83,7 +83,7 @@ def embeddings_result(
         if mine:
             given.add(key)
         else:
-            saved = _plus(saved, vector.cost_usd)
+            saved = known_sum(saved, vector.cost_usd)
         vectors.append(unpack_floats(vector.packed))
     misses = owned - len(sent.from_others)  # sent upstream by this call
     # Answered by another call's request: a failed input was answered by none.
@@ -122,8 +122,9 @@ def embeddings_result(
     )
 
 
-def _plus(total: float | None, usd: float | None) -> float | None:
-    """``total`` and ``usd`` added; None (unknown) when either is."""
+def known_sum(total: float | None, usd: float | None) -> float | None:
+    """``total`` and ``usd`` added; None (unknown) when either is: dollars of which a
+    part is unknown are unknown, never the known part alone."""
     return None if total is None or usd is None else total + usd
 
 
